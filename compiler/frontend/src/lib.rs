@@ -1,0 +1,1 @@
+//! Builds the transformer dataflow graph (petgraph) from a model.toml.

@@ -1,0 +1,1 @@
+//! The q35 MLIR dialect (IRDL) through melior: lowering from the graph and passes.

@@ -1,0 +1,2 @@
+//! `q35c`: the q35 compiler driver.
+fn main() {}

@@ -1,0 +1,1 @@
+//! model.toml schema, LLaMA-family architecture and target descriptions.

@@ -1,0 +1,1 @@
+//! f32 reference LLaMA forward pass, generation and evaluation (matches llama.cpp).

@@ -1,0 +1,1 @@
+//! GPT-2 style byte-level BPE tokenizer built from GGUF metadata, matching llama.cpp.
