@@ -1,0 +1,794 @@
+//! The packed storage of a quantized matrix (docs/q35-format.md, "Layout").
+//!
+//! A matrix has `rows` outputs and `cols` inputs (the reduction dimension,
+//! `y = W x`). The reduction dimension is cut into groups of `group_size`
+//! channels; the last group may be shorter and is zero-padded to a multiple
+//! of [`CHANNEL_QUANTUM`]. Each (group, row) pair is one *block*: the codes
+//! of that row's channels in that group, plus one fp16 scale. Blocks are
+//! stored group-major (all rows of group 0, then all rows of group 1, ...),
+//! so the weights of one group for a run of consecutive output rows -- what
+//! one pass of a `[1 x K] x [K x 320]` systolic tile consumes -- are one
+//! contiguous byte range.
+
+use crate::pack::{pack_bits, pair_code, sign_extend, split_pair, unpack_bits};
+use crate::semantics::{self, ActivationI8};
+use crate::{CHANNEL_QUANTUM, QuantError, QuantScheme};
+use half::f16;
+
+/// Serialised-form magic.
+const MAGIC: [u8; 4] = *b"Q35W";
+/// Serialised-form version.
+const VERSION: u8 = 1;
+/// Serialised header length in bytes.
+const HEADER_BYTES: usize = 20;
+
+/// Group geometry of a `rows x cols` matrix with a given group size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Output rows.
+    pub rows: usize,
+    /// Input columns (reduction length), before padding.
+    pub cols: usize,
+    /// Channels per full group.
+    pub group_size: usize,
+}
+
+impl Layout {
+    /// Checks the dimensions and the group size.
+    pub fn new(rows: usize, cols: usize, group_size: usize) -> Result<Layout, QuantError> {
+        if rows == 0 || cols == 0 {
+            return Err(QuantError::EmptyMatrix { rows, cols });
+        }
+        if group_size == 0 || !group_size.is_multiple_of(CHANNEL_QUANTUM) {
+            return Err(QuantError::BadGroupSize(group_size));
+        }
+        Ok(Layout {
+            rows,
+            cols,
+            group_size,
+        })
+    }
+
+    /// Number of groups, `ceil(cols / group_size)`.
+    pub fn n_groups(&self) -> usize {
+        self.cols.div_ceil(self.group_size)
+    }
+
+    /// First channel of group `g`.
+    pub fn group_start(&self, g: usize) -> usize {
+        g * self.group_size
+    }
+
+    /// Real (unpadded) channels of group `g`.
+    pub fn group_len(&self, g: usize) -> usize {
+        (self.cols - self.group_start(g)).min(self.group_size)
+    }
+
+    /// Stored channels of group `g`: its length rounded up to a multiple of
+    /// [`CHANNEL_QUANTUM`].
+    pub fn group_padded_len(&self, g: usize) -> usize {
+        self.group_len(g).next_multiple_of(CHANNEL_QUANTUM)
+    }
+
+    /// Stored channels of a row, `cols` padded.
+    pub fn cols_padded(&self) -> usize {
+        let last = self.n_groups() - 1;
+        self.group_start(last) + self.group_padded_len(last)
+    }
+
+    /// Bytes of one block of group `g` under `scheme`.
+    pub fn block_bytes(&self, scheme: QuantScheme, g: usize) -> usize {
+        scheme.code_bits(self.group_padded_len(g)) / 8
+    }
+
+    /// Byte offset of block (`g`, `r`) in the packed code array.
+    pub fn block_offset(&self, scheme: QuantScheme, g: usize, r: usize) -> usize {
+        // Every group before `g` is full.
+        g * self.rows * self.block_bytes(scheme, 0) + r * self.block_bytes(scheme, g)
+    }
+
+    /// Bytes of the whole packed code array.
+    pub fn packed_bytes(&self, scheme: QuantScheme) -> usize {
+        let last = self.n_groups() - 1;
+        self.block_offset(scheme, last, 0) + self.rows * self.block_bytes(scheme, last)
+    }
+
+    /// Bytes of the slot mask (one bit per padded channel), when stored.
+    pub fn mask_bytes(&self, scheme: QuantScheme) -> usize {
+        if scheme.stores_slot_mask() {
+            self.cols_padded().div_ceil(8)
+        } else {
+            0
+        }
+    }
+}
+
+/// A quantized `rows x cols` matrix in the packed storage of its scheme.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedMatrix {
+    layout: Layout,
+    scheme: QuantScheme,
+    /// Integer multiplier of 4-bit codes (Q35) or of all codes (uniform).
+    mult4: u8,
+    /// Integer multiplier of 3-bit codes (Q35; 1 for uniform schemes).
+    mult3: u8,
+    packed: Vec<u8>,
+    /// Group-major: the scale of block (g, r) is `scales[g * rows + r]`.
+    scales: Vec<f16>,
+    /// Bit `j` (bit `j % 8` of byte `j / 8`) is 1 when padded channel `j`
+    /// holds a 4-bit code. Only for schemes that store a mask.
+    slot_mask: Option<Vec<u8>>,
+}
+
+/// Which channel offsets inside a group hold 4-bit and 3-bit codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupSlots {
+    /// Ascending offsets of the 4-bit channels.
+    pub four: Vec<usize>,
+    /// Ascending offsets of the 3-bit channels.
+    pub three: Vec<usize>,
+}
+
+/// Code range and width of a uniform scheme: codes `-nmax ..= nmax - 1`.
+pub(crate) fn uniform_bits(scheme: QuantScheme) -> Option<u32> {
+    match scheme {
+        QuantScheme::Int8 => Some(8),
+        QuantScheme::Int4 => Some(4),
+        QuantScheme::Int3 => Some(3),
+        QuantScheme::Q35 | QuantScheme::Q35Rtn | QuantScheme::Q35Alternating => None,
+    }
+}
+
+/// Checks the code multipliers allowed for `scheme`.
+pub(crate) fn check_multipliers(scheme: QuantScheme, mult4: u8, mult3: u8) -> Result<(), String> {
+    if scheme.is_q35() {
+        if !(1..=16).contains(&mult4) || !(1..=32).contains(&mult3) {
+            return Err(format!(
+                "Q35 multipliers ({mult4}, {mult3}) outside 1..=16 and 1..=32"
+            ));
+        }
+    } else if (mult4, mult3) != (1, 1) {
+        return Err(format!(
+            "uniform scheme {scheme} must have multipliers (1, 1), not ({mult4}, {mult3})"
+        ));
+    }
+    Ok(())
+}
+
+impl QuantizedMatrix {
+    /// Packs raw codes into a matrix. `codes` is row-major `rows x
+    /// cols_padded`, each value the signed code of its channel (in the
+    /// channel's 4-bit or 3-bit range for Q35); `scales` is row-major `rows x
+    /// n_groups`; `four_bit` marks the 4-bit channels (Q35 only, `cols_padded`
+    /// long, exactly half of every group).
+    pub(crate) fn assemble(
+        layout: Layout,
+        scheme: QuantScheme,
+        (mult4, mult3): (u8, u8),
+        codes: &[i8],
+        scales_row_major: &[f16],
+        four_bit: Option<&[bool]>,
+    ) -> QuantizedMatrix {
+        let n_groups = layout.n_groups();
+        let cp = layout.cols_padded();
+        debug_assert_eq!(codes.len(), layout.rows * cp);
+        debug_assert_eq!(scales_row_major.len(), layout.rows * n_groups);
+        let mut scales = vec![f16::ZERO; layout.rows * n_groups];
+        for r in 0..layout.rows {
+            for g in 0..n_groups {
+                scales[g * layout.rows + r] = scales_row_major[r * n_groups + g];
+            }
+        }
+        let slot_mask = match (scheme.stores_slot_mask(), four_bit) {
+            (true, Some(bits)) => {
+                let mut mask = vec![0u8; cp.div_ceil(8)];
+                for (j, &b) in bits.iter().enumerate() {
+                    if b {
+                        mask[j / 8] |= 1 << (j % 8);
+                    }
+                }
+                Some(mask)
+            }
+            _ => None,
+        };
+        let mut m = QuantizedMatrix {
+            layout,
+            scheme,
+            mult4,
+            mult3,
+            packed: vec![0u8; layout.packed_bytes(scheme)],
+            scales,
+            slot_mask,
+        };
+        let mut scratch = vec![0u8; layout.group_size];
+        for g in 0..n_groups {
+            let slots = m.group_slots(g);
+            let start = layout.group_start(g);
+            let plen = layout.group_padded_len(g);
+            let bytes = layout.block_bytes(scheme, g);
+            for r in 0..layout.rows {
+                let row = &codes[r * cp + start..r * cp + start + plen];
+                let off = layout.block_offset(scheme, g, r);
+                let out = &mut m.packed[off..off + bytes];
+                match uniform_bits(scheme) {
+                    Some(width) => {
+                        for (s, &c) in scratch.iter_mut().zip(row) {
+                            *s = c as u8;
+                        }
+                        pack_bits(&scratch[..plen], width, out);
+                    }
+                    None => {
+                        let slots = slots.as_ref().expect("Q35 schemes have slots");
+                        for (p, (&a, &b)) in slots.four.iter().zip(&slots.three).enumerate() {
+                            scratch[p] = pair_code(row[a], row[b]);
+                        }
+                        pack_bits(&scratch[..plen / 2], 7, out);
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    /// Builds a matrix from raw codes, checking every range: `codes` is
+    /// row-major `rows x cols_padded` (padding codes must be 0), `scales`
+    /// row-major `rows x n_groups` and finite, and `four_bit` (Q35 schemes
+    /// that store a mask) marks exactly half of every group's padded
+    /// channels. Q35 codes must lie in -8..=7 (4-bit channels) or -4..=3
+    /// (3-bit channels); uniform b-bit codes in `-2^(b-1) ..= 2^(b-1) - 1`.
+    pub fn from_codes(
+        layout: Layout,
+        scheme: QuantScheme,
+        mults: (u8, u8),
+        codes: &[i8],
+        scales: &[f16],
+        four_bit: Option<&[bool]>,
+    ) -> Result<QuantizedMatrix, QuantError> {
+        check_multipliers(scheme, mults.0, mults.1).map_err(QuantError::Corrupt)?;
+        let cp = layout.cols_padded();
+        let expect = |what, got, expected| {
+            if got == expected {
+                Ok(())
+            } else {
+                Err(QuantError::LengthMismatch {
+                    what,
+                    got,
+                    expected,
+                })
+            }
+        };
+        expect("codes", codes.len(), layout.rows * cp)?;
+        expect("scales", scales.len(), layout.rows * layout.n_groups())?;
+        if let Some(index) = scales.iter().position(|s| !s.is_finite()) {
+            return Err(QuantError::NonFinite {
+                what: "scales",
+                index,
+            });
+        }
+        let mask: Vec<bool> = match (scheme, four_bit) {
+            (QuantScheme::Q35 | QuantScheme::Q35Rtn, Some(m)) => {
+                expect("slot mask", m.len(), cp)?;
+                m.to_vec()
+            }
+            (QuantScheme::Q35 | QuantScheme::Q35Rtn, None) => {
+                return Err(QuantError::Corrupt(format!(
+                    "scheme {scheme} needs a slot mask"
+                )));
+            }
+            _ => (0..cp)
+                .map(|j| scheme.is_q35() && j.is_multiple_of(2))
+                .collect(),
+        };
+        for g in 0..layout.n_groups() {
+            let start = layout.group_start(g);
+            let plen = layout.group_padded_len(g);
+            let fours = mask[start..start + plen].iter().filter(|&&b| b).count();
+            if scheme.is_q35() && 2 * fours != plen {
+                return Err(QuantError::Corrupt(format!(
+                    "group {g} has {fours} 4-bit channels of {plen}; exactly half are required"
+                )));
+            }
+        }
+        for (i, &c) in codes.iter().enumerate() {
+            let j = i % cp;
+            let (lo, hi) = match uniform_bits(scheme) {
+                Some(b) => (-(1i32 << (b - 1)), (1i32 << (b - 1)) - 1),
+                None if mask[j] => (-8, 7),
+                None => (-4, 3),
+            };
+            let g = j / layout.group_size;
+            let real = j < layout.group_start(g) + layout.group_len(g);
+            if !(lo..=hi).contains(&i32::from(c)) || (!real && c != 0) {
+                return Err(QuantError::Corrupt(format!(
+                    "code {c} at row {}, channel {j} is outside {lo}..={hi} or in padding",
+                    i / cp
+                )));
+            }
+        }
+        Ok(QuantizedMatrix::assemble(
+            layout,
+            scheme,
+            mults,
+            codes,
+            scales,
+            Some(&mask),
+        ))
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.layout.rows
+    }
+
+    /// Input columns (reduction length).
+    pub fn cols(&self) -> usize {
+        self.layout.cols
+    }
+
+    /// Channels per full group.
+    pub fn group_size(&self) -> usize {
+        self.layout.group_size
+    }
+
+    /// The group geometry.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The scheme.
+    pub fn scheme(&self) -> QuantScheme {
+        self.scheme
+    }
+
+    /// Integer multipliers of 4-bit and 3-bit codes (`(1, 1)` for uniform
+    /// schemes): a code `c` in a 4-bit slot contributes `mult4 * c`.
+    pub fn multipliers(&self) -> (u8, u8) {
+        (self.mult4, self.mult3)
+    }
+
+    /// The packed code array (group-major blocks).
+    pub fn packed(&self) -> &[u8] {
+        &self.packed
+    }
+
+    /// Scales, group-major (`scales()[g * rows + r]`).
+    pub fn scales(&self) -> &[f16] {
+        &self.scales
+    }
+
+    /// The stored slot mask, if the scheme stores one.
+    pub fn slot_mask(&self) -> Option<&[u8]> {
+        self.slot_mask.as_deref()
+    }
+
+    /// The scale of block (`g`, `r`) as f32 (exact).
+    pub fn scale(&self, g: usize, r: usize) -> f32 {
+        self.scales[g * self.layout.rows + r].to_f32()
+    }
+
+    /// The packed bytes of block (`g`, `r`).
+    pub fn block(&self, g: usize, r: usize) -> &[u8] {
+        let off = self.layout.block_offset(self.scheme, g, r);
+        &self.packed[off..off + self.layout.block_bytes(self.scheme, g)]
+    }
+
+    /// Whether padded channel `j` holds a 4-bit code (Q35 schemes).
+    pub fn is_four_bit(&self, j: usize) -> bool {
+        match (&self.slot_mask, self.scheme) {
+            (Some(mask), _) => (mask[j / 8] >> (j % 8)) & 1 == 1,
+            (None, QuantScheme::Q35Alternating) => j.is_multiple_of(2),
+            (None, _) => false,
+        }
+    }
+
+    /// The 4-bit and 3-bit channel offsets of group `g` (Q35 schemes).
+    pub(crate) fn group_slots(&self, g: usize) -> Option<GroupSlots> {
+        if !self.scheme.is_q35() {
+            return None;
+        }
+        let start = self.layout.group_start(g);
+        let (four, three) = (0..self.layout.group_padded_len(g))
+            .partition::<Vec<usize>, _>(|&o| self.is_four_bit(start + o));
+        Some(GroupSlots { four, three })
+    }
+
+    /// Largest |integer weight| any block can hold: the `code_max` of the
+    /// accumulator bound (`8 * mult4` or `4 * mult3` for Q35, `2^(b-1)` for
+    /// uniform b-bit).
+    pub fn code_max(&self) -> u64 {
+        match uniform_bits(self.scheme) {
+            Some(b) => 1 << (b - 1),
+            None => (8 * u64::from(self.mult4)).max(4 * u64::from(self.mult3)),
+        }
+    }
+
+    /// Decodes block (`g`, `r`) into integer weights (codes times their
+    /// multiplier) in natural channel order; `out` has the group's padded
+    /// length.
+    pub fn decode_block(&self, g: usize, r: usize, out: &mut [i8]) {
+        let plen = self.layout.group_padded_len(g);
+        debug_assert_eq!(out.len(), plen);
+        let bytes = self.block(g, r);
+        let mut raw = vec![0u8; plen];
+        match uniform_bits(self.scheme) {
+            Some(width) => {
+                unpack_bits(bytes, width, &mut raw);
+                for (o, &c) in out.iter_mut().zip(&raw) {
+                    *o = sign_extend(c, width);
+                }
+            }
+            None => {
+                let slots = self.group_slots(g).expect("Q35 schemes have slots");
+                self.decode_q35(bytes, &slots, &mut raw[..plen / 2], out);
+            }
+        }
+    }
+
+    fn decode_q35(&self, bytes: &[u8], slots: &GroupSlots, raw: &mut [u8], out: &mut [i8]) {
+        unpack_bits(bytes, 7, raw);
+        let (m4, m3) = (self.mult4 as i8, self.mult3 as i8);
+        for (p, &code) in raw.iter().enumerate() {
+            let (c4, c3) = split_pair(code);
+            // |8 * 16| and |4 * 32| fit i8 only as -128: use wrapping, the
+            // value is exact because the product is within -128..=127.
+            out[slots.four[p]] = c4.wrapping_mul(m4);
+            out[slots.three[p]] = c3.wrapping_mul(m3);
+        }
+    }
+
+    /// The integer weights of all blocks, row-major `rows x cols` (padding
+    /// dropped), with f32 scales: the form the matmul semantics runs on.
+    pub fn unpack(&self) -> IntMatrix {
+        let l = self.layout;
+        let n_groups = l.n_groups();
+        let mut q = vec![0i8; l.rows * l.cols];
+        let mut scales = vec![0f32; l.rows * n_groups];
+        let mut buf = vec![0i8; l.group_size];
+        let mut raw = vec![0u8; l.group_size];
+        for g in 0..n_groups {
+            let slots = self.group_slots(g);
+            let start = l.group_start(g);
+            let len = l.group_len(g);
+            let plen = l.group_padded_len(g);
+            for r in 0..l.rows {
+                match &slots {
+                    Some(s) => {
+                        self.decode_q35(self.block(g, r), s, &mut raw[..plen / 2], &mut buf[..plen])
+                    }
+                    None => self.decode_block(g, r, &mut buf[..plen]),
+                }
+                q[r * l.cols + start..r * l.cols + start + len].copy_from_slice(&buf[..len]);
+                scales[r * n_groups + g] = self.scale(g, r);
+            }
+        }
+        IntMatrix {
+            rows: l.rows,
+            cols: l.cols,
+            group_size: l.group_size,
+            q,
+            scales,
+            code_max: self.code_max(),
+        }
+    }
+
+    /// The dequantized weights, row-major `rows x cols`: `scale * q` in f32
+    /// (exact, since an fp16 scale times a |q| <= 128 needs at most 19
+    /// significant bits).
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.unpack().dequantize()
+    }
+
+    /// Storage bits: packed codes + fp16 scales + slot mask.
+    pub fn storage_bits(&self) -> u64 {
+        8 * (self.packed.len() as u64
+            + 2 * self.scales.len() as u64
+            + self.slot_mask.as_ref().map_or(0, |m| m.len() as u64))
+    }
+
+    /// Storage bits per weight: [`Self::storage_bits`] over `rows * cols`
+    /// (so padding counts against the format).
+    pub fn bits_per_weight(&self) -> f64 {
+        self.storage_bits() as f64 / (self.layout.rows * self.layout.cols) as f64
+    }
+
+    /// `y = W x` under the integer semantics (docs/q35-format.md, "Matmul"),
+    /// decoding the packed blocks directly. Equal bit for bit to
+    /// [`IntMatrix::matvec`] on [`Self::unpack`].
+    pub fn matvec(&self, x: &ActivationI8) -> Result<Vec<f32>, QuantError> {
+        let l = self.layout;
+        if x.len() != l.cols {
+            return Err(QuantError::LengthMismatch {
+                what: "activation",
+                got: x.len(),
+                expected: l.cols,
+            });
+        }
+        let n_groups = l.n_groups();
+        let mut accs = vec![0i32; l.rows * n_groups];
+        let mut buf = vec![0i8; l.group_size];
+        for g in 0..n_groups {
+            let start = l.group_start(g);
+            let len = l.group_len(g);
+            let plen = l.group_padded_len(g);
+            for r in 0..l.rows {
+                self.decode_block(g, r, &mut buf[..plen]);
+                accs[r * n_groups + g] =
+                    semantics::group_dot(&x.codes()[start..start + len], &buf[..len]);
+            }
+        }
+        let mut y = vec![0f32; l.rows];
+        let mut scales = vec![0f32; n_groups];
+        for (r, out) in y.iter_mut().enumerate() {
+            for (g, s) in scales.iter_mut().enumerate() {
+                *s = self.scale(g, r);
+            }
+            *out = semantics::combine_groups(
+                &accs[r * n_groups..(r + 1) * n_groups],
+                &scales,
+                x.scale(),
+            );
+        }
+        Ok(y)
+    }
+
+    /// The serialised form (docs/q35-format.md, "Serialised form").
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            HEADER_BYTES
+                + self.slot_mask.as_ref().map_or(0, Vec::len)
+                + 2 * self.scales.len()
+                + self.packed.len(),
+        );
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(self.scheme.tag());
+        out.push(self.mult4);
+        out.push(self.mult3);
+        for v in [self.layout.rows, self.layout.cols, self.layout.group_size] {
+            out.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        if let Some(mask) = &self.slot_mask {
+            out.extend_from_slice(mask);
+        }
+        for s in &self.scales {
+            out.extend_from_slice(&s.to_bits().to_le_bytes());
+        }
+        out.extend_from_slice(&self.packed);
+        out
+    }
+
+    /// Parses and validates a serialised matrix.
+    pub fn from_bytes(bytes: &[u8]) -> Result<QuantizedMatrix, QuantError> {
+        let corrupt = |m: String| QuantError::Corrupt(m);
+        if bytes.len() < HEADER_BYTES {
+            return Err(corrupt(format!(
+                "{} bytes is shorter than the {HEADER_BYTES}-byte header",
+                bytes.len()
+            )));
+        }
+        if bytes[0..4] != MAGIC {
+            return Err(corrupt("bad magic (expected \"Q35W\")".into()));
+        }
+        if bytes[4] != VERSION {
+            return Err(corrupt(format!("unsupported version {}", bytes[4])));
+        }
+        let scheme = QuantScheme::from_tag(bytes[5])
+            .ok_or_else(|| corrupt(format!("unknown scheme tag {}", bytes[5])))?;
+        let (mult4, mult3) = (bytes[6], bytes[7]);
+        check_multipliers(scheme, mult4, mult3).map_err(corrupt)?;
+        let word =
+            |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let layout = Layout::new(word(8) as usize, word(12) as usize, word(16) as usize)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let mask_len = layout.mask_bytes(scheme);
+        let n_scales = layout
+            .rows
+            .checked_mul(layout.n_groups())
+            .ok_or_else(|| corrupt("dimensions overflow".into()))?;
+        let expected = HEADER_BYTES + mask_len + 2 * n_scales + layout.packed_bytes(scheme);
+        if bytes.len() != expected {
+            return Err(corrupt(format!(
+                "{} bytes, expected {expected} for {scheme} {}x{} group {}",
+                bytes.len(),
+                layout.rows,
+                layout.cols,
+                layout.group_size
+            )));
+        }
+        let mut pos = HEADER_BYTES;
+        let slot_mask = if scheme.stores_slot_mask() {
+            let mask = bytes[pos..pos + mask_len].to_vec();
+            pos += mask_len;
+            Some(mask)
+        } else {
+            None
+        };
+        let scales: Vec<f16> = bytes[pos..pos + 2 * n_scales]
+            .chunks_exact(2)
+            .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+            .collect();
+        pos += 2 * n_scales;
+        if let Some(i) = scales.iter().position(|s| !s.is_finite()) {
+            return Err(corrupt(format!("scale {i} is not finite")));
+        }
+        let m = QuantizedMatrix {
+            layout,
+            scheme,
+            mult4,
+            mult3,
+            packed: bytes[pos..].to_vec(),
+            scales,
+            slot_mask,
+        };
+        if m.slot_mask.is_some() {
+            let cp = layout.cols_padded();
+            if (cp..mask_len * 8).any(|j| m.is_four_bit(j)) {
+                return Err(corrupt(
+                    "slot mask has bits set past the padded columns".into(),
+                ));
+            }
+            for g in 0..layout.n_groups() {
+                let slots = m.group_slots(g).expect("mask implies Q35");
+                if slots.four.len() != slots.three.len() {
+                    return Err(corrupt(format!(
+                        "group {g} has {} 4-bit and {} 3-bit channels; they must be equal",
+                        slots.four.len(),
+                        slots.three.len()
+                    )));
+                }
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Integer weights (codes times multipliers) with f32 group scales, row-major
+/// and unpadded: the form the matmul semantics is defined on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntMatrix {
+    rows: usize,
+    cols: usize,
+    group_size: usize,
+    /// Row-major `rows x cols`.
+    q: Vec<i8>,
+    /// Row-major `rows x n_groups`.
+    scales: Vec<f32>,
+    code_max: u64,
+}
+
+impl IntMatrix {
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Channels per full group.
+    pub fn group_size(&self) -> usize {
+        self.group_size
+    }
+
+    /// Largest |integer weight| the scheme allows.
+    pub fn code_max(&self) -> u64 {
+        self.code_max
+    }
+
+    /// Integer weights of row `r`.
+    pub fn row(&self, r: usize) -> &[i8] {
+        &self.q[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// Scales of row `r`, one per group.
+    pub fn row_scales(&self, r: usize) -> &[f32] {
+        let n = self.cols.div_ceil(self.group_size);
+        &self.scales[r * n..(r + 1) * n]
+    }
+
+    /// Dequantized weights, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            let scales = self.row_scales(r);
+            for (j, (o, &q)) in w[r * self.cols..(r + 1) * self.cols]
+                .iter_mut()
+                .zip(self.row(r))
+                .enumerate()
+            {
+                *o = scales[j / self.group_size] * f32::from(q);
+            }
+        }
+        w
+    }
+
+    /// `y = W x` under the integer semantics.
+    pub fn matvec(&self, x: &ActivationI8) -> Result<Vec<f32>, QuantError> {
+        let mut y = vec![0f32; self.rows];
+        self.matvec_into(x, &mut y)?;
+        Ok(y)
+    }
+
+    /// `y = W x` into `y` (length `rows`).
+    pub fn matvec_into(&self, x: &ActivationI8, y: &mut [f32]) -> Result<(), QuantError> {
+        if x.len() != self.cols {
+            return Err(QuantError::LengthMismatch {
+                what: "activation",
+                got: x.len(),
+                expected: self.cols,
+            });
+        }
+        if y.len() != self.rows {
+            return Err(QuantError::LengthMismatch {
+                what: "matvec output",
+                got: y.len(),
+                expected: self.rows,
+            });
+        }
+        self.rows_into(x, 0, y);
+        Ok(())
+    }
+
+    /// Rows `first .. first + y.len()` of `W x`.
+    fn rows_into(&self, x: &ActivationI8, first: usize, y: &mut [f32]) {
+        let n_groups = self.cols.div_ceil(self.group_size);
+        let mut accs = vec![0i32; n_groups];
+        for (i, out) in y.iter_mut().enumerate() {
+            let r = first + i;
+            let row = self.row(r);
+            for (g, acc) in accs.iter_mut().enumerate() {
+                let s = g * self.group_size;
+                let e = (s + self.group_size).min(self.cols);
+                *acc = semantics::group_dot(&x.codes()[s..e], &row[s..e]);
+            }
+            *out = semantics::combine_groups(&accs, self.row_scales(r), x.scale());
+        }
+    }
+
+    /// `Y = W X` for a batch of activation vectors, using up to `threads`
+    /// threads (results do not depend on the thread count). Returns one
+    /// output vector per input.
+    pub fn matmul(&self, xs: &[ActivationI8], threads: usize) -> Result<Vec<Vec<f32>>, QuantError> {
+        if let Some(x) = xs.iter().find(|x| x.len() != self.cols) {
+            return Err(QuantError::LengthMismatch {
+                what: "activation",
+                got: x.len(),
+                expected: self.cols,
+            });
+        }
+        let mut ys = vec![vec![0f32; self.rows]; xs.len()];
+        let threads = threads.max(1);
+        let chunk = self.rows.div_ceil(threads).max(1);
+        // Split the rows across threads; every thread handles all tokens.
+        let mut per_thread: Vec<Vec<Vec<f32>>> = Vec::new();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..self.rows)
+                .step_by(chunk)
+                .map(|first| {
+                    let n = chunk.min(self.rows - first);
+                    scope.spawn(move || {
+                        xs.iter()
+                            .map(|x| {
+                                let mut y = vec![0f32; n];
+                                self.rows_into(x, first, &mut y);
+                                y
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                per_thread.push(h.join().expect("matmul worker panicked"));
+            }
+        });
+        for (t, part) in per_thread.into_iter().enumerate() {
+            let first = t * chunk;
+            for (y, p) in ys.iter_mut().zip(part) {
+                y[first..first + p.len()].copy_from_slice(&p);
+            }
+        }
+        Ok(ys)
+    }
+}

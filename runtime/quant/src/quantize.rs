@@ -1,0 +1,556 @@
+//! Quantizers for every scheme (docs/q35-format.md, "Quantizers").
+//!
+//! All schemes share one block quantizer: for each (row, group) block it
+//! searches the fp16 scale that minimises the (importance-)weighted squared
+//! error `sum_j w_j (x_j - d * m_j * c_j)^2`, trying a grid of clipping
+//! ratios of the no-clipping scale and the least-squares scale for each
+//! (as llama.cpp's `make_qx_quants` does), with the sign of `d` chosen so
+//! the largest-magnitude weight lands on the extra negative level. Q35
+//! schemes add two matrix-wide choices: which half of every group's
+//! channels get 4-bit codes (the slot mask) and the integer multipliers
+//! of the 4-bit and 3-bit codes.
+//!
+//! Work is split into fixed chunks of rows, and every reduction over rows is
+//! summed chunk by chunk in chunk order, so results do not depend on the
+//! number of threads.
+
+use crate::format::{Layout, QuantizedMatrix, uniform_bits};
+use crate::{QuantError, QuantScheme};
+use half::f16;
+
+/// Rows per work chunk (fixed: part of what makes results thread-count
+/// independent).
+const CHUNK_ROWS: usize = 16;
+
+/// Clipping ratios tried for every block, as fractions of the no-clipping
+/// scale.
+const CLIP_GRID: [f32; 25] = [
+    0.500, 0.525, 0.550, 0.575, 0.600, 0.625, 0.650, 0.675, 0.700, 0.725, 0.750, 0.775, 0.800,
+    0.825, 0.850, 0.875, 0.900, 0.925, 0.950, 0.975, 1.000, 1.025, 1.050, 1.075, 1.100,
+];
+
+/// Candidate (4-bit, 3-bit) code multipliers for Q35, in preference order on
+/// ties. (4, 7) is the Gaussian optimum (3-bit step 1.75x the 4-bit step).
+pub const Q35_MULTIPLIERS: [(u8, u8); 6] = [(4, 7), (1, 2), (3, 5), (5, 9), (2, 3), (1, 1)];
+
+/// Rows sampled to choose the Q35 multipliers of a matrix.
+const MULT_SAMPLE_ROWS: usize = 64;
+
+/// Quantizer options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantOptions {
+    /// Worker threads (results are identical for any value).
+    pub threads: usize,
+}
+
+impl Default for QuantOptions {
+    fn default() -> Self {
+        QuantOptions {
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+        }
+    }
+}
+
+/// Quantizes a row-major `rows x cols` matrix (`y = W x`, `cols` the
+/// reduction dimension) with the default options. `importance` is the
+/// per-input-channel importance (mean squared calibration activation,
+/// [`crate::metrics::channel_importance`]); [`QuantScheme::Q35`] requires
+/// it and the other schemes ignore it.
+pub fn quantize(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    scheme: QuantScheme,
+    group_size: usize,
+    importance: Option<&[f32]>,
+) -> Result<QuantizedMatrix, QuantError> {
+    quantize_with(
+        weights,
+        rows,
+        cols,
+        scheme,
+        group_size,
+        importance,
+        QuantOptions::default(),
+    )
+}
+
+/// [`quantize`] with explicit options.
+pub fn quantize_with(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    scheme: QuantScheme,
+    group_size: usize,
+    importance: Option<&[f32]>,
+    options: QuantOptions,
+) -> Result<QuantizedMatrix, QuantError> {
+    let layout = Layout::new(rows, cols, group_size)?;
+    if weights.len() != rows * cols {
+        return Err(QuantError::ShapeMismatch {
+            rows,
+            cols,
+            len: weights.len(),
+        });
+    }
+    if let Some(index) = weights.iter().position(|w| !w.is_finite()) {
+        return Err(QuantError::NonFinite {
+            what: "weights",
+            index,
+        });
+    }
+    let cp = layout.cols_padded();
+    // Error weight per padded channel: importance for Q35, 1 otherwise; 0
+    // for padding.
+    let mut imp = vec![0f32; cp];
+    if scheme.needs_importance() {
+        let given = importance.ok_or(QuantError::ImportanceRequired(scheme))?;
+        if given.len() != cols {
+            return Err(QuantError::LengthMismatch {
+                what: "importance",
+                got: given.len(),
+                expected: cols,
+            });
+        }
+        for (index, &v) in given.iter().enumerate() {
+            if !v.is_finite() {
+                return Err(QuantError::NonFinite {
+                    what: "importance",
+                    index,
+                });
+            }
+            if v < 0.0 {
+                return Err(QuantError::NegativeImportance { index });
+            }
+        }
+        imp[..cols].copy_from_slice(given);
+    } else {
+        imp[..cols].fill(1.0);
+    }
+    let threads = options.threads.max(1);
+
+    if let Some(bits) = uniform_bits(scheme) {
+        let nmax = (1u32 << (bits - 1)) as f32;
+        let class = Class { mult: 1.0, nmax };
+        let groups = (0..layout.n_groups())
+            .map(|g| [(0..layout.group_padded_len(g)).collect(), Vec::new()])
+            .collect();
+        let plan = Plan {
+            layout,
+            weights,
+            imp: &imp,
+            classes: [class, class],
+            groups,
+        };
+        let out = plan.run(threads, false);
+        return Ok(QuantizedMatrix::assemble(
+            layout,
+            scheme,
+            (1, 1),
+            &out.codes,
+            &out.scales,
+            None,
+        ));
+    }
+
+    // Q35: slot mask and multipliers.
+    let mask0 = match scheme {
+        QuantScheme::Q35Alternating => (0..cp).map(|j| j % 2 == 0).collect(),
+        _ => {
+            let colsq = column_energy(weights, layout);
+            let score: Vec<f64> = (0..cp).map(|j| f64::from(imp[j]) * colsq[j]).collect();
+            balanced_mask(layout, &score)
+        }
+    };
+    let mults = choose_multipliers(layout, weights, &imp, &mask0);
+    let want_score = scheme != QuantScheme::Q35Alternating;
+    let plan = Plan::q35(layout, weights, &imp, &mask0, mults);
+    let mut best = plan.run(threads, want_score);
+    let mut best_mask = mask0;
+    if let Some(score) = best.score.take() {
+        let mask1 = balanced_mask(layout, &score);
+        if mask1 != best_mask {
+            let out = Plan::q35(layout, weights, &imp, &mask1, mults).run(threads, false);
+            if out.err < best.err {
+                best = out;
+                best_mask = mask1;
+            }
+        }
+    }
+    Ok(QuantizedMatrix::assemble(
+        layout,
+        scheme,
+        mults,
+        &best.codes,
+        &best.scales,
+        Some(&best_mask),
+    ))
+}
+
+/// A code class: codes `-nmax ..= nmax - 1`, integer weight `mult * c`.
+#[derive(Debug, Clone, Copy)]
+struct Class {
+    mult: f32,
+    nmax: f32,
+}
+
+impl Class {
+    fn q35((m4, m3): (u8, u8)) -> [Class; 2] {
+        [
+            Class {
+                mult: f32::from(m4),
+                nmax: 8.0,
+            },
+            Class {
+                mult: f32::from(m3),
+                nmax: 4.0,
+            },
+        ]
+    }
+}
+
+/// Round to nearest, ties to even, for |v| < 2^22 (vectorisable, unlike
+/// `f32::round`). Larger magnitudes stay large and are clamped by callers.
+#[inline(always)]
+fn rne(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC) - MAGIC
+}
+
+/// One matrix-wide quantization setup.
+struct Plan<'a> {
+    layout: Layout,
+    weights: &'a [f32],
+    imp: &'a [f32],
+    classes: [Class; 2],
+    /// Per group: channel offsets (within the padded group) of each class.
+    groups: Vec<[Vec<usize>; 2]>,
+}
+
+/// The result of quantizing some rows.
+struct RowsOut {
+    /// Row-major codes, `rows x cols_padded`.
+    codes: Vec<i8>,
+    /// Row-major scales, `rows x n_groups`.
+    scales: Vec<f16>,
+    /// Total weighted squared error.
+    err: f64,
+    /// Per padded channel: `imp_j * sum_r (e3 - e4)` (Q35 only, on request).
+    score: Option<Vec<f64>>,
+}
+
+impl<'a> Plan<'a> {
+    fn q35(
+        layout: Layout,
+        weights: &'a [f32],
+        imp: &'a [f32],
+        mask: &[bool],
+        mults: (u8, u8),
+    ) -> Plan<'a> {
+        let groups = (0..layout.n_groups())
+            .map(|g| {
+                let start = layout.group_start(g);
+                let (four, three) = (0..layout.group_padded_len(g)).partition(|&o| mask[start + o]);
+                [four, three]
+            })
+            .collect();
+        Plan {
+            layout,
+            weights,
+            imp,
+            classes: Class::q35(mults),
+            groups,
+        }
+    }
+
+    /// Quantizes all rows on `threads` threads.
+    fn run(&self, threads: usize, want_score: bool) -> RowsOut {
+        let rows = self.layout.rows;
+        let n_chunks = rows.div_ceil(CHUNK_ROWS);
+        let mut outs: Vec<Option<RowsOut>> = (0..n_chunks).map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads.min(n_chunks))
+                .map(|t| {
+                    scope.spawn(move || {
+                        (t..n_chunks)
+                            .step_by(threads)
+                            .map(|c| {
+                                let first = c * CHUNK_ROWS;
+                                let last = (first + CHUNK_ROWS).min(rows);
+                                (c, self.quantize_rows(first..last, want_score))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                for (c, out) in h.join().expect("quantizer worker panicked") {
+                    outs[c] = Some(out);
+                }
+            }
+        });
+        let cp = self.layout.cols_padded();
+        let mut all = RowsOut {
+            codes: Vec::with_capacity(rows * cp),
+            scales: Vec::with_capacity(rows * self.layout.n_groups()),
+            err: 0.0,
+            score: want_score.then(|| vec![0f64; cp]),
+        };
+        for out in outs.into_iter().flatten() {
+            all.codes.extend_from_slice(&out.codes);
+            all.scales.extend_from_slice(&out.scales);
+            all.err += out.err;
+            if let (Some(total), Some(part)) = (all.score.as_mut(), out.score) {
+                for (t, p) in total.iter_mut().zip(part) {
+                    *t += p;
+                }
+            }
+        }
+        all
+    }
+
+    /// Quantizes the given rows (any iterator of row indices).
+    fn quantize_rows(&self, rows: impl Iterator<Item = usize>, want_score: bool) -> RowsOut {
+        let l = self.layout;
+        let cp = l.cols_padded();
+        let n_groups = l.n_groups();
+        let mut out = RowsOut {
+            codes: Vec::new(),
+            scales: Vec::new(),
+            err: 0.0,
+            score: want_score.then(|| vec![0f64; cp]),
+        };
+        let mut xs: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
+        let mut ws: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
+        let mut cs: [Vec<i8>; 2] = [Vec::new(), Vec::new()];
+        for r in rows {
+            let row = &self.weights[r * l.cols..(r + 1) * l.cols];
+            let base = out.codes.len();
+            out.codes.resize(base + cp, 0);
+            for g in 0..n_groups {
+                let start = l.group_start(g);
+                let len = l.group_len(g);
+                for (k, idx) in self.groups[g].iter().enumerate() {
+                    xs[k].clear();
+                    ws[k].clear();
+                    xs[k].extend(
+                        idx.iter()
+                            .map(|&o| if o < len { row[start + o] } else { 0.0 }),
+                    );
+                    ws[k].extend(idx.iter().map(|&o| self.imp[start + o]));
+                    cs[k].clear();
+                    cs[k].resize(idx.len(), 0);
+                }
+                let (d, err) = quantize_block(
+                    [
+                        (self.classes[0], &xs[0], &ws[0]),
+                        (self.classes[1], &xs[1], &ws[1]),
+                    ],
+                    &mut cs,
+                );
+                out.err += err;
+                out.scales.push(d);
+                for (idx, codes) in self.groups[g].iter().zip(&cs) {
+                    for (&o, &c) in idx.iter().zip(codes) {
+                        out.codes[base + start + o] = c;
+                    }
+                }
+                if let Some(score) = out.score.as_mut() {
+                    let d = d.to_f32();
+                    for (idx, x) in self.groups[g].iter().zip(&xs) {
+                        for (&o, &x) in idx.iter().zip(x) {
+                            let e4 = class_error(x, d, self.classes[0]);
+                            let e3 = class_error(x, d, self.classes[1]);
+                            score[start + o] += f64::from(self.imp[start + o]) * (e3 - e4);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Squared error of `x` rounded onto class `c` at scale `d`.
+fn class_error(x: f32, d: f32, c: Class) -> f64 {
+    let step = d * c.mult;
+    if step == 0.0 {
+        return f64::from(x) * f64::from(x);
+    }
+    let code = rne(x / step).clamp(-c.nmax, c.nmax - 1.0);
+    let e = f64::from(x) - f64::from(step) * f64::from(code);
+    e * e
+}
+
+/// Sums `sum_j w_j x_j q_j` and `sum_j w_j q_j^2` of class `c` at
+/// `inv = 1 / (d * mult)`.
+#[inline(always)]
+fn class_sums(c: Class, x: &[f32], w: &[f32], inv: f32) -> (f32, f32) {
+    let lo = -c.nmax;
+    let hi = c.nmax - 1.0;
+    let mut sxq = [0f32; 8];
+    let mut sqq = [0f32; 8];
+    let xc = x.chunks_exact(8);
+    let wc = w.chunks_exact(8);
+    let (xr, wr) = (xc.remainder(), wc.remainder());
+    for (xx, ww) in xc.zip(wc) {
+        for i in 0..8 {
+            let q = rne(xx[i] * inv).max(lo).min(hi) * c.mult;
+            let wq = ww[i] * q;
+            sxq[i] += wq * xx[i];
+            sqq[i] += wq * q;
+        }
+    }
+    let mut a = sxq.iter().sum::<f32>();
+    let mut b = sqq.iter().sum::<f32>();
+    for (&xv, &wv) in xr.iter().zip(wr) {
+        let q = rne(xv * inv).max(lo).min(hi) * c.mult;
+        a += wv * q * xv;
+        b += wv * q * q;
+    }
+    (a, b)
+}
+
+/// Quantizes one block made of up to two classes of channels. Writes codes
+/// into `codes[k]` and returns the fp16 scale and the weighted squared
+/// error.
+fn quantize_block(parts: [(Class, &[f32], &[f32]); 2], codes: &mut [Vec<i8>; 2]) -> (f16, f64) {
+    // The no-clipping scale: the largest |x| / (mult * nmax) maps to -nmax.
+    let mut ratio = 0f32;
+    let mut sign = 1f32;
+    for (c, x, _) in parts {
+        let denom = c.mult * c.nmax;
+        for &v in x {
+            let r = v.abs() / denom;
+            if r > ratio {
+                ratio = r;
+                sign = if v > 0.0 { 1.0 } else { -1.0 };
+            }
+        }
+    }
+    if ratio == 0.0 {
+        for c in codes.iter_mut() {
+            c.fill(0);
+        }
+        return (f16::ZERO, 0.0);
+    }
+    let d0 = -sign * ratio;
+    let mut best_gain = -1f32;
+    let mut best_d = d0;
+    for t in CLIP_GRID {
+        let d = d0 * t;
+        let (mut sxq, mut sqq) = (0f32, 0f32);
+        for (c, x, w) in parts {
+            let (a, b) = class_sums(c, x, w, 1.0 / (d * c.mult));
+            sxq += a;
+            sqq += b;
+        }
+        if sqq > 0.0 {
+            let gain = sxq * sxq / sqq;
+            if gain > best_gain {
+                best_gain = gain;
+                best_d = sxq / sqq;
+            }
+        }
+    }
+    // Round the scale to fp16 and fix the codes at that scale; then one
+    // least-squares refinement, kept only if it lowers the error.
+    let (mut d16, mut err) = codes_at(parts, to_f16(best_d), codes);
+    let (mut sxq, mut sqq) = (0f64, 0f64);
+    for (k, (c, x, w)) in parts.into_iter().enumerate() {
+        for ((&xv, &wv), &code) in x.iter().zip(w).zip(&codes[k]) {
+            let q = f64::from(code) * f64::from(c.mult);
+            sxq += f64::from(wv) * f64::from(xv) * q;
+            sqq += f64::from(wv) * q * q;
+        }
+    }
+    if sqq > 0.0 {
+        let cand = to_f16((sxq / sqq) as f32);
+        if cand != d16 && cand != f16::ZERO {
+            let mut trial = [codes[0].clone(), codes[1].clone()];
+            let (d2, e2) = codes_at(parts, cand, &mut trial);
+            if e2 < err {
+                d16 = d2;
+                err = e2;
+                *codes = trial;
+            }
+        }
+    }
+    (d16, err)
+}
+
+/// `d` as a finite fp16 (saturating at +-65504).
+fn to_f16(d: f32) -> f16 {
+    f16::from_f32(d.clamp(-65504.0, 65504.0))
+}
+
+/// Codes of every part at fp16 scale `d16`, and the weighted squared error.
+fn codes_at(parts: [(Class, &[f32], &[f32]); 2], d16: f16, codes: &mut [Vec<i8>; 2]) -> (f16, f64) {
+    let d = d16.to_f32();
+    let mut err = 0f64;
+    for (k, (c, x, w)) in parts.into_iter().enumerate() {
+        let step = d * c.mult;
+        for ((&xv, &wv), code) in x.iter().zip(w).zip(codes[k].iter_mut()) {
+            let q = if step == 0.0 {
+                0.0
+            } else {
+                rne(xv / step).clamp(-c.nmax, c.nmax - 1.0)
+            };
+            *code = q as i8;
+            let e = f64::from(xv) - f64::from(step) * f64::from(q);
+            err += f64::from(wv) * e * e;
+        }
+    }
+    (d16, err)
+}
+
+/// `sum_r w_rj^2` per padded channel (0 for padding), in f64.
+fn column_energy(weights: &[f32], layout: Layout) -> Vec<f64> {
+    let mut e = vec![0f64; layout.cols_padded()];
+    for row in weights.chunks_exact(layout.cols) {
+        for (acc, &w) in e.iter_mut().zip(row) {
+            *acc += f64::from(w) * f64::from(w);
+        }
+    }
+    e
+}
+
+/// Per group, marks the half of the padded channels with the largest score
+/// as 4-bit (ties: lower channel first; padding scores as -infinity).
+pub(crate) fn balanced_mask(layout: Layout, score: &[f64]) -> Vec<bool> {
+    let mut mask = vec![false; layout.cols_padded()];
+    for g in 0..layout.n_groups() {
+        let start = layout.group_start(g);
+        let len = layout.group_len(g);
+        let plen = layout.group_padded_len(g);
+        let key = |o: usize| {
+            if o < len {
+                score[start + o]
+            } else {
+                f64::NEG_INFINITY
+            }
+        };
+        let mut order: Vec<usize> = (0..plen).collect();
+        order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+        for &o in &order[..plen / 2] {
+            mask[start + o] = true;
+        }
+    }
+    mask
+}
+
+/// Picks the Q35 multipliers with the lowest weighted error on a sample of
+/// rows.
+fn choose_multipliers(layout: Layout, weights: &[f32], imp: &[f32], mask: &[bool]) -> (u8, u8) {
+    let n = layout.rows.min(MULT_SAMPLE_ROWS);
+    let sample: Vec<usize> = (0..n).map(|i| i * layout.rows / n).collect();
+    let mut best = (f64::INFINITY, Q35_MULTIPLIERS[0]);
+    for mults in Q35_MULTIPLIERS {
+        let plan = Plan::q35(layout, weights, imp, mask, mults);
+        let err = plan.quantize_rows(sample.iter().copied(), false).err;
+        if err < best.0 {
+            best = (err, mults);
+        }
+    }
+    best.1
+}
