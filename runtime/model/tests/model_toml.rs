@@ -1,0 +1,259 @@
+//! model.toml: the examples load, and every kind of bad input gets a
+//! diagnostic naming the file, the key and what was expected.
+
+use std::path::{Path, PathBuf};
+
+use q35_gguf::write::GgufWriter;
+use q35_gguf::{Array, Value};
+use q35_model::{ModelError, QuantScheme, Target, WeightSource};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+const TINY: &str = r#"
+[model]
+name = "t"
+[architecture]
+blocks = 2
+hidden = 64
+heads = 4
+kv_heads = 2
+ffn = 128
+vocab = 256
+rope_base = 10000.0
+norm_eps = 1e-5
+context = 128
+[weights]
+source = "synthetic"
+seed = 3
+"#;
+
+fn err(text: &str) -> String {
+    q35_model::parse(text, Path::new("bad.toml"))
+        .expect_err("should be rejected")
+        .to_string()
+}
+
+#[test]
+fn tiny_and_70b_examples_load() {
+    let t = q35_model::load(examples().join("tiny.toml")).unwrap();
+    assert_eq!(t.arch.blocks, 2);
+    assert_eq!(t.arch.head_dim, 16);
+    assert_eq!(t.weights, WeightSource::Synthetic { seed: 7 });
+    assert_eq!(t.quant.group_size, 32);
+    assert_eq!(t.target.mxm_rows, 320);
+    let l = q35_model::load(examples().join("llama-70b.toml")).unwrap();
+    assert_eq!(
+        (l.arch.hidden, l.arch.heads, l.arch.kv_heads),
+        (8192, 64, 8)
+    );
+    assert_eq!(l.arch.ffn, 28672);
+    assert_eq!(l.weights, WeightSource::None);
+    assert!(!l.arch.tied_embeddings);
+    // 70B-class: about 69 billion parameters.
+    let p = l.arch.parameters();
+    assert!((68_000_000_000..70_000_000_000).contains(&p), "{p}");
+}
+
+#[test]
+fn defaults() {
+    let m = q35_model::parse(TINY, Path::new("x/t.toml")).unwrap();
+    assert_eq!(m.arch.head_dim, 16);
+    assert_eq!(m.quant.scheme, QuantScheme::Q35);
+    assert_eq!(m.quant.group_size, 128);
+    assert_eq!(m.limits.max_seq_len, 128);
+    assert_eq!(m.limits.batch, 1);
+    assert_eq!(m.target.name, "lpu-v1");
+    assert!(!m.arch.tied_embeddings);
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let e = err(&TINY.replace("ffn = 128", "ffn = 128\nfnn = 3"));
+    assert!(e.starts_with("bad.toml:"), "{e}");
+    assert!(e.contains("unknown field `fnn`"), "{e}");
+}
+
+#[test]
+fn missing_and_wrong_type() {
+    let e = err(&TINY.replace("hidden = 64\n", ""));
+    assert!(e.contains("`architecture.hidden`: is required"), "{e}");
+    let e = err(&TINY.replace("hidden = 64", "hidden = \"64\""));
+    assert!(
+        e.contains("bad.toml:6:10: `architecture.hidden`: invalid type"),
+        "{e}"
+    );
+    let e = err(&TINY.replace("name = \"t\"", ""));
+    assert!(e.contains("missing field `name`"), "{e}");
+}
+
+#[test]
+fn impossible_shapes() {
+    let e = err(&TINY.replace("heads = 4", "heads = 5"));
+    assert!(
+        e.contains("`architecture.heads`") && e.contains("do not divide hidden = 64"),
+        "{e}"
+    );
+    let e = err(&TINY.replace("kv_heads = 2", "kv_heads = 3"));
+    assert!(
+        e.contains("`architecture.kv_heads`") && e.contains("do not divide heads = 4"),
+        "{e}"
+    );
+    let e = err(&TINY.replace("blocks = 2", "blocks = 0"));
+    assert!(
+        e.contains("`architecture.blocks`: must be at least 1"),
+        "{e}"
+    );
+    let e = err(&TINY.replace("blocks = 2", "blocks = -1"));
+    assert!(e.contains("invalid value"), "{e}");
+}
+
+#[test]
+fn bad_options() {
+    let e = err(&format!("{TINY}[quantization]\nscheme = \"q36\"\n"));
+    assert!(e.contains("unknown variant `q36`"), "{e}");
+    let e = err(&format!("{TINY}[quantization]\ngroup_size = 100\n"));
+    assert!(e.contains("`quantization.group_size`"), "{e}");
+    let e = err(&format!("{TINY}[quantization]\nactivations = \"fp16\"\n"));
+    assert!(e.contains("unknown variant `fp16`"), "{e}");
+    let e = err(&format!("{TINY}[target]\nname = \"tpu\"\n"));
+    assert!(e.contains("unknown target `tpu`"), "{e}");
+    let e = err(&format!("{TINY}[runtime]\nmax_seq_len = 4096\n"));
+    assert!(
+        e.contains("`runtime.max_seq_len`") && e.contains("context length 128"),
+        "{e}"
+    );
+    let e = err(&TINY.replace("source = \"synthetic\"", "source = \"gguf\""));
+    assert!(
+        e.contains("`weights.seed`: only allowed with source = \"synthetic\""),
+        "{e}"
+    );
+    let e = err(&TINY.replace("source = \"synthetic\"\nseed = 3", "source = \"gguf\""));
+    assert!(e.contains("`weights.path`: is required"), "{e}");
+    let e = err(&format!("{}\n[model]\n", TINY));
+    assert!(e.contains("bad.toml:"), "{e}");
+}
+
+/// A miniature GGUF of the tiny shape with F32 tensors.
+fn tiny_gguf(dir: &Path, hidden: u32, drop: Option<&str>) -> PathBuf {
+    let mut w = GgufWriter::new();
+    w.metadata("general.architecture", Value::String("llama".into()));
+    w.metadata("llama.block_count", Value::U32(2));
+    w.metadata("llama.embedding_length", Value::U32(hidden));
+    w.metadata("llama.attention.head_count", Value::U32(4));
+    w.metadata("llama.attention.head_count_kv", Value::U32(2));
+    w.metadata("llama.feed_forward_length", Value::U32(128));
+    w.metadata("llama.context_length", Value::U32(128));
+    w.metadata("llama.rope.freq_base", Value::F32(10000.0));
+    w.metadata("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
+    w.metadata(
+        "tokenizer.ggml.tokens",
+        Value::Array(Array::String((0..256).map(|i| format!("t{i}")).collect())),
+    );
+    let arch = q35_model::parse(TINY, Path::new("t.toml")).unwrap().arch;
+    let arch = q35_model::Architecture {
+        hidden,
+        tied_embeddings: true,
+        ..arch
+    };
+    for (name, dims) in arch.expected_tensors() {
+        if Some(name.as_str()) == drop {
+            continue;
+        }
+        let n = dims.iter().product::<u64>() as usize;
+        w.tensor_f32(&name, &dims, &vec![0.0; n]);
+    }
+    let p = dir.join("m.gguf");
+    w.write(&p).unwrap();
+    p
+}
+
+#[test]
+fn gguf_source_and_cross_check() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_gguf(dir.path(), 64, None);
+    let toml = |arch: &str| {
+        format!(
+            "[model]\nname = \"g\"\n[architecture]\n{arch}\n[weights]\nsource = \"gguf\"\npath = \"m.gguf\"\n"
+        )
+    };
+    let p = dir.path().join("m.toml");
+    std::fs::write(&p, toml("hidden = 64")).unwrap();
+    let m = q35_model::load(&p).unwrap();
+    assert_eq!(m.arch.vocab, 256);
+    assert!(m.arch.tied_embeddings);
+
+    std::fs::write(&p, toml("hidden = 96")).unwrap();
+    let e = q35_model::load(&p).unwrap_err();
+    assert!(matches!(e, ModelError::Mismatch { .. }));
+    let e = e.to_string();
+    assert!(
+        e.contains("`architecture.hidden` = 96 disagrees with")
+            && e.contains("`llama.embedding_length` = 64"),
+        "{e}"
+    );
+
+    // Missing file, truncated file, missing tensor.
+    std::fs::write(&p, toml("").replace("m.gguf", "nope.gguf")).unwrap();
+    let e = q35_model::load(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("`weights.path`") && e.contains("nope.gguf"),
+        "{e}"
+    );
+    let g = dir.path().join("m.gguf");
+    let bytes = std::fs::read(&g).unwrap();
+    std::fs::write(&g, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(&p, toml("")).unwrap();
+    let e = q35_model::load(&p).unwrap_err().to_string();
+    assert!(e.contains("truncated GGUF"), "{e}");
+    tiny_gguf(dir.path(), 64, Some("blk.1.ffn_up.weight"));
+    let e = q35_model::load(&p).unwrap_err().to_string();
+    assert!(e.contains("tensor `blk.1.ffn_up.weight` is missing"), "{e}");
+}
+
+#[test]
+fn non_llama_gguf_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = GgufWriter::new();
+    w.metadata("general.architecture", Value::String("gpt2".into()));
+    w.write(dir.path().join("m.gguf")).unwrap();
+    let p = dir.path().join("m.toml");
+    std::fs::write(
+        &p,
+        "[model]\nname = \"g\"\n[weights]\nsource = \"gguf\"\npath = \"m.gguf\"\n",
+    )
+    .unwrap();
+    let e = q35_model::load(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("`general.architecture` is `gpt2`") && e.contains("LLaMA-family"),
+        "{e}"
+    );
+}
+
+#[test]
+fn builtin_target_is_valid() {
+    let t = Target::builtin("lpu-v1").unwrap();
+    assert_eq!(
+        (t.mxm_rows, t.mxm_cols, t.mxm_planes, t.vector_lanes),
+        (320, 320, 4, 320)
+    );
+    // 409,600 MACs x 900 MHz: the published ~750 TOPS (2 ops per MAC) peak.
+    let tops = 2.0 * t.peak_macs_per_second() / 1e12;
+    assert!((730.0..=740.0).contains(&tops), "{tops}");
+}
+
+#[test]
+fn real_smollm2_example() {
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.exists() && std::env::var("Q35_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
+        return;
+    }
+    let m = q35_model::load(examples().join("smollm2-135m.toml")).unwrap();
+    assert_eq!(m.arch.blocks, 30);
+    assert_eq!(m.arch.vocab, 49152);
+    assert_eq!(m.arch.rope_base, 100_000.0);
+    assert!(m.arch.tied_embeddings);
+    assert_eq!(m.arch.parameters(), 134_515_008);
+}
