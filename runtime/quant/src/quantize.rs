@@ -22,12 +22,14 @@ use half::f16;
 /// independent).
 const CHUNK_ROWS: usize = 16;
 
-/// Clipping ratios tried for every block, as fractions of the no-clipping
-/// scale.
-const CLIP_GRID: [f32; 25] = [
-    0.500, 0.525, 0.550, 0.575, 0.600, 0.625, 0.650, 0.675, 0.700, 0.725, 0.750, 0.775, 0.800,
-    0.825, 0.850, 0.875, 0.900, 0.925, 0.950, 0.975, 1.000, 1.025, 1.050, 1.075, 1.100,
+/// Clipping ratios tried first for every block, as fractions of the
+/// no-clipping scale; the best is then refined by +-[`CLIP_FINE`].
+const CLIP_COARSE: [f32; 11] = [
+    0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95, 1.00, 1.05,
 ];
+
+/// Refinement offsets around the best coarse clipping ratio.
+const CLIP_FINE: [f32; 2] = [-0.025, 0.025];
 
 /// Candidate (4-bit, 3-bit) code multipliers for Q35, in preference order on
 /// ties. (4, 7) is the Gaussian optimum (3-bit step 1.75x the 4-bit step).
@@ -371,6 +373,25 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// Largest |x| (eight fixed lanes, vectorisable).
+fn max_abs(x: &[f32]) -> f32 {
+    let mut m = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for xx in chunks {
+        let xx: &[f32; 8] = xx.try_into().expect("chunks of 8");
+        for i in 0..8 {
+            let a = xx[i].abs();
+            m[i] = if a > m[i] { a } else { m[i] };
+        }
+    }
+    let mut r = m.into_iter().fold(0f32, f32::max);
+    for &v in rest {
+        r = r.max(v.abs());
+    }
+    r
+}
+
 /// Squared error of `x` rounded onto class `c` at scale `d`.
 fn class_error(x: f32, d: f32, c: Class) -> f64 {
     let step = d * c.mult;
@@ -394,8 +415,13 @@ fn class_sums(c: Class, x: &[f32], w: &[f32], inv: f32) -> (f32, f32) {
     let wc = w.chunks_exact(8);
     let (xr, wr) = (xc.remainder(), wc.remainder());
     for (xx, ww) in xc.zip(wc) {
+        let xx: &[f32; 8] = xx.try_into().expect("chunks of 8");
+        let ww: &[f32; 8] = ww.try_into().expect("chunks of 8");
         for i in 0..8 {
-            let q = rne(xx[i] * inv).max(lo).min(hi) * c.mult;
+            let v = rne(xx[i] * inv);
+            let v = if v < lo { lo } else { v };
+            let v = if v > hi { hi } else { v };
+            let q = v * c.mult;
             let wq = ww[i] * q;
             sxq[i] += wq * xx[i];
             sqq[i] += wq * q;
@@ -417,16 +443,9 @@ fn class_sums(c: Class, x: &[f32], w: &[f32], inv: f32) -> (f32, f32) {
 fn quantize_block(parts: [(Class, &[f32], &[f32]); 2], codes: &mut [Vec<i8>; 2]) -> (f16, f64) {
     // The no-clipping scale: the largest |x| / (mult * nmax) maps to -nmax.
     let mut ratio = 0f32;
-    let mut sign = 1f32;
     for (c, x, _) in parts {
-        let denom = c.mult * c.nmax;
-        for &v in x {
-            let r = v.abs() / denom;
-            if r > ratio {
-                ratio = r;
-                sign = if v > 0.0 { 1.0 } else { -1.0 };
-            }
-        }
+        let inv_denom = 1.0 / (c.mult * c.nmax);
+        ratio = ratio.max(max_abs(x) * inv_denom);
     }
     if ratio == 0.0 {
         for c in codes.iter_mut() {
@@ -434,10 +453,20 @@ fn quantize_block(parts: [(Class, &[f32], &[f32]); 2], codes: &mut [Vec<i8>; 2])
         }
         return (f16::ZERO, 0.0);
     }
+    // The sign of the first element attaining the ratio.
+    let mut sign = 1f32;
+    'find: for (c, x, _) in parts {
+        let inv_denom = 1.0 / (c.mult * c.nmax);
+        for &v in x {
+            if v.abs() * inv_denom == ratio {
+                sign = if v > 0.0 { 1.0 } else { -1.0 };
+                break 'find;
+            }
+        }
+    }
     let d0 = -sign * ratio;
-    let mut best_gain = -1f32;
-    let mut best_d = d0;
-    for t in CLIP_GRID {
+    // (gain, least-squares scale) of clipping ratio t.
+    let try_ratio = |t: f32| {
         let d = d0 * t;
         let (mut sxq, mut sqq) = (0f32, 0f32);
         for (c, x, w) in parts {
@@ -446,11 +475,22 @@ fn quantize_block(parts: [(Class, &[f32], &[f32]); 2], codes: &mut [Vec<i8>; 2])
             sqq += b;
         }
         if sqq > 0.0 {
-            let gain = sxq * sxq / sqq;
-            if gain > best_gain {
-                best_gain = gain;
-                best_d = sxq / sqq;
-            }
+            (sxq * sxq / sqq, sxq / sqq)
+        } else {
+            (-1.0, d0)
+        }
+    };
+    let (mut best_gain, mut best_d, mut best_t) = (-1f32, d0, 1f32);
+    for t in CLIP_COARSE {
+        let (gain, d) = try_ratio(t);
+        if gain > best_gain {
+            (best_gain, best_d, best_t) = (gain, d, t);
+        }
+    }
+    for dt in CLIP_FINE {
+        let (gain, d) = try_ratio(best_t + dt);
+        if gain > best_gain {
+            (best_gain, best_d) = (gain, d);
         }
     }
     // Round the scale to fp16 and fix the codes at that scale; then one
