@@ -1,1 +1,28 @@
-//! Builds the transformer dataflow graph (petgraph) from a model.toml.
+//! Builds and shape-checks the transformer dataflow graph from a [`ModelSpec`].
+//!
+//! The graph ([`Graph`]) is a petgraph digraph of [`Node`]s, one per value:
+//! inputs (tokens, start position, KV cache), the embedding, per block RMSNorm,
+//! Q/K/V projections, RoPE, the KV-cache write, grouped-query attention, the
+//! output projection, residual adds and the SwiGLU feed-forward, then the final
+//! norm and the LM head. Edges carry the operand index. Weights are not nodes:
+//! ops name them by [`WeightId`] and the graph keeps their declarations
+//! ([`Weight`]) in GGUF order. [`Graph::verify`] checks the shape and element
+//! type of every edge; [`Graph::topological_order`] gives the deterministic
+//! order the MLIR lowering walks.
+//!
+//! The graph describes one decode step of `?` tokens starting at position
+//! `pos`, with a KV cache of `max_seq_len` positions.
+
+mod build;
+mod error;
+mod graph;
+mod types;
+mod verify;
+
+pub use build::{GraphConfig, build, build_from_config};
+pub use error::{FrontendError, GraphError};
+pub use graph::{Graph, InputKind, Node, Op, Weight, WeightFormat, WeightId};
+pub use types::{DType, Dim, Shape};
+
+/// Index of a graph node (petgraph's).
+pub use petgraph::graph::NodeIndex;

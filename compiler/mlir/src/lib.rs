@@ -1,1 +1,30 @@
 //! The q35 MLIR dialect (IRDL) through melior: lowering from the graph and passes.
+//!
+//! - [`dialect`]: the dialect source (`dialects/q35.irdl.mlir`, embedded) and
+//!   [`dialect::create_context`], which loads it into a fresh MLIR context.
+//! - [`lower`]: [`q35_frontend::Graph`] to a verified `builtin.module` holding
+//!   one `q35.weight` declaration per weight and `func.func @decode`.
+//! - [`passes`]: the q35 passes (`--q35-verify`, `--q35-check-overflow`), one
+//!   per file, run through MLIR's pass manager.
+//!
+//! An MLIR [`melior::Context`] is neither `Send` nor `Sync`: keep each
+//! compilation on one thread.
+
+pub mod dialect;
+mod error;
+pub mod ir;
+pub mod lower;
+pub mod passes;
+
+pub use dialect::{IRDL_SOURCE, create_context, parse_module};
+pub use error::MlirError;
+pub use lower::{emit_q35, lower};
+
+/// Parses `source` (named `name` in diagnostics) with the q35 dialect loaded,
+/// runs the named passes and prints the result.
+pub fn opt(source: &str, name: &str, pipeline: &[&str]) -> Result<String, MlirError> {
+    let context = create_context()?;
+    let mut module = parse_module(&context, source, name)?;
+    passes::run(&context, &mut module, pipeline)?;
+    Ok(module.as_operation().to_string())
+}

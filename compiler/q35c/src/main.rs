@@ -1,2 +1,40 @@
-//! `q35c`: the q35 compiler driver.
-fn main() {}
+//! `q35c`: the q35 compiler driver. One module per subcommand (`cmd_*.rs`);
+//! errors get file/field context here, at the edge, with `anyhow`.
+
+mod cmd_compile;
+mod cmd_opt;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The q35 compiler: quantized LLaMA-family models for an LPU-style machine.
+#[derive(Debug, Parser)]
+#[command(name = "q35c", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compile a model description (model.toml) to the q35 dialect.
+    Compile(cmd_compile::CompileArgs),
+    /// Run q35 passes on an MLIR file.
+    Opt(cmd_opt::OptArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Compile(args) => cmd_compile::run(args),
+        Command::Opt(args) => cmd_opt::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

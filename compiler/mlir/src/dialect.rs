@@ -1,0 +1,114 @@
+//! The q35 dialect, embedded from `dialects/q35.irdl.mlir`, and context setup.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use melior::Context;
+use melior::dialect::DialectRegistry;
+use melior::ir::Module;
+use melior::utility::{load_irdl_dialects, register_all_dialects};
+
+use crate::error::MlirError;
+
+/// The IRDL source of the q35 dialect.
+pub const IRDL_SOURCE: &str = include_str!("../../../dialects/q35.irdl.mlir");
+
+/// A single-threaded MLIR context with the upstream dialects registered and
+/// the q35 dialect loaded.
+pub fn create_context() -> Result<Context, MlirError> {
+    let registry = DialectRegistry::new();
+    register_all_dialects(&registry);
+    let context = Context::new_with_registry(&registry, false);
+    let loaded = {
+        let messages = capture_diagnostics(&context);
+        let Some(irdl) = Module::parse(&context, IRDL_SOURCE) else {
+            return Err(MlirError::Dialect(messages.borrow().join("\n")));
+        };
+        load_irdl_dialects(&irdl)
+    };
+    if !loaded {
+        return Err(MlirError::Dialect("irdl::loadDialects failed".into()));
+    }
+    Ok(context)
+}
+
+/// Parses MLIR text (`file` names it in diagnostics) into a module.
+pub fn parse_module<'c>(
+    context: &'c Context,
+    source: &str,
+    file: &str,
+) -> Result<Module<'c>, MlirError> {
+    let messages = capture_diagnostics(context);
+    // melior's `Module::parse` names the buffer `<unknown>`: parse through the
+    // C API so diagnostics and locations carry the file name.
+    let module = parse_named(context, source, file);
+    match module {
+        Some(m) => Ok(m),
+        None => Err(MlirError::Parse {
+            diagnostics: messages.borrow().clone(),
+        }),
+    }
+}
+
+fn parse_named<'c>(context: &'c Context, source: &str, file: &str) -> Option<Module<'c>> {
+    use melior::StringRef;
+    use melior::ir::Operation;
+    use melior::ir::operation::OperationLike;
+    // SAFETY: mlirOperationCreateParse returns a null operation on failure,
+    // which `from_option_raw` maps to None; the result is owned by the caller.
+    let op = unsafe {
+        Operation::from_option_raw(mlir_sys::mlirOperationCreateParse(
+            context.to_raw(),
+            StringRef::new(source).to_raw(),
+            StringRef::new(file).to_raw(),
+        ))
+    }?;
+    if op.name().as_string_ref().as_str().ok()? != "builtin.module" {
+        return None;
+    }
+    Module::from_operation(op)
+}
+
+/// Collects the context's diagnostics (as `location: severity: message`)
+/// until the returned guard is dropped.
+pub fn capture_diagnostics(context: &Context) -> DiagnosticCapture<'_> {
+    let messages = Rc::new(RefCell::new(Vec::new()));
+    let sink = Rc::clone(&messages);
+    let id = context.attach_diagnostic_handler(move |d| {
+        sink.borrow_mut().push(crate::ir::format_diagnostic(&d));
+        true
+    });
+    DiagnosticCapture {
+        context,
+        id,
+        messages,
+    }
+}
+
+/// Guard returned by [`capture_diagnostics`]; derefs to the collected lines.
+pub struct DiagnosticCapture<'c> {
+    context: &'c Context,
+    id: melior::diagnostic::DiagnosticHandlerId,
+    messages: Rc<RefCell<Vec<String>>>,
+}
+
+impl std::fmt::Debug for DiagnosticCapture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiagnosticCapture")
+            .field("messages", &self.messages)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for DiagnosticCapture<'_> {
+    type Target = RefCell<Vec<String>>;
+    fn deref(&self) -> &Self::Target {
+        &self.messages
+    }
+}
+
+impl Drop for DiagnosticCapture<'_> {
+    fn drop(&mut self) {
+        self.context.detach_diagnostic_handler(self.id);
+    }
+}

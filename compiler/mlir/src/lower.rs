@@ -1,0 +1,460 @@
+//! Lowers a [`Graph`] into the q35 dialect: module attributes describing the
+//! model, one `q35.weight` per weight, and `func.func @decode`.
+//!
+//! ```mlir
+//! module attributes {q35.model = "tiny", q35.arch = {...}, q35.target = {...}, ...} {
+//!   "q35.weight"() {source = "token_embd.weight", sym_name = "token_embd",
+//!                   type = tensor<256x64x!q35.qweight<"q35", 32 : i32>>} : () -> ()
+//!   ...
+//!   func.func @decode(%tokens: tensor<?xi32>, %pos: index, %kv: tensor<2x2x128x2x16xf16>)
+//!       -> (tensor<?x256xf32>, tensor<2x2x128x2x16xf16>) {
+//!     %0 = "q35.embed"(%arg0) {table = @token_embd} : (tensor<?xi32>) -> tensor<?x64xf32>
+//!     ...
+//!     return %logits, %cache : ...
+//!   }
+//! }
+//! ```
+//!
+//! Ops are built with melior's `OperationBuilder`; only the `!q35.qweight`
+//! element type (a dynamic IRDL type with no C API constructor) is obtained by
+//! parsing its spelling. Each op's location is the graph node's name.
+
+use std::collections::BTreeMap;
+
+use melior::Context;
+use melior::dialect::func;
+use melior::ir::attribute::{
+    BoolAttribute, DictionaryAttribute, FlatSymbolRefAttribute, FloatAttribute, IntegerAttribute,
+    StringAttribute, TypeAttribute,
+};
+use melior::ir::block::BlockLike;
+use melior::ir::operation::{OperationBuilder, OperationLike, OperationMutLike};
+use melior::ir::r#type::{FunctionType, IntegerType, RankedTensorType};
+use melior::ir::{Attribute, Block, Identifier, Location, Module, Region, RegionLike, Type, Value};
+use q35_frontend::{DType, Dim, Graph, NodeIndex, Op, Shape, Weight, WeightFormat};
+use q35_model::{ModelSpec, WeightSource};
+
+use crate::dialect::{capture_diagnostics, create_context};
+use crate::error::MlirError;
+use crate::passes;
+
+/// MLIR's marker for a dynamic dimension (`ShapedType::kDynamic`).
+const DYNAMIC: u64 = i64::MIN as u64;
+
+/// Builds the graph of `spec`, lowers it, verifies it, runs the compile
+/// pipeline ([`passes::COMPILE_PIPELINE`]) and prints the module.
+pub fn emit_q35(spec: &ModelSpec) -> Result<String, MlirError> {
+    let graph = q35_frontend::build(spec)?;
+    let context = create_context()?;
+    let mut module = lower(&context, spec, &graph)?;
+    passes::run(&context, &mut module, &passes::COMPILE_PIPELINE)?;
+    Ok(module.as_operation().to_string())
+}
+
+/// Lowers `graph` (built from `spec`) into a verified module.
+pub fn lower<'c>(
+    context: &'c Context,
+    spec: &ModelSpec,
+    graph: &Graph,
+) -> Result<Module<'c>, MlirError> {
+    let unknown = Location::unknown(context);
+    let mut module = Module::new(unknown);
+    let mut l = Lowering {
+        context,
+        qweight: BTreeMap::new(),
+    };
+
+    for (name, attr) in l.module_attributes(spec) {
+        module.as_operation_mut().set_attribute(name, attr);
+    }
+    for w in graph.weights() {
+        let op = l.weight_decl(w)?;
+        module.body().append_operation(op);
+    }
+    let func = l.decode_func(graph)?;
+    module.body().append_operation(func);
+
+    let messages = capture_diagnostics(context);
+    if !module.as_operation().verify() {
+        return Err(MlirError::Verify {
+            diagnostics: messages.borrow().clone(),
+        });
+    }
+    drop(messages);
+    Ok(module)
+}
+
+struct Lowering<'c> {
+    context: &'c Context,
+    /// `!q35.qweight` types by (scheme, group size).
+    qweight: BTreeMap<(&'static str, u32), Type<'c>>,
+}
+
+impl<'c> Lowering<'c> {
+    fn id(&self, name: &str) -> Identifier<'c> {
+        Identifier::new(self.context, name)
+    }
+
+    fn int(&self, v: u64) -> Attribute<'c> {
+        let v = i64::try_from(v).unwrap_or(i64::MAX);
+        IntegerAttribute::new(IntegerType::new(self.context, 64).into(), v).into()
+    }
+
+    fn f32(&self, v: f32) -> Attribute<'c> {
+        FloatAttribute::new(self.context, Type::float32(self.context), f64::from(v)).into()
+    }
+
+    fn f64(&self, v: f64) -> Attribute<'c> {
+        FloatAttribute::new(self.context, Type::float64(self.context), v).into()
+    }
+
+    fn str(&self, v: &str) -> Attribute<'c> {
+        StringAttribute::new(self.context, v).into()
+    }
+
+    fn bool(&self, v: bool) -> Attribute<'c> {
+        BoolAttribute::new(self.context, v).into()
+    }
+
+    fn int_type(&self, bits: u32) -> Attribute<'c> {
+        TypeAttribute::new(IntegerType::new(self.context, bits).into()).into()
+    }
+
+    fn dict(&self, entries: &[(&str, Attribute<'c>)]) -> Attribute<'c> {
+        let entries: Vec<_> = entries.iter().map(|(k, v)| (self.id(k), *v)).collect();
+        DictionaryAttribute::new(self.context, &entries).into()
+    }
+
+    fn module_attributes(&self, spec: &ModelSpec) -> Vec<(&'static str, Attribute<'c>)> {
+        let a = &spec.arch;
+        let t = &spec.target;
+        let weights = match &spec.weights {
+            WeightSource::Gguf { path } => format!(
+                "gguf:{}",
+                path.file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+            WeightSource::Synthetic { seed } => format!("synthetic:{seed}"),
+            WeightSource::None => "none".to_string(),
+        };
+        vec![
+            ("q35.model", self.str(&spec.name)),
+            ("q35.weights", self.str(&weights)),
+            (
+                "q35.arch",
+                self.dict(&[
+                    ("family", self.str(&a.family)),
+                    ("blocks", self.int(a.blocks.into())),
+                    ("hidden", self.int(a.hidden.into())),
+                    ("heads", self.int(a.heads.into())),
+                    ("kv_heads", self.int(a.kv_heads.into())),
+                    ("head_dim", self.int(a.head_dim.into())),
+                    ("ffn", self.int(a.ffn.into())),
+                    ("vocab", self.int(a.vocab.into())),
+                    ("rope_base", self.f32(a.rope_base)),
+                    ("norm_eps", self.f32(a.norm_eps)),
+                    ("tied_embeddings", self.bool(a.tied_embeddings)),
+                    ("context", self.int(a.context.into())),
+                ]),
+            ),
+            (
+                "q35.quant",
+                self.dict(&[
+                    ("scheme", self.str(spec.quant.scheme.as_str())),
+                    ("group_size", self.int(spec.quant.group_size.into())),
+                    ("act_type", self.int_type(8)),
+                    ("acc_type", self.int_type(32)),
+                ]),
+            ),
+            (
+                "q35.limits",
+                self.dict(&[
+                    ("max_seq_len", self.int(spec.limits.max_seq_len.into())),
+                    ("batch", self.int(spec.limits.batch.into())),
+                ]),
+            ),
+            (
+                "q35.target",
+                self.dict(&[
+                    ("name", self.str(&t.name)),
+                    ("clock_mhz", self.f64(t.clock_mhz)),
+                    ("mxm_rows", self.int(t.mxm_rows.into())),
+                    ("mxm_cols", self.int(t.mxm_cols.into())),
+                    ("mxm_planes", self.int(t.mxm_planes.into())),
+                    (
+                        "mxm_weight_install_cycles",
+                        self.int(t.mxm_weight_install_cycles.into()),
+                    ),
+                    ("mxm_fill_cycles", self.int(t.mxm_fill_cycles.into())),
+                    ("mxm_drain_cycles", self.int(t.mxm_drain_cycles.into())),
+                    ("vector_lanes", self.int(t.vector_lanes.into())),
+                    ("vxm_alus_per_lane", self.int(t.vxm_alus_per_lane.into())),
+                    (
+                        "vxm_pipeline_cycles",
+                        self.int(t.vxm_pipeline_cycles.into()),
+                    ),
+                    ("sram_bytes", self.int(t.sram_bytes)),
+                    ("sram_slices", self.int(t.sram_slices.into())),
+                    (
+                        "sram_read_latency_cycles",
+                        self.int(t.sram_read_latency_cycles.into()),
+                    ),
+                    ("stream_registers", self.int(t.stream_registers.into())),
+                    ("stream_hop_cycles", self.int(t.stream_hop_cycles.into())),
+                ]),
+            ),
+        ]
+    }
+
+    fn qweight_type(
+        &mut self,
+        scheme: &'static str,
+        group_size: u32,
+    ) -> Result<Type<'c>, MlirError> {
+        if let Some(t) = self.qweight.get(&(scheme, group_size)) {
+            return Ok(*t);
+        }
+        let spelling = format!("!q35.qweight<{scheme:?}, {group_size} : i32>");
+        let t = Type::parse(self.context, &spelling).ok_or_else(|| MlirError::Build {
+            op: "q35.weight".into(),
+            message: format!("cannot make type {spelling}"),
+        })?;
+        self.qweight.insert((scheme, group_size), t);
+        Ok(t)
+    }
+
+    fn tensor(&self, dims: &[u64], element: Type<'c>) -> Type<'c> {
+        RankedTensorType::new(dims, element, None).into()
+    }
+
+    fn value_type(&self, shape: &Shape, dtype: DType) -> Type<'c> {
+        let element = match dtype {
+            DType::F32 => Type::float32(self.context),
+            DType::F16 => Type::float16(self.context),
+            DType::I32 => IntegerType::new(self.context, 32).into(),
+            DType::Index => Type::index(self.context),
+        };
+        if shape.rank() == 0 {
+            return element;
+        }
+        let dims: Vec<u64> = shape
+            .dims()
+            .iter()
+            .map(|d| match d {
+                Dim::Dynamic => DYNAMIC,
+                Dim::Static(n) => *n,
+            })
+            .collect();
+        self.tensor(&dims, element)
+    }
+
+    fn weight_decl(&mut self, w: &Weight) -> Result<melior::ir::Operation<'c>, MlirError> {
+        let element = match w.format {
+            WeightFormat::Quantized { scheme, group_size } => {
+                self.qweight_type(scheme.as_str(), group_size)?
+            }
+            WeightFormat::F32 => Type::float32(self.context),
+        };
+        let ty = self.tensor(&w.shape, element);
+        let loc = Location::name(self.context, &w.symbol, Location::unknown(self.context));
+        OperationBuilder::new("q35.weight", loc)
+            .add_attributes(&[
+                (self.id("sym_name"), self.str(&w.symbol)),
+                (self.id("type"), TypeAttribute::new(ty).into()),
+                (self.id("source"), self.str(&w.source)),
+            ])
+            .build()
+            .map_err(|e| MlirError::Build {
+                op: "q35.weight".into(),
+                message: e.to_string(),
+            })
+    }
+
+    fn symbol(
+        &self,
+        graph: &Graph,
+        id: q35_frontend::WeightId,
+        node: &str,
+    ) -> Result<Attribute<'c>, MlirError> {
+        let w = graph.weight(id).ok_or_else(|| MlirError::Lower {
+            node: node.to_string(),
+            problem: format!("weight #{} is not declared", id.0),
+        })?;
+        Ok(FlatSymbolRefAttribute::new(self.context, &w.symbol).into())
+    }
+
+    fn decode_func(&mut self, graph: &Graph) -> Result<melior::ir::Operation<'c>, MlirError> {
+        let order = graph.topological_order().map_err(|e| MlirError::Lower {
+            node: String::new(),
+            problem: e.to_string(),
+        })?;
+        let ctx = self.context;
+        let arg_types: Vec<Type<'c>> = graph
+            .inputs()
+            .iter()
+            .map(|&n| self.value_type(&graph.node(n).shape, graph.node(n).dtype))
+            .collect();
+        let result_types: Vec<Type<'c>> = graph
+            .outputs()
+            .iter()
+            .map(|&n| self.value_type(&graph.node(n).shape, graph.node(n).dtype))
+            .collect();
+        let block_args: Vec<(Type<'c>, Location<'c>)> = graph
+            .inputs()
+            .iter()
+            .zip(&arg_types)
+            .map(|(&n, &t)| {
+                (
+                    t,
+                    Location::name(ctx, &graph.node(n).name, Location::unknown(ctx)),
+                )
+            })
+            .collect();
+        let block = Block::new(&block_args);
+        {
+            let mut values: Vec<Option<Value<'c, '_>>> = vec![None; graph.node_count()];
+            for (i, &n) in graph.inputs().iter().enumerate() {
+                let arg = block.argument(i).map_err(|e| MlirError::Lower {
+                    node: graph.node(n).name.clone(),
+                    problem: e.to_string(),
+                })?;
+                values[n.index()] = Some(arg.into());
+            }
+            for &n in &order {
+                let node = graph.node(n);
+                if matches!(node.op, Op::Input(_)) {
+                    continue;
+                }
+                let operands = graph
+                    .operands(n)
+                    .iter()
+                    .map(|o| {
+                        values[o.index()].ok_or_else(|| MlirError::Lower {
+                            node: node.name.clone(),
+                            problem: format!("operand `{}` has no value", graph.node(*o).name),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let op = self.node_op(graph, n, &operands)?;
+                let op = block.append_operation(op);
+                let result = op.result(0).map_err(|e| MlirError::Lower {
+                    node: node.name.clone(),
+                    problem: e.to_string(),
+                })?;
+                values[n.index()] = Some(result.into());
+            }
+            let results = graph
+                .outputs()
+                .iter()
+                .map(|o| {
+                    values[o.index()].ok_or_else(|| MlirError::Lower {
+                        node: graph.node(*o).name.clone(),
+                        problem: "output has no value".into(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            block.append_operation(func::r#return(&results, Location::unknown(ctx)));
+        }
+        let region = Region::new();
+        region.append_block(block);
+        Ok(func::func(
+            ctx,
+            StringAttribute::new(ctx, "decode"),
+            TypeAttribute::new(FunctionType::new(ctx, &arg_types, &result_types).into()),
+            region,
+            &[],
+            Location::unknown(ctx),
+        ))
+    }
+
+    fn node_op(
+        &mut self,
+        graph: &Graph,
+        n: NodeIndex,
+        operands: &[Value<'c, '_>],
+    ) -> Result<melior::ir::Operation<'c>, MlirError> {
+        let node = graph.node(n);
+        let ctx = self.context;
+        let loc = Location::name(ctx, &node.name, Location::unknown(ctx));
+        let result = self.value_type(&node.shape, node.dtype);
+        let (name, attrs): (&str, Vec<(&str, Attribute<'c>)>) = match &node.op {
+            Op::Input(kind) => {
+                return Err(MlirError::Lower {
+                    node: node.name.clone(),
+                    problem: format!("input {kind:?} is not an op"),
+                });
+            }
+            Op::Embedding { table } => (
+                "q35.embed",
+                vec![("table", self.symbol(graph, *table, &node.name)?)],
+            ),
+            Op::RmsNorm { weight, eps } => (
+                "q35.rmsnorm",
+                vec![
+                    ("weight", self.symbol(graph, *weight, &node.name)?),
+                    ("eps", self.f32(*eps)),
+                ],
+            ),
+            Op::MatMul { weight } => (
+                "q35.matmul",
+                vec![
+                    ("weight", self.symbol(graph, *weight, &node.name)?),
+                    ("act_type", self.int_type(8)),
+                    ("acc_type", self.int_type(32)),
+                ],
+            ),
+            Op::Rope {
+                heads,
+                head_dim,
+                base,
+            } => (
+                "q35.rope",
+                vec![
+                    ("heads", self.int((*heads).into())),
+                    ("head_dim", self.int((*head_dim).into())),
+                    ("base", self.f32(*base)),
+                ],
+            ),
+            Op::KvWrite { layer } => ("q35.kv_write", vec![("layer", self.int((*layer).into()))]),
+            Op::Attention {
+                layer,
+                heads,
+                kv_heads,
+                head_dim,
+                causal,
+            } => (
+                "q35.attention",
+                vec![
+                    ("layer", self.int((*layer).into())),
+                    ("heads", self.int((*heads).into())),
+                    ("kv_heads", self.int((*kv_heads).into())),
+                    ("head_dim", self.int((*head_dim).into())),
+                    ("causal", self.bool(*causal)),
+                    ("scale", self.f32(1.0 / (*head_dim as f32).sqrt())),
+                ],
+            ),
+            Op::Add => ("q35.add", vec![]),
+            Op::SwiGlu => ("q35.swiglu", vec![]),
+            Op::LmHead { weight, tied } => (
+                "q35.lm_head",
+                vec![
+                    ("weight", self.symbol(graph, *weight, &node.name)?),
+                    ("act_type", self.int_type(8)),
+                    ("acc_type", self.int_type(32)),
+                    ("tied", self.bool(*tied)),
+                ],
+            ),
+        };
+        let attrs: Vec<_> = attrs.into_iter().map(|(k, v)| (self.id(k), v)).collect();
+        OperationBuilder::new(name, loc)
+            .add_operands(operands)
+            .add_results(&[result])
+            .add_attributes(&attrs)
+            .build()
+            .map_err(|e| MlirError::Build {
+                op: name.into(),
+                message: format!("{} ({e})", node.name),
+            })
+    }
+}
