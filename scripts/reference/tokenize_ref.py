@@ -12,6 +12,11 @@ llama-cpp-python, `vocab_only=True`) and writes a JSON fixture with:
   for every token id (one hash per block of 1024 ids, each piece length-
   prefixed), so the Rust side can check every token's bytes without the
   fixture holding the whole vocabulary;
+* `codepoints`: for every Unicode scalar value c, the ids of a probe string
+  that puts c next to letters, digits, punctuation, spaces and tabs (see
+  `codepoint_probe`), hashed per block of 4096 code points: this checks that
+  the Unicode classes (letter / number / whitespace / other) agree with
+  llama.cpp's tables wherever a difference would change the tokens;
 * `chat`: chat-template renderings by llama-cpp-python's
   `Jinja2ChatFormatter` (Jinja2 configured as transformers does), with the
   token ids of the rendered prompt (parse_special = true).
@@ -103,6 +108,19 @@ def random_cases(n: int, seed: int) -> list[str]:
     return out
 
 
+def codepoint_probe(c: str) -> str:
+    """Keep in sync with `codepoint_probe` in tests/llama_cpp.rs."""
+    return f"a{c}a !{c}! 1{c}1  {c}\t{c}{c}"
+
+
+def id_hash(h: int, ids: list[int]) -> int:
+    """FNV-1a over 32-bit ids, each id one step, then a 0xFFFFFFFF terminator."""
+    for t in ids + [0xFFFFFFFF]:
+        h ^= t
+        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
 def piece(vocab, token: int) -> bytes:
     buf = ctypes.create_string_buffer(256)
     n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
@@ -150,6 +168,17 @@ def main() -> None:
             h = fnv1a64(len(p).to_bytes(4, "little") + p, h)
         hashes.append(f"{h:016x}")
 
+    cp_block = 4096
+    cp_hashes = []
+    for start in range(0, 0x110000, cp_block):
+        h = 0xCBF29CE484222325
+        for cp in range(start, start + cp_block):
+            if 0xD800 <= cp <= 0xDFFF:
+                continue
+            text = codepoint_probe(chr(cp)).encode("utf-8")
+            h = id_hash(h, llm.tokenize(text, add_bos=False, special=False))
+        cp_hashes.append(f"{h:016x}")
+
     meta = llm.metadata
     template = meta["tokenizer.chat_template"]
     bos = piece(vocab, llm.token_bos()).decode()
@@ -190,6 +219,7 @@ def main() -> None:
         "eos": llm.token_eos(),
         "cases": cases,
         "pieces": {"block": block, "fnv1a64": hashes},
+        "codepoints": {"block": cp_block, "fnv1a64": cp_hashes},
         "chat": chat,
     }
     path = pathlib.Path(args.out)

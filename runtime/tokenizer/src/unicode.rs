@@ -3,11 +3,15 @@
 //! llama.cpp classifies code points with its own tables (`unicode-data.cpp`,
 //! generated from the Unicode Character Database): *letter* is general
 //! category `L`, *number* is `N`, and *whitespace* is the `White_Space`
-//! property. The `L` and `N` ranges here come from `regex-syntax`'s UCD tables
-//! (the same data Rust's `regex` uses for `\p{L}` / `\p{N}`), extracted once;
-//! whitespace is `char::is_whitespace`, which is `White_Space`. The two UCD
-//! versions can differ only on code points assigned in the newest Unicode
-//! release.
+//! property. Its tables are Unicode 15.1 (they have CJK Extension I, new in
+//! 15.1, and not the Unicode 16.0 additions such as U+1C89 or the Garay
+//! digits U+10D40..U+10D49, which it classes as unassigned, i.e. "other").
+//! The `L` and `N` ranges here come from `regex-syntax`'s UCD tables (the
+//! data behind Rust's `regex`), restricted to code points assigned by Unicode
+//! 15.1 (`\p{Age=V15_1}`) so that newer code points are "other" here too;
+//! whitespace is `char::is_whitespace`, which is `White_Space` (the same 25
+//! code points in every version since 4.1). `tests/llama_cpp.rs` checks
+//! every code point against llama.cpp.
 
 use std::sync::OnceLock;
 
@@ -27,9 +31,10 @@ pub(crate) enum CharClass {
 struct Ranges(Vec<(u32, u32)>);
 
 impl Ranges {
-    /// Ranges of `\p{<cat>}` as `regex-syntax` knows them.
+    /// Ranges of `\p{<cat>}` as `regex-syntax` knows them, limited to code
+    /// points assigned by Unicode 15.1 (llama.cpp's table version).
     fn of(category: &str) -> Ranges {
-        let pattern = format!(r"\p{{{category}}}");
+        let pattern = format!(r"[\p{{{category}}}&&\p{{Age=V15_1}}]");
         let mut out = Vec::new();
         // The pattern is a fixed, valid Unicode class: parsing cannot fail for
         // `L` or `N`, but an empty table (and a loud test failure) beats a panic.
@@ -132,6 +137,22 @@ mod tests {
         ] {
             assert_eq!(classify(c), CharClass::Other, "{c:?}");
         }
+    }
+
+    #[test]
+    fn unicode_16_additions_are_other() {
+        // Assigned in Unicode 16.0, unassigned in llama.cpp's 15.1 tables.
+        for c in [
+            '\u{1C89}',
+            '\u{10D40}',
+            '\u{116D0}',
+            '\u{1E5F1}',
+            '\u{1CCF0}',
+        ] {
+            assert_eq!(classify(c), CharClass::Other, "{c:?}");
+        }
+        // New in 15.1 (CJK Extension I): a letter.
+        assert_eq!(classify('\u{2EBF0}'), CharClass::Letter);
     }
 
     #[test]

@@ -270,3 +270,42 @@ fn chat_template() {
         assert_eq!(tok.encode(&prompt, true), ids(&c["ids"]));
     }
 }
+
+/// Keep in sync with `codepoint_probe` in scripts/reference/tokenize_ref.py.
+fn codepoint_probe(c: char) -> String {
+    format!("a{c}a !{c}! 1{c}1  {c}\t{c}{c}")
+}
+
+/// Every Unicode scalar value, in a probe string that exposes its class
+/// (letter, number, whitespace, other), tokenizes as in llama.cpp: the
+/// Unicode tables agree wherever a difference could change tokens.
+#[test]
+fn every_codepoint_class() {
+    let Some(tok) = common::smollm2() else { return };
+    let p = &fixture()["codepoints"];
+    let block = p["block"].as_u64().unwrap_or(0) as u32;
+    let want: Vec<&str> = p["fnv1a64"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(block > 0 && want.len() as u32 == 0x11_0000 / block);
+    let mut bad = Vec::new();
+    for (bi, w) in want.iter().enumerate() {
+        let start = bi as u32 * block;
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for c in (start..start + block).filter_map(char::from_u32) {
+            let ids = tok.encode(&codepoint_probe(c), false);
+            for t in ids.into_iter().chain([u32::MAX]) {
+                h ^= u64::from(t);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        if format!("{h:016x}") != *w {
+            bad.push(format!("U+{start:04X}..U+{:04X}", start + block));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "code point blocks differing from llama.cpp: {bad:?}"
+    );
+}
