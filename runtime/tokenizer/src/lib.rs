@@ -14,6 +14,17 @@
 //! 3. [`bpe`]: map each word's bytes to GPT-2's byte code points ([`bytes`])
 //!    and merge pairs by rank, lowest first, leftmost on ties.
 //!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let gguf = q35_gguf::Gguf::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! let tok = q35_tokenizer::Tokenizer::from_gguf(&gguf)?;
+//! let prompt = tok.apply_chat_template(&[("user", "Hi!")], true)?;
+//! let ids = tok.encode(&prompt, true); // parse <|im_start|> etc.
+//! assert_eq!(tok.decode(&ids), prompt);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Why hand-written and not the `tokenizers` crate
 //!
 //! Hugging Face's `tokenizers` crate was considered first. It was not chosen
@@ -39,6 +50,7 @@ mod bytes;
 mod chat;
 mod pretokenize;
 mod special;
+mod stream;
 mod unicode;
 
 use std::collections::HashMap;
@@ -48,6 +60,7 @@ use q35_gguf::{Array, Gguf, GgufError};
 use crate::bpe::{Bpe, Scratch};
 use crate::bytes::ByteMap;
 use crate::special::{Fragment, SpecialToken, partition, sort_special};
+pub use crate::stream::StreamDecoder;
 
 /// Metadata key: the tokenizer model (must be `gpt2`).
 pub const KEY_MODEL: &str = "tokenizer.ggml.model";
@@ -433,7 +446,8 @@ impl Tokenizer {
     /// `special = true` (control tokens render as their text). Concatenating
     /// pieces of consecutive tokens gives the text's bytes; one token's
     /// piece can be part of a multi-byte UTF-8 character, so a streaming
-    /// printer should buffer until the bytes are valid UTF-8. An id outside
+    /// printer should buffer until the bytes are valid UTF-8 (see
+    /// [`StreamDecoder`]). An id outside
     /// the vocabulary has an empty piece.
     pub fn token_bytes(&self, id: u32) -> &[u8] {
         let i = id as usize;

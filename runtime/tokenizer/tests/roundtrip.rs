@@ -85,3 +85,22 @@ fn decode_is_lossy_on_split_characters() {
     assert_eq!(tok.decode(&ids[..1]), "\u{fffd}");
     assert_eq!(tok.decode(&ids), "🤖");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Streaming token by token yields exactly `decode`, for any token
+    /// sequence (including ones that cut characters apart).
+    #[test]
+    fn stream_decoder_equals_decode(ids in prop::collection::vec(0u32..49_152, 0..40)) {
+        if let Some(tok) = common::smollm2() {
+            let mut d = q35_tokenizer::StreamDecoder::new();
+            let mut text = String::new();
+            for &id in &ids {
+                text += &d.push(tok, id);
+            }
+            text += &d.finish();
+            prop_assert_eq!(text, tok.decode(&ids));
+        }
+    }
+}
