@@ -168,7 +168,7 @@ impl TokenType {
 
 /// A byte-level BPE tokenizer equal to llama.cpp's for the supported
 /// pre-tokenizer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Tokenizer {
     tokens: Vec<String>,
     types: Vec<TokenType>,
@@ -185,6 +185,22 @@ pub struct Tokenizer {
     pad: Option<u32>,
     add_bos: bool,
     chat_template: Option<String>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    // A summary: the derived form would print the whole vocabulary.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.tokens.len())
+            .field("special_tokens", &self.specials.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("unk", &self.unk)
+            .field("pad", &self.pad)
+            .field("add_bos", &self.add_bos)
+            .field("has_chat_template", &self.chat_template.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The elements of a string array, or a typed error naming the key.

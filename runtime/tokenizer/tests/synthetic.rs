@@ -274,3 +274,10 @@ fn chat_template_errors() {
     let e = tok.apply_chat_template(&[("system", "x")], false).err();
     assert!(e.is_some_and(|e| e.to_string().contains("first must be user")));
 }
+
+#[test]
+fn debug_is_a_summary() {
+    let tok = build(&tiny()).unwrap_or_else(|e| panic!("{e}"));
+    let d = format!("{tok:?}");
+    assert!(d.contains("vocab_size: 268") && d.len() < 300, "{d}");
+}
