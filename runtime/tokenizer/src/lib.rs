@@ -6,12 +6,12 @@
 //! token. The pipeline, each stage a transcription of llama.cpp's
 //! (`src/llama-vocab.cpp`, `src/unicode.cpp`):
 //!
-//! 1. [`special`]: cut the text at special-token texts (control tokens only
+//! 1. `special`: cut the text at special-token texts (control tokens only
 //!    when `parse_special`, user-defined tokens always), longest first.
-//! 2. [`pretokenize`]: split each remaining fragment into words with the
+//! 2. `pretokenize`: split each remaining fragment into words with the
 //!    pre-tokenizer named by `tokenizer.ggml.pre` (only `smollm` is
 //!    supported: digits isolated, then GPT-2's pattern).
-//! 3. [`bpe`]: map each word's bytes to GPT-2's byte code points ([`bytes`])
+//! 3. `bpe`: map each word's bytes to GPT-2's byte code points (`bytes`)
 //!    and merge pairs by rank, lowest first, leftmost on ties.
 //!
 //! ```no_run
