@@ -19,6 +19,9 @@ pub fn create_context() -> Result<Context, MlirError> {
     let registry = DialectRegistry::new();
     register_all_dialects(&registry);
     let context = Context::new_with_registry(&registry, false);
+    // Parsing loads dialects on demand; building ops does not: load what the
+    // lowering builds.
+    context.get_or_load_dialect("func");
     let loaded = {
         let messages = capture_diagnostics(&context);
         let Some(irdl) = Module::parse(&context, IRDL_SOURCE) else {

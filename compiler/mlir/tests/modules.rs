@@ -1,0 +1,109 @@
+//! Whole-module snapshots of the q35 dialect emitted for the example models
+//! (tiny, SmolLM2-135M from its GGUF, a Llama-70B shape), plus structural
+//! checks that hold whatever the snapshot says.
+//!
+//! Bless changed output with `INSTA_UPDATE=always cargo test -p q35-mlir` (or
+//! `cargo insta review`); CI fails on a stale snapshot. The GGUF file name is
+//! normalised. The SmolLM2 test needs the GGUF (`Q35_SMOLLM2_GGUF`, else
+//! `.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf`) and fails without it
+//! unless `Q35_SKIP_MODEL_TESTS=1`.
+
+use std::path::{Path, PathBuf};
+
+use q35_model::ModelSpec;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn example(name: &str) -> ModelSpec {
+    q35_model::load(root().join("examples").join(name)).unwrap()
+}
+
+fn emit(spec: &ModelSpec) -> String {
+    q35_mlir::emit_q35(spec).unwrap()
+}
+
+fn snapshot(name: &str, module: &str) {
+    insta::with_settings!({
+        snapshot_path => "snapshots",
+        prepend_module_to_snapshot => false,
+        filters => vec![(r#"q35\.weights = "gguf:[^"]*""#, r#"q35.weights = "gguf:[GGUF]""#)],
+    }, {
+        insta::assert_snapshot!(name, module);
+    });
+}
+
+fn count(module: &str, needle: &str) -> usize {
+    module.matches(needle).count()
+}
+
+#[test]
+fn tiny_module() {
+    let m = emit(&example("tiny.toml"));
+    assert_eq!(count(&m, "\"q35.weight\"()"), 1 + 2 * 9 + 1);
+    assert_eq!(count(&m, "\"q35.matmul\""), 2 * 7);
+    assert_eq!(m, emit(&example("tiny.toml")), "emission is deterministic");
+    snapshot("tiny", &m);
+}
+
+#[test]
+fn llama_70b_module() {
+    let m = emit(&example("llama-70b.toml"));
+    assert_eq!(count(&m, "\"q35.weight\"()"), 1 + 80 * 9 + 2);
+    assert_eq!(count(&m, "\"q35.attention\""), 80);
+    assert!(
+        m.contains("sym_name = \"output\""),
+        "untied head has its own weight"
+    );
+    // Weights are referenced by symbol, never inlined.
+    assert!(!m.contains("dense<"), "no dense attributes");
+    assert!(
+        m.len() < 400_000,
+        "the 70B module stays small ({} bytes)",
+        m.len()
+    );
+    snapshot("llama_70b", &m);
+}
+
+fn smollm2_gguf() -> Option<PathBuf> {
+    let path = std::env::var_os("Q35_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("Q35_SKIP_MODEL_TESTS").as_deref() == Ok("1"),
+        "SmolLM2 GGUF missing at {} (run scripts/setup, or set Q35_SKIP_MODEL_TESTS=1)",
+        path.display()
+    );
+    None
+}
+
+#[test]
+fn smollm2_module() {
+    let Some(gguf) = smollm2_gguf() else { return };
+    let toml_path = root().join("examples/smollm2-135m.toml");
+    let text = std::fs::read_to_string(&toml_path).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("path = ") {
+                format!("path = {:?}", gguf.display().to_string())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let spec = q35_model::parse(&text, &toml_path).unwrap();
+    let m = emit(&spec);
+    assert_eq!(
+        count(&m, "\"q35.weight\"()"),
+        272,
+        "as many as the GGUF's tensors"
+    );
+    assert_eq!(count(&m, "\"q35.lm_head\""), 1);
+    snapshot("smollm2_135m", &m);
+}
