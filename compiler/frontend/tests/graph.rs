@@ -337,3 +337,21 @@ fn verify_rejects_wrong_operand_count() {
         "{err}"
     );
 }
+
+/// The graph declares exactly the tensors `q35-model` says a checkpoint of the
+/// architecture holds (the list it checks GGUF files against), in GGUF order,
+/// with `[out, in]` shapes being GGUF dims reversed.
+#[test]
+fn weights_match_the_model_crates_tensor_list() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for example in ["tiny.toml", "llama-70b.toml"] {
+        let spec = q35_model::load(root.join(example)).unwrap();
+        let g = q35_frontend::build(&spec).unwrap();
+        let ours: Vec<(String, Vec<u64>)> = g
+            .weights()
+            .iter()
+            .map(|w| (w.source.clone(), w.shape.iter().rev().copied().collect()))
+            .collect();
+        assert_eq!(ours, spec.arch.expected_tensors(), "{example}");
+    }
+}

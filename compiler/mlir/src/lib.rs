@@ -18,13 +18,18 @@ pub mod passes;
 
 pub use dialect::{IRDL_SOURCE, create_context, parse_module};
 pub use error::MlirError;
-pub use lower::{emit_q35, lower};
+pub use lower::{emit_q35, emit_q35_with, lower};
 
 /// Parses `source` (named `name` in diagnostics) with the q35 dialect loaded,
 /// runs the named passes and prints the result.
-pub fn opt(source: &str, name: &str, pipeline: &[&str]) -> Result<String, MlirError> {
+pub fn opt(
+    source: &str,
+    name: &str,
+    pipeline: &[&str],
+    options: passes::RunOptions,
+) -> Result<String, MlirError> {
     let context = create_context()?;
     let mut module = parse_module(&context, source, name)?;
-    passes::run(&context, &mut module, pipeline)?;
+    passes::run_with(&context, &mut module, pipeline, options)?;
     Ok(module.as_operation().to_string())
 }

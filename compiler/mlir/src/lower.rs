@@ -44,10 +44,15 @@ const DYNAMIC: u64 = i64::MIN as u64;
 /// Builds the graph of `spec`, lowers it, verifies it, runs the compile
 /// pipeline ([`passes::COMPILE_PIPELINE`]) and prints the module.
 pub fn emit_q35(spec: &ModelSpec) -> Result<String, MlirError> {
+    emit_q35_with(spec, passes::RunOptions::default())
+}
+
+/// [`emit_q35`] with pass-pipeline options.
+pub fn emit_q35_with(spec: &ModelSpec, options: passes::RunOptions) -> Result<String, MlirError> {
     let graph = q35_frontend::build(spec)?;
     let context = create_context()?;
     let mut module = lower(&context, spec, &graph)?;
-    passes::run(&context, &mut module, &passes::COMPILE_PIPELINE)?;
+    passes::run_with(&context, &mut module, &passes::COMPILE_PIPELINE, options)?;
     Ok(module.as_operation().to_string())
 }
 

@@ -21,6 +21,9 @@ pub struct CompileArgs {
     /// What to emit.
     #[arg(long, value_enum, default_value_t = Emit::Q35)]
     pub emit: Emit,
+    /// Print the module to stderr after every pass of the compile pipeline.
+    #[arg(long)]
+    pub print_ir_after_all: bool,
     /// Output file; `-` writes to stdout.
     #[arg(short, long, default_value = "-")]
     pub output: PathBuf,
@@ -38,9 +41,13 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     let spec = q35_model::load(&args.model)
         .with_context(|| format!("cannot load model description {}", args.model.display()))?;
     let text = match args.emit {
-        Emit::Q35 => q35_mlir::emit_q35(&spec).with_context(|| {
-            format!("cannot compile {} to the q35 dialect", args.model.display())
-        })?,
+        Emit::Q35 => q35_mlir::emit_q35_with(
+            &spec,
+            q35_mlir::passes::RunOptions {
+                print_ir_after_all: args.print_ir_after_all,
+            },
+        )
+        .with_context(|| format!("cannot compile {} to the q35 dialect", args.model.display()))?,
     };
     write_output(&args.output, text.as_bytes())
 }

@@ -28,6 +28,9 @@ pub struct OptArgs {
     /// Passes to run, in this order, comma-separated.
     #[arg(long = "pass-pipeline", value_delimiter = ',', conflicts_with_all = ["verify", "check_overflow"])]
     pub pipeline: Vec<String>,
+    /// Print the module to stderr after every pass.
+    #[arg(long)]
+    pub print_ir_after_all: bool,
     /// List the q35 passes and exit.
     #[arg(long)]
     pub list_passes: bool,
@@ -65,6 +68,9 @@ pub fn run(args: &OptArgs) -> anyhow::Result<()> {
     if args.check_overflow {
         pipeline.push("q35-check-overflow");
     }
-    let text = q35_mlir::opt(&source, &name, &pipeline)?;
+    let options = q35_mlir::passes::RunOptions {
+        print_ir_after_all: args.print_ir_after_all,
+    };
+    let text = q35_mlir::opt(&source, &name, &pipeline, options)?;
     write_output(&args.output, text.as_bytes())
 }

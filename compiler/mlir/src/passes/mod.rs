@@ -19,10 +19,13 @@ use std::rc::Rc;
 
 use melior::Context;
 use melior::ContextRef;
+use melior::ir::operation::OperationPrintingFlags;
 use melior::ir::operation::{OperationLike, WalkOrder, WalkResult};
 use melior::ir::r#type::TypeId;
 use melior::ir::{Module, OperationRef};
-use melior::pass::{ExternalPass, Pass, PassManager, RunExternalPass, create_external};
+use melior::pass::{
+    ExternalPass, Pass, PassIrPrintingOptions, PassManager, RunExternalPass, create_external,
+};
 
 use crate::dialect::capture_diagnostics;
 use crate::error::MlirError;
@@ -162,8 +165,25 @@ fn to_pass(info: &'static PassInfo, sink: &Sink) -> Pass {
     )
 }
 
+/// How to run a pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Print the module to stderr after every pass (`--print-ir-after-all`).
+    pub print_ir_after_all: bool,
+}
+
 /// Runs the named passes in order on `module`, verifying after each.
 pub fn run(context: &Context, module: &mut Module<'_>, names: &[&str]) -> Result<(), MlirError> {
+    run_with(context, module, names, RunOptions::default())
+}
+
+/// [`run`] with options.
+pub fn run_with(
+    context: &Context,
+    module: &mut Module<'_>,
+    names: &[&str],
+    options: RunOptions,
+) -> Result<(), MlirError> {
     let infos = names
         .iter()
         .map(|n| find(n).ok_or_else(|| MlirError::UnknownPass((*n).to_string())))
@@ -171,6 +191,17 @@ pub fn run(context: &Context, module: &mut Module<'_>, names: &[&str]) -> Result
     let sink: Sink = Rc::new(RefCell::new(Vec::new()));
     let manager = PassManager::new(context);
     manager.enable_verifier(true);
+    if options.print_ir_after_all {
+        manager.enable_ir_printing(&PassIrPrintingOptions {
+            before_all: false,
+            after_all: true,
+            module_scope: true,
+            on_change: false,
+            on_failure: false,
+            flags: OperationPrintingFlags::new(),
+            tree_printing_path: std::path::PathBuf::new(),
+        });
+    }
     for info in infos {
         manager.add_pass(to_pass(info, &sink));
     }
