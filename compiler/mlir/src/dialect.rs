@@ -4,9 +4,13 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use melior::Context;
+use melior::StringRef;
 use melior::dialect::DialectRegistry;
-use melior::ir::Module;
+use melior::ir::block::BlockLike;
+use melior::ir::operation::OperationLike;
+use melior::ir::{Location, Module, Operation};
 use melior::utility::{load_irdl_dialects, register_all_dialects};
+use std::path::Path;
 
 use crate::error::MlirError;
 
@@ -35,41 +39,59 @@ pub fn create_context() -> Result<Context, MlirError> {
     Ok(context)
 }
 
-/// Parses MLIR text (`file` names it in diagnostics) into a module.
+/// Parses MLIR text (`name` labels it in diagnostics) into a module. A
+/// single top-level op other than a module is wrapped in one; several
+/// top-level ops are an error (use [`parse_file`], which accepts them).
 pub fn parse_module<'c>(
     context: &'c Context,
     source: &str,
-    file: &str,
+    name: &str,
 ) -> Result<Module<'c>, MlirError> {
     let messages = capture_diagnostics(context);
     // melior's `Module::parse` names the buffer `<unknown>`: parse through the
-    // C API so diagnostics and locations carry the file name.
-    let module = parse_named(context, source, file);
-    match module {
-        Some(m) => Ok(m),
-        None => Err(MlirError::Parse {
-            diagnostics: messages.borrow().clone(),
-        }),
-    }
-}
-
-fn parse_named<'c>(context: &'c Context, source: &str, file: &str) -> Option<Module<'c>> {
-    use melior::StringRef;
-    use melior::ir::Operation;
-    use melior::ir::operation::OperationLike;
+    // C API so diagnostics and locations carry the name.
     // SAFETY: mlirOperationCreateParse returns a null operation on failure,
-    // which `from_option_raw` maps to None; the result is owned by the caller.
+    // which `from_option_raw` maps to None; the caller owns the result.
     let op = unsafe {
         Operation::from_option_raw(mlir_sys::mlirOperationCreateParse(
             context.to_raw(),
             StringRef::new(source).to_raw(),
-            StringRef::new(file).to_raw(),
+            StringRef::new(name).to_raw(),
         ))
-    }?;
-    if op.name().as_string_ref().as_str().ok()? != "builtin.module" {
-        return None;
+    };
+    let Some(op) = op else {
+        return Err(parse_error(&messages, name));
+    };
+    if op.name().as_string_ref().as_str() == Ok("builtin.module") {
+        return Module::from_operation(op).ok_or_else(|| parse_error(&messages, name));
     }
-    Module::from_operation(op)
+    let module = Module::new(Location::new(context, name, 0, 0));
+    module.body().append_operation(op);
+    Ok(module)
+}
+
+/// Parses an MLIR file into a module, as `mlir-opt` does: several top-level
+/// ops are wrapped in an implicit module.
+pub fn parse_file<'c>(context: &'c Context, path: &Path) -> Result<Module<'c>, MlirError> {
+    let messages = capture_diagnostics(context);
+    let name = path.display().to_string();
+    // SAFETY: mlirModuleCreateParseFromFile returns a null module on failure,
+    // which `from_option_raw` maps to None; the caller owns the result.
+    let module = unsafe {
+        Module::from_option_raw(mlir_sys::mlirModuleCreateParseFromFile(
+            context.to_raw(),
+            StringRef::new(&name).to_raw(),
+        ))
+    };
+    module.ok_or_else(|| parse_error(&messages, &name))
+}
+
+fn parse_error(messages: &DiagnosticCapture<'_>, name: &str) -> MlirError {
+    let mut diagnostics = messages.borrow().clone();
+    if diagnostics.is_empty() {
+        diagnostics.push(format!("{name}: error: not a valid MLIR module"));
+    }
+    MlirError::Parse { diagnostics }
 }
 
 /// Collects the context's diagnostics (as `location: severity: message`)

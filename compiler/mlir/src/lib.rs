@@ -16,20 +16,36 @@ pub mod ir;
 pub mod lower;
 pub mod passes;
 
-pub use dialect::{IRDL_SOURCE, create_context, parse_module};
+pub use dialect::{IRDL_SOURCE, create_context, parse_file, parse_module};
 pub use error::MlirError;
 pub use lower::{emit_q35, emit_q35_with, lower};
 
-/// Parses `source` (named `name` in diagnostics) with the q35 dialect loaded,
-/// runs the named passes and prints the result.
+/// What [`opt`] reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// A file, parsed like `mlir-opt` does (implicit top-level module).
+    File(&'a std::path::Path),
+    /// Text and the name diagnostics give it (`<stdin>`).
+    Text {
+        /// The MLIR source.
+        source: &'a str,
+        /// Its name in diagnostics.
+        name: &'a str,
+    },
+}
+
+/// Parses the input with the q35 dialect loaded, runs the named passes and
+/// prints the result.
 pub fn opt(
-    source: &str,
-    name: &str,
+    input: Input<'_>,
     pipeline: &[&str],
     options: passes::RunOptions,
 ) -> Result<String, MlirError> {
     let context = create_context()?;
-    let mut module = parse_module(&context, source, name)?;
+    let mut module = match input {
+        Input::File(path) => parse_file(&context, path)?,
+        Input::Text { source, name } => parse_module(&context, source, name)?,
+    };
     passes::run_with(&context, &mut module, pipeline, options)?;
     Ok(module.as_operation().to_string())
 }

@@ -50,17 +50,6 @@ pub fn run(args: &OptArgs) -> anyhow::Result<()> {
     let Some(input) = &args.input else {
         bail!("no input file")
     };
-    let (source, name) = if input.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("cannot read stdin")?;
-        (s, "<stdin>".to_string())
-    } else {
-        let s = std::fs::read_to_string(input)
-            .with_context(|| format!("cannot read {}", input.display()))?;
-        (s, input.display().to_string())
-    };
     let mut pipeline: Vec<&str> = args.pipeline.iter().map(String::as_str).collect();
     if args.verify {
         pipeline.push("q35-verify");
@@ -71,6 +60,23 @@ pub fn run(args: &OptArgs) -> anyhow::Result<()> {
     let options = q35_mlir::passes::RunOptions {
         print_ir_after_all: args.print_ir_after_all,
     };
-    let text = q35_mlir::opt(&source, &name, &pipeline, options)?;
+    let text = if input.as_os_str() == "-" {
+        let mut source = String::new();
+        std::io::stdin()
+            .read_to_string(&mut source)
+            .context("cannot read stdin")?;
+        q35_mlir::opt(
+            q35_mlir::Input::Text {
+                source: &source,
+                name: "<stdin>",
+            },
+            &pipeline,
+            options,
+        )?
+    } else {
+        // Read first for a plain I/O error; MLIR then parses the file itself.
+        std::fs::metadata(input).with_context(|| format!("cannot read {}", input.display()))?;
+        q35_mlir::opt(q35_mlir::Input::File(input), &pipeline, options)?
+    };
     write_output(&args.output, text.as_bytes())
 }
