@@ -75,14 +75,17 @@ irdl.dialect @q35 {
   }
 
   // Rotary position embedding on each of `heads` heads of `head_dim`, token t
-  // at position pos + t, frequencies base^(-2i/head_dim).
+  // at position pos + t, frequencies base^(-2i/head_dim). `pairing =
+  // "adjacent"` rotates (x[2i], x[2i+1]) as llama.cpp's LLAMA_ROPE_TYPE_NORM
+  // does on GGUF's permuted Q/K rows.
   irdl.operation @rope {
     %t = irdl.base "!builtin.tensor"
     %pos = irdl.is index
     %heads = irdl.base "#builtin.integer"
     %head_dim = irdl.base "#builtin.integer"
     %base = irdl.base "#builtin.float"
-    irdl.attributes { "heads" = %heads, "head_dim" = %head_dim, "base" = %base }
+    %pairing = irdl.is "adjacent"
+    irdl.attributes { "heads" = %heads, "head_dim" = %head_dim, "base" = %base, "pairing" = %pairing }
     irdl.operands(x: %t, pos: %pos)
     irdl.results(y: %t)
   }

@@ -419,6 +419,7 @@ impl<'c> Lowering<'c> {
                     ("heads", self.int((*heads).into())),
                     ("head_dim", self.int((*head_dim).into())),
                     ("base", self.f32(*base)),
+                    ("pairing", self.str("adjacent")),
                 ],
             ),
             Op::KvWrite { layer } => ("q35.kv_write", vec![("layer", self.int((*layer).into()))]),
