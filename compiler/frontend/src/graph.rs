@@ -303,3 +303,50 @@ impl Graph {
             .count()
     }
 }
+
+impl Graph {
+    /// The graph in Graphviz DOT: one node per value (`name\nop type`), edges
+    /// labelled with the operand index, weights named on their ops. Stable
+    /// for a given graph.
+    pub fn to_dot(&self) -> String {
+        let mut out = String::from("digraph decode {\n  node [shape=box, fontname=monospace];\n");
+        for n in self.graph.node_indices() {
+            let node = &self.graph[n];
+            let weight = node
+                .op
+                .weight()
+                .and_then(|w| self.weight(w))
+                .map(|w| format!(" @{}", w.symbol))
+                .unwrap_or_default();
+            let label = format!(
+                "{}\\n{}{} : {}",
+                node.name,
+                node.op.kind(),
+                weight,
+                crate::types::type_string(&node.shape, node.dtype)
+            );
+            out.push_str(&format!(
+                "  n{} [label=\"{}\"];\n",
+                n.index(),
+                label.replace('"', "\\\"")
+            ));
+        }
+        for n in self.graph.node_indices() {
+            for (i, src) in self.operand_edges(n) {
+                out.push_str(&format!(
+                    "  n{} -> n{} [label=\"{i}\"];\n",
+                    src.index(),
+                    n.index()
+                ));
+            }
+        }
+        for (i, o) in self.outputs.iter().enumerate() {
+            out.push_str(&format!(
+                "  out{i} [shape=oval, label=\"result {i}\"];\n  n{} -> out{i};\n",
+                o.index()
+            ));
+        }
+        out.push_str("}\n");
+        out
+    }
+}

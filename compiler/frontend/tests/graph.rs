@@ -355,3 +355,20 @@ fn weights_match_the_model_crates_tensor_list() {
         assert_eq!(ours, spec.arch.expected_tensors(), "{example}");
     }
 }
+
+#[test]
+fn dot_names_every_node_and_edge() {
+    let g = build_from_config(&tiny()).unwrap();
+    let dot = g.to_dot();
+    assert!(dot.starts_with("digraph decode {"));
+    assert_eq!(
+        dot.matches(" [label=\"").count(),
+        g.node_count() + edges(&g)
+    );
+    assert!(dot.contains("blk.1.ffn_down\\nmatmul @blk.1.ffn_down : tensor<?x64xf32>"));
+    assert_eq!(dot, build_from_config(&tiny()).unwrap().to_dot());
+}
+
+fn edges(g: &Graph) -> usize {
+    g.node_indices().map(|n| g.operands(n).len()).sum()
+}

@@ -1,4 +1,5 @@
-//! `q35c compile MODEL.toml --emit=q35 [-o OUT]`: model description to q35 MLIR.
+//! `q35c compile MODEL.toml --emit=q35|graph [-o OUT]`: model description to
+//! q35 MLIR (or to the frontend's graph in DOT).
 //!
 //! Loads and validates the model description (and its GGUF, if any), builds
 //! the decoder graph, lowers it into the `q35` dialect, verifies the module,
@@ -34,6 +35,8 @@ pub struct CompileArgs {
 pub enum Emit {
     /// The module in the q35 dialect (MLIR text).
     Q35,
+    /// The frontend's dataflow graph in Graphviz DOT (before MLIR).
+    Graph,
 }
 
 /// Runs `q35c compile`.
@@ -48,6 +51,9 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
             },
         )
         .with_context(|| format!("cannot compile {} to the q35 dialect", args.model.display()))?,
+        Emit::Graph => q35_frontend::build(&spec)
+            .with_context(|| format!("cannot build the graph of {}", args.model.display()))?
+            .to_dot(),
     };
     write_output(&args.output, text.as_bytes())
 }
