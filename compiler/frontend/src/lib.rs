@@ -1,4 +1,4 @@
-//! Builds and shape-checks the transformer dataflow graph from a [`ModelSpec`].
+//! Builds and shape-checks the transformer dataflow graph from a [`q35_model::ModelSpec`].
 //!
 //! The graph ([`Graph`]) is a petgraph digraph of [`Node`]s, one per value:
 //! inputs (tokens, start position, KV cache), the embedding, per block RMSNorm,

@@ -1,10 +1,10 @@
 //! The q35 MLIR dialect (IRDL) through melior: lowering from the graph and passes.
 //!
-//! - [`dialect`]: the dialect source (`dialects/q35.irdl.mlir`, embedded) and
+//! - [`mod@dialect`]: the dialect source (`dialects/q35.irdl.mlir`, embedded) and
 //!   [`dialect::create_context`], which loads it into a fresh MLIR context.
-//! - [`lower`]: [`q35_frontend::Graph`] to a verified `builtin.module` holding
+//! - [`mod@lower`]: [`q35_frontend::Graph`] to a verified `builtin.module` holding
 //!   one `q35.weight` declaration per weight and `func.func @decode`.
-//! - [`passes`]: the q35 passes (`--q35-verify`, `--q35-check-overflow`), one
+//! - [`mod@passes`]: the q35 passes (`--q35-verify`, `--q35-check-overflow`), one
 //!   per file, run through MLIR's pass manager.
 //!
 //! An MLIR [`melior::Context`] is neither `Send` nor `Sync`: keep each
