@@ -6,7 +6,8 @@
 //! shape (matmul K equals the weight's columns), activations are
 //! `tensor<?xNxf32>` with matching token dimensions, the KV cache is
 //! `tensor<L x 2 x S x kv_heads x head_dim x f16>` and agrees with the
-//! attention attributes.
+//! attention attributes, and each attention reads the cache its layer's
+//! `q35.kv_write` returned.
 //!
 //! Before (passes IRDL, fails here):
 //! ```mlir
@@ -18,6 +19,7 @@
 use std::collections::BTreeMap;
 
 use melior::ir::OperationRef;
+use melior::ir::operation::OperationResult;
 use melior::ir::operation::{OperationLike, WalkOrder, WalkResult};
 
 use super::{Diagnostic, PassId, PassInfo, WeightDecl, diagnostic, op_name, weights};
@@ -281,7 +283,22 @@ fn check_op(op: &OperationRef<'_, '_>, name: &str, table: &BTreeMap<String, Weig
             if bool_attr(op, "causal").is_none() {
                 return Err("`causal` must be a boolean".into());
             }
-            Ok(())
+            // The step's own keys must be in the cache it reads.
+            let writer = op
+                .operand(1)
+                .ok()
+                .and_then(|v| OperationResult::try_from(v).ok())
+                .map(|r| r.owner());
+            match writer {
+                Some(w)
+                    if op_name(&w) == "q35.kv_write" && int_attr(&w, "layer") == Some(layer) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "the cache must come from the q35.kv_write of layer {layer} (this step's keys and values)"
+                )),
+            }
         }
         "q35.add" | "q35.swiglu" => activation(operand_tensor(op, 0), "operand").map(|_| ()),
         other => Err(format!(
