@@ -18,10 +18,10 @@ impl std::fmt::Display for Shown<'_> {
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     /// The file could not be opened or mapped.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file's structure is invalid at byte `offset`.
     #[error("{}: malformed GGUF at byte {offset}: {what}", Shown(path))]

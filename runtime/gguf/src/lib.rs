@@ -72,17 +72,17 @@ impl Gguf {
     /// Maps and validates the file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf, GgufError> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|source| GgufError::Io {
+        let file = File::open(path).map_err(|error| GgufError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         // SAFETY: the mapping is read-only and private to this process. A
         // concurrent truncation of the file by another process could still
         // fault; that is the accepted contract of memory-mapped model files
         // (llama.cpp maps them the same way).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| GgufError::Io {
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|error| GgufError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::build(Backing::Mapped(map), Some(path.to_path_buf()))
     }

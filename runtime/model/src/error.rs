@@ -7,10 +7,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// The file could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The TOML does not parse or does not fit the schema (unknown key,
     /// missing field, wrong type). `message` comes from the TOML parser and
@@ -47,10 +47,10 @@ pub enum ModelError {
         gguf_value: String,
     },
     /// The GGUF weight file named by the model is unreadable or invalid.
-    #[error("{}: `weights.path`: {source}", path.display())]
+    #[error("{}: `weights.path`: {error}", path.display())]
     Gguf {
         path: PathBuf,
-        source: q35_gguf::GgufError,
+        error: q35_gguf::GgufError,
     },
     /// The GGUF file holds something other than a LLaMA-family model, or its
     /// tensors do not have the shapes its architecture implies.

@@ -242,9 +242,9 @@ pub const DEFAULT_GROUP_SIZE: u32 = 128;
 /// Loads and validates a model.toml.
 pub fn load(path: impl AsRef<Path>) -> Result<ModelSpec, ModelError> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse(&text, path)
 }
@@ -331,9 +331,9 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelSpec, ModelError> {
     let ra = raw.architecture.unwrap_or_default();
     let arch = match &weights {
         WeightSource::Gguf { path: gguf_path } => {
-            let gguf = q35_gguf::Gguf::open(gguf_path).map_err(|source| ModelError::Gguf {
+            let gguf = q35_gguf::Gguf::open(gguf_path).map_err(|error| ModelError::Gguf {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
             let a = arch::from_gguf(&gguf, gguf_path)?;
             cross_check(
@@ -623,9 +623,9 @@ impl ModelSpec {
             WeightSource::Gguf { path } => {
                 q35_gguf::Gguf::open(path)
                     .map(Some)
-                    .map_err(|source| ModelError::Gguf {
+                    .map_err(|error| ModelError::Gguf {
                         path: self.path.clone(),
-                        source,
+                        error,
                     })
             }
             _ => Ok(None),

@@ -112,9 +112,9 @@ impl Target {
 
     /// Reads a target description file.
     pub fn load(path: &Path) -> Result<Target, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(&text, path)
     }
