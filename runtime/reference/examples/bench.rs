@@ -1,0 +1,94 @@
+//! Reference speed yardstick: prefill and decode tokens/s and peak memory.
+//!
+//! `cargo run --release -p q35-reference --example bench -- [GGUF] [--threads N]
+//! [--prefill N] [--decode N] [--format f32|native]` prints one JSON object.
+//! `scripts/bench` runs it on SmolLM2-135M with 2 threads.
+
+use std::time::Instant;
+
+use q35_gguf::Gguf;
+use q35_reference::{Logits, Model, WeightFormat};
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
+}
+
+/// Peak resident set size in KiB (Linux `VmHWM`), if known.
+fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let default_path = std::env::var("Q35_SMOLLM2_GGUF").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        )
+        .to_owned()
+    });
+    let path = args
+        .first()
+        .filter(|a| !a.starts_with("--"))
+        .cloned()
+        .unwrap_or(default_path);
+    let threads: usize = arg(&args, "--threads", 2);
+    let n_prefill: usize = arg(&args, "--prefill", 128);
+    let n_decode: usize = arg(&args, "--decode", 64);
+    let format = match arg(&args, "--format", "native".to_owned()).as_str() {
+        "f32" => WeightFormat::F32,
+        _ => WeightFormat::Native,
+    };
+
+    let t = Instant::now();
+    let gguf = Gguf::open(&path)?;
+    let arch = q35_model::architecture_from_gguf(&gguf, std::path::Path::new(&path))?;
+    let mut model = Model::from_gguf_with(&gguf, &arch, format)?;
+    model.set_threads(threads)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let vocab = model.config().vocab as u32;
+
+    // A deterministic token sequence (the content does not change the cost).
+    let prompt: Vec<u32> = (0..n_prefill as u32)
+        .map(|i| (i * 7919 + 17) % vocab)
+        .collect();
+    // Warm-up (page in the weights).
+    let mut s = model.new_session();
+    model.forward(&mut s, &prompt[..8.min(prompt.len())], Logits::Last)?;
+
+    let mut s = model.new_session();
+    let t = Instant::now();
+    let logits = model.forward(&mut s, &prompt, Logits::Last)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+
+    let mut tok = q35_reference::kernels::argmax(&logits).unwrap_or(0) as u32;
+    let t = Instant::now();
+    for _ in 0..n_decode {
+        let l = model.forward(&mut s, &[tok], Logits::Last)?;
+        tok = q35_reference::kernels::argmax(&l).unwrap_or(0) as u32;
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+
+    println!(
+        "{{\"model\": {:?}, \"threads\": {threads}, \"weight_format\": \"{}\", \"load_s\": {load_s:.3}, \
+         \"prefill_tokens\": {n_prefill}, \"prefill_tok_s\": {:.2}, \"decode_tokens\": {n_decode}, \
+         \"decode_tok_s\": {:.2}, \"peak_rss_mib\": {}}}",
+        path,
+        if format == WeightFormat::F32 {
+            "f32"
+        } else {
+            "native"
+        },
+        n_prefill as f64 / prefill_s,
+        n_decode as f64 / decode_s,
+        peak_rss_kib()
+            .map(|k| format!("{:.1}", k as f64 / 1024.0))
+            .unwrap_or_else(|| "null".into()),
+    );
+    Ok(())
+}

@@ -1,0 +1,461 @@
+//! Numeric kernels of the forward pass, written to follow ggml's CPU ops.
+//!
+//! Dot products use a fixed summation order: [`LANES`] interleaved partial
+//! sums (lane `k` accumulates elements `k, k + LANES, ...`), the tail added to
+//! the first lanes, then a fixed halving tree. Products and sums are separate
+//! f32 operations (no fused multiply-add), so the result is bit-for-bit the
+//! same whichever instruction set the kernel is compiled for (the AVX2 copies
+//! below only widen the registers), however rows are grouped, and whichever
+//! thread runs it. That makes prefill and token-by-token decode give the same
+//! bits, and the dense and on-the-fly-dequantized weight paths agree exactly.
+
+/// Interleaved partial sums per dot product.
+pub const LANES: usize = 16;
+
+#[inline(always)]
+fn reduce(mut acc: [f32; LANES]) -> f32 {
+    let mut w = LANES / 2;
+    while w > 0 {
+        for k in 0..w {
+            acc[k] += acc[k + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
+#[inline(always)]
+fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let (ca, ra) = a.as_chunks::<LANES>();
+    let (cb, rb) = b.as_chunks::<LANES>();
+    let mut acc = [0.0f32; LANES];
+    for (x, y) in ca.iter().zip(cb) {
+        for k in 0..LANES {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    for (k, (x, y)) in ra.iter().zip(rb).enumerate() {
+        acc[k] += x * y;
+    }
+    reduce(acc)
+}
+
+/// Four rows against one vector; each result equals `dot_impl(row, x)`.
+#[inline(always)]
+fn dot4_impl(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+    let (cx, rx) = x.as_chunks::<LANES>();
+    let (c0, r0) = w[0].as_chunks::<LANES>();
+    let (c1, r1) = w[1].as_chunks::<LANES>();
+    let (c2, r2) = w[2].as_chunks::<LANES>();
+    let (c3, r3) = w[3].as_chunks::<LANES>();
+    let mut a0 = [0.0f32; LANES];
+    let mut a1 = [0.0f32; LANES];
+    let mut a2 = [0.0f32; LANES];
+    let mut a3 = [0.0f32; LANES];
+    for i in 0..cx.len() {
+        let xv = &cx[i];
+        let (w0, w1, w2, w3) = (&c0[i], &c1[i], &c2[i], &c3[i]);
+        for k in 0..LANES {
+            a0[k] += w0[k] * xv[k];
+            a1[k] += w1[k] * xv[k];
+            a2[k] += w2[k] * xv[k];
+            a3[k] += w3[k] * xv[k];
+        }
+    }
+    for k in 0..rx.len() {
+        a0[k] += r0[k] * rx[k];
+        a1[k] += r1[k] * rx[k];
+        a2[k] += r2[k] * rx[k];
+        a3[k] += r3[k] * rx[k];
+    }
+    [reduce(a0), reduce(a1), reduce(a2), reduce(a3)]
+}
+
+#[inline(always)]
+fn matmul_t_impl(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32]) {
+    let rows = w.len() / cols;
+    let mut r = 0;
+    while r + 4 <= rows {
+        let rw = [
+            &w[r * cols..(r + 1) * cols],
+            &w[(r + 1) * cols..(r + 2) * cols],
+            &w[(r + 2) * cols..(r + 3) * cols],
+            &w[(r + 3) * cols..(r + 4) * cols],
+        ];
+        for t in 0..n {
+            let v = dot4_impl(rw, &xs[t * cols..(t + 1) * cols]);
+            for (i, v) in v.into_iter().enumerate() {
+                out_t[(r + i) * n + t] = v;
+            }
+        }
+        r += 4;
+    }
+    while r < rows {
+        let row = &w[r * cols..(r + 1) * cols];
+        for t in 0..n {
+            out_t[r * n + t] = dot_impl(row, &xs[t * cols..(t + 1) * cols]);
+        }
+        r += 1;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_impl(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn matmul_t_avx2(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32]) {
+    matmul_t_impl(w, cols, xs, n, out_t)
+}
+
+#[inline]
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `a . b` in the fixed summation order described in the module docs.
+///
+/// # Panics
+/// In debug builds, if the lengths differ.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time just above).
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_impl(a, b)
+}
+
+/// `out_t[r * n + t] = dot(w_r, x_t)` for every row `w_r` of `w` (rows of
+/// `cols` values) and every token vector `x_t` of `xs` (`n` of them). The
+/// output is transposed (row-major by weight row) so that row-parallel
+/// callers write disjoint contiguous ranges.
+///
+/// # Panics
+/// If `w`, `xs` or `out_t` are not whole multiples of `cols`/`n` as described.
+pub fn matmul_t(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32]) {
+    assert!(
+        cols > 0 && w.len().is_multiple_of(cols),
+        "weight is not whole rows"
+    );
+    assert_eq!(xs.len(), n * cols, "input is not n rows");
+    assert_eq!(out_t.len(), w.len() / cols * n, "output size");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time just above).
+        unsafe { matmul_t_avx2(w, cols, xs, n, out_t) };
+        return;
+    }
+    matmul_t_impl(w, cols, xs, n, out_t)
+}
+
+/// Bytes of quantized values in one 32-weight Q4_1 block.
+pub const Q4_1_QS: usize = 16;
+/// Weights per quantized block (Q4_1, Q8_0).
+pub const QBLOCK: usize = 32;
+
+#[inline(always)]
+fn rows_q4_1_impl(dm: &[[f32; 2]], qs: &[[u8; Q4_1_QS]], cols: usize, x: &[f32], out: &mut [f32]) {
+    let bpr = cols / QBLOCK;
+    for (r, o) in out.iter_mut().enumerate() {
+        let mut acc = [0.0f32; LANES];
+        let (xb, _) = x.as_chunks::<QBLOCK>();
+        for ((&[d, m], q), xv) in dm[r * bpr..(r + 1) * bpr]
+            .iter()
+            .zip(&qs[r * bpr..(r + 1) * bpr])
+            .zip(xb)
+        {
+            for k in 0..LANES {
+                let w = f32::from(q[k] & 0x0f) * d + m;
+                acc[k] += w * xv[k];
+            }
+            for k in 0..LANES {
+                let w = f32::from(q[k] >> 4) * d + m;
+                acc[k] += w * xv[LANES + k];
+            }
+        }
+        *o = reduce(acc);
+    }
+}
+
+#[inline(always)]
+fn rows_q8_0_impl(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &mut [f32]) {
+    let bpr = cols / QBLOCK;
+    for (r, o) in out.iter_mut().enumerate() {
+        let mut acc = [0.0f32; LANES];
+        let (xb, _) = x.as_chunks::<QBLOCK>();
+        for ((&d, q), xv) in d[r * bpr..(r + 1) * bpr]
+            .iter()
+            .zip(&qs[r * bpr..(r + 1) * bpr])
+            .zip(xb)
+        {
+            for k in 0..LANES {
+                acc[k] += (f32::from(q[k]) * d) * xv[k];
+            }
+            for k in 0..LANES {
+                acc[k] += (f32::from(q[LANES + k]) * d) * xv[LANES + k];
+            }
+        }
+        *o = reduce(acc);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn rows_q4_1_avx2(dm: &[[f32; 2]], qs: &[[u8; Q4_1_QS]], cols: usize, x: &[f32], out: &mut [f32]) {
+    rows_q4_1_impl(dm, qs, cols, x, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn rows_q8_0_avx2(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &mut [f32]) {
+    rows_q8_0_impl(d, qs, cols, x, out)
+}
+
+/// `out[r] = dot(dequant(row r), x)` for Q4_1 rows given as per-block
+/// `[d, m]` (f32, widened from the file's fp16) and nibbles (`q[k]` holds
+/// weight `k` low and weight `k + 16` high). Each weight is `q * d + m` in f32,
+/// exactly llama.cpp's dequantization, and the sum follows [`dot`]'s order, so
+/// the result equals `dot` on the dequantized row bit for bit.
+///
+/// # Panics
+/// If `cols` is not a multiple of 32 or the slices are too short.
+pub fn rows_q4_1(dm: &[[f32; 2]], qs: &[[u8; Q4_1_QS]], cols: usize, x: &[f32], out: &mut [f32]) {
+    assert!(
+        cols.is_multiple_of(QBLOCK) && x.len() == cols,
+        "Q4_1 row shape"
+    );
+    assert!(
+        dm.len() >= out.len() * cols / QBLOCK && qs.len() == dm.len(),
+        "Q4_1 rows"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time just above).
+        unsafe { rows_q4_1_avx2(dm, qs, cols, x, out) };
+        return;
+    }
+    rows_q4_1_impl(dm, qs, cols, x, out)
+}
+
+/// As [`rows_q4_1`] for Q8_0 rows (per-block scale `d`, 32 signed bytes;
+/// weight `q * d`).
+///
+/// # Panics
+/// If `cols` is not a multiple of 32 or the slices are too short.
+pub fn rows_q8_0(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &mut [f32]) {
+    assert!(
+        cols.is_multiple_of(QBLOCK) && x.len() == cols,
+        "Q8_0 row shape"
+    );
+    assert!(
+        d.len() >= out.len() * cols / QBLOCK && qs.len() == d.len(),
+        "Q8_0 rows"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time just above).
+        unsafe { rows_q8_0_avx2(d, qs, cols, x, out) };
+        return;
+    }
+    rows_q8_0_impl(d, qs, cols, x, out)
+}
+
+/// RMSNorm as ggml computes it: the mean of squares summed in f64, `scale =
+/// 1 / sqrt(mean + eps)` in f32, `out = (x * scale) * weight`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let mut sum = 0.0f64;
+    for &v in x {
+        sum += f64::from(v * v);
+    }
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0f32 / (mean + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = (v * scale) * w;
+    }
+}
+
+/// Cosines and sines of the RoPE angles for one position, as ggml's
+/// `ggml_rope_cache_init` computes them: `theta_0 = pos`, each next pair's
+/// angle is the previous times `theta_scale = base^(-2 / head_dim)` (an f32
+/// running product, not a fresh power).
+#[derive(Debug, Clone)]
+pub struct RopeAngles {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeAngles {
+    /// Angles for position `pos` over a head of `head_dim` (even) values.
+    pub fn new(pos: usize, head_dim: usize, base: f32) -> RopeAngles {
+        let half = head_dim / 2;
+        let theta_scale = base.powf(-2.0f32 / head_dim as f32);
+        let mut theta = pos as f32;
+        let mut cos = Vec::with_capacity(half);
+        let mut sin = Vec::with_capacity(half);
+        for _ in 0..half {
+            cos.push(theta.cos());
+            sin.push(theta.sin());
+            theta *= theta_scale;
+        }
+        RopeAngles { cos, sin }
+    }
+
+    /// Rotates every head of `x` (heads of `2 * cos.len()` values) in place,
+    /// llama.cpp's `LLAMA_ROPE_TYPE_NORM`, the LLaMA type: adjacent pairs
+    /// `(x[2i], x[2i+1])` rotate by angle `i`. (GGUF files store LLaMA's Q
+    /// and K rows permuted so that this pairing is the right one.)
+    pub fn apply(&self, x: &mut [f32]) {
+        let hd = 2 * self.cos.len();
+        for head in x.chunks_exact_mut(hd) {
+            for (i, (&c, &s)) in self.cos.iter().zip(&self.sin).enumerate() {
+                let x0 = head[2 * i];
+                let x1 = head[2 * i + 1];
+                head[2 * i] = x0 * c - x1 * s;
+                head[2 * i + 1] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+/// SiLU, `x / (1 + e^-x)`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Softmax in place as ggml's `soft_max` does it: subtract the maximum,
+/// exponentiate, sum in f64, multiply by `1 / sum` rounded to f32.
+pub fn softmax_in_place(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `log(sum(exp(x)))` in f64, stable.
+pub fn log_sum_exp(x: &[f32]) -> f64 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = f64::from(max);
+    let sum: f64 = x.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+    max + sum.ln()
+}
+
+/// Index of the largest value; the lowest index wins a tie (as a stable
+/// descending sort would pick). `None` for an empty slice.
+pub fn argmax(x: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in x.iter().enumerate() {
+        match best {
+            Some((_, b)) if v <= b => {}
+            _ => best = Some((i, v)),
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| f64::from(x) * f64::from(y))
+            .sum()
+    }
+
+    #[test]
+    fn dot_matches_f64_and_portable_path() {
+        for len in [1usize, 5, 16, 17, 33, 576, 1000] {
+            let a: Vec<f32> = (0..len)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+                .collect();
+            let b: Vec<f32> = (0..len)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.3)
+                .collect();
+            let d = dot(&a, &b);
+            assert!((f64::from(d) - naive_dot(&a, &b)).abs() < 1e-3, "len {len}");
+            assert_eq!(d.to_bits(), dot_impl(&a, &b).to_bits(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn matmul_t_rows_equal_single_dots() {
+        let cols = 37;
+        let rows = 7;
+        let n = 3;
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.05)
+            .collect();
+        let xs: Vec<f32> = (0..n * cols)
+            .map(|i| ((i * 13 % 19) as f32 - 9.0) * 0.07)
+            .collect();
+        let mut out = vec![0.0; rows * n];
+        matmul_t(&w, cols, &xs, n, &mut out);
+        for r in 0..rows {
+            for t in 0..n {
+                let d = dot(&w[r * cols..(r + 1) * cols], &xs[t * cols..(t + 1) * cols]);
+                assert_eq!(out[r * n + t].to_bits(), d.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn rope_matches_hand_computation() {
+        // head_dim 4, base 100: theta_scale = 100^(-1/2) = 0.1.
+        // Position 3: pair 0 rotates by 3 rad, pair 1 by 0.3 rad.
+        let r = RopeAngles::new(3, 4, 100.0);
+        let mut x = vec![1.0f32, 2.0, 3.0, 4.0];
+        r.apply(&mut x);
+        let (c0, s0) = (3.0f64.cos(), 3.0f64.sin());
+        let (c1, s1) = (0.3f64.cos(), 0.3f64.sin());
+        let want = [
+            1.0 * c0 - 2.0 * s0,
+            1.0 * s0 + 2.0 * c0,
+            3.0 * c1 - 4.0 * s1,
+            3.0 * s1 + 4.0 * c1,
+        ];
+        for (g, w) in x.iter().zip(want) {
+            assert!((f64::from(*g) - w).abs() < 1e-5, "{g} vs {w}");
+        }
+        // Position 0 is the identity.
+        let mut y = vec![1.0f32, 2.0, 3.0, 4.0];
+        RopeAngles::new(0, 4, 100.0).apply(&mut y);
+        assert_eq!(y, vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn rms_norm_and_softmax() {
+        let x = [3.0f32, 4.0];
+        let mut out = [0.0f32; 2];
+        rms_norm(&x, &[1.0, 2.0], 0.0, &mut out);
+        let s = (12.5f64).sqrt();
+        assert!((f64::from(out[0]) - 3.0 / s).abs() < 1e-6);
+        assert!((f64::from(out[1]) - 8.0 / s).abs() < 1e-6);
+        let mut p = [1.0f32, 2.0, 3.0];
+        softmax_in_place(&mut p);
+        let z: f64 = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).sum();
+        assert!((f64::from(p[2]) - 3.0f64.exp() / z).abs() < 1e-6);
+        assert!((log_sum_exp(&[1.0, 2.0, 3.0]) - z.ln()).abs() < 1e-12);
+        assert_eq!(argmax(&[1.0, 5.0, 5.0, 2.0]), Some(1));
+        assert_eq!(argmax(&[]), None);
+    }
+}
