@@ -3,6 +3,7 @@
 
 mod cmd_compile;
 mod cmd_opt;
+mod cmd_quant_report;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,9 @@ enum Command {
     Compile(cmd_compile::CompileArgs),
     /// Run q35 passes on an MLIR file.
     Opt(cmd_opt::OptArgs),
+    /// Compare weight quantization schemes: bits per weight, weight and
+    /// layer-output error, and (with --eval) perplexity/KLD vs f32.
+    QuantReport(cmd_quant_report::QuantReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Compile(args) => cmd_compile::run(args),
         Command::Opt(args) => cmd_opt::run(args),
+        Command::QuantReport(args) => cmd_quant_report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -732,6 +732,30 @@ impl IntMatrix {
     }
 
     /// Rows `first .. first + y.len()` of `W x`.
+    pub fn matvec_rows(
+        &self,
+        x: &ActivationI8,
+        first: usize,
+        y: &mut [f32],
+    ) -> Result<(), QuantError> {
+        if x.len() != self.cols {
+            return Err(QuantError::LengthMismatch {
+                what: "activation",
+                got: x.len(),
+                expected: self.cols,
+            });
+        }
+        if first + y.len() > self.rows {
+            return Err(QuantError::LengthMismatch {
+                what: "matvec output rows",
+                got: first + y.len(),
+                expected: self.rows,
+            });
+        }
+        self.rows_into(x, first, y);
+        Ok(())
+    }
+
     fn rows_into(&self, x: &ActivationI8, first: usize, y: &mut [f32]) {
         let n_groups = self.cols.div_ceil(self.group_size);
         let mut accs = vec![0i32; n_groups];

@@ -15,9 +15,13 @@
 //!   call these definitions.
 //! - [`metrics`]: relative RMSE, layer-output error and the per-channel
 //!   activation importance used for calibration.
+//! - [`model`]: whole-model quantization on the f32 reference model:
+//!   calibration, quantized layers running the integer semantics, reports and
+//!   KL-divergence / perplexity against the reference.
 
 pub mod format;
 pub mod metrics;
+pub mod model;
 mod pack;
 pub mod quantize;
 pub mod semantics;
