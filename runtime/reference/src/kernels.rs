@@ -13,7 +13,7 @@
 pub const LANES: usize = 16;
 
 #[inline(always)]
-fn reduce(mut acc: [f32; LANES]) -> f32 {
+pub(crate) fn reduce(mut acc: [f32; LANES]) -> f32 {
     let mut w = LANES / 2;
     while w > 0 {
         for k in 0..w {
@@ -100,18 +100,6 @@ fn matmul_t_impl(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32]
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_impl(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn matmul_t_avx2(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32]) {
-    matmul_t_impl(w, cols, xs, n, out_t)
-}
-
 #[inline]
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -132,7 +120,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 (checked at run time just above).
-        return unsafe { dot_avx2(a, b) };
+        return unsafe { crate::simd::dot(a, b) };
     }
     dot_impl(a, b)
 }
@@ -154,7 +142,7 @@ pub fn matmul_t(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32])
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 (checked at run time just above).
-        unsafe { matmul_t_avx2(w, cols, xs, n, out_t) };
+        unsafe { crate::simd::matmul_t(w, cols, xs, n, out_t) };
         return;
     }
     matmul_t_impl(w, cols, xs, n, out_t)
@@ -211,18 +199,6 @@ fn rows_q8_0_impl(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn rows_q4_1_avx2(dm: &[[f32; 2]], qs: &[[u8; Q4_1_QS]], cols: usize, x: &[f32], out: &mut [f32]) {
-    rows_q4_1_impl(dm, qs, cols, x, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn rows_q8_0_avx2(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &mut [f32]) {
-    rows_q8_0_impl(d, qs, cols, x, out)
-}
-
 /// `out[r] = dot(dequant(row r), x)` for Q4_1 rows given as per-block
 /// `[d, m]` (f32, widened from the file's fp16) and nibbles (`q[k]` holds
 /// weight `k` low and weight `k + 16` high). Each weight is `q * d + m` in f32,
@@ -243,7 +219,7 @@ pub fn rows_q4_1(dm: &[[f32; 2]], qs: &[[u8; Q4_1_QS]], cols: usize, x: &[f32], 
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 (checked at run time just above).
-        unsafe { rows_q4_1_avx2(dm, qs, cols, x, out) };
+        unsafe { crate::simd::rows_q4_1(dm, qs, cols, x, out) };
         return;
     }
     rows_q4_1_impl(dm, qs, cols, x, out)
@@ -266,7 +242,7 @@ pub fn rows_q8_0(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &m
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 (checked at run time just above).
-        unsafe { rows_q8_0_avx2(d, qs, cols, x, out) };
+        unsafe { crate::simd::rows_q8_0(d, qs, cols, x, out) };
         return;
     }
     rows_q8_0_impl(d, qs, cols, x, out)
@@ -398,10 +374,59 @@ mod tests {
     }
 
     #[test]
+    fn quantized_rows_equal_dequantized_dots() {
+        let cols = 96;
+        let rows = 5;
+        let dm: Vec<[f32; 2]> = (0..rows * 3)
+            .map(|i| [0.01 * (i as f32 + 1.0), -0.05 * i as f32])
+            .collect();
+        let q4: Vec<[u8; Q4_1_QS]> = (0..rows * 3)
+            .map(|i| std::array::from_fn(|k| ((i * 31 + k * 17) % 256) as u8))
+            .collect();
+        let d8: Vec<f32> = (0..rows * 3).map(|i| 0.003 * (i as f32 + 2.0)).collect();
+        let q8: Vec<[i8; QBLOCK]> = (0..rows * 3)
+            .map(|i| std::array::from_fn(|k| ((i * 29 + k * 13) % 256) as u8 as i8))
+            .collect();
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.13)
+            .collect();
+        let mut o4 = vec![0.0; rows];
+        let mut o8 = vec![0.0; rows];
+        rows_q4_1(&dm, &q4, cols, &x, &mut o4);
+        rows_q8_0(&d8, &q8, cols, &x, &mut o8);
+        let mut p4 = vec![0.0; rows];
+        let mut p8 = vec![0.0; rows];
+        rows_q4_1_impl(&dm, &q4, cols, &x, &mut p4);
+        rows_q8_0_impl(&d8, &q8, cols, &x, &mut p8);
+        for r in 0..rows {
+            let mut w4 = vec![0.0f32; cols];
+            let mut w8 = vec![0.0f32; cols];
+            for b in 0..3 {
+                let [d, m] = dm[r * 3 + b];
+                for k in 0..16 {
+                    let q = q4[r * 3 + b][k];
+                    w4[b * 32 + k] = f32::from(q & 0x0f) * d + m;
+                    w4[b * 32 + 16 + k] = f32::from(q >> 4) * d + m;
+                }
+                for k in 0..32 {
+                    w8[b * 32 + k] = f32::from(q8[r * 3 + b][k]) * d8[r * 3 + b];
+                }
+            }
+            assert_eq!(o4[r].to_bits(), dot_impl(&w4, &x).to_bits(), "q4_1 row {r}");
+            assert_eq!(o8[r].to_bits(), dot_impl(&w8, &x).to_bits(), "q8_0 row {r}");
+            assert_eq!(o4[r].to_bits(), p4[r].to_bits());
+            assert_eq!(o8[r].to_bits(), p8[r].to_bits());
+        }
+    }
+
+    #[test]
     fn matmul_t_rows_equal_single_dots() {
-        let cols = 37;
-        let rows = 7;
-        let n = 3;
+        for (cols, rows, n) in [(37, 7, 3), (64, 9, 2), (16, 4, 1), (5, 3, 2)] {
+            check_matmul(cols, rows, n);
+        }
+    }
+
+    fn check_matmul(cols: usize, rows: usize, n: usize) {
         let w: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.05)
             .collect();
@@ -412,7 +437,7 @@ mod tests {
         matmul_t(&w, cols, &xs, n, &mut out);
         for r in 0..rows {
             for t in 0..n {
-                let d = dot(&w[r * cols..(r + 1) * cols], &xs[t * cols..(t + 1) * cols]);
+                let d = dot_impl(&w[r * cols..(r + 1) * cols], &xs[t * cols..(t + 1) * cols]);
                 assert_eq!(out[r * n + t].to_bits(), d.to_bits());
             }
         }

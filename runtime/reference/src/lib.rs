@@ -22,6 +22,8 @@ mod linear;
 mod model;
 mod sampling;
 mod session;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 mod weights;
 
 pub use config::Config;
