@@ -7,10 +7,12 @@
 //! scales and slot masks, the weights' relative RMSE, and the relative
 //! layer-output error `||W X - Q(W) X|| / ||W X||` on calibration
 //! activations `X` recorded from the f32 reference running `--calib`. With
-//! `--eval TEXT` it also installs each quantized model (int8 activations,
-//! integer matmuls, docs/q35-format.md) and reports perplexity, mean KL
-//! divergence from the f32 reference and top-1 agreement on that text. Keep
-//! calibration and evaluation texts disjoint.
+//! `--eval TEXT` it also runs each quantized model as the golden forward
+//! pass (`q35_quant::golden`: int8 activations, integer matmuls and the f32
+//! operators of docs/q35-format.md section 8, a tied quantized LM head also
+//! serving the embedding lookup) and reports perplexity, mean KL divergence
+//! from the f32 reference and top-1 agreement on that text (llama-perplexity
+//! windows). Keep calibration and evaluation texts disjoint.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,9 +21,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use q35_quant::QuantScheme;
+use q35_quant::golden::GoldenModel;
 use q35_quant::model::{
-    Calibration, EvalReport, ReferenceLogits, SchemePolicy, TensorReport, install, model_weights,
-    quantize_model, restore, tensor_report,
+    Calibration, EvalReport, ReferenceLogits, SchemePolicy, TensorReport, model_weights,
+    quantize_model, tensor_report,
 };
 use q35_quant::quantize::QuantOptions;
 use q35_quant::semantics::{ACT_MAX, accumulator_bound};
@@ -169,7 +172,7 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
             format!("--head {s}: expected same, f32 or a scheme name")
         })?)),
     };
-    let mut loaded = load(&args.model, args.threads)?;
+    let loaded = load(&args.model, args.threads)?;
     let group = args.group.unwrap_or(loaded.group_size);
     let vocab = loaded.model.config().vocab;
     let context = loaded.model.config().context;
@@ -283,10 +286,12 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
         s.mean_output_error = (no > 0).then(|| oe / no as f64);
         if let Some(r) = &reference {
             let t = Instant::now();
-            let saved = install(&mut loaded.model, layers)?;
-            let e = r.compare(&loaded.model);
-            restore(&mut loaded.model, saved)?;
-            s.eval = Some(e.with_context(|| format!("evaluation of {scheme}"))?);
+            let golden = GoldenModel::new(&loaded.model, &layers, args.ctx)
+                .with_context(|| format!("cannot build the golden model for {scheme}"))?;
+            s.eval = Some(
+                r.compare_golden(&golden)
+                    .with_context(|| format!("evaluation of {scheme}"))?,
+            );
             note(&format!("evaluate {scheme}"), t);
         }
         summaries.push(s);

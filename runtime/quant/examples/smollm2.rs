@@ -38,6 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => QuantScheme::ALL.to_vec(),
     };
     let eval = args.iter().any(|a| a == "--eval");
+    let golden = args.iter().any(|a| a == "--golden");
     let threads = 2;
 
     let gguf = Gguf::open(&path)?;
@@ -117,10 +118,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             mults
         );
         if let Some(r) = &reference {
-            let saved = install(&mut model, layers)?;
             let t = Instant::now();
-            let e = r.compare(&model)?;
-            restore(&mut model, saved)?;
+            let e = if golden {
+                let g = q35_quant::golden::GoldenModel::new(&model, &layers, ctx)?;
+                r.compare_golden(&g)?
+            } else {
+                let saved = install(&mut model, layers)?;
+                let e = r.compare(&model)?;
+                restore(&mut model, saved)?;
+                e
+            };
             print!(
                 "  | ppl {:.4} (ref {:.4})  KLD {:.5}  top1 {:.4}  [{:.1} s]",
                 e.ppl,

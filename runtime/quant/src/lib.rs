@@ -18,8 +18,11 @@
 //! - [`model`]: whole-model quantization on the f32 reference model:
 //!   calibration, quantized layers running the integer semantics, reports and
 //!   KL-divergence / perplexity against the reference.
+//! - [`golden`]: the quantized golden forward pass, every operator from
+//!   [`semantics`]; the simulator's bit-exact reference.
 
 pub mod format;
+pub mod golden;
 pub mod metrics;
 pub mod model;
 mod pack;

@@ -15,6 +15,7 @@ use q35_reference::{
 };
 use rayon::prelude::*;
 
+use crate::golden::GoldenModel;
 use crate::metrics::{layer_output_error, rel_rmse};
 use crate::quantize::{QuantOptions, quantize_with};
 use crate::semantics::ActivationI8;
@@ -571,7 +572,8 @@ impl ReferenceLogits {
         (self.nll / self.positions as f64).exp()
     }
 
-    /// Scores `candidate` on the same windows.
+    /// Scores `candidate` (the reference's forward pass with quantized
+    /// layers installed) on the same windows.
     pub fn compare(&self, candidate: &Model) -> Result<EvalReport, ModelQuantError> {
         if candidate.config().vocab != self.vocab {
             return Err(ModelQuantError::Input(format!(
@@ -580,10 +582,41 @@ impl ReferenceLogits {
                 self.vocab
             )));
         }
+        self.compare_with(|w| self.window_logits(candidate, w))
+    }
+
+    /// Scores the golden quantized model on the same windows.
+    pub fn compare_golden(&self, golden: &GoldenModel) -> Result<EvalReport, ModelQuantError> {
+        if golden.config().vocab != self.vocab {
+            return Err(ModelQuantError::Input(format!(
+                "golden model vocabulary {} differs from the reference's {}",
+                golden.config().vocab,
+                self.vocab
+            )));
+        }
+        self.compare_with(|w| {
+            let mut s = golden.new_session();
+            let toks = &self.tokens[w * self.ctx..(w + 1) * self.ctx - 1];
+            golden.run_from(&mut s, toks, self.first())
+        })
+    }
+
+    /// Scores candidate logits (`window -> (ctx - 1 - ctx/2) x vocab`).
+    fn compare_with(
+        &self,
+        mut candidate: impl FnMut(usize) -> Result<Vec<f32>, ModelQuantError>,
+    ) -> Result<EvalReport, ModelQuantError> {
         let (mut nll, mut kl_sum, mut kl_max, mut agree, mut n) =
             (0f64, 0f64, 0f64, 0usize, 0usize);
         for (w, rl) in self.logits.iter().enumerate() {
-            let cl = self.window_logits(candidate, w)?;
+            let cl = candidate(w)?;
+            if cl.len() != rl.len() {
+                return Err(ModelQuantError::Input(format!(
+                    "candidate gave {} logits for window {w}, expected {}",
+                    cl.len(),
+                    rl.len()
+                )));
+            }
             for (j, (r, c)) in rl
                 .chunks_exact(self.vocab)
                 .zip(cl.chunks_exact(self.vocab))

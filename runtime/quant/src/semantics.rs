@@ -320,19 +320,23 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
-    /// The table for positions `0 .. positions`: for pair `i < head_dim/2`,
-    /// `theta = pos * base^(-2i / head_dim)` and `cos(theta)`, `sin(theta)`
-    /// are evaluated in f64 and rounded to f32.
+    /// The table for positions `0 .. positions`, with angles as ggml's
+    /// `ggml_rope_cache_init` forms them (so the table matches llama.cpp):
+    /// `theta_scale = base^(-2 / head_dim)` in f32, `theta_0 = pos` (f32),
+    /// `theta_{i+1} = theta_i * theta_scale` (f32 multiply); each entry is
+    /// `cos`/`sin` of the f32 angle evaluated in f64 and rounded to f32.
+    /// This runs in the compiler only; the table is shipped as data.
     pub fn new(head_dim: usize, base: f32, positions: usize) -> RopeTable {
         let half = head_dim / 2;
+        let theta_scale = base.powf(-2.0 / head_dim as f32);
         let mut cos = Vec::with_capacity(positions * half);
         let mut sin = Vec::with_capacity(positions * half);
         for pos in 0..positions {
-            for i in 0..half {
-                let freq = f64::from(base).powf(-((2 * i) as f64) / head_dim as f64);
-                let theta = pos as f64 * freq;
-                cos.push(theta.cos() as f32);
-                sin.push(theta.sin() as f32);
+            let mut theta = pos as f32;
+            for _ in 0..half {
+                cos.push(f64::from(theta).cos() as f32);
+                sin.push(f64::from(theta).sin() as f32);
+                theta *= theta_scale;
             }
         }
         RopeTable { head_dim, cos, sin }
