@@ -13,34 +13,73 @@
 
 mod common;
 
-use q35_reference::{GenerateOptions, Logits, PerplexityOptions, SamplingParams, kernels::argmax};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use q35_reference::{
+    GenerateOptions, Logits, PerplexityOptions, PerplexityReport, SamplingParams, kernels::argmax,
+};
 
 /// Greedy tokens that must match llama.cpp's.
 const MIN_MATCH: usize = 24;
 
-/// Greedy-decodes every fixture prompt; returns (matched prefix, our tokens)
-/// per prompt.
-fn greedy_matches(fx: &common::Fixture) -> Vec<(usize, Vec<u32>)> {
+/// The reference's greedy continuation (up to [`GENERATE`] tokens, stopping
+/// at EOS) and last-position logits for one prompt.
+struct Ours {
+    generated: Vec<u32>,
+    last_logits: Vec<f32>,
+}
+
+/// Tokens generated per prompt (the fixtures record 32).
+const GENERATE: usize = 32;
+
+/// Runs every prompt once per test binary; both fixtures share the prompts.
+fn ours(prompt: &[u32], eos: u32) -> &'static Ours {
+    type Cache = Mutex<HashMap<(Vec<u32>, u32), &'static Ours>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (prompt.to_vec(), eos);
+    // Held while computing, so concurrent tests wait instead of repeating work.
+    let mut guard = cache.lock().expect("cache");
+    if let Some(o) = guard.get(&key) {
+        return o;
+    }
     let (_, model) = common::smollm2();
+    let mut session = model.new_session();
+    let last_logits = model
+        .forward(&mut session, prompt, Logits::Last)
+        .expect("forward");
+    session.clear();
+    let opts = GenerateOptions {
+        max_tokens: GENERATE,
+        sampling: SamplingParams::greedy(),
+        stop_tokens: vec![eos],
+    };
+    let generated = model
+        .generate(&mut session, prompt, &opts, |_| true)
+        .expect("generate")
+        .tokens;
+    let o: &'static Ours = Box::leak(Box::new(Ours {
+        generated,
+        last_logits,
+    }));
+    guard.insert(key, o);
+    o
+}
+
+/// Per prompt: tokens matching llama.cpp's greedy continuation, and our tokens.
+fn greedy_matches(fx: &common::Fixture) -> Vec<(usize, Vec<u32>)> {
     fx.greedy
         .iter()
         .map(|g| {
-            let mut session = model.new_session();
-            let opts = GenerateOptions {
-                max_tokens: g.generated.len(),
-                sampling: SamplingParams::greedy(),
-                stop_tokens: vec![fx.eos],
-            };
-            let out = model
-                .generate(&mut session, &g.prompt_tokens, &opts, |_| true)
-                .expect("generate");
-            let matched = out
-                .tokens
+            let o = ours(&g.prompt_tokens, fx.eos);
+            let matched = o
+                .generated
                 .iter()
                 .zip(&g.generated)
                 .take_while(|(a, b)| a == b)
                 .count();
-            (matched, out.tokens)
+            (matched, o.generated.clone())
         })
         .collect()
 }
@@ -48,27 +87,41 @@ fn greedy_matches(fx: &common::Fixture) -> Vec<(usize, Vec<u32>)> {
 /// Per prompt: the largest |ours - llama.cpp| over the recorded top logits
 /// at the last prompt position, and whether the top-1 tokens agree.
 fn last_logits(fx: &common::Fixture) -> Vec<(f32, bool)> {
-    let (_, model) = common::smollm2();
     fx.greedy
         .iter()
         .map(|g| {
-            let mut session = model.new_session();
-            let logits = model
-                .forward(&mut session, &g.prompt_tokens, Logits::Last)
-                .expect("forward");
+            let logits = &ours(&g.prompt_tokens, fx.eos).last_logits;
             let diff = g
                 .last_prompt_top_logits
                 .iter()
                 .map(|t| (logits[t.id as usize] - t.logit).abs())
                 .fold(0.0, f32::max);
-            let same_top = argmax(&logits) == Some(g.last_prompt_top_logits[0].id as usize);
+            let same_top = argmax(logits) == Some(g.last_prompt_top_logits[0].id as usize);
             (diff, same_top)
         })
         .collect()
 }
 
-fn perplexity_vs(fx: &common::Fixture, ctx: usize) -> (f64, f64) {
+/// Our perplexity with a fixture run's windows (computed once per token
+/// sequence and window setting).
+fn our_perplexity(tokens: &[u32], opts: &PerplexityOptions) -> PerplexityReport {
+    type Key = (Vec<u32>, usize, Option<usize>, Option<u32>);
+    static CACHE: OnceLock<Mutex<HashMap<Key, PerplexityReport>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (tokens.to_vec(), opts.ctx, opts.windows, opts.bos);
+    let mut guard = cache.lock().expect("cache");
+    if let Some(r) = guard.get(&key) {
+        return r.clone();
+    }
     let (_, model) = common::smollm2();
+    let r = model.perplexity(tokens, opts).expect("perplexity");
+    guard.insert(key, r.clone());
+    r
+}
+
+/// Our perplexity against a fixture's run with window length `ctx`
+/// (windows and scored counts must be llama.cpp's); returns (ours, theirs).
+fn perplexity_vs(fx: &common::Fixture, ctx: usize) -> (f64, f64) {
     let run = fx
         .perplexity
         .runs
@@ -80,9 +133,7 @@ fn perplexity_vs(fx: &common::Fixture, ctx: usize) -> (f64, f64) {
         windows: Some(run.windows),
         bos: fx.add_bos.then_some(1),
     };
-    let ours = model
-        .perplexity(&fx.perplexity.tokens, &opts)
-        .expect("perplexity");
+    let ours = our_perplexity(&fx.perplexity.tokens, &opts);
     assert_eq!(ours.windows, run.windows);
     assert_eq!(ours.first, run.first);
     assert_eq!(ours.scored_tokens, run.count);
