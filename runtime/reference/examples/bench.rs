@@ -1,8 +1,11 @@
 //! Reference speed yardstick: prefill and decode tokens/s and peak memory.
 //!
 //! `cargo run --release -p q35-reference --example bench -- [GGUF] [--threads N]
-//! [--prefill N] [--decode N] [--format f32|native]` prints one JSON object.
-//! `scripts/bench` runs it on SmolLM2-135M with 2 threads.
+//! [--prefill N] [--decode N] [--repeat N] [--format f32|native]` prints one
+//! JSON object: the median over the repeats of prefill tokens/s (one forward
+//! pass over N prompt tokens) and decode tokens/s (N single-token steps after
+//! it, greedy), and the process's peak resident memory. `scripts/bench` runs
+//! it on SmolLM2-135M with 2 threads.
 
 use std::time::Instant;
 
@@ -40,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads: usize = arg(&args, "--threads", 2);
     let n_prefill: usize = arg(&args, "--prefill", 128);
     let n_decode: usize = arg(&args, "--decode", 64);
+    let repeat: usize = arg(&args, "--repeat", 3).max(1);
     let format = match arg(&args, "--format", "native".to_owned()).as_str() {
         "f32" => WeightFormat::F32,
         _ => WeightFormat::Native,
@@ -61,31 +65,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut s = model.new_session();
     model.forward(&mut s, &prompt[..8.min(prompt.len())], Logits::Last)?;
 
-    let mut s = model.new_session();
-    let t = Instant::now();
-    let logits = model.forward(&mut s, &prompt, Logits::Last)?;
-    let prefill_s = t.elapsed().as_secs_f64();
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for _ in 0..repeat {
+        let mut s = model.new_session();
+        let t = Instant::now();
+        let logits = model.forward(&mut s, &prompt, Logits::Last)?;
+        prefill.push(n_prefill as f64 / t.elapsed().as_secs_f64());
 
-    let mut tok = q35_reference::kernels::argmax(&logits).unwrap_or(0) as u32;
-    let t = Instant::now();
-    for _ in 0..n_decode {
-        let l = model.forward(&mut s, &[tok], Logits::Last)?;
-        tok = q35_reference::kernels::argmax(&l).unwrap_or(0) as u32;
+        let mut tok = q35_reference::kernels::argmax(&logits).unwrap_or(0) as u32;
+        let t = Instant::now();
+        for _ in 0..n_decode {
+            let l = model.forward(&mut s, &[tok], Logits::Last)?;
+            tok = q35_reference::kernels::argmax(&l).unwrap_or(0) as u32;
+        }
+        decode.push(n_decode as f64 / t.elapsed().as_secs_f64());
     }
-    let decode_s = t.elapsed().as_secs_f64();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
 
     println!(
         "{{\"model\": {:?}, \"threads\": {threads}, \"weight_format\": \"{}\", \"load_s\": {load_s:.3}, \
          \"prefill_tokens\": {n_prefill}, \"prefill_tok_s\": {:.2}, \"decode_tokens\": {n_decode}, \
-         \"decode_tok_s\": {:.2}, \"peak_rss_mib\": {}}}",
+         \"decode_tok_s\": {:.2}, \"repeats\": {repeat}, \"peak_rss_mib\": {}}}",
         path,
         if format == WeightFormat::F32 {
             "f32"
         } else {
             "native"
         },
-        n_prefill as f64 / prefill_s,
-        n_decode as f64 / decode_s,
+        median(&mut prefill),
+        median(&mut decode),
         peak_rss_kib()
             .map(|k| format!("{:.1}", k as f64 / 1024.0))
             .unwrap_or_else(|| "null".into()),
