@@ -92,6 +92,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             QuantOptions { threads },
         )?;
         let qs = t.elapsed().as_secs_f64();
+        // --only STEM: quantize just the layers whose name contains STEM.
+        let layers: Vec<_> = match arg(&args, "--only") {
+            Some(stem) => layers
+                .into_iter()
+                .filter(|l| l.id.to_string().contains(&stem))
+                .collect(),
+            None => layers,
+        };
         let (mut bits, mut n, mut se, mut sr, mut oe, mut no) =
             (0u64, 0usize, 0f64, 0f64, 0f64, 0usize);
         let mut mults = std::collections::BTreeMap::new();
