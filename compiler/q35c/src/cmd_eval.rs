@@ -6,15 +6,25 @@
 //! non-overlapping windows of N tokens, each window run from an empty cache
 //! and scored on its second half (the logits at positions N/2 .. N-2 predict
 //! the next token). `--json` prints every figure and the token counts.
+//!
+//! With `--quant` the model is also quantized as its model.toml says
+//! (`[quantization] scheme` and `group_size`, calibrated on `--calib`, a text
+//! kept apart from `--text`) through q35-quant's integer layers, and the
+//! report adds the quantized model's perplexity, its mean and largest KL
+//! divergence from the f32 reference and top-1 agreement, on the same windows
+//! and positions.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use q35_reference::PerplexityOptions;
+use q35_quant::QuantScheme;
+use q35_quant::model::{Calibration, SchemePolicy, install, model_weights, quantize_model};
+use q35_quant::quantize::QuantOptions;
+use q35_reference::{Model, PerplexityOptions};
 use serde_json::json;
 
-use crate::cmd_run::{load, read_utf8};
+use crate::cmd_run::{Loaded, load, read_utf8};
 
 /// Arguments of `q35c eval`.
 #[derive(Debug, clap::Args)]
@@ -30,12 +40,67 @@ pub struct EvalArgs {
     /// Score only the first W windows (default: every whole window).
     #[arg(long)]
     pub windows: Option<usize>,
+    /// Also evaluate the model quantized per its model.toml: perplexity,
+    /// KL divergence from the f32 reference, top-1 agreement.
+    #[arg(long, requires = "calib")]
+    pub quant: bool,
+    /// Calibration text for `--quant` (UTF-8; keep it disjoint from --text).
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Calibration window in tokens.
+    #[arg(long, default_value_t = 512)]
+    pub calib_ctx: usize,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The tokens of `text` as llama.cpp's perplexity tokenizes it (BOS first
+/// when the model adds BOS).
+fn tokens_of(tok: &q35_tokenizer::Tokenizer, text: &str) -> Vec<u32> {
+    let mut tokens = Vec::new();
+    if tok.add_bos_token() {
+        tokens.push(tok.bos());
+    }
+    tokens.extend(tok.encode(text, false));
+    tokens
+}
+
+/// The model quantized as its model.toml says, calibrated on `calib_tokens`.
+fn quantized(args: &EvalArgs, reference: &Loaded, calib_tokens: &[u32]) -> anyhow::Result<Model> {
+    let scheme: QuantScheme = reference
+        .quant
+        .scheme
+        .as_str()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("scheme `{}`: {e}", reference.quant.scheme.as_str()))?;
+    let group = reference.quant.group_size as usize;
+    let context = reference.model.config().context;
+    let calib = Calibration::run(
+        &reference.model,
+        calib_tokens,
+        args.calib_ctx.min(context),
+        64,
+    )
+    .with_context(|| format!("calibration of {}", args.model.display()))?;
+    let weights = model_weights(&reference.model)?;
+    let layers = quantize_model(
+        &reference.model,
+        &weights,
+        SchemePolicy::uniform(scheme),
+        group,
+        Some(&calib),
+        QuantOptions {
+            threads: args.threads.max(1),
+        },
+    )
+    .with_context(|| format!("cannot quantize {} with {scheme}", args.model.display()))?;
+    let mut model = load(&args.model, args.threads)?.model;
+    install(&mut model, layers)?;
+    Ok(model)
 }
 
 /// Runs `q35c eval`.
@@ -48,11 +113,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             args.model.display()
         )
     })?;
-    let mut tokens = Vec::new();
-    if tok.add_bos_token() {
-        tokens.push(tok.bos());
-    }
-    tokens.extend(tok.encode(&text, false));
+    let tokens = tokens_of(tok, &text);
     if tokens.is_empty() {
         anyhow::bail!("{} holds no text", args.text.display());
     }
@@ -61,16 +122,34 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         windows: args.windows,
         bos: tok.add_bos_token().then(|| tok.bos()),
     };
-    let r = loaded.model.perplexity(&tokens, &opts).with_context(|| {
+    let what = || {
         format!(
             "cannot evaluate {} on {}",
             args.model.display(),
             args.text.display()
         )
-    })?;
+    };
+    let (r, cmp) = if args.quant {
+        let calib_path = args.calib.as_ref().context("--quant needs --calib")?;
+        let calib_tokens = tokens_of(tok, &read_utf8(calib_path)?);
+        if calib_tokens.is_empty() {
+            anyhow::bail!("{} holds no text", calib_path.display());
+        }
+        let q = quantized(args, &loaded, &calib_tokens)?;
+        let c = loaded
+            .model
+            .compare(&q, &tokens, &opts)
+            .with_context(what)?;
+        (c.reference.clone(), Some(c))
+    } else {
+        (
+            loaded.model.perplexity(&tokens, &opts).with_context(what)?,
+            None,
+        )
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
-        let v = json!({
+        let mut v = json!({
             "model": loaded.name,
             "model_file": args.model.display().to_string(),
             "text_file": args.text.display().to_string(),
@@ -89,6 +168,19 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
                 "perplexity": (w.nll_sum / w.count as f64).exp(),
             })).collect::<Vec<_>>(),
         });
+        if let Some(c) = &cmp {
+            v["quantized"] = json!({
+                "scheme": loaded.quant.scheme.as_str(),
+                "group_size": loaded.quant.group_size,
+                "calibration_file": args.calib.as_ref().map(|p| p.display().to_string()),
+                "perplexity": c.candidate.ppl,
+                "nll_sum": c.candidate.nll_sum,
+                "mean_kld": c.mean_kld,
+                "max_kld": c.max_kld,
+                "top1_agreement": c.top1_agreement,
+                "positions": c.positions,
+            });
+        }
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?).context("cannot write to stdout")?;
     } else {
         writeln!(
@@ -110,6 +202,20 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             )
         })
         .context("cannot write to stdout")?;
+        if let Some(c) = &cmp {
+            writeln!(
+                out,
+                "quantized ({}, group {}): perplexity {:.4}, mean KLD {:.5} (max {:.4}), top-1 agreement {:.2}% over {} positions",
+                loaded.quant.scheme.as_str(),
+                loaded.quant.group_size,
+                c.candidate.ppl,
+                c.mean_kld,
+                c.max_kld,
+                100.0 * c.top1_agreement,
+                c.positions
+            )
+            .context("cannot write to stdout")?;
+        }
     }
     Ok(())
 }

@@ -71,6 +71,7 @@ pub(crate) struct Loaded {
     pub model: Model,
     pub tokenizer: Option<Tokenizer>,
     pub name: String,
+    pub quant: q35_model::QuantConfig,
 }
 
 /// Loads the model description, its weights and tokenizer.
@@ -94,6 +95,7 @@ pub(crate) fn load(path: &std::path::Path, threads: usize) -> anyhow::Result<Loa
         model,
         tokenizer,
         name: spec.name,
+        quant: spec.quant,
     })
 }
 
