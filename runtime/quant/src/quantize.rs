@@ -144,7 +144,7 @@ pub fn quantize_with(
             classes: [class, class],
             groups,
         };
-        let out = plan.run(threads, false);
+        let out = plan.run(&(0..rows).collect::<Vec<_>>(), threads, false);
         return Ok(QuantizedMatrix::assemble(
             layout,
             scheme,
@@ -165,20 +165,25 @@ pub fn quantize_with(
         }
     };
     let mults = choose_multipliers(layout, weights, &imp, &mask0);
-    let want_score = scheme != QuantScheme::Q35Alternating;
-    let plan = Plan::q35(layout, weights, &imp, &mask0, mults);
-    let mut best = plan.run(threads, want_score);
-    let mut best_mask = mask0;
-    if let Some(score) = best.score.take() {
-        let mask1 = balanced_mask(layout, &score);
-        if mask1 != best_mask {
-            let out = Plan::q35(layout, weights, &imp, &mask1, mults).run(threads, false);
-            if out.err < best.err {
-                best = out;
-                best_mask = mask1;
-            }
+    let all_rows: Vec<usize> = (0..rows).collect();
+    let mask = if scheme == QuantScheme::Q35Alternating {
+        mask0
+    } else {
+        // Score the 4-bit benefit of every channel on a sample of rows, and
+        // keep the better of the initial and the rescored mask there.
+        let sample = mask_sample(rows);
+        let first = Plan::q35(layout, weights, &imp, &mask0, mults).run(&sample, threads, true);
+        let mask1 = balanced_mask(layout, first.score.as_deref().unwrap_or_default());
+        if mask1 == mask0 {
+            mask0
+        } else {
+            let second =
+                Plan::q35(layout, weights, &imp, &mask1, mults).run(&sample, threads, false);
+            if second.err < first.err { mask1 } else { mask0 }
         }
-    }
+    };
+    let best = Plan::q35(layout, weights, &imp, &mask, mults).run(&all_rows, threads, false);
+    let best_mask = mask;
     Ok(QuantizedMatrix::assemble(
         layout,
         scheme,
@@ -265,10 +270,10 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// Quantizes all rows on `threads` threads.
-    fn run(&self, threads: usize, want_score: bool) -> RowsOut {
-        let rows = self.layout.rows;
-        let n_chunks = rows.div_ceil(CHUNK_ROWS);
+    /// Quantizes the listed rows on `threads` threads; the result holds them
+    /// in list order.
+    fn run(&self, rows: &[usize], threads: usize, want_score: bool) -> RowsOut {
+        let n_chunks = rows.len().div_ceil(CHUNK_ROWS);
         let mut outs: Vec<Option<RowsOut>> = (0..n_chunks).map(|_| None).collect();
         std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads.min(n_chunks))
@@ -278,8 +283,9 @@ impl<'a> Plan<'a> {
                             .step_by(threads)
                             .map(|c| {
                                 let first = c * CHUNK_ROWS;
-                                let last = (first + CHUNK_ROWS).min(rows);
-                                (c, self.quantize_rows(first..last, want_score))
+                                let last = (first + CHUNK_ROWS).min(rows.len());
+                                let chunk = rows[first..last].iter().copied();
+                                (c, self.quantize_rows(chunk, want_score))
                             })
                             .collect::<Vec<_>>()
                     })
@@ -293,8 +299,8 @@ impl<'a> Plan<'a> {
         });
         let cp = self.layout.cols_padded();
         let mut all = RowsOut {
-            codes: Vec::with_capacity(rows * cp),
-            scales: Vec::with_capacity(rows * self.layout.n_groups()),
+            codes: Vec::with_capacity(rows.len() * cp),
+            scales: Vec::with_capacity(rows.len() * self.layout.n_groups()),
             err: 0.0,
             score: want_score.then(|| vec![0f64; cp]),
         };
@@ -577,6 +583,16 @@ pub(crate) fn balanced_mask(layout: Layout, score: &[f64]) -> Vec<bool> {
         }
     }
     mask
+}
+
+/// Rows used to choose the slot mask: all of a small matrix, else an evenly
+/// spaced eighth (at least 256).
+fn mask_sample(rows: usize) -> Vec<usize> {
+    if rows <= 512 {
+        return (0..rows).collect();
+    }
+    let n = (rows / 8).max(256);
+    (0..n).map(|i| i * rows / n).collect()
 }
 
 /// Picks the Q35 multipliers with the lowest weighted error on a sample of
