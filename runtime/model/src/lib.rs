@@ -358,7 +358,7 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelSpec, ModelError> {
         None => (QuantScheme::Q35, None),
     };
     let group = group_size.map_or(DEFAULT_GROUP_SIZE, |g| *g.get_ref());
-    if group < 8 || group > 4096 || group % 8 != 0 {
+    if !(8..=4096).contains(&group) || !group.is_multiple_of(8) {
         return Err(invalid(
             group_size.map(|g| g.span()),
             "quantization.group_size",
