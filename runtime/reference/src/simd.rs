@@ -52,42 +52,70 @@ fn finish(a0: __m256, a1: __m256, ta: &[f32], tb: &[f32]) -> f32 {
 /// [`crate::kernels::dot`].
 #[target_feature(enable = "avx2")]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let (ca, ta) = a.as_chunks::<LANES>();
-    let (cb, tb) = b.as_chunks::<LANES>();
+    let n = a.len().min(b.len());
+    let chunks = n / LANES;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
     let mut a0 = _mm256_setzero_ps();
     let mut a1 = _mm256_setzero_ps();
-    for (x, y) in ca.iter().zip(cb) {
-        let (x0, x1) = x.as_chunks::<8>().0.split_at(1);
-        let (y0, y1) = y.as_chunks::<8>().0.split_at(1);
-        a0 = _mm256_add_ps(a0, _mm256_mul_ps(load8(&x0[0]), load8(&y0[0])));
-        a1 = _mm256_add_ps(a1, _mm256_mul_ps(load8(&x1[0]), load8(&y1[0])));
-    }
-    finish(a0, a1, ta, tb)
-}
-
-/// Four rows against one vector, each exactly [`dot`].
-#[target_feature(enable = "avx2")]
-pub(crate) fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
-    let (cx, tx) = x.as_chunks::<8>();
-    let c: [(&[[f32; 8]], &[f32]); 4] = w.map(|r| r.as_chunks::<8>());
-    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-    let pairs = cx.len() / 2;
-    for i in 0..pairs {
-        let x0 = load8(&cx[2 * i]);
-        let x1 = load8(&cx[2 * i + 1]);
-        for r in 0..4 {
-            acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_mul_ps(load8(&c[r].0[2 * i]), x0));
-            acc[r][1] = _mm256_add_ps(acc[r][1], _mm256_mul_ps(load8(&c[r].0[2 * i + 1]), x1));
+    for i in 0..chunks {
+        let o = i * LANES;
+        // SAFETY: o + 16 <= n, which both slices hold.
+        unsafe {
+            a0 = _mm256_add_ps(
+                a0,
+                _mm256_mul_ps(_mm256_loadu_ps(pa.wrapping_add(o)), _mm256_loadu_ps(pb.wrapping_add(o))),
+            );
+            a1 = _mm256_add_ps(
+                a1,
+                _mm256_mul_ps(
+                    _mm256_loadu_ps(pa.wrapping_add(o + 8)),
+                    _mm256_loadu_ps(pb.wrapping_add(o + 8)),
+                ),
+            );
         }
     }
-    // The portable tail starts at the last whole 16-chunk.
-    let t = pairs * LANES;
-    let _ = tx;
-    let mut out = [0.0f32; 4];
-    for r in 0..4 {
-        out[r] = finish(acc[r][0], acc[r][1], &w[r][t..], &x[t..]);
+    let t = chunks * LANES;
+    finish(a0, a1, &a[t..n], &b[t..n])
+}
+
+/// Four rows against one vector, each exactly [`dot`] (named accumulators
+/// and raw loads, so it stays fast without optimisation of the callers).
+///
+/// # Panics
+/// If a row's length differs from `x`'s.
+#[target_feature(enable = "avx2")]
+pub(crate) fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+    let n = x.len();
+    assert!(w.iter().all(|r| r.len() == n), "dot4: row lengths");
+    let chunks = n / LANES;
+    let px = x.as_ptr();
+    let [p0, p1, p2, p3] = w.map(<[f32]>::as_ptr);
+    let z = _mm256_setzero_ps();
+    let (mut a00, mut a01, mut a10, mut a11) = (z, z, z, z);
+    let (mut a20, mut a21, mut a30, mut a31) = (z, z, z, z);
+    for i in 0..chunks {
+        let o = i * LANES;
+        // SAFETY: o + 16 <= n, the length of `x` and of every row (asserted).
+        unsafe {
+            let x0 = _mm256_loadu_ps(px.wrapping_add(o));
+            let x1 = _mm256_loadu_ps(px.wrapping_add(o + 8));
+            a00 = _mm256_add_ps(a00, _mm256_mul_ps(_mm256_loadu_ps(p0.wrapping_add(o)), x0));
+            a01 = _mm256_add_ps(a01, _mm256_mul_ps(_mm256_loadu_ps(p0.wrapping_add(o + 8)), x1));
+            a10 = _mm256_add_ps(a10, _mm256_mul_ps(_mm256_loadu_ps(p1.wrapping_add(o)), x0));
+            a11 = _mm256_add_ps(a11, _mm256_mul_ps(_mm256_loadu_ps(p1.wrapping_add(o + 8)), x1));
+            a20 = _mm256_add_ps(a20, _mm256_mul_ps(_mm256_loadu_ps(p2.wrapping_add(o)), x0));
+            a21 = _mm256_add_ps(a21, _mm256_mul_ps(_mm256_loadu_ps(p2.wrapping_add(o + 8)), x1));
+            a30 = _mm256_add_ps(a30, _mm256_mul_ps(_mm256_loadu_ps(p3.wrapping_add(o)), x0));
+            a31 = _mm256_add_ps(a31, _mm256_mul_ps(_mm256_loadu_ps(p3.wrapping_add(o + 8)), x1));
+        }
     }
-    out
+    let t = chunks * LANES;
+    [
+        finish(a00, a01, &w[0][t..], &x[t..]),
+        finish(a10, a11, &w[1][t..], &x[t..]),
+        finish(a20, a21, &w[2][t..], &x[t..]),
+        finish(a30, a31, &w[3][t..], &x[t..]),
+    ]
 }
 
 /// Adds one Q4_1 block (`q * d + m` per weight) times `x` into the lanes.
@@ -130,7 +158,7 @@ fn q8_0_block(acc: &mut [__m256; 2], d: f32, q: &[i8; QBLOCK], x: &[f32; QBLOCK]
     let (q0, q1) = unsafe {
         (
             _mm_loadu_si128(q.as_ptr().cast()),
-            _mm_loadu_si128(q.as_ptr().add(16).cast()),
+            _mm_loadu_si128(q.as_ptr().wrapping_add(16).cast()),
         )
     };
     let w = |v: __m128i| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), dv);
