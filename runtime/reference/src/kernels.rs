@@ -101,6 +101,18 @@ fn matmul_t_impl(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32]
 }
 
 #[inline]
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[inline]
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -217,6 +229,12 @@ pub fn rows_q4_1(dm: &[[f32; 2]], qs: &[[u8; Q4_1_QS]], cols: usize, x: &[f32], 
         "Q4_1 rows"
     );
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F (checked at run time just above).
+        unsafe { crate::simd::rows_q4_1_512(dm, qs, cols, x, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 (checked at run time just above).
         unsafe { crate::simd::rows_q4_1(dm, qs, cols, x, out) };
@@ -239,6 +257,12 @@ pub fn rows_q8_0(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &m
         d.len() >= out.len() * cols / QBLOCK && qs.len() == d.len(),
         "Q8_0 rows"
     );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F (checked at run time just above).
+        unsafe { crate::simd::rows_q8_0_512(d, qs, cols, x, out) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 (checked at run time just above).
@@ -416,6 +440,18 @@ mod tests {
             assert_eq!(o8[r].to_bits(), dot_impl(&w8, &x).to_bits(), "q8_0 row {r}");
             assert_eq!(o4[r].to_bits(), p4[r].to_bits());
             assert_eq!(o8[r].to_bits(), p8[r].to_bits());
+        }
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            let mut a4 = vec![0.0; rows];
+            let mut a8 = vec![0.0; rows];
+            // SAFETY: AVX2 is available (checked just above).
+            unsafe {
+                crate::simd::rows_q4_1(&dm, &q4, cols, &x, &mut a4);
+                crate::simd::rows_q8_0(&d8, &q8, cols, &x, &mut a8);
+            }
+            assert_eq!(a4, p4);
+            assert_eq!(a8, p8);
         }
     }
 

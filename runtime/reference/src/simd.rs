@@ -63,7 +63,10 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
         unsafe {
             a0 = _mm256_add_ps(
                 a0,
-                _mm256_mul_ps(_mm256_loadu_ps(pa.wrapping_add(o)), _mm256_loadu_ps(pb.wrapping_add(o))),
+                _mm256_mul_ps(
+                    _mm256_loadu_ps(pa.wrapping_add(o)),
+                    _mm256_loadu_ps(pb.wrapping_add(o)),
+                ),
             );
             a1 = _mm256_add_ps(
                 a1,
@@ -100,13 +103,25 @@ pub(crate) fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
             let x0 = _mm256_loadu_ps(px.wrapping_add(o));
             let x1 = _mm256_loadu_ps(px.wrapping_add(o + 8));
             a00 = _mm256_add_ps(a00, _mm256_mul_ps(_mm256_loadu_ps(p0.wrapping_add(o)), x0));
-            a01 = _mm256_add_ps(a01, _mm256_mul_ps(_mm256_loadu_ps(p0.wrapping_add(o + 8)), x1));
+            a01 = _mm256_add_ps(
+                a01,
+                _mm256_mul_ps(_mm256_loadu_ps(p0.wrapping_add(o + 8)), x1),
+            );
             a10 = _mm256_add_ps(a10, _mm256_mul_ps(_mm256_loadu_ps(p1.wrapping_add(o)), x0));
-            a11 = _mm256_add_ps(a11, _mm256_mul_ps(_mm256_loadu_ps(p1.wrapping_add(o + 8)), x1));
+            a11 = _mm256_add_ps(
+                a11,
+                _mm256_mul_ps(_mm256_loadu_ps(p1.wrapping_add(o + 8)), x1),
+            );
             a20 = _mm256_add_ps(a20, _mm256_mul_ps(_mm256_loadu_ps(p2.wrapping_add(o)), x0));
-            a21 = _mm256_add_ps(a21, _mm256_mul_ps(_mm256_loadu_ps(p2.wrapping_add(o + 8)), x1));
+            a21 = _mm256_add_ps(
+                a21,
+                _mm256_mul_ps(_mm256_loadu_ps(p2.wrapping_add(o + 8)), x1),
+            );
             a30 = _mm256_add_ps(a30, _mm256_mul_ps(_mm256_loadu_ps(p3.wrapping_add(o)), x0));
-            a31 = _mm256_add_ps(a31, _mm256_mul_ps(_mm256_loadu_ps(p3.wrapping_add(o + 8)), x1));
+            a31 = _mm256_add_ps(
+                a31,
+                _mm256_mul_ps(_mm256_loadu_ps(p3.wrapping_add(o + 8)), x1),
+            );
         }
     }
     let t = chunks * LANES;
@@ -259,5 +274,125 @@ pub(crate) fn matmul_t(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut
             out_t[r * n + t] = dot(row, &xs[t * cols..(t + 1) * cols]);
         }
         r += 1;
+    }
+}
+
+/// `reduce` on one 16-lane register: k += k+8, k += k+4, k += k+2, 0 += 1.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn hsum16(a: __m512) -> f32 {
+    let lo = _mm512_castps512_ps256(a);
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+    hsum(lo, hi)
+}
+
+/// [`crate::kernels::rows_q4_1`] with one 16-lane register per row (lane k
+/// is the portable kernel's partial sum k).
+#[target_feature(enable = "avx512f")]
+pub(crate) fn rows_q4_1_512(
+    dm: &[[f32; 2]],
+    qs: &[[u8; Q4_1_QS]],
+    cols: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let bpr = cols / QBLOCK;
+    assert!(x.len() == bpr * QBLOCK && dm.len() >= out.len() * bpr && qs.len() >= out.len() * bpr);
+    let px = x.as_ptr();
+    let mask = _mm_set1_epi8(0x0f);
+    let mut r = 0;
+    while r < out.len() {
+        let two = r + 1 < out.len();
+        let mut a = _mm512_setzero_ps();
+        let mut b = _mm512_setzero_ps();
+        for i in 0..bpr {
+            // SAFETY: block i of x holds floats i*32 .. i*32+32 (asserted length).
+            let (x0, x1) = unsafe {
+                (
+                    _mm512_loadu_ps(px.wrapping_add(i * QBLOCK)),
+                    _mm512_loadu_ps(px.wrapping_add(i * QBLOCK + LANES)),
+                )
+            };
+            let block = |acc: &mut __m512, j: usize| {
+                let [d, m] = dm[j];
+                let (dv, mv) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
+                // SAFETY: `qs[j]` holds exactly the 16 bytes read.
+                let qv = unsafe { _mm_loadu_si128(qs[j].as_ptr().cast()) };
+                let lo = _mm_and_si128(qv, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(qv), mask);
+                let wl = _mm512_add_ps(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), dv),
+                    mv,
+                );
+                let wh = _mm512_add_ps(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), dv),
+                    mv,
+                );
+                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wl, x0));
+                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wh, x1));
+            };
+            block(&mut a, r * bpr + i);
+            if two {
+                block(&mut b, (r + 1) * bpr + i);
+            }
+        }
+        out[r] = hsum16(a);
+        if two {
+            out[r + 1] = hsum16(b);
+        }
+        r += 2;
+    }
+}
+
+/// [`crate::kernels::rows_q8_0`] with one 16-lane register per row.
+#[target_feature(enable = "avx512f")]
+pub(crate) fn rows_q8_0_512(
+    d: &[f32],
+    qs: &[[i8; QBLOCK]],
+    cols: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let bpr = cols / QBLOCK;
+    assert!(x.len() == bpr * QBLOCK && d.len() >= out.len() * bpr && qs.len() >= out.len() * bpr);
+    let px = x.as_ptr();
+    let mut r = 0;
+    while r < out.len() {
+        let two = r + 1 < out.len();
+        let mut a = _mm512_setzero_ps();
+        let mut b = _mm512_setzero_ps();
+        for i in 0..bpr {
+            // SAFETY: block i of x holds floats i*32 .. i*32+32 (asserted length).
+            let (x0, x1) = unsafe {
+                (
+                    _mm512_loadu_ps(px.wrapping_add(i * QBLOCK)),
+                    _mm512_loadu_ps(px.wrapping_add(i * QBLOCK + LANES)),
+                )
+            };
+            let block = |acc: &mut __m512, j: usize| {
+                let dv = _mm512_set1_ps(d[j]);
+                let q = qs[j].as_ptr();
+                // SAFETY: `qs[j]` holds exactly the 32 bytes read (two 16-byte loads).
+                let (q0, q1) = unsafe {
+                    (
+                        _mm_loadu_si128(q.cast()),
+                        _mm_loadu_si128(q.wrapping_add(16).cast()),
+                    )
+                };
+                let w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), dv);
+                let w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), dv);
+                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w0, x0));
+                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w1, x1));
+            };
+            block(&mut a, r * bpr + i);
+            if two {
+                block(&mut b, (r + 1) * bpr + i);
+            }
+        }
+        out[r] = hsum16(a);
+        if two {
+            out[r + 1] = hsum16(b);
+        }
+        r += 2;
     }
 }
