@@ -6,7 +6,8 @@
 //! int3) at the model's group size it reports bits per weight including
 //! scales and slot masks, the weights' relative RMSE, and the relative
 //! layer-output error `||W X - Q(W) X|| / ||W X||` on calibration
-//! activations `X` recorded from the f32 reference running `--calib`. With
+//! activations `X` recorded from the f32 reference running `--calib` (the
+//! same activations give `q35` its importance and in-group covariance). With
 //! `--eval TEXT` it also runs each quantized model as the golden forward
 //! pass (`q35_quant::golden`: int8 activations, integer matmuls and the f32
 //! operators of docs/q35-format.md section 8, a tied quantized LM head also
@@ -202,11 +203,12 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
     };
 
     let t = Instant::now();
-    let calib = Calibration::run(
+    let calib = Calibration::run_with_covariance(
         &loaded.model,
         &calib_tokens,
         args.calib_ctx.min(context),
         args.samples,
+        group,
     )
     .with_context(|| format!("calibration of {} on {calib_source}", args.model.display()))?;
     note("calibration", t);

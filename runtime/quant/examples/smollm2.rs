@@ -57,7 +57,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let t = Instant::now();
-    let calib = Calibration::run(&model, &calib_tokens, 512, samples)?;
+    let calib = if args.iter().any(|a| a == "--gptq") {
+        Calibration::run_with_covariance(&model, &calib_tokens, 512, samples, group)?
+    } else {
+        Calibration::run(&model, &calib_tokens, 512, samples)?
+    };
     eprintln!("calibration pass {:.1} s", t.elapsed().as_secs_f64());
     let weights = model_weights(&model)?;
     let reference = if eval {

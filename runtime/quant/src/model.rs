@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::golden::GoldenModel;
 use crate::metrics::{layer_output_error, rel_rmse};
-use crate::quantize::{QuantOptions, quantize_with};
+use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq, quantize_with};
 use crate::semantics::ActivationI8;
 use crate::{IntMatrix, QuantError, QuantScheme, QuantizedMatrix};
 
@@ -50,6 +50,8 @@ pub enum ModelQuantError {
 #[derive(Debug, Clone)]
 pub struct LayerCalibration {
     cols: usize,
+    /// Group size and per-group sums of `x_g x_g^T` (when recorded).
+    cov: Option<(usize, Vec<Vec<f32>>)>,
     sum_sq: Vec<f64>,
     tokens: u64,
     /// Reservoir sample of input rows, row-major.
@@ -61,6 +63,7 @@ impl LayerCalibration {
     fn new(cols: usize, seed: u64) -> LayerCalibration {
         LayerCalibration {
             cols,
+            cov: None,
             sum_sq: vec![0.0; cols],
             tokens: 0,
             samples: Vec::new(),
@@ -78,6 +81,19 @@ impl LayerCalibration {
     }
 
     fn observe(&mut self, x: &[f32], max_samples: usize) {
+        if let Some((group, blocks)) = self.cov.as_mut() {
+            for row in x.chunks_exact(self.cols) {
+                for (g, block) in blocks.iter_mut().enumerate() {
+                    let xg = &row[g * *group..((g + 1) * *group).min(row.len())];
+                    let n = xg.len();
+                    for (i, &xi) in xg.iter().enumerate() {
+                        for (b, &xj) in block[i * n..(i + 1) * n].iter_mut().zip(xg) {
+                            *b += xi * xj;
+                        }
+                    }
+                }
+            }
+        }
         for row in x.chunks_exact(self.cols) {
             for (a, &v) in self.sum_sq.iter_mut().zip(row) {
                 *a += f64::from(v) * f64::from(v);
@@ -111,6 +127,21 @@ impl LayerCalibration {
         self.sum_sq.iter().map(|&s| (s / n) as f32).collect()
     }
 
+    /// The mean in-group second moments, when recorded
+    /// ([`Calibration::run_with_covariance`]).
+    pub fn covariance(&self) -> Option<GroupCovariance> {
+        let (group, blocks) = self.cov.as_ref()?;
+        let n = self.tokens.max(1) as f32;
+        Some(GroupCovariance {
+            group_size: *group,
+            cols: self.cols,
+            blocks: blocks
+                .iter()
+                .map(|b| b.iter().map(|v| v / n).collect())
+                .collect(),
+        })
+    }
+
     /// The sampled input rows (row-major, `cols` wide), for layer-output
     /// error measurements.
     pub fn samples(&self) -> &[f32] {
@@ -122,6 +153,8 @@ impl LayerCalibration {
 #[derive(Debug, Clone)]
 pub struct Calibration {
     max_samples: usize,
+    /// Group size of the in-group covariances to record (`None`: none).
+    cov_group: Option<usize>,
     layers: BTreeMap<LinearId, LayerCalibration>,
 }
 
@@ -130,6 +163,7 @@ impl Calibration {
     pub fn new(max_samples: usize) -> Calibration {
         Calibration {
             max_samples,
+            cov_group: None,
             layers: BTreeMap::new(),
         }
     }
@@ -156,9 +190,38 @@ impl Calibration {
         Ok(calib)
     }
 
+    /// As [`Calibration::run`], also recording each layer input's in-group
+    /// covariance for [`crate::quantize::quantize_gptq`]. Layers that share
+    /// an input (Q, K, V; gate, up) share one record.
+    pub fn run_with_covariance(
+        model: &Model,
+        tokens: &[u32],
+        window: usize,
+        max_samples: usize,
+        group_size: usize,
+    ) -> Result<Calibration, ModelQuantError> {
+        if tokens.is_empty() || window == 0 || group_size == 0 {
+            return Err(ModelQuantError::Input(
+                "calibration needs tokens, a positive window and a positive group size".into(),
+            ));
+        }
+        let mut calib = Calibration::new(max_samples);
+        calib.cov_group = Some(group_size);
+        for chunk in tokens.chunks(window) {
+            let mut session = model.new_session_with_capacity(window)?;
+            model.forward_observed(&mut session, chunk, Logits::All, &mut calib)?;
+        }
+        Ok(calib)
+    }
+
     /// The statistics of layer `id`.
     pub fn layer(&self, id: LinearId) -> Option<&LayerCalibration> {
         self.layers.get(&id)
+    }
+
+    /// The in-group covariance of layer `id`'s input, if recorded.
+    pub fn covariance(&self, id: LinearId) -> Option<GroupCovariance> {
+        self.layers.get(&cov_source(id))?.covariance()
     }
 }
 
@@ -170,11 +233,35 @@ impl Observer for Calibration {
         let cols = x.len() / n_tokens;
         let seed = 0x51A7_u64 ^ ((id.block.map_or(0xFFFF, |b| b as u64)) << 8) ^ id.kind as u64;
         let max = self.max_samples;
+        let cov_group = (cov_source(id) == id).then_some(self.cov_group).flatten();
         self.layers
             .entry(id)
-            .or_insert_with(|| LayerCalibration::new(cols, seed))
+            .or_insert_with(|| {
+                let mut l = LayerCalibration::new(cols, seed);
+                l.cov = cov_group.map(|g| {
+                    let blocks = (0..cols.div_ceil(g))
+                        .map(|i| {
+                            let n = g.min(cols - i * g);
+                            vec![0f32; n * n]
+                        })
+                        .collect();
+                    (g, blocks)
+                });
+                l
+            })
             .observe(x, max);
     }
+}
+
+/// The layer whose input record `id` shares (K, V read Q's input; up reads
+/// gate's).
+fn cov_source(id: LinearId) -> LinearId {
+    let kind = match id.kind {
+        LinearKind::K | LinearKind::V => LinearKind::Q,
+        LinearKind::Up => LinearKind::Gate,
+        k => k,
+    };
+    LinearId { kind, ..id }
 }
 
 /// A quantized linear layer: int8 activations per token and the integer
@@ -304,15 +391,16 @@ pub fn quantize_layer(
         ),
         (true, None) => return Err(ModelQuantError::NoCalibration(id.to_string())),
     };
-    quantize_with(
-        weights,
-        rows,
-        cols,
-        scheme,
-        group_size,
-        importance.as_deref(),
-        options,
-    )
+    let cov = match (scheme, calib) {
+        (QuantScheme::Q35, Some(c)) => c.covariance(id).filter(|c| c.group_size == group_size),
+        _ => None,
+    };
+    match (cov, importance.as_deref()) {
+        (Some(cov), Some(imp)) => {
+            quantize_gptq(weights, rows, cols, scheme, group_size, imp, &cov, options)
+        }
+        (_, imp) => quantize_with(weights, rows, cols, scheme, group_size, imp, options),
+    }
     .map_err(|source| ModelQuantError::Layer {
         layer: id.to_string(),
         source,

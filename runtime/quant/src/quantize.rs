@@ -87,6 +87,89 @@ pub fn quantize_with(
     importance: Option<&[f32]>,
     options: QuantOptions,
 ) -> Result<QuantizedMatrix, QuantError> {
+    quantize_impl(
+        weights, rows, cols, scheme, group_size, importance, None, options,
+    )
+}
+
+/// The second moments of calibration activations within each group:
+/// `blocks[g]` is the row-major `len_g x len_g` matrix `mean_t x_g x_g^T`
+/// of group `g`'s channels (`len_g` its unpadded length).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupCovariance {
+    /// Group size the blocks were taken with.
+    pub group_size: usize,
+    /// Input columns.
+    pub cols: usize,
+    /// One block per group.
+    pub blocks: Vec<Vec<f32>>,
+}
+
+/// Activation-aware Q35 with in-group error compensation (GPTQ restricted
+/// to each group): scales and slots are chosen as by [`quantize_with`], then
+/// the codes of each block are fixed channel by channel, each rounding
+/// error spread over the block's remaining channels through the damped
+/// inverse of the group's activation covariance. Only for
+/// [`QuantScheme::Q35`].
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors quantize_with plus the covariance"
+)]
+pub fn quantize_gptq(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    scheme: QuantScheme,
+    group_size: usize,
+    importance: &[f32],
+    covariance: &GroupCovariance,
+    options: QuantOptions,
+) -> Result<QuantizedMatrix, QuantError> {
+    let layout = Layout::new(rows, cols, group_size)?;
+    if covariance.group_size != group_size || covariance.cols != cols {
+        return Err(QuantError::LengthMismatch {
+            what: "covariance group size / columns",
+            got: covariance.group_size * 100_000 + covariance.cols,
+            expected: group_size * 100_000 + cols,
+        });
+    }
+    for g in 0..layout.n_groups() {
+        let len = layout.group_len(g);
+        let got = covariance.blocks.get(g).map_or(0, Vec::len);
+        if got != len * len {
+            return Err(QuantError::LengthMismatch {
+                what: "covariance block",
+                got,
+                expected: len * len,
+            });
+        }
+    }
+    quantize_impl(
+        weights,
+        rows,
+        cols,
+        scheme,
+        group_size,
+        Some(importance),
+        Some(covariance),
+        options,
+    )
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "internal entry point of every quantizer"
+)]
+fn quantize_impl(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    scheme: QuantScheme,
+    group_size: usize,
+    importance: Option<&[f32]>,
+    covariance: Option<&GroupCovariance>,
+    options: QuantOptions,
+) -> Result<QuantizedMatrix, QuantError> {
     let layout = Layout::new(rows, cols, group_size)?;
     if weights.len() != rows * cols {
         return Err(QuantError::ShapeMismatch {
@@ -143,6 +226,7 @@ pub fn quantize_with(
             imp: &imp,
             classes: [class, class],
             groups,
+            gptq: None,
         };
         let out = plan.run(&(0..rows).collect::<Vec<_>>(), threads, false);
         return Ok(QuantizedMatrix::assemble(
@@ -182,7 +266,11 @@ pub fn quantize_with(
             if second.err < first.err { mask1 } else { mask0 }
         }
     };
-    let best = Plan::q35(layout, weights, &imp, &mask, mults).run(&all_rows, threads, false);
+    let mut plan = Plan::q35(layout, weights, &imp, &mask, mults);
+    if let (Some(cov), QuantScheme::Q35) = (covariance, scheme) {
+        plan.gptq = Some(cov.blocks.iter().map(|b| gptq_factor(b)).collect());
+    }
+    let best = plan.run(&all_rows, threads, false);
     let best_mask = mask;
     Ok(QuantizedMatrix::assemble(
         layout,
@@ -224,6 +312,9 @@ fn rne(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
+/// A group's GPTQ channel order and upper Cholesky factor (row-major).
+type GptqFactor = (Vec<usize>, Vec<f32>);
+
 /// One matrix-wide quantization setup.
 struct Plan<'a> {
     layout: Layout,
@@ -232,6 +323,9 @@ struct Plan<'a> {
     classes: [Class; 2],
     /// Per group: channel offsets (within the padded group) of each class.
     groups: Vec<[Vec<usize>; 2]>,
+    /// Per group: the GPTQ channel order and factor (`None`: plain rounding
+    /// for that group).
+    gptq: Option<Vec<Option<GptqFactor>>>,
 }
 
 /// The result of quantizing some rows.
@@ -267,6 +361,7 @@ impl<'a> Plan<'a> {
             imp,
             classes: Class::q35(mults),
             groups,
+            gptq: None,
         }
     }
 
@@ -363,6 +458,20 @@ impl<'a> Plan<'a> {
                         out.codes[base + start + o] = c;
                     }
                 }
+                if let Some(Some((order, u))) = self.gptq.as_ref().map(|f| f[g].as_ref()) {
+                    let four = &self.groups[g][0];
+                    let mut is_four = vec![false; len];
+                    for &o in four.iter().filter(|&&o| o < len) {
+                        is_four[o] = true;
+                    }
+                    let w: Vec<f32> = order.iter().map(|&o| row[start + o]).collect();
+                    let f: Vec<bool> = order.iter().map(|&o| is_four[o]).collect();
+                    let mut c = vec![0i8; len];
+                    gptq_block(&w, d.to_f32(), &f, self.classes, u, &mut c);
+                    for (&o, &code) in order.iter().zip(&c) {
+                        out.codes[base + start + o] = code;
+                    }
+                }
                 if let Some(score) = out.score.as_mut() {
                     let d = d.to_f32();
                     for (idx, x) in self.groups[g].iter().zip(&xs) {
@@ -377,6 +486,124 @@ impl<'a> Plan<'a> {
         }
         out
     }
+}
+
+/// GPTQ within one block: fixes the codes channel by channel at scale `d`,
+/// spreading each rounding error over the later channels through the upper
+/// Cholesky factor `u` of the damped inverse covariance.
+fn gptq_block(
+    row: &[f32],
+    d: f32,
+    is_four: &[bool],
+    classes: [Class; 2],
+    u: &[f32],
+    codes: &mut [i8],
+) {
+    let n = row.len();
+    let mut w = row.to_vec();
+    for j in 0..n {
+        let c = if is_four[j] { classes[0] } else { classes[1] };
+        let step = d * c.mult;
+        let q = if step == 0.0 {
+            0.0
+        } else {
+            rne(w[j] / step).clamp(-c.nmax, c.nmax - 1.0)
+        };
+        codes[j] = q as i8;
+        let e = (w[j] - step * q) / u[j * n + j];
+        for (wk, &ujk) in w[j + 1..].iter_mut().zip(&u[j * n + j + 1..(j + 1) * n]) {
+            *wk -= e * ujk;
+        }
+    }
+}
+
+/// Lower Cholesky factor of the symmetric `n x n` matrix `a` (row-major),
+/// `None` if it is not positive definite.
+fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= l[i * n + k] * l[j * n + k];
+            }
+            if i == j {
+                if s <= 0.0 || !s.is_finite() {
+                    return None;
+                }
+                l[i * n + i] = s.sqrt();
+            } else {
+                l[i * n + j] = s / l[j * n + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+/// The GPTQ order and factor of a group's covariance `c` (`n x n`):
+/// channels in descending order of their second moment (ties: lower
+/// channel first), and the upper Cholesky factor `U` of the permuted
+/// `(C + lambda I)^-1` (`= U^T U`), damping with `lambda` = 1 %, 10 %, then
+/// 100 % of the mean diagonal until it is positive definite; `None` if the
+/// group saw no activations.
+fn gptq_factor(c: &[f32]) -> Option<GptqFactor> {
+    let n = (c.len() as f64).sqrt() as usize;
+    let mean = (0..n).map(|i| f64::from(c[i * n + i])).sum::<f64>() / n as f64;
+    if n == 0 || mean <= 0.0 || !mean.is_finite() {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| c[b * n + b].total_cmp(&c[a * n + a]).then(a.cmp(&b)));
+    let c: Vec<f32> = (0..n * n)
+        .map(|k| c[order[k / n] * n + order[k % n]])
+        .collect();
+    for damp in [0.01, 0.1, 1.0] {
+        let mut h: Vec<f64> = c.iter().map(|&v| f64::from(v)).collect();
+        for i in 0..n {
+            if h[i * n + i] <= 0.0 {
+                h[i * n + i] = mean;
+            }
+            h[i * n + i] += damp * mean;
+        }
+        let Some(l) = cholesky(&h, n) else {
+            continue;
+        };
+        // L^-1 (lower), then H^-1 = L^-T L^-1.
+        let mut li = vec![0f64; n * n];
+        for i in 0..n {
+            li[i * n + i] = 1.0 / l[i * n + i];
+            for j in 0..i {
+                let mut s = 0f64;
+                for k in j..i {
+                    s -= l[i * n + k] * li[k * n + j];
+                }
+                li[i * n + j] = s / l[i * n + i];
+            }
+        }
+        let mut hinv = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..=i {
+                let mut s = 0f64;
+                for k in i..n {
+                    s += li[k * n + i] * li[k * n + j];
+                }
+                hinv[i * n + j] = s;
+                hinv[j * n + i] = s;
+            }
+        }
+        let Some(lh) = cholesky(&hinv, n) else {
+            continue;
+        };
+        // U = L_h^T.
+        let mut u = vec![0f32; n * n];
+        for i in 0..n {
+            for j in 0..=i {
+                u[j * n + i] = lh[i * n + j] as f32;
+            }
+        }
+        return Some((order, u));
+    }
+    None
 }
 
 /// Largest |x| (eight fixed lanes, vectorisable).
