@@ -152,6 +152,12 @@ pub fn matmul_t(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32])
     assert_eq!(xs.len(), n * cols, "input is not n rows");
     assert_eq!(out_t.len(), w.len() / cols * n, "output size");
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F (checked at run time just above).
+        unsafe { crate::simd::matmul_t_512(w, cols, xs, n, out_t) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 (checked at run time just above).
         unsafe { crate::simd::matmul_t(w, cols, xs, n, out_t) };
@@ -457,12 +463,20 @@ mod tests {
 
     #[test]
     fn matmul_t_rows_equal_single_dots() {
-        for (cols, rows, n) in [(37, 7, 3), (64, 9, 2), (16, 4, 1), (5, 3, 2)] {
+        for (cols, rows, n) in [
+            (37, 7, 3),
+            (64, 9, 2),
+            (16, 4, 1),
+            (5, 3, 2),
+            (96, 6, 5),
+            (33, 1, 1),
+        ] {
             check_matmul(cols, rows, n);
         }
     }
 
     fn check_matmul(cols: usize, rows: usize, n: usize) {
+        check_matmul_paths(cols, rows, n);
         let w: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.05)
             .collect();
@@ -475,6 +489,33 @@ mod tests {
             for t in 0..n {
                 let d = dot_impl(&w[r * cols..(r + 1) * cols], &xs[t * cols..(t + 1) * cols]);
                 assert_eq!(out[r * n + t].to_bits(), d.to_bits());
+            }
+        }
+    }
+
+    /// The AVX2 and AVX-512 matmuls equal the portable one.
+    fn check_matmul_paths(cols: usize, rows: usize, n: usize) {
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 29 % 31) as f32 - 15.0) * 0.03)
+            .collect();
+        let xs: Vec<f32> = (0..n * cols)
+            .map(|i| ((i * 17 % 23) as f32 - 11.0) * 0.09)
+            .collect();
+        let mut want = vec![0.0; rows * n];
+        matmul_t_impl(&w, cols, &xs, n, &mut want);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx2() {
+                let mut got = vec![0.0; rows * n];
+                // SAFETY: AVX2 is available (checked just above).
+                unsafe { crate::simd::matmul_t(&w, cols, &xs, n, &mut got) };
+                assert_eq!(got, want, "avx2 {cols}x{rows}x{n}");
+            }
+            if has_avx512() {
+                let mut got = vec![0.0; rows * n];
+                // SAFETY: AVX-512F is available (checked just above).
+                unsafe { crate::simd::matmul_t_512(&w, cols, &xs, n, &mut got) };
+                assert_eq!(got, want, "avx512 {cols}x{rows}x{n}");
             }
         }
     }

@@ -396,3 +396,68 @@ pub(crate) fn rows_q8_0_512(
         r += 2;
     }
 }
+
+/// Finishes a 16-lane dot product: adds the scalar tail, then reduces.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn finish16(a: __m512, ta: &[f32], tb: &[f32]) -> f32 {
+    if ta.is_empty() {
+        return hsum16(a);
+    }
+    let mut acc = [0.0f32; LANES];
+    // SAFETY: `acc` holds exactly the 16 floats written.
+    unsafe { _mm512_storeu_ps(acc.as_mut_ptr(), a) };
+    for (k, (x, y)) in ta.iter().zip(tb).enumerate() {
+        acc[k] += x * y;
+    }
+    reduce(acc)
+}
+
+/// [`crate::kernels::matmul_t`] with 16-lane registers: four rows against
+/// two tokens at a time (eight independent sums), each exactly `dot`.
+#[target_feature(enable = "avx512f")]
+pub(crate) fn matmul_t_512(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32]) {
+    let rows = w.len() / cols;
+    assert!(
+        xs.len() == n * cols && out_t.len() == rows * n,
+        "matmul_t shapes"
+    );
+    let chunks = cols / LANES;
+    let t0 = chunks * LANES;
+    let mut r = 0;
+    while r < rows {
+        let nr = (rows - r).min(4);
+        let pw: [*const f32; 4] =
+            std::array::from_fn(|i| w.as_ptr().wrapping_add((r + i.min(nr - 1)) * cols));
+        let mut t = 0;
+        while t < n {
+            let nt = (n - t).min(2);
+            let px0 = xs.as_ptr().wrapping_add(t * cols);
+            let px1 = xs.as_ptr().wrapping_add((t + nt - 1) * cols);
+            let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+            for c in 0..chunks {
+                let o = c * LANES;
+                // SAFETY: o + 16 <= cols; rows r..r+nr and tokens t..t+nt exist
+                // (the pointers of missing ones repeat the last valid one).
+                unsafe {
+                    let x0 = _mm512_loadu_ps(px0.wrapping_add(o));
+                    let x1 = _mm512_loadu_ps(px1.wrapping_add(o));
+                    for (i, p) in pw.iter().enumerate() {
+                        let wv = _mm512_loadu_ps(p.wrapping_add(o));
+                        acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_mul_ps(wv, x0));
+                        acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_mul_ps(wv, x1));
+                    }
+                }
+            }
+            for i in 0..nr {
+                let row = &w[(r + i) * cols..(r + i + 1) * cols];
+                for j in 0..nt {
+                    let x = &xs[(t + j) * cols..(t + j + 1) * cols];
+                    out_t[(r + i) * n + t + j] = finish16(acc[i][j], &row[t0..], &x[t0..]);
+                }
+            }
+            t += nt;
+        }
+        r += nr;
+    }
+}
