@@ -578,6 +578,29 @@ impl Model {
         self.forward_impl(session, tokens, logits, None)
     }
 
+    /// Runs `tokens` at positions `start_pos..`: the session first forgets
+    /// everything from `start_pos` on (so a sequence can be rewound and
+    /// continued differently). `start_pos` past the session's end is an error.
+    pub fn forward_at(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        start_pos: usize,
+        logits: Logits,
+    ) -> Result<Vec<f32>, ReferenceError> {
+        if start_pos > session.len() {
+            return Err(ReferenceError::InvalidParameter {
+                name: "start_pos",
+                what: format!(
+                    "{start_pos} is past the {} tokens the session holds",
+                    session.len()
+                ),
+            });
+        }
+        session.truncate(start_pos);
+        self.forward(session, tokens, logits)
+    }
+
     /// As [`Model::forward`], showing every linear layer's input to `observer`.
     pub fn forward_observed(
         &self,
