@@ -2,8 +2,10 @@
 //! errors get file/field context here, at the edge, with `anyhow`.
 
 mod cmd_compile;
+mod cmd_eval;
 mod cmd_opt;
 mod cmd_quant_report;
+mod cmd_run;
 
 use std::process::ExitCode;
 
@@ -23,6 +25,11 @@ enum Command {
     Compile(cmd_compile::CompileArgs),
     /// Run q35 passes on an MLIR file.
     Opt(cmd_opt::OptArgs),
+    /// Generate text with the f32 reference model.
+    Run(cmd_run::RunArgs),
+    /// Perplexity (and, with --quant, KL divergence and top-1 agreement of a
+    /// quantized model) as llama-perplexity computes it.
+    Eval(cmd_eval::EvalArgs),
     /// Compare weight quantization schemes: bits per weight, weight and
     /// layer-output error, and (with --eval) perplexity/KLD vs f32.
     QuantReport(cmd_quant_report::QuantReportArgs),
@@ -33,6 +40,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Compile(args) => cmd_compile::run(args),
         Command::Opt(args) => cmd_opt::run(args),
+        Command::Run(args) => cmd_run::run(args),
+        Command::Eval(args) => cmd_eval::run(args),
         Command::QuantReport(args) => cmd_quant_report::run(args),
     };
     match result {
