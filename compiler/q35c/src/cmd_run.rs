@@ -142,6 +142,12 @@ impl Streamer<'_> {
     }
 }
 
+/// An f32 option as the f64 with the same shortest decimal form (0.9, not
+/// 0.8999999761581421), for the JSON report.
+fn shortest(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
+}
+
 /// Runs `q35c run`.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let loaded = load(&args.model, args.threads)?;
@@ -268,9 +274,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             "text": text,
             "stop_reason": stop,
             "sampling": {
-                "temperature": args.temperature,
+                "temperature": shortest(args.temperature),
                 "top_k": args.top_k,
-                "top_p": args.top_p,
+                "top_p": shortest(args.top_p),
                 "seed": args.seed,
             },
             "context": ctx,
