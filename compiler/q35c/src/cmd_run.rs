@@ -231,19 +231,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut write_err: Option<std::io::Error> = None;
     let generation: Generation = model
         .generate(&mut session, &prompt_tokens, &options, |tok| {
-            if let Some(s) = streamer.as_mut() {
-                let piece = s.push(tok);
-                if stream && let Some(p) = piece {
-                    if let Err(e) = stdout.write_all(p.as_bytes()).and_then(|_| stdout.flush()) {
-                        write_err = Some(e);
-                        return false;
-                    }
-                }
-            } else if stream {
-                if let Err(e) = write!(stdout, "{tok} ").and_then(|_| stdout.flush()) {
-                    write_err = Some(e);
-                    return false;
-                }
+            // Always track the text; print only when streaming.
+            let piece = match streamer.as_mut() {
+                Some(s) => s.push(tok),
+                None => Some(format!("{tok} ")),
+            };
+            if stream
+                && let Some(p) = piece
+                && let Err(e) = stdout.write_all(p.as_bytes()).and_then(|_| stdout.flush())
+            {
+                write_err = Some(e);
+                return false;
             }
             true
         })
