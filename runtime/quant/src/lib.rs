@@ -7,7 +7,8 @@
 //!   (Q35 pairs of one 4-bit and one 3-bit code in 7 bits, and the uniform
 //!   int8/int4/int3 comparison schemes), its block layout, unpacking and
 //!   bits-per-weight accounting, and a byte serialisation.
-//! - [`quantize()`]: round-to-nearest and activation-aware quantizers.
+//! - [`quantize()`]: round-to-nearest and activation-aware quantizers
+//!   ([`quantize::quantize_gptq`] adds in-group error compensation).
 //! - [`semantics`]: the integer matmul contract (int8 activations, int32
 //!   group accumulators, f32 dequantisation in a fixed order) and the
 //!   non-matmul operators (RMSNorm, RoPE, softmax, SiLU, residual add) as the
