@@ -50,6 +50,12 @@ pub enum Logits {
 pub trait Observer: Send {
     /// `x` holds `n_tokens` rows of the layer's input width.
     fn linear_input(&mut self, id: LinearId, x: &[f32], n_tokens: usize);
+
+    /// The residual stream after block `block` (`n_tokens` rows of `hidden`),
+    /// for layer-by-layer comparisons. Ignored by default.
+    fn block_output(&mut self, block: usize, x: &[f32], n_tokens: usize) {
+        let _ = (block, x, n_tokens);
+    }
 }
 
 /// One transformer block's weights.
@@ -691,7 +697,7 @@ impl Model {
         let mut g = vec![0.0f32; n * c.ffn];
         let mut u = vec![0.0f32; n * c.ffn];
 
-        let mut observe = |id: LinearId, x: &[f32]| {
+        let observe = |observer: &mut Option<&mut dyn Observer>, id: LinearId, x: &[f32]| {
             if let Some(obs) = observer.as_deref_mut() {
                 obs.linear_input(id, x, n);
             }
@@ -705,11 +711,11 @@ impl Model {
             for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                 rms_norm(xr, &b.attn_norm, c.norm_eps, hr);
             }
-            observe(id(LinearKind::Q), &h);
+            observe(observer, id(LinearKind::Q), &h);
             b.wq.forward(&h, &mut q);
-            observe(id(LinearKind::K), &h);
+            observe(observer, id(LinearKind::K), &h);
             b.wk.forward(&h, &mut k);
-            observe(id(LinearKind::V), &h);
+            observe(observer, id(LinearKind::V), &h);
             b.wv.forward(&h, &mut v);
             for (i, a) in angles.iter().enumerate() {
                 a.apply(&mut q[i * qd..(i + 1) * qd]);
@@ -718,7 +724,7 @@ impl Model {
             session.append(bi, &k, &v);
             let (kc, vc) = session.layer(bi);
             self.attention(&q, kc, vc, start, n, &mut att);
-            observe(id(LinearKind::AttnOutput), &att);
+            observe(observer, id(LinearKind::AttnOutput), &att);
             b.wo.forward(&att, &mut o);
             for (xv, ov) in x.iter_mut().zip(&o) {
                 *xv += ov;
@@ -727,17 +733,20 @@ impl Model {
             for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                 rms_norm(xr, &b.ffn_norm, c.norm_eps, hr);
             }
-            observe(id(LinearKind::Gate), &h);
+            observe(observer, id(LinearKind::Gate), &h);
             b.gate.forward(&h, &mut g);
-            observe(id(LinearKind::Up), &h);
+            observe(observer, id(LinearKind::Up), &h);
             b.up.forward(&h, &mut u);
             for (gv, uv) in g.iter_mut().zip(&u) {
                 *gv = silu(*gv) * uv;
             }
-            observe(id(LinearKind::Down), &g);
+            observe(observer, id(LinearKind::Down), &g);
             b.down.forward(&g, &mut o);
             for (xv, ov) in x.iter_mut().zip(&o) {
                 *xv += ov;
+            }
+            if let Some(obs) = observer.as_deref_mut() {
+                obs.block_output(bi, &x, n);
             }
         }
 
@@ -753,6 +762,7 @@ impl Model {
             rms_norm(xr, &self.output_norm, c.norm_eps, hr);
         }
         observe(
+            observer,
             LinearId {
                 block: None,
                 kind: LinearKind::LmHead,

@@ -402,11 +402,16 @@ fn comparing_a_model_with_itself_gives_zero_divergence() {
 }
 
 #[derive(Default)]
-struct Seen(Vec<(LinearId, usize, usize)>);
+struct Seen(Vec<(LinearId, usize, usize)>, Vec<(usize, Vec<f32>)>);
 
 impl Observer for Seen {
     fn linear_input(&mut self, id: LinearId, x: &[f32], n_tokens: usize) {
         self.0.push((id, x.len(), n_tokens));
+    }
+
+    fn block_output(&mut self, block: usize, x: &[f32], n_tokens: usize) {
+        assert_eq!(x.len(), n_tokens * 64);
+        self.1.push((block, x.to_vec()));
     }
 }
 
@@ -425,6 +430,9 @@ fn observer_sees_every_layer_input_in_order() {
         let rows = if id.kind == LinearKind::LmHead { 1 } else { 3 };
         assert_eq!((*len, *n), (rows * layer.in_features(), 3), "{id}");
     }
+    // One residual-stream snapshot per block, in order.
+    assert_eq!(seen.1.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0, 1]);
+    assert_ne!(seen.1[0].1, seen.1[1].1);
 }
 
 #[derive(Debug)]
