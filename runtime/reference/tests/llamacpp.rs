@@ -251,8 +251,11 @@ fn q4_1_llamacpp_greedy_continuations() {
 }
 
 /// Logit noise between the f32 reference and llama.cpp's quantized
-/// arithmetic: the largest difference over the recorded top logits is about
-/// 0.6 (0.00003 against llama.cpp in f32, so it is arithmetic, not semantics).
+/// arithmetic (Q8_1 activations, f16 KV cache): over the recorded top logits
+/// the differences are 0.17-0.86, against 0.00003 with llama.cpp in f32, so
+/// they are arithmetic, not semantics. A top-2 margin below this is a
+/// near-tie that either side may break; the logits may differ by up to twice
+/// this.
 const NOISE: f32 = 0.6;
 
 /// Prompts whose greedy continuation must match Q4_1 llama.cpp for
