@@ -226,6 +226,7 @@ fn quantize_impl(
             imp: &imp,
             classes: [class, class],
             groups,
+            magnitude_weighting: false,
             gptq: None,
         };
         let out = plan.run(&(0..rows).collect::<Vec<_>>(), threads, false);
@@ -248,7 +249,8 @@ fn quantize_impl(
             balanced_mask(layout, &score)
         }
     };
-    let mults = choose_multipliers(layout, weights, &imp, &mask0);
+    let aware = scheme == QuantScheme::Q35;
+    let mults = choose_multipliers(layout, weights, &imp, &mask0, aware);
     let all_rows: Vec<usize> = (0..rows).collect();
     let mask = if scheme == QuantScheme::Q35Alternating {
         mask0
@@ -256,17 +258,18 @@ fn quantize_impl(
         // Score the 4-bit benefit of every channel on a sample of rows, and
         // keep the better of the initial and the rescored mask there.
         let sample = mask_sample(rows);
-        let first = Plan::q35(layout, weights, &imp, &mask0, mults).run(&sample, threads, true);
+        let first =
+            Plan::q35(layout, weights, &imp, &mask0, mults, aware).run(&sample, threads, true);
         let mask1 = balanced_mask(layout, first.score.as_deref().unwrap_or_default());
         if mask1 == mask0 {
             mask0
         } else {
             let second =
-                Plan::q35(layout, weights, &imp, &mask1, mults).run(&sample, threads, false);
+                Plan::q35(layout, weights, &imp, &mask1, mults, aware).run(&sample, threads, false);
             if second.err < first.err { mask1 } else { mask0 }
         }
     };
-    let mut plan = Plan::q35(layout, weights, &imp, &mask, mults);
+    let mut plan = Plan::q35(layout, weights, &imp, &mask, mults, aware);
     if let (Some(cov), QuantScheme::Q35) = (covariance, scheme) {
         plan.gptq = Some(cov.blocks.iter().map(|b| gptq_factor(b)).collect());
     }
@@ -323,6 +326,9 @@ struct Plan<'a> {
     classes: [Class; 2],
     /// Per group: channel offsets (within the padded group) of each class.
     groups: Vec<[Vec<usize>; 2]>,
+    /// Weight each error also by `sqrt(mean_row_square + w^2)` (llama.cpp's
+    /// importance-matrix weighting; activation-aware Q35 only).
+    magnitude_weighting: bool,
     /// Per group: the GPTQ channel order and factor (`None`: plain rounding
     /// for that group).
     gptq: Option<Vec<Option<GptqFactor>>>,
@@ -347,6 +353,7 @@ impl<'a> Plan<'a> {
         imp: &'a [f32],
         mask: &[bool],
         mults: (u8, u8),
+        magnitude_weighting: bool,
     ) -> Plan<'a> {
         let groups = (0..layout.n_groups())
             .map(|g| {
@@ -361,6 +368,7 @@ impl<'a> Plan<'a> {
             imp,
             classes: Class::q35(mults),
             groups,
+            magnitude_weighting,
             gptq: None,
         }
     }
@@ -428,6 +436,12 @@ impl<'a> Plan<'a> {
         let mut cs: [Vec<i8>; 2] = [Vec::new(), Vec::new()];
         for r in rows {
             let row = &self.weights[r * l.cols..(r + 1) * l.cols];
+            // Mean square of the row (sequential f32), for magnitude weighting.
+            let sigma2 = if self.magnitude_weighting {
+                row.iter().fold(0f32, |a, v| a + v * v) / l.cols as f32
+            } else {
+                0.0
+            };
             let base = out.codes.len();
             out.codes.resize(base + cp, 0);
             for g in 0..n_groups {
@@ -440,7 +454,14 @@ impl<'a> Plan<'a> {
                         idx.iter()
                             .map(|&o| if o < len { row[start + o] } else { 0.0 }),
                     );
-                    ws[k].extend(idx.iter().map(|&o| self.imp[start + o]));
+                    ws[k].extend(idx.iter().map(|&o| {
+                        let x = if o < len { row[start + o] } else { 0.0 };
+                        if self.magnitude_weighting {
+                            self.imp[start + o] * (sigma2 + x * x).sqrt()
+                        } else {
+                            self.imp[start + o]
+                        }
+                    }));
                     cs[k].clear();
                     cs[k].resize(idx.len(), 0);
                 }
@@ -824,12 +845,18 @@ fn mask_sample(rows: usize) -> Vec<usize> {
 
 /// Picks the Q35 multipliers with the lowest weighted error on a sample of
 /// rows.
-fn choose_multipliers(layout: Layout, weights: &[f32], imp: &[f32], mask: &[bool]) -> (u8, u8) {
+fn choose_multipliers(
+    layout: Layout,
+    weights: &[f32],
+    imp: &[f32],
+    mask: &[bool],
+    aware: bool,
+) -> (u8, u8) {
     let n = layout.rows.min(MULT_SAMPLE_ROWS);
     let sample: Vec<usize> = (0..n).map(|i| i * layout.rows / n).collect();
     let mut best = (f64::INFINITY, Q35_MULTIPLIERS[0]);
     for mults in Q35_MULTIPLIERS {
-        let plan = Plan::q35(layout, weights, imp, mask, mults);
+        let plan = Plan::q35(layout, weights, imp, mask, mults, aware);
         let err = plan.quantize_rows(sample.iter().copied(), false).err;
         if err < best.0 {
             best = (err, mults);
