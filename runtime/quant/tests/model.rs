@@ -1,0 +1,151 @@
+//! Whole-model plumbing on a synthetic tiny model: calibration records,
+//! shared covariances, the evaluation protocol (cross-checked against
+//! q35-reference's own perplexity), install/restore.
+
+use q35_quant::QuantScheme;
+use q35_quant::golden::GoldenModel;
+use q35_quant::model::{
+    Calibration, ReferenceLogits, SchemePolicy, install, model_weights, quantize_model, restore,
+};
+use q35_quant::quantize::QuantOptions;
+use q35_reference::{
+    Config, LinearId, LinearKind, Logits, Model, PerplexityOptions, synthetic_weights,
+};
+
+fn tiny() -> Model {
+    let config = Config {
+        blocks: 2,
+        hidden: 64,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+        ffn: 128,
+        vocab: 256,
+        rope_base: 10000.0,
+        norm_eps: 1e-5,
+        tied_embeddings: true,
+        context: 64,
+    };
+    let w = synthetic_weights(&config, 9);
+    Model::from_config_weights(config, w).expect("tiny model")
+}
+
+fn tokens(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 91 + 7) % 256).collect()
+}
+
+#[test]
+fn calibration_records_every_layer() {
+    let model = tiny();
+    let toks = tokens(40);
+    let calib = Calibration::run_with_covariance(&model, &toks, 16, 8, 32).unwrap();
+    let id = |b, kind| LinearId {
+        block: Some(b),
+        kind,
+    };
+    for lid in model.linear_ids() {
+        let l = calib
+            .layer(lid)
+            .unwrap_or_else(|| panic!("{lid} not recorded"));
+        assert_eq!(l.tokens(), 40, "{lid}");
+        assert_eq!(
+            l.samples().len(),
+            8 * l.cols(),
+            "{lid}: reservoir holds max_samples rows"
+        );
+        assert!(l.importance().iter().all(|&v| v >= 0.0 && v.is_finite()));
+        let cov = calib.covariance(lid).unwrap();
+        assert_eq!((cov.group_size, cov.cols), (32, l.cols()));
+        // The diagonal of the covariance is the importance.
+        let imp = l.importance();
+        let n = 32.min(l.cols());
+        for i in 0..n {
+            let d = cov.blocks[0][i * n + i];
+            assert!(
+                (d - imp[i]).abs() <= 1e-4 * imp[i].max(1e-6),
+                "{lid}: {d} vs {}",
+                imp[i]
+            );
+        }
+    }
+    // Q, K, V (and gate, up) read the same input and share one record.
+    assert_eq!(
+        calib.covariance(id(1, LinearKind::K)),
+        calib.covariance(id(1, LinearKind::Q))
+    );
+    assert_eq!(
+        calib.covariance(id(0, LinearKind::Up)),
+        calib.covariance(id(0, LinearKind::Gate))
+    );
+    assert_ne!(
+        calib.covariance(id(0, LinearKind::Down)),
+        calib.covariance(id(0, LinearKind::Gate))
+    );
+    // Plain calibration records no covariance.
+    let plain = Calibration::run(&model, &toks, 16, 8).unwrap();
+    assert!(plain.covariance(id(0, LinearKind::Q)).is_none());
+    assert!(Calibration::run(&model, &[], 16, 8).is_err());
+}
+
+#[test]
+fn evaluation_protocol_matches_reference_perplexity() {
+    let mut model = tiny();
+    let toks = tokens(64);
+    let r = ReferenceLogits::compute(&model, &toks, 16, None).unwrap();
+    let want = model
+        .perplexity(
+            &toks,
+            &PerplexityOptions {
+                ctx: 16,
+                windows: None,
+                bos: None,
+            },
+        )
+        .unwrap();
+    assert!(
+        (r.ppl() - want.ppl).abs() <= 1e-9 * want.ppl,
+        "{} vs {}",
+        r.ppl(),
+        want.ppl
+    );
+    // The reference against itself.
+    let same = r.compare(&model).unwrap();
+    assert_eq!(
+        (same.mean_kld, same.top1_agreement, same.positions),
+        (0.0, 1.0, 4 * 7)
+    );
+    // A quantized model through the reference path and as the golden pass.
+    let weights = model_weights(&model).unwrap();
+    let layers = quantize_model(
+        &model,
+        &weights,
+        SchemePolicy {
+            blocks: QuantScheme::Int4,
+            head: None,
+        },
+        32,
+        None,
+        QuantOptions { threads: 2 },
+    )
+    .unwrap();
+    let golden = GoldenModel::new(&model, &layers, 16).unwrap();
+    let g = r.compare_golden(&golden).unwrap();
+    let saved = install(&mut model, layers).unwrap();
+    let q = r.compare(&model).unwrap();
+    restore(&mut model, saved).unwrap();
+    assert!(
+        g.mean_kld > 0.0 && (g.mean_kld - q.mean_kld).abs() < 1e-3 * q.mean_kld.max(1e-9) + 1e-7
+    );
+    assert!((g.ppl - q.ppl).abs() < 1e-3 * q.ppl);
+    // Restored: the f32 model is back.
+    let mut s = model.new_session_with_capacity(16).unwrap();
+    let back = model.forward(&mut s, &toks[..16], Logits::Last).unwrap();
+    let mut s2 = tiny().new_session_with_capacity(16).unwrap();
+    assert_eq!(
+        back,
+        tiny().forward(&mut s2, &toks[..16], Logits::Last).unwrap()
+    );
+    // Bad protocols are errors.
+    assert!(ReferenceLogits::compute(&model, &toks, 3, None).is_err());
+    assert!(ReferenceLogits::compute(&model, &toks, 16, Some(5)).is_err());
+}
