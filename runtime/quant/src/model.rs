@@ -82,9 +82,11 @@ impl LayerCalibration {
 
     fn observe(&mut self, x: &[f32], max_samples: usize) {
         if let Some((group, blocks)) = self.cov.as_mut() {
-            for row in x.chunks_exact(self.cols) {
-                for (g, block) in blocks.iter_mut().enumerate() {
-                    let xg = &row[g * *group..((g + 1) * *group).min(row.len())];
+            let (group, cols) = (*group, self.cols);
+            // Groups are independent: one task each (sums stay in token order).
+            blocks.par_iter_mut().enumerate().for_each(|(g, block)| {
+                for row in x.chunks_exact(cols) {
+                    let xg = &row[g * group..((g + 1) * group).min(row.len())];
                     let n = xg.len();
                     for (i, &xi) in xg.iter().enumerate() {
                         for (b, &xj) in block[i * n..(i + 1) * n].iter_mut().zip(xg) {
@@ -92,7 +94,7 @@ impl LayerCalibration {
                         }
                     }
                 }
-            }
+            });
         }
         for row in x.chunks_exact(self.cols) {
             for (a, &v) in self.sum_sq.iter_mut().zip(row) {

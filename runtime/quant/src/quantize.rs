@@ -225,6 +225,7 @@ fn quantize_impl(
             weights,
             imp: &imp,
             classes: [class, class],
+            four_bit: Vec::new(),
             groups,
             magnitude_weighting: false,
             gptq: None,
@@ -326,6 +327,8 @@ struct Plan<'a> {
     classes: [Class; 2],
     /// Per group: channel offsets (within the padded group) of each class.
     groups: Vec<[Vec<usize>; 2]>,
+    /// Per group: whether each offset is a 4-bit channel.
+    four_bit: Vec<Vec<bool>>,
     /// Weight each error also by `sqrt(mean_row_square + w^2)` (llama.cpp's
     /// importance-matrix weighting; activation-aware Q35 only).
     magnitude_weighting: bool,
@@ -367,6 +370,14 @@ impl<'a> Plan<'a> {
             weights,
             imp,
             classes: Class::q35(mults),
+            four_bit: (0..layout.n_groups())
+                .map(|g| {
+                    let start = layout.group_start(g);
+                    (0..layout.group_padded_len(g))
+                        .map(|o| mask[start + o])
+                        .collect()
+                })
+                .collect(),
             groups,
             magnitude_weighting,
             gptq: None,
@@ -434,6 +445,7 @@ impl<'a> Plan<'a> {
         let mut xs: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
         let mut ws: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
         let mut cs: [Vec<i8>; 2] = [Vec::new(), Vec::new()];
+        let (mut gw, mut gf, mut gc) = (Vec::new(), Vec::new(), Vec::new());
         for r in rows {
             let row = &self.weights[r * l.cols..(r + 1) * l.cols];
             // Mean square of the row (sequential f32), for magnitude weighting.
@@ -480,16 +492,14 @@ impl<'a> Plan<'a> {
                     }
                 }
                 if let Some(Some((order, u))) = self.gptq.as_ref().map(|f| f[g].as_ref()) {
-                    let four = &self.groups[g][0];
-                    let mut is_four = vec![false; len];
-                    for &o in four.iter().filter(|&&o| o < len) {
-                        is_four[o] = true;
-                    }
-                    let w: Vec<f32> = order.iter().map(|&o| row[start + o]).collect();
-                    let f: Vec<bool> = order.iter().map(|&o| is_four[o]).collect();
-                    let mut c = vec![0i8; len];
-                    gptq_block(&w, d.to_f32(), &f, self.classes, u, &mut c);
-                    for (&o, &code) in order.iter().zip(&c) {
+                    gw.clear();
+                    gw.extend(order.iter().map(|&o| row[start + o]));
+                    gf.clear();
+                    gf.extend(order.iter().map(|&o| self.four_bit[g][o]));
+                    gc.clear();
+                    gc.resize(len, 0);
+                    gptq_block(&mut gw, d.to_f32(), &gf, self.classes, u, &mut gc);
+                    for (&o, &code) in order.iter().zip(&gc) {
                         out.codes[base + start + o] = code;
                     }
                 }
@@ -509,19 +519,19 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// GPTQ within one block: fixes the codes channel by channel at scale `d`,
+/// GPTQ within one block (`w` in GPTQ order, updated in place): fixes the
+/// codes channel by channel at scale `d`,
 /// spreading each rounding error over the later channels through the upper
 /// Cholesky factor `u` of the damped inverse covariance.
 fn gptq_block(
-    row: &[f32],
+    w: &mut [f32],
     d: f32,
     is_four: &[bool],
     classes: [Class; 2],
     u: &[f32],
     codes: &mut [i8],
 ) {
-    let n = row.len();
-    let mut w = row.to_vec();
+    let n = w.len();
     for j in 0..n {
         let c = if is_four[j] { classes[0] } else { classes[1] };
         let step = d * c.mult;
