@@ -3,7 +3,7 @@
 //! The normative description is `docs/q35-format.md`; this crate is its
 //! executable form:
 //!
-//! - [`format`]: [`QuantizedMatrix`], the packed storage of every scheme
+//! - [`format`](mod@format): [`QuantizedMatrix`], the packed storage of every scheme
 //!   (Q35 pairs of one 4-bit and one 3-bit code in 7 bits, and the uniform
 //!   int8/int4/int3 comparison schemes), its block layout, unpacking and
 //!   bits-per-weight accounting, and a byte serialisation.

@@ -374,7 +374,10 @@ pub fn layer_shape(model: &Model, id: LinearId) -> Option<(usize, usize)> {
 }
 
 /// Quantizes one layer's weights. The activation-aware scheme takes its
-/// importance from `calib`.
+/// importance from `calib`, and also its in-group covariance when `calib`
+/// recorded one at this group size ([`Calibration::run_with_covariance`]),
+/// which turns on in-group error compensation
+/// ([`crate::quantize::quantize_gptq`]); other schemes use no calibration.
 pub fn quantize_layer(
     id: LinearId,
     weights: &[f32],
