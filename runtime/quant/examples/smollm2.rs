@@ -3,8 +3,14 @@
 //! calibration activations, and (with `--eval`) perplexity, KL divergence
 //! and top-1 agreement on a held-out text.
 //!
-//! `cargo run --release -p q35-quant --example smollm2 -- [--eval] [--ctx N]
-//! [--windows N] [--head f32|SCHEME] [--schemes a,b,..] [--group G]`
+//! `cargo run --release -p q35-quant --example smollm2 -- [--eval] [--golden]
+//! [--gptq] [--ctx N] [--windows N] [--head f32|SCHEME] [--schemes a,b,..]
+//! [--group G] [--samples N] [--only NAME_PART]`
+//!
+//! `--gptq` records in-group covariances so `q35` gets error compensation
+//! (as `q35c quant-report` does); `--golden` evaluates the golden forward
+//! pass instead of the reference with quantized layers installed; `--only`
+//! quantizes just the layers whose name contains the given text.
 //! Calibration text: tests/data/calib_en.txt; evaluation text:
 //! tests/data/eval_en.txt (disjoint topics).
 
