@@ -17,6 +17,9 @@ use crate::QuantError;
 /// (the code -128 is never produced).
 pub const ACT_MAX: i32 = 127;
 
+/// Tokens whose largest |activation| is below `2^-120` quantize to zero.
+pub const ACT_ZERO_BELOW: f32 = f32::from_bits(0x0380_0000); // 2^-120
+
 /// An activation vector quantized to int8 with one dynamic f32 scale (per
 /// token).
 #[derive(Debug, Clone, PartialEq)]
@@ -35,8 +38,9 @@ impl ActivationI8 {
     /// q_i   = clamp(round_half_away(x_i * inv), -127, 127)
     /// ```
     ///
-    /// If `amax == 0` then `scale = 0` and every code is 0. A NaN or
-    /// infinity is an error.
+    /// If `amax < 2^-120` (including 0; below it `127 / amax` could
+    /// overflow) the token is zero: `scale = 0` and every code is 0. A NaN
+    /// or infinity is an error.
     pub fn quantize(x: &[f32]) -> Result<ActivationI8, QuantError> {
         let mut amax = 0f32;
         for (index, &v) in x.iter().enumerate() {
@@ -48,7 +52,7 @@ impl ActivationI8 {
             }
             amax = amax.max(v.abs());
         }
-        if amax == 0.0 {
+        if amax < ACT_ZERO_BELOW {
             return Ok(ActivationI8 {
                 scale: 0.0,
                 codes: vec![0; x.len()],
@@ -422,6 +426,11 @@ mod tests {
         assert_eq!(a.codes(), &[127, -3, 3, 0, -127]);
         let z = ActivationI8::quantize(&[0.0, -0.0]).unwrap();
         assert_eq!((z.scale(), z.codes()), (0.0, &[0i8, 0][..]));
+        assert_eq!(ACT_ZERO_BELOW, 2f32.powi(-120));
+        let tiny = ActivationI8::quantize(&[1e-37, -5e-38]).unwrap();
+        assert_eq!((tiny.scale(), tiny.codes()), (0.0, &[0i8, 0][..]));
+        let small = ActivationI8::quantize(&[2f32.powi(-118), -(2f32.powi(-119))]).unwrap();
+        assert_eq!(small.codes(), &[127, -64]); // -63.5 rounds away from zero
         assert!(matches!(
             ActivationI8::quantize(&[1.0, f32::NAN]),
             Err(QuantError::NonFinite { index: 1, .. })
