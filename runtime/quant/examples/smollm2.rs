@@ -64,7 +64,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let t = Instant::now();
     let calib = if args.iter().any(|a| a == "--gptq") {
-        Calibration::run_with_covariance(&model, &calib_tokens, 512, samples, group)?
+        let span: usize = arg(&args, "--span").map_or(Ok(group), |s| s.parse())?;
+        Calibration::run_with_covariance(&model, &calib_tokens, 512, samples, span)?
     } else {
         Calibration::run(&model, &calib_tokens, 512, samples)?
     };

@@ -397,7 +397,9 @@ pub fn quantize_layer(
         (true, None) => return Err(ModelQuantError::NoCalibration(id.to_string())),
     };
     let cov = match (scheme, calib) {
-        (QuantScheme::Q35, Some(c)) => c.covariance(id).filter(|c| c.group_size == group_size),
+        (QuantScheme::Q35, Some(c)) => c
+            .covariance(id)
+            .filter(|c| c.group_size.is_multiple_of(group_size)),
         _ => None,
     };
     match (cov, importance.as_deref()) {

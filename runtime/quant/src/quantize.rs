@@ -92,12 +92,13 @@ pub fn quantize_with(
     )
 }
 
-/// The second moments of calibration activations within each group:
-/// `blocks[g]` is the row-major `len_g x len_g` matrix `mean_t x_g x_g^T`
-/// of group `g`'s channels (`len_g` its unpadded length).
+/// The second moments of calibration activations within each span of
+/// `group_size` channels (normally one quantization group; any multiple of
+/// it is accepted): `blocks[s]` is the row-major `len_s x len_s` matrix
+/// `mean_t x_s x_s^T` of span `s`'s channels (`len_s` its unpadded length).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupCovariance {
-    /// Group size the blocks were taken with.
+    /// Channels per span (a multiple of the quantization group size).
     pub group_size: usize,
     /// Input columns.
     pub cols: usize,
@@ -125,16 +126,17 @@ pub fn quantize_gptq(
     covariance: &GroupCovariance,
     options: QuantOptions,
 ) -> Result<QuantizedMatrix, QuantError> {
-    let layout = Layout::new(rows, cols, group_size)?;
-    if covariance.group_size != group_size || covariance.cols != cols {
+    Layout::new(rows, cols, group_size)?;
+    let span = covariance.group_size;
+    if span == 0 || !span.is_multiple_of(group_size) || covariance.cols != cols {
         return Err(QuantError::LengthMismatch {
-            what: "covariance group size / columns",
-            got: covariance.group_size * 100_000 + covariance.cols,
+            what: "covariance span (a multiple of the group size) / columns",
+            got: span * 100_000 + covariance.cols,
             expected: group_size * 100_000 + cols,
         });
     }
-    for g in 0..layout.n_groups() {
-        let len = layout.group_len(g);
+    for g in 0..cols.div_ceil(span) {
+        let len = span.min(cols - g * span);
         let got = covariance.blocks.get(g).map_or(0, Vec::len);
         if got != len * len {
             return Err(QuantError::LengthMismatch {
@@ -229,6 +231,7 @@ fn quantize_impl(
             groups,
             magnitude_weighting: false,
             gptq: None,
+            gptq_span: 0,
         };
         let out = plan.run(&(0..rows).collect::<Vec<_>>(), threads, false);
         return Ok(QuantizedMatrix::assemble(
@@ -273,6 +276,7 @@ fn quantize_impl(
     let mut plan = Plan::q35(layout, weights, &imp, &mask, mults, aware);
     if let (Some(cov), QuantScheme::Q35) = (covariance, scheme) {
         plan.gptq = Some(cov.blocks.iter().map(|b| gptq_factor(b)).collect());
+        plan.gptq_span = cov.group_size;
     }
     let best = plan.run(&all_rows, threads, false);
     let best_mask = mask;
@@ -335,6 +339,8 @@ struct Plan<'a> {
     /// Per group: the GPTQ channel order and factor (`None`: plain rounding
     /// for that group).
     gptq: Option<Vec<Option<GptqFactor>>>,
+    /// Channels per GPTQ span (a multiple of the group size).
+    gptq_span: usize,
 }
 
 /// The result of quantizing some rows.
@@ -381,6 +387,7 @@ impl<'a> Plan<'a> {
             groups,
             magnitude_weighting,
             gptq: None,
+            gptq_span: 0,
         }
     }
 
@@ -491,18 +498,6 @@ impl<'a> Plan<'a> {
                         out.codes[base + start + o] = c;
                     }
                 }
-                if let Some(Some((order, u))) = self.gptq.as_ref().map(|f| f[g].as_ref()) {
-                    gw.clear();
-                    gw.extend(order.iter().map(|&o| row[start + o]));
-                    gf.clear();
-                    gf.extend(order.iter().map(|&o| self.four_bit[g][o]));
-                    gc.clear();
-                    gc.resize(len, 0);
-                    gptq_block(&mut gw, d.to_f32(), &gf, self.classes, u, &mut gc);
-                    for (&o, &code) in order.iter().zip(&gc) {
-                        out.codes[base + start + o] = code;
-                    }
-                }
                 if let Some(score) = out.score.as_mut() {
                     let d = d.to_f32();
                     for (idx, x) in self.groups[g].iter().zip(&xs) {
@@ -514,31 +509,48 @@ impl<'a> Plan<'a> {
                     }
                 }
             }
+            if let Some(factors) = &self.gptq {
+                let row_scales = &out.scales[out.scales.len() - n_groups..];
+                for (si, f) in factors.iter().enumerate() {
+                    let Some((order, u)) = f else {
+                        continue;
+                    };
+                    let s0 = si * self.gptq_span;
+                    gw.clear();
+                    gw.extend(order.iter().map(|&o| row[s0 + o]));
+                    gf.clear();
+                    gf.extend(order.iter().map(|&o| {
+                        let j = s0 + o;
+                        let g = j / l.group_size;
+                        let four = self.four_bit[g][j - g * l.group_size];
+                        let c = self.classes[usize::from(!four)];
+                        (row_scales[g].to_f32() * c.mult, c.nmax)
+                    }));
+                    gc.clear();
+                    gc.resize(order.len(), 0);
+                    gptq_block(&mut gw, &gf, u, &mut gc);
+                    for (&o, &code) in order.iter().zip(&gc) {
+                        out.codes[base + s0 + o] = code;
+                    }
+                }
+            }
         }
         out
     }
 }
 
-/// GPTQ within one block (`w` in GPTQ order, updated in place): fixes the
-/// codes channel by channel at scale `d`,
-/// spreading each rounding error over the later channels through the upper
-/// Cholesky factor `u` of the damped inverse covariance.
-fn gptq_block(
-    w: &mut [f32],
-    d: f32,
-    is_four: &[bool],
-    classes: [Class; 2],
-    u: &[f32],
-    codes: &mut [i8],
-) {
+/// GPTQ over one span (`w` in GPTQ order, updated in place): fixes the codes
+/// channel by channel, channel `j` on the grid `(step_j, nmax_j)` of its
+/// block and class, spreading each rounding error over the later channels
+/// through the upper Cholesky factor `u` of the damped inverse covariance.
+fn gptq_block(w: &mut [f32], grid: &[(f32, f32)], u: &[f32], codes: &mut [i8]) {
     let n = w.len();
     for j in 0..n {
-        let c = if is_four[j] { classes[0] } else { classes[1] };
-        let step = d * c.mult;
+        let (step, nmax) = grid[j];
         let q = if step == 0.0 {
             0.0
         } else {
-            rne(w[j] / step).clamp(-c.nmax, c.nmax - 1.0)
+            rne(w[j] / step).clamp(-nmax, nmax - 1.0)
         };
         codes[j] = q as i8;
         let e = (w[j] - step * q) / u[j * n + j];

@@ -91,7 +91,10 @@ fn gptq_rejects_mismatched_covariance() {
     let imp = channel_importance(&xs, COLS).unwrap();
     let mut cov = covariance(&xs);
     let opts = QuantOptions { threads: 1 };
-    assert!(quantize_gptq(&w, 4, COLS, QuantScheme::Q35, 32, &imp, &cov, opts).is_err());
+    // The covariance span must be a multiple of the group size.
+    assert!(quantize_gptq(&w, 4, COLS, QuantScheme::Q35, 128, &imp, &cov, opts).is_err());
+    // A span of two groups of 32 is accepted.
+    assert!(quantize_gptq(&w, 4, COLS, QuantScheme::Q35, 32, &imp, &cov, opts).is_ok());
     cov.blocks[1].pop();
     assert!(quantize_gptq(&w, 4, COLS, QuantScheme::Q35, G, &imp, &cov, opts).is_err());
     // A zero covariance (no activations seen) falls back to plain rounding.
