@@ -238,6 +238,9 @@ pub(crate) fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> Mode
 
 /// Default group size along the reduction dimension.
 pub const DEFAULT_GROUP_SIZE: u32 = 128;
+/// Group sizes are multiples of this: 16 channels are 8 Q35 pairs, 7 whole
+/// bytes (q35-quant's `CHANNEL_QUANTUM`, which a test holds equal).
+pub const GROUP_QUANTUM: u32 = 16;
 
 /// Loads and validates a model.toml.
 pub fn load(path: impl AsRef<Path>) -> Result<ModelSpec, ModelError> {
@@ -358,11 +361,13 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelSpec, ModelError> {
         None => (QuantScheme::Q35, None),
     };
     let group = group_size.map_or(DEFAULT_GROUP_SIZE, |g| *g.get_ref());
-    if !(8..=4096).contains(&group) || !group.is_multiple_of(8) {
+    if !(GROUP_QUANTUM..=4096).contains(&group) || !group.is_multiple_of(GROUP_QUANTUM) {
         return Err(invalid(
             group_size.map(|g| g.span()),
             "quantization.group_size",
-            format!("{group} must be a multiple of 8 between 8 and 4096"),
+            format!(
+                "{group} must be a multiple of {GROUP_QUANTUM} between {GROUP_QUANTUM} and 4096 (Q35 packs 8 pairs in 7 bytes, docs/q35-format.md)"
+            ),
         ));
     }
 

@@ -115,6 +115,13 @@ fn bad_options() {
     assert!(e.contains("unknown variant `q36`"), "{e}");
     let e = err(&format!("{TINY}[quantization]\ngroup_size = 100\n"));
     assert!(e.contains("`quantization.group_size`"), "{e}");
+    let e = err(&format!("{TINY}[quantization]\ngroup_size = 24\n"));
+    assert!(e.contains("24 must be a multiple of 16"), "{e}");
+    q35_model::parse(
+        &format!("{TINY}[quantization]\ngroup_size = 48\n"),
+        Path::new("t.toml"),
+    )
+    .unwrap();
     let e = err(&format!("{TINY}[quantization]\nactivations = \"fp16\"\n"));
     assert!(e.contains("unknown variant `fp16`"), "{e}");
     let e = err(&format!("{TINY}[target]\nname = \"tpu\"\n"));
