@@ -6,25 +6,35 @@
 //! non-overlapping windows of N tokens, each window run from an empty cache
 //! and scored on its second half (the logits at positions N/2 .. N-2 predict
 //! the next token). `--json` prints every figure and the token counts.
+//! A model without a tokenizer (synthetic weights) reads the text's bytes,
+//! folded into its vocabulary, as tokens.
 //!
 //! With `--quant` the model is also quantized as its model.toml says
 //! (`[quantization] scheme` and `group_size`, calibrated on `--calib`, a text
-//! kept apart from `--text`) through q35-quant's integer layers, and the
-//! report adds the quantized model's perplexity, its mean and largest KL
-//! divergence from the f32 reference and top-1 agreement, on the same windows
-//! and positions.
+//! kept apart from `--text`) and run as the golden forward pass
+//! (`q35_quant::golden`, the hardware contract of docs/q35-format.md section
+//! 8.5: int8 activations, integer matmuls, a tied quantized LM head also
+//! serving the embedding lookup). The report adds its perplexity, its mean
+//! and largest KL divergence from the f32 reference and top-1 agreement, on
+//! the same windows and positions. Quantization and evaluation are
+//! `q35_quant::model::QuantPipeline`, the same path as `q35c quant-report
+//! --eval`, so both report the same figures for the same texts and windows.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use q35_quant::QuantScheme;
-use q35_quant::model::{Calibration, SchemePolicy, install, model_weights, quantize_model};
+use q35_quant::model::{EvalReport, QuantPipeline, ReferenceLogits, SchemePolicy};
 use q35_quant::quantize::QuantOptions;
-use q35_reference::{Model, PerplexityOptions};
+use q35_reference::PerplexityOptions;
 use serde_json::json;
 
-use crate::cmd_run::{Loaded, load, read_utf8};
+use crate::load::{Loaded, load, read_utf8};
+
+/// Calibration input rows kept per layer (for layer-output errors; the
+/// quantizers use importance and covariance over every calibration token).
+/// `q35c quant-report --samples` defaults to the same.
+pub(crate) const CALIB_SAMPLES: usize = 64;
 
 /// Arguments of `q35c eval`.
 #[derive(Debug, clap::Args)]
@@ -40,8 +50,9 @@ pub struct EvalArgs {
     /// Score only the first W windows (default: every whole window).
     #[arg(long)]
     pub windows: Option<usize>,
-    /// Also evaluate the model quantized per its model.toml: perplexity,
-    /// KL divergence from the f32 reference, top-1 agreement.
+    /// Also evaluate the model quantized per its model.toml, as the golden
+    /// forward pass: perplexity, KL divergence from the f32 reference, top-1
+    /// agreement.
     #[arg(long, requires = "calib")]
     pub quant: bool,
     /// Calibration text for `--quant` (UTF-8; keep it disjoint from --text).
@@ -58,94 +69,80 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// The tokens of `text` as llama.cpp's perplexity tokenizes it (BOS first
-/// when the model adds BOS).
-fn tokens_of(tok: &q35_tokenizer::Tokenizer, text: &str) -> Vec<u32> {
-    let mut tokens = Vec::new();
-    if tok.add_bos_token() {
-        tokens.push(tok.bos());
-    }
-    tokens.extend(tok.encode(text, false));
-    tokens
-}
-
-/// The model quantized as its model.toml says, calibrated on `calib_tokens`.
-fn quantized(args: &EvalArgs, reference: &Loaded, calib_tokens: &[u32]) -> anyhow::Result<Model> {
-    let scheme: QuantScheme = reference
+/// The model quantized as its model.toml says, calibrated on `calib_tokens`
+/// and scored as the golden forward pass against the reference on the
+/// windows of `opts` -- the same [`QuantPipeline`] `q35c quant-report
+/// --eval` runs.
+fn quantized_eval(
+    args: &EvalArgs,
+    loaded: &Loaded,
+    calib_tokens: &[u32],
+    tokens: &[u32],
+    opts: &PerplexityOptions,
+) -> anyhow::Result<EvalReport> {
+    let scheme: q35_quant::QuantScheme = loaded
         .quant
         .scheme
         .as_str()
         .parse()
-        .map_err(|e| anyhow::anyhow!("scheme `{}`: {e}", reference.quant.scheme.as_str()))?;
-    let group = reference.quant.group_size as usize;
-    let context = reference.model.config().context;
-    let calib = Calibration::run(
-        &reference.model,
+        .map_err(|e| anyhow::anyhow!("scheme `{}`: {e}", loaded.quant.scheme.as_str()))?;
+    let pipeline = QuantPipeline::calibrate(
+        &loaded.model,
         calib_tokens,
-        args.calib_ctx.min(context),
-        64,
-    )
-    .with_context(|| format!("calibration of {}", args.model.display()))?;
-    let weights = model_weights(&reference.model)?;
-    let layers = quantize_model(
-        &reference.model,
-        &weights,
-        SchemePolicy::uniform(scheme),
-        group,
-        Some(&calib),
+        args.calib_ctx,
+        CALIB_SAMPLES,
+        loaded.quant.group_size as usize,
         QuantOptions {
             threads: args.threads.max(1),
         },
     )
-    .with_context(|| format!("cannot quantize {} with {scheme}", args.model.display()))?;
-    let mut model = load(&args.model, args.threads)?.model;
-    install(&mut model, layers)?;
-    Ok(model)
+    .with_context(|| format!("calibration of {}", args.model.display()))?;
+    let layers = pipeline
+        .quantize(SchemePolicy::uniform(scheme))
+        .with_context(|| format!("cannot quantize {} with {scheme}", args.model.display()))?;
+    let reference =
+        ReferenceLogits::compute_with_bos(&loaded.model, tokens, opts.ctx, opts.windows, opts.bos)
+            .with_context(|| format!("cannot evaluate on {}", args.text.display()))?;
+    pipeline
+        .evaluate(&layers, &reference)
+        .with_context(|| format!("evaluation of {scheme}"))
 }
 
 /// Runs `q35c eval`.
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let text = read_utf8(&args.text)?;
     let loaded = load(&args.model, args.threads)?;
-    let tok = loaded.tokenizer.as_ref().with_context(|| {
-        format!(
-            "{} has no tokenizer (its weights are not a GGUF file); eval needs text tokens",
-            args.model.display()
-        )
-    })?;
-    let tokens = tokens_of(tok, &text);
+    let tokens = loaded.text_tokens(&text);
     if tokens.is_empty() {
         anyhow::bail!("{} holds no text", args.text.display());
     }
     let opts = PerplexityOptions {
         ctx: args.ctx,
         windows: args.windows,
-        bos: tok.add_bos_token().then(|| tok.bos()),
+        bos: loaded.window_bos(),
     };
-    let what = || {
+    let r = loaded.model.perplexity(&tokens, &opts).with_context(|| {
         format!(
             "cannot evaluate {} on {}",
             args.model.display(),
             args.text.display()
         )
-    };
-    let (r, cmp) = if args.quant {
+    })?;
+    let cmp = if args.quant {
         let calib_path = args.calib.as_ref().context("--quant needs --calib")?;
-        let calib_tokens = tokens_of(tok, &read_utf8(calib_path)?);
+        let calib_tokens = loaded.text_tokens(&read_utf8(calib_path)?);
         if calib_tokens.is_empty() {
             anyhow::bail!("{} holds no text", calib_path.display());
         }
-        let q = quantized(args, &loaded, &calib_tokens)?;
-        let c = loaded
-            .model
-            .compare(&q, &tokens, &opts)
-            .with_context(what)?;
-        (c.reference.clone(), Some(c))
+        Some(quantized_eval(
+            args,
+            &loaded,
+            &calib_tokens,
+            &tokens,
+            &opts,
+        )?)
     } else {
-        (
-            loaded.model.perplexity(&tokens, &opts).with_context(what)?,
-            None,
-        )
+        None
     };
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -173,8 +170,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
                 "scheme": loaded.quant.scheme.as_str(),
                 "group_size": loaded.quant.group_size,
                 "calibration_file": args.calib.as_ref().map(|p| p.display().to_string()),
-                "perplexity": c.candidate.ppl,
-                "nll_sum": c.candidate.nll_sum,
+                "perplexity": c.ppl,
+                "nll_sum": c.nll_sum,
                 "mean_kld": c.mean_kld,
                 "max_kld": c.max_kld,
                 "top1_agreement": c.top1_agreement,
@@ -208,7 +205,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
                 "quantized ({}, group {}): perplexity {:.4}, mean KLD {:.5} (max {:.4}), top-1 agreement {:.2}% over {} positions",
                 loaded.quant.scheme.as_str(),
                 loaded.quant.group_size,
-                c.candidate.ppl,
+                c.ppl,
                 c.mean_kld,
                 c.max_kld,
                 100.0 * c.top1_agreement,

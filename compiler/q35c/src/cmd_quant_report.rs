@@ -22,14 +22,15 @@ use std::time::Instant;
 
 use anyhow::Context;
 use q35_quant::QuantScheme;
-use q35_quant::golden::GoldenModel;
 use q35_quant::model::{
-    Calibration, EvalReport, ReferenceLogits, SchemePolicy, TensorReport, model_weights,
-    quantize_model, tensor_report,
+    EvalReport, QuantPipeline, ReferenceLogits, SchemePolicy, TensorReport, tensor_report,
 };
 use q35_quant::quantize::QuantOptions;
 use q35_quant::semantics::{ACT_MAX, accumulator_bound};
 use serde_json::json;
+
+use crate::cmd_eval::CALIB_SAMPLES;
+use crate::load::{load, read_utf8};
 
 /// Arguments of `q35c quant-report`.
 #[derive(Debug, clap::Args)]
@@ -55,7 +56,7 @@ pub struct QuantReportArgs {
     #[arg(long, default_value_t = 512)]
     pub calib_ctx: usize,
     /// Calibration rows kept per layer for the layer-output error.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = CALIB_SAMPLES)]
     pub samples: usize,
     /// Evaluation text: adds perplexity, KL divergence and top-1 agreement
     /// against the f32 reference.
@@ -78,45 +79,6 @@ pub struct QuantReportArgs {
     pub json: bool,
 }
 
-/// The reference model of a model.toml and its tokenizer (when its weights
-/// are a GGUF file).
-struct Loaded {
-    model: q35_reference::Model,
-    tokenizer: Option<q35_tokenizer::Tokenizer>,
-    name: String,
-    group_size: usize,
-}
-
-fn load(path: &std::path::Path, threads: usize) -> anyhow::Result<Loaded> {
-    let spec = q35_model::load(path)
-        .with_context(|| format!("cannot load model description {}", path.display()))?;
-    let gguf = spec
-        .open_gguf()
-        .with_context(|| format!("cannot open the weights of {}", path.display()))?;
-    let mut model = q35_reference::Model::from_spec(&spec, gguf.as_ref())
-        .with_context(|| format!("cannot build the reference model of {}", path.display()))?;
-    model.set_threads(threads)?;
-    let tokenizer = match &gguf {
-        Some(g) => Some(
-            q35_tokenizer::Tokenizer::from_gguf(g)
-                .with_context(|| format!("cannot read the tokenizer of {}", path.display()))?,
-        ),
-        None => None,
-    };
-    Ok(Loaded {
-        model,
-        tokenizer,
-        name: spec.name,
-        group_size: spec.quant.group_size as usize,
-    })
-}
-
-/// Reads a UTF-8 text file.
-fn read_utf8(path: &std::path::Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))
-}
-
 /// Whole-model figures of one scheme.
 struct SchemeSummary {
     policy: SchemePolicy,
@@ -127,22 +89,6 @@ struct SchemeSummary {
     mean_output_error: Option<f64>,
     max_accumulator: u64,
     eval: Option<EvalReport>,
-}
-
-/// Tokens for calibration or evaluation: the tokenizer's when there is one,
-/// else the text's bytes folded into the vocabulary.
-fn tokens_of(text: &str, tok: Option<&q35_tokenizer::Tokenizer>, vocab: usize) -> Vec<u32> {
-    match tok {
-        Some(t) => {
-            let mut v = Vec::new();
-            if t.add_bos_token() {
-                v.push(t.bos());
-            }
-            v.extend(t.encode(text, false));
-            v
-        }
-        None => text.bytes().map(|b| u32::from(b) % vocab as u32).collect(),
-    }
 }
 
 /// A fixed pseudo-random token sequence (SplitMix64).
@@ -174,15 +120,10 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
         })?)),
     };
     let loaded = load(&args.model, args.threads)?;
-    let group = args.group.unwrap_or(loaded.group_size);
+    let group = args.group.unwrap_or(loaded.quant.group_size as usize);
     let vocab = loaded.model.config().vocab;
-    let context = loaded.model.config().context;
-    let tok = loaded.tokenizer.as_ref();
     let (calib_tokens, calib_source) = match &args.calib {
-        Some(p) => (
-            tokens_of(&read_utf8(p)?, tok, vocab),
-            p.display().to_string(),
-        ),
+        Some(p) => (loaded.text_tokens(&read_utf8(p)?), p.display().to_string()),
         None => (
             synthetic_tokens(512, vocab),
             "512 pseudo-random tokens".to_owned(),
@@ -192,7 +133,7 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
         anyhow::bail!("the calibration text {calib_source} holds no tokens");
     }
     let eval_tokens = match &args.eval {
-        Some(p) => Some(tokens_of(&read_utf8(p)?, tok, vocab)),
+        Some(p) => Some(loaded.text_tokens(&read_utf8(p)?)),
         None => None,
     };
     let timings = args.timings;
@@ -203,37 +144,43 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
     };
 
     let t = Instant::now();
-    let calib = Calibration::run_with_covariance(
+    let options = QuantOptions {
+        threads: args.threads.max(1),
+    };
+    let pipeline = QuantPipeline::calibrate(
         &loaded.model,
         &calib_tokens,
-        args.calib_ctx.min(context),
+        args.calib_ctx,
         args.samples,
         group,
+        options,
     )
     .with_context(|| format!("calibration of {} on {calib_source}", args.model.display()))?;
     note("calibration", t);
-    let weights = model_weights(&loaded.model)?;
     let reference = match &eval_tokens {
         Some(tokens) => {
             let t = Instant::now();
-            let r = ReferenceLogits::compute(&loaded.model, tokens, args.ctx, args.windows)
-                .with_context(|| {
-                    format!(
-                        "cannot evaluate on {}",
-                        args.eval
-                            .as_ref()
-                            .map_or(String::new(), |p| p.display().to_string())
-                    )
-                })?;
+            let r = ReferenceLogits::compute_with_bos(
+                &loaded.model,
+                tokens,
+                args.ctx,
+                args.windows,
+                loaded.window_bos(),
+            )
+            .with_context(|| {
+                format!(
+                    "cannot evaluate on {}",
+                    args.eval
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string())
+                )
+            })?;
             note("reference logits", t);
             Some(r)
         }
         None => None,
     };
 
-    let options = QuantOptions {
-        threads: args.threads.max(1),
-    };
     let mut summaries = Vec::new();
     for &scheme in &schemes {
         let policy = SchemePolicy {
@@ -241,15 +188,9 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
             head: head.unwrap_or(Some(scheme)),
         };
         let t = Instant::now();
-        let layers = quantize_model(
-            &loaded.model,
-            &weights,
-            policy,
-            group,
-            Some(&calib),
-            options,
-        )
-        .with_context(|| format!("cannot quantize {} with {scheme}", args.model.display()))?;
+        let layers = pipeline
+            .quantize(policy)
+            .with_context(|| format!("cannot quantize {} with {scheme}", args.model.display()))?;
         note(&format!("quantize {scheme}"), t);
         let mut s = SchemeSummary {
             policy,
@@ -263,12 +204,19 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
         };
         let (mut se, mut sr, mut oe, mut no) = (0f64, 0f64, 0f64, 0usize);
         for l in &layers {
-            let w = &weights
+            let w = &pipeline
+                .weights()
                 .iter()
                 .find(|(id, _)| *id == l.id)
                 .context("quantized layer without weights")?
                 .1;
-            let r = tensor_report(l.id, w, &l.matrix, calib.layer(l.id), options.threads)?;
+            let r = tensor_report(
+                l.id,
+                w,
+                &l.matrix,
+                pipeline.calibration().layer(l.id),
+                options.threads,
+            )?;
             s.bits += r.storage_bits;
             s.weights += (r.rows * r.cols) as u64;
             se += r.sq_err;
@@ -288,10 +236,9 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
         s.mean_output_error = (no > 0).then(|| oe / no as f64);
         if let Some(r) = &reference {
             let t = Instant::now();
-            let golden = GoldenModel::new(&loaded.model, &layers, args.ctx)
-                .with_context(|| format!("cannot build the golden model for {scheme}"))?;
             s.eval = Some(
-                r.compare_golden(&golden)
+                pipeline
+                    .evaluate(&layers, r)
                     .with_context(|| format!("evaluation of {scheme}"))?,
             );
             note(&format!("evaluate {scheme}"), t);

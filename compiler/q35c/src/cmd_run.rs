@@ -12,9 +12,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use q35_reference::{GenerateOptions, Generation, Model, SamplingParams, StopReason};
+use q35_reference::{GenerateOptions, Generation, SamplingParams, StopReason};
 use q35_tokenizer::Tokenizer;
 use serde_json::json;
+
+use crate::load::{encode_with_bos, load, read_utf8};
 
 /// Arguments of `q35c run`.
 #[derive(Debug, clap::Args)]
@@ -63,52 +65,6 @@ pub struct RunArgs {
     /// Report prefill and decode speed (on stderr, or in the JSON).
     #[arg(long)]
     pub timings: bool,
-}
-
-/// A model loaded from a model.toml for the reference, with its tokenizer
-/// when the weights come from a GGUF.
-pub(crate) struct Loaded {
-    pub model: Model,
-    pub tokenizer: Option<Tokenizer>,
-    pub name: String,
-    pub quant: q35_model::QuantConfig,
-}
-
-/// Loads the model description, its weights and tokenizer.
-pub(crate) fn load(path: &std::path::Path, threads: usize) -> anyhow::Result<Loaded> {
-    let spec = q35_model::load(path)
-        .with_context(|| format!("cannot load model description {}", path.display()))?;
-    let gguf = spec
-        .open_gguf()
-        .with_context(|| format!("cannot open the weights of {}", path.display()))?;
-    let mut model = Model::from_spec(&spec, gguf.as_ref())
-        .with_context(|| format!("cannot build the reference model of {}", path.display()))?;
-    model.set_threads(threads)?;
-    let tokenizer = match &gguf {
-        Some(g) => Some(
-            Tokenizer::from_gguf(g)
-                .with_context(|| format!("cannot read the tokenizer of {}", path.display()))?,
-        ),
-        None => None,
-    };
-    Ok(Loaded {
-        model,
-        tokenizer,
-        name: spec.name,
-        quant: spec.quant,
-    })
-}
-
-/// Reads a UTF-8 text file, naming the file and the first bad byte on error.
-pub(crate) fn read_utf8(path: &std::path::Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })
 }
 
 /// Prints token pieces as they come, holding back bytes until they form
@@ -181,11 +137,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 let ids = tok.encode(&rendered, true);
                 (Some(rendered), ids)
             } else {
-                let mut ids = Vec::new();
-                if tok.add_bos_token() {
-                    ids.push(tok.bos());
-                }
-                ids.extend(tok.encode(&text, false));
+                let ids = encode_with_bos(tok, &text);
                 (Some(text), ids)
             }
         }

@@ -6,6 +6,7 @@ mod cmd_eval;
 mod cmd_opt;
 mod cmd_quant_report;
 mod cmd_run;
+mod load;
 
 use std::process::ExitCode;
 

@@ -4,7 +4,10 @@
 //! installing every matrix of a model ([`quantize_model`], [`install`]),
 //! per-tensor error reports ([`tensor_report`]) and the end-to-end
 //! comparison of a quantized model against the f32 reference on held-out
-//! text ([`ReferenceLogits`]).
+//! text ([`ReferenceLogits`]). [`QuantPipeline`] strings these together the
+//! one way the driver quantizes and evaluates a model: calibration with
+//! in-group covariances, quantization, and the golden forward pass scored
+//! against the reference's logits.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -580,6 +583,8 @@ pub struct EvalReport {
     pub reference_ppl: f64,
     /// Candidate perplexity.
     pub ppl: f64,
+    /// Candidate negative log-likelihood summed over the positions, nats.
+    pub nll_sum: f64,
     /// Mean KL(reference || candidate), nats.
     pub mean_kld: f64,
     /// Largest per-position KL.
@@ -612,6 +617,20 @@ impl ReferenceLogits {
         ctx: usize,
         windows: Option<usize>,
     ) -> Result<ReferenceLogits, ModelQuantError> {
+        ReferenceLogits::compute_with_bos(model, tokens, ctx, windows, None)
+    }
+
+    /// As [`ReferenceLogits::compute`], with each window's first token
+    /// replaced by `bos` when given (llama-perplexity's handling of models
+    /// that add BOS; `q35_reference::PerplexityOptions::bos`). The scored
+    /// targets are unchanged.
+    pub fn compute_with_bos(
+        model: &Model,
+        tokens: &[u32],
+        ctx: usize,
+        windows: Option<usize>,
+        bos: Option<u32>,
+    ) -> Result<ReferenceLogits, ModelQuantError> {
         if ctx < 4 {
             return Err(ModelQuantError::Input(format!(
                 "window of {ctx} tokens is too short (at least 4)"
@@ -634,6 +653,11 @@ impl ReferenceLogits {
             nll: 0.0,
             positions: 0,
         };
+        if let Some(bos) = bos {
+            for window in r.tokens.chunks_exact_mut(ctx) {
+                window[0] = bos;
+            }
+        }
         for w in 0..windows {
             let l = r.window_logits(model, w)?;
             for (j, row) in l.chunks_exact(vocab).enumerate() {
@@ -665,6 +689,11 @@ impl ReferenceLogits {
     /// Reference perplexity.
     pub fn ppl(&self) -> f64 {
         (self.nll / self.positions as f64).exp()
+    }
+
+    /// Window length.
+    pub fn ctx(&self) -> usize {
+        self.ctx
     }
 
     /// Scores `candidate` (the reference's forward pass with quantized
@@ -731,9 +760,92 @@ impl ReferenceLogits {
             positions: n,
             reference_ppl: self.ppl(),
             ppl: (nll / n as f64).exp(),
+            nll_sum: nll,
             mean_kld: kl_sum / n as f64,
             max_kld: kl_max,
             top1_agreement: agree as f64 / n as f64,
         })
+    }
+}
+
+/// The one way a model is quantized and evaluated (`q35c eval --quant` and
+/// `q35c quant-report` both go through it, so they report the same figures):
+/// calibration on the f32 reference recording in-group covariances
+/// ([`Calibration::run_with_covariance`], so the activation-aware scheme
+/// gets in-group error compensation), quantization of every matrix
+/// ([`quantize_model`]), and evaluation as the golden forward pass
+/// ([`GoldenModel`], the hardware contract, whose tied quantized LM head also
+/// serves the embedding lookup) scored against the reference's logits
+/// ([`ReferenceLogits::compare_golden`]).
+#[derive(Debug, Clone)]
+pub struct QuantPipeline<'m> {
+    model: &'m Model,
+    group_size: usize,
+    calib: Calibration,
+    weights: Vec<(LinearId, Vec<f32>)>,
+    options: QuantOptions,
+}
+
+impl<'m> QuantPipeline<'m> {
+    /// Calibrates `model` on `tokens` in windows of `window` tokens (at most
+    /// the model's context), keeping up to `samples` input rows per layer
+    /// for layer-output errors and recording covariances at `group_size`,
+    /// the group size every later [`QuantPipeline::quantize`] uses.
+    pub fn calibrate(
+        model: &'m Model,
+        tokens: &[u32],
+        window: usize,
+        samples: usize,
+        group_size: usize,
+        options: QuantOptions,
+    ) -> Result<QuantPipeline<'m>, ModelQuantError> {
+        let window = window.min(model.config().context);
+        let calib = Calibration::run_with_covariance(model, tokens, window, samples, group_size)?;
+        let weights = model_weights(model)?;
+        Ok(QuantPipeline {
+            model,
+            group_size,
+            calib,
+            weights,
+            options,
+        })
+    }
+
+    /// The calibration record.
+    pub fn calibration(&self) -> &Calibration {
+        &self.calib
+    }
+
+    /// The f32 weights of every linear layer, in forward order.
+    pub fn weights(&self) -> &[(LinearId, Vec<f32>)] {
+        &self.weights
+    }
+
+    /// The group size.
+    pub fn group_size(&self) -> usize {
+        self.group_size
+    }
+
+    /// Every matrix quantized under `policy`.
+    pub fn quantize(&self, policy: SchemePolicy) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
+        quantize_model(
+            self.model,
+            &self.weights,
+            policy,
+            self.group_size,
+            Some(&self.calib),
+            self.options,
+        )
+    }
+
+    /// The golden model built from `layers`, scored against `reference`
+    /// (computed on the same model).
+    pub fn evaluate(
+        &self,
+        layers: &[QuantizedLayer],
+        reference: &ReferenceLogits,
+    ) -> Result<EvalReport, ModelQuantError> {
+        let golden = GoldenModel::new(self.model, layers, reference.ctx())?;
+        reference.compare_golden(&golden)
     }
 }

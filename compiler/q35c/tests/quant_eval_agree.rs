@@ -1,0 +1,92 @@
+//! `q35c eval --quant` and `q35c quant-report --eval` quantize and evaluate
+//! a model the one same way (`q35_quant::model::QuantPipeline`: calibration
+//! with covariances, the golden forward pass): on the same texts, windows
+//! and calibration they must report the same figures, bit for bit. Runs on
+//! examples/tiny.toml (synthetic weights; text bytes are its tokens).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn q35c_json(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_q35c"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("q35c runs");
+    assert!(
+        out.status.success(),
+        "q35c {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("q35c prints one JSON object")
+}
+
+#[test]
+fn eval_quant_equals_quant_report_eval_on_tiny() {
+    let common = [
+        "--calib",
+        "tests/data/calib_en.txt",
+        "--calib-ctx",
+        "128",
+        "--ctx",
+        "64",
+        "--windows",
+        "3",
+        "--json",
+    ];
+    let mut eval_args = vec![
+        "eval",
+        "examples/tiny.toml",
+        "--text",
+        "tests/data/eval_en.txt",
+        "--quant",
+    ];
+    eval_args.extend(common);
+    let eval = q35c_json(&eval_args);
+    // tiny.toml quantizes with q35 at group 32.
+    let mut report_args = vec![
+        "quant-report",
+        "examples/tiny.toml",
+        "--schemes",
+        "q35",
+        "--eval",
+        "tests/data/eval_en.txt",
+    ];
+    report_args.extend(common);
+    let report = q35c_json(&report_args);
+
+    let q = &eval["quantized"];
+    assert_eq!(q["scheme"], "q35");
+    assert_eq!(q["group_size"], 32);
+    let schemes = report["schemes"].as_array().expect("schemes array");
+    assert_eq!(schemes.len(), 1);
+    assert_eq!(schemes[0]["scheme"], "q35");
+    assert_eq!(schemes[0]["head"], "q35");
+    let r = &schemes[0]["eval"];
+    for key in [
+        "perplexity",
+        "mean_kld",
+        "max_kld",
+        "top1_agreement",
+        "positions",
+    ] {
+        assert!(q[key].is_number(), "eval has no {key}: {q}");
+        assert_eq!(
+            q[key], r[key],
+            "{key}: eval {} vs quant-report {}",
+            q[key], r[key]
+        );
+    }
+    // The reference figures agree too (llama-perplexity's protocol).
+    assert_eq!(eval["perplexity"], r["reference_perplexity"]);
+    assert_eq!(eval["scored_tokens"], r["positions"]);
+    // A quantized model differs from the f32 one: the comparison is real.
+    assert!(q["mean_kld"].as_f64().unwrap() > 0.0);
+    assert_ne!(q["perplexity"], eval["perplexity"]);
+}
