@@ -80,12 +80,7 @@ fn quantized_eval(
     tokens: &[u32],
     opts: &PerplexityOptions,
 ) -> anyhow::Result<EvalReport> {
-    let scheme: q35_quant::QuantScheme = loaded
-        .quant
-        .scheme
-        .as_str()
-        .parse()
-        .map_err(|e| anyhow::anyhow!("scheme `{}`: {e}", loaded.quant.scheme.as_str()))?;
+    let scheme = loaded.quant.scheme;
     let pipeline = QuantPipeline::calibrate(
         &loaded.model,
         calib_tokens,

@@ -2,8 +2,8 @@
 //! scheme costs and how much error it adds, per tensor and for the whole
 //! model.
 //!
-//! For every scheme (default: q35, q35-rtn, q35-alternating, int8, int4,
-//! int3) at the model's group size it reports bits per weight including
+//! For every scheme (default: all of `QuantScheme::ALL`: int8, int4, q35,
+//! q35-rtn, q35-alternating, int3) at the model's group size it reports bits per weight including
 //! scales and slot masks, the weights' relative RMSE, and the relative
 //! layer-output error `||W X - Q(W) X|| / ||W X||` on calibration
 //! activations `X` recorded from the f32 reference running `--calib` (the
@@ -115,9 +115,11 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
     let head = match args.head.as_str() {
         "same" => None,
         "f32" => Some(None),
-        s => Some(Some(s.parse::<QuantScheme>().with_context(|| {
-            format!("--head {s}: expected same, f32 or a scheme name")
-        })?)),
+        s => Some(Some(
+            s.parse::<QuantScheme>()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--head {s}: expected same, f32 or a scheme name"))?,
+        )),
     };
     let loaded = load(&args.model, args.threads)?;
     let group = args.group.unwrap_or(loaded.quant.group_size as usize);

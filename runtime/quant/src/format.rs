@@ -12,7 +12,7 @@
 
 use crate::pack::{pack_bits, pair_code, sign_extend, split_pair, unpack_bits};
 use crate::semantics::{self, ActivationI8};
-use crate::{CHANNEL_QUANTUM, QuantError, QuantScheme};
+use crate::{CHANNEL_QUANTUM, QuantError, QuantScheme, SchemeExt};
 use half::f16;
 
 /// Serialised-form magic.

@@ -34,9 +34,6 @@ pub use format::{IntMatrix, Layout, QuantizedMatrix};
 pub use quantize::quantize;
 pub use semantics::{ActivationI8, accumulator_bound, check_no_overflow};
 
-use std::fmt;
-use std::str::FromStr;
-
 /// The smallest unit of the reduction dimension: groups are multiples of it
 /// and a ragged last group is zero-padded up to a multiple of it.
 pub const CHANNEL_QUANTUM: usize = 16;
@@ -44,51 +41,39 @@ pub const CHANNEL_QUANTUM: usize = 16;
 /// The default group size along the reduction dimension.
 pub const DEFAULT_GROUP_SIZE: usize = 128;
 
-/// A weight quantization scheme. Mirrors `q35_model::QuantScheme` (same
-/// names); this crate does not depend on `q35-model`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum QuantScheme {
-    /// Activation-aware Q35: 4-bit slots and group scales chosen with a
-    /// per-input-channel importance from calibration activations.
-    Q35,
-    /// Q35 without calibration: 4-bit slots chosen by weight error alone.
-    Q35Rtn,
-    /// Q35 with a fixed alternation: even channels 4-bit, odd channels 3-bit.
-    Q35Alternating,
-    /// Uniform signed 8-bit codes.
-    Int8,
-    /// Uniform signed 4-bit codes.
-    Int4,
-    /// Uniform signed 3-bit codes.
-    Int3,
+/// A weight quantization scheme: `q35_model::QuantScheme`, the one
+/// definition (names as written in model.toml and reports); what this crate
+/// needs to know about each scheme's storage is [`SchemeExt`].
+pub use q35_model::QuantScheme;
+
+/// Storage facts of a [`QuantScheme`] (docs/q35-format.md): its
+/// serialised tag, whether it stores Q35 pairs and a slot mask, what its
+/// quantizer needs and how many bits its codes take.
+pub trait SchemeExt: Sized {
+    /// The one-byte tag used by the serialised form.
+    fn tag(&self) -> u8;
+
+    /// The scheme with serialised tag `tag`.
+    fn from_tag(tag: u8) -> Option<Self>;
+
+    /// Whether the scheme stores Q35 pairs (a 4-bit and a 3-bit code).
+    fn is_q35(&self) -> bool;
+
+    /// Whether the scheme stores an explicit slot mask (which channels are
+    /// 4-bit). The fixed alternation needs none.
+    fn stores_slot_mask(&self) -> bool;
+
+    /// Whether the quantizer needs a per-input-channel importance.
+    fn needs_importance(&self) -> bool;
+
+    /// Storage bits of the codes of `n` channels (`n` a multiple of
+    /// [`CHANNEL_QUANTUM`]).
+    fn code_bits(&self, n: usize) -> usize;
 }
 
-impl QuantScheme {
-    /// Every scheme, in report order.
-    pub const ALL: [QuantScheme; 6] = [
-        QuantScheme::Q35,
-        QuantScheme::Q35Rtn,
-        QuantScheme::Q35Alternating,
-        QuantScheme::Int8,
-        QuantScheme::Int4,
-        QuantScheme::Int3,
-    ];
-
-    /// The scheme's name as written in `model.toml` and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QuantScheme::Q35 => "q35",
-            QuantScheme::Q35Rtn => "q35-rtn",
-            QuantScheme::Q35Alternating => "q35-alternating",
-            QuantScheme::Int8 => "int8",
-            QuantScheme::Int4 => "int4",
-            QuantScheme::Int3 => "int3",
-        }
-    }
-
-    /// The one-byte tag used by the serialised form.
-    pub fn tag(self) -> u8 {
-        match self {
+impl SchemeExt for QuantScheme {
+    fn tag(&self) -> u8 {
+        match *self {
             QuantScheme::Q35 => 0,
             QuantScheme::Q35Rtn => 1,
             QuantScheme::Q35Alternating => 2,
@@ -98,22 +83,18 @@ impl QuantScheme {
         }
     }
 
-    /// The scheme with serialised tag `tag`.
-    pub fn from_tag(tag: u8) -> Option<QuantScheme> {
+    fn from_tag(tag: u8) -> Option<QuantScheme> {
         QuantScheme::ALL.into_iter().find(|s| s.tag() == tag)
     }
 
-    /// Whether the scheme stores Q35 pairs (a 4-bit and a 3-bit code).
-    pub fn is_q35(self) -> bool {
+    fn is_q35(&self) -> bool {
         match self {
             QuantScheme::Q35 | QuantScheme::Q35Rtn | QuantScheme::Q35Alternating => true,
             QuantScheme::Int8 | QuantScheme::Int4 | QuantScheme::Int3 => false,
         }
     }
 
-    /// Whether the scheme stores an explicit slot mask (which channels are
-    /// 4-bit). The fixed alternation needs none.
-    pub fn stores_slot_mask(self) -> bool {
+    fn stores_slot_mask(&self) -> bool {
         match self {
             QuantScheme::Q35 | QuantScheme::Q35Rtn => true,
             QuantScheme::Q35Alternating
@@ -123,37 +104,17 @@ impl QuantScheme {
         }
     }
 
-    /// Whether the quantizer needs a per-input-channel importance.
-    pub fn needs_importance(self) -> bool {
-        self == QuantScheme::Q35
+    fn needs_importance(&self) -> bool {
+        *self == QuantScheme::Q35
     }
 
-    /// Storage bits of the codes of `n` channels (`n` a multiple of
-    /// [`CHANNEL_QUANTUM`]).
-    pub fn code_bits(self, n: usize) -> usize {
+    fn code_bits(&self, n: usize) -> usize {
         match self {
             QuantScheme::Q35 | QuantScheme::Q35Rtn | QuantScheme::Q35Alternating => 7 * n / 2,
             QuantScheme::Int8 => 8 * n,
             QuantScheme::Int4 => 4 * n,
             QuantScheme::Int3 => 3 * n,
         }
-    }
-}
-
-impl fmt::Display for QuantScheme {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-impl FromStr for QuantScheme {
-    type Err = QuantError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        QuantScheme::ALL
-            .into_iter()
-            .find(|scheme| scheme.as_str() == s)
-            .ok_or_else(|| QuantError::UnknownScheme(s.to_owned()))
     }
 }
 
@@ -208,11 +169,6 @@ pub enum QuantError {
     /// The activation-aware scheme was called without calibration data.
     #[error("scheme {0} needs a per-input-channel importance from calibration")]
     ImportanceRequired(QuantScheme),
-    /// A scheme name that is not one of [`QuantScheme::ALL`].
-    #[error(
-        "unknown quantization scheme {0:?} (expected q35, q35-rtn, q35-alternating, int8, int4 or int3)"
-    )]
-    UnknownScheme(String),
     /// The int32 accumulator of a matmul could overflow.
     #[error(
         "{op}: int32 accumulator can overflow: {k} x {act_max} x {code_max} = {bound} > 2147483647"

@@ -22,7 +22,7 @@ use crate::golden::GoldenModel;
 use crate::metrics::{layer_output_error, rel_rmse};
 use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq, quantize_with};
 use crate::semantics::ActivationI8;
-use crate::{IntMatrix, QuantError, QuantScheme, QuantizedMatrix};
+use crate::{IntMatrix, QuantError, QuantScheme, QuantizedMatrix, SchemeExt};
 
 /// Errors of whole-model quantization and evaluation.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@
 //! number of threads.
 
 use crate::format::{Layout, QuantizedMatrix, uniform_bits};
-use crate::{QuantError, QuantScheme};
+use crate::{QuantError, QuantScheme, SchemeExt};
 use half::f16;
 
 /// Rows per work chunk (fixed: part of what makes results thread-count

@@ -10,7 +10,9 @@ use half::f16;
 use proptest::prelude::*;
 use q35_quant::quantize::{QuantOptions, quantize_with};
 use q35_quant::semantics::{accumulator_bound, check_no_overflow, group_dot};
-use q35_quant::{ActivationI8, Layout, QuantError, QuantScheme, QuantizedMatrix, quantize};
+use q35_quant::{
+    ActivationI8, Layout, QuantError, QuantScheme, QuantizedMatrix, SchemeExt, quantize,
+};
 
 /// Code range of a channel.
 fn range(scheme: QuantScheme, four_bit: bool) -> (i8, i8) {
