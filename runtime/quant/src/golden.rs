@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use q35_reference::{LinearId, LinearKind, Model};
+use q35_reference::{Config, LinearId, LinearKind, Model};
 use rayon::prelude::*;
 
 use crate::model::{ModelQuantError, QuantizedLayer};
@@ -47,31 +47,13 @@ struct GoldenBlock {
     down: IntMatrix,
 }
 
-/// Shape and constants of the golden model.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GoldenConfig {
-    /// Residual width.
-    pub hidden: usize,
-    /// Query heads.
-    pub heads: usize,
-    /// Key/value heads.
-    pub kv_heads: usize,
-    /// Head width.
-    pub head_dim: usize,
-    /// SwiGLU width.
-    pub ffn: usize,
-    /// Vocabulary.
-    pub vocab: usize,
-    /// RMSNorm epsilon.
-    pub norm_eps: f32,
-    /// Positions the RoPE table and KV cache hold.
-    pub max_positions: usize,
-}
-
 /// The golden quantized model.
 #[derive(Debug, Clone)]
 pub struct GoldenModel {
-    config: GoldenConfig,
+    /// The reference model's shape and constants.
+    config: Config,
+    /// Positions the RoPE table and KV cache hold.
+    max_positions: usize,
     /// Token embedding rows (f32; the dequantized LM head when it is tied
     /// and quantized).
     embedding: Arc<[f32]>,
@@ -186,16 +168,8 @@ impl GoldenModel {
             )
         };
         Ok(GoldenModel {
-            config: GoldenConfig {
-                hidden: d,
-                heads: c.heads,
-                kv_heads: c.kv_heads,
-                head_dim: c.head_dim,
-                ffn: c.ffn,
-                vocab: c.vocab,
-                norm_eps: c.norm_eps,
-                max_positions,
-            },
+            config: c.clone(),
+            max_positions,
             embedding,
             blocks,
             output_norm: model.output_norm().to_vec(),
@@ -204,9 +178,14 @@ impl GoldenModel {
         })
     }
 
-    /// The shape and constants.
-    pub fn config(&self) -> &GoldenConfig {
+    /// The shape and constants (the reference model's).
+    pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Positions the RoPE table and KV cache hold.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
     }
 
     /// Embedding row of `token` (what the lookup returns).
@@ -255,10 +234,10 @@ impl GoldenModel {
                 c.vocab
             )));
         }
-        if pos >= c.max_positions {
+        if pos >= self.max_positions {
             return Err(ModelQuantError::Input(format!(
                 "position {pos} is past the {} positions the model was built for",
-                c.max_positions
+                self.max_positions
             )));
         }
         let (d, hd) = (c.hidden, c.head_dim);
