@@ -27,6 +27,7 @@ use q35_quant::model::{
 };
 use q35_quant::quantize::QuantOptions;
 use q35_quant::semantics::{ACT_MAX, accumulator_bound};
+use q35_reference::splitmix64;
 use serde_json::json;
 
 use crate::cmd_eval::CALIB_SAMPLES;
@@ -95,13 +96,7 @@ struct SchemeSummary {
 fn synthetic_tokens(n: usize, vocab: usize) -> Vec<u32> {
     let mut s = 0x0051_A7ED_u64;
     (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) % vocab as u64) as u32
-        })
+        .map(|_| (splitmix64(&mut s) % vocab as u64) as u32)
         .collect()
 }
 

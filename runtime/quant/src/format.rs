@@ -10,6 +10,7 @@
 //! one pass of a `[1 x K] x [K x 320]` systolic tile consumes -- are one
 //! contiguous byte range.
 
+use crate::metrics::check_len;
 use crate::pack::{pack_bits, pair_code, sign_extend, split_pair, unpack_bits};
 use crate::semantics::{self, ActivationI8};
 use crate::{CHANNEL_QUANTUM, QuantError, QuantScheme, SchemeExt};
@@ -246,19 +247,8 @@ impl QuantizedMatrix {
     ) -> Result<QuantizedMatrix, QuantError> {
         check_multipliers(scheme, mults.0, mults.1).map_err(QuantError::Corrupt)?;
         let cp = layout.cols_padded();
-        let expect = |what, got, expected| {
-            if got == expected {
-                Ok(())
-            } else {
-                Err(QuantError::LengthMismatch {
-                    what,
-                    got,
-                    expected,
-                })
-            }
-        };
-        expect("codes", codes.len(), layout.rows * cp)?;
-        expect("scales", scales.len(), layout.rows * layout.n_groups())?;
+        check_len("codes", codes.len(), layout.rows * cp)?;
+        check_len("scales", scales.len(), layout.rows * layout.n_groups())?;
         if let Some(index) = scales.iter().position(|s| !s.is_finite()) {
             return Err(QuantError::NonFinite {
                 what: "scales",
@@ -267,7 +257,7 @@ impl QuantizedMatrix {
         }
         let mask: Vec<bool> = match (scheme, four_bit) {
             (QuantScheme::Q35 | QuantScheme::Q35Rtn, Some(m)) => {
-                expect("slot mask", m.len(), cp)?;
+                check_len("slot mask", m.len(), cp)?;
                 m.to_vec()
             }
             (QuantScheme::Q35 | QuantScheme::Q35Rtn, None) => {

@@ -151,7 +151,9 @@ fn ratio(num: f64, den: f64) -> f64 {
     }
 }
 
-fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), QuantError> {
+/// `Ok` when a vector has the expected length, else
+/// [`QuantError::LengthMismatch`] naming it.
+pub(crate) fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), QuantError> {
     if got == expected {
         Ok(())
     } else {

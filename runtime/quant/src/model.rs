@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use q35_reference::kernels::argmax;
 use q35_reference::{
     Linear, LinearId, LinearKind, Logits, Model, Observer, ReferenceError, kl_divergence, log_prob,
+    splitmix64,
 };
 use rayon::prelude::*;
 
@@ -75,12 +76,7 @@ impl LayerCalibration {
     }
 
     fn next_rand(&mut self) -> u64 {
-        // SplitMix64.
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        splitmix64(&mut self.rng)
     }
 
     fn observe(&mut self, x: &[f32], max_samples: usize) {

@@ -34,6 +34,6 @@ pub use eval::{
 pub use generate::{GenerateOptions, Generation, StopReason};
 pub use linear::{DenseLinear, DequantLinear, Linear, LinearId, LinearKind};
 pub use model::{Block, Logits, Model, Observer, WeightFormat};
-pub use sampling::{Rng, Sampler, SamplingParams};
+pub use sampling::{Rng, Sampler, SamplingParams, splitmix64};
 pub use session::Session;
 pub use weights::{Tensor, WeightMap, synthetic_weights};

@@ -148,8 +148,10 @@ fn build_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>, ReferenceError> 
 /// Where weights come from while building a model.
 trait Weights {
     fn name(&self) -> &str;
-    /// A vector (norm weight) of `len` values.
-    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ReferenceError>;
+    /// A vector (norm weight) of `len` values: a one-row matrix.
+    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ReferenceError> {
+        self.matrix_f32(name, len, 1)
+    }
     /// A matrix of GGUF dims `[cols, rows]` as f32.
     fn matrix_f32(
         &mut self,
@@ -207,10 +209,6 @@ struct MapSource {
 impl Weights for MapSource {
     fn name(&self) -> &str {
         &self.map.source
-    }
-
-    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ReferenceError> {
-        self.matrix_f32(name, len, 1)
     }
 
     fn matrix_f32(
@@ -273,10 +271,6 @@ impl GgufSource<'_> {
 impl Weights for GgufSource<'_> {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ReferenceError> {
-        self.matrix_f32(name, len, 1)
     }
 
     fn matrix_f32(

@@ -14,17 +14,22 @@ pub struct Rng {
     s: [u64; 4],
 }
 
+/// One step of SplitMix64: advances `state` and returns the next 64 bits.
+/// Seeds [`Rng`]; also the workspace's small deterministic stream (reservoir
+/// sampling, synthetic token sequences).
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut x = *state;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 impl Rng {
     /// The generator for `seed`.
     pub fn new(seed: u64) -> Rng {
         let mut z = seed;
-        let mut next = || {
-            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut x = z;
-            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            x ^ (x >> 31)
-        };
+        let mut next = || splitmix64(&mut z);
         Rng {
             s: [next(), next(), next(), next()],
         }
