@@ -11,6 +11,8 @@
 //! agrees bit for bit. No libm transcendental is used: [`exp`] is a fixed
 //! polynomial, and rotary tables are data computed by the compiler.
 
+use q35_reference::kernels::rope_thetas;
+
 use crate::QuantError;
 
 /// Largest |int8 activation code|: activations saturate to `-127 ..= 127`
@@ -331,18 +333,13 @@ impl RopeTable {
     /// `cos`/`sin` of the f32 angle evaluated in f64 and rounded to f32.
     /// This runs in the compiler only; the table is shipped as data.
     pub fn new(head_dim: usize, base: f32, positions: usize) -> RopeTable {
-        let half = head_dim / 2;
-        let theta_scale = base.powf(-2.0 / head_dim as f32);
-        let mut cos = Vec::with_capacity(positions * half);
-        let mut sin = Vec::with_capacity(positions * half);
-        for pos in 0..positions {
-            let mut theta = pos as f32;
-            for _ in 0..half {
-                cos.push(f64::from(theta).cos() as f32);
-                sin.push(f64::from(theta).sin() as f32);
-                theta *= theta_scale;
-            }
-        }
+        let (cos, sin) = (0..positions)
+            .flat_map(|pos| rope_thetas(pos, head_dim, base))
+            .map(|theta| {
+                let t = f64::from(theta);
+                (t.cos() as f32, t.sin() as f32)
+            })
+            .unzip();
         RopeTable { head_dim, cos, sin }
     }
 

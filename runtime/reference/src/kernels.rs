@@ -292,6 +292,16 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// The RoPE angles of position `pos`, pair by pair (`head_dim / 2` of them),
+/// as ggml's `ggml_rope_cache_init` forms them: `theta_0 = pos` (f32), each
+/// next angle the previous times `theta_scale = base^(-2 / head_dim)` (an
+/// f32 running product, not a fresh power). The reference's [`RopeAngles`]
+/// and the quantized contract's RoPE table both take their angles from here.
+pub fn rope_thetas(pos: usize, head_dim: usize, base: f32) -> impl Iterator<Item = f32> {
+    let theta_scale = base.powf(-2.0f32 / head_dim as f32);
+    std::iter::successors(Some(pos as f32), move |t| Some(t * theta_scale)).take(head_dim / 2)
+}
+
 /// Cosines and sines of the RoPE angles for one position, as ggml's
 /// `ggml_rope_cache_init` computes them: `theta_0 = pos`, each next pair's
 /// angle is the previous times `theta_scale = base^(-2 / head_dim)` (an f32
@@ -305,16 +315,9 @@ pub struct RopeAngles {
 impl RopeAngles {
     /// Angles for position `pos` over a head of `head_dim` (even) values.
     pub fn new(pos: usize, head_dim: usize, base: f32) -> RopeAngles {
-        let half = head_dim / 2;
-        let theta_scale = base.powf(-2.0f32 / head_dim as f32);
-        let mut theta = pos as f32;
-        let mut cos = Vec::with_capacity(half);
-        let mut sin = Vec::with_capacity(half);
-        for _ in 0..half {
-            cos.push(theta.cos());
-            sin.push(theta.sin());
-            theta *= theta_scale;
-        }
+        let (cos, sin) = rope_thetas(pos, head_dim, base)
+            .map(|theta| (theta.cos(), theta.sin()))
+            .unzip();
         RopeAngles { cos, sin }
     }
 
