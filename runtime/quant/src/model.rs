@@ -183,12 +183,7 @@ impl Calibration {
                 "calibration needs at least one token and a positive window".into(),
             ));
         }
-        let mut calib = Calibration::new(max_samples);
-        for chunk in tokens.chunks(window) {
-            let mut session = model.new_session_with_capacity(window)?;
-            model.forward_observed(&mut session, chunk, Logits::All, &mut calib)?;
-        }
-        Ok(calib)
+        Calibration::new(max_samples).record(model, tokens, window)
     }
 
     /// As [`Calibration::run`], also recording each layer input's in-group
@@ -208,11 +203,22 @@ impl Calibration {
         }
         let mut calib = Calibration::new(max_samples);
         calib.cov_group = Some(group_size);
+        calib.record(model, tokens, window)
+    }
+
+    /// Runs `model` over `tokens` in consecutive windows of `window` tokens,
+    /// each from an empty KV cache, observing every layer's input.
+    fn record(
+        mut self,
+        model: &Model,
+        tokens: &[u32],
+        window: usize,
+    ) -> Result<Calibration, ModelQuantError> {
         for chunk in tokens.chunks(window) {
             let mut session = model.new_session_with_capacity(window)?;
-            model.forward_observed(&mut session, chunk, Logits::All, &mut calib)?;
+            model.forward_observed(&mut session, chunk, Logits::All, &mut self)?;
         }
-        Ok(calib)
+        Ok(self)
     }
 
     /// The statistics of layer `id`.
