@@ -74,6 +74,22 @@ fn dot4_impl(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
 
 #[inline(always)]
 fn matmul_t_impl(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32]) {
+    matmul_t_with(w, cols, xs, n, out_t, dot4_impl, dot_impl);
+}
+
+/// The loop of [`matmul_t`] over given kernels: rows in groups of four
+/// against each token (`dot4`), the last rows one by one (`dot`). Inlined
+/// into each instruction-set variant so its kernels inline too.
+#[inline(always)]
+pub(crate) fn matmul_t_with(
+    w: &[f32],
+    cols: usize,
+    xs: &[f32],
+    n: usize,
+    out_t: &mut [f32],
+    dot4: impl Fn([&[f32]; 4], &[f32]) -> [f32; 4],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+) {
     let rows = w.len() / cols;
     let mut r = 0;
     while r + 4 <= rows {
@@ -84,7 +100,7 @@ fn matmul_t_impl(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32]
             &w[(r + 3) * cols..(r + 4) * cols],
         ];
         for t in 0..n {
-            let v = dot4_impl(rw, &xs[t * cols..(t + 1) * cols]);
+            let v = dot4(rw, &xs[t * cols..(t + 1) * cols]);
             for (i, v) in v.into_iter().enumerate() {
                 out_t[(r + i) * n + t] = v;
             }
@@ -94,7 +110,7 @@ fn matmul_t_impl(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32]
     while r < rows {
         let row = &w[r * cols..(r + 1) * cols];
         for t in 0..n {
-            out_t[r * n + t] = dot_impl(row, &xs[t * cols..(t + 1) * cols]);
+            out_t[r * n + t] = dot(row, &xs[t * cols..(t + 1) * cols]);
         }
         r += 1;
     }

@@ -251,30 +251,7 @@ pub(crate) fn rows_q8_0(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], 
 /// [`crate::kernels::matmul_t`]: rows in groups of four against each token.
 #[target_feature(enable = "avx2")]
 pub(crate) fn matmul_t(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32]) {
-    let rows = w.len() / cols;
-    let mut r = 0;
-    while r + 4 <= rows {
-        let rw = [
-            &w[r * cols..(r + 1) * cols],
-            &w[(r + 1) * cols..(r + 2) * cols],
-            &w[(r + 2) * cols..(r + 3) * cols],
-            &w[(r + 3) * cols..(r + 4) * cols],
-        ];
-        for t in 0..n {
-            let v = dot4(rw, &xs[t * cols..(t + 1) * cols]);
-            for (i, v) in v.into_iter().enumerate() {
-                out_t[(r + i) * n + t] = v;
-            }
-        }
-        r += 4;
-    }
-    while r < rows {
-        let row = &w[r * cols..(r + 1) * cols];
-        for t in 0..n {
-            out_t[r * n + t] = dot(row, &xs[t * cols..(t + 1) * cols]);
-        }
-        r += 1;
-    }
+    crate::kernels::matmul_t_with(w, cols, xs, n, out_t, |rw, x| dot4(rw, x), |a, b| dot(a, b));
 }
 
 /// `reduce` on one 16-lane register: k += k+8, k += k+4, k += k+2, 0 += 1.
