@@ -199,50 +199,59 @@ pub(crate) fn rows_q4_1(
     x: &[f32],
     out: &mut [f32],
 ) {
-    let bpr = cols / QBLOCK;
     let xb = x.as_chunks::<QBLOCK>().0;
-    let mut r = 0;
-    while r < out.len() {
-        let two = r + 1 < out.len();
-        let mut a = [_mm256_setzero_ps(); 2];
-        let mut b = [_mm256_setzero_ps(); 2];
-        for (i, xv) in xb.iter().enumerate() {
-            let j = r * bpr + i;
-            q4_1_block(&mut a, dm[j][0], dm[j][1], &qs[j], xv);
-            if two {
-                let j = j + bpr;
-                q4_1_block(&mut b, dm[j][0], dm[j][1], &qs[j], xv);
-            }
-        }
-        out[r] = hsum(a[0], a[1]);
-        if two {
-            out[r + 1] = hsum(b[0], b[1]);
-        }
-        r += 2;
-    }
+    two_rows(
+        out,
+        cols / QBLOCK,
+        [_mm256_setzero_ps(); 2],
+        |i| &xb[i],
+        |acc, xv, j| q4_1_block(acc, dm[j][0], dm[j][1], &qs[j], xv),
+        |a| hsum(a[0], a[1]),
+    );
 }
 
 /// [`crate::kernels::rows_q8_0`], two rows at a time.
 #[target_feature(enable = "avx2")]
 pub(crate) fn rows_q8_0(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &mut [f32]) {
-    let bpr = cols / QBLOCK;
     let xb = x.as_chunks::<QBLOCK>().0;
+    two_rows(
+        out,
+        cols / QBLOCK,
+        [_mm256_setzero_ps(); 2],
+        |i| &xb[i],
+        |acc, xv, j| q8_0_block(acc, d[j], &qs[j], xv),
+        |a| hsum(a[0], a[1]),
+    );
+}
+
+/// The row loop of the quantized-row kernels: rows two at a time (two
+/// independent accumulator chains), block `i` of row `r` being block
+/// `r * bpr + i` of the weights. `input(i)` loads block `i` of the input
+/// once for both rows; `block(acc, input, j)` adds weight block `j` times
+/// it; `finish` reduces an accumulator to the row's result.
+#[inline(always)]
+fn two_rows<A: Copy, X>(
+    out: &mut [f32],
+    bpr: usize,
+    zero: A,
+    input: impl Fn(usize) -> X,
+    block: impl Fn(&mut A, &X, usize),
+    finish: impl Fn(A) -> f32,
+) {
     let mut r = 0;
     while r < out.len() {
         let two = r + 1 < out.len();
-        let mut a = [_mm256_setzero_ps(); 2];
-        let mut b = [_mm256_setzero_ps(); 2];
-        for (i, xv) in xb.iter().enumerate() {
-            let j = r * bpr + i;
-            q8_0_block(&mut a, d[j], &qs[j], xv);
+        let (mut a, mut b) = (zero, zero);
+        for i in 0..bpr {
+            let xv = input(i);
+            block(&mut a, &xv, r * bpr + i);
             if two {
-                let j = j + bpr;
-                q8_0_block(&mut b, d[j], &qs[j], xv);
+                block(&mut b, &xv, (r + 1) * bpr + i);
             }
         }
-        out[r] = hsum(a[0], a[1]);
+        out[r] = finish(a);
         if two {
-            out[r + 1] = hsum(b[0], b[1]);
+            out[r + 1] = finish(b);
         }
         r += 2;
     }
@@ -277,48 +286,37 @@ pub(crate) fn rows_q4_1_512(
     assert!(x.len() == bpr * QBLOCK && dm.len() >= out.len() * bpr && qs.len() >= out.len() * bpr);
     let px = x.as_ptr();
     let mask = _mm_set1_epi8(0x0f);
-    let mut r = 0;
-    while r < out.len() {
-        let two = r + 1 < out.len();
-        let mut a = _mm512_setzero_ps();
-        let mut b = _mm512_setzero_ps();
-        for i in 0..bpr {
-            // SAFETY: block i of x holds floats i*32 .. i*32+32 (asserted length).
-            let (x0, x1) = unsafe {
-                (
-                    _mm512_loadu_ps(px.wrapping_add(i * QBLOCK)),
-                    _mm512_loadu_ps(px.wrapping_add(i * QBLOCK + LANES)),
-                )
-            };
-            let block = |acc: &mut __m512, j: usize| {
-                let [d, m] = dm[j];
-                let (dv, mv) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
-                // SAFETY: `qs[j]` holds exactly the 16 bytes read.
-                let qv = unsafe { _mm_loadu_si128(qs[j].as_ptr().cast()) };
-                let lo = _mm_and_si128(qv, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16::<4>(qv), mask);
-                let wl = _mm512_add_ps(
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), dv),
-                    mv,
-                );
-                let wh = _mm512_add_ps(
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), dv),
-                    mv,
-                );
-                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wl, x0));
-                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wh, x1));
-            };
-            block(&mut a, r * bpr + i);
-            if two {
-                block(&mut b, (r + 1) * bpr + i);
-            }
-        }
-        out[r] = hsum16(a);
-        if two {
-            out[r + 1] = hsum16(b);
-        }
-        r += 2;
-    }
+    two_rows(
+        out,
+        bpr,
+        _mm512_setzero_ps(),
+        // SAFETY: block i of x holds floats i*32 .. i*32+32 (asserted length).
+        |i| unsafe {
+            (
+                _mm512_loadu_ps(px.wrapping_add(i * QBLOCK)),
+                _mm512_loadu_ps(px.wrapping_add(i * QBLOCK + LANES)),
+            )
+        },
+        |acc, &(x0, x1), j| {
+            let [d, m] = dm[j];
+            let (dv, mv) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
+            // SAFETY: `qs[j]` holds exactly the 16 bytes read.
+            let qv = unsafe { _mm_loadu_si128(qs[j].as_ptr().cast()) };
+            let lo = _mm_and_si128(qv, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(qv), mask);
+            let wl = _mm512_add_ps(
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), dv),
+                mv,
+            );
+            let wh = _mm512_add_ps(
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), dv),
+                mv,
+            );
+            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wl, x0));
+            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wh, x1));
+        },
+        |a| hsum16(a),
+    );
 }
 
 /// [`crate::kernels::rows_q8_0`] with one 16-lane register per row.
@@ -333,45 +331,34 @@ pub(crate) fn rows_q8_0_512(
     let bpr = cols / QBLOCK;
     assert!(x.len() == bpr * QBLOCK && d.len() >= out.len() * bpr && qs.len() >= out.len() * bpr);
     let px = x.as_ptr();
-    let mut r = 0;
-    while r < out.len() {
-        let two = r + 1 < out.len();
-        let mut a = _mm512_setzero_ps();
-        let mut b = _mm512_setzero_ps();
-        for i in 0..bpr {
-            // SAFETY: block i of x holds floats i*32 .. i*32+32 (asserted length).
-            let (x0, x1) = unsafe {
+    two_rows(
+        out,
+        bpr,
+        _mm512_setzero_ps(),
+        // SAFETY: block i of x holds floats i*32 .. i*32+32 (asserted length).
+        |i| unsafe {
+            (
+                _mm512_loadu_ps(px.wrapping_add(i * QBLOCK)),
+                _mm512_loadu_ps(px.wrapping_add(i * QBLOCK + LANES)),
+            )
+        },
+        |acc, &(x0, x1), j| {
+            let dv = _mm512_set1_ps(d[j]);
+            let q = qs[j].as_ptr();
+            // SAFETY: `qs[j]` holds exactly the 32 bytes read (two 16-byte loads).
+            let (q0, q1) = unsafe {
                 (
-                    _mm512_loadu_ps(px.wrapping_add(i * QBLOCK)),
-                    _mm512_loadu_ps(px.wrapping_add(i * QBLOCK + LANES)),
+                    _mm_loadu_si128(q.cast()),
+                    _mm_loadu_si128(q.wrapping_add(16).cast()),
                 )
             };
-            let block = |acc: &mut __m512, j: usize| {
-                let dv = _mm512_set1_ps(d[j]);
-                let q = qs[j].as_ptr();
-                // SAFETY: `qs[j]` holds exactly the 32 bytes read (two 16-byte loads).
-                let (q0, q1) = unsafe {
-                    (
-                        _mm_loadu_si128(q.cast()),
-                        _mm_loadu_si128(q.wrapping_add(16).cast()),
-                    )
-                };
-                let w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), dv);
-                let w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), dv);
-                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w0, x0));
-                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w1, x1));
-            };
-            block(&mut a, r * bpr + i);
-            if two {
-                block(&mut b, (r + 1) * bpr + i);
-            }
-        }
-        out[r] = hsum16(a);
-        if two {
-            out[r + 1] = hsum16(b);
-        }
-        r += 2;
-    }
+            let w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), dv);
+            let w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), dv);
+            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w0, x0));
+            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w1, x1));
+        },
+        |a| hsum16(a),
+    );
 }
 
 /// Finishes a 16-lane dot product: adds the scalar tail, then reduces.
