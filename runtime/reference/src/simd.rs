@@ -284,39 +284,25 @@ pub(crate) fn rows_q4_1_512(
 ) {
     let bpr = cols / QBLOCK;
     assert!(x.len() == bpr * QBLOCK && dm.len() >= out.len() * bpr && qs.len() >= out.len() * bpr);
-    let px = x.as_ptr();
     let mask = _mm_set1_epi8(0x0f);
-    two_rows(
-        out,
-        bpr,
-        _mm512_setzero_ps(),
-        // SAFETY: block i of x holds floats i*32 .. i*32+32 (asserted length).
-        |i| unsafe {
-            (
-                _mm512_loadu_ps(px.wrapping_add(i * QBLOCK)),
-                _mm512_loadu_ps(px.wrapping_add(i * QBLOCK + LANES)),
-            )
-        },
-        |acc, &(x0, x1), j| {
-            let [d, m] = dm[j];
-            let (dv, mv) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
-            // SAFETY: `qs[j]` holds exactly the 16 bytes read.
-            let qv = unsafe { _mm_loadu_si128(qs[j].as_ptr().cast()) };
-            let lo = _mm_and_si128(qv, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(qv), mask);
-            let wl = _mm512_add_ps(
-                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), dv),
-                mv,
-            );
-            let wh = _mm512_add_ps(
-                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), dv),
-                mv,
-            );
-            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wl, x0));
-            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wh, x1));
-        },
-        |a| hsum16(a),
-    );
+    two_rows_512(out, x, bpr, |acc, &(x0, x1), j| {
+        let [d, m] = dm[j];
+        let (dv, mv) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
+        // SAFETY: `qs[j]` holds exactly the 16 bytes read.
+        let qv = unsafe { _mm_loadu_si128(qs[j].as_ptr().cast()) };
+        let lo = _mm_and_si128(qv, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(qv), mask);
+        let wl = _mm512_add_ps(
+            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), dv),
+            mv,
+        );
+        let wh = _mm512_add_ps(
+            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), dv),
+            mv,
+        );
+        *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wl, x0));
+        *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wh, x1));
+    });
 }
 
 /// [`crate::kernels::rows_q8_0`] with one 16-lane register per row.
@@ -330,33 +316,47 @@ pub(crate) fn rows_q8_0_512(
 ) {
     let bpr = cols / QBLOCK;
     assert!(x.len() == bpr * QBLOCK && d.len() >= out.len() * bpr && qs.len() >= out.len() * bpr);
+    two_rows_512(out, x, bpr, |acc, &(x0, x1), j| {
+        let dv = _mm512_set1_ps(d[j]);
+        let q = qs[j].as_ptr();
+        // SAFETY: `qs[j]` holds exactly the 32 bytes read (two 16-byte loads).
+        let (q0, q1) = unsafe {
+            (
+                _mm_loadu_si128(q.cast()),
+                _mm_loadu_si128(q.wrapping_add(16).cast()),
+            )
+        };
+        let w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), dv);
+        let w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), dv);
+        *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w0, x0));
+        *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w1, x1));
+    });
+}
+
+/// [`two_rows`] for the AVX-512 kernels: block `i` of `x` (`bpr` blocks)
+/// loaded once as two 16-lane registers, one 16-lane accumulator per row.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn two_rows_512(
+    out: &mut [f32],
+    x: &[f32],
+    bpr: usize,
+    block: impl Fn(&mut __m512, &(__m512, __m512), usize),
+) {
+    assert!(x.len() == bpr * QBLOCK, "two_rows_512: input length");
     let px = x.as_ptr();
     two_rows(
         out,
         bpr,
         _mm512_setzero_ps(),
-        // SAFETY: block i of x holds floats i*32 .. i*32+32 (asserted length).
+        // SAFETY: block i < bpr of x holds floats i*32 .. i*32+32 (asserted length).
         |i| unsafe {
             (
                 _mm512_loadu_ps(px.wrapping_add(i * QBLOCK)),
                 _mm512_loadu_ps(px.wrapping_add(i * QBLOCK + LANES)),
             )
         },
-        |acc, &(x0, x1), j| {
-            let dv = _mm512_set1_ps(d[j]);
-            let q = qs[j].as_ptr();
-            // SAFETY: `qs[j]` holds exactly the 32 bytes read (two 16-byte loads).
-            let (q0, q1) = unsafe {
-                (
-                    _mm_loadu_si128(q.cast()),
-                    _mm_loadu_si128(q.wrapping_add(16).cast()),
-                )
-            };
-            let w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), dv);
-            let w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), dv);
-            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w0, x0));
-            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w1, x1));
-        },
+        block,
         |a| hsum16(a),
     );
 }
