@@ -1,37 +1,20 @@
 //! Builds the LLaMA decoder graph from a [`ModelSpec`] (or a [`GraphConfig`]).
 
 use petgraph::graph::NodeIndex;
-use q35_model::{ModelSpec, QuantScheme};
+use q35_model::{Architecture, LinearSpec, ModelSpec, QuantScheme};
 
 use crate::error::FrontendError;
 use crate::graph::{Graph, InputKind, Node, Op, Weight, WeightFormat, WeightId};
 use crate::types::{DType, Dim, Shape};
 
-/// The hyperparameters the graph is built from (taken from a [`ModelSpec`]).
+/// What the graph is built from (taken from a [`ModelSpec`]): the
+/// architecture plus the settings that are not part of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GraphConfig {
     /// Model name, for diagnostics.
     pub name: String,
-    /// Decoder blocks.
-    pub blocks: u32,
-    /// Residual stream width.
-    pub hidden: u32,
-    /// Query heads.
-    pub heads: u32,
-    /// Key/value heads.
-    pub kv_heads: u32,
-    /// Dimensions per head.
-    pub head_dim: u32,
-    /// Feed-forward width.
-    pub ffn: u32,
-    /// Vocabulary size.
-    pub vocab: u32,
-    /// RoPE frequency base.
-    pub rope_base: f32,
-    /// RMSNorm epsilon.
-    pub norm_eps: f32,
-    /// Whether the LM head reuses the token embedding.
-    pub tied_embeddings: bool,
+    /// Hyperparameters and derived sizes.
+    pub arch: Architecture,
     /// KV-cache length.
     pub max_seq_len: u32,
     /// Weight quantization scheme.
@@ -43,39 +26,33 @@ pub struct GraphConfig {
 impl GraphConfig {
     /// Takes the graph's parameters from a loaded model description.
     pub fn from_spec(spec: &ModelSpec) -> Self {
-        let a = &spec.arch;
         GraphConfig {
             name: spec.name.clone(),
-            blocks: a.blocks,
-            hidden: a.hidden,
-            heads: a.heads,
-            kv_heads: a.kv_heads,
-            head_dim: a.head_dim,
-            ffn: a.ffn,
-            vocab: a.vocab,
-            rope_base: a.rope_base,
-            norm_eps: a.norm_eps,
-            tied_embeddings: a.tied_embeddings,
+            arch: spec.arch.clone(),
             max_seq_len: spec.limits.max_seq_len,
             scheme: spec.quant.scheme,
             group_size: spec.quant.group_size,
         }
     }
 
+    /// Checks what the builder relies on. `q35-model` guarantees all of it
+    /// for a loaded spec; a hand-built config (tests) gets the same typed
+    /// errors instead of a malformed graph.
     fn check(&self) -> Result<(), FrontendError> {
         let err = |field: &'static str, problem: String| FrontendError::Config {
             model: self.name.clone(),
             field,
             problem,
         };
+        let a = &self.arch;
         for (field, v) in [
-            ("arch.blocks", self.blocks),
-            ("arch.hidden", self.hidden),
-            ("arch.heads", self.heads),
-            ("arch.kv_heads", self.kv_heads),
-            ("arch.head_dim", self.head_dim),
-            ("arch.ffn", self.ffn),
-            ("arch.vocab", self.vocab),
+            ("arch.blocks", a.blocks),
+            ("arch.hidden", a.hidden),
+            ("arch.heads", a.heads),
+            ("arch.kv_heads", a.kv_heads),
+            ("arch.head_dim", a.head_dim),
+            ("arch.ffn", a.ffn),
+            ("arch.vocab", a.vocab),
             ("limits.max_seq_len", self.max_seq_len),
             ("quant.group_size", self.group_size),
         ] {
@@ -83,31 +60,28 @@ impl GraphConfig {
                 return Err(err(field, "must be positive".into()));
             }
         }
-        if !self.heads.is_multiple_of(self.kv_heads) {
+        if !a.heads.is_multiple_of(a.kv_heads) {
             return Err(err(
                 "arch.kv_heads",
-                format!(
-                    "({}) must divide arch.heads ({})",
-                    self.kv_heads, self.heads
-                ),
+                format!("({}) must divide arch.heads ({})", a.kv_heads, a.heads),
             ));
         }
-        if !self.head_dim.is_multiple_of(2) {
+        if !a.head_dim.is_multiple_of(2) {
             return Err(err(
                 "arch.head_dim",
-                format!("({}) must be even for RoPE", self.head_dim),
+                format!("({}) must be even for RoPE", a.head_dim),
             ));
         }
-        if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
+        if !(a.rope_base.is_finite() && a.rope_base > 0.0) {
             return Err(err(
                 "arch.rope_base",
-                format!("({}) must be positive", self.rope_base),
+                format!("({}) must be positive", a.rope_base),
             ));
         }
-        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+        if !(a.norm_eps.is_finite() && a.norm_eps > 0.0) {
             return Err(err(
                 "arch.norm_eps",
-                format!("({}) must be positive", self.norm_eps),
+                format!("({}) must be positive", a.norm_eps),
             ));
         }
         Ok(())
@@ -152,6 +126,10 @@ impl Builder<'_> {
         })
     }
 
+    fn linear(&mut self, l: &LinearSpec) -> WeightId {
+        self.quantized(&l.name, l.n, l.k)
+    }
+
     fn vector(&mut self, source: &str, n: u32) -> WeightId {
         self.g.add_weight(Weight {
             symbol: source.trim_end_matches(".weight").to_string(),
@@ -183,9 +161,9 @@ impl Builder<'_> {
 
     fn build(mut self) -> Graph {
         let c = self.c;
-        let (h, f) = (c.hidden, c.ffn);
-        let q_width = c.heads * c.head_dim;
-        let kv_width = c.kv_heads * c.head_dim;
+        let a = &c.arch;
+        let (h, f) = (a.hidden, a.ffn);
+        let (q_width, kv_width) = (a.q_dim(), a.kv_dim());
 
         let tokens = self.input(
             "tokens",
@@ -195,11 +173,11 @@ impl Builder<'_> {
         );
         let pos = self.input("pos", InputKind::Position, Shape::scalar(), DType::Index);
         let cache_shape = Shape::fixed(&[
-            u64::from(c.blocks),
+            u64::from(a.blocks),
             2,
             u64::from(c.max_seq_len),
-            u64::from(c.kv_heads),
-            u64::from(c.head_dim),
+            u64::from(a.kv_heads),
+            u64::from(a.head_dim),
         ]);
         let mut cache = self.input(
             "kv_cache",
@@ -208,22 +186,22 @@ impl Builder<'_> {
             DType::F16,
         );
 
-        let embd = self.quantized("token_embd.weight", c.vocab, h);
+        let embd = self.quantized("token_embd.weight", a.vocab, h);
         let mut x = self.node("embed".into(), Op::Embedding { table: embd }, h, &[tokens]);
 
-        for i in 0..c.blocks {
+        for i in 0..a.blocks {
             let p = format!("blk.{i}");
             let attn_norm = self.vector(&format!("{p}.attn_norm.weight"), h);
-            let wq = self.quantized(&format!("{p}.attn_q.weight"), q_width, h);
-            let wk = self.quantized(&format!("{p}.attn_k.weight"), kv_width, h);
-            let wv = self.quantized(&format!("{p}.attn_v.weight"), kv_width, h);
-            let wo = self.quantized(&format!("{p}.attn_output.weight"), h, q_width);
+            let linears = a.block_linears(i);
+            let [lq, lk, lv, lo, lg, lu, ld] = &linears[..] else {
+                unreachable!("a block has seven weight matrices")
+            };
+            // Declared in GGUF order: the attention weights, then ffn_norm.
+            let [wq, wk, wv, wo] = [lq, lk, lv, lo].map(|l| self.linear(l));
             let ffn_norm = self.vector(&format!("{p}.ffn_norm.weight"), h);
-            let wg = self.quantized(&format!("{p}.ffn_gate.weight"), f, h);
-            let wu = self.quantized(&format!("{p}.ffn_up.weight"), f, h);
-            let wd = self.quantized(&format!("{p}.ffn_down.weight"), h, f);
+            let [wg, wu, wd] = [lg, lu, ld].map(|l| self.linear(l));
 
-            let eps = c.norm_eps;
+            let eps = a.norm_eps;
             let n = self.node(
                 format!("{p}.attn_norm"),
                 Op::RmsNorm {
@@ -238,11 +216,11 @@ impl Builder<'_> {
             let v = self.node(format!("{p}.v"), Op::MatMul { weight: wv }, kv_width, &[n]);
             let rope = |heads| Op::Rope {
                 heads,
-                head_dim: c.head_dim,
-                base: c.rope_base,
+                head_dim: a.head_dim,
+                base: a.rope_base,
             };
-            let qr = self.node(format!("{p}.q_rope"), rope(c.heads), q_width, &[q, pos]);
-            let kr = self.node(format!("{p}.k_rope"), rope(c.kv_heads), kv_width, &[k, pos]);
+            let qr = self.node(format!("{p}.q_rope"), rope(a.heads), q_width, &[q, pos]);
+            let kr = self.node(format!("{p}.k_rope"), rope(a.kv_heads), kv_width, &[k, pos]);
             cache = self.g.add_node(
                 Node {
                     op: Op::KvWrite { layer: i },
@@ -254,17 +232,17 @@ impl Builder<'_> {
             );
             let attn = Op::Attention {
                 layer: i,
-                heads: c.heads,
-                kv_heads: c.kv_heads,
-                head_dim: c.head_dim,
+                heads: a.heads,
+                kv_heads: a.kv_heads,
+                head_dim: a.head_dim,
                 causal: true,
             };
-            let a = self.node(format!("{p}.attn"), attn, q_width, &[qr, cache, pos]);
+            let heads_out = self.node(format!("{p}.attn"), attn, q_width, &[qr, cache, pos]);
             let o = self.node(
                 format!("{p}.attn_output"),
                 Op::MatMul { weight: wo },
                 h,
-                &[a],
+                &[heads_out],
             );
             x = self.node(format!("{p}.attn_residual"), Op::Add, h, &[x, o]);
 
@@ -289,20 +267,20 @@ impl Builder<'_> {
             "output_norm".into(),
             Op::RmsNorm {
                 weight: out_norm,
-                eps: c.norm_eps,
+                eps: a.norm_eps,
             },
             h,
             &[x],
         );
-        let (head, tied) = if c.tied_embeddings {
+        let (head, tied) = if a.tied_embeddings {
             (embd, true)
         } else {
-            (self.quantized("output.weight", c.vocab, h), false)
+            (self.linear(&a.lm_head()), false)
         };
         let logits = self.node(
             "logits".into(),
             Op::LmHead { weight: head, tied },
-            c.vocab,
+            a.vocab,
             &[n],
         );
         self.g.add_output(logits);

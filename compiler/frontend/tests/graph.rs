@@ -5,40 +5,55 @@ use q35_frontend::{
     DType, Dim, FrontendError, Graph, GraphConfig, GraphError, InputKind, Node, Op, Shape, Weight,
     WeightFormat, build_from_config,
 };
-use q35_model::QuantScheme;
+use q35_model::{Architecture, QuantScheme};
 
 fn tiny() -> GraphConfig {
     GraphConfig {
         name: "tiny".into(),
-        blocks: 2,
-        hidden: 64,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 16,
-        ffn: 128,
-        vocab: 256,
-        rope_base: 10000.0,
-        norm_eps: 1e-5,
-        tied_embeddings: true,
+        arch: Architecture {
+            family: "llama".into(),
+            blocks: 2,
+            hidden: 64,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+            ffn: 128,
+            vocab: 256,
+            rope_base: 10000.0,
+            norm_eps: 1e-5,
+            tied_embeddings: true,
+            context: 128,
+        },
         max_seq_len: 128,
         scheme: QuantScheme::Q35,
         group_size: 32,
     }
 }
 
+/// `tiny()` with its architecture changed by `f`.
+fn tiny_arch(f: impl FnOnce(&mut Architecture)) -> GraphConfig {
+    let mut c = tiny();
+    f(&mut c.arch);
+    c
+}
+
 fn smollm2() -> GraphConfig {
     GraphConfig {
         name: "smollm2".into(),
-        blocks: 30,
-        hidden: 576,
-        heads: 9,
-        kv_heads: 3,
-        head_dim: 64,
-        ffn: 1536,
-        vocab: 49152,
-        rope_base: 100000.0,
-        norm_eps: 1e-5,
-        tied_embeddings: true,
+        arch: Architecture {
+            family: "llama".into(),
+            blocks: 30,
+            hidden: 576,
+            heads: 9,
+            kv_heads: 3,
+            head_dim: 64,
+            ffn: 1536,
+            vocab: 49152,
+            rope_base: 100000.0,
+            norm_eps: 1e-5,
+            tied_embeddings: true,
+            context: 8192,
+        },
         max_seq_len: 8192,
         scheme: QuantScheme::Q35,
         group_size: 64,
@@ -111,11 +126,7 @@ fn smollm2_weights_match_the_gguf_tensor_list() {
 
 #[test]
 fn untied_head_gets_its_own_weight() {
-    let g = build_from_config(&GraphConfig {
-        tied_embeddings: false,
-        ..tiny()
-    })
-    .unwrap();
+    let g = build_from_config(&tiny_arch(|a| a.tied_embeddings = false)).unwrap();
     let last = g.weights().last().unwrap();
     assert_eq!(last.source, "output.weight");
     assert_eq!(last.shape, [256, 64]);
@@ -148,11 +159,7 @@ fn topological_order_is_deterministic_and_respects_operands() {
 
 #[test]
 fn config_errors_name_the_field() {
-    let err = build_from_config(&GraphConfig {
-        kv_heads: 3,
-        ..tiny()
-    })
-    .unwrap_err();
+    let err = build_from_config(&tiny_arch(|a| a.kv_heads = 3)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -190,11 +197,7 @@ fn config_errors_name_the_field() {
     })
     .unwrap();
 
-    let err = build_from_config(&GraphConfig {
-        blocks: 0,
-        ..tiny()
-    })
-    .unwrap_err();
+    let err = build_from_config(&tiny_arch(|a| a.blocks = 0)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -206,12 +209,7 @@ fn config_errors_name_the_field() {
         "{err}"
     );
 
-    let err = build_from_config(&GraphConfig {
-        head_dim: 15,
-        heads: 4,
-        ..tiny()
-    })
-    .unwrap_err();
+    let err = build_from_config(&tiny_arch(|a| a.head_dim = 15)).unwrap_err();
     assert!(
         matches!(
             err,
