@@ -29,7 +29,7 @@ use q35_quant::quantize::QuantOptions;
 use q35_reference::PerplexityOptions;
 use serde_json::json;
 
-use crate::load::{Loaded, load, read_utf8};
+use crate::load::{Loaded, load, progress, read_utf8};
 
 /// Calibration input rows kept per layer (for layer-output errors; the
 /// quantizers use importance and covariance over every calibration token).
@@ -81,6 +81,10 @@ fn quantized_eval(
     opts: &PerplexityOptions,
 ) -> anyhow::Result<EvalReport> {
     let scheme = loaded.quant.scheme;
+    progress(format_args!(
+        "calibrating on {} tokens...",
+        calib_tokens.len()
+    ));
     let pipeline = QuantPipeline::calibrate(
         &loaded.model,
         calib_tokens,
@@ -92,9 +96,11 @@ fn quantized_eval(
         },
     )
     .with_context(|| format!("calibration of {}", args.model.display()))?;
+    progress(format_args!("quantizing to {scheme}..."));
     let layers = pipeline
         .quantize(SchemePolicy::uniform(scheme))
         .with_context(|| format!("cannot quantize {} with {scheme}", args.model.display()))?;
+    progress("running the f32 reference and the golden integer model...");
     let reference =
         ReferenceLogits::compute_with_bos(&loaded.model, tokens, opts.ctx, opts.windows, opts.bos)
             .with_context(|| format!("cannot evaluate on {}", args.text.display()))?;

@@ -31,7 +31,7 @@ use q35_reference::splitmix64;
 use serde_json::json;
 
 use crate::cmd_eval::CALIB_SAMPLES;
-use crate::load::{load, read_utf8};
+use crate::load::{load, progress, read_utf8};
 
 /// Arguments of `q35c quant-report`.
 #[derive(Debug, clap::Args)]
@@ -135,8 +135,11 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
     };
     let timings = args.timings;
     let note = |what: &str, t: Instant| {
+        let line = format!("{what}: {:.2} s", t.elapsed().as_secs_f64());
         if timings {
-            eprintln!("{what}: {:.2} s", t.elapsed().as_secs_f64());
+            eprintln!("{line}");
+        } else {
+            progress(line);
         }
     };
 

@@ -1,6 +1,6 @@
 //! Loading shared by the commands that run a model (`run`, `eval`,
 //! `quant-report`): the model description, its reference model and
-//! tokenizer, text files, and text turned into tokens.
+//! tokenizer, text files, text turned into tokens, and progress reports.
 
 use std::path::Path;
 
@@ -86,4 +86,13 @@ pub(crate) fn read_utf8(path: &Path) -> anyhow::Result<String> {
             e.utf8_error().valid_up_to()
         )
     })
+}
+
+/// Reports a stage of long work on stderr, when stderr is a terminal (so
+/// progress never mixes into redirected output or test transcripts).
+pub fn progress(message: impl std::fmt::Display) {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        eprintln!("{message}");
+    }
 }
