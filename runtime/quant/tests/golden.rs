@@ -7,24 +7,12 @@ use q35_quant::QuantScheme;
 use q35_quant::golden::GoldenModel;
 use q35_quant::model::{Calibration, SchemePolicy, install, model_weights, quantize_model};
 use q35_quant::quantize::QuantOptions;
-use q35_reference::{Config, Logits, Model, synthetic_weights};
+use q35_reference::{Logits, Model};
+
+mod common;
 
 fn tiny() -> Model {
-    let config = Config {
-        blocks: 2,
-        hidden: 64,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 16,
-        ffn: 128,
-        vocab: 256,
-        rope_base: 10000.0,
-        norm_eps: 1e-5,
-        tied_embeddings: true,
-        context: 64,
-    };
-    let w = synthetic_weights(&config, 3);
-    Model::from_config_weights(config, w).expect("tiny model")
+    common::tiny_model(3)
 }
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {

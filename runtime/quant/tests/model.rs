@@ -8,26 +8,12 @@ use q35_quant::model::{
     Calibration, ReferenceLogits, SchemePolicy, install, model_weights, quantize_model, restore,
 };
 use q35_quant::quantize::QuantOptions;
-use q35_reference::{
-    Config, LinearId, LinearKind, Logits, Model, PerplexityOptions, synthetic_weights,
-};
+use q35_reference::{LinearId, LinearKind, Logits, Model, PerplexityOptions};
+
+mod common;
 
 fn tiny() -> Model {
-    let config = Config {
-        blocks: 2,
-        hidden: 64,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 16,
-        ffn: 128,
-        vocab: 256,
-        rope_base: 10000.0,
-        norm_eps: 1e-5,
-        tied_embeddings: true,
-        context: 64,
-    };
-    let w = synthetic_weights(&config, 9);
-    Model::from_config_weights(config, w).expect("tiny model")
+    common::tiny_model(9)
 }
 
 fn tokens(n: usize) -> Vec<u32> {

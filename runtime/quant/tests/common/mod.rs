@@ -1,6 +1,6 @@
 //! Seeded test data shared by the integration tests: a SplitMix64 generator
-//! and Gaussian samples (Box-Muller), so results are reproducible without a
-//! random-number dependency.
+//! (the project's one, `q35_reference::splitmix64`), Gaussian samples
+//! (Box-Muller), and a tiny synthetic model.
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
@@ -9,11 +9,7 @@ pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        q35_reference::splitmix64(&mut self.0)
     }
 
     /// Uniform in (0, 1).
@@ -30,4 +26,24 @@ impl SplitMix64 {
     pub fn gaussians(&mut self, n: usize, sigma: f32) -> Vec<f32> {
         (0..n).map(|_| self.gaussian() as f32 * sigma).collect()
     }
+}
+
+/// A 2-block synthetic LLaMA (hidden 64, 4 heads, 2 KV heads, vocab 256,
+/// tied head, 64 positions) with weights from `seed`.
+pub fn tiny_model(seed: u64) -> q35_reference::Model {
+    let config = q35_reference::Config {
+        blocks: 2,
+        hidden: 64,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+        ffn: 128,
+        vocab: 256,
+        rope_base: 10000.0,
+        norm_eps: 1e-5,
+        tied_embeddings: true,
+        context: 64,
+    };
+    let w = q35_reference::synthetic_weights(&config, seed);
+    q35_reference::Model::from_config_weights(config, w).expect("tiny model")
 }
