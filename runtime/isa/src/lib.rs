@@ -1,0 +1,28 @@
+//! The lpu-v1 instruction set, defined once.
+//!
+//! docs/isa.md is the normative machine model; this crate is its executable
+//! form for everything but execution (the simulator `q35-sim` has the
+//! semantics and timing). One table, [`table`]'s `instructions!`
+//! invocation, defines every instruction; everything else is derived from it:
+//!
+//! - [`Opcode`], [`Instruction`] (typed fields), [`INSTRUCTIONS`]
+//!   ([`InstrInfo`]: unit, syntax, operand bit fields, [`LatencyClass`],
+//!   issue cycles, occupancy, doc);
+//! - [`Instruction::reads`] / [`Instruction::writes`] (stream groups, for
+//!   hazard checks and scheduling), [`Instruction::check`] (field ranges);
+//! - [`queue`]: [`QueueId`], the 110 queues and the units they drive.
+
+pub mod info;
+pub mod instr;
+pub mod operand;
+pub mod queue;
+pub mod table;
+
+pub use info::{CycleExpr, InstrInfo, LatencyClass, OPCODE_BITS, Unit};
+pub use instr::FieldError;
+pub use operand::{
+    Acc, Dir, ElemWidth, F32Imm, Operand, OperandKind, OperandSpec, Operands,
+    STREAMS_PER_DIRECTION, Stream, StreamGroup, StreamGroups, TableId, VECTOR_BYTES,
+};
+pub use queue::{Hemisphere, QUEUE_COUNT, QueueId, QueueKind, UnknownQueue};
+pub use table::{INSTRUCTIONS, Instruction, Opcode};
