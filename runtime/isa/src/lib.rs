@@ -12,12 +12,16 @@
 //!   hazard checks and scheduling), [`Instruction::check`] (field ranges);
 //! - [`queue`]: [`QueueId`], the 110 queues and the units they drive.
 
+pub mod asm;
+pub mod encode;
 pub mod info;
 pub mod instr;
 pub mod operand;
 pub mod queue;
 pub mod table;
 
+pub use asm::ParseError;
+pub use encode::DecodeError;
 pub use info::{CycleExpr, InstrInfo, LatencyClass, OPCODE_BITS, Unit};
 pub use instr::FieldError;
 pub use operand::{
