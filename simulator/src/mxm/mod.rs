@@ -455,3 +455,40 @@ pub(crate) fn earlier(a: Option<Hazard>, b: Hazard) -> Hazard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lpu_v1_figures() {
+        let c = PlaneConfig::LPU_V1;
+        c.validate().unwrap();
+        assert_eq!(c.latency(), 640);
+        assert_eq!(c.array_span(), 638);
+        assert_eq!(c.load_cycles(320), 10);
+        assert_eq!(c.load_cycles(256), 8);
+        assert_eq!(c.load_cycles(1), 1);
+        assert_eq!(
+            (c.acc_min(), c.acc_max()),
+            (i64::from(i32::MIN), i64::from(i32::MAX))
+        );
+    }
+
+    #[test]
+    fn overflow_order_is_cycle_then_column_then_command() {
+        let h = |cycle, column, command| Hazard {
+            cycle,
+            command,
+            kind: HazardKind::AccumulatorOverflow {
+                column,
+                site: OverflowSite::Accumulator,
+            },
+        };
+        assert_eq!(earlier(Some(h(5, 3, 0)), h(4, 9, 9)), h(4, 9, 9));
+        assert_eq!(earlier(Some(h(5, 3, 0)), h(5, 2, 9)), h(5, 2, 9));
+        assert_eq!(earlier(Some(h(5, 3, 1)), h(5, 3, 0)), h(5, 3, 0));
+        assert_eq!(earlier(Some(h(5, 3, 0)), h(5, 3, 1)), h(5, 3, 0));
+        assert_eq!(earlier(None, h(7, 0, 0)), h(7, 0, 0));
+    }
+}
