@@ -102,7 +102,7 @@ pub enum LpuBinError {
     },
     /// A section table entry reaches past the end of the file.
     #[error(
-        "{}: section `{section}` (table entry {index}) spans bytes {offset}..{}, past the end of the file at byte {file_len}: the file is truncated or its table is corrupt",
+        "{}: section `{section}` (table entry {index}) spans bytes {offset}..{} ({length} bytes), past the end of the file at byte {file_len}: the file is truncated or its table is corrupt",
         Shown(path), offset.saturating_add(*length)
     )]
     OutOfBounds {
