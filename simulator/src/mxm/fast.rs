@@ -118,6 +118,35 @@ impl FastPlane {
         tile: &WeightTile,
     ) -> Result<Step, MxmError> {
         check_load_shape(&self.config, index, cycle, tile)?;
+        let step = self.begin_load(index, cycle, tile.rows())?;
+        if step == Step::Done {
+            self.fill_shadow(tile.rows(), tile.data());
+        }
+        Ok(step)
+    }
+
+    /// The timing half of `LoadWeights` of `rows` rows at `cycle`: the same
+    /// hazards and load window as [`FastPlane::load_weights`], with the
+    /// weights to come from [`FastPlane::fill_shadow`] before the load
+    /// window ends (the simulator's `lw` reads its rows from streams on
+    /// the cycles after its issue).
+    pub fn begin_load(
+        &mut self,
+        index: usize,
+        cycle: Cycle,
+        rows: usize,
+    ) -> Result<Step, MxmError> {
+        if rows == 0 || rows > self.config.rows {
+            return Err(MxmError::Command {
+                index,
+                cycle,
+                op: "LoadWeights",
+                reason: format!(
+                    "{rows} weight rows, the plane takes 1 ..= {}",
+                    self.config.rows
+                ),
+            });
+        }
         if cycle < self.last_issue {
             return Err(MxmError::Command {
                 index,
@@ -133,10 +162,22 @@ impl FastPlane {
         if cycle < self.load_done_at {
             return Ok(Step::Hazard(HazardKind::LoadWhileLoading));
         }
+        self.shadow_loaded = true;
+        self.load_done_at = cycle + self.config.load_cycles(rows);
+        Ok(Step::Done)
+    }
+
+    /// The values half of `LoadWeights`: `n` rows of `C` weights, row-major
+    /// in `data` (`n * C` of them), into the shadow buffer; rows `n .. R`
+    /// become 0.
+    ///
+    /// # Panics
+    /// If `data.len() != n * C` or `n > R` (callers pass a checked tile).
+    pub fn fill_shadow(&mut self, n: usize, data: &[i8]) {
         let (r, c) = (self.config.rows, self.config.cols);
-        let n = tile.rows();
+        assert!(n <= r && data.len() == n * c, "a {n}x{c} tile");
         // Transpose row by row (sequential reads); rows n..R are zero.
-        for (i, row) in tile.data().chunks_exact(c).enumerate() {
+        for (i, row) in data.chunks_exact(c).enumerate() {
             for (j, &w) in row.iter().enumerate() {
                 self.shadow[j * r + i] = w;
             }
@@ -148,9 +189,6 @@ impl FastPlane {
             // |x| <= 128, so every partial sum is at most 128 * sum |w|.
             *safe = abs_sum * 128 <= bound;
         }
-        self.shadow_loaded = true;
-        self.load_done_at = cycle + self.config.load_cycles(tile.rows());
-        Ok(Step::Done)
     }
 
     /// Issues `Swap` at `cycle`.
