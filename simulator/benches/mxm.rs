@@ -4,8 +4,8 @@
 //! Run with `cargo bench -p q35-sim --bench mxm`.
 
 use q35_sim::mxm::{
-    Buffering, FastPlane, MatmulShape, MultiplyOutcome, PlaneConfig, Step, TiledMatmul, WeightTile,
-    run_fast, run_pe,
+    Buffering, Command, FastPlane, MatmulShape, MultiplyOutcome, PlaneConfig, Step, TiledMatmul,
+    WeightTile, run_fast, run_pe,
 };
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -61,6 +61,34 @@ fn main() {
         1e6 / per_s
     );
 
+    // 1b. Fast model: a 320-row weight load (transpose into column-major).
+    let mut cycle = cycle + 1000;
+    let (n, secs) = time(min, || {
+        assert_eq!(
+            plane.load_weights(3, cycle, &tile).expect("load"),
+            Step::Done
+        );
+        cycle += 10;
+    });
+    println!(
+        "fast 320x320 LoadWeights:   {:>12.0} loads/s    ({:.2} us each, transposing)",
+        n as f64 / secs,
+        secs / n as f64 * 1e6
+    );
+    let columns = tile.to_columns();
+    let (n, secs) = time(min, || {
+        assert_eq!(
+            plane.load_columns(3, cycle, &columns).expect("load"),
+            Step::Done
+        );
+        cycle += 10;
+    });
+    println!(
+        "fast 320x320 load_columns:  {:>12.0} loads/s    ({:.2} us each, pre-transposed)",
+        n as f64 / secs,
+        secs / n as f64 * 1e6
+    );
+
     // 2. Fast model: a whole tiled decode matvec, 576 x 1536, double-buffered.
     let shape = MatmulShape {
         m: 1,
@@ -83,6 +111,46 @@ fn main() {
             per_s * t.scheduled_cycles as f64 / 1e6
         );
     }
+
+    // 2b. The same decode matmul as a simulator would drive it: tiles
+    // transposed once at program load, one output buffer, no allocation.
+    let t = TiledMatmul::new(&c, &a, &b, shape, Buffering::Double).expect("tiling");
+    let tiles: Vec<_> = t
+        .program
+        .iter()
+        .filter_map(|(_, cmd)| match cmd {
+            Command::LoadWeights(tile) => Some(tile.to_columns()),
+            Command::Swap | Command::Multiply { .. } => None,
+        })
+        .collect();
+    let (n, secs) = time(min, || {
+        let mut plane = FastPlane::new(c).expect("config");
+        let mut next_tile = tiles.iter();
+        for (i, (cycle, cmd)) in t.program.iter().enumerate() {
+            let ok = match cmd {
+                Command::LoadWeights(_) => {
+                    let tile = next_tile.next().expect("tile");
+                    plane.load_columns(i, *cycle, tile).expect("load") == Step::Done
+                }
+                Command::Swap => plane.swap(i, *cycle).expect("swap") == Step::Done,
+                Command::Multiply { vector, accumulate } => matches!(
+                    plane
+                        .multiply(i, *cycle, vector, *accumulate, &mut out)
+                        .expect("multiply"),
+                    MultiplyOutcome::Issued { overflow: None, .. }
+                ),
+            };
+            assert!(ok);
+        }
+        black_box(&out);
+    });
+    let per_s = n as f64 / secs;
+    println!(
+        "fast 1x576x1536 pre-transposed: {:>8.0} matmuls/s, {} cycles each: {:.0} M simulated cycles/s",
+        per_s,
+        t.scheduled_cycles,
+        per_s * t.scheduled_cycles as f64 / 1e6
+    );
 
     // 3. PE-level against fast on a 32x32 plane: an 8 x 96 x 96 matmul.
     let c32 = PlaneConfig {

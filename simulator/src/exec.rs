@@ -889,7 +889,7 @@ pub fn load_rows(ctx: &mut Ctx<'_>, work: Deferred) -> Result<(), Fault> {
         let rows = plane.load_rows;
         plane
             .model
-            .fill_shadow(rows, &plane.loading[..rows * LANES]);
+            .fill_shadow_rows(rows, &plane.loading[..rows * LANES]);
     }
     Ok(())
 }

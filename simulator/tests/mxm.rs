@@ -523,3 +523,31 @@ fn bad_input_is_an_error() {
     assert!(TiledMatmul::new(&c, &[0; 5], &[0; 6], shape, Buffering::Double).is_err());
     assert!(predicted_cycles(&c, &MatmulShape { m: 0, k: 1, n: 1 }, Buffering::Single).is_err());
 }
+
+/// The largest plane the PE-level model is meant for: 64x64, two K folds
+/// and two output tiles, both bufferings.
+#[test]
+fn sixty_four_square_plane() {
+    let c = cfg(64, 64, 8, 1, 1, 32);
+    let shape = MatmulShape {
+        m: 3,
+        k: 100,
+        n: 120,
+    };
+    let mut s = 64;
+    let a = random_i8(&mut s, 3 * 100);
+    let b = random_i8(&mut s, 100 * 120);
+    for buffering in [Buffering::Single, Buffering::Double] {
+        let t = TiledMatmul::new(&c, &a, &b, shape, buffering).unwrap();
+        let r = both(&c, &t.program);
+        assert_eq!(r.hazard, None);
+        assert_eq!(
+            r.end_cycle,
+            predicted_cycles(&c, &shape, buffering).unwrap()
+        );
+        assert_eq!(
+            t.assemble(&r).unwrap(),
+            reference_matmul(&a, &b, shape).unwrap()
+        );
+    }
+}

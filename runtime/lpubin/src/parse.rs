@@ -742,11 +742,15 @@ fn parse_debug(mut c: Cursor<'_>, queues: &[QueueInfo]) -> Result<DebugInfo, Lpu
     let pool_start = entries_start + n as usize * DEBUG_ENTRY_LEN as usize;
     let pool_end = pool_start as u64 + u64::from(pool_len);
     if pool_end > c.end as u64 {
-        let mut p = Cursor {
-            pos: pool_start,
-            ..c
-        };
-        p.take(u64::from(pool_len), "string pool")?;
+        return Err(LpuBinError::Truncated {
+            path: c.path.clone(),
+            section: c.section,
+            field: "string pool".into(),
+            offset: pool_start as u64,
+            end: pool_end,
+            limit: c.end as u64,
+            within: c.within,
+        });
     }
     let pool = pool_start..pool_end as usize;
     let mut prev: Option<(u16, u32)> = None;

@@ -91,7 +91,7 @@ fn every_section_round_trips() {
     assert_eq!(w9.to_vec(), q9);
     assert_eq!(w9.get(1), Some(u64::MAX));
     assert_eq!(w9.get(4), None);
-    assert_eq!(w9.iter().rev().next(), Some(0x0123_4567_89ab_cdef));
+    assert_eq!(w9.iter().next_back(), Some(0x0123_4567_89ab_cdef));
     assert_eq!(w9.as_bytes().len(), 32);
     assert!(bin.queue(4).unwrap().is_empty());
     assert!(bin.queue(2).is_none());

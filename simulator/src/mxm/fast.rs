@@ -48,6 +48,51 @@ pub struct FastPlane {
     last_issue: Cycle,
 }
 
+/// A weight tile in the fast model's column-major form: column `j` is
+/// `data[j * rows .. (j + 1) * rows]`, with each column's `sum |w|` (which
+/// decides whether its partial sums can overflow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnTile {
+    rows: usize,
+    cols: usize,
+    data: Vec<i8>,
+    abs_sums: Vec<i64>,
+}
+
+impl WeightTile {
+    /// The tile transposed into column-major form.
+    pub fn to_columns(&self) -> ColumnTile {
+        let (n, c) = (self.rows(), self.cols());
+        let mut data = vec![0i8; n * c];
+        // 16x16 blocks keep both sides in cache.
+        const B: usize = 16;
+        let src = self.data();
+        for i0 in (0..n).step_by(B) {
+            for j0 in (0..c).step_by(B) {
+                for i in i0..(i0 + B).min(n) {
+                    let row = &src[i * c..(i + 1) * c];
+                    for (j, &w) in row.iter().enumerate().take((j0 + B).min(c)).skip(j0) {
+                        data[j * n + i] = w;
+                    }
+                }
+            }
+        }
+        let abs_sums = if n == 0 {
+            vec![0; c]
+        } else {
+            data.chunks_exact(n)
+                .map(|col| col.iter().map(|w| i64::from(w.unsigned_abs())).sum())
+                .collect()
+        };
+        ColumnTile {
+            rows: n,
+            cols: c,
+            data,
+            abs_sums,
+        }
+    }
+}
+
 /// The result of issuing a non-`Multiply` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -111,42 +156,58 @@ impl FastPlane {
     }
 
     /// Issues `LoadWeights(tile)` at `cycle` (command `index`, for errors).
+    /// Transposes the tile first; a hot path converts its tiles once with
+    /// [`WeightTile::to_columns`] and calls [`Self::load_columns`].
     pub fn load_weights(
         &mut self,
         index: usize,
         cycle: Cycle,
         tile: &WeightTile,
     ) -> Result<Step, MxmError> {
-        check_load_shape(&self.config, index, cycle, tile)?;
-        let step = self.begin_load(index, cycle, tile.rows())?;
-        if step == Step::Done {
-            self.fill_shadow(tile.rows(), tile.data());
+        check_load_shape(&self.config, index, cycle, tile.rows(), tile.cols())?;
+        self.load_columns(index, cycle, &tile.to_columns())
+    }
+
+    /// Issues `LoadWeights` of a tile already in column-major form.
+    pub fn load_columns(
+        &mut self,
+        index: usize,
+        cycle: Cycle,
+        tile: &ColumnTile,
+    ) -> Result<Step, MxmError> {
+        check_load_shape(&self.config, index, cycle, tile.rows, tile.cols)?;
+        let step = self.begin_load(index, cycle, tile.rows)?;
+        if step != Step::Done {
+            return Ok(step);
         }
-        Ok(step)
+        let (r, n) = (self.config.rows, tile.rows);
+        let bound = self.config.acc_max();
+        for ((column, src), (safe, &abs_sum)) in self
+            .shadow
+            .chunks_exact_mut(r)
+            .zip(tile.data.chunks_exact(n))
+            .zip(self.shadow_safe.iter_mut().zip(&tile.abs_sums))
+        {
+            column[..n].copy_from_slice(src);
+            column[n..].fill(0);
+            // |x| <= 128, so every partial sum is at most 128 * sum |w|.
+            *safe = abs_sum * 128 <= bound;
+        }
+        Ok(Step::Done)
     }
 
     /// The timing half of `LoadWeights` of `rows` rows at `cycle`: the same
-    /// hazards and load window as [`FastPlane::load_weights`], with the
-    /// weights to come from [`FastPlane::fill_shadow`] before the load
-    /// window ends (the simulator's `lw` reads its rows from streams on
-    /// the cycles after its issue).
+    /// checks, hazards and load window as [`Self::load_columns`], with the
+    /// weights to come from [`Self::fill_shadow_rows`] before the window
+    /// ends (the simulator's `lw` reads its rows from streams on the
+    /// cycles after its issue).
     pub fn begin_load(
         &mut self,
         index: usize,
         cycle: Cycle,
         rows: usize,
     ) -> Result<Step, MxmError> {
-        if rows == 0 || rows > self.config.rows {
-            return Err(MxmError::Command {
-                index,
-                cycle,
-                op: "LoadWeights",
-                reason: format!(
-                    "{rows} weight rows, the plane takes 1 ..= {}",
-                    self.config.rows
-                ),
-            });
-        }
+        check_load_shape(&self.config, index, cycle, rows, self.config.cols)?;
         if cycle < self.last_issue {
             return Err(MxmError::Command {
                 index,
@@ -167,19 +228,25 @@ impl FastPlane {
         Ok(Step::Done)
     }
 
-    /// The values half of `LoadWeights`: `n` rows of `C` weights, row-major
-    /// in `data` (`n * C` of them), into the shadow buffer; rows `n .. R`
-    /// become 0.
+    /// The values half of `LoadWeights`: `n` rows of `C` weights,
+    /// row-major in `data` (`n * C` of them), into the shadow buffer; rows
+    /// `n .. R` become 0.
     ///
     /// # Panics
-    /// If `data.len() != n * C` or `n > R` (callers pass a checked tile).
-    pub fn fill_shadow(&mut self, n: usize, data: &[i8]) {
+    /// If `n > R` or `data.len() != n * C` (callers pass a checked tile).
+    pub fn fill_shadow_rows(&mut self, n: usize, data: &[i8]) {
         let (r, c) = (self.config.rows, self.config.cols);
         assert!(n <= r && data.len() == n * c, "a {n}x{c} tile");
-        // Transpose row by row (sequential reads); rows n..R are zero.
-        for (i, row) in data.chunks_exact(c).enumerate() {
-            for (j, &w) in row.iter().enumerate() {
-                self.shadow[j * r + i] = w;
+        // 16x16 blocks keep both sides in cache.
+        const B: usize = 16;
+        for i0 in (0..n).step_by(B) {
+            for j0 in (0..c).step_by(B) {
+                for i in i0..(i0 + B).min(n) {
+                    let row = &data[i * c..(i + 1) * c];
+                    for (j, &w) in row.iter().enumerate().take((j0 + B).min(c)).skip(j0) {
+                        self.shadow[j * r + i] = w;
+                    }
+                }
             }
         }
         let bound = self.config.acc_max();
@@ -308,20 +375,13 @@ fn check_load_shape(
     config: &PlaneConfig,
     index: usize,
     cycle: Cycle,
-    tile: &WeightTile,
+    rows: usize,
+    cols: usize,
 ) -> Result<(), MxmError> {
-    let reason = if tile.rows() == 0 || tile.rows() > config.rows {
-        format!(
-            "{} weight rows, the plane takes 1 ..= {}",
-            tile.rows(),
-            config.rows
-        )
-    } else if tile.cols() != config.cols {
-        format!(
-            "{} weight columns, the plane has {}",
-            tile.cols(),
-            config.cols
-        )
+    let reason = if rows == 0 || rows > config.rows {
+        format!("{rows} weight rows, the plane takes 1 ..= {}", config.rows)
+    } else if cols != config.cols {
+        format!("{cols} weight columns, the plane has {}", config.cols)
     } else {
         return Ok(());
     };

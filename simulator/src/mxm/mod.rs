@@ -26,7 +26,7 @@ pub mod tiling;
 
 use std::fmt;
 
-pub use fast::{FastPlane, MultiplyOutcome, Step, dot_i8, run_fast};
+pub use fast::{ColumnTile, FastPlane, MultiplyOutcome, Step, dot_i8, run_fast};
 pub use pe::run_pe;
 pub use tiling::{
     Buffering, Fold, MatmulShape, TiledMatmul, folds, predicted_cycles, reference_matmul,
