@@ -16,7 +16,9 @@ pub mod asm;
 pub mod encode;
 pub mod info;
 pub mod instr;
+pub mod lpuasm;
 pub mod operand;
+pub mod program;
 pub mod queue;
 pub mod table;
 
@@ -24,9 +26,11 @@ pub use asm::ParseError;
 pub use encode::DecodeError;
 pub use info::{CycleExpr, InstrInfo, LatencyClass, OPCODE_BITS, Unit};
 pub use instr::FieldError;
+pub use lpuasm::{AsmError, assemble};
 pub use operand::{
     Acc, Dir, ElemWidth, F32Imm, Operand, OperandKind, OperandSpec, Operands,
     STREAMS_PER_DIRECTION, Stream, StreamGroup, StreamGroups, TableId, VECTOR_BYTES,
 };
+pub use program::{DType, MemData, MemInit, Placement, Program, ProgramError, Symbol, Table};
 pub use queue::{Hemisphere, QUEUE_COUNT, QueueId, QueueKind, UnknownQueue};
 pub use table::{INSTRUCTIONS, Instruction, Opcode};
