@@ -13,6 +13,7 @@
 //! - [`queue`]: [`QueueId`], the 110 queues and the units they drive.
 
 pub mod asm;
+pub mod doc;
 pub mod encode;
 pub mod info;
 pub mod instr;
@@ -23,6 +24,7 @@ pub mod queue;
 pub mod table;
 
 pub use asm::ParseError;
+pub use doc::markdown_table;
 pub use encode::DecodeError;
 pub use info::{CycleExpr, InstrInfo, LatencyClass, OPCODE_BITS, Unit};
 pub use instr::FieldError;
