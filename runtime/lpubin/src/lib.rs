@@ -1,0 +1,264 @@
+//! The `.lpubin` binary format: what the q35 compiler writes and the LPU
+//! simulator (`q35sim`) and host runtime read. It is the only contract
+//! between them; docs/lpubin.md specifies the layout byte for byte.
+//!
+//! A file is a header (signature, version, target name and SHA-256 hash,
+//! producer, section table, CRC-32) followed by typed sections: `queues`
+//! (one stream of 64-bit instruction words per instruction queue), `mem`
+//! (the MEM image: extents of 320-byte words holding packed weights, tables
+//! and constants), `symbols`, `metadata` (JSON), `tokenizer` (an opaque
+//! tokenizer-only GGUF), `debug` (instruction -> source location) and
+//! `tables` (named byte tables).
+//!
+//! [`LpuBinary::open`] maps the file and validates *everything* up front:
+//! every checksum, every byte of padding, every section's placement, every
+//! count against the bytes that hold it, every string's UTF-8, every sort
+//! order. Accessors then cannot go out of bounds, and a truncated or
+//! corrupted file -- any single changed byte -- is an error, never a panic.
+//! The MEM image and instruction words are handed out as views borrowed
+//! from the map, without copying. [`Builder`] writes the same format.
+//!
+//! This crate knows nothing of the instruction set or the target
+//! description: instructions are opaque little-endian `u64` words, queue ids
+//! and MEM slices are the target's numbering, and the target hash is 32
+//! bytes to compare.
+
+mod error;
+mod layout;
+mod parse;
+mod view;
+mod write;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub use error::LpuBinError;
+pub use layout::{
+    DEBUG_ENTRY_LEN, EXTENT_LEN, ElemType, HEADER_FIXED_LEN, MAGIC, MAX_RANK, MemRange, PAGE,
+    SECTION_ALIGN, SECTION_ENTRY_LEN, SectionKind, Symbol, SymbolKind, VERSION,
+};
+pub use parse::SectionEntry;
+pub use view::{DebugEntry, DebugMap, Mem, MemExtent, Queue, WordIter, Words};
+pub use write::Builder;
+
+use parse::Parsed;
+
+enum Backing {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Mapped(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
+/// An opened, fully validated .lpubin file.
+pub struct LpuBinary {
+    backing: Backing,
+    path: Option<PathBuf>,
+    parsed: Parsed,
+}
+
+impl std::fmt::Debug for LpuBinary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LpuBinary")
+            .field("path", &self.path)
+            .field("target_name", &self.parsed.target_name)
+            .field("producer", &self.parsed.producer)
+            .field("len", &self.len())
+            .field("sections", &self.parsed.sections)
+            .finish()
+    }
+}
+
+impl LpuBinary {
+    /// Maps the file at `path` and validates all of it.
+    pub fn open(path: impl AsRef<Path>) -> Result<LpuBinary, LpuBinError> {
+        let path = path.as_ref();
+        let io = |error| LpuBinError::Io {
+            path: path.to_path_buf(),
+            error,
+        };
+        let file = File::open(path).map_err(io)?;
+        let backing = if file.metadata().map_err(io)?.len() == 0 {
+            // Mapping an empty file fails on some systems; it is simply too short.
+            Backing::Owned(Vec::new())
+        } else {
+            // SAFETY: the mapping is read-only and private to this process.
+            // Another process truncating the file while it is mapped could
+            // still fault; that is the accepted contract of memory-mapped
+            // program and model files (q35-gguf and llama.cpp do the same).
+            Backing::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
+        };
+        Self::build(backing, Some(path.to_path_buf()))
+    }
+
+    /// Validates an in-memory image (tests, tools that already hold the bytes).
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Result<LpuBinary, LpuBinError> {
+        Self::build(Backing::Owned(bytes.into()), None)
+    }
+
+    fn build(backing: Backing, path: Option<PathBuf>) -> Result<LpuBinary, LpuBinError> {
+        let parsed = parse::parse(backing.bytes(), &path)?;
+        Ok(LpuBinary {
+            backing,
+            path,
+            parsed,
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.backing.bytes()
+    }
+
+    /// The path this binary was opened from, if it came from disk.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+
+    /// Always false: a valid file holds at least its header.
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+
+    /// The format version (always [`VERSION`] for a file that opened).
+    pub fn version(&self) -> u16 {
+        VERSION
+    }
+
+    /// The header flags (zero in format version 1).
+    pub fn flags(&self) -> u16 {
+        self.parsed.flags
+    }
+
+    /// The name of the target the binary was compiled for (e.g. `lpu-v1`).
+    pub fn target_name(&self) -> &str {
+        &self.parsed.target_name
+    }
+
+    /// The SHA-256 hash of the target description it was compiled for.
+    pub fn target_hash(&self) -> &[u8; 32] {
+        &self.parsed.target_hash
+    }
+
+    /// The tool that wrote the file and its version (e.g. `q35c 0.1.0`).
+    pub fn producer(&self) -> &str {
+        &self.parsed.producer
+    }
+
+    /// Refuses a binary built for another target: `expected` is the hash of
+    /// the target the caller is about to run it on.
+    pub fn check_target(&self, expected: &[u8; 32]) -> Result<(), LpuBinError> {
+        if &self.parsed.target_hash == expected {
+            return Ok(());
+        }
+        Err(LpuBinError::WrongTarget {
+            path: self.path.clone(),
+            target_name: self.parsed.target_name.clone(),
+            found: error::hex(&self.parsed.target_hash),
+            expected: error::hex(expected),
+        })
+    }
+
+    /// The section table, in file order (which is kind order).
+    pub fn sections(&self) -> &[SectionEntry] {
+        &self.parsed.sections
+    }
+
+    /// The raw bytes of the section of kind `kind`, if present.
+    pub fn section_bytes(&self, kind: SectionKind) -> Option<&[u8]> {
+        self.parsed
+            .sections
+            .iter()
+            .find(|s| s.kind == kind)
+            .map(|s| &self.bytes()[s.range()])
+    }
+
+    /// Every instruction queue, by increasing queue id.
+    pub fn queues(&self) -> impl ExactSizeIterator<Item = Queue<'_>> + '_ {
+        self.parsed
+            .queues
+            .iter()
+            .map(|q| Queue::new(self.bytes(), q))
+    }
+
+    /// The instruction stream of queue `id`, if the binary has one.
+    pub fn queue(&self, id: u16) -> Option<Queue<'_>> {
+        let q = &self.parsed.queues;
+        q.binary_search_by_key(&id, |q| q.id)
+            .ok()
+            .map(|i| Queue::new(self.bytes(), &q[i]))
+    }
+
+    /// The MEM image, if the binary has a `mem` section.
+    pub fn mem(&self) -> Option<Mem<'_>> {
+        self.parsed.mem.as_ref().map(|m| Mem::new(self.bytes(), m))
+    }
+
+    /// Every symbol, sorted by name.
+    pub fn symbols(&self) -> &[Symbol] {
+        &self.parsed.symbols
+    }
+
+    /// The symbol called `name`.
+    pub fn symbol(&self, name: &str) -> Option<&Symbol> {
+        let s = &self.parsed.symbols;
+        s.binary_search_by(|s| s.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &s[i])
+    }
+
+    /// The metadata object, if the binary has a `metadata` section.
+    pub fn metadata(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.parsed.metadata.as_ref().map(|(_, m)| m)
+    }
+
+    /// The metadata exactly as stored (UTF-8 JSON text).
+    pub fn metadata_json(&self) -> Option<&str> {
+        self.parsed.metadata.as_ref().map(|(r, _)| {
+            std::str::from_utf8(&self.bytes()[r.clone()]).expect("validated as UTF-8 on open")
+        })
+    }
+
+    /// The tokenizer bytes (a tokenizer-only GGUF), if present.
+    pub fn tokenizer(&self) -> Option<&[u8]> {
+        self.parsed
+            .tokenizer
+            .as_ref()
+            .map(|r| &self.bytes()[r.clone()])
+    }
+
+    /// The debug map, if the binary has a `debug` section.
+    pub fn debug(&self) -> Option<DebugMap<'_>> {
+        self.parsed
+            .debug
+            .as_ref()
+            .map(|d| DebugMap::new(self.bytes(), d))
+    }
+
+    /// Every named table, sorted by name.
+    pub fn tables(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])> + '_ {
+        self.parsed
+            .tables
+            .iter()
+            .map(|(n, r)| (n.as_str(), &self.bytes()[r.clone()]))
+    }
+
+    /// The table called `name`.
+    pub fn table(&self, name: &str) -> Option<&[u8]> {
+        let t = &self.parsed.tables;
+        t.binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.bytes()[t[i].1.clone()])
+    }
+}
