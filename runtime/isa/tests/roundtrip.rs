@@ -343,6 +343,15 @@ fn reads_writes_and_cycles() {
         .expect("mm")
         .operands();
     assert_eq!(ops[2], Operand::Acc(Acc::New));
+    let gather: Instruction = "gather s0.e -> s2.w, 100".parse().expect("gather");
+    assert_eq!(
+        gather.offset_addresses(-3).map(|i| i.to_string()),
+        Ok("gather s0.e -> s2.w, 97".into())
+    );
+    assert!(gather.offset_addresses(-101).is_err());
+    assert!(gather.offset_addresses(65436).is_err());
+    let fadd: Instruction = "fadd s0.e, s4.e -> s8.e".parse().expect("fadd");
+    assert_eq!(fadd.offset_addresses(5), Ok(fadd), "no address fields");
     let unpack: Instruction = "unpack35 s0.e -> s16.w, 4, 7".parse().expect("unpack35");
     assert_eq!((unpack.reads()[0].count, unpack.writes()[0].count), (7, 16));
 }
