@@ -231,4 +231,28 @@ impl Instruction {
             Some(OperandKind::Addr)
         )
     }
+
+    /// The instruction with every word-address field advanced by `words`:
+    /// what the `k`-th execution under `repeat n, d, stride` runs, with
+    /// `words = k * stride`. An address leaving `0 ..= 65535` is an error.
+    pub fn offset_addresses(&self, words: i64) -> Result<Instruction, FieldError> {
+        let info = self.info();
+        let mut ops = self.operands();
+        for (i, spec) in info.operands.iter().enumerate() {
+            if let (OperandKind::Addr, Operand::UInt(a)) = (spec.kind, ops[i]) {
+                let moved = i64::from(a) + words;
+                let moved = u32::try_from(moved)
+                    .ok()
+                    .filter(|&m| m <= 0xffff)
+                    .ok_or_else(|| FieldError::OutOfRange {
+                        mnemonic: info.mnemonic,
+                        field: spec.name,
+                        value: moved,
+                        expected: spec.kind.describe(),
+                    })?;
+                ops.set(i, Operand::UInt(moved));
+            }
+        }
+        Ok(Instruction::from_operands(info.opcode, &ops).unwrap_or(*self))
+    }
 }

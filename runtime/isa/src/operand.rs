@@ -368,6 +368,19 @@ impl<T: Copy + Default, const N: usize> InlineList<T, N> {
     }
 }
 
+impl<T: Copy + Default, const N: usize> InlineList<T, N> {
+    /// Replaces item `i`; returns false when there is no item `i`.
+    pub fn set(&mut self, i: usize, item: T) -> bool {
+        match self.items[..self.len as usize].get_mut(i) {
+            Some(slot) => {
+                *slot = item;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl<T: Copy + Default, const N: usize> Default for InlineList<T, N> {
     fn default() -> Self {
         Self::new()

@@ -10,6 +10,11 @@
 //! printing, parsing, stream reads/writes, the docs) is derived generically.
 //! Adding an instruction here is the whole job, apart from the simulator's
 //! semantics, which matches exhaustively on [`Instruction`].
+//!
+//! Rules the table test (`tests/roundtrip.rs`) enforces: opcodes and
+//! mnemonics unique, opcode 0 unused (a zero word is no instruction), the
+//! syntax names every operand once and in declaration (= encoding) order,
+//! operands fit in 64 bits, names referred to by other kinds exist.
 
 use crate::info::{CycleExpr, InstrInfo, LatencyClass, Unit};
 use crate::operand::{
