@@ -190,3 +190,43 @@ impl MachineConfig {
 /// Queue counts the ISA fixes, for messages.
 pub(crate) const ISA_COUNTS: (u16, u16, u16) =
     (2 * MEM_SLICES_PER_HEMISPHERE, VXM_QUEUES, MXM_PLANES);
+
+/// The machine for the target description at `path`, or the built-in
+/// `lpu-v1` when `path` is `None`.
+pub fn load_target(path: Option<&std::path::Path>) -> Result<MachineConfig, ConfigError> {
+    if let Some(p) = path {
+        return Err(ConfigError {
+            target: p.display().to_string(),
+            message: "target files are read once q35-target is merged".into(),
+        });
+    }
+    // INTERIM (until q35-target lands): lpu-v1's figures from
+    // targets/lpu-v1.toml, hash all zero.
+    let config = MachineConfig {
+        target_name: "lpu-v1".into(),
+        target_hash: [0; 32],
+        superlanes: 20,
+        superlane_skew: 1,
+        hop: 1,
+        width: 93,
+        positions: MachineConfig::isa_positions(),
+        mem: MemConfig {
+            words_per_slice: 8192,
+            banks: 2,
+            read_ports: 1,
+            write_ports: 1,
+            read_latency: 1,
+            write_latency: 1,
+        },
+        vxm_alu_latency: 4,
+        vxm_convert_latency: 4,
+        vxm_special_latency: 16,
+        sxm_shift_latency: 2,
+        sxm_permute_latency: 20,
+        sxm_transpose_latency: 16,
+        notify_latency: 4,
+        plane: PlaneConfig::LPU_V1,
+    };
+    config.validate()?;
+    Ok(config)
+}

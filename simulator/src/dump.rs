@@ -2,15 +2,17 @@
 //! element type and shape (text and JSON).
 //!
 //! A symbol's `layout` says how its elements sit in the words of its
-//! placement (docs: simulator/README.md, "Symbol layouts"). Elements are
-//! packed lane-wise: element `i` is lane `i mod 320` of vector `i div 320`;
-//! a `b`-byte element keeps byte `j` (little-endian) in its own word:
+//! placement; the two layouts are `q35-isa`'s (docs/isa.md 6,
+//! `runtime/isa/src/lpubin.rs`). Elements are packed lane-wise: element `i`
+//! is lane `i mod 320` of vector `i div 320`; a `b`-byte element keeps byte
+//! `j` (little-endian) in its own word:
 //!
-//! - `lanes`: the placement's ranges, concatenated, are one list of words;
-//!   vector `v` takes words `v*b .. v*b + b`, word `v*b + j` holding byte `j`.
-//! - `lanes-split`: `b` ranges, one per byte: byte `j` of vector `v` is word
-//!   `v` of range `j` (the layout whose words, read by `b` slices on one
-//!   cycle, arrive as one stream group).
+//! - [`LAYOUT_LANES`]: the placement's ranges, concatenated, are one list of
+//!   words; vector `v` takes words `v*b .. v*b + b`, word `v*b + j` holding
+//!   byte `j`.
+//! - [`LAYOUT_LANES_SPLIT`]: `b` ranges, one per byte: byte `j` of vector
+//!   `v` is word `v` of range `j` (the layout whose words, read by `b`
+//!   slices on one cycle, arrive as one stream group).
 
 use q35_lpubin::{ElemType, Symbol};
 use serde_json::{Value, json};
@@ -18,10 +20,10 @@ use serde_json::{Value, json};
 use crate::state::State;
 use crate::streams::LANES;
 
-/// Layout name: one list of words, bytes of an element in consecutive words.
-pub const LAYOUT_LANES: &str = "lanes";
-/// Layout name: one range per byte of an element.
-pub const LAYOUT_LANES_SPLIT: &str = "lanes-split";
+/// Layout note: one list of words, bytes of an element in consecutive words.
+pub const LAYOUT_LANES: &str = q35_isa::lpubin::LAYOUT_ONE_SLICE;
+/// Layout note: one range per byte of an element.
+pub const LAYOUT_LANES_SPLIT: &str = q35_isa::lpubin::LAYOUT_PLANES;
 
 /// A symbol that cannot be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -434,12 +434,12 @@ impl<'c> Engine<'c> {
             None => (ins.to_string(), None),
             Some(r) => {
                 let rep = self.queues[usize::from(queue.index())].instrs[r.at as usize];
+                let moved = ins
+                    .offset_addresses(offset)
+                    .map_or_else(|_| format!("{ins}` {offset:+} words`"), |m| m.to_string());
                 (
                     rep.to_string(),
-                    Some(format!(
-                        "repetition {} of `{ins}`, addresses {offset:+} words",
-                        r.k
-                    )),
+                    Some(format!("repetition {} of {}: `{moved}`", r.k, r.n)),
                 )
             }
         };

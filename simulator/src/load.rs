@@ -6,7 +6,7 @@
 //! The binary stays memory-mapped; decoding builds one `Vec<Instruction>`
 //! per queue, and the MEM image is copied into the simulator's slices.
 
-use q35_isa::{Dir, Hemisphere, Instruction, QueueId, QueueKind, Unit, VECTOR_BYTES};
+use q35_isa::{Instruction, QueueId, Table, VECTOR_BYTES};
 use q35_lpubin::{LpuBinError, LpuBinary};
 
 use crate::config::MachineConfig;
@@ -70,8 +70,8 @@ pub enum LoadError {
 pub struct Loaded {
     /// Instruction lists by dense queue number (`None`: unused queue).
     pub queues: Vec<Option<Vec<Instruction>>>,
-    /// Tables by id (the binary's tables in name order), as u16 values.
-    pub tables: Vec<Vec<u16>>,
+    /// Tables by id (the binary's tables in name order).
+    pub tables: Vec<Table>,
 }
 
 /// Checks the target hash and decodes and validates every queue.
@@ -94,7 +94,10 @@ pub fn load(binary: &LpuBinary, config: &MachineConfig) -> Result<Loaded, LoadEr
             .chunks_exact(2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
             .collect();
-        tables.push(values);
+        tables.push(Table {
+            name: name.to_string(),
+            values,
+        });
     }
     let mut queues: Vec<Option<Vec<Instruction>>> = vec![None; usize::from(q35_isa::QUEUE_COUNT)];
     for q in binary.queues() {
@@ -121,73 +124,18 @@ pub fn load(binary: &LpuBinary, config: &MachineConfig) -> Result<Loaded, LoadEr
     Ok(Loaded { queues, tables })
 }
 
-/// Whether `ins` may follow `prev` in `queue` (docs/isa.md 2-3): the unit
-/// of the queue, `repeat` after a unit instruction, MXM stream directions,
-/// `permute` tables that exist and name lanes, `lw` rows per cycle.
+/// Whether `ins` may follow `prev` in `queue`: the assembler's rules
+/// ([`q35_isa::program::check_placement`]: fields, the queue's unit,
+/// `repeat` placement, MXM stream directions, `permute` tables), and the
+/// target's (`lw` rows per cycle).
 pub fn check_placement(
     queue: QueueId,
     prev: Option<&Instruction>,
     ins: &Instruction,
-    tables: &[Vec<u16>],
+    tables: &[Table],
     config: &MachineConfig,
 ) -> Result<(), String> {
-    let unit = ins.unit();
-    if !queue.accepts(unit) {
-        return Err(format!(
-            "a {unit} instruction in {} queue {queue}",
-            queue.unit()
-        ));
-    }
-    if let Instruction::Repeat { .. } = ins {
-        match prev {
-            None => return Err("`repeat` is the first instruction of its queue".into()),
-            Some(p) if p.unit() == Unit::Control => {
-                return Err(format!(
-                    "`repeat` must follow a unit instruction, not `{}`",
-                    p.mnemonic()
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    if let QueueKind::Mxm(_) = queue.kind() {
-        // The west MXM consumes westward streams and produces eastward
-        // ones; the east MXM the reverse (docs/isa.md 1).
-        let (input, output) = match queue.hemisphere() {
-            Some(Hemisphere::West) => (Dir::West, Dir::East),
-            _ => (Dir::East, Dir::West),
-        };
-        if let Some(g) = ins.reads().iter().find(|g| g.first.dir != input) {
-            return Err(format!(
-                "{queue} reads {input:?}-flowing streams, not {}",
-                g.first
-            ));
-        }
-        if let Some(g) = ins.writes().iter().find(|g| g.first.dir != output) {
-            return Err(format!(
-                "{queue} writes {output:?}-flowing streams, not {}",
-                g.first
-            ));
-        }
-    }
-    if let Instruction::Permute { map, .. } = ins {
-        let table = tables
-            .get(usize::from(map.0))
-            .ok_or_else(|| format!("table #{} does not exist ({} tables)", map.0, tables.len()))?;
-        if table.len() > VECTOR_BYTES as usize {
-            return Err(format!(
-                "table #{} has {} entries, more than the {VECTOR_BYTES} lanes",
-                map.0,
-                table.len()
-            ));
-        }
-        if let Some(bad) = table.iter().find(|&&v| u32::from(v) >= VECTOR_BYTES) {
-            return Err(format!(
-                "table #{} entry {bad} is not a lane < {VECTOR_BYTES}",
-                map.0
-            ));
-        }
-    }
+    q35_isa::program::check_placement(queue, prev, ins, tables)?;
     if let Instruction::Lw { k, .. } = ins
         && *k as usize > config.plane.install_rows_per_cycle
     {
@@ -245,6 +193,6 @@ pub fn initial_state(
         mem,
         ports: (0..slices).map(|_| Ports::default()).collect(),
         planes,
-        tables: loaded.tables.clone(),
+        tables: loaded.tables.iter().map(|t| t.values.clone()).collect(),
     })
 }
