@@ -93,7 +93,7 @@ impl Profile {
 
     /// Busy cycles grouped for reports: `(group, [(queue, busy)])` with
     /// groups MEM, VXM, SXM and one per MXM plane; queues that were never
-    /// busy are left out of MEM and VXM.
+    /// busy are left out of MEM, VXM and SXM.
     pub fn groups(&self) -> Vec<(String, Vec<(QueueId, u64)>)> {
         let mut groups: BTreeMap<(u8, String), Vec<(QueueId, u64)>> = BTreeMap::new();
         for q in QueueId::all() {
@@ -105,7 +105,7 @@ impl Profile {
                 Unit::Mxm => (3, format!("MXM {q}")),
                 Unit::Control => continue,
             };
-            if busy == 0 && matches!(q.unit(), Unit::Mem | Unit::Vxm) {
+            if busy == 0 && matches!(q.unit(), Unit::Mem | Unit::Vxm | Unit::Sxm) {
                 groups.entry(key).or_default();
                 continue;
             }

@@ -107,6 +107,12 @@ fn to_text(p: &Profile, dumped: &[Dumped]) -> String {
     let _ = writeln!(out, "busy cycles (utilisation of {total} cycles):");
     for (group, units) in p.groups() {
         let busy: u64 = units.iter().map(|(_, b)| b).sum();
+        if let [(q, b)] = units.as_slice()
+            && group.starts_with("MXM")
+        {
+            let _ = writeln!(out, "  MXM {q}: {b} ({:.1}%)", p.percent(*b));
+            continue;
+        }
         let _ = write!(out, "  {group}: {busy}");
         if units.is_empty() {
             let _ = writeln!(out);
