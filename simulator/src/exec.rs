@@ -756,19 +756,22 @@ fn sxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
     }
 }
 
-/// Maps a plane model hazard to the docs/isa.md kinds.
-fn plane_hazard(kind: mxm::HazardKind) -> HazardKind {
+/// Maps a plane model hazard issued on `cycle` to the docs/isa.md kinds.
+fn plane_hazard(kind: mxm::HazardKind, cycle: u64) -> HazardKind {
     match kind {
         mxm::HazardKind::AccumulatorOverflow { .. } => {
             HazardKind::AccumulatorOverflow { detail: kind }
         }
+        // A second vector into the array in one cycle: the unit is busy.
+        // (One queue issues at most one `mm` a cycle, so lpu-v1 programs
+        // cannot reach it.)
+        mxm::HazardKind::MultiplyPortBusy => HazardKind::UnitBusy { until: cycle + 1 },
         mxm::HazardKind::SwapWhileInFlight
         | mxm::HazardKind::SwapBeforeLoadDone
         | mxm::HazardKind::SwapWithoutLoad
         | mxm::HazardKind::LoadWhileLoading
         | mxm::HazardKind::LoadDuringSwap
-        | mxm::HazardKind::MultiplyDuringSwap
-        | mxm::HazardKind::MultiplyPortBusy => HazardKind::WeightBufferInUse { detail: kind },
+        | mxm::HazardKind::MultiplyDuringSwap => HazardKind::WeightBufferInUse { detail: kind },
     }
 }
 
@@ -804,7 +807,7 @@ fn mxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
                 .begin_load(index, t, n as usize)
                 .map_err(|e| model_error(ctx, &e))?;
             if let Step::Hazard(kind) = step {
-                return ctx.fault(t, plane_hazard(kind));
+                return ctx.fault(t, plane_hazard(kind, t));
             }
             ctx.state.planes[p].load_rows = n as usize;
             for step in 0..n.div_ceil(k) {
@@ -828,7 +831,7 @@ fn mxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
                 .map_err(|e| model_error(ctx, &e))?;
             match step {
                 Step::Done => Ok(()),
-                Step::Hazard(kind) => ctx.fault(t, plane_hazard(kind)),
+                Step::Hazard(kind) => ctx.fault(t, plane_hazard(kind, t)),
             }
         }
         Instruction::Mm { src, dst, acc } => {
@@ -840,11 +843,11 @@ fn mxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
                 .multiply(index, t, &x, acc == Acc::Add, &mut out)
                 .map_err(|e| model_error(ctx, &e))?;
             match outcome {
-                MultiplyOutcome::Hazard(kind) => ctx.fault(t, plane_hazard(kind)),
+                MultiplyOutcome::Hazard(kind) => ctx.fault(t, plane_hazard(kind, t)),
                 MultiplyOutcome::Issued {
                     overflow: Some((cycle, kind)),
                     ..
-                } => ctx.fault(cycle, plane_hazard(kind)),
+                } => ctx.fault(cycle, plane_hazard(kind, cycle)),
                 MultiplyOutcome::Issued {
                     emit,
                     overflow: None,

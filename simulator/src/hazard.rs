@@ -133,8 +133,24 @@ impl fmt::Display for HazardKind {
             HazardKind::AddressOutOfRange { address, words } => {
                 write!(f, "word {address} is outside the slice (0..{words})")
             }
-            HazardKind::AccumulatorOverflow { detail }
-            | HazardKind::WeightBufferInUse { detail } => write!(f, "{detail}"),
+            HazardKind::AccumulatorOverflow { detail } => match detail {
+                mxm::HazardKind::AccumulatorOverflow {
+                    column,
+                    site: mxm::OverflowSite::PartialSum { row },
+                } => write!(f, "partial sum of PE({row}, {column})"),
+                mxm::HazardKind::AccumulatorOverflow {
+                    column,
+                    site: mxm::OverflowSite::Accumulator,
+                } => write!(f, "accumulator of column {column}"),
+                other @ (mxm::HazardKind::SwapWhileInFlight
+                | mxm::HazardKind::SwapBeforeLoadDone
+                | mxm::HazardKind::SwapWithoutLoad
+                | mxm::HazardKind::LoadWhileLoading
+                | mxm::HazardKind::LoadDuringSwap
+                | mxm::HazardKind::MultiplyDuringSwap
+                | mxm::HazardKind::MultiplyPortBusy) => write!(f, "{other}"),
+            },
+            HazardKind::WeightBufferInUse { detail } => write!(f, "{detail}"),
             HazardKind::UnitBusy { until } => write!(f, "the unit is busy until cycle {until}"),
             HazardKind::QueueRanPastEnd => f.write_str("no `halt` at the end of the queue"),
             HazardKind::Deadlock { parked_since } => write!(
