@@ -20,7 +20,7 @@ use serde::Deserialize;
 pub use arch::{Architecture, LLAMA_FAMILY, LinearSpec, from_gguf as architecture_from_gguf};
 pub use error::ModelError;
 pub use parse::{ModelToml, parse};
-pub use q35_target::{self, Target, TargetError};
+pub use q35_target::{Target, TargetError};
 
 /// A validated model description.
 #[derive(Debug, Clone, PartialEq)]

@@ -66,12 +66,11 @@ pub fn locate(src: &str, key: &str) -> Option<(usize, usize)> {
         if trimmed.starts_with('[') && !trimmed.starts_with("[[") {
             current = Some(trimmed.trim_matches(|c| c == '[' || c == ']').trim());
         } else if !trimmed.starts_with('#')
-            && let Some((k, _)) = line.split_once('=')
+            && let Some((k, rest)) = line.split_once('=')
             && k.trim() == leaf
             && current == table
         {
-            let eq = line.find('=').unwrap_or(0);
-            let value = eq + 1 + (line[eq + 1..].len() - line[eq + 1..].trim_start().len());
+            let value = k.len() + 1 + (rest.len() - rest.trim_start().len());
             return Some(line_col(src, offset + value));
         }
         offset += line.len();
