@@ -161,30 +161,6 @@ impl MachineConfig {
         }
         Ok(())
     }
-
-    /// Positions of the 110 queues for the floor plan of docs/isa.md 1:
-    /// `MXM W, SXM W, MEM W43..W0, VXM, MEM E0..E43, SXM E, MXM E`.
-    pub fn isa_positions() -> Vec<u32> {
-        let n = u32::from(MEM_SLICES_PER_HEMISPHERE);
-        let vxm = 2 + n;
-        QueueId::all()
-            .map(|q| match q.kind() {
-                QueueKind::Mem {
-                    hemisphere: Hemisphere::West,
-                    index,
-                } => vxm - 1 - u32::from(index),
-                QueueKind::Mem {
-                    hemisphere: Hemisphere::East,
-                    index,
-                } => vxm + 1 + u32::from(index),
-                QueueKind::Vxm(_) => vxm,
-                QueueKind::Mxm(p) if p < MXM_PLANES / 2 => 0,
-                QueueKind::Mxm(_) => 2 * vxm,
-                QueueKind::Sxm(Hemisphere::West) => 1,
-                QueueKind::Sxm(Hemisphere::East) => 2 * vxm - 1,
-            })
-            .collect()
-    }
 }
 
 /// Queue counts the ISA fixes, for messages.
@@ -193,40 +169,155 @@ pub(crate) const ISA_COUNTS: (u16, u16, u16) =
 
 /// The machine for the target description at `path`, or the built-in
 /// `lpu-v1` when `path` is `None`.
-pub fn load_target(path: Option<&std::path::Path>) -> Result<MachineConfig, ConfigError> {
-    if let Some(p) = path {
-        return Err(ConfigError {
-            target: p.display().to_string(),
-            message: "target files are read once q35-target is merged".into(),
-        });
-    }
-    // INTERIM (until q35-target lands): lpu-v1's figures from
-    // targets/lpu-v1.toml, hash all zero.
-    let config = MachineConfig {
-        target_name: "lpu-v1".into(),
-        target_hash: [0; 32],
-        superlanes: 20,
-        superlane_skew: 1,
-        hop: 1,
-        width: 93,
-        positions: MachineConfig::isa_positions(),
-        mem: MemConfig {
-            words_per_slice: 8192,
-            banks: 2,
-            read_ports: 1,
-            write_ports: 1,
-            read_latency: 1,
-            write_latency: 1,
-        },
-        vxm_alu_latency: 4,
-        vxm_convert_latency: 4,
-        vxm_special_latency: 16,
-        sxm_shift_latency: 2,
-        sxm_permute_latency: 20,
-        sxm_transpose_latency: 16,
-        notify_latency: 4,
-        plane: PlaneConfig::LPU_V1,
+pub fn load_target(path: Option<&std::path::Path>) -> Result<MachineConfig, TargetLoadError> {
+    let target = match path {
+        Some(p) => q35_target::Target::load(p)?,
+        None => q35_target::Target::builtin("lpu-v1")?,
     };
-    config.validate()?;
-    Ok(config)
+    Ok(MachineConfig::from_target(&target)?)
+}
+
+/// A target file that does not load, or that the simulator cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetLoadError {
+    /// The description does not parse or validate.
+    #[error(transparent)]
+    Target(#[from] q35_target::TargetError),
+    /// It describes a machine the instruction set does not fit.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl MachineConfig {
+    /// The machine `target` describes. Its queue counts must be the ones
+    /// the instruction set numbers (88 MEM slices, 16 VXM ALUs, 4 MXM
+    /// planes, 2 SXMs) and its vector 320 bytes.
+    pub fn from_target(target: &q35_target::Target) -> Result<MachineConfig, ConfigError> {
+        use q35_target::{Hemisphere as H, Slice};
+        let err = |message: String| ConfigError {
+            target: target.name.clone(),
+            message,
+        };
+        let (mem, vxm, planes) = ISA_COUNTS;
+        let want = [
+            ("mem.slices", target.mem.slices, u32::from(mem)),
+            (
+                "vxm.alus_per_lane",
+                target.vxm.alus_per_lane,
+                u32::from(vxm),
+            ),
+            ("mxm.planes", target.mxm.planes, u32::from(planes)),
+            ("sxm.units", target.sxm.units, 2),
+            ("vector.lanes", target.vector.lanes, VECTOR_BYTES),
+            ("mem.word_bytes", target.mem.word_bytes, VECTOR_BYTES),
+        ];
+        for (key, got, isa) in want {
+            if got != isa {
+                return Err(err(format!(
+                    "`{key}` = {got}, but the instruction set has {isa}"
+                )));
+            }
+        }
+        let hemi = |h: Hemisphere| match h {
+            Hemisphere::West => H::West,
+            Hemisphere::East => H::East,
+        };
+        let mut positions = Vec::with_capacity(usize::from(QUEUE_COUNT));
+        for q in QueueId::all() {
+            let slice = match q.kind() {
+                QueueKind::Mem { hemisphere, index } => {
+                    Some(Slice::Mem(hemi(hemisphere), u32::from(index)))
+                }
+                QueueKind::Vxm(_) => None,
+                QueueKind::Mxm(p) => target.mxm_plane_hemisphere(u32::from(p)).map(Slice::Mxm),
+                QueueKind::Sxm(h) => Some(Slice::Sxm(hemi(h), 0)),
+            };
+            let position = match slice {
+                None => target.vxm_position(),
+                Some(s) => target
+                    .position(s)
+                    .ok_or_else(|| err(format!("the floor plan has no {s} for queue {q}")))?,
+            };
+            positions.push(position);
+        }
+        let u = u64::from;
+        let config = MachineConfig {
+            target_name: target.name.clone(),
+            target_hash: target.hash().0,
+            superlanes: u(target.vector.superlanes),
+            superlane_skew: u(target.vector.superlane_skew_cycles),
+            hop: u(target.streams.hop_cycles),
+            width: target.floorplan_width(),
+            positions,
+            mem: MemConfig {
+                words_per_slice: target.mem.words_per_slice,
+                banks: target.mem.banks_per_slice,
+                read_ports: target.mem.read_ports,
+                write_ports: target.mem.write_ports,
+                read_latency: u(target.mem.read_latency_cycles),
+                write_latency: u(target.mem.write_latency_cycles),
+            },
+            vxm_alu_latency: u(target.vxm.alu_latency),
+            vxm_convert_latency: u(target.vxm.convert_latency),
+            vxm_special_latency: u(target.vxm.special_latency),
+            sxm_shift_latency: u(target.sxm.shift_latency),
+            sxm_permute_latency: u(target.sxm.permute_latency),
+            sxm_transpose_latency: u(target.sxm.transpose_latency),
+            notify_latency: u(target.icu.notify_latency_cycles),
+            plane: PlaneConfig {
+                rows: target.mxm.rows as usize,
+                cols: target.mxm.cols as usize,
+                install_rows_per_cycle: target.mxm.install_rows_per_cycle as usize,
+                swap_cycles: u(target.mxm.swap_cycles),
+                pe_hop_cycles: u(target.mxm.pe_hop_cycles),
+                acc_bits: target.mxm.acc_bits,
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lpu_v1_positions_are_the_docs_floor_plan() {
+        // docs/isa.md 1: MXM W 0, SXM W 1, MEM W43..W0 2..45, VXM 46,
+        // MEM E0..E43 47..90, SXM E 91, MXM E 92.
+        let config = load_target(None).expect("lpu-v1 loads");
+        let q = |s: &str| s.parse::<QueueId>().expect("queue name");
+        for (name, pos) in [
+            ("mxm.0", 0),
+            ("mxm.1", 0),
+            ("sxm.w", 1),
+            ("mem.w43", 2),
+            ("mem.w0", 45),
+            ("vxm.0", 46),
+            ("vxm.15", 46),
+            ("mem.e0", 47),
+            ("mem.e43", 90),
+            ("sxm.e", 91),
+            ("mxm.2", 92),
+            ("mxm.3", 92),
+        ] {
+            assert_eq!(config.position(q(name)), pos, "{name}");
+        }
+        assert_eq!(config.width, 93);
+        assert_eq!(config.vxm_position(), 46);
+        assert_eq!(config.latency(LatencyClass::MxmPass), 640);
+        assert_eq!(
+            config.target_hash,
+            q35_target::Target::builtin("lpu-v1").unwrap().hash().0
+        );
+    }
+
+    #[test]
+    fn targets_the_isa_cannot_number_are_refused() {
+        let mut t = q35_target::Target::builtin("lpu-v1").unwrap();
+        t.vxm.alus_per_lane = 8;
+        let e = MachineConfig::from_target(&t).unwrap_err();
+        assert!(e.message.contains("vxm.alus_per_lane"), "{e}");
+    }
 }

@@ -155,12 +155,11 @@ impl Streams {
     fn find(&self, s: Stream, position: u32, cycle: u64) -> Option<&Slot> {
         let register = reg(s);
         let base = self.virtual_time(s.dir, position, cycle);
-        // East: present iff v in (base - hop, base]; west: v in [base, base + hop).
+        // Present iff v is in (base - hop, base], both directions: east, at
+        // x during [v + x*hop, v + x*hop + hop) with base = cycle - x*hop;
+        // west, during [v - x*hop, v - x*hop + hop) with base = cycle + x*hop.
         for k in 0..self.hop {
-            let v = match s.dir {
-                Dir::East => base - k,
-                Dir::West => base + k,
-            };
+            let v = base - k;
             let slot = &self.rings[self.slot_index(register, v)];
             if slot.v == v && self.covers(slot, s.dir, position) {
                 return Some(slot);
