@@ -495,7 +495,6 @@ impl<'c> Engine<'c> {
                     stride,
                 });
                 self.issue_one(t, q);
-                return;
             }
             Flow::Park => {
                 qs.pc += 1;

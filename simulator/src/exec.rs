@@ -696,10 +696,10 @@ fn lane_map(
 ) -> Result<(), Fault> {
     let (g, n) = read_ew(ctx, src, ew)?;
     let mut out = [[0u8; LANES]; 4];
-    for l in 0..LANES {
-        if let Some(from) = map(l) {
-            for p in 0..n {
-                out[p][l] = g[p][from];
+    for (o, plane) in out.iter_mut().zip(&g).take(n) {
+        for (l, byte) in o.iter_mut().enumerate() {
+            if let Some(from) = map(l) {
+                *byte = plane[from];
             }
         }
     }
