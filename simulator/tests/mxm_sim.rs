@@ -56,7 +56,9 @@ fn case(seed: u64, n: usize, m: usize) {
     let cols = 320;
     let weights = rng.i8s(n * cols);
     let vectors: Vec<Vec<i8>> = (0..m).map(|_| rng.i8s(320)).collect();
-    let accs: Vec<bool> = (0..m).map(|i| i > 0 && rng.next().is_multiple_of(2)).collect();
+    let accs: Vec<bool> = (0..m)
+        .map(|i| i > 0 && rng.next().is_multiple_of(2))
+        .collect();
 
     // Plane 2 stands at position 92. Row r leaves mem.e43 (90) on 1 + r and
     // is on s0.e at 92 on t + r (t = 4); iw when the load is done; vector i
