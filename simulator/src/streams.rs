@@ -22,18 +22,16 @@
 //! - the **collision check** when a value is written probes the `2*hop - 1`
 //!   virtual times around its own (a value already there, from upstream or
 //!   written on the same cycle, meets it);
-//! - **garbage collection**: a min-heap of exit cycles frees the value's
-//!   bytes (a slab slot) once it has left the chip, and records whether it
-//!   was ever read (a never-read value ends the program only when it has
-//!   left the chip; docs/isa.md 2).
+//! - **garbage collection**: a calendar of exit cycles (one bucket per cycle
+//!   of the ring's span, O(1) to add, each value visited once) frees the
+//!   value's bytes (a slab slot) once it has left the chip, and records
+//!   whether it was ever read (a never-read value ends the program only when
+//!   it has left the chip; docs/isa.md 2).
 //!
 //! `RING` exceeds the span of live virtual times (chip width times hop
 //! plus the longest latency ahead), so a slot whose stored virtual time is
 //! not the one asked for holds a dead value: it reads as empty and may be
 //! overwritten.
-
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 
 use q35_isa::{Dir, STREAMS_PER_DIRECTION, Stream};
 
@@ -98,8 +96,14 @@ pub struct Streams {
     /// Per slab slot: whether any instruction read it.
     was_read: Vec<bool>,
     free: Vec<u32>,
-    /// (exit cycle, ring index, virtual time) of every live value.
-    exits: BinaryHeap<Reverse<(u64, u32, i64)>>,
+    /// (exit cycle, ring index, virtual time) of every live value, in the
+    /// bucket of its exit cycle mod the ring length (every exit lies less
+    /// than a ring length after the cycle its value was written on).
+    exits: Vec<Vec<(u64, u32, i64)>>,
+    /// Every exit at or before this cycle has been collected.
+    collected: u64,
+    /// Values in flight.
+    live: usize,
     /// The last cycle a never-read value was on the chip, over every value
     /// collected so far.
     unread_until: u64,
@@ -129,7 +133,9 @@ impl Streams {
             slab: Vec::new(),
             was_read: Vec::new(),
             free: Vec::new(),
-            exits: BinaryHeap::new(),
+            exits: vec![Vec::new(); ring],
+            collected: 0,
+            live: 0,
             unread_until: 0,
         }
     }
@@ -262,41 +268,68 @@ impl Streams {
             origin: position,
             writer,
         };
-        self.exits
-            .push(Reverse((exit.max(0) as u64, register as u32, v)));
+        let exit = exit.max(0) as u64;
+        let bucket = (exit & self.ring_mask as u64) as usize;
+        self.exits[bucket].push((exit, register as u32, v));
+        self.live += 1;
         Ok(())
     }
 
     /// Frees every value that has left the chip by `cycle`.
     pub fn collect(&mut self, cycle: u64) {
-        while let Some(&Reverse((exit, register, v))) = self.exits.peek() {
-            if exit > cycle {
-                break;
-            }
-            self.exits.pop();
-            let i = self.slot_index(register as usize, v);
-            let slot = self.rings[i];
-            if slot.v == v {
-                self.rings[i] = EMPTY;
-                if !self.was_read[slot.data as usize] {
-                    // On the chip until the cycle before it left.
-                    self.unread_until = self.unread_until.max(exit.saturating_sub(1));
+        if cycle <= self.collected {
+            return;
+        }
+        let ring = self.ring_len() as u64;
+        // One pass over at most one ring length of buckets; an entry whose
+        // exit is still ahead stays (possible only after a long jump).
+        let first = self.collected + 1;
+        let last = cycle.min(self.collected + ring);
+        for c in first..=last {
+            let bucket = (c & self.ring_mask as u64) as usize;
+            let mut entries = std::mem::take(&mut self.exits[bucket]);
+            entries.retain(|&(exit, register, v)| {
+                if exit > cycle {
+                    return true;
                 }
-                self.free.push(slot.data);
+                self.free_value(register, v, exit);
+                false
+            });
+            self.exits[bucket] = entries;
+        }
+        self.collected = cycle;
+    }
+
+    fn free_value(&mut self, register: u32, v: i64, exit: u64) {
+        self.live -= 1;
+        let i = self.slot_index(register as usize, v);
+        let slot = self.rings[i];
+        if slot.v == v {
+            self.rings[i] = EMPTY;
+            if !self.was_read[slot.data as usize] {
+                // On the chip until the cycle before it left.
+                self.unread_until = self.unread_until.max(exit.saturating_sub(1));
             }
+            self.free.push(slot.data);
         }
     }
 
     /// Frees everything and returns the last cycle a never-read value was
     /// on the chip (0 if there was none).
     pub fn drain(&mut self) -> u64 {
-        self.collect(u64::MAX);
+        let mut buckets = std::mem::take(&mut self.exits);
+        for bucket in &mut buckets {
+            for (exit, register, v) in bucket.drain(..) {
+                self.free_value(register, v, exit);
+            }
+        }
+        self.exits = buckets;
         self.unread_until
     }
 
     /// Values in flight (written and not yet collected).
     pub fn in_flight(&self) -> usize {
-        self.exits.len()
+        self.live
     }
 }
 
