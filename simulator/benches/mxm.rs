@@ -103,7 +103,7 @@ fn main() {
         });
         let per_s = n as f64 / secs;
         println!(
-            "fast 1x576x1536 {:?}:   {:>12.0} matmuls/s, {} cycles each: {:.0} M simulated cycles/s",
+            "fast 1x576x1536 {:?}:   {:>12.0} matmuls/s, {} cycles each: {:.2} M simulated cycles/s",
             buffering,
             per_s,
             t.scheduled_cycles,
@@ -145,7 +145,7 @@ fn main() {
     });
     let per_s = n as f64 / secs;
     println!(
-        "fast 1x576x1536 pre-transposed: {:>8.0} matmuls/s, {} cycles each: {:.0} M simulated cycles/s",
+        "fast 1x576x1536 pre-transposed: {:>8.0} matmuls/s, {} cycles each: {:.2} M simulated cycles/s",
         per_s,
         t.scheduled_cycles,
         per_s * t.scheduled_cycles as f64 / 1e6
