@@ -25,14 +25,16 @@ pub struct LayerCalibration {
 }
 
 impl LayerCalibration {
-    fn new(cols: usize, seed: u64) -> LayerCalibration {
+    /// An empty record of layer `id`'s input, `cols` wide, with zeroed
+    /// covariance sums at group size `cov_group` when given.
+    fn new(id: LinearId, cols: usize, cov_group: Option<usize>) -> LayerCalibration {
         LayerCalibration {
             cols,
-            cov: None,
+            cov: cov_group.map(|g| (g, zero_covariance(cols, g))),
             sum_sq: vec![0.0; cols],
             tokens: 0,
             samples: Vec::new(),
-            rng: seed,
+            rng: sampling_seed(id),
         }
     }
 
@@ -40,36 +42,56 @@ impl LayerCalibration {
         splitmix64(&mut self.rng)
     }
 
+    /// Adds the rows of `x` (row-major, `cols` wide) to every statistic.
     fn observe(&mut self, x: &[f32], max_samples: usize) {
-        if let Some((group, blocks)) = self.cov.as_mut() {
-            let (group, cols) = (*group, self.cols);
-            // Groups are independent: one task each (sums stay in token order).
-            blocks.par_iter_mut().enumerate().for_each(|(g, block)| {
-                for row in x.chunks_exact(cols) {
-                    let xg = &row[g * group..((g + 1) * group).min(row.len())];
-                    let n = xg.len();
-                    for (i, &xi) in xg.iter().enumerate() {
-                        for (b, &xj) in block[i * n..(i + 1) * n].iter_mut().zip(xg) {
-                            *b += xi * xj;
-                        }
+        self.accumulate_covariance(x);
+        for row in x.chunks_exact(self.cols) {
+            self.accumulate_squares(row);
+            self.sample_row(row, max_samples);
+            self.tokens += 1;
+        }
+    }
+
+    /// Adds `x_g x_g^T` of every row's groups to the covariance sums, when
+    /// they are recorded.
+    fn accumulate_covariance(&mut self, x: &[f32]) {
+        let Some((group, blocks)) = self.cov.as_mut() else {
+            return;
+        };
+        let (group, cols) = (*group, self.cols);
+        // Groups are independent: one task each (sums stay in token order).
+        blocks.par_iter_mut().enumerate().for_each(|(g, block)| {
+            for row in x.chunks_exact(cols) {
+                let xg = &row[g * group..((g + 1) * group).min(row.len())];
+                let n = xg.len();
+                for (i, &xi) in xg.iter().enumerate() {
+                    for (b, &xj) in block[i * n..(i + 1) * n].iter_mut().zip(xg) {
+                        *b += xi * xj;
                     }
                 }
-            });
+            }
+        });
+    }
+
+    /// Adds `row`'s squares to the per-channel sums behind the importance.
+    fn accumulate_squares(&mut self, row: &[f32]) {
+        for (a, &v) in self.sum_sq.iter_mut().zip(row) {
+            *a += f64::from(v) * f64::from(v);
         }
-        for row in x.chunks_exact(self.cols) {
-            for (a, &v) in self.sum_sq.iter_mut().zip(row) {
-                *a += f64::from(v) * f64::from(v);
+    }
+
+    /// Reservoir sampling: keeps `row` (the token number `self.tokens`)
+    /// with probability `max_samples / (tokens + 1)` once the sample is
+    /// full, so the kept rows are a uniform sample of every row seen.
+    fn sample_row(&mut self, row: &[f32], max_samples: usize) {
+        let held = self.samples.len() / self.cols;
+        if held < max_samples {
+            self.samples.extend_from_slice(row);
+        } else if max_samples > 0 {
+            let j = (self.next_rand() % (self.tokens + 1)) as usize;
+            if j < max_samples {
+                self.samples[j * self.cols..(j + 1) * self.cols].copy_from_slice(row);
             }
-            let held = self.samples.len() / self.cols;
-            if held < max_samples {
-                self.samples.extend_from_slice(row);
-            } else if max_samples > 0 {
-                let j = (self.next_rand() % (self.tokens + 1)) as usize;
-                if j < max_samples {
-                    self.samples[j * self.cols..(j + 1) * self.cols].copy_from_slice(row);
-                }
-            }
-            self.tokens += 1;
         }
     }
 
@@ -199,26 +221,31 @@ impl Observer for Calibration {
             return;
         }
         let cols = x.len() / n_tokens;
-        let seed = 0x51A7_u64 ^ ((id.block.map_or(0xFFFF, |b| b as u64)) << 8) ^ id.kind as u64;
         let max = self.max_samples;
+        // Layers sharing an input share one covariance, kept by the source.
         let cov_group = (cov_source(id) == id).then_some(self.cov_group).flatten();
         self.layers
             .entry(id)
-            .or_insert_with(|| {
-                let mut l = LayerCalibration::new(cols, seed);
-                l.cov = cov_group.map(|g| {
-                    let blocks = (0..cols.div_ceil(g))
-                        .map(|i| {
-                            let n = g.min(cols - i * g);
-                            vec![0f32; n * n]
-                        })
-                        .collect();
-                    (g, blocks)
-                });
-                l
-            })
+            .or_insert_with(|| LayerCalibration::new(id, cols, cov_group))
             .observe(x, max);
     }
+}
+
+/// The reservoir-sampling seed of layer `id` (fixed per layer, so samples
+/// are reproducible).
+fn sampling_seed(id: LinearId) -> u64 {
+    0x51A7_u64 ^ ((id.block.map_or(0xFFFF, |b| b as u64)) << 8) ^ id.kind as u64
+}
+
+/// Zeroed `n x n` sums for each group of `group` channels of `cols` (the
+/// last group ragged).
+fn zero_covariance(cols: usize, group: usize) -> Vec<Vec<f32>> {
+    (0..cols.div_ceil(group))
+        .map(|i| {
+            let n = group.min(cols - i * group);
+            vec![0f32; n * n]
+        })
+        .collect()
 }
 
 /// The layer whose input record `id` shares (K, V read Q's input; up reads

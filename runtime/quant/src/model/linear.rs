@@ -30,6 +30,24 @@ impl QuantLinear {
     pub fn matrix(&self) -> &QuantizedMatrix {
         &self.matrix
     }
+
+    /// Outputs `first .. first + FORWARD_ROWS` (fewer at the end) for every
+    /// token, token-major; NaN for a token whose activations could not be
+    /// quantized (non-finite input).
+    fn row_chunk(&self, acts: &[Option<ActivationI8>], first: usize) -> Vec<f32> {
+        let len = FORWARD_ROWS.min(self.int.rows() - first);
+        let mut part = vec![f32::NAN; acts.len() * len];
+        for (t, a) in acts.iter().enumerate() {
+            if let Some(a) = a {
+                // Lengths are the layer's own, so this cannot fail.
+                let ok = self
+                    .int
+                    .matvec_rows(a, first, &mut part[t * len..(t + 1) * len]);
+                debug_assert!(ok.is_ok());
+            }
+        }
+        part
+    }
 }
 
 /// Output rows per parallel task of [`QuantLinear::forward`].
@@ -45,43 +63,38 @@ impl Linear for QuantLinear {
     }
 
     fn forward(&self, x: &[f32], out: &mut [f32]) {
-        let (rows, cols) = (self.int.rows(), self.int.cols());
-        let acts: Vec<Option<ActivationI8>> = x
-            .chunks_exact(cols)
-            .map(|r| ActivationI8::quantize(r).ok())
-            .collect();
-        let n = acts.len();
+        let acts = quantize_tokens(x, self.int.cols());
         // Row chunks in parallel, every token inside (weights stay in cache).
-        let parts: Vec<Vec<f32>> = (0..rows.div_ceil(FORWARD_ROWS))
+        let parts: Vec<Vec<f32>> = (0..self.int.rows().div_ceil(FORWARD_ROWS))
             .into_par_iter()
-            .map(|c| {
-                let first = c * FORWARD_ROWS;
-                let len = FORWARD_ROWS.min(rows - first);
-                let mut part = vec![f32::NAN; n * len];
-                for (t, a) in acts.iter().enumerate() {
-                    if let Some(a) = a {
-                        // Lengths are the layer's own, so this cannot fail.
-                        let ok = self
-                            .int
-                            .matvec_rows(a, first, &mut part[t * len..(t + 1) * len]);
-                        debug_assert!(ok.is_ok());
-                    }
-                }
-                part
-            })
+            .map(|c| self.row_chunk(&acts, c * FORWARD_ROWS))
             .collect();
-        for (c, part) in parts.iter().enumerate() {
-            let first = c * FORWARD_ROWS;
-            let len = part.len() / n.max(1);
-            for t in 0..n {
-                out[t * rows + first..t * rows + first + len]
-                    .copy_from_slice(&part[t * len..(t + 1) * len]);
-            }
-        }
+        scatter_row_chunks(&parts, self.int.rows(), acts.len(), out);
     }
 
     fn weights_f32(&self) -> Option<Cow<'_, [f32]>> {
         Some(Cow::Owned(self.int.dequantize()))
+    }
+}
+
+/// Each token's int8 activations (`x` row-major, `cols` wide); `None` for
+/// a token with a non-finite value.
+fn quantize_tokens(x: &[f32], cols: usize) -> Vec<Option<ActivationI8>> {
+    x.chunks_exact(cols)
+        .map(|r| ActivationI8::quantize(r).ok())
+        .collect()
+}
+
+/// Copies the row chunks of [`QuantLinear::row_chunk`] (chunk `c` holds rows
+/// `c * FORWARD_ROWS ..`, token-major) into `out` (`n` tokens of `rows`).
+fn scatter_row_chunks(parts: &[Vec<f32>], rows: usize, n: usize, out: &mut [f32]) {
+    for (c, part) in parts.iter().enumerate() {
+        let first = c * FORWARD_ROWS;
+        let len = part.len() / n.max(1);
+        for t in 0..n {
+            out[t * rows + first..t * rows + first + len]
+                .copy_from_slice(&part[t * len..(t + 1) * len]);
+        }
     }
 }
 

@@ -70,42 +70,31 @@ impl ReferenceLogits {
         windows: Option<usize>,
         bos: Option<u32>,
     ) -> Result<ReferenceLogits, ModelQuantError> {
-        if ctx < 4 {
-            return Err(ModelQuantError::Input(format!(
-                "window of {ctx} tokens is too short (at least 4)"
-            )));
-        }
-        let available = tokens.len() / ctx;
-        let windows = windows.unwrap_or(available);
-        if windows == 0 || windows > available {
-            return Err(ModelQuantError::Input(format!(
-                "the evaluation text has {} tokens: {available} whole windows of {ctx}, {windows} requested",
-                tokens.len()
-            )));
-        }
-        let vocab = model.config().vocab;
+        let windows = whole_windows(tokens.len(), ctx, windows)?;
         let mut r = ReferenceLogits {
-            tokens: tokens[..windows * ctx].to_vec(),
+            tokens: window_tokens(tokens, ctx, windows, bos),
             ctx,
-            vocab,
+            vocab: model.config().vocab,
             logits: Vec::with_capacity(windows),
             nll: 0.0,
             positions: 0,
         };
-        if let Some(bos) = bos {
-            for window in r.tokens.chunks_exact_mut(ctx) {
-                window[0] = bos;
-            }
-        }
         for w in 0..windows {
-            let l = r.window_logits(model, w)?;
-            for (j, row) in l.chunks_exact(vocab).enumerate() {
-                r.nll -= log_prob(row, r.target(w, j));
-                r.positions += 1;
-            }
-            r.logits.push(l);
+            r.score_reference_window(model, w)?;
         }
         Ok(r)
+    }
+
+    /// Runs the reference on window `w`, adds its scored positions' negative
+    /// log-likelihood and keeps its logits.
+    fn score_reference_window(&mut self, model: &Model, w: usize) -> Result<(), ModelQuantError> {
+        let l = self.window_logits(model, w)?;
+        for (j, row) in l.chunks_exact(self.vocab).enumerate() {
+            self.nll -= log_prob(row, self.target(w, j));
+            self.positions += 1;
+        }
+        self.logits.push(l);
+        Ok(())
     }
 
     fn first(&self) -> usize {
@@ -138,25 +127,13 @@ impl ReferenceLogits {
     /// Scores `candidate` (the reference's forward pass with quantized
     /// layers installed) on the same windows.
     pub fn compare(&self, candidate: &Model) -> Result<EvalReport, ModelQuantError> {
-        if candidate.config().vocab != self.vocab {
-            return Err(ModelQuantError::Input(format!(
-                "candidate vocabulary {} differs from the reference's {}",
-                candidate.config().vocab,
-                self.vocab
-            )));
-        }
+        self.check_vocab("candidate", candidate.config().vocab)?;
         self.compare_with(|w| self.window_logits(candidate, w))
     }
 
     /// Scores the golden quantized model on the same windows.
     pub fn compare_golden(&self, golden: &GoldenModel) -> Result<EvalReport, ModelQuantError> {
-        if golden.config().vocab != self.vocab {
-            return Err(ModelQuantError::Input(format!(
-                "golden model vocabulary {} differs from the reference's {}",
-                golden.config().vocab,
-                self.vocab
-            )));
-        }
+        self.check_vocab("golden model", golden.config().vocab)?;
         self.compare_with(|w| {
             let mut s = golden.new_session();
             let toks = &self.tokens[w * self.ctx..(w + 1) * self.ctx - 1];
@@ -164,13 +141,23 @@ impl ReferenceLogits {
         })
     }
 
+    /// An error unless `what`'s vocabulary `vocab` is the reference's.
+    fn check_vocab(&self, what: &str, vocab: usize) -> Result<(), ModelQuantError> {
+        if vocab == self.vocab {
+            return Ok(());
+        }
+        Err(ModelQuantError::Input(format!(
+            "{what} vocabulary {vocab} differs from the reference's {}",
+            self.vocab
+        )))
+    }
+
     /// Scores candidate logits (`window -> (ctx - 1 - ctx/2) x vocab`).
     fn compare_with(
         &self,
         mut candidate: impl FnMut(usize) -> Result<Vec<f32>, ModelQuantError>,
     ) -> Result<EvalReport, ModelQuantError> {
-        let (mut nll, mut kl_sum, mut kl_max, mut agree, mut n) =
-            (0f64, 0f64, 0f64, 0usize, 0usize);
+        let mut tally = Tally::default();
         for (w, rl) in self.logits.iter().enumerate() {
             let cl = candidate(w)?;
             if cl.len() != rl.len() {
@@ -185,24 +172,89 @@ impl ReferenceLogits {
                 .zip(cl.chunks_exact(self.vocab))
                 .enumerate()
             {
-                nll -= log_prob(c, self.target(w, j));
-                let kl = kl_divergence(r, c)?;
-                kl_sum += kl;
-                kl_max = kl_max.max(kl);
-                agree += usize::from(argmax(r) == argmax(c));
-                n += 1;
+                tally.add(r, c, self.target(w, j))?;
             }
         }
-        Ok(EvalReport {
-            windows: self.logits.len(),
-            ctx: self.ctx,
-            positions: n,
-            reference_ppl: self.ppl(),
-            ppl: (nll / n as f64).exp(),
-            nll_sum: nll,
-            mean_kld: kl_sum / n as f64,
-            max_kld: kl_max,
-            top1_agreement: agree as f64 / n as f64,
-        })
+        Ok(tally.report(self))
+    }
+}
+
+/// The number of windows to score: `windows`, or every whole window of
+/// `ctx` among `n_tokens` tokens; an error when that is none or more than
+/// there are, or when `ctx` is too short to score anything.
+fn whole_windows(
+    n_tokens: usize,
+    ctx: usize,
+    windows: Option<usize>,
+) -> Result<usize, ModelQuantError> {
+    if ctx < 4 {
+        return Err(ModelQuantError::Input(format!(
+            "window of {ctx} tokens is too short (at least 4)"
+        )));
+    }
+    let available = n_tokens / ctx;
+    let windows = windows.unwrap_or(available);
+    if windows == 0 || windows > available {
+        return Err(ModelQuantError::Input(format!(
+            "the evaluation text has {n_tokens} tokens: {available} whole windows of {ctx}, {windows} requested"
+        )));
+    }
+    Ok(windows)
+}
+
+/// The first `windows` windows of `ctx` tokens, each one's first token
+/// replaced by `bos` when given.
+fn window_tokens(tokens: &[u32], ctx: usize, windows: usize, bos: Option<u32>) -> Vec<u32> {
+    let mut out = tokens[..windows * ctx].to_vec();
+    if let Some(bos) = bos {
+        for window in out.chunks_exact_mut(ctx) {
+            window[0] = bos;
+        }
+    }
+    out
+}
+
+/// Running sums of a candidate's scores, position by position.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Candidate negative log-likelihood of the targets, nats.
+    nll: f64,
+    /// Sum of KL(reference || candidate).
+    kl_sum: f64,
+    /// Largest KL.
+    kl_max: f64,
+    /// Positions where both put the same token first.
+    agree: usize,
+    /// Positions scored.
+    n: usize,
+}
+
+impl Tally {
+    /// Adds one position: reference logits `r`, candidate logits `c`, the
+    /// true next token `target`.
+    fn add(&mut self, r: &[f32], c: &[f32], target: u32) -> Result<(), ModelQuantError> {
+        self.nll -= log_prob(c, target);
+        let kl = kl_divergence(r, c)?;
+        self.kl_sum += kl;
+        self.kl_max = self.kl_max.max(kl);
+        self.agree += usize::from(argmax(r) == argmax(c));
+        self.n += 1;
+        Ok(())
+    }
+
+    /// The report over every position added, against `reference`.
+    fn report(&self, reference: &ReferenceLogits) -> EvalReport {
+        let n = self.n as f64;
+        EvalReport {
+            windows: reference.logits.len(),
+            ctx: reference.ctx,
+            positions: self.n,
+            reference_ppl: reference.ppl(),
+            ppl: (self.nll / n).exp(),
+            nll_sum: self.nll,
+            mean_kld: self.kl_sum / n,
+            max_kld: self.kl_max,
+            top1_agreement: self.agree as f64 / n,
+        }
     }
 }

@@ -51,12 +51,7 @@ pub fn tensor_report(
     };
     let (rows, cols) = (matrix.rows(), matrix.cols());
     let deq = matrix.dequantize();
-    let (mut sq_err, mut sq_ref) = (0f64, 0f64);
-    for (&a, &b) in weights.iter().zip(&deq) {
-        let d = f64::from(a) - f64::from(b);
-        sq_err += d * d;
-        sq_ref += f64::from(a) * f64::from(a);
-    }
+    let (sq_err, sq_ref) = squared_sums(weights, &deq);
     let rel = rel_rmse(weights, &deq).map_err(layer_err)?;
     let (output_error, output_samples) = match calib {
         Some(c) if !c.samples().is_empty() => (
@@ -82,4 +77,16 @@ pub fn tensor_report(
         output_samples,
         multipliers: matrix.multipliers(),
     })
+}
+
+/// `(sum (w - q)^2, sum w^2)` over the weights `w` and their dequantized
+/// values `q`, in f64 and index order.
+fn squared_sums(weights: &[f32], dequantized: &[f32]) -> (f64, f64) {
+    let (mut sq_err, mut sq_ref) = (0f64, 0f64);
+    for (&a, &b) in weights.iter().zip(dequantized) {
+        let d = f64::from(a) - f64::from(b);
+        sq_err += d * d;
+        sq_ref += f64::from(a) * f64::from(a);
+    }
+    (sq_err, sq_ref)
 }
