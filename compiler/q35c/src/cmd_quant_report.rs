@@ -23,7 +23,8 @@ use std::time::Instant;
 use anyhow::Context;
 use q35_quant::QuantScheme;
 use q35_quant::model::{
-    EvalReport, QuantPipeline, ReferenceLogits, SchemePolicy, TensorReport, tensor_report,
+    EvalReport, HeadPolicy, QuantPipeline, ReferenceLogits, SchemePolicy, TensorReport,
+    tensor_report,
 };
 use q35_quant::quantize::QuantOptions;
 use q35_quant::semantics::{ACT_MAX, accumulator_bound};
@@ -108,13 +109,13 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
         args.schemes.clone()
     };
     let head = match args.head.as_str() {
-        "same" => None,
-        "f32" => Some(None),
-        s => Some(Some(
+        "same" => HeadPolicy::SameAsBlocks,
+        "f32" => HeadPolicy::KeepF32,
+        s => HeadPolicy::Scheme(
             s.parse::<QuantScheme>()
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("--head {s}: expected same, f32 or a scheme name"))?,
-        )),
+        ),
     };
     let loaded = load(&args.model, args.threads)?;
     let group = args.group.unwrap_or(loaded.quant.group_size as usize);
@@ -185,7 +186,7 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
     for &scheme in &schemes {
         let policy = SchemePolicy {
             blocks: scheme,
-            head: head.unwrap_or(Some(scheme)),
+            head,
         };
         let t = Instant::now();
         let layers = pipeline
@@ -260,7 +261,7 @@ pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
             })),
             "schemes": summaries.iter().map(|s| json!({
                 "scheme": s.policy.blocks.as_str(),
-                "head": s.policy.head.map_or("f32", QuantScheme::as_str),
+                "head": s.policy.head_scheme().map_or("f32", QuantScheme::as_str),
                 "bits_per_weight": s.bits as f64 / s.weights.max(1) as f64,
                 "storage_bits": s.bits,
                 "weights": s.weights,
@@ -358,7 +359,7 @@ fn write_text(
             out,
             "{:<16} {:<16} {:>8.4} {:>9.4} {:>10} {:>11}",
             s.policy.blocks.as_str(),
-            s.policy.head.map_or("f32", QuantScheme::as_str),
+            s.policy.head_scheme().map_or("f32", QuantScheme::as_str),
             s.bits as f64 / s.weights.max(1) as f64,
             s.rel_rmse,
             s.mean_output_error

@@ -1,11 +1,11 @@
 //! Quantizing a model's matrices: their f32 weights ([`model_weights`]),
-//! which scheme each gets ([`SchemePolicy`]), one layer
-//! ([`quantize_layer`]) and every layer ([`quantize_model`]).
+//! one layer ([`quantize_layer`]) and every layer under a [`SchemePolicy`]
+//! ([`quantize_model`]).
 
-use q35_reference::{LinearId, LinearKind, Model};
+use q35_reference::{LinearId, Model};
 
-use super::{Calibration, ModelQuantError};
-use crate::quantize::{QuantOptions, quantize_gptq, quantize_with};
+use super::{Calibration, ModelQuantError, SchemePolicy};
+use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq, quantize_with};
 use crate::{QuantScheme, QuantizedMatrix, SchemeExt};
 
 /// One quantized matrix of a model.
@@ -55,21 +55,8 @@ pub fn quantize_layer(
     calib: Option<&Calibration>,
     options: QuantOptions,
 ) -> Result<QuantizedMatrix, ModelQuantError> {
-    let importance = match (scheme.needs_importance(), calib) {
-        (false, _) => None,
-        (true, Some(c)) => Some(
-            c.layer(id)
-                .ok_or_else(|| ModelQuantError::NoCalibration(id.to_string()))?
-                .importance(),
-        ),
-        (true, None) => return Err(ModelQuantError::NoCalibration(id.to_string())),
-    };
-    let cov = match (scheme, calib) {
-        (QuantScheme::Q35, Some(c)) => c
-            .covariance(id)
-            .filter(|c| c.group_size.is_multiple_of(group_size)),
-        _ => None,
-    };
+    let importance = layer_importance(id, scheme, calib)?;
+    let cov = layer_covariance(id, scheme, group_size, calib);
     match (cov, importance.as_deref()) {
         (Some(cov), Some(imp)) => {
             quantize_gptq(weights, rows, cols, scheme, group_size, imp, &cov, options)
@@ -82,31 +69,39 @@ pub fn quantize_layer(
     })
 }
 
-/// Which scheme each layer gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SchemePolicy {
-    /// The scheme of the blocks' matrices.
-    pub blocks: QuantScheme,
-    /// The scheme of the LM head (`None`: keep it f32).
-    pub head: Option<QuantScheme>,
+/// The per-input-channel importance of layer `id`, when `scheme` needs
+/// one (an error when it does and `calib` has no record of the layer).
+fn layer_importance(
+    id: LinearId,
+    scheme: QuantScheme,
+    calib: Option<&Calibration>,
+) -> Result<Option<Vec<f32>>, ModelQuantError> {
+    if !scheme.needs_importance() {
+        return Ok(None);
+    }
+    calib
+        .and_then(|c| c.layer(id))
+        .map(|l| Some(l.importance()))
+        .ok_or_else(|| ModelQuantError::NoCalibration(id.to_string()))
 }
 
-impl SchemePolicy {
-    /// Every matrix, LM head included, with `scheme`.
-    pub fn uniform(scheme: QuantScheme) -> SchemePolicy {
-        SchemePolicy {
-            blocks: scheme,
-            head: Some(scheme),
-        }
-    }
-
-    /// The scheme of layer `id` (`None`: not quantized).
-    pub fn scheme_of(&self, id: LinearId) -> Option<QuantScheme> {
-        if id.kind == LinearKind::LmHead {
-            self.head
-        } else {
-            Some(self.blocks)
-        }
+/// The in-group covariance of layer `id`'s input for the activation-aware
+/// scheme, when `calib` recorded one at a multiple of `group_size`.
+fn layer_covariance(
+    id: LinearId,
+    scheme: QuantScheme,
+    group_size: usize,
+    calib: Option<&Calibration>,
+) -> Option<GroupCovariance> {
+    match scheme {
+        QuantScheme::Q35 => calib?
+            .covariance(id)
+            .filter(|c| c.group_size.is_multiple_of(group_size)),
+        QuantScheme::Q35Rtn
+        | QuantScheme::Q35Alternating
+        | QuantScheme::Int8
+        | QuantScheme::Int4
+        | QuantScheme::Int3 => None,
     }
 }
 

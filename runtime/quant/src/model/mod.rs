@@ -10,7 +10,8 @@
 //! against the reference's logits.
 //!
 //! One file per job: `calibration` (the observer and its statistics),
-//! `layers` (which scheme each layer gets, quantizing every matrix),
+//! `policy` (which scheme each layer gets), `layers` (quantizing every
+//! matrix),
 //! `linear` ([`QuantLinear`], installing and restoring layers), `report`
 //! (per-tensor errors), `logits` (the reference's logits and the scoring of
 //! candidates against them) and `pipeline` ([`QuantPipeline`]).
@@ -20,15 +21,15 @@ mod layers;
 mod linear;
 mod logits;
 mod pipeline;
+mod policy;
 mod report;
 
 pub use calibration::{Calibration, LayerCalibration};
-pub use layers::{
-    QuantizedLayer, SchemePolicy, layer_shape, model_weights, quantize_layer, quantize_model,
-};
+pub use layers::{QuantizedLayer, layer_shape, model_weights, quantize_layer, quantize_model};
 pub use linear::{QuantLinear, SavedLayers, install, restore};
 pub use logits::{EvalReport, ReferenceLogits};
 pub use pipeline::QuantPipeline;
+pub use policy::{HeadPolicy, SchemePolicy};
 pub use report::{TensorReport, tensor_report};
 
 use q35_reference::ReferenceError;
