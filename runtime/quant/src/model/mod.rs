@@ -10,11 +10,11 @@
 //! against the reference's logits.
 //!
 //! One file per job: `calibration` (the observer and its statistics),
-//! `policy` (which scheme each layer gets), `layers` (quantizing every
-//! matrix),
-//! `linear` ([`QuantLinear`], installing and restoring layers), `report`
-//! (per-tensor errors), `logits` (the reference's logits and the scoring of
-//! candidates against them) and `pipeline` ([`QuantPipeline`]).
+//! `policy` (which scheme each layer gets: [`SchemePolicy`], [`HeadPolicy`]),
+//! `layers` (quantizing every matrix), `linear` ([`QuantLinear`], installing
+//! and restoring layers), `report` (per-tensor errors), `logits` (the
+//! reference's logits and the scoring of candidates against them) and
+//! `pipeline` ([`QuantPipeline`]).
 
 mod calibration;
 mod layers;
