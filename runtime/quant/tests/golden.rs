@@ -5,7 +5,9 @@
 
 use q35_quant::QuantScheme;
 use q35_quant::golden::GoldenModel;
-use q35_quant::model::{Calibration, SchemePolicy, install, model_weights, quantize_model};
+use q35_quant::model::{
+    Calibration, HeadPolicy, SchemePolicy, install, model_weights, quantize_model,
+};
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{Logits, Model};
 
@@ -35,7 +37,7 @@ fn golden_matches_reference_path_on_tiny_model() {
         // LM head f32: both paths then read the same f32 embedding.
         let policy = SchemePolicy {
             blocks: scheme,
-            head: None,
+            head: HeadPolicy::KeepF32,
         };
         let layers = quantize_model(
             &model,
@@ -91,7 +93,7 @@ fn golden_is_thread_count_independent() {
         &weights,
         SchemePolicy {
             blocks: QuantScheme::Q35Rtn,
-            head: None,
+            head: HeadPolicy::KeepF32,
         },
         16,
         None,

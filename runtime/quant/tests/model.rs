@@ -5,7 +5,8 @@
 use q35_quant::QuantScheme;
 use q35_quant::golden::GoldenModel;
 use q35_quant::model::{
-    Calibration, ReferenceLogits, SchemePolicy, install, model_weights, quantize_model, restore,
+    Calibration, HeadPolicy, ReferenceLogits, SchemePolicy, install, model_weights, quantize_model,
+    restore,
 };
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{LinearId, LinearKind, Logits, Model, PerplexityOptions};
@@ -106,7 +107,7 @@ fn evaluation_protocol_matches_reference_perplexity() {
         &weights,
         SchemePolicy {
             blocks: QuantScheme::Int4,
-            head: None,
+            head: HeadPolicy::KeepF32,
         },
         32,
         None,

@@ -8,8 +8,8 @@ use q35_gguf::Gguf;
 use q35_quant::QuantScheme;
 use q35_quant::golden::GoldenModel;
 use q35_quant::model::{
-    Calibration, SchemePolicy, install, model_weights, quantize_layer, quantize_model, restore,
-    tensor_report,
+    Calibration, HeadPolicy, SchemePolicy, install, model_weights, quantize_layer, quantize_model,
+    restore, tensor_report,
 };
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{LinearId, LinearKind, Logits, Model};
@@ -59,7 +59,7 @@ fn smollm2_golden_and_aware_quantization() {
         &weights,
         SchemePolicy {
             blocks: QuantScheme::Int8,
-            head: None,
+            head: HeadPolicy::KeepF32,
         },
         128,
         None,
