@@ -21,12 +21,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use q35_quant::QuantScheme;
+use q35_contract::QuantScheme;
+use q35_contract::semantics::{ACT_MAX, accumulator_bound};
 use q35_quant::model::{
     EvalReport, QuantPipeline, ReferenceLogits, SchemePolicy, TensorReport, tensor_report,
 };
 use q35_quant::quantize::QuantOptions;
-use q35_quant::semantics::{ACT_MAX, accumulator_bound};
 use q35_reference::splitmix64;
 use serde_json::json;
 

@@ -49,66 +49,9 @@ pub enum WeightSource {
     None,
 }
 
-/// Weight quantization schemes (docs/q35-format.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum QuantScheme {
-    /// Q35, 3.5 bits a weight, with activation-aware scales and 4-bit slots.
-    Q35,
-    /// Q35 with round-to-nearest scales and magnitude-chosen slots.
-    Q35Rtn,
-    /// 3.5 bits a weight with a fixed alternation of 4-bit and 3-bit slots.
-    Q35Alternating,
-    /// Uniform symmetric int8.
-    Int8,
-    /// Uniform symmetric int4.
-    Int4,
-    /// Uniform symmetric int3.
-    Int3,
-}
-
-impl QuantScheme {
-    /// Every scheme, in the order reports list them.
-    pub const ALL: [QuantScheme; 6] = [
-        QuantScheme::Int8,
-        QuantScheme::Int4,
-        QuantScheme::Q35,
-        QuantScheme::Q35Rtn,
-        QuantScheme::Q35Alternating,
-        QuantScheme::Int3,
-    ];
-
-    /// The spelling used in model.toml and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QuantScheme::Q35 => "q35",
-            QuantScheme::Q35Rtn => "q35-rtn",
-            QuantScheme::Q35Alternating => "q35-alternating",
-            QuantScheme::Int8 => "int8",
-            QuantScheme::Int4 => "int4",
-            QuantScheme::Int3 => "int3",
-        }
-    }
-}
-
-impl std::str::FromStr for QuantScheme {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        QuantScheme::ALL
-            .into_iter()
-            .find(|q| q.as_str() == s)
-            .ok_or_else(|| {
-                let all: Vec<_> = QuantScheme::ALL.iter().map(|q| q.as_str()).collect();
-                format!("unknown scheme `{s}`, expected one of {}", all.join(", "))
-            })
-    }
-}
-
-impl std::fmt::Display for QuantScheme {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Weight quantization schemes (docs/q35-format.md): defined, with every
+/// fact about them, in q35-contract.
+pub use q35_contract::QuantScheme;
 
 /// Quantization settings. Activations are always int8 with a per-token
 /// dynamic scale and products accumulate in int32; the TOML states both so a
@@ -197,6 +140,7 @@ enum AccType {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawQuant {
+    #[serde(default, deserialize_with = "scheme_field")]
     scheme: Option<Spanned<QuantScheme>>,
     group_size: Option<Spanned<u32>>,
     #[expect(
@@ -209,6 +153,41 @@ struct RawQuant {
         reason = "only int32 exists; parsed so other values are refused"
     )]
     accumulator: Option<AccType>,
+}
+
+/// A scheme as model.toml spells it ([`QuantScheme::as_str`]); an unknown
+/// name is serde's "unknown variant" error listing [`QuantScheme::NAMES`].
+struct SchemeName(QuantScheme);
+
+impl<'de> Deserialize<'de> for SchemeName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SchemeName;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a quantization scheme name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SchemeName, E> {
+                QuantScheme::ALL
+                    .into_iter()
+                    .find(|s| s.as_str() == v)
+                    .map(SchemeName)
+                    .ok_or_else(|| E::unknown_variant(v, &QuantScheme::NAMES))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+/// `[quantization] scheme`, keeping its span for diagnostics.
+fn scheme_field<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Spanned<QuantScheme>>, D::Error> {
+    let s: Option<Spanned<SchemeName>> = Option::deserialize(d)?;
+    Ok(s.map(|s| {
+        let span = s.span();
+        Spanned::new(span, s.into_inner().0)
+    }))
 }
 
 #[derive(Deserialize)]
@@ -236,11 +215,11 @@ pub(crate) fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> Mode
     }
 }
 
-/// Default group size along the reduction dimension.
-pub const DEFAULT_GROUP_SIZE: u32 = 128;
+/// Default group size along the reduction dimension (q35-contract's).
+pub const DEFAULT_GROUP_SIZE: u32 = q35_contract::DEFAULT_GROUP_SIZE as u32;
 /// Group sizes are multiples of this: 16 channels are 8 Q35 pairs, 7 whole
-/// bytes (q35-quant's `CHANNEL_QUANTUM`, which a test holds equal).
-pub const GROUP_QUANTUM: u32 = 16;
+/// bytes (q35-contract's `CHANNEL_QUANTUM`).
+pub const GROUP_QUANTUM: u32 = q35_contract::CHANNEL_QUANTUM as u32;
 
 /// Loads and validates a model.toml.
 pub fn load(path: impl AsRef<Path>) -> Result<ModelSpec, ModelError> {

@@ -19,11 +19,10 @@ use q35_reference::{
 };
 use rayon::prelude::*;
 
-use crate::golden::GoldenModel;
+use crate::golden::{GoldenError, GoldenModel};
 use crate::metrics::{layer_output_error, rel_rmse};
 use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq, quantize_with};
-use crate::semantics::ActivationI8;
-use crate::{IntMatrix, QuantError, QuantScheme, QuantizedMatrix, SchemeExt};
+use crate::{ActivationI8, IntMatrix, QuantError, QuantScheme, QuantizedMatrix};
 
 /// Errors of whole-model quantization and evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +47,9 @@ pub enum ModelQuantError {
     /// Bad evaluation input.
     #[error("{0}")]
     Input(String),
+    /// The golden model refused its input.
+    #[error(transparent)]
+    Golden(#[from] GoldenError),
 }
 
 /// Calibration statistics of one linear layer's input.
@@ -272,7 +274,7 @@ fn cov_source(id: LinearId) -> LinearId {
 }
 
 /// A quantized linear layer: int8 activations per token and the integer
-/// matmul of [`crate::semantics`].
+/// matmul of [`q35_contract::semantics`].
 #[derive(Debug, Clone)]
 pub struct QuantLinear {
     matrix: QuantizedMatrix,
@@ -713,17 +715,17 @@ impl ReferenceLogits {
 
     /// Scores the golden quantized model on the same windows.
     pub fn compare_golden(&self, golden: &GoldenModel) -> Result<EvalReport, ModelQuantError> {
-        if golden.config().vocab != self.vocab {
+        if golden.vocab() != self.vocab {
             return Err(ModelQuantError::Input(format!(
                 "golden model vocabulary {} differs from the reference's {}",
-                golden.config().vocab,
+                golden.vocab(),
                 self.vocab
             )));
         }
         self.compare_with(|w| {
             let mut s = golden.new_session();
             let toks = &self.tokens[w * self.ctx..(w + 1) * self.ctx - 1];
-            golden.run_from(&mut s, toks, self.first())
+            Ok(golden.run_from(&mut s, toks, self.first())?)
         })
     }
 
@@ -847,7 +849,7 @@ impl<'m> QuantPipeline<'m> {
         layers: &[QuantizedLayer],
         reference: &ReferenceLogits,
     ) -> Result<EvalReport, ModelQuantError> {
-        let golden = GoldenModel::new(self.model, layers, reference.ctx())?;
+        let golden = crate::golden::from_reference(self.model, layers, reference.ctx())?;
         reference.compare_golden(&golden)
     }
 }

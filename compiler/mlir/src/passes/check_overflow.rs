@@ -1,9 +1,9 @@
 //! `--q35-check-overflow`: proves each matmul's int32 accumulator cannot overflow.
 //!
 //! A `q35.matmul` or `q35.lm_head` with weight `@w` of K columns sums K products
-//! of an int8 activation code (|a| <= 127, `q35_quant::semantics::ACT_MAX`)
+//! of an int8 activation code (|a| <= 127, `q35_contract::semantics::ACT_MAX`)
 //! and an integer weight (|w| <= code_max of the scheme). The pass proves
-//! `127 x code_max x K <= 2^31 - 1` with [`q35_quant::check_no_overflow`], or
+//! `127 x code_max x K <= 2^31 - 1` with [`q35_contract::check_no_overflow`], or
 //! reports the op, K and the bound.
 //!
 //! code_max is the largest |integer weight| the scheme's storage format can
@@ -34,22 +34,18 @@ pub(crate) static PASS: PassInfo = PassInfo::new(
     &ID,
 );
 
-/// Largest |integer weight| a scheme's storage can hold, if the scheme is known.
+/// Largest |integer weight| a scheme's storage can hold, if the scheme is
+/// known (`QuantScheme::code_max`, the contract's).
 pub fn code_max(scheme: &str) -> Option<u64> {
-    match scheme {
-        "int8" => Some(128),
-        "int4" => Some(8),
-        "int3" => Some(4),
-        // 4-bit codes (|c| <= 8) times a multiplier <= 16, or 3-bit codes
-        // (|c| <= 4) times a multiplier <= 32.
-        "q35" | "q35-rtn" | "q35-alternating" => Some(128),
-        _ => None,
-    }
+    scheme
+        .parse::<q35_contract::QuantScheme>()
+        .ok()
+        .map(q35_contract::QuantScheme::code_max)
 }
 
 fn run(module: &OperationRef<'_, '_>, out: &mut Vec<Diagnostic>) {
     let table = weights(module, out);
-    let act_max = u64::from(q35_quant::semantics::ACT_MAX.unsigned_abs());
+    let act_max = u64::from(q35_contract::semantics::ACT_MAX.unsigned_abs());
     module.walk(WalkOrder::PreOrder, |op| {
         let name = op_name(&op);
         if name != "q35.matmul" && name != "q35.lm_head" {
@@ -86,7 +82,9 @@ fn run(module: &OperationRef<'_, '_>, out: &mut Vec<Diagnostic>) {
             ));
             return WalkResult::Advance;
         };
-        if let Err(e) = q35_quant::check_no_overflow(&format!("@{symbol}"), *k, act_max, code_max) {
+        if let Err(e) =
+            q35_contract::check_no_overflow(&format!("@{symbol}"), *k, act_max, code_max)
+        {
             out.push(diagnostic(&op, e.to_string()));
         }
         WalkResult::Advance

@@ -22,6 +22,8 @@ use melior::ir::OperationRef;
 use melior::ir::operation::OperationResult;
 use melior::ir::operation::{OperationLike, WalkOrder, WalkResult};
 
+use q35_contract::QuantScheme;
+
 use super::{Diagnostic, PassId, PassInfo, WeightDecl, diagnostic, op_name, weights};
 use crate::ir::{
     TensorInfo, bool_attr, float_attr, int_attr, operand_tensor, result_tensor, symbol_attr,
@@ -37,8 +39,9 @@ pub(crate) static PASS: PassInfo = PassInfo::new(
     &ID,
 );
 
-/// Schemes a `!q35.qweight` may name.
-pub const SCHEMES: [&str; 6] = ["q35", "q35-rtn", "q35-alternating", "int8", "int4", "int3"];
+/// Schemes a `!q35.qweight` may name: the contract's spellings
+/// (`QuantScheme::ALL`, listed in serialised-tag order).
+pub const SCHEMES: [&str; 6] = QuantScheme::NAMES;
 
 fn run(module: &OperationRef<'_, '_>, out: &mut Vec<Diagnostic>) {
     let table = weights(module, out);
@@ -71,7 +74,7 @@ fn run(module: &OperationRef<'_, '_>, out: &mut Vec<Diagnostic>) {
 fn check_decl(w: &WeightDecl) -> Option<String> {
     match &w.qweight {
         Some(q) => {
-            if !SCHEMES.contains(&q.scheme.as_str()) {
+            if q.scheme.parse::<QuantScheme>().is_err() {
                 return Some(format!(
                     "unknown quantization scheme \"{}\" (known: {})",
                     q.scheme,
