@@ -5,7 +5,7 @@
 //! and symbols: every weight symbol names a `q35.weight` of the right kind and
 //! shape (matmul K equals the weight's columns), activations are
 //! `tensor<?xNxf32>` with matching token dimensions, the KV cache is
-//! `tensor<L x 2 x S x kv_heads x head_dim x f16>` and agrees with the
+//! `tensor<L x 2 x S x kv_heads x head_dim x f32>` and agrees with the
 //! attention attributes, and each attention reads the cache its layer's
 //! `q35.kv_write` returned.
 //!
@@ -159,16 +159,16 @@ fn positive(op: &OperationRef<'_, '_>, attr: &str) -> Result<u64, String> {
     }
 }
 
-/// A KV cache `tensor<L x 2 x S x H x D x f16>`; returns [L, 2, S, H, D].
+/// A KV cache `tensor<L x 2 x S x H x D x f32>`; returns [L, 2, S, H, D].
 fn kv_cache(t: Option<TensorInfo>) -> Result<[u64; 5], String> {
     let bad = |t: &dyn std::fmt::Display| {
         format!(
-            "cache must be tensor<blocks x 2 x max_seq_len x kv_heads x head_dim x f16>, not {t}"
+            "cache must be tensor<blocks x 2 x max_seq_len x kv_heads x head_dim x f32>, not {t}"
         )
     };
     let t = t.ok_or_else(|| bad(&"a non-tensor"))?;
     match (t.element.as_str(), t.dims.as_slice()) {
-        ("f16", [Some(l), Some(2), Some(s), Some(h), Some(d)]) => Ok([*l, 2, *s, *h, *d]),
+        ("f32", [Some(l), Some(2), Some(s), Some(h), Some(d)]) => Ok([*l, 2, *s, *h, *d]),
         _ => Err(bad(&t)),
     }
 }
