@@ -139,7 +139,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(r) = &reference {
             let t = Instant::now();
             let e = if golden {
-                let g = q35_quant::golden::GoldenModel::new(&model, &layers, ctx)?;
+                let g = q35_quant::golden::from_reference(&model, &layers, ctx)?;
                 r.compare_golden(&g)?
             } else {
                 let saved = install(&mut model, layers)?;

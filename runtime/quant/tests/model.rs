@@ -3,7 +3,7 @@
 //! q35-reference's own perplexity), install/restore.
 
 use q35_quant::QuantScheme;
-use q35_quant::golden::GoldenModel;
+use q35_quant::golden::from_reference;
 use q35_quant::model::{
     Calibration, HeadPolicy, ReferenceLogits, SchemePolicy, install, model_weights, quantize_model,
     restore,
@@ -114,7 +114,7 @@ fn evaluation_protocol_matches_reference_perplexity() {
         QuantOptions { threads: 2 },
     )
     .unwrap();
-    let golden = GoldenModel::new(&model, &layers, 16).unwrap();
+    let golden = from_reference(&model, &layers, 16).unwrap();
     let g = r.compare_golden(&golden).unwrap();
     let saved = install(&mut model, layers).unwrap();
     let q = r.compare(&model).unwrap();

@@ -9,7 +9,7 @@
 //! activations `X` recorded from the f32 reference running `--calib` (the
 //! same activations give `q35` its importance and in-group covariance). With
 //! `--eval TEXT` it also runs each quantized model as the golden forward
-//! pass (`q35_quant::golden`: int8 activations, integer matmuls and the f32
+//! pass (`q35_contract::golden`: int8 activations, integer matmuls and the f32
 //! operators of docs/q35-format.md section 8, a tied quantized LM head also
 //! serving the embedding lookup) and reports perplexity, mean KL divergence
 //! from the f32 reference and top-1 agreement on that text (llama-perplexity
@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use q35_quant::QuantScheme;
+use q35_contract::QuantScheme;
 use q35_quant::model::{HeadPolicy, QuantPipeline, ReferenceLogits, SchemePolicy};
 use q35_quant::quantize::QuantOptions;
 use q35_reference::splitmix64;

@@ -6,7 +6,7 @@ use q35_reference::{LinearId, Model};
 
 use super::{Calibration, ModelQuantError, SchemePolicy};
 use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq, quantize_with};
-use crate::{QuantScheme, QuantizedMatrix, SchemeExt};
+use crate::{QuantScheme, QuantizedMatrix};
 
 /// One quantized matrix of a model.
 #[derive(Debug, Clone)]

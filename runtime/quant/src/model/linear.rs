@@ -1,5 +1,5 @@
 //! Quantized layers in the reference model: [`QuantLinear`] runs a
-//! quantized matrix as the integer matmul of [`crate::semantics`], and
+//! quantized matrix as the integer matmul of [`q35_contract::semantics`], and
 //! [`install`] / [`restore`] swap such layers into a model and back.
 
 use std::borrow::Cow;
@@ -8,11 +8,10 @@ use q35_reference::{Linear, LinearId, Model};
 use rayon::prelude::*;
 
 use super::{ModelQuantError, QuantizedLayer};
-use crate::semantics::ActivationI8;
-use crate::{IntMatrix, QuantizedMatrix};
+use crate::{ActivationI8, IntMatrix, QuantizedMatrix};
 
 /// A quantized linear layer: int8 activations per token and the integer
-/// matmul of [`crate::semantics`].
+/// matmul of [`q35_contract::semantics`].
 #[derive(Debug, Clone)]
 pub struct QuantLinear {
     matrix: QuantizedMatrix,

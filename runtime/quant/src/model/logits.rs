@@ -133,11 +133,11 @@ impl ReferenceLogits {
 
     /// Scores the golden quantized model on the same windows.
     pub fn compare_golden(&self, golden: &GoldenModel) -> Result<EvalReport, ModelQuantError> {
-        self.check_vocab("golden model", golden.config().vocab)?;
+        self.check_vocab("golden model", golden.vocab())?;
         self.compare_with(|w| {
             let mut s = golden.new_session();
             let toks = &self.tokens[w * self.ctx..(w + 1) * self.ctx - 1];
-            golden.run_from(&mut s, toks, self.first())
+            Ok(golden.run_from(&mut s, toks, self.first())?)
         })
     }
 

@@ -59,4 +59,7 @@ pub enum ModelQuantError {
     /// Bad evaluation input.
     #[error("{0}")]
     Input(String),
+    /// The golden model refused its input.
+    #[error(transparent)]
+    Golden(#[from] crate::golden::GoldenError),
 }

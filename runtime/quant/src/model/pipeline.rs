@@ -7,7 +7,6 @@ use super::{
     Calibration, EvalReport, ModelQuantError, QuantizedLayer, ReferenceLogits, SchemePolicy,
     model_weights, quantize_model,
 };
-use crate::golden::GoldenModel;
 use crate::quantize::QuantOptions;
 
 /// The one way a model is quantized and evaluated (`q35c eval --quant` and
@@ -87,7 +86,7 @@ impl<'m> QuantPipeline<'m> {
         layers: &[QuantizedLayer],
         reference: &ReferenceLogits,
     ) -> Result<EvalReport, ModelQuantError> {
-        let golden = GoldenModel::new(self.model, layers, reference.ctx())?;
+        let golden = crate::golden::from_reference(self.model, layers, reference.ctx())?;
         reference.compare_golden(&golden)
     }
 }
