@@ -3,7 +3,8 @@
 # Run: lit tests/lit            (or `cargo test -p q35c --test lit`)
 # Tools: %q35c is $Q35C, else <target dir>/debug/q35c (CARGO_TARGET_DIR
 # honoured); FileCheck, not, split-file and mlir-opt come from $LLVM_BIN, else
-# /usr/lib/llvm-22/bin. %irdl is dialects/q35.irdl.mlir, %examples examples/.
+# /usr/lib/llvm-22/bin. %irdl is dialects/q35.irdl.mlir, %examples examples/,
+# %targets targets/.
 # The SmolLM2 GGUF (feature `smollm2`) is $Q35_SMOLLM2_GGUF, else
 # .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf; tests that need it FAIL when
 # it is missing unless Q35_SKIP_MODEL_TESTS=1, which marks them UNSUPPORTED.
@@ -49,4 +50,5 @@ config.substitutions.append(("%q35c", q35c))
 config.substitutions.append(("%mlir-opt", os.path.join(llvm_bin, "mlir-opt")))
 config.substitutions.append(("%irdl", os.path.join(repo, "dialects", "q35.irdl.mlir")))
 config.substitutions.append(("%examples", os.path.join(repo, "examples")))
+config.substitutions.append(("%targets", os.path.join(repo, "targets")))
 config.substitutions.append(("%smollm2_gguf", smollm2))

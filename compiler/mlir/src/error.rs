@@ -27,6 +27,14 @@ pub enum MlirError {
         /// MLIR's message.
         message: String,
     },
+    /// A module attribute could not be built from its description.
+    #[error("cannot build module attribute `{name}`: {message}")]
+    Attribute {
+        /// The attribute (`q35.target`).
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The graph could not be lowered.
     #[error("cannot lower node `{node}`: {problem}")]
     Lower {

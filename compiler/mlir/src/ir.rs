@@ -1,14 +1,17 @@
 //! Reading q35 IR: tensor types, `!q35.qweight` parameters, attributes,
-//! locations and diagnostics in a stable textual form.
+//! the module's target ([`target_from_module`]), locations and diagnostics in
+//! a stable textual form.
 
 use melior::diagnostic::{Diagnostic, DiagnosticSeverity};
 use melior::ir::attribute::{
-    FlatSymbolRefAttribute, FloatAttribute, IntegerAttribute, StringAttribute, TypeAttribute,
+    ArrayAttribute, BoolAttribute, DictionaryAttribute, FlatSymbolRefAttribute, FloatAttribute,
+    IntegerAttribute, StringAttribute, TypeAttribute,
 };
 use melior::ir::operation::OperationLike;
 use melior::ir::r#type::RankedTensorType;
 use melior::ir::r#type::{DimSize, ShapedTypeLike};
-use melior::ir::{Location, Type, ValueLike};
+use melior::ir::{Attribute, Location, Type, ValueLike};
+use q35_target::{Target, TargetError};
 
 /// A ranked tensor type as plain data: `None` marks a dynamic dimension.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +142,83 @@ pub fn tensor_type_attr<'c: 'a, 'a>(
 ) -> Option<TensorInfo> {
     let a = op.attribute(name).ok()?;
     TensorInfo::of(TypeAttribute::try_from(a).ok()?.value())
+}
+
+/// The module attribute holding the target description.
+pub const TARGET_ATTRIBUTE: &str = "q35.target";
+
+/// Why a module's target cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetAttrError {
+    /// The module has no `q35.target` attribute.
+    #[error("the module has no `q35.target` attribute (q35c compile records the target there)")]
+    Missing,
+    /// The attribute is not a target description (wrong shape or keys).
+    #[error("`q35.target` does not describe a target: {0}")]
+    Malformed(String),
+    /// The description is complete but inconsistent.
+    #[error(transparent)]
+    Invalid(#[from] TargetError),
+}
+
+/// The inverse of `lower::attribute_from_json`: dictionary -> object, string
+/// -> string, bool (`i1`) -> bool, integer -> integer, float -> float, array
+/// -> array. Other attributes are errors naming their spelling.
+pub fn json_from_attribute(a: Attribute<'_>) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    if let Ok(d) = DictionaryAttribute::try_from(a) {
+        let mut map = serde_json::Map::new();
+        for i in 0..d.len() {
+            let (k, v) = d.element(i).map_err(|e| e.to_string())?;
+            let k = k
+                .as_string_ref()
+                .as_str()
+                .map_err(|e| e.to_string())?
+                .to_owned();
+            let v = json_from_attribute(v).map_err(|e| format!("`{k}`: {e}"))?;
+            map.insert(k, v);
+        }
+        Ok(Value::Object(map))
+    } else if let Ok(s) = StringAttribute::try_from(a) {
+        Ok(Value::String(s.value().to_owned()))
+    } else if let Ok(b) = BoolAttribute::try_from(a) {
+        Ok(Value::Bool(b.value()))
+    } else if let Ok(i) = IntegerAttribute::try_from(a) {
+        Ok(Value::from(i.signed_value()))
+    } else if let Ok(f) = FloatAttribute::try_from(a) {
+        serde_json::Number::from_f64(f.value())
+            .map(Value::Number)
+            .ok_or_else(|| format!("{a} is not finite"))
+    } else if let Ok(arr) = ArrayAttribute::try_from(a) {
+        (0..arr.len())
+            .map(|i| {
+                arr.element(i)
+                    .map_err(|e| e.to_string())
+                    .and_then(json_from_attribute)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array)
+    } else {
+        Err(format!(
+            "{a} is not a dictionary, string, number, bool or array"
+        ))
+    }
+}
+
+/// The target a module was compiled for, read back from its `q35.target`
+/// attribute and validated (its [`Target::source`] is `q35.target`).
+pub fn target_from_module<'c: 'a, 'a>(
+    module: &impl OperationLike<'c, 'a>,
+) -> Result<Target, TargetAttrError> {
+    let a = module
+        .attribute(TARGET_ATTRIBUTE)
+        .map_err(|_| TargetAttrError::Missing)?;
+    let value = json_from_attribute(a).map_err(TargetAttrError::Malformed)?;
+    let mut target: Target =
+        serde_json::from_value(value).map_err(|e| TargetAttrError::Malformed(e.to_string()))?;
+    target.source = TARGET_ATTRIBUTE.into();
+    target.validate()?;
+    Ok(target)
 }
 
 /// `file:line:col` for file locations, the name for named locations,

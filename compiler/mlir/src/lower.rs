@@ -15,6 +15,11 @@
 //! }
 //! ```
 //!
+//! `q35.target` is the whole [`q35_target::Target`], converted generically
+//! (serde to JSON, JSON to attributes: [`attribute_from_json`]) so it never
+//! falls behind the target description; [`crate::ir::target_from_module`]
+//! reads it back.
+//!
 //! Ops are built with melior's `OperationBuilder`; only the `!q35.qweight`
 //! element type (a dynamic IRDL type with no C API constructor) is obtained by
 //! parsing its spelling. Each op's location is the graph node's name.
@@ -24,8 +29,8 @@ use std::collections::BTreeMap;
 use melior::Context;
 use melior::dialect::func;
 use melior::ir::attribute::{
-    BoolAttribute, DictionaryAttribute, FlatSymbolRefAttribute, FloatAttribute, IntegerAttribute,
-    StringAttribute, TypeAttribute,
+    ArrayAttribute, BoolAttribute, DictionaryAttribute, FlatSymbolRefAttribute, FloatAttribute,
+    IntegerAttribute, StringAttribute, TypeAttribute,
 };
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationBuilder, OperationLike, OperationMutLike};
@@ -56,6 +61,46 @@ pub fn emit_q35_with(spec: &ModelSpec, options: passes::RunOptions) -> Result<St
     Ok(module.as_operation().to_string())
 }
 
+/// An attribute holding a JSON value: object -> dictionary, string ->
+/// string, integer -> `i64`, float -> `f64`, bool -> `true`/`false`, array ->
+/// array. `null` and integers beyond `i64` have no attribute and are errors.
+pub fn attribute_from_json<'c>(
+    context: &'c Context,
+    value: &serde_json::Value,
+) -> Result<Attribute<'c>, String> {
+    use serde_json::Value;
+    Ok(match value {
+        Value::Null => return Err("null has no attribute".into()),
+        Value::Bool(b) => BoolAttribute::new(context, *b).into(),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => IntegerAttribute::new(IntegerType::new(context, 64).into(), i).into(),
+            (None, Some(x)) if !n.is_u64() => {
+                FloatAttribute::new(context, Type::float64(context), x).into()
+            }
+            _ => return Err(format!("{n} does not fit a 64-bit signed integer")),
+        },
+        Value::String(s) => StringAttribute::new(context, s).into(),
+        Value::Array(items) => {
+            let items = items
+                .iter()
+                .map(|v| attribute_from_json(context, v))
+                .collect::<Result<Vec<_>, _>>()?;
+            ArrayAttribute::new(context, &items).into()
+        }
+        Value::Object(map) => {
+            let entries = map
+                .iter()
+                .map(|(k, v)| {
+                    attribute_from_json(context, v)
+                        .map(|a| (Identifier::new(context, k), a))
+                        .map_err(|e| format!("`{k}`: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            DictionaryAttribute::new(context, &entries).into()
+        }
+    })
+}
+
 /// Lowers `graph` (built from `spec`) into a verified module.
 pub fn lower<'c>(
     context: &'c Context,
@@ -69,7 +114,7 @@ pub fn lower<'c>(
         qweight: BTreeMap::new(),
     };
 
-    for (name, attr) in l.module_attributes(spec) {
+    for (name, attr) in l.module_attributes(spec)? {
         module.as_operation_mut().set_attribute(name, attr);
     }
     for w in graph.weights() {
@@ -109,10 +154,6 @@ impl<'c> Lowering<'c> {
         FloatAttribute::new(self.context, Type::float32(self.context), f64::from(v)).into()
     }
 
-    fn f64(&self, v: f64) -> Attribute<'c> {
-        FloatAttribute::new(self.context, Type::float64(self.context), v).into()
-    }
-
     fn str(&self, v: &str) -> Attribute<'c> {
         StringAttribute::new(self.context, v).into()
     }
@@ -130,9 +171,18 @@ impl<'c> Lowering<'c> {
         DictionaryAttribute::new(self.context, &entries).into()
     }
 
-    fn module_attributes(&self, spec: &ModelSpec) -> Vec<(&'static str, Attribute<'c>)> {
+    fn module_attributes(
+        &self,
+        spec: &ModelSpec,
+    ) -> Result<Vec<(&'static str, Attribute<'c>)>, MlirError> {
         let a = &spec.arch;
-        let t = &spec.target;
+        let target = serde_json::to_value(&spec.target)
+            .map_err(|e| e.to_string())
+            .and_then(|v| attribute_from_json(self.context, &v))
+            .map_err(|message| MlirError::Attribute {
+                name: "q35.target".into(),
+                message,
+            })?;
         let weights = match &spec.weights {
             WeightSource::Gguf { path } => format!(
                 "gguf:{}",
@@ -143,7 +193,7 @@ impl<'c> Lowering<'c> {
             WeightSource::Synthetic { seed } => format!("synthetic:{seed}"),
             WeightSource::None => "none".to_string(),
         };
-        vec![
+        Ok(vec![
             ("q35.model", self.str(&spec.name)),
             ("q35.weights", self.str(&weights)),
             (
@@ -179,37 +229,8 @@ impl<'c> Lowering<'c> {
                     ("batch", self.int(spec.limits.batch.into())),
                 ]),
             ),
-            (
-                "q35.target",
-                self.dict(&[
-                    ("name", self.str(&t.name)),
-                    ("clock_mhz", self.f64(t.clock_mhz)),
-                    ("mxm_rows", self.int(t.mxm_rows.into())),
-                    ("mxm_cols", self.int(t.mxm_cols.into())),
-                    ("mxm_planes", self.int(t.mxm_planes.into())),
-                    (
-                        "mxm_weight_install_cycles",
-                        self.int(t.mxm_weight_install_cycles.into()),
-                    ),
-                    ("mxm_fill_cycles", self.int(t.mxm_fill_cycles.into())),
-                    ("mxm_drain_cycles", self.int(t.mxm_drain_cycles.into())),
-                    ("vector_lanes", self.int(t.vector_lanes.into())),
-                    ("vxm_alus_per_lane", self.int(t.vxm_alus_per_lane.into())),
-                    (
-                        "vxm_pipeline_cycles",
-                        self.int(t.vxm_pipeline_cycles.into()),
-                    ),
-                    ("sram_bytes", self.int(t.sram_bytes)),
-                    ("sram_slices", self.int(t.sram_slices.into())),
-                    (
-                        "sram_read_latency_cycles",
-                        self.int(t.sram_read_latency_cycles.into()),
-                    ),
-                    ("stream_registers", self.int(t.stream_registers.into())),
-                    ("stream_hop_cycles", self.int(t.stream_hop_cycles.into())),
-                ]),
-            ),
-        ]
+            ("q35.target", target),
+        ])
     }
 
     fn qweight_type(

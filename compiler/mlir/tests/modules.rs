@@ -97,7 +97,9 @@ fn smollm2_module() {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let spec = q35_model::parse(&text, &toml_path).unwrap();
+    let spec = q35_model::parse(&text, &toml_path)
+        .and_then(q35_model::ModelToml::resolve)
+        .unwrap();
     let m = emit(&spec);
     assert_eq!(
         count(&m, "\"q35.weight\"()"),
@@ -106,4 +108,55 @@ fn smollm2_module() {
     );
     assert_eq!(count(&m, "\"q35.lm_head\""), 1);
     snapshot("smollm2_135m", &m);
+}
+
+/// `q35.target` is the whole target: reading it back gives the same
+/// description (and hash) the model was compiled for, and a missing or
+/// broken attribute is a typed error.
+#[test]
+fn target_attribute_round_trips() {
+    use q35_mlir::ir::{TargetAttrError, target_from_module};
+
+    let spec = example("tiny.toml");
+    let graph = q35_frontend::build(&spec).unwrap();
+    let context = q35_mlir::create_context().unwrap();
+    let module = q35_mlir::lower(&context, &spec, &graph).unwrap();
+    let back = target_from_module(&module.as_operation()).unwrap();
+    assert_eq!(back.source, Path::new("q35.target"));
+    assert_eq!(back.hash(), spec.target.hash());
+    assert_eq!(
+        q35_model::Target {
+            source: spec.target.source.clone(),
+            ..back
+        },
+        spec.target
+    );
+
+    // Through the printed text too (floats print in a form that re-parses exactly).
+    let text = module.as_operation().to_string();
+    let reparsed = q35_mlir::parse_module(&context, &text, "t.mlir").unwrap();
+    assert_eq!(
+        target_from_module(&reparsed.as_operation()).unwrap().hash(),
+        spec.target.hash()
+    );
+
+    let bare = q35_mlir::parse_module(&context, "module {}", "t.mlir").unwrap();
+    assert!(matches!(
+        target_from_module(&bare.as_operation()),
+        Err(TargetAttrError::Missing)
+    ));
+    let broken = text.replacen("acc_bits = 32 : i64", "acc_bits = \"32\"", 1);
+    let broken = q35_mlir::parse_module(&context, &broken, "t.mlir").unwrap();
+    let e = target_from_module(&broken.as_operation()).unwrap_err();
+    assert!(
+        matches!(&e, TargetAttrError::Malformed(m) if m.contains("invalid type: string")),
+        "{e}"
+    );
+    let invalid = text.replacen("planes = 4 : i64", "planes = 3 : i64", 1);
+    let invalid = q35_mlir::parse_module(&context, &invalid, "t.mlir").unwrap();
+    let e = target_from_module(&invalid.as_operation()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "q35.target: `mxm.planes`: 3 must be even: each hemisphere holds half"
+    );
 }

@@ -1,7 +1,10 @@
-//! Diagnostics for model.toml and target files: always the file, and where
-//! known the line, column and key, plus what was expected.
+//! Diagnostics for model.toml: always the file, and where known the line,
+//! column and key, plus what was expected. Locations are computed by
+//! [`q35_target::diag`], which target files share.
 
 use std::path::PathBuf;
+
+use q35_target::diag::Loc;
 
 /// Everything that can be wrong with a model description.
 #[derive(Debug, thiserror::Error)]
@@ -56,49 +59,7 @@ pub enum ModelError {
     /// tensors do not have the shapes its architecture implies.
     #[error("{}: {message}", gguf.display())]
     Weights { gguf: PathBuf, message: String },
-}
-
-struct Loc(Option<(usize, usize)>);
-
-impl std::fmt::Display for Loc {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some((l, c)) => write!(f, ":{l}:{c}"),
-            None => Ok(()),
-        }
-    }
-}
-
-/// 1-based (line, column) of byte `offset` in `src`.
-pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let before = &src[..offset.min(src.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |i| before.len() - i - 1)
-        + 1;
-    (line, col)
-}
-
-/// The dotted key (`architecture.hidden`) of a `key = value` line holding
-/// byte `offset`, from the nearest `[table]` header above it.
-pub(crate) fn key_at(src: &str, offset: usize) -> Option<String> {
-    let offset = offset.min(src.len());
-    let start = src[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line = src[start..].lines().next()?;
-    let (key, _) = line.split_once('=')?;
-    let key = key.trim();
-    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
-        return None;
-    }
-    let table = src[..start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('[') && !l.starts_with("[["))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
-    Some(match table {
-        Some(t) => format!("{t}.{key}"),
-        None => key.to_owned(),
-    })
+    /// The target description (`[target]`) is unreadable or invalid.
+    #[error(transparent)]
+    Target(#[from] q35_target::TargetError),
 }

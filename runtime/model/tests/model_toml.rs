@@ -29,8 +29,13 @@ source = "synthetic"
 seed = 3
 "#;
 
+/// Parses and resolves model.toml text.
+fn spec(text: &str, path: &str) -> Result<q35_model::ModelSpec, ModelError> {
+    q35_model::parse(text, Path::new(path)).and_then(q35_model::ModelToml::resolve)
+}
+
 fn err(text: &str) -> String {
-    q35_model::parse(text, Path::new("bad.toml"))
+    spec(text, "bad.toml")
         .expect_err("should be rejected")
         .to_string()
 }
@@ -42,7 +47,7 @@ fn tiny_and_70b_examples_load() {
     assert_eq!(t.arch.head_dim, 16);
     assert_eq!(t.weights, WeightSource::Synthetic { seed: 7 });
     assert_eq!(t.quant.group_size, 32);
-    assert_eq!(t.target.mxm_rows, 320);
+    assert_eq!(t.target.mxm.rows, 320);
     let l = q35_model::load(examples().join("llama-70b.toml")).unwrap();
     assert_eq!(
         (l.arch.hidden, l.arch.heads, l.arch.kv_heads),
@@ -58,7 +63,7 @@ fn tiny_and_70b_examples_load() {
 
 #[test]
 fn defaults() {
-    let m = q35_model::parse(TINY, Path::new("x/t.toml")).unwrap();
+    let m = spec(TINY, "x/t.toml").unwrap();
     assert_eq!(m.arch.head_dim, 16);
     assert_eq!(m.quant.scheme, QuantScheme::Q35);
     assert_eq!(m.quant.group_size, 128);
@@ -117,9 +122,9 @@ fn bad_options() {
     assert!(e.contains("`quantization.group_size`"), "{e}");
     let e = err(&format!("{TINY}[quantization]\ngroup_size = 24\n"));
     assert!(e.contains("24 must be a multiple of 16"), "{e}");
-    q35_model::parse(
+    spec(
         &format!("{TINY}[quantization]\ngroup_size = 48\n"),
-        Path::new("t.toml"),
+        "t.toml",
     )
     .unwrap();
     let e = err(&format!("{TINY}[quantization]\nactivations = \"fp16\"\n"));
@@ -158,7 +163,7 @@ fn tiny_gguf(dir: &Path, hidden: u32, drop: Option<&str>) -> PathBuf {
         "tokenizer.ggml.tokens",
         Value::Array(Array::String((0..256).map(|i| format!("t{i}")).collect())),
     );
-    let arch = q35_model::parse(TINY, Path::new("t.toml")).unwrap().arch;
+    let arch = spec(TINY, "t.toml").unwrap().arch;
     let arch = q35_model::Architecture {
         hidden,
         tied_embeddings: true,
@@ -242,7 +247,7 @@ fn non_llama_gguf_is_refused() {
 fn builtin_target_is_valid() {
     let t = Target::builtin("lpu-v1").unwrap();
     assert_eq!(
-        (t.mxm_rows, t.mxm_cols, t.mxm_planes, t.vector_lanes),
+        (t.mxm.rows, t.mxm.cols, t.mxm.planes, t.vector.lanes),
         (320, 320, 4, 320)
     );
     // 409,600 MACs x 900 MHz: the published ~750 TOPS (2 ops per MAC) peak.
@@ -263,4 +268,71 @@ fn real_smollm2_example() {
     assert_eq!(m.arch.rope_base, 100_000.0);
     assert!(m.arch.tied_embeddings);
     assert_eq!(m.arch.parameters(), 134_515_008);
+}
+
+#[test]
+fn parse_opens_nothing_resolve_opens_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "[model]\nname = \"g\"\n[architecture]\nhidden = 64\n[weights]\nsource = \"gguf\"\npath = \"absent.gguf\"\n[target]\npath = \"absent-target.toml\"\n";
+    let p = dir.path().join("m.toml");
+    let described = q35_model::parse(toml, &p).unwrap();
+    assert_eq!(described.name, "g");
+    assert_eq!(
+        described.weights,
+        WeightSource::Gguf {
+            path: dir.path().join("absent.gguf")
+        }
+    );
+    let e = described.resolve().unwrap_err().to_string();
+    assert!(
+        e.contains("`weights.path`") && e.contains("absent.gguf"),
+        "{e}"
+    );
+}
+
+#[test]
+fn target_file_resolves_through_q35_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let lpu = q35_target::BUILTIN[0].1;
+    std::fs::write(
+        dir.path().join("fast.toml"),
+        lpu.replace("clock_mhz = 900.0", "clock_mhz = 1250.0"),
+    )
+    .unwrap();
+    let m = spec(
+        &format!("{TINY}[target]\npath = \"fast.toml\"\n"),
+        dir.path().join("m.toml").to_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m.target.clock_mhz, 1250.0);
+    assert_eq!(m.target.source, dir.path().join("fast.toml"));
+    assert_ne!(m.target.hash(), Target::builtin("lpu-v1").unwrap().hash());
+
+    // A bad target file is reported at its own line and key.
+    std::fs::write(
+        dir.path().join("fast.toml"),
+        lpu.replace("planes = 4 ", "planes = 0 "),
+    )
+    .unwrap();
+    let e = spec(
+        &format!("{TINY}[target]\npath = \"fast.toml\"\n"),
+        dir.path().join("m.toml").to_str().unwrap(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ModelError::Target(_)), "{e:?}");
+    let line = lpu
+        .lines()
+        .position(|l| l.starts_with("planes = 4"))
+        .unwrap()
+        + 1;
+    assert!(
+        e.to_string().ends_with(&format!(
+            "fast.toml:{line}:10: `mxm.planes`: must be at least 1"
+        )),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{TINY}[target]\nname = \"lpu-v1\"\npath = \"fast.toml\"\n"
+    ));
+    assert!(e.contains("`target`: give exactly one of"), "{e}");
 }

@@ -1,0 +1,637 @@
+//! Reading model.toml in two steps. [`parse`] turns the text into a
+//! [`ModelToml`], one function per table, touching nothing but the text
+//! (built-in targets are embedded text too). [`ModelToml::resolve`] then does
+//! what needs files: it opens the GGUF and reads the architecture from it,
+//! cross-checking every value the TOML also gives, loads a target file, and
+//! settles the limits that depend on the architecture.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use q35_target::{Target, TargetError, diag};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::arch::{self, Architecture, LLAMA_FAMILY};
+use crate::{
+    DEFAULT_GROUP_SIZE, GROUP_QUANTUM, ModelError, ModelSpec, QuantConfig, QuantScheme,
+    RuntimeLimits, WeightSource,
+};
+
+// ---- the raw schema ------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    model: RawMeta,
+    architecture: Option<RawArch>,
+    weights: RawWeights,
+    quantization: Option<RawQuant>,
+    target: Option<RawTarget>,
+    runtime: Option<RawRuntime>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeta {
+    name: Spanned<String>,
+    family: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawArch {
+    blocks: Option<Spanned<u32>>,
+    hidden: Option<Spanned<u32>>,
+    heads: Option<Spanned<u32>>,
+    kv_heads: Option<Spanned<u32>>,
+    head_dim: Option<Spanned<u32>>,
+    ffn: Option<Spanned<u32>>,
+    vocab: Option<Spanned<u32>>,
+    rope_base: Option<Spanned<f64>>,
+    norm_eps: Option<Spanned<f64>>,
+    tied_embeddings: Option<Spanned<bool>>,
+    context: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum SourceKind {
+    Gguf,
+    Synthetic,
+    None,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeights {
+    source: Spanned<SourceKind>,
+    path: Option<Spanned<String>>,
+    seed: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ActType {
+    Int8,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum AccType {
+    Int32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuant {
+    scheme: Option<Spanned<QuantScheme>>,
+    group_size: Option<Spanned<u32>>,
+    #[expect(
+        dead_code,
+        reason = "only int8 exists; parsed so other values are refused"
+    )]
+    activations: Option<ActType>,
+    #[expect(
+        dead_code,
+        reason = "only int32 exists; parsed so other values are refused"
+    )]
+    accumulator: Option<AccType>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    max_seq_len: Option<Spanned<u32>>,
+    batch: Option<Spanned<u32>>,
+}
+
+// ---- the description ------------------------------------------------------
+
+/// A value from model.toml and the line and column it was written at.
+#[derive(Debug, Clone, Copy)]
+struct At<T> {
+    value: T,
+    at: (usize, usize),
+}
+
+/// model.toml parsed and checked table by table, before any file it names
+/// is opened. [`ModelToml::resolve`] turns it into a [`ModelSpec`].
+#[derive(Debug, Clone)]
+pub struct ModelToml {
+    /// The model.toml this came from.
+    pub path: PathBuf,
+    /// `[model] name`.
+    pub name: String,
+    /// `[weights]`: where the weights come from (paths resolved against the
+    /// model.toml's directory).
+    pub weights: WeightSource,
+    /// `[quantization]`.
+    pub quant: QuantConfig,
+    architecture: ArchSection,
+    target: TargetSection,
+    runtime: RuntimeSection,
+}
+
+/// `[architecture]`: complete and checked when the weights do not come from
+/// a GGUF file; otherwise the values to check against the file's metadata.
+#[derive(Debug, Clone)]
+enum ArchSection {
+    Given(Architecture),
+    CheckAgainstGguf { gguf: PathBuf, keys: ArchKeys },
+}
+
+/// Reads one field of an [`Architecture`].
+type Field<T> = fn(&Architecture) -> T;
+
+/// The `[architecture]` values a model.toml gives, located, with the field
+/// of the GGUF's architecture each must equal.
+#[derive(Debug, Clone)]
+struct ArchKeys {
+    ints: Vec<(&'static str, Field<u32>, At<u32>)>,
+    floats: Vec<(&'static str, Field<f32>, At<f64>)>,
+    tied_embeddings: Option<At<bool>>,
+}
+
+/// `[target]`: a built-in target (already parsed) or a file to load.
+#[derive(Debug, Clone)]
+enum TargetSection {
+    Builtin(Box<Target>),
+    File(PathBuf),
+}
+
+/// `[runtime]`: `batch` is checked; `max_seq_len` depends on the context
+/// length, known once the architecture is.
+#[derive(Debug, Clone, Copy)]
+struct RuntimeSection {
+    max_seq_len: Option<At<u32>>,
+    batch: u32,
+}
+
+/// What every table's parser needs to report a located problem.
+struct Cx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Cx<'_> {
+    fn at(&self, span: Range<usize>) -> (usize, usize) {
+        diag::line_col(self.text, span.start)
+    }
+
+    fn located<T: Copy>(&self, v: &Spanned<T>) -> At<T> {
+        At {
+            value: *v.get_ref(),
+            at: self.at(v.span()),
+        }
+    }
+
+    fn invalid(&self, span: Option<Range<usize>>, key: &str, message: String) -> ModelError {
+        ModelError::Invalid {
+            path: self.path.to_path_buf(),
+            at: span.map(|s| self.at(s)),
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    fn base(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ModelError {
+    let d = diag::toml_error(text, e);
+    ModelError::Syntax {
+        path: path.to_path_buf(),
+        line: d.line,
+        col: d.col,
+        key: d.key,
+        message: d.message,
+    }
+}
+
+/// Parses model.toml text into a description, checking each table; `path`
+/// names it in diagnostics and anchors relative paths. Opens no file.
+pub fn parse(text: &str, path: &Path) -> Result<ModelToml, ModelError> {
+    let raw: RawModel = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
+    let cx = Cx { path, text };
+    let name = model_table(&cx, &raw.model)?;
+    let weights = weights_table(&cx, &raw.weights)?;
+    let architecture = architecture_table(&cx, raw.architecture.unwrap_or_default(), &weights)?;
+    let quant = quantization_table(&cx, raw.quantization.as_ref())?;
+    let target = target_table(&cx, raw.target.as_ref())?;
+    let runtime = runtime_table(&cx, raw.runtime.as_ref())?;
+    Ok(ModelToml {
+        path: path.to_path_buf(),
+        name,
+        weights,
+        quant,
+        architecture,
+        target,
+        runtime,
+    })
+}
+
+/// `[model]`: a non-empty name and a supported family.
+fn model_table(cx: &Cx<'_>, raw: &RawMeta) -> Result<String, ModelError> {
+    let name = raw.name.get_ref().trim().to_owned();
+    if name.is_empty() {
+        return Err(cx.invalid(
+            Some(raw.name.span()),
+            "model.name",
+            "must not be empty".into(),
+        ));
+    }
+    if let Some(fam) = &raw.family
+        && !LLAMA_FAMILY.contains(&fam.get_ref().as_str())
+    {
+        return Err(cx.invalid(
+            Some(fam.span()),
+            "model.family",
+            format!(
+                "`{}` is not supported; expected one of: {}",
+                fam.get_ref(),
+                LLAMA_FAMILY.join(", ")
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// `[weights]`: the source and the keys only it allows.
+fn weights_table(cx: &Cx<'_>, w: &RawWeights) -> Result<WeightSource, ModelError> {
+    let source = *w.source.get_ref();
+    if source != SourceKind::Gguf
+        && let Some(p) = &w.path
+    {
+        return Err(cx.invalid(
+            Some(p.span()),
+            "weights.path",
+            "only allowed with source = \"gguf\"".into(),
+        ));
+    }
+    if source != SourceKind::Synthetic
+        && let Some(s) = &w.seed
+    {
+        return Err(cx.invalid(
+            Some(s.span()),
+            "weights.seed",
+            "only allowed with source = \"synthetic\"".into(),
+        ));
+    }
+    Ok(match source {
+        SourceKind::Gguf => {
+            let p = w.path.as_ref().ok_or_else(|| {
+                cx.invalid(
+                    Some(w.source.span()),
+                    "weights.path",
+                    "is required with source = \"gguf\" (a GGUF file, relative to this model.toml)"
+                        .into(),
+                )
+            })?;
+            WeightSource::Gguf {
+                path: cx.base().join(p.get_ref()),
+            }
+        }
+        SourceKind::Synthetic => WeightSource::Synthetic {
+            seed: w.seed.as_ref().map_or(0, |s| *s.get_ref()),
+        },
+        SourceKind::None => WeightSource::None,
+    })
+}
+
+/// `[architecture]`: the whole architecture when weights do not come from a
+/// GGUF file, else the given values, kept to check against the file.
+fn architecture_table(
+    cx: &Cx<'_>,
+    ra: RawArch,
+    weights: &WeightSource,
+) -> Result<ArchSection, ModelError> {
+    if let WeightSource::Gguf { path } = weights {
+        let ints: [(&str, Field<u32>, _); 8] = [
+            ("blocks", |a| a.blocks, &ra.blocks),
+            ("hidden", |a| a.hidden, &ra.hidden),
+            ("heads", |a| a.heads, &ra.heads),
+            ("kv_heads", |a| a.kv_heads, &ra.kv_heads),
+            ("head_dim", |a| a.head_dim, &ra.head_dim),
+            ("ffn", |a| a.ffn, &ra.ffn),
+            ("vocab", |a| a.vocab, &ra.vocab),
+            ("context", |a| a.context, &ra.context),
+        ];
+        let floats: [(&str, Field<f32>, _); 2] = [
+            ("rope_base", |a| a.rope_base, &ra.rope_base),
+            ("norm_eps", |a| a.norm_eps, &ra.norm_eps),
+        ];
+        return Ok(ArchSection::CheckAgainstGguf {
+            gguf: path.clone(),
+            keys: ArchKeys {
+                ints: ints
+                    .into_iter()
+                    .filter_map(|(k, f, v)| Some((k, f, cx.located(v.as_ref()?))))
+                    .collect(),
+                floats: floats
+                    .into_iter()
+                    .filter_map(|(k, f, v)| Some((k, f, cx.located(v.as_ref()?))))
+                    .collect(),
+                tied_embeddings: ra.tied_embeddings.as_ref().map(|t| cx.located(t)),
+            },
+        });
+    }
+    arch_from_toml(cx, &ra).map(ArchSection::Given)
+}
+
+/// Builds the architecture from the TOML alone (synthetic or no weights):
+/// every field but `head_dim` and `tied_embeddings` is required.
+fn arch_from_toml(cx: &Cx<'_>, ra: &RawArch) -> Result<Architecture, ModelError> {
+    let invalid = |span: Option<Range<usize>>, key: &str, message: String| {
+        cx.invalid(span, &format!("architecture.{key}"), message)
+    };
+    let need_u = |v: &Option<Spanned<u32>>, key: &str| -> Result<(u32, Range<usize>), ModelError> {
+        let v = v.as_ref().ok_or_else(|| {
+            invalid(
+                None,
+                key,
+                "is required when weights do not come from a GGUF file".into(),
+            )
+        })?;
+        if *v.get_ref() == 0 {
+            return Err(invalid(Some(v.span()), key, "must be at least 1".into()));
+        }
+        Ok((*v.get_ref(), v.span()))
+    };
+    let need_f = |v: &Option<Spanned<f64>>, key: &str| -> Result<f32, ModelError> {
+        let v = v.as_ref().ok_or_else(|| {
+            invalid(
+                None,
+                key,
+                "is required when weights do not come from a GGUF file".into(),
+            )
+        })?;
+        let x = *v.get_ref();
+        if !(x.is_finite() && x > 0.0) {
+            return Err(invalid(
+                Some(v.span()),
+                key,
+                format!("{x} must be a positive number"),
+            ));
+        }
+        Ok(x as f32)
+    };
+    let (blocks, _) = need_u(&ra.blocks, "blocks")?;
+    let (hidden, _) = need_u(&ra.hidden, "hidden")?;
+    let (heads, heads_span) = need_u(&ra.heads, "heads")?;
+    let (kv_heads, kv_span) = need_u(&ra.kv_heads, "kv_heads")?;
+    if hidden % heads != 0 {
+        return Err(invalid(
+            Some(heads_span),
+            "heads",
+            format!("{heads} heads do not divide hidden = {hidden}"),
+        ));
+    }
+    if heads % kv_heads != 0 {
+        return Err(invalid(
+            Some(kv_span),
+            "kv_heads",
+            format!("{kv_heads} key/value heads do not divide heads = {heads}"),
+        ));
+    }
+    let head_dim = match &ra.head_dim {
+        Some(h) => {
+            let d = *h.get_ref();
+            if d == 0 || d % 2 != 0 {
+                return Err(invalid(
+                    Some(h.span()),
+                    "head_dim",
+                    format!("{d} must be a positive even number (RoPE rotates pairs)"),
+                ));
+            }
+            d
+        }
+        None => {
+            let d = hidden / heads;
+            if d % 2 != 0 {
+                return Err(invalid(
+                    Some(heads_span),
+                    "heads",
+                    format!("hidden / heads = {d} must be even (RoPE rotates pairs)"),
+                ));
+            }
+            d
+        }
+    };
+    let (ffn, _) = need_u(&ra.ffn, "ffn")?;
+    let (vocab, _) = need_u(&ra.vocab, "vocab")?;
+    let (context, _) = need_u(&ra.context, "context")?;
+    Ok(Architecture {
+        family: "llama".into(),
+        blocks,
+        hidden,
+        heads,
+        kv_heads,
+        head_dim,
+        ffn,
+        vocab,
+        rope_base: need_f(&ra.rope_base, "rope_base")?,
+        norm_eps: need_f(&ra.norm_eps, "norm_eps")?,
+        tied_embeddings: ra.tied_embeddings.as_ref().is_some_and(|t| *t.get_ref()),
+        context,
+    })
+}
+
+/// `[quantization]`: the scheme and a group size Q35 can pack.
+fn quantization_table(cx: &Cx<'_>, q: Option<&RawQuant>) -> Result<QuantConfig, ModelError> {
+    let scheme = q
+        .and_then(|q| q.scheme.as_ref())
+        .map_or(QuantScheme::Q35, |s| *s.get_ref());
+    let group_size = q.and_then(|q| q.group_size.as_ref());
+    let group = group_size.map_or(DEFAULT_GROUP_SIZE, |g| *g.get_ref());
+    if !(GROUP_QUANTUM..=4096).contains(&group) || !group.is_multiple_of(GROUP_QUANTUM) {
+        return Err(cx.invalid(
+            group_size.map(|g| g.span()),
+            "quantization.group_size",
+            format!(
+                "{group} must be a multiple of {GROUP_QUANTUM} between {GROUP_QUANTUM} and 4096 (Q35 packs 8 pairs in 7 bytes, docs/q35-format.md)"
+            ),
+        ));
+    }
+    Ok(QuantConfig {
+        scheme,
+        group_size: group,
+    })
+}
+
+/// `[target]`: exactly one of a built-in name (looked up now) or a file
+/// (loaded by [`ModelToml::resolve`]); `lpu-v1` by default.
+fn target_table(cx: &Cx<'_>, t: Option<&RawTarget>) -> Result<TargetSection, ModelError> {
+    match t {
+        None => Ok(TargetSection::Builtin(Box::new(Target::builtin("lpu-v1")?))),
+        Some(RawTarget {
+            name: Some(n),
+            path: None,
+        }) => match Target::builtin(n.get_ref()) {
+            Ok(t) => Ok(TargetSection::Builtin(Box::new(t))),
+            Err(TargetError::Unknown { name }) => Err(cx.invalid(
+                Some(n.span()),
+                "target.name",
+                format!(
+                    "unknown target `{name}`; built-in targets: {} (or give `target.path`)",
+                    q35_target::builtin_names().join(", ")
+                ),
+            )),
+            Err(e) => Err(e.into()),
+        },
+        Some(RawTarget {
+            name: None,
+            path: Some(p),
+        }) => Ok(TargetSection::File(cx.base().join(p.get_ref()))),
+        Some(_) => Err(cx.invalid(
+            None,
+            "target",
+            "give exactly one of `name` (a built-in target) or `path` (a target file)".into(),
+        )),
+    }
+}
+
+/// `[runtime]`: the batch range; `max_seq_len` is kept for
+/// [`ModelToml::resolve`], which knows the context length.
+fn runtime_table(cx: &Cx<'_>, rr: Option<&RawRuntime>) -> Result<RuntimeSection, ModelError> {
+    let max_seq = rr.and_then(|r| r.max_seq_len.as_ref());
+    let batch_v = rr.and_then(|r| r.batch.as_ref());
+    let batch = batch_v.map_or(1, |b| *b.get_ref());
+    if !(1..=1024).contains(&batch) {
+        return Err(cx.invalid(
+            batch_v.map(|b| b.span()),
+            "runtime.batch",
+            format!("{batch} must be between 1 and 1024"),
+        ));
+    }
+    Ok(RuntimeSection {
+        max_seq_len: max_seq.map(|m| cx.located(m)),
+        batch,
+    })
+}
+
+impl ModelToml {
+    /// Opens what the description names: reads the architecture from the
+    /// GGUF file (checking every `[architecture]` value given against it),
+    /// loads a target file, and settles `[runtime]` limits.
+    pub fn resolve(self) -> Result<ModelSpec, ModelError> {
+        let arch = match self.architecture {
+            ArchSection::Given(a) => a,
+            ArchSection::CheckAgainstGguf {
+                gguf: gguf_path,
+                keys,
+            } => {
+                let gguf = q35_gguf::Gguf::open(&gguf_path).map_err(|error| ModelError::Gguf {
+                    path: self.path.clone(),
+                    error,
+                })?;
+                let a = arch::from_gguf(&gguf, &gguf_path)?;
+                cross_check(
+                    &keys,
+                    &a,
+                    &self.path,
+                    &gguf_path,
+                    gguf.get_str("general.architecture").unwrap_or("llama"),
+                )?;
+                a
+            }
+        };
+        let target = match self.target {
+            TargetSection::Builtin(t) => *t,
+            TargetSection::File(p) => Target::load(&p)?,
+        };
+        let rt = self.runtime;
+        let max_seq_len = rt.max_seq_len.map_or(arch.context.min(4096), |m| m.value);
+        if max_seq_len == 0 || max_seq_len > arch.context {
+            return Err(ModelError::Invalid {
+                path: self.path.clone(),
+                at: rt.max_seq_len.map(|m| m.at),
+                key: "runtime.max_seq_len".into(),
+                message: format!(
+                    "{max_seq_len} must be between 1 and the model's context length {}",
+                    arch.context
+                ),
+            });
+        }
+        Ok(ModelSpec {
+            path: self.path,
+            name: self.name,
+            arch,
+            weights: self.weights,
+            quant: self.quant,
+            target,
+            limits: RuntimeLimits {
+                max_seq_len,
+                batch: rt.batch,
+            },
+        })
+    }
+}
+
+/// Every architecture value the TOML gives must equal the GGUF file's.
+fn cross_check(
+    keys: &ArchKeys,
+    a: &Architecture,
+    path: &Path,
+    gguf: &Path,
+    gguf_arch: &str,
+) -> Result<(), ModelError> {
+    let mismatch = |key: &str, at: (usize, usize), toml_value: String, gguf_value: String| {
+        let gguf_key = if key == "tied_embeddings" {
+            "output.weight (tensor present = untied)".to_owned()
+        } else {
+            arch::gguf_key(gguf_arch, key)
+        };
+        ModelError::Mismatch {
+            path: path.to_path_buf(),
+            at: Some(at),
+            key: format!("architecture.{key}"),
+            toml_value,
+            gguf: gguf.to_path_buf(),
+            gguf_key,
+            gguf_value,
+        }
+    };
+    for &(key, field, given) in &keys.ints {
+        let actual = field(a);
+        if given.value != actual {
+            return Err(mismatch(
+                key,
+                given.at,
+                given.value.to_string(),
+                actual.to_string(),
+            ));
+        }
+    }
+    for &(key, field, given) in &keys.floats {
+        let actual = field(a);
+        if (given.value as f32) != actual {
+            return Err(mismatch(
+                key,
+                given.at,
+                given.value.to_string(),
+                actual.to_string(),
+            ));
+        }
+    }
+    if let Some(t) = keys.tied_embeddings
+        && t.value != a.tied_embeddings
+    {
+        return Err(mismatch(
+            "tied_embeddings",
+            t.at,
+            t.value.to_string(),
+            a.tied_embeddings.to_string(),
+        ));
+    }
+    Ok(())
+}
