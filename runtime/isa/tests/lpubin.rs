@@ -2,6 +2,7 @@
 
 use q35_isa::{Instruction, Program, QueueId, Table, TableId, assemble};
 use q35_lpubin::LpuBinary;
+use q35_target::Target;
 
 fn doc_example() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/isa.md");
@@ -23,19 +24,21 @@ fn image(p: &Program) -> Vec<(QueueId, u32, Vec<u8>)> {
     words
 }
 
-const HASH: [u8; 32] = [7; 32];
+fn target() -> Target {
+    Target::builtin("lpu-v1").expect("the built-in target")
+}
 
 #[test]
 fn doc_example_through_lpubin() {
     let p = assemble("isa.md", &doc_example()).expect("assembles");
     let bytes = p
-        .to_lpubin(HASH, "q35-isa test")
+        .to_lpubin(&target(), "q35-isa test")
         .expect("converts")
         .to_bytes()
         .expect("writes");
     let bin = LpuBinary::from_bytes(bytes.clone()).expect("a valid container");
     assert_eq!(bin.target_name(), "lpu-v1");
-    assert_eq!(bin.target_hash(), &HASH);
+    assert_eq!(bin.target_hash(), &target().hash().0);
     let vxm0 = bin.queue(88).expect("vxm.0 is queue 88");
     let fadd = Instruction::Fadd {
         a: q35_isa::Stream::east(0),
@@ -49,13 +52,13 @@ fn doc_example_through_lpubin() {
     assert_eq!(mem.word(40, 0).map(|w| w[1]), Some(0xc0), "byte 3 of -2.5");
     assert!(mem.word(44, 1).is_none());
 
-    let back = Program::from_lpubin(&bin).expect("reads back");
+    let back = Program::from_lpubin(&bin, &target()).expect("reads back");
     assert_eq!(back.queues, p.queues);
     assert_eq!(back.symbols, p.symbols);
     assert_eq!(image(&back), image(&p));
     // lpubin -> Program -> lpubin is the identity on bytes.
     let again = back
-        .to_lpubin(HASH, "q35-isa test")
+        .to_lpubin(&target(), "q35-isa test")
         .expect("converts")
         .to_bytes()
         .expect("writes");
@@ -78,13 +81,13 @@ fn tables_are_renumbered_into_name_order() {
     };
     assert_eq!(map, TableId(0));
     let bin = LpuBinary::from_bytes(
-        p.to_lpubin(HASH, "t")
+        p.to_lpubin(&target(), "t")
             .expect("converts")
             .to_bytes()
             .expect("writes"),
     )
     .expect("valid");
-    let back = Program::from_lpubin(&bin).expect("reads back");
+    let back = Program::from_lpubin(&bin, &target()).expect("reads back");
     assert_eq!(
         back.tables[0],
         Table {
@@ -106,29 +109,67 @@ fn unsupported_and_invalid() {
         ".target lpu-v1\n.symbol x i16 [4] at mem.w0 @0\n",
     )
     .expect("assembles");
-    let e = p.to_lpubin(HASH, "t").expect_err("i16 has no .lpubin code");
+    let e = p
+        .to_lpubin(&target(), "t")
+        .expect_err("i16 has no .lpubin code");
     assert_eq!(
         e.to_string(),
         "symbol `x`: element type i16 cannot be stored in .lpubin"
     );
     // A word that is not an instruction.
-    let mut b = q35_lpubin::Builder::new("lpu-v1", HASH, "t");
+    let mut b = q35_lpubin::Builder::new("lpu-v1", target().hash().0, "t");
     b.queue(3, vec![0xff]);
     let bin = LpuBinary::from_bytes(b.to_bytes().expect("writes")).expect("valid container");
-    let e = Program::from_lpubin(&bin).expect_err("opcode 0xff");
+    let e = Program::from_lpubin(&bin, &target()).expect_err("opcode 0xff");
     assert!(
         e.to_string().starts_with(
             "queue mem.w40, instruction 0: word 0x00000000000000ff: unknown opcode 0xff"
         ),
         "{e}"
     );
-    let mut b = q35_lpubin::Builder::new("lpu-v1", HASH, "t");
+    let mut b = q35_lpubin::Builder::new("lpu-v1", target().hash().0, "t");
     b.queue(200, vec![0x05]);
     let bin = LpuBinary::from_bytes(b.to_bytes().expect("writes")).expect("valid container");
     assert_eq!(
-        Program::from_lpubin(&bin)
+        Program::from_lpubin(&bin, &target())
             .expect_err("queue 200")
             .to_string(),
         "queue 200 is not a queue of lpu-v1"
     );
+}
+
+#[test]
+fn latencies_and_positions_come_from_the_target() {
+    let t = target();
+    q35_isa::check_target(&t).expect("lpu-v1 has the ISA's shape");
+    let parse = |s: &str| s.parse::<Instruction>().expect("valid");
+    assert_eq!(parse("read 0, s0.e").latency(&t), t.mem.read_latency_cycles);
+    assert_eq!(
+        parse("fdiv s0.e, s4.e -> s8.e").latency(&t),
+        t.vxm.special_latency
+    );
+    assert_eq!(
+        parse("mm s0.w -> s4.e, new").latency(&t),
+        (t.mxm.rows + t.mxm.cols) * t.mxm.pe_hop_cycles
+    );
+    assert_eq!(parse("notify").latency(&t), t.icu.notify_latency_cycles);
+    assert_eq!(parse("halt").latency(&t), 0);
+    // docs/isa.md 1: MXM W 0, SXM W 1, MEM W43..W0 2..45, VXM 46, MEM E0..E43 47..90, SXM E 91, MXM E 92.
+    let pos = |q: &str| q.parse::<QueueId>().expect("queue").position(&t);
+    assert_eq!(pos("mxm.0"), Some(0));
+    assert_eq!(pos("mxm.1"), Some(0));
+    assert_eq!(pos("sxm.w"), Some(1));
+    assert_eq!(pos("mem.w43"), Some(2));
+    assert_eq!(pos("mem.w0"), Some(45));
+    assert_eq!(pos("vxm.7"), Some(46));
+    assert_eq!(pos("mem.e0"), Some(47));
+    assert_eq!(pos("mem.e43"), Some(90));
+    assert_eq!(pos("sxm.e"), Some(91));
+    assert_eq!(pos("mxm.3"), Some(92));
+    // The dense numbering runs west to east over the MEM slices.
+    let mem: Vec<u32> = QueueId::all()
+        .filter(|q| q.unit() == q35_isa::Unit::Mem)
+        .filter_map(|q| q.position(&t))
+        .collect();
+    assert_eq!(mem, (2..=45).chain(47..=90).collect::<Vec<u32>>());
 }
