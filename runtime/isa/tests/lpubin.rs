@@ -137,39 +137,3 @@ fn unsupported_and_invalid() {
         "queue 200 is not a queue of lpu-v1"
     );
 }
-
-#[test]
-fn latencies_and_positions_come_from_the_target() {
-    let t = target();
-    q35_isa::check_target(&t).expect("lpu-v1 has the ISA's shape");
-    let parse = |s: &str| s.parse::<Instruction>().expect("valid");
-    assert_eq!(parse("read 0, s0.e").latency(&t), t.mem.read_latency_cycles);
-    assert_eq!(
-        parse("fdiv s0.e, s4.e -> s8.e").latency(&t),
-        t.vxm.special_latency
-    );
-    assert_eq!(
-        parse("mm s0.w -> s4.e, new").latency(&t),
-        (t.mxm.rows + t.mxm.cols) * t.mxm.pe_hop_cycles
-    );
-    assert_eq!(parse("notify").latency(&t), t.icu.notify_latency_cycles);
-    assert_eq!(parse("halt").latency(&t), 0);
-    // docs/isa.md 1: MXM W 0, SXM W 1, MEM W43..W0 2..45, VXM 46, MEM E0..E43 47..90, SXM E 91, MXM E 92.
-    let pos = |q: &str| q.parse::<QueueId>().expect("queue").position(&t);
-    assert_eq!(pos("mxm.0"), Some(0));
-    assert_eq!(pos("mxm.1"), Some(0));
-    assert_eq!(pos("sxm.w"), Some(1));
-    assert_eq!(pos("mem.w43"), Some(2));
-    assert_eq!(pos("mem.w0"), Some(45));
-    assert_eq!(pos("vxm.7"), Some(46));
-    assert_eq!(pos("mem.e0"), Some(47));
-    assert_eq!(pos("mem.e43"), Some(90));
-    assert_eq!(pos("sxm.e"), Some(91));
-    assert_eq!(pos("mxm.3"), Some(92));
-    // The dense numbering runs west to east over the MEM slices.
-    let mem: Vec<u32> = QueueId::all()
-        .filter(|q| q.unit() == q35_isa::Unit::Mem)
-        .filter_map(|q| q.position(&t))
-        .collect();
-    assert_eq!(mem, (2..=45).chain(47..=90).collect::<Vec<u32>>());
-}
