@@ -30,8 +30,7 @@ pub fn cycles(class: LatencyClass, target: &Target) -> u32 {
         LatencyClass::SxmShift => target.sxm.shift_latency,
         LatencyClass::SxmPermute => target.sxm.permute_latency,
         LatencyClass::SxmTranspose => target.sxm.transpose_latency,
-        LatencyClass::MxmPass => (target.mxm.rows.saturating_add(target.mxm.cols))
-            .saturating_mul(target.mxm.pe_hop_cycles),
+        LatencyClass::MxmPass => u32::try_from(target.mxm_latency()).unwrap_or(u32::MAX),
         LatencyClass::MxmSwap => target.mxm.swap_cycles,
         LatencyClass::IcuNotify => target.icu.notify_latency_cycles,
     }
@@ -142,6 +141,12 @@ pub fn check_target(target: &Target) -> Result<(), TargetMismatch> {
     )?;
     exact("mxm.planes", target.mxm.planes.into(), MXM_PLANES.into())?;
     exact("sxm.units", target.sxm.units.into(), 2)?;
+    exact(
+        "mxm.queues_per_plane",
+        target.mxm.queues_per_plane.into(),
+        1,
+    )?;
+    exact("sxm.queues_per_unit", target.sxm.queues_per_unit.into(), 1)?;
     exact(
         "icu.instruction_bytes",
         target.icu.instruction_bytes.into(),

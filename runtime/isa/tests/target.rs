@@ -19,9 +19,11 @@ fn latencies_and_positions_come_from_the_target() {
         t.vxm.special_latency
     );
     assert_eq!(
-        parse("mm s0.w -> s4.e, new").latency(&t),
-        (t.mxm.rows + t.mxm.cols) * t.mxm.pe_hop_cycles
+        u64::from(parse("mm s0.w -> s4.e, new").latency(&t)),
+        t.mxm_latency()
     );
+    // 20 x 20 processing elements of 16 x 16 MACs (docs/mxm-timing.md).
+    assert_eq!(parse("mm s0.w -> s4.e, new").latency(&t), 40);
     assert_eq!(parse("notify").latency(&t), t.icu.notify_latency_cycles);
     assert_eq!(parse("halt").latency(&t), 0);
     // docs/isa.md 1: MXM W 0, SXM W 1, MEM W43..W0 2..45, VXM 46, MEM E0..E43 47..90, SXM E 91, MXM E 92.
