@@ -20,7 +20,7 @@
 // - Matmuls quantize their input per token to int8 (`act_type = i8`) and
 //   accumulate in int32 (`acc_type = i32`) on the systolic array; the result is
 //   dequantized to f32 with the activation and weight scales.
-// - The KV cache is one tensor<blocks x 2 x max_seq x kv_heads x head_dim x f16>
+// - The KV cache is one tensor<blocks x 2 x max_seq x kv_heads x head_dim x f32>
 //   threaded through the function: `q35.kv_write` returns the updated cache.
 irdl.dialect @q35 {
   // Element type of a quantized weight tensor: the quantization scheme

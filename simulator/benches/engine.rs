@@ -289,7 +289,7 @@ fn bench(name: &str, program: &Program) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join(format!("{name}.lpubin"));
     program
-        .to_lpubin(config.target_hash, "q35-sim bench")
+        .to_lpubin(&config.target, "q35-sim bench")
         .expect("program encodes")
         .write_to(&path)
         .expect("binary written");

@@ -1,11 +1,12 @@
 //! MXM plane model speed: the fast model's 320x320 matvecs per second, the
 //! simulated cycles per host second of a tiled 576 x 1536 decode matvec on
-//! lpu-v1, and the PE-level model on a 32x32 plane for comparison.
+//! lpu-v1 (16x16 PE blocks), and the PE-level model on the same matvec and
+//! on a 32x32 plane of single MACs for comparison.
 //! Run with `cargo bench -p q35-sim --bench mxm`.
 
 use q35_sim::mxm::{
-    Buffering, Command, FastPlane, MatmulShape, MultiplyOutcome, PlaneConfig, Step, TiledMatmul,
-    WeightTile, run_fast, run_pe,
+    Buffering, Command, FastPlane, LoadOutcome, MatmulShape, MultiplyOutcome, PlaneConfig, Step,
+    TiledMatmul, WeightTile, run_fast, run_pe,
 };
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -40,7 +41,8 @@ fn main() {
     let c = PlaneConfig::LPU_V1;
     let mut plane = FastPlane::new(c).expect("lpu-v1 config");
     let tile = WeightTile::new(320, 320, random_i8(&mut s, 320 * 320)).expect("tile");
-    assert_eq!(plane.load_weights(0, 0, &tile).expect("load"), Step::Done);
+    let issued = LoadOutcome::Issued { in_use: None };
+    assert_eq!(plane.load_weights(0, 0, &tile).expect("load"), issued);
     assert_eq!(plane.swap(1, 10).expect("swap"), Step::Done);
     let x = random_i8(&mut s, 320);
     let mut out = vec![0i32; 320];
@@ -64,10 +66,7 @@ fn main() {
     // 1b. Fast model: a 320-row weight load (transpose into column-major).
     let mut cycle = cycle + 1000;
     let (n, secs) = time(min, || {
-        assert_eq!(
-            plane.load_weights(3, cycle, &tile).expect("load"),
-            Step::Done
-        );
+        assert_eq!(plane.load_weights(3, cycle, &tile).expect("load"), issued);
         cycle += 10;
     });
     println!(
@@ -79,7 +78,7 @@ fn main() {
     let (n, secs) = time(min, || {
         assert_eq!(
             plane.load_columns(3, cycle, &columns).expect("load"),
-            Step::Done
+            issued
         );
         cycle += 10;
     });
@@ -104,7 +103,7 @@ fn main() {
         });
         let per_s = n as f64 / secs;
         println!(
-            "fast 1x576x1536 {:?}:   {:>12.0} matmuls/s, {} cycles each: {:.0} M simulated cycles/s",
+            "fast 1x576x1536 {:?}:   {:>12.0} matmuls/s, {} cycles each: {:.2} M simulated cycles/s",
             buffering,
             per_s,
             t.scheduled_cycles,
@@ -130,7 +129,7 @@ fn main() {
             let ok = match cmd {
                 Command::LoadWeights(_) => {
                     let tile = next_tile.next().expect("tile");
-                    plane.load_columns(i, *cycle, tile).expect("load") == Step::Done
+                    plane.load_columns(i, *cycle, tile).expect("load") == issued
                 }
                 Command::Swap => plane.swap(i, *cycle).expect("swap") == Step::Done,
                 Command::Multiply { vector, accumulate } => matches!(
@@ -146,16 +145,27 @@ fn main() {
     });
     let per_s = n as f64 / secs;
     println!(
-        "fast 1x576x1536 pre-transposed: {:>8.0} matmuls/s, {} cycles each: {:.0} M simulated cycles/s",
+        "fast 1x576x1536 pre-transposed: {:>8.0} matmuls/s, {} cycles each: {:.2} M simulated cycles/s",
         per_s,
         t.scheduled_cycles,
         per_s * t.scheduled_cycles as f64 / 1e6
     );
 
-    // 3. PE-level against fast on a 32x32 plane: an 8 x 96 x 96 matmul.
+    // 3. PE-level against fast: the same decode matvec on lpu-v1, and an
+    // 8 x 96 x 96 matmul on a 32x32 plane of single MACs.
+    let (n_pe, secs_pe) = time(min, || {
+        black_box(run_pe(&c, &t.program).expect("run"));
+    });
+    let pe_cycles = n_pe as f64 / secs_pe * t.scheduled_cycles as f64;
+    println!(
+        "PE-level lpu-v1 1x576x1536: {:>12.0} simulated cycles/s ({:.0}x slower than pre-transposed fast)",
+        pe_cycles,
+        per_s * t.scheduled_cycles as f64 / pe_cycles
+    );
     let c32 = PlaneConfig {
         rows: 32,
         cols: 32,
+        pe_block: 1,
         ..PlaneConfig::LPU_V1
     };
     let shape = MatmulShape { m: 8, k: 96, n: 96 };
@@ -172,12 +182,12 @@ fn main() {
     let pe_cycles = n_pe as f64 / secs_pe * cycles;
     let fast_cycles = n_fast as f64 / secs_fast * cycles;
     println!(
-        "PE-level 32x32, 8x96x96:    {:>12.0} simulated cycles/s ({:.1} M PE-steps/s)",
+        "PE-level 32x32 b=1, 8x96x96: {:>11.0} simulated cycles/s ({:.1} M MAC-steps/s)",
         pe_cycles,
         pe_cycles * 1024.0 / 1e6
     );
     println!(
-        "fast     32x32, 8x96x96:    {:>12.0} simulated cycles/s ({:.0}x the PE-level model)",
+        "fast     32x32 b=1, 8x96x96: {:>11.0} simulated cycles/s ({:.0}x the PE-level model)",
         fast_cycles,
         fast_cycles / pe_cycles
     );

@@ -30,6 +30,8 @@ pub struct MemConfig {
 /// Everything the simulator needs to know about the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MachineConfig {
+    /// The description every figure below comes from.
+    pub target: q35_target::Target,
     /// Target name (`lpu-v1`).
     pub target_name: String,
     /// SHA-256 of the target description (what a binary records).
@@ -242,6 +244,7 @@ impl MachineConfig {
         }
         let u = u64::from;
         let config = MachineConfig {
+            target: target.clone(),
             target_name: target.name.clone(),
             target_hash: target.hash().0,
             superlanes: u(target.vector.superlanes),
@@ -269,6 +272,7 @@ impl MachineConfig {
                 cols: target.mxm.cols as usize,
                 install_rows_per_cycle: target.mxm.install_rows_per_cycle as usize,
                 swap_cycles: u(target.mxm.swap_cycles),
+                pe_block: target.mxm.pe_block as usize,
                 pe_hop_cycles: u(target.mxm.pe_hop_cycles),
                 acc_bits: target.mxm.acc_bits,
             },
@@ -306,7 +310,12 @@ mod tests {
         }
         assert_eq!(config.width, 93);
         assert_eq!(config.vxm_position(), 46);
-        assert_eq!(config.latency(LatencyClass::MxmPass), 640);
+        // 20 x 20 processing elements of 16 x 16 MACs (docs/mxm-timing.md).
+        assert_eq!(config.latency(LatencyClass::MxmPass), 40);
+        assert_eq!(
+            config.latency(LatencyClass::MxmPass),
+            q35_target::Target::builtin("lpu-v1").unwrap().mxm_latency()
+        );
         assert_eq!(
             config.target_hash,
             q35_target::Target::builtin("lpu-v1").unwrap().hash().0

@@ -18,8 +18,9 @@
 use q35_isa::{Acc, ElemWidth, Instruction, LatencyClass, QueueId, QueueKind, Stream, TableId};
 
 use crate::config::MachineConfig;
+use crate::contract::split_pair;
 use crate::hazard::HazardKind;
-use crate::mxm::{self, MultiplyOutcome, Step};
+use crate::mxm::{self, LoadOutcome, MultiplyOutcome, Step};
 use crate::state::{PortConflict, State};
 use crate::streams::{LANES, Streams, Vector, Writer};
 
@@ -276,14 +277,6 @@ fn from_i32(v: &[i32; LANES]) -> [Vector; 4] {
 pub fn f32_to_i8(x: f32) -> i8 {
     // `as` saturates and maps NaN to 0; the clamp keeps -128 out.
     x.round().clamp(-127.0, 127.0) as i8
-}
-
-/// The (4-bit, 3-bit) codes of a 7-bit Q35 pair code (docs/q35-format.md
-/// 1 and 4: `c4` in bits 0..4, `c3` in bits 4..7, both two's complement).
-pub fn split_pair(code: u8) -> (i8, i8) {
-    let c4 = ((code << 4) as i8) >> 4;
-    let c3 = ((code << 1) as i8) >> 5;
-    (c4, c3)
 }
 
 /// The control instructions, as a pattern.
@@ -766,7 +759,7 @@ fn plane_hazard(kind: mxm::HazardKind, cycle: u64) -> HazardKind {
         // (One queue issues at most one `mm` a cycle, so lpu-v1 programs
         // cannot reach it.)
         mxm::HazardKind::MultiplyPortBusy => HazardKind::UnitBusy { until: cycle + 1 },
-        mxm::HazardKind::SwapWhileInFlight
+        mxm::HazardKind::LoadIntoBufferInUse
         | mxm::HazardKind::SwapBeforeLoadDone
         | mxm::HazardKind::SwapWithoutLoad
         | mxm::HazardKind::LoadWhileLoading
@@ -806,8 +799,14 @@ fn mxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
                 .model
                 .begin_load(index, t, n as usize)
                 .map_err(|e| model_error(ctx, &e))?;
-            if let Step::Hazard(kind) = step {
-                return ctx.fault(t, plane_hazard(kind, t));
+            match step {
+                LoadOutcome::Hazard(kind) => return ctx.fault(t, plane_hazard(kind, t)),
+                // A row written while a vector issued before the last swap
+                // still reads the old weights there (docs/mxm-timing.md).
+                LoadOutcome::Issued {
+                    in_use: Some((cycle, kind)),
+                } => return ctx.fault(cycle, plane_hazard(kind, cycle)),
+                LoadOutcome::Issued { in_use: None } => {}
             }
             ctx.state.planes[p].load_rows = n as usize;
             for step in 0..n.div_ceil(k) {

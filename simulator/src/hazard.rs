@@ -142,7 +142,7 @@ impl fmt::Display for HazardKind {
                     column,
                     site: mxm::OverflowSite::Accumulator,
                 } => write!(f, "accumulator of column {column}"),
-                other @ (mxm::HazardKind::SwapWhileInFlight
+                other @ (mxm::HazardKind::LoadIntoBufferInUse
                 | mxm::HazardKind::SwapBeforeLoadDone
                 | mxm::HazardKind::SwapWithoutLoad
                 | mxm::HazardKind::LoadWhileLoading

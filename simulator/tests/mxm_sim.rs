@@ -180,7 +180,7 @@ fn case(seed: u64, n: usize, m: usize) {
     let config = q35_sim::config::load_target(None).expect("lpu-v1");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("case.lpubin");
-    p.to_lpubin(config.target_hash, "mxm_sim test")
+    p.to_lpubin(&config.target, "mxm_sim test")
         .expect("encodes")
         .write_to(&path)
         .expect("written");

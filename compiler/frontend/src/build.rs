@@ -183,7 +183,7 @@ impl Builder<'_> {
             "kv_cache",
             InputKind::KvCache,
             cache_shape.clone(),
-            DType::F16,
+            DType::F32,
         );
 
         let embd = self.quantized("token_embd.weight", a.vocab, h);
@@ -226,7 +226,7 @@ impl Builder<'_> {
                     op: Op::KvWrite { layer: i },
                     name: format!("{p}.kv_write"),
                     shape: cache_shape.clone(),
-                    dtype: DType::F16,
+                    dtype: DType::F32,
                 },
                 &[cache, kr, v, pos],
             );

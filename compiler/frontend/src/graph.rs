@@ -49,7 +49,7 @@ pub enum InputKind {
     Tokens,
     /// Position of the first token, scalar index.
     Position,
-    /// The KV cache, `[blocks, 2, max_seq_len, kv_heads, head_dim]` f16.
+    /// The KV cache, `[blocks, 2, max_seq_len, kv_heads, head_dim]` f32 (docs/q35-format.md 8.4).
     KvCache,
 }
 

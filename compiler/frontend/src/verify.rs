@@ -59,10 +59,10 @@ impl Checker<'_> {
                         if n.shape.rank() != KV_RANK
                             || n.shape.dims()[1] != Dim::Static(2)
                             || n.shape.dims().contains(&Dim::Dynamic)
-                            || n.dtype != DType::F16
+                            || n.dtype != DType::F32
                         {
                             return Err(self.result_error(
-                                "tensor<blocks x 2 x max_seq_len x kv_heads x head_dim x f16>",
+                                "tensor<blocks x 2 x max_seq_len x kv_heads x head_dim x f32>",
                             ));
                         }
                         Ok(())
@@ -222,7 +222,7 @@ impl Checker<'_> {
     fn kv_cache(&self, operand: usize, from: NodeIndex) -> Result<[u64; KV_RANK], GraphError> {
         let src = self.graph.node(from);
         let mut out = [0u64; KV_RANK];
-        let ok = src.dtype == DType::F16
+        let ok = src.dtype == DType::F32
             && src.shape.rank() == KV_RANK
             && src.shape.dims().iter().zip(&mut out).all(|(d, o)| match d {
                 Dim::Static(n) => {
@@ -236,7 +236,7 @@ impl Checker<'_> {
             return Err(self.operand_error(
                 operand,
                 from,
-                "tensor<blocks x 2 x max_seq_len x kv_heads x head_dim x f16>".into(),
+                "tensor<blocks x 2 x max_seq_len x kv_heads x head_dim x f32>".into(),
             ));
         }
         Ok(out)

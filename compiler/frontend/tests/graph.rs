@@ -86,7 +86,7 @@ fn tiny_graph_has_every_op() {
     );
     let cache = g.node(g.outputs()[1]);
     assert_eq!(cache.shape, Shape::fixed(&[2, 2, 128, 2, 16]));
-    assert_eq!(cache.dtype, DType::F16);
+    assert_eq!(cache.dtype, DType::F32);
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //!   "q35.weight"() {source = "token_embd.weight", sym_name = "token_embd",
 //!                   type = tensor<256x64x!q35.qweight<"q35", 32 : i32>>} : () -> ()
 //!   ...
-//!   func.func @decode(%tokens: tensor<?xi32>, %pos: index, %kv: tensor<2x2x128x2x16xf16>)
-//!       -> (tensor<?x256xf32>, tensor<2x2x128x2x16xf16>) {
+//!   func.func @decode(%tokens: tensor<?xi32>, %pos: index, %kv: tensor<2x2x128x2x16xf32>)
+//!       -> (tensor<?x256xf32>, tensor<2x2x128x2x16xf32>) {
 //!     %0 = "q35.embed"(%arg0) {table = @token_embd} : (tensor<?xi32>) -> tensor<?x64xf32>
 //!     ...
 //!     return %logits, %cache : ...

@@ -12,7 +12,7 @@
 //! With `--quant` the model is also quantized as its model.toml says
 //! (`[quantization] scheme` and `group_size`, calibrated on `--calib`, a text
 //! kept apart from `--text`) and run as the golden forward pass
-//! (`q35_quant::golden`, the hardware contract of docs/q35-format.md section
+//! (`q35_contract::golden`, the hardware contract of docs/q35-format.md section
 //! 8.5: int8 activations, integer matmuls, a tied quantized LM head also
 //! serving the embedding lookup). The report adds its perplexity, its mean
 //! and largest KL divergence from the f32 reference and top-1 agreement, on

@@ -23,7 +23,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 pub use error::GgufError;
-pub use types::{Array, GgmlType, TensorInfo, Value};
+pub use types::{Array, GgmlType, TensorInfo, Value, ValueType};
 
 /// The GGUF magic, "GGUF" read as a little-endian u32.
 pub const MAGIC: u32 = 0x4655_4747;

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use crate::types::{Array, GgmlType, TensorInfo, Value};
+use crate::types::{Array, GgmlType, TensorInfo, Value, ValueType};
 use crate::{DEFAULT_ALIGNMENT, GgufError, MAGIC};
 
 /// Largest number of dimensions ggml supports.
@@ -97,15 +97,18 @@ impl<'a> Cursor<'a> {
 
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value, GgufError> {
         let what = || format!("value of `{key}`");
-        Ok(match ty {
-            0 => Value::U8(u8::from_le_bytes(self.array(&what())?)),
-            1 => Value::I8(i8::from_le_bytes(self.array(&what())?)),
-            2 => Value::U16(u16::from_le_bytes(self.array(&what())?)),
-            3 => Value::I16(i16::from_le_bytes(self.array(&what())?)),
-            4 => Value::U32(u32::from_le_bytes(self.array(&what())?)),
-            5 => Value::I32(i32::from_le_bytes(self.array(&what())?)),
-            6 => Value::F32(f32::from_le_bytes(self.array(&what())?)),
-            7 => {
+        let Some(vt) = ValueType::from_id(ty) else {
+            return Err(self.malformed(self.pos - 4, format!("`{key}`: unknown value type {ty}")));
+        };
+        Ok(match vt {
+            ValueType::U8 => Value::U8(u8::from_le_bytes(self.array(&what())?)),
+            ValueType::I8 => Value::I8(i8::from_le_bytes(self.array(&what())?)),
+            ValueType::U16 => Value::U16(u16::from_le_bytes(self.array(&what())?)),
+            ValueType::I16 => Value::I16(i16::from_le_bytes(self.array(&what())?)),
+            ValueType::U32 => Value::U32(u32::from_le_bytes(self.array(&what())?)),
+            ValueType::I32 => Value::I32(i32::from_le_bytes(self.array(&what())?)),
+            ValueType::F32 => Value::F32(f32::from_le_bytes(self.array(&what())?)),
+            ValueType::Bool => {
                 let at = self.pos;
                 match self.array::<1>(&what())?[0] {
                     0 => Value::Bool(false),
@@ -113,16 +116,11 @@ impl<'a> Cursor<'a> {
                     b => return Err(self.malformed(at, format!("`{key}`: bool byte {b}"))),
                 }
             }
-            8 => Value::String(self.string(&what())?),
-            9 => Value::Array(self.array_value(key, depth)?),
-            10 => Value::U64(u64::from_le_bytes(self.array(&what())?)),
-            11 => Value::I64(i64::from_le_bytes(self.array(&what())?)),
-            12 => Value::F64(f64::from_le_bytes(self.array(&what())?)),
-            other => {
-                return Err(
-                    self.malformed(self.pos - 4, format!("`{key}`: unknown value type {other}"))
-                );
-            }
+            ValueType::String => Value::String(self.string(&what())?),
+            ValueType::Array => Value::Array(self.array_value(key, depth)?),
+            ValueType::U64 => Value::U64(u64::from_le_bytes(self.array(&what())?)),
+            ValueType::I64 => Value::I64(i64::from_le_bytes(self.array(&what())?)),
+            ValueType::F64 => Value::F64(f64::from_le_bytes(self.array(&what())?)),
         })
     }
 
@@ -146,18 +144,21 @@ impl<'a> Cursor<'a> {
                 )
             }};
         }
-        Ok(match ty {
-            0 => prim!(U8, u8),
-            1 => prim!(I8, i8),
-            2 => prim!(U16, u16),
-            3 => prim!(I16, i16),
-            4 => prim!(U32, u32),
-            5 => prim!(I32, i32),
-            6 => prim!(F32, f32),
-            10 => prim!(U64, u64),
-            11 => prim!(I64, i64),
-            12 => prim!(F64, f64),
-            7 => {
+        let Some(et) = ValueType::from_id(ty) else {
+            return Err(self.malformed(at, format!("`{key}`: unknown array type {ty}")));
+        };
+        Ok(match et {
+            ValueType::U8 => prim!(U8, u8),
+            ValueType::I8 => prim!(I8, i8),
+            ValueType::U16 => prim!(U16, u16),
+            ValueType::I16 => prim!(I16, i16),
+            ValueType::U32 => prim!(U32, u32),
+            ValueType::I32 => prim!(I32, i32),
+            ValueType::F32 => prim!(F32, f32),
+            ValueType::U64 => prim!(U64, u64),
+            ValueType::I64 => prim!(I64, i64),
+            ValueType::F64 => prim!(F64, f64),
+            ValueType::Bool => {
                 self.check_count(n, 1, &what)?;
                 let raw = self.take(n, &what)?;
                 let mut out = Vec::with_capacity(raw.len());
@@ -175,7 +176,7 @@ impl<'a> Cursor<'a> {
                 }
                 Array::Bool(out)
             }
-            8 => {
+            ValueType::String => {
                 // Each string needs at least its 8-byte length.
                 self.check_count(n, 8, &what)?;
                 let mut out = Vec::with_capacity(n as usize);
@@ -184,7 +185,7 @@ impl<'a> Cursor<'a> {
                 }
                 Array::String(out)
             }
-            9 => {
+            ValueType::Array => {
                 // Each nested array needs at least its 12-byte header.
                 self.check_count(n, 12, &what)?;
                 let mut out = Vec::with_capacity(n as usize);
@@ -192,9 +193,6 @@ impl<'a> Cursor<'a> {
                     out.push(self.array_value(key, depth + 1)?);
                 }
                 Array::Array(out)
-            }
-            other => {
-                return Err(self.malformed(at, format!("`{key}`: unknown array type {other}")));
             }
         })
     }

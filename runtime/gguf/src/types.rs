@@ -1,5 +1,75 @@
 //! GGUF value, array, tensor-descriptor and ggml tensor-type definitions.
 
+/// A GGUF metadata value type: the `u32` tag the file stores before every
+/// value and every array's elements (`gguf_type` in llama.cpp's
+/// `gguf.h`). The one table of tags: the reader and the writer both go
+/// through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ValueType {
+    U8 = 0,
+    I8 = 1,
+    U16 = 2,
+    I16 = 3,
+    U32 = 4,
+    I32 = 5,
+    F32 = 6,
+    Bool = 7,
+    String = 8,
+    Array = 9,
+    U64 = 10,
+    I64 = 11,
+    F64 = 12,
+}
+
+impl ValueType {
+    /// Every type, in tag order (`ALL[t].id() == t`).
+    pub const ALL: [ValueType; 13] = [
+        ValueType::U8,
+        ValueType::I8,
+        ValueType::U16,
+        ValueType::I16,
+        ValueType::U32,
+        ValueType::I32,
+        ValueType::F32,
+        ValueType::Bool,
+        ValueType::String,
+        ValueType::Array,
+        ValueType::U64,
+        ValueType::I64,
+        ValueType::F64,
+    ];
+
+    /// The type with tag `id`, or `None` if GGUF defines none.
+    pub fn from_id(id: u32) -> Option<ValueType> {
+        ValueType::ALL.get(usize::try_from(id).ok()?).copied()
+    }
+
+    /// The tag stored in the file.
+    pub fn id(self) -> u32 {
+        self as u32
+    }
+
+    /// The type's name, for diagnostics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueType::U8 => "u8",
+            ValueType::I8 => "i8",
+            ValueType::U16 => "u16",
+            ValueType::I16 => "i16",
+            ValueType::U32 => "u32",
+            ValueType::I32 => "i32",
+            ValueType::F32 => "f32",
+            ValueType::Bool => "bool",
+            ValueType::String => "string",
+            ValueType::Array => "array",
+            ValueType::U64 => "u64",
+            ValueType::I64 => "i64",
+            ValueType::F64 => "f64",
+        }
+    }
+}
+
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -37,23 +107,28 @@ pub enum Array {
 }
 
 impl Value {
+    /// The value's GGUF type.
+    pub fn value_type(&self) -> ValueType {
+        match self {
+            Value::U8(_) => ValueType::U8,
+            Value::I8(_) => ValueType::I8,
+            Value::U16(_) => ValueType::U16,
+            Value::I16(_) => ValueType::I16,
+            Value::U32(_) => ValueType::U32,
+            Value::I32(_) => ValueType::I32,
+            Value::U64(_) => ValueType::U64,
+            Value::I64(_) => ValueType::I64,
+            Value::F32(_) => ValueType::F32,
+            Value::F64(_) => ValueType::F64,
+            Value::Bool(_) => ValueType::Bool,
+            Value::String(_) => ValueType::String,
+            Value::Array(_) => ValueType::Array,
+        }
+    }
+
     /// The GGUF type name of this value, for diagnostics.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            Value::U8(_) => "u8",
-            Value::I8(_) => "i8",
-            Value::U16(_) => "u16",
-            Value::I16(_) => "i16",
-            Value::U32(_) => "u32",
-            Value::I32(_) => "i32",
-            Value::U64(_) => "u64",
-            Value::I64(_) => "i64",
-            Value::F32(_) => "f32",
-            Value::F64(_) => "f64",
-            Value::Bool(_) => "bool",
-            Value::String(_) => "string",
-            Value::Array(_) => "array",
-        }
+        self.value_type().name()
     }
 
     /// The value as a u64, if it is a non-negative integer.
@@ -112,23 +187,28 @@ impl Array {
         self.len() == 0
     }
 
+    /// The GGUF type of the elements.
+    pub fn element_type(&self) -> ValueType {
+        match self {
+            Array::U8(_) => ValueType::U8,
+            Array::I8(_) => ValueType::I8,
+            Array::U16(_) => ValueType::U16,
+            Array::I16(_) => ValueType::I16,
+            Array::U32(_) => ValueType::U32,
+            Array::I32(_) => ValueType::I32,
+            Array::U64(_) => ValueType::U64,
+            Array::I64(_) => ValueType::I64,
+            Array::F32(_) => ValueType::F32,
+            Array::F64(_) => ValueType::F64,
+            Array::Bool(_) => ValueType::Bool,
+            Array::String(_) => ValueType::String,
+            Array::Array(_) => ValueType::Array,
+        }
+    }
+
     /// The GGUF element type name, for diagnostics.
     pub fn element_type_name(&self) -> &'static str {
-        match self {
-            Array::U8(_) => "u8",
-            Array::I8(_) => "i8",
-            Array::U16(_) => "u16",
-            Array::I16(_) => "i16",
-            Array::U32(_) => "u32",
-            Array::I32(_) => "i32",
-            Array::U64(_) => "u64",
-            Array::I64(_) => "i64",
-            Array::F32(_) => "f32",
-            Array::F64(_) => "f64",
-            Array::Bool(_) => "bool",
-            Array::String(_) => "string",
-            Array::Array(_) => "array",
-        }
+        self.element_type().name()
     }
 }
 
@@ -260,5 +340,28 @@ impl TensorInfo {
     /// Number of rows: the product of every dimension but the first.
     pub fn rows(&self) -> u64 {
         self.dims.iter().skip(1).product()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_type_tags_are_gguf_h() {
+        // enum gguf_type in llama.cpp's ggml/include/gguf.h.
+        let names = [
+            "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64",
+            "f64",
+        ];
+        for (id, (t, name)) in ValueType::ALL.into_iter().zip(names).enumerate() {
+            assert_eq!(t.id() as usize, id);
+            assert_eq!(ValueType::from_id(t.id()), Some(t));
+            assert_eq!(t.name(), name);
+        }
+        assert_eq!(ValueType::from_id(13), None);
+        assert_eq!(ValueType::from_id(u32::MAX), None);
+        assert_eq!(Value::Bool(true).value_type(), ValueType::Bool);
+        assert_eq!(Array::U64(vec![]).element_type(), ValueType::U64);
     }
 }

@@ -22,44 +22,8 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn type_id(v: &Value) -> u32 {
-    match v {
-        Value::U8(_) => 0,
-        Value::I8(_) => 1,
-        Value::U16(_) => 2,
-        Value::I16(_) => 3,
-        Value::U32(_) => 4,
-        Value::I32(_) => 5,
-        Value::F32(_) => 6,
-        Value::Bool(_) => 7,
-        Value::String(_) => 8,
-        Value::Array(_) => 9,
-        Value::U64(_) => 10,
-        Value::I64(_) => 11,
-        Value::F64(_) => 12,
-    }
-}
-
-fn array_type_id(a: &Array) -> u32 {
-    match a {
-        Array::U8(_) => 0,
-        Array::I8(_) => 1,
-        Array::U16(_) => 2,
-        Array::I16(_) => 3,
-        Array::U32(_) => 4,
-        Array::I32(_) => 5,
-        Array::F32(_) => 6,
-        Array::Bool(_) => 7,
-        Array::String(_) => 8,
-        Array::Array(_) => 9,
-        Array::U64(_) => 10,
-        Array::I64(_) => 11,
-        Array::F64(_) => 12,
-    }
-}
-
 fn put_array(out: &mut Vec<u8>, a: &Array) {
-    out.extend_from_slice(&array_type_id(a).to_le_bytes());
+    out.extend_from_slice(&a.element_type().id().to_le_bytes());
     out.extend_from_slice(&(a.len() as u64).to_le_bytes());
     match a {
         Array::U8(v) => out.extend_from_slice(v),
@@ -158,7 +122,7 @@ impl GgufWriter {
         out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
         for (k, v) in &self.metadata {
             put_str(&mut out, k);
-            out.extend_from_slice(&type_id(v).to_le_bytes());
+            out.extend_from_slice(&v.value_type().id().to_le_bytes());
             put_value(&mut out, v);
         }
         let mut offset = 0usize;

@@ -68,7 +68,8 @@ pub enum LatencyClass {
     SxmPermute,
     /// `sxm.transpose_latency`.
     SxmTranspose,
-    /// `(mxm.rows + mxm.cols) * mxm.pe_hop_cycles`: a vector through the plane.
+    /// `(rows / pe_block + cols / pe_block - 1) * pe_hop_cycles + 1`: a
+    /// vector through the plane (`Target::mxm_latency`).
     MxmPass,
     /// `mxm.swap_cycles`: the shadow weight buffer becomes active.
     MxmSwap,
@@ -89,7 +90,7 @@ impl LatencyClass {
             LatencyClass::SxmShift => "sxm.shift_latency",
             LatencyClass::SxmPermute => "sxm.permute_latency",
             LatencyClass::SxmTranspose => "sxm.transpose_latency",
-            LatencyClass::MxmPass => "(mxm.rows + mxm.cols) * mxm.pe_hop_cycles",
+            LatencyClass::MxmPass => "Target::mxm_latency (40 on lpu-v1)",
             LatencyClass::MxmSwap => "mxm.swap_cycles",
             LatencyClass::IcuNotify => "icu.notify_latency_cycles",
         }

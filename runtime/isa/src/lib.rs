@@ -16,6 +16,9 @@
 //!   `.lpuasm` assembler ([`assemble`]) and disassembler
 //!   ([`Program::to_lpuasm`]); [`lpubin`]: conversion to and from the
 //!   `.lpubin` container;
+//! - [`target`]: the table against a `q35_target::Target`: [`cycles`] of a
+//!   latency class, queue positions, [`check_target`],
+//!   [`Program::validate_target`];
 //! - [`markdown_table`]: the instruction table of docs/isa.md.
 
 pub mod asm;
@@ -29,6 +32,7 @@ pub mod operand;
 pub mod program;
 pub mod queue;
 pub mod table;
+pub mod target;
 
 pub use asm::ParseError;
 pub use doc::markdown_table;
@@ -44,3 +48,4 @@ pub use operand::{
 pub use program::{DType, MemData, MemInit, Placement, Program, ProgramError, Symbol, Table};
 pub use queue::{Hemisphere, QUEUE_COUNT, QueueId, QueueKind, UnknownQueue};
 pub use table::{INSTRUCTIONS, Instruction, Opcode};
+pub use target::{TargetMismatch, check_target, cycles};

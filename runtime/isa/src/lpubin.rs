@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 
 use q35_lpubin::{Builder, ElemType, LpuBinary, MemRange, SymbolKind};
+use q35_target::Target;
 
 use crate::operand::{Operand, Operands, TableId, VECTOR_BYTES};
 use crate::program::{DType, MemData, MemInit, Placement, Program, ProgramError, Symbol, Table};
@@ -152,13 +153,14 @@ fn slice_of(id: u16) -> Result<QueueId, LpubinError> {
 }
 
 impl Program {
-    /// The binary of this program for a target whose description hashes to
-    /// `target_hash`, written by `producer` (e.g. `q35c 0.1.0`). The program
-    /// is validated first. Add metadata, a tokenizer or debug entries to the
-    /// returned builder before writing it.
-    pub fn to_lpubin(&self, target_hash: [u8; 32], producer: &str) -> Result<Builder, LpubinError> {
-        self.validate()?;
-        let mut b = Builder::new(self.target.clone(), target_hash, producer);
+    /// The binary of this program for `target` (its name and description
+    /// hash recorded), written by `producer` (e.g. `q35c 0.1.0`). The
+    /// program is validated against the target first
+    /// ([`Program::validate_target`]). Add metadata, a tokenizer or debug
+    /// entries to the returned builder before writing it.
+    pub fn to_lpubin(&self, target: &Target, producer: &str) -> Result<Builder, LpubinError> {
+        self.validate_target(target)?;
+        let mut b = Builder::new(self.target.clone(), target.hash().0, producer);
         // Tables in name order; `map[old] = new`.
         let mut order: Vec<usize> = (0..self.tables.len()).collect();
         order.sort_by(|&a, &b| self.tables[a].name.cmp(&self.tables[b].name));
@@ -245,9 +247,11 @@ impl Program {
         Ok(b)
     }
 
-    /// The program a binary holds (see the module docs for what comes back
-    /// how). The result is validated.
-    pub fn from_lpubin(bin: &LpuBinary) -> Result<Program, LpubinError> {
+    /// The program a binary for `target` holds (see the module docs for
+    /// what comes back how). A binary built for another target (its hash
+    /// differs) is refused; the result is validated against the target.
+    pub fn from_lpubin(bin: &LpuBinary, target: &Target) -> Result<Program, LpubinError> {
+        bin.check_target(&target.hash().0)?;
         let mut p = Program::new(bin.target_name());
         for (name, bytes) in bin.tables() {
             if bytes.len() % 2 != 0 {
@@ -336,7 +340,7 @@ impl Program {
             }
             p.symbols.push(sym);
         }
-        p.validate()?;
+        p.validate_target(target)?;
         Ok(p)
     }
 }

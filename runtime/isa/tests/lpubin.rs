@@ -2,6 +2,7 @@
 
 use q35_isa::{Instruction, Program, QueueId, Table, TableId, assemble};
 use q35_lpubin::LpuBinary;
+use q35_target::Target;
 
 fn doc_example() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/isa.md");
@@ -23,19 +24,21 @@ fn image(p: &Program) -> Vec<(QueueId, u32, Vec<u8>)> {
     words
 }
 
-const HASH: [u8; 32] = [7; 32];
+fn target() -> Target {
+    Target::builtin("lpu-v1").expect("the built-in target")
+}
 
 #[test]
 fn doc_example_through_lpubin() {
     let p = assemble("isa.md", &doc_example()).expect("assembles");
     let bytes = p
-        .to_lpubin(HASH, "q35-isa test")
+        .to_lpubin(&target(), "q35-isa test")
         .expect("converts")
         .to_bytes()
         .expect("writes");
     let bin = LpuBinary::from_bytes(bytes.clone()).expect("a valid container");
     assert_eq!(bin.target_name(), "lpu-v1");
-    assert_eq!(bin.target_hash(), &HASH);
+    assert_eq!(bin.target_hash(), &target().hash().0);
     let vxm0 = bin.queue(88).expect("vxm.0 is queue 88");
     let fadd = Instruction::Fadd {
         a: q35_isa::Stream::east(0),
@@ -49,13 +52,13 @@ fn doc_example_through_lpubin() {
     assert_eq!(mem.word(40, 0).map(|w| w[1]), Some(0xc0), "byte 3 of -2.5");
     assert!(mem.word(44, 1).is_none());
 
-    let back = Program::from_lpubin(&bin).expect("reads back");
+    let back = Program::from_lpubin(&bin, &target()).expect("reads back");
     assert_eq!(back.queues, p.queues);
     assert_eq!(back.symbols, p.symbols);
     assert_eq!(image(&back), image(&p));
     // lpubin -> Program -> lpubin is the identity on bytes.
     let again = back
-        .to_lpubin(HASH, "q35-isa test")
+        .to_lpubin(&target(), "q35-isa test")
         .expect("converts")
         .to_bytes()
         .expect("writes");
@@ -78,13 +81,13 @@ fn tables_are_renumbered_into_name_order() {
     };
     assert_eq!(map, TableId(0));
     let bin = LpuBinary::from_bytes(
-        p.to_lpubin(HASH, "t")
+        p.to_lpubin(&target(), "t")
             .expect("converts")
             .to_bytes()
             .expect("writes"),
     )
     .expect("valid");
-    let back = Program::from_lpubin(&bin).expect("reads back");
+    let back = Program::from_lpubin(&bin, &target()).expect("reads back");
     assert_eq!(
         back.tables[0],
         Table {
@@ -106,27 +109,29 @@ fn unsupported_and_invalid() {
         ".target lpu-v1\n.symbol x i16 [4] at mem.w0 @0\n",
     )
     .expect("assembles");
-    let e = p.to_lpubin(HASH, "t").expect_err("i16 has no .lpubin code");
+    let e = p
+        .to_lpubin(&target(), "t")
+        .expect_err("i16 has no .lpubin code");
     assert_eq!(
         e.to_string(),
         "symbol `x`: element type i16 cannot be stored in .lpubin"
     );
     // A word that is not an instruction.
-    let mut b = q35_lpubin::Builder::new("lpu-v1", HASH, "t");
+    let mut b = q35_lpubin::Builder::new("lpu-v1", target().hash().0, "t");
     b.queue(3, vec![0xff]);
     let bin = LpuBinary::from_bytes(b.to_bytes().expect("writes")).expect("valid container");
-    let e = Program::from_lpubin(&bin).expect_err("opcode 0xff");
+    let e = Program::from_lpubin(&bin, &target()).expect_err("opcode 0xff");
     assert!(
         e.to_string().starts_with(
             "queue mem.w40, instruction 0: word 0x00000000000000ff: unknown opcode 0xff"
         ),
         "{e}"
     );
-    let mut b = q35_lpubin::Builder::new("lpu-v1", HASH, "t");
+    let mut b = q35_lpubin::Builder::new("lpu-v1", target().hash().0, "t");
     b.queue(200, vec![0x05]);
     let bin = LpuBinary::from_bytes(b.to_bytes().expect("writes")).expect("valid container");
     assert_eq!(
-        Program::from_lpubin(&bin)
+        Program::from_lpubin(&bin, &target())
             .expect_err("queue 200")
             .to_string(),
         "queue 200 is not a queue of lpu-v1"

@@ -31,7 +31,14 @@ fn make(opcode: Opcode, seeds: &[u64]) -> Instruction {
             OperandKind::UInt { min, max, .. } => {
                 Operand::UInt(pick(s, min.into(), max.into()) as u32)
             }
-            _ => ops[i],
+            OperandKind::Stream { .. }
+            | OperandKind::Addr
+            | OperandKind::Int { .. }
+            | OperandKind::ElemIndex { .. }
+            | OperandKind::ElemCount { .. }
+            | OperandKind::F32
+            | OperandKind::Table
+            | OperandKind::Acc => ops[i],
         };
     }
     let ew_of = |name: &str, ops: &[Operand]| match info.operand_index(name).map(|i| ops[i]) {

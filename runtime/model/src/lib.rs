@@ -15,8 +15,6 @@ mod parse;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 pub use arch::{Architecture, LLAMA_FAMILY, LinearSpec, from_gguf as architecture_from_gguf};
 pub use error::ModelError;
 pub use parse::{ModelToml, parse};
@@ -52,66 +50,9 @@ pub enum WeightSource {
     None,
 }
 
-/// Weight quantization schemes (docs/q35-format.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum QuantScheme {
-    /// Q35, 3.5 bits a weight, with activation-aware scales and 4-bit slots.
-    Q35,
-    /// Q35 with round-to-nearest scales and magnitude-chosen slots.
-    Q35Rtn,
-    /// 3.5 bits a weight with a fixed alternation of 4-bit and 3-bit slots.
-    Q35Alternating,
-    /// Uniform symmetric int8.
-    Int8,
-    /// Uniform symmetric int4.
-    Int4,
-    /// Uniform symmetric int3.
-    Int3,
-}
-
-impl QuantScheme {
-    /// Every scheme, in the order reports list them.
-    pub const ALL: [QuantScheme; 6] = [
-        QuantScheme::Int8,
-        QuantScheme::Int4,
-        QuantScheme::Q35,
-        QuantScheme::Q35Rtn,
-        QuantScheme::Q35Alternating,
-        QuantScheme::Int3,
-    ];
-
-    /// The spelling used in model.toml and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QuantScheme::Q35 => "q35",
-            QuantScheme::Q35Rtn => "q35-rtn",
-            QuantScheme::Q35Alternating => "q35-alternating",
-            QuantScheme::Int8 => "int8",
-            QuantScheme::Int4 => "int4",
-            QuantScheme::Int3 => "int3",
-        }
-    }
-}
-
-impl std::str::FromStr for QuantScheme {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        QuantScheme::ALL
-            .into_iter()
-            .find(|q| q.as_str() == s)
-            .ok_or_else(|| {
-                let all: Vec<_> = QuantScheme::ALL.iter().map(|q| q.as_str()).collect();
-                format!("unknown scheme `{s}`, expected one of {}", all.join(", "))
-            })
-    }
-}
-
-impl std::fmt::Display for QuantScheme {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Weight quantization schemes (docs/q35-format.md): defined, with every
+/// fact about them, in q35-contract.
+pub use q35_contract::QuantScheme;
 
 /// Quantization settings. Activations are always int8 with a per-token
 /// dynamic scale and products accumulate in int32; the TOML states both so a
@@ -133,11 +74,11 @@ pub struct RuntimeLimits {
     pub batch: u32,
 }
 
-/// Default group size along the reduction dimension.
-pub const DEFAULT_GROUP_SIZE: u32 = 128;
+/// Default group size along the reduction dimension (q35-contract's).
+pub const DEFAULT_GROUP_SIZE: u32 = q35_contract::DEFAULT_GROUP_SIZE as u32;
 /// Group sizes are multiples of this: 16 channels are 8 Q35 pairs, 7 whole
-/// bytes (q35-quant's `CHANNEL_QUANTUM`, which a test holds equal).
-pub const GROUP_QUANTUM: u32 = 16;
+/// bytes (q35-contract's `CHANNEL_QUANTUM`).
+pub const GROUP_QUANTUM: u32 = q35_contract::CHANNEL_QUANTUM as u32;
 
 /// Loads a model.toml: reads it, [`parse`]s it and
 /// [resolves](ModelToml::resolve) what it names (the GGUF file, a target

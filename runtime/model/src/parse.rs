@@ -85,6 +85,7 @@ enum AccType {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawQuant {
+    #[serde(default, deserialize_with = "scheme_field")]
     scheme: Option<Spanned<QuantScheme>>,
     group_size: Option<Spanned<u32>>,
     #[expect(
@@ -97,6 +98,41 @@ struct RawQuant {
         reason = "only int32 exists; parsed so other values are refused"
     )]
     accumulator: Option<AccType>,
+}
+
+/// A scheme as model.toml spells it ([`QuantScheme::as_str`]); an unknown
+/// name is serde's "unknown variant" error listing [`QuantScheme::NAMES`].
+struct SchemeName(QuantScheme);
+
+impl<'de> Deserialize<'de> for SchemeName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SchemeName;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a quantization scheme name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SchemeName, E> {
+                QuantScheme::ALL
+                    .into_iter()
+                    .find(|s| s.as_str() == v)
+                    .map(SchemeName)
+                    .ok_or_else(|| E::unknown_variant(v, &QuantScheme::NAMES))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+/// `[quantization] scheme`, keeping its span for diagnostics.
+fn scheme_field<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Spanned<QuantScheme>>, D::Error> {
+    let s: Option<Spanned<SchemeName>> = Option::deserialize(d)?;
+    Ok(s.map(|s| {
+        let span = s.span();
+        Spanned::new(span, s.into_inner().0)
+    }))
 }
 
 #[derive(Deserialize)]

@@ -19,8 +19,8 @@ use std::time::Instant;
 use q35_gguf::Gguf;
 use q35_quant::QuantScheme;
 use q35_quant::model::{
-    Calibration, ReferenceLogits, SchemePolicy, install, model_weights, quantize_model, restore,
-    tensor_report,
+    Calibration, HeadPolicy, ReferenceLogits, SchemePolicy, install, model_weights, quantize_model,
+    restore, tensor_report,
 };
 use q35_quant::quantize::QuantOptions;
 use q35_reference::Model;
@@ -88,9 +88,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let policy = SchemePolicy {
             blocks: scheme,
             head: match head.as_deref() {
-                None => Some(scheme),
-                Some("f32") => None,
-                Some(s) => Some(s.parse()?),
+                None => HeadPolicy::SameAsBlocks,
+                Some("f32") => HeadPolicy::KeepF32,
+                Some(s) => HeadPolicy::Scheme(s.parse()?),
             },
         };
         let t = Instant::now();
@@ -130,7 +130,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         print!(
             "{:>16} (head {:>16}): quantize {qs:5.2} s  bpw {:.4}  rel RMSE {:.4}  mean out err {:.4}  mults {:?}",
             scheme.as_str(),
-            policy.head.map_or("f32", QuantScheme::as_str),
+            policy.head_scheme().map_or("f32", QuantScheme::as_str),
             bits as f64 / n as f64,
             (se / sr).sqrt(),
             oe / no.max(1) as f64,
@@ -139,7 +139,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(r) = &reference {
             let t = Instant::now();
             let e = if golden {
-                let g = q35_quant::golden::GoldenModel::new(&model, &layers, ctx)?;
+                let g = q35_quant::golden::from_reference(&model, &layers, ctx)?;
                 r.compare_golden(&g)?
             } else {
                 let saved = install(&mut model, layers)?;

@@ -14,9 +14,9 @@
 //! summed chunk by chunk in chunk order, so results do not depend on the
 //! number of threads.
 
-use crate::format::{Layout, QuantizedMatrix, uniform_bits};
-use crate::{QuantError, QuantScheme, SchemeExt};
+use crate::{QuantError, QuantScheme};
 use half::f16;
+use q35_contract::{Layout, QuantizedMatrix};
 
 /// Rows per work chunk (fixed: part of what makes results thread-count
 /// independent).
@@ -216,7 +216,7 @@ fn quantize_impl(
     }
     let threads = options.threads.max(1);
 
-    if let Some(bits) = uniform_bits(scheme) {
+    if let Some(bits) = scheme.uniform_bits() {
         let nmax = (1u32 << (bits - 1)) as f32;
         let class = Class { mult: 1.0, nmax };
         let groups = (0..layout.n_groups())
@@ -234,14 +234,14 @@ fn quantize_impl(
             gptq_span: 0,
         };
         let out = plan.run(&(0..rows).collect::<Vec<_>>(), threads, false);
-        return Ok(QuantizedMatrix::assemble(
+        return Ok(QuantizedMatrix::from_codes(
             layout,
             scheme,
             (1, 1),
             &out.codes,
             &out.scales,
             None,
-        ));
+        )?);
     }
 
     // Q35: slot mask and multipliers.
@@ -280,14 +280,14 @@ fn quantize_impl(
     }
     let best = plan.run(&all_rows, threads, false);
     let best_mask = mask;
-    Ok(QuantizedMatrix::assemble(
+    Ok(QuantizedMatrix::from_codes(
         layout,
         scheme,
         mults,
         &best.codes,
         &best.scales,
         Some(&best_mask),
-    ))
+    )?)
 }
 
 /// A code class: codes `-nmax ..= nmax - 1`, integer weight `mult * c`.

@@ -4,8 +4,10 @@
 //! closely; the golden pass must not depend on the thread count.
 
 use q35_quant::QuantScheme;
-use q35_quant::golden::GoldenModel;
-use q35_quant::model::{Calibration, SchemePolicy, install, model_weights, quantize_model};
+use q35_quant::golden::from_reference;
+use q35_quant::model::{
+    Calibration, HeadPolicy, SchemePolicy, install, model_weights, quantize_model,
+};
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{Logits, Model};
 
@@ -35,7 +37,7 @@ fn golden_matches_reference_path_on_tiny_model() {
         // LM head f32: both paths then read the same f32 embedding.
         let policy = SchemePolicy {
             blocks: scheme,
-            head: None,
+            head: HeadPolicy::KeepF32,
         };
         let layers = quantize_model(
             &model,
@@ -46,7 +48,7 @@ fn golden_matches_reference_path_on_tiny_model() {
             QuantOptions { threads: 2 },
         )
         .unwrap();
-        let golden = GoldenModel::new(&model, &layers, 32).unwrap();
+        let golden = from_reference(&model, &layers, 32).unwrap();
         let mut gs = golden.new_session();
         let g = golden.run(&mut gs, &tokens[..12]).unwrap();
         assert_eq!(gs.len(), 12);
@@ -76,10 +78,13 @@ fn tied_quantized_head_is_also_the_embedding() {
     .unwrap();
     let head = layers.last().unwrap();
     assert_eq!(head.id.kind, q35_reference::LinearKind::LmHead);
-    let golden = GoldenModel::new(&model, &layers, 8).unwrap();
+    let golden = from_reference(&model, &layers, 8).unwrap();
     let deq = head.matrix.dequantize();
-    assert_eq!(golden.embedding_row(5), &deq[5 * 64..6 * 64]);
-    assert_ne!(golden.embedding_row(5), &model.embedding()[5 * 64..6 * 64]);
+    assert_eq!(golden.embedding_row(5), Some(&deq[5 * 64..6 * 64]));
+    assert_ne!(
+        golden.embedding_row(5),
+        Some(&model.embedding()[5 * 64..6 * 64])
+    );
 }
 
 #[test]
@@ -91,14 +96,14 @@ fn golden_is_thread_count_independent() {
         &weights,
         SchemePolicy {
             blocks: QuantScheme::Q35Rtn,
-            head: None,
+            head: HeadPolicy::KeepF32,
         },
         16,
         None,
         QuantOptions { threads: 1 },
     )
     .unwrap();
-    let golden = GoldenModel::new(&model, &layers, 16).unwrap();
+    let golden = from_reference(&model, &layers, 16).unwrap();
     let run = |threads| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -3,9 +3,10 @@
 //! q35-reference's own perplexity), install/restore.
 
 use q35_quant::QuantScheme;
-use q35_quant::golden::GoldenModel;
+use q35_quant::golden::from_reference;
 use q35_quant::model::{
-    Calibration, ReferenceLogits, SchemePolicy, install, model_weights, quantize_model, restore,
+    Calibration, HeadPolicy, ReferenceLogits, SchemePolicy, install, model_weights, quantize_model,
+    restore,
 };
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{LinearId, LinearKind, Logits, Model, PerplexityOptions};
@@ -106,14 +107,14 @@ fn evaluation_protocol_matches_reference_perplexity() {
         &weights,
         SchemePolicy {
             blocks: QuantScheme::Int4,
-            head: None,
+            head: HeadPolicy::KeepF32,
         },
         32,
         None,
         QuantOptions { threads: 2 },
     )
     .unwrap();
-    let golden = GoldenModel::new(&model, &layers, 16).unwrap();
+    let golden = from_reference(&model, &layers, 16).unwrap();
     let g = r.compare_golden(&golden).unwrap();
     let saved = install(&mut model, layers).unwrap();
     let q = r.compare(&model).unwrap();

@@ -1,28 +1,24 @@
-//! Property tests of the format and the integer semantics: pack/unpack
-//! round trips over every code, the half-step dequantization bound, the
-//! bits-per-weight formula, the overflow bound, agreement of the two matvec
-//! implementations, serialisation and thread-count independence.
+//! Property tests of the quantizers against the format and the integer
+//! semantics (q35-contract): pack/unpack round trips of random codes, the
+//! half-step dequantization bound, the bits-per-weight formula, the overflow
+//! bound, agreement of the two matvec implementations, serialisation and
+//! thread-count independence. The spec's worked example and the exhaustive
+//! code tests are in `runtime/contract/tests/spec.rs`.
 
 mod common;
 
 use common::SplitMix64;
 use half::f16;
 use proptest::prelude::*;
+use q35_contract::semantics::{accumulator_bound, check_no_overflow};
+use q35_contract::{ActivationI8, Layout, QuantScheme, QuantizedMatrix};
 use q35_quant::quantize::{QuantOptions, quantize_with};
-use q35_quant::semantics::{accumulator_bound, check_no_overflow, group_dot};
-use q35_quant::{
-    ActivationI8, Layout, QuantError, QuantScheme, QuantizedMatrix, SchemeExt, quantize,
-};
+use q35_quant::{QuantError, quantize};
 
-/// Code range of a channel.
+/// Code range of a channel, as i8.
 fn range(scheme: QuantScheme, four_bit: bool) -> (i8, i8) {
-    match scheme {
-        QuantScheme::Int8 => (-128, 127),
-        QuantScheme::Int4 => (-8, 7),
-        QuantScheme::Int3 => (-4, 3),
-        _ if four_bit => (-8, 7),
-        _ => (-4, 3),
-    }
+    let (lo, hi) = scheme.code_range(four_bit);
+    (lo as i8, hi as i8)
 }
 
 /// A random balanced slot mask (half of every padded group 4-bit).
@@ -77,92 +73,6 @@ fn mults_for(scheme: QuantScheme, pick: u64) -> (u8, u8) {
 }
 
 #[test]
-fn every_code_round_trips() {
-    // Every (4-bit, 3-bit) pair, and every uniform code, in one block each.
-    for scheme in QuantScheme::ALL {
-        let layout = Layout::new(1, 256, 256).unwrap();
-        let mut codes = vec![0i8; 256];
-        let mut mask = vec![false; 256];
-        if scheme.is_q35() {
-            // Pair p = channels (2p, 2p+1) under both the alternation and
-            // this explicit mask.
-            for p in 0..128 {
-                codes[2 * p] = (p % 16) as i8 - 8;
-                codes[2 * p + 1] = (p / 16) as i8 - 4;
-                mask[2 * p] = true;
-            }
-        } else {
-            let (lo, hi) = range(scheme, false);
-            for (j, c) in codes.iter_mut().enumerate() {
-                *c = (i32::from(lo) + (j as i32 % (i32::from(hi) - i32::from(lo) + 1))) as i8;
-            }
-        }
-        for mults in [(1, 1), (4, 7), (16, 32)] {
-            let mults = if scheme.is_q35() { mults } else { (1, 1) };
-            let m = QuantizedMatrix::from_codes(
-                layout,
-                scheme,
-                mults,
-                &codes,
-                &[f16::ONE],
-                Some(&mask),
-            )
-            .unwrap();
-            let mut out = vec![0i8; 256];
-            m.decode_block(0, 0, &mut out);
-            for j in 0..256 {
-                let mult = if !scheme.is_q35() || mask[j] {
-                    mults.0
-                } else {
-                    mults.1
-                };
-                assert_eq!(
-                    i32::from(out[j]),
-                    i32::from(codes[j]) * i32::from(mult),
-                    "{scheme} channel {j}"
-                );
-            }
-            assert_eq!(m.packed().len() * 8, scheme.code_bits(256));
-        }
-    }
-}
-
-#[test]
-fn from_codes_rejects_bad_input() {
-    let layout = Layout::new(1, 16, 16).unwrap();
-    let mask: Vec<bool> = (0..16).map(|j| j < 8).collect();
-    let mut codes = vec![0i8; 16];
-    codes[12] = 4; // a 3-bit channel
-    let err = QuantizedMatrix::from_codes(
-        layout,
-        QuantScheme::Q35,
-        (1, 1),
-        &codes,
-        &[f16::ONE],
-        Some(&mask),
-    )
-    .unwrap_err();
-    assert!(matches!(err, QuantError::Corrupt(ref m) if m.contains("channel 12")));
-    let unbalanced: Vec<bool> = (0..16).map(|j| j < 9).collect();
-    assert!(
-        QuantizedMatrix::from_codes(
-            layout,
-            QuantScheme::Q35,
-            (1, 1),
-            &[0; 16],
-            &[f16::ONE],
-            Some(&unbalanced)
-        )
-        .is_err()
-    );
-    assert_eq!(Layout::new(1, 16, 24), Err(QuantError::BadGroupSize(24)));
-    assert_eq!(
-        Layout::new(0, 16, 16),
-        Err(QuantError::EmptyMatrix { rows: 0, cols: 16 })
-    );
-}
-
-#[test]
 fn quantize_rejects_bad_input() {
     let w = vec![0.5f32; 32];
     assert_eq!(
@@ -205,45 +115,6 @@ fn zero_matrix_quantizes_to_zero() {
     for s in QuantScheme::ALL {
         let q = quantize(&w, 3, 40, s, 16, Some(&[1.0; 40])).unwrap();
         assert!(q.dequantize().iter().all(|&v| v == 0.0), "{s}");
-    }
-}
-
-#[test]
-fn overflow_bound_is_tight_on_extreme_values() {
-    // All activations -127 and all weights at the most negative code: the
-    // accumulator reaches exactly the bound.
-    for (scheme, mults) in [
-        (QuantScheme::Q35, (16u8, 32u8)),
-        (QuantScheme::Q35Alternating, (4, 7)),
-        (QuantScheme::Int8, (1, 1)),
-    ] {
-        let layout = Layout::new(1, 128, 128).unwrap();
-        let mask: Vec<bool> = (0..128).map(|j| j % 2 == 0).collect();
-        let codes: Vec<i8> = (0..128)
-            .map(|j| match scheme {
-                QuantScheme::Int8 => -128,
-                _ if j % 2 == 0 => -8,
-                _ => -4,
-            })
-            .collect();
-        let m =
-            QuantizedMatrix::from_codes(layout, scheme, mults, &codes, &[f16::ONE], Some(&mask))
-                .unwrap();
-        let x = ActivationI8::quantize(&vec![-1.0f32; 128]).unwrap();
-        let q = m.unpack();
-        let acc = group_dot(x.codes(), q.row(0));
-        let bound = accumulator_bound(128, 127, m.code_max());
-        let max_pair = i64::from(8 * mults.0).max(i64::from(4 * mults.1));
-        if scheme == QuantScheme::Int8 || 8 * mults.0 == 4 * mults.1 {
-            assert_eq!(acc as u64, bound, "{scheme}");
-        } else {
-            assert!((acc as u64) < bound, "{scheme}");
-        }
-        assert_eq!(
-            m.code_max() as i64,
-            max_pair.max(if scheme == QuantScheme::Int8 { 128 } else { 0 })
-        );
-        assert!(check_no_overflow("t", 128, 127, m.code_max()).is_ok());
     }
 }
 
@@ -439,96 +310,4 @@ fn corrupt_serialisations_are_rejected() {
     let mut bad_mult = good;
     bad_mult[6] = 0;
     assert!(QuantizedMatrix::from_bytes(&bad_mult).is_err());
-}
-
-/// The worked example of docs/q35-format.md ("Worked example"): bytes
-/// computed by hand from the spec, not by this crate.
-#[test]
-fn golden_bytes_from_the_spec() {
-    let c4 = [-8i8, -1, 0, 1, 7, 3, -5, 2];
-    let c3 = [-4i8, -1, 0, 1, 3, 2, -2, -3];
-    let expected = [0xc8u8, 0x3f, 0x20, 0x72, 0x1b, 0xad, 0xa5];
-    let layout = Layout::new(1, 16, 16).unwrap();
-    // Fixed alternation: pair p = channels (2p, 2p + 1).
-    let mut alt = [0i8; 16];
-    for p in 0..8 {
-        alt[2 * p] = c4[p];
-        alt[2 * p + 1] = c3[p];
-    }
-    let m = QuantizedMatrix::from_codes(
-        layout,
-        QuantScheme::Q35Alternating,
-        (4, 7),
-        &alt,
-        &[f16::from_f32(0.5)],
-        None,
-    )
-    .unwrap();
-    assert_eq!(m.packed(), &expected);
-    // Explicit mask: 4-bit channels {1, 2, 5, 6, 9, 10, 13, 14}; pair p is
-    // (p-th 4-bit channel, p-th 3-bit channel) in ascending order.
-    let four = [1usize, 2, 5, 6, 9, 10, 13, 14];
-    let three = [0usize, 3, 4, 7, 8, 11, 12, 15];
-    let mut mask = [false; 16];
-    let mut codes = [0i8; 16];
-    for p in 0..8 {
-        mask[four[p]] = true;
-        codes[four[p]] = c4[p];
-        codes[three[p]] = c3[p];
-    }
-    let m = QuantizedMatrix::from_codes(
-        layout,
-        QuantScheme::Q35,
-        (4, 7),
-        &codes,
-        &[f16::from_f32(0.5)],
-        Some(&mask),
-    )
-    .unwrap();
-    assert_eq!(m.packed(), &expected);
-    assert_eq!(m.slot_mask().unwrap(), &[0x66, 0x66]);
-    // Integer weights 4*c4 and 7*c3; dequantized 0.5 * those.
-    let d = m.dequantize();
-    assert_eq!(d[1], 0.5 * 4.0 * -8.0);
-    assert_eq!(d[0], 0.5 * 7.0 * -4.0);
-    // Serialised header.
-    let bytes = m.to_bytes();
-    assert_eq!(
-        &bytes[..20],
-        &[
-            b'Q', b'3', b'5', b'W', 1, 0, 4, 7, 1, 0, 0, 0, 16, 0, 0, 0, 16, 0, 0, 0
-        ]
-    );
-    assert_eq!(&bytes[20..22], &[0x66, 0x66]);
-    assert_eq!(&bytes[22..24], &f16::from_f32(0.5).to_bits().to_le_bytes());
-    assert_eq!(&bytes[24..], &expected);
-
-    // int3: codes -4..=3 in one 8-code stream.
-    let mut codes = [0i8; 16];
-    for (k, c) in codes.iter_mut().enumerate().take(8) {
-        *c = k as i8 - 4;
-    }
-    let m =
-        QuantizedMatrix::from_codes(layout, QuantScheme::Int3, (1, 1), &codes, &[f16::ONE], None)
-            .unwrap();
-    assert_eq!(&m.packed()[..3], &[0xac, 0x8f, 0x68]);
-
-    // Matvec: x = [127, 0, ..., 0, -127 at channel 1] / 127 * 2 => scale 2/127.
-    let mut x = [0f32; 16];
-    x[0] = 2.0;
-    x[1] = -1.0;
-    let a = ActivationI8::quantize(&x).unwrap();
-    assert_eq!(a.codes()[..2], [127, -64]); // -63.5 rounds away from zero
-    let m = QuantizedMatrix::from_codes(
-        layout,
-        QuantScheme::Q35,
-        (4, 7),
-        &[-4, -8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        &[f16::from_f32(0.5)],
-        Some(&mask),
-    )
-    .unwrap();
-    // acc = 127 * (7 * -4) + (-64) * (4 * -8) = -3556 + 2048 = -1508
-    let y = m.matvec(&a).unwrap();
-    assert_eq!(y[0], (-1508f32 * 0.5) * (2.0f32 / 127.0));
 }

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use q35_gguf::Gguf;
 use q35_quant::QuantScheme;
-use q35_quant::golden::GoldenModel;
+use q35_quant::golden::from_reference;
 use q35_quant::model::{
-    Calibration, SchemePolicy, install, model_weights, quantize_layer, quantize_model, restore,
-    tensor_report,
+    Calibration, HeadPolicy, SchemePolicy, install, model_weights, quantize_layer, quantize_model,
+    restore, tensor_report,
 };
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{LinearId, LinearKind, Logits, Model};
@@ -59,7 +59,7 @@ fn smollm2_golden_and_aware_quantization() {
         &weights,
         SchemePolicy {
             blocks: QuantScheme::Int8,
-            head: None,
+            head: HeadPolicy::KeepF32,
         },
         128,
         None,
@@ -69,7 +69,7 @@ fn smollm2_golden_and_aware_quantization() {
     let n = 12;
     let mut rs = model.new_session_with_capacity(n).unwrap();
     let f32_logits = model.forward(&mut rs, &tokens[..n], Logits::All).unwrap();
-    let golden = GoldenModel::new(&model, &layers, n).unwrap();
+    let golden = from_reference(&model, &layers, n).unwrap();
     let mut gs = golden.new_session();
     let g = golden.run(&mut gs, &tokens[..n]).unwrap();
     let saved = install(&mut model, layers).unwrap();

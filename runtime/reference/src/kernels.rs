@@ -9,6 +9,8 @@
 //! thread runs it. That makes prefill and token-by-token decode give the same
 //! bits, and the dense and on-the-fly-dequantized weight paths agree exactly.
 
+use q35_contract::rope::rope_thetas;
+
 /// Interleaved partial sums per dot product.
 pub const LANES: usize = 16;
 
@@ -308,20 +310,11 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// The RoPE angles of position `pos`, pair by pair (`head_dim / 2` of them),
-/// as ggml's `ggml_rope_cache_init` forms them: `theta_0 = pos` (f32), each
-/// next angle the previous times `theta_scale = base^(-2 / head_dim)` (an
-/// f32 running product, not a fresh power). The reference's [`RopeAngles`]
-/// and the quantized contract's RoPE table both take their angles from here.
-pub fn rope_thetas(pos: usize, head_dim: usize, base: f32) -> impl Iterator<Item = f32> {
-    let theta_scale = base.powf(-2.0f32 / head_dim as f32);
-    std::iter::successors(Some(pos as f32), move |t| Some(t * theta_scale)).take(head_dim / 2)
-}
-
 /// Cosines and sines of the RoPE angles for one position, as ggml's
-/// `ggml_rope_cache_init` computes them: `theta_0 = pos`, each next pair's
-/// angle is the previous times `theta_scale = base^(-2 / head_dim)` (an f32
-/// running product, not a fresh power).
+/// `ggml_rope_cache_init` computes them: the angles are the contract's
+/// [`rope_thetas`] (`theta_0 = pos`, each next pair's angle the previous
+/// times `theta_scale = base^(-2 / head_dim)`, an f32 running product), and
+/// cos/sin are evaluated in f32 as ggml does.
 #[derive(Debug, Clone)]
 pub struct RopeAngles {
     cos: Vec<f32>,

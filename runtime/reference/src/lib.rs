@@ -1,8 +1,10 @@
 //! f32 reference LLaMA forward pass, generation and evaluation (matches llama.cpp).
 //!
-//! This is the project's golden model: the quantized integer path and the
-//! simulator are held against it, and it is held against llama.cpp
-//! (recorded fixtures, `scripts/reference/record_llamacpp.py`).
+//! This is the project's golden model: the quantized integer path
+//! (q35-contract's golden forward pass) and the simulator are held against
+//! it, and it is held against llama.cpp (recorded fixtures,
+//! `scripts/reference/record_llamacpp.py`). Its RoPE angles come from the
+//! contract (`q35_contract::rope::rope_thetas`), so both rotate alike.
 //!
 //! - [`Model`]: weights from a GGUF ([`Model::from_gguf`]) or an in-memory
 //!   [`WeightMap`] ([`Model::from_weights`], [`synthetic_weights`]), the

@@ -165,16 +165,24 @@ impl Target {
         self.mxm.rows.div_ceil(self.mxm.install_rows_per_cycle)
     }
 
-    /// Cycles to skew a [1xK] activation vector across the array's rows:
-    /// `(rows - 1) x pe_hop_cycles` (SCALE-Sim's fill term).
+    /// Cycles to skew a [1xK] activation vector across the array's block
+    /// rows: `(rows / pe_block - 1) x pe_hop_cycles` (SCALE-Sim's fill term,
+    /// counted in processing elements).
     pub fn mxm_fill_cycles(&self) -> u64 {
-        u64::from(self.mxm.rows - 1) * u64::from(self.mxm.pe_hop_cycles)
+        u64::from(self.mxm.rows / self.mxm.pe_block - 1) * u64::from(self.mxm.pe_hop_cycles)
     }
 
-    /// Cycles to drain the last column's results out of the array:
-    /// `(cols - 1) x pe_hop_cycles` (SCALE-Sim's drain term).
+    /// Cycles to drain the last block column's results out of the array:
+    /// `(cols / pe_block - 1) x pe_hop_cycles` (SCALE-Sim's drain term).
     pub fn mxm_drain_cycles(&self) -> u64 {
-        u64::from(self.mxm.cols - 1) * u64::from(self.mxm.pe_hop_cycles)
+        u64::from(self.mxm.cols / self.mxm.pe_block - 1) * u64::from(self.mxm.pe_hop_cycles)
+    }
+
+    /// Cycles from an `mm` issue to its int32 result vector leaving the
+    /// plane: `(rows / pe_block + cols / pe_block - 1) x pe_hop_cycles + 1`
+    /// (docs/mxm-timing.md; 40 on lpu-v1).
+    pub fn mxm_latency(&self) -> u64 {
+        self.mxm_fill_cycles() + self.mxm_drain_cycles() + u64::from(self.mxm.pe_hop_cycles) + 1
     }
 
     /// The largest |sum| the MXM accumulator holds: `2^(acc_bits - 1) - 1`.

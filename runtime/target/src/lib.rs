@@ -165,6 +165,9 @@ pub struct Mxm {
     pub install_rows_per_cycle: u32,
     /// Cycles to make an installed buffer the active weights.
     pub swap_cycles: u32,
+    /// Side of a processing element: a `pe_block x pe_block` block of MACs
+    /// that acts within one hop (docs/mxm-timing.md).
+    pub pe_block: u32,
     /// Cycles for a value to cross one processing element.
     pub pe_hop_cycles: u32,
     /// Instruction queues per plane.

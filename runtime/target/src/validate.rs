@@ -76,6 +76,7 @@ fn check(t: &Target, fail: &mut dyn FnMut(&str, String)) {
             ("mxm.weight_buffers", m.weight_buffers),
             ("mxm.install_rows_per_cycle", m.install_rows_per_cycle),
             ("mxm.swap_cycles", m.swap_cycles),
+            ("mxm.pe_block", m.pe_block),
             ("mxm.pe_hop_cycles", m.pe_hop_cycles),
             ("mxm.queues_per_plane", m.queues_per_plane),
         ],
@@ -95,6 +96,16 @@ fn check(t: &Target, fail: &mut dyn FnMut(&str, String)) {
             format!(
                 "{} must equal vector.lanes = {} (a row of weights arrives as one vector)",
                 m.cols, v.lanes
+            ),
+        );
+    }
+    if m.pe_block >= 1 && !(m.rows.is_multiple_of(m.pe_block) && m.cols.is_multiple_of(m.pe_block))
+    {
+        fail(
+            "mxm.pe_block",
+            format!(
+                "{} must divide mxm.rows = {} and mxm.cols = {}",
+                m.pe_block, m.rows, m.cols
             ),
         );
     }
@@ -206,14 +217,22 @@ fn check(t: &Target, fail: &mut dyn FnMut(&str, String)) {
             format!("{} must be even: each hemisphere holds half", s.units),
         );
     }
-    if s.permute_latency < v.superlanes {
-        fail(
-            "sxm.permute_latency",
-            format!(
-                "{} must be at least vector.superlanes = {} (a permute needs the whole vector)",
-                s.permute_latency, v.superlanes
-            ),
-        );
+    // Shift, bcast and permute move data across superlanes: superlane i
+    // runs i cycles after superlane 0, so they need the whole vector
+    // (docs/isa.md 1, superlane skew).
+    for (key, latency) in [
+        ("sxm.shift_latency", s.shift_latency),
+        ("sxm.permute_latency", s.permute_latency),
+    ] {
+        if latency < v.superlanes {
+            fail(
+                key,
+                format!(
+                    "{latency} must be at least vector.superlanes = {} (it moves data across superlanes, so it needs the whole vector)",
+                    v.superlanes
+                ),
+            );
+        }
     }
 
     at_least_one(fail, &[("icu.instruction_bytes", t.icu.instruction_bytes)]);

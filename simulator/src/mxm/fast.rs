@@ -5,17 +5,25 @@
 //! `i8` slices, which the compiler vectorises. Cycles and hazards come from
 //! the formulas of `docs/mxm-timing.md`:
 //!
-//! - a vector issued at `t` is inside the array during `t ..= t + (R+C-2)h`,
-//!   PE(i, j) adds at `t + (i+j)h`, column `j` reaches the accumulator at
-//!   `t + (R+j)h`, and the vector is emitted at `t + (R+C-1)h + 1`;
-//! - a load of `n` rows at `c` runs during `c .. c + ceil(n / rate)`, a swap
-//!   at `c` during `c .. c + swap_cycles`.
+//! - with `b = pe_block`, PE(I, J) (a `b x b` block of MACs) adds its
+//!   block's contribution to a vector issued at `t` at `t + (I+J)h`, column
+//!   `j` reaches the accumulator at `t + (R/b + j/b)h`, and the vector is
+//!   emitted at `t + (R/b + C/b - 1)h + 1`;
+//! - a load of `n` rows at `c` runs during `c .. c + ceil(n / rate)` and
+//!   writes block row `I` first at `c + first_write(n, I)`; a swap at `c`
+//!   runs during `c .. c + swap_cycles`.
 //!
-//! Since no swap may overlap a vector in the array, every vector sees one
-//! weight set (the active one at its issue), so the buffers are exchanged at
-//! the swap's issue and each vector's outputs are computed at its issue.
+//! A swap is a wavefront behind the vectors issued before it, and no vector
+//! may be issued while it runs, so every vector reads one weight set at
+//! every PE: the active one at its issue. The buffers are therefore
+//! exchanged at the swap's issue and each vector's outputs are computed at
+//! its issue. The shadow buffer stays in use until the last vector that
+//! read it has passed each PE row; a load into it is checked against that
+//! vector's issue cycle when it is issued, and its first write into a PE
+//! row still in use is reported as a hazard of that (future) cycle.
 //! Partial-sum overflow is impossible for a column whose `128 * sum |w|`
-//! fits the accumulator; only other columns pay for an exact prefix scan.
+//! fits the accumulator; only other columns pay for an exact scan, one PE
+//! at a time.
 
 use super::{
     Command, Cycle, Hazard, HazardKind, MxmError, Output, OverflowSite, PlaneConfig, RunResult,
@@ -44,6 +52,11 @@ pub struct FastPlane {
     swap_done_at: Cycle,
     /// Issue cycle of the last `Multiply`.
     last_multiply: Option<Cycle>,
+    /// Issue cycle of the last `Multiply` that read the active buffer.
+    active_reader: Option<Cycle>,
+    /// Issue cycle of the last `Multiply` that read the shadow buffer (it
+    /// was active then).
+    shadow_reader: Option<Cycle>,
     /// Issue cycle of the last command (commands come in cycle order).
     last_issue: Cycle,
 }
@@ -93,7 +106,21 @@ impl WeightTile {
     }
 }
 
-/// The result of issuing a non-`Multiply` command.
+/// The result of issuing a `LoadWeights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadOutcome {
+    /// The load runs.
+    Issued {
+        /// The first cycle it writes a PE row of the shadow buffer that a
+        /// vector issued before the last swap has still to read, with the
+        /// hazard ([`HazardKind::LoadIntoBufferInUse`]) that happens then.
+        in_use: Option<(Cycle, HazardKind)>,
+    },
+    /// Refused: this hazard happens at the issue cycle.
+    Hazard(HazardKind),
+}
+
+/// The result of issuing a `Swap`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// Issued.
@@ -132,6 +159,8 @@ impl FastPlane {
             load_done_at: 0,
             swap_done_at: 0,
             last_multiply: None,
+            active_reader: None,
+            shadow_reader: None,
             last_issue: 0,
         })
     }
@@ -163,7 +192,7 @@ impl FastPlane {
         index: usize,
         cycle: Cycle,
         tile: &WeightTile,
-    ) -> Result<Step, MxmError> {
+    ) -> Result<LoadOutcome, MxmError> {
         check_load_shape(&self.config, index, cycle, tile.rows(), tile.cols())?;
         self.load_columns(index, cycle, &tile.to_columns())
     }
@@ -174,11 +203,11 @@ impl FastPlane {
         index: usize,
         cycle: Cycle,
         tile: &ColumnTile,
-    ) -> Result<Step, MxmError> {
+    ) -> Result<LoadOutcome, MxmError> {
         check_load_shape(&self.config, index, cycle, tile.rows, tile.cols)?;
-        let step = self.begin_load(index, cycle, tile.rows)?;
-        if step != Step::Done {
-            return Ok(step);
+        let outcome = self.begin_load(index, cycle, tile.rows)?;
+        if let LoadOutcome::Hazard(_) = outcome {
+            return Ok(outcome);
         }
         let (r, n) = (self.config.rows, tile.rows);
         let bound = self.config.acc_max();
@@ -193,20 +222,20 @@ impl FastPlane {
             // |x| <= 128, so every partial sum is at most 128 * sum |w|.
             *safe = abs_sum * 128 <= bound;
         }
-        Ok(Step::Done)
+        Ok(outcome)
     }
 
     /// The timing half of `LoadWeights` of `rows` rows at `cycle`: the same
     /// checks, hazards and load window as [`Self::load_columns`], with the
     /// weights to come from [`Self::fill_shadow_rows`] before the window
-    /// ends (the simulator's `lw` reads its rows from streams on the
-    /// cycles after its issue).
+    /// ends (the simulator's `lw` reads its rows from streams on the cycles
+    /// after its issue).
     pub fn begin_load(
         &mut self,
         index: usize,
         cycle: Cycle,
         rows: usize,
-    ) -> Result<Step, MxmError> {
+    ) -> Result<LoadOutcome, MxmError> {
         check_load_shape(&self.config, index, cycle, rows, self.config.cols)?;
         if cycle < self.last_issue {
             return Err(MxmError::Command {
@@ -218,14 +247,26 @@ impl FastPlane {
         }
         self.last_issue = cycle;
         if cycle < self.swap_done_at {
-            return Ok(Step::Hazard(HazardKind::LoadDuringSwap));
+            return Ok(LoadOutcome::Hazard(HazardKind::LoadDuringSwap));
         }
         if cycle < self.load_done_at {
-            return Ok(Step::Hazard(HazardKind::LoadWhileLoading));
+            return Ok(LoadOutcome::Hazard(HazardKind::LoadWhileLoading));
         }
+        // The shadow's last reader leaves PE row I after t + busy(I); the
+        // load first writes PE row I at cycle + first_write(rows, I).
+        let config = &self.config;
+        let in_use = self.shadow_reader.and_then(|t| {
+            (0..config.block_rows())
+                .map(|i| cycle + config.first_write(rows, i))
+                .enumerate()
+                .filter(|&(i, w)| w <= t + config.block_row_busy(i))
+                .map(|(_, w)| w)
+                .min()
+                .map(|w| (w, HazardKind::LoadIntoBufferInUse))
+        });
         self.shadow_loaded = true;
         self.load_done_at = cycle + self.config.load_cycles(rows);
-        Ok(Step::Done)
+        Ok(LoadOutcome::Issued { in_use })
     }
 
     /// The values half of `LoadWeights`: `n` rows of `C` weights,
@@ -267,13 +308,11 @@ impl FastPlane {
         if cycle < self.load_done_at {
             return Ok(Step::Hazard(HazardKind::SwapBeforeLoadDone));
         }
-        if let Some(t) = self.last_multiply
-            && t + self.config.array_span() >= cycle
-        {
-            return Ok(Step::Hazard(HazardKind::SwapWhileInFlight));
-        }
+        // Vectors in flight keep their weights: the swap follows them as a
+        // wavefront, and no vector may be issued until it ends.
         std::mem::swap(&mut self.active, &mut self.shadow);
         std::mem::swap(&mut self.active_safe, &mut self.shadow_safe);
+        std::mem::swap(&mut self.active_reader, &mut self.shadow_reader);
         self.shadow_loaded = false;
         self.swap_done_at = cycle + self.config.swap_cycles;
         Ok(Step::Done)
@@ -322,7 +361,10 @@ impl FastPlane {
             return Ok(MultiplyOutcome::Hazard(HazardKind::MultiplyPortBusy));
         }
         self.last_multiply = Some(cycle);
+        self.active_reader = Some(cycle);
         let h = self.config.pe_hop_cycles;
+        let b = self.config.pe_block;
+        let br = self.config.block_rows() as Cycle;
         let (lo, hi) = (self.config.acc_min(), self.config.acc_max());
         let mut first: Option<(Cycle, usize, OverflowSite)> = None;
         let mut note = |at: Cycle, column: usize, site: OverflowSite| {
@@ -337,19 +379,27 @@ impl FastPlane {
             .zip(self.acc.iter_mut().zip(out.iter_mut()))
             .enumerate()
         {
+            let bj = (j / b) as Cycle;
             let sum = if safe {
                 i64::from(dot_i8(column, x))
             } else {
+                // PE(I, J) checks the sum over rows 0 .. (I+1)b at its output.
                 let mut s = 0i64;
                 let mut overflowed = false;
-                for (i, (&w, &v)) in column.iter().zip(x).enumerate() {
-                    s += i64::from(w) * i64::from(v);
+                for (bi, (ws, xs)) in column.chunks_exact(b).zip(x.chunks_exact(b)).enumerate() {
+                    s += ws
+                        .iter()
+                        .zip(xs)
+                        .map(|(&w, &v)| i64::from(w) * i64::from(v))
+                        .sum::<i64>();
                     if !overflowed && (s < lo || s > hi) {
                         overflowed = true;
                         note(
-                            cycle + (i + j) as Cycle * h,
+                            cycle + (bi as Cycle + bj) * h,
                             j,
-                            OverflowSite::PartialSum { row: i },
+                            OverflowSite::PartialSum {
+                                row: (bi + 1) * b - 1,
+                            },
                         );
                     }
                 }
@@ -357,7 +407,7 @@ impl FastPlane {
             };
             let value = if accumulate { *acc + sum } else { sum };
             if value < lo || value > hi {
-                note(cycle + (r + j) as Cycle * h, j, OverflowSite::Accumulator);
+                note(cycle + (br + bj) * h, j, OverflowSite::Accumulator);
             }
             *acc = value;
             // Out of range only after a reported overflow; never emitted then.
@@ -423,23 +473,34 @@ pub fn run_fast(config: &PlaneConfig, program: &[(Cycle, Command)]) -> Result<Ru
     let order = issue_order(config, program)?;
     let mut plane = FastPlane::new(*config)?;
     let mut outputs: Vec<Output> = Vec::new();
-    // The earliest overflow so far: it happens in the compute phase of its
-    // cycle, after that cycle's issues, so only commands of later cycles
-    // are preempted by it.
-    let mut overflow: Option<Hazard> = None;
+    // The earliest hazard so far of the array's work (a load's write into a
+    // buffer in use, an overflow): it happens in phase 2 of its cycle,
+    // after that cycle's issues, so only commands of later cycles are
+    // preempted by it.
+    let mut pending: Option<Hazard> = None;
     let mut issue_hazard: Option<Hazard> = None;
     let mut last_cycle = 0;
     for index in order {
         let (cycle, command) = &program[index];
         let cycle = *cycle;
-        if overflow.is_some_and(|h| h.cycle < cycle) {
+        if pending.is_some_and(|h| h.cycle < cycle) {
             break;
         }
         last_cycle = cycle;
         let refused = match command {
             Command::LoadWeights(tile) => match plane.load_weights(index, cycle, tile)? {
-                Step::Done => None,
-                Step::Hazard(kind) => Some(kind),
+                LoadOutcome::Issued { in_use } => {
+                    if let Some((at, kind)) = in_use {
+                        let h = Hazard {
+                            cycle: at,
+                            command: index,
+                            kind,
+                        };
+                        pending = Some(earlier(pending, h));
+                    }
+                    None
+                }
+                LoadOutcome::Hazard(kind) => Some(kind),
             },
             Command::Swap => match plane.swap(index, cycle)? {
                 Step::Done => None,
@@ -455,7 +516,7 @@ pub fn run_fast(config: &PlaneConfig, program: &[(Cycle, Command)]) -> Result<Ru
                                 command: index,
                                 kind,
                             };
-                            overflow = Some(earlier(overflow, h));
+                            pending = Some(earlier(pending, h));
                         }
                         outputs.push(Output {
                             cycle: emit,
@@ -477,7 +538,7 @@ pub fn run_fast(config: &PlaneConfig, program: &[(Cycle, Command)]) -> Result<Ru
             break;
         }
     }
-    let hazard = issue_hazard.or(overflow);
+    let hazard = issue_hazard.or(pending);
     let end_cycle = match hazard {
         Some(h) => {
             outputs.retain(|o| o.cycle < h.cycle);
@@ -523,6 +584,7 @@ mod tests {
         let config = PlaneConfig {
             rows: 2,
             cols: 2,
+            pe_block: 1,
             install_rows_per_cycle: 2,
             swap_cycles: 1,
             pe_hop_cycles: 1,
@@ -531,7 +593,10 @@ mod tests {
         let mut plane = FastPlane::new(config).unwrap();
         // Column 0: 128 * (128 + 127) = 32640 <= 32767; column 1: 128 * 256 > 32767.
         let tile = WeightTile::new(2, 2, vec![-128, -128, 127, -128]).unwrap();
-        assert_eq!(plane.load_weights(0, 0, &tile).unwrap(), Step::Done);
+        assert_eq!(
+            plane.load_weights(0, 0, &tile).unwrap(),
+            LoadOutcome::Issued { in_use: None }
+        );
         assert_eq!(plane.shadow_safe, vec![true, false]);
         assert_eq!(plane.shadow, vec![-128, 127, -128, -128]);
     }

@@ -4,10 +4,10 @@
 //! The machine semantics are written down in `docs/mxm-timing.md`; this
 //! module is their executable form, twice:
 //!
-//! - [`pe`]: the PE-level reference model. Every processing element keeps its
-//!   active and shadow weight registers, every link between elements is a
-//!   pipeline register, and the whole array steps one cycle at a time. It is
-//!   slow and meant to be read.
+//! - [`pe`]: the PE-level reference model. Every processing element (a
+//!   `b x b` block of MACs) keeps its two weight buffers, every link between
+//!   elements is a pipeline register, and the whole array steps one cycle at
+//!   a time. It is slow and meant to be read.
 //! - [`fast`]: the plane model the simulator calls on its hot path. It
 //!   computes each output vector as exact integer dot products over
 //!   column-major weights and derives emit cycles and hazards from the
@@ -26,7 +26,7 @@ pub mod tiling;
 
 use std::fmt;
 
-pub use fast::{ColumnTile, FastPlane, MultiplyOutcome, Step, dot_i8, run_fast};
+pub use fast::{ColumnTile, FastPlane, LoadOutcome, MultiplyOutcome, Step, dot_i8, run_fast};
 pub use pe::run_pe;
 pub use tiling::{
     Buffering, Fold, MatmulShape, TiledMatmul, folds, predicted_cycles, reference_matmul,
@@ -37,8 +37,8 @@ pub use tiling::{
 pub type Cycle = u64;
 
 /// The largest `rows` or `cols` a plane may have (the PE-level model keeps
-/// `rows * cols * pe_hop_cycles` registers; the fast model has no limit of
-/// its own but shares this one).
+/// about `(rows + cols) * (rows + cols) / pe_block * pe_hop_cycles`
+/// registers; the fast model has no limit of its own but shares this one).
 pub const MAX_DIM: usize = 4096;
 
 /// The largest `pe_hop_cycles` and `swap_cycles` accepted.
@@ -52,12 +52,18 @@ pub struct PlaneConfig {
     pub rows: usize,
     /// `C`: PE columns, the output channels `N` of one tile.
     pub cols: usize,
+    /// `b`: one processing element is a `b x b` block of MACs that adds its
+    /// block's contribution within one hop; `rows` and `cols` are multiples
+    /// of it, so the plane is `R/b x C/b` elements. 1 makes every MAC its
+    /// own element.
+    pub pe_block: usize,
     /// Weight rows written into the shadow buffer per cycle by `LoadWeights`.
     pub install_rows_per_cycle: usize,
-    /// Cycles a `Swap` takes (the weights may not be used meanwhile).
+    /// Cycles a `Swap` takes: vectors issued this many cycles after it see
+    /// the new weights, none may be issued meanwhile.
     pub swap_cycles: u64,
     /// Cycles an activation (eastward) or a partial sum (southward) takes
-    /// from one PE to the next.
+    /// from one processing element (block) to the next.
     pub pe_hop_cycles: u64,
     /// Width of the signed accumulator (partial sums and the accumulator
     /// row); a value outside `-2^(acc_bits-1) ..= 2^(acc_bits-1)-1` is an
@@ -66,12 +72,15 @@ pub struct PlaneConfig {
 }
 
 impl PlaneConfig {
-    /// lpu-v1: a 320x320 int8 plane, 32 weight rows installed per cycle (all
-    /// 320 rows in 10 cycles; published: "under 40 cycles" for four planes),
-    /// one-cycle swap and hop (ASSUMED), int32 accumulators (published).
+    /// lpu-v1: a 320x320 int8 plane of 20x20 processing elements of 16x16
+    /// MACs (one per superlane of 16 lanes; ASSUMED), 32 weight rows
+    /// installed per cycle (all 320 rows in 10 cycles; published: "under 40
+    /// cycles" for four planes), one-cycle swap and hop (ASSUMED), int32
+    /// accumulators (published).
     pub const LPU_V1: Self = Self {
         rows: 320,
         cols: 320,
+        pe_block: 16,
         install_rows_per_cycle: 32,
         swap_cycles: 1,
         pe_hop_cycles: 1,
@@ -93,6 +102,16 @@ impl PlaneConfig {
         if self.cols == 0 || self.cols > MAX_DIM {
             return bad("cols", self.cols as u64, "must be in 1 ..= 4096");
         }
+        if self.pe_block == 0
+            || !self.rows.is_multiple_of(self.pe_block)
+            || !self.cols.is_multiple_of(self.pe_block)
+        {
+            return bad(
+                "pe_block",
+                self.pe_block as u64,
+                "must be at least 1 and divide rows and cols",
+            );
+        }
         if self.install_rows_per_cycle == 0 {
             return bad("install_rows_per_cycle", 0, "must be at least 1");
         }
@@ -108,17 +127,64 @@ impl PlaneConfig {
         Ok(())
     }
 
-    /// `(R + C - 2) * hop`: a vector issued at `t` is inside the array
-    /// (some PE still has to compute on it) during cycles `t ..= t + span`;
-    /// PE(R-1, C-1) computes on it at `t + span`.
-    pub fn array_span(&self) -> Cycle {
-        (self.rows as Cycle + self.cols as Cycle - 2) * self.pe_hop_cycles
+    /// `R / b`: rows of processing elements.
+    pub fn block_rows(&self) -> usize {
+        self.rows / self.pe_block
     }
 
-    /// The plane latency `(R + C - 1) * hop + 1`: a vector issued at `t` is
-    /// emitted, all `C` columns at once, at `t + latency`.
+    /// `C / b`: columns of processing elements.
+    pub fn block_cols(&self) -> usize {
+        self.cols / self.pe_block
+    }
+
+    /// `(R/b + C/b - 2) * hop`: a vector issued at `t` is inside the array
+    /// (some element still has to compute on it) during cycles
+    /// `t ..= t + span`; element (R/b-1, C/b-1) computes on it at `t + span`.
+    pub fn array_span(&self) -> Cycle {
+        (self.block_rows() as Cycle + self.block_cols() as Cycle - 2) * self.pe_hop_cycles
+    }
+
+    /// The plane latency `(R/b + C/b - 1) * hop + 1`: a vector issued at `t`
+    /// is emitted, all `C` columns at once, at `t + latency`.
     pub fn latency(&self) -> Cycle {
-        (self.rows as Cycle + self.cols as Cycle - 1) * self.pe_hop_cycles + 1
+        (self.block_rows() as Cycle + self.block_cols() as Cycle - 1) * self.pe_hop_cycles + 1
+    }
+
+    /// The last cycle, relative to a vector's issue, at which it is read by
+    /// the elements of block row `block_row`: element (I, C/b - 1) computes
+    /// on it at `t + (I + C/b - 1) * hop`. A weight load may not write that
+    /// block row of the buffer the vector reads until the cycle after.
+    pub fn block_row_busy(&self, block_row: usize) -> Cycle {
+        (block_row + self.block_cols() - 1) as Cycle * self.pe_hop_cycles
+    }
+
+    /// The first cycle, relative to its issue, at which a `LoadWeights` of
+    /// `rows` rows writes block row `block_row`: tile row `r` is written at
+    /// `floor(r / rate)`, the rows past the tile are cleared at 0. So a block
+    /// row wholly inside the tile is first written at `floor(I b / rate)`,
+    /// any other at 0.
+    pub fn first_write(&self, rows: usize, block_row: usize) -> Cycle {
+        let b = self.pe_block;
+        if (block_row + 1) * b <= rows {
+            (block_row * b / self.install_rows_per_cycle) as Cycle
+        } else {
+            0
+        }
+    }
+
+    /// The reuse delay `d(n)`: the fewest cycles after the issue of a vector
+    /// `t_last` at which a `LoadWeights` of `rows` rows into the buffer it
+    /// reads writes no block row before `t_last` has left it,
+    /// `1 + max_I (block_row_busy(I) - first_write(n, I))`
+    /// (`docs/mxm-timing.md`, section 4).
+    pub fn reuse_delay(&self, rows: usize) -> Cycle {
+        (0..self.block_rows())
+            // A slow load may reach a block row only after the vector has
+            // left it whatever its issue cycle (the term saturates at 0);
+            // block row 0 is written at issue, so the maximum is at least 1.
+            .map(|i| (self.block_row_busy(i) + 1).saturating_sub(self.first_write(rows, i)))
+            .max()
+            .unwrap_or(1)
     }
 
     /// Cycles `LoadWeights` of `rows` rows takes: `ceil(rows / rate)`.
@@ -212,9 +278,11 @@ impl Command {
 /// Where an accumulator overflow happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OverflowSite {
-    /// The partial sum computed by PE(`row`, column).
+    /// The partial sum leaving the processing element whose bottom MAC row
+    /// is `row` (block row `I` has `row = (I + 1) b - 1`): the sum over
+    /// rows `0 ..= row`, checked at the element's output.
     PartialSum {
-        /// The PE row.
+        /// The bottom MAC row of the element.
         row: usize,
     },
     /// The accumulator row's add (`accumulate = true`) below the column.
@@ -224,9 +292,6 @@ pub enum OverflowSite {
 /// What went wrong. Both models report the same kind at the same cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HazardKind {
-    /// A `Swap` while an activation vector is still inside the array (the
-    /// weights would change under a vector in flight).
-    SwapWhileInFlight,
     /// A `Swap` before the `LoadWeights` into the shadow buffer finished.
     SwapBeforeLoadDone,
     /// A `Swap` with no `LoadWeights` since the last swap (or ever).
@@ -235,6 +300,11 @@ pub enum HazardKind {
     LoadWhileLoading,
     /// A `LoadWeights` while a `Swap` is exchanging the buffers.
     LoadDuringSwap,
+    /// A `LoadWeights` writes a row of the shadow buffer on a cycle when a
+    /// vector issued before the last `Swap` has still to read that block
+    /// row's old weights (the buffer is still in use behind the swap's
+    /// wavefront). Reported at the cycle of the write.
+    LoadIntoBufferInUse,
     /// A `Multiply` while a `Swap` is exchanging the buffers.
     MultiplyDuringSwap,
     /// A second `Multiply` in one cycle (one vector enters per cycle).
@@ -251,13 +321,16 @@ pub enum HazardKind {
 impl fmt::Display for HazardKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HazardKind::SwapWhileInFlight => write!(f, "swap while a vector is in the array"),
             HazardKind::SwapBeforeLoadDone => write!(f, "swap before the weight load finished"),
             HazardKind::SwapWithoutLoad => {
                 write!(f, "swap with no weights loaded since the last swap")
             }
             HazardKind::LoadWhileLoading => write!(f, "weight load while a weight load is running"),
             HazardKind::LoadDuringSwap => write!(f, "weight load during a swap"),
+            HazardKind::LoadIntoBufferInUse => write!(
+                f,
+                "weight load overwrites weights an earlier vector has still to read"
+            ),
             HazardKind::MultiplyDuringSwap => write!(f, "multiply during a swap"),
             HazardKind::MultiplyPortBusy => write!(f, "second multiply in one cycle"),
             HazardKind::AccumulatorOverflow {
@@ -265,7 +338,7 @@ impl fmt::Display for HazardKind {
                 site: OverflowSite::PartialSum { row },
             } => write!(
                 f,
-                "accumulator overflow: partial sum of PE({row}, {column})"
+                "accumulator overflow: partial sum of rows 0 ..= {row}, column {column}"
             ),
             HazardKind::AccumulatorOverflow {
                 column,
@@ -433,23 +506,25 @@ pub(crate) fn check_command(
     Ok(())
 }
 
-/// The earlier of two overflow hazards: by cycle, then column, then command.
+/// The earlier of two hazards found during the array's work (phase 2 of a
+/// cycle): by cycle; in one cycle a load's write (checked before the array
+/// computes) before an overflow; overflows by column, then command.
 pub(crate) fn earlier(a: Option<Hazard>, b: Hazard) -> Hazard {
     match a {
         None => b,
         Some(a) => {
             let key = |h: &Hazard| {
-                let column = match h.kind {
-                    HazardKind::AccumulatorOverflow { column, .. } => column,
-                    HazardKind::SwapWhileInFlight
+                let (rank, column) = match h.kind {
+                    HazardKind::AccumulatorOverflow { column, .. } => (1, column),
+                    HazardKind::LoadIntoBufferInUse
                     | HazardKind::SwapBeforeLoadDone
                     | HazardKind::SwapWithoutLoad
                     | HazardKind::LoadWhileLoading
                     | HazardKind::LoadDuringSwap
                     | HazardKind::MultiplyDuringSwap
-                    | HazardKind::MultiplyPortBusy => 0,
+                    | HazardKind::MultiplyPortBusy => (0, 0),
                 };
-                (h.cycle, column, h.command)
+                (h.cycle, rank, column, h.command)
             };
             if key(&b) < key(&a) { b } else { a }
         }
@@ -464,8 +539,14 @@ mod tests {
     fn lpu_v1_figures() {
         let c = PlaneConfig::LPU_V1;
         c.validate().unwrap();
-        assert_eq!(c.latency(), 640);
-        assert_eq!(c.array_span(), 638);
+        assert_eq!((c.block_rows(), c.block_cols()), (20, 20));
+        assert_eq!(c.latency(), 40);
+        assert_eq!(c.array_span(), 38);
+        // Block row I is first written at floor(16 I / 32) and busy until
+        // t + I + 19: binding at I = 19, 19 + 19 - 9 + 1 = 30.
+        assert_eq!(c.reuse_delay(320), 30);
+        // 256 rows: block rows 16..20 are cleared at issue: 19 + 19 + 1.
+        assert_eq!(c.reuse_delay(256), 39);
         assert_eq!(c.load_cycles(320), 10);
         assert_eq!(c.load_cycles(256), 8);
         assert_eq!(c.load_cycles(1), 1);

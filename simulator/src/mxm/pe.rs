@@ -1,46 +1,60 @@
 //! The PE-level reference model of one plane: every processing element,
 //! every cycle.
 //!
-//! State, as the hardware would hold it:
+//! A processing element (PE) is a `b x b` block of MACs (`b =
+//! pe_block`); PE(I, J) covers MAC rows `I b .. (I+1) b` and columns
+//! `J b .. (J+1) b`, and the plane is `R/b x C/b` of them. State, as the
+//! hardware would hold it:
 //!
-//! - each PE(i, j) has an active and a shadow weight register;
-//! - each link between neighbours is a pipeline of `pe_hop_cycles`
-//!   registers: activations travel east (PE(i, j) to PE(i, j+1)), partial
-//!   sums travel south (PE(i, j) to PE(i+1, j), and from row `R-1` into the
+//! - every MAC has two weight registers, buffer 0 and buffer 1; the plane
+//!   has a select saying which one newly issued vectors read;
+//! - each link between neighbouring PEs is a pipeline of `pe_hop_cycles`
+//!   registers: activations travel east (one `i8` per MAC row), partial sums
+//!   travel south (one `i64` per MAC column; from PE row `R/b - 1` into the
 //!   accumulator row). A register holds the value, the tag of the `Multiply`
-//!   it belongs to (the command index) and its `accumulate` flag: control
-//!   travels with the data;
-//! - the west edge has a triangular input skew: row `i` delays its element
-//!   by `i * hop` cycles;
+//!   it belongs to (the command index), its `accumulate` flag and, for
+//!   activations, the weight buffer the vector reads: control travels with
+//!   the data. The buffer bit is the swap's wavefront: PE(I, J) reads the
+//!   new buffer from the first vector issued after the swap on, that is from
+//!   cycle `swap end + (I + J) hop`, and the old one for every vector before;
+//! - the west edge has a triangular input skew: the rows of PE row `I`
+//!   delay their elements by `I * hop` cycles;
 //! - below the array, the accumulator row (one wide register per column)
-//!   and a triangular output deskew (column `j` delays by
-//!   `(C-1-j) * hop + 1` cycles), so a vector's `C` sums leave together.
+//!   and a triangular output deskew (the columns of PE column `J` delay by
+//!   `(C/b - 1 - J) * hop + 1` cycles), so a vector's `C` sums leave
+//!   together.
 //!
-//! One cycle `c` is: (0) a swap that ends at `c` exchanges every PE's
-//! active and shadow weights; (1) the commands of cycle `c` issue in list
-//! order, each checked for hazards against the current state; (2) every PE
-//! with an activation arriving computes `psum = psum_north + w * x` (in
-//! `i64`, checked against `acc_bits`), the accumulator row takes the sums
-//! arriving from the bottom row, and the running load writes its rows of
-//! this cycle; (3) an output vector whose deskewed sums arrive is emitted.
-//! A hazard in (1) or (2) stops the plane at `c` with nothing emitted at `c`.
-//! Among overflows in one cycle the lowest column, then the earliest
-//! `Multiply`, is reported.
+//! One cycle `c` is: (0) a swap that ends at `c` flips the select; (1) the
+//! commands of cycle `c` issue in list order, each checked for hazards
+//! against the current state; (2a) the running load writes its rows of this
+//! cycle into its buffer, after checking that no activation still to be
+//! consumed by those rows' PE row reads that buffer; (2b) every PE with
+//! activations arriving computes, for each of its columns, `psum =
+//! psum_north + sum over its b rows of w * x` (in `i64`, checked against
+//! `acc_bits` at the PE's output), and the accumulator row takes the sums
+//! arriving from the bottom PE row; (3) an output vector whose deskewed sums
+//! arrive is emitted. A hazard in (1) or (2) stops the plane at `c` with
+//! nothing emitted at `c`. Among overflows in one cycle the lowest column,
+//! then the earliest `Multiply`, is reported.
+
+use std::ops::Range;
 
 use super::{
     Command, Cycle, Hazard, HazardKind, MxmError, Output, OverflowSite, PlaneConfig, RunResult,
     WeightTile, issue_order,
 };
 
-/// An activation in flight.
+/// An activation in flight: one MAC row's element of a vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Act {
     x: i8,
     tag: usize,
     accumulate: bool,
+    /// The weight buffer (0 or 1) this vector reads at every PE.
+    buffer: usize,
 }
 
-/// A partial sum in flight.
+/// A partial sum in flight: one MAC column's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Psum {
     sum: i64,
@@ -48,11 +62,13 @@ struct Psum {
     accumulate: bool,
 }
 
-/// One processing element's weight registers.
-#[derive(Debug, Clone, Copy, Default)]
-struct Pe {
-    active: i8,
-    shadow: i8,
+/// The vector issued this cycle, entering the west edge.
+#[derive(Debug, Clone)]
+struct Feed {
+    x: Vec<i8>,
+    tag: usize,
+    accumulate: bool,
+    buffer: usize,
 }
 
 /// The load in progress.
@@ -60,6 +76,10 @@ struct Pe {
 struct Loading {
     tile: WeightTile,
     start: Cycle,
+    /// The buffer it writes (the one new vectors do not read).
+    buffer: usize,
+    /// Its command index.
+    index: usize,
 }
 
 /// The PE-level state of one plane. [`run_pe`] drives it cycle by cycle.
@@ -68,32 +88,42 @@ struct PePlane {
     config: PlaneConfig,
     /// `h = pe_hop_cycles` as an index.
     hop: usize,
-    /// PE(i, j) at `i * C + j`.
-    pes: Vec<Pe>,
-    /// `east[s][i * C + j]`: the activation PE(i, j) passed east at a cycle
-    /// `c` with `c % h == s`; PE(i, j+1) reads it at `c + h`. Column `C-1`
-    /// passes nothing (the east edge).
+    /// `b`.
+    b: usize,
+    /// `R / b`.
+    br: usize,
+    /// `C / b`.
+    bc: usize,
+    /// The two weight buffers, each `R x C` row-major (MAC (i, j) at
+    /// `i * C + j`).
+    weights: [Vec<i8>; 2],
+    /// The buffer newly issued vectors read.
+    select: usize,
+    /// `east[s][i * bc + J]`: MAC row `i`'s activation that PE(i / b, J)
+    /// passed east at a cycle `c` with `c % h == s`; PE(i / b, J+1) reads it
+    /// at `c + h`. PE column `C/b - 1` passes nothing (the east edge).
     east: Vec<Vec<Option<Act>>>,
-    /// `south[s][i * C + j]`: the partial sum PE(i, j) passed south, read by
-    /// PE(i+1, j) (or, for `i = R-1`, by the accumulator) `h` cycles later.
+    /// `south[s][I * C + j]`: column `j`'s partial sum PE(I, j / b) passed
+    /// south, read by PE(I+1, j / b) (or, for `I = R/b - 1`, by the
+    /// accumulator) `h` cycles later.
     south: Vec<Vec<Option<Psum>>>,
     /// Scratch for the next `east` slot.
     next_east: Vec<Option<Act>>,
     /// Scratch for the next `south` slot.
     next_south: Vec<Option<Psum>>,
-    /// Input skew: row `i` is a ring of `i * h` registers (row 0: none).
+    /// Input skew: MAC row `i` is a ring of `(i / b) * h` registers (PE row
+    /// 0: none).
     skew: Vec<Vec<Option<Act>>>,
     /// The accumulator row.
     acc: Vec<i64>,
-    /// Output deskew: column `j` is a ring of `(C-1-j) * h + 1` registers
-    /// holding (accumulator value, tag).
+    /// Output deskew: column `j` is a ring of `(C/b - 1 - j/b) * h + 1`
+    /// registers holding (accumulator value, tag).
     deskew: Vec<Vec<Option<(i64, usize)>>>,
     /// Occupied registers in `east`, `south`, `skew` and `deskew`.
     live: usize,
-    /// The vector issued this cycle, entering the west edge: (x, tag, accumulate).
-    feed: Option<(Vec<i8>, usize, bool)>,
+    feed: Option<Feed>,
     loading: Option<Loading>,
-    /// The running swap ends (exchanges the buffers) at this cycle.
+    /// The running swap ends (flips the select) at this cycle.
     swap_ends: Option<Cycle>,
     /// A `LoadWeights` was issued since the last `Swap`.
     shadow_loaded: bool,
@@ -104,19 +134,26 @@ impl PePlane {
     /// zero accumulator row.
     fn new(config: PlaneConfig) -> Result<Self, MxmError> {
         config.validate()?;
-        let (r, c) = (config.rows, config.cols);
+        let (r, c, b) = (config.rows, config.cols, config.pe_block);
+        let (br, bc) = (config.block_rows(), config.block_cols());
         let hop = config.pe_hop_cycles as usize;
         Ok(Self {
             config,
             hop,
-            pes: vec![Pe::default(); r * c],
-            east: vec![vec![None; r * c]; hop],
-            south: vec![vec![None; r * c]; hop],
-            next_east: vec![None; r * c],
-            next_south: vec![None; r * c],
-            skew: (0..r).map(|i| vec![None; i * hop]).collect(),
+            b,
+            br,
+            bc,
+            weights: [vec![0; r * c], vec![0; r * c]],
+            select: 0,
+            east: vec![vec![None; r * bc]; hop],
+            south: vec![vec![None; br * c]; hop],
+            next_east: vec![None; r * bc],
+            next_south: vec![None; br * c],
+            skew: (0..r).map(|i| vec![None; (i / b) * hop]).collect(),
             acc: vec![0; c],
-            deskew: (0..c).map(|j| vec![None; (c - 1 - j) * hop + 1]).collect(),
+            deskew: (0..c)
+                .map(|j| vec![None; (bc - 1 - j / b) * hop + 1])
+                .collect(),
             live: 0,
             feed: None,
             loading: None,
@@ -131,28 +168,13 @@ impl PePlane {
         self.live == 0 && self.feed.is_none() && self.loading.is_none() && self.swap_ends.is_none()
     }
 
-    /// Phase 0 of cycle `c`: a swap ending now exchanges the buffers.
+    /// Phase 0 of cycle `c`: a swap ending now flips the select, so vectors
+    /// issued from now on read the other buffer.
     fn begin_cycle(&mut self, c: Cycle) {
         if self.swap_ends == Some(c) {
-            for pe in &mut self.pes {
-                std::mem::swap(&mut pe.active, &mut pe.shadow);
-            }
+            self.select ^= 1;
             self.swap_ends = None;
         }
-    }
-
-    /// A vector is inside the array: some PE has yet to compute on it.
-    /// Sums leaving the bottom row are past the array.
-    fn vector_in_array(&self) -> bool {
-        let c = self.config.cols;
-        let above_bottom = (self.config.rows - 1) * c;
-        self.feed.is_some()
-            || self.skew.iter().flatten().any(Option::is_some)
-            || self.east.iter().flatten().any(Option::is_some)
-            || self
-                .south
-                .iter()
-                .any(|slot| slot[..above_bottom].iter().any(Option::is_some))
     }
 
     /// Phase 1: issues command `index` at cycle `c` (already checked
@@ -166,15 +188,11 @@ impl PePlane {
                 if self.loading.is_some() {
                     return Some(HazardKind::LoadWhileLoading);
                 }
-                // Rows past the tile are cleared at issue; its own rows are
-                // written at `rate` rows a cycle from this cycle on.
-                let cols = self.config.cols;
-                for pe in &mut self.pes[tile.rows() * cols..] {
-                    pe.shadow = 0;
-                }
                 self.loading = Some(Loading {
                     tile: tile.clone(),
                     start: c,
+                    buffer: self.select ^ 1,
+                    index,
                 });
                 self.shadow_loaded = true;
                 None
@@ -186,9 +204,7 @@ impl PePlane {
                 if self.loading.is_some() {
                     return Some(HazardKind::SwapBeforeLoadDone);
                 }
-                if self.vector_in_array() {
-                    return Some(HazardKind::SwapWhileInFlight);
-                }
+                // Vectors in flight are no hazard: they carry their buffer.
                 self.swap_ends = Some(c + self.config.swap_cycles);
                 self.shadow_loaded = false;
                 None
@@ -200,16 +216,78 @@ impl PePlane {
                 if self.feed.is_some() {
                     return Some(HazardKind::MultiplyPortBusy);
                 }
-                self.feed = Some((vector.clone(), index, *accumulate));
+                self.feed = Some(Feed {
+                    x: vector.clone(),
+                    tag: index,
+                    accumulate: *accumulate,
+                    buffer: self.select,
+                });
                 None
             }
         }
     }
 
-    /// Phases 2 and 3 of cycle `c`: every PE, the accumulator row, the
-    /// load, then the emit. `Err` is the first overflow of this cycle.
+    /// Some activation that PE row `block_row` has still to consume (this
+    /// cycle or later) reads `buffer`: it is in the feed, in the input skew
+    /// of the PE row's MAC rows, or on their east links.
+    fn pending_reader(&self, block_row: usize, buffer: usize) -> bool {
+        let rows = block_row * self.b..(block_row + 1) * self.b;
+        let reads = |a: &Option<Act>| a.is_some_and(|a| a.buffer == buffer);
+        let bc = self.bc;
+        self.feed.as_ref().is_some_and(|f| f.buffer == buffer)
+            || rows.clone().any(|i| self.skew[i].iter().any(reads))
+            || self
+                .east
+                .iter()
+                .any(|slot| slot[rows.start * bc..rows.end * bc].iter().any(reads))
+    }
+
+    /// Phase 2a of cycle `c`: the running load's writes of this cycle (tile
+    /// rows `k rate .. (k+1) rate` on its `k`-th cycle; on its first, also
+    /// the rows past the tile, cleared). `Err` if one of them hits a buffer
+    /// row still to be read.
+    fn load_step(&mut self, c: Cycle) -> Result<(), Hazard> {
+        let Some(load) = &self.loading else {
+            return Ok(());
+        };
+        let (r, cols, b) = (self.config.rows, self.config.cols, self.b);
+        let rate = self.config.install_rows_per_cycle;
+        let n = load.tile.rows();
+        let k = (c - load.start) as usize;
+        let tile_rows = (k * rate).min(n)..((k + 1) * rate).min(n);
+        let cleared = if k == 0 { n..r } else { r..r };
+        let block_rows = |rows: &Range<usize>| {
+            if rows.is_empty() {
+                0..0
+            } else {
+                rows.start / b..(rows.end - 1) / b + 1
+            }
+        };
+        for block_row in block_rows(&tile_rows).chain(block_rows(&cleared)) {
+            if self.pending_reader(block_row, load.buffer) {
+                return Err(Hazard {
+                    cycle: c,
+                    command: load.index,
+                    kind: HazardKind::LoadIntoBufferInUse,
+                });
+            }
+        }
+        let weights = &mut self.weights[load.buffer];
+        for i in tile_rows.clone() {
+            weights[i * cols..(i + 1) * cols].copy_from_slice(load.tile.row(i));
+        }
+        weights[cleared.start * cols..cleared.end * cols].fill(0);
+        if tile_rows.end >= n {
+            self.loading = None;
+        }
+        Ok(())
+    }
+
+    /// Phases 2 and 3 of cycle `c`: the load, every PE, the accumulator
+    /// row, then the emit. `Err` is the first hazard of this cycle.
     fn compute(&mut self, c: Cycle) -> Result<Option<Output>, Hazard> {
-        let (r, cols) = (self.config.rows, self.config.cols);
+        self.load_step(c)?;
+        let (r, cols, b, bc) = (self.config.rows, self.config.cols, self.b, self.bc);
         let h = self.hop;
         let s = (c % h as Cycle) as usize;
         let (lo, hi) = (self.config.acc_min(), self.config.acc_max());
@@ -228,16 +306,18 @@ impl PePlane {
             .map(|ring| ring[(c % ring.len() as Cycle) as usize])
             .collect();
 
-        // West edge: row 0 takes the fed element now, row i after its skew.
+        // West edge: PE row 0's MAC rows take the fed element now, the
+        // others after their skew.
         let feed = self.feed.take();
         let mut west: Vec<Option<Act>> = Vec::with_capacity(r);
         for (i, ring) in self.skew.iter_mut().enumerate() {
-            let entering = feed.as_ref().map(|(x, tag, accumulate)| Act {
-                x: x[i],
-                tag: *tag,
-                accumulate: *accumulate,
+            let entering = feed.as_ref().map(|f| Act {
+                x: f.x[i],
+                tag: f.tag,
+                accumulate: f.accumulate,
+                buffer: f.buffer,
             });
-            if i == 0 {
+            if ring.is_empty() {
                 west.push(entering);
             } else {
                 let k = (c % ring.len() as Cycle) as usize;
@@ -247,46 +327,73 @@ impl PePlane {
             }
         }
 
-        // (2) Every PE reads what its neighbours passed h cycles ago.
+        // (2b) Every PE reads what its neighbours passed h cycles ago.
         let east_in = &self.east[s];
         let south_in = &self.south[s];
-        for i in 0..r {
-            for j in 0..cols {
-                let x_in = if j == 0 {
-                    west[i]
-                } else {
-                    east_in[i * cols + j - 1]
-                };
-                let (passed_east, passed_south) = match x_in {
-                    None => (None, None),
-                    Some(a) => {
-                        let north = if i == 0 {
-                            0
-                        } else {
-                            south_in[(i - 1) * cols + j].map_or(0, |p| p.sum)
-                        };
-                        let w = self.pes[i * cols + j].active;
-                        let sum = north + i64::from(w) * i64::from(a.x);
-                        if sum < lo || sum > hi {
-                            note(j, a.tag, OverflowSite::PartialSum { row: i });
-                        }
-                        let psum = Psum {
-                            sum,
-                            tag: a.tag,
-                            accumulate: a.accumulate,
-                        };
-                        ((j + 1 < cols).then_some(a), Some(psum))
+        for bi in 0..self.br {
+            let rows = bi * b..(bi + 1) * b;
+            for bj in 0..bc {
+                let col_range = bj * b..(bj + 1) * b;
+                let x_in = |i: usize| {
+                    if bj == 0 {
+                        west[i]
+                    } else {
+                        east_in[i * bc + bj - 1]
                     }
                 };
-                self.next_east[i * cols + j] = passed_east;
-                self.next_south[i * cols + j] = passed_south;
+                let Some(lead) = x_in(rows.start) else {
+                    debug_assert!(rows.clone().all(|i| x_in(i).is_none()));
+                    for i in rows.clone() {
+                        self.next_east[i * bc + bj] = None;
+                    }
+                    for j in col_range {
+                        self.next_south[bi * cols + j] = None;
+                    }
+                    continue;
+                };
+                debug_assert!(
+                    rows.clone()
+                        .all(|i| x_in(i).is_some_and(|a| a.tag == lead.tag
+                            && a.buffer == lead.buffer
+                            && a.accumulate == lead.accumulate))
+                );
+                let weights = &self.weights[lead.buffer];
+                for j in col_range {
+                    let north = if bi == 0 {
+                        0
+                    } else {
+                        let p = south_in[(bi - 1) * cols + j];
+                        debug_assert!(p.is_some_and(|p| p.tag == lead.tag));
+                        p.map_or(0, |p| p.sum)
+                    };
+                    let block: i64 = rows
+                        .clone()
+                        .map(|i| {
+                            let x = x_in(i).map_or(0, |a| a.x);
+                            i64::from(weights[i * cols + j]) * i64::from(x)
+                        })
+                        .sum();
+                    let sum = north + block;
+                    if sum < lo || sum > hi {
+                        note(j, lead.tag, OverflowSite::PartialSum { row: rows.end - 1 });
+                    }
+                    self.next_south[bi * cols + j] = Some(Psum {
+                        sum,
+                        tag: lead.tag,
+                        accumulate: lead.accumulate,
+                    });
+                }
+                for i in rows.clone() {
+                    self.next_east[i * bc + bj] = if bj + 1 < bc { x_in(i) } else { None };
+                }
             }
         }
 
-        // The accumulator row takes the sums leaving the bottom row, then
-        // passes the result into the output deskew.
+        // The accumulator row takes the sums leaving the bottom PE row,
+        // then passes the result into the output deskew.
+        let bottom = (self.br - 1) * cols;
         for j in 0..cols {
-            let value = match self.south[s][(r - 1) * cols + j] {
+            let value = match self.south[s][bottom + j] {
                 None => None,
                 Some(p) => {
                     let v = if p.accumulate {
@@ -315,26 +422,6 @@ impl PePlane {
         std::mem::swap(&mut self.east[s], &mut self.next_east);
         std::mem::swap(&mut self.south[s], &mut self.next_south);
         self.live = live as usize;
-
-        // The running load writes this cycle's rows into the shadow registers.
-        if let Some(load) = &self.loading {
-            let rate = self.config.install_rows_per_cycle;
-            let k = (c - load.start) as usize;
-            let n = load.tile.rows();
-            let first = k * rate;
-            let end = ((k + 1) * rate).min(n);
-            for i in first..end {
-                for (pe, &w) in self.pes[i * cols..(i + 1) * cols]
-                    .iter_mut()
-                    .zip(load.tile.row(i))
-                {
-                    pe.shadow = w;
-                }
-            }
-            if end >= n {
-                self.loading = None;
-            }
-        }
 
         if let Some((column, tag, site)) = overflow {
             return Err(Hazard {

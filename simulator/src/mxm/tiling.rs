@@ -7,11 +7,15 @@
 //! `R` with zeros) one per cycle.
 //!
 //! - **Single-buffered** weights ([`Buffering::Single`]): a fold's load
-//!   waits until the previous fold's last vector has left the array (one
-//!   weight buffer cannot change under it): load, swap, stream, drain.
+//!   waits until the previous fold's last vector no longer reads any PE row
+//!   it writes (as if it overwrote the weights in use, behind that vector):
+//!   load, swap, stream, fold after fold.
 //! - **Double-buffered** ([`Buffering::Double`]): the next fold's load is
-//!   issued as soon as the previous swap has ended, so it overlaps the
-//!   stream; its swap still waits for the array to empty.
+//!   issued as soon as the previous swap has ended and the fold before that
+//!   no longer reads the buffer it writes, so it overlaps the stream; its
+//!   swap follows the current fold's last vector in the same cycle, so with
+//!   a one-cycle swap the vectors of consecutive folds can stream back to
+//!   back.
 //!
 //! The schedule is built by list scheduling (each command at the earliest
 //! cycle its constraints allow); [`predicted_cycles`] is the closed formula
@@ -30,7 +34,8 @@ use super::{Command, Cycle, MxmError, PlaneConfig, RunResult, WeightTile};
 /// Whether weight loads may overlap the stream of the previous fold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Buffering {
-    /// Load, swap, stream, drain, fold after fold.
+    /// Load (behind the previous fold's last vector), swap, stream, fold
+    /// after fold.
     Single,
     /// The next fold's load overlaps the current fold's stream.
     Double,
@@ -95,14 +100,18 @@ pub fn folds(config: &PlaneConfig, shape: &MatmulShape) -> Vec<Fold> {
     out
 }
 
-/// The closed cycle formula: the emit cycle of the last output vector when
-/// the first load issues at cycle 0 (`docs/mxm-timing.md`, section 4).
+/// The cycle formula: the emit cycle of the last output vector when the
+/// first load issues at cycle 0 (`docs/mxm-timing.md`, section 4).
 ///
-/// With `Lw_f = ceil(rows_f / rate)`, `S` the swap, `A = (R+C-2)h` the
-/// array span, `L = (R+C-1)h + 1` the latency and `F` folds:
+/// With `Lw_f = ceil(rows_f / rate)`, `d_f` = [`PlaneConfig::reuse_delay`]
+/// of `rows_f`, `S` the swap, `L` the latency and `F` folds, the first
+/// vectors of consecutive folds are `P_f` cycles apart:
 ///
-/// - single: `sum_f (Lw_f + S) + F*M + (F-1)*A + L - 1`
-/// - double: `Lw_0 + S + sum_{f>=1} (S + max(Lw_f, M + A)) + M - 1 + L`
+/// - single: `P_f = M - 1 + d_f + Lw_f + S`
+/// - double: `P_1 = S + max(M - 1, Lw_1)`,
+///   `P_f = S + max(M - 1, Lw_f + max(0, d_f + M - 1 - P_{f-1}))` for `f >= 2`
+///
+/// and `T = Lw_0 + S + sum_{f>=1} P_f + M - 1 + L`.
 pub fn predicted_cycles(
     config: &PlaneConfig,
     shape: &MatmulShape,
@@ -111,28 +120,24 @@ pub fn predicted_cycles(
     config.validate()?;
     shape.check()?;
     let folds = folds(config, shape);
-    let f = folds.len() as Cycle;
     let m = shape.m as Cycle;
     let s = config.swap_cycles;
-    let a = config.array_span();
-    let l = config.latency();
     let lw = |fold: &Fold| config.load_cycles(fold.rows);
-    Ok(match buffering {
-        Buffering::Single => {
-            folds.iter().map(|fold| lw(fold) + s).sum::<Cycle>() + f * m + (f - 1) * a + l - 1
-        }
-        Buffering::Double => {
-            lw(&folds[0])
-                + s
-                + folds[1..]
-                    .iter()
-                    .map(|fold| s + lw(fold).max(m + a))
-                    .sum::<Cycle>()
-                + m
-                - 1
-                + l
-        }
-    })
+    let d = |fold: &Fold| config.reuse_delay(fold.rows);
+    let mut total = lw(&folds[0]) + s;
+    let mut prev: Option<Cycle> = None;
+    for fold in &folds[1..] {
+        let period = match (buffering, prev) {
+            (Buffering::Single, _) => m - 1 + d(fold) + lw(fold) + s,
+            (Buffering::Double, None) => s + (m - 1).max(lw(fold)),
+            (Buffering::Double, Some(p)) => {
+                s + (m - 1).max(lw(fold) + (d(fold) + m - 1).saturating_sub(p))
+            }
+        };
+        total += period;
+        prev = Some(period);
+    }
+    Ok(total + m - 1 + config.latency())
 }
 
 /// A matmul laid out on one plane: its timed program and how to read the
@@ -176,16 +181,16 @@ impl TiledMatmul {
         let (r, c) = (config.rows, config.cols);
         let folds = folds(config, &shape);
         let s = config.swap_cycles;
-        let span = config.array_span();
         let mut program = Vec::new();
         let mut multiplies = Vec::new();
         let mut push = |cycle: Cycle, command: Command, tag: Option<(usize, usize)>| {
             program.push((cycle, command));
             multiplies.push(tag);
         };
-        // The previous fold's swap end, and its last vector's issue cycle.
-        let mut prev: Option<Cycle> = None;
-        let mut last_vector: Cycle = 0;
+        // Per scheduled fold: (first vector, last vector); and the last
+        // load's issue and length.
+        let mut streams: Vec<(Cycle, Cycle)> = Vec::with_capacity(folds.len());
+        let mut last_load: Option<(Cycle, Cycle)> = None;
         for (fi, fold) in folds.iter().enumerate() {
             let mut data = vec![0i8; fold.rows * c];
             for i in 0..fold.rows {
@@ -196,17 +201,34 @@ impl TiledMatmul {
             }
             let tile = WeightTile::new(fold.rows, c, data)?;
             let lw = config.load_cycles(fold.rows);
-            // The first cycle no vector of the previous fold is in the array.
-            let array_empty = prev.map_or(0, |_| last_vector + span + 1);
-            let load = match (prev, buffering) {
+            let reuse = config.reuse_delay(fold.rows);
+            // The earliest cycle the load may write into its buffer: after
+            // the last vector that read it has left every PE row it writes.
+            let free_after = |last_reader: Cycle| last_reader + reuse;
+            let load = match (streams.last(), buffering) {
                 (None, _) => 0,
-                // One buffer: it may not change under a vector in flight.
-                (Some(_), Buffering::Single) => array_empty,
-                // Two: not during the swap, not while the last load writes
-                // (which ended before that swap).
-                (Some(swap_end), Buffering::Double) => swap_end,
+                // As if overwriting the weights the previous fold is using.
+                (Some(&(_, last)), Buffering::Single) => free_after(last),
+                // Not during the previous swap (which ended at that fold's
+                // first vector), not over the previous load, and not before
+                // the fold two back (which read this buffer) has left it.
+                (Some(&(first, _)), Buffering::Double) => {
+                    let mut at = first;
+                    if let Some((issue, len)) = last_load {
+                        at = at.max(issue + len);
+                    }
+                    if streams.len() >= 2 {
+                        at = at.max(free_after(streams[streams.len() - 2].1));
+                    }
+                    at
+                }
             };
-            let swap = (load + lw).max(array_empty);
+            // After the load, and in the cycle of the previous fold's last
+            // vector at the earliest (listed after it, so that vector still
+            // reads the old weights).
+            let swap = streams
+                .last()
+                .map_or(load + lw, |&(_, last)| (load + lw).max(last));
             let first = swap + s;
             push(load, Command::LoadWeights(tile), None);
             push(swap, Command::Swap, None);
@@ -221,9 +243,10 @@ impl TiledMatmul {
                     Some((fi, row)),
                 );
             }
-            last_vector = first + m as Cycle - 1;
-            prev = Some(first);
+            streams.push((first, first + m as Cycle - 1));
+            last_load = Some((load, lw));
         }
+        let last_vector = streams.last().map_or(0, |&(_, last)| last);
         // Issue order = cycle order, list order within a cycle.
         let mut order: Vec<usize> = (0..program.len()).collect();
         order.sort_by_key(|&i| program[i].0);

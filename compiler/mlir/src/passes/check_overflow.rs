@@ -4,9 +4,9 @@
 //! an accumulator of a `q35.matmul` or `q35.lm_head` with weight
 //! `@w: tensor<N x K x !q35.qweight<"scheme", G>>` sums `k = min(K, G)`
 //! products of an int8 activation code (|a| <= 127,
-//! `q35_quant::semantics::ACT_MAX`) and an integer weight (|w| <= code_max
+//! `q35_contract::semantics::ACT_MAX`) and an integer weight (|w| <= code_max
 //! of the scheme). The pass proves `k x 127 x code_max <= 2^(acc_bits - 1) - 1`
-//! ([`q35_quant::accumulator_bound`]) against the accumulator width of the
+//! ([`q35_contract::accumulator_bound`]) against the accumulator width of the
 //! module's target (`mxm.acc_bits` in `q35.target`, read back with
 //! [`crate::ir::target_from_module`]), or reports the op, k and the bound. A
 //! module without a target cannot be checked and is an error.
@@ -40,22 +40,18 @@ pub(crate) static PASS: PassInfo = PassInfo::new(
     &ID,
 );
 
-/// Largest |integer weight| a scheme's storage can hold, if the scheme is known.
+/// Largest |integer weight| a scheme's storage can hold, if the scheme is
+/// known (`QuantScheme::code_max`, the contract's).
 pub fn code_max(scheme: &str) -> Option<u64> {
-    match scheme {
-        "int8" => Some(128),
-        "int4" => Some(8),
-        "int3" => Some(4),
-        // 4-bit codes (|c| <= 8) times a multiplier <= 16, or 3-bit codes
-        // (|c| <= 4) times a multiplier <= 32.
-        "q35" | "q35-rtn" | "q35-alternating" => Some(128),
-        _ => None,
-    }
+    scheme
+        .parse::<q35_contract::QuantScheme>()
+        .ok()
+        .map(q35_contract::QuantScheme::code_max)
 }
 
 fn run(module: &OperationRef<'_, '_>, out: &mut Vec<Diagnostic>) {
     let table = weights(module, out);
-    let act_max = u64::from(q35_quant::semantics::ACT_MAX.unsigned_abs());
+    let act_max = u64::from(q35_contract::semantics::ACT_MAX.unsigned_abs());
     let target = target_from_module(module);
     module.walk(WalkOrder::PreOrder, |op| {
         let name = op_name(&op);
@@ -103,7 +99,7 @@ fn run(module: &OperationRef<'_, '_>, out: &mut Vec<Diagnostic>) {
         };
         // One accumulator sums one group's products (docs/q35-format.md 8.2).
         let k = (*cols).min(q.group_size);
-        let bound = q35_quant::accumulator_bound(k, act_max, code_max);
+        let bound = q35_contract::accumulator_bound(k, act_max, code_max);
         let limit = target.acc_max();
         if bound > limit {
             out.push(diagnostic(

@@ -5,7 +5,7 @@
 //! and symbols: every weight symbol names a `q35.weight` of the right kind and
 //! shape (matmul K equals the weight's columns), activations are
 //! `tensor<?xNxf32>` with matching token dimensions, the KV cache is
-//! `tensor<L x 2 x S x kv_heads x head_dim x f16>` and agrees with the
+//! `tensor<L x 2 x S x kv_heads x head_dim x f32>` and agrees with the
 //! attention attributes, and each attention reads the cache its layer's
 //! `q35.kv_write` returned.
 //!
@@ -22,6 +22,8 @@ use melior::ir::OperationRef;
 use melior::ir::operation::OperationResult;
 use melior::ir::operation::{OperationLike, WalkOrder, WalkResult};
 
+use q35_contract::QuantScheme;
+
 use super::{Diagnostic, PassId, PassInfo, WeightDecl, diagnostic, op_name, weights};
 use crate::ir::{
     TensorInfo, bool_attr, float_attr, int_attr, operand_tensor, result_tensor, symbol_attr,
@@ -37,8 +39,9 @@ pub(crate) static PASS: PassInfo = PassInfo::new(
     &ID,
 );
 
-/// Schemes a `!q35.qweight` may name.
-pub const SCHEMES: [&str; 6] = ["q35", "q35-rtn", "q35-alternating", "int8", "int4", "int3"];
+/// Schemes a `!q35.qweight` may name: the contract's spellings
+/// (`QuantScheme::ALL`, listed in serialised-tag order).
+pub const SCHEMES: [&str; 6] = QuantScheme::NAMES;
 
 fn run(module: &OperationRef<'_, '_>, out: &mut Vec<Diagnostic>) {
     let table = weights(module, out);
@@ -71,7 +74,7 @@ fn run(module: &OperationRef<'_, '_>, out: &mut Vec<Diagnostic>) {
 fn check_decl(w: &WeightDecl) -> Option<String> {
     match &w.qweight {
         Some(q) => {
-            if !SCHEMES.contains(&q.scheme.as_str()) {
+            if q.scheme.parse::<QuantScheme>().is_err() {
                 return Some(format!(
                     "unknown quantization scheme \"{}\" (known: {})",
                     q.scheme,
@@ -156,16 +159,16 @@ fn positive(op: &OperationRef<'_, '_>, attr: &str) -> Result<u64, String> {
     }
 }
 
-/// A KV cache `tensor<L x 2 x S x H x D x f16>`; returns [L, 2, S, H, D].
+/// A KV cache `tensor<L x 2 x S x H x D x f32>`; returns [L, 2, S, H, D].
 fn kv_cache(t: Option<TensorInfo>) -> Result<[u64; 5], String> {
     let bad = |t: &dyn std::fmt::Display| {
         format!(
-            "cache must be tensor<blocks x 2 x max_seq_len x kv_heads x head_dim x f16>, not {t}"
+            "cache must be tensor<blocks x 2 x max_seq_len x kv_heads x head_dim x f32>, not {t}"
         )
     };
     let t = t.ok_or_else(|| bad(&"a non-tensor"))?;
     match (t.element.as_str(), t.dims.as_slice()) {
-        ("f16", [Some(l), Some(2), Some(s), Some(h), Some(d)]) => Ok([*l, 2, *s, *h, *d]),
+        ("f32", [Some(l), Some(2), Some(s), Some(h), Some(d)]) => Ok([*l, 2, *s, *h, *d]),
         _ => Err(bad(&t)),
     }
 }

@@ -40,7 +40,7 @@ fn assemble(args: Args) -> anyhow::Result<()> {
     }
     let builder = program
         .to_lpubin(
-            config.target_hash,
+            &config.target,
             concat!("q35sim ", env!("CARGO_PKG_VERSION")),
         )
         .with_context(|| name.clone())?;

@@ -14,13 +14,18 @@ use crate::Failure;
 pub struct Args {
     /// The binary.
     file: PathBuf,
+    /// The target description it was built for (default: the built-in
+    /// lpu-v1); a binary for another target is refused.
+    #[arg(long)]
+    target: Option<PathBuf>,
 }
 
 /// Prints the program.
 pub fn run(args: Args) -> Result<(), Failure> {
+    let config = crate::target(args.target.as_ref())?;
     let binary = LpuBinary::open(&args.file).map_err(anyhow::Error::from)?;
-    let program =
-        q35_isa::Program::from_lpubin(&binary).with_context(|| args.file.display().to_string())?;
+    let program = q35_isa::Program::from_lpubin(&binary, &config.target)
+        .with_context(|| args.file.display().to_string())?;
     print!("{}", program.to_lpuasm());
     Ok(())
 }

@@ -10,18 +10,31 @@
 //! one pass of a `[1 x K] x [K x 320]` systolic tile consumes -- are one
 //! contiguous byte range.
 
-use crate::metrics::check_len;
 use crate::pack::{pack_bits, pair_code, sign_extend, split_pair, unpack_bits};
 use crate::semantics::{self, ActivationI8};
-use crate::{CHANNEL_QUANTUM, QuantError, QuantScheme, SchemeExt};
+use crate::{CHANNEL_QUANTUM, ContractError, QuantScheme};
 use half::f16;
 
-/// Serialised-form magic.
-const MAGIC: [u8; 4] = *b"Q35W";
+/// Serialised-form magic (docs/q35-format.md section 7).
+pub const MAGIC: [u8; 4] = *b"Q35W";
 /// Serialised-form version.
-const VERSION: u8 = 1;
+pub const VERSION: u8 = 1;
 /// Serialised header length in bytes.
-const HEADER_BYTES: usize = 20;
+pub const HEADER_BYTES: usize = 20;
+
+/// `Ok` when a vector has the expected length, else
+/// [`ContractError::LengthMismatch`] naming it.
+fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), ContractError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(ContractError::LengthMismatch {
+            what,
+            got,
+            expected,
+        })
+    }
+}
 
 /// Group geometry of a `rows x cols` matrix with a given group size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,12 +49,12 @@ pub struct Layout {
 
 impl Layout {
     /// Checks the dimensions and the group size.
-    pub fn new(rows: usize, cols: usize, group_size: usize) -> Result<Layout, QuantError> {
+    pub fn new(rows: usize, cols: usize, group_size: usize) -> Result<Layout, ContractError> {
         if rows == 0 || cols == 0 {
-            return Err(QuantError::EmptyMatrix { rows, cols });
+            return Err(ContractError::EmptyMatrix { rows, cols });
         }
         if group_size == 0 || !group_size.is_multiple_of(CHANNEL_QUANTUM) {
-            return Err(QuantError::BadGroupSize(group_size));
+            return Err(ContractError::BadGroupSize(group_size));
         }
         Ok(Layout {
             rows,
@@ -130,32 +143,6 @@ pub(crate) struct GroupSlots {
     pub three: Vec<usize>,
 }
 
-/// Code range and width of a uniform scheme: codes `-nmax ..= nmax - 1`.
-pub(crate) fn uniform_bits(scheme: QuantScheme) -> Option<u32> {
-    match scheme {
-        QuantScheme::Int8 => Some(8),
-        QuantScheme::Int4 => Some(4),
-        QuantScheme::Int3 => Some(3),
-        QuantScheme::Q35 | QuantScheme::Q35Rtn | QuantScheme::Q35Alternating => None,
-    }
-}
-
-/// Checks the code multipliers allowed for `scheme`.
-pub(crate) fn check_multipliers(scheme: QuantScheme, mult4: u8, mult3: u8) -> Result<(), String> {
-    if scheme.is_q35() {
-        if !(1..=16).contains(&mult4) || !(1..=32).contains(&mult3) {
-            return Err(format!(
-                "Q35 multipliers ({mult4}, {mult3}) outside 1..=16 and 1..=32"
-            ));
-        }
-    } else if (mult4, mult3) != (1, 1) {
-        return Err(format!(
-            "uniform scheme {scheme} must have multipliers (1, 1), not ({mult4}, {mult3})"
-        ));
-    }
-    Ok(())
-}
-
 impl QuantizedMatrix {
     /// Packs raw codes into a matrix. `codes` is row-major `rows x
     /// cols_padded`, each value the signed code of its channel (in the
@@ -211,7 +198,7 @@ impl QuantizedMatrix {
                 let row = &codes[r * cp + start..r * cp + start + plen];
                 let off = layout.block_offset(scheme, g, r);
                 let out = &mut m.packed[off..off + bytes];
-                match uniform_bits(scheme) {
+                match scheme.uniform_bits() {
                     Some(width) => {
                         for (s, &c) in scratch.iter_mut().zip(row) {
                             *s = c as u8;
@@ -244,13 +231,15 @@ impl QuantizedMatrix {
         codes: &[i8],
         scales: &[f16],
         four_bit: Option<&[bool]>,
-    ) -> Result<QuantizedMatrix, QuantError> {
-        check_multipliers(scheme, mults.0, mults.1).map_err(QuantError::Corrupt)?;
+    ) -> Result<QuantizedMatrix, ContractError> {
+        scheme
+            .check_multipliers(mults.0, mults.1)
+            .map_err(ContractError::Corrupt)?;
         let cp = layout.cols_padded();
         check_len("codes", codes.len(), layout.rows * cp)?;
         check_len("scales", scales.len(), layout.rows * layout.n_groups())?;
         if let Some(index) = scales.iter().position(|s| !s.is_finite()) {
-            return Err(QuantError::NonFinite {
+            return Err(ContractError::NonFinite {
                 what: "scales",
                 index,
             });
@@ -261,7 +250,7 @@ impl QuantizedMatrix {
                 m.to_vec()
             }
             (QuantScheme::Q35 | QuantScheme::Q35Rtn, None) => {
-                return Err(QuantError::Corrupt(format!(
+                return Err(ContractError::Corrupt(format!(
                     "scheme {scheme} needs a slot mask"
                 )));
             }
@@ -274,22 +263,18 @@ impl QuantizedMatrix {
             let plen = layout.group_padded_len(g);
             let fours = mask[start..start + plen].iter().filter(|&&b| b).count();
             if scheme.is_q35() && 2 * fours != plen {
-                return Err(QuantError::Corrupt(format!(
+                return Err(ContractError::Corrupt(format!(
                     "group {g} has {fours} 4-bit channels of {plen}; exactly half are required"
                 )));
             }
         }
         for (i, &c) in codes.iter().enumerate() {
             let j = i % cp;
-            let (lo, hi) = match uniform_bits(scheme) {
-                Some(b) => (-(1i32 << (b - 1)), (1i32 << (b - 1)) - 1),
-                None if mask[j] => (-8, 7),
-                None => (-4, 3),
-            };
+            let (lo, hi) = scheme.code_range(mask[j]);
             let g = j / layout.group_size;
             let real = j < layout.group_start(g) + layout.group_len(g);
             if !(lo..=hi).contains(&i32::from(c)) || (!real && c != 0) {
-                return Err(QuantError::Corrupt(format!(
+                return Err(ContractError::Corrupt(format!(
                     "code {c} at row {}, channel {j} is outside {lo}..={hi} or in padding",
                     i / cp
                 )));
@@ -386,10 +371,7 @@ impl QuantizedMatrix {
     /// accumulator bound (`8 * mult4` or `4 * mult3` for Q35, `2^(b-1)` for
     /// uniform b-bit).
     pub fn code_max(&self) -> u64 {
-        match uniform_bits(self.scheme) {
-            Some(b) => 1 << (b - 1),
-            None => (8 * u64::from(self.mult4)).max(4 * u64::from(self.mult3)),
-        }
+        self.scheme.code_max_with((self.mult4, self.mult3))
     }
 
     /// Decodes block (`g`, `r`) into integer weights (codes times their
@@ -400,7 +382,7 @@ impl QuantizedMatrix {
         debug_assert_eq!(out.len(), plen);
         let bytes = self.block(g, r);
         let mut raw = vec![0u8; plen];
-        match uniform_bits(self.scheme) {
+        match self.scheme.uniform_bits() {
             Some(width) => {
                 unpack_bits(bytes, width, &mut raw);
                 for (o, &c) in out.iter_mut().zip(&raw) {
@@ -484,10 +466,10 @@ impl QuantizedMatrix {
     /// `y = W x` under the integer semantics (docs/q35-format.md, "Matmul"),
     /// decoding the packed blocks directly. Equal bit for bit to
     /// [`IntMatrix::matvec`] on [`Self::unpack`].
-    pub fn matvec(&self, x: &ActivationI8) -> Result<Vec<f32>, QuantError> {
+    pub fn matvec(&self, x: &ActivationI8) -> Result<Vec<f32>, ContractError> {
         let l = self.layout;
         if x.len() != l.cols {
-            return Err(QuantError::LengthMismatch {
+            return Err(ContractError::LengthMismatch {
                 what: "activation",
                 got: x.len(),
                 expected: l.cols,
@@ -548,8 +530,8 @@ impl QuantizedMatrix {
     }
 
     /// Parses and validates a serialised matrix.
-    pub fn from_bytes(bytes: &[u8]) -> Result<QuantizedMatrix, QuantError> {
-        let corrupt = |m: String| QuantError::Corrupt(m);
+    pub fn from_bytes(bytes: &[u8]) -> Result<QuantizedMatrix, ContractError> {
+        let corrupt = |m: String| ContractError::Corrupt(m);
         if bytes.len() < HEADER_BYTES {
             return Err(corrupt(format!(
                 "{} bytes is shorter than the {HEADER_BYTES}-byte header",
@@ -565,7 +547,7 @@ impl QuantizedMatrix {
         let scheme = QuantScheme::from_tag(bytes[5])
             .ok_or_else(|| corrupt(format!("unknown scheme tag {}", bytes[5])))?;
         let (mult4, mult3) = (bytes[6], bytes[7]);
-        check_multipliers(scheme, mult4, mult3).map_err(corrupt)?;
+        scheme.check_multipliers(mult4, mult3).map_err(corrupt)?;
         let word =
             |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let layout = Layout::new(word(8) as usize, word(12) as usize, word(16) as usize)
@@ -695,23 +677,23 @@ impl IntMatrix {
     }
 
     /// `y = W x` under the integer semantics.
-    pub fn matvec(&self, x: &ActivationI8) -> Result<Vec<f32>, QuantError> {
+    pub fn matvec(&self, x: &ActivationI8) -> Result<Vec<f32>, ContractError> {
         let mut y = vec![0f32; self.rows];
         self.matvec_into(x, &mut y)?;
         Ok(y)
     }
 
     /// `y = W x` into `y` (length `rows`).
-    pub fn matvec_into(&self, x: &ActivationI8, y: &mut [f32]) -> Result<(), QuantError> {
+    pub fn matvec_into(&self, x: &ActivationI8, y: &mut [f32]) -> Result<(), ContractError> {
         if x.len() != self.cols {
-            return Err(QuantError::LengthMismatch {
+            return Err(ContractError::LengthMismatch {
                 what: "activation",
                 got: x.len(),
                 expected: self.cols,
             });
         }
         if y.len() != self.rows {
-            return Err(QuantError::LengthMismatch {
+            return Err(ContractError::LengthMismatch {
                 what: "matvec output",
                 got: y.len(),
                 expected: self.rows,
@@ -727,16 +709,16 @@ impl IntMatrix {
         x: &ActivationI8,
         first: usize,
         y: &mut [f32],
-    ) -> Result<(), QuantError> {
+    ) -> Result<(), ContractError> {
         if x.len() != self.cols {
-            return Err(QuantError::LengthMismatch {
+            return Err(ContractError::LengthMismatch {
                 what: "activation",
                 got: x.len(),
                 expected: self.cols,
             });
         }
         if first + y.len() > self.rows {
-            return Err(QuantError::LengthMismatch {
+            return Err(ContractError::LengthMismatch {
                 what: "matvec output rows",
                 got: first + y.len(),
                 expected: self.rows,
@@ -764,9 +746,13 @@ impl IntMatrix {
     /// `Y = W X` for a batch of activation vectors, using up to `threads`
     /// threads (results do not depend on the thread count). Returns one
     /// output vector per input.
-    pub fn matmul(&self, xs: &[ActivationI8], threads: usize) -> Result<Vec<Vec<f32>>, QuantError> {
+    pub fn matmul(
+        &self,
+        xs: &[ActivationI8],
+        threads: usize,
+    ) -> Result<Vec<Vec<f32>>, ContractError> {
         if let Some(x) = xs.iter().find(|x| x.len() != self.cols) {
-            return Err(QuantError::LengthMismatch {
+            return Err(ContractError::LengthMismatch {
                 what: "activation",
                 got: x.len(),
                 expected: self.cols,

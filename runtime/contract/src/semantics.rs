@@ -11,9 +11,8 @@
 //! agrees bit for bit. No libm transcendental is used: [`exp`] is a fixed
 //! polynomial, and rotary tables are data computed by the compiler.
 
-use q35_reference::kernels::rope_thetas;
-
-use crate::QuantError;
+use crate::ContractError;
+use crate::rope::RopeTable;
 
 /// Largest |int8 activation code|: activations saturate to `-127 ..= 127`
 /// (the code -128 is never produced).
@@ -43,11 +42,11 @@ impl ActivationI8 {
     /// If `amax < 2^-120` (including 0; below it `127 / amax` could
     /// overflow) the token is zero: `scale = 0` and every code is 0. A NaN
     /// or infinity is an error.
-    pub fn quantize(x: &[f32]) -> Result<ActivationI8, QuantError> {
+    pub fn quantize(x: &[f32]) -> Result<ActivationI8, ContractError> {
         let mut amax = 0f32;
         for (index, &v) in x.iter().enumerate() {
             if !v.is_finite() {
-                return Err(QuantError::NonFinite {
+                return Err(ContractError::NonFinite {
                     what: "activation",
                     index,
                 });
@@ -72,15 +71,15 @@ impl ActivationI8 {
     /// Builds an activation from codes and a scale (e.g. read back from a
     /// simulator). Codes must lie in `-127 ..= 127` and the scale must be
     /// finite and non-negative.
-    pub fn from_parts(scale: f32, codes: Vec<i8>) -> Result<ActivationI8, QuantError> {
+    pub fn from_parts(scale: f32, codes: Vec<i8>) -> Result<ActivationI8, ContractError> {
         if !scale.is_finite() || scale < 0.0 {
-            return Err(QuantError::NonFinite {
+            return Err(ContractError::NonFinite {
                 what: "activation scale",
                 index: 0,
             });
         }
         if let Some(index) = codes.iter().position(|&c| c == i8::MIN) {
-            return Err(QuantError::NonFinite {
+            return Err(ContractError::NonFinite {
                 what: "activation code (-128 is outside -127..=127)",
                 index,
             });
@@ -159,10 +158,15 @@ pub fn accumulator_bound(k: u64, act_max: u64, code_max: u64) -> u64 {
 
 /// Proves that an int32 accumulator over `k` products cannot overflow, or
 /// returns a diagnostic naming `op` and the bound.
-pub fn check_no_overflow(op: &str, k: u64, act_max: u64, code_max: u64) -> Result<(), QuantError> {
+pub fn check_no_overflow(
+    op: &str,
+    k: u64,
+    act_max: u64,
+    code_max: u64,
+) -> Result<(), ContractError> {
     let bound = accumulator_bound(k, act_max, code_max);
     if bound > i32::MAX as u64 {
-        return Err(QuantError::AccumulatorOverflow {
+        return Err(ContractError::AccumulatorOverflow {
             op: op.to_owned(),
             k,
             act_max,
@@ -314,52 +318,6 @@ pub fn softmax_in_place(x: &mut [f32]) {
     }
 }
 
-/// Rotary-embedding cos/sin table: data the compiler computes once and
-/// ships with the program, so no implementation evaluates a transcendental.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RopeTable {
-    head_dim: usize,
-    /// `cos[pos * head_dim / 2 + i]`.
-    cos: Vec<f32>,
-    /// `sin[pos * head_dim / 2 + i]`.
-    sin: Vec<f32>,
-}
-
-impl RopeTable {
-    /// The table for positions `0 .. positions`, with angles as ggml's
-    /// `ggml_rope_cache_init` forms them (so the table matches llama.cpp):
-    /// `theta_scale = base^(-2 / head_dim)` in f32, `theta_0 = pos` (f32),
-    /// `theta_{i+1} = theta_i * theta_scale` (f32 multiply); each entry is
-    /// `cos`/`sin` of the f32 angle evaluated in f64 and rounded to f32.
-    /// This runs in the compiler only; the table is shipped as data.
-    pub fn new(head_dim: usize, base: f32, positions: usize) -> RopeTable {
-        let (cos, sin) = (0..positions)
-            .flat_map(|pos| rope_thetas(pos, head_dim, base))
-            .map(|theta| {
-                let t = f64::from(theta);
-                (t.cos() as f32, t.sin() as f32)
-            })
-            .unzip();
-        RopeTable { head_dim, cos, sin }
-    }
-
-    /// Head dimension the table was built for.
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
-    }
-
-    /// Number of positions in the table.
-    pub fn positions(&self) -> usize {
-        self.cos.len() / (self.head_dim / 2).max(1)
-    }
-
-    /// `(cos, sin)` of pair `i` at position `pos`.
-    pub fn get(&self, pos: usize, i: usize) -> (f32, f32) {
-        let k = pos * (self.head_dim / 2) + i;
-        (self.cos[k], self.sin[k])
-    }
-}
-
 /// Rotates one head vector (`head_dim` values) in place at position `pos`,
 /// pairing adjacent elements (llama.cpp's "normal" rope, matching the GGUF
 /// row permutation of Q and K):
@@ -370,7 +328,7 @@ impl RopeTable {
 /// x[2i+1] = a * s + b * c
 /// ```
 pub fn rope_in_place(x: &mut [f32], pos: usize, table: &RopeTable) {
-    debug_assert_eq!(x.len(), table.head_dim);
+    debug_assert_eq!(x.len(), table.head_dim());
     for i in 0..x.len() / 2 {
         let (c, s) = table.get(pos, i);
         let a = x[2 * i];
@@ -430,7 +388,7 @@ mod tests {
         assert_eq!(small.codes(), &[127, -64]); // -63.5 rounds away from zero
         assert!(matches!(
             ActivationI8::quantize(&[1.0, f32::NAN]),
-            Err(QuantError::NonFinite { index: 1, .. })
+            Err(ContractError::NonFinite { index: 1, .. })
         ));
     }
 

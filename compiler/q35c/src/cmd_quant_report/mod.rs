@@ -1,0 +1,306 @@
+//! `q35c quant-report MODEL.toml [--json]`: what each weight quantization
+//! scheme costs and how much error it adds, per tensor and for the whole
+//! model.
+//!
+//! For every scheme (default: all of `QuantScheme::ALL`: int8, int4, q35,
+//! q35-rtn, q35-alternating, int3) at the model's group size it reports bits
+//! per weight including scales and slot masks, the weights' relative RMSE, and the relative
+//! layer-output error `||W X - Q(W) X|| / ||W X||` on calibration
+//! activations `X` recorded from the f32 reference running `--calib` (the
+//! same activations give `q35` its importance and in-group covariance). With
+//! `--eval TEXT` it also runs each quantized model as the golden forward
+//! pass (`q35_contract::golden`: int8 activations, integer matmuls and the f32
+//! operators of docs/q35-format.md section 8, a tied quantized LM head also
+//! serving the embedding lookup) and reports perplexity, mean KL divergence
+//! from the f32 reference and top-1 agreement on that text (llama-perplexity
+//! windows). Keep calibration and evaluation texts disjoint.
+//!
+//! The steps, one function each: [`resolve`] the arguments into
+//! [`Inputs`]; [`measure`] runs the `QuantPipeline` (calibration, reference
+//! logits, then per scheme quantization and evaluation); `summary` turns a
+//! scheme's quantized layers into the report's rows; `text` and `json`
+//! render them.
+
+mod json;
+mod summary;
+mod text;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use q35_contract::QuantScheme;
+use q35_quant::model::{HeadPolicy, QuantPipeline, ReferenceLogits, SchemePolicy};
+use q35_quant::quantize::QuantOptions;
+use q35_reference::splitmix64;
+
+use crate::cmd_eval::CALIB_SAMPLES;
+use crate::load::{Loaded, load, progress, read_utf8};
+use summary::SchemeSummary;
+
+/// Arguments of `q35c quant-report`.
+#[derive(Debug, clap::Args)]
+pub struct QuantReportArgs {
+    /// The model description (model.toml).
+    pub model: PathBuf,
+    /// Schemes to compare, comma-separated (default: all six).
+    #[arg(long, value_delimiter = ',')]
+    pub schemes: Vec<QuantScheme>,
+    /// Group size along the reduction dimension (default: the model's
+    /// `[quantization] group_size`).
+    #[arg(long)]
+    pub group: Option<usize>,
+    /// LM-head scheme: `same` (the scheme under test), `f32` (not
+    /// quantized), or a scheme name.
+    #[arg(long, default_value = "same")]
+    pub head: String,
+    /// Calibration text (UTF-8). Without it, or for a model without a
+    /// tokenizer, a fixed pseudo-random token sequence is used.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Calibration window in tokens.
+    #[arg(long, default_value_t = 512)]
+    pub calib_ctx: usize,
+    /// Calibration rows kept per layer for the layer-output error.
+    #[arg(long, default_value_t = CALIB_SAMPLES)]
+    pub samples: usize,
+    /// Evaluation text: adds perplexity, KL divergence and top-1 agreement
+    /// against the f32 reference.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Evaluation window in tokens.
+    #[arg(long, default_value_t = 256)]
+    pub ctx: usize,
+    /// Evaluate only the first W windows (default: every whole window).
+    #[arg(long)]
+    pub windows: Option<usize>,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Print wall times on stderr.
+    #[arg(long)]
+    pub timings: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What the report works on, resolved from [`QuantReportArgs`].
+struct Inputs {
+    loaded: Loaded,
+    /// The schemes to compare, in report order.
+    schemes: Vec<QuantScheme>,
+    /// What the LM head gets under every scheme.
+    head: HeadPolicy,
+    /// Group size along the reduction dimension.
+    group: usize,
+    /// Calibration tokens and where they came from (a path, or a description
+    /// of the synthetic sequence).
+    calib_tokens: Vec<u32>,
+    calib_source: String,
+    /// Evaluation tokens (`--eval`).
+    eval_tokens: Option<Vec<u32>>,
+}
+
+/// Everything [`measure`] found.
+struct Measured {
+    /// One per scheme, in report order.
+    summaries: Vec<SchemeSummary>,
+    /// The f32 reference's perplexity on the evaluation windows (`--eval`).
+    reference_ppl: Option<f64>,
+}
+
+/// Calibration tokens when no `--calib` text is given.
+const SYNTHETIC_CALIB_TOKENS: usize = 512;
+
+/// Runs `q35c quant-report`.
+pub fn run(args: &QuantReportArgs) -> anyhow::Result<()> {
+    let inputs = resolve(args)?;
+    let measured = measure(args, &inputs)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        json::write(&mut out, args, &inputs, &measured)
+    } else {
+        text::write(&mut out, args, &inputs, &measured)
+    }
+    .context("cannot write to stdout")
+}
+
+/// The `--head` value: `same`, `f32` or a scheme name.
+fn parse_head(s: &str) -> anyhow::Result<HeadPolicy> {
+    Ok(match s {
+        "same" => HeadPolicy::SameAsBlocks,
+        "f32" => HeadPolicy::KeepF32,
+        s => HeadPolicy::Scheme(
+            s.parse::<QuantScheme>()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--head {s}: expected same, f32 or a scheme name"))?,
+        ),
+    })
+}
+
+/// Parses the flags, loads the model and tokenizes the texts.
+fn resolve(args: &QuantReportArgs) -> anyhow::Result<Inputs> {
+    let schemes = if args.schemes.is_empty() {
+        QuantScheme::ALL.to_vec()
+    } else {
+        args.schemes.clone()
+    };
+    let head = parse_head(&args.head)?;
+    let loaded = load(&args.model, args.threads)?;
+    let group = args.group.unwrap_or(loaded.quant.group_size as usize);
+    let (calib_tokens, calib_source) = match &args.calib {
+        Some(p) => (loaded.text_tokens(&read_utf8(p)?), p.display().to_string()),
+        None => (
+            synthetic_tokens(SYNTHETIC_CALIB_TOKENS, loaded.model.config().vocab),
+            format!("{SYNTHETIC_CALIB_TOKENS} pseudo-random tokens"),
+        ),
+    };
+    if calib_tokens.is_empty() {
+        anyhow::bail!("the calibration text {calib_source} holds no tokens");
+    }
+    let eval_tokens = match &args.eval {
+        Some(p) => Some(loaded.text_tokens(&read_utf8(p)?)),
+        None => None,
+    };
+    Ok(Inputs {
+        loaded,
+        schemes,
+        head,
+        group,
+        calib_tokens,
+        calib_source,
+        eval_tokens,
+    })
+}
+
+/// A fixed pseudo-random token sequence (SplitMix64).
+fn synthetic_tokens(n: usize, vocab: usize) -> Vec<u32> {
+    let mut s = 0x0051_A7ED_u64;
+    (0..n)
+        .map(|_| (splitmix64(&mut s) % vocab as u64) as u32)
+        .collect()
+}
+
+/// Reports how long a stage took since `start`: on stderr with
+/// `--timings`, else as progress (stderr, when it is a terminal).
+fn note(args: &QuantReportArgs, what: &str, start: Instant) {
+    let line = format!("{what}: {:.2} s", start.elapsed().as_secs_f64());
+    if args.timings {
+        eprintln!("{line}");
+    } else {
+        progress(line);
+    }
+}
+
+/// Calibrates, computes the reference logits (`--eval`), then quantizes,
+/// summarises and evaluates every scheme in turn.
+fn measure(args: &QuantReportArgs, inputs: &Inputs) -> anyhow::Result<Measured> {
+    let options = QuantOptions {
+        threads: args.threads.max(1),
+    };
+    let pipeline = calibrate(args, inputs, options)?;
+    let reference = reference_logits(args, inputs)?;
+    let summaries = inputs
+        .schemes
+        .iter()
+        .map(|&scheme| {
+            let policy = SchemePolicy {
+                blocks: scheme,
+                head: inputs.head,
+            };
+            measure_scheme(args, &pipeline, policy, reference.as_ref())
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Measured {
+        summaries,
+        reference_ppl: reference.as_ref().map(ReferenceLogits::ppl),
+    })
+}
+
+/// The pipeline calibrated on the calibration tokens.
+fn calibrate<'m>(
+    args: &QuantReportArgs,
+    inputs: &'m Inputs,
+    options: QuantOptions,
+) -> anyhow::Result<QuantPipeline<'m>> {
+    let t = Instant::now();
+    let pipeline = QuantPipeline::calibrate(
+        &inputs.loaded.model,
+        &inputs.calib_tokens,
+        args.calib_ctx,
+        args.samples,
+        inputs.group,
+        options,
+    )
+    .with_context(|| {
+        format!(
+            "calibration of {} on {}",
+            args.model.display(),
+            inputs.calib_source
+        )
+    })?;
+    note(args, "calibration", t);
+    Ok(pipeline)
+}
+
+/// The f32 reference's logits on the evaluation windows (`None` without
+/// `--eval`).
+fn reference_logits(
+    args: &QuantReportArgs,
+    inputs: &Inputs,
+) -> anyhow::Result<Option<ReferenceLogits>> {
+    let Some(tokens) = &inputs.eval_tokens else {
+        return Ok(None);
+    };
+    let t = Instant::now();
+    let reference = ReferenceLogits::compute_with_bos(
+        &inputs.loaded.model,
+        tokens,
+        args.ctx,
+        args.windows,
+        inputs.loaded.window_bos(),
+    )
+    .with_context(|| format!("cannot evaluate on {}", eval_source(args)))?;
+    note(args, "reference logits", t);
+    Ok(Some(reference))
+}
+
+/// One scheme: every matrix quantized under `policy`, measured per tensor,
+/// and evaluated against `reference` when given.
+fn measure_scheme(
+    args: &QuantReportArgs,
+    pipeline: &QuantPipeline<'_>,
+    policy: SchemePolicy,
+    reference: Option<&ReferenceLogits>,
+) -> anyhow::Result<SchemeSummary> {
+    let scheme = policy.blocks;
+    let t = Instant::now();
+    let layers = pipeline
+        .quantize(policy)
+        .with_context(|| format!("cannot quantize {} with {scheme}", args.model.display()))?;
+    note(args, &format!("quantize {scheme}"), t);
+    let mut summary = SchemeSummary::new(policy, &layers, pipeline, args.threads.max(1))?;
+    if let Some(r) = reference {
+        let t = Instant::now();
+        summary.eval = Some(
+            pipeline
+                .evaluate(&layers, r)
+                .with_context(|| format!("evaluation of {scheme}"))?,
+        );
+        note(args, &format!("evaluate {scheme}"), t);
+    }
+    Ok(summary)
+}
+
+/// The `--eval` path as printed (empty without one).
+fn eval_source(args: &QuantReportArgs) -> String {
+    args.eval
+        .as_ref()
+        .map_or(String::new(), |p| p.display().to_string())
+}
+
+/// How the LM head is named in reports: its scheme, or `f32`.
+fn head_name(policy: &SchemePolicy) -> &'static str {
+    policy.head_scheme().map_or("f32", QuantScheme::as_str)
+}

@@ -1,0 +1,490 @@
+//! The golden integer forward pass (docs/q35-format.md section 8.5): a
+//! LLaMA-family decoder that runs every operator exactly as section 8
+//! defines it, by calling [`crate::semantics`] -- int8 activations and
+//! integer matmuls for every weight matrix, f32 vector operators in a fixed
+//! order, the compiler's RoPE table ([`crate::rope::RopeTable`]). It is the
+//! model the simulator is held to bit for bit.
+//!
+//! It is built from plain data ([`GoldenModel::new`]: the [`Architecture`],
+//! f32 embedding rows, per-block norms and unpacked [`IntMatrix`]es, the
+//! output norm and the LM head), so the quantizer (`q35_quant::golden`
+//! builds one from the reference model) and a simulator reading a compiled
+//! program can both construct it. A [`GoldenSession`] exposes its KV cache
+//! and position, so a simulator's `--check` mode can compare state.
+//!
+//! One token at a time (decode order), so every position runs the same
+//! sequence of operations. Parallelism splits only independent outputs
+//! (matmul rows, attention heads), so results do not depend on the thread
+//! count.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::ContractError;
+use crate::arch::Architecture;
+use crate::format::IntMatrix;
+use crate::rope::RopeTable;
+use crate::semantics::{
+    self, ActivationI8, add_in_place, attention_head, rmsnorm, rope_in_place, swiglu,
+};
+
+/// What can go wrong building or running the golden model.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum GoldenError {
+    /// The plain data does not make a model of the architecture (a shape,
+    /// a length or a hyperparameter is wrong); the message names the part.
+    #[error("{0}")]
+    Invalid(String),
+    /// A token id outside the vocabulary.
+    #[error("token {token} is outside the vocabulary of {vocab}")]
+    Token {
+        /// The token id.
+        token: u32,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// The session is full: every position the model was built for is used.
+    #[error("position {pos} is past the {max} positions the model was built for")]
+    Position {
+        /// The position the next token would take.
+        pos: usize,
+        /// Positions the RoPE table and KV cache hold.
+        max: usize,
+    },
+    /// An operator of the contract refused its input (a non-finite
+    /// activation, a length mismatch).
+    #[error("{op}: {source}")]
+    Op {
+        /// The operator (`activation`, `matvec`).
+        op: &'static str,
+        /// What went wrong.
+        source: ContractError,
+    },
+}
+
+/// The LM head: quantized, or kept f32 (sequential dot products).
+#[derive(Debug, Clone)]
+pub enum GoldenHead {
+    /// A quantized `vocab x hidden` matrix, applied to the int8 final-norm
+    /// output.
+    Quantized(IntMatrix),
+    /// f32 weights, row-major `vocab x hidden`, applied with
+    /// [`semantics::dot_f32`] to the f32 final-norm output.
+    F32(Arc<[f32]>),
+}
+
+/// One decoder block's norms and quantized matrices (integer weights, f32
+/// group scales; `rows x cols` as applied, `y = W x`).
+#[derive(Debug, Clone)]
+pub struct GoldenBlock {
+    /// Attention RMSNorm weight (`hidden`).
+    pub attn_norm: Vec<f32>,
+    /// FFN RMSNorm weight (`hidden`).
+    pub ffn_norm: Vec<f32>,
+    /// `q_dim x hidden`.
+    pub q: IntMatrix,
+    /// `kv_dim x hidden`.
+    pub k: IntMatrix,
+    /// `kv_dim x hidden`.
+    pub v: IntMatrix,
+    /// `hidden x q_dim`.
+    pub o: IntMatrix,
+    /// `ffn x hidden`.
+    pub gate: IntMatrix,
+    /// `ffn x hidden`.
+    pub up: IntMatrix,
+    /// `hidden x ffn`.
+    pub down: IntMatrix,
+}
+
+/// The golden quantized model.
+#[derive(Debug, Clone)]
+pub struct GoldenModel {
+    arch: Architecture,
+    /// Positions the RoPE table and KV cache hold.
+    max_positions: usize,
+    /// Token embedding rows, `vocab x hidden` f32 (the dequantized LM head
+    /// when it is tied and quantized).
+    embedding: Arc<[f32]>,
+    blocks: Vec<GoldenBlock>,
+    output_norm: Vec<f32>,
+    head: GoldenHead,
+    rope: RopeTable,
+}
+
+/// The KV cache of one sequence and its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoldenSession {
+    /// Per block: `len x kv_dim` keys and values.
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl GoldenSession {
+    /// Tokens processed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no token was processed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The position the next token takes (= tokens processed).
+    pub fn position(&self) -> usize {
+        self.len
+    }
+
+    /// Number of blocks whose cache the session holds.
+    pub fn blocks(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Block `block`'s cached keys, after RoPE: `position() x kv_dim`
+    /// values, position-major, then kv head, then the head's `head_dim`
+    /// values; `None` past the last block.
+    pub fn keys(&self, block: usize) -> Option<&[f32]> {
+        self.keys.get(block).map(Vec::as_slice)
+    }
+
+    /// Block `block`'s cached values, laid out as [`Self::keys`].
+    pub fn values(&self, block: usize) -> Option<&[f32]> {
+        self.values.get(block).map(Vec::as_slice)
+    }
+}
+
+/// Checks a matrix's shape.
+fn check_matrix(m: &IntMatrix, what: &str, rows: u32, cols: u32) -> Result<(), GoldenError> {
+    if (m.rows(), m.cols()) != (rows as usize, cols as usize) {
+        return Err(GoldenError::Invalid(format!(
+            "{what}: matrix is {}x{}, the architecture needs {rows}x{cols}",
+            m.rows(),
+            m.cols()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a vector's length.
+fn check_vec(len: usize, what: &str, expected: usize) -> Result<(), GoldenError> {
+    if len != expected {
+        return Err(GoldenError::Invalid(format!(
+            "{what} has {len} values, the architecture needs {expected}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the hyperparameters the forward pass relies on.
+fn check_arch(a: &Architecture) -> Result<(), GoldenError> {
+    let bad = |m: String| Err(GoldenError::Invalid(m));
+    for (name, v) in [
+        ("blocks", a.blocks),
+        ("hidden", a.hidden),
+        ("heads", a.heads),
+        ("kv_heads", a.kv_heads),
+        ("head_dim", a.head_dim),
+        ("ffn", a.ffn),
+        ("vocab", a.vocab),
+        ("context", a.context),
+    ] {
+        if v == 0 {
+            return bad(format!("architecture `{name}` must be positive"));
+        }
+    }
+    if !a.heads.is_multiple_of(a.kv_heads) {
+        return bad(format!(
+            "architecture `heads` ({}) must be a multiple of `kv_heads` ({})",
+            a.heads, a.kv_heads
+        ));
+    }
+    if !a.head_dim.is_multiple_of(2) {
+        return bad(format!(
+            "architecture `head_dim` ({}) must be even for RoPE",
+            a.head_dim
+        ));
+    }
+    for (name, v) in [("rope_base", a.rope_base), ("norm_eps", a.norm_eps)] {
+        if !(v.is_finite() && v > 0.0) {
+            return bad(format!("architecture `{name}` ({v}) must be positive"));
+        }
+    }
+    Ok(())
+}
+
+impl GoldenModel {
+    /// Builds the golden model from plain data, checking every shape
+    /// against `arch`: `embedding` is `vocab x hidden` f32 (with a tied,
+    /// quantized LM head, that head dequantized, so the machine stores one
+    /// copy), `blocks` has one entry per decoder block, `output_norm` is
+    /// `hidden` long, and the RoPE table and KV cache hold `max_positions`
+    /// positions (`1 ..= arch.context`).
+    pub fn new(
+        arch: Architecture,
+        max_positions: usize,
+        embedding: Arc<[f32]>,
+        blocks: Vec<GoldenBlock>,
+        output_norm: Vec<f32>,
+        head: GoldenHead,
+    ) -> Result<GoldenModel, GoldenError> {
+        check_arch(&arch)?;
+        let a = &arch;
+        if max_positions == 0 || max_positions > a.context as usize {
+            return Err(GoldenError::Invalid(format!(
+                "max_positions {max_positions} is not in 1..={}",
+                a.context
+            )));
+        }
+        let (d, vocab) = (a.hidden as usize, a.vocab as usize);
+        check_vec(embedding.len(), "embedding", vocab * d)?;
+        check_vec(blocks.len(), "block list", a.blocks as usize)?;
+        for (i, b) in blocks.iter().enumerate() {
+            check_vec(b.attn_norm.len(), &format!("blk.{i}.attn_norm"), d)?;
+            check_vec(b.ffn_norm.len(), &format!("blk.{i}.ffn_norm"), d)?;
+            let m = |what: &str| format!("blk.{i}.{what}");
+            check_matrix(&b.q, &m("attn_q"), a.q_dim(), a.hidden)?;
+            check_matrix(&b.k, &m("attn_k"), a.kv_dim(), a.hidden)?;
+            check_matrix(&b.v, &m("attn_v"), a.kv_dim(), a.hidden)?;
+            check_matrix(&b.o, &m("attn_output"), a.hidden, a.q_dim())?;
+            check_matrix(&b.gate, &m("ffn_gate"), a.ffn, a.hidden)?;
+            check_matrix(&b.up, &m("ffn_up"), a.ffn, a.hidden)?;
+            check_matrix(&b.down, &m("ffn_down"), a.hidden, a.ffn)?;
+        }
+        check_vec(output_norm.len(), "output_norm", d)?;
+        match &head {
+            GoldenHead::Quantized(m) => check_matrix(m, "LM head", a.vocab, a.hidden)?,
+            GoldenHead::F32(w) => check_vec(w.len(), "LM head", vocab * d)?,
+        }
+        let rope = RopeTable::new(a.head_dim as usize, a.rope_base, max_positions);
+        Ok(GoldenModel {
+            arch,
+            max_positions,
+            embedding,
+            blocks,
+            output_norm,
+            head,
+            rope,
+        })
+    }
+
+    /// The architecture (shape and constants).
+    pub fn arch(&self) -> &Architecture {
+        &self.arch
+    }
+
+    /// Vocabulary size (logits per position).
+    pub fn vocab(&self) -> usize {
+        self.arch.vocab as usize
+    }
+
+    /// Positions the RoPE table and KV cache hold.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Embedding row of `token` (what the lookup returns); `None` outside
+    /// the vocabulary.
+    pub fn embedding_row(&self, token: usize) -> Option<&[f32]> {
+        let d = self.arch.hidden as usize;
+        self.embedding.get(token * d..(token + 1) * d)
+    }
+
+    /// The RoPE table the program ships.
+    pub fn rope_table(&self) -> &RopeTable {
+        &self.rope
+    }
+
+    /// An empty KV cache.
+    pub fn new_session(&self) -> GoldenSession {
+        GoldenSession {
+            keys: vec![Vec::new(); self.blocks.len()],
+            values: vec![Vec::new(); self.blocks.len()],
+            len: 0,
+        }
+    }
+
+    /// Runs one token at the session's next position and returns its
+    /// logits.
+    pub fn step(&self, session: &mut GoldenSession, token: u32) -> Result<Vec<f32>, GoldenError> {
+        let x = self.advance(session, token)?;
+        self.logits(&x)
+    }
+
+    /// Runs one token through the blocks (filling the KV cache) and returns
+    /// the final residual, without the LM head.
+    pub fn advance(
+        &self,
+        session: &mut GoldenSession,
+        token: u32,
+    ) -> Result<Vec<f32>, GoldenError> {
+        let a = &self.arch;
+        let pos = session.len;
+        if token >= a.vocab {
+            return Err(GoldenError::Token {
+                token,
+                vocab: a.vocab as usize,
+            });
+        }
+        if pos >= self.max_positions {
+            return Err(GoldenError::Position {
+                pos,
+                max: self.max_positions,
+            });
+        }
+        if session.keys.len() != self.blocks.len() || session.values.len() != self.blocks.len() {
+            return Err(GoldenError::Invalid(format!(
+                "session holds {} blocks, the model has {}",
+                session.keys.len(),
+                self.blocks.len()
+            )));
+        }
+        let (d, hd) = (a.hidden as usize, a.head_dim as usize);
+        let (heads, kv_heads, ffn) = (a.heads as usize, a.kv_heads as usize, a.ffn as usize);
+        let t = token as usize;
+        let mut x = self.embedding[t * d..(t + 1) * d].to_vec();
+        let mut h = vec![0f32; d];
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        let group = heads / kv_heads;
+        for (bi, b) in self.blocks.iter().enumerate() {
+            rmsnorm(&x, &b.attn_norm, a.norm_eps, &mut h);
+            let act = quantize_act(&h)?;
+            let mut q = matvec(&b.q, &act)?;
+            let mut k = matvec(&b.k, &act)?;
+            let v = matvec(&b.v, &act)?;
+            for head in q.chunks_exact_mut(hd) {
+                rope_in_place(head, pos, &self.rope);
+            }
+            for head in k.chunks_exact_mut(hd) {
+                rope_in_place(head, pos, &self.rope);
+            }
+            session.keys[bi].extend_from_slice(&k);
+            session.values[bi].extend_from_slice(&v);
+            let (kc, vc) = (&session.keys[bi], &session.values[bi]);
+            let kvd = kv_heads * hd;
+            let n = pos + 1;
+            let mut att = vec![0f32; heads * hd];
+            att.par_chunks_mut(hd).enumerate().for_each(|(head, out)| {
+                let kvh = head / group;
+                // Gather this kv head's rows (n x hd) for the contract's
+                // attention (same values, contiguous).
+                let keys: Vec<f32> = (0..n)
+                    .flat_map(|j| {
+                        kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]
+                            .iter()
+                            .copied()
+                    })
+                    .collect();
+                let vals: Vec<f32> = (0..n)
+                    .flat_map(|j| {
+                        vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]
+                            .iter()
+                            .copied()
+                    })
+                    .collect();
+                let mut scores = Vec::with_capacity(n);
+                attention_head(
+                    &q[head * hd..(head + 1) * hd],
+                    &keys,
+                    &vals,
+                    scale,
+                    &mut scores,
+                    out,
+                );
+            });
+            let o = matvec(&b.o, &quantize_act(&att)?)?;
+            add_in_place(&mut x, &o);
+            rmsnorm(&x, &b.ffn_norm, a.norm_eps, &mut h);
+            let act = quantize_act(&h)?;
+            let g = matvec(&b.gate, &act)?;
+            let u = matvec(&b.up, &act)?;
+            let mut s = vec![0f32; ffn];
+            swiglu(&g, &u, &mut s);
+            let down = matvec(&b.down, &quantize_act(&s)?)?;
+            add_in_place(&mut x, &down);
+        }
+        session.len += 1;
+        Ok(x)
+    }
+
+    /// Final RMSNorm and LM head of a residual from [`Self::advance`].
+    pub fn logits(&self, x: &[f32]) -> Result<Vec<f32>, GoldenError> {
+        let d = self.arch.hidden as usize;
+        if x.len() != d {
+            return Err(GoldenError::Op {
+                op: "logits",
+                source: ContractError::LengthMismatch {
+                    what: "residual",
+                    got: x.len(),
+                    expected: d,
+                },
+            });
+        }
+        let mut h = vec![0f32; d];
+        rmsnorm(x, &self.output_norm, self.arch.norm_eps, &mut h);
+        match &self.head {
+            GoldenHead::Quantized(m) => matvec(m, &quantize_act(&h)?),
+            GoldenHead::F32(w) => {
+                let cols = d;
+                let mut out = vec![0f32; self.arch.vocab as usize];
+                out.par_chunks_mut(256).enumerate().for_each(|(ci, o)| {
+                    for (i, y) in o.iter_mut().enumerate() {
+                        let r = ci * 256 + i;
+                        *y = semantics::dot_f32(&w[r * cols..(r + 1) * cols], &h);
+                    }
+                });
+                Ok(out)
+            }
+        }
+    }
+
+    /// Runs `tokens` from the session's position; returns every position's
+    /// logits (`tokens.len() x vocab`).
+    pub fn run(
+        &self,
+        session: &mut GoldenSession,
+        tokens: &[u32],
+    ) -> Result<Vec<f32>, GoldenError> {
+        self.run_from(session, tokens, 0)
+    }
+
+    /// Runs `tokens`; returns the logits of tokens `first..` only.
+    pub fn run_from(
+        &self,
+        session: &mut GoldenSession,
+        tokens: &[u32],
+        first: usize,
+    ) -> Result<Vec<f32>, GoldenError> {
+        let mut out = Vec::with_capacity(tokens.len().saturating_sub(first) * self.vocab());
+        for (i, &t) in tokens.iter().enumerate() {
+            let x = self.advance(session, t)?;
+            if i >= first {
+                out.extend(self.logits(&x)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn quantize_act(x: &[f32]) -> Result<ActivationI8, GoldenError> {
+    ActivationI8::quantize(x).map_err(|source| GoldenError::Op {
+        op: "activation",
+        source,
+    })
+}
+
+/// `W a` with output rows split across the rayon pool.
+fn matvec(m: &IntMatrix, a: &ActivationI8) -> Result<Vec<f32>, GoldenError> {
+    const ROWS: usize = 64;
+    let mut y = vec![0f32; m.rows()];
+    y.par_chunks_mut(ROWS)
+        .enumerate()
+        .try_for_each(|(ci, o)| m.matvec_rows(a, ci * ROWS, o))
+        .map_err(|source| GoldenError::Op {
+            op: "matvec",
+            source,
+        })?;
+    Ok(y)
+}

@@ -1,0 +1,153 @@
+//! The golden forward pass built from plain data: shape checks at
+//! construction, the errors of a bad token or a full session, and the KV
+//! cache a simulator's `--check` mode reads (append-only, one `kv_dim` row
+//! per position, the same bits on every run).
+
+use std::sync::Arc;
+
+use half::f16;
+use q35_contract::{
+    Architecture, GoldenBlock, GoldenError, GoldenHead, GoldenModel, IntMatrix, Layout,
+    QuantScheme, QuantizedMatrix,
+};
+
+fn arch() -> Architecture {
+    Architecture {
+        family: "llama".into(),
+        blocks: 2,
+        hidden: 32,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        ffn: 48,
+        vocab: 20,
+        rope_base: 10000.0,
+        norm_eps: 1e-5,
+        tied_embeddings: false,
+        context: 8,
+    }
+}
+
+/// A deterministic int8 matrix (codes from a small LCG, scale 1/64).
+fn matrix(rows: u32, cols: u32, seed: u32) -> IntMatrix {
+    let layout = Layout::new(rows as usize, cols as usize, 16).unwrap();
+    let cp = layout.cols_padded();
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    let mut codes = vec![0i8; layout.rows * cp];
+    for r in 0..layout.rows {
+        for j in 0..layout.cols {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            codes[r * cp + j] = ((state >> 16) % 61) as i8 - 30;
+        }
+    }
+    let scales = vec![f16::from_f32(1.0 / 64.0); layout.rows * layout.n_groups()];
+    QuantizedMatrix::from_codes(layout, QuantScheme::Int8, (1, 1), &codes, &scales, None)
+        .unwrap()
+        .unpack()
+}
+
+fn blocks(a: &Architecture) -> Vec<GoldenBlock> {
+    (0..a.blocks)
+        .map(|b| GoldenBlock {
+            attn_norm: vec![1.0; a.hidden as usize],
+            ffn_norm: vec![0.5; a.hidden as usize],
+            q: matrix(a.q_dim(), a.hidden, 10 * b + 1),
+            k: matrix(a.kv_dim(), a.hidden, 10 * b + 2),
+            v: matrix(a.kv_dim(), a.hidden, 10 * b + 3),
+            o: matrix(a.hidden, a.q_dim(), 10 * b + 4),
+            gate: matrix(a.ffn, a.hidden, 10 * b + 5),
+            up: matrix(a.ffn, a.hidden, 10 * b + 6),
+            down: matrix(a.hidden, a.ffn, 10 * b + 7),
+        })
+        .collect()
+}
+
+fn model(max_positions: usize) -> Result<GoldenModel, GoldenError> {
+    let a = arch();
+    let n = (a.vocab * a.hidden) as usize;
+    let embedding: Arc<[f32]> = (0..n).map(|i| ((i % 13) as f32 - 6.0) / 8.0).collect();
+    let head = GoldenHead::Quantized(matrix(a.vocab, a.hidden, 99));
+    let blocks = blocks(&a);
+    GoldenModel::new(a, max_positions, embedding, blocks, vec![1.0; 32], head)
+}
+
+#[test]
+fn kv_cache_grows_one_row_per_position_and_is_append_only() {
+    let g = model(8).unwrap();
+    let kvd = g.arch().kv_dim() as usize;
+    let mut s = g.new_session();
+    assert_eq!((s.position(), s.blocks()), (0, 2));
+    g.step(&mut s, 3).unwrap();
+    let first: Vec<f32> = s.keys(1).unwrap().to_vec();
+    assert_eq!(first.len(), kvd);
+    let logits = g.run(&mut s, &[5, 7]).unwrap();
+    assert_eq!(logits.len(), 2 * 20);
+    assert_eq!(s.position(), 3);
+    for b in 0..2 {
+        assert_eq!(s.keys(b).unwrap().len(), 3 * kvd);
+        assert_eq!(s.values(b).unwrap().len(), 3 * kvd);
+    }
+    assert_eq!(&s.keys(1).unwrap()[..kvd], &first[..]);
+    assert!(s.keys(2).is_none() && s.values(2).is_none());
+    // Same tokens, same bits: logits and cache.
+    let mut t = g.new_session();
+    g.step(&mut t, 3).unwrap();
+    let again = g.run(&mut t, &[5, 7]).unwrap();
+    assert_eq!(
+        logits.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        again.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    assert_eq!(s, t);
+}
+
+#[test]
+fn bad_tokens_and_full_sessions_are_errors() {
+    let g = model(2).unwrap();
+    let mut s = g.new_session();
+    assert_eq!(
+        g.step(&mut s, 20).unwrap_err(),
+        GoldenError::Token {
+            token: 20,
+            vocab: 20
+        }
+    );
+    g.run(&mut s, &[1, 2]).unwrap();
+    let e = g.step(&mut s, 1).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "position 2 is past the 2 positions the model was built for"
+    );
+    assert!(g.logits(&[0.0; 5]).is_err());
+}
+
+#[test]
+fn construction_checks_every_shape() {
+    assert!(model(0).is_err());
+    assert!(model(9).is_err());
+    let a = arch();
+    let mut bl = blocks(&a);
+    bl[1].k = matrix(a.kv_dim(), a.hidden + 16, 1);
+    let e = GoldenModel::new(
+        a.clone(),
+        4,
+        vec![0.0; 640].into(),
+        bl,
+        vec![1.0; 32],
+        GoldenHead::F32(vec![0.0; 640].into()),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "blk.1.attn_k: matrix is 16x48, the architecture needs 16x32"
+    );
+    let e = GoldenModel::new(
+        a.clone(),
+        4,
+        vec![0.0; 640].into(),
+        blocks(&a),
+        vec![1.0; 32],
+        GoldenHead::F32(vec![0.0; 639].into()),
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("LM head has 639 values"), "{e}");
+}

@@ -1,0 +1,260 @@
+//! Calibration: an [`Observer`] recording every linear layer's input while
+//! the f32 reference runs ([`Calibration`]), and the statistics kept per
+//! layer ([`LayerCalibration`]): per-channel importance, in-group
+//! covariances and a reservoir sample of input rows.
+
+use std::collections::BTreeMap;
+
+use q35_reference::{LinearId, LinearKind, Logits, Model, Observer, splitmix64};
+use rayon::prelude::*;
+
+use super::ModelQuantError;
+use crate::quantize::GroupCovariance;
+
+/// Calibration statistics of one linear layer's input.
+#[derive(Debug, Clone)]
+pub struct LayerCalibration {
+    cols: usize,
+    /// Group size and per-group sums of `x_g x_g^T` (when recorded).
+    cov: Option<(usize, Vec<Vec<f32>>)>,
+    sum_sq: Vec<f64>,
+    tokens: u64,
+    /// Reservoir sample of input rows, row-major.
+    samples: Vec<f32>,
+    rng: u64,
+}
+
+impl LayerCalibration {
+    /// An empty record of layer `id`'s input, `cols` wide, with zeroed
+    /// covariance sums at group size `cov_group` when given.
+    fn new(id: LinearId, cols: usize, cov_group: Option<usize>) -> LayerCalibration {
+        LayerCalibration {
+            cols,
+            cov: cov_group.map(|g| (g, zero_covariance(cols, g))),
+            sum_sq: vec![0.0; cols],
+            tokens: 0,
+            samples: Vec::new(),
+            rng: sampling_seed(id),
+        }
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        splitmix64(&mut self.rng)
+    }
+
+    /// Adds the rows of `x` (row-major, `cols` wide) to every statistic.
+    fn observe(&mut self, x: &[f32], max_samples: usize) {
+        self.accumulate_covariance(x);
+        for row in x.chunks_exact(self.cols) {
+            self.accumulate_squares(row);
+            self.sample_row(row, max_samples);
+            self.tokens += 1;
+        }
+    }
+
+    /// Adds `x_g x_g^T` of every row's groups to the covariance sums, when
+    /// they are recorded.
+    fn accumulate_covariance(&mut self, x: &[f32]) {
+        let Some((group, blocks)) = self.cov.as_mut() else {
+            return;
+        };
+        let (group, cols) = (*group, self.cols);
+        // Groups are independent: one task each (sums stay in token order).
+        blocks.par_iter_mut().enumerate().for_each(|(g, block)| {
+            for row in x.chunks_exact(cols) {
+                let xg = &row[g * group..((g + 1) * group).min(row.len())];
+                let n = xg.len();
+                for (i, &xi) in xg.iter().enumerate() {
+                    for (b, &xj) in block[i * n..(i + 1) * n].iter_mut().zip(xg) {
+                        *b += xi * xj;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Adds `row`'s squares to the per-channel sums behind the importance.
+    fn accumulate_squares(&mut self, row: &[f32]) {
+        for (a, &v) in self.sum_sq.iter_mut().zip(row) {
+            *a += f64::from(v) * f64::from(v);
+        }
+    }
+
+    /// Reservoir sampling: keeps `row` (the token number `self.tokens`)
+    /// with probability `max_samples / (tokens + 1)` once the sample is
+    /// full, so the kept rows are a uniform sample of every row seen.
+    fn sample_row(&mut self, row: &[f32], max_samples: usize) {
+        let held = self.samples.len() / self.cols;
+        if held < max_samples {
+            self.samples.extend_from_slice(row);
+        } else if max_samples > 0 {
+            let j = (self.next_rand() % (self.tokens + 1)) as usize;
+            if j < max_samples {
+                self.samples[j * self.cols..(j + 1) * self.cols].copy_from_slice(row);
+            }
+        }
+    }
+
+    /// Input width.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Tokens observed.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Per-input-channel importance: mean `x_j^2` over every observed token.
+    pub fn importance(&self) -> Vec<f32> {
+        let n = self.tokens.max(1) as f64;
+        self.sum_sq.iter().map(|&s| (s / n) as f32).collect()
+    }
+
+    /// The mean in-group second moments, when recorded
+    /// ([`Calibration::run_with_covariance`]).
+    pub fn covariance(&self) -> Option<GroupCovariance> {
+        let (group, blocks) = self.cov.as_ref()?;
+        let n = self.tokens.max(1) as f32;
+        Some(GroupCovariance {
+            group_size: *group,
+            cols: self.cols,
+            blocks: blocks
+                .iter()
+                .map(|b| b.iter().map(|v| v / n).collect())
+                .collect(),
+        })
+    }
+
+    /// The sampled input rows (row-major, `cols` wide), for layer-output
+    /// error measurements.
+    pub fn samples(&self) -> &[f32] {
+        &self.samples
+    }
+}
+
+/// Records every linear layer's input during reference forward passes.
+#[derive(Debug, Clone)]
+pub struct Calibration {
+    max_samples: usize,
+    /// Group size of the in-group covariances to record (`None`: none).
+    cov_group: Option<usize>,
+    layers: BTreeMap<LinearId, LayerCalibration>,
+}
+
+impl Calibration {
+    /// An empty recorder keeping up to `max_samples` input rows per layer.
+    pub fn new(max_samples: usize) -> Calibration {
+        Calibration {
+            max_samples,
+            cov_group: None,
+            layers: BTreeMap::new(),
+        }
+    }
+
+    /// Runs `model` over `tokens` in consecutive windows of `window` tokens
+    /// (each from an empty KV cache; a shorter tail is run too) and records
+    /// every layer's input.
+    pub fn run(
+        model: &Model,
+        tokens: &[u32],
+        window: usize,
+        max_samples: usize,
+    ) -> Result<Calibration, ModelQuantError> {
+        if tokens.is_empty() || window == 0 {
+            return Err(ModelQuantError::Input(
+                "calibration needs at least one token and a positive window".into(),
+            ));
+        }
+        Calibration::new(max_samples).record(model, tokens, window)
+    }
+
+    /// As [`Calibration::run`], also recording each layer input's in-group
+    /// covariance for [`crate::quantize::quantize_gptq`]. Layers that share
+    /// an input (Q, K, V; gate, up) share one record.
+    pub fn run_with_covariance(
+        model: &Model,
+        tokens: &[u32],
+        window: usize,
+        max_samples: usize,
+        group_size: usize,
+    ) -> Result<Calibration, ModelQuantError> {
+        if tokens.is_empty() || window == 0 || group_size == 0 {
+            return Err(ModelQuantError::Input(
+                "calibration needs tokens, a positive window and a positive group size".into(),
+            ));
+        }
+        let mut calib = Calibration::new(max_samples);
+        calib.cov_group = Some(group_size);
+        calib.record(model, tokens, window)
+    }
+
+    /// Runs `model` over `tokens` in consecutive windows of `window` tokens,
+    /// each from an empty KV cache, observing every layer's input.
+    fn record(
+        mut self,
+        model: &Model,
+        tokens: &[u32],
+        window: usize,
+    ) -> Result<Calibration, ModelQuantError> {
+        for chunk in tokens.chunks(window) {
+            let mut session = model.new_session_with_capacity(window)?;
+            model.forward_observed(&mut session, chunk, Logits::All, &mut self)?;
+        }
+        Ok(self)
+    }
+
+    /// The statistics of layer `id`.
+    pub fn layer(&self, id: LinearId) -> Option<&LayerCalibration> {
+        self.layers.get(&id)
+    }
+
+    /// The in-group covariance of layer `id`'s input, if recorded.
+    pub fn covariance(&self, id: LinearId) -> Option<GroupCovariance> {
+        self.layers.get(&cov_source(id))?.covariance()
+    }
+}
+
+impl Observer for Calibration {
+    fn linear_input(&mut self, id: LinearId, x: &[f32], n_tokens: usize) {
+        if n_tokens == 0 {
+            return;
+        }
+        let cols = x.len() / n_tokens;
+        let max = self.max_samples;
+        // Layers sharing an input share one covariance, kept by the source.
+        let cov_group = (cov_source(id) == id).then_some(self.cov_group).flatten();
+        self.layers
+            .entry(id)
+            .or_insert_with(|| LayerCalibration::new(id, cols, cov_group))
+            .observe(x, max);
+    }
+}
+
+/// The reservoir-sampling seed of layer `id` (fixed per layer, so samples
+/// are reproducible).
+fn sampling_seed(id: LinearId) -> u64 {
+    0x51A7_u64 ^ ((id.block.map_or(0xFFFF, |b| b as u64)) << 8) ^ id.kind as u64
+}
+
+/// Zeroed `n x n` sums for each group of `group` channels of `cols` (the
+/// last group ragged).
+fn zero_covariance(cols: usize, group: usize) -> Vec<Vec<f32>> {
+    (0..cols.div_ceil(group))
+        .map(|i| {
+            let n = group.min(cols - i * group);
+            vec![0f32; n * n]
+        })
+        .collect()
+}
+
+/// The layer whose input record `id` shares (K, V read Q's input; up reads
+/// gate's).
+fn cov_source(id: LinearId) -> LinearId {
+    let kind = match id.kind {
+        LinearKind::K | LinearKind::V => LinearKind::Q,
+        LinearKind::Up => LinearKind::Gate,
+        k => k,
+    };
+    LinearId { kind, ..id }
+}

@@ -1,0 +1,129 @@
+//! Quantizing a model's matrices: their f32 weights ([`model_weights`]),
+//! one layer ([`quantize_layer`]) and every layer under a [`SchemePolicy`]
+//! ([`quantize_model`]).
+
+use q35_reference::{LinearId, Model};
+
+use super::{Calibration, ModelQuantError, SchemePolicy};
+use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq, quantize_with};
+use crate::{QuantScheme, QuantizedMatrix};
+
+/// One quantized matrix of a model.
+#[derive(Debug, Clone)]
+pub struct QuantizedLayer {
+    /// Which layer.
+    pub id: LinearId,
+    /// Its quantized weights.
+    pub matrix: QuantizedMatrix,
+}
+
+/// The f32 weights of every linear layer of `model`, in forward order.
+pub fn model_weights(model: &Model) -> Result<Vec<(LinearId, Vec<f32>)>, ModelQuantError> {
+    model
+        .linear_ids()
+        .into_iter()
+        .map(|id| {
+            let layer = model
+                .linear(id)
+                .ok_or_else(|| ModelQuantError::NoWeights(id.to_string()))?;
+            let w = layer
+                .weights_f32()
+                .ok_or_else(|| ModelQuantError::NoWeights(id.to_string()))?;
+            Ok((id, w.into_owned()))
+        })
+        .collect()
+}
+
+/// Shape `(rows, cols)` of layer `id` in `model`.
+pub fn layer_shape(model: &Model, id: LinearId) -> Option<(usize, usize)> {
+    model
+        .linear(id)
+        .map(|l| (l.out_features(), l.in_features()))
+}
+
+/// Quantizes one layer's weights. The activation-aware scheme takes its
+/// importance from `calib`, and also its in-group covariance when `calib`
+/// recorded one at this group size ([`Calibration::run_with_covariance`]),
+/// which turns on in-group error compensation
+/// ([`crate::quantize::quantize_gptq`]); other schemes use no calibration.
+pub fn quantize_layer(
+    id: LinearId,
+    weights: &[f32],
+    (rows, cols): (usize, usize),
+    scheme: QuantScheme,
+    group_size: usize,
+    calib: Option<&Calibration>,
+    options: QuantOptions,
+) -> Result<QuantizedMatrix, ModelQuantError> {
+    let importance = layer_importance(id, scheme, calib)?;
+    let cov = layer_covariance(id, scheme, group_size, calib);
+    match (cov, importance.as_deref()) {
+        (Some(cov), Some(imp)) => {
+            quantize_gptq(weights, rows, cols, scheme, group_size, imp, &cov, options)
+        }
+        (_, imp) => quantize_with(weights, rows, cols, scheme, group_size, imp, options),
+    }
+    .map_err(|source| ModelQuantError::Layer {
+        layer: id.to_string(),
+        source,
+    })
+}
+
+/// The per-input-channel importance of layer `id`, when `scheme` needs
+/// one (an error when it does and `calib` has no record of the layer).
+fn layer_importance(
+    id: LinearId,
+    scheme: QuantScheme,
+    calib: Option<&Calibration>,
+) -> Result<Option<Vec<f32>>, ModelQuantError> {
+    if !scheme.needs_importance() {
+        return Ok(None);
+    }
+    calib
+        .and_then(|c| c.layer(id))
+        .map(|l| Some(l.importance()))
+        .ok_or_else(|| ModelQuantError::NoCalibration(id.to_string()))
+}
+
+/// The in-group covariance of layer `id`'s input for the activation-aware
+/// scheme, when `calib` recorded one at a multiple of `group_size`.
+fn layer_covariance(
+    id: LinearId,
+    scheme: QuantScheme,
+    group_size: usize,
+    calib: Option<&Calibration>,
+) -> Option<GroupCovariance> {
+    match scheme {
+        QuantScheme::Q35 => calib?
+            .covariance(id)
+            .filter(|c| c.group_size.is_multiple_of(group_size)),
+        QuantScheme::Q35Rtn
+        | QuantScheme::Q35Alternating
+        | QuantScheme::Int8
+        | QuantScheme::Int4
+        | QuantScheme::Int3 => None,
+    }
+}
+
+/// Quantizes every linear layer of a model (from `weights`, as returned by
+/// [`model_weights`]) under `policy`.
+pub fn quantize_model(
+    model: &Model,
+    weights: &[(LinearId, Vec<f32>)],
+    policy: SchemePolicy,
+    group_size: usize,
+    calib: Option<&Calibration>,
+    options: QuantOptions,
+) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
+    let mut out = Vec::new();
+    for (id, w) in weights {
+        let Some(scheme) = policy.scheme_of(*id) else {
+            continue;
+        };
+        let shape =
+            layer_shape(model, *id).ok_or_else(|| ModelQuantError::NoWeights(id.to_string()))?;
+        let matrix = quantize_layer(*id, w, shape, scheme, group_size, calib, options)?;
+        out.push(QuantizedLayer { id: *id, matrix });
+    }
+    Ok(out)
+}

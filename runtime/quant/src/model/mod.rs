@@ -1,0 +1,65 @@
+//! Whole-model quantization on top of the f32 reference (`q35-reference`):
+//! calibration ([`Calibration`], an activation observer), quantized layers
+//! that run the integer matmul semantics ([`QuantLinear`]), quantizing and
+//! installing every matrix of a model ([`quantize_model`], [`install`]),
+//! per-tensor error reports ([`tensor_report`]) and the end-to-end
+//! comparison of a quantized model against the f32 reference on held-out
+//! text ([`ReferenceLogits`]). [`QuantPipeline`] strings these together the
+//! one way the driver quantizes and evaluates a model: calibration with
+//! in-group covariances, quantization, and the golden forward pass scored
+//! against the reference's logits.
+//!
+//! One file per job: `calibration` (the observer and its statistics),
+//! `policy` (which scheme each layer gets: [`SchemePolicy`], [`HeadPolicy`]),
+//! `layers` (quantizing every matrix), `linear` ([`QuantLinear`], installing
+//! and restoring layers), `report` (per-tensor errors), `logits` (the
+//! reference's logits and the scoring of candidates against them) and
+//! `pipeline` ([`QuantPipeline`]).
+
+mod calibration;
+mod layers;
+mod linear;
+mod logits;
+mod pipeline;
+mod policy;
+mod report;
+
+pub use calibration::{Calibration, LayerCalibration};
+pub use layers::{QuantizedLayer, layer_shape, model_weights, quantize_layer, quantize_model};
+pub use linear::{QuantLinear, SavedLayers, install, restore};
+pub use logits::{EvalReport, ReferenceLogits};
+pub use pipeline::QuantPipeline;
+pub use policy::{HeadPolicy, SchemePolicy};
+pub use report::{TensorReport, tensor_report};
+
+use q35_reference::ReferenceError;
+
+use crate::QuantError;
+
+/// Errors of whole-model quantization and evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelQuantError {
+    /// Quantizing one layer failed.
+    #[error("{layer}: {source}")]
+    Layer {
+        /// The layer (GGUF tensor name).
+        layer: String,
+        /// What went wrong.
+        source: QuantError,
+    },
+    /// The reference model failed.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// A layer has no f32 form to quantize.
+    #[error("{0}: the layer exposes no f32 weights to quantize")]
+    NoWeights(String),
+    /// The activation-aware scheme needs calibration for a layer.
+    #[error("{0}: no calibration activations were recorded for this layer")]
+    NoCalibration(String),
+    /// Bad evaluation input.
+    #[error("{0}")]
+    Input(String),
+    /// The golden model refused its input.
+    #[error(transparent)]
+    Golden(#[from] crate::golden::GoldenError),
+}
