@@ -401,7 +401,11 @@ mod tests {
         let e = err("transpose s20.e -> s0.e");
         assert!(e.message.contains("runs past stream 31"), "{}", e.message);
         assert_eq!(e.col, 11);
-        assert!(err("bcast s0.e -> s4.e, 320, 4").message.contains("0..=319"));
+        assert!(
+            err("bcast s0.e -> s4.e, 320, 4")
+                .message
+                .contains("0..=319")
+        );
         assert!(
             err("permute s0.e -> s1.e, rev, 1")
                 .message
