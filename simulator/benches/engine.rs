@@ -9,14 +9,16 @@
 //!   next tile loads.
 //! - **vector**: a 12-stage VXM f32 chain (`fmul`/`fadd`, one ALU queue a
 //!   stage, every cycle) fed from MEM, an SXM `shift` of the chain's output
-//!   and a VXM `fadd` of the shifted vector: one step of the lane reduction.
+//!   (by 160 f32 lanes of 320) and a VXM `fadd` of the shifted vector: the
+//!   first step of the lane reduction of a vector.
 //!
 //! Run with `cargo bench -p q35-sim --bench engine` (`scripts/bench --sim`).
 
 use std::time::Instant;
 
 use q35_isa::{
-    Acc, DType, ElemWidth, Instruction, MemData, MemInit, Placement, Program, QueueId, Stream,
+    Acc, DType, ElemWidth, Instruction, LatencyClass, MemData, MemInit, Placement, Program,
+    QueueId, Stream,
 };
 use q35_lpubin::LpuBinary;
 
@@ -196,8 +198,9 @@ fn matmul_program(tiles: u64) -> Program {
     p
 }
 
-/// The vector-heavy program: `cycles` cycles of steady state.
-fn vector_program(cycles: u32) -> Program {
+/// The vector-heavy program: `cycles` cycles of steady state, timed for an
+/// SXM shift latency of `shift_latency` cycles.
+fn vector_program(cycles: u32, shift_latency: u64) -> Program {
     let mut p = Program::new("lpu-v1");
     p.mem.push(MemInit {
         at: Placement {
@@ -246,7 +249,8 @@ fn vector_program(cycles: u32) -> Program {
         p.queues.insert(q(&format!("vxm.{k}")), v.halt());
     }
     // G7 leaves the VXM (46) on t0 + 28 and reaches sxm.e (91) 45 later; the
-    // shifted vector (latency 2) is back at 46 45 cycles after that.
+    // shifted vector (sxm.shift_latency later) is back at 46 45 cycles after
+    // that.
     let at_sxm = t0 + 28 + 45;
     let mut s = Queue::new();
     s.until(at_sxm);
@@ -254,8 +258,8 @@ fn vector_program(cycles: u32) -> Program {
         Instruction::Shift {
             src: group(7),
             dst: Stream::west(20),
-            n: 40,
-            w: 80,
+            n: 160,
+            w: 320,
             ew: ElemWidth::B4,
         },
         cycles,
@@ -263,7 +267,7 @@ fn vector_program(cycles: u32) -> Program {
     );
     p.queues.insert(q("sxm.e"), s.halt());
     let mut v = Queue::new();
-    v.until(at_sxm + 2 + 45);
+    v.until(at_sxm + shift_latency + 45);
     v.run(
         Instruction::Fadd {
             a: Stream::west(20),
@@ -323,5 +327,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
     bench("matmul", &matmul_program(tiles));
-    bench("vector", &vector_program(20_000));
+    let shift_latency = q35_sim::config::load_target(None)
+        .expect("lpu-v1")
+        .latency(LatencyClass::SxmShift);
+    bench("vector", &vector_program(20_000, shift_latency));
 }
