@@ -63,14 +63,15 @@ pub enum GoldenError {
     },
 }
 
-/// The LM head: quantized, or kept f32 (sequential dot products).
+/// The LM head: quantized, or kept f32 (dot products summed across lanes).
 #[derive(Debug, Clone)]
 pub enum GoldenHead {
     /// A quantized `vocab x hidden` matrix, applied to the int8 final-norm
     /// output.
     Quantized(IntMatrix),
     /// f32 weights, row-major `vocab x hidden`, applied with
-    /// [`semantics::dot_f32`] to the f32 final-norm output.
+    /// [`semantics::dot_lanes`] (products summed by the machine's lane
+    /// reduction, [`semantics::lane_sum`]) to the f32 final-norm output.
     F32(Arc<[f32]>),
 }
 
@@ -432,7 +433,7 @@ impl GoldenModel {
                 out.par_chunks_mut(256).enumerate().for_each(|(ci, o)| {
                     for (i, y) in o.iter_mut().enumerate() {
                         let r = ci * 256 + i;
-                        *y = semantics::dot_f32(&w[r * cols..(r + 1) * cols], &h);
+                        *y = semantics::dot_lanes(&w[r * cols..(r + 1) * cols], &h);
                     }
                 });
                 Ok(out)

@@ -10,6 +10,14 @@
 //! other implementation that performs the same operations in the same order
 //! agrees bit for bit. No libm transcendental is used: [`exp`] is a fixed
 //! polynomial, and rotary tables are data computed by the compiler.
+//!
+//! Sums follow the machine: a sum across the lanes of a vector (RMSNorm's
+//! sum of squares, softmax's sum of exponentials, an f32 LM head's dot
+//! products) is [`lane_sum`], the fixed word-then-shift-and-add order of
+//! docs/isa.md section 4; a sum along a dimension that is not on the lanes
+//! (attention scores over the head dimension, attention output over
+//! positions, group partial sums over groups) is sequential in ascending
+//! order, one lane at a time. Maxima are exact in any order.
 
 use crate::ContractError;
 use crate::rope::RopeTable;
@@ -138,7 +146,10 @@ pub fn group_dot(x: &[i8], w: &[i8]) -> i32 {
 /// return y * act_scale                   (f32 multiply)
 /// ```
 ///
-/// `f32(acc_g)` is exact while `|acc_g| <= 2^24`.
+/// `f32(acc_g)` is exact while `|acc_g| <= 2^24`. The sum over groups is
+/// sequential because that is the machine's order: the MXM's int32 output
+/// puts output rows on the lanes, one vector per group, and each lane adds
+/// its groups one after another.
 pub fn combine_groups(accs: &[i32], scales: &[f32], act_scale: f32) -> f32 {
     debug_assert_eq!(accs.len(), scales.len());
     let mut y = 0f32;
@@ -177,8 +188,75 @@ pub fn check_no_overflow(
     Ok(())
 }
 
+/// Lanes of the machine's vector word (lpu-v1's `vector.lanes`,
+/// docs/isa.md section 1): the width of the lane reduction [`lane_sum`].
+/// A test in `q35-model` (which sees both crates) checks it against the
+/// built-in target.
+pub const LANES: usize = 320;
+
+/// The machine's sum across lanes (docs/isa.md section 4,
+/// docs/q35-format.md 8.4), on [`LANES`] lanes:
+///
+/// ```text
+/// p_l = +0.0                                   for l in 0..LANES
+/// for k = 0, 1, ... (words, ascending):        word k = x[k*LANES .. (k+1)*LANES], zero-padded
+///     p_l = p_l + x[k*LANES + l]               (f32 add, every lane)
+/// w = LANES
+/// while w > 1:
+///     h = ceil(w / 2)
+///     p_j = p_j + p_{j+h}   for j < w - h      (one SXM shift, one VXM add)
+///     w = h
+/// return p_0
+/// ```
+///
+/// So `p_l = ((+0.0 + x_l) + x_{l+320}) + ...`, then a fixed shift-and-add
+/// tree over 320 lanes whatever the length (an empty `x` sums to +0.0).
+/// Padding lanes hold +0.0; adding +0.0 is exact for every value except
+/// -0.0 (`-0.0 + +0.0 = +0.0`), and no lane is ever -0.0 because every
+/// lane starts from +0.0 (an f32 sum is -0.0 only when both operands are),
+/// so the padding changes no value, and lanes the machine adds a shifted-in
+/// zero to (those the tree leaves alone) keep theirs. NaN and infinities
+/// propagate as IEEE addition says.
+pub fn lane_sum(x: &[f32]) -> f32 {
+    lane_reduce::<LANES>(x.len(), |i| x[i])
+}
+
+/// f32 dot product summed across lanes: `t_i = a_i * b_i` (each product
+/// rounded), then [`lane_sum`] of `t`. Element `i` sits on lane `i mod 320`
+/// of word `i / 320`, as the machine streams a vector.
+pub fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    lane_reduce::<LANES>(a.len(), |i| a[i] * b[i])
+}
+
+/// The lane reduction of `t(0) .. t(n-1)` on `W` lanes (see [`lane_sum`];
+/// `W = LANES` there, a few lanes in the worked examples of the tests),
+/// without materialising `t`.
+fn lane_reduce<const W: usize>(n: usize, t: impl Fn(usize) -> f32) -> f32 {
+    let mut p = [0f32; W];
+    for base in (0..n).step_by(W) {
+        let len = W.min(n - base);
+        for (l, acc) in p.iter_mut().enumerate() {
+            // Lanes past the end of the last word add the padding +0.0.
+            let v = if l < len { t(base + l) } else { 0.0 };
+            *acc += v;
+        }
+    }
+    let mut w = W;
+    while w > 1 {
+        let h = w.div_ceil(2);
+        for j in 0..w - h {
+            p[j] += p[j + h];
+        }
+        w = h;
+    }
+    p[0]
+}
+
 /// Sequential f32 dot product: `s = +0.0; s = s + a_i * b_i` for ascending
-/// `i` (product rounded, then sum rounded).
+/// `i` (product rounded, then sum rounded). The contract uses it where the
+/// summed dimension is not on the lanes: attention scores (lanes are
+/// positions, each lane sums over the head dimension in ascending order).
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut s = 0f32;
@@ -191,7 +269,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// RMSNorm in f32:
 ///
 /// ```text
-/// ss = +0.0; ss = ss + x_i * x_i       (ascending i)
+/// ss = lane_sum(x_i * x_i)             (products rounded, then the lane reduction)
 /// mean = ss / n
 /// r = 1 / sqrt(mean + eps)             (add, IEEE sqrt, divide)
 /// out_i = (x_i * r) * w_i
@@ -199,7 +277,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     debug_assert_eq!(x.len(), weight.len());
     debug_assert_eq!(x.len(), out.len());
-    let ss = dot_f32(x, x);
+    let ss = dot_lanes(x, x);
     let mean = ss / x.len() as f32;
     let r = 1.0 / (mean + eps).sqrt();
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
@@ -299,19 +377,21 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// Softmax in place, f32:
 ///
 /// ```text
-/// m = max_i x_i                        (exact)
+/// m = max_i x_i                        (exact in any order)
 /// e_i = exp(x_i - m)
-/// s = +0.0; s = s + e_i                (ascending i)
+/// s = lane_sum(e)                      (the lane reduction, [`lane_sum`])
 /// inv = 1 / s
 /// x_i = e_i * inv
 /// ```
+///
+/// The maximum is exact whatever the order (`f32::max` returns one of its
+/// operands), so it needs no fixed order; the sum does.
 pub fn softmax_in_place(x: &mut [f32]) {
     let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut s = 0f32;
     for v in x.iter_mut() {
         *v = exp(*v - m);
-        s += *v;
     }
+    let s = lane_sum(x);
     let inv = 1.0 / s;
     for v in x.iter_mut() {
         *v *= inv;
@@ -341,10 +421,15 @@ pub fn rope_in_place(x: &mut [f32], pos: usize, table: &RopeTable) {
 /// One attention head over `n` cached positions, f32:
 ///
 /// ```text
-/// score_t = dot_f32(q, k_t) * scale    for t in 0..n
-/// p = softmax(score)
-/// out_d = +0.0; out_d = out_d + p_t * v_t[d]   (ascending t)
+/// score_t = dot_f32(q, k_t) * scale    for t in 0..n   (sequential, ascending d)
+/// p = softmax(score)                                   (its sum: lane_sum)
+/// out_d = +0.0; out_d = out_d + p_t * v_t[d]           (sequential, ascending t)
 /// ```
+///
+/// The two sequential sums are the machine's natural order: for the scores
+/// the positions `t` sit on the lanes and each lane adds its products over
+/// `d` one after another; for the output the head dimension `d` sits on
+/// the lanes and each lane adds over `t`. Neither sums across lanes.
 ///
 /// `keys` and `values` hold `n` rows of `q.len()` values; `scale` is
 /// `1 / sqrt(head_dim)` computed in f32 by the caller.
@@ -442,6 +527,180 @@ mod tests {
         // mean square 12.5
         let r = 1.0 / 12.5f32.sqrt();
         assert_eq!(out, [3.0 * r, (4.0 * r) * 2.0]);
+    }
+
+    /// `2^24`: adding 1 to it rounds back to it (ties to even), so sums
+    /// that meet it early lose the ones that follow.
+    const BIG: f32 = 16_777_216.0;
+
+    /// The sequential sum the contract used to specify.
+    fn sequential(x: &[f32]) -> f32 {
+        x.iter().fold(0f32, |s, &v| s + v)
+    }
+
+    /// The machine's reduction spelled out as docs/isa.md's instructions:
+    /// `fconst 0.0`, one `fadd` per word, then `shift p -> s, h, w` (lane `l`
+    /// gets lane `l + h` if `l + h < w`, else 0) and `fadd p, s` on every
+    /// lane until one lane is left.
+    fn shift_and_add(x: &[f32]) -> f32 {
+        let mut p = [0f32; LANES];
+        for word in x.chunks(LANES) {
+            let mut v = [0f32; LANES];
+            v[..word.len()].copy_from_slice(word);
+            p = std::array::from_fn(|l| p[l] + v[l]);
+        }
+        let mut w = LANES;
+        let mut steps = 0;
+        while w > 1 {
+            let h = w.div_ceil(2);
+            let shifted: [f32; LANES] =
+                std::array::from_fn(|l| if l + h < w { p[l + h] } else { 0.0 });
+            p = std::array::from_fn(|l| p[l] + shifted[l]);
+            w = h;
+            steps += 1;
+        }
+        assert_eq!(steps, 9, "320 lanes reduce in ceil(log2 320) = 9 steps");
+        p[0]
+    }
+
+    /// Deterministic test vectors: magnitudes over 2^-20 .. 2^20, both
+    /// signs, some signed zeros and some exact cancellations.
+    fn vector(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut x: Vec<f32> = (0..n)
+            .map(|_| {
+                let r = next();
+                let mant = 1.0 + (r & 0xff_ffff) as f32 / 16_777_216.0;
+                let exp = ((r >> 24) % 41) as i32 - 20;
+                let sign = if r >> 63 == 1 { -1.0 } else { 1.0 };
+                match (r >> 32) % 16 {
+                    0 => -0.0,
+                    1 => 0.0,
+                    _ => sign * mant * 2f32.powi(exp),
+                }
+            })
+            .collect();
+        for i in (7..n).step_by(11) {
+            x[i] = -x[i - 7];
+        }
+        x
+    }
+
+    #[test]
+    fn lane_sum_five_lanes_worked_example() {
+        // One word on a 5-lane machine. Tree: w=5, h=3: p0 = 2^24 + -2^24
+        // = 0, p1 = 1 + 1 = 2; w=3, h=2: p0 = 0 + 1 = 1; w=2, h=1:
+        // p0 = 1 + 2 = 3, the exact sum. Sequentially the ones after 2^24
+        // are lost: ((((0 + 2^24) + 1) + 1) - 2^24) + 1 = 1.
+        let x = [BIG, 1.0, 1.0, -BIG, 1.0];
+        assert_eq!(lane_reduce::<5>(x.len(), |i| x[i]), 3.0);
+        assert_eq!(sequential(&x), 1.0);
+    }
+
+    #[test]
+    fn lane_sum_seven_lanes_worked_example() {
+        // Ten values on a 7-lane machine: two words, the second padded with
+        // four +0.0. Words: p0 = 2^24 + 1 = 2^24 (tie to even), p1 = 1 + 1
+        // = 2, p2 = 1 + 1 = 2, p3 = p4 = p5 = 1, p6 = -2^24. Tree: w=7, h=4:
+        // p0 = 2^24 + 1 = 2^24, p1 = 2 + 1 = 3, p2 = 2 - 2^24 = -16777214;
+        // w=4, h=2: p0 = 2^24 - 16777214 = 2, p1 = 3 + 1 = 4; w=2: 2 + 4 = 6.
+        // (Exact: 8; sequentially: 3.)
+        let x = [BIG, 1.0, 1.0, 1.0, 1.0, 1.0, -BIG, 1.0, 1.0, 1.0];
+        assert_eq!(lane_reduce::<7>(x.len(), |i| x[i]), 6.0);
+        assert_eq!(sequential(&x), 3.0);
+    }
+
+    #[test]
+    fn lane_sum_is_the_shift_and_add_of_the_machine() {
+        for (seed, n) in [
+            0usize, 1, 2, 5, 159, 160, 161, 319, 320, 321, 576, 639, 640, 641, 1000, 1536,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let x = vector(n, seed as u64 + 1);
+            let got = lane_sum(&x);
+            let want = shift_and_add(&x);
+            assert_eq!(got.to_bits(), want.to_bits(), "n = {n}: {got} vs {want}");
+            let exact: f64 = x.iter().map(|&v| f64::from(v)).sum();
+            let scale: f64 = x.iter().map(|&v| f64::from(v).abs()).sum();
+            assert!(
+                (f64::from(got) - exact).abs() <= 1e-6 * scale.max(1e-30),
+                "n = {n}: {got} vs exact {exact}"
+            );
+        }
+    }
+
+    #[test]
+    fn lane_sum_of_576_values_folds_the_second_word_onto_lanes_0_to_255() {
+        // SmolLM2's hidden size: word 0 is x[0..320], word 1 is x[320..576]
+        // on lanes 0..256 plus 64 padding lanes. x[0] = 2^24 and
+        // x[320] = -2^24 meet on lane 0 and cancel before any 1 is added,
+        // so every partial sum is a small integer and the result is exact;
+        // sequentially the 319 ones after 2^24 are lost.
+        let mut x = vec![1.0f32; 576];
+        x[0] = BIG;
+        x[320] = -BIG;
+        assert_eq!(lane_sum(&x), 574.0);
+        assert_eq!(sequential(&x), 255.0);
+        assert_eq!(lane_sum(&x).to_bits(), shift_and_add(&x).to_bits());
+        // Shifting -2^24 one lane (x[321]) puts it on lane 1: no early
+        // cancellation, and the order shows.
+        x[320] = 1.0;
+        x[321] = -BIG;
+        assert_eq!(lane_sum(&x).to_bits(), shift_and_add(&x).to_bits());
+        assert_ne!(lane_sum(&x), 574.0);
+    }
+
+    #[test]
+    fn lane_sum_signed_zeros_and_specials() {
+        assert_eq!(lane_sum(&[]).to_bits(), 0f32.to_bits());
+        assert_eq!(lane_sum(&[-0.0]).to_bits(), 0f32.to_bits());
+        assert_eq!(lane_sum(&[-0.0; 700]).to_bits(), 0f32.to_bits());
+        assert!(lane_sum(&[1.0, f32::NAN, 2.0]).is_nan());
+        assert_eq!(lane_sum(&[1.0, f32::INFINITY]), f32::INFINITY);
+        assert!(lane_sum(&[f32::INFINITY, f32::NEG_INFINITY]).is_nan());
+    }
+
+    #[test]
+    fn rmsnorm_softmax_and_dot_lanes_use_the_lane_sum() {
+        let x = vector(576, 99);
+        let w = vector(576, 7);
+        let sq: Vec<f32> = x.iter().map(|&v| v * v).collect();
+        assert_eq!(dot_lanes(&x, &x).to_bits(), lane_sum(&sq).to_bits());
+        let prod: Vec<f32> = x.iter().zip(&w).map(|(&a, &b)| a * b).collect();
+        assert_eq!(dot_lanes(&x, &w).to_bits(), lane_sum(&prod).to_bits());
+
+        let mut out = vec![0f32; 576];
+        rmsnorm(&x, &w, 1e-5, &mut out);
+        let r = 1.0 / (lane_sum(&sq) / 576.0 + 1e-5).sqrt();
+        let want: Vec<u32> = x
+            .iter()
+            .zip(&w)
+            .map(|(&v, &g)| ((v * r) * g).to_bits())
+            .collect();
+        assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+
+        // A sum of squares whose order shows: 4096^2 = 2^24 and 575 ones.
+        let mut y = vec![1.0f32; 576];
+        y[0] = 4096.0;
+        let sq: Vec<f32> = y.iter().map(|&v| v * v).collect();
+        assert_ne!(dot_lanes(&y, &y), sequential(&sq));
+        assert_eq!(sequential(&sq), BIG);
+
+        let mut s: Vec<f32> = (0..400).map(|i| (i as f32 * 0.37).sin() * 9.0).collect();
+        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = s.iter().map(|&v| exp(v - m)).collect();
+        let inv = 1.0 / lane_sum(&e);
+        softmax_in_place(&mut s);
+        let want: Vec<u32> = e.iter().map(|&v| (v * inv).to_bits()).collect();
+        assert_eq!(s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
     }
 
     #[test]
