@@ -1,15 +1,77 @@
-//! `q35-sim`: the cycle-accurate simulator of q35's LPU-style machine.
+//! `q35-sim`: the cycle-accurate simulator of q35's LPU-style machine
+//! (docs/isa.md). It reads only `.lpubin` binaries and never links MLIR or
+//! LLVM.
 //!
-//! For now the crate holds one functional unit, the matrix unit:
+//! Decode, semantics, state and timing live apart:
 //!
-//! - [`mxm`]: one systolic MXM plane, as a PE-level reference model (every
-//!   processing element, every cycle) and the fast plane model the simulator
-//!   calls on its hot path, held to each other by differential tests; plus the
-//!   tiling of a whole matmul onto a plane with its closed cycle formula
-//!   (`docs/mxm-timing.md`).
-//!
-//! The rest of the simulator (the `.lpubin` reader, the other functional
-//! units, the instruction queues and the `q35sim` binary) lands beside it.
-//! Like every crate under `simulator/`, it never links MLIR or LLVM.
+//! - [`config`]: the machine parameters (from a target description).
+//! - [`load`]: an `.lpubin` to decoded, validated instruction lists and the
+//!   initial [`state`] (decoding itself is `q35-isa`'s).
+//! - [`state`]: MEM slices, MXM planes, tables, MEM port bookings.
+//! - [`streams`]: values in flight on the stream registers, O(1) lookup,
+//!   collision checks, garbage collection.
+//! - [`exec`]: what each instruction computes (one function per unit).
+//! - [`engine`]: when things happen (event-driven; why that is exact is in
+//!   its module doc).
+//! - [`hazard`]: the rule breaks a run stops with, never silently.
+//! - [`profile`]: cycles, per-unit busy cycles, instruction counts.
+//! - [`dump`]: symbols' values after a run.
+//! - [`mxm`]: the MXM plane, as a PE-level reference model and the fast
+//!   model the engine uses (`docs/mxm-timing.md`).
 
+pub mod config;
+pub mod contract;
+pub mod dump;
+pub mod engine;
+pub mod exec;
+pub mod hazard;
+pub mod load;
 pub mod mxm;
+pub mod profile;
+pub mod state;
+pub mod streams;
+
+pub use config::MachineConfig;
+pub use engine::{Engine, Stop};
+pub use hazard::{Hazard, HazardKind};
+pub use load::{LoadError, Loaded};
+pub use profile::Profile;
+
+use q35_lpubin::LpuBinary;
+
+/// A finished run: its profile and the final state (for dumps).
+#[derive(Debug)]
+pub struct Finished {
+    /// Cycles, busy cycles, instruction counts.
+    pub profile: Profile,
+    /// The machine's state at the end.
+    pub state: state::State,
+}
+
+/// Loads `binary` and runs it to the end (or the first hazard, or
+/// `max_cycles`). A hazard carries its source op from the binary's debug
+/// map when it has one.
+pub fn run(
+    binary: &LpuBinary,
+    config: &MachineConfig,
+    max_cycles: Option<u64>,
+) -> Result<Result<Finished, Stop>, LoadError> {
+    let loaded = load::load(binary, config)?;
+    let state = load::initial_state(binary, &loaded, config)?;
+    let mut engine = Engine::new(config, state, loaded.queues);
+    let result = match engine.run(max_cycles) {
+        Ok(profile) => Ok(profile.clone()),
+        Err(Stop::Hazard(mut h)) => {
+            h.source = binary
+                .debug()
+                .and_then(|d| d.lookup(h.queue.index(), h.index))
+                .map(str::to_string);
+            Err(Stop::Hazard(h))
+        }
+        Err(stop) => Err(stop),
+    };
+    Ok(result.map(|profile| Finished {
+        profile,
+        state: engine.into_state(),
+    }))
+}

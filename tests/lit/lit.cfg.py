@@ -1,10 +1,13 @@
 # lit configuration for q35's FileCheck tests.
 #
-# Run: lit tests/lit            (or `cargo test -p q35c --test lit`)
+# Run: lit tests/lit            (or `cargo test -p q35c --test lit`, which
+#      runs all but sim/, and `cargo test -p q35-sim --test lit`, which runs
+#      sim/: `cargo test --workspace` runs every test once)
 # Tools: %q35c is $Q35C, else <target dir>/debug/q35c (CARGO_TARGET_DIR
-# honoured); FileCheck, not, split-file and mlir-opt come from $LLVM_BIN, else
-# /usr/lib/llvm-22/bin. %irdl is dialects/q35.irdl.mlir, %examples examples/,
-# %targets targets/.
+# honoured); %q35sim is $Q35SIM, else <target dir>/debug/q35sim (a missing
+# one is a warning here and a failure in every test that runs it); FileCheck,
+# not, split-file and mlir-opt come from $LLVM_BIN, else /usr/lib/llvm-22/bin.
+# %irdl is dialects/q35.irdl.mlir, %examples examples/, %targets targets/.
 # The SmolLM2 GGUF (feature `smollm2`) is $Q35_SMOLLM2_GGUF, else
 # .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf; tests that need it FAIL when
 # it is missing unless Q35_SKIP_MODEL_TESTS=1, which marks them UNSUPPORTED.
@@ -15,7 +18,7 @@ import lit.formats
 
 config.name = "q35"
 config.test_format = lit.formats.ShTest(execute_external=True)
-config.suffixes = [".mlir", ".test"]
+config.suffixes = [".mlir", ".test", ".lpuasm"]
 config.excludes = ["Inputs"]
 config.test_source_root = os.path.dirname(__file__)
 
@@ -27,8 +30,15 @@ config.test_exec_root = os.path.join(
 llvm_bin = os.environ.get("LLVM_BIN", "/usr/lib/llvm-22/bin")
 target_dir = os.environ.get("CARGO_TARGET_DIR", os.path.join(repo, "target"))
 q35c = os.environ.get("Q35C", os.path.join(target_dir, "debug", "q35c"))
-if not os.path.isfile(q35c):
-    lit_config.fatal(f"q35c not found at {q35c}: run `cargo build -p q35c` or set Q35C")
+q35sim = os.environ.get("Q35SIM", os.path.join(target_dir, "debug", "q35sim"))
+for name, path, package, var in [
+    ("q35c", q35c, "q35c", "Q35C"),
+    ("q35sim", q35sim, "q35-sim", "Q35SIM"),
+]:
+    if not os.path.isfile(path):
+        lit_config.warning(
+            f"{name} not found at {path}: run `cargo build -p {package}` or set {var}"
+        )
 for tool in ["FileCheck", "not", "split-file", "mlir-opt", "count"]:
     if not os.path.isfile(os.path.join(llvm_bin, tool)):
         lit_config.fatal(f"{tool} not found in {llvm_bin}: install LLVM 22 or set LLVM_BIN")
@@ -46,6 +56,7 @@ if os.environ.get("Q35_SKIP_MODEL_TESTS") != "1":
     # Present or not: a missing model must fail the tests that need it.
     config.available_features.add("smollm2")
 
+config.substitutions.append(("%q35sim", q35sim))
 config.substitutions.append(("%q35c", q35c))
 config.substitutions.append(("%mlir-opt", os.path.join(llvm_bin, "mlir-opt")))
 config.substitutions.append(("%irdl", os.path.join(repo, "dialects", "q35.irdl.mlir")))

@@ -33,6 +33,7 @@ pub use arch::{Architecture, LinearSpec};
 pub use error::ContractError;
 pub use format::{IntMatrix, Layout, QuantizedMatrix};
 pub use golden::{GoldenBlock, GoldenError, GoldenHead, GoldenModel, GoldenSession};
+pub use pack::{pair_code, split_pair};
 pub use rope::{RopeTable, rope_thetas};
 pub use scheme::QuantScheme;
 pub use semantics::{ActivationI8, accumulator_bound, check_no_overflow};

@@ -59,12 +59,13 @@ pub(crate) fn sign_extend(v: u8, width: u32) -> i8 {
 
 /// The 7-bit code of a Q35 pair: 4-bit code in bits 0..4, 3-bit code in
 /// bits 4..7 (both two's complement).
-pub(crate) fn pair_code(c4: i8, c3: i8) -> u8 {
+pub fn pair_code(c4: i8, c3: i8) -> u8 {
     ((c4 as u8) & 0x0F) | (((c3 as u8) & 0x07) << 4)
 }
 
-/// The (4-bit, 3-bit) codes of a 7-bit pair code.
-pub(crate) fn split_pair(code: u8) -> (i8, i8) {
+/// The (4-bit, 3-bit) codes of a 7-bit pair code (what the machine's
+/// `unpack35` decodes, docs/isa.md 3).
+pub fn split_pair(code: u8) -> (i8, i8) {
     (
         sign_extend(code & 0x0F, 4),
         sign_extend((code >> 4) & 0x07, 3),

@@ -150,10 +150,7 @@ fn parse_operand(
             }
             Ok(Operand::Stream(Stream { id: id as u8, dir }))
         }
-        OperandKind::Addr
-        | OperandKind::UInt { .. }
-        | OperandKind::ElemIndex { .. }
-        | OperandKind::ElemCount { .. } => {
+        OperandKind::Addr | OperandKind::UInt { .. } => {
             let v = parse_u64(word).ok_or_else(expected)?;
             Ok(Operand::UInt(u32::try_from(v).map_err(|_| too_big())?))
         }
@@ -364,6 +361,7 @@ mod tests {
             "fconst -1.5 -> s0.e",
             "fconst 0x7fc00001 -> s0.e",
             "shift s0.e -> s4.e, 1, 160, 2",
+            "shift s0.e -> s4.w, 160, 320, 4",
             "permute s0.e -> s1.e, #3, 1",
             "mm s0.w -> s4.e, add",
             "lw s0.w, 16, 320",
@@ -403,7 +401,11 @@ mod tests {
         let e = err("transpose s20.e -> s0.e");
         assert!(e.message.contains("runs past stream 31"), "{}", e.message);
         assert_eq!(e.col, 11);
-        assert!(err("bcast s0.e -> s4.e, 80, 4").message.contains("80"));
+        assert!(
+            err("bcast s0.e -> s4.e, 320, 4")
+                .message
+                .contains("0..=319")
+        );
         assert!(
             err("permute s0.e -> s1.e, rev, 1")
                 .message

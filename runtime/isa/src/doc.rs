@@ -25,8 +25,6 @@ fn kind_text(kind: OperandKind) -> String {
         OperandKind::Addr => "word address".to_string(),
         OperandKind::UInt { min, max, .. } => format!("{min}..={max}"),
         OperandKind::Int { .. } => "signed".to_string(),
-        OperandKind::ElemIndex { ew } => format!("0..320/`{ew}`"),
-        OperandKind::ElemCount { ew, min } => format!("{min}..=320/`{ew}`"),
         OperandKind::F32 => "f32".to_string(),
         OperandKind::ElemWidth => "1, 2, 4 bytes".to_string(),
         OperandKind::Table => "table".to_string(),

@@ -96,10 +96,7 @@ fn value(kind: OperandKind, raw: u64) -> Option<Operand> {
                 Dir::West
             },
         }),
-        OperandKind::Addr
-        | OperandKind::UInt { .. }
-        | OperandKind::ElemIndex { .. }
-        | OperandKind::ElemCount { .. } => Operand::UInt(u32::try_from(raw).ok()?),
+        OperandKind::Addr | OperandKind::UInt { .. } => Operand::UInt(u32::try_from(raw).ok()?),
         OperandKind::Int { bits } => {
             let shift = 64 - u32::from(bits);
             Operand::Int(i32::try_from(((raw << shift) as i64) >> shift).ok()?)
@@ -223,15 +220,17 @@ mod tests {
     fn encode_rejects_out_of_range() {
         assert!(Instruction::Nop { n: 0 }.encode().is_err());
         assert!(Instruction::Nop { n: 1 << 24 }.encode().is_err());
-        let bcast = Instruction::Bcast {
+        let bcast = |l| Instruction::Bcast {
             src: Stream::east(0),
             dst: Stream::east(4),
-            l: 80,
+            l,
             ew: ElemWidth::B4,
         };
+        // An element is one lane of the 4-stream group: 320 f32 elements.
+        assert!(bcast(319).encode().is_ok());
         assert!(
-            bcast.encode().is_err(),
-            "80 f32 elements in a vector: index 80 is past the end"
+            bcast(320).encode().is_err(),
+            "320 elements in a vector whatever ew: index 320 is past the end"
         );
         let repeat = Instruction::Repeat {
             n: 1,

@@ -40,16 +40,6 @@ pub enum FieldError {
     },
 }
 
-/// The number of elements of width `ew` in a vector, with `ew` the
-/// element-width operand called `name` (0 when absent: the table test rules
-/// that out).
-fn elements_of(info: &InstrInfo, ops: &[Operand], name: &str) -> u32 {
-    match info.operand_index(name).and_then(|i| ops.get(i)) {
-        Some(Operand::ElemWidth(ew)) => ew.elements(),
-        _ => 0,
-    }
-}
-
 /// Streams in the group of a stream operand of size `group`.
 pub(crate) fn group_count(info: &InstrInfo, ops: &[Operand], group: GroupSize) -> u32 {
     match group {
@@ -113,17 +103,6 @@ pub(crate) fn check_operand(
                 Err(out_of_range(v.into()))
             }
         }
-        (OperandKind::ElemIndex { ew }, Operand::UInt(v)) => {
-            let n = elements_of(info, ops, ew);
-            if v < n {
-                Ok(())
-            } else {
-                Err(out_of_range(i64::from(v)))
-            }
-        }
-        (OperandKind::ElemCount { ew, min }, Operand::UInt(v)) => {
-            in_range(v, min, elements_of(info, ops, ew))
-        }
         (OperandKind::F32, Operand::F32(_))
         | (OperandKind::ElemWidth, Operand::ElemWidth(_))
         | (OperandKind::Table, Operand::Table(_))
@@ -135,8 +114,6 @@ pub(crate) fn check_operand(
             | OperandKind::Addr
             | OperandKind::UInt { .. }
             | OperandKind::Int { .. }
-            | OperandKind::ElemIndex { .. }
-            | OperandKind::ElemCount { .. }
             | OperandKind::F32
             | OperandKind::ElemWidth
             | OperandKind::Table

@@ -98,11 +98,6 @@ impl ElemWidth {
         }
     }
 
-    /// Elements in one vector: `VECTOR_BYTES / bytes`.
-    pub const fn elements(self) -> u32 {
-        VECTOR_BYTES / self.bytes()
-    }
-
     /// The width with `bytes` bytes, if it is 1, 2 or 4.
     pub const fn from_bytes(bytes: u64) -> Option<ElemWidth> {
         match bytes {
@@ -214,19 +209,6 @@ pub enum OperandKind {
         /// Field width.
         bits: u8,
     },
-    /// An element index `0 .. VECTOR_BYTES / ew` for the [`ElemWidth`]
-    /// operand named `ew` (9 bits).
-    ElemIndex {
-        /// Name of the element-width operand.
-        ew: &'static str,
-    },
-    /// An element count `min ..= VECTOR_BYTES / ew` (9 bits).
-    ElemCount {
-        /// Name of the element-width operand.
-        ew: &'static str,
-        /// Smallest valid value.
-        min: u32,
-    },
     /// An f32 immediate (32 bits).
     F32,
     /// An element width 1, 2 or 4 (2 bits: 0, 1, 2; 3 is invalid).
@@ -244,7 +226,6 @@ impl OperandKind {
             OperandKind::Stream { .. } => 6,
             OperandKind::Addr => 16,
             OperandKind::UInt { bits, .. } | OperandKind::Int { bits } => *bits as u32,
-            OperandKind::ElemIndex { .. } | OperandKind::ElemCount { .. } => 9,
             OperandKind::F32 => 32,
             OperandKind::ElemWidth => 2,
             OperandKind::Table => 16,
@@ -267,8 +248,6 @@ impl OperandKind {
                 let half = 1i64 << (bits - 1);
                 format!("integer {}..={}", -half, half - 1)
             }
-            OperandKind::ElemIndex { ew } => format!("element index < 320/{ew}"),
-            OperandKind::ElemCount { ew, min } => format!("element count {min}..=320/{ew}"),
             OperandKind::F32 => "f32 immediate".to_string(),
             OperandKind::ElemWidth => "element width 1, 2 or 4".to_string(),
             OperandKind::Table => "table name".to_string(),

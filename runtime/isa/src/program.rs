@@ -432,10 +432,12 @@ pub fn check_placement(
         let table = tables
             .get(usize::from(map.0))
             .ok_or_else(|| format!("table #{} does not exist ({} tables)", map.0, tables.len()))?;
-        let n = ew.elements();
+        // One entry per lane: element `l` is lane `l` of the `ew`-stream
+        // group, so a map has VECTOR_BYTES entries whatever `ew`.
+        let n = VECTOR_BYTES;
         if table.values.len() != n as usize {
             return Err(format!(
-                "table `{}` has {} entries; a map of {}-byte elements needs {n}",
+                "table `{}` has {} entries; a map of {}-byte elements needs {n} (one per lane)",
                 table.name,
                 table.values.len(),
                 ew.bytes()
@@ -443,7 +445,7 @@ pub fn check_placement(
         }
         if let Some(bad) = table.values.iter().find(|&&v| u32::from(v) >= n) {
             return Err(format!(
-                "table `{}` entry {bad} is not an element index < {n}",
+                "table `{}` entry {bad} is not a lane index < {n}",
                 table.name
             ));
         }

@@ -19,7 +19,7 @@
 use crate::info::{CycleExpr, InstrInfo, LatencyClass, Unit};
 use crate::operand::{
     Acc, Access, ElemWidth, F32Imm, FieldValue, GroupSize, MAX_OPERANDS, Operand, OperandKind,
-    OperandSpec, Operands, Stream, TableId,
+    OperandSpec, Operands, Stream, TableId, VECTOR_BYTES,
 };
 
 /// A stream operand read, `n` streams wide.
@@ -54,9 +54,12 @@ const fn write_ew() -> OperandKind {
 const fn uint(bits: u8, min: u32, max: u32) -> OperandKind {
     OperandKind::UInt { bits, min, max }
 }
+/// Lanes of a vector: the elements of an SXM operand, whatever its element
+/// width (element `l` is lane `l` of the `ew`-stream group, docs/isa.md 1).
+const LANES: u32 = VECTOR_BYTES;
 
 use CycleExpr::{CeilDiv, Const, Field, Product};
-use OperandKind::{Addr, ElemIndex, F32};
+use OperandKind::{Addr, F32};
 
 macro_rules! instructions {
     ($(
@@ -324,25 +327,24 @@ instructions! {
     }
 
     // ---- SXM ------------------------------------------------------------------
-    /// Element `l` of `dst` = element `l + n` of `src` if `l + n < w`, else 0.
+    /// Element `l` of `dst` = element `l + n` of `src` if `l + n < w`, else 0 (an element is one lane of the `ew`-stream group: 320 of them whatever `ew`).
     Shift = 0x40 "shift" Sxm {
         syntax: "{src} -> {dst}, {n}, {w}, {ew}", latency: SxmShift, issue: Const(1), occupancy: Const(1),
         operands: {
             src: Stream = read_ew(), dst: Stream = write_ew(),
-            n: u32 = OperandKind::ElemCount { ew: "ew", min: 0 },
-            w: u32 = OperandKind::ElemCount { ew: "ew", min: 1 },
+            n: u32 = uint(9, 0, LANES), w: u32 = uint(9, 1, LANES),
             ew: ElemWidth = OperandKind::ElemWidth,
         },
     }
-    /// Every element of `dst` = element `l` of `src`.
+    /// Every element of `dst` = element `l` of `src` (lane `l` of the `ew`-stream group).
     Bcast = 0x41 "bcast" Sxm {
         syntax: "{src} -> {dst}, {l}, {ew}", latency: SxmPermute, issue: Const(1), occupancy: Const(1),
         operands: {
             src: Stream = read_ew(), dst: Stream = write_ew(),
-            l: u32 = ElemIndex { ew: "ew" }, ew: ElemWidth = OperandKind::ElemWidth,
+            l: u32 = uint(9, 0, LANES - 1), ew: ElemWidth = OperandKind::ElemWidth,
         },
     }
-    /// Element `l` of `dst` = element `map[l]` of `src` (`map`: a table of 320 / ew lane indices).
+    /// Element `l` of `dst` = element `map[l]` of `src` (`map`: a table of 320 lane indices, whatever `ew`).
     Permute = 0x42 "permute" Sxm {
         syntax: "{src} -> {dst}, {map}, {ew}", latency: SxmPermute, issue: Const(1), occupancy: Const(1),
         operands: {

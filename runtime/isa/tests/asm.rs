@@ -1,7 +1,9 @@
 //! The assembler and disassembler on whole programs: the example of
 //! docs/isa.md, error messages and their locations, exact round trips.
 
-use q35_isa::{DType, F32Imm, Instruction, MemData, Program, QueueId, Stream, assemble};
+use q35_isa::{
+    DType, Dir, ElemWidth, F32Imm, Instruction, MemData, Program, QueueId, Stream, assemble,
+};
 
 fn doc() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/isa.md");
@@ -96,7 +98,7 @@ fn disassembly_reassembles_identically() {
 
 #[test]
 fn tables_lists_and_fills_round_trip() {
-    let rev: Vec<String> = (0..80).rev().map(|i| i.to_string()).collect();
+    let rev: Vec<String> = (0..320).rev().map(|i| i.to_string()).collect();
     let text = format!(
         ".target lpu-v1\n\
          .table rev u16 [{}]\n\
@@ -110,7 +112,7 @@ fn tables_lists_and_fills_round_trip() {
          permute s0.w -> s4.w, rev, 4 ; comment\n\
          repeat 3, 2, -1\n\
          shift s8.e -> s9.e, 5, 320, 1\n\
-         bcast s0.e -> s2.e, 159, 2\n\
+         bcast s0.e -> s2.e, 319, 2\n\
          halt\n\
          .queue mxm.2\n\
          lw s0.e, 32, 320\n\
@@ -131,11 +133,11 @@ fn tables_lists_and_fills_round_trip() {
         rev.join(", ")
     );
     let p = assemble("t.lpuasm", &text).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(p.tables[0].values.len(), 80);
+    assert_eq!(p.tables[0].values.len(), 320);
     assert!(p.tables[1].values.is_empty());
     let dis = p.to_lpuasm();
     assert!(dis.contains("permute s0.w -> s4.w, rev, 4"), "{dis}");
-    assert!(dis.contains(".table rev u16 [\n    79, 78,"), "{dis}");
+    assert!(dis.contains(".table rev u16 [\n    319, 318,"), "{dis}");
     let back = assemble("dis.lpuasm", &dis).unwrap_or_else(|e| panic!("{e}\n{dis}"));
     assert_eq!(back, p);
     // Identical words, queue by queue.
@@ -206,8 +208,20 @@ fn errors_are_located_and_name_the_token() {
             "`lw` operand `n`: 400 is out of range (expected integer 1..=320)",
         ),
         (
-            ".queue sxm.w\n  bcast s0.e -> s4.e, 80, 4\n",
-            "bad.lpuasm:3:23: `bcast` operand `l`: 80 is out of range",
+            ".queue sxm.w\n  bcast s0.e -> s4.e, 320, 4\n",
+            "bad.lpuasm:3:23: `bcast` operand `l`: 320 is out of range (expected integer 0..=319)",
+        ),
+        (
+            ".queue sxm.w\n  shift s0.e -> s4.e, 321, 320, 2\n",
+            "bad.lpuasm:3:23: `shift` operand `n`: 321 is out of range (expected integer 0..=320)",
+        ),
+        (
+            ".queue sxm.w\n  shift s0.e -> s4.e, 1, 0, 4\n",
+            "bad.lpuasm:3:26: `shift` operand `w`: 0 is out of range (expected integer 1..=320)",
+        ),
+        (
+            ".table t u16 [0, 1]\n.queue sxm.w\n  permute s0.e -> s4.e, t, 4\n",
+            "table `t` has 2 entries; a map of 4-byte elements needs 320 (one per lane)",
         ),
         (
             ".queue sxm.w\n  permute s0.e -> s4.e, nope, 1\n",
@@ -215,7 +229,7 @@ fn errors_are_located_and_name_the_token() {
         ),
         (
             ".table t u16 [0, 1]\n.queue sxm.w\n  permute s0.e -> s4.e, t, 1\n",
-            "table `t` has 2 entries; a map of 1-byte elements needs 320",
+            "table `t` has 2 entries; a map of 1-byte elements needs 320 (one per lane)",
         ),
         (
             ".queue vxm.0\n  halt extra\n",
@@ -321,4 +335,46 @@ fn validate_reports_what_the_assembler_would() {
             .to_string()
             .contains("0 is out of range")
     );
+}
+
+/// An SXM element is one lane of its `ew`-stream group (docs/isa.md 1, 3): a
+/// vector has 320 elements whatever `ew`, so lane operands and permute maps
+/// count lanes. One step of the reduction of a 320-lane f32 vector (shift by
+/// 160, width 320, 4-byte elements) must be expressible.
+#[test]
+fn sxm_lane_operands_count_lanes_whatever_the_element_width() {
+    let map: Vec<String> = (0..320).map(|l| ((l + 160) % 320).to_string()).collect();
+    for ew in [1, 2, 4] {
+        let text = format!(
+            ".target lpu-v1\n.table half u16 [{}]\n.queue sxm.e\n\
+             shift s0.e -> s4.w, 160, 320, {ew}\n\
+             shift s0.e -> s4.w, 320, 320, {ew}\n\
+             bcast s0.e -> s4.w, 319, {ew}\n\
+             permute s0.e -> s4.w, half, {ew}\n\
+             halt\n",
+            map.join(", ")
+        );
+        let p = assemble("lanes.lpuasm", &text).unwrap_or_else(|e| panic!("ew {ew}: {e}"));
+        let list = &p.queues[&q("sxm.e")];
+        assert_eq!(
+            list[0],
+            Instruction::Shift {
+                src: Stream {
+                    id: 0,
+                    dir: Dir::East
+                },
+                dst: Stream {
+                    id: 4,
+                    dir: Dir::West
+                },
+                n: 160,
+                w: 320,
+                ew: ElemWidth::from_bytes(ew).expect("1, 2 or 4"),
+            }
+        );
+        for ins in list {
+            let word = ins.encode().unwrap_or_else(|e| panic!("{ins}: {e}"));
+            assert_eq!(Instruction::decode(word), Ok(*ins));
+        }
+    }
 }

@@ -16,9 +16,8 @@ use q35_isa::{
 };
 
 /// A valid instruction `opcode` whose fields come from `seeds` (one per
-/// operand): element widths and counts first, since stream groups and lane
-/// bounds depend on them. Table operands name table `ew index` (see
-/// [`tables`]).
+/// operand): element widths and counts first, since stream groups depend on
+/// them. Table operands name table `ew index` (see [`tables`]).
 fn make(opcode: Opcode, seeds: &[u64]) -> Instruction {
     let info = opcode.info();
     let mut ops = [Operand::UInt(0); 8];
@@ -34,8 +33,6 @@ fn make(opcode: Opcode, seeds: &[u64]) -> Instruction {
             OperandKind::Stream { .. }
             | OperandKind::Addr
             | OperandKind::Int { .. }
-            | OperandKind::ElemIndex { .. }
-            | OperandKind::ElemCount { .. }
             | OperandKind::F32
             | OperandKind::Table
             | OperandKind::Acc => ops[i],
@@ -77,12 +74,6 @@ fn make(opcode: Opcode, seeds: &[u64]) -> Instruction {
                 let half = 1i64 << (bits - 1);
                 Operand::Int((pick(s, 0, 2 * half as u64 - 1) as i64 - half) as i32)
             }
-            OperandKind::ElemIndex { ew } => {
-                Operand::UInt(pick(s, 0, u64::from(ew_of(ew, &snapshot).elements()) - 1) as u32)
-            }
-            OperandKind::ElemCount { ew, min } => {
-                Operand::UInt(pick(s, min.into(), ew_of(ew, &snapshot).elements().into()) as u32)
-            }
             OperandKind::F32 => Operand::F32(F32Imm(s as u32)),
             OperandKind::Table => {
                 let ew = info
@@ -105,14 +96,17 @@ fn make(opcode: Opcode, seeds: &[u64]) -> Instruction {
     ins
 }
 
-/// Tables a `permute` of each element width can name: identity maps of
-/// 320, 160 and 80 entries, reversed.
+/// Tables a `permute` of each element width can name: one entry per lane
+/// (320 whatever the width), rotations by 1, 2 and 4 lanes.
 fn tables() -> Vec<Table> {
+    let lanes = q35_isa::VECTOR_BYTES as u16;
     ElemWidth::ALL
         .iter()
         .map(|ew| Table {
-            name: format!("rev{}", ew.bytes()),
-            values: (0..ew.elements() as u16).rev().collect(),
+            name: format!("rot{}", ew.bytes()),
+            values: (0..lanes)
+                .map(|l| (l + ew.bytes() as u16) % lanes)
+                .collect(),
         })
         .collect()
 }
@@ -282,10 +276,6 @@ fn table_is_consistent() {
                         info.mnemonic,
                         spec.name
                     );
-                }
-                OperandKind::ElemIndex { ew } | OperandKind::ElemCount { ew, .. } => {
-                    refers(ew, |k| matches!(k, OperandKind::ElemWidth));
-                    assert!(u64::from(q35_isa::VECTOR_BYTES) < 1u64 << spec.kind.bits());
                 }
                 OperandKind::Addr
                 | OperandKind::Int { .. }

@@ -15,7 +15,6 @@ mod parse;
 
 use std::path::{Path, PathBuf};
 
-
 pub use arch::{Architecture, LLAMA_FAMILY, LinearSpec, from_gguf as architecture_from_gguf};
 pub use error::ModelError;
 pub use parse::{ModelToml, parse};

@@ -99,7 +99,8 @@ fn check(t: &Target, fail: &mut dyn FnMut(&str, String)) {
             ),
         );
     }
-    if m.pe_block >= 1 && !(m.rows.is_multiple_of(m.pe_block) && m.cols.is_multiple_of(m.pe_block)) {
+    if m.pe_block >= 1 && !(m.rows.is_multiple_of(m.pe_block) && m.cols.is_multiple_of(m.pe_block))
+    {
         fail(
             "mxm.pe_block",
             format!(

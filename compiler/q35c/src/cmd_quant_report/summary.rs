@@ -2,11 +2,11 @@
 //! matrix and the whole-model figures summed from them.
 
 use anyhow::Context;
+use q35_contract::semantics::{ACT_MAX, accumulator_bound};
 use q35_quant::QuantizedMatrix;
 use q35_quant::model::{
     EvalReport, QuantPipeline, QuantizedLayer, SchemePolicy, TensorReport, tensor_report,
 };
-use q35_contract::semantics::{ACT_MAX, accumulator_bound};
 
 /// Whole-model figures of one scheme.
 pub(super) struct SchemeSummary {

@@ -1,0 +1,143 @@
+//! `q35sim run FILE.lpubin [--target FILE] [--dump SYMBOL]... [--json]
+//! [--max-cycles N]`: run to the end and report cycles, per-unit busy
+//! cycles with utilisation, instruction counts and the dumped symbols; a
+//! hazard prints `FILE: cycle C: queue Q, instruction #I `asm`: <hazard>
+//! (source: op)` and exits 1.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow};
+use q35_lpubin::LpuBinary;
+use q35_sim::dump::{Dumped, read_symbol};
+use q35_sim::{Finished, Profile, Stop};
+use serde_json::json;
+
+use crate::Failure;
+
+/// Arguments of `q35sim run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The binary.
+    file: PathBuf,
+    /// Target description (default: the built-in lpu-v1).
+    #[arg(long)]
+    target: Option<PathBuf>,
+    /// Print this symbol's values after the run (repeatable).
+    #[arg(long = "dump", value_name = "SYMBOL")]
+    dumps: Vec<String>,
+    /// Print everything as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Stop with an error when the program runs past this cycle.
+    #[arg(long, value_name = "N")]
+    max_cycles: Option<u64>,
+}
+
+/// Runs the program.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let config = crate::target(args.target.as_ref())?;
+    let name = args.file.display().to_string();
+    let binary = LpuBinary::open(&args.file).map_err(anyhow::Error::from)?;
+    // Symbols are checked before the run, so a typo costs nothing.
+    let symbols = args
+        .dumps
+        .iter()
+        .map(|s| {
+            binary.symbol(s).cloned().ok_or_else(|| {
+                let known: Vec<&str> = binary.symbols().iter().map(|s| s.name.as_str()).collect();
+                anyhow!(
+                    "{name}: no symbol `{s}` (symbols: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let finished =
+        match q35_sim::run(&binary, &config, args.max_cycles).with_context(|| name.clone())? {
+            Ok(f) => f,
+            Err(Stop::Hazard(h)) => {
+                eprintln!("{name}: {h}");
+                return Err(Failure::Program);
+            }
+            Err(Stop::MaxCycles { limit, next }) => {
+                eprintln!(
+                    "{name}: stopped: the next event is on cycle {next}, past --max-cycles {limit}"
+                );
+                return Err(Failure::Program);
+            }
+        };
+    let dumped = symbols
+        .iter()
+        .map(|s| read_symbol(&finished.state, s))
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| name.clone())?;
+    if args.json {
+        println!("{}", to_json(&name, &finished, &dumped));
+    } else {
+        print!("{}", to_text(&finished.profile, &dumped));
+    }
+    Ok(())
+}
+
+fn to_text(p: &Profile, dumped: &[Dumped]) -> String {
+    let mut out = String::new();
+    let total = p.total_cycles();
+    let _ = writeln!(
+        out,
+        "cycles: {total} (last event on cycle {} of superlane 0, + {} superlane skew)",
+        p.last_cycle(),
+        total - p.last_cycle()
+    );
+    let counts: Vec<String> = p
+        .by_mnemonic()
+        .iter()
+        .map(|(m, n)| format!("{m} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "instructions: {} ({})",
+        p.instructions(),
+        counts.join(", ")
+    );
+    let _ = writeln!(out, "busy cycles (utilisation of {total} cycles):");
+    for (group, units) in p.groups() {
+        let busy: u64 = units.iter().map(|(_, b)| b).sum();
+        if let [(q, b)] = units.as_slice()
+            && group.starts_with("MXM")
+        {
+            let _ = writeln!(out, "  MXM {q}: {b} ({:.1}%)", p.percent(*b));
+            continue;
+        }
+        let _ = write!(out, "  {group}: {busy}");
+        if units.is_empty() {
+            let _ = writeln!(out);
+            continue;
+        }
+        let list: Vec<String> = units
+            .iter()
+            .map(|(q, b)| format!("{q} {b} ({:.1}%)", p.percent(*b)))
+            .collect();
+        let _ = writeln!(out, " [{}]", list.join(", "));
+    }
+    for d in dumped {
+        let _ = writeln!(out, "{}", d.to_text());
+    }
+    out
+}
+
+fn to_json(name: &str, f: &Finished, dumped: &[Dumped]) -> serde_json::Value {
+    let mut v = f.profile.to_json();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("file".into(), json!(name));
+        obj.insert(
+            "dumps".into(),
+            json!(dumped.iter().map(Dumped::to_json).collect::<Vec<_>>()),
+        );
+    }
+    v
+}

@@ -1,0 +1,909 @@
+//! Instruction semantics: what one issued instruction reads, computes and
+//! writes, one function per unit, arithmetic exactly as docs/isa.md 3 and
+//! docs/q35-format.md 8 say (IEEE f32 with no fused multiply-add: Rust's
+//! `f32` operators).
+//!
+//! [`execute`] is the one exhaustive `match` on [`Instruction`]. It runs an
+//! instruction issued on `ctx.cycle`: inputs are read from the streams at
+//! the unit's position on that cycle, results are put on their streams at
+//! `cycle + latency` (the stream model checks collisions), MEM writes and
+//! the rows of an `lw` become [`Deferred`] events for the engine, and
+//! control instructions return a [`Flow`] the engine acts on. Nothing here
+//! decides when an instruction issues.
+//!
+//! Hot paths work on whole 320-byte vectors: an f32 operand group is
+//! converted once per instruction into `[f32; 320]`, computed lane-wise
+//! (vectorisable loops, no per-lane dispatch), and split back.
+
+use q35_isa::{Acc, ElemWidth, Instruction, LatencyClass, QueueId, QueueKind, Stream, TableId};
+
+use crate::config::MachineConfig;
+use crate::contract::split_pair;
+use crate::hazard::HazardKind;
+use crate::mxm::{self, LoadOutcome, MultiplyOutcome, Step};
+use crate::state::{PortConflict, State};
+use crate::streams::{LANES, Streams, Vector, Writer};
+
+/// A hazard raised by an instruction, at the cycle it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// The cycle.
+    pub cycle: u64,
+    /// What.
+    pub kind: HazardKind,
+}
+
+/// What the queue does next, for the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Issue the next instruction `issue_cycles` later (unit instructions).
+    Next,
+    /// `nop n`.
+    Wait(u64),
+    /// `repeat n, d, stride`.
+    Repeat {
+        /// Repetitions.
+        n: u32,
+        /// Cycles between them.
+        d: u32,
+        /// Words added to address fields per repetition.
+        stride: i32,
+    },
+    /// `sync`.
+    Park,
+    /// `notify`.
+    Notify,
+    /// `halt`.
+    Halt,
+}
+
+/// Work an instruction leaves for a later cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferred {
+    /// A `write`: pool buffer `data` into word `addr` of `slice`.
+    MemWrite {
+        /// Dense queue number of the slice.
+        slice: u16,
+        /// Word.
+        addr: u32,
+        /// Pool buffer with the vector.
+        data: u32,
+    },
+    /// A `scatter`: byte `l` of pool buffer `data` into lane `l` of word
+    /// `base + idx[l]` (`idx`: u16 from pool buffers `lo`, `hi`).
+    Scatter {
+        /// Dense queue number of the slice.
+        slice: u16,
+        /// Base word (address offset applied).
+        base: i64,
+        /// Low bytes of the indices.
+        lo: u32,
+        /// High bytes of the indices.
+        hi: u32,
+        /// The bytes.
+        data: u32,
+    },
+    /// Step `step` of an `lw`: rows `step*k .. step*k + k` (below `n`) from
+    /// streams `src ..`.
+    LoadRows {
+        /// Plane.
+        plane: u16,
+        /// First stream.
+        src: Stream,
+        /// Rows a cycle.
+        k: u32,
+        /// Rows in all.
+        n: u32,
+        /// Which cycle of the load.
+        step: u32,
+    },
+}
+
+/// Vector buffers for deferred work, reused (no allocation per write).
+#[derive(Debug, Default)]
+pub struct Pool {
+    buffers: Vec<Vector>,
+    free: Vec<u32>,
+}
+
+impl Pool {
+    /// A buffer holding `v`.
+    pub fn put(&mut self, v: &Vector) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.buffers[i as usize] = *v;
+                i
+            }
+            None => {
+                self.buffers.push(*v);
+                (self.buffers.len() - 1) as u32
+            }
+        }
+    }
+    /// The buffer's bytes.
+    pub fn get(&self, i: u32) -> &Vector {
+        &self.buffers[i as usize]
+    }
+    /// Returns the buffer.
+    pub fn release(&mut self, i: u32) {
+        self.free.push(i);
+    }
+}
+
+/// Everything an instruction may touch.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    /// The machine.
+    pub config: &'a MachineConfig,
+    /// Architectural state.
+    pub state: &'a mut State,
+    /// Values in flight.
+    pub streams: &'a mut Streams,
+    /// Deferred-work buffers.
+    pub pool: &'a mut Pool,
+    /// Deferred work this instruction adds: (cycle, work).
+    pub deferred: &'a mut Vec<(u64, Deferred)>,
+    /// The issue cycle.
+    pub cycle: u64,
+    /// The issuing queue.
+    pub queue: QueueId,
+    /// Instruction index (for writer attribution).
+    pub index: u32,
+    /// Words added to address fields (`repeat` strides).
+    pub addr_offset: i64,
+}
+
+impl Ctx<'_> {
+    fn position(&self) -> u32 {
+        self.config.position(self.queue)
+    }
+
+    fn fault<T>(&self, cycle: u64, kind: HazardKind) -> Result<T, Fault> {
+        Err(Fault { cycle, kind })
+    }
+
+    /// Reads one stream at the unit's position on the issue cycle.
+    fn read(&mut self, s: Stream) -> Result<Vector, Fault> {
+        let (pos, cycle) = (self.position(), self.cycle);
+        self.read_at(s, pos, cycle)
+    }
+
+    fn read_at(&mut self, s: Stream, position: u32, cycle: u64) -> Result<Vector, Fault> {
+        if let Some(v) = self.streams.read(s, position, cycle) {
+            return Ok(*v);
+        }
+        let next = self.streams.next_arrival(s, position, cycle);
+        self.fault(
+            cycle,
+            HazardKind::StreamReadBeforeArrival {
+                stream: s,
+                position,
+                next,
+            },
+        )
+    }
+
+    /// Reads `N` consecutive streams from `first`.
+    fn read_group<const N: usize>(&mut self, first: Stream) -> Result<[Vector; N], Fault> {
+        let mut out = [[0u8; LANES]; N];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self.read(nth(first, i))?;
+        }
+        Ok(out)
+    }
+
+    /// Puts `planes` on consecutive streams from `first`, `latency` cycles
+    /// after issue, at the unit's position.
+    fn write_group(&mut self, first: Stream, latency: u64, planes: &[Vector]) -> Result<(), Fault> {
+        let cycle = self.cycle + latency;
+        let position = self.position();
+        for (i, p) in planes.iter().enumerate() {
+            let slot = self.streams.alloc();
+            *self.streams.bytes_mut(slot) = *p;
+            let s = nth(first, i);
+            let writer = Writer {
+                queue: self.queue.index(),
+                index: self.index,
+            };
+            if let Err(c) = self.streams.write(s, position, cycle, slot, writer) {
+                let other_queue = QueueId::from_index(c.other.queue).unwrap_or(self.queue);
+                return self.fault(
+                    c.cycle,
+                    HazardKind::StreamWriteCollision {
+                        stream: s,
+                        position: c.position,
+                        other_queue,
+                        other_index: c.other.index,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn latency(&self, class: LatencyClass) -> u64 {
+        self.config.latency(class)
+    }
+}
+
+/// Stream `i` of the group from `first`.
+fn nth(first: Stream, i: usize) -> Stream {
+    Stream {
+        id: first.id + i as u8,
+        dir: first.dir,
+    }
+}
+
+/// Lane-wise f32 of a 4-stream group (little-endian bytes).
+fn to_f32(g: &[Vector; 4]) -> [f32; LANES] {
+    let mut out = [0f32; LANES];
+    for (l, o) in out.iter_mut().enumerate() {
+        *o = f32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]]);
+    }
+    out
+}
+
+/// Lane-wise i32 of a 4-stream group.
+fn to_i32(g: &[Vector; 4]) -> [i32; LANES] {
+    let mut out = [0i32; LANES];
+    for (l, o) in out.iter_mut().enumerate() {
+        *o = i32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]]);
+    }
+    out
+}
+
+/// A 4-stream group of 32-bit lanes.
+fn split32(bits: impl Fn(usize) -> [u8; 4]) -> [Vector; 4] {
+    let mut g = [[0u8; LANES]; 4];
+    for l in 0..LANES {
+        let b = bits(l);
+        for (plane, byte) in g.iter_mut().zip(b) {
+            plane[l] = byte;
+        }
+    }
+    g
+}
+
+fn from_f32(v: &[f32; LANES]) -> [Vector; 4] {
+    split32(|l| v[l].to_le_bytes())
+}
+
+fn from_i32(v: &[i32; LANES]) -> [Vector; 4] {
+    split32(|l| v[l].to_le_bytes())
+}
+
+/// `f32toi8`: round half away from zero (`f32::round`), clamp to
+/// -127..=127 (docs/q35-format.md 8.1); NaN gives 0.
+pub fn f32_to_i8(x: f32) -> i8 {
+    // `as` saturates and maps NaN to 0; the clamp keeps -128 out.
+    x.round().clamp(-127.0, 127.0) as i8
+}
+
+/// The control instructions, as a pattern.
+macro_rules! control_ops {
+    () => {
+        Instruction::Nop { .. }
+            | Instruction::Repeat { .. }
+            | Instruction::Sync {}
+            | Instruction::Notify {}
+            | Instruction::Halt {}
+    };
+}
+
+/// The MEM instructions, as a pattern.
+macro_rules! mem_ops {
+    () => {
+        Instruction::Read { .. }
+            | Instruction::Write { .. }
+            | Instruction::Gather { .. }
+            | Instruction::Scatter { .. }
+    };
+}
+
+/// The VXM instructions, as a pattern.
+macro_rules! vxm_ops {
+    () => {
+        Instruction::Fadd { .. }
+            | Instruction::Fsub { .. }
+            | Instruction::Fmul { .. }
+            | Instruction::Fdiv { .. }
+            | Instruction::Fmax { .. }
+            | Instruction::Fmin { .. }
+            | Instruction::Fsqrt { .. }
+            | Instruction::Fexp { .. }
+            | Instruction::Fneg { .. }
+            | Instruction::Fabs { .. }
+            | Instruction::Fconst { .. }
+            | Instruction::I32tof32 { .. }
+            | Instruction::F32toi8 { .. }
+            | Instruction::F16tof32 { .. }
+            | Instruction::I8toi32 { .. }
+            | Instruction::Iadd32 { .. }
+            | Instruction::Fcmplt { .. }
+            | Instruction::Icmplt { .. }
+            | Instruction::Select { .. }
+            | Instruction::Unpack35 { .. }
+    };
+}
+
+/// The SXM instructions, as a pattern.
+macro_rules! sxm_ops {
+    () => {
+        Instruction::Shift { .. }
+            | Instruction::Bcast { .. }
+            | Instruction::Permute { .. }
+            | Instruction::Transpose { .. }
+    };
+}
+
+/// The MXM instructions, as a pattern.
+macro_rules! mxm_ops {
+    () => {
+        Instruction::Lw { .. } | Instruction::Iw {} | Instruction::Mm { .. }
+    };
+}
+
+/// Runs one instruction issued on `ctx.cycle`.
+pub fn execute(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<Flow, Fault> {
+    match *ins {
+        Instruction::Nop { n } => Ok(Flow::Wait(u64::from(n))),
+        Instruction::Repeat { n, d, stride } => Ok(Flow::Repeat { n, d, stride }),
+        Instruction::Sync {} => Ok(Flow::Park),
+        Instruction::Notify {} => Ok(Flow::Notify),
+        Instruction::Halt {} => Ok(Flow::Halt),
+        mem_ops!() => mem(ctx, ins).map(|()| Flow::Next),
+        vxm_ops!() => vxm(ctx, ins).map(|()| Flow::Next),
+        sxm_ops!() => sxm(ctx, ins).map(|()| Flow::Next),
+        mxm_ops!() => mxm(ctx, ins).map(|()| Flow::Next),
+    }
+}
+
+/// Checks a MEM address against the slice.
+fn address(ctx: &Ctx<'_>, cycle: u64, addr: i64) -> Result<u32, Fault> {
+    let words = ctx.config.mem.words_per_slice;
+    if (0..i64::from(words)).contains(&addr) {
+        Ok(addr as u32)
+    } else {
+        ctx.fault(
+            cycle,
+            HazardKind::AddressOutOfRange {
+                address: addr,
+                words,
+            },
+        )
+    }
+}
+
+/// Books the slice's port and banks on `cycle`.
+fn book(ctx: &mut Ctx<'_>, cycle: u64, read: bool, banks: u64) -> Result<(), Fault> {
+    let slice = usize::from(ctx.queue.index());
+    let m = ctx.config.mem;
+    let ports = &mut ctx.state.ports[slice];
+    ports.forget_before(ctx.cycle);
+    ports
+        .book(cycle, read, banks, m.read_ports, m.write_ports)
+        .map_err(|conflict: PortConflict| Fault {
+            cycle,
+            kind: HazardKind::MemPortConflict { conflict },
+        })
+}
+
+fn bank_bit(ctx: &Ctx<'_>, addr: u32) -> u64 {
+    1u64 << (addr % ctx.config.mem.banks)
+}
+
+/// The u16 indices of a 2-stream group.
+fn indices(lo: &Vector, hi: &Vector) -> [u16; LANES] {
+    let mut out = [0u16; LANES];
+    for (l, o) in out.iter_mut().enumerate() {
+        *o = u16::from_le_bytes([lo[l], hi[l]]);
+    }
+    out
+}
+
+/// MEM: `read`, `write`, `gather`, `scatter`.
+fn mem(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+    let slice = usize::from(ctx.queue.index());
+    let t = ctx.cycle;
+    let rl = ctx.latency(LatencyClass::MemRead);
+    let wl = ctx.latency(LatencyClass::MemWrite);
+    let off = ctx.addr_offset;
+    match *ins {
+        Instruction::Read { addr, dst } => {
+            let a = address(ctx, t, i64::from(addr) + off)?;
+            book(ctx, t, true, bank_bit(ctx, a))?;
+            let word = *ctx.state.mem[slice].word(a);
+            ctx.write_group(dst, rl, &[word])
+        }
+        Instruction::Write { addr, src } => {
+            let a = address(ctx, t, i64::from(addr) + off)?;
+            let v = ctx.read(src)?;
+            book(ctx, t + wl - 1, false, bank_bit(ctx, a))?;
+            let data = ctx.pool.put(&v);
+            ctx.deferred.push((
+                t + wl,
+                Deferred::MemWrite {
+                    slice: ctx.queue.index(),
+                    addr: a,
+                    data,
+                },
+            ));
+            Ok(())
+        }
+        Instruction::Gather { idx, dst, base } => {
+            let [lo, hi] = ctx.read_group::<2>(idx)?;
+            let m = indices(&lo, &hi);
+            let base = i64::from(base) + off;
+            let mut banks = 0u64;
+            let mut out = [0u8; LANES];
+            for (l, &i) in m.iter().enumerate() {
+                let a = address(ctx, t, base + i64::from(i))?;
+                banks |= bank_bit(ctx, a);
+                out[l] = ctx.state.mem[slice].word(a)[l];
+            }
+            book(ctx, t, true, banks)?;
+            ctx.write_group(dst, rl, &[out])
+        }
+        Instruction::Scatter { idx, val, base } => {
+            let [lo, hi] = ctx.read_group::<2>(idx)?;
+            let v = ctx.read(val)?;
+            let m = indices(&lo, &hi);
+            let base = i64::from(base) + off;
+            let mut banks = 0u64;
+            for &i in &m {
+                let a = address(ctx, t, base + i64::from(i))?;
+                banks |= bank_bit(ctx, a);
+            }
+            book(ctx, t + wl - 1, false, banks)?;
+            let (lo, hi, data) = (ctx.pool.put(&lo), ctx.pool.put(&hi), ctx.pool.put(&v));
+            ctx.deferred.push((
+                t + wl,
+                Deferred::Scatter {
+                    slice: ctx.queue.index(),
+                    base,
+                    lo,
+                    hi,
+                    data,
+                },
+            ));
+            Ok(())
+        }
+        control_ops!() | vxm_ops!() | sxm_ops!() | mxm_ops!() => wrong_unit(ctx, ins),
+    }
+}
+
+/// Applies a deferred MEM write or scatter (addresses were checked at issue).
+pub fn commit(state: &mut State, pool: &mut Pool, work: Deferred) {
+    match work {
+        Deferred::MemWrite { slice, addr, data } => {
+            *state.mem[usize::from(slice)].word_mut(addr) = *pool.get(data);
+            pool.release(data);
+        }
+        Deferred::Scatter {
+            slice,
+            base,
+            lo,
+            hi,
+            data,
+        } => {
+            let m = indices(pool.get(lo), pool.get(hi));
+            let v = *pool.get(data);
+            let s = &mut state.mem[usize::from(slice)];
+            for (l, &i) in m.iter().enumerate() {
+                let a = (base + i64::from(i)) as u32;
+                s.word_mut(a)[l] = v[l];
+            }
+            for b in [lo, hi, data] {
+                pool.release(b);
+            }
+        }
+        Deferred::LoadRows { .. } => {}
+    }
+}
+
+/// Binary f32 lane-wise.
+fn f32_binary(
+    ctx: &mut Ctx<'_>,
+    a: Stream,
+    b: Stream,
+    dst: Stream,
+    class: LatencyClass,
+    op: impl Fn(f32, f32) -> f32,
+) -> Result<(), Fault> {
+    let x = to_f32(&ctx.read_group::<4>(a)?);
+    let y = to_f32(&ctx.read_group::<4>(b)?);
+    let mut z = [0f32; LANES];
+    for l in 0..LANES {
+        z[l] = op(x[l], y[l]);
+    }
+    let lat = ctx.latency(class);
+    ctx.write_group(dst, lat, &from_f32(&z))
+}
+
+/// Unary f32 lane-wise.
+fn f32_unary(
+    ctx: &mut Ctx<'_>,
+    a: Stream,
+    dst: Stream,
+    class: LatencyClass,
+    op: impl Fn(f32) -> f32,
+) -> Result<(), Fault> {
+    let x = to_f32(&ctx.read_group::<4>(a)?);
+    let mut z = [0f32; LANES];
+    for l in 0..LANES {
+        z[l] = op(x[l]);
+    }
+    let lat = ctx.latency(class);
+    ctx.write_group(dst, lat, &from_f32(&z))
+}
+
+/// A u8 mask from two 4-stream groups.
+fn compare(
+    ctx: &mut Ctx<'_>,
+    a: Stream,
+    b: Stream,
+    dst: Stream,
+    lt: impl Fn(&[Vector; 4], &[Vector; 4]) -> [bool; LANES],
+) -> Result<(), Fault> {
+    let x = ctx.read_group::<4>(a)?;
+    let y = ctx.read_group::<4>(b)?;
+    let m = lt(&x, &y);
+    let mut out = [0u8; LANES];
+    for l in 0..LANES {
+        out[l] = u8::from(m[l]);
+    }
+    let lat = ctx.latency(LatencyClass::VxmAlu);
+    ctx.write_group(dst, lat, &[out])
+}
+
+/// VXM: point-wise arithmetic, conversions, `unpack35`.
+fn vxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+    use LatencyClass::{VxmAlu, VxmConvert, VxmSpecial};
+    match *ins {
+        Instruction::Fadd { a, b, dst } => f32_binary(ctx, a, b, dst, VxmAlu, |x, y| x + y),
+        Instruction::Fsub { a, b, dst } => f32_binary(ctx, a, b, dst, VxmAlu, |x, y| x - y),
+        Instruction::Fmul { a, b, dst } => f32_binary(ctx, a, b, dst, VxmAlu, |x, y| x * y),
+        Instruction::Fdiv { a, b, dst } => f32_binary(ctx, a, b, dst, VxmSpecial, |x, y| x / y),
+        Instruction::Fmax { a, b, dst } => f32_binary(ctx, a, b, dst, VxmAlu, f32::max),
+        Instruction::Fmin { a, b, dst } => f32_binary(ctx, a, b, dst, VxmAlu, f32::min),
+        Instruction::Fsqrt { a, dst } => f32_unary(ctx, a, dst, VxmSpecial, f32::sqrt),
+        Instruction::Fexp { a, dst } => f32_unary(ctx, a, dst, VxmSpecial, crate::contract::exp),
+        Instruction::Fneg { a, dst } => f32_unary(ctx, a, dst, VxmAlu, |x| -x),
+        Instruction::Fabs { a, dst } => f32_unary(ctx, a, dst, VxmAlu, f32::abs),
+        Instruction::Fconst { imm, dst } => {
+            let z = [imm.value(); LANES];
+            let lat = ctx.latency(VxmAlu);
+            ctx.write_group(dst, lat, &from_f32(&z))
+        }
+        Instruction::I32tof32 { a, dst } => {
+            let x = to_i32(&ctx.read_group::<4>(a)?);
+            let mut z = [0f32; LANES];
+            for l in 0..LANES {
+                // Round to nearest even.
+                z[l] = x[l] as f32;
+            }
+            let lat = ctx.latency(VxmConvert);
+            ctx.write_group(dst, lat, &from_f32(&z))
+        }
+        Instruction::F32toi8 { a, dst } => {
+            let x = to_f32(&ctx.read_group::<4>(a)?);
+            let mut out = [0u8; LANES];
+            for l in 0..LANES {
+                out[l] = f32_to_i8(x[l]) as u8;
+            }
+            let lat = ctx.latency(VxmConvert);
+            ctx.write_group(dst, lat, &[out])
+        }
+        Instruction::F16tof32 { a, dst } => {
+            let [lo, hi] = ctx.read_group::<2>(a)?;
+            let mut z = [0f32; LANES];
+            for l in 0..LANES {
+                z[l] = half::f16::from_bits(u16::from_le_bytes([lo[l], hi[l]])).to_f32();
+            }
+            let lat = ctx.latency(VxmConvert);
+            ctx.write_group(dst, lat, &from_f32(&z))
+        }
+        Instruction::I8toi32 { a, dst } => {
+            let x = ctx.read(a)?;
+            let mut z = [0i32; LANES];
+            for l in 0..LANES {
+                z[l] = i32::from(x[l] as i8);
+            }
+            let lat = ctx.latency(VxmConvert);
+            ctx.write_group(dst, lat, &from_i32(&z))
+        }
+        Instruction::Iadd32 { a, b, dst } => {
+            let x = to_i32(&ctx.read_group::<4>(a)?);
+            let y = to_i32(&ctx.read_group::<4>(b)?);
+            let mut z = [0i32; LANES];
+            for l in 0..LANES {
+                z[l] = x[l].wrapping_add(y[l]);
+            }
+            let lat = ctx.latency(VxmAlu);
+            ctx.write_group(dst, lat, &from_i32(&z))
+        }
+        Instruction::Fcmplt { a, b, dst } => compare(ctx, a, b, dst, |x, y| {
+            let (x, y) = (to_f32(x), to_f32(y));
+            std::array::from_fn(|l| x[l] < y[l])
+        }),
+        Instruction::Icmplt { a, b, dst } => compare(ctx, a, b, dst, |x, y| {
+            let (x, y) = (to_i32(x), to_i32(y));
+            std::array::from_fn(|l| x[l] < y[l])
+        }),
+        Instruction::Select { m, a, b, dst } => {
+            let mask = ctx.read(m)?;
+            let x = ctx.read_group::<4>(a)?;
+            let y = ctx.read_group::<4>(b)?;
+            let mut z = [[0u8; LANES]; 4];
+            for (p, out) in z.iter_mut().enumerate() {
+                for l in 0..LANES {
+                    out[l] = if mask[l] != 0 { x[p][l] } else { y[p][l] };
+                }
+            }
+            let lat = ctx.latency(VxmAlu);
+            ctx.write_group(dst, lat, &z)
+        }
+        Instruction::Unpack35 { src, dst, m4, m3 } => {
+            let codes = ctx.read_group::<7>(src)?;
+            let (m4, m3) = (m4 as i32, m3 as i32);
+            let mut out = [[0u8; LANES]; 16];
+            for l in 0..LANES {
+                let mut word = 0u64;
+                for (b, plane) in codes.iter().enumerate() {
+                    word |= u64::from(plane[l]) << (8 * b);
+                }
+                for k in 0..8 {
+                    let (c4, c3) = split_pair(((word >> (7 * k)) & 0x7f) as u8);
+                    // |m4 * c4| <= 128 and |m3 * c3| <= 128 by the field
+                    // ranges; -128 is a valid integer weight.
+                    out[2 * k][l] = (m4 * i32::from(c4)) as i8 as u8;
+                    out[2 * k + 1][l] = (m3 * i32::from(c3)) as i8 as u8;
+                }
+            }
+            let lat = ctx.latency(VxmConvert);
+            ctx.write_group(dst, lat, &out)
+        }
+        control_ops!() | mem_ops!() | sxm_ops!() | mxm_ops!() => wrong_unit(ctx, ins),
+    }
+}
+
+/// Reads the `ew`-stream group of an SXM operand.
+fn read_ew(ctx: &mut Ctx<'_>, src: Stream, ew: ElemWidth) -> Result<([Vector; 4], usize), Fault> {
+    let n = ew.bytes() as usize;
+    let mut g = [[0u8; LANES]; 4];
+    for (i, plane) in g.iter_mut().enumerate().take(n) {
+        *plane = ctx.read(nth(src, i))?;
+    }
+    Ok((g, n))
+}
+
+/// Applies a lane map to every byte plane of a group: lane `l` of the
+/// result is lane `map(l)` of the input, or 0 for `None`.
+fn lane_map(
+    ctx: &mut Ctx<'_>,
+    src: Stream,
+    dst: Stream,
+    ew: ElemWidth,
+    class: LatencyClass,
+    map: impl Fn(usize) -> Option<usize>,
+) -> Result<(), Fault> {
+    let (g, n) = read_ew(ctx, src, ew)?;
+    let mut out = [[0u8; LANES]; 4];
+    for (o, plane) in out.iter_mut().zip(&g).take(n) {
+        for (l, byte) in o.iter_mut().enumerate() {
+            if let Some(from) = map(l) {
+                *byte = plane[from];
+            }
+        }
+    }
+    let lat = ctx.latency(class);
+    ctx.write_group(dst, lat, &out[..n])
+}
+
+/// The lane map of a `permute` table (entries past its end give 0).
+fn table<'a>(ctx: &'a Ctx<'_>, map: TableId) -> &'a [u16] {
+    ctx.state
+        .tables
+        .get(usize::from(map.0))
+        .map_or(&[], |t| t.as_slice())
+}
+
+/// SXM: `shift`, `bcast`, `permute`, `transpose`.
+fn sxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+    match *ins {
+        Instruction::Shift { src, dst, n, w, ew } => {
+            let (n, w) = (n as usize, w as usize);
+            lane_map(ctx, src, dst, ew, LatencyClass::SxmShift, |l| {
+                (l + n < w).then_some(l + n)
+            })
+        }
+        Instruction::Bcast { src, dst, l, ew } => {
+            let from = (l as usize).min(LANES - 1);
+            lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, |_| Some(from))
+        }
+        Instruction::Permute { src, dst, map, ew } => {
+            // Copied so the table borrow does not outlive the reads.
+            let mut lanes = [u16::MAX; LANES];
+            for (o, &v) in lanes.iter_mut().zip(table(ctx, map)) {
+                *o = v;
+            }
+            lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, |l| {
+                let from = usize::from(lanes[l]);
+                (from < LANES).then_some(from)
+            })
+        }
+        Instruction::Transpose { src, dst } => {
+            let g = ctx.read_group::<16>(src)?;
+            let mut out = [[0u8; LANES]; 16];
+            for sl in 0..LANES / 16 {
+                for (i, plane) in out.iter_mut().enumerate() {
+                    for j in 0..16 {
+                        plane[sl * 16 + j] = g[j][sl * 16 + i];
+                    }
+                }
+            }
+            let lat = ctx.latency(LatencyClass::SxmTranspose);
+            ctx.write_group(dst, lat, &out)
+        }
+        control_ops!() | mem_ops!() | vxm_ops!() | mxm_ops!() => wrong_unit(ctx, ins),
+    }
+}
+
+/// Maps a plane model hazard issued on `cycle` to the docs/isa.md kinds.
+fn plane_hazard(kind: mxm::HazardKind, cycle: u64) -> HazardKind {
+    match kind {
+        mxm::HazardKind::AccumulatorOverflow { .. } => {
+            HazardKind::AccumulatorOverflow { detail: kind }
+        }
+        // A second vector into the array in one cycle: the unit is busy.
+        // (One queue issues at most one `mm` a cycle, so lpu-v1 programs
+        // cannot reach it.)
+        mxm::HazardKind::MultiplyPortBusy => HazardKind::UnitBusy { until: cycle + 1 },
+        mxm::HazardKind::LoadIntoBufferInUse
+        | mxm::HazardKind::SwapBeforeLoadDone
+        | mxm::HazardKind::SwapWithoutLoad
+        | mxm::HazardKind::LoadWhileLoading
+        | mxm::HazardKind::LoadDuringSwap
+        | mxm::HazardKind::MultiplyDuringSwap => HazardKind::WeightBufferInUse { detail: kind },
+    }
+}
+
+fn plane_index(ctx: &Ctx<'_>) -> usize {
+    match ctx.queue.kind() {
+        QueueKind::Mxm(p) => usize::from(p),
+        // The loader puts MXM instructions in MXM queues only.
+        QueueKind::Mem { .. } | QueueKind::Vxm(_) | QueueKind::Sxm(_) => 0,
+    }
+}
+
+/// A plane model error is a simulator bug (commands are issued in cycle
+/// order with checked shapes); reported as a hazard of the instruction
+/// rather than a panic.
+fn model_error(ctx: &Ctx<'_>, e: &mxm::MxmError) -> Fault {
+    Fault {
+        cycle: ctx.cycle,
+        kind: HazardKind::Internal {
+            message: e.to_string(),
+        },
+    }
+}
+
+/// MXM: `lw`, `iw`, `mm`.
+fn mxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+    let p = plane_index(ctx);
+    let t = ctx.cycle;
+    let index = ctx.index as usize;
+    match *ins {
+        Instruction::Lw { src, k, n } => {
+            let step = ctx.state.planes[p]
+                .model
+                .begin_load(index, t, n as usize)
+                .map_err(|e| model_error(ctx, &e))?;
+            match step {
+                LoadOutcome::Hazard(kind) => return ctx.fault(t, plane_hazard(kind, t)),
+                // A row written while a vector issued before the last swap
+                // still reads the old weights there (docs/mxm-timing.md).
+                LoadOutcome::Issued {
+                    in_use: Some((cycle, kind)),
+                } => return ctx.fault(cycle, plane_hazard(kind, cycle)),
+                LoadOutcome::Issued { in_use: None } => {}
+            }
+            ctx.state.planes[p].load_rows = n as usize;
+            for step in 0..n.div_ceil(k) {
+                ctx.deferred.push((
+                    t + u64::from(step),
+                    Deferred::LoadRows {
+                        plane: p as u16,
+                        src,
+                        k,
+                        n,
+                        step,
+                    },
+                ));
+            }
+            Ok(())
+        }
+        Instruction::Iw {} => {
+            let step = ctx.state.planes[p]
+                .model
+                .swap(index, t)
+                .map_err(|e| model_error(ctx, &e))?;
+            match step {
+                Step::Done => Ok(()),
+                Step::Hazard(kind) => ctx.fault(t, plane_hazard(kind, t)),
+            }
+        }
+        Instruction::Mm { src, dst, acc } => {
+            let x = ctx.read(src)?;
+            let x: [i8; LANES] = x.map(|b| b as i8);
+            let mut out = [0i32; LANES];
+            let outcome = ctx.state.planes[p]
+                .model
+                .multiply(index, t, &x, acc == Acc::Add, &mut out)
+                .map_err(|e| model_error(ctx, &e))?;
+            match outcome {
+                MultiplyOutcome::Hazard(kind) => ctx.fault(t, plane_hazard(kind, t)),
+                MultiplyOutcome::Issued {
+                    overflow: Some((cycle, kind)),
+                    ..
+                } => ctx.fault(cycle, plane_hazard(kind, cycle)),
+                MultiplyOutcome::Issued {
+                    emit,
+                    overflow: None,
+                } => ctx.write_group(dst, emit - t, &from_i32(&out)),
+            }
+        }
+        control_ops!() | mem_ops!() | vxm_ops!() | sxm_ops!() => wrong_unit(ctx, ins),
+    }
+}
+
+/// Step `step` of an `lw` on `cycle`: its rows from their streams into the
+/// plane's load buffer; after the last step, into the shadow weights.
+pub fn load_rows(ctx: &mut Ctx<'_>, work: Deferred) -> Result<(), Fault> {
+    let Deferred::LoadRows {
+        plane,
+        src,
+        k,
+        n,
+        step,
+    } = work
+    else {
+        return Ok(());
+    };
+    let p = usize::from(plane);
+    let (pos, cycle) = (ctx.position(), ctx.cycle);
+    for j in 0..k {
+        let row = step * k + j;
+        if row >= n {
+            break;
+        }
+        let v = ctx.read_at(nth(src, j as usize), pos, cycle)?;
+        let at = row as usize * LANES;
+        for (w, &b) in ctx.state.planes[p].loading[at..at + LANES]
+            .iter_mut()
+            .zip(&v)
+        {
+            *w = b as i8;
+        }
+    }
+    if (step + 1) * k >= n {
+        let plane = &mut ctx.state.planes[p];
+        let rows = plane.load_rows;
+        plane
+            .model
+            .fill_shadow_rows(rows, &plane.loading[..rows * LANES]);
+    }
+    Ok(())
+}
+
+/// [`execute`] sends each instruction to its unit's function, so a unit
+/// function never sees another unit's instruction; should it, that is a
+/// simulator bug, reported rather than panicking.
+fn wrong_unit(ctx: &Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+    ctx.fault(
+        ctx.cycle,
+        HazardKind::Internal {
+            message: format!("`{ins}` dispatched to the wrong unit"),
+        },
+    )
+}

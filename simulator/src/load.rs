@@ -1,0 +1,198 @@
+//! Loading a program from an `.lpubin` (docs/isa.md 5): check the target
+//! hash, decode every queue's words with `q35-isa`, check that every
+//! instruction may stand where it stands, and build the initial state
+//! (MEM image, tables, MXM planes).
+//!
+//! The binary stays memory-mapped; decoding builds one `Vec<Instruction>`
+//! per queue, and the MEM image is copied into the simulator's slices.
+
+use q35_isa::{Instruction, QueueId, Table, VECTOR_BYTES};
+use q35_lpubin::{LpuBinError, LpuBinary};
+
+use crate::config::MachineConfig;
+use crate::state::{MemSlice, Plane, Ports, State};
+
+/// Why a binary cannot run on this machine.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Built for another target (both hashes in the message).
+    #[error(transparent)]
+    Binary(#[from] LpuBinError),
+    /// A queue id that names no queue.
+    #[error("queues: queue id {id} names no queue (0..{})", q35_isa::QUEUE_COUNT)]
+    UnknownQueue {
+        /// The id.
+        id: u16,
+    },
+    /// A word that is not an instruction.
+    #[error("queue {queue}, instruction #{index}: {source}")]
+    Decode {
+        /// The queue.
+        queue: QueueId,
+        /// Index of the word.
+        index: usize,
+        /// Why.
+        source: q35_isa::DecodeError,
+    },
+    /// An instruction that may not stand where it stands.
+    #[error("queue {queue}, instruction #{index} `{text}`: {message}")]
+    Placement {
+        /// The queue.
+        queue: QueueId,
+        /// Its index.
+        index: usize,
+        /// Its assembly text.
+        text: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The MEM image does not fit the machine.
+    #[error("mem: {0}")]
+    Mem(String),
+    /// A table that is not a list of lane indices.
+    #[error("tables: `{name}`: {message}")]
+    Table {
+        /// Its name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The target is one the simulator cannot run.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The MXM plane parameters are out of the plane model's range.
+    #[error("MXM plane: {0}")]
+    Plane(#[from] crate::mxm::MxmError),
+}
+
+/// A decoded program, ready to run.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Instruction lists by dense queue number (`None`: unused queue).
+    pub queues: Vec<Option<Vec<Instruction>>>,
+    /// Tables by id (the binary's tables in name order).
+    pub tables: Vec<Table>,
+}
+
+/// Checks the target hash and decodes and validates every queue.
+pub fn load(binary: &LpuBinary, config: &MachineConfig) -> Result<Loaded, LoadError> {
+    config.validate()?;
+    binary.check_target(&config.target_hash)?;
+    let mut tables = Vec::new();
+    for (name, bytes) in binary.tables() {
+        let err = |message: String| LoadError::Table {
+            name: name.to_string(),
+            message,
+        };
+        if bytes.len() % 2 != 0 {
+            return Err(err(format!(
+                "{} bytes: a table holds u16 values",
+                bytes.len()
+            )));
+        }
+        let values: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        tables.push(Table {
+            name: name.to_string(),
+            values,
+        });
+    }
+    let mut queues: Vec<Option<Vec<Instruction>>> = vec![None; usize::from(q35_isa::QUEUE_COUNT)];
+    for q in binary.queues() {
+        let queue = QueueId::from_index(q.id()).ok_or(LoadError::UnknownQueue { id: q.id() })?;
+        let mut list = Vec::with_capacity(q.len());
+        for (index, word) in q.words().iter().enumerate() {
+            let ins = Instruction::decode(word).map_err(|source| LoadError::Decode {
+                queue,
+                index,
+                source,
+            })?;
+            check_placement(queue, list.last(), &ins, &tables, config).map_err(|message| {
+                LoadError::Placement {
+                    queue,
+                    index,
+                    text: ins.to_string(),
+                    message,
+                }
+            })?;
+            list.push(ins);
+        }
+        queues[usize::from(queue.index())] = Some(list);
+    }
+    Ok(Loaded { queues, tables })
+}
+
+/// Whether `ins` may follow `prev` in `queue`: the assembler's rules
+/// ([`q35_isa::program::check_placement`]: fields, the queue's unit,
+/// `repeat` placement, MXM stream directions, `permute` tables), and the
+/// target's (`lw` rows per cycle).
+pub fn check_placement(
+    queue: QueueId,
+    prev: Option<&Instruction>,
+    ins: &Instruction,
+    tables: &[Table],
+    config: &MachineConfig,
+) -> Result<(), String> {
+    q35_isa::program::check_placement(queue, prev, ins, tables)?;
+    if let Instruction::Lw { k, .. } = ins
+        && *k as usize > config.plane.install_rows_per_cycle
+    {
+        return Err(format!(
+            "{k} rows a cycle: the plane installs at most {} (mxm.install_rows_per_cycle)",
+            config.plane.install_rows_per_cycle
+        ));
+    }
+    Ok(())
+}
+
+/// The initial state: zeroed MEM with the binary's image copied in, the
+/// tables, fresh MXM planes.
+///
+/// The copy is the simple way to give the simulator mutable MEM. A later
+/// fast path can avoid it for large images: keep each slice as the mapped
+/// image's bytes and copy a page only when a `write` or `scatter` first
+/// touches it (copy-on-write per page), so that weights the program only
+/// reads are never duplicated.
+pub fn initial_state(
+    binary: &LpuBinary,
+    loaded: &Loaded,
+    config: &MachineConfig,
+) -> Result<State, LoadError> {
+    let slices = usize::from(crate::config::ISA_COUNTS.0);
+    let words = config.mem.words_per_slice;
+    let mut mem: Vec<MemSlice> = (0..slices).map(|_| MemSlice::new(words)).collect();
+    if let Some(image) = binary.mem() {
+        if !image.is_empty() && image.word_bytes() != VECTOR_BYTES {
+            return Err(LoadError::Mem(format!(
+                "words of {} bytes, the machine's are {VECTOR_BYTES}",
+                image.word_bytes()
+            )));
+        }
+        for e in image.extents() {
+            let r = e.range;
+            let Some(slice) = mem.get_mut(usize::from(r.slice)) else {
+                return Err(LoadError::Mem(format!(
+                    "{r}: slice {} is not one of the {slices} MEM slices",
+                    r.slice
+                )));
+            };
+            if r.end_word() > u64::from(words) {
+                return Err(LoadError::Mem(format!(
+                    "{r}: past the slice's {words} words (mem.words_per_slice)"
+                )));
+            }
+            slice.fill(r.first_word, e.bytes);
+        }
+    }
+    let planes = (0..crate::config::ISA_COUNTS.2)
+        .map(|_| Plane::new(config.plane))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(State {
+        mem,
+        ports: (0..slices).map(|_| Ports::default()).collect(),
+        planes,
+        tables: loaded.tables.iter().map(|t| t.values.clone()).collect(),
+    })
+}
