@@ -4,6 +4,8 @@
 //!   [`dialect::create_context`], which loads it into a fresh MLIR context.
 //! - [`mod@lower`]: [`q35_frontend::Graph`] to a verified `builtin.module` holding
 //!   one `q35.weight` declaration per weight and `func.func @decode`.
+//! - [`mod@interp`]: an interpreter of `func.func @decode` on the hardware
+//!   contract's semantics, held to the golden model bit for bit.
 //! - [`mod@passes`]: the q35 passes (`--q35-verify`, `--q35-check-overflow`), one
 //!   per file, run through MLIR's pass manager.
 //!
@@ -12,13 +14,14 @@
 
 pub mod dialect;
 mod error;
+pub mod interp;
 pub mod ir;
 pub mod lower;
 pub mod passes;
 
 pub use dialect::{IRDL_SOURCE, create_context, parse_file, parse_module};
 pub use error::MlirError;
-pub use lower::{emit_q35, emit_q35_with, lower};
+pub use lower::{compile, compile_with, emit_q35, emit_q35_with, lower};
 
 /// What [`opt`] reads.
 #[derive(Debug, Clone, Copy)]

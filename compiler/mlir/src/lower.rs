@@ -54,11 +54,29 @@ pub fn emit_q35(spec: &ModelSpec) -> Result<String, MlirError> {
 
 /// [`emit_q35`] with pass-pipeline options.
 pub fn emit_q35_with(spec: &ModelSpec, options: passes::RunOptions) -> Result<String, MlirError> {
-    let graph = q35_frontend::build(spec)?;
     let context = create_context()?;
-    let mut module = lower(&context, spec, &graph)?;
-    passes::run_with(&context, &mut module, &passes::COMPILE_PIPELINE, options)?;
+    let module = compile_with(&context, spec, options)?;
     Ok(module.as_operation().to_string())
+}
+
+/// Builds the graph of `spec`, lowers it into `context` and runs the
+/// compile pipeline: the module [`emit_q35`] prints, as a module (for the
+/// interpreter, [`crate::interp`]). `context` must come from
+/// [`create_context`].
+pub fn compile<'c>(context: &'c Context, spec: &ModelSpec) -> Result<Module<'c>, MlirError> {
+    compile_with(context, spec, passes::RunOptions::default())
+}
+
+/// [`compile`] with pass-pipeline options.
+pub fn compile_with<'c>(
+    context: &'c Context,
+    spec: &ModelSpec,
+    options: passes::RunOptions,
+) -> Result<Module<'c>, MlirError> {
+    let graph = q35_frontend::build(spec)?;
+    let mut module = lower(context, spec, &graph)?;
+    passes::run_with(context, &mut module, &passes::COMPILE_PIPELINE, options)?;
+    Ok(module)
 }
 
 /// An attribute holding a JSON value: object -> dictionary, string ->

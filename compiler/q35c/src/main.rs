@@ -3,6 +3,7 @@
 
 mod cmd_compile;
 mod cmd_eval;
+mod cmd_interp;
 mod cmd_opt;
 mod cmd_quant_report;
 mod cmd_run;
@@ -28,6 +29,9 @@ enum Command {
     Opt(cmd_opt::OptArgs),
     /// Generate text with the f32 reference model.
     Run(cmd_run::RunArgs),
+    /// Run the compiled q35 IR in the interpreter (--check: against the
+    /// golden model, bit for bit).
+    Interp(cmd_interp::InterpArgs),
     /// Perplexity (and, with --quant, KL divergence and top-1 agreement of a
     /// quantized model) as llama-perplexity computes it.
     Eval(cmd_eval::EvalArgs),
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::Compile(args) => cmd_compile::run(args),
         Command::Opt(args) => cmd_opt::run(args),
         Command::Run(args) => cmd_run::run(args),
+        Command::Interp(args) => cmd_interp::run(args),
         Command::Eval(args) => cmd_eval::run(args),
         Command::QuantReport(args) => cmd_quant_report::run(args),
     };

@@ -663,17 +663,29 @@ impl IntMatrix {
     /// Dequantized weights, row-major.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.rows * self.cols];
-        for r in 0..self.rows {
-            let scales = self.row_scales(r);
-            for (j, (o, &q)) in w[r * self.cols..(r + 1) * self.cols]
-                .iter_mut()
-                .zip(self.row(r))
-                .enumerate()
-            {
-                *o = scales[j / self.group_size] * f32::from(q);
-            }
+        for (r, out) in w.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            self.dequantize_row_into(r, out);
         }
         w
+    }
+
+    /// Row `r` dequantized (`scale[g] * q` in f32 for each column, `g` its
+    /// group): what an embedding lookup of a quantized table returns
+    /// (docs/q35-format.md 8.4); `None` past the last row.
+    pub fn dequantize_row(&self, r: usize) -> Option<Vec<f32>> {
+        if r >= self.rows {
+            return None;
+        }
+        let mut out = vec![0f32; self.cols];
+        self.dequantize_row_into(r, &mut out);
+        Some(out)
+    }
+
+    fn dequantize_row_into(&self, r: usize, out: &mut [f32]) {
+        let scales = self.row_scales(r);
+        for (j, (o, &q)) in out.iter_mut().zip(self.row(r)).enumerate() {
+            *o = scales[j / self.group_size] * f32::from(q);
+        }
     }
 
     /// `y = W x` under the integer semantics.

@@ -286,6 +286,27 @@ impl GoldenModel {
         self.max_positions
     }
 
+    /// The token embedding rows, `vocab x hidden` f32 (the dequantized LM
+    /// head when it is tied and quantized).
+    pub fn embedding(&self) -> &[f32] {
+        &self.embedding
+    }
+
+    /// The decoder blocks' norms and matrices, in order.
+    pub fn blocks(&self) -> &[GoldenBlock] {
+        &self.blocks
+    }
+
+    /// The final RMSNorm weight (`hidden`).
+    pub fn output_norm(&self) -> &[f32] {
+        &self.output_norm
+    }
+
+    /// The LM head.
+    pub fn head(&self) -> &GoldenHead {
+        &self.head
+    }
+
     /// Embedding row of `token` (what the lookup returns); `None` outside
     /// the vocabulary.
     pub fn embedding_row(&self, token: usize) -> Option<&[f32]> {

@@ -182,6 +182,10 @@ fn golden_bytes_from_the_spec() {
     let d = m.dequantize();
     assert_eq!(d[1], 0.5 * 4.0 * -8.0);
     assert_eq!(d[0], 0.5 * 7.0 * -4.0);
+    // The embedding lookup's row is the same dequantization.
+    let u = m.unpack();
+    assert_eq!(u.dequantize_row(0).as_deref(), Some(&u.dequantize()[..16]));
+    assert_eq!(u.dequantize_row(1), None);
     // Serialised header.
     let bytes = m.to_bytes();
     assert_eq!(
