@@ -4,8 +4,13 @@
 //!   [`dialect::create_context`], which loads it into a fresh MLIR context.
 //! - [`mod@lower`]: [`q35_frontend::Graph`] to a verified `builtin.module` holding
 //!   one `q35.weight` declaration per weight and `func.func @decode`.
-//! - [`mod@passes`]: the q35 passes (`--q35-verify`, `--q35-check-overflow`), one
-//!   per file, run through MLIR's pass manager.
+//! - [`mod@passes`]: the q35 passes (`--q35-verify`, `--q35-check-overflow`,
+//!   `--q35-quantize-activations`), one per file, registered in one table
+//!   with typed options, run through MLIR's pass manager.
+//!
+//! The ops themselves are defined once in `q35_frontend::ops` (names,
+//! operands, attributes, shape rules); the lowering, the IRDL file and
+//! `q35-verify` are driven from that table.
 //!
 //! An MLIR [`melior::Context`] is neither `Send` nor `Sync`: keep each
 //! compilation on one thread.
@@ -38,7 +43,7 @@ pub enum Input<'a> {
 /// prints the result.
 pub fn opt(
     input: Input<'_>,
-    pipeline: &[&str],
+    pipeline: &[passes::PassSpec],
     options: passes::RunOptions,
 ) -> Result<String, MlirError> {
     let context = create_context()?;
