@@ -43,7 +43,12 @@ fn every_op_operand_and_attribute_is_declared() {
             .unwrap_or_else(|| panic!("{} missing", def.name));
         let body = &text[start..start + text[start..].find("\n  }").unwrap()];
         for v in def.operands.iter().chain(def.results) {
-            assert!(body.contains(&format!("{}: %", v.name)), "{}.{}", def.name, v.name);
+            assert!(
+                body.contains(&format!("{}: %", v.name)),
+                "{}.{}",
+                def.name,
+                v.name
+            );
         }
         for a in def.attributes {
             assert!(

@@ -9,8 +9,8 @@ use melior::ir::attribute::{
     IntegerAttribute, StringAttribute, TypeAttribute,
 };
 use melior::ir::operation::OperationLike;
-use melior::ir::r#type::{RankedTensorType, TypeLike};
 use melior::ir::r#type::{DimSize, ShapedTypeLike};
+use melior::ir::r#type::{RankedTensorType, TypeLike};
 use std::collections::BTreeMap;
 
 use melior::ir::{Attribute, Location, OperationRef, Type, ValueLike};

@@ -235,11 +235,7 @@ impl<'c> Lowering<'c> {
         ])
     }
 
-    fn qweight_type(
-        &mut self,
-        scheme: &str,
-        group_size: u32,
-    ) -> Result<Type<'c>, MlirError> {
+    fn qweight_type(&mut self, scheme: &str, group_size: u32) -> Result<Type<'c>, MlirError> {
         if let Some(t) = self.qweight.get(&(scheme.to_string(), group_size)) {
             return Ok(*t);
         }

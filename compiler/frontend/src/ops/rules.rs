@@ -11,8 +11,8 @@ use std::fmt;
 
 use q35_model::QuantScheme;
 
-use super::{AttrDef, AttrKind, OpDef, OpKind, ValueKind};
 use super::types::{Elem, ValueType};
+use super::{AttrDef, AttrKind, OpDef, OpKind, ValueKind};
 use crate::types::Dim;
 
 /// An attribute value, as the rules (and the lowering) see it.

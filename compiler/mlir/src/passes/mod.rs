@@ -27,8 +27,6 @@ use std::rc::Rc;
 use melior::Context;
 use melior::ContextRef;
 use melior::IrRewriter;
-use q35_frontend::ops::ValueType;
-use q35_target::Target;
 use melior::ir::operation::OperationPrintingFlags;
 use melior::ir::operation::{OperationLike, WalkOrder, WalkResult};
 use melior::ir::r#type::TypeId;
@@ -36,6 +34,8 @@ use melior::ir::{Module, OperationRef};
 use melior::pass::{
     ExternalPass, Pass, PassIrPrintingOptions, PassManager, RunExternalPass, create_external,
 };
+use q35_frontend::ops::ValueType;
+use q35_target::Target;
 
 use crate::dialect::capture_diagnostics;
 use crate::error::MlirError;
@@ -337,7 +337,11 @@ pub fn parse_pipeline(text: &str) -> Result<Vec<PassSpec>, MlirError> {
     for (i, c) in body.char_indices() {
         match c {
             '{' => depth += 1,
-            '}' => depth = depth.checked_sub(1).ok_or_else(|| bad("unbalanced `}`".into()))?,
+            '}' => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| bad("unbalanced `}`".into()))?
+            }
             ',' if depth == 0 => {
                 items.push(&body[start..i]);
                 start = i + 1;
@@ -374,8 +378,7 @@ pub fn pipeline(names: &[&str]) -> Result<Vec<PassSpec>, MlirError> {
 /// rewrite with [`PassContext::rewriter`] or MLIR's rewrite drivers), the
 /// pass's typed options, the module's target, and a diagnostics list.
 pub struct PassContext<'c, 'a> {
-    /// The MLIR context.
-    pub context: &'c Context,
+    context: ContextRef<'c>,
     /// The module the pass runs on.
     pub module: OperationRef<'c, 'a>,
     /// The pass's options.
@@ -394,6 +397,13 @@ impl fmt::Debug for PassContext<'_, '_> {
 }
 
 impl<'c, 'a> PassContext<'c, 'a> {
+    /// The MLIR context.
+    pub fn context(&self) -> &Context {
+        // SAFETY: `ContextRef` has `Context`'s layout (one `MlirContext`);
+        // the reference borrows `self`, which holds the `ContextRef`.
+        unsafe { self.context.to_ref() }
+    }
+
     /// The target the module was compiled for (its `q35.target` attribute,
     /// read once).
     pub fn target(&self) -> Result<&Target, &TargetAttrError> {
@@ -421,8 +431,8 @@ impl<'c, 'a> PassContext<'c, 'a> {
     }
 
     /// An IR rewriter (insertion points, create, replace, erase).
-    pub fn rewriter(&self) -> IrRewriter<'c> {
-        IrRewriter::new(self.context)
+    pub fn rewriter(&self) -> IrRewriter<'_> {
+        IrRewriter::new(self.context())
     }
 
     /// The declared types of the module's `q35.weight`s by symbol, for
@@ -448,10 +458,8 @@ impl<'c> RunExternalPass<'c> for Adapter {
     fn initialize(&mut self, _context: ContextRef<'c>) {}
 
     fn run(&mut self, operation: OperationRef<'c, '_>, pass: ExternalPass<'_>) {
-        // SAFETY: the context outlives the pass manager running this pass.
-        let context = unsafe { operation.context().to_ref() };
         let mut cx = PassContext {
-            context,
+            context: operation.context(),
             module: operation,
             options: self.spec.options.clone(),
             target: std::cell::OnceCell::new(),

@@ -36,7 +36,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use melior::ir::attribute::TypeAttribute;
-use melior::ir::operation::{OperationBuilder, OperationLike, OperationResult, WalkOrder, WalkResult};
+use melior::ir::operation::{
+    OperationBuilder, OperationLike, OperationResult, WalkOrder, WalkResult,
+};
 use melior::ir::r#type::{IntegerType, RankedTensorType};
 use melior::ir::{Attribute, Identifier, OperationRef, Type, Value, ValueLike};
 use melior::{
@@ -112,24 +114,31 @@ fn run(cx: &mut PassContext<'_, '_>) {
         shared: BTreeMap::new(),
         errors: Vec::new(),
     }));
-    let patterns = RewritePatternSet::new(cx.context);
+    let patterns = RewritePatternSet::new(cx.context());
     for kind in OpKind::ALL.into_iter().filter(|k| quantizes_input(*k)) {
         let state = Rc::clone(&state);
         patterns.add(create_op_rewrite_pattern(
             kind.name(),
             1,
-            cx.context,
+            cx.context(),
             move |_pattern, op, rewriter| {
                 // SAFETY: the driver hands the matched op and its rewriter,
                 // both valid for this call.
-                let (op, rewriter) =
-                    unsafe { (OperationRef::from_raw(op), PatternRewriter::from_raw(rewriter)) };
-                // SAFETY: the context outlives the pass run and its patterns.
-                let context = unsafe { op.context().to_ref() };
-                match rewrite(context, op, rewriter, &mut state.borrow_mut()) {
+                let (op, rewriter) = unsafe {
+                    (
+                        OperationRef::from_raw(op),
+                        PatternRewriter::from_raw(rewriter),
+                    )
+                };
+                let context_ref = op.context();
+                // SAFETY: `ContextRef` has `Context`'s layout; `context_ref`
+                // outlives every use of `context` (this call).
+                let context = unsafe { context_ref.to_ref() };
+                let mut state = state.borrow_mut();
+                match rewrite(context, op, rewriter, &mut state) {
                     Ok(()) => true,
                     Err(message) => {
-                        state.borrow_mut().errors.push(diagnostic(&op, message));
+                        state.errors.push(diagnostic(&op, message));
                         false
                     }
                 }
@@ -154,10 +163,7 @@ struct State {
 
 /// `tensor<dims x element>`.
 fn tensor<'c>(dims: &[Option<u64>], element: Type<'c>) -> Type<'c> {
-    let dims: Vec<u64> = dims
-        .iter()
-        .map(|d| d.unwrap_or(i64::MIN as u64))
-        .collect();
+    let dims: Vec<u64> = dims.iter().map(|d| d.unwrap_or(i64::MIN as u64)).collect();
     RankedTensorType::new(&dims, element, None).into()
 }
 

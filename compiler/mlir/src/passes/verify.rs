@@ -66,7 +66,10 @@ fn run(cx: &mut PassContext<'_, '_>) {
             op: &op,
             weights: &table,
         };
-        if let Err(e) = rules::check(kind, &view).map_err(|e| e.message()).and_then(|()| dataflow(kind, &op)) {
+        if let Err(e) = rules::check(kind, &view)
+            .map_err(|e| e.message())
+            .and_then(|()| dataflow(kind, &op))
+        {
             found.push(diagnostic(&op, e));
         }
         WalkResult::Advance
@@ -110,9 +113,7 @@ fn dataflow(kind: OpKind, op: &OperationRef<'_, '_>) -> Result<(), String> {
             };
             match (producer(0), producer(1)) {
                 (Some((a, 0)), Some((b, 1))) if a == b => Ok(()),
-                _ => Err(
-                    "codes and scale must be results 0 and 1 of one q35.quantize".into(),
-                ),
+                _ => Err("codes and scale must be results 0 and 1 of one q35.quantize".into()),
             }
         }
         OpKind::Weight
