@@ -1,14 +1,18 @@
 // The `q35` dialect: a LLaMA-family decoder step at graph level.
 //
-// Written by hand in IRDL. `q35c` embeds this file and loads it through
-// melior; stock tools load it with `mlir-opt --irdl-file=dialects/q35.irdl.mlir`.
+// GENERATED from the op table `q35_frontend::ops::OPS`
+// (compiler/frontend/src/ops/mod.rs): do not edit. Regenerate with
+// `Q35_BLESS=1 cargo test -p q35-frontend --test irdl`. `q35c` embeds this
+// file and loads it through melior; stock tools load it with
+// `mlir-opt --irdl-file=dialects/q35.irdl.mlir`.
 //
 // What IRDL checks here: operand/result counts and that they are tensors (or
 // `index`), required attributes and their kinds, and type equality where one
 // constraint value is used twice (for example `q35.add` needs lhs, rhs and
 // result of one type). What it cannot check (element types and dimensions of
 // builtin tensors, that a symbol names a `q35.weight`, that K matches the
-// weight) is checked by the `q35-verify` pass (compiler/mlir/src/passes).
+// weight) is checked by the `q35-verify` pass with the table's shape rules
+// (`q35_frontend::ops::rules`).
 //
 // Conventions:
 // - Activations are `tensor<?xDxf32>`: `?` tokens decoded in one step, starting
@@ -20,6 +24,8 @@
 // - Matmuls quantize their input per token to int8 (`act_type = i8`) and
 //   accumulate in int32 (`acc_type = i32`) on the systolic array; the result is
 //   dequantized to f32 with the activation and weight scales.
+//   `q35-quantize-activations` makes the quantization explicit
+//   (`q35.quantize` feeding `q35.qmatmul`).
 // - The KV cache is one tensor<blocks x 2 x max_seq x kv_heads x head_dim x f32>
 //   threaded through the function: `q35.kv_write` returns the updated cache.
 irdl.dialect @q35 {
@@ -34,10 +40,10 @@ irdl.dialect @q35 {
   // A model weight, declared once at module level. `sym_name` is the symbol
   // the ops refer to, `type` its tensor type, `source` the GGUF tensor name.
   irdl.operation @weight {
-    %name = irdl.base "#builtin.string"
+    %sym_name = irdl.base "#builtin.string"
     %type = irdl.base "#builtin.type"
     %source = irdl.base "#builtin.string"
-    irdl.attributes { "sym_name" = %name, "type" = %type, "source" = %source }
+    irdl.attributes { "sym_name" = %sym_name, "type" = %type, "source" = %source }
   }
 
   // Token embedding lookup: tokens tensor<?xi32> -> tensor<?xhidden x f32>,
@@ -53,12 +59,12 @@ irdl.dialect @q35 {
 
   // RMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * weight.
   irdl.operation @rmsnorm {
-    %t = irdl.base "!builtin.tensor"
+    %x = irdl.base "!builtin.tensor"
     %weight = irdl.base "#builtin.symbol_ref"
     %eps = irdl.base "#builtin.float"
     irdl.attributes { "weight" = %weight, "eps" = %eps }
-    irdl.operands(x: %t)
-    irdl.results(y: %t)
+    irdl.operands(x: %x)
+    irdl.results(y: %x)
   }
 
   // y = x W^T with W = @weight [out, in]: int8 activations (quantized per
@@ -67,9 +73,9 @@ irdl.dialect @q35 {
     %x = irdl.base "!builtin.tensor"
     %y = irdl.base "!builtin.tensor"
     %weight = irdl.base "#builtin.symbol_ref"
-    %act = irdl.is i8
-    %acc = irdl.is i32
-    irdl.attributes { "weight" = %weight, "act_type" = %act, "acc_type" = %acc }
+    %act_type = irdl.is i8
+    %acc_type = irdl.is i32
+    irdl.attributes { "weight" = %weight, "act_type" = %act_type, "acc_type" = %acc_type }
     irdl.operands(x: %x)
     irdl.results(y: %y)
   }
@@ -79,26 +85,26 @@ irdl.dialect @q35 {
   // "adjacent"` rotates (x[2i], x[2i+1]) as llama.cpp's LLAMA_ROPE_TYPE_NORM
   // does on GGUF's permuted Q/K rows.
   irdl.operation @rope {
-    %t = irdl.base "!builtin.tensor"
+    %x = irdl.base "!builtin.tensor"
     %pos = irdl.is index
     %heads = irdl.base "#builtin.integer"
     %head_dim = irdl.base "#builtin.integer"
     %base = irdl.base "#builtin.float"
     %pairing = irdl.is "adjacent"
     irdl.attributes { "heads" = %heads, "head_dim" = %head_dim, "base" = %base, "pairing" = %pairing }
-    irdl.operands(x: %t, pos: %pos)
-    irdl.results(y: %t)
+    irdl.operands(x: %x, pos: %pos)
+    irdl.results(y: %x)
   }
 
   // Writes k and v (tensor<?x kv_heads*head_dim x f32>) of block `layer` into
   // the cache at positions pos .. pos+?-1; returns the updated cache.
   irdl.operation @kv_write {
     %cache = irdl.base "!builtin.tensor"
-    %kv = irdl.base "!builtin.tensor"
+    %k = irdl.base "!builtin.tensor"
     %pos = irdl.is index
     %layer = irdl.base "#builtin.integer"
     irdl.attributes { "layer" = %layer }
-    irdl.operands(cache: %cache, k: %kv, v: %kv, pos: %pos)
+    irdl.operands(cache: %cache, k: %k, v: %k, pos: %pos)
     irdl.results(updated: %cache)
   }
 
@@ -122,16 +128,16 @@ irdl.dialect @q35 {
 
   // Element-wise sum (the residual connections).
   irdl.operation @add {
-    %t = irdl.base "!builtin.tensor"
-    irdl.operands(lhs: %t, rhs: %t)
-    irdl.results(sum: %t)
+    %lhs = irdl.base "!builtin.tensor"
+    irdl.operands(lhs: %lhs, rhs: %lhs)
+    irdl.results(sum: %lhs)
   }
 
   // SwiGLU gate: silu(gate) * up, element-wise.
   irdl.operation @swiglu {
-    %t = irdl.base "!builtin.tensor"
-    irdl.operands(gate: %t, up: %t)
-    irdl.results(out: %t)
+    %gate = irdl.base "!builtin.tensor"
+    irdl.operands(gate: %gate, up: %gate)
+    irdl.results(out: %gate)
   }
 
   // Logits: x W^T with W = @weight [vocab, hidden], quantized like
@@ -140,11 +146,36 @@ irdl.dialect @q35 {
     %x = irdl.base "!builtin.tensor"
     %logits = irdl.base "!builtin.tensor"
     %weight = irdl.base "#builtin.symbol_ref"
-    %act = irdl.is i8
-    %acc = irdl.is i32
+    %act_type = irdl.is i8
+    %acc_type = irdl.is i32
     %tied = irdl.base "#builtin.integer"
-    irdl.attributes { "weight" = %weight, "act_type" = %act, "acc_type" = %acc, "tied" = %tied }
+    irdl.attributes { "weight" = %weight, "act_type" = %act_type, "acc_type" = %acc_type, "tied" = %tied }
     irdl.operands(x: %x)
     irdl.results(logits: %logits)
+  }
+
+  // Per-token int8 quantization of activations (docs/q35-format.md 8.1):
+  // x tensor<?xKxf32> -> codes tensor<?xKxi8> in -127..127 and one f32 scale
+  // per token (amax / 127; 0 for an all-zero token).
+  irdl.operation @quantize {
+    %x = irdl.base "!builtin.tensor"
+    %codes = irdl.base "!builtin.tensor"
+    %scale = irdl.base "!builtin.tensor"
+    irdl.operands(x: %x)
+    irdl.results(codes: %codes, scale: %scale)
+  }
+
+  // y = dequant(codes W^T) with W = @weight [out, in]: int8 codes from
+  // `q35.quantize`, int32 accumulation per group, f32 result scaled by the
+  // weight's group scales and the token's `scale` (docs/q35-format.md 8.2).
+  irdl.operation @qmatmul {
+    %codes = irdl.base "!builtin.tensor"
+    %scale = irdl.base "!builtin.tensor"
+    %y = irdl.base "!builtin.tensor"
+    %weight = irdl.base "#builtin.symbol_ref"
+    %acc_type = irdl.is i32
+    irdl.attributes { "weight" = %weight, "acc_type" = %acc_type }
+    irdl.operands(codes: %codes, scale: %scale)
+    irdl.results(y: %y)
   }
 }

@@ -58,7 +58,7 @@ pub enum GraphError {
         expected: String,
     },
     /// A weight of the wrong shape or format for its use.
-    #[error("node `{node}` ({op}): weight `{weight}` {problem}")]
+    #[error("node `{node}` ({op}): {problem}")]
     Weight {
         /// The node.
         node: String,

@@ -9,7 +9,8 @@ use petgraph::visit::EdgeRef;
 use q35_model::QuantScheme;
 
 use crate::error::GraphError;
-use crate::types::{DType, Shape};
+use crate::ops::{AttrValue, Elem, OpKind, ValueType};
+use crate::types::{DType, Dim, Shape};
 
 /// Index of a weight declaration in [`Graph::weights`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -116,19 +117,66 @@ pub enum Op {
 }
 
 impl Op {
-    /// A short name for diagnostics.
+    /// The q35 op this node lowers to; `None` for inputs (function arguments).
+    pub fn op_kind(&self) -> Option<OpKind> {
+        Some(match self {
+            Op::Input(_) => return None,
+            Op::Embedding { .. } => OpKind::Embed,
+            Op::RmsNorm { .. } => OpKind::RmsNorm,
+            Op::MatMul { .. } => OpKind::MatMul,
+            Op::Rope { .. } => OpKind::Rope,
+            Op::KvWrite { .. } => OpKind::KvWrite,
+            Op::Attention { .. } => OpKind::Attention,
+            Op::Add => OpKind::Add,
+            Op::SwiGlu => OpKind::SwiGlu,
+            Op::LmHead { .. } => OpKind::LmHead,
+        })
+    }
+
+    /// A short name for diagnostics: the op's mnemonic (`matmul`), or `input`.
     pub fn kind(&self) -> &'static str {
+        self.op_kind().map_or("input", OpKind::mnemonic)
+    }
+
+    /// The values of the op's parameters (the table's attributes that are
+    /// not constants, [`crate::ops::OpDef::parameters`]), in table order.
+    /// Weights become their symbols (`#id` if not declared in `weights`).
+    pub fn attributes(&self, weights: &[Weight]) -> Vec<AttrValue> {
+        let symbol = |id: &WeightId| {
+            AttrValue::Symbol(
+                weights
+                    .get(id.0)
+                    .map_or_else(|| format!("#{}", id.0), |w| w.symbol.clone()),
+            )
+        };
+        let int = |v: &u32| AttrValue::Int(i64::from(*v));
+        let float = |v: f32| AttrValue::Float(f64::from(v));
         match self {
-            Op::Input(_) => "input",
-            Op::Embedding { .. } => "embedding",
-            Op::RmsNorm { .. } => "rmsnorm",
-            Op::MatMul { .. } => "matmul",
-            Op::Rope { .. } => "rope",
-            Op::KvWrite { .. } => "kv_write",
-            Op::Attention { .. } => "attention",
-            Op::Add => "add",
-            Op::SwiGlu => "swiglu",
-            Op::LmHead { .. } => "lm_head",
+            Op::Input(_) | Op::Add | Op::SwiGlu => vec![],
+            Op::Embedding { table } => vec![symbol(table)],
+            Op::RmsNorm { weight, eps } => vec![symbol(weight), float(*eps)],
+            Op::MatMul { weight } => vec![symbol(weight)],
+            Op::Rope {
+                heads,
+                head_dim,
+                base,
+            } => vec![int(heads), int(head_dim), float(*base)],
+            Op::KvWrite { layer } => vec![int(layer)],
+            Op::Attention {
+                layer,
+                heads,
+                kv_heads,
+                head_dim,
+                causal,
+            } => vec![
+                int(layer),
+                int(heads),
+                int(kv_heads),
+                int(head_dim),
+                AttrValue::Bool(*causal),
+                float(1.0 / (*head_dim as f32).sqrt()),
+            ],
+            Op::LmHead { weight, tied } => vec![symbol(weight), AttrValue::Bool(*tied)],
         }
     }
 
@@ -146,6 +194,29 @@ impl Op {
             | Op::Add
             | Op::SwiGlu => None,
         }
+    }
+}
+
+impl Weight {
+    /// The declared type: `tensor<N x K x !q35.qweight<...>>` or `tensor<N x f32>`.
+    pub fn value_type(&self) -> ValueType {
+        let elem = match self.format {
+            WeightFormat::Quantized { scheme, group_size } => Elem::QWeight {
+                scheme: scheme.as_str().to_string(),
+                group_size: u64::from(group_size),
+            },
+            WeightFormat::F32 => Elem::F32,
+        };
+        ValueType::tensor(self.shape.iter().map(|&d| Dim::Static(d)).collect(), elem)
+    }
+
+    /// The values of `q35.weight`'s attributes, in table order.
+    pub fn attributes(&self) -> Vec<AttrValue> {
+        vec![
+            AttrValue::Str(self.symbol.clone()),
+            AttrValue::Type(self.value_type()),
+            AttrValue::Str(self.source.clone()),
+        ]
     }
 }
 

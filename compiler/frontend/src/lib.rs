@@ -10,12 +10,16 @@
 //! type of every edge; [`Graph::topological_order`] gives the deterministic
 //! order the MLIR lowering walks.
 //!
+//! [`ops`] defines every q35 op once (names, operands, attributes, shape
+//! rules); the graph checks and the MLIR side are driven from it.
+//!
 //! The graph describes one decode step of `?` tokens starting at position
 //! `pos`, with a KV cache of `max_seq_len` positions.
 
 mod build;
 mod error;
 mod graph;
+pub mod ops;
 mod types;
 mod verify;
 

@@ -64,7 +64,7 @@ fn smollm2() -> GraphConfig {
 fn tiny_graph_has_every_op() {
     let g = build_from_config(&tiny()).unwrap();
     assert_eq!(g.count_ops("input"), 3);
-    assert_eq!(g.count_ops("embedding"), 1);
+    assert_eq!(g.count_ops("embed"), 1);
     assert_eq!(g.count_ops("rmsnorm"), 2 * 2 + 1);
     assert_eq!(g.count_ops("matmul"), 7 * 2);
     assert_eq!(g.count_ops("rope"), 2 * 2);
@@ -281,7 +281,7 @@ fn verify_rejects_a_k_mismatch() {
     let err = small_graph(matrix(vec![8, 32])).verify().unwrap_err();
     assert_eq!(
         err.to_string(),
-        "node `proj` (matmul): weight `w` has 32 columns but the input has 64 features"
+        "node `proj` (matmul): input has 64 features but weight @w has 32 columns"
     );
 }
 
@@ -303,7 +303,11 @@ fn verify_rejects_unquantized_matmul_weight_and_bad_operands() {
     let mut w = matrix(vec![8, 64]);
     w.format = WeightFormat::F32;
     let err = small_graph(w).verify().unwrap_err();
-    assert!(err.to_string().contains("must be quantized"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("weight @w must be a quantized matrix, not tensor<8x64xf32>"),
+        "{err}"
+    );
 
     // An add fed by tokens (i32) instead of activations.
     let mut g = small_graph(matrix(vec![8, 64]));

@@ -52,6 +52,22 @@ pub enum MlirError {
     /// A pass name that is not registered.
     #[error("unknown pass `{0}` (known: {known})", known = crate::passes::names().join(", "))]
     UnknownPass(String),
+    /// A pass option that does not parse.
+    #[error("pass `{pass}`: {message}")]
+    PassOption {
+        /// The pass.
+        pass: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A pipeline string that does not parse.
+    #[error("bad pass pipeline `{pipeline}`: {message}")]
+    Pipeline {
+        /// The pipeline text.
+        pipeline: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A pass reported errors.
     #[error("{pass} failed:\n{}", render(.diagnostics))]
     Pass {

@@ -1,4 +1,5 @@
-//! Reading q35 IR: tensor types, `!q35.qweight` parameters, attributes,
+//! Reading q35 IR: tensor types, `!q35.qweight` parameters, attributes, ops
+//! as the shared shape rules see them ([`RuleView`]),
 //! the module's target ([`target_from_module`]), locations and diagnostics in
 //! a stable textual form.
 
@@ -8,9 +9,13 @@ use melior::ir::attribute::{
     IntegerAttribute, StringAttribute, TypeAttribute,
 };
 use melior::ir::operation::OperationLike;
-use melior::ir::r#type::RankedTensorType;
 use melior::ir::r#type::{DimSize, ShapedTypeLike};
-use melior::ir::{Attribute, Location, Type, ValueLike};
+use melior::ir::r#type::{RankedTensorType, TypeLike};
+use std::collections::BTreeMap;
+
+use melior::ir::{Attribute, Location, OperationRef, Type, ValueLike};
+use q35_frontend::Dim;
+use q35_frontend::ops::{AttrDef, AttrKind, AttrValue, Elem, OpView, ValueType, module_attr};
 use q35_target::{Target, TargetError};
 
 /// A ranked tensor type as plain data: `None` marks a dynamic dimension.
@@ -54,6 +59,89 @@ impl std::fmt::Display for TensorInfo {
             }
         }
         write!(f, "{}>", self.element)
+    }
+}
+
+impl TensorInfo {
+    /// As the shape rules' [`ValueType`].
+    pub fn to_value_type(&self) -> ValueType {
+        ValueType::tensor(
+            self.dims
+                .iter()
+                .map(|d| d.map_or(Dim::Dynamic, Dim::Static))
+                .collect(),
+            Elem::parse(&self.element),
+        )
+    }
+}
+
+/// Any MLIR type as the shape rules' [`ValueType`].
+pub fn value_type(ty: Type<'_>) -> ValueType {
+    if let Some(t) = TensorInfo::of(ty) {
+        return t.to_value_type();
+    }
+    if ty.is_index() {
+        return ValueType::Index;
+    }
+    ValueType::Other(ty.to_string())
+}
+
+/// An MLIR op as the shared shape rules read it
+/// ([`q35_frontend::ops::rules::check`]); weights are looked up in `weights`
+/// (symbol -> declared type).
+#[derive(Debug)]
+pub struct RuleView<'o, 'c, 'a> {
+    /// The op.
+    pub op: &'o OperationRef<'c, 'a>,
+    /// Declared weight types by symbol.
+    pub weights: &'o BTreeMap<String, ValueType>,
+}
+
+impl OpView for RuleView<'_, '_, '_> {
+    fn operand_count(&self) -> usize {
+        self.op.operand_count()
+    }
+
+    fn operand(&self, index: usize) -> ValueType {
+        self.op.operand(index).map_or_else(
+            |e| ValueType::Other(e.to_string()),
+            |v| value_type(v.r#type()),
+        )
+    }
+
+    fn result_count(&self) -> usize {
+        self.op.result_count()
+    }
+
+    fn result(&self, index: usize) -> ValueType {
+        self.op.result(index).map_or_else(
+            |e| ValueType::Other(e.to_string()),
+            |v| value_type(v.r#type()),
+        )
+    }
+
+    fn attribute(&self, def: &AttrDef) -> Option<AttrValue> {
+        let op = self.op;
+        let name = def.name;
+        match def.kind {
+            AttrKind::Symbol => symbol_attr(op, name).map(AttrValue::Symbol),
+            AttrKind::F32 => float_attr(op, name).map(AttrValue::Float),
+            AttrKind::Int => int_attr(op, name).map(AttrValue::Int),
+            AttrKind::Bool => bool_attr(op, name).map(AttrValue::Bool),
+            AttrKind::Str => string_attr(op, name).map(AttrValue::Str),
+            AttrKind::Type => {
+                let a = op.attribute(name).ok()?;
+                Some(AttrValue::Type(value_type(
+                    TypeAttribute::try_from(a).ok()?.value(),
+                )))
+            }
+            // Constants: IRDL checks them, the rules never read them.
+            AttrKind::IsType(_) | AttrKind::IsStr(_) => None,
+        }
+    }
+
+    fn weight(&self, symbol: &str) -> Option<ValueType> {
+        self.weights.get(symbol).cloned()
     }
 }
 
@@ -145,7 +233,7 @@ pub fn tensor_type_attr<'c: 'a, 'a>(
 }
 
 /// The module attribute holding the target description.
-pub const TARGET_ATTRIBUTE: &str = "q35.target";
+pub const TARGET_ATTRIBUTE: &str = module_attr::TARGET;
 
 /// Why a module's target cannot be read.
 #[derive(Debug, thiserror::Error)]

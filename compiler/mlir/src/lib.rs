@@ -6,8 +6,13 @@
 //!   one `q35.weight` declaration per weight and `func.func @decode`.
 //! - [`mod@interp`]: an interpreter of `func.func @decode` on the hardware
 //!   contract's semantics, held to the golden model bit for bit.
-//! - [`mod@passes`]: the q35 passes (`--q35-verify`, `--q35-check-overflow`), one
-//!   per file, run through MLIR's pass manager.
+//! - [`mod@passes`]: the q35 passes (`--q35-verify`, `--q35-check-overflow`,
+//!   `--q35-quantize-activations`), one per file, registered in one table
+//!   with typed options, run through MLIR's pass manager.
+//!
+//! The ops themselves are defined once in `q35_frontend::ops` (names,
+//! operands, attributes, shape rules); the lowering, the IRDL file and
+//! `q35-verify` are driven from that table.
 //!
 //! An MLIR [`melior::Context`] is neither `Send` nor `Sync`: keep each
 //! compilation on one thread.
@@ -41,7 +46,7 @@ pub enum Input<'a> {
 /// prints the result.
 pub fn opt(
     input: Input<'_>,
-    pipeline: &[&str],
+    pipeline: &[passes::PassSpec],
     options: passes::RunOptions,
 ) -> Result<String, MlirError> {
     let context = create_context()?;

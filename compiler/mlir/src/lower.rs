@@ -36,7 +36,8 @@ use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationBuilder, OperationLike, OperationMutLike};
 use melior::ir::r#type::{FunctionType, IntegerType, RankedTensorType};
 use melior::ir::{Attribute, Block, Identifier, Location, Module, Region, RegionLike, Type, Value};
-use q35_frontend::{DType, Dim, Graph, NodeIndex, Op, Shape, Weight, WeightFormat};
+use q35_frontend::ops::{AttrKind, AttrValue, Elem, OpKind, ValueType, module_attr};
+use q35_frontend::{DType, Dim, Graph, NodeIndex, Op, Shape, Weight};
 use q35_model::{ModelSpec, WeightSource};
 
 use crate::dialect::{capture_diagnostics, create_context};
@@ -75,7 +76,8 @@ pub fn compile_with<'c>(
 ) -> Result<Module<'c>, MlirError> {
     let graph = q35_frontend::build(spec)?;
     let mut module = lower(context, spec, &graph)?;
-    passes::run_with(context, &mut module, &passes::COMPILE_PIPELINE, options)?;
+    let pipeline = passes::pipeline(&passes::COMPILE_PIPELINE)?;
+    passes::run_with(context, &mut module, &pipeline, options)?;
     Ok(module)
 }
 
@@ -155,7 +157,7 @@ pub fn lower<'c>(
 struct Lowering<'c> {
     context: &'c Context,
     /// `!q35.qweight` types by (scheme, group size).
-    qweight: BTreeMap<(&'static str, u32), Type<'c>>,
+    qweight: BTreeMap<(String, u32), Type<'c>>,
 }
 
 impl<'c> Lowering<'c> {
@@ -198,7 +200,7 @@ impl<'c> Lowering<'c> {
             .map_err(|e| e.to_string())
             .and_then(|v| attribute_from_json(self.context, &v))
             .map_err(|message| MlirError::Attribute {
-                name: "q35.target".into(),
+                name: module_attr::TARGET.into(),
                 message,
             })?;
         let weights = match &spec.weights {
@@ -212,10 +214,10 @@ impl<'c> Lowering<'c> {
             WeightSource::None => "none".to_string(),
         };
         Ok(vec![
-            ("q35.model", self.str(&spec.name)),
-            ("q35.weights", self.str(&weights)),
+            (module_attr::MODEL, self.str(&spec.name)),
+            (module_attr::WEIGHTS, self.str(&weights)),
             (
-                "q35.arch",
+                module_attr::ARCH,
                 self.dict(&[
                     ("family", self.str(&a.family)),
                     ("blocks", self.int(a.blocks.into())),
@@ -232,7 +234,7 @@ impl<'c> Lowering<'c> {
                 ]),
             ),
             (
-                "q35.quant",
+                module_attr::QUANT,
                 self.dict(&[
                     ("scheme", self.str(spec.quant.scheme.as_str())),
                     ("group_size", self.int(spec.quant.group_size.into())),
@@ -241,30 +243,26 @@ impl<'c> Lowering<'c> {
                 ]),
             ),
             (
-                "q35.limits",
+                module_attr::LIMITS,
                 self.dict(&[
                     ("max_seq_len", self.int(spec.limits.max_seq_len.into())),
                     ("batch", self.int(spec.limits.batch.into())),
                 ]),
             ),
-            ("q35.target", target),
+            (module_attr::TARGET, target),
         ])
     }
 
-    fn qweight_type(
-        &mut self,
-        scheme: &'static str,
-        group_size: u32,
-    ) -> Result<Type<'c>, MlirError> {
-        if let Some(t) = self.qweight.get(&(scheme, group_size)) {
+    fn qweight_type(&mut self, scheme: &str, group_size: u32) -> Result<Type<'c>, MlirError> {
+        if let Some(t) = self.qweight.get(&(scheme.to_string(), group_size)) {
             return Ok(*t);
         }
         let spelling = format!("!q35.qweight<{scheme:?}, {group_size} : i32>");
         let t = Type::parse(self.context, &spelling).ok_or_else(|| MlirError::Build {
-            op: "q35.weight".into(),
+            op: OpKind::Weight.name().into(),
             message: format!("cannot make type {spelling}"),
         })?;
-        self.qweight.insert((scheme, group_size), t);
+        self.qweight.insert((scheme.to_string(), group_size), t);
         Ok(t)
     }
 
@@ -294,38 +292,108 @@ impl<'c> Lowering<'c> {
     }
 
     fn weight_decl(&mut self, w: &Weight) -> Result<melior::ir::Operation<'c>, MlirError> {
-        let element = match w.format {
-            WeightFormat::Quantized { scheme, group_size } => {
-                self.qweight_type(scheme.as_str(), group_size)?
-            }
-            WeightFormat::F32 => Type::float32(self.context),
-        };
-        let ty = self.tensor(&w.shape, element);
         let loc = Location::name(self.context, &w.symbol, Location::unknown(self.context));
-        OperationBuilder::new("q35.weight", loc)
-            .add_attributes(&[
-                (self.id("sym_name"), self.str(&w.symbol)),
-                (self.id("type"), TypeAttribute::new(ty).into()),
-                (self.id("source"), self.str(&w.source)),
-            ])
-            .build()
-            .map_err(|e| MlirError::Build {
-                op: "q35.weight".into(),
-                message: e.to_string(),
-            })
+        self.build(OpKind::Weight, loc, &w.symbol, &[], &[], &w.attributes())
     }
 
-    fn symbol(
-        &self,
-        graph: &Graph,
-        id: q35_frontend::WeightId,
+    /// An MLIR type for a table type (weights' `!q35.qweight` by spelling).
+    fn table_type(&mut self, t: &ValueType) -> Result<Type<'c>, MlirError> {
+        let (dims, elem) = match t {
+            ValueType::Index => return Ok(Type::index(self.context)),
+            ValueType::Tensor { dims, elem } => (dims, elem),
+            ValueType::Other(s) => {
+                return Err(MlirError::Build {
+                    op: String::new(),
+                    message: format!("no MLIR type for {s}"),
+                });
+            }
+        };
+        let element = match elem {
+            Elem::F32 => Type::float32(self.context),
+            Elem::F16 => Type::float16(self.context),
+            Elem::I32 => IntegerType::new(self.context, 32).into(),
+            Elem::I8 => IntegerType::new(self.context, 8).into(),
+            Elem::QWeight { scheme, group_size } => {
+                let group = u32::try_from(*group_size).map_err(|_| MlirError::Build {
+                    op: OpKind::Weight.name().into(),
+                    message: format!("group size {group_size} does not fit i32"),
+                })?;
+                self.qweight_type(scheme, group)?
+            }
+            Elem::Other(s) => {
+                return Err(MlirError::Build {
+                    op: String::new(),
+                    message: format!("no MLIR element type for {s}"),
+                });
+            }
+        };
+        let dims: Vec<u64> = dims
+            .iter()
+            .map(|d| match d {
+                Dim::Dynamic => DYNAMIC,
+                Dim::Static(n) => *n,
+            })
+            .collect();
+        Ok(self.tensor(&dims, element))
+    }
+
+    /// An attribute from a table value.
+    fn attribute(&mut self, v: &AttrValue) -> Result<Attribute<'c>, MlirError> {
+        Ok(match v {
+            AttrValue::Symbol(s) => FlatSymbolRefAttribute::new(self.context, s).into(),
+            AttrValue::Float(x) => {
+                FloatAttribute::new(self.context, Type::float32(self.context), *x).into()
+            }
+            AttrValue::Int(i) => {
+                IntegerAttribute::new(IntegerType::new(self.context, 64).into(), *i).into()
+            }
+            AttrValue::Bool(b) => self.bool(*b),
+            AttrValue::Str(s) => self.str(s),
+            AttrValue::Type(t) => TypeAttribute::new(self.table_type(t)?).into(),
+        })
+    }
+
+    /// Builds op `kind` from the table: its name, then each attribute in
+    /// table order, constants from the table and parameters from `values`.
+    fn build(
+        &mut self,
+        kind: OpKind,
+        loc: Location<'c>,
         node: &str,
-    ) -> Result<Attribute<'c>, MlirError> {
-        let w = graph.weight(id).ok_or_else(|| MlirError::Lower {
-            node: node.to_string(),
-            problem: format!("weight #{} is not declared", id.0),
-        })?;
-        Ok(FlatSymbolRefAttribute::new(self.context, &w.symbol).into())
+        operands: &[Value<'c, '_>],
+        results: &[Type<'c>],
+        values: &[AttrValue],
+    ) -> Result<melior::ir::Operation<'c>, MlirError> {
+        let def = kind.def();
+        let error = |message: String| MlirError::Build {
+            op: def.name.into(),
+            message: format!("{node} ({message})"),
+        };
+        let mut values = values.iter();
+        let mut attrs = Vec::with_capacity(def.attributes.len());
+        for a in def.attributes {
+            let attr = match a.kind {
+                AttrKind::IsType(spelling) => Type::parse(self.context, spelling)
+                    .map(|t| TypeAttribute::new(t).into())
+                    .ok_or_else(|| error(format!("cannot make type {spelling}")))?,
+                AttrKind::IsStr(s) => self.str(s),
+                kind => match values.next() {
+                    Some(v) if v.fits(kind) => self.attribute(v)?,
+                    Some(v) => return Err(error(format!("`{}` cannot be {v:?}", a.name))),
+                    None => return Err(error(format!("no value for `{}`", a.name))),
+                },
+            };
+            attrs.push((self.id(a.name), attr));
+        }
+        if let Some(extra) = values.next() {
+            return Err(error(format!("an extra attribute value {extra:?}")));
+        }
+        OperationBuilder::new(def.name, loc)
+            .add_operands(operands)
+            .add_results(results)
+            .add_attributes(&attrs)
+            .build()
+            .map_err(|e| error(e.to_string()))
     }
 
     fn decode_func(&mut self, graph: &Graph) -> Result<melior::ir::Operation<'c>, MlirError> {
@@ -422,84 +490,21 @@ impl<'c> Lowering<'c> {
         let ctx = self.context;
         let loc = Location::name(ctx, &node.name, Location::unknown(ctx));
         let result = self.value_type(&node.shape, node.dtype);
-        let (name, attrs): (&str, Vec<(&str, Attribute<'c>)>) = match &node.op {
-            Op::Input(kind) => {
-                return Err(MlirError::Lower {
-                    node: node.name.clone(),
-                    problem: format!("input {kind:?} is not an op"),
-                });
-            }
-            Op::Embedding { table } => (
-                "q35.embed",
-                vec![("table", self.symbol(graph, *table, &node.name)?)],
-            ),
-            Op::RmsNorm { weight, eps } => (
-                "q35.rmsnorm",
-                vec![
-                    ("weight", self.symbol(graph, *weight, &node.name)?),
-                    ("eps", self.f32(*eps)),
-                ],
-            ),
-            Op::MatMul { weight } => (
-                "q35.matmul",
-                vec![
-                    ("weight", self.symbol(graph, *weight, &node.name)?),
-                    ("act_type", self.int_type(8)),
-                    ("acc_type", self.int_type(32)),
-                ],
-            ),
-            Op::Rope {
-                heads,
-                head_dim,
-                base,
-            } => (
-                "q35.rope",
-                vec![
-                    ("heads", self.int((*heads).into())),
-                    ("head_dim", self.int((*head_dim).into())),
-                    ("base", self.f32(*base)),
-                    ("pairing", self.str("adjacent")),
-                ],
-            ),
-            Op::KvWrite { layer } => ("q35.kv_write", vec![("layer", self.int((*layer).into()))]),
-            Op::Attention {
-                layer,
-                heads,
-                kv_heads,
-                head_dim,
-                causal,
-            } => (
-                "q35.attention",
-                vec![
-                    ("layer", self.int((*layer).into())),
-                    ("heads", self.int((*heads).into())),
-                    ("kv_heads", self.int((*kv_heads).into())),
-                    ("head_dim", self.int((*head_dim).into())),
-                    ("causal", self.bool(*causal)),
-                    ("scale", self.f32(1.0 / (*head_dim as f32).sqrt())),
-                ],
-            ),
-            Op::Add => ("q35.add", vec![]),
-            Op::SwiGlu => ("q35.swiglu", vec![]),
-            Op::LmHead { weight, tied } => (
-                "q35.lm_head",
-                vec![
-                    ("weight", self.symbol(graph, *weight, &node.name)?),
-                    ("act_type", self.int_type(8)),
-                    ("acc_type", self.int_type(32)),
-                    ("tied", self.bool(*tied)),
-                ],
-            ),
+        let Some(kind) = node.op.op_kind() else {
+            return Err(MlirError::Lower {
+                node: node.name.clone(),
+                problem: format!("{:?} is not an op", node.op),
+            });
         };
-        let attrs: Vec<_> = attrs.into_iter().map(|(k, v)| (self.id(k), v)).collect();
-        OperationBuilder::new(name, loc)
-            .add_operands(operands)
-            .add_results(&[result])
-            .add_attributes(&attrs)
-            .build()
-            .map_err(|e| MlirError::Build {
-                op: name.into(),
-                message: format!("{} ({e})", node.name),
-            })
+        if let Some(id) = node.op.weight()
+            && graph.weight(id).is_none()
+        {
+            return Err(MlirError::Lower {
+                node: node.name.clone(),
+                problem: format!("weight #{} is not declared", id.0),
+            });
+        }
+        let values = node.op.attributes(graph.weights());
+        self.build(kind, loc, &node.name, operands, &[result], &values)
     }
 }

@@ -13,12 +13,13 @@ const K_MISMATCH: &str = r#"module {
 }"#;
 
 fn run(source: &str, pipeline: &[&str]) -> Result<String, MlirError> {
+    let pipeline = passes::pipeline(pipeline)?;
     opt(
         Input::Text {
             source,
             name: "t.mlir",
         },
-        pipeline,
+        &pipeline,
         RunOptions::default(),
     )
 }
@@ -72,5 +73,47 @@ fn every_pass_is_listed_once_and_prefixed() {
     }
     for n in passes::COMPILE_PIPELINE {
         assert!(names.contains(&n));
+    }
+}
+
+#[test]
+fn pipelines_parse_in_mlir_syntax_with_typed_options() {
+    let p =
+        passes::parse_pipeline("builtin.module(q35-verify,q35-quantize-activations{share=false})")
+            .unwrap();
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[1].pass.name, "q35-quantize-activations");
+    assert!(!p[1].options.bool("share"));
+    // Defaults, and the bare comma list.
+    let p = passes::parse_pipeline("q35-verify, q35-quantize-activations").unwrap();
+    assert!(p[1].options.bool("share"));
+    for (text, wanted) in [
+        (
+            "q35-quantize-activations{share=maybe}",
+            "option `share` must be true or false, not `maybe`",
+        ),
+        (
+            "q35-quantize-activations{tile=4}",
+            "no option `tile` (options: share)",
+        ),
+        (
+            "q35-verify{share=true}",
+            "no option `share` (options: none)",
+        ),
+        (
+            "func.func(q35-verify)",
+            "q35 passes run on builtin.module, not `func.func`",
+        ),
+        ("q35-verify{", "unbalanced `{`"),
+    ] {
+        let err = passes::parse_pipeline(text).unwrap_err().to_string();
+        assert!(err.contains(wanted), "{text}: {err}");
+    }
+}
+
+#[test]
+fn every_pass_option_default_parses() {
+    for p in passes::PASSES {
+        p.default_options().unwrap();
     }
 }

@@ -1,37 +1,38 @@
-//! `q35c opt FILE.mlir [--q35-verify] [--q35-check-overflow] [--pass-pipeline=a,b]`:
+//! `q35c opt FILE.mlir [--q35-verify] [--q35-pass=opt=v,...] [--pass-pipeline=...]`:
 //! runs q35 passes on a module, like `mlir-opt` for the q35 dialect.
 //!
 //! The input is parsed (and verified) with the q35 dialect loaded; the passes
 //! run through MLIR's pass manager with verification after each; the result is
-//! printed (`-o -`, the default, is stdout). Pass flags run in registry order;
-//! `--pass-pipeline` gives an explicit order. `--list-passes` prints the passes.
+//! printed (`-o -`, the default, is stdout). One flag per registered pass
+//! ([`q35_mlir::passes::PASSES`], added to the command at run time by
+//! [`with_pass_flags`], help text included), run in command-line order;
+//! `--q35-pass=a=1,b=2` sets its options. `--pass-pipeline` takes MLIR's
+//! syntax (`builtin.module(q35-verify,q35-quantize-activations{share=false})`)
+//! or a bare comma list. `--list-passes` prints the passes and their options.
 
 use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use clap::{Arg, ArgAction, ArgMatches};
+use q35_mlir::passes::{self, OptionKind, PassInfo, PassSpec};
 
 use crate::cmd_compile::write_output;
 
-/// Arguments of `q35c opt`.
+/// Arguments of `q35c opt` (the pass flags are added by [`with_pass_flags`]).
 #[derive(Debug, clap::Args)]
 pub struct OptArgs {
     /// Input MLIR file; `-` reads stdin.
     #[arg(required_unless_present = "list_passes")]
     pub input: Option<PathBuf>,
-    /// Run `q35-verify`: types, shapes and weight symbols beyond IRDL.
-    #[arg(long = "q35-verify")]
-    pub verify: bool,
-    /// Run `q35-check-overflow`: prove each matmul's int32 accumulator bound.
-    #[arg(long = "q35-check-overflow")]
-    pub check_overflow: bool,
-    /// Passes to run, in this order, comma-separated.
-    #[arg(long = "pass-pipeline", value_delimiter = ',', conflicts_with_all = ["verify", "check_overflow"])]
-    pub pipeline: Vec<String>,
+    /// The passes to run with their options, in MLIR's syntax
+    /// (`builtin.module(a,b{opt=v})`) or as `a,b{opt=v}`.
+    #[arg(long = "pass-pipeline", value_name = "PIPELINE")]
+    pub pipeline: Option<String>,
     /// Print the module to stderr after every pass.
     #[arg(long)]
     pub print_ir_after_all: bool,
-    /// List the q35 passes and exit.
+    /// List the q35 passes and their options, and exit.
     #[arg(long)]
     pub list_passes: bool,
     /// Output file; `-` writes to stdout.
@@ -39,24 +40,89 @@ pub struct OptArgs {
     pub output: PathBuf,
 }
 
-/// Runs `q35c opt`.
-pub fn run(args: &OptArgs) -> anyhow::Result<()> {
+fn kind_name(kind: OptionKind) -> &'static str {
+    match kind {
+        OptionKind::Bool => "true|false",
+        OptionKind::UInt => "N",
+    }
+}
+
+/// The help of a pass: its description, then each option.
+fn pass_help(p: &PassInfo) -> String {
+    let mut help = p.description.to_string();
+    for o in p.options {
+        help.push_str(&format!(
+            "\n  {}={} (default {}): {}",
+            o.name,
+            kind_name(o.kind),
+            o.default,
+            o.help
+        ));
+    }
+    help
+}
+
+/// Adds one `--<pass>[=opt=v,...]` flag per registered pass to `opt`.
+pub fn with_pass_flags(mut cmd: clap::Command) -> clap::Command {
+    for p in passes::PASSES {
+        cmd = cmd.arg(
+            Arg::new(p.name)
+                .long(p.name)
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("")
+                .value_name("OPTIONS")
+                .hide_default_value(true)
+                .action(ArgAction::Append)
+                .help(pass_help(p))
+                .conflicts_with("pipeline"),
+        );
+    }
+    cmd
+}
+
+/// The pass flags given, in command-line order, with their options.
+fn flag_pipeline(matches: &ArgMatches) -> anyhow::Result<Vec<PassSpec>> {
+    let mut given: Vec<(usize, PassSpec)> = Vec::new();
+    for p in passes::PASSES {
+        let (Some(values), Some(indices)) = (
+            matches.get_many::<String>(p.name),
+            matches.indices_of(p.name),
+        ) else {
+            continue;
+        };
+        for (value, index) in values.zip(indices) {
+            given.push((index, PassSpec::new(p.name, value)?));
+        }
+    }
+    given.sort_by_key(|(i, _)| *i);
+    Ok(given.into_iter().map(|(_, s)| s).collect())
+}
+
+/// Runs `q35c opt`; `matches` are the subcommand's (for the pass flags).
+pub fn run(args: &OptArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     if args.list_passes {
-        for p in q35_mlir::passes::PASSES {
-            println!("--{:<22} {}", p.name, p.description);
+        for p in passes::PASSES {
+            println!("--{:<26} {}", p.name, p.description);
+            for o in p.options {
+                println!(
+                    "    {}={:<20} {} (default {})",
+                    o.name,
+                    kind_name(o.kind),
+                    o.help,
+                    o.default
+                );
+            }
         }
         return Ok(());
     }
     let Some(input) = &args.input else {
         bail!("no input file")
     };
-    let mut pipeline: Vec<&str> = args.pipeline.iter().map(String::as_str).collect();
-    if args.verify {
-        pipeline.push("q35-verify");
-    }
-    if args.check_overflow {
-        pipeline.push("q35-check-overflow");
-    }
+    let pipeline = match &args.pipeline {
+        Some(text) => passes::parse_pipeline(text)?,
+        None => flag_pipeline(matches)?,
+    };
     let options = q35_mlir::passes::RunOptions {
         print_ir_after_all: args.print_ir_after_all,
     };

@@ -11,10 +11,10 @@ mod load;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 
 /// The q35 compiler: quantized LLaMA-family models for an LPU-style machine.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "q35c", version, about)]
 struct Cli {
     #[command(subcommand)]
@@ -41,10 +41,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `opt` gets one flag per registered pass, built at run time.
+    let matches = Cli::command()
+        .mut_subcommand("opt", cmd_opt::with_pass_flags)
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match &cli.command {
         Command::Compile(args) => cmd_compile::run(args),
-        Command::Opt(args) => cmd_opt::run(args),
+        Command::Opt(args) => match matches.subcommand_matches("opt") {
+            Some(m) => cmd_opt::run(args, m),
+            None => Err(anyhow::anyhow!("internal: no matches for `opt`")),
+        },
         Command::Run(args) => cmd_run::run(args),
         Command::Interp(args) => cmd_interp::run(args),
         Command::Eval(args) => cmd_eval::run(args),

@@ -1,7 +1,7 @@
 //! `--q35-check-overflow`: proves no matmul accumulator can overflow.
 //!
 //! The contract accumulates one group at a time (docs/q35-format.md 8.2):
-//! an accumulator of a `q35.matmul` or `q35.lm_head` with weight
+//! an accumulator of a `q35.matmul`, `q35.lm_head` or `q35.qmatmul` with weight
 //! `@w: tensor<N x K x !q35.qweight<"scheme", G>>` sums `k = min(K, G)`
 //! products of an int8 activation code (|a| <= 127,
 //! `q35_contract::semantics::ACT_MAX`) and an integer weight (|w| <= code_max
@@ -24,11 +24,11 @@
 //! After: `error: 'q35.matmul' op @w: int32 accumulator can overflow: 200000 x 127 x 128 = 3251200000 > 2147483647 (k = min(K 200000, group 200000))`.
 //! With group 128 the same matmul passes: k = 128.
 
-use melior::ir::OperationRef;
 use melior::ir::operation::{OperationLike, WalkOrder, WalkResult};
+use q35_frontend::ops::OpKind;
 
-use super::{Diagnostic, PassId, PassInfo, diagnostic, op_name, weights};
-use crate::ir::{symbol_attr, target_from_module};
+use super::{PassContext, PassId, PassInfo, diagnostic, op_name, weights};
+use crate::ir::symbol_attr;
 
 static ID: PassId = PassId::new();
 
@@ -36,6 +36,7 @@ static ID: PassId = PassId::new();
 pub(crate) static PASS: PassInfo = PassInfo::new(
     "q35-check-overflow",
     "prove every matmul's accumulator bound 127 x code_max x min(K, group) fits the target's mxm.acc_bits",
+    &[],
     run,
     &ID,
 );
@@ -49,13 +50,25 @@ pub fn code_max(scheme: &str) -> Option<u64> {
         .map(q35_contract::QuantScheme::code_max)
 }
 
-fn run(module: &OperationRef<'_, '_>, out: &mut Vec<Diagnostic>) {
-    let table = weights(module, out);
+fn run(cx: &mut PassContext<'_, '_>) {
+    let mut out = Vec::new();
+    let table = weights(&cx.module, &mut out);
     let act_max = u64::from(q35_contract::semantics::ACT_MAX.unsigned_abs());
-    let target = target_from_module(module);
-    module.walk(WalkOrder::PreOrder, |op| {
-        let name = op_name(&op);
-        if name != "q35.matmul" && name != "q35.lm_head" {
+    let target = cx.target();
+    cx.module.walk(WalkOrder::PreOrder, |op| {
+        let matmul = OpKind::from_name(&op_name(&op)).is_some_and(|k| match k {
+            OpKind::MatMul | OpKind::LmHead | OpKind::QMatMul => true,
+            OpKind::Weight
+            | OpKind::Embed
+            | OpKind::RmsNorm
+            | OpKind::Rope
+            | OpKind::KvWrite
+            | OpKind::Attention
+            | OpKind::Add
+            | OpKind::SwiGlu
+            | OpKind::Quantize => false,
+        });
+        if !matmul {
             return WalkResult::Advance;
         }
         let target = match &target {
@@ -112,6 +125,9 @@ fn run(module: &OperationRef<'_, '_>, out: &mut Vec<Diagnostic>) {
         }
         WalkResult::Advance
     });
+    for d in out {
+        cx.report(d);
+    }
 }
 
 #[cfg(test)]
@@ -120,7 +136,7 @@ mod tests {
 
     #[test]
     fn every_scheme_has_a_bound() {
-        for s in super::super::verify::SCHEMES {
+        for s in q35_contract::QuantScheme::NAMES {
             assert!(code_max(s).is_some(), "{s}");
         }
         assert_eq!(code_max("fp4"), None);
