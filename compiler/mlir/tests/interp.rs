@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use melior::ir::attribute::{FloatAttribute, IntegerAttribute};
+use melior::ir::attribute::{FloatAttribute, IntegerAttribute, TypeAttribute};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationMutLike, OperationRefMut};
 use melior::ir::r#type::IntegerType;
@@ -457,6 +457,16 @@ fn errors_name_the_op() {
     let mut wrong = binder.clone();
     wrong.bind("output_norm.weight", Binding::Vector(&b0.attn_norm[..10]));
     assert!(Interpreter::new(&module, &wrong).is_err());
+
+    // An attribute the op table fixes, changed: the contract defines no
+    // other accumulator (after the pass, on a q35.qmatmul).
+    let module = after_passes(&context, &spec, "q35-quantize-activations");
+    let i16t = IntegerType::new(&context, 16).into();
+    op_named(&module, "blk.0.q").set_attribute("acc_type", TypeAttribute::new(i16t).into());
+    assert_eq!(
+        Interpreter::new(&module, &binder).unwrap_err().to_string(),
+        "blk.0.q: 'q35.qmatmul' op `acc_type` = i16 is not interpreted (the contract defines i32)"
+    );
 }
 
 /// The binder names exactly the tensors the architecture expects.
@@ -537,4 +547,10 @@ fn smollm2_ir_equals_golden_bit_for_bit() {
     let tokens = tokenizer.encode("Once upon a", false);
     assert!(tokens.len() >= 3);
     check_stepwise(&interp, &golden, &tokens[..3]);
+
+    // After q35-quantize-activations: the same bits.
+    let module = after_passes(&context, &spec, "q35-quantize-activations");
+    let after = Interpreter::new(&module, &binder).unwrap();
+    assert_eq!(count(&after, OpKind::QMatMul), 30 * 7 + 1);
+    check_stepwise(&after, &golden, &tokens[..3]);
 }

@@ -343,7 +343,7 @@ fn check_constants(op: &OperationRef<'_, '_>, kind: OpKind) -> Result<(), Interp
                 return Err(op_error(
                     op,
                     format!(
-                        "`{}` = {v:?} is not interpreted (the contract defines {want:?})",
+                        "`{}` = {v} is not interpreted (the contract defines {want})",
                         a.name
                     ),
                 ));
