@@ -9,16 +9,21 @@
 //! error naming the op. The SmolLM2 test needs the GGUF
 //! (`Q35_SMOLLM2_GGUF`, else `.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf`)
 //! and fails without it unless `Q35_SKIP_MODEL_TESTS=1`.
+//!
+//! The module after `q35-quantize-activations` (explicit `q35.quantize` and
+//! `q35.qmatmul`) interprets to the same bits as the module before it and
+//! as the golden model: the rewriting pass preserves semantics.
 
 use std::path::{Path, PathBuf};
 
-use melior::ir::attribute::{FloatAttribute, IntegerAttribute};
+use melior::ir::attribute::{FloatAttribute, IntegerAttribute, TypeAttribute};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationMutLike, OperationRefMut};
 use melior::ir::r#type::IntegerType;
 use melior::ir::{Attribute, Module, RegionLike, Type};
 use q35_contract::GoldenModel;
-use q35_mlir::interp::{Binding, InterpError, Interpreter, Lockstep, Tensor, WeightBinder};
+use q35_mlir::interp::{Binding, InterpError, Interpreter, Lockstep, OpKind, Tensor, WeightBinder};
+use q35_mlir::passes::{self, RunOptions};
 use q35_model::ModelSpec;
 use q35_quant::golden::from_reference;
 use q35_quant::model::{Calibration, QuantPipeline, SchemePolicy, model_weights, quantize_model};
@@ -156,6 +161,121 @@ fn tiny_prefill_equals_stepwise() {
         bits(next.logits.data()),
         bits(&golden.step(&mut session, TOKENS[4]).unwrap())
     );
+}
+
+/// `module` after `pipeline` (MLIR pass-pipeline syntax).
+fn after_passes<'c>(
+    context: &'c melior::Context,
+    spec: &q35_model::ModelSpec,
+    pipeline: &str,
+) -> Module<'c> {
+    let mut module = q35_mlir::compile(context, spec).unwrap();
+    let pipeline = passes::parse_pipeline(pipeline).unwrap();
+    passes::run_with(context, &mut module, &pipeline, RunOptions::default()).unwrap();
+    module
+}
+
+fn count(interp: &Interpreter<'_>, kind: OpKind) -> usize {
+    interp.ops().filter(|o| o.kind == kind).count()
+}
+
+/// `q35-quantize-activations` preserves semantics: with `share=true` and
+/// `share=false`, the rewritten module (every matmul a `q35.quantize`
+/// feeding a `q35.qmatmul`) interprets to the same logits and KV cache, bit
+/// for bit, as the module before the pass and as the golden model, token
+/// by token and in one prefill call.
+#[test]
+fn quantize_activations_preserves_semantics() {
+    let spec = tiny_spec();
+    let golden = tiny_golden(&spec, 16);
+    let binder = WeightBinder::from_golden(&golden);
+    let context = q35_mlir::create_context().unwrap();
+    let original = q35_mlir::compile(&context, &spec).unwrap();
+    let before = Interpreter::new(&original, &binder).unwrap();
+    assert_eq!(
+        (
+            count(&before, OpKind::MatMul),
+            count(&before, OpKind::LmHead)
+        ),
+        (14, 1)
+    );
+    // tiny: 2 blocks of 7 matmuls reading 4 distinct values, and the head.
+    for (share, quantizes) in [(true, 2 * 4 + 1), (false, 2 * 7 + 1)] {
+        let module = after_passes(
+            &context,
+            &spec,
+            &format!("builtin.module(q35-quantize-activations{{share={share}}},q35-verify)"),
+        );
+        let after = Interpreter::new(&module, &binder).unwrap();
+        assert_eq!(
+            count(&after, OpKind::MatMul) + count(&after, OpKind::LmHead),
+            0
+        );
+        assert_eq!(count(&after, OpKind::QMatMul), 15, "share={share}");
+        assert_eq!(count(&after, OpKind::Quantize), quantizes, "share={share}");
+        assert_eq!(after.ops().count(), 35 + quantizes, "share={share}");
+        assert_eq!(
+            after.returned_by(0).map(|o| o.kind),
+            Some(OpKind::QMatMul),
+            "the logits come from a q35.qmatmul"
+        );
+
+        // Against the golden model, one token per call.
+        check_stepwise(&after, &golden, &TOKENS);
+        let mut lock = Lockstep::new(&after, &golden).unwrap();
+        for t in TOKENS {
+            lock.step(t).unwrap();
+        }
+
+        // Against the module before the pass, one token per call...
+        let (mut c0, mut c1) = (before.new_cache().unwrap(), after.new_cache().unwrap());
+        for (i, &t) in TOKENS.iter().enumerate() {
+            let (x, y) = (
+                before.decode(&[t], i, c0).unwrap(),
+                after.decode(&[t], i, c1).unwrap(),
+            );
+            assert_eq!(
+                bits(x.logits.data()),
+                bits(y.logits.data()),
+                "share={share}: logits of token #{i}"
+            );
+            assert_eq!(
+                bits(x.cache.data()),
+                bits(y.cache.data()),
+                "share={share}: KV cache after token #{i}"
+            );
+            (c0, c1) = (x.cache, y.cache);
+        }
+        // ... and in one prefill call of 4 tokens (`?` = 4).
+        let x = before
+            .decode(&TOKENS[..4], 0, before.new_cache().unwrap())
+            .unwrap();
+        let y = after
+            .decode(&TOKENS[..4], 0, after.new_cache().unwrap())
+            .unwrap();
+        assert_eq!(y.logits.dims(), [4, 256]);
+        assert_eq!(bits(x.logits.data()), bits(y.logits.data()));
+        assert_eq!(bits(x.cache.data()), bits(y.cache.data()));
+    }
+
+    // The comparison can fail after the pass too, and names the op that
+    // now computes the logits: the final norm's eps changed leaves every
+    // KV cache equal and changes the logits of the first token.
+    let module = after_passes(&context, &spec, "q35-quantize-activations");
+    op_named(&module, "output_norm").set_attribute("eps", f32_attr(&module, 1e-2));
+    match first_mismatch(&module, &golden) {
+        Some(InterpError::Mismatch {
+            index,
+            location,
+            op,
+            ..
+        }) => {
+            assert_eq!(index, 0);
+            assert_eq!(op, "q35.qmatmul");
+            assert_eq!(Some(location), before.returned_by(0).map(|o| o.location));
+        }
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
 }
 
 /// The op of `module`'s `@decode` whose location is `name`.
@@ -337,6 +457,16 @@ fn errors_name_the_op() {
     let mut wrong = binder.clone();
     wrong.bind("output_norm.weight", Binding::Vector(&b0.attn_norm[..10]));
     assert!(Interpreter::new(&module, &wrong).is_err());
+
+    // An attribute the op table fixes, changed: the contract defines no
+    // other accumulator (after the pass, on a q35.qmatmul).
+    let module = after_passes(&context, &spec, "q35-quantize-activations");
+    let i16t = IntegerType::new(&context, 16).into();
+    op_named(&module, "blk.0.q").set_attribute("acc_type", TypeAttribute::new(i16t).into());
+    assert_eq!(
+        Interpreter::new(&module, &binder).unwrap_err().to_string(),
+        "blk.0.q: 'q35.qmatmul' op `acc_type` = i16 is not interpreted (the contract defines i32)"
+    );
 }
 
 /// The binder names exactly the tensors the architecture expects.
@@ -417,4 +547,10 @@ fn smollm2_ir_equals_golden_bit_for_bit() {
     let tokens = tokenizer.encode("Once upon a", false);
     assert!(tokens.len() >= 3);
     check_stepwise(&interp, &golden, &tokens[..3]);
+
+    // After q35-quantize-activations: the same bits.
+    let module = after_passes(&context, &spec, "q35-quantize-activations");
+    let after = Interpreter::new(&module, &binder).unwrap();
+    assert_eq!(count(&after, OpKind::QMatMul), 30 * 7 + 1);
+    check_stepwise(&after, &golden, &tokens[..3]);
 }

@@ -58,10 +58,15 @@ fn out(dims: Vec<usize>, data: Vec<f32>) -> Value {
     Value::F32(Tensor { dims, data })
 }
 
-/// `y = W x` for each token: the token's int8 activation (8.1), then the
-/// integer matmul (8.2), rows split across the pool.
-fn matmul(m: &IntMatrix, x: &Value) -> OpResult<Value> {
-    let (n, k, data) = matrix(x, "the input")?;
+/// `y = W x` for each of `n` tokens of `k` features: `act(t)` is token
+/// t's int8 activation (8.1), multiplied by the integer matmul (8.2), rows
+/// split across the pool.
+fn int_matmul(
+    m: &IntMatrix,
+    n: usize,
+    k: usize,
+    act: impl Fn(usize) -> OpResult<ActivationI8>,
+) -> OpResult<Value> {
     if k != m.cols() {
         return Err(format!(
             "the input has {k} features but the weight is {}x{}",
@@ -69,20 +74,76 @@ fn matmul(m: &IntMatrix, x: &Value) -> OpResult<Value> {
             m.cols()
         ));
     }
-    let mut y = vec![0f32; n * m.rows()];
-    for (t, (row, yt)) in data
-        .chunks_exact(k.max(1))
-        .zip(y.chunks_exact_mut(m.rows().max(1)))
-        .enumerate()
-    {
-        let act =
-            ActivationI8::quantize(row).map_err(|e| format!("token {t}: int8 activation: {e}"))?;
-        yt.par_chunks_mut(ROWS)
+    let rows = m.rows();
+    let mut y = vec![0f32; n * rows];
+    for t in 0..n {
+        let act = act(t)?;
+        y[t * rows..(t + 1) * rows]
+            .par_chunks_mut(ROWS)
             .enumerate()
             .try_for_each(|(ci, o)| m.matvec_rows(&act, ci * ROWS, o))
             .map_err(|e| format!("token {t}: {e}"))?;
     }
-    Ok(out(vec![n, m.rows()], y))
+    Ok(out(vec![n, rows], y))
+}
+
+/// `q35.matmul`, `q35.lm_head`: each token of the f32 input quantized to
+/// int8 (8.1), then the integer matmul (8.2).
+fn matmul(m: &IntMatrix, x: &Value) -> OpResult<Value> {
+    let (n, k, data) = matrix(x, "the input")?;
+    int_matmul(m, n, k, |t| {
+        ActivationI8::quantize(&data[t * k..(t + 1) * k])
+            .map_err(|e| format!("token {t}: int8 activation: {e}"))
+    })
+}
+
+/// `q35.quantize`: each token of the f32 input quantized to int8 (8.1),
+/// returned as the codes (`tokens x k`, i8) and the scales (`tokens`, f32).
+fn quantize(x: &Value) -> OpResult<Vec<Value>> {
+    let (n, k, data) = matrix(x, "the input")?;
+    let mut codes = Vec::with_capacity(n * k);
+    let mut scales = Vec::with_capacity(n);
+    for t in 0..n {
+        let act = ActivationI8::quantize(&data[t * k..(t + 1) * k])
+            .map_err(|e| format!("token {t}: int8 activation: {e}"))?;
+        codes.extend_from_slice(act.codes());
+        scales.push(act.scale());
+    }
+    Ok(vec![
+        Value::I8 {
+            dims: vec![n, k],
+            data: codes,
+        },
+        out(vec![n], scales),
+    ])
+}
+
+/// `q35.qmatmul`: the integer matmul (8.2) of each token's int8 codes and
+/// scale, as `q35.quantize` produced them (checked to be what the contract
+/// admits: codes in -127..=127, a finite non-negative scale).
+fn qmatmul(m: &IntMatrix, codes: &Value, scale: &Value) -> OpResult<Value> {
+    let (n, k, codes) = match codes {
+        Value::I8 { dims, data } if dims.len() == 2 => (dims[0], dims[1], data),
+        other => {
+            return Err(format!(
+                "the codes must be a tokens x features i8 tensor, not {}",
+                other.type_string()
+            ));
+        }
+    };
+    let scales = match scale {
+        Value::F32(t) if t.dims() == [n] => t.data(),
+        other => {
+            return Err(format!(
+                "the scale must be a tensor<{n}xf32> (one per token of the codes), not {}",
+                other.type_string()
+            ));
+        }
+    };
+    int_matmul(m, n, k, |t| {
+        ActivationI8::from_parts(scales[t], codes[t * k..(t + 1) * k].to_vec())
+            .map_err(|e| format!("token {t}: int8 activation: {e}"))
+    })
 }
 
 impl Interpreter<'_> {
@@ -109,16 +170,32 @@ impl Interpreter<'_> {
                 op: step.kind.name().to_owned(),
                 message,
             };
-            let value = self.execute(step, &mut slots).map_err(err)?;
-            step.result_type
-                .conform(&value, &mut tokens)
-                .map_err(|e| err(format!("result {e}")))?;
+            let values = self.execute(step, &mut slots).map_err(err)?;
+            if values.len() != step.results.len() {
+                return Err(err(format!(
+                    "gave {} results for {} declared",
+                    values.len(),
+                    step.results.len()
+                )));
+            }
+            let single = values.len() == 1;
+            for (i, (v, ty)) in values.iter().zip(&step.result_types).enumerate() {
+                ty.conform(v, &mut tokens).map_err(|e| {
+                    err(if single {
+                        format!("result {e}")
+                    } else {
+                        format!("result #{i} {e}")
+                    })
+                })?;
+            }
             for (&s, &dead) in step.operands.iter().zip(&step.last_use) {
                 if dead {
                     slots[s] = None;
                 }
             }
-            slots[step.result] = Some(value);
+            for (&s, v) in step.results.iter().zip(values) {
+                slots[s] = Some(v);
+            }
         }
         let mut results = Vec::with_capacity(self.results.len());
         for (i, (s, ty)) in self.results.iter().enumerate() {
@@ -142,9 +219,10 @@ impl Interpreter<'_> {
             .ok_or_else(|| format!("operand #{i} has no value"))
     }
 
-    fn execute(&self, step: &Step, slots: &mut [Option<Value>]) -> OpResult<Value> {
+    /// Runs one op; its results, in result order.
+    fn execute(&self, step: &Step, slots: &mut [Option<Value>]) -> OpResult<Vec<Value>> {
         let arg = |i| Self::operand(slots, step, i);
-        match step.attrs {
+        let one = match step.attrs {
             Attrs::Embed { table } => self.embed(table, arg(0)?),
             Attrs::RmsNorm { weight, eps } => {
                 let Binding::Vector(w) = self.weights[weight].binding else {
@@ -170,6 +248,13 @@ impl Interpreter<'_> {
                 };
                 matmul(m, arg(0)?)
             }
+            Attrs::QMatMul { weight } => {
+                let Binding::Matrix(m) = self.weights[weight].binding else {
+                    return Err("the weight is not a quantized matrix".into());
+                };
+                qmatmul(m, arg(0)?, arg(1)?)
+            }
+            Attrs::Quantize => return quantize(arg(0)?),
             Attrs::Rope {
                 heads,
                 head_dim,
@@ -334,7 +419,8 @@ impl Interpreter<'_> {
                 semantics::swiglu(g, u, &mut y);
                 Ok(out(vec![n, d], y))
             }
-        }
+        };
+        one.map(|v| vec![v])
     }
 
     /// Rows of the embedding table for each token: a quantized table's row

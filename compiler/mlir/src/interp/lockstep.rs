@@ -5,14 +5,15 @@
 //! function) and compares, bit for bit, every block's cached keys and
 //! values (the IR's `q35.kv_write` results against
 //! [`GoldenSession::keys`]/[`GoldenSession::values`]; positions not yet
-//! written must still be `+0.0`) and then the logits (`q35.lm_head`). The
+//! written must still be `+0.0`) and then the logits (the function's
+//! first result: `q35.lm_head`, or the `q35.qmatmul` that replaces it
+//! after `q35-quantize-activations`). The
 //! first difference is an [`InterpError::Mismatch`] naming the op whose
 //! result differs, the token and the position, and both values.
 
 use q35_contract::{GoldenModel, GoldenSession};
 
-use super::op::OpKind;
-use super::{InterpError, Interpreter, Tensor};
+use super::{InterpError, Interpreter, OpInfo, OpKind, Tensor};
 
 /// The interpreter and the golden model, run in lockstep.
 #[derive(Debug)]
@@ -88,21 +89,26 @@ impl<'i, 'w> Lockstep<'i, 'w> {
                 message: e.to_string(),
             })?;
         self.index += 1;
-        let mismatch = |kind: OpKind, layer: Option<usize>, detail: String| {
-            let location = self
-                .interp
-                .ops()
-                .find(|o| o.kind == kind && (layer.is_none() || o.layer == layer))
-                .map_or_else(|| "?".to_owned(), |o| o.location);
+        let mismatch = |op: Option<OpInfo>, detail: String| {
+            let (location, op) = op.map_or_else(
+                || ("?".to_owned(), "?".to_owned()),
+                |o| (o.location, o.kind.name().to_owned()),
+            );
             InterpError::Mismatch {
                 index,
                 token,
                 position,
                 location,
-                op: kind.name().to_owned(),
+                op,
                 detail,
             }
         };
+        let kv_write = |layer: usize| {
+            self.interp
+                .ops()
+                .find(|o| o.kind == OpKind::KvWrite && o.layer == Some(layer))
+        };
+        let logits_op = || self.interp.returned_by(0);
         let [layers, _, positions, kvh, hd] =
             <[usize; 5]>::try_from(got.cache.dims()).map_err(|_| {
                 InterpError::Module(format!("the IR returned a KV cache {}", got.cache))
@@ -133,8 +139,7 @@ impl<'i, 'w> Lockstep<'i, 'w> {
                         Some(0.0)
                     };
                     return Err(mismatch(
-                        OpKind::KvWrite,
-                        Some(layer),
+                        kv_write(layer),
                         format!(
                             "cached {name} of layer {layer} at position {p}, kv head {h}, dim {d}: IR {} vs golden {}",
                             show(ir[i]),
@@ -147,8 +152,7 @@ impl<'i, 'w> Lockstep<'i, 'w> {
         let logits = got.logits.data();
         if logits.len() != want.len() {
             return Err(mismatch(
-                OpKind::LmHead,
-                None,
+                logits_op(),
                 format!(
                     "the IR gives {} logits, the golden model {}",
                     logits.len(),
@@ -158,8 +162,7 @@ impl<'i, 'w> Lockstep<'i, 'w> {
         }
         if let Some(i) = (0..want.len()).find(|&i| logits[i].to_bits() != want[i].to_bits()) {
             return Err(mismatch(
-                OpKind::LmHead,
-                None,
+                logits_op(),
                 format!(
                     "logit {i}: IR {} vs golden {}",
                     show(logits[i]),

@@ -9,7 +9,10 @@
 //! `head_dim`, `base`, `causal`, `scale`, `layer`, the weight symbol), so
 //! the IR, and not a hand-written copy of the LLaMA block, is what runs.
 //!
-//! - [`op`]: [`OpKind`], the ops the interpreter knows, named once.
+//! - Ops are identified by the dialect's own [`OpKind`]
+//!   (`q35_frontend::ops`, the one op table); decoding and execution
+//!   match on it exhaustively, so an op added to the table walks the
+//!   compiler through every place that must give it semantics.
 //! - [`weights`]: [`WeightBinder`], weights bound by the GGUF name each
 //!   `q35.weight` declares ([`WeightBinder::from_golden`] binds a golden
 //!   model's own matrices).
@@ -29,13 +32,12 @@
 
 mod exec;
 pub mod lockstep;
-pub mod op;
 mod program;
 pub mod weights;
 
 pub use lockstep::Lockstep;
-pub use op::OpKind;
 pub use program::{Interpreter, OpInfo};
+pub use q35_frontend::ops::OpKind;
 pub use weights::{Binding, WeightBinder};
 
 /// What can go wrong decoding or running a q35 module.
@@ -158,6 +160,14 @@ pub enum Value {
         /// The values, row-major.
         data: Vec<i32>,
     },
+    /// An i8 tensor (int8 activation codes of `q35.quantize`): dimensions
+    /// and values.
+    I8 {
+        /// The dimensions.
+        dims: Vec<usize>,
+        /// The values, row-major.
+        data: Vec<i8>,
+    },
     /// An `index` scalar (the position).
     Index(usize),
 }
@@ -170,6 +180,10 @@ impl Value {
             Value::I32 { dims, .. } => {
                 let d: String = dims.iter().map(|d| format!("{d}x")).collect();
                 format!("tensor<{d}i32>")
+            }
+            Value::I8 { dims, .. } => {
+                let d: String = dims.iter().map(|d| format!("{d}x")).collect();
+                format!("tensor<{d}i8>")
             }
             Value::Index(_) => "index".into(),
         }

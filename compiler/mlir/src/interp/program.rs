@@ -14,8 +14,8 @@ use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::r#type::{FunctionType, TypeLike};
 use melior::ir::{Module, RegionLike, Type, ValueLike};
 use q35_contract::{QuantScheme, RopeTable};
+use q35_frontend::ops::{AttrKind, OpKind};
 
-use super::op::{OpKind, RETURN_OP, WEIGHT_OP};
 use super::weights::{Binding, WeightBinder};
 use super::{DecodeOutput, InterpError, Tensor, Value};
 use crate::ir::{
@@ -27,11 +27,15 @@ use crate::passes::op_name;
 /// The function the interpreter runs.
 pub const ENTRY: &str = "decode";
 
+/// The function terminator.
+const RETURN_OP: &str = "func.return";
+
 /// An element type the interpreter holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Elem {
     F32,
     I32,
+    I8,
 }
 
 /// A declared value type: `index`, or a ranked tensor (`None` dims are `?`).
@@ -59,6 +63,7 @@ impl std::fmt::Display for ValueType {
                 f.write_str(match elem {
                     Elem::F32 => "f32>",
                     Elem::I32 => "i32>",
+                    Elem::I8 => "i8>",
                 })
             }
         }
@@ -74,6 +79,7 @@ impl ValueType {
         let elem = match t.element.as_str() {
             "f32" => Elem::F32,
             "i32" => Elem::I32,
+            "i8" => Elem::I8,
             other => return Err(format!("element type {other} of {t} is not interpreted")),
         };
         let dims = t
@@ -94,6 +100,9 @@ impl ValueType {
             }
             (ValueType::Tensor { dims, elem }, Value::I32 { dims: d, .. }) => {
                 (dims, (*elem, Elem::I32, d.as_slice()))
+            }
+            (ValueType::Tensor { dims, elem }, Value::I8 { dims: d, .. }) => {
+                (dims, (*elem, Elem::I8, d.as_slice()))
             }
             _ => {
                 return Err(format!("is {} but the type is {self}", value.type_string()));
@@ -165,6 +174,10 @@ pub(crate) enum Attrs {
     LmHead {
         weight: usize,
     },
+    Quantize,
+    QMatMul {
+        weight: usize,
+    },
 }
 
 /// One decoded op.
@@ -177,8 +190,10 @@ pub(crate) struct Step {
     pub operands: Vec<usize>,
     /// Whether operand `i`'s value is dead after this op (it may be moved).
     pub last_use: Vec<bool>,
-    pub result: usize,
-    pub result_type: ValueType,
+    /// Result slots, in result order.
+    pub results: Vec<usize>,
+    /// Declared result types, in result order.
+    pub result_types: Vec<ValueType>,
 }
 
 /// What a caller may know about one op of the program.
@@ -308,19 +323,32 @@ fn type_attr(op: &OperationRef<'_, '_>, name: &str) -> Option<String> {
     Some(TypeAttribute::try_from(a).ok()?.value().to_string())
 }
 
-/// Checks `act_type = i8`, `acc_type = i32`: the only integer matmul the
-/// contract defines.
-fn check_matmul_types(op: &OperationRef<'_, '_>) -> Result<(), InterpError> {
-    for (name, want) in [("act_type", "i8"), ("acc_type", "i32")] {
-        match type_attr(op, name) {
-            Some(t) if t == want => {}
-            Some(t) => {
+/// Checks the attributes the op table fixes (`act_type = i8`, `acc_type =
+/// i32`, `pairing = "adjacent"`): the only values the contract defines.
+fn check_constants(op: &OperationRef<'_, '_>, kind: OpKind) -> Result<(), InterpError> {
+    for a in kind.def().attributes {
+        let (got, want) = match a.kind {
+            AttrKind::IsType(want) => (type_attr(op, a.name), want),
+            AttrKind::IsStr(want) => (string_attr(op, a.name), want),
+            AttrKind::Symbol
+            | AttrKind::F32
+            | AttrKind::Int
+            | AttrKind::Bool
+            | AttrKind::Str
+            | AttrKind::Type => continue,
+        };
+        match got {
+            Some(v) if v == want => {}
+            Some(v) => {
                 return Err(op_error(
                     op,
-                    format!("`{name}` = {t} is not interpreted (the contract defines {want})"),
+                    format!(
+                        "`{}` = {v} is not interpreted (the contract defines {want})",
+                        a.name
+                    ),
                 ));
             }
-            None => return Err(op_error(op, format!("needs a type attribute `{name}`"))),
+            None => return Err(op_error(op, format!("needs the attribute `{}`", a.name))),
         }
     }
     Ok(())
@@ -342,7 +370,7 @@ impl<'w> Interpreter<'w> {
         while let Some(op) = next {
             next = op.next_in_block();
             let name = op_name(&op);
-            if name == WEIGHT_OP {
+            if name == OpKind::Weight.name() {
                 let (Some(symbol), Some(tensor), Some(source)) = (
                     string_attr(&op, "sym_name"),
                     tensor_type_attr(&op, "type"),
@@ -434,18 +462,22 @@ impl<'w> Interpreter<'w> {
                 break;
             }
             let kind = OpKind::from_name(&name)
-                .ok_or_else(|| op_error(&op, "is not an op the interpreter knows"))?;
-            if operands.len() != kind.operands() || op.result_count() != 1 {
+                .ok_or_else(|| op_error(&op, "is not a q35 op the interpreter can run"))?;
+            let def = kind.def();
+            if operands.len() != def.operands.len() || op.result_count() != def.results.len() {
                 return Err(op_error(
                     &op,
                     format!(
-                        "has {} operands and {} results; {kind} takes {} and returns 1",
+                        "has {} operands and {} results; {} takes {} and returns {}",
                         operands.len(),
                         op.result_count(),
-                        kind.operands()
+                        def.name,
+                        def.operands.len(),
+                        def.results.len()
                     ),
                 ));
             }
+            check_constants(&op, kind)?;
             let weight = |attr: &str| -> Result<usize, InterpError> {
                 let symbol = symbol_attr(&op, attr)
                     .ok_or_else(|| op_error(&op, format!("needs a symbol attribute `{attr}`")))?;
@@ -454,7 +486,20 @@ impl<'w> Interpreter<'w> {
                 })
             };
             let binding = |i: usize| weights[i].binding;
+            let matrix_weight = || -> Result<usize, InterpError> {
+                let w = weight("weight")?;
+                if !matches!(binding(w), Binding::Matrix(_)) {
+                    return Err(op_error(&op, "`weight` must be a quantized matrix"));
+                }
+                Ok(w)
+            };
             let attrs = match kind {
+                OpKind::Weight => {
+                    return Err(op_error(
+                        &op,
+                        "is a module-level declaration, not an op of the function",
+                    ));
+                }
                 OpKind::Embed => {
                     let table = weight("table")?;
                     if let Binding::Vector(_) = binding(table) {
@@ -472,30 +517,20 @@ impl<'w> Interpreter<'w> {
                         eps: f32_attr(&op, "eps")?,
                     }
                 }
-                OpKind::MatMul | OpKind::LmHead => {
-                    let w = weight("weight")?;
-                    if !matches!(binding(w), Binding::Matrix(_)) {
-                        return Err(op_error(&op, "`weight` must be a quantized matrix"));
-                    }
-                    check_matmul_types(&op)?;
-                    if kind == OpKind::LmHead {
-                        bool_attr(&op, "tied")
-                            .ok_or_else(|| op_error(&op, "needs a boolean attribute `tied`"))?;
-                        Attrs::LmHead { weight: w }
-                    } else {
-                        Attrs::MatMul { weight: w }
-                    }
+                OpKind::MatMul => Attrs::MatMul {
+                    weight: matrix_weight()?,
+                },
+                OpKind::LmHead => {
+                    let w = matrix_weight()?;
+                    bool_attr(&op, "tied")
+                        .ok_or_else(|| op_error(&op, "needs a boolean attribute `tied`"))?;
+                    Attrs::LmHead { weight: w }
                 }
+                OpKind::QMatMul => Attrs::QMatMul {
+                    weight: matrix_weight()?,
+                },
+                OpKind::Quantize => Attrs::Quantize,
                 OpKind::Rope => {
-                    let pairing = string_attr(&op, "pairing");
-                    if pairing.as_deref() != Some("adjacent") {
-                        return Err(op_error(
-                            &op,
-                            format!(
-                                "`pairing` = {pairing:?} is not interpreted (the contract defines \"adjacent\")"
-                            ),
-                        ));
-                    }
                     let head_dim = positive(&op, "head_dim")?;
                     if head_dim % 2 != 0 {
                         return Err(op_error(
@@ -540,19 +575,27 @@ impl<'w> Interpreter<'w> {
                 OpKind::Add => Attrs::Add,
                 OpKind::SwiGlu => Attrs::SwiGlu,
             };
-            let result = op.result(0).map_err(|e| op_error(&op, e.to_string()))?;
-            let result_type = ValueType::of(result.r#type()).map_err(|e| op_error(&op, e))?;
-            slot_of.insert(value_key(&result), slots);
+            let mut results = Vec::with_capacity(op.result_count());
+            let mut result_types = Vec::with_capacity(op.result_count());
+            for i in 0..op.result_count() {
+                let result = op.result(i).map_err(|e| op_error(&op, e.to_string()))?;
+                result_types.push(
+                    ValueType::of(result.r#type())
+                        .map_err(|e| op_error(&op, format!("result #{i}: {e}")))?,
+                );
+                slot_of.insert(value_key(&result), slots);
+                results.push(slots);
+                slots += 1;
+            }
             steps.push(Step {
                 kind,
                 attrs,
                 location: format_location(op.location()),
                 last_use: vec![false; operands.len()],
                 operands,
-                result: slots,
-                result_type,
+                results,
+                result_types,
             });
-            slots += 1;
         }
         let results = results.ok_or_else(|| op_error(&func, format!("has no `{RETURN_OP}`")))?;
 
@@ -582,7 +625,20 @@ impl<'w> Interpreter<'w> {
 
     /// The ops of the function, in order.
     pub fn ops(&self) -> impl Iterator<Item = OpInfo> + '_ {
-        self.steps.iter().map(|s| OpInfo {
+        self.steps.iter().map(|s| self.info(s))
+    }
+
+    /// The op whose result the function returns as its result #`i` (the
+    /// logits are result #0 of a decode step); `None` for a function
+    /// argument returned as is.
+    pub fn returned_by(&self, i: usize) -> Option<OpInfo> {
+        let (slot, _) = self.results.get(i)?;
+        let step = self.steps.iter().find(|s| s.results.contains(slot))?;
+        Some(self.info(step))
+    }
+
+    fn info(&self, s: &Step) -> OpInfo {
+        OpInfo {
             kind: s.kind,
             location: s.location.clone(),
             layer: match s.attrs {
@@ -593,9 +649,11 @@ impl<'w> Interpreter<'w> {
                 | Attrs::Rope { .. }
                 | Attrs::Add
                 | Attrs::SwiGlu
-                | Attrs::LmHead { .. } => None,
+                | Attrs::LmHead { .. }
+                | Attrs::Quantize
+                | Attrs::QMatMul { .. } => None,
             },
-        })
+        }
     }
 
     /// The symbols of the bound weights, sorted.
