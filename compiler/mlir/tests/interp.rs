@@ -14,7 +14,7 @@
 //! `q35.qmatmul`) interprets to the same bits as the module before it and
 //! as the golden model: the rewriting pass preserves semantics.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use melior::ir::attribute::{FloatAttribute, IntegerAttribute, TypeAttribute};
 use melior::ir::block::BlockLike;
@@ -30,17 +30,13 @@ use q35_quant::model::{Calibration, QuantPipeline, SchemePolicy, model_weights, 
 use q35_quant::quantize::QuantOptions;
 use q35_reference::Model;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn tiny_spec() -> ModelSpec {
-    q35_model::load(root().join("examples/tiny.toml")).unwrap()
+    q35_model::load(common::root().join("examples/tiny.toml")).unwrap()
 }
 
 /// Calibration tokens for the synthetic model (its vocabulary is bytes).
 fn calib_tokens(vocab: u32) -> Vec<u32> {
-    let text = std::fs::read_to_string(root().join("tests/data/calib_en.txt")).unwrap();
+    let text = std::fs::read_to_string(common::root().join("tests/data/calib_en.txt")).unwrap();
     text.bytes()
         .take(512)
         .map(|b| u32::from(b) % vocab)
@@ -486,44 +482,16 @@ fn binder_covers_the_expected_tensors() {
     assert_eq!(bound, expected);
 }
 
-fn smollm2_gguf() -> Option<PathBuf> {
-    let path = std::env::var_os("Q35_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("Q35_SKIP_MODEL_TESTS").as_deref() == Ok("1"),
-        "SmolLM2 GGUF missing at {} (run scripts/setup, or set Q35_SKIP_MODEL_TESTS=1)",
-        path.display()
-    );
-    None
-}
-
 /// SmolLM2-135M: its compiled module, interpreted with the golden model's
 /// own weights (the model.toml's scheme, q35, group 128, activation-aware
 /// slots from a short calibration), equals the golden model bit for bit on
 /// a few tokens.
 #[test]
 fn smollm2_ir_equals_golden_bit_for_bit() {
-    let Some(gguf) = smollm2_gguf() else { return };
-    let toml_path = root().join("examples/smollm2-135m.toml");
-    let text = std::fs::read_to_string(&toml_path).unwrap();
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("path = ") {
-                format!("path = {:?}", gguf.display().to_string())
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let spec = q35_model::parse(&text, &toml_path)
-        .and_then(q35_model::ModelToml::resolve)
-        .unwrap();
+    let Some(gguf) = common::smollm2_gguf() else {
+        return;
+    };
+    let spec = common::smollm2_spec(&gguf);
     let file = spec.open_gguf().unwrap();
     let model = Model::from_spec(&spec, file.as_ref()).unwrap();
     let tokenizer = q35_tokenizer::Tokenizer::from_gguf(file.as_ref().unwrap()).unwrap();

@@ -8,16 +8,14 @@
 //! `.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf`) and fails without it
 //! unless `Q35_SKIP_MODEL_TESTS=1`.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use q35_model::ModelSpec;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn example(name: &str) -> ModelSpec {
-    q35_model::load(root().join("examples").join(name)).unwrap()
+    q35_model::load(common::root().join("examples").join(name)).unwrap()
 }
 
 fn emit(spec: &ModelSpec) -> String {
@@ -66,40 +64,12 @@ fn llama_70b_module() {
     snapshot("llama_70b", &m);
 }
 
-fn smollm2_gguf() -> Option<PathBuf> {
-    let path = std::env::var_os("Q35_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("Q35_SKIP_MODEL_TESTS").as_deref() == Ok("1"),
-        "SmolLM2 GGUF missing at {} (run scripts/setup, or set Q35_SKIP_MODEL_TESTS=1)",
-        path.display()
-    );
-    None
-}
-
 #[test]
 fn smollm2_module() {
-    let Some(gguf) = smollm2_gguf() else { return };
-    let toml_path = root().join("examples/smollm2-135m.toml");
-    let text = std::fs::read_to_string(&toml_path).unwrap();
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("path = ") {
-                format!("path = {:?}", gguf.display().to_string())
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let spec = q35_model::parse(&text, &toml_path)
-        .and_then(q35_model::ModelToml::resolve)
-        .unwrap();
+    let Some(gguf) = common::smollm2_gguf() else {
+        return;
+    };
+    let spec = common::smollm2_spec(&gguf);
     let m = emit(&spec);
     assert_eq!(
         count(&m, "\"q35.weight\"()"),
