@@ -556,6 +556,20 @@ fn runtime_table(cx: &Cx<'_>, rr: Option<&RawRuntime>) -> Result<RuntimeSection,
 }
 
 impl ModelToml {
+    /// The files [`ModelToml::resolve`] will open: the GGUF weight file
+    /// whose metadata it reads, and a target file. A caller can check them
+    /// (a fuzzer resolves only descriptions naming its own files).
+    pub fn files(&self) -> Vec<&Path> {
+        let mut files = Vec::new();
+        if let ArchSection::CheckAgainstGguf { gguf, .. } = &self.architecture {
+            files.push(gguf.as_path());
+        }
+        if let TargetSection::File(p) = &self.target {
+            files.push(p.as_path());
+        }
+        files
+    }
+
     /// Opens what the description names: reads the architecture from the
     /// GGUF file (checking every `[architecture]` value given against it),
     /// loads a target file, and settles `[runtime]` limits.

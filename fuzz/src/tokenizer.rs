@@ -1,0 +1,120 @@
+//! The prompt door: SmolLM2's real tokenizer encoding arbitrary text,
+//! decoding arbitrary ids, and rendering its chat template around hostile
+//! messages.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use q35_gguf::Gguf;
+use q35_tokenizer::{StreamDecoder, Tokenizer};
+
+use crate::message;
+
+/// SmolLM2's tokenizer, from `$Q35_SMOLLM2_GGUF` or the workspace cache
+/// (`.cache/models/`, fetched by scripts/setup). `None` when the file is
+/// missing and `Q35_SKIP_MODEL_TESTS=1`; a missing file otherwise panics,
+/// as every test that needs the model does (CI always has it).
+pub fn smollm2() -> Option<&'static Tokenizer> {
+    static TOK: OnceLock<Option<Tokenizer>> = OnceLock::new();
+    TOK.get_or_init(|| {
+        let path = std::env::var_os("Q35_SMOLLM2_GGUF").map_or_else(
+            || {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+            },
+            PathBuf::from,
+        );
+        if !path.exists() && std::env::var("Q35_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
+            return None;
+        }
+        let gguf = Gguf::open(&path).unwrap_or_else(|e| {
+            panic!("{e} (run scripts/setup, set Q35_SMOLLM2_GGUF, or Q35_SKIP_MODEL_TESTS=1)")
+        });
+        Some(Tokenizer::from_gguf(&gguf).unwrap_or_else(|e| panic!("{e}")))
+    })
+    .as_ref()
+}
+
+/// Encodes `data` (as UTF-8, invalid sequences replaced) with and without
+/// special-token parsing. Every id is in the vocabulary, no token is empty
+/// (at most one id per byte), and decoding gives the text back exactly.
+/// Returns whether the tokenizer was there to run.
+pub fn tokenizer_encode(data: &[u8]) -> bool {
+    let Some(tok) = smollm2() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(data);
+    for parse_special in [false, true] {
+        let ids = tok.encode(&text, parse_special);
+        assert!(ids.len() <= text.len(), "more tokens than bytes");
+        assert!(ids.iter().all(|&id| (id as usize) < tok.vocab_size()));
+        assert_eq!(tok.decode(&ids), text, "parse_special = {parse_special}");
+    }
+    true
+}
+
+/// Decodes `data` as little-endian u32 ids (any value, in the vocabulary or
+/// not). Streaming the ids one at a time gives exactly the text `decode`
+/// gives; ids outside the vocabulary have empty pieces. Returns whether the
+/// tokenizer was there to run.
+pub fn tokenizer_decode(data: &[u8]) -> bool {
+    let Some(tok) = smollm2() else {
+        return false;
+    };
+    let ids: Vec<u32> = data
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let whole = tok.decode(&ids);
+    let mut stream = StreamDecoder::new();
+    let mut streamed = String::new();
+    for &id in &ids {
+        if id as usize >= tok.vocab_size() {
+            assert!(tok.token_bytes(id).is_empty());
+            assert!(tok.token_text(id).is_none());
+        }
+        streamed.push_str(&stream.push(tok, id));
+    }
+    streamed.push_str(&stream.finish());
+    assert_eq!(streamed, whole, "streamed decoding differs from decode");
+    true
+}
+
+/// Renders SmolLM2's chat template around messages taken from `data`:
+/// NUL-separated fields, alternately role and content, any bytes (invalid
+/// UTF-8 replaced); the first byte's low bit asks for the generation
+/// prompt. The template renders every message's content verbatim or fails
+/// with a typed error; the result encodes with special tokens parsed.
+/// Returns whether the template rendered.
+pub fn chat_template(data: &[u8]) -> bool {
+    let Some(tok) = smollm2() else {
+        return false;
+    };
+    let Some((&flags, rest)) = data.split_first() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(rest);
+    let fields: Vec<&str> = text.split('\0').collect();
+    let messages: Vec<(&str, &str)> = fields
+        .chunks(2)
+        .map(|m| (m[0], m.get(1).copied().unwrap_or("")))
+        .collect();
+    match tok.apply_chat_template(&messages, flags & 1 == 1) {
+        Ok(rendered) => {
+            for (role, content) in &messages {
+                assert!(
+                    rendered.contains(content),
+                    "content of a `{role}` message lost"
+                );
+            }
+            let ids = tok.encode(&rendered, true);
+            assert!(ids.iter().all(|&id| (id as usize) < tok.vocab_size()));
+            assert_eq!(tok.decode(&ids), rendered);
+            true
+        }
+        Err(e) => {
+            message(&e);
+            false
+        }
+    }
+}
