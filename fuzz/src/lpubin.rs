@@ -132,6 +132,9 @@ pub fn fix_lpubin_crcs(data: &mut [u8]) {
     let table = (56 + usize::from(name_len) + usize::from(producer_len)).div_ceil(8) * 8;
     for i in 0..count.min(16) as usize {
         let entry = table + 32 * i;
+        if entry + 32 > data.len() {
+            break;
+        }
         let (Some(offset), Some(length)) = (u64_at(data, entry + 8), u64_at(data, entry + 16))
         else {
             break;

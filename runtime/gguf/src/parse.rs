@@ -51,7 +51,8 @@ impl<'a> Cursor<'a> {
                 path: None,
                 what: what.to_owned(),
                 offset: self.pos as u64,
-                end: self.pos as u64 + n,
+                // A corrupted length can be near 2^64: saturate, not overflow.
+                end: (self.pos as u64).saturating_add(n),
                 len: self.len(),
             });
         }
