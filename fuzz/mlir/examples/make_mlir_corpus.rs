@@ -1,0 +1,31 @@
+//! Writes the seed corpus of `mlir_opt` (`fuzz/mlir/corpus/mlir_opt/`):
+//! `cargo run -p q35-fuzz-mlir --example make_mlir_corpus`. The q35 modules
+//! `q35c compile --emit=q35` writes for examples/tiny.toml and
+//! examples/llama-70b.toml, the lit suite's pass input, and small modules of
+//! the upstream dialects the context loads.
+
+use std::path::PathBuf;
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = root.join("fuzz/mlir/corpus/mlir_opt");
+    std::fs::create_dir_all(&out).expect("create the corpus directory");
+    for name in ["tiny"] {
+        let spec = q35_model::load(root.join(format!("examples/{name}.toml"))).expect("example");
+        let text = q35_mlir::emit_q35(&spec).expect("emit");
+        std::fs::write(out.join(format!("{name}.mlir")), text).expect("write");
+    }
+    let lit = root.join("tests/lit/passes/q35-verify.mlir");
+    std::fs::copy(&lit, out.join("lit-q35-verify.mlir")).expect("copy the lit input");
+    let small = [
+        ("empty.mlir", "module {}\n"),
+        (
+            "func.mlir",
+            "func.func @f(%a: i32) -> i32 {\n  %b = arith.addi %a, %a : i32\n  return %b : i32\n}\n",
+        ),
+        ("syntax.mlir", "func.func @f( {\n"),
+    ];
+    for (name, text) in small {
+        std::fs::write(out.join(name), text).expect("write");
+    }
+}
