@@ -21,12 +21,14 @@ mod gguf;
 mod isa;
 mod lpubin;
 mod model;
+mod program;
 mod tokenizer;
 
 pub use gguf::gguf;
 pub use isa::{isa_decode, lpuasm};
 pub use lpubin::{fix_lpubin_crcs, lpubin};
 pub use model::{model_toml, tiny_gguf_bytes};
+pub use program::{isa_program, program_from_bytes};
 pub use tokenizer::{chat_template, smollm2, tokenizer_decode, tokenizer_encode};
 
 /// A harness: takes any bytes, panics only when a promise is broken, and
@@ -45,6 +47,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("lpuasm", lpuasm),
     ("lpubin", lpubin),
     ("isa_decode", isa_decode),
+    ("isa_program", isa_program),
 ];
 
 /// Asserts that an error renders to a non-empty message (every door's
