@@ -14,7 +14,7 @@
 //! - `lpuasm`: the `.lpuasm` files in the directories given (the simulator's
 //!   lit tests) and the example of docs/isa.md; `lpubin`: each of those that
 //!   assembles for lpu-v1, written by `Program::to_lpubin`; `isa_decode`: the
-//!   instruction words of those binaries.
+//!   instruction words of those binaries; `isa_program`: their first 2 KiB.
 //!
 //! Existing files are overwritten; nothing else is removed.
 
@@ -270,6 +270,12 @@ fn isa_seeds(dirs: &[String]) {
             .collect();
         if !words.is_empty() {
             put("isa_decode", &format!("{stem}.words"), &words);
+            // The generator reads any bytes; real words are a start.
+            put(
+                "isa_program",
+                &format!("{stem}.bytes"),
+                &words[..words.len().min(2048)],
+            );
         }
     }
 }
