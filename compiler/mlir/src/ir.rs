@@ -5,8 +5,8 @@
 
 use melior::diagnostic::{Diagnostic, DiagnosticSeverity};
 use melior::ir::attribute::{
-    ArrayAttribute, BoolAttribute, DictionaryAttribute, FlatSymbolRefAttribute, FloatAttribute,
-    IntegerAttribute, StringAttribute, TypeAttribute,
+    ArrayAttribute, AttributeLike, BoolAttribute, DictionaryAttribute, FlatSymbolRefAttribute,
+    FloatAttribute, IntegerAttribute, StringAttribute, TypeAttribute,
 };
 use melior::ir::operation::OperationLike;
 use melior::ir::r#type::{DimSize, ShapedTypeLike};
@@ -191,18 +191,43 @@ pub fn result_tensor<'c: 'a, 'a>(
 /// A flat symbol reference attribute (`weight = @blk.0.attn_q`).
 pub fn symbol_attr<'c: 'a, 'a>(op: &impl OperationLike<'c, 'a>, name: &str) -> Option<String> {
     let a = op.attribute(name).ok()?;
-    Some(
-        FlatSymbolRefAttribute::try_from(a)
-            .ok()?
-            .value()
-            .to_string(),
-    )
+    let a = FlatSymbolRefAttribute::try_from(a).ok()?;
+    // SAFETY: `a` is a live symbol reference; see [`string_of`].
+    string_of(unsafe {
+        melior::StringRef::from_raw(mlir_sys::mlirFlatSymbolRefAttrGetValue(a.to_raw()))
+    })
+}
+
+/// The text of an MLIR string reference, `None` if it is not UTF-8.
+///
+/// melior's `StringRef::as_str` (behind `StringAttribute::value` and
+/// friends) builds a slice from an empty reference's null pointer, which is
+/// undefined behaviour, then indexes its last byte, and `value` unwraps
+/// invalid UTF-8: an empty or non-UTF-8 string in the input IR crashed the
+/// passes (found by the `mlir_opt` fuzz target). Every string q35 reads
+/// from IR goes through here instead.
+pub fn string_of(r: melior::StringRef<'_>) -> Option<String> {
+    let raw = r.to_raw();
+    if raw.length == 0 {
+        return Some(String::new());
+    }
+    // SAFETY: a non-empty MlirStringRef points at `length` bytes owned by
+    // the context, which outlives `r`.
+    let bytes = unsafe { std::slice::from_raw_parts(raw.data.cast::<u8>(), raw.length) };
+    std::str::from_utf8(bytes).ok().map(str::to_owned)
+}
+
+/// The value of a string attribute (see [`string_of`]).
+fn string_attribute_value(a: StringAttribute<'_>) -> Option<String> {
+    // SAFETY: `a` is a live string attribute; the reference it returns lives
+    // as long as the context.
+    string_of(unsafe { melior::StringRef::from_raw(mlir_sys::mlirStringAttrGetValue(a.to_raw())) })
 }
 
 /// A string attribute.
 pub fn string_attr<'c: 'a, 'a>(op: &impl OperationLike<'c, 'a>, name: &str) -> Option<String> {
     let a = op.attribute(name).ok()?;
-    Some(StringAttribute::try_from(a).ok()?.value().to_string())
+    string_attribute_value(StringAttribute::try_from(a).ok()?)
 }
 
 /// An integer attribute (also `true`/`false`, as 1/0... see [`bool_attr`]).
@@ -258,17 +283,16 @@ pub fn json_from_attribute(a: Attribute<'_>) -> Result<serde_json::Value, String
         let mut map = serde_json::Map::new();
         for i in 0..d.len() {
             let (k, v) = d.element(i).map_err(|e| e.to_string())?;
-            let k = k
-                .as_string_ref()
-                .as_str()
-                .map_err(|e| e.to_string())?
-                .to_owned();
+            let k = string_of(k.as_string_ref())
+                .ok_or_else(|| "a dictionary key is not UTF-8".to_string())?;
             let v = json_from_attribute(v).map_err(|e| format!("`{k}`: {e}"))?;
             map.insert(k, v);
         }
         Ok(Value::Object(map))
     } else if let Ok(s) = StringAttribute::try_from(a) {
-        Ok(Value::String(s.value().to_owned()))
+        Ok(Value::String(
+            string_attribute_value(s).ok_or_else(|| "a string is not UTF-8".to_string())?,
+        ))
     } else if let Ok(b) = BoolAttribute::try_from(a) {
         Ok(Value::Bool(b.value()))
     } else if let Ok(i) = IntegerAttribute::try_from(a) {
@@ -314,11 +338,7 @@ pub fn target_from_module<'c: 'a, 'a>(
 pub fn format_location(location: Location<'_>) -> String {
     if location.is_file_line_col_range() {
         let file = location.file_line_col_range_filename();
-        let file = file
-            .as_string_ref()
-            .as_str()
-            .unwrap_or("<invalid utf-8>")
-            .to_string();
+        let file = string_of(file.as_string_ref()).unwrap_or_else(|| "<invalid utf-8>".into());
         format!(
             "{file}:{}:{}",
             location.file_line_col_range_start_line(),
@@ -326,10 +346,7 @@ pub fn format_location(location: Location<'_>) -> String {
         )
     } else if location.is_name() {
         let name = location.name_value();
-        name.as_string_ref()
-            .as_str()
-            .unwrap_or("<invalid utf-8>")
-            .to_string()
+        string_of(name.as_string_ref()).unwrap_or_else(|| "<invalid utf-8>".into())
     } else if location.is_call_site() {
         format_location(location.call_site_callee())
     } else if location.is_fused() && location.fused_num_locations() > 0 {

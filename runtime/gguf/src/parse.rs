@@ -51,7 +51,8 @@ impl<'a> Cursor<'a> {
                 path: None,
                 what: what.to_owned(),
                 offset: self.pos as u64,
-                end: self.pos as u64 + n,
+                // A corrupted length can be near 2^64: saturate, not overflow.
+                end: (self.pos as u64).saturating_add(n),
                 len: self.len(),
             });
         }
@@ -270,11 +271,18 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
                 format!("tensor `{name}` offset {offset} is not aligned to {alignment}"),
             ));
         }
-        let n_elements = dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| c.malformed(at, format!("tensor `{name}` dimensions overflow")))?;
+        // Zero-sized dimensions are allowed (an empty tensor), but not to
+        // hide the others: rows, row lengths and their bytes are computed
+        // from the nonzero ones, so their product must fit in its bytes too.
         let (block, block_bytes) = ggml_type.block_layout().expect("known type");
+        let extent = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d.max(1)))
+            .and_then(|e| (e / block).checked_mul(block_bytes));
+        if extent.is_none() {
+            return Err(c.malformed(at, format!("tensor `{name}` dimensions overflow")));
+        }
+        let n_elements = dims.iter().product::<u64>();
         if dims[0] % block != 0 {
             return Err(c.malformed(
                 at,

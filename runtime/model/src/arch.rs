@@ -30,6 +30,66 @@ pub(crate) fn gguf_key(arch: &str, field: &str) -> String {
 /// LLaMA-family architectures q35 runs (GGUF `general.architecture`).
 pub const LLAMA_FAMILY: &[&str] = &["llama"];
 
+/// Most decoder blocks a model may declare: far above any LLaMA-family
+/// model (Llama 3.1 405B has 126), and low enough that a hostile
+/// description (a billion blocks) is refused before anything is built per
+/// block, such as the tensor list.
+pub const MAX_BLOCKS: u32 = 1024;
+
+/// Widest `hidden`, `ffn`, `vocab`, `head_dim`, query width (`heads x
+/// head_dim`) and key/value width a model may declare (2^20; the widest
+/// LLaMA-family dimension, a 256k vocabulary, is a quarter of it). Every
+/// matrix then has at most 2^40 elements and a model's parameter count fits
+/// a u64 with room to spare, so no consumer's arithmetic can overflow.
+pub const MAX_WIDTH: u32 = 1 << 20;
+
+/// The size limits every consumer of an [`Architecture`] relies on: the
+/// block count and widths above, and key/value heads dividing the query
+/// heads. Returns the offending field (a model.toml key) and why.
+pub(crate) fn check_limits(a: &Architecture) -> Result<(), (&'static str, String)> {
+    if a.blocks > MAX_BLOCKS {
+        return Err((
+            "blocks",
+            format!(
+                "{} decoder blocks; q35 takes at most {MAX_BLOCKS}",
+                a.blocks
+            ),
+        ));
+    }
+    for (field, value) in [
+        ("hidden", a.hidden),
+        ("ffn", a.ffn),
+        ("vocab", a.vocab),
+        ("head_dim", a.head_dim),
+    ] {
+        if value > MAX_WIDTH {
+            return Err((field, format!("{value} is wider than {MAX_WIDTH}")));
+        }
+    }
+    if a.kv_heads == 0 || !a.heads.is_multiple_of(a.kv_heads) {
+        return Err((
+            "kv_heads",
+            format!(
+                "{} key/value heads do not divide heads = {}",
+                a.kv_heads, a.heads
+            ),
+        ));
+    }
+    let width = |heads: u32| u64::from(heads) * u64::from(a.head_dim);
+    if width(a.heads) > u64::from(MAX_WIDTH) {
+        return Err((
+            "heads",
+            format!(
+                "heads x head_dim = {} x {} = {} is wider than {MAX_WIDTH}",
+                a.heads,
+                a.head_dim,
+                width(a.heads)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads the architecture from a GGUF file's metadata and checks that every
 /// tensor it implies is present with the right shape.
 pub fn from_gguf(gguf: &Gguf, gguf_path: &Path) -> Result<Architecture, ModelError> {
@@ -99,6 +159,9 @@ pub fn from_gguf(gguf: &Gguf, gguf_path: &Path) -> Result<Architecture, ModelErr
         tied_embeddings: gguf.tensor("output.weight").is_err(),
         context: u("context")?,
     };
+    // Before the tensor list is built: its length follows `blocks`.
+    check_limits(&a)
+        .map_err(|(field, message)| werr(format!("`{}`: {message}", gguf_key(arch, field))))?;
     for (name, dims) in a.expected_tensors() {
         let t = gguf.tensor(&name).map_err(gerr)?;
         if t.dims != dims {

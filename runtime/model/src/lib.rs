@@ -15,7 +15,10 @@ mod parse;
 
 use std::path::{Path, PathBuf};
 
-pub use arch::{Architecture, LLAMA_FAMILY, LinearSpec, from_gguf as architecture_from_gguf};
+pub use arch::{
+    Architecture, LLAMA_FAMILY, LinearSpec, MAX_BLOCKS, MAX_WIDTH,
+    from_gguf as architecture_from_gguf,
+};
 pub use error::ModelError;
 pub use parse::{ModelToml, parse};
 pub use q35_target::{Target, TargetError};

@@ -466,7 +466,7 @@ fn arch_from_toml(cx: &Cx<'_>, ra: &RawArch) -> Result<Architecture, ModelError>
     let (ffn, _) = need_u(&ra.ffn, "ffn")?;
     let (vocab, _) = need_u(&ra.vocab, "vocab")?;
     let (context, _) = need_u(&ra.context, "context")?;
-    Ok(Architecture {
+    let a = Architecture {
         family: "llama".into(),
         blocks,
         hidden,
@@ -479,7 +479,20 @@ fn arch_from_toml(cx: &Cx<'_>, ra: &RawArch) -> Result<Architecture, ModelError>
         norm_eps: need_f(&ra.norm_eps, "norm_eps")?,
         tied_embeddings: ra.tied_embeddings.as_ref().is_some_and(|t| *t.get_ref()),
         context,
-    })
+    };
+    arch::check_limits(&a).map_err(|(key, message)| {
+        let span = match key {
+            "blocks" => &ra.blocks,
+            "hidden" => &ra.hidden,
+            "ffn" => &ra.ffn,
+            "vocab" => &ra.vocab,
+            "head_dim" => &ra.head_dim,
+            "kv_heads" => &ra.kv_heads,
+            _ => &ra.heads,
+        };
+        invalid(span.as_ref().map(|v| v.span()), key, message)
+    })?;
+    Ok(a)
 }
 
 /// `[quantization]`: the scheme and a group size Q35 can pack.
@@ -556,6 +569,20 @@ fn runtime_table(cx: &Cx<'_>, rr: Option<&RawRuntime>) -> Result<RuntimeSection,
 }
 
 impl ModelToml {
+    /// The files [`ModelToml::resolve`] will open: the GGUF weight file
+    /// whose metadata it reads, and a target file. A caller can check them
+    /// (a fuzzer resolves only descriptions naming its own files).
+    pub fn files(&self) -> Vec<&Path> {
+        let mut files = Vec::new();
+        if let ArchSection::CheckAgainstGguf { gguf, .. } = &self.architecture {
+            files.push(gguf.as_path());
+        }
+        if let TargetSection::File(p) = &self.target {
+            files.push(p.as_path());
+        }
+        files
+    }
+
     /// Opens what the description names: reads the architecture from the
     /// GGUF file (checking every `[architecture]` value given against it),
     /// loads a target file, and settles `[runtime]` limits.

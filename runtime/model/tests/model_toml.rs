@@ -336,3 +336,65 @@ fn target_file_resolves_through_q35_target() {
     ));
     assert!(e.contains("`target`: give exactly one of"), "{e}");
 }
+
+/// Hostile sizes (issue 12): a billion blocks, or widths whose products
+/// overflow, are refused with a located error before anything is built per
+/// block or multiplied.
+#[test]
+fn hostile_sizes_are_refused_before_anything_is_built() {
+    let e = err(&TINY.replace("blocks = 2", "blocks = 1000000000"));
+    assert!(
+        e.contains("bad.toml:5:10")
+            && e.contains("`architecture.blocks`")
+            && e.contains("1000000000 decoder blocks; q35 takes at most 1024"),
+        "{e}"
+    );
+    let e = err(&TINY.replace("vocab = 256", "vocab = 4000000000"));
+    assert!(
+        e.contains("`architecture.vocab`") && e.contains("wider than 1048576"),
+        "{e}"
+    );
+    // heads x head_dim overflows a u32 (65536 x 65536): refused, not wrapped.
+    let e = err(&TINY
+        .replace("heads = 4\n", "heads = 65536\nhead_dim = 65536\n")
+        .replace("hidden = 64", "hidden = 65536"));
+    assert!(
+        e.contains("`architecture.heads`") && e.contains("65536 x 65536"),
+        "{e}"
+    );
+    // The largest model q35 takes still loads.
+    assert_eq!(
+        spec(&TINY.replace("blocks = 2", "blocks = 1024"), "t.toml")
+            .unwrap()
+            .arch
+            .blocks,
+        1024
+    );
+}
+
+/// A GGUF file declaring a billion blocks (and no tensors for them) is
+/// refused on its metadata, before the tensor list it implies is built.
+#[test]
+fn gguf_declaring_a_billion_blocks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = tiny_gguf(dir.path(), 64, None);
+    let gguf = q35_gguf::Gguf::open(&g).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in gguf.metadata() {
+        let v = if k == "llama.block_count" {
+            Value::U32(1_000_000_000)
+        } else {
+            v.clone()
+        };
+        w.metadata(k, v);
+    }
+    w.write(&g).unwrap();
+    let hostile = q35_gguf::Gguf::open(&g).unwrap();
+    let e = q35_model::architecture_from_gguf(&hostile, &g)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`llama.block_count`: 1000000000 decoder blocks; q35 takes at most 1024"),
+        "{e}"
+    );
+}

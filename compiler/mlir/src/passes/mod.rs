@@ -562,11 +562,7 @@ pub struct WeightDecl {
 
 /// The name of an op as a string.
 pub fn op_name<'c: 'a, 'a>(op: &impl OperationLike<'c, 'a>) -> String {
-    op.name()
-        .as_string_ref()
-        .as_str()
-        .unwrap_or("<invalid>")
-        .to_string()
+    crate::ir::string_of(op.name().as_string_ref()).unwrap_or_else(|| "<invalid>".into())
 }
 
 /// A diagnostic at `op`.

@@ -1,0 +1,132 @@
+//! Hostile sizes (issue 12): files that declare terabytes are refused with
+//! an error naming what they declare, before anything of that size is
+//! allocated; a prompt of a million tokens encodes in linear time and
+//! memory. (The model.toml with a billion blocks is q35-model's test
+//! `hostile_sizes_are_refused_before_anything_is_built`; `q35c run` refuses
+//! a million-token prompt as longer than the context before running the
+//! model, checked by tests/lit/run/smollm2-errors.test.)
+
+use std::path::Path;
+
+use q35_gguf::write::GgufWriter;
+use q35_gguf::{GgmlType, Gguf, GgufError};
+use q35_lpubin::LpuBinary;
+
+const TIB: u64 = 1 << 40;
+
+#[test]
+fn gguf_tensor_of_four_terabytes() {
+    let mut w = GgufWriter::new();
+    w.tensor_raw("huge", &[1 << 20, 1 << 20], GgmlType::F32, Vec::new());
+    let e = Gguf::from_bytes(w.to_bytes()).unwrap_err();
+    assert!(matches!(e, GgufError::Truncated { .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains("data of tensor `huge` (F32) needs bytes 96..4398046511200"),
+        "{e}"
+    );
+}
+
+/// A GGUF header whose counts claim `n_kv` pairs (followed by `rest`).
+fn header(n_tensors: u64, n_kv: u64, rest: &[u8]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&n_tensors.to_le_bytes());
+    b.extend_from_slice(&n_kv.to_le_bytes());
+    b.extend_from_slice(rest);
+    b
+}
+
+#[test]
+fn gguf_counts_and_arrays_of_terabytes() {
+    // 2^60 metadata pairs, 2^60 tensors: refused on the count.
+    let e = Gguf::from_bytes(header(0, 1 << 60, &[0; 64]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("metadata (1152921504606846976 elements)"), "{e}");
+    let e = Gguf::from_bytes(header(1 << 60, 0, &[0; 64]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tensor table (1152921504606846976 elements)"),
+        "{e}"
+    );
+    // One pair: key `a`, an array of 2^40 u8 (a terabyte).
+    let mut kv = Vec::new();
+    kv.extend_from_slice(&1u64.to_le_bytes());
+    kv.push(b'a');
+    kv.extend_from_slice(&9u32.to_le_bytes()); // array
+    kv.extend_from_slice(&0u32.to_le_bytes()); // of u8
+    kv.extend_from_slice(&TIB.to_le_bytes());
+    kv.extend_from_slice(&[0; 16]);
+    let e = Gguf::from_bytes(header(0, 1, &kv)).unwrap_err().to_string();
+    assert!(e.contains("array `a` (1099511627776 elements)"), "{e}");
+    // A string of 2^40 bytes.
+    let mut kv = Vec::new();
+    kv.extend_from_slice(&1u64.to_le_bytes());
+    kv.push(b'a');
+    kv.extend_from_slice(&8u32.to_le_bytes()); // string
+    kv.extend_from_slice(&TIB.to_le_bytes());
+    kv.extend_from_slice(&[0; 16]);
+    let e = Gguf::from_bytes(header(0, 1, &kv)).unwrap_err().to_string();
+    assert!(
+        e.contains("value of `a` needs bytes 45..1099511627821"),
+        "{e}"
+    );
+}
+
+/// A real binary from the seed corpus.
+fn seed_lpubin() -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/lpubin/vxm-fadd.lpubin");
+    std::fs::read(p).expect("seed binary")
+}
+
+/// Byte offset of section table entry `i` of an .lpubin image.
+fn entry(b: &[u8], i: usize) -> usize {
+    let name = usize::from(u16::from_le_bytes([b[20], b[21]]));
+    let producer = usize::from(u16::from_le_bytes([b[22], b[23]]));
+    (56 + name + producer).div_ceil(8) * 8 + 32 * i
+}
+
+#[test]
+fn lpubin_section_of_a_terabyte() {
+    let mut b = seed_lpubin();
+    assert!(LpuBinary::from_bytes(b.clone()).is_ok());
+    let at = entry(&b, 0) + 16;
+    b[at..at + 8].copy_from_slice(&TIB.to_le_bytes());
+    q35_fuzz::fix_lpubin_crcs(&mut b);
+    let e = LpuBinary::from_bytes(b).unwrap_err().to_string();
+    assert!(
+        e.contains("1099511627776"),
+        "the error names the declared length: {e}"
+    );
+}
+
+#[test]
+fn lpubin_queue_directory_of_four_billion_queues() {
+    let mut b = seed_lpubin();
+    let at = entry(&b, 0) + 8;
+    let queues = u64::from_le_bytes(b[at..at + 8].try_into().unwrap()) as usize;
+    b[queues..queues + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    q35_fuzz::fix_lpubin_crcs(&mut b);
+    let e = LpuBinary::from_bytes(b).unwrap_err().to_string();
+    assert!(
+        e.contains("4294967295"),
+        "the error names the declared count: {e}"
+    );
+}
+
+/// A million-token prompt encodes in time and memory linear in its length
+/// (about a second in a debug build), one id per word.
+#[test]
+fn million_token_prompt_encodes() {
+    let Some(tok) = q35_fuzz::smollm2() else {
+        return;
+    };
+    let text = " hi".repeat(1_000_000);
+    let start = std::time::Instant::now();
+    let ids = tok.encode(&text, false);
+    assert_eq!(ids.len(), 1_000_000);
+    assert_eq!(tok.decode(&ids), text);
+    assert!(start.elapsed().as_secs() < 60, "took {:?}", start.elapsed());
+}
