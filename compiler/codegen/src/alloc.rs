@@ -1,0 +1,132 @@
+//! MEM placement: every buffer (a vector of `n` elements of `b` bytes, laid
+//! out lane-wise with byte plane `j` in slice `j`: the q35-isa
+//! "one slice per byte plane" layout, so one cycle's reads of its slices
+//! arrive as one stream group) gets `b` slices of one hemisphere and one
+//! word address. Slices are filled evenly: a buffer takes the slices of the
+//! requested hemisphere with the lowest fill (ties: lower queue index), at
+//! the highest fill among them. Deterministic.
+
+use q35_isa::{Hemisphere, QueueId, QueueKind};
+
+/// A placed buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Buffer {
+    /// Name (a program symbol when the host binds it).
+    pub name: String,
+    /// Slices, byte plane `j` in `slices[j]`.
+    pub slices: Vec<QueueId>,
+    /// First word.
+    pub addr: u32,
+    /// Words in each slice.
+    pub words: u32,
+}
+
+impl Buffer {
+    /// The slice position of `slices[0]`'s hemisphere.
+    pub fn hemisphere(&self) -> Option<Hemisphere> {
+        self.slices.first().and_then(|q| q.hemisphere())
+    }
+}
+
+/// The chip is full.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{name}` needs {words} words in each of {slices} MEM slices of the {hemisphere} hemisphere; \
+     the chip has {free} words free there ({need_bytes} bytes needed in all, the chip holds {chip_bytes})"
+)]
+pub struct AllocError {
+    /// The buffer.
+    pub name: String,
+    /// Words per slice asked for.
+    pub words: u32,
+    /// Slices asked for.
+    pub slices: usize,
+    /// Hemisphere.
+    pub hemisphere: &'static str,
+    /// Largest free run at the chosen slices.
+    pub free: u32,
+    /// Bytes allocated so far plus this buffer.
+    pub need_bytes: u64,
+    /// Bytes of MEM on the chip.
+    pub chip_bytes: u64,
+}
+
+/// The allocator.
+#[derive(Clone, Debug)]
+pub struct Alloc {
+    fill: Vec<u32>,
+    words_per_slice: u32,
+    word_bytes: u64,
+    used_bytes: u64,
+}
+
+fn mem_slices(h: Hemisphere) -> impl Iterator<Item = QueueId> {
+    QueueId::all()
+        .filter(move |q| matches!(q.kind(), QueueKind::Mem { hemisphere, .. } if hemisphere == h))
+}
+
+impl Alloc {
+    /// An empty chip of `words_per_slice`-word slices of `word_bytes` bytes.
+    pub fn new(words_per_slice: u32, word_bytes: u64) -> Alloc {
+        Alloc {
+            fill: vec![0; usize::from(q35_isa::QUEUE_COUNT)],
+            words_per_slice,
+            word_bytes,
+            used_bytes: 0,
+        }
+    }
+
+    /// Bytes placed so far.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes
+    }
+
+    /// Words used in `slice`.
+    pub fn fill(&self, slice: QueueId) -> u32 {
+        self.fill[usize::from(slice.index())]
+    }
+
+    /// Places `name`: `slices` slices of hemisphere `h`, `words` words each.
+    pub fn place(
+        &mut self,
+        name: &str,
+        h: Hemisphere,
+        slices: usize,
+        words: u32,
+    ) -> Result<Buffer, AllocError> {
+        let mut cands: Vec<QueueId> = mem_slices(h).collect();
+        cands.sort_by_key(|q| (self.fill(*q), q.index()));
+        let chosen: Vec<QueueId> = cands.into_iter().take(slices).collect();
+        let addr = chosen.iter().map(|q| self.fill(*q)).max().unwrap_or(0);
+        let chip_bytes = 88 * u64::from(self.words_per_slice) * self.word_bytes;
+        let need = slices as u64 * u64::from(words) * self.word_bytes;
+        if chosen.len() < slices
+            || u64::from(addr) + u64::from(words) > u64::from(self.words_per_slice)
+        {
+            return Err(AllocError {
+                name: name.to_string(),
+                words,
+                slices,
+                hemisphere: match h {
+                    Hemisphere::West => "west",
+                    Hemisphere::East => "east",
+                },
+                free: self.words_per_slice.saturating_sub(addr),
+                need_bytes: self.used_bytes + need,
+                chip_bytes,
+            });
+        }
+        for q in &chosen {
+            self.fill[usize::from(q.index())] = addr + words;
+        }
+        self.used_bytes += need;
+        // Byte planes in ascending queue order (deterministic, and the
+        // hemisphere's slices nearest the VXM last in the west).
+        Ok(Buffer {
+            name: name.to_string(),
+            slices: chosen,
+            addr,
+            words,
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! [`ProgramBuilder`]: a [`Sched`] plus the data of a program (MEM
+//! placement and initial contents, tables, symbols), finished into a
+//! [`q35_isa::Program`] with its predicted cycle count and a debug map.
+
+use q35_isa::{DType, Hemisphere, MemData, MemInit, Placement, Program, Symbol, Table, TableId};
+use q35_target::Target;
+
+use crate::alloc::{Alloc, AllocError, Buffer};
+use crate::emit;
+use crate::machine::Mach;
+use crate::sched::Sched;
+
+/// Lanes in a vector (and bytes in a MEM word).
+pub const LANES: u32 = q35_isa::VECTOR_BYTES;
+
+/// A program under construction.
+#[derive(Debug)]
+pub struct ProgramBuilder {
+    /// The schedule.
+    pub sched: Sched,
+    /// MEM placement.
+    pub alloc: Alloc,
+    tables: Vec<Table>,
+    mem: Vec<MemInit>,
+    symbols: Vec<Symbol>,
+}
+
+/// A finished program.
+#[derive(Debug)]
+pub struct Built {
+    /// The program.
+    pub program: Program,
+    /// The cycle count the simulator will measure.
+    pub cycles: u64,
+    /// Per queue (dense index) and instruction index, the bundle label.
+    pub debug: Vec<(u16, u32, String)>,
+}
+
+impl ProgramBuilder {
+    /// An empty program for `target`.
+    pub fn new(target: &Target) -> ProgramBuilder {
+        let mach = Mach::new(target);
+        let alloc = Alloc::new(mach.words_per_slice, u64::from(LANES));
+        ProgramBuilder {
+            sched: Sched::new(mach),
+            alloc,
+            tables: Vec::new(),
+            mem: Vec::new(),
+            symbols: Vec::new(),
+        }
+    }
+
+    /// The machine.
+    pub fn mach(&self) -> &crate::machine::Mach {
+        &self.sched.mach
+    }
+
+    /// Places a buffer of `elements` elements of `dtype` (one slice per byte
+    /// plane) in hemisphere `h`.
+    pub fn buffer(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        elements: u64,
+        h: Hemisphere,
+    ) -> Result<Buffer, AllocError> {
+        let words = elements.div_ceil(u64::from(LANES)).max(1);
+        let words = u32::try_from(words).unwrap_or(u32::MAX);
+        self.alloc.place(name, h, dtype.bytes() as usize, words)
+    }
+
+    /// Initial contents of `buf` (element bit patterns, packed lane-wise).
+    pub fn init(&mut self, buf: &Buffer, dtype: DType, values: Vec<u32>) {
+        self.mem.push(MemInit {
+            at: Placement {
+                slices: buf.slices.clone(),
+                addr: buf.addr,
+            },
+            dtype,
+            data: MemData::Values(values),
+        });
+    }
+
+    /// Initial contents of words of one slice given as raw 320-byte words.
+    pub fn init_words(&mut self, slice: q35_isa::QueueId, addr: u32, bytes: Vec<u8>) {
+        let values = bytes.into_iter().map(u32::from).collect();
+        self.mem.push(MemInit {
+            at: Placement {
+                slices: vec![slice],
+                addr,
+            },
+            dtype: DType::U8,
+            data: MemData::Values(values),
+        });
+    }
+
+    /// Declares `buf` as the symbol `name` (`dims` elements of `dtype`).
+    pub fn symbol(&mut self, name: &str, dtype: DType, dims: Vec<u32>, buf: &Buffer) {
+        self.symbols.push(Symbol {
+            name: name.to_string(),
+            dtype,
+            dims,
+            at: Placement {
+                slices: buf.slices.clone(),
+                addr: buf.addr,
+            },
+        });
+    }
+
+    /// Adds a table (e.g. a permute map).
+    pub fn table(&mut self, name: &str, values: Vec<u16>) -> TableId {
+        if let Some(i) = self.tables.iter().position(|t| t.name == name) {
+            return TableId(i as u16);
+        }
+        self.tables.push(Table {
+            name: name.to_string(),
+            values,
+        });
+        TableId(self.tables.len() as u16 - 1)
+    }
+
+    /// The program, its predicted cycles and its debug map.
+    pub fn finish(self) -> Built {
+        let cycles = self.sched.total_cycles();
+        let mut program = Program::new(&self.sched.mach.target.name);
+        program.tables = self.tables;
+        program.mem = self.mem;
+        program.symbols = self.symbols;
+        let labels = self.sched.labels();
+        let mut debug = Vec::new();
+        for (q, timed, label) in self.sched.timed() {
+            let (list, index) = emit::queue_list(timed);
+            for (k, &i) in index.iter().enumerate() {
+                if k == 0 || index[k - 1] != i {
+                    debug.push((q.index(), i as u32, labels[label[k] as usize].clone()));
+                }
+            }
+            program.queues.insert(q, list);
+        }
+        Built {
+            program,
+            cycles,
+            debug,
+        }
+    }
+}

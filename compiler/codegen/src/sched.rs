@@ -1,0 +1,1158 @@
+//! The static, cycle-exact list scheduler.
+//!
+//! # Model
+//!
+//! Work is described as [`Bundle`]s: a dataflow snippet whose instructions
+//! have fixed times relative to each other. A value written onto a stream
+//! at position `p` on cycle `w` passes position `q` downstream on cycle
+//! `w + |q - p| * hop` and is read there by whoever issues at exactly that
+//! cycle (docs/isa.md 1): the machine has no buffering, so once a bundle's
+//! first instruction is fixed, every other one is too. Kernels build a
+//! bundle backwards from where values must meet (all inputs of a VXM
+//! instruction at position 46 on its issue cycle, the rows of an `lw` at the
+//! plane on consecutive cycles, ...) with the helpers below, which compute
+//! each producer's issue time from the hop distance and latency.
+//!
+//! [`Sched::place`] then shifts the bundle by the smallest `T` (at least
+//! the bundle's dependencies through MEM allow) at which every instruction
+//! fits:
+//!
+//! - **queues** issue in program order: an instruction goes at or after its
+//!   queue's previous issue plus that one's issue cycles and occupancy
+//!   (a busy unit is a hazard, docs/isa.md 2); VXM instructions take any of
+//!   the 16 ALU queues ([`QSel::AnyVxm`]);
+//! - **stream registers**: a value occupies its register along one line
+//!   (`w - p` eastward, `w + p` westward) from its producer to the chip's
+//!   edge, so two values of one register and direction collide exactly when
+//!   their lines are equal. Stream ids are chosen at placement (a [`Slot`]
+//!   is a group of consecutive registers all of whose values get the same
+//!   ids);
+//! - **MEM**: at most one read and one write per slice and cycle, one
+//!   access per bank and cycle; a read of a word comes after the write that
+//!   produced it is visible, a write after every earlier read and write of
+//!   the word (program order through MEM);
+//! - **MXM** (docs/mxm-timing.md): `iw` after the load finished, `mm` not
+//!   during a swap, a load into the buffer the last vectors before the
+//!   latest swap still read only `d(n)` after the last of them.
+//!
+//! Because the rules are the simulator's own, a placed program never
+//! reaches a hazard, and the predicted cycle count ([`Sched::total_cycles`])
+//! is the one the simulator measures: both are tested.
+
+use std::collections::{HashMap, HashSet};
+
+use q35_isa::{Dir, Instruction, Operand, Stream, Unit};
+use q35_isa::{QueueId, QueueKind};
+
+use crate::machine::{Cycle, Mach};
+
+/// A value (a group of consecutive stream registers along one line) in a
+/// bundle under construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Val(u32);
+
+/// A group of consecutive stream registers whose values share ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotId(u32);
+
+/// Which queue an instruction goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QSel {
+    /// This queue.
+    Fixed(QueueId),
+    /// Any VXM ALU queue free at that cycle.
+    AnyVxm,
+}
+
+/// A MEM access an instruction makes (for ports, banks and dependencies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemUse {
+    /// `read` of one word.
+    Read {
+        /// Slice.
+        slice: QueueId,
+        /// Word.
+        addr: u32,
+    },
+    /// `write` of one word.
+    Write {
+        /// Slice.
+        slice: QueueId,
+        /// Word.
+        addr: u32,
+    },
+    /// `gather` from words `lo .. hi` (data-dependent within the range).
+    Gather {
+        /// Slice.
+        slice: QueueId,
+        /// First word.
+        lo: u32,
+        /// End word (exclusive).
+        hi: u32,
+    },
+    /// `scatter` into words `lo .. hi`.
+    Scatter {
+        /// Slice.
+        slice: QueueId,
+        /// First word.
+        lo: u32,
+        /// End word (exclusive).
+        hi: u32,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    dir: Dir,
+    width: u8,
+    /// Lines (local) of the values in this slot.
+    lines: Vec<Cycle>,
+}
+
+#[derive(Clone, Debug)]
+struct Value {
+    slot: u32,
+    /// First register of the value within its slot.
+    offset: u8,
+    width: u8,
+    /// Position and local cycle where it was written.
+    pos: u32,
+    written: Cycle,
+    read: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Bind {
+    operand: usize,
+    slot: u32,
+    offset: u8,
+}
+
+#[derive(Clone, Debug)]
+struct Op {
+    queue: QSel,
+    t: Cycle,
+    ins: Instruction,
+    binds: Vec<Bind>,
+    mem: Option<MemUse>,
+}
+
+/// A dataflow snippet with fixed relative times (see the module doc).
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    ops: Vec<Op>,
+    slots: Vec<Slot>,
+    values: Vec<Value>,
+    /// Source op for the debug map (`q35.matmul blk.3.attn_q`, ...).
+    pub label: String,
+}
+
+/// The scheduler could not place a bundle or build an operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SchedError {
+    /// A kernel asked for something the machine cannot do (a value read
+    /// upstream of its producer, a register group past stream 31, ...).
+    #[error("{label}: {message}")]
+    Kernel {
+        /// The bundle's source op.
+        label: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No cycle within the search window fits the bundle.
+    #[error("{label}: no cycle from {from} to {to} fits the bundle ({reason})")]
+    NoFit {
+        /// The bundle's source op.
+        label: String,
+        /// First cycle tried.
+        from: Cycle,
+        /// Last cycle tried.
+        to: Cycle,
+        /// The constraint that failed last.
+        reason: String,
+    },
+}
+
+const PLACEHOLDER: Stream = Stream::east(0);
+
+fn stream_operand_with(ins: &Instruction, operand: usize, s: Stream) -> Instruction {
+    let mut ops = ins.operands();
+    ops.set(operand, Operand::Stream(s));
+    Instruction::from_operands(ins.opcode(), &ops).unwrap_or(*ins)
+}
+
+fn operand_index(ins: &Instruction, name: &str) -> usize {
+    ins.info()
+        .operand_index(name)
+        .unwrap_or_else(|| panic!("`{}` has no operand `{name}`", ins.mnemonic()))
+}
+
+impl Bundle {
+    /// An empty bundle for source op `label`.
+    pub fn new(label: impl Into<String>) -> Bundle {
+        Bundle {
+            ops: Vec::new(),
+            slots: Vec::new(),
+            values: Vec::new(),
+            label: label.into(),
+        }
+    }
+
+    /// Number of instructions.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether it has no instruction.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    fn err(&self, message: impl Into<String>) -> SchedError {
+        SchedError::Kernel {
+            label: self.label.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// A new slot of `width` registers flowing `dir`.
+    pub fn slot(&mut self, dir: Dir, width: u8) -> SlotId {
+        self.slots.push(Slot {
+            dir,
+            width,
+            lines: Vec::new(),
+        });
+        SlotId(self.slots.len() as u32 - 1)
+    }
+
+    fn line(dir: Dir, pos: u32, t: Cycle) -> Cycle {
+        match dir {
+            Dir::East => t - Cycle::from(pos),
+            Dir::West => t + Cycle::from(pos),
+        }
+    }
+
+    /// A value written into `slot` (registers `offset .. offset + width`)
+    /// at `pos` on local cycle `written`.
+    fn new_value(&mut self, slot: SlotId, offset: u8, width: u8, pos: u32, written: Cycle) -> Val {
+        let s = &mut self.slots[slot.0 as usize];
+        let line = Self::line(s.dir, pos, written);
+        if !s.lines.contains(&line) {
+            s.lines.push(line);
+        }
+        self.values.push(Value {
+            slot: slot.0,
+            offset,
+            width,
+            pos,
+            written,
+            read: false,
+        });
+        Val(self.values.len() as u32 - 1)
+    }
+
+    /// The local cycle at which `v` passes `pos`, if `pos` is downstream of
+    /// (or at) its producer.
+    pub fn arrival(&self, mach: &Mach, v: Val, pos: u32) -> Option<Cycle> {
+        let value = &self.values[v.0 as usize];
+        let dir = self.slots[value.slot as usize].dir;
+        let ok = match dir {
+            Dir::East => pos >= value.pos,
+            Dir::West => pos <= value.pos,
+        };
+        ok.then(|| value.written + mach.hops(value.pos, pos))
+    }
+
+    /// Width (registers) of `v`.
+    pub fn width(&self, v: Val) -> u8 {
+        self.values[v.0 as usize].width
+    }
+
+    /// Direction of `v`.
+    pub fn dir(&self, v: Val) -> Dir {
+        self.slots[self.values[v.0 as usize].slot as usize].dir
+    }
+
+    /// The sub-group `first .. first + width` of `v` (e.g. one byte plane
+    /// of an f32 value, to write it to its slice).
+    pub fn part(&mut self, v: Val, first: u8, width: u8) -> Result<Val, SchedError> {
+        let value = self.values[v.0 as usize].clone();
+        if first + width > value.width {
+            return Err(self.err(format!(
+                "registers {first}..{} of a {}-register value",
+                first + width,
+                value.width
+            )));
+        }
+        self.values[v.0 as usize].read = true;
+        self.values.push(Value {
+            offset: value.offset + first,
+            width,
+            read: false,
+            ..value
+        });
+        Ok(Val(self.values.len() as u32 - 1))
+    }
+
+    fn bind_input(
+        &mut self,
+        mach: &Mach,
+        ins: &Instruction,
+        name: &str,
+        v: Val,
+        pos: u32,
+        t: Cycle,
+    ) -> Result<Bind, SchedError> {
+        let at = self.arrival(mach, v, pos);
+        if at != Some(t) {
+            return Err(self.err(format!(
+                "`{}` operand `{name}` at position {pos} on cycle {t}: the value passes there {}",
+                ins.mnemonic(),
+                match at {
+                    Some(a) => format!("on cycle {a}"),
+                    None => "never (it is upstream of its producer)".to_string(),
+                }
+            )));
+        }
+        let value = &mut self.values[v.0 as usize];
+        value.read = true;
+        Ok(Bind {
+            operand: operand_index(ins, name),
+            slot: value.slot,
+            offset: value.offset,
+        })
+    }
+
+    /// Adds instruction `ins` on `queue` at position `pos`, local cycle `t`,
+    /// reading `inputs` (operand name, value: each must pass `pos` on `t`)
+    /// and writing its result operand `out` (name, slot, offset) on
+    /// `t + latency`. Returns the result value.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one instruction's whole description"
+    )]
+    fn op(
+        &mut self,
+        mach: &Mach,
+        queue: QSel,
+        pos: u32,
+        t: Cycle,
+        ins: Instruction,
+        inputs: &[(&str, Val)],
+        out: Option<(&str, SlotId, u8, u8)>,
+        mem: Option<MemUse>,
+    ) -> Result<Option<Val>, SchedError> {
+        let mut binds = Vec::new();
+        for &(name, v) in inputs {
+            binds.push(self.bind_input(mach, &ins, name, v, pos, t)?);
+        }
+        let mut result = None;
+        if let Some((name, slot, offset, width)) = out {
+            let s = &self.slots[slot.0 as usize];
+            if offset + width > s.width {
+                return Err(self.err("result past its slot"));
+            }
+            let v = self.new_value(slot, offset, width, pos, t + mach.latency(&ins));
+            binds.push(Bind {
+                operand: operand_index(&ins, name),
+                slot: slot.0,
+                offset,
+            });
+            result = Some(v);
+        }
+        self.ops.push(Op {
+            queue,
+            t,
+            ins,
+            binds,
+            mem,
+        });
+        Ok(result)
+    }
+
+    /// `read addr` on `slice` so that the word arrives at position `at` on
+    /// local cycle `t`, into register `offset` of `slot` (whose direction
+    /// must lead from the slice to `at`).
+    #[expect(clippy::too_many_arguments, reason = "one instruction's whole description")]
+    pub fn read_into(
+        &mut self,
+        mach: &Mach,
+        slice: QueueId,
+        addr: u32,
+        at: u32,
+        t: Cycle,
+        slot: SlotId,
+        offset: u8,
+    ) -> Result<Val, SchedError> {
+        let p = mach.position(slice);
+        let dir = self.slots[slot.0 as usize].dir;
+        if Mach::dir(p, at) != Some(dir) {
+            return Err(self.err(format!(
+                "read on {slice} (position {p}) cannot reach position {at} flowing {dir:?}"
+            )));
+        }
+        let issue = t - mach.read_latency - mach.hops(p, at);
+        let ins = Instruction::Read {
+            addr,
+            dst: PLACEHOLDER,
+        };
+        let v = self.op(
+            mach,
+            QSel::Fixed(slice),
+            p,
+            issue,
+            ins,
+            &[],
+            Some(("dst", slot, offset, 1)),
+            Some(MemUse::Read { slice, addr }),
+        )?;
+        Ok(v.expect("read has a result"))
+    }
+
+    /// Reads word `addr` of each of `slices` (byte plane `j` from slice
+    /// `j`, all in one hemisphere) as one group arriving at `at` on `t`.
+    pub fn read(
+        &mut self,
+        mach: &Mach,
+        slices: &[QueueId],
+        addr: u32,
+        at: u32,
+        t: Cycle,
+    ) -> Result<Val, SchedError> {
+        let Some(&first) = slices.first() else {
+            return Err(self.err("read of no slices"));
+        };
+        let Some(dir) = Mach::dir(mach.position(first), at) else {
+            return Err(self.err("read at the slice's own position"));
+        };
+        let slot = self.slot(dir, slices.len() as u8);
+        for (j, &s) in slices.iter().enumerate() {
+            self.read_into(mach, s, addr, at, t, slot, j as u8)?;
+        }
+        let pos = mach.position(first);
+        let written = t - mach.hops(pos, at);
+        // The group as one value (its parts were created per slice; the
+        // group's line is the same for all of them).
+        let v = self.new_value(slot, 0, slices.len() as u8, pos, written);
+        // The per-slice values are read through the group.
+        let n = self.values.len();
+        for value in &mut self.values[n - 1 - slices.len()..n - 1] {
+            value.read = true;
+        }
+        Ok(v)
+    }
+
+    /// Writes byte plane `j` of `v` to word `addr` of `slices[j]` as the
+    /// value passes each slice.
+    pub fn write(
+        &mut self,
+        mach: &Mach,
+        v: Val,
+        slices: &[QueueId],
+        addr: u32,
+    ) -> Result<(), SchedError> {
+        if slices.len() != usize::from(self.width(v)) {
+            return Err(self.err(format!(
+                "writing a {}-register value to {} slices",
+                self.width(v),
+                slices.len()
+            )));
+        }
+        for (j, &slice) in slices.iter().enumerate() {
+            let part = self.part(v, j as u8, 1)?;
+            let q = mach.position(slice);
+            let Some(t) = self.arrival(mach, part, q) else {
+                return Err(self.err(format!(
+                    "{slice} (position {q}) is upstream of the value it should write"
+                )));
+            };
+            let ins = Instruction::Write {
+                addr,
+                src: PLACEHOLDER,
+            };
+            self.op(
+                mach,
+                QSel::Fixed(slice),
+                q,
+                t,
+                ins,
+                &[("src", part)],
+                None,
+                Some(MemUse::Write { slice, addr }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A unit instruction at a fixed queue (`queue`'s position) or any VXM
+    /// queue, issued on local cycle `t`, reading `inputs` there and writing
+    /// its result `out` (operand name) into a new slot flowing `dir`.
+    pub fn unit(
+        &mut self,
+        mach: &Mach,
+        queue: QSel,
+        t: Cycle,
+        ins: Instruction,
+        inputs: &[(&str, Val)],
+        out: Option<(&str, Dir)>,
+    ) -> Result<Option<Val>, SchedError> {
+        let pos = match queue {
+            QSel::Fixed(q) => mach.position(q),
+            QSel::AnyVxm => mach.vxm,
+        };
+        let out = match out {
+            Some((name, dir)) => {
+                let width = result_width(&ins, name);
+                let slot = self.slot(dir, width);
+                Some((name, slot, 0, width))
+            }
+            None => None,
+        };
+        self.op(mach, queue, pos, t, ins, inputs, out, None)
+    }
+
+    /// [`Bundle::unit`] with the result into register `offset` of an
+    /// existing `slot` (values that must share stream ids, such as the rows
+    /// one `lw` reads on consecutive cycles).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one instruction's whole description"
+    )]
+    pub fn unit_into(
+        &mut self,
+        mach: &Mach,
+        queue: QSel,
+        t: Cycle,
+        ins: Instruction,
+        inputs: &[(&str, Val)],
+        out: &str,
+        slot: SlotId,
+        offset: u8,
+    ) -> Result<Val, SchedError> {
+        let pos = match queue {
+            QSel::Fixed(q) => mach.position(q),
+            QSel::AnyVxm => mach.vxm,
+        };
+        let width = result_width(&ins, out);
+        let v = self.op(
+            mach,
+            queue,
+            pos,
+            t,
+            ins,
+            inputs,
+            Some((out, slot, offset, width)),
+            None,
+        )?;
+        Ok(v.expect("result requested"))
+    }
+
+    /// `gather` on `slice` (reads index `idx`, a 2-register u16 value, at
+    /// the slice) touching words `lo .. hi`, its result arriving at `at` on
+    /// local cycle `t` into register `offset` of `slot`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one instruction's whole description"
+    )]
+    pub fn gather_into(
+        &mut self,
+        mach: &Mach,
+        slice: QueueId,
+        idx: Val,
+        base: u32,
+        range: (u32, u32),
+        at: u32,
+        t: Cycle,
+        slot: SlotId,
+        offset: u8,
+    ) -> Result<Val, SchedError> {
+        let p = mach.position(slice);
+        let issue = t - mach.read_latency - mach.hops(p, at);
+        let ins = Instruction::Gather {
+            idx: PLACEHOLDER,
+            dst: PLACEHOLDER,
+            base,
+        };
+        let v = self.op(
+            mach,
+            QSel::Fixed(slice),
+            p,
+            issue,
+            ins,
+            &[("idx", idx)],
+            Some(("dst", slot, offset, 1)),
+            Some(MemUse::Gather {
+                slice,
+                lo: range.0,
+                hi: range.1,
+            }),
+        )?;
+        Ok(v.expect("gather has a result"))
+    }
+
+    /// `scatter` on `slice` of `val` (1 register) by index `idx` (2
+    /// registers) at `base`, touching words `lo .. hi`; both must pass the
+    /// slice on the same cycle.
+    pub fn scatter(
+        &mut self,
+        mach: &Mach,
+        slice: QueueId,
+        idx: Val,
+        val: Val,
+        base: u32,
+        range: (u32, u32),
+    ) -> Result<(), SchedError> {
+        let q = mach.position(slice);
+        let Some(t) = self.arrival(mach, val, q) else {
+            return Err(self.err(format!("{slice} is upstream of the value to scatter")));
+        };
+        let ins = Instruction::Scatter {
+            idx: PLACEHOLDER,
+            val: PLACEHOLDER,
+            base,
+        };
+        self.op(
+            mach,
+            QSel::Fixed(slice),
+            q,
+            t,
+            ins,
+            &[("idx", idx), ("val", val)],
+            None,
+            Some(MemUse::Scatter {
+                slice,
+                lo: range.0,
+                hi: range.1,
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// `lw` of `n` rows on MXM plane `plane` at local cycle `t`, `k` rows a
+    /// cycle: `rows[c]` (a `k`-register value, all in one slot at offset 0)
+    /// must pass the plane on `t + c`.
+    pub fn lw(
+        &mut self,
+        mach: &Mach,
+        plane: u16,
+        t: Cycle,
+        k: u32,
+        n: u32,
+        rows: &[Val],
+    ) -> Result<(), SchedError> {
+        let q = Mach::plane_queue(plane);
+        let pos = mach.position(q);
+        if rows.len() != n.div_ceil(k) as usize {
+            return Err(self.err(format!(
+                "lw of {n} rows, {k} a cycle, from {} values",
+                rows.len()
+            )));
+        }
+        let ins = Instruction::Lw {
+            src: PLACEHOLDER,
+            k,
+            n,
+        };
+        let mut bind = None;
+        for (c, &v) in rows.iter().enumerate() {
+            let b = self.bind_input(mach, &ins, "src", v, pos, t + c as Cycle)?;
+            if self.values[v.0 as usize].width as u32 != k || b.offset != 0 {
+                return Err(self.err("lw rows must be whole k-register values"));
+            }
+            if let Some(prev) = &bind {
+                let prev: &Bind = prev;
+                if prev.slot != b.slot {
+                    return Err(self.err("lw rows must share one slot"));
+                }
+            }
+            bind = Some(b);
+        }
+        self.ops.push(Op {
+            queue: QSel::Fixed(q),
+            t,
+            ins,
+            binds: bind.into_iter().collect(),
+            mem: None,
+        });
+        Ok(())
+    }
+
+    /// The latest local cycle of any instruction.
+    pub fn last(&self) -> Cycle {
+        self.ops.iter().map(|o| o.t).max().unwrap_or(0)
+    }
+
+    /// The earliest local cycle of any instruction.
+    pub fn first(&self) -> Cycle {
+        self.ops.iter().map(|o| o.t).min().unwrap_or(0)
+    }
+}
+
+/// Registers the result operand `name` of `ins` spans.
+fn result_width(ins: &Instruction, name: &str) -> u8 {
+    let i = operand_index(ins, name);
+    // The table's group size for the placeholder instruction.
+    let probe = stream_operand_with(ins, i, PLACEHOLDER);
+    probe
+        .writes()
+        .iter()
+        .find(|g| g.first == PLACEHOLDER)
+        .map(|g| g.count)
+        .unwrap_or(1)
+}
+
+#[derive(Clone, Debug, Default)]
+struct QueueState {
+    /// Earliest cycle the next instruction may issue.
+    cursor: Cycle,
+    /// Cycle after the last instruction's issue cycles (where `halt` goes).
+    end: Cycle,
+    instrs: Vec<(Cycle, Instruction)>,
+    label: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct WordState {
+    /// Reads from this cycle on see the last write.
+    ready: Cycle,
+    /// Last cycle a read used the word.
+    last_read: Cycle,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PlaneState {
+    /// Vectors may issue from here on (end of the last swap).
+    swap_done: Cycle,
+    /// The last `mm` before the latest `iw` (reads the shadow buffer).
+    shadow_reader: Option<Cycle>,
+    /// The last `mm`.
+    last_mm: Option<Cycle>,
+    /// Cycle the last `lw` finishes loading.
+    load_done: Cycle,
+}
+
+impl Default for PlaneState {
+    fn default() -> PlaneState {
+        PlaneState {
+            swap_done: Cycle::MIN,
+            shadow_reader: None,
+            last_mm: None,
+            load_done: Cycle::MIN,
+        }
+    }
+}
+
+/// The program under construction: every queue's timed instructions and
+/// every resource's bookings.
+#[derive(Debug)]
+pub struct Sched {
+    /// The machine.
+    pub mach: Mach,
+    queues: Vec<QueueState>,
+    streams: HashSet<(Dir, u8, Cycle)>,
+    /// (slice, cycle) -> bit 0 read port, bit 1 write port, bit 2+b bank b.
+    ports: HashMap<(u16, Cycle), u32>,
+    words: HashMap<(u16, u32), WordState>,
+    planes: Vec<PlaneState>,
+    last_event: Cycle,
+    labels: Vec<String>,
+    /// Number of bundles placed.
+    pub bundles: usize,
+}
+
+/// Where a bundle went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    /// The shift applied to its local cycles.
+    pub shift: Cycle,
+    /// Its first and last instruction's cycle.
+    pub first: Cycle,
+    /// Last.
+    pub last: Cycle,
+}
+
+const SEARCH: Cycle = 1 << 20;
+
+struct Tentative {
+    queues: Vec<QueueId>,
+    ports: Vec<((u16, Cycle), u32)>,
+    streams: Vec<(u32, u8)>,
+}
+
+impl Sched {
+    /// An empty schedule for `mach`.
+    pub fn new(mach: Mach) -> Sched {
+        let planes = vec![PlaneState::default(); mach.target.mxm.planes as usize];
+        Sched {
+            queues: vec![QueueState::default(); usize::from(q35_isa::QUEUE_COUNT)],
+            streams: HashSet::new(),
+            ports: HashMap::new(),
+            words: HashMap::new(),
+            planes,
+            last_event: 0,
+            labels: Vec::new(),
+            bundles: 0,
+            mach,
+        }
+    }
+
+    /// The cycle count of the program so far, as the simulator measures
+    /// it: the last event on superlane 0 plus the superlane skew.
+    pub fn total_cycles(&self) -> u64 {
+        let halts = self
+            .queues
+            .iter()
+            .filter(|q| !q.instrs.is_empty())
+            .map(|q| q.end)
+            .max()
+            .unwrap_or(0);
+        (self.last_event.max(halts) + self.mach.skew).max(0) as u64
+    }
+
+    /// The cycle after which every queue is free (where the next
+    /// independent work would start at the latest).
+    pub fn horizon(&self) -> Cycle {
+        self.queues.iter().map(|q| q.cursor).max().unwrap_or(0)
+    }
+
+    /// The source labels of the placed bundles, by index.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Every queue's timed instructions with the index of the bundle
+    /// label each came from.
+    pub fn timed(&self) -> impl Iterator<Item = (QueueId, &[(Cycle, Instruction)], &[u32])> {
+        self.queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| !q.instrs.is_empty())
+            .map(|(i, q)| {
+                (
+                    QueueId::from_index(i as u16).expect("queue index"),
+                    q.instrs.as_slice(),
+                    q.label.as_slice(),
+                )
+            })
+    }
+
+    /// The earliest shift MEM dependencies allow for `b`.
+    fn dependency_floor(&self, b: &Bundle) -> Cycle {
+        let mut floor = Cycle::MIN;
+        let wl = self.mach.write_latency;
+        for op in &b.ops {
+            let Some(mem) = op.mem else { continue };
+            let (slice, lo, hi, write) = match mem {
+                MemUse::Read { slice, addr } => (slice, addr, addr + 1, false),
+                MemUse::Gather { slice, lo, hi } => (slice, lo, hi, false),
+                MemUse::Write { slice, addr } => (slice, addr, addr + 1, true),
+                MemUse::Scatter { slice, lo, hi } => (slice, lo, hi, true),
+            };
+            for a in lo..hi {
+                let Some(w) = self.words.get(&(slice.index(), a)) else {
+                    continue;
+                };
+                let need = if write {
+                    // Visible after every earlier read and write.
+                    (w.last_read + 1).max(w.ready) - wl
+                } else {
+                    w.ready
+                };
+                floor = floor.max(need - op.t);
+            }
+        }
+        floor
+    }
+
+    fn port_bits(&self, mem: MemUse, t: Cycle) -> (u16, Cycle, u32) {
+        let banks = self.mach.banks.max(1);
+        let all_banks = ((1u32 << banks) - 1) << 2;
+        match mem {
+            MemUse::Read { slice, addr } => (slice.index(), t, 1 | (1 << (2 + addr % banks))),
+            MemUse::Gather { slice, .. } => (slice.index(), t, 1 | all_banks),
+            MemUse::Write { slice, addr } => (
+                slice.index(),
+                t + self.mach.write_latency - 1,
+                2 | (1 << (2 + addr % banks)),
+            ),
+            MemUse::Scatter { slice, .. } => (
+                slice.index(),
+                t + self.mach.write_latency - 1,
+                2 | all_banks,
+            ),
+        }
+    }
+
+    /// Tries `b` at `shift`; on success returns the chosen queues and
+    /// stream ids, else the reason.
+    fn try_at(&self, b: &Bundle, shift: Cycle, order: &[usize]) -> Result<Tentative, String> {
+        let mut queues = vec![QueueId::from_index(0).expect("queue 0"); b.ops.len()];
+        let mut cursors: HashMap<u16, Cycle> = HashMap::new();
+        let mut planes: HashMap<u16, PlaneState> = HashMap::new();
+        let mut ports: Vec<((u16, Cycle), u32)> = Vec::new();
+        let vxm_queues: Vec<QueueId> = (0..self.mach.target.vxm.alus_per_lane as u16)
+            .filter_map(|i| QueueId::new(QueueKind::Vxm(i)))
+            .collect();
+        for &i in order {
+            let op = &b.ops[i];
+            let t = op.t + shift;
+            if t < 0 {
+                return Err(format!("cycle {t} is before the program starts"));
+            }
+            let cursor_of = |q: QueueId, cursors: &HashMap<u16, Cycle>| {
+                cursors
+                    .get(&q.index())
+                    .copied()
+                    .unwrap_or(self.queues[usize::from(q.index())].cursor)
+            };
+            let q = match op.queue {
+                QSel::Fixed(q) => {
+                    if cursor_of(q, &cursors) > t {
+                        return Err(format!("{q} busy at {t}"));
+                    }
+                    q
+                }
+                QSel::AnyVxm => *vxm_queues
+                    .iter()
+                    .find(|&&q| cursor_of(q, &cursors) <= t)
+                    .ok_or_else(|| format!("every VXM queue busy at {t}"))?,
+            };
+            queues[i] = q;
+            let busy = op.ins.issue_cycles().max(op.ins.occupancy()) as Cycle;
+            cursors.insert(q.index(), t + busy);
+            if let QueueKind::Mxm(p) = q.kind() {
+                let st = planes
+                    .entry(p)
+                    .or_insert_with(|| self.planes[usize::from(p)]);
+                match op.ins {
+                    Instruction::Lw { n, k, .. } => {
+                        if t < st.swap_done {
+                            return Err("lw during a swap".into());
+                        }
+                        if let Some(r) = st.shadow_reader
+                            && t < r + self.mach.reuse_delay(n)
+                        {
+                            return Err(format!("lw at {t} into a buffer read until {r}"));
+                        }
+                        st.load_done = t + Cycle::from(n.div_ceil(k));
+                    }
+                    Instruction::Iw {} => {
+                        if t < st.load_done {
+                            return Err("iw before the load is done".into());
+                        }
+                        st.shadow_reader = st.last_mm;
+                        st.swap_done = t + self.mach.swap;
+                    }
+                    Instruction::Mm { .. } => {
+                        if t < st.swap_done {
+                            return Err("mm during a swap".into());
+                        }
+                        st.last_mm = Some(t);
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(mem) = op.mem {
+                let (slice, c, bits) = self.port_bits(mem, t);
+                let used = self.ports.get(&(slice, c)).copied().unwrap_or(0)
+                    | ports
+                        .iter()
+                        .filter(|(k, _)| *k == (slice, c))
+                        .fold(0, |a, (_, b)| a | b);
+                if used & bits != 0 {
+                    return Err(format!("MEM port or bank of slice {slice} busy at {c}"));
+                }
+                ports.push(((slice, c), bits));
+            }
+        }
+        // Stream registers.
+        let mut taken: Vec<(Dir, u8, Cycle)> = Vec::new();
+        let mut streams = Vec::new();
+        for (si, slot) in b.slots.iter().enumerate() {
+            if slot.lines.is_empty() {
+                continue;
+            }
+            let fits = |base: u8, taken: &Vec<(Dir, u8, Cycle)>| {
+                (0..slot.width).all(|j| {
+                    slot.lines.iter().all(|&l| {
+                        let key = (slot.dir, base + j, l + shift);
+                        !self.streams.contains(&key) && !taken.contains(&key)
+                    })
+                })
+            };
+            let base = (0..=32 - slot.width)
+                .find(|&base| fits(base, &taken))
+                .ok_or_else(|| format!("no {} free {:?} registers", slot.width, slot.dir))?;
+            for j in 0..slot.width {
+                for &l in &slot.lines {
+                    taken.push((slot.dir, base + j, l + shift));
+                }
+            }
+            streams.push((si as u32, base));
+        }
+        Ok(Tentative {
+            queues,
+            ports,
+            streams,
+        })
+    }
+
+    /// Places `b` at the earliest shift `>= not_before - b.first()` that
+    /// fits (see the module doc).
+    pub fn place(&mut self, b: Bundle, not_before: Cycle) -> Result<Placed, SchedError> {
+        if b.ops.is_empty() {
+            return Ok(Placed {
+                shift: 0,
+                first: not_before,
+                last: not_before,
+            });
+        }
+        let mut order: Vec<usize> = (0..b.ops.len()).collect();
+        order.sort_by_key(|&i| (b.ops[i].t, i));
+        // Floors: queue cursors of fixed queues, MEM dependencies.
+        let mut shift = (not_before - b.first()).max(-b.first());
+        shift = shift.max(self.dependency_floor(&b));
+        for op in &b.ops {
+            if let QSel::Fixed(q) = op.queue {
+                shift = shift.max(self.queues[usize::from(q.index())].cursor - op.t);
+            }
+        }
+        let from = shift;
+        let mut reason = String::new();
+        let tentative = loop {
+            if shift > from + SEARCH {
+                return Err(SchedError::NoFit {
+                    label: b.label.clone(),
+                    from: from + b.first(),
+                    to: shift + b.first(),
+                    reason,
+                });
+            }
+            match self.try_at(&b, shift, &order) {
+                Ok(t) => break t,
+                Err(r) => {
+                    reason = r;
+                    shift += 1;
+                }
+            }
+        };
+        self.commit(b, shift, &order, tentative)
+    }
+
+    fn commit(
+        &mut self,
+        b: Bundle,
+        shift: Cycle,
+        order: &[usize],
+        tent: Tentative,
+    ) -> Result<Placed, SchedError> {
+        let label = self.labels.len() as u32;
+        self.labels.push(b.label.clone());
+        self.bundles += 1;
+        let mut bases = vec![0u8; b.slots.len()];
+        for &(si, base) in &tent.streams {
+            bases[si as usize] = base;
+            let slot = &b.slots[si as usize];
+            for j in 0..slot.width {
+                for &l in &slot.lines {
+                    self.streams.insert((slot.dir, base + j, l + shift));
+                }
+            }
+        }
+        for ((slice, c), bits) in tent.ports {
+            *self.ports.entry((slice, c)).or_insert(0) |= bits;
+        }
+        let wl = self.mach.write_latency;
+        for &i in order {
+            let op = &b.ops[i];
+            let t = op.t + shift;
+            let q = tent.queues[i];
+            let mut ins = op.ins;
+            for bind in &op.binds {
+                let slot = &b.slots[bind.slot as usize];
+                let s = Stream {
+                    id: bases[bind.slot as usize] + bind.offset,
+                    dir: slot.dir,
+                };
+                ins = stream_operand_with(&ins, bind.operand, s);
+            }
+            if let Err(e) = ins.check() {
+                return Err(SchedError::Kernel {
+                    label: b.label.clone(),
+                    message: e.to_string(),
+                });
+            }
+            let qs = &mut self.queues[usize::from(q.index())];
+            let busy = ins.issue_cycles().max(ins.occupancy()) as Cycle;
+            qs.cursor = t + busy;
+            qs.end = t + ins.issue_cycles() as Cycle;
+            qs.instrs.push((t, ins));
+            qs.label.push(label);
+            self.last_event = self.last_event.max(t);
+            if let QueueKind::Mxm(p) = q.kind() {
+                let st = &mut self.planes[usize::from(p)];
+                match ins {
+                    Instruction::Lw { n, k, .. } => {
+                        st.load_done = t + Cycle::from(n.div_ceil(k));
+                        self.last_event = self.last_event.max(st.load_done - 1);
+                    }
+                    Instruction::Iw {} => {
+                        st.shadow_reader = st.last_mm;
+                        st.swap_done = t + self.mach.swap;
+                    }
+                    Instruction::Mm { .. } => st.last_mm = Some(t),
+                    _ => {}
+                }
+            }
+            if let Some(mem) = op.mem {
+                let (slice, lo, hi, write) = match mem {
+                    MemUse::Read { slice, addr } => (slice, addr, addr + 1, false),
+                    MemUse::Gather { slice, lo, hi } => (slice, lo, hi, false),
+                    MemUse::Write { slice, addr } => (slice, addr, addr + 1, true),
+                    MemUse::Scatter { slice, lo, hi } => (slice, lo, hi, true),
+                };
+                for a in lo..hi {
+                    let w = self.words.entry((slice.index(), a)).or_default();
+                    if write {
+                        w.ready = w.ready.max(t + wl);
+                    } else {
+                        w.last_read = w.last_read.max(t);
+                    }
+                }
+                if write {
+                    self.last_event = self.last_event.max(t + wl - 1);
+                }
+            }
+        }
+        // Values nobody reads stay on the chip until they leave it.
+        for v in &b.values {
+            if v.read {
+                continue;
+            }
+            let dir = b.slots[v.slot as usize].dir;
+            let to_edge = match dir {
+                Dir::East => self.mach.hops(v.pos, self.mach.edge),
+                Dir::West => self.mach.hops(v.pos, 0),
+            };
+            self.last_event = self.last_event.max(v.written + shift + to_edge);
+        }
+        Ok(Placed {
+            shift,
+            first: b.first() + shift,
+            last: b.last() + shift,
+        })
+    }
+
+    /// Reserves nothing but makes `unit`'s queues start no earlier than
+    /// `cycle` (a barrier between phases that must not overlap).
+    pub fn barrier(&mut self, cycle: Cycle) {
+        for q in &mut self.queues {
+            q.cursor = q.cursor.max(cycle);
+        }
+    }
+
+    /// Whether `q` is a queue of `unit`.
+    pub fn is_unit(q: QueueId, unit: Unit) -> bool {
+        q.unit() == unit
+    }
+}
