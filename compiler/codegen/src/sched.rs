@@ -756,6 +756,8 @@ pub struct Sched {
     planes: Vec<PlaneState>,
     last_event: Cycle,
     labels: Vec<String>,
+    /// First and last cycle of every placed bundle.
+    spans: Vec<(Cycle, Cycle)>,
     /// Number of bundles placed.
     pub bundles: usize,
 }
@@ -791,6 +793,7 @@ impl Sched {
             planes,
             last_event: 0,
             labels: Vec::new(),
+            spans: Vec::new(),
             bundles: 0,
             mach,
         }
@@ -1136,11 +1139,21 @@ impl Sched {
             };
             self.last_event = self.last_event.max(v.written + shift + to_edge);
         }
+        self.spans.push((b.first() + shift, b.last() + shift));
         Ok(Placed {
             shift,
             first: b.first() + shift,
             last: b.last() + shift,
         })
+    }
+
+    /// The first and last cycle of the bundles placed since the
+    /// `first`-th (`(0, 0)` when there are none): an op's span.
+    pub fn span_since(&self, first: usize) -> (Cycle, Cycle) {
+        let spans = &self.spans[first.min(self.spans.len())..];
+        let lo = spans.iter().map(|s| s.0).min().unwrap_or(0);
+        let hi = spans.iter().map(|s| s.1).max().unwrap_or(0);
+        (lo, hi)
     }
 
     /// Reserves nothing but makes `unit`'s queues start no earlier than
