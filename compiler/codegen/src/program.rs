@@ -120,7 +120,8 @@ impl ProgramBuilder {
     }
 
     /// The program, its predicted cycles and its debug map.
-    pub fn finish(self) -> Built {
+    pub fn finish(mut self) -> Built {
+        self.sched.sort_queues();
         let cycles = self.sched.total_cycles();
         let mut program = Program::new(&self.sched.mach.target.name);
         program.tables = self.tables;

@@ -39,7 +39,7 @@
 //! reaches a hazard, and the predicted cycle count ([`Sched::total_cycles`])
 //! is the one the simulator measures: both are tested.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use q35_isa::{Dir, Instruction, Operand, Stream, Unit};
 use q35_isa::{QueueId, QueueKind};
@@ -373,7 +373,10 @@ impl Bundle {
     /// `read addr` on `slice` so that the word arrives at position `at` on
     /// local cycle `t`, into register `offset` of `slot` (whose direction
     /// must lead from the slice to `at`).
-    #[expect(clippy::too_many_arguments, reason = "one instruction's whole description")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one instruction's whole description"
+    )]
     pub fn read_into(
         &mut self,
         mach: &Mach,
@@ -703,12 +706,34 @@ fn result_width(ins: &Instruction, name: &str) -> u8 {
 
 #[derive(Clone, Debug, Default)]
 struct QueueState {
-    /// Earliest cycle the next instruction may issue.
+    /// Earliest cycle the next instruction may issue on an MXM queue (the
+    /// plane's rules are checked in time order, so MXM work is placed in
+    /// order); other queues fill any free interval.
     cursor: Cycle,
+    /// Busy intervals `start -> end` (issue cycles and occupancy).
+    busy: BTreeMap<Cycle, Cycle>,
     /// Cycle after the last instruction's issue cycles (where `halt` goes).
     end: Cycle,
     instrs: Vec<(Cycle, Instruction)>,
     label: Vec<u32>,
+}
+
+impl QueueState {
+    /// Whether `[t, t + len)` is free; if not, the earliest cycle after `t`
+    /// worth trying (the end of the interval in the way).
+    fn free(&self, t: Cycle, len: Cycle) -> Result<(), Cycle> {
+        if let Some((_, &end)) = self.busy.range(..=t).next_back()
+            && end > t
+        {
+            return Err(end);
+        }
+        if let Some((&start, &end)) = self.busy.range(t + 1..).next()
+            && start < t + len
+        {
+            return Err(end);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -812,15 +837,32 @@ impl Sched {
         (self.last_event.max(halts) + self.mach.skew).max(0) as u64
     }
 
-    /// The cycle after which every queue is free (where the next
-    /// independent work would start at the latest).
+    /// The cycle after which every queue is free.
     pub fn horizon(&self) -> Cycle {
-        self.queues.iter().map(|q| q.cursor).max().unwrap_or(0)
+        self.queues
+            .iter()
+            .filter_map(|q| q.busy.last_key_value().map(|(_, &e)| e))
+            .max()
+            .unwrap_or(0)
     }
 
     /// The source labels of the placed bundles, by index.
     pub fn labels(&self) -> &[String] {
         &self.labels
+    }
+
+    /// Sorts every queue's instructions by cycle (bundles fill free
+    /// intervals, so they are booked out of order).
+    pub fn sort_queues(&mut self) {
+        for q in &mut self.queues {
+            let mut pairs: Vec<((Cycle, Instruction), u32)> =
+                q.instrs.drain(..).zip(q.label.drain(..)).collect();
+            pairs.sort_by_key(|((t, _), _)| *t);
+            for (ti, l) in pairs {
+                q.instrs.push(ti);
+                q.label.push(l);
+            }
+        }
     }
 
     /// Every queue's timed instructions with the index of the bundle
@@ -888,41 +930,76 @@ impl Sched {
 
     /// Tries `b` at `shift`; on success returns the chosen queues and
     /// stream ids, else the reason.
-    fn try_at(&self, b: &Bundle, shift: Cycle, order: &[usize]) -> Result<Tentative, String> {
+    fn try_at(
+        &self,
+        b: &Bundle,
+        shift: Cycle,
+        order: &[usize],
+    ) -> Result<Tentative, (String, Cycle)> {
         let mut queues = vec![QueueId::from_index(0).expect("queue 0"); b.ops.len()];
-        let mut cursors: HashMap<u16, Cycle> = HashMap::new();
+        // Intervals booked by this bundle so far: (queue, start, end).
+        let mut booked: Vec<(u16, Cycle, Cycle)> = Vec::new();
         let mut planes: HashMap<u16, PlaneState> = HashMap::new();
         let mut ports: Vec<((u16, Cycle), u32)> = Vec::new();
         let vxm_queues: Vec<QueueId> = (0..self.mach.target.vxm.alus_per_lane as u16)
             .filter_map(|i| QueueId::new(QueueKind::Vxm(i)))
             .collect();
+        let retry = |r: String| (r, shift + 1);
         for &i in order {
             let op = &b.ops[i];
             let t = op.t + shift;
             if t < 0 {
-                return Err(format!("cycle {t} is before the program starts"));
+                return Err((format!("cycle {t} is before the program starts"), shift - t));
             }
-            let cursor_of = |q: QueueId, cursors: &HashMap<u16, Cycle>| {
-                cursors
-                    .get(&q.index())
-                    .copied()
-                    .unwrap_or(self.queues[usize::from(q.index())].cursor)
+            let len = op.ins.issue_cycles().max(op.ins.occupancy()) as Cycle;
+            // Free in the schedule and in this bundle's own bookings; on a
+            // conflict, the shift at which that one would clear.
+            let free = |q: QueueId, booked: &Vec<(u16, Cycle, Cycle)>| -> Result<(), Cycle> {
+                let qs = &self.queues[usize::from(q.index())];
+                if matches!(q.kind(), QueueKind::Mxm(_)) && t < qs.cursor {
+                    return Err(qs.cursor);
+                }
+                qs.free(t, len)?;
+                if let Some(&(_, _, end)) = booked
+                    .iter()
+                    .find(|&&(bq, s, e)| bq == q.index() && s < t + len && t < e)
+                {
+                    return Err(end);
+                }
+                Ok(())
             };
             let q = match op.queue {
-                QSel::Fixed(q) => {
-                    if cursor_of(q, &cursors) > t {
-                        return Err(format!("{q} busy at {t}"));
+                QSel::Fixed(q) => match free(q, &booked) {
+                    Ok(()) => q,
+                    Err(next) => {
+                        return Err((format!("{q} busy at {t}"), shift + (next - t).max(1)));
                     }
-                    q
+                },
+                QSel::AnyVxm => {
+                    let mut earliest = Cycle::MAX;
+                    let mut found = None;
+                    for &q in &vxm_queues {
+                        match free(q, &booked) {
+                            Ok(()) => {
+                                found = Some(q);
+                                break;
+                            }
+                            Err(next) => earliest = earliest.min(next),
+                        }
+                    }
+                    match found {
+                        Some(q) => q,
+                        None => {
+                            return Err((
+                                format!("every VXM queue busy at {t}"),
+                                shift + (earliest - t).max(1),
+                            ));
+                        }
+                    }
                 }
-                QSel::AnyVxm => *vxm_queues
-                    .iter()
-                    .find(|&&q| cursor_of(q, &cursors) <= t)
-                    .ok_or_else(|| format!("every VXM queue busy at {t}"))?,
             };
             queues[i] = q;
-            let busy = op.ins.issue_cycles().max(op.ins.occupancy()) as Cycle;
-            cursors.insert(q.index(), t + busy);
+            booked.push((q.index(), t, t + len));
             if let QueueKind::Mxm(p) = q.kind() {
                 let st = planes
                     .entry(p)
@@ -930,25 +1007,25 @@ impl Sched {
                 match op.ins {
                     Instruction::Lw { n, k, .. } => {
                         if t < st.swap_done {
-                            return Err("lw during a swap".into());
+                            return Err(retry("lw during a swap".into()));
                         }
                         if let Some(r) = st.shadow_reader
                             && t < r + self.mach.reuse_delay(n)
                         {
-                            return Err(format!("lw at {t} into a buffer read until {r}"));
+                            return Err(retry(format!("lw at {t} into a buffer read until {r}")));
                         }
                         st.load_done = t + Cycle::from(n.div_ceil(k));
                     }
                     Instruction::Iw {} => {
                         if t < st.load_done {
-                            return Err("iw before the load is done".into());
+                            return Err(retry("iw before the load is done".into()));
                         }
                         st.shadow_reader = st.last_mm;
                         st.swap_done = t + self.mach.swap;
                     }
                     Instruction::Mm { .. } => {
                         if t < st.swap_done {
-                            return Err("mm during a swap".into());
+                            return Err(retry("mm during a swap".into()));
                         }
                         st.last_mm = Some(t);
                     }
@@ -963,7 +1040,9 @@ impl Sched {
                         .filter(|(k, _)| *k == (slice, c))
                         .fold(0, |a, (_, b)| a | b);
                 if used & bits != 0 {
-                    return Err(format!("MEM port or bank of slice {slice} busy at {c}"));
+                    return Err(retry(format!(
+                        "MEM port or bank of slice {slice} busy at {c}"
+                    )));
                 }
                 ports.push(((slice, c), bits));
             }
@@ -985,7 +1064,7 @@ impl Sched {
             };
             let base = (0..=32 - slot.width)
                 .find(|&base| fits(base, &taken))
-                .ok_or_else(|| format!("no {} free {:?} registers", slot.width, slot.dir))?;
+                .ok_or_else(|| retry(format!("no {} free {:?} registers", slot.width, slot.dir)))?;
             for j in 0..slot.width {
                 for &l in &slot.lines {
                     taken.push((slot.dir, base + j, l + shift));
@@ -1012,11 +1091,13 @@ impl Sched {
         }
         let mut order: Vec<usize> = (0..b.ops.len()).collect();
         order.sort_by_key(|&i| (b.ops[i].t, i));
-        // Floors: queue cursors of fixed queues, MEM dependencies.
+        // Floors: MEM dependencies, MXM queues (placed in order).
         let mut shift = (not_before - b.first()).max(-b.first());
         shift = shift.max(self.dependency_floor(&b));
         for op in &b.ops {
-            if let QSel::Fixed(q) = op.queue {
+            if let QSel::Fixed(q) = op.queue
+                && matches!(q.kind(), QueueKind::Mxm(_))
+            {
                 shift = shift.max(self.queues[usize::from(q.index())].cursor - op.t);
             }
         }
@@ -1033,9 +1114,9 @@ impl Sched {
             }
             match self.try_at(&b, shift, &order) {
                 Ok(t) => break t,
-                Err(r) => {
+                Err((r, next)) => {
                     reason = r;
-                    shift += 1;
+                    shift = next.max(shift + 1);
                 }
             }
         };
@@ -1087,8 +1168,9 @@ impl Sched {
             }
             let qs = &mut self.queues[usize::from(q.index())];
             let busy = ins.issue_cycles().max(ins.occupancy()) as Cycle;
-            qs.cursor = t + busy;
-            qs.end = t + ins.issue_cycles() as Cycle;
+            qs.cursor = qs.cursor.max(t + busy);
+            qs.busy.insert(t, t + busy);
+            qs.end = qs.end.max(t + ins.issue_cycles() as Cycle);
             qs.instrs.push((t, ins));
             qs.label.push(label);
             self.last_event = self.last_event.max(t);
@@ -1154,14 +1236,6 @@ impl Sched {
         let lo = spans.iter().map(|s| s.0).min().unwrap_or(0);
         let hi = spans.iter().map(|s| s.1).max().unwrap_or(0);
         (lo, hi)
-    }
-
-    /// Reserves nothing but makes `unit`'s queues start no earlier than
-    /// `cycle` (a barrier between phases that must not overlap).
-    pub fn barrier(&mut self, cycle: Cycle) {
-        for q in &mut self.queues {
-            q.cursor = q.cursor.max(cycle);
-        }
     }
 
     /// Whether `q` is a queue of `unit`.
