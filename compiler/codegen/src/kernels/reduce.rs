@@ -114,6 +114,22 @@ pub(crate) fn fconst(
     )
 }
 
+/// `fconst imm` timed so that its result is at the VXM on local cycle `t`
+/// (to meet another operand there).
+pub(crate) fn fconst_at(
+    b: &mut Bundle,
+    m: &Mach,
+    t: Cycle,
+    imm: f32,
+    dir: Dir,
+) -> Result<Val, SchedError> {
+    let lat = m.latency(&Instruction::Fconst {
+        imm: F32Imm::new(imm),
+        dst: S,
+    });
+    fconst(b, m, t - lat, imm, dir)
+}
+
 /// An SXM instruction on hemisphere `h`'s SXM, issued when `src` passes it,
 /// its result flowing back towards the VXM.
 pub(crate) fn sxm_op(
@@ -372,4 +388,85 @@ pub fn lane_reduce(
     from_vxm(&mut b, &m, v, out, 0)?;
     let placed = p.sched.place(b, not_before)?;
     Ok(placed.last)
+}
+
+/// A scratch buffer `<label>.<what>` of `elements` elements of `dtype` in
+/// hemisphere `h` (an allocation failure as a [`SchedError::Kernel`]).
+pub(crate) fn scratch(
+    p: &mut ProgramBuilder,
+    label: &str,
+    what: &str,
+    dtype: q35_isa::DType,
+    elements: u64,
+    h: Hemisphere,
+) -> Result<Buffer, SchedError> {
+    p.buffer(&format!("{label}.{what}"), dtype, elements, h)
+        .map_err(|e| SchedError::Kernel {
+            label: label.to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// The hemisphere of `buf` (east when it has no slices).
+pub(crate) fn hemisphere(buf: &Buffer) -> Hemisphere {
+    buf.hemisphere().unwrap_or(Hemisphere::East)
+}
+
+/// `fadd` with placeholder streams (bound at placement).
+pub(crate) const FADD: Instruction = Instruction::Fadd { a: S, b: S, dst: S };
+/// `fmul`.
+pub(crate) const FMUL: Instruction = Instruction::Fmul { a: S, b: S, dst: S };
+/// `fdiv`.
+pub(crate) const FDIV: Instruction = Instruction::Fdiv { a: S, b: S, dst: S };
+/// `fsqrt`.
+pub(crate) const FSQRT: Instruction = Instruction::Fsqrt { a: S, dst: S };
+/// `fexp`.
+pub(crate) const FEXP: Instruction = Instruction::Fexp { a: S, dst: S };
+/// `fneg`.
+pub(crate) const FNEG: Instruction = Instruction::Fneg { a: S, dst: S };
+/// `fabs`.
+pub(crate) const FABS: Instruction = Instruction::Fabs { a: S, dst: S };
+/// `fcmplt`.
+pub(crate) const FCMPLT: Instruction = Instruction::Fcmplt { a: S, b: S, dst: S };
+/// `select`.
+pub(crate) const SELECT: Instruction = Instruction::Select {
+    m: S,
+    a: S,
+    b: S,
+    dst: S,
+};
+
+/// Builds and places `words` independent per-word pieces: `build(b, k, t0)`
+/// adds word `k`'s instructions to `b`, timed from local cycle `t0`. All
+/// words go into one bundle, word `k` starting on `t0 = k` (a pipeline:
+/// each queue is used in a short window, so later bundles are not held up
+/// behind a long one), unless their instructions collide within that
+/// bundle (buffers sharing slices, `Bundle::self_conflict`), in which case each word is its own
+/// bundle. Returns the last cycle used.
+///
+/// (One bundle matters because the scheduler's queues are append-only: a
+/// bundle that uses a queue at two distant cycles, such as a slice read
+/// twice, holds every later bundle behind its last use of that queue.)
+pub(crate) fn place_words(
+    p: &mut ProgramBuilder,
+    label: &str,
+    words: u32,
+    not_before: Cycle,
+    build: &mut dyn FnMut(&mut Bundle, u32, Cycle) -> Result<(), SchedError>,
+) -> Result<Cycle, SchedError> {
+    let m = p.mach().clone();
+    let mut b = Bundle::new(label);
+    for k in 0..words {
+        build(&mut b, k, Cycle::from(k))?;
+    }
+    if b.self_conflict(&m).is_none() {
+        return Ok(p.sched.place(b, not_before)?.last.max(not_before));
+    }
+    let mut last = not_before;
+    for k in 0..words {
+        let mut b = Bundle::new(label);
+        build(&mut b, k, 0)?;
+        last = last.max(p.sched.place(b, not_before)?.last);
+    }
+    Ok(last)
 }
