@@ -5,7 +5,7 @@
 mod common;
 
 use q35_codegen::ProgramBuilder;
-use q35_codegen::kernels::reduce::{ReduceOp, lane_reduce};
+use q35_codegen::kernels::reduce::{ReduceJob, ReduceOp, lane_reduce, lane_reduce_many};
 use q35_contract::semantics;
 use q35_isa::{DType, Hemisphere};
 use q35_target::Target;
@@ -117,5 +117,69 @@ fn max_is_exact_even_when_every_value_is_negative() {
         let (got, cycles) = run(ReduceOp::Max, &x, words, Hemisphere::West, Hemisphere::West);
         assert_broadcast(&got, want, name);
         println!("lane_reduce Max {name} ({words} words): {cycles} cycles");
+    }
+}
+
+/// Nine heads' reductions (SmolLM2's attention heads over 4 words of
+/// scores): one `lane_reduce_many` bundle against nine `lane_reduce` calls.
+#[test]
+fn many_reductions_overlap() {
+    let target = Target::builtin("lpu-v1").expect("lpu-v1");
+    for op in [ReduceOp::Sum, ReduceOp::Max] {
+        let mut cycles = Vec::new();
+        for batched in [true, false] {
+            let mut p = ProgramBuilder::new(&target);
+            let mut xs = Vec::new();
+            let mut outs = Vec::new();
+            let mut data = Vec::new();
+            for h in 0..9u32 {
+                let hx = if h % 2 == 0 {
+                    Hemisphere::West
+                } else {
+                    Hemisphere::East
+                };
+                let x = p.buffer(&format!("x{h}"), DType::F32, 1280, hx).unwrap();
+                let o = p.buffer(&format!("o{h}"), DType::F32, 320, hx).unwrap();
+                let v: Vec<f32> = values(1280, 100 + h).iter().map(|v| v - 20.0).collect();
+                p.init(&x, DType::F32, v.iter().map(|v| v.to_bits()).collect());
+                p.symbol(&format!("o{h}"), DType::F32, vec![320], &o);
+                xs.push(x);
+                outs.push(o);
+                data.push(v);
+            }
+            if batched {
+                let jobs: Vec<ReduceJob<'_>> = xs
+                    .iter()
+                    .zip(&outs)
+                    .map(|(x, out)| ReduceJob { x, words: 4, out })
+                    .collect();
+                lane_reduce_many(&mut p, "softmax", op, &jobs, 0).unwrap();
+            } else {
+                for (x, o) in xs.iter().zip(&outs) {
+                    lane_reduce(&mut p, "softmax", op, x, 4, o, 0).unwrap();
+                }
+            }
+            let built = p.finish();
+            let (done, bin) = common::run(&built, &target);
+            assert_eq!(
+                done.profile.total_cycles(),
+                built.cycles,
+                "predicted cycles"
+            );
+            for (h, v) in data.iter().enumerate() {
+                let got = common::f32_symbol(&done, &bin, &format!("o{h}"));
+                let want = match op {
+                    ReduceOp::Sum => semantics::lane_sum(v),
+                    ReduceOp::Max => v.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                };
+                assert_broadcast(&got, want, &format!("{op:?} head {h}"));
+            }
+            cycles.push(built.cycles);
+        }
+        println!(
+            "9 x lane_reduce {op:?} of 4 words: {} cycles batched, {} cycles as 9 calls",
+            cycles[0], cycles[1]
+        );
+        assert!(cycles[0] < cycles[1]);
     }
 }

@@ -60,6 +60,7 @@ pub fn rmsnorm(
     let (ss, t) = red.build(
         &mut b,
         &m,
+        0,
         words,
         0.0,
         &mut |b, k, t| {

@@ -74,6 +74,7 @@ pub fn quantize(
     let (a, t) = red.build(
         &mut b,
         &m,
+        0,
         words,
         THETA,
         &mut |b, k, t| {

@@ -235,13 +235,18 @@ impl Reducer {
     }
 
     /// The reduction over `words` word terms inside `b`, starting with the
-    /// `fconst` at local cycle 0 (`init`: the sum's +0.0, the max's
+    /// `fconst` at local cycle `t0` (`init`: the sum's +0.0, the max's
     /// -inf or any lower bound). Returns the result (every lane) leaving
     /// the VXM flowing `dir`, and the local cycle it is there.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the reduction's whole description"
+    )]
     pub(crate) fn build(
         &self,
         b: &mut Bundle,
         m: &Mach,
+        t0: Cycle,
         words: u32,
         init: f32,
         term: &mut Term<'_>,
@@ -255,7 +260,7 @@ impl Reducer {
         }
         let combine = self.op().combine();
         let lat = m.latency(&combine);
-        let c = fconst(b, m, 0, init, Dir::East)?;
+        let c = fconst(b, m, t0, init, Dir::East)?;
         let mut t = at_vxm(b, m, c)?;
         let mut acc = c;
         // The two copies of the partial vector (west, east).
@@ -370,22 +375,77 @@ pub fn lane_reduce(
     out: &Buffer,
     not_before: Cycle,
 ) -> Result<Cycle, SchedError> {
+    lane_reduce_many(p, label, op, &[ReduceJob { x, words, out }], not_before)
+}
+
+/// One reduction of [`lane_reduce_many`]: `words` words of `x` into word 0
+/// of `out` (every lane).
+#[derive(Clone, Copy, Debug)]
+pub struct ReduceJob<'a> {
+    /// The f32 input (4 slices).
+    pub x: &'a Buffer,
+    /// Words of `x` to reduce (at least 1).
+    pub words: u32,
+    /// The f32 result buffer (4 slices): word 0, every lane.
+    pub out: &'a Buffer,
+}
+
+/// Several independent reductions (e.g. one per attention head) in one
+/// bundle, each started one cycle after the previous one (later when their
+/// buffers share slices and the accesses would collide): they overlap
+/// almost entirely, where separate calls would run one after the other
+/// (each holds both SXM queues from its first step to its last, and the
+/// scheduler's queues are append-only). Same results as [`lane_reduce`]
+/// on each job. Returns the last cycle used.
+pub fn lane_reduce_many(
+    p: &mut ProgramBuilder,
+    label: &str,
+    op: ReduceOp,
+    jobs: &[ReduceJob<'_>],
+    not_before: Cycle,
+) -> Result<Cycle, SchedError> {
     let r = Reducer::new(p, op);
     let m = p.mach().clone();
-    let mut b = Bundle::new(label);
     let init = match op {
         ReduceOp::Sum => 0.0,
         ReduceOp::Max => f32::NEG_INFINITY,
     };
-    let (v, _) = r.build(
-        &mut b,
-        &m,
-        words,
-        init,
-        &mut |b, k, t| to_vxm(b, &m, x, k, t),
-        dir_to(out),
-    )?;
-    from_vxm(&mut b, &m, v, out, 0)?;
+    let mut b = Bundle::new(label);
+    let mut t0: Cycle = -1;
+    for job in jobs {
+        // The first start after the previous job's that adds no conflict
+        // (a job's SXM steps are over 100 cycles apart, so a free start is
+        // always found within that window when the buffers are disjoint).
+        let mut placed = None;
+        for start in t0 + 1..t0 + 1 + 4 * Cycle::from(LANES) {
+            let mut trial = b.clone();
+            let (v, _) = r.build(
+                &mut trial,
+                &m,
+                start,
+                job.words,
+                init,
+                &mut |b, k, t| to_vxm(b, &m, job.x, k, t),
+                dir_to(job.out),
+            )?;
+            from_vxm(&mut trial, &m, v, job.out, 0)?;
+            if trial.self_conflict(&m).is_none() {
+                placed = Some((trial, start));
+                break;
+            }
+        }
+        let Some((trial, start)) = placed else {
+            return Err(SchedError::Kernel {
+                label: label.to_string(),
+                message: format!(
+                    "no start within {} cycles of the previous reduction avoids a conflict",
+                    4 * LANES
+                ),
+            });
+        };
+        b = trial;
+        t0 = start;
+    }
     let placed = p.sched.place(b, not_before)?;
     Ok(placed.last)
 }
