@@ -689,6 +689,47 @@ impl Bundle {
     pub fn first(&self) -> Cycle {
         self.ops.iter().map(|o| o.t).min().unwrap_or(0)
     }
+
+    /// A conflict between this bundle's own instructions that no placement
+    /// can resolve: two instructions of one fixed queue on overlapping
+    /// cycles, or two MEM accesses of one slice on one cycle using one port
+    /// or bank; `None` when there is none. Kernels that pipeline many words
+    /// in one bundle check it and fall back to one bundle per word when
+    /// buffers share slices.
+    pub fn self_conflict(&self, mach: &Mach) -> Option<String> {
+        let banks = mach.banks.max(1);
+        let all_banks = ((1u32 << banks) - 1) << 2;
+        let wl = mach.write_latency;
+        let mut busy: HashMap<u16, Vec<(Cycle, Cycle)>> = HashMap::new();
+        let mut used: HashMap<(u16, Cycle), u32> = HashMap::new();
+        for op in &self.ops {
+            if let QSel::Fixed(q) = op.queue {
+                let end = op.t + op.ins.issue_cycles().max(op.ins.occupancy()) as Cycle;
+                let spans = busy.entry(q.index()).or_default();
+                if spans.iter().any(|&(a, b)| op.t < b && a < end) {
+                    return Some(format!("{q} busy twice at local cycle {}", op.t));
+                }
+                spans.push((op.t, end));
+            }
+            let Some(mem) = op.mem else { continue };
+            let (slice, c, bits) = match mem {
+                MemUse::Read { slice, addr } => (slice, op.t, 1 | (1 << (2 + addr % banks))),
+                MemUse::Gather { slice, .. } => (slice, op.t, 1 | all_banks),
+                MemUse::Write { slice, addr } => {
+                    (slice, op.t + wl - 1, 2 | (1 << (2 + addr % banks)))
+                }
+                MemUse::Scatter { slice, .. } => (slice, op.t + wl - 1, 2 | all_banks),
+            };
+            let u = used.entry((slice.index(), c)).or_insert(0);
+            if *u & bits != 0 {
+                return Some(format!(
+                    "{slice} port or bank used twice on local cycle {c}"
+                ));
+            }
+            *u |= bits;
+        }
+        None
+    }
 }
 
 /// Registers the result operand `name` of `ins` spans.

@@ -7,6 +7,11 @@
 //! the building blocks: a word of a buffer arriving at the VXM on a given
 //! local cycle, and a VXM result written to a buffer word.
 
+pub mod norm;
+pub mod quantize;
+pub mod reduce;
+pub mod rope;
+pub mod swiglu;
 pub mod vector;
 
 use q35_isa::{Dir, Hemisphere};

@@ -1,0 +1,248 @@
+//! Rotary position embedding (docs/q35-format.md 8.4,
+//! `semantics::rope_in_place`: adjacent pairs), bit-exact.
+//!
+//! # Layout and why it is exact
+//!
+//! `cos` and `sin` are f32 tables of `ctx` words (4 slices): word `t` is
+//! position `t`, lane `l` holds pair `i = (l % head_dim) / 2`: `C[l] =
+//! cos_i`, `S[l] = -sin_i` on even lanes and `+sin_i` on odd lanes
+//! ([`rope_tables`]). With `swap(x)` exchanging lanes `2i` and `2i + 1` (an
+//! SXM `permute`), the kernel computes `y = x * C + swap(x) * S`
+//! (`fmul`, `fmul`, `fadd(x*C, swap(x)*S)`). For pair `(a, b) = (x[2i],
+//! x[2i+1])` the contract asks `y0 = a*c - b*s`, `y1 = a*s + b*c`:
+//!
+//! - even lane: `a*c + b*(-s)`. IEEE multiplication rounds the exact
+//!   product and rounding to nearest-even is symmetric, so `b*(-s) =
+//!   -(b*s)` bit for bit (zeros and infinities included); and IEEE defines
+//!   `p - q` as `p + (-q)`, so `a*c + (-(b*s)) = a*c - b*s` exactly.
+//! - odd lane: `b*c + a*s`; IEEE addition is commutative, so this is
+//!   `a*s + b*c` exactly.
+//!
+//! Because the lane pattern repeats every `head_dim` lanes, element `j` of
+//! `x` (head `j / head_dim`, dimension `j % head_dim`, lane `j % 320`)
+//! sees its own pair's angle whenever `head_dim` divides 320 (64 on
+//! SmolLM2); other head sizes are an error.
+//!
+//! # Bundles
+//!
+//! 1. Row `pos` of each table (one bundle each): `pos_idx` (u16, every lane = pos) is read
+//!    towards the SXM of the table's hemisphere, which sends it back
+//!    unchanged (`shift` by 0) so that it passes every slice of that
+//!    hemisphere in the direction the gathered bytes flow: the four
+//!    `gather`s (one per byte plane, lane `l` = byte `l` of word `base +
+//!    pos`) then travel together, and are written to a scratch word in the
+//!    other hemisphere (`<label>.rope_c`, `<label>.rope_s`).
+//! 2. Per word of `x` (pipelined one cycle apart in one bundle,
+//!    `reduce::place_words`): `x` is read towards its hemisphere's SXM and
+//!    swapped there (`permute` with the map `l -> l ^ 1`), read again to
+//!    meet it at the VXM with the two rows; `y` is written.
+
+use q35_contract::rope::RopeTable;
+use q35_isa::{DType, Dir, ElemWidth, Hemisphere, Instruction, Stream};
+
+use crate::alloc::Buffer;
+use crate::kernels::reduce::{
+    FADD, FMUL, at_vxm, hemisphere, place_words, scratch, sxm_op, sxm_queue, vx,
+};
+use crate::kernels::{dir_to, from_vxm, to_vxm};
+use crate::machine::Cycle;
+use crate::program::{LANES, ProgramBuilder};
+use crate::sched::{Bundle, SchedError};
+
+const S: Stream = Stream::east(0);
+
+/// The RoPE tables cannot be laid out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RopeTableError {
+    /// `head_dim` is odd, zero or does not divide the 320 lanes.
+    #[error("rope tables: head_dim {head_dim} must be even and divide the {lanes} lanes")]
+    HeadDim {
+        /// The head size asked for.
+        head_dim: usize,
+        /// Lanes of a vector.
+        lanes: u32,
+    },
+    /// The contract's table was built for another head size.
+    #[error("rope tables: the RopeTable has head_dim {table}, the model {head_dim}")]
+    Mismatch {
+        /// The table's head size.
+        table: usize,
+        /// The head size asked for.
+        head_dim: usize,
+    },
+    /// The contract's table has fewer positions than the context.
+    #[error("rope tables: the RopeTable has {have} positions, the context needs {need}")]
+    Positions {
+        /// Positions in the table.
+        have: usize,
+        /// The compiled context.
+        need: usize,
+    },
+}
+
+fn check_head_dim(head_dim: usize) -> Result<(), RopeTableError> {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) || !(LANES as usize).is_multiple_of(head_dim) {
+        return Err(RopeTableError::HeadDim {
+            head_dim,
+            lanes: LANES,
+        });
+    }
+    Ok(())
+}
+
+/// The f32 bit patterns of the `cos` and `sin` buffers (`ctx` words of 320
+/// lanes each, element `t * 320 + l`; see the module doc) for positions
+/// `0 .. ctx` of `table`, to initialise MEM with.
+pub fn rope_tables(
+    table: &RopeTable,
+    head_dim: usize,
+    ctx: usize,
+) -> Result<(Vec<u32>, Vec<u32>), RopeTableError> {
+    check_head_dim(head_dim)?;
+    if table.head_dim() != head_dim {
+        return Err(RopeTableError::Mismatch {
+            table: table.head_dim(),
+            head_dim,
+        });
+    }
+    if table.positions() < ctx {
+        return Err(RopeTableError::Positions {
+            have: table.positions(),
+            need: ctx,
+        });
+    }
+    let lanes = LANES as usize;
+    let mut cos = Vec::with_capacity(ctx * lanes);
+    let mut sin = Vec::with_capacity(ctx * lanes);
+    for t in 0..ctx {
+        for l in 0..lanes {
+            let (c, s) = table.get(t, (l % head_dim) / 2);
+            cos.push(c.to_bits());
+            sin.push(if l % 2 == 0 { -s } else { s }.to_bits());
+        }
+    }
+    Ok((cos, sin))
+}
+
+/// Gathers row `pos` of `table` (the index `pos_idx`, u16 on 2 slices) and
+/// writes it to `dst` (a scratch word in the other hemisphere), in `b`.
+fn gather_row(
+    b: &mut Bundle,
+    m: &crate::machine::Mach,
+    pos_idx: &Buffer,
+    table: &Buffer,
+    dst: &Buffer,
+) -> Result<(), SchedError> {
+    let h = hemisphere(table);
+    let sxm = m.position(sxm_queue(h));
+    let idx = b.read(m, &pos_idx.slices, pos_idx.addr, sxm, 0)?;
+    let idx = sxm_op(
+        b,
+        m,
+        h,
+        Instruction::Shift {
+            src: S,
+            dst: S,
+            n: 0,
+            w: LANES,
+            ew: ElemWidth::B2,
+        },
+        idx,
+    )?;
+    let dir = if sxm < m.vxm { Dir::East } else { Dir::West };
+    let slot = b.slot(dir, table.slices.len() as u8);
+    for (j, &slice) in table.slices.iter().enumerate() {
+        let pos = m.position(slice);
+        let Some(issue) = b.arrival(m, idx, pos) else {
+            return Err(SchedError::Kernel {
+                label: b.label.clone(),
+                message: format!("the rope index never passes {slice}"),
+            });
+        };
+        let t = issue + m.read_latency + m.hops(pos, m.vxm);
+        let v = b.gather_into(
+            m,
+            slice,
+            idx,
+            table.addr,
+            (table.addr, table.addr + table.words),
+            m.vxm,
+            t,
+            slot,
+            j as u8,
+        )?;
+        b.write(m, v, &[dst.slices[j]], dst.addr)?;
+    }
+    Ok(())
+}
+
+/// Rotates `heads` heads of `head_dim` f32 values in `x` (natural layout,
+/// `ceil(heads * head_dim / 320)` words) at the position held by `pos_idx`
+/// (u16, 2 slices, every lane = pos), with the tables `cos` and `sin`
+/// ([`rope_tables`] layout, 4 slices each, one word per position), into
+/// `y` (same layout as `x`; its padding lanes are `x`'s padding rotated,
+/// i.e. zeros of either sign when `x`'s are zeros). Returns the last cycle
+/// used.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the op's operands, as every kernel takes them"
+)]
+pub fn rope(
+    p: &mut ProgramBuilder,
+    label: &str,
+    x: &Buffer,
+    y: &Buffer,
+    heads: u32,
+    head_dim: u32,
+    pos_idx: &Buffer,
+    cos: &Buffer,
+    sin: &Buffer,
+    not_before: Cycle,
+) -> Result<Cycle, SchedError> {
+    check_head_dim(head_dim as usize).map_err(|e| SchedError::Kernel {
+        label: label.to_string(),
+        message: e.to_string(),
+    })?;
+    let words = (heads * head_dim).div_ceil(LANES);
+    let other = |buf: &Buffer| match hemisphere(buf) {
+        Hemisphere::West => Hemisphere::East,
+        Hemisphere::East => Hemisphere::West,
+    };
+    let c_row = scratch(p, label, "rope_c", DType::F32, u64::from(LANES), other(cos))?;
+    let s_row = scratch(p, label, "rope_s", DType::F32, u64::from(LANES), other(sin))?;
+    let swap = p.table("rope_swap", (0..LANES as u16).map(|l| l ^ 1).collect());
+    let m = p.mach().clone();
+    let mut last = not_before;
+    for (table, row) in [(cos, &c_row), (sin, &s_row)] {
+        let mut b = Bundle::new(label);
+        gather_row(&mut b, &m, pos_idx, table, row)?;
+        last = last.max(p.sched.place(b, not_before)?.last);
+    }
+    let hx = hemisphere(x);
+    let sxm = m.position(sxm_queue(hx));
+    place_words(p, label, words, not_before, &mut |b, k, t0| {
+        let xs = b.read(&m, &x.slices, x.addr + k, sxm, t0)?;
+        let sw = sxm_op(
+            b,
+            &m,
+            hx,
+            Instruction::Permute {
+                src: S,
+                dst: S,
+                map: swap,
+                ew: ElemWidth::B4,
+            },
+            xs,
+        )?;
+        let t = at_vxm(b, &m, sw)?;
+        let xv = to_vxm(b, &m, x, k, t)?;
+        let cv = to_vxm(b, &m, &c_row, 0, t)?;
+        let sv = to_vxm(b, &m, &s_row, 0, t)?;
+        let xc = vx(b, &m, t, FMUL, &[("a", xv), ("b", cv)], Dir::East)?;
+        let ws = vx(b, &m, t, FMUL, &[("a", sw), ("b", sv)], Dir::East)?;
+        let t = at_vxm(b, &m, xc)?;
+        let out = vx(b, &m, t, FADD, &[("a", xc), ("b", ws)], dir_to(y))?;
+        from_vxm(b, &m, out, y, k)
+    })
+    .map(|l| l.max(last))
+}
