@@ -49,7 +49,7 @@ impl Case {
             .collect();
         let mut q = values((HEADS * HD) as usize, seed + 99, 2.0);
         // A head whose scores are all +-0.0 and one with huge scores.
-        if seed % 2 == 0 {
+        if seed.is_multiple_of(2) {
             for d in 0..HD {
                 q[(2 * HD + d) as usize] = 0.0;
                 q[(4 * HD + d) as usize] *= if d % 2 == 0 { -0.0 } else { 30.0 };
@@ -261,14 +261,18 @@ fn kv_write_stores_key_transposed_and_value_row() {
         .unwrap();
         let built = p.finish();
         let (done, bin) = common::run(&built, &target);
-        assert_eq!(done.profile.total_cycles(), built.cycles, "predicted cycles");
+        assert_eq!(
+            done.profile.total_cycles(),
+            built.cycles,
+            "predicted cycles"
+        );
         let kgot = common::f32_symbol(&done, &bin, "kcache");
         let vgot = common::f32_symbol(&done, &bin, "vcache");
         let row = ((w + 1) * 320) as usize;
-        for r in 0..KV_DIM as usize {
+        for (r, &key) in kv.iter().enumerate() {
             for lane in 0..(w as usize * 320) {
                 let i = r * row + lane;
-                let want = if lane == pos as usize { kv[r] } else { kold[i] };
+                let want = if lane == pos as usize { key } else { kold[i] };
                 assert_eq!(
                     kgot[i].to_bits(),
                     want.to_bits(),
@@ -281,7 +285,7 @@ fn kv_write_stores_key_transposed_and_value_row() {
                 let want = if l == (pos % 320) as usize {
                     kold[i]
                 } else {
-                    kv[r]
+                    key
                 };
                 assert_eq!(kgot[i].to_bits(), want.to_bits(), "junk word row {r}");
             }
@@ -290,7 +294,7 @@ fn kv_write_stores_key_transposed_and_value_row() {
             for l in 0..320usize {
                 let i = t * 320 + l;
                 let want = if t == pos as usize {
-                    if l < KV_DIM as usize { vv[l] } else { 0.0 }
+                    vv.get(l).copied().unwrap_or(0.0)
                 } else {
                     vold[i]
                 };

@@ -49,16 +49,17 @@
 //! of a zero; `x - m` is then `x` for every non-zero `x` (exact) and a zero
 //! for zero `x`, and `exp(+0.0) = exp(-0.0) = 1` (the contract's `exp` maps
 //! both to `p * 0 + r + 1` with `r = ±0`), so every `e_t` is bit-identical.
-//! Positions `t > pos` (and lanes past `ctx`) get `-inf` (a finite score plus
-//! -inf; the cache holds finite values only: it starts at 0 and only ever
-//! receives finite keys and values), which never raises the max, and `exp(-inf
-//! - m) = exp(-inf) = +0.0`. The lane sum then adds `+0.0` in lanes and in
-//! whole extra words: a partial sum of non-negative `e` starting at `+0.0` is
-//! never `-0.0`, so adding `+0.0` changes nothing, and the sum equals
-//! `lane_sum` over the first `pos + 1` values bit for bit. So `p_t = +0.0 *
-//! inv = +0.0` for `t > pos`, and in the output `p_t * v_t[d]` is `±0.0` (v
-//! finite); `o` starts at `+0.0` and is never `-0.0` (`a + b = -0.0` needs
-//! both `-0.0`), so `o + ±0.0 = o`: future positions contribute nothing.
+//! Positions `t > pos` (and lanes past `ctx`) get `-inf` (a finite score
+//! plus `-inf`; the cache holds finite values only: it starts at 0 and only
+//! ever receives finite keys and values), which never raises the max, and
+//! `exp(-inf - m) = exp(-inf) = +0.0`. The lane sum then adds `+0.0` in
+//! lanes and in whole extra words: a partial sum of non-negative `e`
+//! starting at `+0.0` is never `-0.0`, so adding `+0.0` changes nothing, and
+//! the sum equals `lane_sum` over the first `pos + 1` values bit for bit. So
+//! `p_t = +0.0 * inv = +0.0` for `t > pos`, and in the output `p_t * v_t[d]`
+//! is `±0.0` (v finite); `o` starts at `+0.0` and is never `-0.0` (a sum
+//! is `-0.0` only when both addends are), so `o + ±0.0 = o`: future
+//! positions contribute nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -157,8 +158,15 @@ fn sx(
     } else {
         Dir::West
     };
-    Ok(b.unit(m, QSel::Fixed(q), t, ins, &[("src", src)], Some(("dst", dir)))?
-        .expect("an SXM result"))
+    Ok(b.unit(
+        m,
+        QSel::Fixed(q),
+        t,
+        ins,
+        &[("src", src)],
+        Some(("dst", dir)),
+    )?
+    .expect("an SXM result"))
 }
 
 /// A resource one instruction holds on one cycle.
@@ -358,7 +366,9 @@ pub fn kv_write(
         let kw = b.read(&m, &k.slices, k.addr + r / LANES, sp, 0)?;
         let val = sx(&mut b, &m, ksx, 0, bcast(r % LANES), kw)?;
         let f = first_slice(&m, kcache, kdir);
-        let t = b.arrival(&m, val, f).expect("the SXM is upstream of every slice");
+        let t = b
+            .arrival(&m, val, f)
+            .expect("the SXM is upstream of every slice");
         let idx = b.read(&m, &kv_idx.slices, kv_idx.addr, f, t)?;
         let base = kcache.addr + r * (w_words + 1);
         for (j, &slice) in kcache.slices.iter().enumerate() {
@@ -381,7 +391,9 @@ pub fn kv_write(
     let vw = b.read(&m, &v.slices, v.addr, sp, 0)?;
     let val = sx(&mut b, &m, vsx, 0, shift(0, LANES), vw)?;
     let f = first_slice(&m, vcache, vdir);
-    let t = b.arrival(&m, val, f).expect("the SXM is upstream of every slice");
+    let t = b
+        .arrival(&m, val, f)
+        .expect("the SXM is upstream of every slice");
     let idx = b.read(&m, &pos_idx.slices, pos_idx.addr, f, t)?;
     for (j, &slice) in vcache.slices.iter().enumerate() {
         let part = b.part(val, j as u8, 1)?;
@@ -455,7 +467,7 @@ pub fn attention(
     scale: f32,
     not_before: Cycle,
 ) -> Result<Cycle, SchedError> {
-    if kv_heads == 0 || heads % kv_heads != 0 || head_dim == 0 || ctx == 0 {
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || head_dim == 0 || ctx == 0 {
         return Err(err(
             label,
             format!("heads {heads}, kv_heads {kv_heads}, head_dim {head_dim}, ctx {ctx}"),
@@ -484,7 +496,13 @@ pub fn attention(
     };
     // Scores / e / p (two halves) and keep: 12 distinct east slices (keep
     // must be east: sxm.e's values flow east past it).
-    let block = alloc(p, "scratch", Hemisphere::East, 12, (heads * s.wh).max(heads))?;
+    let block = alloc(
+        p,
+        "scratch",
+        Hemisphere::East,
+        12,
+        (heads * s.wh).max(heads),
+    )?;
     let scratch = Scratch {
         sc: [view(&block, "sc0", 0, 4), view(&block, "sc1", 4, 4)],
         keep: view(&block, "keep", 8, 4),
@@ -505,7 +523,7 @@ pub fn attention(
     // The mask's last word with -inf past ctx.
     let mut last_mask = (mask.clone(), mask.addr + w - 1);
     let mut last = not_before;
-    if ctx % LANES != 0 {
+    if !ctx.is_multiple_of(LANES) {
         let other = match mask.hemisphere() {
             Some(Hemisphere::West) => Hemisphere::East,
             _ => Hemisphere::West,
@@ -522,7 +540,12 @@ pub fn attention(
                 .collect(),
         );
         let mask2 = p
-            .buffer(&format!("{label}.mask"), DType::F32, u64::from(LANES), other)
+            .buffer(
+                &format!("{label}.mask"),
+                DType::F32,
+                u64::from(LANES),
+                other,
+            )
             .map_err(|e| err(label, e.to_string()))?;
         let mut b = Bundle::new(label);
         let a = b.read(&m, &mask.slices, mask.addr + w - 1, m.vxm, 0)?;
