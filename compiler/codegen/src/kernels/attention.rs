@@ -414,6 +414,8 @@ pub fn kv_write(
 #[derive(Clone, Copy, Debug)]
 struct Shape {
     heads: u32,
+    /// Positions per kv head in a packed word of p (`320 / kv_heads`).
+    blk: u32,
     group: u32,
     hd: u32,
     ctx: u32,
@@ -483,6 +485,7 @@ pub fn attention(
     let w = ctx.div_ceil(LANES);
     let s = Shape {
         heads,
+        blk: LANES / kv_heads,
         group: heads / kv_heads,
         hd: head_dim,
         ctx,
@@ -496,26 +499,40 @@ pub fn attention(
     };
     // Scores / e / p (two halves) and keep: 12 distinct east slices (keep
     // must be east: sxm.e's values flow east past it).
+    let blocks = pack_blocks(&s);
+    let packed_words = s.group * blocks.len() as u32;
     let block = alloc(
         p,
         "scratch",
         Hemisphere::East,
-        12,
-        (heads * s.wh).max(heads),
+        16,
+        (heads * s.wh).max(heads).max(packed_words),
     )?;
     let scratch = Scratch {
         sc: [view(&block, "sc0", 0, 4), view(&block, "sc1", 4, 4)],
         keep: view(&block, "keep", 8, 4),
     };
+    let packed = view(&block, "packed", 12, 4);
     // Per-head outputs and the select masks of the merge into y.
     let y_words = (heads * head_dim).div_ceil(LANES);
     let pairs = merge_pairs(&s, y_words);
-    let block2 = alloc(p, "out", Hemisphere::West, 5, heads.max(pairs.len() as u32))?;
+    let block2 = alloc(
+        p,
+        "out",
+        Hemisphere::West,
+        5,
+        heads.max(pairs.len() as u32 + kv_heads),
+    )?;
     let obuf = view(&block2, "o", 0, 4);
     let sel = view(&block2, "sel", 4, 1);
     let mut sel_init = Vec::new();
-    for &(h, j, lo, hi) in &pairs {
-        let _ = (h, j);
+    for &(_, _, lo, hi) in &pairs {
+        sel_init.extend((0..LANES).map(|l| u32::from(l >= lo && l < hi)));
+    }
+    // Then one mask per kv head for the packing of p: lanes of its block.
+    let pack_mask0 = pairs.len() as u32;
+    for i in 0..kv_heads {
+        let (lo, hi) = (i * s.blk, (i + 1) * s.blk);
         sel_init.extend((0..LANES).map(|l| u32::from(l >= lo && l < hi)));
     }
     p.init(&sel, DType::U8, sel_init);
@@ -597,30 +614,87 @@ pub fn attention(
     let base = ready.iter().copied().min().unwrap_or(0);
     let mut b = Bundle::new(label);
     let mut pk = Packer::new(&m);
-    let mut done = Vec::new();
     for h in 0..heads {
-        let (_, end) = pk.pack(&mut b, ready[h as usize] - base, |b, off| {
+        pk.pack(&mut b, ready[h as usize] - base, |b, off| {
             softmax_chain(b, &m, &s, off, h, &scratch, &rot)
         })?;
-        done.push(end);
     }
-    let placed = p.sched.place(b, not_before)?;
-    last = last.max(placed.last);
-    let ready: Vec<Cycle> = done.iter().map(|e| e + placed.shift).collect();
+    last = last.max(p.sched.place(b, not_before)?.last);
 
-    // Phase 3: outputs, 4 chains a bundle.
-    let hs: Vec<u32> = (0..heads).collect();
-    for batch in hs.chunks(4) {
-        let base = batch.iter().map(|&h| ready[h as usize]).min().unwrap_or(0);
-        let mut b = Bundle::new(label);
-        let mut pk = Packer::new(&m);
-        for &h in batch {
-            pk.pack(&mut b, ready[h as usize] - base, |b, off| {
-                output_chain(b, &m, &s, off, h, vcache, &scratch, &obuf)
-            })?;
+    // Phase 3a: pack the p of the heads of one group (one head per kv
+    // head) side by side, a block of positions per kv head.
+    let la = m.latency(&FADD);
+    let lp = m.latency(&permute(TableId(0)));
+    let sxe = sxm(Hemisphere::East);
+    let sep = m.position(sxe);
+    for j in 0..s.group {
+        for (kb, &(t0, len)) in blocks.iter().enumerate() {
+            let mut b = Bundle::new(label);
+            let mut acc = vx(&mut b, &m, 0, fconst(0.0), &[], Dir::West)?;
+            let mut t = la;
+            for i in 0..kv_heads {
+                let h = i * s.group + j;
+                let start = t0 % LANES;
+                let map: Vec<u16> = (0..LANES)
+                    .map(|l| {
+                        if l >= i * s.blk && l < i * s.blk + len {
+                            (start + l - i * s.blk) as u16
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let tab = p.table(&format!("attn.pack.b{}.i{i}.s{start}.n{len}", s.blk), map);
+                let tp = t - lp - m.hops(sep, m.vxm);
+                let (buf, addr) = scratch.word(&s, h, t0 / LANES);
+                let pw = b.read(&m, &buf.slices, addr, sep, tp)?;
+                let per = sx(&mut b, &m, sxe, tp, permute(tab), pw)?;
+                let mk = b.read(&m, &sel.slices, sel.addr + pack_mask0 + i, m.vxm, t)?;
+                acc = vx(
+                    &mut b,
+                    &m,
+                    t,
+                    SELECT,
+                    &[("m", mk), ("a", per), ("b", acc)],
+                    dir_to(&packed),
+                )?;
+                t += la;
+            }
+            b.write(
+                &m,
+                acc,
+                &packed.slices,
+                packed.addr + j * blocks.len() as u32 + kb as u32,
+            )?;
+            last = last.max(p.sched.place(b, not_before)?.last);
         }
-        last = last.max(p.sched.place(b, not_before)?.last);
     }
+    // Phase 3b: outputs, one chain per group (its heads' kv segments side
+    // by side), all groups in one bundle.
+    let unpack: Vec<TableId> = (0..s.blk)
+        .map(|r| {
+            p.table(
+                &format!("attn.unpack.b{}.hd{}.kv{kv_heads}.r{r}", s.blk, s.hd),
+                (0..LANES)
+                    .map(|l| {
+                        if l < kv_heads * s.hd {
+                            ((l / s.hd) * s.blk + r) as u16
+                        } else {
+                            0
+                        }
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut b = Bundle::new(label);
+    let mut pk = Packer::new(&m);
+    for j in 0..s.group {
+        pk.pack(&mut b, 0, |b, off| {
+            output_chain(b, &m, &s, off, j, vcache, &packed, &blocks, &unpack, &obuf)
+        })?;
+    }
+    last = last.max(p.sched.place(b, not_before)?.last);
 
     // Merge the heads into y, one bundle a word.
     for j in 0..y_words {
@@ -647,7 +721,7 @@ pub fn attention(
                 .collect();
             let tab = p.table(&format!("attn.o2y.hd{}.h{h}.kv{kvh}.j{j}", s.hd), map);
             let tp = t - lp - m.hops(sp, m.vxm);
-            let o = b.read(&m, &obuf.slices, obuf.addr + h, sp, tp)?;
+            let o = b.read(&m, &obuf.slices, obuf.addr + h % s.group, sp, tp)?;
             let per = sx(&mut b, &m, sxe, tp, permute(tab), o)?;
             let mk = b.read(&m, &sel.slices, sel.addr + i as u32, m.vxm, t)?;
             acc = vx(
@@ -866,37 +940,58 @@ fn softmax_chain(
     Ok(end)
 }
 
-/// Output of head `h`: `o = +0.0; o = o + p_t * v_t` over ascending `t`
-/// (lanes = the kv head's dims), into word `h` of `obuf`.
+/// (first position, count) of every block of positions packed in one
+/// word: `blk` positions, never across a word of p.
+fn pack_blocks(s: &Shape) -> Vec<(u32, u32)> {
+    let mut v = Vec::new();
+    let mut t0 = 0;
+    while t0 < s.ctx {
+        let word_end = (t0 / LANES + 1) * LANES;
+        let len = s.blk.min(word_end - t0).min(s.ctx - t0);
+        v.push((t0, len));
+        t0 += len;
+    }
+    v
+}
+
+/// Output of group `j` (heads `kv * group + j`, one per kv head): `o = +0.0;
+/// o = o + p_t * v_t` over ascending `t`, lane `kv * head_dim + d` holding
+/// head `kv * group + j`'s dim `d`; `p_t` of all of them comes from one
+/// `permute` of the packed word. Into word `j` of `obuf`.
 #[expect(clippy::too_many_arguments, reason = "one chain's inputs")]
 fn output_chain(
     b: &mut Bundle,
     m: &Mach,
     s: &Shape,
     off: Cycle,
-    h: u32,
+    j: u32,
     vcache: &Buffer,
-    scratch: &Scratch,
+    packed: &Buffer,
+    blocks: &[(u32, u32)],
+    unpack: &[TableId],
     obuf: &Buffer,
 ) -> Result<Cycle, SchedError> {
     let la = m.latency(&FADD);
-    let lb = m.latency(&bcast(0));
+    let lp = m.latency(&permute(TableId(0)));
     let sxw = sxm(Hemisphere::West);
     let sp = m.position(sxw);
     let a0 = off + la;
     let dir = dir_to(obuf);
     let mut acc = vx(b, m, off, fconst(0.0), &[], dir)?;
-    for t in 0..s.ctx {
-        let at = a0 + la * Cycle::from(t);
-        let ct = at - la;
-        let tb = ct - lb - m.hops(sp, m.vxm);
-        let (buf, addr) = scratch.word(s, h, t / LANES);
-        let pw = b.read(m, &buf.slices, addr, sp, tb)?;
-        let pb = sx(b, m, sxw, tb, bcast(t % LANES), pw)?;
-        let vw = b.read(m, &vcache.slices, vcache.addr + t, m.vxm, ct)?;
-        let prod = vx(b, m, ct, FMUL, &[("a", pb), ("b", vw)], Dir::West)?;
-        acc = vx(b, m, at, FADD, &[("a", acc), ("b", prod)], dir)?;
+    for (kb, &(t0, len)) in blocks.iter().enumerate() {
+        for r in 0..len {
+            let t = t0 + r;
+            let at = a0 + la * Cycle::from(t);
+            let ct = at - la;
+            let tp = ct - lp - m.hops(sp, m.vxm);
+            let addr = packed.addr + j * blocks.len() as u32 + kb as u32;
+            let pw = b.read(m, &packed.slices, addr, sp, tp)?;
+            let pb = sx(b, m, sxw, tp, permute(unpack[r as usize]), pw)?;
+            let vw = b.read(m, &vcache.slices, vcache.addr + t, m.vxm, ct)?;
+            let prod = vx(b, m, ct, FMUL, &[("a", pb), ("b", vw)], Dir::West)?;
+            acc = vx(b, m, at, FADD, &[("a", acc), ("b", prod)], dir)?;
+        }
     }
-    b.write(m, acc, &obuf.slices, obuf.addr + h)?;
+    b.write(m, acc, &obuf.slices, obuf.addr + j)?;
     Ok(a0 + la * Cycle::from(s.ctx))
 }
