@@ -21,7 +21,7 @@
 //! sequential in the contract: one `fadd` every `alu_latency` cycles). Queues
 //! issue in program order, so two bundles that both use a MEM slice or an
 //! SXM over a long span cannot overlap; the kernel therefore packs several
-//! chains into one bundle itself ([`Packer`]), each at the earliest offset
+//! chains into one bundle itself (a private `Packer`), each at the earliest offset
 //! where it collides with no other on a fixed queue, a MEM port or bank, or
 //! the VXM's queues.
 //!
@@ -35,9 +35,15 @@
 //!    then 9 `shift`+`fadd` steps), `bcast` of lane 0, `inv = 1 / s`, `p = e *
 //!    inv`. A value that must meet the SXM's result again is kept in MEM
 //!    meanwhile (`keep`, one word per head).
-//! 3. Output (`sxm.w`), one chain per head: `o = +0.0; o = o + bcast(p_t) *
-//!    v_row(t)` ascending `t`, then each head's lanes are permuted into `y`
-//!    and merged with `select`.
+//! 3. Output (`sxm.w`), one chain per group of heads that use different kv
+//!    heads (heads `kv * group + j`, `j` fixed): their `p` are first packed
+//!    side by side (`320 / kv_heads` positions of each head in one word:
+//!    `permute` + `select`), then per position one `permute` of the packed
+//!    word puts head `kv * group + j`'s `p_t` on lanes `kv * head_dim ..`,
+//!    exactly the lanes of the V cache row it multiplies: `o = +0.0; o = o +
+//!    p_t * v_row(t)` ascending `t` serves `kv_heads` heads at once. Each
+//!    head's lanes are finally permuted into `y` and merged with `select`
+//!    (lanes of `y` past `heads * head_dim` are +0.0).
 //!
 //! # Why the mask and the future positions are exact
 //!
