@@ -730,6 +730,15 @@ impl Bundle {
         }
         None
     }
+
+    /// Every instruction's queue choice, local issue cycle and MEM access,
+    /// in the order they were added: what a kernel needs to pack several
+    /// independent chains into one bundle without them colliding on a
+    /// fixed queue, a MEM port or bank, or the VXM's 16 queues (the
+    /// scheduler itself only ever shifts a bundle as a whole).
+    pub fn footprint(&self) -> Vec<(QSel, Cycle, Option<MemUse>)> {
+        self.ops.iter().map(|o| (o.queue, o.t, o.mem)).collect()
+    }
 }
 
 /// Registers the result operand `name` of `ins` spans.

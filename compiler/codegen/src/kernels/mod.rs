@@ -7,6 +7,7 @@
 //! the building blocks: a word of a buffer arriving at the VXM on a given
 //! local cycle, and a VXM result written to a buffer word.
 
+pub mod attention;
 pub mod norm;
 pub mod quantize;
 pub mod reduce;

@@ -1,0 +1,1003 @@
+//! Attention for one decode step: the KV cache write ([`kv_write`]) and
+//! whole-context masked attention ([`attention`]), bit-exact with
+//! `q35_contract::semantics::attention_head` on the first `pos + 1`
+//! positions (docs/q35-format.md 8.4).
+//!
+//! # Layouts (docs/backend-design: fixed by the lead)
+//!
+//! - `W = ceil(ctx / 320)`. K cache: row `r = kv_head * head_dim + d` is
+//!   `W + 1` words at `kcache.addr + r * (W + 1)`: position `t` on lane
+//!   `t % 320` of word `t / 320`, then one junk word (`kv_idx` sends every
+//!   lane but `pos % 320` there).
+//! - V cache: word `t` (`vcache.addr + t`) holds position `t`'s value
+//!   vector, lane `kv_head * head_dim + d` (so `kv_dim <= 320`).
+//! - `q`, `y`: f32 `[heads * head_dim]`, natural layout; `mask`: f32
+//!   `[ctx]`, 0.0 for `t <= pos`, -inf after (lanes past `ctx` of its last
+//!   word may hold any value but +inf or NaN: the kernel adds -inf to them).
+//!
+//! # How attention runs
+//!
+//! Three phases, each made of long dependent chains (a sum along lanes is
+//! sequential in the contract: one `fadd` every `alu_latency` cycles). Queues
+//! issue in program order, so two bundles that both use a MEM slice or an
+//! SXM over a long span cannot overlap; the kernel therefore packs several
+//! chains into one bundle itself (a private `Packer`), each at the earliest offset
+//! where it collides with no other on a fixed queue, a MEM port or bank, or
+//! the VXM's queues.
+//!
+//! 1. Scores (`sxm.w`), one chain per (head, word of positions):
+//!    `s = +0.0; s = s + bcast(q_d) * k_row(d)` ascending `d`, then
+//!    `(s * scale) + mask`.
+//! 2. Softmax (`sxm.e`), one chain per head, all heads in one bundle: the max
+//!    over all lanes by rotations (`permute` by 1, 2, .., 256 lanes, `fmax`:
+//!    every lane ends with the max, no zero is ever shifted in), `e = exp(x -
+//!    m)`, the contract's `lane_sum` of `e` (`fconst 0`, `fadd` per word,
+//!    then 9 `shift`+`fadd` steps), `bcast` of lane 0, `inv = 1 / s`, `p = e *
+//!    inv`. A value that must meet the SXM's result again is kept in MEM
+//!    meanwhile (`keep`, one word per head).
+//! 3. Output (`sxm.w`), one chain per group of heads that use different kv
+//!    heads (heads `kv * group + j`, `j` fixed): their `p` are first packed
+//!    side by side (`320 / kv_heads` positions of each head in one word:
+//!    `permute` + `select`), then per position one `permute` of the packed
+//!    word puts head `kv * group + j`'s `p_t` on lanes `kv * head_dim ..`,
+//!    exactly the lanes of the V cache row it multiplies: `o = +0.0; o = o +
+//!    p_t * v_row(t)` ascending `t` serves `kv_heads` heads at once. Each
+//!    head's lanes are finally permuted into `y` and merged with `select`
+//!    (lanes of `y` past `heads * head_dim` are +0.0).
+//!
+//! # Why the mask and the future positions are exact
+//!
+//! Let `x_t` be the contract's score (`dot_f32(q, k_t) * scale`) for `t <=
+//! pos`. The kernel computes the same `x_t` (same operations, same order)
+//! and then `x_t + 0.0`, which equals `x_t` unless `x_t = -0.0` (then
+//! `+0.0`): `-0.0` is possible (a tiny negative dot product times `scale`
+//! underflows), but the softmax cannot tell: `m` differs at most in the sign
+//! of a zero; `x - m` is then `x` for every non-zero `x` (exact) and a zero
+//! for zero `x`, and `exp(+0.0) = exp(-0.0) = 1` (the contract's `exp` maps
+//! both to `p * 0 + r + 1` with `r = ±0`), so every `e_t` is bit-identical.
+//! Positions `t > pos` (and lanes past `ctx`) get `-inf` (a finite score
+//! plus `-inf`; the cache holds finite values only: it starts at 0 and only
+//! ever receives finite keys and values), which never raises the max, and
+//! `exp(-inf - m) = exp(-inf) = +0.0`. The lane sum then adds `+0.0` in
+//! lanes and in whole extra words: a partial sum of non-negative `e`
+//! starting at `+0.0` is never `-0.0`, so adding `+0.0` changes nothing, and
+//! the sum equals `lane_sum` over the first `pos + 1` values bit for bit. So
+//! `p_t = +0.0 * inv = +0.0` for `t > pos`, and in the output `p_t * v_t[d]`
+//! is `±0.0` (v finite); `o` starts at `+0.0` and is never `-0.0` (a sum
+//! is `-0.0` only when both addends are), so `o + ±0.0 = o`: future
+//! positions contribute nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use q35_isa::{
+    DType, Dir, ElemWidth, F32Imm, Hemisphere, Instruction, QueueId, QueueKind, Stream, TableId,
+};
+
+use crate::alloc::Buffer;
+use crate::kernels::dir_to;
+use crate::machine::{Cycle, Mach};
+use crate::program::{LANES, ProgramBuilder};
+use crate::sched::{Bundle, MemUse, QSel, SchedError, Val};
+
+const S: Stream = Stream::east(0);
+
+fn err(label: &str, message: impl Into<String>) -> SchedError {
+    SchedError::Kernel {
+        label: label.to_string(),
+        message: message.into(),
+    }
+}
+
+fn sxm(h: Hemisphere) -> QueueId {
+    QueueId::new(QueueKind::Sxm(h)).expect("lpu-v1 has two SXMs")
+}
+
+fn fconst(v: f32) -> Instruction {
+    Instruction::Fconst {
+        imm: F32Imm::new(v),
+        dst: S,
+    }
+}
+const FADD: Instruction = Instruction::Fadd { a: S, b: S, dst: S };
+const FSUB: Instruction = Instruction::Fsub { a: S, b: S, dst: S };
+const FMUL: Instruction = Instruction::Fmul { a: S, b: S, dst: S };
+const FDIV: Instruction = Instruction::Fdiv { a: S, b: S, dst: S };
+const FMAX: Instruction = Instruction::Fmax { a: S, b: S, dst: S };
+const FEXP: Instruction = Instruction::Fexp { a: S, dst: S };
+const SELECT: Instruction = Instruction::Select {
+    m: S,
+    a: S,
+    b: S,
+    dst: S,
+};
+fn bcast(l: u32) -> Instruction {
+    Instruction::Bcast {
+        src: S,
+        dst: S,
+        l,
+        ew: ElemWidth::B4,
+    }
+}
+fn permute(map: TableId) -> Instruction {
+    Instruction::Permute {
+        src: S,
+        dst: S,
+        map,
+        ew: ElemWidth::B4,
+    }
+}
+fn shift(n: u32, w: u32) -> Instruction {
+    Instruction::Shift {
+        src: S,
+        dst: S,
+        n,
+        w,
+        ew: ElemWidth::B4,
+    }
+}
+
+/// A VXM instruction on any ALU queue at `t`, result flowing `dir`.
+fn vx(
+    b: &mut Bundle,
+    m: &Mach,
+    t: Cycle,
+    ins: Instruction,
+    inputs: &[(&str, Val)],
+    dir: Dir,
+) -> Result<Val, SchedError> {
+    Ok(b.unit(m, QSel::AnyVxm, t, ins, inputs, Some(("dst", dir)))?
+        .expect("a VXM result"))
+}
+
+/// An SXM instruction on `q` at `t` reading `src`; its result flows away
+/// from the SXM (east from `sxm.w`, west from `sxm.e`).
+fn sx(
+    b: &mut Bundle,
+    m: &Mach,
+    q: QueueId,
+    t: Cycle,
+    ins: Instruction,
+    src: Val,
+) -> Result<Val, SchedError> {
+    let dir = if m.position(q) < m.vxm {
+        Dir::East
+    } else {
+        Dir::West
+    };
+    Ok(b.unit(
+        m,
+        QSel::Fixed(q),
+        t,
+        ins,
+        &[("src", src)],
+        Some(("dst", dir)),
+    )?
+    .expect("an SXM result"))
+}
+
+/// A resource one instruction holds on one cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Issue(u16, Cycle),
+    Port(u16, Cycle, bool),
+    Bank(u16, Cycle, u32),
+}
+
+/// Packs independent chains into one bundle (see the module doc): the
+/// fixed-queue issues, MEM ports and banks and VXM queue counts taken so
+/// far.
+struct Packer {
+    used: BTreeSet<Key>,
+    vxm: BTreeMap<Cycle, u32>,
+    vxm_queues: u32,
+    write_latency: Cycle,
+    banks: u32,
+}
+
+type Footprint = Vec<(QSel, Cycle, Option<MemUse>)>;
+
+impl Packer {
+    fn new(m: &Mach) -> Packer {
+        Packer {
+            used: BTreeSet::new(),
+            vxm: BTreeMap::new(),
+            vxm_queues: m.target.vxm.alus_per_lane,
+            write_latency: m.write_latency,
+            banks: m.banks.max(1),
+        }
+    }
+
+    fn keys(&self, fp: &Footprint, off: Cycle) -> (Vec<Key>, Vec<Cycle>) {
+        let mut keys = Vec::new();
+        let mut vxm = Vec::new();
+        for &(q, t, mem) in fp {
+            let t = t + off;
+            match q {
+                QSel::Fixed(q) => keys.push(Key::Issue(q.index(), t)),
+                QSel::AnyVxm => vxm.push(t),
+            }
+            let Some(mem) = mem else { continue };
+            let wt = t + self.write_latency - 1;
+            let (slice, c, write, bank) = match mem {
+                MemUse::Read { slice, addr } => (slice, t, false, Some(addr % self.banks)),
+                MemUse::Gather { slice, .. } => (slice, t, false, None),
+                MemUse::Write { slice, addr } => (slice, wt, true, Some(addr % self.banks)),
+                MemUse::Scatter { slice, .. } => (slice, wt, true, None),
+            };
+            keys.push(Key::Port(slice.index(), c, write));
+            match bank {
+                Some(bk) => keys.push(Key::Bank(slice.index(), c, bk)),
+                None => keys.extend((0..self.banks).map(|bk| Key::Bank(slice.index(), c, bk))),
+            }
+        }
+        (keys, vxm)
+    }
+
+    /// Whether the chain collides with itself (then no offset helps).
+    fn self_conflict(&self, fp: &Footprint) -> Option<Key> {
+        let (mut keys, _) = self.keys(fp, 0);
+        keys.sort();
+        keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+    }
+
+    fn fits(&self, fp: &Footprint, off: Cycle) -> bool {
+        let (keys, vxm) = self.keys(fp, off);
+        if keys.iter().any(|k| self.used.contains(k)) {
+            return false;
+        }
+        let mut count: BTreeMap<Cycle, u32> = BTreeMap::new();
+        for t in vxm {
+            *count.entry(t).or_insert(0) += 1;
+        }
+        count
+            .iter()
+            .all(|(t, n)| self.vxm.get(t).copied().unwrap_or(0) + n <= self.vxm_queues)
+    }
+
+    fn take(&mut self, fp: &Footprint, off: Cycle) {
+        let (keys, vxm) = self.keys(fp, off);
+        self.used.extend(keys);
+        for t in vxm {
+            *self.vxm.entry(t).or_insert(0) += 1;
+        }
+    }
+
+    /// Adds the chain `build` makes at the earliest offset `>= min_off`
+    /// that collides with nothing packed so far; returns the offset and
+    /// what `build` returned.
+    fn pack<R>(
+        &mut self,
+        b: &mut Bundle,
+        min_off: Cycle,
+        build: impl Fn(&mut Bundle, Cycle) -> Result<R, SchedError>,
+    ) -> Result<(Cycle, R), SchedError> {
+        let mut probe = Bundle::new(b.label.clone());
+        build(&mut probe, 0)?;
+        let fp = probe.footprint();
+        if let Some(k) = self.self_conflict(&fp) {
+            return Err(err(
+                &b.label,
+                format!(
+                    "a chain collides with itself ({k:?}): two of its buffers share a MEM slice \
+                     (place q, the caches, the mask and y so that none shares a slice)"
+                ),
+            ));
+        }
+        let mut off = min_off;
+        while !self.fits(&fp, off) {
+            off += 1;
+            if off - min_off > 1 << 20 {
+                return Err(err(&b.label, "no offset fits a chain"));
+            }
+        }
+        self.take(&fp, off);
+        let r = build(b, off)?;
+        Ok((off, r))
+    }
+}
+
+/// The direction in which values from an SXM and index vectors read from
+/// `idx` both pass every slice of `cache` (the index must be upstream of
+/// all of them), and the SXM that sends that way.
+fn cache_flow(m: &Mach, idx: &Buffer, cache: &Buffer) -> Option<(Dir, QueueId)> {
+    let ip: Vec<u32> = idx.slices.iter().map(|&q| m.position(q)).collect();
+    let cp: Vec<u32> = cache.slices.iter().map(|&q| m.position(q)).collect();
+    let (imin, imax) = (*ip.iter().min()?, *ip.iter().max()?);
+    let (cmin, cmax) = (*cp.iter().min()?, *cp.iter().max()?);
+    if imax < cmin {
+        Some((Dir::East, sxm(Hemisphere::West)))
+    } else if imin > cmax {
+        Some((Dir::West, sxm(Hemisphere::East)))
+    } else {
+        None
+    }
+}
+
+/// The first slice of `cache` a value flowing `dir` passes.
+fn first_slice(m: &Mach, cache: &Buffer, dir: Dir) -> u32 {
+    let ps = cache.slices.iter().map(|&q| m.position(q));
+    match dir {
+        Dir::East => ps.min().unwrap_or(0),
+        Dir::West => ps.max().unwrap_or(0),
+    }
+}
+
+/// Stores this position's key and value into the caches (layouts in the
+/// module doc).
+///
+/// `k`, `v`: f32 `[kv_dim]` (natural layout); `kv_idx`, `pos_idx`: u16
+/// `[320]` (2 slices; `pos_idx` every lane = `pos`, `kv_idx` lane `pos % 320`
+/// = `pos / 320`, every other lane = `W`). Key element `r` is broadcast by
+/// an SXM to every lane and `scatter`ed into row `r` (lane `pos % 320` of
+/// word `pos / 320`, the others into the junk word); the value vector is
+/// copied through an SXM (`shift` by 0) and scattered into word `pos` of
+/// the V cache. The index buffers must lie on one side of each cache's
+/// slices (e.g. in the other hemisphere), so that an index read meets the
+/// value at every cache slice.
+#[expect(clippy::too_many_arguments, reason = "the op's buffers and sizes")]
+pub fn kv_write(
+    p: &mut ProgramBuilder,
+    label: &str,
+    k: &Buffer,
+    v: &Buffer,
+    kcache: &Buffer,
+    vcache: &Buffer,
+    kv_idx: &Buffer,
+    pos_idx: &Buffer,
+    kv_dim: u32,
+    ctx: u32,
+    not_before: Cycle,
+) -> Result<Cycle, SchedError> {
+    let m = p.mach().clone();
+    if kv_dim > LANES {
+        return Err(err(
+            label,
+            format!("kv_dim {kv_dim} > {LANES}: the V cache holds one word per position"),
+        ));
+    }
+    let w_words = ctx.div_ceil(LANES);
+    let mut last = not_before;
+    let Some((kdir, ksx)) = cache_flow(&m, kv_idx, kcache) else {
+        return Err(err(
+            label,
+            format!(
+                "`{}` lies between the slices of `{}`: no direction carries both to every slice",
+                kv_idx.name, kcache.name
+            ),
+        ));
+    };
+    for r in 0..kv_dim {
+        let mut b = Bundle::new(label);
+        let sp = m.position(ksx);
+        let kw = b.read(&m, &k.slices, k.addr + r / LANES, sp, 0)?;
+        let val = sx(&mut b, &m, ksx, 0, bcast(r % LANES), kw)?;
+        let f = first_slice(&m, kcache, kdir);
+        let t = b
+            .arrival(&m, val, f)
+            .expect("the SXM is upstream of every slice");
+        let idx = b.read(&m, &kv_idx.slices, kv_idx.addr, f, t)?;
+        let base = kcache.addr + r * (w_words + 1);
+        for (j, &slice) in kcache.slices.iter().enumerate() {
+            let part = b.part(val, j as u8, 1)?;
+            b.scatter(&m, slice, idx, part, base, (base, base + w_words + 1))?;
+        }
+        last = last.max(p.sched.place(b, not_before)?.last);
+    }
+    let Some((vdir, vsx)) = cache_flow(&m, pos_idx, vcache) else {
+        return Err(err(
+            label,
+            format!(
+                "`{}` lies between the slices of `{}`: no direction carries both to every slice",
+                pos_idx.name, vcache.name
+            ),
+        ));
+    };
+    let mut b = Bundle::new(label);
+    let sp = m.position(vsx);
+    let vw = b.read(&m, &v.slices, v.addr, sp, 0)?;
+    let val = sx(&mut b, &m, vsx, 0, shift(0, LANES), vw)?;
+    let f = first_slice(&m, vcache, vdir);
+    let t = b
+        .arrival(&m, val, f)
+        .expect("the SXM is upstream of every slice");
+    let idx = b.read(&m, &pos_idx.slices, pos_idx.addr, f, t)?;
+    for (j, &slice) in vcache.slices.iter().enumerate() {
+        let part = b.part(val, j as u8, 1)?;
+        b.scatter(
+            &m,
+            slice,
+            idx,
+            part,
+            vcache.addr,
+            (vcache.addr, vcache.addr + ctx),
+        )?;
+    }
+    last = last.max(p.sched.place(b, not_before)?.last);
+    Ok(last)
+}
+
+/// Shapes of one attention op.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    heads: u32,
+    /// Positions per kv head in a packed word of p (`320 / kv_heads`).
+    blk: u32,
+    group: u32,
+    hd: u32,
+    ctx: u32,
+    /// Words over positions.
+    w: u32,
+    /// Words of one head in each half of the scores scratch.
+    wh: u32,
+}
+
+/// Views of the scratch block: two halves of scores (word `w` of head `h`
+/// in half `w % 2`, word `h * wh + w / 2`) and the keep words.
+struct Scratch {
+    sc: [Buffer; 2],
+    keep: Buffer,
+}
+
+impl Scratch {
+    fn word(&self, s: &Shape, h: u32, w: u32) -> (&Buffer, u32) {
+        let buf = &self.sc[(w % 2) as usize];
+        (buf, buf.addr + h * s.wh + w / 2)
+    }
+}
+
+fn view(block: &Buffer, name: &str, first: usize, n: usize) -> Buffer {
+    Buffer {
+        name: format!("{}.{name}", block.name),
+        slices: block.slices[first..first + n].to_vec(),
+        addr: block.addr,
+        words: block.words,
+    }
+}
+
+/// Whole-context masked attention for one token (layouts and method in the
+/// module doc): for every head `h` (kv head `h / (heads / kv_heads)`),
+/// `y[h*head_dim ..][d] = sum_t softmax((q_h . k_t) * scale + mask)_t *
+/// v_t[d]`, exactly as `attention_head` over positions `0 ..= pos`.
+/// Allocates its scratch buffers; returns the last cycle used.
+#[expect(clippy::too_many_arguments, reason = "the op's buffers and sizes")]
+pub fn attention(
+    p: &mut ProgramBuilder,
+    label: &str,
+    q: &Buffer,
+    kcache: &Buffer,
+    vcache: &Buffer,
+    mask: &Buffer,
+    y: &Buffer,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    ctx: u32,
+    scale: f32,
+    not_before: Cycle,
+) -> Result<Cycle, SchedError> {
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || head_dim == 0 || ctx == 0 {
+        return Err(err(
+            label,
+            format!("heads {heads}, kv_heads {kv_heads}, head_dim {head_dim}, ctx {ctx}"),
+        ));
+    }
+    if kv_heads * head_dim > LANES {
+        return Err(err(
+            label,
+            format!("kv_dim {} > {LANES}", kv_heads * head_dim),
+        ));
+    }
+    let m = p.mach().clone();
+    let w = ctx.div_ceil(LANES);
+    let s = Shape {
+        heads,
+        blk: LANES / kv_heads,
+        group: heads / kv_heads,
+        hd: head_dim,
+        ctx,
+        w,
+        wh: w.div_ceil(2),
+    };
+    let alloc = |p: &mut ProgramBuilder, name: &str, h, n, words| {
+        p.alloc
+            .place(&format!("{label}.{name}"), h, n, words)
+            .map_err(|e| err(label, e.to_string()))
+    };
+    // Scores / e / p (two halves) and keep: 12 distinct east slices (keep
+    // must be east: sxm.e's values flow east past it).
+    let blocks = pack_blocks(&s);
+    let packed_words = s.group * blocks.len() as u32;
+    let block = alloc(
+        p,
+        "scratch",
+        Hemisphere::East,
+        16,
+        (heads * s.wh).max(heads).max(packed_words),
+    )?;
+    let scratch = Scratch {
+        sc: [view(&block, "sc0", 0, 4), view(&block, "sc1", 4, 4)],
+        keep: view(&block, "keep", 8, 4),
+    };
+    let packed = view(&block, "packed", 12, 4);
+    // Per-head outputs and the select masks of the merge into y.
+    let y_words = (heads * head_dim).div_ceil(LANES);
+    let pairs = merge_pairs(&s, y_words);
+    let block2 = alloc(
+        p,
+        "out",
+        Hemisphere::West,
+        5,
+        heads.max(pairs.len() as u32 + kv_heads),
+    )?;
+    let obuf = view(&block2, "o", 0, 4);
+    let sel = view(&block2, "sel", 4, 1);
+    let mut sel_init = Vec::new();
+    for &(_, _, lo, hi) in &pairs {
+        sel_init.extend((0..LANES).map(|l| u32::from(l >= lo && l < hi)));
+    }
+    // Then one mask per kv head for the packing of p: lanes of its block.
+    let pack_mask0 = pairs.len() as u32;
+    for i in 0..kv_heads {
+        let (lo, hi) = (i * s.blk, (i + 1) * s.blk);
+        sel_init.extend((0..LANES).map(|l| u32::from(l >= lo && l < hi)));
+    }
+    p.init(&sel, DType::U8, sel_init);
+
+    // The mask's last word with -inf past ctx.
+    let mut last_mask = (mask.clone(), mask.addr + w - 1);
+    let mut last = not_before;
+    if !ctx.is_multiple_of(LANES) {
+        let other = match mask.hemisphere() {
+            Some(Hemisphere::West) => Hemisphere::East,
+            _ => Hemisphere::West,
+        };
+        let pad = p
+            .buffer(&format!("{label}.pad"), DType::F32, u64::from(LANES), other)
+            .map_err(|e| err(label, e.to_string()))?;
+        let r = ctx % LANES;
+        p.init(
+            &pad,
+            DType::F32,
+            (0..LANES)
+                .map(|l| if l < r { 0f32 } else { f32::NEG_INFINITY }.to_bits())
+                .collect(),
+        );
+        let mask2 = p
+            .buffer(
+                &format!("{label}.mask"),
+                DType::F32,
+                u64::from(LANES),
+                other,
+            )
+            .map_err(|e| err(label, e.to_string()))?;
+        let mut b = Bundle::new(label);
+        let a = b.read(&m, &mask.slices, mask.addr + w - 1, m.vxm, 0)?;
+        let c = b.read(&m, &pad.slices, pad.addr, m.vxm, 0)?;
+        let sum = vx(&mut b, &m, 0, FADD, &[("a", a), ("b", c)], dir_to(&mask2))?;
+        b.write(&m, sum, &mask2.slices, mask2.addr)?;
+        last = last.max(p.sched.place(b, not_before)?.last);
+        last_mask = (mask2.clone(), mask2.addr);
+    }
+
+    // Phase 1: scores, 4 chains a bundle.
+    let chains: Vec<(u32, u32)> = (0..heads)
+        .flat_map(|h| (0..w).map(move |ww| (h, ww)))
+        .collect();
+    let mut ready = vec![Cycle::MIN; heads as usize];
+    for batch in chains.chunks(4) {
+        let mut b = Bundle::new(label);
+        let mut pk = Packer::new(&m);
+        let mut done = Vec::new();
+        for &(h, ww) in batch {
+            let mk = if ww == w - 1 {
+                last_mask.clone()
+            } else {
+                (mask.clone(), mask.addr + ww)
+            };
+            let (_, end) = pk.pack(&mut b, 0, |b, off| {
+                score_chain(b, &m, &s, off, h, ww, q, kcache, &mk, &scratch, scale)
+            })?;
+            done.push((h, end));
+        }
+        let placed = p.sched.place(b, not_before)?;
+        last = last.max(placed.last);
+        for (h, end) in done {
+            let r = &mut ready[h as usize];
+            *r = (*r).max(end + placed.shift);
+        }
+    }
+
+    // Phase 2: softmax, every head in one bundle.
+    let rot: Vec<TableId> = (0..9)
+        .map(|i| {
+            let k = 1u32 << i;
+            p.table(
+                &format!("rot{k}"),
+                (0..LANES).map(|l| ((l + k) % LANES) as u16).collect(),
+            )
+        })
+        .collect();
+    let base = ready.iter().copied().min().unwrap_or(0);
+    let mut b = Bundle::new(label);
+    let mut pk = Packer::new(&m);
+    for h in 0..heads {
+        pk.pack(&mut b, ready[h as usize] - base, |b, off| {
+            softmax_chain(b, &m, &s, off, h, &scratch, &rot)
+        })?;
+    }
+    last = last.max(p.sched.place(b, not_before)?.last);
+
+    // Phase 3a: pack the p of the heads of one group (one head per kv
+    // head) side by side, a block of positions per kv head.
+    let la = m.latency(&FADD);
+    let lp = m.latency(&permute(TableId(0)));
+    let sxe = sxm(Hemisphere::East);
+    let sep = m.position(sxe);
+    for j in 0..s.group {
+        for (kb, &(t0, len)) in blocks.iter().enumerate() {
+            let mut b = Bundle::new(label);
+            let mut acc = vx(&mut b, &m, 0, fconst(0.0), &[], Dir::West)?;
+            let mut t = la;
+            for i in 0..kv_heads {
+                let h = i * s.group + j;
+                let start = t0 % LANES;
+                let map: Vec<u16> = (0..LANES)
+                    .map(|l| {
+                        if l >= i * s.blk && l < i * s.blk + len {
+                            (start + l - i * s.blk) as u16
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let tab = p.table(&format!("attn.pack.b{}.i{i}.s{start}.n{len}", s.blk), map);
+                let tp = t - lp - m.hops(sep, m.vxm);
+                let (buf, addr) = scratch.word(&s, h, t0 / LANES);
+                let pw = b.read(&m, &buf.slices, addr, sep, tp)?;
+                let per = sx(&mut b, &m, sxe, tp, permute(tab), pw)?;
+                let mk = b.read(&m, &sel.slices, sel.addr + pack_mask0 + i, m.vxm, t)?;
+                acc = vx(
+                    &mut b,
+                    &m,
+                    t,
+                    SELECT,
+                    &[("m", mk), ("a", per), ("b", acc)],
+                    dir_to(&packed),
+                )?;
+                t += la;
+            }
+            b.write(
+                &m,
+                acc,
+                &packed.slices,
+                packed.addr + j * blocks.len() as u32 + kb as u32,
+            )?;
+            last = last.max(p.sched.place(b, not_before)?.last);
+        }
+    }
+    // Phase 3b: outputs, one chain per group (its heads' kv segments side
+    // by side), all groups in one bundle.
+    let unpack: Vec<TableId> = (0..s.blk)
+        .map(|r| {
+            p.table(
+                &format!("attn.unpack.b{}.hd{}.kv{kv_heads}.r{r}", s.blk, s.hd),
+                (0..LANES)
+                    .map(|l| {
+                        if l < kv_heads * s.hd {
+                            ((l / s.hd) * s.blk + r) as u16
+                        } else {
+                            0
+                        }
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut b = Bundle::new(label);
+    let mut pk = Packer::new(&m);
+    for j in 0..s.group {
+        pk.pack(&mut b, 0, |b, off| {
+            output_chain(b, &m, &s, off, j, vcache, &packed, &blocks, &unpack, &obuf)
+        })?;
+    }
+    last = last.max(p.sched.place(b, not_before)?.last);
+
+    // Merge the heads into y, one bundle a word.
+    for j in 0..y_words {
+        let mut b = Bundle::new(label);
+        let la = m.latency(&FADD);
+        let lp = m.latency(&permute(TableId(0)));
+        let sxe = sxm(Hemisphere::East);
+        let sp = m.position(sxe);
+        let mut acc = vx(&mut b, &m, 0, fconst(0.0), &[], Dir::West)?;
+        let mut t = la;
+        for (i, &(h, jj, lo, hi)) in pairs.iter().enumerate() {
+            if jj != j {
+                continue;
+            }
+            let kvh = h / s.group;
+            let map: Vec<u16> = (0..LANES)
+                .map(|l| {
+                    if l >= lo && l < hi {
+                        (kvh * s.hd + (j * LANES + l - h * s.hd)) as u16
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let tab = p.table(&format!("attn.o2y.hd{}.h{h}.kv{kvh}.j{j}", s.hd), map);
+            let tp = t - lp - m.hops(sp, m.vxm);
+            let o = b.read(&m, &obuf.slices, obuf.addr + h % s.group, sp, tp)?;
+            let per = sx(&mut b, &m, sxe, tp, permute(tab), o)?;
+            let mk = b.read(&m, &sel.slices, sel.addr + i as u32, m.vxm, t)?;
+            acc = vx(
+                &mut b,
+                &m,
+                t,
+                SELECT,
+                &[("m", mk), ("a", per), ("b", acc)],
+                dir_to(y),
+            )?;
+            t += la;
+        }
+        b.write(&m, acc, &y.slices, y.addr + j)?;
+        last = last.max(p.sched.place(b, not_before)?.last);
+    }
+    Ok(last)
+}
+
+/// (head, y word, first lane, end lane) of every head's part of every word
+/// of `y`.
+fn merge_pairs(s: &Shape, y_words: u32) -> Vec<(u32, u32, u32, u32)> {
+    let mut v = Vec::new();
+    for j in 0..y_words {
+        for h in 0..s.heads {
+            let (a, e) = (h * s.hd, (h + 1) * s.hd);
+            let (lo, hi) = (a.max(j * LANES), e.min((j + 1) * LANES));
+            if lo < hi {
+                v.push((h, j, lo - j * LANES, hi - j * LANES));
+            }
+        }
+    }
+    v
+}
+
+/// Scores of head `h` over positions of word `ww`, into the scratch.
+/// Returns the local cycle the result leaves the VXM.
+#[expect(clippy::too_many_arguments, reason = "one chain's inputs")]
+fn score_chain(
+    b: &mut Bundle,
+    m: &Mach,
+    s: &Shape,
+    off: Cycle,
+    h: u32,
+    ww: u32,
+    q: &Buffer,
+    kcache: &Buffer,
+    mask: &(Buffer, u32),
+    scratch: &Scratch,
+    scale: f32,
+) -> Result<Cycle, SchedError> {
+    let la = m.latency(&FADD);
+    let lb = m.latency(&bcast(0));
+    let sxw = sxm(Hemisphere::West);
+    let sp = m.position(sxw);
+    let kvh = h / s.group;
+    let a0 = off + la;
+    let mut acc = vx(b, m, off, fconst(0.0), &[], Dir::East)?;
+    for d in 0..s.hd {
+        let ad = a0 + la * Cycle::from(d);
+        let cd = ad - la;
+        let i = h * s.hd + d;
+        let tb = cd - lb - m.hops(sp, m.vxm);
+        let qw = b.read(m, &q.slices, q.addr + i / LANES, sp, tb)?;
+        let qb = sx(b, m, sxw, tb, bcast(i % LANES), qw)?;
+        let row = kvh * s.hd + d;
+        let kw = b.read(
+            m,
+            &kcache.slices,
+            kcache.addr + row * (s.w + 1) + ww,
+            m.vxm,
+            cd,
+        )?;
+        let prod = vx(b, m, cd, FMUL, &[("a", qb), ("b", kw)], Dir::West)?;
+        acc = vx(b, m, ad, FADD, &[("a", acc), ("b", prod)], Dir::East)?;
+    }
+    let end = a0 + la * Cycle::from(s.hd);
+    let sc = vx(b, m, end - la, fconst(scale), &[], Dir::West)?;
+    let x = vx(b, m, end, FMUL, &[("a", acc), ("b", sc)], Dir::West)?;
+    let mk = b.read(m, &mask.0.slices, mask.1, m.vxm, end + la)?;
+    let (buf, addr) = scratch.word(s, h, ww);
+    let out = vx(b, m, end + la, FADD, &[("a", x), ("b", mk)], dir_to(buf))?;
+    b.write(m, out, &buf.slices, addr)?;
+    Ok(end + 2 * la)
+}
+
+/// The local cycle from which a value that left the VXM on `u` and was
+/// written to `keep` on its way can be read back to arrive at the VXM.
+fn keep_ready(m: &Mach, keep: &Buffer, u: Cycle) -> Cycle {
+    keep.slices
+        .iter()
+        .map(|&q| {
+            let h = m.hops(m.vxm, m.position(q));
+            u + 2 * h + m.write_latency + m.read_latency
+        })
+        .max()
+        .unwrap_or(u)
+}
+
+/// Softmax of head `h`'s scores (in place in the scratch: scores, then
+/// `e`, then `p`). Returns the local cycle the last `p` leaves the VXM.
+fn softmax_chain(
+    b: &mut Bundle,
+    m: &Mach,
+    s: &Shape,
+    off: Cycle,
+    h: u32,
+    scratch: &Scratch,
+    rot: &[TableId],
+) -> Result<Cycle, SchedError> {
+    let la = m.latency(&FADD);
+    let lsp = m.latency(&FEXP);
+    let lp = m.latency(&permute(TableId(0)));
+    let lsh = m.latency(&shift(0, LANES));
+    let lb = m.latency(&bcast(0));
+    let sxe = sxm(Hemisphere::East);
+    let sp = m.position(sxe);
+    let hop = m.hops(m.vxm, sp);
+    let keep = &scratch.keep;
+    let kaddr = keep.addr + h;
+    let read = |b: &mut Bundle, ww: u32, t: Cycle| {
+        let (buf, addr) = scratch.word(s, h, ww);
+        b.read(m, &buf.slices, addr, m.vxm, t)
+    };
+    let need = keep_ready(m, keep, 0);
+    if need > hop + lsh.min(lp).min(lb) + hop {
+        return Err(SchedError::Kernel {
+            label: b.label.clone(),
+            message: "the keep buffer is too far from the VXM".into(),
+        });
+    }
+    // Max over the words.
+    let x0 = read(b, 0, off)?;
+    let x1 = if s.w > 1 { read(b, 1, off)? } else { x0 };
+    let mut mx = vx(b, m, off, FMAX, &[("a", x0), ("b", x1)], Dir::East)?;
+    let mut u = off + la;
+    for ww in 2..s.w {
+        let xw = read(b, ww, u)?;
+        mx = vx(b, m, u, FMAX, &[("a", mx), ("b", xw)], Dir::East)?;
+        u += la;
+    }
+    // Max over the lanes: rotations.
+    for &tab in rot {
+        b.write(m, mx, &keep.slices, kaddr)?;
+        let tp = u + hop;
+        let r = sx(b, m, sxe, tp, permute(tab), mx)?;
+        let back = tp + lp + hop;
+        let kept = b.read(m, &keep.slices, kaddr, m.vxm, back)?;
+        mx = vx(b, m, back, FMAX, &[("a", kept), ("b", r)], Dir::East)?;
+        u = back + la;
+    }
+    // e = exp(x - m), written over the scores; sum over the words.
+    b.write(m, mx, &keep.slices, kaddr)?;
+    let t1 = keep_ready(m, keep, u);
+    let mut es = Vec::new();
+    for ww in 0..s.w {
+        let tw = t1 + la * Cycle::from(ww);
+        let xw = read(b, ww, tw)?;
+        let mw = b.read(m, &keep.slices, kaddr, m.vxm, tw)?;
+        let dw = vx(b, m, tw, FSUB, &[("a", xw), ("b", mw)], Dir::West)?;
+        let (buf, addr) = scratch.word(s, h, ww);
+        let ew = vx(b, m, tw + la, FEXP, &[("a", dw)], dir_to(buf))?;
+        b.write(m, ew, &buf.slices, addr)?;
+        es.push(ew);
+    }
+    let te = t1 + la + lsp;
+    let mut acc = vx(b, m, te - la, fconst(0.0), &[], Dir::West)?;
+    for (ww, &ew) in es.iter().enumerate() {
+        acc = vx(
+            b,
+            m,
+            te + la * ww as Cycle,
+            FADD,
+            &[("a", acc), ("b", ew)],
+            Dir::East,
+        )?;
+    }
+    let mut u = te + la * Cycle::from(s.w);
+    // The contract's lane reduction (docs/isa.md 4).
+    let mut wv = LANES;
+    while wv > 1 {
+        let hh = wv.div_ceil(2);
+        b.write(m, acc, &keep.slices, kaddr)?;
+        let ts = u + hop;
+        let sh = sx(b, m, sxe, ts, shift(hh, wv), acc)?;
+        let back = ts + lsh + hop;
+        let kept = b.read(m, &keep.slices, kaddr, m.vxm, back)?;
+        acc = vx(b, m, back, FADD, &[("a", kept), ("b", sh)], Dir::East)?;
+        u = back + la;
+        wv = hh;
+    }
+    // inv = 1 / s on every lane; p = e * inv over the e words.
+    let tb = u + hop;
+    let sb = sx(b, m, sxe, tb, bcast(0), acc)?;
+    let back = tb + lb + hop;
+    let one = vx(b, m, back - la, fconst(1.0), &[], Dir::West)?;
+    let inv = vx(b, m, back, FDIV, &[("a", one), ("b", sb)], Dir::East)?;
+    let ui = back + lsp;
+    let mut end = ui + la;
+    let (buf0, addr0) = scratch.word(s, h, 0);
+    let e0 = read(b, 0, ui)?;
+    let p0 = vx(b, m, ui, FMUL, &[("a", e0), ("b", inv)], dir_to(buf0))?;
+    b.write(m, p0, &buf0.slices, addr0)?;
+    if s.w > 1 {
+        b.write(m, inv, &keep.slices, kaddr)?;
+        let t2 = keep_ready(m, keep, ui);
+        for ww in 1..s.w {
+            let tw = t2 + Cycle::from(ww - 1);
+            let ew = read(b, ww, tw)?;
+            let iw = b.read(m, &keep.slices, kaddr, m.vxm, tw)?;
+            let (buf, addr) = scratch.word(s, h, ww);
+            let pw = vx(b, m, tw, FMUL, &[("a", ew), ("b", iw)], dir_to(buf))?;
+            b.write(m, pw, &buf.slices, addr)?;
+            end = end.max(tw + la);
+        }
+    }
+    Ok(end)
+}
+
+/// (first position, count) of every block of positions packed in one
+/// word: `blk` positions, never across a word of p.
+fn pack_blocks(s: &Shape) -> Vec<(u32, u32)> {
+    let mut v = Vec::new();
+    let mut t0 = 0;
+    while t0 < s.ctx {
+        let word_end = (t0 / LANES + 1) * LANES;
+        let len = s.blk.min(word_end - t0).min(s.ctx - t0);
+        v.push((t0, len));
+        t0 += len;
+    }
+    v
+}
+
+/// Output of group `j` (heads `kv * group + j`, one per kv head): `o = +0.0;
+/// o = o + p_t * v_t` over ascending `t`, lane `kv * head_dim + d` holding
+/// head `kv * group + j`'s dim `d`; `p_t` of all of them comes from one
+/// `permute` of the packed word. Into word `j` of `obuf`.
+#[expect(clippy::too_many_arguments, reason = "one chain's inputs")]
+fn output_chain(
+    b: &mut Bundle,
+    m: &Mach,
+    s: &Shape,
+    off: Cycle,
+    j: u32,
+    vcache: &Buffer,
+    packed: &Buffer,
+    blocks: &[(u32, u32)],
+    unpack: &[TableId],
+    obuf: &Buffer,
+) -> Result<Cycle, SchedError> {
+    let la = m.latency(&FADD);
+    let lp = m.latency(&permute(TableId(0)));
+    let sxw = sxm(Hemisphere::West);
+    let sp = m.position(sxw);
+    let a0 = off + la;
+    let dir = dir_to(obuf);
+    let mut acc = vx(b, m, off, fconst(0.0), &[], dir)?;
+    for (kb, &(t0, len)) in blocks.iter().enumerate() {
+        for r in 0..len {
+            let t = t0 + r;
+            let at = a0 + la * Cycle::from(t);
+            let ct = at - la;
+            let tp = ct - lp - m.hops(sp, m.vxm);
+            let addr = packed.addr + j * blocks.len() as u32 + kb as u32;
+            let pw = b.read(m, &packed.slices, addr, sp, tp)?;
+            let pb = sx(b, m, sxw, tp, permute(unpack[r as usize]), pw)?;
+            let vw = b.read(m, &vcache.slices, vcache.addr + t, m.vxm, ct)?;
+            let prod = vx(b, m, ct, FMUL, &[("a", pb), ("b", vw)], Dir::West)?;
+            acc = vx(b, m, at, FADD, &[("a", acc), ("b", prod)], dir)?;
+        }
+    }
+    b.write(m, acc, &obuf.slices, obuf.addr + j)?;
+    Ok(a0 + la * Cycle::from(s.ctx))
+}
