@@ -373,7 +373,10 @@ impl Bundle {
     /// `read addr` on `slice` so that the word arrives at position `at` on
     /// local cycle `t`, into register `offset` of `slot` (whose direction
     /// must lead from the slice to `at`).
-    #[expect(clippy::too_many_arguments, reason = "one instruction's whole description")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one instruction's whole description"
+    )]
     pub fn read_into(
         &mut self,
         mach: &Mach,

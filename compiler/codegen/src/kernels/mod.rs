@@ -7,6 +7,7 @@
 //! the building blocks: a word of a buffer arriving at the VXM on a given
 //! local cycle, and a VXM result written to a buffer word.
 
+pub mod matmul;
 pub mod vector;
 
 use q35_isa::{Dir, Hemisphere};
