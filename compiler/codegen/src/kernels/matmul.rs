@@ -41,10 +41,12 @@
 //!
 //! # Combine
 //!
-//! Per tile at the VXM: `p = i32tof32(acc) * f16tof32(d)`, then
-//! `y = y + p` with `y = fconst +0.0` for `g = 0` and the partial sum of
-//! the previous group (a scratch word per column tile) after; the last
-//! group multiplies by the activation scale and writes word `c` of `y`.
+//! Per tile at the VXM: `p = i32tof32(acc) * f16tof32(d)`, kept in a
+//! scratch word per (group, column tile). Per column tile one bundle then
+//! sums them in ascending group order, `y = fconst +0.0; y = y + p_g`
+//! (one `fadd` every ALU latency, each `p_g` read to arrive just in time:
+//! no MEM round trip inside the chain), and writes `y * scale` to word `c`
+//! of `y`.
 
 use q35_contract::QuantizedMatrix;
 use q35_isa::{Acc, DType, Dir, ElemWidth, F32Imm, Hemisphere, Instruction, QueueId, QueueKind};
@@ -149,9 +151,9 @@ pub struct PlacedWeight {
     /// Scratch: the int8 activation vector of each group (1 slice, a word
     /// per group).
     pub act: Buffer,
-    /// Scratch: the partial sums between groups (f32, a word per column
-    /// tile).
-    pub partial: Buffer,
+    /// Scratch: the products `p = f32(acc_g) * f32(d[g, r])` of every tile
+    /// (f32, word `g * col_tiles + c`), combined per column tile.
+    pub products: Buffer,
 }
 
 impl PlacedWeight {
@@ -347,10 +349,10 @@ pub fn place_weight(
         n_groups as u64 * u64::from(LANES),
         Hemisphere::West,
     )?;
-    let partial = p.buffer(
-        &format!("{name}.partial"),
+    let products = p.buffer(
+        &format!("{name}.products"),
         DType::F32,
-        col_tiles as u64 * u64::from(LANES),
+        (n_groups * col_tiles) as u64 * u64::from(LANES),
         Hemisphere::East,
     )?;
     let (m4, m3) = m.multipliers();
@@ -367,7 +369,7 @@ pub fn place_weight(
         perms,
         masks,
         act,
-        partial,
+        products,
     })
 }
 
@@ -420,7 +422,11 @@ pub fn matmul(
         last = last.max(p.sched.place(b, not_before)?.last);
     }
     for t in &w.tiles {
-        let b = tile_bundle(&m, label, scale, w, t, y)?;
+        let b = tile_bundle(&m, label, w, t)?;
+        last = last.max(p.sched.place(b, not_before)?.last);
+    }
+    for c in 0..w.col_tiles {
+        let b = combine_bundle(&m, label, scale, w, c, y)?;
         last = last.max(p.sched.place(b, not_before)?.last);
     }
     Ok(last)
@@ -538,16 +544,9 @@ fn vxm(
 }
 
 /// The bundle of one tile: unpack and load its weights, multiply the
-/// group's activation vector, and combine the result into the column
-/// tile's partial sum (or, for the last group, into `y`).
-fn tile_bundle(
-    m: &Mach,
-    label: &str,
-    scale: &Buffer,
-    w: &PlacedWeight,
-    t: &Tile,
-    y: &Buffer,
-) -> Result<Bundle, SchedError> {
+/// group's activation vector, scale the plane's sums by the tile's scales
+/// and keep the products in `w.products`.
+fn tile_bundle(m: &Mach, label: &str, w: &PlacedWeight, t: &Tile) -> Result<Bundle, SchedError> {
     let mut b = Bundle::new(label);
     let img = &w.planes[t.plane];
     let q = Mach::plane_queue(img.plane);
@@ -616,62 +615,57 @@ fn tile_bundle(
         ));
     }
     let fmul = Instruction::Fmul { a: S, b: S, dst: S };
-    let prod = vxm(
-        &mut b,
-        m,
-        t1,
-        fmul,
-        &[("a", af), ("b", df)],
-        Dir::East,
-        label,
-    )?;
+    let dst = dir_to(&w.products);
+    let prod = vxm(&mut b, m, t1, fmul, &[("a", af), ("b", df)], dst, label)?;
+    from_vxm(&mut b, m, prod, &w.products, t.group * w.col_tiles + t.col)?;
+    Ok(b)
+}
 
-    // y = y + p.
-    let t2 = t1 + m.latency(&fmul);
-    let prev = if t.group == 0 {
-        let zero = Instruction::Fconst {
-            imm: F32Imm::new(0.0),
-            dst: S,
-        };
-        vxm(
+/// The bundle combining column tile `c`: `y = +0.0; y = y + p_g` for
+/// `g = 0, 1, ...` (one `fadd` every ALU latency, each product read from
+/// `w.products` to arrive just in time), then `y * scale` into word `c` of
+/// `y`.
+fn combine_bundle(
+    m: &Mach,
+    label: &str,
+    scale: &Buffer,
+    w: &PlacedWeight,
+    c: u32,
+    y: &Buffer,
+) -> Result<Bundle, SchedError> {
+    let mut b = Bundle::new(label);
+    let fadd = Instruction::Fadd { a: S, b: S, dst: S };
+    let fmul = Instruction::Fmul { a: S, b: S, dst: S };
+    let zero = Instruction::Fconst {
+        imm: F32Imm::new(0.0),
+        dst: S,
+    };
+    let step = m.latency(&fadd);
+    let mut acc = vxm(&mut b, m, -m.latency(&zero), zero, &[], Dir::East, label)?;
+    let mut t: Cycle = 0;
+    for g in 0..w.groups {
+        let p = to_vxm(&mut b, m, &w.products, g * w.col_tiles + c, t)?;
+        acc = vxm(
             &mut b,
             m,
-            t2 - m.latency(&zero),
-            zero,
-            &[],
+            t,
+            fadd,
+            &[("a", acc), ("b", p)],
             Dir::East,
             label,
-        )?
-    } else {
-        to_vxm(&mut b, m, &w.partial, t.col, t2)?
-    };
-    let fadd = Instruction::Fadd { a: S, b: S, dst: S };
-    let last = t.group + 1 == w.groups;
-    let sum_dir = if last { Dir::East } else { dir_to(&w.partial) };
-    let sum = vxm(
+        )?;
+        t += step;
+    }
+    let s = to_vxm(&mut b, m, scale, 0, t)?;
+    let out = vxm(
         &mut b,
         m,
-        t2,
-        fadd,
-        &[("a", prev), ("b", prod)],
-        sum_dir,
+        t,
+        fmul,
+        &[("a", acc), ("b", s)],
+        dir_to(y),
         label,
     )?;
-    if last {
-        let t3 = t2 + m.latency(&fadd);
-        let s = to_vxm(&mut b, m, scale, 0, t3)?;
-        let out = vxm(
-            &mut b,
-            m,
-            t3,
-            fmul,
-            &[("a", sum), ("b", s)],
-            dir_to(y),
-            label,
-        )?;
-        from_vxm(&mut b, m, out, y, t.col)?;
-    } else {
-        from_vxm(&mut b, m, sum, &w.partial, t.col)?;
-    }
+    from_vxm(&mut b, m, out, y, c)?;
     Ok(b)
 }
