@@ -118,7 +118,9 @@ pub struct GroupPerm {
     /// its permute map.
     pub parts: Vec<(u32, TableId)>,
     /// For a group touching two words: the word of `masks` selecting the
-    /// first one's lanes (mask byte 1) over the second's.
+    /// first one's lanes (mask byte 1) over the second's, which is also its
+    /// word of `stage` (where the first word's permutation waits for the
+    /// second's).
     pub mask_word: Option<u32>,
 }
 
@@ -148,9 +150,13 @@ pub struct PlacedWeight {
     pub perms: Vec<GroupPerm>,
     /// Select masks of groups that straddle two `xs` words (u8, 1 slice).
     pub masks: Option<Buffer>,
-    /// Scratch: the int8 activation vector of each group (1 slice, a word
-    /// per group).
-    pub act: Buffer,
+    /// Scratch of groups that straddle two `xs` words: the first word's
+    /// permutation (f32, 4 slices, a word per such group).
+    pub stage: Option<Buffer>,
+    /// Scratch: the int8 activation vector of each group (one word of one
+    /// slice per group, the groups spread over slices so that the tiles of
+    /// one group never wait behind the writes of the next).
+    pub act: Vec<Buffer>,
     /// Scratch: the products `p = f32(acc_g) * f32(d[g, r])` of every tile
     /// (f32, word `g * col_tiles + c`), combined per column tile.
     pub products: Buffer,
@@ -331,24 +337,25 @@ pub fn place_weight(
             mask_word,
         });
     }
-    let masks = if masks.is_empty() {
-        None
+    let (masks, stage) = if masks.is_empty() {
+        (None, None)
     } else {
-        let buf = p.buffer(
-            &format!("{name}.masks"),
-            DType::U8,
-            masks.len() as u64,
-            Hemisphere::West,
-        )?;
+        let n = masks.len() as u64;
+        let buf = p.buffer(&format!("{name}.masks"), DType::U8, n, Hemisphere::West)?;
         p.init(&buf, DType::U8, masks);
-        Some(buf)
+        let stage = p.buffer(&format!("{name}.stage"), DType::F32, n, Hemisphere::West)?;
+        (Some(buf), Some(stage))
     };
-    let act = p.buffer(
-        &format!("{name}.act"),
-        DType::I8,
-        n_groups as u64 * u64::from(LANES),
-        Hemisphere::West,
-    )?;
+    let act = (0..n_groups)
+        .map(|g| {
+            let h = if g.is_multiple_of(2) {
+                Hemisphere::West
+            } else {
+                Hemisphere::East
+            };
+            p.buffer(&format!("{name}.act.g{g}"), DType::I8, u64::from(LANES), h)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let products = p.buffer(
         &format!("{name}.products"),
         DType::F32,
@@ -368,6 +375,7 @@ pub fn place_weight(
         tiles,
         perms,
         masks,
+        stage,
         act,
         products,
     })
@@ -418,6 +426,9 @@ pub fn matmul(
     let m = p.mach().clone();
     let mut last = not_before;
     for g in 0..w.groups {
+        if let Some(b) = stage_bundle(&m, label, xs, w, g)? {
+            p.sched.place(b, not_before)?;
+        }
         let b = activation_bundle(&m, label, xs, w, g)?;
         last = last.max(p.sched.place(b, not_before)?.last);
     }
@@ -467,6 +478,45 @@ fn permuted(
     r.ok_or_else(|| kernel_err(label, "permute without a result"))
 }
 
+/// The SXM nearest `xs` (the one of its hemisphere).
+fn near_sxm(xs: &Buffer) -> Hemisphere {
+    xs.hemisphere().unwrap_or(Hemisphere::West)
+}
+
+/// For a group straddling two `xs` words: the bundle permuting the first
+/// one into the group's `stage` word (the second is permuted in the
+/// activation bundle, which reads this one back to meet it at the VXM).
+fn stage_bundle(
+    m: &Mach,
+    label: &str,
+    xs: &Buffer,
+    w: &PlacedWeight,
+    g: u32,
+) -> Result<Option<Bundle>, SchedError> {
+    let gp = &w.perms[g as usize];
+    let (&[(w0, m0), _], Some(sw), Some(stage)) = (gp.parts.as_slice(), gp.mask_word, &w.stage)
+    else {
+        return Ok(None);
+    };
+    let mut b = Bundle::new(label);
+    let q =
+        QueueId::new(QueueKind::Sxm(near_sxm(xs))).ok_or_else(|| kernel_err(label, "no SXM"))?;
+    let pos = m.position(q);
+    let ins = Instruction::Permute {
+        src: S,
+        dst: S,
+        map: m0,
+        ew: ElemWidth::B4,
+    };
+    let v = b.read(m, &xs.slices, xs.addr + w0, pos, 0)?;
+    let out = Mach::dir(pos, m.vxm).ok_or_else(|| kernel_err(label, "SXM at the VXM"))?;
+    let r = b
+        .unit(m, QSel::Fixed(q), 0, ins, &[("src", v)], Some(("dst", out)))?
+        .ok_or_else(|| kernel_err(label, "permute without a result"))?;
+    from_vxm(&mut b, m, r, stage, sw)?;
+    Ok(Some(b))
+}
+
 /// The bundle that builds group `g`'s int8 activation vector in `w.act`.
 fn activation_bundle(
     m: &Mach,
@@ -478,16 +528,11 @@ fn activation_bundle(
     let mut b = Bundle::new(label);
     let gp = &w.perms[g as usize];
     let cvt = Instruction::F32toi8 { a: S, dst: S };
-    let merged = match (gp.parts.as_slice(), gp.mask_word, &w.masks) {
-        (&[(word, map)], None, _) => {
-            let h = if g.is_multiple_of(2) {
-                Hemisphere::West
-            } else {
-                Hemisphere::East
-            };
-            permuted(&mut b, m, xs, word, map, h, 0, label)?
-        }
-        (&[(w0, m0), (w1, m1)], Some(mw), Some(masks)) => {
+    let act = &w.act[g as usize];
+    let h = near_sxm(xs);
+    let merged = match (gp.parts.as_slice(), gp.mask_word, &w.masks, &w.stage) {
+        (&[(word, map)], None, _, _) => permuted(&mut b, m, xs, word, map, h, 0, label)?,
+        (&[_, (w1, m1)], Some(mw), Some(masks), Some(stage)) => {
             let sel = Instruction::Select {
                 m: S,
                 a: S,
@@ -495,8 +540,8 @@ fn activation_bundle(
                 dst: S,
             };
             let t = -m.latency(&sel);
-            let a = permuted(&mut b, m, xs, w0, m0, Hemisphere::West, t, label)?;
-            let c = permuted(&mut b, m, xs, w1, m1, Hemisphere::East, t, label)?;
+            let a = to_vxm(&mut b, m, stage, mw, t)?;
+            let c = permuted(&mut b, m, xs, w1, m1, h, t, label)?;
             let k = to_vxm(&mut b, m, masks, mw, t)?;
             b.unit(
                 m,
@@ -522,10 +567,10 @@ fn activation_bundle(
             0,
             cvt,
             &[("a", merged)],
-            Some(("dst", dir_to(&w.act))),
+            Some(("dst", dir_to(act))),
         )?
         .ok_or_else(|| kernel_err(label, "f32toi8 without a result"))?;
-    from_vxm(&mut b, m, q, &w.act, g)?;
+    from_vxm(&mut b, m, q, act, 0)?;
     Ok(b)
 }
 
@@ -575,7 +620,8 @@ fn tile_bundle(m: &Mach, label: &str, w: &PlacedWeight, t: &Tile) -> Result<Bund
     }
     b.lw(m, img.plane, t_lw, UNPACK_ROWS, n, &rows)?;
     b.unit(m, QSel::Fixed(q), t_iw, Instruction::Iw {}, &[], None)?;
-    let a = b.read(m, &w.act.slices, w.act.addr + t.group, ppos, t_mm)?;
+    let act = &w.act[t.group as usize];
+    let a = b.read(m, &act.slices, act.addr, ppos, t_mm)?;
     let mm = Instruction::Mm {
         src: S,
         dst: S,
