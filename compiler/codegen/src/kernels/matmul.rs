@@ -153,10 +153,13 @@ pub struct PlacedWeight {
     /// Scratch of groups that straddle two `xs` words: the first word's
     /// permutation (f32, 4 slices, a word per such group).
     pub stage: Option<Buffer>,
-    /// Scratch: the int8 activation vector of each group (one word of one
-    /// slice per group, the groups spread over slices so that the tiles of
-    /// one group never wait behind the writes of the next).
-    pub act: Vec<Buffer>,
+    /// Scratch: the int8 activation vector of each group, one copy in
+    /// each hemisphere that has a plane in use (`act[g]` lists them): the
+    /// planes of a hemisphere read their own copy, so every read of one
+    /// copy has the same offset from its `mm` and reads in issue order
+    /// never wait for each other. Each copy is one word of its own slice
+    /// (the groups spread over slices).
+    pub act: Vec<Vec<Buffer>>,
     /// Scratch: the products `p = f32(acc_g) * f32(d[g, r])` of every tile
     /// (f32, word `g * col_tiles + c`), combined per column tile.
     pub products: Buffer,
@@ -346,14 +349,30 @@ pub fn place_weight(
         let stage = p.buffer(&format!("{name}.stage"), DType::F32, n, Hemisphere::West)?;
         (Some(buf), Some(stage))
     };
+    let mut sides: Vec<Hemisphere> = Vec::new();
+    for img in &images {
+        let h = img.codes.hemisphere().unwrap_or(Hemisphere::West);
+        if !sides.contains(&h) {
+            sides.push(h);
+        }
+    }
     let act = (0..n_groups)
         .map(|g| {
-            let h = if g.is_multiple_of(2) {
-                Hemisphere::West
-            } else {
-                Hemisphere::East
-            };
-            p.buffer(&format!("{name}.act.g{g}"), DType::I8, u64::from(LANES), h)
+            sides
+                .iter()
+                .map(|&h| {
+                    let side = match h {
+                        Hemisphere::West => "w",
+                        Hemisphere::East => "e",
+                    };
+                    p.buffer(
+                        &format!("{name}.act.g{g}.{side}"),
+                        DType::I8,
+                        u64::from(LANES),
+                        h,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
         })
         .collect::<Result<Vec<_>, _>>()?;
     let products = p.buffer(
@@ -528,7 +547,6 @@ fn activation_bundle(
     let mut b = Bundle::new(label);
     let gp = &w.perms[g as usize];
     let cvt = Instruction::F32toi8 { a: S, dst: S };
-    let act = &w.act[g as usize];
     let h = near_sxm(xs);
     let merged = match (gp.parts.as_slice(), gp.mask_word, &w.masks, &w.stage) {
         (&[(word, map)], None, _, _) => permuted(&mut b, m, xs, word, map, h, 0, label)?,
@@ -560,17 +578,10 @@ fn activation_bundle(
             ));
         }
     };
-    let q = b
-        .unit(
-            m,
-            QSel::AnyVxm,
-            0,
-            cvt,
-            &[("a", merged)],
-            Some(("dst", dir_to(act))),
-        )?
-        .ok_or_else(|| kernel_err(label, "f32toi8 without a result"))?;
-    from_vxm(&mut b, m, q, act, 0)?;
+    for act in &w.act[g as usize] {
+        let q = vxm(&mut b, m, 0, cvt, &[("a", merged)], dir_to(act), label)?;
+        from_vxm(&mut b, m, q, act, 0)?;
+    }
     Ok(b)
 }
 
@@ -620,7 +631,11 @@ fn tile_bundle(m: &Mach, label: &str, w: &PlacedWeight, t: &Tile) -> Result<Bund
     }
     b.lw(m, img.plane, t_lw, UNPACK_ROWS, n, &rows)?;
     b.unit(m, QSel::Fixed(q), t_iw, Instruction::Iw {}, &[], None)?;
-    let act = &w.act[t.group as usize];
+    let side = img.codes.hemisphere();
+    let act = w.act[t.group as usize]
+        .iter()
+        .find(|a| a.hemisphere() == side)
+        .ok_or_else(|| kernel_err(label, "no activation copy in the plane's hemisphere"))?;
     let a = b.read(m, &act.slices, act.addr, ppos, t_mm)?;
     let mm = Instruction::Mm {
         src: S,
