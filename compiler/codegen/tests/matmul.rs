@@ -8,7 +8,7 @@ use half::f16;
 use q35_codegen::ProgramBuilder;
 use q35_codegen::kernels::matmul::{matmul, place_weight};
 use q35_contract::{ActivationI8, Layout, QuantScheme, QuantizedMatrix};
-use q35_isa::{DType, Hemisphere};
+use q35_isa::{DType, Hemisphere, Instruction, QueueKind};
 use q35_target::Target;
 
 /// splitmix64: a small deterministic generator.
@@ -124,8 +124,50 @@ struct Case {
     planes: Vec<u16>,
 }
 
-/// Builds, runs and checks one matmul; returns (cycles, tiles).
-fn check(case: &Case, seed: u64) -> (u64, usize) {
+/// The issue cycles of every `mm` of `program`, per MXM plane (walking
+/// each plane's instruction list: `nop` and `repeat` included).
+fn mm_cycles(program: &q35_isa::Program) -> Vec<Vec<u64>> {
+    let mut out = Vec::new();
+    for (q, list) in &program.queues {
+        let QueueKind::Mxm(plane) = q.kind() else {
+            continue;
+        };
+        let plane = usize::from(plane);
+        if out.len() <= plane {
+            out.resize(plane + 1, Vec::new());
+        }
+        let (mut t, mut prev_mm) = (0u64, false);
+        for ins in list {
+            match ins {
+                Instruction::Mm { .. } => {
+                    out[plane].push(t);
+                    prev_mm = true;
+                }
+                Instruction::Repeat { n, d, .. } => {
+                    if prev_mm {
+                        for k in 0..u64::from(*n) {
+                            out[plane].push(t + k * u64::from(*d));
+                        }
+                    }
+                }
+                other => prev_mm = other.unit() == q35_isa::Unit::Control && prev_mm,
+            }
+            t += ins.issue_cycles();
+        }
+    }
+    out
+}
+
+/// What one run measured.
+struct Run {
+    cycles: u64,
+    tiles: usize,
+    /// `mm` issue cycles per plane.
+    mms: Vec<Vec<u64>>,
+}
+
+/// Builds, runs and checks one matmul.
+fn check(case: &Case, seed: u64) -> Run {
     let target = Target::builtin("lpu-v1").expect("lpu-v1");
     let m = matrix(
         case.rows,
@@ -181,7 +223,17 @@ fn check(case: &Case, seed: u64) -> (u64, usize) {
         built.cycles,
         "{shape}: predicted cycles"
     );
-    (built.cycles, tiles)
+    let mms = mm_cycles(&built.program);
+    assert_eq!(
+        mms.iter().map(Vec::len).sum::<usize>(),
+        tiles,
+        "{shape}: one mm per tile"
+    );
+    Run {
+        cycles: built.cycles,
+        tiles,
+        mms,
+    }
 }
 
 fn activation(n: usize, seed: u64) -> Vec<f32> {
@@ -189,15 +241,47 @@ fn activation(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| rng.f32(3.0)).collect()
 }
 
-fn report(shape: &str, planes: usize, cycles: u64, tiles: usize) {
-    // The plane bound (docs/mxm-timing.md 2): a plane loads a tile's L rows
-    // in L/16 cycles, swaps in 1, and a load must wait d(n) = 39 cycles
-    // (n <= 128) after the vector two tiles back: 2 tiles per
-    // L/16 + 1 + 39 cycles.
+/// Prints the cycles and the tile rate against the plane's bound
+/// (docs/mxm-timing.md 2): a plane installs a tile's `L` rows in `L / 16`
+/// cycles and swaps in 1, and a load may start only `d(L)` cycles after the
+/// vector two tiles back (both buffers alternate), so a plane runs at most
+/// two tiles per `L / 16 + 1 + d(L)` cycles.
+fn report(shape: &str, g: u32, run: &Run) {
+    let target = Target::builtin("lpu-v1").expect("lpu-v1");
+    let mach = q35_codegen::Mach::new(&target);
+    let bound = (f64::from(g / 16) + mach.swap as f64 + mach.reuse_delay(g) as f64) / 2.0;
+    let used: Vec<&Vec<u64>> = run.mms.iter().filter(|v| !v.is_empty()).collect();
+    let first = used
+        .iter()
+        .filter_map(|v| v.first())
+        .min()
+        .copied()
+        .unwrap_or(0);
+    let last = used
+        .iter()
+        .filter_map(|v| v.last())
+        .max()
+        .copied()
+        .unwrap_or(0);
+    let per_plane: Vec<String> = used
+        .iter()
+        .map(|v| {
+            let gaps = v.len().saturating_sub(1).max(1) as f64;
+            format!(
+                "{}@{:.1}",
+                v.len(),
+                (v.last().unwrap_or(&0) - v.first().unwrap_or(&0)) as f64 / gaps
+            )
+        })
+        .collect();
     println!(
-        "matmul {shape}: {cycles} cycles, {tiles} tiles on {planes} planes, {:.1} cycles per tile ({:.1} per tile per plane)",
-        cycles as f64 / tiles as f64,
-        cycles as f64 * planes as f64 / tiles as f64
+        "matmul {shape}: {} cycles, {} tiles on {} planes ({:.1} cycles per tile overall); \
+         mm issues {first}..={last}; per plane tiles@cycles between mm: {}; plane bound {bound:.1} cycles per tile",
+        run.cycles,
+        run.tiles,
+        used.len(),
+        run.cycles as f64 / run.tiles as f64,
+        per_plane.join(" "),
     );
 }
 
@@ -219,8 +303,8 @@ fn smollm2_shapes_are_exact_and_predicted() {
             x: activation(cols, 100 + i as u64),
             planes: ALL.to_vec(),
         };
-        let (cycles, tiles) = check(&case, 7 + i as u64);
-        report(&format!("{rows}x{cols} G=128"), 4, cycles, tiles);
+        let run = check(&case, 7 + i as u64);
+        report(&format!("{rows}x{cols} G=128"), 128, &run);
     }
 }
 
@@ -238,8 +322,8 @@ fn ragged_and_straddling_groups() {
         x: activation(200, 3),
         planes: ALL.to_vec(),
     };
-    let (cycles, tiles) = check(&case, 11);
-    report("100x200 G=64", 4, cycles, tiles);
+    let run = check(&case, 11);
+    report("100x200 G=64", 64, &run);
     // 130 x 330, G = 48: group 6 (channels 288..330, padded to 336)
     // straddles the 320-lane word boundary; q35-rtn, two planes.
     let case = Case {
@@ -252,8 +336,8 @@ fn ragged_and_straddling_groups() {
         x: activation(330, 4),
         planes: vec![1, 2],
     };
-    let (cycles, tiles) = check(&case, 12);
-    report("130x330 G=48", 2, cycles, tiles);
+    let run = check(&case, 12);
+    report("130x330 G=48", 48, &run);
     // 400 x 700, G = 96 on one east plane: groups 288..384 and 576..672
     // straddle word boundaries, the last group (672..700) is 28 channels
     // padded to 32.
@@ -267,8 +351,8 @@ fn ragged_and_straddling_groups() {
         x: activation(700, 5),
         planes: vec![3],
     };
-    let (cycles, tiles) = check(&case, 13);
-    report("400x700 G=96", 1, cycles, tiles);
+    let run = check(&case, 13);
+    report("400x700 G=96", 96, &run);
 }
 
 #[test]
