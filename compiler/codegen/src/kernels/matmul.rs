@@ -32,12 +32,25 @@
 //! Tile rows are in pair order, so the int8 vector fed to `mm` for group
 //! `g` holds `x[A[0]], x[B[0]], x[A[1]], ...` on lanes `0, 1, 2, ...`. It is
 //! built once per group: each `xs` word the group touches (two when it
-//! straddles a 320-lane boundary) is permuted by the SXM (maps are program
-//! tables), the two are merged by a VXM `select` under a constant u8 mask,
-//! and `f32toi8` rounds exactly as the contract's `q_i` (the buffer `xs`
-//! already holds `x_i * inv`). The result goes to a scratch int8 word.
-//! Lanes of padding channels and lanes past `L_g` are don't-cares: their
-//! weight rows are zero.
+//! straddles a 320-lane boundary) is permuted by the SXM of `xs`'s
+//! hemisphere (maps are program tables); for a straddling group the first
+//! word's permutation is written to a staging word and read back to meet
+//! the second at a VXM `select` under a constant u8 mask. `f32toi8` rounds
+//! exactly as the contract's `q_i` (the buffer `xs` already holds
+//! `x_i * inv`); the result is written to one scratch int8 word per
+//! hemisphere that has planes in use (each in its own slice), which that
+//! hemisphere's planes read. Lanes of padding channels and lanes past
+//! `L_g` are don't-cares: their weight rows are zero.
+//!
+//! # Scheduling
+//!
+//! Bundles are placed in order: the activation bundles, then the tiles
+//! group-major (every column tile of group 0, then group 1, ...) on the
+//! planes round-robin, then one combine bundle per column tile. A plane
+//! then runs at its bound (docs/mxm-timing.md 2: two tiles per
+//! `L/16 + swap + d(L)` cycles, 24 a tile for `L = 128`); the rest of a
+//! matmul's cycles is the path xs -> SXM -> VXM -> plane (about 120
+//! cycles to the first `mm`) and plane -> VXM -> products -> combine.
 //!
 //! # Combine
 //!
