@@ -180,6 +180,8 @@ fn many_reductions_overlap() {
             "9 x lane_reduce {op:?} of 4 words: {} cycles batched, {} cycles as 9 calls",
             cycles[0], cycles[1]
         );
-        assert!(cycles[0] < cycles[1]);
+        // Since queues book intervals, separate calls overlap as well as
+        // one batched bundle; batching must never be slower.
+        assert!(cycles[0] <= cycles[1]);
     }
 }
