@@ -6,6 +6,8 @@
 //! requested hemisphere with the lowest fill (ties: lower queue index), at
 //! the highest fill among them. Deterministic.
 
+use std::collections::BTreeSet;
+
 use q35_isa::{Hemisphere, QueueId, QueueKind};
 
 /// A placed buffer.
@@ -94,8 +96,24 @@ impl Alloc {
         slices: usize,
         words: u32,
     ) -> Result<Buffer, AllocError> {
+        self.place_avoiding(name, h, slices, words, &BTreeSet::new())
+    }
+
+    /// [`Alloc::place`] preferring slices outside `avoid` (the slices of
+    /// the buffers an op reads and writes together with this one: two
+    /// buffers one bundle reads on the same cycle cannot share a slice's
+    /// single read port). Avoided slices are used only when the hemisphere
+    /// has too few others.
+    pub fn place_avoiding(
+        &mut self,
+        name: &str,
+        h: Hemisphere,
+        slices: usize,
+        words: u32,
+        avoid: &BTreeSet<QueueId>,
+    ) -> Result<Buffer, AllocError> {
         let mut cands: Vec<QueueId> = mem_slices(h).collect();
-        cands.sort_by_key(|q| (self.fill(*q), q.index()));
+        cands.sort_by_key(|q| (avoid.contains(q), self.fill(*q), q.index()));
         let chosen: Vec<QueueId> = cands.into_iter().take(slices).collect();
         let addr = chosen.iter().map(|q| self.fill(*q)).max().unwrap_or(0);
         let chip_bytes = 88 * u64::from(self.words_per_slice) * self.word_bytes;

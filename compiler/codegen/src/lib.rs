@@ -19,6 +19,7 @@ pub mod alloc;
 pub mod emit;
 pub mod kernels;
 pub mod machine;
+pub mod plan;
 pub mod program;
 pub mod sched;
 

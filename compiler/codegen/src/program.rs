@@ -2,7 +2,11 @@
 //! placement and initial contents, tables, symbols), finished into a
 //! [`q35_isa::Program`] with its predicted cycle count and a debug map.
 
-use q35_isa::{DType, Hemisphere, MemData, MemInit, Placement, Program, Symbol, Table, TableId};
+use std::collections::BTreeSet;
+
+use q35_isa::{
+    DType, Hemisphere, MemData, MemInit, Placement, Program, QueueId, Symbol, Table, TableId,
+};
 use q35_target::Target;
 
 use crate::alloc::{Alloc, AllocError, Buffer};
@@ -23,6 +27,8 @@ pub struct ProgramBuilder {
     tables: Vec<Table>,
     mem: Vec<MemInit>,
     symbols: Vec<Symbol>,
+    /// Slices new buffers avoid (those of the op being compiled).
+    avoid: BTreeSet<QueueId>,
 }
 
 /// A finished program.
@@ -47,6 +53,7 @@ impl ProgramBuilder {
             tables: Vec::new(),
             mem: Vec::new(),
             symbols: Vec::new(),
+            avoid: BTreeSet::new(),
         }
     }
 
@@ -66,7 +73,15 @@ impl ProgramBuilder {
     ) -> Result<Buffer, AllocError> {
         let words = elements.div_ceil(u64::from(LANES)).max(1);
         let words = u32::try_from(words).unwrap_or(u32::MAX);
-        self.alloc.place(name, h, dtype.bytes() as usize, words)
+        self.alloc
+            .place_avoiding(name, h, dtype.bytes() as usize, words, &self.avoid)
+    }
+
+    /// Makes new buffers avoid the slices of `bufs` (the operands of the op
+    /// being compiled, whose kernel may read its own scratch together with
+    /// them) until the next call.
+    pub fn set_avoid(&mut self, bufs: &[&Buffer]) {
+        self.avoid = bufs.iter().flat_map(|b| b.slices.iter().copied()).collect();
     }
 
     /// Initial contents of `buf` (element bit patterns, packed lane-wise).

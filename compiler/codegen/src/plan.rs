@@ -1,0 +1,796 @@
+//! [`Plan`]: a decode step as the `lpu` dialect states it (buffers,
+//! weights, one op per model op, in program order), in plain data, and its
+//! compilation into a scheduled program ([`compile`]).
+//!
+//! The compiler's `lpu` MLIR module translates one to one into a `Plan`
+//! (`q35_mlir::lpu`); [`decode_plan`] builds the same plan directly from an
+//! architecture, which the code generator's own end-to-end tests use.
+
+use std::collections::BTreeMap;
+
+use q35_contract::{Architecture, QuantizedMatrix};
+use q35_isa::{DType, Hemisphere};
+use q35_target::Target;
+
+use crate::alloc::{AllocError, Buffer};
+use crate::machine::Cycle;
+use crate::program::{Built, LANES, ProgramBuilder};
+use crate::sched::SchedError;
+
+/// What a buffer is to the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BufferKind {
+    /// Written by the host before each step.
+    Input,
+    /// Read by the host after each step.
+    Output,
+    /// The KV cache, kept across steps.
+    Kv,
+    /// Constant contents from the binary (norm weights, RoPE tables).
+    Const,
+    /// Intermediate values.
+    Scratch,
+}
+
+impl BufferKind {
+    /// The spelling in the `lpu` dialect.
+    pub fn name(self) -> &'static str {
+        match self {
+            BufferKind::Input => "input",
+            BufferKind::Output => "output",
+            BufferKind::Kv => "kv",
+            BufferKind::Const => "const",
+            BufferKind::Scratch => "scratch",
+        }
+    }
+
+    /// From the `lpu` dialect spelling.
+    pub fn from_name(s: &str) -> Option<BufferKind> {
+        [
+            BufferKind::Input,
+            BufferKind::Output,
+            BufferKind::Kv,
+            BufferKind::Const,
+            BufferKind::Scratch,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+    }
+}
+
+/// A buffer of the plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufferDecl {
+    /// Symbol name.
+    pub name: String,
+    /// Kind.
+    pub kind: BufferKind,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape (elements = product), outermost first.
+    pub dims: Vec<u32>,
+    /// Initial contents (element bits) for constants.
+    pub init: Option<Vec<u32>>,
+}
+
+impl BufferDecl {
+    /// Number of elements.
+    pub fn elements(&self) -> u64 {
+        self.dims.iter().map(|&d| u64::from(d)).product()
+    }
+}
+
+/// One op of the plan; operands name buffers (or, for `weight`, a weight).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PlanOp {
+    /// `y = rmsnorm(x) * weight` over `n` elements.
+    RmsNorm {
+        /// Input.
+        x: String,
+        /// Norm weight (const).
+        weight: String,
+        /// Output.
+        y: String,
+        /// Elements.
+        n: u32,
+        /// Epsilon.
+        eps: f32,
+    },
+    /// Activation quantization (docs/q35-format.md 8.1): `xs = x * (127 /
+    /// amax)`, `scale = amax / 127` broadcast.
+    Quantize {
+        /// Input.
+        x: String,
+        /// Scaled activations (f32).
+        xs: String,
+        /// Scale (one word, every lane).
+        scale: String,
+        /// Elements.
+        n: u32,
+    },
+    /// `y = W x` with the int8 activation of `xs`/`scale`.
+    MatMul {
+        /// Scaled activations.
+        xs: String,
+        /// Activation scale.
+        scale: String,
+        /// The weight.
+        weight: String,
+        /// Output (f32, `rows`).
+        y: String,
+    },
+    /// RoPE on `heads` heads of `head_dim` at the step's position.
+    Rope {
+        /// Input.
+        x: String,
+        /// Output.
+        y: String,
+        /// Heads.
+        heads: u32,
+        /// Head dimension.
+        head_dim: u32,
+    },
+    /// Stores the step's key and value into the cache.
+    KvWrite {
+        /// Key (after RoPE).
+        k: String,
+        /// Value.
+        v: String,
+        /// Key cache (transposed).
+        kcache: String,
+        /// Value cache.
+        vcache: String,
+    },
+    /// Whole-context masked attention.
+    Attention {
+        /// Queries (after RoPE).
+        q: String,
+        /// Key cache.
+        kcache: String,
+        /// Value cache.
+        vcache: String,
+        /// Output.
+        y: String,
+        /// Query heads.
+        heads: u32,
+        /// Key/value heads.
+        kv_heads: u32,
+        /// Head dimension.
+        head_dim: u32,
+        /// Score scale, `1/sqrt(head_dim)`.
+        scale: f32,
+    },
+    /// `y = silu(gate) * up`.
+    SwiGlu {
+        /// Gate.
+        gate: String,
+        /// Up.
+        up: String,
+        /// Output.
+        y: String,
+        /// Elements.
+        n: u32,
+    },
+    /// `y = a + b`.
+    Add {
+        /// Left.
+        a: String,
+        /// Right.
+        b: String,
+        /// Output.
+        y: String,
+        /// Elements.
+        n: u32,
+    },
+}
+
+impl PlanOp {
+    /// Every buffer the op reads or writes, the implicit ones (the step's
+    /// index vectors, mask and RoPE tables) included.
+    pub fn buffers(&self) -> Vec<&str> {
+        match self {
+            PlanOp::RmsNorm { x, weight, y, .. } => vec![x, weight, y],
+            PlanOp::Quantize { x, xs, scale, .. } => vec![x, xs, scale],
+            PlanOp::MatMul { xs, scale, y, .. } => vec![xs, scale, y],
+            PlanOp::Rope { x, y, .. } => vec![x, y, "pos_idx", "rope_cos", "rope_sin"],
+            PlanOp::KvWrite {
+                k,
+                v,
+                kcache,
+                vcache,
+            } => {
+                vec![k, v, kcache, vcache, "kv_idx", "pos_idx"]
+            }
+            PlanOp::Attention {
+                q,
+                kcache,
+                vcache,
+                y,
+                ..
+            } => vec![q, kcache, vcache, y, "attn_mask"],
+            PlanOp::SwiGlu { gate, up, y, .. } => vec![gate, up, y],
+            PlanOp::Add { a, b, y, .. } => vec![a, b, y],
+        }
+    }
+
+    /// The op's name in the `lpu` dialect.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PlanOp::RmsNorm { .. } => "lpu.rmsnorm",
+            PlanOp::Quantize { .. } => "lpu.quantize",
+            PlanOp::MatMul { .. } => "lpu.matmul",
+            PlanOp::Rope { .. } => "lpu.rope",
+            PlanOp::KvWrite { .. } => "lpu.kv_write",
+            PlanOp::Attention { .. } => "lpu.attention",
+            PlanOp::SwiGlu { .. } => "lpu.swiglu",
+            PlanOp::Add { .. } => "lpu.add",
+        }
+    }
+}
+
+/// A decode step.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Compiled context (positions the cache and tables hold).
+    pub ctx: u32,
+    /// Buffers, in declaration order.
+    pub buffers: Vec<BufferDecl>,
+    /// Weights by name.
+    pub weights: BTreeMap<String, QuantizedMatrix>,
+    /// Ops in program order, each with its source label.
+    pub ops: Vec<(String, PlanOp)>,
+}
+
+/// Compilation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodegenError {
+    /// The model does not fit in MEM.
+    #[error("the model does not fit on one chip: {0}")]
+    Alloc(#[from] AllocError),
+    /// A kernel could not be scheduled.
+    #[error(transparent)]
+    Sched(#[from] SchedError),
+    /// The plan is inconsistent (an unknown buffer, a shape the backend
+    /// does not handle).
+    #[error("{op}: {message}")]
+    Plan {
+        /// The op (or buffer).
+        op: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Words a vector of `n` elements takes in each of its slices.
+pub fn words(n: u64) -> u32 {
+    u32::try_from(n.div_ceil(u64::from(LANES)).max(1)).unwrap_or(u32::MAX)
+}
+
+/// The standard decode plan of a LLaMA-family architecture with the
+/// quantized matrices `weights` (named `blk.<b>.attn_q` ..., `output`) and
+/// norm vectors (`blk.<b>.attn_norm`, `blk.<b>.ffn_norm`, `output_norm`).
+pub fn decode_plan(
+    arch: &Architecture,
+    ctx: u32,
+    weights: BTreeMap<String, QuantizedMatrix>,
+    norms: &BTreeMap<String, Vec<f32>>,
+    rope: &q35_contract::rope::RopeTable,
+) -> Result<Plan, CodegenError> {
+    let (d, hd) = (arch.hidden, arch.head_dim);
+    let (qd, kvd) = (arch.heads * hd, arch.kv_heads * hd);
+    let w = words(u64::from(ctx));
+    let wv = words(u64::from(kvd));
+    let mut buffers = Vec::new();
+    let mut buf = |name: &str, kind: BufferKind, dtype: DType, dims: Vec<u32>, init| {
+        buffers.push(BufferDecl {
+            name: name.to_string(),
+            kind,
+            dtype,
+            dims,
+            init,
+        });
+    };
+    use BufferKind::{Const, Input, Kv, Output, Scratch};
+    buf("x_in", Input, DType::F32, vec![d], None);
+    buf("pos_idx", Input, DType::U16, vec![LANES], None);
+    buf("kv_idx", Input, DType::U16, vec![LANES], None);
+    buf("attn_mask", Input, DType::F32, vec![ctx], None);
+    buf("logits", Output, DType::F32, vec![arch.vocab], None);
+    let (cos, sin) =
+        crate::kernels::rope::rope_tables(rope, hd as usize, ctx as usize).map_err(|e| {
+            CodegenError::Plan {
+                op: "rope tables".into(),
+                message: e.to_string(),
+            }
+        })?;
+    buf("rope_cos", Const, DType::F32, vec![ctx, LANES], Some(cos));
+    buf("rope_sin", Const, DType::F32, vec![ctx, LANES], Some(sin));
+    let norm = |name: &str| {
+        norms.get(name).cloned().ok_or_else(|| CodegenError::Plan {
+            op: name.to_string(),
+            message: "no norm weight given".into(),
+        })
+    };
+    let bits = |v: Vec<f32>| Some(v.into_iter().map(f32::to_bits).collect::<Vec<_>>());
+    for b in 0..arch.blocks {
+        buf(
+            &format!("kcache_{b}"),
+            Kv,
+            DType::F32,
+            vec![kvd, (w + 1) * LANES],
+            None,
+        );
+        buf(
+            &format!("vcache_{b}"),
+            Kv,
+            DType::F32,
+            vec![ctx, wv * LANES],
+            None,
+        );
+        buf(
+            &format!("blk.{b}.attn_norm"),
+            Const,
+            DType::F32,
+            vec![d],
+            bits(norm(&format!("blk.{b}.attn_norm"))?),
+        );
+        buf(
+            &format!("blk.{b}.ffn_norm"),
+            Const,
+            DType::F32,
+            vec![d],
+            bits(norm(&format!("blk.{b}.ffn_norm"))?),
+        );
+    }
+    buf(
+        "output_norm",
+        Const,
+        DType::F32,
+        vec![d],
+        bits(norm("output_norm")?),
+    );
+    for (name, n) in [
+        ("x", d),
+        ("h", d),
+        ("xs", d.max(qd).max(arch.ffn)),
+        ("scale", LANES),
+        ("q", qd),
+        ("k", kvd),
+        ("v", kvd),
+        ("qr", qd),
+        ("kr", kvd),
+        ("att", qd),
+        ("o", d),
+        ("gate", arch.ffn),
+        ("up", arch.ffn),
+        ("act", arch.ffn),
+    ] {
+        buf(name, Scratch, DType::F32, vec![n], None);
+    }
+    let mut ops = Vec::new();
+    let s = |x: &str| x.to_string();
+    let mut residual = s("x_in");
+    for b in 0..arch.blocks {
+        let l = |x: &str| format!("blk.{b}.{x}");
+        let mm = |ops: &mut Vec<(String, PlanOp)>, w: &str, y: &str| {
+            ops.push((
+                l(w),
+                PlanOp::MatMul {
+                    xs: s("xs"),
+                    scale: s("scale"),
+                    weight: l(w),
+                    y: s(y),
+                },
+            ));
+        };
+        ops.push((
+            l("attn_norm"),
+            PlanOp::RmsNorm {
+                x: residual.clone(),
+                weight: l("attn_norm"),
+                y: s("h"),
+                n: d,
+                eps: arch.norm_eps,
+            },
+        ));
+        ops.push((
+            l("attn_quantize"),
+            PlanOp::Quantize {
+                x: s("h"),
+                xs: s("xs"),
+                scale: s("scale"),
+                n: d,
+            },
+        ));
+        mm(&mut ops, "attn_q", "q");
+        mm(&mut ops, "attn_k", "k");
+        mm(&mut ops, "attn_v", "v");
+        ops.push((
+            l("rope_q"),
+            PlanOp::Rope {
+                x: s("q"),
+                y: s("qr"),
+                heads: arch.heads,
+                head_dim: hd,
+            },
+        ));
+        ops.push((
+            l("rope_k"),
+            PlanOp::Rope {
+                x: s("k"),
+                y: s("kr"),
+                heads: arch.kv_heads,
+                head_dim: hd,
+            },
+        ));
+        ops.push((
+            l("kv_write"),
+            PlanOp::KvWrite {
+                k: s("kr"),
+                v: s("v"),
+                kcache: format!("kcache_{b}"),
+                vcache: format!("vcache_{b}"),
+            },
+        ));
+        ops.push((
+            l("attention"),
+            PlanOp::Attention {
+                q: s("qr"),
+                kcache: format!("kcache_{b}"),
+                vcache: format!("vcache_{b}"),
+                y: s("att"),
+                heads: arch.heads,
+                kv_heads: arch.kv_heads,
+                head_dim: hd,
+                scale: 1.0f32 / (hd as f32).sqrt(),
+            },
+        ));
+        ops.push((
+            l("attn_output_quantize"),
+            PlanOp::Quantize {
+                x: s("att"),
+                xs: s("xs"),
+                scale: s("scale"),
+                n: qd,
+            },
+        ));
+        mm(&mut ops, "attn_output", "o");
+        ops.push((
+            l("attn_residual"),
+            PlanOp::Add {
+                a: residual.clone(),
+                b: s("o"),
+                y: s("x"),
+                n: d,
+            },
+        ));
+        residual = s("x");
+        ops.push((
+            l("ffn_norm"),
+            PlanOp::RmsNorm {
+                x: s("x"),
+                weight: l("ffn_norm"),
+                y: s("h"),
+                n: d,
+                eps: arch.norm_eps,
+            },
+        ));
+        ops.push((
+            l("ffn_quantize"),
+            PlanOp::Quantize {
+                x: s("h"),
+                xs: s("xs"),
+                scale: s("scale"),
+                n: d,
+            },
+        ));
+        mm(&mut ops, "ffn_gate", "gate");
+        mm(&mut ops, "ffn_up", "up");
+        ops.push((
+            l("ffn_swiglu"),
+            PlanOp::SwiGlu {
+                gate: s("gate"),
+                up: s("up"),
+                y: s("act"),
+                n: arch.ffn,
+            },
+        ));
+        ops.push((
+            l("ffn_down_quantize"),
+            PlanOp::Quantize {
+                x: s("act"),
+                xs: s("xs"),
+                scale: s("scale"),
+                n: arch.ffn,
+            },
+        ));
+        mm(&mut ops, "ffn_down", "o");
+        ops.push((
+            l("ffn_residual"),
+            PlanOp::Add {
+                a: s("x"),
+                b: s("o"),
+                y: s("x"),
+                n: d,
+            },
+        ));
+    }
+    ops.push((
+        s("output_norm"),
+        PlanOp::RmsNorm {
+            x: residual,
+            weight: s("output_norm"),
+            y: s("h"),
+            n: d,
+            eps: arch.norm_eps,
+        },
+    ));
+    ops.push((
+        s("output_quantize"),
+        PlanOp::Quantize {
+            x: s("h"),
+            xs: s("xs"),
+            scale: s("scale"),
+            n: d,
+        },
+    ));
+    ops.push((
+        s("output"),
+        PlanOp::MatMul {
+            xs: s("xs"),
+            scale: s("scale"),
+            weight: s("output"),
+            y: s("logits"),
+        },
+    ));
+    Ok(Plan {
+        ctx,
+        buffers,
+        weights,
+        ops,
+    })
+}
+
+/// A compiled plan.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The program, predicted cycles, debug map.
+    pub built: Built,
+    /// Where every buffer went.
+    pub placement: BTreeMap<String, Buffer>,
+    /// Each op's first and last cycle, in program order.
+    pub op_cycles: Vec<(String, Cycle, Cycle)>,
+    /// Bytes of MEM used.
+    pub mem_bytes: u64,
+}
+
+/// The hemisphere of a buffer: the KV caches and RoPE tables west, the
+/// step's index vectors and mask east (the attention and RoPE kernels read
+/// an index on the other side of the words it addresses), the rest
+/// alternating to spread stream traffic.
+fn hemisphere(b: &BufferDecl, i: usize) -> Hemisphere {
+    match (b.kind, b.name.as_str()) {
+        (BufferKind::Kv, _) | (_, "rope_cos" | "rope_sin") => Hemisphere::West,
+        (_, "pos_idx" | "kv_idx" | "attn_mask") => Hemisphere::East,
+        _ if i.is_multiple_of(2) => Hemisphere::West,
+        _ => Hemisphere::East,
+    }
+}
+
+/// Places every buffer and weight, runs every op's kernel in program
+/// order, and returns the program.
+pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
+    let mut p = ProgramBuilder::new(target);
+    let mut placement = BTreeMap::new();
+    let mut kinds = BTreeMap::new();
+    // Buffers one op uses together never share a slice.
+    let mut partners: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (_, op) in &plan.ops {
+        let bufs = op.buffers();
+        for &a in &bufs {
+            partners
+                .entry(a)
+                .or_default()
+                .extend(bufs.iter().copied().filter(|&b| b != a));
+        }
+    }
+    for (i, b) in plan.buffers.iter().enumerate() {
+        let h = hemisphere(b, i);
+        let avoid: Vec<&Buffer> = partners
+            .get(b.name.as_str())
+            .into_iter()
+            .flatten()
+            .filter_map(|n| placement.get(*n))
+            .collect();
+        p.set_avoid(&avoid);
+        let buf = p.buffer(&b.name, b.dtype, b.elements(), h)?;
+        if let Some(init) = &b.init {
+            p.init(&buf, b.dtype, init.clone());
+        }
+        if matches!(
+            b.kind,
+            BufferKind::Input | BufferKind::Output | BufferKind::Kv
+        ) {
+            p.symbol(&b.name, b.dtype, b.dims.clone(), &buf);
+        }
+        kinds.insert(b.name.clone(), b);
+        placement.insert(b.name.clone(), buf);
+    }
+    let get = |name: &str, op: &str| {
+        placement
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CodegenError::Plan {
+                op: op.to_string(),
+                message: format!("unknown buffer `{name}`"),
+            })
+    };
+    let mut weights = BTreeMap::new();
+    let mm_bufs: Vec<&Buffer> = plan
+        .ops
+        .iter()
+        .filter(|(_, op)| matches!(op, PlanOp::MatMul { .. }))
+        .flat_map(|(_, op)| op.buffers())
+        .filter_map(|n| placement.get(n))
+        .collect();
+    p.set_avoid(&mm_bufs);
+    for (name, m) in &plan.weights {
+        let placed =
+            crate::kernels::matmul::place_weight(&mut p, name, m, &[0, 1, 2, 3]).map_err(|e| {
+                match e {
+                    crate::kernels::matmul::PlaceError::Alloc(a) => CodegenError::Alloc(a),
+                    other => CodegenError::Plan {
+                        op: name.clone(),
+                        message: other.to_string(),
+                    },
+                }
+            })?;
+        weights.insert(name.clone(), placed);
+    }
+    let mut op_cycles = Vec::new();
+    for (label, op) in &plan.ops {
+        let first_bundle = p.sched.bundles;
+        let operands: Vec<&Buffer> = op
+            .buffers()
+            .iter()
+            .filter_map(|n| placement.get(*n))
+            .collect();
+        p.set_avoid(&operands);
+        let g = |n: &str| get(n, label);
+        match op {
+            PlanOp::RmsNorm {
+                x,
+                weight,
+                y,
+                n,
+                eps,
+            } => {
+                crate::kernels::norm::rmsnorm(
+                    &mut p,
+                    label,
+                    &g(x)?,
+                    &g(weight)?,
+                    &g(y)?,
+                    *n,
+                    *eps,
+                    0,
+                )?;
+            }
+            PlanOp::Quantize { x, xs, scale, n } => {
+                crate::kernels::quantize::quantize(
+                    &mut p,
+                    label,
+                    &g(x)?,
+                    *n,
+                    &g(xs)?,
+                    &g(scale)?,
+                    0,
+                )?;
+            }
+            PlanOp::MatMul {
+                xs,
+                scale,
+                weight,
+                y,
+            } => {
+                let w = weights.get(weight).ok_or_else(|| CodegenError::Plan {
+                    op: label.clone(),
+                    message: format!("unknown weight `{weight}`"),
+                })?;
+                crate::kernels::matmul::matmul(&mut p, label, &g(xs)?, &g(scale)?, w, &g(y)?, 0)?;
+            }
+            PlanOp::Rope {
+                x,
+                y,
+                heads,
+                head_dim,
+            } => {
+                crate::kernels::rope::rope(
+                    &mut p,
+                    label,
+                    &g(x)?,
+                    &g(y)?,
+                    *heads,
+                    *head_dim,
+                    &g("pos_idx")?,
+                    &g("rope_cos")?,
+                    &g("rope_sin")?,
+                    0,
+                )?;
+            }
+            PlanOp::KvWrite {
+                k,
+                v,
+                kcache,
+                vcache,
+            } => {
+                let kvd = kinds
+                    .get(k.as_str())
+                    .map(|b| b.elements() as u32)
+                    .unwrap_or(0);
+                crate::kernels::attention::kv_write(
+                    &mut p,
+                    label,
+                    &g(k)?,
+                    &g(v)?,
+                    &g(kcache)?,
+                    &g(vcache)?,
+                    &g("kv_idx")?,
+                    &g("pos_idx")?,
+                    kvd,
+                    plan.ctx,
+                    0,
+                )?;
+            }
+            PlanOp::Attention {
+                q,
+                kcache,
+                vcache,
+                y,
+                heads,
+                kv_heads,
+                head_dim,
+                scale,
+            } => {
+                crate::kernels::attention::attention(
+                    &mut p,
+                    label,
+                    &g(q)?,
+                    &g(kcache)?,
+                    &g(vcache)?,
+                    &g("attn_mask")?,
+                    &g(y)?,
+                    *heads,
+                    *kv_heads,
+                    *head_dim,
+                    plan.ctx,
+                    *scale,
+                    0,
+                )?;
+            }
+            PlanOp::SwiGlu { gate, up, y, n } => {
+                crate::kernels::swiglu::swiglu(&mut p, label, &g(gate)?, &g(up)?, &g(y)?, *n, 0)?;
+            }
+            PlanOp::Add { a, b, y, n } => {
+                crate::kernels::vector::add(
+                    &mut p,
+                    label,
+                    &g(a)?,
+                    &g(b)?,
+                    &g(y)?,
+                    words(u64::from(*n)),
+                    0,
+                )?;
+            }
+        }
+        let (first, last) = p.sched.span_since(first_bundle);
+        op_cycles.push((label.clone(), first, last));
+    }
+    let mem_bytes = p.alloc.used_bytes();
+    Ok(Compiled {
+        built: p.finish(),
+        placement,
+        op_cycles,
+        mem_bytes,
+    })
+}

@@ -1,0 +1,154 @@
+//! A whole decode step of the tiny model compiled by `plan::compile` and
+//! run on q35sim equals the golden model's step bit for bit, and the
+//! simulator measures exactly the predicted cycle count.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use q35_codegen::plan::{self, Plan};
+use q35_contract::QuantizedMatrix;
+use q35_contract::golden::GoldenModel;
+use q35_isa::{DType, MemData, MemInit, Placement};
+use q35_quant::golden::from_reference;
+use q35_quant::model::{QuantPipeline, SchemePolicy};
+use q35_quant::quantize::QuantOptions;
+use q35_reference::{LinearKind, Model};
+use q35_target::Target;
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn linear_name(block: Option<usize>, kind: LinearKind) -> String {
+    let k = match kind {
+        LinearKind::Q => "attn_q",
+        LinearKind::K => "attn_k",
+        LinearKind::V => "attn_v",
+        LinearKind::AttnOutput => "attn_output",
+        LinearKind::Gate => "ffn_gate",
+        LinearKind::Up => "ffn_up",
+        LinearKind::Down => "ffn_down",
+        LinearKind::LmHead => "output",
+    };
+    match block {
+        Some(b) => format!("blk.{b}.{k}"),
+        None => k.to_string(),
+    }
+}
+
+/// The tiny model's golden model and its decode plan at context `ctx`.
+fn tiny(ctx: u32) -> (GoldenModel, Plan) {
+    let spec = q35_model::load(root().join("examples/tiny.toml")).unwrap();
+    let model = Model::from_spec(&spec, None).unwrap();
+    let text = std::fs::read_to_string(root().join("tests/data/calib_en.txt")).unwrap();
+    let calib: Vec<u32> = text
+        .bytes()
+        .take(512)
+        .map(|b| u32::from(b) % spec.arch.vocab)
+        .collect();
+    let pipeline = QuantPipeline::calibrate(
+        &model,
+        &calib,
+        128,
+        16,
+        spec.quant.group_size as usize,
+        QuantOptions { threads: 2 },
+    )
+    .unwrap();
+    let layers = pipeline
+        .quantize(SchemePolicy::uniform(spec.quant.scheme))
+        .unwrap();
+    let golden = from_reference(&model, &layers, ctx as usize).unwrap();
+    let mut weights: BTreeMap<String, QuantizedMatrix> = BTreeMap::new();
+    for l in &layers {
+        weights.insert(linear_name(l.id.block, l.id.kind), l.matrix.clone());
+    }
+    let mut norms = BTreeMap::new();
+    for (b, blk) in golden.blocks().iter().enumerate() {
+        norms.insert(format!("blk.{b}.attn_norm"), blk.attn_norm.clone());
+        norms.insert(format!("blk.{b}.ffn_norm"), blk.ffn_norm.clone());
+    }
+    norms.insert("output_norm".to_string(), golden.output_norm().to_vec());
+    let plan = plan::decode_plan(golden.arch(), ctx, weights, &norms, golden.rope_table()).unwrap();
+    (golden, plan)
+}
+
+fn init(
+    program: &mut q35_isa::Program,
+    placement: &BTreeMap<String, q35_codegen::Buffer>,
+    name: &str,
+    dtype: DType,
+    v: Vec<u32>,
+) {
+    let b = &placement[name];
+    program.mem.push(MemInit {
+        at: Placement {
+            slices: b.slices.clone(),
+            addr: b.addr,
+        },
+        dtype,
+        data: MemData::Values(v),
+    });
+}
+
+#[test]
+fn tiny_first_step_equals_golden() {
+    let target = Target::builtin("lpu-v1").unwrap();
+    let ctx = 64u32;
+    let (golden, plan) = tiny(ctx);
+    let compiled = plan::compile(&plan, &target).unwrap();
+    println!(
+        "tiny decode step: {} cycles predicted, {} instructions, {} MEM bytes",
+        compiled.built.cycles,
+        compiled
+            .built
+            .program
+            .queues
+            .values()
+            .map(Vec::len)
+            .sum::<usize>(),
+        compiled.mem_bytes
+    );
+    let token = 42u32;
+    let mut session = golden.new_session();
+    let want = golden.step(&mut session, token).unwrap();
+    let placement = compiled.placement;
+    let mut built = compiled.built;
+    let mut program = std::mem::take(&mut built.program);
+    let x = golden.embedding_row(token as usize).unwrap();
+    init(
+        &mut program,
+        &placement,
+        "x_in",
+        DType::F32,
+        x.iter().map(|v| v.to_bits()).collect(),
+    );
+    init(
+        &mut program,
+        &placement,
+        "pos_idx",
+        DType::U16,
+        vec![0; 320],
+    );
+    let w = ctx.div_ceil(320);
+    let mut kv = vec![w; 320];
+    kv[0] = 0;
+    init(&mut program, &placement, "kv_idx", DType::U16, kv);
+    let mut mask = vec![f32::NEG_INFINITY.to_bits(); ctx as usize];
+    mask[0] = 0f32.to_bits();
+    init(&mut program, &placement, "attn_mask", DType::F32, mask);
+    program.symbols.retain(|s| s.dtype != DType::U16);
+    built.program = program;
+    let (done, bin) = common::run(&built, &target);
+    let got = common::f32_symbol(&done, &bin, "logits");
+    assert_eq!(
+        done.profile.total_cycles(),
+        built.cycles,
+        "predicted cycles"
+    );
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.to_bits(), w.to_bits(), "logit {i}: {g} vs {w}");
+    }
+}
