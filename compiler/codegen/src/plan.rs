@@ -633,8 +633,8 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
         .flat_map(|(_, op)| op.buffers())
         .filter_map(|n| placement.get(n))
         .collect();
-    p.set_avoid(&mm_bufs);
     for (name, m) in &plan.weights {
+        p.set_avoid(&mm_bufs);
         let placed =
             crate::kernels::matmul::place_weight(&mut p, name, m, &[0, 1, 2, 3]).map_err(|e| {
                 match e {

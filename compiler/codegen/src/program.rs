@@ -73,8 +73,25 @@ impl ProgramBuilder {
     ) -> Result<Buffer, AllocError> {
         let words = elements.div_ceil(u64::from(LANES)).max(1);
         let words = u32::try_from(words).unwrap_or(u32::MAX);
-        self.alloc
-            .place_avoiding(name, h, dtype.bytes() as usize, words, &self.avoid)
+        self.place_slices(name, h, dtype.bytes() as usize, words)
+    }
+
+    /// Places `slices` slices of `words` words avoiding the current op's
+    /// slices and every buffer placed since [`ProgramBuilder::set_avoid`]
+    /// (a kernel's buffers are read together in its bundles, so they are
+    /// kept on distinct slices too).
+    pub fn place_slices(
+        &mut self,
+        name: &str,
+        h: Hemisphere,
+        slices: usize,
+        words: u32,
+    ) -> Result<Buffer, AllocError> {
+        let buf = self
+            .alloc
+            .place_avoiding(name, h, slices, words, &self.avoid)?;
+        self.avoid.extend(buf.slices.iter().copied());
+        Ok(buf)
     }
 
     /// Makes new buffers avoid the slices of `bufs` (the operands of the op

@@ -41,7 +41,15 @@ fn linear_name(block: Option<usize>, kind: LinearKind) -> String {
 /// The tiny model's golden model and its decode plan at context `ctx`.
 fn tiny(ctx: u32) -> (GoldenModel, Plan) {
     let spec = q35_model::load(root().join("examples/tiny.toml")).unwrap();
-    let model = Model::from_spec(&spec, None).unwrap();
+    model_plan(&spec, ctx)
+}
+
+/// The golden model and decode plan of `spec` at context `ctx`
+/// (calibrated on the first 512 bytes of tests/data/calib_en.txt taken as
+/// token ids: the tokens do not matter for exactness).
+fn model_plan(spec: &q35_model::ModelSpec, ctx: u32) -> (GoldenModel, Plan) {
+    let gguf = spec.open_gguf().unwrap();
+    let model = Model::from_spec(spec, gguf.as_ref()).unwrap();
     let text = std::fs::read_to_string(root().join("tests/data/calib_en.txt")).unwrap();
     let calib: Vec<u32> = text
         .bytes()
@@ -95,12 +103,36 @@ fn init(
 
 #[test]
 fn tiny_first_step_equals_golden() {
+    let (golden, plan) = tiny(64);
+    first_step_equals_golden("tiny", &golden, &plan, 64);
+}
+
+/// SmolLM2-135M's first decode step (context 64) on q35sim equals the
+/// golden model bit for bit.
+#[test]
+fn smollm2_first_step_equals_golden() {
+    let path = root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        assert_eq!(
+            std::env::var("Q35_SKIP_MODEL_TESTS").as_deref(),
+            Ok("1"),
+            "SmolLM2 GGUF missing at {} (run scripts/setup, or set Q35_SKIP_MODEL_TESTS=1)",
+            path.display()
+        );
+        return;
+    }
+    let spec = q35_model::load(root().join("examples/smollm2-135m.toml")).unwrap();
+    let (golden, plan) = model_plan(&spec, 64);
+    first_step_equals_golden("SmolLM2", &golden, &plan, 64);
+}
+
+fn first_step_equals_golden(name: &str, golden: &GoldenModel, plan: &Plan, ctx: u32) {
     let target = Target::builtin("lpu-v1").unwrap();
-    let ctx = 64u32;
-    let (golden, plan) = tiny(ctx);
-    let compiled = plan::compile(&plan, &target).unwrap();
+    let t0 = std::time::Instant::now();
+    let compiled = plan::compile(plan, &target).unwrap();
     println!(
-        "tiny decode step: {} cycles predicted, {} instructions, {} MEM bytes",
+        "{name} decode step: compiled in {:.1?}, {} cycles predicted, {} instructions, {} MEM bytes",
+        t0.elapsed(),
         compiled.built.cycles,
         compiled
             .built

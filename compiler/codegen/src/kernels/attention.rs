@@ -499,8 +499,7 @@ pub fn attention(
         wh: w.div_ceil(2),
     };
     let alloc = |p: &mut ProgramBuilder, name: &str, h, n, words| {
-        p.alloc
-            .place(&format!("{label}.{name}"), h, n, words)
+        p.place_slices(&format!("{label}.{name}"), h, n, words)
             .map_err(|e| err(label, e.to_string()))
     };
     // Scores / e / p (two halves) and keep: 12 distinct east slices (keep

@@ -273,9 +273,7 @@ pub fn place_weight(
             Hemisphere::East
         };
         let words = plane_words[i].max(1);
-        let codes = p
-            .alloc
-            .place(&format!("{name}.codes.p{pl}"), h, UNPACK_BYTES, words)?;
+        let codes = p.place_slices(&format!("{name}.codes.p{pl}"), h, UNPACK_BYTES, words)?;
         let scales = p.buffer(
             &format!("{name}.scales.p{pl}"),
             DType::F16,
