@@ -353,7 +353,11 @@ pub static OPS: [OpDef; 10] = [
         attributes: &[
             attr("x", Buffer(Read), "input, f32[n]"),
             attr("xs", Buffer(Write), "x * (127 / amax), f32[n]"),
-            attr("scale", Buffer(Write), "amax / 127 on every lane, f32[lanes]"),
+            attr(
+                "scale",
+                Buffer(Write),
+                "amax / 127 on every lane, f32[lanes]",
+            ),
             attr("n", Int, "features"),
         ],
         optional: SCHEDULE,
@@ -366,8 +370,16 @@ pub static OPS: [OpDef; 10] = [
               gives the group's exact int32 partial sums acc_g for the tile's rows;\n\
               y = +0.0, y = y + f32(acc_g) * d[g, r] for ascending g, then y * scale.",
         attributes: &[
-            attr("xs", Buffer(Read), "prescaled input from lpu.quantize, f32[cols]"),
-            attr("scale", Buffer(Read), "the activation scale word, f32[lanes]"),
+            attr(
+                "xs",
+                Buffer(Read),
+                "prescaled input from lpu.quantize, f32[cols]",
+            ),
+            attr(
+                "scale",
+                Buffer(Read),
+                "the activation scale word, f32[lanes]",
+            ),
             attr("weight", Weight, "the lpu.weight"),
             attr("y", Buffer(Write), "output, f32[rows]"),
             attr("rows", Int, "N"),

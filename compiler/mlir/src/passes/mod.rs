@@ -16,6 +16,7 @@
 //! flags and help from it), add `tests/lit/passes/<name>.mlir`.
 
 mod check_overflow;
+pub mod lpu_lower;
 mod quantize_activations;
 mod verify;
 
@@ -272,10 +273,11 @@ impl Default for PassId {
 
 /// Every q35 pass: the one place a pass is registered. `q35c opt` builds
 /// its pass flags, `--help` and `--list-passes` from it.
-pub static PASSES: [&PassInfo; 3] = [
+pub static PASSES: [&PassInfo; 4] = [
     &verify::PASS,
     &check_overflow::PASS,
     &quantize_activations::PASS,
+    &lpu_lower::PASS,
 ];
 
 /// The passes `q35c compile` runs after lowering.
