@@ -126,6 +126,9 @@ enum Val {
     Pos,
     /// The KV cache (the lpu ops name each block's caches).
     Cache,
+    /// The result of an op that failed to lower (its readers are not
+    /// reported again).
+    Failed,
 }
 
 /// A module-level declaration to build.
@@ -417,6 +420,8 @@ impl<'c> Lowering<'c> {
         let v = op.operand(index).map_err(|e| e.to_string())?;
         match self.values.get(&key(v)) {
             Some(Val::Buffer(name)) => Ok(name.clone()),
+            // Already reported at the op that failed.
+            Some(Val::Failed) => Err(String::new()),
             Some(other) => Err(format!("operand #{index} is {other:?}, not an activation")),
             None => Err(format!(
                 "operand #{index} is not computed by an op lpu-lower lowers"
@@ -563,7 +568,12 @@ impl<'c> Lowering<'c> {
             if name != "func.return"
                 && let Err(message) = self.op(&o, &name)
             {
-                self.diagnostics.push(diagnostic(&o, message));
+                if !message.is_empty() {
+                    self.diagnostics.push(diagnostic(&o, message));
+                }
+                for r in o.results() {
+                    self.values.insert(key(r), Val::Failed);
+                }
             }
             self.index += 1;
             op = o.next_in_block();
