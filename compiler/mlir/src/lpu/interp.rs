@@ -83,6 +83,9 @@ impl BufferInfo {
     }
 }
 
+/// Largest buffer the interpreter allocates (f32 values): 2^31.
+const MAX_BUFFER: usize = 1 << 31;
+
 #[derive(Debug, Clone, Copy)]
 struct WeightSlot<'w> {
     matrix: &'w IntMatrix,
@@ -237,7 +240,13 @@ impl<'w> LpuInterpreter<'w> {
         let m = module.as_operation();
         let ctx = int_attr(&m, CONTEXT_ATTR)
             .and_then(|c| usize::try_from(c).ok())
-            .ok_or_else(|| module_error(format!("the module has no `{CONTEXT_ATTR}`")))?;
+            .filter(|&c| c > 0 && c as u64 <= crate::passes::lpu_lower::MAX_CONTEXT)
+            .ok_or_else(|| {
+                module_error(format!(
+                    "the module has no `{CONTEXT_ATTR}` in 1..={}",
+                    crate::passes::lpu_lower::MAX_CONTEXT
+                ))
+            })?;
         let lanes = target_from_module(&m)
             .map_err(|e| module_error(e.to_string()))?
             .vector
@@ -263,7 +272,7 @@ impl<'w> LpuInterpreter<'w> {
             ctx,
             lanes,
             blocks: blocks as usize,
-            kv_dim: (kv_heads * head_dim) as usize,
+            kv_dim: usize::try_from(kv_heads.saturating_mul(head_dim)).unwrap_or(usize::MAX),
             buffers: Vec::new(),
             by_name: BTreeMap::new(),
             consts: BTreeMap::new(),
@@ -372,6 +381,15 @@ impl<'w> LpuInterpreter<'w> {
             .map(|d| d.and_then(|n| usize::try_from(n).ok()))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| err(format!("@{name} has a dynamic type {t}")))?;
+        if dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_none_or(|n| n > MAX_BUFFER)
+        {
+            return Err(err(format!(
+                "@{name} of type {t} is larger than the interpreter's {MAX_BUFFER} values"
+            )));
+        }
         let i16 = match t.element.as_str() {
             "f32" => false,
             "i16" => true,
@@ -503,7 +521,7 @@ impl<'w> LpuInterpreter<'w> {
         base: f32,
     ) -> Result<(), InterpError> {
         let (ctx, lanes) = (self.ctx, self.lanes);
-        if head_dim == 0 || head_dim % 2 != 0 || lanes % head_dim != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || !lanes.is_multiple_of(head_dim) {
             return Err(module_error(format!(
                 "head_dim {head_dim} must be even and divide the {lanes} lanes"
             )));
@@ -666,8 +684,11 @@ impl<'w> LpuInterpreter<'w> {
             OpKind::Rope => {
                 let heads = Self::int(o, "heads")?;
                 let head_dim = Self::int(o, "head_dim")?;
-                let n = heads * head_dim;
-                if head_dim % 2 != 0 || self.lanes % head_dim.max(1) != 0 {
+                let n = heads.saturating_mul(head_dim);
+                if head_dim == 0
+                    || !head_dim.is_multiple_of(2)
+                    || !self.lanes.is_multiple_of(head_dim)
+                {
                     return Err(format!(
                         "`head_dim` {head_dim} must be even and divide the {} lanes",
                         self.lanes
@@ -697,17 +718,21 @@ impl<'w> LpuInterpreter<'w> {
                 let heads = Self::int(o, "heads")?;
                 let kv_heads = Self::int(o, "kv_heads")?;
                 let head_dim = Self::int(o, "head_dim")?;
-                if kv_heads == 0 || heads % kv_heads != 0 || kv_heads * head_dim != self.kv_dim {
+                if kv_heads == 0
+                    || heads % kv_heads != 0
+                    || kv_heads.saturating_mul(head_dim) != self.kv_dim
+                {
                     return Err(format!(
                         "`heads` {heads}, `kv_heads` {kv_heads}, `head_dim` {head_dim} do not fit the KV caches' {} values",
                         self.kv_dim
                     ));
                 }
-                let q = self.buffer(o, "q", Some(heads * head_dim))?;
+                let n = heads.saturating_mul(head_dim);
+                let q = self.buffer(o, "q", Some(n))?;
                 let kcache = self.buffer(o, "kcache", None)?;
                 let vcache = self.buffer(o, "vcache", None)?;
                 self.cache_pair(kcache, vcache)?;
-                let y = self.buffer(o, "y", Some(heads * head_dim))?;
+                let y = self.buffer(o, "y", Some(n))?;
                 self.written(y, &[q, kcache, vcache], "y")?;
                 let scale = float_attr(o, "scale").ok_or("needs an f32 `scale`")? as f32;
                 Attrs::Attention {

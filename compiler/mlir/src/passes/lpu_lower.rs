@@ -103,7 +103,7 @@ struct Arch {
 
 impl Arch {
     fn kv_dim(&self) -> u64 {
-        self.kv_heads * self.head_dim
+        self.kv_heads.saturating_mul(self.head_dim)
     }
 }
 
@@ -374,11 +374,12 @@ impl<'c> Lowering<'c> {
         }
         let words = ctx.div_ceil(lanes);
         let v_words = a.kv_dim().div_ceil(lanes);
+        let words_row = (words + 1).saturating_mul(lanes);
         for b in 0..a.blocks {
             let b = usize::try_from(b).unwrap_or(usize::MAX);
-            let k = tensor(&[a.kv_dim(), (words + 1) * lanes], f32);
+            let k = tensor(&[a.kv_dim(), words_row], f32);
             self.declare_buffer(&buffers::kcache(b), BufferKind::Kv, k, None);
-            let v = tensor(&[ctx, v_words * lanes], f32);
+            let v = tensor(&[ctx, v_words.saturating_mul(lanes)], f32);
             self.declare_buffer(&buffers::vcache(b), BufferKind::Kv, v, None);
         }
     }
@@ -689,7 +690,7 @@ impl<'c> Lowering<'c> {
                         self.arch.head_dim
                     ));
                 }
-                if head_dim % 2 != 0 || lanes % head_dim != 0 {
+                if !head_dim.is_multiple_of(2) || !lanes.is_multiple_of(head_dim) {
                     return Err(format!(
                         "`head_dim` {head_dim} must be even and divide the {lanes} lanes (the RoPE tables hold pair (lane % head_dim) / 2 on each lane)"
                     ));
@@ -700,7 +701,7 @@ impl<'c> Lowering<'c> {
                         self.arch.rope_base
                     ));
                 }
-                if heads * head_dim != n {
+                if heads.saturating_mul(head_dim) != n {
                     return Err(format!(
                         "`heads` {heads} x `head_dim` {head_dim} is not the input's {n} features"
                     ));
@@ -753,7 +754,7 @@ impl<'c> Lowering<'c> {
                         self.arch.kv_heads, self.arch.head_dim
                     ));
                 }
-                if kv_heads == 0 || heads % kv_heads != 0 || heads * head_dim != n {
+                if kv_heads == 0 || heads % kv_heads != 0 || heads.saturating_mul(head_dim) != n {
                     return Err(format!(
                         "`heads` {heads} must be a multiple of `kv_heads` {kv_heads} with heads x head_dim = the {n} features"
                     ));
