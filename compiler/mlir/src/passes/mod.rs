@@ -7,8 +7,8 @@
 //! module's target (`q35.target`) and a diagnostics list. Each runs as an
 //! MLIR external pass: a pass that reports a diagnostic fails the pipeline
 //! and its diagnostics come back as [`MlirError::Pass`]. The verifier runs
-//! after every pass. Passes are named with the dialect prefix
-//! (`q35-verify`); pipelines are parsed by [`parse_pipeline`]
+//! after every pass. Passes are named with the prefix of the dialect they
+//! work on (`q35-verify`, `lpu-lower`); pipelines are parsed by [`parse_pipeline`]
 //! (`builtin.module(q35-verify,q35-quantize-activations{share=false})`).
 //!
 //! Adding a pass: write `passes/<name>.rs` with a `pub(crate) static PASS:
