@@ -7,7 +7,7 @@
 # honoured); %q35sim is $Q35SIM, else <target dir>/debug/q35sim (a missing
 # one is a warning here and a failure in every test that runs it); FileCheck,
 # not, split-file and mlir-opt come from $LLVM_BIN, else /usr/lib/llvm-22/bin.
-# %irdl is dialects/q35.irdl.mlir, %examples examples/, %targets targets/.
+# %irdl is dialects/q35.irdl.mlir, %lpu_irdl dialects/lpu.irdl.mlir, %examples examples/, %targets targets/.
 # The SmolLM2 GGUF (feature `smollm2`) is $Q35_SMOLLM2_GGUF, else
 # .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf; tests that need it FAIL when
 # it is missing unless Q35_SKIP_MODEL_TESTS=1, which marks them UNSUPPORTED.
@@ -59,6 +59,7 @@ if os.environ.get("Q35_SKIP_MODEL_TESTS") != "1":
 config.substitutions.append(("%q35sim", q35sim))
 config.substitutions.append(("%q35c", q35c))
 config.substitutions.append(("%mlir-opt", os.path.join(llvm_bin, "mlir-opt")))
+config.substitutions.append(("%lpu_irdl", os.path.join(repo, "dialects", "lpu.irdl.mlir")))
 config.substitutions.append(("%irdl", os.path.join(repo, "dialects", "q35.irdl.mlir")))
 config.substitutions.append(("%examples", os.path.join(repo, "examples")))
 config.substitutions.append(("%targets", os.path.join(repo, "targets")))

@@ -12,6 +12,8 @@
 //!
 //! [`ops`] defines every q35 op once (names, operands, attributes, shape
 //! rules); the graph checks and the MLIR side are driven from it.
+//! [`lpu_ops`] defines the lpu ops (the hardware-level dialect of one
+//! decode step) the same way.
 //!
 //! The graph describes one decode step of `?` tokens starting at position
 //! `pos`, with a KV cache of `max_seq_len` positions.
@@ -19,6 +21,7 @@
 mod build;
 mod error;
 mod graph;
+pub mod lpu_ops;
 pub mod ops;
 mod types;
 mod verify;

@@ -1,4 +1,5 @@
-//! The q35 dialect, embedded from `dialects/q35.irdl.mlir`, and context setup.
+//! The q35 and lpu dialects, embedded from `dialects/q35.irdl.mlir` and
+//! `dialects/lpu.irdl.mlir`, and context setup.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -17,8 +18,11 @@ use crate::error::MlirError;
 /// The IRDL source of the q35 dialect.
 pub const IRDL_SOURCE: &str = include_str!("../../../dialects/q35.irdl.mlir");
 
+/// The IRDL source of the lpu dialect (docs/lpu-dialect.md).
+pub const LPU_IRDL_SOURCE: &str = include_str!("../../../dialects/lpu.irdl.mlir");
+
 /// A single-threaded MLIR context with the upstream dialects registered and
-/// the q35 dialect loaded.
+/// the q35 and lpu dialects loaded.
 pub fn create_context() -> Result<Context, MlirError> {
     let registry = DialectRegistry::new();
     register_all_dialects(&registry);
@@ -26,15 +30,17 @@ pub fn create_context() -> Result<Context, MlirError> {
     // Parsing loads dialects on demand; building ops does not: load what the
     // lowering builds.
     context.get_or_load_dialect("func");
-    let loaded = {
-        let messages = capture_diagnostics(&context);
-        let Some(irdl) = Module::parse(&context, IRDL_SOURCE) else {
-            return Err(MlirError::Dialect(messages.borrow().join("\n")));
+    for source in [IRDL_SOURCE, LPU_IRDL_SOURCE] {
+        let loaded = {
+            let messages = capture_diagnostics(&context);
+            let Some(irdl) = Module::parse(&context, source) else {
+                return Err(MlirError::Dialect(messages.borrow().join("\n")));
+            };
+            load_irdl_dialects(&irdl)
         };
-        load_irdl_dialects(&irdl)
-    };
-    if !loaded {
-        return Err(MlirError::Dialect("irdl::loadDialects failed".into()));
+        if !loaded {
+            return Err(MlirError::Dialect("irdl::loadDialects failed".into()));
+        }
     }
     Ok(context)
 }

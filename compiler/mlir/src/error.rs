@@ -11,7 +11,7 @@ pub enum MlirError {
     #[error(transparent)]
     Frontend(#[from] q35_frontend::FrontendError),
     /// The embedded IRDL dialect did not parse or load (a build defect).
-    #[error("the q35 dialect (dialects/q35.irdl.mlir) failed to load: {0}")]
+    #[error("the q35/lpu dialects (dialects/*.irdl.mlir) failed to load: {0}")]
     Dialect(String),
     /// The input MLIR did not parse.
     #[error("cannot parse the MLIR input:\n{}", .diagnostics.join("\n"))]

@@ -6,9 +6,12 @@
 //!   one `q35.weight` declaration per weight and `func.func @decode`.
 //! - [`mod@interp`]: an interpreter of `func.func @decode` on the hardware
 //!   contract's semantics, held to the golden model bit for bit.
-//! - [`mod@passes`]: the q35 passes (`--q35-verify`, `--q35-check-overflow`,
-//!   `--q35-quantize-activations`), one per file, registered in one table
-//!   with typed options, run through MLIR's pass manager.
+//! - [`mod@passes`]: the passes (`--q35-verify`, `--q35-check-overflow`,
+//!   `--q35-quantize-activations`, `--lpu-lower`), one per file, registered
+//!   in one table with typed options, run through MLIR's pass manager.
+//! - [`mod@lpu`]: the lpu dialect (op builders from its table, placement
+//!   and schedule annotations) and its interpreter, held to the golden
+//!   model bit for bit.
 //!
 //! The ops themselves are defined once in `q35_frontend::ops` (names,
 //! operands, attributes, shape rules); the lowering, the IRDL file and
@@ -22,11 +25,14 @@ mod error;
 pub mod interp;
 pub mod ir;
 pub mod lower;
+pub mod lpu;
 pub mod passes;
 
 pub use dialect::{IRDL_SOURCE, create_context, parse_file, parse_module};
 pub use error::MlirError;
-pub use lower::{compile, compile_with, emit_q35, emit_q35_with, lower};
+pub use lower::{
+    compile, compile_lpu, compile_with, emit_lpu_with, emit_q35, emit_q35_with, lower, lpu_pipeline,
+};
 
 /// What [`opt`] reads.
 #[derive(Debug, Clone, Copy)]

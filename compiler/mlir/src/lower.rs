@@ -81,6 +81,43 @@ pub fn compile_with<'c>(
     Ok(module)
 }
 
+/// The passes `q35c compile --emit=lpu` runs: the compile pipeline, then
+/// `q35-quantize-activations` and `lpu-lower` (with `context=N` when
+/// `positions` is given; else the module's `max_seq_len`).
+pub fn lpu_pipeline(positions: Option<u64>) -> Result<Vec<passes::PassSpec>, MlirError> {
+    let mut pipeline = passes::pipeline(&passes::COMPILE_PIPELINE)?;
+    pipeline.push(passes::PassSpec::new("q35-quantize-activations", "")?);
+    let options = positions.map_or_else(String::new, |n| format!("context={n}"));
+    pipeline.push(passes::PassSpec::new("lpu-lower", &options)?);
+    Ok(pipeline)
+}
+
+/// Builds the graph of `spec`, lowers it into `context` and runs
+/// [`lpu_pipeline`]: the module in the lpu dialect (for the lpu
+/// interpreter, [`crate::lpu::interp`]).
+pub fn compile_lpu<'c>(
+    context: &'c Context,
+    spec: &ModelSpec,
+    positions: Option<u64>,
+    options: passes::RunOptions,
+) -> Result<Module<'c>, MlirError> {
+    let graph = q35_frontend::build(spec)?;
+    let mut module = lower(context, spec, &graph)?;
+    passes::run_with(context, &mut module, &lpu_pipeline(positions)?, options)?;
+    Ok(module)
+}
+
+/// [`compile_lpu`], printed.
+pub fn emit_lpu_with(
+    spec: &ModelSpec,
+    positions: Option<u64>,
+    options: passes::RunOptions,
+) -> Result<String, MlirError> {
+    let context = create_context()?;
+    let module = compile_lpu(&context, spec, positions, options)?;
+    Ok(module.as_operation().to_string())
+}
+
 /// An attribute holding a JSON value: object -> dictionary, string ->
 /// string, integer -> `i64`, float -> `f64`, bool -> `true`/`false`, array ->
 /// array. `null` and integers beyond `i64` have no attribute and are errors.

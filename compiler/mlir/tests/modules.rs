@@ -1,6 +1,7 @@
 //! Whole-module snapshots of the q35 dialect emitted for the example models
-//! (tiny, SmolLM2-135M from its GGUF, a Llama-70B shape), plus structural
-//! checks that hold whatever the snapshot says.
+//! (tiny, SmolLM2-135M from its GGUF, a Llama-70B shape) and of the tiny
+//! model in the lpu dialect, plus structural checks that hold whatever the
+//! snapshot says.
 //!
 //! Bless changed output with `INSTA_UPDATE=always cargo test -p q35-mlir` (or
 //! `cargo insta review`); CI fails on a stale snapshot. The GGUF file name is
@@ -43,6 +44,27 @@ fn tiny_module() {
     assert_eq!(count(&m, "\"q35.matmul\""), 2 * 7);
     assert_eq!(m, emit(&example("tiny.toml")), "emission is deterministic");
     snapshot("tiny", &m);
+}
+
+/// The tiny model in the lpu dialect (`q35c compile --emit=lpu`): fixed
+/// buffers, one const per norm, one tiled weight per matrix, one scratch
+/// buffer per intermediate, one op per model op.
+#[test]
+fn tiny_lpu_module() {
+    let spec = example("tiny.toml");
+    let options = q35_mlir::passes::RunOptions::default();
+    let m = q35_mlir::emit_lpu_with(&spec, None, options).unwrap();
+    assert_eq!(count(&m, "\"lpu.weight\"()"), 2 * 7 + 1);
+    assert_eq!(count(&m, "kind = \"const\""), 2 + 2 * 2 + 1);
+    assert_eq!(count(&m, "kind = \"kv\""), 2 * 2);
+    assert_eq!(count(&m, "\"lpu.matmul\""), 2 * 7 + 1);
+    assert_eq!(count(&m, "\"q35."), 0, "no q35 op is left");
+    assert_eq!(
+        m,
+        q35_mlir::emit_lpu_with(&spec, None, options).unwrap(),
+        "emission is deterministic"
+    );
+    snapshot("tiny_lpu", &m);
 }
 
 #[test]

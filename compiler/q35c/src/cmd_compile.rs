@@ -1,10 +1,15 @@
-//! `q35c compile MODEL.toml --emit=q35|graph [-o OUT]`: model description to
-//! q35 MLIR (or to the frontend's graph in DOT).
+//! `q35c compile MODEL.toml --emit=q35|lpu|graph [--context N] [-o OUT]`:
+//! model description to q35 MLIR, to the lpu dialect (one decode step at
+//! the machine's level, docs/lpu-dialect.md), or to the frontend's graph in
+//! DOT.
 //!
 //! Loads and validates the model description (and its GGUF, if any), builds
 //! the decoder graph, lowers it into the `q35` dialect, verifies the module,
-//! runs the compile pipeline (`q35-verify`, `q35-check-overflow`) and writes
-//! the module. `-o -` (the default) writes to stdout; a file is written
+//! runs the compile pipeline (`q35-verify`, `q35-check-overflow`; for
+//! `--emit=lpu` then `q35-quantize-activations` and `lpu-lower`) and writes
+//! the module. `--print-ir-after-all` prints the module after every pass to
+//! stderr under MLIR's `// -----// IR Dump After <pass> ... //----- //`
+//! headers. `-o -` (the default) writes to stdout; a file is written
 //! through a temporary in the same directory and renamed on success, so a
 //! failed compile leaves nothing behind.
 
@@ -25,6 +30,10 @@ pub struct CompileArgs {
     /// Print the module to stderr after every pass of the compile pipeline.
     #[arg(long)]
     pub print_ir_after_all: bool,
+    /// Positions of the compiled context (--emit=lpu; default: the
+    /// model.toml's [runtime] max_seq_len).
+    #[arg(long, value_name = "N")]
+    pub context: Option<u64>,
     /// Output file; `-` writes to stdout.
     #[arg(short, long, default_value = "-")]
     pub output: PathBuf,
@@ -35,6 +44,9 @@ pub struct CompileArgs {
 pub enum Emit {
     /// The module in the q35 dialect (MLIR text).
     Q35,
+    /// The module in the lpu dialect: one decode step in MEM buffers, tiled
+    /// weights (MLIR text).
+    Lpu,
     /// The frontend's dataflow graph in Graphviz DOT (before MLIR).
     Graph,
 }
@@ -43,14 +55,19 @@ pub enum Emit {
 pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     let spec = q35_model::load(&args.model)
         .with_context(|| format!("cannot load model description {}", args.model.display()))?;
+    let options = q35_mlir::passes::RunOptions {
+        print_ir_after_all: args.print_ir_after_all,
+    };
+    if args.context.is_some() && args.emit != Emit::Lpu {
+        anyhow::bail!("--context applies to --emit=lpu (the q35 module keeps max_seq_len)");
+    }
     let text = match args.emit {
-        Emit::Q35 => q35_mlir::emit_q35_with(
-            &spec,
-            q35_mlir::passes::RunOptions {
-                print_ir_after_all: args.print_ir_after_all,
-            },
-        )
-        .with_context(|| format!("cannot compile {} to the q35 dialect", args.model.display()))?,
+        Emit::Q35 => q35_mlir::emit_q35_with(&spec, options).with_context(|| {
+            format!("cannot compile {} to the q35 dialect", args.model.display())
+        })?,
+        Emit::Lpu => q35_mlir::emit_lpu_with(&spec, args.context, options).with_context(|| {
+            format!("cannot compile {} to the lpu dialect", args.model.display())
+        })?,
         Emit::Graph => q35_frontend::build(&spec)
             .with_context(|| format!("cannot build the graph of {}", args.model.display()))?
             .to_dot(),

@@ -50,29 +50,13 @@ impl ActivationI8 {
     /// If `amax < 2^-120` (including 0; below it `127 / amax` could
     /// overflow) the token is zero: `scale = 0` and every code is 0. A NaN
     /// or infinity is an error.
+    ///
+    /// It is [`prescale_activation`] (the f32 half: `scale` and `x_i * inv`)
+    /// followed by [`f32_to_i8`] of each prescaled value, the split the
+    /// machine runs (docs/lpu-dialect.md, `lpu.quantize` and `lpu.matmul`).
     pub fn quantize(x: &[f32]) -> Result<ActivationI8, ContractError> {
-        let mut amax = 0f32;
-        for (index, &v) in x.iter().enumerate() {
-            if !v.is_finite() {
-                return Err(ContractError::NonFinite {
-                    what: "activation",
-                    index,
-                });
-            }
-            amax = amax.max(v.abs());
-        }
-        if amax < ACT_ZERO_BELOW {
-            return Ok(ActivationI8 {
-                scale: 0.0,
-                codes: vec![0; x.len()],
-            });
-        }
-        let scale = amax / 127.0;
-        let inv = 127.0 / amax;
-        let codes = x
-            .iter()
-            .map(|&v| (v * inv).round().clamp(-127.0, 127.0) as i8)
-            .collect();
+        let (scale, xs) = prescale_activation(x)?;
+        let codes = xs.into_iter().map(f32_to_i8).collect();
         Ok(ActivationI8 { scale, codes })
     }
 
@@ -122,6 +106,43 @@ impl ActivationI8 {
             .map(|&c| self.scale * f32::from(c))
             .collect()
     }
+}
+
+/// The f32 half of [`ActivationI8::quantize`]: the scale and the prescaled
+/// values `x_i * inv`, before rounding:
+///
+/// ```text
+/// amax  = max_i |x_i|                      (exact)
+/// scale = amax / 127, inv = 127 / amax     (f32 divisions)
+/// xs_i  = x_i * inv                        (f32 multiply)
+/// ```
+///
+/// If `amax < 2^-120` the scale is 0 and every `xs_i` is `+0.0`. A NaN or
+/// infinity is an error.
+pub fn prescale_activation(x: &[f32]) -> Result<(f32, Vec<f32>), ContractError> {
+    let mut amax = 0f32;
+    for (index, &v) in x.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(ContractError::NonFinite {
+                what: "activation",
+                index,
+            });
+        }
+        amax = amax.max(v.abs());
+    }
+    if amax < ACT_ZERO_BELOW {
+        return Ok((0.0, vec![0.0; x.len()]));
+    }
+    let scale = amax / 127.0;
+    let inv = 127.0 / amax;
+    Ok((scale, x.iter().map(|&v| v * inv).collect()))
+}
+
+/// A prescaled activation to its int8 code (the VXM's `f32toi8`): round
+/// half away from zero, clamp to `-127 ..= 127`; NaN gives 0.
+pub fn f32_to_i8(v: f32) -> i8 {
+    // `as` saturates and maps NaN to 0; the clamp keeps -128 out.
+    v.round().clamp(-127.0, 127.0) as i8
 }
 
 /// The int32 accumulator of one group: `sum_i x_i * w_i`, exact. Integer

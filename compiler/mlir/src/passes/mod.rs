@@ -7,8 +7,8 @@
 //! module's target (`q35.target`) and a diagnostics list. Each runs as an
 //! MLIR external pass: a pass that reports a diagnostic fails the pipeline
 //! and its diagnostics come back as [`MlirError::Pass`]. The verifier runs
-//! after every pass. Passes are named with the dialect prefix
-//! (`q35-verify`); pipelines are parsed by [`parse_pipeline`]
+//! after every pass. Passes are named with the prefix of the dialect they
+//! work on (`q35-verify`, `lpu-lower`); pipelines are parsed by [`parse_pipeline`]
 //! (`builtin.module(q35-verify,q35-quantize-activations{share=false})`).
 //!
 //! Adding a pass: write `passes/<name>.rs` with a `pub(crate) static PASS:
@@ -16,6 +16,7 @@
 //! flags and help from it), add `tests/lit/passes/<name>.mlir`.
 
 mod check_overflow;
+pub mod lpu_lower;
 mod quantize_activations;
 mod verify;
 
@@ -272,10 +273,11 @@ impl Default for PassId {
 
 /// Every q35 pass: the one place a pass is registered. `q35c opt` builds
 /// its pass flags, `--help` and `--list-passes` from it.
-pub static PASSES: [&PassInfo; 3] = [
+pub static PASSES: [&PassInfo; 4] = [
     &verify::PASS,
     &check_overflow::PASS,
     &quantize_activations::PASS,
+    &lpu_lower::PASS,
 ];
 
 /// The passes `q35c compile` runs after lowering.
