@@ -27,6 +27,18 @@ pub enum LayoutError {
     /// The shape's element count overflows.
     #[error("shape {0:?} has too many elements")]
     TooLarge(Vec<u64>),
+    /// A word of the placement outside the device's MEM.
+    #[error("word {word} of slice {slice} is outside MEM ({slices} slices of {words} words)")]
+    OutOfRange {
+        /// The slice.
+        slice: u16,
+        /// The word address.
+        word: u64,
+        /// Slices the device has.
+        slices: usize,
+        /// Words per slice.
+        words: u32,
+    },
     /// Neither one extent nor one extent per byte plane.
     #[error(
         "placement of {extents} extent(s) is neither one extent of {one_slice} words nor {planes} extents of {per_plane} words each ({elem} {shape:?})"
@@ -108,6 +120,21 @@ impl SymbolLayout {
     /// Bytes per element.
     pub fn elem_bytes(&self) -> usize {
         self.elem_bytes
+    }
+
+    /// Checks that every word lies within `slices` slices of `words` words.
+    pub fn check_bounds(&self, slices: usize, words: u32) -> Result<(), LayoutError> {
+        for r in &self.extents {
+            if usize::from(r.slice) >= slices || r.end_word() > u64::from(words) {
+                return Err(LayoutError::OutOfRange {
+                    slice: r.slice,
+                    word: r.end_word() - 1,
+                    slices,
+                    words,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Slice and word address of byte plane `j` of vector `v`.
