@@ -115,9 +115,9 @@ impl<'b> Machine<'b> {
             .ok_or_else(|| DeviceError::NoSymbol {
                 name: name.to_string(),
             })?;
-        let layout_err = |source| DeviceError::Layout {
+        let layout_err = |error| DeviceError::Layout {
             name: name.to_string(),
-            source,
+            error,
         };
         let l = SymbolLayout::of(sym).map_err(layout_err)?;
         let state = self.state();

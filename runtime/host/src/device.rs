@@ -41,12 +41,12 @@ pub enum DeviceError {
         what: String,
     },
     /// The symbol's placement is not one the device can read or write.
-    #[error("symbol `{name}`: {source}")]
+    #[error("symbol `{name}`: {error}")]
     Layout {
         /// The symbol.
         name: String,
         /// Why.
-        source: crate::layout::LayoutError,
+        error: crate::layout::LayoutError,
     },
     /// The run stopped: a hazard, a cycle limit, anything the device reports.
     #[error("{0}")]

@@ -66,28 +66,28 @@ pub struct BuiltGolden {
 #[derive(Debug, thiserror::Error)]
 pub enum GoldenBuildError {
     /// The model description or its weights do not load.
-    #[error("cannot load model description {path}: {source}")]
+    #[error("cannot load model description {path}: {error}")]
     Model {
         /// The model.toml.
         path: PathBuf,
         /// Why.
-        source: q35_model::ModelError,
+        error: q35_model::ModelError,
     },
     /// The reference model cannot be built or configured.
-    #[error("cannot build the reference model of {path}: {source}")]
+    #[error("cannot build the reference model of {path}: {error}")]
     Reference {
         /// The model.toml.
         path: PathBuf,
         /// Why.
-        source: q35_reference::ReferenceError,
+        error: q35_reference::ReferenceError,
     },
     /// The GGUF's tokenizer does not load.
-    #[error("cannot read the tokenizer of {path}: {source}")]
+    #[error("cannot read the tokenizer of {path}: {error}")]
     Tokenizer {
         /// The model.toml.
         path: PathBuf,
         /// Why.
-        source: q35_tokenizer::TokenizerError,
+        error: q35_tokenizer::TokenizerError,
     },
     /// The calibration text cannot be read or holds nothing.
     #[error("calibration text {path}: {what}")]
@@ -99,7 +99,7 @@ pub enum GoldenBuildError {
     },
     /// The scheme calibrates and no text was given.
     #[error(
-        "{path} quantizes with {scheme}, which is activation-aware: a calibration text is needed"
+        "{path} quantizes with {scheme}, which is activation-aware: give a calibration text with --calib"
     )]
     NeedsCalib {
         /// The model.toml.
@@ -108,12 +108,12 @@ pub enum GoldenBuildError {
         scheme: QuantScheme,
     },
     /// Quantization or building the golden model failed.
-    #[error("cannot quantize {path}: {source}")]
+    #[error("cannot quantize {path}: {error}")]
     Quant {
         /// The model.toml.
         path: PathBuf,
         /// Why.
-        source: q35_quant::model::ModelQuantError,
+        error: q35_quant::model::ModelQuantError,
     },
 }
 
@@ -147,13 +147,13 @@ fn read_text(path: &Path) -> Result<String, GoldenBuildError> {
 /// Builds the golden model `recipe` describes.
 pub fn build(recipe: &GoldenRecipe) -> Result<BuiltGolden, GoldenBuildError> {
     let path = &recipe.model_toml;
-    let model_err = |source| GoldenBuildError::Model {
+    let model_err = |error| GoldenBuildError::Model {
         path: path.clone(),
-        source,
+        error,
     };
-    let reference_err = |source| GoldenBuildError::Reference {
+    let reference_err = |error| GoldenBuildError::Reference {
         path: path.clone(),
-        source,
+        error,
     };
     let spec = q35_model::load(path).map_err(model_err)?;
     let gguf = spec.open_gguf().map_err(model_err)?;
@@ -163,9 +163,9 @@ pub fn build(recipe: &GoldenRecipe) -> Result<BuiltGolden, GoldenBuildError> {
         .map_err(reference_err)?;
     let tokenizer = match &gguf {
         Some(g) => Some(
-            Tokenizer::from_gguf(g).map_err(|source| GoldenBuildError::Tokenizer {
+            Tokenizer::from_gguf(g).map_err(|error| GoldenBuildError::Tokenizer {
                 path: path.clone(),
-                source,
+                error,
             })?,
         ),
         None => None,
@@ -177,9 +177,9 @@ pub fn build(recipe: &GoldenRecipe) -> Result<BuiltGolden, GoldenBuildError> {
         threads: recipe.threads.max(1),
     };
     let policy = SchemePolicy::uniform(scheme);
-    let quant_err = |source| GoldenBuildError::Quant {
+    let quant_err = |error| GoldenBuildError::Quant {
         path: path.clone(),
-        source,
+        error,
     };
     let layers = match &recipe.calib {
         Some(calib) => {
