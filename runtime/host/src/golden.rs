@@ -62,6 +62,22 @@ pub struct BuiltGolden {
     pub group_size: usize,
 }
 
+impl BuiltGolden {
+    /// The `embedding` section for a binary compiled from this model: the
+    /// quantized LM head when it is tied and quantized (the golden model's
+    /// embedding is that head dequantized, so the binary stores one copy),
+    /// else the golden model's f32 rows.
+    pub fn embedding_table(&self) -> crate::EmbeddingTable {
+        match &self.head {
+            Some(h) if self.golden.arch().tied_embeddings => crate::EmbeddingTable::Q35(h.clone()),
+            _ => crate::EmbeddingTable::F32 {
+                cols: self.golden.arch().hidden as usize,
+                data: self.golden.embedding().to_vec(),
+            },
+        }
+    }
+}
+
 /// Why the golden model cannot be built; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum GoldenBuildError {
