@@ -87,6 +87,9 @@ pub fn lpubin(data: &[u8]) -> bool {
         assert_eq!(bin.table(name), Some(bytes));
         b.table(name, bytes.to_vec());
     }
+    if let Some(e) = bin.embedding() {
+        b.embedding(e.encoding, e.rows, e.cols, e.data.to_vec());
+    }
     let rewritten = b
         .to_bytes()
         .unwrap_or_else(|e| panic!("the builder refuses what the reader accepted: {e}"));

@@ -140,6 +140,8 @@ fn format_one(elem: ElemType, bits: u32) -> String {
         ElemType::I8 => (bits as u8 as i8).to_string(),
         ElemType::U8 => (bits as u8).to_string(),
         ElemType::I32 => (bits as i32).to_string(),
+        ElemType::I16 => (bits as u16 as i16).to_string(),
+        ElemType::U16 => (bits as u16).to_string(),
         ElemType::F16 => format!("{:?}", half::f16::from_bits(bits as u16).to_f32()),
         ElemType::F32 => format!("{:?}", f32::from_bits(bits)),
     }
@@ -158,6 +160,8 @@ fn json_one(elem: ElemType, bits: u32) -> Value {
         ElemType::I8 => json!(bits as u8 as i8),
         ElemType::U8 => json!(bits as u8),
         ElemType::I32 => json!(bits as i32),
+        ElemType::I16 => json!(bits as u16 as i16),
+        ElemType::U16 => json!(bits as u16),
         ElemType::F16 => float(half::f16::from_bits(bits as u16).to_f32()),
         ElemType::F32 => float(f32::from_bits(bits)),
     }

@@ -16,6 +16,9 @@
 //! - [`hazard`]: the rule breaks a run stops with, never silently.
 //! - [`profile`]: cycles, per-unit busy cycles, instruction counts.
 //! - [`dump`]: symbols' values after a run.
+//! - [`machine`]: the simulator as a device ([`Machine`]): load once, run
+//!   many times on persistent MEM, read and write symbols
+//!   (`q35_host::Device`).
 //! - [`mxm`]: the MXM plane, as a PE-level reference model and the fast
 //!   model the engine uses (`docs/mxm-timing.md`).
 
@@ -26,6 +29,7 @@ pub mod engine;
 pub mod exec;
 pub mod hazard;
 pub mod load;
+pub mod machine;
 pub mod mxm;
 pub mod profile;
 pub mod state;
@@ -35,6 +39,7 @@ pub use config::MachineConfig;
 pub use engine::{Engine, Stop};
 pub use hazard::{Hazard, HazardKind};
 pub use load::{LoadError, Loaded};
+pub use machine::Machine;
 pub use profile::Profile;
 
 use q35_lpubin::LpuBinary;
@@ -48,30 +53,18 @@ pub struct Finished {
     pub state: state::State,
 }
 
-/// Loads `binary` and runs it to the end (or the first hazard, or
+/// Loads `binary` and runs it once to the end (or the first hazard, or
 /// `max_cycles`). A hazard carries its source op from the binary's debug
-/// map when it has one.
+/// map when it has one. (One run of a [`Machine`].)
 pub fn run(
     binary: &LpuBinary,
     config: &MachineConfig,
     max_cycles: Option<u64>,
 ) -> Result<Result<Finished, Stop>, LoadError> {
-    let loaded = load::load(binary, config)?;
-    let state = load::initial_state(binary, &loaded, config)?;
-    let mut engine = Engine::new(config, state, loaded.queues);
-    let result = match engine.run(max_cycles) {
-        Ok(profile) => Ok(profile.clone()),
-        Err(Stop::Hazard(mut h)) => {
-            h.source = binary
-                .debug()
-                .and_then(|d| d.lookup(h.queue.index(), h.index))
-                .map(str::to_string);
-            Err(Stop::Hazard(h))
-        }
-        Err(stop) => Err(stop),
-    };
-    Ok(result.map(|profile| Finished {
+    let mut machine = Machine::new(binary, config.clone())?;
+    machine.set_max_cycles(max_cycles);
+    Ok(machine.run_once().map(|profile| Finished {
         profile,
-        state: engine.into_state(),
+        state: machine.into_state(),
     }))
 }

@@ -168,6 +168,7 @@ fn case(seed: u64, n: usize, m: usize) {
     for i in 0..m {
         p.symbols.push(q35_isa::Symbol {
             name: format!("y{i}"),
+            kind: q35_lpubin::SymbolKind::Output,
             dtype: DType::I32,
             dims: vec![320],
             at: Placement {

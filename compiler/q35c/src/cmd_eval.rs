@@ -34,7 +34,7 @@ use crate::load::{Loaded, load, progress, read_utf8};
 /// Calibration input rows kept per layer (for layer-output errors; the
 /// quantizers use importance and covariance over every calibration token).
 /// `q35c quant-report --samples` defaults to the same.
-pub(crate) const CALIB_SAMPLES: usize = 64;
+pub(crate) const CALIB_SAMPLES: usize = q35_host::golden::CALIB_SAMPLES;
 
 /// Arguments of `q35c eval`.
 #[derive(Debug, clap::Args)]

@@ -18,13 +18,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use q35_host::golden::{CALIB_SAMPLES, GoldenRecipe, build};
 use q35_mlir::interp::{Interpreter, Lockstep, WeightBinder};
-use q35_quant::golden::from_reference;
-use q35_quant::model::{QuantPipeline, SchemePolicy, model_weights, quantize_model};
-use q35_quant::quantize::QuantOptions;
 
-use crate::cmd_eval::CALIB_SAMPLES;
-use crate::load::{load, progress, read_utf8};
+use crate::load::progress;
 
 /// Arguments of `q35c interp`.
 #[derive(Debug, clap::Args)]
@@ -72,52 +69,25 @@ pub fn run(args: &InterpArgs) -> anyhow::Result<()> {
     }
     let spec = q35_model::load(&args.model)
         .with_context(|| format!("cannot load model description {model_path}"))?;
-    let loaded = load(&args.model, args.threads)?;
     let positions = args.tokens.len() + args.max_tokens;
-    let context = loaded.model.config().context;
+    let context = spec.arch.context as usize;
     if positions > context {
         bail!("{positions} positions (prompt plus --max-tokens) exceed the context of {context}");
     }
-    let scheme = loaded.quant.scheme;
-    let group_size = loaded.quant.group_size as usize;
-    let options = QuantOptions {
-        threads: args.threads.max(1),
-    };
-    let policy = SchemePolicy::uniform(scheme);
-    let layers = match &args.calib {
-        Some(path) => {
-            let calib = loaded.text_tokens(&read_utf8(path)?);
-            if calib.is_empty() {
-                bail!("{} holds no text", path.display());
-            }
-            progress(format_args!("calibrating on {} tokens...", calib.len()));
-            let pipeline = QuantPipeline::calibrate(
-                &loaded.model,
-                &calib,
-                args.calib_ctx,
-                CALIB_SAMPLES,
-                group_size,
-                options,
-            )
-            .with_context(|| format!("calibration of {model_path}"))?;
-            pipeline.quantize(policy)
-        }
-        None if scheme.needs_importance() => bail!(
-            "{model_path} quantizes with {scheme}, which is activation-aware: give a calibration text with --calib"
-        ),
-        None => quantize_model(
-            &loaded.model,
-            &model_weights(&loaded.model)?,
-            policy,
-            group_size,
-            None,
-            options,
-        ),
+    if let Some(calib) = &args.calib {
+        progress(format_args!("calibrating on {}...", calib.display()));
     }
-    .with_context(|| format!("cannot quantize {model_path} with {scheme}"))?;
-    let golden = from_reference(&loaded.model, &layers, positions)
-        .with_context(|| format!("cannot build the golden model of {model_path}"))?;
-    drop(layers);
+    // The MLIR-free builder `q35sim run --check` uses too.
+    let built = build(&GoldenRecipe {
+        model_toml: args.model.clone(),
+        calib: args.calib.clone(),
+        calib_ctx: args.calib_ctx,
+        calib_samples: CALIB_SAMPLES,
+        positions,
+        threads: args.threads,
+    })?;
+    let golden = built.golden;
+    let (scheme, group_size) = (built.scheme, built.group_size);
 
     let mlir = q35_mlir::create_context()?;
     let module = q35_mlir::compile(&mlir, &spec)

@@ -16,7 +16,7 @@ use q35_reference::{GenerateOptions, Generation, SamplingParams, StopReason};
 use q35_tokenizer::Tokenizer;
 use serde_json::json;
 
-use crate::load::{encode_with_bos, load, read_utf8};
+use crate::load::{load, read_utf8};
 
 /// Arguments of `q35c run`.
 #[derive(Debug, clap::Args)]
@@ -126,18 +126,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 bail!("the prompt is empty");
             }
             if args.chat {
-                let mut messages: Vec<(&str, &str)> = Vec::new();
-                if let Some(s) = &args.system {
-                    messages.push(("system", s));
-                }
-                messages.push(("user", &text));
-                let rendered = tok.apply_chat_template(&messages, true).with_context(|| {
-                    format!("cannot apply the chat template of {}", args.model.display())
-                })?;
-                let ids = tok.encode(&rendered, true);
+                let (rendered, ids) = tok
+                    .chat_prompt(args.system.as_deref(), &text)
+                    .with_context(|| {
+                        format!("cannot apply the chat template of {}", args.model.display())
+                    })?;
                 (Some(rendered), ids)
             } else {
-                let ids = encode_with_bos(tok, &text);
+                let ids = tok.encode_with_bos(&text);
                 (Some(text), ids)
             }
         }

@@ -24,7 +24,7 @@ impl Loaded {
     /// vocabulary.
     pub fn text_tokens(&self, text: &str) -> Vec<u32> {
         match &self.tokenizer {
-            Some(t) => encode_with_bos(t, text),
+            Some(t) => t.encode_with_bos(text),
             None => {
                 let vocab = self.model.config().vocab as u32;
                 text.bytes().map(|b| u32::from(b) % vocab).collect()
@@ -38,17 +38,6 @@ impl Loaded {
         let t = self.tokenizer.as_ref()?;
         t.add_bos_token().then(|| t.bos())
     }
-}
-
-/// `text` encoded without special-token parsing, BOS first when the model
-/// adds BOS.
-pub(crate) fn encode_with_bos(tok: &Tokenizer, text: &str) -> Vec<u32> {
-    let mut ids = Vec::new();
-    if tok.add_bos_token() {
-        ids.push(tok.bos());
-    }
-    ids.extend(tok.encode(text, false));
-    ids
 }
 
 /// Loads the model description, its weights and tokenizer.

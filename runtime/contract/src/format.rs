@@ -443,6 +443,29 @@ impl QuantizedMatrix {
         }
     }
 
+    /// Row `r` dequantized (`scale[g, r] * q` in f32 for each column, `g`
+    /// its group), decoding only that row's blocks: equal bit for bit to
+    /// [`IntMatrix::dequantize_row`] of [`Self::unpack`], which is what the
+    /// golden model's embedding holds for a tied, quantized LM head. `None`
+    /// past the last row.
+    pub fn dequantize_row(&self, r: usize) -> Option<Vec<f32>> {
+        let l = self.layout;
+        if r >= l.rows {
+            return None;
+        }
+        let mut out = vec![0f32; l.cols];
+        let mut buf = vec![0i8; l.group_size];
+        for g in 0..l.n_groups() {
+            let (start, len, plen) = (l.group_start(g), l.group_len(g), l.group_padded_len(g));
+            self.decode_block(g, r, &mut buf[..plen]);
+            let s = self.scale(g, r);
+            for (o, &q) in out[start..start + len].iter_mut().zip(&buf[..len]) {
+                *o = s * f32::from(q);
+            }
+        }
+        Some(out)
+    }
+
     /// The dequantized weights, row-major `rows x cols`: `scale * q` in f32
     /// (exact, since an fp16 scale times a |q| <= 128 needs at most 19
     /// significant bits).

@@ -46,6 +46,7 @@ pub use operand::{
     STREAMS_PER_DIRECTION, Stream, StreamGroup, StreamGroups, TableId, VECTOR_BYTES,
 };
 pub use program::{DType, MemData, MemInit, Placement, Program, ProgramError, Symbol, Table};
+pub use q35_lpubin::SymbolKind;
 pub use queue::{Hemisphere, QUEUE_COUNT, QueueId, QueueKind, UnknownQueue};
 pub use table::{INSTRUCTIONS, Instruction, Opcode};
 pub use target::{TargetMismatch, check_target, cycles};

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
+use q35_lpubin::SymbolKind;
+
 use crate::operand::TableId;
 use crate::program::{
     DType, MemData, MemInit, Placement, Program, Symbol, Table, check_mem, check_placement,
@@ -362,6 +364,20 @@ impl Asm<'_> {
                 if self.symbol_names.insert(sname.clone(), ()).is_some() {
                     return Err(self.err_at(&t, format!("symbol `{sname}` is defined twice")));
                 }
+                // An optional kind (docs/isa.md 6); a symbol without one is
+                // an output.
+                let kind = match c.peek().map(|t| &t.kind) {
+                    Some(Kind::Word(w)) => {
+                        match SymbolKind::ALL.into_iter().find(|k| k.name() == w.as_str()) {
+                            Some(k) => {
+                                c.next();
+                                k
+                            }
+                            None => SymbolKind::Output,
+                        }
+                    }
+                    _ => SymbolKind::Output,
+                };
                 let dtype = self.dtype(&mut c)?;
                 let dims = self
                     .list(&mut c)?
@@ -384,6 +400,7 @@ impl Asm<'_> {
                 let (qt, at) = self.placement(&mut c)?;
                 let sym = Symbol {
                     name: sname,
+                    kind,
                     dtype,
                     dims,
                     at,
@@ -510,9 +527,15 @@ impl Program {
         }
         for s in &self.symbols {
             let dims: Vec<String> = s.dims.iter().map(|d| d.to_string()).collect();
+            // `output` is the default and is not written, so listings of
+            // programs without kinds stay as they were.
+            let kind = match s.kind {
+                SymbolKind::Output => String::new(),
+                k => format!("{k} "),
+            };
             let _ = writeln!(
                 out,
-                ".symbol {} {} [{}] at {}",
+                ".symbol {} {kind}{} [{}] at {}",
                 s.name,
                 s.dtype,
                 dims.join(", "),

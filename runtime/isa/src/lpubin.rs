@@ -8,7 +8,7 @@
 //! - Tables: named byte tables of little-endian u16. The container sorts
 //!   tables by name, so [`Program::to_lpubin`] writes the program's tables
 //!   in name order and renumbers every table operand to match.
-//! - Symbols: kind `output`, placement as [`Placement`] lays it out (one
+//! - Symbols: their kind, placement as [`Placement`] lays it out (one
 //!   extent, or one per byte plane), layout note [`LAYOUT_ONE_SLICE`] or
 //!   [`LAYOUT_PLANES`].
 //!
@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use q35_lpubin::{Builder, ElemType, LpuBinary, MemRange, SymbolKind};
+use q35_lpubin::{Builder, ElemType, LpuBinary, MemRange};
 use q35_target::Target;
 
 use crate::operand::{Operand, Operands, TableId, VECTOR_BYTES};
@@ -72,14 +72,6 @@ pub enum LpubinError {
     /// The binary's MEM word size is not 320 bytes.
     #[error("MEM word size {0} bytes; lpu-v1 words are 320 bytes")]
     WordBytes(u32),
-    /// A symbol's element type has no `.lpubin` code (i16, u16).
-    #[error("symbol `{name}`: element type {dtype} cannot be stored in .lpubin")]
-    SymbolType {
-        /// The symbol.
-        name: String,
-        /// Its type.
-        dtype: DType,
-    },
     /// A symbol or table of the binary that a program cannot express.
     #[error("{what} `{name}`: {message}")]
     Unsupported {
@@ -95,24 +87,26 @@ pub enum LpubinError {
     Container(#[from] q35_lpubin::LpuBinError),
 }
 
-fn elem_type(name: &str, dtype: DType) -> Result<ElemType, LpubinError> {
+/// The container's element type of `dtype`.
+pub fn elem_type(dtype: DType) -> ElemType {
     match dtype {
-        DType::I8 => Ok(ElemType::I8),
-        DType::U8 => Ok(ElemType::U8),
-        DType::I32 => Ok(ElemType::I32),
-        DType::F16 => Ok(ElemType::F16),
-        DType::F32 => Ok(ElemType::F32),
-        DType::I16 | DType::U16 => Err(LpubinError::SymbolType {
-            name: name.to_string(),
-            dtype,
-        }),
+        DType::I8 => ElemType::I8,
+        DType::U8 => ElemType::U8,
+        DType::I16 => ElemType::I16,
+        DType::U16 => ElemType::U16,
+        DType::I32 => ElemType::I32,
+        DType::F16 => ElemType::F16,
+        DType::F32 => ElemType::F32,
     }
 }
 
-fn dtype_of(elem: ElemType) -> DType {
+/// The ISA's element type of the container's `elem`.
+pub fn dtype_of(elem: ElemType) -> DType {
     match elem {
         ElemType::I8 => DType::I8,
         ElemType::U8 => DType::U8,
+        ElemType::I16 => DType::I16,
+        ElemType::U16 => DType::U16,
         ElemType::I32 => DType::I32,
         ElemType::F16 => DType::F16,
         ElemType::F32 => DType::F32,
@@ -223,8 +217,8 @@ impl Program {
             let words = u32::try_from(words).unwrap_or(u32::MAX);
             b.symbol(q35_lpubin::Symbol {
                 name: s.name.clone(),
-                kind: SymbolKind::Output,
-                elem: elem_type(&s.name, s.dtype)?,
+                kind: s.kind,
+                elem: elem_type(s.dtype),
                 shape: s.dims.iter().map(|&d| u64::from(d)).collect(),
                 placement: s
                     .at
@@ -323,6 +317,7 @@ impl Program {
             let addr = s.placement.first().map_or(0, |r| r.first_word);
             let sym = Symbol {
                 name: s.name.clone(),
+                kind: s.kind,
                 dtype,
                 dims,
                 at: Placement { slices, addr },

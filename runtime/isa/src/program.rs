@@ -309,11 +309,14 @@ pub struct Table {
     pub values: Vec<u16>,
 }
 
-/// A named tensor in MEM for dumping results (`.symbol`).
+/// A named tensor in MEM (`.symbol`): what a host binds (inputs, outputs,
+/// the KV cache, ...) and what `q35sim run --dump` prints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Symbol {
     /// Name.
     pub name: String,
+    /// What it is to the host (`output` unless the program says).
+    pub kind: q35_lpubin::SymbolKind,
     /// Element type.
     pub dtype: DType,
     /// Shape, outermost first.

@@ -1,7 +1,8 @@
 //! Program <-> .lpubin: the docs example through the container and back.
 
+use q35_isa::SymbolKind;
 use q35_isa::{Instruction, Program, QueueId, Table, TableId, assemble};
-use q35_lpubin::LpuBinary;
+use q35_lpubin::{ElemType, LpuBinary};
 use q35_target::Target;
 
 fn doc_example() -> String {
@@ -103,19 +104,59 @@ fn tables_are_renumbered_into_name_order() {
 }
 
 #[test]
-fn unsupported_and_invalid() {
-    let p = assemble(
-        "t.lpuasm",
-        ".target lpu-v1\n.symbol x i16 [4] at mem.w0 @0\n",
-    )
-    .expect("assembles");
-    let e = p
-        .to_lpubin(&target(), "t")
-        .expect_err("i16 has no .lpubin code");
+fn symbol_kinds_and_sixteen_bit_types_round_trip() {
+    let text = ".target lpu-v1\n\
+        .symbol pos_idx position u16 [320] at mem.w0+mem.w1 @0\n\
+        .symbol x_in input f32 [576] at mem.w2 @0\n\
+        .symbol kcache.0 kv_cache f32 [64, 640] at mem.w3 @0\n\
+        .symbol d i16 [4] at mem.w4 @0\n";
+    let p = assemble("t.lpuasm", text).expect("assembles");
+    let kinds: Vec<SymbolKind> = p.symbols.iter().map(|s| s.kind).collect();
     assert_eq!(
-        e.to_string(),
-        "symbol `x`: element type i16 cannot be stored in .lpubin"
+        kinds,
+        [
+            SymbolKind::Position,
+            SymbolKind::Input,
+            SymbolKind::KvCache,
+            SymbolKind::Output
+        ]
     );
+    let bin = LpuBinary::from_bytes(
+        p.to_lpubin(&target(), "t")
+            .expect("converts")
+            .to_bytes()
+            .expect("writes"),
+    )
+    .expect("valid container");
+    let s = bin.symbol("pos_idx").expect("written");
+    assert_eq!((s.kind, s.elem), (SymbolKind::Position, ElemType::U16));
+    assert_eq!(
+        bin.symbol("d").map(|s| (s.kind, s.elem)),
+        Some((SymbolKind::Output, ElemType::I16))
+    );
+    let back = Program::from_lpubin(&bin, &target()).expect("reads back");
+    assert_eq!(back.symbols.len(), 4);
+    for s in &p.symbols {
+        assert!(back.symbols.contains(s), "{s:?}");
+    }
+    // The listing names a kind only when it is not `output`.
+    let listing = back.to_lpuasm();
+    assert!(
+        listing.contains(".symbol pos_idx position u16 [320] at mem.w0+mem.w1 @0"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(".symbol d i16 [4] at mem.w4 @0"),
+        "{listing}"
+    );
+    assert_eq!(
+        assemble("back.lpuasm", &listing).expect("reassembles"),
+        back
+    );
+}
+
+#[test]
+fn unsupported_and_invalid() {
     // A word that is not an instruction.
     let mut b = q35_lpubin::Builder::new("lpu-v1", target().hash().0, "t");
     b.queue(3, vec![0xff]);

@@ -185,7 +185,7 @@ proptest! {
             } else {
                 (0..dtype.bytes()).map(|j| QueueId::from_index(20 + 4 * i as u16 + j as u16).expect("mem")).collect()
             };
-            p.symbols.push(Symbol { name: format!("s{i}"), dtype, dims: vec![2, 3], at: Placement { slices: slices.clone(), addr: 10 } });
+            p.symbols.push(Symbol { name: format!("s{i}"), kind: q35_lpubin::SymbolKind::Output, dtype, dims: vec![2, 3], at: Placement { slices: slices.clone(), addr: 10 } });
             p.mem.push(MemInit { at: Placement { slices, addr: 10 }, dtype, data });
         }
         p.validate().map_err(|e| TestCaseError::fail(e.to_string()))?;

@@ -44,11 +44,14 @@ pub enum SectionKind {
     Debug,
     /// Named small byte tables (SXM permutation maps, ...).
     Tables,
+    /// The token embedding as the host looks it up (f32 rows or a Q35
+    /// matrix the host dequantizes row by row).
+    Embedding,
 }
 
 impl SectionKind {
     /// Every kind, in kind-code order (the order of the section table).
-    pub const ALL: [SectionKind; 7] = [
+    pub const ALL: [SectionKind; 8] = [
         SectionKind::Queues,
         SectionKind::Mem,
         SectionKind::Symbols,
@@ -56,6 +59,7 @@ impl SectionKind {
         SectionKind::Tokenizer,
         SectionKind::Debug,
         SectionKind::Tables,
+        SectionKind::Embedding,
     ];
 
     /// The kind code written in the section table.
@@ -68,6 +72,7 @@ impl SectionKind {
             SectionKind::Tokenizer => 5,
             SectionKind::Debug => 6,
             SectionKind::Tables => 7,
+            SectionKind::Embedding => 8,
         }
     }
 
@@ -86,6 +91,7 @@ impl SectionKind {
             SectionKind::Tokenizer => "tokenizer",
             SectionKind::Debug => "debug",
             SectionKind::Tables => "tables",
+            SectionKind::Embedding => "embedding",
         }
     }
 
@@ -98,7 +104,8 @@ impl SectionKind {
             | SectionKind::Metadata
             | SectionKind::Tokenizer
             | SectionKind::Debug
-            | SectionKind::Tables => SECTION_ALIGN,
+            | SectionKind::Tables
+            | SectionKind::Embedding => SECTION_ALIGN,
         }
     }
 }
@@ -186,16 +193,23 @@ pub enum ElemType {
     F16,
     /// IEEE 754 single precision.
     F32,
+    /// Signed 16-bit integer.
+    I16,
+    /// Unsigned 16-bit integer (gather/scatter index vectors such as a
+    /// position).
+    U16,
 }
 
 impl ElemType {
     /// Every element type, in code order.
-    pub const ALL: [ElemType; 5] = [
+    pub const ALL: [ElemType; 7] = [
         ElemType::I8,
         ElemType::U8,
         ElemType::I32,
         ElemType::F16,
         ElemType::F32,
+        ElemType::I16,
+        ElemType::U16,
     ];
 
     /// The on-disk code.
@@ -206,6 +220,8 @@ impl ElemType {
             ElemType::I32 => 2,
             ElemType::F16 => 3,
             ElemType::F32 => 4,
+            ElemType::I16 => 5,
+            ElemType::U16 => 6,
         }
     }
 
@@ -218,7 +234,7 @@ impl ElemType {
     pub fn size(self) -> usize {
         match self {
             ElemType::I8 | ElemType::U8 => 1,
-            ElemType::F16 => 2,
+            ElemType::F16 | ElemType::I16 | ElemType::U16 => 2,
             ElemType::I32 | ElemType::F32 => 4,
         }
     }
@@ -231,6 +247,8 @@ impl ElemType {
             ElemType::I32 => "i32",
             ElemType::F16 => "f16",
             ElemType::F32 => "f32",
+            ElemType::I16 => "i16",
+            ElemType::U16 => "u16",
         }
     }
 }
@@ -240,6 +258,54 @@ impl fmt::Display for ElemType {
         f.write_str(self.name())
     }
 }
+
+/// How the `embedding` section stores the table (its first field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EmbeddingEncoding {
+    /// `rows x cols` little-endian f32, row-major.
+    F32,
+    /// A serialised Q35 matrix (`Q35W`, docs/q35-format.md section 7) of
+    /// `rows x cols`; row `t` dequantized is the embedding of token `t`.
+    Q35,
+}
+
+impl EmbeddingEncoding {
+    /// Every encoding, in code order.
+    pub const ALL: [EmbeddingEncoding; 2] = [EmbeddingEncoding::F32, EmbeddingEncoding::Q35];
+
+    /// The on-disk code.
+    pub fn code(self) -> u32 {
+        match self {
+            EmbeddingEncoding::F32 => 1,
+            EmbeddingEncoding::Q35 => 2,
+        }
+    }
+
+    /// The encoding with on-disk code `code`.
+    pub fn from_code(code: u32) -> Option<EmbeddingEncoding> {
+        EmbeddingEncoding::ALL
+            .into_iter()
+            .find(|e| e.code() == code)
+    }
+
+    /// The encoding's name (`f32`, `q35`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EmbeddingEncoding::F32 => "f32",
+            EmbeddingEncoding::Q35 => "q35",
+        }
+    }
+}
+
+impl fmt::Display for EmbeddingEncoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Length of the `embedding` section's header (encoding, reserved, rows,
+/// cols).
+pub const EMBEDDING_HEADER_LEN: u64 = 24;
 
 /// A run of MEM words: `words` words of slice `slice` from word address
 /// `first_word`. Used for the MEM image's extents and symbol placements.

@@ -7,8 +7,9 @@
 //! (one stream of 64-bit instruction words per instruction queue), `mem`
 //! (the MEM image: extents of 320-byte words holding packed weights, tables
 //! and constants), `symbols`, `metadata` (JSON), `tokenizer` (an opaque
-//! tokenizer-only GGUF), `debug` (instruction -> source location) and
-//! `tables` (named byte tables).
+//! tokenizer-only GGUF), `debug` (instruction -> source location),
+//! `tables` (named byte tables) and `embedding` (the token embedding the
+//! host looks rows up in).
 //!
 //! [`LpuBinary::open`] maps the file and validates *everything* up front:
 //! every checksum, every byte of padding, every section's placement, every
@@ -34,11 +35,12 @@ use std::path::{Path, PathBuf};
 
 pub use error::LpuBinError;
 pub use layout::{
-    DEBUG_ENTRY_LEN, EXTENT_LEN, ElemType, HEADER_FIXED_LEN, MAGIC, MAX_RANK, MemRange, PAGE,
-    SECTION_ALIGN, SECTION_ENTRY_LEN, SectionKind, Symbol, SymbolKind, VERSION,
+    DEBUG_ENTRY_LEN, EMBEDDING_HEADER_LEN, EXTENT_LEN, ElemType, EmbeddingEncoding,
+    HEADER_FIXED_LEN, MAGIC, MAX_RANK, MemRange, PAGE, SECTION_ALIGN, SECTION_ENTRY_LEN,
+    SectionKind, Symbol, SymbolKind, VERSION,
 };
 pub use parse::SectionEntry;
-pub use view::{DebugEntry, DebugMap, Mem, MemExtent, Queue, WordIter, Words};
+pub use view::{DebugEntry, DebugMap, Embedding, Mem, MemExtent, Queue, WordIter, Words};
 pub use write::Builder;
 
 use parse::Parsed;
@@ -252,6 +254,16 @@ impl LpuBinary {
             .tables
             .iter()
             .map(|(n, r)| (n.as_str(), &self.bytes()[r.clone()]))
+    }
+
+    /// The token embedding table, if the binary has an `embedding` section.
+    pub fn embedding(&self) -> Option<Embedding<'_>> {
+        self.parsed.embedding.as_ref().map(|e| Embedding {
+            encoding: e.encoding,
+            rows: e.rows,
+            cols: e.cols,
+            data: &self.bytes()[e.data.clone()],
+        })
     }
 
     /// The table called `name`.

@@ -14,8 +14,9 @@ use std::path::PathBuf;
 
 use crate::error::LpuBinError;
 use crate::layout::{
-    DEBUG_ENTRY_LEN, EXTENT_LEN, ElemType, HEADER_FIXED_LEN, MAGIC, MAX_RANK, MemRange, PAGE,
-    SectionKind, Symbol, SymbolKind, VERSION, align_up, header_len,
+    DEBUG_ENTRY_LEN, EMBEDDING_HEADER_LEN, EXTENT_LEN, ElemType, EmbeddingEncoding,
+    HEADER_FIXED_LEN, MAGIC, MAX_RANK, MemRange, PAGE, SectionKind, Symbol, SymbolKind, VERSION,
+    align_up, header_len,
 };
 
 /// One section table entry, as validated.
@@ -69,6 +70,15 @@ pub(crate) struct DebugInfo {
     pub pool: Range<usize>,
 }
 
+/// The `embedding` section's header, and where its data lies in the file.
+#[derive(Clone, Debug)]
+pub(crate) struct EmbeddingInfo {
+    pub encoding: EmbeddingEncoding,
+    pub rows: u64,
+    pub cols: u64,
+    pub data: Range<usize>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Parsed {
     pub flags: u16,
@@ -83,6 +93,7 @@ pub(crate) struct Parsed {
     pub tokenizer: Option<Range<usize>>,
     pub debug: Option<DebugInfo>,
     pub tables: Vec<(String, Range<usize>)>,
+    pub embedding: Option<EmbeddingInfo>,
 }
 
 /// A bounds-checked reader over `bytes[pos..end]` of the whole file, so
@@ -449,6 +460,7 @@ pub(crate) fn parse(bytes: &[u8], path: &Option<PathBuf>) -> Result<Parsed, LpuB
         tokenizer: None,
         debug: None,
         tables: Vec::new(),
+        embedding: None,
     };
     if !sections.iter().any(|s| s.kind == SectionKind::Queues) {
         return Err(LpuBinError::MissingSection {
@@ -475,6 +487,7 @@ pub(crate) fn parse(bytes: &[u8], path: &Option<PathBuf>) -> Result<Parsed, LpuB
             SectionKind::Tokenizer => parsed.tokenizer = Some(s.range()),
             SectionKind::Debug => parsed.debug = Some(parse_debug(c, &parsed.queues)?),
             SectionKind::Tables => parsed.tables = parse_tables(c)?,
+            SectionKind::Embedding => parsed.embedding = Some(parse_embedding(c)?),
         }
     }
     Ok(parsed)
@@ -705,6 +718,63 @@ fn parse_symbols(mut c: Cursor<'_>) -> Result<Vec<Symbol>, LpuBinError> {
     }
     c.finish("symbol")?;
     Ok(symbols)
+}
+
+fn parse_embedding(mut c: Cursor<'_>) -> Result<EmbeddingInfo, LpuBinError> {
+    let at = c.pos;
+    let code = c.u32("encoding")?;
+    let encoding = EmbeddingEncoding::from_code(code).ok_or_else(|| {
+        c.malformed(
+            at,
+            "encoding",
+            format!("unknown embedding encoding {code} (1 = f32, 2 = q35)"),
+        )
+    })?;
+    c.reserved(4, "reserved")?;
+    let rows = c.u64("rows")?;
+    let cols = c.u64("cols")?;
+    debug_assert_eq!((c.pos - at) as u64, EMBEDDING_HEADER_LEN);
+    if rows == 0 || cols == 0 {
+        return Err(c.malformed(
+            at + 8,
+            "rows",
+            format!("a {rows} x {cols} table holds nothing; both must be positive"),
+        ));
+    }
+    let start = c.pos;
+    match encoding {
+        EmbeddingEncoding::F32 => {
+            let need = rows.checked_mul(cols).and_then(|n| n.checked_mul(4));
+            match need {
+                Some(n) if n == c.remaining() => {}
+                Some(n) if n > c.remaining() => return Err(c.truncated("f32 rows", n)),
+                _ => {
+                    return Err(c.malformed(
+                        start,
+                        "f32 rows",
+                        format!(
+                            "{} bytes of data, but {rows} x {cols} f32 are {} bytes",
+                            c.remaining(),
+                            need.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+                        ),
+                    ));
+                }
+            }
+        }
+        // The Q35W container validates itself (q35-contract reads it); this
+        // format only requires it to be there.
+        EmbeddingEncoding::Q35 => {
+            if c.remaining() == 0 {
+                return Err(c.truncated("Q35W matrix", 1));
+            }
+        }
+    }
+    Ok(EmbeddingInfo {
+        encoding,
+        rows,
+        cols,
+        data: start..c.end,
+    })
 }
 
 type Metadata = (Range<usize>, serde_json::Map<String, serde_json::Value>);

@@ -319,3 +319,18 @@ impl<'a> DebugMap<'a> {
         lo
     }
 }
+
+/// The `embedding` section: how the table is stored, its shape, and its
+/// data (borrowed from the file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Embedding<'a> {
+    /// f32 rows or a Q35 matrix.
+    pub encoding: crate::EmbeddingEncoding,
+    /// Rows (the vocabulary).
+    pub rows: u64,
+    /// Columns (the hidden size).
+    pub cols: u64,
+    /// The data after the section's header: `rows x cols` little-endian
+    /// f32, or the serialised Q35 matrix.
+    pub data: &'a [u8],
+}

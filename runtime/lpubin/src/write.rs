@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::LpuBinError;
 use crate::layout::{
-    EXTENT_LEN, HEADER_FIXED_LEN, MAGIC, MAX_RANK, MemRange, PAGE, SectionKind, Symbol, VERSION,
-    align_up, header_len,
+    EXTENT_LEN, EmbeddingEncoding, HEADER_FIXED_LEN, MAGIC, MAX_RANK, MemRange, PAGE, SectionKind,
+    Symbol, VERSION, align_up, header_len,
 };
 
 /// Collects the contents of an .lpubin, then writes it.
@@ -33,6 +33,7 @@ pub struct Builder {
     tokenizer: Option<Vec<u8>>,
     debug: Vec<(u16, u32, String)>,
     tables: Vec<(String, Vec<u8>)>,
+    embedding: Option<(EmbeddingEncoding, u64, u64, Vec<u8>)>,
 }
 
 /// Bytes of a section, owned or borrowed from the builder.
@@ -113,6 +114,46 @@ fn check_range(section: &'static str, what: &str, r: &MemRange) -> Result<(), Lp
     Ok(())
 }
 
+fn embedding_payload(
+    (encoding, rows, cols, data): &(EmbeddingEncoding, u64, u64, Vec<u8>),
+) -> Result<Payload<'_>, LpuBinError> {
+    const S: &str = "embedding";
+    if *rows == 0 || *cols == 0 {
+        return Err(build_err(
+            S,
+            format!("a {rows} x {cols} table holds nothing"),
+        ));
+    }
+    match encoding {
+        EmbeddingEncoding::F32 => {
+            let need = rows.checked_mul(*cols).and_then(|n| n.checked_mul(4));
+            if need != Some(data.len() as u64) {
+                return Err(build_err(
+                    S,
+                    format!(
+                        "{} bytes of f32 data for a {rows} x {cols} table",
+                        data.len()
+                    ),
+                ));
+            }
+        }
+        EmbeddingEncoding::Q35 => {
+            if data.is_empty() {
+                return Err(build_err(S, "the Q35 matrix is empty".into()));
+            }
+        }
+    }
+    let mut head = Vec::with_capacity(24);
+    head.extend_from_slice(&encoding.code().to_le_bytes());
+    head.extend_from_slice(&[0; 4]);
+    head.extend_from_slice(&rows.to_le_bytes());
+    head.extend_from_slice(&cols.to_le_bytes());
+    Ok(Payload {
+        kind: SectionKind::Embedding,
+        pieces: vec![Piece::Owned(head), Piece::Borrowed(data)],
+    })
+}
+
 impl Builder {
     /// An empty program for the target `target_name` whose description
     /// hashes to `target_hash`, written by `producer` (tool and version,
@@ -134,6 +175,7 @@ impl Builder {
             tokenizer: None,
             debug: Vec::new(),
             tables: Vec::new(),
+            embedding: None,
         }
     }
 
@@ -192,6 +234,20 @@ impl Builder {
     /// Adds a named table (e.g. an SXM permutation map). Names must be unique.
     pub fn table(&mut self, name: impl Into<String>, bytes: impl Into<Vec<u8>>) -> &mut Builder {
         self.tables.push((name.into(), bytes.into()));
+        self
+    }
+
+    /// Sets the token embedding: a `rows x cols` table stored as
+    /// `encoding` says (`data`: little-endian f32 rows, or a serialised
+    /// Q35 matrix).
+    pub fn embedding(
+        &mut self,
+        encoding: EmbeddingEncoding,
+        rows: u64,
+        cols: u64,
+        data: impl Into<Vec<u8>>,
+    ) -> &mut Builder {
+        self.embedding = Some((encoding, rows, cols, data.into()));
         self
     }
 
@@ -292,6 +348,9 @@ impl Builder {
         }
         if !self.tables.is_empty() {
             payloads.push(self.tables_payload()?);
+        }
+        if let Some(e) = &self.embedding {
+            payloads.push(embedding_payload(e)?);
         }
 
         let hlen = header_len(

@@ -6,8 +6,8 @@ mod common;
 
 use common::{HASH, reseal, section, u32_at};
 use q35_lpubin::{
-    Builder, ElemType, LpuBinError, LpuBinary, MAGIC, MemRange, PAGE, SectionKind, Symbol,
-    SymbolKind,
+    Builder, ElemType, EmbeddingEncoding, LpuBinError, LpuBinary, MAGIC, MemRange, PAGE,
+    SectionKind, Symbol, SymbolKind,
 };
 
 #[test]
@@ -50,6 +50,10 @@ fn every_section_round_trips() {
     meta.insert("layers".into(), 2.into());
     meta.insert("nested".into(), serde_json::json!({"a": [1, 2.5, null]}));
     let tok = common::tokenizer_gguf();
+    let emb: Vec<u8> = [1.0f32, -2.0, 0.5, 3.0, 0.0, -0.25]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
 
     let mut b = Builder::new("lpu-v1", HASH, "q35c 0.1.0");
     // Added out of order: the builder sorts.
@@ -69,7 +73,8 @@ fn every_section_round_trips() {
         .debug(1, 50, "blk.0.attn_q matmul")
         .debug(9, 0, "blk.0.attn_norm rms_norm")
         .table("sxm.rot", vec![1, 2, 3])
-        .table("a", vec![]);
+        .table("a", vec![])
+        .embedding(EmbeddingEncoding::F32, 2, 3, emb.clone());
     let bytes = b.to_bytes().unwrap();
     assert_eq!(b.to_bytes().unwrap(), bytes, "deterministic");
     let bin = LpuBinary::from_bytes(&bytes[..]).unwrap();
@@ -184,6 +189,87 @@ fn every_section_round_trips() {
     assert_eq!(t, [("a", &[][..]), ("sxm.rot", &[1, 2, 3][..])]);
     assert_eq!(bin.table("sxm.rot"), Some(&[1u8, 2, 3][..]));
     assert!(bin.table("b").is_none());
+
+    // embedding
+    let e = bin.embedding().unwrap();
+    assert_eq!((e.encoding, e.rows, e.cols), (EmbeddingEncoding::F32, 2, 3));
+    assert_eq!(e.data, &emb[..]);
+}
+
+#[test]
+fn embedding_section_is_checked() {
+    let with = |encoding, rows, cols, data: Vec<u8>| {
+        let mut b = Builder::new("lpu-v1", HASH, "t");
+        b.embedding(encoding, rows, cols, data);
+        b.to_bytes()
+    };
+    // A Q35 matrix is opaque here: any non-empty bytes.
+    let bytes = with(EmbeddingEncoding::Q35, 4, 8, b"Q35W....".to_vec()).unwrap();
+    let bin = LpuBinary::from_bytes(bytes.clone()).unwrap();
+    let e = bin.embedding().unwrap();
+    assert_eq!(
+        (e.encoding, e.rows, e.cols, e.data),
+        (EmbeddingEncoding::Q35, 4, 8, &b"Q35W...."[..])
+    );
+    // The builder refuses what the reader would.
+    for (enc, rows, cols, n) in [
+        (EmbeddingEncoding::F32, 2, 3, 20),
+        (EmbeddingEncoding::F32, 0, 3, 0),
+        (EmbeddingEncoding::Q35, 2, 3, 0),
+    ] {
+        let err = with(enc, rows, cols, vec![0; n]).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                LpuBinError::Build {
+                    section: "embedding",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    // The reader: an unknown encoding, a shape that does not match the data.
+    let edit = |rel: usize, new: &[u8]| {
+        let mut b = bytes.clone();
+        let s = section(&b, SectionKind::Embedding.id());
+        b[s.offset + rel..s.offset + rel + new.len()].copy_from_slice(new);
+        reseal(&mut b);
+        LpuBinary::from_bytes(b).unwrap_err()
+    };
+    let e = edit(0, &9u32.to_le_bytes());
+    assert!(malformed(&e, "embedding", "encoding"), "{e}");
+    assert!(
+        e.to_string().contains("unknown embedding encoding 9"),
+        "{e}"
+    );
+    let e = edit(0, &1u32.to_le_bytes());
+    assert!(e.to_string().contains("f32"), "{e}");
+    let e = edit(8, &0u64.to_le_bytes());
+    assert!(malformed(&e, "embedding", "rows"), "{e}");
+    let e = edit(4, &[1]);
+    assert!(malformed(&e, "embedding", "reserved"), "{e}");
+}
+
+#[test]
+fn sixteen_bit_symbols_round_trip() {
+    let mut b = Builder::new("lpu-v1", HASH, "t");
+    b.symbol(common::symbol(
+        "pos_idx",
+        SymbolKind::Position,
+        ElemType::U16,
+        &[320],
+    ))
+    .symbol(common::symbol(
+        "delta",
+        SymbolKind::Input,
+        ElemType::I16,
+        &[320],
+    ));
+    let bin = LpuBinary::from_bytes(b.to_bytes().unwrap()).unwrap();
+    assert_eq!(bin.symbol("pos_idx").unwrap().elem, ElemType::U16);
+    assert_eq!(bin.symbol("delta").unwrap().elem, ElemType::I16);
+    assert_eq!((ElemType::U16.size(), ElemType::I16.name()), (2, "i16"));
 }
 
 #[test]

@@ -542,6 +542,57 @@ impl Tokenizer {
         self.token_to_id.get(text).copied()
     }
 
+    /// `text` encoded as a plain prompt: BOS first when the model adds BOS
+    /// ([`Self::add_bos_token`]), then the text without special-token
+    /// parsing (what `q35c run` and llama.cpp's perplexity feed).
+    pub fn encode_with_bos(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        if self.add_bos {
+            ids.push(self.bos);
+        }
+        ids.extend(self.encode(text, false));
+        ids
+    }
+
+    /// A chat prompt: `user` as the user's message (after an optional
+    /// `system` message) rendered with the chat template and the
+    /// assistant's turn header, then encoded with special tokens parsed.
+    /// Returns the rendered text and its tokens (what `q35c run --chat`
+    /// and `q35sim run --chat` feed).
+    pub fn chat_prompt(
+        &self,
+        system: Option<&str>,
+        user: &str,
+    ) -> Result<(String, Vec<u32>), TokenizerError> {
+        let mut messages: Vec<(&str, &str)> = Vec::new();
+        if let Some(s) = system {
+            messages.push(("system", s));
+        }
+        messages.push(("user", user));
+        let rendered = self.apply_chat_template(&messages, true)?;
+        let ids = self.encode(&rendered, true);
+        Ok((rendered, ids))
+    }
+
+    /// Replaces the chat template (`None` removes it), e.g. with the one a
+    /// compiled program's metadata records.
+    pub fn set_chat_template(&mut self, template: Option<String>) {
+        self.chat_template = template;
+    }
+
+    /// A GGUF holding only `gguf`'s tokenizer metadata (every `tokenizer.*`
+    /// key, in the file's order, and no tensors): what a compiled program
+    /// carries so that [`Tokenizer::from_gguf`] rebuilds this tokenizer.
+    pub fn tokenizer_gguf(gguf: &Gguf) -> Vec<u8> {
+        let mut w = q35_gguf::write::GgufWriter::new();
+        for (key, value) in gguf.metadata() {
+            if key.starts_with("tokenizer.") {
+                w.metadata(key, value.clone());
+            }
+        }
+        w.to_bytes()
+    }
+
     /// Renders the model's chat template for `messages` (role, content),
     /// optionally ending with the assistant's turn header. For SmolLM2 this
     /// is ChatML, `<|im_start|>{role}\n{content}<|im_end|>\n` per message,

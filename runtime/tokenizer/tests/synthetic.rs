@@ -281,3 +281,52 @@ fn debug_is_a_summary() {
     let d = format!("{tok:?}");
     assert!(d.contains("vocab_size: 268") && d.len() < 300, "{d}");
 }
+
+#[test]
+fn tokenizer_gguf_keeps_only_the_tokenizer_and_prompts_are_shared() {
+    let mut w = with(
+        "tokenizer.chat_template",
+        Some(Value::String(
+            "{% for m in messages %}<|ctl|>{{ m.role }}:{{ m.content }}<|end|>{% endfor %}{% if add_generation_prompt %}<|ctl|>assistant:{% endif %}"
+                .into(),
+        )),
+    );
+    w.metadata("general.name", Value::String("tiny".into()))
+        .metadata("tokenizer.ggml.add_bos_token", Value::Bool(true))
+        .tensor_f32("token_embd.weight", &[2, 2], &[1.0, 2.0, 3.0, 4.0]);
+    let full = Gguf::from_bytes(w.to_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let small =
+        Gguf::from_bytes(Tokenizer::tokenizer_gguf(&full)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(small.tensors().is_empty());
+    assert!(small.get("general.name").is_none());
+    assert!(
+        small
+            .metadata()
+            .iter()
+            .all(|(k, _)| k.starts_with("tokenizer."))
+    );
+    let a = Tokenizer::from_gguf(&full).unwrap_or_else(|e| panic!("{e}"));
+    let mut b = Tokenizer::from_gguf(&small).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        a.encode_with_bos("hello world"),
+        b.encode_with_bos("hello world")
+    );
+    assert_eq!(a.encode_with_bos("hello")[0], 0, "BOS first");
+    let (text, ids) = b
+        .chat_prompt(Some("be brief"), "hello")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        text,
+        "<|ctl|>system:be brief<|end|><|ctl|>user:hello<|end|><|ctl|>assistant:"
+    );
+    assert_eq!(ids[0], 0, "<|ctl|> parsed as a special token");
+    assert_eq!(
+        a.chat_prompt(Some("be brief"), "hello").ok(),
+        Some((text, ids))
+    );
+    b.set_chat_template(None);
+    assert!(matches!(
+        b.chat_prompt(None, "x"),
+        Err(TokenizerError::NoChatTemplate)
+    ));
+}

@@ -3,6 +3,10 @@
 //! cycles with utilisation, instruction counts and the dumped symbols; a
 //! hazard prints `FILE: cycle C: queue Q, instruction #I `asm`: <hazard>
 //! (source: op)` and exits 1.
+//!
+//! With `--prompt TEXT` or `--tokens IDS` the binary must be a compiled
+//! model: generation runs through the host runtime instead
+//! ([`crate::cmd_generate`]).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -32,6 +36,8 @@ pub struct Args {
     /// Stop with an error when the program runs past this cycle.
     #[arg(long, value_name = "N")]
     max_cycles: Option<u64>,
+    #[command(flatten)]
+    generate: crate::cmd_generate::GenArgs,
 }
 
 /// Runs the program.
@@ -39,6 +45,22 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let config = crate::target(args.target.as_ref())?;
     let name = args.file.display().to_string();
     let binary = LpuBinary::open(&args.file).map_err(anyhow::Error::from)?;
+    if args.generate.wanted() {
+        if !args.dumps.is_empty() {
+            return Err(anyhow!(
+                "--dump shows one run of a bare program; it does not go with --prompt or --tokens"
+            )
+            .into());
+        }
+        return crate::cmd_generate::run(
+            &name,
+            &binary,
+            config,
+            args.max_cycles,
+            args.json,
+            &args.generate,
+        );
+    }
     // Symbols are checked before the run, so a typo costs nothing.
     let symbols = args
         .dumps

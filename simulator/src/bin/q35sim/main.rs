@@ -5,6 +5,7 @@
 
 mod cmd_asm;
 mod cmd_disasm;
+mod cmd_generate;
 mod cmd_isa;
 mod cmd_run;
 
@@ -26,7 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run an .lpubin to the end: cycles, per-unit busy cycles, dumps.
+    /// Run an .lpubin to the end: cycles, per-unit busy cycles, dumps; or
+    /// generate text with a compiled model (--prompt / --tokens).
     Run(cmd_run::Args),
     /// Assemble .lpuasm text into an .lpubin.
     Asm(cmd_asm::Args),

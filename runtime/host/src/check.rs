@@ -1,0 +1,253 @@
+//! `--check`: the golden integer model run beside the device, compared
+//! after every step bit for bit -- the logits, and every block's KV cache
+//! for positions `0..=pos` -- stopping at the first difference.
+//!
+//! The KV cache symbols (docs/lpubin.md 3.4, "Symbols the host binds"):
+//! `kcache.<b>` is f32 `[kv_dim, (W+1)*320]` with `W = ceil(ctx/320)`,
+//! element `(h*head_dim + d, t)` the key `d` of kv head `h` at position `t`
+//! (the last 320 columns of each row are junk); `vcache.<b>` is f32
+//! `[ctx, Wv*320]` with `Wv = ceil(kv_dim/320)`, element `(t, c)` value `c`
+//! at position `t`.
+
+use std::fmt;
+
+use q35_contract::{GoldenModel, GoldenSession};
+
+use crate::device::{Device, f32_values};
+use crate::layout::LANES;
+use crate::meta::HostMeta;
+use crate::session::HostError;
+
+/// What differed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The logits.
+    Logits,
+    /// Block `b`'s cached keys.
+    Keys(usize),
+    /// Block `b`'s cached values.
+    Values(usize),
+}
+
+/// The first difference between the device and the golden model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mismatch {
+    /// Logits or which block's keys or values.
+    pub part: Part,
+    /// Step (0-based run of the program: prompt tokens, then generated).
+    pub step: usize,
+    /// The token that step ran.
+    pub token: u32,
+    /// The position that step ran at.
+    pub pos: usize,
+    /// For the KV cache: the cached position that differs.
+    pub position: Option<usize>,
+    /// The element: the logit index, or the KV channel `h*head_dim + d`.
+    pub element: usize,
+    /// `head_dim`, to name kv head and dimension.
+    pub head_dim: usize,
+    /// The golden model's value.
+    pub golden: f32,
+    /// The device's value.
+    pub device: f32,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "step {} (token {} at position {}): ",
+            self.step, self.token, self.pos
+        )?;
+        let hd = self.head_dim.max(1);
+        match (self.part, self.position) {
+            (Part::Logits, _) => write!(f, "logit {} differs", self.element)?,
+            (Part::Keys(b), Some(t)) | (Part::Values(b), Some(t)) => {
+                let (what, sym) = match self.part {
+                    Part::Keys(_) => ("key", format!("kcache.{b} element ({}, {t})", self.element)),
+                    _ => (
+                        "value",
+                        format!("vcache.{b} element ({t}, {})", self.element),
+                    ),
+                };
+                write!(
+                    f,
+                    "block {b} {what} at cached position {t}, kv head {} dim {} (channel {}, {sym}) differs",
+                    self.element / hd,
+                    self.element % hd,
+                    self.element
+                )?;
+            }
+            (Part::Keys(b), None) | (Part::Values(b), None) => {
+                write!(f, "block {b} cache element {} differs", self.element)?;
+            }
+        }
+        write!(
+            f,
+            ": golden {:e} ({:#010x}), device {:e} ({:#010x})",
+            self.golden,
+            self.golden.to_bits(),
+            self.device,
+            self.device.to_bits()
+        )
+    }
+}
+
+/// The golden model and its session, stepping beside a device.
+#[derive(Debug)]
+pub struct Checker {
+    golden: GoldenModel,
+    session: GoldenSession,
+    ctx: usize,
+    kv_dim: usize,
+    head_dim: usize,
+    blocks: usize,
+}
+
+/// `ceil(n / 320)`.
+fn words(n: usize) -> usize {
+    n.div_ceil(LANES)
+}
+
+impl Checker {
+    /// A checker for a program whose metadata is `meta`. The golden model
+    /// must have the program's shape and hold `ctx` positions; when the
+    /// metadata records a weights hash, the golden model must have it.
+    pub fn new(golden: GoldenModel, meta: &HostMeta) -> Result<Checker, HostError> {
+        let a = golden.arch().clone();
+        let kv_dim = (a.kv_heads * a.head_dim) as usize;
+        for (key, m, g) in [
+            ("vocab", meta.vocab as usize, a.vocab as usize),
+            ("hidden", meta.hidden as usize, a.hidden as usize),
+            ("blocks", meta.blocks as usize, a.blocks as usize),
+            ("kv_dim", meta.kv_dim as usize, kv_dim),
+        ] {
+            if m != g {
+                return Err(HostError::Golden(format!(
+                    "the program's `{key}` is {m}, the golden model's {g}"
+                )));
+            }
+        }
+        if golden.max_positions() < meta.ctx as usize {
+            return Err(HostError::Golden(format!(
+                "the golden model holds {} positions, the program's context is {}",
+                golden.max_positions(),
+                meta.ctx
+            )));
+        }
+        if let Some(want) = &meta.weights_hash {
+            let got = crate::golden::weights_hash(&golden);
+            if &got != want {
+                return Err(HostError::Golden(format!(
+                    "the golden model's weights hash is {got}, the program was compiled from {want} (another model.toml, calibration or quantization)"
+                )));
+            }
+        }
+        let session = golden.new_session();
+        Ok(Checker {
+            session,
+            ctx: meta.ctx as usize,
+            kv_dim,
+            head_dim: a.head_dim as usize,
+            blocks: a.blocks as usize,
+            golden,
+        })
+    }
+
+    /// The golden model.
+    pub fn golden(&self) -> &GoldenModel {
+        &self.golden
+    }
+
+    /// Runs `token` on the golden model (step `step`, at the golden
+    /// session's position) and compares its logits with `logits` and its
+    /// KV cache with the device's `kcache.<b>`/`vcache.<b>`.
+    pub fn check<D: Device>(
+        &mut self,
+        device: &mut D,
+        step: usize,
+        token: u32,
+        logits: &[f32],
+    ) -> Result<(), HostError> {
+        let pos = self.session.position();
+        let want = self
+            .golden
+            .step(&mut self.session, token)
+            .map_err(|e| HostError::Golden(e.to_string()))?;
+        let mismatch = |part, position, element, golden: f32, device: f32| Mismatch {
+            part,
+            step,
+            token,
+            pos,
+            position,
+            element,
+            head_dim: self.head_dim,
+            golden,
+            device,
+        };
+        if let Some(i) =
+            (0..want.len()).find(|&i| logits.get(i).map(|v| v.to_bits()) != Some(want[i].to_bits()))
+        {
+            return Err(HostError::Check(Box::new(mismatch(
+                Part::Logits,
+                None,
+                i,
+                want[i],
+                logits.get(i).copied().unwrap_or(f32::NAN),
+            ))));
+        }
+        let kcols = (words(self.ctx) + 1) * LANES;
+        let vcols = words(self.kv_dim) * LANES;
+        for b in 0..self.blocks {
+            let keys = self.session.keys(b).unwrap_or(&[]);
+            let values = self.session.values(b).unwrap_or(&[]);
+            let kc = read_f32(device, &format!("kcache.{b}"), self.kv_dim * kcols)?;
+            for t in 0..=pos {
+                for c in 0..self.kv_dim {
+                    let (g, d) = (keys[t * self.kv_dim + c], kc[c * kcols + t]);
+                    if g.to_bits() != d.to_bits() {
+                        return Err(HostError::Check(Box::new(mismatch(
+                            Part::Keys(b),
+                            Some(t),
+                            c,
+                            g,
+                            d,
+                        ))));
+                    }
+                }
+            }
+            let vc = read_f32(device, &format!("vcache.{b}"), self.ctx * vcols)?;
+            for t in 0..=pos {
+                for c in 0..self.kv_dim {
+                    let (g, d) = (values[t * self.kv_dim + c], vc[t * vcols + c]);
+                    if g.to_bits() != d.to_bits() {
+                        return Err(HostError::Check(Box::new(mismatch(
+                            Part::Values(b),
+                            Some(t),
+                            c,
+                            g,
+                            d,
+                        ))));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Symbol `name` as `len` f32 values.
+fn read_f32<D: Device>(device: &mut D, name: &str, len: usize) -> Result<Vec<f32>, HostError> {
+    let bytes = device.read_symbol(name)?;
+    if bytes.len() != 4 * len {
+        return Err(HostError::Symbol {
+            name: name.to_string(),
+            what: format!(
+                "holds {} bytes; the KV cache layout needs {len} f32 ({} bytes)",
+                bytes.len(),
+                4 * len
+            ),
+        });
+    }
+    Ok(f32_values(&bytes))
+}

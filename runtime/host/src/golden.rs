@@ -1,0 +1,313 @@
+//! Building the golden model from a model.toml without MLIR: the path
+//! `q35c interp` (and the compiler) and `q35sim run --check` share, so the
+//! model a binary is checked against is built exactly as the one it was
+//! compiled from.
+//!
+//! The steps are `q35c eval --quant`'s: load the description and its
+//! weights into the f32 reference model, quantize every matrix (the LM head
+//! included) with the description's scheme and group size -- calibrated on
+//! a text for the activation-aware scheme ([`QuantPipeline`]) -- and build
+//! [`GoldenModel`] from the reference and its quantized layers.
+//! [`weights_hash`] fingerprints the result, so a binary can record which
+//! golden model it was compiled from and `--check` can refuse another.
+
+use std::path::{Path, PathBuf};
+
+use q35_contract::{GoldenHead, GoldenModel, IntMatrix, QuantScheme, QuantizedMatrix};
+use q35_quant::golden::from_reference;
+use q35_quant::model::{QuantPipeline, SchemePolicy, model_weights, quantize_model};
+use q35_quant::quantize::QuantOptions;
+use q35_reference::{LinearId, LinearKind, Model};
+use q35_tokenizer::Tokenizer;
+use sha2::{Digest, Sha256};
+
+/// How to build a golden model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoldenRecipe {
+    /// The model description.
+    pub model_toml: PathBuf,
+    /// Calibration text (UTF-8) for the activation-aware scheme.
+    pub calib: Option<PathBuf>,
+    /// Calibration window in tokens.
+    pub calib_ctx: usize,
+    /// Calibration windows sampled (`q35c`'s default is 64).
+    pub calib_samples: usize,
+    /// Positions the golden model holds (at most the model's context).
+    pub positions: usize,
+    /// Worker threads (results do not depend on it).
+    pub threads: usize,
+}
+
+/// Calibration windows `q35c` samples (`eval --quant`, `interp`).
+pub const CALIB_SAMPLES: usize = 64;
+
+/// What [`build`] returns besides the golden model.
+#[derive(Debug)]
+pub struct BuiltGolden {
+    /// The golden model.
+    pub golden: GoldenModel,
+    /// The model's name (model.toml `[model] name`).
+    pub name: String,
+    /// Its tokenizer, when the weights come from a GGUF.
+    pub tokenizer: Option<Tokenizer>,
+    /// The tokenizer-only GGUF a binary carries (see
+    /// [`Tokenizer::tokenizer_gguf`]), when there is a tokenizer.
+    pub tokenizer_gguf: Option<Vec<u8>>,
+    /// The quantized LM head, when the head is quantized (with tied
+    /// embeddings it is also the embedding table).
+    pub head: Option<QuantizedMatrix>,
+    /// The scheme and group size used.
+    pub scheme: QuantScheme,
+    /// Channels per quantization group.
+    pub group_size: usize,
+}
+
+impl BuiltGolden {
+    /// The `embedding` section for a binary compiled from this model: the
+    /// quantized LM head when it is tied and quantized (the golden model's
+    /// embedding is that head dequantized, so the binary stores one copy),
+    /// else the golden model's f32 rows.
+    pub fn embedding_table(&self) -> crate::EmbeddingTable {
+        match &self.head {
+            Some(h) if self.golden.arch().tied_embeddings => crate::EmbeddingTable::Q35(h.clone()),
+            _ => crate::EmbeddingTable::F32 {
+                cols: self.golden.arch().hidden as usize,
+                data: self.golden.embedding().to_vec(),
+            },
+        }
+    }
+}
+
+/// Why the golden model cannot be built; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum GoldenBuildError {
+    /// The model description or its weights do not load.
+    #[error("cannot load model description {path}: {error}")]
+    Model {
+        /// The model.toml.
+        path: PathBuf,
+        /// Why.
+        error: q35_model::ModelError,
+    },
+    /// The reference model cannot be built or configured.
+    #[error("cannot build the reference model of {path}: {error}")]
+    Reference {
+        /// The model.toml.
+        path: PathBuf,
+        /// Why.
+        error: q35_reference::ReferenceError,
+    },
+    /// The GGUF's tokenizer does not load.
+    #[error("cannot read the tokenizer of {path}: {error}")]
+    Tokenizer {
+        /// The model.toml.
+        path: PathBuf,
+        /// Why.
+        error: q35_tokenizer::TokenizerError,
+    },
+    /// The calibration text cannot be read or holds nothing.
+    #[error("calibration text {path}: {what}")]
+    Calib {
+        /// The text file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The scheme calibrates and no text was given.
+    #[error(
+        "{path} quantizes with {scheme}, which is activation-aware: give a calibration text with --calib"
+    )]
+    NeedsCalib {
+        /// The model.toml.
+        path: PathBuf,
+        /// The scheme.
+        scheme: QuantScheme,
+    },
+    /// Quantization or building the golden model failed.
+    #[error("cannot quantize {path}: {error}")]
+    Quant {
+        /// The model.toml.
+        path: PathBuf,
+        /// Why.
+        error: q35_quant::model::ModelQuantError,
+    },
+}
+
+/// Tokens of a calibration text: with a tokenizer, as llama.cpp's
+/// perplexity tokenizes it (BOS first when the model adds BOS); without
+/// one (synthetic weights), the text's bytes folded into the vocabulary.
+pub fn text_tokens(tokenizer: Option<&Tokenizer>, vocab: usize, text: &str) -> Vec<u32> {
+    match tokenizer {
+        Some(t) => t.encode_with_bos(text),
+        None => text
+            .bytes()
+            .map(|b| u32::from(b) % vocab.max(1) as u32)
+            .collect(),
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, GoldenBuildError> {
+    let err = |what: String| GoldenBuildError::Calib {
+        path: path.to_path_buf(),
+        what,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        err(format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+/// Builds the golden model `recipe` describes.
+pub fn build(recipe: &GoldenRecipe) -> Result<BuiltGolden, GoldenBuildError> {
+    let path = &recipe.model_toml;
+    let model_err = |error| GoldenBuildError::Model {
+        path: path.clone(),
+        error,
+    };
+    let reference_err = |error| GoldenBuildError::Reference {
+        path: path.clone(),
+        error,
+    };
+    let spec = q35_model::load(path).map_err(model_err)?;
+    let gguf = spec.open_gguf().map_err(model_err)?;
+    let mut model = Model::from_spec(&spec, gguf.as_ref()).map_err(reference_err)?;
+    model
+        .set_threads(recipe.threads.max(1))
+        .map_err(reference_err)?;
+    let tokenizer = match &gguf {
+        Some(g) => Some(
+            Tokenizer::from_gguf(g).map_err(|error| GoldenBuildError::Tokenizer {
+                path: path.clone(),
+                error,
+            })?,
+        ),
+        None => None,
+    };
+    let tokenizer_gguf = gguf.as_ref().map(Tokenizer::tokenizer_gguf);
+    let scheme = spec.quant.scheme;
+    let group_size = spec.quant.group_size as usize;
+    let options = QuantOptions {
+        threads: recipe.threads.max(1),
+    };
+    let policy = SchemePolicy::uniform(scheme);
+    let quant_err = |error| GoldenBuildError::Quant {
+        path: path.clone(),
+        error,
+    };
+    let layers = match &recipe.calib {
+        Some(calib) => {
+            let text = read_text(calib)?;
+            let tokens = text_tokens(tokenizer.as_ref(), model.config().vocab, &text);
+            if tokens.is_empty() {
+                return Err(GoldenBuildError::Calib {
+                    path: calib.clone(),
+                    what: "holds no text".into(),
+                });
+            }
+            QuantPipeline::calibrate(
+                &model,
+                &tokens,
+                recipe.calib_ctx,
+                recipe.calib_samples,
+                group_size,
+                options,
+            )
+            .and_then(|p| p.quantize(policy))
+            .map_err(quant_err)?
+        }
+        None if scheme.needs_importance() => {
+            return Err(GoldenBuildError::NeedsCalib {
+                path: path.clone(),
+                scheme,
+            });
+        }
+        None => model_weights(&model)
+            .and_then(|w| quantize_model(&model, &w, policy, group_size, None, options))
+            .map_err(quant_err)?,
+    };
+    let golden = from_reference(&model, &layers, recipe.positions).map_err(quant_err)?;
+    let head_id = LinearId {
+        block: None,
+        kind: LinearKind::LmHead,
+    };
+    let head = layers
+        .into_iter()
+        .find(|l| l.id == head_id)
+        .map(|l| l.matrix);
+    Ok(BuiltGolden {
+        golden,
+        name: spec.name,
+        tokenizer,
+        tokenizer_gguf,
+        head,
+        scheme,
+        group_size,
+    })
+}
+
+fn hash_f32(h: &mut Sha256, what: &str, v: &[f32]) {
+    h.update(what.as_bytes());
+    h.update((v.len() as u64).to_le_bytes());
+    for x in v {
+        h.update(x.to_bits().to_le_bytes());
+    }
+}
+
+fn hash_matrix(h: &mut Sha256, what: &str, m: &IntMatrix) {
+    h.update(what.as_bytes());
+    for v in [m.rows(), m.cols(), m.group_size()] {
+        h.update((v as u64).to_le_bytes());
+    }
+    for r in 0..m.rows() {
+        h.update(m.row(r).iter().map(|&q| q as u8).collect::<Vec<u8>>());
+        for s in m.row_scales(r) {
+            h.update(s.to_bits().to_le_bytes());
+        }
+    }
+}
+
+/// A SHA-256 fingerprint (`sha256:<hex>`) of everything the golden model
+/// computes with: the architecture, the embedding, every norm and matrix
+/// (integer weights and scales) and the LM head. Not the number of
+/// positions, which only sizes the RoPE table and cache.
+pub fn weights_hash(g: &GoldenModel) -> String {
+    let mut h = Sha256::new();
+    let a = g.arch();
+    h.update(a.family.as_bytes());
+    for v in [
+        a.blocks, a.hidden, a.heads, a.kv_heads, a.head_dim, a.ffn, a.vocab, a.context,
+    ] {
+        h.update(v.to_le_bytes());
+    }
+    for v in [a.rope_base, a.norm_eps] {
+        h.update(v.to_bits().to_le_bytes());
+    }
+    h.update([u8::from(a.tied_embeddings)]);
+    hash_f32(&mut h, "embedding", g.embedding());
+    for (i, b) in g.blocks().iter().enumerate() {
+        hash_f32(&mut h, &format!("blk.{i}.attn_norm"), &b.attn_norm);
+        hash_f32(&mut h, &format!("blk.{i}.ffn_norm"), &b.ffn_norm);
+        for (name, m) in [
+            ("q", &b.q),
+            ("k", &b.k),
+            ("v", &b.v),
+            ("o", &b.o),
+            ("gate", &b.gate),
+            ("up", &b.up),
+            ("down", &b.down),
+        ] {
+            hash_matrix(&mut h, &format!("blk.{i}.{name}"), m);
+        }
+    }
+    hash_f32(&mut h, "output_norm", g.output_norm());
+    match g.head() {
+        GoldenHead::Quantized(m) => hash_matrix(&mut h, "head.q", m),
+        GoldenHead::F32(w) => hash_f32(&mut h, "head.f32", w),
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}

@@ -1,0 +1,138 @@
+//! The metadata keys the host reads (docs/lpubin.md 3.4, "Keys the host
+//! runtime reads"): the model's shape and compiled context, its special
+//! tokens and chat template, the compile-time cycle prediction, and how to
+//! rebuild the golden model for `--check`.
+//!
+//! The compiler writes a [`HostMeta`] with [`HostMeta::to_json`]; other keys
+//! may sit beside these and are ignored here.
+
+use serde::{Deserialize, Serialize};
+
+/// How the golden model the binary was compiled from is rebuilt (the
+/// quantization pipeline of `q35c`: calibration on a text for the
+/// activation-aware scheme).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoldenRecipeMeta {
+    /// The model description the binary was compiled from.
+    pub model_toml: String,
+    /// Calibration text (UTF-8), if the scheme calibrates.
+    #[serde(default)]
+    pub calib: Option<String>,
+    /// Calibration window in tokens.
+    pub calib_ctx: usize,
+    /// Calibration windows sampled.
+    pub calib_samples: usize,
+}
+
+/// The host's view of a compiled model (the `metadata` section).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostMeta {
+    /// Model name.
+    pub model: String,
+    /// Vocabulary size (`logits` is f32 `[vocab]`).
+    pub vocab: u32,
+    /// Hidden size (`x_in` is f32 `[hidden]`).
+    pub hidden: u32,
+    /// Decoder blocks (`kcache.<b>`, `vcache.<b>` for `b < blocks`).
+    pub blocks: u32,
+    /// `kv_heads * head_dim`.
+    pub kv_dim: u32,
+    /// Compiled context: positions the program holds (`attn_mask` is f32
+    /// `[ctx]`).
+    pub ctx: u32,
+    /// Beginning-of-sequence token, if the model has one.
+    #[serde(default)]
+    pub bos: Option<u32>,
+    /// End-of-sequence token, if the model has one.
+    #[serde(default)]
+    pub eos: Option<u32>,
+    /// Whether a plain (non-chat) prompt starts with `bos`.
+    #[serde(default)]
+    pub add_bos: bool,
+    /// Tokens that end generation (default: `eos`).
+    #[serde(default)]
+    pub stop_tokens: Option<Vec<u32>>,
+    /// The chat template (Jinja), if the model has one.
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    /// The `kv_idx` value of every lane but the one that writes this
+    /// position's K column (a word the program reserves as junk).
+    pub kv_junk_offset: u16,
+    /// Cycles one run of the program takes, as the compiler scheduled it.
+    #[serde(default)]
+    pub predicted_cycles_per_step: Option<u64>,
+    /// How to rebuild the golden model (for `--check`).
+    #[serde(default)]
+    pub golden: Option<GoldenRecipeMeta>,
+    /// [`crate::golden::weights_hash`] of the golden model compiled in.
+    #[serde(default)]
+    pub weights_hash: Option<String>,
+}
+
+/// Metadata that is missing or does not hold the host's keys.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// No `metadata` section.
+    #[error(
+        "the binary has no metadata section: it is a bare program, not a compiled model (run it without --prompt)"
+    )]
+    Missing,
+    /// The keys are there but wrong (the message names the key).
+    #[error("metadata: {0}")]
+    Invalid(String),
+}
+
+impl HostMeta {
+    /// Reads the host's keys from a binary's metadata.
+    pub fn from_binary(bin: &q35_lpubin::LpuBinary) -> Result<HostMeta, MetaError> {
+        let map = bin.metadata().ok_or(MetaError::Missing)?;
+        Self::from_json(map)
+    }
+
+    /// Reads the host's keys from a metadata object.
+    pub fn from_json(
+        map: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<HostMeta, MetaError> {
+        let meta: HostMeta = serde_json::from_value(serde_json::Value::Object(map.clone()))
+            .map_err(|e| MetaError::Invalid(e.to_string()))?;
+        for (key, v) in [
+            ("vocab", meta.vocab),
+            ("hidden", meta.hidden),
+            ("blocks", meta.blocks),
+            ("kv_dim", meta.kv_dim),
+            ("ctx", meta.ctx),
+        ] {
+            if v == 0 {
+                return Err(MetaError::Invalid(format!("`{key}` must be positive")));
+            }
+        }
+        for (key, t) in [("bos", meta.bos), ("eos", meta.eos)] {
+            if let Some(t) = t
+                && t >= meta.vocab
+            {
+                return Err(MetaError::Invalid(format!(
+                    "`{key}` = {t} is outside the vocabulary of {}",
+                    meta.vocab
+                )));
+            }
+        }
+        Ok(meta)
+    }
+
+    /// The metadata object to store (these keys only; add others beside).
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m,
+            // A struct of plain fields always serialises to an object.
+            _ => serde_json::Map::new(),
+        }
+    }
+
+    /// The tokens that end generation: `stop_tokens`, else `eos`.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        match &self.stop_tokens {
+            Some(s) => s.clone(),
+            None => self.eos.into_iter().collect(),
+        }
+    }
+}

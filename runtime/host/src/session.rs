@@ -1,0 +1,378 @@
+//! The token loop: per token, write the program's inputs, run it once on
+//! the device, read the logits; prefill, sampling, stop tokens, and the
+//! `--check` comparison after every step.
+//!
+//! Per step at position `pos` the host writes (docs/lpubin.md 3.4,
+//! "Symbols the host binds"):
+//!
+//! - `x_in` f32 `[hidden]`: the token's embedding row
+//!   ([`crate::embedding`]);
+//! - `pos_idx` u16 `[320]`: every lane `pos`;
+//! - `kv_idx` u16 `[320]`: lane `pos % 320` is `pos / 320`, every other lane
+//!   the metadata's `kv_junk_offset`;
+//! - `attn_mask` f32 `[ctx]`: `0.0` for `t <= pos`, `-inf` after;
+//!
+//! runs the program and reads `logits` f32 `[vocab]`. **Prefill is one run
+//! per prompt token** (the decode program at successive positions; a
+//! batched prefill program is future work), so a prompt of `n` tokens and
+//! `m` generated tokens cost `n + m - 1` runs. Token selection uses
+//! `q35_reference`'s [`Sampler`] with the same parameters and seeds as
+//! `q35c run`, and the loop stops as `q35c run`'s does (a stop token, which
+//! is kept, `max_tokens`, a full context, or the callback).
+
+use q35_lpubin::{ElemType, LpuBinary};
+use q35_reference::{GenerateOptions, Sampler, StopReason};
+use q35_tokenizer::Tokenizer;
+
+use crate::check::{Checker, Mismatch};
+use crate::device::{Device, DeviceError, StepStats, f32_bytes, f32_values, u16_bytes};
+use crate::embedding::{EmbeddingError, EmbeddingTable};
+use crate::layout::LANES;
+use crate::meta::{HostMeta, MetaError};
+
+/// Everything the token loop can fail on.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The metadata is missing or wrong.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The embedding section is missing or wrong.
+    #[error(transparent)]
+    Embedding(#[from] EmbeddingError),
+    /// The tokenizer section does not load, or the chat template fails.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A symbol the host binds is missing or has the wrong type or shape.
+    #[error("symbol `{name}` {what}")]
+    Symbol {
+        /// The symbol.
+        name: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// The device refused a request or a run failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The prompt needs more positions than the program was compiled for.
+    #[error(
+        "the prompt is {tokens} tokens, longer than the compiled context of {ctx} tokens (recompile with a larger --context)"
+    )]
+    PromptTooLong {
+        /// Prompt tokens.
+        tokens: usize,
+        /// The compiled context.
+        ctx: usize,
+    },
+    /// No prompt tokens.
+    #[error("the prompt is empty (no tokens)")]
+    EmptyPrompt,
+    /// A step past the compiled context.
+    #[error("position {pos} is past the compiled context of {ctx} tokens")]
+    ContextFull {
+        /// The position the step would take.
+        pos: usize,
+        /// The compiled context.
+        ctx: usize,
+    },
+    /// Invalid sampling parameters.
+    #[error(transparent)]
+    Sampling(#[from] q35_reference::ReferenceError),
+    /// The golden model cannot be used for `--check`.
+    #[error("check: {0}")]
+    Golden(String),
+    /// `--check` found a difference.
+    #[error("check failed: {0}")]
+    Check(Box<Mismatch>),
+}
+
+/// One run of the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepRecord {
+    /// The token fed.
+    pub token: u32,
+    /// Its position.
+    pub pos: usize,
+    /// Whether it was a prompt token (prefill) or a generated one.
+    pub prefill: bool,
+    /// What the run cost.
+    pub stats: StepStats,
+}
+
+/// The result of [`Session::generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostGeneration {
+    /// Generated tokens (a final stop token included).
+    pub tokens: Vec<u32>,
+    /// Why generation ended.
+    pub stop: StopReason,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Every run, in order.
+    pub steps: Vec<StepRecord>,
+}
+
+/// A compiled model bound to a device.
+#[derive(Debug)]
+pub struct Session<D: Device> {
+    device: D,
+    meta: HostMeta,
+    embedding: EmbeddingTable,
+    tokenizer: Option<Tokenizer>,
+    checker: Option<Checker>,
+    pos: usize,
+    steps: usize,
+    mask: Vec<f32>,
+}
+
+/// The symbols written or read every step: name, element type, elements.
+fn bound_symbols(meta: &HostMeta) -> [(&'static str, ElemType, u64); 5] {
+    [
+        ("x_in", ElemType::F32, u64::from(meta.hidden)),
+        ("pos_idx", ElemType::U16, LANES as u64),
+        ("kv_idx", ElemType::U16, LANES as u64),
+        ("attn_mask", ElemType::F32, u64::from(meta.ctx)),
+        ("logits", ElemType::F32, u64::from(meta.vocab)),
+    ]
+}
+
+impl<D: Device> Session<D> {
+    /// Binds `binary` (already loaded on `device`): reads its metadata,
+    /// embedding and tokenizer, and checks that every symbol the loop binds
+    /// exists with its type and size.
+    pub fn new(device: D, binary: &LpuBinary) -> Result<Session<D>, HostError> {
+        let meta = HostMeta::from_binary(binary)?;
+        let embedding = EmbeddingTable::from_binary(binary)?;
+        if (embedding.rows(), embedding.cols()) != (meta.vocab as usize, meta.hidden as usize) {
+            return Err(EmbeddingError::Shape(format!(
+                "the table is {}x{}, the metadata says vocab {} x hidden {}",
+                embedding.rows(),
+                embedding.cols(),
+                meta.vocab,
+                meta.hidden
+            ))
+            .into());
+        }
+        for (name, elem, elements) in bound_symbols(&meta) {
+            let s = binary.symbol(name).ok_or_else(|| HostError::Symbol {
+                name: name.into(),
+                what: "is missing: the program does not take a token (a bare program runs without --prompt)".into(),
+            })?;
+            let n: Option<u64> = s.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+            if s.elem != elem || n != Some(elements) {
+                return Err(HostError::Symbol {
+                    name: name.into(),
+                    what: format!(
+                        "is {} {:?}; the host needs {elem} with {elements} elements",
+                        s.elem, s.shape
+                    ),
+                });
+            }
+        }
+        let mut tokenizer = match binary.tokenizer() {
+            Some(bytes) => {
+                let gguf = q35_gguf::Gguf::from_bytes(bytes.to_vec())
+                    .map_err(|e| HostError::Tokenizer(e.to_string()))?;
+                Some(Tokenizer::from_gguf(&gguf).map_err(|e| HostError::Tokenizer(e.to_string()))?)
+            }
+            None => None,
+        };
+        if let (Some(t), Some(template)) = (tokenizer.as_mut(), &meta.chat_template) {
+            t.set_chat_template(Some(template.clone()));
+        }
+        Ok(Session {
+            device,
+            mask: vec![f32::NEG_INFINITY; meta.ctx as usize],
+            meta,
+            embedding,
+            tokenizer,
+            checker: None,
+            pos: 0,
+            steps: 0,
+        })
+    }
+
+    /// Runs `checker` beside the device from now on (`--check`); call
+    /// before the first step.
+    pub fn set_checker(&mut self, checker: Checker) {
+        self.checker = Some(checker);
+    }
+
+    /// The metadata.
+    pub fn meta(&self) -> &HostMeta {
+        &self.meta
+    }
+
+    /// The tokenizer, if the binary carries one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// The device, mutable.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// The position the next step takes.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The compiled context.
+    pub fn ctx(&self) -> usize {
+        self.meta.ctx as usize
+    }
+
+    /// The prompt tokens of `text`: a chat prompt (`chat`, with an
+    /// optional system message) or plain text (BOS first when the model
+    /// adds it), exactly as `q35c run` builds them. Needs a tokenizer.
+    pub fn prompt_tokens(
+        &self,
+        text: &str,
+        chat: bool,
+        system: Option<&str>,
+    ) -> Result<(String, Vec<u32>), HostError> {
+        let tok = self.tokenizer.as_ref().ok_or_else(|| {
+            HostError::Tokenizer(
+                "the binary has no tokenizer section: give the prompt as token ids".into(),
+            )
+        })?;
+        if chat {
+            tok.chat_prompt(system, text)
+                .map_err(|e| HostError::Tokenizer(format!("cannot apply the chat template: {e}")))
+        } else {
+            Ok((text.to_string(), tok.encode_with_bos(text)))
+        }
+    }
+
+    /// Runs one token at the next position and returns its logits and the
+    /// run's cost (checked against the golden model when a checker is set).
+    pub fn step(&mut self, token: u32) -> Result<(Vec<f32>, StepStats), HostError> {
+        let (pos, ctx) = (self.pos, self.ctx());
+        if pos >= ctx {
+            return Err(HostError::ContextFull { pos, ctx });
+        }
+        let x = self.embedding.row(token)?;
+        let pos16 = |v: usize| {
+            u16::try_from(v).map_err(|_| HostError::Symbol {
+                name: "pos_idx".into(),
+                what: format!("cannot hold position {pos} in u16"),
+            })
+        };
+        let pos_idx = vec![pos16(pos)?; LANES];
+        let mut kv_idx = vec![self.meta.kv_junk_offset; LANES];
+        kv_idx[pos % LANES] = pos16(pos / LANES)?;
+        self.mask[pos] = 0.0;
+        self.device.write_symbol("x_in", &f32_bytes(&x))?;
+        self.device.write_symbol("pos_idx", &u16_bytes(&pos_idx))?;
+        self.device.write_symbol("kv_idx", &u16_bytes(&kv_idx))?;
+        self.device
+            .write_symbol("attn_mask", &f32_bytes(&self.mask))?;
+        let stats = self.device.run()?;
+        let logits = f32_values(&self.device.read_symbol("logits")?);
+        if logits.len() != self.meta.vocab as usize {
+            return Err(HostError::Symbol {
+                name: "logits".into(),
+                what: format!(
+                    "read back {} values, the vocabulary is {}",
+                    logits.len(),
+                    self.meta.vocab
+                ),
+            });
+        }
+        if let Some(c) = self.checker.as_mut() {
+            c.check(&mut self.device, self.steps, token, &logits)?;
+        }
+        self.pos += 1;
+        self.steps += 1;
+        Ok((logits, stats))
+    }
+
+    /// Generates after `prompt` as `q35c run` does (same sampler, seeds and
+    /// stop rules): prefill one run per prompt token, then pick, stream
+    /// (`on_token` returns `false` to stop) and feed one token at a time. A
+    /// prompt longer than the compiled context is an error before anything
+    /// runs.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<HostGeneration, HostError> {
+        if prompt.is_empty() {
+            return Err(HostError::EmptyPrompt);
+        }
+        let ctx = self.ctx();
+        if self.pos + prompt.len() > ctx {
+            return Err(HostError::PromptTooLong {
+                tokens: self.pos + prompt.len(),
+                ctx,
+            });
+        }
+        if let Some(&t) = prompt.iter().find(|&&t| t >= self.meta.vocab) {
+            return Err(EmbeddingError::Token {
+                token: t,
+                vocab: self.meta.vocab as usize,
+            }
+            .into());
+        }
+        let mut sampler = Sampler::new(options.sampling.clone())?;
+        let mut steps = Vec::new();
+        let mut logits = Vec::new();
+        for &t in prompt {
+            let pos = self.pos;
+            let (l, stats) = self.step(t)?;
+            logits = l;
+            steps.push(StepRecord {
+                token: t,
+                pos,
+                prefill: true,
+                stats,
+            });
+        }
+        let mut tokens = Vec::new();
+        if options.max_tokens == 0 {
+            return Ok(HostGeneration {
+                tokens,
+                stop: StopReason::MaxTokens,
+                prompt_tokens: prompt.len(),
+                steps,
+            });
+        }
+        let stop = loop {
+            let tok = sampler.sample(&logits);
+            tokens.push(tok);
+            if !on_token(tok) {
+                break StopReason::Callback;
+            }
+            if options.stop_tokens.contains(&tok) {
+                break StopReason::StopToken(tok);
+            }
+            if tokens.len() >= options.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if self.pos >= ctx {
+                break StopReason::ContextFull;
+            }
+            let pos = self.pos;
+            let (l, stats) = self.step(tok)?;
+            logits = l;
+            steps.push(StepRecord {
+                token: tok,
+                pos,
+                prefill: false,
+                stats,
+            });
+        };
+        Ok(HostGeneration {
+            tokens,
+            stop,
+            prompt_tokens: prompt.len(),
+            steps,
+        })
+    }
+}

@@ -1,0 +1,312 @@
+//! `q35sim run FILE.lpubin --prompt TEXT` (or `--tokens 1,2,3`): generate
+//! text with a compiled model on the simulator through the host runtime
+//! (`q35_host::Session` driving a `q35_sim::Machine`).
+//!
+//! The binary carries everything: metadata, tokenizer, chat template and
+//! embedding. Text streams to stdout as tokens come (control tokens are not
+//! shown); then one line per run of the program with its cycles (and the
+//! compile-time prediction when the metadata has one). `--json` prints one
+//! object with the token ids, the text and the cycles instead. `--check`
+//! builds the golden model from the model.toml the metadata records (or
+//! `--model`) and compares logits and the KV cache after every run, bit for
+//! bit; with it, a simulated cycle count other than the predicted one is an
+//! error too. Prefill is one run per prompt token.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow};
+use q35_host::golden::{GoldenRecipe, build};
+use q35_host::{Checker, DeviceError, HostError, Session};
+use q35_lpubin::LpuBinary;
+use q35_reference::{GenerateOptions, SamplingParams, StopReason};
+use q35_sim::{Machine, MachineConfig};
+use q35_tokenizer::StreamDecoder;
+use serde_json::json;
+
+use crate::Failure;
+
+/// The generation arguments of `q35sim run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenArgs {
+    /// Generate after this prompt (needs a compiled model with a tokenizer).
+    #[arg(long, conflicts_with = "tokens")]
+    pub prompt: Option<String>,
+    /// Generate after these comma-separated token ids.
+    #[arg(long, value_delimiter = ',')]
+    pub tokens: Option<Vec<u32>>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Apply the chat template: the prompt is the user's message.
+    #[arg(long, requires = "prompt")]
+    pub chat: bool,
+    /// A system message for `--chat` (default: the template's own).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample among the most likely tokens whose probability reaches p.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run the golden model beside the simulator and stop at the first
+    /// difference in the logits or the KV cache (and at a cycle count other
+    /// than the predicted one).
+    #[arg(long)]
+    pub check: bool,
+    /// The model.toml to build the golden model from (default: the one the
+    /// metadata records).
+    #[arg(long, requires = "check")]
+    pub model: Option<PathBuf>,
+    /// The calibration text for the golden model (default: the metadata's).
+    #[arg(long, requires = "check")]
+    pub calib: Option<PathBuf>,
+}
+
+impl GenArgs {
+    /// Whether a generation was asked for.
+    pub fn wanted(&self) -> bool {
+        self.prompt.is_some() || self.tokens.is_some()
+    }
+}
+
+fn shortest(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
+}
+
+/// A host error as a failure: the program's fault (a hazard, a `--check`
+/// difference) exits 1, bad input 2.
+fn failure(name: &str, e: HostError) -> Failure {
+    match e {
+        HostError::Device(DeviceError::Run(_)) | HostError::Check(_) => {
+            eprintln!("{name}: {e}");
+            Failure::Program
+        }
+        other => Failure::Input(anyhow!("{name}: {other}")),
+    }
+}
+
+/// Generates with the compiled model in `binary`.
+pub fn run(
+    name: &str,
+    binary: &LpuBinary,
+    config: MachineConfig,
+    max_cycles: Option<u64>,
+    json_out: bool,
+    args: &GenArgs,
+) -> Result<(), Failure> {
+    let mut machine = Machine::new(binary, config).with_context(|| name.to_string())?;
+    machine.set_max_cycles(max_cycles);
+    let mut session = Session::new(machine, binary).map_err(|e| failure(name, e))?;
+    let meta = session.meta().clone();
+    let (prompt_text, prompt) = match (&args.tokens, &args.prompt) {
+        (Some(ids), _) => (None, ids.clone()),
+        (None, Some(text)) => {
+            if text.is_empty() {
+                return Err(anyhow!("the prompt is empty").into());
+            }
+            let (t, ids) = session
+                .prompt_tokens(text, args.chat, args.system.as_deref())
+                .map_err(|e| failure(name, e))?;
+            (Some(t), ids)
+        }
+        (None, None) => return Err(anyhow!("no prompt: give --prompt or --tokens").into()),
+    };
+    if prompt.len() > session.ctx() {
+        return Err(failure(
+            name,
+            HostError::PromptTooLong {
+                tokens: prompt.len(),
+                ctx: session.ctx(),
+            },
+        ));
+    }
+    if args.check {
+        let recipe_meta = meta.golden.clone();
+        let model_toml = match (&args.model, &recipe_meta) {
+            (Some(m), _) => m.clone(),
+            (None, Some(r)) => PathBuf::from(&r.model_toml),
+            (None, None) => {
+                return Err(anyhow!(
+                    "{name}: the metadata does not say which model.toml the program was compiled from; give --model"
+                )
+                .into());
+            }
+        };
+        let recipe = GoldenRecipe {
+            model_toml,
+            calib: args.calib.clone().or_else(|| {
+                recipe_meta
+                    .as_ref()
+                    .and_then(|r| r.calib.clone().map(PathBuf::from))
+            }),
+            calib_ctx: recipe_meta.as_ref().map_or(512, |r| r.calib_ctx),
+            calib_samples: recipe_meta
+                .as_ref()
+                .map_or(q35_host::golden::CALIB_SAMPLES, |r| r.calib_samples),
+            positions: session.ctx(),
+            threads: 2,
+        };
+        let built = build(&recipe).context("cannot build the golden model for --check")?;
+        let checker = Checker::new(built.golden, &meta).map_err(|e| failure(name, e))?;
+        session.set_checker(checker);
+    }
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop_tokens: meta.stop_tokens(),
+    };
+
+    let tokenizer = session.tokenizer().cloned();
+    let mut decoder = StreamDecoder::new();
+    let mut text = String::new();
+    let mut stdout = std::io::stdout().lock();
+    let mut write_err = None;
+    let generation = session.generate(&prompt, &options, |tok| {
+        let piece = match &tokenizer {
+            Some(t) if t.is_control(tok) => String::new(),
+            Some(t) => decoder.push(t, tok),
+            None => format!("{tok} "),
+        };
+        text.push_str(&piece);
+        if !json_out
+            && let Err(e) = stdout
+                .write_all(piece.as_bytes())
+                .and_then(|()| stdout.flush())
+        {
+            write_err = Some(e);
+            return false;
+        }
+        true
+    });
+    if let Some(e) = write_err {
+        return Err(anyhow::Error::from(e)
+            .context("cannot write to stdout")
+            .into());
+    }
+    let generation = match generation {
+        Ok(g) => g,
+        Err(e) => {
+            if !json_out {
+                let _ = writeln!(stdout);
+            }
+            return Err(failure(name, e));
+        }
+    };
+    let tail = decoder.finish();
+    text.push_str(&tail);
+    let predicted = meta.predicted_cycles_per_step;
+    let stop = match generation.stop {
+        StopReason::StopToken(_) => "eos",
+        other => other.as_str(),
+    };
+    let off_prediction = predicted.and_then(|p| {
+        generation
+            .steps
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.stats.cycles != p)
+            .map(|(i, s)| (i, s.stats.cycles, p))
+    });
+    let io = |e: std::io::Error| {
+        Failure::Input(anyhow::Error::from(e).context("cannot write to stdout"))
+    };
+    if json_out {
+        let steps: Vec<serde_json::Value> = generation
+            .steps
+            .iter()
+            .map(|s| {
+                json!({
+                    "token": s.token,
+                    "pos": s.pos,
+                    "prefill": s.prefill,
+                    "cycles": s.stats.cycles,
+                    "instructions": s.stats.instructions,
+                })
+            })
+            .collect();
+        let v = json!({
+            "file": name,
+            "model": meta.model,
+            "mode": if args.chat { "chat" } else if args.tokens.is_some() { "tokens" } else { "text" },
+            "prompt": prompt_text,
+            "prompt_tokens": prompt,
+            "tokens": generation.tokens,
+            "text": tokenizer.as_ref().map(|_| text.clone()),
+            "stop_reason": stop,
+            "sampling": {
+                "temperature": shortest(args.temperature),
+                "top_k": args.top_k,
+                "top_p": shortest(args.top_p),
+                "seed": args.seed,
+            },
+            "context": session.ctx(),
+            "predicted_cycles_per_step": predicted,
+            "total_cycles": generation.steps.iter().map(|s| s.stats.cycles).sum::<u64>(),
+            "steps": steps,
+            "checked": args.check,
+        });
+        writeln!(
+            stdout,
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?
+        )
+        .map_err(io)?;
+    } else {
+        write!(stdout, "{tail}").map_err(io)?;
+        writeln!(stdout).map_err(io)?;
+        writeln!(
+            stdout,
+            "[{} prompt tokens, {} generated, stop: {stop}; {} runs, prefill is one run per prompt token]",
+            generation.prompt_tokens,
+            generation.tokens.len(),
+            generation.steps.len()
+        )
+        .map_err(io)?;
+        for (i, s) in generation.steps.iter().enumerate() {
+            let pred = match predicted {
+                Some(p) if p == s.stats.cycles => format!(" (predicted {p})"),
+                Some(p) => format!(" (predicted {p}: DIFFERS)"),
+                None => String::new(),
+            };
+            writeln!(
+                stdout,
+                "step {i}: {} token {} at position {}: {} cycles{pred}",
+                if s.prefill { "prefill" } else { "decode" },
+                s.token,
+                s.pos,
+                s.stats.cycles
+            )
+            .map_err(io)?;
+        }
+        if args.check {
+            writeln!(
+                stdout,
+                "check: {} runs, logits and KV cache equal to the golden model bit for bit",
+                generation.steps.len()
+            )
+            .map_err(io)?;
+        }
+    }
+    if args.check
+        && let Some((i, got, want)) = off_prediction
+    {
+        eprintln!(
+            "{name}: check failed: step {i} took {got} cycles, the compiler predicted {want}"
+        );
+        return Err(Failure::Program);
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! The simulator as a device: a [`Machine`] loads an `.lpubin` once
+//! (decoded queues, the initial MEM image) and runs it any number of times
+//! on persistent MEM, as a real chip restarts a resident program: every run
+//! starts all queues at cycle 0 with empty streams, fresh MXM planes and no
+//! port bookings, while MEM keeps what earlier runs and the host wrote
+//! (weights, the KV cache). It implements [`q35_host::Device`], so the host
+//! runtime's token loop drives it.
+
+use std::collections::BTreeMap;
+
+use q35_host::{Device, DeviceError, StepStats, SymbolLayout};
+use q35_lpubin::{LpuBinary, Symbol};
+
+use crate::config::MachineConfig;
+use crate::engine::{Engine, Stop};
+use crate::load::{self, LoadError, Loaded};
+use crate::profile::Profile;
+use crate::state::{Plane, Ports, State};
+
+/// A loaded program and the machine's persistent state.
+#[derive(Debug)]
+pub struct Machine<'b> {
+    binary: &'b LpuBinary,
+    config: MachineConfig,
+    loaded: Loaded,
+    /// `None` only while a run holds it.
+    state: Option<State>,
+    symbols: BTreeMap<String, Symbol>,
+    max_cycles: Option<u64>,
+    runs: u64,
+}
+
+impl<'b> Machine<'b> {
+    /// Decodes `binary` for `config` and builds its initial state.
+    pub fn new(binary: &'b LpuBinary, config: MachineConfig) -> Result<Machine<'b>, LoadError> {
+        let loaded = load::load(binary, &config)?;
+        let state = load::initial_state(binary, &loaded, &config)?;
+        let symbols = binary
+            .symbols()
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect();
+        Ok(Machine {
+            binary,
+            config,
+            loaded,
+            state: Some(state),
+            symbols,
+            max_cycles: None,
+            runs: 0,
+        })
+    }
+
+    /// Stops each run with [`Stop::MaxCycles`] past `limit` cycles.
+    pub fn set_max_cycles(&mut self, limit: Option<u64>) {
+        self.max_cycles = limit;
+    }
+
+    /// Runs completed so far.
+    pub fn runs(&self) -> u64 {
+        self.runs
+    }
+
+    /// The machine's state (MEM after the last run).
+    pub fn state(&self) -> &State {
+        self.state
+            .as_ref()
+            .expect("the state is back after every run")
+    }
+
+    /// The state, consuming the machine.
+    pub fn into_state(self) -> State {
+        self.state.expect("the state is back after every run")
+    }
+
+    /// Runs the program once from cycle 0 on the current MEM. A hazard
+    /// carries its source op from the binary's debug map when it has one.
+    /// MEM keeps whatever the run wrote, even when it stops early.
+    pub fn run_once(&mut self) -> Result<Profile, Stop> {
+        let mut state = self
+            .state
+            .take()
+            .expect("the state is back after every run");
+        // A restart: no port bookings, planes empty (MEM stays).
+        state.ports = (0..state.mem.len()).map(|_| Ports::default()).collect();
+        let planes: Result<Vec<Plane>, _> = (0..state.planes.len())
+            .map(|_| Plane::new(self.config.plane))
+            .collect();
+        // The plane configuration was accepted on load, so this cannot fail;
+        // keep the old planes if it somehow does rather than panic.
+        if let Ok(p) = planes {
+            state.planes = p;
+        }
+        let mut engine = Engine::new(&self.config, state, self.loaded.queues.clone());
+        let result = engine.run(self.max_cycles).cloned();
+        self.state = Some(engine.into_state());
+        self.runs += 1;
+        result.map_err(|stop| match stop {
+            Stop::Hazard(mut h) => {
+                h.source = self
+                    .binary
+                    .debug()
+                    .and_then(|d| d.lookup(h.queue.index(), h.index))
+                    .map(str::to_string);
+                Stop::Hazard(h)
+            }
+            other => other,
+        })
+    }
+
+    fn layout(&self, name: &str) -> Result<(SymbolLayout, &Symbol), DeviceError> {
+        let sym = self
+            .symbols
+            .get(name)
+            .ok_or_else(|| DeviceError::NoSymbol {
+                name: name.to_string(),
+            })?;
+        let layout_err = |error| DeviceError::Layout {
+            name: name.to_string(),
+            error,
+        };
+        let l = SymbolLayout::of(sym).map_err(layout_err)?;
+        let state = self.state();
+        l.check_bounds(state.mem.len(), self.config.mem.words_per_slice)
+            .map_err(layout_err)?;
+        Ok((l, sym))
+    }
+}
+
+impl Device for Machine<'_> {
+    fn write_symbol(&mut self, name: &str, bytes: &[u8]) -> Result<(), DeviceError> {
+        let (l, sym) = self.layout(name)?;
+        if bytes.len() != l.byte_len() {
+            return Err(DeviceError::Size {
+                name: name.to_string(),
+                got: bytes.len(),
+                expected: l.byte_len(),
+                what: format!("{} {:?}", sym.elem, sym.shape),
+            });
+        }
+        let state = self
+            .state
+            .as_mut()
+            .expect("the state is back after every run");
+        for (slice, addr, word) in l.to_words(bytes) {
+            state.mem[usize::from(slice)]
+                .word_mut(addr)
+                .copy_from_slice(&word);
+        }
+        Ok(())
+    }
+
+    fn read_symbol(&mut self, name: &str) -> Result<Vec<u8>, DeviceError> {
+        let (l, _) = self.layout(name)?;
+        let state = self.state();
+        Ok(l.from_words(|slice, addr| &state.mem[usize::from(slice)].word(addr)[..]))
+    }
+
+    fn run(&mut self) -> Result<StepStats, DeviceError> {
+        match self.run_once() {
+            Ok(p) => Ok(StepStats {
+                cycles: p.total_cycles(),
+                instructions: p.instructions(),
+            }),
+            Err(Stop::Hazard(h)) => Err(DeviceError::Run(format!("run {}: {h}", self.runs))),
+            Err(Stop::MaxCycles { limit, next }) => Err(DeviceError::Run(format!(
+                "run {}: the next event is on cycle {next}, past the limit of {limit} cycles",
+                self.runs
+            ))),
+        }
+    }
+}
