@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use q35_contract::{Architecture, QuantizedMatrix};
-use q35_isa::{DType, Hemisphere};
+use q35_isa::{DType, Hemisphere, SymbolKind};
 use q35_target::Target;
 
 use crate::alloc::{AllocError, Buffer};
@@ -607,11 +607,15 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
         if let Some(init) = &b.init {
             p.init(&buf, b.dtype, init.clone());
         }
-        if matches!(
-            b.kind,
-            BufferKind::Input | BufferKind::Output | BufferKind::Kv
-        ) {
-            p.symbol(&b.name, b.dtype, b.dims.clone(), &buf);
+        let kind = match b.kind {
+            BufferKind::Input if b.name == "pos_idx" => Some(SymbolKind::Position),
+            BufferKind::Input => Some(SymbolKind::Input),
+            BufferKind::Output => Some(SymbolKind::Output),
+            BufferKind::Kv => Some(SymbolKind::KvCache),
+            BufferKind::Const | BufferKind::Scratch => None,
+        };
+        if let Some(kind) = kind {
+            p.symbol(&b.name, kind, b.dtype, b.dims.clone(), &buf);
         }
         kinds.insert(b.name.clone(), b);
         placement.insert(b.name.clone(), buf);

@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 
 use q35_isa::{
-    DType, Hemisphere, MemData, MemInit, Placement, Program, QueueId, Symbol, Table, TableId,
+    DType, Hemisphere, MemData, MemInit, Placement, Program, QueueId, Symbol, SymbolKind, Table,
+    TableId,
 };
 use q35_target::Target;
 
@@ -126,10 +127,19 @@ impl ProgramBuilder {
         });
     }
 
-    /// Declares `buf` as the symbol `name` (`dims` elements of `dtype`).
-    pub fn symbol(&mut self, name: &str, dtype: DType, dims: Vec<u32>, buf: &Buffer) {
+    /// Declares `buf` as the symbol `name` (`dims` elements of `dtype`)
+    /// the host binds as `kind`.
+    pub fn symbol(
+        &mut self,
+        name: &str,
+        kind: SymbolKind,
+        dtype: DType,
+        dims: Vec<u32>,
+        buf: &Buffer,
+    ) {
         self.symbols.push(Symbol {
             name: name.to_string(),
+            kind,
             dtype,
             dims,
             at: Placement {

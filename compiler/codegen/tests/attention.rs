@@ -149,7 +149,13 @@ fn run_attention(case: &Case) -> (Vec<f32>, u64) {
             })
             .collect(),
     );
-    p.symbol("y", DType::F32, vec![HEADS * HD], &y);
+    p.symbol(
+        "y",
+        q35_isa::SymbolKind::Output,
+        DType::F32,
+        vec![HEADS * HD],
+        &y,
+    );
     attention::attention(
         &mut p,
         "blk.0.attn",
@@ -253,8 +259,20 @@ fn kv_write_stores_key_transposed_and_value_row() {
                 .collect(),
         );
         p.init(&pos_idx, DType::U16, vec![pos; 320]);
-        p.symbol("kcache", DType::F32, vec![kc_elems], &kc);
-        p.symbol("vcache", DType::F32, vec![ctx * 320], &vc);
+        p.symbol(
+            "kcache",
+            q35_isa::SymbolKind::Output,
+            DType::F32,
+            vec![kc_elems],
+            &kc,
+        );
+        p.symbol(
+            "vcache",
+            q35_isa::SymbolKind::Output,
+            DType::F32,
+            vec![ctx * 320],
+            &vc,
+        );
         attention::kv_write(
             &mut p, "blk.0.kv", &k, &v, &kc, &vc, &kv_idx, &pos_idx, KV_DIM, ctx, 0,
         )

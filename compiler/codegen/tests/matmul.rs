@@ -201,7 +201,13 @@ fn check(case: &Case, seed: u64) -> Run {
         .unwrap();
     p.init(&xb, DType::F32, xs.iter().map(|v| v.to_bits()).collect());
     p.init(&sb, DType::F32, vec![act.scale().to_bits(); 320]);
-    p.symbol("y", DType::F32, vec![case.rows as u32], &yb);
+    p.symbol(
+        "y",
+        q35_isa::SymbolKind::Output,
+        DType::F32,
+        vec![case.rows as u32],
+        &yb,
+    );
     let w = place_weight(&mut p, "w", &m, &case.planes).expect("placed");
     let tiles = w.tiles.len();
     matmul(&mut p, "matmul", &xb, &sb, &w, &yb, 0).expect("scheduled");

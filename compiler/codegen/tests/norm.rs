@@ -31,7 +31,13 @@ fn check(name: &str, x: &[f32], w: &[f32], eps: f32, hs: [Hemisphere; 3]) -> u64
     let yb = p.buffer("y", DType::F32, n as u64, hs[2]).unwrap();
     p.init(&xb, DType::F32, bits(x));
     p.init(&wb, DType::F32, bits(w));
-    p.symbol("y", DType::F32, vec![n as u32], &yb);
+    p.symbol(
+        "y",
+        q35_isa::SymbolKind::Output,
+        DType::F32,
+        vec![n as u32],
+        &yb,
+    );
     rmsnorm(&mut p, "blk.0.attn_norm", &xb, &wb, &yb, n as u32, eps, 0).unwrap();
     let built = p.finish();
     let (done, bin) = common::run(&built, &target);

@@ -37,8 +37,20 @@ fn check(name: &str, x: &[f32], hs: [Hemisphere; 3]) -> u64 {
     let sc = p.buffer("scale", DType::F32, 320, hs[2]).unwrap();
     p.init(&xb, DType::F32, x.iter().map(|v| v.to_bits()).collect());
     let words = n.div_ceil(320);
-    p.symbol("xs", DType::F32, vec![(words * 320) as u32], &xs);
-    p.symbol("scale", DType::F32, vec![320], &sc);
+    p.symbol(
+        "xs",
+        q35_isa::SymbolKind::Output,
+        DType::F32,
+        vec![(words * 320) as u32],
+        &xs,
+    );
+    p.symbol(
+        "scale",
+        q35_isa::SymbolKind::Output,
+        DType::F32,
+        vec![320],
+        &sc,
+    );
     quantize(&mut p, "blk.0.attn_q.act", &xb, n as u32, &xs, &sc, 0).unwrap();
     let built = p.finish();
     let (done, bin) = common::run(&built, &target);

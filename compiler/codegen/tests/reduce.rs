@@ -28,7 +28,13 @@ fn run(op: ReduceOp, x: &[f32], words: u32, hx: Hemisphere, ho: Hemisphere) -> (
         .unwrap();
     let out = p.buffer("out", DType::F32, 320, ho).unwrap();
     p.init(&xb, DType::F32, x.iter().map(|v| v.to_bits()).collect());
-    p.symbol("out", DType::F32, vec![320], &out);
+    p.symbol(
+        "out",
+        q35_isa::SymbolKind::Output,
+        DType::F32,
+        vec![320],
+        &out,
+    );
     lane_reduce(&mut p, "reduce", op, &xb, words, &out, 0).unwrap();
     let built = p.finish();
     let (done, bin) = common::run(&built, &target);
@@ -142,7 +148,13 @@ fn many_reductions_overlap() {
                 let o = p.buffer(&format!("o{h}"), DType::F32, 320, hx).unwrap();
                 let v: Vec<f32> = values(1280, 100 + h).iter().map(|v| v - 20.0).collect();
                 p.init(&x, DType::F32, v.iter().map(|v| v.to_bits()).collect());
-                p.symbol(&format!("o{h}"), DType::F32, vec![320], &o);
+                p.symbol(
+                    &format!("o{h}"),
+                    q35_isa::SymbolKind::Output,
+                    DType::F32,
+                    vec![320],
+                    &o,
+                );
                 xs.push(x);
                 outs.push(o);
                 data.push(v);

@@ -47,7 +47,13 @@ fn check(
     p.init(&sb, DType::F32, sin);
     p.init(&pb, DType::U16, vec![pos as u32; 320]);
     p.init(&xb, DType::F32, x.iter().map(|v| v.to_bits()).collect());
-    p.symbol("y", DType::F32, vec![n as u32], &yb);
+    p.symbol(
+        "y",
+        q35_isa::SymbolKind::Output,
+        DType::F32,
+        vec![n as u32],
+        &yb,
+    );
     rope(
         &mut p,
         "blk.0.rope_q",

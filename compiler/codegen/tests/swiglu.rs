@@ -26,7 +26,13 @@ fn check(name: &str, g: &[f32], u: &[f32], hs: [Hemisphere; 3]) {
     let yb = p.buffer("y", DType::F32, n as u64, hs[2]).unwrap();
     p.init(&gb, DType::F32, g.iter().map(|v| v.to_bits()).collect());
     p.init(&ub, DType::F32, u.iter().map(|v| v.to_bits()).collect());
-    p.symbol("y", DType::F32, vec![n as u32], &yb);
+    p.symbol(
+        "y",
+        q35_isa::SymbolKind::Output,
+        DType::F32,
+        vec![n as u32],
+        &yb,
+    );
     swiglu(&mut p, "blk.0.ffn", &gb, &ub, &yb, n as u32, 0).unwrap();
     let built = p.finish();
     let (done, bin) = common::run(&built, &target);

@@ -36,7 +36,13 @@ fn add_is_exact_and_predicted() {
         let (va, vb) = (values(n, 1), values(n, 7));
         p.init(&a, DType::F32, va.iter().map(|x| x.to_bits()).collect());
         p.init(&b, DType::F32, vb.iter().map(|x| x.to_bits()).collect());
-        p.symbol("o", DType::F32, vec![n as u32], &o);
+        p.symbol(
+            "o",
+            q35_isa::SymbolKind::Output,
+            DType::F32,
+            vec![n as u32],
+            &o,
+        );
         let words = (n as u32).div_ceil(320);
         vector::add(&mut p, "add", &a, &b, &o, words, 0).unwrap();
         let built = p.finish();
