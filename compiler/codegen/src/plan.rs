@@ -577,12 +577,20 @@ fn hemisphere(b: &BufferDecl, i: usize) -> Hemisphere {
     }
 }
 
-/// Places every buffer and weight, runs every op's kernel in program
-/// order, and returns the program.
-pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
-    let mut p = ProgramBuilder::new(target);
-    let mut placement = BTreeMap::new();
-    let mut kinds = BTreeMap::new();
+/// Where every buffer of `plan` goes (what `--lpu-place` records): the
+/// first thing [`compile`] does, so the two always agree.
+pub fn placement(plan: &Plan, target: &Target) -> Result<BTreeMap<String, Buffer>, CodegenError> {
+    place_buffers(plan, &mut ProgramBuilder::new(target))
+}
+
+/// Places the plan's buffers (an op's operands never share a slice; the
+/// hemisphere rule of [`hemisphere`]), sets their initial contents and
+/// declares the host's symbols.
+fn place_buffers(
+    plan: &Plan,
+    p: &mut ProgramBuilder,
+) -> Result<BTreeMap<String, Buffer>, CodegenError> {
+    let mut placement: BTreeMap<String, Buffer> = BTreeMap::new();
     // Buffers one op uses together never share a slice.
     let mut partners: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (_, op) in &plan.ops {
@@ -617,9 +625,18 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
         if let Some(kind) = kind {
             p.symbol(&b.name, kind, b.dtype, b.dims.clone(), &buf);
         }
-        kinds.insert(b.name.clone(), b);
         placement.insert(b.name.clone(), buf);
     }
+    Ok(placement)
+}
+
+/// Places every buffer and weight, runs every op's kernel in program
+/// order, and returns the program.
+pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
+    let mut p = ProgramBuilder::new(target);
+    let placement = place_buffers(plan, &mut p)?;
+    let kinds: BTreeMap<String, &BufferDecl> =
+        plan.buffers.iter().map(|b| (b.name.clone(), b)).collect();
     let get = |name: &str, op: &str| {
         placement
             .get(name)

@@ -56,6 +56,9 @@ pub struct BuiltGolden {
     /// The quantized LM head, when the head is quantized (with tied
     /// embeddings it is also the embedding table).
     pub head: Option<QuantizedMatrix>,
+    /// Every quantized matrix by its GGUF tensor name (`blk.0.attn_q.weight`
+    /// ..., the LM head as `output.weight`): what the compiler packs.
+    pub layers: std::collections::BTreeMap<String, QuantizedMatrix>,
     /// The scheme and group size used.
     pub scheme: QuantScheme,
     /// Channels per quantization group.
@@ -234,15 +237,20 @@ pub fn build(recipe: &GoldenRecipe) -> Result<BuiltGolden, GoldenBuildError> {
         kind: LinearKind::LmHead,
     };
     let head = layers
-        .into_iter()
+        .iter()
         .find(|l| l.id == head_id)
-        .map(|l| l.matrix);
+        .map(|l| l.matrix.clone());
+    let layers = layers
+        .into_iter()
+        .map(|l| (l.id.gguf_name(), l.matrix))
+        .collect();
     Ok(BuiltGolden {
         golden,
         name: spec.name,
         tokenizer,
         tokenizer_gguf,
         head,
+        layers,
         scheme,
         group_size,
     })

@@ -36,6 +36,10 @@ pub struct ModelSpec {
     pub weights: WeightSource,
     /// How weights and activations are quantized.
     pub quant: QuantConfig,
+    /// The calibration text of an activation-aware scheme
+    /// (`[quantization] calibration`, resolved against the model.toml's
+    /// directory); opened by whoever quantizes.
+    pub calibration: Option<PathBuf>,
     /// The machine to compile for.
     pub target: Target,
     /// Limits the compiled program is built for.

@@ -88,6 +88,7 @@ struct RawQuant {
     #[serde(default, deserialize_with = "scheme_field")]
     scheme: Option<Spanned<QuantScheme>>,
     group_size: Option<Spanned<u32>>,
+    calibration: Option<Spanned<String>>,
     #[expect(
         dead_code,
         reason = "only int8 exists; parsed so other values are refused"
@@ -171,6 +172,9 @@ pub struct ModelToml {
     pub weights: WeightSource,
     /// `[quantization]`.
     pub quant: QuantConfig,
+    /// `[quantization] calibration`: the calibration text (resolved
+    /// against the model.toml's directory).
+    pub calibration: Option<PathBuf>,
     architecture: ArchSection,
     target: TargetSection,
     runtime: RuntimeSection,
@@ -263,6 +267,11 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelToml, ModelError> {
     let weights = weights_table(&cx, &raw.weights)?;
     let architecture = architecture_table(&cx, raw.architecture.unwrap_or_default(), &weights)?;
     let quant = quantization_table(&cx, raw.quantization.as_ref())?;
+    let calibration = raw
+        .quantization
+        .as_ref()
+        .and_then(|q| q.calibration.as_ref())
+        .map(|c| cx.base().join(c.get_ref()));
     let target = target_table(&cx, raw.target.as_ref())?;
     let runtime = runtime_table(&cx, raw.runtime.as_ref())?;
     Ok(ModelToml {
@@ -270,6 +279,7 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelToml, ModelError> {
         name,
         weights,
         quant,
+        calibration,
         architecture,
         target,
         runtime,
@@ -631,6 +641,7 @@ impl ModelToml {
             arch,
             weights: self.weights,
             quant: self.quant,
+            calibration: self.calibration,
             target,
             limits: RuntimeLimits {
                 max_seq_len,

@@ -11,6 +11,7 @@
 //! `--lpu-schedule` produce to ops that already exist.
 
 pub mod interp;
+pub mod plan;
 
 use melior::Context;
 use melior::ir::attribute::{

@@ -16,6 +16,7 @@
 //! flags and help from it), add `tests/lit/passes/<name>.mlir`.
 
 mod check_overflow;
+mod lpu_codegen;
 pub mod lpu_lower;
 mod quantize_activations;
 mod verify;
@@ -273,11 +274,13 @@ impl Default for PassId {
 
 /// Every q35 pass: the one place a pass is registered. `q35c opt` builds
 /// its pass flags, `--help` and `--list-passes` from it.
-pub static PASSES: [&PassInfo; 4] = [
+pub static PASSES: [&PassInfo; 6] = [
     &verify::PASS,
     &check_overflow::PASS,
     &quantize_activations::PASS,
     &lpu_lower::PASS,
+    &lpu_codegen::PLACE,
+    &lpu_codegen::SCHEDULE,
 ];
 
 /// The passes `q35c compile` runs after lowering.

@@ -1,0 +1,334 @@
+//! An lpu module as the code generator's [`Plan`]: buffers, weights and
+//! ops, one to one, with the weights and constant vectors bound from a
+//! [`PlanSource`] (the golden model's quantized matrices for emission, or
+//! [`ShapeOnly`] placeholders of the right shapes for the placement and
+//! scheduling passes, whose result does not depend on weight values).
+
+use std::collections::BTreeMap;
+
+use melior::ir::block::BlockLike;
+use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::{Module, RegionLike};
+use q35_codegen::plan::{BufferDecl, BufferKind as PlanKind, Plan, PlanOp};
+use q35_contract::{QuantScheme, QuantizedMatrix, RopeTable};
+use q35_frontend::lpu_ops::{CONTEXT_ATTR, OpKind};
+use q35_frontend::ops::module_attr;
+use q35_isa::DType;
+
+use crate::ir::{
+    float_attr, format_location, int_attr, json_from_attribute, string_attr, symbol_attr,
+    tensor_type_attr,
+};
+use crate::passes::op_name;
+
+/// Where a plan's weights and constant vectors come from.
+pub trait PlanSource {
+    /// The quantized matrix packed from GGUF tensor `source` (`rows x
+    /// cols`, groups of `group`).
+    fn weight(
+        &self,
+        source: &str,
+        rows: usize,
+        cols: usize,
+        group: usize,
+    ) -> Result<QuantizedMatrix, String>;
+    /// The f32 vector of GGUF tensor `source` (a norm weight), `n` long.
+    fn vector(&self, source: &str, n: usize) -> Result<Vec<f32>, String>;
+}
+
+/// Placeholders of the right shapes: zero codes and scales, an
+/// alternating slot mask. Placement and the schedule depend only on shapes.
+#[derive(Clone, Copy, Debug)]
+pub struct ShapeOnly {
+    /// The scheme to pretend.
+    pub scheme: QuantScheme,
+}
+
+impl PlanSource for ShapeOnly {
+    fn weight(
+        &self,
+        _source: &str,
+        rows: usize,
+        cols: usize,
+        group: usize,
+    ) -> Result<QuantizedMatrix, String> {
+        placeholder(self.scheme, rows, cols, group)
+    }
+
+    fn vector(&self, _source: &str, n: usize) -> Result<Vec<f32>, String> {
+        Ok(vec![0.0; n])
+    }
+}
+
+/// A zero matrix of the shape with a valid slot mask.
+fn placeholder(
+    scheme: QuantScheme,
+    rows: usize,
+    cols: usize,
+    group: usize,
+) -> Result<QuantizedMatrix, String> {
+    let layout = q35_contract::format::Layout::new(rows, cols, group).map_err(|e| e.to_string())?;
+    let kp = layout.cols_padded();
+    let codes = vec![0i8; rows * kp];
+    let scales = vec![half::f16::ZERO; rows * layout.n_groups()];
+    let mask: Option<Vec<bool>> = scheme.is_q35().then(|| (0..kp).map(|j| j % 2 == 0).collect());
+    QuantizedMatrix::from_codes(layout, scheme, (1, 1), &codes, &scales, mask.as_deref())
+        .map_err(|e| e.to_string())
+}
+
+/// The module cannot be translated.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {op}: {message}")]
+pub struct PlanError {
+    /// Source location.
+    pub location: String,
+    /// The op.
+    pub op: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn module_error(message: impl Into<String>) -> PlanError {
+    PlanError {
+        location: "module".into(),
+        op: "builtin.module".into(),
+        message: message.into(),
+    }
+}
+
+fn sym(o: &OperationRef<'_, '_>, attr: &str) -> Result<String, String> {
+    symbol_attr(o, attr).ok_or_else(|| format!("needs a symbol `{attr}`"))
+}
+
+fn int(o: &OperationRef<'_, '_>, attr: &str) -> Result<u32, String> {
+    int_attr(o, attr)
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| format!("needs a non-negative integer `{attr}`"))
+}
+
+fn f32v(o: &OperationRef<'_, '_>, attr: &str) -> Result<f32, String> {
+    float_attr(o, attr)
+        .map(|v| v as f32)
+        .ok_or_else(|| format!("needs a float `{attr}`"))
+}
+
+/// Translates `module` (an lpu module) into a [`Plan`].
+pub fn to_plan(module: &Module<'_>, src: &dyn PlanSource) -> Result<Plan, PlanError> {
+    op_to_plan(&module.as_operation(), src)
+}
+
+/// [`to_plan`] on the module operation (what a pass holds).
+pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan, PlanError> {
+    let ctx = int_attr(m, CONTEXT_ATTR)
+        .and_then(|c| u32::try_from(c).ok())
+        .filter(|&c| c > 0)
+        .ok_or_else(|| module_error(format!("the module has no positive `{CONTEXT_ATTR}`")))?;
+    let arch = m
+        .attribute(module_attr::ARCH)
+        .ok()
+        .and_then(|a| json_from_attribute(a).ok())
+        .ok_or_else(|| module_error(format!("the module has no `{}`", module_attr::ARCH)))?;
+    let (Some(head_dim), Some(base)) = (
+        arch.get("head_dim").and_then(serde_json::Value::as_u64),
+        arch.get("rope_base").and_then(serde_json::Value::as_f64),
+    ) else {
+        return Err(module_error("`q35.arch` needs head_dim and rope_base"));
+    };
+    let rope = RopeTable::new(head_dim as usize, base as f32, ctx as usize);
+    let (cos, sin) = q35_codegen::kernels::rope::rope_tables(&rope, head_dim as usize, ctx as usize)
+        .map_err(|e| module_error(e.to_string()))?;
+    let scheme_of = |s: &str| QuantScheme::ALL.into_iter().find(|q| q.as_str() == s);
+    let body = m
+        .region(0)
+        .ok()
+        .and_then(|r| r.first_block())
+        .ok_or_else(|| module_error("the module has no body"))?;
+    let mut buffers = Vec::new();
+    let mut weights = BTreeMap::new();
+    let mut func = None;
+    let mut op = body.first_operation();
+    while let Some(o) = op {
+        let name = op_name(&o);
+        let err = |message: String| PlanError {
+            location: format_location(o.location()),
+            op: name.clone(),
+            message,
+        };
+        match OpKind::from_name(&name) {
+            Some(OpKind::Buffer) => {
+                let sym_name = string_attr(&o, "sym_name").ok_or_else(|| err("needs `sym_name`".into()))?;
+                let kind = match string_attr(&o, "kind").as_deref() {
+                    Some("input") => PlanKind::Input,
+                    Some("output") => PlanKind::Output,
+                    Some("kv") => PlanKind::Kv,
+                    Some("const") => PlanKind::Const,
+                    Some("scratch") => PlanKind::Scratch,
+                    other => return Err(err(format!("@{sym_name}: unknown kind {other:?}"))),
+                };
+                let t = tensor_type_attr(&o, "type")
+                    .ok_or_else(|| err(format!("@{sym_name} needs a tensor `type`")))?;
+                let dims = t
+                    .dims
+                    .iter()
+                    .map(|d| d.and_then(|n| u32::try_from(n).ok()))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| err(format!("@{sym_name} has a dynamic type {t}")))?;
+                let dtype = match t.element.as_str() {
+                    "f32" => DType::F32,
+                    "i16" => DType::U16,
+                    other => return Err(err(format!("@{sym_name}: element type {other}"))),
+                };
+                let n: usize = dims.iter().map(|&d| d as usize).product();
+                let init = match (kind, string_attr(&o, "source").as_deref()) {
+                    (PlanKind::Const, Some("rope.cos")) => Some(cos.clone()),
+                    (PlanKind::Const, Some("rope.sin")) => Some(sin.clone()),
+                    (PlanKind::Const, Some(source)) => Some(
+                        src.vector(source, n)
+                            .map_err(|e| err(format!("@{sym_name}: {e}")))?
+                            .into_iter()
+                            .map(f32::to_bits)
+                            .collect(),
+                    ),
+                    (PlanKind::Const, None) => {
+                        return Err(err(format!("const @{sym_name} has no `source`")));
+                    }
+                    _ => None,
+                };
+                buffers.push(BufferDecl {
+                    name: sym_name,
+                    kind,
+                    dtype,
+                    dims,
+                    init,
+                });
+            }
+            Some(OpKind::Weight) => {
+                let sym_name = string_attr(&o, "sym_name").ok_or_else(|| err("needs `sym_name`".into()))?;
+                let source = string_attr(&o, "source").ok_or_else(|| err("needs `source`".into()))?;
+                let (rows, cols, group) = (
+                    int(&o, "rows").map_err(&err)?,
+                    int(&o, "cols").map_err(&err)?,
+                    int(&o, "group").map_err(&err)?,
+                );
+                if string_attr(&o, "scheme").and_then(|s| scheme_of(&s)).is_none() {
+                    return Err(err(format!("@{sym_name}: unknown `scheme`")));
+                }
+                let w = src
+                    .weight(&source, rows as usize, cols as usize, group as usize)
+                    .map_err(|e| err(format!("@{sym_name}: {e}")))?;
+                weights.insert(sym_name, w);
+            }
+            Some(_) | None => {
+                if name == "func.func" && string_attr(&o, "sym_name").as_deref() == Some("decode") {
+                    func = Some(o);
+                }
+            }
+        }
+        op = o.next_in_block();
+    }
+    let func = func.ok_or_else(|| module_error("the module has no `func.func @decode`"))?;
+    let block = func
+        .region(0)
+        .ok()
+        .and_then(|r| r.first_block())
+        .ok_or_else(|| module_error("@decode has no body"))?;
+    let mut ops = Vec::new();
+    let mut op = block.first_operation();
+    while let Some(o) = op {
+        let name = op_name(&o);
+        if name != "func.return" {
+            let location = format_location(o.location());
+            let plan_op = decode(&o, &name).map_err(|message| PlanError {
+                location: location.clone(),
+                op: name.clone(),
+                message,
+            })?;
+            ops.push((label(&o, &name, &plan_op), plan_op));
+        }
+        op = o.next_in_block();
+    }
+    Ok(Plan {
+        ctx,
+        buffers,
+        weights,
+        ops,
+    })
+}
+
+/// A readable label for an op: the buffer it writes, without the `.y`.
+fn label(o: &OperationRef<'_, '_>, name: &str, op: &PlanOp) -> String {
+    let y = match op {
+        PlanOp::MatMul { weight, .. } => return weight.clone(),
+        PlanOp::KvWrite { kcache, .. } => return format!("{name} @{kcache}"),
+        PlanOp::RmsNorm { y, .. }
+        | PlanOp::Rope { y, .. }
+        | PlanOp::Attention { y, .. }
+        | PlanOp::SwiGlu { y, .. }
+        | PlanOp::Add { y, .. } => y.clone(),
+        PlanOp::Quantize { xs, .. } => xs.clone(),
+    };
+    let _ = o;
+    y.strip_suffix(".y").unwrap_or(&y).to_string()
+}
+
+fn decode(o: &OperationRef<'_, '_>, name: &str) -> Result<PlanOp, String> {
+    let kind = OpKind::from_name(name).ok_or_else(|| format!("`{name}` is not an lpu op"))?;
+    Ok(match kind {
+        OpKind::RmsNorm => PlanOp::RmsNorm {
+            x: sym(o, "x")?,
+            weight: sym(o, "weight")?,
+            y: sym(o, "y")?,
+            n: int(o, "n")?,
+            eps: f32v(o, "eps")?,
+        },
+        OpKind::Quantize => PlanOp::Quantize {
+            x: sym(o, "x")?,
+            xs: sym(o, "xs")?,
+            scale: sym(o, "scale")?,
+            n: int(o, "n")?,
+        },
+        OpKind::MatMul => PlanOp::MatMul {
+            xs: sym(o, "xs")?,
+            scale: sym(o, "scale")?,
+            weight: sym(o, "weight")?,
+            y: sym(o, "y")?,
+        },
+        OpKind::Rope => PlanOp::Rope {
+            x: sym(o, "x")?,
+            y: sym(o, "y")?,
+            heads: int(o, "heads")?,
+            head_dim: int(o, "head_dim")?,
+        },
+        OpKind::KvWrite => PlanOp::KvWrite {
+            k: sym(o, "k")?,
+            v: sym(o, "v")?,
+            kcache: sym(o, "kcache")?,
+            vcache: sym(o, "vcache")?,
+        },
+        OpKind::Attention => PlanOp::Attention {
+            q: sym(o, "q")?,
+            kcache: sym(o, "kcache")?,
+            vcache: sym(o, "vcache")?,
+            y: sym(o, "y")?,
+            heads: int(o, "heads")?,
+            kv_heads: int(o, "kv_heads")?,
+            head_dim: int(o, "head_dim")?,
+            scale: f32v(o, "scale")?,
+        },
+        OpKind::SwiGlu => PlanOp::SwiGlu {
+            gate: sym(o, "gate")?,
+            up: sym(o, "up")?,
+            y: sym(o, "y")?,
+            n: int(o, "n")?,
+        },
+        OpKind::Add => PlanOp::Add {
+            a: sym(o, "a")?,
+            b: sym(o, "b")?,
+            y: sym(o, "y")?,
+            n: int(o, "n")?,
+        },
+        OpKind::Buffer | OpKind::Weight => {
+            return Err(format!("`{name}` belongs at module level"));
+        }
+    })
+}

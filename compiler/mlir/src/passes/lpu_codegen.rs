@@ -1,0 +1,208 @@
+//! `--lpu-place` and `--lpu-schedule`: the code generator (`q35-codegen`,
+//! docs/backend.md) run over an lpu module, its decisions recorded as
+//! attributes.
+//!
+//! - `lpu-place` records every `lpu.buffer`'s MEM slices and first word
+//!   (`slices`, `addr`): `q35_codegen::plan::placement`.
+//! - `lpu-schedule` schedules the whole decode step
+//!   (`q35_codegen::plan::compile`) and records on every op of `@decode` the
+//!   first and last cycle its instructions occupy (`lpu.cycles`), and on
+//!   `@decode` the program's cycle count (`lpu.total_cycles`), which the
+//!   simulator measures exactly. It checks that the buffers' recorded
+//!   placement is the one the schedule used (run `lpu-place` first).
+//!
+//! Neither depends on weight values (placement and timing depend on
+//! shapes only), so both run on the module alone with placeholder weights
+//! ([`crate::lpu::plan::ShapeOnly`]); the emission binds the real ones and
+//! gets the same program up to MEM contents.
+
+use melior::ir::block::BlockLike;
+use melior::ir::operation::{OperationLike, OperationRef, OperationRefMut};
+use melior::ir::RegionLike;
+use melior::ir::attribute::DictionaryAttribute;
+use q35_codegen::plan;
+use q35_contract::QuantScheme;
+use q35_frontend::lpu_ops::{OpKind, TOTAL_CYCLES_ATTR};
+use q35_frontend::ops::module_attr;
+
+use super::{PassContext, PassId, PassInfo, op_name};
+use crate::ir::{int_attr, json_from_attribute, string_attr};
+use crate::lpu::plan::{ShapeOnly, op_to_plan};
+
+static PLACE_ID: PassId = PassId::new();
+static SCHEDULE_ID: PassId = PassId::new();
+
+/// `lpu-place`.
+pub(crate) static PLACE: PassInfo = PassInfo::new(
+    "lpu-place",
+    "place every lpu.buffer in MEM slices (records `slices` and `addr`)",
+    &[],
+    run_place,
+    &PLACE_ID,
+);
+
+/// `lpu-schedule`.
+pub(crate) static SCHEDULE: PassInfo = PassInfo::new(
+    "lpu-schedule",
+    "schedule the decode step cycle by cycle (records `lpu.cycles` per op and `lpu.total_cycles`)",
+    &[],
+    run_schedule,
+    &SCHEDULE_ID,
+);
+
+/// The placeholder source of a module: its `q35.quant` scheme.
+fn shape_source(m: &OperationRef<'_, '_>) -> Result<ShapeOnly, String> {
+    let quant = m
+        .attribute(module_attr::QUANT)
+        .ok()
+        .and_then(|a| DictionaryAttribute::try_from(a).ok())
+        .ok_or_else(|| format!("the module has no `{}` dictionary", module_attr::QUANT))?;
+    let name = (0..quant.len())
+        .filter_map(|i| quant.element(i).ok())
+        .find(|(k, _)| crate::ir::string_of(k.as_string_ref()).as_deref() == Some("scheme"))
+        .and_then(|(_, v)| json_from_attribute(v).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
+        .ok_or_else(|| format!("`{}` has no string `scheme`", module_attr::QUANT))?;
+    let scheme = QuantScheme::ALL
+        .into_iter()
+        .find(|q| q.as_str() == name)
+        .ok_or_else(|| format!("unknown scheme `{name}`"))?;
+    Ok(ShapeOnly { scheme })
+}
+
+/// The plan of the pass's module and its target, or a reported error.
+fn plan_of(cx: &mut PassContext<'_, '_>) -> Option<(plan::Plan, q35_target::Target)> {
+    let module = cx.module;
+    let target = match cx.target() {
+        Ok(t) => t.clone(),
+        Err(e) => {
+            let message = e.to_string();
+            cx.error(&module, message);
+            return None;
+        }
+    };
+    let source = match shape_source(&module) {
+        Ok(s) => s,
+        Err(message) => {
+            cx.error(&module, message);
+            return None;
+        }
+    };
+    match op_to_plan(&module, &source) {
+        Ok(p) => Some((p, target)),
+        Err(e) => {
+            cx.error(&module, e.to_string());
+            None
+        }
+    }
+}
+
+/// Every op of the module body, then of `@decode`'s body.
+fn walk<'c, 'a>(m: &OperationRef<'c, 'a>) -> (Vec<OperationRef<'c, 'a>>, Option<OperationRef<'c, 'a>>) {
+    let mut top = Vec::new();
+    let mut func = None;
+    if let Some(body) = m.region(0).ok().and_then(|r| r.first_block()) {
+        let mut op = body.first_operation();
+        while let Some(o) = op {
+            if op_name(&o) == "func.func" && string_attr(&o, "sym_name").as_deref() == Some("decode") {
+                func = Some(o);
+            }
+            top.push(o);
+            op = o.next_in_block();
+        }
+    }
+    (top, func)
+}
+
+fn run_place(cx: &mut PassContext<'_, '_>) {
+    let Some((plan, target)) = plan_of(cx) else {
+        return;
+    };
+    let placement = match plan::placement(&plan, &target) {
+        Ok(p) => p,
+        Err(e) => {
+            let module = cx.module;
+            cx.error(&module, e.to_string());
+            return;
+        }
+    };
+    let context = cx.context();
+    let (top, _) = walk(&cx.module);
+    for o in top {
+        if OpKind::from_name(&op_name(&o)) != Some(OpKind::Buffer) {
+            continue;
+        }
+        let Some(name) = string_attr(&o, "sym_name") else {
+            continue;
+        };
+        if let Some(buf) = placement.get(&name) {
+            let slices: Vec<String> = buf.slices.iter().map(ToString::to_string).collect();
+            let slices: Vec<&str> = slices.iter().map(String::as_str).collect();
+            // SAFETY: the pass owns the module; the op stays alive and no
+            // other reference mutates it meanwhile.
+            let mut op = unsafe { OperationRefMut::from_raw(o.to_raw()) };
+            crate::lpu::set_placement(context, &mut op, &slices, u64::from(buf.addr));
+        }
+    }
+}
+
+fn run_schedule(cx: &mut PassContext<'_, '_>) {
+    let Some((plan, target)) = plan_of(cx) else {
+        return;
+    };
+    let module = cx.module;
+    let compiled = match plan::compile(&plan, &target) {
+        Ok(c) => c,
+        Err(e) => {
+            cx.error(&module, e.to_string());
+            return;
+        }
+    };
+    let (top, func) = walk(&module);
+    // The recorded placement must be the schedule's.
+    for o in &top {
+        if OpKind::from_name(&op_name(o)) != Some(OpKind::Buffer) {
+            continue;
+        }
+        let Some(name) = string_attr(o, "sym_name") else {
+            continue;
+        };
+        let Some(buf) = compiled.placement.get(&name) else {
+            continue;
+        };
+        match int_attr(o, "addr") {
+            None => {
+                cx.error(o, format!("@{name} has no placement: run lpu-place before lpu-schedule"));
+                return;
+            }
+            Some(a) if a != i64::from(buf.addr) => {
+                cx.error(o, format!("@{name} is placed at word {a}, the schedule put it at {}", buf.addr));
+                return;
+            }
+            Some(_) => {}
+        }
+    }
+    let Some(func) = func else {
+        cx.error(&module, "the module has no `func.func @decode`".into());
+        return;
+    };
+    let context = cx.context();
+    let mut spans = compiled.op_cycles.iter();
+    if let Some(block) = func.region(0).ok().and_then(|r| r.first_block()) {
+        let mut op = block.first_operation();
+        while let Some(o) = op {
+            if op_name(&o) != "func.return"
+                && let Some(&(_, first, last)) = spans.next()
+            {
+                // SAFETY: as in `run_place`.
+                let mut m = unsafe { OperationRefMut::from_raw(o.to_raw()) };
+                crate::lpu::set_cycles(context, &mut m, first.max(0) as u64, last.max(0) as u64);
+            }
+            op = o.next_in_block();
+        }
+    }
+    // SAFETY: as in `run_place`.
+    let mut f = unsafe { OperationRefMut::from_raw(func.to_raw()) };
+    crate::lpu::set_total_cycles(context, &mut f, compiled.built.cycles);
+    let _ = TOTAL_CYCLES_ATTR;
+}
