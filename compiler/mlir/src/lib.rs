@@ -31,7 +31,8 @@ pub mod passes;
 pub use dialect::{IRDL_SOURCE, create_context, parse_file, parse_module};
 pub use error::MlirError;
 pub use lower::{
-    compile, compile_lpu, compile_with, emit_lpu_with, emit_q35, emit_q35_with, lower, lpu_pipeline,
+    backend_pipeline, compile, compile_backend, compile_lpu, compile_with, emit_lpu_with, emit_q35,
+    emit_q35_with, lower, lpu_pipeline,
 };
 
 /// What [`opt`] reads.

@@ -107,6 +107,29 @@ pub fn compile_lpu<'c>(
     Ok(module)
 }
 
+/// [`lpu_pipeline`] followed by `lpu-place` and `lpu-schedule`: the
+/// backend's whole pass pipeline (docs/backend.md).
+pub fn backend_pipeline(positions: Option<u64>) -> Result<Vec<passes::PassSpec>, MlirError> {
+    let mut pipeline = lpu_pipeline(positions)?;
+    pipeline.push(passes::PassSpec::new("lpu-place", "")?);
+    pipeline.push(passes::PassSpec::new("lpu-schedule", "")?);
+    Ok(pipeline)
+}
+
+/// [`compile_lpu`] through [`backend_pipeline`]: the lpu module placed and
+/// scheduled, ready for emission.
+pub fn compile_backend<'c>(
+    context: &'c Context,
+    spec: &ModelSpec,
+    positions: Option<u64>,
+    options: passes::RunOptions,
+) -> Result<Module<'c>, MlirError> {
+    let graph = q35_frontend::build(spec)?;
+    let mut module = lower(context, spec, &graph)?;
+    passes::run_with(context, &mut module, &backend_pipeline(positions)?, options)?;
+    Ok(module)
+}
+
 /// [`compile_lpu`], printed.
 pub fn emit_lpu_with(
     spec: &ModelSpec,

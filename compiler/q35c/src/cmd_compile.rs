@@ -24,16 +24,32 @@ use anyhow::Context;
 pub struct CompileArgs {
     /// The model description (model.toml).
     pub model: PathBuf,
-    /// What to emit.
-    #[arg(long, value_enum, default_value_t = Emit::Q35)]
-    pub emit: Emit,
+    /// What to emit (default: from the output's extension: `.mlir` q35,
+    /// `.lpuasm` asm, `.dot` graph, anything else an `.lpubin` program;
+    /// q35 MLIR on stdout).
+    #[arg(long, value_enum)]
+    pub emit: Option<Emit>,
     /// Print the module to stderr after every pass of the compile pipeline.
     #[arg(long)]
     pub print_ir_after_all: bool,
-    /// Positions of the compiled context (--emit=lpu; default: the
+    /// Positions of the compiled context (lpu, asm, lpubin; default: the
     /// model.toml's [runtime] max_seq_len).
     #[arg(long, value_name = "N")]
     pub context: Option<u64>,
+    /// Calibration text for the activation-aware scheme (default: the
+    /// model.toml's [quantization] calibration).
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// A target description file instead of the model.toml's [target].
+    #[arg(long, value_name = "FILE")]
+    pub target: Option<PathBuf>,
+    /// Print a JSON summary (sizes, predicted cycles, MEM use) on stdout
+    /// (asm, lpubin).
+    #[arg(long)]
+    pub json: bool,
+    /// Worker threads for quantization (results do not depend on it).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
     /// Output file; `-` writes to stdout.
     #[arg(short, long, default_value = "-")]
     pub output: PathBuf,
@@ -49,30 +65,101 @@ pub enum Emit {
     Lpu,
     /// The frontend's dataflow graph in Graphviz DOT (before MLIR).
     Graph,
+    /// The scheduled program as `.lpuasm` text.
+    Asm,
+    /// The `.lpubin` binary q35sim runs.
+    Lpubin,
+}
+
+impl Emit {
+    /// What an output path asks for when `--emit` is not given.
+    fn infer(output: &Path) -> Emit {
+        if output.as_os_str() == "-" {
+            return Emit::Q35;
+        }
+        match output.extension().and_then(|e| e.to_str()) {
+            Some("mlir") => Emit::Q35,
+            Some("lpuasm") => Emit::Asm,
+            Some("dot") => Emit::Graph,
+            _ => Emit::Lpubin,
+        }
+    }
 }
 
 /// Runs `q35c compile`.
 pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
-    let spec = q35_model::load(&args.model)
+    let mut spec = q35_model::load(&args.model)
         .with_context(|| format!("cannot load model description {}", args.model.display()))?;
+    if let Some(t) = &args.target {
+        spec.target = q35_target::Target::load(t)
+            .with_context(|| format!("cannot load target description {}", t.display()))?;
+    }
     let options = q35_mlir::passes::RunOptions {
         print_ir_after_all: args.print_ir_after_all,
     };
-    if args.context.is_some() && args.emit != Emit::Lpu {
-        anyhow::bail!("--context applies to --emit=lpu (the q35 module keeps max_seq_len)");
+    let emit = args.emit.unwrap_or_else(|| Emit::infer(&args.output));
+    if args.context.is_some() && matches!(emit, Emit::Q35 | Emit::Graph) {
+        anyhow::bail!(
+            "--context applies to --emit=lpu, asm and lpubin (the q35 module keeps max_seq_len)"
+        );
     }
-    let text = match args.emit {
-        Emit::Q35 => q35_mlir::emit_q35_with(&spec, options).with_context(|| {
-            format!("cannot compile {} to the q35 dialect", args.model.display())
-        })?,
-        Emit::Lpu => q35_mlir::emit_lpu_with(&spec, args.context, options).with_context(|| {
-            format!("cannot compile {} to the lpu dialect", args.model.display())
-        })?,
+    if args.json && !matches!(emit, Emit::Asm | Emit::Lpubin) {
+        anyhow::bail!("--json applies to --emit=asm and lpubin");
+    }
+    if emit == Emit::Lpubin && args.output.as_os_str() == "-" {
+        anyhow::bail!("an .lpubin is binary: give an output file with -o");
+    }
+    let bytes = match emit {
+        Emit::Q35 => q35_mlir::emit_q35_with(&spec, options)
+            .with_context(|| format!("cannot compile {} to the q35 dialect", args.model.display()))?
+            .into_bytes(),
+        Emit::Lpu => q35_mlir::emit_lpu_with(&spec, args.context, options)
+            .with_context(|| format!("cannot compile {} to the lpu dialect", args.model.display()))?
+            .into_bytes(),
         Emit::Graph => q35_frontend::build(&spec)
             .with_context(|| format!("cannot build the graph of {}", args.model.display()))?
-            .to_dot(),
+            .to_dot()
+            .into_bytes(),
+        Emit::Asm | Emit::Lpubin => {
+            let t0 = std::time::Instant::now();
+            let e = crate::backend::compile(
+                &spec,
+                &args.model,
+                args.context,
+                args.calib.as_deref(),
+                options,
+                args.threads,
+            )?;
+            let bytes = if emit == Emit::Asm {
+                e.compiled.built.program.to_lpuasm().into_bytes()
+            } else {
+                crate::backend::lpubin(&e, &spec.target)?
+            };
+            write_output(&args.output, &bytes)?;
+            if args.json {
+                let mut v = crate::backend::summary(&e, &spec.target, &args.output, bytes.len());
+                v["compile_seconds"] = serde_json::json!(t0.elapsed().as_secs_f64());
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if args.output.as_os_str() != "-" {
+                let cycles = e.compiled.built.cycles;
+                eprintln!(
+                    "{}: {} ({} bytes): context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz), {:.1} MB of {:.1} MB MEM, compiled in {:.1?}",
+                    args.model.display(),
+                    args.output.display(),
+                    bytes.len(),
+                    e.ctx,
+                    cycles,
+                    spec.target.clock_mhz * 1e6 / cycles.max(1) as f64,
+                    spec.target.clock_mhz,
+                    e.compiled.mem_bytes as f64 / 1e6,
+                    spec.target.mem_bytes() as f64 / 1e6,
+                    t0.elapsed()
+                );
+            }
+            return Ok(());
+        }
     };
-    write_output(&args.output, text.as_bytes())
+    write_output(&args.output, &bytes)
 }
 
 /// Writes `bytes` to `path` (`-` is stdout). A file is written to a temporary

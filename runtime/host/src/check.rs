@@ -3,9 +3,9 @@
 //! for positions `0..=pos` -- stopping at the first difference.
 //!
 //! The KV cache symbols (docs/lpubin.md 3.4, "Symbols the host binds"):
-//! `kcache.<b>` is f32 `[kv_dim, (W+1)*320]` with `W = ceil(ctx/320)`,
+//! `kcache_<b>` is f32 `[kv_dim, (W+1)*320]` with `W = ceil(ctx/320)`,
 //! element `(h*head_dim + d, t)` the key `d` of kv head `h` at position `t`
-//! (the last 320 columns of each row are junk); `vcache.<b>` is f32
+//! (the last 320 columns of each row are junk); `vcache_<b>` is f32
 //! `[ctx, Wv*320]` with `Wv = ceil(kv_dim/320)`, element `(t, c)` value `c`
 //! at position `t`.
 
@@ -64,10 +64,10 @@ impl fmt::Display for Mismatch {
             (Part::Logits, _) => write!(f, "logit {} differs", self.element)?,
             (Part::Keys(b), Some(t)) | (Part::Values(b), Some(t)) => {
                 let (what, sym) = match self.part {
-                    Part::Keys(_) => ("key", format!("kcache.{b} element ({}, {t})", self.element)),
+                    Part::Keys(_) => ("key", format!("kcache_{b} element ({}, {t})", self.element)),
                     _ => (
                         "value",
-                        format!("vcache.{b} element ({t}, {})", self.element),
+                        format!("vcache_{b} element ({t}, {})", self.element),
                     ),
                 };
                 write!(
@@ -161,7 +161,7 @@ impl Checker {
 
     /// Runs `token` on the golden model (step `step`, at the golden
     /// session's position) and compares its logits with `logits` and its
-    /// KV cache with the device's `kcache.<b>`/`vcache.<b>`.
+    /// KV cache with the device's `kcache_<b>`/`vcache_<b>`.
     pub fn check<D: Device>(
         &mut self,
         device: &mut D,
@@ -201,7 +201,7 @@ impl Checker {
         for b in 0..self.blocks {
             let keys = self.session.keys(b).unwrap_or(&[]);
             let values = self.session.values(b).unwrap_or(&[]);
-            let kc = read_f32(device, &format!("kcache.{b}"), self.kv_dim * kcols)?;
+            let kc = read_f32(device, &format!("kcache_{b}"), self.kv_dim * kcols)?;
             for t in 0..=pos {
                 for c in 0..self.kv_dim {
                     let (g, d) = (keys[t * self.kv_dim + c], kc[c * kcols + t]);
@@ -216,7 +216,7 @@ impl Checker {
                     }
                 }
             }
-            let vc = read_f32(device, &format!("vcache.{b}"), self.ctx * vcols)?;
+            let vc = read_f32(device, &format!("vcache_{b}"), self.ctx * vcols)?;
             for t in 0..=pos {
                 for c in 0..self.kv_dim {
                     let (g, d) = (values[t * self.kv_dim + c], vc[t * vcols + c]);

@@ -33,7 +33,7 @@ pub struct HostMeta {
     pub vocab: u32,
     /// Hidden size (`x_in` is f32 `[hidden]`).
     pub hidden: u32,
-    /// Decoder blocks (`kcache.<b>`, `vcache.<b>` for `b < blocks`).
+    /// Decoder blocks (`kcache_<b>`, `vcache_<b>` for `b < blocks`).
     pub blocks: u32,
     /// `kv_heads * head_dim`.
     pub kv_dim: u32,

@@ -140,8 +140,8 @@ impl FakeDevice {
             symbols.insert(n, vec![0; s]);
         }
         for b in 0..meta.blocks {
-            symbols.insert(format!("kcache.{b}"), vec![0; kvd * kcols * 4]);
-            symbols.insert(format!("vcache.{b}"), vec![0; CTX * vcols * 4]);
+            symbols.insert(format!("kcache_{b}"), vec![0; kvd * kcols * 4]);
+            symbols.insert(format!("vcache_{b}"), vec![0; CTX * vcols * 4]);
         }
         FakeDevice {
             session: golden.new_session(),
@@ -232,8 +232,8 @@ impl Device for FakeDevice {
         for b in 0..self.golden.blocks().len() {
             let keys = self.session.keys(b).expect("block");
             let values = self.session.values(b).expect("block");
-            let mut k = f32_values(&self.symbols[&format!("kcache.{b}")]);
-            let mut v = f32_values(&self.symbols[&format!("vcache.{b}")]);
+            let mut k = f32_values(&self.symbols[&format!("kcache_{b}")]);
+            let mut v = f32_values(&self.symbols[&format!("vcache_{b}")]);
             for c in 0..kvd {
                 k[c * kcols + pos] = keys[pos * kvd + c];
                 v[pos * vcols + c] = values[pos * kvd + c];
@@ -244,8 +244,8 @@ impl Device for FakeDevice {
             {
                 k[c * kcols + t] += 1.0;
             }
-            self.symbols.insert(format!("kcache.{b}"), f32_bytes(&k));
-            self.symbols.insert(format!("vcache.{b}"), f32_bytes(&v));
+            self.symbols.insert(format!("kcache_{b}"), f32_bytes(&k));
+            self.symbols.insert(format!("vcache_{b}"), f32_bytes(&v));
         }
         self.runs += 1;
         Ok(StepStats {

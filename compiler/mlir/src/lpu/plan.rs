@@ -36,6 +36,72 @@ pub trait PlanSource {
     fn vector(&self, source: &str, n: usize) -> Result<Vec<f32>, String>;
 }
 
+/// The golden model's weights: quantized matrices by GGUF name (a tied LM
+/// head, `token_embd.weight` at the lpu level, is `output.weight`) and its
+/// norm vectors.
+#[derive(Clone, Copy, Debug)]
+pub struct GoldenSource<'a> {
+    /// Quantized matrices by GGUF name.
+    pub layers: &'a BTreeMap<String, QuantizedMatrix>,
+    /// The golden model (norms).
+    pub golden: &'a q35_contract::GoldenModel,
+}
+
+impl PlanSource for GoldenSource<'_> {
+    fn weight(
+        &self,
+        source: &str,
+        rows: usize,
+        cols: usize,
+        group: usize,
+    ) -> Result<QuantizedMatrix, String> {
+        let m = self
+            .layers
+            .get(source)
+            .or_else(|| {
+                (source == "token_embd.weight")
+                    .then(|| self.layers.get("output.weight"))
+                    .flatten()
+            })
+            .ok_or_else(|| format!("no quantized matrix `{source}`"))?;
+        if (m.rows(), m.cols(), m.group_size()) != (rows, cols, group) {
+            return Err(format!(
+                "`{source}` is {}x{} in groups of {}, the module declares {rows}x{cols} in groups of {group}",
+                m.rows(),
+                m.cols(),
+                m.group_size()
+            ));
+        }
+        Ok(m.clone())
+    }
+
+    fn vector(&self, source: &str, n: usize) -> Result<Vec<f32>, String> {
+        let v: Option<&[f32]> = if source == "output_norm.weight" {
+            Some(self.golden.output_norm())
+        } else {
+            source
+                .strip_prefix("blk.")
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(b, rest)| {
+                    let blk = self.golden.blocks().get(b.parse::<usize>().ok()?)?;
+                    match rest {
+                        "attn_norm.weight" => Some(blk.attn_norm.as_slice()),
+                        "ffn_norm.weight" => Some(blk.ffn_norm.as_slice()),
+                        _ => None,
+                    }
+                })
+        };
+        let v = v.ok_or_else(|| format!("no vector `{source}` in the golden model"))?;
+        if v.len() != n {
+            return Err(format!(
+                "`{source}` holds {} values, the module declares {n}",
+                v.len()
+            ));
+        }
+        Ok(v.to_vec())
+    }
+}
+
 /// Placeholders of the right shapes: zero codes and scales, an
 /// alternating slot mask. Placement and the schedule depend only on shapes.
 #[derive(Clone, Copy, Debug)]
@@ -71,7 +137,9 @@ fn placeholder(
     let kp = layout.cols_padded();
     let codes = vec![0i8; rows * kp];
     let scales = vec![half::f16::ZERO; rows * layout.n_groups()];
-    let mask: Option<Vec<bool>> = scheme.is_q35().then(|| (0..kp).map(|j| j % 2 == 0).collect());
+    let mask: Option<Vec<bool>> = scheme
+        .is_q35()
+        .then(|| (0..kp).map(|j| j % 2 == 0).collect());
     QuantizedMatrix::from_codes(layout, scheme, (1, 1), &codes, &scales, mask.as_deref())
         .map_err(|e| e.to_string())
 }
@@ -135,8 +203,9 @@ pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan
         return Err(module_error("`q35.arch` needs head_dim and rope_base"));
     };
     let rope = RopeTable::new(head_dim as usize, base as f32, ctx as usize);
-    let (cos, sin) = q35_codegen::kernels::rope::rope_tables(&rope, head_dim as usize, ctx as usize)
-        .map_err(|e| module_error(e.to_string()))?;
+    let (cos, sin) =
+        q35_codegen::kernels::rope::rope_tables(&rope, head_dim as usize, ctx as usize)
+            .map_err(|e| module_error(e.to_string()))?;
     let scheme_of = |s: &str| QuantScheme::ALL.into_iter().find(|q| q.as_str() == s);
     let body = m
         .region(0)
@@ -156,7 +225,8 @@ pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan
         };
         match OpKind::from_name(&name) {
             Some(OpKind::Buffer) => {
-                let sym_name = string_attr(&o, "sym_name").ok_or_else(|| err("needs `sym_name`".into()))?;
+                let sym_name =
+                    string_attr(&o, "sym_name").ok_or_else(|| err("needs `sym_name`".into()))?;
                 let kind = match string_attr(&o, "kind").as_deref() {
                     Some("input") => PlanKind::Input,
                     Some("output") => PlanKind::Output,
@@ -203,14 +273,19 @@ pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan
                 });
             }
             Some(OpKind::Weight) => {
-                let sym_name = string_attr(&o, "sym_name").ok_or_else(|| err("needs `sym_name`".into()))?;
-                let source = string_attr(&o, "source").ok_or_else(|| err("needs `source`".into()))?;
+                let sym_name =
+                    string_attr(&o, "sym_name").ok_or_else(|| err("needs `sym_name`".into()))?;
+                let source =
+                    string_attr(&o, "source").ok_or_else(|| err("needs `source`".into()))?;
                 let (rows, cols, group) = (
                     int(&o, "rows").map_err(&err)?,
                     int(&o, "cols").map_err(&err)?,
                     int(&o, "group").map_err(&err)?,
                 );
-                if string_attr(&o, "scheme").and_then(|s| scheme_of(&s)).is_none() {
+                if string_attr(&o, "scheme")
+                    .and_then(|s| scheme_of(&s))
+                    .is_none()
+                {
                     return Err(err(format!("@{sym_name}: unknown `scheme`")));
                 }
                 let w = src

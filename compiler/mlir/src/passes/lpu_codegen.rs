@@ -16,10 +16,10 @@
 //! ([`crate::lpu::plan::ShapeOnly`]); the emission binds the real ones and
 //! gets the same program up to MEM contents.
 
-use melior::ir::block::BlockLike;
-use melior::ir::operation::{OperationLike, OperationRef, OperationRefMut};
 use melior::ir::RegionLike;
 use melior::ir::attribute::DictionaryAttribute;
+use melior::ir::block::BlockLike;
+use melior::ir::operation::{OperationLike, OperationRef, OperationRefMut};
 use q35_codegen::plan;
 use q35_contract::QuantScheme;
 use q35_frontend::lpu_ops::{OpKind, TOTAL_CYCLES_ATTR};
@@ -98,13 +98,17 @@ fn plan_of(cx: &mut PassContext<'_, '_>) -> Option<(plan::Plan, q35_target::Targ
 }
 
 /// Every op of the module body, then of `@decode`'s body.
-fn walk<'c, 'a>(m: &OperationRef<'c, 'a>) -> (Vec<OperationRef<'c, 'a>>, Option<OperationRef<'c, 'a>>) {
+fn walk<'c, 'a>(
+    m: &OperationRef<'c, 'a>,
+) -> (Vec<OperationRef<'c, 'a>>, Option<OperationRef<'c, 'a>>) {
     let mut top = Vec::new();
     let mut func = None;
     if let Some(body) = m.region(0).ok().and_then(|r| r.first_block()) {
         let mut op = body.first_operation();
         while let Some(o) = op {
-            if op_name(&o) == "func.func" && string_attr(&o, "sym_name").as_deref() == Some("decode") {
+            if op_name(&o) == "func.func"
+                && string_attr(&o, "sym_name").as_deref() == Some("decode")
+            {
                 func = Some(o);
             }
             top.push(o);
@@ -172,11 +176,20 @@ fn run_schedule(cx: &mut PassContext<'_, '_>) {
         };
         match int_attr(o, "addr") {
             None => {
-                cx.error(o, format!("@{name} has no placement: run lpu-place before lpu-schedule"));
+                cx.error(
+                    o,
+                    format!("@{name} has no placement: run lpu-place before lpu-schedule"),
+                );
                 return;
             }
             Some(a) if a != i64::from(buf.addr) => {
-                cx.error(o, format!("@{name} is placed at word {a}, the schedule put it at {}", buf.addr));
+                cx.error(
+                    o,
+                    format!(
+                        "@{name} is placed at word {a}, the schedule put it at {}",
+                        buf.addr
+                    ),
+                );
                 return;
             }
             Some(_) => {}

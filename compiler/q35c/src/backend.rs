@@ -1,0 +1,208 @@
+//! `q35c compile --emit=asm|lpubin`: the backend's emission (docs/backend.md).
+//!
+//! 1. The q35 module through the backend pipeline (`lpu-lower`,
+//!    `lpu-place`, `lpu-schedule`): the scheduled lpu module and its
+//!    predicted cycle count.
+//! 2. The model quantized as its description says (the golden model's
+//!    recipe, `q35_host::golden::build`: the same path `q35sim run --check`
+//!    rebuilds the golden model with).
+//! 3. The lpu module with the real weights bound into the code generator's
+//!    plan, compiled into the program; its cycle count must be the one
+//!    `lpu-schedule` recorded (timing does not depend on weight values).
+//! 4. The `.lpubin`: instruction streams, MEM image, symbols, tables, debug
+//!    map (queue, instruction) -> source op, and the host's sections
+//!    (metadata, tokenizer, embedding) so `q35sim run` needs nothing else.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use melior::ir::RegionLike;
+use melior::ir::block::BlockLike;
+use melior::ir::operation::OperationLike;
+use q35_codegen::plan::{self, Compiled};
+use q35_host::golden::{self, BuiltGolden, CALIB_SAMPLES, GoldenRecipe};
+use q35_host::meta::{GoldenRecipeMeta, HostMeta};
+use q35_model::ModelSpec;
+
+use crate::load::progress;
+
+/// Calibration window in tokens (as `q35c eval --quant` and `interp`).
+pub const CALIB_CTX: usize = 512;
+
+/// What the backend produced.
+pub struct Emitted {
+    /// The compiled program and its placement.
+    pub compiled: Compiled,
+    /// The golden model and tokenizer it was compiled from.
+    pub built: BuiltGolden,
+    /// The compiled context.
+    pub ctx: u32,
+    /// The recipe (recorded for `--check`).
+    pub recipe: GoldenRecipe,
+}
+
+/// The `lpu.total_cycles` of the scheduled module's `@decode`.
+fn scheduled_cycles(module: &melior::ir::Module<'_>) -> Option<u64> {
+    let m = module.as_operation();
+    let body = m.region(0).ok()?.first_block()?;
+    let mut op = body.first_operation();
+    while let Some(o) = op {
+        if q35_mlir::passes::op_name(&o) == "func.func"
+            && q35_mlir::ir::string_attr(&o, "sym_name").as_deref() == Some("decode")
+        {
+            return q35_mlir::ir::int_attr(&o, q35_frontend::lpu_ops::TOTAL_CYCLES_ATTR)
+                .and_then(|c| u64::try_from(c).ok());
+        }
+        op = o.next_in_block();
+    }
+    None
+}
+
+/// Compiles `spec` (from `model_path`) into a program.
+pub fn compile(
+    spec: &ModelSpec,
+    model_path: &Path,
+    context: Option<u64>,
+    calib: Option<&Path>,
+    options: q35_mlir::passes::RunOptions,
+    threads: usize,
+) -> anyhow::Result<Emitted> {
+    let shown = model_path.display();
+    let mlir = q35_mlir::create_context()?;
+    progress("lowering and scheduling...");
+    let module = q35_mlir::compile_backend(&mlir, spec, context, options)
+        .with_context(|| format!("cannot compile {shown} for the LPU"))?;
+    let predicted = scheduled_cycles(&module)
+        .with_context(|| format!("{shown}: lpu-schedule recorded no `lpu.total_cycles`"))?;
+    let ctx = q35_mlir::ir::int_attr(&module.as_operation(), q35_frontend::lpu_ops::CONTEXT_ATTR)
+        .and_then(|c| u32::try_from(c).ok())
+        .with_context(|| format!("{shown}: the lpu module has no context"))?;
+
+    let model_toml =
+        std::fs::canonicalize(model_path).with_context(|| format!("cannot resolve {shown}"))?;
+    let calib: Option<PathBuf> = calib
+        .map(Path::to_path_buf)
+        .or_else(|| spec.calibration.clone())
+        .map(|c| std::fs::canonicalize(&c).unwrap_or(c));
+    let recipe = GoldenRecipe {
+        model_toml,
+        calib,
+        calib_ctx: CALIB_CTX,
+        calib_samples: CALIB_SAMPLES,
+        positions: ctx as usize,
+        threads,
+    };
+    progress("quantizing...");
+    let built = golden::build(&recipe).with_context(|| format!("cannot quantize {shown}"))?;
+
+    progress("generating code...");
+    let source = q35_mlir::lpu::plan::GoldenSource {
+        layers: &built.layers,
+        golden: &built.golden,
+    };
+    let plan = q35_mlir::lpu::plan::to_plan(&module, &source)
+        .with_context(|| format!("cannot bind the weights of {shown}"))?;
+    let compiled = plan::compile(&plan, &spec.target)
+        .with_context(|| format!("cannot generate code for {shown}"))?;
+    if compiled.built.cycles != predicted {
+        bail!(
+            "internal error: {shown} schedules in {predicted} cycles with placeholder weights and {} with its own (timing must not depend on weight values)",
+            compiled.built.cycles
+        );
+    }
+    Ok(Emitted {
+        compiled,
+        built,
+        ctx,
+        recipe,
+    })
+}
+
+/// The host's metadata for `e`.
+pub fn host_meta(e: &Emitted) -> HostMeta {
+    let a = e.built.golden.arch();
+    let tok = e.built.tokenizer.as_ref();
+    HostMeta {
+        model: e.built.name.clone(),
+        vocab: a.vocab,
+        hidden: a.hidden,
+        blocks: a.blocks,
+        kv_dim: a.kv_heads * a.head_dim,
+        ctx: e.ctx,
+        bos: tok.map(|t| t.bos()),
+        eos: tok.map(|t| t.eos()),
+        add_bos: tok.is_some_and(|t| t.add_bos_token()),
+        stop_tokens: tok.map(|t| vec![t.eos()]),
+        chat_template: tok.and_then(|t| t.chat_template().map(str::to_string)),
+        kv_junk_offset: u16::try_from(e.ctx.div_ceil(q35_codegen::program::LANES))
+            .unwrap_or(u16::MAX),
+        predicted_cycles_per_step: Some(e.compiled.built.cycles),
+        golden: Some(GoldenRecipeMeta {
+            model_toml: e.recipe.model_toml.display().to_string(),
+            calib: e.recipe.calib.as_ref().map(|c| c.display().to_string()),
+            calib_ctx: e.recipe.calib_ctx,
+            calib_samples: e.recipe.calib_samples,
+        }),
+        weights_hash: Some(golden::weights_hash(&e.built.golden)),
+    }
+}
+
+/// The `.lpubin` bytes of `e`.
+pub fn lpubin(e: &Emitted, target: &q35_target::Target) -> anyhow::Result<Vec<u8>> {
+    let producer = format!("q35c {}", env!("CARGO_PKG_VERSION"));
+    let mut b = e
+        .compiled
+        .built
+        .program
+        .to_lpubin(target, &producer)
+        .context("cannot encode the program")?;
+    b.metadata(host_meta(e).to_json());
+    if let Some(t) = &e.built.tokenizer_gguf {
+        b.tokenizer(t.clone());
+    }
+    let (encoding, rows, cols, data) = e.built.embedding_table().section();
+    b.embedding(encoding, rows, cols, data);
+    for (queue, index, label) in &e.compiled.built.debug {
+        b.debug(*queue, *index, label.clone());
+    }
+    b.to_bytes().context("cannot build the .lpubin container")
+}
+
+/// The `--json` summary of a compile.
+pub fn summary(
+    e: &Emitted,
+    target: &q35_target::Target,
+    output: &Path,
+    bytes: usize,
+) -> serde_json::Value {
+    let p = &e.compiled.built.program;
+    let instructions: usize = p.queues.values().map(Vec::len).sum();
+    let cycles = e.compiled.built.cycles;
+    let clock_hz = target.clock_mhz * 1e6;
+    // Time per op kind along the schedule (first to last cycle of each op).
+    let mut kinds: std::collections::BTreeMap<String, (u64, i64)> = Default::default();
+    for (label, first, last) in &e.compiled.op_cycles {
+        let kind = label.rsplit('.').next().unwrap_or(label).to_string();
+        let k = kinds.entry(kind).or_default();
+        k.0 += 1;
+        k.1 += last - first + 1;
+    }
+    serde_json::json!({
+        "model": e.built.name,
+        "output": output.display().to_string(),
+        "bytes": bytes,
+        "target": target.name,
+        "context": e.ctx,
+        "predicted_cycles_per_step": cycles,
+        "projected_tokens_per_second": if cycles > 0 { clock_hz / cycles as f64 } else { 0.0 },
+        "instructions": instructions,
+        "queues": p.queues.len(),
+        "tables": p.tables.len(),
+        "mem_bytes_used": e.compiled.mem_bytes,
+        "mem_bytes_chip": target.mem_bytes(),
+        "buffers": e.compiled.placement.len(),
+        "ops": e.compiled.op_cycles.len(),
+        "op_spans": kinds.iter().map(|(k, (n, c))| serde_json::json!({"op": k, "count": n, "cycles": c})).collect::<Vec<_>>(),
+        "weights_hash": golden::weights_hash(&e.built.golden),
+    })
+}
