@@ -112,7 +112,11 @@ impl Alloc {
         words: u32,
         avoid: &BTreeSet<QueueId>,
     ) -> Result<Buffer, AllocError> {
-        let mut cands: Vec<QueueId> = mem_slices(h).collect();
+        // Slices with room, the avoided ones last, the emptiest first.
+        let cap = self.words_per_slice;
+        let mut cands: Vec<QueueId> = mem_slices(h)
+            .filter(|q| u64::from(self.fill(*q)) + u64::from(words) <= u64::from(cap))
+            .collect();
         cands.sort_by_key(|q| (avoid.contains(q), self.fill(*q), q.index()));
         let chosen: Vec<QueueId> = cands.into_iter().take(slices).collect();
         let addr = chosen.iter().map(|q| self.fill(*q)).max().unwrap_or(0);

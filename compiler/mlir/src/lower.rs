@@ -116,9 +116,10 @@ pub fn backend_pipeline(positions: Option<u64>) -> Result<Vec<passes::PassSpec>,
     Ok(pipeline)
 }
 
-/// [`compile_lpu`] through [`backend_pipeline`]: the lpu module placed and
-/// scheduled, ready for emission.
-pub fn compile_backend<'c>(
+/// [`compile_lpu`] followed by `lpu-place`: the lpu module placed, ready
+/// for `lpu-schedule` (which the emission runs itself with the real weights,
+/// [`passes::lpu_codegen::schedule`]).
+pub fn compile_placed<'c>(
     context: &'c Context,
     spec: &ModelSpec,
     positions: Option<u64>,
@@ -126,7 +127,9 @@ pub fn compile_backend<'c>(
 ) -> Result<Module<'c>, MlirError> {
     let graph = q35_frontend::build(spec)?;
     let mut module = lower(context, spec, &graph)?;
-    passes::run_with(context, &mut module, &backend_pipeline(positions)?, options)?;
+    let mut pipeline = lpu_pipeline(positions)?;
+    pipeline.push(passes::PassSpec::new("lpu-place", "")?);
+    passes::run_with(context, &mut module, &pipeline, options)?;
     Ok(module)
 }
 

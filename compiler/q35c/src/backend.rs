@@ -15,11 +15,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
-use melior::ir::RegionLike;
-use melior::ir::block::BlockLike;
-use melior::ir::operation::OperationLike;
-use q35_codegen::plan::{self, Compiled};
+use anyhow::Context;
+use q35_codegen::plan::Compiled;
 use q35_host::golden::{self, BuiltGolden, CALIB_SAMPLES, GoldenRecipe};
 use q35_host::meta::{GoldenRecipeMeta, HostMeta};
 use q35_model::ModelSpec;
@@ -41,23 +38,6 @@ pub struct Emitted {
     pub recipe: GoldenRecipe,
 }
 
-/// The `lpu.total_cycles` of the scheduled module's `@decode`.
-fn scheduled_cycles(module: &melior::ir::Module<'_>) -> Option<u64> {
-    let m = module.as_operation();
-    let body = m.region(0).ok()?.first_block()?;
-    let mut op = body.first_operation();
-    while let Some(o) = op {
-        if q35_mlir::passes::op_name(&o) == "func.func"
-            && q35_mlir::ir::string_attr(&o, "sym_name").as_deref() == Some("decode")
-        {
-            return q35_mlir::ir::int_attr(&o, q35_frontend::lpu_ops::TOTAL_CYCLES_ATTR)
-                .and_then(|c| u64::try_from(c).ok());
-        }
-        op = o.next_in_block();
-    }
-    None
-}
-
 /// Compiles `spec` (from `model_path`) into a program.
 pub fn compile(
     spec: &ModelSpec,
@@ -69,17 +49,15 @@ pub fn compile(
 ) -> anyhow::Result<Emitted> {
     let shown = model_path.display();
     let mlir = q35_mlir::create_context()?;
-    progress("lowering and scheduling...");
-    let module = q35_mlir::compile_backend(&mlir, spec, context, options)
+    progress("lowering and placing...");
+    let module = q35_mlir::compile_placed(&mlir, spec, context, options)
         .with_context(|| format!("cannot compile {shown} for the LPU"))?;
-    let predicted = scheduled_cycles(&module)
-        .with_context(|| format!("{shown}: lpu-schedule recorded no `lpu.total_cycles`"))?;
     let ctx = q35_mlir::ir::int_attr(&module.as_operation(), q35_frontend::lpu_ops::CONTEXT_ATTR)
         .and_then(|c| u32::try_from(c).ok())
         .with_context(|| format!("{shown}: the lpu module has no context"))?;
 
-    let model_toml =
-        std::fs::canonicalize(model_path).with_context(|| format!("cannot resolve {shown}"))?;
+    let model_toml = std::fs::canonicalize(model_path)
+        .with_context(|| format!("cannot resolve {shown}"))?;
     let calib: Option<PathBuf> = calib
         .map(Path::to_path_buf)
         .or_else(|| spec.calibration.clone())
@@ -95,19 +73,19 @@ pub fn compile(
     progress("quantizing...");
     let built = golden::build(&recipe).with_context(|| format!("cannot quantize {shown}"))?;
 
-    progress("generating code...");
+    // lpu-schedule with the real weights (the pass itself uses placeholders
+    // of the same shapes; the schedule does not depend on values).
+    progress("scheduling and generating code...");
     let source = q35_mlir::lpu::plan::GoldenSource {
         layers: &built.layers,
         golden: &built.golden,
     };
-    let plan = q35_mlir::lpu::plan::to_plan(&module, &source)
-        .with_context(|| format!("cannot bind the weights of {shown}"))?;
-    let compiled = plan::compile(&plan, &spec.target)
-        .with_context(|| format!("cannot generate code for {shown}"))?;
-    if compiled.built.cycles != predicted {
-        bail!(
-            "internal error: {shown} schedules in {predicted} cycles with placeholder weights and {} with its own (timing must not depend on weight values)",
-            compiled.built.cycles
+    let compiled = q35_mlir::passes::lpu_codegen::schedule(&mlir, &module, &source, &spec.target)
+        .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
+    if options.print_ir_after_all {
+        eprintln!(
+            "// -----// IR Dump After lpu-schedule (lpu-schedule) ('builtin.module' operation) //----- //\n{}",
+            module.as_operation()
         );
     }
     Ok(Emitted {

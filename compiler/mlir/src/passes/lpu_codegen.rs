@@ -22,7 +22,7 @@ use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef, OperationRefMut};
 use q35_codegen::plan;
 use q35_contract::QuantScheme;
-use q35_frontend::lpu_ops::{OpKind, TOTAL_CYCLES_ATTR};
+use q35_frontend::lpu_ops::OpKind;
 use q35_frontend::ops::module_attr;
 
 use super::{PassContext, PassId, PassInfo, op_name};
@@ -155,14 +155,41 @@ fn run_schedule(cx: &mut PassContext<'_, '_>) {
         return;
     };
     let module = cx.module;
-    let compiled = match plan::compile(&plan, &target) {
-        Ok(c) => c,
-        Err(e) => {
-            cx.error(&module, e.to_string());
-            return;
+    let context = cx.context();
+    if let Err((at, message)) = annotate(context, &module, &plan, &target) {
+        match at {
+            Some(o) => cx.error(&o, message),
+            None => cx.error(&module, message),
         }
-    };
-    let (top, func) = walk(&module);
+    }
+}
+
+/// What `lpu-schedule` does, with the weights of `source` (the emission
+/// binds the real ones and so compiles once): schedules the module's plan
+/// and records the cycles. Returns the compiled program.
+pub fn schedule(
+    context: &melior::Context,
+    module: &melior::ir::Module<'_>,
+    source: &dyn crate::lpu::plan::PlanSource,
+    target: &q35_target::Target,
+) -> Result<plan::Compiled, String> {
+    let m = module.as_operation();
+    let plan = op_to_plan(&m, source).map_err(|e| e.to_string())?;
+    annotate(context, &m, &plan, target).map_err(|(_, message)| message)
+}
+
+type Located<'c, 'a> = (Option<OperationRef<'c, 'a>>, String);
+
+/// Compiles `plan`, checks the module's recorded placement against it and
+/// records each op's cycles and the total.
+fn annotate<'c, 'a>(
+    context: &melior::Context,
+    module: &OperationRef<'c, 'a>,
+    plan: &plan::Plan,
+    target: &q35_target::Target,
+) -> Result<plan::Compiled, Located<'c, 'a>> {
+    let compiled = plan::compile(plan, target).map_err(|e| (None, e.to_string()))?;
+    let (top, func) = walk(module);
     // The recorded placement must be the schedule's.
     for o in &top {
         if OpKind::from_name(&op_name(o)) != Some(OpKind::Buffer) {
@@ -176,30 +203,23 @@ fn run_schedule(cx: &mut PassContext<'_, '_>) {
         };
         match int_attr(o, "addr") {
             None => {
-                cx.error(
-                    o,
+                return Err((
+                    Some(*o),
                     format!("@{name} has no placement: run lpu-place before lpu-schedule"),
-                );
-                return;
+                ));
             }
             Some(a) if a != i64::from(buf.addr) => {
-                cx.error(
-                    o,
-                    format!(
-                        "@{name} is placed at word {a}, the schedule put it at {}",
-                        buf.addr
-                    ),
-                );
-                return;
+                return Err((
+                    Some(*o),
+                    format!("@{name} is placed at word {a}, the schedule put it at {}", buf.addr),
+                ));
             }
             Some(_) => {}
         }
     }
     let Some(func) = func else {
-        cx.error(&module, "the module has no `func.func @decode`".into());
-        return;
+        return Err((None, "the module has no `func.func @decode`".into()));
     };
-    let context = cx.context();
     let mut spans = compiled.op_cycles.iter();
     if let Some(block) = func.region(0).ok().and_then(|r| r.first_block()) {
         let mut op = block.first_operation();
@@ -217,5 +237,5 @@ fn run_schedule(cx: &mut PassContext<'_, '_>) {
     // SAFETY: as in `run_place`.
     let mut f = unsafe { OperationRefMut::from_raw(func.to_raw()) };
     crate::lpu::set_total_cycles(context, &mut f, compiled.built.cycles);
-    let _ = TOTAL_CYCLES_ATTR;
+    Ok(compiled)
 }

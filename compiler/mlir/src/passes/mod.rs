@@ -16,7 +16,7 @@
 //! flags and help from it), add `tests/lit/passes/<name>.mlir`.
 
 mod check_overflow;
-mod lpu_codegen;
+pub mod lpu_codegen;
 pub mod lpu_lower;
 mod quantize_activations;
 mod verify;
