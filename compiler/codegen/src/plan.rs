@@ -815,3 +815,87 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
         mem_bytes,
     })
 }
+
+/// The machine's lower bound on one decode step (issue 9's yardstick): the
+/// largest of the weight bytes at 3.5 bits over the MEM read bandwidth, the
+/// weights over the install rate of all planes, the MACs over the planes'
+/// MAC rate and the vector element operations over the VXM's, none counting
+/// padding as work.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bound {
+    /// Real weights (rows x cols of every matrix).
+    pub weights: u64,
+    /// Cycles to read the packed weights (3.5 bits each) from MEM.
+    pub mem_cycles: f64,
+    /// Cycles to install every weight into the planes.
+    pub install_cycles: f64,
+    /// Cycles of MACs at full plane rate (one token: one MAC per weight).
+    pub mac_cycles: f64,
+    /// Cycles of VXM element operations.
+    pub vxm_cycles: f64,
+}
+
+impl Bound {
+    /// The bound: the largest term.
+    pub fn cycles(&self) -> f64 {
+        self.mem_cycles
+            .max(self.install_cycles)
+            .max(self.mac_cycles)
+            .max(self.vxm_cycles)
+    }
+}
+
+/// [`Bound`] of one decode step of `plan` on `target`.
+pub fn bound(plan: &Plan, target: &Target) -> Bound {
+    let weights: u64 = plan
+        .weights
+        .values()
+        .map(|m| (m.rows() * m.cols()) as u64)
+        .sum();
+    let mem_bw = f64::from(target.mem.slices) * f64::from(target.mem.word_bytes);
+    let install = f64::from(target.mxm.planes)
+        * f64::from(target.mxm.install_rows_per_cycle)
+        * f64::from(target.mxm.cols);
+    let macs = f64::from(target.mxm.planes) * f64::from(target.mxm.rows) * f64::from(target.mxm.cols);
+    let vxm = f64::from(target.vxm.alus_per_lane) * f64::from(target.vector.lanes);
+    // Element operations per op (the contract's f32 work: each multiply,
+    // add, compare, conversion counted once).
+    let ctx = u64::from(plan.ctx);
+    let mut elem_ops = 0u64;
+    for (_, op) in &plan.ops {
+        elem_ops += match op {
+            PlanOp::RmsNorm { n, .. } => 4 * u64::from(*n),
+            PlanOp::Quantize { n, .. } => 3 * u64::from(*n),
+            PlanOp::MatMul { weight, .. } => plan
+                .weights
+                .get(weight)
+                .map(|m| {
+                    let groups = m.cols().div_ceil(m.group_size()) as u64;
+                    // i32->f32, scale multiply and add per group and row,
+                    // the per-group int8 conversion of the activation.
+                    3 * groups * m.rows() as u64 + m.cols() as u64
+                })
+                .unwrap_or(0),
+            PlanOp::Rope { heads, head_dim, .. } => 3 * u64::from(heads * head_dim),
+            PlanOp::KvWrite { .. } => 0,
+            PlanOp::Attention {
+                heads, head_dim, ..
+            } => {
+                let (h, d) = (u64::from(*heads), u64::from(*head_dim));
+                // Scores (mul+add per d), scale, mask, max, exp, sum,
+                // normalise, then the weighted sum of values.
+                h * ctx * (2 * d + 6) + 2 * h * ctx * d
+            }
+            PlanOp::SwiGlu { n, .. } => 5 * u64::from(*n),
+            PlanOp::Add { n, .. } => u64::from(*n),
+        };
+    }
+    let w = weights as f64;
+    Bound {
+        weights,
+        mem_cycles: w * 3.5 / 8.0 / mem_bw,
+        install_cycles: w / install,
+        mac_cycles: w / macs,
+        vxm_cycles: elem_ops as f64 / vxm,
+    }
+}

@@ -30,6 +30,8 @@ pub const CALIB_CTX: usize = 512;
 pub struct Emitted {
     /// The compiled program and its placement.
     pub compiled: Compiled,
+    /// The machine's bound on one decode step.
+    pub bound: q35_codegen::plan::Bound,
     /// The golden model and tokenizer it was compiled from.
     pub built: BuiltGolden,
     /// The compiled context.
@@ -80,8 +82,11 @@ pub fn compile(
         layers: &built.layers,
         golden: &built.golden,
     };
-    let compiled = q35_mlir::passes::lpu_codegen::schedule(&mlir, &module, &source, &spec.target)
-        .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
+    let (plan, compiled) =
+        q35_mlir::passes::lpu_codegen::schedule(&mlir, &module, &source, &spec.target)
+            .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
+    let bound = q35_codegen::plan::bound(&plan, &spec.target);
+    drop(plan);
     if options.print_ir_after_all {
         eprintln!(
             "// -----// IR Dump After lpu-schedule (lpu-schedule) ('builtin.module' operation) //----- //\n{}",
@@ -90,6 +95,7 @@ pub fn compile(
     }
     Ok(Emitted {
         compiled,
+        bound,
         built,
         ctx,
         recipe,
@@ -182,5 +188,14 @@ pub fn summary(
         "ops": e.compiled.op_cycles.len(),
         "op_spans": kinds.iter().map(|(k, (n, c))| serde_json::json!({"op": k, "count": n, "cycles": c})).collect::<Vec<_>>(),
         "weights_hash": golden::weights_hash(&e.built.golden),
+        "bound": {
+            "weights": e.bound.weights,
+            "mem_cycles": e.bound.mem_cycles,
+            "install_cycles": e.bound.install_cycles,
+            "mac_cycles": e.bound.mac_cycles,
+            "vxm_cycles": e.bound.vxm_cycles,
+            "cycles": e.bound.cycles(),
+            "predicted_over_bound": cycles as f64 / e.bound.cycles().max(1.0),
+        },
     })
 }

@@ -166,16 +166,17 @@ fn run_schedule(cx: &mut PassContext<'_, '_>) {
 
 /// What `lpu-schedule` does, with the weights of `source` (the emission
 /// binds the real ones and so compiles once): schedules the module's plan
-/// and records the cycles. Returns the compiled program.
+/// and records the cycles. Returns the plan and the compiled program.
 pub fn schedule(
     context: &melior::Context,
     module: &melior::ir::Module<'_>,
     source: &dyn crate::lpu::plan::PlanSource,
     target: &q35_target::Target,
-) -> Result<plan::Compiled, String> {
+) -> Result<(plan::Plan, plan::Compiled), String> {
     let m = module.as_operation();
     let plan = op_to_plan(&m, source).map_err(|e| e.to_string())?;
-    annotate(context, &m, &plan, target).map_err(|(_, message)| message)
+    let compiled = annotate(context, &m, &plan, target).map_err(|(_, message)| message)?;
+    Ok((plan, compiled))
 }
 
 type Located<'c, 'a> = (Option<OperationRef<'c, 'a>>, String);
