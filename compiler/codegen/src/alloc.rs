@@ -112,19 +112,42 @@ impl Alloc {
         words: u32,
         avoid: &BTreeSet<QueueId>,
     ) -> Result<Buffer, AllocError> {
-        // Slices with room, the avoided ones last, the emptiest first.
+        // Slices with room; among those not avoided (all of them if too few
+        // are), the `slices` whose fills are closest together, so the words
+        // below the common address that some of them skip are fewest (ties:
+        // the emptiest).
         let cap = self.words_per_slice;
-        let mut cands: Vec<QueueId> = mem_slices(h)
+        let room: Vec<QueueId> = mem_slices(h)
             .filter(|q| u64::from(self.fill(*q)) + u64::from(words) <= u64::from(cap))
             .collect();
-        cands.sort_by_key(|q| (avoid.contains(q), self.fill(*q), q.index()));
-        let chosen: Vec<QueueId> = cands.into_iter().take(slices).collect();
+        let free: Vec<QueueId> = room.iter().copied().filter(|q| !avoid.contains(q)).collect();
+        let mut cands = if free.len() >= slices { free } else { room };
+        cands.sort_by_key(|q| (self.fill(*q), q.index()));
+        let chosen: Vec<QueueId> = if cands.len() < slices || slices == 0 {
+            cands
+        } else {
+            let best = (0..=cands.len() - slices)
+                .min_by_key(|&i| {
+                    let w = &cands[i..i + slices];
+                    let max = self.fill(w[slices - 1]);
+                    let waste: u64 = w.iter().map(|q| u64::from(max - self.fill(*q))).sum();
+                    (waste, max)
+                })
+                .unwrap_or(0);
+            let mut w = cands[best..best + slices].to_vec();
+            w.sort_by_key(|q| q.index());
+            w
+        };
         let addr = chosen.iter().map(|q| self.fill(*q)).max().unwrap_or(0);
         let chip_bytes = 88 * u64::from(self.words_per_slice) * self.word_bytes;
         let need = slices as u64 * u64::from(words) * self.word_bytes;
         if chosen.len() < slices
             || u64::from(addr) + u64::from(words) > u64::from(self.words_per_slice)
         {
+            if std::env::var_os("Q35_ALLOC_DEBUG").is_some() {
+                let fills: Vec<u32> = mem_slices(h).map(|q| self.fill(q)).collect();
+                eprintln!("alloc debug {name}: fills {fills:?} used_bytes {}", self.used_bytes);
+            }
             return Err(AllocError {
                 name: name.to_string(),
                 words,

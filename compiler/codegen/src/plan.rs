@@ -647,14 +647,15 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
             })
     };
     let mut weights = BTreeMap::new();
-    let mm_bufs: Vec<&Buffer> = plan
-        .ops
-        .iter()
-        .filter(|(_, op)| matches!(op, PlanOp::MatMul { .. }))
-        .flat_map(|(_, op)| op.buffers())
-        .filter_map(|n| placement.get(n))
-        .collect();
     for (name, m) in &plan.weights {
+        // The operands of the matmuls that read this weight.
+        let mm_bufs: Vec<&Buffer> = plan
+            .ops
+            .iter()
+            .filter(|(_, op)| matches!(op, PlanOp::MatMul { weight, .. } if weight == name))
+            .flat_map(|(_, op)| op.buffers())
+            .filter_map(|n| placement.get(n))
+            .collect();
         p.set_avoid(&mm_bufs);
         let placed =
             crate::kernels::matmul::place_weight(&mut p, name, m, &[0, 1, 2, 3]).map_err(|e| {
