@@ -900,3 +900,71 @@ pub fn bound(plan: &Plan, target: &Target) -> Bound {
         vxm_cycles: elem_ops as f64 / vxm,
     }
 }
+
+/// A zero matrix of the shape with a valid slot mask (for schedules and
+/// measurements without weights: placement and timing depend on shapes
+/// only).
+pub fn placeholder_matrix(
+    scheme: q35_contract::QuantScheme,
+    rows: usize,
+    cols: usize,
+    group: usize,
+) -> Result<QuantizedMatrix, String> {
+    let layout =
+        q35_contract::format::Layout::new(rows, cols, group).map_err(|e| e.to_string())?;
+    let kp = layout.cols_padded();
+    let codes = vec![0i8; rows * kp];
+    let scales = vec![half::f16::ZERO; rows * layout.n_groups()];
+    let mask: Option<Vec<bool>> = scheme
+        .is_q35()
+        .then(|| (0..kp).map(|j| j % 2 == 0).collect());
+    QuantizedMatrix::from_codes(layout, scheme, (1, 1), &codes, &scales, mask.as_deref())
+        .map_err(|e| e.to_string())
+}
+
+/// The standard decode plan of `arch` with placeholder weights and zero
+/// norms (see [`placeholder_matrix`]).
+pub fn placeholder_plan(
+    arch: &Architecture,
+    ctx: u32,
+    scheme: q35_contract::QuantScheme,
+    group: usize,
+) -> Result<Plan, CodegenError> {
+    let (d, hd) = (arch.hidden as usize, arch.head_dim as usize);
+    let (qd, kvd, ffn) = (
+        arch.heads as usize * hd,
+        arch.kv_heads as usize * hd,
+        arch.ffn as usize,
+    );
+    let mut weights = BTreeMap::new();
+    let mut norms = BTreeMap::new();
+    let mut add = |name: String, rows: usize, cols: usize| -> Result<(), CodegenError> {
+        let m = placeholder_matrix(scheme, rows, cols, group).map_err(|message| {
+            CodegenError::Plan {
+                op: name.clone(),
+                message,
+            }
+        })?;
+        weights.insert(name, m);
+        Ok(())
+    };
+    for b in 0..arch.blocks {
+        for (w, r, c) in [
+            ("attn_q", qd, d),
+            ("attn_k", kvd, d),
+            ("attn_v", kvd, d),
+            ("attn_output", d, qd),
+            ("ffn_gate", ffn, d),
+            ("ffn_up", ffn, d),
+            ("ffn_down", d, ffn),
+        ] {
+            add(format!("blk.{b}.{w}"), r, c)?;
+        }
+        norms.insert(format!("blk.{b}.attn_norm"), vec![0.0; d]);
+        norms.insert(format!("blk.{b}.ffn_norm"), vec![0.0; d]);
+    }
+    add("output".into(), arch.vocab as usize, d)?;
+    norms.insert("output_norm".into(), vec![0.0; d]);
+    let rope = q35_contract::rope::RopeTable::new(hd, arch.rope_base, ctx as usize);
+    decode_plan(arch, ctx, weights, &norms, &rope)
+}
