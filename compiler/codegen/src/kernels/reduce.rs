@@ -126,6 +126,14 @@ pub(crate) fn fconst(
     )
 }
 
+/// The latency of `fconst`.
+pub(crate) fn fconst_latency(m: &Mach) -> Cycle {
+    m.latency(&Instruction::Fconst {
+        imm: F32Imm::new(0.0),
+        dst: S,
+    })
+}
+
 /// `fconst imm` timed so that its result is at the VXM on local cycle `t`
 /// (to meet another operand there).
 pub(crate) fn fconst_at(
@@ -544,7 +552,13 @@ fn run_trips(
 }
 
 /// `v` (at the VXM on `t`) delayed by `fmax v, v` copies until `until`.
-fn delay(b: &mut Bundle, m: &Mach, v: Val, t: Cycle, until: Cycle) -> Result<Val, SchedError> {
+pub(crate) fn delay(
+    b: &mut Bundle,
+    m: &Mach,
+    v: Val,
+    t: Cycle,
+    until: Cycle,
+) -> Result<Val, SchedError> {
     let lat = m.latency(&FMAX);
     let (mut v, mut t) = (v, t);
     while t < until {
