@@ -558,7 +558,9 @@ pub struct Compiled {
     pub built: Built,
     /// Where every buffer went.
     pub placement: BTreeMap<String, Buffer>,
-    /// Each op's first and last cycle, in program order.
+    /// Each op's first and last cycle, in program order (an RMSNorm and
+    /// the quantize of its output run as one fused kernel: both get its
+    /// span).
     pub op_cycles: Vec<(String, Cycle, Cycle)>,
     /// Bytes of MEM used.
     pub mem_bytes: u64,
@@ -593,8 +595,15 @@ fn place_buffers(
     let mut placement: BTreeMap<String, Buffer> = BTreeMap::new();
     // Buffers one op uses together never share a slice.
     let mut partners: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (_, op) in &plan.ops {
-        let bufs = op.buffers();
+    for (i, (_, op)) in plan.ops.iter().enumerate() {
+        let mut bufs = op.buffers();
+        // An RMSNorm and the quantize of its output run as one kernel.
+        if let (PlanOp::RmsNorm { y, .. }, Some((_, next @ PlanOp::Quantize { x, .. }))) =
+            (op, plan.ops.get(i + 1))
+            && x == y
+        {
+            bufs.extend(next.buffers());
+        }
         for &a in &bufs {
             partners
                 .entry(a)
@@ -670,7 +679,8 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
         weights.insert(name.clone(), placed);
     }
     let mut op_cycles = Vec::new();
-    for (label, op) in &plan.ops {
+    let mut ops = plan.ops.iter().peekable();
+    while let Some((label, op)) = ops.next() {
         let first_bundle = p.sched.bundles;
         let operands: Vec<&Buffer> = op
             .buffers()
@@ -679,6 +689,47 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
             .collect();
         p.set_avoid(&operands);
         let g = |n: &str| get(n, label);
+        // An RMSNorm whose output the next op quantizes: one fused kernel
+        // (no MEM round trip between them); both ops get its span.
+        if let (
+            PlanOp::RmsNorm {
+                x,
+                weight,
+                y,
+                n,
+                eps,
+            },
+            Some((
+                qlabel,
+                PlanOp::Quantize {
+                    x: qx,
+                    xs,
+                    scale,
+                    n: qn,
+                },
+            )),
+        ) = (op, ops.peek())
+            && qx == y
+            && qn == n
+        {
+            crate::kernels::norm::rmsnorm_quantize(
+                &mut p,
+                label,
+                &g(x)?,
+                &g(weight)?,
+                &g(y)?,
+                *n,
+                *eps,
+                &g(xs)?,
+                &g(scale)?,
+                0,
+            )?;
+            let (first, last) = p.sched.span_since(first_bundle);
+            op_cycles.push((label.clone(), first, last));
+            op_cycles.push((qlabel.clone(), first, last));
+            ops.next();
+            continue;
+        }
         match op {
             PlanOp::RmsNorm {
                 x,

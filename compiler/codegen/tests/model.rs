@@ -143,6 +143,7 @@ fn first_step_equals_golden(name: &str, golden: &GoldenModel, plan: &Plan, ctx: 
             .sum::<usize>(),
         compiled.mem_bytes
     );
+    print_profile(name, plan, &compiled.op_cycles);
     let token = 42u32;
     let mut session = golden.new_session();
     let want = golden.step(&mut session, token).unwrap();
@@ -183,4 +184,37 @@ fn first_step_equals_golden(name: &str, golden: &GoldenModel, plan: &Plan, ctx: 
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g.to_bits(), w.to_bits(), "logit {i}: {g} vs {w}");
     }
+}
+
+/// Prints, per op kind, the number of ops, the sum of their spans (first to
+/// last cycle) and the critical path they account for: how far each op
+/// moves the latest cycle used so far (ops run in program order, each
+/// waiting for its inputs through MEM, so these add up to the step's
+/// length).
+fn print_profile(name: &str, plan: &Plan, op_cycles: &[(String, i64, i64)]) {
+    let mut kinds: BTreeMap<String, (usize, i64, i64)> = BTreeMap::new();
+    let mut frontier = 0i64;
+    for ((label, op), (_, first, last)) in plan.ops.iter().zip(op_cycles) {
+        let kind = match op {
+            plan::PlanOp::MatMul { .. } => {
+                format!("lpu.matmul {}", label.rsplit('.').next().unwrap_or(label))
+            }
+            _ => op.name().to_string(),
+        };
+        let e = kinds.entry(kind).or_default();
+        e.0 += 1;
+        e.1 += last - first;
+        e.2 += (last - frontier).max(0);
+        frontier = frontier.max(*last);
+    }
+    println!("{name} profile: op kind, ops, sum of spans, critical path (cycles)");
+    for (kind, (n, span, crit)) in &kinds {
+        println!("  {kind:28} {n:4} {span:9} {crit:9}");
+    }
+    println!(
+        "  {:28} {:4} {:9} {frontier:9}",
+        "total",
+        op_cycles.len(),
+        ""
+    );
 }

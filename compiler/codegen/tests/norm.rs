@@ -4,8 +4,8 @@
 mod common;
 
 use q35_codegen::ProgramBuilder;
-use q35_codegen::kernels::norm::rmsnorm;
-use q35_contract::semantics;
+use q35_codegen::kernels::norm::{rmsnorm, rmsnorm_quantize};
+use q35_contract::semantics::{self, ACT_ZERO_BELOW, ActivationI8};
 use q35_isa::{DType, Hemisphere};
 use q35_target::Target;
 
@@ -55,7 +55,77 @@ fn check(name: &str, x: &[f32], w: &[f32], eps: f32, hs: [Hemisphere; 3]) -> u64
     }
     assert_eq!(done.profile.total_cycles(), built.cycles, "{name}: cycles");
     println!("rmsnorm {name} (n {n}): {} cycles", built.cycles);
+    check_fused(name, x, w, eps, hs);
     built.cycles
+}
+
+/// Runs the fused rmsnorm + quantize and checks `y`, `scale` and `xs`
+/// against the contract (rmsnorm, then the activation quantization of `y`).
+fn check_fused(name: &str, x: &[f32], w: &[f32], eps: f32, hs: [Hemisphere; 3]) {
+    let n = x.len();
+    let words = n.div_ceil(320);
+    let target = Target::builtin("lpu-v1").expect("lpu-v1");
+    let mut p = ProgramBuilder::new(&target);
+    let xb = p.buffer("x", DType::F32, n as u64, hs[0]).unwrap();
+    let wb = p.buffer("w", DType::F32, n as u64, hs[1]).unwrap();
+    let yb = p.buffer("y", DType::F32, n as u64, hs[2]).unwrap();
+    let xs = p.buffer("xs", DType::F32, n as u64, hs[0]).unwrap();
+    let sc = p.buffer("scale", DType::F32, 320, hs[1]).unwrap();
+    p.init(&xb, DType::F32, bits(x));
+    p.init(&wb, DType::F32, bits(w));
+    for (sym, buf, len) in [("y", &yb, n), ("xs", &xs, words * 320), ("scale", &sc, 320)] {
+        p.symbol(
+            sym,
+            q35_isa::SymbolKind::Output,
+            DType::F32,
+            vec![len as u32],
+            buf,
+        );
+    }
+    rmsnorm_quantize(
+        &mut p,
+        "blk.0.attn_norm",
+        &xb,
+        &wb,
+        &yb,
+        n as u32,
+        eps,
+        &xs,
+        &sc,
+        0,
+    )
+    .unwrap();
+    let built = p.finish();
+    let (done, bin) = common::run(&built, &target);
+    assert_eq!(
+        done.profile.total_cycles(),
+        built.cycles,
+        "{name}: fused cycles"
+    );
+    let mut y = vec![0f32; n];
+    semantics::rmsnorm(x, w, eps, &mut y);
+    let got_y = common::f32_symbol(&done, &bin, "y");
+    assert_eq!(bits(&got_y), bits(&y), "{name}: fused y");
+    let amax = y.iter().fold(0f32, |a, v| a.max(v.abs()));
+    if amax.is_finite() {
+        let want = ActivationI8::quantize(&y).unwrap();
+        let scale = common::f32_symbol(&done, &bin, "scale");
+        assert!(
+            scale.iter().all(|s| s.to_bits() == want.scale().to_bits()),
+            "{name}: fused scale"
+        );
+        let zero = amax < ACT_ZERO_BELOW;
+        let inv = 127.0 / amax;
+        let got = common::f32_symbol(&done, &bin, "xs");
+        for i in 0..words * 320 {
+            let exact = match (i < n, zero) {
+                (false, _) | (true, true) => 0.0,
+                (true, false) => y[i] * inv,
+            };
+            assert_eq!(got[i].to_bits(), exact.to_bits(), "{name}: fused xs {i}");
+        }
+    }
+    println!("rmsnorm + quantize {name} (n {n}): {} cycles", built.cycles);
 }
 
 #[test]
