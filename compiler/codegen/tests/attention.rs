@@ -5,7 +5,7 @@
 mod common;
 
 use q35_codegen::ProgramBuilder;
-use q35_codegen::kernels::attention;
+use q35_codegen::kernels::{attention, rope};
 use q35_contract::semantics;
 use q35_isa::{DType, Hemisphere};
 use q35_target::Target;
@@ -418,4 +418,104 @@ fn kv_write_case(shape: Shape, cases: &[(u32, u32)]) {
             built.cycles, kv_dim
         );
     }
+}
+
+/// Llama-70B's attention shape (64 heads, 8 kv heads, head_dim 128: kv_dim
+/// 1024, four V words a position) at a short context, bit-exact.
+#[test]
+fn attention_llama70b_heads_is_exact() {
+    let shape = Shape {
+        heads: 64,
+        kv_heads: 8,
+        hd: 128,
+    };
+    let t = std::time::Instant::now();
+    let c = check(shape, 64, 50, 2);
+    println!(
+        "attention llama-70b heads, ctx 64: {c} cycles (built and simulated in {:.1?})",
+        t.elapsed()
+    );
+}
+
+/// One Llama-70B block's RoPE, KV write and attention at context 2048
+/// build: the scheduler places them without error (not simulated: the
+/// point is compile time and the cycle estimate). 2048 is the longest
+/// context whose caches fit 4 slices of lpu-v1's 8192 words (K: 1024 rows
+/// of `W + 1 = 8` words; V: 2048 x 4 words); 4096 needs twice that. Run
+/// with `--ignored --nocapture`.
+#[test]
+#[ignore = "a minute or more; a compile-time measurement"]
+fn llama70b_attention_block_builds_at_ctx_2048() {
+    let target = Target::builtin("lpu-v1").expect("lpu-v1");
+    let (heads, kv_heads, hd, ctx) = (64u32, 8u32, 128u32, 2048u32);
+    let (qd, kv_dim) = (heads * hd, kv_heads * hd);
+    let (w, wv) = (ctx.div_ceil(320), kv_dim.div_ceil(320));
+    let start = std::time::Instant::now();
+    let mut p = ProgramBuilder::new(&target);
+    let table = q35_contract::rope::RopeTable::new(hd as usize, 10000.0, ctx as usize);
+    let tables =
+        q35_codegen::kernels::rope::rope_tables(&table, hd as usize, ctx as usize).unwrap();
+    let rows = tables.words as u64 * u64::from(ctx);
+    let buf = |p: &mut ProgramBuilder, name: &str, dt, n: u64, h| p.buffer(name, dt, n, h).unwrap();
+    let cos = buf(&mut p, "rope_cos", DType::F32, rows * 320, Hemisphere::West);
+    let sin = buf(&mut p, "rope_sin", DType::F32, rows * 320, Hemisphere::West);
+    p.init(&cos, DType::F32, tables.cos);
+    p.init(&sin, DType::F32, tables.sin);
+    let pos_idx = buf(&mut p, "pos_idx", DType::U16, 320, Hemisphere::East);
+    let kv_idx = buf(&mut p, "kv_idx", DType::U16, 320, Hemisphere::East);
+    let mask = buf(
+        &mut p,
+        "attn_mask",
+        DType::F32,
+        u64::from(ctx),
+        Hemisphere::East,
+    );
+    let kc = buf(
+        &mut p,
+        "kcache",
+        DType::F32,
+        u64::from(kv_dim * (w + 1) * 320),
+        Hemisphere::West,
+    );
+    let vc = buf(
+        &mut p,
+        "vcache",
+        DType::F32,
+        u64::from(ctx * wv * 320),
+        Hemisphere::West,
+    );
+    let q = buf(&mut p, "q", DType::F32, u64::from(qd), Hemisphere::East);
+    let k = buf(&mut p, "k", DType::F32, u64::from(kv_dim), Hemisphere::West);
+    let v = buf(&mut p, "v", DType::F32, u64::from(kv_dim), Hemisphere::East);
+    let qr = buf(&mut p, "qr", DType::F32, u64::from(qd), Hemisphere::West);
+    let kr = buf(
+        &mut p,
+        "kr",
+        DType::F32,
+        u64::from(kv_dim),
+        Hemisphere::East,
+    );
+    let y = buf(&mut p, "y", DType::F32, u64::from(qd), Hemisphere::East);
+    let l = "blk.0";
+    let t1 = rope::rope(&mut p, l, &q, &qr, heads, hd, &pos_idx, &cos, &sin, 0).unwrap();
+    let t2 = rope::rope(&mut p, l, &k, &kr, kv_heads, hd, &pos_idx, &cos, &sin, 0).unwrap();
+    let t3 = attention::kv_write(
+        &mut p, l, &kr, &v, &kc, &vc, &kv_idx, &pos_idx, kv_dim, ctx, 0,
+    )
+    .unwrap();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let t4 = attention::attention(
+        &mut p, l, &qr, &kc, &vc, &mask, &y, heads, kv_heads, hd, ctx, scale, 0,
+    )
+    .unwrap();
+    let mem = p.alloc.used_bytes();
+    let built = p.finish();
+    println!(
+        "llama-70b block, ctx {ctx}: rope q ends {t1}, rope k {t2}, kv_write {t3}, attention {t4}; \
+         {} cycles, {} MB of MEM, built in {:.1?}",
+        built.cycles,
+        mem / 1_000_000,
+        start.elapsed()
+    );
+    assert!(built.cycles > u64::from(ctx));
 }

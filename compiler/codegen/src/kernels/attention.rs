@@ -53,6 +53,13 @@
 //!    piece per (head, word of `y`, V word) (lanes of `y` past `heads *
 //!    head_dim` are +0.0). The score phase needs nothing of the sort: it
 //!    broadcasts `q` element `h * head_dim + d` from wherever it lies.
+//!    The output chains run in segments of 256 positions, `alu_latency`
+//!    chains a bundle (what one `permute` a cycle on `sxm.w` serves): a
+//!    segment writes its partial sum to `obuf` and the next reads it back
+//!    and goes on adding, so the order of the additions is unchanged (an
+//!    f32 stored and reloaded is the same f32), and bundles stay small
+//!    enough for the scheduler at long contexts and many chains (Llama-70B:
+//!    8 groups x 4 V words).
 //!
 //! # Why the mask and the future positions are exact
 //!
@@ -76,7 +83,7 @@
 //! is `-0.0` only when both addends are), so `o + ±0.0 = o`: future
 //! positions contribute nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
 use q35_isa::{
     DType, Dir, ElemWidth, F32Imm, Hemisphere, Instruction, QueueId, QueueKind, Stream, TableId,
@@ -186,18 +193,31 @@ fn sx(
 }
 
 /// A resource one instruction holds on one cycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Key {
     Issue(u16, Cycle),
     Port(u16, Cycle, bool),
     Bank(u16, Cycle, u32),
 }
 
+impl Key {
+    /// The same resource `off` cycles later.
+    fn shifted(self, off: Cycle) -> Key {
+        match self {
+            Key::Issue(q, t) => Key::Issue(q, t + off),
+            Key::Port(q, t, w) => Key::Port(q, t + off, w),
+            Key::Bank(q, t, b) => Key::Bank(q, t + off, b),
+        }
+    }
+}
+
 /// Packs independent chains into one bundle (see the module doc): the
 /// fixed-queue issues, MEM ports and banks and VXM queue counts taken so
 /// far.
 struct Packer {
-    used: BTreeSet<Key>,
+    /// Membership only (never iterated), so a hash set keeps this
+    /// deterministic.
+    used: HashSet<Key>,
     vxm: BTreeMap<Cycle, u32>,
     vxm_queues: u32,
     write_latency: Cycle,
@@ -209,7 +229,7 @@ type Footprint = Vec<(QSel, Cycle, Option<MemUse>)>;
 impl Packer {
     fn new(m: &Mach) -> Packer {
         Packer {
-            used: BTreeSet::new(),
+            used: HashSet::new(),
             vxm: BTreeMap::new(),
             vxm_queues: m.target.vxm.alus_per_lane,
             write_latency: m.write_latency,
@@ -250,18 +270,15 @@ impl Packer {
         keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
     }
 
-    fn fits(&self, fp: &Footprint, off: Cycle) -> bool {
-        let (keys, vxm) = self.keys(fp, off);
-        if keys.iter().any(|k| self.used.contains(k)) {
+    /// Whether a chain whose resources at offset 0 are `keys` and whose
+    /// VXM instructions per cycle are `vxm` fits at `off` (stops at the
+    /// first conflict: chains are long, and most offsets fail early).
+    fn fits(&self, keys: &[Key], vxm: &BTreeMap<Cycle, u32>, off: Cycle) -> bool {
+        if keys.iter().any(|k| self.used.contains(&k.shifted(off))) {
             return false;
         }
-        let mut count: BTreeMap<Cycle, u32> = BTreeMap::new();
-        for t in vxm {
-            *count.entry(t).or_insert(0) += 1;
-        }
-        count
-            .iter()
-            .all(|(t, n)| self.vxm.get(t).copied().unwrap_or(0) + n <= self.vxm_queues)
+        vxm.iter()
+            .all(|(t, n)| self.vxm.get(&(t + off)).copied().unwrap_or(0) + n <= self.vxm_queues)
     }
 
     fn take(&mut self, fp: &Footprint, off: Cycle) {
@@ -293,8 +310,13 @@ impl Packer {
                 ),
             ));
         }
+        let (keys, vxm_list) = self.keys(&fp, 0);
+        let mut vxm: BTreeMap<Cycle, u32> = BTreeMap::new();
+        for t in vxm_list {
+            *vxm.entry(t).or_insert(0) += 1;
+        }
         let mut off = min_off;
-        while !self.fits(&fp, off) {
+        while !self.fits(&keys, &vxm, off) {
             off += 1;
             if off - min_off > 1 << 20 {
                 return Err(err(&b.label, "no offset fits a chain"));
@@ -530,6 +552,11 @@ fn v_rows(
     }
     Ok(last)
 }
+
+/// Positions one bundle of the output phase covers (the scheduler's cost
+/// grows faster than a bundle's size, and a long context would make one
+/// bundle of every chain very large).
+const OUT_SEGMENT: u32 = 256;
 
 /// Shapes of one attention op.
 #[derive(Clone, Copy, Debug)]
@@ -821,27 +848,41 @@ pub fn attention(
                 .collect()
         })
         .collect();
-    let mut b = Bundle::new(label);
-    let mut pk = Packer::new(&m);
-    for j in 0..s.group {
-        for vw in 0..s.wv {
-            pk.pack(&mut b, 0, |b, off| {
-                output_chain(
-                    b,
-                    &m,
-                    &s,
-                    off,
-                    (j, vw),
-                    vcache,
-                    &packed,
-                    &blocks,
-                    &unpack[vw as usize],
-                    &obuf,
-                )
-            })?;
+    // Segments of OUT_SEGMENT positions, `alu_latency` chains a bundle (as
+    // many as one `permute` a cycle on sxm.w serves); a later segment
+    // continues the sum from obuf, so the order of the additions is the
+    // same.
+    let chains: Vec<(u32, u32)> = (0..s.group)
+        .flat_map(|j| (0..s.wv).map(move |vw| (j, vw)))
+        .collect();
+    let per_bundle = usize::try_from(la).unwrap_or(1).max(1);
+    let mut t_a = 0;
+    while t_a < ctx {
+        let t_b = ctx.min(t_a + OUT_SEGMENT);
+        for batch in chains.chunks(per_bundle) {
+            let mut b = Bundle::new(label);
+            let mut pk = Packer::new(&m);
+            for &chain in batch {
+                pk.pack(&mut b, 0, |b, off| {
+                    output_chain(
+                        b,
+                        &m,
+                        &s,
+                        off,
+                        chain,
+                        (t_a, t_b),
+                        vcache,
+                        &packed,
+                        &blocks,
+                        &unpack[chain.1 as usize],
+                        &obuf,
+                    )
+                })?;
+            }
+            last = last.max(p.sched.place(b, not_before)?.last);
         }
+        t_a = t_b;
     }
-    last = last.max(p.sched.place(b, not_before)?.last);
 
     // Merge the heads into y, one bundle a word.
     for j in 0..y_words {
@@ -1132,6 +1173,7 @@ fn output_chain(
     s: &Shape,
     off: Cycle,
     (j, vw): (u32, u32),
+    (t_a, t_b): (u32, u32),
     vcache: &Buffer,
     packed: &Buffer,
     blocks: &[(u32, u32)],
@@ -1144,11 +1186,20 @@ fn output_chain(
     let sp = m.position(sxw);
     let a0 = off + la;
     let dir = dir_to(obuf);
-    let mut acc = vx(b, m, off, fconst(0.0), &[], dir)?;
+    let word = obuf.addr + j * s.wv + vw;
+    let mut acc = if t_a == 0 {
+        vx(b, m, off, fconst(0.0), &[], dir)?
+    } else {
+        // The sum so far, kept in obuf by the previous segment.
+        b.read(m, &obuf.slices, word, m.vxm, a0)?
+    };
     for (kb, &(t0, len)) in blocks.iter().enumerate() {
         for r in 0..len {
             let t = t0 + r;
-            let at = a0 + la * Cycle::from(t);
+            if t < t_a || t >= t_b {
+                continue;
+            }
+            let at = a0 + la * Cycle::from(t - t_a);
             let ct = at - la;
             let tp = ct - lp - m.hops(sp, m.vxm);
             let addr = packed.addr + j * blocks.len() as u32 + kb as u32;
@@ -1160,6 +1211,6 @@ fn output_chain(
             acc = vx(b, m, at, FADD, &[("a", acc), ("b", prod)], dir)?;
         }
     }
-    b.write(m, acc, &obuf.slices, obuf.addr + j * s.wv + vw)?;
-    Ok(a0 + la * Cycle::from(s.ctx))
+    b.write(m, acc, &obuf.slices, word)?;
+    Ok(a0 + la * Cycle::from(t_b - t_a))
 }
