@@ -296,15 +296,29 @@ pub fn decode_plan(
     buf("kv_idx", Input, DType::U16, vec![LANES], None);
     buf("attn_mask", Input, DType::F32, vec![ctx], None);
     buf("logits", Output, DType::F32, vec![arch.vocab], None);
-    let (cos, sin) =
+    let tables =
         crate::kernels::rope::rope_tables(rope, hd as usize, ctx as usize).map_err(|e| {
             CodegenError::Plan {
                 op: "rope tables".into(),
                 message: e.to_string(),
             }
         })?;
-    buf("rope_cos", Const, DType::F32, vec![ctx, LANES], Some(cos));
-    buf("rope_sin", Const, DType::F32, vec![ctx, LANES], Some(sin));
+    // One row per (table word, position), word-major (kernels::rope).
+    let rows = tables.words as u32 * ctx;
+    buf(
+        "rope_cos",
+        Const,
+        DType::F32,
+        vec![rows, LANES],
+        Some(tables.cos),
+    );
+    buf(
+        "rope_sin",
+        Const,
+        DType::F32,
+        vec![rows, LANES],
+        Some(tables.sin),
+    );
     let norm = |name: &str| {
         norms.get(name).cloned().ok_or_else(|| CodegenError::Plan {
             op: name.to_string(),

@@ -4,7 +4,7 @@
 mod common;
 
 use q35_codegen::ProgramBuilder;
-use q35_codegen::kernels::rope::{RopeTableError, rope, rope_tables};
+use q35_codegen::kernels::rope::{RopeTableError, rope, rope_tables, rope_words};
 use q35_contract::rope::RopeTable;
 use q35_contract::semantics;
 use q35_isa::{DType, Hemisphere};
@@ -33,12 +33,16 @@ fn check(
     assert_eq!(x.len(), n);
     let target = Target::builtin("lpu-v1").expect("lpu-v1");
     let mut p = ProgramBuilder::new(&target);
-    let (cos, sin) = rope_tables(table, head_dim, ctx).unwrap();
+    let tables = rope_tables(table, head_dim, ctx).unwrap();
+    assert_eq!(tables.words, rope_words(head_dim).unwrap());
+    let rows = tables.words * ctx;
+    assert_eq!(tables.cos.len(), rows * 320);
+    let (cos, sin) = (tables.cos, tables.sin);
     let cb = p
-        .buffer("rope_cos", DType::F32, (ctx * 320) as u64, hs[0])
+        .buffer("rope_cos", DType::F32, (rows * 320) as u64, hs[0])
         .unwrap();
     let sb = p
-        .buffer("rope_sin", DType::F32, (ctx * 320) as u64, hs[1])
+        .buffer("rope_sin", DType::F32, (rows * 320) as u64, hs[1])
         .unwrap();
     let pb = p.buffer("pos_idx", DType::U16, 320, hs[2]).unwrap();
     let xb = p.buffer("x", DType::F32, n as u64, hs[3]).unwrap();
@@ -146,10 +150,85 @@ fn rope_is_exact_and_predicted() {
 }
 
 #[test]
+fn rope_head_dim_128_is_exact_and_predicted() {
+    use Hemisphere::{East, West};
+    // Llama-2/3 shapes: head_dim 128 does not divide 320 (2 table words a
+    // position; heads straddle words). q of 8 heads (4 words, a head
+    // across words 0/1 and 2/3), k of 2 heads (256 lanes, one word), and
+    // 5 heads (2 words, odd word count).
+    let ctx = 700;
+    let table = RopeTable::new(128, 10000.0, ctx);
+    let q = values(8 * 128, 11);
+    let k = values(2 * 128, 12);
+    let five = values(5 * 128, 13);
+    let mut cycles = Vec::new();
+    for (i, pos) in [0usize, 1, 5, 319, 320, 333, ctx - 1]
+        .into_iter()
+        .enumerate()
+    {
+        let hs = if i % 2 == 0 {
+            [West, West, East, East, East]
+        } else {
+            [East, West, West, West, East]
+        };
+        cycles.push(check("q 8x128", &q, 8, 128, &table, ctx, pos, hs));
+        check(
+            "k 2x128",
+            &k,
+            2,
+            128,
+            &table,
+            ctx,
+            pos,
+            [East, East, East, West, West],
+        );
+        check(
+            "5x128",
+            &five,
+            5,
+            128,
+            &table,
+            ctx,
+            pos,
+            [West, East, West, East, West],
+        );
+    }
+    // Llama-70B's q: 64 heads of 128 (26 words).
+    let big = values(64 * 128, 14);
+    let c = check(
+        "q 64x128",
+        &big,
+        64,
+        128,
+        &RopeTable::new(128, 10000.0, 64),
+        64,
+        37,
+        [West, West, East, East, East],
+    );
+    println!("rope head_dim 128: q 8x128 {cycles:?} cycles; q 64x128 {c} cycles");
+    // head_dim 96 (gcd 32: 3 words a position) and 80 (divides 320: 1).
+    assert_eq!(rope_words(96).unwrap(), 3);
+    assert_eq!(rope_words(80).unwrap(), 1);
+    let t96 = RopeTable::new(96, 500000.0, 50);
+    check(
+        "7x96",
+        &values(7 * 96, 15),
+        7,
+        96,
+        &t96,
+        50,
+        49,
+        [East, West, West, East, West],
+    );
+}
+
+#[test]
 fn rope_tables_reject_bad_shapes() {
     let t = RopeTable::new(128, 10000.0, 4);
+    assert_eq!(rope_tables(&t, 128, 4).unwrap().words, 2);
+    assert!(matches!(rope_words(0), Err(RopeTableError::HeadDim { .. })));
     assert!(matches!(
-        rope_tables(&t, 128, 4),
+        rope_words(66 + 1),
         Err(RopeTableError::HeadDim { .. })
     ));
     let t = RopeTable::new(64, 10000.0, 4);

@@ -101,6 +101,44 @@ fn tiny_lpu_equals_golden_bit_for_bit() {
     }
 }
 
+/// Llama-shaped heads at toy size: head_dim 128 (does not divide the 320
+/// lanes: two RoPE table words a position, heads straddling words) and
+/// kv_dim 384 > 320 (two V cache words a position, a kv head across the
+/// word boundary). The lowering accepts it and the interpreter stays
+/// bit-exact with the golden model, caches included.
+#[test]
+fn wide_heads_lpu_equals_golden_bit_for_bit() {
+    let mut spec = tiny_spec();
+    spec.arch.hidden = 96;
+    spec.arch.heads = 6;
+    spec.arch.kv_heads = 3;
+    spec.arch.head_dim = 128;
+    let golden = tiny_golden(&spec, 16);
+    let binder = WeightBinder::from_golden(&golden);
+    let context = q35_mlir::create_context().unwrap();
+    for ctx in [None, Some(700)] {
+        let module = lpu_module(&context, &spec, ctx);
+        let interp = LpuInterpreter::new(&module, &binder).unwrap();
+        let n = interp.context();
+        // RoPE tables: 2 words a position; V rows: 2 words a position.
+        let fresh = interp.new_state();
+        let Some(Data::F32(cos)) = interp.buffer_data(&fresh, "rope_cos") else {
+            panic!("no rope_cos");
+        };
+        assert_eq!(cos.len(), 2 * n * 320);
+        let mut lock = LpuLockstep::new(&interp, &golden).unwrap();
+        for t in TOKENS {
+            lock.step(t).unwrap();
+        }
+        let Some(Data::F32(v)) = interp.buffer_data(lock.state(), "vcache_1") else {
+            panic!("no vcache_1");
+        };
+        assert_eq!(v.len(), n * 640);
+        // Position 1's channels 320.. (kv head 2's dims 64..) are word 3.
+        assert!(v[3 * 320..3 * 320 + 64].iter().any(|&x| x != 0.0));
+    }
+}
+
 /// A context that is not a multiple of the lanes, and one longer than a
 /// word, give the same bits (the mask and exact zeros make the extra
 /// positions vanish).

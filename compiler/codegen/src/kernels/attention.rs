@@ -9,8 +9,11 @@
 //!   `W + 1` words at `kcache.addr + r * (W + 1)`: position `t` on lane
 //!   `t % 320` of word `t / 320`, then one junk word (`kv_idx` sends every
 //!   lane but `pos % 320` there).
-//! - V cache: word `t` (`vcache.addr + t`) holds position `t`'s value
-//!   vector, lane `kv_head * head_dim + d` (so `kv_dim <= 320`).
+//! - V cache: `Wv = ceil(kv_dim / 320)` words a position: word `t * Wv +
+//!   w` (`vcache.addr + t * Wv + w`) holds channels `320 w ..` of position
+//!   `t`'s value vector, channel `c = kv_head * head_dim + d` on lane `c %
+//!   320` of word `c / 320` (one word a position when `kv_dim <= 320`, as
+//!   on SmolLM2).
 //! - `q`, `y`: f32 `[heads * head_dim]`, natural layout; `mask`: f32
 //!   `[ctx]`, 0.0 for `t <= pos`, -inf after (lanes past `ctx` of its last
 //!   word may hold any value but +inf or NaN: the kernel adds -inf to them).
@@ -35,15 +38,28 @@
 //!    then 9 `shift`+`fadd` steps), `bcast` of lane 0, `inv = 1 / s`, `p = e *
 //!    inv`. A value that must meet the SXM's result again is kept in MEM
 //!    meanwhile (`keep`, one word per head).
-//! 3. Output (`sxm.w`), one chain per group of heads that use different kv
-//!    heads (heads `kv * group + j`, `j` fixed): their `p` are first packed
-//!    side by side (`320 / kv_heads` positions of each head in one word:
-//!    `permute` + `select`), then per position one `permute` of the packed
-//!    word puts head `kv * group + j`'s `p_t` on lanes `kv * head_dim ..`,
-//!    exactly the lanes of the V cache row it multiplies: `o = +0.0; o = o +
-//!    p_t * v_row(t)` ascending `t` serves `kv_heads` heads at once. Each
-//!    head's lanes are finally permuted into `y` and merged with `select`
-//!    (lanes of `y` past `heads * head_dim` are +0.0).
+//! 3. Output (`sxm.w`), one chain per (group of heads that use different
+//!    kv heads, word `vw` of a V row): heads `kv * group + j`, `j` fixed,
+//!    have their `p` first packed side by side (`320 / kv_heads` positions
+//!    of each head in one word: `permute` + `select`), then per position one
+//!    `permute` of the packed word puts head `kv * group + j`'s `p_t` on
+//!    every lane of word `vw` whose channel `c = 320 vw + l` is one of kv
+//!    head `kv`'s (`kv = c / head_dim`), exactly the lanes of the V cache
+//!    word it multiplies: `o = +0.0; o = o + p_t * v(t, vw)` ascending `t`
+//!    serves every head of the group whose channels meet that word (a kv
+//!    head's channels may straddle two words when `head_dim` does not
+//!    divide 320, e.g. 128: each word's chain carries its part). Each head's
+//!    lanes are finally permuted into `y` and merged with `select`, one
+//!    piece per (head, word of `y`, V word) (lanes of `y` past `heads *
+//!    head_dim` are +0.0). The score phase needs nothing of the sort: it
+//!    broadcasts `q` element `h * head_dim + d` from wherever it lies.
+//!    The output chains run in segments of 256 positions, `alu_latency`
+//!    chains a bundle (what one `permute` a cycle on `sxm.w` serves): a
+//!    segment writes its partial sum to `obuf` and the next reads it back
+//!    and goes on adding, so the order of the additions is unchanged (an
+//!    f32 stored and reloaded is the same f32), and bundles stay small
+//!    enough for the scheduler at long contexts and many chains (Llama-70B:
+//!    8 groups x 4 V words).
 //!
 //! # Why the mask and the future positions are exact
 //!
@@ -67,7 +83,7 @@
 //! is `-0.0` only when both addends are), so `o + ±0.0 = o`: future
 //! positions contribute nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
 use q35_isa::{
     DType, Dir, ElemWidth, F32Imm, Hemisphere, Instruction, QueueId, QueueKind, Stream, TableId,
@@ -104,6 +120,7 @@ const FMUL: Instruction = Instruction::Fmul { a: S, b: S, dst: S };
 const FDIV: Instruction = Instruction::Fdiv { a: S, b: S, dst: S };
 const FMAX: Instruction = Instruction::Fmax { a: S, b: S, dst: S };
 const FEXP: Instruction = Instruction::Fexp { a: S, dst: S };
+const IADD32: Instruction = Instruction::Iadd32 { a: S, b: S, dst: S };
 const SELECT: Instruction = Instruction::Select {
     m: S,
     a: S,
@@ -176,18 +193,31 @@ fn sx(
 }
 
 /// A resource one instruction holds on one cycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Key {
     Issue(u16, Cycle),
     Port(u16, Cycle, bool),
     Bank(u16, Cycle, u32),
 }
 
+impl Key {
+    /// The same resource `off` cycles later.
+    fn shifted(self, off: Cycle) -> Key {
+        match self {
+            Key::Issue(q, t) => Key::Issue(q, t + off),
+            Key::Port(q, t, w) => Key::Port(q, t + off, w),
+            Key::Bank(q, t, b) => Key::Bank(q, t + off, b),
+        }
+    }
+}
+
 /// Packs independent chains into one bundle (see the module doc): the
 /// fixed-queue issues, MEM ports and banks and VXM queue counts taken so
 /// far.
 struct Packer {
-    used: BTreeSet<Key>,
+    /// Membership only (never iterated), so a hash set keeps this
+    /// deterministic.
+    used: HashSet<Key>,
     vxm: BTreeMap<Cycle, u32>,
     vxm_queues: u32,
     write_latency: Cycle,
@@ -199,7 +229,7 @@ type Footprint = Vec<(QSel, Cycle, Option<MemUse>)>;
 impl Packer {
     fn new(m: &Mach) -> Packer {
         Packer {
-            used: BTreeSet::new(),
+            used: HashSet::new(),
             vxm: BTreeMap::new(),
             vxm_queues: m.target.vxm.alus_per_lane,
             write_latency: m.write_latency,
@@ -240,18 +270,15 @@ impl Packer {
         keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
     }
 
-    fn fits(&self, fp: &Footprint, off: Cycle) -> bool {
-        let (keys, vxm) = self.keys(fp, off);
-        if keys.iter().any(|k| self.used.contains(k)) {
+    /// Whether a chain whose resources at offset 0 are `keys` and whose
+    /// VXM instructions per cycle are `vxm` fits at `off` (stops at the
+    /// first conflict: chains are long, and most offsets fail early).
+    fn fits(&self, keys: &[Key], vxm: &BTreeMap<Cycle, u32>, off: Cycle) -> bool {
+        if keys.iter().any(|k| self.used.contains(&k.shifted(off))) {
             return false;
         }
-        let mut count: BTreeMap<Cycle, u32> = BTreeMap::new();
-        for t in vxm {
-            *count.entry(t).or_insert(0) += 1;
-        }
-        count
-            .iter()
-            .all(|(t, n)| self.vxm.get(t).copied().unwrap_or(0) + n <= self.vxm_queues)
+        vxm.iter()
+            .all(|(t, n)| self.vxm.get(&(t + off)).copied().unwrap_or(0) + n <= self.vxm_queues)
     }
 
     fn take(&mut self, fp: &Footprint, off: Cycle) {
@@ -283,8 +310,13 @@ impl Packer {
                 ),
             ));
         }
+        let (keys, vxm_list) = self.keys(&fp, 0);
+        let mut vxm: BTreeMap<Cycle, u32> = BTreeMap::new();
+        for t in vxm_list {
+            *vxm.entry(t).or_insert(0) += 1;
+        }
         let mut off = min_off;
-        while !self.fits(&fp, off) {
+        while !self.fits(&keys, &vxm, off) {
             off += 1;
             if off - min_off > 1 << 20 {
                 return Err(err(&b.label, "no offset fits a chain"));
@@ -333,7 +365,10 @@ fn first_slice(m: &Mach, cache: &Buffer, dir: Dir) -> u32 {
 /// copied through an SXM (`shift` by 0) and scattered into word `pos` of
 /// the V cache. The index buffers must lie on one side of each cache's
 /// slices (e.g. in the other hemisphere), so that an index read meets the
-/// value at every cache slice.
+/// value at every cache slice. When `kv_dim > 320` the V row of a position
+/// is `Wv = ceil(kv_dim / 320)` words and word `w` of `v` goes to word
+/// `pos * Wv + w`, with the index `pos * Wv` computed on the chip from
+/// `pos_idx` (exactly: integer adds; see `v_rows`).
 #[expect(clippy::too_many_arguments, reason = "the op's buffers and sizes")]
 pub fn kv_write(
     p: &mut ProgramBuilder,
@@ -349,12 +384,6 @@ pub fn kv_write(
     not_before: Cycle,
 ) -> Result<Cycle, SchedError> {
     let m = p.mach().clone();
-    if kv_dim > LANES {
-        return Err(err(
-            label,
-            format!("kv_dim {kv_dim} > {LANES}: the V cache holds one word per position"),
-        ));
-    }
     let w_words = ctx.div_ceil(LANES);
     let mut last = not_before;
     let Some((kdir, ksx)) = cache_flow(&m, kv_idx, kcache) else {
@@ -383,38 +412,151 @@ pub fn kv_write(
         }
         last = last.max(p.sched.place(b, not_before)?.last);
     }
-    let Some((vdir, vsx)) = cache_flow(&m, pos_idx, vcache) else {
+    let wv = kv_dim.div_ceil(LANES);
+    if wv == 1 {
+        let Some((vdir, vsx)) = cache_flow(&m, pos_idx, vcache) else {
+            return Err(err(
+                label,
+                format!(
+                    "`{}` lies between the slices of `{}`: no direction carries both to every slice",
+                    pos_idx.name, vcache.name
+                ),
+            ));
+        };
+        let mut b = Bundle::new(label);
+        let sp = m.position(vsx);
+        let vw = b.read(&m, &v.slices, v.addr, sp, 0)?;
+        let val = sx(&mut b, &m, vsx, 0, shift(0, LANES), vw)?;
+        let f = first_slice(&m, vcache, vdir);
+        let t = b
+            .arrival(&m, val, f)
+            .expect("the SXM is upstream of every slice");
+        let idx = b.read(&m, &pos_idx.slices, pos_idx.addr, f, t)?;
+        for (j, &slice) in vcache.slices.iter().enumerate() {
+            let part = b.part(val, j as u8, 1)?;
+            b.scatter(
+                &m,
+                slice,
+                idx,
+                part,
+                vcache.addr,
+                (vcache.addr, vcache.addr + ctx),
+            )?;
+        }
+        last = last.max(p.sched.place(b, not_before)?.last);
+        return Ok(last);
+    }
+    last = last.max(v_rows(p, label, v, vcache, pos_idx, wv, ctx, not_before)?);
+    Ok(last)
+}
+
+/// The V rows of `Wv > 1` words a position: word `w` of `v` into word
+/// `pos * Wv + w` of `vcache`. The scatter index `pos * Wv` is computed on
+/// the chip, exactly: `pos_idx` (u16) is first copied into the low two
+/// slices of an i32 scratch word whose high two slices stay zero
+/// (`<label>.pos32`), so that reading it gives `pos` as an i32; `Wv - 1`
+/// wrapping `iadd32`s (`2 pos`, `3 pos`, ..) give `pos * Wv` (at most
+/// `ctx * Wv`, which fits u16: checked), whose low two byte planes are the
+/// u16 index. It leaves the VXM towards the V cache on the cycle the value
+/// word (sent back by the far SXM, `shift` by 0) passes the VXM, so both
+/// travel together past every slice of the cache, where `scatter` at base
+/// `vcache.addr + w` stores lane `l` into word `pos * Wv + w`.
+#[expect(clippy::too_many_arguments, reason = "the op's buffers and sizes")]
+fn v_rows(
+    p: &mut ProgramBuilder,
+    label: &str,
+    v: &Buffer,
+    vcache: &Buffer,
+    pos_idx: &Buffer,
+    wv: u32,
+    ctx: u32,
+    not_before: Cycle,
+) -> Result<Cycle, SchedError> {
+    let m = p.mach().clone();
+    let rows = ctx.saturating_mul(wv);
+    if rows > u32::from(u16::MAX) + 1 || rows > vcache.words {
         return Err(err(
             label,
             format!(
-                "`{}` lies between the slices of `{}`: no direction carries both to every slice",
-                pos_idx.name, vcache.name
+                "a V cache of {ctx} positions x {wv} words does not fit the u16 scatter index \
+                 or the {} words of `{}`",
+                vcache.words, vcache.name
             ),
         ));
-    };
-    let mut b = Bundle::new(label);
-    let sp = m.position(vsx);
-    let vw = b.read(&m, &v.slices, v.addr, sp, 0)?;
-    let val = sx(&mut b, &m, vsx, 0, shift(0, LANES), vw)?;
-    let f = first_slice(&m, vcache, vdir);
-    let t = b
-        .arrival(&m, val, f)
-        .expect("the SXM is upstream of every slice");
-    let idx = b.read(&m, &pos_idx.slices, pos_idx.addr, f, t)?;
-    for (j, &slice) in vcache.slices.iter().enumerate() {
-        let part = b.part(val, j as u8, 1)?;
-        b.scatter(
-            &m,
-            slice,
-            idx,
-            part,
-            vcache.addr,
-            (vcache.addr, vcache.addr + ctx),
-        )?;
     }
+    let Some(ch) = vcache.hemisphere() else {
+        return Err(err(label, format!("`{}` has no slices", vcache.name)));
+    };
+    // Flowing from the VXM into the cache's hemisphere; the value word comes
+    // from the other hemisphere's SXM.
+    let (vdir, vsx) = match ch {
+        Hemisphere::West => (Dir::West, sxm(Hemisphere::East)),
+        Hemisphere::East => (Dir::East, sxm(Hemisphere::West)),
+    };
+    let other = |h: Hemisphere| match h {
+        Hemisphere::West => Hemisphere::East,
+        Hemisphere::East => Hemisphere::West,
+    };
+    let ph = pos_idx.hemisphere().unwrap_or(Hemisphere::East);
+    let pos32 = p
+        .buffer(
+            &format!("{label}.pos32"),
+            DType::I32,
+            u64::from(LANES),
+            other(ph),
+        )
+        .map_err(|e| err(label, e.to_string()))?;
+    p.init(&pos32, DType::I32, vec![0; LANES as usize]);
+    let mut last = not_before;
+    // pos_idx's two byte planes into the low two of pos32.
+    let mut b = Bundle::new(label);
+    let x = b.read(&m, &pos_idx.slices, pos_idx.addr, m.vxm, 0)?;
+    b.write(&m, x, &pos32.slices[..2], pos32.addr)?;
     last = last.max(p.sched.place(b, not_before)?.last);
+    let la = m.latency(&IADD32);
+    let sp = m.position(vsx);
+    let lsh = m.latency(&shift(0, LANES));
+    for w in 0..wv {
+        let mut b = Bundle::new(label);
+        // The value word passes the VXM on local cycle 0.
+        let tp = -lsh - m.hops(sp, m.vxm);
+        let vw = b.read(&m, &v.slices, v.addr + w, sp, tp)?;
+        let val = sx(&mut b, &m, vsx, tp, shift(0, LANES), vw)?;
+        // pos * Wv leaves the VXM on cycle 0.
+        let t0 = -la * Cycle::from(wv - 1);
+        let x = b.read(&m, &pos32.slices, pos32.addr, m.vxm, t0)?;
+        let mut acc = x;
+        for i in 1..wv {
+            let t = t0 + la * Cycle::from(i - 1);
+            let y = if i == 1 {
+                x
+            } else {
+                b.read(&m, &pos32.slices, pos32.addr, m.vxm, t)?
+            };
+            let dir = if i + 1 == wv { vdir } else { Dir::East };
+            acc = vx(&mut b, &m, t, IADD32, &[("a", acc), ("b", y)], dir)?;
+        }
+        let idx = b.part(acc, 0, 2)?;
+        for (j, &slice) in vcache.slices.iter().enumerate() {
+            let part = b.part(val, j as u8, 1)?;
+            b.scatter(
+                &m,
+                slice,
+                idx,
+                part,
+                vcache.addr + w,
+                (vcache.addr, vcache.addr + rows),
+            )?;
+        }
+        last = last.max(p.sched.place(b, not_before)?.last);
+    }
     Ok(last)
 }
+
+/// Positions one bundle of the output phase covers (the scheduler's cost
+/// grows faster than a bundle's size, and a long context would make one
+/// bundle of every chain very large).
+const OUT_SEGMENT: u32 = 256;
 
 /// Shapes of one attention op.
 #[derive(Clone, Copy, Debug)]
@@ -429,6 +571,8 @@ struct Shape {
     w: u32,
     /// Words of one head in each half of the scores scratch.
     wh: u32,
+    /// Words of a V cache row (`ceil(kv_dim / 320)`).
+    wv: u32,
 }
 
 /// Views of the scratch block: two halves of scores (word `w` of head `h`
@@ -481,12 +625,6 @@ pub fn attention(
             format!("heads {heads}, kv_heads {kv_heads}, head_dim {head_dim}, ctx {ctx}"),
         ));
     }
-    if kv_heads * head_dim > LANES {
-        return Err(err(
-            label,
-            format!("kv_dim {} > {LANES}", kv_heads * head_dim),
-        ));
-    }
     let m = p.mach().clone();
     let w = ctx.div_ceil(LANES);
     let s = Shape {
@@ -497,7 +635,14 @@ pub fn attention(
         ctx,
         w,
         wh: w.div_ceil(2),
+        wv: (kv_heads * head_dim).div_ceil(LANES),
     };
+    if kv_heads > LANES {
+        return Err(err(
+            label,
+            format!("kv_heads {kv_heads} > {LANES}: a packed word holds a block per kv head"),
+        ));
+    }
     let alloc = |p: &mut ProgramBuilder, name: &str, h, n, words| {
         p.place_slices(&format!("{label}.{name}"), h, n, words)
             .map_err(|e| err(label, e.to_string()))
@@ -526,12 +671,12 @@ pub fn attention(
         "out",
         Hemisphere::West,
         5,
-        heads.max(pairs.len() as u32 + kv_heads),
+        (s.group * s.wv).max(pairs.len() as u32 + kv_heads),
     )?;
     let obuf = view(&block2, "o", 0, 4);
     let sel = view(&block2, "sel", 4, 1);
     let mut sel_init = Vec::new();
-    for &(_, _, lo, hi) in &pairs {
+    for &(_, _, lo, hi, _) in &pairs {
         sel_init.extend((0..LANES).map(|l| u32::from(l >= lo && l < hi)));
     }
     // Then one mask per kv head for the packing of p: lanes of its block.
@@ -676,30 +821,68 @@ pub fn attention(
     }
     // Phase 3b: outputs, one chain per group (its heads' kv segments side
     // by side), all groups in one bundle.
-    let unpack: Vec<TableId> = (0..s.blk)
-        .map(|r| {
-            p.table(
-                &format!("attn.unpack.b{}.hd{}.kv{kv_heads}.r{r}", s.blk, s.hd),
-                (0..LANES)
-                    .map(|l| {
-                        if l < kv_heads * s.hd {
-                            ((l / s.hd) * s.blk + r) as u16
-                        } else {
-                            0
-                        }
-                    })
-                    .collect(),
-            )
+    // Per V word `vw` and position `r` of a block: lane `l` (channel `c =
+    // 320 vw + l`) takes kv head `c / head_dim`'s block.
+    let kv_dim = kv_heads * s.hd;
+    let unpack: Vec<Vec<TableId>> = (0..s.wv)
+        .map(|vw| {
+            (0..s.blk)
+                .map(|r| {
+                    let name = if vw == 0 {
+                        format!("attn.unpack.b{}.hd{}.kv{kv_heads}.r{r}", s.blk, s.hd)
+                    } else {
+                        format!("attn.unpack.b{}.hd{}.kv{kv_heads}.w{vw}.r{r}", s.blk, s.hd)
+                    };
+                    let map = (0..LANES)
+                        .map(|l| {
+                            let c = vw * LANES + l;
+                            if c < kv_dim {
+                                ((c / s.hd) * s.blk + r) as u16
+                            } else {
+                                0
+                            }
+                        })
+                        .collect();
+                    p.table(&name, map)
+                })
+                .collect()
         })
         .collect();
-    let mut b = Bundle::new(label);
-    let mut pk = Packer::new(&m);
-    for j in 0..s.group {
-        pk.pack(&mut b, 0, |b, off| {
-            output_chain(b, &m, &s, off, j, vcache, &packed, &blocks, &unpack, &obuf)
-        })?;
+    // Segments of OUT_SEGMENT positions, `alu_latency` chains a bundle (as
+    // many as one `permute` a cycle on sxm.w serves); a later segment
+    // continues the sum from obuf, so the order of the additions is the
+    // same.
+    let chains: Vec<(u32, u32)> = (0..s.group)
+        .flat_map(|j| (0..s.wv).map(move |vw| (j, vw)))
+        .collect();
+    let per_bundle = usize::try_from(la).unwrap_or(1).max(1);
+    let mut t_a = 0;
+    while t_a < ctx {
+        let t_b = ctx.min(t_a + OUT_SEGMENT);
+        for batch in chains.chunks(per_bundle) {
+            let mut b = Bundle::new(label);
+            let mut pk = Packer::new(&m);
+            for &chain in batch {
+                pk.pack(&mut b, 0, |b, off| {
+                    output_chain(
+                        b,
+                        &m,
+                        &s,
+                        off,
+                        chain,
+                        (t_a, t_b),
+                        vcache,
+                        &packed,
+                        &blocks,
+                        &unpack[chain.1 as usize],
+                        &obuf,
+                    )
+                })?;
+            }
+            last = last.max(p.sched.place(b, not_before)?.last);
+        }
+        t_a = t_b;
     }
-    last = last.max(p.sched.place(b, not_before)?.last);
 
     // Merge the heads into y, one bundle a word.
     for j in 0..y_words {
@@ -710,7 +893,7 @@ pub fn attention(
         let sp = m.position(sxe);
         let mut acc = vx(&mut b, &m, 0, fconst(0.0), &[], Dir::West)?;
         let mut t = la;
-        for (i, &(h, jj, lo, hi)) in pairs.iter().enumerate() {
+        for (i, &(h, jj, lo, hi, vw)) in pairs.iter().enumerate() {
             if jj != j {
                 continue;
             }
@@ -718,15 +901,21 @@ pub fn attention(
             let map: Vec<u16> = (0..LANES)
                 .map(|l| {
                     if l >= lo && l < hi {
-                        (kvh * s.hd + (j * LANES + l - h * s.hd)) as u16
+                        ((kvh * s.hd + (j * LANES + l - h * s.hd)) % LANES) as u16
                     } else {
                         0
                     }
                 })
                 .collect();
-            let tab = p.table(&format!("attn.o2y.hd{}.h{h}.kv{kvh}.j{j}", s.hd), map);
+            let name = if s.wv == 1 {
+                format!("attn.o2y.hd{}.h{h}.kv{kvh}.j{j}", s.hd)
+            } else {
+                format!("attn.o2y.hd{}.h{h}.kv{kvh}.j{j}.w{vw}", s.hd)
+            };
+            let tab = p.table(&name, map);
             let tp = t - lp - m.hops(sp, m.vxm);
-            let o = b.read(&m, &obuf.slices, obuf.addr + h % s.group, sp, tp)?;
+            let word = (h % s.group) * s.wv + vw;
+            let o = b.read(&m, &obuf.slices, obuf.addr + word, sp, tp)?;
             let per = sx(&mut b, &m, sxe, tp, permute(tab), o)?;
             let mk = b.read(&m, &sel.slices, sel.addr + i as u32, m.vxm, t)?;
             acc = vx(
@@ -745,16 +934,29 @@ pub fn attention(
     Ok(last)
 }
 
-/// (head, y word, first lane, end lane) of every head's part of every word
-/// of `y`.
-fn merge_pairs(s: &Shape, y_words: u32) -> Vec<(u32, u32, u32, u32)> {
+/// (head, y word, first lane, end lane, V word) of every piece of every
+/// head's part of every word of `y`: a head's lanes in one word of `y`
+/// whose channels (`kv_head * head_dim + d`) lie in one word of a V row,
+/// i.e. in one word of the head's group's output (a head's part splits in
+/// two where its kv head's channels cross a multiple of 320).
+fn merge_pairs(s: &Shape, y_words: u32) -> Vec<(u32, u32, u32, u32, u32)> {
     let mut v = Vec::new();
     for j in 0..y_words {
         for h in 0..s.heads {
             let (a, e) = (h * s.hd, (h + 1) * s.hd);
             let (lo, hi) = (a.max(j * LANES), e.min((j + 1) * LANES));
-            if lo < hi {
-                v.push((h, j, lo - j * LANES, hi - j * LANES));
+            if lo >= hi {
+                continue;
+            }
+            // Channel of y element i (head h): kv_head * hd + (i - h * hd).
+            let shift = (h / s.group) * s.hd;
+            let (c_lo, c_hi) = (shift + lo - a, shift + hi - a);
+            let mut c = c_lo;
+            while c < c_hi {
+                let end = c_hi.min((c / LANES + 1) * LANES);
+                let (l0, l1) = (c - shift + a, end - shift + a);
+                v.push((h, j, l0 - j * LANES, l1 - j * LANES, c / LANES));
+                c = end;
             }
         }
     }
@@ -959,17 +1161,19 @@ fn pack_blocks(s: &Shape) -> Vec<(u32, u32)> {
     v
 }
 
-/// Output of group `j` (heads `kv * group + j`, one per kv head): `o = +0.0;
-/// o = o + p_t * v_t` over ascending `t`, lane `kv * head_dim + d` holding
-/// head `kv * group + j`'s dim `d`; `p_t` of all of them comes from one
-/// `permute` of the packed word. Into word `j` of `obuf`.
+/// Output of group `j` (heads `kv * group + j`, one per kv head) on V word
+/// `vw`: `o = +0.0; o = o + p_t * v_t` over ascending `t`, lane `l` holding
+/// channel `c = 320 vw + l = kv * head_dim + d`, i.e. head `kv * group +
+/// j`'s dim `d`; `p_t` of all of them comes from one `permute` of the
+/// packed word. Into word `j * Wv + vw` of `obuf`.
 #[expect(clippy::too_many_arguments, reason = "one chain's inputs")]
 fn output_chain(
     b: &mut Bundle,
     m: &Mach,
     s: &Shape,
     off: Cycle,
-    j: u32,
+    (j, vw): (u32, u32),
+    (t_a, t_b): (u32, u32),
     vcache: &Buffer,
     packed: &Buffer,
     blocks: &[(u32, u32)],
@@ -982,21 +1186,31 @@ fn output_chain(
     let sp = m.position(sxw);
     let a0 = off + la;
     let dir = dir_to(obuf);
-    let mut acc = vx(b, m, off, fconst(0.0), &[], dir)?;
+    let word = obuf.addr + j * s.wv + vw;
+    let mut acc = if t_a == 0 {
+        vx(b, m, off, fconst(0.0), &[], dir)?
+    } else {
+        // The sum so far, kept in obuf by the previous segment.
+        b.read(m, &obuf.slices, word, m.vxm, a0)?
+    };
     for (kb, &(t0, len)) in blocks.iter().enumerate() {
         for r in 0..len {
             let t = t0 + r;
-            let at = a0 + la * Cycle::from(t);
+            if t < t_a || t >= t_b {
+                continue;
+            }
+            let at = a0 + la * Cycle::from(t - t_a);
             let ct = at - la;
             let tp = ct - lp - m.hops(sp, m.vxm);
             let addr = packed.addr + j * blocks.len() as u32 + kb as u32;
             let pw = b.read(m, &packed.slices, addr, sp, tp)?;
             let pb = sx(b, m, sxw, tp, permute(unpack[r as usize]), pw)?;
-            let vw = b.read(m, &vcache.slices, vcache.addr + t, m.vxm, ct)?;
-            let prod = vx(b, m, ct, FMUL, &[("a", pb), ("b", vw)], Dir::West)?;
+            let row = vcache.addr + t * s.wv + vw;
+            let vv = b.read(m, &vcache.slices, row, m.vxm, ct)?;
+            let prod = vx(b, m, ct, FMUL, &[("a", pb), ("b", vv)], Dir::West)?;
             acc = vx(b, m, at, FADD, &[("a", acc), ("b", prod)], dir)?;
         }
     }
-    b.write(m, acc, &obuf.slices, obuf.addr + j)?;
-    Ok(a0 + la * Cycle::from(s.ctx))
+    b.write(m, acc, &obuf.slices, word)?;
+    Ok(a0 + la * Cycle::from(t_b - t_a))
 }

@@ -16,10 +16,13 @@
 //! - `lpu.quantize`: [`semantics::prescale_activation`], the scale broadcast
 //!   to every lane of its word.
 //! - `lpu.rope`: `y = x * C + swap(x) * S` with C, S the rows of `@rope_cos`
-//!   and `@rope_sin` at the position each lane of `@pos_idx` holds.
+//!   and `@rope_sin` at the position each lane of `@pos_idx` holds (word
+//!   `k` of `x` reads table word `k % P`, row `(k % P) * ctx + pos`, with `P`
+//!   = [`rope_words`](crate::passes::lpu_lower::rope_words)).
 //! - `lpu.kv_write`: K^T written by the `@kv_idx` scatter (lane l of row r
 //!   to word `kv_idx[l]`: column `pos` gets `k[r]`, the junk word the
-//!   rest), V written at row `@pos_idx[0]`.
+//!   rest), V written at row `@pos_idx[0]` (all `ceil(kv_dim / lanes)`
+//!   words of it).
 //! - `lpu.attention`: every position of the compiled context, scores plus
 //!   `@attn_mask` (-inf after `pos`), [`semantics::softmax_in_place`], the
 //!   output summed over all positions in ascending order; masked positions
@@ -158,6 +161,10 @@ pub struct LpuInterpreter<'w> {
     lanes: usize,
     blocks: usize,
     kv_dim: usize,
+    /// Words a position takes in the RoPE tables.
+    rope_words: usize,
+    /// The head_dim the RoPE tables are built for (`q35.arch`).
+    head_dim: usize,
     buffers: Vec<BufferInfo>,
     by_name: BTreeMap<String, usize>,
     consts: BTreeMap<usize, Vec<f32>>,
@@ -273,6 +280,10 @@ impl<'w> LpuInterpreter<'w> {
             lanes,
             blocks: blocks as usize,
             kv_dim: usize::try_from(kv_heads.saturating_mul(head_dim)).unwrap_or(usize::MAX),
+            rope_words: crate::passes::lpu_lower::rope_words(head_dim, lanes as u64)
+                .and_then(|w| usize::try_from(w).ok())
+                .ok_or_else(|| module_error(format!("head_dim {head_dim} on {lanes} lanes")))?,
+            head_dim: usize::try_from(head_dim).unwrap_or(usize::MAX),
             buffers: Vec::new(),
             by_name: BTreeMap::new(),
             consts: BTreeMap::new(),
@@ -320,8 +331,16 @@ impl<'w> LpuInterpreter<'w> {
             kv_idx: interp.fixed_buffer(buffers::KV_IDX, &[Some(lanes)], true)?,
             attn_mask: interp.fixed_buffer(buffers::ATTN_MASK, &[Some(ctx)], false)?,
             logits: interp.fixed_buffer(buffers::LOGITS, &[Some(0)], false)?,
-            rope_cos: interp.fixed_buffer(buffers::ROPE_COS, &[Some(ctx), Some(lanes)], false)?,
-            rope_sin: interp.fixed_buffer(buffers::ROPE_SIN, &[Some(ctx), Some(lanes)], false)?,
+            rope_cos: interp.fixed_buffer(
+                buffers::ROPE_COS,
+                &[Some(interp.rope_words * ctx), Some(lanes)],
+                false,
+            )?,
+            rope_sin: interp.fixed_buffer(
+                buffers::ROPE_SIN,
+                &[Some(interp.rope_words * ctx), Some(lanes)],
+                false,
+            )?,
         };
         let words = ctx.div_ceil(lanes);
         let v_words = interp.kv_dim.div_ceil(lanes);
@@ -520,20 +539,23 @@ impl<'w> LpuInterpreter<'w> {
         head_dim: usize,
         base: f32,
     ) -> Result<(), InterpError> {
-        let (ctx, lanes) = (self.ctx, self.lanes);
-        if head_dim == 0 || !head_dim.is_multiple_of(2) || !lanes.is_multiple_of(head_dim) {
+        let (ctx, lanes, words) = (self.ctx, self.lanes, self.rope_words);
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || !lanes.is_multiple_of(2) {
             return Err(module_error(format!(
-                "head_dim {head_dim} must be even and divide the {lanes} lanes"
+                "head_dim {head_dim} and the {lanes} lanes must be even"
             )));
         }
         let table = RopeTable::new(head_dim, base, ctx);
-        let mut cos = vec![0f32; ctx * lanes];
-        let mut sin = vec![0f32; ctx * lanes];
-        for t in 0..ctx {
-            for l in 0..lanes {
-                let (c, s) = table.get(t, (l % head_dim) / 2);
-                cos[t * lanes + l] = c;
-                sin[t * lanes + l] = if l % 2 == 0 { -s } else { s };
+        let mut cos = vec![0f32; words * ctx * lanes];
+        let mut sin = vec![0f32; words * ctx * lanes];
+        for w in 0..words {
+            for t in 0..ctx {
+                for l in 0..lanes {
+                    let i = (w * ctx + t) * lanes + l;
+                    let (c, s) = table.get(t, ((w * lanes + l) % head_dim) / 2);
+                    cos[i] = c;
+                    sin[i] = if l % 2 == 0 { -s } else { s };
+                }
             }
         }
         for (i, b) in self.buffers.iter().enumerate() {
@@ -685,13 +707,13 @@ impl<'w> LpuInterpreter<'w> {
                 let heads = Self::int(o, "heads")?;
                 let head_dim = Self::int(o, "head_dim")?;
                 let n = heads.saturating_mul(head_dim);
-                if head_dim == 0
-                    || !head_dim.is_multiple_of(2)
-                    || !self.lanes.is_multiple_of(head_dim)
-                {
+                if head_dim == 0 || !head_dim.is_multiple_of(2) {
+                    return Err(format!("`head_dim` {head_dim} must be even and non-zero"));
+                }
+                if head_dim != self.head_dim {
                     return Err(format!(
-                        "`head_dim` {head_dim} must be even and divide the {} lanes",
-                        self.lanes
+                        "`head_dim` {head_dim} differs from q35.arch head_dim {}, which the RoPE tables are built for",
+                        self.head_dim
                     ));
                 }
                 let x = self.buffer(o, "x", Some(n))?;
@@ -931,7 +953,8 @@ impl<'w> LpuInterpreter<'w> {
                     if p >= self.ctx {
                         return Err(format!("@pos_idx lane {l} holds {p}, past the context"));
                     }
-                    let (c, s) = (cos[p * lanes + l], sin[p * lanes + l]);
+                    let row = (i / lanes) % self.rope_words * self.ctx + p;
+                    let (c, s) = (cos[row * lanes + l], sin[row * lanes + l]);
                     *o = x[i] * c + x[i ^ 1] * s;
                 }
                 data[y] = Data::F32(out);

@@ -20,9 +20,12 @@
 //! rewritten): a `q35.matmul`/`q35.lm_head` (quantize first), an f32
 //! weight, a scheme the machine does not unpack (not 3.5-bit pairs), a
 //! group longer than a plane's rows or not a multiple of 16, a RoPE whose
-//! `head_dim` does not divide the lanes or whose `base`/`head_dim` differ
-//! from `q35.arch` (the tables are built from it), a context past the u16
-//! positions of `@pos_idx`, shapes that disagree with `q35.arch`.
+//! `head_dim` is odd or whose `base`/`head_dim` differ from `q35.arch` (the
+//! tables are built from it; a `head_dim` that does not divide the lanes
+//! takes [`rope_words`] table words a position), a context past the u16
+//! positions of `@pos_idx` (or whose V cache rows, `ceil(kv_dim / lanes)`
+//! words each, pass the u16 scatter index), shapes that disagree with
+//! `q35.arch`.
 //!
 //! Before (tiny, after `q35-quantize-activations`):
 //! ```mlir
@@ -82,6 +85,20 @@ pub(crate) static PASS: PassInfo = PassInfo::new(
 
 /// Largest context: positions are u16 lanes of `@pos_idx` (0 ..= 65535).
 pub const MAX_CONTEXT: u64 = 1 << 16;
+
+/// Words a position takes in `@rope_cos`/`@rope_sin`: `head_dim / gcd(lanes,
+/// head_dim)`, the period in words of the lane pattern (1 when `head_dim`
+/// divides the lanes; 2 for head_dim 128 on 320 lanes). The tables hold
+/// `words * ctx` rows, word-major: row `w * ctx + t` is word `w` of position
+/// `t`, its lane `l` standing for channel `c = w * lanes + l` (pair `(c %
+/// head_dim) / 2`); word `k` of a rotated vector uses word `k % words`
+/// (docs/lpu-dialect.md). `None` for `head_dim` 0 or `lanes` 0.
+pub fn rope_words(head_dim: u64, lanes: u64) -> Option<u64> {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    (head_dim > 0 && lanes > 0).then(|| head_dim / gcd(lanes, head_dim))
+}
 
 fn run(cx: &mut PassContext<'_, '_>) {
     let diagnostics = lower(cx);
@@ -216,6 +233,14 @@ fn lower(cx: &PassContext<'_, '_>) -> Vec<Diagnostic> {
             arch.head_dim,
             arch.kv_heads,
             machine.lanes
+        ));
+    }
+    let v_words = arch.kv_dim().div_ceil(machine.lanes);
+    if ctx.saturating_mul(v_words) > MAX_CONTEXT {
+        return at_module(format!(
+            "context {ctx} x {v_words} words of a V cache row (kv_dim {}) is past the {MAX_CONTEXT} words a u16 scatter index of @{} reaches",
+            arch.kv_dim(),
+            buffers::POS_IDX
         ));
     }
     let table = weights(&module, &mut diagnostics);
@@ -369,7 +394,8 @@ impl<'c> Lowering<'c> {
             (buffers::ROPE_COS, buffers::ROPE_COS_SOURCE),
             (buffers::ROPE_SIN, buffers::ROPE_SIN_SOURCE),
         ] {
-            let ty = tensor(&[ctx, lanes], f32);
+            let words = rope_words(a.head_dim, lanes).unwrap_or(1);
+            let ty = tensor(&[words.saturating_mul(ctx), lanes], f32);
             self.declare_buffer(name, BufferKind::Const, ty, Some(source.to_owned()));
         }
         let words = ctx.div_ceil(lanes);
@@ -683,16 +709,15 @@ impl<'c> Lowering<'c> {
                 let heads = Self::int_attr(op, "heads")?;
                 let head_dim = Self::int_attr(op, "head_dim")?;
                 let base = float_attr(op, "base").ok_or("needs an f32 `base`")?;
-                let lanes = self.machine.lanes;
                 if head_dim != self.arch.head_dim {
                     return Err(format!(
                         "`head_dim` {head_dim} differs from q35.arch head_dim {}, which the RoPE tables are built for",
                         self.arch.head_dim
                     ));
                 }
-                if !head_dim.is_multiple_of(2) || !lanes.is_multiple_of(head_dim) {
+                if head_dim == 0 || !head_dim.is_multiple_of(2) {
                     return Err(format!(
-                        "`head_dim` {head_dim} must be even and divide the {lanes} lanes (the RoPE tables hold pair (lane % head_dim) / 2 on each lane)"
+                        "`head_dim` {head_dim} must be even and non-zero (RoPE rotates adjacent pairs of lanes)"
                     ));
                 }
                 if (base as f32).to_bits() != (self.arch.rope_base as f32).to_bits() {
