@@ -203,9 +203,9 @@ pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan
         return Err(module_error("`q35.arch` needs head_dim and rope_base"));
     };
     let rope = RopeTable::new(head_dim as usize, base as f32, ctx as usize);
-    let (cos, sin) =
-        q35_codegen::kernels::rope::rope_tables(&rope, head_dim as usize, ctx as usize)
-            .map_err(|e| module_error(e.to_string()))?;
+    let tables = q35_codegen::kernels::rope::rope_tables(&rope, head_dim as usize, ctx as usize)
+        .map_err(|e| module_error(e.to_string()))?;
+    let (cos, sin) = (tables.cos, tables.sin);
     let scheme_of = |s: &str| QuantScheme::ALL.into_iter().find(|q| q.as_str() == s);
     let body = m
         .region(0)
