@@ -26,14 +26,17 @@ pub mod config;
 pub mod contract;
 pub mod dump;
 pub mod engine;
+#[macro_use]
 pub mod exec;
 pub mod hazard;
 pub mod load;
 pub mod machine;
 pub mod mxm;
 pub mod profile;
+pub mod schedule;
 pub mod state;
 pub mod streams;
+pub mod timeline;
 
 pub use config::MachineConfig;
 pub use engine::{Engine, Stop};

@@ -26,7 +26,10 @@ fn peak_rss_bytes() -> u64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(model) = args.first() else {
-        return Err("usage: plan_bench MODEL.toml [--context N] [--group G] [--blocks B] [--target FILE]".into());
+        return Err(
+            "usage: plan_bench MODEL.toml [--context N] [--group G] [--blocks B] [--target FILE]"
+                .into(),
+        );
     };
     let opt = |name: &str| {
         args.iter()

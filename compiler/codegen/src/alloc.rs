@@ -120,7 +120,11 @@ impl Alloc {
         let room: Vec<QueueId> = mem_slices(h)
             .filter(|q| u64::from(self.fill(*q)) + u64::from(words) <= u64::from(cap))
             .collect();
-        let free: Vec<QueueId> = room.iter().copied().filter(|q| !avoid.contains(q)).collect();
+        let free: Vec<QueueId> = room
+            .iter()
+            .copied()
+            .filter(|q| !avoid.contains(q))
+            .collect();
         let mut cands = if free.len() >= slices { free } else { room };
         cands.sort_by_key(|q| (self.fill(*q), q.index()));
         let chosen: Vec<QueueId> = if cands.len() < slices || slices == 0 {
@@ -146,7 +150,10 @@ impl Alloc {
         {
             if std::env::var_os("Q35_ALLOC_DEBUG").is_some() {
                 let fills: Vec<u32> = mem_slices(h).map(|q| self.fill(q)).collect();
-                eprintln!("alloc debug {name}: fills {fills:?} used_bytes {}", self.used_bytes);
+                eprintln!(
+                    "alloc debug {name}: fills {fills:?} used_bytes {}",
+                    self.used_bytes
+                );
             }
             return Err(AllocError {
                 name: name.to_string(),

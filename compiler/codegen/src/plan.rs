@@ -908,7 +908,8 @@ pub fn bound(plan: &Plan, target: &Target) -> Bound {
     let install = f64::from(target.mxm.planes)
         * f64::from(target.mxm.install_rows_per_cycle)
         * f64::from(target.mxm.cols);
-    let macs = f64::from(target.mxm.planes) * f64::from(target.mxm.rows) * f64::from(target.mxm.cols);
+    let macs =
+        f64::from(target.mxm.planes) * f64::from(target.mxm.rows) * f64::from(target.mxm.cols);
     let vxm = f64::from(target.vxm.alus_per_lane) * f64::from(target.vector.lanes);
     // Element operations per op (the contract's f32 work: each multiply,
     // add, compare, conversion counted once).
@@ -928,7 +929,9 @@ pub fn bound(plan: &Plan, target: &Target) -> Bound {
                     3 * groups * m.rows() as u64 + m.cols() as u64
                 })
                 .unwrap_or(0),
-            PlanOp::Rope { heads, head_dim, .. } => 3 * u64::from(heads * head_dim),
+            PlanOp::Rope {
+                heads, head_dim, ..
+            } => 3 * u64::from(heads * head_dim),
             PlanOp::KvWrite { .. } => 0,
             PlanOp::Attention {
                 heads, head_dim, ..
@@ -961,8 +964,7 @@ pub fn placeholder_matrix(
     cols: usize,
     group: usize,
 ) -> Result<QuantizedMatrix, String> {
-    let layout =
-        q35_contract::format::Layout::new(rows, cols, group).map_err(|e| e.to_string())?;
+    let layout = q35_contract::format::Layout::new(rows, cols, group).map_err(|e| e.to_string())?;
     let kp = layout.cols_padded();
     let codes = vec![0i8; rows * kp];
     let scales = vec![half::f16::ZERO; rows * layout.n_groups()];

@@ -31,7 +31,7 @@ pub mod passes;
 pub use dialect::{IRDL_SOURCE, create_context, parse_file, parse_module};
 pub use error::MlirError;
 pub use lower::{
-    backend_pipeline, compile, compile_placed, compile_lpu, compile_with, emit_lpu_with, emit_q35,
+    backend_pipeline, compile, compile_lpu, compile_placed, compile_with, emit_lpu_with, emit_q35,
     emit_q35_with, lower, lpu_pipeline,
 };
 

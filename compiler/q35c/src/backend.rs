@@ -58,8 +58,8 @@ pub fn compile(
         .and_then(|c| u32::try_from(c).ok())
         .with_context(|| format!("{shown}: the lpu module has no context"))?;
 
-    let model_toml = std::fs::canonicalize(model_path)
-        .with_context(|| format!("cannot resolve {shown}"))?;
+    let model_toml =
+        std::fs::canonicalize(model_path).with_context(|| format!("cannot resolve {shown}"))?;
     let calib: Option<PathBuf> = calib
         .map(Path::to_path_buf)
         .or_else(|| spec.calibration.clone())

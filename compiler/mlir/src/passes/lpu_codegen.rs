@@ -212,7 +212,10 @@ fn annotate<'c, 'a>(
             Some(a) if a != i64::from(buf.addr) => {
                 return Err((
                     Some(*o),
-                    format!("@{name} is placed at word {a}, the schedule put it at {}", buf.addr),
+                    format!(
+                        "@{name} is placed at word {a}, the schedule put it at {}",
+                        buf.addr
+                    ),
                 ));
             }
             Some(_) => {}
