@@ -81,6 +81,8 @@ pub struct OpStat {
     pub busy: [u64; 4],
     /// Instructions issued (control included).
     pub instructions: u64,
+    /// Control instructions among them (they do not count in the span).
+    pub control: u64,
     /// Multiply-accumulates (each `mm`: the rows of its plane's active
     /// weights x the plane's columns).
     pub macs: u64,
@@ -158,7 +160,7 @@ pub struct StepProfile {
     pub instructions: u64,
     /// Busy fraction of each unit group.
     pub units: Vec<UnitBusy>,
-    /// Ops by span, longest first.
+    /// Ops by busy cycles (then span), most first.
     pub ops: Vec<OpStat>,
     /// Layers in program order.
     pub layers: Vec<LayerStat>,
@@ -285,6 +287,7 @@ pub fn analyse(
             last: issue.cycle,
             busy: [0; 4],
             instructions: 0,
+            control: 0,
             macs: 0,
             weight_bytes: 0,
             mem_read_bytes: 0,
@@ -292,8 +295,17 @@ pub fn analyse(
             bound_cycles: 0.0,
             bound_by: "VXM",
         });
-        op.first = op.first.min(issue.cycle);
-        op.last = op.last.max(issue.cycle + extent);
+        // Control (`nop` gaps before a bundle, `repeat`) spans nothing.
+        if info.unit != Unit::Control {
+            if op.instructions == op.control {
+                op.first = issue.cycle;
+                op.last = issue.cycle + extent;
+            }
+            op.first = op.first.min(issue.cycle);
+            op.last = op.last.max(issue.cycle + extent);
+        } else {
+            op.control += 1;
+        }
         if let Some(s) = unit_slot(info.unit) {
             op.busy[s] += busy;
         }
@@ -352,7 +364,11 @@ pub fn analyse(
             }),
         }
     }
-    ops.sort_by(|a, b| b.span().cmp(&a.span()).then(a.label.cmp(&b.label)));
+    ops.sort_by(|a, b| {
+        (b.busy_total(), b.span())
+            .cmp(&(a.busy_total(), a.span()))
+            .then(a.label.cmp(&b.label))
+    });
 
     let p = &timeline.profile;
     let total = p.total_cycles();
@@ -590,7 +606,7 @@ impl StepProfile {
         }
         let _ = writeln!(
             out,
-            "ops with the most cycles (first issue to last completion; busy = unit cycles):"
+            "ops with the most busy unit cycles (span: first issue to last completion):"
         );
         for o in self.ops.iter().take(top) {
             let _ = writeln!(
@@ -607,12 +623,8 @@ impl StepProfile {
             );
         }
         let mut layers = self.layers.clone();
-        layers.sort_by(|a, b| {
-            (b.last - b.first)
-                .cmp(&(a.last - a.first))
-                .then(a.name.cmp(&b.name))
-        });
-        let _ = writeln!(out, "layers with the most cycles:");
+        layers.sort_by(|a, b| b.busy.cmp(&a.busy).then(a.name.cmp(&b.name)));
+        let _ = writeln!(out, "layers with the most busy unit cycles:");
         for l in layers.iter().take(top) {
             let _ = writeln!(
                 out,
