@@ -161,18 +161,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
             &summary,
         )
         .map_err(Failure::Input)?;
+    let mut text = String::new();
     if args.json {
         let mut v = summary.clone();
         if let Some(o) = v.as_object_mut() {
             o.insert("step".into(), step.to_json(args.outputs.top));
             o.insert("profile_seconds".into(), json!(seconds));
         }
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?
-        );
+        text = serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)? + "\n";
     } else {
-        println!(
+        text.push_str(&format!(
             "{name}: {} cycles per step ({} instructions), {:.0} tokens/s at {} MHz (static schedule, {:.3}s{})",
             step.total_cycles,
             step.instructions,
@@ -180,8 +178,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
             config.target.clock_mhz,
             seconds,
             if args.check { "; equal to a run" } else { "" }
-        );
-        print!("{}", step.to_text(args.outputs.top));
+        ));
+        text.push('\n');
+        text.push_str(&step.to_text(args.outputs.top));
     }
+    use std::io::Write as _;
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("cannot write to stdout")?;
     Ok(())
 }
