@@ -54,6 +54,7 @@ use crate::hazard::{Hazard, HazardKind};
 use crate::profile::Profile;
 use crate::state::State;
 use crate::streams::Streams;
+use crate::timeline::Issue;
 
 /// Where a queue is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +154,8 @@ pub struct Engine<'c> {
     last_event: u64,
     collected: u64,
     profile: Profile,
+    /// Every issue, when recording ([`Engine::record`]).
+    recorded: Option<Vec<Issue>>,
 }
 
 impl<'c> Engine<'c> {
@@ -201,7 +204,22 @@ impl<'c> Engine<'c> {
             last_event: 0,
             collected: 0,
             profile: Profile::new(usize::from(QUEUE_COUNT)),
+            recorded: None,
         }
+    }
+
+    /// Records every issue (cycle, queue, instruction index) from now on.
+    pub fn record(&mut self) {
+        self.recorded.get_or_insert_with(Vec::new);
+    }
+
+    /// The issues recorded so far (empty unless [`Engine::record`] was
+    /// called), leaving the engine recording afresh.
+    pub fn take_recorded(&mut self) -> Vec<Issue> {
+        self.recorded
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// The machine's state (MEM contents after a run).
@@ -379,6 +397,15 @@ impl<'c> Engine<'c> {
             self.queues[qi].busy_until = t + occupancy;
         }
         self.profile.issued(q, &ins, occupancy);
+        if let Some(r) = &mut self.recorded {
+            // A repetition is the repeated instruction, just before the `repeat`.
+            let index = if text_of.is_some() { index - 1 } else { index };
+            r.push(Issue {
+                cycle: t,
+                queue: q,
+                index,
+            });
+        }
         self.scratch.clear();
         let mut ctx = Ctx {
             config: self.config,

@@ -22,18 +22,24 @@
 //! - [`mxm`]: the MXM plane, as a PE-level reference model and the fast
 //!   model the engine uses (`docs/mxm-timing.md`).
 
+pub mod analysis;
 pub mod config;
 pub mod contract;
 pub mod dump;
 pub mod engine;
+#[macro_use]
 pub mod exec;
 pub mod hazard;
 pub mod load;
 pub mod machine;
 pub mod mxm;
 pub mod profile;
+pub mod report;
+pub mod schedule;
 pub mod state;
 pub mod streams;
+pub mod timeline;
+pub mod trace;
 
 pub use config::MachineConfig;
 pub use engine::{Engine, Stop};

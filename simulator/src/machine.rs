@@ -16,6 +16,7 @@ use crate::engine::{Engine, Stop};
 use crate::load::{self, LoadError, Loaded};
 use crate::profile::Profile;
 use crate::state::{Plane, Ports, State};
+use crate::timeline::Timeline;
 
 /// A loaded program and the machine's persistent state.
 #[derive(Debug)]
@@ -28,6 +29,19 @@ pub struct Machine<'b> {
     symbols: BTreeMap<String, Symbol>,
     max_cycles: Option<u64>,
     runs: u64,
+    /// Recording: the distinct timelines seen, and which one each run had.
+    record: Option<Recorded>,
+}
+
+/// What a recording machine kept: every distinct timeline (a compiled
+/// model's runs all have the same one: its schedule is static) and, per
+/// run, the index of its timeline.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// The distinct timelines, in the order first seen.
+    pub timelines: Vec<Timeline>,
+    /// For each run since recording started, its index in `timelines`.
+    pub runs: Vec<usize>,
 }
 
 impl<'b> Machine<'b> {
@@ -48,12 +62,33 @@ impl<'b> Machine<'b> {
             symbols,
             max_cycles: None,
             runs: 0,
+            record: None,
         })
     }
 
     /// Stops each run with [`Stop::MaxCycles`] past `limit` cycles.
     pub fn set_max_cycles(&mut self, limit: Option<u64>) {
         self.max_cycles = limit;
+    }
+
+    /// Records the timeline of every later run ([`Machine::recorded`]).
+    pub fn set_record(&mut self, on: bool) {
+        self.record = on.then(Recorded::default);
+    }
+
+    /// What was recorded (`None` unless [`Machine::set_record`] is on).
+    pub fn recorded(&self) -> Option<&Recorded> {
+        self.record.as_ref()
+    }
+
+    /// The decoded program.
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
+    }
+
+    /// The machine's parameters.
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
     }
 
     /// Runs completed so far.
@@ -92,7 +127,24 @@ impl<'b> Machine<'b> {
             state.planes = p;
         }
         let mut engine = Engine::new(&self.config, state, self.loaded.queues.clone());
+        if self.record.is_some() {
+            engine.record();
+        }
         let result = engine.run(self.max_cycles).cloned();
+        if let (Some(rec), Ok(profile)) = (&mut self.record, &result) {
+            let t = Timeline {
+                issues: engine.take_recorded(),
+                profile: profile.clone(),
+            };
+            let i = match rec.timelines.iter().position(|x| *x == t) {
+                Some(i) => i,
+                None => {
+                    rec.timelines.push(t);
+                    rec.timelines.len() - 1
+                }
+            };
+            rec.runs.push(i);
+        }
         self.state = Some(engine.into_state());
         self.runs += 1;
         result.map_err(|stop| match stop {

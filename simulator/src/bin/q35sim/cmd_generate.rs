@@ -25,6 +25,35 @@ use q35_tokenizer::StreamDecoder;
 use serde_json::json;
 
 use crate::Failure;
+use q35_sim::analysis::{StepProfile, analyse};
+use q35_sim::trace::TraceStep;
+
+/// The run's profile as text: totals, then the shown step's profile.
+fn profile_text(summary: &serde_json::Value, step: Option<&StepProfile>, top: usize) -> String {
+    let g = |k: &str| summary[k].as_f64().unwrap_or(0.0);
+    let mut out = format!(
+        "profile: {} cycles in all; prefill {} cycles ({} runs, {:.0} per token); decode {} cycles ({} runs, {:.0} per token): {:.0} tokens/s decode, {:.0} tokens/s prefill at {} MHz\n",
+        g("total_cycles"),
+        g("prefill_cycles"),
+        g("prefill_runs"),
+        g("prefill_cycles_per_token"),
+        g("decode_cycles"),
+        g("decode_runs"),
+        g("decode_cycles_per_token"),
+        g("decode_tokens_per_second_at_clock"),
+        g("prefill_tokens_per_second_at_clock"),
+        g("clock_mhz"),
+    );
+    if let Some(step) = step {
+        out.push_str(&format!(
+            "one step ({} of the {} runs' schedules are distinct; `q35sim profile` gives the same from the binary):\n",
+            g("distinct_step_schedules"),
+            g("prefill_runs") + g("decode_runs"),
+        ));
+        out.push_str(&step.to_text(top));
+    }
+    out
+}
 
 /// The generation arguments of `q35sim run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -101,9 +130,11 @@ pub fn run(
     max_cycles: Option<u64>,
     json_out: bool,
     args: &GenArgs,
+    outputs: &crate::cmd_profile::Outputs,
 ) -> Result<(), Failure> {
-    let mut machine = Machine::new(binary, config).with_context(|| name.to_string())?;
+    let mut machine = Machine::new(binary, config.clone()).with_context(|| name.to_string())?;
     machine.set_max_cycles(max_cycles);
+    machine.set_record(true);
     let mut session = Session::new(machine, binary).map_err(|e| failure(name, e))?;
     let meta = session.meta().clone();
     let (prompt_text, prompt) = match (&args.tokens, &args.prompt) {
@@ -220,6 +251,76 @@ pub fn run(
             .find(|(_, s)| s.stats.cycles != p)
             .map(|(i, s)| (i, s.stats.cycles, p))
     });
+    // The profile: every run's timeline was recorded (a compiled model's
+    // runs share one schedule, so usually one distinct timeline).
+    let recorded = session.device().recorded().cloned().unwrap_or_default();
+    let step_profiles: Vec<StepProfile> = recorded
+        .timelines
+        .iter()
+        .map(|t| analyse(binary, session.device().loaded(), &config, t))
+        .collect();
+    let cycles = |prefill: bool| -> (u64, u64) {
+        let s = generation.steps.iter().filter(|s| s.prefill == prefill);
+        (s.clone().map(|s| s.stats.cycles).sum(), s.count() as u64)
+    };
+    let (prefill_cycles, prefill_runs) = cycles(true);
+    let (decode_cycles, decode_runs) = cycles(false);
+    let per = |c: u64, n: u64| if n == 0 { 0.0 } else { c as f64 / n as f64 };
+    let decode_per_token = per(decode_cycles, decode_runs);
+    let prefill_per_token = per(prefill_cycles, prefill_runs);
+    let summary = json!({
+        "total_cycles": prefill_cycles + decode_cycles,
+        "prefill_cycles": prefill_cycles,
+        "prefill_runs": prefill_runs,
+        "prefill_cycles_per_token": prefill_per_token,
+        "decode_cycles": decode_cycles,
+        "decode_runs": decode_runs,
+        "decode_cycles_per_token": decode_per_token,
+        "clock_mhz": config.target.clock_mhz,
+        "decode_tokens_per_second_at_clock": crate::cmd_profile::tokens_per_second(&config, decode_per_token),
+        "prefill_tokens_per_second_at_clock": crate::cmd_profile::tokens_per_second(&config, prefill_per_token),
+        "distinct_step_schedules": recorded.timelines.len(),
+    });
+    // The step shown: the last decode run's (else the last run's).
+    let shown = generation
+        .steps
+        .iter()
+        .rposition(|s| !s.prefill)
+        .or(generation.steps.len().checked_sub(1))
+        .and_then(|i| recorded.runs.get(i).copied())
+        .and_then(|i| step_profiles.get(i));
+    if let Some(step) = shown {
+        let mut offset = 0;
+        let trace_steps: Vec<TraceStep<'_>> = generation
+            .steps
+            .iter()
+            .zip(&recorded.runs)
+            .enumerate()
+            .map(|(i, (s, &t))| {
+                let ts = TraceStep {
+                    step: &step_profiles[t],
+                    name: format!(
+                        "step {i}: {} token {} at position {}",
+                        if s.prefill { "prefill" } else { "decode" },
+                        s.token,
+                        s.pos
+                    ),
+                    offset,
+                };
+                offset += s.stats.cycles;
+                ts
+            })
+            .collect();
+        outputs
+            .write(
+                &config,
+                &format!("q35sim run {name}"),
+                &trace_steps,
+                step,
+                &summary,
+            )
+            .map_err(Failure::Input)?;
+    }
     let io = |e: std::io::Error| {
         Failure::Input(anyhow::Error::from(e).context("cannot write to stdout"))
     };
@@ -257,6 +358,10 @@ pub fn run(
             "total_cycles": generation.steps.iter().map(|s| s.stats.cycles).sum::<u64>(),
             "steps": steps,
             "checked": args.check,
+            "profile": {
+                "run": summary,
+                "step": shown.map(|s| s.to_json(outputs.top)),
+            },
         });
         writeln!(
             stdout,
@@ -299,6 +404,7 @@ pub fn run(
             )
             .map_err(io)?;
         }
+        write!(stdout, "{}", profile_text(&summary, shown, outputs.top)).map_err(io)?;
     }
     if args.check
         && let Some((i, got, want)) = off_prediction

@@ -38,6 +38,8 @@ pub struct Args {
     max_cycles: Option<u64>,
     #[command(flatten)]
     generate: crate::cmd_generate::GenArgs,
+    #[command(flatten)]
+    outputs: crate::cmd_profile::Outputs,
 }
 
 /// Runs the program.
@@ -59,6 +61,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             args.max_cycles,
             args.json,
             &args.generate,
+            &args.outputs,
         );
     }
     // Symbols are checked before the run, so a typo costs nothing.
@@ -79,20 +82,53 @@ pub fn run(args: Args) -> Result<(), Failure> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let finished =
-        match q35_sim::run(&binary, &config, args.max_cycles).with_context(|| name.clone())? {
-            Ok(f) => f,
-            Err(Stop::Hazard(h)) => {
-                eprintln!("{name}: {h}");
-                return Err(Failure::Program);
+    let mut machine =
+        q35_sim::Machine::new(&binary, config.clone()).with_context(|| name.clone())?;
+    machine.set_max_cycles(args.max_cycles);
+    machine.set_record(args.outputs.files());
+    let run = machine
+        .run_once()
+        .map(|profile| (profile, machine.recorded().cloned()));
+    let finished = match run {
+        Ok((profile, recorded)) => {
+            if let Some(t) = recorded.as_ref().and_then(|r| r.timelines.first()) {
+                let step = q35_sim::analysis::analyse(&binary, machine.loaded(), &config, t);
+                let summary = json!({
+                    "file": name,
+                    "cycles": step.total_cycles,
+                    "instructions": step.instructions,
+                    "clock_mhz": config.target.clock_mhz,
+                });
+                args.outputs
+                    .write(
+                        &config,
+                        &format!("q35sim run {name}"),
+                        &[q35_sim::trace::TraceStep {
+                            step: &step,
+                            name: format!("{name}: run"),
+                            offset: 0,
+                        }],
+                        &step,
+                        &summary,
+                    )
+                    .map_err(Failure::Input)?;
             }
-            Err(Stop::MaxCycles { limit, next }) => {
-                eprintln!(
-                    "{name}: stopped: the next event is on cycle {next}, past --max-cycles {limit}"
-                );
-                return Err(Failure::Program);
+            Finished {
+                profile,
+                state: machine.into_state(),
             }
-        };
+        }
+        Err(Stop::Hazard(h)) => {
+            eprintln!("{name}: {h}");
+            return Err(Failure::Program);
+        }
+        Err(Stop::MaxCycles { limit, next }) => {
+            eprintln!(
+                "{name}: stopped: the next event is on cycle {next}, past --max-cycles {limit}"
+            );
+            return Err(Failure::Program);
+        }
+    };
     let dumped = symbols
         .iter()
         .map(|s| read_symbol(&finished.state, s))

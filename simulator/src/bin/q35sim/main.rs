@@ -7,6 +7,7 @@ mod cmd_asm;
 mod cmd_disasm;
 mod cmd_generate;
 mod cmd_isa;
+mod cmd_profile;
 mod cmd_run;
 
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ enum Command {
     /// Run an .lpubin to the end: cycles, per-unit busy cycles, dumps; or
     /// generate text with a compiled model (--prompt / --tokens).
     Run(cmd_run::Args),
+    /// Profile an .lpubin from its static schedule (no values): cycles,
+    /// unit busy fractions, ops and layers, --trace, --report.
+    Profile(cmd_profile::Args),
     /// Assemble .lpuasm text into an .lpubin.
     Asm(cmd_asm::Args),
     /// Print an .lpubin as .lpuasm text (reassembles to the same bytes).
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => cmd_run::run(a),
+        Command::Profile(a) => cmd_profile::run(a),
         Command::Asm(a) => cmd_asm::run(a),
         Command::Disasm(a) => cmd_disasm::run(a),
         Command::Isa(a) => cmd_isa::run(a),

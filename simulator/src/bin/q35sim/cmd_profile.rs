@@ -1,0 +1,191 @@
+//! `q35sim profile FILE.lpubin [--json] [--trace F] [--report F] [--top N]
+//! [--check]`: the profile of one run from the static schedule alone
+//! (`q35_sim::schedule::walk`: no values, no arithmetic), and the
+//! `--trace`/`--report` files shared with `run` ([`Outputs`]). `--check`
+//! also runs the program once on the simulator (MEM as the binary holds
+//! it) and fails unless the run's timeline, busy cycles and cycle count are
+//! the static ones.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow};
+use q35_lpubin::LpuBinary;
+use q35_sim::analysis::{StepProfile, analyse};
+use q35_sim::schedule::walk;
+use q35_sim::trace::TraceStep;
+use q35_sim::{Machine, MachineConfig};
+use serde_json::{Value, json};
+
+use crate::Failure;
+
+/// `--trace`, `--report`, `--top`: what `run` and `profile` both write.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Outputs {
+    /// Write a Chrome/Perfetto trace (JSON) of the run's steps.
+    #[arg(long, value_name = "FILE.json")]
+    pub trace: Option<PathBuf>,
+    /// Most steps in the trace (one process each).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub trace_steps: usize,
+    /// Write a self-contained HTML report (timeline, utilisation, layers, roofline).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// Ops and layers listed in the profile.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+}
+
+impl Outputs {
+    /// Whether a trace or report was asked for.
+    pub fn files(&self) -> bool {
+        self.trace.is_some() || self.report.is_some()
+    }
+
+    /// Writes the trace of `steps` and the report of `report_step`.
+    pub fn write(
+        &self,
+        config: &MachineConfig,
+        title: &str,
+        steps: &[TraceStep<'_>],
+        report_step: &StepProfile,
+        summary: &Value,
+    ) -> anyhow::Result<()> {
+        if let Some(path) = &self.trace {
+            let v =
+                q35_sim::trace::to_json(&steps[..steps.len().min(self.trace_steps.max(1))], config);
+            write_atomic(path, serde_json::to_string(&v)?.as_bytes())?;
+        }
+        if let Some(path) = &self.report {
+            let html = q35_sim::report::to_html(title, report_step, summary);
+            write_atomic(path, html.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, so a failure leaves
+/// no partial file.
+fn write_atomic(path: &PathBuf, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Arguments of `q35sim profile`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The binary.
+    file: PathBuf,
+    /// Target description (default: the built-in lpu-v1).
+    #[arg(long)]
+    target: Option<PathBuf>,
+    /// Print the profile as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Also run the program once and fail unless the run's timeline is the static one.
+    #[arg(long)]
+    check: bool,
+    #[command(flatten)]
+    outputs: Outputs,
+}
+
+/// Cycles per step at the target's clock, as tokens per second.
+pub fn tokens_per_second(config: &MachineConfig, cycles: f64) -> f64 {
+    if cycles > 0.0 {
+        config.target.clock_mhz * 1e6 / cycles
+    } else {
+        0.0
+    }
+}
+
+/// Profiles the binary statically.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let config = crate::target(args.target.as_ref())?;
+    let name = args.file.display().to_string();
+    let binary = LpuBinary::open(&args.file).map_err(anyhow::Error::from)?;
+    let start = std::time::Instant::now();
+    let machine = Machine::new(&binary, config.clone()).with_context(|| name.clone())?;
+    let timeline = match walk(machine.loaded(), &config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return Err(Failure::Program);
+        }
+    };
+    let step = analyse(&binary, machine.loaded(), &config, &timeline);
+    let seconds = start.elapsed().as_secs_f64();
+    if args.check {
+        let mut m = Machine::new(&binary, config.clone()).with_context(|| name.clone())?;
+        m.set_record(true);
+        if let Err(e) = m.run_once() {
+            eprintln!("{name}: --check: the run stopped: {e:?}");
+            return Err(Failure::Program);
+        }
+        let run = &m
+            .recorded()
+            .ok_or_else(|| anyhow!("nothing recorded"))?
+            .timelines[0];
+        if run != &timeline {
+            eprintln!(
+                "{name}: --check: the static timeline ({} cycles, {} issues) differs from the run's ({} cycles, {} issues)",
+                timeline.profile.total_cycles(),
+                timeline.issues.len(),
+                run.profile.total_cycles(),
+                run.issues.len()
+            );
+            return Err(Failure::Program);
+        }
+    }
+    let tps = tokens_per_second(&config, step.total_cycles as f64);
+    let summary = json!({
+        "file": name,
+        "target": config.target_name,
+        "clock_mhz": config.target.clock_mhz,
+        "cycles_per_step": step.total_cycles,
+        "instructions_per_step": step.instructions,
+        "tokens_per_second_at_clock": tps,
+        "predicted_cycles_per_step": q35_host::HostMeta::from_binary(&binary).ok().and_then(|m| m.predicted_cycles_per_step),
+        "checked_against_a_run": args.check,
+    });
+    args.outputs
+        .write(
+            &config,
+            &format!("q35sim profile {name}"),
+            &[TraceStep {
+                step: &step,
+                name: format!("{name}: one step (static schedule)"),
+                offset: 0,
+            }],
+            &step,
+            &summary,
+        )
+        .map_err(Failure::Input)?;
+    let mut text = String::new();
+    if args.json {
+        let mut v = summary.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("step".into(), step.to_json(args.outputs.top));
+            o.insert("profile_seconds".into(), json!(seconds));
+        }
+        text = serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)? + "\n";
+    } else {
+        text.push_str(&format!(
+            "{name}: {} cycles per step ({} instructions), {:.0} tokens/s at {} MHz (static schedule, {:.3}s{})",
+            step.total_cycles,
+            step.instructions,
+            tps,
+            config.target.clock_mhz,
+            seconds,
+            if args.check { "; equal to a run" } else { "" }
+        ));
+        text.push('\n');
+        text.push_str(&step.to_text(args.outputs.top));
+    }
+    use std::io::Write as _;
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("cannot write to stdout")?;
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! `--trace FILE.json`: a Chrome trace-event file (Perfetto and
+//! chrome://tracing open it) of one or more steps.
+//!
+//! One process per step (`pid` = step + 1, steps laid end to end at the
+//! target's clock); one track (`tid`) per unit group: MEM (every slice),
+//! VXM (every ALU), each MXM plane, each SXM. A slice is a run of one
+//! source op's instructions on a track: consecutive instructions of one
+//! label merge into one slice (from the first issue to the end of the last
+//! one's occupancy), and a slice ends where another op's instruction
+//! starts, so slices on a track never overlap and the file stays bounded
+//! by the number of op changes, not instructions. Counters per cycle
+//! bucket: stream registers holding a value (average), MEM reads and
+//! writes.
+
+use q35_isa::{Dir, Instruction, QueueKind, Unit};
+use serde_json::{Value, json};
+
+use crate::analysis::{Event, StepProfile};
+use crate::config::MachineConfig;
+
+/// Track ids and names, in display order.
+pub const TRACKS: [(u32, &str); 8] = [
+    (1, "MEM"),
+    (2, "VXM"),
+    (3, "MXM mxm.0"),
+    (4, "MXM mxm.1"),
+    (5, "MXM mxm.2"),
+    (6, "MXM mxm.3"),
+    (7, "SXM sxm.w"),
+    (8, "SXM sxm.e"),
+];
+
+/// The track of an event (`None`: control).
+pub fn track_of(e: &Event) -> Option<u32> {
+    if e.ins.info().unit == Unit::Control {
+        return None;
+    }
+    Some(match e.queue.kind() {
+        QueueKind::Mem { .. } => 1,
+        QueueKind::Vxm(_) => 2,
+        QueueKind::Mxm(p) => 3 + u32::from(p).min(3),
+        QueueKind::Sxm(q35_isa::Hemisphere::West) => 7,
+        QueueKind::Sxm(q35_isa::Hemisphere::East) => 8,
+    })
+}
+
+/// A merged slice: (track, label index, start cycle, end cycle).
+pub type Slice = (u32, u32, u64, u64);
+
+/// The merged slices of a step, by track then start.
+pub fn slices(step: &StepProfile) -> Vec<Slice> {
+    let mut per: Vec<Vec<(u64, u64, u32)>> = vec![Vec::new(); TRACKS.len() + 1];
+    for e in &step.events {
+        if let Some(t) = track_of(e) {
+            per[t as usize].push((e.cycle, e.cycle + e.busy.max(1), e.label));
+        }
+    }
+    let mut out = Vec::new();
+    for (t, evs) in per.iter_mut().enumerate() {
+        evs.sort_unstable();
+        let mut cur: Option<(u32, u64, u64)> = None;
+        for &(s, e, l) in evs.iter() {
+            cur = match cur {
+                Some((cl, cs, ce)) if cl == l => Some((cl, cs, ce.max(e))),
+                Some((cl, cs, ce)) => {
+                    let end = ce.min(s).max(cs + 1);
+                    out.push((t as u32, cl, cs, end));
+                    Some((l, s.max(end), e.max(s.max(end) + 1)))
+                }
+                None => Some((l, s, e)),
+            };
+        }
+        if let Some((cl, cs, ce)) = cur {
+            out.push((t as u32, cl, cs, ce));
+        }
+    }
+    out
+}
+
+/// Counters per bucket of `bucket` cycles: (first cycle, stream registers
+/// in use on average, MEM reads, MEM writes).
+pub fn counters(
+    step: &StepProfile,
+    config: &MachineConfig,
+    bucket: u64,
+) -> Vec<(u64, f64, u64, u64)> {
+    let bucket = bucket.max(1);
+    let n = (step.total_cycles / bucket + 1) as usize;
+    let cycles = (n as u64 * bucket) as usize + 1;
+    let mut use_diff = vec![0i64; cycles + 1];
+    let mut reads = vec![0u64; n];
+    let mut writes = vec![0u64; n];
+    let hop = config.hop;
+    let width = u64::from(config.width);
+    let wl = config.mem.write_latency;
+    for e in &step.events {
+        let b = |c: u64| ((c / bucket) as usize).min(n - 1);
+        if matches!(e.ins, Instruction::Read { .. } | Instruction::Gather { .. }) {
+            reads[b(e.cycle)] += 1;
+        }
+        if matches!(
+            e.ins,
+            Instruction::Write { .. } | Instruction::Scatter { .. }
+        ) {
+            writes[b(e.cycle + wl.saturating_sub(1))] += 1;
+        }
+        let p = u64::from(config.position(e.queue));
+        let w = e.cycle + config.latency(e.ins.latency_class());
+        for g in e.ins.writes().iter() {
+            let exit = match g.first.dir {
+                Dir::East => w + width.saturating_sub(p) * hop,
+                Dir::West => w + (p + 1) * hop,
+            };
+            let (s, x) = ((w as usize).min(cycles), (exit as usize).min(cycles));
+            use_diff[s] += i64::from(g.count);
+            use_diff[x] -= i64::from(g.count);
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut cur = 0i64;
+    for i in 0..n {
+        let mut sum = 0i64;
+        let range = (i as u64 * bucket) as usize..((i as u64 + 1) * bucket) as usize;
+        for d in &use_diff[range] {
+            cur += d;
+            sum += cur;
+        }
+        out.push((
+            i as u64 * bucket,
+            sum as f64 / bucket as f64,
+            reads[i],
+            writes[i],
+        ));
+    }
+    out
+}
+
+/// One step to show: its profile, a process name, and where it starts (cycles).
+#[derive(Debug)]
+pub struct TraceStep<'a> {
+    /// The step's profile.
+    pub step: &'a StepProfile,
+    /// Process name (`step 3: decode token 17 at position 3`).
+    pub name: String,
+    /// First cycle of the step on the trace's time axis.
+    pub offset: u64,
+}
+
+/// The trace as JSON (`clock_mhz` converts cycles to microseconds).
+pub fn to_json(steps: &[TraceStep<'_>], config: &MachineConfig) -> Value {
+    let us = 1.0 / config.target.clock_mhz;
+    let mut ev: Vec<Value> = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        let pid = i as u64 + 1;
+        ev.push(json!({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": s.name}}));
+        ev.push(json!({"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}}));
+        for (tid, name) in TRACKS {
+            ev.push(json!({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}}));
+            ev.push(json!({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid, "args": {"sort_index": tid}}));
+        }
+        for (tid, l, a, b) in slices(s.step) {
+            let label = &s.step.labels[l as usize];
+            ev.push(json!({
+                "name": label, "cat": crate::analysis::kind_of(label), "ph": "X",
+                "ts": (s.offset + a) as f64 * us, "dur": (b - a) as f64 * us,
+                "pid": pid, "tid": tid,
+                "args": {"first_cycle": a, "end_cycle": b, "layer": crate::analysis::layer_of(label)},
+            }));
+        }
+        let bucket = (s.step.total_cycles / 500).max(1);
+        for (c, streams, r, w) in counters(s.step, config, bucket) {
+            let ts = (s.offset + c) as f64 * us;
+            ev.push(json!({"name": "stream registers in use", "ph": "C", "ts": ts, "pid": pid, "args": {"registers": streams}}));
+            ev.push(json!({"name": format!("MEM accesses per {bucket} cycles"), "ph": "C", "ts": ts, "pid": pid, "args": {"reads": r, "writes": w}}));
+        }
+    }
+    json!({
+        "traceEvents": ev,
+        "displayTimeUnit": "ns",
+        "otherData": {"producer": "q35sim", "target": config.target_name, "clock_mhz": config.target.clock_mhz},
+    })
+}
