@@ -148,13 +148,6 @@ impl Alloc {
         if chosen.len() < slices
             || u64::from(addr) + u64::from(words) > u64::from(self.words_per_slice)
         {
-            if std::env::var_os("Q35_ALLOC_DEBUG").is_some() {
-                let fills: Vec<u32> = mem_slices(h).map(|q| self.fill(q)).collect();
-                eprintln!(
-                    "alloc debug {name}: fills {fills:?} used_bytes {}",
-                    self.used_bytes
-                );
-            }
             return Err(AllocError {
                 name: name.to_string(),
                 words,
