@@ -84,7 +84,16 @@ pub fn compile(
     };
     let (plan, compiled) =
         q35_mlir::passes::lpu_codegen::schedule(&mlir, &module, &source, &spec.target)
-            .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
+            .map_err(|e| {
+                let hint = if e.contains("does not fit") {
+                    format!(
+                        " (the KV caches grow with the compiled context, {ctx} positions here: a smaller --context frees MEM)"
+                    )
+                } else {
+                    String::new()
+                };
+                anyhow::anyhow!("cannot generate code for {shown}: {e}{hint}")
+            })?;
     let bound = q35_codegen::plan::bound(&plan, &spec.target);
     drop(plan);
     if options.print_ir_after_all {
