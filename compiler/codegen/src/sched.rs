@@ -988,9 +988,9 @@ impl Sched {
     ) -> Result<Tentative, (String, Cycle)> {
         let mut queues = vec![QueueId::from_index(0).expect("queue 0"); b.ops.len()];
         // Intervals booked by this bundle so far: (queue, start, end).
-        let mut booked: Vec<(u16, Cycle, Cycle)> = Vec::new();
+        let mut booked: HashMap<u16, Vec<(Cycle, Cycle)>> = HashMap::new();
         let mut planes: HashMap<u16, PlaneState> = HashMap::new();
-        let mut ports: Vec<((u16, Cycle), u32)> = Vec::new();
+        let mut ports: HashMap<(u16, Cycle), u32> = HashMap::new();
         let vxm_queues: Vec<QueueId> = (0..self.mach.target.vxm.alus_per_lane as u16)
             .filter_map(|i| QueueId::new(QueueKind::Vxm(i)))
             .collect();
@@ -1004,20 +1004,21 @@ impl Sched {
             let len = op.ins.issue_cycles().max(op.ins.occupancy()) as Cycle;
             // Free in the schedule and in this bundle's own bookings; on a
             // conflict, the shift at which that one would clear.
-            let free = |q: QueueId, booked: &Vec<(u16, Cycle, Cycle)>| -> Result<(), Cycle> {
-                let qs = &self.queues[usize::from(q.index())];
-                if matches!(q.kind(), QueueKind::Mxm(_)) && t < qs.cursor {
-                    return Err(qs.cursor);
-                }
-                qs.free(t, len)?;
-                if let Some(&(_, _, end)) = booked
-                    .iter()
-                    .find(|&&(bq, s, e)| bq == q.index() && s < t + len && t < e)
-                {
-                    return Err(end);
-                }
-                Ok(())
-            };
+            let free =
+                |q: QueueId, booked: &HashMap<u16, Vec<(Cycle, Cycle)>>| -> Result<(), Cycle> {
+                    let qs = &self.queues[usize::from(q.index())];
+                    if matches!(q.kind(), QueueKind::Mxm(_)) && t < qs.cursor {
+                        return Err(qs.cursor);
+                    }
+                    qs.free(t, len)?;
+                    if let Some(&(_, end)) = booked
+                        .get(&q.index())
+                        .and_then(|v| v.iter().find(|&&(s, e)| s < t + len && t < e))
+                    {
+                        return Err(end);
+                    }
+                    Ok(())
+                };
             let q = match op.queue {
                 QSel::Fixed(q) => match free(q, &booked) {
                     Ok(()) => q,
@@ -1049,7 +1050,7 @@ impl Sched {
                 }
             };
             queues[i] = q;
-            booked.push((q.index(), t, t + len));
+            booked.entry(q.index()).or_default().push((t, t + len));
             if let QueueKind::Mxm(p) = q.kind() {
                 let st = planes
                     .entry(p)
@@ -1085,26 +1086,23 @@ impl Sched {
             if let Some(mem) = op.mem {
                 let (slice, c, bits) = self.port_bits(mem, t);
                 let used = self.ports.get(&(slice, c)).copied().unwrap_or(0)
-                    | ports
-                        .iter()
-                        .filter(|(k, _)| *k == (slice, c))
-                        .fold(0, |a, (_, b)| a | b);
+                    | ports.get(&(slice, c)).copied().unwrap_or(0);
                 if used & bits != 0 {
                     return Err(retry(format!(
                         "MEM port or bank of slice {slice} busy at {c}"
                     )));
                 }
-                ports.push(((slice, c), bits));
+                *ports.entry((slice, c)).or_insert(0) |= bits;
             }
         }
         // Stream registers.
-        let mut taken: Vec<(Dir, u8, Cycle)> = Vec::new();
+        let mut taken: HashSet<(Dir, u8, Cycle)> = HashSet::new();
         let mut streams = Vec::new();
         for (si, slot) in b.slots.iter().enumerate() {
             if slot.lines.is_empty() {
                 continue;
             }
-            let fits = |base: u8, taken: &Vec<(Dir, u8, Cycle)>| {
+            let fits = |base: u8, taken: &HashSet<(Dir, u8, Cycle)>| {
                 (0..slot.width).all(|j| {
                     slot.lines.iter().all(|&l| {
                         let key = (slot.dir, base + j, l + shift);
@@ -1117,14 +1115,14 @@ impl Sched {
                 .ok_or_else(|| retry(format!("no {} free {:?} registers", slot.width, slot.dir)))?;
             for j in 0..slot.width {
                 for &l in &slot.lines {
-                    taken.push((slot.dir, base + j, l + shift));
+                    taken.insert((slot.dir, base + j, l + shift));
                 }
             }
             streams.push((si as u32, base));
         }
         Ok(Tentative {
             queues,
-            ports,
+            ports: ports.into_iter().collect(),
             streams,
         })
     }
