@@ -4,9 +4,7 @@
 //! every list ends with `halt` on the cycle after its last issue. The
 //! result issues every instruction on exactly its scheduled cycle.
 
-use std::collections::BTreeMap;
-
-use q35_isa::{Instruction, QueueId};
+use q35_isa::Instruction;
 
 use crate::machine::Cycle;
 
@@ -99,13 +97,6 @@ pub fn queue_list(timed: &[(Cycle, Instruction)]) -> (Vec<Instruction>, Vec<usiz
     }
     out.push(Instruction::Halt {});
     (out, index)
-}
-
-/// Every queue's list.
-pub fn lists<'a>(
-    queues: impl Iterator<Item = (QueueId, &'a [(Cycle, Instruction)])>,
-) -> BTreeMap<QueueId, Vec<Instruction>> {
-    queues.map(|(q, timed)| (q, queue_list(timed).0)).collect()
 }
 
 #[cfg(test)]

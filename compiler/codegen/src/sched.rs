@@ -41,7 +41,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use q35_isa::{Dir, Instruction, Operand, Stream, Unit};
+use q35_isa::{Dir, Instruction, Operand, Stream};
 use q35_isa::{QueueId, QueueKind};
 
 use crate::machine::{Cycle, Mach};
@@ -887,15 +887,6 @@ impl Sched {
         (self.last_event.max(halts) + self.mach.skew).max(0) as u64
     }
 
-    /// The cycle after which every queue is free.
-    pub fn horizon(&self) -> Cycle {
-        self.queues
-            .iter()
-            .filter_map(|q| q.busy.last_key_value().map(|(_, &e)| e))
-            .max()
-            .unwrap_or(0)
-    }
-
     /// The source labels of the placed bundles, by index.
     pub fn labels(&self) -> &[String] {
         &self.labels
@@ -1284,10 +1275,5 @@ impl Sched {
         let lo = spans.iter().map(|s| s.0).min().unwrap_or(0);
         let hi = spans.iter().map(|s| s.1).max().unwrap_or(0);
         (lo, hi)
-    }
-
-    /// Whether `q` is a queue of `unit`.
-    pub fn is_unit(q: QueueId, unit: Unit) -> bool {
-        q.unit() == unit
     }
 }

@@ -78,10 +78,7 @@ pub fn compile(
     // lpu-schedule with the real weights (the pass itself uses placeholders
     // of the same shapes; the schedule does not depend on values).
     progress("scheduling and generating code...");
-    let source = q35_mlir::lpu::plan::GoldenSource {
-        layers: &built.layers,
-        golden: &built.golden,
-    };
+    let source = q35_mlir::lpu::plan::GoldenSource::new(&built.layers, &built.golden);
     let (plan, compiled) =
         q35_mlir::passes::lpu_codegen::schedule(&mlir, &module, &source, &spec.target)
             .map_err(|e| {

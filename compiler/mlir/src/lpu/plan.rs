@@ -15,6 +15,7 @@ use q35_frontend::lpu_ops::{CONTEXT_ATTR, OpKind};
 use q35_frontend::ops::module_attr;
 use q35_isa::DType;
 
+use crate::interp::{Binding, WeightBinder};
 use crate::ir::{
     float_attr, format_location, int_attr, json_from_attribute, string_attr, symbol_attr,
     tensor_type_attr,
@@ -24,13 +25,14 @@ use crate::passes::op_name;
 /// Where a plan's weights and constant vectors come from.
 pub trait PlanSource {
     /// The quantized matrix packed from GGUF tensor `source` (`rows x
-    /// cols`, groups of `group`).
+    /// cols`, groups of `group`, in `scheme`).
     fn weight(
         &self,
         source: &str,
         rows: usize,
         cols: usize,
         group: usize,
+        scheme: QuantScheme,
     ) -> Result<QuantizedMatrix, String>;
     /// The f32 vector of GGUF tensor `source` (a norm weight), `n` long.
     fn vector(&self, source: &str, n: usize) -> Result<Vec<f32>, String>;
@@ -38,13 +40,26 @@ pub trait PlanSource {
 
 /// The golden model's weights: quantized matrices by GGUF name (a tied LM
 /// head, `token_embd.weight` at the lpu level, is `output.weight`) and its
-/// norm vectors.
-#[derive(Clone, Copy, Debug)]
+/// norm vectors, bound by GGUF name as the interpreters bind them
+/// ([`WeightBinder::from_golden`]).
+#[derive(Debug)]
 pub struct GoldenSource<'a> {
-    /// Quantized matrices by GGUF name.
-    pub layers: &'a BTreeMap<String, QuantizedMatrix>,
-    /// The golden model (norms).
-    pub golden: &'a q35_contract::GoldenModel,
+    layers: &'a BTreeMap<String, QuantizedMatrix>,
+    binder: WeightBinder<'a>,
+}
+
+impl<'a> GoldenSource<'a> {
+    /// The quantized `layers` by GGUF name and the golden model built from
+    /// them (for its norms).
+    pub fn new(
+        layers: &'a BTreeMap<String, QuantizedMatrix>,
+        golden: &'a q35_contract::GoldenModel,
+    ) -> Self {
+        GoldenSource {
+            layers,
+            binder: WeightBinder::from_golden(golden),
+        }
+    }
 }
 
 impl PlanSource for GoldenSource<'_> {
@@ -54,6 +69,7 @@ impl PlanSource for GoldenSource<'_> {
         rows: usize,
         cols: usize,
         group: usize,
+        scheme: QuantScheme,
     ) -> Result<QuantizedMatrix, String> {
         let m = self
             .layers
@@ -64,32 +80,22 @@ impl PlanSource for GoldenSource<'_> {
                     .flatten()
             })
             .ok_or_else(|| format!("no quantized matrix `{source}`"))?;
-        if (m.rows(), m.cols(), m.group_size()) != (rows, cols, group) {
+        if (m.rows(), m.cols(), m.group_size(), m.scheme()) != (rows, cols, group, scheme) {
             return Err(format!(
-                "`{source}` is {}x{} in groups of {}, the module declares {rows}x{cols} in groups of {group}",
+                "`{source}` is {}x{} in groups of {} ({}), the module declares {rows}x{cols} in groups of {group} ({scheme})",
                 m.rows(),
                 m.cols(),
-                m.group_size()
+                m.group_size(),
+                m.scheme()
             ));
         }
         Ok(m.clone())
     }
 
     fn vector(&self, source: &str, n: usize) -> Result<Vec<f32>, String> {
-        let v: Option<&[f32]> = if source == "output_norm.weight" {
-            Some(self.golden.output_norm())
-        } else {
-            source
-                .strip_prefix("blk.")
-                .and_then(|r| r.split_once('.'))
-                .and_then(|(b, rest)| {
-                    let blk = self.golden.blocks().get(b.parse::<usize>().ok()?)?;
-                    match rest {
-                        "attn_norm.weight" => Some(blk.attn_norm.as_slice()),
-                        "ffn_norm.weight" => Some(blk.ffn_norm.as_slice()),
-                        _ => None,
-                    }
-                })
+        let v = match self.binder.get(source) {
+            Some(Binding::Vector(v)) => Some(v),
+            _ => None,
         };
         let v = v.ok_or_else(|| format!("no vector `{source}` in the golden model"))?;
         if v.len() != n {
@@ -102,13 +108,11 @@ impl PlanSource for GoldenSource<'_> {
     }
 }
 
-/// Placeholders of the right shapes: zero codes and scales, an
-/// alternating slot mask. Placement and the schedule depend only on shapes.
+/// Placeholders of the right shapes
+/// ([`q35_codegen::plan::placeholder_matrix`], zero norms). Placement and
+/// the schedule depend only on shapes.
 #[derive(Clone, Copy, Debug)]
-pub struct ShapeOnly {
-    /// The scheme to pretend.
-    pub scheme: QuantScheme,
-}
+pub struct ShapeOnly;
 
 impl PlanSource for ShapeOnly {
     fn weight(
@@ -117,31 +121,14 @@ impl PlanSource for ShapeOnly {
         rows: usize,
         cols: usize,
         group: usize,
+        scheme: QuantScheme,
     ) -> Result<QuantizedMatrix, String> {
-        placeholder(self.scheme, rows, cols, group)
+        q35_codegen::plan::placeholder_matrix(scheme, rows, cols, group)
     }
 
     fn vector(&self, _source: &str, n: usize) -> Result<Vec<f32>, String> {
         Ok(vec![0.0; n])
     }
-}
-
-/// A zero matrix of the shape with a valid slot mask.
-fn placeholder(
-    scheme: QuantScheme,
-    rows: usize,
-    cols: usize,
-    group: usize,
-) -> Result<QuantizedMatrix, String> {
-    let layout = q35_contract::format::Layout::new(rows, cols, group).map_err(|e| e.to_string())?;
-    let kp = layout.cols_padded();
-    let codes = vec![0i8; rows * kp];
-    let scales = vec![half::f16::ZERO; rows * layout.n_groups()];
-    let mask: Option<Vec<bool>> = scheme
-        .is_q35()
-        .then(|| (0..kp).map(|j| j % 2 == 0).collect());
-    QuantizedMatrix::from_codes(layout, scheme, (1, 1), &codes, &scales, mask.as_deref())
-        .map_err(|e| e.to_string())
 }
 
 /// The module cannot be translated.
@@ -282,14 +269,17 @@ pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan
                     int(&o, "cols").map_err(&err)?,
                     int(&o, "group").map_err(&err)?,
                 );
-                if string_attr(&o, "scheme")
+                let scheme = string_attr(&o, "scheme")
                     .and_then(|s| scheme_of(&s))
-                    .is_none()
-                {
-                    return Err(err(format!("@{sym_name}: unknown `scheme`")));
-                }
+                    .ok_or_else(|| err(format!("@{sym_name}: unknown `scheme`")))?;
                 let w = src
-                    .weight(&source, rows as usize, cols as usize, group as usize)
+                    .weight(
+                        &source,
+                        rows as usize,
+                        cols as usize,
+                        group as usize,
+                        scheme,
+                    )
                     .map_err(|e| err(format!("@{sym_name}: {e}")))?;
                 weights.insert(sym_name, w);
             }
@@ -318,7 +308,7 @@ pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan
                 op: name.clone(),
                 message,
             })?;
-            ops.push((label(&o, &name, &plan_op), plan_op));
+            ops.push((label(&name, &plan_op), plan_op));
         }
         op = o.next_in_block();
     }
@@ -331,7 +321,7 @@ pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan
 }
 
 /// A readable label for an op: the buffer it writes, without the `.y`.
-fn label(o: &OperationRef<'_, '_>, name: &str, op: &PlanOp) -> String {
+fn label(name: &str, op: &PlanOp) -> String {
     let y = match op {
         PlanOp::MatMul { weight, .. } => return weight.clone(),
         PlanOp::KvWrite { kcache, .. } => return format!("{name} @{kcache}"),
@@ -342,7 +332,6 @@ fn label(o: &OperationRef<'_, '_>, name: &str, op: &PlanOp) -> String {
         | PlanOp::Add { y, .. } => y.clone(),
         PlanOp::Quantize { xs, .. } => xs.clone(),
     };
-    let _ = o;
     y.strip_suffix(".y").unwrap_or(&y).to_string()
 }
 

@@ -17,16 +17,13 @@
 //! gets the same program up to MEM contents.
 
 use melior::ir::RegionLike;
-use melior::ir::attribute::DictionaryAttribute;
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef, OperationRefMut};
 use q35_codegen::plan;
-use q35_contract::QuantScheme;
 use q35_frontend::lpu_ops::OpKind;
-use q35_frontend::ops::module_attr;
 
 use super::{PassContext, PassId, PassInfo, op_name};
-use crate::ir::{int_attr, json_from_attribute, string_attr};
+use crate::ir::{int_attr, string_attr};
 use crate::lpu::plan::{ShapeOnly, op_to_plan};
 
 static PLACE_ID: PassId = PassId::new();
@@ -50,26 +47,6 @@ pub(crate) static SCHEDULE: PassInfo = PassInfo::new(
     &SCHEDULE_ID,
 );
 
-/// The placeholder source of a module: its `q35.quant` scheme.
-fn shape_source(m: &OperationRef<'_, '_>) -> Result<ShapeOnly, String> {
-    let quant = m
-        .attribute(module_attr::QUANT)
-        .ok()
-        .and_then(|a| DictionaryAttribute::try_from(a).ok())
-        .ok_or_else(|| format!("the module has no `{}` dictionary", module_attr::QUANT))?;
-    let name = (0..quant.len())
-        .filter_map(|i| quant.element(i).ok())
-        .find(|(k, _)| crate::ir::string_of(k.as_string_ref()).as_deref() == Some("scheme"))
-        .and_then(|(_, v)| json_from_attribute(v).ok())
-        .and_then(|v| v.as_str().map(str::to_string))
-        .ok_or_else(|| format!("`{}` has no string `scheme`", module_attr::QUANT))?;
-    let scheme = QuantScheme::ALL
-        .into_iter()
-        .find(|q| q.as_str() == name)
-        .ok_or_else(|| format!("unknown scheme `{name}`"))?;
-    Ok(ShapeOnly { scheme })
-}
-
 /// The plan of the pass's module and its target, or a reported error.
 fn plan_of(cx: &mut PassContext<'_, '_>) -> Option<(plan::Plan, q35_target::Target)> {
     let module = cx.module;
@@ -81,14 +58,7 @@ fn plan_of(cx: &mut PassContext<'_, '_>) -> Option<(plan::Plan, q35_target::Targ
             return None;
         }
     };
-    let source = match shape_source(&module) {
-        Ok(s) => s,
-        Err(message) => {
-            cx.error(&module, message);
-            return None;
-        }
-    };
-    match op_to_plan(&module, &source) {
+    match op_to_plan(&module, &ShapeOnly) {
         Ok(p) => Some((p, target)),
         Err(e) => {
             cx.error(&module, e.to_string());
