@@ -15,6 +15,9 @@
 //! as the golden model: the rewriting pass preserves semantics.
 
 mod common;
+mod golden;
+
+use golden::{smollm2_golden, tiny_golden, tiny_spec};
 
 use melior::ir::attribute::{FloatAttribute, IntegerAttribute, TypeAttribute};
 use melior::ir::block::BlockLike;
@@ -24,44 +27,6 @@ use melior::ir::{Attribute, Module, RegionLike, Type};
 use q35_contract::GoldenModel;
 use q35_mlir::interp::{Binding, InterpError, Interpreter, Lockstep, OpKind, Tensor, WeightBinder};
 use q35_mlir::passes::{self, RunOptions};
-use q35_model::ModelSpec;
-use q35_quant::golden::from_reference;
-use q35_quant::model::{Calibration, QuantPipeline, SchemePolicy, model_weights, quantize_model};
-use q35_quant::quantize::QuantOptions;
-use q35_reference::Model;
-
-fn tiny_spec() -> ModelSpec {
-    q35_model::load(common::root().join("examples/tiny.toml")).unwrap()
-}
-
-/// Calibration tokens for the synthetic model (its vocabulary is bytes).
-fn calib_tokens(vocab: u32) -> Vec<u32> {
-    let text = std::fs::read_to_string(common::root().join("tests/data/calib_en.txt")).unwrap();
-    text.bytes()
-        .take(512)
-        .map(|b| u32::from(b) % vocab)
-        .collect()
-}
-
-/// The golden model of tiny.toml as `q35c eval --quant` builds it
-/// (QuantPipeline: covariance calibration, the model.toml's scheme for
-/// every matrix, LM head included).
-fn tiny_golden(spec: &ModelSpec, positions: usize) -> GoldenModel {
-    let model = Model::from_spec(spec, None).unwrap();
-    let pipeline = QuantPipeline::calibrate(
-        &model,
-        &calib_tokens(spec.arch.vocab),
-        128,
-        16,
-        spec.quant.group_size as usize,
-        QuantOptions { threads: 2 },
-    )
-    .unwrap();
-    let layers = pipeline
-        .quantize(SchemePolicy::uniform(spec.quant.scheme))
-        .unwrap();
-    from_reference(&model, &layers, positions).unwrap()
-}
 
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
@@ -492,22 +457,7 @@ fn smollm2_ir_equals_golden_bit_for_bit() {
         return;
     };
     let spec = common::smollm2_spec(&gguf);
-    let file = spec.open_gguf().unwrap();
-    let model = Model::from_spec(&spec, file.as_ref()).unwrap();
-    let tokenizer = q35_tokenizer::Tokenizer::from_gguf(file.as_ref().unwrap()).unwrap();
-    let calib = tokenizer.encode("The quick brown fox jumps over the lazy dog.", false);
-    let calib = Calibration::run(&model, &calib, 16, 4).unwrap();
-    let layers = quantize_model(
-        &model,
-        &model_weights(&model).unwrap(),
-        SchemePolicy::uniform(spec.quant.scheme),
-        spec.quant.group_size as usize,
-        Some(&calib),
-        QuantOptions { threads: 2 },
-    )
-    .unwrap();
-    let golden = from_reference(&model, &layers, 8).unwrap();
-    drop(layers);
+    let (golden, tokenizer) = smollm2_golden(&spec);
     let binder = WeightBinder::from_golden(&golden);
     let context = q35_mlir::create_context().unwrap();
     let module = q35_mlir::compile(&context, &spec).unwrap();

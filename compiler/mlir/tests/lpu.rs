@@ -11,51 +11,19 @@
 //! op. The SmolLM2 test needs the GGUF (see tests/common).
 
 mod common;
+mod golden;
+
+use golden::{smollm2_golden, tiny_golden, tiny_spec};
 
 use melior::ir::attribute::FloatAttribute;
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationMutLike};
 use melior::ir::{Module, RegionLike, Type};
-use q35_contract::GoldenModel;
 use q35_frontend::lpu_ops::OpKind;
 use q35_mlir::interp::{InterpError, WeightBinder};
 use q35_mlir::lpu::interp::{Data, LpuInterpreter, LpuLockstep};
 use q35_mlir::passes::RunOptions;
 use q35_model::ModelSpec;
-use q35_quant::golden::from_reference;
-use q35_quant::model::{Calibration, QuantPipeline, SchemePolicy, model_weights, quantize_model};
-use q35_quant::quantize::QuantOptions;
-use q35_reference::Model;
-
-fn tiny_spec() -> ModelSpec {
-    q35_model::load(common::root().join("examples/tiny.toml")).unwrap()
-}
-
-/// The golden model of tiny.toml as `q35c eval --quant` builds it (as in
-/// tests/interp.rs).
-fn tiny_golden(spec: &ModelSpec, positions: usize) -> GoldenModel {
-    let model = Model::from_spec(spec, None).unwrap();
-    let text = std::fs::read_to_string(common::root().join("tests/data/calib_en.txt")).unwrap();
-    let vocab = spec.arch.vocab;
-    let calib: Vec<u32> = text
-        .bytes()
-        .take(512)
-        .map(|b| u32::from(b) % vocab)
-        .collect();
-    let pipeline = QuantPipeline::calibrate(
-        &model,
-        &calib,
-        128,
-        16,
-        spec.quant.group_size as usize,
-        QuantOptions { threads: 2 },
-    )
-    .unwrap();
-    let layers = pipeline
-        .quantize(SchemePolicy::uniform(spec.quant.scheme))
-        .unwrap();
-    from_reference(&model, &layers, positions).unwrap()
-}
 
 fn lpu_module<'c>(context: &'c melior::Context, spec: &ModelSpec, ctx: Option<u64>) -> Module<'c> {
     q35_mlir::compile_lpu(context, spec, ctx, RunOptions::default()).unwrap()
@@ -283,22 +251,7 @@ fn smollm2_lpu_equals_golden_bit_for_bit() {
         return;
     };
     let spec = common::smollm2_spec(&gguf);
-    let file = spec.open_gguf().unwrap();
-    let model = Model::from_spec(&spec, file.as_ref()).unwrap();
-    let tokenizer = q35_tokenizer::Tokenizer::from_gguf(file.as_ref().unwrap()).unwrap();
-    let calib = tokenizer.encode("The quick brown fox jumps over the lazy dog.", false);
-    let calib = Calibration::run(&model, &calib, 16, 4).unwrap();
-    let layers = quantize_model(
-        &model,
-        &model_weights(&model).unwrap(),
-        SchemePolicy::uniform(spec.quant.scheme),
-        spec.quant.group_size as usize,
-        Some(&calib),
-        QuantOptions { threads: 2 },
-    )
-    .unwrap();
-    let golden = from_reference(&model, &layers, 8).unwrap();
-    drop(layers);
+    let (golden, tokenizer) = smollm2_golden(&spec);
     let binder = WeightBinder::from_golden(&golden);
     let context = q35_mlir::create_context().unwrap();
     let module = lpu_module(&context, &spec, Some(640));

@@ -1,0 +1,64 @@
+//! Golden models the interpreter tests (`interp.rs`, `lpu.rs`) hold the
+//! compiler's IR to: tiny.toml and SmolLM2, quantized as `q35c eval --quant`
+//! quantizes them.
+
+use q35_contract::GoldenModel;
+use q35_model::ModelSpec;
+use q35_quant::golden::from_reference;
+use q35_quant::model::{Calibration, QuantPipeline, SchemePolicy, model_weights, quantize_model};
+use q35_quant::quantize::QuantOptions;
+use q35_reference::Model;
+use q35_tokenizer::Tokenizer;
+
+use crate::common;
+
+/// examples/tiny.toml.
+pub fn tiny_spec() -> ModelSpec {
+    q35_model::load(common::root().join("examples/tiny.toml")).unwrap()
+}
+
+/// The golden model of tiny.toml (QuantPipeline: covariance calibration on
+/// the first 512 bytes of tests/data/calib_en.txt taken as token ids, the
+/// model.toml's scheme for every matrix, LM head included).
+pub fn tiny_golden(spec: &ModelSpec, positions: usize) -> GoldenModel {
+    let model = Model::from_spec(spec, None).unwrap();
+    let text = std::fs::read_to_string(common::root().join("tests/data/calib_en.txt")).unwrap();
+    let calib: Vec<u32> = text
+        .bytes()
+        .take(512)
+        .map(|b| u32::from(b) % spec.arch.vocab)
+        .collect();
+    let pipeline = QuantPipeline::calibrate(
+        &model,
+        &calib,
+        128,
+        16,
+        spec.quant.group_size as usize,
+        QuantOptions { threads: 2 },
+    )
+    .unwrap();
+    let layers = pipeline
+        .quantize(SchemePolicy::uniform(spec.quant.scheme))
+        .unwrap();
+    from_reference(&model, &layers, positions).unwrap()
+}
+
+/// SmolLM2's golden model for 8 positions (the model.toml's scheme, importance
+/// from one short sentence) and its tokenizer.
+pub fn smollm2_golden(spec: &ModelSpec) -> (GoldenModel, Tokenizer) {
+    let file = spec.open_gguf().unwrap();
+    let model = Model::from_spec(spec, file.as_ref()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(file.as_ref().unwrap()).unwrap();
+    let calib = tokenizer.encode("The quick brown fox jumps over the lazy dog.", false);
+    let calib = Calibration::run(&model, &calib, 16, 4).unwrap();
+    let layers = quantize_model(
+        &model,
+        &model_weights(&model).unwrap(),
+        SchemePolicy::uniform(spec.quant.scheme),
+        spec.quant.group_size as usize,
+        Some(&calib),
+        QuantOptions { threads: 2 },
+    )
+    .unwrap();
+    (from_reference(&model, &layers, 8).unwrap(), tokenizer)
+}
