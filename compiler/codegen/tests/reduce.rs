@@ -127,18 +127,18 @@ fn max_is_exact_even_when_every_value_is_negative() {
 }
 
 /// Nine heads' reductions (SmolLM2's attention heads over 4 words of
-/// scores): one `lane_reduce_many` bundle against nine `lane_reduce` calls.
+/// scores) overlap: together they take fewer cycles than nine times one.
 #[test]
 fn many_reductions_overlap() {
     let target = Target::builtin("lpu-v1").expect("lpu-v1");
     for op in [ReduceOp::Sum, ReduceOp::Max] {
         let mut cycles = Vec::new();
-        for batched in [true, false] {
+        for heads in [1u32, 9] {
             let mut p = ProgramBuilder::new(&target);
             let mut xs = Vec::new();
             let mut outs = Vec::new();
             let mut data = Vec::new();
-            for h in 0..9u32 {
+            for h in 0..heads {
                 let hx = if h % 2 == 0 {
                     Hemisphere::West
                 } else {
@@ -159,18 +159,12 @@ fn many_reductions_overlap() {
                 outs.push(o);
                 data.push(v);
             }
-            if batched {
-                let jobs: Vec<ReduceJob<'_>> = xs
-                    .iter()
-                    .zip(&outs)
-                    .map(|(x, out)| ReduceJob { x, words: 4, out })
-                    .collect();
-                lane_reduce_many(&mut p, "softmax", op, &jobs, 0).unwrap();
-            } else {
-                for (x, o) in xs.iter().zip(&outs) {
-                    lane_reduce(&mut p, "softmax", op, x, 4, o, 0).unwrap();
-                }
-            }
+            let jobs: Vec<ReduceJob<'_>> = xs
+                .iter()
+                .zip(&outs)
+                .map(|(x, out)| ReduceJob { x, words: 4, out })
+                .collect();
+            lane_reduce_many(&mut p, "softmax", op, &jobs, 0).unwrap();
             let built = p.finish();
             let (done, bin) = common::run(&built, &target);
             assert_eq!(
@@ -189,11 +183,11 @@ fn many_reductions_overlap() {
             cycles.push(built.cycles);
         }
         println!(
-            "9 x lane_reduce {op:?} of 4 words: {} cycles batched, {} cycles as 9 calls",
+            "lane_reduce {op:?} of 4 words: one {} cycles, nine {} cycles",
             cycles[0], cycles[1]
         );
-        // Since queues book intervals, separate calls overlap as well as
-        // one batched bundle; batching must never be slower.
-        assert!(cycles[0] <= cycles[1]);
+        // The scheduler fills the SXM and VXM cycles one reduction leaves
+        // free with the others' (queues book intervals).
+        assert!(cycles[1] < 9 * cycles[0], "{cycles:?}");
     }
 }
