@@ -3,8 +3,9 @@
 //! "one slice per byte plane" layout, so one cycle's reads of its slices
 //! arrive as one stream group) gets `b` slices of one hemisphere and one
 //! word address. Slices are filled evenly: a buffer takes the slices of the
-//! requested hemisphere with the lowest fill (ties: lower queue index), at
-//! the highest fill among them. Deterministic.
+//! requested hemisphere whose highest fill is lowest (ties: the fewest
+//! skipped words, then lower queue index), at the highest fill among them.
+//! Deterministic.
 
 use std::collections::BTreeSet;
 
@@ -113,9 +114,11 @@ impl Alloc {
         avoid: &BTreeSet<QueueId>,
     ) -> Result<Buffer, AllocError> {
         // Slices with room; among those not avoided (all of them if too few
-        // are), the `slices` whose fills are closest together, so the words
-        // below the common address that some of them skip are fewest (ties:
-        // the emptiest).
+        // are), the `slices` whose highest fill is lowest (the chip fills
+        // evenly, so a kernel's scratch that needs many distinct slices still
+        // finds them late in the program), and among those the ones whose
+        // fills are closest together, so the words below the common address
+        // that some of them skip are fewest.
         let cap = self.words_per_slice;
         let room: Vec<QueueId> = mem_slices(h)
             .filter(|q| u64::from(self.fill(*q)) + u64::from(words) <= u64::from(cap))
@@ -135,7 +138,7 @@ impl Alloc {
                     let w = &cands[i..i + slices];
                     let max = self.fill(w[slices - 1]);
                     let waste: u64 = w.iter().map(|q| u64::from(max - self.fill(*q))).sum();
-                    (waste, max)
+                    (max, waste)
                 })
                 .unwrap_or(0);
             let mut w = cands[best..best + slices].to_vec();

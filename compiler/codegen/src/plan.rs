@@ -580,16 +580,37 @@ pub struct Compiled {
     pub mem_bytes: u64,
 }
 
-/// The hemisphere of a buffer: the KV caches and RoPE tables west, the
-/// step's index vectors and mask east (the attention and RoPE kernels read
-/// an index on the other side of the words it addresses), the rest
-/// alternating to spread stream traffic.
+/// The hemisphere of a buffer: the KV caches alternate by block
+/// ([`kv_hemisphere`]), the RoPE tables west, the step's index vectors and
+/// mask east (the KV-write and RoPE kernels read an index on the other side
+/// of the words it addresses), the rest alternating to spread stream
+/// traffic.
 fn hemisphere(b: &BufferDecl, i: usize) -> Hemisphere {
     match (b.kind, b.name.as_str()) {
-        (BufferKind::Kv, _) | (_, "rope_cos" | "rope_sin") => Hemisphere::West,
+        (BufferKind::Kv, name) => kv_hemisphere(name),
+        (_, "rope_cos" | "rope_sin") => Hemisphere::West,
         (_, "pos_idx" | "kv_idx" | "attn_mask") => Hemisphere::East,
         _ if i.is_multiple_of(2) => Hemisphere::West,
         _ => Hemisphere::East,
+    }
+}
+
+/// The hemisphere of a KV cache buffer: block `b`'s caches (`kcache_<b>`,
+/// `vcache_<b>`) go west for even `b` and east for odd `b`, so the caches,
+/// which grow with the context, fill both halves of MEM beside the planes'
+/// weights (each half holds the weights of its two planes). A cache on the
+/// east side is written through west copies of the step's index vectors
+/// ([`compile`] makes them).
+fn kv_hemisphere(name: &str) -> Hemisphere {
+    let block = name
+        .rsplit('_')
+        .next()
+        .and_then(|b| b.parse::<u32>().ok())
+        .unwrap_or(0);
+    if block.is_multiple_of(2) {
+        Hemisphere::West
+    } else {
+        Hemisphere::East
     }
 }
 
@@ -693,6 +714,41 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
         weights.insert(name.clone(), placed);
     }
     let mut op_cycles = Vec::new();
+    // West copies of the step's index vectors for the caches that share
+    // their (east) hemisphere: a scatter's index must meet the value on
+    // every slice of the cache, so it must come from the other side.
+    let mut mirrors: BTreeMap<String, Buffer> = BTreeMap::new();
+    let east_cache = plan.buffers.iter().any(|b| {
+        b.kind == BufferKind::Kv
+            && placement.get(&b.name).and_then(Buffer::hemisphere) == Some(Hemisphere::East)
+    });
+    if east_cache {
+        let first_bundle = p.sched.bundles;
+        for name in ["pos_idx", "kv_idx"] {
+            let src = get(name, "index copies")?;
+            if src.hemisphere() != Some(Hemisphere::East) {
+                continue;
+            }
+            let decl = kinds.get(name).ok_or_else(|| CodegenError::Plan {
+                op: "index copies".into(),
+                message: format!("unknown buffer `{name}`"),
+            })?;
+            let copy_name = format!("{name}.west");
+            let dst = p.buffer(&copy_name, decl.dtype, decl.elements(), Hemisphere::West)?;
+            crate::kernels::vector::copy(&mut p, "index_copies", &src, &dst, src.words, 0)?;
+            mirrors.insert(name.to_string(), dst);
+        }
+        let (first, last) = p.sched.span_since(first_bundle);
+        op_cycles.push(("index_copies".to_string(), first, last));
+    }
+    // The index buffer `name` as a kernel writing `cache` must read it.
+    let index_for = |name: &str, cache: &Buffer, op: &str| -> Result<Buffer, CodegenError> {
+        let b = get(name, op)?;
+        match mirrors.get(name) {
+            Some(m) if b.hemisphere() == cache.hemisphere() => Ok(m.clone()),
+            _ => Ok(b),
+        }
+    };
     let mut ops = plan.ops.iter().peekable();
     while let Some((label, op)) = ops.next() {
         let first_bundle = p.sched.bundles;
@@ -815,15 +871,16 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
                     .get(k.as_str())
                     .map(|b| b.elements() as u32)
                     .unwrap_or(0);
+                let (kc, vc) = (g(kcache)?, g(vcache)?);
                 crate::kernels::attention::kv_write(
                     &mut p,
                     label,
                     &g(k)?,
                     &g(v)?,
-                    &g(kcache)?,
-                    &g(vcache)?,
-                    &g("kv_idx")?,
-                    &g("pos_idx")?,
+                    &kc,
+                    &vc,
+                    &index_for("kv_idx", &kc, label)?,
+                    &index_for("pos_idx", &vc, label)?,
                     kvd,
                     plan.ctx,
                     0,

@@ -44,3 +44,27 @@ pub fn add(
     }
     Ok(last)
 }
+
+/// Copies `words` words of `src` to `dst` unchanged (every byte plane):
+/// each word is read towards the VXM and written as it passes `dst`'s
+/// slices, so `dst` must lie beyond the VXM from `src` (the other
+/// hemisphere), as the step's index vectors do when a KV cache shares
+/// their hemisphere (plan.rs).
+pub fn copy(
+    p: &mut ProgramBuilder,
+    label: &str,
+    src: &Buffer,
+    dst: &Buffer,
+    words: u32,
+    not_before: Cycle,
+) -> Result<Cycle, SchedError> {
+    let mut last = not_before;
+    let m = p.mach().clone();
+    for w in 0..words {
+        let mut b = Bundle::new(label);
+        let x = b.read(&m, &src.slices, src.addr + w, m.vxm, 0)?;
+        b.write(&m, x, &dst.slices, dst.addr + w)?;
+        last = last.max(p.sched.place(b, not_before)?.last);
+    }
+    Ok(last)
+}
