@@ -6,7 +6,7 @@ mod common;
 
 use half::f16;
 use q35_codegen::ProgramBuilder;
-use q35_codegen::kernels::matmul::{matmul, place_weight};
+use q35_codegen::kernels::matmul::{matmul, matmul_tokens, place_weight, place_weight_tokens};
 use q35_contract::{ActivationI8, Layout, QuantScheme, QuantizedMatrix};
 use q35_isa::{DType, Hemisphere, Instruction, QueueKind};
 use q35_target::Target;
@@ -113,6 +113,7 @@ fn xs_of(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| v * inv).collect()
 }
 
+#[derive(Clone)]
 struct Case {
     rows: usize,
     cols: usize,
@@ -120,7 +121,9 @@ struct Case {
     scheme: QuantScheme,
     mults: (u8, u8),
     codes: Codes,
-    x: Vec<f32>,
+    /// One activation per token (several: streamed through each installed
+    /// tile by `matmul_tokens`).
+    x: Vec<Vec<f32>>,
     planes: Vec<u16>,
 }
 
@@ -178,51 +181,72 @@ fn check(case: &Case, seed: u64) -> Run {
         case.codes,
         seed,
     );
-    let act = ActivationI8::quantize(&case.x).expect("finite activation");
-    let want = m.matvec(&act).expect("matvec");
-    let xs = xs_of(&case.x);
-    for (i, (&v, &q)) in xs.iter().zip(act.codes()).enumerate() {
-        assert_eq!(
-            (v.round().clamp(-127.0, 127.0)) as i8,
-            q,
-            "host xs element {i}"
-        );
+    let tokens = case.x.len();
+    let mut want = Vec::new();
+    let mut xs = Vec::new();
+    let mut scales = Vec::new();
+    for x in &case.x {
+        let act = ActivationI8::quantize(x).expect("finite activation");
+        want.push(m.matvec(&act).expect("matvec"));
+        let xk = xs_of(x);
+        for (i, (&v, &q)) in xk.iter().zip(act.codes()).enumerate() {
+            assert_eq!(
+                (v.round().clamp(-127.0, 127.0)) as i8,
+                q,
+                "host xs element {i}"
+            );
+        }
+        // Token k's vector starts at word k * ceil(cols / 320).
+        let words = case.cols.div_ceil(320) * 320;
+        xs.extend(xk.iter().map(|v| v.to_bits()));
+        xs.resize(xs.len() + words - case.cols, 0);
+        scales.extend(std::iter::repeat_n(act.scale().to_bits(), 320));
     }
-
+    let y_words = case.rows.div_ceil(320) * 320;
     let mut p = ProgramBuilder::new(&target);
     let xb = p
-        .buffer("xs", DType::F32, case.cols as u64, Hemisphere::West)
+        .buffer("xs", DType::F32, xs.len() as u64, Hemisphere::West)
         .unwrap();
     let sb = p
-        .buffer("scale", DType::F32, 320, Hemisphere::East)
+        .buffer("scale", DType::F32, scales.len() as u64, Hemisphere::East)
         .unwrap();
     let yb = p
-        .buffer("y", DType::F32, case.rows as u64, Hemisphere::East)
+        .buffer("y", DType::F32, (tokens * y_words) as u64, Hemisphere::East)
         .unwrap();
-    p.init(&xb, DType::F32, xs.iter().map(|v| v.to_bits()).collect());
-    p.init(&sb, DType::F32, vec![act.scale().to_bits(); 320]);
+    p.init(&xb, DType::F32, xs);
+    p.init(&sb, DType::F32, scales);
     p.symbol(
         "y",
         q35_isa::SymbolKind::Output,
         DType::F32,
-        vec![case.rows as u32],
+        vec![(tokens * y_words) as u32],
         &yb,
     );
-    let w = place_weight(&mut p, "w", &m, &case.planes).expect("placed");
+    let w = if tokens == 1 {
+        place_weight(&mut p, "w", &m, &case.planes).expect("placed")
+    } else {
+        place_weight_tokens(&mut p, "w", &m, &case.planes, tokens as u32).expect("placed")
+    };
     let tiles = w.tiles.len();
-    matmul(&mut p, "matmul", &xb, &sb, &w, &yb, 0).expect("scheduled");
+    if tokens == 1 {
+        matmul(&mut p, "matmul", &xb, &sb, &w, &yb, 0).expect("scheduled");
+    } else {
+        matmul_tokens(&mut p, "matmul", &xb, &sb, &w, &yb, tokens as u32, 0).expect("scheduled");
+    }
     let built = p.finish();
     let (done, bin) = common::run(&built, &target);
     let got = common::f32_symbol(&done, &bin, "y");
     let shape = format!("{}x{} G={}", case.rows, case.cols, case.g);
-    for r in 0..case.rows {
-        assert_eq!(
-            got[r].to_bits(),
-            want[r].to_bits(),
-            "{shape}: row {r}: got {} want {}",
-            got[r],
-            want[r]
-        );
+    for (k, want) in want.iter().enumerate() {
+        for r in 0..case.rows {
+            let g = got[k * y_words + r];
+            assert_eq!(
+                g.to_bits(),
+                want[r].to_bits(),
+                "{shape}: token {k} row {r}: got {g} want {}",
+                want[r]
+            );
+        }
     }
     assert_eq!(
         done.profile.total_cycles(),
@@ -232,8 +256,8 @@ fn check(case: &Case, seed: u64) -> Run {
     let mms = mm_cycles(&built.program);
     assert_eq!(
         mms.iter().map(Vec::len).sum::<usize>(),
-        tiles,
-        "{shape}: one mm per tile"
+        tiles * tokens,
+        "{shape}: one mm per tile and token"
     );
     Run {
         cycles: built.cycles,
@@ -306,7 +330,7 @@ fn smollm2_shapes_are_exact_and_predicted() {
             scheme: QuantScheme::Q35,
             mults: (4, 7),
             codes: Codes::Random,
-            x: activation(cols, 100 + i as u64),
+            x: vec![activation(cols, 100 + i as u64)],
             planes: ALL.to_vec(),
         };
         let run = check(&case, 7 + i as u64);
@@ -325,7 +349,7 @@ fn ragged_and_straddling_groups() {
         scheme: QuantScheme::Q35Alternating,
         mults: (1, 2),
         codes: Codes::Random,
-        x: activation(200, 3),
+        x: vec![activation(200, 3)],
         planes: ALL.to_vec(),
     };
     let run = check(&case, 11);
@@ -339,7 +363,7 @@ fn ragged_and_straddling_groups() {
         scheme: QuantScheme::Q35Rtn,
         mults: (3, 5),
         codes: Codes::Random,
-        x: activation(330, 4),
+        x: vec![activation(330, 4)],
         planes: vec![1, 2],
     };
     let run = check(&case, 12);
@@ -354,7 +378,7 @@ fn ragged_and_straddling_groups() {
         scheme: QuantScheme::Q35,
         mults: (5, 9),
         codes: Codes::Random,
-        x: activation(700, 5),
+        x: vec![activation(700, 5)],
         planes: vec![3],
     };
     let run = check(&case, 13);
@@ -370,7 +394,7 @@ fn zero_activation_gives_zero() {
         scheme: QuantScheme::Q35,
         mults: (4, 7),
         codes: Codes::Random,
-        x: vec![0.0; 576],
+        x: vec![vec![0.0; 576]],
         planes: ALL.to_vec(),
     };
     check(&case, 21);
@@ -391,8 +415,61 @@ fn largest_accumulator_does_not_overflow() {
         scheme: QuantScheme::Q35,
         mults: (16, 32),
         codes: Codes::Min,
-        x,
+        x: vec![x],
         planes: ALL.to_vec(),
     };
     check(&case, 31);
+}
+
+#[test]
+fn tokens_stream_through_one_install() {
+    // Several tokens through each installed tile: every token's row bit
+    // for bit its own matvec (a zero token among them), and the tiles'
+    // installs paid once: fewer cycles than one matmul per token.
+    for (i, (rows, cols, g, planes, tokens)) in [
+        (576, 576, 128, ALL.to_vec(), 8usize),
+        (1536, 576, 128, ALL.to_vec(), 4),
+        (130, 330, 48, vec![1, 2], 5),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let scheme = if g == 48 {
+            QuantScheme::Q35Rtn
+        } else {
+            QuantScheme::Q35
+        };
+        let mut x: Vec<Vec<f32>> = (0..tokens)
+            .map(|k| activation(cols, 200 + 10 * i as u64 + k as u64))
+            .collect();
+        x[1] = vec![0.0; cols];
+        let many = Case {
+            rows,
+            cols,
+            g,
+            scheme,
+            mults: (4, 7),
+            codes: Codes::Random,
+            x: x.clone(),
+            planes: planes.clone(),
+        };
+        let one = Case {
+            x: vec![x[0].clone()],
+            ..many.clone()
+        };
+        let run_many = check(&many, 40 + i as u64);
+        let run_one = check(&one, 40 + i as u64);
+        println!(
+            "{rows}x{cols} G={g}: {tokens} tokens in {} cycles, one token in {} ({:.1} cycles a token)",
+            run_many.cycles,
+            run_one.cycles,
+            run_many.cycles as f64 / tokens as f64
+        );
+        assert!(
+            run_many.cycles < tokens as u64 * run_one.cycles,
+            "{rows}x{cols}: {tokens} tokens took {} cycles, one took {}",
+            run_many.cycles,
+            run_one.cycles
+        );
+    }
 }

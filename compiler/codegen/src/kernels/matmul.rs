@@ -174,14 +174,23 @@ pub struct PlacedWeight {
     /// (the groups spread over slices).
     pub act: Vec<Vec<Buffer>>,
     /// Scratch: the products `p = f32(acc_g) * f32(d[g, r])` of every tile
-    /// (f32, word `g * col_tiles + c`), combined per column tile.
+    /// and token (f32, word `k * groups * col_tiles + g * col_tiles + c`
+    /// for token `k`), combined per column tile.
     pub products: Buffer,
+    /// Tokens one [`matmul_tokens`] may stream through each installed tile
+    /// (the scratch above is sized for them).
+    pub tokens: u32,
 }
 
 impl PlacedWeight {
-    /// Words of the activation buffer `xs` a [`matmul`] reads.
+    /// Words of the activation buffer `xs` a [`matmul`] reads (per token).
     pub fn xs_words(&self) -> u32 {
         self.cols.div_ceil(LANES)
+    }
+
+    /// Words of `stage` one token uses (one per straddling group).
+    fn stage_words(&self) -> u32 {
+        self.perms.iter().filter(|g| g.mask_word.is_some()).count() as u32
     }
 }
 
@@ -202,6 +211,22 @@ pub fn place_weight(
     m: &QuantizedMatrix,
     planes: &[u16],
 ) -> Result<PlacedWeight, PlaceError> {
+    place_weight_tokens(p, name, m, planes, 1)
+}
+
+/// [`place_weight`] with scratch for [`matmul_tokens`] of up to `tokens`
+/// tokens (the weight image is the same; the activation vectors, staging
+/// words and products are per token).
+pub fn place_weight_tokens(
+    p: &mut ProgramBuilder,
+    name: &str,
+    m: &QuantizedMatrix,
+    planes: &[u16],
+    tokens: u32,
+) -> Result<PlacedWeight, PlaceError> {
+    if tokens == 0 {
+        return Err(unsupported(name, "a matmul of zero tokens"));
+    }
     if !m.scheme().is_q35() {
         return Err(unsupported(
             name,
@@ -357,7 +382,12 @@ pub fn place_weight(
         let n = masks.len() as u64;
         let buf = p.buffer(&format!("{name}.masks"), DType::U8, n, Hemisphere::West)?;
         p.init(&buf, DType::U8, masks);
-        let stage = p.buffer(&format!("{name}.stage"), DType::F32, n, Hemisphere::West)?;
+        let stage = p.buffer(
+            &format!("{name}.stage"),
+            DType::F32,
+            n * u64::from(tokens),
+            Hemisphere::West,
+        )?;
         (Some(buf), Some(stage))
     };
     let mut sides: Vec<Hemisphere> = Vec::new();
@@ -379,7 +409,7 @@ pub fn place_weight(
                     p.buffer(
                         &format!("{name}.act.g{g}.{side}"),
                         DType::I8,
-                        u64::from(LANES),
+                        u64::from(tokens) * u64::from(LANES),
                         h,
                     )
                 })
@@ -389,7 +419,7 @@ pub fn place_weight(
     let products = p.buffer(
         &format!("{name}.products"),
         DType::F32,
-        (n_groups * col_tiles) as u64 * u64::from(LANES),
+        (n_groups * col_tiles) as u64 * u64::from(tokens) * u64::from(LANES),
         Hemisphere::East,
     )?;
     let (m4, m3) = m.multipliers();
@@ -408,6 +438,7 @@ pub fn place_weight(
         stage,
         act,
         products,
+        tokens,
     })
 }
 
@@ -440,7 +471,43 @@ pub fn matmul(
     y: &Buffer,
     not_before: Cycle,
 ) -> Result<Cycle, SchedError> {
-    for (buf, words) in [(xs, w.xs_words()), (scale, 1), (y, w.col_tiles)] {
+    matmul_tokens(p, label, xs, scale, w, y, 1, not_before)
+}
+
+/// [`matmul`] of `tokens` tokens at once (prefill, or a batch of users):
+/// each installed tile streams every token's activation vector through the
+/// plane, one `mm` a cycle, so a tile's install is paid once for all of
+/// them (docs/mxm-timing.md 4: stream-bound once `tokens >= 40` on lpu-v1).
+/// Token `k`'s operands are at word offsets: `xs` words `k * xs_words ..`,
+/// `scale` word `k`, `y` words `k * col_tiles ..`. Every token's result is
+/// bit for bit the one-token [`matmul`]'s: the same integer sums and the
+/// same f32 operations in the same order. `w` must have been placed for at
+/// least `tokens` tokens ([`place_weight_tokens`]).
+#[expect(clippy::too_many_arguments, reason = "the op's buffers and sizes")]
+pub fn matmul_tokens(
+    p: &mut ProgramBuilder,
+    label: &str,
+    xs: &Buffer,
+    scale: &Buffer,
+    w: &PlacedWeight,
+    y: &Buffer,
+    tokens: u32,
+    not_before: Cycle,
+) -> Result<Cycle, SchedError> {
+    if tokens == 0 || tokens > w.tokens {
+        return Err(kernel_err(
+            label,
+            format!(
+                "{tokens} tokens: weight `{}` has scratch for 1 to {}",
+                w.name, w.tokens
+            ),
+        ));
+    }
+    for (buf, words) in [
+        (xs, tokens * w.xs_words()),
+        (scale, tokens),
+        (y, tokens * w.col_tiles),
+    ] {
         if buf.slices.len() != 4 || buf.words < words {
             return Err(kernel_err(
                 label,
@@ -456,19 +523,23 @@ pub fn matmul(
     let m = p.mach().clone();
     let mut last = not_before;
     for g in 0..w.groups {
-        if let Some(b) = stage_bundle(&m, label, xs, w, g)? {
-            p.sched.place(b, not_before)?;
+        for k in 0..tokens {
+            if let Some(b) = stage_bundle(&m, label, xs, w, g, k)? {
+                p.sched.place(b, not_before)?;
+            }
+            let b = activation_bundle(&m, label, xs, w, g, k)?;
+            last = last.max(p.sched.place(b, not_before)?.last);
         }
-        let b = activation_bundle(&m, label, xs, w, g)?;
-        last = last.max(p.sched.place(b, not_before)?.last);
     }
     for t in &w.tiles {
-        let b = tile_bundle(&m, label, w, t)?;
+        let b = tile_bundle(&m, label, w, t, tokens)?;
         last = last.max(p.sched.place(b, not_before)?.last);
     }
-    for c in 0..w.col_tiles {
-        let b = combine_bundle(&m, label, scale, w, c, y)?;
-        last = last.max(p.sched.place(b, not_before)?.last);
+    for k in 0..tokens {
+        for c in 0..w.col_tiles {
+            let b = combine_bundle(&m, label, scale, w, c, y, k)?;
+            last = last.max(p.sched.place(b, not_before)?.last);
+        }
     }
     Ok(last)
 }
@@ -522,6 +593,7 @@ fn stage_bundle(
     xs: &Buffer,
     w: &PlacedWeight,
     g: u32,
+    k: u32,
 ) -> Result<Option<Bundle>, SchedError> {
     let gp = &w.perms[g as usize];
     let (&[(w0, m0), _], Some(sw), Some(stage)) = (gp.parts.as_slice(), gp.mask_word, &w.stage)
@@ -538,12 +610,12 @@ fn stage_bundle(
         map: m0,
         ew: ElemWidth::B4,
     };
-    let v = b.read(m, &xs.slices, xs.addr + w0, pos, 0)?;
+    let v = b.read(m, &xs.slices, xs.addr + k * w.xs_words() + w0, pos, 0)?;
     let out = Mach::dir(pos, m.vxm).ok_or_else(|| kernel_err(label, "SXM at the VXM"))?;
     let r = b
         .unit(m, QSel::Fixed(q), 0, ins, &[("src", v)], Some(("dst", out)))?
         .ok_or_else(|| kernel_err(label, "permute without a result"))?;
-    from_vxm(&mut b, m, r, stage, sw)?;
+    from_vxm(&mut b, m, r, stage, stage_word(w, sw, k))?;
     Ok(Some(b))
 }
 
@@ -554,13 +626,15 @@ fn activation_bundle(
     xs: &Buffer,
     w: &PlacedWeight,
     g: u32,
+    k: u32,
 ) -> Result<Bundle, SchedError> {
+    let x0 = k * w.xs_words();
     let mut b = Bundle::new(label);
     let gp = &w.perms[g as usize];
     let cvt = Instruction::F32toi8 { a: S, dst: S };
     let h = near_sxm(xs);
     let merged = match (gp.parts.as_slice(), gp.mask_word, &w.masks, &w.stage) {
-        (&[(word, map)], None, _, _) => permuted(&mut b, m, xs, word, map, h, 0, label)?,
+        (&[(word, map)], None, _, _) => permuted(&mut b, m, xs, x0 + word, map, h, 0, label)?,
         (&[_, (w1, m1)], Some(mw), Some(masks), Some(stage)) => {
             let sel = Instruction::Select {
                 m: S,
@@ -569,8 +643,8 @@ fn activation_bundle(
                 dst: S,
             };
             let t = -m.latency(&sel);
-            let a = to_vxm(&mut b, m, stage, mw, t)?;
-            let c = permuted(&mut b, m, xs, w1, m1, h, t, label)?;
+            let a = to_vxm(&mut b, m, stage, stage_word(w, mw, k), t)?;
+            let c = permuted(&mut b, m, xs, x0 + w1, m1, h, t, label)?;
             let k = to_vxm(&mut b, m, masks, mw, t)?;
             b.unit(
                 m,
@@ -591,9 +665,15 @@ fn activation_bundle(
     };
     for act in &w.act[g as usize] {
         let q = vxm(&mut b, m, 0, cvt, &[("a", merged)], dir_to(act), label)?;
-        from_vxm(&mut b, m, q, act, 0)?;
+        from_vxm(&mut b, m, q, act, k)?;
     }
     Ok(b)
+}
+
+/// Token `k`'s word of `stage` for the straddling group whose mask word is
+/// `mw`.
+fn stage_word(w: &PlacedWeight, mw: u32, k: u32) -> u32 {
+    k * w.stage_words() + mw
 }
 
 /// A VXM instruction at local cycle `t` with a result.
@@ -610,10 +690,17 @@ fn vxm(
         .ok_or_else(|| kernel_err(label, format!("`{}` without a result", ins.mnemonic())))
 }
 
-/// The bundle of one tile: unpack and load its weights, multiply the
-/// group's activation vector, scale the plane's sums by the tile's scales
-/// and keep the products in `w.products`.
-fn tile_bundle(m: &Mach, label: &str, w: &PlacedWeight, t: &Tile) -> Result<Bundle, SchedError> {
+/// The bundle of one tile: unpack and load its weights, multiply each of
+/// the `tokens` activation vectors of the group (one `mm` a cycle), scale
+/// the plane's sums by the tile's scales and keep the products in
+/// `w.products`.
+fn tile_bundle(
+    m: &Mach,
+    label: &str,
+    w: &PlacedWeight,
+    t: &Tile,
+    tokens: u32,
+) -> Result<Bundle, SchedError> {
     let mut b = Bundle::new(label);
     let img = &w.planes[t.plane];
     let q = Mach::plane_queue(img.plane);
@@ -623,7 +710,7 @@ fn tile_bundle(m: &Mach, label: &str, w: &PlacedWeight, t: &Tile) -> Result<Bund
     let nu = n / UNPACK_ROWS;
     let (m4, m3) = (u32::from(w.mults.0), u32::from(w.mults.1));
 
-    // The plane: lw, iw, mm (mm at 0).
+    // The plane: lw, iw, mm (the first mm at 0).
     let t_mm: Cycle = 0;
     let t_iw = t_mm - m.swap;
     let t_lw = t_iw - Cycle::from(nu);
@@ -647,39 +734,8 @@ fn tile_bundle(m: &Mach, label: &str, w: &PlacedWeight, t: &Tile) -> Result<Bund
         .iter()
         .find(|a| a.hemisphere() == side)
         .ok_or_else(|| kernel_err(label, "no activation copy in the plane's hemisphere"))?;
-    let a = b.read(m, &act.slices, act.addr, ppos, t_mm)?;
-    let mm = Instruction::Mm {
-        src: S,
-        dst: S,
-        acc: Acc::New,
-    };
-    let acc = b
-        .unit(
-            m,
-            QSel::Fixed(q),
-            t_mm,
-            mm,
-            &[("src", a)],
-            Some(("dst", out_dir)),
-        )?
-        .ok_or_else(|| kernel_err(label, "mm without a result"))?;
-    let ta = b
-        .arrival(m, acc, m.vxm)
-        .ok_or_else(|| kernel_err(label, "the plane's result never reaches the VXM"))?;
-
-    // p = f32(acc) * f32(d).
     let i2f = Instruction::I32tof32 { a: S, dst: S };
     let h2f = Instruction::F16tof32 { a: S, dst: S };
-    let af = vxm(&mut b, m, ta, i2f, &[("a", acc)], Dir::East, label)?;
-    let d = b.read(
-        m,
-        &img.scales.slices,
-        img.scales.addr + t.scale_word,
-        m.vxm,
-        ta,
-    )?;
-    let df = vxm(&mut b, m, ta, h2f, &[("a", d)], Dir::East, label)?;
-    let t1 = ta + m.latency(&i2f).max(m.latency(&h2f));
     if m.latency(&i2f) != m.latency(&h2f) {
         return Err(kernel_err(
             label,
@@ -688,12 +744,53 @@ fn tile_bundle(m: &Mach, label: &str, w: &PlacedWeight, t: &Tile) -> Result<Bund
     }
     let fmul = Instruction::Fmul { a: S, b: S, dst: S };
     let dst = dir_to(&w.products);
-    let prod = vxm(&mut b, m, t1, fmul, &[("a", af), ("b", df)], dst, label)?;
-    from_vxm(&mut b, m, prod, &w.products, t.group * w.col_tiles + t.col)?;
+    let per_token = w.groups * w.col_tiles;
+    for k in 0..tokens {
+        let tk = t_mm + Cycle::from(k);
+        let a = b.read(m, &act.slices, act.addr + k, ppos, tk)?;
+        let mm = Instruction::Mm {
+            src: S,
+            dst: S,
+            acc: Acc::New,
+        };
+        let acc = b
+            .unit(
+                m,
+                QSel::Fixed(q),
+                tk,
+                mm,
+                &[("src", a)],
+                Some(("dst", out_dir)),
+            )?
+            .ok_or_else(|| kernel_err(label, "mm without a result"))?;
+        let ta = b
+            .arrival(m, acc, m.vxm)
+            .ok_or_else(|| kernel_err(label, "the plane's result never reaches the VXM"))?;
+
+        // p = f32(acc) * f32(d).
+        let af = vxm(&mut b, m, ta, i2f, &[("a", acc)], Dir::East, label)?;
+        let d = b.read(
+            m,
+            &img.scales.slices,
+            img.scales.addr + t.scale_word,
+            m.vxm,
+            ta,
+        )?;
+        let df = vxm(&mut b, m, ta, h2f, &[("a", d)], Dir::East, label)?;
+        let t1 = ta + m.latency(&i2f);
+        let prod = vxm(&mut b, m, t1, fmul, &[("a", af), ("b", df)], dst, label)?;
+        from_vxm(
+            &mut b,
+            m,
+            prod,
+            &w.products,
+            k * per_token + t.group * w.col_tiles + t.col,
+        )?;
+    }
     Ok(b)
 }
 
-/// The bundle combining column tile `c`: `y = +0.0; y = y + p_g` for
+/// The bundle combining column tile `c` of token `k`: `y = +0.0; y = y + p_g` for
 /// `g = 0, 1, ...` (one `fadd` every ALU latency, each product read from
 /// `w.products` to arrive just in time), then `y * scale` into word `c` of
 /// `y`.
@@ -704,7 +801,9 @@ fn combine_bundle(
     w: &PlacedWeight,
     c: u32,
     y: &Buffer,
+    k: u32,
 ) -> Result<Bundle, SchedError> {
+    let p0 = k * w.groups * w.col_tiles;
     let mut b = Bundle::new(label);
     let fadd = Instruction::Fadd { a: S, b: S, dst: S };
     let fmul = Instruction::Fmul { a: S, b: S, dst: S };
@@ -716,7 +815,7 @@ fn combine_bundle(
     let mut acc = vxm(&mut b, m, -m.latency(&zero), zero, &[], Dir::East, label)?;
     let mut t: Cycle = 0;
     for g in 0..w.groups {
-        let p = to_vxm(&mut b, m, &w.products, g * w.col_tiles + c, t)?;
+        let p = to_vxm(&mut b, m, &w.products, p0 + g * w.col_tiles + c, t)?;
         acc = vxm(
             &mut b,
             m,
@@ -728,7 +827,7 @@ fn combine_bundle(
         )?;
         t += step;
     }
-    let s = to_vxm(&mut b, m, scale, 0, t)?;
+    let s = to_vxm(&mut b, m, scale, k, t)?;
     let out = vxm(
         &mut b,
         m,
@@ -738,6 +837,6 @@ fn combine_bundle(
         dir_to(y),
         label,
     )?;
-    from_vxm(&mut b, m, out, y, c)?;
+    from_vxm(&mut b, m, out, y, k * w.col_tiles + c)?;
     Ok(b)
 }
