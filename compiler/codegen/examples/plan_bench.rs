@@ -5,8 +5,12 @@
 //!
 //! ```text
 //! cargo run --release -p q35-codegen --example plan_bench -- MODEL.toml \
-//!     [--context N] [--group G] [--blocks B] [--target FILE]
+//!     [--context N] [--group G] [--blocks B] [--target FILE] [--tokens N]
 //! ```
+//!
+//! `--tokens N` compiles a prefill chunk of N tokens (`plan::compile_tokens`);
+//! the bound is per token, so `predicted_over_bound` compares a token's
+//! share of the chunk with it.
 
 use std::time::Instant;
 
@@ -27,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(model) = args.first() else {
         return Err(
-            "usage: plan_bench MODEL.toml [--context N] [--group G] [--blocks B] [--target FILE]"
+            "usage: plan_bench MODEL.toml [--context N] [--group G] [--blocks B] [--target FILE] [--tokens N]"
                 .into(),
         );
     };
@@ -51,8 +55,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let plan = plan::placeholder_plan(&arch, ctx, spec.quant.scheme, group)?;
     let t_plan = t0.elapsed().as_secs_f64();
+    let tokens: u32 = opt("--tokens").map_or(Ok(1), |t| t.parse())?;
     let t1 = Instant::now();
-    let compiled = plan::compile(&plan, &target)?;
+    let compiled = plan::compile_tokens(&plan, &target, tokens)?;
     let t_compile = t1.elapsed().as_secs_f64();
     let bound = plan::bound(&plan, &target);
     let cycles = compiled.built.cycles;
@@ -72,8 +77,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "peak_rss_bytes": peak_rss_bytes(),
         "instructions": instructions,
         "mem_bytes_used": compiled.mem_bytes,
-        "predicted_cycles_per_token": cycles,
-        "tokens_per_second_at_clock": target.clock_mhz * 1e6 / cycles.max(1) as f64,
+        "tokens": tokens,
+        "predicted_cycles": cycles,
+        "predicted_cycles_per_token": cycles as f64 / f64::from(tokens),
+        "tokens_per_second_at_clock": target.clock_mhz * 1e6 * f64::from(tokens) / cycles.max(1) as f64,
         "bound": {
             "weights": bound.weights,
             "mem_cycles": bound.mem_cycles,
@@ -82,7 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "vxm_cycles": bound.vxm_cycles,
             "cycles": bound.cycles(),
         },
-        "predicted_over_bound": cycles as f64 / bound.cycles().max(1.0),
+        "predicted_over_bound": cycles as f64 / f64::from(tokens) / bound.cycles().max(1.0),
         "op_span_cycles": kinds,
     });
     println!("{}", serde_json::to_string_pretty(&v)?);

@@ -677,10 +677,76 @@ fn place_buffers(
 /// Places every buffer and weight, runs every op's kernel in program
 /// order, and returns the program.
 pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
+    compile_tokens(plan, target, 1)
+}
+
+/// Whether buffer `b` has one copy per token in a many-token program (the
+/// step's inputs, outputs and intermediates do; the KV caches and the
+/// constants are shared).
+fn per_token(b: &BufferDecl) -> bool {
+    matches!(
+        b.kind,
+        BufferKind::Input | BufferKind::Output | BufferKind::Scratch
+    )
+}
+
+/// `plan` with every per-token buffer ([`per_token`]) made `tokens` rows of
+/// whole words: dims `[tokens, words(n) * 320]`, row `k` token `k`'s.
+fn widen(plan: &Plan, tokens: u32) -> Plan {
+    let mut wide = plan.clone();
+    for b in &mut wide.buffers {
+        if per_token(b) {
+            b.dims = vec![tokens, words(b.elements()) * LANES];
+        }
+    }
+    wide
+}
+
+/// [`compile`] for `tokens` consecutive tokens of one sequence at once (a
+/// prefill chunk): token `k` is at position `pos + k`; every input, output
+/// and intermediate buffer has a row per token (dims `[tokens, words *
+/// 320]`: `x_in`, `pos_idx`, `kv_idx`, `attn_mask` and `logits` row `k` are
+/// token `k`'s, filled by the host as for one token at its position), the
+/// KV caches and constants are shared. Ops run in program order, each over
+/// every token: the matmuls stream all tokens through each installed tile
+/// ([`crate::kernels::matmul::matmul_tokens`]), the other kernels run once
+/// per token and the scheduler interleaves the tokens' independent chains.
+/// Every key and value is written before any attention reads the cache,
+/// and token `k`'s mask admits positions up to `pos + k`, so each token's
+/// attention is exactly its own decode step's. `tokens = 1` is [`compile`].
+pub fn compile_tokens(plan: &Plan, target: &Target, tokens: u32) -> Result<Compiled, CodegenError> {
+    if tokens == 0 {
+        return Err(CodegenError::Plan {
+            op: "program".into(),
+            message: "a program of zero tokens".into(),
+        });
+    }
+    let orig = plan;
+    let wide;
+    let plan = if tokens == 1 {
+        plan
+    } else {
+        wide = widen(plan, tokens);
+        &wide
+    };
     let mut p = ProgramBuilder::new(target);
     let placement = place_buffers(plan, &mut p)?;
     let kinds: BTreeMap<String, &BufferDecl> =
         plan.buffers.iter().map(|b| (b.name.clone(), b)).collect();
+    // Token `k`'s view of a buffer (the buffer itself when it is shared).
+    let view = |buf: &Buffer, k: u32| -> Buffer {
+        let shared = kinds.get(buf.name.as_str()).is_some_and(|d| !per_token(d));
+        if tokens == 1 || shared {
+            return buf.clone();
+        }
+        let w = buf.words / tokens;
+        Buffer {
+            name: format!("{}[{k}]", buf.name),
+            slices: buf.slices.clone(),
+            addr: buf.addr + k * w,
+            words: w,
+        }
+    };
     let get = |name: &str, op: &str| {
         placement
             .get(name)
@@ -702,15 +768,14 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
             .collect();
         p.set_avoid(&mm_bufs);
         let placed =
-            crate::kernels::matmul::place_weight(&mut p, name, m, &[0, 1, 2, 3]).map_err(|e| {
-                match e {
+            crate::kernels::matmul::place_weight_tokens(&mut p, name, m, &[0, 1, 2, 3], tokens)
+                .map_err(|e| match e {
                     crate::kernels::matmul::PlaceError::Alloc(a) => CodegenError::Alloc(a),
                     other => CodegenError::Plan {
                         op: name.clone(),
                         message: other.to_string(),
                     },
-                }
-            })?;
+                })?;
         weights.insert(name.clone(), placed);
     }
     let mut op_cycles = Vec::new();
@@ -722,8 +787,9 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
         b.kind == BufferKind::Kv
             && placement.get(&b.name).and_then(Buffer::hemisphere) == Some(Hemisphere::East)
     });
+    // (Their instructions carry the label `index_copies` in the debug map;
+    // `op_cycles` lists the plan's ops only, one entry each.)
     if east_cache {
-        let first_bundle = p.sched.bundles;
         for name in ["pos_idx", "kv_idx"] {
             let src = get(name, "index copies")?;
             if src.hemisphere() != Some(Hemisphere::East) {
@@ -738,8 +804,6 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
             crate::kernels::vector::copy(&mut p, "index_copies", &src, &dst, src.words, 0)?;
             mirrors.insert(name.to_string(), dst);
         }
-        let (first, last) = p.sched.span_since(first_bundle);
-        op_cycles.push(("index_copies".to_string(), first, last));
     }
     // The index buffer `name` as a kernel writing `cache` must read it.
     let index_for = |name: &str, cache: &Buffer, op: &str| -> Result<Buffer, CodegenError> {
@@ -758,7 +822,8 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
             .filter_map(|n| placement.get(*n))
             .collect();
         p.set_avoid(&operands);
-        let g = |n: &str| get(n, label);
+        // Token `k`'s view of buffer `n`.
+        let g = |n: &str, k: u32| get(n, label).map(|b| view(&b, k));
         // An RMSNorm whose output the next op quantizes: one fused kernel
         // (no MEM round trip between them); both ops get its span.
         if let (
@@ -782,149 +847,183 @@ pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
             && qx == y
             && qn == n
         {
-            crate::kernels::norm::rmsnorm_quantize(
-                &mut p,
-                label,
-                &g(x)?,
-                &g(weight)?,
-                &g(y)?,
-                *n,
-                *eps,
-                &g(xs)?,
-                &g(scale)?,
-                0,
-            )?;
+            for k in 0..tokens {
+                // Each token's kernel scratch avoids the op's operands only
+                // (not the scratch of the tokens before: the hemisphere
+                // would run out of slices to avoid).
+                p.set_avoid(&operands);
+                crate::kernels::norm::rmsnorm_quantize(
+                    &mut p,
+                    label,
+                    &g(x, k)?,
+                    &g(weight, k)?,
+                    &g(y, k)?,
+                    *n,
+                    *eps,
+                    &g(xs, k)?,
+                    &g(scale, k)?,
+                    0,
+                )?;
+            }
             let (first, last) = p.sched.span_since(first_bundle);
             op_cycles.push((label.clone(), first, last));
             op_cycles.push((qlabel.clone(), first, last));
             ops.next();
             continue;
         }
-        match op {
-            PlanOp::RmsNorm {
-                x,
-                weight,
-                y,
-                n,
-                eps,
-            } => {
-                crate::kernels::norm::rmsnorm(
-                    &mut p,
-                    label,
-                    &g(x)?,
-                    &g(weight)?,
-                    &g(y)?,
-                    *n,
-                    *eps,
-                    0,
-                )?;
-            }
-            PlanOp::Quantize { x, xs, scale, n } => {
-                crate::kernels::quantize::quantize(
-                    &mut p,
-                    label,
-                    &g(x)?,
-                    *n,
-                    &g(xs)?,
-                    &g(scale)?,
-                    0,
-                )?;
-            }
-            PlanOp::MatMul {
-                xs,
-                scale,
-                weight,
-                y,
-            } => {
-                let w = weights.get(weight).ok_or_else(|| CodegenError::Plan {
-                    op: label.clone(),
-                    message: format!("unknown weight `{weight}`"),
-                })?;
-                crate::kernels::matmul::matmul(&mut p, label, &g(xs)?, &g(scale)?, w, &g(y)?, 0)?;
-            }
-            PlanOp::Rope {
-                x,
-                y,
-                heads,
-                head_dim,
-            } => {
-                crate::kernels::rope::rope(
-                    &mut p,
-                    label,
-                    &g(x)?,
-                    &g(y)?,
-                    *heads,
-                    *head_dim,
-                    &g("pos_idx")?,
-                    &g("rope_cos")?,
-                    &g("rope_sin")?,
-                    0,
-                )?;
-            }
-            PlanOp::KvWrite {
-                k,
-                v,
-                kcache,
-                vcache,
-            } => {
-                let kvd = kinds
-                    .get(k.as_str())
-                    .map(|b| b.elements() as u32)
-                    .unwrap_or(0);
-                let (kc, vc) = (g(kcache)?, g(vcache)?);
-                crate::kernels::attention::kv_write(
-                    &mut p,
-                    label,
-                    &g(k)?,
-                    &g(v)?,
-                    &kc,
-                    &vc,
-                    &index_for("kv_idx", &kc, label)?,
-                    &index_for("pos_idx", &vc, label)?,
-                    kvd,
-                    plan.ctx,
-                    0,
-                )?;
-            }
-            PlanOp::Attention {
-                q,
-                kcache,
-                vcache,
-                y,
-                heads,
-                kv_heads,
-                head_dim,
-                scale,
-            } => {
-                crate::kernels::attention::attention(
-                    &mut p,
-                    label,
-                    &g(q)?,
-                    &g(kcache)?,
-                    &g(vcache)?,
-                    &g("attn_mask")?,
-                    &g(y)?,
-                    *heads,
-                    *kv_heads,
-                    *head_dim,
-                    plan.ctx,
-                    *scale,
-                    0,
-                )?;
-            }
-            PlanOp::SwiGlu { gate, up, y, n } => {
-                crate::kernels::swiglu::swiglu(&mut p, label, &g(gate)?, &g(up)?, &g(y)?, *n, 0)?;
-            }
-            PlanOp::Add { a, b, y, n } => {
-                crate::kernels::vector::add(
-                    &mut p,
-                    label,
-                    &g(a)?,
-                    &g(b)?,
-                    &g(y)?,
-                    words(u64::from(*n)),
-                    0,
-                )?;
+        if let PlanOp::MatMul {
+            xs,
+            scale,
+            weight,
+            y,
+        } = op
+        {
+            let w = weights.get(weight).ok_or_else(|| CodegenError::Plan {
+                op: label.clone(),
+                message: format!("unknown weight `{weight}`"),
+            })?;
+            let all = |n: &str| (0..tokens).map(|k| g(n, k)).collect::<Result<Vec<_>, _>>();
+            crate::kernels::matmul::matmul_tokens(
+                &mut p,
+                label,
+                &all(xs)?,
+                &all(scale)?,
+                w,
+                &all(y)?,
+                0,
+            )?;
+            let (first, last) = p.sched.span_since(first_bundle);
+            op_cycles.push((label.clone(), first, last));
+            continue;
+        }
+        for k in 0..tokens {
+            p.set_avoid(&operands);
+            match op {
+                PlanOp::RmsNorm {
+                    x,
+                    weight,
+                    y,
+                    n,
+                    eps,
+                } => {
+                    crate::kernels::norm::rmsnorm(
+                        &mut p,
+                        label,
+                        &g(x, k)?,
+                        &g(weight, k)?,
+                        &g(y, k)?,
+                        *n,
+                        *eps,
+                        0,
+                    )?;
+                }
+                PlanOp::Quantize { x, xs, scale, n } => {
+                    crate::kernels::quantize::quantize(
+                        &mut p,
+                        label,
+                        &g(x, k)?,
+                        *n,
+                        &g(xs, k)?,
+                        &g(scale, k)?,
+                        0,
+                    )?;
+                }
+                PlanOp::MatMul { .. } => unreachable!("matmuls run over every token above"),
+                PlanOp::Rope {
+                    x,
+                    y,
+                    heads,
+                    head_dim,
+                } => {
+                    crate::kernels::rope::rope(
+                        &mut p,
+                        label,
+                        &g(x, k)?,
+                        &g(y, k)?,
+                        *heads,
+                        *head_dim,
+                        &g("pos_idx", k)?,
+                        &g("rope_cos", k)?,
+                        &g("rope_sin", k)?,
+                        0,
+                    )?;
+                }
+                PlanOp::KvWrite {
+                    k: key,
+                    v,
+                    kcache,
+                    vcache,
+                } => {
+                    // Elements of one token's key (the plan before widening).
+                    let kvd = orig
+                        .buffers
+                        .iter()
+                        .find(|b| b.name == *key)
+                        .map(|b| b.elements() as u32)
+                        .unwrap_or(0);
+                    let (kc, vc) = (g(kcache, k)?, g(vcache, k)?);
+                    crate::kernels::attention::kv_write(
+                        &mut p,
+                        label,
+                        &g(key, k)?,
+                        &g(v, k)?,
+                        &kc,
+                        &vc,
+                        &view(&index_for("kv_idx", &kc, label)?, k),
+                        &view(&index_for("pos_idx", &vc, label)?, k),
+                        kvd,
+                        plan.ctx,
+                        0,
+                    )?;
+                }
+                PlanOp::Attention {
+                    q,
+                    kcache,
+                    vcache,
+                    y,
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    scale,
+                } => {
+                    crate::kernels::attention::attention(
+                        &mut p,
+                        label,
+                        &g(q, k)?,
+                        &g(kcache, k)?,
+                        &g(vcache, k)?,
+                        &g("attn_mask", k)?,
+                        &g(y, k)?,
+                        *heads,
+                        *kv_heads,
+                        *head_dim,
+                        plan.ctx,
+                        *scale,
+                        0,
+                    )?;
+                }
+                PlanOp::SwiGlu { gate, up, y, n } => {
+                    crate::kernels::swiglu::swiglu(
+                        &mut p,
+                        label,
+                        &g(gate, k)?,
+                        &g(up, k)?,
+                        &g(y, k)?,
+                        *n,
+                        0,
+                    )?;
+                }
+                PlanOp::Add { a, b, y, n } => {
+                    crate::kernels::vector::add(
+                        &mut p,
+                        label,
+                        &g(a, k)?,
+                        &g(b, k)?,
+                        &g(y, k)?,
+                        words(u64::from(*n)),
+                        0,
+                    )?;
+                }
             }
         }
         let (first, last) = p.sched.span_since(first_bundle);

@@ -231,7 +231,18 @@ fn check(case: &Case, seed: u64) -> Run {
     if tokens == 1 {
         matmul(&mut p, "matmul", &xb, &sb, &w, &yb, 0).expect("scheduled");
     } else {
-        matmul_tokens(&mut p, "matmul", &xb, &sb, &w, &yb, tokens as u32, 0).expect("scheduled");
+        // One view of each buffer per token.
+        let view = |b: &q35_codegen::Buffer, k: usize, words: usize| q35_codegen::Buffer {
+            name: format!("{}[{k}]", b.name),
+            slices: b.slices.clone(),
+            addr: b.addr + (k * words) as u32,
+            words: words as u32,
+        };
+        let (xw, yw) = (case.cols.div_ceil(320), case.rows.div_ceil(320));
+        let xv: Vec<_> = (0..tokens).map(|k| view(&xb, k, xw)).collect();
+        let sv: Vec<_> = (0..tokens).map(|k| view(&sb, k, 1)).collect();
+        let yv: Vec<_> = (0..tokens).map(|k| view(&yb, k, yw)).collect();
+        matmul_tokens(&mut p, "matmul", &xv, &sv, &w, &yv, 0).expect("scheduled");
     }
     let built = p.finish();
     let (done, bin) = common::run(&built, &target);

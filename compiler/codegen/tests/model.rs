@@ -1,6 +1,7 @@
 //! A whole decode step of the tiny model compiled by `plan::compile` and
 //! run on q35sim equals the golden model's step bit for bit, and the
-//! simulator measures exactly the predicted cycle count.
+//! simulator measures exactly the predicted cycle count; so does a prefill
+//! chunk of several tokens compiled by `plan::compile_tokens`.
 
 mod common;
 
@@ -217,4 +218,139 @@ fn print_profile(name: &str, plan: &Plan, op_cycles: &[(String, i64, i64)]) {
         op_cycles.len(),
         ""
     );
+}
+
+/// Row-major rows of `width` elements, each `row` padded with `pad` to
+/// `stride` elements.
+fn rows(rows: &[Vec<u32>], stride: usize, pad: u32) -> Vec<u32> {
+    let mut out = Vec::with_capacity(rows.len() * stride);
+    for r in rows {
+        out.extend_from_slice(r);
+        out.resize(out.len() + stride - r.len(), pad);
+    }
+    out
+}
+
+/// A prefill chunk of eight tokens at positions 0..8 in one program run:
+/// each token's logits equal the golden model's after that token, bit for
+/// bit (token k's attention reads the keys and values the chunk wrote for
+/// tokens 0..=k), and the run takes exactly the predicted cycles, fewer
+/// than eight decode steps.
+#[test]
+fn tiny_prefill_chunk_equals_golden() {
+    let (golden, plan) = tiny(64);
+    prefill_equals_golden("tiny", &golden, &plan, 64, &[42, 7, 100, 3, 9, 250, 17, 64]);
+}
+
+/// SmolLM2-135M: a prefill chunk of four tokens (context 64) equals the
+/// golden model's four steps bit for bit.
+#[test]
+fn smollm2_prefill_chunk_equals_golden() {
+    let path = root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        assert_eq!(
+            std::env::var("Q35_SKIP_MODEL_TESTS").as_deref(),
+            Ok("1"),
+            "SmolLM2 GGUF missing at {} (run scripts/setup, or set Q35_SKIP_MODEL_TESTS=1)",
+            path.display()
+        );
+        return;
+    }
+    let spec = q35_model::load(root().join("examples/smollm2-135m.toml")).unwrap();
+    let (golden, plan) = model_plan(&spec, 64);
+    prefill_equals_golden("SmolLM2", &golden, &plan, 64, &[504, 3575, 282, 4649]);
+}
+
+fn prefill_equals_golden(name: &str, golden: &GoldenModel, plan: &Plan, ctx: u32, tokens: &[u32]) {
+    let target = Target::builtin("lpu-v1").unwrap();
+    let n = tokens.len() as u32;
+    let one = plan::compile(plan, &target).unwrap().built.cycles;
+    let compiled = plan::compile_tokens(plan, &target, n).unwrap();
+    println!(
+        "{name} prefill of {n} tokens: {} cycles predicted ({:.0} a token; one decode step {one}), {} MEM bytes",
+        compiled.built.cycles,
+        compiled.built.cycles as f64 / f64::from(n),
+        compiled.mem_bytes
+    );
+    let mut session = golden.new_session();
+    let want: Vec<Vec<f32>> = tokens
+        .iter()
+        .map(|&t| golden.step(&mut session, t).unwrap())
+        .collect();
+    let arch = golden.arch();
+    let words = |e: u32| e.div_ceil(320) as usize * 320;
+    let w = ctx.div_ceil(320);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let x_rows: Vec<Vec<u32>> = tokens
+        .iter()
+        .map(|&t| bits(&golden.embedding_row(t as usize).unwrap()))
+        .collect();
+    let pos_rows: Vec<Vec<u32>> = (0..n).map(|k| vec![k; 320]).collect();
+    let kv_rows: Vec<Vec<u32>> = (0..n)
+        .map(|k| {
+            let mut r = vec![w; 320];
+            r[(k % 320) as usize] = k / 320;
+            r
+        })
+        .collect();
+    let mask_rows: Vec<Vec<u32>> = (0..n)
+        .map(|k| {
+            (0..ctx)
+                .map(|t| if t <= k { 0f32 } else { f32::NEG_INFINITY }.to_bits())
+                .collect()
+        })
+        .collect();
+    let placement = compiled.placement;
+    let mut built = compiled.built;
+    let mut program = std::mem::take(&mut built.program);
+    let ninf = f32::NEG_INFINITY.to_bits();
+    init(
+        &mut program,
+        &placement,
+        "x_in",
+        DType::F32,
+        rows(&x_rows, words(arch.hidden), 0),
+    );
+    init(
+        &mut program,
+        &placement,
+        "pos_idx",
+        DType::U16,
+        rows(&pos_rows, 320, 0),
+    );
+    init(
+        &mut program,
+        &placement,
+        "kv_idx",
+        DType::U16,
+        rows(&kv_rows, 320, 0),
+    );
+    init(
+        &mut program,
+        &placement,
+        "attn_mask",
+        DType::F32,
+        rows(&mask_rows, words(ctx), ninf),
+    );
+    program.symbols.retain(|s| s.dtype != DType::U16);
+    built.program = program;
+    let (done, bin) = common::run(&built, &target);
+    assert_eq!(
+        done.profile.total_cycles(),
+        built.cycles,
+        "predicted cycles"
+    );
+    assert!(
+        built.cycles < u64::from(n) * one,
+        "{n} tokens in {} cycles, one decode step {one}",
+        built.cycles
+    );
+    let got = common::f32_symbol(&done, &bin, "logits");
+    let stride = words(arch.vocab);
+    for (k, want) in want.iter().enumerate() {
+        for (i, w) in want.iter().enumerate() {
+            let g = got[k * stride + i];
+            assert_eq!(g.to_bits(), w.to_bits(), "token {k} logit {i}: {g} vs {w}");
+        }
+    }
 }

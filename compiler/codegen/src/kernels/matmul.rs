@@ -471,15 +471,24 @@ pub fn matmul(
     y: &Buffer,
     not_before: Cycle,
 ) -> Result<Cycle, SchedError> {
-    matmul_tokens(p, label, xs, scale, w, y, 1, not_before)
+    matmul_tokens(
+        p,
+        label,
+        std::slice::from_ref(xs),
+        std::slice::from_ref(scale),
+        w,
+        std::slice::from_ref(y),
+        not_before,
+    )
 }
 
 /// [`matmul`] of `tokens` tokens at once (prefill, or a batch of users):
 /// each installed tile streams every token's activation vector through the
 /// plane, one `mm` a cycle, so a tile's install is paid once for all of
 /// them (docs/mxm-timing.md 4: stream-bound once `tokens >= 40` on lpu-v1).
-/// Token `k`'s operands are at word offsets: `xs` words `k * xs_words ..`,
-/// `scale` word `k`, `y` words `k * col_tiles ..`. Every token's result is
+/// Token `k`'s operands are `xs[k]`, `scale[k]` and `y[k]` (each laid out
+/// as for [`matmul`]; views of one buffer per token, typically). Every
+/// token's result is
 /// bit for bit the one-token [`matmul`]'s: the same integer sums and the
 /// same f32 operations in the same order. `w` must have been placed for at
 /// least `tokens` tokens ([`place_weight_tokens`]).
@@ -487,13 +496,24 @@ pub fn matmul(
 pub fn matmul_tokens(
     p: &mut ProgramBuilder,
     label: &str,
-    xs: &Buffer,
-    scale: &Buffer,
+    xs: &[Buffer],
+    scale: &[Buffer],
     w: &PlacedWeight,
-    y: &Buffer,
-    tokens: u32,
+    y: &[Buffer],
     not_before: Cycle,
 ) -> Result<Cycle, SchedError> {
+    let tokens = xs.len() as u32;
+    if scale.len() != xs.len() || y.len() != xs.len() {
+        return Err(kernel_err(
+            label,
+            format!(
+                "{} activations, {} scales and {} outputs: one of each per token",
+                xs.len(),
+                scale.len(),
+                y.len()
+            ),
+        ));
+    }
     if tokens == 0 || tokens > w.tokens {
         return Err(kernel_err(
             label,
@@ -503,11 +523,12 @@ pub fn matmul_tokens(
             ),
         ));
     }
-    for (buf, words) in [
-        (xs, tokens * w.xs_words()),
-        (scale, tokens),
-        (y, tokens * w.col_tiles),
-    ] {
+    let operands = xs
+        .iter()
+        .map(|b| (b, w.xs_words()))
+        .chain(scale.iter().map(|b| (b, 1)))
+        .chain(y.iter().map(|b| (b, w.col_tiles)));
+    for (buf, words) in operands {
         if buf.slices.len() != 4 || buf.words < words {
             return Err(kernel_err(
                 label,
@@ -523,11 +544,11 @@ pub fn matmul_tokens(
     let m = p.mach().clone();
     let mut last = not_before;
     for g in 0..w.groups {
-        for k in 0..tokens {
-            if let Some(b) = stage_bundle(&m, label, xs, w, g, k)? {
+        for (k, xk) in (0..tokens).zip(xs) {
+            if let Some(b) = stage_bundle(&m, label, xk, w, g, k)? {
                 p.sched.place(b, not_before)?;
             }
-            let b = activation_bundle(&m, label, xs, w, g, k)?;
+            let b = activation_bundle(&m, label, xk, w, g, k)?;
             last = last.max(p.sched.place(b, not_before)?.last);
         }
     }
@@ -535,9 +556,9 @@ pub fn matmul_tokens(
         let b = tile_bundle(&m, label, w, t, tokens)?;
         last = last.max(p.sched.place(b, not_before)?.last);
     }
-    for k in 0..tokens {
+    for (k, (sk, yk)) in (0..tokens).zip(scale.iter().zip(y)) {
         for c in 0..w.col_tiles {
-            let b = combine_bundle(&m, label, scale, w, c, y, k)?;
+            let b = combine_bundle(&m, label, sk, w, c, yk, k)?;
             last = last.max(p.sched.place(b, not_before)?.last);
         }
     }
@@ -610,7 +631,7 @@ fn stage_bundle(
         map: m0,
         ew: ElemWidth::B4,
     };
-    let v = b.read(m, &xs.slices, xs.addr + k * w.xs_words() + w0, pos, 0)?;
+    let v = b.read(m, &xs.slices, xs.addr + w0, pos, 0)?;
     let out = Mach::dir(pos, m.vxm).ok_or_else(|| kernel_err(label, "SXM at the VXM"))?;
     let r = b
         .unit(m, QSel::Fixed(q), 0, ins, &[("src", v)], Some(("dst", out)))?
@@ -628,7 +649,7 @@ fn activation_bundle(
     g: u32,
     k: u32,
 ) -> Result<Bundle, SchedError> {
-    let x0 = k * w.xs_words();
+    let x0 = 0;
     let mut b = Bundle::new(label);
     let gp = &w.perms[g as usize];
     let cvt = Instruction::F32toi8 { a: S, dst: S };
@@ -827,7 +848,7 @@ fn combine_bundle(
         )?;
         t += step;
     }
-    let s = to_vxm(&mut b, m, scale, k, t)?;
+    let s = to_vxm(&mut b, m, scale, 0, t)?;
     let out = vxm(
         &mut b,
         m,
@@ -837,6 +858,6 @@ fn combine_bundle(
         dir_to(y),
         label,
     )?;
-    from_vxm(&mut b, m, out, y, k * w.col_tiles + c)?;
+    from_vxm(&mut b, m, out, y, c)?;
     Ok(b)
 }
