@@ -492,7 +492,6 @@ pub fn matmul(
 /// bit for bit the one-token [`matmul`]'s: the same integer sums and the
 /// same f32 operations in the same order. `w` must have been placed for at
 /// least `tokens` tokens ([`place_weight_tokens`]).
-#[expect(clippy::too_many_arguments, reason = "the op's buffers and sizes")]
 pub fn matmul_tokens(
     p: &mut ProgramBuilder,
     label: &str,
