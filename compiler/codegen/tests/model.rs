@@ -283,7 +283,7 @@ fn prefill_equals_golden(name: &str, golden: &GoldenModel, plan: &Plan, ctx: u32
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     let x_rows: Vec<Vec<u32>> = tokens
         .iter()
-        .map(|&t| bits(&golden.embedding_row(t as usize).unwrap()))
+        .map(|&t| bits(golden.embedding_row(t as usize).unwrap()))
         .collect();
     let pos_rows: Vec<Vec<u32>> = (0..n).map(|k| vec![k; 320]).collect();
     let kv_rows: Vec<Vec<u32>> = (0..n)

@@ -488,9 +488,8 @@ pub fn matmul(
 /// them (docs/mxm-timing.md 4: stream-bound once `tokens >= 40` on lpu-v1).
 /// Token `k`'s operands are `xs[k]`, `scale[k]` and `y[k]` (each laid out
 /// as for [`matmul`]; views of one buffer per token, typically). Every
-/// token's result is
-/// bit for bit the one-token [`matmul`]'s: the same integer sums and the
-/// same f32 operations in the same order. `w` must have been placed for at
+/// token's result is bit for bit the one-token [`matmul`]'s: the same
+/// integer sums and the same f32 operations in the same order. `w` must have been placed for at
 /// least `tokens` tokens ([`place_weight_tokens`]).
 pub fn matmul_tokens(
     p: &mut ProgramBuilder,
