@@ -9,7 +9,11 @@
 //! thread runs it. That makes prefill and token-by-token decode give the same
 //! bits, and the dense and on-the-fly-dequantized weight paths agree exactly.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use q35_contract::rope::rope_thetas;
+
+use crate::ReferenceError;
 
 /// Interleaved partial sums per dot product.
 pub const LANES: usize = 16;
@@ -118,28 +122,122 @@ pub(crate) fn matmul_t_with(
     }
 }
 
-#[inline]
-fn has_avx512() -> bool {
+/// The instruction set the kernels run on, least to most capable. Every level
+/// gives the same bits (module docs); the choice only changes speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdLevel {
+    /// Portable Rust (whatever the compiler makes of it for the baseline target).
+    Scalar,
+    /// 256-bit AVX2 kernels.
+    Avx2,
+    /// 512-bit AVX-512F kernels.
+    Avx512,
+}
+
+impl SimdLevel {
+    /// The name `Q35_SIMD` takes: `scalar`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "scalar",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses [`SimdLevel::name`]'s spelling.
+    pub fn parse(s: &str) -> Option<SimdLevel> {
+        match s {
+            "scalar" => Some(SimdLevel::Scalar),
+            "avx2" => Some(SimdLevel::Avx2),
+            "avx512" => Some(SimdLevel::Avx512),
+            _ => None,
+        }
+    }
+
+    fn from_u8(v: u8) -> SimdLevel {
+        match v {
+            0 => SimdLevel::Scalar,
+            1 => SimdLevel::Avx2,
+            _ => SimdLevel::Avx512,
+        }
+    }
+}
+
+/// The environment variable that caps the kernels' instruction set
+/// (`scalar`, `avx2`, `avx512`), so one machine can measure the paths of
+/// others (an AVX2-only host's on an AVX-512 one).
+pub const SIMD_ENV: &str = "Q35_SIMD";
+
+/// What this CPU supports.
+pub fn detected_simd_level() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return SimdLevel::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return SimdLevel::Avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+    SimdLevel::Scalar
+}
+
+/// `u8::MAX` until the level is first needed or set.
+static LEVEL: AtomicU8 = AtomicU8::new(u8::MAX);
+
+/// The instruction set the kernels use: the CPU's ([`detected_simd_level`]),
+/// capped by `Q35_SIMD` when that names a valid level, or as last set by
+/// [`set_simd_level`].
+#[inline]
+pub fn simd_level() -> SimdLevel {
+    let v = LEVEL.load(Ordering::Relaxed);
+    if v != u8::MAX {
+        return SimdLevel::from_u8(v);
+    }
+    let level = match simd_level_from_env() {
+        Ok(Some(cap)) => cap.min(detected_simd_level()),
+        Ok(None) | Err(_) => detected_simd_level(),
+    };
+    LEVEL.store(level as u8, Ordering::Relaxed);
+    level
+}
+
+/// Uses at most `level` from now on (never more than the CPU supports) and
+/// returns the level in effect. Process-wide; since every level gives the
+/// same bits, switching while other threads compute changes only their speed.
+pub fn set_simd_level(level: SimdLevel) -> SimdLevel {
+    let level = level.min(detected_simd_level());
+    LEVEL.store(level as u8, Ordering::Relaxed);
+    level
+}
+
+/// The cap `Q35_SIMD` asks for: `None` when unset or empty, an error naming
+/// the variable when it is not one of `scalar`, `avx2`, `avx512`.
+pub fn simd_level_from_env() -> Result<Option<SimdLevel>, ReferenceError> {
+    match std::env::var(SIMD_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(s) if s.is_empty() => Ok(None),
+        Ok(s) => SimdLevel::parse(&s)
+            .map(Some)
+            .ok_or_else(|| ReferenceError::InvalidParameter {
+                name: SIMD_ENV,
+                what: format!("`{s}` is not one of scalar, avx2, avx512"),
+            }),
+        Err(std::env::VarError::NotUnicode(s)) => Err(ReferenceError::InvalidParameter {
+            name: SIMD_ENV,
+            what: format!("{s:?} is not one of scalar, avx2, avx512"),
+        }),
     }
 }
 
 #[inline]
+fn has_avx512() -> bool {
+    simd_level() >= SimdLevel::Avx512
+}
+
+#[inline]
 fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    simd_level() >= SimdLevel::Avx2
 }
 
 /// `a . b` in the fixed summation order described in the module docs.
@@ -149,7 +247,7 @@ fn has_avx2() -> bool {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time just above).
+        // SAFETY: the CPU supports AVX2 (`simd_level` never exceeds what it detects).
         return unsafe { crate::simd::dot(a, b) };
     }
     dot_impl(a, b)
@@ -171,13 +269,13 @@ pub fn matmul_t(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32])
     assert_eq!(out_t.len(), w.len() / cols * n, "output size");
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
-        // SAFETY: the CPU supports AVX-512F (checked at run time just above).
+        // SAFETY: the CPU supports AVX-512F (`simd_level` never exceeds what it detects).
         unsafe { crate::simd::matmul_t_512(w, cols, xs, n, out_t) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time just above).
+        // SAFETY: the CPU supports AVX2 (`simd_level` never exceeds what it detects).
         unsafe { crate::simd::matmul_t(w, cols, xs, n, out_t) };
         return;
     }
@@ -254,13 +352,13 @@ pub fn rows_q4_1(dm: &[[f32; 2]], qs: &[[u8; Q4_1_QS]], cols: usize, x: &[f32], 
     );
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
-        // SAFETY: the CPU supports AVX-512F (checked at run time just above).
+        // SAFETY: the CPU supports AVX-512F (`simd_level` never exceeds what it detects).
         unsafe { crate::simd::rows_q4_1_512(dm, qs, cols, x, out) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time just above).
+        // SAFETY: the CPU supports AVX2 (`simd_level` never exceeds what it detects).
         unsafe { crate::simd::rows_q4_1(dm, qs, cols, x, out) };
         return;
     }
@@ -283,13 +381,13 @@ pub fn rows_q8_0(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &m
     );
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
-        // SAFETY: the CPU supports AVX-512F (checked at run time just above).
+        // SAFETY: the CPU supports AVX-512F (`simd_level` never exceeds what it detects).
         unsafe { crate::simd::rows_q8_0_512(d, qs, cols, x, out) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time just above).
+        // SAFETY: the CPU supports AVX2 (`simd_level` never exceeds what it detects).
         unsafe { crate::simd::rows_q8_0(d, qs, cols, x, out) };
         return;
     }

@@ -128,6 +128,8 @@ fn default_threads() -> usize {
 }
 
 fn build_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>, ReferenceError> {
+    // A misspelt `Q35_SIMD` is an error here rather than silently ignored.
+    crate::kernels::simd_level_from_env()?;
     if threads == 0 {
         return Err(ReferenceError::InvalidParameter {
             name: "threads",
