@@ -200,9 +200,11 @@ impl Linear for DenseLinear {
 
 /// Weights kept in a GGUF block format and dequantized during the product;
 /// numerically the same as [`DenseLinear`] on `Gguf::tensor_f32` of the same
-/// tensor. Q4_1 and Q8_0 are unpacked to per-block f32 scales and raw codes
-/// (fused dequantize-and-dot kernels); other formats (Q4_0, F16) are kept as
-/// bytes and dequantized a few rows at a time by `q35_gguf::dequant`.
+/// tensor. Q4_1 and Q8_0 blocks are split into arrays of fp16 scales (and
+/// minimums) and codes, the file's bytes and no more (20 and 34 bytes per 32
+/// weights), for the fused dequantize-and-dot kernels: decode is bound by
+/// reading the weights, so every byte counts. Other formats (Q4_0, F16) are
+/// kept as bytes and dequantized a few rows at a time by `q35_gguf::dequant`.
 #[derive(Clone)]
 pub struct DequantLinear {
     rows: usize,
@@ -212,12 +214,15 @@ pub struct DequantLinear {
 }
 
 enum Packed {
+    /// Per block: scale and minimum (fp16 bits), 16 bytes of nibbles.
     Q4_1 {
-        dm: Vec<[f32; 2]>,
+        d: Vec<u16>,
+        m: Vec<u16>,
         qs: Vec<[u8; Q4_1_QS]>,
     },
+    /// Per block: scale (fp16 bits), 32 signed codes.
     Q8_0 {
-        d: Vec<f32>,
+        d: Vec<u16>,
         qs: Vec<[i8; QBLOCK]>,
     },
     Raw {
@@ -239,8 +244,12 @@ impl fmt::Debug for DequantLinear {
 /// Rows dequantized at once (one kernel row group).
 const DEQUANT_ROWS: usize = 4;
 
-fn f16_le(b: &[u8]) -> f32 {
-    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+fn u16_le(b: &[u8]) -> u16 {
+    u16::from_le_bytes([b[0], b[1]])
+}
+
+fn f16(h: u16) -> f32 {
+    half::f16::from_bits(h).to_f32()
 }
 
 impl DequantLinear {
@@ -261,14 +270,16 @@ impl DequantLinear {
         }
         let packed = match ty {
             GgmlType::Q4_1 => {
-                let (dm, qs) = data
-                    .chunks_exact(20)
-                    .map(|b| {
-                        let q: [u8; Q4_1_QS] = b[4..20].try_into().expect("16 bytes");
-                        ([f16_le(&b[0..2]), f16_le(&b[2..4])], q)
-                    })
-                    .unzip();
-                Packed::Q4_1 { dm, qs }
+                let blocks = data.len() / 20;
+                let mut d = Vec::with_capacity(blocks);
+                let mut m = Vec::with_capacity(blocks);
+                let mut qs = Vec::with_capacity(blocks);
+                for b in data.chunks_exact(20) {
+                    d.push(u16_le(&b[0..2]));
+                    m.push(u16_le(&b[2..4]));
+                    qs.push(b[4..20].try_into().expect("16 bytes"));
+                }
+                Packed::Q4_1 { d, m, qs }
             }
             GgmlType::Q8_0 => {
                 let (d, qs) = data
@@ -278,7 +289,7 @@ impl DequantLinear {
                         for (o, &v) in q.iter_mut().zip(&b[2..34]) {
                             *o = v as i8;
                         }
-                        (f16_le(&b[0..2]), q)
+                        (u16_le(&b[0..2]), q)
                     })
                     .unzip();
                 Packed::Q8_0 { d, qs }
@@ -307,13 +318,15 @@ impl DequantLinear {
         let bpr = cols / QBLOCK;
         let buf = &mut buf[..nr * cols];
         match &*self.packed {
-            Packed::Q4_1 { dm, qs } => {
+            Packed::Q4_1 { d, m, qs } => {
                 let blocks = r0 * bpr..(r0 + nr) * bpr;
-                for ((o, &[d, m]), q) in buf
+                for (((o, &d), &m), q) in buf
                     .chunks_exact_mut(QBLOCK)
-                    .zip(&dm[blocks.clone()])
+                    .zip(&d[blocks.clone()])
+                    .zip(&m[blocks.clone()])
                     .zip(&qs[blocks])
                 {
+                    let (d, m) = (f16(d), f16(m));
                     for k in 0..Q4_1_QS {
                         o[k] = f32::from(q[k] & 0x0f) * d + m;
                         o[k + Q4_1_QS] = f32::from(q[k] >> 4) * d + m;
@@ -327,6 +340,7 @@ impl DequantLinear {
                     .zip(&d[blocks.clone()])
                     .zip(&qs[blocks])
                 {
+                    let d = f16(d);
                     for k in 0..QBLOCK {
                         o[k] = f32::from(q[k]) * d;
                     }
@@ -358,8 +372,9 @@ impl Linear for DequantLinear {
             if n == 1 {
                 let blocks = r0 * bpr..(r0 + nr) * bpr;
                 match &*self.packed {
-                    Packed::Q4_1 { dm, qs } => {
-                        return rows_q4_1(&dm[blocks.clone()], &qs[blocks], cols, x, out_t);
+                    Packed::Q4_1 { d, m, qs } => {
+                        let (d, m) = (&d[blocks.clone()], &m[blocks.clone()]);
+                        return rows_q4_1(d, m, &qs[blocks], cols, x, out_t);
                     }
                     Packed::Q8_0 { d, qs } => {
                         return rows_q8_0(&d[blocks.clone()], &qs[blocks], cols, x, out_t);
