@@ -252,6 +252,17 @@ fn group<const R: usize, A: Copy, X>(
     acc
 }
 
+/// How far ahead of the block being read the kernels ask for weight codes.
+const PREFETCH_BLOCKS: usize = 160;
+
+/// A hint to bring `p`'s cache line into L1 (never faults, even past the end
+/// of the weights: `p` is never dereferenced).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    // SAFETY: prefetching has no architectural effect and cannot fault.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+}
+
 /// Checks the shapes every quantized-row kernel relies on.
 fn check_rows(bpr: usize, x: &[f32], rows: usize, d: &[u16], m: Option<&[u16]>, qs: usize) {
     let blocks = rows * bpr;
@@ -292,6 +303,8 @@ pub(crate) fn rows_q4_1(
             let mv = _mm256_set1_ps(m);
             // SAFETY: `qs[j]` holds exactly the 16 bytes read.
             let qv = unsafe { _mm_loadu_si128(qs[j].as_ptr().cast()) };
+            prefetch(qs.as_ptr().wrapping_add(j + PREFETCH_BLOCKS));
+
             let lo = _mm_and_si128(qv, mask);
             let hi = _mm_and_si128(_mm_srli_epi16::<4>(qv), mask);
             let w = |v: __m128i| {
@@ -334,6 +347,8 @@ pub(crate) fn rows_q8_0(d: &[u16], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], 
         |acc, xv, j, d, _| {
             let dv = _mm256_set1_ps(d);
             let q = qs[j].as_ptr();
+            prefetch(qs.as_ptr().wrapping_add(j + PREFETCH_BLOCKS));
+
             // SAFETY: `qs[j]` holds exactly the 32 bytes read (two 16-byte loads).
             let (q0, q1) = unsafe {
                 (
@@ -432,6 +447,8 @@ pub(crate) fn rows_q4_1_512(
             let table = _mm512_add_ps(_mm512_mul_ps(iota, _mm512_set1_ps(d)), _mm512_set1_ps(m));
             // SAFETY: `qs[j]` holds exactly the 16 bytes read.
             let q = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(qs[j].as_ptr().cast()) });
+            prefetch(qs.as_ptr().wrapping_add(j + PREFETCH_BLOCKS));
+
             // vpermps reads the low four bits of each index: the low nibble.
             let wl = _mm512_permutexvar_ps(q, table);
             let wh = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(q), table);
@@ -466,6 +483,8 @@ pub(crate) fn rows_q8_0_512(
         |acc, &(x0, x1), j, d, _| {
             let dv = _mm512_set1_ps(d);
             let q = qs[j].as_ptr();
+            prefetch(qs.as_ptr().wrapping_add(j + PREFETCH_BLOCKS));
+
             // SAFETY: `qs[j]` holds exactly the 32 bytes read (two 16-byte loads).
             let (q0, q1) = unsafe {
                 (
