@@ -16,8 +16,9 @@ use q35_gguf::Gguf;
 use q35_reference::{Logits, Model, WeightFormat};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    // The last occurrence wins, so flags after scripts/bench's defaults apply.
     args.windows(2)
-        .find(|w| w[0] == name)
+        .rfind(|w| w[0] == name)
         .and_then(|w| w[1].parse().ok())
         .unwrap_or(default)
 }
