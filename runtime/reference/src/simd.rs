@@ -289,7 +289,7 @@ pub(crate) fn rows_q4_1(
     let bpr = cols / QBLOCK;
     check_rows(bpr, x, out.len(), d, Some(m), qs.len());
     let xb = x.as_chunks::<QBLOCK>().0;
-    let mask = _mm_set1_epi8(0x0f);
+    let mask = _mm256_set1_epi32(0x0f);
     row_groups::<2, _, _>(
         out,
         bpr,
@@ -301,30 +301,26 @@ pub(crate) fn rows_q4_1(
         |acc, xv, j, d, m| {
             let dv = _mm256_set1_ps(d);
             let mv = _mm256_set1_ps(m);
-            // SAFETY: `qs[j]` holds exactly the 16 bytes read.
-            let qv = unsafe { _mm_loadu_si128(qs[j].as_ptr().cast()) };
-            prefetch(qs.as_ptr().wrapping_add(j + PREFETCH_BLOCKS));
-
-            let lo = _mm_and_si128(qv, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(qv), mask);
-            let w = |v: __m128i| {
-                _mm256_add_ps(
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), dv),
-                    mv,
+            let q = qs[j].as_ptr();
+            // SAFETY: `qs[j]` holds the 16 bytes read (two 8-byte loads).
+            let (b0, b1) = unsafe {
+                (
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.cast())),
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.wrapping_add(8).cast())),
                 )
             };
+            prefetch(q.wrapping_add(PREFETCH_BLOCKS * Q4_1_QS));
+            // Bytes widened once; each lane's low nibble is one weight, its
+            // high nibble the weight 16 places on.
+            let w = |v: __m256i| _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), dv), mv);
+            let lo = |v: __m256i| w(_mm256_and_si256(v, mask));
+            let hi = |v: __m256i| w(_mm256_srli_epi32::<4>(v));
             let xs = xv.as_chunks::<8>().0;
             // Weights 0-15 (low nibbles), then 16-31 (high nibbles), as the portable loop.
-            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w(lo), load8(&xs[0])));
-            acc[1] = _mm256_add_ps(
-                acc[1],
-                _mm256_mul_ps(w(_mm_srli_si128::<8>(lo)), load8(&xs[1])),
-            );
-            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w(hi), load8(&xs[2])));
-            acc[1] = _mm256_add_ps(
-                acc[1],
-                _mm256_mul_ps(w(_mm_srli_si128::<8>(hi)), load8(&xs[3])),
-            );
+            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(lo(b0), load8(&xs[0])));
+            acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(lo(b1), load8(&xs[1])));
+            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(hi(b0), load8(&xs[2])));
+            acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(hi(b1), load8(&xs[3])));
         },
         |a| hsum(a[0], a[1]),
     );
@@ -348,26 +344,18 @@ pub(crate) fn rows_q8_0(d: &[u16], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], 
             let dv = _mm256_set1_ps(d);
             let q = qs[j].as_ptr();
             prefetch(qs.as_ptr().wrapping_add(j + PREFETCH_BLOCKS));
-
-            // SAFETY: `qs[j]` holds exactly the 32 bytes read (two 16-byte loads).
-            let (q0, q1) = unsafe {
-                (
-                    _mm_loadu_si128(q.cast()),
-                    _mm_loadu_si128(q.wrapping_add(16).cast()),
-                )
+            // Weights 8k..8k+8, widened straight from memory.
+            let w = |k: usize| {
+                debug_assert!(k < 4);
+                // SAFETY: k < 4 (the four calls below), so the 8 bytes read lie in `qs[j]`'s 32.
+                let v = unsafe { _mm_loadl_epi64(q.wrapping_add(8 * k).cast()) };
+                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), dv)
             };
-            let w = |v: __m128i| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), dv);
             let xs = xv.as_chunks::<8>().0;
-            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w(q0), load8(&xs[0])));
-            acc[1] = _mm256_add_ps(
-                acc[1],
-                _mm256_mul_ps(w(_mm_srli_si128::<8>(q0)), load8(&xs[1])),
-            );
-            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w(q1), load8(&xs[2])));
-            acc[1] = _mm256_add_ps(
-                acc[1],
-                _mm256_mul_ps(w(_mm_srli_si128::<8>(q1)), load8(&xs[3])),
-            );
+            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w(0), load8(&xs[0])));
+            acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(w(1), load8(&xs[1])));
+            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w(2), load8(&xs[2])));
+            acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(w(3), load8(&xs[3])));
         },
         |a| hsum(a[0], a[1]),
     );
