@@ -682,6 +682,20 @@ mod tests {
     }
 
     #[test]
+    fn simd_levels_parse_and_never_exceed_the_cpu() {
+        for l in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
+            assert_eq!(SimdLevel::parse(l.name()), Some(l));
+        }
+        assert_eq!(SimdLevel::parse("avx-512"), None);
+        assert_eq!(SimdLevel::parse(""), None);
+        let before = simd_level();
+        assert_eq!(set_simd_level(SimdLevel::Avx512), detected_simd_level());
+        assert_eq!(set_simd_level(SimdLevel::Scalar), SimdLevel::Scalar);
+        assert_eq!(simd_level(), SimdLevel::Scalar);
+        set_simd_level(before);
+    }
+
+    #[test]
     fn rope_matches_hand_computation() {
         // head_dim 4, base 100: theta_scale = 100^(-1/2) = 0.1.
         // Position 3: pair 0 rotates by 3 rad, pair 1 by 0.3 rad.
