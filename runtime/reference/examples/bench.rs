@@ -4,8 +4,11 @@
 //! [--prefill N] [--decode N] [--repeat N] [--format f32|native]` prints one
 //! JSON object: the median over the repeats of prefill tokens/s (one forward
 //! pass over N prompt tokens) and decode tokens/s (N single-token steps after
-//! it, greedy), and the process's peak resident memory. `scripts/bench` runs
-//! it on SmolLM2-135M with 2 threads.
+//! it, greedy), the CPU time the process spent per token in each (all
+//! threads; steadier than wall time on a busy machine), the kernels'
+//! instruction set (`Q35_SIMD=avx2` forces the AVX2 path on an AVX-512 host)
+//! and the process's peak resident memory. `scripts/bench` runs it on
+//! SmolLM2-135M with 2 threads.
 
 use std::time::Instant;
 
@@ -13,8 +16,9 @@ use q35_gguf::Gguf;
 use q35_reference::{Logits, Model, WeightFormat};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    // The last occurrence wins, so flags after scripts/bench's defaults apply.
     args.windows(2)
-        .find(|w| w[0] == name)
+        .rfind(|w| w[0] == name)
         .and_then(|w| w[1].parse().ok())
         .unwrap_or(default)
 }
@@ -24,6 +28,17 @@ fn peak_rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU seconds (user + system, all threads) the process has used so far
+/// (Linux `/proc/self/stat`, in clock ticks of 10 ms), if known.
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -67,11 +82,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
+    let (mut prefill_cpu, mut decode_cpu) = (0.0, 0.0);
     for _ in 0..repeat {
         let mut s = model.new_session();
+        let c = cpu_seconds();
         let t = Instant::now();
         let logits = model.forward(&mut s, &prompt, Logits::Last)?;
         prefill.push(n_prefill as f64 / t.elapsed().as_secs_f64());
+        let c1 = cpu_seconds();
+        prefill_cpu += c1.zip(c).map_or(f64::NAN, |(b, a)| b - a);
 
         let mut tok = q35_reference::kernels::argmax(&logits).unwrap_or(0) as u32;
         let t = Instant::now();
@@ -80,24 +99,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tok = q35_reference::kernels::argmax(&l).unwrap_or(0) as u32;
         }
         decode.push(n_decode as f64 / t.elapsed().as_secs_f64());
+        decode_cpu += cpu_seconds().zip(c1).map_or(f64::NAN, |(b, a)| b - a);
     }
+    let per_token_ms = |cpu: f64, n: usize| cpu * 1000.0 / (n * repeat).max(1) as f64;
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
 
     println!(
-        "{{\"model\": {:?}, \"threads\": {threads}, \"weight_format\": \"{}\", \"load_s\": {load_s:.3}, \
-         \"prefill_tokens\": {n_prefill}, \"prefill_tok_s\": {:.2}, \"decode_tokens\": {n_decode}, \
-         \"decode_tok_s\": {:.2}, \"repeats\": {repeat}, \"peak_rss_mib\": {}}}",
+        "{{\"engine\": \"q35-reference\", \"model\": {:?}, \"threads\": {threads}, \"simd\": \"{}\", \
+         \"weight_format\": \"{}\", \"load_s\": {load_s:.3}, \
+         \"prefill_tokens\": {n_prefill}, \"prefill_tok_s\": {:.2}, \"prefill_cpu_ms_per_token\": {:.3}, \
+         \"decode_tokens\": {n_decode}, \"decode_tok_s\": {:.2}, \"decode_cpu_ms_per_token\": {:.3}, \
+         \"repeats\": {repeat}, \"peak_rss_mib\": {}}}",
         path,
+        q35_reference::kernels::simd_level().name(),
         if format == WeightFormat::F32 {
             "f32"
         } else {
             "native"
         },
         median(&mut prefill),
+        per_token_ms(prefill_cpu, n_prefill),
         median(&mut decode),
+        per_token_ms(decode_cpu, n_decode),
         peak_rss_kib()
             .map(|k| format!("{:.1}", k as f64 / 1024.0))
             .unwrap_or_else(|| "null".into()),

@@ -9,7 +9,11 @@
 //! thread runs it. That makes prefill and token-by-token decode give the same
 //! bits, and the dense and on-the-fly-dequantized weight paths agree exactly.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use q35_contract::rope::rope_thetas;
+
+use crate::ReferenceError;
 
 /// Interleaved partial sums per dot product.
 pub const LANES: usize = 16;
@@ -118,28 +122,125 @@ pub(crate) fn matmul_t_with(
     }
 }
 
-#[inline]
-fn has_avx512() -> bool {
+/// The instruction set the kernels run on, least to most capable. Every level
+/// gives the same bits (module docs); the choice only changes speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdLevel {
+    /// Portable Rust (whatever the compiler makes of it for the baseline target).
+    Scalar,
+    /// 256-bit AVX2 kernels (with F16C).
+    Avx2,
+    /// 512-bit AVX-512F kernels (with AVX2 and F16C).
+    Avx512,
+}
+
+impl SimdLevel {
+    /// The name `Q35_SIMD` takes: `scalar`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "scalar",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses [`SimdLevel::name`]'s spelling.
+    pub fn parse(s: &str) -> Option<SimdLevel> {
+        match s {
+            "scalar" => Some(SimdLevel::Scalar),
+            "avx2" => Some(SimdLevel::Avx2),
+            "avx512" => Some(SimdLevel::Avx512),
+            _ => None,
+        }
+    }
+
+    fn from_u8(v: u8) -> SimdLevel {
+        match v {
+            0 => SimdLevel::Scalar,
+            1 => SimdLevel::Avx2,
+            _ => SimdLevel::Avx512,
+        }
+    }
+}
+
+/// The environment variable that caps the kernels' instruction set
+/// (`scalar`, `avx2`, `avx512`), so one machine can measure the paths of
+/// others (an AVX2-only host's on an AVX-512 one).
+pub const SIMD_ENV: &str = "Q35_SIMD";
+
+/// What this CPU supports.
+pub fn detected_simd_level() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        // The quantized kernels widen the file's fp16 scales with F16C.
+        let f16c = std::arch::is_x86_feature_detected!("f16c");
+        let avx2 = f16c && std::arch::is_x86_feature_detected!("avx2");
+        if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+            return SimdLevel::Avx512;
+        }
+        if avx2 {
+            return SimdLevel::Avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+    SimdLevel::Scalar
+}
+
+/// `u8::MAX` until the level is first needed or set.
+static LEVEL: AtomicU8 = AtomicU8::new(u8::MAX);
+
+/// The instruction set the kernels use: the CPU's ([`detected_simd_level`]),
+/// capped by `Q35_SIMD` when that names a valid level, or as last set by
+/// [`set_simd_level`].
+#[inline]
+pub fn simd_level() -> SimdLevel {
+    let v = LEVEL.load(Ordering::Relaxed);
+    if v != u8::MAX {
+        return SimdLevel::from_u8(v);
+    }
+    let level = match simd_level_from_env() {
+        Ok(Some(cap)) => cap.min(detected_simd_level()),
+        Ok(None) | Err(_) => detected_simd_level(),
+    };
+    LEVEL.store(level as u8, Ordering::Relaxed);
+    level
+}
+
+/// Uses at most `level` from now on (never more than the CPU supports) and
+/// returns the level in effect. Process-wide; since every level gives the
+/// same bits, switching while other threads compute changes only their speed.
+pub fn set_simd_level(level: SimdLevel) -> SimdLevel {
+    let level = level.min(detected_simd_level());
+    LEVEL.store(level as u8, Ordering::Relaxed);
+    level
+}
+
+/// The cap `Q35_SIMD` asks for: `None` when unset or empty, an error naming
+/// the variable when it is not one of `scalar`, `avx2`, `avx512`.
+pub fn simd_level_from_env() -> Result<Option<SimdLevel>, ReferenceError> {
+    match std::env::var(SIMD_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(s) if s.is_empty() => Ok(None),
+        Ok(s) => SimdLevel::parse(&s)
+            .map(Some)
+            .ok_or_else(|| ReferenceError::InvalidParameter {
+                name: SIMD_ENV,
+                what: format!("`{s}` is not one of scalar, avx2, avx512"),
+            }),
+        Err(std::env::VarError::NotUnicode(s)) => Err(ReferenceError::InvalidParameter {
+            name: SIMD_ENV,
+            what: format!("{s:?} is not one of scalar, avx2, avx512"),
+        }),
     }
 }
 
 #[inline]
+fn has_avx512() -> bool {
+    simd_level() >= SimdLevel::Avx512
+}
+
+#[inline]
 fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    simd_level() >= SimdLevel::Avx2
 }
 
 /// `a . b` in the fixed summation order described in the module docs.
@@ -149,7 +250,7 @@ fn has_avx2() -> bool {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time just above).
+        // SAFETY: the CPU supports AVX2 (`simd_level` never exceeds what it detects).
         return unsafe { crate::simd::dot(a, b) };
     }
     dot_impl(a, b)
@@ -171,13 +272,13 @@ pub fn matmul_t(w: &[f32], cols: usize, xs: &[f32], n: usize, out_t: &mut [f32])
     assert_eq!(out_t.len(), w.len() / cols * n, "output size");
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
-        // SAFETY: the CPU supports AVX-512F (checked at run time just above).
+        // SAFETY: the CPU supports AVX-512F (`simd_level` never exceeds what it detects).
         unsafe { crate::simd::matmul_t_512(w, cols, xs, n, out_t) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time just above).
+        // SAFETY: the CPU supports AVX2 (`simd_level` never exceeds what it detects).
         unsafe { crate::simd::matmul_t(w, cols, xs, n, out_t) };
         return;
     }
@@ -189,17 +290,33 @@ pub const Q4_1_QS: usize = 16;
 /// Weights per quantized block (Q4_1, Q8_0).
 pub const QBLOCK: usize = 32;
 
+/// An IEEE half (bit pattern) as f32, exactly.
 #[inline(always)]
-fn rows_q4_1_impl(dm: &[[f32; 2]], qs: &[[u8; Q4_1_QS]], cols: usize, x: &[f32], out: &mut [f32]) {
+fn f16(h: u16) -> f32 {
+    half::f16::from_bits(h).to_f32()
+}
+
+#[inline(always)]
+fn rows_q4_1_impl(
+    d: &[u16],
+    m: &[u16],
+    qs: &[[u8; Q4_1_QS]],
+    cols: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
     let bpr = cols / QBLOCK;
     for (r, o) in out.iter_mut().enumerate() {
         let mut acc = [0.0f32; LANES];
         let (xb, _) = x.as_chunks::<QBLOCK>();
-        for ((&[d, m], q), xv) in dm[r * bpr..(r + 1) * bpr]
+        let blocks = r * bpr..(r + 1) * bpr;
+        for (((&d, &m), q), xv) in d[blocks.clone()]
             .iter()
-            .zip(&qs[r * bpr..(r + 1) * bpr])
+            .zip(&m[blocks.clone()])
+            .zip(&qs[blocks])
             .zip(xb)
         {
+            let (d, m) = (f16(d), f16(m));
             for k in 0..LANES {
                 let w = f32::from(q[k] & 0x0f) * d + m;
                 acc[k] += w * xv[k];
@@ -214,16 +331,14 @@ fn rows_q4_1_impl(dm: &[[f32; 2]], qs: &[[u8; Q4_1_QS]], cols: usize, x: &[f32],
 }
 
 #[inline(always)]
-fn rows_q8_0_impl(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &mut [f32]) {
+fn rows_q8_0_impl(d: &[u16], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &mut [f32]) {
     let bpr = cols / QBLOCK;
     for (r, o) in out.iter_mut().enumerate() {
         let mut acc = [0.0f32; LANES];
         let (xb, _) = x.as_chunks::<QBLOCK>();
-        for ((&d, q), xv) in d[r * bpr..(r + 1) * bpr]
-            .iter()
-            .zip(&qs[r * bpr..(r + 1) * bpr])
-            .zip(xb)
-        {
+        let blocks = r * bpr..(r + 1) * bpr;
+        for ((&d, q), xv) in d[blocks.clone()].iter().zip(&qs[blocks]).zip(xb) {
+            let d = f16(d);
             for k in 0..LANES {
                 acc[k] += (f32::from(q[k]) * d) * xv[k];
             }
@@ -235,44 +350,52 @@ fn rows_q8_0_impl(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &
     }
 }
 
-/// `out[r] = dot(dequant(row r), x)` for Q4_1 rows given as per-block
-/// `[d, m]` (f32, widened from the file's fp16) and nibbles (`q[k]` holds
-/// weight `k` low and weight `k + 16` high). Each weight is `q * d + m` in f32,
-/// exactly llama.cpp's dequantization, and the sum follows [`dot`]'s order, so
-/// the result equals `dot` on the dequantized row bit for bit.
+/// `out[r] = dot(dequant(row r), x)` for Q4_1 rows given as the file holds
+/// them: per-block scales `d` and minimums `m` (IEEE half bit patterns,
+/// widened exactly to f32) and nibbles (`q[k]` holds weight `k` low and
+/// weight `k + 16` high). Each weight is `q * d + m` in f32, exactly
+/// llama.cpp's dequantization, and the sum follows [`dot`]'s order, so the
+/// result equals `dot` on the dequantized row bit for bit.
 ///
 /// # Panics
 /// If `cols` is not a multiple of 32 or the slices are too short.
-pub fn rows_q4_1(dm: &[[f32; 2]], qs: &[[u8; Q4_1_QS]], cols: usize, x: &[f32], out: &mut [f32]) {
+pub fn rows_q4_1(
+    d: &[u16],
+    m: &[u16],
+    qs: &[[u8; Q4_1_QS]],
+    cols: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
     assert!(
         cols.is_multiple_of(QBLOCK) && x.len() == cols,
         "Q4_1 row shape"
     );
     assert!(
-        dm.len() >= out.len() * cols / QBLOCK && qs.len() == dm.len(),
+        d.len() >= out.len() * cols / QBLOCK && qs.len() == d.len() && m.len() == d.len(),
         "Q4_1 rows"
     );
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
-        // SAFETY: the CPU supports AVX-512F (checked at run time just above).
-        unsafe { crate::simd::rows_q4_1_512(dm, qs, cols, x, out) };
+        // SAFETY: the CPU supports AVX-512F and F16C (`simd_level` never exceeds what it detects).
+        unsafe { crate::simd::rows_q4_1_512(d, m, qs, cols, x, out) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time just above).
-        unsafe { crate::simd::rows_q4_1(dm, qs, cols, x, out) };
+        // SAFETY: the CPU supports AVX2 and F16C (`simd_level` never exceeds what it detects).
+        unsafe { crate::simd::rows_q4_1(d, m, qs, cols, x, out) };
         return;
     }
-    rows_q4_1_impl(dm, qs, cols, x, out)
+    rows_q4_1_impl(d, m, qs, cols, x, out)
 }
 
-/// As [`rows_q4_1`] for Q8_0 rows (per-block scale `d`, 32 signed bytes;
-/// weight `q * d`).
+/// As [`rows_q4_1`] for Q8_0 rows (per-block scale `d` as half bits, 32
+/// signed bytes; weight `q * d`).
 ///
 /// # Panics
 /// If `cols` is not a multiple of 32 or the slices are too short.
-pub fn rows_q8_0(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &mut [f32]) {
+pub fn rows_q8_0(d: &[u16], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &mut [f32]) {
     assert!(
         cols.is_multiple_of(QBLOCK) && x.len() == cols,
         "Q8_0 row shape"
@@ -283,13 +406,13 @@ pub fn rows_q8_0(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &m
     );
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
-        // SAFETY: the CPU supports AVX-512F (checked at run time just above).
+        // SAFETY: the CPU supports AVX-512F and F16C (`simd_level` never exceeds what it detects).
         unsafe { crate::simd::rows_q8_0_512(d, qs, cols, x, out) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time just above).
+        // SAFETY: the CPU supports AVX2 and F16C (`simd_level` never exceeds what it detects).
         unsafe { crate::simd::rows_q8_0(d, qs, cols, x, out) };
         return;
     }
@@ -417,16 +540,26 @@ mod tests {
 
     #[test]
     fn quantized_rows_equal_dequantized_dots() {
-        let cols = 96;
-        let rows = 5;
-        let dm: Vec<[f32; 2]> = (0..rows * 3)
-            .map(|i| [0.01 * (i as f32 + 1.0), -0.05 * i as f32])
-            .collect();
-        let q4: Vec<[u8; Q4_1_QS]> = (0..rows * 3)
+        // Row counts around the kernels' groups of 2 and 4; 70 blocks a row
+        // cross the 64-block scale chunk.
+        for (bpr, rows) in [(3usize, 5usize), (1, 1), (2, 4), (3, 9), (70, 7)] {
+            check_quantized_rows(bpr, rows);
+        }
+    }
+
+    fn check_quantized_rows(bpr: usize, rows: usize) {
+        let cols = bpr * QBLOCK;
+        let nb = rows * bpr;
+        let h = |v: f32| half::f16::from_f32(v).to_bits();
+        let d4: Vec<u16> = (0..nb).map(|i| h(0.01 * (i % 13) as f32 + 0.002)).collect();
+        let m4: Vec<u16> = (0..nb).map(|i| h(-0.05 * (i % 7) as f32)).collect();
+        let q4: Vec<[u8; Q4_1_QS]> = (0..nb)
             .map(|i| std::array::from_fn(|k| ((i * 31 + k * 17) % 256) as u8))
             .collect();
-        let d8: Vec<f32> = (0..rows * 3).map(|i| 0.003 * (i as f32 + 2.0)).collect();
-        let q8: Vec<[i8; QBLOCK]> = (0..rows * 3)
+        let d8: Vec<u16> = (0..nb)
+            .map(|i| h(0.003 * (i % 11) as f32 + 0.001))
+            .collect();
+        let q8: Vec<[i8; QBLOCK]> = (0..nb)
             .map(|i| std::array::from_fn(|k| ((i * 29 + k * 13) % 256) as u8 as i8))
             .collect();
         let x: Vec<f32> = (0..cols)
@@ -434,42 +567,58 @@ mod tests {
             .collect();
         let mut o4 = vec![0.0; rows];
         let mut o8 = vec![0.0; rows];
-        rows_q4_1(&dm, &q4, cols, &x, &mut o4);
+        rows_q4_1(&d4, &m4, &q4, cols, &x, &mut o4);
         rows_q8_0(&d8, &q8, cols, &x, &mut o8);
         let mut p4 = vec![0.0; rows];
         let mut p8 = vec![0.0; rows];
-        rows_q4_1_impl(&dm, &q4, cols, &x, &mut p4);
+        rows_q4_1_impl(&d4, &m4, &q4, cols, &x, &mut p4);
         rows_q8_0_impl(&d8, &q8, cols, &x, &mut p8);
         for r in 0..rows {
             let mut w4 = vec![0.0f32; cols];
             let mut w8 = vec![0.0f32; cols];
-            for b in 0..3 {
-                let [d, m] = dm[r * 3 + b];
+            for b in 0..bpr {
+                let j = r * bpr + b;
+                let (d, m) = (f16(d4[j]), f16(m4[j]));
                 for k in 0..16 {
-                    let q = q4[r * 3 + b][k];
+                    let q = q4[j][k];
                     w4[b * 32 + k] = f32::from(q & 0x0f) * d + m;
                     w4[b * 32 + 16 + k] = f32::from(q >> 4) * d + m;
                 }
                 for k in 0..32 {
-                    w8[b * 32 + k] = f32::from(q8[r * 3 + b][k]) * d8[r * 3 + b];
+                    w8[b * 32 + k] = f32::from(q8[j][k]) * f16(d8[j]);
                 }
             }
-            assert_eq!(o4[r].to_bits(), dot_impl(&w4, &x).to_bits(), "q4_1 row {r}");
-            assert_eq!(o8[r].to_bits(), dot_impl(&w8, &x).to_bits(), "q8_0 row {r}");
-            assert_eq!(o4[r].to_bits(), p4[r].to_bits());
-            assert_eq!(o8[r].to_bits(), p8[r].to_bits());
+            let what = format!("{bpr} blocks x {rows} rows, row {r}");
+            assert_eq!(o4[r].to_bits(), dot_impl(&w4, &x).to_bits(), "q4_1 {what}");
+            assert_eq!(o8[r].to_bits(), dot_impl(&w8, &x).to_bits(), "q8_0 {what}");
+            assert_eq!(o4[r].to_bits(), p4[r].to_bits(), "q4_1 {what}");
+            assert_eq!(o8[r].to_bits(), p8[r].to_bits(), "q8_0 {what}");
         }
         #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            let mut a4 = vec![0.0; rows];
-            let mut a8 = vec![0.0; rows];
-            // SAFETY: AVX2 is available (checked just above).
-            unsafe {
-                crate::simd::rows_q4_1(&dm, &q4, cols, &x, &mut a4);
-                crate::simd::rows_q8_0(&d8, &q8, cols, &x, &mut a8);
+        {
+            let detected = detected_simd_level();
+            if detected >= SimdLevel::Avx2 {
+                let mut a4 = vec![0.0; rows];
+                let mut a8 = vec![0.0; rows];
+                // SAFETY: AVX2 and F16C are available (checked just above).
+                unsafe {
+                    crate::simd::rows_q4_1(&d4, &m4, &q4, cols, &x, &mut a4);
+                    crate::simd::rows_q8_0(&d8, &q8, cols, &x, &mut a8);
+                }
+                assert_eq!(a4, p4, "avx2 q4_1 {bpr}x{rows}");
+                assert_eq!(a8, p8, "avx2 q8_0 {bpr}x{rows}");
             }
-            assert_eq!(a4, p4);
-            assert_eq!(a8, p8);
+            if detected >= SimdLevel::Avx512 {
+                let mut a4 = vec![0.0; rows];
+                let mut a8 = vec![0.0; rows];
+                // SAFETY: AVX-512F and F16C are available (checked just above).
+                unsafe {
+                    crate::simd::rows_q4_1_512(&d4, &m4, &q4, cols, &x, &mut a4);
+                    crate::simd::rows_q8_0_512(&d8, &q8, cols, &x, &mut a8);
+                }
+                assert_eq!(a4, p4, "avx512 q4_1 {bpr}x{rows}");
+                assert_eq!(a8, p8, "avx512 q8_0 {bpr}x{rows}");
+            }
         }
     }
 
@@ -517,19 +666,33 @@ mod tests {
         matmul_t_impl(&w, cols, &xs, n, &mut want);
         #[cfg(target_arch = "x86_64")]
         {
-            if has_avx2() {
+            if detected_simd_level() >= SimdLevel::Avx2 {
                 let mut got = vec![0.0; rows * n];
                 // SAFETY: AVX2 is available (checked just above).
                 unsafe { crate::simd::matmul_t(&w, cols, &xs, n, &mut got) };
                 assert_eq!(got, want, "avx2 {cols}x{rows}x{n}");
             }
-            if has_avx512() {
+            if detected_simd_level() >= SimdLevel::Avx512 {
                 let mut got = vec![0.0; rows * n];
                 // SAFETY: AVX-512F is available (checked just above).
                 unsafe { crate::simd::matmul_t_512(&w, cols, &xs, n, &mut got) };
                 assert_eq!(got, want, "avx512 {cols}x{rows}x{n}");
             }
         }
+    }
+
+    #[test]
+    fn simd_levels_parse_and_never_exceed_the_cpu() {
+        for l in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
+            assert_eq!(SimdLevel::parse(l.name()), Some(l));
+        }
+        assert_eq!(SimdLevel::parse("avx-512"), None);
+        assert_eq!(SimdLevel::parse(""), None);
+        let before = simd_level();
+        assert_eq!(set_simd_level(SimdLevel::Avx512), detected_simd_level());
+        assert_eq!(set_simd_level(SimdLevel::Scalar), SimdLevel::Scalar);
+        assert_eq!(simd_level(), SimdLevel::Scalar);
+        set_simd_level(before);
     }
 
     #[test]

@@ -36,6 +36,82 @@ pub trait Linear: Send + Sync + fmt::Debug {
     fn weights_f32(&self) -> Option<Cow<'_, [f32]>> {
         None
     }
+    /// True when [`forward_rows`](Linear::forward_rows) computes a part of
+    /// the rows for a part of the cost, so a decode step may run several
+    /// layers' rows as one parallel job ([`forward_fused`]). Default: false.
+    fn row_parallel(&self) -> bool {
+        false
+    }
+    /// For one token (`x` holds [`in_features`](Linear::in_features)
+    /// values): rows `r0..r0 + out.len()` of its output, the same bits as
+    /// [`forward`](Linear::forward) gives them. The default runs `forward`
+    /// and copies the rows out.
+    fn forward_rows(&self, x: &[f32], r0: usize, out: &mut [f32]) {
+        let mut full = vec![0.0f32; self.out_features()];
+        self.forward(x, &mut full);
+        out.copy_from_slice(&full[r0..r0 + out.len()]);
+    }
+}
+
+/// Runs one token through several layers that read the same input (Q, K
+/// and V) as one parallel job over all their rows, instead of one job per
+/// layer: fewer hand-offs between threads per decode step, same bits (every
+/// output row is computed alone). Layers that are not
+/// [`row_parallel`](Linear::row_parallel) run one by one.
+pub(crate) fn forward_fused(layers: &[&dyn Linear], x: &[f32], outs: &mut [&mut [f32]]) {
+    if !layers.iter().all(|l| l.row_parallel()) {
+        for (l, o) in layers.iter().zip(outs.iter_mut()) {
+            l.forward(x, o);
+        }
+        return;
+    }
+    let total: usize = layers.iter().map(|l| l.out_features()).sum();
+    let rpt = rows_per_task(total);
+    let tasks: Vec<(&dyn Linear, usize, &mut [f32])> = layers
+        .iter()
+        .zip(outs.iter_mut())
+        .flat_map(|(&l, o)| {
+            o.chunks_mut(rpt)
+                .enumerate()
+                .map(move |(ci, oc)| (l, ci * rpt, oc))
+        })
+        .collect();
+    tasks
+        .into_par_iter()
+        .for_each(|(l, r0, oc)| l.forward_rows(x, r0, oc));
+}
+
+/// SwiGLU's two input products for one token as one parallel job, each task
+/// finishing its rows with `silu(gate) * up` into `g` (`u` receives the up
+/// rows). Same bits as `gate.forward`, `up.forward` and the product after;
+/// layers that are not [`row_parallel`](Linear::row_parallel) run so.
+pub(crate) fn forward_swiglu(
+    gate: &dyn Linear,
+    up: &dyn Linear,
+    x: &[f32],
+    g: &mut [f32],
+    u: &mut [f32],
+) {
+    let glu = |g: &mut [f32], u: &[f32]| {
+        for (gv, uv) in g.iter_mut().zip(u) {
+            *gv = crate::kernels::silu(*gv) * uv;
+        }
+    };
+    if !(gate.row_parallel() && up.row_parallel()) {
+        gate.forward(x, g);
+        up.forward(x, u);
+        glu(g, u);
+        return;
+    }
+    let rpt = rows_per_task(2 * g.len()).max(4);
+    g.par_chunks_mut(rpt)
+        .zip(u.par_chunks_mut(rpt))
+        .enumerate()
+        .for_each(|(ci, (gc, uc))| {
+            gate.forward_rows(x, ci * rpt, gc);
+            up.forward_rows(x, ci * rpt, uc);
+            glu(gc, uc);
+        });
 }
 
 /// Which matrix of the model a layer is.
@@ -196,13 +272,24 @@ impl Linear for DenseLinear {
     fn weights_f32(&self) -> Option<Cow<'_, [f32]>> {
         Some(Cow::Borrowed(&self.w))
     }
+
+    fn row_parallel(&self) -> bool {
+        true
+    }
+
+    fn forward_rows(&self, x: &[f32], r0: usize, out: &mut [f32]) {
+        let cols = self.cols;
+        matmul_t(&self.w[r0 * cols..(r0 + out.len()) * cols], cols, x, 1, out);
+    }
 }
 
 /// Weights kept in a GGUF block format and dequantized during the product;
 /// numerically the same as [`DenseLinear`] on `Gguf::tensor_f32` of the same
-/// tensor. Q4_1 and Q8_0 are unpacked to per-block f32 scales and raw codes
-/// (fused dequantize-and-dot kernels); other formats (Q4_0, F16) are kept as
-/// bytes and dequantized a few rows at a time by `q35_gguf::dequant`.
+/// tensor. Q4_1 and Q8_0 blocks are split into arrays of fp16 scales (and
+/// minimums) and codes, the file's bytes and no more (20 and 34 bytes per 32
+/// weights), for the fused dequantize-and-dot kernels: decode is bound by
+/// reading the weights, so every byte counts. Other formats (Q4_0, F16) are
+/// kept as bytes and dequantized a few rows at a time by `q35_gguf::dequant`.
 #[derive(Clone)]
 pub struct DequantLinear {
     rows: usize,
@@ -212,12 +299,15 @@ pub struct DequantLinear {
 }
 
 enum Packed {
+    /// Per block: scale and minimum (fp16 bits), 16 bytes of nibbles.
     Q4_1 {
-        dm: Vec<[f32; 2]>,
+        d: Vec<u16>,
+        m: Vec<u16>,
         qs: Vec<[u8; Q4_1_QS]>,
     },
+    /// Per block: scale (fp16 bits), 32 signed codes.
     Q8_0 {
-        d: Vec<f32>,
+        d: Vec<u16>,
         qs: Vec<[i8; QBLOCK]>,
     },
     Raw {
@@ -239,8 +329,12 @@ impl fmt::Debug for DequantLinear {
 /// Rows dequantized at once (one kernel row group).
 const DEQUANT_ROWS: usize = 4;
 
-fn f16_le(b: &[u8]) -> f32 {
-    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+fn u16_le(b: &[u8]) -> u16 {
+    u16::from_le_bytes([b[0], b[1]])
+}
+
+fn f16(h: u16) -> f32 {
+    half::f16::from_bits(h).to_f32()
 }
 
 impl DequantLinear {
@@ -261,14 +355,16 @@ impl DequantLinear {
         }
         let packed = match ty {
             GgmlType::Q4_1 => {
-                let (dm, qs) = data
-                    .chunks_exact(20)
-                    .map(|b| {
-                        let q: [u8; Q4_1_QS] = b[4..20].try_into().expect("16 bytes");
-                        ([f16_le(&b[0..2]), f16_le(&b[2..4])], q)
-                    })
-                    .unzip();
-                Packed::Q4_1 { dm, qs }
+                let blocks = data.len() / 20;
+                let mut d = Vec::with_capacity(blocks);
+                let mut m = Vec::with_capacity(blocks);
+                let mut qs = Vec::with_capacity(blocks);
+                for b in data.chunks_exact(20) {
+                    d.push(u16_le(&b[0..2]));
+                    m.push(u16_le(&b[2..4]));
+                    qs.push(b[4..20].try_into().expect("16 bytes"));
+                }
+                Packed::Q4_1 { d, m, qs }
             }
             GgmlType::Q8_0 => {
                 let (d, qs) = data
@@ -278,7 +374,7 @@ impl DequantLinear {
                         for (o, &v) in q.iter_mut().zip(&b[2..34]) {
                             *o = v as i8;
                         }
-                        (f16_le(&b[0..2]), q)
+                        (u16_le(&b[0..2]), q)
                     })
                     .unzip();
                 Packed::Q8_0 { d, qs }
@@ -301,19 +397,50 @@ impl DequantLinear {
         self.ty
     }
 
+    /// Rows `r0..r0 + nr` of the product with `n` tokens `x`, row-major
+    /// (`out_t[r * n + t]`): the fused kernels for one token, else rows
+    /// dequantized a few at a time and multiplied.
+    fn rows_into(&self, x: &[f32], n: usize, r0: usize, nr: usize, out_t: &mut [f32]) {
+        let cols = self.cols;
+        let bpr = cols / QBLOCK;
+        if n == 1 {
+            let blocks = r0 * bpr..(r0 + nr) * bpr;
+            match &*self.packed {
+                Packed::Q4_1 { d, m, qs } => {
+                    let (d, m) = (&d[blocks.clone()], &m[blocks.clone()]);
+                    return rows_q4_1(d, m, &qs[blocks], cols, x, out_t);
+                }
+                Packed::Q8_0 { d, qs } => {
+                    return rows_q8_0(&d[blocks.clone()], &qs[blocks], cols, x, out_t);
+                }
+                Packed::Raw { .. } => {}
+            }
+        }
+        let mut buf = vec![0.0f32; DEQUANT_ROWS * cols];
+        let mut r = 0;
+        while r < nr {
+            let g = DEQUANT_ROWS.min(nr - r);
+            self.dequant_rows(r0 + r, g, &mut buf);
+            matmul_t(&buf[..g * cols], cols, x, n, &mut out_t[r * n..(r + g) * n]);
+            r += g;
+        }
+    }
+
     /// Dequantizes rows `r0..r0 + nr` into `buf` (llama.cpp's arithmetic).
     pub fn dequant_rows(&self, r0: usize, nr: usize, buf: &mut [f32]) {
         let cols = self.cols;
         let bpr = cols / QBLOCK;
         let buf = &mut buf[..nr * cols];
         match &*self.packed {
-            Packed::Q4_1 { dm, qs } => {
+            Packed::Q4_1 { d, m, qs } => {
                 let blocks = r0 * bpr..(r0 + nr) * bpr;
-                for ((o, &[d, m]), q) in buf
+                for (((o, &d), &m), q) in buf
                     .chunks_exact_mut(QBLOCK)
-                    .zip(&dm[blocks.clone()])
+                    .zip(&d[blocks.clone()])
+                    .zip(&m[blocks.clone()])
                     .zip(&qs[blocks])
                 {
+                    let (d, m) = (f16(d), f16(m));
                     for k in 0..Q4_1_QS {
                         o[k] = f32::from(q[k] & 0x0f) * d + m;
                         o[k + Q4_1_QS] = f32::from(q[k] >> 4) * d + m;
@@ -327,6 +454,7 @@ impl DequantLinear {
                     .zip(&d[blocks.clone()])
                     .zip(&qs[blocks])
                 {
+                    let d = f16(d);
                     for k in 0..QBLOCK {
                         o[k] = f32::from(q[k]) * d;
                     }
@@ -352,30 +480,17 @@ impl Linear for DequantLinear {
 
     fn forward(&self, x: &[f32], out: &mut [f32]) {
         let n = x.len() / self.cols;
-        let cols = self.cols;
-        let bpr = cols / QBLOCK;
         parallel_rows(self.rows, n, out, |r0, nr, out_t| {
-            if n == 1 {
-                let blocks = r0 * bpr..(r0 + nr) * bpr;
-                match &*self.packed {
-                    Packed::Q4_1 { dm, qs } => {
-                        return rows_q4_1(&dm[blocks.clone()], &qs[blocks], cols, x, out_t);
-                    }
-                    Packed::Q8_0 { d, qs } => {
-                        return rows_q8_0(&d[blocks.clone()], &qs[blocks], cols, x, out_t);
-                    }
-                    Packed::Raw { .. } => {}
-                }
-            }
-            let mut buf = vec![0.0f32; DEQUANT_ROWS * cols];
-            let mut r = 0;
-            while r < nr {
-                let g = DEQUANT_ROWS.min(nr - r);
-                self.dequant_rows(r0 + r, g, &mut buf);
-                matmul_t(&buf[..g * cols], cols, x, n, &mut out_t[r * n..(r + g) * n]);
-                r += g;
-            }
+            self.rows_into(x, n, r0, nr, out_t);
         });
+    }
+
+    fn row_parallel(&self) -> bool {
+        true
+    }
+
+    fn forward_rows(&self, x: &[f32], r0: usize, out: &mut [f32]) {
+        self.rows_into(x, 1, r0, out.len(), out);
     }
 
     fn weights_f32(&self) -> Option<Cow<'_, [f32]>> {

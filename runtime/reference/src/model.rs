@@ -16,7 +16,9 @@ use q35_model::{Architecture, ModelSpec, WeightSource};
 use rayon::prelude::*;
 
 use crate::kernels::{RopeAngles, dot, rms_norm, silu, softmax_in_place};
-use crate::linear::{DenseLinear, DequantLinear, Linear, LinearId, LinearKind};
+use crate::linear::{
+    DenseLinear, DequantLinear, Linear, LinearId, LinearKind, forward_fused, forward_swiglu,
+};
 use crate::session::Session;
 use crate::weights::{WeightMap, linear_dims, synthetic_weights};
 use crate::{Config, ReferenceError};
@@ -31,6 +33,10 @@ pub enum WeightFormat {
     #[default]
     Native,
 }
+
+/// Attention work (query heads x positions attended x head width) below
+/// which heads run on the calling thread rather than in parallel.
+const ATTENTION_SERIAL_WORK: usize = 1 << 18;
 
 /// Which positions of a forward pass produce logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +134,8 @@ fn default_threads() -> usize {
 }
 
 fn build_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>, ReferenceError> {
+    // A misspelt `Q35_SIMD` is an error here rather than silently ignored.
+    crate::kernels::simd_level_from_env()?;
     if threads == 0 {
         return Err(ReferenceError::InvalidParameter {
             name: "threads",
@@ -706,11 +714,15 @@ impl Model {
                 rms_norm(xr, &b.attn_norm, c.norm_eps, hr);
             }
             observe(observer, id(LinearKind::Q), &h);
-            b.wq.forward(&h, &mut q);
             observe(observer, id(LinearKind::K), &h);
-            b.wk.forward(&h, &mut k);
             observe(observer, id(LinearKind::V), &h);
-            b.wv.forward(&h, &mut v);
+            if n == 1 {
+                forward_fused(&[&*b.wq, &*b.wk, &*b.wv], &h, &mut [&mut q, &mut k, &mut v]);
+            } else {
+                b.wq.forward(&h, &mut q);
+                b.wk.forward(&h, &mut k);
+                b.wv.forward(&h, &mut v);
+            }
             for (i, a) in angles.iter().enumerate() {
                 a.apply(&mut q[i * qd..(i + 1) * qd]);
                 a.apply(&mut k[i * kvd..(i + 1) * kvd]);
@@ -728,11 +740,15 @@ impl Model {
                 rms_norm(xr, &b.ffn_norm, c.norm_eps, hr);
             }
             observe(observer, id(LinearKind::Gate), &h);
-            b.gate.forward(&h, &mut g);
             observe(observer, id(LinearKind::Up), &h);
-            b.up.forward(&h, &mut u);
-            for (gv, uv) in g.iter_mut().zip(&u) {
-                *gv = silu(*gv) * uv;
+            if n == 1 {
+                forward_swiglu(&*b.gate, &*b.up, &h, &mut g, &mut u);
+            } else {
+                b.gate.forward(&h, &mut g);
+                b.up.forward(&h, &mut u);
+                for (gv, uv) in g.iter_mut().zip(&u) {
+                    *gv = silu(*gv) * uv;
+                }
             }
             observe(observer, id(LinearKind::Down), &g);
             b.down.forward(&g, &mut o);
@@ -784,7 +800,7 @@ impl Model {
         let group = c.heads / c.kv_heads;
         let scale = 1.0f32 / (hd as f32).sqrt();
         debug_assert_eq!(out.len(), n * qd);
-        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+        let head = |(i, o): (usize, &mut [f32])| {
             let t = i / heads;
             let head = i % heads;
             let kvh = head / group;
@@ -801,6 +817,13 @@ impl Model {
                     *ov += p * vv;
                 }
             }
-        });
+        };
+        // Heads are independent (same bits either way); a short decode step
+        // is cheaper on one thread than handed out.
+        if n * heads * (start + n) * hd <= ATTENTION_SERIAL_WORK {
+            out.chunks_mut(hd).enumerate().for_each(head);
+        } else {
+            out.par_chunks_mut(hd).enumerate().for_each(head);
+        }
     }
 }

@@ -133,128 +133,232 @@ pub(crate) fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
     ]
 }
 
-/// Adds one Q4_1 block (`q * d + m` per weight) times `x` into the lanes.
+/// Widens `src` (IEEE half bit patterns) into `dst` (exact, F16C), eight at
+/// a time, then one at a time.
 #[inline]
-#[target_feature(enable = "avx2")]
-fn q4_1_block(acc: &mut [__m256; 2], d: f32, m: f32, q: &[u8; Q4_1_QS], x: &[f32; QBLOCK]) {
-    let dv = _mm256_set1_ps(d);
-    let mv = _mm256_set1_ps(m);
-    // SAFETY: `q` holds exactly the 16 bytes read.
-    let qv = unsafe { _mm_loadu_si128(q.as_ptr().cast()) };
-    let mask = _mm_set1_epi8(0x0f);
-    let lo = _mm_and_si128(qv, mask);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(qv), mask);
-    let w = |v: __m128i| {
-        _mm256_add_ps(
-            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), dv),
-            mv,
-        )
-    };
-    let xs = x.as_chunks::<8>().0;
-    // Weights 0-15 (low nibbles), then 16-31 (high nibbles), as the portable loop.
-    acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w(lo), load8(&xs[0])));
-    acc[1] = _mm256_add_ps(
-        acc[1],
-        _mm256_mul_ps(w(_mm_srli_si128::<8>(lo)), load8(&xs[1])),
-    );
-    acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w(hi), load8(&xs[2])));
-    acc[1] = _mm256_add_ps(
-        acc[1],
-        _mm256_mul_ps(w(_mm_srli_si128::<8>(hi)), load8(&xs[3])),
+#[target_feature(enable = "avx2,f16c")]
+fn widen_f16(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n, which both slices hold.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().wrapping_add(i).cast());
+            _mm256_storeu_ps(dst.as_mut_ptr().wrapping_add(i), _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    for k in i..n {
+        // One at a time through the low lane (no trip through memory).
+        let h = _mm_cvtsi32_si128(i32::from(src[k]));
+        dst[k] = _mm_cvtss_f32(_mm_cvtph_ps(h));
+    }
+}
+
+/// Scales widened to f32 at a time (on the stack), per array.
+const CHUNK: usize = 256;
+
+/// The row loop of the quantized-row kernels, `R` rows at a time (`R`
+/// independent accumulator chains sharing each input block). Block `i` of
+/// row `r` is block `r * bpr + i` of the weights; its scales are `d[..]`
+/// and, for Q4_1, `m[..]` (half bits, widened to f32 on the stack: a
+/// group's rows at once when they fit in [`CHUNK`], else a part of each
+/// row at a time). `input(i)` loads block `i` of the input once for the
+/// group; `block(acc, input, j, d, m)` adds weight block `j` times it;
+/// `finish` reduces an accumulator to the row's result. Rows past the last
+/// whole group run one at a time.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one loop shared by four kernels; each closure is a kernel's step"
+)]
+#[inline(always)]
+fn row_groups<const R: usize, A: Copy, X>(
+    out: &mut [f32],
+    bpr: usize,
+    d: &[u16],
+    m: &[u16],
+    widen: impl Fn(&[u16], &mut [f32]),
+    zero: A,
+    input: impl Fn(usize) -> X,
+    block: impl Fn(&mut A, &X, usize, f32, f32),
+    finish: impl Fn(A) -> f32,
+) {
+    let mut sd = [0.0f32; CHUNK];
+    let mut sm = [0.0f32; CHUNK];
+    let whole = out.len() / R * R;
+    for r in (0..whole).step_by(R) {
+        let acc = group::<R, A, X>(r, bpr, d, m, &widen, zero, &input, &block, &mut sd, &mut sm);
+        for (o, a) in out[r..r + R].iter_mut().zip(acc) {
+            *o = finish(a);
+        }
+    }
+    for (r, o) in out.iter_mut().enumerate().skip(whole) {
+        let [acc] = group::<1, A, X>(r, bpr, d, m, &widen, zero, &input, &block, &mut sd, &mut sm);
+        *o = finish(acc);
+    }
+}
+
+/// Rows `r..r + R` of [`row_groups`]: their accumulators after every block
+/// (`R` is a constant, so the loops over it unroll and the accumulators
+/// stay in registers).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the state of row_groups' loop, passed down"
+)]
+#[inline(always)]
+fn group<const R: usize, A: Copy, X>(
+    r: usize,
+    bpr: usize,
+    d: &[u16],
+    m: &[u16],
+    widen: &impl Fn(&[u16], &mut [f32]),
+    zero: A,
+    input: &impl Fn(usize) -> X,
+    block: &impl Fn(&mut A, &X, usize, f32, f32),
+    sd: &mut [f32; CHUNK],
+    sm: &mut [f32; CHUNK],
+) -> [A; R] {
+    let mut acc = [zero; R];
+    let whole = R * bpr <= CHUNK;
+    let cn_max = if whole { bpr } else { CHUNK / R };
+    let mut c0 = 0;
+    while c0 < bpr {
+        let cn = cn_max.min(bpr - c0);
+        // Scales of block c0 + b of row r + i go to i * cn + b.
+        if whole {
+            let span = r * bpr..(r + R) * bpr;
+            widen(&d[span.clone()], &mut sd[..R * bpr]);
+            if !m.is_empty() {
+                widen(&m[span], &mut sm[..R * bpr]);
+            }
+        } else {
+            for i in 0..R {
+                let j0 = (r + i) * bpr + c0;
+                widen(&d[j0..j0 + cn], &mut sd[i * cn..(i + 1) * cn]);
+                if !m.is_empty() {
+                    widen(&m[j0..j0 + cn], &mut sm[i * cn..(i + 1) * cn]);
+                }
+            }
+        }
+        for b in 0..cn {
+            let xv = input(c0 + b);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let s = i * cn + b;
+                block(a, &xv, (r + i) * bpr + c0 + b, sd[s], sm[s]);
+            }
+        }
+        c0 += cn;
+    }
+    acc
+}
+
+/// How far ahead of the block being read the kernels ask for weight codes.
+const PREFETCH_BLOCKS: usize = 160;
+
+/// A hint to bring `p`'s cache line into L1 (never faults, even past the end
+/// of the weights: `p` is never dereferenced).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    // SAFETY: prefetching has no architectural effect and cannot fault.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+}
+
+/// Checks the shapes every quantized-row kernel relies on.
+fn check_rows(bpr: usize, x: &[f32], rows: usize, d: &[u16], m: Option<&[u16]>, qs: usize) {
+    let blocks = rows * bpr;
+    assert!(
+        x.len() == bpr * QBLOCK
+            && d.len() >= blocks
+            && qs >= blocks
+            && m.is_none_or(|m| m.len() >= blocks),
+        "quantized rows: shapes"
     );
 }
 
-/// Adds one Q8_0 block (`q * d` per weight) times `x` into the lanes.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn q8_0_block(acc: &mut [__m256; 2], d: f32, q: &[i8; QBLOCK], x: &[f32; QBLOCK]) {
-    let dv = _mm256_set1_ps(d);
-    // SAFETY: `q` holds exactly the 32 bytes read (two 16-byte loads).
-    let (q0, q1) = unsafe {
-        (
-            _mm_loadu_si128(q.as_ptr().cast()),
-            _mm_loadu_si128(q.as_ptr().wrapping_add(16).cast()),
-        )
-    };
-    let w = |v: __m128i| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), dv);
-    let xs = x.as_chunks::<8>().0;
-    acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w(q0), load8(&xs[0])));
-    acc[1] = _mm256_add_ps(
-        acc[1],
-        _mm256_mul_ps(w(_mm_srli_si128::<8>(q0)), load8(&xs[1])),
-    );
-    acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w(q1), load8(&xs[2])));
-    acc[1] = _mm256_add_ps(
-        acc[1],
-        _mm256_mul_ps(w(_mm_srli_si128::<8>(q1)), load8(&xs[3])),
-    );
-}
-
-/// [`crate::kernels::rows_q4_1`], two rows at a time (independent chains).
-#[target_feature(enable = "avx2")]
+/// [`crate::kernels::rows_q4_1`], two rows at a time. Each weight is
+/// dequantized as the portable loop does (`q` widened, `* d`, `+ m`).
+#[target_feature(enable = "avx2,f16c")]
 pub(crate) fn rows_q4_1(
-    dm: &[[f32; 2]],
+    d: &[u16],
+    m: &[u16],
     qs: &[[u8; Q4_1_QS]],
     cols: usize,
     x: &[f32],
     out: &mut [f32],
 ) {
+    let bpr = cols / QBLOCK;
+    check_rows(bpr, x, out.len(), d, Some(m), qs.len());
     let xb = x.as_chunks::<QBLOCK>().0;
-    two_rows(
+    let mask = _mm256_set1_epi32(0x0f);
+    row_groups::<2, _, _>(
         out,
-        cols / QBLOCK,
+        bpr,
+        d,
+        m,
+        |s, o| widen_f16(s, o),
         [_mm256_setzero_ps(); 2],
         |i| &xb[i],
-        |acc, xv, j| q4_1_block(acc, dm[j][0], dm[j][1], &qs[j], xv),
+        |acc, xv, j, d, m| {
+            let dv = _mm256_set1_ps(d);
+            let mv = _mm256_set1_ps(m);
+            let q = qs[j].as_ptr();
+            // SAFETY: `qs[j]` holds the 16 bytes read (two 8-byte loads).
+            let (b0, b1) = unsafe {
+                (
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.cast())),
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.wrapping_add(8).cast())),
+                )
+            };
+            prefetch(q.wrapping_add(PREFETCH_BLOCKS * Q4_1_QS));
+            // Bytes widened once; each lane's low nibble is one weight, its
+            // high nibble the weight 16 places on.
+            let w = |v: __m256i| _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), dv), mv);
+            let lo = |v: __m256i| w(_mm256_and_si256(v, mask));
+            let hi = |v: __m256i| w(_mm256_srli_epi32::<4>(v));
+            let xs = xv.as_chunks::<8>().0;
+            // Weights 0-15 (low nibbles), then 16-31 (high nibbles), as the portable loop.
+            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(lo(b0), load8(&xs[0])));
+            acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(lo(b1), load8(&xs[1])));
+            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(hi(b0), load8(&xs[2])));
+            acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(hi(b1), load8(&xs[3])));
+        },
         |a| hsum(a[0], a[1]),
     );
 }
 
 /// [`crate::kernels::rows_q8_0`], two rows at a time.
-#[target_feature(enable = "avx2")]
-pub(crate) fn rows_q8_0(d: &[f32], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &mut [f32]) {
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) fn rows_q8_0(d: &[u16], qs: &[[i8; QBLOCK]], cols: usize, x: &[f32], out: &mut [f32]) {
+    let bpr = cols / QBLOCK;
+    check_rows(bpr, x, out.len(), d, None, qs.len());
     let xb = x.as_chunks::<QBLOCK>().0;
-    two_rows(
+    row_groups::<2, _, _>(
         out,
-        cols / QBLOCK,
+        bpr,
+        d,
+        &[],
+        |s, o| widen_f16(s, o),
         [_mm256_setzero_ps(); 2],
         |i| &xb[i],
-        |acc, xv, j| q8_0_block(acc, d[j], &qs[j], xv),
+        |acc, xv, j, d, _| {
+            let dv = _mm256_set1_ps(d);
+            let q = qs[j].as_ptr();
+            prefetch(qs.as_ptr().wrapping_add(j + PREFETCH_BLOCKS));
+            // Weights 8k..8k+8, widened straight from memory.
+            let w = |k: usize| {
+                debug_assert!(k < 4);
+                // SAFETY: k < 4 (the four calls below), so the 8 bytes read lie in `qs[j]`'s 32.
+                let v = unsafe { _mm_loadl_epi64(q.wrapping_add(8 * k).cast()) };
+                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), dv)
+            };
+            let xs = xv.as_chunks::<8>().0;
+            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w(0), load8(&xs[0])));
+            acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(w(1), load8(&xs[1])));
+            acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w(2), load8(&xs[2])));
+            acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(w(3), load8(&xs[3])));
+        },
         |a| hsum(a[0], a[1]),
     );
-}
-
-/// The row loop of the quantized-row kernels: rows two at a time (two
-/// independent accumulator chains), block `i` of row `r` being block
-/// `r * bpr + i` of the weights. `input(i)` loads block `i` of the input
-/// once for both rows; `block(acc, input, j)` adds weight block `j` times
-/// it; `finish` reduces an accumulator to the row's result.
-#[inline(always)]
-fn two_rows<A: Copy, X>(
-    out: &mut [f32],
-    bpr: usize,
-    zero: A,
-    input: impl Fn(usize) -> X,
-    block: impl Fn(&mut A, &X, usize),
-    finish: impl Fn(A) -> f32,
-) {
-    let mut r = 0;
-    while r < out.len() {
-        let two = r + 1 < out.len();
-        let (mut a, mut b) = (zero, zero);
-        for i in 0..bpr {
-            let xv = input(i);
-            block(&mut a, &xv, r * bpr + i);
-            if two {
-                block(&mut b, &xv, (r + 1) * bpr + i);
-            }
-        }
-        out[r] = finish(a);
-        if two {
-            out[r + 1] = finish(b);
-        }
-        r += 2;
-    }
 }
 
 /// [`crate::kernels::matmul_t`]: rows in groups of four against each token.
@@ -272,91 +376,115 @@ fn hsum16(a: __m512) -> f32 {
     hsum(lo, hi)
 }
 
-/// [`crate::kernels::rows_q4_1`] with one 16-lane register per row (lane k
-/// is the portable kernel's partial sum k).
+/// Widens `src` (IEEE half bit patterns) into `dst`, 16 at a time (exact).
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+fn widen_f16_512(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n, which both slices hold.
+        unsafe {
+            let h = _mm256_loadu_si256(src.as_ptr().wrapping_add(i).cast());
+            _mm512_storeu_ps(dst.as_mut_ptr().wrapping_add(i), _mm512_cvtph_ps(h));
+        }
+        i += 16;
+    }
+    widen_f16(&src[i..n], &mut dst[i..n]);
+}
+
+/// One 32-float input block as two 16-lane registers.
+#[inline]
 #[target_feature(enable = "avx512f")]
+fn input_512(xb: &[f32; QBLOCK]) -> (__m512, __m512) {
+    let p = xb.as_ptr();
+    // SAFETY: the block holds the 32 floats read.
+    unsafe { (_mm512_loadu_ps(p), _mm512_loadu_ps(p.wrapping_add(LANES))) }
+}
+
+/// [`crate::kernels::rows_q4_1`] with one 16-lane register per row (lane k
+/// is the portable kernel's partial sum k), four rows at a time. A block's
+/// sixteen possible weights `q * d + m` (q = 0..15, the portable kernel's
+/// arithmetic) are computed once into a register and each weight is picked
+/// from it by its nibble (`vpermps`): the same values with a third of the
+/// work of widening and scaling every nibble.
+#[target_feature(enable = "avx512f,f16c")]
 pub(crate) fn rows_q4_1_512(
-    dm: &[[f32; 2]],
+    d: &[u16],
+    m: &[u16],
     qs: &[[u8; Q4_1_QS]],
     cols: usize,
     x: &[f32],
     out: &mut [f32],
 ) {
     let bpr = cols / QBLOCK;
-    assert!(x.len() == bpr * QBLOCK && dm.len() >= out.len() * bpr && qs.len() >= out.len() * bpr);
-    let mask = _mm_set1_epi8(0x0f);
-    two_rows_512(out, x, bpr, |acc, &(x0, x1), j| {
-        let [d, m] = dm[j];
-        let (dv, mv) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
-        // SAFETY: `qs[j]` holds exactly the 16 bytes read.
-        let qv = unsafe { _mm_loadu_si128(qs[j].as_ptr().cast()) };
-        let lo = _mm_and_si128(qv, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(qv), mask);
-        let wl = _mm512_add_ps(
-            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), dv),
-            mv,
-        );
-        let wh = _mm512_add_ps(
-            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), dv),
-            mv,
-        );
-        *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wl, x0));
-        *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wh, x1));
-    });
+    check_rows(bpr, x, out.len(), d, Some(m), qs.len());
+    let iota = _mm512_setr_ps(
+        0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+    );
+    let xb = x.as_chunks::<QBLOCK>().0;
+    row_groups::<4, _, _>(
+        out,
+        bpr,
+        d,
+        m,
+        |s, o| widen_f16_512(s, o),
+        _mm512_setzero_ps(),
+        |i| input_512(&xb[i]),
+        |acc, &(x0, x1), j, d, m| {
+            let table = _mm512_add_ps(_mm512_mul_ps(iota, _mm512_set1_ps(d)), _mm512_set1_ps(m));
+            // SAFETY: `qs[j]` holds exactly the 16 bytes read.
+            let q = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(qs[j].as_ptr().cast()) });
+            prefetch(qs.as_ptr().wrapping_add(j + PREFETCH_BLOCKS));
+
+            // vpermps reads the low four bits of each index: the low nibble.
+            let wl = _mm512_permutexvar_ps(q, table);
+            let wh = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(q), table);
+            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wl, x0));
+            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wh, x1));
+        },
+        |a| hsum16(a),
+    );
 }
 
-/// [`crate::kernels::rows_q8_0`] with one 16-lane register per row.
-#[target_feature(enable = "avx512f")]
+/// [`crate::kernels::rows_q8_0`] with one 16-lane register per row, four
+/// rows at a time.
+#[target_feature(enable = "avx512f,f16c")]
 pub(crate) fn rows_q8_0_512(
-    d: &[f32],
+    d: &[u16],
     qs: &[[i8; QBLOCK]],
     cols: usize,
     x: &[f32],
     out: &mut [f32],
 ) {
     let bpr = cols / QBLOCK;
-    assert!(x.len() == bpr * QBLOCK && d.len() >= out.len() * bpr && qs.len() >= out.len() * bpr);
-    two_rows_512(out, x, bpr, |acc, &(x0, x1), j| {
-        let dv = _mm512_set1_ps(d[j]);
-        let q = qs[j].as_ptr();
-        // SAFETY: `qs[j]` holds exactly the 32 bytes read (two 16-byte loads).
-        let (q0, q1) = unsafe {
-            (
-                _mm_loadu_si128(q.cast()),
-                _mm_loadu_si128(q.wrapping_add(16).cast()),
-            )
-        };
-        let w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), dv);
-        let w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), dv);
-        *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w0, x0));
-        *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w1, x1));
-    });
-}
-
-/// [`two_rows`] for the AVX-512 kernels: block `i` of `x` (`bpr` blocks)
-/// loaded once as two 16-lane registers, one 16-lane accumulator per row.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn two_rows_512(
-    out: &mut [f32],
-    x: &[f32],
-    bpr: usize,
-    block: impl Fn(&mut __m512, &(__m512, __m512), usize),
-) {
-    assert!(x.len() == bpr * QBLOCK, "two_rows_512: input length");
-    let px = x.as_ptr();
-    two_rows(
+    check_rows(bpr, x, out.len(), d, None, qs.len());
+    let xb = x.as_chunks::<QBLOCK>().0;
+    row_groups::<4, _, _>(
         out,
         bpr,
+        d,
+        &[],
+        |s, o| widen_f16_512(s, o),
         _mm512_setzero_ps(),
-        // SAFETY: block i < bpr of x holds floats i*32 .. i*32+32 (asserted length).
-        |i| unsafe {
-            (
-                _mm512_loadu_ps(px.wrapping_add(i * QBLOCK)),
-                _mm512_loadu_ps(px.wrapping_add(i * QBLOCK + LANES)),
-            )
+        |i| input_512(&xb[i]),
+        |acc, &(x0, x1), j, d, _| {
+            let dv = _mm512_set1_ps(d);
+            let q = qs[j].as_ptr();
+            prefetch(qs.as_ptr().wrapping_add(j + PREFETCH_BLOCKS));
+
+            // SAFETY: `qs[j]` holds exactly the 32 bytes read (two 16-byte loads).
+            let (q0, q1) = unsafe {
+                (
+                    _mm_loadu_si128(q.cast()),
+                    _mm_loadu_si128(q.wrapping_add(16).cast()),
+                )
+            };
+            let w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), dv);
+            let w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), dv);
+            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w0, x0));
+            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w1, x1));
         },
-        block,
         |a| hsum16(a),
     );
 }
