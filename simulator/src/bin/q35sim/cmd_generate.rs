@@ -32,7 +32,7 @@ use q35_sim::trace::TraceStep;
 fn profile_text(summary: &serde_json::Value, step: Option<&StepProfile>, top: usize) -> String {
     let g = |k: &str| summary[k].as_f64().unwrap_or(0.0);
     let mut out = format!(
-        "profile: {} cycles in all; prefill {} cycles ({} runs, {:.0} per token); decode {} cycles ({} runs, {:.0} per token): {:.0} tokens/s decode, {:.0} tokens/s prefill at {} MHz\n",
+        "profile: {} cycles in all; prefill {} cycles ({} runs, {:.0} per prompt token); decode {} cycles ({} runs, {:.0} per token): {:.0} tokens/s decode, {:.0} tokens/s prefill at {} MHz\n",
         g("total_cycles"),
         g("prefill_cycles"),
         g("prefill_runs"),
@@ -44,6 +44,13 @@ fn profile_text(summary: &serde_json::Value, step: Option<&StepProfile>, top: us
         g("prefill_tokens_per_second_at_clock"),
         g("clock_mhz"),
     );
+    out.push_str(&format!(
+        "achieved against the machine's bound for the same work: prefill {:.1}% ({:.0} bound cycles), decode {:.1}% ({:.0} bound cycles)\n",
+        100.0 * g("prefill_achieved"),
+        g("prefill_bound_cycles"),
+        100.0 * g("decode_achieved"),
+        g("decode_bound_cycles"),
+    ));
     if let Some(step) = step {
         out.push_str(&format!(
             "one step ({} of the {} runs' schedules are distinct; `q35sim profile` gives the same from the binary):\n",
@@ -51,6 +58,23 @@ fn profile_text(summary: &serde_json::Value, step: Option<&StepProfile>, top: us
             g("prefill_runs") + g("decode_runs"),
         ));
         out.push_str(&step.to_text(top));
+    }
+    out
+}
+
+/// The machine's bound for the work of every prefill run and of every
+/// decode run (each run's step profile's bound, summed by the phase the
+/// host tagged it with).
+fn phase_bounds(
+    steps: &[q35_host::StepRecord],
+    runs: &[usize],
+    profiles: &[StepProfile],
+) -> [f64; 2] {
+    let mut out = [0.0; 2];
+    for (s, &t) in steps.iter().zip(runs) {
+        if let Some(p) = profiles.get(t) {
+            out[usize::from(!s.prefill)] += p.bound_cycles;
+        }
     }
     out
 }
@@ -267,7 +291,9 @@ pub fn run(
     let (decode_cycles, decode_runs) = cycles(false);
     let per = |c: u64, n: u64| if n == 0 { 0.0 } else { c as f64 / n as f64 };
     let decode_per_token = per(decode_cycles, decode_runs);
-    let prefill_per_token = per(prefill_cycles, prefill_runs);
+    // Per prompt token, whatever number of runs prefill took.
+    let prefill_per_token = per(prefill_cycles, generation.prompt_tokens as u64);
+    let bounds = phase_bounds(&generation.steps, &recorded.runs, &step_profiles);
     let summary = json!({
         "total_cycles": prefill_cycles + decode_cycles,
         "prefill_cycles": prefill_cycles,
@@ -280,6 +306,10 @@ pub fn run(
         "decode_tokens_per_second_at_clock": crate::cmd_profile::tokens_per_second(&config, decode_per_token),
         "prefill_tokens_per_second_at_clock": crate::cmd_profile::tokens_per_second(&config, prefill_per_token),
         "distinct_step_schedules": recorded.timelines.len(),
+        "prefill_bound_cycles": bounds[0],
+        "prefill_achieved": if prefill_cycles == 0 { 0.0 } else { bounds[0] / prefill_cycles as f64 },
+        "decode_bound_cycles": bounds[1],
+        "decode_achieved": if decode_cycles == 0 { 0.0 } else { bounds[1] / decode_cycles as f64 },
     });
     // The step shown: the last decode run's (else the last run's).
     let shown = generation

@@ -105,15 +105,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let name = args.file.display().to_string();
     let binary = LpuBinary::open(&args.file).map_err(anyhow::Error::from)?;
     let start = std::time::Instant::now();
-    let machine = Machine::new(&binary, config.clone()).with_context(|| name.clone())?;
-    let timeline = match walk(machine.loaded(), &config) {
+    // Decoding the queues is all the walk needs: no MEM image (no values run).
+    let loaded = q35_sim::load::load(&binary, &config).with_context(|| name.clone())?;
+    let timeline = match walk(&loaded, &config) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("{name}: {e}");
             return Err(Failure::Program);
         }
     };
-    let step = analyse(&binary, machine.loaded(), &config, &timeline);
+    let step = analyse(&binary, &loaded, &config, &timeline);
     let seconds = start.elapsed().as_secs_f64();
     if args.check {
         let mut m = Machine::new(&binary, config.clone()).with_context(|| name.clone())?;
