@@ -5,7 +5,7 @@ use q35_reference::{LinearId, Model};
 
 use super::{
     Calibration, EvalReport, ModelQuantError, QuantizedLayer, ReferenceLogits, SchemePolicy,
-    model_weights, quantize_model,
+    model_weights, quantize_model_with_progress,
 };
 use crate::quantize::QuantOptions;
 
@@ -69,13 +69,23 @@ impl<'m> QuantPipeline<'m> {
 
     /// Every matrix quantized under `policy`.
     pub fn quantize(&self, policy: SchemePolicy) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
-        quantize_model(
+        self.quantize_with_progress(policy, &crate::progress::silent)
+    }
+
+    /// [`QuantPipeline::quantize`], reporting each matrix to `progress`.
+    pub fn quantize_with_progress(
+        &self,
+        policy: SchemePolicy,
+        progress: &dyn Fn(crate::Progress<'_>),
+    ) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
+        quantize_model_with_progress(
             self.model,
             &self.weights,
             policy,
             self.group_size,
             Some(&self.calib),
             self.options,
+            progress,
         )
     }
 

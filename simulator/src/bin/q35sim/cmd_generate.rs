@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
-use q35_host::golden::{GoldenRecipe, build};
+use q35_host::golden::{GoldenRecipe, build_with_progress};
 use q35_host::{Checker, DeviceError, HostError, Session};
 use q35_lpubin::LpuBinary;
 use q35_reference::{GenerateOptions, SamplingParams, StopReason};
@@ -60,6 +60,23 @@ fn profile_text(summary: &serde_json::Value, step: Option<&StepProfile>, top: us
         out.push_str(&step.to_text(top));
     }
     out
+}
+
+/// The bar over a generation, when it does not mix with the text: the text
+/// streams to stdout as tokens come, so on a terminal that streaming is
+/// the progress; with `--json`, or stdout redirected, a bar on stderr (a
+/// terminal) counts the tokens.
+fn generation_bar(name: &str, json_out: bool, prompt: usize) -> Option<crate::bar::Bar> {
+    use std::io::IsTerminal;
+    if !json_out && std::io::stdout().is_terminal() {
+        return None;
+    }
+    let bar = crate::bar::Bar::new(
+        format!("run {name}: "),
+        format!("prefill: {prompt} prompt tokens"),
+        true,
+    );
+    Some(bar)
 }
 
 /// The machine's bound for the work of every prefill run and of every
@@ -209,7 +226,14 @@ pub fn run(
             positions: session.ctx(),
             threads: 2,
         };
-        let built = build(&recipe).context("cannot build the golden model for --check")?;
+        let bar = crate::bar::Bar::new(
+            format!("--check {}: ", recipe.model_toml.display()),
+            "building the golden model",
+            true,
+        );
+        let built = build_with_progress(&recipe, &|p| bar.report(p))
+            .context("cannot build the golden model for --check")?;
+        drop(bar);
         let checker = Checker::new(built.golden, &meta).map_err(|e| failure(name, e))?;
         session.set_checker(checker);
     }
@@ -229,7 +253,17 @@ pub fn run(
     let mut text = String::new();
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
+    let bar = generation_bar(name, json_out, prompt.len());
+    let mut generated = 0usize;
     let generation = session.generate(&prompt, &options, |tok| {
+        generated += 1;
+        if let Some(b) = &bar {
+            b.items(
+                generated,
+                args.max_tokens,
+                &format!("tokens generated (last {tok})"),
+            );
+        }
         let piece = match &tokenizer {
             Some(t) if t.is_control(tok) => String::new(),
             Some(t) => decoder.push(t, tok),
@@ -246,6 +280,7 @@ pub fn run(
         }
         true
     });
+    drop(bar);
     if let Some(e) = write_err {
         return Err(anyhow::Error::from(e)
             .context("cannot write to stdout")
