@@ -223,13 +223,14 @@ pub fn build_with_progress(
                 });
             }
             progress(Stage("calibrating"));
-            QuantPipeline::calibrate(
+            QuantPipeline::calibrate_with_progress(
                 &model,
                 &tokens,
                 recipe.calib_ctx,
                 recipe.calib_samples,
                 group_size,
                 options,
+                progress,
             )
             .and_then(|p| {
                 progress(Stage("quantizing"));

@@ -40,8 +40,32 @@ impl<'m> QuantPipeline<'m> {
         group_size: usize,
         options: QuantOptions,
     ) -> Result<QuantPipeline<'m>, ModelQuantError> {
+        QuantPipeline::calibrate_with_progress(
+            model,
+            tokens,
+            window,
+            samples,
+            group_size,
+            options,
+            &crate::progress::silent,
+        )
+    }
+
+    /// [`QuantPipeline::calibrate`], reporting each calibration window to
+    /// `progress`.
+    pub fn calibrate_with_progress(
+        model: &'m Model,
+        tokens: &[u32],
+        window: usize,
+        samples: usize,
+        group_size: usize,
+        options: QuantOptions,
+        progress: &dyn Fn(crate::Progress<'_>),
+    ) -> Result<QuantPipeline<'m>, ModelQuantError> {
         let window = window.min(model.config().context);
-        let calib = Calibration::run_with_covariance(model, tokens, window, samples, group_size)?;
+        let calib = Calibration::run_with_covariance_progress(
+            model, tokens, window, samples, group_size, progress,
+        )?;
         let weights = model_weights(model)?;
         Ok(QuantPipeline {
             model,
