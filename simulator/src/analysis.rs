@@ -237,7 +237,7 @@ impl Group {
 pub struct Idle {
     /// The group (`VXM`, `MEM`, `SXM`, `MXM mxm.0`, ...).
     pub unit: String,
-    /// Cycles (of `0 ..= last_cycle`) on which no queue of the group was busy.
+    /// Cycles (of `0 .. last_cycle`) on which no queue of the group was busy.
     pub idle: u64,
     /// By cause (what was in flight), largest first.
     pub causes: Vec<(String, u64)>,
@@ -817,7 +817,7 @@ fn idle_attribution(events: &[Event], labels: &[String], last: u64) -> Vec<Idle>
     let mut by_op: Vec<BTreeMap<u32, u64>> = vec![BTreeMap::new(); 7];
     let (mut b, mut f) = ([0i32; 7], [0i32; 4]);
     let mut cur = u32::MAX;
-    for c in 0..=(last as usize) {
+    for c in 0..(last as usize) {
         for g in 0..7 {
             b[g] += busy[g][c];
         }
