@@ -80,12 +80,18 @@ fn perfetto_ns(us: f64) -> i64 {
     (us * 1000.0) as i64
 }
 
+/// A slice as imported: pid, tid, start and end (ns), name, the event.
+type Slice = (i64, i64, i64, i64, String, Value);
+
+/// A track's slices: start, end, name.
+type TrackSlices = Vec<(i64, i64, String)>;
+
 /// What the validator saw.
 #[derive(Debug, Default)]
 struct Seen {
     processes: BTreeMap<i64, String>,
     threads: BTreeMap<(i64, i64), String>,
-    slices: Vec<(i64, i64, i64, i64, String, Value)>,
+    slices: Vec<Slice>,
     counters: BTreeSet<String>,
 }
 
@@ -179,7 +185,7 @@ fn validate(trace: &Value) -> Seen {
         }
     }
     // Every slice's process and track named; no overlap on a track.
-    let mut tracks: BTreeMap<(i64, i64), Vec<(i64, i64, String)>> = BTreeMap::new();
+    let mut tracks: BTreeMap<(i64, i64), TrackSlices> = BTreeMap::new();
     for (pid, tid, a, b, name, _) in &seen.slices {
         assert!(seen.processes.contains_key(pid), "pid {pid} has no name");
         assert!(
