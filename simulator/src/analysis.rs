@@ -1,9 +1,25 @@
-//! Where one run's cycles went: per-unit busy fractions, the ops and layers
-//! (by the binary's debug map) with the most cycles, each op against the
-//! machine's bound of its kind, and the idle cycles of each unit explained
-//! by what was in flight. Built from a [`Timeline`] (a recorded run or the
-//! static walk, which are equal), so `q35sim run` and `q35sim profile`
-//! print the same thing.
+//! Where one run's cycles went: every cycle of the step attributed to the
+//! source ops (by the binary's debug map) in flight on it, summed per op,
+//! per layer, per op kind and per class of kind (matmuls, norms,
+//! attention, ...); per-unit busy fractions; each op and the whole step
+//! against the machine's bound for its work; and the idle cycles of each
+//! unit explained by what was in flight. Built from a [`Timeline`] (a
+//! recorded run or the static walk, which are equal), so `q35sim run` and
+//! `q35sim profile` print the same thing.
+//!
+//! # Where time goes
+//!
+//! An instruction is *in flight* from its issue until it is done (its
+//! occupancy or its latency, whichever is longer: until its result is on
+//! its stream). Each cycle `c` of `0 .. last_cycle` is split equally among
+//! the distinct ops with an instruction in flight on `c`; a cycle with none
+//! goes to "nothing in flight" (a gap of the schedule, `sync`, values
+//! draining off the chip), and the superlane skew (`total - last_cycle`:
+//! the other superlanes finishing) is its own line. The shares therefore
+//! add up to the step's cycle count exactly (up to float rounding). An op
+//! whose instructions were hoisted to the start of the step by the list
+//! scheduler (index and mask work that depends on nothing) gets only the
+//! few cycles those instructions are in flight, not its whole span.
 //!
 //! # What the idle attribution can and cannot say
 //!
@@ -64,6 +80,58 @@ pub struct UnitBusy {
     pub fraction: f64,
 }
 
+/// The work of an op (or a group of ops) and the machine's bound for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Work {
+    /// Multiply-accumulates (each `mm`: the rows of its plane's active
+    /// weights x the plane's columns).
+    pub macs: u64,
+    /// Packed weight bytes decoded (`unpack35`: 7 streams x 320 bytes).
+    pub weight_bytes: u64,
+    /// MEM bytes read (`read`, `gather`: 320 each).
+    pub mem_read_bytes: u64,
+    /// VXM element operations (320 per VXM instruction).
+    pub vxm_ops: u64,
+}
+
+impl Work {
+    fn add(&mut self, o: &Work) {
+        self.macs += o.macs;
+        self.weight_bytes += o.weight_bytes;
+        self.mem_read_bytes += o.mem_read_bytes;
+        self.vxm_ops += o.vxm_ops;
+    }
+
+    /// The fewest cycles the machine needs for this work, and the resource
+    /// that sets it (`MXM`, `MEM` or `VXM`): the largest of MACs / peak
+    /// MACs per cycle, MEM bytes (weights or reads, the larger) / MEM read
+    /// bandwidth, VXM ops / VXM lanes per cycle.
+    pub fn bound(&self, peaks: &Peaks) -> (f64, &'static str) {
+        let bounds = [
+            (self.macs as f64 / peaks.macs as f64, "MXM"),
+            (
+                self.mem_read_bytes.max(self.weight_bytes) as f64 / peaks.mem_bytes as f64,
+                "MEM",
+            ),
+            (self.vxm_ops as f64 / peaks.vxm_ops as f64, "VXM"),
+        ];
+        bounds
+            .into_iter()
+            .fold((0.0, "VXM"), |a, x| if x.0 > a.0 { x } else { a })
+    }
+}
+
+/// The machine's peaks per cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peaks {
+    /// MACs per cycle (every MXM plane).
+    pub macs: u64,
+    /// MEM read bytes per cycle (every slice's read ports).
+    pub mem_bytes: u64,
+    /// VXM element ops per cycle (ALUs x lanes).
+    pub vxm_ops: u64,
+}
+
 /// One source op (debug-map label) of the step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpStat {
@@ -71,8 +139,10 @@ pub struct OpStat {
     pub label: String,
     /// Its layer (`blk.0`, or the label itself outside blocks).
     pub layer: String,
-    /// The op kind (the label without its `blk.N.` prefix).
+    /// The op kind ([`kind_of`]: the label without its `blk.N.` prefix).
     pub kind: String,
+    /// Cycles of the step attributed to it (module doc, "Where time goes").
+    pub cycles: f64,
     /// First issue cycle.
     pub first: u64,
     /// Last cycle any of its instructions is done.
@@ -83,25 +153,19 @@ pub struct OpStat {
     pub instructions: u64,
     /// Control instructions among them (they do not count in the span).
     pub control: u64,
-    /// Multiply-accumulates (each `mm`: the rows of its plane's active
-    /// weights x the plane's columns).
-    pub macs: u64,
-    /// Packed weight bytes decoded (`unpack35`: 7 streams x 320 bytes).
-    pub weight_bytes: u64,
-    /// MEM bytes read (`read`, `gather`: 320 each).
-    pub mem_read_bytes: u64,
-    /// VXM element operations (320 per VXM instruction).
-    pub vxm_ops: u64,
-    /// The bound: the fewest cycles the machine needs for this work (the
-    /// largest of MACs / MACs per cycle, weight and MEM bytes / MEM read
-    /// bandwidth, VXM ops / VXM lanes per cycle).
+    /// Its work.
+    pub work: Work,
+    /// The bound: the fewest cycles the machine needs for its work
+    /// ([`Work::bound`]).
     pub bound_cycles: f64,
     /// Which resource sets the bound: `MXM`, `MEM` or `VXM`.
     pub bound_by: &'static str,
 }
 
 impl OpStat {
-    /// First issue to last completion.
+    /// First issue to last completion (overlaps other ops; hoisted
+    /// instructions stretch it: [`OpStat::cycles`] is the measure that adds
+    /// up).
     pub fn span(&self) -> u64 {
         self.last - self.first
     }
@@ -111,14 +175,15 @@ impl OpStat {
         self.busy.iter().sum()
     }
 
-    /// Bound over span: 1 means the op ran at the machine's bound.
+    /// Bound over attributed cycles: 1 means the op ran at the machine's
+    /// bound in the cycles it was given.
     pub fn efficiency(&self) -> f64 {
-        if self.span() == 0 {
-            0.0
-        } else {
-            self.bound_cycles / self.span() as f64
-        }
+        efficiency(self.bound_cycles, self.cycles)
     }
+}
+
+fn efficiency(bound: f64, cycles: f64) -> f64 {
+    if cycles <= 0.0 { 0.0 } else { bound / cycles }
 }
 
 /// A layer: its ops summed.
@@ -126,6 +191,8 @@ impl OpStat {
 pub struct LayerStat {
     /// `blk.N` or a top-level op's label.
     pub name: String,
+    /// Cycles attributed to its ops.
+    pub cycles: f64,
     /// First issue of any of its ops.
     pub first: u64,
     /// Last completion of any of its ops.
@@ -136,12 +203,41 @@ pub struct LayerStat {
     pub ops: usize,
 }
 
+/// Ops grouped by kind (every layer's `attn_q` together) or by class
+/// (every matmul together): where the step's cycles go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    /// The kind (`attn_q`) or class (`matmul`).
+    pub name: String,
+    /// The class of a kind ([`class_of`]); a class's own name for a class.
+    pub class: String,
+    /// Cycles attributed to its ops.
+    pub cycles: f64,
+    /// Busy unit cycles of its ops.
+    pub busy: u64,
+    /// Its ops.
+    pub ops: usize,
+    /// Their work.
+    pub work: Work,
+    /// The machine's bound for that work.
+    pub bound_cycles: f64,
+    /// What sets it.
+    pub bound_by: &'static str,
+}
+
+impl Group {
+    /// Bound over attributed cycles.
+    pub fn efficiency(&self) -> f64 {
+        efficiency(self.bound_cycles, self.cycles)
+    }
+}
+
 /// Idle cycles of a unit group with their attribution.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Idle {
     /// The group (`VXM`, `MEM`, `SXM`, `MXM mxm.0`, ...).
     pub unit: String,
-    /// Cycles (of `0 ..= last_cycle`) on which no queue of the group was busy.
+    /// Cycles (of `0 .. last_cycle`) on which no queue of the group was busy.
     pub idle: u64,
     /// By cause (what was in flight), largest first.
     pub causes: Vec<(String, u64)>,
@@ -160,23 +256,39 @@ pub struct StepProfile {
     pub instructions: u64,
     /// Busy fraction of each unit group.
     pub units: Vec<UnitBusy>,
-    /// Ops by busy cycles (then span), most first.
+    /// Ops by attributed cycles, most first.
     pub ops: Vec<OpStat>,
     /// Layers in program order.
     pub layers: Vec<LayerStat>,
+    /// Op kinds by attributed cycles, most first.
+    pub kinds: Vec<Group>,
+    /// Classes of kinds by attributed cycles, most first.
+    pub classes: Vec<Group>,
+    /// Cycles of `0 .. last_cycle` with nothing in flight.
+    pub idle_cycles: u64,
+    /// The superlane skew: `total_cycles - last_cycle`.
+    pub skew_cycles: u64,
+    /// The step's work (every op's).
+    pub work: Work,
+    /// The machine's bound for the step's work.
+    pub bound_cycles: f64,
+    /// What sets it.
+    pub bound_by: &'static str,
     /// Idle attribution of the MXM planes that work, the VXM, MEM and SXM.
     pub idle: Vec<Idle>,
     /// Every label, indexed by [`Event::label`].
     pub labels: Vec<String>,
     /// Every issue, resolved, in issue order.
     pub events: Vec<Event>,
-    /// Peak MACs per cycle.
-    pub peak_macs: u64,
-    /// Peak MEM read bytes per cycle (every slice's read ports).
-    pub peak_mem_bytes: u64,
-    /// Peak VXM element ops per cycle (ALUs x lanes).
-    pub peak_vxm_ops: u64,
+    /// The machine's peaks per cycle.
+    pub peaks: Peaks,
 }
+
+/// The line for cycles with nothing in flight (a gap of the schedule,
+/// `sync`, values draining off the chip).
+pub const NOTHING_IN_FLIGHT: &str = "(nothing in flight)";
+/// The line for the superlane skew (the last superlanes finishing).
+pub const SKEW: &str = "(superlane skew)";
 
 fn unit_slot(u: Unit) -> Option<usize> {
     match u {
@@ -188,22 +300,114 @@ fn unit_slot(u: Unit) -> Option<usize> {
     }
 }
 
-/// `blk.N` of `blk.N.op`, else the label.
+/// `blk.N` of `blk.N.op`, and of a KV-cache write `lpu.kv_write @kcache_N`;
+/// else the label.
 pub fn layer_of(label: &str) -> String {
     let mut parts = label.splitn(3, '.');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("blk"), Some(n), Some(_)) => format!("blk.{n}"),
-        _ => label.to_string(),
+        _ => match label.rsplit_once(" @") {
+            Some((_, sym)) => match sym
+                .strip_prefix("kcache_")
+                .or_else(|| sym.strip_prefix("vcache_"))
+            {
+                Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                    format!("blk.{n}")
+                }
+                _ => label.to_string(),
+            },
+            None => label.to_string(),
+        },
     }
 }
 
-/// The op kind: the label without `blk.N.`.
+/// The op kind: the label without `blk.N.`; an `lpu.` op on a symbol
+/// (`lpu.kv_write @kcache_0`) without the dialect prefix and the symbol.
 pub fn kind_of(label: &str) -> String {
     let mut parts = label.splitn(3, '.');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("blk"), Some(_), Some(op)) => op.to_string(),
-        _ => label.to_string(),
+    let k = match (parts.next(), parts.next(), parts.next()) {
+        (Some("blk"), Some(_), Some(op)) => op,
+        _ => label,
+    };
+    let k = match k.split_once(" @") {
+        Some((op, _)) => op,
+        None => k,
+    };
+    k.strip_prefix("lpu.").unwrap_or(k).to_string()
+}
+
+/// The class of an op kind, so that every matmul, norm, ... adds up
+/// together: `matmul` (the block's projections and the output head,
+/// `token_embd`: the embedding is tied), `norm`, `attention`, `rope`,
+/// `quantize` (`*.xs`: activations to int8 for the next matmul),
+/// `residual`, `activation`, `KV-cache write`; any other kind is its own
+/// class.
+pub fn class_of(kind: &str) -> String {
+    let class = match kind {
+        "attn_q" | "attn_k" | "attn_v" | "attn_output" | "ffn_gate" | "ffn_up" | "ffn_down"
+        | "token_embd" | "output" => "matmul",
+        "attn" => "attention",
+        "q_rope" | "k_rope" => "rope",
+        "kv_write" => "KV-cache write",
+        "ffn_swiglu" => "activation",
+        k if k.ends_with("_norm") => "norm",
+        k if k.ends_with(".xs") => "quantize",
+        k if k.ends_with("_residual") => "residual",
+        k => k,
+    };
+    class.to_string()
+}
+
+/// The label id of every instruction, by queue: each debug-map entry covers
+/// its queue's instructions up to the next entry; instructions before a
+/// queue's first entry (or in a binary without a debug map) get
+/// [`NO_LABEL`]. Built once, so labelling an issue is an index.
+fn label_table(binary: &LpuBinary, loaded: &Loaded, labels: &mut Vec<String>) -> Vec<Vec<u32>> {
+    let mut ids: BTreeMap<String, u32> = BTreeMap::new();
+    let mut intern = |s: &str, labels: &mut Vec<String>| -> u32 {
+        if let Some(&i) = ids.get(s) {
+            return i;
+        }
+        labels.push(s.to_string());
+        let id = labels.len() as u32 - 1;
+        ids.insert(s.to_string(), id);
+        id
+    };
+    let none = intern(NO_LABEL, labels);
+    let mut table: Vec<Vec<u32>> = loaded
+        .queues
+        .iter()
+        .map(|q| vec![none; q.as_ref().map_or(0, Vec::len)])
+        .collect();
+    if let Some(debug) = binary.debug() {
+        let entries: Vec<_> = debug.iter().collect();
+        // The file stores each distinct location once, so most lookups
+        // hit by address; a miss interns by text.
+        let mut by_addr: BTreeMap<(usize, usize), u32> = BTreeMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let Some(list) = table.get_mut(usize::from(e.queue)) else {
+                continue;
+            };
+            let from = (e.index as usize).min(list.len());
+            let to = match entries.get(i + 1) {
+                Some(n) if n.queue == e.queue => (n.index as usize).min(list.len()),
+                _ => list.len(),
+            };
+            if from < to {
+                let addr = (e.location.as_ptr() as usize, e.location.len());
+                let id = match by_addr.get(&addr) {
+                    Some(&id) => id,
+                    None => {
+                        let id = intern(e.location, labels);
+                        by_addr.insert(addr, id);
+                        id
+                    }
+                };
+                list[from..to].fill(id);
+            }
+        }
     }
+    table
 }
 
 /// Profiles one step of `binary` from its timeline.
@@ -213,24 +417,15 @@ pub fn analyse(
     config: &MachineConfig,
     timeline: &Timeline,
 ) -> StepProfile {
-    let debug = binary.debug();
     let target = &config.target;
     let lanes = u64::from(q35_isa::VECTOR_BYTES);
     let mut labels: Vec<String> = Vec::new();
-    let mut label_ids: BTreeMap<String, u32> = BTreeMap::new();
-    let mut intern = |s: &str| -> u32 {
-        if let Some(&i) = label_ids.get(s) {
-            return i;
-        }
-        labels.push(s.to_string());
-        label_ids.insert(s.to_string(), labels.len() as u32 - 1);
-        labels.len() as u32 - 1
-    };
+    let table = label_table(binary, loaded, &mut labels);
     // Per plane: rows of the shadow and the active weights.
     let mut shadow = [0u64; 4];
     let mut active = [0u64; 4];
     let mut events = Vec::with_capacity(timeline.issues.len());
-    let mut ops: Vec<Option<OpStat>> = Vec::new();
+    let mut ops: Vec<Option<OpStat>> = vec![None; labels.len()];
     for issue in &timeline.issues {
         let queue = QueueId::from_index(issue.queue).expect("queue index");
         let Some(ins) = loaded.queues[usize::from(issue.queue)]
@@ -240,11 +435,8 @@ pub fn analyse(
         else {
             continue;
         };
-        let label = debug
-            .as_ref()
-            .and_then(|d| d.locate(issue.queue, issue.index))
-            .map_or(NO_LABEL, |e| e.location);
-        let id = intern(label);
+        let id = table[usize::from(issue.queue)][issue.index as usize];
+        let label = &labels[id as usize];
         let info = ins.info();
         let busy = if info.unit == Unit::Control {
             0
@@ -257,7 +449,7 @@ pub fn analyse(
             q35_isa::QueueKind::Mxm(p) => usize::from(p).min(3),
             _ => 0,
         };
-        let (mut macs, mut weight_bytes, mut mem_read_bytes, mut vxm_ops) = (0, 0, 0, 0);
+        let mut work = Work::default();
         if let Instruction::Lw { n, .. } = ins {
             shadow[plane] = u64::from(n);
         }
@@ -265,33 +457,28 @@ pub fn analyse(
             active[plane] = shadow[plane];
         }
         if matches!(ins, Instruction::Mm { .. }) {
-            macs = active[plane] * u64::from(target.mxm.cols);
+            work.macs = active[plane] * u64::from(target.mxm.cols);
         }
         if matches!(ins, Instruction::Unpack35 { .. }) {
-            weight_bytes = 7 * lanes;
+            work.weight_bytes = 7 * lanes;
         }
         if matches!(ins, Instruction::Read { .. } | Instruction::Gather { .. }) {
-            mem_read_bytes = lanes;
+            work.mem_read_bytes = lanes;
         }
         if info.unit == Unit::Vxm {
-            vxm_ops = lanes;
-        }
-        if ops.len() <= id as usize {
-            ops.resize(id as usize + 1, None);
+            work.vxm_ops = lanes;
         }
         let op = ops[id as usize].get_or_insert_with(|| OpStat {
-            label: label.to_string(),
+            label: label.clone(),
             layer: layer_of(label),
             kind: kind_of(label),
+            cycles: 0.0,
             first: issue.cycle,
             last: issue.cycle,
             busy: [0; 4],
             instructions: 0,
             control: 0,
-            macs: 0,
-            weight_bytes: 0,
-            mem_read_bytes: 0,
-            vxm_ops: 0,
+            work: Work::default(),
             bound_cycles: 0.0,
             bound_by: "VXM",
         });
@@ -310,10 +497,7 @@ pub fn analyse(
             op.busy[s] += busy;
         }
         op.instructions += 1;
-        op.macs += macs;
-        op.weight_bytes += weight_bytes;
-        op.mem_read_bytes += mem_read_bytes;
-        op.vxm_ops += vxm_ops;
+        op.work.add(&work);
         events.push(Event {
             cycle: issue.cycle,
             extent,
@@ -323,33 +507,36 @@ pub fn analyse(
             ins,
         });
     }
-    let peak_macs = target.macs_per_cycle();
-    let mem_slices = 2 * u64::from(target.mem_slices_per_hemisphere());
-    let peak_mem_bytes = mem_slices * u64::from(target.mem.read_ports) * lanes;
     let alus = QueueId::all().filter(|q| q.unit() == Unit::Vxm).count() as u64;
-    let peak_vxm_ops = alus * lanes;
-    let mut ops: Vec<OpStat> = ops.into_iter().flatten().collect();
-    for op in &mut ops {
-        let bounds = [
-            (op.macs as f64 / peak_macs as f64, "MXM"),
-            (
-                (op.mem_read_bytes.max(op.weight_bytes)) as f64 / peak_mem_bytes as f64,
-                "MEM",
-            ),
-            (op.vxm_ops as f64 / peak_vxm_ops as f64, "VXM"),
-        ];
-        let (b, by) = bounds
-            .into_iter()
-            .fold((0.0, "VXM"), |a, x| if x.0 > a.0 { x } else { a });
-        op.bound_cycles = b;
-        op.bound_by = by;
+    let mem_slices = 2 * u64::from(target.mem_slices_per_hemisphere());
+    let peaks = Peaks {
+        macs: target.macs_per_cycle(),
+        mem_bytes: mem_slices * u64::from(target.mem.read_ports) * lanes,
+        vxm_ops: alus * lanes,
+    };
+    let p = &timeline.profile;
+    let total = p.total_cycles();
+    let last_cycle = p.last_cycle();
+    let (shares, idle_cycles) = attribute(&events, labels.len(), last_cycle);
+    for (op, &share) in ops.iter_mut().zip(&shares) {
+        if let Some(op) = op {
+            op.cycles = share;
+        }
     }
+    let mut ops: Vec<OpStat> = ops.into_iter().flatten().collect();
+    let mut step_work = Work::default();
+    for op in &mut ops {
+        (op.bound_cycles, op.bound_by) = op.work.bound(&peaks);
+        step_work.add(&op.work);
+    }
+    let (bound_cycles, bound_by) = step_work.bound(&peaks);
     let mut layers: Vec<LayerStat> = Vec::new();
     let mut by_first = ops.clone();
     by_first.sort_by_key(|o| (o.first, o.label.clone()));
     for op in &by_first {
         match layers.iter_mut().find(|l| l.name == op.layer) {
             Some(l) => {
+                l.cycles += op.cycles;
                 l.first = l.first.min(op.first);
                 l.last = l.last.max(op.last);
                 l.busy += op.busy_total();
@@ -357,6 +544,7 @@ pub fn analyse(
             }
             None => layers.push(LayerStat {
                 name: op.layer.clone(),
+                cycles: op.cycles,
                 first: op.first,
                 last: op.last,
                 busy: op.busy_total(),
@@ -364,14 +552,15 @@ pub fn analyse(
             }),
         }
     }
+    let kinds = group(&ops, |o| o.kind.clone(), &peaks);
+    let classes = group(&ops, |o| class_of(&o.kind), &peaks);
     ops.sort_by(|a, b| {
-        (b.busy_total(), b.span())
-            .cmp(&(a.busy_total(), a.span()))
+        b.cycles
+            .total_cmp(&a.cycles)
+            .then(b.busy_total().cmp(&a.busy_total()))
             .then(a.label.cmp(&b.label))
     });
 
-    let p = &timeline.profile;
-    let total = p.total_cycles();
     let frac = |busy: u64, queues: u64| {
         if total == 0 || queues == 0 {
             0.0
@@ -422,21 +611,143 @@ pub fn analyse(
             fraction: frac(p.busy(q), 1),
         });
     }
-    let idle = idle_attribution(&events, &labels, p.last_cycle());
+    let idle = idle_attribution(&events, &labels, last_cycle);
     StepProfile {
         total_cycles: total,
-        last_cycle: p.last_cycle(),
+        last_cycle,
         instructions: p.instructions(),
         units,
         ops,
         layers,
+        kinds,
+        classes,
+        idle_cycles,
+        skew_cycles: total.saturating_sub(last_cycle),
+        work: step_work,
+        bound_cycles,
+        bound_by,
         idle,
         labels,
         events,
-        peak_macs,
-        peak_mem_bytes,
-        peak_vxm_ops,
+        peaks,
     }
+}
+
+/// Ops grouped by `key`, most attributed cycles first.
+fn group(ops: &[OpStat], key: impl Fn(&OpStat) -> String, peaks: &Peaks) -> Vec<Group> {
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    for o in ops {
+        let name = key(o);
+        let g = groups.entry(name.clone()).or_insert_with(|| Group {
+            class: class_of(&name),
+            name,
+            cycles: 0.0,
+            busy: 0,
+            ops: 0,
+            work: Work::default(),
+            bound_cycles: 0.0,
+            bound_by: "VXM",
+        });
+        g.cycles += o.cycles;
+        g.busy += o.busy_total();
+        g.ops += 1;
+        g.work.add(&o.work);
+    }
+    let mut out: Vec<Group> = groups.into_values().collect();
+    for g in &mut out {
+        (g.bound_cycles, g.bound_by) = g.work.bound(peaks);
+    }
+    out.sort_by(|a, b| b.cycles.total_cmp(&a.cycles).then(a.name.cmp(&b.name)));
+    out
+}
+
+/// Splits every cycle of `0 .. last` equally among the labels with a
+/// non-control instruction in flight on it (module doc): the cycles of each
+/// label, and the cycles with nothing in flight.
+fn attribute(events: &[Event], labels: usize, last: u64) -> (Vec<f64>, u64) {
+    let n = last as usize;
+    // Starts and ends by cycle (counting sort: cycles are dense).
+    let mut start_at = vec![0u32; n + 1];
+    let mut end_at = vec![0u32; n + 1];
+    let live: Vec<(usize, usize, u32)> = events
+        .iter()
+        .filter(|e| e.ins.info().unit != Unit::Control)
+        .filter_map(|e| {
+            let s = e.cycle as usize;
+            let t = ((e.cycle + e.extent) as usize).min(n);
+            (s < t).then_some((s, t, e.label))
+        })
+        .collect();
+    for &(s, t, _) in &live {
+        start_at[s] += 1;
+        end_at[t] += 1;
+    }
+    let csr = |counts: &[u32]| -> Vec<usize> {
+        let mut off = Vec::with_capacity(counts.len() + 1);
+        let mut acc = 0usize;
+        off.push(0);
+        for &c in counts {
+            acc += c as usize;
+            off.push(acc);
+        }
+        off
+    };
+    let (so, eo) = (csr(&start_at), csr(&end_at));
+    let mut starts = vec![0u32; live.len()];
+    let mut ends = vec![0u32; live.len()];
+    let (mut sf, mut ef) = (so.clone(), eo.clone());
+    for &(s, t, l) in &live {
+        starts[sf[s]] = l;
+        sf[s] += 1;
+        ends[ef[t]] = l;
+        ef[t] += 1;
+    }
+    let mut shares = vec![0.0f64; labels];
+    let mut count = vec![0u32; labels];
+    let mut pos = vec![usize::MAX; labels];
+    let mut active: Vec<u32> = Vec::new();
+    let mut idle = 0u64;
+    let mut seg = 0usize;
+    for c in 0..=n {
+        let changes = eo[c + 1] > eo[c] || so[c + 1] > so[c] || c == n;
+        if !changes {
+            continue;
+        }
+        // The set was constant on seg .. c.
+        let len = (c - seg) as f64;
+        if c > seg {
+            if active.is_empty() {
+                idle += (c - seg) as u64;
+            } else {
+                let each = len / active.len() as f64;
+                for &l in &active {
+                    shares[l as usize] += each;
+                }
+            }
+        }
+        seg = c;
+        for &l in &ends[eo[c]..eo[c + 1]] {
+            let l = l as usize;
+            count[l] -= 1;
+            if count[l] == 0 {
+                let at = pos[l];
+                active.swap_remove(at);
+                if let Some(&moved) = active.get(at) {
+                    pos[moved as usize] = at;
+                }
+                pos[l] = usize::MAX;
+            }
+        }
+        for &l in &starts[so[c]..so[c + 1]] {
+            let l = l as usize;
+            if count[l] == 0 {
+                pos[l] = active.len();
+                active.push(l as u32);
+            }
+            count[l] += 1;
+        }
+    }
+    (shares, idle)
 }
 
 /// Idle cycles of each group with what was in flight (module doc).
@@ -506,7 +817,7 @@ fn idle_attribution(events: &[Event], labels: &[String], last: u64) -> Vec<Idle>
     let mut by_op: Vec<BTreeMap<u32, u64>> = vec![BTreeMap::new(); 7];
     let (mut b, mut f) = ([0i32; 7], [0i32; 4]);
     let mut cur = u32::MAX;
-    for c in 0..=(last as usize) {
+    for c in 0..(last as usize) {
         for g in 0..7 {
             b[g] += busy[g][c];
         }
@@ -555,27 +866,64 @@ fn idle_attribution(events: &[Event], labels: &[String], last: u64) -> Vec<Idle>
 }
 
 impl StepProfile {
-    /// The step's profile as JSON.
+    /// Part of the step's cycles, 0..=1.
+    fn share(&self, cycles: f64) -> f64 {
+        if self.total_cycles == 0 {
+            0.0
+        } else {
+            cycles / self.total_cycles as f64
+        }
+    }
+
+    /// The machine's bound over the step's cycles.
+    pub fn achieved(&self) -> f64 {
+        efficiency(self.bound_cycles, self.total_cycles as f64)
+    }
+
+    /// The step's profile as JSON (`top` ops).
     pub fn to_json(&self, top: usize) -> Value {
+        let group = |g: &Group| {
+            json!({
+                "name": g.name, "class": g.class, "cycles": g.cycles, "share": self.share(g.cycles),
+                "busy_cycles": g.busy, "ops": g.ops, "macs": g.work.macs,
+                "weight_bytes": g.work.weight_bytes, "mem_read_bytes": g.work.mem_read_bytes,
+                "vxm_ops": g.work.vxm_ops, "bound_cycles": g.bound_cycles,
+                "bound_by": g.bound_by, "efficiency": g.efficiency(),
+            })
+        };
         json!({
             "total_cycles": self.total_cycles,
             "last_cycle": self.last_cycle,
             "instructions": self.instructions,
+            "bound": {
+                "cycles": self.bound_cycles, "by": self.bound_by, "achieved": self.achieved(),
+                "macs": self.work.macs, "weight_bytes": self.work.weight_bytes,
+                "mem_read_bytes": self.work.mem_read_bytes, "vxm_ops": self.work.vxm_ops,
+            },
+            "where_time_goes": {
+                "definition": "each cycle of the step split equally among the source ops with an instruction in flight on it (docs/profiling.md)",
+                "classes": self.classes.iter().map(group).collect::<Vec<_>>(),
+                "kinds": self.kinds.iter().map(group).collect::<Vec<_>>(),
+                "nothing_in_flight_cycles": self.idle_cycles,
+                "superlane_skew_cycles": self.skew_cycles,
+            },
             "units": self.units.iter().map(|u| json!({
                 "name": u.name, "kind": u.kind, "busy_cycles": u.busy,
                 "queues": u.queues, "busy_fraction": u.fraction,
             })).collect::<Vec<_>>(),
             "ops": self.ops.iter().take(top).map(|o| json!({
-                "label": o.label, "layer": o.layer, "kind": o.kind,
+                "label": o.label, "layer": o.layer, "kind": o.kind, "class": class_of(&o.kind),
+                "cycles": o.cycles, "share": self.share(o.cycles),
                 "first_issue": o.first, "last_done": o.last, "span_cycles": o.span(),
                 "busy_cycles": {"MEM": o.busy[0], "VXM": o.busy[1], "SXM": o.busy[2], "MXM": o.busy[3]},
-                "instructions": o.instructions, "macs": o.macs, "weight_bytes": o.weight_bytes,
-                "mem_read_bytes": o.mem_read_bytes, "vxm_ops": o.vxm_ops,
+                "instructions": o.instructions, "macs": o.work.macs, "weight_bytes": o.work.weight_bytes,
+                "mem_read_bytes": o.work.mem_read_bytes, "vxm_ops": o.work.vxm_ops,
                 "bound_cycles": o.bound_cycles, "bound_by": o.bound_by,
                 "efficiency": o.efficiency(),
             })).collect::<Vec<_>>(),
             "layers": self.layers.iter().map(|l| json!({
-                "name": l.name, "first_issue": l.first, "last_done": l.last,
+                "name": l.name, "cycles": l.cycles, "share": self.share(l.cycles),
+                "first_issue": l.first, "last_done": l.last,
                 "span_cycles": l.last - l.first, "busy_cycles": l.busy, "ops": l.ops,
             })).collect::<Vec<_>>(),
             "idle": self.idle.iter().map(|i| json!({
@@ -584,16 +932,28 @@ impl StepProfile {
                 "ops": i.ops.iter().map(|(c, n)| json!({"op": c, "cycles": n})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "peaks_per_cycle": {
-                "macs": self.peak_macs, "mem_read_bytes": self.peak_mem_bytes,
-                "vxm_ops": self.peak_vxm_ops,
+                "macs": self.peaks.macs, "mem_read_bytes": self.peaks.mem_bytes,
+                "vxm_ops": self.peaks.vxm_ops,
             },
         })
     }
 
-    /// The step's profile as text (`top` ops).
+    /// The step's profile as text (`top` ops and layers).
     pub fn to_text(&self, top: usize) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
+        let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+        let _ = writeln!(
+            out,
+            "machine bound for the step's work: {:.0} cycles (set by {}; {} MACs, {} MEM bytes, {} VXM ops at peak rates); its {} cycles run at {} of that",
+            self.bound_cycles,
+            self.bound_by,
+            self.work.macs,
+            self.work.weight_bytes.max(self.work.mem_read_bytes),
+            self.work.vxm_ops,
+            self.total_cycles,
+            pct(self.achieved()),
+        );
         let _ = writeln!(out, "unit busy fraction (of {} cycles):", self.total_cycles);
         for u in &self.units {
             let _ = writeln!(
@@ -606,40 +966,103 @@ impl StepProfile {
         }
         let _ = writeln!(
             out,
-            "ops with the most busy unit cycles (span: first issue to last completion):"
+            "where the {} cycles go (each cycle split equally among the ops in flight on it; busy: unit cycles; docs/profiling.md):",
+            self.total_cycles
         );
-        for o in self.ops.iter().take(top) {
+        let header = |out: &mut String, what: &str| {
             let _ = writeln!(
                 out,
-                "  {:<24} {:>8} cycles [{}..{}], busy {:>8}, bound {:>9.1} ({}), {:>5.1}% of bound",
-                o.label,
-                o.span(),
-                o.first,
-                o.last,
-                o.busy_total(),
-                o.bound_cycles,
-                o.bound_by,
-                100.0 * o.efficiency()
+                "  {what:<26} {:>10} {:>6} {:>10} {:>5} {:>11} {:>9}",
+                "cycles", "share", "busy", "ops", "bound (by)", "of bound"
+            );
+        };
+        let row = |out: &mut String, name: &str, g: &Group| {
+            let _ = writeln!(
+                out,
+                "  {:<26} {:>10.0} {:>6} {:>10} {:>5} {:>7.0} {:<3} {:>9}",
+                name,
+                g.cycles,
+                pct(self.share(g.cycles)),
+                g.busy,
+                g.ops,
+                g.bound_cycles,
+                g.bound_by,
+                pct(g.efficiency())
+            );
+        };
+        header(&mut out, "by class");
+        for g in &self.classes {
+            row(&mut out, &g.name, g);
+        }
+        for (name, cycles) in [
+            (NOTHING_IN_FLIGHT, self.idle_cycles),
+            (SKEW, self.skew_cycles),
+        ] {
+            let _ = writeln!(
+                out,
+                "  {name:<26} {cycles:>10} {:>6}",
+                pct(self.share(cycles as f64))
             );
         }
+        header(&mut out, "by op kind (all layers)");
+        for g in &self.kinds {
+            if g.class == g.name {
+                row(&mut out, &g.name, g);
+            } else {
+                row(&mut out, &format!("{} ({})", g.name, g.class), g);
+            }
+        }
         let mut layers = self.layers.clone();
-        layers.sort_by(|a, b| b.busy.cmp(&a.busy).then(a.name.cmp(&b.name)));
-        let _ = writeln!(out, "layers with the most busy unit cycles:");
+        layers.sort_by(|a, b| b.cycles.total_cmp(&a.cycles).then(a.name.cmp(&b.name)));
+        let _ = writeln!(
+            out,
+            "  {:<26} {:>10} {:>6} {:>10} {:>5}",
+            format!("by layer (top {top})"),
+            "cycles",
+            "share",
+            "busy",
+            "ops"
+        );
         for l in layers.iter().take(top) {
             let _ = writeln!(
                 out,
-                "  {:<24} {:>8} cycles [{}..{}], busy {}, {} ops",
+                "  {:<26} {:>10.0} {:>6} {:>10} {:>5}",
                 l.name,
-                l.last - l.first,
-                l.first,
-                l.last,
+                l.cycles,
+                pct(self.share(l.cycles)),
                 l.busy,
                 l.ops
             );
         }
         let _ = writeln!(
             out,
-            "idle cycles by what was in flight (not a proven dependency: docs/profiling.md):"
+            "  {:<26} {:>10} {:>6} {:>10} {:>11} {:>9}  span [first issue..last done]",
+            format!("by op (top {top})"),
+            "cycles",
+            "share",
+            "busy",
+            "bound (by)",
+            "of bound"
+        );
+        for o in self.ops.iter().take(top) {
+            let _ = writeln!(
+                out,
+                "  {:<26} {:>10.0} {:>6} {:>10} {:>7.0} {:<3} {:>9}  {} [{}..{}]",
+                o.label,
+                o.cycles,
+                pct(self.share(o.cycles)),
+                o.busy_total(),
+                o.bound_cycles,
+                o.bound_by,
+                pct(o.efficiency()),
+                o.span(),
+                o.first,
+                o.last
+            );
+        }
+        let _ = writeln!(
+            out,
+            "stalls: idle cycles of each unit by what was in flight (not a proven dependency: docs/profiling.md):"
         );
         for i in &self.idle {
             let causes: Vec<String> = i
@@ -664,5 +1087,64 @@ impl StepProfile {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_layers_and_classes() {
+        assert_eq!(kind_of("blk.3.attn_q"), "attn_q");
+        assert_eq!(layer_of("blk.3.attn_q"), "blk.3");
+        assert_eq!(kind_of("lpu.kv_write @kcache_12"), "kv_write");
+        assert_eq!(layer_of("lpu.kv_write @kcache_12"), "blk.12");
+        assert_eq!(layer_of("lpu.kv_write @other"), "lpu.kv_write @other");
+        assert_eq!(kind_of("blk.0.attn.xs"), "attn.xs");
+        assert_eq!(class_of("attn.xs"), "quantize");
+        assert_eq!(class_of("ffn_down"), "matmul");
+        assert_eq!(class_of("output_norm"), "norm");
+        assert_eq!(class_of("token_embd"), "matmul");
+        assert_eq!(class_of("something_new"), "something_new");
+        assert_eq!(kind_of("token_embd"), "token_embd");
+        assert_eq!(layer_of("token_embd"), "token_embd");
+    }
+
+    fn ev(cycle: u64, extent: u64, label: u32) -> Event {
+        Event {
+            cycle,
+            extent,
+            busy: 1,
+            queue: QueueId::all()
+                .find(|q| q.unit() == Unit::Vxm)
+                .expect("a VXM queue"),
+            label,
+            ins: "fadd s8.e, s8.w -> s4.e".parse().expect("parses"),
+        }
+    }
+
+    #[test]
+    fn attribution_splits_cycles_and_adds_up() {
+        // Label 0 on 0..4, label 1 on 2..6 and 10..12, label 2 on 3..4:
+        // cycles 0,1 -> 0; 2 -> 0,1; 3 -> 0,1,2; 4,5 -> 1; 6..10 nothing;
+        // 10,11 -> 1; 12,13 nothing.
+        let evs = vec![ev(0, 4, 0), ev(2, 4, 1), ev(10, 2, 1), ev(3, 1, 2)];
+        let (shares, idle) = attribute(&evs, 3, 14);
+        let want = [
+            2.0 + 0.5 + 1.0 / 3.0,
+            0.5 + 1.0 / 3.0 + 2.0 + 2.0,
+            1.0 / 3.0,
+        ];
+        for (got, want) in shares.iter().zip(want) {
+            assert!((got - want).abs() < 1e-9, "{shares:?}");
+        }
+        assert_eq!(idle, 6);
+        assert!((shares.iter().sum::<f64>() + idle as f64 - 14.0).abs() < 1e-9);
+        // Events past the end are clipped; control is never in flight.
+        let mut halt = ev(1, 100, 0);
+        halt.ins = Instruction::Halt {};
+        let (shares, idle) = attribute(&[ev(0, 100, 1), halt], 2, 5);
+        assert_eq!((shares, idle), (vec![0.0, 5.0], 0));
     }
 }

@@ -1,15 +1,19 @@
 //! `--report FILE.html`: one self-contained page (inline CSS, JS and SVG;
-//! no network) with the run's numbers, a timeline of one step (unit tracks
-//! x cycles, slices colored by op kind), per-unit utilisation bars, a
-//! per-layer breakdown, and a roofline-style chart of every op (its span
-//! against the machine's bound for its work, log-log: on the diagonal an
-//! op runs at the bound).
+//! no network) with the run's numbers, where the step's cycles go (a
+//! stacked bar of the classes of op kinds, matmul, norm, attention, ...,
+//! with the cycles that had nothing in flight, and a table per op kind:
+//! crate::analysis, "Where time goes"), a timeline of one step (unit
+//! tracks x cycles, slices colored by op kind), per-unit utilisation bars,
+//! a per-layer breakdown, and a roofline-style chart of every op (the
+//! cycles attributed to it against the machine's bound for its work,
+//! log-log: on the diagonal an op runs at the bound).
 //!
 //! The script draws from a JSON blob embedded in the page and, when done,
-//! writes `<div id="q35-drawn" data-timeline=.. data-units=.. data-layers=..
-//! data-roofline=..>` with the number of SVG elements it drew in each chart
-//! (an error writes `<div id="q35-error">` instead): the headless-browser
-//! test (`tests/report_chromium.rs`) reads them back with `--dump-dom`.
+//! writes `<div id="q35-drawn" data-wheretime=.. data-timeline=..
+//! data-units=.. data-layers=.. data-roofline=..>` with the number of SVG
+//! elements and table rows it drew in each chart (an error writes
+//! `<div id="q35-error">` instead): the headless-browser test
+//! (`tests/report_chromium.rs`) reads them back with `--dump-dom`.
 
 use serde_json::{Value, json};
 
@@ -28,8 +32,12 @@ pub fn to_html(title: &str, step: &StepProfile, summary: &Value) -> String {
         "kinds": step.labels.iter().map(|l| crate::analysis::kind_of(l)).collect::<Vec<_>>(),
         "slices": slices(step).iter().map(|(t, l, a, b)| json!([t - 1, l, a, b])).collect::<Vec<_>>(),
         "units": step.units.iter().map(|u| json!([u.name, u.fraction, u.busy])).collect::<Vec<_>>(),
-        "layers": step.layers.iter().map(|l| json!([l.name, l.first, l.last, l.busy, l.ops])).collect::<Vec<_>>(),
-        "ops": step.ops.iter().map(|o| json!([o.label, o.kind, o.span(), o.bound_cycles, o.bound_by, o.busy_total()])).collect::<Vec<_>>(),
+        "layers": step.layers.iter().map(|l| json!([l.name, l.first, l.last, l.busy, l.ops, l.cycles])).collect::<Vec<_>>(),
+        "ops": step.ops.iter().map(|o| json!([o.label, o.kind, o.cycles, o.bound_cycles, o.bound_by, o.busy_total(), o.span()])).collect::<Vec<_>>(),
+        "classes": step.classes.iter().map(|g| json!([g.name, g.cycles, g.busy, g.ops, g.bound_cycles, g.bound_by])).collect::<Vec<_>>(),
+        "opkinds": step.kinds.iter().map(|g| json!([g.name, g.class, g.cycles, g.busy, g.ops, g.bound_cycles, g.bound_by])).collect::<Vec<_>>(),
+        "rest": [[crate::analysis::NOTHING_IN_FLIGHT, step.idle_cycles], [crate::analysis::SKEW, step.skew_cycles]],
+        "bound": [step.bound_cycles, step.bound_by],
     });
     // `</` cannot end the script early once escaped.
     let blob = data.to_string().replace("</", "<\\/");
@@ -46,10 +54,11 @@ svg{{border:1px solid #ddd;background:#fff}} .lg span{{display:inline-block;marg
 </style></head><body>
 <h1>{title}</h1>
 <h2>Numbers</h2><table id="summary"></table>
+<h2>Where the step's cycles go (each cycle split equally among the ops in flight on it)</h2><div id="wheretime"></div><table id="kindtable"></table>
 <h2>Timeline of one step (units x cycles, colored by op kind)</h2><div id="timeline"></div><div class="lg" id="legend"></div>
 <h2>Unit utilisation</h2><div id="units"></div>
-<h2>Layers</h2><div id="layers"></div><table id="layertable"></table>
-<h2>Ops against the machine's bound (log-log; on the diagonal = at the bound)</h2><div id="roofline"></div>
+<h2>Layers (cycles attributed to their ops)</h2><div id="layers"></div><table id="layertable"></table>
+<h2>Ops against the machine's bound (cycles attributed to the op against the bound for its work, log-log; on the diagonal = at the bound)</h2><div id="roofline"></div>
 <script id="q35-data" type="application/json">{blob}</script>
 <script>
 "use strict";
@@ -70,10 +79,37 @@ window.onerror = function (m) {{
   var palette = ["#4e79a7","#f28e2b","#e15759","#76b7b2","#59a14f","#edc948","#b07aa1","#ff9da7","#9c755f","#bab0ac","#1f77b4","#2ca02c","#d62728","#9467bd","#8c564b","#17becf"];
   var kindColor = {{}}, kinds = [];
   D.kinds.forEach(function (k) {{ if (!(k in kindColor)) {{ kindColor[k] = palette[kinds.length % palette.length]; kinds.push(k); }} }});
-  var count = {{timeline: 0, units: 0, layers: 0, roofline: 0}};
+  var count = {{wheretime: 0, timeline: 0, units: 0, layers: 0, roofline: 0}};
   // numbers
   var st = document.getElementById("summary");
   Object.keys(D.summary).forEach(function (k) {{ var r = st.insertRow(); r.insertCell().textContent = k; r.insertCell().textContent = fmt(D.summary[k]); }});
+  // where time goes: one stacked bar of the classes (and the cycles with
+  // nothing in flight, and the skew), then the op kinds as a table
+  var classColor = {{}}, pal2 = ["#4e79a7","#f28e2b","#e15759","#76b7b2","#59a14f","#edc948","#b07aa1","#ff9da7","#9c755f","#bab0ac","#1f77b4","#2ca02c"];
+  var parts = D.classes.map(function (c, i) {{ classColor[c[0]] = pal2[i % pal2.length]; return [c[0], c[1]]; }})
+    .concat(D.rest.map(function (r) {{ classColor[r[0]] = "#dddddd"; return [r[0], r[1]]; }}));
+  var WT = Math.max(D.total, 1), ww = 1000;
+  var wt = svg("wheretime", ww + 20, 60 + 18 * Math.ceil(parts.length / 3));
+  var x0 = 10;
+  parts.forEach(function (p, i) {{
+    var w = ww * p[1] / WT;
+    if (w > 0) {{
+      var r = el(wt, "rect", {{x: x0, y: 8, width: Math.max(w, 0.5), height: 26, fill: classColor[p[0]], stroke: "#fff"}});
+      el(r, "title", {{}}, p[0] + ": " + Math.round(p[1]) + " cycles, " + (100 * p[1] / WT).toFixed(1) + "%");
+      count.wheretime++;
+    }}
+    x0 += w;
+    var lx = 10 + 340 * (i % 3), ly = 52 + 18 * Math.floor(i / 3);
+    el(wt, "rect", {{x: lx, y: ly - 10, width: 10, height: 10, fill: classColor[p[0]]}});
+    el(wt, "text", {{x: lx + 14, y: ly, "font-size": 11}}, p[0] + " " + (100 * p[1] / WT).toFixed(1) + "%");
+  }});
+  var kt = document.getElementById("kindtable");
+  var kh = kt.insertRow(); ["op kind (all layers)","class","cycles","share","busy (unit cycles)","ops","bound (cycles)","bound by","% of bound"].forEach(function (h) {{ var th = document.createElement("th"); th.textContent = h; kh.appendChild(th); }});
+  D.opkinds.forEach(function (k) {{
+    var r = kt.insertRow();
+    [k[0], k[1], Math.round(k[2]), (100 * k[2] / WT).toFixed(1) + "%", k[3], k[4], k[5].toFixed(1), k[6], k[2] > 0 ? (100 * k[5] / k[2]).toFixed(1) + "%" : "-"].forEach(function (v) {{ r.insertCell().textContent = v; }});
+    count.wheretime++;
+  }});
   // timeline
   var W = 1100, left = 90, rowH = 22, T = Math.max(D.total, 1);
   var s = svg("timeline", W, rowH * D.tracks.length + 30);
@@ -96,18 +132,19 @@ window.onerror = function (m) {{
     el(u, "text", {{x: 610, y: i * 22 + 15}}, (100 * x[1]).toFixed(1) + "%");
     count.units++;
   }});
-  // layers
-  var maxSpan = Math.max.apply(null, D.layers.map(function (l) {{ return l[2] - l[1]; }}).concat([1]));
+  // layers: attributed cycles as bars, the span in the table
+  var maxCyc = Math.max.apply(null, D.layers.map(function (l) {{ return l[5]; }}).concat([1]));
   var ls = svg("layers", 700, D.layers.length * 20 + 10);
   var lt = document.getElementById("layertable");
-  var hr = lt.insertRow(); ["layer","first cycle","last cycle","span","busy (unit cycles)","ops"].forEach(function (h) {{ var th = document.createElement("th"); th.textContent = h; hr.appendChild(th); }});
+  var hr = lt.insertRow(); ["layer","cycles (attributed)","share","first cycle","last cycle","span","busy (unit cycles)","ops"].forEach(function (h) {{ var th = document.createElement("th"); th.textContent = h; hr.appendChild(th); }});
   D.layers.forEach(function (l, i) {{
     el(ls, "text", {{x: 4, y: i * 20 + 14}}, l[0]);
-    el(ls, "rect", {{x: 160, y: i * 20 + 4, width: 480 * (l[2] - l[1]) / maxSpan, height: 12, fill: "#59a14f"}});
-    var r = lt.insertRow(); [l[0], l[1], l[2], l[2] - l[1], l[3], l[4]].forEach(function (v) {{ r.insertCell().textContent = v; }});
+    var b = el(ls, "rect", {{x: 160, y: i * 20 + 4, width: Math.max(480 * l[5] / maxCyc, 0.5), height: 12, fill: "#59a14f"}});
+    el(b, "title", {{}}, l[0] + ": " + Math.round(l[5]) + " cycles");
+    var r = lt.insertRow(); [l[0], Math.round(l[5]), (100 * l[5] / WT).toFixed(1) + "%", l[1], l[2], l[2] - l[1], l[3], l[4]].forEach(function (v) {{ r.insertCell().textContent = v; }});
     count.layers++;
   }});
-  // roofline-style: x = bound cycles, y = span cycles (log-log)
+  // roofline-style: x = bound cycles, y = attributed cycles (log-log)
   var R = 460, pad = 50, ops = D.ops.filter(function (o) {{ return o[2] > 0; }});
   var lo = 1, hi = 10;
   ops.forEach(function (o) {{ hi = Math.max(hi, o[2], o[3]); }});
@@ -117,10 +154,10 @@ window.onerror = function (m) {{
   el(rf, "line", {{x1: pad, y1: R, x2: R + pad, y2: R, stroke: "#000"}});
   el(rf, "line", {{x1: pad, y1: R, x2: pad, y2: 0, stroke: "#000"}});
   el(rf, "text", {{x: pad + 120, y: R + 35}}, "bound cycles (machine peak for the op's work)");
-  el(rf, "text", {{x: 2, y: 12}}, "span cycles");
+  el(rf, "text", {{x: 2, y: 12}}, "cycles (attributed)");
   ops.forEach(function (o) {{
     var c = el(rf, "circle", {{cx: pad + R * L(o[3]), cy: R - R * L(o[2]), r: 4, fill: kindColor[o[1]], "fill-opacity": 0.8}});
-    el(c, "title", {{}}, o[0] + ": span " + o[2] + ", bound " + o[3].toFixed(1) + " (" + o[4] + ")");
+    el(c, "title", {{}}, o[0] + ": " + Math.round(o[2]) + " cycles (span " + o[6] + "), bound " + o[3].toFixed(1) + " (" + o[4] + ")");
     count.roofline++;
   }});
   var m = document.createElement("div"); m.id = "q35-drawn";

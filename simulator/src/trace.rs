@@ -1,16 +1,27 @@
-//! `--trace FILE.json`: a Chrome trace-event file (Perfetto and
-//! chrome://tracing open it) of one or more steps.
+//! `--trace FILE.json`: a Chrome trace-event file (the Trace Event Format
+//! that Perfetto's JSON importer and chrome://tracing read) of one or more
+//! steps.
 //!
 //! One process per step (`pid` = step + 1, steps laid end to end at the
-//! target's clock); one track (`tid`) per unit group: MEM (every slice),
-//! VXM (every ALU), each MXM plane, each SXM. A slice is a run of one
-//! source op's instructions on a track: consecutive instructions of one
+//! target's clock); one track (`tid`) per functional unit: MEM west and
+//! east (every slice of the hemisphere), VXM (every ALU), each MXM plane,
+//! each SXM. A slice (`ph: X`) is a run of one source op's instructions on
+//! a track, named by the op (`blk.3.attn_q`: source op and layer; `cat` is
+//! the op kind, `args.layer` the layer): consecutive instructions of one
 //! label merge into one slice (from the first issue to the end of the last
 //! one's occupancy), and a slice ends where another op's instruction
-//! starts, so slices on a track never overlap and the file stays bounded
-//! by the number of op changes, not instructions. Counters per cycle
+//! starts, so slices on a track never overlap and the file stays bounded by
+//! the number of op changes, not instructions. Counters (`ph: C`) per cycle
 //! bucket: stream registers holding a value (average), MEM reads and
 //! writes.
+//!
+//! Times: `ts` and `dur` are microseconds (the format's unit; Perfetto
+//! ignores `displayTimeUnit` for them). Every boundary is first snapped to
+//! a whole nanosecond `n` of the step's clock; `ts` is written as
+//! `(n + 0.5) / 1000` and `dur` as `(end - start) / 1000`, so Perfetto's
+//! importer, which truncates `value * 1000` to an integer nanosecond, gets
+//! exactly `n` for a start and at most the true end for an end: adjacent
+//! slices can touch but never overlap after import.
 
 use q35_isa::{Dir, Instruction, QueueKind, Unit};
 use serde_json::{Value, json};
@@ -19,29 +30,47 @@ use crate::analysis::{Event, StepProfile};
 use crate::config::MachineConfig;
 
 /// Track ids and names, in display order.
-pub const TRACKS: [(u32, &str); 8] = [
-    (1, "MEM"),
-    (2, "VXM"),
-    (3, "MXM mxm.0"),
-    (4, "MXM mxm.1"),
-    (5, "MXM mxm.2"),
-    (6, "MXM mxm.3"),
-    (7, "SXM sxm.w"),
-    (8, "SXM sxm.e"),
+pub const TRACKS: [(u32, &str); 9] = [
+    (1, "MEM west"),
+    (2, "MEM east"),
+    (3, "VXM"),
+    (4, "MXM mxm.0"),
+    (5, "MXM mxm.1"),
+    (6, "MXM mxm.2"),
+    (7, "MXM mxm.3"),
+    (8, "SXM sxm.w"),
+    (9, "SXM sxm.e"),
 ];
 
 /// The track of an event (`None`: control).
 pub fn track_of(e: &Event) -> Option<u32> {
+    use q35_isa::Hemisphere::{East, West};
     if e.ins.info().unit == Unit::Control {
         return None;
     }
     Some(match e.queue.kind() {
-        QueueKind::Mem { .. } => 1,
-        QueueKind::Vxm(_) => 2,
-        QueueKind::Mxm(p) => 3 + u32::from(p).min(3),
-        QueueKind::Sxm(q35_isa::Hemisphere::West) => 7,
-        QueueKind::Sxm(q35_isa::Hemisphere::East) => 8,
+        QueueKind::Mem {
+            hemisphere: West, ..
+        } => 1,
+        QueueKind::Mem {
+            hemisphere: East, ..
+        } => 2,
+        QueueKind::Vxm(_) => 3,
+        QueueKind::Mxm(p) => 4 + u32::from(p).min(3),
+        QueueKind::Sxm(West) => 8,
+        QueueKind::Sxm(East) => 9,
     })
+}
+
+/// Cycle `c` at `clock_mhz` in whole nanoseconds (rounded down).
+pub fn cycle_ns(c: u64, clock_mhz: f64) -> u64 {
+    (c as f64 * 1000.0 / clock_mhz).floor() as u64
+}
+
+/// A start at `ns` nanoseconds as the format's microseconds (module doc:
+/// half a nanosecond late, so that truncating `ts * 1000` gives `ns`).
+fn ts_us(ns: u64) -> f64 {
+    (ns as f64 + 0.5) / 1000.0
 }
 
 /// A merged slice: (track, label index, start cycle, end cycle).
@@ -148,7 +177,7 @@ pub struct TraceStep<'a> {
 
 /// The trace as JSON (`clock_mhz` converts cycles to microseconds).
 pub fn to_json(steps: &[TraceStep<'_>], config: &MachineConfig) -> Value {
-    let us = 1.0 / config.target.clock_mhz;
+    let mhz = config.target.clock_mhz;
     let mut ev: Vec<Value> = Vec::new();
     for (i, s) in steps.iter().enumerate() {
         let pid = i as u64 + 1;
@@ -160,16 +189,17 @@ pub fn to_json(steps: &[TraceStep<'_>], config: &MachineConfig) -> Value {
         }
         for (tid, l, a, b) in slices(s.step) {
             let label = &s.step.labels[l as usize];
+            let (na, nb) = (cycle_ns(s.offset + a, mhz), cycle_ns(s.offset + b, mhz));
             ev.push(json!({
                 "name": label, "cat": crate::analysis::kind_of(label), "ph": "X",
-                "ts": (s.offset + a) as f64 * us, "dur": (b - a) as f64 * us,
+                "ts": ts_us(na), "dur": (nb - na) as f64 / 1000.0,
                 "pid": pid, "tid": tid,
                 "args": {"first_cycle": a, "end_cycle": b, "layer": crate::analysis::layer_of(label)},
             }));
         }
         let bucket = (s.step.total_cycles / 500).max(1);
         for (c, streams, r, w) in counters(s.step, config, bucket) {
-            let ts = (s.offset + c) as f64 * us;
+            let ts = ts_us(cycle_ns(s.offset + c, mhz));
             ev.push(json!({"name": "stream registers in use", "ph": "C", "ts": ts, "pid": pid, "args": {"registers": streams}}));
             ev.push(json!({"name": format!("MEM accesses per {bucket} cycles"), "ph": "C", "ts": ts, "pid": pid, "args": {"reads": r, "writes": w}}));
         }

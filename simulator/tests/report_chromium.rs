@@ -77,7 +77,7 @@ fn report_renders_in_headless_chromium() {
         dom.contains("id=\"q35-drawn\""),
         "the script did not finish: {dom}"
     );
-    for chart in ["timeline", "units", "layers", "roofline"] {
+    for chart in ["wheretime", "timeline", "units", "layers", "roofline"] {
         let n = attr(&dom, chart).unwrap_or(0);
         assert!(n > 0, "chart {chart} is empty");
     }
@@ -85,5 +85,16 @@ fn report_renders_in_headless_chromium() {
         attr(&dom, "units"),
         Some(step.units.len() as u64),
         "one bar per unit group"
+    );
+    // Where time goes: a bar part per class (and for the cycles with
+    // nothing in flight and the skew, when there are any) and a row per
+    // op kind.
+    let parts = step.classes.iter().filter(|c| c.cycles > 0.0).count()
+        + usize::from(step.idle_cycles > 0)
+        + usize::from(step.skew_cycles > 0);
+    assert_eq!(
+        attr(&dom, "wheretime"),
+        Some((parts + step.kinds.len()) as u64),
+        "where the cycles go: {dom}"
     );
 }

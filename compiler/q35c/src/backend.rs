@@ -21,7 +21,7 @@ use q35_host::golden::{self, BuiltGolden, CALIB_SAMPLES, GoldenRecipe};
 use q35_host::meta::{GoldenRecipeMeta, HostMeta};
 use q35_model::ModelSpec;
 
-use crate::load::progress;
+use crate::bar::Bar;
 
 /// Calibration window in tokens (as `q35c eval --quant` and `interp`).
 pub const CALIB_CTX: usize = 512;
@@ -51,7 +51,11 @@ pub fn compile(
 ) -> anyhow::Result<Emitted> {
     let shown = model_path.display();
     let mlir = q35_mlir::create_context()?;
-    progress("lowering and placing...");
+    let bar = Bar::new(
+        format!("compile {shown}: "),
+        "lowering, placing and scheduling (lpu-lower, lpu-place, lpu-schedule)",
+        !options.print_ir_after_all,
+    );
     let module = q35_mlir::compile_placed(&mlir, spec, context, options)
         .with_context(|| format!("cannot compile {shown} for the LPU"))?;
     let ctx = q35_mlir::ir::int_attr(&module.as_operation(), q35_frontend::lpu_ops::CONTEXT_ATTR)
@@ -72,12 +76,12 @@ pub fn compile(
         positions: ctx as usize,
         threads,
     };
-    progress("quantizing...");
-    let built = golden::build(&recipe).with_context(|| format!("cannot quantize {shown}"))?;
+    let built = golden::build_with_progress(&recipe, &|p| bar.report(p))
+        .with_context(|| format!("cannot quantize {shown}"))?;
 
     // lpu-schedule with the real weights (the pass itself uses placeholders
     // of the same shapes; the schedule does not depend on values).
-    progress("scheduling and generating code...");
+    bar.stage("scheduling with the real weights and generating code");
     let source = q35_mlir::lpu::plan::GoldenSource::new(&built.layers, &built.golden);
     let (plan, compiled) =
         q35_mlir::passes::lpu_codegen::schedule(&mlir, &module, &source, &spec.target)
@@ -93,6 +97,7 @@ pub fn compile(
             })?;
     let bound = q35_codegen::plan::bound(&plan, &spec.target);
     drop(plan);
+    drop(bar);
     if options.print_ir_after_all {
         eprintln!(
             "// -----// IR Dump After lpu-schedule (lpu-schedule) ('builtin.module' operation) //----- //\n{}",

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use q35_contract::{GoldenHead, GoldenModel, IntMatrix, QuantScheme, QuantizedMatrix};
 use q35_quant::golden::from_reference;
-use q35_quant::model::{QuantPipeline, SchemePolicy, model_weights, quantize_model};
+use q35_quant::model::{QuantPipeline, SchemePolicy, model_weights, quantize_model_with_progress};
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{LinearId, LinearKind, Model};
 use q35_tokenizer::Tokenizer;
@@ -165,7 +165,19 @@ fn read_text(path: &Path) -> Result<String, GoldenBuildError> {
 
 /// Builds the golden model `recipe` describes.
 pub fn build(recipe: &GoldenRecipe) -> Result<BuiltGolden, GoldenBuildError> {
+    build_with_progress(recipe, &q35_quant::progress::silent)
+}
+
+/// [`build`], reporting its stages (`loading`, `calibrating`,
+/// `quantizing`, `building the golden model`) and each quantized matrix
+/// to `progress`.
+pub fn build_with_progress(
+    recipe: &GoldenRecipe,
+    progress: &dyn Fn(q35_quant::Progress<'_>),
+) -> Result<BuiltGolden, GoldenBuildError> {
+    use q35_quant::Progress::Stage;
     let path = &recipe.model_toml;
+    progress(Stage("loading"));
     let model_err = |error| GoldenBuildError::Model {
         path: path.clone(),
         error,
@@ -210,15 +222,20 @@ pub fn build(recipe: &GoldenRecipe) -> Result<BuiltGolden, GoldenBuildError> {
                     what: "holds no text".into(),
                 });
             }
-            QuantPipeline::calibrate(
+            progress(Stage("calibrating"));
+            QuantPipeline::calibrate_with_progress(
                 &model,
                 &tokens,
                 recipe.calib_ctx,
                 recipe.calib_samples,
                 group_size,
                 options,
+                progress,
             )
-            .and_then(|p| p.quantize(policy))
+            .and_then(|p| {
+                progress(Stage("quantizing"));
+                p.quantize_with_progress(policy, progress)
+            })
             .map_err(quant_err)?
         }
         None if scheme.needs_importance() => {
@@ -227,10 +244,18 @@ pub fn build(recipe: &GoldenRecipe) -> Result<BuiltGolden, GoldenBuildError> {
                 scheme,
             });
         }
-        None => model_weights(&model)
-            .and_then(|w| quantize_model(&model, &w, policy, group_size, None, options))
-            .map_err(quant_err)?,
+        None => {
+            progress(Stage("quantizing"));
+            model_weights(&model)
+                .and_then(|w| {
+                    quantize_model_with_progress(
+                        &model, &w, policy, group_size, None, options, progress,
+                    )
+                })
+                .map_err(quant_err)?
+        }
     };
+    progress(Stage("building the golden model"));
     let golden = from_reference(&model, &layers, recipe.positions).map_err(quant_err)?;
     let head_id = LinearId {
         block: None,

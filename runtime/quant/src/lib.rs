@@ -23,8 +23,10 @@
 pub mod golden;
 pub mod metrics;
 pub mod model;
+pub mod progress;
 pub mod quantize;
 
+pub use progress::Progress;
 pub use q35_contract::{ActivationI8, ContractError, IntMatrix, QuantScheme, QuantizedMatrix};
 pub use quantize::quantize;
 

@@ -166,7 +166,7 @@ impl Calibration {
                 "calibration needs at least one token and a positive window".into(),
             ));
         }
-        Calibration::new(max_samples).record(model, tokens, window)
+        Calibration::new(max_samples).record(model, tokens, window, &crate::progress::silent)
     }
 
     /// As [`Calibration::run`], also recording each layer input's in-group
@@ -184,9 +184,34 @@ impl Calibration {
                 "calibration needs tokens, a positive window and a positive group size".into(),
             ));
         }
+        Calibration::run_with_covariance_progress(
+            model,
+            tokens,
+            window,
+            max_samples,
+            group_size,
+            &crate::progress::silent,
+        )
+    }
+
+    /// [`Calibration::run_with_covariance`], reporting each window to
+    /// `progress` as it is done.
+    pub fn run_with_covariance_progress(
+        model: &Model,
+        tokens: &[u32],
+        window: usize,
+        max_samples: usize,
+        group_size: usize,
+        progress: &dyn Fn(crate::Progress<'_>),
+    ) -> Result<Calibration, ModelQuantError> {
+        if tokens.is_empty() || window == 0 || group_size == 0 {
+            return Err(ModelQuantError::Input(
+                "calibration needs tokens, a positive window and a positive group size".into(),
+            ));
+        }
         let mut calib = Calibration::new(max_samples);
         calib.cov_group = Some(group_size);
-        calib.record(model, tokens, window)
+        calib.record(model, tokens, window, progress)
     }
 
     /// Runs `model` over `tokens` in consecutive windows of `window` tokens,
@@ -196,10 +221,17 @@ impl Calibration {
         model: &Model,
         tokens: &[u32],
         window: usize,
+        progress: &dyn Fn(crate::Progress<'_>),
     ) -> Result<Calibration, ModelQuantError> {
-        for chunk in tokens.chunks(window) {
+        let total = tokens.len().div_ceil(window);
+        for (i, chunk) in tokens.chunks(window).enumerate() {
             let mut session = model.new_session_with_capacity(window)?;
             model.forward_observed(&mut session, chunk, Logits::All, &mut self)?;
+            progress(crate::Progress::Item {
+                done: i + 1,
+                total,
+                item: "calibration windows",
+            });
         }
         Ok(self)
     }

@@ -115,6 +115,31 @@ pub fn quantize_model(
     calib: Option<&Calibration>,
     options: QuantOptions,
 ) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
+    quantize_model_with_progress(
+        model,
+        weights,
+        policy,
+        group_size,
+        calib,
+        options,
+        &crate::progress::silent,
+    )
+}
+
+/// [`quantize_model`], reporting each matrix to `progress` as it is done.
+pub fn quantize_model_with_progress(
+    model: &Model,
+    weights: &[(LinearId, Vec<f32>)],
+    policy: SchemePolicy,
+    group_size: usize,
+    calib: Option<&Calibration>,
+    options: QuantOptions,
+    progress: &dyn Fn(crate::Progress<'_>),
+) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
+    let total = weights
+        .iter()
+        .filter(|(id, _)| policy.scheme_of(*id).is_some())
+        .count();
     let mut out = Vec::new();
     for (id, w) in weights {
         let Some(scheme) = policy.scheme_of(*id) else {
@@ -124,6 +149,11 @@ pub fn quantize_model(
             layer_shape(model, *id).ok_or_else(|| ModelQuantError::NoWeights(id.to_string()))?;
         let matrix = quantize_layer(*id, w, shape, scheme, group_size, calib, options)?;
         out.push(QuantizedLayer { id: *id, matrix });
+        progress(crate::Progress::Item {
+            done: out.len(),
+            total,
+            item: &id.gguf_name(),
+        });
     }
     Ok(out)
 }

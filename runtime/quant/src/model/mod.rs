@@ -25,7 +25,10 @@ mod policy;
 mod report;
 
 pub use calibration::{Calibration, LayerCalibration};
-pub use layers::{QuantizedLayer, layer_shape, model_weights, quantize_layer, quantize_model};
+pub use layers::{
+    QuantizedLayer, layer_shape, model_weights, quantize_layer, quantize_model,
+    quantize_model_with_progress,
+};
 pub use linear::{QuantLinear, SavedLayers, install, restore};
 pub use logits::{EvalReport, ReferenceLogits};
 pub use pipeline::QuantPipeline;

@@ -5,7 +5,7 @@ use q35_reference::{LinearId, Model};
 
 use super::{
     Calibration, EvalReport, ModelQuantError, QuantizedLayer, ReferenceLogits, SchemePolicy,
-    model_weights, quantize_model,
+    model_weights, quantize_model_with_progress,
 };
 use crate::quantize::QuantOptions;
 
@@ -40,8 +40,32 @@ impl<'m> QuantPipeline<'m> {
         group_size: usize,
         options: QuantOptions,
     ) -> Result<QuantPipeline<'m>, ModelQuantError> {
+        QuantPipeline::calibrate_with_progress(
+            model,
+            tokens,
+            window,
+            samples,
+            group_size,
+            options,
+            &crate::progress::silent,
+        )
+    }
+
+    /// [`QuantPipeline::calibrate`], reporting each calibration window to
+    /// `progress`.
+    pub fn calibrate_with_progress(
+        model: &'m Model,
+        tokens: &[u32],
+        window: usize,
+        samples: usize,
+        group_size: usize,
+        options: QuantOptions,
+        progress: &dyn Fn(crate::Progress<'_>),
+    ) -> Result<QuantPipeline<'m>, ModelQuantError> {
         let window = window.min(model.config().context);
-        let calib = Calibration::run_with_covariance(model, tokens, window, samples, group_size)?;
+        let calib = Calibration::run_with_covariance_progress(
+            model, tokens, window, samples, group_size, progress,
+        )?;
         let weights = model_weights(model)?;
         Ok(QuantPipeline {
             model,
@@ -69,13 +93,23 @@ impl<'m> QuantPipeline<'m> {
 
     /// Every matrix quantized under `policy`.
     pub fn quantize(&self, policy: SchemePolicy) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
-        quantize_model(
+        self.quantize_with_progress(policy, &crate::progress::silent)
+    }
+
+    /// [`QuantPipeline::quantize`], reporting each matrix to `progress`.
+    pub fn quantize_with_progress(
+        &self,
+        policy: SchemePolicy,
+        progress: &dyn Fn(crate::Progress<'_>),
+    ) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
+        quantize_model_with_progress(
             self.model,
             &self.weights,
             policy,
             self.group_size,
             Some(&self.calib),
             self.options,
+            progress,
         )
     }
 

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
-use q35_host::golden::{GoldenRecipe, build};
+use q35_host::golden::{GoldenRecipe, build_with_progress};
 use q35_host::{Checker, DeviceError, HostError, Session};
 use q35_lpubin::LpuBinary;
 use q35_reference::{GenerateOptions, SamplingParams, StopReason};
@@ -32,7 +32,7 @@ use q35_sim::trace::TraceStep;
 fn profile_text(summary: &serde_json::Value, step: Option<&StepProfile>, top: usize) -> String {
     let g = |k: &str| summary[k].as_f64().unwrap_or(0.0);
     let mut out = format!(
-        "profile: {} cycles in all; prefill {} cycles ({} runs, {:.0} per token); decode {} cycles ({} runs, {:.0} per token): {:.0} tokens/s decode, {:.0} tokens/s prefill at {} MHz\n",
+        "profile: {} cycles in all; prefill {} cycles ({} runs, {:.0} per prompt token); decode {} cycles ({} runs, {:.0} per token): {:.0} tokens/s decode, {:.0} tokens/s prefill at {} MHz\n",
         g("total_cycles"),
         g("prefill_cycles"),
         g("prefill_runs"),
@@ -44,6 +44,13 @@ fn profile_text(summary: &serde_json::Value, step: Option<&StepProfile>, top: us
         g("prefill_tokens_per_second_at_clock"),
         g("clock_mhz"),
     );
+    out.push_str(&format!(
+        "achieved against the machine's bound for the same work: prefill {:.1}% ({:.0} bound cycles), decode {:.1}% ({:.0} bound cycles)\n",
+        100.0 * g("prefill_achieved"),
+        g("prefill_bound_cycles"),
+        100.0 * g("decode_achieved"),
+        g("decode_bound_cycles"),
+    ));
     if let Some(step) = step {
         out.push_str(&format!(
             "one step ({} of the {} runs' schedules are distinct; `q35sim profile` gives the same from the binary):\n",
@@ -51,6 +58,40 @@ fn profile_text(summary: &serde_json::Value, step: Option<&StepProfile>, top: us
             g("prefill_runs") + g("decode_runs"),
         ));
         out.push_str(&step.to_text(top));
+    }
+    out
+}
+
+/// The bar over a generation, when it does not mix with the text: the text
+/// streams to stdout as tokens come, so on a terminal that streaming is
+/// the progress; with `--json`, or stdout redirected, a bar on stderr (a
+/// terminal) counts the tokens.
+fn generation_bar(name: &str, json_out: bool, prompt: usize) -> Option<crate::bar::Bar> {
+    use std::io::IsTerminal;
+    if !json_out && std::io::stdout().is_terminal() {
+        return None;
+    }
+    let bar = crate::bar::Bar::new(
+        format!("run {name}: "),
+        format!("prefill: {prompt} prompt tokens"),
+        true,
+    );
+    Some(bar)
+}
+
+/// The machine's bound for the work of every prefill run and of every
+/// decode run (each run's step profile's bound, summed by the phase the
+/// host tagged it with).
+fn phase_bounds(
+    steps: &[q35_host::StepRecord],
+    runs: &[usize],
+    profiles: &[StepProfile],
+) -> [f64; 2] {
+    let mut out = [0.0; 2];
+    for (s, &t) in steps.iter().zip(runs) {
+        if let Some(p) = profiles.get(t) {
+            out[usize::from(!s.prefill)] += p.bound_cycles;
+        }
     }
     out
 }
@@ -185,7 +226,14 @@ pub fn run(
             positions: session.ctx(),
             threads: 2,
         };
-        let built = build(&recipe).context("cannot build the golden model for --check")?;
+        let bar = crate::bar::Bar::new(
+            format!("--check {}: ", recipe.model_toml.display()),
+            "building the golden model",
+            true,
+        );
+        let built = build_with_progress(&recipe, &|p| bar.report(p))
+            .context("cannot build the golden model for --check")?;
+        drop(bar);
         let checker = Checker::new(built.golden, &meta).map_err(|e| failure(name, e))?;
         session.set_checker(checker);
     }
@@ -205,7 +253,17 @@ pub fn run(
     let mut text = String::new();
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
+    let bar = generation_bar(name, json_out, prompt.len());
+    let mut generated = 0usize;
     let generation = session.generate(&prompt, &options, |tok| {
+        generated += 1;
+        if let Some(b) = &bar {
+            b.items(
+                generated,
+                args.max_tokens,
+                &format!("tokens generated (last {tok})"),
+            );
+        }
         let piece = match &tokenizer {
             Some(t) if t.is_control(tok) => String::new(),
             Some(t) => decoder.push(t, tok),
@@ -222,6 +280,7 @@ pub fn run(
         }
         true
     });
+    drop(bar);
     if let Some(e) = write_err {
         return Err(anyhow::Error::from(e)
             .context("cannot write to stdout")
@@ -267,7 +326,9 @@ pub fn run(
     let (decode_cycles, decode_runs) = cycles(false);
     let per = |c: u64, n: u64| if n == 0 { 0.0 } else { c as f64 / n as f64 };
     let decode_per_token = per(decode_cycles, decode_runs);
-    let prefill_per_token = per(prefill_cycles, prefill_runs);
+    // Per prompt token, whatever number of runs prefill took.
+    let prefill_per_token = per(prefill_cycles, generation.prompt_tokens as u64);
+    let bounds = phase_bounds(&generation.steps, &recorded.runs, &step_profiles);
     let summary = json!({
         "total_cycles": prefill_cycles + decode_cycles,
         "prefill_cycles": prefill_cycles,
@@ -280,6 +341,10 @@ pub fn run(
         "decode_tokens_per_second_at_clock": crate::cmd_profile::tokens_per_second(&config, decode_per_token),
         "prefill_tokens_per_second_at_clock": crate::cmd_profile::tokens_per_second(&config, prefill_per_token),
         "distinct_step_schedules": recorded.timelines.len(),
+        "prefill_bound_cycles": bounds[0],
+        "prefill_achieved": if prefill_cycles == 0 { 0.0 } else { bounds[0] / prefill_cycles as f64 },
+        "decode_bound_cycles": bounds[1],
+        "decode_achieved": if decode_cycles == 0 { 0.0 } else { bounds[1] / decode_cycles as f64 },
     });
     // The step shown: the last decode run's (else the last run's).
     let shown = generation

@@ -105,17 +105,22 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let name = args.file.display().to_string();
     let binary = LpuBinary::open(&args.file).map_err(anyhow::Error::from)?;
     let start = std::time::Instant::now();
-    let machine = Machine::new(&binary, config.clone()).with_context(|| name.clone())?;
-    let timeline = match walk(machine.loaded(), &config) {
+    let bar = crate::bar::Bar::new(format!("profile {name}: "), "decoding", true);
+    // Decoding the queues is all the walk needs: no MEM image (no values run).
+    let loaded = q35_sim::load::load(&binary, &config).with_context(|| name.clone())?;
+    bar.stage("walking the schedule");
+    let timeline = match walk(&loaded, &config) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("{name}: {e}");
             return Err(Failure::Program);
         }
     };
-    let step = analyse(&binary, machine.loaded(), &config, &timeline);
+    bar.stage("attributing cycles");
+    let step = analyse(&binary, &loaded, &config, &timeline);
     let seconds = start.elapsed().as_secs_f64();
     if args.check {
+        bar.stage("--check: running the program once");
         let mut m = Machine::new(&binary, config.clone()).with_context(|| name.clone())?;
         m.set_record(true);
         if let Err(e) = m.run_once() {
@@ -148,6 +153,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         "predicted_cycles_per_step": q35_host::HostMeta::from_binary(&binary).ok().and_then(|m| m.predicted_cycles_per_step),
         "checked_against_a_run": args.check,
     });
+    if args.outputs.files() {
+        bar.stage("writing the trace and report");
+    }
     args.outputs
         .write(
             &config,
@@ -161,6 +169,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             &summary,
         )
         .map_err(Failure::Input)?;
+    drop(bar);
     let mut text = String::new();
     if args.json {
         let mut v = summary.clone();
