@@ -130,15 +130,102 @@ impl Pool {
     }
 }
 
-/// Everything an instruction may touch.
+/// Where an instruction's stream operands come from and where its results
+/// go. [`execute`] calls `read` and `write` in an order fixed by the
+/// instruction alone (never by values), which is what lets
+/// [`crate::replay`] resolve them once and for all.
+pub trait Operands {
+    /// The value on `s` at `position` on `cycle`.
+    fn read(&mut self, s: Stream, position: u32, cycle: u64) -> Result<&Vector, Fault>;
+    /// Puts `bytes` on `s` at `position` on `cycle`, written by instruction
+    /// `index` of `queue`.
+    fn write(
+        &mut self,
+        s: Stream,
+        position: u32,
+        cycle: u64,
+        bytes: &Vector,
+        queue: QueueId,
+        index: u32,
+    ) -> Result<(), Fault>;
+}
+
+/// The engine's operands: the stream model, logging the slab slot of every
+/// value read or written when `log` is set (to record a replay).
 #[derive(Debug)]
-pub struct Ctx<'a> {
+pub struct Live<'a> {
+    /// Values in flight.
+    pub streams: &'a mut Streams,
+    /// Slab slots in the order of the `read`/`write` calls, when recording.
+    pub log: Option<&'a mut Vec<u32>>,
+}
+
+impl Operands for Live<'_> {
+    fn read(&mut self, s: Stream, position: u32, cycle: u64) -> Result<&Vector, Fault> {
+        match self.streams.read_slot(s, position, cycle) {
+            Some(slot) => {
+                if let Some(log) = &mut self.log {
+                    log.push(slot);
+                }
+                Ok(self.streams.slab(slot))
+            }
+            None => Err(Fault {
+                cycle,
+                kind: HazardKind::StreamReadBeforeArrival {
+                    stream: s,
+                    position,
+                    next: self.streams.next_arrival(s, position, cycle),
+                },
+            }),
+        }
+    }
+
+    fn write(
+        &mut self,
+        s: Stream,
+        position: u32,
+        cycle: u64,
+        bytes: &Vector,
+        queue: QueueId,
+        index: u32,
+    ) -> Result<(), Fault> {
+        let slot = self.streams.alloc();
+        *self.streams.bytes_mut(slot) = *bytes;
+        let writer = Writer {
+            queue: queue.index(),
+            index,
+        };
+        match self.streams.write(s, position, cycle, slot, writer) {
+            Ok(()) => {
+                if let Some(log) = &mut self.log {
+                    log.push(slot);
+                }
+                Ok(())
+            }
+            Err(c) => Err(Fault {
+                cycle: c.cycle,
+                kind: HazardKind::StreamWriteCollision {
+                    stream: s,
+                    position: c.position,
+                    other_queue: QueueId::from_index(c.other.queue).unwrap_or(queue),
+                    other_index: c.other.index,
+                },
+            }),
+        }
+    }
+}
+
+/// Everything an instruction may touch. `O` is where its stream operands
+/// come from: the stream model ([`Live`], the engine) or a recorded list of
+/// slots ([`crate::replay`]).
+#[derive(Debug)]
+pub struct Ctx<'a, O: Operands> {
     /// The machine.
     pub config: &'a MachineConfig,
     /// Architectural state.
     pub state: &'a mut State,
     /// Values in flight.
-    pub streams: &'a mut Streams,
+    pub operands: O,
     /// Deferred-work buffers.
     pub pool: &'a mut Pool,
     /// Deferred work this instruction adds: (cycle, work).
@@ -153,7 +240,7 @@ pub struct Ctx<'a> {
     pub addr_offset: i64,
 }
 
-impl Ctx<'_> {
+impl<O: Operands> Ctx<'_, O> {
     fn position(&self) -> u32 {
         self.config.position(self.queue)
     }
@@ -169,18 +256,7 @@ impl Ctx<'_> {
     }
 
     fn read_at(&mut self, s: Stream, position: u32, cycle: u64) -> Result<Vector, Fault> {
-        if let Some(v) = self.streams.read(s, position, cycle) {
-            return Ok(*v);
-        }
-        let next = self.streams.next_arrival(s, position, cycle);
-        self.fault(
-            cycle,
-            HazardKind::StreamReadBeforeArrival {
-                stream: s,
-                position,
-                next,
-            },
-        )
+        self.operands.read(s, position, cycle).copied()
     }
 
     /// Reads `N` consecutive streams from `first`.
@@ -198,25 +274,8 @@ impl Ctx<'_> {
         let cycle = self.cycle + latency;
         let position = self.position();
         for (i, p) in planes.iter().enumerate() {
-            let slot = self.streams.alloc();
-            *self.streams.bytes_mut(slot) = *p;
-            let s = nth(first, i);
-            let writer = Writer {
-                queue: self.queue.index(),
-                index: self.index,
-            };
-            if let Err(c) = self.streams.write(s, position, cycle, slot, writer) {
-                let other_queue = QueueId::from_index(c.other.queue).unwrap_or(self.queue);
-                return self.fault(
-                    c.cycle,
-                    HazardKind::StreamWriteCollision {
-                        stream: s,
-                        position: c.position,
-                        other_queue,
-                        other_index: c.other.index,
-                    },
-                );
-            }
+            self.operands
+                .write(nth(first, i), position, cycle, p, self.queue, self.index)?;
         }
         Ok(())
     }
@@ -344,7 +403,7 @@ macro_rules! mxm_ops {
 }
 
 /// Runs one instruction issued on `ctx.cycle`.
-pub fn execute(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<Flow, Fault> {
+pub fn execute<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<Flow, Fault> {
     match *ins {
         Instruction::Nop { n } => Ok(Flow::Wait(u64::from(n))),
         Instruction::Repeat { n, d, stride } => Ok(Flow::Repeat { n, d, stride }),
@@ -359,7 +418,7 @@ pub fn execute(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<Flow, Fault> {
 }
 
 /// Checks a MEM address against the slice.
-fn address(ctx: &Ctx<'_>, cycle: u64, addr: i64) -> Result<u32, Fault> {
+fn address<O: Operands>(ctx: &Ctx<'_, O>, cycle: u64, addr: i64) -> Result<u32, Fault> {
     let words = ctx.config.mem.words_per_slice;
     if (0..i64::from(words)).contains(&addr) {
         Ok(addr as u32)
@@ -375,7 +434,12 @@ fn address(ctx: &Ctx<'_>, cycle: u64, addr: i64) -> Result<u32, Fault> {
 }
 
 /// Books the slice's port and banks on `cycle`.
-fn book(ctx: &mut Ctx<'_>, cycle: u64, read: bool, banks: u64) -> Result<(), Fault> {
+fn book<O: Operands>(
+    ctx: &mut Ctx<'_, O>,
+    cycle: u64,
+    read: bool,
+    banks: u64,
+) -> Result<(), Fault> {
     let slice = usize::from(ctx.queue.index());
     let m = ctx.config.mem;
     let ports = &mut ctx.state.ports[slice];
@@ -388,7 +452,7 @@ fn book(ctx: &mut Ctx<'_>, cycle: u64, read: bool, banks: u64) -> Result<(), Fau
         })
 }
 
-fn bank_bit(ctx: &Ctx<'_>, addr: u32) -> u64 {
+fn bank_bit<O: Operands>(ctx: &Ctx<'_, O>, addr: u32) -> u64 {
     1u64 << (addr % ctx.config.mem.banks)
 }
 
@@ -402,7 +466,7 @@ fn indices(lo: &Vector, hi: &Vector) -> [u16; LANES] {
 }
 
 /// MEM: `read`, `write`, `gather`, `scatter`.
-fn mem(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+fn mem<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     let slice = usize::from(ctx.queue.index());
     let t = ctx.cycle;
     let rl = ctx.latency(LatencyClass::MemRead);
@@ -502,8 +566,8 @@ pub fn commit(state: &mut State, pool: &mut Pool, work: Deferred) {
 }
 
 /// Binary f32 lane-wise.
-fn f32_binary(
-    ctx: &mut Ctx<'_>,
+fn f32_binary<O: Operands>(
+    ctx: &mut Ctx<'_, O>,
     a: Stream,
     b: Stream,
     dst: Stream,
@@ -521,8 +585,8 @@ fn f32_binary(
 }
 
 /// Unary f32 lane-wise.
-fn f32_unary(
-    ctx: &mut Ctx<'_>,
+fn f32_unary<O: Operands>(
+    ctx: &mut Ctx<'_, O>,
     a: Stream,
     dst: Stream,
     class: LatencyClass,
@@ -538,8 +602,8 @@ fn f32_unary(
 }
 
 /// A u8 mask from two 4-stream groups.
-fn compare(
-    ctx: &mut Ctx<'_>,
+fn compare<O: Operands>(
+    ctx: &mut Ctx<'_, O>,
     a: Stream,
     b: Stream,
     dst: Stream,
@@ -557,7 +621,7 @@ fn compare(
 }
 
 /// VXM: point-wise arithmetic, conversions, `unpack35`.
-fn vxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     use LatencyClass::{VxmAlu, VxmConvert, VxmSpecial};
     match *ins {
         Instruction::Fadd { a, b, dst } => f32_binary(ctx, a, b, dst, VxmAlu, |x, y| x + y),
@@ -668,7 +732,11 @@ fn vxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
 }
 
 /// Reads the `ew`-stream group of an SXM operand.
-fn read_ew(ctx: &mut Ctx<'_>, src: Stream, ew: ElemWidth) -> Result<([Vector; 4], usize), Fault> {
+fn read_ew<O: Operands>(
+    ctx: &mut Ctx<'_, O>,
+    src: Stream,
+    ew: ElemWidth,
+) -> Result<([Vector; 4], usize), Fault> {
     let n = ew.bytes() as usize;
     let mut g = [[0u8; LANES]; 4];
     for (i, plane) in g.iter_mut().enumerate().take(n) {
@@ -679,8 +747,8 @@ fn read_ew(ctx: &mut Ctx<'_>, src: Stream, ew: ElemWidth) -> Result<([Vector; 4]
 
 /// Applies a lane map to every byte plane of a group: lane `l` of the
 /// result is lane `map(l)` of the input, or 0 for `None`.
-fn lane_map(
-    ctx: &mut Ctx<'_>,
+fn lane_map<O: Operands>(
+    ctx: &mut Ctx<'_, O>,
     src: Stream,
     dst: Stream,
     ew: ElemWidth,
@@ -701,7 +769,7 @@ fn lane_map(
 }
 
 /// The lane map of a `permute` table (entries past its end give 0).
-fn table<'a>(ctx: &'a Ctx<'_>, map: TableId) -> &'a [u16] {
+fn table<'a, O: Operands>(ctx: &'a Ctx<'_, O>, map: TableId) -> &'a [u16] {
     ctx.state
         .tables
         .get(usize::from(map.0))
@@ -709,7 +777,7 @@ fn table<'a>(ctx: &'a Ctx<'_>, map: TableId) -> &'a [u16] {
 }
 
 /// SXM: `shift`, `bcast`, `permute`, `transpose`.
-fn sxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+fn sxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     match *ins {
         Instruction::Shift { src, dst, n, w, ew } => {
             let (n, w) = (n as usize, w as usize);
@@ -768,7 +836,7 @@ fn plane_hazard(kind: mxm::HazardKind, cycle: u64) -> HazardKind {
     }
 }
 
-fn plane_index(ctx: &Ctx<'_>) -> usize {
+fn plane_index<O: Operands>(ctx: &Ctx<'_, O>) -> usize {
     match ctx.queue.kind() {
         QueueKind::Mxm(p) => usize::from(p),
         // The loader puts MXM instructions in MXM queues only.
@@ -779,7 +847,7 @@ fn plane_index(ctx: &Ctx<'_>) -> usize {
 /// A plane model error is a simulator bug (commands are issued in cycle
 /// order with checked shapes); reported as a hazard of the instruction
 /// rather than a panic.
-fn model_error(ctx: &Ctx<'_>, e: &mxm::MxmError) -> Fault {
+fn model_error<O: Operands>(ctx: &Ctx<'_, O>, e: &mxm::MxmError) -> Fault {
     Fault {
         cycle: ctx.cycle,
         kind: HazardKind::Internal {
@@ -789,7 +857,7 @@ fn model_error(ctx: &Ctx<'_>, e: &mxm::MxmError) -> Fault {
 }
 
 /// MXM: `lw`, `iw`, `mm`.
-fn mxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+fn mxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     let p = plane_index(ctx);
     let t = ctx.cycle;
     let index = ctx.index as usize;
@@ -859,7 +927,7 @@ fn mxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
 
 /// Step `step` of an `lw` on `cycle`: its rows from their streams into the
 /// plane's load buffer; after the last step, into the shadow weights.
-pub fn load_rows(ctx: &mut Ctx<'_>, work: Deferred) -> Result<(), Fault> {
+pub fn load_rows<O: Operands>(ctx: &mut Ctx<'_, O>, work: Deferred) -> Result<(), Fault> {
     let Deferred::LoadRows {
         plane,
         src,
@@ -899,7 +967,7 @@ pub fn load_rows(ctx: &mut Ctx<'_>, work: Deferred) -> Result<(), Fault> {
 /// [`execute`] sends each instruction to its unit's function, so a unit
 /// function never sees another unit's instruction; should it, that is a
 /// simulator bug, reported rather than panicking.
-fn wrong_unit(ctx: &Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+fn wrong_unit<O: Operands>(ctx: &Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     ctx.fault(
         ctx.cycle,
         HazardKind::Internal {

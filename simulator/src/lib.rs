@@ -34,6 +34,7 @@ pub mod load;
 pub mod machine;
 pub mod mxm;
 pub mod profile;
+pub mod replay;
 pub mod report;
 pub mod schedule;
 pub mod state;
@@ -45,7 +46,7 @@ pub use config::MachineConfig;
 pub use engine::{Engine, Stop};
 pub use hazard::{Hazard, HazardKind};
 pub use load::{LoadError, Loaded};
-pub use machine::Machine;
+pub use machine::{EngineMode, Machine};
 pub use profile::Profile;
 
 use q35_lpubin::LpuBinary;
@@ -69,6 +70,8 @@ pub fn run(
 ) -> Result<Result<Finished, Stop>, LoadError> {
     let mut machine = Machine::new(binary, config.clone())?;
     machine.set_max_cycles(max_cycles);
+    // One run: nothing to replay.
+    machine.set_mode(EngineMode::Exact);
     Ok(machine.run_once().map(|profile| Finished {
         profile,
         state: machine.into_state(),

@@ -97,6 +97,20 @@ pub struct GenArgs {
     /// The calibration text for the golden model (default: the metadata's).
     #[arg(long, requires = "check")]
     pub calib: Option<PathBuf>,
+    /// How runs execute: `replay` records the first run and replays it
+    /// (same bits, cycles and hazards; docs/simulator-speed.md), `exact`
+    /// runs every step on the event-driven engine.
+    #[arg(long, value_enum, default_value_t = Engine::Replay)]
+    pub engine: Engine,
+}
+
+/// `--engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// Every run on the event-driven engine.
+    Exact,
+    /// The first run on the engine, recorded; the others replayed.
+    Replay,
 }
 
 impl GenArgs {
@@ -135,6 +149,10 @@ pub fn run(
     let mut machine = Machine::new(binary, config.clone()).with_context(|| name.to_string())?;
     machine.set_max_cycles(max_cycles);
     machine.set_record(true);
+    machine.set_mode(match args.engine {
+        Engine::Exact => q35_sim::EngineMode::Exact,
+        Engine::Replay => q35_sim::EngineMode::Replay,
+    });
     let mut session = Session::new(machine, binary).map_err(|e| failure(name, e))?;
     let meta = session.meta().clone();
     let (prompt_text, prompt) = match (&args.tokens, &args.prompt) {
