@@ -926,7 +926,7 @@ fn mxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
 }
 
 /// Step `step` of an `lw` on `cycle`: its rows from their streams into the
-/// plane's load buffer; after the last step, into the shadow weights.
+/// plane's shadow weights; after the last step, the rest of them zeroed.
 pub fn load_rows<O: Operands>(ctx: &mut Ctx<'_, O>, work: Deferred) -> Result<(), Fault> {
     let Deferred::LoadRows {
         plane,
@@ -945,21 +945,19 @@ pub fn load_rows<O: Operands>(ctx: &mut Ctx<'_, O>, work: Deferred) -> Result<()
         if row >= n {
             break;
         }
-        let v = ctx.read_at(nth(src, j as usize), pos, cycle)?;
         let at = row as usize * LANES;
-        for (w, &b) in ctx.state.planes[p].loading[at..at + LANES]
-            .iter_mut()
-            .zip(&v)
-        {
+        let v = ctx.operands.read(nth(src, j as usize), pos, cycle)?;
+        // Rows go straight into the shadow buffer, which nothing reads
+        // before the load ends (`FastPlane::shadow_rows_mut`).
+        let shadow = ctx.state.planes[p].model.shadow_rows_mut();
+        for (w, &b) in shadow[at..at + LANES].iter_mut().zip(v) {
             *w = b as i8;
         }
     }
     if (step + 1) * k >= n {
         let plane = &mut ctx.state.planes[p];
         let rows = plane.load_rows;
-        plane
-            .model
-            .fill_shadow_rows(rows, &plane.loading[..rows * LANES]);
+        plane.model.finish_load(rows);
     }
     Ok(())
 }

@@ -153,6 +153,14 @@ impl<'b> Machine<'b> {
             .expect("the state is back after every run")
     }
 
+    /// The machine's state, to change between runs (as a host writing MEM
+    /// does; tests use it to give later runs other values).
+    pub fn state_mut(&mut self) -> &mut State {
+        self.state
+            .as_mut()
+            .expect("the state is back after every run")
+    }
+
     /// The state, consuming the machine.
     pub fn into_state(self) -> State {
         self.state.expect("the state is back after every run")

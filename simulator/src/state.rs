@@ -29,6 +29,11 @@ impl MemSlice {
         }
     }
 
+    /// The slice's bytes, word after word.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Words in the slice.
     pub fn words(&self) -> u32 {
         self.words
@@ -141,14 +146,12 @@ impl Ports {
     }
 }
 
-/// One MXM plane: the fast model plus the weight rows an `lw` is still
-/// reading from its streams.
+/// One MXM plane: the fast model plus the size of the `lw` reading its
+/// rows from streams (into the model's shadow buffer).
 #[derive(Debug)]
 pub struct Plane {
     /// The plane model (weights, accumulators, its own timing hazards).
     pub model: FastPlane,
-    /// Rows of the running `lw`, row-major (`rows * 320` bytes).
-    pub loading: Vec<i8>,
     /// Rows the running `lw` loads.
     pub load_rows: usize,
 }
@@ -158,7 +161,6 @@ impl Plane {
     pub fn new(config: PlaneConfig) -> Result<Plane, MxmError> {
         Ok(Plane {
             model: FastPlane::new(config)?,
-            loading: vec![0; config.rows * config.cols],
             load_rows: 0,
         })
     }
