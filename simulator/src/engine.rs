@@ -342,6 +342,7 @@ impl<'c> Engine<'c> {
                 index: p.index,
                 queue: p.queue.index(),
                 kind: EventKind::Deferred,
+                book: true,
             });
             r.deferred.push(p.work);
         }
@@ -462,6 +463,7 @@ impl<'c> Engine<'c> {
                 } else {
                     EventKind::Issue
                 },
+                book: true,
             });
         }
         let mut ctx = Ctx {

@@ -18,7 +18,6 @@
 use q35_isa::{Acc, ElemWidth, Instruction, LatencyClass, QueueId, QueueKind, Stream, TableId};
 
 use crate::config::MachineConfig;
-use crate::contract::split_pair;
 use crate::hazard::HazardKind;
 use crate::mxm::{self, LoadOutcome, MultiplyOutcome, Step};
 use crate::state::{PortConflict, State};
@@ -135,8 +134,23 @@ impl Pool {
 /// instruction alone (never by values), which is what lets
 /// [`crate::replay`] resolve them once and for all.
 pub trait Operands {
+    /// The slot of the value on `s` at `position` on `cycle`
+    /// ([`Operands::bytes`] has its bytes).
+    fn read_slot(&mut self, s: Stream, position: u32, cycle: u64) -> Result<u32, Fault>;
+    /// The bytes of a slot [`Operands::read_slot`] gave.
+    fn bytes(&self, slot: u32) -> &Vector;
     /// The value on `s` at `position` on `cycle`.
-    fn read(&mut self, s: Stream, position: u32, cycle: u64) -> Result<&Vector, Fault>;
+    fn read(&mut self, s: Stream, position: u32, cycle: u64) -> Result<&Vector, Fault> {
+        let slot = self.read_slot(s, position, cycle)?;
+        Ok(self.bytes(slot))
+    }
+    /// Whether MEM `read`s and `write`s book their port and banks. A replay
+    /// skips the bookings no gather or scatter shares a (slice, cycle)
+    /// with: their conflicts depend on no value, and the recording run had
+    /// none.
+    fn books_static(&self) -> bool {
+        true
+    }
     /// Puts `bytes` on `s` at `position` on `cycle`, written by instruction
     /// `index` of `queue`.
     fn write(
@@ -161,13 +175,17 @@ pub struct Live<'a> {
 }
 
 impl Operands for Live<'_> {
-    fn read(&mut self, s: Stream, position: u32, cycle: u64) -> Result<&Vector, Fault> {
+    fn bytes(&self, slot: u32) -> &Vector {
+        self.streams.slab(slot)
+    }
+
+    fn read_slot(&mut self, s: Stream, position: u32, cycle: u64) -> Result<u32, Fault> {
         match self.streams.read_slot(s, position, cycle) {
             Some(slot) => {
                 if let Some(log) = &mut self.log {
                     log.push(slot);
                 }
-                Ok(self.streams.slab(slot))
+                Ok(slot)
             }
             None => Err(Fault {
                 cycle,
@@ -259,6 +277,21 @@ impl<O: Operands> Ctx<'_, O> {
         self.operands.read(s, position, cycle).copied()
     }
 
+    /// The slots of `N` consecutive streams from `first`, read in order.
+    fn slots<const N: usize>(&mut self, first: Stream) -> Result<[u32; N], Fault> {
+        let (pos, cycle) = (self.position(), self.cycle);
+        let mut out = [0u32; N];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self.operands.read_slot(nth(first, i), pos, cycle)?;
+        }
+        Ok(out)
+    }
+
+    /// The bytes of slots from [`Ctx::slots`].
+    fn group<const N: usize>(&self, slots: [u32; N]) -> [&Vector; N] {
+        slots.map(|s| self.operands.bytes(s))
+    }
+
     /// Reads `N` consecutive streams from `first`.
     fn read_group<const N: usize>(&mut self, first: Stream) -> Result<[Vector; N], Fault> {
         let mut out = [[0u8; LANES]; N];
@@ -294,7 +327,8 @@ fn nth(first: Stream, i: usize) -> Stream {
 }
 
 /// Lane-wise f32 of a 4-stream group (little-endian bytes).
-fn to_f32(g: &[Vector; 4]) -> [f32; LANES] {
+#[inline(always)]
+fn to_f32(g: [&Vector; 4]) -> [f32; LANES] {
     let mut out = [0f32; LANES];
     for (l, o) in out.iter_mut().enumerate() {
         *o = f32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]]);
@@ -303,7 +337,8 @@ fn to_f32(g: &[Vector; 4]) -> [f32; LANES] {
 }
 
 /// Lane-wise i32 of a 4-stream group.
-fn to_i32(g: &[Vector; 4]) -> [i32; LANES] {
+#[inline(always)]
+fn to_i32(g: [&Vector; 4]) -> [i32; LANES] {
     let mut out = [0i32; LANES];
     for (l, o) in out.iter_mut().enumerate() {
         *o = i32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]]);
@@ -312,6 +347,7 @@ fn to_i32(g: &[Vector; 4]) -> [i32; LANES] {
 }
 
 /// A 4-stream group of 32-bit lanes.
+#[inline(always)]
 fn split32(bits: impl Fn(usize) -> [u8; 4]) -> [Vector; 4] {
     let mut g = [[0u8; LANES]; 4];
     for l in 0..LANES {
@@ -323,16 +359,19 @@ fn split32(bits: impl Fn(usize) -> [u8; 4]) -> [Vector; 4] {
     g
 }
 
+#[inline(always)]
 fn from_f32(v: &[f32; LANES]) -> [Vector; 4] {
     split32(|l| v[l].to_le_bytes())
 }
 
+#[inline(always)]
 fn from_i32(v: &[i32; LANES]) -> [Vector; 4] {
     split32(|l| v[l].to_le_bytes())
 }
 
 /// `f32toi8`: round half away from zero (`f32::round`), clamp to
 /// -127..=127 (docs/q35-format.md 8.1); NaN gives 0.
+#[inline(always)]
 pub fn f32_to_i8(x: f32) -> i8 {
     // `as` saturates and maps NaN to 0; the clamp keeps -128 out.
     x.round().clamp(-127.0, 127.0) as i8
@@ -411,10 +450,40 @@ pub fn execute<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<F
         Instruction::Notify {} => Ok(Flow::Notify),
         Instruction::Halt {} => Ok(Flow::Halt),
         mem_ops!() => mem(ctx, ins).map(|()| Flow::Next),
-        vxm_ops!() => vxm(ctx, ins).map(|()| Flow::Next),
-        sxm_ops!() => sxm(ctx, ins).map(|()| Flow::Next),
+        vxm_ops!() => {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the host runs AVX2 instructions (checked above).
+                return unsafe { vxm_avx2(ctx, ins) }.map(|()| Flow::Next);
+            }
+            vxm(ctx, ins).map(|()| Flow::Next)
+        }
+        sxm_ops!() => {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as for the VXM.
+                return unsafe { sxm_avx2(ctx, ins) }.map(|()| Flow::Next);
+            }
+            sxm(ctx, ins).map(|()| Flow::Next)
+        }
         mxm_ops!() => mxm(ctx, ins).map(|()| Flow::Next),
     }
+}
+
+/// [`vxm`] compiled for AVX2: the same Rust, so the same IEEE f32 and
+/// integer results (no fused multiply-add, no reassociation), lane loops
+/// eight or more lanes wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn vxm_avx2<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    vxm(ctx, ins)
+}
+
+/// [`sxm`] compiled for AVX2, as [`vxm_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sxm_avx2<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    sxm(ctx, ins)
 }
 
 /// Checks a MEM address against the slice.
@@ -475,15 +544,21 @@ fn mem<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
     match *ins {
         Instruction::Read { addr, dst } => {
             let a = address(ctx, t, i64::from(addr) + off)?;
-            book(ctx, t, true, bank_bit(ctx, a))?;
-            let word = *ctx.state.mem[slice].word(a);
-            ctx.write_group(dst, rl, &[word])
+            if ctx.operands.books_static() {
+                book(ctx, t, true, bank_bit(ctx, a))?;
+            }
+            let position = ctx.position();
+            let word = ctx.state.mem[slice].word(a);
+            ctx.operands
+                .write(dst, position, t + rl, word, ctx.queue, ctx.index)
         }
         Instruction::Write { addr, src } => {
             let a = address(ctx, t, i64::from(addr) + off)?;
-            let v = ctx.read(src)?;
-            book(ctx, t + wl - 1, false, bank_bit(ctx, a))?;
-            let data = ctx.pool.put(&v);
+            let slot = ctx.slots::<1>(src)?;
+            if ctx.operands.books_static() {
+                book(ctx, t + wl - 1, false, bank_bit(ctx, a))?;
+            }
+            let data = ctx.pool.put(ctx.operands.bytes(slot[0]));
             ctx.deferred.push((
                 t + wl,
                 Deferred::MemWrite {
@@ -566,6 +641,7 @@ pub fn commit(state: &mut State, pool: &mut Pool, work: Deferred) {
 }
 
 /// Binary f32 lane-wise.
+#[inline(always)]
 fn f32_binary<O: Operands>(
     ctx: &mut Ctx<'_, O>,
     a: Stream,
@@ -574,8 +650,9 @@ fn f32_binary<O: Operands>(
     class: LatencyClass,
     op: impl Fn(f32, f32) -> f32,
 ) -> Result<(), Fault> {
-    let x = to_f32(&ctx.read_group::<4>(a)?);
-    let y = to_f32(&ctx.read_group::<4>(b)?);
+    let xs = ctx.slots::<4>(a)?;
+    let ys = ctx.slots::<4>(b)?;
+    let (x, y) = (to_f32(ctx.group(xs)), to_f32(ctx.group(ys)));
     let mut z = [0f32; LANES];
     for l in 0..LANES {
         z[l] = op(x[l], y[l]);
@@ -585,6 +662,7 @@ fn f32_binary<O: Operands>(
 }
 
 /// Unary f32 lane-wise.
+#[inline(always)]
 fn f32_unary<O: Operands>(
     ctx: &mut Ctx<'_, O>,
     a: Stream,
@@ -592,7 +670,8 @@ fn f32_unary<O: Operands>(
     class: LatencyClass,
     op: impl Fn(f32) -> f32,
 ) -> Result<(), Fault> {
-    let x = to_f32(&ctx.read_group::<4>(a)?);
+    let xs = ctx.slots::<4>(a)?;
+    let x = to_f32(ctx.group(xs));
     let mut z = [0f32; LANES];
     for l in 0..LANES {
         z[l] = op(x[l]);
@@ -602,16 +681,17 @@ fn f32_unary<O: Operands>(
 }
 
 /// A u8 mask from two 4-stream groups.
+#[inline(always)]
 fn compare<O: Operands>(
     ctx: &mut Ctx<'_, O>,
     a: Stream,
     b: Stream,
     dst: Stream,
-    lt: impl Fn(&[Vector; 4], &[Vector; 4]) -> [bool; LANES],
+    lt: impl Fn([&Vector; 4], [&Vector; 4]) -> [bool; LANES],
 ) -> Result<(), Fault> {
-    let x = ctx.read_group::<4>(a)?;
-    let y = ctx.read_group::<4>(b)?;
-    let m = lt(&x, &y);
+    let xs = ctx.slots::<4>(a)?;
+    let ys = ctx.slots::<4>(b)?;
+    let m = lt(ctx.group(xs), ctx.group(ys));
     let mut out = [0u8; LANES];
     for l in 0..LANES {
         out[l] = u8::from(m[l]);
@@ -621,6 +701,7 @@ fn compare<O: Operands>(
 }
 
 /// VXM: point-wise arithmetic, conversions, `unpack35`.
+#[inline(always)]
 fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     use LatencyClass::{VxmAlu, VxmConvert, VxmSpecial};
     match *ins {
@@ -640,7 +721,8 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             ctx.write_group(dst, lat, &from_f32(&z))
         }
         Instruction::I32tof32 { a, dst } => {
-            let x = to_i32(&ctx.read_group::<4>(a)?);
+            let xs = ctx.slots::<4>(a)?;
+            let x = to_i32(ctx.group(xs));
             let mut z = [0f32; LANES];
             for l in 0..LANES {
                 // Round to nearest even.
@@ -650,7 +732,8 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             ctx.write_group(dst, lat, &from_f32(&z))
         }
         Instruction::F32toi8 { a, dst } => {
-            let x = to_f32(&ctx.read_group::<4>(a)?);
+            let xs = ctx.slots::<4>(a)?;
+            let x = to_f32(ctx.group(xs));
             let mut out = [0u8; LANES];
             for l in 0..LANES {
                 out[l] = f32_to_i8(x[l]) as u8;
@@ -677,8 +760,9 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             ctx.write_group(dst, lat, &from_i32(&z))
         }
         Instruction::Iadd32 { a, b, dst } => {
-            let x = to_i32(&ctx.read_group::<4>(a)?);
-            let y = to_i32(&ctx.read_group::<4>(b)?);
+            let xs = ctx.slots::<4>(a)?;
+            let ys = ctx.slots::<4>(b)?;
+            let (x, y) = (to_i32(ctx.group(xs)), to_i32(ctx.group(ys)));
             let mut z = [0i32; LANES];
             for l in 0..LANES {
                 z[l] = x[l].wrapping_add(y[l]);
@@ -695,9 +779,10 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             std::array::from_fn(|l| x[l] < y[l])
         }),
         Instruction::Select { m, a, b, dst } => {
-            let mask = ctx.read(m)?;
-            let x = ctx.read_group::<4>(a)?;
-            let y = ctx.read_group::<4>(b)?;
+            let ms = ctx.slots::<1>(m)?;
+            let xs = ctx.slots::<4>(a)?;
+            let ys = ctx.slots::<4>(b)?;
+            let ([mask], x, y) = (ctx.group(ms), ctx.group(xs), ctx.group(ys));
             let mut z = [[0u8; LANES]; 4];
             for (p, out) in z.iter_mut().enumerate() {
                 for l in 0..LANES {
@@ -708,22 +793,9 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             ctx.write_group(dst, lat, &z)
         }
         Instruction::Unpack35 { src, dst, m4, m3 } => {
-            let codes = ctx.read_group::<7>(src)?;
-            let (m4, m3) = (m4 as i32, m3 as i32);
-            let mut out = [[0u8; LANES]; 16];
-            for l in 0..LANES {
-                let mut word = 0u64;
-                for (b, plane) in codes.iter().enumerate() {
-                    word |= u64::from(plane[l]) << (8 * b);
-                }
-                for k in 0..8 {
-                    let (c4, c3) = split_pair(((word >> (7 * k)) & 0x7f) as u8);
-                    // |m4 * c4| <= 128 and |m3 * c3| <= 128 by the field
-                    // ranges; -128 is a valid integer weight.
-                    out[2 * k][l] = (m4 * i32::from(c4)) as i8 as u8;
-                    out[2 * k + 1][l] = (m3 * i32::from(c3)) as i8 as u8;
-                }
-            }
+            let cs = ctx.slots::<7>(src)?;
+            let codes = ctx.group(cs);
+            let out = unpack35(codes, m4 as i16, m3 as i16);
             let lat = ctx.latency(VxmConvert);
             ctx.write_group(dst, lat, &out)
         }
@@ -731,7 +803,35 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
     }
 }
 
+/// `unpack35`'s 16 int8 rows from 7 code planes: pair `k` of lane `l` is
+/// bits `7k .. 7k+7` of the lane's 56-bit little-endian word, split by
+/// `split_pair` into a 4-bit and a 3-bit two's complement code, times
+/// `m4` and `m3` (`|m * c| <= 128` by the field ranges; -128 is a valid
+/// weight). Written lane-parallel per pair (two bytes, a shift, sign
+/// extensions by xor-subtract), which vectorises; `tests` hold it equal to
+/// `split_pair` on every code.
+#[inline(always)]
+fn unpack35(codes: [&Vector; 7], m4: i16, m3: i16) -> [Vector; 16] {
+    let zero = [0u8; LANES];
+    let mut out = [[0u8; LANES]; 16];
+    for k in 0..8 {
+        let (b, r) = (7 * k / 8, 7 * k % 8);
+        let lo = codes[b];
+        let hi = codes.get(b + 1).copied().unwrap_or(&zero);
+        let (o4, o3) = out[2 * k..2 * k + 2].split_at_mut(1);
+        for l in 0..LANES {
+            let code = ((u16::from(lo[l]) | (u16::from(hi[l]) << 8)) >> r) & 0x7f;
+            let c4 = ((code & 0x0f) as i16 ^ 8) - 8;
+            let c3 = (((code >> 4) & 0x07) as i16 ^ 4) - 4;
+            o4[0][l] = (m4 * c4) as i8 as u8;
+            o3[0][l] = (m3 * c3) as i8 as u8;
+        }
+    }
+    out
+}
+
 /// Reads the `ew`-stream group of an SXM operand.
+#[inline(always)]
 fn read_ew<O: Operands>(
     ctx: &mut Ctx<'_, O>,
     src: Stream,
@@ -747,6 +847,7 @@ fn read_ew<O: Operands>(
 
 /// Applies a lane map to every byte plane of a group: lane `l` of the
 /// result is lane `map(l)` of the input, or 0 for `None`.
+#[inline(always)]
 fn lane_map<O: Operands>(
     ctx: &mut Ctx<'_, O>,
     src: Stream,
@@ -777,6 +878,7 @@ fn table<'a, O: Operands>(ctx: &'a Ctx<'_, O>, map: TableId) -> &'a [u16] {
 }
 
 /// SXM: `shift`, `bcast`, `permute`, `transpose`.
+#[inline(always)]
 fn sxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     match *ins {
         Instruction::Shift { src, dst, n, w, ew } => {
@@ -972,4 +1074,40 @@ fn wrong_unit<O: Operands>(ctx: &Ctx<'_, O>, ins: &Instruction) -> Result<(), Fa
             message: format!("`{ins}` dispatched to the wrong unit"),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::split_pair;
+
+    #[test]
+    fn unpack35_is_split_pair_times_the_scales_on_every_code() {
+        for m4 in 1..=16i16 {
+            for m3 in [1i16, 2, 7, 16, 31, 32] {
+                // Lane l holds pair codes (l + 37k) mod 128 for k = 0..8.
+                let mut planes = [[0u8; LANES]; 7];
+                for l in 0..LANES {
+                    let mut word = 0u64;
+                    for k in 0..8u64 {
+                        word |= ((l as u64 + 37 * k) % 128) << (7 * k);
+                    }
+                    for (b, p) in planes.iter_mut().enumerate() {
+                        p[l] = (word >> (8 * b)) as u8;
+                    }
+                }
+                let codes: [&Vector; 7] = std::array::from_fn(|b| &planes[b]);
+                let out = unpack35(codes, m4, m3);
+                for l in 0..LANES {
+                    for k in 0..8 {
+                        let (c4, c3) = split_pair(((l + 37 * k) % 128) as u8);
+                        let want4 = (i32::from(m4) * i32::from(c4)) as i8 as u8;
+                        let want3 = (i32::from(m3) * i32::from(c3)) as i8 as u8;
+                        assert_eq!(out[2 * k][l], want4, "m4 {m4} lane {l} pair {k}");
+                        assert_eq!(out[2 * k + 1][l], want3, "m3 {m3} lane {l} pair {k}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -251,6 +251,8 @@ impl<'b> Machine<'b> {
                 recording,
                 profile.clone(),
                 engine.last_event_cycle(),
+                &self.config,
+                &self.loaded.queues,
             ));
         }
         self.state = Some(engine.into_state());

@@ -63,7 +63,7 @@
 //! tests/lit/sim, on generated programs, on the tiny model and on SmolLM2
 //! steps.
 
-use q35_isa::{Instruction, QueueId, Stream};
+use q35_isa::{Instruction, LatencyClass, QueueId, Stream};
 
 use crate::config::MachineConfig;
 use crate::exec::{self, Ctx, Deferred, Fault, Operands, Pool};
@@ -96,6 +96,10 @@ pub struct Event {
     pub queue: u16,
     /// What it is.
     pub kind: EventKind,
+    /// Whether a MEM `read` or `write` must book its port and banks: a
+    /// gather or scatter books the same slice on the same cycle (set by
+    /// [`Replay::new`]; the engine books everything).
+    pub book: bool,
 }
 
 /// What the engine writes down while recording.
@@ -150,6 +154,8 @@ pub struct Resolved<'a> {
     slab: &'a mut [Vector],
     slots: &'a [u32],
     next: usize,
+    /// This event's MEM port booking is needed ([`Event::book`]).
+    book: bool,
 }
 
 impl Resolved<'_> {
@@ -169,9 +175,16 @@ impl Resolved<'_> {
 }
 
 impl Operands for Resolved<'_> {
-    fn read(&mut self, _s: Stream, _position: u32, cycle: u64) -> Result<&Vector, Fault> {
-        let s = self.slot(cycle)?;
-        Ok(&self.slab[s])
+    fn read_slot(&mut self, _s: Stream, _position: u32, cycle: u64) -> Result<u32, Fault> {
+        self.slot(cycle).map(|s| s as u32)
+    }
+
+    fn bytes(&self, slot: u32) -> &Vector {
+        &self.slab[slot as usize]
+    }
+
+    fn books_static(&self) -> bool {
+        self.book
     }
 
     fn write(
@@ -192,7 +205,34 @@ impl Operands for Resolved<'_> {
 impl Replay {
     /// A replay of the run recorded in `recording`, which ended with
     /// `profile` and whose latest event was on `last_event`.
-    pub fn new(recording: Recording, profile: Profile, last_event: u64) -> Replay {
+    pub fn new(
+        mut recording: Recording,
+        profile: Profile,
+        last_event: u64,
+        config: &MachineConfig,
+        queues: &[Option<Vec<Instruction>>],
+    ) -> Replay {
+        // The (slice, cycle) bookings of every gather and scatter.
+        let wl = config.latency(LatencyClass::MemWrite);
+        let mut dynamic = Vec::new();
+        let mut bookings = Vec::with_capacity(recording.events.len());
+        for e in &recording.events {
+            let ins = match e.kind {
+                EventKind::Issue => Some(e.index),
+                EventKind::Repetition => e.index.checked_sub(1),
+                EventKind::Deferred => None,
+            }
+            .and_then(|i| queues.get(usize::from(e.queue))?.as_ref()?.get(i as usize));
+            let at = ins.and_then(|ins| booking(ins, e.cycle, wl));
+            if let Some((c, true)) = at {
+                dynamic.push((e.queue, c));
+            }
+            bookings.push(at);
+        }
+        dynamic.sort_unstable();
+        for (e, at) in recording.events.iter_mut().zip(bookings) {
+            e.book = at.is_none_or(|(c, _)| dynamic.binary_search(&(e.queue, c)).is_ok());
+        }
         Replay {
             recording,
             profile,
@@ -285,6 +325,7 @@ impl Replay {
                     slab: slab.as_mut_slice(),
                     slots: &r.slots,
                     next,
+                    book: e.book,
                 },
                 pool: &mut pool,
                 deferred: &mut *pushed,
@@ -354,6 +395,20 @@ impl Replay {
             )));
         }
         Ok(())
+    }
+}
+
+/// The cycle a MEM instruction issued on `cycle` books its slice's port
+/// (`exec`'s rule: reads on issue, writes on the cycle before they land),
+/// and whether its banks depend on values (gather, scatter).
+fn booking(ins: &Instruction, cycle: u64, write_latency: u64) -> Option<(u64, bool)> {
+    let written = (cycle + write_latency).saturating_sub(1);
+    match ins {
+        Instruction::Read { .. } => Some((cycle, false)),
+        Instruction::Gather { .. } => Some((cycle, true)),
+        Instruction::Write { .. } => Some((written, false)),
+        Instruction::Scatter { .. } => Some((written, true)),
+        control_ops!() | vxm_ops!() | sxm_ops!() | mxm_ops!() => None,
     }
 }
 
