@@ -13,6 +13,7 @@ use q35_lpubin::{LpuBinary, Symbol};
 
 use crate::config::MachineConfig;
 use crate::engine::{Engine, Stop};
+use crate::hazard::{Hazard, HazardKind};
 use crate::load::{self, LoadError, Loaded};
 use crate::profile::Profile;
 use crate::replay::{Abandoned, Replay, Scratch};
@@ -54,6 +55,11 @@ pub enum EngineMode {
     /// run that faults.
     #[default]
     Replay,
+    /// Every run on the engine and, once recorded, on the replay too (on a
+    /// copy of MEM): a difference in any MEM byte, the counters or the
+    /// hazard stops the run with an internal error (a simulator bug). For
+    /// tests: twice the time and MEM.
+    Verify,
 }
 
 /// What a recording machine kept: every distinct timeline (a compiled
@@ -217,11 +223,26 @@ impl<'b> Machine<'b> {
                 }
             }
         }
+        // Verify: the replay's run on a copy, compared after the engine's.
+        let twin = match (&self.replay, self.mode) {
+            (Some(replay), EngineMode::Verify) if replay.fits(self.max_cycles) => {
+                let mut twin = state.clone();
+                let run = replay.run(
+                    &self.config,
+                    &mut twin,
+                    &self.loaded.queues,
+                    &mut self.scratch,
+                );
+                Some((run, twin))
+            }
+            _ => None,
+        };
         let mut engine = Engine::new(&self.config, state, self.loaded.queues.clone());
         if self.record.is_some() {
             engine.record();
         }
-        let record_replay = self.mode == EngineMode::Replay && self.replay.is_none();
+        let record_replay =
+            matches!(self.mode, EngineMode::Replay | EngineMode::Verify) && self.replay.is_none();
         if record_replay {
             engine.record_replay();
         }
@@ -257,6 +278,45 @@ impl<'b> Machine<'b> {
         }
         self.state = Some(engine.into_state());
         self.runs += 1;
+        let result = match (twin, &self.replay) {
+            (Some((run, twin)), Some(replay)) => {
+                self.replayed.0 += 1;
+                let state = self.state();
+                let diverged = match (&run, &result) {
+                    (Ok(()), Ok(p)) if p != replay.profile() => Some("the counters differ".into()),
+                    (Ok(()), Ok(_)) => state
+                        .mem
+                        .iter()
+                        .zip(&twin.mem)
+                        .position(|(a, b)| a.bytes() != b.bytes())
+                        .map(|s| format!("MEM slice {s} differs")),
+                    (Ok(()), Err(_)) => Some("the engine stopped, the replay did not".into()),
+                    // A fault: the replay leaves MEM as it was and the engine decides.
+                    (Err(_), _) => {
+                        self.replayed.1 += 1;
+                        None
+                    }
+                };
+                match diverged {
+                    Some(what) => Err(Stop::Hazard(Box::new(Hazard {
+                        cycle: 0,
+                        queue: q35_isa::QueueId::from_index(0).expect("queue 0"),
+                        index: 0,
+                        text: "(replay check)".into(),
+                        detail: None,
+                        kind: HazardKind::Internal {
+                            message: format!(
+                                "run {}: the replay differs from the engine: {what}",
+                                self.runs - 1
+                            ),
+                        },
+                        source: None,
+                    }))),
+                    None => result,
+                }
+            }
+            _ => result,
+        };
         result.map_err(|stop| match stop {
             Stop::Hazard(mut h) => {
                 h.source = self

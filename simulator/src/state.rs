@@ -12,7 +12,7 @@ use crate::mxm::{FastPlane, MxmError, PlaneConfig};
 use crate::streams::{LANES, Vector};
 
 /// One MEM slice: `words` words of 320 bytes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MemSlice {
     /// `words * 320` bytes, word after word. Allocated zeroed, so pages the
     /// program never touches cost no memory.
@@ -78,7 +78,7 @@ pub struct PortUse {
 
 /// Port use of one slice on the cycles still to come (accesses are
 /// booked at most `write_latency` cycles ahead, so the list is short).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Ports {
     booked: VecDeque<PortUse>,
 }
@@ -148,7 +148,7 @@ impl Ports {
 
 /// One MXM plane: the fast model plus the size of the `lw` reading its
 /// rows from streams (into the model's shadow buffer).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Plane {
     /// The plane model (weights, accumulators, its own timing hazards).
     pub model: FastPlane,
@@ -167,7 +167,7 @@ impl Plane {
 }
 
 /// The chip's state.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct State {
     /// MEM slices by dense queue number of their queue (`mem.w43` = 0 ..).
     pub mem: Vec<MemSlice>,

@@ -111,6 +111,8 @@ pub enum Engine {
     Exact,
     /// The first run on the engine, recorded; the others replayed.
     Replay,
+    /// Every run on the engine and on the replay, compared (a test mode).
+    Verify,
 }
 
 impl GenArgs {
@@ -152,6 +154,7 @@ pub fn run(
     machine.set_mode(match args.engine {
         Engine::Exact => q35_sim::EngineMode::Exact,
         Engine::Replay => q35_sim::EngineMode::Replay,
+        Engine::Verify => q35_sim::EngineMode::Verify,
     });
     let mut session = Session::new(machine, binary).map_err(|e| failure(name, e))?;
     let meta = session.meta().clone();
@@ -419,6 +422,14 @@ pub fn run(
                 stdout,
                 "check: {} runs, logits and KV cache equal to the golden model bit for bit",
                 generation.steps.len()
+            )
+            .map_err(io)?;
+        }
+        if args.engine == Engine::Verify {
+            let (verified, faulted) = session.device().replayed();
+            writeln!(
+                stdout,
+                "verify: {verified} runs replayed beside the engine ({faulted} handed to it on a fault): every MEM byte and the counters equal"
             )
             .map_err(io)?;
         }
