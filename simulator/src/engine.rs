@@ -11,6 +11,9 @@
 //! repetition), `sync` parks a queue until a `notify` issued on the same or
 //! a later cycle releases it `icu.notify_latency_cycles` after the notify.
 //!
+//! Asked to ([`Engine::record_replay`]), it also writes down every data
+//! event with the stream slots it resolved, for [`crate::replay`].
+//!
 //! # Why skipping idle cycles is exact
 //!
 //! The machine has no state that changes on its own between events: stream

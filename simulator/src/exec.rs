@@ -1082,6 +1082,10 @@ mod tests {
     use crate::contract::split_pair;
 
     #[test]
+    #[expect(
+        clippy::needless_range_loop,
+        reason = "lane l of several planes, by index as the ISA states it"
+    )]
     fn unpack35_is_split_pair_times_the_scales_on_every_code() {
         for m4 in 1..=16i16 {
             for m3 in [1i16, 2, 7, 16, 31, 32] {

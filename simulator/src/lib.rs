@@ -13,6 +13,8 @@
 //! - [`exec`]: what each instruction computes (one function per unit).
 //! - [`engine`]: when things happen (event-driven; why that is exact is in
 //!   its module doc).
+//! - [`replay`]: a recorded hazard-free run executed again without the
+//!   engine's scheduling (why that is the engine is in its module doc).
 //! - [`hazard`]: the rule breaks a run stops with, never silently.
 //! - [`profile`]: cycles, per-unit busy cycles, instruction counts.
 //! - [`dump`]: symbols' values after a run.
