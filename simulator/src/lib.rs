@@ -72,8 +72,6 @@ pub fn run(
 ) -> Result<Result<Finished, Stop>, LoadError> {
     let mut machine = Machine::new(binary, config.clone())?;
     machine.set_max_cycles(max_cycles);
-    // One run: nothing to replay.
-    machine.set_mode(EngineMode::Exact);
     Ok(machine.run_once().map(|profile| Finished {
         profile,
         state: machine.into_state(),

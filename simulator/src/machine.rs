@@ -49,11 +49,11 @@ pub struct Machine<'b> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineMode {
     /// Every run on the event-driven engine ([`crate::engine`]).
+    #[default]
     Exact,
     /// The first hazard-free run on the engine, recorded; later runs replay
     /// the recording ([`crate::replay`]), falling back to the engine for a
-    /// run that faults.
-    #[default]
+    /// run that faults (`q35sim run`'s default for `--prompt`/`--tokens`).
     Replay,
     /// Every run on the engine and, once recorded, on the replay too (on a
     /// copy of MEM): a difference in any MEM byte, the counters or the
@@ -111,7 +111,7 @@ impl<'b> Machine<'b> {
         self.replay_timeline = None;
     }
 
-    /// Chooses how later runs execute (default [`EngineMode::Replay`]).
+    /// Chooses how later runs execute (default [`EngineMode::Exact`]).
     pub fn set_mode(&mut self, mode: EngineMode) {
         self.mode = mode;
     }

@@ -213,6 +213,7 @@ fn a_value_fault_in_a_replayed_run_is_the_engines_hazard() {
     let mut exact = Machine::new(&bin, config.clone()).expect("loads");
     let mut replay = Machine::new(&bin, config.clone()).expect("loads");
     exact.set_mode(EngineMode::Exact);
+    replay.set_mode(EngineMode::Replay);
     let mut hazard = None;
     for run in 0..4 {
         if run == 2 {
@@ -266,7 +267,8 @@ fn replay_equals_the_engine_on_smollm2_steps() {
     let config = config();
     let mut exact = Machine::new(&bin, config.clone()).expect("loads");
     exact.set_mode(EngineMode::Exact);
-    let replay = Machine::new(&bin, config.clone()).expect("loads");
+    let mut replay = Machine::new(&bin, config.clone()).expect("loads");
+    replay.set_mode(EngineMode::Replay);
     let mut exact = Session::new(exact, &bin).expect("a compiled model");
     let mut replay = Session::new(replay, &bin).expect("a compiled model");
     // Two prompt tokens, then greedy decoding, the same tokens into both.

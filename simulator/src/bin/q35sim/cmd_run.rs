@@ -85,8 +85,6 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let mut machine =
         q35_sim::Machine::new(&binary, config.clone()).with_context(|| name.clone())?;
     machine.set_max_cycles(args.max_cycles);
-    // One run: nothing to replay.
-    machine.set_mode(q35_sim::EngineMode::Exact);
     machine.set_record(args.outputs.files());
     let run = machine
         .run_once()
