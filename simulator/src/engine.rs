@@ -11,6 +11,9 @@
 //! repetition), `sync` parks a queue until a `notify` issued on the same or
 //! a later cycle releases it `icu.notify_latency_cycles` after the notify.
 //!
+//! Asked to ([`Engine::record_replay`]), it also writes down every data
+//! event with the stream slots it resolved, for [`crate::replay`].
+//!
 //! # Why skipping idle cycles is exact
 //!
 //! The machine has no state that changes on its own between events: stream
@@ -49,9 +52,10 @@ use std::collections::BinaryHeap;
 use q35_isa::{CycleExpr, Instruction, QUEUE_COUNT, QueueId, Unit};
 
 use crate::config::MachineConfig;
-use crate::exec::{self, Ctx, Deferred, Flow, Pool};
+use crate::exec::{self, Ctx, Deferred, Flow, Live, Pool};
 use crate::hazard::{Hazard, HazardKind};
 use crate::profile::Profile;
+use crate::replay::{Event, EventKind, Recording};
 use crate::state::State;
 use crate::streams::Streams;
 use crate::timeline::Issue;
@@ -152,10 +156,15 @@ pub struct Engine<'c> {
     first_hazard: Option<Hazard>,
     /// The last cycle anything happened.
     last_event: u64,
+    /// The cycle of the last event run.
+    last_run: u64,
     collected: u64,
     profile: Profile,
     /// Every issue, when recording ([`Engine::record`]).
     recorded: Option<Vec<Issue>>,
+    /// The data events with their resolved operands, when recording a
+    /// replay ([`Engine::record_replay`]).
+    replay: Option<Recording>,
 }
 
 impl<'c> Engine<'c> {
@@ -202,9 +211,11 @@ impl<'c> Engine<'c> {
             last_notify: None,
             first_hazard: None,
             last_event: 0,
+            last_run: 0,
             collected: 0,
             profile: Profile::new(usize::from(QUEUE_COUNT)),
             recorded: None,
+            replay: None,
         }
     }
 
@@ -220,6 +231,26 @@ impl<'c> Engine<'c> {
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+
+    /// Records, from now on, every data event in the order it runs with the
+    /// stream slots it reads and writes ([`crate::replay`]).
+    pub fn record_replay(&mut self) {
+        self.replay.get_or_insert_with(Recording::default);
+    }
+
+    /// The replay recording (if [`Engine::record_replay`] was called), with
+    /// the slab size the run reached.
+    pub fn take_replay(&mut self) -> Option<Recording> {
+        let mut r = self.replay.take()?;
+        r.slab_len = self.streams.slab_len();
+        Some(r)
+    }
+
+    /// The latest cycle an event ran on (the issue or deferred work the
+    /// engine processed last).
+    pub fn last_event_cycle(&self) -> u64 {
+        self.last_run
     }
 
     /// The machine's state (MEM contents after a run).
@@ -253,6 +284,7 @@ impl<'c> Engine<'c> {
             {
                 return Err(Stop::MaxCycles { limit, next: t });
             }
+            self.last_run = t;
             if t > self.collected {
                 self.streams.collect(t);
                 self.collected = t;
@@ -306,6 +338,17 @@ impl<'c> Engine<'c> {
     }
 
     fn run_deferred(&mut self, p: Pending) {
+        if let Some(r) = &mut self.replay {
+            r.events.push(Event {
+                cycle: p.cycle,
+                offset: 0,
+                index: p.index,
+                queue: p.queue.index(),
+                kind: EventKind::Deferred,
+                book: true,
+            });
+            r.deferred.push(p.work);
+        }
         match p.work {
             Deferred::MemWrite { .. } | Deferred::Scatter { .. } => {
                 // The write port was used on the cycle before it is visible.
@@ -317,7 +360,10 @@ impl<'c> Engine<'c> {
                 let mut ctx = Ctx {
                     config: self.config,
                     state: &mut self.state,
-                    streams: &mut self.streams,
+                    operands: Live {
+                        streams: &mut self.streams,
+                        log: self.replay.as_mut().map(|r| &mut r.slots),
+                    },
                     pool: &mut self.pool,
                     deferred: &mut self.scratch,
                     cycle: p.cycle,
@@ -407,10 +453,29 @@ impl<'c> Engine<'c> {
             });
         }
         self.scratch.clear();
+        if unit != Unit::Control
+            && let Some(r) = &mut self.replay
+        {
+            r.events.push(Event {
+                cycle: t,
+                offset,
+                index,
+                queue: q,
+                kind: if text_of.is_some() {
+                    EventKind::Repetition
+                } else {
+                    EventKind::Issue
+                },
+                book: true,
+            });
+        }
         let mut ctx = Ctx {
             config: self.config,
             state: &mut self.state,
-            streams: &mut self.streams,
+            operands: Live {
+                streams: &mut self.streams,
+                log: self.replay.as_mut().map(|r| &mut r.slots),
+            },
             pool: &mut self.pool,
             deferred: &mut self.scratch,
             cycle: t,

@@ -18,7 +18,6 @@
 use q35_isa::{Acc, ElemWidth, Instruction, LatencyClass, QueueId, QueueKind, Stream, TableId};
 
 use crate::config::MachineConfig;
-use crate::contract::split_pair;
 use crate::hazard::HazardKind;
 use crate::mxm::{self, LoadOutcome, MultiplyOutcome, Step};
 use crate::state::{PortConflict, State};
@@ -130,15 +129,121 @@ impl Pool {
     }
 }
 
-/// Everything an instruction may touch.
+/// Where an instruction's stream operands come from and where its results
+/// go. [`execute`] calls `read` and `write` in an order fixed by the
+/// instruction alone (never by values), which is what lets
+/// [`crate::replay`] resolve them once and for all.
+pub trait Operands {
+    /// The slot of the value on `s` at `position` on `cycle`
+    /// ([`Operands::bytes`] has its bytes).
+    fn read_slot(&mut self, s: Stream, position: u32, cycle: u64) -> Result<u32, Fault>;
+    /// The bytes of a slot [`Operands::read_slot`] gave.
+    fn bytes(&self, slot: u32) -> &Vector;
+    /// The value on `s` at `position` on `cycle`.
+    fn read(&mut self, s: Stream, position: u32, cycle: u64) -> Result<&Vector, Fault> {
+        let slot = self.read_slot(s, position, cycle)?;
+        Ok(self.bytes(slot))
+    }
+    /// Whether MEM `read`s and `write`s book their port and banks. A replay
+    /// skips the bookings no gather or scatter shares a (slice, cycle)
+    /// with: their conflicts depend on no value, and the recording run had
+    /// none.
+    fn books_static(&self) -> bool {
+        true
+    }
+    /// Puts `bytes` on `s` at `position` on `cycle`, written by instruction
+    /// `index` of `queue`.
+    fn write(
+        &mut self,
+        s: Stream,
+        position: u32,
+        cycle: u64,
+        bytes: &Vector,
+        queue: QueueId,
+        index: u32,
+    ) -> Result<(), Fault>;
+}
+
+/// The engine's operands: the stream model, logging the slab slot of every
+/// value read or written when `log` is set (to record a replay).
 #[derive(Debug)]
-pub struct Ctx<'a> {
+pub struct Live<'a> {
+    /// Values in flight.
+    pub streams: &'a mut Streams,
+    /// Slab slots in the order of the `read`/`write` calls, when recording.
+    pub log: Option<&'a mut Vec<u32>>,
+}
+
+impl Operands for Live<'_> {
+    fn bytes(&self, slot: u32) -> &Vector {
+        self.streams.slab(slot)
+    }
+
+    fn read_slot(&mut self, s: Stream, position: u32, cycle: u64) -> Result<u32, Fault> {
+        match self.streams.read_slot(s, position, cycle) {
+            Some(slot) => {
+                if let Some(log) = &mut self.log {
+                    log.push(slot);
+                }
+                Ok(slot)
+            }
+            None => Err(Fault {
+                cycle,
+                kind: HazardKind::StreamReadBeforeArrival {
+                    stream: s,
+                    position,
+                    next: self.streams.next_arrival(s, position, cycle),
+                },
+            }),
+        }
+    }
+
+    fn write(
+        &mut self,
+        s: Stream,
+        position: u32,
+        cycle: u64,
+        bytes: &Vector,
+        queue: QueueId,
+        index: u32,
+    ) -> Result<(), Fault> {
+        let slot = self.streams.alloc();
+        *self.streams.bytes_mut(slot) = *bytes;
+        let writer = Writer {
+            queue: queue.index(),
+            index,
+        };
+        match self.streams.write(s, position, cycle, slot, writer) {
+            Ok(()) => {
+                if let Some(log) = &mut self.log {
+                    log.push(slot);
+                }
+                Ok(())
+            }
+            Err(c) => Err(Fault {
+                cycle: c.cycle,
+                kind: HazardKind::StreamWriteCollision {
+                    stream: s,
+                    position: c.position,
+                    other_queue: QueueId::from_index(c.other.queue).unwrap_or(queue),
+                    other_index: c.other.index,
+                },
+            }),
+        }
+    }
+}
+
+/// Everything an instruction may touch. `O` is where its stream operands
+/// come from: the stream model ([`Live`], the engine) or a recorded list of
+/// slots ([`crate::replay`]).
+#[derive(Debug)]
+pub struct Ctx<'a, O: Operands> {
     /// The machine.
     pub config: &'a MachineConfig,
     /// Architectural state.
     pub state: &'a mut State,
     /// Values in flight.
-    pub streams: &'a mut Streams,
+    pub operands: O,
     /// Deferred-work buffers.
     pub pool: &'a mut Pool,
     /// Deferred work this instruction adds: (cycle, work).
@@ -153,7 +258,7 @@ pub struct Ctx<'a> {
     pub addr_offset: i64,
 }
 
-impl Ctx<'_> {
+impl<O: Operands> Ctx<'_, O> {
     fn position(&self) -> u32 {
         self.config.position(self.queue)
     }
@@ -169,18 +274,22 @@ impl Ctx<'_> {
     }
 
     fn read_at(&mut self, s: Stream, position: u32, cycle: u64) -> Result<Vector, Fault> {
-        if let Some(v) = self.streams.read(s, position, cycle) {
-            return Ok(*v);
+        self.operands.read(s, position, cycle).copied()
+    }
+
+    /// The slots of `N` consecutive streams from `first`, read in order.
+    fn slots<const N: usize>(&mut self, first: Stream) -> Result<[u32; N], Fault> {
+        let (pos, cycle) = (self.position(), self.cycle);
+        let mut out = [0u32; N];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self.operands.read_slot(nth(first, i), pos, cycle)?;
         }
-        let next = self.streams.next_arrival(s, position, cycle);
-        self.fault(
-            cycle,
-            HazardKind::StreamReadBeforeArrival {
-                stream: s,
-                position,
-                next,
-            },
-        )
+        Ok(out)
+    }
+
+    /// The bytes of slots from [`Ctx::slots`].
+    fn group<const N: usize>(&self, slots: [u32; N]) -> [&Vector; N] {
+        slots.map(|s| self.operands.bytes(s))
     }
 
     /// Reads `N` consecutive streams from `first`.
@@ -198,25 +307,8 @@ impl Ctx<'_> {
         let cycle = self.cycle + latency;
         let position = self.position();
         for (i, p) in planes.iter().enumerate() {
-            let slot = self.streams.alloc();
-            *self.streams.bytes_mut(slot) = *p;
-            let s = nth(first, i);
-            let writer = Writer {
-                queue: self.queue.index(),
-                index: self.index,
-            };
-            if let Err(c) = self.streams.write(s, position, cycle, slot, writer) {
-                let other_queue = QueueId::from_index(c.other.queue).unwrap_or(self.queue);
-                return self.fault(
-                    c.cycle,
-                    HazardKind::StreamWriteCollision {
-                        stream: s,
-                        position: c.position,
-                        other_queue,
-                        other_index: c.other.index,
-                    },
-                );
-            }
+            self.operands
+                .write(nth(first, i), position, cycle, p, self.queue, self.index)?;
         }
         Ok(())
     }
@@ -235,7 +327,8 @@ fn nth(first: Stream, i: usize) -> Stream {
 }
 
 /// Lane-wise f32 of a 4-stream group (little-endian bytes).
-fn to_f32(g: &[Vector; 4]) -> [f32; LANES] {
+#[inline(always)]
+fn to_f32(g: [&Vector; 4]) -> [f32; LANES] {
     let mut out = [0f32; LANES];
     for (l, o) in out.iter_mut().enumerate() {
         *o = f32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]]);
@@ -244,7 +337,8 @@ fn to_f32(g: &[Vector; 4]) -> [f32; LANES] {
 }
 
 /// Lane-wise i32 of a 4-stream group.
-fn to_i32(g: &[Vector; 4]) -> [i32; LANES] {
+#[inline(always)]
+fn to_i32(g: [&Vector; 4]) -> [i32; LANES] {
     let mut out = [0i32; LANES];
     for (l, o) in out.iter_mut().enumerate() {
         *o = i32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]]);
@@ -253,6 +347,7 @@ fn to_i32(g: &[Vector; 4]) -> [i32; LANES] {
 }
 
 /// A 4-stream group of 32-bit lanes.
+#[inline(always)]
 fn split32(bits: impl Fn(usize) -> [u8; 4]) -> [Vector; 4] {
     let mut g = [[0u8; LANES]; 4];
     for l in 0..LANES {
@@ -264,16 +359,19 @@ fn split32(bits: impl Fn(usize) -> [u8; 4]) -> [Vector; 4] {
     g
 }
 
+#[inline(always)]
 fn from_f32(v: &[f32; LANES]) -> [Vector; 4] {
     split32(|l| v[l].to_le_bytes())
 }
 
+#[inline(always)]
 fn from_i32(v: &[i32; LANES]) -> [Vector; 4] {
     split32(|l| v[l].to_le_bytes())
 }
 
 /// `f32toi8`: round half away from zero (`f32::round`), clamp to
 /// -127..=127 (docs/q35-format.md 8.1); NaN gives 0.
+#[inline(always)]
 pub fn f32_to_i8(x: f32) -> i8 {
     // `as` saturates and maps NaN to 0; the clamp keeps -128 out.
     x.round().clamp(-127.0, 127.0) as i8
@@ -344,7 +442,7 @@ macro_rules! mxm_ops {
 }
 
 /// Runs one instruction issued on `ctx.cycle`.
-pub fn execute(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<Flow, Fault> {
+pub fn execute<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<Flow, Fault> {
     match *ins {
         Instruction::Nop { n } => Ok(Flow::Wait(u64::from(n))),
         Instruction::Repeat { n, d, stride } => Ok(Flow::Repeat { n, d, stride }),
@@ -352,14 +450,44 @@ pub fn execute(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<Flow, Fault> {
         Instruction::Notify {} => Ok(Flow::Notify),
         Instruction::Halt {} => Ok(Flow::Halt),
         mem_ops!() => mem(ctx, ins).map(|()| Flow::Next),
-        vxm_ops!() => vxm(ctx, ins).map(|()| Flow::Next),
-        sxm_ops!() => sxm(ctx, ins).map(|()| Flow::Next),
+        vxm_ops!() => {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the host runs AVX2 instructions (checked above).
+                return unsafe { vxm_avx2(ctx, ins) }.map(|()| Flow::Next);
+            }
+            vxm(ctx, ins).map(|()| Flow::Next)
+        }
+        sxm_ops!() => {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as for the VXM.
+                return unsafe { sxm_avx2(ctx, ins) }.map(|()| Flow::Next);
+            }
+            sxm(ctx, ins).map(|()| Flow::Next)
+        }
         mxm_ops!() => mxm(ctx, ins).map(|()| Flow::Next),
     }
 }
 
+/// [`vxm`] compiled for AVX2: the same Rust, so the same IEEE f32 and
+/// integer results (no fused multiply-add, no reassociation), lane loops
+/// eight or more lanes wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn vxm_avx2<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    vxm(ctx, ins)
+}
+
+/// [`sxm`] compiled for AVX2, as [`vxm_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sxm_avx2<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    sxm(ctx, ins)
+}
+
 /// Checks a MEM address against the slice.
-fn address(ctx: &Ctx<'_>, cycle: u64, addr: i64) -> Result<u32, Fault> {
+fn address<O: Operands>(ctx: &Ctx<'_, O>, cycle: u64, addr: i64) -> Result<u32, Fault> {
     let words = ctx.config.mem.words_per_slice;
     if (0..i64::from(words)).contains(&addr) {
         Ok(addr as u32)
@@ -375,7 +503,12 @@ fn address(ctx: &Ctx<'_>, cycle: u64, addr: i64) -> Result<u32, Fault> {
 }
 
 /// Books the slice's port and banks on `cycle`.
-fn book(ctx: &mut Ctx<'_>, cycle: u64, read: bool, banks: u64) -> Result<(), Fault> {
+fn book<O: Operands>(
+    ctx: &mut Ctx<'_, O>,
+    cycle: u64,
+    read: bool,
+    banks: u64,
+) -> Result<(), Fault> {
     let slice = usize::from(ctx.queue.index());
     let m = ctx.config.mem;
     let ports = &mut ctx.state.ports[slice];
@@ -388,7 +521,7 @@ fn book(ctx: &mut Ctx<'_>, cycle: u64, read: bool, banks: u64) -> Result<(), Fau
         })
 }
 
-fn bank_bit(ctx: &Ctx<'_>, addr: u32) -> u64 {
+fn bank_bit<O: Operands>(ctx: &Ctx<'_, O>, addr: u32) -> u64 {
     1u64 << (addr % ctx.config.mem.banks)
 }
 
@@ -402,7 +535,7 @@ fn indices(lo: &Vector, hi: &Vector) -> [u16; LANES] {
 }
 
 /// MEM: `read`, `write`, `gather`, `scatter`.
-fn mem(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+fn mem<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     let slice = usize::from(ctx.queue.index());
     let t = ctx.cycle;
     let rl = ctx.latency(LatencyClass::MemRead);
@@ -411,15 +544,21 @@ fn mem(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
     match *ins {
         Instruction::Read { addr, dst } => {
             let a = address(ctx, t, i64::from(addr) + off)?;
-            book(ctx, t, true, bank_bit(ctx, a))?;
-            let word = *ctx.state.mem[slice].word(a);
-            ctx.write_group(dst, rl, &[word])
+            if ctx.operands.books_static() {
+                book(ctx, t, true, bank_bit(ctx, a))?;
+            }
+            let position = ctx.position();
+            let word = ctx.state.mem[slice].word(a);
+            ctx.operands
+                .write(dst, position, t + rl, word, ctx.queue, ctx.index)
         }
         Instruction::Write { addr, src } => {
             let a = address(ctx, t, i64::from(addr) + off)?;
-            let v = ctx.read(src)?;
-            book(ctx, t + wl - 1, false, bank_bit(ctx, a))?;
-            let data = ctx.pool.put(&v);
+            let slot = ctx.slots::<1>(src)?;
+            if ctx.operands.books_static() {
+                book(ctx, t + wl - 1, false, bank_bit(ctx, a))?;
+            }
+            let data = ctx.pool.put(ctx.operands.bytes(slot[0]));
             ctx.deferred.push((
                 t + wl,
                 Deferred::MemWrite {
@@ -502,16 +641,18 @@ pub fn commit(state: &mut State, pool: &mut Pool, work: Deferred) {
 }
 
 /// Binary f32 lane-wise.
-fn f32_binary(
-    ctx: &mut Ctx<'_>,
+#[inline(always)]
+fn f32_binary<O: Operands>(
+    ctx: &mut Ctx<'_, O>,
     a: Stream,
     b: Stream,
     dst: Stream,
     class: LatencyClass,
     op: impl Fn(f32, f32) -> f32,
 ) -> Result<(), Fault> {
-    let x = to_f32(&ctx.read_group::<4>(a)?);
-    let y = to_f32(&ctx.read_group::<4>(b)?);
+    let xs = ctx.slots::<4>(a)?;
+    let ys = ctx.slots::<4>(b)?;
+    let (x, y) = (to_f32(ctx.group(xs)), to_f32(ctx.group(ys)));
     let mut z = [0f32; LANES];
     for l in 0..LANES {
         z[l] = op(x[l], y[l]);
@@ -521,14 +662,16 @@ fn f32_binary(
 }
 
 /// Unary f32 lane-wise.
-fn f32_unary(
-    ctx: &mut Ctx<'_>,
+#[inline(always)]
+fn f32_unary<O: Operands>(
+    ctx: &mut Ctx<'_, O>,
     a: Stream,
     dst: Stream,
     class: LatencyClass,
     op: impl Fn(f32) -> f32,
 ) -> Result<(), Fault> {
-    let x = to_f32(&ctx.read_group::<4>(a)?);
+    let xs = ctx.slots::<4>(a)?;
+    let x = to_f32(ctx.group(xs));
     let mut z = [0f32; LANES];
     for l in 0..LANES {
         z[l] = op(x[l]);
@@ -538,16 +681,17 @@ fn f32_unary(
 }
 
 /// A u8 mask from two 4-stream groups.
-fn compare(
-    ctx: &mut Ctx<'_>,
+#[inline(always)]
+fn compare<O: Operands>(
+    ctx: &mut Ctx<'_, O>,
     a: Stream,
     b: Stream,
     dst: Stream,
-    lt: impl Fn(&[Vector; 4], &[Vector; 4]) -> [bool; LANES],
+    lt: impl Fn([&Vector; 4], [&Vector; 4]) -> [bool; LANES],
 ) -> Result<(), Fault> {
-    let x = ctx.read_group::<4>(a)?;
-    let y = ctx.read_group::<4>(b)?;
-    let m = lt(&x, &y);
+    let xs = ctx.slots::<4>(a)?;
+    let ys = ctx.slots::<4>(b)?;
+    let m = lt(ctx.group(xs), ctx.group(ys));
     let mut out = [0u8; LANES];
     for l in 0..LANES {
         out[l] = u8::from(m[l]);
@@ -557,7 +701,8 @@ fn compare(
 }
 
 /// VXM: point-wise arithmetic, conversions, `unpack35`.
-fn vxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+#[inline(always)]
+fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     use LatencyClass::{VxmAlu, VxmConvert, VxmSpecial};
     match *ins {
         Instruction::Fadd { a, b, dst } => f32_binary(ctx, a, b, dst, VxmAlu, |x, y| x + y),
@@ -576,7 +721,8 @@ fn vxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
             ctx.write_group(dst, lat, &from_f32(&z))
         }
         Instruction::I32tof32 { a, dst } => {
-            let x = to_i32(&ctx.read_group::<4>(a)?);
+            let xs = ctx.slots::<4>(a)?;
+            let x = to_i32(ctx.group(xs));
             let mut z = [0f32; LANES];
             for l in 0..LANES {
                 // Round to nearest even.
@@ -586,7 +732,8 @@ fn vxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
             ctx.write_group(dst, lat, &from_f32(&z))
         }
         Instruction::F32toi8 { a, dst } => {
-            let x = to_f32(&ctx.read_group::<4>(a)?);
+            let xs = ctx.slots::<4>(a)?;
+            let x = to_f32(ctx.group(xs));
             let mut out = [0u8; LANES];
             for l in 0..LANES {
                 out[l] = f32_to_i8(x[l]) as u8;
@@ -613,8 +760,9 @@ fn vxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
             ctx.write_group(dst, lat, &from_i32(&z))
         }
         Instruction::Iadd32 { a, b, dst } => {
-            let x = to_i32(&ctx.read_group::<4>(a)?);
-            let y = to_i32(&ctx.read_group::<4>(b)?);
+            let xs = ctx.slots::<4>(a)?;
+            let ys = ctx.slots::<4>(b)?;
+            let (x, y) = (to_i32(ctx.group(xs)), to_i32(ctx.group(ys)));
             let mut z = [0i32; LANES];
             for l in 0..LANES {
                 z[l] = x[l].wrapping_add(y[l]);
@@ -631,9 +779,10 @@ fn vxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
             std::array::from_fn(|l| x[l] < y[l])
         }),
         Instruction::Select { m, a, b, dst } => {
-            let mask = ctx.read(m)?;
-            let x = ctx.read_group::<4>(a)?;
-            let y = ctx.read_group::<4>(b)?;
+            let ms = ctx.slots::<1>(m)?;
+            let xs = ctx.slots::<4>(a)?;
+            let ys = ctx.slots::<4>(b)?;
+            let ([mask], x, y) = (ctx.group(ms), ctx.group(xs), ctx.group(ys));
             let mut z = [[0u8; LANES]; 4];
             for (p, out) in z.iter_mut().enumerate() {
                 for l in 0..LANES {
@@ -644,22 +793,9 @@ fn vxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
             ctx.write_group(dst, lat, &z)
         }
         Instruction::Unpack35 { src, dst, m4, m3 } => {
-            let codes = ctx.read_group::<7>(src)?;
-            let (m4, m3) = (m4 as i32, m3 as i32);
-            let mut out = [[0u8; LANES]; 16];
-            for l in 0..LANES {
-                let mut word = 0u64;
-                for (b, plane) in codes.iter().enumerate() {
-                    word |= u64::from(plane[l]) << (8 * b);
-                }
-                for k in 0..8 {
-                    let (c4, c3) = split_pair(((word >> (7 * k)) & 0x7f) as u8);
-                    // |m4 * c4| <= 128 and |m3 * c3| <= 128 by the field
-                    // ranges; -128 is a valid integer weight.
-                    out[2 * k][l] = (m4 * i32::from(c4)) as i8 as u8;
-                    out[2 * k + 1][l] = (m3 * i32::from(c3)) as i8 as u8;
-                }
-            }
+            let cs = ctx.slots::<7>(src)?;
+            let codes = ctx.group(cs);
+            let out = unpack35(codes, m4 as i16, m3 as i16);
             let lat = ctx.latency(VxmConvert);
             ctx.write_group(dst, lat, &out)
         }
@@ -667,8 +803,40 @@ fn vxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
     }
 }
 
+/// `unpack35`'s 16 int8 rows from 7 code planes: pair `k` of lane `l` is
+/// bits `7k .. 7k+7` of the lane's 56-bit little-endian word, split by
+/// `split_pair` into a 4-bit and a 3-bit two's complement code, times
+/// `m4` and `m3` (`|m * c| <= 128` by the field ranges; -128 is a valid
+/// weight). Written lane-parallel per pair (two bytes, a shift, sign
+/// extensions by xor-subtract), which vectorises; `tests` hold it equal to
+/// `split_pair` on every code.
+#[inline(always)]
+fn unpack35(codes: [&Vector; 7], m4: i16, m3: i16) -> [Vector; 16] {
+    let zero = [0u8; LANES];
+    let mut out = [[0u8; LANES]; 16];
+    for k in 0..8 {
+        let (b, r) = (7 * k / 8, 7 * k % 8);
+        let lo = codes[b];
+        let hi = codes.get(b + 1).copied().unwrap_or(&zero);
+        let (o4, o3) = out[2 * k..2 * k + 2].split_at_mut(1);
+        for l in 0..LANES {
+            let code = ((u16::from(lo[l]) | (u16::from(hi[l]) << 8)) >> r) & 0x7f;
+            let c4 = ((code & 0x0f) as i16 ^ 8) - 8;
+            let c3 = (((code >> 4) & 0x07) as i16 ^ 4) - 4;
+            o4[0][l] = (m4 * c4) as i8 as u8;
+            o3[0][l] = (m3 * c3) as i8 as u8;
+        }
+    }
+    out
+}
+
 /// Reads the `ew`-stream group of an SXM operand.
-fn read_ew(ctx: &mut Ctx<'_>, src: Stream, ew: ElemWidth) -> Result<([Vector; 4], usize), Fault> {
+#[inline(always)]
+fn read_ew<O: Operands>(
+    ctx: &mut Ctx<'_, O>,
+    src: Stream,
+    ew: ElemWidth,
+) -> Result<([Vector; 4], usize), Fault> {
     let n = ew.bytes() as usize;
     let mut g = [[0u8; LANES]; 4];
     for (i, plane) in g.iter_mut().enumerate().take(n) {
@@ -679,8 +847,9 @@ fn read_ew(ctx: &mut Ctx<'_>, src: Stream, ew: ElemWidth) -> Result<([Vector; 4]
 
 /// Applies a lane map to every byte plane of a group: lane `l` of the
 /// result is lane `map(l)` of the input, or 0 for `None`.
-fn lane_map(
-    ctx: &mut Ctx<'_>,
+#[inline(always)]
+fn lane_map<O: Operands>(
+    ctx: &mut Ctx<'_, O>,
     src: Stream,
     dst: Stream,
     ew: ElemWidth,
@@ -701,7 +870,7 @@ fn lane_map(
 }
 
 /// The lane map of a `permute` table (entries past its end give 0).
-fn table<'a>(ctx: &'a Ctx<'_>, map: TableId) -> &'a [u16] {
+fn table<'a, O: Operands>(ctx: &'a Ctx<'_, O>, map: TableId) -> &'a [u16] {
     ctx.state
         .tables
         .get(usize::from(map.0))
@@ -709,7 +878,8 @@ fn table<'a>(ctx: &'a Ctx<'_>, map: TableId) -> &'a [u16] {
 }
 
 /// SXM: `shift`, `bcast`, `permute`, `transpose`.
-fn sxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+#[inline(always)]
+fn sxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     match *ins {
         Instruction::Shift { src, dst, n, w, ew } => {
             let (n, w) = (n as usize, w as usize);
@@ -768,7 +938,7 @@ fn plane_hazard(kind: mxm::HazardKind, cycle: u64) -> HazardKind {
     }
 }
 
-fn plane_index(ctx: &Ctx<'_>) -> usize {
+fn plane_index<O: Operands>(ctx: &Ctx<'_, O>) -> usize {
     match ctx.queue.kind() {
         QueueKind::Mxm(p) => usize::from(p),
         // The loader puts MXM instructions in MXM queues only.
@@ -779,7 +949,7 @@ fn plane_index(ctx: &Ctx<'_>) -> usize {
 /// A plane model error is a simulator bug (commands are issued in cycle
 /// order with checked shapes); reported as a hazard of the instruction
 /// rather than a panic.
-fn model_error(ctx: &Ctx<'_>, e: &mxm::MxmError) -> Fault {
+fn model_error<O: Operands>(ctx: &Ctx<'_, O>, e: &mxm::MxmError) -> Fault {
     Fault {
         cycle: ctx.cycle,
         kind: HazardKind::Internal {
@@ -789,7 +959,7 @@ fn model_error(ctx: &Ctx<'_>, e: &mxm::MxmError) -> Fault {
 }
 
 /// MXM: `lw`, `iw`, `mm`.
-fn mxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+fn mxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     let p = plane_index(ctx);
     let t = ctx.cycle;
     let index = ctx.index as usize;
@@ -858,8 +1028,8 @@ fn mxm(ctx: &mut Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
 }
 
 /// Step `step` of an `lw` on `cycle`: its rows from their streams into the
-/// plane's load buffer; after the last step, into the shadow weights.
-pub fn load_rows(ctx: &mut Ctx<'_>, work: Deferred) -> Result<(), Fault> {
+/// plane's shadow weights; after the last step, the rest of them zeroed.
+pub fn load_rows<O: Operands>(ctx: &mut Ctx<'_, O>, work: Deferred) -> Result<(), Fault> {
     let Deferred::LoadRows {
         plane,
         src,
@@ -877,21 +1047,19 @@ pub fn load_rows(ctx: &mut Ctx<'_>, work: Deferred) -> Result<(), Fault> {
         if row >= n {
             break;
         }
-        let v = ctx.read_at(nth(src, j as usize), pos, cycle)?;
         let at = row as usize * LANES;
-        for (w, &b) in ctx.state.planes[p].loading[at..at + LANES]
-            .iter_mut()
-            .zip(&v)
-        {
+        let v = ctx.operands.read(nth(src, j as usize), pos, cycle)?;
+        // Rows go straight into the shadow buffer, which nothing reads
+        // before the load ends (`FastPlane::shadow_rows_mut`).
+        let shadow = ctx.state.planes[p].model.shadow_rows_mut();
+        for (w, &b) in shadow[at..at + LANES].iter_mut().zip(v) {
             *w = b as i8;
         }
     }
     if (step + 1) * k >= n {
         let plane = &mut ctx.state.planes[p];
         let rows = plane.load_rows;
-        plane
-            .model
-            .fill_shadow_rows(rows, &plane.loading[..rows * LANES]);
+        plane.model.finish_load(rows);
     }
     Ok(())
 }
@@ -899,11 +1067,51 @@ pub fn load_rows(ctx: &mut Ctx<'_>, work: Deferred) -> Result<(), Fault> {
 /// [`execute`] sends each instruction to its unit's function, so a unit
 /// function never sees another unit's instruction; should it, that is a
 /// simulator bug, reported rather than panicking.
-fn wrong_unit(ctx: &Ctx<'_>, ins: &Instruction) -> Result<(), Fault> {
+fn wrong_unit<O: Operands>(ctx: &Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     ctx.fault(
         ctx.cycle,
         HazardKind::Internal {
             message: format!("`{ins}` dispatched to the wrong unit"),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::split_pair;
+
+    #[test]
+    #[expect(
+        clippy::needless_range_loop,
+        reason = "lane l of several planes, by index as the ISA states it"
+    )]
+    fn unpack35_is_split_pair_times_the_scales_on_every_code() {
+        for m4 in 1..=16i16 {
+            for m3 in [1i16, 2, 7, 16, 31, 32] {
+                // Lane l holds pair codes (l + 37k) mod 128 for k = 0..8.
+                let mut planes = [[0u8; LANES]; 7];
+                for l in 0..LANES {
+                    let mut word = 0u64;
+                    for k in 0..8u64 {
+                        word |= ((l as u64 + 37 * k) % 128) << (7 * k);
+                    }
+                    for (b, p) in planes.iter_mut().enumerate() {
+                        p[l] = (word >> (8 * b)) as u8;
+                    }
+                }
+                let codes: [&Vector; 7] = std::array::from_fn(|b| &planes[b]);
+                let out = unpack35(codes, m4, m3);
+                for l in 0..LANES {
+                    for k in 0..8 {
+                        let (c4, c3) = split_pair(((l + 37 * k) % 128) as u8);
+                        let want4 = (i32::from(m4) * i32::from(c4)) as i8 as u8;
+                        let want3 = (i32::from(m3) * i32::from(c3)) as i8 as u8;
+                        assert_eq!(out[2 * k][l], want4, "m4 {m4} lane {l} pair {k}");
+                        assert_eq!(out[2 * k + 1][l], want3, "m3 {m3} lane {l} pair {k}");
+                    }
+                }
+            }
+        }
+    }
 }

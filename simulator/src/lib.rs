@@ -13,6 +13,8 @@
 //! - [`exec`]: what each instruction computes (one function per unit).
 //! - [`engine`]: when things happen (event-driven; why that is exact is in
 //!   its module doc).
+//! - [`replay`]: a recorded hazard-free run executed again without the
+//!   engine's scheduling (why that is the engine is in its module doc).
 //! - [`hazard`]: the rule breaks a run stops with, never silently.
 //! - [`profile`]: cycles, per-unit busy cycles, instruction counts.
 //! - [`dump`]: symbols' values after a run.
@@ -34,6 +36,7 @@ pub mod load;
 pub mod machine;
 pub mod mxm;
 pub mod profile;
+pub mod replay;
 pub mod report;
 pub mod schedule;
 pub mod state;
@@ -45,7 +48,7 @@ pub use config::MachineConfig;
 pub use engine::{Engine, Stop};
 pub use hazard::{Hazard, HazardKind};
 pub use load::{LoadError, Loaded};
-pub use machine::Machine;
+pub use machine::{EngineMode, Machine};
 pub use profile::Profile;
 
 use q35_lpubin::LpuBinary;

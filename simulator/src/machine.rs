@@ -13,8 +13,10 @@ use q35_lpubin::{LpuBinary, Symbol};
 
 use crate::config::MachineConfig;
 use crate::engine::{Engine, Stop};
+use crate::hazard::{Hazard, HazardKind};
 use crate::load::{self, LoadError, Loaded};
 use crate::profile::Profile;
+use crate::replay::{Abandoned, Replay, Scratch};
 use crate::state::{Plane, Ports, State};
 use crate::timeline::Timeline;
 
@@ -31,6 +33,33 @@ pub struct Machine<'b> {
     runs: u64,
     /// Recording: the distinct timelines seen, and which one each run had.
     record: Option<Recorded>,
+    /// How runs execute.
+    mode: EngineMode,
+    /// The first hazard-free run, recorded ([`EngineMode::Replay`]).
+    replay: Option<Replay>,
+    /// The replay's timeline in `record` (when recording).
+    replay_timeline: Option<usize>,
+    scratch: Scratch,
+    /// Runs done by the replay, and replays abandoned for the engine.
+    replayed: (u64, u64),
+}
+
+/// How a [`Machine`] executes its runs. Both give the same MEM bytes,
+/// cycles, profiles and hazards (`tests/replay.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineMode {
+    /// Every run on the event-driven engine ([`crate::engine`]).
+    #[default]
+    Exact,
+    /// The first hazard-free run on the engine, recorded; later runs replay
+    /// the recording ([`crate::replay`]), falling back to the engine for a
+    /// run that faults (`q35sim run`'s default for `--prompt`/`--tokens`).
+    Replay,
+    /// Every run on the engine and, once recorded, on the replay too (on a
+    /// copy of MEM): a difference in any MEM byte, the counters or the
+    /// hazard stops the run with an internal error (a simulator bug). For
+    /// tests: twice the time and MEM.
+    Verify,
 }
 
 /// What a recording machine kept: every distinct timeline (a compiled
@@ -63,6 +92,11 @@ impl<'b> Machine<'b> {
             max_cycles: None,
             runs: 0,
             record: None,
+            mode: EngineMode::default(),
+            replay: None,
+            replay_timeline: None,
+            scratch: Scratch::default(),
+            replayed: (0, 0),
         })
     }
 
@@ -74,6 +108,28 @@ impl<'b> Machine<'b> {
     /// Records the timeline of every later run ([`Machine::recorded`]).
     pub fn set_record(&mut self, on: bool) {
         self.record = on.then(Recorded::default);
+        self.replay_timeline = None;
+    }
+
+    /// Chooses how later runs execute (default [`EngineMode::Exact`]).
+    pub fn set_mode(&mut self, mode: EngineMode) {
+        self.mode = mode;
+    }
+
+    /// How runs execute.
+    pub fn mode(&self) -> EngineMode {
+        self.mode
+    }
+
+    /// Runs done by the replay so far, and replays abandoned for the engine
+    /// (a run that faulted).
+    pub fn replayed(&self) -> (u64, u64) {
+        self.replayed
+    }
+
+    /// The recorded run, once there is one.
+    pub fn replay(&self) -> Option<&Replay> {
+        self.replay.as_ref()
     }
 
     /// What was recorded (`None` unless [`Machine::set_record`] is on).
@@ -103,6 +159,14 @@ impl<'b> Machine<'b> {
             .expect("the state is back after every run")
     }
 
+    /// The machine's state, to change between runs (as a host writing MEM
+    /// does; tests use it to give later runs other values).
+    pub fn state_mut(&mut self) -> &mut State {
+        self.state
+            .as_mut()
+            .expect("the state is back after every run")
+    }
+
     /// The state, consuming the machine.
     pub fn into_state(self) -> State {
         self.state.expect("the state is back after every run")
@@ -126,9 +190,61 @@ impl<'b> Machine<'b> {
         if let Ok(p) = planes {
             state.planes = p;
         }
+        if self.mode == EngineMode::Replay
+            && let Some(replay) = &self.replay
+            && replay.fits(self.max_cycles)
+            && (self.record.is_none() || self.replay_timeline.is_some())
+        {
+            match replay.run(
+                &self.config,
+                &mut state,
+                &self.loaded.queues,
+                &mut self.scratch,
+            ) {
+                Ok(()) => {
+                    if let (Some(rec), Some(i)) = (&mut self.record, self.replay_timeline) {
+                        rec.runs.push(i);
+                    }
+                    self.state = Some(state);
+                    self.runs += 1;
+                    self.replayed.0 += 1;
+                    return Ok(replay.profile().clone());
+                }
+                // MEM is as before the run: the engine runs it instead.
+                Err(Abandoned::Fault(_) | Abandoned::Log(_)) => {
+                    self.replayed.1 += 1;
+                    state.ports = (0..state.mem.len()).map(|_| Ports::default()).collect();
+                    if let Ok(p) = (0..state.planes.len())
+                        .map(|_| Plane::new(self.config.plane))
+                        .collect::<Result<Vec<_>, _>>()
+                    {
+                        state.planes = p;
+                    }
+                }
+            }
+        }
+        // Verify: the replay's run on a copy, compared after the engine's.
+        let twin = match (&self.replay, self.mode) {
+            (Some(replay), EngineMode::Verify) if replay.fits(self.max_cycles) => {
+                let mut twin = state.clone();
+                let run = replay.run(
+                    &self.config,
+                    &mut twin,
+                    &self.loaded.queues,
+                    &mut self.scratch,
+                );
+                Some((run, twin))
+            }
+            _ => None,
+        };
         let mut engine = Engine::new(&self.config, state, self.loaded.queues.clone());
         if self.record.is_some() {
             engine.record();
+        }
+        let record_replay =
+            matches!(self.mode, EngineMode::Replay | EngineMode::Verify) && self.replay.is_none();
+        if record_replay {
+            engine.record_replay();
         }
         let result = engine.run(self.max_cycles).cloned();
         if let (Some(rec), Ok(profile)) = (&mut self.record, &result) {
@@ -144,9 +260,63 @@ impl<'b> Machine<'b> {
                 }
             };
             rec.runs.push(i);
+            if record_replay {
+                self.replay_timeline = Some(i);
+            }
+        }
+        if record_replay
+            && let Ok(profile) = &result
+            && let Some(recording) = engine.take_replay()
+        {
+            self.replay = Some(Replay::new(
+                recording,
+                profile.clone(),
+                engine.last_event_cycle(),
+                &self.config,
+                &self.loaded.queues,
+            ));
         }
         self.state = Some(engine.into_state());
         self.runs += 1;
+        let result = match (twin, &self.replay) {
+            (Some((run, twin)), Some(replay)) => {
+                self.replayed.0 += 1;
+                let state = self.state();
+                let diverged = match (&run, &result) {
+                    (Ok(()), Ok(p)) if p != replay.profile() => Some("the counters differ".into()),
+                    (Ok(()), Ok(_)) => state
+                        .mem
+                        .iter()
+                        .zip(&twin.mem)
+                        .position(|(a, b)| a.bytes() != b.bytes())
+                        .map(|s| format!("MEM slice {s} differs")),
+                    (Ok(()), Err(_)) => Some("the engine stopped, the replay did not".into()),
+                    // A fault: the replay leaves MEM as it was and the engine decides.
+                    (Err(_), _) => {
+                        self.replayed.1 += 1;
+                        None
+                    }
+                };
+                match diverged {
+                    Some(what) => Err(Stop::Hazard(Box::new(Hazard {
+                        cycle: 0,
+                        queue: q35_isa::QueueId::from_index(0).expect("queue 0"),
+                        index: 0,
+                        text: "(replay check)".into(),
+                        detail: None,
+                        kind: HazardKind::Internal {
+                            message: format!(
+                                "run {}: the replay differs from the engine: {what}",
+                                self.runs - 1
+                            ),
+                        },
+                        source: None,
+                    }))),
+                    None => result,
+                }
+            }
+            _ => result,
+        };
         result.map_err(|stop| match stop {
             Stop::Hazard(mut h) => {
                 h.source = self

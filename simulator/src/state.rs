@@ -12,7 +12,7 @@ use crate::mxm::{FastPlane, MxmError, PlaneConfig};
 use crate::streams::{LANES, Vector};
 
 /// One MEM slice: `words` words of 320 bytes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MemSlice {
     /// `words * 320` bytes, word after word. Allocated zeroed, so pages the
     /// program never touches cost no memory.
@@ -27,6 +27,11 @@ impl MemSlice {
             bytes: vec![0; words as usize * LANES],
             words,
         }
+    }
+
+    /// The slice's bytes, word after word.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// Words in the slice.
@@ -73,7 +78,7 @@ pub struct PortUse {
 
 /// Port use of one slice on the cycles still to come (accesses are
 /// booked at most `write_latency` cycles ahead, so the list is short).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Ports {
     booked: VecDeque<PortUse>,
 }
@@ -141,14 +146,12 @@ impl Ports {
     }
 }
 
-/// One MXM plane: the fast model plus the weight rows an `lw` is still
-/// reading from its streams.
-#[derive(Debug)]
+/// One MXM plane: the fast model plus the size of the `lw` reading its
+/// rows from streams (into the model's shadow buffer).
+#[derive(Debug, Clone)]
 pub struct Plane {
     /// The plane model (weights, accumulators, its own timing hazards).
     pub model: FastPlane,
-    /// Rows of the running `lw`, row-major (`rows * 320` bytes).
-    pub loading: Vec<i8>,
     /// Rows the running `lw` loads.
     pub load_rows: usize,
 }
@@ -158,14 +161,13 @@ impl Plane {
     pub fn new(config: PlaneConfig) -> Result<Plane, MxmError> {
         Ok(Plane {
             model: FastPlane::new(config)?,
-            loading: vec![0; config.rows * config.cols],
             load_rows: 0,
         })
     }
 }
 
 /// The chip's state.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct State {
     /// MEM slices by dense queue number of their queue (`mem.w43` = 0 ..).
     pub mem: Vec<MemSlice>,

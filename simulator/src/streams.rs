@@ -189,6 +189,24 @@ impl Streams {
         Some(&self.slab[data])
     }
 
+    /// The slab slot of the value on `s` at `position` on `cycle`, marking
+    /// it read ([`Streams::slab`] has its bytes).
+    pub fn read_slot(&mut self, s: Stream, position: u32, cycle: u64) -> Option<u32> {
+        let data = self.find(s, position, cycle)?.data;
+        self.was_read[data as usize] = true;
+        Some(data)
+    }
+
+    /// The bytes in slab slot `data`.
+    pub fn slab(&self, data: u32) -> &Vector {
+        &self.slab[data as usize]
+    }
+
+    /// Slab slots allocated so far (the most values ever in flight at once).
+    pub fn slab_len(&self) -> usize {
+        self.slab.len()
+    }
+
     /// Whether a value is on `s` at `position` on `cycle` (no side effect).
     pub fn is_present(&self, s: Stream, position: u32, cycle: u64) -> bool {
         self.find(s, position, cycle).is_some()

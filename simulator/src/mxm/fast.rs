@@ -1,9 +1,13 @@
 //! The fast plane model: the one the simulator runs on its hot path.
 //!
-//! No PE is stepped. Weights are kept column-major (`w[i][j]` at
-//! `j * R + i`) so that column `j`'s sum is one contiguous dot product over
-//! `i8` slices, which the compiler vectorises. Cycles and hazards come from
-//! the formulas of `docs/mxm-timing.md`:
+//! No PE is stepped. Weights are kept row-major, as they arrive (`w[i][j]`
+//! at `i * C + j`), and a vector's outputs are accumulated row after row
+//! into `C` exact `i32` partial sums (`|sum| <= R * 128 * 128 < 2^31` for
+//! `R <= 4096`), two rows at a time, which the compiler vectorises (with
+//! AVX2 where the host has it: the same integer arithmetic, so the same
+//! bits). After each `pe_block` rows the partial sums are what PE row `I`
+//! passes on, so the overflow checks need no second pass. Cycles and
+//! hazards come from the formulas of `docs/mxm-timing.md`:
 //!
 //! - with `b = pe_block`, PE(I, J) (a `b x b` block of MACs) adds its
 //!   block's contribution to a vector issued at `t` at `t + (I+J)h`, column
@@ -34,10 +38,19 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct FastPlane {
     config: PlaneConfig,
-    /// Active weights, column-major: column `j` is `active[j*R .. (j+1)*R]`.
+    /// Active weights, row-major: row `i` is `active[i*C .. (i+1)*C]`.
     active: Vec<i8>,
-    /// Shadow weights, column-major.
+    /// Shadow weights, row-major.
     shadow: Vec<i8>,
+    /// Every column of every tile is safe (`R * 128 * 128` fits the
+    /// accumulator), so no per-column sums are needed.
+    always_safe: bool,
+    /// Partial sums of the vector being multiplied (scratch).
+    partial: Vec<i32>,
+    /// Per column: a partial sum of this vector overflowed (scratch).
+    overflowed: Vec<bool>,
+    /// The host has AVX2.
+    avx2: bool,
     /// Per active column: no partial sum of it can overflow.
     active_safe: Vec<bool>,
     /// Per shadow column: no partial sum of it can overflow.
@@ -152,6 +165,10 @@ impl FastPlane {
             config,
             active: vec![0; n],
             shadow: vec![0; n],
+            always_safe: config.rows as i64 * 128 * 128 <= config.acc_max(),
+            partial: vec![0; config.cols],
+            overflowed: vec![false; config.cols],
+            avx2: has_avx2(),
             active_safe: vec![true; config.cols],
             shadow_safe: vec![true; config.cols],
             acc: vec![0; config.cols],
@@ -209,19 +226,13 @@ impl FastPlane {
         if let LoadOutcome::Hazard(_) = outcome {
             return Ok(outcome);
         }
-        let (r, n) = (self.config.rows, tile.rows);
-        let bound = self.config.acc_max();
-        for ((column, src), (safe, &abs_sum)) in self
-            .shadow
-            .chunks_exact_mut(r)
-            .zip(tile.data.chunks_exact(n))
-            .zip(self.shadow_safe.iter_mut().zip(&tile.abs_sums))
-        {
-            column[..n].copy_from_slice(src);
-            column[n..].fill(0);
-            // |x| <= 128, so every partial sum is at most 128 * sum |w|.
-            *safe = abs_sum * 128 <= bound;
+        let (c, n) = (self.config.cols, tile.rows);
+        for (j, column) in tile.data.chunks_exact(n).enumerate() {
+            for (i, &w) in column.iter().enumerate() {
+                self.shadow[i * c + j] = w;
+            }
         }
+        self.finish_load(n);
         Ok(outcome)
     }
 
@@ -278,24 +289,38 @@ impl FastPlane {
     pub fn fill_shadow_rows(&mut self, n: usize, data: &[i8]) {
         let (r, c) = (self.config.rows, self.config.cols);
         assert!(n <= r && data.len() == n * c, "a {n}x{c} tile");
-        // 16x16 blocks keep both sides in cache.
-        const B: usize = 16;
-        for i0 in (0..n).step_by(B) {
-            for j0 in (0..c).step_by(B) {
-                for i in i0..(i0 + B).min(n) {
-                    let row = &data[i * c..(i + 1) * c];
-                    for (j, &w) in row.iter().enumerate().take((j0 + B).min(c)).skip(j0) {
-                        self.shadow[j * r + i] = w;
-                    }
-                }
+        self.shadow[..n * c].copy_from_slice(data);
+        self.finish_load(n);
+    }
+
+    /// The shadow buffer's rows (row-major, `R * C`), for a load that
+    /// writes its rows as they arrive; [`Self::finish_load`] ends it. The
+    /// shadow is read by nothing but [`Self::swap`], which refuses to run
+    /// before the load is done, so writing early is writing at the end.
+    pub fn shadow_rows_mut(&mut self) -> &mut [i8] {
+        &mut self.shadow
+    }
+
+    /// Ends a load of `n` rows written through [`Self::shadow_rows_mut`]:
+    /// rows `n .. R` become 0 and the columns' overflow safety is decided.
+    pub fn finish_load(&mut self, n: usize) {
+        let c = self.config.cols;
+        let n = n.min(self.config.rows);
+        self.shadow[n * c..].fill(0);
+        if self.always_safe {
+            self.shadow_safe.fill(true);
+            return;
+        }
+        let mut abs_sums = vec![0i64; c];
+        for row in self.shadow[..n * c].chunks_exact(c) {
+            for (s, &w) in abs_sums.iter_mut().zip(row) {
+                *s += i64::from(w.unsigned_abs());
             }
         }
         let bound = self.config.acc_max();
-        for (column, safe) in self.shadow.chunks_exact_mut(r).zip(&mut self.shadow_safe) {
-            column[n..].fill(0);
-            let abs_sum: i64 = column.iter().map(|w| i64::from(w.unsigned_abs())).sum();
+        for (safe, s) in self.shadow_safe.iter_mut().zip(abs_sums) {
             // |x| <= 128, so every partial sum is at most 128 * sum |w|.
-            *safe = abs_sum * 128 <= bound;
+            *safe = s * 128 <= bound;
         }
     }
 
@@ -372,30 +397,45 @@ impl FastPlane {
                 first = Some((at, column, site));
             }
         };
-        for (j, ((column, &safe), (acc, o))) in self
+        let check = !self.active_safe.iter().all(|&s| s);
+        self.partial.fill(0);
+        self.overflowed.fill(false);
+        for (bi, (rows, xs)) in self
             .active
-            .chunks_exact(r)
-            .zip(&self.active_safe)
-            .zip(self.acc.iter_mut().zip(out.iter_mut()))
+            .chunks_exact(b * c)
+            .zip(x.chunks_exact(b))
             .enumerate()
         {
-            let bj = (j / b) as Cycle;
-            let sum = if safe {
-                i64::from(dot_i8(column, x))
-            } else {
+            let mut pairs = rows.chunks_exact(2 * c).zip(xs.chunks_exact(2));
+            for (two, x2) in &mut pairs {
+                let (w0, w1) = two.split_at(c);
+                axpy2(
+                    self.avx2,
+                    &mut self.partial,
+                    w0,
+                    w1,
+                    i16::from(x2[0]),
+                    i16::from(x2[1]),
+                );
+            }
+            if b % 2 == 1 {
+                let w = &rows[(b - 1) * c..];
+                axpy2(self.avx2, &mut self.partial, w, w, i16::from(xs[b - 1]), 0);
+            }
+            if check {
                 // PE(I, J) checks the sum over rows 0 .. (I+1)b at its output.
-                let mut s = 0i64;
-                let mut overflowed = false;
-                for (bi, (ws, xs)) in column.chunks_exact(b).zip(x.chunks_exact(b)).enumerate() {
-                    s += ws
-                        .iter()
-                        .zip(xs)
-                        .map(|(&w, &v)| i64::from(w) * i64::from(v))
-                        .sum::<i64>();
-                    if !overflowed && (s < lo || s > hi) {
-                        overflowed = true;
+                for (j, ((&p, &safe), over)) in self
+                    .partial
+                    .iter()
+                    .zip(&self.active_safe)
+                    .zip(self.overflowed.iter_mut())
+                    .enumerate()
+                {
+                    let p = i64::from(p);
+                    if !safe && !*over && (p < lo || p > hi) {
+                        *over = true;
                         note(
-                            cycle + (bi as Cycle + bj) * h,
+                            cycle + (bi as Cycle + (j / b) as Cycle) * h,
                             j,
                             OverflowSite::PartialSum {
                                 row: (bi + 1) * b - 1,
@@ -403,11 +443,23 @@ impl FastPlane {
                         );
                     }
                 }
-                s
-            };
+            }
+        }
+        for (j, ((acc, o), &sum)) in self
+            .acc
+            .iter_mut()
+            .zip(out.iter_mut())
+            .zip(&self.partial)
+            .enumerate()
+        {
+            let sum = i64::from(sum);
             let value = if accumulate { *acc + sum } else { sum };
             if value < lo || value > hi {
-                note(cycle + (br + bj) * h, j, OverflowSite::Accumulator);
+                note(
+                    cycle + (br + (j / b) as Cycle) * h,
+                    j,
+                    OverflowSite::Accumulator,
+                );
             }
             *acc = value;
             // Out of range only after a reported overflow; never emitted then.
@@ -419,6 +471,46 @@ impl FastPlane {
                 .map(|(at, column, site)| (at, HazardKind::AccumulatorOverflow { column, site })),
         })
     }
+}
+
+/// Whether the host has AVX2 (the kernels' fast path).
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `acc[j] += w0[j] * x0 + w1[j] * x1` over `acc.len()` lanes. Each product
+/// of two i8 values fits i16 (`|p| <= 2^14`); the sum is exact in i32 for
+/// every plane the configuration accepts.
+#[inline(always)]
+fn axpy2_lanes(acc: &mut [i32], w0: &[i8], w1: &[i8], x0: i16, x1: i16) {
+    for ((a, &p), &q) in acc.iter_mut().zip(w0).zip(w1) {
+        *a = a.wrapping_add(i32::from(i16::from(p) * x0) + i32::from(i16::from(q) * x1));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn axpy2_avx2(acc: &mut [i32], w0: &[i8], w1: &[i8], x0: i16, x1: i16) {
+    axpy2_lanes(acc, w0, w1, x0, x1);
+}
+
+/// [`axpy2_lanes`], compiled for AVX2 when `avx2` (the host has it).
+fn axpy2(avx2: bool, acc: &mut [i32], w0: &[i8], w1: &[i8], x0: i16, x1: i16) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is `has_avx2()`: the host runs AVX2 instructions.
+        unsafe { axpy2_avx2(acc, w0, w1, x0, x1) };
+        return;
+    }
+    let _ = avx2;
+    axpy2_lanes(acc, w0, w1, x0, x1);
 }
 
 fn check_load_shape(
@@ -598,6 +690,6 @@ mod tests {
             LoadOutcome::Issued { in_use: None }
         );
         assert_eq!(plane.shadow_safe, vec![true, false]);
-        assert_eq!(plane.shadow, vec![-128, 127, -128, -128]);
+        assert_eq!(plane.shadow, vec![-128, -128, 127, -128]);
     }
 }

@@ -138,6 +138,22 @@ pub struct GenArgs {
     /// The calibration text for the golden model (default: the metadata's).
     #[arg(long, requires = "check")]
     pub calib: Option<PathBuf>,
+    /// How runs execute: `replay` records the first run and replays it
+    /// (same bits, cycles and hazards; docs/simulator-speed.md), `exact`
+    /// runs every step on the event-driven engine.
+    #[arg(long, value_enum, default_value_t = Engine::Replay)]
+    pub engine: Engine,
+}
+
+/// `--engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// Every run on the event-driven engine.
+    Exact,
+    /// The first run on the engine, recorded; the others replayed.
+    Replay,
+    /// Every run on the engine and on the replay, compared (a test mode).
+    Verify,
 }
 
 impl GenArgs {
@@ -176,6 +192,11 @@ pub fn run(
     let mut machine = Machine::new(binary, config.clone()).with_context(|| name.to_string())?;
     machine.set_max_cycles(max_cycles);
     machine.set_record(true);
+    machine.set_mode(match args.engine {
+        Engine::Exact => q35_sim::EngineMode::Exact,
+        Engine::Replay => q35_sim::EngineMode::Replay,
+        Engine::Verify => q35_sim::EngineMode::Verify,
+    });
     let mut session = Session::new(machine, binary).map_err(|e| failure(name, e))?;
     let meta = session.meta().clone();
     let (prompt_text, prompt) = match (&args.tokens, &args.prompt) {
@@ -466,6 +487,14 @@ pub fn run(
                 stdout,
                 "check: {} runs, logits and KV cache equal to the golden model bit for bit",
                 generation.steps.len()
+            )
+            .map_err(io)?;
+        }
+        if args.engine == Engine::Verify {
+            let (verified, faulted) = session.device().replayed();
+            writeln!(
+                stdout,
+                "verify: {verified} runs replayed beside the engine ({faulted} handed to it on a fault): every MEM byte and the counters equal"
             )
             .map_err(io)?;
         }
