@@ -18,6 +18,8 @@ pub struct LayerCalibration {
     /// Group size and per-group sums of `x_g x_g^T` (when recorded).
     cov: Option<(usize, Vec<Vec<f32>>)>,
     sum_sq: Vec<f64>,
+    /// Per channel: the largest |value| seen.
+    abs_max: Vec<f32>,
     tokens: u64,
     /// Reservoir sample of input rows, row-major.
     samples: Vec<f32>,
@@ -32,6 +34,7 @@ impl LayerCalibration {
             cols,
             cov: cov_group.map(|g| (g, zero_covariance(cols, g))),
             sum_sq: vec![0.0; cols],
+            abs_max: vec![0.0; cols],
             tokens: 0,
             samples: Vec::new(),
             rng: sampling_seed(id),
@@ -78,6 +81,9 @@ impl LayerCalibration {
         for (a, &v) in self.sum_sq.iter_mut().zip(row) {
             *a += f64::from(v) * f64::from(v);
         }
+        for (m, &v) in self.abs_max.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
     }
 
     /// Reservoir sampling: keeps `row` (the token number `self.tokens`)
@@ -109,6 +115,12 @@ impl LayerCalibration {
     pub fn importance(&self) -> Vec<f32> {
         let n = self.tokens.max(1) as f64;
         self.sum_sq.iter().map(|&s| (s / n) as f32).collect()
+    }
+
+    /// Per-input-channel largest |activation| over every observed token
+    /// (what SmoothQuant-style scale migration balances).
+    pub fn abs_max(&self) -> &[f32] {
+        &self.abs_max
     }
 
     /// The mean in-group second moments, when recorded

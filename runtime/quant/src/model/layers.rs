@@ -5,7 +5,7 @@
 use q35_reference::{LinearId, Model};
 
 use super::{Calibration, ModelQuantError, SchemePolicy};
-use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq, quantize_with};
+use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq_with, quantize_with};
 use crate::{QuantScheme, QuantizedMatrix};
 
 /// One quantized matrix of a model.
@@ -49,17 +49,42 @@ pub fn layer_shape(model: &Model, id: LinearId) -> Option<(usize, usize)> {
 pub fn quantize_layer(
     id: LinearId,
     weights: &[f32],
-    (rows, cols): (usize, usize),
+    shape: (usize, usize),
     scheme: QuantScheme,
     group_size: usize,
     calib: Option<&Calibration>,
     options: QuantOptions,
 ) -> Result<QuantizedMatrix, ModelQuantError> {
+    quantize_layer_with(
+        id, weights, shape, scheme, group_size, calib, options, false,
+    )
+}
+
+/// [`quantize_layer`], with the per-group scale search of
+/// [`crate::quantize::quantize_gptq_with`] when `scale_search` is set (and
+/// the layer gets in-group error compensation).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "quantize_layer plus the search switch"
+)]
+pub fn quantize_layer_with(
+    id: LinearId,
+    weights: &[f32],
+    (rows, cols): (usize, usize),
+    scheme: QuantScheme,
+    group_size: usize,
+    calib: Option<&Calibration>,
+    options: QuantOptions,
+    scale_search: bool,
+) -> Result<QuantizedMatrix, ModelQuantError> {
     let importance = layer_importance(id, scheme, calib)?;
     let cov = layer_covariance(id, scheme, group_size, calib);
     match (cov, importance.as_deref()) {
         (Some(cov), Some(imp)) => {
-            quantize_gptq(weights, rows, cols, scheme, group_size, imp, &cov, options)
+            let search = scale_search && cov.group_size == group_size;
+            quantize_gptq_with(
+                weights, rows, cols, scheme, group_size, imp, &cov, options, search,
+            )
         }
         (_, imp) => quantize_with(weights, rows, cols, scheme, group_size, imp, options),
     }
@@ -115,6 +140,20 @@ pub fn quantize_model(
     calib: Option<&Calibration>,
     options: QuantOptions,
 ) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
+    quantize_model_with(model, weights, policy, group_size, calib, options, false)
+}
+
+/// [`quantize_model`] with the per-group scale search when `scale_search`
+/// is set ([`quantize_layer_with`]).
+pub fn quantize_model_with(
+    model: &Model,
+    weights: &[(LinearId, Vec<f32>)],
+    policy: SchemePolicy,
+    group_size: usize,
+    calib: Option<&Calibration>,
+    options: QuantOptions,
+    scale_search: bool,
+) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
     let mut out = Vec::new();
     for (id, w) in weights {
         let Some(scheme) = policy.scheme_of(*id) else {
@@ -122,7 +161,16 @@ pub fn quantize_model(
         };
         let shape =
             layer_shape(model, *id).ok_or_else(|| ModelQuantError::NoWeights(id.to_string()))?;
-        let matrix = quantize_layer(*id, w, shape, scheme, group_size, calib, options)?;
+        let matrix = quantize_layer_with(
+            *id,
+            w,
+            shape,
+            scheme,
+            group_size,
+            calib,
+            options,
+            scale_search,
+        )?;
         out.push(QuantizedLayer { id: *id, matrix });
     }
     Ok(out)

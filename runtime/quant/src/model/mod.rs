@@ -14,7 +14,8 @@
 //! `layers` (quantizing every matrix), `linear` ([`QuantLinear`], installing
 //! and restoring layers), `report` (per-tensor errors), `logits` (the
 //! reference's logits and the scoring of candidates against them) and
-//! `pipeline` ([`QuantPipeline`]).
+//! `pipeline` ([`QuantPipeline`], [`Methods`]) and `smooth` (scale
+//! migration, [`smooth_model`]).
 
 mod calibration;
 mod layers;
@@ -23,14 +24,19 @@ mod logits;
 mod pipeline;
 mod policy;
 mod report;
+mod smooth;
 
 pub use calibration::{Calibration, LayerCalibration};
-pub use layers::{QuantizedLayer, layer_shape, model_weights, quantize_layer, quantize_model};
+pub use layers::{
+    QuantizedLayer, layer_shape, model_weights, quantize_layer, quantize_layer_with,
+    quantize_model, quantize_model_with,
+};
 pub use linear::{QuantLinear, SavedLayers, install, restore};
 pub use logits::{EvalReport, ReferenceLogits};
-pub use pipeline::QuantPipeline;
+pub use pipeline::{Methods, QuantPipeline};
 pub use policy::{HeadPolicy, SchemePolicy};
 pub use report::{TensorReport, tensor_report};
+pub use smooth::smooth_model;
 
 use q35_reference::ReferenceError;
 

@@ -1,13 +1,33 @@
 //! [`QuantPipeline`]: the one way the driver calibrates, quantizes and
 //! evaluates a model.
 
+use std::sync::Arc;
+
+use q35_contract::golden::ActivationScales;
 use q35_reference::{LinearId, Model};
 
 use super::{
     Calibration, EvalReport, ModelQuantError, QuantizedLayer, ReferenceLogits, SchemePolicy,
-    model_weights, quantize_model,
+    model_weights, quantize_model_with, smooth_model,
 };
 use crate::quantize::QuantOptions;
+
+/// Accuracy methods beyond today's contract and quantizer
+/// (docs/q35-format.md section 14), each off by default, so
+/// `Methods::default()` is exactly the pipeline without them.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Methods {
+    /// How the golden pass quantizes activations (the per-group variant
+    /// changes the integer semantics; per token is the contract).
+    pub act_scales: ActivationScales,
+    /// SmoothQuant-style scale migration of this strength (0..=1), folded
+    /// into norms and weights before calibration ([`smooth_model`]).
+    pub smooth: Option<f32>,
+    /// Per-group scale search against the calibration loss: each block's
+    /// scale is chosen among candidates by the in-group GPTQ result's
+    /// covariance-weighted output error, not by the per-weight error.
+    pub scale_search: bool,
+}
 
 /// The one way a model is quantized and evaluated (`q35c eval --quant` and
 /// `q35c quant-report` both go through it, so they report the same figures):
@@ -21,10 +41,13 @@ use crate::quantize::QuantOptions;
 #[derive(Debug, Clone)]
 pub struct QuantPipeline<'m> {
     model: &'m Model,
+    /// The rewritten model (scale migration), when a method rewrites it.
+    rewritten: Option<Arc<Model>>,
     group_size: usize,
     calib: Calibration,
     weights: Vec<(LinearId, Vec<f32>)>,
     options: QuantOptions,
+    methods: Methods,
 }
 
 impl<'m> QuantPipeline<'m> {
@@ -40,16 +63,60 @@ impl<'m> QuantPipeline<'m> {
         group_size: usize,
         options: QuantOptions,
     ) -> Result<QuantPipeline<'m>, ModelQuantError> {
+        QuantPipeline::calibrate_with(
+            model,
+            tokens,
+            window,
+            samples,
+            group_size,
+            options,
+            Methods::default(),
+        )
+    }
+
+    /// [`QuantPipeline::calibrate`] with accuracy `methods`. With scale
+    /// migration the model is first calibrated as it is (activation
+    /// maxima), rewritten, then calibrated again; everything after that
+    /// (quantization, the golden model) uses the rewritten model.
+    pub fn calibrate_with(
+        model: &'m Model,
+        tokens: &[u32],
+        window: usize,
+        samples: usize,
+        group_size: usize,
+        options: QuantOptions,
+        methods: Methods,
+    ) -> Result<QuantPipeline<'m>, ModelQuantError> {
         let window = window.min(model.config().context);
-        let calib = Calibration::run_with_covariance(model, tokens, window, samples, group_size)?;
-        let weights = model_weights(model)?;
+        let rewritten = match methods.smooth {
+            Some(alpha) => {
+                let first = Calibration::run(model, tokens, window, 0)?;
+                Some(Arc::new(smooth_model(model, &first, alpha)?))
+            }
+            None => None,
+        };
+        let m = rewritten.as_deref().unwrap_or(model);
+        let calib = Calibration::run_with_covariance(m, tokens, window, samples, group_size)?;
+        let weights = model_weights(m)?;
         Ok(QuantPipeline {
             model,
+            rewritten,
             group_size,
             calib,
             weights,
             options,
+            methods,
         })
+    }
+
+    /// The model quantized: the given one, or its rewrite.
+    pub fn model(&self) -> &Model {
+        self.rewritten.as_deref().unwrap_or(self.model)
+    }
+
+    /// The accuracy methods in use.
+    pub fn methods(&self) -> Methods {
+        self.methods
     }
 
     /// The calibration record.
@@ -69,13 +136,14 @@ impl<'m> QuantPipeline<'m> {
 
     /// Every matrix quantized under `policy`.
     pub fn quantize(&self, policy: SchemePolicy) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
-        quantize_model(
-            self.model,
+        quantize_model_with(
+            self.model(),
             &self.weights,
             policy,
             self.group_size,
             Some(&self.calib),
             self.options,
+            self.methods.scale_search,
         )
     }
 
@@ -86,7 +154,8 @@ impl<'m> QuantPipeline<'m> {
         layers: &[QuantizedLayer],
         reference: &ReferenceLogits,
     ) -> Result<EvalReport, ModelQuantError> {
-        let golden = crate::golden::from_reference(self.model, layers, reference.ctx())?;
+        let golden = crate::golden::from_reference(self.model(), layers, reference.ctx())?
+            .with_activation_scales(self.methods.act_scales)?;
         reference.compare_golden(&golden)
     }
 }
