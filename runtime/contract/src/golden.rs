@@ -296,29 +296,14 @@ impl GoldenModel {
         })
     }
 
-    /// The same model with activations quantized as `scales` says.
-    /// [`ActivationScales::PerGroup`] needs every integer matrix (the
-    /// quantized LM head included) to share one group size, which becomes
-    /// the activation group.
+    /// The same model with activations quantized as `scales` says. With
+    /// [`ActivationScales::PerGroup`] each matrix's input is quantized in
+    /// that matrix's groups (matrices reading one input with different group
+    /// sizes get one quantization each).
     pub fn with_activation_scales(
         mut self,
         scales: ActivationScales,
     ) -> Result<GoldenModel, GoldenError> {
-        if scales == ActivationScales::PerGroup {
-            let mut sizes = self.blocks.iter().flat_map(|b| {
-                [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down].map(IntMatrix::group_size)
-            });
-            let first = sizes.next();
-            let head = match &self.head {
-                GoldenHead::Quantized(m) => Some(m.group_size()),
-                GoldenHead::F32(_) => None,
-            };
-            if sizes.chain(head).any(|g| Some(g) != first) {
-                return Err(GoldenError::Invalid(
-                    "per-group activation scales need one group size for every matrix".into(),
-                ));
-            }
-        }
         self.act_scales = scales;
         Ok(self)
     }
@@ -326,6 +311,23 @@ impl GoldenModel {
     /// How activations are quantized.
     pub fn activation_scales(&self) -> ActivationScales {
         self.act_scales
+    }
+
+    /// `m x`, reusing `act` (the quantization of `x` made for `first`)
+    /// unless per-group scales need `m`'s own grouping.
+    fn matvec_shared(
+        &self,
+        m: &IntMatrix,
+        x: &[f32],
+        act: &QAct,
+        first: &IntMatrix,
+    ) -> Result<Vec<f32>, GoldenError> {
+        match act {
+            QAct::Group(_) if m.group_size() != first.group_size() => {
+                matvec(m, &self.quantize_for(x, m)?)
+            }
+            QAct::Token(_) | QAct::Group(_) => matvec(m, act),
+        }
     }
 
     /// `x` quantized for the matmuls with `m`'s group size.
@@ -444,8 +446,8 @@ impl GoldenModel {
             rmsnorm(&x, &b.attn_norm, a.norm_eps, &mut h);
             let act = self.quantize_for(&h, &b.q)?;
             let mut q = matvec(&b.q, &act)?;
-            let mut k = matvec(&b.k, &act)?;
-            let v = matvec(&b.v, &act)?;
+            let mut k = self.matvec_shared(&b.k, &h, &act, &b.q)?;
+            let v = self.matvec_shared(&b.v, &h, &act, &b.q)?;
             for head in q.chunks_exact_mut(hd) {
                 rope_in_place(head, pos, &self.rope);
             }
@@ -491,7 +493,7 @@ impl GoldenModel {
             rmsnorm(&x, &b.ffn_norm, a.norm_eps, &mut h);
             let act = self.quantize_for(&h, &b.gate)?;
             let g = matvec(&b.gate, &act)?;
-            let u = matvec(&b.up, &act)?;
+            let u = self.matvec_shared(&b.up, &h, &act, &b.gate)?;
             let mut s = vec![0f32; ffn];
             swiglu(&g, &u, &mut s);
             let down = matvec(&b.down, &self.quantize_for(&s, &b.down)?)?;

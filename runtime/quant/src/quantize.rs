@@ -175,8 +175,8 @@ fn check_covariance(
 /// every block, the scale chosen by the block quantizer and the candidates
 /// `d * f` for `f` in [`SEARCH_FACTORS`] (rounded to fp16) each get the
 /// in-group GPTQ codes, and the one whose covariance-weighted error
-/// `(w - d m c)^T C (w - d m c)` is smallest is kept. Needs covariances of
-/// exactly one group per span (the search picks one scale per span).
+/// `(w - d m c)^T C (w - d m c)` is smallest is kept. A span of several
+/// groups scales all of its groups' scales by one common factor.
 #[expect(
     clippy::too_many_arguments,
     reason = "mirrors quantize_gptq plus the search switch"
@@ -192,13 +192,6 @@ pub fn quantize_gptq_with(
     options: QuantOptions,
     scale_search: bool,
 ) -> Result<QuantizedMatrix, QuantError> {
-    if scale_search && covariance.group_size != group_size {
-        return Err(QuantError::LengthMismatch {
-            what: "covariance span for the scale search (one group)",
-            got: covariance.group_size,
-            expected: group_size,
-        });
-    }
     check_covariance(rows, cols, group_size, covariance)?;
     quantize_impl(
         weights,
@@ -403,8 +396,8 @@ struct Plan<'a> {
     gptq: Option<Vec<Option<GptqFactor>>>,
     /// Channels per GPTQ span (a multiple of the group size).
     gptq_span: usize,
-    /// Search each block's scale against the covariance-weighted error
-    /// (spans of one group only).
+    /// Search each span's scales (one common factor) against the
+    /// covariance-weighted error.
     scale_search: bool,
 }
 
@@ -577,31 +570,35 @@ impl<'a> Plan<'a> {
             }
             if let Some(factors) = &self.gptq {
                 let first_scale = out.scales.len() - n_groups;
-                let search = self.scale_search && self.gptq_span == l.group_size;
+                let search = self.scale_search;
                 for (si, f) in factors.iter().enumerate() {
                     let Some((order, u, cov)) = f else {
                         continue;
                     };
                     if search {
-                        let s0 = si * l.group_size;
-                        let d0 = out.scales[first_scale + si];
-                        let mut best: Option<(f64, f16, Vec<i8>)> = None;
+                        let s0 = si * self.gptq_span;
+                        let g0 = s0 / l.group_size;
+                        let g1 = (s0 + order.len()).div_ceil(l.group_size);
+                        let d0: Vec<f16> = out.scales[first_scale + g0..first_scale + g1].to_vec();
+                        let mut best: Option<(f64, Vec<f16>, Vec<i8>)> = None;
                         for f in std::iter::once(1.0).chain(SEARCH_FACTORS) {
-                            let d = if f == 1.0 {
-                                d0
+                            let d: Vec<f16> = if f == 1.0 {
+                                d0.clone()
                             } else {
-                                to_f16(d0.to_f32() * f)
+                                d0.iter().map(|&d| to_f16(d.to_f32() * f)).collect()
                             };
-                            if f != 1.0 && (d == d0 || d == f16::ZERO) {
+                            if f != 1.0 && (d == d0 || d.contains(&f16::ZERO)) {
                                 continue;
                             }
                             gw.clear();
                             gw.extend(order.iter().map(|&o| row[s0 + o]));
                             gf.clear();
                             gf.extend(order.iter().map(|&o| {
-                                let four = self.four_bit[si][o];
+                                let j = s0 + o;
+                                let g = j / l.group_size;
+                                let four = self.four_bit[g][j - g * l.group_size];
                                 let c = self.classes[usize::from(!four)];
-                                (d.to_f32() * c.mult, c.nmax)
+                                (d[g - g0].to_f32() * c.mult, c.nmax)
                             }));
                             gc.clear();
                             gc.resize(order.len(), 0);
@@ -612,7 +609,7 @@ impl<'a> Plan<'a> {
                             }
                         }
                         if let Some((_, d, codes)) = best {
-                            out.scales[first_scale + si] = d;
+                            out.scales[first_scale + g0..first_scale + g1].copy_from_slice(&d);
                             for (&o, &code) in order.iter().zip(&codes) {
                                 out.codes[base + s0 + o] = code;
                             }

@@ -147,13 +147,37 @@ fn scale_search_never_raises_the_weighted_error() {
     let (ep, es) = (e(&plain), e(&searched));
     println!("calibration output error: gptq {ep:.5}, + scale search {es:.5}");
     assert!(es <= ep, "search {es} vs plain {ep}");
-    // One scale per span: a two-group span is refused.
+    // A span of two groups scales both groups by one factor per row.
     let wide = GroupCovariance {
         group_size: 2 * G,
         cols: COLS,
         blocks: vec![vec![0.0; 4 * G * G]],
     };
-    assert!(
-        quantize_gptq_with(&w, ROWS, COLS, QuantScheme::Q35, G, &imp, &wide, opts, true).is_err()
-    );
+    let zero =
+        quantize_gptq_with(&w, ROWS, COLS, QuantScheme::Q35, G, &imp, &wide, opts, true).unwrap();
+    // A zero covariance means no GPTQ and nothing to search: plain rounding.
+    let rtn =
+        q35_quant::quantize::quantize_with(&w, ROWS, COLS, QuantScheme::Q35, G, Some(&imp), opts)
+            .unwrap();
+    assert_eq!(zero, rtn);
+    // With a real two-group covariance the search lowers the error too.
+    let mut span = vec![0f32; COLS * COLS];
+    for x in xs.chunks_exact(COLS) {
+        for i in 0..COLS {
+            for j in 0..COLS {
+                span[i * COLS + j] += x[i] * x[j] / 1000.0;
+            }
+        }
+    }
+    let wide = GroupCovariance {
+        group_size: COLS,
+        cols: COLS,
+        blocks: vec![span],
+    };
+    let plain = quantize_gptq(&w, ROWS, COLS, QuantScheme::Q35, G, &imp, &wide, opts).unwrap();
+    let searched =
+        quantize_gptq_with(&w, ROWS, COLS, QuantScheme::Q35, G, &imp, &wide, opts, true).unwrap();
+    let (ep, es) = (e(&plain), e(&searched));
+    println!("two-group spans: gptq {ep:.5}, + scale search {es:.5}");
+    assert!(es <= ep, "search {es} vs plain {ep}");
 }

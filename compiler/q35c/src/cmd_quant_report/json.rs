@@ -35,6 +35,8 @@ struct ReportJson<'a> {
 #[derive(Serialize)]
 struct MethodsJson {
     act_scales: &'static str,
+    /// `KIND=G` overrides of `--group-of`.
+    group_of: Vec<String>,
     scale_search: bool,
     smooth: Option<f32>,
 }
@@ -123,6 +125,7 @@ pub(super) fn write(
                 ActivationScales::PerToken => "token",
                 ActivationScales::PerGroup => "group",
             },
+            group_of: args.group_of.clone(),
             scale_search: inputs.methods.scale_search,
             smooth: inputs.methods.smooth,
         }),

@@ -33,7 +33,7 @@ use q35_contract::QuantScheme;
 use q35_contract::golden::ActivationScales;
 use q35_quant::model::{HeadPolicy, Methods, QuantPipeline, ReferenceLogits, SchemePolicy};
 use q35_quant::quantize::QuantOptions;
-use q35_reference::splitmix64;
+use q35_reference::{LinearKind, splitmix64};
 
 use crate::cmd_eval::CALIB_SAMPLES;
 use crate::load::{Loaded, load, progress, read_utf8};
@@ -79,6 +79,13 @@ pub struct QuantReportArgs {
     /// covariance-weighted error after in-group GPTQ; docs section 14).
     #[arg(long)]
     pub scale_search: bool,
+    /// Group sizes of their own for some kinds of matrix, comma-separated
+    /// `KIND=G` with KIND one of attn_q, attn_k, attn_v, attn_output,
+    /// ffn_gate, ffn_up, ffn_down, output (the LM head); e.g. `--group 64
+    /// --group-of attn_k=128,attn_v=128` (docs section 14). Every size must
+    /// divide the largest.
+    #[arg(long, value_delimiter = ',', value_name = "KIND=G")]
+    pub group_of: Vec<String>,
     /// Calibration rows kept per layer for the layer-output error.
     #[arg(long, default_value_t = CALIB_SAMPLES)]
     pub samples: usize,
@@ -219,11 +226,35 @@ fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
     {
         anyhow::bail!("--smooth {a}: the strength must be in 0..=1");
     }
-    Ok(Methods {
+    let mut methods = Methods {
         act_scales,
         smooth: args.smooth,
         scale_search: args.scale_search,
-    })
+        ..Methods::default()
+    };
+    for item in &args.group_of {
+        let (kind, g) = item
+            .split_once('=')
+            .with_context(|| format!("--group-of {item}: expected KIND=G"))?;
+        let kind = [
+            LinearKind::Q,
+            LinearKind::K,
+            LinearKind::V,
+            LinearKind::AttnOutput,
+            LinearKind::Gate,
+            LinearKind::Up,
+            LinearKind::Down,
+            LinearKind::LmHead,
+        ]
+        .into_iter()
+        .find(|k| k.gguf_stem() == kind)
+        .with_context(|| format!("--group-of {item}: unknown matrix kind {kind}"))?;
+        let g: usize = g
+            .parse()
+            .with_context(|| format!("--group-of {item}: {g} is not a group size"))?;
+        methods.set_group(kind, g);
+    }
+    Ok(methods)
 }
 
 /// A fixed pseudo-random token sequence (SplitMix64).

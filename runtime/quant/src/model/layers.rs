@@ -4,7 +4,7 @@
 
 use q35_reference::{LinearId, Model};
 
-use super::{Calibration, ModelQuantError, SchemePolicy};
+use super::{Calibration, Methods, ModelQuantError, SchemePolicy};
 use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq_with, quantize_with};
 use crate::{QuantScheme, QuantizedMatrix};
 
@@ -80,12 +80,17 @@ pub fn quantize_layer_with(
     let importance = layer_importance(id, scheme, calib)?;
     let cov = layer_covariance(id, scheme, group_size, calib);
     match (cov, importance.as_deref()) {
-        (Some(cov), Some(imp)) => {
-            let search = scale_search && cov.group_size == group_size;
-            quantize_gptq_with(
-                weights, rows, cols, scheme, group_size, imp, &cov, options, search,
-            )
-        }
+        (Some(cov), Some(imp)) => quantize_gptq_with(
+            weights,
+            rows,
+            cols,
+            scheme,
+            group_size,
+            imp,
+            &cov,
+            options,
+            scale_search,
+        ),
         (_, imp) => quantize_with(weights, rows, cols, scheme, group_size, imp, options),
     }
     .map_err(|source| ModelQuantError::Layer {
@@ -140,11 +145,20 @@ pub fn quantize_model(
     calib: Option<&Calibration>,
     options: QuantOptions,
 ) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
-    quantize_model_with(model, weights, policy, group_size, calib, options, false)
+    quantize_model_with(
+        model,
+        weights,
+        policy,
+        group_size,
+        calib,
+        options,
+        &Methods::default(),
+    )
 }
 
-/// [`quantize_model`] with the per-group scale search when `scale_search`
-/// is set ([`quantize_layer_with`]).
+/// [`quantize_model`] with the quantizer's accuracy `methods`: the
+/// per-group scale search ([`quantize_layer_with`]) and per-kind group
+/// sizes ([`Methods::group_of`], `group_size` for the others).
 pub fn quantize_model_with(
     model: &Model,
     weights: &[(LinearId, Vec<f32>)],
@@ -152,7 +166,7 @@ pub fn quantize_model_with(
     group_size: usize,
     calib: Option<&Calibration>,
     options: QuantOptions,
-    scale_search: bool,
+    methods: &Methods,
 ) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
     let mut out = Vec::new();
     for (id, w) in weights {
@@ -166,10 +180,10 @@ pub fn quantize_model_with(
             w,
             shape,
             scheme,
-            group_size,
+            methods.group_of(id.kind).unwrap_or(group_size),
             calib,
             options,
-            scale_search,
+            methods.scale_search,
         )?;
         out.push(QuantizedLayer { id: *id, matrix });
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use q35_contract::golden::ActivationScales;
-use q35_reference::{LinearId, Model};
+use q35_reference::{LinearId, LinearKind, Model};
 
 use super::{
     Calibration, EvalReport, ModelQuantError, QuantizedLayer, ReferenceLogits, SchemePolicy,
@@ -27,6 +27,32 @@ pub struct Methods {
     /// scale is chosen among candidates by the in-group GPTQ result's
     /// covariance-weighted output error, not by the per-weight error.
     pub scale_search: bool,
+    /// Group sizes of their own for some kinds of matrix (indexed by
+    /// `LinearKind as usize`; `None`: the pipeline's group size): bits
+    /// allocated between matrices. Set with [`Methods::set_group`].
+    pub group_overrides: [Option<usize>; 8],
+}
+
+impl Methods {
+    /// The group size of `kind`'s matrices, when it has its own.
+    pub fn group_of(&self, kind: LinearKind) -> Option<usize> {
+        self.group_overrides[kind as usize]
+    }
+
+    /// Gives `kind`'s matrices group size `group`.
+    pub fn set_group(&mut self, kind: LinearKind, group: usize) {
+        self.group_overrides[kind as usize] = Some(group);
+    }
+
+    /// The group size covariances are recorded at: the largest of `base`
+    /// and every override (the others must divide it, so GPTQ spans whole
+    /// groups).
+    fn covariance_group(&self, base: usize) -> usize {
+        self.group_overrides
+            .iter()
+            .flatten()
+            .fold(base, |a, &g| a.max(g))
+    }
 }
 
 /// The one way a model is quantized and evaluated (`q35c eval --quant` and
@@ -88,6 +114,15 @@ impl<'m> QuantPipeline<'m> {
         methods: Methods,
     ) -> Result<QuantPipeline<'m>, ModelQuantError> {
         let window = window.min(model.config().context);
+        let cov_group = methods.covariance_group(group_size);
+        if let Some(g) = std::iter::once(group_size)
+            .chain(methods.group_overrides.iter().flatten().copied())
+            .find(|&g| g == 0 || !cov_group.is_multiple_of(g))
+        {
+            return Err(ModelQuantError::Input(format!(
+                "group size {g} does not divide the largest group size {cov_group}"
+            )));
+        }
         let rewritten = match methods.smooth {
             Some(alpha) => {
                 let first = Calibration::run(model, tokens, window, 0)?;
@@ -96,7 +131,7 @@ impl<'m> QuantPipeline<'m> {
             None => None,
         };
         let m = rewritten.as_deref().unwrap_or(model);
-        let calib = Calibration::run_with_covariance(m, tokens, window, samples, group_size)?;
+        let calib = Calibration::run_with_covariance(m, tokens, window, samples, cov_group)?;
         let weights = model_weights(m)?;
         Ok(QuantPipeline {
             model,
@@ -143,7 +178,7 @@ impl<'m> QuantPipeline<'m> {
             self.group_size,
             Some(&self.calib),
             self.options,
-            self.methods.scale_search,
+            &self.methods,
         )
     }
 
