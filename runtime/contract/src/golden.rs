@@ -130,6 +130,9 @@ pub struct GoldenModel {
     /// How activations are quantized ([`ActivationScales::PerToken`] unless
     /// [`GoldenModel::with_activation_scales`] chose the variant).
     act_scales: ActivationScales,
+    /// The rotation of `ffn_down`'s input (signs and group), when
+    /// [`GoldenModel::with_down_rotation`] chose the variant.
+    down_rotation: Option<(Arc<[f32]>, usize)>,
 }
 
 /// One activation vector quantized for the integer matmuls.
@@ -293,7 +296,35 @@ impl GoldenModel {
             head,
             rope,
             act_scales: ActivationScales::PerToken,
+            down_rotation: None,
         })
+    }
+
+    /// The same model with `ffn_down`'s input rotated before it is
+    /// quantized ([`semantics::rotate_groups`] with `signs` (`+-1`, `ffn`
+    /// of them) in groups of `group`, a power of two dividing `ffn`): the
+    /// rotation variant of docs/q35-format.md section 14, for `ffn_down`
+    /// matrices quantized from the weights rotated to match.
+    pub fn with_down_rotation(
+        mut self,
+        signs: Arc<[f32]>,
+        group: usize,
+    ) -> Result<GoldenModel, GoldenError> {
+        let ffn = self.arch.ffn as usize;
+        if signs.len() != ffn || !group.is_power_of_two() || !ffn.is_multiple_of(group) {
+            return Err(GoldenError::Invalid(format!(
+                "down rotation: {} signs in groups of {group} for ffn {ffn} (needs ffn signs, a power-of-two group dividing ffn)",
+                signs.len()
+            )));
+        }
+        if let Some(i) = signs.iter().position(|&s| s != 1.0 && s != -1.0) {
+            return Err(GoldenError::Invalid(format!(
+                "down rotation: sign {i} is {}, not +-1",
+                signs[i]
+            )));
+        }
+        self.down_rotation = Some((signs, group));
+        Ok(self)
     }
 
     /// The same model with activations quantized as `scales` says. With
@@ -496,6 +527,9 @@ impl GoldenModel {
             let u = self.matvec_shared(&b.up, &h, &act, &b.gate)?;
             let mut s = vec![0f32; ffn];
             swiglu(&g, &u, &mut s);
+            if let Some((signs, group)) = &self.down_rotation {
+                semantics::rotate_groups(&mut s, signs, *group);
+            }
             let down = matvec(&b.down, &self.quantize_for(&s, &b.down)?)?;
             add_in_place(&mut x, &down);
         }

@@ -286,6 +286,48 @@ pub fn combine_groups_act(accs: &[i32], scales: &[f32], act_scales: &[f32]) -> f
     y
 }
 
+/// The unnormalised Walsh-Hadamard transform of `x` in place (length a
+/// power of two), f32, in this order (each add and subtract rounded):
+///
+/// ```text
+/// h = 1
+/// while h < n:
+///     for i in (0, 2h, 4h, ...): for j in i .. i + h:
+///         (a, b) = (x_j, x_{j+h});  x_j = a + b;  x_{j+h} = a - b
+///     h = 2h
+/// ```
+///
+/// `H H = n I`, so applying it twice multiplies by `n`. Part of the
+/// rotation variant of docs/q35-format.md section 14, not the contract.
+pub fn hadamard_in_place(x: &mut [f32]) {
+    let n = x.len();
+    debug_assert!(n.is_power_of_two() || n == 0);
+    let mut h = 1;
+    while h < n {
+        for i in (0..n).step_by(2 * h) {
+            for j in i..i + h {
+                let (a, b) = (x[j], x[j + h]);
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+        }
+        h *= 2;
+    }
+}
+
+/// The randomized block Hadamard rotation of the section 14 variant: each
+/// `x_i` times `signs_i` (`+-1`, exact), then [`hadamard_in_place`] on each
+/// group of `group` channels (`group` a power of two dividing `x.len()`).
+pub fn rotate_groups(x: &mut [f32], signs: &[f32], group: usize) {
+    debug_assert_eq!(x.len(), signs.len());
+    for (v, &s) in x.iter_mut().zip(signs) {
+        *v *= s;
+    }
+    for part in x.chunks_exact_mut(group) {
+        hadamard_in_place(part);
+    }
+}
+
 /// Worst-case |int32 accumulator| of a `k`-long dot product of values with
 /// |activation| <= `act_max` and |weight| <= `code_max`:
 /// `k * act_max * code_max` (saturating at `u64::MAX`).
@@ -667,6 +709,19 @@ mod tests {
             combine_groups(&accs, &w, 0.5).to_bits()
         );
         assert_eq!(combine_groups_act(&[], &[], &[]).to_bits(), 0f32.to_bits());
+    }
+
+    #[test]
+    fn hadamard_is_its_own_inverse_up_to_n() {
+        let mut x = [1.0f32, 2.0, 3.0, 4.0];
+        hadamard_in_place(&mut x);
+        assert_eq!(x, [10.0, -2.0, -4.0, 0.0]);
+        hadamard_in_place(&mut x);
+        assert_eq!(x, [4.0, 8.0, 12.0, 16.0]);
+        let mut y = [1.0f32, -1.0, 0.5, 2.0, 3.0, 0.0, 1.0, -2.0];
+        rotate_groups(&mut y, &[1.0, -1.0, 1.0, 1.0, -1.0, 1.0, 1.0, 1.0], 4);
+        // Group 0 is H [1, 1, 0.5, 2], group 1 is H [-3, 0, 1, -2].
+        assert_eq!(y, [4.5, -1.5, -0.5, 1.5, -4.0, 0.0, -2.0, -6.0]);
     }
 
     #[test]

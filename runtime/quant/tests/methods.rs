@@ -90,6 +90,42 @@ fn per_group_activation_scales_run_as_the_golden_pass() {
 }
 
 #[test]
+fn rotating_ffn_down_keeps_the_model() {
+    let model = common::tiny_model(9);
+    let toks = tokens(48);
+    let r = ReferenceLogits::compute(&model, &toks, 16, None).unwrap();
+    let opts = QuantOptions { threads: 2 };
+    let run = |methods: Methods| {
+        let p =
+            QuantPipeline::calibrate_with(&model, &toks[..32], 16, 8, 32, opts, methods).unwrap();
+        let layers = p
+            .quantize(SchemePolicy::uniform(QuantScheme::Int8))
+            .unwrap();
+        p.evaluate(&layers, &r).unwrap()
+    };
+    let plain = run(Methods::default());
+    let rotated = run(Methods {
+        rotate_down: true,
+        ..Methods::default()
+    });
+    // int8 weights of the rotated ffn_down on the rotated input compute the
+    // same function: the KL divergence stays at the int8 level (a wrong
+    // transform would make it large).
+    println!(
+        "int8 KLD: plain {}, ffn_down rotated {}",
+        plain.mean_kld, rotated.mean_kld
+    );
+    assert!(rotated.mean_kld < 2.0 * plain.mean_kld + 1e-4);
+    // The rotation group must be a power of two dividing ffn (128 here).
+    let mut bad = Methods {
+        rotate_down: true,
+        ..Methods::default()
+    };
+    bad.set_group(q35_reference::LinearKind::LmHead, 48);
+    assert!(QuantPipeline::calibrate_with(&model, &toks, 16, 8, 16, opts, bad).is_err());
+}
+
+#[test]
 fn scale_search_never_raises_the_weighted_error() {
     const ROWS: usize = 64;
     const COLS: usize = 128;

@@ -37,6 +37,7 @@ struct MethodsJson {
     act_scales: &'static str,
     /// `KIND=G` overrides of `--group-of`.
     group_of: Vec<String>,
+    rotate_down: bool,
     scale_search: bool,
     smooth: Option<f32>,
 }
@@ -126,6 +127,7 @@ pub(super) fn write(
                 ActivationScales::PerGroup => "group",
             },
             group_of: args.group_of.clone(),
+            rotate_down: inputs.methods.rotate_down,
             scale_search: inputs.methods.scale_search,
             smooth: inputs.methods.smooth,
         }),

@@ -86,6 +86,11 @@ pub struct QuantReportArgs {
     /// divide the largest.
     #[arg(long, value_delimiter = ',', value_name = "KIND=G")]
     pub group_of: Vec<String>,
+    /// Rotate ffn_down's input on line by a randomized block Hadamard
+    /// transform (groups of the largest group size, a power of two), the
+    /// weights rotated to match (a golden-pass variant, docs section 14).
+    #[arg(long)]
+    pub rotate_down: bool,
     /// Calibration rows kept per layer for the layer-output error.
     #[arg(long, default_value_t = CALIB_SAMPLES)]
     pub samples: usize,
@@ -230,6 +235,7 @@ fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
         act_scales,
         smooth: args.smooth,
         scale_search: args.scale_search,
+        rotate_down: args.rotate_down,
         ..Methods::default()
     };
     for item in &args.group_of {

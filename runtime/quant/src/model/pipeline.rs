@@ -31,6 +31,10 @@ pub struct Methods {
     /// `LinearKind as usize`; `None`: the pipeline's group size): bits
     /// allocated between matrices. Set with [`Methods::set_group`].
     pub group_overrides: [Option<usize>; 8],
+    /// Rotate `ffn_down`'s input on line by a randomized block Hadamard
+    /// transform in groups of the covariance group (a power of two), with
+    /// the weights rotated to match (QuaRot-style; a golden-pass variant).
+    pub rotate_down: bool,
 }
 
 impl Methods {
@@ -74,6 +78,9 @@ pub struct QuantPipeline<'m> {
     weights: Vec<(LinearId, Vec<f32>)>,
     options: QuantOptions,
     methods: Methods,
+    /// The on-line rotation of `ffn_down`'s input (signs, group), with
+    /// [`Methods::rotate_down`].
+    rotation: Option<(Arc<[f32]>, usize)>,
 }
 
 impl<'m> QuantPipeline<'m> {
@@ -131,8 +138,26 @@ impl<'m> QuantPipeline<'m> {
             None => None,
         };
         let m = rewritten.as_deref().unwrap_or(model);
-        let calib = Calibration::run_with_covariance(m, tokens, window, samples, cov_group)?;
-        let weights = model_weights(m)?;
+        let mut calib = Calibration::run_with_covariance(m, tokens, window, samples, cov_group)?;
+        let mut weights = model_weights(m)?;
+        let rotation = if methods.rotate_down {
+            let ffn = m.config().ffn;
+            if !cov_group.is_power_of_two() || !ffn.is_multiple_of(cov_group) {
+                return Err(ModelQuantError::Input(format!(
+                    "the ffn_down rotation works in groups of {cov_group}, which must be a power of two dividing {ffn}"
+                )));
+            }
+            let signs: Arc<[f32]> = rotation_signs(ffn).into();
+            calib.rotate_input(LinearKind::Down, &signs, cov_group)?;
+            for (id, w) in &mut weights {
+                if id.kind == LinearKind::Down {
+                    rotate_columns(w, ffn, &signs, cov_group);
+                }
+            }
+            Some((signs, cov_group))
+        } else {
+            None
+        };
         Ok(QuantPipeline {
             model,
             rewritten,
@@ -141,6 +166,7 @@ impl<'m> QuantPipeline<'m> {
             weights,
             options,
             methods,
+            rotation,
         })
     }
 
@@ -191,6 +217,44 @@ impl<'m> QuantPipeline<'m> {
     ) -> Result<EvalReport, ModelQuantError> {
         let golden = crate::golden::from_reference(self.model(), layers, reference.ctx())?
             .with_activation_scales(self.methods.act_scales)?;
+        let golden = match &self.rotation {
+            Some((signs, group)) => golden.with_down_rotation(signs.clone(), *group)?,
+            None => golden,
+        };
         reference.compare_golden(&golden)
+    }
+}
+
+/// The fixed `+-1` signs of the `ffn_down` rotation (SplitMix64, seed
+/// 0x5154_4152, one bit per channel).
+fn rotation_signs(n: usize) -> Vec<f32> {
+    let mut state = 0x5154_4152_u64;
+    (0..n)
+        .map(|_| {
+            if q35_reference::splitmix64(&mut state) >> 63 == 0 {
+                1.0
+            } else {
+                -1.0
+            }
+        })
+        .collect()
+}
+
+/// Every row of `w` (`cols` wide) as `W' = W D H / group` per group
+/// (`D` = diag(`signs`), `H` the unnormalised Walsh-Hadamard matrix), so
+/// that `W' (H D x) = W x`: the weights that read a rotated input. In f64,
+/// rounded once to f32.
+fn rotate_columns(w: &mut [f32], cols: usize, signs: &[f32], group: usize) {
+    let mut buf = vec![0f64; group];
+    for row in w.chunks_exact_mut(cols) {
+        for (part, s) in row.chunks_exact_mut(group).zip(signs.chunks_exact(group)) {
+            for ((b, &v), &sg) in buf.iter_mut().zip(part.iter()).zip(s) {
+                *b = f64::from(v) * f64::from(sg);
+            }
+            super::calibration::hadamard_f64(&mut buf);
+            for (v, &b) in part.iter_mut().zip(&buf) {
+                *v = (b / group as f64) as f32;
+            }
+        }
     }
 }
