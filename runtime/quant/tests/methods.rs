@@ -11,7 +11,8 @@ use q35_quant::QuantScheme;
 use q35_quant::golden::from_reference;
 use q35_quant::metrics::{channel_importance, layer_output_error};
 use q35_quant::model::{
-    Calibration, Methods, QuantPipeline, ReferenceLogits, SchemePolicy, smooth_model,
+    Calibration, Methods, QuantPipeline, ReferenceLogits, SchemePolicy, rotate_vo_model,
+    smooth_model,
 };
 use q35_quant::quantize::{GroupCovariance, QuantOptions, quantize_gptq, quantize_gptq_with};
 use q35_reference::{Logits, Model};
@@ -47,6 +48,27 @@ fn smoothing_keeps_the_f32_model() {
         }
     }
     assert!(smooth_model(&model, &calib, 1.5).is_err());
+    // The V/O rotation is orthogonal and folded both ways: same function.
+    let rot = rotate_vo_model(&model).unwrap();
+    let (a, b) = (logits(&model, &toks), logits(&rot, &toks));
+    let num: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| f64::from(x - y).powi(2))
+        .sum();
+    let den: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum();
+    assert!((num / den).sqrt() < 1e-5, "V/O rotation changed the logits");
+    let v = |m: &Model| {
+        m.linear(q35_reference::LinearId {
+            block: Some(0),
+            kind: q35_reference::LinearKind::V,
+        })
+        .unwrap()
+        .weights_f32()
+        .unwrap()
+        .into_owned()
+    };
+    assert_ne!(v(&model), v(&rot));
 }
 
 #[test]

@@ -38,6 +38,7 @@ struct MethodsJson {
     /// `KIND=G` overrides of `--group-of`.
     group_of: Vec<String>,
     rotate_down: bool,
+    rotate_vo: bool,
     scale_search: bool,
     smooth: Option<f32>,
 }
@@ -128,6 +129,7 @@ pub(super) fn write(
             },
             group_of: args.group_of.clone(),
             rotate_down: inputs.methods.rotate_down,
+            rotate_vo: inputs.methods.rotate_vo,
             scale_search: inputs.methods.scale_search,
             smooth: inputs.methods.smooth,
         }),

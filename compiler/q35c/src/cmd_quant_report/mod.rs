@@ -91,6 +91,11 @@ pub struct QuantReportArgs {
     /// weights rotated to match (a golden-pass variant, docs section 14).
     #[arg(long)]
     pub rotate_down: bool,
+    /// Rotate the attention's value/output path per head by a randomized
+    /// Hadamard matrix folded into attn_v and attn_output offline (no
+    /// run-time cost; docs section 14).
+    #[arg(long)]
+    pub rotate_vo: bool,
     /// Calibration rows kept per layer for the layer-output error.
     #[arg(long, default_value_t = CALIB_SAMPLES)]
     pub samples: usize,
@@ -236,6 +241,7 @@ fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
         smooth: args.smooth,
         scale_search: args.scale_search,
         rotate_down: args.rotate_down,
+        rotate_vo: args.rotate_vo,
         ..Methods::default()
     };
     for item in &args.group_of {

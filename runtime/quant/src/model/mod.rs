@@ -36,7 +36,7 @@ pub use logits::{EvalReport, ReferenceLogits};
 pub use pipeline::{Methods, QuantPipeline};
 pub use policy::{HeadPolicy, SchemePolicy};
 pub use report::{TensorReport, tensor_report};
-pub use smooth::smooth_model;
+pub use smooth::{rotate_vo_model, smooth_model};
 
 use q35_reference::ReferenceError;
 

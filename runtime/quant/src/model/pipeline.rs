@@ -8,7 +8,7 @@ use q35_reference::{LinearId, LinearKind, Model};
 
 use super::{
     Calibration, EvalReport, ModelQuantError, QuantizedLayer, ReferenceLogits, SchemePolicy,
-    model_weights, quantize_model_with, smooth_model,
+    model_weights, quantize_model_with, rotate_vo_model, smooth_model,
 };
 use crate::quantize::QuantOptions;
 
@@ -35,6 +35,10 @@ pub struct Methods {
     /// transform in groups of the covariance group (a power of two), with
     /// the weights rotated to match (QuaRot-style; a golden-pass variant).
     pub rotate_down: bool,
+    /// Rotate the attention's value/output path by a randomized Hadamard
+    /// matrix per head, folded into `attn_v` and `attn_output` offline
+    /// ([`rotate_vo_model`]; no run-time cost).
+    pub rotate_vo: bool,
 }
 
 impl Methods {
@@ -137,6 +141,11 @@ impl<'m> QuantPipeline<'m> {
             }
             None => None,
         };
+        let rewritten = match (methods.rotate_vo, rewritten) {
+            (true, Some(m)) => Some(Arc::new(rotate_vo_model(&m)?)),
+            (true, None) => Some(Arc::new(rotate_vo_model(model)?)),
+            (false, r) => r,
+        };
         let m = rewritten.as_deref().unwrap_or(model);
         let mut calib = Calibration::run_with_covariance(m, tokens, window, samples, cov_group)?;
         let mut weights = model_weights(m)?;
@@ -227,7 +236,7 @@ impl<'m> QuantPipeline<'m> {
 
 /// The fixed `+-1` signs of the `ffn_down` rotation (SplitMix64, seed
 /// 0x5154_4152, one bit per channel).
-fn rotation_signs(n: usize) -> Vec<f32> {
+pub(crate) fn rotation_signs(n: usize) -> Vec<f32> {
     let mut state = 0x5154_4152_u64;
     (0..n)
         .map(|_| {
