@@ -14,8 +14,9 @@
 //! `layers` (quantizing every matrix), `linear` ([`QuantLinear`], installing
 //! and restoring layers), `report` (per-tensor errors), `logits` (the
 //! reference's logits and the scoring of candidates against them) and
-//! `pipeline` ([`QuantPipeline`], [`Methods`]) and `smooth` (scale
-//! migration, [`smooth_model`]).
+//! `pipeline` ([`QuantPipeline`], [`Methods`]), `smooth` (scale
+//! migration, [`smooth_model`]) and `rotate` (the offline V/O rotation,
+//! [`rotate_vo_model`]).
 
 mod calibration;
 mod layers;
@@ -24,6 +25,7 @@ mod logits;
 mod pipeline;
 mod policy;
 mod report;
+mod rotate;
 mod smooth;
 
 pub use calibration::{Calibration, LayerCalibration};
@@ -36,7 +38,8 @@ pub use logits::{EvalReport, ReferenceLogits};
 pub use pipeline::{Methods, QuantPipeline};
 pub use policy::{HeadPolicy, SchemePolicy};
 pub use report::{TensorReport, tensor_report};
-pub use smooth::{rotate_vo_model, smooth_model};
+pub use rotate::rotate_vo_model;
+pub use smooth::smooth_model;
 
 use q35_reference::ReferenceError;
 
