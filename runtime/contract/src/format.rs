@@ -11,7 +11,7 @@
 //! contiguous byte range.
 
 use crate::pack::{pack_bits, pair_code, sign_extend, split_pair, unpack_bits};
-use crate::semantics::{self, ActivationI8};
+use crate::semantics::{self, ActivationI8, GroupedActivationI8};
 use crate::{CHANNEL_QUANTUM, ContractError, QuantScheme};
 use half::f16;
 
@@ -760,6 +760,53 @@ impl IntMatrix {
             });
         }
         self.rows_into(x, first, y);
+        Ok(())
+    }
+
+    /// Outputs `first .. first + y.len()` of `y = W x` for activations with
+    /// one scale per group (the variant of docs/q35-format.md section 14):
+    /// the same exact int32 group sums as [`Self::matvec_rows`], combined by
+    /// [`semantics::combine_groups_act`]. The activation's group must be the
+    /// matrix's group size, so each accumulator has one activation scale.
+    pub fn matvec_rows_grouped(
+        &self,
+        x: &GroupedActivationI8,
+        first: usize,
+        y: &mut [f32],
+    ) -> Result<(), ContractError> {
+        if x.len() != self.cols {
+            return Err(ContractError::LengthMismatch {
+                what: "activation",
+                got: x.len(),
+                expected: self.cols,
+            });
+        }
+        if x.group() != self.group_size {
+            return Err(ContractError::LengthMismatch {
+                what: "activation group size",
+                got: x.group(),
+                expected: self.group_size,
+            });
+        }
+        if first + y.len() > self.rows {
+            return Err(ContractError::LengthMismatch {
+                what: "matvec output rows",
+                got: first + y.len(),
+                expected: self.rows,
+            });
+        }
+        let n_groups = self.cols.div_ceil(self.group_size);
+        let mut accs = vec![0i32; n_groups];
+        for (i, out) in y.iter_mut().enumerate() {
+            let r = first + i;
+            let row = self.row(r);
+            for (g, acc) in accs.iter_mut().enumerate() {
+                let s = g * self.group_size;
+                let e = (s + self.group_size).min(self.cols);
+                *acc = semantics::group_dot(&x.codes()[s..e], &row[s..e]);
+            }
+            *out = semantics::combine_groups_act(&accs, self.row_scales(r), x.scales());
+        }
         Ok(())
     }
 

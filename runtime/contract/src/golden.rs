@@ -26,7 +26,8 @@ use crate::arch::Architecture;
 use crate::format::IntMatrix;
 use crate::rope::RopeTable;
 use crate::semantics::{
-    self, ActivationI8, add_in_place, attention_head, rmsnorm, rope_in_place, swiglu,
+    self, ActivationI8, GroupedActivationI8, add_in_place, attention_head, rmsnorm, rope_in_place,
+    swiglu,
 };
 
 /// What can go wrong building or running the golden model.
@@ -99,6 +100,20 @@ pub struct GoldenBlock {
     pub down: IntMatrix,
 }
 
+/// How the golden pass quantizes the activations entering every integer
+/// matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActivationScales {
+    /// One scale per token (docs/q35-format.md 8.1): the contract.
+    #[default]
+    PerToken,
+    /// One scale per quantization group of the reduction dimension
+    /// ([`GroupedActivationI8`], combined by
+    /// [`semantics::combine_groups_act`]): the variant measured in
+    /// docs/q35-format.md section 14, not (yet) the contract.
+    PerGroup,
+}
+
 /// The golden quantized model.
 #[derive(Debug, Clone)]
 pub struct GoldenModel {
@@ -112,6 +127,18 @@ pub struct GoldenModel {
     output_norm: Vec<f32>,
     head: GoldenHead,
     rope: RopeTable,
+    /// How activations are quantized ([`ActivationScales::PerToken`] unless
+    /// [`GoldenModel::with_activation_scales`] chose the variant).
+    act_scales: ActivationScales,
+    /// The rotation of `ffn_down`'s input (signs and group), when
+    /// [`GoldenModel::with_down_rotation`] chose the variant.
+    down_rotation: Option<(Arc<[f32]>, usize)>,
+}
+
+/// One activation vector quantized for the integer matmuls.
+enum QAct {
+    Token(ActivationI8),
+    Group(GroupedActivationI8),
 }
 
 /// The KV cache of one sequence and its position.
@@ -268,7 +295,83 @@ impl GoldenModel {
             output_norm,
             head,
             rope,
+            act_scales: ActivationScales::PerToken,
+            down_rotation: None,
         })
+    }
+
+    /// The same model with `ffn_down`'s input rotated before it is
+    /// quantized ([`semantics::rotate_groups`] with `signs` (`+-1`, `ffn`
+    /// of them) in groups of `group`, a power of two dividing `ffn`): the
+    /// rotation variant of docs/q35-format.md section 14, for `ffn_down`
+    /// matrices quantized from the weights rotated to match.
+    pub fn with_down_rotation(
+        mut self,
+        signs: Arc<[f32]>,
+        group: usize,
+    ) -> Result<GoldenModel, GoldenError> {
+        let ffn = self.arch.ffn as usize;
+        if signs.len() != ffn || !group.is_power_of_two() || !ffn.is_multiple_of(group) {
+            return Err(GoldenError::Invalid(format!(
+                "down rotation: {} signs in groups of {group} for ffn {ffn} (needs ffn signs, a power-of-two group dividing ffn)",
+                signs.len()
+            )));
+        }
+        if let Some(i) = signs.iter().position(|&s| s != 1.0 && s != -1.0) {
+            return Err(GoldenError::Invalid(format!(
+                "down rotation: sign {i} is {}, not +-1",
+                signs[i]
+            )));
+        }
+        self.down_rotation = Some((signs, group));
+        Ok(self)
+    }
+
+    /// The same model with activations quantized as `scales` says. With
+    /// [`ActivationScales::PerGroup`] each matrix's input is quantized in
+    /// that matrix's groups (matrices reading one input with different group
+    /// sizes get one quantization each).
+    pub fn with_activation_scales(
+        mut self,
+        scales: ActivationScales,
+    ) -> Result<GoldenModel, GoldenError> {
+        self.act_scales = scales;
+        Ok(self)
+    }
+
+    /// How activations are quantized.
+    pub fn activation_scales(&self) -> ActivationScales {
+        self.act_scales
+    }
+
+    /// `m x`, reusing `act` (the quantization of `x` made for `first`)
+    /// unless per-group scales need `m`'s own grouping.
+    fn matvec_shared(
+        &self,
+        m: &IntMatrix,
+        x: &[f32],
+        act: &QAct,
+        first: &IntMatrix,
+    ) -> Result<Vec<f32>, GoldenError> {
+        match act {
+            QAct::Group(_) if m.group_size() != first.group_size() => {
+                matvec(m, &self.quantize_for(x, m)?)
+            }
+            QAct::Token(_) | QAct::Group(_) => matvec(m, act),
+        }
+    }
+
+    /// `x` quantized for the matmuls with `m`'s group size.
+    fn quantize_for(&self, x: &[f32], m: &IntMatrix) -> Result<QAct, GoldenError> {
+        match self.act_scales {
+            ActivationScales::PerToken => Ok(QAct::Token(quantize_act(x)?)),
+            ActivationScales::PerGroup => GroupedActivationI8::quantize(x, m.group_size())
+                .map(QAct::Group)
+                .map_err(|source| GoldenError::Op {
+                    op: "activation",
+                    source,
+                }),
+        }
     }
 
     /// The architecture (shape and constants).
@@ -372,10 +475,10 @@ impl GoldenModel {
         let group = heads / kv_heads;
         for (bi, b) in self.blocks.iter().enumerate() {
             rmsnorm(&x, &b.attn_norm, a.norm_eps, &mut h);
-            let act = quantize_act(&h)?;
+            let act = self.quantize_for(&h, &b.q)?;
             let mut q = matvec(&b.q, &act)?;
-            let mut k = matvec(&b.k, &act)?;
-            let v = matvec(&b.v, &act)?;
+            let mut k = self.matvec_shared(&b.k, &h, &act, &b.q)?;
+            let v = self.matvec_shared(&b.v, &h, &act, &b.q)?;
             for head in q.chunks_exact_mut(hd) {
                 rope_in_place(head, pos, &self.rope);
             }
@@ -416,15 +519,18 @@ impl GoldenModel {
                     out,
                 );
             });
-            let o = matvec(&b.o, &quantize_act(&att)?)?;
+            let o = matvec(&b.o, &self.quantize_for(&att, &b.o)?)?;
             add_in_place(&mut x, &o);
             rmsnorm(&x, &b.ffn_norm, a.norm_eps, &mut h);
-            let act = quantize_act(&h)?;
+            let act = self.quantize_for(&h, &b.gate)?;
             let g = matvec(&b.gate, &act)?;
-            let u = matvec(&b.up, &act)?;
+            let u = self.matvec_shared(&b.up, &h, &act, &b.gate)?;
             let mut s = vec![0f32; ffn];
             swiglu(&g, &u, &mut s);
-            let down = matvec(&b.down, &quantize_act(&s)?)?;
+            if let Some((signs, group)) = &self.down_rotation {
+                semantics::rotate_groups(&mut s, signs, *group);
+            }
+            let down = matvec(&b.down, &self.quantize_for(&s, &b.down)?)?;
             add_in_place(&mut x, &down);
         }
         session.len += 1;
@@ -447,7 +553,7 @@ impl GoldenModel {
         let mut h = vec![0f32; d];
         rmsnorm(x, &self.output_norm, self.arch.norm_eps, &mut h);
         match &self.head {
-            GoldenHead::Quantized(m) => matvec(m, &quantize_act(&h)?),
+            GoldenHead::Quantized(m) => matvec(m, &self.quantize_for(&h, m)?),
             GoldenHead::F32(w) => {
                 let cols = d;
                 let mut out = vec![0f32; self.arch.vocab as usize];
@@ -498,12 +604,15 @@ fn quantize_act(x: &[f32]) -> Result<ActivationI8, GoldenError> {
 }
 
 /// `W a` with output rows split across the rayon pool.
-fn matvec(m: &IntMatrix, a: &ActivationI8) -> Result<Vec<f32>, GoldenError> {
+fn matvec(m: &IntMatrix, a: &QAct) -> Result<Vec<f32>, GoldenError> {
     const ROWS: usize = 64;
     let mut y = vec![0f32; m.rows()];
     y.par_chunks_mut(ROWS)
         .enumerate()
-        .try_for_each(|(ci, o)| m.matvec_rows(a, ci * ROWS, o))
+        .try_for_each(|(ci, o)| match a {
+            QAct::Token(a) => m.matvec_rows(a, ci * ROWS, o),
+            QAct::Group(a) => m.matvec_rows_grouped(a, ci * ROWS, o),
+        })
         .map_err(|source| GoldenError::Op {
             op: "matvec",
             source,

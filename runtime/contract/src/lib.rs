@@ -32,11 +32,13 @@ pub mod semantics;
 pub use arch::{Architecture, LinearSpec};
 pub use error::ContractError;
 pub use format::{IntMatrix, Layout, QuantizedMatrix};
-pub use golden::{GoldenBlock, GoldenError, GoldenHead, GoldenModel, GoldenSession};
+pub use golden::{
+    ActivationScales, GoldenBlock, GoldenError, GoldenHead, GoldenModel, GoldenSession,
+};
 pub use pack::{pair_code, split_pair};
 pub use rope::{RopeTable, rope_thetas};
 pub use scheme::QuantScheme;
-pub use semantics::{ActivationI8, accumulator_bound, check_no_overflow};
+pub use semantics::{ActivationI8, GroupedActivationI8, accumulator_bound, check_no_overflow};
 
 /// The smallest unit of the reduction dimension: groups are multiples of it
 /// and a ragged last group is zero-padded up to a multiple of it (16

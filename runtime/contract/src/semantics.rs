@@ -181,6 +181,153 @@ pub fn combine_groups(accs: &[i32], scales: &[f32], act_scale: f32) -> f32 {
     y * act_scale
 }
 
+/// An activation vector quantized to int8 with one dynamic f32 scale per
+/// group of `group` consecutive channels (the last group ragged): the
+/// per-group activation-scale *variant* of docs/q35-format.md section 14,
+/// not the default contract (8.1 has one scale per token). Each group is
+/// quantized exactly as [`ActivationI8::quantize`] quantizes a token
+/// ([`prescale_activation`] of the group, then [`f32_to_i8`]), so a group
+/// whose largest |value| is below `2^-120` has scale 0 and codes 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupedActivationI8 {
+    group: usize,
+    scales: Vec<f32>,
+    codes: Vec<i8>,
+}
+
+impl GroupedActivationI8 {
+    /// Quantizes `x` in groups of `group` channels (group `g` is
+    /// `x[g*group .. min((g+1)*group, len)]`). A zero `group` is a length
+    /// error; a NaN or infinity is an error naming its index in `x`.
+    pub fn quantize(x: &[f32], group: usize) -> Result<GroupedActivationI8, ContractError> {
+        if group == 0 {
+            return Err(ContractError::LengthMismatch {
+                what: "activation group size",
+                got: 0,
+                expected: 1,
+            });
+        }
+        let mut scales = Vec::with_capacity(x.len().div_ceil(group));
+        let mut codes = Vec::with_capacity(x.len());
+        for (g, part) in x.chunks(group).enumerate() {
+            let (scale, xs) = prescale_activation(part).map_err(|e| match e {
+                ContractError::NonFinite { what, index } => ContractError::NonFinite {
+                    what,
+                    index: g * group + index,
+                },
+                other => other,
+            })?;
+            scales.push(scale);
+            codes.extend(xs.into_iter().map(f32_to_i8));
+        }
+        Ok(GroupedActivationI8 {
+            group,
+            scales,
+            codes,
+        })
+    }
+
+    /// Channels per group.
+    pub fn group(&self) -> usize {
+        self.group
+    }
+
+    /// The per-group scales, in group order.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// The int8 codes.
+    pub fn codes(&self) -> &[i8] {
+        &self.codes
+    }
+
+    /// Number of channels.
+    pub fn len(&self) -> usize {
+        self.codes.len()
+    }
+
+    /// Whether the vector is empty.
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty()
+    }
+
+    /// `scale_g * q_i` in f32, `g` the group of channel `i`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.codes
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| self.scales[i / self.group] * f32::from(c))
+            .collect()
+    }
+}
+
+/// [`combine_groups`] for per-group activation scales (the variant of
+/// docs/q35-format.md section 14): each group's product gets its own
+/// activation scale before the sum, and there is no final multiply:
+///
+/// ```text
+/// y = +0.0
+/// for g in 0, 1, ..., n_groups - 1:      (ascending)
+///     p = f32(acc_g) * scale_g           (i32 -> f32 round-to-nearest-even, then f32 multiply)
+///     p = p * act_scale_g                (f32 multiply)
+///     y = y + p                          (f32 add)
+/// return y
+/// ```
+pub fn combine_groups_act(accs: &[i32], scales: &[f32], act_scales: &[f32]) -> f32 {
+    debug_assert_eq!(accs.len(), scales.len());
+    debug_assert_eq!(accs.len(), act_scales.len());
+    let mut y = 0f32;
+    for ((&a, &s), &t) in accs.iter().zip(scales).zip(act_scales) {
+        let p = a as f32 * s;
+        let p = p * t;
+        y += p;
+    }
+    y
+}
+
+/// The unnormalised Walsh-Hadamard transform of `x` in place (length a
+/// power of two), f32, in this order (each add and subtract rounded):
+///
+/// ```text
+/// h = 1
+/// while h < n:
+///     for i in (0, 2h, 4h, ...): for j in i .. i + h:
+///         (a, b) = (x_j, x_{j+h});  x_j = a + b;  x_{j+h} = a - b
+///     h = 2h
+/// ```
+///
+/// `H H = n I`, so applying it twice multiplies by `n`. Part of the
+/// rotation variant of docs/q35-format.md section 14, not the contract.
+pub fn hadamard_in_place(x: &mut [f32]) {
+    let n = x.len();
+    debug_assert!(n.is_power_of_two() || n == 0);
+    let mut h = 1;
+    while h < n {
+        for i in (0..n).step_by(2 * h) {
+            for j in i..i + h {
+                let (a, b) = (x[j], x[j + h]);
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+        }
+        h *= 2;
+    }
+}
+
+/// The randomized block Hadamard rotation of the section 14 variant: each
+/// `x_i` times `signs_i` (`+-1`, exact), then [`hadamard_in_place`] on each
+/// group of `group` channels (`group` a power of two dividing `x.len()`).
+pub fn rotate_groups(x: &mut [f32], signs: &[f32], group: usize) {
+    debug_assert_eq!(x.len(), signs.len());
+    for (v, &s) in x.iter_mut().zip(signs) {
+        *v *= s;
+    }
+    for part in x.chunks_exact_mut(group) {
+        hadamard_in_place(part);
+    }
+}
+
 /// Worst-case |int32 accumulator| of a `k`-long dot product of values with
 /// |activation| <= `act_max` and |weight| <= `code_max`:
 /// `k * act_max * code_max` (saturating at `u64::MAX`).
@@ -496,6 +643,85 @@ mod tests {
             ActivationI8::quantize(&[1.0, f32::NAN]),
             Err(ContractError::NonFinite { index: 1, .. })
         ));
+    }
+
+    #[test]
+    fn grouped_activation_quantizes_each_group_like_a_token() {
+        let x = [127.0f32, -2.5, 0.5, 0.25, 0.0, 0.0, 1e-3, -7.0, 3.0];
+        let a = GroupedActivationI8::quantize(&x, 4).unwrap();
+        assert_eq!(a.group(), 4);
+        assert_eq!(a.scales().len(), 3);
+        for (g, part) in x.chunks(4).enumerate() {
+            let t = ActivationI8::quantize(part).unwrap();
+            assert_eq!(a.scales()[g].to_bits(), t.scale().to_bits(), "group {g}");
+            assert_eq!(
+                &a.codes()[g * 4..g * 4 + part.len()],
+                t.codes(),
+                "group {g}"
+            );
+        }
+        // The first group's amax is 127 (inv = 1); the second has its own
+        // scale 7 / 127, so -7 reaches -127 instead of -7 at 127 / 127.
+        assert_eq!(&a.codes()[..4], &[127, -3, 1, 0]);
+        assert_eq!(&a.codes()[4..8], &[0, 0, 0, -127]);
+        assert_eq!(a.scales()[1], 7.0 / 127.0);
+        assert_eq!(a.codes()[8], 127);
+        let d = a.dequantize();
+        assert_eq!(d[7], a.scales()[1] * -127.0);
+        // One group spanning everything is the per-token quantization.
+        let whole = GroupedActivationI8::quantize(&x, x.len()).unwrap();
+        let token = ActivationI8::quantize(&x).unwrap();
+        assert_eq!(
+            (whole.scales(), whole.codes()),
+            (&[token.scale()][..], token.codes())
+        );
+        assert!(matches!(
+            GroupedActivationI8::quantize(&[1.0, 2.0, f32::NAN], 2),
+            Err(ContractError::NonFinite { index: 2, .. })
+        ));
+        assert!(GroupedActivationI8::quantize(&x, 0).is_err());
+        let zero = GroupedActivationI8::quantize(&[0.0, 1e-38, 5.0, 1.0], 2).unwrap();
+        assert_eq!(zero.scales()[0], 0.0);
+        assert_eq!(&zero.codes()[..2], &[0, 0]);
+    }
+
+    #[test]
+    fn combine_groups_act_scales_each_group_then_sums_in_order() {
+        let accs = [1000, -3, 16_777_217];
+        let w = [0.5f32, 2.0, 1.0];
+        let t = [0.25f32, 3.0, 1.0 / 3.0];
+        let mut want = 0f32;
+        for g in 0..3 {
+            let p = accs[g] as f32 * w[g];
+            want += p * t[g];
+        }
+        assert_eq!(combine_groups_act(&accs, &w, &t).to_bits(), want.to_bits());
+        // 2^24 + 1 rounds to 2^24 on the conversion, as in combine_groups.
+        assert_eq!(
+            combine_groups_act(&[16_777_217], &[1.0], &[1.0]),
+            16_777_216.0
+        );
+        // With one shared activation scale that is a power of two the
+        // variant equals the per-token combination exactly.
+        let same = [0.5f32; 3];
+        assert_eq!(
+            combine_groups_act(&accs, &w, &same).to_bits(),
+            combine_groups(&accs, &w, 0.5).to_bits()
+        );
+        assert_eq!(combine_groups_act(&[], &[], &[]).to_bits(), 0f32.to_bits());
+    }
+
+    #[test]
+    fn hadamard_is_its_own_inverse_up_to_n() {
+        let mut x = [1.0f32, 2.0, 3.0, 4.0];
+        hadamard_in_place(&mut x);
+        assert_eq!(x, [10.0, -2.0, -4.0, 0.0]);
+        hadamard_in_place(&mut x);
+        assert_eq!(x, [4.0, 8.0, 12.0, 16.0]);
+        let mut y = [1.0f32, -1.0, 0.5, 2.0, 3.0, 0.0, 1.0, -2.0];
+        rotate_groups(&mut y, &[1.0, -1.0, 1.0, 1.0, -1.0, 1.0, 1.0, 1.0], 4);
+        // Group 0 is H [1, 1, 0.5, 2], group 1 is H [-3, 0, 1, -2].
+        assert_eq!(y, [4.5, -1.5, -0.5, 1.5, -4.0, 0.0, -2.0, -6.0]);
     }
 
     #[test]

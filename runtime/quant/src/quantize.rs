@@ -88,7 +88,7 @@ pub fn quantize_with(
     options: QuantOptions,
 ) -> Result<QuantizedMatrix, QuantError> {
     quantize_impl(
-        weights, rows, cols, scheme, group_size, importance, None, options,
+        weights, rows, cols, scheme, group_size, importance, None, options, false,
     )
 }
 
@@ -126,6 +126,27 @@ pub fn quantize_gptq(
     covariance: &GroupCovariance,
     options: QuantOptions,
 ) -> Result<QuantizedMatrix, QuantError> {
+    check_covariance(rows, cols, group_size, covariance)?;
+    quantize_impl(
+        weights,
+        rows,
+        cols,
+        scheme,
+        group_size,
+        Some(importance),
+        Some(covariance),
+        options,
+        false,
+    )
+}
+
+/// Checks a covariance's span and block sizes against the matrix.
+fn check_covariance(
+    rows: usize,
+    cols: usize,
+    group_size: usize,
+    covariance: &GroupCovariance,
+) -> Result<(), QuantError> {
     Layout::new(rows, cols, group_size)?;
     let span = covariance.group_size;
     if span == 0 || !span.is_multiple_of(group_size) || covariance.cols != cols {
@@ -146,6 +167,32 @@ pub fn quantize_gptq(
             });
         }
     }
+    Ok(())
+}
+
+/// [`quantize_gptq`] with a per-group scale search against the calibration
+/// loss (docs/q35-format.md section 14) when `scale_search` is set: for
+/// every block, the scale chosen by the block quantizer and the candidates
+/// `d * f` for `f` in [`SEARCH_FACTORS`] (rounded to fp16) each get the
+/// in-group GPTQ codes, and the one whose covariance-weighted error
+/// `(w - d m c)^T C (w - d m c)` is smallest is kept. A span of several
+/// groups scales all of its groups' scales by one common factor.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors quantize_gptq plus the search switch"
+)]
+pub fn quantize_gptq_with(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    scheme: QuantScheme,
+    group_size: usize,
+    importance: &[f32],
+    covariance: &GroupCovariance,
+    options: QuantOptions,
+    scale_search: bool,
+) -> Result<QuantizedMatrix, QuantError> {
+    check_covariance(rows, cols, group_size, covariance)?;
     quantize_impl(
         weights,
         rows,
@@ -155,8 +202,12 @@ pub fn quantize_gptq(
         Some(importance),
         Some(covariance),
         options,
+        scale_search,
     )
 }
+
+/// Scale factors the search of [`quantize_gptq_with`] tries besides 1.
+pub const SEARCH_FACTORS: [f32; 4] = [0.9, 0.95, 1.05, 1.1];
 
 #[expect(
     clippy::too_many_arguments,
@@ -171,6 +222,7 @@ fn quantize_impl(
     importance: Option<&[f32]>,
     covariance: Option<&GroupCovariance>,
     options: QuantOptions,
+    scale_search: bool,
 ) -> Result<QuantizedMatrix, QuantError> {
     let layout = Layout::new(rows, cols, group_size)?;
     if weights.len() != rows * cols {
@@ -232,6 +284,7 @@ fn quantize_impl(
             magnitude_weighting: false,
             gptq: None,
             gptq_span: 0,
+            scale_search: false,
         };
         let out = plan.run(&(0..rows).collect::<Vec<_>>(), threads, false);
         return Ok(QuantizedMatrix::from_codes(
@@ -277,6 +330,7 @@ fn quantize_impl(
     if let (Some(cov), QuantScheme::Q35) = (covariance, scheme) {
         plan.gptq = Some(cov.blocks.iter().map(|b| gptq_factor(b)).collect());
         plan.gptq_span = cov.group_size;
+        plan.scale_search = scale_search;
     }
     let best = plan.run(&all_rows, threads, false);
     let best_mask = mask;
@@ -320,8 +374,9 @@ fn rne(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
-/// A group's GPTQ channel order and upper Cholesky factor (row-major).
-type GptqFactor = (Vec<usize>, Vec<f32>);
+/// A group's GPTQ channel order, upper Cholesky factor (row-major) and
+/// covariance in that order (row-major).
+type GptqFactor = (Vec<usize>, Vec<f32>, Vec<f32>);
 
 /// One matrix-wide quantization setup.
 struct Plan<'a> {
@@ -341,6 +396,9 @@ struct Plan<'a> {
     gptq: Option<Vec<Option<GptqFactor>>>,
     /// Channels per GPTQ span (a multiple of the group size).
     gptq_span: usize,
+    /// Search each span's scales (one common factor) against the
+    /// covariance-weighted error.
+    scale_search: bool,
 }
 
 /// The result of quantizing some rows.
@@ -388,6 +446,7 @@ impl<'a> Plan<'a> {
             magnitude_weighting,
             gptq: None,
             gptq_span: 0,
+            scale_search: false,
         }
     }
 
@@ -510,11 +569,54 @@ impl<'a> Plan<'a> {
                 }
             }
             if let Some(factors) = &self.gptq {
-                let row_scales = &out.scales[out.scales.len() - n_groups..];
+                let first_scale = out.scales.len() - n_groups;
+                let search = self.scale_search;
                 for (si, f) in factors.iter().enumerate() {
-                    let Some((order, u)) = f else {
+                    let Some((order, u, cov)) = f else {
                         continue;
                     };
+                    if search {
+                        let s0 = si * self.gptq_span;
+                        let g0 = s0 / l.group_size;
+                        let g1 = (s0 + order.len()).div_ceil(l.group_size);
+                        let d0: Vec<f16> = out.scales[first_scale + g0..first_scale + g1].to_vec();
+                        let mut best: Option<(f64, Vec<f16>, Vec<i8>)> = None;
+                        for f in std::iter::once(1.0).chain(SEARCH_FACTORS) {
+                            let d: Vec<f16> = if f == 1.0 {
+                                d0.clone()
+                            } else {
+                                d0.iter().map(|&d| to_f16(d.to_f32() * f)).collect()
+                            };
+                            if f != 1.0 && (d == d0 || d.contains(&f16::ZERO)) {
+                                continue;
+                            }
+                            gw.clear();
+                            gw.extend(order.iter().map(|&o| row[s0 + o]));
+                            gf.clear();
+                            gf.extend(order.iter().map(|&o| {
+                                let j = s0 + o;
+                                let g = j / l.group_size;
+                                let four = self.four_bit[g][j - g * l.group_size];
+                                let c = self.classes[usize::from(!four)];
+                                (d[g - g0].to_f32() * c.mult, c.nmax)
+                            }));
+                            gc.clear();
+                            gc.resize(order.len(), 0);
+                            gptq_block(&mut gw, &gf, u, &mut gc);
+                            let err = weighted_error(order, row, s0, &gf, &gc, cov);
+                            if best.as_ref().is_none_or(|b| err < b.0) {
+                                best = Some((err, d, gc.clone()));
+                            }
+                        }
+                        if let Some((_, d, codes)) = best {
+                            out.scales[first_scale + g0..first_scale + g1].copy_from_slice(&d);
+                            for (&o, &code) in order.iter().zip(&codes) {
+                                out.codes[base + s0 + o] = code;
+                            }
+                        }
+                        continue;
+                    }
+                    let row_scales = &out.scales[first_scale..];
                     let s0 = si * self.gptq_span;
                     gw.clear();
                     gw.extend(order.iter().map(|&o| row[s0 + o]));
@@ -558,6 +660,35 @@ fn gptq_block(w: &mut [f32], grid: &[(f32, f32)], u: &[f32], codes: &mut [i8]) {
             *wk -= e * ujk;
         }
     }
+}
+
+/// `e^T C e` for the error `e_k = w[s0 + order[k]] - step_k c_k` of one
+/// span in GPTQ order (`c` the covariance in that order), in f64.
+fn weighted_error(
+    order: &[usize],
+    row: &[f32],
+    s0: usize,
+    grid: &[(f32, f32)],
+    codes: &[i8],
+    c: &[f32],
+) -> f64 {
+    let n = order.len();
+    let e: Vec<f64> = (0..n)
+        .map(|k| {
+            let w = row.get(s0 + order[k]).copied().unwrap_or(0.0);
+            f64::from(w) - f64::from(grid[k].0) * f64::from(codes[k])
+        })
+        .collect();
+    let mut total = 0f64;
+    for i in 0..n {
+        let ci = &c[i * n..(i + 1) * n];
+        let mut s = 0f64;
+        for (&cij, &ej) in ci.iter().zip(&e) {
+            s += f64::from(cij) * ej;
+        }
+        total += e[i] * s;
+    }
+    total
 }
 
 /// Lower Cholesky factor of the symmetric `n x n` matrix `a` (row-major),
@@ -644,7 +775,7 @@ fn gptq_factor(c: &[f32]) -> Option<GptqFactor> {
                 u[j * n + i] = lh[i * n + j] as f32;
             }
         }
-        return Some((order, u));
+        return Some((order, u, c));
     }
     None
 }

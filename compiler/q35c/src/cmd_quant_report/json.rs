@@ -8,7 +8,8 @@
 
 use std::io::Write;
 
-use q35_quant::model::{EvalReport, TensorReport};
+use q35_contract::golden::ActivationScales;
+use q35_quant::model::{EvalReport, Methods, TensorReport};
 use serde::Serialize;
 
 use super::summary::SchemeSummary;
@@ -21,9 +22,25 @@ struct ReportJson<'a> {
     /// `null` without `--eval`.
     evaluation: Option<EvaluationJson>,
     group_size: usize,
+    /// The accuracy methods, only when one is on (docs/q35-format.md
+    /// section 14).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    methods: Option<MethodsJson>,
     model: &'a str,
     model_file: String,
     schemes: Vec<SchemeJson<'a>>,
+}
+
+/// The accuracy methods of `--act-scales`, `--smooth`, `--scale-search`.
+#[derive(Serialize)]
+struct MethodsJson {
+    act_scales: &'static str,
+    /// `KIND=G` overrides of `--group-of`.
+    group_of: Vec<String>,
+    rotate_down: bool,
+    rotate_vo: bool,
+    scale_search: bool,
+    smooth: Option<f32>,
 }
 
 /// Where the calibration activations came from.
@@ -105,6 +122,17 @@ pub(super) fn write(
                 source: eval_source(args),
             }),
         group_size: inputs.group,
+        methods: (inputs.methods != Methods::default()).then(|| MethodsJson {
+            act_scales: match inputs.methods.act_scales {
+                ActivationScales::PerToken => "token",
+                ActivationScales::PerGroup => "group",
+            },
+            group_of: args.group_of.clone(),
+            rotate_down: inputs.methods.rotate_down,
+            rotate_vo: inputs.methods.rotate_vo,
+            scale_search: inputs.methods.scale_search,
+            smooth: inputs.methods.smooth,
+        }),
         model: &inputs.loaded.name,
         model_file: args.model.display().to_string(),
         schemes: measured.summaries.iter().map(scheme_json).collect(),

@@ -30,9 +30,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use q35_contract::QuantScheme;
-use q35_quant::model::{HeadPolicy, QuantPipeline, ReferenceLogits, SchemePolicy};
+use q35_contract::golden::ActivationScales;
+use q35_quant::model::{HeadPolicy, Methods, QuantPipeline, ReferenceLogits, SchemePolicy};
 use q35_quant::quantize::QuantOptions;
-use q35_reference::splitmix64;
+use q35_reference::{LinearKind, splitmix64};
 
 use crate::cmd_eval::CALIB_SAMPLES;
 use crate::load::{Loaded, load, progress, read_utf8};
@@ -58,9 +59,43 @@ pub struct QuantReportArgs {
     /// tokenizer, a fixed pseudo-random token sequence is used.
     #[arg(long)]
     pub calib: Option<PathBuf>,
+    /// More calibration text (UTF-8), appended to `--calib` (repeatable;
+    /// needs `--calib`).
+    #[arg(long)]
+    pub calib_extra: Vec<PathBuf>,
     /// Calibration window in tokens.
     #[arg(long, default_value_t = 512)]
     pub calib_ctx: usize,
+    /// Activation scales of the golden pass: `token` (the contract, one
+    /// scale per token) or `group` (one per quantization group: a contract
+    /// variant, docs/q35-format.md section 14).
+    #[arg(long, default_value = "token")]
+    pub act_scales: String,
+    /// SmoothQuant-style scale migration of strength ALPHA (0..=1), folded
+    /// into the norms and weights before calibration (docs section 14).
+    #[arg(long, value_name = "ALPHA")]
+    pub smooth: Option<f32>,
+    /// Search each block's scale against the calibration loss (the
+    /// covariance-weighted error after in-group GPTQ; docs section 14).
+    #[arg(long)]
+    pub scale_search: bool,
+    /// Group sizes of their own for some kinds of matrix, comma-separated
+    /// `KIND=G` with KIND one of attn_q, attn_k, attn_v, attn_output,
+    /// ffn_gate, ffn_up, ffn_down, output (the LM head); e.g. `--group 64
+    /// --group-of attn_k=128,attn_v=128` (docs section 14). Every size must
+    /// divide the largest.
+    #[arg(long, value_delimiter = ',', value_name = "KIND=G")]
+    pub group_of: Vec<String>,
+    /// Rotate ffn_down's input on line by a randomized block Hadamard
+    /// transform (groups of the largest group size, a power of two), the
+    /// weights rotated to match (a golden-pass variant, docs section 14).
+    #[arg(long)]
+    pub rotate_down: bool,
+    /// Rotate the attention's value/output path per head by a randomized
+    /// Hadamard matrix folded into attn_v and attn_output offline (no
+    /// run-time cost; docs section 14).
+    #[arg(long)]
+    pub rotate_vo: bool,
     /// Calibration rows kept per layer for the layer-output error.
     #[arg(long, default_value_t = CALIB_SAMPLES)]
     pub samples: usize,
@@ -100,6 +135,8 @@ struct Inputs {
     calib_source: String,
     /// Evaluation tokens (`--eval`).
     eval_tokens: Option<Vec<u32>>,
+    /// The accuracy methods (`--act-scales`, `--smooth`, `--scale-search`).
+    methods: Methods,
 }
 
 /// Everything [`measure`] found.
@@ -150,7 +187,18 @@ fn resolve(args: &QuantReportArgs) -> anyhow::Result<Inputs> {
     let loaded = load(&args.model, args.threads)?;
     let group = args.group.unwrap_or(loaded.quant.group_size as usize);
     let (calib_tokens, calib_source) = match &args.calib {
-        Some(p) => (loaded.text_tokens(&read_utf8(p)?), p.display().to_string()),
+        Some(p) => {
+            let mut tokens = loaded.text_tokens(&read_utf8(p)?);
+            let mut source = p.display().to_string();
+            for extra in &args.calib_extra {
+                tokens.extend(loaded.text_tokens(&read_utf8(extra)?));
+                source.push_str(&format!(" + {}", extra.display()));
+            }
+            (tokens, source)
+        }
+        None if !args.calib_extra.is_empty() => {
+            anyhow::bail!("--calib-extra needs --calib")
+        }
         None => (
             synthetic_tokens(SYNTHETIC_CALIB_TOKENS, loaded.model.config().vocab),
             format!("{SYNTHETIC_CALIB_TOKENS} pseudo-random tokens"),
@@ -163,6 +211,7 @@ fn resolve(args: &QuantReportArgs) -> anyhow::Result<Inputs> {
         Some(p) => Some(loaded.text_tokens(&read_utf8(p)?)),
         None => None,
     };
+    let methods = parse_methods(args)?;
     Ok(Inputs {
         loaded,
         schemes,
@@ -171,7 +220,53 @@ fn resolve(args: &QuantReportArgs) -> anyhow::Result<Inputs> {
         calib_tokens,
         calib_source,
         eval_tokens,
+        methods,
     })
+}
+
+/// The accuracy methods the flags ask for.
+fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
+    let act_scales = match args.act_scales.as_str() {
+        "token" => ActivationScales::PerToken,
+        "group" => ActivationScales::PerGroup,
+        s => anyhow::bail!("--act-scales {s}: expected token or group"),
+    };
+    if let Some(a) = args.smooth
+        && !(0.0..=1.0).contains(&a)
+    {
+        anyhow::bail!("--smooth {a}: the strength must be in 0..=1");
+    }
+    let mut methods = Methods {
+        act_scales,
+        smooth: args.smooth,
+        scale_search: args.scale_search,
+        rotate_down: args.rotate_down,
+        rotate_vo: args.rotate_vo,
+        ..Methods::default()
+    };
+    for item in &args.group_of {
+        let (kind, g) = item
+            .split_once('=')
+            .with_context(|| format!("--group-of {item}: expected KIND=G"))?;
+        let kind = [
+            LinearKind::Q,
+            LinearKind::K,
+            LinearKind::V,
+            LinearKind::AttnOutput,
+            LinearKind::Gate,
+            LinearKind::Up,
+            LinearKind::Down,
+            LinearKind::LmHead,
+        ]
+        .into_iter()
+        .find(|k| k.gguf_stem() == kind)
+        .with_context(|| format!("--group-of {item}: unknown matrix kind {kind}"))?;
+        let g: usize = g
+            .parse()
+            .with_context(|| format!("--group-of {item}: {g} is not a group size"))?;
+        methods.set_group(kind, g);
+    }
+    Ok(methods)
 }
 
 /// A fixed pseudo-random token sequence (SplitMix64).
@@ -225,13 +320,15 @@ fn calibrate<'m>(
     options: QuantOptions,
 ) -> anyhow::Result<QuantPipeline<'m>> {
     let t = Instant::now();
-    let pipeline = QuantPipeline::calibrate(
+    let pipeline = QuantPipeline::calibrate_with(
         &inputs.loaded.model,
         &inputs.calib_tokens,
         args.calib_ctx,
         args.samples,
         inputs.group,
         options,
+        inputs.methods,
+        &q35_quant::progress::silent,
     )
     .with_context(|| {
         format!(

@@ -18,6 +18,8 @@ pub struct LayerCalibration {
     /// Group size and per-group sums of `x_g x_g^T` (when recorded).
     cov: Option<(usize, Vec<Vec<f32>>)>,
     sum_sq: Vec<f64>,
+    /// Per channel: the largest |value| seen.
+    abs_max: Vec<f32>,
     tokens: u64,
     /// Reservoir sample of input rows, row-major.
     samples: Vec<f32>,
@@ -32,6 +34,7 @@ impl LayerCalibration {
             cols,
             cov: cov_group.map(|g| (g, zero_covariance(cols, g))),
             sum_sq: vec![0.0; cols],
+            abs_max: vec![0.0; cols],
             tokens: 0,
             samples: Vec::new(),
             rng: sampling_seed(id),
@@ -78,6 +81,9 @@ impl LayerCalibration {
         for (a, &v) in self.sum_sq.iter_mut().zip(row) {
             *a += f64::from(v) * f64::from(v);
         }
+        for (m, &v) in self.abs_max.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
     }
 
     /// Reservoir sampling: keeps `row` (the token number `self.tokens`)
@@ -95,6 +101,59 @@ impl LayerCalibration {
         }
     }
 
+    /// Rewrites the record as if the input had been rotated by
+    /// `R = H D` in groups of `group` channels (`D` = diag(`signs`), `H` the
+    /// unnormalised Walsh-Hadamard matrix; [`q35_contract::semantics::rotate_groups`]):
+    /// covariance sums become `R C R^T`, the squares behind the importance
+    /// their diagonal, and the sampled rows are rotated. The activation
+    /// maxima stay those of the unrotated input. Needs covariances recorded
+    /// at exactly `group`.
+    fn rotate(&mut self, signs: &[f32], group: usize) -> Result<(), ModelQuantError> {
+        let Some((g, blocks)) = self.cov.as_mut() else {
+            return Err(ModelQuantError::Input(
+                "rotation needs the input's covariance".into(),
+            ));
+        };
+        if *g != group || signs.len() != self.cols || !self.cols.is_multiple_of(group) {
+            return Err(ModelQuantError::Input(format!(
+                "rotation in groups of {group} needs covariances at that group over {} channels",
+                self.cols
+            )));
+        }
+        for (b, block) in blocks.iter_mut().enumerate() {
+            let s = &signs[b * group..(b + 1) * group];
+            let mut m: Vec<f64> = (0..group * group)
+                .map(|k| f64::from(block[k]) * f64::from(s[k / group] * s[k % group]))
+                .collect();
+            for row in m.chunks_exact_mut(group) {
+                hadamard_f64(row);
+            }
+            let mut col = vec![0f64; group];
+            for j in 0..group {
+                for i in 0..group {
+                    col[i] = m[i * group + j];
+                }
+                hadamard_f64(&mut col);
+                for i in 0..group {
+                    m[i * group + j] = col[i];
+                }
+            }
+            for (i, sq) in self.sum_sq[b * group..(b + 1) * group]
+                .iter_mut()
+                .enumerate()
+            {
+                *sq = m[i * group + i];
+            }
+            for (v, &x) in block.iter_mut().zip(&m) {
+                *v = x as f32;
+            }
+        }
+        for row in self.samples.chunks_exact_mut(self.cols) {
+            q35_contract::semantics::rotate_groups(row, signs, group);
+        }
+        Ok(())
+    }
+
     /// Input width.
     pub fn cols(&self) -> usize {
         self.cols
@@ -109,6 +168,12 @@ impl LayerCalibration {
     pub fn importance(&self) -> Vec<f32> {
         let n = self.tokens.max(1) as f64;
         self.sum_sq.iter().map(|&s| (s / n) as f32).collect()
+    }
+
+    /// Per-input-channel largest |activation| over every observed token
+    /// (what SmoothQuant-style scale migration balances).
+    pub fn abs_max(&self) -> &[f32] {
+        &self.abs_max
     }
 
     /// The mean in-group second moments, when recorded
@@ -241,6 +306,26 @@ impl Calibration {
         self.layers.get(&id)
     }
 
+    /// Rewrites the records of every layer of `kind` (which must hold
+    /// their own covariance, e.g. `ffn_down`) for an input rotated by
+    /// [`q35_contract::semantics::rotate_groups`] with `signs` in groups of
+    /// `group`.
+    pub fn rotate_input(
+        &mut self,
+        kind: LinearKind,
+        signs: &[f32],
+        group: usize,
+    ) -> Result<(), ModelQuantError> {
+        for (id, layer) in self.layers.iter_mut() {
+            if id.kind == kind {
+                layer
+                    .rotate(signs, group)
+                    .map_err(|e| ModelQuantError::Input(format!("{id}: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The in-group covariance of layer `id`'s input, if recorded.
     pub fn covariance(&self, id: LinearId) -> Option<GroupCovariance> {
         self.layers.get(&cov_source(id))?.covariance()
@@ -289,4 +374,21 @@ fn cov_source(id: LinearId) -> LinearId {
         k => k,
     };
     LinearId { kind, ..id }
+}
+
+/// The unnormalised Walsh-Hadamard transform in f64, in place (the order of
+/// [`q35_contract::semantics::hadamard_in_place`]).
+pub(crate) fn hadamard_f64(x: &mut [f64]) {
+    let n = x.len();
+    let mut h = 1;
+    while h < n {
+        for i in (0..n).step_by(2 * h) {
+            for j in i..i + h {
+                let (a, b) = (x[j], x[j + h]);
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+        }
+        h *= 2;
+    }
 }

@@ -4,8 +4,8 @@
 
 use q35_reference::{LinearId, Model};
 
-use super::{Calibration, ModelQuantError, SchemePolicy};
-use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq, quantize_with};
+use super::{Calibration, Methods, ModelQuantError, SchemePolicy};
+use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq_with, quantize_with};
 use crate::{QuantScheme, QuantizedMatrix};
 
 /// One quantized matrix of a model.
@@ -49,18 +49,48 @@ pub fn layer_shape(model: &Model, id: LinearId) -> Option<(usize, usize)> {
 pub fn quantize_layer(
     id: LinearId,
     weights: &[f32],
-    (rows, cols): (usize, usize),
+    shape: (usize, usize),
     scheme: QuantScheme,
     group_size: usize,
     calib: Option<&Calibration>,
     options: QuantOptions,
 ) -> Result<QuantizedMatrix, ModelQuantError> {
+    quantize_layer_with(
+        id, weights, shape, scheme, group_size, calib, options, false,
+    )
+}
+
+/// [`quantize_layer`], with the per-group scale search of
+/// [`crate::quantize::quantize_gptq_with`] when `scale_search` is set (and
+/// the layer gets in-group error compensation).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "quantize_layer plus the search switch"
+)]
+pub fn quantize_layer_with(
+    id: LinearId,
+    weights: &[f32],
+    (rows, cols): (usize, usize),
+    scheme: QuantScheme,
+    group_size: usize,
+    calib: Option<&Calibration>,
+    options: QuantOptions,
+    scale_search: bool,
+) -> Result<QuantizedMatrix, ModelQuantError> {
     let importance = layer_importance(id, scheme, calib)?;
     let cov = layer_covariance(id, scheme, group_size, calib);
     match (cov, importance.as_deref()) {
-        (Some(cov), Some(imp)) => {
-            quantize_gptq(weights, rows, cols, scheme, group_size, imp, &cov, options)
-        }
+        (Some(cov), Some(imp)) => quantize_gptq_with(
+            weights,
+            rows,
+            cols,
+            scheme,
+            group_size,
+            imp,
+            &cov,
+            options,
+            scale_search,
+        ),
         (_, imp) => quantize_with(weights, rows, cols, scheme, group_size, imp, options),
     }
     .map_err(|source| ModelQuantError::Layer {
@@ -115,13 +145,14 @@ pub fn quantize_model(
     calib: Option<&Calibration>,
     options: QuantOptions,
 ) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
-    quantize_model_with_progress(
+    quantize_model_with(
         model,
         weights,
         policy,
         group_size,
         calib,
         options,
+        &Methods::default(),
         &crate::progress::silent,
     )
 }
@@ -136,6 +167,36 @@ pub fn quantize_model_with_progress(
     options: QuantOptions,
     progress: &dyn Fn(crate::Progress<'_>),
 ) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
+    quantize_model_with(
+        model,
+        weights,
+        policy,
+        group_size,
+        calib,
+        options,
+        &Methods::default(),
+        progress,
+    )
+}
+
+/// [`quantize_model`] with the quantizer's accuracy `methods` (the
+/// per-group scale search ([`quantize_layer_with`]) and per-kind group
+/// sizes ([`Methods::group_of`], `group_size` for the others)), reporting
+/// each matrix to `progress` as it is done.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "quantize_model's inputs, the methods and the progress callback"
+)]
+pub fn quantize_model_with(
+    model: &Model,
+    weights: &[(LinearId, Vec<f32>)],
+    policy: SchemePolicy,
+    group_size: usize,
+    calib: Option<&Calibration>,
+    options: QuantOptions,
+    methods: &Methods,
+    progress: &dyn Fn(crate::Progress<'_>),
+) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
     let total = weights
         .iter()
         .filter(|(id, _)| policy.scheme_of(*id).is_some())
@@ -147,7 +208,16 @@ pub fn quantize_model_with_progress(
         };
         let shape =
             layer_shape(model, *id).ok_or_else(|| ModelQuantError::NoWeights(id.to_string()))?;
-        let matrix = quantize_layer(*id, w, shape, scheme, group_size, calib, options)?;
+        let matrix = quantize_layer_with(
+            *id,
+            w,
+            shape,
+            scheme,
+            methods.group_of(id.kind).unwrap_or(group_size),
+            calib,
+            options,
+            methods.scale_search,
+        )?;
         out.push(QuantizedLayer { id: *id, matrix });
         progress(crate::Progress::Item {
             done: out.len(),

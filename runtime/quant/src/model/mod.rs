@@ -14,7 +14,9 @@
 //! `layers` (quantizing every matrix), `linear` ([`QuantLinear`], installing
 //! and restoring layers), `report` (per-tensor errors), `logits` (the
 //! reference's logits and the scoring of candidates against them) and
-//! `pipeline` ([`QuantPipeline`]).
+//! `pipeline` ([`QuantPipeline`], [`Methods`]), `smooth` (scale
+//! migration, [`smooth_model`]) and `rotate` (the offline V/O rotation,
+//! [`rotate_vo_model`]).
 
 mod calibration;
 mod layers;
@@ -23,17 +25,21 @@ mod logits;
 mod pipeline;
 mod policy;
 mod report;
+mod rotate;
+mod smooth;
 
 pub use calibration::{Calibration, LayerCalibration};
 pub use layers::{
-    QuantizedLayer, layer_shape, model_weights, quantize_layer, quantize_model,
-    quantize_model_with_progress,
+    QuantizedLayer, layer_shape, model_weights, quantize_layer, quantize_layer_with,
+    quantize_model, quantize_model_with, quantize_model_with_progress,
 };
 pub use linear::{QuantLinear, SavedLayers, install, restore};
 pub use logits::{EvalReport, ReferenceLogits};
-pub use pipeline::QuantPipeline;
+pub use pipeline::{Methods, QuantPipeline};
 pub use policy::{HeadPolicy, SchemePolicy};
 pub use report::{TensorReport, tensor_report};
+pub use rotate::rotate_vo_model;
+pub use smooth::smooth_model;
 
 use q35_reference::ReferenceError;
 

@@ -1,13 +1,67 @@
 //! [`QuantPipeline`]: the one way the driver calibrates, quantizes and
 //! evaluates a model.
 
-use q35_reference::{LinearId, Model};
+use std::sync::Arc;
+
+use q35_contract::golden::ActivationScales;
+use q35_reference::{LinearId, LinearKind, Model};
 
 use super::{
     Calibration, EvalReport, ModelQuantError, QuantizedLayer, ReferenceLogits, SchemePolicy,
-    model_weights, quantize_model_with_progress,
+    model_weights, quantize_model_with, rotate_vo_model, smooth_model,
 };
 use crate::quantize::QuantOptions;
+
+/// Accuracy methods beyond today's contract and quantizer
+/// (docs/q35-format.md section 14), each off by default, so
+/// `Methods::default()` is exactly the pipeline without them.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Methods {
+    /// How the golden pass quantizes activations (the per-group variant
+    /// changes the integer semantics; per token is the contract).
+    pub act_scales: ActivationScales,
+    /// SmoothQuant-style scale migration of this strength (0..=1), folded
+    /// into norms and weights before calibration ([`smooth_model`]).
+    pub smooth: Option<f32>,
+    /// Per-group scale search against the calibration loss: each block's
+    /// scale is chosen among candidates by the in-group GPTQ result's
+    /// covariance-weighted output error, not by the per-weight error.
+    pub scale_search: bool,
+    /// Group sizes of their own for some kinds of matrix (indexed by
+    /// `LinearKind as usize`; `None`: the pipeline's group size): bits
+    /// allocated between matrices. Set with [`Methods::set_group`].
+    pub group_overrides: [Option<usize>; 8],
+    /// Rotate `ffn_down`'s input on line by a randomized block Hadamard
+    /// transform in groups of the covariance group (a power of two), with
+    /// the weights rotated to match (QuaRot-style; a golden-pass variant).
+    pub rotate_down: bool,
+    /// Rotate the attention's value/output path by a randomized Hadamard
+    /// matrix per head, folded into `attn_v` and `attn_output` offline
+    /// ([`rotate_vo_model`]; no run-time cost).
+    pub rotate_vo: bool,
+}
+
+impl Methods {
+    /// The group size of `kind`'s matrices, when it has its own.
+    pub fn group_of(&self, kind: LinearKind) -> Option<usize> {
+        self.group_overrides[kind as usize]
+    }
+
+    /// Gives `kind`'s matrices group size `group`.
+    pub fn set_group(&mut self, kind: LinearKind, group: usize) {
+        self.group_overrides[kind as usize] = Some(group);
+    }
+
+    /// The group size covariances are recorded at: the largest of `base`
+    /// and every override (the others must divide it, so GPTQ spans whole
+    /// groups).
+    fn covariance_group(&self, base: usize) -> usize {
+        self.group_overrides
+            .iter()
+            .flatten()
+            .fold(base, |a, &g| a.max(g))
+    }
+}
 
 /// The one way a model is quantized and evaluated (`q35c eval --quant` and
 /// `q35c quant-report` both go through it, so they report the same figures):
@@ -21,10 +75,16 @@ use crate::quantize::QuantOptions;
 #[derive(Debug, Clone)]
 pub struct QuantPipeline<'m> {
     model: &'m Model,
+    /// The rewritten model (scale migration), when a method rewrites it.
+    rewritten: Option<Arc<Model>>,
     group_size: usize,
     calib: Calibration,
     weights: Vec<(LinearId, Vec<f32>)>,
     options: QuantOptions,
+    methods: Methods,
+    /// The on-line rotation of `ffn_down`'s input (signs, group), with
+    /// [`Methods::rotate_down`].
+    rotation: Option<(Arc<[f32]>, usize)>,
 }
 
 impl<'m> QuantPipeline<'m> {
@@ -40,13 +100,14 @@ impl<'m> QuantPipeline<'m> {
         group_size: usize,
         options: QuantOptions,
     ) -> Result<QuantPipeline<'m>, ModelQuantError> {
-        QuantPipeline::calibrate_with_progress(
+        QuantPipeline::calibrate_with(
             model,
             tokens,
             window,
             samples,
             group_size,
             options,
+            Methods::default(),
             &crate::progress::silent,
         )
     }
@@ -62,18 +123,102 @@ impl<'m> QuantPipeline<'m> {
         options: QuantOptions,
         progress: &dyn Fn(crate::Progress<'_>),
     ) -> Result<QuantPipeline<'m>, ModelQuantError> {
+        QuantPipeline::calibrate_with(
+            model,
+            tokens,
+            window,
+            samples,
+            group_size,
+            options,
+            Methods::default(),
+            progress,
+        )
+    }
+
+    /// [`QuantPipeline::calibrate`] with accuracy `methods`, reporting each
+    /// calibration window to `progress`. With scale migration the model is
+    /// first calibrated as it is (activation maxima), rewritten, then
+    /// calibrated again; everything after that (quantization, the golden
+    /// model) uses the rewritten model.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "calibrate's inputs, the methods and the progress callback"
+    )]
+    pub fn calibrate_with(
+        model: &'m Model,
+        tokens: &[u32],
+        window: usize,
+        samples: usize,
+        group_size: usize,
+        options: QuantOptions,
+        methods: Methods,
+        progress: &dyn Fn(crate::Progress<'_>),
+    ) -> Result<QuantPipeline<'m>, ModelQuantError> {
         let window = window.min(model.config().context);
-        let calib = Calibration::run_with_covariance_progress(
-            model, tokens, window, samples, group_size, progress,
+        let cov_group = methods.covariance_group(group_size);
+        if let Some(g) = std::iter::once(group_size)
+            .chain(methods.group_overrides.iter().flatten().copied())
+            .find(|&g| g == 0 || !cov_group.is_multiple_of(g))
+        {
+            return Err(ModelQuantError::Input(format!(
+                "group size {g} does not divide the largest group size {cov_group}"
+            )));
+        }
+        let rewritten = match methods.smooth {
+            Some(alpha) => {
+                let first = Calibration::run(model, tokens, window, 0)?;
+                Some(Arc::new(smooth_model(model, &first, alpha)?))
+            }
+            None => None,
+        };
+        let rewritten = match (methods.rotate_vo, rewritten) {
+            (true, Some(m)) => Some(Arc::new(rotate_vo_model(&m)?)),
+            (true, None) => Some(Arc::new(rotate_vo_model(model)?)),
+            (false, r) => r,
+        };
+        let m = rewritten.as_deref().unwrap_or(model);
+        let mut calib = Calibration::run_with_covariance_progress(
+            m, tokens, window, samples, cov_group, progress,
         )?;
-        let weights = model_weights(model)?;
+        let mut weights = model_weights(m)?;
+        let rotation = if methods.rotate_down {
+            let ffn = m.config().ffn;
+            if !cov_group.is_power_of_two() || !ffn.is_multiple_of(cov_group) {
+                return Err(ModelQuantError::Input(format!(
+                    "the ffn_down rotation works in groups of {cov_group}, which must be a power of two dividing {ffn}"
+                )));
+            }
+            let signs: Arc<[f32]> = rotation_signs(ffn).into();
+            calib.rotate_input(LinearKind::Down, &signs, cov_group)?;
+            for (id, w) in &mut weights {
+                if id.kind == LinearKind::Down {
+                    rotate_columns(w, ffn, &signs, cov_group);
+                }
+            }
+            Some((signs, cov_group))
+        } else {
+            None
+        };
         Ok(QuantPipeline {
             model,
+            rewritten,
             group_size,
             calib,
             weights,
             options,
+            methods,
+            rotation,
         })
+    }
+
+    /// The model quantized: the given one, or its rewrite.
+    pub fn model(&self) -> &Model {
+        self.rewritten.as_deref().unwrap_or(self.model)
+    }
+
+    /// The accuracy methods in use.
+    pub fn methods(&self) -> Methods {
+        self.methods
     }
 
     /// The calibration record.
@@ -102,13 +247,14 @@ impl<'m> QuantPipeline<'m> {
         policy: SchemePolicy,
         progress: &dyn Fn(crate::Progress<'_>),
     ) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
-        quantize_model_with_progress(
-            self.model,
+        quantize_model_with(
+            self.model(),
             &self.weights,
             policy,
             self.group_size,
             Some(&self.calib),
             self.options,
+            &self.methods,
             progress,
         )
     }
@@ -120,7 +266,46 @@ impl<'m> QuantPipeline<'m> {
         layers: &[QuantizedLayer],
         reference: &ReferenceLogits,
     ) -> Result<EvalReport, ModelQuantError> {
-        let golden = crate::golden::from_reference(self.model, layers, reference.ctx())?;
+        let golden = crate::golden::from_reference(self.model(), layers, reference.ctx())?
+            .with_activation_scales(self.methods.act_scales)?;
+        let golden = match &self.rotation {
+            Some((signs, group)) => golden.with_down_rotation(signs.clone(), *group)?,
+            None => golden,
+        };
         reference.compare_golden(&golden)
+    }
+}
+
+/// The fixed `+-1` signs of the `ffn_down` rotation (SplitMix64, seed
+/// 0x5154_4152, one bit per channel).
+pub(crate) fn rotation_signs(n: usize) -> Vec<f32> {
+    let mut state = 0x5154_4152_u64;
+    (0..n)
+        .map(|_| {
+            if q35_reference::splitmix64(&mut state) >> 63 == 0 {
+                1.0
+            } else {
+                -1.0
+            }
+        })
+        .collect()
+}
+
+/// Every row of `w` (`cols` wide) as `W' = W D H / group` per group
+/// (`D` = diag(`signs`), `H` the unnormalised Walsh-Hadamard matrix), so
+/// that `W' (H D x) = W x`: the weights that read a rotated input. In f64,
+/// rounded once to f32.
+fn rotate_columns(w: &mut [f32], cols: usize, signs: &[f32], group: usize) {
+    let mut buf = vec![0f64; group];
+    for row in w.chunks_exact_mut(cols) {
+        for (part, s) in row.chunks_exact_mut(group).zip(signs.chunks_exact(group)) {
+            for ((b, &v), &sg) in buf.iter_mut().zip(part.iter()).zip(s) {
+                *b = f64::from(v) * f64::from(sg);
+            }
+            super::calibration::hadamard_f64(&mut buf);
+            for (v, &b) in part.iter_mut().zip(&buf) {
+                *v = (b / group as f64) as f32;
+            }
+        }
     }
 }

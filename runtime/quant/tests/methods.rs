@@ -1,0 +1,271 @@
+//! The accuracy methods of docs/q35-format.md section 14 on synthetic data:
+//! scale migration keeps the f32 model's function, per-group activation
+//! scales run as the golden pass and change only the activation rounding,
+//! and the per-group scale search never raises the error it minimises.
+
+mod common;
+
+use common::SplitMix64;
+use q35_contract::golden::ActivationScales;
+use q35_quant::QuantScheme;
+use q35_quant::golden::from_reference;
+use q35_quant::metrics::{channel_importance, layer_output_error};
+use q35_quant::model::{
+    Calibration, Methods, QuantPipeline, ReferenceLogits, SchemePolicy, rotate_vo_model,
+    smooth_model,
+};
+use q35_quant::quantize::{GroupCovariance, QuantOptions, quantize_gptq, quantize_gptq_with};
+use q35_reference::{Logits, Model};
+
+fn tokens(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 91 + 7) % 256).collect()
+}
+
+fn logits(model: &Model, toks: &[u32]) -> Vec<f32> {
+    let mut s = model.new_session_with_capacity(toks.len()).unwrap();
+    model.forward(&mut s, toks, Logits::All).unwrap()
+}
+
+#[test]
+fn smoothing_keeps_the_f32_model() {
+    let model = common::tiny_model(5);
+    let toks = tokens(24);
+    let calib = Calibration::run(&model, &toks, 24, 0).unwrap();
+    for alpha in [0.0, 0.5, 0.8] {
+        let smooth = smooth_model(&model, &calib, alpha).unwrap();
+        let (a, b) = (logits(&model, &toks), logits(&smooth, &toks));
+        let num: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| f64::from(x - y).powi(2))
+            .sum();
+        let den: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum();
+        let rel = (num / den).sqrt();
+        assert!(rel < 1e-5, "alpha {alpha}: relative logit change {rel}");
+        // The norms did change (unless alpha = 0 happens to give 1s).
+        if alpha > 0.0 {
+            assert_ne!(model.blocks()[0].attn_norm, smooth.blocks()[0].attn_norm);
+        }
+    }
+    assert!(smooth_model(&model, &calib, 1.5).is_err());
+    // The V/O rotation is orthogonal and folded both ways: same function.
+    let rot = rotate_vo_model(&model).unwrap();
+    let (a, b) = (logits(&model, &toks), logits(&rot, &toks));
+    let num: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| f64::from(x - y).powi(2))
+        .sum();
+    let den: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum();
+    assert!((num / den).sqrt() < 1e-5, "V/O rotation changed the logits");
+    let v = |m: &Model| {
+        m.linear(q35_reference::LinearId {
+            block: Some(0),
+            kind: q35_reference::LinearKind::V,
+        })
+        .unwrap()
+        .weights_f32()
+        .unwrap()
+        .into_owned()
+    };
+    assert_ne!(v(&model), v(&rot));
+}
+
+#[test]
+fn per_group_activation_scales_run_as_the_golden_pass() {
+    let model = common::tiny_model(9);
+    let toks = tokens(48);
+    let r = ReferenceLogits::compute(&model, &toks, 16, None).unwrap();
+    let opts = QuantOptions { threads: 2 };
+    let run = |methods: Methods| {
+        let p = QuantPipeline::calibrate_with(
+            &model,
+            &toks[..32],
+            16,
+            8,
+            32,
+            opts,
+            methods,
+            &q35_quant::progress::silent,
+        )
+        .unwrap();
+        let layers = p
+            .quantize(SchemePolicy::uniform(QuantScheme::Int8))
+            .unwrap();
+        (p.evaluate(&layers, &r).unwrap(), layers)
+    };
+    let (token, layers) = run(Methods::default());
+    let (group, layers_g) = run(Methods {
+        act_scales: ActivationScales::PerGroup,
+        ..Methods::default()
+    });
+    // Same weights (the variant changes only the golden pass); int8 weights
+    // leave mostly the activation rounding, which finer scales shrink.
+    for (a, b) in layers.iter().zip(&layers_g) {
+        assert_eq!(a.matrix, b.matrix);
+    }
+    println!(
+        "int8 KLD: per token {}, per group {}",
+        token.mean_kld, group.mean_kld
+    );
+    assert!(group.mean_kld > 0.0 && group.mean_kld < token.mean_kld);
+    // The default golden model is per token; the variant needs one group
+    // size everywhere.
+    let golden = from_reference(&model, &layers, 16).unwrap();
+    assert_eq!(golden.activation_scales(), ActivationScales::PerToken);
+    assert!(
+        golden
+            .with_activation_scales(ActivationScales::PerGroup)
+            .is_ok()
+    );
+}
+
+#[test]
+fn rotating_ffn_down_keeps_the_model() {
+    let model = common::tiny_model(9);
+    let toks = tokens(48);
+    let r = ReferenceLogits::compute(&model, &toks, 16, None).unwrap();
+    let opts = QuantOptions { threads: 2 };
+    let run = |methods: Methods| {
+        let p = QuantPipeline::calibrate_with(
+            &model,
+            &toks[..32],
+            16,
+            8,
+            32,
+            opts,
+            methods,
+            &q35_quant::progress::silent,
+        )
+        .unwrap();
+        let layers = p
+            .quantize(SchemePolicy::uniform(QuantScheme::Int8))
+            .unwrap();
+        p.evaluate(&layers, &r).unwrap()
+    };
+    let plain = run(Methods::default());
+    let rotated = run(Methods {
+        rotate_down: true,
+        ..Methods::default()
+    });
+    // int8 weights of the rotated ffn_down on the rotated input compute the
+    // same function: the KL divergence stays at the int8 level (a wrong
+    // transform would make it large).
+    println!(
+        "int8 KLD: plain {}, ffn_down rotated {}",
+        plain.mean_kld, rotated.mean_kld
+    );
+    assert!(rotated.mean_kld < 2.0 * plain.mean_kld + 1e-4);
+    // The rotation group must be a power of two dividing ffn (128 here).
+    let mut bad = Methods {
+        rotate_down: true,
+        ..Methods::default()
+    };
+    bad.set_group(q35_reference::LinearKind::LmHead, 48);
+    assert!(
+        QuantPipeline::calibrate_with(
+            &model,
+            &toks,
+            16,
+            8,
+            16,
+            opts,
+            bad,
+            &q35_quant::progress::silent
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn scale_search_never_raises_the_weighted_error() {
+    const ROWS: usize = 64;
+    const COLS: usize = 128;
+    const G: usize = 64;
+    let mut rng = SplitMix64(21);
+    let w = rng.gaussians(ROWS * COLS, 0.05);
+    let scale: Vec<f32> = (0..COLS)
+        .map(|_| (rng.gaussian() * 0.8).exp() as f32)
+        .collect();
+    let xs: Vec<f32> = (0..1000)
+        .flat_map(|_| {
+            let z = rng.gaussians(COLS + 2, 1.0);
+            (0..COLS)
+                .map(|j| (z[j] + 0.7 * z[j + 1] + 0.5 * z[j + 2]) * scale[j])
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let imp = channel_importance(&xs, COLS).unwrap();
+    let blocks = (0..COLS / G)
+        .map(|g| {
+            let mut b = vec![0f32; G * G];
+            for x in xs.chunks_exact(COLS) {
+                for i in 0..G {
+                    for j in 0..G {
+                        b[i * G + j] += x[g * G + i] * x[g * G + j] / 1000.0;
+                    }
+                }
+            }
+            b
+        })
+        .collect();
+    let cov = GroupCovariance {
+        group_size: G,
+        cols: COLS,
+        blocks,
+    };
+    let opts = QuantOptions { threads: 2 };
+    let plain = quantize_gptq(&w, ROWS, COLS, QuantScheme::Q35, G, &imp, &cov, opts).unwrap();
+    let searched =
+        quantize_gptq_with(&w, ROWS, COLS, QuantScheme::Q35, G, &imp, &cov, opts, true).unwrap();
+    let off =
+        quantize_gptq_with(&w, ROWS, COLS, QuantScheme::Q35, G, &imp, &cov, opts, false).unwrap();
+    assert_eq!(plain, off, "the search off is quantize_gptq");
+    assert_eq!(plain.slot_mask(), searched.slot_mask());
+    assert_ne!(
+        plain.scales(),
+        searched.scales(),
+        "some block changed scale"
+    );
+    // The calibration-set output error is what the search lowers, block by
+    // block (its `e^T C e` summed is this error's numerator).
+    let e = |m: &q35_quant::QuantizedMatrix| {
+        layer_output_error(&w, &m.dequantize(), ROWS, COLS, &xs, 2).unwrap()
+    };
+    let (ep, es) = (e(&plain), e(&searched));
+    println!("calibration output error: gptq {ep:.5}, + scale search {es:.5}");
+    assert!(es <= ep, "search {es} vs plain {ep}");
+    // A span of two groups scales both groups by one factor per row.
+    let wide = GroupCovariance {
+        group_size: 2 * G,
+        cols: COLS,
+        blocks: vec![vec![0.0; 4 * G * G]],
+    };
+    let zero =
+        quantize_gptq_with(&w, ROWS, COLS, QuantScheme::Q35, G, &imp, &wide, opts, true).unwrap();
+    // A zero covariance means no GPTQ and nothing to search: plain rounding.
+    let rtn =
+        q35_quant::quantize::quantize_with(&w, ROWS, COLS, QuantScheme::Q35, G, Some(&imp), opts)
+            .unwrap();
+    assert_eq!(zero, rtn);
+    // With a real two-group covariance the search lowers the error too.
+    let mut span = vec![0f32; COLS * COLS];
+    for x in xs.chunks_exact(COLS) {
+        for i in 0..COLS {
+            for j in 0..COLS {
+                span[i * COLS + j] += x[i] * x[j] / 1000.0;
+            }
+        }
+    }
+    let wide = GroupCovariance {
+        group_size: COLS,
+        cols: COLS,
+        blocks: vec![span],
+    };
+    let plain = quantize_gptq(&w, ROWS, COLS, QuantScheme::Q35, G, &imp, &wide, opts).unwrap();
+    let searched =
+        quantize_gptq_with(&w, ROWS, COLS, QuantScheme::Q35, G, &imp, &wide, opts, true).unwrap();
+    let (ep, es) = (e(&plain), e(&searched));
+    println!("two-group spans: gptq {ep:.5}, + scale search {es:.5}");
+    assert!(es <= ep, "search {es} vs plain {ep}");
+}
