@@ -1,5 +1,5 @@
 //! Writes the seed corpora under `fuzz/corpus/<target>/` from real files:
-//! `cargo run -p q35-fuzz --example make_corpus -- [LPUASM_DIR...]`.
+//! `cargo run -p q35-fuzz --example make_corpus -- [LPUASM_DIR...] [--model FILE.lpubin]`.
 //!
 //! - `gguf`: GGUF images written by q35-gguf's writer (the tiny model of the
 //!   `model_toml` harness; one tensor of every type the
@@ -14,7 +14,11 @@
 //! - `lpuasm`: the `.lpuasm` files in the directories given (the simulator's
 //!   lit tests) and the example of docs/isa.md; `lpubin`: each of those that
 //!   assembles for lpu-v1, written by `Program::to_lpubin`; `isa_decode`: the
-//!   instruction words of those binaries; `isa_program`: their first 2 KiB.
+//!   instruction words of those binaries; `isa_program` and `sim_program`:
+//!   their first 2 KiB.
+//! - `lpubin_model` (with `--model FILE.lpubin`, a compiled model such as
+//!   `q35c compile examples/tiny.toml --context 1`): that model without its
+//!   debug map and most of its MEM image, with a tokenizer section.
 //!
 //! Existing files are overwritten; nothing else is removed.
 
@@ -37,7 +41,7 @@ fn ramp(n: usize) -> Vec<f32> {
     (0..n).map(|i| (i as f32 - n as f32 / 2.0) / 7.0).collect()
 }
 
-fn gguf_seeds() {
+fn gguf_seeds() -> Vec<u8> {
     // Every dequantized type, and one (Q6_K) only validated.
     let mut w = GgufWriter::new();
     w.metadata("general.architecture", Value::String("llama".into()));
@@ -101,7 +105,8 @@ fn gguf_seeds() {
         "tokenizer.chat_template",
         Value::String("{% for m in messages %}{{ m['content'] }}{% endfor %}".into()),
     );
-    put("gguf", "tokenizer.gguf", &w.to_bytes());
+    let tokenizer = w.to_bytes();
+    put("gguf", "tokenizer.gguf", &tokenizer);
 
     // The tiny model (architecture keys and every tensor).
     let full = q35_fuzz::tiny_gguf_bytes();
@@ -112,6 +117,7 @@ fn gguf_seeds() {
         Ok(bytes) => put("gguf", "smollm2-prefix16k.gguf", &bytes[..16 << 10]),
         Err(e) => eprintln!("skipping the SmolLM2 prefix: {}: {e}", smollm2.display()),
     }
+    tokenizer
 }
 
 fn model_toml_seeds() {
@@ -271,19 +277,91 @@ fn isa_seeds(dirs: &[String]) {
         if !words.is_empty() {
             put("isa_decode", &format!("{stem}.words"), &words);
             // The generator reads any bytes; real words are a start.
-            put(
-                "isa_program",
-                &format!("{stem}.bytes"),
-                &words[..words.len().min(2048)],
-            );
+            for target in ["isa_program", "sim_program"] {
+                put(
+                    target,
+                    &format!("{stem}.bytes"),
+                    &words[..words.len().min(2048)],
+                );
+            }
         }
     }
 }
 
+/// The `lpubin_model` seed from a compiled model (`q35c compile
+/// examples/tiny.toml --context 1`): without its debug map and with only its
+/// first MEM extents ([`q35_fuzz::trim_model`]), so it stays small enough to
+/// commit, plus a tokenizer section (the tokenizer-only GGUF above) and its
+/// chat template in the metadata, so the host's tokenizer and template
+/// readers are reached too.
+fn model_seeds(model: &Path, tokenizer: &[u8]) {
+    let bin = q35_lpubin::LpuBinary::open(model).expect("read the compiled model");
+    let trimmed = q35_fuzz::trim_model(&bin, 8);
+    let trimmed = q35_lpubin::LpuBinary::from_bytes(trimmed).expect("trimmed model reads");
+    let mut meta = trimmed
+        .metadata()
+        .cloned()
+        .expect("a compiled model has metadata");
+    meta.insert(
+        "chat_template".into(),
+        serde_json::Value::String(
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                .into(),
+        ),
+    );
+    let mut b = q35_lpubin::Builder::new(
+        trimmed.target_name(),
+        *trimmed.target_hash(),
+        trimmed.producer(),
+    );
+    for q in trimmed.queues() {
+        b.queue(q.id(), q.words().to_vec());
+    }
+    if let Some(mem) = trimmed.mem() {
+        b.mem_word_bytes(mem.word_bytes());
+        for e in mem.extents() {
+            b.mem_extent(e.range.slice, e.range.first_word, e.bytes.to_vec());
+        }
+    }
+    for s in trimmed.symbols() {
+        b.symbol(s.clone());
+    }
+    b.metadata(meta);
+    b.tokenizer(tokenizer.to_vec());
+    for (name, bytes) in trimmed.tables() {
+        b.table(name, bytes.to_vec());
+    }
+    if let Some(e) = trimmed.embedding() {
+        b.embedding(e.encoding, e.rows, e.cols, e.data.to_vec());
+    }
+    let name = model
+        .file_stem()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
+    put(
+        "lpubin_model",
+        &format!("{name}.lpubin"),
+        &b.to_bytes().expect("encode"),
+    );
+}
+
 fn main() {
-    let dirs: Vec<String> = std::env::args().skip(1).collect();
-    gguf_seeds();
+    let mut dirs = Vec::new();
+    let mut model = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--model" {
+            model = Some(PathBuf::from(args.next().expect("--model FILE.lpubin")));
+        } else {
+            dirs.push(a);
+        }
+    }
+    let tokenizer = gguf_seeds();
     model_toml_seeds();
     tokenizer_seeds();
     isa_seeds(&dirs);
+    if let Some(m) = model {
+        model_seeds(&m, &tokenizer);
+    }
 }

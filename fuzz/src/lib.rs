@@ -22,6 +22,7 @@ mod isa;
 mod lpubin;
 mod model;
 mod program;
+mod sim;
 mod tokenizer;
 
 pub use gguf::gguf;
@@ -29,6 +30,7 @@ pub use isa::{isa_decode, lpuasm};
 pub use lpubin::{fix_lpubin_crcs, lpubin};
 pub use model::{model_toml, tiny_gguf_bytes};
 pub use program::{isa_program, program_from_bytes};
+pub use sim::{MODEL_MAX_CYCLES, SIM_MAX_CYCLES, lpubin_model, sim_program, trim_model};
 pub use tokenizer::{chat_template, smollm2, tokenizer_decode, tokenizer_encode};
 
 /// A harness: takes any bytes, panics only when a promise is broken, and
@@ -48,6 +50,8 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("lpubin", lpubin),
     ("isa_decode", isa_decode),
     ("isa_program", isa_program),
+    ("sim_program", sim_program),
+    ("lpubin_model", lpubin_model),
 ];
 
 /// Asserts that an error renders to a non-empty message (every door's

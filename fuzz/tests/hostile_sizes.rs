@@ -130,3 +130,64 @@ fn million_token_prompt_encodes() {
     assert_eq!(tok.decode(&ids), text);
     assert!(start.elapsed().as_secs() < 60, "took {:?}", start.elapsed());
 }
+
+/// The `lpubin_model` seed (the tiny model compiled at context 1) with its
+/// metadata's `ctx` and its `attn_mask` symbol declaring `ctx` positions.
+fn model_with_ctx(ctx: u32) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/lpubin_model/tiny-c1.lpubin");
+    let bin = LpuBinary::open(&path).expect("the lpubin_model seed");
+    let mut b = q35_lpubin::Builder::new(bin.target_name(), *bin.target_hash(), bin.producer());
+    for q in bin.queues() {
+        b.queue(q.id(), q.words().to_vec());
+    }
+    if let Some(mem) = bin.mem() {
+        b.mem_word_bytes(mem.word_bytes());
+        for e in mem.extents() {
+            b.mem_extent(e.range.slice, e.range.first_word, e.bytes.to_vec());
+        }
+    }
+    for s in bin.symbols() {
+        let mut s = s.clone();
+        if s.name == "attn_mask" {
+            s.shape = vec![u64::from(ctx)];
+        }
+        b.symbol(s);
+    }
+    let mut meta = bin.metadata().cloned().expect("metadata");
+    meta.insert("ctx".into(), ctx.into());
+    b.metadata(meta);
+    if let Some(t) = bin.tokenizer() {
+        b.tokenizer(t.to_vec());
+    }
+    for (name, bytes) in bin.tables() {
+        b.table(name, bytes.to_vec());
+    }
+    if let Some(e) = bin.embedding() {
+        b.embedding(e.encoding, e.rows, e.cols, e.data.to_vec());
+    }
+    b.to_bytes().expect("encode")
+}
+
+/// A compiled model whose metadata claims four billion positions (and whose
+/// `attn_mask` symbol agrees): the host sized its attention mask by `ctx`
+/// (16 GB of f32) when it opened the session. Positions are u16 on the
+/// device, so the metadata reader refuses more than 2^16.
+#[test]
+fn compiled_model_of_four_billion_positions() {
+    let bytes = model_with_ctx(u32::MAX);
+    let bin = LpuBinary::from_bytes(bytes.clone()).expect("a well-formed binary");
+    let e = q35_host::HostMeta::from_binary(&bin)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`ctx` = 4294967295 is past the 65536 positions"),
+        "{e}"
+    );
+    assert!(!q35_fuzz::lpubin_model(&bytes));
+    // The largest context a u16 index reaches is still a model.
+    let bin = LpuBinary::from_bytes(model_with_ctx(1 << 16)).expect("well-formed");
+    assert_eq!(
+        q35_host::HostMeta::from_binary(&bin).map(|m| m.ctx).ok(),
+        Some(1 << 16)
+    );
+}

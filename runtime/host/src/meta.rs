@@ -69,6 +69,10 @@ pub struct HostMeta {
     pub weights_hash: Option<String>,
 }
 
+/// The largest compiled context a binary may declare: positions are u16
+/// on the device (`pos_idx`, `kv_idx`), as the compiler's `MAX_CONTEXT`.
+pub const MAX_CTX: u64 = 1 << 16;
+
 /// Metadata that is missing or does not hold the host's keys.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -105,6 +109,15 @@ impl HostMeta {
             if v == 0 {
                 return Err(MetaError::Invalid(format!("`{key}` must be positive")));
             }
+        }
+        // Positions reach the device as u16 lanes (`pos_idx`, `kv_idx`), so
+        // no program holds more (the compiler's limit too); the host sizes
+        // its attention mask by `ctx` before anything else bounds it.
+        if u64::from(meta.ctx) > MAX_CTX {
+            return Err(MetaError::Invalid(format!(
+                "`ctx` = {} is past the {MAX_CTX} positions a u16 position index reaches",
+                meta.ctx
+            )));
         }
         for (key, t) in [("bos", meta.bos), ("eos", meta.eos)] {
             if let Some(t) = t
