@@ -21,7 +21,7 @@ use q35_host::golden::{self, BuiltGolden, CALIB_SAMPLES, GoldenRecipe};
 use q35_host::meta::{GoldenRecipeMeta, HostMeta};
 use q35_model::ModelSpec;
 
-use crate::bar::Bar;
+use q35_host::bar::Bar;
 
 /// Calibration window in tokens (as `q35c eval --quant` and `interp`).
 pub const CALIB_CTX: usize = 512;

@@ -2,7 +2,6 @@
 //! errors get file/field context here, at the edge, with `anyhow`.
 
 mod backend;
-mod bar;
 mod cmd_compile;
 mod cmd_eval;
 mod cmd_interp;

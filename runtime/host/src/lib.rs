@@ -2,6 +2,7 @@
 //! device -- as IREE's runtime and tt-mlir's ttrt stand apart from their
 //! compilers, it never links MLIR.
 //!
+//! - [`bar`]: the terminal progress bar `q35c` and `q35sim` draw.
 //! - [`device`]: the [`Device`] trait a simulator, a many-chip system or a
 //!   real chip implements (write a symbol, run once on persistent state,
 //!   read a symbol).
@@ -16,6 +17,7 @@
 //! - [`golden`]: builds the golden model from a model.toml (what `q35c`
 //!   compiles from and `q35sim run --check` compares with) and its hash.
 
+pub mod bar;
 pub mod check;
 pub mod device;
 pub mod embedding;

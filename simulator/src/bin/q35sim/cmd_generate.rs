@@ -66,12 +66,12 @@ fn profile_text(summary: &serde_json::Value, step: Option<&StepProfile>, top: us
 /// streams to stdout as tokens come, so on a terminal that streaming is
 /// the progress; with `--json`, or stdout redirected, a bar on stderr (a
 /// terminal) counts the tokens.
-fn generation_bar(name: &str, json_out: bool, prompt: usize) -> Option<crate::bar::Bar> {
+fn generation_bar(name: &str, json_out: bool, prompt: usize) -> Option<q35_host::bar::Bar> {
     use std::io::IsTerminal;
     if !json_out && std::io::stdout().is_terminal() {
         return None;
     }
-    let bar = crate::bar::Bar::new(
+    let bar = q35_host::bar::Bar::new(
         format!("run {name}: "),
         format!("prefill: {prompt} prompt tokens"),
         true,
@@ -247,7 +247,7 @@ pub fn run(
             positions: session.ctx(),
             threads: 2,
         };
-        let bar = crate::bar::Bar::new(
+        let bar = q35_host::bar::Bar::new(
             format!("--check {}: ", recipe.model_toml.display()),
             "building the golden model",
             true,

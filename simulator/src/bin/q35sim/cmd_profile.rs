@@ -105,7 +105,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let name = args.file.display().to_string();
     let binary = LpuBinary::open(&args.file).map_err(anyhow::Error::from)?;
     let start = std::time::Instant::now();
-    let bar = crate::bar::Bar::new(format!("profile {name}: "), "decoding", true);
+    let bar = q35_host::bar::Bar::new(format!("profile {name}: "), "decoding", true);
     // Decoding the queues is all the walk needs: no MEM image (no values run).
     let loaded = q35_sim::load::load(&binary, &config).with_context(|| name.clone())?;
     bar.stage("walking the schedule");

@@ -3,7 +3,6 @@
 //! hit a hazard (or `--max-cycles`), 2 bad input (a missing, truncated or
 //! corrupted file, a wrong target, an assembly error, bad arguments).
 
-mod bar;
 mod cmd_asm;
 mod cmd_disasm;
 mod cmd_generate;

@@ -3,7 +3,8 @@
 //! quantized). It draws only when stderr is a terminal (indicatif's stderr
 //! target hides itself otherwise), so redirected output and test
 //! transcripts carry no progress noise. Library crates report through a
-//! callback ([`q35_quant::Progress`]); this binary owns the bar.
+//! callback ([`q35_quant::Progress`]); the binaries (`q35c`, `q35sim`)
+//! create the bar from here, and nothing in a library draws one.
 
 use std::time::Duration;
 
