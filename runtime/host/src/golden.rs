@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use q35_contract::{GoldenHead, GoldenModel, IntMatrix, QuantScheme, QuantizedMatrix};
 use q35_quant::golden::from_reference;
-use q35_quant::model::{QuantPipeline, SchemePolicy, model_weights, quantize_model_with_progress};
+use q35_quant::model::{Methods, QuantPipeline, SchemePolicy, model_weights, quantize_model_with};
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{LinearId, LinearKind, Model};
 use q35_tokenizer::Tokenizer;
@@ -248,8 +248,15 @@ pub fn build_with_progress(
             progress(Stage("quantizing"));
             model_weights(&model)
                 .and_then(|w| {
-                    quantize_model_with_progress(
-                        &model, &w, policy, group_size, None, options, progress,
+                    quantize_model_with(
+                        &model,
+                        &w,
+                        policy,
+                        group_size,
+                        None,
+                        options,
+                        &Methods::default(),
+                        progress,
                     )
                 })
                 .map_err(quant_err)?

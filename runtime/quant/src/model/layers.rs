@@ -157,28 +157,6 @@ pub fn quantize_model(
     )
 }
 
-/// [`quantize_model`], reporting each matrix to `progress` as it is done.
-pub fn quantize_model_with_progress(
-    model: &Model,
-    weights: &[(LinearId, Vec<f32>)],
-    policy: SchemePolicy,
-    group_size: usize,
-    calib: Option<&Calibration>,
-    options: QuantOptions,
-    progress: &dyn Fn(crate::Progress<'_>),
-) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
-    quantize_model_with(
-        model,
-        weights,
-        policy,
-        group_size,
-        calib,
-        options,
-        &Methods::default(),
-        progress,
-    )
-}
-
 /// [`quantize_model`] with the quantizer's accuracy `methods` (the
 /// per-group scale search ([`quantize_layer_with`]) and per-kind group
 /// sizes ([`Methods::group_of`], `group_size` for the others)), reporting

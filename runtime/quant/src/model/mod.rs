@@ -31,7 +31,7 @@ mod smooth;
 pub use calibration::{Calibration, LayerCalibration};
 pub use layers::{
     QuantizedLayer, layer_shape, model_weights, quantize_layer, quantize_layer_with,
-    quantize_model, quantize_model_with, quantize_model_with_progress,
+    quantize_model, quantize_model_with,
 };
 pub use linear::{QuantLinear, SavedLayers, install, restore};
 pub use logits::{EvalReport, ReferenceLogits};
