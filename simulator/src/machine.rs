@@ -42,6 +42,22 @@ pub struct Machine<'b> {
     scratch: Scratch,
     /// Runs done by the replay, and replays abandoned for the engine.
     replayed: (u64, u64),
+    /// The program `loaded`, `symbols`, `replay` and `replay_timeline`
+    /// belong to: 0 the binary's first, `i` its `programs` section's
+    /// `i - 1`th (docs/lpubin.md 3.9).
+    current: usize,
+    /// The other programs' (`None` at `current`).
+    parked: Vec<Option<Parked>>,
+}
+
+/// A program that is not the current one, and what the machine keeps for
+/// it.
+#[derive(Debug)]
+struct Parked {
+    loaded: Loaded,
+    symbols: BTreeMap<String, Symbol>,
+    replay: Option<Replay>,
+    replay_timeline: Option<usize>,
 }
 
 /// How a [`Machine`] executes its runs. Both give the same MEM bytes,
@@ -71,6 +87,8 @@ pub struct Recorded {
     pub timelines: Vec<Timeline>,
     /// For each run since recording started, its index in `timelines`.
     pub runs: Vec<usize>,
+    /// For each of `timelines`, the program it ran ([`Machine::program`]).
+    pub programs: Vec<usize>,
 }
 
 impl<'b> Machine<'b> {
@@ -83,6 +101,19 @@ impl<'b> Machine<'b> {
             .iter()
             .map(|s| (s.name.clone(), s.clone()))
             .collect();
+        let mut parked = vec![None];
+        for view in binary.programs() {
+            parked.push(Some(Parked {
+                loaded: load::load_program(binary, &view, &config)?,
+                symbols: view
+                    .symbols()
+                    .iter()
+                    .map(|s| (s.name.clone(), s.clone()))
+                    .collect(),
+                replay: None,
+                replay_timeline: None,
+            }));
+        }
         Ok(Machine {
             binary,
             config,
@@ -97,7 +128,66 @@ impl<'b> Machine<'b> {
             replay_timeline: None,
             scratch: Scratch::default(),
             replayed: (0, 0),
+            current: 0,
+            parked,
         })
+    }
+
+    /// The program later runs, symbol writes and reads use: 0 the binary's
+    /// first, `i` the `i - 1`th of its `programs` section.
+    pub fn program(&self) -> usize {
+        self.current
+    }
+
+    /// Programs the binary holds (at least 1).
+    pub fn programs(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Makes program `index` ([`Machine::program`]) the current one. MEM,
+    /// weights and KV cache stay; each program keeps its own recorded
+    /// replay.
+    pub fn set_program(&mut self, index: usize) -> Result<(), DeviceError> {
+        if index == self.current {
+            return Ok(());
+        }
+        let Some(next) = self.parked.get_mut(index).and_then(Option::take) else {
+            return Err(DeviceError::NoProgram {
+                name: format!("#{index}"),
+            });
+        };
+        let old = Parked {
+            loaded: std::mem::replace(&mut self.loaded, next.loaded),
+            symbols: std::mem::replace(&mut self.symbols, next.symbols),
+            replay: std::mem::replace(&mut self.replay, next.replay),
+            replay_timeline: std::mem::replace(&mut self.replay_timeline, next.replay_timeline),
+        };
+        self.parked[self.current] = Some(old);
+        self.current = index;
+        let tables = self
+            .loaded
+            .tables
+            .iter()
+            .map(|t| t.values.clone())
+            .collect();
+        self.state_mut().tables = tables;
+        Ok(())
+    }
+
+    /// The decoded program `index` ([`Machine::program`]), if there is one.
+    pub fn loaded_program(&self, index: usize) -> Option<&Loaded> {
+        if index == self.current {
+            return Some(&self.loaded);
+        }
+        self.parked.get(index)?.as_ref().map(|p| &p.loaded)
+    }
+
+    /// The debug map of program `index`, if it has one.
+    pub fn debug_map(&self, index: usize) -> Option<q35_lpubin::DebugMap<'b>> {
+        match index {
+            0 => self.binary.debug(),
+            i => self.binary.programs().nth(i - 1)?.debug(),
+        }
     }
 
     /// Stops each run with [`Stop::MaxCycles`] past `limit` cycles.
@@ -109,6 +199,9 @@ impl<'b> Machine<'b> {
     pub fn set_record(&mut self, on: bool) {
         self.record = on.then(Recorded::default);
         self.replay_timeline = None;
+        for p in self.parked.iter_mut().flatten() {
+            p.replay_timeline = None;
+        }
     }
 
     /// Chooses how later runs execute (default [`EngineMode::Exact`]).
@@ -252,10 +345,17 @@ impl<'b> Machine<'b> {
                 issues: engine.take_recorded(),
                 profile: profile.clone(),
             };
-            let i = match rec.timelines.iter().position(|x| *x == t) {
+            let current = self.current;
+            let i = match rec
+                .timelines
+                .iter()
+                .zip(&rec.programs)
+                .position(|(x, &p)| p == current && *x == t)
+            {
                 Some(i) => i,
                 None => {
                     rec.timelines.push(t);
+                    rec.programs.push(current);
                     rec.timelines.len() - 1
                 }
             };
@@ -320,8 +420,7 @@ impl<'b> Machine<'b> {
         result.map_err(|stop| match stop {
             Stop::Hazard(mut h) => {
                 h.source = self
-                    .binary
-                    .debug()
+                    .debug_map(self.current)
                     .and_then(|d| d.lookup(h.queue.index(), h.index))
                     .map(str::to_string);
                 Stop::Hazard(h)
@@ -350,6 +449,22 @@ impl<'b> Machine<'b> {
 }
 
 impl Device for Machine<'_> {
+    fn select_program(&mut self, program: Option<&str>) -> Result<(), DeviceError> {
+        let index = match program {
+            None => 0,
+            Some(name) => {
+                self.binary
+                    .programs()
+                    .position(|p| p.name() == name)
+                    .ok_or_else(|| DeviceError::NoProgram {
+                        name: name.to_string(),
+                    })?
+                    + 1
+            }
+        };
+        self.set_program(index)
+    }
+
     fn write_symbol(&mut self, name: &str, bytes: &[u8]) -> Result<(), DeviceError> {
         let (l, sym) = self.layout(name)?;
         if bytes.len() != l.byte_len() {
