@@ -722,6 +722,9 @@ pub fn compile_after(
     compile_program(plan, target, tokens, Some(&before.shared))
 }
 
+/// Products pools of a later program ([`compile_after`]).
+const POOLS: usize = 8;
+
 /// Whether weight `name` is the LM head (its products scratch, the largest
 /// by far, is its own).
 fn is_head(name: &str) -> bool {
@@ -822,10 +825,11 @@ fn compile_program(
                 message: format!("unknown buffer `{name}`"),
             })
     };
-    // A later program shares products scratch between weights: two pools
-    // (alternating, so consecutive matmuls can overlap), sized for the
-    // largest weight but the LM head, which keeps its own. The scheduler
-    // orders each write of a pool word after the earlier reads of it.
+    // A later program shares products scratch between weights: eight small
+    // pools, four a hemisphere (a weight takes the first, in rotation,
+    // clear of its own image's slices), sized for the largest weight but
+    // the LM head, which keeps its own. The scheduler orders each write of
+    // a pool word after the earlier reads of it.
     let mut pools: Vec<Buffer> = Vec::new();
     if let Some(b) = base {
         let need = b
@@ -836,9 +840,13 @@ fn compile_program(
             .max()
             .unwrap_or(0);
         if need > 0 {
-            for i in 0..2 {
-                let h = p.alloc.roomier();
-                p.set_avoid(&[]);
+            for i in 0..POOLS {
+                let h = if i % 2 == 0 {
+                    Hemisphere::West
+                } else {
+                    Hemisphere::East
+                };
+                p.set_avoid(&pools.iter().collect::<Vec<_>>());
                 pools.push(p.buffer_either(
                     &format!("products.pool{i}"),
                     q35_isa::DType::F32,
@@ -859,7 +867,7 @@ fn compile_program(
             .filter_map(|n| placement.get(n))
             .collect();
         p.set_avoid(&mm_bufs);
-        // Alternate: weight i tries pool i % 2 first.
+        // In rotation: weight i tries pool i % POOLS first.
         let pool: Vec<&Buffer> = if is_head(name) {
             Vec::new()
         } else {

@@ -177,11 +177,11 @@ pub struct PlacedWeight {
     /// and token (f32, word `k * groups * col_tiles + g * col_tiles + c`
     /// for token `k`), combined per column tile.
     pub products: Buffer,
-    /// When not empty, token `k`'s products are in `products_per_token[k]`
-    /// instead (word `g * col_tiles + c`; all in `products`'s hemisphere):
-    /// a large weight's scratch for many tokens in pieces that fit slices
-    /// the even fill left half free.
-    pub products_per_token: Vec<Buffer>,
+    /// When not empty, the products of token `k` and group `g` are in
+    /// `products_pieces[k * groups + g]` instead (word `c`; each piece in
+    /// whichever hemisphere had room): a large weight's scratch for many
+    /// tokens in pieces that fit the slices the even fill left half free.
+    pub products_pieces: Vec<Buffer>,
     /// Tokens one [`matmul_tokens`] may stream through each installed tile
     /// (the scratch above is sized for them).
     pub tokens: u32,
@@ -195,8 +195,9 @@ impl PlacedWeight {
 
     /// Where word `i` (`g * col_tiles + c`) of token `k`'s products lies.
     fn product(&self, k: u32, i: u32) -> (&Buffer, u32) {
-        match self.products_per_token.get(k as usize) {
-            Some(b) => (b, i),
+        let (g, c) = (i / self.col_tiles, i % self.col_tiles);
+        match self.products_pieces.get((k * self.groups + g) as usize) {
+            Some(b) => (b, c),
             None => (&self.products, k * self.groups * self.col_tiles + i),
         }
     }
@@ -433,7 +434,7 @@ pub fn place_weight_tokens(
         stage,
         act,
         products,
-        products_per_token: Vec::new(),
+        products_pieces: Vec::new(),
         tokens,
     })
 }
@@ -551,7 +552,7 @@ pub fn with_scratch(
                 .iter()
                 .any(|i| i.slices.iter().any(|s| b.slices.contains(s)))
     });
-    // A large scratch (the LM head's) in one piece per token.
+    // A large scratch (the LM head's) in one piece per token and group.
     let split = pool.is_none() && tokens > 1 && need > SPLIT_PRODUCTS_WORDS;
     let (stage, act, own) = place_scratch(
         p,
@@ -565,19 +566,21 @@ pub fn with_scratch(
         tokens,
         (pool.is_none() && !split).then(|| p.alloc.roomier()),
     )?;
-    let mut per_token = Vec::new();
+    let mut pieces = Vec::new();
     if split {
         let h = p.alloc.roomier();
         for k in 0..tokens {
-            per_token.push(p.buffer_either(
-                &format!("{}.products.t{k}", w.name),
-                DType::F32,
-                u64::from(need / tokens) * u64::from(LANES),
-                h,
-            )?);
+            for g in 0..w.groups {
+                pieces.push(p.buffer_either(
+                    &format!("{}.products.t{k}.g{g}", w.name),
+                    DType::F32,
+                    u64::from(w.col_tiles) * u64::from(LANES),
+                    h,
+                )?);
+            }
         }
     }
-    let products = match (own, pool, per_token.first()) {
+    let products = match (own, pool, pieces.first()) {
         (_, _, Some(first)) => first.clone(),
         (Some(b), _, None) => b,
         (None, Some(pool), None) => Buffer {
@@ -592,7 +595,7 @@ pub fn with_scratch(
         stage,
         act,
         products,
-        products_per_token: per_token,
+        products_pieces: pieces,
         tokens,
         ..w.clone()
     })
@@ -918,7 +921,6 @@ fn tile_bundle(
         ));
     }
     let fmul = Instruction::Fmul { a: S, b: S, dst: S };
-    let dst = dir_to(&w.products);
     for k in 0..tokens {
         let tk = t_mm + Cycle::from(k);
         let a = b.read(m, &act.slices, act.addr + k, ppos, tk)?;
@@ -952,8 +954,8 @@ fn tile_bundle(
         )?;
         let df = vxm(&mut b, m, ta, h2f, &[("a", d)], Dir::East, label)?;
         let t1 = ta + m.latency(&i2f);
-        let prod = vxm(&mut b, m, t1, fmul, &[("a", af), ("b", df)], dst, label)?;
         let (buf, word) = w.product(k, t.group * w.col_tiles + t.col);
+        let prod = vxm(&mut b, m, t1, fmul, &[("a", af), ("b", df)], dir_to(buf), label)?;
         from_vxm(&mut b, m, prod, buf, word)?;
     }
     Ok(b)

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
 use q35_lpubin::LpuBinary;
-use q35_sim::analysis::{StepProfile, analyse};
+use q35_sim::analysis::{StepProfile, analyse, analyse_with};
 use q35_sim::schedule::walk;
 use q35_sim::trace::TraceStep;
 use q35_sim::{Machine, MachineConfig};
@@ -86,6 +86,10 @@ pub struct Args {
     /// Also run the program once and fail unless the run's timeline is the static one.
     #[arg(long)]
     check: bool,
+    /// Profile this further program of the binary (e.g. `prefill`)
+    /// instead of the first (the decode step).
+    #[arg(long, value_name = "NAME")]
+    program: Option<String>,
     #[command(flatten)]
     outputs: Outputs,
 }
@@ -107,7 +111,28 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let start = std::time::Instant::now();
     let bar = q35_host::bar::Bar::new(format!("profile {name}: "), "decoding", true);
     // Decoding the queues is all the walk needs: no MEM image (no values run).
-    let loaded = q35_sim::load::load(&binary, &config).with_context(|| name.clone())?;
+    let (index, view) = match &args.program {
+        None => (0, None),
+        Some(p) => {
+            let (i, v) = binary
+                .programs()
+                .enumerate()
+                .find(|(_, v)| v.name() == p)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = binary.programs().map(|v| v.name()).collect();
+                    anyhow!(
+                        "{name}: no program `{p}` (its further programs: {})",
+                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    )
+                })?;
+            (i + 1, Some(v))
+        }
+    };
+    let loaded = match &view {
+        None => q35_sim::load::load(&binary, &config),
+        Some(v) => q35_sim::load::load_program(&binary, v, &config),
+    }
+    .with_context(|| name.clone())?;
     bar.stage("walking the schedule");
     let timeline = match walk(&loaded, &config) {
         Ok(t) => t,
@@ -117,11 +142,15 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
     };
     bar.stage("attributing cycles");
-    let step = analyse(&binary, &loaded, &config, &timeline);
+    let step = match &view {
+        None => analyse(&binary, &loaded, &config, &timeline),
+        Some(v) => analyse_with(v.debug(), &loaded, &config, &timeline),
+    };
     let seconds = start.elapsed().as_secs_f64();
     if args.check {
         bar.stage("--check: running the program once");
         let mut m = Machine::new(&binary, config.clone()).with_context(|| name.clone())?;
+        m.set_program(index).map_err(|e| anyhow!("{name}: {e}"))?;
         m.set_record(true);
         if let Err(e) = m.run_once() {
             eprintln!("{name}: --check: the run stopped: {e:?}");
@@ -150,7 +179,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         "cycles_per_step": step.total_cycles,
         "instructions_per_step": step.instructions,
         "tokens_per_second_at_clock": tps,
-        "predicted_cycles_per_step": q35_host::HostMeta::from_binary(&binary).ok().and_then(|m| m.predicted_cycles_per_step),
+        "program": args.program.as_deref().unwrap_or("decode"),
+        "predicted_cycles_per_step": q35_host::HostMeta::from_binary(&binary).ok().and_then(|m| match &args.program {
+            None => m.predicted_cycles_per_step,
+            Some(p) => m.prefill.filter(|f| &f.program == p).and_then(|f| f.predicted_cycles),
+        }),
         "checked_against_a_run": args.check,
     });
     if args.outputs.files() {
