@@ -57,13 +57,15 @@ fn model_plan(spec: &q35_model::ModelSpec, ctx: u32) -> (GoldenModel, Plan) {
         .take(512)
         .map(|b| u32::from(b) % spec.arch.vocab)
         .collect();
-    let pipeline = QuantPipeline::calibrate(
+    let pipeline = QuantPipeline::calibrate_with(
         &model,
         &calib,
         128,
         16,
         spec.quant.group_size as usize,
         QuantOptions { threads: 2 },
+        q35_host::golden::methods(&spec.quant),
+        &q35_quant::progress::silent,
     )
     .unwrap();
     let layers = pipeline
