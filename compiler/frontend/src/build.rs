@@ -1,7 +1,7 @@
 //! Builds the LLaMA decoder graph from a [`ModelSpec`] (or a [`GraphConfig`]).
 
 use petgraph::graph::NodeIndex;
-use q35_model::{Architecture, LinearSpec, ModelSpec, QuantScheme};
+use q35_model::{Architecture, LinearSpec, MATRIX_KINDS, ModelSpec, QuantConfig, QuantScheme};
 
 use crate::error::FrontendError;
 use crate::graph::{Graph, InputKind, Node, Op, Weight, WeightFormat, WeightId};
@@ -19,8 +19,12 @@ pub struct GraphConfig {
     pub max_seq_len: u32,
     /// Weight quantization scheme.
     pub scheme: QuantScheme,
-    /// Weights per quantization group.
+    /// Weights per quantization group, for every matrix without a size of
+    /// its own in `group_size_of`.
     pub group_size: u32,
+    /// Group sizes of their own for some kinds of matrix, indexed like
+    /// [`MATRIX_KINDS`] (model.toml's `[quantization] group_size_of`).
+    pub group_size_of: [Option<u32>; MATRIX_KINDS.len()],
 }
 
 impl GraphConfig {
@@ -32,6 +36,16 @@ impl GraphConfig {
             max_seq_len: spec.limits.max_seq_len,
             scheme: spec.quant.scheme,
             group_size: spec.quant.group_size,
+            group_size_of: spec.quant.group_size_of,
+        }
+    }
+
+    /// The quantization settings as model.toml's [`QuantConfig`].
+    pub fn quant(&self) -> QuantConfig {
+        QuantConfig {
+            scheme: self.scheme,
+            group_size: self.group_size,
+            group_size_of: self.group_size_of,
         }
     }
 
@@ -59,6 +73,12 @@ impl GraphConfig {
             if v == 0 {
                 return Err(err(field, "must be positive".into()));
             }
+        }
+        if self.group_size_of.contains(&Some(0)) {
+            return Err(err(
+                "quant.group_size_of",
+                "every group size must be positive".into(),
+            ));
         }
         if !a.heads.is_multiple_of(a.kv_heads) {
             return Err(err(
@@ -121,7 +141,7 @@ impl Builder<'_> {
             shape: vec![u64::from(out), u64::from(inp)],
             format: WeightFormat::Quantized {
                 scheme: self.c.scheme,
-                group_size: self.c.group_size,
+                group_size: self.c.quant().group_size_of_tensor(source),
             },
         })
     }

@@ -27,6 +27,7 @@ fn tiny() -> GraphConfig {
         max_seq_len: 128,
         scheme: QuantScheme::Q35,
         group_size: 32,
+        group_size_of: [None; 8],
     }
 }
 
@@ -57,6 +58,7 @@ fn smollm2() -> GraphConfig {
         max_seq_len: 8192,
         scheme: QuantScheme::Q35,
         group_size: 64,
+        group_size_of: [None; 8],
     }
 }
 
@@ -185,6 +187,21 @@ fn config_errors_name_the_field() {
             err,
             FrontendError::Config {
                 field: "quant.group_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = build_from_config(&GraphConfig {
+        group_size_of: [None, Some(0), None, None, None, None, None, None],
+        ..tiny()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FrontendError::Config {
+                field: "quant.group_size_of",
                 ..
             }
         ),
@@ -373,4 +390,29 @@ fn dot_names_every_node_and_edge() {
 
 fn edges(g: &Graph) -> usize {
     g.node_indices().map(|n| g.operands(n).len()).sum()
+}
+
+/// `group_size_of` gives its kinds' weights (and the tied embedding, the
+/// LM head's) their own group size; the rest keep `group_size`.
+#[test]
+fn group_size_of_reaches_the_weight_types() {
+    let mut c = tiny();
+    // attn_k, attn_v and output (the head, tied to the embedding).
+    c.group_size_of = [None, Some(64), Some(64), None, None, None, None, Some(16)];
+    let g = build_from_config(&c).unwrap();
+    let mut seen = 0;
+    for w in g.weights() {
+        let expect = if w.source.contains("attn_k") || w.source.contains("attn_v") {
+            64
+        } else if w.source == "token_embd.weight" || w.source == "output.weight" {
+            16
+        } else {
+            32
+        };
+        if let WeightFormat::Quantized { group_size, .. } = w.format {
+            assert_eq!(group_size, expect, "{}", w.source);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 7 * 2 + 1);
 }

@@ -254,6 +254,27 @@ impl<'c> Lowering<'c> {
         DictionaryAttribute::new(self.context, &entries).into()
     }
 
+    /// `q35.quant`: the scheme, the group size and, when some kinds of
+    /// matrix have their own, `group_size_of = {kind = G, ...}` (each
+    /// weight's `!q35.qweight` type carries the size it is quantized with).
+    fn quant_attr(&self, quant: &q35_model::QuantConfig) -> Attribute<'c> {
+        let own: Vec<(&str, Attribute<'c>)> = quant
+            .group_size_of_pairs()
+            .into_iter()
+            .map(|(k, g)| (k, self.int(g.into())))
+            .collect();
+        let mut entries = vec![
+            ("scheme", self.str(quant.scheme.as_str())),
+            ("group_size", self.int(quant.group_size.into())),
+            ("act_type", self.int_type(8)),
+            ("acc_type", self.int_type(32)),
+        ];
+        if !own.is_empty() {
+            entries.push(("group_size_of", self.dict(&own)));
+        }
+        self.dict(&entries)
+    }
+
     fn module_attributes(
         &self,
         spec: &ModelSpec,
@@ -296,15 +317,7 @@ impl<'c> Lowering<'c> {
                     ("context", self.int(a.context.into())),
                 ]),
             ),
-            (
-                module_attr::QUANT,
-                self.dict(&[
-                    ("scheme", self.str(spec.quant.scheme.as_str())),
-                    ("group_size", self.int(spec.quant.group_size.into())),
-                    ("act_type", self.int_type(8)),
-                    ("acc_type", self.int_type(32)),
-                ]),
-            ),
+            (module_attr::QUANT, self.quant_attr(&spec.quant)),
             (
                 module_attr::LIMITS,
                 self.dict(&[

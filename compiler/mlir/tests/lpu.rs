@@ -241,9 +241,10 @@ fn errors_name_the_op() {
     assert!(err.contains("is a const buffer"), "{err}");
 }
 
-/// SmolLM2-135M: the lpu module (2 col tiles and 5 groups per 576-wide
-/// matrix: 576 = 320 + 256 outputs, 4 x 128 + 64 inputs) equals the golden
-/// model bit for bit on two tokens.
+/// SmolLM2-135M: the lpu module (with the model.toml's group sizes: 2 col
+/// tiles and 9 groups of 64 for a 576 x 576 matrix, 576 = 320 + 256
+/// outputs; 1 col tile of 192 rows and 5 groups, 4 x 128 + 64 inputs, for
+/// attn_k and attn_v) equals the golden model bit for bit on two tokens.
 #[test]
 fn smollm2_lpu_equals_golden_bit_for_bit() {
     let Some(gguf) = common::smollm2_gguf() else {
@@ -257,7 +258,10 @@ fn smollm2_lpu_equals_golden_bit_for_bit() {
     let module = lpu_module(&context, &spec, Some(640));
     let text = module.as_operation().to_string();
     assert!(text.contains(
-        "col_tiles = 2 : i64, cols = 576 : i64, group = 128 : i64, groups = 5 : i64, last_group_cols = 64 : i64, last_tile_rows = 256 : i64, rows = 576 : i64"
+        "col_tiles = 2 : i64, cols = 576 : i64, group = 64 : i64, groups = 9 : i64, last_group_cols = 64 : i64, last_tile_rows = 256 : i64, rows = 576 : i64, scheme = \"q35\", source = \"blk.0.attn_q.weight\""
+    ));
+    assert!(text.contains(
+        "col_tiles = 1 : i64, cols = 576 : i64, group = 128 : i64, groups = 5 : i64, last_group_cols = 64 : i64, last_tile_rows = 192 : i64, rows = 192 : i64, scheme = \"q35\", source = \"blk.0.attn_k.weight\""
     ));
     let interp = LpuInterpreter::new(&module, &binder).unwrap();
     let mut lock = LpuLockstep::new(&interp, &golden).unwrap();

@@ -85,7 +85,7 @@ fn quantized_eval(
         "calibrating on {} tokens...",
         calib_tokens.len()
     ));
-    let pipeline = QuantPipeline::calibrate(
+    let pipeline = QuantPipeline::calibrate_with(
         &loaded.model,
         calib_tokens,
         args.calib_ctx,
@@ -94,6 +94,8 @@ fn quantized_eval(
         QuantOptions {
             threads: args.threads.max(1),
         },
+        q35_host::golden::methods(&loaded.quant),
+        &q35_quant::progress::silent,
     )
     .with_context(|| format!("calibration of {}", args.model.display()))?;
     progress(format_args!("quantizing to {scheme}..."));
@@ -170,6 +172,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             v["quantized"] = json!({
                 "scheme": loaded.quant.scheme.as_str(),
                 "group_size": loaded.quant.group_size,
+                "group_size_of": loaded.quant.group_size_of_pairs().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                 "calibration_file": args.calib.as_ref().map(|p| p.display().to_string()),
                 "perplexity": c.ppl,
                 "nll_sum": c.nll_sum,
@@ -205,7 +208,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
                 out,
                 "quantized ({}, group {}): perplexity {:.4}, mean KLD {:.5} (max {:.4}), top-1 agreement {:.2}% over {} positions",
                 loaded.quant.scheme.as_str(),
-                loaded.quant.group_size,
+                loaded.quant.groups_text(),
                 c.ppl,
                 c.mean_kld,
                 c.max_kld,

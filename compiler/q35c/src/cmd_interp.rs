@@ -87,7 +87,7 @@ pub fn run(args: &InterpArgs) -> anyhow::Result<()> {
         threads: args.threads,
     })?;
     let golden = built.golden;
-    let (scheme, group_size) = (built.scheme, built.group_size);
+    let (scheme, group_size) = (built.scheme, built.quant.groups_text());
 
     let mlir = q35_mlir::create_context()?;
     let module = q35_mlir::compile(&mlir, &spec)

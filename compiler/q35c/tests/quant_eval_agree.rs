@@ -98,3 +98,72 @@ fn eval_quant_equals_quant_report_eval_on_tiny() {
     assert!(q["mean_kld"].as_f64().unwrap() > 0.0);
     assert_ne!(q["perplexity"], eval["perplexity"]);
 }
+
+/// The figures of `q35c eval --quant` under a model.toml with per-kind
+/// group sizes (`group_size_of`), of `quant-report` by default on it, and of
+/// `quant-report --group 32 --group-of attn_k=64` on plain tiny.toml are one
+/// and the same: the model.toml's sizes reach the quantizer exactly as the
+/// flags do.
+#[test]
+fn group_size_of_equals_group_of_flags_on_tiny() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("examples/tiny.toml")).unwrap();
+    let text = text.replace(
+        "group_size = 32\n",
+        "group_size = 32\ngroup_size_of = { attn_k = 64 }\n",
+    );
+    assert!(text.contains("group_size_of"));
+    let toml = dir.path().join("tiny-kinds.toml");
+    std::fs::write(&toml, text).unwrap();
+    let toml = toml.to_str().unwrap();
+    let common = [
+        "--calib",
+        "tests/data/calib_en.txt",
+        "--calib-ctx",
+        "128",
+        "--ctx",
+        "64",
+        "--windows",
+        "2",
+        "--json",
+    ];
+    let run = |first: &[&str]| {
+        let mut args = first.to_vec();
+        args.extend(common);
+        q35c_json(&args)
+    };
+    let eval = run(&["eval", toml, "--text", "tests/data/eval_en.txt", "--quant"]);
+    let q = &eval["quantized"];
+    assert_eq!(q["group_size"], 32);
+    assert_eq!(q["group_size_of"]["attn_k"], 64);
+    let report_args = ["--schemes", "q35", "--eval", "tests/data/eval_en.txt"];
+    let by_toml = run(&[&["quant-report", toml][..], &report_args].concat());
+    let by_flags = run(&[
+        &["quant-report", "examples/tiny.toml", "--group", "32"][..],
+        &["--group-of", "attn_k=64"],
+        &report_args,
+    ]
+    .concat());
+    let uniform = run(&[&["quant-report", "examples/tiny.toml"][..], &report_args].concat());
+    for report in [&by_toml, &by_flags] {
+        assert_eq!(report["methods"]["group_of"][0], "attn_k=64", "{report}");
+        let r = &report["schemes"][0]["eval"];
+        for key in ["perplexity", "mean_kld", "max_kld", "top1_agreement"] {
+            assert!(q[key].is_number(), "eval has no {key}: {q}");
+            assert_eq!(
+                q[key], r[key],
+                "{key}: eval {} vs quant-report {}",
+                q[key], r[key]
+            );
+        }
+        assert_eq!(
+            report["schemes"][0]["bits_per_weight"],
+            by_toml["schemes"][0]["bits_per_weight"]
+        );
+    }
+    // attn_k at 64 stores fewer scales than at 32: the sizes took effect.
+    assert!(
+        by_toml["schemes"][0]["bits_per_weight"].as_f64().unwrap()
+            < uniform["schemes"][0]["bits_per_weight"].as_f64().unwrap()
+    );
+}

@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use q35_contract::{GoldenHead, GoldenModel, IntMatrix, QuantScheme, QuantizedMatrix};
+use q35_model::{MATRIX_KINDS, QuantConfig};
 use q35_quant::golden::from_reference;
 use q35_quant::model::{Methods, QuantPipeline, SchemePolicy, model_weights, quantize_model_with};
 use q35_quant::quantize::QuantOptions;
@@ -61,8 +62,11 @@ pub struct BuiltGolden {
     pub layers: std::collections::BTreeMap<String, QuantizedMatrix>,
     /// The scheme and group size used.
     pub scheme: QuantScheme,
-    /// Channels per quantization group.
+    /// Channels per quantization group (of every matrix without a size of
+    /// its own in `quant`).
     pub group_size: usize,
+    /// The quantization settings, per-kind group sizes included.
+    pub quant: QuantConfig,
 }
 
 impl BuiltGolden {
@@ -136,6 +140,29 @@ pub enum GoldenBuildError {
     },
 }
 
+/// The quantizer's [`Methods`] for a model.toml's `[quantization]`: its
+/// per-kind group sizes (`group_size_of`) as group overrides, every other
+/// method off. `q35c eval --quant`, `quant-report` (by default), `interp`,
+/// `compile` and `q35sim run --check` all quantize with it.
+pub fn methods(quant: &QuantConfig) -> Methods {
+    let mut methods = Methods::default();
+    for (kind, size) in MATRIX_KINDS.iter().zip(quant.group_size_of) {
+        if let (Some(size), Some(kind)) = (size, linear_kind(kind)) {
+            methods.set_group(kind, size as usize);
+        }
+    }
+    methods
+}
+
+/// The quantizer's matrix kind that llama.cpp's tensor stem `stem`
+/// (a [`MATRIX_KINDS`] entry) names.
+pub fn linear_kind(stem: &str) -> Option<LinearKind> {
+    LinearKind::BLOCK
+        .into_iter()
+        .chain([LinearKind::LmHead])
+        .find(|k| k.gguf_stem() == stem)
+}
+
 /// Tokens of a calibration text: with a tokenizer, as llama.cpp's
 /// perplexity tokenizes it (BOS first when the model adds BOS); without
 /// one (synthetic weights), the text's bytes folded into the vocabulary.
@@ -204,6 +231,7 @@ pub fn build_with_progress(
     let tokenizer_gguf = gguf.as_ref().map(Tokenizer::tokenizer_gguf);
     let scheme = spec.quant.scheme;
     let group_size = spec.quant.group_size as usize;
+    let methods = methods(&spec.quant);
     let options = QuantOptions {
         threads: recipe.threads.max(1),
     };
@@ -223,13 +251,14 @@ pub fn build_with_progress(
                 });
             }
             progress(Stage("calibrating"));
-            QuantPipeline::calibrate_with_progress(
+            QuantPipeline::calibrate_with(
                 &model,
                 &tokens,
                 recipe.calib_ctx,
                 recipe.calib_samples,
                 group_size,
                 options,
+                methods,
                 progress,
             )
             .and_then(|p| {
@@ -249,14 +278,7 @@ pub fn build_with_progress(
             model_weights(&model)
                 .and_then(|w| {
                     quantize_model_with(
-                        &model,
-                        &w,
-                        policy,
-                        group_size,
-                        None,
-                        options,
-                        &Methods::default(),
-                        progress,
+                        &model, &w, policy, group_size, None, options, &methods, progress,
                     )
                 })
                 .map_err(quant_err)?
@@ -285,6 +307,7 @@ pub fn build_with_progress(
         layers,
         scheme,
         group_size,
+        quant: spec.quant,
     })
 }
 
@@ -350,4 +373,34 @@ pub fn weights_hash(g: &GoldenModel) -> String {
     let digest = h.finalize();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind model.toml names is a matrix kind of the quantizer, in
+    /// the same order, so `group_size_of` reaches the matrices it names.
+    #[test]
+    fn every_matrix_kind_is_a_quantizer_kind() {
+        for (i, stem) in MATRIX_KINDS.iter().enumerate() {
+            let kind = linear_kind(stem).unwrap_or_else(|| panic!("{stem}"));
+            assert_eq!(kind as usize, i, "{stem}");
+        }
+        assert_eq!(linear_kind("token_embd"), None);
+        let mut quant = QuantConfig::uniform(QuantScheme::Q35, 64);
+        quant.group_size_of[1] = Some(128);
+        quant.group_size_of[7] = Some(32);
+        let m = methods(&quant);
+        assert_eq!(m.group_of(LinearKind::K), Some(128));
+        assert_eq!(m.group_of(LinearKind::LmHead), Some(32));
+        assert_eq!(m.group_of(LinearKind::V), None);
+        assert_eq!(
+            Methods {
+                group_overrides: [None; 8],
+                ..m
+            },
+            Methods::default()
+        );
+    }
 }

@@ -68,8 +68,104 @@ pub use q35_contract::QuantScheme;
 pub struct QuantConfig {
     /// The weight scheme.
     pub scheme: QuantScheme,
-    /// Weights per scale along the reduction dimension.
+    /// Weights per scale along the reduction dimension, for every matrix
+    /// without a size of its own in `group_size_of`.
     pub group_size: u32,
+    /// `[quantization] group_size_of`: group sizes of their own for some
+    /// kinds of matrix, indexed like [`MATRIX_KINDS`] (`None`: `group_size`).
+    /// Every size divides the largest of all.
+    pub group_size_of: [Option<u32>; MATRIX_KINDS.len()],
+}
+
+/// The kinds of weight matrix `[quantization] group_size_of` names, as
+/// llama.cpp's tensor names spell them (`blk.N.<kind>.weight`; `output` is
+/// the LM head, which is the token embedding when the two are tied), in a
+/// block's forward order with the head last.
+pub const MATRIX_KINDS: [&str; 8] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+    "output",
+];
+
+impl QuantConfig {
+    /// One group size for every matrix.
+    pub fn uniform(scheme: QuantScheme, group_size: u32) -> QuantConfig {
+        QuantConfig {
+            scheme,
+            group_size,
+            group_size_of: [None; MATRIX_KINDS.len()],
+        }
+    }
+
+    /// The group size of matrices of kind `kind` (a [`MATRIX_KINDS`]
+    /// entry); `group_size` for a kind without one of its own or not in
+    /// the list.
+    pub fn group_size_of_kind(&self, kind: &str) -> u32 {
+        MATRIX_KINDS
+            .iter()
+            .position(|&k| k == kind)
+            .and_then(|i| self.group_size_of[i])
+            .unwrap_or(self.group_size)
+    }
+
+    /// The group size of the GGUF weight `tensor` (`blk.3.attn_k.weight`,
+    /// `output.weight`; `token_embd.weight` is the LM head's when tied).
+    pub fn group_size_of_tensor(&self, tensor: &str) -> u32 {
+        let stem = tensor.strip_suffix(".weight").unwrap_or(tensor);
+        let kind = match stem.strip_prefix("blk.") {
+            Some(rest) => rest.split_once('.').map_or(rest, |(_, k)| k),
+            None if stem == "token_embd" => "output",
+            None => stem,
+        };
+        self.group_size_of_kind(kind)
+    }
+
+    /// The largest group size of any matrix (every other one divides it).
+    pub fn max_group_size(&self) -> u32 {
+        self.group_size_of
+            .iter()
+            .flatten()
+            .fold(self.group_size, |a, &g| a.max(g))
+    }
+
+    /// The group sizes as people read them: `64`, or `64 (attn_k 128,
+    /// attn_v 128)` when some kinds have their own.
+    pub fn groups_text(&self) -> String {
+        let own: Vec<String> = self
+            .group_size_of_pairs()
+            .into_iter()
+            .map(|(k, g)| format!("{k} {g}"))
+            .collect();
+        if own.is_empty() {
+            self.group_size.to_string()
+        } else {
+            format!("{} ({})", self.group_size, own.join(", "))
+        }
+    }
+
+    /// The kinds with a group size of their own and those sizes, in
+    /// [`MATRIX_KINDS`] order.
+    pub fn group_size_of_pairs(&self) -> Vec<(&'static str, u32)> {
+        MATRIX_KINDS
+            .iter()
+            .zip(self.group_size_of)
+            .filter_map(|(&k, g)| g.map(|g| (k, g)))
+            .collect()
+    }
+
+    /// Whether some kind has a group size of its own that differs from
+    /// `group_size`.
+    pub fn is_uniform(&self) -> bool {
+        self.group_size_of
+            .iter()
+            .flatten()
+            .all(|&g| g == self.group_size)
+    }
 }
 
 /// Limits the compiled program is built for.

@@ -14,8 +14,8 @@ use toml::Spanned;
 
 use crate::arch::{self, Architecture, LLAMA_FAMILY};
 use crate::{
-    DEFAULT_GROUP_SIZE, GROUP_QUANTUM, ModelError, ModelSpec, QuantConfig, QuantScheme,
-    RuntimeLimits, WeightSource,
+    DEFAULT_GROUP_SIZE, GROUP_QUANTUM, MATRIX_KINDS, ModelError, ModelSpec, QuantConfig,
+    QuantScheme, RuntimeLimits, WeightSource,
 };
 
 // ---- the raw schema ------------------------------------------------------
@@ -88,6 +88,7 @@ struct RawQuant {
     #[serde(default, deserialize_with = "scheme_field")]
     scheme: Option<Spanned<QuantScheme>>,
     group_size: Option<Spanned<u32>>,
+    group_size_of: Option<std::collections::BTreeMap<Spanned<String>, Spanned<u32>>>,
     calibration: Option<Spanned<String>>,
     #[expect(
         dead_code,
@@ -505,26 +506,82 @@ fn arch_from_toml(cx: &Cx<'_>, ra: &RawArch) -> Result<Architecture, ModelError>
     Ok(a)
 }
 
-/// `[quantization]`: the scheme and a group size Q35 can pack.
+/// `[quantization]`: the scheme and group sizes Q35 can pack (one for
+/// every matrix, and some kinds' own in `group_size_of`).
 fn quantization_table(cx: &Cx<'_>, q: Option<&RawQuant>) -> Result<QuantConfig, ModelError> {
     let scheme = q
         .and_then(|q| q.scheme.as_ref())
         .map_or(QuantScheme::Q35, |s| *s.get_ref());
     let group_size = q.and_then(|q| q.group_size.as_ref());
     let group = group_size.map_or(DEFAULT_GROUP_SIZE, |g| *g.get_ref());
+    check_group_size(
+        cx,
+        group,
+        group_size.map(Spanned::span),
+        "quantization.group_size",
+    )?;
+    let mut config = QuantConfig::uniform(scheme, group);
+    let overrides = q.and_then(|q| q.group_size_of.as_ref());
+    for (kind, size) in overrides.into_iter().flatten() {
+        let key = format!("quantization.group_size_of.{}", kind.get_ref());
+        let Some(i) = MATRIX_KINDS.iter().position(|k| k == kind.get_ref()) else {
+            return Err(cx.invalid(
+                Some(kind.span()),
+                &key,
+                format!(
+                    "unknown kind of matrix `{}`; the kinds are {}",
+                    kind.get_ref(),
+                    MATRIX_KINDS.join(", ")
+                ),
+            ));
+        };
+        check_group_size(cx, *size.get_ref(), Some(size.span()), &key)?;
+        config.group_size_of[i] = Some(*size.get_ref());
+    }
+    let largest = config.max_group_size();
+    let sizes = std::iter::once((
+        group,
+        group_size.map(Spanned::span),
+        "group_size".to_owned(),
+    ))
+    .chain(overrides.into_iter().flatten().map(|(k, s)| {
+        (
+            *s.get_ref(),
+            Some(s.span()),
+            format!("group_size_of.{}", k.get_ref()),
+        )
+    }));
+    for (g, span, key) in sizes {
+        if !largest.is_multiple_of(g) {
+            return Err(cx.invalid(
+                span,
+                &format!("quantization.{key}"),
+                format!(
+                    "{g} does not divide the largest group size, {largest}: the quantizer records activation covariances at the largest size and compensates errors across whole groups of every other"
+                ),
+            ));
+        }
+    }
+    Ok(config)
+}
+
+/// A group size Q35 can pack: a multiple of [`GROUP_QUANTUM`] up to 4096.
+fn check_group_size(
+    cx: &Cx<'_>,
+    group: u32,
+    span: Option<Range<usize>>,
+    key: &str,
+) -> Result<(), ModelError> {
     if !(GROUP_QUANTUM..=4096).contains(&group) || !group.is_multiple_of(GROUP_QUANTUM) {
         return Err(cx.invalid(
-            group_size.map(|g| g.span()),
-            "quantization.group_size",
+            span,
+            key,
             format!(
                 "{group} must be a multiple of {GROUP_QUANTUM} between {GROUP_QUANTUM} and 4096 (Q35 packs 8 pairs in 7 bytes, docs/q35-format.md)"
             ),
         ));
     }
-    Ok(QuantConfig {
-        scheme,
-        group_size: group,
-    })
+    Ok(())
 }
 
 /// `[target]`: exactly one of a built-in name (looked up now) or a file

@@ -398,3 +398,91 @@ fn gguf_declaring_a_billion_blocks_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn group_sizes_per_kind() {
+    let m = spec(
+        &format!(
+            "{TINY}[quantization]\ngroup_size = 32\ngroup_size_of = {{ attn_k = 64, output = 16 }}\n"
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let q = m.quant;
+    assert_eq!(q.group_size, 32);
+    assert_eq!(q.group_size_of_kind("attn_k"), 64);
+    assert_eq!(q.group_size_of_kind("attn_v"), 32);
+    assert_eq!(q.group_size_of_tensor("blk.1.attn_k.weight"), 64);
+    assert_eq!(q.group_size_of_tensor("blk.1.attn_q.weight"), 32);
+    assert_eq!(q.group_size_of_tensor("output.weight"), 16);
+    assert_eq!(q.group_size_of_tensor("token_embd.weight"), 16);
+    assert_eq!(q.max_group_size(), 64);
+    assert_eq!(q.groups_text(), "32 (attn_k 64, output 16)");
+    assert_eq!(q.group_size_of_pairs(), [("attn_k", 64), ("output", 16)]);
+    assert!(!q.is_uniform());
+    assert!(
+        spec(
+            &format!("{TINY}[quantization]\ngroup_size = 32\n"),
+            "t.toml"
+        )
+        .unwrap()
+        .quant
+        .is_uniform()
+    );
+}
+
+#[test]
+fn bad_group_size_of_unknown_kind() {
+    let e = err(&format!(
+        "{TINY}[quantization]\ngroup_size_of = {{ attn_kv = 64 }}\n"
+    ));
+    assert!(
+        e.contains("bad.toml:") && e.contains("`quantization.group_size_of.attn_kv`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("unknown kind of matrix `attn_kv`") && e.contains("attn_k, attn_v"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_group_size_of_size() {
+    let e = err(&format!(
+        "{TINY}[quantization]\ngroup_size_of = {{ ffn_down = 40 }}\n"
+    ));
+    assert!(
+        e.contains("`quantization.group_size_of.ffn_down`")
+            && e.contains("40 must be a multiple of 16"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{TINY}[quantization]\ngroup_size_of = {{ ffn_down = 8192 }}\n"
+    ));
+    assert!(e.contains("between 16 and 4096"), "{e}");
+    let e = err(&format!(
+        "{TINY}[quantization]\ngroup_size_of = {{ ffn_down = \"big\" }}\n"
+    ));
+    assert!(e.contains("bad.toml:") && e.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn bad_group_size_of_not_dividing() {
+    // 48 does not divide 64: the quantizer's covariance group is the largest.
+    let e = err(&format!(
+        "{TINY}[quantization]\ngroup_size = 48\ngroup_size_of = {{ attn_v = 64 }}\n"
+    ));
+    assert!(
+        e.contains("`quantization.group_size`")
+            && e.contains("48 does not divide the largest group size, 64"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{TINY}[quantization]\ngroup_size = 64\ngroup_size_of = {{ attn_v = 128, output = 96 }}\n"
+    ));
+    assert!(
+        e.contains("`quantization.group_size_of.output`")
+            && e.contains("96 does not divide the largest group size, 128"),
+        "{e}"
+    );
+}

@@ -1,11 +1,13 @@
 //! Golden models the interpreter tests (`interp.rs`, `lpu.rs`) hold the
 //! compiler's IR to: tiny.toml and SmolLM2, quantized as `q35c eval --quant`
-//! quantizes them.
+//! quantizes them (the model.toml's scheme and group sizes, per kind too).
 
 use q35_contract::GoldenModel;
 use q35_model::ModelSpec;
 use q35_quant::golden::from_reference;
-use q35_quant::model::{Calibration, QuantPipeline, SchemePolicy, model_weights, quantize_model};
+use q35_quant::model::{
+    Calibration, QuantPipeline, SchemePolicy, model_weights, quantize_model_with,
+};
 use q35_quant::quantize::QuantOptions;
 use q35_reference::Model;
 use q35_tokenizer::Tokenizer;
@@ -28,13 +30,15 @@ pub fn tiny_golden(spec: &ModelSpec, positions: usize) -> GoldenModel {
         .take(512)
         .map(|b| u32::from(b) % spec.arch.vocab)
         .collect();
-    let pipeline = QuantPipeline::calibrate(
+    let pipeline = QuantPipeline::calibrate_with(
         &model,
         &calib,
         128,
         16,
         spec.quant.group_size as usize,
         QuantOptions { threads: 2 },
+        q35_host::golden::methods(&spec.quant),
+        &q35_quant::progress::silent,
     )
     .unwrap();
     let layers = pipeline
@@ -51,13 +55,15 @@ pub fn smollm2_golden(spec: &ModelSpec) -> (GoldenModel, Tokenizer) {
     let tokenizer = Tokenizer::from_gguf(file.as_ref().unwrap()).unwrap();
     let calib = tokenizer.encode("The quick brown fox jumps over the lazy dog.", false);
     let calib = Calibration::run(&model, &calib, 16, 4).unwrap();
-    let layers = quantize_model(
+    let layers = quantize_model_with(
         &model,
         &model_weights(&model).unwrap(),
         SchemePolicy::uniform(spec.quant.scheme),
         spec.quant.group_size as usize,
         Some(&calib),
         QuantOptions { threads: 2 },
+        &q35_host::golden::methods(&spec.quant),
+        &q35_quant::progress::silent,
     )
     .unwrap();
     (from_reference(&model, &layers, 8).unwrap(), tokenizer)

@@ -35,7 +35,8 @@ struct ReportJson<'a> {
 #[derive(Serialize)]
 struct MethodsJson {
     act_scales: &'static str,
-    /// `KIND=G` overrides of `--group-of`.
+    /// `KIND=G` group sizes of their own (`--group-of`, or the model's
+    /// `group_size_of`).
     group_of: Vec<String>,
     rotate_down: bool,
     rotate_vo: bool,
@@ -127,7 +128,7 @@ pub(super) fn write(
                 ActivationScales::PerToken => "token",
                 ActivationScales::PerGroup => "group",
             },
-            group_of: args.group_of.clone(),
+            group_of: super::group_of_text(&inputs.methods),
             rotate_down: inputs.methods.rotate_down,
             rotate_vo: inputs.methods.rotate_vo,
             scale_search: inputs.methods.scale_search,

@@ -48,7 +48,8 @@ pub struct QuantReportArgs {
     #[arg(long, value_delimiter = ',')]
     pub schemes: Vec<QuantScheme>,
     /// Group size along the reduction dimension (default: the model's
-    /// `[quantization] group_size`).
+    /// `[quantization] group_size`, with its `group_size_of` unless
+    /// `--group` or `--group-of` is given).
     #[arg(long)]
     pub group: Option<usize>,
     /// LM-head scheme: `same` (the scheme under test), `f32` (not
@@ -83,7 +84,8 @@ pub struct QuantReportArgs {
     /// `KIND=G` with KIND one of attn_q, attn_k, attn_v, attn_output,
     /// ffn_gate, ffn_up, ffn_down, output (the LM head); e.g. `--group 64
     /// --group-of attn_k=128,attn_v=128` (docs section 14). Every size must
-    /// divide the largest.
+    /// divide the largest. Replaces the model's `group_size_of`; with
+    /// `--group` alone every matrix has that one size.
     #[arg(long, value_delimiter = ',', value_name = "KIND=G")]
     pub group_of: Vec<String>,
     /// Rotate ffn_down's input on line by a randomized block Hadamard
@@ -211,7 +213,10 @@ fn resolve(args: &QuantReportArgs) -> anyhow::Result<Inputs> {
         Some(p) => Some(loaded.text_tokens(&read_utf8(p)?)),
         None => None,
     };
-    let methods = parse_methods(args)?;
+    let mut methods = parse_methods(args)?;
+    if args.group.is_none() && args.group_of.is_empty() {
+        methods.group_overrides = q35_host::golden::methods(&loaded.quant).group_overrides;
+    }
     Ok(Inputs {
         loaded,
         schemes,
@@ -248,25 +253,42 @@ fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
         let (kind, g) = item
             .split_once('=')
             .with_context(|| format!("--group-of {item}: expected KIND=G"))?;
-        let kind = [
-            LinearKind::Q,
-            LinearKind::K,
-            LinearKind::V,
-            LinearKind::AttnOutput,
-            LinearKind::Gate,
-            LinearKind::Up,
-            LinearKind::Down,
-            LinearKind::LmHead,
-        ]
-        .into_iter()
-        .find(|k| k.gguf_stem() == kind)
-        .with_context(|| format!("--group-of {item}: unknown matrix kind {kind}"))?;
+        let kind = q35_host::golden::linear_kind(kind).with_context(|| {
+            format!(
+                "--group-of {item}: unknown matrix kind {kind} (kinds: {})",
+                q35_model::MATRIX_KINDS.join(", ")
+            )
+        })?;
         let g: usize = g
             .parse()
             .with_context(|| format!("--group-of {item}: {g} is not a group size"))?;
         methods.set_group(kind, g);
     }
     Ok(methods)
+}
+
+/// The group sizes of their own in `methods`, as `KIND=G` in kind order.
+fn group_of_text(methods: &Methods) -> Vec<String> {
+    LinearKind::BLOCK
+        .into_iter()
+        .chain([LinearKind::LmHead])
+        .filter_map(|k| {
+            methods
+                .group_of(k)
+                .map(|g| format!("{}={g}", k.gguf_stem()))
+        })
+        .collect()
+}
+
+/// `group` and the sizes of their own, as people read them: `64`, or
+/// `64 (attn_k=128, attn_v=128)`.
+fn groups_text(group: usize, methods: &Methods) -> String {
+    let own = group_of_text(methods);
+    if own.is_empty() {
+        group.to_string()
+    } else {
+        format!("{group} ({})", own.join(", "))
+    }
 }
 
 /// A fixed pseudo-random token sequence (SplitMix64).

@@ -20,7 +20,9 @@ pub(super) fn write(
     writeln!(
         out,
         "{}: group {}, calibration {}; per tensor: rel. RMSE / rel. layer-output error",
-        inputs.loaded.name, inputs.group, inputs.calib_source
+        inputs.loaded.name,
+        super::groups_text(inputs.group, &inputs.methods),
+        inputs.calib_source
     )?;
     write_tensor_table(out, summaries)?;
     writeln!(out)?;
