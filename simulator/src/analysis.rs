@@ -406,6 +406,8 @@ fn label_table(binary: &LpuBinary, loaded: &Loaded, labels: &mut Vec<String>) ->
                 list[from..to].fill(id);
             }
         }
+        // Labelled: the map's pages need not stay resident.
+        binary.release_section(q35_lpubin::SectionKind::Debug);
     }
     table
 }

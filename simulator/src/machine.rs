@@ -167,6 +167,13 @@ impl<'b> Machine<'b> {
             .expect("the state is back after every run")
     }
 
+    /// The decoded program and what was recorded, consuming the machine:
+    /// MEM, the replay and its buffers are freed before the caller
+    /// analyses the timelines.
+    pub fn into_recorded(self) -> (Loaded, Option<Recorded>) {
+        (self.loaded, self.record)
+    }
+
     /// The state, consuming the machine.
     pub fn into_state(self) -> State {
         self.state.expect("the state is back after every run")

@@ -269,7 +269,7 @@ pub fn run(
         stop_tokens: meta.stop_tokens(),
     };
 
-    let tokenizer = session.tokenizer().cloned();
+    let tokenizer = session.shared_tokenizer();
     let mut decoder = StreamDecoder::new();
     let mut text = String::new();
     let mut stdout = std::io::stdout().lock();
@@ -333,11 +333,15 @@ pub fn run(
     });
     // The profile: every run's timeline was recorded (a compiled model's
     // runs share one schedule, so usually one distinct timeline).
-    let recorded = session.device().recorded().cloned().unwrap_or_default();
+    // MEM and the replay are freed before the analysis allocates.
+    let replayed = session.device().replayed();
+    let ctx = session.ctx();
+    let (loaded, recorded) = session.into_device().into_recorded();
+    let recorded = recorded.unwrap_or_default();
     let step_profiles: Vec<StepProfile> = recorded
         .timelines
         .iter()
-        .map(|t| analyse(binary, session.device().loaded(), &config, t))
+        .map(|t| analyse(binary, &loaded, &config, t))
         .collect();
     let cycles = |prefill: bool| -> (u64, u64) {
         let s = generation.steps.iter().filter(|s| s.prefill == prefill);
@@ -439,7 +443,7 @@ pub fn run(
                 "top_p": shortest(args.top_p),
                 "seed": args.seed,
             },
-            "context": session.ctx(),
+            "context": ctx,
             "predicted_cycles_per_step": predicted,
             "total_cycles": generation.steps.iter().map(|s| s.stats.cycles).sum::<u64>(),
             "steps": steps,
@@ -491,7 +495,7 @@ pub fn run(
             .map_err(io)?;
         }
         if args.engine == Engine::Verify {
-            let (verified, faulted) = session.device().replayed();
+            let (verified, faulted) = replayed;
             writeln!(
                 stdout,
                 "verify: {verified} runs replayed beside the engine ({faulted} handed to it on a fault): every MEM byte and the counters equal"
