@@ -37,6 +37,8 @@ pub struct Machine<'b> {
     mode: EngineMode,
     /// The first hazard-free run, recorded ([`EngineMode::Replay`]).
     replay: Option<Replay>,
+    /// The first run's recording did not fit its packed form: no replay.
+    unreplayable: bool,
     /// The replay's timeline in `record` (when recording).
     replay_timeline: Option<usize>,
     scratch: Scratch,
@@ -94,6 +96,7 @@ impl<'b> Machine<'b> {
             record: None,
             mode: EngineMode::default(),
             replay: None,
+            unreplayable: false,
             replay_timeline: None,
             scratch: Scratch::default(),
             replayed: (0, 0),
@@ -244,12 +247,15 @@ impl<'b> Machine<'b> {
             }
             _ => None,
         };
-        let mut engine = Engine::new(&self.config, state, self.loaded.queues.clone());
+        // The engine borrows the instruction lists for the run (no copy).
+        let present: Vec<bool> = self.loaded.queues.iter().map(Option::is_some).collect();
+        let mut engine = Engine::new(&self.config, state, std::mem::take(&mut self.loaded.queues));
         if self.record.is_some() {
             engine.record();
         }
-        let record_replay =
-            matches!(self.mode, EngineMode::Replay | EngineMode::Verify) && self.replay.is_none();
+        let record_replay = matches!(self.mode, EngineMode::Replay | EngineMode::Verify)
+            && self.replay.is_none()
+            && !self.unreplayable;
         if record_replay {
             engine.record_replay();
         }
@@ -271,19 +277,28 @@ impl<'b> Machine<'b> {
                 self.replay_timeline = Some(i);
             }
         }
+        let recording = engine.take_replay();
+        let last_event = engine.last_event_cycle();
+        let (state, lists) = engine.into_parts();
+        self.loaded.queues = lists
+            .into_iter()
+            .zip(present)
+            .map(|(list, present)| present.then_some(list))
+            .collect();
         if record_replay
             && let Ok(profile) = &result
-            && let Some(recording) = engine.take_replay()
+            && let Some(recording) = recording
         {
-            self.replay = Some(Replay::new(
+            self.replay = Replay::new(
                 recording,
                 profile.clone(),
-                engine.last_event_cycle(),
+                last_event,
                 &self.config,
                 &self.loaded.queues,
-            ));
+            );
+            self.unreplayable = self.replay.is_none();
         }
-        self.state = Some(engine.into_state());
+        self.state = Some(state);
         self.runs += 1;
         let result = match (twin, &self.replay) {
             (Some((run, twin)), Some(replay)) => {
