@@ -452,10 +452,13 @@ impl<'c> Engine<'c> {
             });
         }
         self.scratch.clear();
-        if unit != Unit::Control
-            && let Some(r) = &mut self.replay
-        {
-            r.issue(t, offset, index, q, text_of.is_some());
+        if let Some(r) = &mut self.replay {
+            if unit == Unit::Control {
+                let index = if text_of.is_some() { index - 1 } else { index };
+                r.control(t, index, q);
+            } else {
+                r.issue(t, offset, index, q, text_of.is_some());
+            }
         }
         let mut ctx = Ctx {
             config: self.config,

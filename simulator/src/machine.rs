@@ -41,6 +41,10 @@ pub struct Machine<'b> {
     unreplayable: bool,
     /// The replay's timeline in `record` (when recording).
     replay_timeline: Option<usize>,
+    /// Lean recording ([`Machine::set_record_lean`]).
+    lean: bool,
+    /// The timeline in `record` whose issues the replay holds (lean).
+    in_replay: Option<usize>,
     scratch: Scratch,
     /// Runs done by the replay, and replays abandoned for the engine.
     replayed: (u64, u64),
@@ -98,6 +102,8 @@ impl<'b> Machine<'b> {
             replay: None,
             unreplayable: false,
             replay_timeline: None,
+            lean: false,
+            in_replay: None,
             scratch: Scratch::default(),
             replayed: (0, 0),
         })
@@ -112,6 +118,19 @@ impl<'b> Machine<'b> {
     pub fn set_record(&mut self, on: bool) {
         self.record = on.then(Recorded::default);
         self.replay_timeline = None;
+        self.lean = false;
+        self.in_replay = None;
+    }
+
+    /// Records as [`Machine::set_record`], but the timeline of the run the
+    /// replay was recorded from is not kept twice: once the replay exists,
+    /// it holds those issues ([`Replay::timeline`] rebuilds them), which is
+    /// a step's timeline less to keep resident (21 MB on SmolLM2 at
+    /// context 256). [`Machine::recorded`] is then `None`;
+    /// [`Machine::into_recorded`] gives every timeline, whole.
+    pub fn set_record_lean(&mut self, on: bool) {
+        self.set_record(on);
+        self.lean = on;
     }
 
     /// Chooses how later runs execute (default [`EngineMode::Exact`]).
@@ -135,9 +154,11 @@ impl<'b> Machine<'b> {
         self.replay.as_ref()
     }
 
-    /// What was recorded (`None` unless [`Machine::set_record`] is on).
+    /// What was recorded (`None` unless [`Machine::set_record`] is on, and
+    /// `None` with [`Machine::set_record_lean`]: see
+    /// [`Machine::into_recorded`]).
     pub fn recorded(&self) -> Option<&Recorded> {
-        self.record.as_ref()
+        self.record.as_ref().filter(|_| !self.lean)
     }
 
     /// The decoded program.
@@ -170,10 +191,17 @@ impl<'b> Machine<'b> {
             .expect("the state is back after every run")
     }
 
-    /// The decoded program and what was recorded, consuming the machine:
-    /// MEM, the replay and its buffers are freed before the caller
-    /// analyses the timelines.
-    pub fn into_recorded(self) -> (Loaded, Option<Recorded>) {
+    /// The decoded program and what was recorded (every timeline whole,
+    /// lean or not), consuming the machine: MEM, the replay and its
+    /// buffers are freed before the caller analyses the timelines.
+    pub fn into_recorded(mut self) -> (Loaded, Option<Recorded>) {
+        self.state = None;
+        self.scratch = Scratch::default();
+        if let (Some(rec), Some(i), Some(replay)) = (&mut self.record, self.in_replay, &self.replay)
+            && let Some(t) = rec.timelines.get_mut(i)
+        {
+            t.issues = replay.timeline().issues;
+        }
         (self.loaded, self.record)
     }
 
@@ -265,7 +293,12 @@ impl<'b> Machine<'b> {
                 issues: engine.take_recorded(),
                 profile: profile.clone(),
             };
-            let i = match rec.timelines.iter().position(|x| *x == t) {
+            let (in_replay, replay) = (self.in_replay, &self.replay);
+            let same = |(j, x): (usize, &Timeline)| match (in_replay, replay) {
+                (Some(k), Some(r)) if k == j => r.timeline() == t,
+                _ => *x == t,
+            };
+            let i = match rec.timelines.iter().enumerate().position(same) {
                 Some(i) => i,
                 None => {
                     rec.timelines.push(t);
@@ -297,6 +330,14 @@ impl<'b> Machine<'b> {
                 &self.loaded.queues,
             );
             self.unreplayable = self.replay.is_none();
+            if self.lean
+                && self.replay.is_some()
+                && let (Some(rec), Some(i)) = (&mut self.record, self.replay_timeline)
+                && let Some(t) = rec.timelines.get_mut(i)
+            {
+                t.issues = Vec::new();
+                self.in_replay = Some(i);
+            }
         }
         self.state = Some(state);
         self.runs += 1;

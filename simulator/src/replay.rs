@@ -78,9 +78,8 @@
 //!
 //! # Size
 //!
-//! An [`Event`] is 16 bytes (cycle and `repeat` offset in 32 bits) and a
-//! slot 2 bytes: a SmolLM2 step at context 256 records ~1.04 M events and
-//! ~3.85 M slots, 24 MB. A run whose cycles, offsets or slots do not fit
+//! An [`Event`] is 12 bytes and a slot 2 bytes: a SmolLM2 step at context
+//! 256 records ~1.04 M events and ~3.85 M slots, 20 MB. A run whose cycles, offsets or slots do not fit
 //! is not replayed ([`Recording::fits`]).
 //!
 //! The recording is valid for every later run of the same loaded program
@@ -97,6 +96,7 @@ use crate::hazard::HazardKind;
 use crate::profile::Profile;
 use crate::state::State;
 use crate::streams::{LANES, Vector};
+use crate::timeline::{Issue, Timeline};
 
 /// What kind of event an [`Event`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,28 +107,52 @@ pub enum EventKind {
     Repetition,
     /// The next entry of the recording's deferred work.
     Deferred,
+    /// The issue of a control instruction (`index` as the timeline has
+    /// it): nothing to run, kept for [`Replay::timeline`].
+    Control,
 }
 
-/// One event of a recorded run, packed into 16 bytes (a SmolLM2 step
-/// records about a million): the cycle and the `repeat` offset as 32-bit
-/// values (a run that needs more is not replayed, [`Recording::fits`]).
+/// One event of a recorded run, packed into 12 bytes (a SmolLM2 step
+/// records about a million): the cycle in 32 bits, and the `repeat` offset
+/// (21 bits, signed), the [`BOOK`] flag, the kind and the queue (8 bits)
+/// in one word. A run that needs more is not replayed ([`Recording::fits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
     cycle: u32,
-    offset: i32,
     index: u32,
-    queue: u16,
-    kind: EventKind,
-    /// [`BOOK`].
-    flags: u8,
+    /// `offset << 11 | book << 10 | kind << 8 | queue`.
+    packed: u32,
 }
+
+const _: () = assert!(std::mem::size_of::<Event>() == 12);
 
 /// [`Event`] flag: a MEM `read` or `write` must book its port and banks (a
 /// gather or scatter books the same slice on the same cycle; set by
 /// [`Replay::new`], the engine books everything).
-const BOOK: u8 = 1;
+const BOOK: u32 = 1 << 10;
+/// The `repeat` offsets an [`Event`] holds: `-OFFSET_RANGE .. OFFSET_RANGE`.
+const OFFSET_RANGE: i64 = 1 << 20;
 
 impl Event {
+    fn new(cycle: u64, offset: i64, index: u32, queue: u16, kind: EventKind) -> Option<Event> {
+        let cycle = u32::try_from(cycle).ok()?;
+        let queue = u8::try_from(queue).ok()?;
+        if !(-OFFSET_RANGE..OFFSET_RANGE).contains(&offset) {
+            return None;
+        }
+        let kind = match kind {
+            EventKind::Issue => 0u32,
+            EventKind::Repetition => 1,
+            EventKind::Deferred => 2,
+            EventKind::Control => 3,
+        };
+        Some(Event {
+            cycle,
+            index,
+            packed: ((offset as i32 as u32) << 11) | BOOK | (kind << 8) | u32::from(queue),
+        })
+    }
+
     /// Its cycle.
     pub fn cycle(&self) -> u64 {
         u64::from(self.cycle)
@@ -136,7 +160,7 @@ impl Event {
 
     /// Words added to address fields (`repeat` strides).
     pub fn offset(&self) -> i64 {
-        i64::from(self.offset)
+        i64::from((self.packed as i32) >> 11)
     }
 
     /// The instruction index the engine ran it as.
@@ -146,17 +170,26 @@ impl Event {
 
     /// Dense queue number.
     pub fn queue(&self) -> u16 {
-        self.queue
+        (self.packed & 0xff) as u16
     }
 
     /// What it is.
     pub fn kind(&self) -> EventKind {
-        self.kind
+        match (self.packed >> 8) & 3 {
+            0 => EventKind::Issue,
+            1 => EventKind::Repetition,
+            2 => EventKind::Deferred,
+            _ => EventKind::Control,
+        }
     }
 
     /// Whether a MEM `read` or `write` books its port and banks.
     pub fn books(&self) -> bool {
-        self.flags & BOOK != 0
+        self.packed & BOOK != 0
+    }
+
+    fn set_books(&mut self, book: bool) {
+        self.packed = (self.packed & !BOOK) | if book { BOOK } else { 0 };
     }
 }
 
@@ -216,6 +249,12 @@ impl Recording {
         self.push(cycle, offset, index, queue, kind);
     }
 
+    /// Records the issue of a control instruction: instruction `index` of
+    /// `queue` (a repetition's as the repeated instruction) on `cycle`.
+    pub fn control(&mut self, cycle: u64, index: u32, queue: u16) {
+        self.push(cycle, 0, index, queue, EventKind::Control);
+    }
+
     /// Records deferred work `work` of instruction `index` of `queue`
     /// running on `cycle`.
     pub fn deferred(&mut self, cycle: u64, index: u32, queue: u16, work: Deferred) {
@@ -224,16 +263,9 @@ impl Recording {
     }
 
     fn push(&mut self, cycle: u64, offset: i64, index: u32, queue: u16, kind: EventKind) {
-        match (u32::try_from(cycle), i32::try_from(offset)) {
-            (Ok(cycle), Ok(offset)) => self.events.push(Event {
-                cycle,
-                offset,
-                index,
-                queue,
-                kind,
-                flags: BOOK,
-            }),
-            _ => self.unfit = true,
+        match Event::new(cycle, offset, index, queue, kind) {
+            Some(e) => self.events.push(e),
+            None => self.unfit = true,
         }
     }
 
@@ -279,10 +311,8 @@ pub struct Scratch {
     deferred: Vec<(u64, Deferred)>,
     /// Words saved before their first write in this run: (slice, word, bytes).
     undo: Vec<(u16, u32, Vector)>,
-    /// Per MEM word (slice-major), the run that last saved it.
-    saved: Vec<u32>,
-    /// This run's number (starts at 1; 0 in `saved` is "never").
-    generation: u32,
+    /// Per MEM word (slice-major, a bit each): saved in this run.
+    saved: Vec<u64>,
 }
 
 /// The recorded operands, handed out in order.
@@ -354,19 +384,24 @@ impl Replay {
             return None;
         }
         let ins_of = |e: &Event| -> Option<&Instruction> {
-            match e.kind {
-                EventKind::Issue => Some(e.index),
-                EventKind::Repetition => e.index.checked_sub(1),
-                EventKind::Deferred => None,
+            match e.kind() {
+                EventKind::Issue => Some(e.index()),
+                EventKind::Repetition => e.index().checked_sub(1),
+                EventKind::Deferred | EventKind::Control => None,
             }
-            .and_then(|i| queues.get(usize::from(e.queue))?.as_ref()?.get(i as usize))
+            .and_then(|i| {
+                queues
+                    .get(usize::from(e.queue()))?
+                    .as_ref()?
+                    .get(i as usize)
+            })
         };
         // The (slice, cycle) bookings of every gather and scatter.
         let wl = config.latency(LatencyClass::MemWrite);
         let mut dynamic = Vec::new();
         for e in &recording.events {
             if let Some((c, true)) = ins_of(e).and_then(|ins| booking(ins, e.cycle(), wl)) {
-                dynamic.push((e.queue, c));
+                dynamic.push((e.queue(), c));
             }
         }
         dynamic.sort_unstable();
@@ -387,20 +422,20 @@ impl Replay {
             let ins = ins_of(e);
             let book = ins
                 .and_then(|ins| booking(ins, e.cycle(), wl))
-                .is_none_or(|(c, _)| dynamic.binary_search(&(e.queue, c)).is_ok());
-            e.flags = if book { BOOK } else { 0 };
-            let (w, access) = match (e.kind, ins) {
+                .is_none_or(|(c, _)| dynamic.binary_search(&(e.queue(), c)).is_ok());
+            e.set_books(book);
+            let (w, access) = match (e.kind(), ins) {
                 (
                     EventKind::Issue | EventKind::Repetition,
                     Some(Instruction::Read { addr, .. }),
-                ) => (at(e.queue, i64::from(*addr) + e.offset()), READ),
+                ) => (at(e.queue(), i64::from(*addr) + e.offset()), READ),
                 (EventKind::Issue | EventKind::Repetition, Some(Instruction::Gather { .. })) => {
-                    if let Some(g) = gathered.get_mut(usize::from(e.queue)) {
+                    if let Some(g) = gathered.get_mut(usize::from(e.queue())) {
                         *g = true;
                     }
                     continue;
                 }
-                (EventKind::Issue | EventKind::Repetition, _) => continue,
+                (EventKind::Issue | EventKind::Repetition | EventKind::Control, _) => continue,
                 (EventKind::Deferred, _) => match work.next() {
                     Some(Deferred::MemWrite { slice, addr, .. }) => {
                         (at(*slice, i64::from(*addr)), WRITTEN)
@@ -441,6 +476,35 @@ impl Replay {
         max_cycles.is_none_or(|l| self.last_event <= l)
     }
 
+    /// The recording run's timeline: every issue, control instructions
+    /// included, in the order the engine issued them (what
+    /// [`Machine::set_record`](crate::Machine::set_record) records), rebuilt
+    /// from the events.
+    pub fn timeline(&self) -> Timeline {
+        let issues = self
+            .recording
+            .events
+            .iter()
+            .filter_map(|e| {
+                let index = match e.kind() {
+                    EventKind::Issue | EventKind::Control => e.index(),
+                    // The repeated instruction, just before the `repeat`.
+                    EventKind::Repetition => e.index().wrapping_sub(1),
+                    EventKind::Deferred => return None,
+                };
+                Some(Issue {
+                    cycle: e.cycle(),
+                    queue: e.queue(),
+                    index,
+                })
+            })
+            .collect();
+        Timeline {
+            issues,
+            profile: self.profile.clone(),
+        }
+    }
+
     /// Events, deferred work and slots recorded (for reports).
     pub fn size(&self) -> (usize, usize, usize) {
         let r = &self.recording;
@@ -462,15 +526,8 @@ impl Replay {
             scratch.slab.resize(r.slab_len, [0; LANES]);
         }
         let total = state.mem.len() * config.mem.words_per_slice as usize;
-        if scratch.saved.len() != total {
-            scratch.saved = vec![0; total];
-            scratch.generation = 0;
-        }
-        scratch.generation = scratch.generation.wrapping_add(1);
-        if scratch.generation == 0 {
-            scratch.saved.fill(0);
-            scratch.generation = 1;
-        }
+        scratch.saved.clear();
+        scratch.saved.resize(total.div_ceil(64), 0);
         scratch.undo.clear();
         let result = self.run_events(config, state, queues, scratch);
         if result.is_err() {
@@ -494,21 +551,22 @@ impl Replay {
             deferred: pushed,
             undo,
             saved,
-            generation,
         } = scratch;
         let mut undo = Undo {
             keep: &self.keep,
             log: undo,
             saved,
-            generation: *generation,
             words: config.mem.words_per_slice as usize,
         };
         let mut pool = Pool::default();
         let mut next = 0usize;
         let mut deferred = r.deferred.iter();
         for e in &r.events {
-            let queue = QueueId::from_index(e.queue)
-                .ok_or_else(|| Abandoned::Log(format!("queue {} in the log", e.queue)))?;
+            if e.kind() == EventKind::Control {
+                continue;
+            }
+            let queue = QueueId::from_index(e.queue())
+                .ok_or_else(|| Abandoned::Log(format!("queue {} in the log", e.queue())))?;
             let mut ctx = Ctx {
                 config,
                 state: &mut *state,
@@ -522,21 +580,29 @@ impl Replay {
                 deferred: &mut *pushed,
                 cycle: e.cycle(),
                 queue,
-                index: e.index,
+                index: e.index(),
                 addr_offset: e.offset(),
             };
-            let run = match e.kind {
+            let run = match e.kind() {
+                EventKind::Control => Ok(()),
                 EventKind::Issue | EventKind::Repetition => {
-                    let at = match e.kind {
-                        EventKind::Repetition => e.index.checked_sub(1),
-                        EventKind::Issue | EventKind::Deferred => Some(e.index),
+                    let at = match e.kind() {
+                        EventKind::Repetition => e.index().checked_sub(1),
+                        EventKind::Issue | EventKind::Deferred | EventKind::Control => {
+                            Some(e.index())
+                        }
                     };
                     let ins = at
-                        .and_then(|i| queues.get(usize::from(e.queue))?.as_ref()?.get(i as usize))
+                        .and_then(|i| {
+                            queues
+                                .get(usize::from(e.queue()))?
+                                .as_ref()?
+                                .get(i as usize)
+                        })
                         .ok_or_else(|| {
                             Abandoned::Log(format!(
                                 "queue {queue}, #{} not in the program",
-                                e.index
+                                e.index()
                             ))
                         })?;
                     // The engine schedules what this pushes; the log has it.
@@ -607,8 +673,7 @@ fn booking(ins: &Instruction, cycle: u64, write_latency: u64) -> Option<(u64, bo
 struct Undo<'a> {
     keep: &'a [u64],
     log: &'a mut Vec<(u16, u32, Vector)>,
-    saved: &'a mut [u32],
-    generation: u32,
+    saved: &'a mut [u64],
     words: usize,
 }
 
@@ -621,10 +686,10 @@ impl Undo<'_> {
             .keep
             .get(at / 64)
             .is_some_and(|k| k & (1 << (at % 64)) != 0)
-            && let Some(g) = self.saved.get_mut(at)
-            && *g != self.generation
+            && let Some(g) = self.saved.get_mut(at / 64)
+            && *g & (1 << (at % 64)) == 0
         {
-            *g = self.generation;
+            *g |= 1 << (at % 64);
             self.log
                 .push((slice, addr, *state.mem[usize::from(slice)].word(addr)));
         }

@@ -92,18 +92,23 @@ struct Tally {
 /// the first when `seed` is set) and compares after each.
 fn differential(name: &str, binary: &LpuBinary, runs: u32, seed: Option<u64>) -> Tally {
     let config = config();
-    let (Ok(mut exact), Ok(mut replay)) = (
+    let (Ok(mut exact), Ok(mut replay), Ok(mut lean)) = (
+        Machine::new(binary, config.clone()),
         Machine::new(binary, config.clone()),
         Machine::new(binary, config.clone()),
     ) else {
-        return Tally::default(); // a binary the loader refuses (both alike)
+        return Tally::default(); // a binary the loader refuses (all alike)
     };
     exact.set_mode(EngineMode::Exact);
     replay.set_mode(EngineMode::Replay);
+    lean.set_mode(EngineMode::Replay);
     for m in [&mut exact, &mut replay] {
         m.set_record(true);
         m.set_max_cycles(Some(10_000_000));
     }
+    // The third machine records lean: the replay holds its timeline.
+    lean.set_record_lean(true);
+    lean.set_max_cycles(Some(10_000_000));
     let mut tally = Tally::default();
     for run in 0..runs {
         if let Some(seed) = seed
@@ -111,10 +116,12 @@ fn differential(name: &str, binary: &LpuBinary, runs: u32, seed: Option<u64>) ->
         {
             perturb(&mut exact, seed + u64::from(run));
             perturb(&mut replay, seed + u64::from(run));
+            perturb(&mut lean, seed + u64::from(run));
         }
         let a = exact.run_once();
         let b = replay.run_once();
         assert_eq!(a, b, "{name}: run {run}: result");
+        assert_eq!(lean.run_once(), b, "{name}: run {run}: lean result");
         if let Err(e) = same_mem(&exact, &replay) {
             panic!("{name}: run {run}: MEM differs at {e}");
         }
@@ -132,6 +139,18 @@ fn differential(name: &str, binary: &LpuBinary, runs: u32, seed: Option<u64>) ->
     for (i, j) in ra.runs.iter().zip(&rb.runs) {
         assert_eq!(ra.timelines[*i], rb.timelines[*j], "{name}: timeline");
     }
+    // The replay's timeline, rebuilt from its events, is the run's it was
+    // recorded from (the first that ended without a hazard).
+    if let (Some(r), Some(&first)) = (replay.replay(), ra.runs.first()) {
+        assert_eq!(r.timeline(), ra.timelines[first], "{name}: replay timeline");
+    }
+    assert!(lean.recorded().is_none(), "{name}: lean recorded()");
+    let rb = rb.clone();
+    assert_eq!(
+        lean.into_recorded().1.map(|r| (r.timelines, r.runs)),
+        Some((rb.timelines, rb.runs)),
+        "{name}: lean timelines"
+    );
     tally
 }
 

@@ -191,7 +191,8 @@ pub fn run(
 ) -> Result<(), Failure> {
     let mut machine = Machine::new(binary, config.clone()).with_context(|| name.to_string())?;
     machine.set_max_cycles(max_cycles);
-    machine.set_record(true);
+    // The profile's timelines, the replay's not kept twice.
+    machine.set_record_lean(true);
     machine.set_mode(match args.engine {
         Engine::Exact => q35_sim::EngineMode::Exact,
         Engine::Replay => q35_sim::EngineMode::Replay,
