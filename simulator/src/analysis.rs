@@ -362,7 +362,11 @@ pub fn class_of(kind: &str) -> String {
 /// its queue's instructions up to the next entry; instructions before a
 /// queue's first entry (or in a binary without a debug map) get
 /// [`NO_LABEL`]. Built once, so labelling an issue is an index.
-fn label_table(binary: &LpuBinary, loaded: &Loaded, labels: &mut Vec<String>) -> Vec<Vec<u32>> {
+fn label_table(
+    debug: Option<q35_lpubin::DebugMap<'_>>,
+    loaded: &Loaded,
+    labels: &mut Vec<String>,
+) -> Vec<Vec<u32>> {
     let mut ids: BTreeMap<String, u32> = BTreeMap::new();
     let mut intern = |s: &str, labels: &mut Vec<String>| -> u32 {
         if let Some(&i) = ids.get(s) {
@@ -379,7 +383,7 @@ fn label_table(binary: &LpuBinary, loaded: &Loaded, labels: &mut Vec<String>) ->
         .iter()
         .map(|q| vec![none; q.as_ref().map_or(0, Vec::len)])
         .collect();
-    if let Some(debug) = binary.debug() {
+    if let Some(debug) = debug {
         let entries: Vec<_> = debug.iter().collect();
         // The file stores each distinct location once, so most lookups
         // hit by address; a miss interns by text.
@@ -406,15 +410,24 @@ fn label_table(binary: &LpuBinary, loaded: &Loaded, labels: &mut Vec<String>) ->
                 list[from..to].fill(id);
             }
         }
-        // Labelled: the map's pages need not stay resident.
-        binary.release_section(q35_lpubin::SectionKind::Debug);
     }
     table
 }
 
-/// Profiles one step of `binary` from its timeline.
+/// Profiles one step of `binary`'s first program from its timeline.
 pub fn analyse(
     binary: &LpuBinary,
+    loaded: &Loaded,
+    config: &MachineConfig,
+    timeline: &Timeline,
+) -> StepProfile {
+    analyse_with(binary.debug(), loaded, config, timeline)
+}
+
+/// [`analyse`] for any program: its decoded queues and debug map (e.g. a
+/// further program's, `Machine::loaded_program` and `Machine::debug_map`).
+pub fn analyse_with(
+    debug: Option<q35_lpubin::DebugMap<'_>>,
     loaded: &Loaded,
     config: &MachineConfig,
     timeline: &Timeline,
@@ -422,7 +435,7 @@ pub fn analyse(
     let target = &config.target;
     let lanes = u64::from(q35_isa::VECTOR_BYTES);
     let mut labels: Vec<String> = Vec::new();
-    let table = label_table(binary, loaded, &mut labels);
+    let table = label_table(debug, loaded, &mut labels);
     // Per plane: rows of the shadow and the active weights.
     let mut shadow = [0u64; 4];
     let mut active = [0u64; 4];

@@ -60,6 +60,14 @@ pub enum LoadError {
     /// The target is one the simulator cannot run.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// A further program that cannot run.
+    #[error("program `{name}`: {source}")]
+    Program {
+        /// Its name.
+        name: String,
+        /// Why.
+        source: Box<LoadError>,
+    },
     /// The MXM plane parameters are out of the plane model's range.
     #[error("MXM plane: {0}")]
     Plane(#[from] crate::mxm::MxmError),
@@ -78,8 +86,37 @@ pub struct Loaded {
 pub fn load(binary: &LpuBinary, config: &MachineConfig) -> Result<Loaded, LoadError> {
     config.validate()?;
     binary.check_target(&config.target_hash)?;
+    let loaded = decode(binary.queues(), binary.tables(), config)?;
+    // Decoded: the words' pages need not stay resident.
+    binary.release_section(q35_lpubin::SectionKind::Queues);
+    Ok(loaded)
+}
+
+/// [`load`] for a further program of `binary` (docs/lpubin.md 3.9): its
+/// queues and tables.
+pub fn load_program(
+    binary: &LpuBinary,
+    program: &q35_lpubin::ProgramView<'_>,
+    config: &MachineConfig,
+) -> Result<Loaded, LoadError> {
+    config.validate()?;
+    binary.check_target(&config.target_hash)?;
+    let loaded =
+        decode(program.queues(), program.tables(), config).map_err(|e| LoadError::Program {
+            name: program.name().to_string(),
+            source: Box::new(e),
+        })?;
+    binary.release_section(q35_lpubin::SectionKind::Programs);
+    Ok(loaded)
+}
+
+fn decode<'a>(
+    queue_list: impl Iterator<Item = q35_lpubin::Queue<'a>>,
+    table_list: impl Iterator<Item = (&'a str, &'a [u8])>,
+    config: &MachineConfig,
+) -> Result<Loaded, LoadError> {
     let mut tables = Vec::new();
-    for (name, bytes) in binary.tables() {
+    for (name, bytes) in table_list {
         let err = |message: String| LoadError::Table {
             name: name.to_string(),
             message,
@@ -100,7 +137,7 @@ pub fn load(binary: &LpuBinary, config: &MachineConfig) -> Result<Loaded, LoadEr
         });
     }
     let mut queues: Vec<Option<Vec<Instruction>>> = vec![None; usize::from(q35_isa::QUEUE_COUNT)];
-    for q in binary.queues() {
+    for q in queue_list {
         let queue = QueueId::from_index(q.id()).ok_or(LoadError::UnknownQueue { id: q.id() })?;
         let mut list = Vec::with_capacity(q.len());
         for (index, word) in q.words().iter().enumerate() {
@@ -121,8 +158,6 @@ pub fn load(binary: &LpuBinary, config: &MachineConfig) -> Result<Loaded, LoadEr
         }
         queues[usize::from(queue.index())] = Some(list);
     }
-    // Decoded: the words' pages need not stay resident.
-    binary.release_section(q35_lpubin::SectionKind::Queues);
     Ok(Loaded { queues, tables })
 }
 

@@ -48,6 +48,24 @@ pub struct Machine<'b> {
     scratch: Scratch,
     /// Runs done by the replay, and replays abandoned for the engine.
     replayed: (u64, u64),
+    /// The program `loaded`, `symbols`, `replay` and `replay_timeline`
+    /// belong to: 0 the binary's first, `i` its `programs` section's
+    /// `i - 1`th (docs/lpubin.md 3.9).
+    current: usize,
+    /// The other programs' (`None` at `current`).
+    parked: Vec<Option<Parked>>,
+}
+
+/// A program that is not the current one, and what the machine keeps for
+/// it.
+#[derive(Debug)]
+struct Parked {
+    loaded: Loaded,
+    symbols: BTreeMap<String, Symbol>,
+    replay: Option<Replay>,
+    replay_timeline: Option<usize>,
+    unreplayable: bool,
+    in_replay: Option<usize>,
 }
 
 /// How a [`Machine`] executes its runs. Both give the same MEM bytes,
@@ -77,6 +95,8 @@ pub struct Recorded {
     pub timelines: Vec<Timeline>,
     /// For each run since recording started, its index in `timelines`.
     pub runs: Vec<usize>,
+    /// For each of `timelines`, the program it ran ([`Machine::program`]).
+    pub programs: Vec<usize>,
 }
 
 impl<'b> Machine<'b> {
@@ -89,6 +109,21 @@ impl<'b> Machine<'b> {
             .iter()
             .map(|s| (s.name.clone(), s.clone()))
             .collect();
+        let mut parked = vec![None];
+        for view in binary.programs() {
+            parked.push(Some(Parked {
+                loaded: load::load_program(binary, &view, &config)?,
+                symbols: view
+                    .symbols()
+                    .iter()
+                    .map(|s| (s.name.clone(), s.clone()))
+                    .collect(),
+                replay: None,
+                replay_timeline: None,
+                unreplayable: false,
+                in_replay: None,
+            }));
+        }
         Ok(Machine {
             binary,
             config,
@@ -106,7 +141,68 @@ impl<'b> Machine<'b> {
             in_replay: None,
             scratch: Scratch::default(),
             replayed: (0, 0),
+            current: 0,
+            parked,
         })
+    }
+
+    /// The program later runs, symbol writes and reads use: 0 the binary's
+    /// first, `i` the `i - 1`th of its `programs` section.
+    pub fn program(&self) -> usize {
+        self.current
+    }
+
+    /// Programs the binary holds (at least 1).
+    pub fn programs(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Makes program `index` ([`Machine::program`]) the current one. MEM,
+    /// weights and KV cache stay; each program keeps its own recorded
+    /// replay.
+    pub fn set_program(&mut self, index: usize) -> Result<(), DeviceError> {
+        if index == self.current {
+            return Ok(());
+        }
+        let Some(next) = self.parked.get_mut(index).and_then(Option::take) else {
+            return Err(DeviceError::NoProgram {
+                name: format!("#{index}"),
+            });
+        };
+        let old = Parked {
+            loaded: std::mem::replace(&mut self.loaded, next.loaded),
+            symbols: std::mem::replace(&mut self.symbols, next.symbols),
+            replay: std::mem::replace(&mut self.replay, next.replay),
+            replay_timeline: std::mem::replace(&mut self.replay_timeline, next.replay_timeline),
+            unreplayable: std::mem::replace(&mut self.unreplayable, next.unreplayable),
+            in_replay: std::mem::replace(&mut self.in_replay, next.in_replay),
+        };
+        self.parked[self.current] = Some(old);
+        self.current = index;
+        let tables = self
+            .loaded
+            .tables
+            .iter()
+            .map(|t| t.values.clone())
+            .collect();
+        self.state_mut().tables = tables;
+        Ok(())
+    }
+
+    /// The decoded program `index` ([`Machine::program`]), if there is one.
+    pub fn loaded_program(&self, index: usize) -> Option<&Loaded> {
+        if index == self.current {
+            return Some(&self.loaded);
+        }
+        self.parked.get(index)?.as_ref().map(|p| &p.loaded)
+    }
+
+    /// The debug map of program `index`, if it has one.
+    pub fn debug_map(&self, index: usize) -> Option<q35_lpubin::DebugMap<'b>> {
+        match index {
+            0 => self.binary.debug(),
+            i => self.binary.programs().nth(i - 1)?.debug(),
+        }
     }
 
     /// Stops each run with [`Stop::MaxCycles`] past `limit` cycles.
@@ -120,9 +216,13 @@ impl<'b> Machine<'b> {
         self.replay_timeline = None;
         self.lean = false;
         self.in_replay = None;
+        for p in self.parked.iter_mut().flatten() {
+            p.replay_timeline = None;
+            p.in_replay = None;
+        }
     }
 
-    /// Records as [`Machine::set_record`], but the timeline of the run the
+    /// Records as [`Machine::set_record`], but the timeline of the run a
     /// replay was recorded from is not kept twice: once the replay exists,
     /// it holds those issues ([`Replay::timeline`] rebuilds them), which is
     /// a step's timeline less to keep resident (21 MB on SmolLM2 at
@@ -191,18 +291,32 @@ impl<'b> Machine<'b> {
             .expect("the state is back after every run")
     }
 
-    /// The decoded program and what was recorded (every timeline whole,
-    /// lean or not), consuming the machine: MEM, the replay and its
-    /// buffers are freed before the caller analyses the timelines.
-    pub fn into_recorded(mut self) -> (Loaded, Option<Recorded>) {
+    /// Every decoded program (by [`Machine::program`] number) and what was
+    /// recorded (every timeline whole, lean or not), consuming the machine:
+    /// MEM, the replays and their buffers are freed before the caller
+    /// analyses the timelines.
+    pub fn into_recorded(mut self) -> (Vec<Loaded>, Option<Recorded>) {
         self.state = None;
         self.scratch = Scratch::default();
-        if let (Some(rec), Some(i), Some(replay)) = (&mut self.record, self.in_replay, &self.replay)
-            && let Some(t) = rec.timelines.get_mut(i)
-        {
-            t.issues = replay.timeline().issues;
+        let current = Parked {
+            loaded: self.loaded,
+            symbols: BTreeMap::new(),
+            replay: self.replay,
+            replay_timeline: self.replay_timeline,
+            unreplayable: self.unreplayable,
+            in_replay: self.in_replay,
+        };
+        self.parked[self.current] = Some(current);
+        let mut programs = Vec::with_capacity(self.parked.len());
+        for p in self.parked.into_iter().flatten() {
+            if let (Some(rec), Some(i), Some(replay)) = (&mut self.record, p.in_replay, &p.replay)
+                && let Some(t) = rec.timelines.get_mut(i)
+            {
+                t.issues = replay.timeline().issues;
+            }
+            programs.push(p.loaded);
         }
-        (self.loaded, self.record)
+        (programs, self.record)
     }
 
     /// The state, consuming the machine.
@@ -293,15 +407,25 @@ impl<'b> Machine<'b> {
                 issues: engine.take_recorded(),
                 profile: profile.clone(),
             };
-            let (in_replay, replay) = (self.in_replay, &self.replay);
-            let same = |(j, x): (usize, &Timeline)| match (in_replay, replay) {
-                (Some(k), Some(r)) if k == j => r.timeline() == t,
-                _ => *x == t,
+            let (in_replay, replay, current) = (self.in_replay, &self.replay, self.current);
+            let same = |(j, (x, &p)): (usize, (&Timeline, &usize))| {
+                p == current
+                    && match (in_replay, replay) {
+                        (Some(k), Some(r)) if k == j => r.timeline() == t,
+                        _ => *x == t,
+                    }
             };
-            let i = match rec.timelines.iter().enumerate().position(same) {
+            let i = match rec
+                .timelines
+                .iter()
+                .zip(&rec.programs)
+                .enumerate()
+                .position(same)
+            {
                 Some(i) => i,
                 None => {
                     rec.timelines.push(t);
+                    rec.programs.push(current);
                     rec.timelines.len() - 1
                 }
             };
@@ -383,8 +507,7 @@ impl<'b> Machine<'b> {
         result.map_err(|stop| match stop {
             Stop::Hazard(mut h) => {
                 h.source = self
-                    .binary
-                    .debug()
+                    .debug_map(self.current)
                     .and_then(|d| d.lookup(h.queue.index(), h.index))
                     .map(str::to_string);
                 Stop::Hazard(h)
@@ -413,6 +536,22 @@ impl<'b> Machine<'b> {
 }
 
 impl Device for Machine<'_> {
+    fn select_program(&mut self, program: Option<&str>) -> Result<(), DeviceError> {
+        let index = match program {
+            None => 0,
+            Some(name) => {
+                self.binary
+                    .programs()
+                    .position(|p| p.name() == name)
+                    .ok_or_else(|| DeviceError::NoProgram {
+                        name: name.to_string(),
+                    })?
+                    + 1
+            }
+        };
+        self.set_program(index)
+    }
+
     fn write_symbol(&mut self, name: &str, bytes: &[u8]) -> Result<(), DeviceError> {
         let (l, sym) = self.layout(name)?;
         if bytes.len() != l.byte_len() {

@@ -92,6 +92,7 @@ fn write_binary(dir: &Path, with_meta: bool) -> std::path::PathBuf {
             predicted_cycles_per_step: None,
             golden: None,
             weights_hash: None,
+            prefill: None,
         };
         b.metadata(meta.to_json());
         let mut data = vec![0f32; 320 * 320];

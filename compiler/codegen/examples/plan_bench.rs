@@ -6,11 +6,14 @@
 //! ```text
 //! cargo run --release -p q35-codegen --example plan_bench -- MODEL.toml \
 //!     [--context N] [--group G] [--blocks B] [--target FILE] [--tokens N]
+//!     [--after]
 //! ```
 //!
 //! `--tokens N` compiles a prefill chunk of N tokens (`plan::compile_tokens`);
 //! the bound is per token, so `predicted_over_bound` compares a token's
-//! share of the chunk with it.
+//! share of the chunk with it. With `--after` the chunk is compiled as
+//! `q35c compile` ships it: a second program after the decode program
+//! (`plan::compile_after`), whose MEM it must fit beside.
 
 use std::time::Instant;
 
@@ -57,7 +60,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t_plan = t0.elapsed().as_secs_f64();
     let tokens: u32 = opt("--tokens").map_or(Ok(1), |t| t.parse())?;
     let t1 = Instant::now();
-    let compiled = plan::compile_tokens(&plan, &target, tokens)?;
+    let compiled = if args.iter().any(|a| a == "--after") {
+        let decode = plan::compile(&plan, &target)?;
+        plan::compile_after(&plan, &target, tokens, &decode)?
+    } else {
+        plan::compile_tokens(&plan, &target, tokens)?
+    };
     let t_compile = t1.elapsed().as_secs_f64();
     let bound = plan::bound(&plan, &target);
     let cycles = compiled.built.cycles;

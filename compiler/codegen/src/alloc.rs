@@ -84,6 +84,20 @@ impl Alloc {
         self.used_bytes
     }
 
+    /// The hemisphere with more free words (west on a tie).
+    pub fn roomier(&self) -> Hemisphere {
+        let free = |h| -> u64 {
+            mem_slices(h)
+                .map(|q| u64::from(self.words_per_slice - self.fill(q)))
+                .sum()
+        };
+        if free(Hemisphere::East) > free(Hemisphere::West) {
+            Hemisphere::East
+        } else {
+            Hemisphere::West
+        }
+    }
+
     /// Words used in `slice`.
     pub fn fill(&self, slice: QueueId) -> u32 {
         self.fill[usize::from(slice.index())]

@@ -576,8 +576,23 @@ pub struct Compiled {
     /// the quantize of its output run as one fused kernel: both get its
     /// span).
     pub op_cycles: Vec<(String, Cycle, Cycle)>,
-    /// Bytes of MEM used.
+    /// Bytes of MEM used (by this program and those compiled before it).
     pub mem_bytes: u64,
+    /// What later programs of the same binary share ([`compile_after`]).
+    pub shared: Shared,
+}
+
+/// What a compiled program leaves for the programs compiled after it in the
+/// same binary ([`compile_after`]): the allocator's state (they allocate
+/// past everything it placed, so no program's scratch or constants
+/// overlap another's), the shared buffers (KV caches, constants) and
+/// weight images where they lie, and the tables those weights refer to.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    alloc: crate::alloc::Alloc,
+    buffers: BTreeMap<String, Buffer>,
+    weights: BTreeMap<String, crate::kernels::matmul::PlacedWeight>,
+    tables: Vec<q35_isa::Table>,
 }
 
 /// The hemisphere of a buffer: the KV caches alternate by block
@@ -617,15 +632,20 @@ fn kv_hemisphere(name: &str) -> Hemisphere {
 /// Where every buffer of `plan` goes (what `--lpu-place` records): the
 /// first thing [`compile`] does, so the two always agree.
 pub fn placement(plan: &Plan, target: &Target) -> Result<BTreeMap<String, Buffer>, CodegenError> {
-    place_buffers(plan, &mut ProgramBuilder::new(target))
+    place_buffers(plan, &mut ProgramBuilder::new(target), None)
 }
 
 /// Places the plan's buffers (an op's operands never share a slice; the
 /// hemisphere rule of [`hemisphere`]), sets their initial contents and
 /// declares the host's symbols.
+///
+/// With `shared` (a later program of the same binary) the buffers that are
+/// not per token ([`per_token`]) are where `shared` has them, their
+/// contents already set; only their symbols are declared again.
 fn place_buffers(
     plan: &Plan,
     p: &mut ProgramBuilder,
+    shared: Option<&BTreeMap<String, Buffer>>,
 ) -> Result<BTreeMap<String, Buffer>, CodegenError> {
     let mut placement: BTreeMap<String, Buffer> = BTreeMap::new();
     // Buffers one op uses together never share a slice.
@@ -655,10 +675,16 @@ fn place_buffers(
             .filter_map(|n| placement.get(*n))
             .collect();
         p.set_avoid(&avoid);
-        let buf = p.buffer(&b.name, b.dtype, b.elements(), h)?;
-        if let Some(init) = &b.init {
-            p.init(&buf, b.dtype, init.clone());
-        }
+        let buf = match shared.and_then(|s| s.get(&b.name)) {
+            Some(buf) if !per_token(b) => buf.clone(),
+            _ => {
+                let buf = p.buffer(&b.name, b.dtype, b.elements(), h)?;
+                if let Some(init) = &b.init {
+                    p.init(&buf, b.dtype, init.clone());
+                }
+                buf
+            }
+        };
         let kind = match b.kind {
             BufferKind::Input if b.name == "pos_idx" => Some(SymbolKind::Position),
             BufferKind::Input => Some(SymbolKind::Input),
@@ -678,6 +704,28 @@ fn place_buffers(
 /// order, and returns the program.
 pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
     compile_tokens(plan, target, 1)
+}
+
+/// [`compile_tokens`] for a further program of the binary `before` belongs
+/// to (docs/lpubin.md 3.9): it reads the same weight images, KV caches and
+/// constants where `before` placed them, and places its own buffers,
+/// weight scratch and kernel constants past everything `before` (and the
+/// programs before it) placed, so the programs never overwrite each
+/// other's MEM. Its `built.program.mem` holds only its own initial
+/// contents.
+pub fn compile_after(
+    plan: &Plan,
+    target: &Target,
+    tokens: u32,
+    before: &Compiled,
+) -> Result<Compiled, CodegenError> {
+    compile_program(plan, target, tokens, Some(&before.shared))
+}
+
+/// Whether weight `name` is the LM head (its products scratch, the largest
+/// by far, is its own).
+fn is_head(name: &str) -> bool {
+    name == "output" || name == "token_embd"
 }
 
 /// Whether buffer `b` has one copy per token in a many-token program (the
@@ -715,6 +763,15 @@ fn widen(plan: &Plan, tokens: u32) -> Plan {
 /// and token `k`'s mask admits positions up to `pos + k`, so each token's
 /// attention is exactly its own decode step's. `tokens = 1` is [`compile`].
 pub fn compile_tokens(plan: &Plan, target: &Target, tokens: u32) -> Result<Compiled, CodegenError> {
+    compile_program(plan, target, tokens, None)
+}
+
+fn compile_program(
+    plan: &Plan,
+    target: &Target,
+    tokens: u32,
+    base: Option<&Shared>,
+) -> Result<Compiled, CodegenError> {
     if tokens == 0 {
         return Err(CodegenError::Plan {
             op: "program".into(),
@@ -729,8 +786,17 @@ pub fn compile_tokens(plan: &Plan, target: &Target, tokens: u32) -> Result<Compi
         wide = widen(plan, tokens);
         &wide
     };
-    let mut p = ProgramBuilder::new(target);
-    let placement = place_buffers(plan, &mut p)?;
+    let mut p = match base {
+        None => ProgramBuilder::new(target),
+        Some(b) => {
+            let mut p = ProgramBuilder::after(target, b.alloc.clone(), b.tables.clone());
+            // A later program shares kernel scratch between calls: it must
+            // fit the MEM the first program left.
+            p.set_reuse(true);
+            p
+        }
+    };
+    let placement = place_buffers(plan, &mut p, base.map(|b| &b.buffers))?;
     let kinds: BTreeMap<String, &BufferDecl> =
         plan.buffers.iter().map(|b| (b.name.clone(), b)).collect();
     // Token `k`'s view of a buffer (the buffer itself when it is shared).
@@ -756,6 +822,32 @@ pub fn compile_tokens(plan: &Plan, target: &Target, tokens: u32) -> Result<Compi
                 message: format!("unknown buffer `{name}`"),
             })
     };
+    // A later program shares products scratch between weights: two pools
+    // (alternating, so consecutive matmuls can overlap), sized for the
+    // largest weight but the LM head, which keeps its own. The scheduler
+    // orders each write of a pool word after the earlier reads of it.
+    let mut pools: Vec<Buffer> = Vec::new();
+    if let Some(b) = base {
+        let need = b
+            .weights
+            .iter()
+            .filter(|(n, _)| !is_head(n))
+            .map(|(_, w)| crate::kernels::matmul::products_words(w, tokens))
+            .max()
+            .unwrap_or(0);
+        if need > 0 {
+            for i in 0..2 {
+                let h = p.alloc.roomier();
+                p.set_avoid(&[]);
+                pools.push(p.buffer_either(
+                    &format!("products.pool{i}"),
+                    q35_isa::DType::F32,
+                    u64::from(need) * u64::from(LANES),
+                    h,
+                )?);
+            }
+        }
+    }
     let mut weights = BTreeMap::new();
     for (name, m) in &plan.weights {
         // The operands of the matmuls that read this weight.
@@ -767,15 +859,27 @@ pub fn compile_tokens(plan: &Plan, target: &Target, tokens: u32) -> Result<Compi
             .filter_map(|n| placement.get(n))
             .collect();
         p.set_avoid(&mm_bufs);
-        let placed =
-            crate::kernels::matmul::place_weight_tokens(&mut p, name, m, &[0, 1, 2, 3], tokens)
-                .map_err(|e| match e {
-                    crate::kernels::matmul::PlaceError::Alloc(a) => CodegenError::Alloc(a),
-                    other => CodegenError::Plan {
-                        op: name.clone(),
-                        message: other.to_string(),
-                    },
-                })?;
+        // Alternate: weight i tries pool i % 2 first.
+        let pool: Vec<&Buffer> = if is_head(name) {
+            Vec::new()
+        } else {
+            (0..pools.len())
+                .map(|j| &pools[(weights.len() + j) % pools.len()])
+                .collect()
+        };
+        let placed = match base.and_then(|b| b.weights.get(name)) {
+            Some(w) => crate::kernels::matmul::with_scratch(&mut p, w, tokens, &pool),
+            None => {
+                crate::kernels::matmul::place_weight_tokens(&mut p, name, m, &[0, 1, 2, 3], tokens)
+            }
+        }
+        .map_err(|e| match e {
+            crate::kernels::matmul::PlaceError::Alloc(a) => CodegenError::Alloc(a),
+            other => CodegenError::Plan {
+                op: name.clone(),
+                message: other.to_string(),
+            },
+        })?;
         weights.insert(name.clone(), placed);
     }
     let mut op_cycles = Vec::new();
@@ -1030,11 +1134,22 @@ pub fn compile_tokens(plan: &Plan, target: &Target, tokens: u32) -> Result<Compi
         op_cycles.push((label.clone(), first, last));
     }
     let mem_bytes = p.alloc.used_bytes();
+    let shared = Shared {
+        alloc: p.alloc.clone(),
+        buffers: placement
+            .iter()
+            .filter(|(n, _)| kinds.get(n.as_str()).is_some_and(|d| !per_token(d)))
+            .map(|(n, b)| (n.clone(), b.clone()))
+            .collect(),
+        weights,
+        tables: p.tables().to_vec(),
+    };
     Ok(Compiled {
         built: p.finish(),
         placement,
         op_cycles,
         mem_bytes,
+        shared,
     })
 }
 

@@ -2,7 +2,7 @@
 //! placement and initial contents, tables, symbols), finished into a
 //! [`q35_isa::Program`] with its predicted cycle count and a debug map.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use q35_isa::{
     DType, Hemisphere, MemData, MemInit, Placement, Program, QueueId, Symbol, SymbolKind, Table,
@@ -30,6 +30,10 @@ pub struct ProgramBuilder {
     symbols: Vec<Symbol>,
     /// Slices new buffers avoid (those of the op being compiled).
     avoid: BTreeSet<QueueId>,
+    /// Kernel scratch handed out again ([`ProgramBuilder::set_reuse`]):
+    /// per (kind, hemisphere, slices, words), the buffers so far and a
+    /// rotation counter.
+    reuse: Option<BTreeMap<(String, u8, usize, u32), (Vec<Buffer>, usize)>>,
 }
 
 /// A finished program.
@@ -55,7 +59,70 @@ impl ProgramBuilder {
             mem: Vec::new(),
             symbols: Vec::new(),
             avoid: BTreeSet::new(),
+            reuse: None,
         }
+    }
+
+    /// Whether kernel scratch asked for with
+    /// [`ProgramBuilder::scratch_slices`] may be a buffer an earlier kernel
+    /// call had (off: every call gets its own). Sharing is always correct:
+    /// the scheduler orders every write of a MEM word after the earlier
+    /// reads and writes of it; it costs overlap between the calls, and
+    /// saves MEM.
+    pub fn set_reuse(&mut self, on: bool) {
+        self.reuse = on.then(BTreeMap::new);
+    }
+
+    /// [`ProgramBuilder::place_slices`] for scratch a kernel writes before
+    /// it reads (no initial contents) of kind `kind` (e.g.
+    /// `attention.scratch`): with reuse on, an earlier buffer of the same
+    /// kind, hemisphere and size whose slices the current op does not
+    /// avoid, taken in rotation; else a new one.
+    pub fn scratch_slices(
+        &mut self,
+        name: &str,
+        kind: &str,
+        h: Hemisphere,
+        slices: usize,
+        words: u32,
+    ) -> Result<Buffer, AllocError> {
+        let key = (kind.to_string(), h as u8, slices, words);
+        if let Some(pool) = self.reuse.as_mut().and_then(|r| r.get_mut(&key)) {
+            let n = pool.0.len();
+            for j in 0..n {
+                let b = &pool.0[(pool.1 + j) % n];
+                if !b.slices.iter().any(|s| self.avoid.contains(s)) {
+                    let b = Buffer {
+                        name: name.to_string(),
+                        ..b.clone()
+                    };
+                    pool.1 = (pool.1 + j + 1) % n;
+                    self.avoid.extend(b.slices.iter().copied());
+                    return Ok(b);
+                }
+            }
+        }
+        let b = self.place_slices(name, h, slices, words)?;
+        if let Some(r) = self.reuse.as_mut() {
+            r.entry(key).or_default().0.push(b.clone());
+        }
+        Ok(b)
+    }
+
+    /// A program for `target` that continues after another of the same
+    /// binary: MEM is allocated from `alloc` on (what the other program
+    /// left), and its tables start as `tables` (ids the other program's
+    /// placed weights refer to stay valid).
+    pub fn after(target: &Target, alloc: Alloc, tables: Vec<Table>) -> ProgramBuilder {
+        let mut p = ProgramBuilder::new(target);
+        p.alloc = alloc;
+        p.tables = tables;
+        p
+    }
+
+    /// The tables so far (a table's id is its index).
+    pub fn tables(&self) -> &[Table] {
+        &self.tables
     }
 
     /// The machine.
@@ -75,6 +142,27 @@ impl ProgramBuilder {
         let words = elements.div_ceil(u64::from(LANES)).max(1);
         let words = u32::try_from(words).unwrap_or(u32::MAX);
         self.place_slices(name, h, dtype.bytes() as usize, words)
+    }
+
+    /// [`ProgramBuilder::buffer`] in hemisphere `first`, or in the other one
+    /// when `first` has no room.
+    pub fn buffer_either(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        elements: u64,
+        first: Hemisphere,
+    ) -> Result<Buffer, AllocError> {
+        match self.buffer(name, dtype, elements, first) {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                let other = match first {
+                    Hemisphere::West => Hemisphere::East,
+                    Hemisphere::East => Hemisphere::West,
+                };
+                self.buffer(name, dtype, elements, other).map_err(|_| e)
+            }
+        }
     }
 
     /// Places `slices` slices of `words` words avoiding the current op's
@@ -100,6 +188,13 @@ impl ProgramBuilder {
     /// them) until the next call.
     pub fn set_avoid(&mut self, bufs: &[&Buffer]) {
         self.avoid = bufs.iter().flat_map(|b| b.slices.iter().copied()).collect();
+    }
+
+    /// Makes new buffers avoid the slices of `bufs` too (beside those set by
+    /// [`ProgramBuilder::set_avoid`]).
+    pub fn also_avoid(&mut self, bufs: &[&Buffer]) {
+        self.avoid
+            .extend(bufs.iter().flat_map(|b| b.slices.iter().copied()));
     }
 
     /// Initial contents of `buf` (element bit patterns, packed lane-wise).

@@ -38,7 +38,27 @@ pub struct Emitted {
     pub ctx: u32,
     /// The recipe (recorded for `--check`).
     pub recipe: GoldenRecipe,
+    /// The prefill program (tokens per run, the program), compiled after
+    /// the decode program over the same weights and KV caches.
+    pub prefill: Option<(u32, Compiled)>,
+    /// Why there is no prefill program, when one was wanted but did not fit.
+    pub prefill_note: Option<String>,
 }
+
+/// Tokens per prefill run: exactly `n`, or up to the default, halved
+/// until the program fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefill {
+    /// The largest of 8, 4, 2 tokens whose program fits MEM beside the
+    /// decode program's (none if even 2 does not).
+    Auto,
+    /// Exactly this many tokens (1: no prefill program); an error if it
+    /// does not fit.
+    Tokens(u32),
+}
+
+/// The default prefill chunk (tokens per run) `Prefill::Auto` starts from.
+pub const PREFILL_TOKENS: u32 = 8;
 
 /// Compiles `spec` (from `model_path`) into a program.
 pub fn compile(
@@ -48,6 +68,7 @@ pub fn compile(
     calib: Option<&Path>,
     options: q35_mlir::passes::RunOptions,
     threads: usize,
+    prefill: Prefill,
 ) -> anyhow::Result<Emitted> {
     let shown = model_path.display();
     let mlir = q35_mlir::create_context()?;
@@ -96,6 +117,50 @@ pub fn compile(
                 anyhow::anyhow!("cannot generate code for {shown}: {e}{hint}")
             })?;
     let bound = q35_codegen::plan::bound(&plan, &spec.target);
+    // The prefill program, placed after everything the decode program
+    // placed (docs/backend.md): its chunk is capped by the context.
+    let mut prefill_note = None;
+    let prefill = match prefill {
+        Prefill::Tokens(n) if n <= 1 => None,
+        Prefill::Tokens(n) if n > ctx => anyhow::bail!(
+            "{shown}: --prefill {n} is longer than the compiled context of {ctx} tokens"
+        ),
+        Prefill::Tokens(n) => {
+            bar.stage(&format!(
+                "generating the prefill program ({n} tokens a run)"
+            ));
+            let c = q35_codegen::plan::compile_after(&plan, &spec.target, n, &compiled)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot generate the prefill program of {n} tokens for {shown}: {e} (a smaller --prefill, or --prefill 1 for none)"
+                    )
+                })?;
+            Some((n, c))
+        }
+        Prefill::Auto => {
+            let mut got = None;
+            let mut n = PREFILL_TOKENS.min(ctx);
+            while n >= 2 {
+                bar.stage(&format!(
+                    "generating the prefill program ({n} tokens a run)"
+                ));
+                match q35_codegen::plan::compile_after(&plan, &spec.target, n, &compiled) {
+                    Ok(c) => {
+                        got = Some((n, c));
+                        break;
+                    }
+                    Err(e) => {
+                        prefill_note = Some(format!("{n} tokens a run: {e}"));
+                        n /= 2;
+                    }
+                }
+            }
+            if got.is_some() && prefill_note.is_some() {
+                prefill_note = prefill_note.map(|e| format!("a larger chunk did not fit: {e}"));
+            }
+            got
+        }
+    };
     drop(plan);
     drop(bar);
     if options.print_ir_after_all {
@@ -110,7 +175,19 @@ pub fn compile(
         built,
         ctx,
         recipe,
+        prefill,
+        prefill_note,
     })
+}
+
+impl Emitted {
+    /// MEM bytes the binary's programs use together (a later program
+    /// allocates past the earlier ones).
+    pub fn mem_bytes(&self) -> u64 {
+        self.prefill
+            .as_ref()
+            .map_or(self.compiled.mem_bytes, |(_, c)| c.mem_bytes)
+    }
 }
 
 /// The host's metadata for `e`.
@@ -139,8 +216,16 @@ pub fn host_meta(e: &Emitted) -> HostMeta {
             calib_samples: e.recipe.calib_samples,
         }),
         weights_hash: Some(golden::weights_hash(&e.built.golden)),
+        prefill: e.prefill.as_ref().map(|(n, c)| q35_host::PrefillMeta {
+            program: PREFILL_PROGRAM.to_string(),
+            tokens: *n,
+            predicted_cycles: Some(c.built.cycles),
+        }),
     }
 }
+
+/// The prefill program's name in the binary's `programs` section.
+pub const PREFILL_PROGRAM: &str = "prefill";
 
 /// The `.lpubin` bytes of `e`.
 pub fn lpubin(e: &Emitted, target: &q35_target::Target) -> anyhow::Result<Vec<u8>> {
@@ -159,6 +244,22 @@ pub fn lpubin(e: &Emitted, target: &q35_target::Target) -> anyhow::Result<Vec<u8
     b.embedding(encoding, rows, cols, data);
     for (queue, index, label) in &e.compiled.built.debug {
         b.debug(*queue, *index, label.clone());
+    }
+    if let Some((_, c)) = &e.prefill {
+        // Its own MEM contents (kernel constants past the decode program's
+        // allocation) join the file's image; the rest is its own.
+        for (slice, first, bytes) in c.built.program.mem_extents() {
+            b.mem_extent(slice, first, bytes);
+        }
+        let mut p = c
+            .built
+            .program
+            .to_lpubin_program(target, &producer)
+            .context("cannot encode the prefill program")?;
+        for (queue, index, label) in &c.built.debug {
+            p.debug(*queue, *index, label.clone());
+        }
+        b.program(PREFILL_PROGRAM, p);
     }
     b.to_bytes().context("cannot build the .lpubin container")
 }
@@ -193,12 +294,24 @@ pub fn summary(
         "instructions": instructions,
         "queues": p.queues.len(),
         "tables": p.tables.len(),
-        "mem_bytes_used": e.compiled.mem_bytes,
+        "mem_bytes_used": e.mem_bytes(),
         "mem_bytes_chip": target.mem_bytes(),
         "buffers": e.compiled.placement.len(),
         "ops": e.compiled.op_cycles.len(),
         "op_spans": kinds.iter().map(|(k, (n, c))| serde_json::json!({"op": k, "count": n, "cycles": c})).collect::<Vec<_>>(),
         "weights_hash": golden::weights_hash(&e.built.golden),
+        "prefill": match &e.prefill {
+            Some((n, c)) => serde_json::json!({
+                "tokens_per_run": n,
+                "predicted_cycles_per_run": c.built.cycles,
+                "predicted_cycles_per_token": c.built.cycles as f64 / f64::from(*n),
+                "projected_tokens_per_second": if c.built.cycles > 0 { clock_hz * f64::from(*n) / c.built.cycles as f64 } else { 0.0 },
+                "instructions": c.built.program.queues.values().map(Vec::len).sum::<usize>(),
+                "mem_bytes_used": c.mem_bytes,
+                "note": e.prefill_note,
+            }),
+            None => serde_json::json!({"tokens_per_run": 1, "note": e.prefill_note}),
+        },
         "bound": {
             "weights": e.bound.weights,
             "mem_cycles": e.bound.mem_cycles,

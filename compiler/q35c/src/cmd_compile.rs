@@ -47,6 +47,12 @@ pub struct CompileArgs {
     /// (asm, lpubin).
     #[arg(long)]
     pub json: bool,
+    /// Tokens a prefill run takes: the binary gets a second program that
+    /// streams N prompt tokens through each installed weight tile (1: none,
+    /// the prompt runs token by token). Default: the largest of 8, 4, 2
+    /// that fits MEM beside the decode program.
+    #[arg(long, value_name = "N")]
+    pub prefill: Option<u32>,
     /// Worker threads for quantization (results do not depend on it).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -129,6 +135,10 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
                 args.calib.as_deref(),
                 options,
                 args.threads,
+                match args.prefill {
+                    Some(n) => crate::backend::Prefill::Tokens(n),
+                    None => crate::backend::Prefill::Auto,
+                },
             )?;
             let bytes = if emit == Emit::Asm {
                 e.compiled.built.program.to_lpuasm().into_bytes()
@@ -142,8 +152,19 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if args.output.as_os_str() != "-" {
                 let cycles = e.compiled.built.cycles;
+                let prefill = match &e.prefill {
+                    Some((n, c)) => format!(
+                        ", prefill {n} tokens a run in {} cycles ({:.0} a token)",
+                        c.built.cycles,
+                        c.built.cycles as f64 / f64::from(*n)
+                    ),
+                    None => match &e.prefill_note {
+                        Some(why) => format!(", no prefill program ({why})"),
+                        None => ", no prefill program".to_string(),
+                    },
+                };
                 eprintln!(
-                    "{}: {} ({} bytes): context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz), {:.1} MB of {:.1} MB MEM, compiled in {:.1?}",
+                    "{}: {} ({} bytes): context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz){prefill}, {:.1} MB of {:.1} MB MEM, compiled in {:.1?}",
                     args.model.display(),
                     args.output.display(),
                     bytes.len(),
@@ -151,7 +172,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
                     cycles,
                     spec.target.clock_mhz * 1e6 / cycles.max(1) as f64,
                     spec.target.clock_mhz,
-                    e.compiled.mem_bytes as f64 / 1e6,
+                    e.mem_bytes() as f64 / 1e6,
                     spec.target.mem_bytes() as f64 / 1e6,
                     t0.elapsed()
                 );

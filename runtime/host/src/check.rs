@@ -169,6 +169,21 @@ impl Checker {
         token: u32,
         logits: &[f32],
     ) -> Result<(), HostError> {
+        self.check_token(device, step, token, logits, true)
+    }
+
+    /// [`Checker::check`] for one token of a prefill chunk: the logits
+    /// always, the KV cache (positions up to this token's) only when
+    /// `kv_cache` (the chunk's last token: the device wrote the whole
+    /// chunk's keys and values in one run).
+    pub fn check_token<D: Device>(
+        &mut self,
+        device: &mut D,
+        step: usize,
+        token: u32,
+        logits: &[f32],
+        kv_cache: bool,
+    ) -> Result<(), HostError> {
         let pos = self.session.position();
         let want = self
             .golden
@@ -195,6 +210,9 @@ impl Checker {
                 want[i],
                 logits.get(i).copied().unwrap_or(f32::NAN),
             ))));
+        }
+        if !kv_cache {
+            return Ok(());
         }
         let kcols = (words(self.ctx) + 1) * LANES;
         let vcols = words(self.kv_dim) * LANES;

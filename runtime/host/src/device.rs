@@ -48,6 +48,12 @@ pub enum DeviceError {
         /// Why.
         error: crate::layout::LayoutError,
     },
+    /// The binary has no further program of that name.
+    #[error("the binary has no program `{name}`")]
+    NoProgram {
+        /// The name asked for.
+        name: String,
+    },
     /// The run stopped: a hazard, a cycle limit, anything the device reports.
     #[error("{0}")]
     Run(String),
@@ -62,6 +68,19 @@ pub trait Device {
     fn read_symbol(&mut self, name: &str) -> Result<Vec<u8>, DeviceError>;
     /// Runs the program once from its start on the device's current state.
     fn run(&mut self) -> Result<StepStats, DeviceError>;
+
+    /// Makes `program` (a further program of the binary, by name; `None`:
+    /// the first) the one later symbol writes, reads and runs use. Memory
+    /// is shared: weights and the KV cache stay where they are. A device
+    /// with one program refuses any other.
+    fn select_program(&mut self, program: Option<&str>) -> Result<(), DeviceError> {
+        match program {
+            None => Ok(()),
+            Some(name) => Err(DeviceError::NoProgram {
+                name: name.to_string(),
+            }),
+        }
+    }
 }
 
 /// Element bytes of `values` (little-endian f32).

@@ -67,6 +67,28 @@ pub struct HostMeta {
     /// [`crate::golden::weights_hash`] of the golden model compiled in.
     #[serde(default)]
     pub weights_hash: Option<String>,
+    /// The prefill program, if the binary has one (docs/lpubin.md 3.9).
+    #[serde(default)]
+    pub prefill: Option<PrefillMeta>,
+}
+
+/// A prefill program: `tokens` consecutive prompt tokens in one run.
+///
+/// Its symbols are the step's with a row per token (docs/lpubin.md 3.4):
+/// `x_in` f32 `[tokens, words(hidden)*320]`, `pos_idx` and `kv_idx` u16
+/// `[tokens, 320]`, `attn_mask` f32 `[tokens, words(ctx)*320]` and `logits`
+/// f32 `[tokens, words(vocab)*320]`, row `k` token `k`'s, each filled as
+/// for one token at its position (padding lanes: 0 in `x_in`, `-inf` in
+/// `attn_mask`); the KV caches are the first program's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrefillMeta {
+    /// The program's name in the `programs` section.
+    pub program: String,
+    /// Tokens per run (at least 2).
+    pub tokens: u32,
+    /// Cycles one run takes, as the compiler scheduled it.
+    #[serde(default)]
+    pub predicted_cycles: Option<u64>,
 }
 
 /// The largest compiled context a binary may declare: positions are u16
@@ -117,6 +139,14 @@ impl HostMeta {
             return Err(MetaError::Invalid(format!(
                 "`ctx` = {} is past the {MAX_CTX} positions a u16 position index reaches",
                 meta.ctx
+            )));
+        }
+        if let Some(p) = &meta.prefill
+            && (p.tokens < 2 || p.tokens > meta.ctx)
+        {
+            return Err(MetaError::Invalid(format!(
+                "`prefill.tokens` = {} must be in 2..={} (the context)",
+                p.tokens, meta.ctx
             )));
         }
         for (key, t) in [("bos", meta.bos), ("eos", meta.eos)] {

@@ -12,10 +12,19 @@
 //!   the metadata's `kv_junk_offset`;
 //! - `attn_mask` f32 `[ctx]`: `0.0` for `t <= pos`, `-inf` after;
 //!
-//! runs the program and reads `logits` f32 `[vocab]`. **Prefill is one run
-//! per prompt token** (the decode program at successive positions; a
-//! batched prefill program is future work), so a prompt of `n` tokens and
-//! `m` generated tokens cost `n + m - 1` runs. Token selection uses
+//! runs the program and reads `logits` f32 `[vocab]`.
+//!
+//! **Prefill.** A binary with a prefill program (metadata `prefill`,
+//! docs/lpubin.md 3.9) takes the prompt `N` tokens a run: the same symbols
+//! with a row per token ([`crate::meta::PrefillMeta`]), row `k` filled as
+//! for one token at position `pos + k`. A last part of `m` tokens,
+//! `2 <= m < N`, runs as a chunk too when `pos + N` fits the context: rows
+//! `m..N` carry token 0 at the following positions, whose keys and values
+//! land in cache slots that no real token has attended to yet and that the
+//! steps at those positions overwrite before any attention reads them
+//! (each token's mask admits positions up to its own). A single remaining
+//! token, or a chunk that would not fit, runs on the decode program. Without
+//! a prefill program the prompt runs one token a run. Token selection uses
 //! `q35_reference`'s [`Sampler`] with the same parameters and seeds as
 //! `q35c run`, and the loop stops as `q35c run`'s does (a stop token, which
 //! is kept, `max_tokens`, a full context, or the callback).
@@ -30,7 +39,7 @@ use crate::check::{Checker, Mismatch};
 use crate::device::{Device, DeviceError, StepStats, f32_bytes, f32_values, u16_bytes};
 use crate::embedding::{EmbeddingError, EmbeddingTable};
 use crate::layout::LANES;
-use crate::meta::{HostMeta, MetaError};
+use crate::meta::{HostMeta, MetaError, PrefillMeta};
 
 /// Everything the token loop can fail on.
 #[derive(Debug, thiserror::Error)]
@@ -87,15 +96,20 @@ pub enum HostError {
     Check(Box<Mismatch>),
 }
 
-/// One run of the program.
+/// One run of a program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepRecord {
-    /// The token fed.
+    /// The token fed (a prefill chunk's first).
     pub token: u32,
     /// Its position.
     pub pos: usize,
     /// Whether it was a prompt token (prefill) or a generated one.
     pub prefill: bool,
+    /// Tokens the run took: 1 on the decode program; a prefill chunk's
+    /// real tokens (its padding rows not counted).
+    pub tokens: usize,
+    /// Whether the run was the prefill program's.
+    pub chunk: bool,
     /// What the run cost.
     pub stats: StepStats,
 }
@@ -124,6 +138,24 @@ pub struct Session<D: Device> {
     pos: usize,
     steps: usize,
     mask: Vec<f32>,
+    prefill: Option<PrefillMeta>,
+}
+
+/// Elements of `n` rounded up to whole 320-lane words.
+fn padded(n: u32) -> u64 {
+    u64::from(n).div_ceil(LANES as u64) * LANES as u64
+}
+
+/// The prefill program's symbols: name, element type, shape.
+fn chunk_symbols(meta: &HostMeta, n: u32) -> [(&'static str, ElemType, [u64; 2]); 5] {
+    let n = u64::from(n);
+    [
+        ("x_in", ElemType::F32, [n, padded(meta.hidden)]),
+        ("pos_idx", ElemType::U16, [n, LANES as u64]),
+        ("kv_idx", ElemType::U16, [n, LANES as u64]),
+        ("attn_mask", ElemType::F32, [n, padded(meta.ctx)]),
+        ("logits", ElemType::F32, [n, padded(meta.vocab)]),
+    ]
 }
 
 /// The symbols written or read every step: name, element type, elements.
@@ -170,6 +202,30 @@ impl<D: Device> Session<D> {
                 });
             }
         }
+        if let Some(p) = &meta.prefill {
+            let prog = binary
+                .program(&p.program)
+                .ok_or_else(|| HostError::Symbol {
+                    name: p.program.clone(),
+                    what: "is named by the metadata's `prefill` but the binary has no such program"
+                        .into(),
+                })?;
+            for (name, elem, shape) in chunk_symbols(&meta, p.tokens) {
+                let s = prog.symbol(name).ok_or_else(|| HostError::Symbol {
+                    name: format!("{}:{name}", p.program),
+                    what: "is missing from the prefill program".into(),
+                })?;
+                if s.elem != elem || s.shape != shape {
+                    return Err(HostError::Symbol {
+                        name: format!("{}:{name}", p.program),
+                        what: format!(
+                            "is {} {:?}; the host needs {elem} {shape:?}",
+                            s.elem, s.shape
+                        ),
+                    });
+                }
+            }
+        }
         let mut tokenizer = match binary.tokenizer() {
             Some(bytes) => {
                 let gguf = q35_gguf::Gguf::from_bytes(bytes.to_vec())
@@ -184,6 +240,7 @@ impl<D: Device> Session<D> {
         if let (Some(t), Some(template)) = (tokenizer.as_mut(), &meta.chat_template) {
             t.set_chat_template(Some(template.clone()));
         }
+        let prefill = meta.prefill.clone();
         Ok(Session {
             device,
             mask: vec![f32::NEG_INFINITY; meta.ctx as usize],
@@ -193,6 +250,7 @@ impl<D: Device> Session<D> {
             checker: None,
             pos: 0,
             steps: 0,
+            prefill,
         })
     }
 
@@ -308,6 +366,99 @@ impl<D: Device> Session<D> {
         Ok((logits, stats))
     }
 
+    /// Tokens a prefill run takes (`None`: the binary has no prefill
+    /// program, or [`Session::set_prefill`] turned it off).
+    pub fn prefill_tokens(&self) -> Option<usize> {
+        self.prefill.as_ref().map(|p| p.tokens as usize)
+    }
+
+    /// Whether the prompt uses the prefill program (default: when the
+    /// binary has one); off, every prompt token runs on the decode program.
+    pub fn set_prefill(&mut self, on: bool) {
+        self.prefill = if on { self.meta.prefill.clone() } else { None };
+    }
+
+    /// Runs `tokens` (at most the prefill program's `N`, at least 2) at the
+    /// next positions in one run of the prefill program, padding the rows
+    /// past them as the module docs say, and returns the last real token's
+    /// logits (each token checked against the golden model when a checker
+    /// is set: every token's logits, the KV cache after the last).
+    pub fn prefill_chunk(&mut self, tokens: &[u32]) -> Result<(Vec<f32>, StepStats), HostError> {
+        let Some(p) = self.prefill.clone() else {
+            return Err(HostError::Symbol {
+                name: "prefill".into(),
+                what: "the binary has no prefill program".into(),
+            });
+        };
+        let (n, m, pos, ctx) = (p.tokens as usize, tokens.len(), self.pos, self.ctx());
+        if m < 2 || m > n {
+            return Err(HostError::Symbol {
+                name: p.program.clone(),
+                what: format!("takes 2 to {n} tokens a run, not {m}"),
+            });
+        }
+        if pos + n > ctx {
+            return Err(HostError::ContextFull {
+                pos: pos + n - 1,
+                ctx,
+            });
+        }
+        let pos16 = |v: usize| {
+            u16::try_from(v).map_err(|_| HostError::Symbol {
+                name: "pos_idx".into(),
+                what: format!("cannot hold position {v} in u16"),
+            })
+        };
+        let (xw, cw, vw) = (
+            padded(self.meta.hidden) as usize,
+            padded(self.meta.ctx) as usize,
+            padded(self.meta.vocab) as usize,
+        );
+        let mut x = vec![0f32; n * xw];
+        let mut pos_idx = vec![0u16; n * LANES];
+        let mut kv_idx = vec![self.meta.kv_junk_offset; n * LANES];
+        let mut mask = vec![f32::NEG_INFINITY; n * cw];
+        for k in 0..n {
+            let t = tokens.get(k).copied().unwrap_or(0);
+            let row = self.embedding.row(t)?;
+            x[k * xw..k * xw + row.len()].copy_from_slice(&row);
+            let at = pos + k;
+            pos_idx[k * LANES..(k + 1) * LANES].fill(pos16(at)?);
+            kv_idx[k * LANES + at % LANES] = pos16(at / LANES)?;
+            mask[k * cw..k * cw + at + 1].fill(0.0);
+        }
+        let d = &mut self.device;
+        d.select_program(Some(&p.program))?;
+        let run = (|| -> Result<(StepStats, Vec<f32>), HostError> {
+            d.write_symbol("x_in", &f32_bytes(&x))?;
+            d.write_symbol("pos_idx", &u16_bytes(&pos_idx))?;
+            d.write_symbol("kv_idx", &u16_bytes(&kv_idx))?;
+            d.write_symbol("attn_mask", &f32_bytes(&mask))?;
+            let stats = d.run()?;
+            Ok((stats, f32_values(&d.read_symbol("logits")?)))
+        })();
+        d.select_program(None)?;
+        let (stats, all) = run?;
+        if all.len() != n * vw {
+            return Err(HostError::Symbol {
+                name: format!("{}:logits", p.program),
+                what: format!("read back {} values, expected {}", all.len(), n * vw),
+            });
+        }
+        let vocab = self.meta.vocab as usize;
+        for (k, &t) in tokens.iter().enumerate() {
+            let row = &all[k * vw..k * vw + vocab];
+            if let Some(c) = self.checker.as_mut() {
+                c.check_token(&mut self.device, self.steps + k, t, row, k + 1 == m)?;
+            }
+            self.mask[pos + k] = 0.0;
+        }
+        self.pos += m;
+        self.steps += m;
+        let last = all[(m - 1) * vw..(m - 1) * vw + vocab].to_vec();
+        Ok((last, stats))
+    }
+
     /// Generates after `prompt` as `q35c run` does (same sampler, seeds and
     /// stop rules): prefill one run per prompt token, then pick, stream
     /// (`on_token` returns `false` to stop) and feed one token at a time. A
@@ -339,16 +490,28 @@ impl<D: Device> Session<D> {
         let mut sampler = Sampler::new(options.sampling.clone())?;
         let mut steps = Vec::new();
         let mut logits = Vec::new();
-        for &t in prompt {
+        let mut rest = prompt;
+        while !rest.is_empty() {
             let pos = self.pos;
-            let (l, stats) = self.step(t)?;
+            let chunk = match self.prefill_tokens() {
+                Some(n) if rest.len() >= 2 && pos + n <= ctx => rest.len().min(n),
+                _ => 1,
+            };
+            let (l, stats) = if chunk > 1 {
+                self.prefill_chunk(&rest[..chunk])?
+            } else {
+                self.step(rest[0])?
+            };
             logits = l;
             steps.push(StepRecord {
-                token: t,
+                token: rest[0],
                 pos,
                 prefill: true,
+                tokens: chunk,
+                chunk: chunk > 1,
                 stats,
             });
+            rest = &rest[chunk..];
         }
         let mut tokens = Vec::new();
         if options.max_tokens == 0 {
@@ -381,6 +544,8 @@ impl<D: Device> Session<D> {
                 token: tok,
                 pos,
                 prefill: false,
+                tokens: 1,
+                chunk: false,
                 stats,
             });
         };

@@ -63,6 +63,7 @@ fn meta(g: &GoldenModel) -> HostMeta {
         predicted_cycles_per_step: Some(1000),
         golden: None,
         weights_hash: Some(weights_hash(g)),
+        prefill: None,
     }
 }
 
@@ -485,4 +486,75 @@ fn bad_binaries_and_inputs_are_clear_errors() {
         .prompt_tokens("hi", false, None)
         .expect_err("no tokenizer");
     assert!(e.to_string().contains("no tokenizer section"), "{e}");
+}
+
+/// The metadata's `prefill` must name a program of the binary whose
+/// symbols have a row per token; anything else is refused before a run.
+#[test]
+fn prefill_metadata_is_checked() {
+    let t = tiny();
+    let emb = EmbeddingTable::Q35(t.head.clone().expect("the tiny head is quantized"));
+    let with = |tokens: u32, program: Option<Builder>| -> String {
+        let mut m = meta(&t.golden);
+        m.prefill = Some(q35_host::PrefillMeta {
+            program: "prefill".into(),
+            tokens,
+            predicted_cycles: None,
+        });
+        // The binary() file, with a programs section when given one.
+        let plain = binary(&m, &emb, None);
+        let mut b = Builder::new("lpu-v1", [0; 32], "test");
+        b.metadata(m.to_json());
+        let (enc, rows, cols, data) = emb.section();
+        b.embedding(enc, rows, cols, data);
+        for s in plain.symbols() {
+            b.symbol(s.clone());
+        }
+        if let Some(p) = program {
+            b.program("prefill", p);
+        }
+        let bin = LpuBinary::from_bytes(b.to_bytes().expect("writes")).expect("opens");
+        match Session::new(FakeDevice::new(&t.golden, &m), &bin) {
+            Ok(_) => "bound".into(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let m = meta(&t.golden);
+    let padded = |n: u32| u64::from(n).div_ceil(320) * 320;
+    let program = |x_rows: u64| {
+        let mut p = Builder::new("lpu-v1", [0; 32], "test");
+        p.queue(1, vec![0u64]);
+        for s in [
+            sym(
+                "x_in",
+                SymbolKind::Input,
+                ElemType::F32,
+                &[x_rows, padded(m.hidden)],
+            ),
+            sym("pos_idx", SymbolKind::Position, ElemType::U16, &[4, 320]),
+            sym("kv_idx", SymbolKind::Position, ElemType::U16, &[4, 320]),
+            sym(
+                "attn_mask",
+                SymbolKind::Input,
+                ElemType::F32,
+                &[4, padded(m.ctx)],
+            ),
+            sym(
+                "logits",
+                SymbolKind::Output,
+                ElemType::F32,
+                &[4, padded(m.vocab)],
+            ),
+        ] {
+            p.symbol(s);
+        }
+        p
+    };
+    assert_eq!(with(4, Some(program(4))), "bound");
+    let e = with(4, Some(program(3)));
+    assert!(e.contains("prefill:x_in") && e.contains("[3, "), "{e}");
+    let e = with(4, None);
+    assert!(e.contains("no such program"), "{e}");
+    let e = with(1, Some(program(4)));
+    assert!(e.contains("prefill.tokens"), "{e}");
 }

@@ -153,6 +153,23 @@ impl Program {
     /// ([`Program::validate_target`]). Add metadata, a tokenizer or debug
     /// entries to the returned builder before writing it.
     pub fn to_lpubin(&self, target: &Target, producer: &str) -> Result<Builder, LpubinError> {
+        let mut b = self.to_lpubin_program(target, producer)?;
+        b.mem_word_bytes(VECTOR_BYTES);
+        for (slice, first, bytes) in self.mem_extents() {
+            b.mem_extent(slice, first, bytes);
+        }
+        Ok(b)
+    }
+
+    /// [`Program::to_lpubin`] without the MEM image: the queues, tables and
+    /// symbols, as a further program of a binary takes them
+    /// (`q35_lpubin::Builder::program`; its initial MEM contents go into
+    /// the file's image, [`Program::mem_extents`]).
+    pub fn to_lpubin_program(
+        &self,
+        target: &Target,
+        producer: &str,
+    ) -> Result<Builder, LpubinError> {
         self.validate_target(target)?;
         let mut b = Builder::new(self.target.clone(), target.hash().0, producer);
         // Tables in name order; `map[old] = new`.
@@ -184,34 +201,6 @@ impl Program {
                 .collect::<Result<Vec<u64>, _>>()?;
             b.queue(queue.index(), words);
         }
-        b.mem_word_bytes(VECTOR_BYTES);
-        let mut words: BTreeMap<(QueueId, u32), [u8; VECTOR_BYTES as usize]> = BTreeMap::new();
-        for init in &self.mem {
-            for (q, addr, word) in init.words() {
-                words.insert((q, addr), word);
-            }
-        }
-        let mut extent: Option<(QueueId, u32, Vec<u8>)> = None;
-        for ((q, addr), word) in words {
-            match &mut extent {
-                Some((eq, first, bytes))
-                    if *eq == q
-                        && u64::from(*first) + (bytes.len() / VECTOR_BYTES as usize) as u64
-                            == u64::from(addr) =>
-                {
-                    bytes.extend_from_slice(&word);
-                }
-                _ => {
-                    if let Some((eq, first, bytes)) = extent.take() {
-                        b.mem_extent(eq.index(), first, bytes);
-                    }
-                    extent = Some((q, addr, word.to_vec()));
-                }
-            }
-        }
-        if let Some((eq, first, bytes)) = extent {
-            b.mem_extent(eq.index(), first, bytes);
-        }
         for s in &self.symbols {
             let words = s.at.words_per_slice(s.dtype, s.elements());
             let words = u32::try_from(words).unwrap_or(u32::MAX);
@@ -239,6 +228,41 @@ impl Program {
             });
         }
         Ok(b)
+    }
+
+    /// The program's initial MEM contents as extents of whole words
+    /// (slice, first word, bytes), sorted, adjacent words merged; a word
+    /// two inits write holds the later one's.
+    pub fn mem_extents(&self) -> Vec<(u16, u32, Vec<u8>)> {
+        let mut words: BTreeMap<(QueueId, u32), [u8; VECTOR_BYTES as usize]> = BTreeMap::new();
+        for init in &self.mem {
+            for (q, addr, word) in init.words() {
+                words.insert((q, addr), word);
+            }
+        }
+        let mut out = Vec::new();
+        let mut extent: Option<(QueueId, u32, Vec<u8>)> = None;
+        for ((q, addr), word) in words {
+            match &mut extent {
+                Some((eq, first, bytes))
+                    if *eq == q
+                        && u64::from(*first) + (bytes.len() / VECTOR_BYTES as usize) as u64
+                            == u64::from(addr) =>
+                {
+                    bytes.extend_from_slice(&word);
+                }
+                _ => {
+                    if let Some((eq, first, bytes)) = extent.take() {
+                        out.push((eq.index(), first, bytes));
+                    }
+                    extent = Some((q, addr, word.to_vec()));
+                }
+            }
+        }
+        if let Some((eq, first, bytes)) = extent {
+            out.push((eq.index(), first, bytes));
+        }
+        out
     }
 
     /// The program a binary for `target` holds (see the module docs for

@@ -47,11 +47,14 @@ pub enum SectionKind {
     /// The token embedding as the host looks it up (f32 rows or a Q35
     /// matrix the host dequantizes row by row).
     Embedding,
+    /// Further programs over the same MEM image (a prefill chunk, ...):
+    /// each with its own queues, symbols, tables and debug map.
+    Programs,
 }
 
 impl SectionKind {
     /// Every kind, in kind-code order (the order of the section table).
-    pub const ALL: [SectionKind; 8] = [
+    pub const ALL: [SectionKind; 9] = [
         SectionKind::Queues,
         SectionKind::Mem,
         SectionKind::Symbols,
@@ -60,6 +63,7 @@ impl SectionKind {
         SectionKind::Debug,
         SectionKind::Tables,
         SectionKind::Embedding,
+        SectionKind::Programs,
     ];
 
     /// The kind code written in the section table.
@@ -73,6 +77,7 @@ impl SectionKind {
             SectionKind::Debug => 6,
             SectionKind::Tables => 7,
             SectionKind::Embedding => 8,
+            SectionKind::Programs => 9,
         }
     }
 
@@ -92,6 +97,7 @@ impl SectionKind {
             SectionKind::Debug => "debug",
             SectionKind::Tables => "tables",
             SectionKind::Embedding => "embedding",
+            SectionKind::Programs => "programs",
         }
     }
 
@@ -105,7 +111,8 @@ impl SectionKind {
             | SectionKind::Tokenizer
             | SectionKind::Debug
             | SectionKind::Tables
-            | SectionKind::Embedding => SECTION_ALIGN,
+            | SectionKind::Embedding
+            | SectionKind::Programs => SECTION_ALIGN,
         }
     }
 }

@@ -317,11 +317,86 @@ impl LpuBinary {
         })
     }
 
+    /// The further programs of the `programs` section, in file order
+    /// (the main sections are the binary's first program).
+    pub fn programs(&self) -> impl ExactSizeIterator<Item = ProgramView<'_>> + '_ {
+        self.parsed.programs.iter().map(|info| ProgramView {
+            file: self.bytes(),
+            info,
+        })
+    }
+
+    /// The further program called `name`.
+    pub fn program(&self, name: &str) -> Option<ProgramView<'_>> {
+        self.programs().find(|p| p.name() == name)
+    }
+
     /// The table called `name`.
     pub fn table(&self, name: &str) -> Option<&[u8]> {
         let t = &self.parsed.tables;
         t.binary_search_by(|(n, _)| n.as_str().cmp(name))
             .ok()
             .map(|i| &self.bytes()[t[i].1.clone()])
+    }
+}
+
+/// A further program of the binary (docs/lpubin.md 3.9): its own queues,
+/// symbols, tables and debug map over the file's MEM image.
+#[derive(Clone, Copy)]
+pub struct ProgramView<'a> {
+    file: &'a [u8],
+    info: &'a parse::ProgramInfo,
+}
+
+impl std::fmt::Debug for ProgramView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgramView")
+            .field("name", &self.info.name)
+            .field("queues", &self.info.queues.len())
+            .field("symbols", &self.info.symbols.len())
+            .finish()
+    }
+}
+
+impl<'a> ProgramView<'a> {
+    /// Its name.
+    pub fn name(&self) -> &'a str {
+        &self.info.name
+    }
+
+    /// Every instruction queue, by increasing queue id.
+    pub fn queues(&self) -> impl ExactSizeIterator<Item = Queue<'a>> + 'a {
+        let file = self.file;
+        self.info.queues.iter().map(move |q| Queue::new(file, q))
+    }
+
+    /// Every symbol, sorted by name.
+    pub fn symbols(&self) -> &'a [Symbol] {
+        &self.info.symbols
+    }
+
+    /// The symbol called `name`.
+    pub fn symbol(&self, name: &str) -> Option<&'a Symbol> {
+        let s = &self.info.symbols;
+        s.binary_search_by(|s| s.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &s[i])
+    }
+
+    /// Every named table, sorted by name.
+    pub fn tables(&self) -> impl ExactSizeIterator<Item = (&'a str, &'a [u8])> + 'a {
+        let file = self.file;
+        self.info
+            .tables
+            .iter()
+            .map(move |(n, r)| (n.as_str(), &file[r.clone()]))
+    }
+
+    /// The debug map, if the program has one.
+    pub fn debug(&self) -> Option<DebugMap<'a>> {
+        self.info
+            .debug
+            .as_ref()
+            .map(|d| DebugMap::new(self.file, d))
     }
 }

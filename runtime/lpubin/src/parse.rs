@@ -79,6 +79,16 @@ pub(crate) struct EmbeddingInfo {
     pub data: Range<usize>,
 }
 
+/// A further program of the `programs` section.
+#[derive(Debug)]
+pub(crate) struct ProgramInfo {
+    pub name: String,
+    pub queues: Vec<QueueInfo>,
+    pub symbols: Vec<Symbol>,
+    pub tables: Vec<(String, Range<usize>)>,
+    pub debug: Option<DebugInfo>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Parsed {
     pub flags: u16,
@@ -94,6 +104,7 @@ pub(crate) struct Parsed {
     pub debug: Option<DebugInfo>,
     pub tables: Vec<(String, Range<usize>)>,
     pub embedding: Option<EmbeddingInfo>,
+    pub programs: Vec<ProgramInfo>,
 }
 
 /// A bounds-checked reader over `bytes[pos..end]` of the whole file, so
@@ -461,6 +472,7 @@ pub(crate) fn parse(bytes: &[u8], path: &Option<PathBuf>) -> Result<Parsed, LpuB
         debug: None,
         tables: Vec::new(),
         embedding: None,
+        programs: Vec::new(),
     };
     if !sections.iter().any(|s| s.kind == SectionKind::Queues) {
         return Err(LpuBinError::MissingSection {
@@ -488,6 +500,7 @@ pub(crate) fn parse(bytes: &[u8], path: &Option<PathBuf>) -> Result<Parsed, LpuB
             SectionKind::Debug => parsed.debug = Some(parse_debug(c, &parsed.queues)?),
             SectionKind::Tables => parsed.tables = parse_tables(c)?,
             SectionKind::Embedding => parsed.embedding = Some(parse_embedding(c)?),
+            SectionKind::Programs => parsed.programs = parse_programs(c)?,
         }
     }
     Ok(parsed)
@@ -920,4 +933,93 @@ fn parse_tables(mut c: Cursor<'_>) -> Result<Vec<(String, Range<usize>)>, LpuBin
     }
     c.finish("table")?;
     Ok(tables)
+}
+
+/// The `programs` section: a count, then per program its name and four
+/// blobs (queues, symbols, tables, debug), each in its section's format and
+/// padded to 8 bytes.
+fn parse_programs(mut c: Cursor<'_>) -> Result<Vec<ProgramInfo>, LpuBinError> {
+    let n = c.u32("program_count")?;
+    c.reserved(4, "reserved")?;
+    // A record needs at least a name length, one byte, padding and 4 lengths.
+    c.check_count(u64::from(n), 40, "program records")?;
+    let mut programs: Vec<ProgramInfo> = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let at = c.pos;
+        let name = c.str16(&format!("program {i} name"))?.to_owned();
+        if name.is_empty() {
+            return Err(c.malformed(at, format!("program {i} name"), "must not be empty".into()));
+        }
+        if programs.iter().any(|p| p.name == name) {
+            return Err(c.malformed(
+                at,
+                format!("program `{name}` name"),
+                "names must be unique".into(),
+            ));
+        }
+        let padding = (align_up(c.pos as u64, 8) - c.pos as u64) as usize;
+        c.reserved(padding as u64, &format!("program `{name}` name padding"))?;
+        let mut lens = [0u64; 4];
+        for (k, what) in ["queues", "symbols", "tables", "debug"].iter().enumerate() {
+            lens[k] = c.u64(&format!("program `{name}` {what} length"))?;
+        }
+        if lens[0] == 0 {
+            return Err(c.malformed(
+                c.pos - 32,
+                format!("program `{name}` queues length"),
+                "a program must have its queues".into(),
+            ));
+        }
+        let blob = |c: &mut Cursor<'_>,
+                    k: usize,
+                    what: &str|
+         -> Result<Option<(usize, usize)>, LpuBinError> {
+            if lens[k] == 0 {
+                return Ok(None);
+            }
+            let start = c.pos;
+            c.take(lens[k], &format!("program `{name}` {what}"))?;
+            let end = c.pos;
+            let pad = align_up(lens[k], 8) - lens[k];
+            c.reserved(pad, &format!("program `{name}` {what} padding"))?;
+            Ok(Some((start, end)))
+        };
+        let q = blob(&mut c, 0, "queues")?;
+        let sy = blob(&mut c, 1, "symbols")?;
+        let t = blob(&mut c, 2, "tables")?;
+        let d = blob(&mut c, 3, "debug")?;
+        let sub = |r: (usize, usize)| Cursor {
+            bytes: c.bytes,
+            pos: r.0,
+            end: r.1,
+            section: c.section,
+            within: "program",
+            path: c.path,
+        };
+        let queues = match q {
+            Some(r) => parse_queues(sub(r))?,
+            None => Vec::new(),
+        };
+        let symbols = match sy {
+            Some(r) => parse_symbols(sub(r))?,
+            None => Vec::new(),
+        };
+        let tables = match t {
+            Some(r) => parse_tables(sub(r))?,
+            None => Vec::new(),
+        };
+        let debug = match d {
+            Some(r) => Some(parse_debug(sub(r), &queues)?),
+            None => None,
+        };
+        programs.push(ProgramInfo {
+            name,
+            queues,
+            symbols,
+            tables,
+            debug,
+        });
+    }
+    c.finish("program")?;
+    Ok(programs)
 }

@@ -34,6 +34,7 @@ pub struct Builder {
     debug: Vec<(u16, u32, String)>,
     tables: Vec<(String, Vec<u8>)>,
     embedding: Option<(EmbeddingEncoding, u64, u64, Vec<u8>)>,
+    programs: Vec<(String, Builder)>,
 }
 
 /// Bytes of a section, owned or borrowed from the builder.
@@ -176,6 +177,7 @@ impl Builder {
             debug: Vec::new(),
             tables: Vec::new(),
             embedding: None,
+            programs: Vec::new(),
         }
     }
 
@@ -248,6 +250,15 @@ impl Builder {
         data: impl Into<Vec<u8>>,
     ) -> &mut Builder {
         self.embedding = Some((encoding, rows, cols, data.into()));
+        self
+    }
+
+    /// Adds a further program called `name` (section 3.9 of
+    /// docs/lpubin.md): `program`'s queues, symbols, tables and debug map
+    /// (its other contents must be empty: the MEM image, metadata and the
+    /// host's sections are the file's). Names must be unique and not empty.
+    pub fn program(&mut self, name: impl Into<String>, program: Builder) -> &mut Builder {
+        self.programs.push((name.into(), program));
         self
     }
 
@@ -351,6 +362,9 @@ impl Builder {
         }
         if let Some(e) = &self.embedding {
             payloads.push(embedding_payload(e)?);
+        }
+        if !self.programs.is_empty() {
+            payloads.push(self.programs_payload()?);
         }
 
         let hlen = header_len(
@@ -639,6 +653,70 @@ impl Builder {
         }
         Ok(Payload {
             kind: SectionKind::Tables,
+            pieces,
+        })
+    }
+
+    fn programs_payload(&self) -> Result<Payload<'_>, LpuBinError> {
+        const S: &str = "programs";
+        let mut pieces = Vec::new();
+        let mut head = Vec::new();
+        head.extend_from_slice(&u32_count(S, "programs", self.programs.len())?.to_le_bytes());
+        head.extend_from_slice(&[0; 4]);
+        let pad =
+            |v: &mut Vec<u8>, len: u64| v.resize(v.len() + (align_up(len, 8) - len) as usize, 0);
+        for (i, (name, p)) in self.programs.iter().enumerate() {
+            let name_len = u16_len(S, "a program name", name)?;
+            if name_len == 0 {
+                return Err(build_err(S, format!("program {i} has an empty name")));
+            }
+            if self.programs[..i].iter().any(|(n, _)| n == name) {
+                return Err(build_err(S, format!("program `{name}` is added twice")));
+            }
+            if p.mem_word_bytes.is_some()
+                || !p.mem.is_empty()
+                || p.metadata.is_some()
+                || p.tokenizer.is_some()
+                || p.embedding.is_some()
+                || !p.programs.is_empty()
+            {
+                return Err(build_err(
+                    S,
+                    format!(
+                        "program `{name}` has a MEM image, metadata, tokenizer, embedding or programs of its own; those belong to the file"
+                    ),
+                ));
+            }
+            let blobs: [Option<Payload<'_>>; 4] = [
+                Some(p.queues_payload()?),
+                (!p.symbols.is_empty())
+                    .then(|| p.symbols_payload())
+                    .transpose()?,
+                (!p.tables.is_empty())
+                    .then(|| p.tables_payload())
+                    .transpose()?,
+                (!p.debug.is_empty())
+                    .then(|| p.debug_payload())
+                    .transpose()?,
+            ];
+            head.extend_from_slice(&name_len.to_le_bytes());
+            head.extend_from_slice(name.as_bytes());
+            pad(&mut head, 2 + u64::from(name_len));
+            for b in &blobs {
+                head.extend_from_slice(&b.as_ref().map_or(0, Payload::len).to_le_bytes());
+            }
+            for b in blobs.into_iter().flatten() {
+                let len = b.len();
+                pieces.push(Piece::Owned(std::mem::take(&mut head)));
+                pieces.extend(b.pieces);
+                pad(&mut head, len);
+            }
+        }
+        if !head.is_empty() {
+            pieces.push(Piece::Owned(head));
+        }
+        Ok(Payload {
+            kind: SectionKind::Programs,
             pieces,
         })
     }

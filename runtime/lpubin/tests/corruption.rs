@@ -82,8 +82,8 @@ fn every_flipped_byte_of_a_small_binary_is_detected() {
             check_flip(&mut b, pos, xor).unwrap();
         }
     }
-    // The loop covered the header, padding and all seven sections.
-    assert_eq!(seen.len(), 9, "{seen:?}");
+    // The loop covered the header, padding and all eight sections.
+    assert_eq!(seen.len(), 10, "{seen:?}");
 }
 
 fn large() -> &'static [u8] {
@@ -96,7 +96,7 @@ fn the_large_binary_is_real_sized() {
     let b = large();
     assert!(b.len() > 400_000, "{} bytes", b.len());
     let bin = LpuBinary::from_bytes(b).unwrap();
-    assert_eq!(bin.sections().len(), 7);
+    assert_eq!(bin.sections().len(), 8);
     assert_eq!(bin.queues().map(|q| q.len()).sum::<usize>(), 32_000);
     assert_eq!(bin.mem().unwrap().total_words(), 600);
     assert_eq!(bin.debug().unwrap().len(), 16 * 400);

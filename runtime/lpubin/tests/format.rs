@@ -86,7 +86,8 @@ fn every_section_round_trips() {
     assert_eq!(bin.producer(), "q35c 0.1.0");
     assert_eq!(bin.len(), bytes.len() as u64);
     let kinds: Vec<SectionKind> = bin.sections().iter().map(|s| s.kind).collect();
-    assert_eq!(kinds, SectionKind::ALL);
+    // Every kind but `programs` (further_programs_round_trip tests it).
+    assert_eq!(kinds, SectionKind::ALL[..8]);
 
     // queues
     let ids: Vec<u16> = bin.queues().map(|q| q.id()).collect();
@@ -633,7 +634,7 @@ fn structural_errors_name_section_field_and_offset() {
         matches!(
             e,
             LpuBinError::Misplaced {
-                section: "tables",
+                section: "programs",
                 ..
             }
         ),
@@ -888,4 +889,51 @@ fn release_keeps_every_byte_and_drops_the_resident_pages() {
         owned.section_bytes(SectionKind::Queues),
         bin.section_bytes(SectionKind::Queues)
     );
+}
+
+#[test]
+fn further_programs_round_trip() {
+    let b = common::small();
+    let bin = LpuBinary::from_bytes(b).unwrap();
+    let names: Vec<&str> = bin.programs().map(|p| p.name()).collect();
+    assert_eq!(names, ["prefill4", "q"]);
+    let p = bin.program("prefill4").unwrap();
+    let ids: Vec<u16> = p.queues().map(|q| q.id()).collect();
+    assert_eq!(ids, [2, 5]);
+    assert!(p.queues().all(|q| q.len() == 7));
+    assert_eq!(p.symbol("x_in").unwrap().shape, [4, 576]);
+    assert!(
+        p.symbol("kv").is_none(),
+        "the main program's symbols are its own"
+    );
+    assert_eq!(p.tables().count(), 1);
+    let d = p.debug().unwrap();
+    assert_eq!(d.len(), 2);
+    let q = bin.program("q").unwrap();
+    assert_eq!(q.queues().len(), 1);
+    assert!(q.symbols().is_empty() && q.tables().len() == 0 && q.debug().is_none());
+    assert!(bin.program("decode").is_none());
+}
+
+#[test]
+fn further_programs_are_checked_when_built() {
+    let err = |b: &Builder| b.to_bytes().unwrap_err().to_string();
+    let with = |name: &str, p: Builder| {
+        let mut b = Builder::new("lpu-v1", HASH, "t");
+        b.queue(1, vec![0u64]);
+        b.program(name, p);
+        b
+    };
+    let prog = || {
+        let mut p = Builder::new("lpu-v1", HASH, "t");
+        p.queue(1, vec![1u64]);
+        p
+    };
+    assert!(err(&with("", prog())).contains("empty name"));
+    let mut twice = with("a", prog());
+    twice.program("a", prog());
+    assert!(err(&twice).contains("added twice"));
+    let mut own_mem = prog();
+    own_mem.mem_word_bytes(320);
+    assert!(err(&with("a", own_mem)).contains("belong to the file"));
 }

@@ -651,13 +651,15 @@ pub fn attention(
     // must be east: sxm.e's values flow east past it).
     let blocks = pack_blocks(&s);
     let packed_words = s.group * blocks.len() as u32;
-    let block = alloc(
-        p,
-        "scratch",
-        Hemisphere::East,
-        16,
-        (heads * s.wh).max(heads).max(packed_words),
-    )?;
+    let block = p
+        .scratch_slices(
+            &format!("{label}.scratch"),
+            "attention.scratch",
+            Hemisphere::East,
+            16,
+            (heads * s.wh).max(heads).max(packed_words),
+        )
+        .map_err(|e| err(label, e.to_string()))?;
     let scratch = Scratch {
         sc: [view(&block, "sc0", 0, 4), view(&block, "sc1", 4, 4)],
         keep: view(&block, "keep", 8, 4),

@@ -177,6 +177,11 @@ pub struct PlacedWeight {
     /// and token (f32, word `k * groups * col_tiles + g * col_tiles + c`
     /// for token `k`), combined per column tile.
     pub products: Buffer,
+    /// When not empty, token `k`'s products are in `products_per_token[k]`
+    /// instead (word `g * col_tiles + c`; all in `products`'s hemisphere):
+    /// a large weight's scratch for many tokens in pieces that fit slices
+    /// the even fill left half free.
+    pub products_per_token: Vec<Buffer>,
     /// Tokens one [`matmul_tokens`] may stream through each installed tile
     /// (the scratch above is sized for them).
     pub tokens: u32,
@@ -186,6 +191,14 @@ impl PlacedWeight {
     /// Words of the activation buffer `xs` a [`matmul`] reads (per token).
     pub fn xs_words(&self) -> u32 {
         self.cols.div_ceil(LANES)
+    }
+
+    /// Where word `i` (`g * col_tiles + c`) of token `k`'s products lies.
+    fn product(&self, k: u32, i: u32) -> (&Buffer, u32) {
+        match self.products_per_token.get(k as usize) {
+            Some(b) => (b, i),
+            None => (&self.products, k * self.groups * self.col_tiles + i),
+        }
     }
 
     /// Words of `stage` one token uses (one per straddling group).
@@ -376,19 +389,13 @@ pub fn place_weight_tokens(
             mask_word,
         });
     }
-    let (masks, stage) = if masks.is_empty() {
-        (None, None)
+    let masks = if masks.is_empty() {
+        None
     } else {
         let n = masks.len() as u64;
         let buf = p.buffer(&format!("{name}.masks"), DType::U8, n, Hemisphere::West)?;
         p.init(&buf, DType::U8, masks);
-        let stage = p.buffer(
-            &format!("{name}.stage"),
-            DType::F32,
-            n * u64::from(tokens),
-            Hemisphere::West,
-        )?;
-        (Some(buf), Some(stage))
+        Some(buf)
     };
     let mut sides: Vec<Hemisphere> = Vec::new();
     for img in &images {
@@ -397,6 +404,73 @@ pub fn place_weight_tokens(
             sides.push(h);
         }
     }
+    let (stage, act, products) = place_scratch(
+        p,
+        name,
+        masks
+            .as_ref()
+            .map(|m| u64::from(m.words) * u64::from(LANES)),
+        n_groups,
+        col_tiles,
+        &sides,
+        tokens,
+        Some(Hemisphere::East),
+    )?;
+    let products = products.ok_or_else(|| unsupported(name, "no products scratch"))?;
+    let (m4, m3) = m.multipliers();
+    Ok(PlacedWeight {
+        name: name.to_string(),
+        rows: as_u32(rows, "rows")?,
+        cols: as_u32(cols, "cols")?,
+        group_size: as_u32(layout.group_size, "group size")?,
+        col_tiles: as_u32(col_tiles, "column tiles")?,
+        groups: as_u32(n_groups, "groups")?,
+        mults: (m4, m3),
+        planes: images,
+        tiles,
+        perms,
+        masks,
+        stage,
+        act,
+        products,
+        products_per_token: Vec::new(),
+        tokens,
+    })
+}
+
+/// A weight's scratch for `tokens` tokens: the staging words of groups
+/// that straddle two `xs` words (`mask_elems` lanes of masks, if any), the
+/// int8 activation vector of each group on each side in `sides`, and the
+/// products (in hemisphere `products_side`, if given: the tile and combine
+/// bundles stream them either way). Allocated in this order (the decode
+/// program's layout depends on it).
+#[expect(
+    clippy::type_complexity,
+    reason = "the three scratch buffers, named at the call"
+)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the scratch's shape, spelled out"
+)]
+fn place_scratch(
+    p: &mut ProgramBuilder,
+    name: &str,
+    mask_elems: Option<u64>,
+    n_groups: usize,
+    col_tiles: usize,
+    sides: &[Hemisphere],
+    tokens: u32,
+    products_side: Option<Hemisphere>,
+) -> Result<(Option<Buffer>, Vec<Vec<Buffer>>, Option<Buffer>), PlaceError> {
+    let stage = match mask_elems {
+        Some(n) => Some(p.buffer(
+            &format!("{name}.stage"),
+            DType::F32,
+            n * u64::from(tokens),
+            Hemisphere::West,
+        )?),
+        None => None,
+    };
     let act = (0..n_groups)
         .map(|g| {
             sides
@@ -416,29 +490,111 @@ pub fn place_weight_tokens(
                 .collect::<Result<Vec<_>, _>>()
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let products = p.buffer(
-        &format!("{name}.products"),
-        DType::F32,
-        (n_groups * col_tiles) as u64 * u64::from(tokens) * u64::from(LANES),
-        Hemisphere::East,
+    let products = match products_side {
+        Some(h) => Some(p.buffer_either(
+            &format!("{name}.products"),
+            DType::F32,
+            (n_groups * col_tiles) as u64 * u64::from(tokens) * u64::from(LANES),
+            h,
+        )?),
+        None => None,
+    };
+    Ok((stage, act, products))
+}
+
+/// Products scratch larger than this many words (per slice) is placed one
+/// piece per token by [`with_scratch`].
+const SPLIT_PRODUCTS_WORDS: u32 = 2048;
+
+/// Words of products scratch [`matmul_tokens`] of `tokens` tokens needs
+/// for `w` (f32, 4 slices).
+pub fn products_words(w: &PlacedWeight, tokens: u32) -> u32 {
+    w.groups * w.col_tiles * tokens
+}
+
+/// `w` (placed by another program of the same binary: its image, tables
+/// and masks stay where they are) with fresh scratch for [`matmul_tokens`]
+/// of up to `tokens` tokens, allocated by `p`. The products go to the first
+/// of `pools` big enough and clear of the weight's image slices (a buffer
+/// several weights share: the scheduler orders every write of a MEM word
+/// after the earlier reads of it, so sharing costs overlap, never
+/// correctness), else to the hemisphere with more free MEM.
+pub fn with_scratch(
+    p: &mut ProgramBuilder,
+    w: &PlacedWeight,
+    tokens: u32,
+    pools: &[&Buffer],
+) -> Result<PlacedWeight, PlaceError> {
+    if tokens == 0 {
+        return Err(unsupported(&w.name, "a matmul of zero tokens"));
+    }
+    let sides: Vec<Hemisphere> = w
+        .act
+        .first()
+        .map(|a| a.iter().filter_map(Buffer::hemisphere).collect())
+        .unwrap_or_default();
+    // The scratch is read and written in the same bundles as the weight's
+    // image, at fixed offsets: on one of its slices a bundle could clash
+    // with itself, so it keeps off them (as place_weight_tokens's does).
+    let image: Vec<&Buffer> = w
+        .planes
+        .iter()
+        .flat_map(|i| [&i.codes, &i.scales])
+        .chain(w.masks.as_ref())
+        .collect();
+    p.also_avoid(&image);
+    let need = products_words(w, tokens);
+    let pool = pools.iter().copied().find(|b| {
+        b.words >= need
+            && b.slices.len() == 4
+            && !image
+                .iter()
+                .any(|i| i.slices.iter().any(|s| b.slices.contains(s)))
+    });
+    // A large scratch (the LM head's) in one piece per token.
+    let split = pool.is_none() && tokens > 1 && need > SPLIT_PRODUCTS_WORDS;
+    let (stage, act, own) = place_scratch(
+        p,
+        &w.name,
+        w.masks
+            .as_ref()
+            .map(|m| u64::from(m.words) * u64::from(LANES)),
+        w.groups as usize,
+        w.col_tiles as usize,
+        &sides,
+        tokens,
+        (pool.is_none() && !split).then(|| p.alloc.roomier()),
     )?;
-    let (m4, m3) = m.multipliers();
+    let mut per_token = Vec::new();
+    if split {
+        let h = p.alloc.roomier();
+        for k in 0..tokens {
+            per_token.push(p.buffer_either(
+                &format!("{}.products.t{k}", w.name),
+                DType::F32,
+                u64::from(need / tokens) * u64::from(LANES),
+                h,
+            )?);
+        }
+    }
+    let products = match (own, pool, per_token.first()) {
+        (_, _, Some(first)) => first.clone(),
+        (Some(b), _, None) => b,
+        (None, Some(pool), None) => Buffer {
+            name: format!("{}.products", w.name),
+            slices: pool.slices.clone(),
+            addr: pool.addr,
+            words: need,
+        },
+        (None, None, None) => return Err(unsupported(&w.name, "no products scratch")),
+    };
     Ok(PlacedWeight {
-        name: name.to_string(),
-        rows: as_u32(rows, "rows")?,
-        cols: as_u32(cols, "cols")?,
-        group_size: as_u32(layout.group_size, "group size")?,
-        col_tiles: as_u32(col_tiles, "column tiles")?,
-        groups: as_u32(n_groups, "groups")?,
-        mults: (m4, m3),
-        planes: images,
-        tiles,
-        perms,
-        masks,
         stage,
         act,
         products,
+        products_per_token: per_token,
         tokens,
+        ..w.clone()
     })
 }
 
@@ -763,7 +919,6 @@ fn tile_bundle(
     }
     let fmul = Instruction::Fmul { a: S, b: S, dst: S };
     let dst = dir_to(&w.products);
-    let per_token = w.groups * w.col_tiles;
     for k in 0..tokens {
         let tk = t_mm + Cycle::from(k);
         let a = b.read(m, &act.slices, act.addr + k, ppos, tk)?;
@@ -798,13 +953,8 @@ fn tile_bundle(
         let df = vxm(&mut b, m, ta, h2f, &[("a", d)], Dir::East, label)?;
         let t1 = ta + m.latency(&i2f);
         let prod = vxm(&mut b, m, t1, fmul, &[("a", af), ("b", df)], dst, label)?;
-        from_vxm(
-            &mut b,
-            m,
-            prod,
-            &w.products,
-            k * per_token + t.group * w.col_tiles + t.col,
-        )?;
+        let (buf, word) = w.product(k, t.group * w.col_tiles + t.col);
+        from_vxm(&mut b, m, prod, buf, word)?;
     }
     Ok(b)
 }
@@ -822,7 +972,6 @@ fn combine_bundle(
     y: &Buffer,
     k: u32,
 ) -> Result<Bundle, SchedError> {
-    let p0 = k * w.groups * w.col_tiles;
     let mut b = Bundle::new(label);
     let fadd = Instruction::Fadd { a: S, b: S, dst: S };
     let fmul = Instruction::Fmul { a: S, b: S, dst: S };
@@ -834,7 +983,8 @@ fn combine_bundle(
     let mut acc = vxm(&mut b, m, -m.latency(&zero), zero, &[], Dir::East, label)?;
     let mut t: Cycle = 0;
     for g in 0..w.groups {
-        let p = to_vxm(&mut b, m, &w.products, p0 + g * w.col_tiles + c, t)?;
+        let (buf, word) = w.product(k, g * w.col_tiles + c);
+        let p = to_vxm(&mut b, m, buf, word, t)?;
         acc = vxm(
             &mut b,
             m,

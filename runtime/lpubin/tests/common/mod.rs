@@ -114,6 +114,26 @@ pub fn builder(queues: u16, per_queue: usize, extents: u16, words: usize) -> Bui
     );
     b.table("sxm.perm.1", bytes(&mut rng, 320));
     b.table("empty", Vec::new());
+    // A further program (a prefill chunk): its own queues, symbols, tables
+    // and debug map; and one with queues only.
+    let mut p = Builder::new("lpu-v1", HASH, "q35-lpubin tests 0.1.0");
+    for q in 0..queues.min(3) {
+        let ws: Vec<u64> = (0..per_queue + 1).map(|_| splitmix(&mut rng)).collect();
+        p.queue(q * 3 + 2, ws);
+        p.debug(q * 3 + 2, 0, format!("blk.{q}.ffn_up matmul"));
+    }
+    p.symbol(symbol("x_in", SymbolKind::Input, ElemType::F32, &[4, 576]));
+    p.symbol(symbol(
+        "logits",
+        SymbolKind::Output,
+        ElemType::F32,
+        &[4, 49152],
+    ));
+    p.table("sxm.perm.0", bytes(&mut rng, 320));
+    b.program("prefill4", p);
+    let mut bare = Builder::new("lpu-v1", HASH, "q35-lpubin tests 0.1.0");
+    bare.queue(7, vec![splitmix(&mut rng)]);
+    b.program("q", bare);
     b
 }
 

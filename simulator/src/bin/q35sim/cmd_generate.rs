@@ -25,7 +25,7 @@ use q35_tokenizer::StreamDecoder;
 use serde_json::json;
 
 use crate::Failure;
-use q35_sim::analysis::{StepProfile, analyse};
+use q35_sim::analysis::{StepProfile, analyse_with};
 use q35_sim::trace::TraceStep;
 
 /// The run's profile as text: totals, then the shown step's profile.
@@ -143,6 +143,10 @@ pub struct GenArgs {
     /// runs every step on the event-driven engine.
     #[arg(long, value_enum, default_value_t = Engine::Replay)]
     pub engine: Engine,
+    /// Run every prompt token on the decode program, even when the binary
+    /// has a prefill program (same tokens and logits, more cycles).
+    #[arg(long)]
+    pub no_prefill: bool,
 }
 
 /// `--engine`.
@@ -179,6 +183,26 @@ fn failure(name: &str, e: HostError) -> Failure {
     }
 }
 
+/// How a run is named in the step list and the trace.
+fn step_name(i: usize, s: &q35_host::StepRecord) -> String {
+    if s.chunk {
+        format!(
+            "step {i}: prefill {} tokens (first {}) at positions {}..={}",
+            s.tokens,
+            s.token,
+            s.pos,
+            s.pos + s.tokens - 1
+        )
+    } else {
+        format!(
+            "step {i}: {} token {} at position {}",
+            if s.prefill { "prefill" } else { "decode" },
+            s.token,
+            s.pos
+        )
+    }
+}
+
 /// Generates with the compiled model in `binary`.
 pub fn run(
     name: &str,
@@ -199,6 +223,9 @@ pub fn run(
         Engine::Verify => q35_sim::EngineMode::Verify,
     });
     let mut session = Session::new(machine, binary).map_err(|e| failure(name, e))?;
+    if args.no_prefill {
+        session.set_prefill(false);
+    }
     let meta = session.meta().clone();
     let (prompt_text, prompt) = match (&args.tokens, &args.prompt) {
         (Some(ids), _) => (None, ids.clone()),
@@ -320,29 +347,40 @@ pub fn run(
     let tail = decoder.finish();
     text.push_str(&tail);
     let predicted = meta.predicted_cycles_per_step;
+    let chunk_predicted = meta.prefill.as_ref().and_then(|p| p.predicted_cycles);
+    let predicted_of = |s: &q35_host::StepRecord| if s.chunk { chunk_predicted } else { predicted };
     let stop = match generation.stop {
         StopReason::StopToken(_) => "eos",
         other => other.as_str(),
     };
-    let off_prediction = predicted.and_then(|p| {
+    let off_prediction =
         generation
             .steps
             .iter()
             .enumerate()
-            .find(|(_, s)| s.stats.cycles != p)
-            .map(|(i, s)| (i, s.stats.cycles, p))
-    });
+            .find_map(|(i, s)| match predicted_of(s) {
+                Some(p) if p != s.stats.cycles => Some((i, s.stats.cycles, p)),
+                _ => None,
+            });
     // The profile: every run's timeline was recorded (a compiled model's
     // runs share one schedule, so usually one distinct timeline).
     // MEM and the replay are freed before the analysis allocates.
     let replayed = session.device().replayed();
     let ctx = session.ctx();
-    let (loaded, recorded) = session.into_device().into_recorded();
+    let prefill_tokens = session.prefill_tokens();
+    let (programs, recorded) = session.into_device().into_recorded();
     let recorded = recorded.unwrap_or_default();
     let step_profiles: Vec<StepProfile> = recorded
         .timelines
         .iter()
-        .map(|t| analyse(binary, &loaded, &config, t))
+        .zip(&recorded.programs)
+        .map(|(t, &p)| {
+            let debug = match p {
+                0 => binary.debug(),
+                i => binary.programs().nth(i - 1).and_then(|v| v.debug()),
+            };
+            analyse_with(debug, &programs[p.min(programs.len() - 1)], &config, t)
+        })
         .collect();
     let cycles = |prefill: bool| -> (u64, u64) {
         let s = generation.steps.iter().filter(|s| s.prefill == prefill);
@@ -390,12 +428,7 @@ pub fn run(
             .map(|(i, (s, &t))| {
                 let ts = TraceStep {
                     step: &step_profiles[t],
-                    name: format!(
-                        "step {i}: {} token {} at position {}",
-                        if s.prefill { "prefill" } else { "decode" },
-                        s.token,
-                        s.pos
-                    ),
+                    name: step_name(i, s),
                     offset,
                 };
                 offset += s.stats.cycles;
@@ -423,6 +456,8 @@ pub fn run(
                 json!({
                     "token": s.token,
                     "pos": s.pos,
+                    "tokens": s.tokens,
+                    "program": if s.chunk { "prefill" } else { "decode" },
                     "prefill": s.prefill,
                     "cycles": s.stats.cycles,
                     "instructions": s.stats.instructions,
@@ -463,26 +498,30 @@ pub fn run(
     } else {
         write!(stdout, "{tail}").map_err(io)?;
         writeln!(stdout).map_err(io)?;
+        let prefill_runs = generation.steps.iter().filter(|s| s.prefill).count();
+        let how = match prefill_tokens {
+            Some(n) => format!("the prefill program takes {n} tokens a run"),
+            None if meta.prefill.is_some() => "--no-prefill: one run per prompt token".into(),
+            None => "no prefill program: one run per prompt token".into(),
+        };
         writeln!(
             stdout,
-            "[{} prompt tokens, {} generated, stop: {stop}; {} runs, prefill is one run per prompt token]",
+            "[{} prompt tokens in {prefill_runs} runs ({how}), {} generated, stop: {stop}; {} runs]",
             generation.prompt_tokens,
             generation.tokens.len(),
             generation.steps.len()
         )
         .map_err(io)?;
         for (i, s) in generation.steps.iter().enumerate() {
-            let pred = match predicted {
+            let pred = match predicted_of(s) {
                 Some(p) if p == s.stats.cycles => format!(" (predicted {p})"),
                 Some(p) => format!(" (predicted {p}: DIFFERS)"),
                 None => String::new(),
             };
             writeln!(
                 stdout,
-                "step {i}: {} token {} at position {}: {} cycles{pred}",
-                if s.prefill { "prefill" } else { "decode" },
-                s.token,
-                s.pos,
+                "{}: {} cycles{pred}",
+                step_name(i, s),
                 s.stats.cycles
             )
             .map_err(io)?;
