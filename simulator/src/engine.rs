@@ -55,7 +55,7 @@ use crate::config::MachineConfig;
 use crate::exec::{self, Ctx, Deferred, Flow, Live, Pool};
 use crate::hazard::{Hazard, HazardKind};
 use crate::profile::Profile;
-use crate::replay::{Event, EventKind, Recording};
+use crate::replay::Recording;
 use crate::state::State;
 use crate::streams::Streams;
 use crate::timeline::Issue;
@@ -263,6 +263,13 @@ impl<'c> Engine<'c> {
         self.state
     }
 
+    /// The state and the instruction lists the engine was made with (an
+    /// unused queue's as an empty list), consuming the engine.
+    pub fn into_parts(self) -> (State, Vec<Vec<Instruction>>) {
+        let lists = self.queues.into_iter().map(|q| q.instrs).collect();
+        (self.state, lists)
+    }
+
     /// Runs to the end, to the first hazard, or to `max_cycles`.
     pub fn run(&mut self, max_cycles: Option<u64>) -> Result<&Profile, Stop> {
         loop {
@@ -339,15 +346,7 @@ impl<'c> Engine<'c> {
 
     fn run_deferred(&mut self, p: Pending) {
         if let Some(r) = &mut self.replay {
-            r.events.push(Event {
-                cycle: p.cycle,
-                offset: 0,
-                index: p.index,
-                queue: p.queue.index(),
-                kind: EventKind::Deferred,
-                book: true,
-            });
-            r.deferred.push(p.work);
+            r.deferred(p.cycle, p.index, p.queue.index(), p.work);
         }
         match p.work {
             Deferred::MemWrite { .. } | Deferred::Scatter { .. } => {
@@ -453,21 +452,13 @@ impl<'c> Engine<'c> {
             });
         }
         self.scratch.clear();
-        if unit != Unit::Control
-            && let Some(r) = &mut self.replay
-        {
-            r.events.push(Event {
-                cycle: t,
-                offset,
-                index,
-                queue: q,
-                kind: if text_of.is_some() {
-                    EventKind::Repetition
-                } else {
-                    EventKind::Issue
-                },
-                book: true,
-            });
+        if let Some(r) = &mut self.replay {
+            if unit == Unit::Control {
+                let index = if text_of.is_some() { index - 1 } else { index };
+                r.control(t, index, q);
+            } else {
+                r.issue(t, offset, index, q, text_of.is_some());
+            }
         }
         let mut ctx = Ctx {
             config: self.config,

@@ -20,6 +20,7 @@ use q35_isa::{Acc, ElemWidth, Instruction, LatencyClass, QueueId, QueueKind, Str
 use crate::config::MachineConfig;
 use crate::hazard::HazardKind;
 use crate::mxm::{self, LoadOutcome, MultiplyOutcome, Step};
+use crate::replay::SlotLog;
 use crate::state::{PortConflict, State};
 use crate::streams::{LANES, Streams, Vector, Writer};
 
@@ -171,7 +172,7 @@ pub struct Live<'a> {
     /// Values in flight.
     pub streams: &'a mut Streams,
     /// Slab slots in the order of the `read`/`write` calls, when recording.
-    pub log: Option<&'a mut Vec<u32>>,
+    pub log: Option<&'a mut SlotLog>,
 }
 
 impl Operands for Live<'_> {

@@ -86,7 +86,10 @@ pub struct Loaded {
 pub fn load(binary: &LpuBinary, config: &MachineConfig) -> Result<Loaded, LoadError> {
     config.validate()?;
     binary.check_target(&config.target_hash)?;
-    decode(binary.queues(), binary.tables(), config)
+    let loaded = decode(binary.queues(), binary.tables(), config)?;
+    // Decoded: the words' pages need not stay resident.
+    binary.release_section(q35_lpubin::SectionKind::Queues);
+    Ok(loaded)
 }
 
 /// [`load`] for a further program of `binary` (docs/lpubin.md 3.9): its
@@ -98,10 +101,13 @@ pub fn load_program(
 ) -> Result<Loaded, LoadError> {
     config.validate()?;
     binary.check_target(&config.target_hash)?;
-    decode(program.queues(), program.tables(), config).map_err(|e| LoadError::Program {
-        name: program.name().to_string(),
-        source: Box::new(e),
-    })
+    let loaded =
+        decode(program.queues(), program.tables(), config).map_err(|e| LoadError::Program {
+            name: program.name().to_string(),
+            source: Box::new(e),
+        })?;
+    binary.release_section(q35_lpubin::SectionKind::Programs);
+    Ok(loaded)
 }
 
 fn decode<'a>(
@@ -178,14 +184,16 @@ pub fn check_placement(
     Ok(())
 }
 
+/// Bytes of the mapped MEM image copied between two releases of its pages.
+pub const RELEASE_STEP: usize = 4 << 20;
+
 /// The initial state: zeroed MEM with the binary's image copied in, the
 /// tables, fresh MXM planes.
 ///
-/// The copy is the simple way to give the simulator mutable MEM. A later
-/// fast path can avoid it for large images: keep each slice as the mapped
-/// image's bytes and copy a page only when a `write` or `scatter` first
-/// touches it (copy-on-write per page), so that weights the program only
-/// reads are never duplicated.
+/// The image is copied extent by extent (its data block is the extents'
+/// bytes back to back), and the mapped pages already copied are released
+/// every [`RELEASE_STEP`] bytes ([`LpuBinary::release`]): the image is
+/// resident once, in the slices, never twice.
 pub fn initial_state(
     binary: &LpuBinary,
     loaded: &Loaded,
@@ -201,6 +209,17 @@ pub fn initial_state(
                 image.word_bytes()
             )));
         }
+        // The section: every extent's bytes lie inside it, in file order.
+        let data = binary
+            .section_bytes(q35_lpubin::SectionKind::Mem)
+            .unwrap_or_default();
+        let end_in_data = |b: &[u8]| {
+            (b.as_ptr().addr())
+                .checked_sub(data.as_ptr().addr())
+                .map(|at| at + b.len())
+                .filter(|&end| end <= data.len())
+        };
+        let mut released = 0usize;
         for e in image.extents() {
             let r = e.range;
             let Some(slice) = mem.get_mut(usize::from(r.slice)) else {
@@ -215,7 +234,15 @@ pub fn initial_state(
                 )));
             }
             slice.fill(r.first_word, e.bytes);
+            if let Some(end) = end_in_data(e.bytes)
+                && end >= released + RELEASE_STEP
+            {
+                binary.release(&data[released..end]);
+                // The page `end` falls in is only partly copied.
+                released = end - end % q35_lpubin::PAGE as usize;
+            }
         }
+        binary.release(data);
     }
     let planes = (0..crate::config::ISA_COUNTS.2)
         .map(|_| Plane::new(config.plane))

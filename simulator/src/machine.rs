@@ -37,8 +37,14 @@ pub struct Machine<'b> {
     mode: EngineMode,
     /// The first hazard-free run, recorded ([`EngineMode::Replay`]).
     replay: Option<Replay>,
+    /// The first run's recording did not fit its packed form: no replay.
+    unreplayable: bool,
     /// The replay's timeline in `record` (when recording).
     replay_timeline: Option<usize>,
+    /// Lean recording ([`Machine::set_record_lean`]).
+    lean: bool,
+    /// The timeline in `record` whose issues the replay holds (lean).
+    in_replay: Option<usize>,
     scratch: Scratch,
     /// Runs done by the replay, and replays abandoned for the engine.
     replayed: (u64, u64),
@@ -58,6 +64,8 @@ struct Parked {
     symbols: BTreeMap<String, Symbol>,
     replay: Option<Replay>,
     replay_timeline: Option<usize>,
+    unreplayable: bool,
+    in_replay: Option<usize>,
 }
 
 /// How a [`Machine`] executes its runs. Both give the same MEM bytes,
@@ -112,6 +120,8 @@ impl<'b> Machine<'b> {
                     .collect(),
                 replay: None,
                 replay_timeline: None,
+                unreplayable: false,
+                in_replay: None,
             }));
         }
         Ok(Machine {
@@ -125,7 +135,10 @@ impl<'b> Machine<'b> {
             record: None,
             mode: EngineMode::default(),
             replay: None,
+            unreplayable: false,
             replay_timeline: None,
+            lean: false,
+            in_replay: None,
             scratch: Scratch::default(),
             replayed: (0, 0),
             current: 0,
@@ -161,6 +174,8 @@ impl<'b> Machine<'b> {
             symbols: std::mem::replace(&mut self.symbols, next.symbols),
             replay: std::mem::replace(&mut self.replay, next.replay),
             replay_timeline: std::mem::replace(&mut self.replay_timeline, next.replay_timeline),
+            unreplayable: std::mem::replace(&mut self.unreplayable, next.unreplayable),
+            in_replay: std::mem::replace(&mut self.in_replay, next.in_replay),
         };
         self.parked[self.current] = Some(old);
         self.current = index;
@@ -199,9 +214,23 @@ impl<'b> Machine<'b> {
     pub fn set_record(&mut self, on: bool) {
         self.record = on.then(Recorded::default);
         self.replay_timeline = None;
+        self.lean = false;
+        self.in_replay = None;
         for p in self.parked.iter_mut().flatten() {
             p.replay_timeline = None;
+            p.in_replay = None;
         }
+    }
+
+    /// Records as [`Machine::set_record`], but the timeline of the run a
+    /// replay was recorded from is not kept twice: once the replay exists,
+    /// it holds those issues ([`Replay::timeline`] rebuilds them), which is
+    /// a step's timeline less to keep resident (21 MB on SmolLM2 at
+    /// context 256). [`Machine::recorded`] is then `None`;
+    /// [`Machine::into_recorded`] gives every timeline, whole.
+    pub fn set_record_lean(&mut self, on: bool) {
+        self.set_record(on);
+        self.lean = on;
     }
 
     /// Chooses how later runs execute (default [`EngineMode::Exact`]).
@@ -225,9 +254,11 @@ impl<'b> Machine<'b> {
         self.replay.as_ref()
     }
 
-    /// What was recorded (`None` unless [`Machine::set_record`] is on).
+    /// What was recorded (`None` unless [`Machine::set_record`] is on, and
+    /// `None` with [`Machine::set_record_lean`]: see
+    /// [`Machine::into_recorded`]).
     pub fn recorded(&self) -> Option<&Recorded> {
-        self.record.as_ref()
+        self.record.as_ref().filter(|_| !self.lean)
     }
 
     /// The decoded program.
@@ -258,6 +289,34 @@ impl<'b> Machine<'b> {
         self.state
             .as_mut()
             .expect("the state is back after every run")
+    }
+
+    /// Every decoded program (by [`Machine::program`] number) and what was
+    /// recorded (every timeline whole, lean or not), consuming the machine:
+    /// MEM, the replays and their buffers are freed before the caller
+    /// analyses the timelines.
+    pub fn into_recorded(mut self) -> (Vec<Loaded>, Option<Recorded>) {
+        self.state = None;
+        self.scratch = Scratch::default();
+        let current = Parked {
+            loaded: self.loaded,
+            symbols: BTreeMap::new(),
+            replay: self.replay,
+            replay_timeline: self.replay_timeline,
+            unreplayable: self.unreplayable,
+            in_replay: self.in_replay,
+        };
+        self.parked[self.current] = Some(current);
+        let mut programs = Vec::with_capacity(self.parked.len());
+        for p in self.parked.into_iter().flatten() {
+            if let (Some(rec), Some(i), Some(replay)) = (&mut self.record, p.in_replay, &p.replay)
+                && let Some(t) = rec.timelines.get_mut(i)
+            {
+                t.issues = replay.timeline().issues;
+            }
+            programs.push(p.loaded);
+        }
+        (programs, self.record)
     }
 
     /// The state, consuming the machine.
@@ -330,12 +389,15 @@ impl<'b> Machine<'b> {
             }
             _ => None,
         };
-        let mut engine = Engine::new(&self.config, state, self.loaded.queues.clone());
+        // The engine borrows the instruction lists for the run (no copy).
+        let present: Vec<bool> = self.loaded.queues.iter().map(Option::is_some).collect();
+        let mut engine = Engine::new(&self.config, state, std::mem::take(&mut self.loaded.queues));
         if self.record.is_some() {
             engine.record();
         }
-        let record_replay =
-            matches!(self.mode, EngineMode::Replay | EngineMode::Verify) && self.replay.is_none();
+        let record_replay = matches!(self.mode, EngineMode::Replay | EngineMode::Verify)
+            && self.replay.is_none()
+            && !self.unreplayable;
         if record_replay {
             engine.record_replay();
         }
@@ -345,12 +407,20 @@ impl<'b> Machine<'b> {
                 issues: engine.take_recorded(),
                 profile: profile.clone(),
             };
-            let current = self.current;
+            let (in_replay, replay, current) = (self.in_replay, &self.replay, self.current);
+            let same = |(j, (x, &p)): (usize, (&Timeline, &usize))| {
+                p == current
+                    && match (in_replay, replay) {
+                        (Some(k), Some(r)) if k == j => r.timeline() == t,
+                        _ => *x == t,
+                    }
+            };
             let i = match rec
                 .timelines
                 .iter()
                 .zip(&rec.programs)
-                .position(|(x, &p)| p == current && *x == t)
+                .enumerate()
+                .position(same)
             {
                 Some(i) => i,
                 None => {
@@ -364,19 +434,36 @@ impl<'b> Machine<'b> {
                 self.replay_timeline = Some(i);
             }
         }
+        let recording = engine.take_replay();
+        let last_event = engine.last_event_cycle();
+        let (state, lists) = engine.into_parts();
+        self.loaded.queues = lists
+            .into_iter()
+            .zip(present)
+            .map(|(list, present)| present.then_some(list))
+            .collect();
         if record_replay
             && let Ok(profile) = &result
-            && let Some(recording) = engine.take_replay()
+            && let Some(recording) = recording
         {
-            self.replay = Some(Replay::new(
+            self.replay = Replay::new(
                 recording,
                 profile.clone(),
-                engine.last_event_cycle(),
+                last_event,
                 &self.config,
                 &self.loaded.queues,
-            ));
+            );
+            self.unreplayable = self.replay.is_none();
+            if self.lean
+                && self.replay.is_some()
+                && let (Some(rec), Some(i)) = (&mut self.record, self.replay_timeline)
+                && let Some(t) = rec.timelines.get_mut(i)
+            {
+                t.issues = Vec::new();
+                self.in_replay = Some(i);
+            }
         }
-        self.state = Some(engine.into_state());
+        self.state = Some(state);
         self.runs += 1;
         let result = match (twin, &self.replay) {
             (Some((run, twin)), Some(replay)) => {

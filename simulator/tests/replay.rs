@@ -9,7 +9,8 @@
 //!   replay must hand those to the engine and end up identical);
 //! - generated programs (the engine benchmark's matmul and vector programs,
 //!   `benches/programs/mod.rs`, at several sizes), perturbed likewise;
-//! - a gather whose index the host moves out of range on the third run;
+//! - a gather whose index the host moves out of range on the third run,
+//!   and one faulting after a word was read and then overwritten;
 //! - SmolLM2 steps, when a compiled `smollm2.lpubin` is at
 //!   `$Q35_SMOLLM2_LPUBIN` (else `target/q35-run/smollm2.lpubin`, which
 //!   `scripts/run` writes): skipped with a message when it is missing.
@@ -91,18 +92,23 @@ struct Tally {
 /// the first when `seed` is set) and compares after each.
 fn differential(name: &str, binary: &LpuBinary, runs: u32, seed: Option<u64>) -> Tally {
     let config = config();
-    let (Ok(mut exact), Ok(mut replay)) = (
+    let (Ok(mut exact), Ok(mut replay), Ok(mut lean)) = (
+        Machine::new(binary, config.clone()),
         Machine::new(binary, config.clone()),
         Machine::new(binary, config.clone()),
     ) else {
-        return Tally::default(); // a binary the loader refuses (both alike)
+        return Tally::default(); // a binary the loader refuses (all alike)
     };
     exact.set_mode(EngineMode::Exact);
     replay.set_mode(EngineMode::Replay);
+    lean.set_mode(EngineMode::Replay);
     for m in [&mut exact, &mut replay] {
         m.set_record(true);
         m.set_max_cycles(Some(10_000_000));
     }
+    // The third machine records lean: the replay holds its timeline.
+    lean.set_record_lean(true);
+    lean.set_max_cycles(Some(10_000_000));
     let mut tally = Tally::default();
     for run in 0..runs {
         if let Some(seed) = seed
@@ -110,10 +116,12 @@ fn differential(name: &str, binary: &LpuBinary, runs: u32, seed: Option<u64>) ->
         {
             perturb(&mut exact, seed + u64::from(run));
             perturb(&mut replay, seed + u64::from(run));
+            perturb(&mut lean, seed + u64::from(run));
         }
         let a = exact.run_once();
         let b = replay.run_once();
         assert_eq!(a, b, "{name}: run {run}: result");
+        assert_eq!(lean.run_once(), b, "{name}: run {run}: lean result");
         if let Err(e) = same_mem(&exact, &replay) {
             panic!("{name}: run {run}: MEM differs at {e}");
         }
@@ -131,6 +139,18 @@ fn differential(name: &str, binary: &LpuBinary, runs: u32, seed: Option<u64>) ->
     for (i, j) in ra.runs.iter().zip(&rb.runs) {
         assert_eq!(ra.timelines[*i], rb.timelines[*j], "{name}: timeline");
     }
+    // The replay's timeline, rebuilt from its events, is the run's it was
+    // recorded from (the first that ended without a hazard).
+    if let (Some(r), Some(&first)) = (replay.replay(), ra.runs.first()) {
+        assert_eq!(r.timeline(), ra.timelines[first], "{name}: replay timeline");
+    }
+    assert!(lean.recorded().is_none(), "{name}: lean recorded()");
+    let rb = rb.clone();
+    assert_eq!(
+        lean.into_recorded().1.map(|r| (r.timelines, r.runs)),
+        Some((rb.timelines, rb.runs)),
+        "{name}: lean timelines"
+    );
     tally
 }
 
@@ -294,4 +314,77 @@ fn replay_equals_the_engine_on_smollm2_steps() {
         };
     }
     assert_eq!(replay.device().replayed(), (4, 0));
+}
+
+/// A word a run reads and then writes whole must get its old bytes back
+/// when the replay faults later: the engine's rerun reads it again. Here
+/// `mem.w2` word 5 is read (and copied to word 6) and then overwritten
+/// from `mem.w3` before the gather on cycle 5 faults; word 6 (written
+/// first, never read) is left as the replay wrote it. Both machines must
+/// end with word 6 holding word 5's bytes from before the run.
+#[test]
+fn a_fault_after_a_read_then_written_word_restores_it() {
+    let text = "\
+.target lpu-v1
+.mem mem.w0+mem.w1 @0 u16 [2, 0, 1, 2]
+.mem mem.e0 @0 u8 [10, 11, 12, 13]
+.mem mem.e0 @1 u8 [20, 21, 22, 23]
+.mem mem.e0 @2 u8 [30, 31, 32, 33]
+.mem mem.w2 @5 u8 [1, 2, 3, 4]
+.mem mem.w3 @0 u8 [7, 7, 7, 7]
+.symbol w5 u8 [4] at mem.w2 @5
+.symbol w6 u8 [4] at mem.w2 @6
+.symbol src u8 [4] at mem.w3 @0
+.symbol idx u16 [4] at mem.w0+mem.w1 @0
+.queue mem.w3
+    read 0, s4.e
+    halt
+.queue mem.w2
+    read 5, s5.e
+    write 6, s5.e
+    write 5, s4.e
+    halt
+.queue mem.w0
+    nop 2
+    read 0, s0.e
+    halt
+.queue mem.w1
+    nop 1
+    read 0, s1.e
+    halt
+.queue mem.e0
+    nop 5
+    gather s0.e -> s2.e, 0
+    halt
+.queue mem.e1
+    nop 7
+    write 0, s2.e
+    halt
+";
+    use q35_host::Device;
+    let config = config();
+    let program = q35_isa::assemble("keep.lpuasm", text).expect("assembles");
+    let bin = binary(&program, &config).expect("a binary");
+    let mut exact = Machine::new(&bin, config.clone()).expect("loads");
+    let mut replay = Machine::new(&bin, config.clone()).expect("loads");
+    exact.set_mode(EngineMode::Exact);
+    replay.set_mode(EngineMode::Replay);
+    for run in 0..3 {
+        if run == 2 {
+            for m in [&mut exact, &mut replay] {
+                m.write_symbol("src", &[9; 4]).expect("src");
+                m.write_symbol("idx", &[0xff; 8]).expect("idx");
+            }
+        }
+        let a = exact.run_once();
+        let b = replay.run_once();
+        assert_eq!(a, b, "run {run}");
+        assert_eq!(a.is_err(), run == 2, "run {run}: {a:?}");
+        same_mem(&exact, &replay).expect("MEM equal");
+    }
+    for m in [&mut exact, &mut replay] {
+        assert_eq!(m.read_symbol("w6").expect("w6"), [7; 4]);
+        assert_eq!(m.read_symbol("w5").expect("w5"), [9; 4]);
+    }
+    assert_eq!(replay.replayed(), (1, 1));
 }

@@ -29,6 +29,8 @@
 //! `q35c run`, and the loop stops as `q35c run`'s does (a stop token, which
 //! is kept, `max_tokens`, a full context, or the callback).
 
+use std::sync::Arc;
+
 use q35_lpubin::{ElemType, LpuBinary};
 use q35_reference::{GenerateOptions, Sampler, StopReason};
 use q35_tokenizer::Tokenizer;
@@ -131,7 +133,7 @@ pub struct Session<D: Device> {
     device: D,
     meta: HostMeta,
     embedding: EmbeddingTable,
-    tokenizer: Option<Tokenizer>,
+    tokenizer: Option<Arc<Tokenizer>>,
     checker: Option<Checker>,
     pos: usize,
     steps: usize,
@@ -232,6 +234,9 @@ impl<D: Device> Session<D> {
             }
             None => None,
         };
+        // Both are copies now: their mapped pages need not stay resident.
+        binary.release_section(q35_lpubin::SectionKind::Embedding);
+        binary.release_section(q35_lpubin::SectionKind::Tokenizer);
         if let (Some(t), Some(template)) = (tokenizer.as_mut(), &meta.chat_template) {
             t.set_chat_template(Some(template.clone()));
         }
@@ -241,7 +246,7 @@ impl<D: Device> Session<D> {
             mask: vec![f32::NEG_INFINITY; meta.ctx as usize],
             meta,
             embedding,
-            tokenizer,
+            tokenizer: tokenizer.map(Arc::new),
             checker: None,
             pos: 0,
             steps: 0,
@@ -262,7 +267,13 @@ impl<D: Device> Session<D> {
 
     /// The tokenizer, if the binary carries one.
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
-        self.tokenizer.as_ref()
+        self.tokenizer.as_deref()
+    }
+
+    /// The tokenizer, shared (a caller decoding tokens while
+    /// [`Session::generate`] holds the session keeps no second copy).
+    pub fn shared_tokenizer(&self) -> Option<Arc<Tokenizer>> {
+        self.tokenizer.clone()
     }
 
     /// The device.
@@ -273,6 +284,11 @@ impl<D: Device> Session<D> {
     /// The device, mutable.
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.device
+    }
+
+    /// The device, ending the session (its tables freed).
+    pub fn into_device(self) -> D {
+        self.device
     }
 
     /// The position the next step takes.

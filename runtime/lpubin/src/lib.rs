@@ -79,7 +79,8 @@ impl std::fmt::Debug for LpuBinary {
 }
 
 impl LpuBinary {
-    /// Maps the file at `path` and validates all of it.
+    /// Maps the file at `path` and validates all of it; the pages validation
+    /// read are then released ([`LpuBinary::release_all`]).
     pub fn open(path: impl AsRef<Path>) -> Result<LpuBinary, LpuBinError> {
         let path = path.as_ref();
         let io = |error| LpuBinError::Io {
@@ -107,15 +108,65 @@ impl LpuBinary {
 
     fn build(backing: Backing, path: Option<PathBuf>) -> Result<LpuBinary, LpuBinError> {
         let parsed = parse::parse(backing.bytes(), &path)?;
-        Ok(LpuBinary {
+        let binary = LpuBinary {
             backing,
             path,
             parsed,
-        })
+        };
+        // Validation read every page; readers fault back in what they use.
+        binary.release_all();
+        Ok(binary)
     }
 
     fn bytes(&self) -> &[u8] {
         self.backing.bytes()
+    }
+
+    /// Lets the OS take back the resident pages wholly inside `bytes`, a
+    /// slice this binary handed out (any other slice is ignored): a reader
+    /// that has copied what it needs (the simulator's MEM image, decoded
+    /// queues, the host's embedding) keeps the process's resident memory to
+    /// its own copy. Nothing else changes: a later read of those bytes
+    /// maps the same file pages in again. A no-op for a binary from memory
+    /// and where the OS has no such advice.
+    pub fn release(&self, bytes: &[u8]) {
+        let Backing::Mapped(map) = &self.backing else {
+            return;
+        };
+        let base = map.as_ptr() as usize;
+        let Some(start) = (bytes.as_ptr() as usize).checked_sub(base) else {
+            return;
+        };
+        let end = start + bytes.len();
+        // Whole pages inside `bytes` (a larger OS page rounds outward,
+        // which costs a refault of bytes still in use, nothing more).
+        let first = start.div_ceil(PAGE as usize) * PAGE as usize;
+        let last = end / PAGE as usize * PAGE as usize;
+        if end > map.len() || last <= first {
+            return;
+        }
+        // SAFETY: `MADV_DONTNEED` discards the pages of a *private writable*
+        // mapping's changes; this map is read-only and file-backed, so the
+        // pages are dropped from this process only and refault from the
+        // file with the same bytes. No reference into the map is
+        // invalidated (the addresses stay mapped). An error (an OS without
+        // the advice) leaves the pages resident, which is only memory.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+        };
+    }
+
+    /// [`LpuBinary::release`] on the whole section of kind `kind`, if present.
+    pub fn release_section(&self, kind: SectionKind) {
+        if let Some(bytes) = self.section_bytes(kind) {
+            self.release(bytes);
+        }
+    }
+
+    /// [`LpuBinary::release`] on the whole file ([`LpuBinary::open`] does
+    /// this after validating every byte, which brought every page in).
+    pub fn release_all(&self) {
+        self.release(self.bytes());
     }
 
     /// The path this binary was opened from, if it came from disk.

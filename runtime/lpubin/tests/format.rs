@@ -801,6 +801,96 @@ fn layout_matches_the_documented_alignment() {
     assert_eq!((q.offset + 8 + 8 * n) % 8, 0);
 }
 
+/// Resident kilobytes of this process's mapping of `path` (Linux smaps).
+#[cfg(target_os = "linux")]
+fn mapped_rss_kb(path: &std::path::Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let name = path.to_str().unwrap();
+    let mut total = 0;
+    let mut inside = false;
+    for line in smaps.lines() {
+        if line.contains('-') && line.split_whitespace().count() >= 5 && !line.ends_with(" kB") {
+            inside = line.ends_with(name);
+        } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
+            total += kb.trim().trim_end_matches(" kB").parse::<u64>().unwrap();
+        }
+    }
+    total
+}
+
+#[test]
+fn release_keeps_every_byte_and_drops_the_resident_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.lpubin");
+    common::builder(16, 2000, 12, 50).write_to(&path).unwrap();
+    let bin = LpuBinary::open(&path).unwrap();
+    let whole = std::fs::read(&path).unwrap();
+    let sections: Vec<(SectionKind, Vec<u8>)> = bin
+        .sections()
+        .iter()
+        .map(|s| (s.kind, bin.section_bytes(s.kind).unwrap().to_vec()))
+        .collect();
+    let mem: Vec<Vec<u8>> = bin
+        .mem()
+        .unwrap()
+        .extents()
+        .map(|e| e.bytes.to_vec())
+        .collect();
+    // Opening released what validation read; reading brings pages back.
+    let touched: u64 = sections
+        .iter()
+        .map(|(k, _)| {
+            bin.section_bytes(*k)
+                .unwrap()
+                .iter()
+                .map(|&b| u64::from(b))
+                .sum::<u64>()
+        })
+        .sum();
+    #[cfg(target_os = "linux")]
+    {
+        assert!(
+            mapped_rss_kb(&path) * 1024 >= whole.len() as u64 / 2,
+            "pages in after reading"
+        );
+    }
+    // Odd sub-slices, whole sections, the file, and a slice from elsewhere.
+    for e in bin.mem().unwrap().extents() {
+        bin.release(&e.bytes[1..e.bytes.len() - 1]);
+    }
+    for (k, _) in &sections {
+        bin.release_section(*k);
+    }
+    bin.release(&whole);
+    bin.release_all();
+    #[cfg(target_os = "linux")]
+    {
+        assert!(
+            mapped_rss_kb(&path) <= 8,
+            "released: {} kB",
+            mapped_rss_kb(&path)
+        );
+    }
+    for (k, bytes) in &sections {
+        assert_eq!(bin.section_bytes(*k).unwrap(), bytes.as_slice(), "{k:?}");
+    }
+    let again: Vec<Vec<u8>> = bin
+        .mem()
+        .unwrap()
+        .extents()
+        .map(|e| e.bytes.to_vec())
+        .collect();
+    assert_eq!(again, mem);
+    assert!(touched > 0);
+    // A binary from memory: release is a no-op.
+    let owned = LpuBinary::from_bytes(whole.clone()).unwrap();
+    owned.release_all();
+    assert_eq!(
+        owned.section_bytes(SectionKind::Queues),
+        bin.section_bytes(SectionKind::Queues)
+    );
+}
+
 #[test]
 fn further_programs_round_trip() {
     let b = common::small();

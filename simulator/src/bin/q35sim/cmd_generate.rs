@@ -215,7 +215,8 @@ pub fn run(
 ) -> Result<(), Failure> {
     let mut machine = Machine::new(binary, config.clone()).with_context(|| name.to_string())?;
     machine.set_max_cycles(max_cycles);
-    machine.set_record(true);
+    // The profile's timelines, the replay's not kept twice.
+    machine.set_record_lean(true);
     machine.set_mode(match args.engine {
         Engine::Exact => q35_sim::EngineMode::Exact,
         Engine::Replay => q35_sim::EngineMode::Replay,
@@ -296,7 +297,7 @@ pub fn run(
         stop_tokens: meta.stop_tokens(),
     };
 
-    let tokenizer = session.tokenizer().cloned();
+    let tokenizer = session.shared_tokenizer();
     let mut decoder = StreamDecoder::new();
     let mut text = String::new();
     let mut stdout = std::io::stdout().lock();
@@ -363,19 +364,22 @@ pub fn run(
             });
     // The profile: every run's timeline was recorded (a compiled model's
     // runs share one schedule, so usually one distinct timeline).
-    let recorded = session.device().recorded().cloned().unwrap_or_default();
+    // MEM and the replay are freed before the analysis allocates.
+    let replayed = session.device().replayed();
+    let ctx = session.ctx();
+    let prefill_tokens = session.prefill_tokens();
+    let (programs, recorded) = session.into_device().into_recorded();
+    let recorded = recorded.unwrap_or_default();
     let step_profiles: Vec<StepProfile> = recorded
         .timelines
         .iter()
         .zip(&recorded.programs)
         .map(|(t, &p)| {
-            let dev = session.device();
-            analyse_with(
-                dev.debug_map(p),
-                dev.loaded_program(p).unwrap_or_else(|| dev.loaded()),
-                &config,
-                t,
-            )
+            let debug = match p {
+                0 => binary.debug(),
+                i => binary.programs().nth(i - 1).and_then(|v| v.debug()),
+            };
+            analyse_with(debug, &programs[p.min(programs.len() - 1)], &config, t)
         })
         .collect();
     let cycles = |prefill: bool| -> (u64, u64) {
@@ -475,7 +479,7 @@ pub fn run(
                 "top_p": shortest(args.top_p),
                 "seed": args.seed,
             },
-            "context": session.ctx(),
+            "context": ctx,
             "predicted_cycles_per_step": predicted,
             "total_cycles": generation.steps.iter().map(|s| s.stats.cycles).sum::<u64>(),
             "steps": steps,
@@ -495,7 +499,7 @@ pub fn run(
         write!(stdout, "{tail}").map_err(io)?;
         writeln!(stdout).map_err(io)?;
         let prefill_runs = generation.steps.iter().filter(|s| s.prefill).count();
-        let how = match session.prefill_tokens() {
+        let how = match prefill_tokens {
             Some(n) => format!("the prefill program takes {n} tokens a run"),
             None if meta.prefill.is_some() => "--no-prefill: one run per prompt token".into(),
             None => "no prefill program: one run per prompt token".into(),
@@ -531,7 +535,7 @@ pub fn run(
             .map_err(io)?;
         }
         if args.engine == Engine::Verify {
-            let (verified, faulted) = session.device().replayed();
+            let (verified, faulted) = replayed;
             writeln!(
                 stdout,
                 "verify: {verified} runs replayed beside the engine ({faulted} handed to it on a fault): every MEM byte and the counters equal"
