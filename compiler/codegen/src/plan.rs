@@ -666,6 +666,15 @@ fn place_buffers(
                 .extend(bufs.iter().copied().filter(|&b| b != a));
         }
     }
+    // A later program's shared buffers are where they are: known from the
+    // start, so every new buffer avoids its shared partners too.
+    if let Some(sh) = shared {
+        for b in plan.buffers.iter().filter(|b| !per_token(b)) {
+            if let Some(buf) = sh.get(&b.name) {
+                placement.insert(b.name.clone(), buf.clone());
+            }
+        }
+    }
     for (i, b) in plan.buffers.iter().enumerate() {
         let h = hemisphere(b, i);
         let avoid: Vec<&Buffer> = partners

@@ -50,7 +50,8 @@ pub struct CompileArgs {
     /// Tokens a prefill run takes: the binary gets a second program that
     /// streams N prompt tokens through each installed weight tile (1: none,
     /// the prompt runs token by token). Default: the largest of 8, 4, 2
-    /// that fits MEM beside the decode program.
+    /// that fits MEM beside the decode program, tried only when the decode
+    /// program uses at most 60% of MEM.
     #[arg(long, value_name = "N")]
     pub prefill: Option<u32>,
     /// Worker threads for quantization (results do not depend on it).
