@@ -32,6 +32,7 @@ pub mod engine;
 #[macro_use]
 pub mod exec;
 pub mod hazard;
+pub mod link;
 pub mod load;
 pub mod machine;
 pub mod mxm;

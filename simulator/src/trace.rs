@@ -30,7 +30,7 @@ use crate::analysis::{Event, StepProfile};
 use crate::config::MachineConfig;
 
 /// Track ids and names, in display order.
-pub const TRACKS: [(u32, &str); 9] = [
+pub const TRACKS: [(u32, &str); 10] = [
     (1, "MEM west"),
     (2, "MEM east"),
     (3, "VXM"),
@@ -40,6 +40,7 @@ pub const TRACKS: [(u32, &str); 9] = [
     (7, "MXM mxm.3"),
     (8, "SXM sxm.w"),
     (9, "SXM sxm.e"),
+    (10, "C2C links"),
 ];
 
 /// The track of an event (`None`: control).
@@ -59,6 +60,7 @@ pub fn track_of(e: &Event) -> Option<u32> {
         QueueKind::Mxm(p) => 4 + u32::from(p).min(3),
         QueueKind::Sxm(West) => 8,
         QueueKind::Sxm(East) => 9,
+        QueueKind::C2c(_) => 10,
     })
 }
 

@@ -47,6 +47,6 @@ pub use operand::{
 };
 pub use program::{DType, MemData, MemInit, Placement, Program, ProgramError, Symbol, Table};
 pub use q35_lpubin::SymbolKind;
-pub use queue::{Hemisphere, QUEUE_COUNT, QueueId, QueueKind, UnknownQueue};
+pub use queue::{C2C_LINKS, Hemisphere, QUEUE_COUNT, QueueId, QueueKind, UnknownQueue};
 pub use table::{INSTRUCTIONS, Instruction, Opcode};
 pub use target::{TargetMismatch, check_target, cycles};
