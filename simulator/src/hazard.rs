@@ -95,7 +95,8 @@ pub enum HazardKind {
     LinkReceiveBeforeArrival {
         /// The link.
         link: u16,
-        /// When the next vector arrives, if the system has delivered it.
+        /// When the next vector arrives, if it was sent by the end of the
+        /// hazard's epoch (`crate::system`).
         next: Option<u64>,
     },
     /// A vector arrived at a link's receiving end while it held
