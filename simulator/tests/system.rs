@@ -296,8 +296,6 @@ fn link_hazards() {
 fn systems_the_topology_refuses() {
     let config = config();
     let quiet = binary(".target lpu-v1\n", &config);
-    let e = System::new(&[&quiet; 12], config)
-        .unwrap_err()
-        .to_string();
+    let e = System::new(&[&quiet; 12], config).unwrap_err().to_string();
     assert!(e.contains("12 chips are not whole nodes"), "{e}");
 }

@@ -134,7 +134,10 @@ impl LpuSystem {
         }
         // SAFETY: read-only and private to this process (as `LpuBinary::open`).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Self::build(Backing::Shared(Arc::new(map), 0..usize::MAX), Some(path.to_path_buf()))
+        Self::build(
+            Backing::Shared(Arc::new(map), 0..usize::MAX),
+            Some(path.to_path_buf()),
+        )
     }
 
     /// Validates an in-memory system file.
@@ -250,7 +253,11 @@ impl LpuSystem {
                 return Err(field(&name("length"), (e + 8) as u64, "0".into()));
             }
             if b[e + 20..e + 32].iter().any(|&c| c != 0) {
-                return Err(field(&name("reserved"), (e + 20) as u64, "must be zero".into()));
+                return Err(field(
+                    &name("reserved"),
+                    (e + 20) as u64,
+                    "must be zero".into(),
+                ));
             }
             lengths.push(len);
             crcs.push(rd_u32(b, e + 16));
@@ -282,7 +289,10 @@ impl LpuSystem {
                     ),
                 ));
             }
-            if let Some(p) = b[at as usize..r.start as usize].iter().position(|&c| c != 0) {
+            if let Some(p) = b[at as usize..r.start as usize]
+                .iter()
+                .position(|&c| c != 0)
+            {
                 return Err(field(
                     "padding",
                     at + p as u64,
@@ -317,11 +327,12 @@ impl LpuSystem {
                 Backing::Owned(v) => Backing::Owned(v[range].to_vec()),
                 Backing::Mapped(m) => Backing::Owned(m[range].to_vec()),
             };
-            let bin = LpuBinary::build(image, chip_path).map_err(|source| SystemFileError::Chip {
-                path: shown.clone(),
-                chip,
-                source: Box::new(source),
-            })?;
+            let bin =
+                LpuBinary::build(image, chip_path).map_err(|source| SystemFileError::Chip {
+                    path: shown.clone(),
+                    chip,
+                    source: Box::new(source),
+                })?;
             if bin.target_name() != target_name || bin.target_hash() != &target_hash {
                 return Err(SystemFileError::Chip {
                     path: shown.clone(),

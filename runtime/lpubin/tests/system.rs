@@ -2,9 +2,7 @@
 //! copying from one file, and every corrupted, truncated or inconsistent
 //! file is an error naming the chip or field (never a panic).
 
-use q35_lpubin::{
-    Builder, CHIP_ENTRY_LEN, LpuSystem, SYSTEM_HEADER_LEN, SystemBuilder, is_system,
-};
+use q35_lpubin::{Builder, CHIP_ENTRY_LEN, LpuSystem, SYSTEM_HEADER_LEN, SystemBuilder, is_system};
 
 const HASH: [u8; 32] = [7; 32];
 
@@ -46,7 +44,10 @@ fn round_trip_from_bytes_and_from_a_mapped_file() {
     s.write_to(&path).expect("write");
     assert_eq!(std::fs::read(&path).expect("read"), bytes);
     let sys = LpuSystem::open(&path).expect("valid");
-    assert_eq!(sys.chips()[2].queue(110).expect("queue").words().to_vec(), [0x62, 5]);
+    assert_eq!(
+        sys.chips()[2].queue(110).expect("queue").words().to_vec(),
+        [0x62, 5]
+    );
     assert!(
         sys.chips()[1]
             .path()
@@ -74,10 +75,16 @@ fn every_corrupted_byte_of_the_header_and_table_is_refused() {
     let mut b = bytes.clone();
     b[4000] = 1;
     let e = LpuSystem::from_bytes(b).unwrap_err().to_string();
-    assert!(e.contains("padding (byte 4000): a non-zero byte before chip 0's image"), "{e}");
+    assert!(
+        e.contains("padding (byte 4000): a non-zero byte before chip 0's image"),
+        "{e}"
+    );
     // Every truncation.
     for len in [0, 10, 127, 128, 191, 192, 4096, 4200, bytes.len() - 1] {
-        assert!(LpuSystem::from_bytes(bytes[..len].to_vec()).is_err(), "{len}");
+        assert!(
+            LpuSystem::from_bytes(bytes[..len].to_vec()).is_err(),
+            "{len}"
+        );
     }
     // Trailing bytes.
     let mut b = bytes.clone();
@@ -114,5 +121,10 @@ fn the_builder_refuses_what_it_cannot_write() {
     assert!(s.to_bytes().is_err());
     let mut s = SystemBuilder::new("lpu-v1", HASH);
     s.chip(Vec::new());
-    assert!(s.to_bytes().unwrap_err().to_string().contains("chip 0: an empty image"));
+    assert!(
+        s.to_bytes()
+            .unwrap_err()
+            .to_string()
+            .contains("chip 0: an empty image")
+    );
 }

@@ -103,6 +103,12 @@ pub fn tokens_per_second(config: &MachineConfig, cycles: f64) -> f64 {
 pub fn run(args: Args) -> Result<(), Failure> {
     let config = crate::target(args.target.as_ref())?;
     let name = args.file.display().to_string();
+    if crate::cmd_system::is_system_file(&args.file)? {
+        if args.check {
+            return Err(anyhow!("{name}: --check is for single-chip binaries (`q35sim run --timing` and `run` give a system's two modes)").into());
+        }
+        return crate::cmd_system::profile(&args.file, config, args.json, &args.outputs);
+    }
     let binary = LpuBinary::open(&args.file).map_err(anyhow::Error::from)?;
     let start = std::time::Instant::now();
     let bar = q35_host::bar::Bar::new(format!("profile {name}: "), "decoding", true);
