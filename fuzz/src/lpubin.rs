@@ -194,3 +194,39 @@ pub fn fix_lpubin_crcs(data: &mut [u8]) {
         data[header_len - 4..header_len].copy_from_slice(&crc.to_le_bytes());
     }
 }
+
+/// Loads `data` as a system file (docs/lpubin.md 8):
+/// `LpuSystem::from_bytes`. Errors must name what is wrong; an accepted
+/// file is canonical (the [`q35_lpubin::SystemBuilder`] given its chips'
+/// images writes the identical bytes), every chip is an accepted `.lpubin`
+/// ([`lpubin`]), and a system for lpu-v1 of a chip count the topology
+/// allows builds as a `q35_sim::System` (every chip's program decoded and
+/// placed; building it runs nothing). Returns whether the file was accepted.
+pub fn lpubin_system(data: &[u8]) -> bool {
+    let sys = match q35_lpubin::LpuSystem::from_bytes(data.to_vec()) {
+        Ok(s) => s,
+        Err(e) => {
+            message(&e);
+            return false;
+        }
+    };
+    assert!(!sys.chips().is_empty());
+    let mut b = q35_lpubin::SystemBuilder::new(sys.target_name(), *sys.target_hash());
+    assert_eq!(sys.chip_ranges().len(), sys.chips().len());
+    for (chip, r) in sys.chips().iter().zip(sys.chip_ranges()) {
+        assert_eq!(chip.target_hash(), sys.target_hash());
+        assert_eq!(chip.len(), r.end - r.start);
+        let bytes = data[r.start as usize..r.end as usize].to_vec();
+        assert!(lpubin(&bytes), "a chip the system accepted is an .lpubin");
+        b.chip(bytes);
+    }
+    assert_eq!(b.to_bytes().expect("re-encode"), data, "not canonical");
+    if sys.target_hash() == &lpu_v1().hash().0 {
+        let config = q35_sim::MachineConfig::from_target(lpu_v1()).expect("lpu-v1 runs");
+        let chips: Vec<&LpuBinary> = sys.chips().iter().collect();
+        if let Err(e) = q35_sim::System::new(&chips, config) {
+            message(&e);
+        }
+    }
+    true
+}

@@ -89,6 +89,7 @@ pub struct LpuSystem {
     target_name: String,
     target_hash: [u8; 32],
     chips: Vec<LpuBinary>,
+    ranges: Vec<Range<u64>>,
 }
 
 fn rd_u16(b: &[u8], at: usize) -> u16 {
@@ -318,6 +319,10 @@ impl LpuSystem {
                 format!("{} bytes after the last chip's image", b.len() as u64 - at),
             ));
         }
+        let ranges: Vec<Range<u64>> = images
+            .iter()
+            .map(|r| r.start as u64..r.end as u64)
+            .collect();
         let mut out = Vec::with_capacity(images.len());
         for (i, range) in images.into_iter().enumerate() {
             let chip = i as u32;
@@ -352,6 +357,7 @@ impl LpuSystem {
             target_name,
             target_hash,
             chips: out,
+            ranges,
         })
     }
 
@@ -373,6 +379,11 @@ impl LpuSystem {
     /// The chips' binaries, chip 0 first.
     pub fn chips(&self) -> &[LpuBinary] {
         &self.chips
+    }
+
+    /// Where each chip's image lies in the file (byte ranges, chip 0 first).
+    pub fn chip_ranges(&self) -> &[Range<u64>] {
+        &self.ranges
     }
 }
 
