@@ -493,6 +493,51 @@ impl System {
     }
 }
 
+/// The timing of the system running `programs` (chip `i` runs
+/// `programs[i]`) without building any chip's state: no MEM image is
+/// copied, and chips whose binaries hold the same instruction words are
+/// decoded and walked once (a 576-chip layer pipeline is a handful of
+/// distinct programs). The same result as [`System::timing`].
+pub fn timing_of(
+    programs: &[&LpuBinary],
+    config: &MachineConfig,
+) -> Result<Result<SystemRun, SystemStop>, SystemBuildError> {
+    let n = u32::try_from(programs.len()).unwrap_or(u32::MAX);
+    let topology = config.target.system(n)?;
+    // Representatives: (binary, its decoded program).
+    let mut distinct: Vec<(&LpuBinary, Loaded)> = Vec::new();
+    let mut of_chip: Vec<usize> = Vec::with_capacity(programs.len());
+    for (i, &binary) in programs.iter().enumerate() {
+        let same = distinct.iter().position(|(d, _)| same_program(d, binary));
+        let k = match same {
+            Some(k) => k,
+            None => {
+                let loaded =
+                    load::load(binary, config).map_err(|source| SystemBuildError::Load {
+                        chip: i as u32,
+                        source,
+                    })?;
+                distinct.push((binary, loaded));
+                distinct.len() - 1
+            }
+        };
+        of_chip.push(k);
+    }
+    let chips: Vec<&Loaded> = of_chip.iter().map(|&k| &distinct[k].1).collect();
+    Ok(timing(config, &topology, &chips))
+}
+
+/// Whether two binaries hold the same instruction words and tables (what a
+/// static schedule depends on), for the same target.
+fn same_program(a: &LpuBinary, b: &LpuBinary) -> bool {
+    a.target_hash() == b.target_hash()
+        && a.queues().len() == b.queues().len()
+        && a.queues()
+            .zip(b.queues())
+            .all(|(x, y)| x.id() == y.id() && x.words().as_bytes() == y.words().as_bytes())
+        && a.tables().eq(b.tables())
+}
+
 /// Gives every chip its state back after a run.
 fn put_back(chips: &mut [Chip], engines: Vec<Engine<'_>>) {
     for (chip, e) in chips.iter_mut().zip(engines) {
@@ -573,7 +618,10 @@ fn timing(
     // Distinct programs, walked once each.
     let mut distinct: Vec<(&Loaded, Vec<u32>)> = Vec::new();
     for (i, l) in chips.iter().enumerate() {
-        match distinct.iter_mut().find(|(d, _)| d.queues == l.queues) {
+        match distinct
+            .iter_mut()
+            .find(|(d, _)| std::ptr::eq(*d, *l) || d.queues == l.queues)
+        {
             Some((_, users)) => users.push(i as u32),
             None => distinct.push((l, vec![i as u32])),
         }

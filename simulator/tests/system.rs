@@ -299,3 +299,31 @@ fn systems_the_topology_refuses() {
     let e = System::new(&[&quiet; 12], config).unwrap_err().to_string();
     assert!(e.contains("12 chips are not whole nodes"), "{e}");
 }
+
+#[test]
+fn timing_only_of_576_chips_walks_one_program() {
+    let config = config();
+    // Every chip runs the same ring program: each node of 8 is a ring.
+    let one = binary(&sender_receiver(5, Some(0), Some((6, 502))), &config);
+    let refs: Vec<&LpuBinary> = vec![&one; 576];
+    let start = std::time::Instant::now();
+    let run = q35_sim::system::timing_of(&refs, &config)
+        .expect("a system of 72 nodes")
+        .expect("no hazard");
+    assert_eq!(run.cycles, 524);
+    assert_eq!(run.chips.len(), 576);
+    for c in &run.chips {
+        let sent: u64 = c.links.iter().map(|l| l.sent).sum();
+        let got: u64 = c.links.iter().map(|l| l.received).sum();
+        assert_eq!((sent, got), (1, 1));
+    }
+    // One static walk, not 576: well under a second even in a debug build.
+    assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+    // The same as the timing of a built system, for a node.
+    let node: Vec<&LpuBinary> = vec![&one; 8];
+    let system = System::new(&node, config.clone()).expect("a node");
+    assert_eq!(
+        q35_sim::system::timing_of(&node, &config).expect("a node"),
+        system.timing()
+    );
+}

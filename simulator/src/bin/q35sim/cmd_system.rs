@@ -16,6 +16,7 @@ use q35_lpubin::{LpuBinary, LpuSystem, SystemBuilder};
 use q35_sim::dump::read_symbol;
 use q35_sim::system::{SystemRun, SystemStop};
 use q35_sim::{MachineConfig, System};
+use q35_target::SystemTopology;
 use serde_json::json;
 
 use crate::Failure;
@@ -57,6 +58,16 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The timing-only run (no chip state built; identical programs walked once).
+fn timing_of(
+    file: &LpuSystem,
+    config: &MachineConfig,
+    name: &str,
+) -> anyhow::Result<Result<SystemRun, SystemStop>> {
+    let chips: Vec<&LpuBinary> = file.chips().iter().collect();
+    q35_sim::system::timing_of(&chips, config).with_context(|| name.to_string())
+}
+
 fn build(file: &LpuSystem, config: &MachineConfig, name: &str) -> anyhow::Result<System> {
     let chips: Vec<&LpuBinary> = file.chips().iter().collect();
     System::new(&chips, config.clone()).with_context(|| name.to_string())
@@ -79,7 +90,10 @@ pub fn run(
     dumps: &[String],
 ) -> Result<(), Failure> {
     let (file, name) = open(path, &config)?;
-    let mut system = build(&file, &config, &name)?;
+    let topology = config
+        .target
+        .system(file.chips().len() as u32)
+        .with_context(|| name.clone())?;
     // `CHIP:SYMBOL`, checked before the run.
     let mut wanted = Vec::new();
     for d in dumps {
@@ -102,24 +116,25 @@ pub fn run(
         }
         wanted.push((chip, s));
     }
-    let threads = threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    system.set_threads(threads);
-    system.set_max_cycles(max_cycles);
-    let result = if timing {
-        system.timing()
-    } else {
-        system.run_once()
-    };
-    let run = result.map_err(|s| stopped(&name, &s))?;
     let mut dumped = Vec::new();
-    for (chip, s) in &wanted {
-        let state = system
-            .state(*chip)
-            .ok_or_else(|| anyhow!("chip {chip} has no state"))?;
-        dumped.push((*chip, read_symbol(state, s).with_context(|| name.clone())?));
-    }
+    let run = if timing {
+        timing_of(&file, &config, &name)?.map_err(|s| stopped(&name, &s))?
+    } else {
+        let mut system = build(&file, &config, &name)?;
+        let threads = threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        system.set_threads(threads);
+        system.set_max_cycles(max_cycles);
+        let run = system.run_once().map_err(|s| stopped(&name, &s))?;
+        for (chip, s) in &wanted {
+            let state = system
+                .state(*chip)
+                .ok_or_else(|| anyhow!("chip {chip} has no state"))?;
+            dumped.push((*chip, read_symbol(state, s).with_context(|| name.clone())?));
+        }
+        run
+    };
     if json_out {
         let mut v = run.to_json();
         if let Some(o) = v.as_object_mut() {
@@ -137,7 +152,7 @@ pub fn run(
         }
         println!("{v}");
     } else {
-        let mut out = text(&run, &system, timing);
+        let mut out = text(&run, &topology, timing);
         for (c, d) in &dumped {
             let _ = writeln!(out, "chip {c}: {}", d.to_text());
         }
@@ -147,8 +162,7 @@ pub fn run(
 }
 
 /// The run as text: the system, then each chip.
-fn text(run: &SystemRun, system: &System, timing: bool) -> String {
-    let topo = system.topology();
+fn text(run: &SystemRun, topo: &SystemTopology, timing: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -220,8 +234,11 @@ pub fn profile(
     outputs: &crate::cmd_profile::Outputs,
 ) -> Result<(), Failure> {
     let (file, name) = open(path, &config)?;
-    let system = build(&file, &config, &name)?;
-    let run = system.timing().map_err(|s| stopped(&name, &s))?;
+    let topology = config
+        .target
+        .system(file.chips().len() as u32)
+        .with_context(|| name.clone())?;
+    let run = timing_of(&file, &config, &name)?.map_err(|s| stopped(&name, &s))?;
     if outputs.files() {
         let mut steps = Vec::new();
         for (i, bin) in file.chips().iter().enumerate() {
@@ -263,7 +280,7 @@ pub fn profile(
         }
         println!("{v}");
     } else {
-        print!("{}", text(&run, &system, true));
+        print!("{}", text(&run, &topology, true));
     }
     Ok(())
 }
