@@ -10,7 +10,7 @@
 //!   issue cycles, occupancy, doc);
 //! - [`Instruction::reads`] / [`Instruction::writes`] (stream groups, for
 //!   hazard checks and scheduling), [`Instruction::check`] (field ranges);
-//! - [`queue`]: [`QueueId`], the 110 queues and the units they drive;
+//! - [`queue`]: [`QueueId`], the 126 queues (16 of them chip-to-chip links) and the units they drive;
 //! - [`program`]: [`Program`] (per-queue lists, MEM contents, tables,
 //!   symbols) and its rules ([`Program::validate`]); [`lpuasm`]: the
 //!   `.lpuasm` assembler ([`assemble`]) and disassembler
