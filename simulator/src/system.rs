@@ -364,9 +364,16 @@ impl System {
             };
             for (i, o) in outcome.iter().enumerate() {
                 if let Some(Err(Stop::Hazard(h))) = o {
-                    consider(SystemHazard {
-                        chip: i as u32,
-                        hazard: (**h).clone(),
+                    consider(match &h.kind {
+                        // An arrival at the link's end, whichever
+                        // instruction found it (as at an epoch boundary).
+                        HazardKind::LinkBufferOverrun { link, .. } => {
+                            link_hazard(i as u32, *link, h.cycle, h.kind.clone())
+                        }
+                        _ => SystemHazard {
+                            chip: i as u32,
+                            hazard: (**h).clone(),
+                        },
                     });
                 }
             }
@@ -773,18 +780,16 @@ fn timing(
                         if let Some(&(late, from)) = got.get(k + buffer)
                             && late <= li.cycle
                         {
-                            let mut h = hazard(
+                            consider(link_hazard(
                                 c as u32,
-                                li,
-                                text(c, li),
+                                l as u16,
+                                late,
                                 HazardKind::LinkBufferOverrun {
                                     link: l as u16,
                                     held: config.receive_buffer,
                                     from: from.to_string(),
                                 },
-                            );
-                            h.hazard.cycle = late;
-                            consider(h);
+                            ));
                         }
                         if let Some(far) = topology
                             .neighbour(LinkEnd {
