@@ -50,6 +50,24 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// One vector a chip took from a link: who sent it, when it arrived and
+/// which instruction took it when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    /// The sender.
+    pub from: Origin,
+    /// The link it arrived on (at the taking chip).
+    pub link: u16,
+    /// Its arrival cycle.
+    pub arrival: u64,
+    /// The queue of the `recv` or `fwd` that took it.
+    pub queue: QueueId,
+    /// That instruction's index.
+    pub index: u32,
+    /// Its issue cycle (`taken - arrival` cycles waited at the link's end).
+    pub taken: u64,
+}
+
 /// A vector sent, waiting in the outbox for the system to deliver it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
@@ -160,6 +178,8 @@ pub struct Links {
     /// Cycles between a vector's arrival and its taking, summed per link
     /// (time the schedule left it waiting in the buffer).
     pub waited: Vec<u64>,
+    /// Every vector taken this run, in the order taken.
+    pub taken: Vec<Transfer>,
 }
 
 impl Default for Links {
@@ -172,6 +192,7 @@ impl Default for Links {
             inbound: vec![Inbound::default(); n],
             traffic: vec![(0, 0); n],
             waited: vec![0; n],
+            taken: Vec::new(),
         }
     }
 }
@@ -248,6 +269,14 @@ fn take<O: Operands>(ctx: &mut Ctx<'_, O>, link: u16) -> Result<Arrival, Fault> 
         Ok(Some(a)) => {
             ctx.state.links.traffic[l].1 += 1;
             ctx.state.links.waited[l] += t - a.arrival;
+            ctx.state.links.taken.push(Transfer {
+                from: a.origin,
+                link,
+                arrival: a.arrival,
+                queue: ctx.queue,
+                index: ctx.index,
+                taken: t,
+            });
             Ok(a)
         }
         Ok(None) => Err(Fault {

@@ -161,6 +161,8 @@ pub struct ChipRun {
     pub profile: Profile,
     /// Its links that carried anything, by link.
     pub links: Vec<LinkUse>,
+    /// Every vector it took from a link, by (cycle taken, queue).
+    pub received: Vec<crate::link::Transfer>,
 }
 
 /// A finished system run.
@@ -474,9 +476,12 @@ impl System {
                     })
                 })
                 .collect();
+            let mut received = links.taken.clone();
+            received.sort_by_key(|t| (t.taken, t.queue.index()));
             chips.push(ChipRun {
                 profile,
                 links: uses,
+                received,
             });
         }
         put_back(chip_states, engines);
@@ -770,6 +775,7 @@ fn timing(
         }
     }
     let buffer = config.receive_buffer as usize;
+    let mut received: Vec<Vec<crate::link::Transfer>> = vec![Vec::new(); chips.len()];
     for c in 0..chips.len() {
         for l in 0..links {
             let got = &arrivals[c][l];
@@ -809,6 +815,14 @@ fn timing(
                             });
                             u.received += 1;
                             u.waited_cycles += li.cycle - a;
+                            received[c].push(crate::link::Transfer {
+                                from: got[k].1,
+                                link: l as u16,
+                                arrival: a,
+                                queue: li.queue,
+                                index: li.index,
+                                taken: li.cycle,
+                            });
                         }
                     }
                     other => {
@@ -857,9 +871,14 @@ fn timing(
     let chips: Vec<ChipRun> = walks
         .into_iter()
         .zip(uses)
-        .map(|(t, u)| ChipRun {
-            profile: t.profile,
-            links: u.into_values().collect(),
+        .zip(received)
+        .map(|((t, u), mut r)| {
+            r.sort_by_key(|t| (t.taken, t.queue.index()));
+            ChipRun {
+                profile: t.profile,
+                links: u.into_values().collect(),
+                received: r,
+            }
         })
         .collect();
     let cycles = chips

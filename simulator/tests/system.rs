@@ -81,6 +81,24 @@ fn one_hop_between_two_chips() {
         (inp[0].link, inp[0].received, inp[0].waited_cycles),
         (6, 1, 0)
     );
+    // The vector chip 1 took: sent by chip 0's `send` (#1 of c2c.0) on
+    // cycle 2, arrived on link 6 on 502, taken by `recv` (#1 of c2c.6) then.
+    let got = &run.chips[1].received;
+    assert_eq!(got.len(), 1);
+    let t = got[0];
+    assert_eq!(
+        (
+            t.from.chip,
+            t.from.queue.to_string(),
+            t.from.index,
+            t.from.cycle
+        ),
+        (0, "c2c.0".to_string(), 1, 2)
+    );
+    assert_eq!(
+        (t.link, t.arrival, t.queue.to_string(), t.index, t.taken),
+        (6, 502, "c2c.6".to_string(), 1, 502)
+    );
     // The timing-only mode agrees.
     assert_eq!(system.timing().expect("no hazard"), run);
     // And a second run on the same system too.

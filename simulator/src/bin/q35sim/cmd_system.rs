@@ -262,11 +262,14 @@ pub fn profile(
             "cycles": run.cycles,
             "clock_mhz": config.target.clock_mhz,
         });
+        let received: Vec<&[q35_sim::link::Transfer]> =
+            run.chips.iter().map(|c| c.received.as_slice()).collect();
         outputs
-            .write(
+            .write_system(
                 &config,
                 &format!("q35sim profile {name} (chip 0 of {})", file.chips().len()),
                 &traced,
+                &received,
                 &steps[0],
                 &summary,
             )
