@@ -196,9 +196,10 @@ impl SystemRun {
     }
 }
 
-/// A loaded chip: its program and persistent state.
+/// A loaded chip: its binary, program and persistent state.
 #[derive(Debug)]
-struct Chip {
+struct Chip<'b> {
+    binary: &'b LpuBinary,
     loaded: Loaded,
     /// `None` only while a run holds it.
     state: Option<State>,
@@ -206,18 +207,21 @@ struct Chip {
 
 /// `N` chips and their links ([module doc](self)).
 #[derive(Debug)]
-pub struct System {
+pub struct System<'b> {
     config: MachineConfig,
     topology: SystemTopology,
-    chips: Vec<Chip>,
+    chips: Vec<Chip<'b>>,
     threads: usize,
     max_cycles: Option<u64>,
 }
 
-impl System {
+impl<'b> System<'b> {
     /// Loads one program per chip (chip `i` runs `programs[i]`) for the
     /// system of `programs.len()` chips of `config`'s target.
-    pub fn new(programs: &[&LpuBinary], config: MachineConfig) -> Result<System, SystemBuildError> {
+    pub fn new(
+        programs: &[&'b LpuBinary],
+        config: MachineConfig,
+    ) -> Result<System<'b>, SystemBuildError> {
         let n = u32::try_from(programs.len()).unwrap_or(u32::MAX);
         let topology = config.target.system(n)?;
         let mut chips = Vec::with_capacity(programs.len());
@@ -234,6 +238,7 @@ impl System {
                 state.links.connected[usize::from(link)] = topology.neighbour(end)?.is_some();
             }
             chips.push(Chip {
+                binary,
                 loaded,
                 state: Some(state),
             });
@@ -407,7 +412,7 @@ impl System {
                         .next_arrival();
                 }
                 put_back(chip_states, engines);
-                return Err(SystemStop::Hazard(Box::new(h)));
+                return Err(SystemStop::Hazard(Box::new(with_source(chip_states, h))));
             }
             if let Some(s) = stop {
                 put_back(chip_states, engines);
@@ -441,7 +446,7 @@ impl System {
         }
         if let Some(h) = first {
             put_back(chip_states, engines);
-            return Err(SystemStop::Hazard(Box::new(h)));
+            return Err(SystemStop::Hazard(Box::new(with_source(chip_states, h))));
         }
         let mut chips = Vec::with_capacity(n);
         for (i, (o, e)) in outcome.into_iter().zip(engines.iter_mut()).enumerate() {
@@ -502,6 +507,10 @@ impl System {
             &self.topology,
             &self.chips.iter().map(|c| &c.loaded).collect::<Vec<_>>(),
         )
+        .map_err(|stop| match stop {
+            SystemStop::Hazard(h) => SystemStop::Hazard(Box::new(with_source(&self.chips, *h))),
+            other => other,
+        })
     }
 }
 
@@ -536,7 +545,15 @@ pub fn timing_of(
         of_chip.push(k);
     }
     let chips: Vec<&Loaded> = of_chip.iter().map(|&k| &distinct[k].1).collect();
-    Ok(timing(config, &topology, &chips))
+    Ok(
+        timing(config, &topology, &chips).map_err(|stop| match stop {
+            SystemStop::Hazard(h) => {
+                let binary = programs.get(h.chip as usize).copied();
+                SystemStop::Hazard(Box::new(sourced(binary, *h)))
+            }
+            other => other,
+        }),
+    )
 }
 
 /// Whether two binaries hold the same instruction words and tables (what a
@@ -550,8 +567,24 @@ fn same_program(a: &LpuBinary, b: &LpuBinary) -> bool {
         && a.tables().eq(b.tables())
 }
 
+/// The hazard with its source op from the chip's debug map, when it has one.
+fn with_source(chips: &[Chip<'_>], h: SystemHazard) -> SystemHazard {
+    let binary = chips.get(h.chip as usize).map(|c| c.binary);
+    sourced(binary, h)
+}
+
+fn sourced(binary: Option<&LpuBinary>, mut h: SystemHazard) -> SystemHazard {
+    if let Some(b) = binary {
+        h.hazard.source = b
+            .debug()
+            .and_then(|d| d.lookup(h.hazard.queue.index(), h.hazard.index))
+            .map(str::to_string);
+    }
+    h
+}
+
 /// Gives every chip its state back after a run.
-fn put_back(chips: &mut [Chip], engines: Vec<Engine<'_>>) {
+fn put_back(chips: &mut [Chip<'_>], engines: Vec<Engine<'_>>) {
     for (chip, e) in chips.iter_mut().zip(engines) {
         chip.state = Some(e.into_state());
     }

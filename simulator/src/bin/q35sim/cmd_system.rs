@@ -68,7 +68,11 @@ fn timing_of(
     q35_sim::system::timing_of(&chips, config).with_context(|| name.to_string())
 }
 
-fn build(file: &LpuSystem, config: &MachineConfig, name: &str) -> anyhow::Result<System> {
+fn build<'f>(
+    file: &'f LpuSystem,
+    config: &MachineConfig,
+    name: &str,
+) -> anyhow::Result<System<'f>> {
     let chips: Vec<&LpuBinary> = file.chips().iter().collect();
     System::new(&chips, config.clone()).with_context(|| name.to_string())
 }
