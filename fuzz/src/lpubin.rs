@@ -230,3 +230,51 @@ pub fn lpubin_system(data: &[u8]) -> bool {
     }
     true
 }
+
+/// The system container's counterpart of [`fix_lpubin_crcs`], for the
+/// `lpubin_system` mutator: within each chip image the chip table locates
+/// (in range of `data`), the image's own CRCs ([`fix_lpubin_crcs`]); then
+/// each chip entry's CRC-32 of its image, and the header CRC-32 over the
+/// fixed header and the chip table, wherever the (possibly damaged) fields
+/// still locate them inside `data`.
+pub fn fix_lpubin_system_crcs(data: &mut [u8]) {
+    use q35_lpubin::{CHIP_ENTRY_LEN, SYSTEM_HEADER_LEN};
+    let u64_at = |d: &[u8], at: usize| {
+        d.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    let Some(chips) = data
+        .get(12..16)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    else {
+        return;
+    };
+    let chips = chips.min(64) as usize;
+    for i in 0..chips {
+        let e = SYSTEM_HEADER_LEN + i * CHIP_ENTRY_LEN;
+        if e + CHIP_ENTRY_LEN > data.len() {
+            break;
+        }
+        let (Some(offset), Some(len)) = (u64_at(data, e), u64_at(data, e + 8)) else {
+            break;
+        };
+        let Some(end) = offset.checked_add(len) else {
+            continue;
+        };
+        if end > data.len() as u64 {
+            continue;
+        }
+        let (start, end) = (offset as usize, end as usize);
+        fix_lpubin_crcs(&mut data[start..end]);
+        let crc = crc32fast::hash(&data[start..end]);
+        data[e + 16..e + 20].copy_from_slice(&crc.to_le_bytes());
+    }
+    let table_end = (SYSTEM_HEADER_LEN + chips * CHIP_ENTRY_LEN).min(data.len());
+    if table_end >= SYSTEM_HEADER_LEN {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&data[..120]);
+        h.update(&data[SYSTEM_HEADER_LEN..table_end]);
+        let crc = h.finalize();
+        data[120..124].copy_from_slice(&crc.to_le_bytes());
+    }
+}

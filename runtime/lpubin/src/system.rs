@@ -102,20 +102,23 @@ fn rd_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// The first page boundary at or after `at`.
+/// The first page boundary at or after `at` (saturating: a hostile length
+/// lands past any file).
 fn page_up(at: u64) -> u64 {
-    at.div_ceil(PAGE) * PAGE
+    at.div_ceil(PAGE).saturating_mul(PAGE)
 }
 
 /// Where each chip's image goes: the canonical layout for images of
-/// these lengths.
+/// these lengths (saturating, so hostile lengths give ranges past the end
+/// of any file, which the reader refuses).
 fn layout(lengths: &[u64]) -> Vec<Range<u64>> {
     let mut at = page_up((SYSTEM_HEADER_LEN + lengths.len() * CHIP_ENTRY_LEN) as u64);
     lengths
         .iter()
         .map(|&len| {
-            let r = at..at + len;
-            at = page_up(at + len);
+            let end = at.saturating_add(len);
+            let r = at..end;
+            at = page_up(end);
             r
         })
         .collect()
