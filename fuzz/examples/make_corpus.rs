@@ -16,6 +16,9 @@
 //!   assembles for lpu-v1, written by `Program::to_lpubin`; `isa_decode`: the
 //!   instruction words of those binaries; `isa_program` and `sim_program`:
 //!   their first 2 KiB.
+//! - `lpubin_system`: system files (docs/lpubin.md 8): two chips with a
+//!   link transfer (chip 0 sends on its link 0, chip 1 receives on link 6),
+//!   and the first eight `lpubin` seeds as the chips of one node.
 //! - `lpubin_model` (with `--model FILE.lpubin`, a compiled model such as
 //!   `q35c compile examples/tiny.toml --context 1`): that model without its
 //!   debug map and most of its MEM image, with a tokenizer section.
@@ -232,7 +235,46 @@ fn doc_programs() -> Vec<(String, String)> {
     out
 }
 
+/// Two chips: chip 0 sends a vector on link 0 on cycle 2, chip 1 receives
+/// it on link 6 on cycle 502 and writes it to `mem.e0`.
+const TWO_CHIPS: [&str; 2] = [
+    ".target lpu-v1\n.mem mem.w0 @0 u8 [10, 11, 12]\n.queue mem.w0\n    read 0, s0.e\n    halt\n.queue c2c.0\n    nop 2\n    send s0.e\n    halt\n",
+    ".target lpu-v1\n.symbol got u8 [4] at mem.e0 @8\n.queue c2c.6\n    nop 502\n    recv s1.e\n    halt\n.queue mem.e0\n    nop 504\n    write 8, s1.e\n    halt\n",
+];
+
+/// The `lpubin_system` seeds (module doc).
+fn system_seeds(target: &q35_target::Target, bins: &[Vec<u8>]) {
+    let hash = target.hash().0;
+    let mut two = q35_lpubin::SystemBuilder::new(&target.name, hash);
+    for (i, text) in TWO_CHIPS.iter().enumerate() {
+        let p = q35_isa::assemble(&format!("chip{i}.lpuasm"), text).expect("assembles");
+        two.chip(
+            p.to_lpubin(target, "q35-fuzz seeds")
+                .expect("encodes")
+                .to_bytes()
+                .expect("bytes"),
+        );
+    }
+    put(
+        "lpubin_system",
+        "two-chips.lpubin",
+        &two.to_bytes().expect("a system"),
+    );
+    if bins.len() >= 8 {
+        let mut node = q35_lpubin::SystemBuilder::new(&target.name, hash);
+        for b in &bins[..8] {
+            node.chip(b.clone());
+        }
+        put(
+            "lpubin_system",
+            "node-of-seeds.lpubin",
+            &node.to_bytes().expect("a system"),
+        );
+    }
+}
+
 fn isa_seeds(dirs: &[String]) {
+    let mut bins = Vec::new();
     let mut programs = doc_programs();
     for dir in dirs {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -268,6 +310,7 @@ fn isa_seeds(dirs: &[String]) {
         let stem = Path::new(&name).with_extension("");
         let stem = stem.to_string_lossy();
         put("lpubin", &format!("{stem}.lpubin"), &bytes);
+        bins.push(bytes.clone());
         let words: Vec<u8> = program
             .queues
             .values()
@@ -286,6 +329,7 @@ fn isa_seeds(dirs: &[String]) {
             }
         }
     }
+    system_seeds(&target, &bins);
 }
 
 /// The `lpubin_model` seed from a compiled model (`q35c compile

@@ -27,7 +27,7 @@ mod tokenizer;
 
 pub use gguf::gguf;
 pub use isa::{isa_decode, lpuasm};
-pub use lpubin::{fix_lpubin_crcs, lpubin};
+pub use lpubin::{fix_lpubin_crcs, fix_lpubin_system_crcs, lpubin, lpubin_system};
 pub use model::{model_toml, tiny_gguf_bytes};
 pub use program::{isa_program, program_from_bytes};
 pub use sim::{MODEL_MAX_CYCLES, SIM_MAX_CYCLES, lpubin_model, sim_program, trim_model};
@@ -52,6 +52,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("isa_program", isa_program),
     ("sim_program", sim_program),
     ("lpubin_model", lpubin_model),
+    ("lpubin_system", lpubin_system),
 ];
 
 /// Asserts that an error renders to a non-empty message (every door's

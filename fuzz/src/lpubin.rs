@@ -194,3 +194,87 @@ pub fn fix_lpubin_crcs(data: &mut [u8]) {
         data[header_len - 4..header_len].copy_from_slice(&crc.to_le_bytes());
     }
 }
+
+/// Loads `data` as a system file (docs/lpubin.md 8):
+/// `LpuSystem::from_bytes`. Errors must name what is wrong; an accepted
+/// file is canonical (the [`q35_lpubin::SystemBuilder`] given its chips'
+/// images writes the identical bytes), every chip is an accepted `.lpubin`
+/// ([`lpubin`]), and a system for lpu-v1 of a chip count the topology
+/// allows builds as a `q35_sim::System` (every chip's program decoded and
+/// placed; building it runs nothing). Returns whether the file was accepted.
+pub fn lpubin_system(data: &[u8]) -> bool {
+    let sys = match q35_lpubin::LpuSystem::from_bytes(data.to_vec()) {
+        Ok(s) => s,
+        Err(e) => {
+            message(&e);
+            return false;
+        }
+    };
+    assert!(!sys.chips().is_empty());
+    let mut b = q35_lpubin::SystemBuilder::new(sys.target_name(), *sys.target_hash());
+    assert_eq!(sys.chip_ranges().len(), sys.chips().len());
+    for (chip, r) in sys.chips().iter().zip(sys.chip_ranges()) {
+        assert_eq!(chip.target_hash(), sys.target_hash());
+        assert_eq!(chip.len(), r.end - r.start);
+        let bytes = data[r.start as usize..r.end as usize].to_vec();
+        assert!(lpubin(&bytes), "a chip the system accepted is an .lpubin");
+        b.chip(bytes);
+    }
+    assert_eq!(b.to_bytes().expect("re-encode"), data, "not canonical");
+    if sys.target_hash() == &lpu_v1().hash().0 {
+        let config = q35_sim::MachineConfig::from_target(lpu_v1()).expect("lpu-v1 runs");
+        let chips: Vec<&LpuBinary> = sys.chips().iter().collect();
+        if let Err(e) = q35_sim::System::new(&chips, config) {
+            message(&e);
+        }
+    }
+    true
+}
+
+/// The system container's counterpart of [`fix_lpubin_crcs`], for the
+/// `lpubin_system` mutator: within each chip image the chip table locates
+/// (in range of `data`), the image's own CRCs ([`fix_lpubin_crcs`]); then
+/// each chip entry's CRC-32 of its image, and the header CRC-32 over the
+/// fixed header and the chip table, wherever the (possibly damaged) fields
+/// still locate them inside `data`.
+pub fn fix_lpubin_system_crcs(data: &mut [u8]) {
+    use q35_lpubin::{CHIP_ENTRY_LEN, SYSTEM_HEADER_LEN};
+    let u64_at = |d: &[u8], at: usize| {
+        d.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    let Some(chips) = data
+        .get(12..16)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    else {
+        return;
+    };
+    let chips = chips.min(64) as usize;
+    for i in 0..chips {
+        let e = SYSTEM_HEADER_LEN + i * CHIP_ENTRY_LEN;
+        if e + CHIP_ENTRY_LEN > data.len() {
+            break;
+        }
+        let (Some(offset), Some(len)) = (u64_at(data, e), u64_at(data, e + 8)) else {
+            break;
+        };
+        let Some(end) = offset.checked_add(len) else {
+            continue;
+        };
+        if end > data.len() as u64 {
+            continue;
+        }
+        let (start, end) = (offset as usize, end as usize);
+        fix_lpubin_crcs(&mut data[start..end]);
+        let crc = crc32fast::hash(&data[start..end]);
+        data[e + 16..e + 20].copy_from_slice(&crc.to_le_bytes());
+    }
+    let table_end = (SYSTEM_HEADER_LEN + chips * CHIP_ENTRY_LEN).min(data.len());
+    if table_end >= SYSTEM_HEADER_LEN {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&data[..120]);
+        h.update(&data[SYSTEM_HEADER_LEN..table_end]);
+        let crc = h.finalize();
+        data[120..124].copy_from_slice(&crc.to_le_bytes());
+    }
+}

@@ -191,3 +191,52 @@ fn compiled_model_of_four_billion_positions() {
         Some(1 << 16)
     );
 }
+
+/// A system file whose chip 0 declares an image of a terabyte (its CRCs
+/// recomputed, as the `lpubin_system` mutator does): refused by the chip
+/// table's length check, naming the chip, without reading past the file;
+/// and four billion chips: refused by the count check.
+#[test]
+fn system_file_of_a_terabyte_chip_and_four_billion_chips() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/lpubin_system/two-chips.lpubin");
+    let seed = std::fs::read(&path).expect("the lpubin_system seed");
+    assert!(q35_lpubin::LpuSystem::from_bytes(seed.clone()).is_ok());
+    let mut b = seed.clone();
+    let len_at = q35_lpubin::SYSTEM_HEADER_LEN + 8;
+    b[len_at..len_at + 8].copy_from_slice(&TIB.to_le_bytes());
+    q35_fuzz::fix_lpubin_system_crcs(&mut b);
+    let e = q35_lpubin::LpuSystem::from_bytes(b)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("chip 0 length") && e.contains("past the end of the file"),
+        "{e}"
+    );
+    // A length at the top of u64: no overflow computing where images go.
+    for (chip, len) in [(0, u64::MAX), (1, u64::MAX - 4096)] {
+        let mut b = seed.clone();
+        let at = q35_lpubin::SYSTEM_HEADER_LEN + chip * q35_lpubin::CHIP_ENTRY_LEN + 8;
+        b[at..at + 8].copy_from_slice(&len.to_le_bytes());
+        q35_fuzz::fix_lpubin_system_crcs(&mut b);
+        let e = q35_lpubin::LpuSystem::from_bytes(b)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("chip {chip}")), "{e}");
+        assert!(!q35_fuzz::lpubin_system(
+            &std::fs::read(&path)
+                .map(|mut s| {
+                    s[at..at + 8].copy_from_slice(&len.to_le_bytes());
+                    q35_fuzz::fix_lpubin_system_crcs(&mut s);
+                    s
+                })
+                .expect("seed")
+        ));
+    }
+    let mut b = seed;
+    b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    q35_fuzz::fix_lpubin_system_crcs(&mut b);
+    let e = q35_lpubin::LpuSystem::from_bytes(b)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("chips (byte 12): 4294967295"), "{e}");
+}

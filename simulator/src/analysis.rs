@@ -296,7 +296,8 @@ fn unit_slot(u: Unit) -> Option<usize> {
         Unit::Vxm => Some(1),
         Unit::Sxm => Some(2),
         Unit::Mxm => Some(3),
-        Unit::Control => None,
+        // Link time is the system's account (`crate::system`), not a unit's.
+        Unit::C2c | Unit::Control => None,
     }
 }
 
@@ -778,9 +779,10 @@ fn idle_attribution(events: &[Event], labels: &[String], last: u64) -> Vec<Idle>
                 q35_isa::QueueKind::Mxm(p) => Some(3 + usize::from(p).min(3)),
                 q35_isa::QueueKind::Mem { .. }
                 | q35_isa::QueueKind::Vxm(_)
-                | q35_isa::QueueKind::Sxm(_) => None,
+                | q35_isa::QueueKind::Sxm(_)
+                | q35_isa::QueueKind::C2c(_) => None,
             },
-            Unit::Control => None,
+            Unit::C2c | Unit::Control => None,
         }
     };
     let mut busy = vec![vec![0i32; n + 1]; 7];
@@ -805,7 +807,7 @@ fn idle_attribution(events: &[Event], labels: &[String], last: u64) -> Vec<Idle>
             Unit::Sxm => 0,
             Unit::Mxm => 1,
             Unit::Vxm => 2,
-            Unit::Mem | Unit::Control => 3,
+            Unit::Mem | Unit::C2c | Unit::Control => 3,
         };
         let end = ((e.cycle + e.extent) as usize).min(n);
         flight[k][c] += 1;

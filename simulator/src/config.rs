@@ -64,6 +64,15 @@ pub struct MachineConfig {
     pub notify_latency: u64,
     /// One MXM plane.
     pub plane: PlaneConfig,
+    /// `c2c.link_latency_cycles`: a `send` to its arrival at the neighbour.
+    pub link_latency: u64,
+    /// `Target::c2c_vector_cycles`: a link's outbound direction is busy
+    /// this long per vector.
+    pub link_vector_cycles: u64,
+    /// `c2c.receive_latency_cycles`.
+    pub receive_latency: u64,
+    /// `c2c.receive_buffer_vectors`.
+    pub receive_buffer: u32,
 }
 
 /// A target the simulator cannot run.
@@ -105,13 +114,17 @@ impl MachineConfig {
             LatencyClass::MxmPass => self.plane.latency(),
             LatencyClass::MxmSwap => self.plane.swap_cycles,
             LatencyClass::IcuNotify => self.notify_latency,
+            LatencyClass::C2cLink => self.link_latency,
+            LatencyClass::C2cReceive => self.receive_latency,
         }
     }
 
     /// The longest latency of any instruction (how far ahead results go).
     pub fn max_latency(&self) -> u64 {
+        // A link's latency puts nothing on a stream of this chip.
         q35_isa::INSTRUCTIONS
             .iter()
+            .filter(|i| i.latency != LatencyClass::C2cLink)
             .map(|i| self.latency(i.latency))
             .max()
             .unwrap_or(0)
@@ -212,6 +225,11 @@ impl MachineConfig {
             ("sxm.units", target.sxm.units, 2),
             ("vector.lanes", target.vector.lanes, VECTOR_BYTES),
             ("mem.word_bytes", target.mem.word_bytes, VECTOR_BYTES),
+            (
+                "c2c.links_per_chip",
+                target.c2c.links_per_chip,
+                u32::from(q35_isa::C2C_LINKS),
+            ),
         ];
         for (key, got, isa) in want {
             if got != isa {
@@ -233,10 +251,12 @@ impl MachineConfig {
                 QueueKind::Vxm(_) => None,
                 QueueKind::Mxm(p) => target.mxm_plane_hemisphere(u32::from(p)).map(Slice::Mxm),
                 QueueKind::Sxm(h) => Some(Slice::Sxm(hemi(h), 0)),
+                QueueKind::C2c(_) => None,
             };
-            let position = match slice {
-                None => target.vxm_position(),
-                Some(s) => target
+            let position = match (slice, q.kind()) {
+                (None, QueueKind::C2c(_)) => target.c2c_position(),
+                (None, _) => target.vxm_position(),
+                (Some(s), _) => target
                     .position(s)
                     .ok_or_else(|| err(format!("the floor plan has no {s} for queue {q}")))?,
             };
@@ -276,6 +296,10 @@ impl MachineConfig {
                 pe_hop_cycles: u(target.mxm.pe_hop_cycles),
                 acc_bits: target.mxm.acc_bits,
             },
+            link_latency: u(target.c2c.link_latency_cycles),
+            link_vector_cycles: target.c2c_vector_cycles(),
+            receive_latency: u(target.c2c.receive_latency_cycles),
+            receive_buffer: target.c2c.receive_buffer_vectors,
         };
         config.validate()?;
         Ok(config)
@@ -305,6 +329,8 @@ mod tests {
             ("sxm.e", 91),
             ("mxm.2", 92),
             ("mxm.3", 92),
+            ("c2c.0", 46),
+            ("c2c.15", 46),
         ] {
             assert_eq!(config.position(q(name)), pos, "{name}");
         }

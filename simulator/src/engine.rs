@@ -258,6 +258,12 @@ impl<'c> Engine<'c> {
         &self.state
     }
 
+    /// The machine's state, mutable: a system ([`crate::system`]) delivers
+    /// link traffic into it between epochs.
+    pub fn state_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+
     /// The machine's state, consuming the engine.
     pub fn into_state(self) -> State {
         self.state

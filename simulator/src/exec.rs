@@ -442,6 +442,13 @@ macro_rules! mxm_ops {
     };
 }
 
+/// The C2C instructions, as a pattern.
+macro_rules! c2c_ops {
+    () => {
+        Instruction::Send { .. } | Instruction::Recv { .. } | Instruction::Fwd { .. }
+    };
+}
+
 /// Runs one instruction issued on `ctx.cycle`.
 pub fn execute<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<Flow, Fault> {
     match *ins {
@@ -468,6 +475,7 @@ pub fn execute<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<F
             sxm(ctx, ins).map(|()| Flow::Next)
         }
         mxm_ops!() => mxm(ctx, ins).map(|()| Flow::Next),
+        c2c_ops!() => crate::link::execute(ctx, ins).map(|()| Flow::Next),
     }
 }
 
@@ -608,7 +616,7 @@ fn mem<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             ));
             Ok(())
         }
-        control_ops!() | vxm_ops!() | sxm_ops!() | mxm_ops!() => wrong_unit(ctx, ins),
+        control_ops!() | vxm_ops!() | sxm_ops!() | mxm_ops!() | c2c_ops!() => wrong_unit(ctx, ins),
     }
 }
 
@@ -800,7 +808,7 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             let lat = ctx.latency(VxmConvert);
             ctx.write_group(dst, lat, &out)
         }
-        control_ops!() | mem_ops!() | sxm_ops!() | mxm_ops!() => wrong_unit(ctx, ins),
+        control_ops!() | mem_ops!() | sxm_ops!() | mxm_ops!() | c2c_ops!() => wrong_unit(ctx, ins),
     }
 }
 
@@ -916,7 +924,7 @@ fn sxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             let lat = ctx.latency(LatencyClass::SxmTranspose);
             ctx.write_group(dst, lat, &out)
         }
-        control_ops!() | mem_ops!() | vxm_ops!() | mxm_ops!() => wrong_unit(ctx, ins),
+        control_ops!() | mem_ops!() | vxm_ops!() | mxm_ops!() | c2c_ops!() => wrong_unit(ctx, ins),
     }
 }
 
@@ -943,7 +951,7 @@ fn plane_index<O: Operands>(ctx: &Ctx<'_, O>) -> usize {
     match ctx.queue.kind() {
         QueueKind::Mxm(p) => usize::from(p),
         // The loader puts MXM instructions in MXM queues only.
-        QueueKind::Mem { .. } | QueueKind::Vxm(_) | QueueKind::Sxm(_) => 0,
+        QueueKind::Mem { .. } | QueueKind::Vxm(_) | QueueKind::Sxm(_) | QueueKind::C2c(_) => 0,
     }
 }
 
@@ -1024,7 +1032,7 @@ fn mxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
                 } => ctx.write_group(dst, emit - t, &from_i32(&out)),
             }
         }
-        control_ops!() | mem_ops!() | vxm_ops!() | sxm_ops!() => wrong_unit(ctx, ins),
+        control_ops!() | mem_ops!() | vxm_ops!() | sxm_ops!() | c2c_ops!() => wrong_unit(ctx, ins),
     }
 }
 
@@ -1068,7 +1076,7 @@ pub fn load_rows<O: Operands>(ctx: &mut Ctx<'_, O>, work: Deferred) -> Result<()
 /// [`execute`] sends each instruction to its unit's function, so a unit
 /// function never sees another unit's instruction; should it, that is a
 /// simulator bug, reported rather than panicking.
-fn wrong_unit<O: Operands>(ctx: &Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+pub(crate) fn wrong_unit<O: Operands>(ctx: &Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     ctx.fault(
         ctx.cycle,
         HazardKind::Internal {

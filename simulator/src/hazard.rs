@@ -75,6 +75,48 @@ pub enum HazardKind {
         /// The cycle it parked.
         parked_since: u64,
     },
+    /// A `send` or `fwd` on a link that reaches no chip of the system.
+    LinkNotConnected {
+        /// The link.
+        link: u16,
+    },
+    /// A `send` or `fwd` on a link still carrying the previous vector
+    /// (`Target::c2c_vector_cycles` after it).
+    LinkOverrun {
+        /// The link.
+        link: u16,
+        /// The issue cycle of the vector it carries.
+        since: u64,
+        /// The cycle it is free again.
+        until: u64,
+    },
+    /// A `recv` or `fwd` with no vector arrived on its link: the schedule
+    /// did not leave the link's latency.
+    LinkReceiveBeforeArrival {
+        /// The link.
+        link: u16,
+        /// When the next vector arrives, if it was sent by the end of the
+        /// hazard's epoch (`crate::system`).
+        next: Option<u64>,
+    },
+    /// A vector arrived at a link's receiving end while it held
+    /// `c2c.receive_buffer_vectors` vectors not taken.
+    LinkBufferOverrun {
+        /// The link.
+        link: u16,
+        /// Vectors the end holds.
+        held: u32,
+        /// The sender of the vector that did not fit.
+        from: String,
+    },
+    /// A vector arrived on a link and no `recv` or `fwd` took it by the end
+    /// of the run.
+    LinkNeverReceived {
+        /// The link.
+        link: u16,
+        /// Its sender.
+        from: String,
+    },
     /// A simulator bug (a model refused a command the engine should never
     /// give it); reported like a hazard instead of a panic.
     Internal {
@@ -96,6 +138,11 @@ impl HazardKind {
             HazardKind::UnitBusy { .. } => "unit busy",
             HazardKind::QueueRanPastEnd => "queue ran past its end",
             HazardKind::Deadlock { .. } => "deadlock",
+            HazardKind::LinkNotConnected { .. } => "link not connected",
+            HazardKind::LinkOverrun { .. } => "link overrun",
+            HazardKind::LinkReceiveBeforeArrival { .. } => "receive before arrival",
+            HazardKind::LinkBufferOverrun { .. } => "receive buffer overrun",
+            HazardKind::LinkNeverReceived { .. } => "vector never received",
             HazardKind::Internal { .. } => "simulator internal error",
         }
     }
@@ -156,6 +203,28 @@ impl fmt::Display for HazardKind {
             HazardKind::Deadlock { parked_since } => write!(
                 f,
                 "parked at `sync` since cycle {parked_since}, every other queue has halted"
+            ),
+            HazardKind::LinkNotConnected { link } => {
+                write!(f, "link {link} reaches no chip of the system")
+            }
+            HazardKind::LinkOverrun { link, since, until } => write!(
+                f,
+                "link {link} still carries the vector sent on cycle {since} until cycle {until}"
+            ),
+            HazardKind::LinkReceiveBeforeArrival { link, next } => {
+                write!(f, "no vector has arrived on link {link}")?;
+                match next {
+                    Some(c) => write!(f, " (the next one arrives on cycle {c})"),
+                    None => f.write_str(" (none is on its way)"),
+                }
+            }
+            HazardKind::LinkBufferOverrun { link, held, from } => write!(
+                f,
+                "the vector sent by {from} arrived on link {link} while it held {held} vectors not yet received"
+            ),
+            HazardKind::LinkNeverReceived { link, from } => write!(
+                f,
+                "the vector sent by {from} arrived on link {link} and was never received"
             ),
             HazardKind::Internal { message } => f.write_str(message),
         }

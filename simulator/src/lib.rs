@@ -21,6 +21,10 @@
 //! - [`machine`]: the simulator as a device ([`Machine`]): load once, run
 //!   many times on persistent MEM, read and write symbols
 //!   (`q35_host::Device`).
+//! - [`link`]: a chip's ends of its chip-to-chip links (`send`, `recv`,
+//!   `fwd`, the link hazards).
+//! - [`system`]: many chips ([`System`]) joined by links, run in lockstep
+//!   epochs on several threads, or timing only.
 //! - [`mxm`]: the MXM plane, as a PE-level reference model and the fast
 //!   model the engine uses (`docs/mxm-timing.md`).
 
@@ -32,6 +36,7 @@ pub mod engine;
 #[macro_use]
 pub mod exec;
 pub mod hazard;
+pub mod link;
 pub mod load;
 pub mod machine;
 pub mod mxm;
@@ -41,6 +46,7 @@ pub mod report;
 pub mod schedule;
 pub mod state;
 pub mod streams;
+pub mod system;
 pub mod timeline;
 pub mod trace;
 
@@ -50,6 +56,7 @@ pub use hazard::{Hazard, HazardKind};
 pub use load::{LoadError, Loaded};
 pub use machine::{EngineMode, Machine};
 pub use profile::Profile;
+pub use system::{System, SystemHazard, SystemRun, SystemStop};
 
 use q35_lpubin::LpuBinary;
 

@@ -252,5 +252,6 @@ pub fn initial_state(
         ports: (0..slices).map(|_| Ports::default()).collect(),
         planes,
         tables: loaded.tables.iter().map(|t| t.values.clone()).collect(),
+        links: crate::link::Links::default(),
     })
 }

@@ -103,8 +103,12 @@ impl Profile {
                 Unit::Vxm => (1, "VXM".to_string()),
                 Unit::Sxm => (2, "SXM".to_string()),
                 Unit::Mxm => (3, format!("MXM {q}")),
+                Unit::C2c => (4, "C2C".to_string()),
                 Unit::Control => continue,
             };
+            if busy == 0 && q.unit() == Unit::C2c {
+                continue;
+            }
             if busy == 0 && matches!(q.unit(), Unit::Mem | Unit::Vxm | Unit::Sxm) {
                 groups.entry(key).or_default();
                 continue;

@@ -665,7 +665,7 @@ fn booking(ins: &Instruction, cycle: u64, write_latency: u64) -> Option<(u64, bo
         Instruction::Gather { .. } => Some((cycle, true)),
         Instruction::Write { .. } => Some((written, false)),
         Instruction::Scatter { .. } => Some((written, true)),
-        control_ops!() | vxm_ops!() | sxm_ops!() | mxm_ops!() => None,
+        control_ops!() | vxm_ops!() | sxm_ops!() | mxm_ops!() | c2c_ops!() => None,
     }
 }
 

@@ -202,7 +202,8 @@ pub fn walk(loaded: &Loaded, config: &MachineConfig) -> Result<Timeline, StaticE
             | vxm_ops!()
             | sxm_ops!()
             | Instruction::Iw {}
-            | Instruction::Mm { .. } => {
+            | Instruction::Mm { .. }
+            | c2c_ops!() => {
                 read_all(&mut streams, &ins, pos, t).map_err(|what| err(t, q, index, what))?;
                 let lat = config.latency(ins.latency_class());
                 for g in ins.writes().iter() {

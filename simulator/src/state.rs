@@ -177,4 +177,6 @@ pub struct State {
     pub planes: Vec<Plane>,
     /// Tables by id: `u16` values (SXM `permute` maps).
     pub tables: Vec<Vec<u16>>,
+    /// The chip's ends of its chip-to-chip links ([`crate::link`]).
+    pub links: crate::link::Links,
 }

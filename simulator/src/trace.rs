@@ -30,7 +30,7 @@ use crate::analysis::{Event, StepProfile};
 use crate::config::MachineConfig;
 
 /// Track ids and names, in display order.
-pub const TRACKS: [(u32, &str); 9] = [
+pub const TRACKS: [(u32, &str); 10] = [
     (1, "MEM west"),
     (2, "MEM east"),
     (3, "VXM"),
@@ -40,6 +40,7 @@ pub const TRACKS: [(u32, &str); 9] = [
     (7, "MXM mxm.3"),
     (8, "SXM sxm.w"),
     (9, "SXM sxm.e"),
+    (10, "C2C links"),
 ];
 
 /// The track of an event (`None`: control).
@@ -59,6 +60,7 @@ pub fn track_of(e: &Event) -> Option<u32> {
         QueueKind::Mxm(p) => 4 + u32::from(p).min(3),
         QueueKind::Sxm(West) => 8,
         QueueKind::Sxm(East) => 9,
+        QueueKind::C2c(_) => 10,
     })
 }
 
@@ -209,4 +211,51 @@ pub fn to_json(steps: &[TraceStep<'_>], config: &MachineConfig) -> Value {
         "displayTimeUnit": "ns",
         "otherData": {"producer": "q35sim", "target": config.target_name, "clock_mhz": config.target.clock_mhz},
     })
+}
+
+/// Adds a system's link traffic to a trace whose process `i + 1` is chip
+/// `i` (as [`to_json`] numbers the steps it is given, one per chip): for
+/// each vector chip `c` took (`received[c]`, [`crate::system::ChipRun`]),
+/// a flow arrow from the sender's `send`/`fwd` to the taking `recv`/`fwd`
+/// on the `C2C links` tracks, and a `waiting on link L` slice on the
+/// receiver's track from the vector's arrival to its taking when it
+/// waited. Only chips with a process in the trace are drawn.
+pub fn add_transfers(
+    trace: &mut Value,
+    received: &[&[crate::link::Transfer]],
+    traced: usize,
+    config: &MachineConfig,
+) {
+    let mhz = config.target.clock_mhz;
+    let Some(events) = trace.get_mut("traceEvents").and_then(Value::as_array_mut) else {
+        return;
+    };
+    let mut id = 0u64;
+    for (c, list) in received.iter().enumerate().take(traced) {
+        let pid = c as u64 + 1;
+        for t in *list {
+            if t.taken > t.arrival {
+                let (na, nb) = (cycle_ns(t.arrival, mhz), cycle_ns(t.taken, mhz));
+                events.push(json!({
+                    "name": format!("waiting on link {}", t.link), "cat": "c2c", "ph": "X",
+                    "ts": ts_us(na), "dur": (nb - na) as f64 / 1000.0,
+                    "pid": pid, "tid": 10,
+                    "args": {"arrival_cycle": t.arrival, "taken_cycle": t.taken},
+                }));
+            }
+            let from = t.from.chip as usize;
+            if from >= traced {
+                continue;
+            }
+            id += 1;
+            events.push(json!({
+                "name": "link", "cat": "c2c", "ph": "s", "id": id,
+                "ts": ts_us(cycle_ns(t.from.cycle, mhz)), "pid": from as u64 + 1, "tid": 10,
+            }));
+            events.push(json!({
+                "name": "link", "cat": "c2c", "ph": "f", "bp": "e", "id": id,
+                "ts": ts_us(cycle_ns(t.taken, mhz)), "pid": pid, "tid": 10,
+            }));
+        }
+    }
 }

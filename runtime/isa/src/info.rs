@@ -24,6 +24,8 @@ pub enum Unit {
     Sxm,
     /// An MXM plane.
     Mxm,
+    /// A chip-to-chip link (one queue per link).
+    C2c,
 }
 
 impl Unit {
@@ -35,6 +37,7 @@ impl Unit {
             Unit::Vxm => "vxm",
             Unit::Sxm => "sxm",
             Unit::Mxm => "mxm",
+            Unit::C2c => "c2c",
         }
     }
 }
@@ -75,6 +78,11 @@ pub enum LatencyClass {
     MxmSwap,
     /// `icu.notify_latency_cycles`: parked queues resume.
     IcuNotify,
+    /// `c2c.link_latency_cycles`: a vector sent on a link arrives at the
+    /// neighbour.
+    C2cLink,
+    /// `c2c.receive_latency_cycles`: a received vector is on its stream.
+    C2cReceive,
 }
 
 impl LatencyClass {
@@ -93,6 +101,8 @@ impl LatencyClass {
             LatencyClass::MxmPass => "Target::mxm_latency (40 on lpu-v1)",
             LatencyClass::MxmSwap => "mxm.swap_cycles",
             LatencyClass::IcuNotify => "icu.notify_latency_cycles",
+            LatencyClass::C2cLink => "c2c.link_latency_cycles",
+            LatencyClass::C2cReceive => "c2c.receive_latency_cycles",
         }
     }
 }

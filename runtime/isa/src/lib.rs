@@ -10,7 +10,7 @@
 //!   issue cycles, occupancy, doc);
 //! - [`Instruction::reads`] / [`Instruction::writes`] (stream groups, for
 //!   hazard checks and scheduling), [`Instruction::check`] (field ranges);
-//! - [`queue`]: [`QueueId`], the 110 queues and the units they drive;
+//! - [`queue`]: [`QueueId`], the 126 queues (16 of them chip-to-chip links) and the units they drive;
 //! - [`program`]: [`Program`] (per-queue lists, MEM contents, tables,
 //!   symbols) and its rules ([`Program::validate`]); [`lpuasm`]: the
 //!   `.lpuasm` assembler ([`assemble`]) and disassembler
@@ -47,6 +47,6 @@ pub use operand::{
 };
 pub use program::{DType, MemData, MemInit, Placement, Program, ProgramError, Symbol, Table};
 pub use q35_lpubin::SymbolKind;
-pub use queue::{Hemisphere, QUEUE_COUNT, QueueId, QueueKind, UnknownQueue};
+pub use queue::{C2C_LINKS, Hemisphere, QUEUE_COUNT, QueueId, QueueKind, UnknownQueue};
 pub use table::{INSTRUCTIONS, Instruction, Opcode};
 pub use target::{TargetMismatch, check_target, cycles};

@@ -1,6 +1,7 @@
 //! Instruction queues (docs/isa.md 2): their names (`mem.w43 .. mem.w0`,
 //! `mem.e0 .. mem.e43`, `vxm.0 .. vxm.15`, `mxm.0 .. mxm.3`, `sxm.w`,
-//! `sxm.e`), the dense numbering binaries use, and the unit each one drives.
+//! `sxm.e`, `c2c.0 .. c2c.15`), the dense numbering binaries use, and the
+//! unit each one drives.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,12 +14,16 @@ pub const MEM_SLICES_PER_HEMISPHERE: u16 = 44;
 pub const VXM_QUEUES: u16 = 16;
 /// MXM planes (`mxm.planes` on lpu-v1), 0 and 1 west, 2 and 3 east.
 pub const MXM_PLANES: u16 = 4;
+/// Chip-to-chip links (`c2c.links_per_chip` on lpu-v1), one queue each.
+pub const C2C_LINKS: u16 = 16;
 /// Queues in all.
-pub const QUEUE_COUNT: u16 = 2 * MEM_SLICES_PER_HEMISPHERE + VXM_QUEUES + MXM_PLANES + 2;
+pub const QUEUE_COUNT: u16 =
+    2 * MEM_SLICES_PER_HEMISPHERE + VXM_QUEUES + MXM_PLANES + 2 + C2C_LINKS;
 
 const VXM_BASE: u16 = 2 * MEM_SLICES_PER_HEMISPHERE;
 const MXM_BASE: u16 = VXM_BASE + VXM_QUEUES;
 const SXM_BASE: u16 = MXM_BASE + MXM_PLANES;
+const C2C_BASE: u16 = SXM_BASE + 2;
 
 /// West or east of the VXM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,12 +61,15 @@ pub enum QueueKind {
     Mxm(u16),
     /// The SXM of a hemisphere.
     Sxm(Hemisphere),
+    /// Chip-to-chip link `0 .. C2C_LINKS`.
+    C2c(u16),
 }
 
 /// An instruction queue, by its dense number `0 .. QUEUE_COUNT`: west to
 /// east over the MEM slices (`mem.w43` = 0 .. `mem.w0` = 43, `mem.e0` = 44 ..
 /// `mem.e43` = 87), then `vxm.0 .. vxm.15` (88 ..), `mxm.0 .. mxm.3` (104 ..),
-/// `sxm.w` (108), `sxm.e` (109). Always valid once constructed.
+/// `sxm.w` (108), `sxm.e` (109), `c2c.0 .. c2c.15` (110 ..). Always valid
+/// once constructed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct QueueId(u16);
 
@@ -104,6 +112,8 @@ impl QueueId {
             QueueKind::Mxm(_) => None,
             QueueKind::Sxm(Hemisphere::West) => Some(QueueId(SXM_BASE)),
             QueueKind::Sxm(Hemisphere::East) => Some(QueueId(SXM_BASE + 1)),
+            QueueKind::C2c(i) if i < C2C_LINKS => Some(QueueId(C2C_BASE + i)),
+            QueueKind::C2c(_) => None,
         }
     }
 
@@ -127,8 +137,10 @@ impl QueueId {
             QueueKind::Mxm(i - MXM_BASE)
         } else if i == SXM_BASE {
             QueueKind::Sxm(Hemisphere::West)
-        } else {
+        } else if i == SXM_BASE + 1 {
             QueueKind::Sxm(Hemisphere::East)
+        } else {
+            QueueKind::C2c(i - C2C_BASE)
         }
     }
 
@@ -139,10 +151,12 @@ impl QueueId {
             QueueKind::Vxm(_) => Unit::Vxm,
             QueueKind::Mxm(_) => Unit::Mxm,
             QueueKind::Sxm(_) => Unit::Sxm,
+            QueueKind::C2c(_) => Unit::C2c,
         }
     }
 
-    /// The hemisphere it stands in (`None` for the VXM).
+    /// The hemisphere it stands in (`None` for the VXM and the links, which
+    /// stand at the centre).
     pub const fn hemisphere(self) -> Option<Hemisphere> {
         match self.kind() {
             QueueKind::Mem { hemisphere, .. } => Some(hemisphere),
@@ -153,6 +167,7 @@ impl QueueId {
                 Hemisphere::East
             }),
             QueueKind::Sxm(h) => Some(h),
+            QueueKind::C2c(_) => None,
         }
     }
 
@@ -169,6 +184,7 @@ impl fmt::Display for QueueId {
             QueueKind::Vxm(i) => write!(f, "vxm.{i}"),
             QueueKind::Mxm(i) => write!(f, "mxm.{i}"),
             QueueKind::Sxm(h) => write!(f, "sxm.{}", h.letter()),
+            QueueKind::C2c(i) => write!(f, "c2c.{i}"),
         }
     }
 }
@@ -176,7 +192,7 @@ impl fmt::Display for QueueId {
 /// A queue name that names no queue.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown queue `{0}` (expected mem.w43..mem.w0, mem.e0..mem.e43, vxm.0..vxm.15, mxm.0..mxm.3, sxm.w or sxm.e)"
+    "unknown queue `{0}` (expected mem.w43..mem.w0, mem.e0..mem.e43, vxm.0..vxm.15, mxm.0..mxm.3, sxm.w, sxm.e or c2c.0..c2c.15)"
 )]
 pub struct UnknownQueue(pub String);
 
@@ -209,6 +225,7 @@ impl FromStr for QueueId {
             }
             "vxm" => QueueKind::Vxm(number(rest).ok_or_else(err)?),
             "mxm" => QueueKind::Mxm(number(rest).ok_or_else(err)?),
+            "c2c" => QueueKind::C2c(number(rest).ok_or_else(err)?),
             "sxm" => match rest {
                 "w" => QueueKind::Sxm(Hemisphere::West),
                 "e" => QueueKind::Sxm(Hemisphere::East),
@@ -231,7 +248,9 @@ mod tests {
             assert_eq!(name.parse::<QueueId>(), Ok(q), "{name}");
             assert_eq!(QueueId::new(q.kind()), Some(q));
         }
-        assert_eq!(QUEUE_COUNT, 110);
+        assert_eq!(QUEUE_COUNT, 126);
+        assert_eq!("c2c.0".parse::<QueueId>().map(QueueId::index), Ok(110));
+        assert_eq!("c2c.15".parse::<QueueId>().map(QueueId::index), Ok(125));
         assert_eq!("mem.w43".parse::<QueueId>().map(QueueId::index), Ok(0));
         assert_eq!("mem.w0".parse::<QueueId>().map(QueueId::index), Ok(43));
         assert_eq!("mem.e0".parse::<QueueId>().map(QueueId::index), Ok(44));
@@ -240,6 +259,7 @@ mod tests {
         assert_eq!("sxm.e".parse::<QueueId>().map(QueueId::index), Ok(109));
         for bad in [
             "mem.w44", "mem.x1", "vxm.16", "vxm.01", "mxm.4", "sxm.n", "alu.0", "vxm", "",
+            "c2c.16", "c2c.01",
         ] {
             assert!(bad.parse::<QueueId>().is_err(), "{bad}");
         }

@@ -377,6 +377,23 @@ instructions! {
         syntax: "{src} -> {dst}, {acc}", latency: MxmPass, issue: Const(1), occupancy: Const(1),
         operands: { src: Stream = read(1), dst: Stream = write(4), acc: Acc = OperandKind::Acc },
     }
+
+    // ---- C2C: one queue per chip-to-chip link -----------------------------------
+    /// The vector on stream `src` onto the queue's link; it arrives at the neighbour `c2c.link_latency_cycles` later and holds the link for `Target::c2c_vector_cycles`.
+    Send = 0x60 "send" C2c {
+        syntax: "{src}", latency: C2cLink, issue: Const(1), occupancy: Const(1),
+        operands: { src: Stream = read(1) },
+    }
+    /// The oldest vector arrived on the queue's link onto stream `dst`; none arrived by the issue cycle is a hazard.
+    Recv = 0x61 "recv" C2c {
+        syntax: "{dst}", latency: C2cReceive, issue: Const(1), occupancy: Const(1),
+        operands: { dst: Stream = write(1) },
+    }
+    /// The oldest vector arrived on link `link` onto the queue's link, untouched (a route's intermediate hop).
+    Fwd = 0x62 "fwd" C2c {
+        syntax: "{link}", latency: C2cLink, issue: Const(1), occupancy: Const(1),
+        operands: { link: u32 = uint(4, 0, 15) },
+    }
 }
 
 /// Compile-time check: no instruction has more operands than [`Operands`] holds.

@@ -11,7 +11,7 @@ use crate::info::LatencyClass;
 use crate::operand::{Operand, OperandKind, STREAMS_PER_DIRECTION, VECTOR_BYTES};
 use crate::program::{Program, ProgramError};
 use crate::queue::{
-    Hemisphere, MEM_SLICES_PER_HEMISPHERE, MXM_PLANES, QueueId, QueueKind, VXM_QUEUES,
+    C2C_LINKS, Hemisphere, MEM_SLICES_PER_HEMISPHERE, MXM_PLANES, QueueId, QueueKind, VXM_QUEUES,
 };
 use crate::table::Instruction;
 
@@ -33,6 +33,8 @@ pub fn cycles(class: LatencyClass, target: &Target) -> u32 {
         LatencyClass::MxmPass => u32::try_from(target.mxm_latency()).unwrap_or(u32::MAX),
         LatencyClass::MxmSwap => target.mxm.swap_cycles,
         LatencyClass::IcuNotify => target.icu.notify_latency_cycles,
+        LatencyClass::C2cLink => target.c2c.link_latency_cycles,
+        LatencyClass::C2cReceive => target.c2c.receive_latency_cycles,
     }
 }
 
@@ -51,7 +53,9 @@ fn target_hemisphere(h: Hemisphere) -> q35_target::Hemisphere {
 }
 
 impl QueueId {
-    /// The slice of `target`'s floor plan this queue drives.
+    /// The slice of `target`'s floor plan this queue drives (`None` for a
+    /// link queue: the links are no slice, their ports stand at
+    /// [`Target::c2c_position`]).
     pub fn slice(self, target: &Target) -> Option<Slice> {
         Some(match self.kind() {
             QueueKind::Mem { hemisphere, index } => {
@@ -60,13 +64,17 @@ impl QueueId {
             QueueKind::Vxm(_) => Slice::Vxm,
             QueueKind::Mxm(plane) => Slice::Mxm(target.mxm_plane_hemisphere(u32::from(plane))?),
             QueueKind::Sxm(h) => Slice::Sxm(target_hemisphere(h), 0),
+            QueueKind::C2c(_) => return None,
         })
     }
 
     /// Its east-west position on `target` (docs/isa.md 1), if the target
-    /// has its slice.
+    /// has its slice (a link queue: [`Target::c2c_position`]).
     pub fn position(self, target: &Target) -> Option<u32> {
-        target.position(self.slice(target)?)
+        match self.kind() {
+            QueueKind::C2c(_) => Some(target.c2c_position()),
+            _ => target.position(self.slice(target)?),
+        }
     }
 }
 
@@ -86,7 +94,7 @@ pub struct TargetMismatch {
 
 /// Checks the parameters the encoding and the queue numbering fix: 32
 /// streams a direction (5-bit ids), 320-byte vectors and MEM words, 44 MEM
-/// slices a hemisphere, 16 VXM queues, 4 MXM planes, 2 SXMs, at most 65536
+/// slices a hemisphere, 16 VXM queues, 4 MXM planes, 2 SXMs, 16 links, at most 65536
 /// words a slice (16-bit addresses), 64-bit instructions, `lw` rows and
 /// rates within their fields.
 pub fn check_target(target: &Target) -> Result<(), TargetMismatch> {
@@ -147,6 +155,11 @@ pub fn check_target(target: &Target) -> Result<(), TargetMismatch> {
         1,
     )?;
     exact("sxm.queues_per_unit", target.sxm.queues_per_unit.into(), 1)?;
+    exact(
+        "c2c.links_per_chip",
+        target.c2c.links_per_chip.into(),
+        C2C_LINKS.into(),
+    )?;
     exact(
         "icu.instruction_bytes",
         target.icu.instruction_bytes.into(),

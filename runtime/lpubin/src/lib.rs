@@ -27,6 +27,7 @@
 mod error;
 mod layout;
 mod parse;
+mod system;
 mod view;
 mod write;
 
@@ -40,6 +41,10 @@ pub use layout::{
     SectionKind, Symbol, SymbolKind, VERSION,
 };
 pub use parse::SectionEntry;
+pub use system::{
+    CHIP_ENTRY_LEN, LpuSystem, MAX_CHIPS, SYSTEM_HEADER_LEN, SYSTEM_MAGIC, SYSTEM_VERSION,
+    SystemBuilder, SystemFileError, TARGET_NAME_LEN, is_system,
+};
 pub use view::{DebugEntry, DebugMap, Embedding, Mem, MemExtent, Queue, WordIter, Words};
 pub use write::Builder;
 
@@ -48,6 +53,9 @@ use parse::Parsed;
 enum Backing {
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
+    /// A byte range of a map shared with other binaries (a chip's image in
+    /// a system file, `system.rs`); the range is clamped to the map.
+    Shared(std::sync::Arc<memmap2::Mmap>, std::ops::Range<usize>),
 }
 
 impl Backing {
@@ -55,6 +63,7 @@ impl Backing {
         match self {
             Backing::Mapped(m) => m,
             Backing::Owned(v) => v,
+            Backing::Shared(m, r) => &m[r.start.min(m.len())..r.end.min(m.len())],
         }
     }
 }

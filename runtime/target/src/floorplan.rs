@@ -255,6 +255,37 @@ impl Target {
         f64::from(self.c2c.lanes_per_link) * self.c2c.gbps_per_lane * 1e9 / 8.0
     }
 
+    /// Bytes one link carries per cycle in one direction
+    /// (`c2c_link_bytes_per_second / clock`; 16.7 on lpu-v1).
+    pub fn c2c_link_bytes_per_cycle(&self) -> f64 {
+        self.c2c_link_bytes_per_second() / (self.clock_mhz * 1e6)
+    }
+
+    /// Cycles a link takes to carry one vector (`vector.lanes` bytes) in
+    /// one direction: `ceil(lanes / c2c_link_bytes_per_cycle)`, 20 on lpu-v1
+    /// (19.2 rounded up). A second `send` on the link sooner is an overrun.
+    pub fn c2c_vector_cycles(&self) -> u64 {
+        let exact = f64::from(self.vector.lanes) / self.c2c_link_bytes_per_cycle();
+        // An exact quotient computed a hair above an integer stays that integer.
+        let nearest = exact.round();
+        let cycles = if (exact - nearest).abs() <= 1e-9 * nearest {
+            nearest
+        } else {
+            exact.ceil()
+        };
+        if cycles.is_finite() && cycles >= 1.0 {
+            cycles as u64
+        } else {
+            1
+        }
+    }
+
+    /// The east-west position where the chip-to-chip ports read and write
+    /// streams: the VXM's (the centre; ASSUMED, docs/isa.md 3).
+    pub fn c2c_position(&self) -> u32 {
+        self.vxm_position()
+    }
+
     /// Chips in a rack.
     pub fn chips_per_rack(&self) -> u32 {
         self.c2c.chips_per_node * self.c2c.nodes_per_rack

@@ -23,6 +23,7 @@ pub mod diag;
 mod error;
 mod floorplan;
 mod hash;
+mod system;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use error::TargetError;
 pub use floorplan::{Hemisphere, InstructionQueues, Slice};
 pub use hash::TargetHash;
+pub use system::{Hop, LinkEnd, LinkKind, SystemError, SystemTopology};
 
 /// The built-in targets, by name, with the text of their description file.
 pub const BUILTIN: &[(&str, &str)] = &[(
@@ -249,10 +251,20 @@ pub struct C2c {
     pub lanes_per_link: u32,
     /// Gigabits per second per lane, per direction.
     pub gbps_per_lane: f64,
-    /// Cycles from Send to the vector arriving at the neighbour.
+    /// Cycles from a `send` issue to the vector arriving at the neighbour
+    /// (serialisation included: at least [`Target::c2c_vector_cycles`]).
     pub link_latency_cycles: u32,
-    /// Chips in a node (fully connected).
+    /// Cycles from a `recv` issue to the vector on its stream.
+    pub receive_latency_cycles: u32,
+    /// Vectors a link's receiving end holds between their arrival and the
+    /// `recv` (or `fwd`) that takes them; one more arriving is an overrun.
+    pub receive_buffer_vectors: u32,
+    /// Chips in a node (fully connected: `chips_per_node - 1` links each).
     pub chips_per_node: u32,
+    /// Links per chip that join its node to other nodes (the Dragonfly's
+    /// global links); `chips_per_node - 1 + global_links_per_chip <=
+    /// links_per_chip`.
+    pub global_links_per_chip: u32,
     /// Nodes in a rack.
     pub nodes_per_rack: u32,
     /// How nodes are connected.

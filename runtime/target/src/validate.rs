@@ -244,6 +244,8 @@ fn check(t: &Target, fail: &mut dyn FnMut(&str, String)) {
             ("c2c.links_per_chip", c.links_per_chip),
             ("c2c.lanes_per_link", c.lanes_per_link),
             ("c2c.link_latency_cycles", c.link_latency_cycles),
+            ("c2c.receive_latency_cycles", c.receive_latency_cycles),
+            ("c2c.receive_buffer_vectors", c.receive_buffer_vectors),
             ("c2c.chips_per_node", c.chips_per_node),
             ("c2c.nodes_per_rack", c.nodes_per_rack),
         ],
@@ -253,6 +255,29 @@ fn check(t: &Target, fail: &mut dyn FnMut(&str, String)) {
             "c2c.gbps_per_lane",
             "must be a positive number of Gb/s".into(),
         );
+        return;
+    }
+    let local = u64::from(c.chips_per_node.saturating_sub(1));
+    if local + u64::from(c.global_links_per_chip) > u64::from(c.links_per_chip) {
+        fail(
+            "c2c.global_links_per_chip",
+            format!(
+                "{} global links and chips_per_node - 1 = {local} links inside the node exceed links_per_chip = {}",
+                c.global_links_per_chip, c.links_per_chip
+            ),
+        );
+    }
+    if t.clock_mhz.is_finite() && t.clock_mhz > 0.0 && t.vector.lanes > 0 {
+        let serialise = t.c2c_vector_cycles();
+        if u64::from(c.link_latency_cycles) < serialise {
+            fail(
+                "c2c.link_latency_cycles",
+                format!(
+                    "{} is less than the {serialise} cycles a link takes to carry one {}-byte vector (lanes_per_link x gbps_per_lane at clock_mhz)",
+                    c.link_latency_cycles, t.vector.lanes
+                ),
+            );
+        }
     }
 }
 

@@ -1,6 +1,10 @@
 //! `q35sim asm FILE.lpuasm -o FILE.lpubin [--target FILE]`: assemble
 //! (`q35_isa::assemble`, errors at file:line:col) and write the binary for
 //! the target atomically (a temporary file renamed over the output).
+//! Several files (`[CHIP=]FILE`, one program per chip) or `--chips N` write
+//! a system file instead ([`crate::cmd_system::assemble`]): chip `i` runs
+//! the `i`-th file, chips no file names run nothing, and the links are the
+//! target's for that many chips (docs/target.md "Systems").
 
 use std::path::PathBuf;
 
@@ -11,8 +15,14 @@ use crate::Failure;
 /// Arguments of `q35sim asm`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The assembly text.
-    file: PathBuf,
+    /// The assembly text; for a system, one file per chip, in chip order
+    /// or as `CHIP=FILE`.
+    #[arg(required = true, num_args = 1..)]
+    files: Vec<String>,
+    /// Write a system file of this many chips (default: one per file when
+    /// there are several).
+    #[arg(long, value_name = "N")]
+    chips: Option<u32>,
     /// The binary to write.
     #[arg(short = 'o', long = "output")]
     output: PathBuf,
@@ -28,8 +38,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
 
 fn assemble(args: Args) -> anyhow::Result<()> {
     let config = crate::target(args.target.as_ref())?;
-    let name = args.file.display().to_string();
-    let text = std::fs::read_to_string(&args.file).with_context(|| name.clone())?;
+    let one = match args.files.as_slice() {
+        [f] if args.chips.is_none() && !f.contains('=') => PathBuf::from(f),
+        _ => return crate::cmd_system::assemble(&args.files, args.chips, &args.output, &config),
+    };
+    let name = one.display().to_string();
+    let text = std::fs::read_to_string(&one).with_context(|| name.clone())?;
     let program = q35_isa::assemble(&name, &text)?;
     if program.target != config.target_name {
         bail!(

@@ -41,6 +41,30 @@ impl Outputs {
         self.trace.is_some() || self.report.is_some()
     }
 
+    /// [`Outputs::write`] for a system: one trace process per chip (the
+    /// first `--trace-steps`), with the link transfers between them.
+    pub fn write_system(
+        &self,
+        config: &MachineConfig,
+        title: &str,
+        chips: &[TraceStep<'_>],
+        received: &[&[q35_sim::link::Transfer]],
+        report_step: &StepProfile,
+        summary: &Value,
+    ) -> anyhow::Result<()> {
+        if let Some(path) = &self.trace {
+            let traced = &chips[..chips.len().min(self.trace_steps.max(1))];
+            let mut v = q35_sim::trace::to_json(traced, config);
+            q35_sim::trace::add_transfers(&mut v, received, traced.len(), config);
+            write_atomic(path, serde_json::to_string(&v)?.as_bytes())?;
+        }
+        if let Some(path) = &self.report {
+            let html = q35_sim::report::to_html(title, report_step, summary);
+            write_atomic(path, html.as_bytes())?;
+        }
+        Ok(())
+    }
+
     /// Writes the trace of `steps` and the report of `report_step`.
     pub fn write(
         &self,
@@ -107,6 +131,12 @@ pub fn tokens_per_second(config: &MachineConfig, cycles: f64) -> f64 {
 pub fn run(args: Args) -> Result<(), Failure> {
     let config = crate::target(args.target.as_ref())?;
     let name = args.file.display().to_string();
+    if crate::cmd_system::is_system_file(&args.file)? {
+        if args.check {
+            return Err(anyhow!("{name}: --check is for single-chip binaries (`q35sim run --timing` and `run` give a system's two modes)").into());
+        }
+        return crate::cmd_system::profile(&args.file, config, args.json, &args.outputs);
+    }
     let binary = LpuBinary::open(&args.file).map_err(anyhow::Error::from)?;
     let start = std::time::Instant::now();
     let bar = q35_host::bar::Bar::new(format!("profile {name}: "), "decoding", true);

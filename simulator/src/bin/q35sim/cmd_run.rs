@@ -36,6 +36,13 @@ pub struct Args {
     /// Stop with an error when the program runs past this cycle.
     #[arg(long, value_name = "N")]
     max_cycles: Option<u64>,
+    /// A system file: host threads to run its chips on (default: the
+    /// host's cores; results do not depend on it).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// A system file: the static schedules only, no values (fast).
+    #[arg(long)]
+    timing: bool,
     #[command(flatten)]
     generate: crate::cmd_generate::GenArgs,
     #[command(flatten)]
@@ -46,6 +53,26 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Failure> {
     let config = crate::target(args.target.as_ref())?;
     let name = args.file.display().to_string();
+    if crate::cmd_system::is_system_file(&args.file)? {
+        if args.generate.wanted() || args.outputs.files() {
+            return Err(anyhow!(
+                "{name}: a system file runs with --threads, --timing, --dump CHIP:SYMBOL, --json and --max-cycles (generation and --trace/--report: `q35sim profile`)"
+            )
+            .into());
+        }
+        return crate::cmd_system::run(
+            &args.file,
+            config,
+            args.threads,
+            args.timing,
+            args.max_cycles,
+            args.json,
+            &args.dumps,
+        );
+    }
+    if args.threads.is_some() || args.timing {
+        return Err(anyhow!("{name}: --threads and --timing are for system files").into());
+    }
     let binary = LpuBinary::open(&args.file).map_err(anyhow::Error::from)?;
     if args.generate.wanted() {
         if !args.dumps.is_empty() {

@@ -9,6 +9,7 @@ mod cmd_generate;
 mod cmd_isa;
 mod cmd_profile;
 mod cmd_run;
+mod cmd_system;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,12 +30,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run an .lpubin to the end: cycles, per-unit busy cycles, dumps; or
-    /// generate text with a compiled model (--prompt / --tokens).
-    Run(cmd_run::Args),
+    /// generate text with a compiled model (--prompt / --tokens); or run a
+    /// system file (many chips): per-chip cycles, utilisation, link use.
+    Run(Box<cmd_run::Args>),
     /// Profile an .lpubin from its static schedule (no values): cycles,
     /// unit busy fractions, ops and layers, --trace, --report.
     Profile(cmd_profile::Args),
-    /// Assemble .lpuasm text into an .lpubin.
+    /// Assemble .lpuasm text into an .lpubin (several files, one per chip,
+    /// or --chips N: a system file).
     Asm(cmd_asm::Args),
     /// Print an .lpubin as .lpuasm text (reassembles to the same bytes).
     Disasm(cmd_disasm::Args),
@@ -65,7 +68,7 @@ pub fn target(path: Option<&PathBuf>) -> anyhow::Result<q35_sim::MachineConfig> 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(a) => cmd_run::run(a),
+        Command::Run(a) => cmd_run::run(*a),
         Command::Profile(a) => cmd_profile::run(a),
         Command::Asm(a) => cmd_asm::run(a),
         Command::Disasm(a) => cmd_disasm::run(a),

@@ -1,0 +1,387 @@
+//! System files (docs/lpubin.md 8) in `q35sim run`, `profile`, `disasm`
+//! and `asm`: many chips joined by links (`q35_sim::System`). `run` runs
+//! every chip with values (`--threads`, default the host's cores; the
+//! result does not depend on it) or, with `--timing`, the static schedule
+//! only; `profile` is the timing-only run with `--trace` (one process per
+//! chip) and `--report` (chip 0); both print per chip its cycles,
+//! instructions, unit utilisation and link use. A hazard prints `FILE:
+//! chip N: cycle C: queue Q, instruction #I ...` and exits 1.
+
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use q35_lpubin::{LpuBinary, LpuSystem, SystemBuilder};
+use q35_sim::dump::read_symbol;
+use q35_sim::system::{SystemRun, SystemStop};
+use q35_sim::{MachineConfig, System};
+use q35_target::SystemTopology;
+use serde_json::json;
+
+use crate::Failure;
+
+/// Whether the file at `path` is a system file (by its first 8 bytes).
+pub fn is_system_file(path: &Path) -> anyhow::Result<bool> {
+    let mut head = [0u8; 8];
+    let mut f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let mut got = 0;
+    while got < head.len() {
+        let n = f
+            .read(&mut head[got..])
+            .with_context(|| path.display().to_string())?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(q35_lpubin::is_system(&head[..got]))
+}
+
+/// Opens a system file for `config`'s target and builds its system.
+fn open(path: &Path, config: &MachineConfig) -> anyhow::Result<(LpuSystem, String)> {
+    let name = path.display().to_string();
+    let file = LpuSystem::open(path)?;
+    if file.target_hash() != &config.target_hash {
+        bail!(
+            "{name}: a system for target `{}` (hash {}), not `{}` (hash {})",
+            file.target_name(),
+            hex(file.target_hash()),
+            config.target_name,
+            hex(&config.target_hash)
+        );
+    }
+    Ok((file, name))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The timing-only run (no chip state built; identical programs walked once).
+fn timing_of(
+    file: &LpuSystem,
+    config: &MachineConfig,
+    name: &str,
+) -> anyhow::Result<Result<SystemRun, SystemStop>> {
+    let chips: Vec<&LpuBinary> = file.chips().iter().collect();
+    q35_sim::system::timing_of(&chips, config).with_context(|| name.to_string())
+}
+
+fn build<'f>(
+    file: &'f LpuSystem,
+    config: &MachineConfig,
+    name: &str,
+) -> anyhow::Result<System<'f>> {
+    let chips: Vec<&LpuBinary> = file.chips().iter().collect();
+    System::new(&chips, config.clone()).with_context(|| name.to_string())
+}
+
+/// Prints a stop and turns it into the exit code.
+fn stopped(name: &str, stop: &SystemStop) -> Failure {
+    eprintln!("{name}: {stop}");
+    Failure::Program
+}
+
+/// `q35sim run SYSTEM.lpubin`.
+pub fn run(
+    path: &Path,
+    config: MachineConfig,
+    threads: Option<usize>,
+    timing: bool,
+    max_cycles: Option<u64>,
+    json_out: bool,
+    dumps: &[String],
+) -> Result<(), Failure> {
+    let (file, name) = open(path, &config)?;
+    let topology = config
+        .target
+        .system(file.chips().len() as u32)
+        .with_context(|| name.clone())?;
+    // `CHIP:SYMBOL`, checked before the run.
+    let mut wanted = Vec::new();
+    for d in dumps {
+        let (chip, sym) = d
+            .split_once(':')
+            .and_then(|(c, s)| Some((c.parse::<usize>().ok()?, s)))
+            .ok_or_else(|| anyhow!("--dump `{d}`: a system's symbols are CHIP:SYMBOL"))?;
+        let bin = file.chips().get(chip).ok_or_else(|| {
+            anyhow!(
+                "--dump `{d}`: no chip {chip} (chips 0..{})",
+                file.chips().len()
+            )
+        })?;
+        let s = bin
+            .symbol(sym)
+            .cloned()
+            .ok_or_else(|| anyhow!("--dump `{d}`: chip {chip} has no symbol `{sym}`"))?;
+        if timing {
+            return Err(anyhow!("--dump needs values; it does not go with --timing").into());
+        }
+        wanted.push((chip, s));
+    }
+    let mut dumped = Vec::new();
+    let run = if timing {
+        timing_of(&file, &config, &name)?.map_err(|s| stopped(&name, &s))?
+    } else {
+        let mut system = build(&file, &config, &name)?;
+        let threads = threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        system.set_threads(threads);
+        system.set_max_cycles(max_cycles);
+        let run = system.run_once().map_err(|s| stopped(&name, &s))?;
+        for (chip, s) in &wanted {
+            let state = system
+                .state(*chip)
+                .ok_or_else(|| anyhow!("chip {chip} has no state"))?;
+            dumped.push((*chip, read_symbol(state, s).with_context(|| name.clone())?));
+        }
+        run
+    };
+    if json_out {
+        let mut v = run.to_json();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("file".into(), json!(name));
+            o.insert("timing_only".into(), json!(timing));
+            o.insert(
+                "dumps".into(),
+                json!(
+                    dumped
+                        .iter()
+                        .map(|(c, d)| json!({"chip": c, "dump": d.to_json()}))
+                        .collect::<Vec<_>>()
+                ),
+            );
+        }
+        println!("{v}");
+    } else {
+        let mut out = text(&run, &topology, timing);
+        for (c, d) in &dumped {
+            let _ = writeln!(out, "chip {c}: {}", d.to_text());
+        }
+        print!("{out}");
+    }
+    Ok(())
+}
+
+/// The run as text: the system, then each chip.
+fn text(run: &SystemRun, topo: &SystemTopology, timing: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "system: {} chips in {} node{}, {} cycles{}",
+        topo.chips(),
+        topo.nodes(),
+        if topo.nodes() == 1 { "" } else { "s" },
+        run.cycles,
+        if timing {
+            " (timing only: static schedules, no values)"
+        } else {
+            ""
+        }
+    );
+    for (i, c) in run.chips.iter().enumerate() {
+        let p = &c.profile;
+        let counts: Vec<String> = p
+            .by_mnemonic()
+            .iter()
+            .map(|(m, n)| format!("{m} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "chip {i}: {} cycles, {} instructions{}",
+            p.total_cycles(),
+            p.instructions(),
+            if counts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", counts.join(", "))
+            }
+        );
+        for (group, units) in p.groups() {
+            let busy: u64 = units.iter().map(|(_, b)| b).sum();
+            if busy == 0 {
+                continue;
+            }
+            let list: Vec<String> = units
+                .iter()
+                .filter(|(_, b)| *b > 0)
+                .map(|(q, b)| format!("{q} {b} ({:.1}%)", p.percent(*b)))
+                .collect();
+            let _ = writeln!(out, "  {group}: {busy} busy [{}]", list.join(", "));
+        }
+        for l in &c.links {
+            let _ = writeln!(
+                out,
+                "  link {} -> chip {} link {}: sent {}, received {}, busy {} cycles ({:.1}%), waited {} cycles",
+                l.link,
+                l.to.chip,
+                l.to.link,
+                l.sent,
+                l.received,
+                l.busy_cycles,
+                p.percent(l.busy_cycles),
+                l.waited_cycles
+            );
+        }
+    }
+    out
+}
+
+/// `q35sim profile SYSTEM.lpubin`: the timing-only run, with a trace of
+/// one process per chip.
+pub fn profile(
+    path: &Path,
+    config: MachineConfig,
+    json_out: bool,
+    outputs: &crate::cmd_profile::Outputs,
+) -> Result<(), Failure> {
+    let (file, name) = open(path, &config)?;
+    let topology = config
+        .target
+        .system(file.chips().len() as u32)
+        .with_context(|| name.clone())?;
+    let run = timing_of(&file, &config, &name)?.map_err(|s| stopped(&name, &s))?;
+    if outputs.files() {
+        let mut steps = Vec::new();
+        for (i, bin) in file.chips().iter().enumerate() {
+            let loaded = q35_sim::load::load(bin, &config).with_context(|| name.clone())?;
+            let timeline = q35_sim::schedule::walk(&loaded, &config)
+                .map_err(|e| anyhow!("{name}: chip {i}: {e}"))?;
+            steps.push(q35_sim::analysis::analyse(bin, &loaded, &config, &timeline));
+        }
+        let traced: Vec<q35_sim::trace::TraceStep<'_>> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| q35_sim::trace::TraceStep {
+                step: s,
+                name: format!("chip {i}"),
+                offset: 0,
+            })
+            .collect();
+        let summary = json!({
+            "file": name,
+            "chips": file.chips().len(),
+            "cycles": run.cycles,
+            "clock_mhz": config.target.clock_mhz,
+        });
+        let received: Vec<&[q35_sim::link::Transfer]> =
+            run.chips.iter().map(|c| c.received.as_slice()).collect();
+        outputs
+            .write_system(
+                &config,
+                &format!("q35sim profile {name} (chip 0 of {})", file.chips().len()),
+                &traced,
+                &received,
+                &steps[0],
+                &summary,
+            )
+            .map_err(Failure::Input)?;
+    }
+    if json_out {
+        let mut v = run.to_json();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("file".into(), json!(name));
+            o.insert("timing_only".into(), json!(true));
+        }
+        println!("{v}");
+    } else {
+        print!("{}", text(&run, &topology, true));
+    }
+    Ok(())
+}
+
+/// `q35sim disasm SYSTEM.lpubin [--chip N]`: every chip's program (or
+/// one), each as `.lpuasm` text that reassembles to the chip's bytes.
+pub fn disasm(path: &Path, config: &MachineConfig, chip: Option<usize>) -> Result<(), Failure> {
+    let (file, name) = open(path, config)?;
+    let n = file.chips().len();
+    let mut out = String::new();
+    for (i, bin) in file.chips().iter().enumerate() {
+        if chip.is_some_and(|c| c != i) {
+            continue;
+        }
+        let program = q35_isa::Program::from_lpubin(bin, &config.target)
+            .with_context(|| format!("{name}: chip {i}"))?;
+        if chip.is_none() {
+            let _ = writeln!(out, "; ---- chip {i} of {n} ----");
+        }
+        out.push_str(&program.to_lpuasm());
+    }
+    if let Some(c) = chip
+        && c >= n
+    {
+        return Err(anyhow!("{name}: no chip {c} (chips 0..{n})").into());
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// `q35sim asm` of several files (or `--chips N`): a system file. Each
+/// input is `FILE` (the next chip) or `CHIP=FILE`; chips no file names
+/// run an empty program.
+pub fn assemble(
+    inputs: &[String],
+    chips: Option<u32>,
+    output: &Path,
+    config: &MachineConfig,
+) -> anyhow::Result<()> {
+    let mut by_chip: Vec<(u32, PathBuf)> = Vec::new();
+    let mut next = 0u32;
+    for i in inputs {
+        let (chip, file) = match i.split_once('=') {
+            Some((c, f)) if c.parse::<u32>().is_ok() => {
+                (c.parse::<u32>().unwrap_or(0), PathBuf::from(f))
+            }
+            _ => (next, PathBuf::from(i)),
+        };
+        if by_chip.iter().any(|(c, _)| *c == chip) {
+            bail!("chip {chip} is given two programs");
+        }
+        by_chip.push((chip, file));
+        next = chip + 1;
+    }
+    let count = chips.unwrap_or_else(|| by_chip.iter().map(|(c, _)| c + 1).max().unwrap_or(1));
+    if let Some((c, f)) = by_chip.iter().find(|(c, _)| *c >= count) {
+        bail!(
+            "{}: chip {c}, but the system has {count} chips (--chips)",
+            f.display()
+        );
+    }
+    // The links must exist for this many chips.
+    config.target.system(count)?;
+    let producer = concat!("q35sim ", env!("CARGO_PKG_VERSION"));
+    let empty = {
+        let p = q35_isa::assemble("<empty chip>", &format!(".target {}\n", config.target_name))?;
+        p.to_lpubin(&config.target, producer)?.to_bytes()?
+    };
+    let mut builder = SystemBuilder::new(&config.target_name, config.target_hash);
+    for chip in 0..count {
+        match by_chip.iter().find(|(c, _)| *c == chip) {
+            None => {
+                builder.chip(empty.clone());
+            }
+            Some((_, file)) => {
+                let name = file.display().to_string();
+                let text = std::fs::read_to_string(file).with_context(|| name.clone())?;
+                let program = q35_isa::assemble(&name, &text)?;
+                if program.target != config.target_name {
+                    bail!(
+                        "{name}: `.target {}`, but the target is `{}`",
+                        program.target,
+                        config.target_name
+                    );
+                }
+                let bytes = program
+                    .to_lpubin(&config.target, producer)
+                    .with_context(|| name.clone())?
+                    .to_bytes()
+                    .with_context(|| name.clone())?;
+                builder.chip(bytes);
+            }
+        }
+    }
+    builder.write_to(output)?;
+    Ok(())
+}
