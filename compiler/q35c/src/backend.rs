@@ -23,6 +23,8 @@ use q35_model::ModelSpec;
 
 use q35_host::bar::Bar;
 
+use crate::timings::Timings;
+
 /// Calibration window in tokens (as `q35c eval --quant` and `interp`).
 pub const CALIB_CTX: usize = 512;
 
@@ -48,8 +50,10 @@ pub fn compile(
     calib: Option<&Path>,
     options: q35_mlir::passes::RunOptions,
     threads: usize,
+    timings: &Timings,
 ) -> anyhow::Result<Emitted> {
     let shown = model_path.display();
+    timings.mark("lowering and placement (MLIR)");
     let mlir = q35_mlir::create_context()?;
     let bar = Bar::new(
         format!("compile {shown}: "),
@@ -76,12 +80,18 @@ pub fn compile(
         positions: ctx as usize,
         threads,
     };
-    let built = golden::build_with_progress(&recipe, &|p| bar.report(p))
-        .with_context(|| format!("cannot quantize {shown}"))?;
+    let built = golden::build_with_progress(&recipe, &|p| {
+        if let q35_quant::Progress::Stage(s) = p {
+            timings.mark(s);
+        }
+        bar.report(p);
+    })
+    .with_context(|| format!("cannot quantize {shown}"))?;
 
     // lpu-schedule with the real weights (the pass itself uses placeholders
     // of the same shapes; the schedule does not depend on values).
     bar.stage("scheduling with the real weights and generating code");
+    timings.mark("scheduling and code generation");
     let source = q35_mlir::lpu::plan::GoldenSource::new(&built.layers, &built.golden);
     let (plan, compiled) =
         q35_mlir::passes::lpu_codegen::schedule(&mlir, &module, &source, &spec.target)
@@ -96,8 +106,10 @@ pub fn compile(
                 anyhow::anyhow!("cannot generate code for {shown}: {e}{hint}")
             })?;
     let bound = q35_codegen::plan::bound(&plan, &spec.target);
+    timings.mark("freeing the plan");
     drop(plan);
     drop(bar);
+    timings.finish();
     if options.print_ir_after_all {
         eprintln!(
             "// -----// IR Dump After lpu-schedule (lpu-schedule) ('builtin.module' operation) //----- //\n{}",
