@@ -157,6 +157,15 @@ pub fn quantize_model(
     )
 }
 
+/// A matrix to quantize: its layer, weights, scheme and shape (or the error
+/// the sequential loop would stop at).
+type Job<'a> = (
+    LinearId,
+    &'a [f32],
+    QuantScheme,
+    Result<(usize, usize), ModelQuantError>,
+);
+
 /// [`quantize_model`] with the quantizer's accuracy `methods` (the
 /// per-group scale search ([`quantize_layer_with`]) and per-kind group
 /// sizes ([`Methods::group_of`], `group_size` for the others)), reporting
@@ -177,12 +186,7 @@ pub fn quantize_model_with(
 ) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
     // The matrices to quantize, in order, with their shapes (or the error
     // the sequential loop would stop at).
-    let jobs: Vec<(
-        LinearId,
-        &[f32],
-        QuantScheme,
-        Result<(usize, usize), ModelQuantError>,
-    )> = weights
+    let jobs: Vec<Job<'_>> = weights
         .iter()
         .filter_map(|(id, w)| {
             let scheme = policy.scheme_of(*id)?;
