@@ -198,9 +198,10 @@ pub fn quantize_model_with(
     let total = jobs.len();
     // Matrices are independent: `options.threads` workers take whole
     // matrices (largest first, so the LM head does not run alone at the
-    // end), each on one thread; results are kept by index and returned in
-    // order, so they are the sequential loop's for any thread count (each
-    // matrix's quantization does not depend on its thread count).
+    // end), each on one thread; results are kept by index and returned (and
+    // reported) in order, so they are the sequential loop's for any thread
+    // count (each matrix's quantization does not depend on its thread
+    // count).
     let mut order: Vec<usize> = (0..total).filter(|&i| jobs[i].3.is_ok()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].1.len()));
     let workers = options.threads.max(1).min(order.len()).max(1);
@@ -235,13 +236,20 @@ pub fn quantize_model_with(
             });
         }
         drop(tx);
-        for (done, (i, matrix)) in rx.iter().enumerate() {
+        // Progress in matrix order, as the sequential loop reported it: each
+        // matrix once every one before it is done, none from the first
+        // that failed on.
+        let mut reported = 0;
+        for (i, matrix) in rx.iter() {
             results[i] = Some(matrix);
-            progress(crate::Progress::Item {
-                done: done + 1,
-                total,
-                item: &jobs[i].0.gguf_name(),
-            });
+            while let Some(Some(Ok(_))) = results.get(reported) {
+                reported += 1;
+                progress(crate::Progress::Item {
+                    done: reported,
+                    total,
+                    item: &jobs[reported - 1].0.gguf_name(),
+                });
+            }
         }
     });
     let mut out = Vec::with_capacity(total);
