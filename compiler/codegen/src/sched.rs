@@ -39,7 +39,9 @@
 //! reaches a hazard, and the predicted cycle count ([`Sched::total_cycles`])
 //! is the one the simulator measures: both are tested.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use q35_isa::{Dir, Instruction, Operand, Stream};
 use q35_isa::{QueueId, QueueKind};
@@ -824,11 +826,15 @@ pub struct Sched {
     /// The machine.
     pub mach: Mach,
     queues: Vec<QueueState>,
-    streams: HashSet<(Dir, u8, Cycle)>,
+    streams: StreamLines,
     /// (slice, cycle) -> bit 0 read port, bit 1 write port, bit 2+b bank b.
-    ports: HashMap<(u16, Cycle), u32>,
-    words: HashMap<(u16, u32), WordState>,
+    ports: FxHashMap<(u16, Cycle), u32>,
+    words: FxHashMap<(u16, u32), WordState>,
     planes: Vec<PlaneState>,
+    /// The VXM ALU queues, in the order `QSel::AnyVxm` tries them.
+    vxm_queues: Vec<QueueId>,
+    /// Working memory of [`Sched::try_at`], kept between attempts.
+    scratch: RefCell<Scratch>,
     last_event: Cycle,
     labels: Vec<String>,
     /// First and last cycle of every placed bundle.
@@ -856,16 +862,167 @@ struct Tentative {
     streams: Vec<(u32, u8)>,
 }
 
+/// FxHash (rustc's hasher: a rotate, xor and multiply a word), for the
+/// scheduler's maps keyed by small integers, which it probes millions of
+/// times; SipHash's protection against chosen keys buys nothing here. No
+/// map's iteration order reaches the program.
+#[derive(Clone, Copy, Debug, Default)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+type FxHashSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
+
+/// The lines every stream register is taken on: one bit set per
+/// (direction, register), indexed by line (a cycle; see the module doc)
+/// plus [`LINE_BIAS`]. Lines below `-LINE_BIAS` (never met: a line is an
+/// issue cycle, at least 0, minus a position) go to a plain set.
+#[derive(Debug, Default)]
+struct StreamLines {
+    bits: Vec<Vec<u64>>,
+    low: HashSet<(Dir, u8, Cycle)>,
+}
+
+const LINE_BIAS: Cycle = 1 << 16;
+
+impl StreamLines {
+    fn index(dir: Dir, reg: u8) -> usize {
+        let d = match dir {
+            Dir::East => 0,
+            Dir::West => 1,
+        };
+        d * 256 + usize::from(reg)
+    }
+
+    fn contains(&self, (dir, reg, line): (Dir, u8, Cycle)) -> bool {
+        let k = line + LINE_BIAS;
+        if k < 0 {
+            return self.low.contains(&(dir, reg, line));
+        }
+        let k = k as u64;
+        self.bits
+            .get(Self::index(dir, reg))
+            .and_then(|v| v.get((k / 64) as usize))
+            .is_some_and(|w| (w >> (k % 64)) & 1 != 0)
+    }
+
+    fn insert(&mut self, (dir, reg, line): (Dir, u8, Cycle)) {
+        let k = line + LINE_BIAS;
+        if k < 0 {
+            self.low.insert((dir, reg, line));
+            return;
+        }
+        let k = k as u64;
+        let i = Self::index(dir, reg);
+        if self.bits.len() <= i {
+            self.bits.resize_with(i + 1, Vec::new);
+        }
+        let v = &mut self.bits[i];
+        let w = (k / 64) as usize;
+        if v.len() <= w {
+            v.resize((w + 1).next_power_of_two(), 0);
+        }
+        v[w] |= 1 << (k % 64);
+    }
+}
+
+/// One queue's intervals booked by the bundle under trial, in booking
+/// (= issue) order. Entries before `lo` end at or before the cycle being
+/// tried, so they cannot overlap it or any later one.
+#[derive(Debug, Default)]
+struct Booked {
+    spans: Vec<(Cycle, Cycle)>,
+    lo: usize,
+}
+
+impl Booked {
+    fn clear(&mut self) {
+        self.spans.clear();
+        self.lo = 0;
+    }
+
+    /// The end of the first booked interval (in booking order) that
+    /// overlaps `[t, t + len)`. Bundles are tried in issue order, so `t`
+    /// never decreases between calls.
+    fn overlap(&mut self, t: Cycle, len: Cycle) -> Option<Cycle> {
+        while self.lo < self.spans.len() && self.spans[self.lo].1 <= t {
+            self.lo += 1;
+        }
+        self.spans[self.lo..]
+            .iter()
+            .find(|&&(s, e)| s < t + len && t < e)
+            .map(|&(_, e)| e)
+    }
+}
+
+/// [`Sched::try_at`]'s working memory.
+#[derive(Debug, Default)]
+struct Scratch {
+    queues: Vec<QueueId>,
+    booked: Vec<Booked>,
+    /// Queues with bookings to clear before the next attempt.
+    touched: Vec<u16>,
+    planes: Vec<Option<PlaneState>>,
+    ports: FxHashMap<(u16, Cycle), u32>,
+    taken: FxHashSet<(Dir, u8, Cycle)>,
+}
+
 impl Sched {
     /// An empty schedule for `mach`.
     pub fn new(mach: Mach) -> Sched {
         let planes = vec![PlaneState::default(); mach.target.mxm.planes as usize];
+        let vxm_queues = (0..mach.target.vxm.alus_per_lane as u16)
+            .filter_map(|i| QueueId::new(QueueKind::Vxm(i)))
+            .collect();
         Sched {
             queues: vec![QueueState::default(); usize::from(q35_isa::QUEUE_COUNT)],
-            streams: HashSet::new(),
-            ports: HashMap::new(),
-            words: HashMap::new(),
+            streams: StreamLines::default(),
+            ports: FxHashMap::default(),
+            words: FxHashMap::default(),
             planes,
+            vxm_queues,
+            scratch: RefCell::new(Scratch::default()),
             last_event: 0,
             labels: Vec::new(),
             spans: Vec::new(),
@@ -970,21 +1127,39 @@ impl Sched {
     }
 
     /// Tries `b` at `shift`; on success returns the chosen queues and
-    /// stream ids, else the reason.
+    /// stream ids, else the reason and the next shift worth trying.
+    ///
+    /// Allocates nothing per attempt (a bundle is tried at many shifts):
+    /// the bundle's own bookings live in `self.scratch`, cleared here.
     fn try_at(
         &self,
         b: &Bundle,
         shift: Cycle,
         order: &[usize],
     ) -> Result<Tentative, (String, Cycle)> {
-        let mut queues = vec![QueueId::from_index(0).expect("queue 0"); b.ops.len()];
-        // Intervals booked by this bundle so far: (queue, start, end).
-        let mut booked: HashMap<u16, Vec<(Cycle, Cycle)>> = HashMap::new();
-        let mut planes: HashMap<u16, PlaneState> = HashMap::new();
-        let mut ports: HashMap<(u16, Cycle), u32> = HashMap::new();
-        let vxm_queues: Vec<QueueId> = (0..self.mach.target.vxm.alus_per_lane as u16)
-            .filter_map(|i| QueueId::new(QueueKind::Vxm(i)))
-            .collect();
+        let mut scratch = self.scratch.borrow_mut();
+        let Scratch {
+            queues,
+            booked,
+            touched,
+            planes,
+            ports,
+            taken,
+        } = &mut *scratch;
+        // Intervals booked by this bundle so far, per queue: (start, end)
+        // in booking order, from `lo` on (see `Booked`).
+        for &q in touched.iter() {
+            booked[usize::from(q)].clear();
+        }
+        touched.clear();
+        if booked.len() < usize::from(q35_isa::QUEUE_COUNT) {
+            booked.resize_with(usize::from(q35_isa::QUEUE_COUNT), Booked::default);
+        }
+        planes.clear();
+        planes.resize(self.planes.len(), None);
+        ports.clear();
+        queues.clear();
+        queues.resize(b.ops.len(), QueueId::from_index(0).expect("queue 0"));
         let retry = |r: String| (r, shift + 1);
         for &i in order {
             let op = &b.ops[i];
@@ -995,23 +1170,19 @@ impl Sched {
             let len = op.ins.issue_cycles().max(op.ins.occupancy()) as Cycle;
             // Free in the schedule and in this bundle's own bookings; on a
             // conflict, the shift at which that one would clear.
-            let free =
-                |q: QueueId, booked: &HashMap<u16, Vec<(Cycle, Cycle)>>| -> Result<(), Cycle> {
-                    let qs = &self.queues[usize::from(q.index())];
-                    if matches!(q.kind(), QueueKind::Mxm(_)) && t < qs.cursor {
-                        return Err(qs.cursor);
-                    }
-                    qs.free(t, len)?;
-                    if let Some(&(_, end)) = booked
-                        .get(&q.index())
-                        .and_then(|v| v.iter().find(|&&(s, e)| s < t + len && t < e))
-                    {
-                        return Err(end);
-                    }
-                    Ok(())
-                };
+            let free = |q: QueueId, booked: &mut [Booked]| -> Result<(), Cycle> {
+                let qs = &self.queues[usize::from(q.index())];
+                if matches!(q.kind(), QueueKind::Mxm(_)) && t < qs.cursor {
+                    return Err(qs.cursor);
+                }
+                qs.free(t, len)?;
+                if let Some(end) = booked[usize::from(q.index())].overlap(t, len) {
+                    return Err(end);
+                }
+                Ok(())
+            };
             let q = match op.queue {
-                QSel::Fixed(q) => match free(q, &booked) {
+                QSel::Fixed(q) => match free(q, booked) {
                     Ok(()) => q,
                     Err(next) => {
                         return Err((format!("{q} busy at {t}"), shift + (next - t).max(1)));
@@ -1020,8 +1191,8 @@ impl Sched {
                 QSel::AnyVxm => {
                     let mut earliest = Cycle::MAX;
                     let mut found = None;
-                    for &q in &vxm_queues {
-                        match free(q, &booked) {
+                    for &q in &self.vxm_queues {
+                        match free(q, booked) {
                             Ok(()) => {
                                 found = Some(q);
                                 break;
@@ -1041,11 +1212,13 @@ impl Sched {
                 }
             };
             queues[i] = q;
-            booked.entry(q.index()).or_default().push((t, t + len));
+            let bq = &mut booked[usize::from(q.index())];
+            if bq.spans.is_empty() {
+                touched.push(q.index());
+            }
+            bq.spans.push((t, t + len));
             if let QueueKind::Mxm(p) = q.kind() {
-                let st = planes
-                    .entry(p)
-                    .or_insert_with(|| self.planes[usize::from(p)]);
+                let st = planes[usize::from(p)].get_or_insert(self.planes[usize::from(p)]);
                 match op.ins {
                     Instruction::Lw { n, k, .. } => {
                         if t < st.swap_done {
@@ -1087,22 +1260,22 @@ impl Sched {
             }
         }
         // Stream registers.
-        let mut taken: HashSet<(Dir, u8, Cycle)> = HashSet::new();
+        taken.clear();
         let mut streams = Vec::new();
         for (si, slot) in b.slots.iter().enumerate() {
             if slot.lines.is_empty() {
                 continue;
             }
-            let fits = |base: u8, taken: &HashSet<(Dir, u8, Cycle)>| {
+            let fits = |base: u8, taken: &FxHashSet<(Dir, u8, Cycle)>| {
                 (0..slot.width).all(|j| {
                     slot.lines.iter().all(|&l| {
                         let key = (slot.dir, base + j, l + shift);
-                        !self.streams.contains(&key) && !taken.contains(&key)
+                        !self.streams.contains(key) && !taken.contains(&key)
                     })
                 })
             };
             let base = (0..=32 - slot.width)
-                .find(|&base| fits(base, &taken))
+                .find(|&base| fits(base, taken))
                 .ok_or_else(|| retry(format!("no {} free {:?} registers", slot.width, slot.dir)))?;
             for j in 0..slot.width {
                 for &l in &slot.lines {
@@ -1112,8 +1285,8 @@ impl Sched {
             streams.push((si as u32, base));
         }
         Ok(Tentative {
-            queues,
-            ports: ports.into_iter().collect(),
+            queues: queues.clone(),
+            ports: ports.iter().map(|(&k, &v)| (k, v)).collect(),
             streams,
         })
     }

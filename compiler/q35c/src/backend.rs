@@ -23,6 +23,8 @@ use q35_model::ModelSpec;
 
 use q35_host::bar::Bar;
 
+use crate::timings::Timings;
+
 /// Calibration window in tokens (as `q35c eval --quant` and `interp`).
 pub const CALIB_CTX: usize = 512;
 
@@ -66,6 +68,10 @@ pub const PREFILL_TOKENS: u32 = 8;
 pub const AUTO_PREFILL_MEM_SHARE: f64 = 0.6;
 
 /// Compiles `spec` (from `model_path`) into a program.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the compile's inputs and options, each named at the one call"
+)]
 pub fn compile(
     spec: &ModelSpec,
     model_path: &Path,
@@ -74,8 +80,10 @@ pub fn compile(
     options: q35_mlir::passes::RunOptions,
     threads: usize,
     prefill: Prefill,
+    timings: &Timings,
 ) -> anyhow::Result<Emitted> {
     let shown = model_path.display();
+    timings.mark("lowering and placement (MLIR)");
     let mlir = q35_mlir::create_context()?;
     let bar = Bar::new(
         format!("compile {shown}: "),
@@ -102,12 +110,18 @@ pub fn compile(
         positions: ctx as usize,
         threads,
     };
-    let built = golden::build_with_progress(&recipe, &|p| bar.report(p))
-        .with_context(|| format!("cannot quantize {shown}"))?;
+    let built = golden::build_with_progress(&recipe, &|p| {
+        if let q35_quant::Progress::Stage(s) = p {
+            timings.mark(s);
+        }
+        bar.report(p);
+    })
+    .with_context(|| format!("cannot quantize {shown}"))?;
 
     // lpu-schedule with the real weights (the pass itself uses placeholders
     // of the same shapes; the schedule does not depend on values).
     bar.stage("scheduling with the real weights and generating code");
+    timings.mark("scheduling and code generation");
     let source = q35_mlir::lpu::plan::GoldenSource::new(&built.layers, &built.golden);
     let (plan, compiled) =
         q35_mlir::passes::lpu_codegen::schedule(&mlir, &module, &source, &spec.target)
@@ -125,6 +139,7 @@ pub fn compile(
     // The prefill program, placed after everything the decode program
     // placed (docs/backend.md): its chunk is capped by the context.
     let mut prefill_note = None;
+    timings.mark("generating the prefill program");
     let prefill = match prefill {
         Prefill::Tokens(n) if n <= 1 => None,
         Prefill::Tokens(n) if n > ctx => anyhow::bail!(
@@ -174,8 +189,10 @@ pub fn compile(
             got
         }
     };
+    timings.mark("freeing the plan");
     drop(plan);
     drop(bar);
+    timings.finish();
     if options.print_ir_after_all {
         eprintln!(
             "// -----// IR Dump After lpu-schedule (lpu-schedule) ('builtin.module' operation) //----- //\n{}",

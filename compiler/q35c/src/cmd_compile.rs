@@ -54,6 +54,10 @@ pub struct CompileArgs {
     /// program uses at most 60% of MEM.
     #[arg(long, value_name = "N")]
     pub prefill: Option<u32>,
+    /// Print each phase's wall and CPU time to stderr (and, with --json,
+    /// as `timings` in the summary) (asm, lpubin).
+    #[arg(long)]
+    pub timings: bool,
     /// Worker threads for quantization (results do not depend on it).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -113,6 +117,9 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     if args.json && !matches!(emit, Emit::Asm | Emit::Lpubin) {
         anyhow::bail!("--json applies to --emit=asm and lpubin");
     }
+    if args.timings && !matches!(emit, Emit::Asm | Emit::Lpubin) {
+        anyhow::bail!("--timings applies to --emit=asm and lpubin");
+    }
     if emit == Emit::Lpubin && args.output.as_os_str() == "-" {
         anyhow::bail!("an .lpubin is binary: give an output file with -o");
     }
@@ -129,6 +136,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
             .into_bytes(),
         Emit::Asm | Emit::Lpubin => {
             let t0 = std::time::Instant::now();
+            let timings = crate::timings::Timings::new();
             let e = crate::backend::compile(
                 &spec,
                 &args.model,
@@ -140,16 +148,26 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
                     Some(n) => crate::backend::Prefill::Tokens(n),
                     None => crate::backend::Prefill::Auto,
                 },
+                &timings,
             )?;
+            timings.mark("encoding the program");
             let bytes = if emit == Emit::Asm {
                 e.compiled.built.program.to_lpuasm().into_bytes()
             } else {
                 crate::backend::lpubin(&e, &spec.target)?
             };
+            timings.mark("writing the output");
             write_output(&args.output, &bytes)?;
+            timings.finish();
+            if args.timings {
+                eprint!("{}", timings.table());
+            }
             if args.json {
                 let mut v = crate::backend::summary(&e, &spec.target, &args.output, bytes.len());
                 v["compile_seconds"] = serde_json::json!(t0.elapsed().as_secs_f64());
+                if args.timings {
+                    v["timings"] = timings.to_json();
+                }
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if args.output.as_os_str() != "-" {
                 let cycles = e.compiled.built.cycles;

@@ -9,6 +9,7 @@ mod cmd_opt;
 mod cmd_quant_report;
 mod cmd_run;
 mod load;
+mod timings;
 
 use std::process::ExitCode;
 

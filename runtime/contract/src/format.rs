@@ -268,16 +268,33 @@ impl QuantizedMatrix {
                 )));
             }
         }
-        for (i, &c) in codes.iter().enumerate() {
-            let j = i % cp;
-            let (lo, hi) = scheme.code_range(mask[j]);
-            let g = j / layout.group_size;
-            let real = j < layout.group_start(g) + layout.group_len(g);
-            if !(lo..=hi).contains(&i32::from(c)) || (!real && c != 0) {
-                return Err(ContractError::Corrupt(format!(
-                    "code {c} at row {}, channel {j} is outside {lo}..={hi} or in padding",
-                    i / cp
-                )));
+        // Per channel: the allowed codes (just 0 in padding), checked row by
+        // row in storage order (the first bad code is the one reported).
+        let allowed: Vec<(i32, i32)> = (0..cp)
+            .map(|j| {
+                let g = j / layout.group_size;
+                if j < layout.group_start(g) + layout.group_len(g) {
+                    scheme.code_range(mask[j])
+                } else {
+                    (0, 0)
+                }
+            })
+            .collect();
+        for (r, row) in codes.chunks_exact(cp.max(1)).enumerate() {
+            let ok = row
+                .iter()
+                .zip(&allowed)
+                .all(|(&c, &(lo, hi))| (lo..=hi).contains(&i32::from(c)));
+            if ok {
+                continue;
+            }
+            for (j, (&c, &(lo, hi))) in row.iter().zip(&allowed).enumerate() {
+                if !(lo..=hi).contains(&i32::from(c)) {
+                    let (lo, hi) = scheme.code_range(mask[j]);
+                    return Err(ContractError::Corrupt(format!(
+                        "code {c} at row {r}, channel {j} is outside {lo}..={hi} or in padding"
+                    )));
+                }
             }
         }
         Ok(QuantizedMatrix::assemble(

@@ -497,8 +497,28 @@ impl<'a> Plan<'a> {
         all
     }
 
-    /// Quantizes the given rows (any iterator of row indices).
+    /// Quantizes the given rows (any iterator of row indices), with AVX2
+    /// when the CPU has it: the same IEEE operations in wider registers
+    /// (Rust never fuses a multiply and an add), so the same bits.
     fn quantize_rows(&self, rows: impl Iterator<Item = usize>, want_score: bool) -> RowsOut {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { self.quantize_rows_avx2(rows, want_score) };
+        }
+        self.quantize_rows_impl(rows, want_score)
+    }
+
+    /// [`Plan::quantize_rows`] compiled for AVX2 (the helpers it calls are
+    /// inlined into it, so they are too).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn quantize_rows_avx2(&self, rows: impl Iterator<Item = usize>, want_score: bool) -> RowsOut {
+        self.quantize_rows_impl(rows, want_score)
+    }
+
+    #[inline(always)]
+    fn quantize_rows_impl(&self, rows: impl Iterator<Item = usize>, want_score: bool) -> RowsOut {
         let l = self.layout;
         let cp = l.cols_padded();
         let n_groups = l.n_groups();
@@ -645,6 +665,7 @@ impl<'a> Plan<'a> {
 /// channel by channel, channel `j` on the grid `(step_j, nmax_j)` of its
 /// block and class, spreading each rounding error over the later channels
 /// through the upper Cholesky factor `u` of the damped inverse covariance.
+#[inline(always)]
 fn gptq_block(w: &mut [f32], grid: &[(f32, f32)], u: &[f32], codes: &mut [i8]) {
     let n = w.len();
     for j in 0..n {
@@ -664,6 +685,7 @@ fn gptq_block(w: &mut [f32], grid: &[(f32, f32)], u: &[f32], codes: &mut [i8]) {
 
 /// `e^T C e` for the error `e_k = w[s0 + order[k]] - step_k c_k` of one
 /// span in GPTQ order (`c` the covariance in that order), in f64.
+#[inline(always)]
 fn weighted_error(
     order: &[usize],
     row: &[f32],
@@ -781,6 +803,7 @@ fn gptq_factor(c: &[f32]) -> Option<GptqFactor> {
 }
 
 /// Largest |x| (eight fixed lanes, vectorisable).
+#[inline(always)]
 fn max_abs(x: &[f32]) -> f32 {
     let mut m = [0f32; 8];
     let chunks = x.chunks_exact(8);
@@ -800,6 +823,7 @@ fn max_abs(x: &[f32]) -> f32 {
 }
 
 /// Squared error of `x` rounded onto class `c` at scale `d`.
+#[inline(always)]
 fn class_error(x: f32, d: f32, c: Class) -> f64 {
     let step = d * c.mult;
     if step == 0.0 {
@@ -814,6 +838,17 @@ fn class_error(x: f32, d: f32, c: Class) -> f64 {
 /// `inv = 1 / (d * mult)`.
 #[inline(always)]
 fn class_sums(c: Class, x: &[f32], w: &[f32], inv: f32) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { class_sums_avx2(c, x, w, inv) };
+    }
+    class_sums_portable(c, x, w, inv)
+}
+
+/// [`class_sums`] in portable Rust.
+#[inline(always)]
+fn class_sums_portable(c: Class, x: &[f32], w: &[f32], inv: f32) -> (f32, f32) {
     let lo = -c.nmax;
     let hi = c.nmax - 1.0;
     let mut sxq = [0f32; 8];
@@ -844,9 +879,64 @@ fn class_sums(c: Class, x: &[f32], w: &[f32], inv: f32) -> (f32, f32) {
     (a, b)
 }
 
+/// [`class_sums`] with the eight partial sums in one AVX2 register: the
+/// same operations on the same lanes in the same order (the clamps as
+/// `max(lo, v)` and `min(hi, v)`, which pick `v` exactly when the scalar
+/// `if` does), then the same lane sum and scalar tail, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn class_sums_avx2(c: Class, x: &[f32], w: &[f32], inv: f32) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    const MAGIC: f32 = 12_582_912.0; // as `rne`
+    let lo = -c.nmax;
+    let hi = c.nmax - 1.0;
+    let n = x.len().min(w.len());
+    let (vinv, vmagic) = (_mm256_set1_ps(inv), _mm256_set1_ps(MAGIC));
+    let (vlo, vhi, vmult) = (
+        _mm256_set1_ps(lo),
+        _mm256_set1_ps(hi),
+        _mm256_set1_ps(c.mult),
+    );
+    let mut sxq = _mm256_setzero_ps();
+    let mut sqq = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n, which both slices hold.
+        let (xx, ww) = unsafe {
+            (
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                _mm256_loadu_ps(w.as_ptr().add(i)),
+            )
+        };
+        let v = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(xx, vinv), vmagic), vmagic);
+        let v = _mm256_max_ps(vlo, v);
+        let v = _mm256_min_ps(vhi, v);
+        let q = _mm256_mul_ps(v, vmult);
+        let wq = _mm256_mul_ps(ww, q);
+        sxq = _mm256_add_ps(sxq, _mm256_mul_ps(wq, xx));
+        sqq = _mm256_add_ps(sqq, _mm256_mul_ps(wq, q));
+        i += 8;
+    }
+    let (mut a8, mut b8) = ([0f32; 8], [0f32; 8]);
+    // SAFETY: each array holds exactly the 8 floats stored.
+    unsafe {
+        _mm256_storeu_ps(a8.as_mut_ptr(), sxq);
+        _mm256_storeu_ps(b8.as_mut_ptr(), sqq);
+    }
+    let mut a = a8.iter().sum::<f32>();
+    let mut b = b8.iter().sum::<f32>();
+    for (&xv, &wv) in x[i..n].iter().zip(&w[i..n]) {
+        let q = rne(xv * inv).max(lo).min(hi) * c.mult;
+        a += wv * q * xv;
+        b += wv * q * q;
+    }
+    (a, b)
+}
+
 /// Quantizes one block made of up to two classes of channels. Writes codes
 /// into `codes[k]` and returns the fp16 scale and the weighted squared
 /// error.
+#[inline(always)]
 fn quantize_block(parts: [(Class, &[f32], &[f32]); 2], codes: &mut [Vec<i8>; 2]) -> (f16, f64) {
     // The no-clipping scale: the largest |x| / (mult * nmax) maps to -nmax.
     let mut ratio = 0f32;
@@ -872,30 +962,15 @@ fn quantize_block(parts: [(Class, &[f32], &[f32]); 2], codes: &mut [Vec<i8>; 2])
         }
     }
     let d0 = -sign * ratio;
-    // (gain, least-squares scale) of clipping ratio t.
-    let try_ratio = |t: f32| {
-        let d = d0 * t;
-        let (mut sxq, mut sqq) = (0f32, 0f32);
-        for (c, x, w) in parts {
-            let (a, b) = class_sums(c, x, w, 1.0 / (d * c.mult));
-            sxq += a;
-            sqq += b;
-        }
-        if sqq > 0.0 {
-            (sxq * sxq / sqq, sxq / sqq)
-        } else {
-            (-1.0, d0)
-        }
-    };
     let (mut best_gain, mut best_d, mut best_t) = (-1f32, d0, 1f32);
     for t in CLIP_COARSE {
-        let (gain, d) = try_ratio(t);
+        let (gain, d) = try_ratio(parts, d0, t);
         if gain > best_gain {
             (best_gain, best_d, best_t) = (gain, d, t);
         }
     }
     for dt in CLIP_FINE {
-        let (gain, d) = try_ratio(best_t + dt);
+        let (gain, d) = try_ratio(parts, d0, best_t + dt);
         if gain > best_gain {
             (best_gain, best_d) = (gain, d);
         }
@@ -926,12 +1001,33 @@ fn quantize_block(parts: [(Class, &[f32], &[f32]); 2], codes: &mut [Vec<i8>; 2])
     (d16, err)
 }
 
+/// (gain, least-squares scale) of clipping ratio `t` from the no-clipping
+/// scale `d0` (a function, not a closure, so that it is inlined into the
+/// AVX2 build of [`Plan::quantize_rows`]).
+#[inline(always)]
+fn try_ratio(parts: [(Class, &[f32], &[f32]); 2], d0: f32, t: f32) -> (f32, f32) {
+    let d = d0 * t;
+    let (mut sxq, mut sqq) = (0f32, 0f32);
+    for (c, x, w) in parts {
+        let (a, b) = class_sums(c, x, w, 1.0 / (d * c.mult));
+        sxq += a;
+        sqq += b;
+    }
+    if sqq > 0.0 {
+        (sxq * sxq / sqq, sxq / sqq)
+    } else {
+        (-1.0, d0)
+    }
+}
+
 /// `d` as a finite fp16 (saturating at +-65504).
+#[inline(always)]
 fn to_f16(d: f32) -> f16 {
     f16::from_f32(d.clamp(-65504.0, 65504.0))
 }
 
 /// Codes of every part at fp16 scale `d16`, and the weighted squared error.
+#[inline(always)]
 fn codes_at(parts: [(Class, &[f32], &[f32]); 2], d16: f16, codes: &mut [Vec<i8>; 2]) -> (f16, f64) {
     let d = d16.to_f32();
     let mut err = 0f64;
@@ -1016,4 +1112,40 @@ fn choose_multipliers(
         }
     }
     best.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_sums_avx2_equals_portable_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let mut s = 7u64;
+            let mut next = move || {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            };
+            for c in Class::q35((3, 5)) {
+                for n in [0, 1, 7, 8, 9, 16, 31, 64, 70] {
+                    let x: Vec<f32> = (0..n).map(|_| next() * 0.2).collect();
+                    let w: Vec<f32> = (0..n).map(|_| next().abs() * 3.0).collect();
+                    // From heavy clipping to codes near zero, both signs.
+                    for inv in [-400.0f32, -37.3, -1.0, 0.5, 13.1, 90.0, 1e4] {
+                        let want = class_sums_portable(c, &x, &w, inv);
+                        // SAFETY: the CPU has AVX2 (checked above).
+                        let got = unsafe { class_sums_avx2(c, &x, &w, inv) };
+                        assert_eq!(
+                            (got.0.to_bits(), got.1.to_bits()),
+                            (want.0.to_bits(), want.1.to_bits()),
+                            "n {n}, inv {inv}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

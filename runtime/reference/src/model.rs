@@ -583,7 +583,7 @@ impl Model {
         tokens: &[u32],
         logits: Logits,
     ) -> Result<Vec<f32>, ReferenceError> {
-        self.forward_impl(session, tokens, logits, None)
+        self.forward_impl(session, tokens, logits, None, true)
     }
 
     /// Runs `tokens` at positions `start_pos..`: the session first forgets
@@ -617,7 +617,22 @@ impl Model {
         logits: Logits,
         observer: &mut dyn Observer,
     ) -> Result<Vec<f32>, ReferenceError> {
-        self.forward_impl(session, tokens, logits, Some(observer))
+        self.forward_impl(session, tokens, logits, Some(observer), true)
+    }
+
+    /// Runs `tokens` only for what `observer` sees: every linear layer's
+    /// input for every token, the LM head's included, without computing the
+    /// logits themselves (calibration, which never reads them, saves the
+    /// largest matmul of the pass). The statistics are exactly those of
+    /// [`Model::forward_observed`] with [`Logits::All`].
+    pub fn observe(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        observer: &mut dyn Observer,
+    ) -> Result<(), ReferenceError> {
+        self.forward_impl(session, tokens, Logits::All, Some(observer), false)
+            .map(drop)
     }
 
     fn forward_impl(
@@ -626,6 +641,7 @@ impl Model {
         tokens: &[u32],
         logits: Logits,
         mut observer: Option<&mut dyn Observer>,
+        head: bool,
     ) -> Result<Vec<f32>, ReferenceError> {
         let c = &self.config;
         if tokens.is_empty() {
@@ -664,7 +680,7 @@ impl Model {
         };
         let out = self
             .pool
-            .install(|| self.run(session, tokens, first_logit, &mut observer));
+            .install(|| self.run(session, tokens, first_logit, &mut observer, head));
         session.advance(tokens.len());
         Ok(out)
     }
@@ -675,6 +691,7 @@ impl Model {
         tokens: &[u32],
         first_logit: Option<usize>,
         observer: &mut Option<&mut dyn Observer>,
+        head: bool,
     ) -> Vec<f32> {
         let c = &self.config;
         let n = tokens.len();
@@ -779,6 +796,9 @@ impl Model {
             },
             &normed,
         );
+        if !head {
+            return Vec::new();
+        }
         let mut out = vec![0.0f32; rows * c.vocab];
         self.lm_head.forward(&normed, &mut out);
         out

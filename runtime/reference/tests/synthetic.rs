@@ -435,6 +435,40 @@ fn observer_sees_every_layer_input_in_order() {
     assert_ne!(seen.1[0].1, seen.1[1].1);
 }
 
+#[derive(Default)]
+struct Inputs(Vec<(LinearId, Vec<f32>)>);
+
+impl Observer for Inputs {
+    fn linear_input(&mut self, id: LinearId, x: &[f32], _n_tokens: usize) {
+        self.0.push((id, x.to_vec()));
+    }
+}
+
+#[test]
+fn observe_sees_what_forward_observed_all_sees_without_logits() {
+    let model = tiny_model(1);
+    let (mut a, mut b) = (Inputs::default(), Inputs::default());
+    let (mut sa, mut sb) = (model.new_session(), model.new_session());
+    for chunk in [&[1u32, 2, 3][..], &[4, 5]] {
+        let logits = model
+            .forward_observed(&mut sa, chunk, Logits::All, &mut a)
+            .expect("fwd");
+        assert!(!logits.is_empty());
+        model.observe(&mut sb, chunk, &mut b).expect("observe");
+        assert_eq!(sa.len(), sb.len());
+    }
+    assert_eq!(a.0.len(), b.0.len());
+    for ((ia, xa), (ib, xb)) in a.0.iter().zip(&b.0) {
+        assert_eq!(ia, ib);
+        let (ba, bb): (Vec<u32>, Vec<u32>) = (
+            xa.iter().map(|v| v.to_bits()).collect(),
+            xb.iter().map(|v| v.to_bits()).collect(),
+        );
+        assert_eq!(ba, bb, "{ia}");
+    }
+    assert!(a.0.iter().any(|(id, _)| id.kind == LinearKind::LmHead));
+}
+
 #[derive(Debug)]
 struct Zero(usize, usize);
 

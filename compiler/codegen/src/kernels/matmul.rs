@@ -955,7 +955,15 @@ fn tile_bundle(
         let df = vxm(&mut b, m, ta, h2f, &[("a", d)], Dir::East, label)?;
         let t1 = ta + m.latency(&i2f);
         let (buf, word) = w.product(k, t.group * w.col_tiles + t.col);
-        let prod = vxm(&mut b, m, t1, fmul, &[("a", af), ("b", df)], dir_to(buf), label)?;
+        let prod = vxm(
+            &mut b,
+            m,
+            t1,
+            fmul,
+            &[("a", af), ("b", df)],
+            dir_to(buf),
+            label,
+        )?;
         from_vxm(&mut b, m, prod, buf, word)?;
     }
     Ok(b)

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use q35_reference::{LinearId, LinearKind, Logits, Model, Observer, splitmix64};
+use q35_reference::{LinearId, LinearKind, Model, Observer, splitmix64};
 use rayon::prelude::*;
 
 use super::ModelQuantError;
@@ -64,15 +64,9 @@ impl LayerCalibration {
         let (group, cols) = (*group, self.cols);
         // Groups are independent: one task each (sums stay in token order).
         blocks.par_iter_mut().enumerate().for_each(|(g, block)| {
-            for row in x.chunks_exact(cols) {
-                let xg = &row[g * group..((g + 1) * group).min(row.len())];
-                let n = xg.len();
-                for (i, &xi) in xg.iter().enumerate() {
-                    for (b, &xj) in block[i * n..(i + 1) * n].iter_mut().zip(xg) {
-                        *b += xi * xj;
-                    }
-                }
-            }
+            let lo = g * group;
+            let n = group.min(cols - lo);
+            super::covariance::accumulate(block, n, x, cols, lo);
         });
     }
 
@@ -291,7 +285,7 @@ impl Calibration {
         let total = tokens.len().div_ceil(window);
         for (i, chunk) in tokens.chunks(window).enumerate() {
             let mut session = model.new_session_with_capacity(window)?;
-            model.forward_observed(&mut session, chunk, Logits::All, &mut self)?;
+            model.observe(&mut session, chunk, &mut self)?;
             progress(crate::Progress::Item {
                 done: i + 1,
                 total,

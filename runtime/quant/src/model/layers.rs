@@ -157,6 +157,15 @@ pub fn quantize_model(
     )
 }
 
+/// A matrix to quantize: its layer, weights, scheme and shape (or the error
+/// the sequential loop would stop at).
+type Job<'a> = (
+    LinearId,
+    &'a [f32],
+    QuantScheme,
+    Result<(usize, usize), ModelQuantError>,
+);
+
 /// [`quantize_model`] with the quantizer's accuracy `methods` (the
 /// per-group scale search ([`quantize_layer_with`]) and per-kind group
 /// sizes ([`Methods::group_of`], `group_size` for the others)), reporting
@@ -175,33 +184,82 @@ pub fn quantize_model_with(
     methods: &Methods,
     progress: &dyn Fn(crate::Progress<'_>),
 ) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
-    let total = weights
+    // The matrices to quantize, in order, with their shapes (or the error
+    // the sequential loop would stop at).
+    let jobs: Vec<Job<'_>> = weights
         .iter()
-        .filter(|(id, _)| policy.scheme_of(*id).is_some())
-        .count();
-    let mut out = Vec::new();
-    for (id, w) in weights {
-        let Some(scheme) = policy.scheme_of(*id) else {
-            continue;
-        };
-        let shape =
-            layer_shape(model, *id).ok_or_else(|| ModelQuantError::NoWeights(id.to_string()))?;
-        let matrix = quantize_layer_with(
-            *id,
-            w,
-            shape,
-            scheme,
-            methods.group_of(id.kind).unwrap_or(group_size),
-            calib,
-            options,
-            methods.scale_search,
-        )?;
-        out.push(QuantizedLayer { id: *id, matrix });
-        progress(crate::Progress::Item {
-            done: out.len(),
-            total,
-            item: &id.gguf_name(),
-        });
+        .filter_map(|(id, w)| {
+            let scheme = policy.scheme_of(*id)?;
+            let shape =
+                layer_shape(model, *id).ok_or_else(|| ModelQuantError::NoWeights(id.to_string()));
+            Some((*id, w.as_slice(), scheme, shape))
+        })
+        .collect();
+    let total = jobs.len();
+    // Matrices are independent: `options.threads` workers take whole
+    // matrices (largest first, so the LM head does not run alone at the
+    // end), each on one thread; results are kept by index and returned (and
+    // reported) in order, so they are the sequential loop's for any thread
+    // count (each matrix's quantization does not depend on its thread
+    // count).
+    let mut order: Vec<usize> = (0..total).filter(|&i| jobs[i].3.is_ok()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].1.len()));
+    let workers = options.threads.max(1).min(order.len()).max(1);
+    let one = QuantOptions { threads: 1 };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<QuantizedMatrix, ModelQuantError>>> =
+        (0..total).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..workers {
+            let (tx, next, order, jobs) = (tx.clone(), &next, &order, &jobs);
+            scope.spawn(move || {
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&i) = order.get(k) else { break };
+                    let (id, w, scheme, shape) = &jobs[i];
+                    let Ok(shape) = shape else { continue };
+                    let matrix = quantize_layer_with(
+                        *id,
+                        w,
+                        *shape,
+                        *scheme,
+                        methods.group_of(id.kind).unwrap_or(group_size),
+                        calib,
+                        one,
+                        methods.scale_search,
+                    );
+                    if tx.send((i, matrix)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // Progress in matrix order, as the sequential loop reported it: each
+        // matrix once every one before it is done, none from the first
+        // that failed on.
+        let mut reported = 0;
+        for (i, matrix) in rx.iter() {
+            results[i] = Some(matrix);
+            while let Some(Some(Ok(_))) = results.get(reported) {
+                reported += 1;
+                progress(crate::Progress::Item {
+                    done: reported,
+                    total,
+                    item: &jobs[reported - 1].0.gguf_name(),
+                });
+            }
+        }
+    });
+    let mut out = Vec::with_capacity(total);
+    for ((id, _, _, shape), result) in jobs.into_iter().zip(results) {
+        shape?;
+        // Every job with a shape was sent back (a panicking worker would
+        // have ended the scope with its panic).
+        let matrix =
+            result.ok_or_else(|| ModelQuantError::Input(format!("{id} was not quantized")))??;
+        out.push(QuantizedLayer { id, matrix });
     }
     Ok(out)
 }

@@ -10,6 +10,7 @@
 //! against the reference's logits.
 //!
 //! One file per job: `calibration` (the observer and its statistics),
+//! `covariance` (its hot loop, the in-group covariance sums),
 //! `policy` (which scheme each layer gets: [`SchemePolicy`], [`HeadPolicy`]),
 //! `layers` (quantizing every matrix), `linear` ([`QuantLinear`], installing
 //! and restoring layers), `report` (per-tensor errors), `logits` (the
@@ -19,6 +20,7 @@
 //! [`rotate_vo_model`]).
 
 mod calibration;
+mod covariance;
 mod layers;
 mod linear;
 mod logits;

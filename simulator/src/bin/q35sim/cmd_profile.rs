@@ -152,7 +152,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
                     let names: Vec<&str> = binary.programs().map(|v| v.name()).collect();
                     anyhow!(
                         "{name}: no program `{p}` (its further programs: {})",
-                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
                     )
                 })?;
             (i + 1, Some(v))
