@@ -287,7 +287,10 @@ fn replay_equals_the_engine_on_smollm2_steps() {
     let config = config();
     if let Err(e) = bin.check_target(&config.target_hash) {
         // A binary left by an older scripts/run, before the target changed.
-        eprintln!("skipping: {} is stale ({e}); scripts/run rebuilds it", path.display());
+        eprintln!(
+            "skipping: {} is stale ({e}); scripts/run rebuilds it",
+            path.display()
+        );
         return;
     }
     let mut exact = Machine::new(&bin, config.clone()).expect("loads");
