@@ -33,8 +33,12 @@ pub struct ProgramBuilder {
     /// Kernel scratch handed out again ([`ProgramBuilder::set_reuse`]):
     /// per (kind, hemisphere, slices, words), the buffers so far and a
     /// rotation counter.
-    reuse: Option<BTreeMap<(String, u8, usize, u32), (Vec<Buffer>, usize)>>,
+    reuse: Option<BTreeMap<ReuseKey, (Vec<Buffer>, usize)>>,
 }
+
+/// Kernel scratch that may be handed out again: kind, hemisphere (as a
+/// number), slices, words.
+type ReuseKey = (String, u8, usize, u32);
 
 /// A finished program.
 #[derive(Debug)]

@@ -146,9 +146,7 @@ pub fn compile(
             "{shown}: --prefill {n} is longer than the compiled context of {ctx} tokens"
         ),
         Prefill::Tokens(n) => {
-            bar.stage(&format!(
-                "generating the prefill program ({n} tokens a run)"
-            ));
+            bar.stage(format!("generating the prefill program ({n} tokens a run)"));
             let c = q35_codegen::plan::compile_after(&plan, &spec.target, n, &compiled)
                 .map_err(|e| {
                     anyhow::anyhow!(
