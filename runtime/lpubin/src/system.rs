@@ -13,11 +13,10 @@
 //! its byte offset. [`SystemBuilder`] writes the canonical bytes.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::layout::PAGE;
 use crate::{Backing, LpuBinError, LpuBinary};
@@ -466,32 +465,9 @@ impl SystemBuilder {
     /// Writes the file to `path` atomically (a temporary beside it, synced,
     /// renamed); on error no partial file is left.
     pub fn write_to(&self, path: impl AsRef<Path>) -> Result<(), SystemFileError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let path = path.as_ref();
         let (header, ranges) = self.header()?;
-        let io = |error| SystemFileError::Io {
-            path: path.to_path_buf(),
-            error,
-        };
-        let name = path.file_name().ok_or_else(|| {
-            io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the output path has no file name",
-            ))
-        })?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let tmp = dir.join(format!(
-            ".{}.{}.{}.tmp",
-            name.to_string_lossy(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = (|| -> std::io::Result<()> {
-            let file = File::create(&tmp)?;
-            let mut w = BufWriter::with_capacity(1 << 20, file);
+        crate::write::write_atomically(path, |w| {
             w.write_all(&header)?;
             let mut at = header.len() as u64;
             for (r, image) in ranges.iter().zip(&self.chips) {
@@ -499,14 +475,11 @@ impl SystemBuilder {
                 w.write_all(image)?;
                 at = r.end;
             }
-            let file = w.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if let Err(error) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(error));
-        }
-        Ok(())
+            Ok(())
+        })
+        .map_err(|error| SystemFileError::Io {
+            path: path.to_path_buf(),
+            error,
+        })
     }
 }

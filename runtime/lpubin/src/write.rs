@@ -279,32 +279,9 @@ impl Builder {
     /// Writes the file to `path` atomically: to a temporary file beside it,
     /// synced, then renamed over `path`. On error no partial file is left.
     pub fn write_to(&self, path: impl AsRef<Path>) -> Result<(), LpuBinError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let path = path.as_ref();
         let laid = self.lay_out()?;
-        let io = |error| LpuBinError::Io {
-            path: path.to_path_buf(),
-            error,
-        };
-        let name = path.file_name().ok_or_else(|| {
-            io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the output path has no file name",
-            ))
-        })?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let tmp = dir.join(format!(
-            ".{}.{}.{}.tmp",
-            name.to_string_lossy(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = (|| -> std::io::Result<()> {
-            let file = File::create(&tmp)?;
-            let mut w = BufWriter::with_capacity(1 << 20, file);
+        write_atomically(path, |w| {
             w.write_all(&laid.header)?;
             let mut at = laid.header.len() as u64;
             for (offset, p) in &laid.sections {
@@ -314,16 +291,12 @@ impl Builder {
                 }
                 at = offset + p.len();
             }
-            let file = w.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if let Err(error) = result {
-            // Best effort: the temporary may not exist if creating it failed.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(error));
-        }
-        Ok(())
+            Ok(())
+        })
+        .map_err(|error| LpuBinError::Io {
+            path: path.to_path_buf(),
+            error,
+        })
     }
 
     fn lay_out(&self) -> Result<Laid<'_>, LpuBinError> {
@@ -720,4 +693,42 @@ impl Builder {
             pieces,
         })
     }
+}
+
+/// Writes `path` atomically: `fill` writes the bytes into a temporary file
+/// beside it, which is synced and renamed over `path`. On error no partial
+/// file is left (the temporary is removed, best effort).
+pub(crate) fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the output path has no file name",
+        )
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        fill(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        // Best effort: the temporary may not exist if creating it failed.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
