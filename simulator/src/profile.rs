@@ -71,6 +71,15 @@ impl Profile {
         self.issued.iter().sum()
     }
 
+    /// [`Profile::by_mnemonic`] as text: `mnemonic count`, comma-separated.
+    pub fn mnemonic_counts(&self) -> String {
+        self.by_mnemonic()
+            .iter()
+            .map(|(m, n)| format!("{m} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Instructions issued by mnemonic, in table order, non-zero only.
     pub fn by_mnemonic(&self) -> Vec<(&'static str, u64)> {
         q35_isa::INSTRUCTIONS

@@ -154,6 +154,20 @@ pub struct LinkUse {
     pub waited_cycles: u64,
 }
 
+impl LinkUse {
+    /// Link `link` to `to`, with nothing counted yet.
+    fn idle(link: u16, to: LinkEnd) -> LinkUse {
+        LinkUse {
+            link,
+            to,
+            sent: 0,
+            received: 0,
+            busy_cycles: 0,
+            waited_cycles: 0,
+        }
+    }
+}
+
 /// One chip's part of a system run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChipRun {
@@ -794,14 +808,9 @@ fn timing(
                         cycle: li.cycle,
                     },
                 ));
-                let u = uses[c].entry(l as u16).or_insert(LinkUse {
-                    link: l as u16,
-                    to: far,
-                    sent: 0,
-                    received: 0,
-                    busy_cycles: 0,
-                    waited_cycles: 0,
-                });
+                let u = uses[c]
+                    .entry(l as u16)
+                    .or_insert_with(|| LinkUse::idle(l as u16, far));
                 u.sent += 1;
                 u.busy_cycles += config.link_vector_cycles;
             }
@@ -838,14 +847,9 @@ fn timing(
                             .ok()
                             .flatten()
                         {
-                            let u = uses[c].entry(l as u16).or_insert(LinkUse {
-                                link: l as u16,
-                                to: far,
-                                sent: 0,
-                                received: 0,
-                                busy_cycles: 0,
-                                waited_cycles: 0,
-                            });
+                            let u = uses[c]
+                                .entry(l as u16)
+                                .or_insert_with(|| LinkUse::idle(l as u16, far));
                             u.received += 1;
                             u.waited_cycles += li.cycle - a;
                             received[c].push(crate::link::Transfer {

@@ -42,8 +42,23 @@ fn assemble(args: Args) -> anyhow::Result<()> {
         [f] if args.chips.is_none() && !f.contains('=') => PathBuf::from(f),
         _ => return crate::cmd_system::assemble(&args.files, args.chips, &args.output, &config),
     };
-    let name = one.display().to_string();
-    let text = std::fs::read_to_string(&one).with_context(|| name.clone())?;
+    let builder = lpubin_of(&one, &config, PRODUCER)?;
+    builder.write_to(&args.output)?;
+    Ok(())
+}
+
+/// What q35sim writes in a binary's producer field.
+pub const PRODUCER: &str = concat!("q35sim ", env!("CARGO_PKG_VERSION"));
+
+/// The `.lpuasm` file `path` assembled into a binary for `config`'s
+/// target; a file for another target is an error naming it.
+pub fn lpubin_of(
+    path: &std::path::Path,
+    config: &q35_sim::MachineConfig,
+    producer: &str,
+) -> anyhow::Result<q35_lpubin::Builder> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| name.clone())?;
     let program = q35_isa::assemble(&name, &text)?;
     if program.target != config.target_name {
         bail!(
@@ -52,12 +67,7 @@ fn assemble(args: Args) -> anyhow::Result<()> {
             config.target_name
         );
     }
-    let builder = program
-        .to_lpubin(
-            &config.target,
-            concat!("q35sim ", env!("CARGO_PKG_VERSION")),
-        )
-        .with_context(|| name.clone())?;
-    builder.write_to(&args.output)?;
-    Ok(())
+    program
+        .to_lpubin(&config.target, producer)
+        .with_context(|| name.clone())
 }

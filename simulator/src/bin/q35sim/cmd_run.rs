@@ -178,16 +178,11 @@ fn to_text(p: &Profile, dumped: &[Dumped]) -> String {
         p.last_cycle(),
         total - p.last_cycle()
     );
-    let counts: Vec<String> = p
-        .by_mnemonic()
-        .iter()
-        .map(|(m, n)| format!("{m} {n}"))
-        .collect();
     let _ = writeln!(
         out,
         "instructions: {} ({})",
         p.instructions(),
-        counts.join(", ")
+        p.mnemonic_counts()
     );
     let _ = writeln!(out, "busy cycles (utilisation of {total} cycles):");
     for (group, units) in p.groups() {

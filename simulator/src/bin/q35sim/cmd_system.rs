@@ -183,11 +183,7 @@ fn text(run: &SystemRun, topo: &SystemTopology, timing: bool) -> String {
     );
     for (i, c) in run.chips.iter().enumerate() {
         let p = &c.profile;
-        let counts: Vec<String> = p
-            .by_mnemonic()
-            .iter()
-            .map(|(m, n)| format!("{m} {n}"))
-            .collect();
+        let counts = p.mnemonic_counts();
         let _ = writeln!(
             out,
             "chip {i}: {} cycles, {} instructions{}",
@@ -196,7 +192,7 @@ fn text(run: &SystemRun, topo: &SystemTopology, timing: bool) -> String {
             if counts.is_empty() {
                 String::new()
             } else {
-                format!(" ({})", counts.join(", "))
+                format!(" ({counts})")
             }
         );
         for (group, units) in p.groups() {
@@ -351,7 +347,7 @@ pub fn assemble(
     }
     // The links must exist for this many chips.
     config.target.system(count)?;
-    let producer = concat!("q35sim ", env!("CARGO_PKG_VERSION"));
+    let producer = crate::cmd_asm::PRODUCER;
     let empty = {
         let p = q35_isa::assemble("<empty chip>", &format!(".target {}\n", config.target_name))?;
         p.to_lpubin(&config.target, producer)?.to_bytes()?
@@ -363,21 +359,9 @@ pub fn assemble(
                 builder.chip(empty.clone());
             }
             Some((_, file)) => {
-                let name = file.display().to_string();
-                let text = std::fs::read_to_string(file).with_context(|| name.clone())?;
-                let program = q35_isa::assemble(&name, &text)?;
-                if program.target != config.target_name {
-                    bail!(
-                        "{name}: `.target {}`, but the target is `{}`",
-                        program.target,
-                        config.target_name
-                    );
-                }
-                let bytes = program
-                    .to_lpubin(&config.target, producer)
-                    .with_context(|| name.clone())?
+                let bytes = crate::cmd_asm::lpubin_of(file, config, producer)?
                     .to_bytes()
-                    .with_context(|| name.clone())?;
+                    .with_context(|| file.display().to_string())?;
                 builder.chip(bytes);
             }
         }
