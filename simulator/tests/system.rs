@@ -323,7 +323,6 @@ fn timing_only_of_576_chips_walks_one_program() {
     // Every chip runs the same ring program: each node of 8 is a ring.
     let one = binary(&sender_receiver(5, Some(0), Some((6, 502))), &config);
     let refs: Vec<&LpuBinary> = vec![&one; 576];
-    let start = std::time::Instant::now();
     let run = q35_sim::system::timing_of(&refs, &config)
         .expect("a system of 72 nodes")
         .expect("no hazard");
@@ -334,8 +333,8 @@ fn timing_only_of_576_chips_walks_one_program() {
         let got: u64 = c.links.iter().map(|l| l.received).sum();
         assert_eq!((sent, got), (1, 1));
     }
-    // One static walk, not 576: well under a second even in a debug build.
-    assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+    // (How fast one static walk for 576 chips is belongs in a benchmark,
+    // not in a wall-clock assertion here.)
     // The same as the timing of a built system, for a node.
     let node: Vec<&LpuBinary> = vec![&one; 8];
     let system = System::new(&node, config.clone()).expect("a node");
