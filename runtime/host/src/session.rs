@@ -385,10 +385,10 @@ impl<D: Device> Session<D> {
     /// is set: every token's logits, the KV cache after the last).
     pub fn prefill_chunk(&mut self, tokens: &[u32]) -> Result<(Vec<f32>, StepStats), HostError> {
         let Some(p) = self.prefill.clone() else {
-            return Err(HostError::Symbol {
+            return Err(DeviceError::NoProgram {
                 name: "prefill".into(),
-                what: "the binary has no prefill program".into(),
-            });
+            }
+            .into());
         };
         let (n, m, pos, ctx) = (p.tokens as usize, tokens.len(), self.pos, self.ctx());
         if m < 2 || m > n {
