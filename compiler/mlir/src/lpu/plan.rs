@@ -167,6 +167,97 @@ fn f32v(o: &OperationRef<'_, '_>, attr: &str) -> Result<f32, String> {
         .ok_or_else(|| format!("needs a float `{attr}`"))
 }
 
+/// The MEM an lpu module needs at the least, from its shapes alone (no
+/// weight is materialised): what `lpu-place` compares with the chip before
+/// it builds placeholder weights, so a model far too large for one chip
+/// (LLaMA-70B's 30 GB at 3.5 bits) is an error naming both sizes, not an
+/// allocation of its placeholders.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemNeed {
+    /// Weights: packed codes, slot masks and fp16 group scales.
+    pub weight_bytes: u64,
+    /// Weights counted.
+    pub weights: u64,
+    /// The KV caches.
+    pub kv_bytes: u64,
+    /// Every other buffer (inputs, outputs, constants, scratch).
+    pub other_bytes: u64,
+}
+
+impl MemNeed {
+    /// Everything counted.
+    pub fn total(&self) -> u64 {
+        self.weight_bytes + self.kv_bytes + self.other_bytes
+    }
+}
+
+/// [`MemNeed`] of the module operation `m`. The code generator needs more
+/// than this (weight images are laid out in whole words per plane tile,
+/// kernels add scratch), so a module over it cannot fit; one under it may
+/// still not.
+pub fn mem_need(m: &OperationRef<'_, '_>) -> Result<MemNeed, PlanError> {
+    let body = m
+        .region(0)
+        .ok()
+        .and_then(|r| r.first_block())
+        .ok_or_else(|| module_error("the module has no body"))?;
+    let scheme_of = |s: &str| QuantScheme::ALL.into_iter().find(|q| q.as_str() == s);
+    let mut need = MemNeed::default();
+    let mut op = body.first_operation();
+    while let Some(o) = op {
+        let name = op_name(&o);
+        let err = |message: String| PlanError {
+            location: format_location(o.location()),
+            op: name.clone(),
+            message,
+        };
+        match OpKind::from_name(&name) {
+            Some(OpKind::Weight) => {
+                let sym_name = string_attr(&o, "sym_name").unwrap_or_default();
+                let (rows, cols, group) = (
+                    int(&o, "rows").map_err(&err)? as usize,
+                    int(&o, "cols").map_err(&err)? as usize,
+                    int(&o, "group").map_err(&err)? as usize,
+                );
+                let scheme = string_attr(&o, "scheme")
+                    .and_then(|s| scheme_of(&s))
+                    .ok_or_else(|| err(format!("@{sym_name}: unknown `scheme`")))?;
+                let layout = q35_contract::format::Layout::new(rows, cols, group)
+                    .map_err(|e| err(format!("@{sym_name}: {e}")))?;
+                let bytes = layout.packed_bytes(scheme)
+                    + layout.mask_bytes(scheme)
+                    + 2 * rows * layout.n_groups();
+                need.weight_bytes += bytes as u64;
+                need.weights += 1;
+            }
+            Some(OpKind::Buffer) => {
+                let sym_name = string_attr(&o, "sym_name").unwrap_or_default();
+                let t = tensor_type_attr(&o, "type")
+                    .ok_or_else(|| err(format!("@{sym_name} needs a tensor `type`")))?;
+                let elements: u64 = t
+                    .dims
+                    .iter()
+                    .copied()
+                    .product::<Option<u64>>()
+                    .ok_or_else(|| err(format!("@{sym_name} has a dynamic type {t}")))?;
+                let bytes = elements
+                    * match t.element.as_str() {
+                        "i16" => 2,
+                        _ => 4,
+                    };
+                if string_attr(&o, "kind").as_deref() == Some("kv") {
+                    need.kv_bytes += bytes;
+                } else {
+                    need.other_bytes += bytes;
+                }
+            }
+            Some(_) | None => {}
+        }
+        op = o.next_in_block();
+    }
+    Ok(need)
+}
+
 /// Translates `module` (an lpu module) into a [`Plan`].
 pub fn to_plan(module: &Module<'_>, src: &dyn PlanSource) -> Result<Plan, PlanError> {
     op_to_plan(&module.as_operation(), src)

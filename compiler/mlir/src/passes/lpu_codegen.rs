@@ -24,7 +24,7 @@ use q35_frontend::lpu_ops::OpKind;
 
 use super::{PassContext, PassId, PassInfo, op_name};
 use crate::ir::{int_attr, string_attr};
-use crate::lpu::plan::{ShapeOnly, op_to_plan};
+use crate::lpu::plan::{MemNeed, ShapeOnly, mem_need, op_to_plan};
 
 static PLACE_ID: PassId = PassId::new();
 static SCHEDULE_ID: PassId = PassId::new();
@@ -58,6 +58,19 @@ fn plan_of(cx: &mut PassContext<'_, '_>) -> Option<(plan::Plan, q35_target::Targ
             return None;
         }
     };
+    // Before any placeholder weight exists: a model far over the chip's
+    // MEM would otherwise allocate all of its placeholders first.
+    match mem_need(&module) {
+        Ok(need) if need.total() > target.mem_bytes() => {
+            cx.error(&module, too_large(&need, &target));
+            return None;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            cx.error(&module, e.to_string());
+            return None;
+        }
+    }
     match op_to_plan(&module, &ShapeOnly) {
         Ok(p) => Some((p, target)),
         Err(e) => {
@@ -65,6 +78,23 @@ fn plan_of(cx: &mut PassContext<'_, '_>) -> Option<(plan::Plan, q35_target::Targ
             None
         }
     }
+}
+
+/// The error for a module whose shapes alone need more than the chip's MEM.
+fn too_large(need: &MemNeed, target: &q35_target::Target) -> String {
+    let chip = target.mem_bytes();
+    format!(
+        "the model does not fit on one chip: it needs at least {} bytes of MEM ({} bytes of \
+         weights in {} matrices, {} bytes of KV cache, {} bytes of other buffers); one {} chip \
+         has {chip} bytes, so by MEM alone it needs at least {} chips",
+        need.total(),
+        need.weight_bytes,
+        need.weights,
+        need.kv_bytes,
+        need.other_bytes,
+        target.name,
+        need.total().div_ceil(chip),
+    )
 }
 
 /// Every op of the module body, then of `@decode`'s body.
