@@ -586,18 +586,31 @@ pub fn rope_in_place(x: &mut [f32], pos: usize, table: &RopeTable) {
     }
 }
 
+/// Partial sums of the attention output over positions: position `t` adds
+/// into stripe `t % ATTN_STRIPES` ([`attention_head`]). Four is lpu-v1's
+/// VXM add latency (`vxm.alu_latency`), so the machine issues one position's
+/// add a cycle instead of one every four; a machine with another latency
+/// still computes exactly this order.
+pub const ATTN_STRIPES: usize = 4;
+
 /// One attention head over `n` cached positions, f32:
 ///
 /// ```text
 /// score_t = dot_f32(q, k_t) * scale    for t in 0..n   (sequential, ascending d)
 /// p = softmax(score)                                   (its sum: lane_sum)
-/// out_d = +0.0; out_d = out_d + p_t * v_t[d]           (sequential, ascending t)
+/// o_r[d] = +0.0; o_r[d] = o_r[d] + p_t * v_t[d]        for t in 0..n with t % 4 == r,
+///                                                      ascending t, r = 0, 1, 2, 3
+/// out_d = ((o_0[d] + o_1[d]) + o_2[d]) + o_3[d]
 /// ```
 ///
-/// The two sequential sums are the machine's natural order: for the scores
-/// the positions `t` sit on the lanes and each lane adds its products over
-/// `d` one after another; for the output the head dimension `d` sits on
-/// the lanes and each lane adds over `t`. Neither sums across lanes.
+/// The sums are the machine's natural order: for the scores the positions
+/// `t` sit on the lanes and each lane adds its products over `d` one after
+/// another; for the output the head dimension `d` sits on the lanes and
+/// each lane adds over `t`, in [`ATTN_STRIPES`] interleaved partial sums
+/// (each one sequential) so that consecutive positions do not wait on one
+/// another's add. Neither sums across lanes. A stripe with no position
+/// (`n < 4`) stays +0.0, and adding it changes nothing (no partial sum is
+/// ever -0.0: each starts at +0.0).
 ///
 /// `keys` and `values` hold `n` rows of `q.len()` values; `scale` is
 /// `1 / sqrt(head_dim)` computed in f32 by the caller.
@@ -614,17 +627,49 @@ pub fn attention_head(
     scores.clear();
     scores.extend((0..n).map(|t| dot_f32(q, &keys[t * d..(t + 1) * d]) * scale));
     softmax_in_place(scores);
-    out.fill(0.0);
+    let mut stripes = [const { Vec::new() }; ATTN_STRIPES];
+    for o in &mut stripes {
+        o.clear();
+        o.resize(out.len(), 0.0f32);
+    }
     for (t, &p) in scores.iter().enumerate() {
-        for (o, &v) in out.iter_mut().zip(&values[t * d..(t + 1) * d]) {
+        let o = &mut stripes[t % ATTN_STRIPES];
+        for (o, &v) in o.iter_mut().zip(&values[t * d..(t + 1) * d]) {
             *o += p * v;
         }
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut acc = stripes[0][i];
+        for stripe in &stripes[1..] {
+            acc += stripe[i];
+        }
+        *o = acc;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attention_output_sums_in_four_stripes() {
+        // Equal scores: p_t = 1/5 for all five positions. Sequentially the
+        // output would be ((((2e7 + 0.2) - 2e7) + 0.2) + 0.6) = 0.8; in
+        // stripes o_0 = 2e7 + 0.6 = 2e7 (t = 0, 4), o_1 = 0.2, o_2 = -2e7,
+        // o_3 = 0.2, and ((o_0 + o_1) + o_2) + o_3 = 0.2.
+        let q = [0.0f32];
+        let keys = [0.0f32; 5];
+        let values = [1e8f32, 1.0, -1e8, 1.0, 3.0];
+        let (mut scores, mut out) = (Vec::new(), [0.0f32]);
+        attention_head(&q, &keys, &values, 1.0, &mut scores, &mut out);
+        let p = scores[0];
+        assert_eq!(p, 1.0 / 5.0);
+        assert_eq!(out[0].to_bits(), p.to_bits());
+        // Fewer positions than stripes: the empty stripes add +0.0.
+        attention_head(&q, &keys[..2], &values[1..3], 1.0, &mut scores, &mut out);
+        let p = scores[0];
+        assert_eq!(out[0].to_bits(), (p * 1.0 + p * -1e8).to_bits());
+    }
 
     #[test]
     fn activation_quantization_rounds_half_away_and_saturates() {

@@ -45,21 +45,28 @@
 //!    `permute` of the packed word puts head `kv * group + j`'s `p_t` on
 //!    every lane of word `vw` whose channel `c = 320 vw + l` is one of kv
 //!    head `kv`'s (`kv = c / head_dim`), exactly the lanes of the V cache
-//!    word it multiplies: `o = +0.0; o = o + p_t * v(t, vw)` ascending `t`
-//!    serves every head of the group whose channels meet that word (a kv
-//!    head's channels may straddle two words when `head_dim` does not
-//!    divide 320, e.g. 128: each word's chain carries its part). Each head's
-//!    lanes are finally permuted into `y` and merged with `select`, one
-//!    piece per (head, word of `y`, V word) (lanes of `y` past `heads *
-//!    head_dim` are +0.0). The score phase needs nothing of the sort: it
-//!    broadcasts `q` element `h * head_dim + d` from wherever it lies.
-//!    The output chains run in segments of 256 positions, `alu_latency`
-//!    chains a bundle (what one `permute` a cycle on `sxm.w` serves): a
-//!    segment writes its partial sum to `obuf` and the next reads it back
-//!    and goes on adding, so the order of the additions is unchanged (an
-//!    f32 stored and reloaded is the same f32), and bundles stay small
-//!    enough for the scheduler at long contexts and many chains (Llama-70B:
-//!    8 groups x 4 V words).
+//!    word it multiplies: the contract's four stripes, `o_r = o_r + p_t *
+//!    v(t, vw)` for `t % 4 = r` ascending, serve every head of the group
+//!    whose channels meet that word (a kv head's channels may straddle two
+//!    words when `head_dim` does not divide 320, e.g. 128: each word's
+//!    chain carries its part). One chain serves up to eight members `j` of
+//!    the group at once (slot `s`: its permute on sxm.w for even `s`, sxm.e
+//!    for odd, `s / 2` cycles into the position; members of one cycle share
+//!    one read of the V word), so a position takes `ceil(n / 2)` cycles
+//!    and the stripes let the next position's adds start before the last
+//!    one's finish ([`OutPlan`]: stripe `r`'s next add is always exactly
+//!    `alu_latency` cycles after its last, when the sum passes the VXM).
+//!    The stripes go to `obuf` and are then added, `((o_0 + o_1) + o_2) +
+//!    o_3`. Each head's lanes are finally permuted into `y` and merged with
+//!    `select`, one piece per (head, word of `y`, V word) (lanes of `y` past
+//!    `heads * head_dim` are +0.0). The score phase needs nothing of the
+//!    sort: it broadcasts `q` element `h * head_dim + d` from wherever it
+//!    lies. The output chains run in segments of 256 positions: a segment
+//!    writes its stripes to `obuf` and the next reads them back and goes
+//!    on adding, so the order of the additions is unchanged (an f32 stored
+//!    and reloaded is the same f32), and bundles stay small enough for the
+//!    scheduler at long contexts and many chains (Llama-70B: 8 group
+//!    members x 4 V words).
 //!
 //! # Why the mask and the future positions are exact
 //!
@@ -79,9 +86,10 @@
 //! starting at `+0.0` is never `-0.0`, so adding `+0.0` changes nothing, and
 //! the sum equals `lane_sum` over the first `pos + 1` values bit for bit. So
 //! `p_t = +0.0 * inv = +0.0` for `t > pos`, and in the output `p_t * v_t[d]`
-//! is `±0.0` (v finite); `o` starts at `+0.0` and is never `-0.0` (a sum
-//! is `-0.0` only when both addends are), so `o + ±0.0 = o`: future
-//! positions contribute nothing.
+//! is `±0.0` (v finite); each stripe starts at `+0.0` and is never `-0.0`
+//! (a sum is `-0.0` only when both addends are), so `o_r + ±0.0 = o_r`:
+//! future positions contribute nothing, and a stripe that only future
+//! positions reach stays `+0.0`, as the contract's empty stripe is.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -94,6 +102,7 @@ use crate::kernels::dir_to;
 use crate::machine::{Cycle, Mach};
 use crate::program::{LANES, ProgramBuilder};
 use crate::sched::{Bundle, MemUse, QSel, SchedError, Val};
+use q35_contract::semantics::ATTN_STRIPES;
 
 const S: Stream = Stream::east(0);
 
@@ -657,26 +666,43 @@ pub fn attention(
             "attention.scratch",
             Hemisphere::East,
             16,
-            (heads * s.wh).max(heads).max(packed_words),
+            (heads * s.wh).max(heads + packed_words),
         )
         .map_err(|e| err(label, e.to_string()))?;
     let scratch = Scratch {
         sc: [view(&block, "sc0", 0, 4), view(&block, "sc1", 4, 4)],
         keep: view(&block, "keep", 8, 4),
     };
-    let packed = view(&block, "packed", 12, 4);
+    // The packed words of even output slots (read by sxm.w) and of odd
+    // ones (read by sxm.e, in the keep slices past the keep words): the
+    // two SXMs read them on the same cycles.
+    let mut packed_odd = view(&block, "packed_odd", 8, 4);
+    packed_odd.addr += heads;
+    let packed = [view(&block, "packed", 12, 4), packed_odd];
     // Per-head outputs and the select masks of the merge into y.
     let y_words = (heads * head_dim).div_ceil(LANES);
     let pairs = merge_pairs(&s, y_words);
+    // obuf: each (group member, V word)'s output, then its stripes (the
+    // contract's ATTN_STRIPES partial sums), even stripes beside the
+    // outputs and odd ones in four more slices, so that two stripes are
+    // read on one cycle when they are added.
+    let outs = s.group * s.wv;
     let block2 = alloc(
         p,
         "out",
         Hemisphere::West,
-        5,
-        (s.group * s.wv).max(pairs.len() as u32 + kv_heads),
+        9,
+        (3 * outs).max(pairs.len() as u32 + kv_heads),
     )?;
     let obuf = view(&block2, "o", 0, 4);
-    let sel = view(&block2, "sel", 4, 1);
+    let obuf_odd = view(&block2, "o_odd", 4, 4);
+    let sel = view(&block2, "sel", 8, 1);
+    let stripes = Stripes {
+        bufs: [&obuf, &obuf_odd],
+        base: outs,
+        wv: s.wv,
+        la: m.latency(&FADD),
+    };
     let mut sel_init = Vec::new();
     for &(_, _, lo, hi, _) in &pairs {
         sel_init.extend((0..LANES).map(|l| u32::from(l >= lo && l < hi)));
@@ -808,15 +834,16 @@ pub fn attention(
                     t,
                     SELECT,
                     &[("m", mk), ("a", per), ("b", acc)],
-                    dir_to(&packed),
+                    dir_to(&packed[packed_side(j, la)]),
                 )?;
                 t += la;
             }
+            let pk = &packed[packed_side(j, la)];
             b.write(
                 &m,
                 acc,
-                &packed.slices,
-                packed.addr + j * blocks.len() as u32 + kb as u32,
+                &pk.slices,
+                pk.addr + j * blocks.len() as u32 + kb as u32,
             )?;
             last = last.max(p.sched.place(b, not_before)?.last);
         }
@@ -850,40 +877,68 @@ pub fn attention(
                 .collect()
         })
         .collect();
-    // Segments of OUT_SEGMENT positions, `alu_latency` chains a bundle (as
-    // many as one `permute` a cycle on sxm.w serves); a later segment
-    // continues the sum from obuf, so the order of the additions is the
-    // same.
-    let chains: Vec<(u32, u32)> = (0..s.group)
-        .flat_map(|j| (0..s.wv).map(move |vw| (j, vw)))
-        .collect();
-    let per_bundle = usize::try_from(la).unwrap_or(1).max(1);
+    // Segments of OUT_SEGMENT positions; in each, per V word and set of
+    // group members, the sub-chains of `OutPlan` one after another (each
+    // keeps both SXMs busy). A later segment continues the stripes from
+    // obuf, so the order of the additions is the contract's.
     let mut t_a = 0;
     while t_a < ctx {
         let t_b = ctx.min(t_a + OUT_SEGMENT);
-        for batch in chains.chunks(per_bundle) {
-            let mut b = Bundle::new(label);
-            let mut pk = Packer::new(&m);
-            for &chain in batch {
-                pk.pack(&mut b, 0, |b, off| {
+        for vw in 0..s.wv {
+            for js in member_sets(&s, la) {
+                let plan = OutPlan::new(js.len() as u32, la);
+                for k in 0..plan.subchains() {
+                    let mut b = Bundle::new(label);
                     output_chain(
-                        b,
+                        &mut b,
                         &m,
                         &s,
-                        off,
-                        chain,
+                        &plan,
+                        (vw, &js, k),
                         (t_a, t_b),
                         vcache,
                         &packed,
                         &blocks,
-                        &unpack[chain.1 as usize],
-                        &obuf,
-                    )
-                })?;
+                        &unpack[vw as usize],
+                        &stripes,
+                    )?;
+                    last = last.max(p.sched.place(b, not_before)?.last);
+                }
             }
-            last = last.max(p.sched.place(b, not_before)?.last);
         }
         t_a = t_b;
+    }
+    // Each output: its stripes added in the contract's order,
+    // ((o_0 + o_1) + o_2) + o_3, into its obuf word.
+    for j in 0..s.group {
+        for vw in 0..s.wv {
+            let mut b = Bundle::new(label);
+            let at = |r: usize| stripes.at(j, vw, r);
+            // A stripe no position reaches (a context under four) is +0.0.
+            let stripe = |b: &mut Bundle, r: usize, t: Cycle| {
+                let (buf, addr) = at(r);
+                if (r as u32) < ctx {
+                    b.read(&m, &buf.slices, addr, m.vxm, t)
+                } else {
+                    vx(b, &m, t - la, fconst(0.0), &[], Dir::West)
+                }
+            };
+            let o0 = stripe(&mut b, 0, la)?;
+            let o1 = stripe(&mut b, 1, la)?;
+            let mut acc = vx(&mut b, &m, la, FADD, &[("a", o0), ("b", o1)], Dir::West)?;
+            for r in 2..ATTN_STRIPES {
+                let t = la * r as Cycle;
+                let o = stripe(&mut b, r, t)?;
+                let dir = if r + 1 == ATTN_STRIPES {
+                    dir_to(&obuf)
+                } else {
+                    Dir::West
+                };
+                acc = vx(&mut b, &m, t, FADD, &[("a", acc), ("b", o)], dir)?;
+            }
+            b.write(&m, acc, &obuf.slices, obuf.addr + j * s.wv + vw)?;
+            last = last.max(p.sched.place(b, not_before)?.last);
+        }
     }
 
     // Merge the heads into y, one bundle a word.
@@ -1163,56 +1218,170 @@ fn pack_blocks(s: &Shape) -> Vec<(u32, u32)> {
     v
 }
 
-/// Output of group `j` (heads `kv * group + j`, one per kv head) on V word
-/// `vw`: `o = +0.0; o = o + p_t * v_t` over ascending `t`, lane `l` holding
-/// channel `c = 320 vw + l = kv * head_dim + d`, i.e. head `kv * group +
-/// j`'s dim `d`; `p_t` of all of them comes from one `permute` of the
-/// packed word. Into word `j * Wv + vw` of `obuf`.
+/// Where the stripes of the attention output live in obuf: stripe `r` of
+/// output (group member `j`, V word `vw`) in `bufs[side(j) ^ (r % 2)]`
+/// ([`packed_side`]), word `base + (j * wv + vw) * 2 + r / 2`. Two slots
+/// of a chain add on the same cycles (one per SXM: opposite sides), and
+/// the sum of the stripes reads two consecutive stripes on one cycle, so
+/// neither ever finds both words in one slice.
+struct Stripes<'a> {
+    bufs: [&'a Buffer; 2],
+    base: u32,
+    wv: u32,
+    la: Cycle,
+}
+
+impl Stripes<'_> {
+    fn at(&self, j: u32, vw: u32, r: usize) -> (&Buffer, u32) {
+        let buf = self.bufs[packed_side(j, self.la) ^ (r % 2)];
+        let word = self.base + (j * self.wv + vw) * 2 + (r / 2) as u32;
+        (buf, buf.addr + word)
+    }
+}
+
+/// Group members an output chain serves at once: two per SXM cycle (even
+/// slots on sxm.w, odd on sxm.e), for at most `alu_latency` cycles a
+/// position, so that each stripe's adds can follow one another.
+fn set_size(la: Cycle) -> u32 {
+    let la = u32::try_from(la).unwrap_or(u32::MAX);
+    2 * la.clamp(1, ATTN_STRIPES as u32)
+}
+
+/// The sets of group members (consecutive, [`set_size`] at most) whose
+/// outputs one chain computes together.
+fn member_sets(s: &Shape, la: Cycle) -> Vec<Vec<u32>> {
+    let n = set_size(la);
+    (0..s.group)
+        .collect::<Vec<_>>()
+        .chunks(n as usize)
+        .map(<[u32]>::to_vec)
+        .collect()
+}
+
+/// Which packed buffer (0: read by sxm.w, 1: by sxm.e) holds group member
+/// `j`'s packed words: its slot's parity in its member set.
+fn packed_side(j: u32, la: Cycle) -> usize {
+    ((j % set_size(la)) % 2) as usize
+}
+
+/// How an output chain of `n` group members runs: each position takes `c =
+/// ceil(n / 2)` SXM cycles (slot `s` on SXM `s % 2`, `s / 2` cycles in);
+/// positions are `step = la / per` cycles apart, `per` the stripes a
+/// sub-chain carries (the largest of 4, 2, 1 dividing `la` with `la / per
+/// >= c`), so that stripe `r`'s next add comes exactly `la` cycles after its
+/// last: the add's result passes the VXM once, on that cycle. The
+/// `ATTN_STRIPES / per` sub-chains take the positions `t` with `t %
+/// subchains == k`.
+#[derive(Clone, Copy, Debug)]
+struct OutPlan {
+    per: u32,
+    step: Cycle,
+}
+
+impl OutPlan {
+    fn new(n: u32, la: Cycle) -> OutPlan {
+        let c = Cycle::from(n.div_ceil(2).max(1));
+        let per = [4u32, 2, 1]
+            .into_iter()
+            .find(|&per| la % Cycle::from(per) == 0 && la / Cycle::from(per) >= c)
+            .unwrap_or(1);
+        OutPlan {
+            per,
+            step: (la / Cycle::from(per)).max(c),
+        }
+    }
+
+    fn subchains(&self) -> u32 {
+        ATTN_STRIPES as u32 / self.per
+    }
+}
+
+/// Output sub-chain `k` of V word `vw` for group members `js` (heads `kv *
+/// group + j`, one per kv head, for each `j`), over the positions `t` of
+/// `[t_a, t_b)` with `t % subchains == k`, ascending, one every
+/// `plan.step` cycles: member `js[s]`'s stripe `t % 4` adds `p_t * v_t`
+/// (lane `l` holding channel `c = 320 vw + l = kv * head_dim + d`, i.e.
+/// head `kv * group + j`'s dim `d`; `p_t` of all of them comes from one
+/// `permute` of the member's packed word). The stripes start at +0.0 in
+/// the first segment and from obuf in later ones, and go back to obuf.
 #[expect(clippy::too_many_arguments, reason = "one chain's inputs")]
 fn output_chain(
     b: &mut Bundle,
     m: &Mach,
     s: &Shape,
-    off: Cycle,
-    (j, vw): (u32, u32),
+    plan: &OutPlan,
+    (vw, js, k): (u32, &[u32], u32),
     (t_a, t_b): (u32, u32),
     vcache: &Buffer,
-    packed: &Buffer,
+    packed: &[Buffer; 2],
     blocks: &[(u32, u32)],
     unpack: &[TableId],
-    obuf: &Buffer,
+    stripes: &Stripes<'_>,
 ) -> Result<Cycle, SchedError> {
     let la = m.latency(&FADD);
     let lp = m.latency(&permute(TableId(0)));
-    let sxw = sxm(Hemisphere::West);
-    let sp = m.position(sxw);
-    let a0 = off + la;
-    let dir = dir_to(obuf);
-    let word = obuf.addr + j * s.wv + vw;
-    let mut acc = if t_a == 0 {
-        vx(b, m, off, fconst(0.0), &[], dir)?
-    } else {
-        // The sum so far, kept in obuf by the previous segment.
-        b.read(m, &obuf.slices, word, m.vxm, a0)?
-    };
+    let sxq = [sxm(Hemisphere::West), sxm(Hemisphere::East)];
+    let sp = sxq.map(|q| m.position(q));
+    let dir = dir_to(stripes.bufs[0]);
+    let a0: Cycle = 0;
+    let sub = plan.subchains();
+    let mut acc: BTreeMap<(usize, usize), (Val, Cycle)> = BTreeMap::new();
+    let mut end = a0;
+    let mut i: Cycle = 0;
     for (kb, &(t0, len)) in blocks.iter().enumerate() {
         for r in 0..len {
             let t = t0 + r;
-            if t < t_a || t >= t_b {
+            if t < t_a || t >= t_b || t % sub != k {
                 continue;
             }
-            let at = a0 + la * Cycle::from(t - t_a);
-            let ct = at - la;
-            let tp = ct - lp - m.hops(sp, m.vxm);
-            let addr = packed.addr + j * blocks.len() as u32 + kb as u32;
-            let pw = b.read(m, &packed.slices, addr, sp, tp)?;
-            let pb = sx(b, m, sxw, tp, permute(unpack[r as usize]), pw)?;
-            let row = vcache.addr + t * s.wv + vw;
-            let vv = b.read(m, &vcache.slices, row, m.vxm, ct)?;
-            let prod = vx(b, m, ct, FMUL, &[("a", pb), ("b", vv)], Dir::West)?;
-            acc = vx(b, m, at, FADD, &[("a", acc), ("b", prod)], dir)?;
+            let base = a0 + plan.step * i;
+            i += 1;
+            let stripe = (t as usize) % ATTN_STRIPES;
+            let mut vv: BTreeMap<Cycle, Val> = BTreeMap::new();
+            for (slot, &j) in js.iter().enumerate() {
+                let side = slot % 2;
+                let ct = base + (slot / 2) as Cycle;
+                let tp = ct - lp - m.hops(sp[side], m.vxm);
+                let pk = &packed[side];
+                let addr = pk.addr + j * blocks.len() as u32 + kb as u32;
+                let pw = b.read(m, &pk.slices, addr, sp[side], tp)?;
+                let pb = sx(b, m, sxq[side], tp, permute(unpack[r as usize]), pw)?;
+                let v = match vv.get(&ct) {
+                    Some(&v) => v,
+                    None => {
+                        let row = vcache.addr + t * s.wv + vw;
+                        let v = b.read(m, &vcache.slices, row, m.vxm, ct)?;
+                        vv.insert(ct, v);
+                        v
+                    }
+                };
+                let prod = vx(b, m, ct, FMUL, &[("a", pb), ("b", v)], Dir::West)?;
+                let at = ct + la;
+                let prev = match acc.get(&(slot, stripe)) {
+                    Some(&(v, ready)) if ready == at => v,
+                    Some(&(_, ready)) => {
+                        return Err(SchedError::Kernel {
+                            label: b.label.clone(),
+                            message: format!(
+                                "attention output: stripe {stripe} ready on {ready}, added on {at}"
+                            ),
+                        });
+                    }
+                    None if t_a == 0 => vx(b, m, at - la, fconst(0.0), &[], dir)?,
+                    None => {
+                        let (buf, addr) = stripes.at(j, vw, stripe);
+                        b.read(m, &buf.slices, addr, m.vxm, at)?
+                    }
+                };
+                let sum = vx(b, m, at, FADD, &[("a", prev), ("b", prod)], dir)?;
+                acc.insert((slot, stripe), (sum, at + la));
+                end = end.max(at + la);
+            }
         }
     }
-    b.write(m, acc, &obuf.slices, word)?;
-    Ok(a0 + la * Cycle::from(t_b - t_a))
+    for ((slot, stripe), (v, _)) in acc {
+        let (buf, addr) = stripes.at(js[slot], vw, stripe);
+        b.write(m, v, &buf.slices, addr)?;
+    }
+    Ok(end)
 }
