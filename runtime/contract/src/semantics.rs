@@ -627,15 +627,22 @@ pub fn attention_head(
     scores.clear();
     scores.extend((0..n).map(|t| dot_f32(q, &keys[t * d..(t + 1) * d]) * scale));
     softmax_in_place(scores);
+    attention_output(scores, |t| &values[t * d..(t + 1) * d], out);
+}
+
+/// The attention output of [`attention_head`] from the probabilities `p`
+/// and a position's value row (`value(t)`, at least `out.len()` long):
+/// `out = ((o_0 + o_1) + o_2) + o_3` with `o_r` the sequential sum of `p_t
+/// * v_t` over ascending `t` with `t % ATTN_STRIPES == r`, each from +0.0.
+pub fn attention_output<'a>(p: &[f32], value: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
     let mut stripes = [const { Vec::new() }; ATTN_STRIPES];
     for o in &mut stripes {
-        o.clear();
         o.resize(out.len(), 0.0f32);
     }
-    for (t, &p) in scores.iter().enumerate() {
+    for (t, &pt) in p.iter().enumerate() {
         let o = &mut stripes[t % ATTN_STRIPES];
-        for (o, &v) in o.iter_mut().zip(&values[t * d..(t + 1) * d]) {
-            *o += p * v;
+        for (o, &v) in o.iter_mut().zip(value(t)) {
+            *o += pt * v;
         }
     }
     for (i, o) in out.iter_mut().enumerate() {

@@ -25,8 +25,9 @@
 //!   words of it).
 //! - `lpu.attention`: every position of the compiled context, scores plus
 //!   `@attn_mask` (-inf after `pos`), [`semantics::softmax_in_place`], the
-//!   output summed over all positions in ascending order; masked positions
-//!   weigh exactly `+0.0`.
+//!   output summed over all positions in the contract's four stripes
+//!   ([`semantics::attention_output`]); masked positions weigh exactly
+//!   `+0.0`.
 //! - `lpu.rmsnorm`, `lpu.swiglu`, `lpu.add`: [`semantics`]' operators.
 //!
 //! No arithmetic is the interpreter's own beyond the sums the contract
@@ -1022,13 +1023,11 @@ impl<'w> LpuInterpreter<'w> {
                         })
                         .collect();
                     semantics::softmax_in_place(&mut scores);
-                    o.fill(0.0);
-                    for (t, &p) in scores.iter().enumerate() {
-                        let v = &vc[t * vrow + g * head_dim..][..head_dim];
-                        for (od, &vd) in o.iter_mut().zip(v) {
-                            *od += p * vd;
-                        }
-                    }
+                    semantics::attention_output(
+                        &scores,
+                        |t| &vc[t * vrow + g * head_dim..][..head_dim],
+                        o,
+                    );
                 });
                 data[y] = Data::F32(out);
             }
