@@ -1056,12 +1056,11 @@ pub fn load_rows<O: Operands>(ctx: &mut Ctx<'_, O>, work: Deferred) -> Result<()
         if row >= n {
             break;
         }
-        let at = row as usize * LANES;
         let v = ctx.operands.read(nth(src, j as usize), pos, cycle)?;
         // Rows go straight into the shadow buffer, which nothing reads
-        // before the load ends (`FastPlane::shadow_rows_mut`).
-        let shadow = ctx.state.planes[p].model.shadow_rows_mut();
-        for (w, &b) in shadow[at..at + LANES].iter_mut().zip(v) {
+        // before the load ends (`FastPlane::shadow_row_mut`).
+        let shadow = ctx.state.planes[p].model.shadow_row_mut(row as usize);
+        for (w, &b) in shadow.iter_mut().zip(v) {
             *w = b as i8;
         }
     }
