@@ -163,6 +163,26 @@ pub trait Operands {
         queue: QueueId,
         index: u32,
     ) -> Result<(), Fault>;
+    /// As [`Operands::write`], with the bytes written in place by `fill`
+    /// (no copy through a buffer of the caller's).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of `write`, and the fill"
+    )]
+    #[inline(always)]
+    fn write_with(
+        &mut self,
+        s: Stream,
+        position: u32,
+        cycle: u64,
+        queue: QueueId,
+        index: u32,
+        fill: impl FnOnce(&mut Vector),
+    ) -> Result<(), Fault> {
+        let mut bytes = [0u8; LANES];
+        fill(&mut bytes);
+        self.write(s, position, cycle, &bytes, queue, index)
+    }
 }
 
 /// The engine's operands: the stream model, logging the slab slot of every
@@ -208,8 +228,21 @@ impl Operands for Live<'_> {
         queue: QueueId,
         index: u32,
     ) -> Result<(), Fault> {
+        self.write_with(s, position, cycle, queue, index, |v| *v = *bytes)
+    }
+
+    #[inline(always)]
+    fn write_with(
+        &mut self,
+        s: Stream,
+        position: u32,
+        cycle: u64,
+        queue: QueueId,
+        index: u32,
+        fill: impl FnOnce(&mut Vector),
+    ) -> Result<(), Fault> {
         let slot = self.streams.alloc();
-        *self.streams.bytes_mut(slot) = *bytes;
+        fill(self.streams.bytes_mut(slot));
         let writer = Writer {
             queue: queue.index(),
             index,
@@ -305,13 +338,40 @@ impl<O: Operands> Ctx<'_, O> {
     /// Puts `planes` on consecutive streams from `first`, `latency` cycles
     /// after issue, at the unit's position.
     fn write_group(&mut self, first: Stream, latency: u64, planes: &[Vector]) -> Result<(), Fault> {
+        self.write_planes(first, latency, planes.len(), |i, v| *v = planes[i])
+    }
+
+    /// Puts `n` values on consecutive streams from `first`, `latency`
+    /// cycles after issue, at the unit's position; `fill(i, bytes)` writes
+    /// value `i`'s bytes in place.
+    #[inline(always)]
+    fn write_planes(
+        &mut self,
+        first: Stream,
+        latency: u64,
+        n: usize,
+        mut fill: impl FnMut(usize, &mut Vector),
+    ) -> Result<(), Fault> {
         let cycle = self.cycle + latency;
         let position = self.position();
-        for (i, p) in planes.iter().enumerate() {
-            self.operands
-                .write(nth(first, i), position, cycle, p, self.queue, self.index)?;
+        for i in 0..n {
+            self.operands.write_with(
+                nth(first, i),
+                position,
+                cycle,
+                self.queue,
+                self.index,
+                |v| fill(i, v),
+            )?;
         }
         Ok(())
+    }
+
+    /// Puts 32-bit lanes on the 4-stream group from `first` (byte `p` of
+    /// lane `l` is lane `l` of stream `p`, little-endian).
+    #[inline(always)]
+    fn write32(&mut self, first: Stream, latency: u64, bits: &[u32; LANES]) -> Result<(), Fault> {
+        self.write_planes(first, latency, 4, |p, v| plane_of(bits, p, v))
     }
 
     fn latency(&self, class: LatencyClass) -> u64 {
@@ -327,12 +387,28 @@ fn nth(first: Stream, i: usize) -> Stream {
     }
 }
 
+/// Lane `l` of a 4-stream f32 group (little-endian bytes).
+#[inline(always)]
+fn f32_at(g: [&Vector; 4], l: usize) -> f32 {
+    f32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]])
+}
+
 /// Lane-wise f32 of a 4-stream group (little-endian bytes).
 #[inline(always)]
 fn to_f32(g: [&Vector; 4]) -> [f32; LANES] {
     let mut out = [0f32; LANES];
     for (l, o) in out.iter_mut().enumerate() {
         *o = f32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]]);
+    }
+    out
+}
+
+/// Lane-wise 32 bits of a 4-stream group.
+#[inline(always)]
+fn to_u32(g: [&Vector; 4]) -> [u32; LANES] {
+    let mut out = [0u32; LANES];
+    for (l, o) in out.iter_mut().enumerate() {
+        *o = u32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]]);
     }
     out
 }
@@ -347,27 +423,25 @@ fn to_i32(g: [&Vector; 4]) -> [i32; LANES] {
     out
 }
 
-/// A 4-stream group of 32-bit lanes.
+/// Byte plane `p` of 32-bit lanes (little-endian: plane 0 the low bytes).
 #[inline(always)]
-fn split32(bits: impl Fn(usize) -> [u8; 4]) -> [Vector; 4] {
-    let mut g = [[0u8; LANES]; 4];
-    for l in 0..LANES {
-        let b = bits(l);
-        for (plane, byte) in g.iter_mut().zip(b) {
-            plane[l] = byte;
-        }
+fn plane_of(bits: &[u32; LANES], p: usize, out: &mut Vector) {
+    let shift = 8 * p as u32;
+    for (o, &b) in out.iter_mut().zip(bits) {
+        *o = (b >> shift) as u8;
     }
-    g
 }
 
+/// The bits of f32 lanes.
 #[inline(always)]
-fn from_f32(v: &[f32; LANES]) -> [Vector; 4] {
-    split32(|l| v[l].to_le_bytes())
+fn bits_f32(v: &[f32; LANES]) -> [u32; LANES] {
+    v.map(f32::to_bits)
 }
 
+/// The bits of i32 lanes.
 #[inline(always)]
-fn from_i32(v: &[i32; LANES]) -> [Vector; 4] {
-    split32(|l| v[l].to_le_bytes())
+fn bits_i32(v: &[i32; LANES]) -> [u32; LANES] {
+    v.map(|x| x as u32)
 }
 
 /// `f32toi8`: round half away from zero (`f32::round`), clamp to
@@ -464,7 +538,7 @@ pub fn execute<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<F
                 // SAFETY: the host runs AVX2 instructions (checked above).
                 return unsafe { vxm_avx2(ctx, ins) }.map(|()| Flow::Next);
             }
-            vxm(ctx, ins).map(|()| Flow::Next)
+            vxm_portable(ctx, ins).map(|()| Flow::Next)
         }
         sxm_ops!() => {
             #[cfg(target_arch = "x86_64")]
@@ -472,11 +546,31 @@ pub fn execute<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<F
                 // SAFETY: as for the VXM.
                 return unsafe { sxm_avx2(ctx, ins) }.map(|()| Flow::Next);
             }
-            sxm(ctx, ins).map(|()| Flow::Next)
+            sxm_portable(ctx, ins).map(|()| Flow::Next)
         }
         mxm_ops!() => mxm(ctx, ins).map(|()| Flow::Next),
-        c2c_ops!() => crate::link::execute(ctx, ins).map(|()| Flow::Next),
+        c2c_ops!() => link(ctx, ins).map(|()| Flow::Next),
     }
+}
+
+/// [`vxm`] for a host without AVX2. This, the AVX2 builds and the other
+/// units' functions are not inlined into [`execute`], whose frame stays
+/// small (a frame past a page is probed page by page on every call).
+#[inline(never)]
+fn vxm_portable<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    vxm(ctx, ins)
+}
+
+/// [`sxm`] for a host without AVX2, as [`vxm_portable`].
+#[inline(never)]
+fn sxm_portable<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    sxm(ctx, ins)
+}
+
+/// [`crate::link::execute`], not inlined, as [`vxm_portable`].
+#[inline(never)]
+fn link<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    crate::link::execute(ctx, ins)
 }
 
 /// [`vxm`] compiled for AVX2: the same Rust, so the same IEEE f32 and
@@ -531,7 +625,14 @@ fn book<O: Operands>(
 }
 
 fn bank_bit<O: Operands>(ctx: &Ctx<'_, O>, addr: u32) -> u64 {
-    1u64 << (addr % ctx.config.mem.banks)
+    let banks = ctx.config.mem.banks;
+    // No division on the usual power-of-two bank count.
+    let bank = if banks.is_power_of_two() {
+        addr & (banks - 1)
+    } else {
+        addr % banks
+    };
+    1u64 << bank
 }
 
 /// The u16 indices of a 2-stream group.
@@ -543,7 +644,9 @@ fn indices(lo: &Vector, hi: &Vector) -> [u16; LANES] {
     out
 }
 
-/// MEM: `read`, `write`, `gather`, `scatter`.
+/// MEM: `read`, `write`, `gather`, `scatter`. Not inlined into
+/// [`execute`]: a gather's buffers would make every call's frame larger.
+#[inline(never)]
 fn mem<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     let slice = usize::from(ctx.queue.index());
     let t = ctx.cycle;
@@ -661,13 +764,14 @@ fn f32_binary<O: Operands>(
 ) -> Result<(), Fault> {
     let xs = ctx.slots::<4>(a)?;
     let ys = ctx.slots::<4>(b)?;
-    let (x, y) = (to_f32(ctx.group(xs)), to_f32(ctx.group(ys)));
-    let mut z = [0f32; LANES];
+    // Lane by lane from the byte planes: no lane arrays of the inputs.
+    let (x, y) = (ctx.group(xs), ctx.group(ys));
+    let mut z = [0u32; LANES];
     for l in 0..LANES {
-        z[l] = op(x[l], y[l]);
+        z[l] = op(f32_at(x, l), f32_at(y, l)).to_bits();
     }
     let lat = ctx.latency(class);
-    ctx.write_group(dst, lat, &from_f32(&z))
+    ctx.write32(dst, lat, &z)
 }
 
 /// Unary f32 lane-wise.
@@ -680,13 +784,13 @@ fn f32_unary<O: Operands>(
     op: impl Fn(f32) -> f32,
 ) -> Result<(), Fault> {
     let xs = ctx.slots::<4>(a)?;
-    let x = to_f32(ctx.group(xs));
-    let mut z = [0f32; LANES];
+    let x = ctx.group(xs);
+    let mut z = [0u32; LANES];
     for l in 0..LANES {
-        z[l] = op(x[l]);
+        z[l] = op(f32_at(x, l)).to_bits();
     }
     let lat = ctx.latency(class);
-    ctx.write_group(dst, lat, &from_f32(&z))
+    ctx.write32(dst, lat, &z)
 }
 
 /// A u8 mask from two 4-stream groups.
@@ -701,12 +805,12 @@ fn compare<O: Operands>(
     let xs = ctx.slots::<4>(a)?;
     let ys = ctx.slots::<4>(b)?;
     let m = lt(ctx.group(xs), ctx.group(ys));
-    let mut out = [0u8; LANES];
-    for l in 0..LANES {
-        out[l] = u8::from(m[l]);
-    }
     let lat = ctx.latency(LatencyClass::VxmAlu);
-    ctx.write_group(dst, lat, &[out])
+    ctx.write_planes(dst, lat, 1, |_, out| {
+        for l in 0..LANES {
+            out[l] = u8::from(m[l]);
+        }
+    })
 }
 
 /// VXM: point-wise arithmetic, conversions, `unpack35`.
@@ -727,7 +831,7 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
         Instruction::Fconst { imm, dst } => {
             let z = [imm.value(); LANES];
             let lat = ctx.latency(VxmAlu);
-            ctx.write_group(dst, lat, &from_f32(&z))
+            ctx.write32(dst, lat, &bits_f32(&z))
         }
         Instruction::I32tof32 { a, dst } => {
             let xs = ctx.slots::<4>(a)?;
@@ -738,17 +842,17 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
                 z[l] = x[l] as f32;
             }
             let lat = ctx.latency(VxmConvert);
-            ctx.write_group(dst, lat, &from_f32(&z))
+            ctx.write32(dst, lat, &bits_f32(&z))
         }
         Instruction::F32toi8 { a, dst } => {
             let xs = ctx.slots::<4>(a)?;
             let x = to_f32(ctx.group(xs));
-            let mut out = [0u8; LANES];
-            for l in 0..LANES {
-                out[l] = f32_to_i8(x[l]) as u8;
-            }
             let lat = ctx.latency(VxmConvert);
-            ctx.write_group(dst, lat, &[out])
+            ctx.write_planes(dst, lat, 1, |_, out| {
+                for l in 0..LANES {
+                    out[l] = f32_to_i8(x[l]) as u8;
+                }
+            })
         }
         Instruction::F16tof32 { a, dst } => {
             let [lo, hi] = ctx.read_group::<2>(a)?;
@@ -757,7 +861,7 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
                 z[l] = half::f16::from_bits(u16::from_le_bytes([lo[l], hi[l]])).to_f32();
             }
             let lat = ctx.latency(VxmConvert);
-            ctx.write_group(dst, lat, &from_f32(&z))
+            ctx.write32(dst, lat, &bits_f32(&z))
         }
         Instruction::I8toi32 { a, dst } => {
             let x = ctx.read(a)?;
@@ -766,7 +870,7 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
                 z[l] = i32::from(x[l] as i8);
             }
             let lat = ctx.latency(VxmConvert);
-            ctx.write_group(dst, lat, &from_i32(&z))
+            ctx.write32(dst, lat, &bits_i32(&z))
         }
         Instruction::Iadd32 { a, b, dst } => {
             let xs = ctx.slots::<4>(a)?;
@@ -777,7 +881,7 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
                 z[l] = x[l].wrapping_add(y[l]);
             }
             let lat = ctx.latency(VxmAlu);
-            ctx.write_group(dst, lat, &from_i32(&z))
+            ctx.write32(dst, lat, &bits_i32(&z))
         }
         Instruction::Fcmplt { a, b, dst } => compare(ctx, a, b, dst, |x, y| {
             let (x, y) = (to_f32(x), to_f32(y));
@@ -792,21 +896,22 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             let xs = ctx.slots::<4>(a)?;
             let ys = ctx.slots::<4>(b)?;
             let ([mask], x, y) = (ctx.group(ms), ctx.group(xs), ctx.group(ys));
-            let mut z = [[0u8; LANES]; 4];
-            for (p, out) in z.iter_mut().enumerate() {
-                for l in 0..LANES {
-                    out[l] = if mask[l] != 0 { x[p][l] } else { y[p][l] };
-                }
+            let (x, y) = (to_u32(x), to_u32(y));
+            let mut z = [0u32; LANES];
+            for l in 0..LANES {
+                z[l] = if mask[l] != 0 { x[l] } else { y[l] };
             }
             let lat = ctx.latency(VxmAlu);
-            ctx.write_group(dst, lat, &z)
+            ctx.write32(dst, lat, &z)
         }
         Instruction::Unpack35 { src, dst, m4, m3 } => {
             let cs = ctx.slots::<7>(src)?;
-            let codes = ctx.group(cs);
-            let out = unpack35(codes, m4 as i16, m3 as i16);
+            let g = ctx.group(cs);
+            let codes: [Vector; 8] = std::array::from_fn(|b| g.get(b).map_or([0; LANES], |v| **v));
             let lat = ctx.latency(VxmConvert);
-            ctx.write_group(dst, lat, &out)
+            ctx.write_planes(dst, lat, 16, |i, out| {
+                unpack35_plane(&codes, m4 as i16, m3 as i16, i, out)
+            })
         }
         control_ops!() | mem_ops!() | sxm_ops!() | mxm_ops!() | c2c_ops!() => wrong_unit(ctx, ins),
     }
@@ -819,24 +924,38 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
 /// weight). Written lane-parallel per pair (two bytes, a shift, sign
 /// extensions by xor-subtract), which vectorises; `tests` hold it equal to
 /// `split_pair` on every code.
-#[inline(always)]
+/// Row `i` of them is [`unpack35_plane`]; `codes[7]` is zero (the
+/// word's bits past 56).
+#[cfg(test)]
 fn unpack35(codes: [&Vector; 7], m4: i16, m3: i16) -> [Vector; 16] {
-    let zero = [0u8; LANES];
+    let codes: [Vector; 8] = std::array::from_fn(|b| codes.get(b).map_or([0; LANES], |v| **v));
     let mut out = [[0u8; LANES]; 16];
-    for k in 0..8 {
-        let (b, r) = (7 * k / 8, 7 * k % 8);
-        let lo = codes[b];
-        let hi = codes.get(b + 1).copied().unwrap_or(&zero);
-        let (o4, o3) = out[2 * k..2 * k + 2].split_at_mut(1);
+    for (i, o) in out.iter_mut().enumerate() {
+        unpack35_plane(&codes, m4, m3, i, o);
+    }
+    out
+}
+
+/// Row `i` of `unpack35` (pair `i / 2`: its 4-bit code for even `i`, its
+/// 3-bit code for odd) from the 7 code planes and a zero eighth.
+#[inline(always)]
+fn unpack35_plane(codes: &[Vector; 8], m4: i16, m3: i16, i: usize, out: &mut Vector) {
+    let k = i / 2;
+    let (b, r) = (7 * k / 8, 7 * k % 8);
+    let (lo, hi) = (&codes[b], &codes[b + 1]);
+    if i % 2 == 0 {
         for l in 0..LANES {
             let code = ((u16::from(lo[l]) | (u16::from(hi[l]) << 8)) >> r) & 0x7f;
             let c4 = ((code & 0x0f) as i16 ^ 8) - 8;
+            out[l] = (m4 * c4) as i8 as u8;
+        }
+    } else {
+        for l in 0..LANES {
+            let code = ((u16::from(lo[l]) | (u16::from(hi[l]) << 8)) >> r) & 0x7f;
             let c3 = (((code >> 4) & 0x07) as i16 ^ 4) - 4;
-            o4[0][l] = (m4 * c4) as i8 as u8;
-            o3[0][l] = (m3 * c3) as i8 as u8;
+            out[l] = (m3 * c3) as i8 as u8;
         }
     }
-    out
 }
 
 /// Reads the `ew`-stream group of an SXM operand.
@@ -866,16 +985,12 @@ fn lane_map<O: Operands>(
     map: impl Fn(usize) -> Option<usize>,
 ) -> Result<(), Fault> {
     let (g, n) = read_ew(ctx, src, ew)?;
-    let mut out = [[0u8; LANES]; 4];
-    for (o, plane) in out.iter_mut().zip(&g).take(n) {
-        for (l, byte) in o.iter_mut().enumerate() {
-            if let Some(from) = map(l) {
-                *byte = plane[from];
-            }
-        }
-    }
     let lat = ctx.latency(class);
-    ctx.write_group(dst, lat, &out[..n])
+    ctx.write_planes(dst, lat, n, |p, out| {
+        for (l, byte) in out.iter_mut().enumerate() {
+            *byte = map(l).map_or(0, |from| g[p][from]);
+        }
+    })
 }
 
 /// The lane map of a `permute` table (entries past its end give 0).
@@ -913,16 +1028,14 @@ fn sxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
         }
         Instruction::Transpose { src, dst } => {
             let g = ctx.read_group::<16>(src)?;
-            let mut out = [[0u8; LANES]; 16];
-            for sl in 0..LANES / 16 {
-                for (i, plane) in out.iter_mut().enumerate() {
+            let lat = ctx.latency(LatencyClass::SxmTranspose);
+            ctx.write_planes(dst, lat, 16, |i, plane| {
+                for sl in 0..LANES / 16 {
                     for j in 0..16 {
                         plane[sl * 16 + j] = g[j][sl * 16 + i];
                     }
                 }
-            }
-            let lat = ctx.latency(LatencyClass::SxmTranspose);
-            ctx.write_group(dst, lat, &out)
+            })
         }
         control_ops!() | mem_ops!() | vxm_ops!() | mxm_ops!() | c2c_ops!() => wrong_unit(ctx, ins),
     }
@@ -967,7 +1080,8 @@ fn model_error<O: Operands>(ctx: &Ctx<'_, O>, e: &mxm::MxmError) -> Fault {
     }
 }
 
-/// MXM: `lw`, `iw`, `mm`.
+/// MXM: `lw`, `iw`, `mm` (not inlined, as [`mem`]).
+#[inline(never)]
 fn mxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     let p = plane_index(ctx);
     let t = ctx.cycle;
@@ -1029,7 +1143,7 @@ fn mxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
                 MultiplyOutcome::Issued {
                     emit,
                     overflow: None,
-                } => ctx.write_group(dst, emit - t, &from_i32(&out)),
+                } => ctx.write32(dst, emit - t, &bits_i32(&out)),
             }
         }
         control_ops!() | mem_ops!() | vxm_ops!() | sxm_ops!() | c2c_ops!() => wrong_unit(ctx, ins),

@@ -367,6 +367,21 @@ impl Operands for Resolved<'_> {
         self.slab[s] = *bytes;
         Ok(())
     }
+
+    #[inline(always)]
+    fn write_with(
+        &mut self,
+        _s: Stream,
+        _position: u32,
+        cycle: u64,
+        _queue: QueueId,
+        _index: u32,
+        fill: impl FnOnce(&mut Vector),
+    ) -> Result<(), Fault> {
+        let s = self.slot(cycle)?;
+        fill(&mut self.slab[s]);
+        Ok(())
+    }
 }
 
 impl Replay {
