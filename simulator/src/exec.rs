@@ -532,25 +532,84 @@ pub fn execute<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<F
         Instruction::Notify {} => Ok(Flow::Notify),
         Instruction::Halt {} => Ok(Flow::Halt),
         mem_ops!() => mem(ctx, ins).map(|()| Flow::Next),
-        vxm_ops!() => {
+        vxm_ops!() => vxm_on(Simd::detect(), ctx, ins).map(|()| Flow::Next),
+        sxm_ops!() => match Simd::detect() {
+            // SAFETY: `Simd::detect` found the host runs these instructions.
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the host runs AVX2 instructions (checked above).
-                return unsafe { vxm_avx2(ctx, ins) }.map(|()| Flow::Next);
-            }
-            vxm_portable(ctx, ins).map(|()| Flow::Next)
-        }
-        sxm_ops!() => {
+            Simd::Avx512 => unsafe { sxm_avx512(ctx, ins) },
+            // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: as for the VXM.
-                return unsafe { sxm_avx2(ctx, ins) }.map(|()| Flow::Next);
-            }
-            sxm_portable(ctx, ins).map(|()| Flow::Next)
+            Simd::Avx2 => unsafe { sxm_avx2(ctx, ins) },
+            #[cfg(not(target_arch = "x86_64"))]
+            Simd::Avx512 | Simd::Avx2 => sxm_portable(ctx, ins),
+            Simd::Portable => sxm_portable(ctx, ins),
         }
+        .map(|()| Flow::Next),
         mxm_ops!() => mxm(ctx, ins).map(|()| Flow::Next),
         c2c_ops!() => link(ctx, ins).map(|()| Flow::Next),
     }
+}
+
+/// Which build of the VXM and SXM functions runs: the same Rust (IEEE f32
+/// with no fused multiply-add, integer ops), so the same bits, compiled for
+/// AVX-512, AVX2 or the baseline target (`tests` hold the builds equal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Simd {
+    /// The widest build the host runs (the standard library caches the
+    /// CPU's features: a load and a test per call).
+    #[inline(always)]
+    fn detect() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+            {
+                return Simd::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Portable
+    }
+}
+
+/// [`vxm`] in build `simd` (which the host must run: [`Simd::detect`]'s or
+/// narrower).
+#[inline(always)]
+fn vxm_on<O: Operands>(simd: Simd, ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    match simd {
+        // SAFETY: the caller passes a build the host runs.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { vxm_avx512(ctx, ins) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { vxm_avx2(ctx, ins) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Simd::Avx512 | Simd::Avx2 => vxm_portable(ctx, ins),
+        Simd::Portable => vxm_portable(ctx, ins),
+    }
+}
+
+/// [`vxm`] compiled for AVX-512 (F, BW, VL), as [`vxm_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn vxm_avx512<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    vxm(ctx, ins)
+}
+
+/// [`sxm`] compiled for AVX-512, as [`vxm_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn sxm_avx512<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    sxm(ctx, ins)
 }
 
 /// [`vxm`] for a host without AVX2. This, the AVX2 builds and the other
@@ -1202,6 +1261,219 @@ pub(crate) fn wrong_unit<O: Operands>(ctx: &Ctx<'_, O>, ins: &Instruction) -> Re
 mod tests {
     use super::*;
     use crate::contract::split_pair;
+
+    /// Operands for one instruction: reads hand out slots `0, 1, 2, ..`
+    /// of `slab` in order, writes are kept.
+    struct Fixed {
+        slab: Vec<Vector>,
+        next: u32,
+        out: Vec<Vector>,
+    }
+
+    impl Operands for Fixed {
+        fn read_slot(&mut self, _s: Stream, _position: u32, _cycle: u64) -> Result<u32, Fault> {
+            self.next += 1;
+            Ok((self.next - 1) % self.slab.len() as u32)
+        }
+
+        fn bytes(&self, slot: u32) -> &Vector {
+            &self.slab[slot as usize]
+        }
+
+        fn write(
+            &mut self,
+            _s: Stream,
+            _position: u32,
+            _cycle: u64,
+            bytes: &Vector,
+            _queue: QueueId,
+            _index: u32,
+        ) -> Result<(), Fault> {
+            self.out.push(*bytes);
+            Ok(())
+        }
+    }
+
+    /// f32 bit patterns where builds could differ: signed zeros,
+    /// infinities, NaNs with payloads and signs, subnormals, the extremes,
+    /// halves (rounding), values that overflow or round in products.
+    const SPECIAL: [u32; 20] = [
+        0x0000_0000,
+        0x8000_0000,
+        0x7f80_0000,
+        0xff80_0000,
+        0x7fc0_0000,
+        0xffc0_0001,
+        0x7f80_0001,
+        0x0000_0001,
+        0x8000_0001,
+        0x007f_ffff,
+        0x7f7f_ffff,
+        0xff7f_ffff,
+        0x3f80_0000,
+        0xbfc0_0000,
+        0x3f00_0000,
+        0x4020_0000,
+        0xc2fe_0000,
+        0x42fe_0001,
+        0x4b00_0001,
+        0x3eaa_aaab,
+    ];
+
+    /// 16 input planes: planes 0..4 lane `l` = `SPECIAL[l % 20]`, planes
+    /// 4..8 `SPECIAL[l / 20 % 20]` (every pair meets), the rest pseudo-random.
+    fn planes() -> Vec<Vector> {
+        let mut slab = vec![[0u8; LANES]; 16];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for l in 0..LANES {
+            let (a, b) = (SPECIAL[l % 20], SPECIAL[l / 20 % 20]);
+            for p in 0..4 {
+                slab[p][l] = (a >> (8 * p)) as u8;
+                slab[4 + p][l] = (b >> (8 * p)) as u8;
+            }
+            for plane in &mut slab[8..] {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                plane[l] = (x >> 56) as u8;
+            }
+        }
+        slab
+    }
+
+    /// What `ins` writes when run on `simd`'s build over [`planes`].
+    fn outputs(simd: Simd, ins: &Instruction) -> Vec<Vector> {
+        let config = crate::config::load_target(None).expect("lpu-v1");
+        let mut state = State {
+            mem: Vec::new(),
+            ports: Vec::new(),
+            planes: Vec::new(),
+            tables: vec![(0..LANES as u16).rev().collect()],
+            links: crate::link::Links::default(),
+        };
+        let (mut pool, mut deferred) = (Pool::default(), Vec::new());
+        let mut ctx = Ctx {
+            config: &config,
+            state: &mut state,
+            operands: Fixed {
+                slab: planes(),
+                next: 0,
+                out: Vec::new(),
+            },
+            pool: &mut pool,
+            deferred: &mut deferred,
+            cycle: 10,
+            queue: "vxm.0".parse().expect("a queue"),
+            index: 0,
+            addr_offset: 0,
+        };
+        match ins.info().unit {
+            q35_isa::Unit::Sxm => match simd {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the test runs a build only when the host has it.
+                Simd::Avx512 => unsafe { sxm_avx512(&mut ctx, ins) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Simd::Avx2 => unsafe { sxm_avx2(&mut ctx, ins) },
+                #[cfg(not(target_arch = "x86_64"))]
+                Simd::Avx512 | Simd::Avx2 => sxm_portable(&mut ctx, ins),
+                Simd::Portable => sxm_portable(&mut ctx, ins),
+            },
+            _ => vxm_on(simd, &mut ctx, ins),
+        }
+        .expect("runs");
+        ctx.operands.out
+    }
+
+    #[test]
+    fn every_simd_build_gives_the_same_bits() {
+        let mut builds = vec![Simd::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                builds.push(Simd::Avx2);
+            }
+            if Simd::detect() == Simd::Avx512 {
+                builds.push(Simd::Avx512);
+            }
+        }
+        let program = [
+            "fadd s0.e, s4.e -> s16.e",
+            "fsub s0.e, s4.e -> s16.e",
+            "fmul s0.e, s4.e -> s16.e",
+            "fdiv s0.e, s4.e -> s16.e",
+            "fmax s0.e, s4.e -> s16.e",
+            "fmin s0.e, s4.e -> s16.e",
+            "fsqrt s0.e -> s16.e",
+            "fexp s0.e -> s16.e",
+            "fneg s0.e -> s16.e",
+            "fabs s0.e -> s16.e",
+            "fconst 2.5 -> s16.e",
+            "i32tof32 s0.e -> s16.e",
+            "f32toi8 s0.e -> s16.e",
+            "f16tof32 s0.e -> s16.e",
+            "i8toi32 s0.e -> s16.e",
+            "iadd32 s0.e, s4.e -> s16.e",
+            "fcmplt s0.e, s4.e -> s16.e",
+            "icmplt s0.e, s4.e -> s16.e",
+            "select s8.e, s0.e, s4.e -> s16.e",
+            "unpack35 s0.e -> s16.e, 16, 32",
+            "unpack35 s8.e -> s16.e, 3, 7",
+            "shift s0.e -> s8.w, 7, 300, 4",
+            "bcast s0.e -> s2.w, 33, 2",
+            "transpose s0.e -> s16.w",
+        ];
+        let mut instructions: Vec<(&str, Instruction)> = program
+            .iter()
+            .map(|text| {
+                (
+                    *text,
+                    text.parse().unwrap_or_else(|e| panic!("{text}: {e}")),
+                )
+            })
+            .collect();
+        // A table by id (the text form names tables of a program).
+        if let (_, Instruction::Bcast { src, dst, ew, .. }) = instructions[instructions.len() - 2] {
+            let map = TableId(0);
+            instructions.push((
+                "permute (table 0)",
+                Instruction::Permute { src, dst, map, ew },
+            ));
+        }
+        for (text, ins) in instructions {
+            let want = outputs(Simd::Portable, &ins);
+            assert!(!want.is_empty(), "{text} wrote nothing");
+            let f32_out = text.starts_with('f')
+                && !text.starts_with("f32toi8")
+                && !text.starts_with("fcmplt")
+                || text.starts_with("i32tof32");
+            for &simd in &builds[1..] {
+                let got = outputs(simd, &ins);
+                assert_eq!(got.len(), want.len(), "{text}: {simd:?}");
+                if f32_out {
+                    // A NaN result's payload is not specified (Rust, IEEE
+                    // 754): with two NaN operands the builds may keep
+                    // either's. Every other result is bit for bit.
+                    for l in 0..LANES {
+                        let bits =
+                            |g: &[Vector]| u32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]]);
+                        let (w, g) = (f32::from_bits(bits(&want)), f32::from_bits(bits(&got)));
+                        assert!(
+                            w.to_bits() == g.to_bits() || (w.is_nan() && g.is_nan()),
+                            "{text}: {simd:?} lane {l}: {:08x} against {:08x}",
+                            g.to_bits(),
+                            w.to_bits()
+                        );
+                    }
+                } else {
+                    assert!(
+                        got == want,
+                        "{text}: {simd:?} differs from the portable build"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     #[expect(

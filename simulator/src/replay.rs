@@ -642,10 +642,15 @@ impl Replay {
                             ..
                         } => {
                             let (lo, hi) = (ctx.pool.get(lo), ctx.pool.get(hi));
+                            let mut last = None;
                             for l in 0..LANES {
                                 let i = u16::from_le_bytes([lo[l], hi[l]]);
-                                // Checked at issue: in range.
-                                undo.save(ctx.state, slice, (base + i64::from(i)) as u32);
+                                // Lanes often share a word: saved once anyway.
+                                if last != Some(i) {
+                                    last = Some(i);
+                                    // Checked at issue: in range.
+                                    undo.save(ctx.state, slice, (base + i64::from(i)) as u32);
+                                }
                             }
                             exec::commit(ctx.state, ctx.pool, work);
                             Ok(())
@@ -694,7 +699,8 @@ struct Undo<'a> {
 
 impl Undo<'_> {
     /// Saves word `addr` of `slice` if it is kept and this run did not
-    /// save it already.
+    /// save it already (inlined: most words a run writes are not kept).
+    #[inline(always)]
     fn save(&mut self, state: &State, slice: u16, addr: u32) {
         let at = usize::from(slice) * self.words + addr as usize;
         if self
@@ -705,8 +711,14 @@ impl Undo<'_> {
             && *g & (1 << (at % 64)) == 0
         {
             *g |= 1 << (at % 64);
-            self.log
-                .push((slice, addr, *state.mem[usize::from(slice)].word(addr)));
+            self.push(state, slice, addr);
         }
+    }
+
+    /// Logs the word's bytes.
+    #[inline(never)]
+    fn push(&mut self, state: &State, slice: u16, addr: u32) {
+        self.log
+            .push((slice, addr, *state.mem[usize::from(slice)].word(addr)));
     }
 }
