@@ -162,27 +162,20 @@ pub trait Operands {
         bytes: &Vector,
         queue: QueueId,
         index: u32,
-    ) -> Result<(), Fault>;
-    /// As [`Operands::write`], with the bytes written in place by `fill`
-    /// (no copy through a buffer of the caller's).
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the fields of `write`, and the fill"
-    )]
-    #[inline(always)]
-    fn write_with(
+    ) -> Result<(), Fault> {
+        *self.write_mut(s, position, cycle, queue, index)? = *bytes;
+        Ok(())
+    }
+    /// As [`Operands::write`], handing out the new value's bytes for the
+    /// caller to write in place (no copy through a buffer of the caller's).
+    fn write_mut(
         &mut self,
         s: Stream,
         position: u32,
         cycle: u64,
         queue: QueueId,
         index: u32,
-        fill: impl FnOnce(&mut Vector),
-    ) -> Result<(), Fault> {
-        let mut bytes = [0u8; LANES];
-        fill(&mut bytes);
-        self.write(s, position, cycle, &bytes, queue, index)
-    }
+    ) -> Result<&mut Vector, Fault>;
 }
 
 /// The engine's operands: the stream model, logging the slab slot of every
@@ -219,30 +212,18 @@ impl Operands for Live<'_> {
         }
     }
 
-    fn write(
-        &mut self,
-        s: Stream,
-        position: u32,
-        cycle: u64,
-        bytes: &Vector,
-        queue: QueueId,
-        index: u32,
-    ) -> Result<(), Fault> {
-        self.write_with(s, position, cycle, queue, index, |v| *v = *bytes)
-    }
-
     #[inline(always)]
-    fn write_with(
+    fn write_mut(
         &mut self,
         s: Stream,
         position: u32,
         cycle: u64,
         queue: QueueId,
         index: u32,
-        fill: impl FnOnce(&mut Vector),
-    ) -> Result<(), Fault> {
+    ) -> Result<&mut Vector, Fault> {
+        // The stream model places the value by its slot; the caller
+        // writes its bytes.
         let slot = self.streams.alloc();
-        fill(self.streams.bytes_mut(slot));
         let writer = Writer {
             queue: queue.index(),
             index,
@@ -252,7 +233,7 @@ impl Operands for Live<'_> {
                 if let Some(log) = &mut self.log {
                     log.push(slot);
                 }
-                Ok(())
+                Ok(self.streams.bytes_mut(slot))
             }
             Err(c) => Err(Fault {
                 cycle: c.cycle,
@@ -355,14 +336,10 @@ impl<O: Operands> Ctx<'_, O> {
         let cycle = self.cycle + latency;
         let position = self.position();
         for i in 0..n {
-            self.operands.write_with(
-                nth(first, i),
-                position,
-                cycle,
-                self.queue,
-                self.index,
-                |v| fill(i, v),
-            )?;
+            let v =
+                self.operands
+                    .write_mut(nth(first, i), position, cycle, self.queue, self.index)?;
+            fill(i, v);
         }
         Ok(())
     }
@@ -1041,15 +1018,112 @@ fn lane_map<O: Operands>(
     dst: Stream,
     ew: ElemWidth,
     class: LatencyClass,
-    map: impl Fn(usize) -> Option<usize>,
+    map: &LaneMap,
 ) -> Result<(), Fault> {
     let (g, n) = read_ew(ctx, src, ew)?;
     let lat = ctx.latency(class);
-    ctx.write_planes(dst, lat, n, |p, out| {
-        for (l, byte) in out.iter_mut().enumerate() {
-            *byte = map(l).map_or(0, |from| g[p][from]);
+    ctx.write_planes(dst, lat, n, |p, out| map.apply(&g[p], out))
+}
+
+/// An SXM lane map: lane `l` of the result is lane `from(l)` of the
+/// input, or 0.
+enum LaneMap {
+    /// `from(l) = l + n` for `l < len`.
+    Shift { n: usize, len: usize },
+    /// `from(l) = from`.
+    Bcast(usize),
+    /// A table of a few [`Runs`].
+    Runs(Runs),
+    /// A table by lane: `from(l) = lanes[l]`, 0 for `LANES` (which
+    /// [`LaneMap::apply`] reads as a zero lane past the input).
+    Gather([u16; LANES]),
+}
+
+impl LaneMap {
+    /// A `permute` table's map (`lanes[l]` not below `LANES` gives 0).
+    #[inline(always)]
+    fn table(lanes: &[u16; LANES]) -> LaneMap {
+        let runs = Runs::of(lanes);
+        if runs.count <= 8 {
+            LaneMap::Runs(runs)
+        } else {
+            LaneMap::Gather(lanes.map(|f| f.min(LANES as u16)))
         }
-    })
+    }
+
+    #[inline(always)]
+    fn apply(&self, plane: &Vector, out: &mut Vector) {
+        match self {
+            LaneMap::Shift { n, len } => {
+                out[..*len].copy_from_slice(&plane[*n..*n + *len]);
+                out[*len..].fill(0);
+            }
+            LaneMap::Bcast(from) => out.fill(plane[*from]),
+            LaneMap::Runs(runs) => runs.apply(plane, out),
+            LaneMap::Gather(lanes) => {
+                let mut ext = [0u8; LANES + 1];
+                ext[..LANES].copy_from_slice(plane);
+                for (o, &f) in out.iter_mut().zip(lanes) {
+                    *o = ext[usize::from(f)];
+                }
+            }
+        }
+    }
+}
+
+/// A `permute` table as runs of lanes: `(first lane, first source lane,
+/// lanes)`, a source of `u16::MAX` for lanes that get 0. Rotations and the
+/// attention's pack tables are a few runs, copied a run at a time.
+struct Runs {
+    runs: [(u16, u16, u16); LANES],
+    count: usize,
+}
+
+impl Runs {
+    /// The runs of `lanes` (lane `l` from lane `lanes[l]`, 0 when that is
+    /// not below `LANES`).
+    #[inline(always)]
+    fn of(lanes: &[u16; LANES]) -> Runs {
+        let mut runs = Runs {
+            runs: [(0, 0, 0); LANES],
+            count: 0,
+        };
+        let mut l = 0;
+        while l < LANES {
+            let (start, from) = (l, lanes[l]);
+            l += 1;
+            if usize::from(from) >= LANES {
+                while l < LANES && usize::from(lanes[l]) >= LANES {
+                    l += 1;
+                }
+                runs.runs[runs.count] = (start as u16, u16::MAX, (l - start) as u16);
+            } else {
+                while l < LANES
+                    && usize::from(lanes[l]) < LANES
+                    && usize::from(lanes[l]) == usize::from(from) + (l - start)
+                {
+                    l += 1;
+                }
+                runs.runs[runs.count] = (start as u16, from, (l - start) as u16);
+            }
+            runs.count += 1;
+        }
+        runs
+    }
+
+    /// `out[l] = plane[lanes[l]]` (0 past the end), run by run.
+    #[inline(always)]
+    fn apply(&self, plane: &Vector, out: &mut Vector) {
+        for &(at, from, len) in &self.runs[..self.count] {
+            let (at, len) = (usize::from(at), usize::from(len));
+            if from == u16::MAX {
+                out[at..at + len].fill(0);
+            } else {
+                let from = usize::from(from);
+                out[at..at + len].copy_from_slice(&plane[from..from + len]);
+            }
+        }
+    }
 }
 
 /// The lane map of a `permute` table (entries past its end give 0).
@@ -1065,14 +1139,17 @@ fn table<'a, O: Operands>(ctx: &'a Ctx<'_, O>, map: TableId) -> &'a [u16] {
 fn sxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     match *ins {
         Instruction::Shift { src, dst, n, w, ew } => {
-            let (n, w) = (n as usize, w as usize);
-            lane_map(ctx, src, dst, ew, LatencyClass::SxmShift, |l| {
-                (l + n < w).then_some(l + n)
-            })
+            // Lane `l` from lane `l + n` while `l + n < w` (`w <= LANES`
+            // by the field's range), then 0.
+            let n = (n as usize).min(LANES);
+            let len = (w as usize).min(LANES).saturating_sub(n);
+            let map = LaneMap::Shift { n, len };
+            lane_map(ctx, src, dst, ew, LatencyClass::SxmShift, &map)
         }
         Instruction::Bcast { src, dst, l, ew } => {
             let from = (l as usize).min(LANES - 1);
-            lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, |_| Some(from))
+            let map = LaneMap::Bcast(from);
+            lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, &map)
         }
         Instruction::Permute { src, dst, map, ew } => {
             // Copied so the table borrow does not outlive the reads.
@@ -1080,10 +1157,8 @@ fn sxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             for (o, &v) in lanes.iter_mut().zip(table(ctx, map)) {
                 *o = v;
             }
-            lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, |l| {
-                let from = usize::from(lanes[l]);
-                (from < LANES).then_some(from)
-            })
+            let map = LaneMap::table(&lanes);
+            lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, &map)
         }
         Instruction::Transpose { src, dst } => {
             let g = ctx.read_group::<16>(src)?;
@@ -1280,17 +1355,16 @@ mod tests {
             &self.slab[slot as usize]
         }
 
-        fn write(
+        fn write_mut(
             &mut self,
             _s: Stream,
             _position: u32,
             _cycle: u64,
-            bytes: &Vector,
             _queue: QueueId,
             _index: u32,
-        ) -> Result<(), Fault> {
-            self.out.push(*bytes);
-            Ok(())
+        ) -> Result<&mut Vector, Fault> {
+            self.out.push([0x55; LANES]);
+            Ok(self.out.last_mut().expect("just pushed"))
         }
     }
 
@@ -1383,6 +1457,76 @@ mod tests {
         }
         .expect("runs");
         ctx.operands.out
+    }
+
+    #[test]
+    fn lane_maps_are_the_isa_formulas() {
+        let plane: Vector = std::array::from_fn(|l| (l * 7 + 3) as u8);
+        // Permute: lane l from lane table[l], 0 for an entry past the
+        // lanes or past the table's end.
+        let mut tables: Vec<Vec<u16>> = vec![
+            (0..LANES as u16).map(|l| (l + 37) % LANES as u16).collect(),
+            (0..LANES as u16).rev().collect(),
+            vec![318, 319, 320, 321, 0, 1, 2, u16::MAX, 5, 5, 5],
+            (0..LANES as u16)
+                .map(|l| {
+                    if l % 64 < 40 {
+                        l / 64 * 40 + l % 64
+                    } else {
+                        999
+                    }
+                })
+                .collect(),
+            Vec::new(),
+        ];
+        tables.push((0..LANES as u16).map(|l| (l * 13) % 331).collect());
+        for t in &tables {
+            let mut lanes = [u16::MAX; LANES];
+            for (o, &v) in lanes.iter_mut().zip(t) {
+                *o = v;
+            }
+            let gather = LaneMap::Gather(lanes.map(|f| f.min(LANES as u16)));
+            for map in [
+                LaneMap::Runs(Runs::of(&lanes)),
+                gather,
+                LaneMap::table(&lanes),
+            ] {
+                let mut out = [0xaau8; LANES];
+                map.apply(&plane, &mut out);
+                for l in 0..LANES {
+                    let want = t
+                        .get(l)
+                        .map_or(0, |&f| plane.get(usize::from(f)).copied().unwrap_or(0));
+                    assert_eq!(out[l], want, "table {t:?} lane {l}");
+                }
+            }
+        }
+        // Shift and bcast through the SXM, every width.
+        for (text, want) in [
+            (
+                "shift s8.e -> s1.w, 7, 300, 1",
+                (0..LANES)
+                    .map(|l| if l + 7 < 300 { Some(l + 7) } else { None })
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "shift s8.e -> s1.w, 0, 320, 2",
+                (0..LANES).map(Some).collect(),
+            ),
+            ("shift s8.e -> s1.w, 320, 320, 4", vec![None; LANES]),
+            ("shift s8.e -> s1.w, 300, 10, 4", vec![None; LANES]),
+            ("bcast s8.e -> s1.w, 319, 4", vec![Some(319); LANES]),
+        ] {
+            let ins: Instruction = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            let slab = planes();
+            let got = outputs(Simd::detect(), &ins);
+            for (p, out) in got.iter().enumerate() {
+                for l in 0..LANES {
+                    let w = want[l].map_or(0, |f| slab[p][f]);
+                    assert_eq!(out[l], w, "{text}: plane {p} lane {l}");
+                }
+            }
+        }
     }
 
     #[test]

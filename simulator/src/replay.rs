@@ -354,33 +354,17 @@ impl Operands for Resolved<'_> {
         self.book
     }
 
-    fn write(
-        &mut self,
-        _s: Stream,
-        _position: u32,
-        cycle: u64,
-        bytes: &Vector,
-        _queue: QueueId,
-        _index: u32,
-    ) -> Result<(), Fault> {
-        let s = self.slot(cycle)?;
-        self.slab[s] = *bytes;
-        Ok(())
-    }
-
     #[inline(always)]
-    fn write_with(
+    fn write_mut(
         &mut self,
         _s: Stream,
         _position: u32,
         cycle: u64,
         _queue: QueueId,
         _index: u32,
-        fill: impl FnOnce(&mut Vector),
-    ) -> Result<(), Fault> {
+    ) -> Result<&mut Vector, Fault> {
         let s = self.slot(cycle)?;
-        fill(&mut self.slab[s]);
-        Ok(())
+        Ok(&mut self.slab[s])
     }
 }
 
