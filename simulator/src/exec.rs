@@ -1021,8 +1021,16 @@ fn lane_map<O: Operands>(
     map: &LaneMap,
 ) -> Result<(), Fault> {
     let (g, n) = read_ew(ctx, src, ew)?;
-    let lat = ctx.latency(class);
-    ctx.write_planes(dst, lat, n, |p, out| map.apply(&g[p], out))
+    let cycle = ctx.cycle + ctx.latency(class);
+    let position = ctx.position();
+    // A loop, not a closure: `apply` inlines into the SIMD build.
+    for (p, plane) in g.iter().enumerate().take(n) {
+        let out = ctx
+            .operands
+            .write_mut(nth(dst, p), position, cycle, ctx.queue, ctx.index)?;
+        map.apply(plane, out);
+    }
+    Ok(())
 }
 
 /// An SXM lane map: lane `l` of the result is lane `from(l)` of the
