@@ -803,8 +803,8 @@ fn f32_binary<O: Operands>(
     // Lane by lane from the byte planes: no lane arrays of the inputs.
     let (x, y) = (ctx.group(xs), ctx.group(ys));
     let mut z = [0u32; LANES];
-    for l in 0..LANES {
-        z[l] = op(f32_at(x, l), f32_at(y, l)).to_bits();
+    for (l, z) in z.iter_mut().enumerate() {
+        *z = op(f32_at(x, l), f32_at(y, l)).to_bits();
     }
     let lat = ctx.latency(class);
     ctx.write32(dst, lat, &z)
@@ -822,8 +822,8 @@ fn f32_unary<O: Operands>(
     let xs = ctx.slots::<4>(a)?;
     let x = ctx.group(xs);
     let mut z = [0u32; LANES];
-    for l in 0..LANES {
-        z[l] = op(f32_at(x, l)).to_bits();
+    for (l, z) in z.iter_mut().enumerate() {
+        *z = op(f32_at(x, l)).to_bits();
     }
     let lat = ctx.latency(class);
     ctx.write32(dst, lat, &z)
@@ -979,7 +979,7 @@ fn unpack35_plane(codes: &[Vector; 8], m4: i16, m3: i16, i: usize, out: &mut Vec
     let k = i / 2;
     let (b, r) = (7 * k / 8, 7 * k % 8);
     let (lo, hi) = (&codes[b], &codes[b + 1]);
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         for l in 0..LANES {
             let code = ((u16::from(lo[l]) | (u16::from(hi[l]) << 8)) >> r) & 0x7f;
             let c4 = ((code & 0x0f) as i16 ^ 8) - 8;
@@ -1035,6 +1035,10 @@ fn lane_map<O: Operands>(
 
 /// An SXM lane map: lane `l` of the result is lane `from(l)` of the
 /// input, or 0.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one on the stack per SXM instruction, never moved or stored"
+)]
 enum LaneMap {
     /// `from(l) = l + n` for `l < len`.
     Shift { n: usize, len: usize },
@@ -1501,11 +1505,11 @@ mod tests {
             ] {
                 let mut out = [0xaau8; LANES];
                 map.apply(&plane, &mut out);
-                for l in 0..LANES {
+                for (l, &got) in out.iter().enumerate() {
                     let want = t
                         .get(l)
                         .map_or(0, |&f| plane.get(usize::from(f)).copied().unwrap_or(0));
-                    assert_eq!(out[l], want, "table {t:?} lane {l}");
+                    assert_eq!(got, want, "table {t:?} lane {l}");
                 }
             }
         }
