@@ -162,7 +162,20 @@ pub trait Operands {
         bytes: &Vector,
         queue: QueueId,
         index: u32,
-    ) -> Result<(), Fault>;
+    ) -> Result<(), Fault> {
+        *self.write_mut(s, position, cycle, queue, index)? = *bytes;
+        Ok(())
+    }
+    /// As [`Operands::write`], handing out the new value's bytes for the
+    /// caller to write in place (no copy through a buffer of the caller's).
+    fn write_mut(
+        &mut self,
+        s: Stream,
+        position: u32,
+        cycle: u64,
+        queue: QueueId,
+        index: u32,
+    ) -> Result<&mut Vector, Fault>;
 }
 
 /// The engine's operands: the stream model, logging the slab slot of every
@@ -199,17 +212,18 @@ impl Operands for Live<'_> {
         }
     }
 
-    fn write(
+    #[inline(always)]
+    fn write_mut(
         &mut self,
         s: Stream,
         position: u32,
         cycle: u64,
-        bytes: &Vector,
         queue: QueueId,
         index: u32,
-    ) -> Result<(), Fault> {
+    ) -> Result<&mut Vector, Fault> {
+        // The stream model places the value by its slot; the caller
+        // writes its bytes.
         let slot = self.streams.alloc();
-        *self.streams.bytes_mut(slot) = *bytes;
         let writer = Writer {
             queue: queue.index(),
             index,
@@ -219,7 +233,7 @@ impl Operands for Live<'_> {
                 if let Some(log) = &mut self.log {
                     log.push(slot);
                 }
-                Ok(())
+                Ok(self.streams.bytes_mut(slot))
             }
             Err(c) => Err(Fault {
                 cycle: c.cycle,
@@ -305,13 +319,36 @@ impl<O: Operands> Ctx<'_, O> {
     /// Puts `planes` on consecutive streams from `first`, `latency` cycles
     /// after issue, at the unit's position.
     fn write_group(&mut self, first: Stream, latency: u64, planes: &[Vector]) -> Result<(), Fault> {
+        self.write_planes(first, latency, planes.len(), |i, v| *v = planes[i])
+    }
+
+    /// Puts `n` values on consecutive streams from `first`, `latency`
+    /// cycles after issue, at the unit's position; `fill(i, bytes)` writes
+    /// value `i`'s bytes in place.
+    #[inline(always)]
+    fn write_planes(
+        &mut self,
+        first: Stream,
+        latency: u64,
+        n: usize,
+        mut fill: impl FnMut(usize, &mut Vector),
+    ) -> Result<(), Fault> {
         let cycle = self.cycle + latency;
         let position = self.position();
-        for (i, p) in planes.iter().enumerate() {
-            self.operands
-                .write(nth(first, i), position, cycle, p, self.queue, self.index)?;
+        for i in 0..n {
+            let v =
+                self.operands
+                    .write_mut(nth(first, i), position, cycle, self.queue, self.index)?;
+            fill(i, v);
         }
         Ok(())
+    }
+
+    /// Puts 32-bit lanes on the 4-stream group from `first` (byte `p` of
+    /// lane `l` is lane `l` of stream `p`, little-endian).
+    #[inline(always)]
+    fn write32(&mut self, first: Stream, latency: u64, bits: &[u32; LANES]) -> Result<(), Fault> {
+        self.write_planes(first, latency, 4, |p, v| plane_of(bits, p, v))
     }
 
     fn latency(&self, class: LatencyClass) -> u64 {
@@ -327,12 +364,28 @@ fn nth(first: Stream, i: usize) -> Stream {
     }
 }
 
+/// Lane `l` of a 4-stream f32 group (little-endian bytes).
+#[inline(always)]
+fn f32_at(g: [&Vector; 4], l: usize) -> f32 {
+    f32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]])
+}
+
 /// Lane-wise f32 of a 4-stream group (little-endian bytes).
 #[inline(always)]
 fn to_f32(g: [&Vector; 4]) -> [f32; LANES] {
     let mut out = [0f32; LANES];
     for (l, o) in out.iter_mut().enumerate() {
         *o = f32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]]);
+    }
+    out
+}
+
+/// Lane-wise 32 bits of a 4-stream group.
+#[inline(always)]
+fn to_u32(g: [&Vector; 4]) -> [u32; LANES] {
+    let mut out = [0u32; LANES];
+    for (l, o) in out.iter_mut().enumerate() {
+        *o = u32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]]);
     }
     out
 }
@@ -347,27 +400,25 @@ fn to_i32(g: [&Vector; 4]) -> [i32; LANES] {
     out
 }
 
-/// A 4-stream group of 32-bit lanes.
+/// Byte plane `p` of 32-bit lanes (little-endian: plane 0 the low bytes).
 #[inline(always)]
-fn split32(bits: impl Fn(usize) -> [u8; 4]) -> [Vector; 4] {
-    let mut g = [[0u8; LANES]; 4];
-    for l in 0..LANES {
-        let b = bits(l);
-        for (plane, byte) in g.iter_mut().zip(b) {
-            plane[l] = byte;
-        }
+fn plane_of(bits: &[u32; LANES], p: usize, out: &mut Vector) {
+    let shift = 8 * p as u32;
+    for (o, &b) in out.iter_mut().zip(bits) {
+        *o = (b >> shift) as u8;
     }
-    g
 }
 
+/// The bits of f32 lanes.
 #[inline(always)]
-fn from_f32(v: &[f32; LANES]) -> [Vector; 4] {
-    split32(|l| v[l].to_le_bytes())
+fn bits_f32(v: &[f32; LANES]) -> [u32; LANES] {
+    v.map(f32::to_bits)
 }
 
+/// The bits of i32 lanes.
 #[inline(always)]
-fn from_i32(v: &[i32; LANES]) -> [Vector; 4] {
-    split32(|l| v[l].to_le_bytes())
+fn bits_i32(v: &[i32; LANES]) -> [u32; LANES] {
+    v.map(|x| x as u32)
 }
 
 /// `f32toi8`: round half away from zero (`f32::round`), clamp to
@@ -458,25 +509,104 @@ pub fn execute<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<F
         Instruction::Notify {} => Ok(Flow::Notify),
         Instruction::Halt {} => Ok(Flow::Halt),
         mem_ops!() => mem(ctx, ins).map(|()| Flow::Next),
-        vxm_ops!() => {
+        vxm_ops!() => vxm_on(Simd::detect(), ctx, ins).map(|()| Flow::Next),
+        sxm_ops!() => match Simd::detect() {
+            // SAFETY: `Simd::detect` found the host runs these instructions.
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the host runs AVX2 instructions (checked above).
-                return unsafe { vxm_avx2(ctx, ins) }.map(|()| Flow::Next);
-            }
-            vxm(ctx, ins).map(|()| Flow::Next)
-        }
-        sxm_ops!() => {
+            Simd::Avx512 => unsafe { sxm_avx512(ctx, ins) },
+            // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: as for the VXM.
-                return unsafe { sxm_avx2(ctx, ins) }.map(|()| Flow::Next);
-            }
-            sxm(ctx, ins).map(|()| Flow::Next)
+            Simd::Avx2 => unsafe { sxm_avx2(ctx, ins) },
+            #[cfg(not(target_arch = "x86_64"))]
+            Simd::Avx512 | Simd::Avx2 => sxm_portable(ctx, ins),
+            Simd::Portable => sxm_portable(ctx, ins),
         }
+        .map(|()| Flow::Next),
         mxm_ops!() => mxm(ctx, ins).map(|()| Flow::Next),
-        c2c_ops!() => crate::link::execute(ctx, ins).map(|()| Flow::Next),
+        c2c_ops!() => link(ctx, ins).map(|()| Flow::Next),
     }
+}
+
+/// Which build of the VXM and SXM functions runs: the same Rust (IEEE f32
+/// with no fused multiply-add, integer ops), so the same bits, compiled for
+/// AVX-512, AVX2 or the baseline target (`tests` hold the builds equal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Simd {
+    /// The widest build the host runs (the standard library caches the
+    /// CPU's features: a load and a test per call).
+    #[inline(always)]
+    fn detect() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+            {
+                return Simd::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Portable
+    }
+}
+
+/// [`vxm`] in build `simd` (which the host must run: [`Simd::detect`]'s or
+/// narrower).
+#[inline(always)]
+fn vxm_on<O: Operands>(simd: Simd, ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    match simd {
+        // SAFETY: the caller passes a build the host runs.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { vxm_avx512(ctx, ins) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { vxm_avx2(ctx, ins) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Simd::Avx512 | Simd::Avx2 => vxm_portable(ctx, ins),
+        Simd::Portable => vxm_portable(ctx, ins),
+    }
+}
+
+/// [`vxm`] compiled for AVX-512 (F, BW, VL), as [`vxm_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn vxm_avx512<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    vxm(ctx, ins)
+}
+
+/// [`sxm`] compiled for AVX-512, as [`vxm_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn sxm_avx512<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    sxm(ctx, ins)
+}
+
+/// [`vxm`] for a host without AVX2. This, the AVX2 builds and the other
+/// units' functions are not inlined into [`execute`], whose frame stays
+/// small (a frame past a page is probed page by page on every call).
+#[inline(never)]
+fn vxm_portable<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    vxm(ctx, ins)
+}
+
+/// [`sxm`] for a host without AVX2, as [`vxm_portable`].
+#[inline(never)]
+fn sxm_portable<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    sxm(ctx, ins)
+}
+
+/// [`crate::link::execute`], not inlined, as [`vxm_portable`].
+#[inline(never)]
+fn link<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
+    crate::link::execute(ctx, ins)
 }
 
 /// [`vxm`] compiled for AVX2: the same Rust, so the same IEEE f32 and
@@ -531,7 +661,14 @@ fn book<O: Operands>(
 }
 
 fn bank_bit<O: Operands>(ctx: &Ctx<'_, O>, addr: u32) -> u64 {
-    1u64 << (addr % ctx.config.mem.banks)
+    let banks = ctx.config.mem.banks;
+    // No division on the usual power-of-two bank count.
+    let bank = if banks.is_power_of_two() {
+        addr & (banks - 1)
+    } else {
+        addr % banks
+    };
+    1u64 << bank
 }
 
 /// The u16 indices of a 2-stream group.
@@ -543,7 +680,9 @@ fn indices(lo: &Vector, hi: &Vector) -> [u16; LANES] {
     out
 }
 
-/// MEM: `read`, `write`, `gather`, `scatter`.
+/// MEM: `read`, `write`, `gather`, `scatter`. Not inlined into
+/// [`execute`]: a gather's buffers would make every call's frame larger.
+#[inline(never)]
 fn mem<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     let slice = usize::from(ctx.queue.index());
     let t = ctx.cycle;
@@ -661,13 +800,14 @@ fn f32_binary<O: Operands>(
 ) -> Result<(), Fault> {
     let xs = ctx.slots::<4>(a)?;
     let ys = ctx.slots::<4>(b)?;
-    let (x, y) = (to_f32(ctx.group(xs)), to_f32(ctx.group(ys)));
-    let mut z = [0f32; LANES];
-    for l in 0..LANES {
-        z[l] = op(x[l], y[l]);
+    // Lane by lane from the byte planes: no lane arrays of the inputs.
+    let (x, y) = (ctx.group(xs), ctx.group(ys));
+    let mut z = [0u32; LANES];
+    for (l, z) in z.iter_mut().enumerate() {
+        *z = op(f32_at(x, l), f32_at(y, l)).to_bits();
     }
     let lat = ctx.latency(class);
-    ctx.write_group(dst, lat, &from_f32(&z))
+    ctx.write32(dst, lat, &z)
 }
 
 /// Unary f32 lane-wise.
@@ -680,13 +820,13 @@ fn f32_unary<O: Operands>(
     op: impl Fn(f32) -> f32,
 ) -> Result<(), Fault> {
     let xs = ctx.slots::<4>(a)?;
-    let x = to_f32(ctx.group(xs));
-    let mut z = [0f32; LANES];
-    for l in 0..LANES {
-        z[l] = op(x[l]);
+    let x = ctx.group(xs);
+    let mut z = [0u32; LANES];
+    for (l, z) in z.iter_mut().enumerate() {
+        *z = op(f32_at(x, l)).to_bits();
     }
     let lat = ctx.latency(class);
-    ctx.write_group(dst, lat, &from_f32(&z))
+    ctx.write32(dst, lat, &z)
 }
 
 /// A u8 mask from two 4-stream groups.
@@ -701,12 +841,12 @@ fn compare<O: Operands>(
     let xs = ctx.slots::<4>(a)?;
     let ys = ctx.slots::<4>(b)?;
     let m = lt(ctx.group(xs), ctx.group(ys));
-    let mut out = [0u8; LANES];
-    for l in 0..LANES {
-        out[l] = u8::from(m[l]);
-    }
     let lat = ctx.latency(LatencyClass::VxmAlu);
-    ctx.write_group(dst, lat, &[out])
+    ctx.write_planes(dst, lat, 1, |_, out| {
+        for l in 0..LANES {
+            out[l] = u8::from(m[l]);
+        }
+    })
 }
 
 /// VXM: point-wise arithmetic, conversions, `unpack35`.
@@ -727,7 +867,7 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
         Instruction::Fconst { imm, dst } => {
             let z = [imm.value(); LANES];
             let lat = ctx.latency(VxmAlu);
-            ctx.write_group(dst, lat, &from_f32(&z))
+            ctx.write32(dst, lat, &bits_f32(&z))
         }
         Instruction::I32tof32 { a, dst } => {
             let xs = ctx.slots::<4>(a)?;
@@ -738,17 +878,17 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
                 z[l] = x[l] as f32;
             }
             let lat = ctx.latency(VxmConvert);
-            ctx.write_group(dst, lat, &from_f32(&z))
+            ctx.write32(dst, lat, &bits_f32(&z))
         }
         Instruction::F32toi8 { a, dst } => {
             let xs = ctx.slots::<4>(a)?;
             let x = to_f32(ctx.group(xs));
-            let mut out = [0u8; LANES];
-            for l in 0..LANES {
-                out[l] = f32_to_i8(x[l]) as u8;
-            }
             let lat = ctx.latency(VxmConvert);
-            ctx.write_group(dst, lat, &[out])
+            ctx.write_planes(dst, lat, 1, |_, out| {
+                for l in 0..LANES {
+                    out[l] = f32_to_i8(x[l]) as u8;
+                }
+            })
         }
         Instruction::F16tof32 { a, dst } => {
             let [lo, hi] = ctx.read_group::<2>(a)?;
@@ -757,7 +897,7 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
                 z[l] = half::f16::from_bits(u16::from_le_bytes([lo[l], hi[l]])).to_f32();
             }
             let lat = ctx.latency(VxmConvert);
-            ctx.write_group(dst, lat, &from_f32(&z))
+            ctx.write32(dst, lat, &bits_f32(&z))
         }
         Instruction::I8toi32 { a, dst } => {
             let x = ctx.read(a)?;
@@ -766,7 +906,7 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
                 z[l] = i32::from(x[l] as i8);
             }
             let lat = ctx.latency(VxmConvert);
-            ctx.write_group(dst, lat, &from_i32(&z))
+            ctx.write32(dst, lat, &bits_i32(&z))
         }
         Instruction::Iadd32 { a, b, dst } => {
             let xs = ctx.slots::<4>(a)?;
@@ -777,7 +917,7 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
                 z[l] = x[l].wrapping_add(y[l]);
             }
             let lat = ctx.latency(VxmAlu);
-            ctx.write_group(dst, lat, &from_i32(&z))
+            ctx.write32(dst, lat, &bits_i32(&z))
         }
         Instruction::Fcmplt { a, b, dst } => compare(ctx, a, b, dst, |x, y| {
             let (x, y) = (to_f32(x), to_f32(y));
@@ -792,21 +932,22 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             let xs = ctx.slots::<4>(a)?;
             let ys = ctx.slots::<4>(b)?;
             let ([mask], x, y) = (ctx.group(ms), ctx.group(xs), ctx.group(ys));
-            let mut z = [[0u8; LANES]; 4];
-            for (p, out) in z.iter_mut().enumerate() {
-                for l in 0..LANES {
-                    out[l] = if mask[l] != 0 { x[p][l] } else { y[p][l] };
-                }
+            let (x, y) = (to_u32(x), to_u32(y));
+            let mut z = [0u32; LANES];
+            for l in 0..LANES {
+                z[l] = if mask[l] != 0 { x[l] } else { y[l] };
             }
             let lat = ctx.latency(VxmAlu);
-            ctx.write_group(dst, lat, &z)
+            ctx.write32(dst, lat, &z)
         }
         Instruction::Unpack35 { src, dst, m4, m3 } => {
             let cs = ctx.slots::<7>(src)?;
-            let codes = ctx.group(cs);
-            let out = unpack35(codes, m4 as i16, m3 as i16);
+            let g = ctx.group(cs);
+            let codes: [Vector; 8] = std::array::from_fn(|b| g.get(b).map_or([0; LANES], |v| **v));
             let lat = ctx.latency(VxmConvert);
-            ctx.write_group(dst, lat, &out)
+            ctx.write_planes(dst, lat, 16, |i, out| {
+                unpack35_plane(&codes, m4 as i16, m3 as i16, i, out)
+            })
         }
         control_ops!() | mem_ops!() | sxm_ops!() | mxm_ops!() | c2c_ops!() => wrong_unit(ctx, ins),
     }
@@ -819,24 +960,38 @@ fn vxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
 /// weight). Written lane-parallel per pair (two bytes, a shift, sign
 /// extensions by xor-subtract), which vectorises; `tests` hold it equal to
 /// `split_pair` on every code.
-#[inline(always)]
+/// Row `i` of them is [`unpack35_plane`]; `codes[7]` is zero (the
+/// word's bits past 56).
+#[cfg(test)]
 fn unpack35(codes: [&Vector; 7], m4: i16, m3: i16) -> [Vector; 16] {
-    let zero = [0u8; LANES];
+    let codes: [Vector; 8] = std::array::from_fn(|b| codes.get(b).map_or([0; LANES], |v| **v));
     let mut out = [[0u8; LANES]; 16];
-    for k in 0..8 {
-        let (b, r) = (7 * k / 8, 7 * k % 8);
-        let lo = codes[b];
-        let hi = codes.get(b + 1).copied().unwrap_or(&zero);
-        let (o4, o3) = out[2 * k..2 * k + 2].split_at_mut(1);
+    for (i, o) in out.iter_mut().enumerate() {
+        unpack35_plane(&codes, m4, m3, i, o);
+    }
+    out
+}
+
+/// Row `i` of `unpack35` (pair `i / 2`: its 4-bit code for even `i`, its
+/// 3-bit code for odd) from the 7 code planes and a zero eighth.
+#[inline(always)]
+fn unpack35_plane(codes: &[Vector; 8], m4: i16, m3: i16, i: usize, out: &mut Vector) {
+    let k = i / 2;
+    let (b, r) = (7 * k / 8, 7 * k % 8);
+    let (lo, hi) = (&codes[b], &codes[b + 1]);
+    if i.is_multiple_of(2) {
         for l in 0..LANES {
             let code = ((u16::from(lo[l]) | (u16::from(hi[l]) << 8)) >> r) & 0x7f;
             let c4 = ((code & 0x0f) as i16 ^ 8) - 8;
+            out[l] = (m4 * c4) as i8 as u8;
+        }
+    } else {
+        for l in 0..LANES {
+            let code = ((u16::from(lo[l]) | (u16::from(hi[l]) << 8)) >> r) & 0x7f;
             let c3 = (((code >> 4) & 0x07) as i16 ^ 4) - 4;
-            o4[0][l] = (m4 * c4) as i8 as u8;
-            o3[0][l] = (m3 * c3) as i8 as u8;
+            out[l] = (m3 * c3) as i8 as u8;
         }
     }
-    out
 }
 
 /// Reads the `ew`-stream group of an SXM operand.
@@ -863,19 +1018,124 @@ fn lane_map<O: Operands>(
     dst: Stream,
     ew: ElemWidth,
     class: LatencyClass,
-    map: impl Fn(usize) -> Option<usize>,
+    map: &LaneMap,
 ) -> Result<(), Fault> {
     let (g, n) = read_ew(ctx, src, ew)?;
-    let mut out = [[0u8; LANES]; 4];
-    for (o, plane) in out.iter_mut().zip(&g).take(n) {
-        for (l, byte) in o.iter_mut().enumerate() {
-            if let Some(from) = map(l) {
-                *byte = plane[from];
+    let cycle = ctx.cycle + ctx.latency(class);
+    let position = ctx.position();
+    // A loop, not a closure: `apply` inlines into the SIMD build.
+    for (p, plane) in g.iter().enumerate().take(n) {
+        let out = ctx
+            .operands
+            .write_mut(nth(dst, p), position, cycle, ctx.queue, ctx.index)?;
+        map.apply(plane, out);
+    }
+    Ok(())
+}
+
+/// An SXM lane map: lane `l` of the result is lane `from(l)` of the
+/// input, or 0.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one on the stack per SXM instruction, never moved or stored"
+)]
+enum LaneMap {
+    /// `from(l) = l + n` for `l < len`.
+    Shift { n: usize, len: usize },
+    /// `from(l) = from`.
+    Bcast(usize),
+    /// A table of a few [`Runs`].
+    Runs(Runs),
+    /// A table by lane: `from(l) = lanes[l]`, 0 for `LANES` (which
+    /// [`LaneMap::apply`] reads as a zero lane past the input).
+    Gather([u16; LANES]),
+}
+
+impl LaneMap {
+    /// A `permute` table's map (`lanes[l]` not below `LANES` gives 0).
+    #[inline(always)]
+    fn table(lanes: &[u16; LANES]) -> LaneMap {
+        let runs = Runs::of(lanes);
+        if runs.count <= 8 {
+            LaneMap::Runs(runs)
+        } else {
+            LaneMap::Gather(lanes.map(|f| f.min(LANES as u16)))
+        }
+    }
+
+    #[inline(always)]
+    fn apply(&self, plane: &Vector, out: &mut Vector) {
+        match self {
+            LaneMap::Shift { n, len } => {
+                out[..*len].copy_from_slice(&plane[*n..*n + *len]);
+                out[*len..].fill(0);
+            }
+            LaneMap::Bcast(from) => out.fill(plane[*from]),
+            LaneMap::Runs(runs) => runs.apply(plane, out),
+            LaneMap::Gather(lanes) => {
+                let mut ext = [0u8; LANES + 1];
+                ext[..LANES].copy_from_slice(plane);
+                for (o, &f) in out.iter_mut().zip(lanes) {
+                    *o = ext[usize::from(f)];
+                }
             }
         }
     }
-    let lat = ctx.latency(class);
-    ctx.write_group(dst, lat, &out[..n])
+}
+
+/// A `permute` table as runs of lanes: `(first lane, first source lane,
+/// lanes)`, a source of `u16::MAX` for lanes that get 0. Rotations and the
+/// attention's pack tables are a few runs, copied a run at a time.
+struct Runs {
+    runs: [(u16, u16, u16); LANES],
+    count: usize,
+}
+
+impl Runs {
+    /// The runs of `lanes` (lane `l` from lane `lanes[l]`, 0 when that is
+    /// not below `LANES`).
+    #[inline(always)]
+    fn of(lanes: &[u16; LANES]) -> Runs {
+        let mut runs = Runs {
+            runs: [(0, 0, 0); LANES],
+            count: 0,
+        };
+        let mut l = 0;
+        while l < LANES {
+            let (start, from) = (l, lanes[l]);
+            l += 1;
+            if usize::from(from) >= LANES {
+                while l < LANES && usize::from(lanes[l]) >= LANES {
+                    l += 1;
+                }
+                runs.runs[runs.count] = (start as u16, u16::MAX, (l - start) as u16);
+            } else {
+                while l < LANES
+                    && usize::from(lanes[l]) < LANES
+                    && usize::from(lanes[l]) == usize::from(from) + (l - start)
+                {
+                    l += 1;
+                }
+                runs.runs[runs.count] = (start as u16, from, (l - start) as u16);
+            }
+            runs.count += 1;
+        }
+        runs
+    }
+
+    /// `out[l] = plane[lanes[l]]` (0 past the end), run by run.
+    #[inline(always)]
+    fn apply(&self, plane: &Vector, out: &mut Vector) {
+        for &(at, from, len) in &self.runs[..self.count] {
+            let (at, len) = (usize::from(at), usize::from(len));
+            if from == u16::MAX {
+                out[at..at + len].fill(0);
+            } else {
+                let from = usize::from(from);
+                out[at..at + len].copy_from_slice(&plane[from..from + len]);
+            }
+        }
+    }
 }
 
 /// The lane map of a `permute` table (entries past its end give 0).
@@ -891,14 +1151,17 @@ fn table<'a, O: Operands>(ctx: &'a Ctx<'_, O>, map: TableId) -> &'a [u16] {
 fn sxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     match *ins {
         Instruction::Shift { src, dst, n, w, ew } => {
-            let (n, w) = (n as usize, w as usize);
-            lane_map(ctx, src, dst, ew, LatencyClass::SxmShift, |l| {
-                (l + n < w).then_some(l + n)
-            })
+            // Lane `l` from lane `l + n` while `l + n < w` (`w <= LANES`
+            // by the field's range), then 0.
+            let n = (n as usize).min(LANES);
+            let len = (w as usize).min(LANES).saturating_sub(n);
+            let map = LaneMap::Shift { n, len };
+            lane_map(ctx, src, dst, ew, LatencyClass::SxmShift, &map)
         }
         Instruction::Bcast { src, dst, l, ew } => {
             let from = (l as usize).min(LANES - 1);
-            lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, |_| Some(from))
+            let map = LaneMap::Bcast(from);
+            lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, &map)
         }
         Instruction::Permute { src, dst, map, ew } => {
             // Copied so the table borrow does not outlive the reads.
@@ -906,23 +1169,19 @@ fn sxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             for (o, &v) in lanes.iter_mut().zip(table(ctx, map)) {
                 *o = v;
             }
-            lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, |l| {
-                let from = usize::from(lanes[l]);
-                (from < LANES).then_some(from)
-            })
+            let map = LaneMap::table(&lanes);
+            lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, &map)
         }
         Instruction::Transpose { src, dst } => {
             let g = ctx.read_group::<16>(src)?;
-            let mut out = [[0u8; LANES]; 16];
-            for sl in 0..LANES / 16 {
-                for (i, plane) in out.iter_mut().enumerate() {
+            let lat = ctx.latency(LatencyClass::SxmTranspose);
+            ctx.write_planes(dst, lat, 16, |i, plane| {
+                for sl in 0..LANES / 16 {
                     for j in 0..16 {
                         plane[sl * 16 + j] = g[j][sl * 16 + i];
                     }
                 }
-            }
-            let lat = ctx.latency(LatencyClass::SxmTranspose);
-            ctx.write_group(dst, lat, &out)
+            })
         }
         control_ops!() | mem_ops!() | vxm_ops!() | mxm_ops!() | c2c_ops!() => wrong_unit(ctx, ins),
     }
@@ -967,7 +1226,8 @@ fn model_error<O: Operands>(ctx: &Ctx<'_, O>, e: &mxm::MxmError) -> Fault {
     }
 }
 
-/// MXM: `lw`, `iw`, `mm`.
+/// MXM: `lw`, `iw`, `mm` (not inlined, as [`mem`]).
+#[inline(never)]
 fn mxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault> {
     let p = plane_index(ctx);
     let t = ctx.cycle;
@@ -1029,7 +1289,7 @@ fn mxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
                 MultiplyOutcome::Issued {
                     emit,
                     overflow: None,
-                } => ctx.write_group(dst, emit - t, &from_i32(&out)),
+                } => ctx.write32(dst, emit - t, &bits_i32(&out)),
             }
         }
         control_ops!() | mem_ops!() | vxm_ops!() | sxm_ops!() | c2c_ops!() => wrong_unit(ctx, ins),
@@ -1056,12 +1316,11 @@ pub fn load_rows<O: Operands>(ctx: &mut Ctx<'_, O>, work: Deferred) -> Result<()
         if row >= n {
             break;
         }
-        let at = row as usize * LANES;
         let v = ctx.operands.read(nth(src, j as usize), pos, cycle)?;
         // Rows go straight into the shadow buffer, which nothing reads
-        // before the load ends (`FastPlane::shadow_rows_mut`).
-        let shadow = ctx.state.planes[p].model.shadow_rows_mut();
-        for (w, &b) in shadow[at..at + LANES].iter_mut().zip(v) {
+        // before the load ends (`FastPlane::shadow_row_mut`).
+        let shadow = ctx.state.planes[p].model.shadow_row_mut(row as usize);
+        for (w, &b) in shadow.iter_mut().zip(v) {
             *w = b as i8;
         }
     }
@@ -1089,6 +1348,288 @@ pub(crate) fn wrong_unit<O: Operands>(ctx: &Ctx<'_, O>, ins: &Instruction) -> Re
 mod tests {
     use super::*;
     use crate::contract::split_pair;
+
+    /// Operands for one instruction: reads hand out slots `0, 1, 2, ..`
+    /// of `slab` in order, writes are kept.
+    struct Fixed {
+        slab: Vec<Vector>,
+        next: u32,
+        out: Vec<Vector>,
+    }
+
+    impl Operands for Fixed {
+        fn read_slot(&mut self, _s: Stream, _position: u32, _cycle: u64) -> Result<u32, Fault> {
+            self.next += 1;
+            Ok((self.next - 1) % self.slab.len() as u32)
+        }
+
+        fn bytes(&self, slot: u32) -> &Vector {
+            &self.slab[slot as usize]
+        }
+
+        fn write_mut(
+            &mut self,
+            _s: Stream,
+            _position: u32,
+            _cycle: u64,
+            _queue: QueueId,
+            _index: u32,
+        ) -> Result<&mut Vector, Fault> {
+            self.out.push([0x55; LANES]);
+            Ok(self.out.last_mut().expect("just pushed"))
+        }
+    }
+
+    /// f32 bit patterns where builds could differ: signed zeros,
+    /// infinities, NaNs with payloads and signs, subnormals, the extremes,
+    /// halves (rounding), values that overflow or round in products.
+    const SPECIAL: [u32; 20] = [
+        0x0000_0000,
+        0x8000_0000,
+        0x7f80_0000,
+        0xff80_0000,
+        0x7fc0_0000,
+        0xffc0_0001,
+        0x7f80_0001,
+        0x0000_0001,
+        0x8000_0001,
+        0x007f_ffff,
+        0x7f7f_ffff,
+        0xff7f_ffff,
+        0x3f80_0000,
+        0xbfc0_0000,
+        0x3f00_0000,
+        0x4020_0000,
+        0xc2fe_0000,
+        0x42fe_0001,
+        0x4b00_0001,
+        0x3eaa_aaab,
+    ];
+
+    /// 16 input planes: planes 0..4 lane `l` = `SPECIAL[l % 20]`, planes
+    /// 4..8 `SPECIAL[l / 20 % 20]` (every pair meets), the rest pseudo-random.
+    fn planes() -> Vec<Vector> {
+        let mut slab = vec![[0u8; LANES]; 16];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for l in 0..LANES {
+            let (a, b) = (SPECIAL[l % 20], SPECIAL[l / 20 % 20]);
+            for p in 0..4 {
+                slab[p][l] = (a >> (8 * p)) as u8;
+                slab[4 + p][l] = (b >> (8 * p)) as u8;
+            }
+            for plane in &mut slab[8..] {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                plane[l] = (x >> 56) as u8;
+            }
+        }
+        slab
+    }
+
+    /// What `ins` writes when run on `simd`'s build over [`planes`].
+    fn outputs(simd: Simd, ins: &Instruction) -> Vec<Vector> {
+        let config = crate::config::load_target(None).expect("lpu-v1");
+        let mut state = State {
+            mem: Vec::new(),
+            ports: Vec::new(),
+            planes: Vec::new(),
+            tables: vec![(0..LANES as u16).rev().collect()],
+            links: crate::link::Links::default(),
+        };
+        let (mut pool, mut deferred) = (Pool::default(), Vec::new());
+        let mut ctx = Ctx {
+            config: &config,
+            state: &mut state,
+            operands: Fixed {
+                slab: planes(),
+                next: 0,
+                out: Vec::new(),
+            },
+            pool: &mut pool,
+            deferred: &mut deferred,
+            cycle: 10,
+            queue: "vxm.0".parse().expect("a queue"),
+            index: 0,
+            addr_offset: 0,
+        };
+        match ins.info().unit {
+            q35_isa::Unit::Sxm => match simd {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the test runs a build only when the host has it.
+                Simd::Avx512 => unsafe { sxm_avx512(&mut ctx, ins) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Simd::Avx2 => unsafe { sxm_avx2(&mut ctx, ins) },
+                #[cfg(not(target_arch = "x86_64"))]
+                Simd::Avx512 | Simd::Avx2 => sxm_portable(&mut ctx, ins),
+                Simd::Portable => sxm_portable(&mut ctx, ins),
+            },
+            _ => vxm_on(simd, &mut ctx, ins),
+        }
+        .expect("runs");
+        ctx.operands.out
+    }
+
+    #[test]
+    fn lane_maps_are_the_isa_formulas() {
+        let plane: Vector = std::array::from_fn(|l| (l * 7 + 3) as u8);
+        // Permute: lane l from lane table[l], 0 for an entry past the
+        // lanes or past the table's end.
+        let mut tables: Vec<Vec<u16>> = vec![
+            (0..LANES as u16).map(|l| (l + 37) % LANES as u16).collect(),
+            (0..LANES as u16).rev().collect(),
+            vec![318, 319, 320, 321, 0, 1, 2, u16::MAX, 5, 5, 5],
+            (0..LANES as u16)
+                .map(|l| {
+                    if l % 64 < 40 {
+                        l / 64 * 40 + l % 64
+                    } else {
+                        999
+                    }
+                })
+                .collect(),
+            Vec::new(),
+        ];
+        tables.push((0..LANES as u16).map(|l| (l * 13) % 331).collect());
+        for t in &tables {
+            let mut lanes = [u16::MAX; LANES];
+            for (o, &v) in lanes.iter_mut().zip(t) {
+                *o = v;
+            }
+            let gather = LaneMap::Gather(lanes.map(|f| f.min(LANES as u16)));
+            for map in [
+                LaneMap::Runs(Runs::of(&lanes)),
+                gather,
+                LaneMap::table(&lanes),
+            ] {
+                let mut out = [0xaau8; LANES];
+                map.apply(&plane, &mut out);
+                for (l, &got) in out.iter().enumerate() {
+                    let want = t
+                        .get(l)
+                        .map_or(0, |&f| plane.get(usize::from(f)).copied().unwrap_or(0));
+                    assert_eq!(got, want, "table {t:?} lane {l}");
+                }
+            }
+        }
+        // Shift and bcast through the SXM, every width.
+        for (text, want) in [
+            (
+                "shift s8.e -> s1.w, 7, 300, 1",
+                (0..LANES)
+                    .map(|l| if l + 7 < 300 { Some(l + 7) } else { None })
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "shift s8.e -> s1.w, 0, 320, 2",
+                (0..LANES).map(Some).collect(),
+            ),
+            ("shift s8.e -> s1.w, 320, 320, 4", vec![None; LANES]),
+            ("shift s8.e -> s1.w, 300, 10, 4", vec![None; LANES]),
+            ("bcast s8.e -> s1.w, 319, 4", vec![Some(319); LANES]),
+        ] {
+            let ins: Instruction = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            let slab = planes();
+            let got = outputs(Simd::detect(), &ins);
+            for (p, out) in got.iter().enumerate() {
+                for l in 0..LANES {
+                    let w = want[l].map_or(0, |f| slab[p][f]);
+                    assert_eq!(out[l], w, "{text}: plane {p} lane {l}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_simd_build_gives_the_same_bits() {
+        let mut builds = vec![Simd::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                builds.push(Simd::Avx2);
+            }
+            if Simd::detect() == Simd::Avx512 {
+                builds.push(Simd::Avx512);
+            }
+        }
+        let program = [
+            "fadd s0.e, s4.e -> s16.e",
+            "fsub s0.e, s4.e -> s16.e",
+            "fmul s0.e, s4.e -> s16.e",
+            "fdiv s0.e, s4.e -> s16.e",
+            "fmax s0.e, s4.e -> s16.e",
+            "fmin s0.e, s4.e -> s16.e",
+            "fsqrt s0.e -> s16.e",
+            "fexp s0.e -> s16.e",
+            "fneg s0.e -> s16.e",
+            "fabs s0.e -> s16.e",
+            "fconst 2.5 -> s16.e",
+            "i32tof32 s0.e -> s16.e",
+            "f32toi8 s0.e -> s16.e",
+            "f16tof32 s0.e -> s16.e",
+            "i8toi32 s0.e -> s16.e",
+            "iadd32 s0.e, s4.e -> s16.e",
+            "fcmplt s0.e, s4.e -> s16.e",
+            "icmplt s0.e, s4.e -> s16.e",
+            "select s8.e, s0.e, s4.e -> s16.e",
+            "unpack35 s0.e -> s16.e, 16, 32",
+            "unpack35 s8.e -> s16.e, 3, 7",
+            "shift s0.e -> s8.w, 7, 300, 4",
+            "bcast s0.e -> s2.w, 33, 2",
+            "transpose s0.e -> s16.w",
+        ];
+        let mut instructions: Vec<(&str, Instruction)> = program
+            .iter()
+            .map(|text| {
+                (
+                    *text,
+                    text.parse().unwrap_or_else(|e| panic!("{text}: {e}")),
+                )
+            })
+            .collect();
+        // A table by id (the text form names tables of a program).
+        if let (_, Instruction::Bcast { src, dst, ew, .. }) = instructions[instructions.len() - 2] {
+            let map = TableId(0);
+            instructions.push((
+                "permute (table 0)",
+                Instruction::Permute { src, dst, map, ew },
+            ));
+        }
+        for (text, ins) in instructions {
+            let want = outputs(Simd::Portable, &ins);
+            assert!(!want.is_empty(), "{text} wrote nothing");
+            let f32_out = text.starts_with('f')
+                && !text.starts_with("f32toi8")
+                && !text.starts_with("fcmplt")
+                || text.starts_with("i32tof32");
+            for &simd in &builds[1..] {
+                let got = outputs(simd, &ins);
+                assert_eq!(got.len(), want.len(), "{text}: {simd:?}");
+                if f32_out {
+                    // A NaN result's payload is not specified (Rust, IEEE
+                    // 754): with two NaN operands the builds may keep
+                    // either's. Every other result is bit for bit.
+                    for l in 0..LANES {
+                        let bits =
+                            |g: &[Vector]| u32::from_le_bytes([g[0][l], g[1][l], g[2][l], g[3][l]]);
+                        let (w, g) = (f32::from_bits(bits(&want)), f32::from_bits(bits(&got)));
+                        assert!(
+                            w.to_bits() == g.to_bits() || (w.is_nan() && g.is_nan()),
+                            "{text}: {simd:?} lane {l}: {:08x} against {:08x}",
+                            g.to_bits(),
+                            w.to_bits()
+                        );
+                    }
+                } else {
+                    assert!(
+                        got == want,
+                        "{text}: {simd:?} differs from the portable build"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     #[expect(

@@ -354,18 +354,17 @@ impl Operands for Resolved<'_> {
         self.book
     }
 
-    fn write(
+    #[inline(always)]
+    fn write_mut(
         &mut self,
         _s: Stream,
         _position: u32,
         cycle: u64,
-        bytes: &Vector,
         _queue: QueueId,
         _index: u32,
-    ) -> Result<(), Fault> {
+    ) -> Result<&mut Vector, Fault> {
         let s = self.slot(cycle)?;
-        self.slab[s] = *bytes;
-        Ok(())
+        Ok(&mut self.slab[s])
     }
 }
 
@@ -627,10 +626,15 @@ impl Replay {
                             ..
                         } => {
                             let (lo, hi) = (ctx.pool.get(lo), ctx.pool.get(hi));
+                            let mut last = None;
                             for l in 0..LANES {
                                 let i = u16::from_le_bytes([lo[l], hi[l]]);
-                                // Checked at issue: in range.
-                                undo.save(ctx.state, slice, (base + i64::from(i)) as u32);
+                                // Lanes often share a word: saved once anyway.
+                                if last != Some(i) {
+                                    last = Some(i);
+                                    // Checked at issue: in range.
+                                    undo.save(ctx.state, slice, (base + i64::from(i)) as u32);
+                                }
                             }
                             exec::commit(ctx.state, ctx.pool, work);
                             Ok(())
@@ -679,7 +683,8 @@ struct Undo<'a> {
 
 impl Undo<'_> {
     /// Saves word `addr` of `slice` if it is kept and this run did not
-    /// save it already.
+    /// save it already (inlined: most words a run writes are not kept).
+    #[inline(always)]
     fn save(&mut self, state: &State, slice: u16, addr: u32) {
         let at = usize::from(slice) * self.words + addr as usize;
         if self
@@ -690,8 +695,14 @@ impl Undo<'_> {
             && *g & (1 << (at % 64)) == 0
         {
             *g |= 1 << (at % 64);
-            self.log
-                .push((slice, addr, *state.mem[usize::from(slice)].word(addr)));
+            self.push(state, slice, addr);
         }
+    }
+
+    /// Logs the word's bytes.
+    #[inline(never)]
+    fn push(&mut self, state: &State, slice: u16, addr: u32) {
+        self.log
+            .push((slice, addr, *state.mem[usize::from(slice)].word(addr)));
     }
 }

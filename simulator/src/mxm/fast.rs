@@ -42,6 +42,11 @@ pub struct FastPlane {
     active: Vec<i8>,
     /// Shadow weights, row-major.
     shadow: Vec<i8>,
+    /// Rows `dirty ..` of the shadow buffer are zero (what
+    /// [`FastPlane::finish_load`] need not zero again).
+    shadow_dirty: usize,
+    /// The same of the active buffer.
+    active_dirty: usize,
     /// Every column of every tile is safe (`R * 128 * 128` fits the
     /// accumulator), so no per-column sums are needed.
     always_safe: bool,
@@ -50,7 +55,7 @@ pub struct FastPlane {
     /// Per column: a partial sum of this vector overflowed (scratch).
     overflowed: Vec<bool>,
     /// The host has AVX2.
-    avx2: bool,
+    kernel: Kernel,
     /// Per active column: no partial sum of it can overflow.
     active_safe: Vec<bool>,
     /// Per shadow column: no partial sum of it can overflow.
@@ -165,10 +170,12 @@ impl FastPlane {
             config,
             active: vec![0; n],
             shadow: vec![0; n],
+            shadow_dirty: 0,
+            active_dirty: 0,
             always_safe: config.rows as i64 * 128 * 128 <= config.acc_max(),
             partial: vec![0; config.cols],
             overflowed: vec![false; config.cols],
-            avx2: has_avx2(),
+            kernel: Kernel::detect(),
             active_safe: vec![true; config.cols],
             shadow_safe: vec![true; config.cols],
             acc: vec![0; config.cols],
@@ -232,6 +239,7 @@ impl FastPlane {
                 self.shadow[i * c + j] = w;
             }
         }
+        self.shadow_dirty = self.shadow_dirty.max(n);
         self.finish_load(n);
         Ok(outcome)
     }
@@ -290,6 +298,7 @@ impl FastPlane {
         let (r, c) = (self.config.rows, self.config.cols);
         assert!(n <= r && data.len() == n * c, "a {n}x{c} tile");
         self.shadow[..n * c].copy_from_slice(data);
+        self.shadow_dirty = self.shadow_dirty.max(n);
         self.finish_load(n);
     }
 
@@ -298,7 +307,19 @@ impl FastPlane {
     /// shadow is read by nothing but [`Self::swap`], which refuses to run
     /// before the load is done, so writing early is writing at the end.
     pub fn shadow_rows_mut(&mut self) -> &mut [i8] {
+        self.shadow_dirty = self.config.rows;
         &mut self.shadow
+    }
+
+    /// Row `row` of the shadow buffer (`C` weights; `row < R`), as
+    /// [`Self::shadow_rows_mut`] for a load that writes row by row.
+    ///
+    /// # Panics
+    /// If `row >= R`.
+    pub fn shadow_row_mut(&mut self, row: usize) -> &mut [i8] {
+        let c = self.config.cols;
+        self.shadow_dirty = self.shadow_dirty.max(row + 1);
+        &mut self.shadow[row * c..(row + 1) * c]
     }
 
     /// Ends a load of `n` rows written through [`Self::shadow_rows_mut`]:
@@ -306,7 +327,11 @@ impl FastPlane {
     pub fn finish_load(&mut self, n: usize) {
         let c = self.config.cols;
         let n = n.min(self.config.rows);
-        self.shadow[n * c..].fill(0);
+        // Rows past `shadow_dirty` are zero already.
+        if self.shadow_dirty > n {
+            self.shadow[n * c..self.shadow_dirty * c].fill(0);
+        }
+        self.shadow_dirty = n;
         if self.always_safe {
             self.shadow_safe.fill(true);
             return;
@@ -336,6 +361,7 @@ impl FastPlane {
         // Vectors in flight keep their weights: the swap follows them as a
         // wavefront, and no vector may be issued until it ends.
         std::mem::swap(&mut self.active, &mut self.shadow);
+        std::mem::swap(&mut self.active_dirty, &mut self.shadow_dirty);
         std::mem::swap(&mut self.active_safe, &mut self.shadow_safe);
         std::mem::swap(&mut self.active_reader, &mut self.shadow_reader);
         self.shadow_loaded = false;
@@ -406,21 +432,9 @@ impl FastPlane {
             .zip(x.chunks_exact(b))
             .enumerate()
         {
-            let mut pairs = rows.chunks_exact(2 * c).zip(xs.chunks_exact(2));
-            for (two, x2) in &mut pairs {
-                let (w0, w1) = two.split_at(c);
-                axpy2(
-                    self.avx2,
-                    &mut self.partial,
-                    w0,
-                    w1,
-                    i16::from(x2[0]),
-                    i16::from(x2[1]),
-                );
-            }
-            if b % 2 == 1 {
-                let w = &rows[(b - 1) * c..];
-                axpy2(self.avx2, &mut self.partial, w, w, i16::from(xs[b - 1]), 0);
+            // Rows from `active_dirty` on are zero: they add nothing.
+            if bi * b < self.active_dirty {
+                block(self.kernel, &mut self.partial, rows, xs);
             }
             if check {
                 // PE(I, J) checks the sum over rows 0 .. (I+1)b at its output.
@@ -473,44 +487,94 @@ impl FastPlane {
     }
 }
 
-/// Whether the host has AVX2 (the kernels' fast path).
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+/// Which build of the row kernel the host runs: the same Rust compiled
+/// for AVX-512 (BW), for AVX2, or for the baseline target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    /// The widest build the host runs.
+    fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512bw") {
+                return Kernel::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
     }
 }
 
-/// `acc[j] += w0[j] * x0 + w1[j] * x1` over `acc.len()` lanes. Each product
-/// of two i8 values fits i16 (`|p| <= 2^14`); the sum is exact in i32 for
-/// every plane the configuration accepts.
+/// Columns a [`block_lanes`] pass keeps in registers.
+const CHUNK: usize = 32;
+
+/// `acc[j] += sum_r rows[r][j] * xs[r]` over one PE block (`xs.len()` rows
+/// of `acc.len()` weights, row-major in `rows`), in wrapping i32. Each
+/// product of two i8 values fits i16 (`|p| <= 2^14`); a chunk of columns
+/// sums its rows in registers and adds them to `acc` once, instead of a
+/// load and a store of `acc` per row pair. Integer addition wrapping in i32
+/// is associative and commutative, so the sums are those of any order (and
+/// exact for every plane the configuration accepts: docs/mxm-timing.md).
 #[inline(always)]
-fn axpy2_lanes(acc: &mut [i32], w0: &[i8], w1: &[i8], x0: i16, x1: i16) {
-    for ((a, &p), &q) in acc.iter_mut().zip(w0).zip(w1) {
-        *a = a.wrapping_add(i32::from(i16::from(p) * x0) + i32::from(i16::from(q) * x1));
+fn block_lanes(acc: &mut [i32], rows: &[i8], xs: &[i8]) {
+    let c = acc.len();
+    let full = c - c % CHUNK;
+    for j0 in (0..full).step_by(CHUNK) {
+        let mut s = [0i32; CHUNK];
+        for (r, &x) in xs.iter().enumerate() {
+            let x = i16::from(x);
+            let w: &[i8; CHUNK] = rows[r * c + j0..r * c + j0 + CHUNK]
+                .try_into()
+                .expect("a chunk is CHUNK weights");
+            for (s, &w) in s.iter_mut().zip(w) {
+                *s = s.wrapping_add(i32::from(i16::from(w) * x));
+            }
+        }
+        for (a, s) in acc[j0..j0 + CHUNK].iter_mut().zip(s) {
+            *a = a.wrapping_add(s);
+        }
+    }
+    for j in full..c {
+        let mut s = 0i32;
+        for (r, &x) in xs.iter().enumerate() {
+            s = s.wrapping_add(i32::from(i16::from(rows[r * c + j]) * i16::from(x)));
+        }
+        acc[j] = acc[j].wrapping_add(s);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn axpy2_avx2(acc: &mut [i32], w0: &[i8], w1: &[i8], x0: i16, x1: i16) {
-    axpy2_lanes(acc, w0, w1, x0, x1);
+#[target_feature(enable = "avx512f,avx512bw")]
+fn block_avx512(acc: &mut [i32], rows: &[i8], xs: &[i8]) {
+    block_lanes(acc, rows, xs);
 }
 
-/// [`axpy2_lanes`], compiled for AVX2 when `avx2` (the host has it).
-fn axpy2(avx2: bool, acc: &mut [i32], w0: &[i8], w1: &[i8], x0: i16, x1: i16) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is `has_avx2()`: the host runs AVX2 instructions.
-        unsafe { axpy2_avx2(acc, w0, w1, x0, x1) };
-        return;
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn block_avx2(acc: &mut [i32], rows: &[i8], xs: &[i8]) {
+    block_lanes(acc, rows, xs);
+}
+
+/// [`block_lanes`], compiled for the host's widest [`Kernel`].
+fn block(kernel: Kernel, acc: &mut [i32], rows: &[i8], xs: &[i8]) {
+    match kernel {
+        // SAFETY: `Kernel::detect` found the host runs these instructions.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { block_avx512(acc, rows, xs) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { block_avx2(acc, rows, xs) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Avx512 | Kernel::Avx2 => block_lanes(acc, rows, xs),
+        Kernel::Portable => block_lanes(acc, rows, xs),
     }
-    let _ = avx2;
-    axpy2_lanes(acc, w0, w1, x0, x1);
 }
 
 fn check_load_shape(
@@ -669,6 +733,105 @@ mod tests {
         }
         // The shorter slice decides the length.
         assert_eq!(dot_i8(&[2, 3, 4], &[5, 7]), 31);
+    }
+
+    /// Deterministic i8 values, -128 and 127 included.
+    fn values(seed: u64, n: usize) -> Vec<i8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as i8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_block_kernel_is_the_exact_sum() {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                kernels.push(Kernel::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512bw") {
+                kernels.push(Kernel::Avx512);
+            }
+        }
+        // 320 columns (whole chunks), 37 and 70 (a remainder), blocks of 1, 16, 20.
+        for (c, b) in [(320, 16), (37, 1), (70, 20), (32, 16)] {
+            let mut rows = values(c as u64, b * c);
+            rows[0] = -128;
+            let mut xs = values(b as u64 + 7, b);
+            xs[0] = -128;
+            let start = values(3, c)
+                .into_iter()
+                .map(|v| i32::from(v) << 20)
+                .collect::<Vec<_>>();
+            let want: Vec<i32> = (0..c)
+                .map(|j| {
+                    let s: i64 = (0..b)
+                        .map(|r| i64::from(rows[r * c + j]) * i64::from(xs[r]))
+                        .sum();
+                    (i64::from(start[j]) + s) as i32
+                })
+                .collect();
+            for &k in &kernels {
+                let mut acc = start.clone();
+                block(k, &mut acc, &rows, &xs);
+                assert_eq!(acc, want, "{k:?}, {c} columns, blocks of {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_load_after_a_full_one_multiplies_by_zero_rows() {
+        let config = PlaneConfig {
+            rows: 32,
+            cols: 32,
+            pe_block: 16,
+            install_rows_per_cycle: 32,
+            swap_cycles: 1,
+            pe_hop_cycles: 1,
+            acc_bits: 32,
+        };
+        let (r, c) = (config.rows, config.cols);
+        let mut plane = FastPlane::new(config).unwrap();
+        let full = values(11, r * c);
+        let short = values(12, 5 * c);
+        let x = values(13, r);
+        let mut cycle = 0;
+        for (i, tile) in [&full, &short, &full, &short].into_iter().enumerate() {
+            let n = tile.len() / c;
+            assert!(matches!(
+                plane.begin_load(3 * i, cycle, n).unwrap(),
+                LoadOutcome::Issued { in_use: None }
+            ));
+            for row in 0..n {
+                plane
+                    .shadow_row_mut(row)
+                    .copy_from_slice(&tile[row * c..(row + 1) * c]);
+            }
+            plane.finish_load(n);
+            cycle += 1000;
+            assert_eq!(plane.swap(3 * i + 1, cycle).unwrap(), Step::Done);
+            cycle += 1000;
+            let mut out = vec![0i32; c];
+            plane
+                .multiply(3 * i + 2, cycle, &x, false, &mut out)
+                .unwrap();
+            let want: Vec<i32> = (0..c)
+                .map(|j| {
+                    (0..n)
+                        .map(|k| i32::from(tile[k * c + j]) * i32::from(x[k]))
+                        .sum()
+                })
+                .collect();
+            assert_eq!(out, want, "load {i} of {n} rows");
+            cycle += 1000;
+        }
     }
 
     #[test]
