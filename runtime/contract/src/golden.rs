@@ -133,6 +133,10 @@ pub struct GoldenModel {
     /// The rotation of `ffn_down`'s input (signs and group), when
     /// [`GoldenModel::with_down_rotation`] chose the variant.
     down_rotation: Option<(Arc<[f32]>, usize)>,
+    /// The dense `hidden x hidden` mixing matrix applied to the final-norm
+    /// output before the LM head, when [`GoldenModel::with_head_mix`] chose
+    /// the stream-rotation variant.
+    head_mix: Option<Arc<[f32]>>,
 }
 
 /// One activation vector quantized for the integer matmuls.
@@ -297,7 +301,42 @@ impl GoldenModel {
             rope,
             act_scales: ActivationScales::PerToken,
             down_rotation: None,
+            head_mix: None,
         })
+    }
+
+    /// The same model with the final-norm output mixed by the dense
+    /// `hidden x hidden` matrix `mix` (row-major, finite) before the LM head,
+    /// `v = mix_along_lanes(mix, rmsnorm(x, output_norm))`
+    /// ([`semantics::mix_along_lanes`]): the stream-rotation variant of
+    /// docs/q35-format.md section 14, for a model whose residual stream is
+    /// rotated by an orthogonal `R` (embedding rows, and so the tied head,
+    /// stored as `R e`), where `mix = R diag(gamma_out) R^T` restores the
+    /// head's view of the unrotated stream.
+    pub fn with_head_mix(mut self, mix: Arc<[f32]>) -> Result<GoldenModel, GoldenError> {
+        let d = self.arch.hidden as usize;
+        if mix.len() != d * d {
+            return Err(GoldenError::Invalid(format!(
+                "head mix: {} values, a {d} x {d} matrix needs {}",
+                mix.len(),
+                d * d
+            )));
+        }
+        if let Some(i) = mix.iter().position(|v| !v.is_finite()) {
+            return Err(GoldenError::Invalid(format!(
+                "head mix: entry ({}, {}) is {}, not finite",
+                i / d,
+                i % d,
+                mix[i]
+            )));
+        }
+        self.head_mix = Some(mix);
+        Ok(self)
+    }
+
+    /// The head's mixing matrix, when the stream-rotation variant is on.
+    pub fn head_mix(&self) -> Option<&[f32]> {
+        self.head_mix.as_deref()
     }
 
     /// The same model with `ffn_down`'s input rotated before it is
@@ -552,6 +591,10 @@ impl GoldenModel {
         }
         let mut h = vec![0f32; d];
         rmsnorm(x, &self.output_norm, self.arch.norm_eps, &mut h);
+        if let Some(mix) = &self.head_mix {
+            let n = h.clone();
+            semantics::mix_along_lanes(mix, &n, &mut h);
+        }
         match &self.head {
             GoldenHead::Quantized(m) => matvec(m, &self.quantize_for(&h, m)?),
             GoldenHead::F32(w) => {

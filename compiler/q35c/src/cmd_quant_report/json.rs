@@ -9,7 +9,7 @@
 use std::io::Write;
 
 use q35_contract::golden::ActivationScales;
-use q35_quant::model::{EvalReport, Methods, TensorReport};
+use q35_quant::model::{EvalReport, Methods, StreamRotation, TensorReport};
 use serde::Serialize;
 
 use super::summary::SchemeSummary;
@@ -31,7 +31,8 @@ struct ReportJson<'a> {
     schemes: Vec<SchemeJson<'a>>,
 }
 
-/// The accuracy methods of `--act-scales`, `--smooth`, `--scale-search`.
+/// The accuracy methods of `--act-scales`, `--smooth`, `--scale-search`,
+/// `--group-of`, `--rotate-down`, `--rotate-stream`, `--rotate-vo`.
 #[derive(Serialize)]
 struct MethodsJson {
     act_scales: &'static str,
@@ -39,6 +40,9 @@ struct MethodsJson {
     /// `group_size_of`).
     group_of: Vec<String>,
     rotate_down: bool,
+    /// `--rotate-stream`'s matrix, when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotate_stream: Option<&'static str>,
     rotate_vo: bool,
     scale_search: bool,
     smooth: Option<f32>,
@@ -130,6 +134,7 @@ pub(super) fn write(
             },
             group_of: super::group_of_text(&inputs.methods),
             rotate_down: inputs.methods.rotate_down,
+            rotate_stream: inputs.methods.rotate_stream.map(StreamRotation::as_str),
             rotate_vo: inputs.methods.rotate_vo,
             scale_search: inputs.methods.scale_search,
             smooth: inputs.methods.smooth,

@@ -31,7 +31,9 @@ use std::time::Instant;
 use anyhow::Context;
 use q35_contract::QuantScheme;
 use q35_contract::golden::ActivationScales;
-use q35_quant::model::{HeadPolicy, Methods, QuantPipeline, ReferenceLogits, SchemePolicy};
+use q35_quant::model::{
+    HeadPolicy, Methods, QuantPipeline, ReferenceLogits, SchemePolicy, StreamRotation,
+};
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{LinearKind, splitmix64};
 
@@ -98,6 +100,13 @@ pub struct QuantReportArgs {
     /// run-time cost; docs section 14).
     #[arg(long)]
     pub rotate_vo: bool,
+    /// Rotate the whole residual stream by an orthogonal matrix
+    /// (block-hadamard, kron-hadamard or random): norms folded into the
+    /// matrices reading them, the tied embedding/LM head stored rotated, and
+    /// the final norm's output mixed on line by a dense hidden x hidden
+    /// matrix before the head (a golden-pass variant, docs section 14).
+    #[arg(long, value_name = "KIND")]
+    pub rotate_stream: Option<StreamRotation>,
     /// Calibration rows kept per layer for the layer-output error.
     #[arg(long, default_value_t = CALIB_SAMPLES)]
     pub samples: usize,
@@ -247,6 +256,7 @@ fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
         scale_search: args.scale_search,
         rotate_down: args.rotate_down,
         rotate_vo: args.rotate_vo,
+        rotate_stream: args.rotate_stream,
         ..Methods::default()
     };
     for item in &args.group_of {

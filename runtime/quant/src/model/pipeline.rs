@@ -8,7 +8,8 @@ use q35_reference::{LinearId, LinearKind, Model};
 
 use super::{
     Calibration, EvalReport, ModelQuantError, QuantizedLayer, ReferenceLogits, SchemePolicy,
-    model_weights, quantize_model_with, rotate_vo_model, smooth_model,
+    StreamRotation, model_weights, quantize_model_with, rotate_stream_model, rotate_vo_model,
+    smooth_model,
 };
 use crate::quantize::QuantOptions;
 
@@ -39,6 +40,12 @@ pub struct Methods {
     /// matrix per head, folded into `attn_v` and `attn_output` offline
     /// ([`rotate_vo_model`]; no run-time cost).
     pub rotate_vo: bool,
+    /// Rotate the whole residual stream by this orthogonal matrix, every
+    /// norm folded into the matrices reading it, the tied table stored
+    /// rotated, and the final norm's output mixed on line before the head
+    /// ([`rotate_stream_model`]; a golden-pass variant,
+    /// `GoldenModel::with_head_mix`).
+    pub rotate_stream: Option<StreamRotation>,
 }
 
 impl Methods {
@@ -85,6 +92,8 @@ pub struct QuantPipeline<'m> {
     /// The on-line rotation of `ffn_down`'s input (signs, group), with
     /// [`Methods::rotate_down`].
     rotation: Option<(Arc<[f32]>, usize)>,
+    /// The head's on-line mix, with [`Methods::rotate_stream`].
+    head_mix: Option<Arc<[f32]>>,
 }
 
 impl<'m> QuantPipeline<'m> {
@@ -176,10 +185,28 @@ impl<'m> QuantPipeline<'m> {
             (true, None) => Some(Arc::new(rotate_vo_model(model)?)),
             (false, r) => r,
         };
+        let (rewritten, head_mix) = match methods.rotate_stream {
+            Some(kind) => {
+                let r = rotate_stream_model(rewritten.as_deref().unwrap_or(model), kind)?;
+                (Some(Arc::new(r.model)), Some(r.head_mix))
+            }
+            None => (rewritten, None),
+        };
         let m = rewritten.as_deref().unwrap_or(model);
-        let mut calib = Calibration::run_with_covariance_progress(
-            m, tokens, window, samples, cov_group, progress,
-        )?;
+        let mut calib = match &head_mix {
+            Some(mix) => Calibration::run_with_covariance_mixed_head(
+                m,
+                tokens,
+                window,
+                samples,
+                cov_group,
+                mix.clone(),
+                progress,
+            )?,
+            None => Calibration::run_with_covariance_progress(
+                m, tokens, window, samples, cov_group, progress,
+            )?,
+        };
         let mut weights = model_weights(m)?;
         let rotation = if methods.rotate_down {
             let ffn = m.config().ffn;
@@ -208,6 +235,7 @@ impl<'m> QuantPipeline<'m> {
             options,
             methods,
             rotation,
+            head_mix,
         })
     }
 
@@ -270,6 +298,10 @@ impl<'m> QuantPipeline<'m> {
             .with_activation_scales(self.methods.act_scales)?;
         let golden = match &self.rotation {
             Some((signs, group)) => golden.with_down_rotation(signs.clone(), *group)?,
+            None => golden,
+        };
+        let golden = match &self.head_mix {
+            Some(mix) => golden.with_head_mix(mix.clone())?,
             None => golden,
         };
         reference.compare_golden(&golden)

@@ -1,0 +1,371 @@
+//! The residual-stream rotation (QuaRot proper, docs/q35-format.md section
+//! 14) for a model whose LM head is tied to its embedding.
+//!
+//! Every RMSNorm weight is folded into the matrices that read the norm's
+//! output (attention norm into Q, K, V; FFN norm into gate, up), and the
+//! residual stream is rotated by an orthogonal `R` (`x' = R x`): input
+//! matrices become `W diag(gamma) R^T`, output matrices (`attn_output`,
+//! `ffn_down`) `R W`, and the tied table is stored once as rows `R e_t`, so
+//! the embedding lookup already yields the rotated embedding and the LM
+//! head quantizes a rotated, incoherent matrix. RMSNorm commutes with `R`
+//! (it only divides by the vector's norm, which `R` keeps), so the blocks
+//! need nothing on line; the norm weights become 1. The head sees the
+//! unrotated stream through `M = R diag(gamma_out) R^T`: the final norm's
+//! output is mixed by `M` on line (one dense `hidden x hidden` f32 product
+//! per token, `q35_contract::semantics::mix_along_lanes`, the golden-pass
+//! variant `GoldenModel::with_head_mix`), then the head multiplies by the
+//! rotated table.
+//!
+//! `R` is chosen by [`StreamRotation`]: a block-diagonal randomized
+//! Walsh-Hadamard matrix, a Kronecker product of a seeded random orthogonal
+//! matrix with one, or a seeded random orthogonal matrix (Gram-Schmidt of a
+//! Gaussian matrix). Every choice is deterministic (fixed seeds, fixed
+//! algorithm, f64, rounded once to f32).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use q35_reference::{DenseLinear, Linear, LinearId, LinearKind, Model, WeightMap, splitmix64};
+use rayon::prelude::*;
+
+use super::ModelQuantError;
+use super::smooth::{dims, weights};
+
+/// Which orthogonal matrix rotates the residual stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRotation {
+    /// `blockdiag(H_b / sqrt(b)) D`: the Walsh-Hadamard matrix of the
+    /// largest power of two `b` dividing `hidden` (at most 512) on each
+    /// block of `b` channels, after fixed random signs `D` (64 x 9 blocks
+    /// for SmolLM2's 576). Mixes only within a block.
+    BlockHadamard,
+    /// `(O_m kron H_b / sqrt(b)) D` with `m = hidden / b` and `O_m` a seeded
+    /// random orthogonal matrix: every channel mixes with every other.
+    KronHadamard,
+    /// A seeded random orthogonal `hidden x hidden` matrix (Gram-Schmidt
+    /// of a Gaussian matrix).
+    Random,
+}
+
+impl StreamRotation {
+    /// Every choice, in the order the CLI lists them.
+    pub const ALL: [StreamRotation; 3] = [
+        StreamRotation::BlockHadamard,
+        StreamRotation::KronHadamard,
+        StreamRotation::Random,
+    ];
+
+    /// The CLI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamRotation::BlockHadamard => "block-hadamard",
+            StreamRotation::KronHadamard => "kron-hadamard",
+            StreamRotation::Random => "random",
+        }
+    }
+}
+
+impl std::str::FromStr for StreamRotation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<StreamRotation, String> {
+        StreamRotation::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown stream rotation {s} (expected {})",
+                    StreamRotation::ALL.map(StreamRotation::as_str).join(", ")
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for StreamRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Seed of the Gaussian matrices (SplitMix64).
+const GAUSSIAN_SEED: u64 = 0x5154_5354;
+
+/// The orthogonal `d x d` matrix `R` of `kind`, row-major f64 (`x' = R x`).
+pub fn stream_rotation_matrix(kind: StreamRotation, d: usize) -> Result<Vec<f64>, ModelQuantError> {
+    if d == 0 {
+        return Err(ModelQuantError::Input(
+            "the stream rotation needs a positive hidden size".into(),
+        ));
+    }
+    Ok(match kind {
+        StreamRotation::Random => random_orthogonal(d, GAUSSIAN_SEED),
+        StreamRotation::BlockHadamard | StreamRotation::KronHadamard => {
+            let b = (1usize << d.trailing_zeros()).min(512);
+            let m = d / b;
+            let o = match kind {
+                StreamRotation::KronHadamard => random_orthogonal(m, GAUSSIAN_SEED),
+                StreamRotation::BlockHadamard | StreamRotation::Random => (0..m * m)
+                    .map(|k| f64::from(u8::from(k / m == k % m)))
+                    .collect(),
+            };
+            let signs = super::pipeline::rotation_signs(d);
+            let norm = 1.0 / (b as f64).sqrt();
+            let mut r = vec![0f64; d * d];
+            for (i, row) in r.chunks_exact_mut(d).enumerate() {
+                let (p, a) = (i / b, i % b);
+                for (j, v) in row.iter_mut().enumerate() {
+                    let (q, c) = (j / b, j % b);
+                    let h = if (a & c).count_ones() % 2 == 0 {
+                        1.0
+                    } else {
+                        -1.0
+                    };
+                    *v = o[p * m + q] * h * norm * f64::from(signs[j]);
+                }
+            }
+            r
+        }
+    })
+}
+
+/// A seeded random orthogonal `n x n` matrix: modified Gram-Schmidt on the
+/// rows of a Gaussian matrix (Box-Muller from SplitMix64), row-major f64.
+fn random_orthogonal(n: usize, seed: u64) -> Vec<f64> {
+    let mut state = seed;
+    let mut uniform = || ((splitmix64(&mut state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let mut g: Vec<f64> = (0..n * n)
+        .map(|_| {
+            let (u, v) = (uniform(), uniform());
+            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        })
+        .collect();
+    for i in 0..n {
+        let (done, rest) = g.split_at_mut(i * n);
+        let row = &mut rest[..n];
+        // Twice, for orthogonality to f64 rounding.
+        for _ in 0..2 {
+            for prev in done.chunks_exact(n) {
+                let dot: f64 = prev.iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+                for (x, &p) in row.iter_mut().zip(prev) {
+                    *x -= dot * p;
+                }
+            }
+        }
+        let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+        for x in row.iter_mut() {
+            *x /= norm;
+        }
+    }
+    g
+}
+
+/// A model with its residual stream rotated ([`rotate_stream_model`]).
+#[derive(Debug)]
+pub struct RotatedStream {
+    /// The rewritten model: f32-equivalent to the original (its LM head
+    /// applies the mix, then the rotated table; the head's f32 weights are
+    /// that table, which is what gets quantized).
+    pub model: Model,
+    /// `M = R diag(gamma_out) R^T`, row-major `hidden x hidden` f32: what
+    /// the final norm's output is mixed by before the head.
+    pub head_mix: Arc<[f32]>,
+}
+
+/// The model with every norm folded and its residual stream rotated by
+/// `kind`'s matrix (module doc). Needs a tied LM head (the case this
+/// rotation is for).
+pub fn rotate_stream_model(
+    model: &Model,
+    kind: StreamRotation,
+) -> Result<RotatedStream, ModelQuantError> {
+    let c = model.config().clone();
+    if !c.tied_embeddings {
+        return Err(ModelQuantError::Input(
+            "the stream rotation is built for a tied LM head; this model has its own".into(),
+        ));
+    }
+    let d = c.hidden;
+    let r = stream_rotation_matrix(kind, d)?;
+    // R^T, row-major: row i is column i of R.
+    let rt: Vec<f64> = (0..d * d).map(|k| r[(k % d) * d + k / d]).collect();
+    let ones = vec![1f32; d];
+    let mut map = WeightMap::new("stream-rotated model");
+    let table = rotate_rows(model.embedding(), d, None, &rt);
+    map.insert(
+        "token_embd.weight",
+        vec![d as u64, c.vocab as u64],
+        table.clone(),
+    );
+    for (b, blk) in model.blocks().iter().enumerate() {
+        let id = |kind| LinearId {
+            block: Some(b),
+            kind,
+        };
+        for kind in LinearKind::BLOCK {
+            let w = weights(model, id(kind))?;
+            let (cols, rows) = dims(&c, kind);
+            let w = match kind {
+                LinearKind::Q | LinearKind::K | LinearKind::V => {
+                    rotate_rows(&w, d, Some(&blk.attn_norm), &rt)
+                }
+                LinearKind::Gate | LinearKind::Up => rotate_rows(&w, d, Some(&blk.ffn_norm), &rt),
+                LinearKind::AttnOutput | LinearKind::Down => rotate_output(&w, cols, &r),
+                LinearKind::LmHead => w,
+            };
+            map.insert(id(kind).gguf_name(), vec![cols as u64, rows as u64], w);
+        }
+        map.insert(
+            format!("blk.{b}.attn_norm.weight"),
+            vec![d as u64],
+            ones.clone(),
+        );
+        map.insert(
+            format!("blk.{b}.ffn_norm.weight"),
+            vec![d as u64],
+            ones.clone(),
+        );
+    }
+    map.insert("output_norm.weight", vec![d as u64], ones);
+    let gamma = model.output_norm();
+    let head_mix: Arc<[f32]> = (0..d * d)
+        .into_par_iter()
+        .map(|k| {
+            let (a, b) = (k / d, k % d);
+            (0..d)
+                .map(|i| r[a * d + i] * f64::from(gamma[i]) * r[b * d + i])
+                .sum::<f64>() as f32
+        })
+        .collect::<Vec<f32>>()
+        .into();
+    let mut out = Model::from_config_weights(c.clone(), map)?;
+    out.set_threads(model.threads())?;
+    let head = LinearId {
+        block: None,
+        kind: LinearKind::LmHead,
+    };
+    out.replace_linear(
+        head,
+        Box::new(MixedHead {
+            mix: head_mix.clone(),
+            table: DenseLinear::new(c.vocab, d, table.into()),
+            d,
+        }),
+    )?;
+    Ok(RotatedStream {
+        model: out,
+        head_mix,
+    })
+}
+
+/// Each row `w` of `m` (`d` wide) as `R (gamma . w)` (the row of
+/// `W diag(gamma) R^T`), from `rt = R^T`; in f64, rounded once.
+fn rotate_rows(m: &[f32], d: usize, gamma: Option<&[f32]>, rt: &[f64]) -> Vec<f32> {
+    let mut out = vec![0f32; m.len()];
+    out.par_chunks_mut(d).zip(m.par_chunks(d)).for_each_init(
+        || vec![0f64; d],
+        |acc, (o, row)| {
+            acc.fill(0.0);
+            for (i, &w) in row.iter().enumerate() {
+                let y = f64::from(w) * gamma.map_or(1.0, |g| f64::from(g[i]));
+                for (a, &t) in acc.iter_mut().zip(&rt[i * d..(i + 1) * d]) {
+                    *a += y * t;
+                }
+            }
+            for (o, &a) in o.iter_mut().zip(acc.iter()) {
+                *o = a as f32;
+            }
+        },
+    );
+    out
+}
+
+/// `R W` for an output matrix `W` (`hidden` rows of `cols`); in f64,
+/// rounded once.
+fn rotate_output(w: &[f32], cols: usize, r: &[f64]) -> Vec<f32> {
+    let d = w.len() / cols;
+    let mut out = vec![0f32; w.len()];
+    out.par_chunks_mut(cols).enumerate().for_each_init(
+        || vec![0f64; cols],
+        |acc, (j, o)| {
+            acc.fill(0.0);
+            for (i, row) in w.chunks_exact(cols).enumerate() {
+                let rji = r[j * d + i];
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += rji * f64::from(v);
+                }
+            }
+            for (o, &a) in o.iter_mut().zip(acc.iter()) {
+                *o = a as f32;
+            }
+        },
+    );
+    out
+}
+
+/// The rotated model's LM head: `table (M x)` for each row `x` (the mix
+/// along lanes, as the golden variant computes it, then the f32 table).
+/// Its f32 weights are the table: what a tied head quantizes.
+#[derive(Debug)]
+struct MixedHead {
+    mix: Arc<[f32]>,
+    table: DenseLinear,
+    d: usize,
+}
+
+impl Linear for MixedHead {
+    fn in_features(&self) -> usize {
+        self.d
+    }
+
+    fn out_features(&self) -> usize {
+        self.table.out_features()
+    }
+
+    fn forward(&self, x: &[f32], out: &mut [f32]) {
+        let mut v = vec![0f32; x.len()];
+        for (vr, xr) in v.chunks_exact_mut(self.d).zip(x.chunks_exact(self.d)) {
+            q35_contract::semantics::mix_along_lanes(&self.mix, xr, vr);
+        }
+        self.table.forward(&v, out);
+    }
+
+    fn weights_f32(&self) -> Option<Cow<'_, [f32]>> {
+        self.table.weights_f32()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rotation_is_orthogonal_and_deterministic() {
+        for kind in StreamRotation::ALL {
+            for d in [64, 96, 576] {
+                let r = stream_rotation_matrix(kind, d).unwrap();
+                let mut worst = 0f64;
+                // Every row pair at 64 and 96; at 576 the first 40 rows
+                // against all (debug builds are slow).
+                let rows = if d == 576 { 40 } else { d };
+                for a in 0..rows {
+                    for b in 0..d {
+                        let dot: f64 = (0..d).map(|i| r[a * d + i] * r[b * d + i]).sum();
+                        let want = if a == b { 1.0 } else { 0.0 };
+                        worst = worst.max((dot - want).abs());
+                    }
+                }
+                assert!(worst < 1e-12, "{kind} at {d}: R R^T off by {worst}");
+                assert_eq!(r, stream_rotation_matrix(kind, d).unwrap());
+            }
+            assert_eq!(kind.as_str().parse::<StreamRotation>(), Ok(kind));
+        }
+        // The block form mixes only within its 64-channel blocks, the others
+        // across all of them.
+        let block = stream_rotation_matrix(StreamRotation::BlockHadamard, 576).unwrap();
+        assert_eq!(block[64], 0.0);
+        assert_eq!(block[0].abs(), 0.125);
+        let kron = stream_rotation_matrix(StreamRotation::KronHadamard, 576).unwrap();
+        assert_ne!(kron[64], 0.0);
+        assert!("hadamard".parse::<StreamRotation>().is_err());
+    }
+}
