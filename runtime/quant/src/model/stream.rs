@@ -92,40 +92,109 @@ const GAUSSIAN_SEED: u64 = 0x5154_5354;
 
 /// The orthogonal `d x d` matrix `R` of `kind`, row-major f64 (`x' = R x`).
 pub fn stream_rotation_matrix(kind: StreamRotation, d: usize) -> Result<Vec<f64>, ModelQuantError> {
-    if d == 0 {
-        return Err(ModelQuantError::Input(
-            "the stream rotation needs a positive hidden size".into(),
-        ));
+    let rot = Rotation::new(kind, d)?;
+    // Column j of R is R e_j.
+    let mut r = vec![0f64; d * d];
+    let mut col = vec![0f64; d];
+    for j in 0..d {
+        col.fill(0.0);
+        col[j] = 1.0;
+        rot.apply(&mut col);
+        for (i, &v) in col.iter().enumerate() {
+            r[i * d + j] = v;
+        }
     }
-    Ok(match kind {
-        StreamRotation::Random => random_orthogonal(d, GAUSSIAN_SEED),
-        StreamRotation::BlockHadamard | StreamRotation::KronHadamard => {
-            let b = (1usize << d.trailing_zeros()).min(512);
-            let m = d / b;
-            let o = match kind {
-                StreamRotation::KronHadamard => random_orthogonal(m, GAUSSIAN_SEED),
-                StreamRotation::BlockHadamard | StreamRotation::Random => (0..m * m)
-                    .map(|k| f64::from(u8::from(k / m == k % m)))
-                    .collect(),
-            };
-            let signs = super::pipeline::rotation_signs(d);
-            let norm = 1.0 / (b as f64).sqrt();
-            let mut r = vec![0f64; d * d];
-            for (i, row) in r.chunks_exact_mut(d).enumerate() {
-                let (p, a) = (i / b, i % b);
-                for (j, v) in row.iter_mut().enumerate() {
-                    let (q, c) = (j / b, j % b);
-                    let h = if (a & c).count_ones() % 2 == 0 {
-                        1.0
-                    } else {
-                        -1.0
-                    };
-                    *v = o[p * m + q] * h * norm * f64::from(signs[j]);
+    Ok(r)
+}
+
+/// `R` in the form that applies it fastest: the Hadamard kinds as signs,
+/// a fast Walsh-Hadamard transform per block and (Kronecker) a small
+/// dense mix across blocks; the random kind as a dense matrix.
+struct Rotation {
+    d: usize,
+    /// Block size `b` (a power of two) and `m = d / b` blocks.
+    b: usize,
+    m: usize,
+    /// Row-major `m x m` (Kronecker factor), or `R^T`, `d x d` (random).
+    dense: Vec<f64>,
+    /// Fixed `+-1` signs (Hadamard kinds), else empty.
+    signs: Vec<f32>,
+    kind: StreamRotation,
+}
+
+impl Rotation {
+    fn new(kind: StreamRotation, d: usize) -> Result<Rotation, ModelQuantError> {
+        if d == 0 {
+            return Err(ModelQuantError::Input(
+                "the stream rotation needs a positive hidden size".into(),
+            ));
+        }
+        let b = (1usize << d.trailing_zeros()).min(512);
+        let m = d / b;
+        Ok(match kind {
+            StreamRotation::Random => Rotation {
+                d,
+                b,
+                m,
+                // Stored transposed, so `apply` runs as axpy over rows.
+                dense: transpose(&random_orthogonal(d, GAUSSIAN_SEED), d),
+                signs: Vec::new(),
+                kind,
+            },
+            StreamRotation::BlockHadamard | StreamRotation::KronHadamard => Rotation {
+                d,
+                b,
+                m,
+                dense: match kind {
+                    StreamRotation::KronHadamard => random_orthogonal(m, GAUSSIAN_SEED),
+                    StreamRotation::BlockHadamard | StreamRotation::Random => Vec::new(),
+                },
+                signs: super::pipeline::rotation_signs(d),
+                kind,
+            },
+        })
+    }
+
+    /// `x = R x` in place (f64).
+    fn apply(&self, x: &mut [f64]) {
+        let (d, b, m) = (self.d, self.b, self.m);
+        match self.kind {
+            StreamRotation::Random => {
+                // x = R old = sum_i old_i (column i of R), column i of R
+                // being row i of the stored transpose.
+                let old = x.to_vec();
+                x.fill(0.0);
+                for (&o, col) in old.iter().zip(self.dense.chunks_exact(d)) {
+                    for (v, &r) in x.iter_mut().zip(col) {
+                        *v += o * r;
+                    }
                 }
             }
-            r
+            StreamRotation::BlockHadamard | StreamRotation::KronHadamard => {
+                let norm = 1.0 / (b as f64).sqrt();
+                for (v, &s) in x.iter_mut().zip(&self.signs) {
+                    *v *= f64::from(s) * norm;
+                }
+                for part in x.chunks_exact_mut(b) {
+                    super::calibration::hadamard_f64(part);
+                }
+                if self.kind == StreamRotation::KronHadamard && m > 1 {
+                    let old = x.to_vec();
+                    for p in 0..m {
+                        for a in 0..b {
+                            x[p * b + a] =
+                                (0..m).map(|q| self.dense[p * m + q] * old[q * b + a]).sum();
+                        }
+                    }
+                }
+            }
         }
-    })
+    }
+}
+
+/// The transpose of the row-major `n x n` matrix `a`.
+fn transpose(a: &[f64], n: usize) -> Vec<f64> {
+    (0..n * n).map(|k| a[(k % n) * n + k / n]).collect()
 }
 
 /// A seeded random orthogonal `n x n` matrix: modified Gram-Schmidt on the
@@ -185,12 +254,11 @@ pub fn rotate_stream_model(
         ));
     }
     let d = c.hidden;
-    let r = stream_rotation_matrix(kind, d)?;
-    // R^T, row-major: row i is column i of R.
-    let rt: Vec<f64> = (0..d * d).map(|k| r[(k % d) * d + k / d]).collect();
+    let rot = Rotation::new(kind, d)?;
+    let gamma = model.output_norm();
     let ones = vec![1f32; d];
     let mut map = WeightMap::new("stream-rotated model");
-    let table = rotate_rows(model.embedding(), d, None, &rt);
+    let table = rotate_rows(model.embedding(), d, None, &rot);
     map.insert(
         "token_embd.weight",
         vec![d as u64, c.vocab as u64],
@@ -206,10 +274,10 @@ pub fn rotate_stream_model(
             let (cols, rows) = dims(&c, kind);
             let w = match kind {
                 LinearKind::Q | LinearKind::K | LinearKind::V => {
-                    rotate_rows(&w, d, Some(&blk.attn_norm), &rt)
+                    rotate_rows(&w, d, Some(&blk.attn_norm), &rot)
                 }
-                LinearKind::Gate | LinearKind::Up => rotate_rows(&w, d, Some(&blk.ffn_norm), &rt),
-                LinearKind::AttnOutput | LinearKind::Down => rotate_output(&w, cols, &r),
+                LinearKind::Gate | LinearKind::Up => rotate_rows(&w, d, Some(&blk.ffn_norm), &rot),
+                LinearKind::AttnOutput | LinearKind::Down => rotate_output(&w, cols, &rot),
                 LinearKind::LmHead => w,
             };
             map.insert(id(kind).gguf_name(), vec![cols as u64, rows as u64], w);
@@ -226,17 +294,24 @@ pub fn rotate_stream_model(
         );
     }
     map.insert("output_norm.weight", vec![d as u64], ones);
-    let gamma = model.output_norm();
-    let head_mix: Arc<[f32]> = (0..d * d)
+    // M = R diag(gamma) R^T, column by column: M e_j = R (gamma . R^T e_j),
+    // and R^T e_j is row j of R (the transpose of R's columns).
+    let r = stream_rotation_matrix(kind, d)?;
+    let mut head_mix = vec![0f32; d * d];
+    let cols: Vec<Vec<f64>> = (0..d)
         .into_par_iter()
-        .map(|k| {
-            let (a, b) = (k / d, k % d);
-            (0..d)
-                .map(|i| r[a * d + i] * f64::from(gamma[i]) * r[b * d + i])
-                .sum::<f64>() as f32
+        .map(|j| {
+            let mut v: Vec<f64> = (0..d).map(|i| r[j * d + i] * f64::from(gamma[i])).collect();
+            rot.apply(&mut v);
+            v
         })
-        .collect::<Vec<f32>>()
-        .into();
+        .collect();
+    for (j, col) in cols.iter().enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            head_mix[i * d + j] = v as f32;
+        }
+    }
+    let head_mix: Arc<[f32]> = head_mix.into();
     let mut out = Model::from_config_weights(c.clone(), map)?;
     out.set_threads(model.threads())?;
     let head = LinearId {
@@ -258,20 +333,17 @@ pub fn rotate_stream_model(
 }
 
 /// Each row `w` of `m` (`d` wide) as `R (gamma . w)` (the row of
-/// `W diag(gamma) R^T`), from `rt = R^T`; in f64, rounded once.
-fn rotate_rows(m: &[f32], d: usize, gamma: Option<&[f32]>, rt: &[f64]) -> Vec<f32> {
+/// `W diag(gamma) R^T`); in f64, rounded once.
+fn rotate_rows(m: &[f32], d: usize, gamma: Option<&[f32]>, rot: &Rotation) -> Vec<f32> {
     let mut out = vec![0f32; m.len()];
     out.par_chunks_mut(d).zip(m.par_chunks(d)).for_each_init(
         || vec![0f64; d],
-        |acc, (o, row)| {
-            acc.fill(0.0);
-            for (i, &w) in row.iter().enumerate() {
-                let y = f64::from(w) * gamma.map_or(1.0, |g| f64::from(g[i]));
-                for (a, &t) in acc.iter_mut().zip(&rt[i * d..(i + 1) * d]) {
-                    *a += y * t;
-                }
+        |v, (o, row)| {
+            for (i, (y, &w)) in v.iter_mut().zip(row).enumerate() {
+                *y = f64::from(w) * gamma.map_or(1.0, |g| f64::from(g[i]));
             }
-            for (o, &a) in o.iter_mut().zip(acc.iter()) {
+            rot.apply(v);
+            for (o, &a) in o.iter_mut().zip(v.iter()) {
                 *o = a as f32;
             }
         },
@@ -279,26 +351,24 @@ fn rotate_rows(m: &[f32], d: usize, gamma: Option<&[f32]>, rt: &[f64]) -> Vec<f3
     out
 }
 
-/// `R W` for an output matrix `W` (`hidden` rows of `cols`); in f64,
-/// rounded once.
-fn rotate_output(w: &[f32], cols: usize, r: &[f64]) -> Vec<f32> {
+/// `R W` for an output matrix `W` (`hidden` rows of `cols`): `R` applied
+/// to every column; in f64, rounded once.
+fn rotate_output(w: &[f32], cols: usize, rot: &Rotation) -> Vec<f32> {
     let d = w.len() / cols;
+    let rotated: Vec<Vec<f64>> = (0..cols)
+        .into_par_iter()
+        .map(|c| {
+            let mut v: Vec<f64> = (0..d).map(|i| f64::from(w[i * cols + c])).collect();
+            rot.apply(&mut v);
+            v
+        })
+        .collect();
     let mut out = vec![0f32; w.len()];
-    out.par_chunks_mut(cols).enumerate().for_each_init(
-        || vec![0f64; cols],
-        |acc, (j, o)| {
-            acc.fill(0.0);
-            for (i, row) in w.chunks_exact(cols).enumerate() {
-                let rji = r[j * d + i];
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += rji * f64::from(v);
-                }
-            }
-            for (o, &a) in o.iter_mut().zip(acc.iter()) {
-                *o = a as f32;
-            }
-        },
-    );
+    for (c, col) in rotated.iter().enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            out[i * cols + c] = v as f32;
+        }
+    }
     out
 }
 
