@@ -210,6 +210,44 @@ fn head_mix_is_the_dense_product_along_lanes_before_the_head() {
         l1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
         l2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
     );
+    // The embedding mix: the looked-up row mixed before the first block,
+    // so a permutation of the channels equals a model whose rows are
+    // permuted that way.
+    let perm: Vec<usize> = (0..d).map(|i| (i * 5 + 3) % d).collect();
+    let p_mix: Arc<[f32]> = (0..d * d)
+        .map(|k| if perm[k / d] == k % d { 1.0 } else { 0.0 })
+        .collect();
+    let permuted: Arc<[f32]> = embedding
+        .chunks_exact(d)
+        .flat_map(|row| perm.iter().map(|&j| row[j]).collect::<Vec<_>>())
+        .collect();
+    let by_mix = f32_model.clone().with_embedding_mix(p_mix.clone()).unwrap();
+    assert_eq!(by_mix.embedding_mix(), Some(&p_mix[..]));
+    let by_table = GoldenModel::new(
+        a.clone(),
+        4,
+        permuted,
+        blocks(&a),
+        vec![0.75; d],
+        GoldenHead::F32(head_w.clone()),
+    )
+    .unwrap();
+    let (mut s1, mut s2) = (by_mix.new_session(), by_table.new_session());
+    let (l1, l2) = (
+        by_mix.run(&mut s1, &[4, 9]).unwrap(),
+        by_table.run(&mut s2, &[4, 9]).unwrap(),
+    );
+    assert_eq!(
+        l1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        l2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    assert_eq!(s1, s2);
+    assert!(
+        f32_model
+            .clone()
+            .with_embedding_mix(vec![1.0; 3].into())
+            .is_err()
+    );
     // Bad matrices are errors naming the problem.
     let e = q.clone().with_head_mix(vec![0.0; 5].into()).unwrap_err();
     assert_eq!(

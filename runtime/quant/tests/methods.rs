@@ -298,7 +298,7 @@ fn rel_change(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn stream_rotation_keeps_the_f32_model() {
-    use q35_quant::model::{StreamRotation, rotate_stream_model};
+    use q35_quant::model::{StreamRotation, rotate_head_model, rotate_stream_model};
     use q35_reference::{LinearId, LinearKind};
     let toks = tokens(24);
     for model in [common::tiny_model(5), model_96(6)] {
@@ -332,13 +332,44 @@ fn stream_rotation_keeps_the_f32_model() {
             let norm = |r: &[f32]| r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>();
             let (a, b) = (norm(&model.embedding()[..d]), norm(&m.embedding()[..d]));
             assert!((a - b).abs() < 1e-5 * a, "{kind}: row norm {a} -> {b}");
+
+            // The head rotation: blocks and lookup as they were, the head
+            // mixes, then multiplies by the rotated table.
+            let rot = rotate_head_model(&model, kind).unwrap();
+            let got = logits(&rot.model, &toks);
+            let rel = rel_change(&want, &got);
+            assert!(
+                rel < 1e-5,
+                "head {kind} at hidden {d}: relative logit change {rel}"
+            );
+            let m = &rot.model;
+            assert_eq!(m.embedding(), model.embedding());
+            assert_eq!(m.blocks()[1].ffn_norm, model.blocks()[1].ffn_norm);
+            let head = m
+                .linear(LinearId {
+                    block: None,
+                    kind: LinearKind::LmHead,
+                })
+                .unwrap()
+                .weights_f32()
+                .unwrap();
+            assert_ne!(&head[..], model.embedding());
+            // The embedding mix undoes the table's rotation (R^T R = I).
+            let mut back = vec![0f32; d];
+            q35_contract::semantics::mix_along_lanes(&rot.embedding_mix, &head[..d], &mut back);
+            let rel = rel_change(&model.embedding()[..d], &back);
+            assert!(rel < 1e-6, "head {kind}: lookup un-rotation off by {rel}");
         }
     }
+    assert!(rotate_head_model(&untied_96(), StreamRotation::Random).is_err());
+    assert!(rotate_stream_model(&untied_96(), StreamRotation::Random).is_err());
+}
+
+fn untied_96() -> Model {
     let mut untied = model_96(7).config().clone();
     untied.tied_embeddings = false;
     let w = q35_reference::synthetic_weights(&untied, 7);
-    let untied = Model::from_config_weights(untied, w).unwrap();
-    assert!(rotate_stream_model(&untied, StreamRotation::Random).is_err());
+    Model::from_config_weights(untied, w).unwrap()
 }
 
 #[test]
@@ -383,7 +414,34 @@ fn stream_rotation_runs_as_the_golden_variant() {
         let (q35, _) = run(methods, QuantScheme::Q35);
         println!("q35 KLD, stream rotated ({kind}): {}", q35.mean_kld);
         assert!(q35.mean_kld.is_finite() && q35.mean_kld < 1.0);
+        // The head rotation likewise (the lookup un-rotates the table).
+        let methods = Methods {
+            rotate_head: Some(kind),
+            ..Methods::default()
+        };
+        let (head, _) = run(methods, QuantScheme::Int8);
+        println!("int8 KLD, head rotated ({kind}) {}", head.mean_kld);
+        assert!(head.mean_kld < 3.0 * plain.mean_kld + 1e-4);
     }
+    // The two rotations exclude each other.
+    let both = Methods {
+        rotate_stream: Some(StreamRotation::Random),
+        rotate_head: Some(StreamRotation::Random),
+        ..Methods::default()
+    };
+    assert!(
+        QuantPipeline::calibrate_with(
+            &model,
+            &toks,
+            16,
+            8,
+            32,
+            opts,
+            both,
+            &q35_quant::progress::silent
+        )
+        .is_err()
+    );
     // Combined with the other variants it still builds and runs.
     let all = Methods {
         rotate_stream: Some(StreamRotation::KronHadamard),

@@ -32,7 +32,8 @@ struct ReportJson<'a> {
 }
 
 /// The accuracy methods of `--act-scales`, `--smooth`, `--scale-search`,
-/// `--group-of`, `--rotate-down`, `--rotate-stream`, `--rotate-vo`.
+/// `--group-of`, `--rotate-down`, `--rotate-head`, `--rotate-stream`,
+/// `--rotate-vo`.
 #[derive(Serialize)]
 struct MethodsJson {
     act_scales: &'static str,
@@ -40,6 +41,9 @@ struct MethodsJson {
     /// `group_size_of`).
     group_of: Vec<String>,
     rotate_down: bool,
+    /// `--rotate-head`'s matrix, when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotate_head: Option<&'static str>,
     /// `--rotate-stream`'s matrix, when on.
     #[serde(skip_serializing_if = "Option::is_none")]
     rotate_stream: Option<&'static str>,
@@ -134,6 +138,7 @@ pub(super) fn write(
             },
             group_of: super::group_of_text(&inputs.methods),
             rotate_down: inputs.methods.rotate_down,
+            rotate_head: inputs.methods.rotate_head.map(StreamRotation::as_str),
             rotate_stream: inputs.methods.rotate_stream.map(StreamRotation::as_str),
             rotate_vo: inputs.methods.rotate_vo,
             scale_search: inputs.methods.scale_search,

@@ -107,6 +107,12 @@ pub struct QuantReportArgs {
     /// matrix before the head (a golden-pass variant, docs section 14).
     #[arg(long, value_name = "KIND")]
     pub rotate_stream: Option<StreamRotation>,
+    /// Rotate only the tied embedding/LM-head table by an orthogonal matrix
+    /// (same kinds): stored rotated, un-rotated on line after the lookup,
+    /// the final norm's output mixed on line before the head; the blocks
+    /// are unchanged (a golden-pass variant, docs section 14).
+    #[arg(long, value_name = "KIND", conflicts_with = "rotate_stream")]
+    pub rotate_head: Option<StreamRotation>,
     /// Calibration rows kept per layer for the layer-output error.
     #[arg(long, default_value_t = CALIB_SAMPLES)]
     pub samples: usize,
@@ -257,6 +263,7 @@ fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
         rotate_down: args.rotate_down,
         rotate_vo: args.rotate_vo,
         rotate_stream: args.rotate_stream,
+        rotate_head: args.rotate_head,
         ..Methods::default()
     };
     for item in &args.group_of {

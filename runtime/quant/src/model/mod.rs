@@ -44,7 +44,10 @@ pub use policy::{HeadPolicy, SchemePolicy};
 pub use report::{TensorReport, tensor_report};
 pub use rotate::rotate_vo_model;
 pub use smooth::smooth_model;
-pub use stream::{RotatedStream, StreamRotation, rotate_stream_model, stream_rotation_matrix};
+pub use stream::{
+    RotatedHead, RotatedStream, StreamRotation, rotate_head_model, rotate_stream_model,
+    stream_rotation_matrix,
+};
 
 use q35_reference::ReferenceError;
 

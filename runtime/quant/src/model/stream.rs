@@ -16,6 +16,11 @@
 //! variant `GoldenModel::with_head_mix`), then the head multiplies by the
 //! rotated table.
 //!
+//! [`rotate_head_model`] is the same rotation for the tied table alone:
+//! the blocks keep the unrotated stream, the lookup un-rotates a row on line
+//! (`R^T`, `GoldenModel::with_embedding_mix`) and the head mixes the final
+//! norm's output by `R diag(gamma_out)`: two dense products a token.
+//!
 //! `R` is chosen by [`StreamRotation`]: a block-diagonal randomized
 //! Walsh-Hadamard matrix, a Kronecker product of a seeded random orthogonal
 //! matrix with one, or a seeded random orthogonal matrix (Gram-Schmidt of a
@@ -329,6 +334,106 @@ pub fn rotate_stream_model(
     Ok(RotatedStream {
         model: out,
         head_mix,
+    })
+}
+
+/// A model with only its tied table rotated ([`rotate_head_model`]).
+#[derive(Debug)]
+pub struct RotatedHead {
+    /// The rewritten model: the blocks and the embedding the reference looks
+    /// up as before, the final norm's weight 1, and an LM head that mixes
+    /// by [`RotatedHead::head_mix`], then multiplies by the rotated table
+    /// (its f32 weights, what gets quantized); f32-equivalent to the
+    /// original.
+    pub model: Model,
+    /// `R diag(gamma_out)`, row-major `hidden x hidden` f32: the final norm's
+    /// output is mixed by it before the head.
+    pub head_mix: Arc<[f32]>,
+    /// `R^T`, row-major `hidden x hidden` f32: a row of the stored (rotated)
+    /// table is mixed by it after the lookup, giving the embedding back.
+    pub embedding_mix: Arc<[f32]>,
+}
+
+/// The model with only its tied embedding/LM-head table rotated by
+/// `kind`'s matrix `R`: the table is stored once as rows `R e_t` (so the
+/// head quantizes a rotated, incoherent matrix), the lookup un-rotates a
+/// row on line (`x = R^T (R e_t)`, the golden variant
+/// `GoldenModel::with_embedding_mix`), the blocks keep the unrotated stream
+/// and their norms, and the head mixes the final norm's unweighted output by
+/// `R diag(gamma_out)` (`GoldenModel::with_head_mix`). Two dense
+/// `hidden x hidden` products a token, and no block matrix changes.
+pub fn rotate_head_model(
+    model: &Model,
+    kind: StreamRotation,
+) -> Result<RotatedHead, ModelQuantError> {
+    let c = model.config().clone();
+    if !c.tied_embeddings {
+        return Err(ModelQuantError::Input(
+            "the head rotation is built for a tied LM head; this model has its own".into(),
+        ));
+    }
+    let d = c.hidden;
+    let rot = Rotation::new(kind, d)?;
+    let r = stream_rotation_matrix(kind, d)?;
+    let gamma = model.output_norm();
+    let head_mix: Arc<[f32]> = (0..d * d)
+        .map(|k| (r[k] * f64::from(gamma[k % d])) as f32)
+        .collect::<Vec<f32>>()
+        .into();
+    let embedding_mix: Arc<[f32]> = transpose(&r, d)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect::<Vec<f32>>()
+        .into();
+    let table = rotate_rows(model.embedding(), d, None, &rot);
+    let mut map = WeightMap::new("head-rotated model");
+    map.insert(
+        "token_embd.weight",
+        vec![d as u64, c.vocab as u64],
+        model.embedding().to_vec(),
+    );
+    for (b, blk) in model.blocks().iter().enumerate() {
+        for kind in LinearKind::BLOCK {
+            let id = LinearId {
+                block: Some(b),
+                kind,
+            };
+            let (cols, rows) = dims(&c, kind);
+            map.insert(
+                id.gguf_name(),
+                vec![cols as u64, rows as u64],
+                weights(model, id)?,
+            );
+        }
+        map.insert(
+            format!("blk.{b}.attn_norm.weight"),
+            vec![d as u64],
+            blk.attn_norm.clone(),
+        );
+        map.insert(
+            format!("blk.{b}.ffn_norm.weight"),
+            vec![d as u64],
+            blk.ffn_norm.clone(),
+        );
+    }
+    map.insert("output_norm.weight", vec![d as u64], vec![1f32; d]);
+    let mut out = Model::from_config_weights(c.clone(), map)?;
+    out.set_threads(model.threads())?;
+    out.replace_linear(
+        LinearId {
+            block: None,
+            kind: LinearKind::LmHead,
+        },
+        Box::new(MixedHead {
+            mix: head_mix.clone(),
+            table: DenseLinear::new(c.vocab, d, table.into()),
+            d,
+        }),
+    )?;
+    Ok(RotatedHead {
+        model: out,
+        head_mix,
+        embedding_mix,
     })
 }
 
