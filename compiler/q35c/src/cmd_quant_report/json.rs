@@ -43,10 +43,10 @@ struct MethodsJson {
     rotate_down: bool,
     /// `--rotate-head`'s matrix, when on.
     #[serde(skip_serializing_if = "Option::is_none")]
-    rotate_head: Option<&'static str>,
+    rotate_head: Option<String>,
     /// `--rotate-stream`'s matrix, when on.
     #[serde(skip_serializing_if = "Option::is_none")]
-    rotate_stream: Option<&'static str>,
+    rotate_stream: Option<String>,
     rotate_vo: bool,
     scale_search: bool,
     smooth: Option<f32>,
@@ -138,8 +138,8 @@ pub(super) fn write(
             },
             group_of: super::group_of_text(&inputs.methods),
             rotate_down: inputs.methods.rotate_down,
-            rotate_head: inputs.methods.rotate_head.map(StreamRotation::as_str),
-            rotate_stream: inputs.methods.rotate_stream.map(StreamRotation::as_str),
+            rotate_head: inputs.methods.rotate_head.map(StreamRotation::name),
+            rotate_stream: inputs.methods.rotate_stream.map(StreamRotation::name),
             rotate_vo: inputs.methods.rotate_vo,
             scale_search: inputs.methods.scale_search,
             smooth: inputs.methods.smooth,

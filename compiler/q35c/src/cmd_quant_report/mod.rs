@@ -101,7 +101,8 @@ pub struct QuantReportArgs {
     #[arg(long)]
     pub rotate_vo: bool,
     /// Rotate the whole residual stream by an orthogonal matrix
-    /// (block-hadamard, kron-hadamard or random): norms folded into the
+    /// (block-hadamard, block-hadamard-N for blocks of N channels,
+    /// kron-hadamard or random): norms folded into the
     /// matrices reading them, the tied embedding/LM head stored rotated, and
     /// the final norm's output mixed on line by a dense hidden x hidden
     /// matrix before the head (a golden-pass variant, docs section 14).

@@ -44,6 +44,11 @@ pub enum StreamRotation {
     /// block of `b` channels, after fixed random signs `D` (64 x 9 blocks
     /// for SmolLM2's 576). Mixes only within a block.
     BlockHadamard,
+    /// As [`StreamRotation::BlockHadamard`] with blocks of `n` channels (a
+    /// power of two) from the first channel on, the rest of `hidden` in
+    /// ever smaller power-of-two blocks (576 at 128: four of 128 and one of
+    /// 64). CLI: `block-hadamard-N`.
+    BlockHadamardOf(usize),
     /// `(O_m kron H_b / sqrt(b)) D` with `m = hidden / b` and `O_m` a seeded
     /// random orthogonal matrix: every channel mixes with every other.
     KronHadamard,
@@ -53,7 +58,7 @@ pub enum StreamRotation {
 }
 
 impl StreamRotation {
-    /// Every choice, in the order the CLI lists them.
+    /// Every choice without a parameter, in the order the CLI lists them.
     pub const ALL: [StreamRotation; 3] = [
         StreamRotation::BlockHadamard,
         StreamRotation::KronHadamard,
@@ -61,11 +66,12 @@ impl StreamRotation {
     ];
 
     /// The CLI spelling.
-    pub fn as_str(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            StreamRotation::BlockHadamard => "block-hadamard",
-            StreamRotation::KronHadamard => "kron-hadamard",
-            StreamRotation::Random => "random",
+            StreamRotation::BlockHadamard => "block-hadamard".into(),
+            StreamRotation::BlockHadamardOf(n) => format!("block-hadamard-{n}"),
+            StreamRotation::KronHadamard => "kron-hadamard".into(),
+            StreamRotation::Random => "random".into(),
         }
     }
 }
@@ -74,13 +80,21 @@ impl std::str::FromStr for StreamRotation {
     type Err = String;
 
     fn from_str(s: &str) -> Result<StreamRotation, String> {
+        if let Some(n) = s.strip_prefix("block-hadamard-") {
+            return match n.parse::<usize>() {
+                Ok(n) if n >= 2 && n.is_power_of_two() => Ok(StreamRotation::BlockHadamardOf(n)),
+                _ => Err(format!(
+                    "stream rotation {s}: the block size {n} is not a power of two of at least 2"
+                )),
+            };
+        }
         StreamRotation::ALL
             .into_iter()
-            .find(|r| r.as_str() == s)
+            .find(|r| r.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown stream rotation {s} (expected {})",
-                    StreamRotation::ALL.map(StreamRotation::as_str).join(", ")
+                    "unknown stream rotation {s} (expected {}, or block-hadamard-N)",
+                    StreamRotation::ALL.map(StreamRotation::name).join(", ")
                 )
             })
     }
@@ -88,7 +102,7 @@ impl std::str::FromStr for StreamRotation {
 
 impl std::fmt::Display for StreamRotation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.name())
     }
 }
 
@@ -117,9 +131,12 @@ pub fn stream_rotation_matrix(kind: StreamRotation, d: usize) -> Result<Vec<f64>
 /// dense mix across blocks; the random kind as a dense matrix.
 struct Rotation {
     d: usize,
-    /// Block size `b` (a power of two) and `m = d / b` blocks.
+    /// Block size `b` (a power of two) and `m = d / b` blocks
+    /// ([`StreamRotation::KronHadamard`]).
     b: usize,
     m: usize,
+    /// The Hadamard blocks' sizes, first channel first (block kinds).
+    blocks: Vec<usize>,
     /// Row-major `m x m` (Kronecker factor), or `R^T`, `d x d` (random).
     dense: Vec<f64>,
     /// Fixed `+-1` signs (Hadamard kinds), else empty.
@@ -136,23 +153,49 @@ impl Rotation {
         }
         let b = (1usize << d.trailing_zeros()).min(512);
         let m = d / b;
+        let blocks = match kind {
+            StreamRotation::BlockHadamardOf(n) => {
+                if !n.is_power_of_two() || n < 2 {
+                    return Err(ModelQuantError::Input(format!(
+                        "stream rotation block size {n} is not a power of two of at least 2"
+                    )));
+                }
+                let mut blocks = vec![n; d / n];
+                let mut rest = d % n;
+                while rest > 0 {
+                    let p = 1usize << (usize::BITS - 1 - rest.leading_zeros());
+                    blocks.push(p);
+                    rest -= p;
+                }
+                blocks
+            }
+            StreamRotation::BlockHadamard
+            | StreamRotation::KronHadamard
+            | StreamRotation::Random => vec![b; m],
+        };
         Ok(match kind {
             StreamRotation::Random => Rotation {
                 d,
                 b,
                 m,
+                blocks,
                 // Stored transposed, so `apply` runs as axpy over rows.
                 dense: transpose(&random_orthogonal(d, GAUSSIAN_SEED), d),
                 signs: Vec::new(),
                 kind,
             },
-            StreamRotation::BlockHadamard | StreamRotation::KronHadamard => Rotation {
+            StreamRotation::BlockHadamard
+            | StreamRotation::BlockHadamardOf(_)
+            | StreamRotation::KronHadamard => Rotation {
                 d,
                 b,
                 m,
+                blocks,
                 dense: match kind {
                     StreamRotation::KronHadamard => random_orthogonal(m, GAUSSIAN_SEED),
-                    StreamRotation::BlockHadamard | StreamRotation::Random => Vec::new(),
+                    StreamRotation::BlockHadamard
+                    | StreamRotation::BlockHadamardOf(_)
+                    | StreamRotation::Random => Vec::new(),
                 },
                 signs: super::pipeline::rotation_signs(d),
                 kind,
@@ -175,13 +218,21 @@ impl Rotation {
                     }
                 }
             }
-            StreamRotation::BlockHadamard | StreamRotation::KronHadamard => {
-                let norm = 1.0 / (b as f64).sqrt();
+            StreamRotation::BlockHadamard
+            | StreamRotation::BlockHadamardOf(_)
+            | StreamRotation::KronHadamard => {
                 for (v, &s) in x.iter_mut().zip(&self.signs) {
-                    *v *= f64::from(s) * norm;
+                    *v *= f64::from(s);
                 }
-                for part in x.chunks_exact_mut(b) {
+                let mut lo = 0;
+                for &n in &self.blocks {
+                    let part = &mut x[lo..lo + n];
                     super::calibration::hadamard_f64(part);
+                    let norm = 1.0 / (n as f64).sqrt();
+                    for v in part.iter_mut() {
+                        *v *= norm;
+                    }
+                    lo += n;
                 }
                 if self.kind == StreamRotation::KronHadamard && m > 1 {
                     let old = x.to_vec();
@@ -532,7 +583,7 @@ mod tests {
                 assert!(worst < 1e-12, "{kind} at {d}: R R^T off by {worst}");
                 assert_eq!(r, stream_rotation_matrix(kind, d).unwrap());
             }
-            assert_eq!(kind.as_str().parse::<StreamRotation>(), Ok(kind));
+            assert_eq!(kind.name().parse::<StreamRotation>(), Ok(kind));
         }
         // The block form mixes only within its 64-channel blocks, the others
         // across all of them.
@@ -542,5 +593,36 @@ mod tests {
         let kron = stream_rotation_matrix(StreamRotation::KronHadamard, 576).unwrap();
         assert_ne!(kron[64], 0.0);
         assert!("hadamard".parse::<StreamRotation>().is_err());
+        // Explicit block sizes: 576 at 128 is four blocks of 128 and one of
+        // 64; at 64 it is the default.
+        let of = |n| StreamRotation::BlockHadamardOf(n);
+        assert_eq!("block-hadamard-128".parse::<StreamRotation>(), Ok(of(128)));
+        assert!("block-hadamard-96".parse::<StreamRotation>().is_err());
+        assert!("block-hadamard-1".parse::<StreamRotation>().is_err());
+        assert_eq!(
+            Rotation::new(of(128), 576).unwrap().blocks,
+            [128, 128, 128, 128, 64]
+        );
+        assert_eq!(Rotation::new(of(256), 576).unwrap().blocks, [256, 256, 64]);
+        assert_eq!(
+            stream_rotation_matrix(of(64), 576).unwrap(),
+            block,
+            "block-hadamard-64 is block-hadamard at 576"
+        );
+        for n in [16, 128, 512] {
+            let r = stream_rotation_matrix(of(n), 576).unwrap();
+            for a in [0, 100, 511, 575] {
+                for b in [0, 100, 300, 511, 512, 575] {
+                    let dot: f64 = (0..576).map(|i| r[a * 576 + i] * r[b * 576 + i]).sum();
+                    let want = if a == b { 1.0 } else { 0.0 };
+                    assert!(
+                        (dot - want).abs() < 1e-12,
+                        "block {n}: rows {a}, {b}: {dot}"
+                    );
+                }
+            }
+            // The first block's row reaches exactly its block.
+            assert!(r[..n].iter().all(|&v| v != 0.0) && r[n..576].iter().all(|&v| v == 0.0));
+        }
     }
 }
