@@ -333,6 +333,35 @@ fn stream_rotation_keeps_the_f32_model() {
             let (a, b) = (norm(&model.embedding()[..d]), norm(&m.embedding()[..d]));
             assert!((a - b).abs() < 1e-5 * a, "{kind}: row norm {a} -> {b}");
 
+            // With block Hadamard the mix is block-diagonal, and skipping its
+            // zero entries (what a machine does) gives the same bits as the
+            // definition's dense sum along lanes.
+            if kind == StreamRotation::BlockHadamard {
+                let b = 1usize << d.trailing_zeros();
+                let mix = &rot.head_mix;
+                assert!((0..d * d).all(|k| k / d / b == k % d / b || mix[k] == 0.0));
+                let mut rng = common::SplitMix64(d as u64);
+                for _ in 0..20 {
+                    let x = rng.gaussians(d, 1.0);
+                    let mut dense = vec![0f32; d];
+                    q35_contract::semantics::mix_along_lanes(mix, &x, &mut dense);
+                    let skipped: Vec<f32> = (0..d)
+                        .map(|r| {
+                            let lo = r / b * b;
+                            let mut s = 0f32;
+                            for i in lo..lo + b {
+                                s += mix[r * d + i] * x[i];
+                            }
+                            s
+                        })
+                        .collect();
+                    assert_eq!(
+                        dense.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        skipped.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                    );
+                }
+            }
+
             // The head rotation: blocks and lookup as they were, the head
             // mixes, then multiplies by the rotated table.
             let rot = rotate_head_model(&model, kind).unwrap();
