@@ -133,6 +133,14 @@ pub struct GoldenModel {
     /// The rotation of `ffn_down`'s input (signs and group), when
     /// [`GoldenModel::with_down_rotation`] chose the variant.
     down_rotation: Option<(Arc<[f32]>, usize)>,
+    /// The dense `hidden x hidden` mixing matrix applied to the final-norm
+    /// output before the LM head, when [`GoldenModel::with_head_mix`] chose
+    /// the stream-rotation variant.
+    head_mix: Option<Arc<[f32]>>,
+    /// The dense `hidden x hidden` matrix every embedding row is mixed by
+    /// after the lookup, when [`GoldenModel::with_embedding_mix`] chose the
+    /// head-rotation variant.
+    embedding_mix: Option<Arc<[f32]>>,
 }
 
 /// One activation vector quantized for the integer matmuls.
@@ -191,6 +199,26 @@ fn check_matrix(m: &IntMatrix, what: &str, rows: u32, cols: u32) -> Result<(), G
             "{what}: matrix is {}x{}, the architecture needs {rows}x{cols}",
             m.rows(),
             m.cols()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a mixing matrix: `d x d` finite values.
+fn check_mix(mix: &[f32], d: usize, what: &str) -> Result<(), GoldenError> {
+    if mix.len() != d * d {
+        return Err(GoldenError::Invalid(format!(
+            "{what}: {} values, a {d} x {d} matrix needs {}",
+            mix.len(),
+            d * d
+        )));
+    }
+    if let Some(i) = mix.iter().position(|v| !v.is_finite()) {
+        return Err(GoldenError::Invalid(format!(
+            "{what}: entry ({}, {}) is {}, not finite",
+            i / d,
+            i % d,
+            mix[i]
         )));
     }
     Ok(())
@@ -297,7 +325,47 @@ impl GoldenModel {
             rope,
             act_scales: ActivationScales::PerToken,
             down_rotation: None,
+            head_mix: None,
+            embedding_mix: None,
         })
+    }
+
+    /// The same model with the final-norm output mixed by the dense
+    /// `hidden x hidden` matrix `mix` (row-major, finite) before the LM head,
+    /// `v = mix_along_lanes(mix, rmsnorm(x, output_norm))`
+    /// ([`semantics::mix_along_lanes`]): the stream-rotation variant of
+    /// docs/q35-format.md section 14, for a model whose residual stream is
+    /// rotated by an orthogonal `R` (embedding rows, and so the tied head,
+    /// stored as `R e`), where `mix = R diag(gamma_out) R^T` restores the
+    /// head's view of the unrotated stream.
+    pub fn with_head_mix(mut self, mix: Arc<[f32]>) -> Result<GoldenModel, GoldenError> {
+        check_mix(&mix, self.arch.hidden as usize, "head mix")?;
+        self.head_mix = Some(mix);
+        Ok(self)
+    }
+
+    /// The head's mixing matrix, when the stream-rotation variant is on.
+    pub fn head_mix(&self) -> Option<&[f32]> {
+        self.head_mix.as_deref()
+    }
+
+    /// The same model with every embedding row mixed by the dense
+    /// `hidden x hidden` matrix `mix` (row-major, finite) right after the
+    /// lookup, `x = mix_along_lanes(mix, embedding_row(token))`
+    /// ([`semantics::mix_along_lanes`]): the head-rotation variant of
+    /// docs/q35-format.md section 14, for a tied table stored rotated
+    /// (rows `R e`, `mix = R^T`) while the blocks keep the unrotated
+    /// stream; the head then needs [`GoldenModel::with_head_mix`] with
+    /// `R diag(gamma_out)`.
+    pub fn with_embedding_mix(mut self, mix: Arc<[f32]>) -> Result<GoldenModel, GoldenError> {
+        check_mix(&mix, self.arch.hidden as usize, "embedding mix")?;
+        self.embedding_mix = Some(mix);
+        Ok(self)
+    }
+
+    /// The embedding's mixing matrix, when the head-rotation variant is on.
+    pub fn embedding_mix(&self) -> Option<&[f32]> {
+        self.embedding_mix.as_deref()
     }
 
     /// The same model with `ffn_down`'s input rotated before it is
@@ -410,8 +478,9 @@ impl GoldenModel {
         &self.head
     }
 
-    /// Embedding row of `token` (what the lookup returns); `None` outside
-    /// the vocabulary.
+    /// Embedding row of `token` (what the lookup returns, before the
+    /// head-rotation variant's [`GoldenModel::with_embedding_mix`]); `None`
+    /// outside the vocabulary.
     pub fn embedding_row(&self, token: usize) -> Option<&[f32]> {
         let d = self.arch.hidden as usize;
         self.embedding.get(token * d..(token + 1) * d)
@@ -470,6 +539,9 @@ impl GoldenModel {
         let (heads, kv_heads, ffn) = (a.heads as usize, a.kv_heads as usize, a.ffn as usize);
         let t = token as usize;
         let mut x = self.embedding[t * d..(t + 1) * d].to_vec();
+        if let Some(mix) = &self.embedding_mix {
+            semantics::mix_along_lanes(mix, &self.embedding[t * d..(t + 1) * d], &mut x);
+        }
         let mut h = vec![0f32; d];
         let scale = 1.0f32 / (hd as f32).sqrt();
         let group = heads / kv_heads;
@@ -552,6 +624,10 @@ impl GoldenModel {
         }
         let mut h = vec![0f32; d];
         rmsnorm(x, &self.output_norm, self.arch.norm_eps, &mut h);
+        if let Some(mix) = &self.head_mix {
+            let n = h.clone();
+            semantics::mix_along_lanes(mix, &n, &mut h);
+        }
         match &self.head {
             GoldenHead::Quantized(m) => matvec(m, &self.quantize_for(&h, m)?),
             GoldenHead::F32(w) => {

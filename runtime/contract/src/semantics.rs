@@ -328,6 +328,29 @@ pub fn rotate_groups(x: &mut [f32], signs: &[f32], group: usize) {
     }
 }
 
+/// The dense f32 mixing product of the stream-rotation variant
+/// (docs/q35-format.md section 14): `out = M x` for a square `n x n`
+/// matrix `m` (row-major, `n = x.len()`), each output row summed **along
+/// lanes** (8.4): the output rows sit on the lanes, and every lane adds its
+/// row's products in ascending input order,
+///
+/// ```text
+/// out_r = +0.0
+/// for i = 0, 1, ..., n - 1:  out_r = out_r + m[r, i] * x_i   (product rounded, then sum)
+/// ```
+///
+/// so the machine broadcasts `x_i` to every lane, multiplies it by column
+/// `i` of `M` (held in MEM as lane words) and adds, once per input channel.
+/// Part of the stream-rotation variant, not the contract.
+pub fn mix_along_lanes(m: &[f32], x: &[f32], out: &mut [f32]) {
+    let n = x.len();
+    debug_assert_eq!(m.len(), n * n);
+    debug_assert_eq!(out.len(), n);
+    for (o, row) in out.iter_mut().zip(m.chunks_exact(n)) {
+        *o = dot_f32(row, x);
+    }
+}
+
 /// Worst-case |int32 accumulator| of a `k`-long dot product of values with
 /// |activation| <= `act_max` and |weight| <= `code_max`:
 /// `k * act_max * code_max` (saturating at `u64::MAX`).
@@ -774,6 +797,29 @@ mod tests {
         rotate_groups(&mut y, &[1.0, -1.0, 1.0, 1.0, -1.0, 1.0, 1.0, 1.0], 4);
         // Group 0 is H [1, 1, 0.5, 2], group 1 is H [-3, 0, 1, -2].
         assert_eq!(y, [4.5, -1.5, -0.5, 1.5, -4.0, 0.0, -2.0, -6.0]);
+    }
+
+    #[test]
+    fn mix_along_lanes_sums_each_row_in_ascending_order() {
+        // Row 0 shows the order: (2^24 + 1) + 1 rounds twice to 2^24,
+        // while 1 + 1 + 2^24 would give 2^24 + 2.
+        let m = [1.0f32, 1.0, 1.0, 0.0, 2.0, -1.0, 0.5, 0.0, 0.25];
+        let x = [BIG, 1.0, 1.0];
+        let mut out = [0f32; 3];
+        mix_along_lanes(&m, &x, &mut out);
+        assert_eq!(out[0], BIG);
+        assert_eq!(out[1], 1.0);
+        assert_eq!(out[2], BIG * 0.5 + 0.25);
+        for (r, o) in out.iter().enumerate() {
+            assert_eq!(o.to_bits(), dot_f32(&m[r * 3..r * 3 + 3], &x).to_bits());
+        }
+        let y = vector(576, 3);
+        let eye: Vec<f32> = (0..576 * 576)
+            .map(|k| if k / 576 == k % 576 { 1.0 } else { 0.0 })
+            .collect();
+        let mut z = vec![0f32; 576];
+        mix_along_lanes(&eye, &y, &mut z);
+        assert_eq!(z, y, "the identity mixes nothing");
     }
 
     #[test]

@@ -151,3 +151,111 @@ fn construction_checks_every_shape() {
     .unwrap_err();
     assert!(e.to_string().starts_with("LM head has 639 values"), "{e}");
 }
+
+/// The stream-rotation variant (docs/q35-format.md section 14): the final
+/// norm's output is mixed by the dense matrix, row by row in ascending
+/// order along the lanes, before the head; nothing else changes.
+#[test]
+fn head_mix_is_the_dense_product_along_lanes_before_the_head() {
+    use q35_contract::semantics::{dot_lanes, mix_along_lanes, rmsnorm};
+    let a = arch();
+    let d = a.hidden as usize;
+    let n = (a.vocab * a.hidden) as usize;
+    let embedding: Arc<[f32]> = (0..n).map(|i| ((i % 13) as f32 - 6.0) / 8.0).collect();
+    let head_w: Arc<[f32]> = (0..n).map(|i| ((i % 7) as f32 - 3.0) / 5.0).collect();
+    let f32_model = GoldenModel::new(
+        a.clone(),
+        4,
+        embedding.clone(),
+        blocks(&a),
+        vec![0.75; d],
+        GoldenHead::F32(head_w.clone()),
+    )
+    .unwrap();
+    let mix: Arc<[f32]> = (0..d * d)
+        .map(|k| ((k * 37 % 101) as f32 - 50.0) / 97.0)
+        .collect();
+    let mixed = f32_model.clone().with_head_mix(mix.clone()).unwrap();
+    assert_eq!(mixed.head_mix(), Some(&mix[..]));
+    assert!(f32_model.head_mix().is_none());
+    let mut s = mixed.new_session();
+    let x = mixed.advance(&mut s, 3).unwrap();
+    let got = mixed.logits(&x).unwrap();
+    // By hand: rmsnorm, the mix, then each head row's lane dot product.
+    let mut h = vec![0f32; d];
+    rmsnorm(&x, &[0.75; 32], a.norm_eps, &mut h);
+    let mut v = vec![0f32; d];
+    mix_along_lanes(&mix, &h, &mut v);
+    let want: Vec<u32> = head_w
+        .chunks_exact(d)
+        .map(|w| dot_lanes(w, &v).to_bits())
+        .collect();
+    assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+    // The blocks are untouched: the same residual as without the mix.
+    let mut t = f32_model.new_session();
+    assert_eq!(f32_model.advance(&mut t, 3).unwrap(), x);
+    assert_ne!(f32_model.logits(&x).unwrap(), got);
+    // The identity mixes nothing, bit for bit (quantized head too).
+    let eye: Arc<[f32]> = (0..d * d)
+        .map(|k| if k / d == k % d { 1.0 } else { 0.0 })
+        .collect();
+    let q = model(4).unwrap();
+    let qi = q.clone().with_head_mix(eye).unwrap();
+    let (mut s1, mut s2) = (q.new_session(), qi.new_session());
+    let (l1, l2) = (
+        q.run(&mut s1, &[1, 2]).unwrap(),
+        qi.run(&mut s2, &[1, 2]).unwrap(),
+    );
+    assert_eq!(
+        l1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        l2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    // The embedding mix: the looked-up row mixed before the first block,
+    // so a permutation of the channels equals a model whose rows are
+    // permuted that way.
+    let perm: Vec<usize> = (0..d).map(|i| (i * 5 + 3) % d).collect();
+    let p_mix: Arc<[f32]> = (0..d * d)
+        .map(|k| if perm[k / d] == k % d { 1.0 } else { 0.0 })
+        .collect();
+    let permuted: Arc<[f32]> = embedding
+        .chunks_exact(d)
+        .flat_map(|row| perm.iter().map(|&j| row[j]).collect::<Vec<_>>())
+        .collect();
+    let by_mix = f32_model.clone().with_embedding_mix(p_mix.clone()).unwrap();
+    assert_eq!(by_mix.embedding_mix(), Some(&p_mix[..]));
+    let by_table = GoldenModel::new(
+        a.clone(),
+        4,
+        permuted,
+        blocks(&a),
+        vec![0.75; d],
+        GoldenHead::F32(head_w.clone()),
+    )
+    .unwrap();
+    let (mut s1, mut s2) = (by_mix.new_session(), by_table.new_session());
+    let (l1, l2) = (
+        by_mix.run(&mut s1, &[4, 9]).unwrap(),
+        by_table.run(&mut s2, &[4, 9]).unwrap(),
+    );
+    assert_eq!(
+        l1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        l2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    assert_eq!(s1, s2);
+    assert!(
+        f32_model
+            .clone()
+            .with_embedding_mix(vec![1.0; 3].into())
+            .is_err()
+    );
+    // Bad matrices are errors naming the problem.
+    let e = q.clone().with_head_mix(vec![0.0; 5].into()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "head mix: 5 values, a 32 x 32 matrix needs 1024"
+    );
+    let mut nan = vec![0f32; d * d];
+    nan[33] = f32::NAN;
+    let e = q.with_head_mix(nan.into()).unwrap_err();
+    assert_eq!(e.to_string(), "head mix: entry (1, 1) is NaN, not finite");
+}

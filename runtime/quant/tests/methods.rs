@@ -269,3 +269,215 @@ fn scale_search_never_raises_the_weighted_error() {
     println!("two-group spans: gptq {ep:.5}, + scale search {es:.5}");
     assert!(es <= ep, "search {es} vs plain {ep}");
 }
+
+/// A tied synthetic model of hidden 96 (a power-of-two block of 32, three
+/// blocks: the Kronecker form mixes across them).
+fn model_96(seed: u64) -> Model {
+    let config = q35_reference::Config {
+        blocks: 2,
+        hidden: 96,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+        ffn: 128,
+        vocab: 256,
+        rope_base: 10000.0,
+        norm_eps: 1e-5,
+        tied_embeddings: true,
+        context: 64,
+    };
+    let w = q35_reference::synthetic_weights(&config, seed);
+    Model::from_config_weights(config, w).unwrap()
+}
+
+fn rel_change(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+    let den: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+#[test]
+fn stream_rotation_keeps_the_f32_model() {
+    use q35_quant::model::{StreamRotation, rotate_head_model, rotate_stream_model};
+    use q35_reference::{LinearId, LinearKind};
+    let toks = tokens(24);
+    for model in [common::tiny_model(5), model_96(6)] {
+        let d = model.config().hidden;
+        let want = logits(&model, &toks);
+        for kind in StreamRotation::ALL {
+            let rot = rotate_stream_model(&model, kind).unwrap();
+            let got = logits(&rot.model, &toks);
+            let rel = rel_change(&want, &got);
+            assert!(
+                rel < 1e-5,
+                "{kind} at hidden {d}: relative logit change {rel}"
+            );
+            // Norms folded to 1, the table rotated (and it is what the head
+            // quantizes), the head's mix a full matrix.
+            let m = &rot.model;
+            assert!(m.blocks()[1].ffn_norm.iter().all(|&g| g == 1.0));
+            assert!(m.output_norm().iter().all(|&g| g == 1.0));
+            assert_ne!(m.embedding(), model.embedding());
+            let head = m
+                .linear(LinearId {
+                    block: None,
+                    kind: LinearKind::LmHead,
+                })
+                .unwrap()
+                .weights_f32()
+                .unwrap();
+            assert_eq!(&head[..], m.embedding());
+            assert_eq!(rot.head_mix.len(), d * d);
+            // Each embedding row keeps its length (R is orthogonal).
+            let norm = |r: &[f32]| r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>();
+            let (a, b) = (norm(&model.embedding()[..d]), norm(&m.embedding()[..d]));
+            assert!((a - b).abs() < 1e-5 * a, "{kind}: row norm {a} -> {b}");
+
+            // With block Hadamard the mix is block-diagonal, and skipping its
+            // zero entries (what a machine does) gives the same bits as the
+            // definition's dense sum along lanes.
+            if kind == StreamRotation::BlockHadamard {
+                let b = 1usize << d.trailing_zeros();
+                let mix = &rot.head_mix;
+                assert!((0..d * d).all(|k| k / d / b == k % d / b || mix[k] == 0.0));
+                let mut rng = common::SplitMix64(d as u64);
+                for _ in 0..20 {
+                    let x = rng.gaussians(d, 1.0);
+                    let mut dense = vec![0f32; d];
+                    q35_contract::semantics::mix_along_lanes(mix, &x, &mut dense);
+                    let skipped: Vec<f32> = (0..d)
+                        .map(|r| {
+                            let lo = r / b * b;
+                            let mut s = 0f32;
+                            for i in lo..lo + b {
+                                s += mix[r * d + i] * x[i];
+                            }
+                            s
+                        })
+                        .collect();
+                    assert_eq!(
+                        dense.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        skipped.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                    );
+                }
+            }
+
+            // The head rotation: blocks and lookup as they were, the head
+            // mixes, then multiplies by the rotated table.
+            let rot = rotate_head_model(&model, kind).unwrap();
+            let got = logits(&rot.model, &toks);
+            let rel = rel_change(&want, &got);
+            assert!(
+                rel < 1e-5,
+                "head {kind} at hidden {d}: relative logit change {rel}"
+            );
+            let m = &rot.model;
+            assert_eq!(m.embedding(), model.embedding());
+            assert_eq!(m.blocks()[1].ffn_norm, model.blocks()[1].ffn_norm);
+            let head = m
+                .linear(LinearId {
+                    block: None,
+                    kind: LinearKind::LmHead,
+                })
+                .unwrap()
+                .weights_f32()
+                .unwrap();
+            assert_ne!(&head[..], model.embedding());
+            // The embedding mix undoes the table's rotation (R^T R = I).
+            let mut back = vec![0f32; d];
+            q35_contract::semantics::mix_along_lanes(&rot.embedding_mix, &head[..d], &mut back);
+            let rel = rel_change(&model.embedding()[..d], &back);
+            assert!(rel < 1e-6, "head {kind}: lookup un-rotation off by {rel}");
+        }
+    }
+    assert!(rotate_head_model(&untied_96(), StreamRotation::Random).is_err());
+    assert!(rotate_stream_model(&untied_96(), StreamRotation::Random).is_err());
+}
+
+fn untied_96() -> Model {
+    let mut untied = model_96(7).config().clone();
+    untied.tied_embeddings = false;
+    let w = q35_reference::synthetic_weights(&untied, 7);
+    Model::from_config_weights(untied, w).unwrap()
+}
+
+#[test]
+fn stream_rotation_runs_as_the_golden_variant() {
+    use q35_quant::model::StreamRotation;
+    let model = model_96(9);
+    let toks = tokens(48);
+    let r = ReferenceLogits::compute(&model, &toks, 16, None).unwrap();
+    let opts = QuantOptions { threads: 2 };
+    let run = |methods: Methods, scheme| {
+        let p = QuantPipeline::calibrate_with(
+            &model,
+            &toks[..32],
+            16,
+            8,
+            32,
+            opts,
+            methods,
+            &q35_quant::progress::silent,
+        )
+        .unwrap();
+        let layers = p.quantize(SchemePolicy::uniform(scheme)).unwrap();
+        let golden = from_reference(p.model(), &layers, 16).unwrap();
+        (p.evaluate(&layers, &r).unwrap(), golden)
+    };
+    let (plain, golden) = run(Methods::default(), QuantScheme::Int8);
+    assert!(golden.head_mix().is_none());
+    for kind in StreamRotation::ALL {
+        let methods = Methods {
+            rotate_stream: Some(kind),
+            ..Methods::default()
+        };
+        let (rotated, _) = run(methods, QuantScheme::Int8);
+        // int8 weights of the rotated model, with the head mixed on line,
+        // compute the same function: the KL divergence stays at the int8
+        // level (a wrong fold or a missing mix would make it large).
+        println!(
+            "int8 KLD: plain {}, stream rotated ({kind}) {}",
+            plain.mean_kld, rotated.mean_kld
+        );
+        assert!(rotated.mean_kld < 3.0 * plain.mean_kld + 1e-4);
+        let (q35, _) = run(methods, QuantScheme::Q35);
+        println!("q35 KLD, stream rotated ({kind}): {}", q35.mean_kld);
+        assert!(q35.mean_kld.is_finite() && q35.mean_kld < 1.0);
+        // The head rotation likewise (the lookup un-rotates the table).
+        let methods = Methods {
+            rotate_head: Some(kind),
+            ..Methods::default()
+        };
+        let (head, _) = run(methods, QuantScheme::Int8);
+        println!("int8 KLD, head rotated ({kind}) {}", head.mean_kld);
+        assert!(head.mean_kld < 3.0 * plain.mean_kld + 1e-4);
+    }
+    // The two rotations exclude each other.
+    let both = Methods {
+        rotate_stream: Some(StreamRotation::Random),
+        rotate_head: Some(StreamRotation::Random),
+        ..Methods::default()
+    };
+    assert!(
+        QuantPipeline::calibrate_with(
+            &model,
+            &toks,
+            16,
+            8,
+            32,
+            opts,
+            both,
+            &q35_quant::progress::silent
+        )
+        .is_err()
+    );
+    // Combined with the other variants it still builds and runs.
+    let all = Methods {
+        rotate_stream: Some(StreamRotation::KronHadamard),
+        rotate_down: true,
+        act_scales: ActivationScales::PerGroup,
+        ..Methods::default()
+    };
+    let (both, _) = run(all, QuantScheme::Int8);
+    assert!(both.mean_kld < 3.0 * plain.mean_kld + 1e-4);
+}

@@ -9,7 +9,7 @@
 use std::io::Write;
 
 use q35_contract::golden::ActivationScales;
-use q35_quant::model::{EvalReport, Methods, TensorReport};
+use q35_quant::model::{EvalReport, Methods, StreamRotation, TensorReport};
 use serde::Serialize;
 
 use super::summary::SchemeSummary;
@@ -31,7 +31,9 @@ struct ReportJson<'a> {
     schemes: Vec<SchemeJson<'a>>,
 }
 
-/// The accuracy methods of `--act-scales`, `--smooth`, `--scale-search`.
+/// The accuracy methods of `--act-scales`, `--smooth`, `--scale-search`,
+/// `--group-of`, `--rotate-down`, `--rotate-head`, `--rotate-stream`,
+/// `--rotate-vo`.
 #[derive(Serialize)]
 struct MethodsJson {
     act_scales: &'static str,
@@ -39,6 +41,12 @@ struct MethodsJson {
     /// `group_size_of`).
     group_of: Vec<String>,
     rotate_down: bool,
+    /// `--rotate-head`'s matrix, when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotate_head: Option<String>,
+    /// `--rotate-stream`'s matrix, when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotate_stream: Option<String>,
     rotate_vo: bool,
     scale_search: bool,
     smooth: Option<f32>,
@@ -130,6 +138,8 @@ pub(super) fn write(
             },
             group_of: super::group_of_text(&inputs.methods),
             rotate_down: inputs.methods.rotate_down,
+            rotate_head: inputs.methods.rotate_head.map(StreamRotation::name),
+            rotate_stream: inputs.methods.rotate_stream.map(StreamRotation::name),
             rotate_vo: inputs.methods.rotate_vo,
             scale_search: inputs.methods.scale_search,
             smooth: inputs.methods.smooth,

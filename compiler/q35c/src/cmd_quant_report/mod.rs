@@ -31,7 +31,9 @@ use std::time::Instant;
 use anyhow::Context;
 use q35_contract::QuantScheme;
 use q35_contract::golden::ActivationScales;
-use q35_quant::model::{HeadPolicy, Methods, QuantPipeline, ReferenceLogits, SchemePolicy};
+use q35_quant::model::{
+    HeadPolicy, Methods, QuantPipeline, ReferenceLogits, SchemePolicy, StreamRotation,
+};
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{LinearKind, splitmix64};
 
@@ -98,6 +100,20 @@ pub struct QuantReportArgs {
     /// run-time cost; docs section 14).
     #[arg(long)]
     pub rotate_vo: bool,
+    /// Rotate the whole residual stream by an orthogonal matrix
+    /// (block-hadamard, block-hadamard-N for blocks of N channels,
+    /// kron-hadamard or random): norms folded into the
+    /// matrices reading them, the tied embedding/LM head stored rotated, and
+    /// the final norm's output mixed on line by a dense hidden x hidden
+    /// matrix before the head (a golden-pass variant, docs section 14).
+    #[arg(long, value_name = "KIND")]
+    pub rotate_stream: Option<StreamRotation>,
+    /// Rotate only the tied embedding/LM-head table by an orthogonal matrix
+    /// (same kinds): stored rotated, un-rotated on line after the lookup,
+    /// the final norm's output mixed on line before the head; the blocks
+    /// are unchanged (a golden-pass variant, docs section 14).
+    #[arg(long, value_name = "KIND", conflicts_with = "rotate_stream")]
+    pub rotate_head: Option<StreamRotation>,
     /// Calibration rows kept per layer for the layer-output error.
     #[arg(long, default_value_t = CALIB_SAMPLES)]
     pub samples: usize,
@@ -247,6 +263,8 @@ fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
         scale_search: args.scale_search,
         rotate_down: args.rotate_down,
         rotate_vo: args.rotate_vo,
+        rotate_stream: args.rotate_stream,
+        rotate_head: args.rotate_head,
         ..Methods::default()
     };
     for item in &args.group_of {

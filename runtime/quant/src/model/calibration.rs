@@ -4,6 +4,7 @@
 //! covariances and a reservoir sample of input rows.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use q35_reference::{LinearId, LinearKind, Model, Observer, splitmix64};
 use rayon::prelude::*;
@@ -199,6 +200,9 @@ pub struct Calibration {
     /// Group size of the in-group covariances to record (`None`: none).
     cov_group: Option<usize>,
     layers: BTreeMap<LinearId, LayerCalibration>,
+    /// The LM head's input is recorded mixed by this `hidden x hidden`
+    /// matrix (the stream rotation's on-line mix), when set.
+    head_mix: Option<Arc<[f32]>>,
 }
 
 impl Calibration {
@@ -208,6 +212,7 @@ impl Calibration {
             max_samples,
             cov_group: None,
             layers: BTreeMap::new(),
+            head_mix: None,
         }
     }
 
@@ -273,6 +278,33 @@ impl Calibration {
         calib.record(model, tokens, window, progress)
     }
 
+    /// [`Calibration::run_with_covariance_progress`] for a model whose LM
+    /// head mixes its input by `head_mix` (`hidden x hidden`, row-major)
+    /// before its matrix (the stream rotation, [`super::rotate_stream_model`]):
+    /// the head's record holds the mixed rows
+    /// ([`q35_contract::semantics::mix_along_lanes`]), the input its
+    /// quantized matrix reads.
+    pub fn run_with_covariance_mixed_head(
+        model: &Model,
+        tokens: &[u32],
+        window: usize,
+        max_samples: usize,
+        group_size: usize,
+        head_mix: Arc<[f32]>,
+        progress: &dyn Fn(crate::Progress<'_>),
+    ) -> Result<Calibration, ModelQuantError> {
+        let d = model.config().hidden;
+        if tokens.is_empty() || window == 0 || group_size == 0 || head_mix.len() != d * d {
+            return Err(ModelQuantError::Input(format!(
+                "calibration needs tokens, a positive window and group size, and a {d} x {d} head mix"
+            )));
+        }
+        let mut calib = Calibration::new(max_samples);
+        calib.cov_group = Some(group_size);
+        calib.head_mix = Some(head_mix);
+        calib.record(model, tokens, window, progress)
+    }
+
     /// Runs `model` over `tokens` in consecutive windows of `window` tokens,
     /// each from an empty KV cache, observing every layer's input.
     fn record(
@@ -333,6 +365,18 @@ impl Observer for Calibration {
         }
         let cols = x.len() / n_tokens;
         let max = self.max_samples;
+        let mixed;
+        let x = match &self.head_mix {
+            Some(m) if id.kind == LinearKind::LmHead && m.len() == cols * cols => {
+                let mut v = vec![0f32; x.len()];
+                v.par_chunks_mut(cols)
+                    .zip(x.par_chunks(cols))
+                    .for_each(|(o, row)| q35_contract::semantics::mix_along_lanes(m, row, o));
+                mixed = v;
+                &mixed[..]
+            }
+            Some(_) | None => x,
+        };
         // Layers sharing an input share one covariance, kept by the source.
         let cov_group = (cov_source(id) == id).then_some(self.cov_group).flatten();
         self.layers

@@ -16,8 +16,9 @@
 //! and restoring layers), `report` (per-tensor errors), `logits` (the
 //! reference's logits and the scoring of candidates against them) and
 //! `pipeline` ([`QuantPipeline`], [`Methods`]), `smooth` (scale
-//! migration, [`smooth_model`]) and `rotate` (the offline V/O rotation,
-//! [`rotate_vo_model`]).
+//! migration, [`smooth_model`]), `rotate` (the offline V/O rotation,
+//! [`rotate_vo_model`]) and `stream` (the residual-stream rotation with
+//! its on-line head mix, [`rotate_stream_model`]).
 
 mod calibration;
 mod covariance;
@@ -29,6 +30,7 @@ mod policy;
 mod report;
 mod rotate;
 mod smooth;
+mod stream;
 
 pub use calibration::{Calibration, LayerCalibration};
 pub use layers::{
@@ -42,6 +44,10 @@ pub use policy::{HeadPolicy, SchemePolicy};
 pub use report::{TensorReport, tensor_report};
 pub use rotate::rotate_vo_model;
 pub use smooth::smooth_model;
+pub use stream::{
+    RotatedHead, RotatedStream, StreamRotation, rotate_head_model, rotate_stream_model,
+    stream_rotation_matrix,
+};
 
 use q35_reference::ReferenceError;
 

@@ -8,7 +8,8 @@ use q35_reference::{LinearId, LinearKind, Model};
 
 use super::{
     Calibration, EvalReport, ModelQuantError, QuantizedLayer, ReferenceLogits, SchemePolicy,
-    model_weights, quantize_model_with, rotate_vo_model, smooth_model,
+    StreamRotation, model_weights, quantize_model_with, rotate_head_model, rotate_stream_model,
+    rotate_vo_model, smooth_model,
 };
 use crate::quantize::QuantOptions;
 
@@ -39,6 +40,18 @@ pub struct Methods {
     /// matrix per head, folded into `attn_v` and `attn_output` offline
     /// ([`rotate_vo_model`]; no run-time cost).
     pub rotate_vo: bool,
+    /// Rotate the whole residual stream by this orthogonal matrix, every
+    /// norm folded into the matrices reading it, the tied table stored
+    /// rotated, and the final norm's output mixed on line before the head
+    /// ([`rotate_stream_model`]; a golden-pass variant,
+    /// `GoldenModel::with_head_mix`).
+    pub rotate_stream: Option<StreamRotation>,
+    /// Rotate only the tied embedding/LM-head table by this orthogonal
+    /// matrix: stored rotated, un-rotated on line after the lookup, and the
+    /// final norm's output mixed on line before the head
+    /// ([`rotate_head_model`]; a golden-pass variant,
+    /// `GoldenModel::with_embedding_mix` and `with_head_mix`).
+    pub rotate_head: Option<StreamRotation>,
 }
 
 impl Methods {
@@ -85,6 +98,11 @@ pub struct QuantPipeline<'m> {
     /// The on-line rotation of `ffn_down`'s input (signs, group), with
     /// [`Methods::rotate_down`].
     rotation: Option<(Arc<[f32]>, usize)>,
+    /// The head's on-line mix, with [`Methods::rotate_stream`] or
+    /// [`Methods::rotate_head`].
+    head_mix: Option<Arc<[f32]>>,
+    /// The embedding's on-line mix, with [`Methods::rotate_head`].
+    embedding_mix: Option<Arc<[f32]>>,
 }
 
 impl<'m> QuantPipeline<'m> {
@@ -176,10 +194,42 @@ impl<'m> QuantPipeline<'m> {
             (true, None) => Some(Arc::new(rotate_vo_model(model)?)),
             (false, r) => r,
         };
+        let (rewritten, head_mix, embedding_mix) =
+            match (methods.rotate_stream, methods.rotate_head) {
+                (Some(_), Some(_)) => {
+                    return Err(ModelQuantError::Input(
+                        "the stream rotation and the head rotation exclude each other".into(),
+                    ));
+                }
+                (Some(kind), None) => {
+                    let r = rotate_stream_model(rewritten.as_deref().unwrap_or(model), kind)?;
+                    (Some(Arc::new(r.model)), Some(r.head_mix), None)
+                }
+                (None, Some(kind)) => {
+                    let r = rotate_head_model(rewritten.as_deref().unwrap_or(model), kind)?;
+                    (
+                        Some(Arc::new(r.model)),
+                        Some(r.head_mix),
+                        Some(r.embedding_mix),
+                    )
+                }
+                (None, None) => (rewritten, None, None),
+            };
         let m = rewritten.as_deref().unwrap_or(model);
-        let mut calib = Calibration::run_with_covariance_progress(
-            m, tokens, window, samples, cov_group, progress,
-        )?;
+        let mut calib = match &head_mix {
+            Some(mix) => Calibration::run_with_covariance_mixed_head(
+                m,
+                tokens,
+                window,
+                samples,
+                cov_group,
+                mix.clone(),
+                progress,
+            )?,
+            None => Calibration::run_with_covariance_progress(
+                m, tokens, window, samples, cov_group, progress,
+            )?,
+        };
         let mut weights = model_weights(m)?;
         let rotation = if methods.rotate_down {
             let ffn = m.config().ffn;
@@ -208,6 +258,8 @@ impl<'m> QuantPipeline<'m> {
             options,
             methods,
             rotation,
+            head_mix,
+            embedding_mix,
         })
     }
 
@@ -271,6 +323,17 @@ impl<'m> QuantPipeline<'m> {
         let golden = match &self.rotation {
             Some((signs, group)) => golden.with_down_rotation(signs.clone(), *group)?,
             None => golden,
+        };
+        let golden = match &self.head_mix {
+            Some(mix) => golden.with_head_mix(mix.clone())?,
+            None => golden,
+        };
+        // The lookup reads the rotated table only when the tied head is
+        // quantized (else the golden model keeps the f32 embedding).
+        let head_quantized = layers.iter().any(|l| l.id.kind == LinearKind::LmHead);
+        let golden = match &self.embedding_mix {
+            Some(mix) if head_quantized => golden.with_embedding_mix(mix.clone())?,
+            Some(_) | None => golden,
         };
         reference.compare_golden(&golden)
     }
