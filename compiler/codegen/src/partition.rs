@@ -118,8 +118,8 @@ pub fn balance(bytes: &[u64], head: u64, chips: usize) -> Vec<Range<usize>> {
     // `0 .. i`; cut[k][i]: where the last of them starts.
     let mut best = vec![vec![u64::MAX; n + 1]; chips];
     let mut cut = vec![vec![0usize; n + 1]; chips];
-    for i in 1..=n {
-        best[0][i] = sum(0, i);
+    for (i, b) in best[0].iter_mut().enumerate().skip(1) {
+        *b = sum(0, i);
     }
     for k in 1..chips {
         for i in k + 1..=n {

@@ -77,10 +77,6 @@ pub fn send(
 /// arrival; every `recv` must take its vector before the link's end holds
 /// more than `buffer` vectors ([`check_arrivals`]). Returns each `recv`'s
 /// issue cycle.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one transfer's whole description"
-)]
 pub fn recv(
     p: &mut ProgramBuilder,
     label: &str,
