@@ -501,5 +501,8 @@ fn target_chips() {
     .unwrap();
     assert_eq!(s.chips, 2);
     let e = err(&format!("{TINY}[target]\nchips = 0\n"));
-    assert!(e.contains("`target.chips`") && e.contains("at least 1"), "{e}");
+    assert!(
+        e.contains("`target.chips`") && e.contains("at least 1"),
+        "{e}"
+    );
 }
