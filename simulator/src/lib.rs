@@ -25,6 +25,8 @@
 //!   `fwd`, the link hazards).
 //! - [`system`]: many chips ([`System`]) joined by links, run in lockstep
 //!   epochs on several threads, or timing only.
+//! - [`system_device`]: a system as one `q35_host::Device` ([`SystemDevice`]),
+//!   so the host's token loop drives a model split over many chips.
 //! - [`mxm`]: the MXM plane, as a PE-level reference model and the fast
 //!   model the engine uses (`docs/mxm-timing.md`).
 
@@ -47,6 +49,7 @@ pub mod schedule;
 pub mod state;
 pub mod streams;
 pub mod system;
+pub mod system_device;
 pub mod timeline;
 pub mod trace;
 
@@ -57,6 +60,7 @@ pub use load::{LoadError, Loaded};
 pub use machine::{EngineMode, Machine};
 pub use profile::Profile;
 pub use system::{System, SystemHazard, SystemRun, SystemStop};
+pub use system_device::SystemDevice;
 
 use q35_lpubin::LpuBinary;
 

@@ -291,6 +291,11 @@ impl<'b> System<'b> {
         self.chips.get(chip).and_then(|c| c.state.as_ref())
     }
 
+    /// Chip `chip`'s state, to write (the host's inputs before a run).
+    pub fn state_mut(&mut self, chip: usize) -> Option<&mut State> {
+        self.chips.get_mut(chip).and_then(|c| c.state.as_mut())
+    }
+
     /// The machine configuration every chip runs with.
     pub fn config(&self) -> &MachineConfig {
         &self.config

@@ -93,6 +93,7 @@ fn write_binary(dir: &Path, with_meta: bool) -> std::path::PathBuf {
             golden: None,
             weights_hash: None,
             prefill: None,
+            system: None,
         };
         b.metadata(meta.to_json());
         let mut data = vec![0f32; 320 * 320];

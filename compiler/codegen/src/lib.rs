@@ -12,6 +12,7 @@
 //! - [`emit`]: per-queue timed instructions to `nop`/`repeat`-compressed
 //!   instruction lists.
 //! - [`alloc`]: MEM placement of buffers and weights.
+//! - [`partition`]: the pipeline split of a decode step over many chips.
 //!
 //! This crate never links MLIR: the compiler's `lpu` passes call it.
 
@@ -19,6 +20,7 @@ pub mod alloc;
 pub mod emit;
 pub mod kernels;
 pub mod machine;
+pub mod partition;
 pub mod plan;
 pub mod program;
 pub mod sched;

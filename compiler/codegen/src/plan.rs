@@ -182,6 +182,26 @@ pub enum PlanOp {
         /// Elements.
         n: u32,
     },
+    /// Sends the `n` f32 elements of `x` to chip `to` of the system (a
+    /// pipeline stage's residual stream, docs/backend.md 8).
+    Send {
+        /// The buffer sent.
+        x: String,
+        /// Elements.
+        n: u32,
+        /// The receiving chip.
+        to: u32,
+    },
+    /// Receives `n` f32 elements into `y` from chip `from` of the system
+    /// (what its [`PlanOp::Send`] sent, vector for vector).
+    Recv {
+        /// The buffer written.
+        y: String,
+        /// Elements.
+        n: u32,
+        /// The sending chip.
+        from: u32,
+    },
 }
 
 impl PlanOp {
@@ -210,6 +230,8 @@ impl PlanOp {
             } => vec![q, kcache, vcache, y, "attn_mask"],
             PlanOp::SwiGlu { gate, up, y, .. } => vec![gate, up, y],
             PlanOp::Add { a, b, y, .. } => vec![a, b, y],
+            PlanOp::Send { x, .. } => vec![x],
+            PlanOp::Recv { y, .. } => vec![y],
         }
     }
 
@@ -224,6 +246,8 @@ impl PlanOp {
             PlanOp::Attention { .. } => "lpu.attention",
             PlanOp::SwiGlu { .. } => "lpu.swiglu",
             PlanOp::Add { .. } => "lpu.add",
+            PlanOp::Send { .. } => "lpu.send",
+            PlanOp::Recv { .. } => "lpu.recv",
         }
     }
 }
@@ -580,6 +604,47 @@ pub struct Compiled {
     pub mem_bytes: u64,
     /// What later programs of the same binary share ([`compile_after`]).
     pub shared: Shared,
+    /// A stage of a system ([`crate::partition`]): per receiving chip, the
+    /// issue cycle of every vector sent to it, in order (empty for one
+    /// chip).
+    pub sent: BTreeMap<u32, Vec<Cycle>>,
+}
+
+/// Where a stage's program sits in a system (docs/backend.md 8): its chip,
+/// the links, and when the vectors it receives arrive.
+#[derive(Clone, Debug)]
+pub struct Links {
+    /// This program's chip.
+    pub chip: u32,
+    /// The system's links (`Target::system`).
+    pub topology: q35_target::SystemTopology,
+    /// Per sending chip, the cycle each of its vectors arrives here (the
+    /// sender's `send` cycles plus the route's latency), in order.
+    pub arrivals: BTreeMap<u32, Vec<Cycle>>,
+}
+
+impl Links {
+    /// The one link hop from chip `from` to chip `to` (a pipeline's
+    /// consecutive stages sit on directly linked chips).
+    pub fn hop(&self, from: u32, to: u32, op: &str) -> Result<q35_target::Hop, CodegenError> {
+        let route = self
+            .topology
+            .route(from, to)
+            .map_err(|e| CodegenError::Plan {
+                op: op.to_string(),
+                message: e.to_string(),
+            })?;
+        match route.as_slice() {
+            [hop] => Ok(*hop),
+            _ => Err(CodegenError::Plan {
+                op: op.to_string(),
+                message: format!(
+                    "chips {from} and {to} are {} link hops apart; a transfer goes over one link (forwarding through an intermediate chip is not generated yet)",
+                    route.len()
+                ),
+            }),
+        }
+    }
 }
 
 /// What a compiled program leaves for the programs compiled after it in the
@@ -728,7 +793,7 @@ pub fn compile_after(
     tokens: u32,
     before: &Compiled,
 ) -> Result<Compiled, CodegenError> {
-    compile_program(plan, target, tokens, Some(&before.shared))
+    compile_program(plan, target, tokens, Some(&before.shared), None)
 }
 
 /// Products pools of a later program ([`compile_after`]).
@@ -775,7 +840,18 @@ fn widen(plan: &Plan, tokens: u32) -> Plan {
 /// and token `k`'s mask admits positions up to `pos + k`, so each token's
 /// attention is exactly its own decode step's. `tokens = 1` is [`compile`].
 pub fn compile_tokens(plan: &Plan, target: &Target, tokens: u32) -> Result<Compiled, CodegenError> {
-    compile_program(plan, target, tokens, None)
+    compile_program(plan, target, tokens, None, None)
+}
+
+/// [`compile`] for one stage of a system (a plan with [`PlanOp::Send`] and
+/// [`PlanOp::Recv`], [`crate::partition`]): its transfers go over the links
+/// of `links`, each `recv` placed on or after its vector's arrival.
+pub fn compile_stage(
+    plan: &Plan,
+    target: &Target,
+    links: &Links,
+) -> Result<Compiled, CodegenError> {
+    compile_program(plan, target, 1, None, Some(links))
 }
 
 fn compile_program(
@@ -783,6 +859,7 @@ fn compile_program(
     target: &Target,
     tokens: u32,
     base: Option<&Shared>,
+    links: Option<&Links>,
 ) -> Result<Compiled, CodegenError> {
     if tokens == 0 {
         return Err(CodegenError::Plan {
@@ -934,6 +1011,7 @@ fn compile_program(
             _ => Ok(b),
         }
     };
+    let mut sent_to: BTreeMap<u32, Vec<Cycle>> = BTreeMap::new();
     let mut ops = plan.ops.iter().peekable();
     while let Some((label, op)) = ops.next() {
         let first_bundle = p.sched.bundles;
@@ -990,6 +1068,47 @@ fn compile_program(
             op_cycles.push((label.clone(), first, last));
             op_cycles.push((qlabel.clone(), first, last));
             ops.next();
+            continue;
+        }
+        if let PlanOp::Send {
+            x: name,
+            n,
+            to: peer,
+        }
+        | PlanOp::Recv {
+            y: name,
+            n,
+            from: peer,
+        } = op
+        {
+            let (Some(links), 1) = (links, tokens) else {
+                return Err(CodegenError::Plan {
+                    op: label.clone(),
+                    message: "a transfer between chips belongs to a one-token program of a system stage (compile_stage)".into(),
+                });
+            };
+            let buf = get(name, label)?;
+            let w = words(u64::from(*n));
+            if let PlanOp::Send { .. } = op {
+                let hop = links.hop(links.chip, *peer, label)?;
+                let sent =
+                    crate::kernels::c2c::send(&mut p, label, &buf, w, hop.from.link as u16, 0)?;
+                sent_to.entry(*peer).or_default().extend(sent);
+            } else {
+                let hop = links.hop(*peer, links.chip, label)?;
+                let arrivals = links.arrivals.get(peer).map(Vec::as_slice).unwrap_or(&[]);
+                crate::kernels::c2c::recv(
+                    &mut p,
+                    label,
+                    &buf,
+                    w,
+                    hop.to.link as u16,
+                    arrivals,
+                    target.c2c.receive_buffer_vectors,
+                )?;
+            }
+            let (first, last) = p.sched.span_since(first_bundle);
+            op_cycles.push((label.clone(), first, last));
             continue;
         }
         if let PlanOp::MatMul {
@@ -1050,6 +1169,9 @@ fn compile_program(
                     )?;
                 }
                 PlanOp::MatMul { .. } => unreachable!("matmuls run over every token above"),
+                PlanOp::Send { .. } | PlanOp::Recv { .. } => {
+                    unreachable!("transfers run once above")
+                }
                 PlanOp::Rope {
                     x,
                     y,
@@ -1167,6 +1289,7 @@ fn compile_program(
         op_cycles,
         mem_bytes,
         shared,
+        sent: sent_to,
     })
 }
 
@@ -1245,6 +1368,7 @@ pub fn bound(plan: &Plan, target: &Target) -> Bound {
             }
             PlanOp::SwiGlu { n, .. } => 5 * u64::from(*n),
             PlanOp::Add { n, .. } => u64::from(*n),
+            PlanOp::Send { .. } | PlanOp::Recv { .. } => 0,
         };
     }
     let w = weights as f64;

@@ -366,3 +366,204 @@ fn prefill_equals_golden(name: &str, golden: &GoldenModel, plan: &Plan, ctx: u32
         }
     }
 }
+
+/// The step inputs at position `pos` (docs/backend.md 1), written through
+/// the host's device interface.
+fn write_step(d: &mut dyn q35_host::Device, golden: &GoldenModel, ctx: u32, token: u32, pos: u32) {
+    let x = golden.embedding_row(token as usize).unwrap();
+    d.write_symbol("x_in", &q35_host::device::f32_bytes(x))
+        .unwrap();
+    d.write_symbol("pos_idx", &q35_host::device::u16_bytes(&[pos as u16; 320]))
+        .unwrap();
+    let mut kv = vec![ctx.div_ceil(320) as u16; 320];
+    kv[(pos % 320) as usize] = (pos / 320) as u16;
+    d.write_symbol("kv_idx", &q35_host::device::u16_bytes(&kv))
+        .unwrap();
+    let mask: Vec<f32> = (0..ctx)
+        .map(|t| if t <= pos { 0.0 } else { f32::NEG_INFINITY })
+        .collect();
+    d.write_symbol("attn_mask", &q35_host::device::f32_bytes(&mask))
+        .unwrap();
+}
+
+fn lpubin_of(built: &q35_codegen::Built, target: &Target) -> q35_lpubin::LpuBinary {
+    let bytes = built
+        .program
+        .to_lpubin(target, "q35-codegen test")
+        .expect("encodes")
+        .to_bytes()
+        .expect("container bytes");
+    q35_lpubin::LpuBinary::from_bytes(bytes).expect("container")
+}
+
+/// `plan` split over each of `systems` chips (`partition::compile_system`)
+/// and run on q35sim's lockstep system for the steps `tokens`: every step's
+/// logits and every block's KV cache equal the one-chip program's (and the
+/// golden model's logits) bit for bit, and every step takes exactly the
+/// predicted cycles of the system (its last chip's end).
+fn system_equals_one_chip(
+    name: &str,
+    golden: &GoldenModel,
+    plan: &Plan,
+    ctx: u32,
+    systems: &[u32],
+    tokens: &[u32],
+) {
+    use q35_host::Device;
+    let target = Target::builtin("lpu-v1").unwrap();
+    let config = q35_sim::MachineConfig::from_target(&target).unwrap();
+    let one = plan::compile(plan, &target).unwrap();
+    let one_bin = lpubin_of(&one.built, &target);
+    let mut session = golden.new_session();
+    let want: Vec<Vec<f32>> = tokens
+        .iter()
+        .map(|&t| golden.step(&mut session, t).unwrap())
+        .collect();
+    let mut machine = q35_sim::Machine::new(&one_bin, config.clone()).unwrap();
+    let mut one_logits = Vec::new();
+    let mut one_kv = Vec::new();
+    for (pos, &t) in tokens.iter().enumerate() {
+        write_step(&mut machine, golden, ctx, t, pos as u32);
+        let stats = machine.run().unwrap();
+        assert_eq!(stats.cycles, one.built.cycles, "{name}: one chip's cycles");
+        one_logits.push(machine.read_symbol("logits").unwrap());
+    }
+    for b in 0..golden.arch().blocks {
+        for c in ["kcache", "vcache"] {
+            one_kv.push(machine.read_symbol(&format!("{c}_{b}")).unwrap());
+        }
+    }
+    for (i, (got, w)) in one_logits.iter().zip(&want).enumerate() {
+        assert_eq!(
+            got,
+            &q35_host::device::f32_bytes(w),
+            "{name}: one chip, step {i}"
+        );
+    }
+    for &chips in systems {
+        let t0 = std::time::Instant::now();
+        let sys = q35_codegen::partition::compile_system(plan, &target, chips).unwrap();
+        println!(
+            "{name} over {chips} chips: compiled in {:.1?}; {} cycles a step predicted (one chip {}); per chip blocks, weight bytes, cycles: {:?}",
+            t0.elapsed(),
+            sys.cycles(),
+            one.built.cycles,
+            sys.stages
+                .iter()
+                .zip(&sys.chips)
+                .map(|(s, c)| (s.blocks.clone(), s.weight_bytes, c.built.cycles))
+                .collect::<Vec<_>>()
+        );
+        let bins: Vec<q35_lpubin::LpuBinary> = sys
+            .chips
+            .iter()
+            .map(|c| lpubin_of(&c.built, &target))
+            .collect();
+        let refs: Vec<&q35_lpubin::LpuBinary> = bins.iter().collect();
+        let mut dev = q35_sim::SystemDevice::new(&refs, config.clone()).unwrap();
+        dev.system_mut().set_threads(2);
+        for (pos, &t) in tokens.iter().enumerate() {
+            write_step(&mut dev, golden, ctx, t, pos as u32);
+            let stats = dev.run().unwrap();
+            assert_eq!(
+                stats.cycles,
+                sys.cycles(),
+                "{name} over {chips} chips: step {pos}'s cycles"
+            );
+            let got = dev.read_symbol("logits").unwrap();
+            assert!(
+                got == one_logits[pos],
+                "{name} over {chips} chips: step {pos}'s logits differ from one chip's"
+            );
+        }
+        let mut i = 0;
+        for b in 0..golden.arch().blocks {
+            for c in ["kcache", "vcache"] {
+                let got = dev.read_symbol(&format!("{c}_{b}")).unwrap();
+                assert!(
+                    got == one_kv[i],
+                    "{name} over {chips} chips: {c}_{b} differs"
+                );
+                i += 1;
+            }
+        }
+    }
+}
+
+/// The tiny model with 4 blocks (its synthetic weights for any shape) split
+/// over 2 and 4 chips (a block or more each) equals one chip bit for bit
+/// for three steps.
+#[test]
+fn tiny_split_over_chips_equals_one_chip() {
+    let mut spec = q35_model::load(root().join("examples/tiny.toml")).unwrap();
+    spec.arch.blocks = 4;
+    let (golden, plan) = model_plan(&spec, 64);
+    system_equals_one_chip("tiny", &golden, &plan, 64, &[2, 4], &[42, 7, 100]);
+}
+
+/// The split's stages: contiguous blocks, balanced by weight bytes with the
+/// LM head on the last chip, joined by one send and one receive of the
+/// residual stream; bad chip counts are errors.
+#[test]
+fn tiny_partition_stages() {
+    let (_, plan) = tiny(64);
+    let blocks = plan
+        .ops
+        .iter()
+        .filter(|(_, op)| matches!(op, plan::PlanOp::Attention { .. }))
+        .count() as u32;
+    let stages = q35_codegen::partition::partition(&plan, 2).unwrap();
+    assert_eq!(stages.len(), 2);
+    assert_eq!(stages[0].blocks.start, 0);
+    assert_eq!(stages[0].blocks.end, stages[1].blocks.start);
+    assert_eq!(stages[1].blocks.end, blocks);
+    assert!(stages[1].head && !stages[0].head);
+    assert!(stages[0].plan.buffers.iter().any(|b| b.name == "x_in"));
+    assert!(!stages[1].plan.buffers.iter().any(|b| b.name == "x_in"));
+    assert!(stages[1].plan.buffers.iter().any(|b| b.name == "logits"));
+    assert!(!stages[0].plan.buffers.iter().any(|b| b.name == "logits"));
+    assert!(matches!(
+        stages[0].plan.ops.last(),
+        Some((_, plan::PlanOp::Send { to: 1, .. }))
+    ));
+    assert!(matches!(
+        stages[1].plan.ops.first(),
+        Some((_, plan::PlanOp::Recv { from: 0, .. }))
+    ));
+    for bad in [0, blocks + 1] {
+        assert!(q35_codegen::partition::partition(&plan, bad).is_err());
+    }
+    // A count the topology refuses (not whole nodes of 8).
+    let target = Target::builtin("lpu-v1").unwrap();
+    assert!(q35_codegen::partition::compile_system(&plan, &target, 12).is_err());
+}
+
+/// `balance`: the largest chip's load is minimal, the head counts on the
+/// last chip.
+#[test]
+fn balance_minimises_the_largest_chip() {
+    use q35_codegen::partition::balance;
+    assert_eq!(balance(&[1, 1, 1, 1], 0, 2), vec![0..2, 2..4]);
+    assert_eq!(balance(&[1, 1, 1, 1], 2, 2), vec![0..3, 3..4]);
+    assert_eq!(balance(&[5, 1, 1, 1], 0, 2), vec![0..1, 1..4]);
+    assert_eq!(balance(&[1, 2, 3], 0, 3), vec![0..1, 1..2, 2..3]);
+}
+
+/// SmolLM2-135M (context 64) over 2, 4 and 8 chips equals one chip bit for
+/// bit for three steps, predicted cycles equal to simulated ones.
+#[test]
+fn smollm2_split_over_chips_equals_one_chip() {
+    let path = root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        assert_eq!(
+            std::env::var("Q35_SKIP_MODEL_TESTS").as_deref(),
+            Ok("1"),
+            "SmolLM2 GGUF missing at {} (run scripts/setup, or set Q35_SKIP_MODEL_TESTS=1)",
+            path.display()
+        );
+        return;
+    }
+    let spec = q35_model::load(root().join("examples/smollm2-135m.toml")).unwrap();
+    let (golden, plan) = model_plan(&spec, 64);
+    system_equals_one_chip("SmolLM2", &golden, &plan, 64, &[2, 4, 8], &[504, 3575, 282]);
+}

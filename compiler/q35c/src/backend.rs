@@ -30,8 +30,12 @@ pub const CALIB_CTX: usize = 512;
 
 /// What the backend produced.
 pub struct Emitted {
-    /// The compiled program and its placement.
+    /// The compiled program and its placement (a system's: chip 0's; the
+    /// other chips' are in `system`).
     pub compiled: Compiled,
+    /// A model split over several chips (`--chips N`, docs/backend.md 8):
+    /// every chip's stage and chips 1.. 's programs.
+    pub system: Option<SystemPart>,
     /// The machine's bound on one decode step.
     pub bound: q35_codegen::plan::Bound,
     /// The golden model and tokenizer it was compiled from.
@@ -45,6 +49,14 @@ pub struct Emitted {
     pub prefill: Option<(u32, Compiled)>,
     /// Why there is no prefill program, when one was wanted but did not fit.
     pub prefill_note: Option<String>,
+}
+
+/// The chips past the first of a pipeline-split model.
+pub struct SystemPart {
+    /// Every chip's stage (its blocks, weights, transfers), chip 0's first.
+    pub stages: Vec<q35_codegen::partition::Stage>,
+    /// Chips 1.. 's programs.
+    pub rest: Vec<Compiled>,
 }
 
 /// Tokens per prefill run: exactly `n`, or up to the default, halved
@@ -80,9 +92,24 @@ pub fn compile(
     options: q35_mlir::passes::RunOptions,
     threads: usize,
     prefill: Prefill,
+    chips: u32,
     timings: &Timings,
 ) -> anyhow::Result<Emitted> {
     let shown = model_path.display();
+    if chips == 0 {
+        anyhow::bail!("{shown}: --chips 0: a system needs at least one chip");
+    }
+    if chips > 1 && matches!(prefill, Prefill::Tokens(n) if n > 1) {
+        anyhow::bail!(
+            "{shown}: --prefill goes with one chip; a model split over {chips} chips has no prefill program yet (its prompt runs token by token)"
+        );
+    }
+    if chips > 1 {
+        // The wiring must exist before anything is compiled for it.
+        spec.target
+            .system(chips)
+            .with_context(|| format!("{shown}: --chips {chips}"))?;
+    }
     timings.mark("lowering and placement (MLIR)");
     let mlir = q35_mlir::create_context()?;
     let bar = Bar::new(
@@ -123,6 +150,36 @@ pub fn compile(
     bar.stage("scheduling with the real weights and generating code");
     timings.mark("scheduling and code generation");
     let source = q35_mlir::lpu::plan::GoldenSource::new(&built.layers, &built.golden);
+    if chips > 1 {
+        // The pipeline split of the module's plan (docs/backend.md 8): the
+        // stages compiled in chip order, each receive after its arrival.
+        bar.stage(format!("splitting over {chips} chips and generating code"));
+        let plan = q35_mlir::lpu::plan::op_to_plan(&module.as_operation(), &source)
+            .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
+        let bound = q35_codegen::plan::bound(&plan, &spec.target);
+        let sys = q35_codegen::partition::compile_system(&plan, &spec.target, chips)
+            .map_err(|e| anyhow::anyhow!("cannot split {shown} over {chips} chips: {e}"))?;
+        drop(plan);
+        drop(bar);
+        timings.finish();
+        let mut rest = sys.chips;
+        let compiled = rest.remove(0);
+        return Ok(Emitted {
+            compiled,
+            system: Some(SystemPart {
+                stages: sys.stages,
+                rest,
+            }),
+            bound,
+            built,
+            ctx,
+            recipe,
+            prefill: None,
+            prefill_note: Some(format!(
+                "a model split over {chips} chips has no prefill program yet: the prompt runs token by token"
+            )),
+        });
+    }
     let (plan, compiled) =
         q35_mlir::passes::lpu_codegen::schedule(&mlir, &module, &source, &spec.target)
             .map_err(|e| {
@@ -199,6 +256,7 @@ pub fn compile(
     }
     Ok(Emitted {
         compiled,
+        system: None,
         bound,
         built,
         ctx,
@@ -209,9 +267,31 @@ pub fn compile(
 }
 
 impl Emitted {
+    /// Every chip's program, chip 0's first (one for a single chip).
+    pub fn chips(&self) -> Vec<&Compiled> {
+        let mut v = vec![&self.compiled];
+        if let Some(s) = &self.system {
+            v.extend(&s.rest);
+        }
+        v
+    }
+
+    /// Predicted cycles of one decode step: the program's, or for a
+    /// lockstep system the last chip's end (every chip starts on cycle 0).
+    pub fn cycles(&self) -> u64 {
+        self.chips()
+            .iter()
+            .map(|c| c.built.cycles)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// MEM bytes the binary's programs use together (a later program
-    /// allocates past the earlier ones).
+    /// allocates past the earlier ones); a system's largest chip's.
     pub fn mem_bytes(&self) -> u64 {
+        if self.system.is_some() {
+            return self.chips().iter().map(|c| c.mem_bytes).max().unwrap_or(0);
+        }
         self.prefill
             .as_ref()
             .map_or(self.compiled.mem_bytes, |(_, c)| c.mem_bytes)
@@ -236,7 +316,7 @@ pub fn host_meta(e: &Emitted) -> HostMeta {
         chat_template: tok.and_then(|t| t.chat_template().map(str::to_string)),
         kv_junk_offset: u16::try_from(e.ctx.div_ceil(q35_codegen::program::LANES))
             .unwrap_or(u16::MAX),
-        predicted_cycles_per_step: Some(e.compiled.built.cycles),
+        predicted_cycles_per_step: Some(e.cycles()),
         golden: Some(GoldenRecipeMeta {
             model_toml: e.recipe.model_toml.display().to_string(),
             calib: e.recipe.calib.as_ref().map(|c| c.display().to_string()),
@@ -248,6 +328,27 @@ pub fn host_meta(e: &Emitted) -> HostMeta {
             program: PREFILL_PROGRAM.to_string(),
             tokens: *n,
             predicted_cycles: Some(c.built.cycles),
+        }),
+        system: e.system.as_ref().map(|s| q35_host::SystemMeta {
+            chips: s
+                .stages
+                .iter()
+                .zip(e.chips())
+                .map(|(st, c)| q35_host::ChipMeta {
+                    chip: st.chip,
+                    blocks: [st.blocks.start, st.blocks.end],
+                    head: st.head,
+                    symbols: c
+                        .built
+                        .program
+                        .symbols
+                        .iter()
+                        .map(|s| s.name.clone())
+                        .collect(),
+                    predicted_cycles: c.built.cycles,
+                    mem_bytes: c.mem_bytes,
+                })
+                .collect(),
         }),
     }
 }
@@ -289,7 +390,30 @@ pub fn lpubin(e: &Emitted, target: &q35_target::Target) -> anyhow::Result<Vec<u8
         }
         b.program(PREFILL_PROGRAM, p);
     }
-    b.to_bytes().context("cannot build the .lpubin container")
+    let chip0 = b.to_bytes().context("cannot build the .lpubin container")?;
+    let Some(system) = &e.system else {
+        return Ok(chip0);
+    };
+    // A system file (docs/lpubin.md 8): chip 0's image carries the host's
+    // sections, every other chip its program, MEM image, symbols and debug
+    // map.
+    let mut sys = q35_lpubin::SystemBuilder::new(&target.name, target.hash().0);
+    sys.chip(chip0);
+    for (i, c) in system.rest.iter().enumerate() {
+        let mut b = c
+            .built
+            .program
+            .to_lpubin(target, &producer)
+            .with_context(|| format!("cannot encode chip {}'s program", i + 1))?;
+        for (queue, index, label) in &c.built.debug {
+            b.debug(*queue, *index, label.clone());
+        }
+        sys.chip(
+            b.to_bytes()
+                .with_context(|| format!("cannot build chip {}'s .lpubin image", i + 1))?,
+        );
+    }
+    sys.to_bytes().context("cannot build the system file")
 }
 
 /// The `--json` summary of a compile.
@@ -300,12 +424,16 @@ pub fn summary(
     bytes: usize,
 ) -> serde_json::Value {
     let p = &e.compiled.built.program;
-    let instructions: usize = p.queues.values().map(Vec::len).sum();
-    let cycles = e.compiled.built.cycles;
+    let instructions: usize = e
+        .chips()
+        .iter()
+        .map(|c| c.built.program.queues.values().map(Vec::len).sum::<usize>())
+        .sum();
+    let cycles = e.cycles();
     let clock_hz = target.clock_mhz * 1e6;
     // Time per op kind along the schedule (first to last cycle of each op).
     let mut kinds: std::collections::BTreeMap<String, (u64, i64)> = Default::default();
-    for (label, first, last) in &e.compiled.op_cycles {
+    for (label, first, last) in e.chips().iter().flat_map(|c| &c.op_cycles) {
         let kind = label.rsplit('.').next().unwrap_or(label).to_string();
         let k = kinds.entry(kind).or_default();
         k.0 += 1;
@@ -340,6 +468,22 @@ pub fn summary(
             }),
             None => serde_json::json!({"tokens_per_run": 1, "note": e.prefill_note}),
         },
+        "chips": e.chips().len(),
+        "system": e.system.as_ref().map(|s| {
+            s.stages
+                .iter()
+                .zip(e.chips())
+                .map(|(st, c)| serde_json::json!({
+                    "chip": st.chip,
+                    "blocks": [st.blocks.start, st.blocks.end],
+                    "head": st.head,
+                    "weight_bytes": st.weight_bytes,
+                    "predicted_cycles": c.built.cycles,
+                    "mem_bytes_used": c.mem_bytes,
+                    "instructions": c.built.program.queues.values().map(Vec::len).sum::<usize>(),
+                }))
+                .collect::<Vec<_>>()
+        }),
         "bound": {
             "weights": e.bound.weights,
             "mem_cycles": e.bound.mem_cycles,

@@ -58,6 +58,12 @@ pub struct CompileArgs {
     /// as `timings` in the summary) (asm, lpubin).
     #[arg(long)]
     pub timings: bool,
+    /// Split the model over a system of N chips, pipeline-parallel
+    /// (contiguous blocks per chip, the LM head on the last; docs/backend.md
+    /// 8): the output is one system file (lpubin only). Default: the
+    /// model.toml's [target] chips, else 1 (today's single-chip file).
+    #[arg(long, value_name = "N")]
+    pub chips: Option<u32>,
     /// Worker threads for quantization (results do not depend on it).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -120,6 +126,15 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     if args.timings && !matches!(emit, Emit::Asm | Emit::Lpubin) {
         anyhow::bail!("--timings applies to --emit=asm and lpubin");
     }
+    let chips = args.chips.unwrap_or(spec.chips);
+    if chips == 0 {
+        anyhow::bail!("--chips 0: a system needs at least one chip");
+    }
+    if chips > 1 && emit != Emit::Lpubin {
+        anyhow::bail!(
+            "--chips {chips} makes one system file of {chips} programs: emit an .lpubin (--emit=lpubin)"
+        );
+    }
     if emit == Emit::Lpubin && args.output.as_os_str() == "-" {
         anyhow::bail!("an .lpubin is binary: give an output file with -o");
     }
@@ -148,6 +163,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
                     Some(n) => crate::backend::Prefill::Tokens(n),
                     None => crate::backend::Prefill::Auto,
                 },
+                chips,
                 &timings,
             )?;
             timings.mark("encoding the program");
@@ -169,6 +185,36 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
                     v["timings"] = timings.to_json();
                 }
                 println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if let Some(system) = &e.system {
+                let per_chip: Vec<String> = system
+                    .stages
+                    .iter()
+                    .zip(e.chips())
+                    .map(|(st, c)| {
+                        format!(
+                            "chip {} blocks {}..{}{}: {} cycles, {:.1} MB",
+                            st.chip,
+                            st.blocks.start,
+                            st.blocks.end,
+                            if st.head { " + head" } else { "" },
+                            c.built.cycles,
+                            c.mem_bytes as f64 / 1e6
+                        )
+                    })
+                    .collect();
+                let cycles = e.cycles();
+                eprintln!(
+                    "{}: {} ({} bytes): {chips} chips, pipeline-parallel, context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz; the last chip's end), no prefill program (a system's prompt runs token by token); {}; compiled in {:.1?}",
+                    args.model.display(),
+                    args.output.display(),
+                    bytes.len(),
+                    e.ctx,
+                    cycles,
+                    spec.target.clock_mhz * 1e6 / cycles.max(1) as f64,
+                    spec.target.clock_mhz,
+                    per_chip.join("; "),
+                    t0.elapsed()
+                );
             } else if args.output.as_os_str() != "-" {
                 let cycles = e.compiled.built.cycles;
                 let prefill = match &e.prefill {

@@ -30,5 +30,5 @@ pub use check::{Checker, Mismatch, Part};
 pub use device::{Device, DeviceError, StepStats};
 pub use embedding::{EmbeddingError, EmbeddingTable};
 pub use layout::{LayoutError, SymbolLayout};
-pub use meta::{GoldenRecipeMeta, HostMeta, MetaError, PrefillMeta};
+pub use meta::{ChipMeta, GoldenRecipeMeta, HostMeta, MetaError, PrefillMeta, SystemMeta};
 pub use session::{HostError, HostGeneration, Session, StepRecord};

@@ -70,6 +70,35 @@ pub struct HostMeta {
     /// The prefill program, if the binary has one (docs/lpubin.md 3.9).
     #[serde(default)]
     pub prefill: Option<PrefillMeta>,
+    /// A model split over a system of chips (docs/backend.md 8): which chip
+    /// holds what. Absent for one chip (its metadata is unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemMeta>,
+}
+
+/// The chips of a pipeline-split model, in stage order (docs/lpubin.md 8):
+/// the host's sections (this metadata, tokenizer, embedding) are chip 0's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SystemMeta {
+    /// Per chip, what it holds.
+    pub chips: Vec<ChipMeta>,
+}
+
+/// What one chip of a split model holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChipMeta {
+    /// The chip.
+    pub chip: u32,
+    /// Its blocks, `[first, end)`.
+    pub blocks: [u32; 2],
+    /// Whether it holds the final norm and the LM head.
+    pub head: bool,
+    /// The host's symbols in its program (inputs, outputs, KV caches).
+    pub symbols: Vec<String>,
+    /// Cycles its program takes, as the compiler scheduled it.
+    pub predicted_cycles: u64,
+    /// MEM bytes its program uses.
+    pub mem_bytes: u64,
 }
 
 /// A prefill program: `tokens` consecutive prompt tokens in one run.

@@ -174,6 +174,19 @@ impl<D: Device> Session<D> {
     /// embedding and tokenizer, and checks that every symbol the loop binds
     /// exists with its type and size.
     pub fn new(device: D, binary: &LpuBinary) -> Result<Session<D>, HostError> {
+        Self::new_on(device, binary, &[binary])
+    }
+
+    /// [`Session::new`] for a model split over a system of chips
+    /// (docs/backend.md 8): the host's sections (metadata, embedding,
+    /// tokenizer) are `binary`'s (chip 0's), each symbol the loop binds is
+    /// checked in the first of `chips` (every chip's image, in order) whose
+    /// program has it.
+    pub fn new_on(
+        device: D,
+        binary: &LpuBinary,
+        chips: &[&LpuBinary],
+    ) -> Result<Session<D>, HostError> {
         let meta = HostMeta::from_binary(binary)?;
         let embedding = EmbeddingTable::from_binary(binary)?;
         if (embedding.rows(), embedding.cols()) != (meta.vocab as usize, meta.hidden as usize) {
@@ -187,7 +200,7 @@ impl<D: Device> Session<D> {
             .into());
         }
         for (name, elem, elements) in bound_symbols(&meta) {
-            let s = binary.symbol(name).ok_or_else(|| HostError::Symbol {
+            let s = chips.iter().find_map(|c| c.symbol(name)).ok_or_else(|| HostError::Symbol {
                 name: name.into(),
                 what: "is missing: the program does not take a token (a bare program runs without --prompt)".into(),
             })?;

@@ -64,6 +64,7 @@ fn meta(g: &GoldenModel) -> HostMeta {
         golden: None,
         weights_hash: Some(weights_hash(g)),
         prefill: None,
+        system: None,
     }
 }
 

@@ -42,6 +42,9 @@ pub struct ModelSpec {
     pub calibration: Option<PathBuf>,
     /// The machine to compile for.
     pub target: Target,
+    /// `[target] chips`: the chips of the system the model is split over
+    /// (pipeline stages, docs/backend.md 8); 1 unless given.
+    pub chips: u32,
     /// Limits the compiled program is built for.
     pub limits: RuntimeLimits,
 }

@@ -142,6 +142,7 @@ fn scheme_field<'de, D: serde::Deserializer<'de>>(
 struct RawTarget {
     name: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
+    chips: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +179,8 @@ pub struct ModelToml {
     pub calibration: Option<PathBuf>,
     architecture: ArchSection,
     target: TargetSection,
+    /// `[target] chips`: chips of the system (1 unless given).
+    chips: u32,
     runtime: RuntimeSection,
 }
 
@@ -274,8 +277,20 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelToml, ModelError> {
         .and_then(|q| q.calibration.as_ref())
         .map(|c| cx.base().join(c.get_ref()));
     let target = target_table(&cx, raw.target.as_ref())?;
+    let chips = match raw.target.as_ref().and_then(|t| t.chips.as_ref()) {
+        None => 1,
+        Some(c) if *c.get_ref() == 0 => {
+            return Err(cx.invalid(
+                Some(c.span()),
+                "target.chips",
+                "must be at least 1 (chips of the system the model is split over)".into(),
+            ));
+        }
+        Some(c) => *c.get_ref(),
+    };
     let runtime = runtime_table(&cx, raw.runtime.as_ref())?;
     Ok(ModelToml {
+        chips,
         path: path.to_path_buf(),
         name,
         weights,
@@ -592,6 +607,7 @@ fn target_table(cx: &Cx<'_>, t: Option<&RawTarget>) -> Result<TargetSection, Mod
         Some(RawTarget {
             name: Some(n),
             path: None,
+            ..
         }) => match Target::builtin(n.get_ref()) {
             Ok(t) => Ok(TargetSection::Builtin(Box::new(t))),
             Err(TargetError::Unknown { name }) => Err(cx.invalid(
@@ -607,7 +623,14 @@ fn target_table(cx: &Cx<'_>, t: Option<&RawTarget>) -> Result<TargetSection, Mod
         Some(RawTarget {
             name: None,
             path: Some(p),
+            ..
         }) => Ok(TargetSection::File(cx.base().join(p.get_ref()))),
+        // `chips` alone: the default target.
+        Some(RawTarget {
+            name: None,
+            path: None,
+            chips: Some(_),
+        }) => Ok(TargetSection::Builtin(Box::new(Target::builtin("lpu-v1")?))),
         Some(_) => Err(cx.invalid(
             None,
             "target",
@@ -700,6 +723,7 @@ impl ModelToml {
             quant: self.quant,
             calibration: self.calibration,
             target,
+            chips: self.chips,
             limits: RuntimeLimits {
                 max_seq_len,
                 batch: rt.batch,

@@ -486,3 +486,23 @@ fn bad_group_size_of_not_dividing() {
         "{e}"
     );
 }
+
+/// `[target] chips`: the system a model is split over (1 unless given; 0
+/// is refused at its key; alone it keeps the default target).
+#[test]
+fn target_chips() {
+    assert_eq!(spec(TINY, "t.toml").unwrap().chips, 1);
+    let s = spec(&format!("{TINY}[target]\nchips = 4\n"), "t.toml").unwrap();
+    assert_eq!((s.chips, s.target.name.as_str()), (4, "lpu-v1"));
+    let s = spec(
+        &format!("{TINY}[target]\nname = \"lpu-v1\"\nchips = 2\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(s.chips, 2);
+    let e = err(&format!("{TINY}[target]\nchips = 0\n"));
+    assert!(
+        e.contains("`target.chips`") && e.contains("at least 1"),
+        "{e}"
+    );
+}

@@ -8,6 +8,7 @@
 //! local cycle, and a VXM result written to a buffer word.
 
 pub mod attention;
+pub mod c2c;
 pub mod matmul;
 pub mod norm;
 pub mod quantize;

@@ -416,6 +416,8 @@ fn label(name: &str, op: &PlanOp) -> String {
     let y = match op {
         PlanOp::MatMul { weight, .. } => return weight.clone(),
         PlanOp::KvWrite { kcache, .. } => return format!("{name} @{kcache}"),
+        PlanOp::Send { x, to, .. } => return format!("{name} @{x} to chip {to}"),
+        PlanOp::Recv { y, from, .. } => return format!("{name} @{y} from chip {from}"),
         PlanOp::RmsNorm { y, .. }
         | PlanOp::Rope { y, .. }
         | PlanOp::Attention { y, .. }

@@ -227,63 +227,9 @@ pub fn run(
         session.set_prefill(false);
     }
     let meta = session.meta().clone();
-    let (prompt_text, prompt) = match (&args.tokens, &args.prompt) {
-        (Some(ids), _) => (None, ids.clone()),
-        (None, Some(text)) => {
-            if text.is_empty() {
-                return Err(anyhow!("the prompt is empty").into());
-            }
-            let (t, ids) = session
-                .prompt_tokens(text, args.chat, args.system.as_deref())
-                .map_err(|e| failure(name, e))?;
-            (Some(t), ids)
-        }
-        (None, None) => return Err(anyhow!("no prompt: give --prompt or --tokens").into()),
-    };
-    if prompt.len() > session.ctx() {
-        return Err(failure(
-            name,
-            HostError::PromptTooLong {
-                tokens: prompt.len(),
-                ctx: session.ctx(),
-            },
-        ));
-    }
+    let (prompt_text, prompt) = prompt_of(name, &mut session, args)?;
     if args.check {
-        let recipe_meta = meta.golden.clone();
-        let model_toml = match (&args.model, &recipe_meta) {
-            (Some(m), _) => m.clone(),
-            (None, Some(r)) => PathBuf::from(&r.model_toml),
-            (None, None) => {
-                return Err(anyhow!(
-                    "{name}: the metadata does not say which model.toml the program was compiled from; give --model"
-                )
-                .into());
-            }
-        };
-        let recipe = GoldenRecipe {
-            model_toml,
-            calib: args.calib.clone().or_else(|| {
-                recipe_meta
-                    .as_ref()
-                    .and_then(|r| r.calib.clone().map(PathBuf::from))
-            }),
-            calib_ctx: recipe_meta.as_ref().map_or(512, |r| r.calib_ctx),
-            calib_samples: recipe_meta
-                .as_ref()
-                .map_or(q35_host::golden::CALIB_SAMPLES, |r| r.calib_samples),
-            positions: session.ctx(),
-            threads: 2,
-        };
-        let bar = q35_host::bar::Bar::new(
-            format!("--check {}: ", recipe.model_toml.display()),
-            "building the golden model",
-            true,
-        );
-        let built = build_with_progress(&recipe, &|p| bar.report(p))
-            .context("cannot build the golden model for --check")?;
-        drop(bar);
-        let checker = Checker::new(built.golden, &meta).map_err(|e| failure(name, e))?;
+        let checker = checker_for(name, &meta, session.ctx(), args)?;
         session.set_checker(checker);
     }
     let options = GenerateOptions {
@@ -543,6 +489,236 @@ pub fn run(
             .map_err(io)?;
         }
         write!(stdout, "{}", profile_text(&summary, shown, outputs.top)).map_err(io)?;
+    }
+    if args.check
+        && let Some((i, got, want)) = off_prediction
+    {
+        eprintln!(
+            "{name}: check failed: step {i} took {got} cycles, the compiler predicted {want}"
+        );
+        return Err(Failure::Program);
+    }
+    Ok(())
+}
+
+/// The prompt's text (if given as text) and its token ids, checked against
+/// the context.
+pub(crate) fn prompt_of<D: q35_host::Device>(
+    name: &str,
+    session: &mut Session<D>,
+    args: &GenArgs,
+) -> Result<(Option<String>, Vec<u32>), Failure> {
+    let (prompt_text, prompt) = match (&args.tokens, &args.prompt) {
+        (Some(ids), _) => (None, ids.clone()),
+        (None, Some(text)) => {
+            if text.is_empty() {
+                return Err(anyhow!("the prompt is empty").into());
+            }
+            let (t, ids) = session
+                .prompt_tokens(text, args.chat, args.system.as_deref())
+                .map_err(|e| failure(name, e))?;
+            (Some(t), ids)
+        }
+        (None, None) => return Err(anyhow!("no prompt: give --prompt or --tokens").into()),
+    };
+    if prompt.len() > session.ctx() {
+        return Err(failure(
+            name,
+            HostError::PromptTooLong {
+                tokens: prompt.len(),
+                ctx: session.ctx(),
+            },
+        ));
+    }
+    Ok((prompt_text, prompt))
+}
+
+/// `--check`'s golden model, rebuilt from the recipe the metadata records
+/// (or `--model`, `--calib`).
+pub(crate) fn checker_for(
+    name: &str,
+    meta: &q35_host::HostMeta,
+    ctx: usize,
+    args: &GenArgs,
+) -> Result<Checker, Failure> {
+    let recipe_meta = meta.golden.clone();
+    let model_toml = match (&args.model, &recipe_meta) {
+        (Some(m), _) => m.clone(),
+        (None, Some(r)) => PathBuf::from(&r.model_toml),
+        (None, None) => {
+            return Err(anyhow!(
+                "{name}: the metadata does not say which model.toml the program was compiled from; give --model"
+            )
+            .into());
+        }
+    };
+    let recipe = GoldenRecipe {
+        model_toml,
+        calib: args.calib.clone().or_else(|| {
+            recipe_meta
+                .as_ref()
+                .and_then(|r| r.calib.clone().map(PathBuf::from))
+        }),
+        calib_ctx: recipe_meta.as_ref().map_or(512, |r| r.calib_ctx),
+        calib_samples: recipe_meta
+            .as_ref()
+            .map_or(q35_host::golden::CALIB_SAMPLES, |r| r.calib_samples),
+        positions: ctx,
+        threads: 2,
+    };
+    let bar = q35_host::bar::Bar::new(
+        format!("--check {}: ", recipe.model_toml.display()),
+        "building the golden model",
+        true,
+    );
+    let built = build_with_progress(&recipe, &|p| bar.report(p))
+        .context("cannot build the golden model for --check")?;
+    drop(bar);
+    Checker::new(built.golden, meta).map_err(|e| failure(name, e))
+}
+
+/// Generates with a model split over a system of chips (docs/backend.md
+/// 8): the host's sections are chip 0's, the token loop drives a
+/// [`q35_sim::SystemDevice`] (every chip in lockstep, `threads` host
+/// threads). Prints the text, one line per run with its cycles and the
+/// prediction, `--check`'s verdict, and the last run's per-chip profile
+/// and link use.
+pub fn run_system(
+    name: &str,
+    chips: &[&LpuBinary],
+    config: MachineConfig,
+    threads: usize,
+    max_cycles: Option<u64>,
+    json_out: bool,
+    args: &GenArgs,
+) -> Result<(), Failure> {
+    let host = chips
+        .first()
+        .ok_or_else(|| anyhow!("{name}: a system of no chips"))?;
+    let topology = config
+        .target
+        .system(chips.len() as u32)
+        .with_context(|| name.to_string())?;
+    let mut device =
+        q35_sim::SystemDevice::new(chips, config.clone()).with_context(|| name.to_string())?;
+    device.system_mut().set_threads(threads);
+    device.system_mut().set_max_cycles(max_cycles);
+    let mut session = Session::new_on(device, host, chips).map_err(|e| failure(name, e))?;
+    let meta = session.meta().clone();
+    let (prompt_text, prompt) = prompt_of(name, &mut session, args)?;
+    if args.check {
+        let checker = checker_for(name, &meta, session.ctx(), args)?;
+        session.set_checker(checker);
+    }
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop_tokens: meta.stop_tokens(),
+    };
+    let tokenizer = session.shared_tokenizer();
+    let mut decoder = StreamDecoder::new();
+    let mut text = String::new();
+    let generation = session.generate(&prompt, &options, |tok| {
+        let piece = match &tokenizer {
+            Some(t) if t.is_control(tok) => String::new(),
+            Some(t) => decoder.push(t, tok),
+            None => format!("{tok} "),
+        };
+        text.push_str(&piece);
+        true
+    });
+    let generation = generation.map_err(|e| failure(name, e))?;
+    text.push_str(&decoder.finish());
+    let predicted = meta.predicted_cycles_per_step;
+    let off_prediction = generation
+        .steps
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| match predicted {
+            Some(p) if p != s.stats.cycles => Some((i, s.stats.cycles, p)),
+            _ => None,
+        });
+    let stop = match generation.stop {
+        StopReason::StopToken(_) => "eos",
+        other => other.as_str(),
+    };
+    let last = session.device().last_run().cloned();
+    let io = |e: std::io::Error| {
+        Failure::Input(anyhow::Error::from(e).context("cannot write to stdout"))
+    };
+    let mut stdout = std::io::stdout().lock();
+    if json_out {
+        let v = json!({
+            "file": name,
+            "model": meta.model,
+            "chips": chips.len(),
+            "prompt": prompt_text,
+            "prompt_tokens": prompt,
+            "tokens": generation.tokens,
+            "text": tokenizer.as_ref().map(|_| text.clone()),
+            "stop_reason": stop,
+            "context": session.ctx(),
+            "predicted_cycles_per_step": predicted,
+            "total_cycles": generation.steps.iter().map(|s| s.stats.cycles).sum::<u64>(),
+            "steps": generation.steps.iter().map(|s| json!({
+                "token": s.token,
+                "pos": s.pos,
+                "prefill": s.prefill,
+                "cycles": s.stats.cycles,
+                "instructions": s.stats.instructions,
+            })).collect::<Vec<_>>(),
+            "checked": args.check,
+            "last_run": last.as_ref().map(q35_sim::SystemRun::to_json),
+        });
+        writeln!(
+            stdout,
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?
+        )
+        .map_err(io)?;
+    } else {
+        writeln!(stdout, "{text}").map_err(io)?;
+        writeln!(
+            stdout,
+            "[{} prompt tokens in {} runs (a system: one run per prompt token), {} generated, stop: {stop}; {} runs on {} chips]",
+            generation.prompt_tokens,
+            generation.steps.iter().filter(|s| s.prefill).count(),
+            generation.tokens.len(),
+            generation.steps.len(),
+            chips.len()
+        )
+        .map_err(io)?;
+        for (i, s) in generation.steps.iter().enumerate() {
+            let pred = match predicted {
+                Some(p) if p == s.stats.cycles => format!(" (predicted {p})"),
+                Some(p) => format!(" (predicted {p}: DIFFERS)"),
+                None => String::new(),
+            };
+            writeln!(
+                stdout,
+                "{}: {} cycles{pred}",
+                step_name(i, s),
+                s.stats.cycles
+            )
+            .map_err(io)?;
+        }
+        if args.check {
+            writeln!(
+                stdout,
+                "check: {} runs, logits and KV cache equal to the golden model bit for bit",
+                generation.steps.len()
+            )
+            .map_err(io)?;
+        }
+        if let Some(run) = &last {
+            writeln!(stdout, "last run, per chip:").map_err(io)?;
+            write!(stdout, "{}", crate::cmd_system::text(run, &topology, false)).map_err(io)?;
+        }
     }
     if args.check
         && let Some((i, got, want)) = off_prediction

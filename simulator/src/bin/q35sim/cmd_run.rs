@@ -54,9 +54,21 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let config = crate::target(args.target.as_ref())?;
     let name = args.file.display().to_string();
     if crate::cmd_system::is_system_file(&args.file)? {
+        if args.generate.wanted() && !args.timing && args.dumps.is_empty() && !args.outputs.files()
+        {
+            // A compiled model split over the chips (q35c compile --chips N).
+            return crate::cmd_system::generate(
+                &args.file,
+                config,
+                args.threads,
+                args.max_cycles,
+                args.json,
+                &args.generate,
+            );
+        }
         if args.generate.wanted() || args.outputs.files() {
             return Err(anyhow!(
-                "{name}: a system file runs with --threads, --timing, --dump CHIP:SYMBOL, --json and --max-cycles (generation and --trace/--report: `q35sim profile`)"
+                "{name}: a system file generates with --prompt/--tokens (and --threads, --json, --max-cycles, --check), or runs once with --threads, --timing, --dump CHIP:SYMBOL, --json and --max-cycles (--trace/--report: `q35sim profile`)"
             )
             .into());
         }

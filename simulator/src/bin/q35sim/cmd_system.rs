@@ -83,6 +83,25 @@ fn stopped(name: &str, stop: &SystemStop) -> Failure {
     Failure::Program
 }
 
+/// `q35sim run SYSTEM.lpubin --prompt ...`: a compiled model split over
+/// the system's chips generates through the host runtime
+/// ([`crate::cmd_generate::run_system`]).
+pub fn generate(
+    path: &Path,
+    config: MachineConfig,
+    threads: Option<usize>,
+    max_cycles: Option<u64>,
+    json_out: bool,
+    args: &crate::cmd_generate::GenArgs,
+) -> Result<(), Failure> {
+    let (file, name) = open(path, &config)?;
+    let chips: Vec<&LpuBinary> = file.chips().iter().collect();
+    let threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    crate::cmd_generate::run_system(&name, &chips, config, threads, max_cycles, json_out, args)
+}
+
 /// `q35sim run SYSTEM.lpubin`.
 pub fn run(
     path: &Path,
@@ -166,7 +185,7 @@ pub fn run(
 }
 
 /// The run as text: the system, then each chip.
-fn text(run: &SystemRun, topo: &SystemTopology, timing: bool) -> String {
+pub(crate) fn text(run: &SystemRun, topo: &SystemTopology, timing: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

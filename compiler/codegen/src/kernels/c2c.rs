@@ -1,0 +1,158 @@
+//! Chip-to-chip transfers of a pipeline split (docs/backend.md 8): a
+//! buffer's words sent vector by vector on one link, and received into a
+//! buffer on the far chip.
+//!
+//! A `send` reads one stream register (one byte plane of a word: 320
+//! bytes) at the link ports' position and holds its link for
+//! `c2c_vector_cycles` (`V`) cycles, so an f32 buffer of `w` words is `4 w`
+//! vectors, one every `V` cycles, all in one bundle (their times fixed
+//! relative to each other). The receiving chip's bundle mirrors it: one
+//! `recv` every `V` cycles, each vector written into its byte plane's
+//! slice as it passes. Lockstep (docs/isa.md "C2C") means the receiving
+//! schedule must issue each `recv` on or after its vector's arrival and
+//! before the link's end overruns: [`recv`] is placed no earlier than the
+//! first arrival and checked against every arrival ([`check_arrivals`]).
+
+use q35_isa::{Instruction, QueueId, QueueKind, Stream};
+
+use crate::alloc::Buffer;
+use crate::kernels::dir_to;
+use crate::machine::Cycle;
+use crate::program::ProgramBuilder;
+use crate::sched::{Bundle, QSel, SchedError};
+
+const S: Stream = Stream::east(0);
+
+/// The queue of link `link`.
+pub fn link_queue(link: u16) -> Result<QueueId, SchedError> {
+    QueueId::new(QueueKind::C2c(link)).ok_or_else(|| SchedError::Kernel {
+        label: "c2c".into(),
+        message: format!(
+            "link {link} has no queue (the ISA has {})",
+            q35_isa::C2C_LINKS
+        ),
+    })
+}
+
+/// Sends words `0 .. words` of `src` on link `link`, vector by vector
+/// (word-major, byte plane within a word), one every `V` cycles, no
+/// earlier than `not_before`. Returns each vector's `send` issue cycle,
+/// in order.
+pub fn send(
+    p: &mut ProgramBuilder,
+    label: &str,
+    src: &Buffer,
+    words: u32,
+    link: u16,
+    not_before: Cycle,
+) -> Result<Vec<Cycle>, SchedError> {
+    let m = p.mach().clone();
+    let q = link_queue(link)?;
+    let at = m.position(q);
+    let v = m.target.c2c_vector_cycles() as Cycle;
+    let mut b = Bundle::new(label);
+    let mut local = Vec::new();
+    for w in 0..words {
+        for &slice in &src.slices {
+            let t = local.len() as Cycle * v;
+            let x = b.read(&m, &[slice], src.addr + w, at, t)?;
+            b.unit(
+                &m,
+                QSel::Fixed(q),
+                t,
+                Instruction::Send { src: S },
+                &[("src", x)],
+                None,
+            )?;
+            local.push(t);
+        }
+    }
+    let placed = p.sched.place(b, not_before)?;
+    Ok(local.iter().map(|t| placed.shift + t).collect())
+}
+
+/// Receives `words` words into `dst` from link `link`: the vectors [`send`]
+/// put on the far end, in the same order, arriving on cycles `arrivals`
+/// (one per vector). The first `recv` issues no earlier than the first
+/// arrival; every `recv` must take its vector before the link's end holds
+/// more than `buffer` vectors ([`check_arrivals`]). Returns each `recv`'s
+/// issue cycle.
+pub fn recv(
+    p: &mut ProgramBuilder,
+    label: &str,
+    dst: &Buffer,
+    words: u32,
+    link: u16,
+    arrivals: &[Cycle],
+    buffer: u32,
+) -> Result<Vec<Cycle>, SchedError> {
+    let m = p.mach().clone();
+    let q = link_queue(link)?;
+    let v = m.target.c2c_vector_cycles() as Cycle;
+    let n = words as usize * dst.slices.len();
+    if arrivals.len() != n {
+        return Err(SchedError::Kernel {
+            label: label.to_string(),
+            message: format!(
+                "{n} vectors to receive into `{}`, {} sent",
+                dst.name,
+                arrivals.len()
+            ),
+        });
+    }
+    let mut b = Bundle::new(label);
+    let mut local = Vec::new();
+    for w in 0..words {
+        for &slice in &dst.slices {
+            let t = local.len() as Cycle * v;
+            let x = b
+                .unit(
+                    &m,
+                    QSel::Fixed(q),
+                    t,
+                    Instruction::Recv { dst: S },
+                    &[],
+                    Some(("dst", dir_to(dst))),
+                )?
+                .ok_or_else(|| SchedError::Kernel {
+                    label: label.to_string(),
+                    message: "recv has no result".into(),
+                })?;
+            b.write(&m, x, &[slice], dst.addr + w)?;
+            local.push(t);
+        }
+    }
+    let first = arrivals.first().copied().unwrap_or(0);
+    let placed = p.sched.place(b, first)?;
+    let issued: Vec<Cycle> = local.iter().map(|t| placed.shift + t).collect();
+    check_arrivals(arrivals, &issued, buffer).map_err(|message| SchedError::Kernel {
+        label: label.to_string(),
+        message,
+    })?;
+    Ok(issued)
+}
+
+/// Whether `recv`s issued on cycles `taken` (in order) take vectors
+/// arriving on `arrivals` (in order) without a receive before arrival or
+/// more than `buffer` vectors waiting at the link's end (an arrival counts
+/// before an issue of the same cycle, docs/isa.md "C2C").
+pub fn check_arrivals(arrivals: &[Cycle], taken: &[Cycle], buffer: u32) -> Result<(), String> {
+    for (i, (&a, &t)) in arrivals.iter().zip(taken).enumerate() {
+        if t < a {
+            return Err(format!(
+                "vector {i} is received on cycle {t}, before it arrives on cycle {a}"
+            ));
+        }
+        // Vectors arrived by `a` and not yet taken (taken strictly before
+        // `a`, or on `a` itself only after the arrival): at most `buffer`.
+        let arrived = arrivals.iter().filter(|&&x| x <= a).count();
+        let gone = taken.iter().filter(|&&x| x < a).count();
+        if arrived - gone.min(arrived) > buffer as usize {
+            return Err(format!(
+                "vector {i} arrives on cycle {a} while {} vectors wait at the link's end (it holds {buffer}): the receiving schedule is too late",
+                arrived - gone.min(arrived) - 1
+            ));
+        }
+    }
+    Ok(())
+}
