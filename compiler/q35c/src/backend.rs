@@ -117,8 +117,34 @@ pub fn compile(
         "lowering, placing and scheduling (lpu-lower, lpu-place, lpu-schedule)",
         !options.print_ir_after_all,
     );
-    let module = q35_mlir::compile_placed(&mlir, spec, context, options)
-        .with_context(|| format!("cannot compile {shown} for the LPU"))?;
+    // One chip: lowering and lpu-place (which refuses a model over the
+    // chip's MEM from its shapes). Many: each stage is placed on its own
+    // chip (docs/backend.md 8), so the module is only lowered, and what it
+    // needs is checked against the whole system's MEM before any weight
+    // is quantized.
+    let module = if chips > 1 {
+        let module = q35_mlir::lower::compile_lpu(&mlir, spec, context, options)
+            .with_context(|| format!("cannot compile {shown} for the LPU"))?;
+        let need = q35_mlir::lpu::plan::mem_need(&module.as_operation())
+            .map_err(|e| anyhow::anyhow!("cannot compile {shown} for the LPU: {e}"))?;
+        let chip = spec.target.mem_bytes();
+        if need.total() > u64::from(chips) * chip {
+            anyhow::bail!(
+                "{shown}: the model does not fit on {chips} chips: it needs at least {} bytes of MEM ({} bytes of weights, {} bytes of KV cache, {} bytes of other buffers); {chips} {} chips have {} bytes, so by MEM alone it needs at least {} chips",
+                need.total(),
+                need.weight_bytes,
+                need.kv_bytes,
+                need.other_bytes,
+                spec.target.name,
+                u64::from(chips) * chip,
+                need.total().div_ceil(chip)
+            );
+        }
+        module
+    } else {
+        q35_mlir::compile_placed(&mlir, spec, context, options)
+            .with_context(|| format!("cannot compile {shown} for the LPU"))?
+    };
     let ctx = q35_mlir::ir::int_attr(&module.as_operation(), q35_frontend::lpu_ops::CONTEXT_ATTR)
         .and_then(|c| u32::try_from(c).ok())
         .with_context(|| format!("{shown}: the lpu module has no context"))?;
