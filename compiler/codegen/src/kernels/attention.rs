@@ -1267,9 +1267,10 @@ fn packed_side(j: u32, la: Cycle) -> usize {
 /// How an output chain of `n` group members runs: each position takes `c =
 /// ceil(n / 2)` SXM cycles (slot `s` on SXM `s % 2`, `s / 2` cycles in);
 /// positions are `step = la / per` cycles apart, `per` the stripes a
-/// sub-chain carries (the largest of 4, 2, 1 dividing `la` with `la / per
-/// >= c`), so that stripe `r`'s next add comes exactly `la` cycles after its
-/// last: the add's result passes the VXM once, on that cycle. The
+/// sub-chain carries (the largest of 4, 2, 1 dividing `la` with
+/// `la / per >= c`), so that stripe `r`'s next add comes exactly `la`
+/// cycles after its last: the add's result passes the VXM once, on that
+/// cycle. The
 /// `ATTN_STRIPES / per` sub-chains take the positions `t` with `t %
 /// subchains == k`.
 #[derive(Clone, Copy, Debug)]
