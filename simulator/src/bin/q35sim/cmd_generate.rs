@@ -226,22 +226,7 @@ pub fn run(
     if args.no_prefill {
         session.set_prefill(false);
     }
-    let meta = session.meta().clone();
-    let (prompt_text, prompt) = prompt_of(name, &mut session, args)?;
-    if args.check {
-        let checker = checker_for(name, &meta, session.ctx(), args)?;
-        session.set_checker(checker);
-    }
-    let options = GenerateOptions {
-        max_tokens: args.max_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            seed: args.seed,
-        },
-        stop_tokens: meta.stop_tokens(),
-    };
+    let (meta, prompt_text, prompt, options) = prepare(name, &mut session, args)?;
 
     let tokenizer = session.shared_tokenizer();
     let mut decoder = StreamDecoder::new();
@@ -503,6 +488,42 @@ pub fn run(
 
 /// The prompt's text (if given as text) and its token ids, checked against
 /// the context.
+/// What a generation on any device starts with: the binary's metadata, the
+/// prompt (its text, if given as text, and its tokens), the golden model's
+/// checker installed when `--check` asks for one, and the options of the
+/// token loop.
+fn prepare<D: q35_host::Device>(
+    name: &str,
+    session: &mut Session<D>,
+    args: &GenArgs,
+) -> Result<
+    (
+        q35_host::HostMeta,
+        Option<String>,
+        Vec<u32>,
+        GenerateOptions,
+    ),
+    Failure,
+> {
+    let meta = session.meta().clone();
+    let (prompt_text, prompt) = prompt_of(name, session, args)?;
+    if args.check {
+        let checker = checker_for(name, &meta, session.ctx(), args)?;
+        session.set_checker(checker);
+    }
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop_tokens: meta.stop_tokens(),
+    };
+    Ok((meta, prompt_text, prompt, options))
+}
+
 pub(crate) fn prompt_of<D: q35_host::Device>(
     name: &str,
     session: &mut Session<D>,
@@ -604,22 +625,7 @@ pub fn run_system(
     device.system_mut().set_threads(threads);
     device.system_mut().set_max_cycles(max_cycles);
     let mut session = Session::new_on(device, host, chips).map_err(|e| failure(name, e))?;
-    let meta = session.meta().clone();
-    let (prompt_text, prompt) = prompt_of(name, &mut session, args)?;
-    if args.check {
-        let checker = checker_for(name, &meta, session.ctx(), args)?;
-        session.set_checker(checker);
-    }
-    let options = GenerateOptions {
-        max_tokens: args.max_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            seed: args.seed,
-        },
-        stop_tokens: meta.stop_tokens(),
-    };
+    let (meta, prompt_text, prompt, options) = prepare(name, &mut session, args)?;
     let tokenizer = session.shared_tokenizer();
     let mut decoder = StreamDecoder::new();
     let mut text = String::new();
