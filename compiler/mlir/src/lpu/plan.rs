@@ -167,6 +167,39 @@ fn f32v(o: &OperationRef<'_, '_>, attr: &str) -> Result<f32, String> {
         .ok_or_else(|| format!("needs a float `{attr}`"))
 }
 
+/// An `lpu.weight`'s declaration: its symbol, the GGUF tensor it binds,
+/// its shape, group size and scheme.
+struct WeightDecl {
+    sym_name: String,
+    source: String,
+    rows: usize,
+    cols: usize,
+    group: usize,
+    scheme: QuantScheme,
+}
+
+/// Reads the `lpu.weight` `o` (errors through `err`, which locates them).
+fn weight_decl(
+    o: &OperationRef<'_, '_>,
+    err: &dyn Fn(String) -> PlanError,
+) -> Result<WeightDecl, PlanError> {
+    let sym_name = string_attr(o, "sym_name").ok_or_else(|| err("needs `sym_name`".into()))?;
+    let source = string_attr(o, "source").ok_or_else(|| err("needs `source`".into()))?;
+    let size = |attr: &str| int(o, attr).map(|v| v as usize).map_err(err);
+    let (rows, cols, group) = (size("rows")?, size("cols")?, size("group")?);
+    let scheme = string_attr(o, "scheme")
+        .and_then(|s| QuantScheme::ALL.into_iter().find(|q| q.as_str() == s))
+        .ok_or_else(|| err(format!("@{sym_name}: unknown `scheme`")))?;
+    Ok(WeightDecl {
+        sym_name,
+        source,
+        rows,
+        cols,
+        group,
+        scheme,
+    })
+}
+
 /// The MEM an lpu module needs at the least, from its shapes alone (no
 /// weight is materialised): what `lpu-place` compares with the chip before
 /// it builds placeholder weights, so a model far too large for one chip
@@ -201,7 +234,6 @@ pub fn mem_need(m: &OperationRef<'_, '_>) -> Result<MemNeed, PlanError> {
         .ok()
         .and_then(|r| r.first_block())
         .ok_or_else(|| module_error("the module has no body"))?;
-    let scheme_of = |s: &str| QuantScheme::ALL.into_iter().find(|q| q.as_str() == s);
     let mut need = MemNeed::default();
     let mut op = body.first_operation();
     while let Some(o) = op {
@@ -213,20 +245,12 @@ pub fn mem_need(m: &OperationRef<'_, '_>) -> Result<MemNeed, PlanError> {
         };
         match OpKind::from_name(&name) {
             Some(OpKind::Weight) => {
-                let sym_name = string_attr(&o, "sym_name").unwrap_or_default();
-                let (rows, cols, group) = (
-                    int(&o, "rows").map_err(&err)? as usize,
-                    int(&o, "cols").map_err(&err)? as usize,
-                    int(&o, "group").map_err(&err)? as usize,
-                );
-                let scheme = string_attr(&o, "scheme")
-                    .and_then(|s| scheme_of(&s))
-                    .ok_or_else(|| err(format!("@{sym_name}: unknown `scheme`")))?;
-                let layout = q35_contract::format::Layout::new(rows, cols, group)
-                    .map_err(|e| err(format!("@{sym_name}: {e}")))?;
-                let bytes = layout.packed_bytes(scheme)
-                    + layout.mask_bytes(scheme)
-                    + 2 * rows * layout.n_groups();
+                let w = weight_decl(&o, &err)?;
+                let layout = q35_contract::format::Layout::new(w.rows, w.cols, w.group)
+                    .map_err(|e| err(format!("@{}: {e}", w.sym_name)))?;
+                let bytes = layout.packed_bytes(w.scheme)
+                    + layout.mask_bytes(w.scheme)
+                    + 2 * w.rows * layout.n_groups();
                 need.weight_bytes += bytes as u64;
                 need.weights += 1;
             }
@@ -284,7 +308,6 @@ pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan
     let tables = q35_codegen::kernels::rope::rope_tables(&rope, head_dim as usize, ctx as usize)
         .map_err(|e| module_error(e.to_string()))?;
     let (cos, sin) = (tables.cos, tables.sin);
-    let scheme_of = |s: &str| QuantScheme::ALL.into_iter().find(|q| q.as_str() == s);
     let body = m
         .region(0)
         .ok()
@@ -351,28 +374,11 @@ pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan
                 });
             }
             Some(OpKind::Weight) => {
-                let sym_name =
-                    string_attr(&o, "sym_name").ok_or_else(|| err("needs `sym_name`".into()))?;
-                let source =
-                    string_attr(&o, "source").ok_or_else(|| err("needs `source`".into()))?;
-                let (rows, cols, group) = (
-                    int(&o, "rows").map_err(&err)?,
-                    int(&o, "cols").map_err(&err)?,
-                    int(&o, "group").map_err(&err)?,
-                );
-                let scheme = string_attr(&o, "scheme")
-                    .and_then(|s| scheme_of(&s))
-                    .ok_or_else(|| err(format!("@{sym_name}: unknown `scheme`")))?;
+                let d = weight_decl(&o, &err)?;
                 let w = src
-                    .weight(
-                        &source,
-                        rows as usize,
-                        cols as usize,
-                        group as usize,
-                        scheme,
-                    )
-                    .map_err(|e| err(format!("@{sym_name}: {e}")))?;
-                weights.insert(sym_name, w);
+                    .weight(&d.source, d.rows, d.cols, d.group, d.scheme)
+                    .map_err(|e| err(format!("@{}: {e}", d.sym_name)))?;
+                weights.insert(d.sym_name, w);
             }
             Some(_) | None => {
                 if name == "func.func" && string_attr(&o, "sym_name").as_deref() == Some("decode") {
