@@ -481,3 +481,101 @@ fn stream_rotation_runs_as_the_golden_variant() {
     let (both, _) = run(all, QuantScheme::Int8);
     assert!(both.mean_kld < 3.0 * plain.mean_kld + 1e-4);
 }
+
+/// `e^T C e` summed over the rows of `w - q` (`rows x cols`), `C` the
+/// whole input covariance (one block as wide as the row).
+fn full_weighted_error(w: &[f32], q: &[f32], cols: usize, c: &[f32]) -> f64 {
+    w.chunks_exact(cols)
+        .zip(q.chunks_exact(cols))
+        .map(|(wr, qr)| {
+            let e: Vec<f64> = wr
+                .iter()
+                .zip(qr)
+                .map(|(a, b)| f64::from(*a) - f64::from(*b))
+                .collect();
+            (0..cols)
+                .map(|i| {
+                    e[i] * (0..cols)
+                        .map(|j| f64::from(c[i * cols + j]) * e[j])
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+#[test]
+fn gptq_over_whole_rows_lowers_the_rows_output_error() {
+    let model = common::tiny_model(17);
+    let toks = tokens(64);
+    let opts = QuantOptions { threads: 2 };
+    let calibrate = |methods: Methods| {
+        QuantPipeline::calibrate_with(
+            &model,
+            &toks,
+            32,
+            8,
+            32,
+            opts,
+            methods,
+            &q35_quant::progress::silent,
+        )
+    };
+    let in_group = calibrate(Methods::default()).unwrap();
+    // ffn is 128 wide here: a span of 128 is GPTQ over ffn_down's whole rows
+    // (and over the 64-wide inputs' whole rows, one ragged span).
+    let whole = calibrate(Methods {
+        gptq_span: Some(128),
+        ..Methods::default()
+    })
+    .unwrap();
+    let down = q35_reference::LinearId {
+        block: Some(1),
+        kind: q35_reference::LinearKind::Down,
+    };
+    let cov = whole.calibration().covariance(down).unwrap();
+    assert_eq!((cov.group_size, cov.blocks.len()), (128, 1));
+    let q = q35_reference::LinearId {
+        block: Some(0),
+        kind: q35_reference::LinearKind::Q,
+    };
+    let cov_q = whole.calibration().covariance(q).unwrap();
+    assert_eq!(cov_q.blocks.len(), 1);
+    assert_eq!(cov_q.blocks[0].len(), 64 * 64);
+    let policy = SchemePolicy::uniform(QuantScheme::Q35);
+    let (a, b) = (
+        in_group.quantize(policy).unwrap(),
+        whole.quantize(policy).unwrap(),
+    );
+    let w = model
+        .linear(down)
+        .unwrap()
+        .weights_f32()
+        .unwrap()
+        .into_owned();
+    let pick = |layers: &[q35_quant::model::QuantizedLayer]| {
+        layers
+            .iter()
+            .find(|l| l.id == down)
+            .unwrap()
+            .matrix
+            .dequantize()
+    };
+    let (qa, qb) = (pick(&a), pick(&b));
+    assert_ne!(qa, qb, "the span changed nothing");
+    let (ea, eb) = (
+        full_weighted_error(&w, &qa, 128, &cov.blocks[0]),
+        full_weighted_error(&w, &qb, 128, &cov.blocks[0]),
+    );
+    println!("ffn_down output error: in-group GPTQ {ea}, whole rows {eb}");
+    assert!(eb < ea, "whole-row GPTQ {eb} >= in-group {ea}");
+    // A span that is not a multiple of every group size is refused.
+    for span in [16, 48] {
+        let err = calibrate(Methods {
+            gptq_span: Some(span),
+            ..Methods::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("GPTQ span"), "{err}");
+    }
+}

@@ -33,13 +33,16 @@ struct ReportJson<'a> {
 
 /// The accuracy methods of `--act-scales`, `--smooth`, `--scale-search`,
 /// `--group-of`, `--rotate-down`, `--rotate-head`, `--rotate-stream`,
-/// `--rotate-vo`.
+/// `--rotate-vo`, `--gptq-span`.
 #[derive(Serialize)]
 struct MethodsJson {
     act_scales: &'static str,
     /// `KIND=G` group sizes of their own (`--group-of`, or the model's
     /// `group_size_of`).
     group_of: Vec<String>,
+    /// `--gptq-span`, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gptq_span: Option<usize>,
     rotate_down: bool,
     /// `--rotate-head`'s matrix, when on.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,6 +140,7 @@ pub(super) fn write(
                 ActivationScales::PerGroup => "group",
             },
             group_of: super::group_of_text(&inputs.methods),
+            gptq_span: inputs.methods.gptq_span,
             rotate_down: inputs.methods.rotate_down,
             rotate_head: inputs.methods.rotate_head.map(StreamRotation::name),
             rotate_stream: inputs.methods.rotate_stream.map(StreamRotation::name),

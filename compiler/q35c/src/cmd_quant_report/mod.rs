@@ -114,6 +114,11 @@ pub struct QuantReportArgs {
     /// are unchanged (a golden-pass variant, docs section 14).
     #[arg(long, value_name = "KIND", conflicts_with = "rotate_stream")]
     pub rotate_head: Option<StreamRotation>,
+    /// Spread GPTQ's rounding errors over spans of N channels (a multiple of
+    /// every group size; default: the largest group size). A span as wide
+    /// as the widest input is GPTQ over whole rows (docs section 14).
+    #[arg(long, value_name = "N")]
+    pub gptq_span: Option<usize>,
     /// Calibration rows kept per layer for the layer-output error.
     #[arg(long, default_value_t = CALIB_SAMPLES)]
     pub samples: usize,
@@ -265,6 +270,7 @@ fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
         rotate_vo: args.rotate_vo,
         rotate_stream: args.rotate_stream,
         rotate_head: args.rotate_head,
+        gptq_span: args.gptq_span,
         ..Methods::default()
     };
     for item in &args.group_of {

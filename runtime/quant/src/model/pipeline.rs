@@ -52,6 +52,12 @@ pub struct Methods {
     /// ([`rotate_head_model`]; a golden-pass variant,
     /// `GoldenModel::with_embedding_mix` and `with_head_mix`).
     pub rotate_head: Option<StreamRotation>,
+    /// Channels over which GPTQ spreads each rounding error (a multiple of
+    /// every group size; `None`: the largest group size, so GPTQ stays
+    /// within spans of whole groups). A span as wide as the widest input
+    /// (e.g. 1536 for SmolLM2's `ffn_down`) is GPTQ over whole rows, the
+    /// groups' scales fixed beforehand.
+    pub gptq_span: Option<usize>,
 }
 
 impl Methods {
@@ -72,6 +78,7 @@ impl Methods {
         self.group_overrides
             .iter()
             .flatten()
+            .chain(&self.gptq_span)
             .fold(base, |a, &g| a.max(g))
     }
 }
@@ -174,6 +181,16 @@ impl<'m> QuantPipeline<'m> {
     ) -> Result<QuantPipeline<'m>, ModelQuantError> {
         let window = window.min(model.config().context);
         let cov_group = methods.covariance_group(group_size);
+        if let Some(span) = methods.gptq_span {
+            let groups = || {
+                std::iter::once(group_size).chain(methods.group_overrides.iter().flatten().copied())
+            };
+            if let Some(g) = groups().find(|&g| g == 0 || !span.is_multiple_of(g)) {
+                return Err(ModelQuantError::Input(format!(
+                    "the GPTQ span {span} is not a multiple of the group size {g}"
+                )));
+            }
+        }
         if let Some(g) = std::iter::once(group_size)
             .chain(methods.group_overrides.iter().flatten().copied())
             .find(|&g| g == 0 || !cov_group.is_multiple_of(g))
