@@ -280,6 +280,14 @@ fn attention_ctx256_cycles() {
 }
 
 #[test]
+fn attention_ctx1024_cycles() {
+    // SmolLM2's compiled context (its model.toml's max_seq_len): four words
+    // of positions, the last one partial past 960.
+    let c = check(SMOL, 1024, 700, 9);
+    println!("attention per decode step (one layer), SmolLM2 shapes, ctx 1024: {c} cycles");
+}
+
+#[test]
 fn kv_write_stores_key_transposed_and_value_row() {
     kv_write_case(SMOL, &[(64, 0), (400, 1), (400, 333), (400, 399)]);
 }

@@ -32,12 +32,13 @@
 //!    `s = +0.0; s = s + bcast(q_d) * k_row(d)` ascending `d`, then
 //!    `(s * scale) + mask`.
 //! 2. Softmax (`sxm.e`), one chain per head, all heads in one bundle: the max
-//!    over all lanes by rotations (`permute` by 1, 2, .., 256 lanes, `fmax`:
-//!    every lane ends with the max, no zero is ever shifted in), `e = exp(x -
-//!    m)`, the contract's `lane_sum` of `e` (`fconst 0`, `fadd` per word,
-//!    then 9 `shift`+`fadd` steps), `bcast` of lane 0, `inv = 1 / s`, `p = e *
-//!    inv`. A value that must meet the SXM's result again is kept in MEM
-//!    meanwhile (`keep`, one word per head).
+//!    over every lane of every word and the contract's `lane_sum` of `e`
+//!    (`fconst 0`, `fadd` per word, then the tree) are the shared lane
+//!    reductions of `kernels::reduce` (several tree levels a round trip to
+//!    the SXM, the result on every lane; here every term on `sxm.e`, since
+//!    the score bundles keep `sxm.w` busy), `e = exp(x - m)` computed as
+//!    the sum takes it, `inv = 1 / s`, `p = e * inv`. `m` and `inv` reach
+//!    the words through MEM (`keep`, one word per head).
 //! 3. Output (`sxm.w`), one chain per (group of heads that use different
 //!    kv heads, word `vw` of a V row): heads `kv * group + j`, `j` fixed,
 //!    have their `p` first packed side by side (`320 / kv_heads` positions
@@ -99,6 +100,7 @@ use q35_isa::{
 
 use crate::alloc::Buffer;
 use crate::kernels::dir_to;
+use crate::kernels::reduce::{ReduceOp, Reducer, fconst_at, fconst_latency};
 use crate::machine::{Cycle, Mach};
 use crate::program::{LANES, ProgramBuilder};
 use crate::sched::{Bundle, MemUse, QSel, SchedError, Val};
@@ -127,7 +129,6 @@ const FADD: Instruction = Instruction::Fadd { a: S, b: S, dst: S };
 const FSUB: Instruction = Instruction::Fsub { a: S, b: S, dst: S };
 const FMUL: Instruction = Instruction::Fmul { a: S, b: S, dst: S };
 const FDIV: Instruction = Instruction::Fdiv { a: S, b: S, dst: S };
-const FMAX: Instruction = Instruction::Fmax { a: S, b: S, dst: S };
 const FEXP: Instruction = Instruction::Fexp { a: S, dst: S };
 const IADD32: Instruction = Instruction::Iadd32 { a: S, b: S, dst: S };
 const SELECT: Instruction = Instruction::Select {
@@ -780,21 +781,16 @@ pub fn attention(
     }
 
     // Phase 2: softmax, every head in one bundle.
-    let rot: Vec<TableId> = (0..9)
-        .map(|i| {
-            let k = 1u32 << i;
-            p.table(
-                &format!("rot{k}"),
-                (0..LANES).map(|l| ((l + k) % LANES) as u16).collect(),
-            )
-        })
-        .collect();
+    // Both on sxm.e: the score bundles keep sxm.w busy (one broadcast of
+    // q a cycle), and the softmax of the first heads overlaps them.
+    let max = Reducer::new_on(p, ReduceOp::Max, Some(Hemisphere::East));
+    let sum = Reducer::new_on(p, ReduceOp::Sum, Some(Hemisphere::East));
     let base = ready.iter().copied().min().unwrap_or(0);
     let mut b = Bundle::new(label);
     let mut pk = Packer::new(&m);
     for h in 0..heads {
         pk.pack(&mut b, ready[h as usize] - base, |b, off| {
-            softmax_chain(b, &m, &s, off, h, &scratch, &rot)
+            softmax_chain(b, &m, &s, off, h, &scratch, &max, &sum)
         })?;
     }
     last = last.max(p.sched.place(b, not_before)?.last);
@@ -1085,7 +1081,12 @@ fn keep_ready(m: &Mach, keep: &Buffer, u: Cycle) -> Cycle {
 }
 
 /// Softmax of head `h`'s scores (in place in the scratch: scores, then
-/// `e`, then `p`). Returns the local cycle the last `p` leaves the VXM.
+/// `e`, then `p`). The max and the contract's lane sum are the shared
+/// lane reductions ([`Reducer`]: a few tree levels a round trip, on both
+/// SXMs, the result on every lane); `m` and `inv` reach the words through
+/// the head's `keep` word. Returns the local cycle the last `p` leaves the
+/// VXM.
+#[expect(clippy::too_many_arguments, reason = "the chain's inputs")]
 fn softmax_chain(
     b: &mut Bundle,
     m: &Mach,
@@ -1093,99 +1094,58 @@ fn softmax_chain(
     off: Cycle,
     h: u32,
     scratch: &Scratch,
-    rot: &[TableId],
+    max: &Reducer,
+    sum: &Reducer,
 ) -> Result<Cycle, SchedError> {
     let la = m.latency(&FADD);
     let lsp = m.latency(&FEXP);
-    let lp = m.latency(&permute(TableId(0)));
-    let lsh = m.latency(&shift(0, LANES));
-    let lb = m.latency(&bcast(0));
-    let sxe = sxm(Hemisphere::East);
-    let sp = m.position(sxe);
-    let hop = m.hops(m.vxm, sp);
+    let ld = m.latency(&FDIV);
+    let lc = fconst_latency(m);
     let keep = &scratch.keep;
     let kaddr = keep.addr + h;
-    let read = |b: &mut Bundle, ww: u32, t: Cycle| {
-        let (buf, addr) = scratch.word(s, h, ww);
-        b.read(m, &buf.slices, addr, m.vxm, t)
-    };
-    let need = keep_ready(m, keep, 0);
-    if need > hop + lsh.min(lp).min(lb) + hop {
-        return Err(SchedError::Kernel {
-            label: b.label.clone(),
-            message: "the keep buffer is too far from the VXM".into(),
-        });
-    }
-    // Max over the words.
-    let x0 = read(b, 0, off)?;
-    let x1 = if s.w > 1 { read(b, 1, off)? } else { x0 };
-    let mut mx = vx(b, m, off, FMAX, &[("a", x0), ("b", x1)], Dir::East)?;
-    let mut u = off + la;
-    for ww in 2..s.w {
-        let xw = read(b, ww, u)?;
-        mx = vx(b, m, u, FMAX, &[("a", mx), ("b", xw)], Dir::East)?;
-        u += la;
-    }
-    // Max over the lanes: rotations.
-    for &tab in rot {
-        b.write(m, mx, &keep.slices, kaddr)?;
-        let tp = u + hop;
-        let r = sx(b, m, sxe, tp, permute(tab), mx)?;
-        let back = tp + lp + hop;
-        let kept = b.read(m, &keep.slices, kaddr, m.vxm, back)?;
-        mx = vx(b, m, back, FMAX, &[("a", kept), ("b", r)], Dir::East)?;
-        u = back + la;
-    }
-    // e = exp(x - m), written over the scores; sum over the words.
+    // m: the max over every lane of every word (-inf past the context).
+    let (mx, tm) = max.build(
+        b,
+        m,
+        off,
+        s.w,
+        f32::NEG_INFINITY,
+        &mut |b, ww, t| {
+            let (buf, addr) = scratch.word(s, h, ww);
+            b.read(m, &buf.slices, addr, m.vxm, t)
+        },
+        dir_to(keep),
+    )?;
     b.write(m, mx, &keep.slices, kaddr)?;
-    let t1 = keep_ready(m, keep, u);
-    let mut es = Vec::new();
-    for ww in 0..s.w {
-        let tw = t1 + la * Cycle::from(ww);
-        let xw = read(b, ww, tw)?;
-        let mw = b.read(m, &keep.slices, kaddr, m.vxm, tw)?;
-        let dw = vx(b, m, tw, FSUB, &[("a", xw), ("b", mw)], Dir::West)?;
-        let (buf, addr) = scratch.word(s, h, ww);
-        let ew = vx(b, m, tw + la, FEXP, &[("a", dw)], dir_to(buf))?;
-        b.write(m, ew, &buf.slices, addr)?;
-        es.push(ew);
-    }
-    let te = t1 + la + lsp;
-    let mut acc = vx(b, m, te - la, fconst(0.0), &[], Dir::West)?;
-    for (ww, &ew) in es.iter().enumerate() {
-        acc = vx(
-            b,
-            m,
-            te + la * ww as Cycle,
-            FADD,
-            &[("a", acc), ("b", ew)],
-            Dir::East,
-        )?;
-    }
-    let mut u = te + la * Cycle::from(s.w);
-    // The contract's lane reduction (docs/isa.md 4).
-    let mut wv = LANES;
-    while wv > 1 {
-        let hh = wv.div_ceil(2);
-        b.write(m, acc, &keep.slices, kaddr)?;
-        let ts = u + hop;
-        let sh = sx(b, m, sxe, ts, shift(hh, wv), acc)?;
-        let back = ts + lsh + hop;
-        let kept = b.read(m, &keep.slices, kaddr, m.vxm, back)?;
-        acc = vx(b, m, back, FADD, &[("a", kept), ("b", sh)], Dir::East)?;
-        u = back + la;
-        wv = hh;
-    }
+    // e = exp(x - m), written over the scores, each word entering the
+    // lane sum (`fconst 0`, `fadd` per word, then the tree) as it leaves
+    // the VXM.
+    let t1 = keep_ready(m, keep, tm);
+    let (sv, ts) = sum.build(
+        b,
+        m,
+        t1 + la + lsp - lc,
+        s.w,
+        0.0,
+        &mut |b, ww, t| {
+            let tw = t - lsp - la;
+            let (buf, addr) = scratch.word(s, h, ww);
+            let xw = b.read(m, &buf.slices, addr, m.vxm, tw)?;
+            let mw = b.read(m, &keep.slices, kaddr, m.vxm, tw)?;
+            let dw = vx(b, m, tw, FSUB, &[("a", xw), ("b", mw)], Dir::West)?;
+            let ew = vx(b, m, tw + la, FEXP, &[("a", dw)], dir_to(buf))?;
+            b.write(m, ew, &buf.slices, addr)?;
+            Ok(ew)
+        },
+        Dir::East,
+    )?;
     // inv = 1 / s on every lane; p = e * inv over the e words.
-    let tb = u + hop;
-    let sb = sx(b, m, sxe, tb, bcast(0), acc)?;
-    let back = tb + lb + hop;
-    let one = vx(b, m, back - la, fconst(1.0), &[], Dir::West)?;
-    let inv = vx(b, m, back, FDIV, &[("a", one), ("b", sb)], Dir::East)?;
-    let ui = back + lsp;
+    let one = fconst_at(b, m, ts, 1.0, Dir::West)?;
+    let inv = vx(b, m, ts, FDIV, &[("a", one), ("b", sv)], Dir::East)?;
+    let ui = ts + ld;
     let mut end = ui + la;
     let (buf0, addr0) = scratch.word(s, h, 0);
-    let e0 = read(b, 0, ui)?;
+    let e0 = b.read(m, &buf0.slices, addr0, m.vxm, ui)?;
     let p0 = vx(b, m, ui, FMUL, &[("a", e0), ("b", inv)], dir_to(buf0))?;
     b.write(m, p0, &buf0.slices, addr0)?;
     if s.w > 1 {
@@ -1193,9 +1153,9 @@ fn softmax_chain(
         let t2 = keep_ready(m, keep, ui);
         for ww in 1..s.w {
             let tw = t2 + Cycle::from(ww - 1);
-            let ew = read(b, ww, tw)?;
-            let iw = b.read(m, &keep.slices, kaddr, m.vxm, tw)?;
             let (buf, addr) = scratch.word(s, h, ww);
+            let ew = b.read(m, &buf.slices, addr, m.vxm, tw)?;
+            let iw = b.read(m, &keep.slices, kaddr, m.vxm, tw)?;
             let pw = vx(b, m, tw, FMUL, &[("a", ew), ("b", iw)], dir_to(buf))?;
             b.write(m, pw, &buf.slices, addr)?;
             end = end.max(tw + la);

@@ -205,6 +205,8 @@ type Trip = Vec<Option<Instruction>>;
 pub(crate) struct Reducer {
     op: ReduceOp,
     trips: Vec<Trip>,
+    /// The one SXM every term goes to (`None`: both, alternately).
+    side: Option<Hemisphere>,
 }
 
 /// The contract's tree levels `(w, h)`: `w = 320, 160, .., 3, 2`,
@@ -320,6 +322,17 @@ impl Reducer {
     /// A reducer for `op` on `p`'s machine: the round trips that finish
     /// soonest (registers the max's permute maps in `p`).
     pub(crate) fn new(p: &mut ProgramBuilder, op: ReduceOp) -> Reducer {
+        Reducer::new_on(p, op, None)
+    }
+
+    /// [`Reducer::new`] with every term on hemisphere `side`'s SXM when
+    /// given (a kernel whose other bundles keep the other SXM busy: each
+    /// trip then takes longer, but never waits for that SXM).
+    pub(crate) fn new_on(
+        p: &mut ProgramBuilder,
+        op: ReduceOp,
+        side: Option<Hemisphere>,
+    ) -> Reducer {
         let m = p.mach().clone();
         match op {
             ReduceOp::Sum => {
@@ -332,7 +345,7 @@ impl Reducer {
                 for a in (0..n).rev() {
                     for b in a + 1..=n.min(a + MAX_LEVELS_PER_TRIP) {
                         let trip = sum_trip(&lv[a..b], b == n);
-                        let Some(c) = trip_cost(&m, op, &trip) else {
+                        let Some(c) = trip_cost(&m, op, &trip, side) else {
                             continue;
                         };
                         if best[b].0 != Cycle::MAX && c + best[b].0 < best[a].0 {
@@ -347,7 +360,7 @@ impl Reducer {
                     trips.push(sum_trip(&lv[a..b], b == n));
                     a = b;
                 }
-                Reducer { op, trips }
+                Reducer { op, trips, side }
             }
             ReduceOp::Max => {
                 let placeholder = TableId(0);
@@ -360,7 +373,7 @@ impl Reducer {
                             .iter()
                             .map(|&t| Some(max_ins(t, placeholder)))
                             .collect();
-                        total += trip_cost(&m, op, &trip).unwrap_or(Cycle::MAX / 8);
+                        total += trip_cost(&m, op, &trip, side).unwrap_or(Cycle::MAX / 8);
                     }
                     if total < best.0 {
                         best = (total, r);
@@ -394,7 +407,7 @@ impl Reducer {
                             .collect()
                     })
                     .collect();
-                Reducer { op, trips }
+                Reducer { op, trips, side }
             }
         }
     }
@@ -437,13 +450,21 @@ impl Reducer {
                 acc = vx(b, m, t, combine, &inputs, Dir::East)?;
                 t += lat;
             } else {
-                let w = vx(b, m, t, combine, &inputs, Dir::West)?;
-                let e = vx(b, m, t, combine, &inputs, Dir::East)?;
-                pair = Some((w, e));
+                pair = Some(match self.side {
+                    None => (
+                        vx(b, m, t, combine, &inputs, Dir::West)?,
+                        vx(b, m, t, combine, &inputs, Dir::East)?,
+                    ),
+                    Some(h) => {
+                        let v = vx(b, m, t, combine, &inputs, toward(h))?;
+                        (v, v)
+                    }
+                });
             }
         }
         let (pw, pe) = pair.expect("words > 0");
-        run_trips(b, m, self.op, at_vxm(b, m, pw)?, pw, pe, &self.trips, dir)
+        let t = at_vxm(b, m, pw)?;
+        run_trips(b, m, self.op, t, pw, pe, &self.trips, dir, self.side)
     }
 }
 
@@ -454,7 +475,7 @@ const MAX_TRIPS: u32 = 4;
 
 /// Cycles from the partial vector at the VXM to the trip's result there
 /// (`None` when the trip cannot be built on this machine).
-fn trip_cost(m: &Mach, op: ReduceOp, trip: &Trip) -> Option<Cycle> {
+fn trip_cost(m: &Mach, op: ReduceOp, trip: &Trip, side: Option<Hemisphere>) -> Option<Cycle> {
     let mut b = Bundle::new("reduction plan");
     let pw = fconst_at(&mut b, m, 0, 0.0, Dir::West).ok()?;
     let pe = fconst_at(&mut b, m, 0, 0.0, Dir::East).ok()?;
@@ -469,6 +490,7 @@ fn trip_cost(m: &Mach, op: ReduceOp, trip: &Trip) -> Option<Cycle> {
         pe,
         std::slice::from_ref(trip),
         Dir::East,
+        side,
     )
     .ok()?;
     b.arrival(m, v, m.vxm)
@@ -495,21 +517,27 @@ fn run_trips(
     pe: Val,
     trips: &[Trip],
     dir: Dir,
+    side: Option<Hemisphere>,
 ) -> Result<(Val, Cycle), SchedError> {
     let lat = m.latency(&FMAX);
     let (mut pw, mut pe, mut t) = (pw, pe, t);
     for (k, trip) in trips.iter().enumerate() {
         let last = k + 1 == trips.len();
-        let dirs = if last {
-            vec![dir]
-        } else {
-            vec![Dir::West, Dir::East]
+        let dirs = match (last, side) {
+            (true, _) => vec![dir],
+            (false, None) => vec![Dir::West, Dir::East],
+            (false, Some(h)) => vec![toward(h)],
         };
         let mut sides: [Vec<(usize, Instruction)>; 2] = [Vec::new(), Vec::new()];
         for (leaf, ins) in trip.iter().enumerate() {
             if let Some(ins) = ins {
                 let n = sides[0].len() + sides[1].len();
-                sides[n % 2].push((leaf, *ins));
+                let s = match side {
+                    None => n % 2,
+                    Some(Hemisphere::West) => 0,
+                    Some(Hemisphere::East) => 1,
+                };
+                sides[s].push((leaf, *ins));
             }
         }
         let mut leaves: Vec<Option<(Val, Cycle)>> = vec![None; trip.len()];
@@ -543,12 +571,23 @@ fn run_trips(
         if last {
             return Ok(outs[0]);
         }
-        (pw, pe, t) = (outs[0].0, outs[1].0, outs[0].1);
+        (pw, pe, t) = match side {
+            None => (outs[0].0, outs[1].0, outs[0].1),
+            Some(_) => (outs[0].0, outs[0].0, outs[0].1),
+        };
     }
     Err(SchedError::Kernel {
         label: b.label.clone(),
         message: "a reduction without round trips".to_string(),
     })
+}
+
+/// The direction from the VXM towards hemisphere `h`'s SXM.
+fn toward(h: Hemisphere) -> Dir {
+    match h {
+        Hemisphere::West => Dir::West,
+        Hemisphere::East => Dir::East,
+    }
 }
 
 /// `v` (at the VXM on `t`) delayed by `fmax v, v` copies until `until`.
