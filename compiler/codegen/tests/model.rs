@@ -81,6 +81,10 @@ fn model_plan(spec: &q35_model::ModelSpec, ctx: u32) -> (GoldenModel, Plan) {
         norms.insert(format!("blk.{b}.ffn_norm"), blk.ffn_norm.clone());
     }
     norms.insert("output_norm".to_string(), golden.output_norm().to_vec());
+    // A rotated model (examples/smollm2-135m.toml) mixes the head's input.
+    if let Some(mix) = golden.head_mix() {
+        norms.insert(plan::OUTPUT_MIX.to_string(), mix.to_vec());
+    }
     let plan = plan::decode_plan(golden.arch(), ctx, weights, &norms, golden.rope_table()).unwrap();
     (golden, plan)
 }
