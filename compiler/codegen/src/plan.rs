@@ -726,13 +726,16 @@ pub struct Shared {
 /// The hemisphere of a buffer: the KV caches alternate by block
 /// ([`kv_hemisphere`]), the RoPE tables west, the step's index vectors and
 /// mask east (the KV-write and RoPE kernels read an index on the other side
-/// of the words it addresses), the rest alternating to spread stream
-/// traffic.
+/// of the words it addresses), a rotated model's head mix matrix east
+/// (placed last, in the west it took the room a prefill chunk's attention
+/// scratch needs: docs/q35-format.md 14.5), the rest alternating to spread
+/// stream traffic.
 fn hemisphere(b: &BufferDecl, i: usize) -> Hemisphere {
     match (b.kind, b.name.as_str()) {
         (BufferKind::Kv, name) => kv_hemisphere(name),
         (_, "rope_cos" | "rope_sin") => Hemisphere::West,
         (_, "pos_idx" | "kv_idx" | "attn_mask") => Hemisphere::East,
+        (BufferKind::Const, OUTPUT_MIX) => Hemisphere::East,
         _ if i.is_multiple_of(2) => Hemisphere::West,
         _ => Hemisphere::East,
     }

@@ -895,11 +895,14 @@ impl<'c> Lowering<'c> {
         let unknown = Location::unknown(context);
         let mut built: Vec<Operation<'c>> = Vec::new();
         // Fixed buffers, then consts, weights and scratch, each in order of
-        // first use.
+        // first use; a rotated model's head mix matrix last, so that it
+        // leaves every other buffer's position, and with it the
+        // placement's alternation of hemispheres, as it is without it.
         let rank = |d: &Decl<'_>| match d {
             Decl::Buffer { kind, source, .. } => match kind {
                 BufferKind::Input | BufferKind::Output | BufferKind::Kv => 0,
                 BufferKind::Const if source.as_deref().is_some_and(|s| s.starts_with("rope.")) => 0,
+                BufferKind::Const if source.as_deref() == Some(q35_frontend::OUTPUT_MIX) => 4,
                 BufferKind::Const => 1,
                 BufferKind::Scratch => 3,
             },
