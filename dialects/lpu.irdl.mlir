@@ -206,4 +206,22 @@ irdl.dialect @lpu {
     %n = irdl.base "#builtin.integer"
     irdl.attributes { "a" = %a, "b" = %b, "y" = %y, "n" = %n }
   }
+
+  // y_r = sum_i M[r, i] * x_i along lanes (docs/q35-format.md 8.4 and 14.5) for a
+  // block-diagonal M (blocks of `block` features, dividing the lanes): for
+  // i = 0 .. block-1, y_r = y_r + m[i][r] * x[block * floor(r / block) + i] from
+  // +0.0, m[i][r] = M[r, block * floor(r / block) + i] (the const `matrix`).
+  //   x: input, f32[n]
+  //   matrix: const, f32[block x words x lanes]: M's block columns, step by step
+  //   y: output, f32[n]
+  //   n: features
+  //   block: the diagonal blocks' size (divides n and the lanes)
+  irdl.operation @mix {
+    %x = irdl.base "#builtin.symbol_ref"
+    %matrix = irdl.base "#builtin.symbol_ref"
+    %y = irdl.base "#builtin.symbol_ref"
+    %n = irdl.base "#builtin.integer"
+    %block = irdl.base "#builtin.integer"
+    irdl.attributes { "x" = %x, "matrix" = %matrix, "y" = %y, "n" = %n, "block" = %block }
+  }
 }

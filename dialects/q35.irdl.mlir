@@ -178,4 +178,19 @@ irdl.dialect @q35 {
     irdl.operands(codes: %codes, scale: %scale)
     irdl.results(y: %y)
   }
+
+  // f32 mix of each token's features by the square f32 matrix @matrix [N, N]:
+  // y_r = sum_i M[r, i] * x_i, each product rounded, summed along lanes in
+  // ascending i from +0.0 (docs/q35-format.md 8.4, `mix_along_lanes`). The
+  // rotated residual stream's final-norm output is mixed by
+  // M = R diag(gamma_out) R^T before the LM head (14.5). M is zero outside
+  // its diagonal blocks of `block` consecutive features.
+  irdl.operation @mix {
+    %x = irdl.base "!builtin.tensor"
+    %matrix = irdl.base "#builtin.symbol_ref"
+    %block = irdl.base "#builtin.integer"
+    irdl.attributes { "matrix" = %matrix, "block" = %block }
+    irdl.operands(x: %x)
+    irdl.results(y: %x)
+  }
 }

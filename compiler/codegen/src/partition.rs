@@ -91,6 +91,7 @@ fn reads_writes(op: &PlanOp) -> (Vec<&str>, Vec<&str>) {
         } => (vec![q, kcache, vcache, "attn_mask"], vec![y]),
         PlanOp::SwiGlu { gate, up, y, .. } => (vec![gate, up], vec![y]),
         PlanOp::Add { a, b, y, .. } => (vec![a, b], vec![y]),
+        PlanOp::Mix { x, matrix, y, .. } => (vec![x, matrix], vec![y]),
         PlanOp::Send { x, .. } => (vec![x], vec![]),
         PlanOp::Recv { y, .. } => (vec![], vec![y]),
     }

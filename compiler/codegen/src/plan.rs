@@ -182,6 +182,22 @@ pub enum PlanOp {
         /// Elements.
         n: u32,
     },
+    /// `y = M x` along lanes for a block-diagonal `M` (blocks of `block`
+    /// channels, dividing the lanes) given as
+    /// [`crate::kernels::mix::block_columns`] in the const `matrix`: the
+    /// rotated stream's mix before the LM head (docs/q35-format.md 14.5).
+    Mix {
+        /// Input.
+        x: String,
+        /// The matrix, `block x words` lane words (const).
+        matrix: String,
+        /// Output.
+        y: String,
+        /// Elements.
+        n: u32,
+        /// The diagonal blocks' size.
+        block: u32,
+    },
     /// Sends the `n` f32 elements of `x` to chip `to` of the system (a
     /// pipeline stage's residual stream, docs/backend.md 8).
     Send {
@@ -230,6 +246,7 @@ impl PlanOp {
             } => vec![q, kcache, vcache, y, "attn_mask"],
             PlanOp::SwiGlu { gate, up, y, .. } => vec![gate, up, y],
             PlanOp::Add { a, b, y, .. } => vec![a, b, y],
+            PlanOp::Mix { x, matrix, y, .. } => vec![x, matrix, y],
             PlanOp::Send { x, .. } => vec![x],
             PlanOp::Recv { y, .. } => vec![y],
         }
@@ -246,6 +263,7 @@ impl PlanOp {
             PlanOp::Attention { .. } => "lpu.attention",
             PlanOp::SwiGlu { .. } => "lpu.swiglu",
             PlanOp::Add { .. } => "lpu.add",
+            PlanOp::Mix { .. } => "lpu.mix",
             PlanOp::Send { .. } => "lpu.send",
             PlanOp::Recv { .. } => "lpu.recv",
         }
@@ -290,9 +308,15 @@ pub fn words(n: u64) -> u32 {
     u32::try_from(n.div_ceil(u64::from(LANES)).max(1)).unwrap_or(u32::MAX)
 }
 
+/// The name of a rotated model's head mix in [`decode_plan`]'s `norms`.
+pub const OUTPUT_MIX: &str = "output_mix";
+
 /// The standard decode plan of a LLaMA-family architecture with the
 /// quantized matrices `weights` (named `blk.<b>.attn_q` ..., `output`) and
-/// norm vectors (`blk.<b>.attn_norm`, `blk.<b>.ffn_norm`, `output_norm`).
+/// norm vectors (`blk.<b>.attn_norm`, `blk.<b>.ffn_norm`, `output_norm`);
+/// with [`OUTPUT_MIX`] in `norms` (a rotated model's `hidden x hidden`
+/// head mix, row-major) the final norm's output is mixed by it
+/// ([`PlanOp::Mix`]) before the LM head.
 pub fn decode_plan(
     arch: &Architecture,
     ctx: u32,
@@ -563,10 +587,49 @@ pub fn decode_plan(
             eps: arch.norm_eps,
         },
     ));
+    // A rotated model's head mix (norms["output_mix"], `d x d`): the final
+    // norm's output mixed into `hm` in blocks of the rotation's size.
+    let head_in = match norms.get(OUTPUT_MIX) {
+        Some(mix) => {
+            let block = (1u32 << d.trailing_zeros()).min(512);
+            let table =
+                crate::kernels::mix::block_columns(mix, d as usize, block as usize, LANES as usize)
+                    .map_err(|message| CodegenError::Plan {
+                        op: OUTPUT_MIX.into(),
+                        message,
+                    })?;
+            buffers.push(BufferDecl {
+                name: OUTPUT_MIX.into(),
+                kind: Const,
+                dtype: DType::F32,
+                dims: vec![block, words(u64::from(d)), LANES],
+                init: bits(table),
+            });
+            buffers.push(BufferDecl {
+                name: "hm".into(),
+                kind: Scratch,
+                dtype: DType::F32,
+                dims: vec![d],
+                init: None,
+            });
+            ops.push((
+                s(OUTPUT_MIX),
+                PlanOp::Mix {
+                    x: s("h"),
+                    matrix: s(OUTPUT_MIX),
+                    y: s("hm"),
+                    n: d,
+                    block,
+                },
+            ));
+            s("hm")
+        }
+        None => s("h"),
+    };
     ops.push((
         s("output_quantize"),
         PlanOp::Quantize {
-            x: s("h"),
+            x: head_in,
             xs: s("xs"),
             scale: s("scale"),
             n: d,
@@ -663,13 +726,16 @@ pub struct Shared {
 /// The hemisphere of a buffer: the KV caches alternate by block
 /// ([`kv_hemisphere`]), the RoPE tables west, the step's index vectors and
 /// mask east (the KV-write and RoPE kernels read an index on the other side
-/// of the words it addresses), the rest alternating to spread stream
-/// traffic.
+/// of the words it addresses), a rotated model's head mix matrix east
+/// (placed last, in the west it took the room a prefill chunk's attention
+/// scratch needs: docs/q35-format.md 14.5), the rest alternating to spread
+/// stream traffic.
 fn hemisphere(b: &BufferDecl, i: usize) -> Hemisphere {
     match (b.kind, b.name.as_str()) {
         (BufferKind::Kv, name) => kv_hemisphere(name),
         (_, "rope_cos" | "rope_sin") => Hemisphere::West,
         (_, "pos_idx" | "kv_idx" | "attn_mask") => Hemisphere::East,
+        (BufferKind::Const, OUTPUT_MIX) => Hemisphere::East,
         _ if i.is_multiple_of(2) => Hemisphere::West,
         _ => Hemisphere::East,
     }
@@ -1256,6 +1322,24 @@ fn compile_program(
                         0,
                     )?;
                 }
+                PlanOp::Mix {
+                    x,
+                    matrix,
+                    y,
+                    n,
+                    block,
+                } => {
+                    crate::kernels::mix::mix(
+                        &mut p,
+                        label,
+                        &g(x, k)?,
+                        &g(matrix, k)?,
+                        &g(y, k)?,
+                        *n,
+                        *block,
+                        0,
+                    )?;
+                }
                 PlanOp::Add { a, b, y, n } => {
                     crate::kernels::vector::add(
                         &mut p,
@@ -1368,6 +1452,8 @@ pub fn bound(plan: &Plan, target: &Target) -> Bound {
             }
             PlanOp::SwiGlu { n, .. } => 5 * u64::from(*n),
             PlanOp::Add { n, .. } => u64::from(*n),
+            // A multiply and an add per channel of its block.
+            PlanOp::Mix { n, block, .. } => 2 * u64::from(*n) * u64::from(*block),
             PlanOp::Send { .. } | PlanOp::Recv { .. } => 0,
         };
     }

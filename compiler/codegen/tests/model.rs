@@ -12,7 +12,6 @@ use q35_codegen::plan::{self, Plan};
 use q35_contract::QuantizedMatrix;
 use q35_contract::golden::GoldenModel;
 use q35_isa::{DType, MemData, MemInit, Placement};
-use q35_quant::golden::from_reference;
 use q35_quant::model::{QuantPipeline, SchemePolicy};
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{LinearKind, Model};
@@ -71,7 +70,7 @@ fn model_plan(spec: &q35_model::ModelSpec, ctx: u32) -> (GoldenModel, Plan) {
     let layers = pipeline
         .quantize(SchemePolicy::uniform(spec.quant.scheme))
         .unwrap();
-    let golden = from_reference(&model, &layers, ctx as usize).unwrap();
+    let golden = pipeline.golden(&layers, ctx as usize).unwrap();
     let mut weights: BTreeMap<String, QuantizedMatrix> = BTreeMap::new();
     for l in &layers {
         weights.insert(linear_name(l.id.block, l.id.kind), l.matrix.clone());
@@ -82,6 +81,10 @@ fn model_plan(spec: &q35_model::ModelSpec, ctx: u32) -> (GoldenModel, Plan) {
         norms.insert(format!("blk.{b}.ffn_norm"), blk.ffn_norm.clone());
     }
     norms.insert("output_norm".to_string(), golden.output_norm().to_vec());
+    // A rotated model (examples/smollm2-135m.toml) mixes the head's input.
+    if let Some(mix) = golden.head_mix() {
+        norms.insert(plan::OUTPUT_MIX.to_string(), mix.to_vec());
+    }
     let plan = plan::decode_plan(golden.arch(), ctx, weights, &norms, golden.rope_table()).unwrap();
     (golden, plan)
 }

@@ -1,7 +1,9 @@
 //! Builds the LLaMA decoder graph from a [`ModelSpec`] (or a [`GraphConfig`]).
 
 use petgraph::graph::NodeIndex;
-use q35_model::{Architecture, LinearSpec, MATRIX_KINDS, ModelSpec, QuantConfig, QuantScheme};
+use q35_model::{
+    Architecture, LinearSpec, MATRIX_KINDS, ModelSpec, QuantConfig, QuantScheme, Rotation,
+};
 
 use crate::error::FrontendError;
 use crate::graph::{Graph, InputKind, Node, Op, Weight, WeightFormat, WeightId};
@@ -25,6 +27,10 @@ pub struct GraphConfig {
     /// Group sizes of their own for some kinds of matrix, indexed like
     /// [`MATRIX_KINDS`] (model.toml's `[quantization] group_size_of`).
     pub group_size_of: [Option<u32>; MATRIX_KINDS.len()],
+    /// The residual-stream rotation (model.toml's `[quantization]
+    /// rotation`): with one, the final norm's output is mixed on line
+    /// before the LM head (`q35.mix`).
+    pub rotation: Rotation,
 }
 
 impl GraphConfig {
@@ -37,6 +43,7 @@ impl GraphConfig {
             scheme: spec.quant.scheme,
             group_size: spec.quant.group_size,
             group_size_of: spec.quant.group_size_of,
+            rotation: spec.quant.rotation,
         }
     }
 
@@ -46,6 +53,7 @@ impl GraphConfig {
             scheme: self.scheme,
             group_size: self.group_size,
             group_size_of: self.group_size_of,
+            rotation: self.rotation,
         }
     }
 
@@ -107,6 +115,11 @@ impl GraphConfig {
         Ok(())
     }
 }
+
+/// Symbol and source of the rotated stream's head mix (`q35.mix`'s
+/// matrix): made by the quantizer (`M = R diag(gamma_out) R^T`), not read
+/// from the GGUF.
+pub const OUTPUT_MIX: &str = "output_mix";
 
 /// Builds and verifies the decoder graph of `spec`.
 pub fn build(spec: &ModelSpec) -> Result<Graph, FrontendError> {
@@ -292,6 +305,24 @@ impl Builder<'_> {
             h,
             &[x],
         );
+        // The rotated stream's head sees the unrotated stream through
+        // M = R diag(gamma_out) R^T, mixed on line (docs/q35-format.md
+        // 14.5); `output_mix` is the quantizer's, not a GGUF tensor.
+        let n = match c.rotation {
+            Rotation::None => n,
+            Rotation::BlockHadamard => {
+                let mix = self.g.add_weight(Weight {
+                    symbol: OUTPUT_MIX.to_string(),
+                    source: OUTPUT_MIX.to_string(),
+                    shape: vec![u64::from(h), u64::from(h)],
+                    format: WeightFormat::F32,
+                });
+                // R's blocks: the largest power of two dividing hidden, at
+                // most 512 (q35_quant's StreamRotation::BlockHadamard).
+                let block = (1u32 << h.trailing_zeros()).min(512);
+                self.node("output_mix".into(), Op::Mix { matrix: mix, block }, h, &[n])
+            }
+        };
         let (head, tied) = if a.tied_embeddings {
             (embd, true)
         } else {

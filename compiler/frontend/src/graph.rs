@@ -26,7 +26,7 @@ pub enum WeightFormat {
         /// Weights per group (one scale per group).
         group_size: u32,
     },
-    /// Plain f32 (norm weights).
+    /// Plain f32 (norm weights, the rotated stream's head mix).
     F32,
 }
 
@@ -114,6 +114,14 @@ pub enum Op {
         /// Whether `weight` is the token embedding table.
         tied: bool,
     },
+    /// `y_r = sum_i M[r, i] x_i` along lanes (the rotated stream's mix of
+    /// the final norm's output, docs/q35-format.md 14.5).
+    Mix {
+        /// The `[n, n]` f32 matrix.
+        matrix: WeightId,
+        /// Its diagonal blocks' size (zero outside them).
+        block: u32,
+    },
 }
 
 impl Op {
@@ -130,6 +138,7 @@ impl Op {
             Op::Add => OpKind::Add,
             Op::SwiGlu => OpKind::SwiGlu,
             Op::LmHead { .. } => OpKind::LmHead,
+            Op::Mix { .. } => OpKind::Mix,
         })
     }
 
@@ -177,6 +186,7 @@ impl Op {
                 float(1.0 / (*head_dim as f32).sqrt()),
             ],
             Op::LmHead { weight, tied } => vec![symbol(weight), AttrValue::Bool(*tied)],
+            Op::Mix { matrix, block } => vec![symbol(matrix), int(block)],
         }
     }
 
@@ -184,9 +194,10 @@ impl Op {
     pub fn weight(&self) -> Option<WeightId> {
         match self {
             Op::Embedding { table } => Some(*table),
-            Op::RmsNorm { weight, .. } | Op::MatMul { weight } | Op::LmHead { weight, .. } => {
-                Some(*weight)
-            }
+            Op::RmsNorm { weight, .. }
+            | Op::MatMul { weight }
+            | Op::LmHead { weight, .. }
+            | Op::Mix { matrix: weight, .. } => Some(*weight),
             Op::Input(_)
             | Op::Rope { .. }
             | Op::KvWrite { .. }

@@ -26,7 +26,7 @@ pub mod ops;
 mod types;
 mod verify;
 
-pub use build::{GraphConfig, build, build_from_config};
+pub use build::{GraphConfig, OUTPUT_MIX, build, build_from_config};
 pub use error::{FrontendError, GraphError};
 pub use graph::{Graph, InputKind, Node, Op, Weight, WeightFormat, WeightId};
 pub use types::{DType, Dim, Shape};

@@ -5,7 +5,7 @@ use q35_frontend::{
     DType, Dim, FrontendError, Graph, GraphConfig, GraphError, InputKind, Node, Op, Shape, Weight,
     WeightFormat, build_from_config,
 };
-use q35_model::{Architecture, QuantScheme};
+use q35_model::{Architecture, QuantScheme, Rotation};
 
 fn tiny() -> GraphConfig {
     GraphConfig {
@@ -28,6 +28,7 @@ fn tiny() -> GraphConfig {
         scheme: QuantScheme::Q35,
         group_size: 32,
         group_size_of: [None; 8],
+        rotation: Rotation::None,
     }
 }
 
@@ -59,6 +60,7 @@ fn smollm2() -> GraphConfig {
         scheme: QuantScheme::Q35,
         group_size: 64,
         group_size_of: [None; 8],
+        rotation: Rotation::None,
     }
 }
 
@@ -415,4 +417,44 @@ fn group_size_of_reaches_the_weight_types() {
         }
     }
     assert_eq!(seen, 7 * 2 + 1);
+}
+
+/// With the block-Hadamard rotation the final norm's output is mixed by
+/// `q35.mix` (blocks of the largest power of two dividing hidden, at most
+/// 512) before the LM head, which reads the mix; its matrix is the f32
+/// `output_mix`, the only weight beyond the checkpoint's tensors.
+#[test]
+fn the_rotation_mixes_the_final_norm_before_the_head() {
+    for (mut c, block) in [(tiny(), 64), (smollm2(), 64)] {
+        let plain = build_from_config(&c).unwrap();
+        c.rotation = Rotation::BlockHadamard;
+        let g = build_from_config(&c).unwrap();
+        assert_eq!(g.node_count(), plain.node_count() + 1);
+        assert_eq!(g.weights().len(), plain.weights().len() + 1);
+        let h = u64::from(c.arch.hidden);
+        let mix_w = g
+            .weights()
+            .iter()
+            .position(|w| w.source == q35_frontend::OUTPUT_MIX)
+            .unwrap();
+        assert_eq!(g.weights()[mix_w].shape, [h, h]);
+        assert_eq!(g.weights()[mix_w].format, WeightFormat::F32);
+        let mix = g
+            .node_indices()
+            .find(|&n| matches!(g.node(n).op, Op::Mix { .. }))
+            .unwrap();
+        assert_eq!(
+            g.node(mix).op,
+            Op::Mix {
+                matrix: q35_frontend::WeightId(mix_w),
+                block
+            }
+        );
+        assert_eq!(g.node(g.operands(mix)[0]).name, "output_norm");
+        let head = g
+            .node_indices()
+            .find(|&n| matches!(g.node(n).op, Op::LmHead { .. }))
+            .unwrap();
+        assert_eq!(g.operands(head), [mix]);
+    }
 }

@@ -256,7 +256,8 @@ impl<'c> Lowering<'c> {
 
     /// `q35.quant`: the scheme, the group size and, when some kinds of
     /// matrix have their own, `group_size_of = {kind = G, ...}` (each
-    /// weight's `!q35.qweight` type carries the size it is quantized with).
+    /// weight's `!q35.qweight` type carries the size it is quantized with);
+    /// `rotation = "block-hadamard"` for a rotated model.
     fn quant_attr(&self, quant: &q35_model::QuantConfig) -> Attribute<'c> {
         let own: Vec<(&str, Attribute<'c>)> = quant
             .group_size_of_pairs()
@@ -271,6 +272,11 @@ impl<'c> Lowering<'c> {
         ];
         if !own.is_empty() {
             entries.push(("group_size_of", self.dict(&own)));
+        }
+        // Only a rotated model says so (the others keep their bytes); its
+        // `q35.mix` carries the arithmetic.
+        if quant.rotation != q35_model::Rotation::None {
+            entries.push(("rotation", self.str(quant.rotation.as_str())));
         }
         self.dict(&entries)
     }

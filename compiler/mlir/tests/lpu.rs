@@ -270,3 +270,49 @@ fn smollm2_lpu_equals_golden_bit_for_bit() {
     }
     assert_eq!(lock.state().position(), 2);
 }
+
+/// tiny.toml with the residual-stream rotation (`[quantization] rotation =
+/// "block-hadamard"`): the final norm's output goes through `lpu.mix` (its
+/// matrix in a const buffer of 64 steps x 1 lane word) before the head, and
+/// the lpu interpreter equals the golden model, which applies the mix as
+/// the contract's `mix_along_lanes`, bit for bit. One changed in-block
+/// coefficient of the bound matrix changes the logits.
+#[test]
+fn rotated_tiny_lpu_mix_equals_golden_bit_for_bit() {
+    let mut spec = tiny_spec();
+    spec.quant.rotation = q35_model::Rotation::BlockHadamard;
+    let golden = tiny_golden(&spec, 16);
+    let mix = golden
+        .head_mix()
+        .expect("a rotated model mixes its head input");
+    assert!(golden.output_norm().iter().all(|&g| g == 1.0));
+    let binder = WeightBinder::from_golden(&golden);
+    let context = q35_mlir::create_context().unwrap();
+    let module = lpu_module(&context, &spec, Some(16));
+    let interp = LpuInterpreter::new(&module, &binder).unwrap();
+    let count = |k: OpKind| interp.ops().filter(|(o, _)| *o == k).count();
+    assert_eq!(count(OpKind::Mix), 1);
+    assert_eq!(interp.ops().count(), 2 * 20 + 4);
+    let mut lock = LpuLockstep::new(&interp, &golden).unwrap();
+    for t in TOKENS {
+        lock.step(t).unwrap();
+    }
+    let mut changed = mix.to_vec();
+    changed[64 + 3] += 0.25;
+    let mut bad = WeightBinder::from_golden(&golden);
+    bad.bind(
+        q35_frontend::OUTPUT_MIX,
+        q35_mlir::interp::Binding::Table {
+            rows: 64,
+            cols: 64,
+            data: &changed,
+        },
+    );
+    let wrong = LpuInterpreter::new(&module, &bad).unwrap();
+    let mut lock = LpuLockstep::new(&wrong, &golden).unwrap();
+    let e = (0..3).find_map(|i| lock.step(TOKENS[i]).err());
+    assert!(
+        e.is_some(),
+        "a changed mix coefficient must change the logits"
+    );
+}

@@ -95,9 +95,11 @@ fn smollm2_module() {
     let m = emit(&spec);
     assert_eq!(
         count(&m, "\"q35.weight\"()"),
-        272,
-        "as many as the GGUF's tensors"
+        273,
+        "as many as the GGUF's tensors, and the rotated model's head mix"
     );
+    assert_eq!(count(&m, "source = \"output_mix\""), 1);
+    assert_eq!(count(&m, "\"q35.mix\""), 1);
     assert_eq!(count(&m, "\"q35.lm_head\""), 1);
     snapshot("smollm2_135m", &m);
 }

@@ -341,13 +341,47 @@ pub fn rotate_groups(x: &mut [f32], signs: &[f32], group: usize) {
 ///
 /// so the machine broadcasts `x_i` to every lane, multiplies it by column
 /// `i` of `M` (held in MEM as lane words) and adds, once per input channel.
-/// Part of the stream-rotation variant, not the contract.
+/// The contract for a model whose `[quantization] rotation` is
+/// `block-hadamard` (section 14.5), where `M` is block-diagonal and the
+/// machine computes it as [`mix_blocks_along_lanes`].
 pub fn mix_along_lanes(m: &[f32], x: &[f32], out: &mut [f32]) {
     let n = x.len();
     debug_assert_eq!(m.len(), n * n);
     debug_assert_eq!(out.len(), n);
     for (o, row) in out.iter_mut().zip(m.chunks_exact(n)) {
         *o = dot_f32(row, x);
+    }
+}
+
+/// [`mix_along_lanes`] of a block-diagonal `M` (zero outside its diagonal
+/// blocks of `block` consecutive channels), its zero terms skipped:
+///
+/// ```text
+/// out_r = +0.0;  b = block * floor(r / block)
+/// for i = 0, 1, ..., block - 1:  out_r = out_r + coef(r, i) * x_{b + i}
+/// ```
+///
+/// with `coef(r, i) = M[r, b + i]`. Bit for bit [`mix_along_lanes`]: a
+/// skipped term is `(+-0) * x_i = +-0` (`x` finite), and adding `+-0` to a
+/// running sum that starts at `+0.0` leaves it unchanged (the sum is never
+/// `-0.0`: `+0 + -0 = +0`, and an exact cancellation rounds to `+0`). This
+/// is what the machine does (`lpu.mix`: `block` steps of a permute, a
+/// multiply and an add per lane word).
+pub fn mix_blocks_along_lanes(
+    block: usize,
+    coef: impl Fn(usize, usize) -> f32,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    debug_assert_eq!(out.len(), x.len());
+    debug_assert!(block > 0 && x.len().is_multiple_of(block));
+    for (r, o) in out.iter_mut().enumerate() {
+        let b = block * (r / block);
+        let mut s = 0f32;
+        for i in 0..block {
+            s += coef(r, i) * x[b + i];
+        }
+        *o = s;
     }
 }
 
@@ -820,6 +854,53 @@ mod tests {
         let mut z = vec![0f32; 576];
         mix_along_lanes(&eye, &y, &mut z);
         assert_eq!(z, y, "the identity mixes nothing");
+    }
+
+    #[test]
+    fn block_mix_skipping_zeros_is_the_dense_mix_bit_for_bit() {
+        // A block-diagonal 576 x 576 matrix (blocks of 64) with -0.0 and
+        // +0.0 outside the blocks and some zeros inside; inputs with zeros,
+        // negative zeros and values that cancel exactly.
+        let (n, block) = (576, 64);
+        let vals = vector(n * n, 11);
+        let m: Vec<f32> = (0..n * n)
+            .map(|k| {
+                let (r, c) = (k / n, k % n);
+                if r / block != c / block {
+                    if k % 3 == 0 { -0.0 } else { 0.0 }
+                } else if k % 17 == 0 {
+                    -0.0
+                } else {
+                    vals[k]
+                }
+            })
+            .collect();
+        for seed in [1, 2, 3] {
+            let mut x = vector(n, seed);
+            x[5] = 0.0;
+            x[6] = -0.0;
+            x[70] = -x[71];
+            let mut dense = vec![0f32; n];
+            mix_along_lanes(&m, &x, &mut dense);
+            let mut blocks = vec![0f32; n];
+            mix_blocks_along_lanes(
+                block,
+                |r, i| m[r * n + block * (r / block) + i],
+                &x,
+                &mut blocks,
+            );
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&dense), bits(&blocks), "seed {seed}");
+        }
+        // A row whose products cancel exactly sums to +0.0, never -0.0.
+        let m2 = [1.0f32, 1.0, -0.0, -0.0, 0.0, 0.0, 1.0, 1.0];
+        let x2 = [2.0f32, -2.0, 0.0, 0.0];
+        let mut out = [1f32; 4];
+        mix_blocks_along_lanes(2, |r, i| m2[r * 2 + i], &x2, &mut out);
+        assert_eq!(
+            out.map(f32::to_bits),
+            [0.0f32, 0.0, 0.0, 0.0].map(f32::to_bits)
+        );
     }
 
     #[test]

@@ -14,9 +14,12 @@
 use std::path::{Path, PathBuf};
 
 use q35_contract::{GoldenHead, GoldenModel, IntMatrix, QuantScheme, QuantizedMatrix};
-use q35_model::{MATRIX_KINDS, QuantConfig};
+use q35_model::{MATRIX_KINDS, QuantConfig, Rotation};
 use q35_quant::golden::from_reference;
-use q35_quant::model::{Methods, QuantPipeline, SchemePolicy, model_weights, quantize_model_with};
+use q35_quant::model::{
+    Methods, QuantPipeline, SchemePolicy, StreamRotation, model_weights, quantize_model_with,
+    rotate_stream_model,
+};
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{LinearId, LinearKind, Model};
 use q35_tokenizer::Tokenizer;
@@ -141,11 +144,18 @@ pub enum GoldenBuildError {
 }
 
 /// The quantizer's [`Methods`] for a model.toml's `[quantization]`: its
-/// per-kind group sizes (`group_size_of`) as group overrides, every other
-/// method off. `q35c eval --quant`, `quant-report` (by default), `interp`,
+/// per-kind group sizes (`group_size_of`) as group overrides, its
+/// `rotation` as the residual-stream rotation
+/// ([`Methods::rotate_stream`]), every other method off. `q35c eval --quant`, `quant-report` (by default), `interp`,
 /// `compile` and `q35sim run --check` all quantize with it.
 pub fn methods(quant: &QuantConfig) -> Methods {
-    let mut methods = Methods::default();
+    let mut methods = Methods {
+        rotate_stream: match quant.rotation {
+            Rotation::None => None,
+            Rotation::BlockHadamard => Some(StreamRotation::BlockHadamard),
+        },
+        ..Methods::default()
+    };
     for (kind, size) in MATRIX_KINDS.iter().zip(quant.group_size_of) {
         if let (Some(size), Some(kind)) = (size, linear_kind(kind)) {
             methods.set_group(kind, size as usize);
@@ -240,7 +250,7 @@ pub fn build_with_progress(
         path: path.clone(),
         error,
     };
-    let layers = match &recipe.calib {
+    let (layers, golden) = match &recipe.calib {
         Some(calib) => {
             let text = read_text(calib)?;
             let tokens = text_tokens(tokenizer.as_ref(), model.config().vocab, &text);
@@ -263,7 +273,10 @@ pub fn build_with_progress(
             )
             .and_then(|p| {
                 progress(Stage("quantizing"));
-                p.quantize_with_progress(policy, progress)
+                let layers = p.quantize_with_progress(policy, progress)?;
+                progress(Stage("building the golden model"));
+                let golden = p.golden(&layers, recipe.positions)?;
+                Ok((layers, golden))
             })
             .map_err(quant_err)?
         }
@@ -274,18 +287,33 @@ pub fn build_with_progress(
             });
         }
         None => {
+            // Without calibration the pipeline's rewrite is done here: the
+            // stream rotation rewrites the model, and its golden model
+            // mixes the head's input.
+            let rotated = match methods.rotate_stream {
+                Some(kind) => Some(rotate_stream_model(&model, kind).map_err(quant_err)?),
+                None => None,
+            };
+            let m = rotated.as_ref().map_or(&model, |r| &r.model);
             progress(Stage("quantizing"));
-            model_weights(&model)
+            let layers = model_weights(m)
                 .and_then(|w| {
                     quantize_model_with(
-                        &model, &w, policy, group_size, None, options, &methods, progress,
+                        m, &w, policy, group_size, None, options, &methods, progress,
                     )
                 })
-                .map_err(quant_err)?
+                .map_err(quant_err)?;
+            progress(Stage("building the golden model"));
+            let golden = from_reference(m, &layers, recipe.positions).map_err(quant_err)?;
+            let golden = match &rotated {
+                Some(r) => golden
+                    .with_head_mix(r.head_mix.clone())
+                    .map_err(|e| quant_err(e.into()))?,
+                None => golden,
+            };
+            (layers, golden)
         }
     };
-    progress(Stage("building the golden model"));
-    let golden = from_reference(&model, &layers, recipe.positions).map_err(quant_err)?;
     let head_id = LinearId {
         block: None,
         kind: LinearKind::LmHead,
@@ -334,7 +362,8 @@ fn hash_matrix(h: &mut Sha256, what: &str, m: &IntMatrix) {
 
 /// A SHA-256 fingerprint (`sha256:<hex>`) of everything the golden model
 /// computes with: the architecture, the embedding, every norm and matrix
-/// (integer weights and scales) and the LM head. Not the number of
+/// (integer weights and scales), the head's mix (a rotated model's) and
+/// the LM head. Not the number of
 /// positions, which only sizes the RoPE table and cache.
 pub fn weights_hash(g: &GoldenModel) -> String {
     let mut h = Sha256::new();
@@ -366,6 +395,11 @@ pub fn weights_hash(g: &GoldenModel) -> String {
         }
     }
     hash_f32(&mut h, "output_norm", g.output_norm());
+    // Only a rotated model has a head mix, so the fingerprints of the
+    // others are what they were.
+    if let Some(mix) = g.head_mix() {
+        hash_f32(&mut h, "head_mix", mix);
+    }
     match g.head() {
         GoldenHead::Quantized(m) => hash_matrix(&mut h, "head.q", m),
         GoldenHead::F32(w) => hash_f32(&mut h, "head.f32", w),
@@ -401,6 +435,17 @@ mod tests {
                 ..m
             },
             Methods::default()
+        );
+        // `rotation` turns on the stream rotation, and nothing else.
+        quant.rotation = Rotation::BlockHadamard;
+        let r = methods(&quant);
+        assert_eq!(r.rotate_stream, Some(StreamRotation::BlockHadamard));
+        assert_eq!(
+            Methods {
+                rotate_stream: None,
+                ..r
+            },
+            m
         );
     }
 }

@@ -78,6 +78,47 @@ pub struct QuantConfig {
     /// kinds of matrix, indexed like [`MATRIX_KINDS`] (`None`: `group_size`).
     /// Every size divides the largest of all.
     pub group_size_of: [Option<u32>; MATRIX_KINDS.len()],
+    /// `[quantization] rotation`: the residual-stream rotation the model is
+    /// quantized and run with (docs/q35-format.md 14.5).
+    pub rotation: Rotation,
+}
+
+/// model.toml's `[quantization] rotation`: whether the residual stream is
+/// rotated (docs/q35-format.md 14.1 and 14.5). A contract change: with
+/// [`Rotation::BlockHadamard`] every norm weight is 1 (folded into the
+/// matrices reading it), the matrices and the tied table are stored
+/// rotated, and the final norm's output is mixed on line by the
+/// block-diagonal `M = R diag(gamma_out) R^T` before the LM head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rotation {
+    /// No rotation: the model as its weights give it (the default).
+    #[default]
+    None,
+    /// `R = blockdiag(H_b / sqrt(b)) D`, `b` the largest power of two
+    /// dividing `hidden` (at most 512; 64 for SmolLM2's 576). Needs a tied
+    /// LM head.
+    BlockHadamard,
+}
+
+impl Rotation {
+    /// Every choice, as model.toml spells them.
+    pub const ALL: [Rotation; 2] = [Rotation::None, Rotation::BlockHadamard];
+    /// The spellings of [`Rotation::ALL`].
+    pub const NAMES: [&'static str; 2] = ["none", "block-hadamard"];
+
+    /// The model.toml spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rotation::None => "none",
+            Rotation::BlockHadamard => "block-hadamard",
+        }
+    }
+}
+
+impl std::fmt::Display for Rotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The kinds of weight matrix `[quantization] group_size_of` names, as
@@ -102,6 +143,7 @@ impl QuantConfig {
             scheme,
             group_size,
             group_size_of: [None; MATRIX_KINDS.len()],
+            rotation: Rotation::None,
         }
     }
 

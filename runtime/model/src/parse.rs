@@ -15,7 +15,7 @@ use toml::Spanned;
 use crate::arch::{self, Architecture, LLAMA_FAMILY};
 use crate::{
     DEFAULT_GROUP_SIZE, GROUP_QUANTUM, MATRIX_KINDS, ModelError, ModelSpec, QuantConfig,
-    QuantScheme, RuntimeLimits, WeightSource,
+    QuantScheme, Rotation, RuntimeLimits, WeightSource,
 };
 
 // ---- the raw schema ------------------------------------------------------
@@ -89,6 +89,7 @@ struct RawQuant {
     scheme: Option<Spanned<QuantScheme>>,
     group_size: Option<Spanned<u32>>,
     group_size_of: Option<std::collections::BTreeMap<Spanned<String>, Spanned<u32>>>,
+    rotation: Option<Spanned<String>>,
     calibration: Option<Spanned<String>>,
     #[expect(
         dead_code,
@@ -177,6 +178,9 @@ pub struct ModelToml {
     /// `[quantization] calibration`: the calibration text (resolved
     /// against the model.toml's directory).
     pub calibration: Option<PathBuf>,
+    /// Where `[quantization] rotation` was written (for the tied-head check
+    /// once the architecture is known).
+    rotation_at: Option<(usize, usize)>,
     architecture: ArchSection,
     target: TargetSection,
     /// `[target] chips`: chips of the system (1 unless given).
@@ -271,6 +275,11 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelToml, ModelError> {
     let weights = weights_table(&cx, &raw.weights)?;
     let architecture = architecture_table(&cx, raw.architecture.unwrap_or_default(), &weights)?;
     let quant = quantization_table(&cx, raw.quantization.as_ref())?;
+    let rotation_at = raw
+        .quantization
+        .as_ref()
+        .and_then(|q| q.rotation.as_ref())
+        .map(|r| cx.at(r.span()));
     let calibration = raw
         .quantization
         .as_ref()
@@ -296,6 +305,7 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelToml, ModelError> {
         weights,
         quant,
         calibration,
+        rotation_at,
         architecture,
         target,
         runtime,
@@ -536,6 +546,22 @@ fn quantization_table(cx: &Cx<'_>, q: Option<&RawQuant>) -> Result<QuantConfig, 
         "quantization.group_size",
     )?;
     let mut config = QuantConfig::uniform(scheme, group);
+    if let Some(r) = q.and_then(|q| q.rotation.as_ref()) {
+        config.rotation = Rotation::ALL
+            .into_iter()
+            .find(|k| k.as_str() == r.get_ref())
+            .ok_or_else(|| {
+                cx.invalid(
+                    Some(r.span()),
+                    "quantization.rotation",
+                    format!(
+                        "unknown rotation `{}`; expected one of: {}",
+                        r.get_ref(),
+                        Rotation::NAMES.join(", ")
+                    ),
+                )
+            })?;
+    }
     let overrides = q.and_then(|q| q.group_size_of.as_ref());
     for (kind, size) in overrides.into_iter().flatten() {
         let key = format!("quantization.group_size_of.{}", kind.get_ref());
@@ -712,6 +738,17 @@ impl ModelToml {
                 message: format!(
                     "{max_seq_len} must be between 1 and the model's context length {}",
                     arch.context
+                ),
+            });
+        }
+        if self.quant.rotation != crate::Rotation::None && !arch.tied_embeddings {
+            return Err(ModelError::Invalid {
+                path: self.path.clone(),
+                at: self.rotation_at,
+                key: "quantization.rotation".into(),
+                message: format!(
+                    "`{}` needs a tied LM head (the final norm's mix and the rotated table serve the embedding and the head); this model's head is its own",
+                    self.quant.rotation
                 ),
             });
         }

@@ -487,6 +487,45 @@ fn bad_group_size_of_not_dividing() {
     );
 }
 
+/// `[quantization] rotation`: "none" unless given; "block-hadamard" needs
+/// a tied LM head; anything else names the file, line and key.
+#[test]
+fn rotation_setting() {
+    let m = spec(TINY, "t.toml").unwrap();
+    assert_eq!(m.quant.rotation, q35_model::Rotation::None);
+    let tied = TINY.replace("context = 128", "context = 128\ntied_embeddings = true");
+    for (text, want) in [
+        ("none", q35_model::Rotation::None),
+        ("block-hadamard", q35_model::Rotation::BlockHadamard),
+    ] {
+        let m = spec(
+            &format!("{tied}[quantization]\nrotation = \"{text}\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(m.quant.rotation, want);
+        assert_eq!(want.as_str(), text);
+    }
+    let e = err(&format!("{tied}[quantization]\nrotation = \"hadamard\"\n"));
+    let line = tied.lines().count() + 2;
+    assert!(
+        e.contains(&format!("bad.toml:{line}:12: `quantization.rotation`"))
+            && e.contains("unknown rotation `hadamard`; expected one of: none, block-hadamard"),
+        "{e}"
+    );
+    let e = err(&format!("{tied}[quantization]\nrotation = 1\n"));
+    assert!(e.contains("bad.toml:") && e.contains("invalid type"), "{e}");
+    // The rotated table serves the embedding and the head: a head of its
+    // own is refused, at the key.
+    let e = err(&format!(
+        "{TINY}[quantization]\nrotation = \"block-hadamard\"\n"
+    ));
+    assert!(
+        e.contains("`quantization.rotation`") && e.contains("needs a tied LM head"),
+        "{e}"
+    );
+}
+
 /// `[target] chips`: the system a model is split over (1 unless given; 0
 /// is refused at its key; alone it keeps the default target).
 #[test]

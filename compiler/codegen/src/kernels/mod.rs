@@ -10,6 +10,7 @@
 pub mod attention;
 pub mod c2c;
 pub mod matmul;
+pub mod mix;
 pub mod norm;
 pub mod quantize;
 pub mod reduce;

@@ -141,11 +141,13 @@ pub enum OpKind {
     SwiGlu,
     /// `lpu.add`.
     Add,
+    /// `lpu.mix`: the block-diagonal f32 mix along lanes.
+    Mix,
 }
 
 impl OpKind {
     /// Every op, in table order.
-    pub const ALL: [OpKind; 10] = [
+    pub const ALL: [OpKind; 11] = [
         OpKind::Buffer,
         OpKind::Weight,
         OpKind::RmsNorm,
@@ -156,6 +158,7 @@ impl OpKind {
         OpKind::Attention,
         OpKind::SwiGlu,
         OpKind::Add,
+        OpKind::Mix,
     ];
 
     /// The op's definition.
@@ -185,7 +188,8 @@ impl OpKind {
             | OpKind::KvWrite
             | OpKind::Attention
             | OpKind::SwiGlu
-            | OpKind::Add => false,
+            | OpKind::Add
+            | OpKind::Mix => false,
         }
     }
 }
@@ -283,7 +287,7 @@ const SCHEDULE: &[AttrDef] = &[attr(
 )];
 
 /// The dialect: every op, in [`OpKind`] order.
-pub static OPS: [OpDef; 10] = [
+pub static OPS: [OpDef; 11] = [
     OpDef {
         kind: OpKind::Buffer,
         name: "lpu.buffer",
@@ -463,6 +467,31 @@ pub static OPS: [OpDef; 10] = [
             attr("b", Buffer(Read), "f32[n]"),
             attr("y", Buffer(Write), "f32[n]"),
             attr("n", Int, "features"),
+        ],
+        optional: SCHEDULE,
+        implicit_reads: &[],
+    },
+    OpDef {
+        kind: OpKind::Mix,
+        name: "lpu.mix",
+        doc: "y_r = sum_i M[r, i] * x_i along lanes (docs/q35-format.md 8.4 and 14.5) for a\n\
+              block-diagonal M (blocks of `block` features, dividing the lanes): for\n\
+              i = 0 .. block-1, y_r = y_r + m[i][r] * x[block * floor(r / block) + i] from\n\
+              +0.0, m[i][r] = M[r, block * floor(r / block) + i] (the const `matrix`).",
+        attributes: &[
+            attr("x", Buffer(Read), "input, f32[n]"),
+            attr(
+                "matrix",
+                Buffer(Read),
+                "const, f32[block x words x lanes]: M's block columns, step by step",
+            ),
+            attr("y", Buffer(Write), "output, f32[n]"),
+            attr("n", Int, "features"),
+            attr(
+                "block",
+                Int,
+                "the diagonal blocks' size (divides n and the lanes)",
+            ),
         ],
         optional: SCHEDULE,
         implicit_reads: &[],

@@ -75,11 +75,14 @@ pub enum OpKind {
     Quantize,
     /// `q35.qmatmul`: a matmul of already-quantized activations.
     QMatMul,
+    /// `q35.mix`: an f32 matrix-vector product along lanes (the rotated
+    /// stream's mix before the LM head).
+    Mix,
 }
 
 impl OpKind {
     /// Every op, in table order.
-    pub const ALL: [OpKind; 12] = [
+    pub const ALL: [OpKind; 13] = [
         OpKind::Weight,
         OpKind::Embed,
         OpKind::RmsNorm,
@@ -92,6 +95,7 @@ impl OpKind {
         OpKind::LmHead,
         OpKind::Quantize,
         OpKind::QMatMul,
+        OpKind::Mix,
     ];
 
     /// The op's definition.
@@ -234,7 +238,7 @@ const fn attr(name: &'static str, kind: AttrKind) -> AttrDef {
 use AttrKind::{Bool, F32, Int, IsStr, IsType, Str, Symbol, Type};
 
 /// The dialect: every op, in [`OpKind`] order.
-pub static OPS: [OpDef; 12] = [
+pub static OPS: [OpDef; 13] = [
     OpDef {
         kind: OpKind::Weight,
         name: "q35.weight",
@@ -369,6 +373,19 @@ pub static OPS: [OpDef; 12] = [
         operands: &[tensor("codes"), tensor("scale")],
         results: &[tensor("y")],
         attributes: &[attr("weight", Symbol), attr("acc_type", IsType("i32"))],
+    },
+    OpDef {
+        kind: OpKind::Mix,
+        name: "q35.mix",
+        doc: "f32 mix of each token's features by the square f32 matrix @matrix [N, N]:
+              y_r = sum_i M[r, i] * x_i, each product rounded, summed along lanes in
+              ascending i from +0.0 (docs/q35-format.md 8.4, `mix_along_lanes`). The
+              rotated residual stream's final-norm output is mixed by
+              M = R diag(gamma_out) R^T before the LM head (14.5). M is zero outside
+              its diagonal blocks of `block` consecutive features.",
+        operands: &[tensor("x")],
+        results: &[same("y", "x")],
+        attributes: &[attr("matrix", Symbol), attr("block", Int)],
     },
 ];
 

@@ -319,6 +319,25 @@ impl<V: OpView> Rule<'_, V> {
                 self.positive_float("scale")?;
                 Ok(vec![self.view.operand(0)])
             }
+            OpKind::Mix => {
+                let (_, n) = self.activation(0)?;
+                let (symbol, m) = self.weight("matrix")?;
+                let want = ValueType::tensor(vec![Dim::Static(n), Dim::Static(n)], Elem::F32);
+                if m != want {
+                    return Err(self.weight_error(
+                        "matrix",
+                        &symbol,
+                        format!("matrix @{symbol} must be {want}, not {m}"),
+                    ));
+                }
+                let block = self.positive("block")?;
+                if !n.is_multiple_of(block) {
+                    return Err(attr_error(format!(
+                        "blocks of {block} features do not divide the {n} input features"
+                    )));
+                }
+                Ok(vec![self.view.operand(0)])
+            }
             OpKind::Add | OpKind::SwiGlu => {
                 self.activation(0)?;
                 self.operand_is(1, &self.view.operand(0))?;
@@ -457,7 +476,7 @@ impl<V: OpView> Rule<'_, V> {
     }
 
     /// A `q35.weight` declaration: a known scheme, a positive group and a
-    /// static non-empty matrix, or a static f32 vector.
+    /// static non-empty matrix, or a static f32 vector or square matrix.
     fn weight_decl(&self) -> Result<(), RuleError> {
         for name in ["sym_name", "source"] {
             if !matches!(self.attr(name)?, Some(AttrValue::Str(_))) {
@@ -490,8 +509,11 @@ impl<V: OpView> Rule<'_, V> {
                 }
             }
             Some((_, Elem::F32)) if matches!(dims.as_deref(), Some(&[n]) if n > 0) => Ok(()),
+            Some((_, Elem::F32)) if matches!(dims.as_deref(), Some(&[r, c]) if r > 0 && r == c) => {
+                Ok(())
+            }
             _ => Err(attr_error(format!(
-                "an unquantized weight must be a static f32 vector, not {t}"
+                "an unquantized weight must be a static f32 vector or square f32 matrix, not {t}"
             ))),
         }
     }

@@ -242,6 +242,23 @@ impl Interpreter<'_> {
                 }
                 Ok(out(vec![n, d], y))
             }
+            Attrs::Mix { matrix: mw } => {
+                let Binding::Table { rows, cols, data } = self.weights[mw].binding else {
+                    return Err("the matrix is not an f32 table".into());
+                };
+                let (n, d, x) = matrix(arg(0)?, "the input")?;
+                if rows != d || cols != d {
+                    return Err(format!(
+                        "the input has {d} features but the matrix @{} is {rows}x{cols}",
+                        self.weights[mw].symbol
+                    ));
+                }
+                let mut y = vec![0f32; n * d];
+                for (xt, yt) in x.chunks_exact(d.max(1)).zip(y.chunks_exact_mut(d.max(1))) {
+                    semantics::mix_along_lanes(data, xt, yt);
+                }
+                Ok(out(vec![n, d], y))
+            }
             Attrs::MatMul { weight } | Attrs::LmHead { weight } => {
                 let Binding::Matrix(m) = self.weights[weight].binding else {
                     return Err("the weight is not a quantized matrix".into());

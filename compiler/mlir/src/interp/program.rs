@@ -178,6 +178,9 @@ pub(crate) enum Attrs {
     QMatMul {
         weight: usize,
     },
+    Mix {
+        matrix: usize,
+    },
 }
 
 /// One decoded op.
@@ -574,6 +577,37 @@ impl<'w> Interpreter<'w> {
                 }
                 OpKind::Add => Attrs::Add,
                 OpKind::SwiGlu => Attrs::SwiGlu,
+                OpKind::Mix => {
+                    let m = weight("matrix")?;
+                    let Binding::Table { rows, cols, data } = binding(m) else {
+                        return Err(op_error(&op, "`matrix` must be a square f32 matrix"));
+                    };
+                    let block = positive(&op, "block")?;
+                    if rows != cols || !rows.is_multiple_of(block) {
+                        return Err(op_error(
+                            &op,
+                            format!(
+                                "`matrix` is {rows}x{cols}: not square in blocks of `block` = {block}"
+                            ),
+                        ));
+                    }
+                    // The attribute states that M is zero outside its
+                    // diagonal blocks (the machine skips those terms).
+                    if let Some(k) = (0..rows * cols)
+                        .find(|&k| (k / cols) / block != (k % cols) / block && data[k] != 0.0)
+                    {
+                        return Err(op_error(
+                            &op,
+                            format!(
+                                "`matrix` has {} at ({}, {}), outside its diagonal blocks of {block}",
+                                data[k],
+                                k / cols,
+                                k % cols
+                            ),
+                        ));
+                    }
+                    Attrs::Mix { matrix: m }
+                }
             };
             let mut results = Vec::with_capacity(op.result_count());
             let mut result_types = Vec::with_capacity(op.result_count());
@@ -651,7 +685,8 @@ impl<'w> Interpreter<'w> {
                 | Attrs::SwiGlu
                 | Attrs::LmHead { .. }
                 | Attrs::Quantize
-                | Attrs::QMatMul { .. } => None,
+                | Attrs::QMatMul { .. }
+                | Attrs::Mix { .. } => None,
             },
         }
     }

@@ -81,7 +81,8 @@ impl<'w> WeightBinder<'w> {
     /// under `Architecture::lm_head`'s name (`token_embd.weight` when tied,
     /// so the embedding lookup reads the head, as the contract says; an
     /// untied model's `token_embd.weight` is the golden model's f32
-    /// embedding table).
+    /// embedding table), and a rotated model's head mix as the f32 table
+    /// `output_mix` (`q35_frontend::OUTPUT_MIX`).
     pub fn from_golden(golden: &'w GoldenModel) -> Self {
         let arch = golden.arch();
         let mut b = WeightBinder::new();
@@ -113,6 +114,16 @@ impl<'w> WeightBinder<'w> {
             },
         };
         b.bind(arch.lm_head().name, head);
+        if let Some(mix) = golden.head_mix() {
+            b.bind(
+                q35_frontend::OUTPUT_MIX,
+                Binding::Table {
+                    rows: hidden,
+                    cols: hidden,
+                    data: mix,
+                },
+            );
+        }
         if !arch.tied_embeddings {
             b.bind(
                 "token_embd.weight",

@@ -29,6 +29,9 @@
 //!   ([`semantics::attention_output`]); masked positions weigh exactly
 //!   `+0.0`.
 //! - `lpu.rmsnorm`, `lpu.swiglu`, `lpu.add`: [`semantics`]' operators.
+//! - `lpu.mix`: [`semantics::mix_blocks_along_lanes`] reading the matrix's
+//!   coefficients from its const buffer in the machine's layout (step `i`,
+//!   word `w`: lane `l` holds `M[r, block floor(r / block) + i]`).
 //!
 //! No arithmetic is the interpreter's own beyond the sums the contract
 //! fixes; weights are bound by the GGUF name each `lpu.weight` and const
@@ -145,6 +148,12 @@ enum Attrs {
         a: usize,
         b: usize,
         y: usize,
+    },
+    Mix {
+        x: usize,
+        matrix: usize,
+        y: usize,
+        block: usize,
     },
 }
 
@@ -568,6 +577,21 @@ impl<'w> LpuInterpreter<'w> {
                 Some(buffers::ROPE_SIN_SOURCE) => sin.clone(),
                 Some(source) => match binder.get(source) {
                     Some(Binding::Vector(v)) if v.len() == b.len() => v.to_vec(),
+                    // `lpu.mix`'s matrix: block x words x lanes, as the
+                    // machine reads it.
+                    Some(Binding::Table { rows, cols, data })
+                        if b.dims.len() == 3
+                            && rows == cols
+                            && b.dims[2] == self.lanes
+                            && rows.div_ceil(self.lanes) == b.dims[1] =>
+                    {
+                        q35_codegen::kernels::mix::block_columns(data, rows, b.dims[0], self.lanes)
+                            .map_err(|message| InterpError::Weight {
+                                symbol: b.name.clone(),
+                                source_name: source.to_owned(),
+                                message,
+                            })?
+                    }
                     other => {
                         return Err(InterpError::Weight {
                             symbol: b.name.clone(),
@@ -769,6 +793,30 @@ impl<'w> LpuInterpreter<'w> {
                     scale,
                 }
             }
+            OpKind::Mix => {
+                let n = Self::int(o, "n")?;
+                let block = Self::int(o, "block")?;
+                if block == 0 || !n.is_multiple_of(block) || !self.lanes.is_multiple_of(block) {
+                    return Err(format!(
+                        "`block` = {block} must divide `n` = {n} and the {} lanes",
+                        self.lanes
+                    ));
+                }
+                let x = self.buffer(o, "x", Some(n))?;
+                let words = n.div_ceil(self.lanes);
+                let matrix = self.buffer(o, "matrix", Some(block * words * self.lanes))?;
+                if self.buffers[matrix].kind != BufferKind::Const {
+                    return Err("`matrix` must be a const buffer".into());
+                }
+                let y = self.buffer(o, "y", Some(n))?;
+                self.written(y, &[x, matrix], "y")?;
+                Attrs::Mix {
+                    x,
+                    matrix,
+                    y,
+                    block,
+                }
+            }
             OpKind::SwiGlu | OpKind::Add => {
                 let n = Self::int(o, "n")?;
                 let (an, bn) = if kind == OpKind::Add {
@@ -911,6 +959,26 @@ impl<'w> LpuInterpreter<'w> {
             Attrs::RmsNorm { x, weight, y, eps } => {
                 let mut out = take(data, y)?;
                 semantics::rmsnorm(f32s(&data[x])?, f32s(&data[weight])?, eps, &mut out);
+                data[y] = Data::F32(out);
+            }
+            Attrs::Mix {
+                x,
+                matrix,
+                y,
+                block,
+            } => {
+                // Step i of word w reads lane l of matrix word i * words + w
+                // (the machine's layout), which is M[r, b + i].
+                let mut out = take(data, y)?;
+                let xv = f32s(&data[x])?;
+                let m = f32s(&data[matrix])?;
+                let words = xv.len().div_ceil(lanes);
+                semantics::mix_blocks_along_lanes(
+                    block,
+                    |r, i| m[(i * words + r / lanes) * lanes + r % lanes],
+                    xv,
+                    &mut out,
+                );
                 data[y] = Data::F32(out);
             }
             Attrs::Quantize { x, xs, scale } => {

@@ -36,6 +36,16 @@ pub trait PlanSource {
     ) -> Result<QuantizedMatrix, String>;
     /// The f32 vector of GGUF tensor `source` (a norm weight), `n` long.
     fn vector(&self, source: &str, n: usize) -> Result<Vec<f32>, String>;
+    /// The square f32 matrix `source` (a rotated model's head mix) as
+    /// `lpu.mix` reads it ([`q35_codegen::kernels::mix::block_columns`]):
+    /// `block x words x lanes` values.
+    fn mix_columns(
+        &self,
+        source: &str,
+        block: usize,
+        words: usize,
+        lanes: usize,
+    ) -> Result<Vec<f32>, String>;
 }
 
 /// The golden model's weights: quantized matrices by GGUF name (a tied LM
@@ -106,6 +116,25 @@ impl PlanSource for GoldenSource<'_> {
         }
         Ok(v.to_vec())
     }
+
+    fn mix_columns(
+        &self,
+        source: &str,
+        block: usize,
+        words: usize,
+        lanes: usize,
+    ) -> Result<Vec<f32>, String> {
+        let Some(Binding::Table { rows, cols, data }) = self.binder.get(source) else {
+            return Err(format!("no matrix `{source}` in the golden model"));
+        };
+        if rows != cols || rows.div_ceil(lanes) != words {
+            return Err(format!(
+                "`{source}` is {rows}x{cols}, the module declares {words} lane words of it"
+            ));
+        }
+        q35_codegen::kernels::mix::block_columns(data, rows, block, lanes)
+            .map_err(|e| format!("`{source}`: {e}"))
+    }
 }
 
 /// Placeholders of the right shapes
@@ -128,6 +157,16 @@ impl PlanSource for ShapeOnly {
 
     fn vector(&self, _source: &str, n: usize) -> Result<Vec<f32>, String> {
         Ok(vec![0.0; n])
+    }
+
+    fn mix_columns(
+        &self,
+        _source: &str,
+        block: usize,
+        words: usize,
+        lanes: usize,
+    ) -> Result<Vec<f32>, String> {
+        Ok(vec![0.0; block * words * lanes])
     }
 }
 
@@ -353,6 +392,18 @@ pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan
                 let init = match (kind, string_attr(&o, "source").as_deref()) {
                     (PlanKind::Const, Some("rope.cos")) => Some(cos.clone()),
                     (PlanKind::Const, Some("rope.sin")) => Some(sin.clone()),
+                    (PlanKind::Const, Some(source)) if dims.len() == 3 => Some(
+                        src.mix_columns(
+                            source,
+                            dims[0] as usize,
+                            dims[1] as usize,
+                            dims[2] as usize,
+                        )
+                        .map_err(|e| err(format!("@{sym_name}: {e}")))?
+                        .into_iter()
+                        .map(f32::to_bits)
+                        .collect(),
+                    ),
                     (PlanKind::Const, Some(source)) => Some(
                         src.vector(source, n)
                             .map_err(|e| err(format!("@{sym_name}: {e}")))?
@@ -428,7 +479,8 @@ fn label(name: &str, op: &PlanOp) -> String {
         | PlanOp::Rope { y, .. }
         | PlanOp::Attention { y, .. }
         | PlanOp::SwiGlu { y, .. }
-        | PlanOp::Add { y, .. } => y.clone(),
+        | PlanOp::Add { y, .. }
+        | PlanOp::Mix { y, .. } => y.clone(),
         PlanOp::Quantize { xs, .. } => xs.clone(),
     };
     y.strip_suffix(".y").unwrap_or(&y).to_string()
@@ -489,6 +541,13 @@ fn decode(o: &OperationRef<'_, '_>, name: &str) -> Result<PlanOp, String> {
             b: sym(o, "b")?,
             y: sym(o, "y")?,
             n: int(o, "n")?,
+        },
+        OpKind::Mix => PlanOp::Mix {
+            x: sym(o, "x")?,
+            matrix: sym(o, "matrix")?,
+            y: sym(o, "y")?,
+            n: int(o, "n")?,
+            block: int(o, "block")?,
         },
         OpKind::Buffer | OpKind::Weight => {
             return Err(format!("`{name}` belongs at module level"));

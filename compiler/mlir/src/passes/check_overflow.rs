@@ -66,7 +66,8 @@ fn run(cx: &mut PassContext<'_, '_>) {
             | OpKind::Attention
             | OpKind::Add
             | OpKind::SwiGlu
-            | OpKind::Quantize => false,
+            | OpKind::Quantize
+            | OpKind::Mix => false,
         });
         if !matmul {
             return WalkResult::Advance;

@@ -492,6 +492,29 @@ impl<'c> Lowering<'c> {
         Ok(symbol.to_owned())
     }
 
+    /// The const buffer of `q35.mix`'s f32 `n x n` matrix `@symbol`
+    /// (declared once) as the machine reads it: `block` steps of
+    /// `ceil(n / lanes)` lane words (docs/lpu-dialect.md, `lpu.mix`).
+    fn mix_buffer(&mut self, symbol: &str, n: u64, block: u64) -> Result<String, String> {
+        let w = self
+            .weights
+            .get(symbol)
+            .ok_or_else(|| format!("`matrix` @{symbol} is not a declared q35.weight"))?;
+        if w.tensor.dims != [Some(n), Some(n)] || w.tensor.element != "f32" {
+            return Err(format!(
+                "`matrix` @{symbol} is {}, not tensor<{n}x{n}xf32>",
+                w.tensor
+            ));
+        }
+        if !self.names.contains(symbol) {
+            let source = w.source.clone();
+            let lanes = self.machine.lanes;
+            let ty = tensor(&[block, n.div_ceil(lanes), lanes], self.f32());
+            self.declare_buffer(symbol, BufferKind::Const, ty, Some(source));
+        }
+        Ok(symbol.to_owned())
+    }
+
     /// The `lpu.weight` of the quantized matrix `@symbol` (declared once)
     /// and its tiling.
     fn weight(&mut self, symbol: &str) -> Result<lpu_ops::Tiling, String> {
@@ -660,6 +683,32 @@ impl<'c> Lowering<'c> {
                     ("eps", AttrValue::F32(eps)),
                 ];
                 self.step(Lpu::RmsNorm, op, values);
+                Ok(())
+            }
+            Q35::Mix => {
+                let n = Self::features(op, 0)?;
+                let x = self.operand_buffer(op, 0)?;
+                let m = symbol_attr(op, "matrix").ok_or("needs a symbol `matrix`")?;
+                let block = int_attr(op, "block")
+                    .and_then(|b| u64::try_from(b).ok())
+                    .filter(|&b| b > 0)
+                    .ok_or("needs a positive integer `block`")?;
+                let lanes = self.machine.lanes;
+                if !n.is_multiple_of(block) || !lanes.is_multiple_of(block) {
+                    return Err(format!(
+                        "blocks of {block} features must divide the {n} features and the {lanes} lanes (the machine mixes each block within one lane word)"
+                    ));
+                }
+                let matrix = self.mix_buffer(&m, n, block)?;
+                let y = self.result_buffer(op, 0, "y", tensor(&[n], f32))?;
+                let values = vec![
+                    ("x", sym(&x)),
+                    ("matrix", sym(&matrix)),
+                    ("y", sym(&y)),
+                    ("n", int(n)),
+                    ("block", int(block)),
+                ];
+                self.step(Lpu::Mix, op, values);
                 Ok(())
             }
             Q35::Quantize => {
@@ -846,11 +895,14 @@ impl<'c> Lowering<'c> {
         let unknown = Location::unknown(context);
         let mut built: Vec<Operation<'c>> = Vec::new();
         // Fixed buffers, then consts, weights and scratch, each in order of
-        // first use.
+        // first use; a rotated model's head mix matrix last, so that it
+        // leaves every other buffer's position, and with it the
+        // placement's alternation of hemispheres, as it is without it.
         let rank = |d: &Decl<'_>| match d {
             Decl::Buffer { kind, source, .. } => match kind {
                 BufferKind::Input | BufferKind::Output | BufferKind::Kv => 0,
                 BufferKind::Const if source.as_deref().is_some_and(|s| s.starts_with("rope.")) => 0,
+                BufferKind::Const if source.as_deref() == Some(q35_frontend::OUTPUT_MIX) => 4,
                 BufferKind::Const => 1,
                 BufferKind::Scratch => 3,
             },

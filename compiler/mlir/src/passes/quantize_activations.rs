@@ -80,7 +80,8 @@ fn quantizes_input(kind: OpKind) -> bool {
         | OpKind::Add
         | OpKind::SwiGlu
         | OpKind::Quantize
-        | OpKind::QMatMul => false,
+        | OpKind::QMatMul
+        | OpKind::Mix => false,
     }
 }
 

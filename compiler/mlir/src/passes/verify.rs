@@ -125,6 +125,7 @@ fn dataflow(kind: OpKind, op: &OperationRef<'_, '_>) -> Result<(), String> {
         | OpKind::Add
         | OpKind::SwiGlu
         | OpKind::LmHead
-        | OpKind::Quantize => Ok(()),
+        | OpKind::Quantize
+        | OpKind::Mix => Ok(()),
     }
 }

@@ -7,6 +7,7 @@ use q35_model::ModelSpec;
 use q35_quant::golden::from_reference;
 use q35_quant::model::{
     Calibration, QuantPipeline, SchemePolicy, model_weights, quantize_model_with,
+    rotate_stream_model,
 };
 use q35_quant::quantize::QuantOptions;
 use q35_reference::Model;
@@ -44,7 +45,7 @@ pub fn tiny_golden(spec: &ModelSpec, positions: usize) -> GoldenModel {
     let layers = pipeline
         .quantize(SchemePolicy::uniform(spec.quant.scheme))
         .unwrap();
-    from_reference(&model, &layers, positions).unwrap()
+    pipeline.golden(&layers, positions).unwrap()
 }
 
 /// SmolLM2's golden model for 8 positions (the model.toml's scheme, importance
@@ -54,17 +55,29 @@ pub fn smollm2_golden(spec: &ModelSpec) -> (GoldenModel, Tokenizer) {
     let model = Model::from_spec(spec, file.as_ref()).unwrap();
     let tokenizer = Tokenizer::from_gguf(file.as_ref().unwrap()).unwrap();
     let calib = tokenizer.encode("The quick brown fox jumps over the lazy dog.", false);
-    let calib = Calibration::run(&model, &calib, 16, 4).unwrap();
+    let methods = q35_host::golden::methods(&spec.quant);
+    // The model.toml's stream rotation rewrites the model before it is
+    // calibrated and quantized, as the pipeline does.
+    let rotated = methods
+        .rotate_stream
+        .map(|kind| rotate_stream_model(&model, kind).unwrap());
+    let model = rotated.as_ref().map_or(&model, |r| &r.model);
+    let calib = Calibration::run(model, &calib, 16, 4).unwrap();
     let layers = quantize_model_with(
-        &model,
-        &model_weights(&model).unwrap(),
+        model,
+        &model_weights(model).unwrap(),
         SchemePolicy::uniform(spec.quant.scheme),
         spec.quant.group_size as usize,
         Some(&calib),
         QuantOptions { threads: 2 },
-        &q35_host::golden::methods(&spec.quant),
+        &methods,
         &q35_quant::progress::silent,
     )
     .unwrap();
-    (from_reference(&model, &layers, 8).unwrap(), tokenizer)
+    let golden = from_reference(model, &layers, 8).unwrap();
+    let golden = match &rotated {
+        Some(r) => golden.with_head_mix(r.head_mix.clone()).unwrap(),
+        None => golden,
+    };
+    (golden, tokenizer)
 }

@@ -106,8 +106,16 @@ pub struct QuantReportArgs {
     /// matrices reading them, the tied embedding/LM head stored rotated, and
     /// the final norm's output mixed on line by a dense hidden x hidden
     /// matrix before the head (a golden-pass variant, docs section 14).
+    /// Without this, --rotate-head or --no-rotate-stream, the model.toml's
+    /// `[quantization] rotation` applies (block-hadamard for
+    /// examples/smollm2-135m.toml).
     #[arg(long, value_name = "KIND")]
     pub rotate_stream: Option<StreamRotation>,
+    /// Do not rotate the residual stream even if the model.toml's
+    /// `[quantization] rotation` asks for it (to measure the model as its
+    /// weights give it).
+    #[arg(long, conflicts_with = "rotate_stream")]
+    pub no_rotate_stream: bool,
     /// Rotate only the tied embedding/LM-head table by an orthogonal matrix
     /// (same kinds): stored rotated, un-rotated on line after the lookup,
     /// the final norm's output mixed on line before the head; the blocks
@@ -235,8 +243,12 @@ fn resolve(args: &QuantReportArgs) -> anyhow::Result<Inputs> {
         None => None,
     };
     let mut methods = parse_methods(args)?;
+    let toml_methods = q35_host::golden::methods(&loaded.quant);
     if args.group.is_none() && args.group_of.is_empty() {
-        methods.group_overrides = q35_host::golden::methods(&loaded.quant).group_overrides;
+        methods.group_overrides = toml_methods.group_overrides;
+    }
+    if args.rotate_stream.is_none() && args.rotate_head.is_none() && !args.no_rotate_stream {
+        methods.rotate_stream = toml_methods.rotate_stream;
     }
     Ok(Inputs {
         loaded,

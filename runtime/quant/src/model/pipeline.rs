@@ -335,7 +335,25 @@ impl<'m> QuantPipeline<'m> {
         layers: &[QuantizedLayer],
         reference: &ReferenceLogits,
     ) -> Result<EvalReport, ModelQuantError> {
-        let golden = crate::golden::from_reference(self.model(), layers, reference.ctx())?
+        reference.compare_golden(&self.golden(layers, reference.ctx())?)
+    }
+
+    /// The head's on-line mix (`M`, row-major `hidden x hidden`), with
+    /// [`Methods::rotate_stream`] or [`Methods::rotate_head`].
+    pub fn head_mix(&self) -> Option<&Arc<[f32]>> {
+        self.head_mix.as_ref()
+    }
+
+    /// The golden model of the quantized `layers` holding `positions`
+    /// positions: built from [`QuantPipeline::model`] (the rewritten one,
+    /// when a method rewrites it) with every golden-pass variant the
+    /// methods ask for. [`QuantPipeline::evaluate`] scores this model.
+    pub fn golden(
+        &self,
+        layers: &[QuantizedLayer],
+        positions: usize,
+    ) -> Result<q35_contract::GoldenModel, ModelQuantError> {
+        let golden = crate::golden::from_reference(self.model(), layers, positions)?
             .with_activation_scales(self.methods.act_scales)?;
         let golden = match &self.rotation {
             Some((signs, group)) => golden.with_down_rotation(signs.clone(), *group)?,
@@ -352,7 +370,7 @@ impl<'m> QuantPipeline<'m> {
             Some(mix) if head_quantized => golden.with_embedding_mix(mix.clone())?,
             Some(_) | None => golden,
         };
-        reference.compare_golden(&golden)
+        Ok(golden)
     }
 }
 
