@@ -546,7 +546,7 @@ fn cut(
         }
     };
     let plan = if fine {
-        split_rows(whole, w, max_weight_bytes.unwrap_or(mem_bytes / 16))?
+        split_rows(whole, w, max_weight_bytes.unwrap_or(mem_bytes / 32))?
     } else {
         split_rows(whole, w, u64::MAX)?
     };
@@ -724,7 +724,7 @@ fn block_loads(
 }
 
 /// The finer split: `chips` contiguous op ranges minimising the largest
-/// chip's weight and KV bytes, cut only where no KV cache or output is in
+/// chip's weight bytes plus twice its KV bytes (its fuller hemisphere's), cut only where no KV cache or output is in
 /// use (its first to its last op stay on one chip) and not between an RMSNorm and
 /// the quantize of its output (one fused kernel). Ties go to the earliest
 /// cut.
@@ -780,23 +780,30 @@ fn by_ops(
     }
     let mut prefix = vec![0u64; n + 1];
     for i in 0..n {
-        prefix[i + 1] = prefix[i] + weights[i] + kv[i];
+        // A block's caches sit in one hemisphere, a weight's image half in
+        // each: what binds is the fuller hemisphere, so the caches count
+        // twice.
+        prefix[i + 1] = prefix[i] + weights[i] + 2 * kv[i];
     }
     let sum = |a: usize, b: usize| prefix[pos[b]] - prefix[pos[a]];
     // best[k][j]: the smallest largest load of `k + 1` chips over pieces
     // `0 .. j`; from[k][j]: where the last of them starts.
     let mut best = vec![vec![u64::MAX; m + 1]; chips];
     let mut from = vec![vec![0usize; m + 1]; chips];
-    for j in 1..=m {
-        best[0][j] = sum(0, j);
+    for (j, b) in best[0].iter_mut().enumerate().skip(1) {
+        *b = sum(0, j);
     }
     for k in 1..chips {
+        let (done, rest) = best.split_at_mut(k);
+        let (prev_row, row) = (&done[k - 1], &mut rest[0]);
         for j in k + 1..=m {
             let (mut b, mut f) = (u64::MAX, 0);
-            for i in k..j {
-                let prev = best[k - 1][i];
-                if prev == u64::MAX || prev >= b {
-                    continue;
+            // `prev_row` grows with `i` and the last chip's load shrinks:
+            // past the first `i` whose `prev_row` reaches the best so far
+            // nothing is better (and ties keep the earliest cut).
+            for (i, &prev) in prev_row.iter().enumerate().take(j).skip(k) {
+                if prev >= b {
+                    break;
                 }
                 let l = prev.max(sum(i, j));
                 if l < b {
@@ -804,7 +811,7 @@ fn by_ops(
                     f = i;
                 }
             }
-            best[k][j] = b;
+            row[j] = b;
             from[k][j] = f;
         }
     }
@@ -1009,7 +1016,7 @@ pub fn compile_system_with(
         s.plan = stage_plan(plan, &s, &w)?;
         let links = Links {
             chip: k,
-            topology: topology.clone(),
+            topology,
             arrivals,
             forwards: ahead.remove(&k).unwrap_or_default(),
         };

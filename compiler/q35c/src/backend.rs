@@ -541,8 +541,9 @@ pub fn summary(
 /// A timing-only system (`[weights] source = "none"`, docs/backend.md 8):
 /// the chips' encoded images and what the summary reports of them.
 pub struct TimingOnly {
-    /// The system file's bytes.
-    pub bytes: Vec<u8>,
+    /// The system file (written with `SystemBuilder::write_to`, which
+    /// streams the chips' images: a 70B system is gigabytes).
+    pub system: q35_lpubin::SystemBuilder,
     /// The compiled context.
     pub ctx: u32,
     /// Per chip: its stage (without its plan), predicted cycles, MEM bytes
@@ -753,7 +754,7 @@ pub fn compile_timing_only(
     drop(bar);
     timings.finish();
     Ok(TimingOnly {
-        bytes: sys.to_bytes().context("cannot build the system file")?,
+        system: sys,
         ctx,
         chips: info,
         bound,

@@ -316,7 +316,12 @@ fn compile_timing_only(
         &timings,
     )?;
     timings.mark("writing the output");
-    write_output(&args.output, &t.bytes)?;
+    t.system
+        .write_to(&args.output)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let bytes = fs::metadata(&args.output)
+        .with_context(|| format!("cannot read {}", args.output.display()))?
+        .len();
     timings.finish();
     if args.timings {
         eprint!("{}", timings.table());
@@ -328,7 +333,7 @@ fn compile_timing_only(
         let mut v = serde_json::json!({
             "model": spec.name,
             "output": args.output.display().to_string(),
-            "bytes": t.bytes.len(),
+            "bytes": bytes,
             "target": spec.target.name,
             "context": t.ctx,
             "timing_only": true,
@@ -378,7 +383,7 @@ fn compile_timing_only(
             "{}: {} ({} bytes): timing only (no weights), {chips} chip{}, context {}, {cycles} cycles per decoded token predicted ({tokens_per_second:.0} tokens/s at {} MHz; the last chip's end); {}; compiled in {:.1?}",
             args.model.display(),
             args.output.display(),
-            t.bytes.len(),
+            bytes,
             if chips == 1 { "" } else { "s" },
             t.ctx,
             spec.target.clock_mhz,

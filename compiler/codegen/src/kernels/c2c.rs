@@ -78,6 +78,10 @@ pub fn send(
 /// link); every `recv` must take its vector before the link's end holds
 /// more than `buffer` vectors ([`check_arrivals`]). Returns each `recv`'s
 /// issue cycle.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the transfer, its arrivals and the link's limits, each named at the one call"
+)]
 pub fn recv(
     p: &mut ProgramBuilder,
     label: &str,
