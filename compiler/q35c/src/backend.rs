@@ -596,13 +596,23 @@ pub fn compile_timing_only(
         .map_err(|e| anyhow::anyhow!("cannot compile {shown} for the LPU: {e}"))?;
     let chip = target.mem_bytes();
     if need.total() > u64::from(chips) * chip {
+        let (on, have) = if chips == 1 {
+            (
+                "one chip".to_string(),
+                format!("one {} chip has", target.name),
+            )
+        } else {
+            (
+                format!("{chips} chips"),
+                format!("{chips} {} chips have", target.name),
+            )
+        };
         anyhow::bail!(
-            "{shown}: the model does not fit on {chips} chips: it needs at least {} bytes of MEM ({} bytes of weights, {} bytes of KV cache, {} bytes of other buffers); {chips} {} chips have {} bytes, so by MEM alone it needs at least {} chips",
+            "{shown}: the model does not fit on {on}: it needs at least {} bytes of MEM ({} bytes of weights, {} bytes of KV cache, {} bytes of other buffers); {have} {} bytes, so by MEM alone it needs at least {} chips",
             need.total(),
             need.weight_bytes,
             need.kv_bytes,
             need.other_bytes,
-            target.name,
             u64::from(chips) * chip,
             need.total().div_ceil(chip)
         );
