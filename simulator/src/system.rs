@@ -693,7 +693,15 @@ fn timing(
     let mut walks: Vec<Option<crate::timeline::Timeline>> = vec![None; chips.len()];
     for (loaded, users) in &distinct {
         match schedule::walk(loaded, config) {
-            Ok(t) => {
+            Ok(mut t) => {
+                // Only the links' issues are read past here: the rest of a
+                // walk (every instruction's) would hold gigabytes for a
+                // system of hundreds of large programs.
+                t.issues.retain(|i| {
+                    QueueId::from_index(i.queue)
+                        .is_some_and(|q| matches!(q.kind(), QueueKind::C2c(_)))
+                });
+                t.issues.shrink_to_fit();
                 for &u in users {
                     walks[u as usize] = Some(t.clone());
                 }

@@ -94,6 +94,7 @@ fn write_binary(dir: &Path, with_meta: bool) -> std::path::PathBuf {
             weights_hash: None,
             prefill: None,
             system: None,
+            timing_only: false,
         };
         b.metadata(meta.to_json());
         let mut data = vec![0f32; 320 * 320];

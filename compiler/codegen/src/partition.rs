@@ -1,43 +1,138 @@
 //! The pipeline split of a decode step over the chips of a system
-//! (docs/backend.md 8): contiguous blocks per chip, balanced by weight
-//! bytes, each chip's part a [`Plan`] of its own joined to its neighbours
-//! by [`PlanOp::Send`] and [`PlanOp::Recv`] of the residual stream, and
-//! [`compile_system`], which compiles the stages in chip order so that
-//! every `recv` is scheduled after its vector arrives.
+//! (docs/backend.md 8): each chip runs a contiguous run of the plan's ops,
+//! balanced by weight bytes, as a [`Plan`] of its own joined to its
+//! neighbours by [`PlanOp::Send`] and [`PlanOp::Recv`] of the values live
+//! across the cut, and [`compile_system`], which compiles the stages in
+//! chip order so that every `recv` is scheduled after its vector arrives
+//! (and every intermediate chip of a route between nodes forwards it on
+//! the cycle it arrives).
+//!
+//! Two ways to cut ([`Split`]): by whole blocks (the residual stream is
+//! the one value crossing a cut), or between any two ops (a chip may hold
+//! part of a block: the values live across the cut cross it, and a chip
+//! holding none of a value's ops receives and re-sends it). The finer
+//! split runs the same ops on the same values in the same order, so it is
+//! bit for bit the one-chip step; it is what [`Split::Auto`] takes when a
+//! block split does not fit the chips' MEM or there are more chips than
+//! blocks. A block's KV caches and the logits stay on one chip (no cut between their
+//! first and last use).
 //!
 //! Which op belongs to which block is read from the names the plan uses:
 //! an op of block `b` names a weight, buffer or label `blk.<b>.…` or the
 //! caches `kcache_<b>`/`vcache_<b>`; ops naming no block between two
 //! blocks go with the earlier one; the ops after the last block (the final
-//! norm and the LM head) go to the last chip.
+//! norm and the LM head) are the head's.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use q35_target::Target;
 
 use crate::machine::Cycle;
-use crate::plan::{BufferKind, CodegenError, Compiled, Links, Plan, PlanOp, compile_stage};
+use q35_contract::QuantizedMatrix;
+
+use crate::plan::{BufferKind, CodegenError, Compiled, Links, Plan, PlanOp, compile_stage_with};
 
 /// One chip's part of a split plan.
 #[derive(Clone, Debug)]
 pub struct Stage {
     /// The chip it runs on (stage `k` on chip `k`).
     pub chip: u32,
-    /// The blocks it holds.
+    /// The blocks it holds ops of.
     pub blocks: Range<u32>,
-    /// Whether it holds the final norm and the LM head (the last chip).
+    /// The blocks of `blocks` it holds only part of (a finer split).
+    pub part: Vec<u32>,
+    /// Whether it holds the final norm and the LM head.
     pub head: bool,
+    /// Its ops: indices into the unsplit plan's ops.
+    pub ops: Range<usize>,
     /// Bytes of its weights (3.5-bit codes, scales and slot masks).
     pub weight_bytes: u64,
-    /// The residual stream it receives (from chip `chip - 1`), if any:
-    /// buffer and elements.
-    pub receives: Option<(String, u32)>,
-    /// The residual stream it sends (to chip `chip + 1`), if any.
-    pub sends: Option<(String, u32)>,
-    /// Its plan: the stage's ops between a [`PlanOp::Recv`] and a
-    /// [`PlanOp::Send`], and only the buffers and weights they use.
+    /// Bytes of its KV caches.
+    pub kv_bytes: u64,
+    /// The values it receives (from chip `chip - 1`), in order: buffer and
+    /// elements.
+    pub receives: Vec<(String, u32)>,
+    /// The values it sends (to chip `chip + 1`), in order.
+    pub sends: Vec<(String, u32)>,
+    /// Its plan: the stage's ops between its [`PlanOp::Recv`]s and its
+    /// [`PlanOp::Send`]s, and only the buffers and weights they use.
     pub plan: Plan,
+}
+
+impl Stage {
+    /// `blocks 2..4`, `blocks 3..5 (part of 3)`, `block 3 (part)` and
+    /// `+ head`, as the compiler's summary shows a chip.
+    pub fn describe(&self) -> String {
+        let (a, b) = (self.blocks.start, self.blocks.end);
+        let mut s = match b - a {
+            0 => String::new(),
+            1 if self.part.contains(&a) => format!("block {a} (part)"),
+            1 => format!("block {a}"),
+            _ if self.part.is_empty() => format!("blocks {a}..{b}"),
+            _ => format!(
+                "blocks {a}..{b} (part of {})",
+                self.part
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        };
+        if self.head {
+            s.push_str(if s.is_empty() { "head" } else { " + head" });
+        }
+        s
+    }
+}
+
+/// How [`partition`] cuts the plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Split {
+    /// Whole blocks when that fits (every chip's weights and KV caches
+    /// within its MEM, at least one block a chip), else between ops.
+    #[default]
+    Auto,
+    /// Whole blocks, at least one a chip.
+    Blocks,
+    /// Between any two ops (a chip may hold part of a block).
+    Ops,
+}
+
+/// A weight's shape, for placeholder weights ([`SystemOptions::placeholders`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WeightShape {
+    /// Rows (outputs).
+    pub rows: usize,
+    /// Columns (inputs).
+    pub cols: usize,
+    /// Group size.
+    pub group: usize,
+    /// Scheme.
+    pub scheme: q35_contract::QuantScheme,
+}
+
+/// Options of [`compile_system_with`].
+#[derive(Clone, Debug, Default)]
+pub struct SystemOptions {
+    /// How to cut.
+    pub split: Split,
+    /// Weights the plan does not hold, by name: placeholders of these
+    /// shapes ([`crate::plan::placeholder_matrix`]) are made for each stage
+    /// as it is compiled and dropped after (a timing-only compile of a
+    /// model far larger than the host's memory).
+    pub placeholders: BTreeMap<String, WeightShape>,
+    /// No weight images in the programs' MEM contents (timing only,
+    /// [`crate::program::ProgramBuilder::set_weight_images`]).
+    pub timing_only: bool,
+    /// With the finer split, weights larger than this are cut by output
+    /// rows into pieces of at most this many bytes (whole 320-row tiles),
+    /// which may go to different chips (default: an eighth of a chip's
+    /// MEM; one plane's share of a weight's image takes 7 MEM slices of
+    /// its hemisphere, so large pieces leave slices part empty, and past
+    /// about a quarter of MEM one piece outgrows the slices).
+    pub max_weight_bytes: Option<u64>,
 }
 
 fn err(op: &str, message: impl Into<String>) -> CodegenError {
@@ -97,13 +192,6 @@ fn reads_writes(op: &PlanOp) -> (Vec<&str>, Vec<&str>) {
     }
 }
 
-/// Bytes of weight `name` in `plan` (0 if unknown).
-fn weight_bytes(plan: &Plan, name: &str) -> u64 {
-    plan.weights
-        .get(name)
-        .map_or(0, |m| m.storage_bits().div_ceil(8))
-}
-
 /// The cuts that minimise the largest chip's weight bytes: `chips`
 /// contiguous ranges of `bytes` (one entry per block, each range at least
 /// one block), the last chip's load counting `head` too. Ties go to the
@@ -148,14 +236,172 @@ pub fn balance(bytes: &[u64], head: u64, chips: usize) -> Vec<Range<usize>> {
     ranges
 }
 
-/// Splits `plan` (a one-token decode step) into `chips` pipeline stages
-/// (see the module doc). One chip gives the plan back as one stage.
-pub fn partition(plan: &Plan, chips: u32) -> Result<Vec<Stage>, CodegenError> {
-    if chips == 0 {
-        return Err(err("partition", "a system needs at least one chip"));
+/// Where a split's weights come from: the plan's own, else placeholders of
+/// the shapes [`SystemOptions::placeholders`] gives (one made per shape and
+/// cloned into each stage that needs it); a piece of a matmul split by
+/// rows is its rows of either.
+struct Weights<'a> {
+    matrices: &'a BTreeMap<String, QuantizedMatrix>,
+    shapes: &'a BTreeMap<String, WeightShape>,
+    /// Pieces: name -> (the whole weight, its rows).
+    pieces: BTreeMap<String, (String, Range<usize>)>,
+    made: RefCell<Vec<(WeightShape, QuantizedMatrix)>>,
+}
+
+impl<'a> Weights<'a> {
+    fn new(
+        matrices: &'a BTreeMap<String, QuantizedMatrix>,
+        shapes: &'a BTreeMap<String, WeightShape>,
+    ) -> Self {
+        Weights {
+            matrices,
+            shapes,
+            pieces: BTreeMap::new(),
+            made: RefCell::new(Vec::new()),
+        }
     }
-    // Every op's block; ops after the last block are the head's.
-    let mut op_block: Vec<Option<u32>> = Vec::with_capacity(plan.ops.len());
+
+    /// The shape of weight `name` (a piece's, its rows of the whole), if a
+    /// placeholder.
+    fn shape(&self, name: &str) -> Option<WeightShape> {
+        match self.pieces.get(name) {
+            Some((whole, rows)) => self.shapes.get(whole).map(|s| WeightShape {
+                rows: rows.len(),
+                ..*s
+            }),
+            None => self.shapes.get(name).copied(),
+        }
+    }
+
+    /// `f` of the placeholder of weight `name` (made once per shape), if
+    /// it has one.
+    fn with_placeholder<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&QuantizedMatrix) -> T,
+    ) -> Result<Option<T>, CodegenError> {
+        let Some(s) = self.shape(name) else {
+            return Ok(None);
+        };
+        if let Some((_, m)) = self.made.borrow().iter().find(|(k, _)| *k == s) {
+            return Ok(Some(f(m)));
+        }
+        let m = crate::plan::placeholder_matrix(s.scheme, s.rows, s.cols, s.group)
+            .map_err(|e| err(name, e))?;
+        let out = f(&m);
+        self.made.borrow_mut().push((s, m));
+        Ok(Some(out))
+    }
+
+    /// Rows of weight `name`.
+    fn rows(&self, name: &str) -> Option<usize> {
+        if let Some((_, r)) = self.pieces.get(name) {
+            return Some(r.len());
+        }
+        self.matrices
+            .get(name)
+            .map(QuantizedMatrix::rows)
+            .or_else(|| self.shapes.get(name).map(|s| s.rows))
+    }
+
+    /// Bytes of weight `name` (0 if unknown).
+    fn bytes(&self, name: &str) -> Result<u64, CodegenError> {
+        if self.pieces.contains_key(name) || self.matrices.contains_key(name) {
+            if let Some(whole) = self.pieces.get(name).map(|p| &p.0)
+                && !self.matrices.contains_key(whole)
+            {
+                return Ok(self
+                    .with_placeholder(name, |m| m.storage_bits().div_ceil(8))?
+                    .unwrap_or(0));
+            }
+            return Ok(self.matrix(name)?.storage_bits().div_ceil(8));
+        }
+        Ok(self
+            .with_placeholder(name, |m| m.storage_bits().div_ceil(8))?
+            .unwrap_or(0))
+    }
+
+    fn matrix(&self, name: &str) -> Result<QuantizedMatrix, CodegenError> {
+        if let Some((whole, rows)) = self.pieces.get(name)
+            && let Some(m) = self.matrices.get(whole)
+        {
+            return m
+                .row_range(rows.clone())
+                .map_err(|e| err(name, e.to_string()));
+        }
+        if let Some(m) = self.matrices.get(name) {
+            return Ok(m.clone());
+        }
+        self.with_placeholder(name, QuantizedMatrix::clone)?
+            .ok_or_else(|| err(name, "unknown weight"))
+    }
+}
+
+/// `plan` with every matmul whose weight has more than `max` bytes cut by
+/// output rows into pieces of at most that (whole 320-row tiles each, the
+/// last piece the rest): piece `{w}.rows{r}` writes rows `r ..` of the
+/// same output (`PlanOp::MatMul::row0`). The pieces go into `w`; the plan
+/// returned holds no weights (`w` gives them).
+fn split_rows(plan: &Plan, w: &mut Weights<'_>, max: u64) -> Result<Plan, CodegenError> {
+    let lanes = crate::program::LANES as usize;
+    let mut ops = Vec::with_capacity(plan.ops.len());
+    for (label, op) in &plan.ops {
+        if let PlanOp::MatMul {
+            xs,
+            scale,
+            weight,
+            y,
+            row0: 0,
+        } = op
+        {
+            let bytes = w.bytes(weight)?;
+            let rows = w.rows(weight).unwrap_or(0);
+            let tiles = rows.div_ceil(lanes);
+            if bytes > max && tiles > 1 {
+                let pieces = (bytes.div_ceil(max.max(1)) as usize).min(tiles);
+                let per = tiles.div_ceil(pieces) * lanes;
+                let mut a = 0;
+                while a < rows {
+                    let b = (a + per).min(rows);
+                    let name = format!("{weight}.rows{a}");
+                    w.pieces.insert(name.clone(), (weight.clone(), a..b));
+                    ops.push((
+                        format!("{label}.rows{a}"),
+                        PlanOp::MatMul {
+                            xs: xs.clone(),
+                            scale: scale.clone(),
+                            weight: name,
+                            y: y.clone(),
+                            row0: a as u32,
+                        },
+                    ));
+                    a = b;
+                }
+                continue;
+            }
+        }
+        ops.push((label.clone(), op.clone()));
+    }
+    Ok(Plan {
+        ctx: plan.ctx,
+        buffers: plan.buffers.clone(),
+        weights: BTreeMap::new(),
+        ops,
+    })
+}
+
+/// The plan's ops by block, and where the head starts.
+struct Blocks {
+    /// Every op's block (ops after the last block: the last block's).
+    of_op: Vec<u32>,
+    /// Blocks.
+    count: u32,
+    /// The first op of the head (the ops after the last block's).
+    head_start: usize,
+}
+
+fn blocks_of(plan: &Plan) -> Result<Blocks, CodegenError> {
+    let mut of_op: Vec<u32> = Vec::with_capacity(plan.ops.len());
     let mut current: Option<u32> = None;
     let mut last_tagged = None;
     for (i, (label, op)) in plan.ops.iter().enumerate() {
@@ -175,178 +421,459 @@ pub fn partition(plan: &Plan, chips: u32) -> Result<Vec<Stage>, CodegenError> {
                 }
                 current = Some(b);
                 last_tagged = Some(i);
-                op_block.push(Some(b));
+                of_op.push(b);
             }
             None => match current {
-                Some(b) => op_block.push(Some(b)),
+                Some(b) => of_op.push(b),
                 None => {
                     return Err(err(label, "comes before the first block"));
                 }
             },
         }
     }
-    let blocks = current.map_or(0, |c| c + 1);
-    let head_start = last_tagged.map_or(0, |i| i + 1);
-    if chips > blocks {
-        return Err(err(
-            "partition",
-            format!("{chips} chips for {blocks} blocks: a pipeline stage holds at least one block"),
-        ));
+    Ok(Blocks {
+        of_op,
+        count: current.map_or(0, |c| c + 1),
+        head_start: last_tagged.map_or(0, |i| i + 1),
+    })
+}
+
+/// Splits `plan` (a one-token decode step) into `chips` pipeline stages by
+/// whole blocks (see the module doc; [`partition_with`] for the finer
+/// split). One chip gives the plan back as one stage.
+pub fn partition(plan: &Plan, chips: u32) -> Result<Vec<Stage>, CodegenError> {
+    partition_with(plan, chips, Split::Blocks, u64::MAX)
+}
+
+/// [`partition`] cut as `split` says; [`Split::Auto`] cuts between ops
+/// when a block split would put more than `mem_bytes` of weights and KV
+/// caches on a chip.
+pub fn partition_with(
+    plan: &Plan,
+    chips: u32,
+    split: Split,
+    mem_bytes: u64,
+) -> Result<Vec<Stage>, CodegenError> {
+    let shapes = BTreeMap::new();
+    let mut w = Weights::new(&plan.weights, &shapes);
+    let (split_plan, mut stages) = cut(plan, chips, split, mem_bytes, None, &mut w)?;
+    for s in &mut stages {
+        s.plan = stage_plan(&split_plan, s, &w)?;
     }
-    // Weight bytes per block and of the head.
-    let mut block_bytes = vec![0u64; blocks as usize];
-    let mut head_bytes = 0u64;
-    for (i, (_, op)) in plan.ops.iter().enumerate() {
-        if let PlanOp::MatMul { weight, .. } = op {
-            let b = weight_bytes(plan, weight);
-            match (i >= head_start, op_block[i]) {
-                (false, Some(k)) => block_bytes[k as usize] += b,
-                _ => head_bytes += b,
+    Ok(stages)
+}
+
+/// The buffers `op` reads and writes, every op's (a piece of a matmul
+/// split by rows after the first reads its output too: it writes only
+/// its rows of it).
+fn accesses(plan: &Plan) -> Vec<(Vec<&str>, Vec<&str>)> {
+    plan.ops
+        .iter()
+        .map(|(_, op)| {
+            let (mut r, w) = reads_writes(op);
+            if let PlanOp::MatMul { y, row0, .. } = op
+                && *row0 > 0
+            {
+                r.push(y.as_str());
             }
+            (r, w)
+        })
+        .collect()
+}
+
+/// The scratch values live across a cut before op `c`: written by an op
+/// before it and read by one after it before any op after it writes them;
+/// in the plan's buffer order, with their elements.
+fn live_at(
+    plan: &Plan,
+    acc: &[(Vec<&str>, Vec<&str>)],
+    c: usize,
+) -> Result<Vec<(String, u32)>, CodegenError> {
+    let mut live = Vec::new();
+    for b in plan
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Scratch)
+    {
+        let name = b.name.as_str();
+        if !acc[..c].iter().any(|(_, w)| w.contains(&name)) {
+            continue;
+        }
+        let next = acc[c..]
+            .iter()
+            .find(|(r, w)| r.contains(&name) || w.contains(&name));
+        if next.is_some_and(|(r, _)| r.contains(&name)) {
+            let n = u32::try_from(b.elements())
+                .map_err(|_| err("partition", format!("`{name}` is too large to send")))?;
+            live.push((b.name.clone(), n));
         }
     }
-    let ranges = balance(&block_bytes, head_bytes, chips as usize);
+    Ok(live)
+}
+
+/// The stages' op ranges and what crosses each cut (plans left empty).
+fn cut(
+    whole: &Plan,
+    chips: u32,
+    split: Split,
+    mem_bytes: u64,
+    max_weight_bytes: Option<u64>,
+    w: &mut Weights<'_>,
+) -> Result<(Plan, Vec<Stage>), CodegenError> {
+    if chips == 0 {
+        return Err(err("partition", "a system needs at least one chip"));
+    }
+    let bl = blocks_of(whole)?;
+    // The block split when it fits; else the finer split, with every
+    // weight larger than an eighth of a chip's MEM cut by rows (one plane's
+    // share of such a weight would not fit its MEM slices).
+    let fine = match split {
+        Split::Blocks => false,
+        Split::Ops => true,
+        Split::Auto => {
+            chips > bl.count || {
+                let loads = block_loads(whole, &bl, w)?;
+                let (blocks, head) = (&loads.0, loads.1);
+                let r = balance(&loads.2, head.0, chips as usize);
+                r.iter().enumerate().any(|(k, r)| {
+                    let extra = if k + 1 == chips as usize {
+                        head.0 + head.1
+                    } else {
+                        0
+                    };
+                    blocks[r.clone()].iter().sum::<u64>() + extra > mem_bytes
+                })
+            }
+        }
+    };
+    let plan = if fine {
+        split_rows(whole, w, max_weight_bytes.unwrap_or(mem_bytes / 32))?
+    } else {
+        split_rows(whole, w, u64::MAX)?
+    };
+    let plan = &plan;
+    let bl = blocks_of(plan)?;
+    let w = &*w;
+    let n = plan.ops.len();
+    let kinds: BTreeMap<&str, &crate::plan::BufferDecl> =
+        plan.buffers.iter().map(|b| (b.name.as_str(), b)).collect();
+    // Every op's weight and KV bytes (a block's caches count at its
+    // KV write).
+    let mut weights = vec![0u64; n];
+    let mut kv = vec![0u64; n];
+    for (i, (_, op)) in plan.ops.iter().enumerate() {
+        match op {
+            PlanOp::MatMul { weight, .. } => weights[i] = w.bytes(weight)?,
+            PlanOp::KvWrite { kcache, vcache, .. } => {
+                kv[i] = [kcache, vcache]
+                    .iter()
+                    .filter_map(|c| kinds.get(c.as_str()))
+                    .map(|b| b.elements() * u64::from(b.dtype.bytes()))
+                    .sum();
+            }
+            _ => {}
+        }
+    }
+    // The first op of each block.
+    let mut block_start = vec![n; bl.count as usize + 1];
+    for (i, &b) in bl.of_op.iter().enumerate().take(bl.head_start).rev() {
+        block_start[b as usize] = i;
+    }
+    block_start[0] = 0;
+    let by_blocks = |ranges: &[Range<usize>]| -> Vec<Range<usize>> {
+        ranges
+            .iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let end = if k + 1 == ranges.len() {
+                    n
+                } else {
+                    block_start[r.end]
+                };
+                block_start[r.start]..end
+            })
+            .collect()
+    };
+    let op_ranges: Vec<Range<usize>> = if fine {
+        by_ops(&weights, &kv, plan, chips)?
+    } else {
+        if chips > bl.count {
+            return Err(err(
+                "partition",
+                format!(
+                    "{chips} chips for {} blocks: a pipeline stage of the block split holds at least one block",
+                    bl.count
+                ),
+            ));
+        }
+        let mut block_bytes = vec![0u64; bl.count as usize];
+        let mut head_bytes = 0u64;
+        for i in 0..n {
+            if i >= bl.head_start {
+                head_bytes += weights[i];
+            } else {
+                block_bytes[bl.of_op[i] as usize] += weights[i];
+            }
+        }
+        by_blocks(&balance(&block_bytes, head_bytes, chips as usize))
+    };
+    let acc = accesses(plan);
+    // Scratch read before anything writes it.
+    let mut written: BTreeSet<&str> = BTreeSet::new();
+    for (i, (r, wr)) in acc.iter().enumerate() {
+        for b in r {
+            if kinds.get(b).is_some_and(|d| d.kind == BufferKind::Scratch) && !written.contains(b) {
+                return Err(err(
+                    &plan.ops[i].0,
+                    format!("reads `{b}` before anything writes it"),
+                ));
+            }
+        }
+        written.extend(wr.iter().copied());
+    }
+    let mut stages: Vec<Stage> = Vec::with_capacity(op_ranges.len());
+    for (k, r) in op_ranges.iter().enumerate() {
+        let head = r.end > bl.head_start;
+        let body = r.start..r.end.min(bl.head_start);
+        let blocks = if body.is_empty() {
+            bl.count..bl.count
+        } else {
+            bl.of_op[body.start]..bl.of_op[body.end - 1] + 1
+        };
+        let mut part = Vec::new();
+        if !body.is_empty() {
+            if r.start > 0 && bl.of_op[r.start - 1] == blocks.start {
+                part.push(blocks.start);
+            }
+            let last = blocks.end - 1;
+            if r.end < bl.head_start && bl.of_op[r.end] == last && !part.contains(&last) {
+                part.push(last);
+            }
+        }
+        let receives = if r.start == 0 {
+            Vec::new()
+        } else {
+            live_at(plan, &acc, r.start)?
+        };
+        let sends = if r.end == n {
+            Vec::new()
+        } else {
+            live_at(plan, &acc, r.end)?
+        };
+        if k > 0 && receives.is_empty() {
+            return Err(err(
+                "partition",
+                format!("chip {k} receives nothing from the chip before it"),
+            ));
+        }
+        stages.push(Stage {
+            chip: k as u32,
+            blocks,
+            part,
+            head,
+            ops: r.clone(),
+            weight_bytes: weights[r.clone()].iter().sum(),
+            kv_bytes: kv[r.clone()].iter().sum(),
+            receives,
+            sends,
+            plan: Plan {
+                ctx: plan.ctx,
+                buffers: Vec::new(),
+                weights: BTreeMap::new(),
+                ops: Vec::new(),
+            },
+        });
+    }
+    Ok((plan.clone(), stages))
+}
+
+/// Per block its weight and KV bytes, the head's (weights, KV), and per
+/// block its weight bytes alone (what the block split balances).
+#[expect(clippy::type_complexity, reason = "three tallies of one walk")]
+fn block_loads(
+    plan: &Plan,
+    bl: &Blocks,
+    w: &Weights<'_>,
+) -> Result<(Vec<u64>, (u64, u64), Vec<u64>), CodegenError> {
+    let kinds: BTreeMap<&str, &crate::plan::BufferDecl> =
+        plan.buffers.iter().map(|b| (b.name.as_str(), b)).collect();
+    let mut all = vec![0u64; bl.count as usize];
+    let mut weights = vec![0u64; bl.count as usize];
+    let mut head = (0u64, 0u64);
+    for (i, (_, op)) in plan.ops.iter().enumerate() {
+        let (wb, kv) = match op {
+            PlanOp::MatMul { weight, .. } => (w.bytes(weight)?, 0),
+            PlanOp::KvWrite { kcache, vcache, .. } => (
+                0,
+                [kcache, vcache]
+                    .iter()
+                    .filter_map(|c| kinds.get(c.as_str()))
+                    .map(|b| b.elements() * u64::from(b.dtype.bytes()))
+                    .sum(),
+            ),
+            _ => (0, 0),
+        };
+        if i >= bl.head_start {
+            head.0 += wb;
+            head.1 += kv;
+        } else {
+            all[bl.of_op[i] as usize] += wb + kv;
+            weights[bl.of_op[i] as usize] += wb;
+        }
+    }
+    Ok((all, head, weights))
+}
+
+/// The finer split: `chips` contiguous op ranges minimising the largest
+/// chip's weight bytes plus twice its KV bytes (its fuller hemisphere's), cut only where no KV cache or output is in
+/// use (its first to its last op stay on one chip) and not between an RMSNorm and
+/// the quantize of its output (one fused kernel). Ties go to the earliest
+/// cut.
+fn by_ops(
+    weights: &[u64],
+    kv: &[u64],
+    plan: &Plan,
+    chips: u32,
+) -> Result<Vec<Range<usize>>, CodegenError> {
+    let n = plan.ops.len();
+    let mut allowed = vec![true; n + 1];
+    let mut span: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let kinds: BTreeMap<&str, BufferKind> = plan
         .buffers
         .iter()
         .map(|b| (b.name.as_str(), b.kind))
         .collect();
-    let mut stages: Vec<Stage> = Vec::with_capacity(chips as usize);
-    for (k, r) in ranges.iter().enumerate() {
-        let head = k + 1 == chips as usize;
-        let (lo, hi) = (r.start as u32, r.end as u32);
-        let ops: Vec<(String, PlanOp)> = plan
-            .ops
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| {
-                if i >= head_start {
-                    head
-                } else {
-                    op_block[i].is_some_and(|b| (lo..hi).contains(&b))
+    for (i, (_, op)) in plan.ops.iter().enumerate() {
+        for b in op.buffers() {
+            // A KV cache, and an output the host reads (the logits, which
+            // the pieces of a split LM head write in parts), stay on one
+            // chip.
+            if matches!(kinds.get(b), Some(BufferKind::Kv | BufferKind::Output)) {
+                let e = span.entry(b).or_insert((i, i));
+                e.1 = i;
+            }
+        }
+        if let (PlanOp::RmsNorm { y, .. }, Some((_, PlanOp::Quantize { x, .. }))) =
+            (op, plan.ops.get(i + 1))
+            && x == y
+        {
+            allowed[i + 1] = false;
+        }
+    }
+    for (a, b) in span.values() {
+        for c in allowed.iter_mut().take(b + 1).skip(a + 1) {
+            *c = false;
+        }
+    }
+    // Cut positions (0 and n always).
+    let pos: Vec<usize> = (0..=n)
+        .filter(|&c| c == 0 || c == n || allowed[c])
+        .collect();
+    let m = pos.len() - 1;
+    let chips = chips as usize;
+    if chips > m {
+        return Err(err(
+            "partition",
+            format!(
+                "{chips} chips for a step that can be cut into at most {m} pieces (between ops, a block's KV caches on one chip)"
+            ),
+        ));
+    }
+    let mut prefix = vec![0u64; n + 1];
+    for i in 0..n {
+        // A block's caches sit in one hemisphere, a weight's image half in
+        // each: what binds is the fuller hemisphere, so the caches count
+        // twice.
+        prefix[i + 1] = prefix[i] + weights[i] + 2 * kv[i];
+    }
+    let sum = |a: usize, b: usize| prefix[pos[b]] - prefix[pos[a]];
+    // best[k][j]: the smallest largest load of `k + 1` chips over pieces
+    // `0 .. j`; from[k][j]: where the last of them starts.
+    let mut best = vec![vec![u64::MAX; m + 1]; chips];
+    let mut from = vec![vec![0usize; m + 1]; chips];
+    for (j, b) in best[0].iter_mut().enumerate().skip(1) {
+        *b = sum(0, j);
+    }
+    for k in 1..chips {
+        let (done, rest) = best.split_at_mut(k);
+        let (prev_row, row) = (&done[k - 1], &mut rest[0]);
+        for j in k + 1..=m {
+            let (mut b, mut f) = (u64::MAX, 0);
+            // `prev_row` grows with `i` and the last chip's load shrinks:
+            // past the first `i` whose `prev_row` reaches the best so far
+            // nothing is better (and ties keep the earliest cut).
+            for (i, &prev) in prev_row.iter().enumerate().take(j).skip(k) {
+                if prev >= b {
+                    break;
                 }
-            })
-            .map(|(_, o)| o.clone())
-            .collect();
-        // Scratch read before it is written: what flows in from the
-        // stage before (the residual stream).
-        let mut written: BTreeSet<&str> = BTreeSet::new();
-        let mut live_in: Vec<&str> = Vec::new();
-        for (_, op) in &ops {
-            let (reads, writes) = reads_writes(op);
-            for r in reads {
-                if kinds.get(r) == Some(&BufferKind::Scratch)
-                    && !written.contains(r)
-                    && !live_in.contains(&r)
-                {
-                    live_in.push(r);
+                let l = prev.max(sum(i, j));
+                if l < b {
+                    b = l;
+                    f = i;
                 }
             }
-            written.extend(writes);
+            row[j] = b;
+            from[k][j] = f;
         }
-        let receives = match (k, live_in.as_slice()) {
-            (0, []) => None,
-            (0, more) => {
-                return Err(err(
-                    "partition",
-                    format!("the first block reads {more:?} before anything writes it"),
-                ));
-            }
-            (_, [one]) => {
-                let n = plan
-                    .buffers
-                    .iter()
-                    .find(|b| b.name == *one)
-                    .map(|b| b.elements())
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| err("partition", format!("unknown buffer `{one}`")))?;
-                Some((one.to_string(), n))
-            }
-            (_, more) => {
-                return Err(err(
-                    "partition",
-                    format!(
-                        "block {lo} reads {} values the blocks before it wrote ({more:?}); a pipeline stage receives one, the residual stream",
-                        more.len()
-                    ),
-                ));
-            }
-        };
-        if let (Some(prev), Some((name, n))) = (stages.last_mut(), &receives) {
-            let writes_it = prev
-                .plan
-                .ops
-                .iter()
-                .any(|(_, op)| reads_writes(op).1.contains(&name.as_str()));
-            if !writes_it {
-                return Err(err(
-                    "partition",
-                    format!(
-                        "block {lo} reads `{name}`, which the chip before it (blocks {:?}) does not write",
-                        prev.blocks
-                    ),
-                ));
-            }
-            prev.plan.ops.push((
-                "c2c.send".to_string(),
-                PlanOp::Send {
-                    x: name.clone(),
-                    n: *n,
-                    to: k as u32,
-                },
-            ));
-            prev.sends = Some((name.clone(), *n));
-        }
-        let mut all_ops = Vec::with_capacity(ops.len() + 2);
-        if let Some((name, n)) = &receives {
-            all_ops.push((
-                "c2c.recv".to_string(),
-                PlanOp::Recv {
-                    y: name.clone(),
-                    n: *n,
-                    from: k as u32 - 1,
-                },
-            ));
-        }
-        all_ops.extend(ops);
-        stages.push(Stage {
-            chip: k as u32,
-            blocks: lo..hi,
-            head,
-            weight_bytes: block_bytes[r.clone()].iter().sum::<u64>()
-                + if head { head_bytes } else { 0 },
-            receives,
-            sends: None,
-            plan: Plan {
-                ctx: plan.ctx,
-                buffers: Vec::new(),
-                weights: BTreeMap::new(),
-                ops: all_ops,
+    }
+    let mut ranges = Vec::with_capacity(chips);
+    let mut end = m;
+    for k in (0..chips).rev() {
+        let start = if k == 0 { 0 } else { from[k][end] };
+        ranges.push(pos[start]..pos[end]);
+        end = start;
+    }
+    ranges.reverse();
+    Ok(ranges)
+}
+
+/// Stage `s`'s plan: its [`PlanOp::Recv`]s, its ops, its [`PlanOp::Send`]s,
+/// and the buffers and weights they use, in the plan's order.
+fn stage_plan(plan: &Plan, s: &Stage, w: &Weights<'_>) -> Result<Plan, CodegenError> {
+    let mut ops: Vec<(String, PlanOp)> = Vec::with_capacity(s.ops.len() + 2);
+    for (name, n) in &s.receives {
+        ops.push((
+            format!("c2c.recv.{name}"),
+            PlanOp::Recv {
+                y: name.clone(),
+                n: *n,
+                from: s.chip - 1,
             },
-        });
+        ));
     }
-    // Each stage keeps the buffers and weights its ops use, in the plan's
-    // order.
-    for s in &mut stages {
-        let mut used: BTreeSet<&str> = BTreeSet::new();
-        let mut weights = BTreeMap::new();
-        for (_, op) in &s.plan.ops {
-            used.extend(op.buffers());
-            if let PlanOp::MatMul { weight, .. } = op
-                && let Some(w) = plan.weights.get(weight)
-            {
-                weights.insert(weight.clone(), w.clone());
-            }
+    ops.extend(plan.ops[s.ops.clone()].iter().cloned());
+    for (name, n) in &s.sends {
+        ops.push((
+            format!("c2c.send.{name}"),
+            PlanOp::Send {
+                x: name.clone(),
+                n: *n,
+                to: s.chip + 1,
+            },
+        ));
+    }
+    let mut used: BTreeSet<&str> = BTreeSet::new();
+    let mut weights = BTreeMap::new();
+    for (_, op) in &ops {
+        used.extend(op.buffers());
+        if let PlanOp::MatMul { weight, .. } = op
+            && !weights.contains_key(weight)
+        {
+            weights.insert(weight.clone(), w.matrix(weight)?);
         }
-        s.plan.buffers = plan
-            .buffers
-            .iter()
-            .filter(|b| used.contains(b.name.as_str()))
-            .cloned()
-            .collect();
-        s.plan.weights = weights;
     }
-    Ok(stages)
+    let buffers = plan
+        .buffers
+        .iter()
+        .filter(|b| used.contains(b.name.as_str()))
+        .cloned()
+        .collect();
+    Ok(Plan {
+        ctx: plan.ctx,
+        buffers,
+        weights,
+        ops,
+    })
 }
 
 /// A system's compiled stages.
@@ -366,53 +893,214 @@ impl SystemCompiled {
     }
 }
 
-/// Splits `plan` over `chips` chips of `target` ([`partition`]) and
-/// compiles the stages in chip order: stage `k`'s `recv`s are placed on or
-/// after the arrival of the vectors stage `k - 1` sends (its `send` cycles
-/// plus the link's latency), and checked against the link's receive
-/// buffer, so nothing waits on a link that the schedule did not plan.
+/// Splits `plan` over `chips` chips of `target` by whole blocks and
+/// compiles the stages ([`compile_system_with`] with the default options
+/// but the block split).
 pub fn compile_system(
     plan: &Plan,
     target: &Target,
     chips: u32,
 ) -> Result<SystemCompiled, CodegenError> {
-    let topology = target
-        .system(chips)
-        .map_err(|e| err("system", format!("{chips} chips: {e}")))?;
-    let stages = partition(plan, chips)?;
-    let mut compiled: Vec<Compiled> = Vec::with_capacity(stages.len());
-    for s in &stages {
-        let mut arrivals: BTreeMap<u32, Vec<Cycle>> = BTreeMap::new();
-        if s.receives.is_some() {
-            let from = s.chip - 1;
-            let latency = topology
-                .latency_cycles(from, s.chip)
-                .map_err(|e| err("c2c.recv", e.to_string()))?;
-            let sent = compiled
-                .get(from as usize)
-                .and_then(|c| c.sent.get(&s.chip))
-                .ok_or_else(|| err("c2c.recv", format!("chip {from} sends nothing")))?;
-            arrivals.insert(from, sent.iter().map(|t| t + latency as Cycle).collect());
-        }
-        let links = Links {
-            chip: s.chip,
-            topology,
-            arrivals,
-        };
-        let c = compile_stage(&s.plan, target, &links).map_err(|e| match e {
-            CodegenError::Alloc(a) => CodegenError::Plan {
-                op: format!("chip {} (blocks {:?})", s.chip, s.blocks),
-                message: format!("does not fit: {a}"),
-            },
-            other => CodegenError::Plan {
-                op: format!("chip {} (blocks {:?})", s.chip, s.blocks),
-                message: other.to_string(),
-            },
-        })?;
+    let opts = SystemOptions {
+        split: Split::Blocks,
+        ..SystemOptions::default()
+    };
+    let mut stages = Vec::new();
+    let mut compiled = Vec::new();
+    compile_system_with(plan, target, chips, &opts, &mut |s, c| {
+        stages.push(s);
         compiled.push(c);
-    }
+        Ok(())
+    })?;
     Ok(SystemCompiled {
         stages,
         chips: compiled,
     })
+}
+
+/// The forwarding duties of one chip: per outgoing link, `(cycle, link
+/// the vector came in on)`.
+type Forwards = BTreeMap<u32, BTreeMap<u16, Vec<(Cycle, u16)>>>;
+
+/// Splits `plan` over `chips` chips of `target` ([`partition_with`]) and
+/// compiles the stages in chip order: stage `k`'s `recv`s are placed on or
+/// after the arrival of the vectors stage `k - 1` sends (its `send` cycles
+/// plus the route's latency), and checked against the link's receive
+/// buffer, so nothing waits on a link that the schedule did not plan. A
+/// route between nodes (more than one hop, `SystemTopology::route`) is
+/// forwarded by each intermediate chip with a `fwd` on the cycle the
+/// vector arrives there: a chip after the sender schedules them before its
+/// own work; one before it (compiled already) gets them on a link its own
+/// program does not use.
+/// Each chip's stage and program go to `each` in chip order as soon as no
+/// later route can pass through it (a chip of an earlier node), so a
+/// system far larger than the host's memory streams through.
+pub fn compile_system_with(
+    plan: &Plan,
+    target: &Target,
+    chips: u32,
+    opts: &SystemOptions,
+    each: &mut dyn FnMut(Stage, Compiled) -> Result<(), CodegenError>,
+) -> Result<(), CodegenError> {
+    let topology = target
+        .system(chips)
+        .map_err(|e| err("system", format!("{chips} chips: {e}")))?;
+    let mut w = Weights::new(&plan.weights, &opts.placeholders);
+    let (split_plan, stages) = cut(
+        plan,
+        chips,
+        opts.split,
+        target.mem_bytes(),
+        opts.max_weight_bytes,
+        &mut w,
+    )?;
+    let plan = &split_plan;
+    let latency = Cycle::from(target.c2c.link_latency_cycles);
+    let skew = crate::machine::Mach::new(target).skew;
+    let per_node = target.c2c.chips_per_node.max(1);
+    let mut forwards: Forwards = BTreeMap::new();
+    // Forwards for chips not compiled yet: `(cycle, in link, out link)`.
+    let mut ahead: BTreeMap<u32, Vec<(Cycle, u16, u16)>> = BTreeMap::new();
+    let mut pending: Vec<(Stage, Compiled)> = Vec::new();
+    let mut prev_sent: Option<Vec<Cycle>> = None;
+    let flush = |pending: &mut Vec<(Stage, Compiled)>,
+                 forwards: &mut Forwards,
+                 before: u32,
+                 each: &mut dyn FnMut(Stage, Compiled) -> Result<(), CodegenError>|
+     -> Result<(), CodegenError> {
+        while pending.first().is_some_and(|(s, _)| s.chip < before) {
+            let (s, mut c) = pending.remove(0);
+            if let Some(f) = forwards.remove(&s.chip) {
+                add_forwards(&mut c, s.chip, &f, skew)?;
+            }
+            each(s, c)?;
+        }
+        Ok(())
+    };
+    for mut s in stages {
+        let k = s.chip;
+        let mut arrivals: BTreeMap<u32, Vec<Cycle>> = BTreeMap::new();
+        if !s.receives.is_empty() {
+            let from = k - 1;
+            let sent = prev_sent
+                .take()
+                .ok_or_else(|| err("c2c.recv", format!("chip {from} sends nothing")))?;
+            let route = topology
+                .route(from, k)
+                .map_err(|e| err("c2c.recv", e.to_string()))?;
+            // Every hop after the first leaves an intermediate chip: it
+            // forwards each vector on the cycle it arrives. A chip compiled
+            // already gets them added to its program (on a link it does
+            // not use); a later one schedules them before its own work.
+            for (h, pair) in route.windows(2).enumerate() {
+                let (into, out) = (pair[0], pair[1]);
+                let at = latency * (h as Cycle + 1);
+                let (c, link_in, link_out) =
+                    (out.from.chip, into.to.link as u16, out.from.link as u16);
+                if c < k {
+                    forwards
+                        .entry(c)
+                        .or_default()
+                        .entry(link_out)
+                        .or_default()
+                        .extend(sent.iter().map(|t| (t + at, link_in)));
+                } else {
+                    ahead
+                        .entry(c)
+                        .or_default()
+                        .extend(sent.iter().map(|t| (t + at, link_in, link_out)));
+                }
+            }
+            let total = latency * route.len() as Cycle;
+            arrivals.insert(from, sent.iter().map(|t| t + total).collect());
+        }
+        s.plan = stage_plan(plan, &s, &w)?;
+        let links = Links {
+            chip: k,
+            topology,
+            arrivals,
+            forwards: ahead.remove(&k).unwrap_or_default(),
+        };
+        let c = compile_stage_with(&s.plan, target, &links, !opts.timing_only).map_err(|e| {
+            let what = format!("chip {k} ({})", s.describe());
+            match e {
+                CodegenError::Alloc(a) => CodegenError::Plan {
+                    op: what,
+                    message: format!(
+                        "does not fit: {a} (its weights {} bytes, KV caches {} bytes)",
+                        s.weight_bytes, s.kv_bytes
+                    ),
+                },
+                other => CodegenError::Plan {
+                    op: what,
+                    message: other.to_string(),
+                },
+            }
+        })?;
+        prev_sent = c.sent.get(&(k + 1)).cloned();
+        // The stage's plan is not needed past its compile.
+        s.plan.weights.clear();
+        pending.push((s, c));
+        // No later route passes through a chip of an earlier node.
+        flush(&mut pending, &mut forwards, (k / per_node) * per_node, each)?;
+    }
+    flush(&mut pending, &mut forwards, u32::MAX, each)?;
+    if let Some(chip) = forwards.keys().chain(ahead.keys()).next() {
+        return Err(err(
+            "c2c.fwd",
+            format!("a route forwards through chip {chip}, which is not compiled"),
+        ));
+    }
+    Ok(())
+}
+
+/// Adds chip `chip`'s forwarding duties to its program: per outgoing link
+/// a queue of `fwd`s, each on its vector's arrival cycle (the link's queue
+/// must be unused by the chip's own program).
+fn add_forwards(
+    c: &mut Compiled,
+    chip: u32,
+    f: &BTreeMap<u16, Vec<(Cycle, u16)>>,
+    skew: Cycle,
+) -> Result<(), CodegenError> {
+    for (&out, list) in f {
+        let q = crate::kernels::c2c::link_queue(out)?;
+        if c.built.program.queues.contains_key(&q) {
+            return Err(err(
+                "c2c.fwd",
+                format!("chip {chip} forwards a route on link {out}, which its own program uses"),
+            ));
+        }
+        let mut list = list.clone();
+        list.sort();
+        for pair in list.windows(2) {
+            if pair[1].0 == pair[0].0 {
+                return Err(err(
+                    "c2c.fwd",
+                    format!(
+                        "chip {chip} forwards two vectors on link {out} on cycle {}",
+                        pair[0].0
+                    ),
+                ));
+            }
+        }
+        let timed: Vec<(Cycle, q35_isa::Instruction)> = list
+            .iter()
+            .map(|&(t, from)| {
+                (
+                    t,
+                    q35_isa::Instruction::Fwd {
+                        link: u32::from(from),
+                    },
+                )
+            })
+            .collect();
+        let (queue, _) = crate::emit::queue_list(&timed);
+        c.built.program.queues.insert(q, queue);
+        c.built.debug.push((q.index(), 0, "c2c.fwd".to_string()));
+        if let Some(&(last, _)) = list.last() {
+            c.built.cycles = c.built.cycles.max((last + 1 + skew).max(0) as u64);
+        }
+    }
+    Ok(())
 }

@@ -118,6 +118,10 @@ pub enum PlanOp {
         weight: String,
         /// Output (f32, `rows`).
         y: String,
+        /// The output row the weight's row 0 writes (a multiple of 320: one
+        /// piece of a matmul split by rows, whose pieces write their rows
+        /// of the same output; 0 for a whole matmul).
+        row0: u32,
     },
     /// RoPE on `heads` heads of `head_dim` at the step's position.
     Rope {
@@ -442,6 +446,7 @@ pub fn decode_plan(
                     scale: s("scale"),
                     weight: l(w),
                     y: s(y),
+                    row0: 0,
                 },
             ));
         };
@@ -642,6 +647,7 @@ pub fn decode_plan(
             scale: s("scale"),
             weight: s("output"),
             y: s("logits"),
+            row0: 0,
         },
     ));
     Ok(Plan {
@@ -684,12 +690,22 @@ pub struct Links {
     /// Per sending chip, the cycle each of its vectors arrives here (the
     /// sender's `send` cycles plus the route's latency), in order.
     pub arrivals: BTreeMap<u32, Vec<Cycle>>,
+    /// Vectors of other chips' routes this chip forwards: `(cycle, link
+    /// it arrives on, link it leaves on)`, each `fwd` on its arrival cycle
+    /// (scheduled before the chip's own work, which fits around them).
+    pub forwards: Vec<(Cycle, u16, u16)>,
 }
 
 impl Links {
-    /// The one link hop from chip `from` to chip `to` (a pipeline's
-    /// consecutive stages sit on directly linked chips).
-    pub fn hop(&self, from: u32, to: u32, op: &str) -> Result<q35_target::Hop, CodegenError> {
+    /// The route from chip `from` to chip `to`: one link hop inside a
+    /// node, up to three between nodes (`SystemTopology::route`; the
+    /// chips between forward, [`crate::partition::compile_system_with`]).
+    pub fn route(
+        &self,
+        from: u32,
+        to: u32,
+        op: &str,
+    ) -> Result<Vec<q35_target::Hop>, CodegenError> {
         let route = self
             .topology
             .route(from, to)
@@ -697,16 +713,13 @@ impl Links {
                 op: op.to_string(),
                 message: e.to_string(),
             })?;
-        match route.as_slice() {
-            [hop] => Ok(*hop),
-            _ => Err(CodegenError::Plan {
+        if route.is_empty() {
+            return Err(CodegenError::Plan {
                 op: op.to_string(),
-                message: format!(
-                    "chips {from} and {to} are {} link hops apart; a transfer goes over one link (forwarding through an intermediate chip is not generated yet)",
-                    route.len()
-                ),
-            }),
+                message: format!("a transfer from chip {from} to itself"),
+            });
         }
+        Ok(route)
     }
 }
 
@@ -917,7 +930,19 @@ pub fn compile_stage(
     target: &Target,
     links: &Links,
 ) -> Result<Compiled, CodegenError> {
-    compile_program(plan, target, 1, None, Some(links))
+    compile_stage_with(plan, target, links, true)
+}
+
+/// [`compile_stage`], with the weights' images in the program's MEM
+/// contents or (`weight_images` false: a timing-only program of
+/// placeholder weights) without.
+pub fn compile_stage_with(
+    plan: &Plan,
+    target: &Target,
+    links: &Links,
+    weight_images: bool,
+) -> Result<Compiled, CodegenError> {
+    compile_program_with(plan, target, 1, None, Some(links), weight_images)
 }
 
 fn compile_program(
@@ -926,6 +951,17 @@ fn compile_program(
     tokens: u32,
     base: Option<&Shared>,
     links: Option<&Links>,
+) -> Result<Compiled, CodegenError> {
+    compile_program_with(plan, target, tokens, base, links, true)
+}
+
+fn compile_program_with(
+    plan: &Plan,
+    target: &Target,
+    tokens: u32,
+    base: Option<&Shared>,
+    links: Option<&Links>,
+    weight_images: bool,
 ) -> Result<Compiled, CodegenError> {
     if tokens == 0 {
         return Err(CodegenError::Plan {
@@ -951,6 +987,7 @@ fn compile_program(
             p
         }
     };
+    p.set_weight_images(weight_images);
     let placement = place_buffers(plan, &mut p, base.map(|b| &b.buffers))?;
     let kinds: BTreeMap<String, &BufferDecl> =
         plan.buffers.iter().map(|b| (b.name.clone(), b)).collect();
@@ -1078,6 +1115,13 @@ fn compile_program(
         }
     };
     let mut sent_to: BTreeMap<u32, Vec<Cycle>> = BTreeMap::new();
+    // Per sending chip, the issue cycle of every `recv` of its vectors so
+    // far (they take the vectors in the order they were sent).
+    let mut taken_from: BTreeMap<u32, Vec<Cycle>> = BTreeMap::new();
+    let v_cycles = target.c2c_vector_cycles() as Cycle;
+    if let Some(links) = links {
+        fixed_forwards(&mut p, &links.forwards)?;
+    }
     let mut ops = plan.ops.iter().peekable();
     while let Some((label, op)) = ops.next() {
         let first_bundle = p.sched.bundles;
@@ -1156,22 +1200,51 @@ fn compile_program(
             let buf = get(name, label)?;
             let w = words(u64::from(*n));
             if let PlanOp::Send { .. } = op {
-                let hop = links.hop(links.chip, *peer, label)?;
-                let sent =
-                    crate::kernels::c2c::send(&mut p, label, &buf, w, hop.from.link as u16, 0)?;
-                sent_to.entry(*peer).or_default().extend(sent);
-            } else {
-                let hop = links.hop(*peer, links.chip, label)?;
-                let arrivals = links.arrivals.get(peer).map(Vec::as_slice).unwrap_or(&[]);
-                crate::kernels::c2c::recv(
+                // A chip's transfers to one peer go in program order, one
+                // after another (the peer takes them in that order).
+                let route = links.route(links.chip, *peer, label)?;
+                let after = sent_to
+                    .get(peer)
+                    .and_then(|v| v.last())
+                    .map_or(0, |t| t + v_cycles);
+                let sent = crate::kernels::c2c::send(
                     &mut p,
                     label,
                     &buf,
                     w,
-                    hop.to.link as u16,
+                    route[0].from.link as u16,
+                    after,
+                )?;
+                sent_to.entry(*peer).or_default().extend(sent);
+            } else {
+                let route = links.route(*peer, links.chip, label)?;
+                let link = route[route.len() - 1].to.link as u16;
+                let all = links.arrivals.get(peer).map(Vec::as_slice).unwrap_or(&[]);
+                let taken = taken_from.entry(*peer).or_default();
+                let done = taken.len();
+                let count = w as usize * buf.slices.len();
+                let Some(arrivals) = all.get(done..done + count) else {
+                    return Err(CodegenError::Plan {
+                        op: label.clone(),
+                        message: format!(
+                            "chip {peer} sends {} vectors; this chip takes {} more after {done}",
+                            all.len(),
+                            count
+                        ),
+                    });
+                };
+                let after = taken.last().map_or(0, |t| t + v_cycles);
+                let got = crate::kernels::c2c::recv(
+                    &mut p,
+                    label,
+                    &buf,
+                    w,
+                    link,
                     arrivals,
                     target.c2c.receive_buffer_vectors,
+                    after,
                 )?;
+                taken.extend(got);
             }
             let (first, last) = p.sched.span_since(first_bundle);
             op_cycles.push((label.clone(), first, last));
@@ -1182,6 +1255,7 @@ fn compile_program(
             scale,
             weight,
             y,
+            row0,
         } = op
         {
             let w = weights.get(weight).ok_or_else(|| CodegenError::Plan {
@@ -1189,13 +1263,39 @@ fn compile_program(
                 message: format!("unknown weight `{weight}`"),
             })?;
             let all = |n: &str| (0..tokens).map(|k| g(n, k)).collect::<Result<Vec<_>, _>>();
+            if row0 % LANES != 0 {
+                return Err(CodegenError::Plan {
+                    op: label.clone(),
+                    message: format!(
+                        "a matmul piece starts on row {row0}, not a multiple of {LANES}"
+                    ),
+                });
+            }
+            // A piece of a matmul split by rows writes its words of `y`.
+            let skip = row0 / LANES;
+            let outs: Vec<Buffer> = all(y)?
+                .into_iter()
+                .map(|b| {
+                    if skip >= b.words {
+                        return Err(CodegenError::Plan {
+                            op: label.clone(),
+                            message: format!("row {row0} is past `{}`", b.name),
+                        });
+                    }
+                    Ok(Buffer {
+                        addr: b.addr + skip,
+                        words: b.words - skip,
+                        ..b
+                    })
+                })
+                .collect::<Result<_, _>>()?;
             crate::kernels::matmul::matmul_tokens(
                 &mut p,
                 label,
                 &all(xs)?,
                 &all(scale)?,
                 w,
-                &all(y)?,
+                &outs,
                 0,
             )?;
             let (first, last) = p.sched.span_since(first_bundle);
@@ -1356,6 +1456,28 @@ fn compile_program(
         let (first, last) = p.sched.span_since(first_bundle);
         op_cycles.push((label.clone(), first, last));
     }
+    // Every vector sent to this chip is taken, none before its arrival and
+    // never more than the link's end holds waiting.
+    if let Some(links) = links {
+        for (peer, all) in &links.arrivals {
+            let taken = taken_from.get(peer).map(Vec::as_slice).unwrap_or(&[]);
+            if taken.len() != all.len() {
+                return Err(CodegenError::Plan {
+                    op: "c2c.recv".into(),
+                    message: format!(
+                        "chip {peer} sends {} vectors, this chip receives {}",
+                        all.len(),
+                        taken.len()
+                    ),
+                });
+            }
+            crate::kernels::c2c::check_arrivals(all, taken, target.c2c.receive_buffer_vectors)
+                .map_err(|message| CodegenError::Plan {
+                    op: format!("c2c.recv from chip {peer}"),
+                    message,
+                })?;
+        }
+    }
     let mem_bytes = p.alloc.used_bytes();
     let shared = Shared {
         alloc: p.alloc.clone(),
@@ -1375,6 +1497,49 @@ fn compile_program(
         shared,
         sent: sent_to,
     })
+}
+
+/// Schedules `forwards` (`(cycle, in link, out link)`, a route's hops
+/// through this chip) first, each `fwd` exactly on its cycle: per outgoing
+/// link one bundle, placed where its first vector arrives.
+fn fixed_forwards(
+    p: &mut ProgramBuilder,
+    forwards: &[(Cycle, u16, u16)],
+) -> Result<(), CodegenError> {
+    let mut by_out: BTreeMap<u16, Vec<(Cycle, u16)>> = BTreeMap::new();
+    for &(t, from, out) in forwards {
+        by_out.entry(out).or_default().push((t, from));
+    }
+    let m = p.mach().clone();
+    for (out, mut list) in by_out {
+        list.sort();
+        let q = crate::kernels::c2c::link_queue(out)?;
+        let t0 = list[0].0;
+        let mut b = crate::sched::Bundle::new("c2c.fwd");
+        for &(t, from) in &list {
+            b.unit(
+                &m,
+                crate::sched::QSel::Fixed(q),
+                t - t0,
+                q35_isa::Instruction::Fwd {
+                    link: u32::from(from),
+                },
+                &[],
+                None,
+            )?;
+        }
+        let placed = p.sched.place(b, t0)?;
+        if placed.shift != t0 {
+            return Err(CodegenError::Plan {
+                op: "c2c.fwd".into(),
+                message: format!(
+                    "the forwards on link {out} must start on cycle {t0}, their first vector's arrival; the schedule put them on {}",
+                    placed.shift
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The machine's lower bound on one decode step (issue 9's yardstick): the
@@ -1408,11 +1573,27 @@ impl Bound {
 
 /// [`Bound`] of one decode step of `plan` on `target`.
 pub fn bound(plan: &Plan, target: &Target) -> Bound {
-    let weights: u64 = plan
+    let shapes: BTreeMap<String, (u64, u64, u64)> = plan
         .weights
-        .values()
-        .map(|m| (m.rows() * m.cols()) as u64)
-        .sum();
+        .iter()
+        .map(|(n, m)| {
+            (
+                n.clone(),
+                (m.rows() as u64, m.cols() as u64, m.group_size() as u64),
+            )
+        })
+        .collect();
+    bound_with(plan, target, &shapes)
+}
+
+/// [`bound`] with the weights given by shape: per name, rows, columns and
+/// group size (a plan whose weights are not bound, a timing-only compile).
+pub fn bound_with(
+    plan: &Plan,
+    target: &Target,
+    shapes: &BTreeMap<String, (u64, u64, u64)>,
+) -> Bound {
+    let weights: u64 = shapes.values().map(|(r, c, _)| r * c).sum();
     let mem_bw = f64::from(target.mem.slices) * f64::from(target.mem.word_bytes);
     let install = f64::from(target.mxm.planes)
         * f64::from(target.mxm.install_rows_per_cycle)
@@ -1428,14 +1609,13 @@ pub fn bound(plan: &Plan, target: &Target) -> Bound {
         elem_ops += match op {
             PlanOp::RmsNorm { n, .. } => 4 * u64::from(*n),
             PlanOp::Quantize { n, .. } => 3 * u64::from(*n),
-            PlanOp::MatMul { weight, .. } => plan
-                .weights
+            PlanOp::MatMul { weight, .. } => shapes
                 .get(weight)
-                .map(|m| {
-                    let groups = m.cols().div_ceil(m.group_size()) as u64;
+                .map(|&(rows, cols, group)| {
+                    let groups = cols.div_ceil(group.max(1));
                     // i32->f32, scale multiply and add per group and row,
                     // the per-group int8 conversion of the activation.
-                    3 * groups * m.rows() as u64 + m.cols() as u64
+                    3 * groups * rows + cols
                 })
                 .unwrap_or(0),
             PlanOp::Rope {

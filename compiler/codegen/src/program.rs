@@ -34,6 +34,9 @@ pub struct ProgramBuilder {
     /// per (kind, hemisphere, slices, words), the buffers so far and a
     /// rotation counter.
     reuse: Option<BTreeMap<ReuseKey, (Vec<Buffer>, usize)>>,
+    /// Whether placed weights write their images (codes, scales, slot
+    /// masks) into the program's MEM contents ([`ProgramBuilder::set_weight_images`]).
+    weight_images: bool,
 }
 
 /// Kernel scratch that may be handed out again: kind, hemisphere (as a
@@ -64,6 +67,7 @@ impl ProgramBuilder {
             symbols: Vec::new(),
             avoid: BTreeSet::new(),
             reuse: None,
+            weight_images: true,
         }
     }
 
@@ -122,6 +126,20 @@ impl ProgramBuilder {
         p.alloc = alloc;
         p.tables = tables;
         p
+    }
+
+    /// Whether placed weights put their images (codes, scales, slot masks)
+    /// into the program's MEM contents: on by default; off for a
+    /// timing-only program (placeholder weights of the right shapes, whose
+    /// placement and schedule are the real ones but whose values mean
+    /// nothing, docs/backend.md 8).
+    pub fn set_weight_images(&mut self, on: bool) {
+        self.weight_images = on;
+    }
+
+    /// See [`ProgramBuilder::set_weight_images`].
+    pub fn weight_images(&self) -> bool {
+        self.weight_images
     }
 
     /// The tables so far (a table's id is its index).

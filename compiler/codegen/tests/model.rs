@@ -409,7 +409,7 @@ fn system_equals_one_chip(
     golden: &GoldenModel,
     plan: &Plan,
     ctx: u32,
-    systems: &[u32],
+    systems: &[(u32, q35_codegen::partition::Split, Option<u64>)],
     tokens: &[u32],
 ) {
     use q35_host::Device;
@@ -443,18 +443,37 @@ fn system_equals_one_chip(
             "{name}: one chip, step {i}"
         );
     }
-    for &chips in systems {
+    for &(chips, split, max_weight_bytes) in systems {
         let t0 = std::time::Instant::now();
-        let sys = q35_codegen::partition::compile_system(plan, &target, chips).unwrap();
+        let opts = q35_codegen::partition::SystemOptions {
+            split,
+            max_weight_bytes,
+            ..Default::default()
+        };
+        let mut sys = q35_codegen::partition::SystemCompiled {
+            stages: Vec::new(),
+            chips: Vec::new(),
+        };
+        q35_codegen::partition::compile_system_with(plan, &target, chips, &opts, &mut |s, c| {
+            sys.stages.push(s);
+            sys.chips.push(c);
+            Ok(())
+        })
+        .unwrap();
         println!(
-            "{name} over {chips} chips: compiled in {:.1?}; {} cycles a step predicted (one chip {}); per chip blocks, weight bytes, cycles: {:?}",
+            "{name} over {chips} chips ({split:?}): compiled in {:.1?}; {} cycles a step predicted (one chip {}); per chip what it holds, weight bytes, cycles, values received: {:?}",
             t0.elapsed(),
             sys.cycles(),
             one.built.cycles,
             sys.stages
                 .iter()
                 .zip(&sys.chips)
-                .map(|(s, c)| (s.blocks.clone(), s.weight_bytes, c.built.cycles))
+                .map(|(s, c)| (
+                    s.describe(),
+                    s.weight_bytes,
+                    c.built.cycles,
+                    s.receives.iter().map(|r| r.0.clone()).collect::<Vec<_>>()
+                ))
                 .collect::<Vec<_>>()
         );
         let bins: Vec<q35_lpubin::LpuBinary> = sys
@@ -501,7 +520,101 @@ fn tiny_split_over_chips_equals_one_chip() {
     let mut spec = q35_model::load(root().join("examples/tiny.toml")).unwrap();
     spec.arch.blocks = 4;
     let (golden, plan) = model_plan(&spec, 64);
-    system_equals_one_chip("tiny", &golden, &plan, 64, &[2, 4], &[42, 7, 100]);
+    use q35_codegen::partition::Split;
+    system_equals_one_chip(
+        "tiny",
+        &golden,
+        &plan,
+        64,
+        &[
+            (2, Split::Blocks, None),
+            (4, Split::Blocks, None),
+            // Finer than a block: 3 chips cut between ops, and 6 chips for
+            // 4 blocks (Auto takes the finer split).
+            (3, Split::Ops, None),
+            (6, Split::Auto, None),
+        ],
+        &[42, 7, 100],
+    );
+}
+
+/// The tiny model with 16 blocks over 16 chips: two nodes, so the
+/// transfer from chip 7 to chip 8 crosses them over three chips (chip 7 ->
+/// chip 0, the gateway, -> chip 8), chip 0 forwarding each vector on the
+/// cycle it arrives; logits and KV caches equal one chip bit for bit.
+#[test]
+fn tiny_split_over_two_nodes_equals_one_chip() {
+    let mut spec = q35_model::load(root().join("examples/tiny.toml")).unwrap();
+    spec.arch.blocks = 16;
+    let (golden, plan) = model_plan(&spec, 64);
+    let target = Target::builtin("lpu-v1").unwrap();
+    let topo = target.system(16).unwrap();
+    assert_eq!(topo.route(7, 8).unwrap().len(), 2, "a route through chip 0");
+    use q35_codegen::partition::Split;
+    system_equals_one_chip(
+        "tiny",
+        &golden,
+        &plan,
+        64,
+        &[(16, Split::Blocks, None)],
+        &[42, 7],
+    );
+}
+
+/// The finer split's stages: a cut inside a block sends every value live
+/// across it (a chip holding none of a value's ops receives and re-sends
+/// it), a block's KV caches stay on one chip, and the stages' ops are the
+/// plan's, in order, each once.
+#[test]
+fn tiny_partition_between_ops() {
+    use q35_codegen::partition::{Split, partition_with};
+    let (_, plan) = tiny(64);
+    let chips = 5;
+    let stages = partition_with(&plan, chips, Split::Ops, u64::MAX).unwrap();
+    assert_eq!(stages.len(), chips as usize);
+    let mut next = 0;
+    for s in &stages {
+        assert_eq!(s.ops.start, next);
+        next = s.ops.end;
+        let body: Vec<_> = s
+            .plan
+            .ops
+            .iter()
+            .filter(|(_, op)| !matches!(op, plan::PlanOp::Send { .. } | plan::PlanOp::Recv { .. }))
+            .cloned()
+            .collect();
+        assert_eq!(body, plan.ops[s.ops.clone()].to_vec());
+        let recvs = s
+            .plan
+            .ops
+            .iter()
+            .filter(|(_, op)| matches!(op, plan::PlanOp::Recv { .. }))
+            .count();
+        assert_eq!(recvs, s.receives.len());
+        // A KV cache used here is used nowhere else.
+        for other in stages.iter().filter(|o| o.chip != s.chip) {
+            for b in s
+                .plan
+                .buffers
+                .iter()
+                .filter(|b| b.kind == plan::BufferKind::Kv)
+            {
+                assert!(!other.plan.buffers.iter().any(|o| o.name == b.name));
+            }
+        }
+    }
+    assert_eq!(next, plan.ops.len());
+    for pair in stages.windows(2) {
+        assert_eq!(pair[0].sends, pair[1].receives);
+    }
+    // Five chips for two blocks: some block is held in part, and some cut
+    // carries more than the residual stream.
+    assert!(stages.iter().any(|s| !s.part.is_empty()));
+    assert!(stages.iter().any(|s| s.receives.len() > 1));
+    // The block split refuses more chips than blocks; the finer split, more
+    // chips than places to cut.
+    assert!(partition_with(&plan, 3, Split::Blocks, u64::MAX).is_err());
+    assert!(partition_with(&plan, plan.ops.len() as u32 + 1, Split::Ops, u64::MAX).is_err());
 }
 
 /// The split's stages: contiguous blocks, balanced by weight bytes with the
@@ -568,5 +681,23 @@ fn smollm2_split_over_chips_equals_one_chip() {
     }
     let spec = q35_model::load(root().join("examples/smollm2-135m.toml")).unwrap();
     let (golden, plan) = model_plan(&spec, 64);
-    system_equals_one_chip("SmolLM2", &golden, &plan, 64, &[2, 4, 8], &[504, 3575, 282]);
+    use q35_codegen::partition::Split;
+    system_equals_one_chip(
+        "SmolLM2",
+        &golden,
+        &plan,
+        64,
+        &[
+            (2, Split::Blocks, None),
+            (4, Split::Blocks, None),
+            (8, Split::Blocks, None),
+            // Cut between ops: a block in part on each side of a cut.
+            (3, Split::Ops, None),
+            // And every weight over 200 kB cut by output rows into pieces
+            // (Q, the FFN's, the LM head's 154 tiles in 62 pieces), which
+            // the cuts may separate.
+            (5, Split::Ops, Some(200_000)),
+        ],
+        &[504, 3575, 282],
+    );
 }

@@ -93,6 +93,7 @@ pub fn compile(
     threads: usize,
     prefill: Prefill,
     chips: u32,
+    split: q35_codegen::partition::Split,
     timings: &Timings,
 ) -> anyhow::Result<Emitted> {
     let shown = model_path.display();
@@ -183,19 +184,31 @@ pub fn compile(
         let plan = q35_mlir::lpu::plan::op_to_plan(&module.as_operation(), &source)
             .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
         let bound = q35_codegen::plan::bound(&plan, &spec.target);
-        let sys = q35_codegen::partition::compile_system(&plan, &spec.target, chips)
-            .map_err(|e| anyhow::anyhow!("cannot split {shown} over {chips} chips: {e}"))?;
+        let opts = q35_codegen::partition::SystemOptions {
+            split,
+            ..Default::default()
+        };
+        let mut stages = Vec::new();
+        let mut rest = Vec::new();
+        q35_codegen::partition::compile_system_with(
+            &plan,
+            &spec.target,
+            chips,
+            &opts,
+            &mut |s, c| {
+                stages.push(s);
+                rest.push(c);
+                Ok(())
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("cannot split {shown} over {chips} chips: {e}"))?;
         drop(plan);
         drop(bar);
         timings.finish();
-        let mut rest = sys.chips;
         let compiled = rest.remove(0);
         return Ok(Emitted {
             compiled,
-            system: Some(SystemPart {
-                stages: sys.stages,
-                rest,
-            }),
+            system: Some(SystemPart { stages, rest }),
             bound,
             built,
             ctx,
@@ -364,6 +377,7 @@ pub fn host_meta(e: &Emitted) -> HostMeta {
                     chip: st.chip,
                     blocks: [st.blocks.start, st.blocks.end],
                     head: st.head,
+                    part: st.part.clone(),
                     symbols: c
                         .built
                         .program
@@ -376,6 +390,7 @@ pub fn host_meta(e: &Emitted) -> HostMeta {
                 })
                 .collect(),
         }),
+        timing_only: false,
     }
 }
 
@@ -502,6 +517,7 @@ pub fn summary(
                 .map(|(st, c)| serde_json::json!({
                     "chip": st.chip,
                     "blocks": [st.blocks.start, st.blocks.end],
+                    "part": st.part,
                     "head": st.head,
                     "weight_bytes": st.weight_bytes,
                     "predicted_cycles": c.built.cycles,
@@ -520,4 +536,250 @@ pub fn summary(
             "predicted_over_bound": cycles as f64 / e.bound.cycles().max(1.0),
         },
     })
+}
+
+/// A timing-only system (`[weights] source = "none"`, docs/backend.md 8):
+/// the chips' encoded images and what the summary reports of them.
+pub struct TimingOnly {
+    /// The system file (written with `SystemBuilder::write_to`, which
+    /// streams the chips' images: a 70B system is gigabytes).
+    pub system: q35_lpubin::SystemBuilder,
+    /// The compiled context.
+    pub ctx: u32,
+    /// Per chip: its stage (without its plan), predicted cycles, MEM bytes
+    /// and instructions.
+    pub chips: Vec<(q35_codegen::partition::Stage, u64, u64, usize)>,
+    /// The machine's bound on one decode step.
+    pub bound: q35_codegen::plan::Bound,
+}
+
+impl TimingOnly {
+    /// Predicted cycles of one decode step (the lockstep system's: the
+    /// last chip's end).
+    pub fn cycles(&self) -> u64 {
+        self.chips.iter().map(|c| c.1).max().unwrap_or(0)
+    }
+}
+
+/// Compiles a model with no weights over `chips` chips for timing only:
+/// the module is lowered, its plan taken without weights
+/// (`op_to_plan_shapes`), and each chip's stage compiled with placeholder
+/// weights of the right shapes (made for the stage and dropped after it)
+/// and no weight images; nothing is quantized and there is no golden
+/// model. The system file's chips carry programs, constants and symbols;
+/// chip 0's metadata says `timing_only` (`q35sim run` then runs the
+/// static schedules only).
+pub fn compile_timing_only(
+    spec: &ModelSpec,
+    model_path: &Path,
+    context: Option<u64>,
+    options: q35_mlir::passes::RunOptions,
+    chips: u32,
+    split: q35_codegen::partition::Split,
+    timings: &Timings,
+) -> anyhow::Result<TimingOnly> {
+    let shown = model_path.display();
+    let target = &spec.target;
+    spec.target
+        .system(chips)
+        .with_context(|| format!("{shown}: --chips {chips}"))?;
+    timings.mark("lowering (MLIR)");
+    let mlir = q35_mlir::create_context()?;
+    let bar = Bar::new(
+        format!("compile {shown} (timing only): "),
+        "lowering (lpu-lower)",
+        !options.print_ir_after_all,
+    );
+    let module = q35_mlir::lower::compile_lpu(&mlir, spec, context, options)
+        .with_context(|| format!("cannot compile {shown} for the LPU"))?;
+    let need = q35_mlir::lpu::plan::mem_need(&module.as_operation())
+        .map_err(|e| anyhow::anyhow!("cannot compile {shown} for the LPU: {e}"))?;
+    let chip = target.mem_bytes();
+    if need.total() > u64::from(chips) * chip {
+        let (on, have) = if chips == 1 {
+            (
+                "one chip".to_string(),
+                format!("one {} chip has", target.name),
+            )
+        } else {
+            (
+                format!("{chips} chips"),
+                format!("{chips} {} chips have", target.name),
+            )
+        };
+        anyhow::bail!(
+            "{shown}: the model does not fit on {on}: it needs at least {} bytes of MEM ({} bytes of weights, {} bytes of KV cache, {} bytes of other buffers); {have} {} bytes, so by MEM alone it needs at least {} chips",
+            need.total(),
+            need.weight_bytes,
+            need.kv_bytes,
+            need.other_bytes,
+            u64::from(chips) * chip,
+            need.total().div_ceil(chip)
+        );
+    }
+    let ctx = q35_mlir::ir::int_attr(&module.as_operation(), q35_frontend::lpu_ops::CONTEXT_ATTR)
+        .and_then(|c| u32::try_from(c).ok())
+        .with_context(|| format!("{shown}: the lpu module has no context"))?;
+    let (plan, shapes) = q35_mlir::lpu::plan::op_to_plan_shapes(
+        &module.as_operation(),
+        &q35_mlir::lpu::plan::ShapeOnly,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
+    drop(module);
+    let bound = bound_of_shapes(&plan, &shapes, target);
+    timings.mark("scheduling and code generation");
+    bar.stage(format!(
+        "splitting over {chips} chips and generating code (placeholder weights)"
+    ));
+    let opts = q35_codegen::partition::SystemOptions {
+        split,
+        placeholders: shapes,
+        timing_only: true,
+        max_weight_bytes: None,
+    };
+    let producer = format!("q35c {}", env!("CARGO_PKG_VERSION"));
+    let encode = |c: &Compiled, chip: u32| -> anyhow::Result<q35_lpubin::Builder> {
+        let mut b = c
+            .built
+            .program
+            .to_lpubin(target, &producer)
+            .with_context(|| format!("cannot encode chip {chip}'s program"))?;
+        for (queue, index, label) in &c.built.debug {
+            b.debug(*queue, *index, label.clone());
+        }
+        Ok(b)
+    };
+    let mut first: Option<Compiled> = None;
+    let mut images: Vec<Vec<u8>> = Vec::new();
+    let mut info = Vec::new();
+    let mut symbols: Vec<Vec<String>> = Vec::new();
+    let mut failure: Option<anyhow::Error> = None;
+    let result = q35_codegen::partition::compile_system_with(
+        &plan,
+        target,
+        chips,
+        &opts,
+        &mut |mut s, c| {
+            bar.stage(format!(
+                "chip {} of {chips} ({}): {} cycles",
+                s.chip,
+                s.describe(),
+                c.built.cycles
+            ));
+            s.plan = q35_codegen::plan::Plan {
+                ctx: s.plan.ctx,
+                buffers: Vec::new(),
+                weights: Default::default(),
+                ops: Vec::new(),
+            };
+            let instructions = c.built.program.queues.values().map(Vec::len).sum::<usize>();
+            info.push((s, c.built.cycles, c.mem_bytes, instructions));
+            symbols.push(
+                c.built
+                    .program
+                    .symbols
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect(),
+            );
+            if first.is_none() {
+                first = Some(c);
+                return Ok(());
+            }
+            let chip = info.len() as u32 - 1;
+            match encode(&c, chip).and_then(|b| {
+                b.to_bytes()
+                    .with_context(|| format!("cannot build chip {chip}'s .lpubin image"))
+            }) {
+                Ok(bytes) => {
+                    images.push(bytes);
+                    Ok(())
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    failure = Some(e);
+                    Err(q35_codegen::plan::CodegenError::Plan {
+                        op: format!("chip {chip}"),
+                        message,
+                    })
+                }
+            }
+        },
+    );
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    result.map_err(|e| anyhow::anyhow!("cannot split {shown} over {chips} chips: {e}"))?;
+    drop(plan);
+    timings.mark("encoding the programs");
+    let first = first.with_context(|| format!("{shown}: no chip compiled"))?;
+    let cycles = info.iter().map(|c| c.1).max().unwrap_or(0);
+    let arch = &spec.arch;
+    let meta = HostMeta {
+        model: spec.name.clone(),
+        vocab: arch.vocab,
+        hidden: arch.hidden,
+        blocks: arch.blocks,
+        kv_dim: arch.kv_heads * arch.head_dim,
+        ctx,
+        bos: None,
+        eos: None,
+        add_bos: false,
+        stop_tokens: None,
+        chat_template: None,
+        kv_junk_offset: u16::try_from(ctx.div_ceil(q35_codegen::program::LANES))
+            .unwrap_or(u16::MAX),
+        predicted_cycles_per_step: Some(cycles),
+        golden: None,
+        weights_hash: None,
+        prefill: None,
+        system: Some(q35_host::SystemMeta {
+            chips: info
+                .iter()
+                .zip(&symbols)
+                .map(|((st, cyc, mem, _), syms)| q35_host::ChipMeta {
+                    chip: st.chip,
+                    blocks: [st.blocks.start, st.blocks.end],
+                    head: st.head,
+                    part: st.part.clone(),
+                    symbols: syms.clone(),
+                    predicted_cycles: *cyc,
+                    mem_bytes: *mem,
+                })
+                .collect(),
+        }),
+        timing_only: true,
+    };
+    let mut b = encode(&first, 0)?;
+    b.metadata(meta.to_json());
+    drop(first);
+    let mut sys = q35_lpubin::SystemBuilder::new(&target.name, target.hash().0);
+    sys.chip(
+        b.to_bytes()
+            .context("cannot build chip 0's .lpubin image")?,
+    );
+    for image in images {
+        sys.chip(image);
+    }
+    drop(bar);
+    timings.finish();
+    Ok(TimingOnly {
+        system: sys,
+        ctx,
+        chips: info,
+        bound,
+    })
+}
+
+/// [`q35_codegen::plan::bound`] of a plan whose weights are given by shape.
+fn bound_of_shapes(
+    plan: &q35_codegen::plan::Plan,
+    shapes: &std::collections::BTreeMap<String, q35_codegen::partition::WeightShape>,
+    target: &q35_target::Target,
+) -> q35_codegen::plan::Bound {
+    let shapes = shapes
+        .iter()
+        .map(|(n, s)| (n.clone(), (s.rows as u64, s.cols as u64, s.group as u64)))
+        .collect();
+    q35_codegen::plan::bound_with(plan, target, &shapes)
 }

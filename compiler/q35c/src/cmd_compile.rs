@@ -64,12 +64,39 @@ pub struct CompileArgs {
     /// model.toml's [target] chips, else 1 (today's single-chip file).
     #[arg(long, value_name = "N")]
     pub chips: Option<u32>,
+    /// How a system split cuts the model (with --chips): `auto` by whole
+    /// blocks when every chip's weights and KV caches fit its MEM, else
+    /// between ops (a chip may hold part of a block); `blocks`; `ops`
+    /// (docs/backend.md 8).
+    #[arg(long, value_enum, default_value_t = SplitArg::Auto)]
+    pub split: SplitArg,
     /// Worker threads for quantization (results do not depend on it).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Output file; `-` writes to stdout.
     #[arg(short, long, default_value = "-")]
     pub output: PathBuf,
+}
+
+/// `--split`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitArg {
+    /// Whole blocks when they fit, else between ops.
+    Auto,
+    /// Whole blocks (at least one a chip).
+    Blocks,
+    /// Between ops.
+    Ops,
+}
+
+impl SplitArg {
+    fn split(self) -> q35_codegen::partition::Split {
+        match self {
+            SplitArg::Auto => q35_codegen::partition::Split::Auto,
+            SplitArg::Blocks => q35_codegen::partition::Split::Blocks,
+            SplitArg::Ops => q35_codegen::partition::Split::Ops,
+        }
+    }
 }
 
 /// The stop-point of a compile.
@@ -138,6 +165,13 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     if emit == Emit::Lpubin && args.output.as_os_str() == "-" {
         anyhow::bail!("an .lpubin is binary: give an output file with -o");
     }
+    if args.split != SplitArg::Auto && chips == 1 {
+        anyhow::bail!("--split goes with --chips N (N > 1)");
+    }
+    let weightless = spec.weights == q35_model::WeightSource::None;
+    if weightless && matches!(emit, Emit::Asm | Emit::Lpubin) {
+        return compile_timing_only(args, &spec, emit, chips, options);
+    }
     let bytes = match emit {
         Emit::Q35 => q35_mlir::emit_q35_with(&spec, options)
             .with_context(|| format!("cannot compile {} to the q35 dialect", args.model.display()))?
@@ -164,6 +198,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
                     None => crate::backend::Prefill::Auto,
                 },
                 chips,
+                args.split.split(),
                 &timings,
             )?;
             timings.mark("encoding the program");
@@ -192,11 +227,9 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
                     .zip(e.chips())
                     .map(|(st, c)| {
                         format!(
-                            "chip {} blocks {}..{}{}: {} cycles, {:.1} MB",
+                            "chip {} {}: {} cycles, {:.1} MB",
                             st.chip,
-                            st.blocks.start,
-                            st.blocks.end,
-                            if st.head { " + head" } else { "" },
+                            st.describe(),
                             c.built.cycles,
                             c.mem_bytes as f64 / 1e6
                         )
@@ -246,6 +279,119 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
         }
     };
     write_output(&args.output, &bytes)
+}
+
+/// `q35c compile` of a model with no weights (`[weights] source =
+/// "none"`): a timing-only system file (docs/backend.md 8).
+fn compile_timing_only(
+    args: &CompileArgs,
+    spec: &q35_model::ModelSpec,
+    emit: Emit,
+    chips: u32,
+    options: q35_mlir::passes::RunOptions,
+) -> anyhow::Result<()> {
+    let shown = args.model.display();
+    if emit != Emit::Lpubin {
+        anyhow::bail!(
+            "{shown}: the model has no weights ([weights] source = \"none\"): it compiles only to a timing-only .lpubin (--emit=lpubin)"
+        );
+    }
+    if matches!(args.prefill, Some(n) if n > 1) {
+        anyhow::bail!(
+            "{shown}: --prefill: a model with no weights compiles a timing-only system of decode programs, with no prefill program"
+        );
+    }
+    if args.calib.is_some() {
+        anyhow::bail!("{shown}: --calib: a model with no weights is not quantized");
+    }
+    let t0 = std::time::Instant::now();
+    let timings = crate::timings::Timings::new();
+    let t = crate::backend::compile_timing_only(
+        spec,
+        &args.model,
+        args.context,
+        options,
+        chips,
+        args.split.split(),
+        &timings,
+    )?;
+    timings.mark("writing the output");
+    t.system
+        .write_to(&args.output)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let bytes = fs::metadata(&args.output)
+        .with_context(|| format!("cannot read {}", args.output.display()))?
+        .len();
+    timings.finish();
+    if args.timings {
+        eprint!("{}", timings.table());
+    }
+    let cycles = t.cycles();
+    let clock_hz = spec.target.clock_mhz * 1e6;
+    let tokens_per_second = clock_hz / cycles.max(1) as f64;
+    if args.json {
+        let mut v = serde_json::json!({
+            "model": spec.name,
+            "output": args.output.display().to_string(),
+            "bytes": bytes,
+            "target": spec.target.name,
+            "context": t.ctx,
+            "timing_only": true,
+            "chips": chips,
+            "predicted_cycles_per_step": cycles,
+            "projected_tokens_per_second": tokens_per_second,
+            "instructions": t.chips.iter().map(|c| c.3).sum::<usize>(),
+            "mem_bytes_used": t.chips.iter().map(|c| c.2).max().unwrap_or(0),
+            "mem_bytes_chip": spec.target.mem_bytes(),
+            "system": t.chips.iter().map(|(st, cyc, mem, ins)| serde_json::json!({
+                "chip": st.chip,
+                "blocks": [st.blocks.start, st.blocks.end],
+                "part": st.part,
+                "head": st.head,
+                "weight_bytes": st.weight_bytes,
+                "kv_bytes": st.kv_bytes,
+                "receives": st.receives.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                "predicted_cycles": cyc,
+                "mem_bytes_used": mem,
+                "instructions": ins,
+            })).collect::<Vec<_>>(),
+            "bound": {
+                "weights": t.bound.weights,
+                "cycles": t.bound.cycles(),
+                "predicted_over_bound": cycles as f64 / t.bound.cycles().max(1.0),
+            },
+            "compile_seconds": t0.elapsed().as_secs_f64(),
+        });
+        if args.timings {
+            v["timings"] = timings.to_json();
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let per_chip: Vec<String> = t
+            .chips
+            .iter()
+            .map(|(st, cyc, mem, _)| {
+                format!(
+                    "chip {} {}: {cyc} cycles, {:.1} MB",
+                    st.chip,
+                    st.describe(),
+                    *mem as f64 / 1e6
+                )
+            })
+            .collect();
+        eprintln!(
+            "{}: {} ({} bytes): timing only (no weights), {chips} chip{}, context {}, {cycles} cycles per decoded token predicted ({tokens_per_second:.0} tokens/s at {} MHz; the last chip's end); {}; compiled in {:.1?}",
+            args.model.display(),
+            args.output.display(),
+            bytes,
+            if chips == 1 { "" } else { "s" },
+            t.ctx,
+            spec.target.clock_mhz,
+            per_chip.join("; "),
+            t0.elapsed()
+        );
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` (`-` is stdout). A file is written to a temporary

@@ -218,6 +218,42 @@ impl QuantizedMatrix {
         m
     }
 
+    /// Rows `rows` of the matrix as a matrix of their own: the same codes,
+    /// scales, multipliers and slot mask, bit for bit (each row's products
+    /// and their group order do not depend on the other rows, so a matmul
+    /// split by output rows over these pieces computes the same values).
+    pub fn row_range(
+        &self,
+        rows: std::ops::Range<usize>,
+    ) -> Result<QuantizedMatrix, ContractError> {
+        let l = self.layout;
+        if rows.start >= rows.end || rows.end > l.rows {
+            return Err(ContractError::Corrupt(format!(
+                "rows {}..{} of a matrix of {} rows",
+                rows.start, rows.end, l.rows
+            )));
+        }
+        let layout = Layout::new(rows.len(), l.cols, l.group_size)?;
+        let n_groups = l.n_groups();
+        let mut packed = Vec::with_capacity(layout.packed_bytes(self.scheme));
+        let mut scales = Vec::with_capacity(rows.len() * n_groups);
+        for g in 0..n_groups {
+            let bytes = l.block_bytes(self.scheme, g);
+            let at = l.block_offset(self.scheme, g, rows.start);
+            packed.extend_from_slice(&self.packed[at..at + rows.len() * bytes]);
+            scales.extend_from_slice(&self.scales[g * l.rows + rows.start..g * l.rows + rows.end]);
+        }
+        Ok(QuantizedMatrix {
+            layout,
+            scheme: self.scheme,
+            mult4: self.mult4,
+            mult3: self.mult3,
+            packed,
+            scales,
+            slot_mask: self.slot_mask.clone(),
+        })
+    }
+
     /// Builds a matrix from raw codes, checking every range: `codes` is
     /// row-major `rows x cols_padded` (padding codes must be 0), `scales`
     /// row-major `rows x n_groups` and finite, and `four_bit` (Q35 schemes

@@ -227,3 +227,55 @@ fn golden_bytes_from_the_spec() {
     let y = m.matvec(&a).unwrap();
     assert_eq!(y[0], (-1508f32 * 0.5) * (2.0f32 / 127.0));
 }
+
+/// `row_range`: a matrix's rows as a matrix of their own, bit for bit: the
+/// pieces' products are the whole matrix's rows (a matmul split by output
+/// rows over chips computes the same values), for every scheme and a last
+/// group shorter than the others; an empty or out-of-range span is refused.
+#[test]
+fn row_range_pieces_are_the_whole_rows() {
+    let (rows, cols, group) = (7, 80, 32);
+    let layout = Layout::new(rows, cols, group).unwrap();
+    let cp = layout.cols_padded();
+    for scheme in QuantScheme::ALL {
+        let mut codes = vec![0i8; rows * cp];
+        let mut mask = vec![false; cp];
+        for g in 0..layout.n_groups() {
+            let (s, n) = (layout.group_start(g), layout.group_padded_len(g));
+            for o in 0..n / 2 {
+                mask[s + 2 * o] = true;
+            }
+        }
+        for r in 0..rows {
+            for j in 0..cols {
+                let (lo, hi) = scheme.code_range(!scheme.is_q35() || mask[j]);
+                codes[r * cp + j] = (lo + ((r * 31 + j * 7) as i32 % (hi - lo + 1))) as i8;
+            }
+        }
+        let scales: Vec<f16> = (0..rows * layout.n_groups())
+            .map(|i| f16::from_f32(0.01 * (i + 1) as f32))
+            .collect();
+        let mults = if scheme.is_q35() { (2, 3) } else { (1, 1) };
+        let m = QuantizedMatrix::from_codes(layout, scheme, mults, &codes, &scales, Some(&mask))
+            .unwrap();
+        let x: Vec<f32> = (0..cols).map(|j| (j as f32 * 0.37).sin()).collect();
+        let a = ActivationI8::quantize(&x).unwrap();
+        let whole = m.matvec(&a).unwrap();
+        for (lo, hi) in [(0, 3), (3, 7), (2, 3), (0, 7)] {
+            let piece = m.row_range(lo..hi).unwrap();
+            assert_eq!(piece.rows(), hi - lo);
+            let got = piece.matvec(&a).unwrap();
+            let want: Vec<u32> = whole[lo..hi].iter().map(|v| v.to_bits()).collect();
+            let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "{scheme} rows {lo}..{hi}");
+            for r in lo..hi {
+                for g in 0..layout.n_groups() {
+                    assert_eq!(piece.block(g, r - lo), m.block(g, r));
+                    assert_eq!(piece.scale(g, r - lo).to_bits(), m.scale(g, r).to_bits());
+                }
+            }
+        }
+        assert!(m.row_range(3..3).is_err());
+        assert!(m.row_range(5..8).is_err());
+    }
+}

@@ -74,6 +74,12 @@ pub struct HostMeta {
     /// holds what. Absent for one chip (its metadata is unchanged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<SystemMeta>,
+    /// The programs were compiled from a model with no weights
+    /// (`[weights] source = "none"`): placeholder weights of the right
+    /// shapes, no weight images in MEM; for timing only (cycles, MEM,
+    /// links), never for text (docs/backend.md 8).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timing_only: bool,
 }
 
 /// The chips of a pipeline-split model, in stage order (docs/lpubin.md 8):
@@ -93,6 +99,10 @@ pub struct ChipMeta {
     pub blocks: [u32; 2],
     /// Whether it holds the final norm and the LM head.
     pub head: bool,
+    /// The blocks of `blocks` it holds only part of (a split finer than a
+    /// block: the chips before or after it hold the rest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part: Vec<u32>,
     /// The host's symbols in its program (inputs, outputs, KV caches).
     pub symbols: Vec<String>,
     /// Cycles its program takes, as the compiler scheduled it.

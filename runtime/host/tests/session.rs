@@ -65,6 +65,7 @@ fn meta(g: &GoldenModel) -> HostMeta {
         weights_hash: Some(weights_hash(g)),
         prefill: None,
         system: None,
+        timing_only: false,
     }
 }
 

@@ -74,9 +74,14 @@ pub fn send(
 /// Receives `words` words into `dst` from link `link`: the vectors [`send`]
 /// put on the far end, in the same order, arriving on cycles `arrivals`
 /// (one per vector). The first `recv` issues no earlier than the first
-/// arrival; every `recv` must take its vector before the link's end holds
+/// arrival and `not_before` (the end of the chip's previous `recv`s on the
+/// link); every `recv` must take its vector before the link's end holds
 /// more than `buffer` vectors ([`check_arrivals`]). Returns each `recv`'s
 /// issue cycle.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the transfer, its arrivals and the link's limits, each named at the one call"
+)]
 pub fn recv(
     p: &mut ProgramBuilder,
     label: &str,
@@ -85,6 +90,7 @@ pub fn recv(
     link: u16,
     arrivals: &[Cycle],
     buffer: u32,
+    not_before: Cycle,
 ) -> Result<Vec<Cycle>, SchedError> {
     let m = p.mach().clone();
     let q = link_queue(link)?;
@@ -122,7 +128,7 @@ pub fn recv(
             local.push(t);
         }
     }
-    let first = arrivals.first().copied().unwrap_or(0);
+    let first = arrivals.first().copied().unwrap_or(0).max(not_before);
     let placed = p.sched.place(b, first)?;
     let issued: Vec<Cycle> = local.iter().map(|t| placed.shift + t).collect();
     check_arrivals(arrivals, &issued, buffer).map_err(|message| SchedError::Kernel {

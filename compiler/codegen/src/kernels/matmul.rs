@@ -319,6 +319,15 @@ pub fn place_weight_tokens(
             u64::from(plane_tiles[i].max(1)) * u64::from(LANES),
             h,
         )?;
+        if !p.weight_images() {
+            // A timing-only program: the image's place, not its contents.
+            images.push(PlaneImage {
+                plane: pl,
+                codes,
+                scales,
+            });
+            continue;
+        }
         let mut bytes = vec![vec![0u8; words as usize * lanes]; UNPACK_BYTES];
         let mut sc = vec![0u32; plane_tiles[i].max(1) as usize * lanes];
         for t in tiles.iter().filter(|t| t.plane == i) {
@@ -395,7 +404,9 @@ pub fn place_weight_tokens(
     } else {
         let n = masks.len() as u64;
         let buf = p.buffer(&format!("{name}.masks"), DType::U8, n, Hemisphere::West)?;
-        p.init(&buf, DType::U8, masks);
+        if p.weight_images() {
+            p.init(&buf, DType::U8, masks);
+        }
         Some(buf)
     };
     let mut sides: Vec<Hemisphere> = Vec::new();

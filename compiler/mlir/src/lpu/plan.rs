@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::{Module, RegionLike};
+use q35_codegen::partition::WeightShape;
 use q35_codegen::plan::{BufferDecl, BufferKind as PlanKind, Plan, PlanOp};
 use q35_contract::{QuantScheme, QuantizedMatrix, RopeTable};
 use q35_frontend::lpu_ops::{CONTEXT_ATTR, OpKind};
@@ -328,6 +329,29 @@ pub fn to_plan(module: &Module<'_>, src: &dyn PlanSource) -> Result<Plan, PlanEr
 
 /// [`to_plan`] on the module operation (what a pass holds).
 pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan, PlanError> {
+    plan_of(m, src, None)
+}
+
+/// [`op_to_plan`] without binding any weight: the plan's `weights` is
+/// empty and each weight's shape is returned by name instead (a
+/// timing-only system compile makes placeholders of these shapes stage by
+/// stage, `q35_codegen::partition::SystemOptions::placeholders`, so a
+/// model larger than the host's memory compiles). Norm vectors come from
+/// `src`.
+pub fn op_to_plan_shapes(
+    m: &OperationRef<'_, '_>,
+    src: &dyn PlanSource,
+) -> Result<(Plan, BTreeMap<String, WeightShape>), PlanError> {
+    let mut shapes = BTreeMap::new();
+    let plan = plan_of(m, src, Some(&mut shapes))?;
+    Ok((plan, shapes))
+}
+
+fn plan_of(
+    m: &OperationRef<'_, '_>,
+    src: &dyn PlanSource,
+    mut shapes: Option<&mut BTreeMap<String, WeightShape>>,
+) -> Result<Plan, PlanError> {
     let ctx = int_attr(m, CONTEXT_ATTR)
         .and_then(|c| u32::try_from(c).ok())
         .filter(|&c| c > 0)
@@ -426,6 +450,19 @@ pub fn op_to_plan(m: &OperationRef<'_, '_>, src: &dyn PlanSource) -> Result<Plan
             }
             Some(OpKind::Weight) => {
                 let d = weight_decl(&o, &err)?;
+                if let Some(shapes) = shapes.as_deref_mut() {
+                    shapes.insert(
+                        d.sym_name,
+                        WeightShape {
+                            rows: d.rows,
+                            cols: d.cols,
+                            group: d.group,
+                            scheme: d.scheme,
+                        },
+                    );
+                    op = o.next_in_block();
+                    continue;
+                }
                 let w = src
                     .weight(&d.source, d.rows, d.cols, d.group, d.scheme)
                     .map_err(|e| err(format!("@{}: {e}", d.sym_name)))?;
@@ -507,6 +544,7 @@ fn decode(o: &OperationRef<'_, '_>, name: &str) -> Result<PlanOp, String> {
             scale: sym(o, "scale")?,
             weight: sym(o, "weight")?,
             y: sym(o, "y")?,
+            row0: 0,
         },
         OpKind::Rope => PlanOp::Rope {
             x: sym(o, "x")?,

@@ -54,6 +54,30 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let config = crate::target(args.target.as_ref())?;
     let name = args.file.display().to_string();
     if crate::cmd_system::is_system_file(&args.file)? {
+        if crate::cmd_system::is_timing_only(&args.file)? {
+            // Compiled from a model with no weights: its programs run
+            // their static schedules only.
+            if args.generate.wanted() || !args.dumps.is_empty() {
+                return Err(anyhow!(
+                    "{name}: a timing-only system (compiled from a model with no weights, [weights] source = \"none\"): it has no weights to generate text, --check or --dump with; `q35sim run {name}` gives its cycles per token"
+                )
+                .into());
+            }
+            if args.outputs.files() {
+                return Err(
+                    anyhow!("{name}: --trace/--report of a system: `q35sim profile`").into(),
+                );
+            }
+            return crate::cmd_system::run(
+                &args.file,
+                config,
+                args.threads,
+                true,
+                args.max_cycles,
+                args.json,
+                &[],
+            );
+        }
         if args.generate.wanted() && !args.timing && args.dumps.is_empty() && !args.outputs.files()
         {
             // A compiled model split over the chips (q35c compile --chips N).

@@ -38,6 +38,25 @@ pub fn is_system_file(path: &Path) -> anyhow::Result<bool> {
     Ok(q35_lpubin::is_system(&head[..got]))
 }
 
+/// Whether the system file at `path` was compiled for timing only (chip 0's
+/// metadata says `timing_only`: a model with no weights, docs/backend.md 8).
+pub fn is_timing_only(path: &Path) -> anyhow::Result<bool> {
+    let file = LpuSystem::open(path)?;
+    Ok(file
+        .chips()
+        .first()
+        .and_then(|c| q35_host::HostMeta::from_binary(c).ok())
+        .is_some_and(|m| m.timing_only))
+}
+
+/// Chip 0's metadata: whether the file is timing-only and the compiler's
+/// predicted cycles a step.
+fn compiled_meta(file: &LpuSystem) -> Option<q35_host::HostMeta> {
+    file.chips()
+        .first()
+        .and_then(|c| q35_host::HostMeta::from_binary(c).ok())
+}
+
 /// Opens a system file for `config`'s target and builds its system.
 fn open(path: &Path, config: &MachineConfig) -> anyhow::Result<(LpuSystem, String)> {
     let name = path.display().to_string();
@@ -158,11 +177,13 @@ pub fn run(
         }
         run
     };
+    let meta = compiled_meta(&file);
     if json_out {
         let mut v = run.to_json();
         if let Some(o) = v.as_object_mut() {
             o.insert("file".into(), json!(name));
             o.insert("timing_only".into(), json!(timing));
+            per_token_json(o, &run, &config, meta.as_ref());
             o.insert(
                 "dumps".into(),
                 json!(
@@ -175,7 +196,8 @@ pub fn run(
         }
         println!("{v}");
     } else {
-        let mut out = text(&run, &topology, timing);
+        let mut out = per_token_text(&run, &config, meta.as_ref());
+        out.push_str(&text(&run, &topology, timing));
         for (c, d) in &dumped {
             let _ = writeln!(out, "chip {c}: {}", d.to_text());
         }
@@ -294,17 +316,75 @@ pub fn profile(
             )
             .map_err(Failure::Input)?;
     }
+    let meta = compiled_meta(&file);
     if json_out {
         let mut v = run.to_json();
         if let Some(o) = v.as_object_mut() {
             o.insert("file".into(), json!(name));
             o.insert("timing_only".into(), json!(true));
+            per_token_json(o, &run, &config, meta.as_ref());
         }
         println!("{v}");
     } else {
+        print!("{}", per_token_text(&run, &config, meta.as_ref()));
         print!("{}", text(&run, &topology, true));
     }
     Ok(())
+}
+
+/// A compiled model's step as a token: cycles, projected tokens/s at the
+/// target's clock, the compiler's prediction (empty for a bare system).
+fn per_token_text(
+    run: &SystemRun,
+    config: &MachineConfig,
+    meta: Option<&q35_host::HostMeta>,
+) -> String {
+    let Some(m) = meta else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}{}: {} cycles per decoded token ({:.1} tokens/s at {} MHz){}, context {}",
+        m.model,
+        if m.timing_only {
+            " (timing only: no weights)"
+        } else {
+            ""
+        },
+        run.cycles,
+        config.target.clock_mhz * 1e6 / run.cycles.max(1) as f64,
+        config.target.clock_mhz,
+        match m.predicted_cycles_per_step {
+            Some(p) if p == run.cycles => format!(", predicted {p}"),
+            Some(p) => format!(", predicted {p} (differs)"),
+            None => String::new(),
+        },
+        m.ctx
+    );
+    out
+}
+
+fn per_token_json(
+    o: &mut serde_json::Map<String, serde_json::Value>,
+    run: &SystemRun,
+    config: &MachineConfig,
+    meta: Option<&q35_host::HostMeta>,
+) {
+    if let Some(m) = meta {
+        o.insert("model".into(), json!(m.model));
+        o.insert("compiled_timing_only".into(), json!(m.timing_only));
+        o.insert("context".into(), json!(m.ctx));
+        o.insert("cycles_per_token".into(), json!(run.cycles));
+        o.insert(
+            "projected_tokens_per_second".into(),
+            json!(config.target.clock_mhz * 1e6 / run.cycles.max(1) as f64),
+        );
+        o.insert(
+            "predicted_cycles_per_step".into(),
+            json!(m.predicted_cycles_per_step),
+        );
+    }
 }
 
 /// `q35sim disasm SYSTEM.lpubin [--chip N]`: every chip's program (or
