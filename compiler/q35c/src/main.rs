@@ -43,6 +43,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    q35_host::pipe::default_sigpipe();
     // `opt` gets one flag per registered pass, built at run time.
     let matches = Cli::command()
         .mut_subcommand("opt", cmd_opt::with_pass_flags)

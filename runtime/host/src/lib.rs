@@ -9,6 +9,7 @@
 //! - [`layout`]: where a symbol's elements lie in the machine's MEM
 //!   (q35-isa's lane-wise layout), for devices that hold MEM.
 //! - [`meta`]: the metadata keys the host reads.
+//! - [`pipe`]: quiet ends on a closed pipe for the command-line tools.
 //! - [`embedding`]: the token embedding section (f32 or a Q35 matrix).
 //! - [`session`]: the token loop: inputs per step, prefill, sampling with
 //!   `q35c run`'s sampler, stop tokens, chat prompts, the context check.
@@ -24,6 +25,7 @@ pub mod embedding;
 pub mod golden;
 pub mod layout;
 pub mod meta;
+pub mod pipe;
 pub mod session;
 
 pub use check::{Checker, Mismatch, Part};

@@ -66,6 +66,7 @@ pub fn target(path: Option<&PathBuf>) -> anyhow::Result<q35_sim::MachineConfig> 
 }
 
 fn main() -> ExitCode {
+    q35_host::pipe::default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => cmd_run::run(*a),
