@@ -203,6 +203,33 @@ fn step_name(i: usize, s: &q35_host::StepRecord) -> String {
     }
 }
 
+/// Each step's line (its cycles against `predicted`'s) and, with
+/// `check`, the line saying the golden model agreed: the text output of a
+/// chip's run and of a system's.
+fn write_steps(
+    out: &mut impl Write,
+    steps: &[q35_host::StepRecord],
+    predicted: impl Fn(&q35_host::StepRecord) -> Option<u64>,
+    check: bool,
+) -> std::io::Result<()> {
+    for (i, s) in steps.iter().enumerate() {
+        let pred = match predicted(s) {
+            Some(p) if p == s.stats.cycles => format!(" (predicted {p})"),
+            Some(p) => format!(" (predicted {p}: DIFFERS)"),
+            None => String::new(),
+        };
+        writeln!(out, "{}: {} cycles{pred}", step_name(i, s), s.stats.cycles)?;
+    }
+    if check {
+        writeln!(
+            out,
+            "check: {} runs, logits and KV cache equal to the golden model bit for bit",
+            steps.len()
+        )?;
+    }
+    Ok(())
+}
+
 /// Generates with the compiled model in `binary`.
 pub fn run(
     name: &str,
@@ -443,28 +470,7 @@ pub fn run(
             generation.steps.len()
         )
         .map_err(io)?;
-        for (i, s) in generation.steps.iter().enumerate() {
-            let pred = match predicted_of(s) {
-                Some(p) if p == s.stats.cycles => format!(" (predicted {p})"),
-                Some(p) => format!(" (predicted {p}: DIFFERS)"),
-                None => String::new(),
-            };
-            writeln!(
-                stdout,
-                "{}: {} cycles{pred}",
-                step_name(i, s),
-                s.stats.cycles
-            )
-            .map_err(io)?;
-        }
-        if args.check {
-            writeln!(
-                stdout,
-                "check: {} runs, logits and KV cache equal to the golden model bit for bit",
-                generation.steps.len()
-            )
-            .map_err(io)?;
-        }
+        write_steps(&mut stdout, &generation.steps, predicted_of, args.check).map_err(io)?;
         if args.engine == Engine::Verify {
             let (verified, faulted) = replayed;
             writeln!(
@@ -699,28 +705,7 @@ pub fn run_system(
             chips.len()
         )
         .map_err(io)?;
-        for (i, s) in generation.steps.iter().enumerate() {
-            let pred = match predicted {
-                Some(p) if p == s.stats.cycles => format!(" (predicted {p})"),
-                Some(p) => format!(" (predicted {p}: DIFFERS)"),
-                None => String::new(),
-            };
-            writeln!(
-                stdout,
-                "{}: {} cycles{pred}",
-                step_name(i, s),
-                s.stats.cycles
-            )
-            .map_err(io)?;
-        }
-        if args.check {
-            writeln!(
-                stdout,
-                "check: {} runs, logits and KV cache equal to the golden model bit for bit",
-                generation.steps.len()
-            )
-            .map_err(io)?;
-        }
+        write_steps(&mut stdout, &generation.steps, |_| predicted, args.check).map_err(io)?;
         if let Some(run) = &last {
             writeln!(stdout, "last run, per chip:").map_err(io)?;
             write!(stdout, "{}", crate::cmd_system::text(run, &topology, false)).map_err(io)?;
