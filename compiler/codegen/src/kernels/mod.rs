@@ -31,9 +31,15 @@ pub fn to_vxm(b: &mut Bundle, m: &Mach, buf: &Buffer, w: u32, t: Cycle) -> Resul
 
 /// The direction a VXM result must flow to reach `buf`.
 pub fn dir_to(buf: &Buffer) -> Dir {
-    match buf.hemisphere() {
-        Some(Hemisphere::West) => Dir::West,
-        _ => Dir::East,
+    toward(buf.hemisphere().unwrap_or(Hemisphere::East))
+}
+
+/// The direction from the VXM towards hemisphere `h` (its MEM slices and
+/// its SXM).
+pub fn toward(h: Hemisphere) -> Dir {
+    match h {
+        Hemisphere::West => Dir::West,
+        Hemisphere::East => Dir::East,
     }
 }
 

@@ -57,7 +57,7 @@ use q35_isa::TableId;
 use q35_isa::{Dir, ElemWidth, F32Imm, Hemisphere, Instruction, QueueId, QueueKind, Stream};
 
 use crate::alloc::Buffer;
-use crate::kernels::{dir_to, from_vxm, to_vxm};
+use crate::kernels::{dir_to, from_vxm, to_vxm, toward};
 use crate::machine::{Cycle, Mach};
 use crate::program::{LANES, ProgramBuilder};
 use crate::sched::{Bundle, QSel, SchedError, Val};
@@ -580,14 +580,6 @@ fn run_trips(
         label: b.label.clone(),
         message: "a reduction without round trips".to_string(),
     })
-}
-
-/// The direction from the VXM towards hemisphere `h`'s SXM.
-fn toward(h: Hemisphere) -> Dir {
-    match h {
-        Hemisphere::West => Dir::West,
-        Hemisphere::East => Dir::East,
-    }
 }
 
 /// `v` (at the VXM on `t`) delayed by `fmax v, v` copies until `until`.
