@@ -32,11 +32,7 @@ impl Buffer {
 }
 
 /// The chip is full.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "`{name}` needs {words} words in each of {slices} MEM slices of the {hemisphere} hemisphere; \
-     the chip has {free} words free there ({need_bytes} bytes needed in all, the chip holds {chip_bytes})"
-)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllocError {
     /// The buffer.
     pub name: String,
@@ -46,13 +42,56 @@ pub struct AllocError {
     pub slices: usize,
     /// Hemisphere.
     pub hemisphere: &'static str,
-    /// Largest free run at the chosen slices.
+    /// Slices of the hemisphere with `words` words free.
+    pub room: usize,
+    /// Slices in the hemisphere.
+    pub hemisphere_slices: usize,
+    /// The most words free in one slice of the hemisphere.
+    pub most_free: u32,
+    /// Words free at the chosen slices' common address (when `room` is
+    /// enough but the chosen slices' fills differ).
     pub free: u32,
     /// Bytes allocated so far plus this buffer.
     pub need_bytes: u64,
     /// Bytes of MEM on the chip.
     pub chip_bytes: u64,
 }
+
+impl std::fmt::Display for AllocError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let AllocError {
+            name,
+            words,
+            slices,
+            hemisphere,
+            ..
+        } = self;
+        write!(
+            f,
+            "`{name}` needs {words} words in each of {slices} MEM slices of the {hemisphere} hemisphere; "
+        )?;
+        if self.room < *slices {
+            write!(
+                f,
+                "only {} of its {} slices have {words} words free (the most free in one is {})",
+                self.room, self.hemisphere_slices, self.most_free
+            )?;
+        } else {
+            write!(
+                f,
+                "the {slices} chosen slices have {} words free at their common address",
+                self.free
+            )?;
+        }
+        write!(
+            f,
+            " ({} bytes needed in all, the chip holds {})",
+            self.need_bytes, self.chip_bytes
+        )
+    }
+}
+
+impl std::error::Error for AllocError {}
 
 /// The allocator.
 #[derive(Clone, Debug)]
@@ -137,6 +176,7 @@ impl Alloc {
         let room: Vec<QueueId> = mem_slices(h)
             .filter(|q| u64::from(self.fill(*q)) + u64::from(words) <= u64::from(cap))
             .collect();
+        let room_count = room.len();
         let free: Vec<QueueId> = room
             .iter()
             .copied()
@@ -173,6 +213,9 @@ impl Alloc {
                     Hemisphere::West => "west",
                     Hemisphere::East => "east",
                 },
+                room: room_count,
+                hemisphere_slices: mem_slices(h).count(),
+                most_free: mem_slices(h).map(|q| cap - self.fill(q)).max().unwrap_or(0),
                 free: self.words_per_slice.saturating_sub(addr),
                 need_bytes: self.used_bytes + need,
                 chip_bytes,
@@ -190,5 +233,41 @@ impl Alloc {
             addr,
             words,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_hemisphere_says_how_many_slices_have_room() {
+        let mut a = Alloc::new(100, 320);
+        // 42 of the west's 44 slices full: two have room, four are asked.
+        for i in 0..21 {
+            a.place(&format!("b{i}"), Hemisphere::West, 2, 100).unwrap();
+        }
+        let e = a.place("x", Hemisphere::West, 4, 10).unwrap_err();
+        assert_eq!((e.room, e.hemisphere_slices, e.most_free), (2, 44, 100));
+        let m = e.to_string();
+        assert!(
+            m.contains("`x` needs 10 words in each of 4 MEM slices of the west hemisphere; only 2 of its 44 slices have 10 words free (the most free in one is 100)"),
+            "{m}"
+        );
+        // The east is untouched.
+        assert!(a.place("y", Hemisphere::East, 4, 100).is_ok());
+    }
+
+    #[test]
+    fn too_large_for_any_slice() {
+        let mut a = Alloc::new(100, 320);
+        let e = a.place("big", Hemisphere::East, 1, 101).unwrap_err();
+        assert_eq!(e.room, 0);
+        assert!(
+            e.to_string().contains(
+                "only 0 of its 44 slices have 101 words free (the most free in one is 100)"
+            ),
+            "{e}"
+        );
     }
 }
