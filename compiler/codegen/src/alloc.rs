@@ -35,7 +35,12 @@ impl Buffer {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
     "`{name}` needs {words} words in each of {slices} MEM slices of the {hemisphere} hemisphere; \
-     the chip has {free} words free there ({need_bytes} bytes needed in all, the chip holds {chip_bytes})"
+     {} ({need_bytes} bytes needed in all, the chip holds {chip_bytes})",
+    if with_room < slices {
+        format!("only {with_room} of its slices have that much free")
+    } else {
+        format!("the chip has {free} words free there")
+    }
 )]
 pub struct AllocError {
     /// The buffer.
@@ -48,6 +53,9 @@ pub struct AllocError {
     pub hemisphere: &'static str,
     /// Largest free run at the chosen slices.
     pub free: u32,
+    /// Slices of the hemisphere with `words` words free (fewer than
+    /// `slices`: the hemisphere has room, but spread over too few slices).
+    pub with_room: usize,
     /// Bytes allocated so far plus this buffer.
     pub need_bytes: u64,
     /// Bytes of MEM on the chip.
@@ -137,6 +145,7 @@ impl Alloc {
         let room: Vec<QueueId> = mem_slices(h)
             .filter(|q| u64::from(self.fill(*q)) + u64::from(words) <= u64::from(cap))
             .collect();
+        let room_slices = room.len();
         let free: Vec<QueueId> = room
             .iter()
             .copied()
@@ -174,6 +183,7 @@ impl Alloc {
                     Hemisphere::East => "east",
                 },
                 free: self.words_per_slice.saturating_sub(addr),
+                with_room: room_slices,
                 need_bytes: self.used_bytes + need,
                 chip_bytes,
             });

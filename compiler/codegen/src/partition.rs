@@ -1031,6 +1031,15 @@ pub fn compile_system_with(
                         s.weight_bytes, s.kv_bytes
                     ),
                 },
+                CodegenError::Sched(crate::sched::SchedError::Mem { label, error }) => {
+                    CodegenError::Plan {
+                        op: what,
+                        message: format!(
+                            "does not fit: {label}'s scratch: {error} (its weights {} bytes, KV caches {} bytes)",
+                            s.weight_bytes, s.kv_bytes
+                        ),
+                    }
+                }
                 other => CodegenError::Plan {
                     op: what,
                     message: other.to_string(),
@@ -1228,11 +1237,11 @@ pub fn fit(
         let p = stage_plan(&split_plan, s, &w)?;
         match crate::plan::placed_bytes(&p, target) {
             Ok(b) => c.largest_placed = c.largest_placed.max(b),
-            Err(e @ CodegenError::Alloc(_)) => {
+            Err(CodegenError::Alloc(a)) => {
                 c.verdict = Verdict::DoesNotFit {
                     chip: s.chip,
                     holds: s.describe(),
-                    message: e.to_string(),
+                    message: a.to_string(),
                 };
                 return Ok(c);
             }

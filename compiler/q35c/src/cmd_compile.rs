@@ -159,7 +159,14 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     let options = q35_mlir::passes::RunOptions {
         print_ir_after_all: args.print_ir_after_all,
     };
-    let emit = args.emit.unwrap_or_else(|| Emit::infer(&args.output));
+    // --search-only writes nothing: it stands for the .lpubin it would make.
+    let emit = args.emit.unwrap_or_else(|| {
+        if args.search_only {
+            Emit::Lpubin
+        } else {
+            Emit::infer(&args.output)
+        }
+    });
     if args.context.is_some() && matches!(emit, Emit::Q35 | Emit::Graph) {
         anyhow::bail!(
             "--context applies to --emit=lpu, asm and lpubin (the q35 module keeps max_seq_len)"
@@ -190,7 +197,7 @@ fn run_auto(
     options: q35_mlir::passes::RunOptions,
 ) -> anyhow::Result<()> {
     let shown = args.model.display();
-    if emit != Emit::Lpubin {
+    if !args.search_only && emit != Emit::Lpubin {
         anyhow::bail!(
             "{shown}: --chips auto may make a system file of several programs: emit an .lpubin (--emit=lpubin)"
         );
