@@ -321,11 +321,13 @@ impl Auto {
         match choice {
             Some(i) => {
                 let c = &self.rows[i].candidate;
+                let what = if c.chips == 1 {
+                    "1 chip (no split)".to_string()
+                } else {
+                    format!("{} chips, split {}", c.chips, split_name(c.split))
+                };
                 s.push_str(&format!(
-                    "--chips auto: {} chip{}, split {} (the fewest chips that fit, then the fewest cycles a token); searched in {:.1} s\n",
-                    c.chips,
-                    if c.chips == 1 { "" } else { "s" },
-                    split_name(c.split),
+                    "--chips auto: {what} (the fewest chips that fit, then the fewest cycles a token); searched in {:.1} s\n",
                     self.seconds
                 ));
             }
