@@ -128,7 +128,7 @@ pub struct SystemOptions {
     pub timing_only: bool,
     /// With the finer split, weights larger than this are cut by output
     /// rows into pieces of at most this many bytes (whole 320-row tiles),
-    /// which may go to different chips (default: an eighth of a chip's
+    /// which may go to different chips (default: 1/32 of a chip's
     /// MEM; one plane's share of a weight's image takes 7 MEM slices of
     /// its hemisphere, so large pieces leave slices part empty, and past
     /// about a quarter of MEM one piece outgrows the slices).
@@ -525,7 +525,7 @@ fn cut(
     }
     let bl = blocks_of(whole)?;
     // The block split when it fits; else the finer split, with every
-    // weight larger than an eighth of a chip's MEM cut by rows (one plane's
+    // weight larger than 1/32 of a chip's MEM cut by rows (one plane's
     // share of such a weight would not fit its MEM slices).
     let fine = match split {
         Split::Blocks => false,

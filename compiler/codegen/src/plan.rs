@@ -887,9 +887,7 @@ fn place_weights(
         };
         let placed = match base.and_then(|b| b.weights.get(name)) {
             Some(w) => crate::kernels::matmul::with_scratch(p, w, tokens, &pool),
-            None => {
-                crate::kernels::matmul::place_weight_tokens(p, name, m, &[0, 1, 2, 3], tokens)
-            }
+            None => crate::kernels::matmul::place_weight_tokens(p, name, m, &[0, 1, 2, 3], tokens),
         }
         .map_err(|e| match e {
             crate::kernels::matmul::PlaceError::Alloc(a) => CodegenError::Alloc(a),

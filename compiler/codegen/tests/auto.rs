@@ -116,7 +116,10 @@ fn search_finds_the_fewest_chips_the_compile_accepts() {
                 }
             }
         }
-        eprintln!("{split:?}: the check accepts {}, the compile {n}", last.chips);
+        eprintln!(
+            "{split:?}: the check accepts {}, the compile {n}",
+            last.chips
+        );
     }
     // The finer split needs no more chips than whole blocks.
     let fewest = |s| found.iter().filter(|c| c.split == s).map(|c| c.chips).max();
@@ -129,8 +132,15 @@ fn search_finds_the_fewest_chips_the_compile_accepts() {
 fn block_split_past_the_blocks_is_not_applicable() {
     let plan = tiny(2, 64);
     let target = small(24);
-    let found = search(&plan, &target, 3, &[Split::Blocks], &SystemOptions::default(), &mut |_| {})
-        .unwrap();
+    let found = search(
+        &plan,
+        &target,
+        3,
+        &[Split::Blocks],
+        &SystemOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(found.len(), 1);
     assert!(
         matches!(&found[0].verdict, Verdict::NotApplicable(m) if m.contains("3 chips for 2 blocks")),
@@ -192,7 +202,10 @@ fn choose_takes_the_fewest_chips_then_cycles_then_blocks() {
     assert_eq!(choose(&cands, |i| [20, 10][i]), Some(1));
     assert_eq!(choose(&cands, |_| 10), Some(0));
     assert_eq!(
-        choose(&[c(Split::Ops, 1, Verdict::NotApplicable("x".into()))], |_| 0),
+        choose(
+            &[c(Split::Ops, 1, Verdict::NotApplicable("x".into()))],
+            |_| 0
+        ),
         None
     );
 }

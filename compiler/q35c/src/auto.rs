@@ -133,10 +133,21 @@ impl Auto {
 
     /// Searches `split` from `from` chips; the candidates join the rows.
     fn extend(&mut self, split: Split, from: u32) -> anyhow::Result<()> {
-        let found = search(&self.plan, &self.target, from, &[split], &self.opts, &mut |_| {})
-            .map_err(|e| anyhow::anyhow!("searching the {} split: {e}", split_name(split)))?;
+        let found = search(
+            &self.plan,
+            &self.target,
+            from,
+            &[split],
+            &self.opts,
+            &mut |_| {},
+        )
+        .map_err(|e| anyhow::anyhow!("searching the {} split: {e}", split_name(split)))?;
         // One chip is no split: a fitting one ends the search of any split.
-        if self.rows.iter().any(|r| r.candidate.chips == 1 && r.candidate.verdict == Verdict::Fits) {
+        if self
+            .rows
+            .iter()
+            .any(|r| r.candidate.chips == 1 && r.candidate.verdict == Verdict::Fits)
+        {
             return Ok(());
         }
         self.rows.extend(found.into_iter().map(|candidate| Row {
@@ -184,8 +195,15 @@ impl Auto {
     /// cycles (compiled or estimated), then the block split.
     pub fn choice(&self) -> Option<usize> {
         choose(
-            &self.rows.iter().map(|r| r.candidate.clone()).collect::<Vec<_>>(),
-            |i| self.cycles_of(i).map_or(self.rows[i].candidate.link_cycles, |c| c.0),
+            &self
+                .rows
+                .iter()
+                .map(|r| r.candidate.clone())
+                .collect::<Vec<_>>(),
+            |i| {
+                self.cycles_of(i)
+                    .map_or(self.rows[i].candidate.link_cycles, |c| c.0)
+            },
         )
     }
 
@@ -313,9 +331,7 @@ impl Auto {
                 tps,
                 kind,
                 why,
-                r.note
-                    .as_ref()
-                    .map_or(String::new(), |n| format!(" ({n})"))
+                r.note.as_ref().map_or(String::new(), |n| format!(" ({n})"))
             ));
         }
         match choice {

@@ -92,7 +92,9 @@ fn parse_chips(s: &str) -> Result<q35_model::Chips, String> {
         return Ok(q35_model::Chips::Auto);
     }
     s.parse::<u32>().map(q35_model::Chips::Count).map_err(|_| {
-        format!("expected a number of chips (at least 1) or `auto` (the fewest that fit), found `{s}`")
+        format!(
+            "expected a number of chips (at least 1) or `auto` (the fewest that fit), found `{s}`"
+        )
     })
 }
 
@@ -220,12 +222,22 @@ fn run_auto(
         if args.search_only {
             eprint!("{}", auto.table());
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"auto": auto.to_json()}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"auto": auto.to_json()}))?
+                );
             }
             return Ok(());
         }
         let c = &auto.rows[i].candidate;
-        let (n, split) = (c.chips, if c.chips == 1 { q35_codegen::partition::Split::Auto } else { c.split });
+        let (n, split) = (
+            c.chips,
+            if c.chips == 1 {
+                q35_codegen::partition::Split::Auto
+            } else {
+                c.split
+            },
+        );
         match compile_with(args, spec, emit, n, split, options, Some((&mut auto, i))) {
             Ok(()) => return Ok(()),
             Err(e) if e.to_string().contains("does not fit") => {

@@ -12,12 +12,12 @@ use q35_target::{Target, TargetError, diag};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::Chips;
 use crate::arch::{self, Architecture, LLAMA_FAMILY};
 use crate::{
     DEFAULT_GROUP_SIZE, GROUP_QUANTUM, MATRIX_KINDS, ModelError, ModelSpec, QuantConfig,
     QuantScheme, Rotation, RuntimeLimits, WeightSource,
 };
-use crate::Chips;
 
 // ---- the raw schema ------------------------------------------------------
 

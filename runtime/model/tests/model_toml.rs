@@ -534,7 +534,10 @@ fn target_chips() {
     use q35_model::Chips;
     assert_eq!(spec(TINY, "t.toml").unwrap().chips, Chips::Count(1));
     let s = spec(&format!("{TINY}[target]\nchips = 4\n"), "t.toml").unwrap();
-    assert_eq!((s.chips, s.target.name.as_str()), (Chips::Count(4), "lpu-v1"));
+    assert_eq!(
+        (s.chips, s.target.name.as_str()),
+        (Chips::Count(4), "lpu-v1")
+    );
     let s = spec(
         &format!("{TINY}[target]\nname = \"lpu-v1\"\nchips = 2\n"),
         "t.toml",

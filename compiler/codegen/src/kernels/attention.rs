@@ -516,9 +516,9 @@ fn v_rows(
             other(ph),
         )
         .map_err(|error| SchedError::Mem {
-                label: label.to_string(),
-                error,
-            })?;
+            label: label.to_string(),
+            error,
+        })?;
     p.init(&pos32, DType::I32, vec![0; LANES as usize]);
     let mut last = not_before;
     // pos_idx's two byte planes into the low two of pos32.
@@ -676,9 +676,9 @@ pub fn attention(
             (heads * s.wh).max(heads + packed_words),
         )
         .map_err(|error| SchedError::Mem {
-                label: label.to_string(),
-                error,
-            })?;
+            label: label.to_string(),
+            error,
+        })?;
     let scratch = Scratch {
         sc: [view(&block, "sc0", 0, 4), view(&block, "sc1", 4, 4)],
         keep: view(&block, "keep", 8, 4),
