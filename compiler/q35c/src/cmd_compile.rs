@@ -280,13 +280,13 @@ fn compile_with(
         return compile_timing_only(args, spec, emit, chips, split, options, auto);
     }
     let bytes = match emit {
-        Emit::Q35 => q35_mlir::emit_q35_with(&spec, options)
+        Emit::Q35 => q35_mlir::emit_q35_with(spec, options)
             .with_context(|| format!("cannot compile {} to the q35 dialect", args.model.display()))?
             .into_bytes(),
-        Emit::Lpu => q35_mlir::emit_lpu_with(&spec, args.context, options)
+        Emit::Lpu => q35_mlir::emit_lpu_with(spec, args.context, options)
             .with_context(|| format!("cannot compile {} to the lpu dialect", args.model.display()))?
             .into_bytes(),
-        Emit::Graph => q35_frontend::build(&spec)
+        Emit::Graph => q35_frontend::build(spec)
             .with_context(|| format!("cannot build the graph of {}", args.model.display()))?
             .to_dot()
             .into_bytes(),
@@ -294,7 +294,7 @@ fn compile_with(
             let t0 = std::time::Instant::now();
             let timings = crate::timings::Timings::new();
             let e = crate::backend::compile(
-                &spec,
+                spec,
                 &args.model,
                 args.context,
                 args.calib.as_deref(),
