@@ -13,9 +13,10 @@
 //! 3. Tokens per second: at batch 1 a token passes every chip in turn, so
 //!    a step's cycles are the stages' work plus the link hops, nearly the
 //!    same for any chip count. A model whose weights fit one chip's MEM is
-//!    cheap to compile, so every candidate that fits is compiled (with
-//!    placeholder weights: exact cycles); otherwise only the choice is,
-//!    and the others are estimated from it by the difference in link time.
+//!    cheap to compile, so when more than one candidate fits each is
+//!    compiled (with placeholder weights: exact cycles); otherwise only
+//!    the choice is, and the others are estimated from it by the
+//!    difference in link time.
 //! 4. The choice is the fewest chips, then the fewest cycles, then the
 //!    block split. If its compile refuses it after all (the kernels' own
 //!    scratch is placed only while scheduling), the next count of that
@@ -115,9 +116,15 @@ impl Auto {
             a.extend(s, lower)
                 .with_context(|| format!("{shown}: --chips auto"))?;
         }
-        if a.exact_all {
+        let fitting = a
+            .rows
+            .iter()
+            .filter(|r| r.candidate.verdict == Verdict::Fits)
+            .count();
+        if a.exact_all && fitting > 1 {
             // Every candidate that fits, compiled: exact cycles (and a
             // refusal moves its split on, to a candidate compiled in turn).
+            // One alone is the choice, compiled for real next.
             let mut i = 0;
             while i < a.rows.len() {
                 if a.rows[i].candidate.verdict == Verdict::Fits && a.rows[i].cycles.is_none() {
