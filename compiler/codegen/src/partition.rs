@@ -128,7 +128,7 @@ pub struct SystemOptions {
     pub timing_only: bool,
     /// With the finer split, weights larger than this are cut by output
     /// rows into pieces of at most this many bytes (whole 320-row tiles),
-    /// which may go to different chips (default: an eighth of a chip's
+    /// which may go to different chips (default: 1/32 of a chip's
     /// MEM; one plane's share of a weight's image takes 7 MEM slices of
     /// its hemisphere, so large pieces leave slices part empty, and past
     /// about a quarter of MEM one piece outgrows the slices).
@@ -525,7 +525,7 @@ fn cut(
     }
     let bl = blocks_of(whole)?;
     // The block split when it fits; else the finer split, with every
-    // weight larger than an eighth of a chip's MEM cut by rows (one plane's
+    // weight larger than 1/32 of a chip's MEM cut by rows (one plane's
     // share of such a weight would not fit its MEM slices).
     let fine = match split {
         Split::Blocks => false,
@@ -1031,6 +1031,15 @@ pub fn compile_system_with(
                         s.weight_bytes, s.kv_bytes
                     ),
                 },
+                CodegenError::Sched(crate::sched::SchedError::Mem { label, error }) => {
+                    CodegenError::Plan {
+                        op: what,
+                        message: format!(
+                            "does not fit: {label}'s scratch: {error} (its weights {} bytes, KV caches {} bytes)",
+                            s.weight_bytes, s.kv_bytes
+                        ),
+                    }
+                }
                 other => CodegenError::Plan {
                     op: what,
                     message: other.to_string(),
@@ -1103,4 +1112,223 @@ fn add_forwards(
         }
     }
     Ok(())
+}
+
+/// Whether a split over a number of chips fits ([`fit`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every chip's buffers and weight images are placed in its MEM.
+    Fits,
+    /// A chip's placement fails: the chip, what it holds, why.
+    DoesNotFit {
+        /// The chip.
+        chip: u32,
+        /// What it holds ([`Stage::describe`]).
+        holds: String,
+        /// The placement's error.
+        message: String,
+    },
+    /// The split cannot be made on this many chips at all (more chips than
+    /// blocks for the block split, than places to cut, than the topology
+    /// wires); more chips do not help.
+    NotApplicable(String),
+}
+
+/// One split over one number of chips, checked without scheduling
+/// ([`fit`]).
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// The split ([`Split::Blocks`] or [`Split::Ops`]).
+    pub split: Split,
+    /// Chips.
+    pub chips: u32,
+    /// Whether it fits.
+    pub verdict: Verdict,
+    /// The largest chip's weight and KV bytes (the cut's; 0 when not
+    /// applicable).
+    pub largest_load: u64,
+    /// The largest MEM any checked chip's placement takes (buffers, weight
+    /// images and their scratch; [`crate::plan::placed_bytes`]).
+    pub largest_placed: u64,
+    /// Cycles a token spends on links, estimated: per cut, the route's
+    /// hops times the link latency plus the vectors sent times
+    /// [`Target::c2c_vector_cycles`].
+    pub link_cycles: u64,
+}
+
+/// Whether `plan` split as `split` ([`Split::Blocks`] or [`Split::Ops`])
+/// over `chips` chips of `target` fits, without scheduling anything: the
+/// cut [`compile_system_with`] would make, then every stage's buffers and
+/// weights placed as its compile starts ([`crate::plan::placed_bytes`]),
+/// the most loaded chips (weights plus twice the KV caches, as the finer
+/// split balances them) first, stopping at the first that does not fit.
+/// What it cannot see is the kernels' own scratch, placed while they are
+/// scheduled: a candidate that fits here can still fail to compile when
+/// MEM is nearly full (the caller then tries the next count).
+pub fn fit(
+    plan: &Plan,
+    target: &Target,
+    chips: u32,
+    split: Split,
+    opts: &SystemOptions,
+) -> Result<Candidate, CodegenError> {
+    let mut c = Candidate {
+        split,
+        chips,
+        verdict: Verdict::Fits,
+        largest_load: 0,
+        largest_placed: 0,
+        link_cycles: 0,
+    };
+    let topology = match target.system(chips) {
+        Ok(t) => t,
+        Err(e) => {
+            c.verdict = Verdict::NotApplicable(e.to_string());
+            return Ok(c);
+        }
+    };
+    let mut w = Weights::new(&plan.weights, &opts.placeholders);
+    let (split_plan, stages) = match cut(
+        plan,
+        chips,
+        split,
+        target.mem_bytes(),
+        opts.max_weight_bytes,
+        &mut w,
+    ) {
+        Ok(x) => x,
+        // The cut's own refusals (too many chips for the split) do not
+        // depend on MEM.
+        Err(CodegenError::Plan { op, message }) if op == "partition" => {
+            c.verdict = Verdict::NotApplicable(message);
+            return Ok(c);
+        }
+        Err(e) => return Err(e),
+    };
+    let dtype_bytes: BTreeMap<&str, u64> = split_plan
+        .buffers
+        .iter()
+        .map(|b| (b.name.as_str(), u64::from(b.dtype.bytes())))
+        .collect();
+    let v = target.c2c_vector_cycles();
+    let latency = u64::from(target.c2c.link_latency_cycles);
+    for s in &stages {
+        c.largest_load = c.largest_load.max(s.weight_bytes + s.kv_bytes);
+        if s.sends.is_empty() {
+            continue;
+        }
+        let hops = topology
+            .route(s.chip, s.chip + 1)
+            .map_err(|e| err("c2c", e.to_string()))?
+            .len() as u64;
+        let vectors: u64 = s
+            .sends
+            .iter()
+            .map(|(name, n)| {
+                u64::from(crate::plan::words(u64::from(*n)))
+                    * dtype_bytes.get(name.as_str()).copied().unwrap_or(4)
+            })
+            .sum();
+        c.link_cycles += hops * latency + vectors * v;
+    }
+    let mut order: Vec<&Stage> = stages.iter().collect();
+    order.sort_by_key(|s| std::cmp::Reverse(s.weight_bytes + 2 * s.kv_bytes));
+    for s in order {
+        let p = stage_plan(&split_plan, s, &w)?;
+        match crate::plan::placed_bytes(&p, target) {
+            Ok(b) => c.largest_placed = c.largest_placed.max(b),
+            Err(CodegenError::Alloc(a)) => {
+                c.verdict = Verdict::DoesNotFit {
+                    chip: s.chip,
+                    holds: s.describe(),
+                    message: a.to_string(),
+                };
+                return Ok(c);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(c)
+}
+
+/// The chip counts a search tries from `lower`: every count up to a node,
+/// whole nodes past it (the topology wires nothing else).
+fn next_count(n: u32, per_node: u32) -> u32 {
+    let per_node = per_node.max(1);
+    if n < per_node {
+        n + 1
+    } else {
+        (n / per_node + 1) * per_node
+    }
+}
+
+/// The first chip count a search tries: `lower`, rounded up to whole nodes
+/// past one node.
+fn first_count(lower: u32, per_node: u32) -> u32 {
+    let per_node = per_node.max(1);
+    let lower = lower.max(1);
+    if lower <= per_node {
+        lower
+    } else {
+        lower.div_ceil(per_node) * per_node
+    }
+}
+
+/// For each split of `splits`, the fewest chips (from `lower`, e.g. what
+/// the model's MEM needs, counts the topology wires) on which [`fit`]
+/// accepts it: the candidates tried, in order, each split's last the one
+/// that fits (or one that is not applicable: more chips cannot help).
+/// Counts are tried upwards one by one, so the one found is the fewest by
+/// this check, not just some count that fits.
+pub fn search(
+    plan: &Plan,
+    target: &Target,
+    lower: u32,
+    splits: &[Split],
+    opts: &SystemOptions,
+    progress: &mut dyn FnMut(&Candidate),
+) -> Result<Vec<Candidate>, CodegenError> {
+    let per_node = target.c2c.chips_per_node;
+    let mut out = Vec::new();
+    for &split in splits {
+        let mut n = first_count(lower, per_node);
+        loop {
+            let c = fit(plan, target, n, split, opts)?;
+            progress(&c);
+            let done = !matches!(c.verdict, Verdict::DoesNotFit { .. });
+            let one = n == 1 && c.verdict == Verdict::Fits;
+            out.push(c);
+            if one {
+                // One chip is no split: the other splits would be the same.
+                return Ok(out);
+            }
+            if done {
+                break;
+            }
+            n = next_count(n, per_node);
+        }
+    }
+    Ok(out)
+}
+
+/// The candidate `--chips auto` takes among those that fit: the fewest
+/// chips, then the fewest cycles a token (`cycles`: predicted or
+/// estimated), then the block split (whole blocks a chip). `None` if none
+/// fits.
+pub fn choose(cands: &[Candidate], cycles: impl Fn(usize) -> u64) -> Option<usize> {
+    cands
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.verdict == Verdict::Fits)
+        .min_by_key(|(i, c)| (c.chips, cycles(*i), c.split != Split::Blocks, *i))
+        .map(|(i, _)| i)
+}
+
+/// A split's name as the command line spells it.
+pub fn split_name(split: Split) -> &'static str {
+    match split {
+        Split::Auto => "auto",
+        Split::Blocks => "blocks",
+        Split::Ops => "ops",
+    }
 }

@@ -853,6 +853,112 @@ fn place_buffers(
     Ok(placement)
 }
 
+/// Places the images of `plan`'s weights (with their scratch), after its
+/// buffers (`placement`): each avoids the slices of the operands of the
+/// matmuls that read it. A later program (`base`) takes the images where
+/// `base` has them and only places scratch, the products in `pools` but
+/// the LM head's.
+fn place_weights(
+    plan: &Plan,
+    p: &mut ProgramBuilder,
+    placement: &BTreeMap<String, Buffer>,
+    tokens: u32,
+    base: Option<&Shared>,
+    pools: &[Buffer],
+) -> Result<BTreeMap<String, crate::kernels::matmul::PlacedWeight>, CodegenError> {
+    let mut weights = BTreeMap::new();
+    for (name, m) in &plan.weights {
+        // The operands of the matmuls that read this weight.
+        let mm_bufs: Vec<&Buffer> = plan
+            .ops
+            .iter()
+            .filter(|(_, op)| matches!(op, PlanOp::MatMul { weight, .. } if weight == name))
+            .flat_map(|(_, op)| op.buffers())
+            .filter_map(|n| placement.get(n))
+            .collect();
+        p.set_avoid(&mm_bufs);
+        // In rotation: weight i tries pool i % POOLS first.
+        let pool: Vec<&Buffer> = if is_head(name) {
+            Vec::new()
+        } else {
+            (0..pools.len())
+                .map(|j| &pools[(weights.len() + j) % pools.len()])
+                .collect()
+        };
+        let placed = match base.and_then(|b| b.weights.get(name)) {
+            Some(w) => crate::kernels::matmul::with_scratch(p, w, tokens, &pool),
+            None => crate::kernels::matmul::place_weight_tokens(p, name, m, &[0, 1, 2, 3], tokens),
+        }
+        .map_err(|e| match e {
+            crate::kernels::matmul::PlaceError::Alloc(a) => CodegenError::Alloc(a),
+            other => CodegenError::Plan {
+                op: name.clone(),
+                message: other.to_string(),
+            },
+        })?;
+        weights.insert(name.clone(), placed);
+    }
+    Ok(weights)
+}
+
+/// Places the west copies of the step's index vectors a plan with a KV
+/// cache in the east needs (a scatter's index must come from the other
+/// side of the cache): per copy the index's name, its buffer and the copy.
+fn place_index_mirrors(
+    plan: &Plan,
+    p: &mut ProgramBuilder,
+    placement: &BTreeMap<String, Buffer>,
+) -> Result<Vec<(&'static str, Buffer, Buffer)>, CodegenError> {
+    let east_cache = plan.buffers.iter().any(|b| {
+        b.kind == BufferKind::Kv
+            && placement.get(&b.name).and_then(Buffer::hemisphere) == Some(Hemisphere::East)
+    });
+    let mut out = Vec::new();
+    if !east_cache {
+        return Ok(out);
+    }
+    for name in ["pos_idx", "kv_idx"] {
+        let unknown = || CodegenError::Plan {
+            op: "index copies".into(),
+            message: format!("unknown buffer `{name}`"),
+        };
+        let src = placement.get(name).cloned().ok_or_else(unknown)?;
+        if src.hemisphere() != Some(Hemisphere::East) {
+            continue;
+        }
+        let decl = plan
+            .buffers
+            .iter()
+            .find(|b| b.name == name)
+            .ok_or_else(unknown)?;
+        let dst = p.buffer(
+            &format!("{name}.west"),
+            decl.dtype,
+            decl.elements(),
+            Hemisphere::West,
+        )?;
+        out.push((name, src, dst));
+    }
+    Ok(out)
+}
+
+/// MEM bytes one chip's program of `plan` places before its first kernel
+/// runs, by the same code [`compile`] starts with: every buffer, every
+/// weight's image with its scratch, the index copies; or the
+/// [`CodegenError::Alloc`] placement meets. It does not schedule anything,
+/// so it costs a small part of a compile (the pipeline split's feasibility
+/// check, [`crate::partition::fit`]); the kernels' own scratch (attention,
+/// reductions), placed while they are scheduled, is not in it, so a plan
+/// this accepts can still fail to compile when MEM is nearly full.
+pub fn placed_bytes(plan: &Plan, target: &Target) -> Result<u64, CodegenError> {
+    let mut p = ProgramBuilder::new(target);
+    p.set_weight_images(false);
+    let placement = place_buffers(plan, &mut p, None)?;
+    place_weights(plan, &mut p, &placement, 1, None, &[])?;
+    place_index_mirrors(plan, &mut p, &placement)?;
+    Ok(p.alloc.used_bytes())
+}
+
 /// Places every buffer and weight, runs every op's kernel in program
 /// order, and returns the program.
 pub fn compile(plan: &Plan, target: &Target) -> Result<Compiled, CodegenError> {
@@ -1045,66 +1151,17 @@ fn compile_program_with(
             }
         }
     }
-    let mut weights = BTreeMap::new();
-    for (name, m) in &plan.weights {
-        // The operands of the matmuls that read this weight.
-        let mm_bufs: Vec<&Buffer> = plan
-            .ops
-            .iter()
-            .filter(|(_, op)| matches!(op, PlanOp::MatMul { weight, .. } if weight == name))
-            .flat_map(|(_, op)| op.buffers())
-            .filter_map(|n| placement.get(n))
-            .collect();
-        p.set_avoid(&mm_bufs);
-        // In rotation: weight i tries pool i % POOLS first.
-        let pool: Vec<&Buffer> = if is_head(name) {
-            Vec::new()
-        } else {
-            (0..pools.len())
-                .map(|j| &pools[(weights.len() + j) % pools.len()])
-                .collect()
-        };
-        let placed = match base.and_then(|b| b.weights.get(name)) {
-            Some(w) => crate::kernels::matmul::with_scratch(&mut p, w, tokens, &pool),
-            None => {
-                crate::kernels::matmul::place_weight_tokens(&mut p, name, m, &[0, 1, 2, 3], tokens)
-            }
-        }
-        .map_err(|e| match e {
-            crate::kernels::matmul::PlaceError::Alloc(a) => CodegenError::Alloc(a),
-            other => CodegenError::Plan {
-                op: name.clone(),
-                message: other.to_string(),
-            },
-        })?;
-        weights.insert(name.clone(), placed);
-    }
+    let weights = place_weights(plan, &mut p, &placement, tokens, base, &pools)?;
     let mut op_cycles = Vec::new();
     // West copies of the step's index vectors for the caches that share
     // their (east) hemisphere: a scatter's index must meet the value on
     // every slice of the cache, so it must come from the other side.
     let mut mirrors: BTreeMap<String, Buffer> = BTreeMap::new();
-    let east_cache = plan.buffers.iter().any(|b| {
-        b.kind == BufferKind::Kv
-            && placement.get(&b.name).and_then(Buffer::hemisphere) == Some(Hemisphere::East)
-    });
     // (Their instructions carry the label `index_copies` in the debug map;
     // `op_cycles` lists the plan's ops only, one entry each.)
-    if east_cache {
-        for name in ["pos_idx", "kv_idx"] {
-            let src = get(name, "index copies")?;
-            if src.hemisphere() != Some(Hemisphere::East) {
-                continue;
-            }
-            let decl = kinds.get(name).ok_or_else(|| CodegenError::Plan {
-                op: "index copies".into(),
-                message: format!("unknown buffer `{name}`"),
-            })?;
-            let copy_name = format!("{name}.west");
-            let dst = p.buffer(&copy_name, decl.dtype, decl.elements(), Hemisphere::West)?;
-            crate::kernels::vector::copy(&mut p, "index_copies", &src, &dst, src.words, 0)?;
-            mirrors.insert(name.to_string(), dst);
-        }
+    for (name, src, dst) in place_index_mirrors(plan, &mut p, &placement)? {
+        crate::kernels::vector::copy(&mut p, "index_copies", &src, &dst, src.words, 0)?;
+        mirrors.insert(name.to_string(), dst);
     }
     // The index buffer `name` as a kernel writing `cache` must read it.
     let index_for = |name: &str, cache: &Buffer, op: &str| -> Result<Buffer, CodegenError> {

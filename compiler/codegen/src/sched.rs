@@ -161,6 +161,14 @@ pub enum SchedError {
         /// What is wrong.
         message: String,
     },
+    /// A kernel's own scratch does not fit in MEM.
+    #[error("{label}: {error}")]
+    Mem {
+        /// The bundle's source op.
+        label: String,
+        /// Where placement ran out.
+        error: crate::alloc::AllocError,
+    },
     /// No cycle within the search window fits the bundle.
     #[error("{label}: no cycle from {from} to {to} fits the bundle ({reason})")]
     NoFit {

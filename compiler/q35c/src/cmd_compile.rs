@@ -60,14 +60,22 @@ pub struct CompileArgs {
     pub timings: bool,
     /// Split the model over a system of N chips, pipeline-parallel
     /// (contiguous blocks per chip, the LM head on the last; docs/backend.md
-    /// 8): the output is one system file (lpubin only). Default: the
-    /// model.toml's [target] chips, else 1 (today's single-chip file).
-    #[arg(long, value_name = "N")]
-    pub chips: Option<u32>,
+    /// 8): the output is one system file (lpubin only). `auto`: the fewest
+    /// chips the model fits, and the split with the fewest cycles a token
+    /// among them; the candidates compared are printed on stderr (and in
+    /// --json's `auto`). Default: the model.toml's [target] chips, else 1
+    /// (today's single-chip file).
+    #[arg(long, value_name = "N|auto", value_parser = parse_chips)]
+    pub chips: Option<q35_model::Chips>,
+    /// With --chips auto: print the candidates and the choice, compile
+    /// nothing and write no output.
+    #[arg(long)]
+    pub search_only: bool,
     /// How a system split cuts the model (with --chips): `auto` by whole
     /// blocks when every chip's weights and KV caches fit its MEM, else
     /// between ops (a chip may hold part of a block); `blocks`; `ops`
-    /// (docs/backend.md 8).
+    /// (docs/backend.md 8). With --chips auto: the splits searched (auto:
+    /// both).
     #[arg(long, value_enum, default_value_t = SplitArg::Auto)]
     pub split: SplitArg,
     /// Worker threads for quantization (results do not depend on it).
@@ -76,6 +84,18 @@ pub struct CompileArgs {
     /// Output file; `-` writes to stdout.
     #[arg(short, long, default_value = "-")]
     pub output: PathBuf,
+}
+
+/// `--chips N|auto`.
+fn parse_chips(s: &str) -> Result<q35_model::Chips, String> {
+    if s == "auto" {
+        return Ok(q35_model::Chips::Auto);
+    }
+    s.parse::<u32>().map(q35_model::Chips::Count).map_err(|_| {
+        format!(
+            "expected a number of chips (at least 1) or `auto` (the fewest that fit), found `{s}`"
+        )
+    })
 }
 
 /// `--split`.
@@ -141,7 +161,14 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     let options = q35_mlir::passes::RunOptions {
         print_ir_after_all: args.print_ir_after_all,
     };
-    let emit = args.emit.unwrap_or_else(|| Emit::infer(&args.output));
+    // --search-only writes nothing: it stands for the .lpubin it would make.
+    let emit = args.emit.unwrap_or_else(|| {
+        if args.search_only {
+            Emit::Lpubin
+        } else {
+            Emit::infer(&args.output)
+        }
+    });
     if args.context.is_some() && matches!(emit, Emit::Q35 | Emit::Graph) {
         anyhow::bail!(
             "--context applies to --emit=lpu, asm and lpubin (the q35 module keeps max_seq_len)"
@@ -153,7 +180,87 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     if args.timings && !matches!(emit, Emit::Asm | Emit::Lpubin) {
         anyhow::bail!("--timings applies to --emit=asm and lpubin");
     }
-    let chips = args.chips.unwrap_or(spec.chips);
+    let chips = match args.chips.unwrap_or(spec.chips) {
+        q35_model::Chips::Count(n) => n,
+        q35_model::Chips::Auto => return run_auto(args, &spec, emit, options),
+    };
+    if args.search_only {
+        anyhow::bail!("--search-only goes with --chips auto");
+    }
+    compile_with(args, &spec, emit, chips, args.split.split(), options, None)
+}
+
+/// `--chips auto`: the search, then the choice compiled as `--chips N`
+/// would (and, if its compile refuses it after all, the next candidate).
+fn run_auto(
+    args: &CompileArgs,
+    spec: &q35_model::ModelSpec,
+    emit: Emit,
+    options: q35_mlir::passes::RunOptions,
+) -> anyhow::Result<()> {
+    let shown = args.model.display();
+    if !args.search_only && emit != Emit::Lpubin {
+        anyhow::bail!(
+            "{shown}: --chips auto may make a system file of several programs: emit an .lpubin (--emit=lpubin)"
+        );
+    }
+    if !args.search_only && args.output.as_os_str() == "-" {
+        anyhow::bail!("an .lpubin is binary: give an output file with -o");
+    }
+    let mut auto = crate::auto::Auto::search(
+        spec,
+        &args.model,
+        args.context,
+        options,
+        &crate::auto::splits(args.split.split()),
+    )?;
+    loop {
+        let Some(i) = auto.choice() else {
+            eprint!("{}", auto.table());
+            anyhow::bail!("{shown}: --chips auto: no candidate fits (the table above says why)");
+        };
+        if args.search_only {
+            eprint!("{}", auto.table());
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"auto": auto.to_json()}))?
+                );
+            }
+            return Ok(());
+        }
+        let c = &auto.rows[i].candidate;
+        let (n, split) = (
+            c.chips,
+            if c.chips == 1 {
+                q35_codegen::partition::Split::Auto
+            } else {
+                c.split
+            },
+        );
+        match compile_with(args, spec, emit, n, split, options, Some((&mut auto, i))) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.to_string().contains("does not fit") => {
+                let why = format!("{e:#}");
+                auto.refuse(i, &why)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The rest of `q35c compile` for `chips` chips cut as `split`; with
+/// `auto` (the search and the row chosen) its table and `--json`'s `auto`
+/// follow the compile, the row's cycles the compiled ones.
+fn compile_with(
+    args: &CompileArgs,
+    spec: &q35_model::ModelSpec,
+    emit: Emit,
+    chips: u32,
+    split: q35_codegen::partition::Split,
+    options: q35_mlir::passes::RunOptions,
+    mut auto: Option<(&mut crate::auto::Auto, usize)>,
+) -> anyhow::Result<()> {
     if chips == 0 {
         anyhow::bail!("--chips 0: a system needs at least one chip");
     }
@@ -165,21 +272,21 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     if emit == Emit::Lpubin && args.output.as_os_str() == "-" {
         anyhow::bail!("an .lpubin is binary: give an output file with -o");
     }
-    if args.split != SplitArg::Auto && chips == 1 {
+    if args.split != SplitArg::Auto && chips == 1 && auto.is_none() {
         anyhow::bail!("--split goes with --chips N (N > 1)");
     }
     let weightless = spec.weights == q35_model::WeightSource::None;
     if weightless && matches!(emit, Emit::Asm | Emit::Lpubin) {
-        return compile_timing_only(args, &spec, emit, chips, options);
+        return compile_timing_only(args, spec, emit, chips, split, options, auto);
     }
     let bytes = match emit {
-        Emit::Q35 => q35_mlir::emit_q35_with(&spec, options)
+        Emit::Q35 => q35_mlir::emit_q35_with(spec, options)
             .with_context(|| format!("cannot compile {} to the q35 dialect", args.model.display()))?
             .into_bytes(),
-        Emit::Lpu => q35_mlir::emit_lpu_with(&spec, args.context, options)
+        Emit::Lpu => q35_mlir::emit_lpu_with(spec, args.context, options)
             .with_context(|| format!("cannot compile {} to the lpu dialect", args.model.display()))?
             .into_bytes(),
-        Emit::Graph => q35_frontend::build(&spec)
+        Emit::Graph => q35_frontend::build(spec)
             .with_context(|| format!("cannot build the graph of {}", args.model.display()))?
             .to_dot()
             .into_bytes(),
@@ -187,7 +294,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
             let t0 = std::time::Instant::now();
             let timings = crate::timings::Timings::new();
             let e = crate::backend::compile(
-                &spec,
+                spec,
                 &args.model,
                 args.context,
                 args.calib.as_deref(),
@@ -198,9 +305,13 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
                     None => crate::backend::Prefill::Auto,
                 },
                 chips,
-                args.split.split(),
+                split,
                 &timings,
             )?;
+            if let Some((a, i)) = auto.as_mut() {
+                a.settle(*i, e.cycles());
+                eprint!("{}", a.table());
+            }
             timings.mark("encoding the program");
             let bytes = if emit == Emit::Asm {
                 e.compiled.built.program.to_lpuasm().into_bytes()
@@ -216,6 +327,9 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
             if args.json {
                 let mut v = crate::backend::summary(&e, &spec.target, &args.output, bytes.len());
                 v["compile_seconds"] = serde_json::json!(t0.elapsed().as_secs_f64());
+                if let Some((a, _)) = &auto {
+                    v["auto"] = a.to_json();
+                }
                 if args.timings {
                     v["timings"] = timings.to_json();
                 }
@@ -288,7 +402,9 @@ fn compile_timing_only(
     spec: &q35_model::ModelSpec,
     emit: Emit,
     chips: u32,
+    split: q35_codegen::partition::Split,
     options: q35_mlir::passes::RunOptions,
+    mut auto: Option<(&mut crate::auto::Auto, usize)>,
 ) -> anyhow::Result<()> {
     let shown = args.model.display();
     if emit != Emit::Lpubin {
@@ -312,9 +428,13 @@ fn compile_timing_only(
         args.context,
         options,
         chips,
-        args.split.split(),
+        split,
         &timings,
     )?;
+    if let Some((a, i)) = auto.as_mut() {
+        a.settle(*i, t.cycles());
+        eprint!("{}", a.table());
+    }
     timings.mark("writing the output");
     t.system
         .write_to(&args.output)
@@ -362,6 +482,9 @@ fn compile_timing_only(
             },
             "compile_seconds": t0.elapsed().as_secs_f64(),
         });
+        if let Some((a, _)) = &auto {
+            v["auto"] = a.to_json();
+        }
         if args.timings {
             v["timings"] = timings.to_json();
         }

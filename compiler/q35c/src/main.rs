@@ -1,6 +1,7 @@
 //! `q35c`: the q35 compiler driver. One module per subcommand (`cmd_*.rs`);
 //! errors get file/field context here, at the edge, with `anyhow`.
 
+mod auto;
 mod backend;
 mod cmd_compile;
 mod cmd_eval;

@@ -44,9 +44,19 @@ pub struct ModelSpec {
     pub target: Target,
     /// `[target] chips`: the chips of the system the model is split over
     /// (pipeline stages, docs/backend.md 8); 1 unless given.
-    pub chips: u32,
+    pub chips: Chips,
     /// Limits the compiled program is built for.
     pub limits: RuntimeLimits,
+}
+
+/// `[target] chips` (and `q35c compile --chips`): how many chips the model
+/// is split over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chips {
+    /// Exactly this many (at least 1).
+    Count(u32),
+    /// The fewest that fit, `"auto"` (docs/backend.md 8).
+    Auto,
 }
 
 /// Where a model's weights come from.

@@ -12,6 +12,7 @@ use q35_target::{Target, TargetError, diag};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::Chips;
 use crate::arch::{self, Architecture, LLAMA_FAMILY};
 use crate::{
     DEFAULT_GROUP_SIZE, GROUP_QUANTUM, MATRIX_KINDS, ModelError, ModelSpec, QuantConfig,
@@ -143,7 +144,7 @@ fn scheme_field<'de, D: serde::Deserializer<'de>>(
 struct RawTarget {
     name: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
-    chips: Option<Spanned<u32>>,
+    chips: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -184,7 +185,7 @@ pub struct ModelToml {
     architecture: ArchSection,
     target: TargetSection,
     /// `[target] chips`: chips of the system (1 unless given).
-    chips: u32,
+    chips: Chips,
     runtime: RuntimeSection,
 }
 
@@ -287,15 +288,27 @@ pub fn parse(text: &str, path: &Path) -> Result<ModelToml, ModelError> {
         .map(|c| cx.base().join(c.get_ref()));
     let target = target_table(&cx, raw.target.as_ref())?;
     let chips = match raw.target.as_ref().and_then(|t| t.chips.as_ref()) {
-        None => 1,
-        Some(c) if *c.get_ref() == 0 => {
-            return Err(cx.invalid(
-                Some(c.span()),
-                "target.chips",
-                "must be at least 1 (chips of the system the model is split over)".into(),
-            ));
+        None => Chips::Count(1),
+        Some(c) => {
+            let bad = |found: String| {
+                cx.invalid(
+                    Some(c.span()),
+                    "target.chips",
+                    format!(
+                        "expected a number of chips (at least 1) or \"auto\" (the fewest that fit), found {found}"
+                    ),
+                )
+            };
+            match c.get_ref() {
+                toml::Value::String(s) if s == "auto" => Chips::Auto,
+                toml::Value::Integer(n) => match u32::try_from(*n) {
+                    Ok(n) if n >= 1 => Chips::Count(n),
+                    _ => return Err(bad(n.to_string())),
+                },
+                toml::Value::String(s) => return Err(bad(format!("\"{s}\""))),
+                other => return Err(bad(format!("a {}", other.type_str()))),
+            }
         }
-        Some(c) => *c.get_ref(),
     };
     let runtime = runtime_table(&cx, raw.runtime.as_ref())?;
     Ok(ModelToml {

@@ -526,22 +526,40 @@ fn rotation_setting() {
     );
 }
 
-/// `[target] chips`: the system a model is split over (1 unless given; 0
-/// is refused at its key; alone it keeps the default target).
+/// `[target] chips`: the system a model is split over (1 unless given; a
+/// count of at least 1 or "auto"; anything else is refused at its key;
+/// alone it keeps the default target).
 #[test]
 fn target_chips() {
-    assert_eq!(spec(TINY, "t.toml").unwrap().chips, 1);
+    use q35_model::Chips;
+    assert_eq!(spec(TINY, "t.toml").unwrap().chips, Chips::Count(1));
     let s = spec(&format!("{TINY}[target]\nchips = 4\n"), "t.toml").unwrap();
-    assert_eq!((s.chips, s.target.name.as_str()), (4, "lpu-v1"));
+    assert_eq!(
+        (s.chips, s.target.name.as_str()),
+        (Chips::Count(4), "lpu-v1")
+    );
     let s = spec(
         &format!("{TINY}[target]\nname = \"lpu-v1\"\nchips = 2\n"),
         "t.toml",
     )
     .unwrap();
-    assert_eq!(s.chips, 2);
-    let e = err(&format!("{TINY}[target]\nchips = 0\n"));
-    assert!(
-        e.contains("`target.chips`") && e.contains("at least 1"),
-        "{e}"
-    );
+    assert_eq!(s.chips, Chips::Count(2));
+    let s = spec(&format!("{TINY}[target]\nchips = \"auto\"\n"), "t.toml").unwrap();
+    assert_eq!(s.chips, Chips::Auto);
+    for (bad, found) in [
+        ("0", "found 0"),
+        ("-3", "found -3"),
+        ("\"many\"", "found \"many\""),
+        ("2.5", "found a float"),
+        ("true", "found a boolean"),
+    ] {
+        let e = err(&format!("{TINY}[target]\nchips = {bad}\n"));
+        assert!(
+            e.contains("`target.chips`")
+                && e.contains("at least 1")
+                && e.contains("\"auto\"")
+                && e.contains(found),
+            "{bad}: {e}"
+        );
+    }
 }

@@ -800,9 +800,9 @@ pub(crate) fn scratch(
     h: Hemisphere,
 ) -> Result<Buffer, SchedError> {
     p.buffer(&format!("{label}.{what}"), dtype, elements, h)
-        .map_err(|e| SchedError::Kernel {
+        .map_err(|error| SchedError::Mem {
             label: label.to_string(),
-            message: e.to_string(),
+            error,
         })
 }
 
