@@ -315,14 +315,50 @@ impl Calibration {
         progress: &dyn Fn(crate::Progress<'_>),
     ) -> Result<Calibration, ModelQuantError> {
         let total = tokens.len().div_ceil(window);
-        for (i, chunk) in tokens.chunks(window).enumerate() {
-            let mut session = model.new_session_with_capacity(window)?;
-            model.observe(&mut session, chunk, &mut self)?;
+        let report = |done| {
             progress(crate::Progress::Item {
-                done: i + 1,
+                done,
                 total,
                 item: "calibration windows",
+            })
+        };
+        if model.threads() < 2 || total < 2 {
+            for (i, chunk) in tokens.chunks(window).enumerate() {
+                let mut session = model.new_session_with_capacity(window)?;
+                model.observe(&mut session, chunk, &mut self)?;
+                report(i + 1);
+            }
+            return Ok(self);
+        }
+        // Each window starts from an empty KV cache, so windows are
+        // independent forward passes: two run at once (a window alone keeps
+        // the model's pool about 70% busy: its norms, rotary embedding and
+        // observer run on one thread), each recorded, and the recordings
+        // are replayed into the statistics in window order, so every sum
+        // and the reservoir sample see the rows in the same order as one
+        // window after the other (same bits). Two windows are held at a
+        // time.
+        let chunks: Vec<&[u32]> = tokens.chunks(window).collect();
+        let mut done = 0;
+        for pair in chunks.chunks(2) {
+            let recorded: Vec<Result<Recording, ModelQuantError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = pair
+                    .iter()
+                    .map(|&chunk| s.spawn(move || Recording::run(model, chunk, window)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| match h.join() {
+                        Ok(r) => r,
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    })
+                    .collect()
             });
+            for r in recorded {
+                r?.replay(&mut self);
+                done += 1;
+                report(done);
+            }
         }
         Ok(self)
     }
@@ -401,6 +437,53 @@ fn zero_covariance(cols: usize, group: usize) -> Vec<Vec<f32>> {
             vec![0f32; n * n]
         })
         .collect()
+}
+
+/// The layer inputs one calibration window showed, in the order the
+/// forward pass showed them ([`Calibration::record`] runs windows at once
+/// and replays their recordings in window order).
+struct Recording {
+    /// Tokens in the window.
+    n_tokens: usize,
+    /// Each observation: the layer and its input, or `None` when the input
+    /// is bit for bit the one before (Q, K and V read the same rows, and
+    /// so do gate and up), which is then not held twice.
+    inputs: Vec<(LinearId, Option<Vec<f32>>)>,
+}
+
+impl Recording {
+    /// Runs `model` over `chunk` from an empty cache of `window` positions.
+    fn run(model: &Model, chunk: &[u32], window: usize) -> Result<Recording, ModelQuantError> {
+        let mut rec = Recording {
+            n_tokens: chunk.len(),
+            inputs: Vec::new(),
+        };
+        let mut session = model.new_session_with_capacity(window)?;
+        model.observe(&mut session, chunk, &mut rec)?;
+        Ok(rec)
+    }
+
+    /// Shows `observer` every recorded input in the recorded order.
+    fn replay(self, observer: &mut dyn Observer) {
+        let mut last: &[f32] = &[];
+        for (id, x) in &self.inputs {
+            if let Some(x) = x {
+                last = x;
+            }
+            observer.linear_input(*id, last, self.n_tokens);
+        }
+    }
+}
+
+impl Observer for Recording {
+    fn linear_input(&mut self, id: LinearId, x: &[f32], n_tokens: usize) {
+        debug_assert_eq!(n_tokens, self.n_tokens);
+        let last = self.inputs.iter().rev().find_map(|(_, v)| v.as_deref());
+        let same = last.is_some_and(|l| {
+            l.len() == x.len() && l.iter().zip(x).all(|(a, b)| a.to_bits() == b.to_bits())
+        });
+        self.inputs.push((id, (!same).then(|| x.to_vec())));
+    }
 }
 
 /// The layer whose input record `id` shares (K, V read Q's input; up reads
