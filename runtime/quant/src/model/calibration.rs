@@ -333,29 +333,35 @@ impl Calibration {
         // Each window starts from an empty KV cache, so windows are
         // independent forward passes: two run at once (a window alone keeps
         // the model's pool about 70% busy: its norms, rotary embedding and
-        // observer run on one thread), each recorded, and the recordings
-        // are replayed into the statistics in window order, so every sum
-        // and the reservoir sample see the rows in the same order as one
-        // window after the other (same bits). Two windows are held at a
-        // time.
+        // observer run on one thread). The first of a pair is observed as
+        // it runs; the second is recorded and replayed once the first is
+        // done, so every sum and the reservoir sample see the rows in the
+        // same order as one window after the other (same bits). The
+        // recording's memory is reused from pair to pair.
         let chunks: Vec<&[u32]> = tokens.chunks(window).collect();
+        let mut rec = Recording::default();
         let mut done = 0;
         for pair in chunks.chunks(2) {
-            let recorded: Vec<Result<Recording, ModelQuantError>> = std::thread::scope(|s| {
-                let handles: Vec<_> = pair
-                    .iter()
-                    .map(|&chunk| s.spawn(move || Recording::run(model, chunk, window)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| match h.join() {
-                        Ok(r) => r,
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    })
-                    .collect()
+            let (first, second) = (pair[0], pair.get(1).copied());
+            let this = &mut self;
+            let (a, b) = std::thread::scope(|s| {
+                let rec = &mut rec;
+                let second = second.map(|c| s.spawn(move || rec.run(model, c, window)));
+                let a = model
+                    .new_session_with_capacity(window)
+                    .and_then(|mut session| model.observe(&mut session, first, this));
+                let b = second.map(|h| match h.join() {
+                    Ok(r) => r,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                });
+                (a, b)
             });
-            for r in recorded {
-                r?.replay(&mut self);
+            a?;
+            done += 1;
+            report(done);
+            if let Some(b) = b {
+                b?;
+                rec.replay(&mut self);
                 done += 1;
                 report(done);
             }
@@ -440,37 +446,36 @@ fn zero_covariance(cols: usize, group: usize) -> Vec<Vec<f32>> {
 }
 
 /// The layer inputs one calibration window showed, in the order the
-/// forward pass showed them ([`Calibration::record`] runs windows at once
-/// and replays their recordings in window order).
+/// forward pass showed them ([`Calibration::record`] runs two windows at
+/// once and replays the second's recording after the first).
+#[derive(Default)]
 struct Recording {
     /// Tokens in the window.
     n_tokens: usize,
-    /// Each observation: the layer and its input, or `None` when the input
-    /// is bit for bit the one before (Q, K and V read the same rows, and
-    /// so do gate and up), which is then not held twice.
-    inputs: Vec<(LinearId, Option<Vec<f32>>)>,
+    /// Every distinct input, one after the other.
+    data: Vec<f32>,
+    /// Each observation: the layer and where its input is in `data` (Q, K
+    /// and V read the same rows, and so do gate and up: an input bit for
+    /// bit the one before is not held twice).
+    inputs: Vec<(LinearId, std::ops::Range<usize>)>,
 }
 
 impl Recording {
-    /// Runs `model` over `chunk` from an empty cache of `window` positions.
-    fn run(model: &Model, chunk: &[u32], window: usize) -> Result<Recording, ModelQuantError> {
-        let mut rec = Recording {
-            n_tokens: chunk.len(),
-            inputs: Vec::new(),
-        };
+    /// Records `model` over `chunk` from an empty cache of `window`
+    /// positions, in place of what the recording held (keeping its memory).
+    fn run(&mut self, model: &Model, chunk: &[u32], window: usize) -> Result<(), ModelQuantError> {
+        self.n_tokens = chunk.len();
+        self.data.clear();
+        self.inputs.clear();
         let mut session = model.new_session_with_capacity(window)?;
-        model.observe(&mut session, chunk, &mut rec)?;
-        Ok(rec)
+        model.observe(&mut session, chunk, self)?;
+        Ok(())
     }
 
     /// Shows `observer` every recorded input in the recorded order.
-    fn replay(self, observer: &mut dyn Observer) {
-        let mut last: &[f32] = &[];
-        for (id, x) in &self.inputs {
-            if let Some(x) = x {
-                last = x;
-            }
-            observer.linear_input(*id, last, self.n_tokens);
+    fn replay(&self, observer: &mut dyn Observer) {
+        for (id, r) in &self.inputs {
+            observer.linear_input(*id, &self.data[r.clone()], self.n_tokens);
         }
     }
 }
@@ -478,11 +483,16 @@ impl Recording {
 impl Observer for Recording {
     fn linear_input(&mut self, id: LinearId, x: &[f32], n_tokens: usize) {
         debug_assert_eq!(n_tokens, self.n_tokens);
-        let last = self.inputs.iter().rev().find_map(|(_, v)| v.as_deref());
-        let same = last.is_some_and(|l| {
-            l.len() == x.len() && l.iter().zip(x).all(|(a, b)| a.to_bits() == b.to_bits())
+        let same = self.inputs.last().map(|(_, r)| r.clone()).filter(|r| {
+            let held = &self.data[r.clone()];
+            held.len() == x.len() && held.iter().zip(x).all(|(a, b)| a.to_bits() == b.to_bits())
         });
-        self.inputs.push((id, (!same).then(|| x.to_vec())));
+        let r = same.unwrap_or_else(|| {
+            let start = self.data.len();
+            self.data.extend_from_slice(x);
+            start..self.data.len()
+        });
+        self.inputs.push((id, r));
     }
 }
 
