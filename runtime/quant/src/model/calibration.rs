@@ -4,13 +4,13 @@
 //! covariances and a reservoir sample of input rows.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use q35_reference::{LinearId, LinearKind, Model, Observer, splitmix64};
 use rayon::prelude::*;
 
 use super::ModelQuantError;
-use crate::quantize::GroupCovariance;
+use crate::quantize::{GptqFactors, GroupCovariance, gptq_factors};
 
 /// Calibration statistics of one linear layer's input.
 #[derive(Debug, Clone)]
@@ -25,6 +25,9 @@ pub struct LayerCalibration {
     /// Reservoir sample of input rows, row-major.
     samples: Vec<f32>,
     rng: u64,
+    /// The GPTQ factors of [`LayerCalibration::covariance`], computed once
+    /// for every matrix reading this input.
+    factors: OnceLock<GptqFactors>,
 }
 
 impl LayerCalibration {
@@ -39,6 +42,7 @@ impl LayerCalibration {
             tokens: 0,
             samples: Vec::new(),
             rng: sampling_seed(id),
+            factors: OnceLock::new(),
         }
     }
 
@@ -146,6 +150,7 @@ impl LayerCalibration {
         for row in self.samples.chunks_exact_mut(self.cols) {
             q35_contract::semantics::rotate_groups(row, signs, group);
         }
+        self.factors = OnceLock::new();
         Ok(())
     }
 
@@ -397,6 +402,18 @@ impl Calibration {
     /// The in-group covariance of layer `id`'s input, if recorded.
     pub fn covariance(&self, id: LinearId) -> Option<GroupCovariance> {
         self.layers.get(&cov_source(id))?.covariance()
+    }
+
+    /// The GPTQ factors of [`Calibration::covariance`] of `id`, computed
+    /// by the first matrix that asks (the others reading the same input
+    /// wait for them, then share them).
+    pub(crate) fn gptq_factors(&self, id: LinearId) -> Option<GptqFactors> {
+        let layer = self.layers.get(&cov_source(id))?;
+        if let Some(f) = layer.factors.get() {
+            return Some(f.clone());
+        }
+        let cov = layer.covariance()?;
+        Some(layer.factors.get_or_init(|| gptq_factors(&cov)).clone())
     }
 }
 
