@@ -60,6 +60,46 @@ fn concurrent_calibration_windows_record_the_same_bits() {
 }
 
 #[test]
+fn shared_gptq_factors_quantize_as_fresh_ones() {
+    // quantize_model computes each input's GPTQ factors once (Q, K, V and
+    // gate, up share them, on any worker); every matrix must be the one
+    // quantize_gptq gives from the covariance alone.
+    let model = tiny();
+    let calib = Calibration::run_with_covariance(&model, &tokens(40), 16, 8, 32).unwrap();
+    let weights = model_weights(&model).unwrap();
+    for threads in [1, 3] {
+        let layers = quantize_model(
+            &model,
+            &weights,
+            SchemePolicy::uniform(QuantScheme::Q35),
+            32,
+            Some(&calib),
+            QuantOptions { threads },
+        )
+        .unwrap();
+        for (l, (id, w)) in layers.iter().zip(&weights) {
+            assert_eq!(l.id, *id);
+            let lin = model.linear(*id).unwrap();
+            let (rows, cols) = (lin.out_features(), lin.in_features());
+            let imp = calib.layer(*id).unwrap().importance();
+            let cov = calib.covariance(*id).unwrap();
+            let fresh = q35_quant::quantize::quantize_gptq(
+                w,
+                rows,
+                cols,
+                QuantScheme::Q35,
+                32,
+                &imp,
+                &cov,
+                QuantOptions { threads: 1 },
+            )
+            .unwrap();
+            assert_eq!(l.matrix, fresh, "{id} at {threads} threads");
+        }
+    }
+}
+
+#[test]
 fn calibration_records_every_layer() {
     let model = tiny();
     let toks = tokens(40);
