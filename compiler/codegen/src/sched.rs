@@ -1004,6 +1004,49 @@ impl Booked {
     }
 }
 
+/// Why a bundle did not fit at a shift ([`Sched::try_at`]; tried about a
+/// million times a SmolLM2 compile, so the message is written only when
+/// the search gives up).
+#[derive(Clone, Copy, Debug)]
+enum Conflict {
+    /// The op would issue on this cycle, before the program starts.
+    BeforeStart(Cycle),
+    /// The queue is busy on this cycle.
+    QueueBusy(QueueId, Cycle),
+    /// Every VXM queue is busy on this cycle.
+    VxmBusy(Cycle),
+    /// An `lw` during a swap.
+    LwDuringSwap,
+    /// An `lw` on this cycle into the buffer an `mm` reads until the other.
+    LwShadow(Cycle, Cycle),
+    /// An `iw` before the load is done.
+    IwBeforeLoad,
+    /// An `mm` during a swap.
+    MmDuringSwap,
+    /// A MEM port or bank of this slice is busy on this cycle.
+    Port(u16, Cycle),
+    /// No run of this many free stream registers in this direction.
+    Registers(u8, Dir),
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Conflict::BeforeStart(t) => write!(f, "cycle {t} is before the program starts"),
+            Conflict::QueueBusy(q, t) => write!(f, "{q} busy at {t}"),
+            Conflict::VxmBusy(t) => write!(f, "every VXM queue busy at {t}"),
+            Conflict::LwDuringSwap => f.write_str("lw during a swap"),
+            Conflict::LwShadow(t, r) => write!(f, "lw at {t} into a buffer read until {r}"),
+            Conflict::IwBeforeLoad => f.write_str("iw before the load is done"),
+            Conflict::MmDuringSwap => f.write_str("mm during a swap"),
+            Conflict::Port(slice, c) => {
+                write!(f, "MEM port or bank of slice {slice} busy at {c}")
+            }
+            Conflict::Registers(width, dir) => write!(f, "no {width} free {dir:?} registers"),
+        }
+    }
+}
+
 /// [`Sched::try_at`]'s working memory.
 #[derive(Debug, Default)]
 struct Scratch {
@@ -1144,7 +1187,7 @@ impl Sched {
         b: &Bundle,
         shift: Cycle,
         order: &[usize],
-    ) -> Result<Tentative, (String, Cycle)> {
+    ) -> Result<Tentative, (Conflict, Cycle)> {
         let mut scratch = self.scratch.borrow_mut();
         let Scratch {
             queues,
@@ -1168,12 +1211,12 @@ impl Sched {
         ports.clear();
         queues.clear();
         queues.resize(b.ops.len(), QueueId::from_index(0).expect("queue 0"));
-        let retry = |r: String| (r, shift + 1);
+        let retry = |r: Conflict| (r, shift + 1);
         for &i in order {
             let op = &b.ops[i];
             let t = op.t + shift;
             if t < 0 {
-                return Err((format!("cycle {t} is before the program starts"), shift - t));
+                return Err((Conflict::BeforeStart(t), shift - t));
             }
             let len = op.ins.issue_cycles().max(op.ins.occupancy()) as Cycle;
             // Free in the schedule and in this bundle's own bookings; on a
@@ -1193,7 +1236,7 @@ impl Sched {
                 QSel::Fixed(q) => match free(q, booked) {
                     Ok(()) => q,
                     Err(next) => {
-                        return Err((format!("{q} busy at {t}"), shift + (next - t).max(1)));
+                        return Err((Conflict::QueueBusy(q, t), shift + (next - t).max(1)));
                     }
                 },
                 QSel::AnyVxm => {
@@ -1211,10 +1254,7 @@ impl Sched {
                     match found {
                         Some(q) => q,
                         None => {
-                            return Err((
-                                format!("every VXM queue busy at {t}"),
-                                shift + (earliest - t).max(1),
-                            ));
+                            return Err((Conflict::VxmBusy(t), shift + (earliest - t).max(1)));
                         }
                     }
                 }
@@ -1230,25 +1270,25 @@ impl Sched {
                 match op.ins {
                     Instruction::Lw { n, k, .. } => {
                         if t < st.swap_done {
-                            return Err(retry("lw during a swap".into()));
+                            return Err(retry(Conflict::LwDuringSwap));
                         }
                         if let Some(r) = st.shadow_reader
                             && t < r + self.mach.reuse_delay(n)
                         {
-                            return Err(retry(format!("lw at {t} into a buffer read until {r}")));
+                            return Err(retry(Conflict::LwShadow(t, r)));
                         }
                         st.load_done = t + Cycle::from(n.div_ceil(k));
                     }
                     Instruction::Iw {} => {
                         if t < st.load_done {
-                            return Err(retry("iw before the load is done".into()));
+                            return Err(retry(Conflict::IwBeforeLoad));
                         }
                         st.shadow_reader = st.last_mm;
                         st.swap_done = t + self.mach.swap;
                     }
                     Instruction::Mm { .. } => {
                         if t < st.swap_done {
-                            return Err(retry("mm during a swap".into()));
+                            return Err(retry(Conflict::MmDuringSwap));
                         }
                         st.last_mm = Some(t);
                     }
@@ -1260,9 +1300,7 @@ impl Sched {
                 let used = self.ports.get(&(slice, c)).copied().unwrap_or(0)
                     | ports.get(&(slice, c)).copied().unwrap_or(0);
                 if used & bits != 0 {
-                    return Err(retry(format!(
-                        "MEM port or bank of slice {slice} busy at {c}"
-                    )));
+                    return Err(retry(Conflict::Port(slice, c)));
                 }
                 *ports.entry((slice, c)).or_insert(0) |= bits;
             }
@@ -1284,7 +1322,7 @@ impl Sched {
             };
             let base = (0..=32 - slot.width)
                 .find(|&base| fits(base, taken))
-                .ok_or_else(|| retry(format!("no {} free {:?} registers", slot.width, slot.dir)))?;
+                .ok_or_else(|| retry(Conflict::Registers(slot.width, slot.dir)))?;
             for j in 0..slot.width {
                 for &l in &slot.lines {
                     taken.insert((slot.dir, base + j, l + shift));
@@ -1322,20 +1360,20 @@ impl Sched {
             }
         }
         let from = shift;
-        let mut reason = String::new();
+        let mut reason = None;
         let tentative = loop {
             if shift > from + SEARCH {
                 return Err(SchedError::NoFit {
                     label: b.label.clone(),
                     from: from + b.first(),
                     to: shift + b.first(),
-                    reason,
+                    reason: reason.map_or_else(String::new, |r: Conflict| r.to_string()),
                 });
             }
             match self.try_at(&b, shift, &order) {
                 Ok(t) => break t,
                 Err((r, next)) => {
-                    reason = r;
+                    reason = Some(r);
                     shift = next.max(shift + 1);
                 }
             }

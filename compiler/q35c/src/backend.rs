@@ -40,6 +40,9 @@ pub struct Emitted {
     pub bound: q35_codegen::plan::Bound,
     /// The golden model and tokenizer it was compiled from.
     pub built: BuiltGolden,
+    /// [`golden::weights_hash`] of `built.golden` (computed beside the
+    /// scheduler, which runs on one thread).
+    pub weights_hash: String,
     /// The compiled context.
     pub ctx: u32,
     /// The recipe (recorded for `--check`).
@@ -206,10 +209,12 @@ pub fn compile(
         drop(bar);
         timings.finish();
         let compiled = rest.remove(0);
+        let weights_hash = golden::weights_hash(&built.golden);
         return Ok(Emitted {
             compiled,
             system: Some(SystemPart { stages, rest }),
             bound,
+            weights_hash,
             built,
             ctx,
             recipe,
@@ -219,8 +224,19 @@ pub fn compile(
             )),
         });
     }
-    let (plan, compiled) =
-        q35_mlir::passes::lpu_codegen::schedule(&mlir, &module, &source, &spec.target)
+    // The scheduler runs on one thread; the weights' hash (for the host's
+    // metadata, a SHA-256 over the whole golden model) is taken beside it.
+    let (scheduled, weights_hash) = std::thread::scope(|s| {
+        let hash = s.spawn(|| golden::weights_hash(&built.golden));
+        let scheduled =
+            q35_mlir::passes::lpu_codegen::schedule(&mlir, &module, &source, &spec.target);
+        let hash = match hash.join() {
+            Ok(h) => h,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (scheduled, hash)
+    });
+    let (plan, compiled) = scheduled
             .map_err(|e| {
                 let hint = if e.contains("does not fit") {
                     format!(
@@ -297,6 +313,7 @@ pub fn compile(
         compiled,
         system: None,
         bound,
+        weights_hash,
         built,
         ctx,
         recipe,
@@ -362,7 +379,7 @@ pub fn host_meta(e: &Emitted) -> HostMeta {
             calib_ctx: e.recipe.calib_ctx,
             calib_samples: e.recipe.calib_samples,
         }),
-        weights_hash: Some(golden::weights_hash(&e.built.golden)),
+        weights_hash: Some(e.weights_hash.clone()),
         prefill: e.prefill.as_ref().map(|(n, c)| q35_host::PrefillMeta {
             program: PREFILL_PROGRAM.to_string(),
             tokens: *n,
@@ -496,7 +513,7 @@ pub fn summary(
         "buffers": e.compiled.placement.len(),
         "ops": e.compiled.op_cycles.len(),
         "op_spans": kinds.iter().map(|(k, (n, c))| serde_json::json!({"op": k, "count": n, "cycles": c})).collect::<Vec<_>>(),
-        "weights_hash": golden::weights_hash(&e.built.golden),
+        "weights_hash": e.weights_hash,
         "prefill": match &e.prefill {
             Some((n, c)) => serde_json::json!({
                 "tokens_per_run": n,

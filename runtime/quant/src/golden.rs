@@ -4,8 +4,11 @@
 //! and its quantized layers. Its accuracy against the f32 reference is what
 //! `q35c quant-report --eval` and `q35c eval --quant` measure.
 
+use std::sync::Arc;
+
 use q35_contract::{Architecture, GoldenBlock, GoldenHead, IntMatrix, QuantizedMatrix};
 use q35_reference::{Config, LinearId, LinearKind, Model};
+use rayon::prelude::*;
 
 use crate::model::{ModelQuantError, QuantizedLayer};
 
@@ -33,6 +36,25 @@ fn matrix(
         )));
     }
     Ok(m.unpack())
+}
+
+/// `m` dequantized (the values of [`IntMatrix::dequantize`]), its rows on the
+/// rayon pool, written into the shared slice the golden model keeps (no
+/// second copy of the table).
+fn dequantize_shared(m: &IntMatrix) -> Arc<[f32]> {
+    let (rows, cols) = (m.rows(), m.cols());
+    let mut w: Arc<[f32]> = std::iter::repeat_n(0f32, rows * cols).collect();
+    if cols > 0 {
+        let out = Arc::get_mut(&mut w).expect("a slice just made has one owner");
+        out.par_chunks_exact_mut(cols)
+            .enumerate()
+            .for_each(|(r, row)| {
+                if let Some(v) = m.dequantize_row(r) {
+                    row.copy_from_slice(&v);
+                }
+            });
+    }
+    w
 }
 
 /// The reference configuration as the contract's architecture.
@@ -75,13 +97,16 @@ pub fn from_reference(
             c.context
         )));
     }
-    let mut blocks = Vec::with_capacity(c.blocks);
-    for (b, rb) in model.blocks().iter().enumerate() {
+    // Blocks are unpacked on the rayon pool (collected in order) beside
+    // the head, whose tied table is dequantized by rows straight into the
+    // shared embedding: the same values as one thread gives.
+    let block = |b: usize| -> Result<GoldenBlock, ModelQuantError> {
+        let rb = &model.blocks()[b];
         let id = |kind| LinearId {
             block: Some(b),
             kind,
         };
-        blocks.push(GoldenBlock {
+        Ok(GoldenBlock {
             attn_norm: rb.attn_norm.clone(),
             ffn_norm: rb.ffn_norm.clone(),
             q: matrix(layers, id(LinearKind::Q), (qd, d))?,
@@ -91,30 +116,42 @@ pub fn from_reference(
             gate: matrix(layers, id(LinearKind::Gate), (c.ffn, d))?,
             up: matrix(layers, id(LinearKind::Up), (c.ffn, d))?,
             down: matrix(layers, id(LinearKind::Down), (d, c.ffn))?,
-        });
-    }
+        })
+    };
     let head_id = LinearId {
         block: None,
         kind: LinearKind::LmHead,
     };
-    let (head, embedding) = if layers.iter().any(|l| l.id == head_id) {
-        let m = matrix(layers, head_id, (c.vocab, d))?;
-        let emb = if c.tied_embeddings {
-            m.dequantize().into()
+    let head = || -> Result<(GoldenHead, Arc<[f32]>), ModelQuantError> {
+        if layers.iter().any(|l| l.id == head_id) {
+            let m = matrix(layers, head_id, (c.vocab, d))?;
+            let emb = if c.tied_embeddings {
+                dequantize_shared(&m)
+            } else {
+                model.embedding().into()
+            };
+            Ok((GoldenHead::Quantized(m), emb))
         } else {
-            model.embedding().into()
-        };
-        (GoldenHead::Quantized(m), emb)
-    } else {
-        let w = model
-            .linear(head_id)
-            .and_then(|l| l.weights_f32())
-            .ok_or_else(|| ModelQuantError::NoWeights(head_id.to_string()))?;
-        (
-            GoldenHead::F32(w.into_owned().into()),
-            model.embedding().into(),
-        )
+            let w = model
+                .linear(head_id)
+                .and_then(|l| l.weights_f32())
+                .ok_or_else(|| ModelQuantError::NoWeights(head_id.to_string()))?;
+            Ok((
+                GoldenHead::F32(w.into_owned().into()),
+                model.embedding().into(),
+            ))
+        }
     };
+    let (blocks, head) = rayon::join(
+        || {
+            (0..model.blocks().len())
+                .into_par_iter()
+                .map(block)
+                .collect::<Result<Vec<_>, _>>()
+        },
+        head,
+    );
+    let (blocks, (head, embedding)) = (blocks?, head?);
     Ok(GoldenModel::new(
         architecture(c)?,
         max_positions,

@@ -134,7 +134,7 @@ pub fn quantize_gptq(
         scheme,
         group_size,
         Some(importance),
-        Some(covariance),
+        Some((covariance, None)),
         options,
         false,
     )
@@ -192,6 +192,38 @@ pub fn quantize_gptq_with(
     options: QuantOptions,
     scale_search: bool,
 ) -> Result<QuantizedMatrix, QuantError> {
+    quantize_gptq_factored(
+        weights,
+        rows,
+        cols,
+        scheme,
+        group_size,
+        importance,
+        (covariance, None),
+        options,
+        scale_search,
+    )
+}
+
+/// [`quantize_gptq_with`] with the covariance's GPTQ factors when they were
+/// already computed ([`gptq_factors`] of the same covariance): Q, K and V
+/// (gate and up) share their input's covariance, so its factors are
+/// computed once ([`crate::model::Calibration`] keeps them).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "quantize_gptq_with's arguments, the factors beside the covariance"
+)]
+pub(crate) fn quantize_gptq_factored(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    scheme: QuantScheme,
+    group_size: usize,
+    importance: &[f32],
+    (covariance, factors): (&GroupCovariance, Option<GptqFactors>),
+    options: QuantOptions,
+    scale_search: bool,
+) -> Result<QuantizedMatrix, QuantError> {
     check_covariance(rows, cols, group_size, covariance)?;
     quantize_impl(
         weights,
@@ -200,7 +232,7 @@ pub fn quantize_gptq_with(
         scheme,
         group_size,
         Some(importance),
-        Some(covariance),
+        Some((covariance, factors)),
         options,
         scale_search,
     )
@@ -220,7 +252,7 @@ fn quantize_impl(
     scheme: QuantScheme,
     group_size: usize,
     importance: Option<&[f32]>,
-    covariance: Option<&GroupCovariance>,
+    covariance: Option<(&GroupCovariance, Option<GptqFactors>)>,
     options: QuantOptions,
     scale_search: bool,
 ) -> Result<QuantizedMatrix, QuantError> {
@@ -327,8 +359,8 @@ fn quantize_impl(
         }
     };
     let mut plan = Plan::q35(layout, weights, &imp, &mask, mults, aware);
-    if let (Some(cov), QuantScheme::Q35) = (covariance, scheme) {
-        plan.gptq = Some(cov.blocks.iter().map(|b| gptq_factor(b)).collect());
+    if let (Some((cov, factors)), QuantScheme::Q35) = (covariance, scheme) {
+        plan.gptq = Some(factors.unwrap_or_else(|| gptq_factors(cov)));
         plan.gptq_span = cov.group_size;
         plan.scale_search = scale_search;
     }
@@ -378,6 +410,15 @@ fn rne(v: f32) -> f32 {
 /// covariance in that order (row-major).
 type GptqFactor = (Vec<usize>, Vec<f32>, Vec<f32>);
 
+/// Every group's [`gptq_factor`] of a covariance, shared by the matrices
+/// that read the same input.
+pub(crate) type GptqFactors = std::sync::Arc<Vec<Option<GptqFactor>>>;
+
+/// The GPTQ factors of every group of `cov`.
+pub(crate) fn gptq_factors(cov: &GroupCovariance) -> GptqFactors {
+    std::sync::Arc::new(cov.blocks.iter().map(|b| gptq_factor(b)).collect())
+}
+
 /// One matrix-wide quantization setup.
 struct Plan<'a> {
     layout: Layout,
@@ -393,7 +434,7 @@ struct Plan<'a> {
     magnitude_weighting: bool,
     /// Per group: the GPTQ channel order and factor (`None`: plain rounding
     /// for that group).
-    gptq: Option<Vec<Option<GptqFactor>>>,
+    gptq: Option<GptqFactors>,
     /// Channels per GPTQ span (a multiple of the group size).
     gptq_span: usize,
     /// Search each span's scales (one common factor) against the

@@ -81,6 +81,9 @@ fn tied_quantized_head_is_also_the_embedding() {
     let golden = from_reference(&model, &layers, 8).unwrap();
     let deq = head.matrix.dequantize();
     assert_eq!(golden.embedding_row(5), Some(&deq[5 * 64..6 * 64]));
+    // The whole table, bit for bit (its rows are dequantized in parallel).
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(golden.embedding()), bits(&deq));
     assert_ne!(
         golden.embedding_row(5),
         Some(&model.embedding()[5 * 64..6 * 64])

@@ -21,6 +21,84 @@ fn tokens(n: usize) -> Vec<u32> {
     (0..n as u32).map(|i| (i * 91 + 7) % 256).collect()
 }
 
+/// Bits of every value, so equal means bit for bit.
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn concurrent_calibration_windows_record_the_same_bits() {
+    // With two or more threads the windows run two at a time and are
+    // replayed in order: every sum and the reservoir sample must be those
+    // of one window after the other. Five windows (the last short) and a
+    // reservoir of 8 rows that replaces rows in every window.
+    let toks = tokens(70);
+    let mut one = tiny();
+    one.set_threads(1).unwrap();
+    let serial = Calibration::run_with_covariance(&one, &toks, 16, 8, 32).unwrap();
+    for threads in [2, 3] {
+        let mut model = tiny();
+        model.set_threads(threads).unwrap();
+        let calib = Calibration::run_with_covariance(&model, &toks, 16, 8, 32).unwrap();
+        for lid in model.linear_ids() {
+            let (a, b) = (serial.layer(lid).unwrap(), calib.layer(lid).unwrap());
+            assert_eq!(a.tokens(), 70, "{lid}");
+            assert_eq!(a.tokens(), b.tokens(), "{lid}");
+            assert_eq!(bits(&a.importance()), bits(&b.importance()), "{lid}");
+            assert_eq!(bits(a.abs_max()), bits(b.abs_max()), "{lid}");
+            assert_eq!(bits(a.samples()), bits(b.samples()), "{lid}");
+            let (ca, cb) = (
+                serial.covariance(lid).unwrap(),
+                calib.covariance(lid).unwrap(),
+            );
+            assert_eq!(ca.blocks.len(), cb.blocks.len(), "{lid}");
+            for (x, y) in ca.blocks.iter().zip(&cb.blocks) {
+                assert_eq!(bits(x), bits(y), "{lid} at {threads} threads");
+            }
+        }
+    }
+}
+
+#[test]
+fn shared_gptq_factors_quantize_as_fresh_ones() {
+    // quantize_model computes each input's GPTQ factors once (Q, K, V and
+    // gate, up share them, on any worker); every matrix must be the one
+    // quantize_gptq gives from the covariance alone.
+    let model = tiny();
+    let calib = Calibration::run_with_covariance(&model, &tokens(40), 16, 8, 32).unwrap();
+    let weights = model_weights(&model).unwrap();
+    for threads in [1, 3] {
+        let layers = quantize_model(
+            &model,
+            &weights,
+            SchemePolicy::uniform(QuantScheme::Q35),
+            32,
+            Some(&calib),
+            QuantOptions { threads },
+        )
+        .unwrap();
+        for (l, (id, w)) in layers.iter().zip(&weights) {
+            assert_eq!(l.id, *id);
+            let lin = model.linear(*id).unwrap();
+            let (rows, cols) = (lin.out_features(), lin.in_features());
+            let imp = calib.layer(*id).unwrap().importance();
+            let cov = calib.covariance(*id).unwrap();
+            let fresh = q35_quant::quantize::quantize_gptq(
+                w,
+                rows,
+                cols,
+                QuantScheme::Q35,
+                32,
+                &imp,
+                &cov,
+                QuantOptions { threads: 1 },
+            )
+            .unwrap();
+            assert_eq!(l.matrix, fresh, "{id} at {threads} threads");
+        }
+    }
+}
+
 #[test]
 fn calibration_records_every_layer() {
     let model = tiny();

@@ -4,13 +4,13 @@
 //! covariances and a reservoir sample of input rows.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use q35_reference::{LinearId, LinearKind, Model, Observer, splitmix64};
 use rayon::prelude::*;
 
 use super::ModelQuantError;
-use crate::quantize::GroupCovariance;
+use crate::quantize::{GptqFactors, GroupCovariance, gptq_factors};
 
 /// Calibration statistics of one linear layer's input.
 #[derive(Debug, Clone)]
@@ -25,6 +25,9 @@ pub struct LayerCalibration {
     /// Reservoir sample of input rows, row-major.
     samples: Vec<f32>,
     rng: u64,
+    /// The GPTQ factors of [`LayerCalibration::covariance`], computed once
+    /// for every matrix reading this input.
+    factors: OnceLock<GptqFactors>,
 }
 
 impl LayerCalibration {
@@ -39,6 +42,7 @@ impl LayerCalibration {
             tokens: 0,
             samples: Vec::new(),
             rng: sampling_seed(id),
+            factors: OnceLock::new(),
         }
     }
 
@@ -146,6 +150,7 @@ impl LayerCalibration {
         for row in self.samples.chunks_exact_mut(self.cols) {
             q35_contract::semantics::rotate_groups(row, signs, group);
         }
+        self.factors = OnceLock::new();
         Ok(())
     }
 
@@ -315,14 +320,56 @@ impl Calibration {
         progress: &dyn Fn(crate::Progress<'_>),
     ) -> Result<Calibration, ModelQuantError> {
         let total = tokens.len().div_ceil(window);
-        for (i, chunk) in tokens.chunks(window).enumerate() {
-            let mut session = model.new_session_with_capacity(window)?;
-            model.observe(&mut session, chunk, &mut self)?;
+        let report = |done| {
             progress(crate::Progress::Item {
-                done: i + 1,
+                done,
                 total,
                 item: "calibration windows",
+            })
+        };
+        if model.threads() < 2 || total < 2 {
+            for (i, chunk) in tokens.chunks(window).enumerate() {
+                let mut session = model.new_session_with_capacity(window)?;
+                model.observe(&mut session, chunk, &mut self)?;
+                report(i + 1);
+            }
+            return Ok(self);
+        }
+        // Each window starts from an empty KV cache, so windows are
+        // independent forward passes: two run at once (a window alone keeps
+        // the model's pool about 70% busy: its norms, rotary embedding and
+        // observer run on one thread). The first of a pair is observed as
+        // it runs; the second is recorded and replayed once the first is
+        // done, so every sum and the reservoir sample see the rows in the
+        // same order as one window after the other (same bits). The
+        // recording's memory is reused from pair to pair.
+        let chunks: Vec<&[u32]> = tokens.chunks(window).collect();
+        let mut rec = Recording::default();
+        let mut done = 0;
+        for pair in chunks.chunks(2) {
+            let (first, second) = (pair[0], pair.get(1).copied());
+            let this = &mut self;
+            let (a, b) = std::thread::scope(|s| {
+                let rec = &mut rec;
+                let second = second.map(|c| s.spawn(move || rec.run(model, c, window)));
+                let a = model
+                    .new_session_with_capacity(window)
+                    .and_then(|mut session| model.observe(&mut session, first, this));
+                let b = second.map(|h| match h.join() {
+                    Ok(r) => r,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                });
+                (a, b)
             });
+            a?;
+            done += 1;
+            report(done);
+            if let Some(b) = b {
+                b?;
+                rec.replay(&mut self);
+                done += 1;
+                report(done);
+            }
         }
         Ok(self)
     }
@@ -355,6 +402,18 @@ impl Calibration {
     /// The in-group covariance of layer `id`'s input, if recorded.
     pub fn covariance(&self, id: LinearId) -> Option<GroupCovariance> {
         self.layers.get(&cov_source(id))?.covariance()
+    }
+
+    /// The GPTQ factors of [`Calibration::covariance`] of `id`, computed
+    /// by the first matrix that asks (the others reading the same input
+    /// wait for them, then share them).
+    pub(crate) fn gptq_factors(&self, id: LinearId) -> Option<GptqFactors> {
+        let layer = self.layers.get(&cov_source(id))?;
+        if let Some(f) = layer.factors.get() {
+            return Some(f.clone());
+        }
+        let cov = layer.covariance()?;
+        Some(layer.factors.get_or_init(|| gptq_factors(&cov)).clone())
     }
 }
 
@@ -401,6 +460,57 @@ fn zero_covariance(cols: usize, group: usize) -> Vec<Vec<f32>> {
             vec![0f32; n * n]
         })
         .collect()
+}
+
+/// The layer inputs one calibration window showed, in the order the
+/// forward pass showed them ([`Calibration::record`] runs two windows at
+/// once and replays the second's recording after the first).
+#[derive(Default)]
+struct Recording {
+    /// Tokens in the window.
+    n_tokens: usize,
+    /// Every distinct input, one after the other.
+    data: Vec<f32>,
+    /// Each observation: the layer and where its input is in `data` (Q, K
+    /// and V read the same rows, and so do gate and up: an input bit for
+    /// bit the one before is not held twice).
+    inputs: Vec<(LinearId, std::ops::Range<usize>)>,
+}
+
+impl Recording {
+    /// Records `model` over `chunk` from an empty cache of `window`
+    /// positions, in place of what the recording held (keeping its memory).
+    fn run(&mut self, model: &Model, chunk: &[u32], window: usize) -> Result<(), ModelQuantError> {
+        self.n_tokens = chunk.len();
+        self.data.clear();
+        self.inputs.clear();
+        let mut session = model.new_session_with_capacity(window)?;
+        model.observe(&mut session, chunk, self)?;
+        Ok(())
+    }
+
+    /// Shows `observer` every recorded input in the recorded order.
+    fn replay(&self, observer: &mut dyn Observer) {
+        for (id, r) in &self.inputs {
+            observer.linear_input(*id, &self.data[r.clone()], self.n_tokens);
+        }
+    }
+}
+
+impl Observer for Recording {
+    fn linear_input(&mut self, id: LinearId, x: &[f32], n_tokens: usize) {
+        debug_assert_eq!(n_tokens, self.n_tokens);
+        let same = self.inputs.last().map(|(_, r)| r.clone()).filter(|r| {
+            let held = &self.data[r.clone()];
+            held.len() == x.len() && held.iter().zip(x).all(|(a, b)| a.to_bits() == b.to_bits())
+        });
+        let r = same.unwrap_or_else(|| {
+            let start = self.data.len();
+            self.data.extend_from_slice(x);
+            start..self.data.len()
+        });
+        self.inputs.push((id, r));
+    }
 }
 
 /// The layer whose input record `id` shares (K, V read Q's input; up reads

@@ -5,7 +5,7 @@
 use q35_reference::{LinearId, Model};
 
 use super::{Calibration, Methods, ModelQuantError, SchemePolicy};
-use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq_with, quantize_with};
+use crate::quantize::{GroupCovariance, QuantOptions, quantize_gptq_factored, quantize_with};
 use crate::{QuantScheme, QuantizedMatrix};
 
 /// One quantized matrix of a model.
@@ -80,14 +80,14 @@ pub fn quantize_layer_with(
     let importance = layer_importance(id, scheme, calib)?;
     let cov = layer_covariance(id, scheme, group_size, calib);
     match (cov, importance.as_deref()) {
-        (Some(cov), Some(imp)) => quantize_gptq_with(
+        (Some(cov), Some(imp)) => quantize_gptq_factored(
             weights,
             rows,
             cols,
             scheme,
             group_size,
             imp,
-            &cov,
+            (&cov, calib.and_then(|c| c.gptq_factors(id))),
             options,
             scale_search,
         ),

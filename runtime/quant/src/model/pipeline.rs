@@ -233,21 +233,32 @@ impl<'m> QuantPipeline<'m> {
                 (None, None) => (rewritten, None, None),
             };
         let m = rewritten.as_deref().unwrap_or(model);
-        let mut calib = match &head_mix {
-            Some(mix) => Calibration::run_with_covariance_mixed_head(
-                m,
-                tokens,
-                window,
-                samples,
-                cov_group,
-                mix.clone(),
-                progress,
-            )?,
-            None => Calibration::run_with_covariance_progress(
-                m, tokens, window, samples, cov_group, progress,
-            )?,
-        };
-        let mut weights = model_weights(m)?;
+        // The f32 copy of every matrix (about 0.5 GB for SmolLM2, a second
+        // of page faults and copying on one thread) is made beside the
+        // calibration, which leaves part of a core idle.
+        let (calib, weights) = std::thread::scope(|s| {
+            let weights = s.spawn(|| model_weights(m));
+            let calib = match &head_mix {
+                Some(mix) => Calibration::run_with_covariance_mixed_head(
+                    m,
+                    tokens,
+                    window,
+                    samples,
+                    cov_group,
+                    mix.clone(),
+                    progress,
+                ),
+                None => Calibration::run_with_covariance_progress(
+                    m, tokens, window, samples, cov_group, progress,
+                ),
+            };
+            let weights = match weights.join() {
+                Ok(w) => w,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            (calib, weights)
+        });
+        let (mut calib, mut weights) = (calib?, weights?);
         let rotation = if methods.rotate_down {
             let ffn = m.config().ffn;
             if !cov_group.is_power_of_two() || !ffn.is_multiple_of(cov_group) {
