@@ -404,16 +404,12 @@ impl Calibration {
         self.layers.get(&cov_source(id))?.covariance()
     }
 
-    /// The GPTQ factors of [`Calibration::covariance`] of `id`, computed
-    /// by the first matrix that asks (the others reading the same input
-    /// wait for them, then share them).
-    pub(crate) fn gptq_factors(&self, id: LinearId) -> Option<GptqFactors> {
+    /// The GPTQ factors of `cov`, [`Calibration::covariance`] of `id` as
+    /// the caller took it, computed by the first matrix that asks (the
+    /// others reading the same input wait for them, then share them).
+    pub(crate) fn gptq_factors(&self, id: LinearId, cov: &GroupCovariance) -> Option<GptqFactors> {
         let layer = self.layers.get(&cov_source(id))?;
-        if let Some(f) = layer.factors.get() {
-            return Some(f.clone());
-        }
-        let cov = layer.covariance()?;
-        Some(layer.factors.get_or_init(|| gptq_factors(&cov)).clone())
+        Some(layer.factors.get_or_init(|| gptq_factors(cov)).clone())
     }
 }
 

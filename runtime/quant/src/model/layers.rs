@@ -87,7 +87,7 @@ pub fn quantize_layer_with(
             scheme,
             group_size,
             imp,
-            (&cov, calib.and_then(|c| c.gptq_factors(id))),
+            (&cov, calib.and_then(|c| c.gptq_factors(id, &cov))),
             options,
             scale_search,
         ),
