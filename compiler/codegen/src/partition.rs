@@ -1132,6 +1132,24 @@ pub enum Verdict {
     /// blocks for the block split, than places to cut, than the topology
     /// wires); more chips do not help.
     NotApplicable(String),
+    /// [`fit`] accepted it but its compile refused it (the kernels' own
+    /// scratch, placed only while scheduling): the compile's error.
+    Refused(String),
+}
+
+impl Verdict {
+    /// Why the candidate does not fit (`None` when it does).
+    pub fn why_not(&self) -> Option<String> {
+        match self {
+            Verdict::Fits => None,
+            Verdict::DoesNotFit {
+                chip,
+                holds,
+                message,
+            } => Some(format!("chip {chip} ({holds}): {message}")),
+            Verdict::NotApplicable(m) | Verdict::Refused(m) => Some(m.clone()),
+        }
+    }
 }
 
 /// One split over one number of chips, checked without scheduling
@@ -1251,9 +1269,9 @@ pub fn fit(
     Ok(c)
 }
 
-/// The chip counts a search tries from `lower`: every count up to a node,
+/// The chip count a search tries after `n`: every count up to a node,
 /// whole nodes past it (the topology wires nothing else).
-fn next_count(n: u32, per_node: u32) -> u32 {
+pub fn next_count(n: u32, per_node: u32) -> u32 {
     let per_node = per_node.max(1);
     if n < per_node {
         n + 1

@@ -1004,6 +1004,17 @@ impl Booked {
     }
 }
 
+impl SchedError {
+    /// A kernel's scratch placement error as [`SchedError::Mem`] of
+    /// `label` (for `map_err`).
+    pub fn mem(label: &str) -> impl FnOnce(crate::alloc::AllocError) -> SchedError + '_ {
+        move |error| SchedError::Mem {
+            label: label.to_string(),
+            error,
+        }
+    }
+}
+
 /// Why a bundle did not fit at a shift ([`Sched::try_at`]; tried about a
 /// million times a SmolLM2 compile, so the message is written only when
 /// the search gives up).

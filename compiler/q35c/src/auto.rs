@@ -239,23 +239,16 @@ impl Auto {
     /// (`why`): marked so, and its split searched on from the next count.
     pub fn refuse(&mut self, i: usize, why: &str) -> anyhow::Result<()> {
         let (split, chips) = (self.rows[i].candidate.split, self.rows[i].candidate.chips);
-        self.rows[i].candidate.verdict = Verdict::DoesNotFit {
-            chip: u32::MAX,
-            holds: String::new(),
-            message: why.to_string(),
-        };
+        self.rows[i].candidate.verdict = Verdict::Refused(why.to_string());
         self.rows[i].note = Some(
             "placement accepted it, code generation refused it (kernel scratch); the next count tried"
                 .into(),
         );
-        let per_node = self.target.c2c.chips_per_node.max(1);
-        let next = if chips < per_node {
-            chips + 1
-        } else {
-            (chips / per_node + 1) * per_node
-        };
         let before = self.rows.len();
-        self.extend(split, next)?;
+        self.extend(
+            split,
+            partition::next_count(chips, self.target.c2c.chips_per_node),
+        )?;
         if self.exact_all {
             for j in before..self.rows.len() {
                 if self.rows[j].candidate.verdict == Verdict::Fits {
@@ -293,12 +286,14 @@ impl Auto {
             let c = &r.candidate;
             let (load, placed) = match &c.verdict {
                 Verdict::NotApplicable(_) => ("-".to_string(), "-".to_string()),
-                Verdict::DoesNotFit { .. } => (mb(c.largest_load), "-".to_string()),
+                Verdict::DoesNotFit { .. } | Verdict::Refused(_) => {
+                    (mb(c.largest_load), "-".to_string())
+                }
                 Verdict::Fits => (mb(c.largest_load), mb(c.largest_placed)),
             };
             let fits = match &c.verdict {
                 Verdict::Fits => "yes",
-                Verdict::DoesNotFit { .. } => "no",
+                Verdict::DoesNotFit { .. } | Verdict::Refused(_) => "no",
                 Verdict::NotApplicable(_) => "n/a",
             };
             let (cyc, tps, kind) = match self.cycles_of(i) {
@@ -316,16 +311,10 @@ impl Auto {
                 }
                 None => (String::new(), String::new(), String::new()),
             };
-            let why = match &c.verdict {
-                Verdict::Fits => String::new(),
-                Verdict::DoesNotFit {
-                    chip,
-                    holds,
-                    message,
-                } if *chip != u32::MAX => format!(": chip {chip} ({holds}): {message}"),
-                Verdict::DoesNotFit { message, .. } => format!(": {message}"),
-                Verdict::NotApplicable(m) => format!(": {m}"),
-            };
+            let why = c
+                .verdict
+                .why_not()
+                .map_or(String::new(), |w| format!(": {w}"));
             s.push_str(&format!(
                 "{} {:<6} {:>5}  {:>12}  {:>12}  {:<4} {:>12} {:>10}  {}{}{}\n",
                 if choice == Some(i) { "*" } else { " " },
@@ -383,13 +372,7 @@ impl Auto {
                     "split": split_name(c.split),
                     "chips": c.chips,
                     "fits": c.verdict == Verdict::Fits,
-                    "why_not": match &c.verdict {
-                        Verdict::Fits => None,
-                        Verdict::DoesNotFit { chip, holds, message } if *chip != u32::MAX =>
-                            Some(format!("chip {chip} ({holds}): {message}")),
-                        Verdict::DoesNotFit { message, .. } => Some(message.clone()),
-                        Verdict::NotApplicable(m) => Some(m.clone()),
-                    },
+                    "why_not": c.verdict.why_not(),
                     "note": r.note,
                     "largest_load_bytes": c.largest_load,
                     "largest_placed_bytes": c.largest_placed,

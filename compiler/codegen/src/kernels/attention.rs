@@ -515,10 +515,7 @@ fn v_rows(
             u64::from(LANES),
             other(ph),
         )
-        .map_err(|error| SchedError::Mem {
-            label: label.to_string(),
-            error,
-        })?;
+        .map_err(SchedError::mem(label))?;
     p.init(&pos32, DType::I32, vec![0; LANES as usize]);
     let mut last = not_before;
     // pos_idx's two byte planes into the low two of pos32.
@@ -658,10 +655,7 @@ pub fn attention(
     }
     let alloc = |p: &mut ProgramBuilder, name: &str, h, n, words| {
         p.place_slices(&format!("{label}.{name}"), h, n, words)
-            .map_err(|error| SchedError::Mem {
-                label: label.to_string(),
-                error,
-            })
+            .map_err(SchedError::mem(label))
     };
     // Scores / e / p (two halves) and keep: 12 distinct east slices (keep
     // must be east: sxm.e's values flow east past it).
@@ -675,10 +669,7 @@ pub fn attention(
             16,
             (heads * s.wh).max(heads + packed_words),
         )
-        .map_err(|error| SchedError::Mem {
-            label: label.to_string(),
-            error,
-        })?;
+        .map_err(SchedError::mem(label))?;
     let scratch = Scratch {
         sc: [view(&block, "sc0", 0, 4), view(&block, "sc1", 4, 4)],
         keep: view(&block, "keep", 8, 4),
@@ -735,10 +726,7 @@ pub fn attention(
         };
         let pad = p
             .buffer(&format!("{label}.pad"), DType::F32, u64::from(LANES), other)
-            .map_err(|error| SchedError::Mem {
-                label: label.to_string(),
-                error,
-            })?;
+            .map_err(SchedError::mem(label))?;
         let r = ctx % LANES;
         p.init(
             &pad,
@@ -754,10 +742,7 @@ pub fn attention(
                 u64::from(LANES),
                 other,
             )
-            .map_err(|error| SchedError::Mem {
-                label: label.to_string(),
-                error,
-            })?;
+            .map_err(SchedError::mem(label))?;
         let mut b = Bundle::new(label);
         let a = b.read(&m, &mask.slices, mask.addr + w - 1, m.vxm, 0)?;
         let c = b.read(&m, &pad.slices, pad.addr, m.vxm, 0)?;

@@ -800,10 +800,7 @@ pub(crate) fn scratch(
     h: Hemisphere,
 ) -> Result<Buffer, SchedError> {
     p.buffer(&format!("{label}.{what}"), dtype, elements, h)
-        .map_err(|error| SchedError::Mem {
-            label: label.to_string(),
-            error,
-        })
+        .map_err(SchedError::mem(label))
 }
 
 /// The hemisphere of `buf` (east when it has no slices).
