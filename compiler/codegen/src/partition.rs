@@ -142,8 +142,10 @@ fn err(op: &str, message: impl Into<String>) -> CodegenError {
     }
 }
 
-/// The block a name belongs to: `blk.<b>.…`, `kcache_<b>`, `vcache_<b>`.
+/// The block a name belongs to: `blk.<b>.…`, `kcache_<b>`, `vcache_<b>`
+/// (and a batch's `kcache_<b>.u<user>`).
 fn block_of_name(name: &str) -> Option<u32> {
+    let name = crate::plan::split_user(name).0;
     if let Some(rest) = name.strip_prefix("blk.") {
         return rest.split('.').next().and_then(|b| b.parse().ok());
     }
@@ -387,6 +389,7 @@ fn split_rows(plan: &Plan, w: &mut Weights<'_>, max: u64) -> Result<Plan, Codege
         buffers: plan.buffers.clone(),
         weights: BTreeMap::new(),
         ops,
+        users: plan.users,
     })
 }
 
@@ -567,7 +570,7 @@ fn cut(
             PlanOp::KvWrite { kcache, vcache, .. } => {
                 kv[i] = [kcache, vcache]
                     .iter()
-                    .filter_map(|c| kinds.get(c.as_str()))
+                    .flat_map(|c| plan.decls(c))
                     .map(|b| b.elements() * u64::from(b.dtype.bytes()))
                     .sum();
             }
@@ -681,6 +684,7 @@ fn cut(
                 buffers: Vec::new(),
                 weights: BTreeMap::new(),
                 ops: Vec::new(),
+                users: plan.users,
             },
         });
     }
@@ -695,8 +699,6 @@ fn block_loads(
     bl: &Blocks,
     w: &Weights<'_>,
 ) -> Result<(Vec<u64>, (u64, u64), Vec<u64>), CodegenError> {
-    let kinds: BTreeMap<&str, &crate::plan::BufferDecl> =
-        plan.buffers.iter().map(|b| (b.name.as_str(), b)).collect();
     let mut all = vec![0u64; bl.count as usize];
     let mut weights = vec![0u64; bl.count as usize];
     let mut head = (0u64, 0u64);
@@ -707,7 +709,7 @@ fn block_loads(
                 0,
                 [kcache, vcache]
                     .iter()
-                    .filter_map(|c| kinds.get(c.as_str()))
+                    .flat_map(|c| plan.decls(c))
                     .map(|b| b.elements() * u64::from(b.dtype.bytes()))
                     .sum(),
             ),
@@ -738,10 +740,11 @@ fn by_ops(
     let n = plan.ops.len();
     let mut allowed = vec![true; n + 1];
     let mut span: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    // By the names the ops use (a batch's user caches by their cache's).
     let kinds: BTreeMap<&str, BufferKind> = plan
         .buffers
         .iter()
-        .map(|b| (b.name.as_str(), b.kind))
+        .map(|b| (crate::plan::split_user(&b.name).0, b.kind))
         .collect();
     for (i, (_, op)) in plan.ops.iter().enumerate() {
         for b in op.buffers() {
@@ -865,7 +868,7 @@ fn stage_plan(plan: &Plan, s: &Stage, w: &Weights<'_>) -> Result<Plan, CodegenEr
     let buffers = plan
         .buffers
         .iter()
-        .filter(|b| used.contains(b.name.as_str()))
+        .filter(|b| used.contains(crate::plan::split_user(&b.name).0))
         .cloned()
         .collect();
     Ok(Plan {
@@ -873,6 +876,7 @@ fn stage_plan(plan: &Plan, s: &Stage, w: &Weights<'_>) -> Result<Plan, CodegenEr
         buffers,
         weights,
         ops,
+        users: plan.users,
     })
 }
 

@@ -285,6 +285,78 @@ pub struct Plan {
     pub weights: BTreeMap<String, QuantizedMatrix>,
     /// Ops in program order, each with its source label.
     pub ops: Vec<(String, PlanOp)>,
+    /// Users one step serves (1: one sequence). A batched plan
+    /// ([`Plan::batched`]) has every per-token buffer widened to a row per
+    /// user and every KV cache once per user ([`user_cache`]); its ops are
+    /// one user's, naming the caches without a user.
+    pub users: u32,
+}
+
+/// The name of user `k`'s copy of KV cache `cache` in a batched plan
+/// (`kcache_3.u1`): a buffer of its own, so every user's cache has the
+/// slices one user's has (a 70B block's K cache at context 2048 fills
+/// whole slices).
+pub fn user_cache(cache: &str, k: u32) -> String {
+    format!("{cache}.u{k}")
+}
+
+/// A KV cache name without its user, and the user (`None`: one user's).
+pub fn split_user(name: &str) -> (&str, Option<u32>) {
+    match name.rsplit_once(".u") {
+        Some((base, k)) => match k.parse() {
+            Ok(k) => (base, Some(k)),
+            Err(_) => (name, None),
+        },
+        None => (name, None),
+    }
+}
+
+impl Plan {
+    /// The declarations of buffer `name` as the ops name it: its own, or in
+    /// a batch every user's copy of a KV cache ([`user_cache`]).
+    pub fn decls<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a BufferDecl> + 'a {
+        self.buffers
+            .iter()
+            .filter(move |b| split_user(&b.name).0 == name)
+    }
+
+    /// This one-user plan for a batch of `users`: every input, output and
+    /// intermediate buffer a row of whole words per user (dims `[users,
+    /// words * 320]`), every KV cache a buffer per user ([`user_cache`],
+    /// one user's shape), so a system's cut balances the batch's caches
+    /// and each stage compiles as a batch ([`compile_batch`]).
+    pub fn batched(&self, users: u32) -> Result<Plan, CodegenError> {
+        if self.users != 1 || users == 0 {
+            return Err(CodegenError::Plan {
+                op: "program".into(),
+                message: format!(
+                    "a batch of {users} users from a plan of {} users",
+                    self.users
+                ),
+            });
+        }
+        if users == 1 {
+            return Ok(self.clone());
+        }
+        let mut wide = widen(self, users);
+        wide.buffers = wide
+            .buffers
+            .into_iter()
+            .flat_map(|b| {
+                let copies = if b.kind == BufferKind::Kv { users } else { 1 };
+                (0..copies).map(move |k| BufferDecl {
+                    name: if copies == 1 {
+                        b.name.clone()
+                    } else {
+                        user_cache(&b.name, k)
+                    },
+                    ..b.clone()
+                })
+            })
+            .collect();
+        wide.users = users;
+        Ok(wide)
+    }
 }
 
 /// Compilation failed.
@@ -655,6 +727,7 @@ pub fn decode_plan(
         buffers,
         weights,
         ops,
+        users: 1,
     })
 }
 
@@ -761,12 +834,14 @@ fn hemisphere(b: &BufferDecl, i: usize) -> Hemisphere {
 /// east side is written through west copies of the step's index vectors
 /// ([`compile`] makes them).
 fn kv_hemisphere(name: &str) -> Hemisphere {
-    let block = name
+    // A batch's users alternate too (user `k` of block `b` by `b + k`).
+    let (base, user) = split_user(name);
+    let block = base
         .rsplit('_')
         .next()
         .and_then(|b| b.parse::<u32>().ok())
         .unwrap_or(0);
-    if block.is_multiple_of(2) {
+    if (block + user.unwrap_or(0)).is_multiple_of(2) {
         Hemisphere::West
     } else {
         Hemisphere::East
@@ -821,11 +896,22 @@ fn place_buffers(
     }
     for (i, b) in plan.buffers.iter().enumerate() {
         let h = hemisphere(b, i);
+        // In a batch a user's cache avoids its own user's partner caches;
+        // any other buffer every user's.
+        let (base, user) = split_user(&b.name);
         let avoid: Vec<&Buffer> = partners
-            .get(b.name.as_str())
+            .get(base)
             .into_iter()
             .flatten()
-            .filter_map(|n| placement.get(*n))
+            .flat_map(|n| match placement.get(*n) {
+                Some(x) => vec![x],
+                None => match user {
+                    Some(k) => placement.get(&user_cache(n, k)).into_iter().collect(),
+                    None => (0..plan.users)
+                        .filter_map(|k| placement.get(&user_cache(n, k)))
+                        .collect(),
+                },
+            })
             .collect();
         p.set_avoid(&avoid);
         let buf = match shared.and_then(|s| s.get(&b.name)) {
@@ -954,7 +1040,7 @@ pub fn placed_bytes(plan: &Plan, target: &Target) -> Result<u64, CodegenError> {
     let mut p = ProgramBuilder::new(target);
     p.set_weight_images(false);
     let placement = place_buffers(plan, &mut p, None)?;
-    place_weights(plan, &mut p, &placement, 1, None, &[])?;
+    place_weights(plan, &mut p, &placement, plan.users.max(1), None, &[])?;
     place_index_mirrors(plan, &mut p, &placement)?;
     Ok(p.alloc.used_bytes())
 }
@@ -1028,6 +1114,19 @@ pub fn compile_tokens(plan: &Plan, target: &Target, tokens: u32) -> Result<Compi
     compile_program(plan, target, tokens, None, None)
 }
 
+/// [`compile`] for a decode step of `users` sequences at once (batched
+/// decode): row `k` of every input, output and intermediate buffer is user
+/// `k`'s token, and every KV cache has a buffer per user ([`user_cache`]:
+/// `kcache_<b>.u<k>`, one user's layout), so user `k`'s step reads and
+/// writes its own caches only, at its own position (the host fills its
+/// `pos_idx`, `kv_idx` and `attn_mask` rows as for one token). The
+/// matmuls stream every user's activations through each installed tile,
+/// as a prefill chunk's tokens ([`compile_tokens`]); every other kernel
+/// runs once per user. `users = 1` is [`compile`].
+pub fn compile_batch(plan: &Plan, target: &Target, users: u32) -> Result<Compiled, CodegenError> {
+    compile(&plan.batched(users)?, target)
+}
+
 /// [`compile`] for one stage of a system (a plan with [`PlanOp::Send`] and
 /// [`PlanOp::Recv`], [`crate::partition`]): its transfers go over the links
 /// of `links`, each `recv` placed on or after its vector's arrival.
@@ -1061,6 +1160,9 @@ fn compile_program(
     compile_program_with(plan, target, tokens, base, links, true)
 }
 
+/// The program of `tokens` consecutive tokens of one sequence (a prefill
+/// chunk when more than one), or of a batched plan's users (one token
+/// each; `tokens` 1).
 fn compile_program_with(
     plan: &Plan,
     target: &Target,
@@ -1069,15 +1171,28 @@ fn compile_program_with(
     links: Option<&Links>,
     weight_images: bool,
 ) -> Result<Compiled, CodegenError> {
+    // A batched plan is already wide: it runs as a batch of its users.
+    let users = plan.users;
+    let tokens = match (users, tokens) {
+        (1, tokens) => tokens,
+        (users, 1) => users,
+        (users, tokens) => {
+            return Err(CodegenError::Plan {
+                op: "program".into(),
+                message: format!(
+                    "a plan for a batch of {users} users runs one token of each, not {tokens} tokens"
+                ),
+            });
+        }
+    };
     if tokens == 0 {
         return Err(CodegenError::Plan {
             op: "program".into(),
             message: "a program of zero tokens".into(),
         });
     }
-    let orig = plan;
     let wide;
-    let plan = if tokens == 1 {
+    let plan = if tokens == 1 || users > 1 {
         plan
     } else {
         wide = widen(plan, tokens);
@@ -1188,8 +1303,23 @@ fn compile_program_with(
             .filter_map(|n| placement.get(*n))
             .collect();
         p.set_avoid(&operands);
-        // Token `k`'s view of buffer `n`.
-        let g = |n: &str, k: u32| get(n, label).map(|b| view(&b, k));
+        // Token `k`'s view of buffer `n` (in a batch, user `k`'s KV cache).
+        let g = |n: &str, k: u32| match placement.get(&user_cache(n, k)) {
+            Some(b) if users > 1 => Ok(b.clone()),
+            _ => get(n, label).map(|b| view(&b, k)),
+        };
+        // Token `k`'s operands: in a batch its own KV caches too.
+        let operands_of = |k: u32| -> Vec<&Buffer> {
+            let mut v = operands.clone();
+            if users > 1 {
+                v.extend(
+                    op.buffers()
+                        .iter()
+                        .filter_map(|n| placement.get(&user_cache(n, k))),
+                );
+            }
+            v
+        };
         // An RMSNorm whose output the next op quantizes: one fused kernel
         // (no MEM round trip between them); both ops get its span.
         if let (
@@ -1248,12 +1378,14 @@ fn compile_program_with(
             from: peer,
         } = op
         {
-            let (Some(links), 1) = (links, tokens) else {
+            let (Some(links), true) = (links, tokens == 1 || users > 1) else {
                 return Err(CodegenError::Plan {
                     op: label.clone(),
-                    message: "a transfer between chips belongs to a one-token program of a system stage (compile_stage)".into(),
+                    message: "a transfer between chips belongs to a system stage's program of one token or one batch (compile_stage)".into(),
                 });
             };
+            // (In a batch `n` counts every user's row: the cut takes it
+            // from the batched plan's buffer.)
             let buf = get(name, label)?;
             let w = words(u64::from(*n));
             if let PlanOp::Send { .. } = op {
@@ -1360,7 +1492,7 @@ fn compile_program_with(
             continue;
         }
         for k in 0..tokens {
-            p.set_avoid(&operands);
+            p.set_avoid(&operands_of(k));
             match op {
                 PlanOp::RmsNorm {
                     x,
@@ -1420,12 +1552,14 @@ fn compile_program_with(
                     kcache,
                     vcache,
                 } => {
-                    // Elements of one token's key (the plan before widening).
-                    let kvd = orig
+                    // Elements of one token's key: the K cache's rows
+                    // (dims `[kv_dim, words]`; in a batch every user's
+                    // cache has them).
+                    let kvd = plan
                         .buffers
                         .iter()
-                        .find(|b| b.name == *key)
-                        .map(|b| b.elements() as u32)
+                        .find(|b| split_user(&b.name).0 == kcache)
+                        .and_then(|b| b.dims.len().checked_sub(2).map(|i| b.dims[i]))
                         .unwrap_or(0);
                     let (kc, vc) = (g(kcache, k)?, g(vcache, k)?);
                     crate::kernels::attention::kv_write(
@@ -1694,13 +1828,16 @@ pub fn bound_with(
             PlanOp::Send { .. } | PlanOp::Recv { .. } => 0,
         };
     }
+    // A batch reads and installs each weight once for all its users; the
+    // MACs and the vector work are per user.
+    let users = f64::from(plan.users.max(1));
     let w = weights as f64;
     Bound {
         weights,
         mem_cycles: w * 3.5 / 8.0 / mem_bw,
         install_cycles: w / install,
-        mac_cycles: w / macs,
-        vxm_cycles: elem_ops as f64 / vxm,
+        mac_cycles: users * w / macs,
+        vxm_cycles: users * elem_ops as f64 / vxm,
     }
 }
 

@@ -701,3 +701,164 @@ fn smollm2_split_over_chips_equals_one_chip() {
         &[504, 3575, 282],
     );
 }
+
+/// One batched decode run's inputs (docs/backend.md 1, row `k` user `k`'s):
+/// user `k` feeds `steps[k] = (token, pos)` at its own position.
+fn write_batch(d: &mut dyn q35_host::Device, golden: &GoldenModel, ctx: u32, steps: &[(u32, u32)]) {
+    let (xw, cw) = (
+        (golden.arch().hidden as usize).div_ceil(320) * 320,
+        (ctx as usize).div_ceil(320) * 320,
+    );
+    let n = steps.len();
+    let mut x = vec![0f32; n * xw];
+    let mut pos_idx = vec![0u16; n * 320];
+    let mut kv_idx = vec![ctx.div_ceil(320) as u16; n * 320];
+    let mut mask = vec![f32::NEG_INFINITY; n * cw];
+    for (k, &(t, pos)) in steps.iter().enumerate() {
+        let row = golden.embedding_row(t as usize).unwrap();
+        x[k * xw..k * xw + row.len()].copy_from_slice(row);
+        pos_idx[k * 320..(k + 1) * 320].fill(pos as u16);
+        kv_idx[k * 320 + (pos % 320) as usize] = (pos / 320) as u16;
+        mask[k * cw..k * cw + pos as usize + 1].fill(0.0);
+    }
+    use q35_host::device::{f32_bytes, u16_bytes};
+    d.write_symbol("x_in", &f32_bytes(&x)).unwrap();
+    d.write_symbol("pos_idx", &u16_bytes(&pos_idx)).unwrap();
+    d.write_symbol("kv_idx", &u16_bytes(&kv_idx)).unwrap();
+    d.write_symbol("attn_mask", &f32_bytes(&mask)).unwrap();
+}
+
+/// `plan` compiled for a batch of `users` (`plan::compile_batch`), run for
+/// `runs` steps on q35sim ([`batch_runs_equal_golden`]). Returns the
+/// batch's cycles a run and the one-user program's.
+fn batch_equals_golden(
+    name: &str,
+    golden: &GoldenModel,
+    plan: &Plan,
+    ctx: u32,
+    users: u32,
+    runs: u32,
+) -> (u64, u64) {
+    let target = Target::builtin("lpu-v1").unwrap();
+    let config = q35_sim::MachineConfig::from_target(&target).unwrap();
+    let one = plan::compile(plan, &target).unwrap().built.cycles;
+    let compiled = plan::compile_batch(plan, &target, users).unwrap();
+    println!(
+        "{name} batch of {users}: {} cycles a run predicted (one user's step {one}: {:.2}x for {users}x the tokens), {} MEM bytes",
+        compiled.built.cycles,
+        compiled.built.cycles as f64 / one as f64,
+        compiled.mem_bytes
+    );
+    let bin = lpubin_of(&compiled.built, &target);
+    let mut machine = q35_sim::Machine::new(&bin, config).unwrap();
+    batch_runs_equal_golden(
+        name,
+        &mut machine,
+        golden,
+        ctx,
+        users,
+        runs,
+        compiled.built.cycles,
+    );
+    (compiled.built.cycles, one)
+}
+
+/// Runs a batch program of `users` on `d` for `runs` steps: user `u` joins
+/// at run `u` (before that its row feeds token 0 at position 0, which its
+/// first real token overwrites), so the users of one run stand at
+/// different positions; every real step's logits equal the golden model's
+/// for that user alone, bit for bit, and every run takes `cycles`.
+fn batch_runs_equal_golden(
+    name: &str,
+    d: &mut dyn q35_host::Device,
+    golden: &GoldenModel,
+    ctx: u32,
+    users: u32,
+    runs: u32,
+    cycles: u64,
+) {
+    let vocab = golden.arch().vocab;
+    let token = |u: u32, i: u32| (u * 37 + i * 11 + 5) % vocab;
+    let mut sessions: Vec<_> = (0..users).map(|_| golden.new_session()).collect();
+    let vw = (golden.arch().vocab as usize).div_ceil(320) * 320;
+    for r in 0..runs {
+        let steps: Vec<(u32, u32)> = (0..users)
+            .map(|u| {
+                if r >= u {
+                    (token(u, r - u), r - u)
+                } else {
+                    (0, 0)
+                }
+            })
+            .collect();
+        write_batch(d, golden, ctx, &steps);
+        let stats = d.run().unwrap();
+        assert_eq!(stats.cycles, cycles, "{name}: run {r}'s cycles");
+        let logits = q35_host::device::f32_values(&d.read_symbol("logits").unwrap());
+        for u in 0..users.min(r + 1) {
+            let want = golden
+                .step(&mut sessions[u as usize], token(u, r - u))
+                .unwrap();
+            let got = &logits[u as usize * vw..u as usize * vw + want.len()];
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{name}: run {r}, user {u} (position {}): logits differ from the golden model's",
+                r - u
+            );
+        }
+    }
+}
+
+/// A batch of four users on the tiny model: each user's logits equal its
+/// own golden run's, bit for bit, with the users at different positions.
+#[test]
+fn tiny_batch_equals_golden() {
+    let (golden, plan) = tiny(64);
+    let (batch, one) = batch_equals_golden("tiny", &golden, &plan, 64, 4, 5);
+    assert!(
+        batch < 4 * one,
+        "a batch of 4 takes {batch} cycles, 4 single steps {}",
+        4 * one
+    );
+}
+
+/// A batch of three users of the tiny model with 4 blocks, split over 2
+/// chips by blocks and over 3 by ops (`partition::compile_system_with` of
+/// the batched plan): every user's logits equal its own golden run's, bit
+/// for bit, every step as predicted.
+#[test]
+fn tiny_batch_over_chips_equals_golden() {
+    use q35_codegen::partition::{Split, SystemOptions, compile_system_with};
+    let mut spec = q35_model::load(root().join("examples/tiny.toml")).unwrap();
+    spec.arch.blocks = 4;
+    let (golden, plan) = model_plan(&spec, 64);
+    let target = Target::builtin("lpu-v1").unwrap();
+    let config = q35_sim::MachineConfig::from_target(&target).unwrap();
+    let batched = plan.batched(3).unwrap();
+    for (chips, split) in [(2, Split::Blocks), (3, Split::Ops)] {
+        let opts = SystemOptions {
+            split,
+            ..Default::default()
+        };
+        let mut compiled = Vec::new();
+        compile_system_with(&batched, &target, chips, &opts, &mut |_, c| {
+            compiled.push(c);
+            Ok(())
+        })
+        .unwrap();
+        let cycles = compiled.iter().map(|c| c.built.cycles).max().unwrap();
+        let bins: Vec<q35_lpubin::LpuBinary> = compiled
+            .iter()
+            .map(|c| lpubin_of(&c.built, &target))
+            .collect();
+        let refs: Vec<&q35_lpubin::LpuBinary> = bins.iter().collect();
+        let mut dev = q35_sim::SystemDevice::new(&refs, config.clone()).unwrap();
+        let name = format!("tiny (4 blocks) batch of 3 over {chips} chips ({split:?})");
+        println!("{name}: {cycles} cycles a run");
+        batch_runs_equal_golden(&name, &mut dev, &golden, 64, 3, 4, cycles);
+    }
+}

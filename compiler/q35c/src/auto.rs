@@ -79,6 +79,7 @@ impl Auto {
         context: Option<u64>,
         options: q35_mlir::passes::RunOptions,
         splits: &[Split],
+        batch: u32,
     ) -> anyhow::Result<Auto> {
         let shown = model_path.display();
         let t0 = std::time::Instant::now();
@@ -86,13 +87,18 @@ impl Auto {
         let module = q35_mlir::lower::compile_lpu(&mlir, spec, context, options)
             .with_context(|| format!("cannot compile {shown} for the LPU"))?;
         let need = q35_mlir::lpu::plan::mem_need(&module.as_operation())
-            .map_err(|e| anyhow::anyhow!("cannot compile {shown} for the LPU: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot compile {shown} for the LPU: {e}"))?
+            .batched(batch);
         let (plan, shapes) = q35_mlir::lpu::plan::op_to_plan_shapes(
             &module.as_operation(),
             &q35_mlir::lpu::plan::ShapeOnly,
         )
         .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
         drop(module);
+        // A batch's candidates hold every user's KV caches.
+        let plan = plan
+            .batched(batch)
+            .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
         let chip = spec.target.mem_bytes();
         let lower = u32::try_from(need.total().div_ceil(chip).max(1)).unwrap_or(u32::MAX);
         let opts = SystemOptions {

@@ -52,6 +52,8 @@ pub struct Emitted {
     pub prefill: Option<(u32, Compiled)>,
     /// Why there is no prefill program, when one was wanted but did not fit.
     pub prefill_note: Option<String>,
+    /// Users a decode step serves (`--batch`; 1: one sequence).
+    pub batch: u32,
 }
 
 /// The chips past the first of a pipeline-split model.
@@ -97,11 +99,20 @@ pub fn compile(
     prefill: Prefill,
     chips: u32,
     split: q35_codegen::partition::Split,
+    batch: u32,
     timings: &Timings,
 ) -> anyhow::Result<Emitted> {
     let shown = model_path.display();
     if chips == 0 {
         anyhow::bail!("{shown}: --chips 0: a system needs at least one chip");
+    }
+    if batch == 0 {
+        anyhow::bail!("{shown}: --batch 0: a decode step serves at least one user");
+    }
+    if batch > 1 && matches!(prefill, Prefill::Tokens(n) if n > 1) {
+        anyhow::bail!(
+            "{shown}: --prefill goes with --batch 1: a batched binary has no prefill program (each user's prompt runs a token a step)"
+        );
     }
     if chips > 1 && matches!(prefill, Prefill::Tokens(n) if n > 1) {
         anyhow::bail!(
@@ -130,7 +141,8 @@ pub fn compile(
         let module = q35_mlir::lower::compile_lpu(&mlir, spec, context, options)
             .with_context(|| format!("cannot compile {shown} for the LPU"))?;
         let need = q35_mlir::lpu::plan::mem_need(&module.as_operation())
-            .map_err(|e| anyhow::anyhow!("cannot compile {shown} for the LPU: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot compile {shown} for the LPU: {e}"))?
+            .batched(batch);
         let chip = spec.target.mem_bytes();
         if need.total() > u64::from(chips) * chip {
             anyhow::bail!(
@@ -186,6 +198,9 @@ pub fn compile(
         bar.stage(format!("splitting over {chips} chips and generating code"));
         let plan = q35_mlir::lpu::plan::op_to_plan(&module.as_operation(), &source)
             .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
+        let plan = plan
+            .batched(batch)
+            .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
         let bound = q35_codegen::plan::bound(&plan, &spec.target);
         let opts = q35_codegen::partition::SystemOptions {
             split,
@@ -222,6 +237,7 @@ pub fn compile(
             prefill_note: Some(format!(
                 "a model split over {chips} chips has no prefill program yet: the prompt runs token by token"
             )),
+            batch,
         });
     }
     // The scheduler runs on one thread; the weights' hash (for the host's
@@ -247,10 +263,33 @@ pub fn compile(
                 };
                 anyhow::anyhow!("cannot generate code for {shown}: {e}{hint}")
             })?;
+    let mut prefill_note = None;
+    // A batch: the plan compiled for every user's row (the lpu module and
+    // lpu-schedule's program above are one user's step, as a prefill
+    // chunk's program is compiled from the plan beside them).
+    let (plan, compiled, prefill) = if batch > 1 {
+        bar.stage(format!(
+            "generating the batched decode program ({batch} users a step)"
+        ));
+        let plan = plan
+            .batched(batch)
+            .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
+        let c = q35_codegen::plan::compile(&plan, &spec.target).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot generate the decode program for a batch of {batch} users for {shown}: {e} (every user has its own KV caches: a smaller --batch or --context frees MEM)"
+            )
+        })?;
+        prefill_note = Some(
+            "a batched binary has no prefill program: each user's prompt runs a token a step"
+                .to_string(),
+        );
+        (plan, c, Prefill::Tokens(1))
+    } else {
+        (plan, compiled, prefill)
+    };
     let bound = q35_codegen::plan::bound(&plan, &spec.target);
     // The prefill program, placed after everything the decode program
     // placed (docs/backend.md): its chunk is capped by the context.
-    let mut prefill_note = None;
     timings.mark("generating the prefill program");
     let prefill = match prefill {
         Prefill::Tokens(n) if n <= 1 => None,
@@ -319,6 +358,7 @@ pub fn compile(
         recipe,
         prefill,
         prefill_note,
+        batch,
     })
 }
 
@@ -408,6 +448,7 @@ pub fn host_meta(e: &Emitted) -> HostMeta {
                 .collect(),
         }),
         timing_only: false,
+        batch: e.batch,
     }
 }
 
@@ -505,6 +546,8 @@ pub fn summary(
         "context": e.ctx,
         "predicted_cycles_per_step": cycles,
         "projected_tokens_per_second": if cycles > 0 { clock_hz / cycles as f64 } else { 0.0 },
+        "batch": e.batch,
+        "projected_system_tokens_per_second": if cycles > 0 { clock_hz * f64::from(e.batch) / cycles as f64 } else { 0.0 },
         "instructions": instructions,
         "queues": p.queues.len(),
         "tables": p.tables.len(),
@@ -586,6 +629,10 @@ impl TimingOnly {
 /// model. The system file's chips carry programs, constants and symbols;
 /// chip 0's metadata says `timing_only` (`q35sim run` then runs the
 /// static schedules only).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the compile's inputs and options, each named at the one call"
+)]
 pub fn compile_timing_only(
     spec: &ModelSpec,
     model_path: &Path,
@@ -593,6 +640,7 @@ pub fn compile_timing_only(
     options: q35_mlir::passes::RunOptions,
     chips: u32,
     split: q35_codegen::partition::Split,
+    batch: u32,
     timings: &Timings,
 ) -> anyhow::Result<TimingOnly> {
     let shown = model_path.display();
@@ -609,8 +657,12 @@ pub fn compile_timing_only(
     );
     let module = q35_mlir::lower::compile_lpu(&mlir, spec, context, options)
         .with_context(|| format!("cannot compile {shown} for the LPU"))?;
+    if batch == 0 {
+        anyhow::bail!("{shown}: --batch 0: a decode step serves at least one user");
+    }
     let need = q35_mlir::lpu::plan::mem_need(&module.as_operation())
-        .map_err(|e| anyhow::anyhow!("cannot compile {shown} for the LPU: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot compile {shown} for the LPU: {e}"))?
+        .batched(batch);
     let chip = target.mem_bytes();
     if need.total() > u64::from(chips) * chip {
         let (on, have) = if chips == 1 {
@@ -643,6 +695,9 @@ pub fn compile_timing_only(
     )
     .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
     drop(module);
+    let plan = plan
+        .batched(batch)
+        .map_err(|e| anyhow::anyhow!("cannot generate code for {shown}: {e}"))?;
     let bound = bound_of_shapes(&plan, &shapes, target);
     timings.mark("scheduling and code generation");
     bar.stage(format!(
@@ -688,6 +743,7 @@ pub fn compile_timing_only(
                 buffers: Vec::new(),
                 weights: Default::default(),
                 ops: Vec::new(),
+                users: s.plan.users,
             };
             let instructions = c.built.program.queues.values().map(Vec::len).sum::<usize>();
             info.push((s, c.built.cycles, c.mem_bytes, instructions));
@@ -766,6 +822,7 @@ pub fn compile_timing_only(
                 .collect(),
         }),
         timing_only: true,
+        batch,
     };
     let mut b = encode(&first, 0)?;
     b.metadata(meta.to_json());

@@ -78,6 +78,12 @@ pub struct CompileArgs {
     /// both).
     #[arg(long, value_enum, default_value_t = SplitArg::Auto)]
     pub split: SplitArg,
+    /// Users a decode step serves (batched decode, lpubin): each run takes
+    /// one token of each of B sequences, every user with its own KV caches
+    /// (B times the cache MEM) and the weights read once for all. A
+    /// batched binary has no prefill program. Default 1.
+    #[arg(long, value_name = "B", default_value_t = 1, value_parser = parse_batch)]
+    pub batch: u32,
     /// Worker threads for quantization (results do not depend on it).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -96,6 +102,16 @@ fn parse_chips(s: &str) -> Result<q35_model::Chips, String> {
             "expected a number of chips (at least 1) or `auto` (the fewest that fit), found `{s}`"
         )
     })
+}
+
+/// `--batch B`.
+fn parse_batch(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(b) if b >= 1 => Ok(b),
+        _ => Err(format!(
+            "expected the users a decode step serves (a whole number, at least 1), found `{s}`"
+        )),
+    }
 }
 
 /// `--split`.
@@ -180,6 +196,11 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     if args.timings && !matches!(emit, Emit::Asm | Emit::Lpubin) {
         anyhow::bail!("--timings applies to --emit=asm and lpubin");
     }
+    if args.batch > 1 && !matches!(emit, Emit::Asm | Emit::Lpubin) {
+        anyhow::bail!(
+            "--batch applies to --emit=asm and lpubin (the q35 and lpu modules are one user's step)"
+        );
+    }
     let chips = match args.chips.unwrap_or(spec.chips) {
         q35_model::Chips::Count(n) => n,
         q35_model::Chips::Auto => return run_auto(args, &spec, emit, options),
@@ -213,6 +234,7 @@ fn run_auto(
         args.context,
         options,
         &crate::auto::splits(args.split.split()),
+        args.batch,
     )?;
     loop {
         let Some(i) = auto.choice() else {
@@ -306,6 +328,7 @@ fn compile_with(
                 },
                 chips,
                 split,
+                args.batch,
                 &timings,
             )?;
             if let Some((a, i)) = auto.as_mut() {
@@ -351,7 +374,7 @@ fn compile_with(
                     .collect();
                 let cycles = e.cycles();
                 eprintln!(
-                    "{}: {} ({} bytes): {chips} chips, pipeline-parallel, context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz; the last chip's end), no prefill program (a system's prompt runs token by token); {}; compiled in {:.1?}",
+                    "{}: {} ({} bytes): {chips} chips, pipeline-parallel, context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz; the last chip's end){}, no prefill program (a system's prompt runs token by token); {}; compiled in {:.1?}",
                     args.model.display(),
                     args.output.display(),
                     bytes.len(),
@@ -359,6 +382,10 @@ fn compile_with(
                     cycles,
                     spec.target.clock_mhz * 1e6 / cycles.max(1) as f64,
                     spec.target.clock_mhz,
+                    batch_note(
+                        args.batch,
+                        spec.target.clock_mhz * 1e6 / cycles.max(1) as f64
+                    ),
                     per_chip.join("; "),
                     t0.elapsed()
                 );
@@ -376,7 +403,7 @@ fn compile_with(
                     },
                 };
                 eprintln!(
-                    "{}: {} ({} bytes): context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz){prefill}, {:.1} MB of {:.1} MB MEM, compiled in {:.1?}",
+                    "{}: {} ({} bytes): context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz){}{prefill}, {:.1} MB of {:.1} MB MEM, compiled in {:.1?}",
                     args.model.display(),
                     args.output.display(),
                     bytes.len(),
@@ -384,6 +411,10 @@ fn compile_with(
                     cycles,
                     spec.target.clock_mhz * 1e6 / cycles.max(1) as f64,
                     spec.target.clock_mhz,
+                    batch_note(
+                        args.batch,
+                        spec.target.clock_mhz * 1e6 / cycles.max(1) as f64
+                    ),
                     e.mem_bytes() as f64 / 1e6,
                     spec.target.mem_bytes() as f64 / 1e6,
                     t0.elapsed()
@@ -429,6 +460,7 @@ fn compile_timing_only(
         options,
         chips,
         split,
+        args.batch,
         &timings,
     )?;
     if let Some((a, i)) = auto.as_mut() {
@@ -460,6 +492,8 @@ fn compile_timing_only(
             "chips": chips,
             "predicted_cycles_per_step": cycles,
             "projected_tokens_per_second": tokens_per_second,
+            "batch": args.batch,
+            "projected_system_tokens_per_second": tokens_per_second * f64::from(args.batch),
             "instructions": t.chips.iter().map(|c| c.3).sum::<usize>(),
             "mem_bytes_used": t.chips.iter().map(|c| c.2).max().unwrap_or(0),
             "mem_bytes_chip": spec.target.mem_bytes(),
@@ -503,18 +537,31 @@ fn compile_timing_only(
             })
             .collect();
         eprintln!(
-            "{}: {} ({} bytes): timing only (no weights), {chips} chip{}, context {}, {cycles} cycles per decoded token predicted ({tokens_per_second:.0} tokens/s at {} MHz; the last chip's end); {}; compiled in {:.1?}",
+            "{}: {} ({} bytes): timing only (no weights), {chips} chip{}, context {}, {cycles} cycles per decoded token predicted ({tokens_per_second:.0} tokens/s at {} MHz; the last chip's end){}; {}; compiled in {:.1?}",
             args.model.display(),
             args.output.display(),
             bytes,
             if chips == 1 { "" } else { "s" },
             t.ctx,
             spec.target.clock_mhz,
+            batch_note(args.batch, tokens_per_second),
             per_chip.join("; "),
             t0.elapsed()
         );
     }
     Ok(())
+}
+
+/// `, a batch of B users: T tokens/s per user, B T for the system` (empty
+/// for one user).
+fn batch_note(batch: u32, per_user: f64) -> String {
+    if batch <= 1 {
+        return String::new();
+    }
+    format!(
+        ", a batch of {batch} users: {per_user:.0} tokens/s per user, {:.0} for the system",
+        per_user * f64::from(batch)
+    )
 }
 
 /// Writes `bytes` to `path` (`-` is stdout). A file is written to a temporary

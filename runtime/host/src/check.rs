@@ -7,7 +7,9 @@
 //! element `(h*head_dim + d, t)` the key `d` of kv head `h` at position `t`
 //! (the last 320 columns of each row are junk); `vcache_<b>` is f32
 //! `[ctx, Wv*320]` with `Wv = ceil(kv_dim/320)`, element `(t, c)` value `c`
-//! at position `t`.
+//! at position `t`. A batched program (metadata `batch` = B) has such a
+//! pair per user, `kcache_<b>.u<u>` and `vcache_<b>.u<u>`; the checker keeps
+//! a golden session per user and compares user `u`'s.
 
 use std::fmt;
 
@@ -50,10 +52,15 @@ pub struct Mismatch {
     pub golden: f32,
     /// The device's value.
     pub device: f32,
+    /// The user of a batch (`None`: a program of one user).
+    pub user: Option<usize>,
 }
 
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(u) = self.user {
+            write!(f, "user {u}, ")?;
+        }
         write!(
             f,
             "step {} (token {} at position {}): ",
@@ -97,7 +104,8 @@ impl fmt::Display for Mismatch {
 #[derive(Debug)]
 pub struct Checker {
     golden: GoldenModel,
-    session: GoldenSession,
+    /// A session per user of the batch (one for a program of one user).
+    sessions: Vec<GoldenSession>,
     ctx: usize,
     kv_dim: usize,
     head_dim: usize,
@@ -143,9 +151,11 @@ impl Checker {
                 )));
             }
         }
-        let session = golden.new_session();
+        let sessions = (0..meta.batch.max(1))
+            .map(|_| golden.new_session())
+            .collect();
         Ok(Checker {
-            session,
+            sessions,
             ctx: meta.ctx as usize,
             kv_dim,
             head_dim: a.head_dim as usize,
@@ -184,11 +194,32 @@ impl Checker {
         logits: &[f32],
         kv_cache: bool,
     ) -> Result<(), HostError> {
-        let pos = self.session.position();
+        self.check_user(device, 0, step, token, logits, kv_cache)
+    }
+
+    /// [`Checker::check_token`] for user `user` of a batched program
+    /// (its own golden session; its part of each KV cache symbol).
+    pub fn check_user<D: Device>(
+        &mut self,
+        device: &mut D,
+        user: usize,
+        step: usize,
+        token: u32,
+        logits: &[f32],
+        kv_cache: bool,
+    ) -> Result<(), HostError> {
+        let users = self.sessions.len();
+        let named = (users > 1).then_some(user);
+        let session = self
+            .sessions
+            .get_mut(user)
+            .ok_or_else(|| HostError::Golden(format!("no user {user} in a batch of {users}")))?;
+        let pos = session.position();
         let want = self
             .golden
-            .step(&mut self.session, token)
+            .step(session, token)
             .map_err(|e| HostError::Golden(e.to_string()))?;
+        let session = &self.sessions[user];
         let mismatch = |part, position, element, golden: f32, device: f32| Mismatch {
             part,
             step,
@@ -199,6 +230,7 @@ impl Checker {
             head_dim: self.head_dim,
             golden,
             device,
+            user: named,
         };
         if let Some(i) =
             (0..want.len()).find(|&i| logits.get(i).map(|v| v.to_bits()) != Some(want[i].to_bits()))
@@ -217,9 +249,10 @@ impl Checker {
         let kcols = (words(self.ctx) + 1) * LANES;
         let vcols = words(self.kv_dim) * LANES;
         for b in 0..self.blocks {
-            let keys = self.session.keys(b).unwrap_or(&[]);
-            let values = self.session.values(b).unwrap_or(&[]);
-            let kc = read_f32(device, &format!("kcache_{b}"), self.kv_dim * kcols)?;
+            let keys = session.keys(b).unwrap_or(&[]);
+            let values = session.values(b).unwrap_or(&[]);
+            let klen = self.kv_dim * kcols;
+            let kc = &read_f32(device, &cache_symbol("kcache", b, users, user), klen)?;
             for t in 0..=pos {
                 for c in 0..self.kv_dim {
                     let (g, d) = (keys[t * self.kv_dim + c], kc[c * kcols + t]);
@@ -234,7 +267,8 @@ impl Checker {
                     }
                 }
             }
-            let vc = read_f32(device, &format!("vcache_{b}"), self.ctx * vcols)?;
+            let vlen = self.ctx * vcols;
+            let vc = &read_f32(device, &cache_symbol("vcache", b, users, user), vlen)?;
             for t in 0..=pos {
                 for c in 0..self.kv_dim {
                     let (g, d) = (values[t * self.kv_dim + c], vc[t * vcols + c]);
@@ -255,6 +289,16 @@ impl Checker {
 }
 
 /// Symbol `name` as `len` f32 values.
+/// The symbol of block `b`'s `kind` cache (`kcache`, `vcache`) for `user`
+/// of a program of `users`: `kcache_<b>`, or `kcache_<b>.u<user>` in a batch.
+fn cache_symbol(kind: &str, b: usize, users: usize, user: usize) -> String {
+    if users > 1 {
+        format!("{kind}_{b}.u{user}")
+    } else {
+        format!("{kind}_{b}")
+    }
+}
+
 fn read_f32<D: Device>(device: &mut D, name: &str, len: usize) -> Result<Vec<f32>, HostError> {
     let bytes = device.read_symbol(name)?;
     if bytes.len() != 4 * len {

@@ -19,6 +19,7 @@
 //!   compiles from and `q35sim run --check` compares with) and its hash.
 
 pub mod bar;
+pub mod batch;
 pub mod check;
 pub mod device;
 pub mod embedding;
@@ -28,6 +29,7 @@ pub mod meta;
 pub mod pipe;
 pub mod session;
 
+pub use batch::{BatchGeneration, BatchRun, BatchSession};
 pub use check::{Checker, Mismatch, Part};
 pub use device::{Device, DeviceError, StepStats};
 pub use embedding::{EmbeddingError, EmbeddingTable};

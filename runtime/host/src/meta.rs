@@ -80,6 +80,24 @@ pub struct HostMeta {
     /// links), never for text (docs/backend.md 8).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub timing_only: bool,
+    /// Users one run serves (a batched decode program, docs/lpubin.md
+    /// 3.4): every step symbol has a row per user (`x_in` f32 `[batch,
+    /// words(hidden)*320]`, `pos_idx` and `kv_idx` u16 `[batch, 320]`,
+    /// `attn_mask` f32 `[batch, words(ctx)*320]`, `logits` f32 `[batch,
+    /// words(vocab)*320]`), each filled as for one token of that user at
+    /// its position, and every KV cache a symbol per user (`kcache_<b>.u<u>`,
+    /// `vcache_<b>.u<u>`, each one user's cache).
+    /// Absent: 1.
+    #[serde(default = "one_user", skip_serializing_if = "is_one_user")]
+    pub batch: u32,
+}
+
+fn one_user() -> u32 {
+    1
+}
+
+fn is_one_user(b: &u32) -> bool {
+    *b == 1
 }
 
 /// The chips of a pipeline-split model, in stage order (docs/lpubin.md 8):
@@ -166,6 +184,7 @@ impl HostMeta {
             ("blocks", meta.blocks),
             ("kv_dim", meta.kv_dim),
             ("ctx", meta.ctx),
+            ("batch", meta.batch),
         ] {
             if v == 0 {
                 return Err(MetaError::Invalid(format!("`{key}` must be positive")));
@@ -178,6 +197,12 @@ impl HostMeta {
             return Err(MetaError::Invalid(format!(
                 "`ctx` = {} is past the {MAX_CTX} positions a u16 position index reaches",
                 meta.ctx
+            )));
+        }
+        if meta.batch > 1 && meta.prefill.is_some() {
+            return Err(MetaError::Invalid(format!(
+                "`prefill` with `batch` = {}: a batched binary has no prefill program",
+                meta.batch
             )));
         }
         if let Some(p) = &meta.prefill

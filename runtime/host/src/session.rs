@@ -142,12 +142,74 @@ pub struct Session<D: Device> {
 }
 
 /// Elements of `n` rounded up to whole 320-lane words.
-fn padded(n: u32) -> u64 {
+pub(crate) fn padded(n: u32) -> u64 {
     u64::from(n).div_ceil(LANES as u64) * LANES as u64
 }
 
+/// The prompt tokens of `text` with `tokenizer` ([`Session::prompt_tokens`]).
+pub(crate) fn prompt_tokens_with(
+    tokenizer: Option<&Tokenizer>,
+    text: &str,
+    chat: bool,
+    system: Option<&str>,
+) -> Result<(String, Vec<u32>), HostError> {
+    let tok = tokenizer.ok_or_else(|| {
+        HostError::Tokenizer(
+            "the binary has no tokenizer section: give the prompt as token ids".into(),
+        )
+    })?;
+    if chat {
+        tok.chat_prompt(system, text)
+            .map_err(|e| HostError::Tokenizer(format!("cannot apply the chat template: {e}")))
+    } else {
+        Ok((text.to_string(), tok.encode_with_bos(text)))
+    }
+}
+
+/// The binary's host metadata and embedding table, checked against each
+/// other.
+pub(crate) fn load_meta(binary: &LpuBinary) -> Result<(HostMeta, EmbeddingTable), HostError> {
+    let meta = HostMeta::from_binary(binary)?;
+    let embedding = EmbeddingTable::from_binary(binary)?;
+    if (embedding.rows(), embedding.cols()) != (meta.vocab as usize, meta.hidden as usize) {
+        return Err(EmbeddingError::Shape(format!(
+            "the table is {}x{}, the metadata says vocab {} x hidden {}",
+            embedding.rows(),
+            embedding.cols(),
+            meta.vocab,
+            meta.hidden
+        ))
+        .into());
+    }
+    Ok((meta, embedding))
+}
+
+/// The binary's tokenizer (with the metadata's chat template), if it has
+/// one; the embedding and tokenizer sections' pages are released (the
+/// host holds copies).
+pub(crate) fn load_tokenizer(
+    binary: &LpuBinary,
+    meta: &HostMeta,
+) -> Result<Option<Tokenizer>, HostError> {
+    let mut tokenizer = match binary.tokenizer() {
+        Some(bytes) => {
+            let gguf = q35_gguf::Gguf::from_bytes(bytes.to_vec())
+                .map_err(|e| HostError::Tokenizer(e.to_string()))?;
+            Some(Tokenizer::from_gguf(&gguf).map_err(|e| HostError::Tokenizer(e.to_string()))?)
+        }
+        None => None,
+    };
+    // Both are copies now: their mapped pages need not stay resident.
+    binary.release_section(q35_lpubin::SectionKind::Embedding);
+    binary.release_section(q35_lpubin::SectionKind::Tokenizer);
+    if let (Some(t), Some(template)) = (tokenizer.as_mut(), &meta.chat_template) {
+        t.set_chat_template(Some(template.clone()));
+    }
+    Ok(tokenizer)
+}
+
 /// The prefill program's symbols: name, element type, shape.
-fn chunk_symbols(meta: &HostMeta, n: u32) -> [(&'static str, ElemType, [u64; 2]); 5] {
+pub(crate) fn chunk_symbols(meta: &HostMeta, n: u32) -> [(&'static str, ElemType, [u64; 2]); 5] {
     let n = u64::from(n);
     [
         ("x_in", ElemType::F32, [n, padded(meta.hidden)]),
@@ -187,17 +249,15 @@ impl<D: Device> Session<D> {
         binary: &LpuBinary,
         chips: &[&LpuBinary],
     ) -> Result<Session<D>, HostError> {
-        let meta = HostMeta::from_binary(binary)?;
-        let embedding = EmbeddingTable::from_binary(binary)?;
-        if (embedding.rows(), embedding.cols()) != (meta.vocab as usize, meta.hidden as usize) {
-            return Err(EmbeddingError::Shape(format!(
-                "the table is {}x{}, the metadata says vocab {} x hidden {}",
-                embedding.rows(),
-                embedding.cols(),
-                meta.vocab,
-                meta.hidden
-            ))
-            .into());
+        let (meta, embedding) = load_meta(binary)?;
+        if meta.batch > 1 {
+            return Err(HostError::Symbol {
+                name: "x_in".into(),
+                what: format!(
+                    "has a row for each of {} users: the binary serves a batch (run it as a batch, crate::batch::BatchSession)",
+                    meta.batch
+                ),
+            });
         }
         for (name, elem, elements) in bound_symbols(&meta) {
             let s = chips.iter().find_map(|c| c.symbol(name)).ok_or_else(|| HostError::Symbol {
@@ -239,20 +299,7 @@ impl<D: Device> Session<D> {
                 }
             }
         }
-        let mut tokenizer = match binary.tokenizer() {
-            Some(bytes) => {
-                let gguf = q35_gguf::Gguf::from_bytes(bytes.to_vec())
-                    .map_err(|e| HostError::Tokenizer(e.to_string()))?;
-                Some(Tokenizer::from_gguf(&gguf).map_err(|e| HostError::Tokenizer(e.to_string()))?)
-            }
-            None => None,
-        };
-        // Both are copies now: their mapped pages need not stay resident.
-        binary.release_section(q35_lpubin::SectionKind::Embedding);
-        binary.release_section(q35_lpubin::SectionKind::Tokenizer);
-        if let (Some(t), Some(template)) = (tokenizer.as_mut(), &meta.chat_template) {
-            t.set_chat_template(Some(template.clone()));
-        }
+        let tokenizer = load_tokenizer(binary, &meta)?;
         let prefill = meta.prefill.clone();
         Ok(Session {
             device,
@@ -323,17 +370,7 @@ impl<D: Device> Session<D> {
         chat: bool,
         system: Option<&str>,
     ) -> Result<(String, Vec<u32>), HostError> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| {
-            HostError::Tokenizer(
-                "the binary has no tokenizer section: give the prompt as token ids".into(),
-            )
-        })?;
-        if chat {
-            tok.chat_prompt(system, text)
-                .map_err(|e| HostError::Tokenizer(format!("cannot apply the chat template: {e}")))
-        } else {
-            Ok((text.to_string(), tok.encode_with_bos(text)))
-        }
+        prompt_tokens_with(self.tokenizer.as_deref(), text, chat, system)
     }
 
     /// Runs one token at the next position and returns its logits and the

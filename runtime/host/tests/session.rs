@@ -66,6 +66,7 @@ fn meta(g: &GoldenModel) -> HostMeta {
         prefill: None,
         system: None,
         timing_only: false,
+        batch: 1,
     }
 }
 

@@ -262,6 +262,17 @@ impl MemNeed {
     pub fn total(&self) -> u64 {
         self.weight_bytes + self.kv_bytes + self.other_bytes
     }
+
+    /// What a step of `users` at once needs at least: a KV cache each;
+    /// the weights and the other buffers are counted once (the per-user
+    /// rows of the inputs and intermediates are small beside the caches,
+    /// and a lower bound must not count the constants again).
+    pub fn batched(self, users: u32) -> MemNeed {
+        MemNeed {
+            kv_bytes: self.kv_bytes * u64::from(users.max(1)),
+            ..self
+        }
+    }
 }
 
 /// [`MemNeed`] of the module operation `m`. The code generator needs more
@@ -502,6 +513,7 @@ fn plan_of(
         buffers,
         weights,
         ops,
+        users: 1,
     })
 }
 

@@ -105,6 +105,11 @@ pub struct GenArgs {
     /// Generate after these comma-separated token ids.
     #[arg(long, value_delimiter = ',')]
     pub tokens: Option<Vec<u32>>,
+    /// A batched binary (`q35c compile --batch B`): the users' prompts, one
+    /// a line (user u takes line u; the lines repeat when the users
+    /// outnumber them). `--prompt` gives every user the same prompt.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prompt", "tokens"])]
+    pub prompts: Option<PathBuf>,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
@@ -163,7 +168,7 @@ pub enum Engine {
 impl GenArgs {
     /// Whether a generation was asked for.
     pub fn wanted(&self) -> bool {
-        self.prompt.is_some() || self.tokens.is_some()
+        self.prompt.is_some() || self.tokens.is_some() || self.prompts.is_some()
     }
 }
 
@@ -173,7 +178,7 @@ fn shortest(v: f32) -> f64 {
 
 /// A host error as a failure: the program's fault (a hazard, a `--check`
 /// difference) exits 1, bad input 2.
-fn failure(name: &str, e: HostError) -> Failure {
+pub(crate) fn failure(name: &str, e: HostError) -> Failure {
     match e {
         HostError::Device(DeviceError::Run(_)) | HostError::Check(_) => {
             eprintln!("{name}: {e}");
@@ -249,6 +254,17 @@ pub fn run(
         Engine::Replay => q35_sim::EngineMode::Replay,
         Engine::Verify => q35_sim::EngineMode::Verify,
     });
+    if crate::cmd_batch::is_batched(binary) {
+        if outputs.files() {
+            return Err(anyhow!(
+                "{name}: --trace/--report of a batched binary: `q35sim profile {name}` (its runs share one schedule)"
+            )
+            .into());
+        }
+        let session = q35_host::BatchSession::new(machine, binary).map_err(|e| failure(name, e))?;
+        return crate::cmd_batch::run(name, session, &config, json_out, args, 1);
+    }
+    crate::cmd_batch::refuse_prompts(name, args)?;
     let mut session = Session::new(machine, binary).map_err(|e| failure(name, e))?;
     if args.no_prefill {
         session.set_prefill(false);
@@ -630,6 +646,12 @@ pub fn run_system(
         q35_sim::SystemDevice::new(chips, config.clone()).with_context(|| name.to_string())?;
     device.system_mut().set_threads(threads);
     device.system_mut().set_max_cycles(max_cycles);
+    if crate::cmd_batch::is_batched(host) {
+        let session =
+            q35_host::BatchSession::new_on(device, host, chips).map_err(|e| failure(name, e))?;
+        return crate::cmd_batch::run(name, session, &config, json_out, args, chips.len());
+    }
+    crate::cmd_batch::refuse_prompts(name, args)?;
     let mut session = Session::new_on(device, host, chips).map_err(|e| failure(name, e))?;
     let (meta, prompt_text, prompt, options) = prepare(name, &mut session, args)?;
     let tokenizer = session.shared_tokenizer();

@@ -127,6 +127,18 @@ pub fn tokens_per_second(config: &MachineConfig, cycles: f64) -> f64 {
     }
 }
 
+/// ` per user, a batch of B users: B T for the system` (empty for one
+/// user).
+pub fn batch_note(batch: u32, per_user: f64) -> String {
+    if batch <= 1 {
+        return String::new();
+    }
+    format!(
+        " per user (a batch of {batch} users: {:.0} tokens/s for the system)",
+        per_user * f64::from(batch)
+    )
+}
+
 /// Profiles the binary statically.
 pub fn run(args: Args) -> Result<(), Failure> {
     let config = crate::target(args.target.as_ref())?;
@@ -206,6 +218,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
     }
     let tps = tokens_per_second(&config, step.total_cycles as f64);
+    // A batched decode program serves `batch` users a step.
+    let batch = match &args.program {
+        None => q35_host::HostMeta::from_binary(&binary).map_or(1, |m| m.batch),
+        Some(_) => 1,
+    };
     let summary = json!({
         "file": name,
         "target": config.target_name,
@@ -213,6 +230,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
         "cycles_per_step": step.total_cycles,
         "instructions_per_step": step.instructions,
         "tokens_per_second_at_clock": tps,
+        "batch": batch,
+        "system_tokens_per_second_at_clock": tps * f64::from(batch),
         "program": args.program.as_deref().unwrap_or("decode"),
         "predicted_cycles_per_step": q35_host::HostMeta::from_binary(&binary).ok().and_then(|m| match &args.program {
             None => m.predicted_cycles_per_step,
@@ -247,10 +266,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         text = serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)? + "\n";
     } else {
         text.push_str(&format!(
-            "{name}: {} cycles per step ({} instructions), {:.0} tokens/s at {} MHz (static schedule, {:.3}s{})",
+            "{name}: {} cycles per step ({} instructions), {:.0} tokens/s{} at {} MHz (static schedule, {:.3}s{})",
             step.total_cycles,
             step.instructions,
             tps,
+            batch_note(batch, tps),
             config.target.clock_mhz,
             seconds,
             if args.check { "; equal to a run" } else { "" }

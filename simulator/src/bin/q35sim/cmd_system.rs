@@ -343,9 +343,10 @@ fn per_token_text(
         return String::new();
     };
     let mut out = String::new();
+    let per_user = config.target.clock_mhz * 1e6 / run.cycles.max(1) as f64;
     let _ = writeln!(
         out,
-        "{}{}: {} cycles per decoded token ({:.1} tokens/s at {} MHz){}, context {}",
+        "{}{}: {} cycles per decoded token ({:.1} tokens/s{} at {} MHz){}, context {}",
         m.model,
         if m.timing_only {
             " (timing only: no weights)"
@@ -353,7 +354,8 @@ fn per_token_text(
             ""
         },
         run.cycles,
-        config.target.clock_mhz * 1e6 / run.cycles.max(1) as f64,
+        per_user,
+        crate::cmd_profile::batch_note(m.batch, per_user),
         config.target.clock_mhz,
         match m.predicted_cycles_per_step {
             Some(p) if p == run.cycles => format!(", predicted {p}"),
@@ -376,9 +378,12 @@ fn per_token_json(
         o.insert("compiled_timing_only".into(), json!(m.timing_only));
         o.insert("context".into(), json!(m.ctx));
         o.insert("cycles_per_token".into(), json!(run.cycles));
+        let per_user = config.target.clock_mhz * 1e6 / run.cycles.max(1) as f64;
+        o.insert("projected_tokens_per_second".into(), json!(per_user));
+        o.insert("batch".into(), json!(m.batch));
         o.insert(
-            "projected_tokens_per_second".into(),
-            json!(config.target.clock_mhz * 1e6 / run.cycles.max(1) as f64),
+            "projected_system_tokens_per_second".into(),
+            json!(per_user * f64::from(m.batch)),
         );
         o.insert(
             "predicted_cycles_per_step".into(),

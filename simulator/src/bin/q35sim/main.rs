@@ -4,6 +4,7 @@
 //! corrupted file, a wrong target, an assembly error, bad arguments).
 
 mod cmd_asm;
+mod cmd_batch;
 mod cmd_disasm;
 mod cmd_generate;
 mod cmd_isa;
