@@ -51,6 +51,9 @@ pub struct AllocError {
     /// Words free at the chosen slices' common address (when `room` is
     /// enough but the chosen slices' fills differ).
     pub free: u32,
+    /// Bytes free (above every slice's fill) in the other hemisphere: a
+    /// full hemisphere beside a roomy one is imbalance, not a full chip.
+    pub other_free_bytes: u64,
     /// Bytes allocated so far plus this buffer.
     pub need_bytes: u64,
     /// Bytes of MEM on the chip.
@@ -83,10 +86,15 @@ impl std::fmt::Display for AllocError {
                 self.free
             )?;
         }
+        let other = if *hemisphere == "west" {
+            "east"
+        } else {
+            "west"
+        };
         write!(
             f,
-            " ({} bytes needed in all, the chip holds {})",
-            self.need_bytes, self.chip_bytes
+            " ({} bytes needed in all, the chip holds {}; the {other} hemisphere has {} bytes free)",
+            self.need_bytes, self.chip_bytes, self.other_free_bytes
         )
     }
 }
@@ -217,6 +225,12 @@ impl Alloc {
                 hemisphere_slices: mem_slices(h).count(),
                 most_free: mem_slices(h).map(|q| cap - self.fill(q)).max().unwrap_or(0),
                 free: self.words_per_slice.saturating_sub(addr),
+                other_free_bytes: mem_slices(match h {
+                    Hemisphere::West => Hemisphere::East,
+                    Hemisphere::East => Hemisphere::West,
+                })
+                .map(|q| u64::from(cap - self.fill(q)) * self.word_bytes)
+                .sum(),
                 need_bytes: self.used_bytes + need,
                 chip_bytes,
             });
@@ -249,7 +263,13 @@ mod tests {
         }
         let e = a.place("x", Hemisphere::West, 4, 10).unwrap_err();
         assert_eq!((e.room, e.hemisphere_slices, e.most_free), (2, 44, 100));
+        // The east is empty: 44 slices of 100 words of 320 bytes.
+        assert_eq!(e.other_free_bytes, 44 * 100 * 320);
         let m = e.to_string();
+        assert!(
+            m.ends_with("the east hemisphere has 1408000 bytes free)"),
+            "{m}"
+        );
         assert!(
             m.contains("`x` needs 10 words in each of 4 MEM slices of the west hemisphere; only 2 of its 44 slices have 10 words free (the most free in one is 100)"),
             "{m}"

@@ -750,6 +750,11 @@ pub struct Compiled {
     /// issue cycle of every vector sent to it, in order (empty for one
     /// chip).
     pub sent: BTreeMap<u32, Vec<Cycle>>,
+    /// Kernel scratch is shared between kernel calls
+    /// ([`ProgramBuilder::set_reuse`]): always in a later program, and in a
+    /// batched program whose users' own scratch did not fit
+    /// ([`compile_batch`]).
+    pub scratch_shared: bool,
 }
 
 /// Where a stage's program sits in a system (docs/backend.md 8): its chip,
@@ -1163,6 +1168,12 @@ fn compile_program(
 /// The program of `tokens` consecutive tokens of one sequence (a prefill
 /// chunk when more than one), or of a batched plan's users (one token
 /// each; `tokens` 1).
+///
+/// A batched program whose MEM does not hold every user's own kernel
+/// scratch (each user's attention scratch, block by block) is compiled
+/// again with that scratch shared between calls, as a later program's is
+/// ([`ProgramBuilder::set_reuse`]): less MEM, for some overlap between the
+/// users' kernels. SmolLM2 at context 64 with 4 users fits only so.
 fn compile_program_with(
     plan: &Plan,
     target: &Target,
@@ -1170,6 +1181,28 @@ fn compile_program_with(
     base: Option<&Shared>,
     links: Option<&Links>,
     weight_images: bool,
+) -> Result<Compiled, CodegenError> {
+    let first = compile_program_reusing(plan, target, tokens, base, links, weight_images, false);
+    match first {
+        // Only kernel scratch is shared: a buffer or weight that did not
+        // fit would not fit again.
+        Err(CodegenError::Sched(SchedError::Mem { .. })) if plan.users > 1 && base.is_none() => {
+            compile_program_reusing(plan, target, tokens, base, links, weight_images, true)
+        }
+        other => other,
+    }
+}
+
+/// [`compile_program_with`], the kernels' scratch shared between calls
+/// when `reuse` (always for a later program).
+fn compile_program_reusing(
+    plan: &Plan,
+    target: &Target,
+    tokens: u32,
+    base: Option<&Shared>,
+    links: Option<&Links>,
+    weight_images: bool,
+    reuse: bool,
 ) -> Result<Compiled, CodegenError> {
     // A batched plan is already wide: it runs as a batch of its users.
     let users = plan.users;
@@ -1208,6 +1241,9 @@ fn compile_program_with(
             p
         }
     };
+    if reuse {
+        p.set_reuse(true);
+    }
     p.set_weight_images(weight_images);
     let placement = place_buffers(plan, &mut p, base.map(|b| &b.buffers))?;
     let kinds: BTreeMap<String, &BufferDecl> =
@@ -1687,6 +1723,7 @@ fn compile_program_with(
         mem_bytes,
         shared,
         sent: sent_to,
+        scratch_shared: reuse || base.is_some(),
     })
 }
 

@@ -279,10 +279,14 @@ pub fn compile(
                 "cannot generate the decode program for a batch of {batch} users for {shown}: {e} (every user has its own KV caches: a smaller --batch or --context frees MEM)"
             )
         })?;
-        prefill_note = Some(
-            "a batched binary has no prefill program: each user's prompt runs a token a step"
-                .to_string(),
-        );
+        prefill_note = Some(format!(
+            "a batched binary has no prefill program: each user's prompt runs a token a step{}",
+            if c.scratch_shared {
+                "; kernel scratch shared between the users, their own did not fit MEM"
+            } else {
+                ""
+            }
+        ));
         (plan, c, Prefill::Tokens(1))
     } else {
         (plan, compiled, prefill)

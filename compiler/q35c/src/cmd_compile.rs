@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 /// Arguments of `q35c compile`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CompileArgs {
     /// The model description (model.toml).
     pub model: PathBuf,
@@ -81,9 +81,10 @@ pub struct CompileArgs {
     /// Users a decode step serves (batched decode, lpubin): each run takes
     /// one token of each of B sequences, every user with its own KV caches
     /// (B times the cache MEM) and the weights read once for all. A
-    /// batched binary has no prefill program. Default 1.
-    #[arg(long, value_name = "B", default_value_t = 1, value_parser = parse_batch)]
-    pub batch: u32,
+    /// batched binary has no prefill program. Default: the model.toml's
+    /// [runtime] batch, else 1.
+    #[arg(long, value_name = "B", value_parser = parse_batch)]
+    pub batch: Option<u32>,
     /// Worker threads for quantization (results do not depend on it).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -102,6 +103,14 @@ fn parse_chips(s: &str) -> Result<q35_model::Chips, String> {
             "expected a number of chips (at least 1) or `auto` (the fewest that fit), found `{s}`"
         )
     })
+}
+
+impl CompileArgs {
+    /// Users a decode step serves: `--batch`, which [`run`] fills from the
+    /// model.toml's `[runtime] batch` when it is not given.
+    fn users(&self) -> u32 {
+        self.batch.unwrap_or(1)
+    }
 }
 
 /// `--batch B`.
@@ -196,11 +205,31 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     if args.timings && !matches!(emit, Emit::Asm | Emit::Lpubin) {
         anyhow::bail!("--timings applies to --emit=asm and lpubin");
     }
-    if args.batch > 1 && !matches!(emit, Emit::Asm | Emit::Lpubin) {
+    if matches!(args.batch, Some(b) if b > 1) && !matches!(emit, Emit::Asm | Emit::Lpubin) {
         anyhow::bail!(
             "--batch applies to --emit=asm and lpubin (the q35 and lpu modules are one user's step)"
         );
     }
+    // The model.toml's `[runtime] batch` when --batch is not given (the q35
+    // and lpu modules are one user's step whatever it says).
+    let resolved;
+    let args = match args.batch {
+        Some(_) => args,
+        None => {
+            let batch = spec.limits.batch;
+            if batch > 1 && matches!(args.prefill, Some(n) if n > 1) {
+                anyhow::bail!(
+                    "{}: runtime.batch = {batch}: --prefill goes with a batch of 1: a batched binary has no prefill program (give --batch 1 to compile one user's binary with a prefill program)",
+                    args.model.display()
+                );
+            }
+            resolved = CompileArgs {
+                batch: Some(batch),
+                ..args.clone()
+            };
+            &resolved
+        }
+    };
     let chips = match args.chips.unwrap_or(spec.chips) {
         q35_model::Chips::Count(n) => n,
         q35_model::Chips::Auto => return run_auto(args, &spec, emit, options),
@@ -234,7 +263,7 @@ fn run_auto(
         args.context,
         options,
         &crate::auto::splits(args.split.split()),
-        args.batch,
+        args.users(),
     )?;
     loop {
         let Some(i) = auto.choice() else {
@@ -328,7 +357,7 @@ fn compile_with(
                 },
                 chips,
                 split,
-                args.batch,
+                args.users(),
                 &timings,
             )?;
             if let Some((a, i)) = auto.as_mut() {
@@ -383,7 +412,7 @@ fn compile_with(
                     spec.target.clock_mhz * 1e6 / cycles.max(1) as f64,
                     spec.target.clock_mhz,
                     batch_note(
-                        args.batch,
+                        args.users(),
                         spec.target.clock_mhz * 1e6 / cycles.max(1) as f64
                     ),
                     per_chip.join("; "),
@@ -412,7 +441,7 @@ fn compile_with(
                     spec.target.clock_mhz * 1e6 / cycles.max(1) as f64,
                     spec.target.clock_mhz,
                     batch_note(
-                        args.batch,
+                        args.users(),
                         spec.target.clock_mhz * 1e6 / cycles.max(1) as f64
                     ),
                     e.mem_bytes() as f64 / 1e6,
@@ -460,7 +489,7 @@ fn compile_timing_only(
         options,
         chips,
         split,
-        args.batch,
+        args.users(),
         &timings,
     )?;
     if let Some((a, i)) = auto.as_mut() {
@@ -492,8 +521,8 @@ fn compile_timing_only(
             "chips": chips,
             "predicted_cycles_per_step": cycles,
             "projected_tokens_per_second": tokens_per_second,
-            "batch": args.batch,
-            "projected_system_tokens_per_second": tokens_per_second * f64::from(args.batch),
+            "batch": args.users(),
+            "projected_system_tokens_per_second": tokens_per_second * f64::from(args.users()),
             "instructions": t.chips.iter().map(|c| c.3).sum::<usize>(),
             "mem_bytes_used": t.chips.iter().map(|c| c.2).max().unwrap_or(0),
             "mem_bytes_chip": spec.target.mem_bytes(),
@@ -544,7 +573,7 @@ fn compile_timing_only(
             if chips == 1 { "" } else { "s" },
             t.ctx,
             spec.target.clock_mhz,
-            batch_note(args.batch, tokens_per_second),
+            batch_note(args.users(), tokens_per_second),
             per_chip.join("; "),
             t0.elapsed()
         );

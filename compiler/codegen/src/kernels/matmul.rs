@@ -416,6 +416,15 @@ pub fn place_weight_tokens(
             sides.push(h);
         }
     }
+    // A batch's products (`tokens` users) as a later program's
+    // ([`with_scratch`]): a large one in pieces, the others where there is
+    // more room. All of them east in one piece each filled that hemisphere
+    // before the east planes' images were placed while the west had room
+    // (SmolLM2 at context 64, 4 users, the LM head's 5,544 words a slice).
+    // One token's products go east in one piece (what the one-user
+    // schedule was tuned with).
+    let split = tokens > 1
+        && (n_groups * col_tiles) as u64 * u64::from(tokens) > u64::from(SPLIT_PRODUCTS_WORDS);
     let (stage, act, products) = place_scratch(
         p,
         name,
@@ -426,9 +435,30 @@ pub fn place_weight_tokens(
         col_tiles,
         &sides,
         tokens,
-        Some(Hemisphere::East),
+        (!split).then(|| {
+            if tokens > 1 {
+                p.alloc.roomier()
+            } else {
+                Hemisphere::East
+            }
+        }),
     )?;
-    let products = products.ok_or_else(|| unsupported(name, "no products scratch"))?;
+    let pieces = if split {
+        products_pieces(
+            p,
+            name,
+            as_u32(n_groups, "groups")?,
+            as_u32(col_tiles, "column tiles")?,
+            tokens,
+        )?
+    } else {
+        Vec::new()
+    };
+    let products = match (products, pieces.first()) {
+        (_, Some(first)) => first.clone(),
+        (Some(b), None) => b,
+        (None, None) => return Err(unsupported(name, "no products scratch")),
+    };
     let (m4, m3) = m.multipliers();
     Ok(PlacedWeight {
         name: name.to_string(),
@@ -445,7 +475,7 @@ pub fn place_weight_tokens(
         stage,
         act,
         products,
-        products_pieces: Vec::new(),
+        products_pieces: pieces,
         tokens,
     })
 }
@@ -518,6 +548,32 @@ fn place_scratch(
 /// piece per token by [`with_scratch`].
 const SPLIT_PRODUCTS_WORDS: u32 = 2048;
 
+/// A large products scratch in one piece per token and group
+/// ([`PlacedWeight::products_pieces`]), each `col_tiles` words, in the
+/// hemisphere with more room: small pieces still find room in a MEM whose
+/// slices are nearly full.
+fn products_pieces(
+    p: &mut ProgramBuilder,
+    name: &str,
+    groups: u32,
+    col_tiles: u32,
+    tokens: u32,
+) -> Result<Vec<Buffer>, PlaceError> {
+    let h = p.alloc.roomier();
+    let mut pieces = Vec::new();
+    for k in 0..tokens {
+        for g in 0..groups {
+            pieces.push(p.buffer_either(
+                &format!("{name}.products.t{k}.g{g}"),
+                DType::F32,
+                u64::from(col_tiles) * u64::from(LANES),
+                h,
+            )?);
+        }
+    }
+    Ok(pieces)
+}
+
 /// Words of products scratch [`matmul_tokens`] of `tokens` tokens needs
 /// for `w` (f32, 4 slices).
 pub fn products_words(w: &PlacedWeight, tokens: u32) -> u32 {
@@ -577,20 +633,11 @@ pub fn with_scratch(
         tokens,
         (pool.is_none() && !split).then(|| p.alloc.roomier()),
     )?;
-    let mut pieces = Vec::new();
-    if split {
-        let h = p.alloc.roomier();
-        for k in 0..tokens {
-            for g in 0..w.groups {
-                pieces.push(p.buffer_either(
-                    &format!("{}.products.t{k}.g{g}", w.name),
-                    DType::F32,
-                    u64::from(w.col_tiles) * u64::from(LANES),
-                    h,
-                )?);
-            }
-        }
-    }
+    let pieces = if split {
+        products_pieces(p, &w.name, w.groups, w.col_tiles, tokens)?
+    } else {
+        Vec::new()
+    };
     let products = match (own, pool, pieces.first()) {
         (_, _, Some(first)) => first.clone(),
         (Some(b), _, None) => b,

@@ -234,9 +234,10 @@ pub fn run<D: Device>(
                 Some(p) => format!(" (predicted {p}: DIFFERS)"),
                 None => String::new(),
             };
+            let users = if running == 1 { "user" } else { "users" };
             writeln!(
                 stdout,
-                "run {i}: {running} users ({prompt} on prompt tokens): {} cycles{pred}",
+                "run {i}: {running} {users} ({prompt} on prompt tokens): {} cycles{pred}",
                 r.stats.cycles
             )
             .map_err(io)?;
