@@ -535,78 +535,137 @@ impl GoldenModel {
                 self.blocks.len()
             )));
         }
-        let (d, hd) = (a.hidden as usize, a.head_dim as usize);
-        let (heads, kv_heads, ffn) = (a.heads as usize, a.kv_heads as usize, a.ffn as usize);
-        let t = token as usize;
+        let (d, t) = (a.hidden as usize, token as usize);
         let mut x = self.embedding[t * d..(t + 1) * d].to_vec();
         if let Some(mix) = &self.embedding_mix {
             semantics::mix_along_lanes(mix, &self.embedding[t * d..(t + 1) * d], &mut x);
         }
-        let mut h = vec![0f32; d];
-        let scale = 1.0f32 / (hd as f32).sqrt();
-        let group = heads / kv_heads;
-        for (bi, b) in self.blocks.iter().enumerate() {
-            rmsnorm(&x, &b.attn_norm, a.norm_eps, &mut h);
-            let act = self.quantize_for(&h, &b.q)?;
-            let mut q = matvec(&b.q, &act)?;
-            let mut k = self.matvec_shared(&b.k, &h, &act, &b.q)?;
-            let v = self.matvec_shared(&b.v, &h, &act, &b.q)?;
-            for head in q.chunks_exact_mut(hd) {
-                rope_in_place(head, pos, &self.rope);
-            }
-            for head in k.chunks_exact_mut(hd) {
-                rope_in_place(head, pos, &self.rope);
-            }
-            session.keys[bi].extend_from_slice(&k);
-            session.values[bi].extend_from_slice(&v);
-            let (kc, vc) = (&session.keys[bi], &session.values[bi]);
-            let kvd = kv_heads * hd;
-            let n = pos + 1;
-            let mut att = vec![0f32; heads * hd];
-            att.par_chunks_mut(hd).enumerate().for_each(|(head, out)| {
-                let kvh = head / group;
-                // Gather this kv head's rows (n x hd) for the contract's
-                // attention (same values, contiguous).
-                let keys: Vec<f32> = (0..n)
-                    .flat_map(|j| {
-                        kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]
-                            .iter()
-                            .copied()
-                    })
-                    .collect();
-                let vals: Vec<f32> = (0..n)
-                    .flat_map(|j| {
-                        vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]
-                            .iter()
-                            .copied()
-                    })
-                    .collect();
-                let mut scores = Vec::with_capacity(n);
-                attention_head(
-                    &q[head * hd..(head + 1) * hd],
-                    &keys,
-                    &vals,
-                    scale,
-                    &mut scores,
-                    out,
-                );
-            });
-            let o = matvec(&b.o, &self.quantize_for(&att, &b.o)?)?;
-            add_in_place(&mut x, &o);
-            rmsnorm(&x, &b.ffn_norm, a.norm_eps, &mut h);
-            let act = self.quantize_for(&h, &b.gate)?;
-            let g = matvec(&b.gate, &act)?;
-            let u = self.matvec_shared(&b.up, &h, &act, &b.gate)?;
-            let mut s = vec![0f32; ffn];
-            swiglu(&g, &u, &mut s);
-            if let Some((signs, group)) = &self.down_rotation {
-                semantics::rotate_groups(&mut s, signs, *group);
-            }
-            let down = matvec(&b.down, &self.quantize_for(&s, &b.down)?)?;
-            add_in_place(&mut x, &down);
+        for bi in 0..self.blocks.len() {
+            self.block_step(session, bi, pos, &mut x)?;
         }
         session.len += 1;
         Ok(x)
+    }
+
+    /// Runs block `block` alone for one token: `x` is the residual stream
+    /// entering it (`hidden` values), updated in place to the stream leaving
+    /// it, at the position the block's KV cache in `session` reaches (its
+    /// keys and values are appended there). Running every block in order
+    /// with this, token after token, is [`Self::advance`] without the
+    /// lookup; running one block over every token of a sequence, then the
+    /// next, gives the same bits (each block reads only its own cache), which
+    /// is how block-by-block (sequential) calibration runs the quantized
+    /// blocks. The session's length does not change.
+    pub fn advance_block(
+        &self,
+        session: &mut GoldenSession,
+        block: usize,
+        x: &mut [f32],
+    ) -> Result<(), GoldenError> {
+        let a = &self.arch;
+        let (d, kvd) = (a.hidden as usize, a.kv_dim() as usize);
+        if block >= self.blocks.len() || session.keys.len() != self.blocks.len() {
+            return Err(GoldenError::Invalid(format!(
+                "block {block} of a session holding {} blocks, the model has {}",
+                session.keys.len(),
+                self.blocks.len()
+            )));
+        }
+        if x.len() != d {
+            return Err(GoldenError::Op {
+                op: "block",
+                source: ContractError::LengthMismatch {
+                    what: "residual",
+                    got: x.len(),
+                    expected: d,
+                },
+            });
+        }
+        let pos = session.keys[block].len() / kvd;
+        if pos >= self.max_positions {
+            return Err(GoldenError::Position {
+                pos,
+                max: self.max_positions,
+            });
+        }
+        self.block_step(session, block, pos, x)
+    }
+
+    /// Block `bi` of the forward pass (docs/q35-format.md 8.5) for the token
+    /// at `pos`, its residual `x` updated in place.
+    fn block_step(
+        &self,
+        session: &mut GoldenSession,
+        bi: usize,
+        pos: usize,
+        x: &mut [f32],
+    ) -> Result<(), GoldenError> {
+        let a = &self.arch;
+        let b = &self.blocks[bi];
+        let (d, hd) = (a.hidden as usize, a.head_dim as usize);
+        let (heads, kv_heads, ffn) = (a.heads as usize, a.kv_heads as usize, a.ffn as usize);
+        let mut h = vec![0f32; d];
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        let group = heads / kv_heads;
+        rmsnorm(x, &b.attn_norm, a.norm_eps, &mut h);
+        let act = self.quantize_for(&h, &b.q)?;
+        let mut q = matvec(&b.q, &act)?;
+        let mut k = self.matvec_shared(&b.k, &h, &act, &b.q)?;
+        let v = self.matvec_shared(&b.v, &h, &act, &b.q)?;
+        for head in q.chunks_exact_mut(hd) {
+            rope_in_place(head, pos, &self.rope);
+        }
+        for head in k.chunks_exact_mut(hd) {
+            rope_in_place(head, pos, &self.rope);
+        }
+        session.keys[bi].extend_from_slice(&k);
+        session.values[bi].extend_from_slice(&v);
+        let (kc, vc) = (&session.keys[bi], &session.values[bi]);
+        let kvd = kv_heads * hd;
+        let n = pos + 1;
+        let mut att = vec![0f32; heads * hd];
+        att.par_chunks_mut(hd).enumerate().for_each(|(head, out)| {
+            let kvh = head / group;
+            // Gather this kv head's rows (n x hd) for the contract's
+            // attention (same values, contiguous).
+            let keys: Vec<f32> = (0..n)
+                .flat_map(|j| {
+                    kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+            let vals: Vec<f32> = (0..n)
+                .flat_map(|j| {
+                    vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+            let mut scores = Vec::with_capacity(n);
+            attention_head(
+                &q[head * hd..(head + 1) * hd],
+                &keys,
+                &vals,
+                scale,
+                &mut scores,
+                out,
+            );
+        });
+        let o = matvec(&b.o, &self.quantize_for(&att, &b.o)?)?;
+        add_in_place(x, &o);
+        rmsnorm(x, &b.ffn_norm, a.norm_eps, &mut h);
+        let act = self.quantize_for(&h, &b.gate)?;
+        let g = matvec(&b.gate, &act)?;
+        let u = self.matvec_shared(&b.up, &h, &act, &b.gate)?;
+        let mut s = vec![0f32; ffn];
+        swiglu(&g, &u, &mut s);
+        if let Some((signs, group)) = &self.down_rotation {
+            semantics::rotate_groups(&mut s, signs, *group);
+        }
+        let down = matvec(&b.down, &self.quantize_for(&s, &b.down)?)?;
+        add_in_place(x, &down);
+        Ok(())
     }
 
     /// Final RMSNorm and LM head of a residual from [`Self::advance`].

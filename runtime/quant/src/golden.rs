@@ -38,10 +38,64 @@ fn matrix(
     Ok(m.unpack())
 }
 
+/// Block `b` of the golden model: the reference model's norms and the
+/// quantized `layers` of that block, checked against the shapes it needs.
+pub(crate) fn golden_block(
+    model: &Model,
+    layers: &[QuantizedLayer],
+    b: usize,
+) -> Result<GoldenBlock, ModelQuantError> {
+    let c = model.config();
+    let (d, qd, kvd) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    let rb = model
+        .blocks()
+        .get(b)
+        .ok_or_else(|| ModelQuantError::Input(format!("the model has no block {b}")))?;
+    let id = |kind| LinearId {
+        block: Some(b),
+        kind,
+    };
+    Ok(GoldenBlock {
+        attn_norm: rb.attn_norm.clone(),
+        ffn_norm: rb.ffn_norm.clone(),
+        q: matrix(layers, id(LinearKind::Q), (qd, d))?,
+        k: matrix(layers, id(LinearKind::K), (kvd, d))?,
+        v: matrix(layers, id(LinearKind::V), (kvd, d))?,
+        o: matrix(layers, id(LinearKind::AttnOutput), (d, qd))?,
+        gate: matrix(layers, id(LinearKind::Gate), (c.ffn, d))?,
+        up: matrix(layers, id(LinearKind::Up), (c.ffn, d))?,
+        down: matrix(layers, id(LinearKind::Down), (d, c.ffn))?,
+    })
+}
+
+/// A golden model of one decoder block alone (`block`, in the reference
+/// model's shape) for `max_positions` positions, to run that block with
+/// [`GoldenModel::advance_block`] (block index 0). Its lookup and head
+/// (`table`, a `vocab x hidden` table shared, not copied) are never used
+/// that way.
+pub(crate) fn single_block(
+    model: &Model,
+    block: GoldenBlock,
+    max_positions: usize,
+    table: Arc<[f32]>,
+) -> Result<GoldenModel, ModelQuantError> {
+    let c = model.config();
+    let mut arch = architecture(c)?;
+    arch.blocks = 1;
+    Ok(GoldenModel::new(
+        arch,
+        max_positions,
+        table.clone(),
+        vec![block],
+        model.output_norm().to_vec(),
+        GoldenHead::F32(table),
+    )?)
+}
+
 /// `m` dequantized (the values of [`IntMatrix::dequantize`]), its rows on the
 /// rayon pool, written into the shared slice the golden model keeps (no
 /// second copy of the table).
-fn dequantize_shared(m: &IntMatrix) -> Arc<[f32]> {
+pub(crate) fn dequantize_shared(m: &IntMatrix) -> Arc<[f32]> {
     let (rows, cols) = (m.rows(), m.cols());
     let mut w: Arc<[f32]> = std::iter::repeat_n(0f32, rows * cols).collect();
     if cols > 0 {
@@ -90,7 +144,7 @@ pub fn from_reference(
     max_positions: usize,
 ) -> Result<GoldenModel, ModelQuantError> {
     let c = model.config();
-    let (d, qd, kvd) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    let d = c.hidden;
     if max_positions == 0 || max_positions > c.context {
         return Err(ModelQuantError::Input(format!(
             "max_positions {max_positions} is not in 1..={}",
@@ -100,24 +154,7 @@ pub fn from_reference(
     // Blocks are unpacked on the rayon pool (collected in order) beside
     // the head, whose tied table is dequantized by rows straight into the
     // shared embedding: the same values as one thread gives.
-    let block = |b: usize| -> Result<GoldenBlock, ModelQuantError> {
-        let rb = &model.blocks()[b];
-        let id = |kind| LinearId {
-            block: Some(b),
-            kind,
-        };
-        Ok(GoldenBlock {
-            attn_norm: rb.attn_norm.clone(),
-            ffn_norm: rb.ffn_norm.clone(),
-            q: matrix(layers, id(LinearKind::Q), (qd, d))?,
-            k: matrix(layers, id(LinearKind::K), (kvd, d))?,
-            v: matrix(layers, id(LinearKind::V), (kvd, d))?,
-            o: matrix(layers, id(LinearKind::AttnOutput), (d, qd))?,
-            gate: matrix(layers, id(LinearKind::Gate), (c.ffn, d))?,
-            up: matrix(layers, id(LinearKind::Up), (c.ffn, d))?,
-            down: matrix(layers, id(LinearKind::Down), (d, c.ffn))?,
-        })
-    };
+    let block = |b: usize| golden_block(model, layers, b);
     let head_id = LinearId {
         block: None,
         kind: LinearKind::LmHead,

@@ -756,7 +756,7 @@ fn weighted_error(
 
 /// Lower Cholesky factor of the symmetric `n x n` matrix `a` (row-major),
 /// `None` if it is not positive definite.
-fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+pub(crate) fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
     let mut l = vec![0f64; n * n];
     for i in 0..n {
         for j in 0..=i {

@@ -695,7 +695,7 @@ impl Model {
     ) -> Vec<f32> {
         let c = &self.config;
         let n = tokens.len();
-        let (d, qd, kvd, hd) = (c.hidden, c.q_dim(), c.kv_dim(), c.head_dim);
+        let (d, hd) = (c.hidden, c.head_dim);
         let start = session.len();
 
         let mut x = vec![0.0f32; n * d];
@@ -707,75 +707,24 @@ impl Model {
             .map(|i| RopeAngles::new(start + i, hd, c.rope_base))
             .collect();
 
-        let mut h = vec![0.0f32; n * d];
-        let mut q = vec![0.0f32; n * qd];
-        let mut k = vec![0.0f32; n * kvd];
-        let mut v = vec![0.0f32; n * kvd];
-        let mut att = vec![0.0f32; n * qd];
-        let mut o = vec![0.0f32; n * d];
-        let mut g = vec![0.0f32; n * c.ffn];
-        let mut u = vec![0.0f32; n * c.ffn];
-
+        let mut scratch = BlockScratch::new(c, n);
+        for (bi, b) in self.blocks.iter().enumerate() {
+            self.block_pass(
+                bi,
+                b,
+                session,
+                start,
+                &angles,
+                &mut x,
+                &mut scratch,
+                observer,
+            );
+        }
         let observe = |observer: &mut Option<&mut dyn Observer>, id: LinearId, x: &[f32]| {
             if let Some(obs) = observer.as_deref_mut() {
                 obs.linear_input(id, x, n);
             }
         };
-
-        for (bi, b) in self.blocks.iter().enumerate() {
-            let id = |kind| LinearId {
-                block: Some(bi),
-                kind,
-            };
-            for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                rms_norm(xr, &b.attn_norm, c.norm_eps, hr);
-            }
-            observe(observer, id(LinearKind::Q), &h);
-            observe(observer, id(LinearKind::K), &h);
-            observe(observer, id(LinearKind::V), &h);
-            if n == 1 {
-                forward_fused(&[&*b.wq, &*b.wk, &*b.wv], &h, &mut [&mut q, &mut k, &mut v]);
-            } else {
-                b.wq.forward(&h, &mut q);
-                b.wk.forward(&h, &mut k);
-                b.wv.forward(&h, &mut v);
-            }
-            for (i, a) in angles.iter().enumerate() {
-                a.apply(&mut q[i * qd..(i + 1) * qd]);
-                a.apply(&mut k[i * kvd..(i + 1) * kvd]);
-            }
-            session.append(bi, &k, &v);
-            let (kc, vc) = session.layer(bi);
-            self.attention(&q, kc, vc, start, n, &mut att);
-            observe(observer, id(LinearKind::AttnOutput), &att);
-            b.wo.forward(&att, &mut o);
-            for (xv, ov) in x.iter_mut().zip(&o) {
-                *xv += ov;
-            }
-
-            for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                rms_norm(xr, &b.ffn_norm, c.norm_eps, hr);
-            }
-            observe(observer, id(LinearKind::Gate), &h);
-            observe(observer, id(LinearKind::Up), &h);
-            if n == 1 {
-                forward_swiglu(&*b.gate, &*b.up, &h, &mut g, &mut u);
-            } else {
-                b.gate.forward(&h, &mut g);
-                b.up.forward(&h, &mut u);
-                for (gv, uv) in g.iter_mut().zip(&u) {
-                    *gv = silu(*gv) * uv;
-                }
-            }
-            observe(observer, id(LinearKind::Down), &g);
-            b.down.forward(&g, &mut o);
-            for (xv, ov) in x.iter_mut().zip(&o) {
-                *xv += ov;
-            }
-            if let Some(obs) = observer.as_deref_mut() {
-                obs.block_output(bi, &x, n);
-            }
-        }
 
         let Some(first) = first_logit else {
             return Vec::new();
@@ -802,6 +751,188 @@ impl Model {
         let mut out = vec![0.0f32; rows * c.vocab];
         self.lm_head.forward(&normed, &mut out);
         out
+    }
+
+    /// Runs block `bi` (`b`: this model's block, or one of the same shape
+    /// standing in for it) over the `n` rows of `x` (the residual stream,
+    /// updated in place) at positions `start..start + n`, appending their
+    /// keys and values to the session's layer `bi` and showing every linear
+    /// input to `observer`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the block, its cache and positions, the stream, scratch and observer"
+    )]
+    fn block_pass(
+        &self,
+        bi: usize,
+        b: &Block,
+        session: &mut Session,
+        start: usize,
+        angles: &[RopeAngles],
+        x: &mut [f32],
+        s: &mut BlockScratch,
+        observer: &mut Option<&mut dyn Observer>,
+    ) {
+        let c = &self.config;
+        let (d, qd, kvd) = (c.hidden, c.q_dim(), c.kv_dim());
+        let n = x.len() / d;
+        let observe = |observer: &mut Option<&mut dyn Observer>, id: LinearId, x: &[f32]| {
+            if let Some(obs) = observer.as_deref_mut() {
+                obs.linear_input(id, x, n);
+            }
+        };
+        let BlockScratch {
+            h,
+            q,
+            k,
+            v,
+            att,
+            o,
+            g,
+            u,
+        } = s;
+        let id = |kind| LinearId {
+            block: Some(bi),
+            kind,
+        };
+        for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            rms_norm(xr, &b.attn_norm, c.norm_eps, hr);
+        }
+        observe(observer, id(LinearKind::Q), h);
+        observe(observer, id(LinearKind::K), h);
+        observe(observer, id(LinearKind::V), h);
+        if n == 1 {
+            forward_fused(
+                &[&*b.wq, &*b.wk, &*b.wv],
+                h,
+                &mut [&mut *q, &mut *k, &mut *v],
+            );
+        } else {
+            b.wq.forward(h, q);
+            b.wk.forward(h, k);
+            b.wv.forward(h, v);
+        }
+        for (i, a) in angles.iter().enumerate() {
+            a.apply(&mut q[i * qd..(i + 1) * qd]);
+            a.apply(&mut k[i * kvd..(i + 1) * kvd]);
+        }
+        session.append(bi, k, v);
+        let (kc, vc) = session.layer(bi);
+        self.attention(q, kc, vc, start, n, att);
+        observe(observer, id(LinearKind::AttnOutput), att);
+        b.wo.forward(att, o);
+        for (xv, ov) in x.iter_mut().zip(o.iter()) {
+            *xv += ov;
+        }
+
+        for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            rms_norm(xr, &b.ffn_norm, c.norm_eps, hr);
+        }
+        observe(observer, id(LinearKind::Gate), h);
+        observe(observer, id(LinearKind::Up), h);
+        if n == 1 {
+            forward_swiglu(&*b.gate, &*b.up, h, g, u);
+        } else {
+            b.gate.forward(h, g);
+            b.up.forward(h, u);
+            for (gv, uv) in g.iter_mut().zip(u.iter()) {
+                *gv = silu(*gv) * uv;
+            }
+        }
+        observe(observer, id(LinearKind::Down), g);
+        b.down.forward(g, o);
+        for (xv, ov) in x.iter_mut().zip(o.iter()) {
+            *xv += ov;
+        }
+        if let Some(obs) = observer.as_deref_mut() {
+            obs.block_output(bi, x, n);
+        }
+    }
+
+    /// Runs one block alone over a window of tokens: the `x.len() / hidden`
+    /// rows of `x` (the residual stream entering block `index`, updated in
+    /// place to the stream leaving it) at positions `0..` from an empty KV
+    /// cache, with the same arithmetic as that block inside
+    /// [`Model::forward`]. `block` stands in for this model's block `index`
+    /// when given (same shape, e.g. dequantized weights); `observer` sees
+    /// every linear input, as in [`Model::observe`]. Block-by-block
+    /// (sequential) calibration runs a model this way.
+    pub fn run_block(
+        &self,
+        index: usize,
+        block: Option<&Block>,
+        x: &mut [f32],
+        observer: Option<&mut dyn Observer>,
+    ) -> Result<(), ReferenceError> {
+        let c = &self.config;
+        let d = c.hidden;
+        let n = x.len() / d;
+        if n == 0 || !x.len().is_multiple_of(d) {
+            return Err(ReferenceError::InvalidParameter {
+                name: "x",
+                what: format!(
+                    "{} values are not a positive number of {d}-wide rows",
+                    x.len()
+                ),
+            });
+        }
+        if n > c.context {
+            return Err(ReferenceError::ContextOverflow {
+                needed: n,
+                context: c.context,
+            });
+        }
+        let b = match (block, self.blocks.get(index)) {
+            (_, None) => {
+                return Err(ReferenceError::InvalidParameter {
+                    name: "index",
+                    what: format!("block {index} is not in 0..{}", self.blocks.len()),
+                });
+            }
+            (Some(b), Some(_)) => {
+                for kind in LinearKind::BLOCK {
+                    let (cols, rows) = linear_dims(c, kind);
+                    let l = b.linear(kind).expect("block layer");
+                    if l.in_features() != cols || l.out_features() != rows {
+                        return Err(ReferenceError::InvalidParameter {
+                            name: "block",
+                            what: format!(
+                                "{kind:?} is {}x{}, the model needs {rows}x{cols}",
+                                l.out_features(),
+                                l.in_features()
+                            ),
+                        });
+                    }
+                }
+                if b.attn_norm.len() != d || b.ffn_norm.len() != d {
+                    return Err(ReferenceError::InvalidParameter {
+                        name: "block",
+                        what: format!("its norms are not {d} wide"),
+                    });
+                }
+                b
+            }
+            (None, Some(b)) => b,
+        };
+        let mut session = Session::new(c, n);
+        let angles: Vec<RopeAngles> = (0..n)
+            .map(|i| RopeAngles::new(i, c.head_dim, c.rope_base))
+            .collect();
+        let mut scratch = BlockScratch::new(c, n);
+        let mut observer = observer;
+        self.pool.install(|| {
+            self.block_pass(
+                index,
+                b,
+                &mut session,
+                0,
+                &angles,
+                x,
+                &mut scratch,
+                &mut observer,
+            )
+        });
+        Ok(())
     }
 
     /// Causal grouped-query attention of `n` queries at positions
@@ -844,6 +975,34 @@ impl Model {
             out.chunks_mut(hd).enumerate().for_each(head);
         } else {
             out.par_chunks_mut(hd).enumerate().for_each(head);
+        }
+    }
+}
+
+/// The working buffers of one block over `n` tokens.
+struct BlockScratch {
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+}
+
+impl BlockScratch {
+    fn new(c: &Config, n: usize) -> BlockScratch {
+        let (d, qd, kvd) = (c.hidden, c.q_dim(), c.kv_dim());
+        BlockScratch {
+            h: vec![0.0; n * d],
+            q: vec![0.0; n * qd],
+            k: vec![0.0; n * kvd],
+            v: vec![0.0; n * kvd],
+            att: vec![0.0; n * qd],
+            o: vec![0.0; n * d],
+            g: vec![0.0; n * c.ffn],
+            u: vec![0.0; n * c.ffn],
         }
     }
 }

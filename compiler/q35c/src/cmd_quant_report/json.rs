@@ -33,10 +33,13 @@ struct ReportJson<'a> {
 
 /// The accuracy methods of `--act-scales`, `--smooth`, `--scale-search`,
 /// `--group-of`, `--rotate-down`, `--rotate-head`, `--rotate-stream`,
-/// `--rotate-vo`, `--gptq-span`.
+/// `--rotate-vo`, `--gptq-span`, `--sequential`, `--asymmetric`.
 #[derive(Serialize)]
 struct MethodsJson {
     act_scales: &'static str,
+    /// `--asymmetric`'s strength, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    asymmetric: Option<f32>,
     /// `KIND=G` group sizes of their own (`--group-of`, or the model's
     /// `group_size_of`).
     group_of: Vec<String>,
@@ -52,6 +55,9 @@ struct MethodsJson {
     rotate_stream: Option<String>,
     rotate_vo: bool,
     scale_search: bool,
+    /// `--sequential`'s mode, when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequential: Option<&'static str>,
     smooth: Option<f32>,
 }
 
@@ -139,6 +145,7 @@ pub(super) fn write(
                 ActivationScales::PerToken => "token",
                 ActivationScales::PerGroup => "group",
             },
+            asymmetric: inputs.methods.asymmetric,
             group_of: super::group_of_text(&inputs.methods),
             gptq_span: inputs.methods.gptq_span,
             rotate_down: inputs.methods.rotate_down,
@@ -146,6 +153,7 @@ pub(super) fn write(
             rotate_stream: inputs.methods.rotate_stream.map(StreamRotation::name),
             rotate_vo: inputs.methods.rotate_vo,
             scale_search: inputs.methods.scale_search,
+            sequential: inputs.methods.sequential.map(|m| m.name()),
             smooth: inputs.methods.smooth,
         }),
         model: &inputs.loaded.name,

@@ -32,7 +32,7 @@ use anyhow::Context;
 use q35_contract::QuantScheme;
 use q35_contract::golden::ActivationScales;
 use q35_quant::model::{
-    HeadPolicy, Methods, QuantPipeline, ReferenceLogits, SchemePolicy, StreamRotation,
+    HeadPolicy, Methods, QuantPipeline, ReferenceLogits, SchemePolicy, Sequential, StreamRotation,
 };
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{LinearKind, splitmix64};
@@ -127,6 +127,18 @@ pub struct QuantReportArgs {
     /// as the widest input is GPTQ over whole rows (docs section 14).
     #[arg(long, value_name = "N")]
     pub gptq_span: Option<usize>,
+    /// Calibrate and quantize block by block (`int8` or `dequant`): each
+    /// block's matrices are calibrated on the inputs the already-quantized
+    /// blocks produce, run as the golden integer model runs them (`int8`)
+    /// or in f32 with the dequantized weights (`dequant`) (docs section 14).
+    #[arg(long, value_name = "MODE")]
+    pub sequential: Option<Sequential>,
+    /// GPTAQ's asymmetric calibration of strength ALPHA in [0, 1] (needs
+    /// --sequential): each matrix is quantized towards the target that
+    /// makes GPTQ match the f32 model's output from its own inputs; 0 is
+    /// plain GPTQ on the sequential inputs (docs section 14).
+    #[arg(long, value_name = "ALPHA")]
+    pub asymmetric: Option<f32>,
     /// Calibration rows kept per layer for the layer-output error.
     #[arg(long, default_value_t = CALIB_SAMPLES)]
     pub samples: usize,
@@ -274,6 +286,19 @@ fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
     {
         anyhow::bail!("--smooth {a}: the strength must be in 0..=1");
     }
+    if let Some(a) = args.asymmetric {
+        if !(0.0..=1.0).contains(&a) {
+            anyhow::bail!("--asymmetric {a}: the strength must be in [0, 1]");
+        }
+        if args.sequential.is_none() {
+            anyhow::bail!(
+                "--asymmetric {a} needs --sequential int8|dequant (without it every matrix sees the f32 model's inputs)"
+            );
+        }
+    }
+    if args.sequential.is_some() && args.rotate_down {
+        anyhow::bail!("--sequential cannot be combined with --rotate-down");
+    }
     let mut methods = Methods {
         act_scales,
         smooth: args.smooth,
@@ -283,6 +308,8 @@ fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
         rotate_stream: args.rotate_stream,
         rotate_head: args.rotate_head,
         gptq_span: args.gptq_span,
+        sequential: args.sequential,
+        asymmetric: args.asymmetric,
         ..Methods::default()
     };
     for item in &args.group_of {

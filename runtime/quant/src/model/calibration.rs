@@ -18,6 +18,11 @@ pub struct LayerCalibration {
     cols: usize,
     /// Group size and per-group sums of `x_g x_g^T` (when recorded).
     cov: Option<(usize, Vec<Vec<f32>>)>,
+    /// Per-group sums of `(x_fp - x)_g x_g^T` (row-major, `x` the recorded
+    /// input, `x_fp` the f32 model's input of the same token), at the
+    /// covariance's group size, when sequential calibration records the
+    /// asymmetry ([`Calibration::cross_covariance`]).
+    cross: Option<Vec<Vec<f32>>>,
     sum_sq: Vec<f64>,
     /// Per channel: the largest |value| seen.
     abs_max: Vec<f32>,
@@ -33,10 +38,13 @@ pub struct LayerCalibration {
 impl LayerCalibration {
     /// An empty record of layer `id`'s input, `cols` wide, with zeroed
     /// covariance sums at group size `cov_group` when given.
-    fn new(id: LinearId, cols: usize, cov_group: Option<usize>) -> LayerCalibration {
+    fn new(id: LinearId, cols: usize, cov_group: Option<usize>, cross: bool) -> LayerCalibration {
         LayerCalibration {
             cols,
             cov: cov_group.map(|g| (g, zero_covariance(cols, g))),
+            cross: cov_group
+                .filter(|_| cross)
+                .map(|g| zero_covariance(cols, g)),
             sum_sq: vec![0.0; cols],
             abs_max: vec![0.0; cols],
             tokens: 0,
@@ -58,6 +66,21 @@ impl LayerCalibration {
             self.sample_row(row, max_samples);
             self.tokens += 1;
         }
+    }
+
+    /// Adds `(x_fp - x)_g x_g^T` of every row's groups to the cross sums,
+    /// when they are recorded (`x`, `x_fp`: the same tokens' rows).
+    fn accumulate_cross(&mut self, x: &[f32], x_fp: &[f32]) {
+        let (Some((group, _)), Some(blocks)) = (self.cov.as_ref(), self.cross.as_mut()) else {
+            return;
+        };
+        let (group, cols) = (*group, self.cols);
+        let delta: Vec<f32> = x_fp.iter().zip(x).map(|(f, q)| f - q).collect();
+        blocks.par_iter_mut().enumerate().for_each(|(g, block)| {
+            let lo = g * group;
+            let n = group.min(cols - lo);
+            super::covariance::accumulate_cross(block, n, &delta, x, cols, lo);
+        });
     }
 
     /// Adds `x_g x_g^T` of every row's groups to the covariance sums, when
@@ -191,6 +214,24 @@ impl LayerCalibration {
         })
     }
 
+    /// The mean in-group cross moments `mean_t (x_fp - x)_g x_g^T`
+    /// (row-major, not symmetric), when sequential calibration recorded
+    /// them: `x` the input the layer saw behind the quantized blocks, `x_fp`
+    /// the f32 model's input of the same token.
+    pub fn cross_covariance(&self) -> Option<GroupCovariance> {
+        let (group, _) = self.cov.as_ref()?;
+        let blocks = self.cross.as_ref()?;
+        let n = self.tokens.max(1) as f32;
+        Some(GroupCovariance {
+            group_size: *group,
+            cols: self.cols,
+            blocks: blocks
+                .iter()
+                .map(|b| b.iter().map(|v| v / n).collect())
+                .collect(),
+        })
+    }
+
     /// The sampled input rows (row-major, `cols` wide), for layer-output
     /// error measurements.
     pub fn samples(&self) -> &[f32] {
@@ -208,6 +249,8 @@ pub struct Calibration {
     /// The LM head's input is recorded mixed by this `hidden x hidden`
     /// matrix (the stream rotation's on-line mix), when set.
     head_mix: Option<Arc<[f32]>>,
+    /// Record the cross moments of [`Calibration::observe_pair`].
+    cross: bool,
 }
 
 impl Calibration {
@@ -218,7 +261,75 @@ impl Calibration {
             cov_group: None,
             layers: BTreeMap::new(),
             head_mix: None,
+            cross: false,
         }
+    }
+
+    /// An empty recorder for block-by-block (sequential) calibration:
+    /// covariances at `group_size`, no sampled rows, the LM head's input
+    /// mixed by `head_mix` when given, and the cross moments of
+    /// [`Calibration::observe_pair`] when `cross` is set.
+    pub(crate) fn sequential(
+        group_size: usize,
+        head_mix: Option<Arc<[f32]>>,
+        cross: bool,
+    ) -> Calibration {
+        Calibration {
+            max_samples: 0,
+            cov_group: Some(group_size),
+            layers: BTreeMap::new(),
+            head_mix,
+            cross,
+        }
+    }
+
+    /// Observes layer `id`'s input `x` (`n_tokens` rows), as
+    /// [`Observer::linear_input`] does, and, when cross moments are
+    /// recorded, `x_fp`: the f32 model's input of the same tokens (mixed
+    /// like `x` for the LM head).
+    pub(crate) fn observe_pair(&mut self, id: LinearId, x: &[f32], x_fp: &[f32], n_tokens: usize) {
+        self.linear_input(id, x, n_tokens);
+        if !self.cross || n_tokens == 0 || x.len() != x_fp.len() || cov_source(id) != id {
+            return;
+        }
+        let x = self.head_mixed(id, x, n_tokens);
+        let x_fp = self.head_mixed(id, x_fp, n_tokens);
+        if let Some(layer) = self.layers.get_mut(&id) {
+            layer.accumulate_cross(&x, &x_fp);
+        }
+    }
+
+    /// `x` as layer `id`'s record holds it: mixed by the head mix for the LM
+    /// head, else as it is.
+    fn head_mixed<'a>(
+        &self,
+        id: LinearId,
+        x: &'a [f32],
+        n_tokens: usize,
+    ) -> std::borrow::Cow<'a, [f32]> {
+        let cols = x.len() / n_tokens.max(1);
+        match &self.head_mix {
+            Some(m) if id.kind == LinearKind::LmHead && m.len() == cols * cols => {
+                let mut v = vec![0f32; x.len()];
+                v.par_chunks_mut(cols)
+                    .zip(x.par_chunks(cols))
+                    .for_each(|(o, row)| q35_contract::semantics::mix_along_lanes(m, row, o));
+                std::borrow::Cow::Owned(v)
+            }
+            Some(_) | None => std::borrow::Cow::Borrowed(x),
+        }
+    }
+
+    /// Moves every layer record of `other` into this one (records of the
+    /// same layer are replaced).
+    pub(crate) fn absorb(&mut self, other: Calibration) {
+        self.layers.extend(other.layers);
+    }
+
+    /// The cross moments of layer `id`'s input
+    /// ([`LayerCalibration::cross_covariance`]), if recorded.
+    pub fn cross_covariance(&self, id: LinearId) -> Option<GroupCovariance> {
+        self.layers.get(&cov_source(id))?.cross_covariance()
     }
 
     /// Runs `model` over `tokens` in consecutive windows of `window` tokens
@@ -420,24 +531,14 @@ impl Observer for Calibration {
         }
         let cols = x.len() / n_tokens;
         let max = self.max_samples;
-        let mixed;
-        let x = match &self.head_mix {
-            Some(m) if id.kind == LinearKind::LmHead && m.len() == cols * cols => {
-                let mut v = vec![0f32; x.len()];
-                v.par_chunks_mut(cols)
-                    .zip(x.par_chunks(cols))
-                    .for_each(|(o, row)| q35_contract::semantics::mix_along_lanes(m, row, o));
-                mixed = v;
-                &mixed[..]
-            }
-            Some(_) | None => x,
-        };
+        let x = self.head_mixed(id, x, n_tokens);
         // Layers sharing an input share one covariance, kept by the source.
         let cov_group = (cov_source(id) == id).then_some(self.cov_group).flatten();
+        let cross = self.cross;
         self.layers
             .entry(id)
-            .or_insert_with(|| LayerCalibration::new(id, cols, cov_group))
-            .observe(x, max);
+            .or_insert_with(|| LayerCalibration::new(id, cols, cov_group, cross))
+            .observe(&x, max);
     }
 }
 
@@ -511,7 +612,7 @@ impl Observer for Recording {
 
 /// The layer whose input record `id` shares (K, V read Q's input; up reads
 /// gate's).
-fn cov_source(id: LinearId) -> LinearId {
+pub(crate) fn cov_source(id: LinearId) -> LinearId {
     let kind = match id.kind {
         LinearKind::K | LinearKind::V => LinearKind::Q,
         LinearKind::Up => LinearKind::Gate,

@@ -105,6 +105,33 @@ fn tile<const I: usize, const J: usize>(
     }
 }
 
+/// Adds `sum_t d_t x_t^T` to `block` (`n x n`, row-major, not symmetric):
+/// `d_t` and `x_t` are `delta[t * stride + lo ..][..n]` and
+/// `rows[t * stride + lo ..][..n]`, token by token in token order, each
+/// element's products added one token at a time (the asymmetric term's
+/// cross moments, docs/q35-format.md section 14).
+pub(crate) fn accumulate_cross(
+    block: &mut [f32],
+    n: usize,
+    delta: &[f32],
+    rows: &[f32],
+    stride: usize,
+    lo: usize,
+) {
+    assert!(
+        block.len() == n * n && lo + n <= stride && delta.len() == rows.len(),
+        "cross moment shape"
+    );
+    for (d, x) in delta.chunks_exact(stride).zip(rows.chunks_exact(stride)) {
+        let (d, x) = (&d[lo..lo + n], &x[lo..lo + n]);
+        for (row, &di) in block.chunks_exact_mut(n).zip(d) {
+            for (s, &xj) in row.iter_mut().zip(x) {
+                *s += di * xj;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +183,26 @@ mod tests {
                 assert_eq!(a, b, "n {n}, call {call}");
             }
         }
+    }
+
+    #[test]
+    fn cross_moments_are_the_plain_sums() {
+        let (n, stride, lo) = (5, 9, 3);
+        let rows = values(4 * stride, 11);
+        let delta = values(4 * stride, 12);
+        let mut got = vec![0f32; n * n];
+        accumulate_cross(&mut got, n, &delta, &rows, stride, lo);
+        for i in 0..n {
+            for j in 0..n {
+                let mut want = 0f32;
+                for t in 0..4 {
+                    want += delta[t * stride + lo + i] * rows[t * stride + lo + j];
+                }
+                assert_eq!(got[i * n + j].to_bits(), want.to_bits(), "({i}, {j})");
+            }
+        }
+        // Not symmetric in general.
+        assert_ne!(got[1].to_bits(), got[n].to_bits());
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! `pipeline` ([`QuantPipeline`], [`Methods`]), `smooth` (scale
 //! migration, [`smooth_model`]), `rotate` (the offline V/O rotation,
 //! [`rotate_vo_model`]) and `stream` (the residual-stream rotation with
-//! its on-line head mix, [`rotate_stream_model`]).
+//! its on-line head mix, [`rotate_stream_model`]), `sequential`
+//! (block-by-block calibration behind the quantized blocks, [`Sequential`],
+//! and the asymmetric GPTQ target, [`asymmetric_target`]).
 
 mod calibration;
 mod covariance;
@@ -29,6 +31,7 @@ mod pipeline;
 mod policy;
 mod report;
 mod rotate;
+mod sequential;
 mod smooth;
 mod stream;
 
@@ -43,6 +46,7 @@ pub use pipeline::{Methods, QuantPipeline};
 pub use policy::{HeadPolicy, SchemePolicy};
 pub use report::{TensorReport, tensor_report};
 pub use rotate::rotate_vo_model;
+pub use sequential::{Sequential, asymmetric_target};
 pub use smooth::smooth_model;
 pub use stream::{
     RotatedHead, RotatedStream, StreamRotation, rotate_head_model, rotate_stream_model,

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use q35_contract::golden::ActivationScales;
 use q35_reference::{LinearId, LinearKind, Model};
 
+use super::sequential::{SequentialJob, quantize_sequential};
 use super::{
     Calibration, EvalReport, ModelQuantError, QuantizedLayer, ReferenceLogits, SchemePolicy,
-    StreamRotation, model_weights, quantize_model_with, rotate_head_model, rotate_stream_model,
-    rotate_vo_model, smooth_model,
+    Sequential, StreamRotation, model_weights, quantize_model_with, rotate_head_model,
+    rotate_stream_model, rotate_vo_model, smooth_model,
 };
 use crate::quantize::QuantOptions;
 
@@ -58,6 +59,16 @@ pub struct Methods {
     /// (e.g. 1536 for SmolLM2's `ffn_down`) is GPTQ over whole rows, the
     /// groups' scales fixed beforehand.
     pub gptq_span: Option<usize>,
+    /// Calibrate and quantize block by block, each block's matrices on the
+    /// inputs the already-quantized blocks produce, run this way
+    /// ([`Sequential`]; `None`: every matrix on the f32 model's inputs).
+    pub sequential: Option<Sequential>,
+    /// GPTAQ's asymmetric calibration of this strength (in `[0, 1]`; needs
+    /// [`Methods::sequential`]): each matrix is quantized towards
+    /// [`asymmetric_target`], so GPTQ minimises the error against the f32
+    /// model's output from its own inputs (`0`: plain GPTQ on the
+    /// sequential inputs, bit for bit).
+    pub asymmetric: Option<f32>,
 }
 
 impl Methods {
@@ -110,6 +121,9 @@ pub struct QuantPipeline<'m> {
     head_mix: Option<Arc<[f32]>>,
     /// The embedding's on-line mix, with [`Methods::rotate_head`].
     embedding_mix: Option<Arc<[f32]>>,
+    /// The calibration tokens and window, kept for [`Methods::sequential`].
+    tokens: Vec<u32>,
+    window: usize,
 }
 
 impl<'m> QuantPipeline<'m> {
@@ -181,6 +195,23 @@ impl<'m> QuantPipeline<'m> {
     ) -> Result<QuantPipeline<'m>, ModelQuantError> {
         let window = window.min(model.config().context);
         let cov_group = methods.covariance_group(group_size);
+        if let Some(a) = methods.asymmetric {
+            if !(0.0..=1.0).contains(&a) {
+                return Err(ModelQuantError::Input(format!(
+                    "--asymmetric {a}: the strength must be in [0, 1]"
+                )));
+            }
+            if methods.sequential.is_none() {
+                return Err(ModelQuantError::Input(format!(
+                    "--asymmetric {a} needs --sequential (without it every input is the f32 model's)"
+                )));
+            }
+        }
+        if methods.sequential.is_some() && methods.rotate_down {
+            return Err(ModelQuantError::Input(
+                "--sequential and --rotate-down cannot be combined (the on-line ffn_down rotation is not run block by block)".into(),
+            ));
+        }
         if let Some(span) = methods.gptq_span {
             let groups = || {
                 std::iter::once(group_size).chain(methods.group_overrides.iter().flatten().copied())
@@ -288,6 +319,8 @@ impl<'m> QuantPipeline<'m> {
             rotation,
             head_mix,
             embedding_mix,
+            tokens: tokens.to_vec(),
+            window,
         })
     }
 
@@ -327,6 +360,11 @@ impl<'m> QuantPipeline<'m> {
         policy: SchemePolicy,
         progress: &dyn Fn(crate::Progress<'_>),
     ) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
+        if self.methods.sequential.is_some() {
+            return self
+                .quantize_sequential(policy, progress)
+                .map(|(layers, _)| layers);
+        }
         quantize_model_with(
             self.model(),
             &self.weights,
@@ -337,6 +375,34 @@ impl<'m> QuantPipeline<'m> {
             &self.methods,
             progress,
         )
+    }
+
+    /// Every matrix quantized under `policy` block by block
+    /// ([`Methods::sequential`], with [`Methods::asymmetric`]), with the
+    /// calibration records each was quantized with (block `b`'s inputs
+    /// behind the quantized blocks `0..b`); an error without
+    /// [`Methods::sequential`].
+    pub fn quantize_sequential(
+        &self,
+        policy: SchemePolicy,
+        progress: &dyn Fn(crate::Progress<'_>),
+    ) -> Result<(Vec<QuantizedLayer>, Calibration), ModelQuantError> {
+        let mode = self.methods.sequential.ok_or_else(|| {
+            ModelQuantError::Input("sequential quantization needs Methods::sequential".into())
+        })?;
+        let job = SequentialJob {
+            model: self.model(),
+            weights: &self.weights,
+            policy,
+            group_size: self.group_size,
+            cov_group: self.methods.covariance_group(self.group_size),
+            options: self.options,
+            methods: &self.methods,
+            tokens: &self.tokens,
+            window: self.window,
+            head_mix: self.head_mix.as_ref(),
+        };
+        quantize_sequential(&job, mode, self.methods.asymmetric.unwrap_or(0.0), progress)
     }
 
     /// The golden model built from `layers`, scored against `reference`

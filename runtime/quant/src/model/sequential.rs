@@ -1,0 +1,469 @@
+//! Block-by-block (sequential) calibration and the asymmetric GPTQ target
+//! (docs/q35-format.md section 14, `--sequential`, `--asymmetric`).
+//!
+//! [`quantize_sequential`] quantizes a model one decoder block at a time:
+//! block `b`'s matrices are calibrated on the inputs produced by blocks
+//! `0..b` already quantized ([`Sequential::Int8`]: run as the golden
+//! integer model runs them, [`GoldenModel::advance_block`];
+//! [`Sequential::Dequant`]: the f32 reference block with the dequantized
+//! weights), block `b` itself running the f32 reference on that stream;
+//! the LM head last, on the final quantized stream. With an asymmetry
+//! strength `alpha`, each matrix is quantized towards the target
+//! [`asymmetric_target`] (GPTAQ, arXiv 2504.02692): `W + alpha W dX X^T
+//! H^-1`, which makes in-span GPTQ minimise `||W X_fp - Q X||^2` (the f32
+//! model's output from its own input `X_fp`, against the quantized layer's
+//! from the input `X` it really gets) instead of `||W X - Q X||^2`.
+//!
+//! The embedding lookup starts both streams from the f32 table (the tied
+//! head, whose dequantized table the golden model looks up, is quantized
+//! last).
+
+use std::sync::Arc;
+
+use q35_reference::{Block, DenseLinear, LinearId, LinearKind, Model, Observer};
+use rayon::prelude::*;
+
+use super::{Calibration, Methods, ModelQuantError, QuantizedLayer, SchemePolicy};
+use crate::quantize::{GroupCovariance, QuantOptions};
+
+/// How sequential calibration runs the blocks it has already quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequential {
+    /// As the golden integer model does (docs/q35-format.md 8.5: int8
+    /// activations, integer matmuls): what the machine computes.
+    Int8,
+    /// The f32 reference with the dequantized weights (f32 activations).
+    Dequant,
+}
+
+impl Sequential {
+    /// Every mode, in the order `--help` lists them.
+    pub const ALL: [Sequential; 2] = [Sequential::Int8, Sequential::Dequant];
+
+    /// The mode's name (`int8`, `dequant`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Sequential::Int8 => "int8",
+            Sequential::Dequant => "dequant",
+        }
+    }
+}
+
+impl std::str::FromStr for Sequential {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Sequential, String> {
+        Sequential::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                format!("unknown sequential calibration mode {s} (expected int8 or dequant)")
+            })
+    }
+}
+
+impl std::fmt::Display for Sequential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What [`quantize_sequential`] works on.
+pub(crate) struct SequentialJob<'a> {
+    /// The model quantized (the rewritten one, when a method rewrites it).
+    pub model: &'a Model,
+    /// Its f32 matrices, in forward order.
+    pub weights: &'a [(LinearId, Vec<f32>)],
+    pub policy: SchemePolicy,
+    pub group_size: usize,
+    /// The group size covariances are recorded at.
+    pub cov_group: usize,
+    pub options: QuantOptions,
+    pub methods: &'a Methods,
+    /// Calibration tokens, run in windows of `window` tokens.
+    pub tokens: &'a [u32],
+    pub window: usize,
+    /// The LM head's on-line mix (stream or head rotation).
+    pub head_mix: Option<&'a Arc<[f32]>>,
+}
+
+/// Records every linear input of one block pass, by layer.
+#[derive(Default)]
+struct Inputs(Vec<(LinearId, Vec<f32>)>);
+
+impl Inputs {
+    fn get(&self, id: LinearId) -> Option<&[f32]> {
+        self.0.iter().find(|(i, _)| *i == id).map(|(_, x)| &x[..])
+    }
+}
+
+impl Observer for Inputs {
+    fn linear_input(&mut self, id: LinearId, x: &[f32], _n_tokens: usize) {
+        self.0.push((id, x.to_vec()));
+    }
+}
+
+/// Feeds a [`Calibration`] each input with the f32 model's input of the
+/// same layer and tokens, when there is one.
+struct Paired<'a> {
+    calib: &'a mut Calibration,
+    fp: Option<&'a Inputs>,
+}
+
+impl Observer for Paired<'_> {
+    fn linear_input(&mut self, id: LinearId, x: &[f32], n_tokens: usize) {
+        match self.fp.and_then(|fp| fp.get(id)) {
+            Some(x_fp) => self.calib.observe_pair(id, x, x_fp, n_tokens),
+            None => self.calib.linear_input(id, x, n_tokens),
+        }
+    }
+}
+
+/// Quantizes every matrix of `job.model` block by block (module docs),
+/// returning the layers in forward order and the calibration records they
+/// were quantized with (every layer's, as the sequential pass saw it).
+pub(crate) fn quantize_sequential(
+    job: &SequentialJob<'_>,
+    mode: Sequential,
+    alpha: f32,
+    progress: &dyn Fn(crate::Progress<'_>),
+) -> Result<(Vec<QuantizedLayer>, Calibration), ModelQuantError> {
+    let m = job.model;
+    let c = m.config();
+    let d = c.hidden;
+    if job.tokens.is_empty() || job.window == 0 {
+        return Err(ModelQuantError::Input(
+            "sequential calibration needs tokens and a positive window".into(),
+        ));
+    }
+    let window = job.window.min(c.context);
+    let asym = alpha > 0.0;
+    let embed = |chunk: &[u32]| -> Result<Vec<f32>, ModelQuantError> {
+        let mut x = Vec::with_capacity(chunk.len() * d);
+        for &t in chunk {
+            let row = m
+                .embedding()
+                .get(t as usize * d..(t as usize + 1) * d)
+                .ok_or_else(|| {
+                    ModelQuantError::Input(format!("token {t} is outside the vocabulary"))
+                })?;
+            x.extend_from_slice(row);
+        }
+        Ok(x)
+    };
+    // The stream behind the quantized blocks, and the f32 model's (only for
+    // the asymmetric term), one entry per window.
+    let mut stream: Vec<Vec<f32>> = job
+        .tokens
+        .chunks(window)
+        .map(embed)
+        .collect::<Result<_, _>>()?;
+    let mut stream_fp: Vec<Vec<f32>> = if asym { stream.clone() } else { Vec::new() };
+    // The table the one-block golden models carry but never read.
+    let table: Option<Arc<[f32]>> = (mode == Sequential::Int8).then(|| m.embedding().into());
+    let by_id = |id: LinearId| job.weights.iter().find(|(i, _)| *i == id);
+    let mut layers = Vec::with_capacity(job.weights.len());
+    let mut records = Calibration::sequential(job.cov_group, None, false);
+    let blocks = m.blocks().len();
+    let head_id = LinearId {
+        block: None,
+        kind: LinearKind::LmHead,
+    };
+    let head_quantized = job.policy.scheme_of(head_id).is_some();
+    let total = blocks + usize::from(head_quantized);
+    for b in 0..blocks {
+        let mut calib = Calibration::sequential(job.cov_group, None, asym);
+        for (w, x) in stream.iter().enumerate() {
+            let fp = if asym {
+                let mut rec = Inputs::default();
+                m.run_block(b, None, &mut stream_fp[w], Some(&mut rec))?;
+                Some(rec)
+            } else {
+                None
+            };
+            let mut x = x.clone();
+            let mut obs = Paired {
+                calib: &mut calib,
+                fp: fp.as_ref(),
+            };
+            m.run_block(b, None, &mut x, Some(&mut obs))?;
+        }
+        let ids: Vec<LinearId> = LinearKind::BLOCK
+            .into_iter()
+            .map(|kind| LinearId {
+                block: Some(b),
+                kind,
+            })
+            .collect();
+        let quantized = quantize_with(job, &ids, &calib, alpha, &by_id)?;
+        // Advance the quantized stream through block b as quantized.
+        match mode {
+            Sequential::Int8 => {
+                let block = crate::golden::golden_block(m, &quantized, b)?;
+                let table = table.clone().expect("int8 mode keeps the table");
+                let golden = crate::golden::single_block(m, block, window, table)?
+                    .with_activation_scales(job.methods.act_scales)?;
+                stream
+                    .par_iter_mut()
+                    .try_for_each(|x| -> Result<(), ModelQuantError> {
+                        let mut session = golden.new_session();
+                        for row in x.chunks_exact_mut(d) {
+                            golden.advance_block(&mut session, 0, row)?;
+                        }
+                        Ok(())
+                    })?;
+            }
+            Sequential::Dequant => {
+                let block = dequantized_block(m, b, &quantized)?;
+                for x in &mut stream {
+                    m.run_block(b, Some(&block), x, None)?;
+                }
+            }
+        }
+        layers.extend(quantized);
+        records.absorb(calib);
+        progress(crate::Progress::Item {
+            done: b + 1,
+            total,
+            item: &format!("blk.{b}"),
+        });
+    }
+    if head_quantized {
+        let mut calib = Calibration::sequential(job.cov_group, job.head_mix.cloned(), asym);
+        let norm = |x: &[f32]| -> Vec<f32> {
+            let mut out = vec![0f32; x.len()];
+            for (o, r) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                q35_reference::kernels::rms_norm(r, m.output_norm(), c.norm_eps, o);
+            }
+            out
+        };
+        for (w, x) in stream.iter().enumerate() {
+            let n = x.len() / d;
+            let xq = norm(x);
+            if asym {
+                calib.observe_pair(head_id, &xq, &norm(&stream_fp[w]), n);
+            } else {
+                calib.linear_input(head_id, &xq, n);
+            }
+        }
+        layers.extend(quantize_with(job, &[head_id], &calib, alpha, &by_id)?);
+        records.absorb(calib);
+        progress(crate::Progress::Item {
+            done: total,
+            total,
+            item: "output",
+        });
+    }
+    // Forward order, as `quantize_model_with` returns them.
+    let order: Vec<LinearId> = job.weights.iter().map(|(id, _)| *id).collect();
+    layers.sort_by_key(|l| order.iter().position(|&i| i == l.id));
+    Ok((layers, records))
+}
+
+/// The matrices `ids` (those the policy quantizes) quantized with `calib`,
+/// each towards its asymmetric target when `alpha > 0`.
+fn quantize_with<'w>(
+    job: &SequentialJob<'_>,
+    ids: &[LinearId],
+    calib: &Calibration,
+    alpha: f32,
+    by_id: &dyn Fn(LinearId) -> Option<&'w (LinearId, Vec<f32>)>,
+) -> Result<Vec<QuantizedLayer>, ModelQuantError> {
+    let mut weights = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if job.policy.scheme_of(id).is_none() {
+            continue;
+        }
+        let (_, w) = by_id(id).ok_or_else(|| ModelQuantError::NoWeights(id.to_string()))?;
+        let w = match (
+            alpha > 0.0,
+            calib.covariance(id),
+            calib.cross_covariance(id),
+        ) {
+            (true, Some(h), Some(dx)) => asymmetric_target(w, &h, &dx, alpha)?,
+            _ => w.clone(),
+        };
+        weights.push((id, w));
+    }
+    super::quantize_model_with(
+        job.model,
+        &weights,
+        job.policy,
+        job.group_size,
+        Some(calib),
+        job.options,
+        job.methods,
+        &crate::progress::silent,
+    )
+}
+
+/// Block `b` of `model` with its matrices replaced by the dequantized
+/// `layers` (the [`Sequential::Dequant`] stream).
+fn dequantized_block(
+    model: &Model,
+    b: usize,
+    layers: &[QuantizedLayer],
+) -> Result<Block, ModelQuantError> {
+    let rb = &model.blocks()[b];
+    let dense = |kind: LinearKind| -> Result<Box<dyn q35_reference::Linear>, ModelQuantError> {
+        let id = LinearId {
+            block: Some(b),
+            kind,
+        };
+        match layers.iter().find(|l| l.id == id) {
+            Some(l) => {
+                let m = l.matrix.unpack();
+                Ok(Box::new(DenseLinear::new(
+                    m.rows(),
+                    m.cols(),
+                    crate::golden::dequantize_shared(&m),
+                )))
+            }
+            // Not quantized (the policy keeps it): its f32 weights.
+            None => {
+                let l = model
+                    .linear(id)
+                    .ok_or_else(|| ModelQuantError::NoWeights(id.to_string()))?;
+                let w = l
+                    .weights_f32()
+                    .ok_or_else(|| ModelQuantError::NoWeights(id.to_string()))?;
+                Ok(Box::new(DenseLinear::new(
+                    l.out_features(),
+                    l.in_features(),
+                    w.into_owned().into(),
+                )))
+            }
+        }
+    };
+    Ok(Block {
+        attn_norm: rb.attn_norm.clone(),
+        wq: dense(LinearKind::Q)?,
+        wk: dense(LinearKind::K)?,
+        wv: dense(LinearKind::V)?,
+        wo: dense(LinearKind::AttnOutput)?,
+        ffn_norm: rb.ffn_norm.clone(),
+        gate: dense(LinearKind::Gate)?,
+        up: dense(LinearKind::Up)?,
+        down: dense(LinearKind::Down)?,
+    })
+}
+
+/// The asymmetric GPTQ target of a row-major matrix `w` (`h.cols` wide)
+/// whose input `X` (second moments `h`, per span) differs from the f32
+/// model's `X_fp` (cross moments `dx = mean dX X^T`, `dX = X_fp - X`, per
+/// span): every row becomes `w + alpha w dX X^T (H + lambda I)^-1`, span by
+/// span, with GPTQ's damping (`lambda` = 1 %, else 10 %, else 100 % of the
+/// mean diagonal, the first that leaves it positive definite). At
+/// `alpha = 1` in-span GPTQ of the target minimises
+/// `||W X_fp - Q X||^2` (the part of `W X_fp` outside the span of `X` does
+/// not depend on `Q`); `alpha = 0` gives `w` unchanged. In f64, rounded once
+/// to f32. Spans whose input was never seen are left as they are.
+pub fn asymmetric_target(
+    w: &[f32],
+    h: &GroupCovariance,
+    dx: &GroupCovariance,
+    alpha: f32,
+) -> Result<Vec<f32>, ModelQuantError> {
+    let cols = h.cols;
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(ModelQuantError::Input(format!(
+            "the asymmetry strength {alpha} is not in [0, 1]"
+        )));
+    }
+    if cols == 0
+        || !w.len().is_multiple_of(cols)
+        || dx.cols != cols
+        || dx.group_size != h.group_size
+        || dx.blocks.len() != h.blocks.len()
+    {
+        return Err(ModelQuantError::Input(format!(
+            "asymmetric target: a matrix of {} values against moments over {cols} and {} columns",
+            w.len(),
+            dx.cols
+        )));
+    }
+    if alpha == 0.0 {
+        return Ok(w.to_vec());
+    }
+    let span = h.group_size;
+    // Per span: M = dx (H + lambda I)^-1, row-major (row j: how channel j's
+    // weight moves the others).
+    let maps: Vec<Option<Vec<f64>>> = h
+        .blocks
+        .par_iter()
+        .zip(&dx.blocks)
+        .map(|(hb, db)| asymmetry_map(hb, db))
+        .collect();
+    let mut out = w.to_vec();
+    let a = f64::from(alpha);
+    out.par_chunks_mut(cols).for_each(|row| {
+        for (s, map) in maps.iter().enumerate() {
+            let Some(map) = map else { continue };
+            let lo = s * span;
+            let n = span.min(cols - lo);
+            let part = &mut row[lo..lo + n];
+            let mut add = vec![0f64; n];
+            for (j, &wj) in part.iter().enumerate() {
+                let wj = f64::from(wj);
+                if wj == 0.0 {
+                    continue;
+                }
+                for (acc, &mjk) in add.iter_mut().zip(&map[j * n..(j + 1) * n]) {
+                    *acc += wj * mjk;
+                }
+            }
+            for (v, da) in part.iter_mut().zip(add) {
+                *v = (f64::from(*v) + a * da) as f32;
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// `dx (H + lambda I)^-1` of one span (`n x n`, row-major), `None` when the
+/// span saw no input or no damping makes `H` positive definite.
+fn asymmetry_map(h: &[f32], dx: &[f32]) -> Option<Vec<f64>> {
+    let n = h.len().isqrt();
+    if n == 0 || n * n != h.len() || dx.len() != h.len() {
+        return None;
+    }
+    let mean = (0..n).map(|i| f64::from(h[i * n + i])).sum::<f64>() / n as f64;
+    if mean <= 0.0 || !mean.is_finite() {
+        return None;
+    }
+    for damp in [0.01, 0.1, 1.0] {
+        let mut a: Vec<f64> = h.iter().map(|&v| f64::from(v)).collect();
+        for i in 0..n {
+            if a[i * n + i] <= 0.0 {
+                a[i * n + i] = mean;
+            }
+            a[i * n + i] += damp * mean;
+        }
+        let Some(l) = crate::quantize::cholesky(&a, n) else {
+            continue;
+        };
+        // Row j of M solves (H + lambda I) m_j = dx_j (H is symmetric).
+        let mut m = vec![0f64; n * n];
+        for (j, out) in m.chunks_exact_mut(n).enumerate() {
+            let rhs = &dx[j * n..(j + 1) * n];
+            // L y = rhs, then L^T m = y.
+            let mut y = vec![0f64; n];
+            for i in 0..n {
+                let mut s = f64::from(rhs[i]);
+                for k in 0..i {
+                    s -= l[i * n + k] * y[k];
+                }
+                y[i] = s / l[i * n + i];
+            }
+            for i in (0..n).rev() {
+                let mut s = y[i];
+                for k in i + 1..n {
+                    s -= l[k * n + i] * out[k];
+                }
+                out[i] = s / l[i * n + i];
+            }
+        }
+        return Some(m);
+    }
+    None
+}
