@@ -726,8 +726,22 @@ fn block_loads(
     Ok((all, head, weights))
 }
 
+/// KV cache bytes as they weigh against weights in the fuller hemisphere
+/// (scaled as weights are, whose images sit half in each): one user's
+/// caches of a block sit in one hemisphere, so they count twice; a batch's
+/// users alternate hemispheres (`kv_hemisphere`), so the fuller one holds
+/// `ceil(B / 2)` of the `B` users' caches (once for an even batch). Counting
+/// a batch's caches twice made a LLaMA-70B-shaped block with 8 users look
+/// unsplittable below 64 chips: its attention (168 MB of caches, which stay
+/// on one chip) pinned the largest load at 336 MB, so any cut of the rest
+/// tied, and the earliest one left 331.7 MB on one chip.
+fn kv_load(kv: u64, users: u32) -> u64 {
+    let users = u64::from(users.max(1));
+    kv * 2 * users.div_ceil(2) / users
+}
+
 /// The finer split: `chips` contiguous op ranges minimising the largest
-/// chip's weight bytes plus twice its KV bytes (its fuller hemisphere's), cut only where no KV cache or output is in
+/// chip's weight bytes plus its KV bytes as [`kv_load`] weighs them (its fuller hemisphere's), cut only where no KV cache or output is in
 /// use (its first to its last op stay on one chip) and not between an RMSNorm and
 /// the quantize of its output (one fused kernel). Ties go to the earliest
 /// cut.
@@ -784,10 +798,7 @@ fn by_ops(
     }
     let mut prefix = vec![0u64; n + 1];
     for i in 0..n {
-        // A block's caches sit in one hemisphere, a weight's image half in
-        // each: what binds is the fuller hemisphere, so the caches count
-        // twice.
-        prefix[i + 1] = prefix[i] + weights[i] + 2 * kv[i];
+        prefix[i + 1] = prefix[i] + weights[i] + kv_load(kv[i], plan.users);
     }
     let sum = |a: usize, b: usize| prefix[pos[b]] - prefix[pos[a]];
     // best[k][j]: the smallest largest load of `k + 1` chips over pieces
@@ -1182,8 +1193,8 @@ pub struct Candidate {
 /// over `chips` chips of `target` fits, without scheduling anything: the
 /// cut [`compile_system_with`] would make, then every stage's buffers and
 /// weights placed as its compile starts ([`crate::plan::placed_bytes`]),
-/// the most loaded chips (weights plus twice the KV caches, as the finer
-/// split balances them) first, stopping at the first that does not fit.
+/// the most loaded chips (weights plus the KV caches as [`kv_load`] weighs
+/// them, as the finer split balances them) first, stopping at the first that does not fit.
 /// What it cannot see is the kernels' own scratch, placed while they are
 /// scheduled: a candidate that fits here can still fail to compile when
 /// MEM is nearly full (the caller then tries the next count).
@@ -1254,7 +1265,7 @@ pub fn fit(
         c.link_cycles += hops * latency + vectors * v;
     }
     let mut order: Vec<&Stage> = stages.iter().collect();
-    order.sort_by_key(|s| std::cmp::Reverse(s.weight_bytes + 2 * s.kv_bytes));
+    order.sort_by_key(|s| std::cmp::Reverse(s.weight_bytes + kv_load(s.kv_bytes, plan.users)));
     for s in order {
         let p = stage_plan(&split_plan, s, &w)?;
         match crate::plan::placed_bytes(&p, target) {
@@ -1352,5 +1363,22 @@ pub fn split_name(split: Split) -> &'static str {
         Split::Auto => "auto",
         Split::Blocks => "blocks",
         Split::Ops => "ops",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kv_load;
+
+    #[test]
+    fn kv_load_counts_the_fuller_hemispheres_users() {
+        // One user's caches sit in one hemisphere: twice, like weights'
+        // images split over both.
+        assert_eq!(kv_load(100, 1), 200);
+        // An even batch alternates: half the users on each side.
+        assert_eq!(kv_load(100, 2), 100);
+        assert_eq!(kv_load(800, 8), 800);
+        // Three users: two of them on the fuller side.
+        assert_eq!(kv_load(90, 3), 120);
     }
 }
