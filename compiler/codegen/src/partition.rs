@@ -830,6 +830,48 @@ fn by_ops(
             from[k][j] = f;
         }
     }
+    // A batch's attention holds every user's caches and no cut divides it:
+    // it pins the largest load, every cut of the rest then ties, and the
+    // earliest piles the rest onto the last chips (a LLaMA-70B-shaped block
+    // with 8 users: 168 MB of weights on its last chip, which overflowed at
+    // every count up to 64). Among the cuts within that bound the one with
+    // the smallest sum of squared loads spreads the rest evenly (the same
+    // block: placement fits 6 chips). Only cuts within the bound count, a
+    // window of pieces per end, so the pass is the pieces times the chips
+    // times the window. One user's splits keep the earliest cut: the pass
+    // also lowers the 80-block model's search from 216 chips to 208, but
+    // that choice has not been compiled and simulated (docs/backend.md 9).
+    if plan.users > 1 {
+        let bound = best[chips - 1][m];
+        let sq = |l: u64| u128::from(l) * u128::from(l);
+        let mut cost = vec![vec![u128::MAX; m + 1]; chips];
+        for (j, c) in cost[0].iter_mut().enumerate().skip(1) {
+            if sum(0, j) <= bound {
+                *c = sq(sum(0, j));
+            }
+        }
+        for k in 1..chips {
+            let (done, rest) = cost.split_at_mut(k);
+            let (prev_row, row) = (&done[k - 1], &mut rest[0]);
+            for j in k + 1..=m {
+                let (mut b, mut f) = (u128::MAX, 0);
+                // From the latest start back while the last chip stays
+                // within the bound; `<=` keeps the earliest start of ties.
+                for i in (k..j).rev() {
+                    let l = sum(i, j);
+                    if l > bound {
+                        break;
+                    }
+                    if prev_row[i] != u128::MAX && prev_row[i] + sq(l) <= b {
+                        b = prev_row[i] + sq(l);
+                        f = i;
+                    }
+                }
+                row[j] = b;
+                from[k][j] = f;
+            }
+        }
+    }
     let mut ranges = Vec::with_capacity(chips);
     let mut end = m;
     for k in (0..chips).rev() {
