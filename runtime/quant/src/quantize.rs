@@ -777,6 +777,24 @@ pub(crate) fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
     Some(l)
 }
 
+/// GPTQ's damping strengths, tried in turn until the damped matrix is
+/// positive definite ([`damped`]).
+pub(crate) const DAMPING: [f64; 3] = [0.01, 0.1, 1.0];
+
+/// GPTQ's damped copy of the symmetric `n x n` matrix `c` (mean diagonal
+/// `mean`), in f64: `c + damp * mean * I`, every diagonal entry that is not
+/// positive first set to `mean`.
+pub(crate) fn damped(c: &[f32], n: usize, mean: f64, damp: f64) -> Vec<f64> {
+    let mut h: Vec<f64> = c.iter().map(|&v| f64::from(v)).collect();
+    for i in 0..n {
+        if h[i * n + i] <= 0.0 {
+            h[i * n + i] = mean;
+        }
+        h[i * n + i] += damp * mean;
+    }
+    h
+}
+
 /// The GPTQ order and factor of a group's covariance `c` (`n x n`):
 /// channels in descending order of their second moment (ties: lower
 /// channel first), and the upper Cholesky factor `U` of the permuted
@@ -794,14 +812,8 @@ fn gptq_factor(c: &[f32]) -> Option<GptqFactor> {
     let c: Vec<f32> = (0..n * n)
         .map(|k| c[order[k / n] * n + order[k % n]])
         .collect();
-    for damp in [0.01, 0.1, 1.0] {
-        let mut h: Vec<f64> = c.iter().map(|&v| f64::from(v)).collect();
-        for i in 0..n {
-            if h[i * n + i] <= 0.0 {
-                h[i * n + i] = mean;
-            }
-            h[i * n + i] += damp * mean;
-        }
+    for damp in DAMPING {
+        let h = damped(&c, n, mean, damp);
         let Some(l) = cholesky(&h, n) else {
             continue;
         };

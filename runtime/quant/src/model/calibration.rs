@@ -203,15 +203,20 @@ impl LayerCalibration {
     /// ([`Calibration::run_with_covariance`]).
     pub fn covariance(&self) -> Option<GroupCovariance> {
         let (group, blocks) = self.cov.as_ref()?;
+        Some(self.mean_moments(*group, blocks))
+    }
+
+    /// Summed per-group moments `blocks` divided by the tokens seen.
+    fn mean_moments(&self, group: usize, blocks: &[Vec<f32>]) -> GroupCovariance {
         let n = self.tokens.max(1) as f32;
-        Some(GroupCovariance {
-            group_size: *group,
+        GroupCovariance {
+            group_size: group,
             cols: self.cols,
             blocks: blocks
                 .iter()
                 .map(|b| b.iter().map(|v| v / n).collect())
                 .collect(),
-        })
+        }
     }
 
     /// The mean in-group cross moments `mean_t (x_fp - x)_g x_g^T`
@@ -220,16 +225,7 @@ impl LayerCalibration {
     /// the f32 model's input of the same token.
     pub fn cross_covariance(&self) -> Option<GroupCovariance> {
         let (group, _) = self.cov.as_ref()?;
-        let blocks = self.cross.as_ref()?;
-        let n = self.tokens.max(1) as f32;
-        Some(GroupCovariance {
-            group_size: *group,
-            cols: self.cols,
-            blocks: blocks
-                .iter()
-                .map(|b| b.iter().map(|v| v / n).collect())
-                .collect(),
-        })
+        Some(self.mean_moments(*group, self.cross.as_ref()?))
     }
 
     /// The sampled input rows (row-major, `cols` wide), for layer-output

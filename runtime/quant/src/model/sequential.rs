@@ -431,14 +431,8 @@ fn asymmetry_map(h: &[f32], dx: &[f32]) -> Option<Vec<f64>> {
     if mean <= 0.0 || !mean.is_finite() {
         return None;
     }
-    for damp in [0.01, 0.1, 1.0] {
-        let mut a: Vec<f64> = h.iter().map(|&v| f64::from(v)).collect();
-        for i in 0..n {
-            if a[i * n + i] <= 0.0 {
-                a[i * n + i] = mean;
-            }
-            a[i * n + i] += damp * mean;
-        }
+    for damp in crate::quantize::DAMPING {
+        let a = crate::quantize::damped(h, n, mean, damp);
         let Some(l) = crate::quantize::cholesky(&a, n) else {
             continue;
         };
