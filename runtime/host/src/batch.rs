@@ -33,7 +33,7 @@ use crate::embedding::{EmbeddingError, EmbeddingTable};
 use crate::layout::LANES;
 use crate::meta::HostMeta;
 use crate::session::{
-    HostError, HostGeneration, StepRecord, chunk_symbols, load_meta, load_tokenizer, padded,
+    HostError, HostGeneration, StepRecord, check_rows, load_meta, load_tokenizer, padded,
     prompt_tokens_with,
 };
 
@@ -90,24 +90,14 @@ impl<D: Device> BatchSession<D> {
     ) -> Result<BatchSession<D>, HostError> {
         let (meta, embedding) = load_meta(binary)?;
         let users = meta.batch.max(1);
-        for (name, elem, shape) in chunk_symbols(&meta, users) {
-            let s = chips
-                .iter()
-                .find_map(|c| c.symbol(name))
-                .ok_or_else(|| HostError::Symbol {
-                    name: name.into(),
-                    what: "is missing: the program does not take a token".into(),
-                })?;
-            if s.elem != elem || s.shape != shape {
-                return Err(HostError::Symbol {
-                    name: name.into(),
-                    what: format!(
-                        "is {} {:?}; a batch of {users} users needs {elem} {shape:?}",
-                        s.elem, s.shape
-                    ),
-                });
-            }
-        }
+        check_rows(
+            &meta,
+            users,
+            |name| chips.iter().find_map(|c| c.symbol(name)),
+            str::to_string,
+            "is missing: the program does not take a token",
+            &format!("a batch of {users} users needs"),
+        )?;
         let tokenizer = load_tokenizer(binary, &meta)?;
         Ok(BatchSession {
             device,

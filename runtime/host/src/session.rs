@@ -220,6 +220,32 @@ pub(crate) fn chunk_symbols(meta: &HostMeta, n: u32) -> [(&'static str, ElemType
     ]
 }
 
+/// Checks that the step symbols of `n` rows ([`chunk_symbols`]) are where
+/// `find` looks, each of its type and shape: a missing one is `shown(name)`
+/// `missing`, a wrong one says what `needs` it.
+pub(crate) fn check_rows<'a>(
+    meta: &HostMeta,
+    n: u32,
+    find: impl Fn(&str) -> Option<&'a q35_lpubin::Symbol>,
+    shown: impl Fn(&str) -> String,
+    missing: &str,
+    needs: &str,
+) -> Result<(), HostError> {
+    for (name, elem, shape) in chunk_symbols(meta, n) {
+        let s = find(name).ok_or_else(|| HostError::Symbol {
+            name: shown(name),
+            what: missing.into(),
+        })?;
+        if s.elem != elem || s.shape != shape {
+            return Err(HostError::Symbol {
+                name: shown(name),
+                what: format!("is {} {:?}; {needs} {elem} {shape:?}", s.elem, s.shape),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The symbols written or read every step: name, element type, elements.
 fn bound_symbols(meta: &HostMeta) -> [(&'static str, ElemType, u64); 5] {
     [
@@ -283,21 +309,14 @@ impl<D: Device> Session<D> {
                     what: "is named by the metadata's `prefill` but the binary has no such program"
                         .into(),
                 })?;
-            for (name, elem, shape) in chunk_symbols(&meta, p.tokens) {
-                let s = prog.symbol(name).ok_or_else(|| HostError::Symbol {
-                    name: format!("{}:{name}", p.program),
-                    what: "is missing from the prefill program".into(),
-                })?;
-                if s.elem != elem || s.shape != shape {
-                    return Err(HostError::Symbol {
-                        name: format!("{}:{name}", p.program),
-                        what: format!(
-                            "is {} {:?}; the host needs {elem} {shape:?}",
-                            s.elem, s.shape
-                        ),
-                    });
-                }
-            }
+            check_rows(
+                &meta,
+                p.tokens,
+                |name| prog.symbol(name),
+                |name| format!("{}:{name}", p.program),
+                "is missing from the prefill program",
+                "the host needs",
+            )?;
         }
         let tokenizer = load_tokenizer(binary, &meta)?;
         let prefill = meta.prefill.clone();
