@@ -150,14 +150,9 @@ pub fn run<D: Device>(
         })
         .collect();
     let predicted = meta.predicted_cycles_per_step;
-    let off_prediction = generation
-        .runs
-        .iter()
-        .enumerate()
-        .find_map(|(i, r)| match predicted {
-            Some(p) if p != r.stats.cycles => Some((i, r.stats.cycles, p)),
-            _ => None,
-        });
+    let off_prediction = crate::cmd_generate::first_off_prediction(
+        generation.runs.iter().map(|r| (r.stats.cycles, predicted)),
+    );
     let total: u64 = generation.runs.iter().map(|r| r.stats.cycles).sum();
     let runs = generation.runs.len();
     let per_run = if runs == 0 {

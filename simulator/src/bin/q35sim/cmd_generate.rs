@@ -327,15 +327,12 @@ pub fn run(
         StopReason::StopToken(_) => "eos",
         other => other.as_str(),
     };
-    let off_prediction =
+    let off_prediction = first_off_prediction(
         generation
             .steps
             .iter()
-            .enumerate()
-            .find_map(|(i, s)| match predicted_of(s) {
-                Some(p) if p != s.stats.cycles => Some((i, s.stats.cycles, p)),
-                _ => None,
-            });
+            .map(|s| (s.stats.cycles, predicted_of(s))),
+    );
     // The profile: every run's timeline was recorded (a compiled model's
     // runs share one schedule, so usually one distinct timeline).
     // MEM and the replay are freed before the analysis allocates.
@@ -669,14 +666,8 @@ pub fn run_system(
     let generation = generation.map_err(|e| failure(name, e))?;
     text.push_str(&decoder.finish());
     let predicted = meta.predicted_cycles_per_step;
-    let off_prediction = generation
-        .steps
-        .iter()
-        .enumerate()
-        .find_map(|(i, s)| match predicted {
-            Some(p) if p != s.stats.cycles => Some((i, s.stats.cycles, p)),
-            _ => None,
-        });
+    let off_prediction =
+        first_off_prediction(generation.steps.iter().map(|s| (s.stats.cycles, predicted)));
     let stop = match generation.stop {
         StopReason::StopToken(_) => "eos",
         other => other.as_str(),
@@ -742,4 +733,17 @@ pub fn run_system(
         return Err(Failure::Program);
     }
     Ok(())
+}
+
+/// The first run whose cycles differ from the compile-time prediction, as
+/// (run, cycles, predicted), of `runs`' (cycles, prediction if any).
+pub(crate) fn first_off_prediction(
+    runs: impl IntoIterator<Item = (u64, Option<u64>)>,
+) -> Option<(usize, u64, u64)> {
+    runs.into_iter()
+        .enumerate()
+        .find_map(|(i, (got, want))| match want {
+            Some(p) if p != got => Some((i, got, p)),
+            _ => None,
+        })
 }
