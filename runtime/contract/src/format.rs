@@ -10,6 +10,7 @@
 //! one pass of a `[1 x K] x [K x 320]` systolic tile consumes -- are one
 //! contiguous byte range.
 
+use crate::dots;
 use crate::pack::{pack_bits, pair_code, sign_extend, split_pair, unpack_bits};
 use crate::semantics::{self, ActivationI8, GroupedActivationI8};
 use crate::{CHANNEL_QUANTUM, ContractError, QuantScheme};
@@ -850,30 +851,23 @@ impl IntMatrix {
         }
         let n_groups = self.cols.div_ceil(self.group_size);
         let mut accs = vec![0i32; n_groups];
+        let wide = dots::Widened::new(x.codes());
         for (i, out) in y.iter_mut().enumerate() {
             let r = first + i;
-            let row = self.row(r);
-            for (g, acc) in accs.iter_mut().enumerate() {
-                let s = g * self.group_size;
-                let e = (s + self.group_size).min(self.cols);
-                *acc = semantics::group_dot(&x.codes()[s..e], &row[s..e]);
-            }
+            dots::group_dots(&wide, self.row(r), self.group_size, &mut accs);
             *out = semantics::combine_groups_act(&accs, self.row_scales(r), x.scales());
         }
         Ok(())
     }
 
     fn rows_into(&self, x: &ActivationI8, first: usize, y: &mut [f32]) {
+        // Each group's sum is `semantics::group_dot`, exactly (crate::dots).
         let n_groups = self.cols.div_ceil(self.group_size);
         let mut accs = vec![0i32; n_groups];
+        let wide = dots::Widened::new(x.codes());
         for (i, out) in y.iter_mut().enumerate() {
             let r = first + i;
-            let row = self.row(r);
-            for (g, acc) in accs.iter_mut().enumerate() {
-                let s = g * self.group_size;
-                let e = (s + self.group_size).min(self.cols);
-                *acc = semantics::group_dot(&x.codes()[s..e], &row[s..e]);
-            }
+            dots::group_dots(&wide, self.row(r), self.group_size, &mut accs);
             *out = semantics::combine_groups(&accs, self.row_scales(r), x.scale());
         }
     }

@@ -26,8 +26,7 @@ use crate::arch::Architecture;
 use crate::format::IntMatrix;
 use crate::rope::RopeTable;
 use crate::semantics::{
-    self, ActivationI8, GroupedActivationI8, add_in_place, attention_head, rmsnorm, rope_in_place,
-    swiglu,
+    self, ActivationI8, GroupedActivationI8, add_in_place, rmsnorm, rope_in_place, swiglu,
 };
 
 /// What can go wrong building or running the golden model.
@@ -591,6 +590,152 @@ impl GoldenModel {
         self.block_step(session, block, pos, x)
     }
 
+    /// [`Self::advance_block`] of every token of `xs` (rows of `hidden`
+    /// values, in order), each row updated in place: the same bits as one
+    /// call a token, with each matrix's rows read once for all the tokens
+    /// instead of once a token (the block's matrices are streamed from
+    /// memory once, not `n` times). A token's products depend only on its
+    /// own row, and its attention on the cached keys and values up to its
+    /// own position, so the matrices go token-batched and only attention
+    /// goes position by position.
+    pub fn advance_block_tokens(
+        &self,
+        session: &mut GoldenSession,
+        block: usize,
+        xs: &mut [f32],
+    ) -> Result<(), GoldenError> {
+        let a = &self.arch;
+        let (d, hd, kvd) = (a.hidden as usize, a.head_dim as usize, a.kv_dim() as usize);
+        if block >= self.blocks.len() || session.keys.len() != self.blocks.len() {
+            return Err(GoldenError::Invalid(format!(
+                "block {block} of a session holding {} blocks, the model has {}",
+                session.keys.len(),
+                self.blocks.len()
+            )));
+        }
+        if xs.is_empty() || !xs.len().is_multiple_of(d) {
+            return Err(GoldenError::Op {
+                op: "block",
+                source: ContractError::LengthMismatch {
+                    what: "residual rows",
+                    got: xs.len(),
+                    expected: d,
+                },
+            });
+        }
+        let n = xs.len() / d;
+        let pos0 = session.keys[block].len() / kvd;
+        if pos0 + n > self.max_positions {
+            return Err(GoldenError::Position {
+                pos: pos0 + n - 1,
+                max: self.max_positions,
+            });
+        }
+        let b = &self.blocks[block];
+        let (heads, kv_heads, ffn) = (a.heads as usize, a.kv_heads as usize, a.ffn as usize);
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        let group = heads / kv_heads;
+        let norm = |xs: &[f32], w: &[f32]| -> Vec<f32> {
+            let mut h = vec![0f32; xs.len()];
+            for (h, x) in h.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+                rmsnorm(x, w, a.norm_eps, h);
+            }
+            h
+        };
+        let h = norm(xs, &b.attn_norm);
+        let acts = self.quantize_rows(&h, d, &b.q)?;
+        let mut q = matmul_tokens(&b.q, &acts)?;
+        let mut k = self.matmul_tokens_shared(&b.k, &h, d, &acts, &b.q)?;
+        let v = self.matmul_tokens_shared(&b.v, &h, d, &acts, &b.q)?;
+        for (t, (qt, kt)) in q
+            .chunks_exact_mut(heads * hd)
+            .zip(k.chunks_exact_mut(kvd))
+            .enumerate()
+        {
+            for head in qt.chunks_exact_mut(hd) {
+                rope_in_place(head, pos0 + t, &self.rope);
+            }
+            for head in kt.chunks_exact_mut(hd) {
+                rope_in_place(head, pos0 + t, &self.rope);
+            }
+        }
+        session.keys[block].extend_from_slice(&k);
+        session.values[block].extend_from_slice(&v);
+        let (kc, vc) = (&session.keys[block], &session.values[block]);
+        // Token t attends to positions 0..=pos0 + t, all cached now.
+        let mut att = vec![0f32; n * heads * hd];
+        att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
+            let (t, head) = (i / heads, i % heads);
+            let kvh = head / group;
+            let row = |j: usize| j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd;
+            let mut scores = Vec::with_capacity(pos0 + t + 1);
+            let qh = &q[(t * heads + head) * hd..(t * heads + head + 1) * hd];
+            semantics::attention_head_rows(
+                qh,
+                pos0 + t + 1,
+                |j| &kc[row(j)],
+                |j| &vc[row(j)],
+                scale,
+                &mut scores,
+                out,
+            );
+        });
+        let o = matmul_tokens(&b.o, &self.quantize_rows(&att, heads * hd, &b.o)?)?;
+        for (x, o) in xs.chunks_exact_mut(d).zip(o.chunks_exact(d)) {
+            add_in_place(x, o);
+        }
+        let h = norm(xs, &b.ffn_norm);
+        let acts = self.quantize_rows(&h, d, &b.gate)?;
+        let g = matmul_tokens(&b.gate, &acts)?;
+        let u = self.matmul_tokens_shared(&b.up, &h, d, &acts, &b.gate)?;
+        let mut s = vec![0f32; n * ffn];
+        for ((s, g), u) in s
+            .chunks_exact_mut(ffn)
+            .zip(g.chunks_exact(ffn))
+            .zip(u.chunks_exact(ffn))
+        {
+            swiglu(g, u, s);
+            if let Some((signs, group)) = &self.down_rotation {
+                semantics::rotate_groups(s, signs, *group);
+            }
+        }
+        let down = matmul_tokens(&b.down, &self.quantize_rows(&s, ffn, &b.down)?)?;
+        for (x, o) in xs.chunks_exact_mut(d).zip(down.chunks_exact(d)) {
+            add_in_place(x, o);
+        }
+        Ok(())
+    }
+
+    /// Each row of `xs` (`cols` wide) quantized for the matmuls with `m`.
+    fn quantize_rows(
+        &self,
+        xs: &[f32],
+        cols: usize,
+        m: &IntMatrix,
+    ) -> Result<Vec<QAct>, GoldenError> {
+        xs.chunks_exact(cols)
+            .map(|x| self.quantize_for(x, m))
+            .collect()
+    }
+
+    /// [`Self::matvec_shared`] of every row: `acts` (made for `first`)
+    /// reused unless per-group scales need `m`'s own grouping.
+    fn matmul_tokens_shared(
+        &self,
+        m: &IntMatrix,
+        xs: &[f32],
+        cols: usize,
+        acts: &[QAct],
+        first: &IntMatrix,
+    ) -> Result<Vec<f32>, GoldenError> {
+        match acts.first() {
+            Some(QAct::Group(_)) if m.group_size() != first.group_size() => {
+                matmul_tokens(m, &self.quantize_rows(xs, cols, m)?)
+            }
+            _ => matmul_tokens(m, acts),
+        }
+    }
+
     /// Block `bi` of the forward pass (docs/q35-format.md 8.5) for the token
     /// at `pos`, its residual `x` updated in place.
     fn block_step(
@@ -626,27 +771,14 @@ impl GoldenModel {
         let mut att = vec![0f32; heads * hd];
         att.par_chunks_mut(hd).enumerate().for_each(|(head, out)| {
             let kvh = head / group;
-            // Gather this kv head's rows (n x hd) for the contract's
-            // attention (same values, contiguous).
-            let keys: Vec<f32> = (0..n)
-                .flat_map(|j| {
-                    kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]
-                        .iter()
-                        .copied()
-                })
-                .collect();
-            let vals: Vec<f32> = (0..n)
-                .flat_map(|j| {
-                    vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]
-                        .iter()
-                        .copied()
-                })
-                .collect();
+            // This kv head's row of position j, read in place.
+            let row = |j: usize| j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd;
             let mut scores = Vec::with_capacity(n);
-            attention_head(
+            semantics::attention_head_rows(
                 &q[head * hd..(head + 1) * hd],
-                &keys,
-                &vals,
+                n,
+                |j| &kc[row(j)],
+                |j| &vc[row(j)],
                 scale,
                 &mut scores,
                 out,
@@ -736,6 +868,43 @@ fn quantize_act(x: &[f32]) -> Result<ActivationI8, GoldenError> {
         op: "activation",
         source,
     })
+}
+
+/// `W a_t` for every activation `a_t` of `acts`, token-major (`acts.len()`
+/// rows of `m.rows()`): output rows in chunks across the rayon pool, each
+/// chunk's weights read once for all the tokens; every output exactly
+/// [`matvec`]'s.
+fn matmul_tokens(m: &IntMatrix, acts: &[QAct]) -> Result<Vec<f32>, GoldenError> {
+    const ROWS: usize = 64;
+    let (rows, n) = (m.rows(), acts.len());
+    let chunks: Vec<Vec<f32>> = (0..rows.div_ceil(ROWS))
+        .into_par_iter()
+        .map(|ci| {
+            let first = ci * ROWS;
+            let len = ROWS.min(rows - first);
+            let mut out = vec![0f32; n * len];
+            for (a, o) in acts.iter().zip(out.chunks_exact_mut(len)) {
+                match a {
+                    QAct::Token(a) => m.matvec_rows(a, first, o),
+                    QAct::Group(a) => m.matvec_rows_grouped(a, first, o),
+                }?;
+            }
+            Ok(out)
+        })
+        .collect::<Result<_, ContractError>>()
+        .map_err(|source| GoldenError::Op {
+            op: "matvec",
+            source,
+        })?;
+    let mut y = vec![0f32; n * rows];
+    for (ci, chunk) in chunks.iter().enumerate() {
+        let first = ci * ROWS;
+        let len = ROWS.min(rows - first);
+        for (t, part) in chunk.chunks_exact(len).enumerate() {
+            y[t * rows + first..t * rows + first + len].copy_from_slice(part);
+        }
+    }
+    Ok(y)
 }
 
 /// `W a` with output rows split across the rayon pool.

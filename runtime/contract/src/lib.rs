@@ -17,10 +17,13 @@
 //!   hardware runs them.
 //! - [`rope`]: the RoPE angles exactly as ggml forms them ([`rope_thetas`],
 //!   which the f32 reference uses too) and the shipped [`RopeTable`].
+//! - [`dots`]: exact SIMD group sums (int8 x int8 into int32) for the
+//!   golden matmul, equal to [`semantics::group_dot`] of each group.
 //! - [`golden`]: the golden integer forward pass ([`GoldenModel`]), built
 //!   from plain data; the simulator's bit-exact reference.
 
 pub mod arch;
+pub mod dots;
 mod error;
 pub mod format;
 pub mod golden;

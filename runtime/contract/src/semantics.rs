@@ -681,10 +681,34 @@ pub fn attention_head(
 ) {
     let d = q.len();
     let n = keys.len() / d;
+    attention_head_rows(
+        q,
+        n,
+        |t| &keys[t * d..(t + 1) * d],
+        |t| &values[t * d..(t + 1) * d],
+        scale,
+        scores,
+        out,
+    );
+}
+
+/// [`attention_head`] over `n` positions whose key and value rows
+/// (`q.len()` values each) `key(t)` and `value(t)` give, wherever they are
+/// held (a KV cache's rows of every head, without gathering a head's rows
+/// first): the same arithmetic.
+pub fn attention_head_rows<'a>(
+    q: &[f32],
+    n: usize,
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     scores.clear();
-    scores.extend((0..n).map(|t| dot_f32(q, &keys[t * d..(t + 1) * d]) * scale));
+    scores.extend((0..n).map(|t| dot_f32(q, key(t)) * scale));
     softmax_in_place(scores);
-    attention_output(scores, |t| &values[t * d..(t + 1) * d], out);
+    attention_output(scores, value, out);
 }
 
 /// The attention output of [`attention_head`] from the probabilities `p`

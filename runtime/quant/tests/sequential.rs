@@ -7,6 +7,7 @@
 mod common;
 
 use common::SplitMix64;
+use q35_contract::ActivationScales;
 use q35_quant::QuantScheme;
 use q35_quant::metrics::channel_importance;
 use q35_quant::model::{
@@ -96,6 +97,64 @@ fn one_block_at_a_time_is_the_whole_pass() {
     }
     assert_eq!(bits(&x), bits(&want));
     assert!(golden.advance_block(&mut session, 7, &mut x[..d]).is_err());
+    // Token-batched (`advance_block_tokens`, the sequential int8 stream's
+    // form): the whole window at once, or in two runs (the second starting
+    // at position 5 behind the first's cache), with token or group
+    // activation scales: the same residuals and KV caches, bit for bit.
+    for scales in [ActivationScales::PerToken, ActivationScales::PerGroup] {
+        let golden = p
+            .golden(&layers, WINDOW)
+            .unwrap()
+            .with_activation_scales(scales)
+            .unwrap();
+        let embedded: Vec<f32> = toks
+            .iter()
+            .flat_map(|&t| golden.embedding_row(t as usize).unwrap().to_vec())
+            .collect();
+        let mut want = embedded.clone();
+        let mut one = golden.new_session();
+        for b in 0..golden.blocks().len() {
+            for row in want.chunks_exact_mut(d) {
+                golden.advance_block(&mut one, b, row).unwrap();
+            }
+        }
+        for split in [WINDOW, 5] {
+            let mut x = embedded.clone();
+            let mut batched = golden.new_session();
+            for b in 0..golden.blocks().len() {
+                let (head, tail) = x.split_at_mut(split * d);
+                golden.advance_block_tokens(&mut batched, b, head).unwrap();
+                if !tail.is_empty() {
+                    golden.advance_block_tokens(&mut batched, b, tail).unwrap();
+                }
+            }
+            assert_eq!(bits(&x), bits(&want), "{scales:?}, split {split}");
+            for b in 0..golden.blocks().len() {
+                assert_eq!(
+                    (
+                        bits(batched.keys(b).unwrap()),
+                        bits(batched.values(b).unwrap())
+                    ),
+                    (bits(one.keys(b).unwrap()), bits(one.values(b).unwrap())),
+                    "{scales:?}, split {split}, block {b}"
+                );
+            }
+        }
+        // Past the positions the model holds, and rows that are not whole.
+        let mut s = golden.new_session();
+        let mut long = vec![0f32; (WINDOW + 1) * d];
+        assert!(golden.advance_block_tokens(&mut s, 0, &mut long).is_err());
+        assert!(
+            golden
+                .advance_block_tokens(&mut s, 0, &mut long[..d + 1])
+                .is_err()
+        );
+        assert!(
+            golden
+                .advance_block_tokens(&mut s, 9, &mut long[..d])
+                .is_err()
+        );
+    }
 }
 
 fn q_input(block: usize) -> LinearId {
@@ -133,9 +192,10 @@ fn block_1_is_calibrated_behind_the_quantized_block_0() {
             .collect::<Vec<_>>()
     );
     // Block 0 sees the f32 model's inputs: the f32 calibration's moments.
+    let whole = pipeline(&model, Methods::default());
     assert_eq!(
         rec.covariance(q_input(0)).unwrap(),
-        p.calibration().covariance(q_input(0)).unwrap()
+        whole.calibration().covariance(q_input(0)).unwrap()
     );
     // Block 1 by hand: the embedding through block 0 as the golden model
     // runs it with the quantized matrices, then block 1's attention norm;
@@ -173,7 +233,7 @@ fn block_1_is_calibrated_behind_the_quantized_block_0() {
     };
     let got = rec.covariance(q_input(1)).unwrap();
     assert_eq!(got, want);
-    assert_ne!(got, p.calibration().covariance(q_input(1)).unwrap());
+    assert_ne!(got, whole.calibration().covariance(q_input(1)).unwrap());
     // No asymmetry asked: no cross moments.
     assert!(rec.cross_covariance(q_input(1)).is_none());
     // The dequantized-f32 stream is another stream again.
@@ -189,7 +249,7 @@ fn block_1_is_calibrated_behind_the_quantized_block_0() {
         .unwrap();
     let dq = rec_d.covariance(q_input(1)).unwrap();
     assert_ne!(dq, got);
-    assert_ne!(dq, p.calibration().covariance(q_input(1)).unwrap());
+    assert_ne!(dq, whole.calibration().covariance(q_input(1)).unwrap());
 }
 
 #[test]

@@ -261,6 +261,16 @@ impl Calibration {
         }
     }
 
+    /// An empty recorder of the f32 model's sampled rows for block-by-block
+    /// calibration (no moments), the LM head's input mixed by `head_mix`
+    /// when given.
+    pub(crate) fn sequential_f32(max_samples: usize, head_mix: Option<Arc<[f32]>>) -> Calibration {
+        Calibration {
+            head_mix,
+            ..Calibration::new(max_samples)
+        }
+    }
+
     /// An empty recorder for block-by-block (sequential) calibration:
     /// covariances at `group_size`, no sampled rows, the LM head's input
     /// mixed by `head_mix` when given, and the cross moments of
@@ -559,7 +569,7 @@ fn zero_covariance(cols: usize, group: usize) -> Vec<Vec<f32>> {
 /// forward pass showed them ([`Calibration::record`] runs two windows at
 /// once and replays the second's recording after the first).
 #[derive(Default)]
-struct Recording {
+pub(crate) struct Recording {
     /// Tokens in the window.
     n_tokens: usize,
     /// Every distinct input, one after the other.
@@ -582,8 +592,24 @@ impl Recording {
         Ok(())
     }
 
+    /// An empty recording of a window of `n_tokens` tokens.
+    pub(crate) fn of_tokens(n_tokens: usize) -> Recording {
+        Recording {
+            n_tokens,
+            ..Recording::default()
+        }
+    }
+
+    /// The first input recorded for layer `id`.
+    pub(crate) fn get(&self, id: LinearId) -> Option<&[f32]> {
+        self.inputs
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, r)| &self.data[r.clone()])
+    }
+
     /// Shows `observer` every recorded input in the recorded order.
-    fn replay(&self, observer: &mut dyn Observer) {
+    pub(crate) fn replay(&self, observer: &mut dyn Observer) {
         for (id, r) in &self.inputs {
             observer.linear_input(*id, &self.data[r.clone()], self.n_tokens);
         }

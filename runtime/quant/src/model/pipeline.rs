@@ -110,6 +110,11 @@ pub struct QuantPipeline<'m> {
     rewritten: Option<Arc<Model>>,
     group_size: usize,
     calib: Calibration,
+    /// With [`Methods::sequential`], the f32 model's record (sampled rows
+    /// only), made by the first block-by-block pass: sequential
+    /// calibration runs the f32 model block by block anyway, so
+    /// [`QuantPipeline::calibrate_with`] does not run it a first time.
+    f32_record: std::sync::OnceLock<Calibration>,
     weights: Vec<(LinearId, Vec<f32>)>,
     options: QuantOptions,
     methods: Methods,
@@ -270,6 +275,11 @@ impl<'m> QuantPipeline<'m> {
         let (calib, weights) = std::thread::scope(|s| {
             let weights = s.spawn(|| model_weights(m));
             let calib = match &head_mix {
+                // Sequential calibration records block by block, the f32
+                // stream's rows included (`f32_record`).
+                _ if methods.sequential.is_some() => {
+                    Ok(Calibration::sequential_f32(samples, head_mix.clone()))
+                }
                 Some(mix) => Calibration::run_with_covariance_mixed_head(
                     m,
                     tokens,
@@ -313,6 +323,7 @@ impl<'m> QuantPipeline<'m> {
             rewritten,
             group_size,
             calib,
+            f32_record: std::sync::OnceLock::new(),
             weights,
             options,
             methods,
@@ -334,9 +345,12 @@ impl<'m> QuantPipeline<'m> {
         self.methods
     }
 
-    /// The calibration record.
+    /// The f32 model's calibration record. With [`Methods::sequential`] it
+    /// is made by the first quantization (block by block, sampled rows
+    /// only, no moments: each block's moments are the sequential pass's,
+    /// [`QuantPipeline::quantize_sequential`]) and is empty before it.
     pub fn calibration(&self) -> &Calibration {
-        &self.calib
+        self.f32_record.get().unwrap_or(&self.calib)
     }
 
     /// The f32 weights of every linear layer, in forward order.
@@ -402,7 +416,16 @@ impl<'m> QuantPipeline<'m> {
             window: self.window,
             head_mix: self.head_mix.as_ref(),
         };
-        quantize_sequential(&job, mode, self.methods.asymmetric.unwrap_or(0.0), progress)
+        let (layers, records, f32_record) = quantize_sequential(
+            &job,
+            mode,
+            self.methods.asymmetric.unwrap_or(0.0),
+            self.calib.clone(),
+            progress,
+        )?;
+        // Every pass records the same f32 rows: the first one is kept.
+        let _ = self.f32_record.set(f32_record);
+        Ok((layers, records))
     }
 
     /// The golden model built from `layers`, scored against `reference`

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use q35_reference::{Block, DenseLinear, LinearId, LinearKind, Model, Observer};
 use rayon::prelude::*;
 
+use super::calibration::Recording;
 use super::{Calibration, Methods, ModelQuantError, QuantizedLayer, SchemePolicy};
 use crate::quantize::{GroupCovariance, QuantOptions};
 
@@ -87,27 +88,11 @@ pub(crate) struct SequentialJob<'a> {
     pub head_mix: Option<&'a Arc<[f32]>>,
 }
 
-/// Records every linear input of one block pass, by layer.
-#[derive(Default)]
-struct Inputs(Vec<(LinearId, Vec<f32>)>);
-
-impl Inputs {
-    fn get(&self, id: LinearId) -> Option<&[f32]> {
-        self.0.iter().find(|(i, _)| *i == id).map(|(_, x)| &x[..])
-    }
-}
-
-impl Observer for Inputs {
-    fn linear_input(&mut self, id: LinearId, x: &[f32], _n_tokens: usize) {
-        self.0.push((id, x.to_vec()));
-    }
-}
-
 /// Feeds a [`Calibration`] each input with the f32 model's input of the
 /// same layer and tokens, when there is one.
 struct Paired<'a> {
     calib: &'a mut Calibration,
-    fp: Option<&'a Inputs>,
+    fp: Option<&'a Recording>,
 }
 
 impl Observer for Paired<'_> {
@@ -120,14 +105,17 @@ impl Observer for Paired<'_> {
 }
 
 /// Quantizes every matrix of `job.model` block by block (module docs),
-/// returning the layers in forward order and the calibration records they
-/// were quantized with (every layer's, as the sequential pass saw it).
+/// returning the layers in forward order, the calibration records they
+/// were quantized with (every layer's, as the sequential pass saw it), and
+/// `f32_record` (an empty recorder) holding the f32 model's rows as the
+/// pass ran it, in the order a whole-model calibration sees them.
 pub(crate) fn quantize_sequential(
     job: &SequentialJob<'_>,
     mode: Sequential,
     alpha: f32,
+    mut f32_record: Calibration,
     progress: &dyn Fn(crate::Progress<'_>),
-) -> Result<(Vec<QuantizedLayer>, Calibration), ModelQuantError> {
+) -> Result<(Vec<QuantizedLayer>, Calibration, Calibration), ModelQuantError> {
     let m = job.model;
     let c = m.config();
     let d = c.hidden;
@@ -158,7 +146,7 @@ pub(crate) fn quantize_sequential(
         .chunks(window)
         .map(embed)
         .collect::<Result<_, _>>()?;
-    let mut stream_fp: Vec<Vec<f32>> = if asym { stream.clone() } else { Vec::new() };
+    let mut stream_fp: Vec<Vec<f32>> = stream.clone();
     // The table the one-block golden models carry but never read.
     let table: Option<Arc<[f32]>> = (mode == Sequential::Int8).then(|| m.embedding().into());
     let by_id = |id: LinearId| job.weights.iter().find(|(i, _)| *i == id);
@@ -172,22 +160,32 @@ pub(crate) fn quantize_sequential(
     let head_quantized = job.policy.scheme_of(head_id).is_some();
     let total = blocks + usize::from(head_quantized);
     for b in 0..blocks {
+        // Block b's layer inputs, window by window: the f32 model's (which
+        // also advances its stream) and the quantized stream's through the
+        // f32 block. Windows run two at a time; the records are then
+        // observed in window order, so every sum is the same as one window
+        // after the other.
+        let windows: Vec<(&[f32], &mut Vec<f32>)> = stream
+            .iter()
+            .zip(stream_fp.iter_mut())
+            .map(|(x, fp)| (&x[..], fp))
+            .collect();
+        let recorded = in_pairs(windows, |(x, x_fp)| {
+            let mut fp = Recording::of_tokens(x_fp.len() / d);
+            m.run_block(b, None, x_fp, Some(&mut fp))?;
+            let mut rec = Recording::of_tokens(x.len() / d);
+            m.run_block(b, None, &mut x.to_vec(), Some(&mut rec))?;
+            Ok((fp, rec))
+        })?;
         let mut calib = Calibration::sequential(job.cov_group, None, asym);
-        for (w, x) in stream.iter().enumerate() {
-            let fp = if asym {
-                let mut rec = Inputs::default();
-                m.run_block(b, None, &mut stream_fp[w], Some(&mut rec))?;
-                Some(rec)
-            } else {
-                None
-            };
-            let mut x = x.clone();
-            let mut obs = Paired {
+        for (fp, rec) in &recorded {
+            fp.replay(&mut f32_record);
+            rec.replay(&mut Paired {
                 calib: &mut calib,
-                fp: fp.as_ref(),
-            };
-            m.run_block(b, None, &mut x, Some(&mut obs))?;
+                fp: asym.then_some(fp),
+            });
         }
+        drop(recorded);
         let ids: Vec<LinearId> = LinearKind::BLOCK
             .into_iter()
             .map(|kind| LinearId {
@@ -207,17 +205,16 @@ pub(crate) fn quantize_sequential(
                     .par_iter_mut()
                     .try_for_each(|x| -> Result<(), ModelQuantError> {
                         let mut session = golden.new_session();
-                        for row in x.chunks_exact_mut(d) {
-                            golden.advance_block(&mut session, 0, row)?;
-                        }
+                        golden.advance_block_tokens(&mut session, 0, x)?;
                         Ok(())
                     })?;
             }
             Sequential::Dequant => {
                 let block = dequantized_block(m, b, &quantized)?;
-                for x in &mut stream {
-                    m.run_block(b, Some(&block), x, None)?;
-                }
+                in_pairs(stream.iter_mut().collect(), |x| {
+                    m.run_block(b, Some(&block), x, None)
+                        .map_err(ModelQuantError::from)
+                })?;
             }
         }
         layers.extend(quantized);
@@ -237,11 +234,13 @@ pub(crate) fn quantize_sequential(
             }
             out
         };
-        for (w, x) in stream.iter().enumerate() {
+        for (x, x_fp) in stream.iter().zip(&stream_fp) {
             let n = x.len() / d;
             let xq = norm(x);
+            let x_fp = norm(x_fp);
+            f32_record.linear_input(head_id, &x_fp, n);
             if asym {
-                calib.observe_pair(head_id, &xq, &norm(&stream_fp[w]), n);
+                calib.observe_pair(head_id, &xq, &x_fp, n);
             } else {
                 calib.linear_input(head_id, &xq, n);
             }
@@ -257,7 +256,37 @@ pub(crate) fn quantize_sequential(
     // Forward order, as `quantize_model_with` returns them.
     let order: Vec<LinearId> = job.weights.iter().map(|(id, _)| *id).collect();
     layers.sort_by_key(|l| order.iter().position(|&i| i == l.id));
-    Ok((layers, records))
+    Ok((layers, records, f32_record))
+}
+
+/// `f` of every item, in order, two items at a time on scoped threads: a
+/// block pass of one window keeps the model's pool about 70 % busy (its
+/// norms, rotary embedding and attention bookkeeping run on one thread),
+/// as [`Calibration`]'s own passes found.
+fn in_pairs<I: Send, T: Send>(
+    items: Vec<I>,
+    f: impl Fn(I) -> Result<T, ModelQuantError> + Sync,
+) -> Result<Vec<T>, ModelQuantError> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut items = items.into_iter();
+    while let Some(first) = items.next() {
+        let second = items.next();
+        let f = &f;
+        let (a, b) = std::thread::scope(|s| {
+            let second = second.map(|item| s.spawn(move || f(item)));
+            let a = f(first);
+            let b = second.map(|h| match h.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            });
+            (a, b)
+        });
+        out.push(a?);
+        if let Some(b) = b {
+            out.push(b?);
+        }
+    }
+    Ok(out)
 }
 
 /// The matrices `ids` (those the policy quantizes) quantized with `calib`,
