@@ -47,13 +47,15 @@ impl GraphConfig {
         }
     }
 
-    /// The quantization settings as model.toml's [`QuantConfig`].
+    /// The quantization settings the graph carries as model.toml's
+    /// [`QuantConfig`]: the format and the rotation. How the quantizer
+    /// calibrates (`sequential`, `asymmetric`) picks other weights of the
+    /// same format and is not the graph's; it reads as the defaults here.
     pub fn quant(&self) -> QuantConfig {
         QuantConfig {
-            scheme: self.scheme,
-            group_size: self.group_size,
-            group_size_of: self.group_size_of,
             rotation: self.rotation,
+            group_size_of: self.group_size_of,
+            ..QuantConfig::uniform(self.scheme, self.group_size)
         }
     }
 

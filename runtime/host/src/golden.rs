@@ -14,11 +14,11 @@
 use std::path::{Path, PathBuf};
 
 use q35_contract::{GoldenHead, GoldenModel, IntMatrix, QuantScheme, QuantizedMatrix};
-use q35_model::{MATRIX_KINDS, QuantConfig, Rotation};
+use q35_model::{MATRIX_KINDS, QuantConfig, Rotation, SequentialCalibration};
 use q35_quant::golden::from_reference;
 use q35_quant::model::{
-    Methods, QuantPipeline, SchemePolicy, StreamRotation, model_weights, quantize_model_with,
-    rotate_stream_model,
+    Methods, QuantPipeline, SchemePolicy, Sequential, StreamRotation, model_weights,
+    quantize_model_with, rotate_stream_model,
 };
 use q35_quant::quantize::QuantOptions;
 use q35_reference::{LinearId, LinearKind, Model};
@@ -154,6 +154,12 @@ pub fn methods(quant: &QuantConfig) -> Methods {
             Rotation::None => None,
             Rotation::BlockHadamard => Some(StreamRotation::BlockHadamard),
         },
+        sequential: match quant.sequential {
+            SequentialCalibration::None => None,
+            SequentialCalibration::Int8 => Some(Sequential::Int8),
+            SequentialCalibration::Dequant => Some(Sequential::Dequant),
+        },
+        asymmetric: quant.asymmetric,
         ..Methods::default()
     };
     for (kind, size) in MATRIX_KINDS.iter().zip(quant.group_size_of) {

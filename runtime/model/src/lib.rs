@@ -91,6 +91,53 @@ pub struct QuantConfig {
     /// `[quantization] rotation`: the residual-stream rotation the model is
     /// quantized and run with (docs/q35-format.md 14.5).
     pub rotation: Rotation,
+    /// `[quantization] sequential`: how the quantizer calibrates (block by
+    /// block or all on the f32 model; docs/q35-format.md 14.6). A choice of
+    /// weights only: the contract and the machine are the same.
+    pub sequential: SequentialCalibration,
+    /// `[quantization] asymmetric`: GPTAQ's asymmetric target of this
+    /// strength in `(0, 1]` (needs `sequential`); `None`: plain GPTQ.
+    pub asymmetric: Option<f32>,
+}
+
+/// model.toml's `[quantization] sequential`: which inputs each matrix is
+/// calibrated on (docs/q35-format.md 14.1 and 14.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SequentialCalibration {
+    /// Every matrix on the f32 model's inputs (the default).
+    #[default]
+    None,
+    /// Block by block, each block's matrices on the inputs the blocks
+    /// before it produce once quantized, run as the golden integer model
+    /// runs them (int8 activations).
+    Int8,
+    /// Block by block, the quantized blocks run in f32 with their
+    /// dequantized weights.
+    Dequant,
+}
+
+impl SequentialCalibration {
+    /// Every choice, as model.toml spells them.
+    pub const ALL: [SequentialCalibration; 3] = [
+        SequentialCalibration::None,
+        SequentialCalibration::Int8,
+        SequentialCalibration::Dequant,
+    ];
+
+    /// The model.toml spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SequentialCalibration::None => "none",
+            SequentialCalibration::Int8 => "int8",
+            SequentialCalibration::Dequant => "dequant",
+        }
+    }
+}
+
+impl std::fmt::Display for SequentialCalibration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// model.toml's `[quantization] rotation`: whether the residual stream is
@@ -154,6 +201,8 @@ impl QuantConfig {
             group_size,
             group_size_of: [None; MATRIX_KINDS.len()],
             rotation: Rotation::None,
+            sequential: SequentialCalibration::None,
+            asymmetric: None,
         }
     }
 

@@ -16,7 +16,7 @@ use crate::Chips;
 use crate::arch::{self, Architecture, LLAMA_FAMILY};
 use crate::{
     DEFAULT_GROUP_SIZE, GROUP_QUANTUM, MATRIX_KINDS, ModelError, ModelSpec, QuantConfig,
-    QuantScheme, Rotation, RuntimeLimits, WeightSource,
+    QuantScheme, Rotation, RuntimeLimits, SequentialCalibration, WeightSource,
 };
 
 // ---- the raw schema ------------------------------------------------------
@@ -91,6 +91,8 @@ struct RawQuant {
     group_size: Option<Spanned<u32>>,
     group_size_of: Option<std::collections::BTreeMap<Spanned<String>, Spanned<u32>>>,
     rotation: Option<Spanned<String>>,
+    sequential: Option<Spanned<String>>,
+    asymmetric: Option<Spanned<f64>>,
     calibration: Option<Spanned<String>>,
     #[expect(
         dead_code,
@@ -574,6 +576,52 @@ fn quantization_table(cx: &Cx<'_>, q: Option<&RawQuant>) -> Result<QuantConfig, 
                     ),
                 )
             })?;
+    }
+    if let Some(m) = q.and_then(|q| q.sequential.as_ref()) {
+        config.sequential = SequentialCalibration::ALL
+            .into_iter()
+            .find(|k| k.as_str() == m.get_ref())
+            .ok_or_else(|| {
+                cx.invalid(
+                    Some(m.span()),
+                    "quantization.sequential",
+                    format!(
+                        "unknown sequential calibration `{}`; expected one of: {}",
+                        m.get_ref(),
+                        SequentialCalibration::ALL.map(|k| k.as_str()).join(", ")
+                    ),
+                )
+            })?;
+        if config.sequential != SequentialCalibration::None
+            && q.and_then(|q| q.calibration.as_ref()).is_none()
+        {
+            return Err(cx.invalid(
+                Some(m.span()),
+                "quantization.sequential",
+                format!(
+                    "`{}` calibrates block by block on a text: it needs `calibration`",
+                    m.get_ref()
+                ),
+            ));
+        }
+    }
+    if let Some(a) = q.and_then(|q| q.asymmetric.as_ref()) {
+        let v = *a.get_ref();
+        if !(v > 0.0 && v <= 1.0) {
+            return Err(cx.invalid(
+                Some(a.span()),
+                "quantization.asymmetric",
+                format!("{v} is not a strength in (0, 1]"),
+            ));
+        }
+        if config.sequential == SequentialCalibration::None {
+            return Err(cx.invalid(
+                Some(a.span()),
+                "quantization.asymmetric",
+                "the asymmetric target needs `sequential = \"int8\"` or `\"dequant\"` (without it every matrix sees the f32 model's inputs, and there is no asymmetry to correct)".to_owned(),
+            ));
+        }
+        config.asymmetric = Some(v as f32);
     }
     let overrides = q.and_then(|q| q.group_size_of.as_ref());
     for (kind, size) in overrides.into_iter().flatten() {

@@ -526,6 +526,73 @@ fn rotation_setting() {
     );
 }
 
+/// `[quantization] sequential` and `asymmetric`: off unless given; the
+/// modes by name, a strength in (0, 1] that needs a sequential mode, and a
+/// sequential mode that needs a calibration text; anything else names the
+/// file, line and key.
+#[test]
+fn sequential_calibration_setting() {
+    use q35_model::SequentialCalibration as S;
+    let m = spec(TINY, "t.toml").unwrap();
+    assert_eq!((m.quant.sequential, m.quant.asymmetric), (S::None, None));
+    let calib = "calibration = \"calib.txt\"\n";
+    for (text, want) in [
+        ("none", S::None),
+        ("int8", S::Int8),
+        ("dequant", S::Dequant),
+    ] {
+        let m = spec(
+            &format!("{TINY}[quantization]\n{calib}sequential = \"{text}\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!((m.quant.sequential, want.as_str()), (want, text));
+    }
+    let m = spec(
+        &format!("{TINY}[quantization]\n{calib}sequential = \"dequant\"\nasymmetric = 0.25\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(m.quant.asymmetric, Some(0.25));
+    let line = TINY.lines().count() + 3;
+    let e = err(&format!(
+        "{TINY}[quantization]\n{calib}sequential = \"fp8\"\n"
+    ));
+    assert!(
+        e.contains(&format!("bad.toml:{line}:14: `quantization.sequential`"))
+            && e.contains(
+                "unknown sequential calibration `fp8`; expected one of: none, int8, dequant"
+            ),
+        "{e}"
+    );
+    // Block by block needs a text to calibrate on.
+    let e = err(&format!("{TINY}[quantization]\nsequential = \"int8\"\n"));
+    assert!(
+        e.contains("`quantization.sequential`") && e.contains("it needs `calibration`"),
+        "{e}"
+    );
+    // The asymmetric target needs a sequential mode and a strength in (0, 1].
+    let e = err(&format!("{TINY}[quantization]\n{calib}asymmetric = 0.25\n"));
+    assert!(
+        e.contains(&format!("bad.toml:{line}:14: `quantization.asymmetric`"))
+            && e.contains("needs `sequential"),
+        "{e}"
+    );
+    for bad in ["0.0", "1.5", "-0.25", "nan"] {
+        let e = err(&format!(
+            "{TINY}[quantization]\n{calib}sequential = \"int8\"\nasymmetric = {bad}\n"
+        ));
+        assert!(
+            e.contains("`quantization.asymmetric`") && e.contains("is not a strength in (0, 1]"),
+            "{bad}: {e}"
+        );
+    }
+    let e = err(&format!(
+        "{TINY}[quantization]\n{calib}sequential = \"int8\"\nasymmetric = \"high\"\n"
+    ));
+    assert!(e.contains("bad.toml:") && e.contains("invalid type"), "{e}");
+}
+
 /// `[target] chips`: the system a model is split over (1 unless given; a
 /// count of at least 1 or "auto"; anything else is refused at its key;
 /// alone it keeps the default target).

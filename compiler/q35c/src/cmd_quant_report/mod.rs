@@ -136,9 +136,18 @@ pub struct QuantReportArgs {
     /// GPTAQ's asymmetric calibration of strength ALPHA in [0, 1] (needs
     /// --sequential): each matrix is quantized towards the target that
     /// makes GPTQ match the f32 model's output from its own inputs; 0 is
-    /// plain GPTQ on the sequential inputs (docs section 14).
+    /// plain GPTQ on the sequential inputs (docs section 14). Without
+    /// --sequential or --no-sequential, the model.toml's `[quantization]
+    /// sequential` and `asymmetric` apply (dequant and 0.25 for
+    /// examples/smollm2-135m.toml); with --sequential, this flag alone sets
+    /// the strength.
     #[arg(long, value_name = "ALPHA")]
     pub asymmetric: Option<f32>,
+    /// Calibrate every matrix on the f32 model's inputs even if the
+    /// model.toml's `[quantization] sequential` asks for block-by-block
+    /// calibration.
+    #[arg(long, conflicts_with_all = ["sequential", "asymmetric"])]
+    pub no_sequential: bool,
     /// Calibration rows kept per layer for the layer-output error.
     #[arg(long, default_value_t = CALIB_SAMPLES)]
     pub samples: usize,
@@ -254,8 +263,8 @@ fn resolve(args: &QuantReportArgs) -> anyhow::Result<Inputs> {
         Some(p) => Some(loaded.text_tokens(&read_utf8(p)?)),
         None => None,
     };
-    let mut methods = parse_methods(args)?;
     let toml_methods = q35_host::golden::methods(&loaded.quant);
+    let mut methods = parse_methods(args, &toml_methods)?;
     if args.group.is_none() && args.group_of.is_empty() {
         methods.group_overrides = toml_methods.group_overrides;
     }
@@ -275,7 +284,7 @@ fn resolve(args: &QuantReportArgs) -> anyhow::Result<Inputs> {
 }
 
 /// The accuracy methods the flags ask for.
-fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
+fn parse_methods(args: &QuantReportArgs, toml: &Methods) -> anyhow::Result<Methods> {
     let act_scales = match args.act_scales.as_str() {
         "token" => ActivationScales::PerToken,
         "group" => ActivationScales::PerGroup,
@@ -286,18 +295,32 @@ fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
     {
         anyhow::bail!("--smooth {a}: the strength must be in 0..=1");
     }
+    // The model.toml's sequential calibration applies unless a flag
+    // chooses (`--sequential`, `--no-sequential`).
+    let (sequential, asymmetric) = match (args.sequential, args.no_sequential) {
+        (Some(mode), _) => (Some(mode), args.asymmetric),
+        (None, true) => (None, None),
+        (None, false) => (toml.sequential, args.asymmetric.or(toml.asymmetric)),
+    };
     if let Some(a) = args.asymmetric {
         if !(0.0..=1.0).contains(&a) {
             anyhow::bail!("--asymmetric {a}: the strength must be in [0, 1]");
         }
-        if args.sequential.is_none() {
+        if sequential.is_none() {
             anyhow::bail!(
                 "--asymmetric {a} needs --sequential int8|dequant (without it every matrix sees the f32 model's inputs)"
             );
         }
     }
-    if args.sequential.is_some() && args.rotate_down {
-        anyhow::bail!("--sequential cannot be combined with --rotate-down");
+    if let Some(mode) = sequential
+        && args.rotate_down
+    {
+        match args.sequential {
+            Some(_) => anyhow::bail!("--sequential cannot be combined with --rotate-down"),
+            None => anyhow::bail!(
+                "--rotate-down cannot be combined with the model.toml's `[quantization] sequential = \"{mode}\"` (add --no-sequential)"
+            ),
+        }
     }
     let mut methods = Methods {
         act_scales,
@@ -308,8 +331,8 @@ fn parse_methods(args: &QuantReportArgs) -> anyhow::Result<Methods> {
         rotate_stream: args.rotate_stream,
         rotate_head: args.rotate_head,
         gptq_span: args.gptq_span,
-        sequential: args.sequential,
-        asymmetric: args.asymmetric,
+        sequential,
+        asymmetric,
         ..Methods::default()
     };
     for item in &args.group_of {
