@@ -411,23 +411,6 @@ impl GoldenModel {
         self.act_scales
     }
 
-    /// `m x`, reusing `act` (the quantization of `x` made for `first`)
-    /// unless per-group scales need `m`'s own grouping.
-    fn matvec_shared(
-        &self,
-        m: &IntMatrix,
-        x: &[f32],
-        act: &QAct,
-        first: &IntMatrix,
-    ) -> Result<Vec<f32>, GoldenError> {
-        match act {
-            QAct::Group(_) if m.group_size() != first.group_size() => {
-                matvec(m, &self.quantize_for(x, m)?)
-            }
-            QAct::Token(_) | QAct::Group(_) => matvec(m, act),
-        }
-    }
-
     /// `x` quantized for the matmuls with `m`'s group size.
     fn quantize_for(&self, x: &[f32], m: &IntMatrix) -> Result<QAct, GoldenError> {
         match self.act_scales {
@@ -540,7 +523,7 @@ impl GoldenModel {
             semantics::mix_along_lanes(mix, &self.embedding[t * d..(t + 1) * d], &mut x);
         }
         for bi in 0..self.blocks.len() {
-            self.block_step(session, bi, pos, &mut x)?;
+            self.block_rows(session, bi, pos, &mut x)?;
         }
         session.len += 1;
         Ok(x)
@@ -587,7 +570,7 @@ impl GoldenModel {
                 max: self.max_positions,
             });
         }
-        self.block_step(session, block, pos, x)
+        self.block_rows(session, block, pos, x)
     }
 
     /// [`Self::advance_block`] of every token of `xs` (rows of `hidden`
@@ -605,7 +588,7 @@ impl GoldenModel {
         xs: &mut [f32],
     ) -> Result<(), GoldenError> {
         let a = &self.arch;
-        let (d, hd, kvd) = (a.hidden as usize, a.head_dim as usize, a.kv_dim() as usize);
+        let (d, kvd) = (a.hidden as usize, a.kv_dim() as usize);
         if block >= self.blocks.len() || session.keys.len() != self.blocks.len() {
             return Err(GoldenError::Invalid(format!(
                 "block {block} of a session holding {} blocks, the model has {}",
@@ -631,7 +614,24 @@ impl GoldenModel {
                 max: self.max_positions,
             });
         }
-        let b = &self.blocks[block];
+        self.block_rows(session, block, pos0, xs)
+    }
+
+    /// Block `bi` of the forward pass (docs/q35-format.md 8.5) for the
+    /// tokens of `xs` (rows of `hidden` values) at positions `pos0..`, each
+    /// residual updated in place: the matrices token-batched, attention
+    /// position by position. One row is [`Self::advance`]'s step.
+    fn block_rows(
+        &self,
+        session: &mut GoldenSession,
+        bi: usize,
+        pos0: usize,
+        xs: &mut [f32],
+    ) -> Result<(), GoldenError> {
+        let a = &self.arch;
+        let (d, hd, kvd) = (a.hidden as usize, a.head_dim as usize, a.kv_dim() as usize);
+        let n = xs.len() / d;
+        let b = &self.blocks[bi];
         let (heads, kv_heads, ffn) = (a.heads as usize, a.kv_heads as usize, a.ffn as usize);
         let scale = 1.0f32 / (hd as f32).sqrt();
         let group = heads / kv_heads;
@@ -659,9 +659,9 @@ impl GoldenModel {
                 rope_in_place(head, pos0 + t, &self.rope);
             }
         }
-        session.keys[block].extend_from_slice(&k);
-        session.values[block].extend_from_slice(&v);
-        let (kc, vc) = (&session.keys[block], &session.values[block]);
+        session.keys[bi].extend_from_slice(&k);
+        session.values[bi].extend_from_slice(&v);
+        let (kc, vc) = (&session.keys[bi], &session.values[bi]);
         // Token t attends to positions 0..=pos0 + t, all cached now.
         let mut att = vec![0f32; n * heads * hd];
         att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
@@ -734,70 +734,6 @@ impl GoldenModel {
             }
             _ => matmul_tokens(m, acts),
         }
-    }
-
-    /// Block `bi` of the forward pass (docs/q35-format.md 8.5) for the token
-    /// at `pos`, its residual `x` updated in place.
-    fn block_step(
-        &self,
-        session: &mut GoldenSession,
-        bi: usize,
-        pos: usize,
-        x: &mut [f32],
-    ) -> Result<(), GoldenError> {
-        let a = &self.arch;
-        let b = &self.blocks[bi];
-        let (d, hd) = (a.hidden as usize, a.head_dim as usize);
-        let (heads, kv_heads, ffn) = (a.heads as usize, a.kv_heads as usize, a.ffn as usize);
-        let mut h = vec![0f32; d];
-        let scale = 1.0f32 / (hd as f32).sqrt();
-        let group = heads / kv_heads;
-        rmsnorm(x, &b.attn_norm, a.norm_eps, &mut h);
-        let act = self.quantize_for(&h, &b.q)?;
-        let mut q = matvec(&b.q, &act)?;
-        let mut k = self.matvec_shared(&b.k, &h, &act, &b.q)?;
-        let v = self.matvec_shared(&b.v, &h, &act, &b.q)?;
-        for head in q.chunks_exact_mut(hd) {
-            rope_in_place(head, pos, &self.rope);
-        }
-        for head in k.chunks_exact_mut(hd) {
-            rope_in_place(head, pos, &self.rope);
-        }
-        session.keys[bi].extend_from_slice(&k);
-        session.values[bi].extend_from_slice(&v);
-        let (kc, vc) = (&session.keys[bi], &session.values[bi]);
-        let kvd = kv_heads * hd;
-        let n = pos + 1;
-        let mut att = vec![0f32; heads * hd];
-        att.par_chunks_mut(hd).enumerate().for_each(|(head, out)| {
-            let kvh = head / group;
-            // This kv head's row of position j, read in place.
-            let row = |j: usize| j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd;
-            let mut scores = Vec::with_capacity(n);
-            semantics::attention_head_rows(
-                &q[head * hd..(head + 1) * hd],
-                n,
-                |j| &kc[row(j)],
-                |j| &vc[row(j)],
-                scale,
-                &mut scores,
-                out,
-            );
-        });
-        let o = matvec(&b.o, &self.quantize_for(&att, &b.o)?)?;
-        add_in_place(x, &o);
-        rmsnorm(x, &b.ffn_norm, a.norm_eps, &mut h);
-        let act = self.quantize_for(&h, &b.gate)?;
-        let g = matvec(&b.gate, &act)?;
-        let u = self.matvec_shared(&b.up, &h, &act, &b.gate)?;
-        let mut s = vec![0f32; ffn];
-        swiglu(&g, &u, &mut s);
-        if let Some((signs, group)) = &self.down_rotation {
-            semantics::rotate_groups(&mut s, signs, *group);
-        }
-        let down = matvec(&b.down, &self.quantize_for(&s, &b.down)?)?;
-        add_in_place(x, &down);
-        Ok(())
     }
 
     /// Final RMSNorm and LM head of a residual from [`Self::advance`].
