@@ -57,7 +57,7 @@ fn accumulate_tiles<const I: usize, const J: usize>(
         for j0 in ((i0 / J) * J..n).step_by(J) {
             let j1 = (j0 + J).min(n);
             if i1 - i0 == I && j1 - j0 == J {
-                tile::<I, J>(block, n, &tokens, i0, j0);
+                tile::<I, J>(block, n, &tokens, &tokens, i0, j0);
             } else {
                 for i in i0..i1 {
                     for j in j0.max(i)..j1 {
@@ -78,12 +78,14 @@ fn accumulate_tiles<const I: usize, const J: usize>(
     }
 }
 
-/// Sums of rows `i0..i0 + I`, columns `j0..j0 + J` over every token.
+/// Sums of rows `i0..i0 + I`, columns `j0..j0 + J` over every token:
+/// `left[t][i] * right[t][j]` added token by token.
 #[inline(always)]
 fn tile<const I: usize, const J: usize>(
     block: &mut [f32],
     n: usize,
-    tokens: &[&[f32]],
+    left: &[&[f32]],
+    right: &[&[f32]],
     i0: usize,
     j0: usize,
 ) {
@@ -91,9 +93,9 @@ fn tile<const I: usize, const J: usize>(
     for (a, row) in acc.iter_mut().enumerate() {
         row.copy_from_slice(&block[(i0 + a) * n + j0..][..J]);
     }
-    for x in tokens {
-        let xj: &[f32; J] = x[j0..j0 + J].try_into().expect("tile width");
-        let xi: &[f32; I] = x[i0..i0 + I].try_into().expect("tile height");
+    for (l, r) in left.iter().zip(right) {
+        let xj: &[f32; J] = r[j0..j0 + J].try_into().expect("tile width");
+        let xi: &[f32; I] = l[i0..i0 + I].try_into().expect("tile height");
         for (row, &v) in acc.iter_mut().zip(xi) {
             for (s, &w) in row.iter_mut().zip(xj) {
                 *s += v * w;
@@ -109,7 +111,9 @@ fn tile<const I: usize, const J: usize>(
 /// `d_t` and `x_t` are `delta[t * stride + lo ..][..n]` and
 /// `rows[t * stride + lo ..][..n]`, token by token in token order, each
 /// element's products added one token at a time (the asymmetric term's
-/// cross moments, docs/q35-format.md section 14).
+/// cross moments, docs/q35-format.md section 14). The same register tiles
+/// as [`accumulate`], over the whole block (it is not symmetric), so every
+/// sum is the plain loop's.
 pub(crate) fn accumulate_cross(
     block: &mut [f32],
     n: usize,
@@ -122,11 +126,58 @@ pub(crate) fn accumulate_cross(
         block.len() == n * n && lo + n <= stride && delta.len() == rows.len(),
         "cross moment shape"
     );
-    for (d, x) in delta.chunks_exact(stride).zip(rows.chunks_exact(stride)) {
-        let (d, x) = (&d[lo..lo + n], &x[lo..lo + n]);
-        for (row, &di) in block.chunks_exact_mut(n).zip(d) {
-            for (s, &xj) in row.iter_mut().zip(x) {
-                *s += di * xj;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { accumulate_cross_avx2(block, n, delta, rows, stride, lo) };
+            return;
+        }
+    }
+    accumulate_cross_tiles::<4, 8>(block, n, delta, rows, stride, lo);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn accumulate_cross_avx2(
+    block: &mut [f32],
+    n: usize,
+    delta: &[f32],
+    rows: &[f32],
+    stride: usize,
+    lo: usize,
+) {
+    accumulate_cross_tiles::<8, 16>(block, n, delta, rows, stride, lo);
+}
+
+/// Every tile of `I` rows by `J` columns (edge tiles element by element).
+#[inline(always)]
+fn accumulate_cross_tiles<const I: usize, const J: usize>(
+    block: &mut [f32],
+    n: usize,
+    delta: &[f32],
+    rows: &[f32],
+    stride: usize,
+    lo: usize,
+) {
+    let ds: Vec<&[f32]> = delta.chunks_exact(stride).map(|r| &r[lo..lo + n]).collect();
+    let xs: Vec<&[f32]> = rows.chunks_exact(stride).map(|r| &r[lo..lo + n]).collect();
+    for i0 in (0..n).step_by(I) {
+        let i1 = (i0 + I).min(n);
+        for j0 in (0..n).step_by(J) {
+            let j1 = (j0 + J).min(n);
+            if i1 - i0 == I && j1 - j0 == J {
+                tile::<I, J>(block, n, &ds, &xs, i0, j0);
+            } else {
+                for i in i0..i1 {
+                    for j in j0..j1 {
+                        let mut s = block[i * n + j];
+                        for (d, x) in ds.iter().zip(&xs) {
+                            s += d[i] * x[j];
+                        }
+                        block[i * n + j] = s;
+                    }
+                }
             }
         }
     }
@@ -187,22 +238,37 @@ mod tests {
 
     #[test]
     fn cross_moments_are_the_plain_sums() {
-        let (n, stride, lo) = (5, 9, 3);
-        let rows = values(4 * stride, 11);
-        let delta = values(4 * stride, 12);
-        let mut got = vec![0f32; n * n];
-        accumulate_cross(&mut got, n, &delta, &rows, stride, lo);
-        for i in 0..n {
-            for j in 0..n {
-                let mut want = 0f32;
-                for t in 0..4 {
-                    want += delta[t * stride + lo + i] * rows[t * stride + lo + j];
+        // Tiny, full tiles with ragged edges, a tail group; several calls
+        // (sums carried over), on every tile shape and the dispatched path.
+        for (n, stride, lo, tokens) in [(5, 9, 3, 4), (128, 576, 0, 37), (37, 50, 13, 9)] {
+            let mut want = vec![0f32; n * n];
+            let mut got: [Vec<f32>; 3] = std::array::from_fn(|_| vec![0f32; n * n]);
+            for call in 0..2u64 {
+                let rows = values(tokens * stride, 11 + call);
+                let delta = values(tokens * stride, 12 + call);
+                for i in 0..n {
+                    for j in 0..n {
+                        let mut s = want[i * n + j];
+                        for t in 0..tokens {
+                            s += delta[t * stride + lo + i] * rows[t * stride + lo + j];
+                        }
+                        want[i * n + j] = s;
+                    }
                 }
-                assert_eq!(got[i * n + j].to_bits(), want.to_bits(), "({i}, {j})");
+                accumulate_cross(&mut got[0], n, &delta, &rows, stride, lo);
+                accumulate_cross_tiles::<4, 8>(&mut got[1], n, &delta, &rows, stride, lo);
+                accumulate_cross_tiles::<8, 16>(&mut got[2], n, &delta, &rows, stride, lo);
+                for g in &got {
+                    assert_eq!(
+                        g.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "n {n}, call {call}"
+                    );
+                }
             }
+            // Not symmetric in general.
+            assert_ne!(got[0][1].to_bits(), got[0][n].to_bits());
         }
-        // Not symmetric in general.
-        assert_ne!(got[1].to_bits(), got[n].to_bits());
     }
 
     #[test]
