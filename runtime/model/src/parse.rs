@@ -562,36 +562,24 @@ fn quantization_table(cx: &Cx<'_>, q: Option<&RawQuant>) -> Result<QuantConfig, 
     )?;
     let mut config = QuantConfig::uniform(scheme, group);
     if let Some(r) = q.and_then(|q| q.rotation.as_ref()) {
-        config.rotation = Rotation::ALL
-            .into_iter()
-            .find(|k| k.as_str() == r.get_ref())
-            .ok_or_else(|| {
-                cx.invalid(
-                    Some(r.span()),
-                    "quantization.rotation",
-                    format!(
-                        "unknown rotation `{}`; expected one of: {}",
-                        r.get_ref(),
-                        Rotation::NAMES.join(", ")
-                    ),
-                )
-            })?;
+        config.rotation = by_name(
+            cx,
+            r,
+            "quantization.rotation",
+            "rotation",
+            &Rotation::ALL,
+            Rotation::as_str,
+        )?;
     }
     if let Some(m) = q.and_then(|q| q.sequential.as_ref()) {
-        config.sequential = SequentialCalibration::ALL
-            .into_iter()
-            .find(|k| k.as_str() == m.get_ref())
-            .ok_or_else(|| {
-                cx.invalid(
-                    Some(m.span()),
-                    "quantization.sequential",
-                    format!(
-                        "unknown sequential calibration `{}`; expected one of: {}",
-                        m.get_ref(),
-                        SequentialCalibration::ALL.map(|k| k.as_str()).join(", ")
-                    ),
-                )
-            })?;
+        config.sequential = by_name(
+            cx,
+            m,
+            "quantization.sequential",
+            "sequential calibration",
+            &SequentialCalibration::ALL,
+            SequentialCalibration::as_str,
+        )?;
         if config.sequential != SequentialCalibration::None
             && q.and_then(|q| q.calibration.as_ref()).is_none()
         {
@@ -668,6 +656,33 @@ fn quantization_table(cx: &Cx<'_>, q: Option<&RawQuant>) -> Result<QuantConfig, 
 }
 
 /// A group size Q35 can pack: a multiple of [`GROUP_QUANTUM`] up to 4096.
+/// The member of `all` spelled `value` (by `name`), else an error at `key`
+/// naming `what` and every spelling.
+fn by_name<T: Copy>(
+    cx: &Cx<'_>,
+    value: &Spanned<String>,
+    key: &str,
+    what: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<T, ModelError> {
+    all.iter()
+        .copied()
+        .find(|&k| name(k) == value.get_ref())
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|&k| name(k)).collect();
+            cx.invalid(
+                Some(value.span()),
+                key,
+                format!(
+                    "unknown {what} `{}`; expected one of: {}",
+                    value.get_ref(),
+                    names.join(", ")
+                ),
+            )
+        })
+}
+
 fn check_group_size(
     cx: &Cx<'_>,
     group: u32,

@@ -33,6 +33,10 @@ use super::{
     Command, Cycle, Hazard, HazardKind, MxmError, Output, OverflowSite, PlaneConfig, RunResult,
     WeightTile, check_command, earlier, issue_order,
 };
+// Which build of the row kernel the host runs: the same Rust compiled for
+// AVX-512 (BW), for AVX2, or for the baseline target. The level the golden
+// model's group sums detect (the same CPU features) chooses it.
+use q35_contract::dots::{self, DotLevel as Kernel};
 
 /// The fast model of one plane's state.
 #[derive(Debug, Clone)]
@@ -175,7 +179,7 @@ impl FastPlane {
             always_safe: config.rows as i64 * 128 * 128 <= config.acc_max(),
             partial: vec![0; config.cols],
             overflowed: vec![false; config.cols],
-            kernel: Kernel::detect(),
+            kernel: dots::dot_level(),
             active_safe: vec![true; config.cols],
             shadow_safe: vec![true; config.cols],
             acc: vec![0; config.cols],
@@ -487,31 +491,6 @@ impl FastPlane {
     }
 }
 
-/// Which build of the row kernel the host runs: the same Rust compiled
-/// for AVX-512 (BW), for AVX2, or for the baseline target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
-impl Kernel {
-    /// The widest build the host runs.
-    fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512bw") {
-                return Kernel::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Kernel::Avx2;
-            }
-        }
-        Kernel::Portable
-    }
-}
-
 /// Columns a [`block_lanes`] pass keeps in registers.
 const CHUNK: usize = 32;
 
@@ -565,7 +544,7 @@ fn block_avx2(acc: &mut [i32], rows: &[i8], xs: &[i8]) {
 /// [`block_lanes`], compiled for the host's widest [`Kernel`].
 fn block(kernel: Kernel, acc: &mut [i32], rows: &[i8], xs: &[i8]) {
     match kernel {
-        // SAFETY: `Kernel::detect` found the host runs these instructions.
+        // SAFETY: `dots::dot_level` found the host runs these instructions.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { block_avx512(acc, rows, xs) },
         // SAFETY: as above.
@@ -573,7 +552,7 @@ fn block(kernel: Kernel, acc: &mut [i32], rows: &[i8], xs: &[i8]) {
         Kernel::Avx2 => unsafe { block_avx2(acc, rows, xs) },
         #[cfg(not(target_arch = "x86_64"))]
         Kernel::Avx512 | Kernel::Avx2 => block_lanes(acc, rows, xs),
-        Kernel::Portable => block_lanes(acc, rows, xs),
+        Kernel::Scalar => block_lanes(acc, rows, xs),
     }
 }
 
@@ -750,16 +729,10 @@ mod tests {
 
     #[test]
     fn every_block_kernel_is_the_exact_sum() {
-        let mut kernels = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                kernels.push(Kernel::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512bw") {
-                kernels.push(Kernel::Avx512);
-            }
-        }
+        let kernels: Vec<Kernel> = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512]
+            .into_iter()
+            .filter(|&k| k <= dots::dot_level())
+            .collect();
         // 320 columns (whole chunks), 37 and 70 (a remainder), blocks of 1, 16, 20.
         for (c, b) in [(320, 16), (37, 1), (70, 20), (32, 16)] {
             let mut rows = values(c as u64, b * c);
