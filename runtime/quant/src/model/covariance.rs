@@ -40,8 +40,8 @@ fn accumulate_avx2(block: &mut [f32], n: usize, rows: &[f32], stride: usize, lo:
     accumulate_tiles::<8, 16>(block, n, rows, stride, lo);
 }
 
-/// The upper triangle in tiles of `I` rows by `J` columns (edge tiles
-/// element by element), then the lower triangle mirrored from it.
+/// The upper triangle in tiles of `I` rows by `J` columns, then the lower
+/// triangle mirrored from it.
 #[inline(always)]
 fn accumulate_tiles<const I: usize, const J: usize>(
     block: &mut [f32],
@@ -50,30 +50,51 @@ fn accumulate_tiles<const I: usize, const J: usize>(
     stride: usize,
     lo: usize,
 ) {
-    let tokens: Vec<&[f32]> = rows.chunks_exact(stride).map(|r| &r[lo..lo + n]).collect();
+    let tokens = token_slices(rows, stride, lo, n);
+    sum_tiles::<I, J>(block, n, &tokens, &tokens, true);
+    for i in 1..n {
+        for j in 0..i {
+            block[i * n + j] = block[j * n + i];
+        }
+    }
+}
+
+/// Token `t`'s `n` channels from `lo`: `rows[t * stride + lo ..][..n]`.
+fn token_slices(rows: &[f32], stride: usize, lo: usize, n: usize) -> Vec<&[f32]> {
+    rows.chunks_exact(stride).map(|r| &r[lo..lo + n]).collect()
+}
+
+/// Adds `left[t][i] * right[t][j]` to every `block[i][j]` (only `j >= i`
+/// when `upper`), token by token, in tiles of `I` rows by `J` columns (for
+/// `upper`, from the tile column holding the diagonal on); edge tiles
+/// element by element.
+#[inline(always)]
+fn sum_tiles<const I: usize, const J: usize>(
+    block: &mut [f32],
+    n: usize,
+    left: &[&[f32]],
+    right: &[&[f32]],
+    upper: bool,
+) {
     for i0 in (0..n).step_by(I) {
         let i1 = (i0 + I).min(n);
-        // Columns from the tile column holding the diagonal on.
-        for j0 in ((i0 / J) * J..n).step_by(J) {
+        let first = if upper { (i0 / J) * J } else { 0 };
+        for j0 in (first..n).step_by(J) {
             let j1 = (j0 + J).min(n);
             if i1 - i0 == I && j1 - j0 == J {
-                tile::<I, J>(block, n, &tokens, &tokens, i0, j0);
+                tile::<I, J>(block, n, left, right, i0, j0);
             } else {
                 for i in i0..i1 {
-                    for j in j0.max(i)..j1 {
+                    let from = if upper { j0.max(i) } else { j0 };
+                    for j in from..j1 {
                         let mut s = block[i * n + j];
-                        for x in &tokens {
-                            s += x[i] * x[j];
+                        for (l, r) in left.iter().zip(right) {
+                            s += l[i] * r[j];
                         }
                         block[i * n + j] = s;
                     }
                 }
             }
-        }
-    }
-    for i in 1..n {
-        for j in 0..i {
-            block[i * n + j] = block[j * n + i];
         }
     }
 }
@@ -150,7 +171,7 @@ fn accumulate_cross_avx2(
     accumulate_cross_tiles::<8, 16>(block, n, delta, rows, stride, lo);
 }
 
-/// Every tile of `I` rows by `J` columns (edge tiles element by element).
+/// The whole block in tiles of `I` rows by `J` columns.
 #[inline(always)]
 fn accumulate_cross_tiles<const I: usize, const J: usize>(
     block: &mut [f32],
@@ -160,27 +181,9 @@ fn accumulate_cross_tiles<const I: usize, const J: usize>(
     stride: usize,
     lo: usize,
 ) {
-    let ds: Vec<&[f32]> = delta.chunks_exact(stride).map(|r| &r[lo..lo + n]).collect();
-    let xs: Vec<&[f32]> = rows.chunks_exact(stride).map(|r| &r[lo..lo + n]).collect();
-    for i0 in (0..n).step_by(I) {
-        let i1 = (i0 + I).min(n);
-        for j0 in (0..n).step_by(J) {
-            let j1 = (j0 + J).min(n);
-            if i1 - i0 == I && j1 - j0 == J {
-                tile::<I, J>(block, n, &ds, &xs, i0, j0);
-            } else {
-                for i in i0..i1 {
-                    for j in j0..j1 {
-                        let mut s = block[i * n + j];
-                        for (d, x) in ds.iter().zip(&xs) {
-                            s += d[i] * x[j];
-                        }
-                        block[i * n + j] = s;
-                    }
-                }
-            }
-        }
-    }
+    let ds = token_slices(delta, stride, lo, n);
+    let xs = token_slices(rows, stride, lo, n);
+    sum_tiles::<I, J>(block, n, &ds, &xs, false);
 }
 
 #[cfg(test)]

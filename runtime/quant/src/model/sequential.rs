@@ -447,8 +447,8 @@ pub fn asymmetric_target(
         .collect();
     let mut out = w.to_vec();
     let a = f64::from(alpha);
-    // Rows in tiles of `ROWS` sharing each load of the maps (the row count
-    // need not be a multiple: the last tile is shorter).
+    // Rows in tiles of `TARGET_ROWS` sharing each load of the maps (the
+    // row count need not be a multiple: the last tile is shorter).
     out.par_chunks_mut(cols * TARGET_ROWS).for_each(|rows| {
         target_rows(rows, cols, span, &maps, a);
     });
@@ -501,9 +501,10 @@ fn target_rows_with<const K: usize>(
         let add = &mut add[..R * n];
         add.fill(0.0);
         let w = |r: usize, j: usize| f64::from(rows[r * cols + lo + j]);
-        let full_rows = if n_rows == R { R } else { 0 };
+        // Only a whole tile of rows goes through the register tiles.
+        let tiled = n_rows == R;
         let full_cols = n / K * K;
-        if full_rows == R {
+        if tiled {
             for k0 in (0..full_cols).step_by(K) {
                 let mut acc = [[0f64; K]; R];
                 for j in 0..n {
@@ -524,7 +525,7 @@ fn target_rows_with<const K: usize>(
             }
         }
         for r in 0..n_rows {
-            let first = if r < full_rows { full_cols } else { 0 };
+            let first = if tiled { full_cols } else { 0 };
             for k in first..n {
                 let mut s = 0f64;
                 for j in 0..n {
