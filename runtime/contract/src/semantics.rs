@@ -348,9 +348,7 @@ pub fn mix_along_lanes(m: &[f32], x: &[f32], out: &mut [f32]) {
     let n = x.len();
     debug_assert_eq!(m.len(), n * n);
     debug_assert_eq!(out.len(), n);
-    for (o, row) in out.iter_mut().zip(m.chunks_exact(n)) {
-        *o = dot_f32(row, x);
-    }
+    dot_f32_rows(x, n, |r| &m[r * n..(r + 1) * n], |r, v| out[r] = v);
 }
 
 /// [`mix_along_lanes`] of a block-diagonal `M` (zero outside its diagonal
@@ -489,6 +487,46 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+/// How many [`dot_f32`] chains [`dot_f32_rows`] runs side by side.
+const DOT_ROWS: usize = 8;
+
+/// `out(j, dot_f32(row(j), x))` for every `j < n`, in ascending `j`: each
+/// value exactly [`dot_f32`]'s (the same products, added in the same
+/// ascending order from +0.0), computed [`DOT_ROWS`] rows at a time so
+/// their independent chains of additions overlap instead of each waiting
+/// for the latency of the one before. Every row must be `x.len()` long.
+pub fn dot_f32_rows<'a>(
+    x: &[f32],
+    n: usize,
+    row: impl Fn(usize) -> &'a [f32],
+    mut out: impl FnMut(usize, f32),
+) {
+    let d = x.len();
+    let mut j = 0;
+    while j + DOT_ROWS <= n {
+        let rows: [&[f32]; DOT_ROWS] = std::array::from_fn(|k| {
+            let r = row(j + k);
+            assert_eq!(r.len(), d, "dot_f32_rows: row {} is not {d} long", j + k);
+            r
+        });
+        let mut s = [0f32; DOT_ROWS];
+        for (i, &xi) in x.iter().enumerate() {
+            for (acc, r) in s.iter_mut().zip(&rows) {
+                *acc += r[i] * xi;
+            }
+        }
+        for (k, &v) in s.iter().enumerate() {
+            out(j + k, v);
+        }
+        j += DOT_ROWS;
+    }
+    for j in j..n {
+        let r = row(j);
+        assert_eq!(r.len(), d, "dot_f32_rows: row {j} is not {d} long");
+        out(j, dot_f32(r, x));
+    }
 }
 
 /// RMSNorm in f32:
@@ -706,7 +744,8 @@ pub fn attention_head_rows<'a>(
     out: &mut [f32],
 ) {
     scores.clear();
-    scores.extend((0..n).map(|t| dot_f32(q, key(t)) * scale));
+    scores.resize(n, 0.0);
+    dot_f32_rows(q, n, key, |t, s| scores[t] = s * scale);
     softmax_in_place(scores);
     attention_output(scores, value, out);
 }
@@ -878,6 +917,31 @@ mod tests {
         let mut z = vec![0f32; 576];
         mix_along_lanes(&eye, &y, &mut z);
         assert_eq!(z, y, "the identity mixes nothing");
+    }
+
+    #[test]
+    fn interleaved_dots_are_each_rows_sequential_dot() {
+        // Row counts around the interleave width (none, fewer, exactly,
+        // a ragged tail), lengths down to zero, and rows that round
+        // differently in any other order (a huge term then small ones).
+        for d in [0, 1, 5, 64, 67] {
+            for n in [0, 1, 7, 8, 9, 16, 23] {
+                let x = vector(d, 5 + d as u64);
+                let mut rows = vector(n * d, 9 + n as u64);
+                for (j, r) in rows.chunks_exact_mut(d.max(1)).enumerate() {
+                    if d > 2 && j % 3 == 0 {
+                        r[0] = BIG / x[0].max(1e-3);
+                        r[1] = -r[0];
+                    }
+                }
+                let mut got = vec![f32::NAN; n];
+                dot_f32_rows(&x, n, |j| &rows[j * d..(j + 1) * d], |j, v| got[j] = v);
+                for (j, g) in got.iter().enumerate() {
+                    let want = dot_f32(&rows[j * d..(j + 1) * d], &x);
+                    assert_eq!(g.to_bits(), want.to_bits(), "row {j} of {n}, length {d}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -547,6 +547,9 @@ fn target_rows_with<const K: usize>(
     }
 }
 
+/// Right-hand sides [`asymmetry_map`] solves side by side.
+const SOLVE_ROWS: usize = 4;
+
 /// `dx (H + lambda I)^-1` of one span (`n x n`, row-major), `None` when the
 /// span saw no input or no damping makes `H` positive definite.
 fn asymmetry_map(h: &[f32], dx: &[f32]) -> Option<Vec<f64>> {
@@ -570,25 +573,44 @@ fn asymmetry_map(h: &[f32], dx: &[f32]) -> Option<Vec<f64>> {
                 lt[i * n + k] = l[k * n + i];
             }
         }
-        // Row j of M solves (H + lambda I) m_j = dx_j (H is symmetric).
+        // Row j of M solves (H + lambda I) m_j = dx_j (H is symmetric):
+        // L y = dx_j, then L^T m_j = y. `SOLVE_ROWS` rows at a time, so
+        // their independent chains of subtractions overlap; each row's
+        // arithmetic is the one-row solve's, term for term.
         let mut m = vec![0f64; n * n];
-        for (j, out) in m.chunks_exact_mut(n).enumerate() {
-            let rhs = &dx[j * n..(j + 1) * n];
-            // L y = rhs, then L^T m = y.
-            let mut y = vec![0f64; n];
+        let mut y = vec![0f64; SOLVE_ROWS * n];
+        for (jb, outs) in m.chunks_mut(SOLVE_ROWS * n).enumerate() {
+            let rows = outs.len() / n;
+            let rhs = &dx[jb * SOLVE_ROWS * n..][..rows * n];
             for i in 0..n {
-                let mut s = f64::from(rhs[i]);
-                for k in 0..i {
-                    s -= l[i * n + k] * y[k];
+                let li = &l[i * n..i * n + i];
+                let mut s = [0f64; SOLVE_ROWS];
+                for (r, s) in s.iter_mut().enumerate().take(rows) {
+                    *s = f64::from(rhs[r * n + i]);
                 }
-                y[i] = s / l[i * n + i];
+                for (k, &lik) in li.iter().enumerate() {
+                    for (r, s) in s.iter_mut().enumerate().take(rows) {
+                        *s -= lik * y[r * n + k];
+                    }
+                }
+                for (r, s) in s.iter().enumerate().take(rows) {
+                    y[r * n + i] = s / l[i * n + i];
+                }
             }
             for i in (0..n).rev() {
-                let mut s = y[i];
-                for k in i + 1..n {
-                    s -= lt[i * n + k] * out[k];
+                let lti = &lt[i * n + i + 1..(i + 1) * n];
+                let mut s = [0f64; SOLVE_ROWS];
+                for (r, s) in s.iter_mut().enumerate().take(rows) {
+                    *s = y[r * n + i];
                 }
-                out[i] = s / l[i * n + i];
+                for (k, &ltik) in lti.iter().enumerate() {
+                    for (r, s) in s.iter_mut().enumerate().take(rows) {
+                        *s -= ltik * outs[r * n + i + 1 + k];
+                    }
+                }
+                for (r, s) in s.iter().enumerate().take(rows) {
+                    outs[r * n + i] = s / l[i * n + i];
+                }
             }
         }
         return Some(m);
@@ -682,6 +704,60 @@ mod tests {
                 target_rows(chunk, cols, span, &maps, 0.25);
             }
             assert_eq!(bits(&got), bits(&want), "dispatched, {rows} x {cols}");
+        }
+    }
+
+    /// The side-by-side solve is each row's own solve, bit for bit: spans
+    /// whose row count is and is not a multiple of `SOLVE_ROWS`.
+    #[test]
+    fn batched_solve_is_the_one_row_solve() {
+        fn one_row(h: &[f32], dx: &[f32]) -> Option<Vec<f64>> {
+            let n = h.len().isqrt();
+            let mean = (0..n).map(|i| f64::from(h[i * n + i])).sum::<f64>() / n as f64;
+            let a = crate::quantize::damped(h, n, mean, crate::quantize::DAMPING[0]);
+            let l = crate::quantize::cholesky(&a, n)?;
+            let mut m = vec![0f64; n * n];
+            for (j, out) in m.chunks_exact_mut(n).enumerate() {
+                let mut y = vec![0f64; n];
+                for i in 0..n {
+                    let mut s = f64::from(dx[j * n + i]);
+                    for k in 0..i {
+                        s -= l[i * n + k] * y[k];
+                    }
+                    y[i] = s / l[i * n + i];
+                }
+                for i in (0..n).rev() {
+                    let mut s = y[i];
+                    for k in i + 1..n {
+                        s -= l[k * n + i] * out[k];
+                    }
+                    out[i] = s / l[i * n + i];
+                }
+            }
+            Some(m)
+        }
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 11) as f64 / (1u64 << 53) as f64) as f32 - 0.5
+        };
+        for n in [1usize, 3, 4, 7, 64] {
+            // H = A A^T + I: symmetric positive definite.
+            let a: Vec<f32> = (0..n * n).map(|_| next()).collect();
+            let mut h = vec![0f32; n * n];
+            for i in 0..n {
+                for j in 0..n {
+                    let dot: f32 = (0..n).map(|k| a[i * n + k] * a[j * n + k]).sum();
+                    h[i * n + j] = dot + if i == j { 1.0 } else { 0.0 };
+                }
+            }
+            let dx: Vec<f32> = (0..n * n).map(|_| next()).collect();
+            let want = one_row(&h, &dx).expect("positive definite");
+            let got = asymmetry_map(&h, &dx).expect("positive definite");
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "span of {n}");
         }
     }
 }
