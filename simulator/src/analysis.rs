@@ -65,6 +65,34 @@ pub struct Event {
     pub ins: Instruction,
 }
 
+/// What the attribution of cycles and idle time needs of one issue: half
+/// of an [`Event`], so a step of millions of issues is analysed without
+/// holding its events when no trace asks for them.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    cycle: u64,
+    /// [`Event::extent`] (occupancy and latency are small: `u32` holds any).
+    extent: u32,
+    /// [`Event::busy`].
+    busy: u32,
+    label: u32,
+    queue: QueueId,
+    /// A control instruction (`nop`, `repeat`, `sync`, ...): never in flight.
+    control: bool,
+}
+
+/// Whether [`analyse_events`] keeps every issue in [`StepProfile::events`]
+/// (what a trace and a report are drawn from) or only the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Events {
+    /// Keep them (`--trace`, `--report`).
+    Keep,
+    /// Leave [`StepProfile::events`] empty: the text and JSON profile need
+    /// none of it, and it is the analysis's largest allocation (48 bytes an
+    /// issue: 140 MB for SmolLM2 at context 1024).
+    Drop,
+}
+
 /// Busy cycles of one unit or group of queues.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnitBusy {
@@ -278,7 +306,8 @@ pub struct StepProfile {
     pub idle: Vec<Idle>,
     /// Every label, indexed by [`Event::label`].
     pub labels: Vec<String>,
-    /// Every issue, resolved, in issue order.
+    /// Every issue, resolved, in issue order (empty when analysed with
+    /// [`Events::Drop`]).
     pub events: Vec<Event>,
     /// The machine's peaks per cycle.
     pub peaks: Peaks,
@@ -433,6 +462,18 @@ pub fn analyse_with(
     config: &MachineConfig,
     timeline: &Timeline,
 ) -> StepProfile {
+    analyse_events(debug, loaded, config, timeline, Events::Keep)
+}
+
+/// [`analyse_with`], keeping the issues in [`StepProfile::events`] or not
+/// (every other field is the same either way).
+pub fn analyse_events(
+    debug: Option<q35_lpubin::DebugMap<'_>>,
+    loaded: &Loaded,
+    config: &MachineConfig,
+    timeline: &Timeline,
+    keep: Events,
+) -> StepProfile {
     let target = &config.target;
     let lanes = u64::from(q35_isa::VECTOR_BYTES);
     let mut labels: Vec<String> = Vec::new();
@@ -440,7 +481,11 @@ pub fn analyse_with(
     // Per plane: rows of the shadow and the active weights.
     let mut shadow = [0u64; 4];
     let mut active = [0u64; 4];
-    let mut events = Vec::with_capacity(timeline.issues.len());
+    let mut events = match keep {
+        Events::Keep => Vec::with_capacity(timeline.issues.len()),
+        Events::Drop => Vec::new(),
+    };
+    let mut spans = Vec::with_capacity(timeline.issues.len());
     let mut ops: Vec<Option<OpStat>> = vec![None; labels.len()];
     for issue in &timeline.issues {
         let queue = QueueId::from_index(issue.queue).expect("queue index");
@@ -514,14 +559,24 @@ pub fn analyse_with(
         }
         op.instructions += 1;
         op.work.add(&work);
-        events.push(Event {
+        spans.push(Span {
             cycle: issue.cycle,
-            extent,
-            busy,
-            queue,
+            extent: u32::try_from(extent).unwrap_or(u32::MAX),
+            busy: u32::try_from(busy).unwrap_or(u32::MAX),
             label: id,
-            ins,
+            queue,
+            control: info.unit == Unit::Control,
         });
+        if keep == Events::Keep {
+            events.push(Event {
+                cycle: issue.cycle,
+                extent,
+                busy,
+                queue,
+                label: id,
+                ins,
+            });
+        }
     }
     let alus = QueueId::all().filter(|q| q.unit() == Unit::Vxm).count() as u64;
     let mem_slices = 2 * u64::from(target.mem_slices_per_hemisphere());
@@ -533,7 +588,7 @@ pub fn analyse_with(
     let p = &timeline.profile;
     let total = p.total_cycles();
     let last_cycle = p.last_cycle();
-    let (shares, idle_cycles) = attribute(&events, labels.len(), last_cycle);
+    let (shares, idle_cycles) = attribute(&spans, labels.len(), last_cycle);
     for (op, &share) in ops.iter_mut().zip(&shares) {
         if let Some(op) = op {
             op.cycles = share;
@@ -627,7 +682,8 @@ pub fn analyse_with(
             fraction: frac(p.busy(q), 1),
         });
     }
-    let idle = idle_attribution(&events, &labels, last_cycle);
+    let idle = idle_attribution(&spans, &labels, last_cycle);
+    drop(spans);
     StepProfile {
         total_cycles: total,
         last_cycle,
@@ -680,23 +736,23 @@ fn group(ops: &[OpStat], key: impl Fn(&OpStat) -> String, peaks: &Peaks) -> Vec<
 /// Splits every cycle of `0 .. last` equally among the labels with a
 /// non-control instruction in flight on it (module doc): the cycles of each
 /// label, and the cycles with nothing in flight.
-fn attribute(events: &[Event], labels: usize, last: u64) -> (Vec<f64>, u64) {
+fn attribute(spans: &[Span], labels: usize, last: u64) -> (Vec<f64>, u64) {
     let n = last as usize;
     // Starts and ends by cycle (counting sort: cycles are dense).
     let mut start_at = vec![0u32; n + 1];
     let mut end_at = vec![0u32; n + 1];
-    let live: Vec<(usize, usize, u32)> = events
-        .iter()
-        .filter(|e| e.ins.info().unit != Unit::Control)
-        .filter_map(|e| {
+    let live = || {
+        spans.iter().filter(|e| !e.control).filter_map(|e| {
             let s = e.cycle as usize;
-            let t = ((e.cycle + e.extent) as usize).min(n);
+            let t = ((e.cycle + u64::from(e.extent)) as usize).min(n);
             (s < t).then_some((s, t, e.label))
         })
-        .collect();
-    for &(s, t, _) in &live {
+    };
+    let mut count_live = 0usize;
+    for (s, t, _) in live() {
         start_at[s] += 1;
         end_at[t] += 1;
+        count_live += 1;
     }
     let csr = |counts: &[u32]| -> Vec<usize> {
         let mut off = Vec::with_capacity(counts.len() + 1);
@@ -709,10 +765,10 @@ fn attribute(events: &[Event], labels: usize, last: u64) -> (Vec<f64>, u64) {
         off
     };
     let (so, eo) = (csr(&start_at), csr(&end_at));
-    let mut starts = vec![0u32; live.len()];
-    let mut ends = vec![0u32; live.len()];
+    let mut starts = vec![0u32; count_live];
+    let mut ends = vec![0u32; count_live];
     let (mut sf, mut ef) = (so.clone(), eo.clone());
-    for &(s, t, l) in &live {
+    for (s, t, l) in live() {
         starts[sf[s]] = l;
         sf[s] += 1;
         ends[ef[t]] = l;
@@ -767,10 +823,10 @@ fn attribute(events: &[Event], labels: usize, last: u64) -> (Vec<f64>, u64) {
 }
 
 /// Idle cycles of each group with what was in flight (module doc).
-fn idle_attribution(events: &[Event], labels: &[String], last: u64) -> Vec<Idle> {
+fn idle_attribution(events: &[Span], labels: &[String], last: u64) -> Vec<Idle> {
     let n = last as usize + 2;
     // Groups: VXM, MEM, SXM, MXM plane 0..3.
-    let group_of = |e: &Event| -> Option<usize> {
+    let group_of = |e: &Span| -> Option<usize> {
         match e.queue.unit() {
             Unit::Vxm => Some(0),
             Unit::Mem => Some(1),
@@ -792,15 +848,15 @@ fn idle_attribution(events: &[Event], labels: &[String], last: u64) -> Vec<Idle>
     let mut used = [false; 7];
     for e in events {
         let c = (e.cycle as usize).min(n - 1);
-        if e.ins.info().unit != Unit::Control {
+        if !e.control {
             latest[c] = e.label;
         }
         let Some(g) = group_of(e) else { continue };
-        if e.ins.info().unit == Unit::Control {
+        if e.control {
             continue;
         }
         used[g] = true;
-        let end = ((e.cycle + e.busy) as usize).min(n);
+        let end = ((e.cycle + u64::from(e.busy)) as usize).min(n);
         busy[g][c] += 1;
         busy[g][end] -= 1;
         let k = match e.queue.unit() {
@@ -809,7 +865,7 @@ fn idle_attribution(events: &[Event], labels: &[String], last: u64) -> Vec<Idle>
             Unit::Vxm => 2,
             Unit::Mem | Unit::C2c | Unit::Control => 3,
         };
-        let end = ((e.cycle + e.extent) as usize).min(n);
+        let end = ((e.cycle + u64::from(e.extent)) as usize).min(n);
         flight[k][c] += 1;
         flight[k][end] -= 1;
     }
@@ -1128,8 +1184,8 @@ mod tests {
         assert_eq!(layer_of("token_embd"), "token_embd");
     }
 
-    fn ev(cycle: u64, extent: u64, label: u32) -> Event {
-        Event {
+    fn ev(cycle: u64, extent: u32, label: u32) -> Span {
+        Span {
             cycle,
             extent,
             busy: 1,
@@ -1137,7 +1193,7 @@ mod tests {
                 .find(|q| q.unit() == Unit::Vxm)
                 .expect("a VXM queue"),
             label,
-            ins: "fadd s8.e, s8.w -> s4.e".parse().expect("parses"),
+            control: false,
         }
     }
 
@@ -1160,7 +1216,7 @@ mod tests {
         assert!((shares.iter().sum::<f64>() + idle as f64 - 14.0).abs() < 1e-9);
         // Events past the end are clipped; control is never in flight.
         let mut halt = ev(1, 100, 0);
-        halt.ins = Instruction::Halt {};
+        halt.control = true;
         let (shares, idle) = attribute(&[ev(0, 100, 1), halt], 2, 5);
         assert_eq!((shares, idle), (vec![0.0, 5.0], 0));
     }

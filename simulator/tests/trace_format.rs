@@ -349,3 +349,29 @@ fn validator_rejects_overlap_and_bad_fields() {
     assert!(bad(&|v| v["displayTimeUnit"] = serde_json::json!("us")));
     assert!(bad(&|v| v["traceEvents"][1]["pid"] = serde_json::json!(2)));
 }
+
+/// Without its events (`Events::Drop`, what `q35sim profile` and `run` use
+/// when no trace or report is asked for) a step's profile is the same in
+/// every other field: the cycles, units, ops, layers and idle attribution.
+#[test]
+fn dropping_the_events_changes_nothing_else() {
+    use q35_sim::analysis::{Events, analyse_events};
+    let config = q35_sim::config::load_target(None).expect("lpu-v1");
+    for name in ["mxm-matmul-k640.lpuasm", "sxm-reduce-f32.lpuasm"] {
+        let binary = program(name);
+        let mut machine = Machine::new(&binary, config.clone()).expect("loads");
+        machine.set_record(true);
+        machine.run_once().expect("runs");
+        let t = &machine.recorded().expect("recorded").timelines[0];
+        let kept = analyse_events(binary.debug(), machine.loaded(), &config, t, Events::Keep);
+        let lean = analyse_events(binary.debug(), machine.loaded(), &config, t, Events::Drop);
+        assert_eq!(kept.events.len() as u64, kept.instructions, "{name}");
+        assert!(lean.events.is_empty(), "{name}");
+        assert_eq!(kept.to_json(usize::MAX), lean.to_json(usize::MAX), "{name}");
+        assert_eq!(kept.to_text(usize::MAX), lean.to_text(usize::MAX), "{name}");
+        assert!(
+            kept.idle.iter().any(|i| i.idle > 0),
+            "{name}: idle cycles attributed"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
 use q35_lpubin::LpuBinary;
-use q35_sim::analysis::{StepProfile, analyse, analyse_with};
+use q35_sim::analysis::{Events, StepProfile, analyse_events};
 use q35_sim::schedule::walk;
 use q35_sim::trace::TraceStep;
 use q35_sim::{Machine, MachineConfig};
@@ -188,10 +188,17 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
     };
     bar.stage("attributing cycles");
-    let step = match &view {
-        None => analyse(&binary, &loaded, &config, &timeline),
-        Some(v) => analyse_with(v.debug(), &loaded, &config, &timeline),
+    // Every issue is kept only for a trace or report to draw.
+    let keep = if args.outputs.files() {
+        Events::Keep
+    } else {
+        Events::Drop
     };
+    let debug = match &view {
+        None => binary.debug(),
+        Some(v) => v.debug(),
+    };
+    let step = analyse_events(debug, &loaded, &config, &timeline, keep);
     let seconds = start.elapsed().as_secs_f64();
     if args.check {
         bar.stage("--check: running the program once");
