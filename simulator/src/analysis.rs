@@ -887,9 +887,13 @@ fn idle_attribution(events: &[Span], labels: &[String], last: u64) -> Vec<Idle> 
     ];
     let mut idle = [0u64; 7];
     let mut by_cause = [[0u64; 5]; 7];
-    let mut by_op: Vec<BTreeMap<u32, u64>> = vec![BTreeMap::new(); 7];
+    // Idle cycles per group and label (the last slot: before the first
+    // issue), a dense table: a BTreeMap entry per idle cycle and group was
+    // most of the analysis's own time on a long step.
+    let none = labels.len();
+    let mut by_op: Vec<Vec<u64>> = vec![vec![0; none + 1]; 7];
     let (mut b, mut f) = ([0i32; 7], [0i32; 4]);
-    let mut cur = u32::MAX;
+    let mut cur = none;
     for c in 0..(last as usize) {
         for g in 0..7 {
             b[g] += busy[g][c];
@@ -898,14 +902,14 @@ fn idle_attribution(events: &[Span], labels: &[String], last: u64) -> Vec<Idle> 
             f[k] += flight[k][c];
         }
         if latest[c] != u32::MAX {
-            cur = latest[c];
+            cur = (latest[c] as usize).min(none);
         }
         let cause = f.iter().position(|&x| x > 0).unwrap_or(4);
         for g in 0..7 {
             if used[g] && b[g] == 0 {
                 idle[g] += 1;
                 by_cause[g][cause] += 1;
-                *by_op[g].entry(cur).or_default() += 1;
+                by_op[g][cur] += 1;
             }
         }
     }
@@ -919,9 +923,11 @@ fn idle_attribution(events: &[Span], labels: &[String], last: u64) -> Vec<Idle> 
             cs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             let mut os: Vec<(String, u64)> = by_op[g]
                 .iter()
-                .map(|(&l, &v)| {
+                .enumerate()
+                .filter(|&(_, &v)| v > 0)
+                .map(|(l, &v)| {
                     let name = labels
-                        .get(l as usize)
+                        .get(l)
                         .map_or("(before the first issue)", String::as_str);
                     (name.to_string(), v)
                 })

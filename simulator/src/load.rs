@@ -161,8 +161,9 @@ fn decode<'a>(
     Ok(Loaded { queues, tables })
 }
 
-/// Whether `ins` may follow `prev` in `queue`: the assembler's rules
-/// ([`q35_isa::program::check_placement`]: fields, the queue's unit,
+/// Whether `ins`, as [`Instruction::decode`] returned it (its fields
+/// checked), may follow `prev` in `queue`: the assembler's other rules
+/// ([`q35_isa::program::check_decoded_placement`]: the queue's unit,
 /// `repeat` placement, MXM stream directions, `permute` tables), and the
 /// target's (`lw` rows per cycle).
 pub fn check_placement(
@@ -172,7 +173,7 @@ pub fn check_placement(
     tables: &[Table],
     config: &MachineConfig,
 ) -> Result<(), String> {
-    q35_isa::program::check_placement(queue, prev, ins, tables)?;
+    q35_isa::program::check_decoded_placement(queue, prev, ins, tables)?;
     if let Instruction::Lw { k, .. } = ins
         && *k as usize > config.plane.install_rows_per_cycle
     {

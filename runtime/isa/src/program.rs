@@ -385,6 +385,18 @@ pub fn check_placement(
     tables: &[Table],
 ) -> Result<(), String> {
     ins.check().map_err(|e| e.to_string())?;
+    check_decoded_placement(queue, prev, ins, tables)
+}
+
+/// [`check_placement`] of an instruction [`Instruction::decode`] returned,
+/// whose field ranges that decode has already checked (the same
+/// [`Instruction::check`]): every other rule.
+pub fn check_decoded_placement(
+    queue: QueueId,
+    prev: Option<&Instruction>,
+    ins: &Instruction,
+    tables: &[Table],
+) -> Result<(), String> {
     let unit = ins.unit();
     if !queue.accepts(unit) {
         return Err(format!(

@@ -836,21 +836,31 @@ fn parse_debug(mut c: Cursor<'_>, queues: &[QueueInfo]) -> Result<DebugInfo, Lpu
         });
     }
     let pool = pool_start..pool_end as usize;
+    // The pool checked as UTF-8 once: when it is, an entry's string is
+    // exactly when both its ends are character boundaries (entries share
+    // strings, and a big program has millions of entries).
+    let pool_str = std::str::from_utf8(&c.bytes[pool.clone()]).ok();
     let mut prev: Option<(u16, u32)> = None;
     for i in 0..n {
         let at = c.pos;
-        let field = format!("debug entry {i}");
-        let queue = c.u16(&field)?;
-        c.reserved(2, &field)?;
-        let index = c.u32(&field)?;
-        let off = c.u32(&field)?;
-        let slen = c.u32(&field)?;
+        // `check_count` proved every entry's bytes are there, so the reads
+        // cannot fail; the field's name is made only for an error.
+        let field = || format!("debug entry {i}");
+        let queue = c.u16("debug entry")?;
+        if c.bytes[c.pos..c.pos + 2] == [0, 0] {
+            c.pos += 2;
+        } else {
+            c.reserved(2, &field())?;
+        }
+        let index = c.u32("debug entry")?;
+        let off = c.u32("debug entry")?;
+        let slen = c.u32("debug entry")?;
         if let Some(p) = prev
             && (queue, index) <= p
         {
             return Err(c.malformed(
                 at,
-                field,
+                field(),
                 format!(
                     "the debug map is sorted by (queue, instruction) with no repeats, but (queue {queue}, instruction {index}) follows (queue {}, instruction {})",
                     p.0, p.1
@@ -863,7 +873,7 @@ fn parse_debug(mut c: Cursor<'_>, queues: &[QueueInfo]) -> Result<DebugInfo, Lpu
             Ok(q) => {
                 return Err(c.malformed(
                     at,
-                    field,
+                    field(),
                     format!(
                         "points at instruction {index} of queue {queue}, which has {} instructions",
                         queues[q].count
@@ -873,7 +883,7 @@ fn parse_debug(mut c: Cursor<'_>, queues: &[QueueInfo]) -> Result<DebugInfo, Lpu
             Err(_) => {
                 return Err(c.malformed(
                     at,
-                    field,
+                    field(),
                     format!("points at queue {queue}, which the queues section does not have"),
                 ));
             }
@@ -882,17 +892,20 @@ fn parse_debug(mut c: Cursor<'_>, queues: &[QueueInfo]) -> Result<DebugInfo, Lpu
         if s_end > u64::from(pool_len) {
             return Err(c.malformed(
                 at,
-                field,
+                field(),
                 format!(
                     "its string (pool bytes {off}..{s_end}) ends past the pool's {pool_len} bytes"
                 ),
             ));
         }
         let s = &c.bytes[pool.start + off as usize..pool.start + s_end as usize];
-        if let Err(e) = std::str::from_utf8(s) {
+        let boundaries = pool_str.is_some_and(|p| {
+            p.is_char_boundary(off as usize) && p.is_char_boundary(s_end as usize)
+        });
+        if !boundaries && let Err(e) = std::str::from_utf8(s) {
             return Err(c.malformed(
                 pool.start + off as usize + e.valid_up_to(),
-                field,
+                field(),
                 "its location string is not valid UTF-8".into(),
             ));
         }

@@ -774,6 +774,9 @@ fn section_contents_are_validated() {
             .contains("queue 0, which the queues section does not have"),
         "{e}"
     );
+    let e = edited(SectionKind::Debug, 8 + 16 + 2, &[1]);
+    assert!(malformed(&e, "debug", "debug entry 1"), "{e}");
+    assert!(e.to_string().contains("reserved bytes must be zero"), "{e}");
     let e = edited(SectionKind::Debug, 8 + 12, &1000u32.to_le_bytes());
     assert!(e.to_string().contains("ends past the pool"), "{e}");
     let d = section(&common::small(), SectionKind::Debug.id());
