@@ -15,7 +15,7 @@
 //! converted once per instruction into `[f32; 320]`, computed lane-wise
 //! (vectorisable loops, no per-lane dispatch), and split back.
 
-use q35_isa::{Acc, ElemWidth, Instruction, LatencyClass, QueueId, QueueKind, Stream, TableId};
+use q35_isa::{Acc, ElemWidth, Instruction, LatencyClass, QueueId, QueueKind, Stream};
 
 use crate::config::MachineConfig;
 use crate::hazard::HazardKind;
@@ -1034,21 +1034,18 @@ fn lane_map<O: Operands>(
 }
 
 /// An SXM lane map: lane `l` of the result is lane `from(l)` of the
-/// input, or 0.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one on the stack per SXM instruction, never moved or stored"
-)]
+/// input, or 0. A `permute` table's is made once, when the table is
+/// loaded ([`PermuteTable`]).
 enum LaneMap {
     /// `from(l) = l + n` for `l < len`.
     Shift { n: usize, len: usize },
     /// `from(l) = from`.
     Bcast(usize),
-    /// A table of a few [`Runs`].
-    Runs(Runs),
+    /// A table of a few runs (copied or filled; [`Runs`]).
+    Runs(Box<[Run]>),
     /// A table by lane: `from(l) = lanes[l]`, 0 for `LANES` (which
     /// [`LaneMap::apply`] reads as a zero lane past the input).
-    Gather([u16; LANES]),
+    Gather(Box<[u16; LANES]>),
 }
 
 impl LaneMap {
@@ -1056,10 +1053,10 @@ impl LaneMap {
     #[inline(always)]
     fn table(lanes: &[u16; LANES]) -> LaneMap {
         let runs = Runs::of(lanes);
-        if runs.count <= 8 {
-            LaneMap::Runs(runs)
+        if runs.count <= MAX_RUNS {
+            LaneMap::Runs(runs.runs[..runs.count].into())
         } else {
-            LaneMap::Gather(lanes.map(|f| f.min(LANES as u16)))
+            LaneMap::Gather(Box::new(lanes.map(|f| f.min(LANES as u16))))
         }
     }
 
@@ -1071,11 +1068,11 @@ impl LaneMap {
                 out[*len..].fill(0);
             }
             LaneMap::Bcast(from) => out.fill(plane[*from]),
-            LaneMap::Runs(runs) => runs.apply(plane, out),
+            LaneMap::Runs(runs) => Runs::apply(runs, plane, out),
             LaneMap::Gather(lanes) => {
                 let mut ext = [0u8; LANES + 1];
                 ext[..LANES].copy_from_slice(plane);
-                for (o, &f) in out.iter_mut().zip(lanes) {
+                for (o, &f) in out.iter_mut().zip(lanes.iter()) {
                     *o = ext[usize::from(f)];
                 }
             }
@@ -1083,13 +1080,23 @@ impl LaneMap {
     }
 }
 
+/// Runs up to which a `permute` table is applied run by run rather than
+/// lane by lane (a run is one copy or fill; a lane, one byte load and store).
+const MAX_RUNS: usize = 16;
+
 /// A `permute` table as runs of lanes: `(first lane, first source lane,
-/// lanes)`, a source of `u16::MAX` for lanes that get 0. Rotations and the
-/// attention's pack tables are a few runs, copied a run at a time.
+/// lanes, fill)`, a source of `u16::MAX` for lanes that get 0; a run copies
+/// consecutive source lanes, or with `fill` repeats one source lane.
+/// Rotations and the attention's pack tables are a few copied runs; the
+/// attention output's spread of one value per kv head's lanes, a few
+/// filled ones.
 struct Runs {
-    runs: [(u16, u16, u16); LANES],
+    runs: [Run; LANES],
     count: usize,
 }
+
+/// One of [`Runs`]: `(first lane, first source lane, lanes, fill)`.
+type Run = (u16, u16, u16, bool);
 
 impl Runs {
     /// The runs of `lanes` (lane `l` from lane `lanes[l]`, 0 when that is
@@ -1097,7 +1104,7 @@ impl Runs {
     #[inline(always)]
     fn of(lanes: &[u16; LANES]) -> Runs {
         let mut runs = Runs {
-            runs: [(0, 0, 0); LANES],
+            runs: [(0, 0, 0, false); LANES],
             count: 0,
         };
         let mut l = 0;
@@ -1108,7 +1115,12 @@ impl Runs {
                 while l < LANES && usize::from(lanes[l]) >= LANES {
                     l += 1;
                 }
-                runs.runs[runs.count] = (start as u16, u16::MAX, (l - start) as u16);
+                runs.runs[runs.count] = (start as u16, u16::MAX, (l - start) as u16, false);
+            } else if l < LANES && lanes[l] == from {
+                while l < LANES && lanes[l] == from {
+                    l += 1;
+                }
+                runs.runs[runs.count] = (start as u16, from, (l - start) as u16, true);
             } else {
                 while l < LANES
                     && usize::from(lanes[l]) < LANES
@@ -1116,7 +1128,7 @@ impl Runs {
                 {
                     l += 1;
                 }
-                runs.runs[runs.count] = (start as u16, from, (l - start) as u16);
+                runs.runs[runs.count] = (start as u16, from, (l - start) as u16, false);
             }
             runs.count += 1;
         }
@@ -1125,11 +1137,13 @@ impl Runs {
 
     /// `out[l] = plane[lanes[l]]` (0 past the end), run by run.
     #[inline(always)]
-    fn apply(&self, plane: &Vector, out: &mut Vector) {
-        for &(at, from, len) in &self.runs[..self.count] {
+    fn apply(runs: &[Run], plane: &Vector, out: &mut Vector) {
+        for &(at, from, len, fill) in runs {
             let (at, len) = (usize::from(at), usize::from(len));
             if from == u16::MAX {
                 out[at..at + len].fill(0);
+            } else if fill {
+                out[at..at + len].fill(plane[usize::from(from)]);
             } else {
                 let from = usize::from(from);
                 out[at..at + len].copy_from_slice(&plane[from..from + len]);
@@ -1138,13 +1152,50 @@ impl Runs {
     }
 }
 
-/// The lane map of a `permute` table (entries past its end give 0).
-fn table<'a, O: Operands>(ctx: &'a Ctx<'_, O>, map: TableId) -> &'a [u16] {
-    ctx.state
-        .tables
-        .get(usize::from(map.0))
-        .map_or(&[], |t| t.as_slice())
+/// A `permute` table: its values and the lane map made from them once,
+/// when the table is loaded (a run of a compiled model permutes with the
+/// same few tables hundreds of thousands of times).
+pub struct PermuteTable {
+    values: Vec<u16>,
+    map: LaneMap,
 }
+
+impl PermuteTable {
+    /// The table of `values` (lane `l` from lane `values[l]`; lanes past
+    /// its end, and entries not below `LANES`, give 0).
+    pub fn new(values: Vec<u16>) -> PermuteTable {
+        let mut lanes = [u16::MAX; LANES];
+        for (o, &v) in lanes.iter_mut().zip(&values) {
+            *o = v;
+        }
+        PermuteTable {
+            map: LaneMap::table(&lanes),
+            values,
+        }
+    }
+
+    /// The table's values.
+    pub fn values(&self) -> &[u16] {
+        &self.values
+    }
+}
+
+impl std::fmt::Debug for PermuteTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PermuteTable").field(&self.values).finish()
+    }
+}
+
+impl Clone for PermuteTable {
+    fn clone(&self) -> PermuteTable {
+        PermuteTable::new(self.values.clone())
+    }
+}
+
+/// A table with no entries: every lane 0 (a `permute` of a table the
+/// program does not have).
+static NO_TABLE: std::sync::LazyLock<PermuteTable> =
+    std::sync::LazyLock::new(|| PermuteTable::new(Vec::new()));
 
 /// SXM: `shift`, `bcast`, `permute`, `transpose`.
 #[inline(always)]
@@ -1164,13 +1215,14 @@ fn sxm<O: Operands>(ctx: &mut Ctx<'_, O>, ins: &Instruction) -> Result<(), Fault
             lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, &map)
         }
         Instruction::Permute { src, dst, map, ew } => {
-            // Copied so the table borrow does not outlive the reads.
-            let mut lanes = [u16::MAX; LANES];
-            for (o, &v) in lanes.iter_mut().zip(table(ctx, map)) {
-                *o = v;
-            }
-            let map = LaneMap::table(&lanes);
-            lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, &map)
+            // The map is the table's, made when it was loaded. The tables
+            // are moved out of the state (a pointer swap) while the planes
+            // are read and written, and put back whatever happens.
+            let tables = std::mem::take(&mut ctx.state.tables);
+            let lanes = tables.get(usize::from(map.0)).unwrap_or(&NO_TABLE);
+            let done = lane_map(ctx, src, dst, ew, LatencyClass::SxmPermute, &lanes.map);
+            ctx.state.tables = tables;
+            done
         }
         Instruction::Transpose { src, dst } => {
             let g = ctx.read_group::<16>(src)?;
@@ -1348,6 +1400,7 @@ pub(crate) fn wrong_unit<O: Operands>(ctx: &Ctx<'_, O>, ins: &Instruction) -> Re
 mod tests {
     use super::*;
     use crate::contract::split_pair;
+    use q35_isa::TableId;
 
     /// Operands for one instruction: reads hand out slots `0, 1, 2, ..`
     /// of `slab` in order, writes are kept.
@@ -1434,7 +1487,7 @@ mod tests {
             mem: Vec::new(),
             ports: Vec::new(),
             planes: Vec::new(),
-            tables: vec![(0..LANES as u16).rev().collect()],
+            tables: vec![PermuteTable::new((0..LANES as u16).rev().collect())],
             links: crate::link::Links::default(),
         };
         let (mut pool, mut deferred) = (Pool::default(), Vec::new());
@@ -1492,14 +1545,22 @@ mod tests {
             Vec::new(),
         ];
         tables.push((0..LANES as u16).map(|l| (l * 13) % 331).collect());
+        // One source lane per 64 lanes (the attention output's spread),
+        // then lanes 3, 3, 4, 5 (a fill run meeting a copy run), and fills
+        // of lanes past the end (0).
+        tables.push((0..LANES as u16).map(|l| l / 64 * 7 + 2).collect());
+        tables.push(vec![3, 3, 4, 5, 9, 9, 400, 400, 0]);
         for t in &tables {
             let mut lanes = [u16::MAX; LANES];
             for (o, &v) in lanes.iter_mut().zip(t) {
                 *o = v;
             }
-            let gather = LaneMap::Gather(lanes.map(|f| f.min(LANES as u16)));
+            let gather = LaneMap::Gather(Box::new(lanes.map(|f| f.min(LANES as u16))));
             for map in [
-                LaneMap::Runs(Runs::of(&lanes)),
+                {
+                    let runs = Runs::of(&lanes);
+                    LaneMap::Runs(runs.runs[..runs.count].into())
+                },
                 gather,
                 LaneMap::table(&lanes),
             ] {

@@ -252,7 +252,11 @@ pub fn initial_state(
         mem,
         ports: (0..slices).map(|_| Ports::default()).collect(),
         planes,
-        tables: loaded.tables.iter().map(|t| t.values.clone()).collect(),
+        tables: loaded
+            .tables
+            .iter()
+            .map(|t| crate::exec::PermuteTable::new(t.values.clone()))
+            .collect(),
         links: crate::link::Links::default(),
     })
 }

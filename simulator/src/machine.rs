@@ -183,7 +183,7 @@ impl<'b> Machine<'b> {
             .loaded
             .tables
             .iter()
-            .map(|t| t.values.clone())
+            .map(|t| crate::exec::PermuteTable::new(t.values.clone()))
             .collect();
         self.state_mut().tables = tables;
         Ok(())

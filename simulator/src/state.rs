@@ -175,8 +175,9 @@ pub struct State {
     pub ports: Vec<Ports>,
     /// MXM planes `0 .. 4`.
     pub planes: Vec<Plane>,
-    /// Tables by id: `u16` values (SXM `permute` maps).
-    pub tables: Vec<Vec<u16>>,
+    /// Tables by id: `u16` values (SXM `permute` maps), each with its lane
+    /// map.
+    pub tables: Vec<crate::exec::PermuteTable>,
     /// The chip's ends of its chip-to-chip links ([`crate::link`]).
     pub links: crate::link::Links,
 }
