@@ -823,7 +823,7 @@ fn attribute(spans: &[Span], labels: usize, last: u64) -> (Vec<f64>, u64) {
 }
 
 /// Idle cycles of each group with what was in flight (module doc).
-fn idle_attribution(events: &[Span], labels: &[String], last: u64) -> Vec<Idle> {
+fn idle_attribution(spans: &[Span], labels: &[String], last: u64) -> Vec<Idle> {
     let n = last as usize + 2;
     // Groups: VXM, MEM, SXM, MXM plane 0..3.
     let group_of = |e: &Span| -> Option<usize> {
@@ -846,7 +846,7 @@ fn idle_attribution(events: &[Span], labels: &[String], last: u64) -> Vec<Idle> 
     let mut flight = vec![vec![0i32; n + 1]; 4];
     let mut latest = vec![u32::MAX; n];
     let mut used = [false; 7];
-    for e in events {
+    for e in spans {
         let c = (e.cycle as usize).min(n - 1);
         if !e.control {
             latest[c] = e.label;

@@ -1036,6 +1036,7 @@ fn lane_map<O: Operands>(
 /// An SXM lane map: lane `l` of the result is lane `from(l)` of the
 /// input, or 0. A `permute` table's is made once, when the table is
 /// loaded ([`PermuteTable`]).
+#[derive(Clone)]
 enum LaneMap {
     /// `from(l) = l + n` for `l < len`.
     Shift { n: usize, len: usize },
@@ -1155,6 +1156,7 @@ impl Runs {
 /// A `permute` table: its values and the lane map made from them once,
 /// when the table is loaded (a run of a compiled model permutes with the
 /// same few tables hundreds of thousands of times).
+#[derive(Clone)]
 pub struct PermuteTable {
     values: Vec<u16>,
     map: LaneMap,
@@ -1183,12 +1185,6 @@ impl PermuteTable {
 impl std::fmt::Debug for PermuteTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("PermuteTable").field(&self.values).finish()
-    }
-}
-
-impl Clone for PermuteTable {
-    fn clone(&self) -> PermuteTable {
-        PermuteTable::new(self.values.clone())
     }
 }
 

@@ -82,6 +82,17 @@ pub struct Loaded {
     pub tables: Vec<Table>,
 }
 
+impl Loaded {
+    /// The program's `permute` tables, each with its lane map, as the
+    /// machine's state holds them ([`crate::state::State::tables`]).
+    pub fn permute_tables(&self) -> Vec<crate::exec::PermuteTable> {
+        self.tables
+            .iter()
+            .map(|t| crate::exec::PermuteTable::new(t.values.clone()))
+            .collect()
+    }
+}
+
 /// Checks the target hash and decodes and validates every queue.
 pub fn load(binary: &LpuBinary, config: &MachineConfig) -> Result<Loaded, LoadError> {
     config.validate()?;
@@ -252,11 +263,7 @@ pub fn initial_state(
         mem,
         ports: (0..slices).map(|_| Ports::default()).collect(),
         planes,
-        tables: loaded
-            .tables
-            .iter()
-            .map(|t| crate::exec::PermuteTable::new(t.values.clone()))
-            .collect(),
+        tables: loaded.permute_tables(),
         links: crate::link::Links::default(),
     })
 }

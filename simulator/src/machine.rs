@@ -179,12 +179,7 @@ impl<'b> Machine<'b> {
         };
         self.parked[self.current] = Some(old);
         self.current = index;
-        let tables = self
-            .loaded
-            .tables
-            .iter()
-            .map(|t| crate::exec::PermuteTable::new(t.values.clone()))
-            .collect();
+        let tables = self.loaded.permute_tables();
         self.state_mut().tables = tables;
         Ok(())
     }

@@ -922,8 +922,9 @@ mod tests {
     #[test]
     fn interleaved_dots_are_each_rows_sequential_dot() {
         // Row counts around the interleave width (none, fewer, exactly,
-        // a ragged tail), lengths down to zero, and rows that round
-        // differently in any other order (a huge term then small ones).
+        // a ragged tail), lengths down to zero, and rows whose first two
+        // terms are large and of opposite signs, so that summing in any
+        // other order would round the small terms differently.
         for d in [0, 1, 5, 64, 67] {
             for n in [0, 1, 7, 8, 9, 16, 23] {
                 let x = vector(d, 5 + d as u64);

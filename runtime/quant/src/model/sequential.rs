@@ -550,6 +550,27 @@ fn target_rows_with<const K: usize>(
 /// Right-hand sides [`asymmetry_map`] solves side by side.
 const SOLVE_ROWS: usize = 4;
 
+/// One step of a triangular solve for `rows` right-hand sides side by
+/// side: `start(r) - coef[0] x_r[off] - coef[1] x_r[off + 1] - ...`, each
+/// row's terms subtracted one at a time in ascending order (row `r`'s
+/// values are `x[r * n ..]`).
+fn substitute(
+    start: impl Fn(usize) -> f64,
+    rows: usize,
+    coef: &[f64],
+    x: &[f64],
+    n: usize,
+    off: usize,
+) -> [f64; SOLVE_ROWS] {
+    let mut s: [f64; SOLVE_ROWS] = std::array::from_fn(|r| if r < rows { start(r) } else { 0.0 });
+    for (k, &c) in coef.iter().enumerate() {
+        for (r, s) in s.iter_mut().enumerate().take(rows) {
+            *s -= c * x[r * n + off + k];
+        }
+    }
+    s
+}
+
 /// `dx (H + lambda I)^-1` of one span (`n x n`, row-major), `None` when the
 /// span saw no input or no damping makes `H` positive definite.
 fn asymmetry_map(h: &[f32], dx: &[f32]) -> Option<Vec<f64>> {
@@ -583,31 +604,15 @@ fn asymmetry_map(h: &[f32], dx: &[f32]) -> Option<Vec<f64>> {
             let rows = outs.len() / n;
             let rhs = &dx[jb * SOLVE_ROWS * n..][..rows * n];
             for i in 0..n {
-                let li = &l[i * n..i * n + i];
-                let mut s = [0f64; SOLVE_ROWS];
-                for (r, s) in s.iter_mut().enumerate().take(rows) {
-                    *s = f64::from(rhs[r * n + i]);
-                }
-                for (k, &lik) in li.iter().enumerate() {
-                    for (r, s) in s.iter_mut().enumerate().take(rows) {
-                        *s -= lik * y[r * n + k];
-                    }
-                }
+                let start = |r: usize| f64::from(rhs[r * n + i]);
+                let s = substitute(start, rows, &l[i * n..i * n + i], &y, n, 0);
                 for (r, s) in s.iter().enumerate().take(rows) {
                     y[r * n + i] = s / l[i * n + i];
                 }
             }
             for i in (0..n).rev() {
-                let lti = &lt[i * n + i + 1..(i + 1) * n];
-                let mut s = [0f64; SOLVE_ROWS];
-                for (r, s) in s.iter_mut().enumerate().take(rows) {
-                    *s = y[r * n + i];
-                }
-                for (k, &ltik) in lti.iter().enumerate() {
-                    for (r, s) in s.iter_mut().enumerate().take(rows) {
-                        *s -= ltik * outs[r * n + i + 1 + k];
-                    }
-                }
+                let start = |r: usize| y[r * n + i];
+                let s = substitute(start, rows, &lt[i * n + i + 1..(i + 1) * n], outs, n, i + 1);
                 for (r, s) in s.iter().enumerate().take(rows) {
                     outs[r * n + i] = s / l[i * n + i];
                 }

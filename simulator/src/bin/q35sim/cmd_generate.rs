@@ -25,7 +25,7 @@ use q35_tokenizer::StreamDecoder;
 use serde_json::json;
 
 use crate::Failure;
-use q35_sim::analysis::{Events, StepProfile, analyse_events};
+use q35_sim::analysis::{StepProfile, analyse_events};
 use q35_sim::trace::TraceStep;
 
 /// The run's profile as text: totals, then the shown step's profile.
@@ -350,18 +350,12 @@ pub fn run(
                 0 => binary.debug(),
                 i => binary.programs().nth(i - 1).and_then(|v| v.debug()),
             };
-            // Every issue is kept only for a trace or report to draw.
-            let keep = if outputs.files() {
-                Events::Keep
-            } else {
-                Events::Drop
-            };
             analyse_events(
                 debug,
                 &programs[p.min(programs.len() - 1)],
                 &config,
                 t,
-                keep,
+                outputs.events(),
             )
         })
         .collect();

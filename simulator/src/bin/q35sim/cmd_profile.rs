@@ -41,6 +41,16 @@ impl Outputs {
         self.trace.is_some() || self.report.is_some()
     }
 
+    /// Whether the analysis keeps every issue: only a trace or report
+    /// draws them.
+    pub fn events(&self) -> Events {
+        if self.files() {
+            Events::Keep
+        } else {
+            Events::Drop
+        }
+    }
+
     /// [`Outputs::write`] for a system: one trace process per chip (the
     /// first `--trace-steps`), with the link transfers between them.
     pub fn write_system(
@@ -188,17 +198,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
     };
     bar.stage("attributing cycles");
-    // Every issue is kept only for a trace or report to draw.
-    let keep = if args.outputs.files() {
-        Events::Keep
-    } else {
-        Events::Drop
-    };
     let debug = match &view {
         None => binary.debug(),
         Some(v) => v.debug(),
     };
-    let step = analyse_events(debug, &loaded, &config, &timeline, keep);
+    let step = analyse_events(debug, &loaded, &config, &timeline, args.outputs.events());
     let seconds = start.elapsed().as_secs_f64();
     if args.check {
         bar.stage("--check: running the program once");
