@@ -96,6 +96,7 @@ fn write_binary(dir: &Path, with_meta: bool) -> std::path::PathBuf {
             system: None,
             timing_only: false,
             batch: 1,
+            buckets: Vec::new(),
         };
         b.metadata(meta.to_json());
         let mut data = vec![0f32; 320 * 320];

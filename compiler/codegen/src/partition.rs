@@ -390,6 +390,7 @@ fn split_rows(plan: &Plan, w: &mut Weights<'_>, max: u64) -> Result<Plan, Codege
         weights: BTreeMap::new(),
         ops,
         users: plan.users,
+        attend: None,
     })
 }
 
@@ -685,6 +686,7 @@ fn cut(
                 weights: BTreeMap::new(),
                 ops: Vec::new(),
                 users: plan.users,
+                attend: None,
             },
         });
     }
@@ -930,6 +932,7 @@ fn stage_plan(plan: &Plan, s: &Stage, w: &Weights<'_>) -> Result<Plan, CodegenEr
         weights,
         ops,
         users: plan.users,
+        attend: None,
     })
 }
 

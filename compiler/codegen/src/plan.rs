@@ -290,6 +290,11 @@ pub struct Plan {
     /// user and every KV cache once per user ([`user_cache`]); its ops are
     /// one user's, naming the caches without a user.
     pub users: u32,
+    /// Positions the attention ops read: the first `attend` of the cache
+    /// (`None`: all `ctx`). A program compiled with `Some(n)` is a context
+    /// bucket ([`compile_bucket`]): right for positions below `n` only,
+    /// cheaper, and placed exactly as the whole-context program.
+    pub attend: Option<u32>,
 }
 
 /// The name of user `k`'s copy of KV cache `cache` in a batched plan
@@ -728,6 +733,7 @@ pub fn decode_plan(
         weights,
         ops,
         users: 1,
+        attend: None,
     })
 }
 
@@ -1070,6 +1076,66 @@ pub fn compile_after(
     before: &Compiled,
 ) -> Result<Compiled, CodegenError> {
     compile_program(plan, target, tokens, Some(&before.shared), None)
+}
+
+/// A context bucket of `plan`'s decode program: the same step with the
+/// attention ops reading the first `attend` positions of the caches only
+/// (docs/backend.md 1.2), right for steps at positions below `attend`.
+/// Attention's cost grows with the positions it reads, so a step early in
+/// a sequence runs in fewer cycles on it.
+///
+/// The bucket is compiled from scratch like `main` (the whole-context
+/// program of the same plan) and places every buffer, weight image,
+/// constant and kernel scratch where `main` does (the attention kernel
+/// sizes its buffers for the whole context whatever it reads), so the
+/// binary's one MEM image serves both and the host switches programs
+/// between steps with nothing to move. That is checked here: an
+/// initial-MEM entry, symbol or placement that differs from `main`'s is an
+/// error, not a second image.
+pub fn compile_bucket(
+    plan: &Plan,
+    target: &Target,
+    attend: u32,
+    main: &Compiled,
+) -> Result<Compiled, CodegenError> {
+    let bucket_err = |message: String| CodegenError::Plan {
+        op: format!("the decode program for positions below {attend}"),
+        message,
+    };
+    if attend == 0 || attend >= plan.ctx {
+        return Err(bucket_err(format!(
+            "a context bucket must be 1..{} (below the compiled context)",
+            plan.ctx
+        )));
+    }
+    if plan.users > 1 {
+        return Err(bucket_err(
+            "a batched program has no context buckets (its users are at different positions)"
+                .into(),
+        ));
+    }
+    let mut bucket_plan = plan.clone();
+    bucket_plan.attend = Some(attend);
+    let c = compile(&bucket_plan, target)?;
+    drop(bucket_plan);
+    let (a, b) = (&main.built.program, &c.built.program);
+    let what = if a.mem != b.mem {
+        Some("its initial MEM contents")
+    } else if a.symbols != b.symbols {
+        Some("its symbols")
+    } else if main.placement != c.placement {
+        Some("its buffers' placement")
+    } else if main.mem_bytes != c.mem_bytes {
+        Some("the MEM it uses")
+    } else {
+        None
+    };
+    match what {
+        Some(what) => Err(bucket_err(format!(
+            "{what} differ from the whole-context program's, so the two cannot share one MEM image (a code generator bug)"
+        ))),
+        None => Ok(c),
+    }
 }
 
 /// Products pools of a later program ([`compile_after`]).
@@ -1634,6 +1700,7 @@ fn compile_program_reusing(
                         *kv_heads,
                         *head_dim,
                         plan.ctx,
+                        plan.attend.unwrap_or(plan.ctx),
                         *scale,
                         0,
                     )?;

@@ -64,6 +64,8 @@ fn values(n: usize, seed: u32, amp: f32) -> Vec<f32> {
 struct Case {
     shape: Shape,
     ctx: u32,
+    /// Positions the kernel reads (a context bucket when below `ctx`).
+    attend: u32,
     pos: u32,
     /// Keys and values per position (`ctx` of them, the ones past `pos`
     /// being garbage the kernel must ignore).
@@ -93,6 +95,7 @@ impl Case {
         Case {
             shape,
             ctx,
+            attend: ctx,
             pos,
             keys,
             vals,
@@ -131,7 +134,9 @@ impl Case {
     }
 }
 
-fn run_attention(case: &Case) -> (Vec<f32>, u64) {
+/// The kernel's output `y`, its cycles (predicted = simulated, asserted)
+/// and the program's initial MEM contents.
+fn run_attention(case: &Case) -> (Vec<f32>, u64, Vec<q35_isa::MemInit>) {
     let target = Target::builtin("lpu-v1").expect("lpu-v1");
     let mut p = ProgramBuilder::new(&target);
     let ctx = case.ctx;
@@ -215,11 +220,13 @@ fn run_attention(case: &Case) -> (Vec<f32>, u64) {
         shape.kv_heads,
         shape.hd,
         ctx,
+        case.attend,
         1.0 / (shape.hd as f32).sqrt(),
         0,
     )
     .unwrap();
     let built = p.finish();
+    let mem = built.program.mem.clone();
     let (done, bin) = common::run(&built, &target);
     assert_eq!(
         done.profile.total_cycles(),
@@ -227,22 +234,98 @@ fn run_attention(case: &Case) -> (Vec<f32>, u64) {
         "ctx {ctx} pos {}: predicted cycles",
         case.pos
     );
-    (common::f32_symbol(&done, &bin, "y"), built.cycles)
+    (common::f32_symbol(&done, &bin, "y"), built.cycles, mem)
 }
 
 fn check(shape: Shape, ctx: u32, pos: u32, seed: u32) -> u64 {
-    let case = Case::new(shape, ctx, pos, seed);
+    check_case(&Case::new(shape, ctx, pos, seed)).0
+}
+
+/// Runs `case` and asserts `y` bit for bit against the contract; its
+/// cycles and initial MEM.
+fn check_case(case: &Case) -> (u64, Vec<q35_isa::MemInit>) {
     let want = case.want();
-    let (got, cycles) = run_attention(&case);
+    let (got, cycles, mem) = run_attention(case);
+    let (shape, ctx, attend, pos) = (case.shape, case.ctx, case.attend, case.pos);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(
             g.to_bits(),
             w.to_bits(),
-            "{shape:?} ctx {ctx} pos {pos}: y[{i}] = {g} want {w}"
+            "{shape:?} ctx {ctx} attend {attend} pos {pos}: y[{i}] = {g} want {w}"
         );
     }
-    println!("attention {shape:?} ctx {ctx} pos {pos}: {cycles} cycles");
-    cycles
+    println!("attention {shape:?} ctx {ctx} attend {attend} pos {pos}: {cycles} cycles");
+    (cycles, mem)
+}
+
+/// A context bucket (the first `attend` positions read) gives the
+/// contract's values at every position below `attend`, in fewer cycles
+/// than whole-context attention, from the very same MEM image.
+fn check_bucket(shape: Shape, ctx: u32, attend: u32, positions: &[u32]) {
+    for (i, &pos) in positions.iter().enumerate() {
+        assert!(pos < attend, "a bucket serves positions below {attend}");
+        let seed = 11 + i as u32;
+        let whole = Case::new(shape, ctx, pos, seed);
+        let (full_cycles, full_mem) = check_case(&whole);
+        let bucket = Case { attend, ..whole };
+        let (cycles, mem) = check_case(&bucket);
+        assert!(
+            cycles < full_cycles,
+            "{shape:?} ctx {ctx} attend {attend}: {cycles} cycles, whole context {full_cycles}"
+        );
+        assert!(
+            mem == full_mem,
+            "{shape:?} ctx {ctx} attend {attend}: the bucket's MEM image differs"
+        );
+    }
+}
+
+#[test]
+fn attention_bucket_is_exact_and_shares_the_mem_image() {
+    // SmolLM2 at its compiled context: one word of positions of four, a
+    // bucket ending inside a word, and one ending on the partial last word.
+    check_bucket(SMOL, 1024, 64, &[0, 5, 63]);
+    check_bucket(SMOL, 1024, 330, &[1, 329]);
+    check_bucket(SMOL, 1000, 961, &[960]);
+    // Two V words a position.
+    check_bucket(LLAMA_512, 400, 100, &[0, 99]);
+}
+
+#[test]
+fn attention_bucket_past_the_context_is_an_error() {
+    let target = Target::builtin("lpu-v1").expect("lpu-v1");
+    let mut p = ProgramBuilder::new(&target);
+    let buf =
+        |p: &mut ProgramBuilder, name: &str, n: u64, h| p.buffer(name, DType::F32, n, h).unwrap();
+    let q = buf(&mut p, "q", 576, Hemisphere::West);
+    let kc = buf(&mut p, "kcache", 192 * 2 * 320, Hemisphere::West);
+    let vc = buf(&mut p, "vcache", 64 * 320, Hemisphere::West);
+    let mask = buf(&mut p, "attn_mask", 64, Hemisphere::East);
+    let y = buf(&mut p, "y", 576, Hemisphere::East);
+    for attend in [0, 65] {
+        let e = attention::attention(
+            &mut p,
+            "blk.0.attn",
+            &q,
+            &kc,
+            &vc,
+            &mask,
+            &y,
+            9,
+            3,
+            64,
+            64,
+            attend,
+            0.125,
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("attends to {attend} positions of a cache of 64")),
+            "{e}"
+        );
+    }
 }
 
 #[test]
@@ -513,7 +596,7 @@ fn llama70b_attention_block_builds_at_ctx_2048() {
     .unwrap();
     let scale = 1.0 / (hd as f32).sqrt();
     let t4 = attention::attention(
-        &mut p, l, &qr, &kc, &vc, &mask, &y, heads, kv_heads, hd, ctx, scale, 0,
+        &mut p, l, &qr, &kc, &vc, &mask, &y, heads, kv_heads, hd, ctx, ctx, scale, 0,
     )
     .unwrap();
     let mem = p.alloc.used_bytes();

@@ -54,6 +54,37 @@ pub struct Emitted {
     pub prefill_note: Option<String>,
     /// Users a decode step serves (`--batch`; 1: one sequence).
     pub batch: u32,
+    /// The context buckets (positions attended, the program), ascending:
+    /// the decode step compiled to read the first positions of the caches
+    /// only ([`q35_codegen::plan::compile_bucket`]).
+    pub buckets: Vec<(u32, Compiled)>,
+    /// Why buckets that were asked for are missing, if any are.
+    pub buckets_note: Option<String>,
+}
+
+/// Context buckets: further decode programs attending to the first
+/// positions of the caches only (docs/backend.md 1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Buckets {
+    /// [`auto_buckets`] of the compiled context.
+    Auto,
+    /// Exactly these positions (each below the context; empty: none).
+    List(Vec<u32>),
+}
+
+/// The smallest bucket `Buckets::Auto` makes.
+pub const AUTO_BUCKET_MIN: u32 = 64;
+
+/// `Buckets::Auto`'s buckets below context `ctx`: 64, 256, 1024, ...
+/// (4x apart). Attention's cycles grow with the positions it reads, from a
+/// fixed part (measured on SmolLM2's shapes: about 2,100 cycles a layer,
+/// plus 3.85 a position), so a step at position `pos` on the bucket above
+/// it costs at most 4x the positions it needs, and each bucket costs one
+/// more code generation.
+pub fn auto_buckets(ctx: u32) -> Vec<u32> {
+    std::iter::successors(Some(AUTO_BUCKET_MIN), |b| b.checked_mul(4))
+        .take_while(|&b| b < ctx)
+        .collect()
 }
 
 /// The chips past the first of a pipeline-split model.
@@ -100,9 +131,18 @@ pub fn compile(
     chips: u32,
     split: q35_codegen::partition::Split,
     batch: u32,
+    buckets: Buckets,
     timings: &Timings,
 ) -> anyhow::Result<Emitted> {
     let shown = model_path.display();
+    if let Buckets::List(list) = &buckets
+        && !list.is_empty()
+        && (batch > 1 || chips > 1)
+    {
+        anyhow::bail!(
+            "{shown}: --buckets goes with one chip and --batch 1 (a batch's users are at different positions; a system has no buckets yet); --buckets none compiles without"
+        );
+    }
     if chips == 0 {
         anyhow::bail!("{shown}: --chips 0: a system needs at least one chip");
     }
@@ -238,6 +278,8 @@ pub fn compile(
                 "a model split over {chips} chips has no prefill program yet: the prompt runs token by token"
             )),
             batch,
+            buckets: Vec::new(),
+            buckets_note: None,
         });
     }
     // The scheduler runs on one thread; the weights' hash (for the host's
@@ -342,6 +384,76 @@ pub fn compile(
             got
         }
     };
+    // The context buckets: the same step reading fewer positions, each a
+    // whole code generation, two at a time (the scheduler is one thread).
+    timings.mark("generating the context buckets");
+    let mut buckets_note = None;
+    let wanted = match buckets {
+        Buckets::Auto if batch == 1 => auto_buckets(ctx),
+        Buckets::Auto => Vec::new(),
+        Buckets::List(mut list) => {
+            list.sort_unstable();
+            list.dedup();
+            if let Some(&b) = list.iter().find(|&&b| b >= ctx) {
+                anyhow::bail!(
+                    "{shown}: --buckets {b}: a context bucket must be below the compiled context of {ctx} positions"
+                );
+            }
+            list
+        }
+    };
+    let mut made = Vec::new();
+    if !wanted.is_empty() {
+        bar.stage(format!(
+            "generating {} context bucket{} ({})",
+            wanted.len(),
+            if wanted.len() == 1 { "" } else { "s" },
+            wanted
+                .iter()
+                .map(|b| format!("positions < {b}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        for pair in wanted.chunks(threads.clamp(1, 2)) {
+            let got: Vec<_> = std::thread::scope(|sc| {
+                let handles: Vec<_> = pair
+                    .iter()
+                    .map(|&b| {
+                        let (plan, target, compiled) = (&plan, &spec.target, &compiled);
+                        sc.spawn(move || {
+                            (
+                                b,
+                                q35_codegen::plan::compile_bucket(plan, target, b, compiled),
+                            )
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| match h.join() {
+                        Ok(r) => r,
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    })
+                    .collect()
+            });
+            for (b, r) in got {
+                match r {
+                    // A bucket that does not come out faster than the whole
+                    // context is no use (it would only grow the binary).
+                    Ok(c) if c.built.cycles < compiled.built.cycles => made.push((b, c)),
+                    Ok(c) => {
+                        buckets_note = Some(format!(
+                            "the bucket for positions < {b} takes {} cycles, no fewer than the whole context's {}: left out",
+                            c.built.cycles, compiled.built.cycles
+                        ));
+                    }
+                    Err(e) => anyhow::bail!(
+                        "cannot generate the context bucket for positions < {b} for {shown}: {e} (--buckets none compiles without)"
+                    ),
+                }
+            }
+        }
+    }
     timings.mark("freeing the plan");
     drop(plan);
     drop(bar);
@@ -363,6 +475,8 @@ pub fn compile(
         prefill,
         prefill_note,
         batch,
+        buckets: made,
+        buckets_note,
     })
 }
 
@@ -429,6 +543,15 @@ pub fn host_meta(e: &Emitted) -> HostMeta {
             tokens: *n,
             predicted_cycles: Some(c.built.cycles),
         }),
+        buckets: e
+            .buckets
+            .iter()
+            .map(|(b, c)| q35_host::BucketMeta {
+                program: bucket_program(*b),
+                positions: *b,
+                predicted_cycles: Some(c.built.cycles),
+            })
+            .collect(),
         system: e.system.as_ref().map(|s| q35_host::SystemMeta {
             chips: s
                 .stages
@@ -458,6 +581,12 @@ pub fn host_meta(e: &Emitted) -> HostMeta {
 
 /// The prefill program's name in the binary's `programs` section.
 pub const PREFILL_PROGRAM: &str = "prefill";
+
+/// The name of the context bucket attending to `positions` positions in
+/// the binary's `programs` section.
+pub fn bucket_program(positions: u32) -> String {
+    format!("decode.{positions}")
+}
 
 /// The `.lpubin` bytes of `e`.
 pub fn lpubin(e: &Emitted, target: &q35_target::Target) -> anyhow::Result<Vec<u8>> {
@@ -492,6 +621,21 @@ pub fn lpubin(e: &Emitted, target: &q35_target::Target) -> anyhow::Result<Vec<u8
             p.debug(*queue, *index, label.clone());
         }
         b.program(PREFILL_PROGRAM, p);
+    }
+    // A bucket's MEM image is the first program's (checked when it was
+    // compiled): its queues, symbols, tables and debug map only.
+    for (positions, c) in &e.buckets {
+        let mut p = c
+            .built
+            .program
+            .to_lpubin_program(target, &producer)
+            .with_context(|| {
+                format!("cannot encode the context bucket for {positions} positions")
+            })?;
+        for (queue, index, label) in &c.built.debug {
+            p.debug(*queue, *index, label.clone());
+        }
+        b.program(bucket_program(*positions), p);
     }
     let chip0 = b.to_bytes().context("cannot build the .lpubin container")?;
     let Some(system) = &e.system else {
@@ -573,6 +717,14 @@ pub fn summary(
             }),
             None => serde_json::json!({"tokens_per_run": 1, "note": e.prefill_note}),
         },
+        "buckets": e.buckets.iter().map(|(b, c)| serde_json::json!({
+            "program": bucket_program(*b),
+            "positions": b,
+            "predicted_cycles_per_step": c.built.cycles,
+            "projected_tokens_per_second": if c.built.cycles > 0 { clock_hz / c.built.cycles as f64 } else { 0.0 },
+            "instructions": c.built.program.queues.values().map(Vec::len).sum::<usize>(),
+        })).collect::<Vec<_>>(),
+        "buckets_note": e.buckets_note,
         "chips": e.chips().len(),
         "system": e.system.as_ref().map(|s| {
             s.stages
@@ -748,6 +900,7 @@ pub fn compile_timing_only(
                 weights: Default::default(),
                 ops: Vec::new(),
                 users: s.plan.users,
+                attend: None,
             };
             let instructions = c.built.program.queues.values().map(Vec::len).sum::<usize>();
             info.push((s, c.built.cycles, c.mem_bytes, instructions));
@@ -827,6 +980,7 @@ pub fn compile_timing_only(
         }),
         timing_only: true,
         batch,
+        buckets: Vec::new(),
     };
     let mut b = encode(&first, 0)?;
     b.metadata(meta.to_json());

@@ -54,6 +54,14 @@ pub struct CompileArgs {
     /// program uses at most 60% of MEM.
     #[arg(long, value_name = "N")]
     pub prefill: Option<u32>,
+    /// Context buckets (docs/backend.md 1.2): further decode programs whose
+    /// attention reads only the first N positions of the KV caches; the
+    /// host runs a step at position `pos` on the smallest bucket above
+    /// `pos` (same bits, fewer cycles early in a sequence). `auto`: 64,
+    /// 256, 1024, ... (4x apart) below the compiled context; `none`; or a
+    /// comma-separated list such as `128,512`. One chip, batch 1 only.
+    #[arg(long, value_name = "auto|none|N,N,...", value_parser = parse_buckets, default_value = "auto")]
+    pub buckets: crate::backend::Buckets,
     /// Print each phase's wall and CPU time to stderr (and, with --json,
     /// as `timings` in the summary) (asm, lpubin).
     #[arg(long)]
@@ -91,6 +99,25 @@ pub struct CompileArgs {
     /// Output file; `-` writes to stdout.
     #[arg(short, long, default_value = "-")]
     pub output: PathBuf,
+}
+
+/// `--buckets auto|none|N,N,...`.
+fn parse_buckets(s: &str) -> Result<crate::backend::Buckets, String> {
+    match s {
+        "auto" => Ok(crate::backend::Buckets::Auto),
+        "none" => Ok(crate::backend::Buckets::List(Vec::new())),
+        _ => s
+            .split(',')
+            .map(|n| {
+                n.trim().parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    format!(
+                        "expected `auto`, `none` or a comma-separated list of positive position counts, found `{n}` in `{s}`"
+                    )
+                })
+            })
+            .collect::<Result<Vec<u32>, String>>()
+            .map(crate::backend::Buckets::List),
+    }
 }
 
 /// `--chips N|auto`.
@@ -358,6 +385,7 @@ fn compile_with(
                 chips,
                 split,
                 args.users(),
+                args.buckets.clone(),
                 &timings,
             )?;
             if let Some((a, i)) = auto.as_mut() {
@@ -430,6 +458,19 @@ fn compile_with(
                         Some(why) => format!(", no prefill program ({why})"),
                         None => ", no prefill program".to_string(),
                     },
+                };
+                let prefill = if e.buckets.is_empty() {
+                    prefill
+                } else {
+                    let list: Vec<String> = e
+                        .buckets
+                        .iter()
+                        .map(|(b, c)| format!("{} below position {b}", c.built.cycles))
+                        .collect();
+                    format!(
+                        "{prefill}, context buckets (cycles per decoded token): {}",
+                        list.join(", ")
+                    )
                 };
                 eprintln!(
                     "{}: {} ({} bytes): context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz){}{prefill}, {:.1} MB of {:.1} MB MEM, compiled in {:.1?}",

@@ -326,6 +326,7 @@ impl<D: Device> BatchSession<D> {
                     prefill: *prompt,
                     tokens: 1,
                     chunk: false,
+                    bucket: None,
                     stats,
                 });
                 if *prompt {

@@ -34,5 +34,7 @@ pub use check::{Checker, Mismatch, Part};
 pub use device::{Device, DeviceError, StepStats};
 pub use embedding::{EmbeddingError, EmbeddingTable};
 pub use layout::{LayoutError, SymbolLayout};
-pub use meta::{ChipMeta, GoldenRecipeMeta, HostMeta, MetaError, PrefillMeta, SystemMeta};
+pub use meta::{
+    BucketMeta, ChipMeta, GoldenRecipeMeta, HostMeta, MetaError, PrefillMeta, SystemMeta,
+};
 pub use session::{HostError, HostGeneration, Session, StepRecord};

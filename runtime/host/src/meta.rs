@@ -90,6 +90,28 @@ pub struct HostMeta {
     /// Absent: 1.
     #[serde(default = "one_user", skip_serializing_if = "is_one_user")]
     pub batch: u32,
+    /// Context buckets (docs/lpubin.md 3.4): further decode programs that
+    /// attend to the first `positions` positions only, by ascending
+    /// `positions` (each below `ctx`); a decode step at position `pos`
+    /// runs on the first whose `positions` exceeds `pos`, else on the
+    /// binary's first program. Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<BucketMeta>,
+}
+
+/// A context bucket: the decode step compiled to attend to the first
+/// `positions` positions of the KV caches, right (and bit-exact with the
+/// whole-context program) for every step at a position below `positions`.
+/// It shares the first program's MEM image, symbols and placement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketMeta {
+    /// The program's name in the `programs` section.
+    pub program: String,
+    /// Positions its attention reads: it serves steps at `pos < positions`.
+    pub positions: u32,
+    /// Cycles one run takes, as the compiler scheduled it.
+    #[serde(default)]
+    pub predicted_cycles: Option<u64>,
 }
 
 fn one_user() -> u32 {
@@ -205,6 +227,22 @@ impl HostMeta {
                 meta.batch
             )));
         }
+        let mut below = 0;
+        for b in &meta.buckets {
+            if b.positions <= below || b.positions >= meta.ctx {
+                return Err(MetaError::Invalid(format!(
+                    "`buckets`: `{}` attends to {} positions; buckets must ascend strictly and stay below the context of {}",
+                    b.program, b.positions, meta.ctx
+                )));
+            }
+            below = b.positions;
+        }
+        if meta.batch > 1 && !meta.buckets.is_empty() {
+            return Err(MetaError::Invalid(format!(
+                "`buckets` with `batch` = {}: a batched binary has no context buckets",
+                meta.batch
+            )));
+        }
         if let Some(p) = &meta.prefill
             && (p.tokens < 2 || p.tokens > meta.ctx)
         {
@@ -235,11 +273,91 @@ impl HostMeta {
         }
     }
 
+    /// The context bucket a decode step at position `pos` runs on (`None`:
+    /// the binary's first, whole-context program).
+    pub fn bucket_for(&self, pos: usize) -> Option<&BucketMeta> {
+        self.buckets.iter().find(|b| pos < b.positions as usize)
+    }
+
     /// The tokens that end generation: `stop_tokens`, else `eos`.
     pub fn stop_tokens(&self) -> Vec<u32> {
         match &self.stop_tokens {
             Some(s) => s.clone(),
             None => self.eos.into_iter().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta_json(
+        buckets: serde_json::Value,
+        batch: u32,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::json!({
+            "model": "m", "vocab": 10, "hidden": 8, "blocks": 1, "kv_dim": 8,
+            "ctx": 64, "kv_junk_offset": 1, "batch": batch, "buckets": buckets,
+        }) {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!("an object literal"),
+        }
+    }
+
+    fn bucket(program: &str, positions: u32) -> serde_json::Value {
+        serde_json::json!({"program": program, "positions": positions, "predicted_cycles": 5})
+    }
+
+    #[test]
+    fn a_step_runs_on_the_smallest_bucket_above_its_position() {
+        let m = HostMeta::from_json(&meta_json(
+            serde_json::json!([bucket("decode.16", 16), bucket("decode.32", 32)]),
+            1,
+        ))
+        .unwrap();
+        let at = |pos| m.bucket_for(pos).map(|b| b.program.as_str());
+        assert_eq!(at(0), Some("decode.16"));
+        assert_eq!(at(15), Some("decode.16"));
+        assert_eq!(at(16), Some("decode.32"));
+        assert_eq!(at(31), Some("decode.32"));
+        assert_eq!(at(32), None);
+        assert_eq!(at(63), None);
+        // Absent: none, and the key is not written.
+        let none = HostMeta::from_json(&meta_json(serde_json::json!([]), 1)).unwrap();
+        assert!(none.buckets.is_empty() && none.bucket_for(0).is_none());
+        assert!(!none.to_json().contains_key("buckets"));
+        assert_eq!(HostMeta::from_json(&m.to_json()).unwrap(), m);
+    }
+
+    #[test]
+    fn bad_buckets_are_refused_naming_the_key() {
+        for (buckets, batch, want) in [
+            (
+                serde_json::json!([bucket("a", 32), bucket("b", 16)]),
+                1,
+                "ascend strictly",
+            ),
+            (
+                serde_json::json!([bucket("a", 16), bucket("b", 16)]),
+                1,
+                "ascend strictly",
+            ),
+            (
+                serde_json::json!([bucket("a", 64)]),
+                1,
+                "below the context of 64",
+            ),
+            (serde_json::json!([bucket("a", 0)]), 1, "ascend strictly"),
+            (
+                serde_json::json!([bucket("a", 16)]),
+                2,
+                "a batched binary has no context buckets",
+            ),
+        ] {
+            let e = HostMeta::from_json(&meta_json(buckets, batch)).unwrap_err();
+            let s = e.to_string();
+            assert!(s.contains("`buckets`") && s.contains(want), "{s}");
         }
     }
 }

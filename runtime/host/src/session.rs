@@ -24,7 +24,15 @@
 //! steps at those positions overwrite before any attention reads them
 //! (each token's mask admits positions up to its own). A single remaining
 //! token, or a chunk that would not fit, runs on the decode program. Without
-//! a prefill program the prompt runs one token a run. Token selection uses
+//! a prefill program the prompt runs one token a run.
+//!
+//! **Context buckets.** A binary with context buckets (metadata `buckets`,
+//! [`crate::meta::BucketMeta`]) runs a decode step at position `pos` on the
+//! first bucket program attending to more than `pos` positions (the same
+//! symbols, placement and MEM; attention reads fewer positions, so the step
+//! takes fewer cycles and gives the same bits), else on the first program.
+//!
+//! Token selection uses
 //! `q35_reference`'s [`Sampler`] with the same parameters and seeds as
 //! `q35c run`, and the loop stops as `q35c run`'s does (a stop token, which
 //! is kept, `max_tokens`, a full context, or the callback).
@@ -39,7 +47,7 @@ use crate::check::{Checker, Mismatch};
 use crate::device::{Device, DeviceError, StepStats, f32_bytes, f32_values, u16_bytes};
 use crate::embedding::{EmbeddingError, EmbeddingTable};
 use crate::layout::LANES;
-use crate::meta::{HostMeta, MetaError, PrefillMeta};
+use crate::meta::{BucketMeta, HostMeta, MetaError, PrefillMeta};
 
 /// Everything the token loop can fail on.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +118,9 @@ pub struct StepRecord {
     pub tokens: usize,
     /// Whether the run was the prefill program's.
     pub chunk: bool,
+    /// The context bucket a decode run took (its positions; `None`: the
+    /// whole-context program, or a prefill chunk).
+    pub bucket: Option<u32>,
     /// What the run cost.
     pub stats: StepStats,
 }
@@ -139,6 +150,8 @@ pub struct Session<D: Device> {
     steps: usize,
     mask: Vec<f32>,
     prefill: Option<PrefillMeta>,
+    /// Whether decode steps use the context buckets.
+    buckets: bool,
 }
 
 /// Elements of `n` rounded up to whole 320-lane words.
@@ -318,6 +331,21 @@ impl<D: Device> Session<D> {
                 "the host needs",
             )?;
         }
+        for b in &meta.buckets {
+            let prog = binary
+                .program(&b.program)
+                .ok_or_else(|| HostError::Symbol {
+                    name: b.program.clone(),
+                    what: "is named by the metadata's `buckets` but the binary has no such program"
+                        .into(),
+                })?;
+            if prog.symbols() != binary.symbols() {
+                return Err(HostError::Symbol {
+                    name: b.program.clone(),
+                    what: "is a context bucket whose symbols differ from the first program's (a bucket shares its placement)".into(),
+                });
+            }
+        }
         let tokenizer = load_tokenizer(binary, &meta)?;
         let prefill = meta.prefill.clone();
         Ok(Session {
@@ -330,7 +358,25 @@ impl<D: Device> Session<D> {
             pos: 0,
             steps: 0,
             prefill,
+            buckets: true,
         })
+    }
+
+    /// Whether decode steps use the binary's context buckets (default:
+    /// yes); off, every step runs the whole-context program (same bits,
+    /// more cycles).
+    pub fn set_buckets(&mut self, on: bool) {
+        self.buckets = on;
+    }
+
+    /// The context bucket a decode step at `pos` runs on (`None`: the
+    /// whole-context program).
+    pub fn bucket_at(&self, pos: usize) -> Option<&BucketMeta> {
+        if self.buckets {
+            self.meta.bucket_for(pos)
+        } else {
+            None
+        }
     }
 
     /// Runs `checker` beside the device from now on (`--check`); call
@@ -415,7 +461,16 @@ impl<D: Device> Session<D> {
         self.device.write_symbol("kv_idx", &u16_bytes(&kv_idx))?;
         self.device
             .write_symbol("attn_mask", &f32_bytes(&self.mask))?;
-        let stats = self.device.run()?;
+        let stats = match self.bucket_at(pos).map(|b| b.program.clone()) {
+            None => self.device.run()?,
+            Some(program) => {
+                let d = &mut self.device;
+                d.select_program(Some(&program))?;
+                let run = d.run();
+                d.select_program(None)?;
+                run?
+            }
+        };
         let logits = f32_values(&self.device.read_symbol("logits")?);
         if logits.len() != self.meta.vocab as usize {
             return Err(HostError::Symbol {
@@ -578,6 +633,11 @@ impl<D: Device> Session<D> {
                 prefill: true,
                 tokens: chunk,
                 chunk: chunk > 1,
+                bucket: if chunk > 1 {
+                    None
+                } else {
+                    self.bucket_at(pos).map(|b| b.positions)
+                },
                 stats,
             });
             rest = &rest[chunk..];
@@ -615,6 +675,7 @@ impl<D: Device> Session<D> {
                 prefill: false,
                 tokens: 1,
                 chunk: false,
+                bucket: self.bucket_at(pos).map(|b| b.positions),
                 stats,
             });
         };

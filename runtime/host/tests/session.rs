@@ -67,6 +67,7 @@ fn meta(g: &GoldenModel) -> HostMeta {
         system: None,
         timing_only: false,
         batch: 1,
+        buckets: Vec::new(),
     }
 }
 

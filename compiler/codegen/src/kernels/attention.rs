@@ -1,7 +1,8 @@
 //! Attention for one decode step: the KV cache write ([`kv_write`]) and
-//! whole-context masked attention ([`attention`]), bit-exact with
-//! `q35_contract::semantics::attention_head` on the first `pos + 1`
-//! positions (docs/q35-format.md 8.4).
+//! masked attention over the whole context or its first `attend` positions
+//! ([`attention`]), bit-exact with `q35_contract::semantics::attention_head`
+//! on the first `pos + 1` positions (docs/q35-format.md 8.4) whenever `pos <
+//! attend`.
 //!
 //! # Layouts (docs/backend-design: fixed by the lead)
 //!
@@ -91,6 +92,14 @@
 //! (a sum is `-0.0` only when both addends are), so `o_r + ±0.0 = o_r`:
 //! future positions contribute nothing, and a stripe that only future
 //! positions reach stays `+0.0`, as the contract's empty stripe is.
+//!
+//! The same argument covers a program that attends to the first `attend`
+//! positions only (`pos < attend <= ctx`, a context bucket): the lanes it
+//! reads past `pos` are `-inf` in the host's mask (positions below `ctx`),
+//! and the positions it skips are all future ones, whose `e_t` and `p_t
+//! v_t` are `+0.0`. Leaving out whole words of `+0.0` from the lane sum's
+//! word-wise additions, and `+0.0` terms from the ends of the stripes,
+//! changes no bit, so both programs give the contract's values.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -576,9 +585,14 @@ struct Shape {
     blk: u32,
     group: u32,
     hd: u32,
+    /// Positions the op reads (the cache's first `ctx`: a program for the
+    /// positions below it, [`attention`]'s `attend`).
     ctx: u32,
-    /// Words over positions.
+    /// Words over those positions.
     w: u32,
+    /// Words of a K cache row's positions (`ceil(cache ctx / 320)`; the
+    /// row is `kw + 1` words, the junk word last).
+    kw: u32,
     /// Words of one head in each half of the scores scratch.
     wh: u32,
     /// Words of a V cache row (`ceil(kv_dim / 320)`).
@@ -608,11 +622,18 @@ fn view(block: &Buffer, name: &str, first: usize, n: usize) -> Buffer {
     }
 }
 
-/// Whole-context masked attention for one token (layouts and method in the
-/// module doc): for every head `h` (kv head `h / (heads / kv_heads)`),
-/// `y[h*head_dim ..][d] = sum_t softmax((q_h . k_t) * scale + mask)_t *
-/// v_t[d]`, exactly as `attention_head` over positions `0 ..= pos`.
-/// Allocates its scratch buffers; returns the last cycle used.
+/// Masked attention for one token over the first `attend` positions of a
+/// cache of `ctx` (layouts and method in the module doc): for every head
+/// `h` (kv head `h / (heads / kv_heads)`), `y[h*head_dim ..][d] = sum_t
+/// softmax((q_h . k_t) * scale + mask)_t * v_t[d]`, exactly as
+/// `attention_head` over positions `0 ..= pos` whenever `pos < attend`
+/// (`attend = ctx`: whole-context attention, any position).
+///
+/// Allocates its scratch buffers exactly as for `attend = ctx`, whatever
+/// `attend` is: the same MEM image and placement, so a program attending
+/// fewer positions (a context bucket, docs/backend.md 1.2) shares every
+/// buffer and constant with the whole-context one and only reads less.
+/// Returns the last cycle used.
 #[expect(clippy::too_many_arguments, reason = "the op's buffers and sizes")]
 pub fn attention(
     p: &mut ProgramBuilder,
@@ -626,6 +647,7 @@ pub fn attention(
     kv_heads: u32,
     head_dim: u32,
     ctx: u32,
+    attend: u32,
     scale: f32,
     not_before: Cycle,
 ) -> Result<Cycle, SchedError> {
@@ -635,17 +657,31 @@ pub fn attention(
             format!("heads {heads}, kv_heads {kv_heads}, head_dim {head_dim}, ctx {ctx}"),
         ));
     }
+    if attend == 0 || attend > ctx {
+        return Err(err(
+            label,
+            format!("attends to {attend} positions of a cache of {ctx}: must be 1..={ctx}"),
+        ));
+    }
     let m = p.mach().clone();
-    let w = ctx.div_ceil(LANES);
-    let s = Shape {
+    let kw = ctx.div_ceil(LANES);
+    // The whole-context shape sizes every buffer; `s` is what is read.
+    let full = Shape {
         heads,
         blk: LANES / kv_heads,
         group: heads / kv_heads,
         hd: head_dim,
         ctx,
-        w,
-        wh: w.div_ceil(2),
+        w: kw,
+        wh: kw.div_ceil(2),
         wv: (kv_heads * head_dim).div_ceil(LANES),
+        kw,
+    };
+    let w = attend.div_ceil(LANES);
+    let s = Shape {
+        ctx: attend,
+        w,
+        ..full
     };
     if kv_heads > LANES {
         return Err(err(
@@ -660,7 +696,7 @@ pub fn attention(
     // Scores / e / p (two halves) and keep: 12 distinct east slices (keep
     // must be east: sxm.e's values flow east past it).
     let blocks = pack_blocks(&s);
-    let packed_words = s.group * blocks.len() as u32;
+    let packed_words = s.group * pack_blocks(&full).len() as u32;
     let block = p
         .scratch_slices(
             &format!("{label}.scratch"),
@@ -716,8 +752,9 @@ pub fn attention(
     }
     p.init(&sel, DType::U8, sel_init);
 
-    // The mask's last word with -inf past ctx.
-    let mut last_mask = (mask.clone(), mask.addr + w - 1);
+    // The mask's last word with -inf past ctx (made only when this op reads
+    // that word; its buffers exist either way).
+    let mut last_mask = (mask.clone(), mask.addr + kw - 1);
     let mut last = not_before;
     if !ctx.is_multiple_of(LANES) {
         let other = match mask.hemisphere() {
@@ -743,13 +780,15 @@ pub fn attention(
                 other,
             )
             .map_err(SchedError::mem(label))?;
-        let mut b = Bundle::new(label);
-        let a = b.read(&m, &mask.slices, mask.addr + w - 1, m.vxm, 0)?;
-        let c = b.read(&m, &pad.slices, pad.addr, m.vxm, 0)?;
-        let sum = vx(&mut b, &m, 0, FADD, &[("a", a), ("b", c)], dir_to(&mask2))?;
-        b.write(&m, sum, &mask2.slices, mask2.addr)?;
-        last = last.max(p.sched.place(b, not_before)?.last);
-        last_mask = (mask2.clone(), mask2.addr);
+        if w == kw {
+            let mut b = Bundle::new(label);
+            let a = b.read(&m, &mask.slices, mask.addr + kw - 1, m.vxm, 0)?;
+            let c = b.read(&m, &pad.slices, pad.addr, m.vxm, 0)?;
+            let sum = vx(&mut b, &m, 0, FADD, &[("a", a), ("b", c)], dir_to(&mask2))?;
+            b.write(&m, sum, &mask2.slices, mask2.addr)?;
+            last = last.max(p.sched.place(b, not_before)?.last);
+            last_mask = (mask2.clone(), mask2.addr);
+        }
     }
 
     // Phase 1: scores, 4 chains a bundle.
@@ -762,7 +801,7 @@ pub fn attention(
         let mut pk = Packer::new(&m);
         let mut done = Vec::new();
         for &(h, ww) in batch {
-            let mk = if ww == w - 1 {
+            let mk = if ww == kw - 1 {
                 last_mask.clone()
             } else {
                 (mask.clone(), mask.addr + ww)
@@ -878,8 +917,8 @@ pub fn attention(
     // keeps both SXMs busy). A later segment continues the stripes from
     // obuf, so the order of the additions is the contract's.
     let mut t_a = 0;
-    while t_a < ctx {
-        let t_b = ctx.min(t_a + OUT_SEGMENT);
+    while t_a < s.ctx {
+        let t_b = s.ctx.min(t_a + OUT_SEGMENT);
         for vw in 0..s.wv {
             for js in member_sets(&s, la) {
                 let plan = OutPlan::new(js.len() as u32, la);
@@ -913,7 +952,7 @@ pub fn attention(
             // A stripe no position reaches (a context under four) is +0.0.
             let stripe = |b: &mut Bundle, r: usize, t: Cycle| {
                 let (buf, addr) = at(r);
-                if (r as u32) < ctx {
+                if (r as u32) < s.ctx {
                     b.read(&m, &buf.slices, addr, m.vxm, t)
                 } else {
                     vx(b, &m, t - la, fconst(0.0), &[], Dir::West)
@@ -1050,7 +1089,7 @@ fn score_chain(
         let kw = b.read(
             m,
             &kcache.slices,
-            kcache.addr + row * (s.w + 1) + ww,
+            kcache.addr + row * (s.kw + 1) + ww,
             m.vxm,
             cd,
         )?;

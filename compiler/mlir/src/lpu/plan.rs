@@ -514,6 +514,7 @@ fn plan_of(
         weights,
         ops,
         users: 1,
+        attend: None,
     })
 }
 

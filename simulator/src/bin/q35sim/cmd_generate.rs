@@ -152,6 +152,10 @@ pub struct GenArgs {
     /// has a prefill program (same tokens and logits, more cycles).
     #[arg(long)]
     pub no_prefill: bool,
+    /// Run every decode step on the whole-context program, even when the
+    /// binary has context buckets (same tokens and logits, more cycles).
+    #[arg(long)]
+    pub no_buckets: bool,
 }
 
 /// `--engine`.
@@ -200,11 +204,24 @@ fn step_name(i: usize, s: &q35_host::StepRecord) -> String {
         )
     } else {
         format!(
-            "step {i}: {} token {} at position {}",
+            "step {i}: {} token {} at position {}{}",
             if s.prefill { "prefill" } else { "decode" },
             s.token,
-            s.pos
+            s.pos,
+            match s.bucket {
+                Some(b) => format!(" (bucket < {b})"),
+                None => String::new(),
+            }
         )
+    }
+}
+
+/// The program a run took, by its name in the binary.
+fn program_name(s: &q35_host::StepRecord) -> String {
+    match (s.chunk, s.bucket) {
+        (true, _) => "prefill".into(),
+        (false, Some(b)) => format!("decode.{b}"),
+        (false, None) => "decode".into(),
     }
 }
 
@@ -269,6 +286,9 @@ pub fn run(
     if args.no_prefill {
         session.set_prefill(false);
     }
+    if args.no_buckets {
+        session.set_buckets(false);
+    }
     let (meta, prompt_text, prompt, options) = prepare(name, &mut session, args)?;
 
     let tokenizer = session.shared_tokenizer();
@@ -322,7 +342,15 @@ pub fn run(
     text.push_str(&tail);
     let predicted = meta.predicted_cycles_per_step;
     let chunk_predicted = meta.prefill.as_ref().and_then(|p| p.predicted_cycles);
-    let predicted_of = |s: &q35_host::StepRecord| if s.chunk { chunk_predicted } else { predicted };
+    let predicted_of = |s: &q35_host::StepRecord| match (s.chunk, s.bucket) {
+        (true, _) => chunk_predicted,
+        (false, Some(b)) => meta
+            .buckets
+            .iter()
+            .find(|m| m.positions == b)
+            .and_then(|m| m.predicted_cycles),
+        (false, None) => predicted,
+    };
     let stop = match generation.stop {
         StopReason::StopToken(_) => "eos",
         other => other.as_str(),
@@ -434,7 +462,7 @@ pub fn run(
                     "token": s.token,
                     "pos": s.pos,
                     "tokens": s.tokens,
-                    "program": if s.chunk { "prefill" } else { "decode" },
+                    "program": program_name(s),
                     "prefill": s.prefill,
                     "cycles": s.stats.cycles,
                     "instructions": s.stats.instructions,
@@ -476,11 +504,30 @@ pub fn run(
         write!(stdout, "{tail}").map_err(io)?;
         writeln!(stdout).map_err(io)?;
         let prefill_runs = generation.steps.iter().filter(|s| s.prefill).count();
-        let how = match prefill_tokens {
+        let mut how = match prefill_tokens {
             Some(n) => format!("the prefill program takes {n} tokens a run"),
             None if meta.prefill.is_some() => "--no-prefill: one run per prompt token".into(),
             None => "no prefill program: one run per prompt token".into(),
         };
+        let bucketed = generation
+            .steps
+            .iter()
+            .filter(|s| s.bucket.is_some())
+            .count();
+        if !meta.buckets.is_empty() {
+            how.push_str(&if args.no_buckets {
+                "; --no-buckets: every step on the whole-context program".to_string()
+            } else {
+                format!(
+                    "; {bucketed} runs on context buckets ({})",
+                    meta.buckets
+                        .iter()
+                        .map(|b| format!("< {}", b.positions))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            });
+        }
         writeln!(
             stdout,
             "[{} prompt tokens in {prefill_runs} runs ({how}), {} generated, stop: {stop}; {} runs]",

@@ -120,8 +120,9 @@ pub struct Args {
     /// Also run the program once and fail unless the run's timeline is the static one.
     #[arg(long)]
     check: bool,
-    /// Profile this further program of the binary (e.g. `prefill`)
-    /// instead of the first (the decode step).
+    /// Profile this further program of the binary (`prefill`, or a
+    /// context bucket such as `decode.64`) instead of the first (the
+    /// whole-context decode step).
     #[arg(long, value_name = "NAME")]
     program: Option<String>,
     #[command(flatten)]
@@ -246,7 +247,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
         "program": args.program.as_deref().unwrap_or("decode"),
         "predicted_cycles_per_step": q35_host::HostMeta::from_binary(&binary).ok().and_then(|m| match &args.program {
             None => m.predicted_cycles_per_step,
-            Some(p) => m.prefill.filter(|f| &f.program == p).and_then(|f| f.predicted_cycles),
+            Some(p) => match m.prefill.filter(|f| &f.program == p) {
+                Some(f) => f.predicted_cycles,
+                None => m.buckets.into_iter().find(|b| &b.program == p).and_then(|b| b.predicted_cycles),
+            },
         }),
         "checked_against_a_run": args.check,
     });
