@@ -1108,12 +1108,6 @@ pub fn compile_bucket(
             plan.ctx
         )));
     }
-    if plan.users > 1 {
-        return Err(bucket_err(
-            "a batched program has no context buckets (its users are at different positions)"
-                .into(),
-        ));
-    }
     let mut bucket_plan = plan.clone();
     bucket_plan.attend = Some(attend);
     let c = compile(&bucket_plan, target)?;

@@ -137,10 +137,10 @@ pub fn compile(
     let shown = model_path.display();
     if let Buckets::List(list) = &buckets
         && !list.is_empty()
-        && (batch > 1 || chips > 1)
+        && chips > 1
     {
         anyhow::bail!(
-            "{shown}: --buckets goes with one chip and --batch 1 (a batch's users are at different positions; a system has no buckets yet); --buckets none compiles without"
+            "{shown}: --buckets goes with one chip (a system's stages have no context buckets yet); --buckets none compiles without"
         );
     }
     if chips == 0 {
@@ -389,8 +389,7 @@ pub fn compile(
     timings.mark("generating the context buckets");
     let mut buckets_note = None;
     let wanted = match buckets {
-        Buckets::Auto if batch == 1 => auto_buckets(ctx),
-        Buckets::Auto => Vec::new(),
+        Buckets::Auto => auto_buckets(ctx),
         Buckets::List(mut list) => {
             list.sort_unstable();
             list.dedup();

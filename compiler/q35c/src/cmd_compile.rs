@@ -59,7 +59,8 @@ pub struct CompileArgs {
     /// host runs a step at position `pos` on the smallest bucket above
     /// `pos` (same bits, fewer cycles early in a sequence). `auto`: 64,
     /// 256, 1024, ... (4x apart) below the compiled context; `none`; or a
-    /// comma-separated list such as `128,512`. One chip, batch 1 only.
+    /// comma-separated list such as `128,512`. One chip (a batched run takes
+    /// the bucket of its furthest user).
     #[arg(long, value_name = "auto|none|N,N,...", value_parser = parse_buckets, default_value = "auto")]
     pub buckets: crate::backend::Buckets,
     /// Print each phase's wall and CPU time to stderr (and, with --json,

@@ -46,6 +46,9 @@ pub struct BatchRun {
     /// Per user: the token it ran and at which position, whether it was a
     /// prompt token (`None`: the user had stopped).
     pub rows: Vec<Option<(u32, usize, bool)>>,
+    /// The context bucket the run took (its positions; `None`: the
+    /// whole-context program).
+    pub bucket: Option<u32>,
     /// What the run cost.
     pub stats: StepStats,
 }
@@ -71,6 +74,10 @@ pub struct BatchSession<D: Device> {
     /// Per user: the position its next token takes.
     pos: Vec<usize>,
     runs: usize,
+    /// Whether runs use the context buckets.
+    buckets: bool,
+    /// The bucket the last run took.
+    last_bucket: Option<u32>,
 }
 
 impl<D: Device> BatchSession<D> {
@@ -98,6 +105,7 @@ impl<D: Device> BatchSession<D> {
             "is missing: the program does not take a token",
             &format!("a batch of {users} users needs"),
         )?;
+        crate::session::check_buckets(&meta, binary)?;
         let tokenizer = load_tokenizer(binary, &meta)?;
         Ok(BatchSession {
             device,
@@ -106,8 +114,22 @@ impl<D: Device> BatchSession<D> {
             tokenizer: tokenizer.map(Arc::new),
             checker: None,
             runs: 0,
+            buckets: true,
+            last_bucket: None,
             meta,
         })
+    }
+
+    /// Whether runs use the binary's context buckets (default: yes); off,
+    /// every run takes the whole-context program (same bits, more cycles).
+    pub fn set_buckets(&mut self, on: bool) {
+        self.buckets = on;
+    }
+
+    /// The context bucket the last run took (`None`: the whole-context
+    /// program, or no run yet).
+    pub fn last_bucket(&self) -> Option<u32> {
+        self.last_bucket
     }
 
     /// Runs `checker` (built for this binary's metadata: a golden session
@@ -200,12 +222,35 @@ impl<D: Device> BatchSession<D> {
             pos_idx[u * LANES..(u + 1) * LANES].fill(pos16(at)?);
             mask[u * cw..u * cw + at + 1].fill(0.0);
         }
+        // One program serves every row: the bucket of the furthest user (an
+        // idle row sits at position 0).
+        let furthest = feeds
+            .iter()
+            .zip(&self.pos)
+            .filter(|(f, _)| f.is_some())
+            .map(|(_, &p)| p)
+            .max()
+            .unwrap_or(0);
+        let bucket = if self.buckets {
+            self.meta.bucket_for(furthest).cloned()
+        } else {
+            None
+        };
         let d = &mut self.device;
         d.write_symbol("x_in", &f32_bytes(&x))?;
         d.write_symbol("pos_idx", &u16_bytes(&pos_idx))?;
         d.write_symbol("kv_idx", &u16_bytes(&kv_idx))?;
         d.write_symbol("attn_mask", &f32_bytes(&mask))?;
-        let stats = d.run()?;
+        let stats = match &bucket {
+            None => d.run()?,
+            Some(b) => {
+                d.select_program(Some(&b.program))?;
+                let run = d.run();
+                d.select_program(None)?;
+                run?
+            }
+        };
+        self.last_bucket = bucket.map(|b| b.positions);
         let all = f32_values(&d.read_symbol("logits")?);
         if all.len() != n * vw {
             return Err(HostError::Symbol {
@@ -314,6 +359,7 @@ impl<D: Device> BatchSession<D> {
                     .zip(&positions)
                     .map(|(f, &p)| f.map(|(t, prompt)| (t, p, prompt)))
                     .collect(),
+                bucket: self.last_bucket,
                 stats,
             });
             for (u, ((s, feed), l)) in users.iter_mut().zip(&feeds).zip(logits).enumerate() {
@@ -326,7 +372,7 @@ impl<D: Device> BatchSession<D> {
                     prefill: *prompt,
                     tokens: 1,
                     chunk: false,
-                    bucket: None,
+                    bucket: self.last_bucket,
                     stats,
                 });
                 if *prompt {

@@ -94,7 +94,8 @@ pub struct HostMeta {
     /// attend to the first `positions` positions only, by ascending
     /// `positions` (each below `ctx`); a decode step at position `pos`
     /// runs on the first whose `positions` exceeds `pos`, else on the
-    /// binary's first program. Absent: none.
+    /// binary's first program; a batched run on the first above its
+    /// furthest user's position. Absent: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buckets: Vec<BucketMeta>,
 }
@@ -237,12 +238,6 @@ impl HostMeta {
             }
             below = b.positions;
         }
-        if meta.batch > 1 && !meta.buckets.is_empty() {
-            return Err(MetaError::Invalid(format!(
-                "`buckets` with `batch` = {}: a batched binary has no context buckets",
-                meta.batch
-            )));
-        }
         if let Some(p) = &meta.prefill
             && (p.tokens < 2 || p.tokens > meta.ctx)
         {
@@ -348,12 +343,7 @@ mod tests {
                 1,
                 "below the context of 64",
             ),
-            (serde_json::json!([bucket("a", 0)]), 1, "ascend strictly"),
-            (
-                serde_json::json!([bucket("a", 16)]),
-                2,
-                "a batched binary has no context buckets",
-            ),
+            (serde_json::json!([bucket("a", 0)]), 2, "ascend strictly"),
         ] {
             let e = HostMeta::from_json(&meta_json(buckets, batch)).unwrap_err();
             let s = e.to_string();

@@ -259,6 +259,28 @@ pub(crate) fn check_rows<'a>(
     Ok(())
 }
 
+/// Checks that every context bucket the metadata names is a program of
+/// `binary` with exactly the first program's symbols (a bucket shares its
+/// placement).
+pub(crate) fn check_buckets(meta: &HostMeta, binary: &LpuBinary) -> Result<(), HostError> {
+    for b in &meta.buckets {
+        let prog = binary
+            .program(&b.program)
+            .ok_or_else(|| HostError::Symbol {
+                name: b.program.clone(),
+                what: "is named by the metadata's `buckets` but the binary has no such program"
+                    .into(),
+            })?;
+        if prog.symbols() != binary.symbols() {
+            return Err(HostError::Symbol {
+                name: b.program.clone(),
+                what: "is a context bucket whose symbols differ from the first program's (a bucket shares its placement)".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The symbols written or read every step: name, element type, elements.
 fn bound_symbols(meta: &HostMeta) -> [(&'static str, ElemType, u64); 5] {
     [
@@ -331,21 +353,7 @@ impl<D: Device> Session<D> {
                 "the host needs",
             )?;
         }
-        for b in &meta.buckets {
-            let prog = binary
-                .program(&b.program)
-                .ok_or_else(|| HostError::Symbol {
-                    name: b.program.clone(),
-                    what: "is named by the metadata's `buckets` but the binary has no such program"
-                        .into(),
-                })?;
-            if prog.symbols() != binary.symbols() {
-                return Err(HostError::Symbol {
-                    name: b.program.clone(),
-                    what: "is a context bucket whose symbols differ from the first program's (a bucket shares its placement)".into(),
-                });
-            }
-        }
+        check_buckets(&meta, binary)?;
         let tokenizer = load_tokenizer(binary, &meta)?;
         let prefill = meta.prefill.clone();
         Ok(Session {

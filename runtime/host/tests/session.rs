@@ -90,6 +90,17 @@ fn sym(name: &str, kind: SymbolKind, elem: ElemType, shape: &[u64]) -> Symbol {
 /// A binary with the host's sections and symbols (no instructions: the
 /// fake device does the work). `skip` leaves one symbol out.
 fn binary(meta: &HostMeta, emb: &EmbeddingTable, skip: Option<&str>) -> LpuBinary {
+    binary_with(meta, emb, skip, &[])
+}
+
+/// [`binary`] with further programs: per name, whether it has the first
+/// program's symbols (else one symbol fewer).
+fn binary_with(
+    meta: &HostMeta,
+    emb: &EmbeddingTable,
+    skip: Option<&str>,
+    programs: &[(&str, bool)],
+) -> LpuBinary {
     let mut b = Builder::new("lpu-v1", [0; 32], "test");
     b.metadata(meta.to_json());
     let (enc, rows, cols, data) = emb.section();
@@ -99,16 +110,28 @@ fn binary(meta: &HostMeta, emb: &EmbeddingTable, skip: Option<&str>) -> LpuBinar
         u64::from(meta.hidden),
         u64::from(meta.ctx),
     );
-    for s in [
+    let symbols: Vec<Symbol> = [
         sym("x_in", SymbolKind::Input, ElemType::F32, &[h]),
         sym("pos_idx", SymbolKind::Position, ElemType::U16, &[320]),
         sym("kv_idx", SymbolKind::Position, ElemType::U16, &[320]),
         sym("attn_mask", SymbolKind::Input, ElemType::F32, &[c]),
         sym("logits", SymbolKind::Output, ElemType::F32, &[v]),
-    ] {
-        if Some(s.name.as_str()) != skip {
-            b.symbol(s);
+    ]
+    .into_iter()
+    .filter(|s| Some(s.name.as_str()) != skip)
+    .collect();
+    for s in &symbols {
+        b.symbol(s.clone());
+    }
+    for &(name, same) in programs {
+        let mut p = Builder::new("lpu-v1", [0; 32], "test");
+        p.queue(0, vec![0u64]);
+        for s in &symbols {
+            if same || s.name != "attn_mask" {
+                p.symbol(s.clone());
+            }
         }
+        b.program(name, p);
     }
     LpuBinary::from_bytes(b.to_bytes().expect("writes")).expect("opens")
 }
@@ -126,6 +149,10 @@ struct FakeDevice {
     runs: usize,
     /// After run `.0`, add 1.0 to key `(c, t)` of block `b`.
     corrupt: Option<(usize, usize, usize, usize)>,
+    /// The selected program (`None`: the first).
+    program: Option<String>,
+    /// Per run: its position and program.
+    ran: Vec<(usize, Option<String>)>,
 }
 
 impl FakeDevice {
@@ -156,6 +183,8 @@ impl FakeDevice {
             junk: meta.kv_junk_offset,
             runs: 0,
             corrupt: None,
+            program: None,
+            ran: Vec::new(),
         }
     }
 
@@ -168,6 +197,11 @@ impl FakeDevice {
 }
 
 impl Device for FakeDevice {
+    fn select_program(&mut self, program: Option<&str>) -> Result<(), DeviceError> {
+        self.program = program.map(str::to_string);
+        Ok(())
+    }
+
     fn write_symbol(&mut self, name: &str, bytes: &[u8]) -> Result<(), DeviceError> {
         let s = self
             .symbols
@@ -195,6 +229,7 @@ impl Device for FakeDevice {
     fn run(&mut self) -> Result<StepStats, DeviceError> {
         let bad = |m: String| Err(DeviceError::Run(m));
         let pos = self.session.position();
+        self.ran.push((pos, self.program.clone()));
         let x: Vec<u32> = f32_values(&self.symbols["x_in"])
             .iter()
             .map(|v| v.to_bits())
@@ -561,4 +596,66 @@ fn prefill_metadata_is_checked() {
     assert!(e.contains("no such program"), "{e}");
     let e = with(1, Some(program(4)));
     assert!(e.contains("prefill.tokens"), "{e}");
+}
+
+#[test]
+fn decode_steps_run_on_the_smallest_bucket_above_their_position() {
+    let t = tiny();
+    let mut m = meta(&t.golden);
+    m.buckets = [("decode.2", 2), ("decode.5", 5)]
+        .iter()
+        .map(|&(p, n)| q35_host::BucketMeta {
+            program: p.into(),
+            positions: n,
+            predicted_cycles: Some(1),
+        })
+        .collect();
+    let emb = EmbeddingTable::Q35(t.head.clone().expect("the tiny head is quantized"));
+    let bin = binary_with(&m, &emb, None, &[("decode.2", true), ("decode.5", true)]);
+    let options = GenerateOptions {
+        max_tokens: 6,
+        sampling: SamplingParams::greedy(),
+        stop_tokens: vec![],
+    };
+    let prompt = [1u32, 17];
+    let want = golden_generate(&t.golden, &prompt, &options);
+    for on in [true, false] {
+        let mut s = Session::new(FakeDevice::new(&t.golden, &m), &bin).expect("binds");
+        s.set_buckets(on);
+        let g = s.generate(&prompt, &options, |_| true).expect("generates");
+        assert_eq!(g.tokens, want, "the same tokens on any program");
+        let expect = |pos: usize| match (on, pos) {
+            (false, _) => None,
+            (true, 0..2) => Some("decode.2".to_string()),
+            (true, 2..5) => Some("decode.5".to_string()),
+            (true, _) => None,
+        };
+        let ran = &s.device().ran;
+        assert_eq!(ran.len(), 7);
+        for (pos, program) in ran {
+            assert_eq!(*program, expect(*pos), "position {pos}");
+        }
+        for step in &g.steps {
+            assert_eq!(
+                step.bucket.map(|b| format!("decode.{b}")),
+                expect(step.pos),
+                "the step record names the program it ran"
+            );
+        }
+        // The first program is selected again after every run.
+        assert_eq!(s.device().program, None);
+    }
+    // A bucket the binary lacks, or one whose symbols differ, is refused.
+    let missing = binary_with(&m, &emb, None, &[("decode.2", true)]);
+    let e = Session::new(FakeDevice::new(&t.golden, &m), &missing).unwrap_err();
+    assert!(
+        e.to_string().contains("decode.5") && e.to_string().contains("no such program"),
+        "{e}"
+    );
+    let differs = binary_with(&m, &emb, None, &[("decode.2", true), ("decode.5", false)]);
+    let e = Session::new(FakeDevice::new(&t.golden, &m), &differs).unwrap_err();
+    assert!(
+        e.to_string().contains("decode.5") && e.to_string().contains("symbols differ"),
+        "{e}"
+    );
 }

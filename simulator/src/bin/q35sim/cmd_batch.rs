@@ -92,6 +92,9 @@ pub fn run<D: Device>(
         )
         .into());
     }
+    if args.no_buckets {
+        session.set_buckets(false);
+    }
     let meta = session.meta().clone();
     let users = session.users();
     let prompts = prompts(name, &session, args)?;
@@ -150,8 +153,21 @@ pub fn run<D: Device>(
         })
         .collect();
     let predicted = meta.predicted_cycles_per_step;
+    // A run's prediction: its program's (a context bucket's, or the
+    // whole-context program's).
+    let predicted_of = |r: &q35_host::BatchRun| match r.bucket {
+        Some(b) => meta
+            .buckets
+            .iter()
+            .find(|m| m.positions == b)
+            .and_then(|m| m.predicted_cycles),
+        None => predicted,
+    };
     let off_prediction = crate::cmd_generate::first_off_prediction(
-        generation.runs.iter().map(|r| (r.stats.cycles, predicted)),
+        generation
+            .runs
+            .iter()
+            .map(|r| (r.stats.cycles, predicted_of(r))),
     );
     let total: u64 = generation.runs.iter().map(|r| r.stats.cycles).sum();
     let runs = generation.runs.len();
@@ -191,6 +207,10 @@ pub fn run<D: Device>(
             "total_cycles": total,
             "runs": generation.runs.iter().map(|r| json!({
                 "users": r.rows.iter().map(|row| row.map(|(t, p, prompt)| json!({"token": t, "pos": p, "prefill": prompt}))).collect::<Vec<_>>(),
+                "program": match r.bucket {
+                    Some(b) => format!("decode.{b}"),
+                    None => "decode".to_string(),
+                },
                 "cycles": r.stats.cycles,
                 "instructions": r.stats.instructions,
             })).collect::<Vec<_>>(),
@@ -224,15 +244,19 @@ pub fn run<D: Device>(
         for (i, r) in generation.runs.iter().enumerate() {
             let running = r.rows.iter().flatten().count();
             let prompt = r.rows.iter().flatten().filter(|row| row.2).count();
-            let pred = match predicted {
+            let pred = match predicted_of(r) {
                 Some(p) if p == r.stats.cycles => format!(" (predicted {p})"),
                 Some(p) => format!(" (predicted {p}: DIFFERS)"),
                 None => String::new(),
             };
             let users = if running == 1 { "user" } else { "users" };
+            let bucket = match r.bucket {
+                Some(b) => format!(" (bucket < {b})"),
+                None => String::new(),
+            };
             writeln!(
                 stdout,
-                "run {i}: {running} {users} ({prompt} on prompt tokens): {} cycles{pred}",
+                "run {i}: {running} {users} ({prompt} on prompt tokens){bucket}: {} cycles{pred}",
                 r.stats.cycles
             )
             .map_err(io)?;
