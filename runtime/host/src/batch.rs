@@ -126,12 +126,6 @@ impl<D: Device> BatchSession<D> {
         self.buckets = on;
     }
 
-    /// The context bucket the last run took (`None`: the whole-context
-    /// program, or no run yet).
-    pub fn last_bucket(&self) -> Option<u32> {
-        self.last_bucket
-    }
-
     /// Runs `checker` (built for this binary's metadata: a golden session
     /// per user) beside the device from now on; call before the first run.
     pub fn set_checker(&mut self, checker: Checker) {
@@ -241,15 +235,7 @@ impl<D: Device> BatchSession<D> {
         d.write_symbol("pos_idx", &u16_bytes(&pos_idx))?;
         d.write_symbol("kv_idx", &u16_bytes(&kv_idx))?;
         d.write_symbol("attn_mask", &f32_bytes(&mask))?;
-        let stats = match &bucket {
-            None => d.run()?,
-            Some(b) => {
-                d.select_program(Some(&b.program))?;
-                let run = d.run();
-                d.select_program(None)?;
-                run?
-            }
-        };
+        let stats = d.run_program(bucket.as_ref().map(|b| b.program.as_str()))?;
         self.last_bucket = bucket.map(|b| b.positions);
         let all = f32_values(&d.read_symbol("logits")?);
         if all.len() != n * vw {

@@ -81,6 +81,20 @@ pub trait Device {
             }),
         }
     }
+
+    /// Runs `program` (`None`: the first) once on the current state and
+    /// selects the first program again, whether or not the run succeeded.
+    /// A further program shares the first's symbols (a context bucket), so
+    /// the inputs written before and the outputs read after are its own.
+    fn run_program(&mut self, program: Option<&str>) -> Result<StepStats, DeviceError> {
+        let Some(name) = program else {
+            return self.run();
+        };
+        self.select_program(Some(name))?;
+        let run = self.run();
+        self.select_program(None)?;
+        run
+    }
 }
 
 /// Element bytes of `values` (little-endian f32).

@@ -274,6 +274,12 @@ impl HostMeta {
         self.buckets.iter().find(|b| pos < b.positions as usize)
     }
 
+    /// The context bucket attending to `positions` positions, if the binary
+    /// has one (what a run record's bucket names).
+    pub fn bucket(&self, positions: u32) -> Option<&BucketMeta> {
+        self.buckets.iter().find(|b| b.positions == positions)
+    }
+
     /// The tokens that end generation: `stop_tokens`, else `eos`.
     pub fn stop_tokens(&self) -> Vec<u32> {
         match &self.stop_tokens {

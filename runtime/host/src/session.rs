@@ -259,18 +259,25 @@ pub(crate) fn check_rows<'a>(
     Ok(())
 }
 
+/// The further program `name` of `binary`, which the metadata's `key`
+/// names: an error if the binary lacks it.
+fn named_program<'a>(
+    binary: &'a LpuBinary,
+    name: &str,
+    key: &str,
+) -> Result<q35_lpubin::ProgramView<'a>, HostError> {
+    binary.program(name).ok_or_else(|| HostError::Symbol {
+        name: name.to_string(),
+        what: format!("is named by the metadata's `{key}` but the binary has no such program"),
+    })
+}
+
 /// Checks that every context bucket the metadata names is a program of
 /// `binary` with exactly the first program's symbols (a bucket shares its
 /// placement).
 pub(crate) fn check_buckets(meta: &HostMeta, binary: &LpuBinary) -> Result<(), HostError> {
     for b in &meta.buckets {
-        let prog = binary
-            .program(&b.program)
-            .ok_or_else(|| HostError::Symbol {
-                name: b.program.clone(),
-                what: "is named by the metadata's `buckets` but the binary has no such program"
-                    .into(),
-            })?;
+        let prog = named_program(binary, &b.program, "buckets")?;
         if prog.symbols() != binary.symbols() {
             return Err(HostError::Symbol {
                 name: b.program.clone(),
@@ -337,13 +344,7 @@ impl<D: Device> Session<D> {
             }
         }
         if let Some(p) = &meta.prefill {
-            let prog = binary
-                .program(&p.program)
-                .ok_or_else(|| HostError::Symbol {
-                    name: p.program.clone(),
-                    what: "is named by the metadata's `prefill` but the binary has no such program"
-                        .into(),
-                })?;
+            let prog = named_program(binary, &p.program, "prefill")?;
             check_rows(
                 &meta,
                 p.tokens,
@@ -469,16 +470,8 @@ impl<D: Device> Session<D> {
         self.device.write_symbol("kv_idx", &u16_bytes(&kv_idx))?;
         self.device
             .write_symbol("attn_mask", &f32_bytes(&self.mask))?;
-        let stats = match self.bucket_at(pos).map(|b| b.program.clone()) {
-            None => self.device.run()?,
-            Some(program) => {
-                let d = &mut self.device;
-                d.select_program(Some(&program))?;
-                let run = d.run();
-                d.select_program(None)?;
-                run?
-            }
-        };
+        let program = self.bucket_at(pos).map(|b| b.program.clone());
+        let stats = self.device.run_program(program.as_deref())?;
         let logits = f32_values(&self.device.read_symbol("logits")?);
         if logits.len() != self.meta.vocab as usize {
             return Err(HostError::Symbol {

@@ -156,11 +156,7 @@ pub fn run<D: Device>(
     // A run's prediction: its program's (a context bucket's, or the
     // whole-context program's).
     let predicted_of = |r: &q35_host::BatchRun| match r.bucket {
-        Some(b) => meta
-            .buckets
-            .iter()
-            .find(|m| m.positions == b)
-            .and_then(|m| m.predicted_cycles),
+        Some(b) => meta.bucket(b).and_then(|m| m.predicted_cycles),
         None => predicted,
     };
     let off_prediction = crate::cmd_generate::first_off_prediction(
@@ -207,10 +203,7 @@ pub fn run<D: Device>(
             "total_cycles": total,
             "runs": generation.runs.iter().map(|r| json!({
                 "users": r.rows.iter().map(|row| row.map(|(t, p, prompt)| json!({"token": t, "pos": p, "prefill": prompt}))).collect::<Vec<_>>(),
-                "program": match r.bucket {
-                    Some(b) => format!("decode.{b}"),
-                    None => "decode".to_string(),
-                },
+                "program": crate::cmd_generate::program_name(&meta, false, r.bucket),
                 "cycles": r.stats.cycles,
                 "instructions": r.stats.instructions,
             })).collect::<Vec<_>>(),

@@ -216,12 +216,13 @@ fn step_name(i: usize, s: &q35_host::StepRecord) -> String {
     }
 }
 
-/// The program a run took, by its name in the binary.
-fn program_name(s: &q35_host::StepRecord) -> String {
-    match (s.chunk, s.bucket) {
-        (true, _) => "prefill".into(),
-        (false, Some(b)) => format!("decode.{b}"),
-        (false, None) => "decode".into(),
+/// The program a run took (a prefill chunk's, a context bucket's by its
+/// name in the binary, or the whole-context decode program).
+pub(crate) fn program_name(meta: &q35_host::HostMeta, chunk: bool, bucket: Option<u32>) -> &str {
+    match (chunk, bucket.and_then(|b| meta.bucket(b))) {
+        (true, _) => "prefill",
+        (false, Some(b)) => &b.program,
+        (false, None) => "decode",
     }
 }
 
@@ -344,11 +345,7 @@ pub fn run(
     let chunk_predicted = meta.prefill.as_ref().and_then(|p| p.predicted_cycles);
     let predicted_of = |s: &q35_host::StepRecord| match (s.chunk, s.bucket) {
         (true, _) => chunk_predicted,
-        (false, Some(b)) => meta
-            .buckets
-            .iter()
-            .find(|m| m.positions == b)
-            .and_then(|m| m.predicted_cycles),
+        (false, Some(b)) => meta.bucket(b).and_then(|m| m.predicted_cycles),
         (false, None) => predicted,
     };
     let stop = match generation.stop {
@@ -462,7 +459,7 @@ pub fn run(
                     "token": s.token,
                     "pos": s.pos,
                     "tokens": s.tokens,
-                    "program": program_name(s),
+                    "program": program_name(&meta, s.chunk, s.bucket),
                     "prefill": s.prefill,
                     "cycles": s.stats.cycles,
                     "instructions": s.stats.instructions,
