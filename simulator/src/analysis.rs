@@ -391,7 +391,27 @@ pub fn class_of(kind: &str) -> String {
 /// The label id of every instruction, by queue: each debug-map entry covers
 /// its queue's instructions up to the next entry; instructions before a
 /// queue's first entry (or in a binary without a debug map) get
-/// [`NO_LABEL`]. Built once, so labelling an issue is an index.
+/// [`NO_LABEL`]. Built once, so labelling an issue is an index; it needs no
+/// timeline, so `q35sim profile` builds it on a second thread while the
+/// schedule is walked ([`Labels::new`], [`analyse_labelled`]).
+#[derive(Debug, Clone)]
+pub struct Labels {
+    /// The distinct labels; id 0 is [`NO_LABEL`].
+    names: Vec<String>,
+    /// Per queue (dense index) and instruction, its label's id.
+    table: Vec<Vec<u32>>,
+}
+
+impl Labels {
+    /// The labels of `loaded`'s instructions from `debug`.
+    pub fn new(debug: Option<q35_lpubin::DebugMap<'_>>, loaded: &Loaded) -> Labels {
+        let mut names = Vec::new();
+        let table = label_table(debug, loaded, &mut names);
+        Labels { names, table }
+    }
+}
+
+/// [`Labels`]' table, its names pushed onto `labels`.
 fn label_table(
     debug: Option<q35_lpubin::DebugMap<'_>>,
     loaded: &Loaded,
@@ -474,10 +494,23 @@ pub fn analyse_events(
     timeline: &Timeline,
     keep: Events,
 ) -> StepProfile {
+    analyse_labelled(Labels::new(debug, loaded), loaded, config, timeline, keep)
+}
+
+/// [`analyse_events`] with the instructions' labels already made.
+pub fn analyse_labelled(
+    labels: Labels,
+    loaded: &Loaded,
+    config: &MachineConfig,
+    timeline: &Timeline,
+    keep: Events,
+) -> StepProfile {
     let target = &config.target;
     let lanes = u64::from(q35_isa::VECTOR_BYTES);
-    let mut labels: Vec<String> = Vec::new();
-    let table = label_table(debug, loaded, &mut labels);
+    let Labels {
+        names: labels,
+        table,
+    } = labels;
     // Per plane: rows of the shadow and the active weights.
     let mut shadow = [0u64; 4];
     let mut active = [0u64; 4];
@@ -487,7 +520,16 @@ pub fn analyse_events(
     };
     let mut spans = Vec::with_capacity(timeline.issues.len());
     let mut ops: Vec<Option<OpStat>> = vec![None; labels.len()];
-    for issue in &timeline.issues {
+    for (i, issue) in timeline.issues.iter().enumerate() {
+        // The issues interleave every queue's list: fetch ahead.
+        if let Some(ahead) = timeline.issues.get(i + 16) {
+            let q = usize::from(ahead.queue);
+            if let (Some(Some(list)), Some(ids)) = (loaded.queues.get(q), table.get(q)) {
+                let at = ahead.index as usize;
+                crate::issue_queue::prefetch(list.as_ptr().wrapping_add(at));
+                crate::issue_queue::prefetch(ids.as_ptr().wrapping_add(at));
+            }
+        }
         let queue = QueueId::from_index(issue.queue).expect("queue index");
         let Some(ins) = loaded.queues[usize::from(issue.queue)]
             .as_ref()
@@ -588,7 +630,15 @@ pub fn analyse_events(
     let p = &timeline.profile;
     let total = p.total_cycles();
     let last_cycle = p.last_cycle();
-    let (shares, idle_cycles) = attribute(&spans, labels.len(), last_cycle);
+    // Two passes over the spans that share nothing: side by side.
+    let ((shares, idle_cycles), idle) = std::thread::scope(|s| {
+        let idle = s.spawn(|| idle_attribution(&spans, &labels, last_cycle));
+        let shares = attribute(&spans, labels.len(), last_cycle);
+        (
+            shares,
+            idle.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        )
+    });
     for (op, &share) in ops.iter_mut().zip(&shares) {
         if let Some(op) = op {
             op.cycles = share;
@@ -682,7 +732,6 @@ pub fn analyse_events(
             fraction: frac(p.busy(q), 1),
         });
     }
-    let idle = idle_attribution(&spans, &labels, last_cycle);
     drop(spans);
     StepProfile {
         total_cycles: total,

@@ -46,7 +46,7 @@
 //! row, a never-read value still on the chip) plus the superlane skew,
 //! `(superlanes - 1) * superlane_skew_cycles` (docs/isa.md 1).
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use q35_isa::{CycleExpr, Instruction, QUEUE_COUNT, QueueId, Unit};
@@ -54,6 +54,7 @@ use q35_isa::{CycleExpr, Instruction, QUEUE_COUNT, QueueId, Unit};
 use crate::config::MachineConfig;
 use crate::exec::{self, Ctx, Deferred, Flow, Live, Pool};
 use crate::hazard::{Hazard, HazardKind};
+use crate::issue_queue::IssueQueue;
 use crate::profile::Profile;
 use crate::replay::Recording;
 use crate::state::State;
@@ -146,7 +147,7 @@ pub struct Engine<'c> {
     pool: Pool,
     queues: Vec<QueueState>,
     /// (next issue cycle, queue) of every running queue.
-    issue: BinaryHeap<Reverse<(u64, u16)>>,
+    issue: IssueQueue,
     deferred: BinaryHeap<Pending>,
     seq: u64,
     /// Scratch for the deferred work one instruction schedules.
@@ -177,14 +178,14 @@ impl<'c> Engine<'c> {
         queues: Vec<Option<Vec<Instruction>>>,
     ) -> Self {
         let streams = Streams::new(config.width, config.hop, config.max_latency());
-        let mut issue = BinaryHeap::new();
+        let mut issue = IssueQueue::new();
         let queues: Vec<QueueState> = queues
             .into_iter()
             .enumerate()
             .map(|(i, list)| {
                 let status = match &list {
                     Some(_) => {
-                        issue.push(Reverse((0, i as u16)));
+                        issue.push(0, i as u16);
                         Status::Running
                     }
                     None => Status::Halted,
@@ -279,7 +280,7 @@ impl<'c> Engine<'c> {
     /// Runs to the end, to the first hazard, or to `max_cycles`.
     pub fn run(&mut self, max_cycles: Option<u64>) -> Result<&Profile, Stop> {
         loop {
-            let next_issue = self.issue.peek().map(|r| r.0.0);
+            let next_issue = self.issue.peek().map(|r| r.0);
             let next_def = self.deferred.peek().map(|p| p.cycle);
             let (t, deferred_first) = match (next_def, next_issue) {
                 (None, None) => break,
@@ -306,7 +307,7 @@ impl<'c> Engine<'c> {
                 let p = self.deferred.pop().expect("peeked");
                 self.run_deferred(p);
             } else {
-                let Reverse((_, q)) = self.issue.pop().expect("peeked");
+                let (_, q) = self.issue.pop().expect("peeked");
                 self.issue_one(t, q);
             }
         }
@@ -553,12 +554,12 @@ impl<'c> Engine<'c> {
                 r.k += 1;
                 self.queues[qi].repeating = Some(r);
                 self.issue
-                    .push(Reverse((r.start + u64::from(r.k - 1) * u64::from(r.d), q)));
+                    .push(r.start + u64::from(r.k - 1) * u64::from(r.d), q);
             } else {
                 self.queues[qi].repeating = None;
                 self.queues[qi].pc += 1;
                 self.issue
-                    .push(Reverse((r.start + u64::from(r.n) * u64::from(r.d), q)));
+                    .push(r.start + u64::from(r.n) * u64::from(r.d), q);
             }
             return;
         }
@@ -567,11 +568,11 @@ impl<'c> Engine<'c> {
         match flow {
             Flow::Next => {
                 qs.pc += 1;
-                self.issue.push(Reverse((t + 1, q)));
+                self.issue.push(t + 1, q);
             }
             Flow::Wait(n) => {
                 qs.pc += 1;
-                self.issue.push(Reverse((t + n, q)));
+                self.issue.push(t + n, q);
             }
             Flow::Repeat { n, d, stride } => {
                 // Repetition k issues on t + (k-1)*d: the first one now.
@@ -589,19 +590,19 @@ impl<'c> Engine<'c> {
                 qs.pc += 1;
                 if self.last_notify == Some(t) {
                     // A notify on this cycle (from an earlier queue) releases it.
-                    self.issue.push(Reverse((t + notify, q)));
+                    self.issue.push(t + notify, q);
                 } else {
                     qs.status = Status::Parked { since: t, index };
                 }
             }
             Flow::Notify => {
                 qs.pc += 1;
-                self.issue.push(Reverse((t + 1, q)));
+                self.issue.push(t + 1, q);
                 self.last_notify = Some(t);
                 for (i, other) in self.queues.iter_mut().enumerate() {
                     if let Status::Parked { .. } = other.status {
                         other.status = Status::Running;
-                        self.issue.push(Reverse((t + notify, i as u16)));
+                        self.issue.push(t + notify, i as u16);
                     }
                 }
             }

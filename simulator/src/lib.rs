@@ -13,6 +13,8 @@
 //! - [`exec`]: what each instruction computes (one function per unit).
 //! - [`engine`]: when things happen (event-driven; why that is exact is in
 //!   its module doc).
+//! - [`issue_queue`]: the queues' next issue cycles in engine order (a
+//!   calendar), for the engine and the static walk.
 //! - [`replay`]: a recorded hazard-free run executed again without the
 //!   engine's scheduling (why that is the engine is in its module doc).
 //! - [`hazard`]: the rule breaks a run stops with, never silently.
@@ -38,6 +40,7 @@ pub mod engine;
 #[macro_use]
 pub mod exec;
 pub mod hazard;
+pub mod issue_queue;
 pub mod link;
 pub mod load;
 pub mod machine;

@@ -147,29 +147,67 @@ fn decode<'a>(
             values,
         });
     }
-    let mut queues: Vec<Option<Vec<Instruction>>> = vec![None; usize::from(q35_isa::QUEUE_COUNT)];
-    for q in queue_list {
-        let queue = QueueId::from_index(q.id()).ok_or(LoadError::UnknownQueue { id: q.id() })?;
-        let mut list = Vec::with_capacity(q.len());
-        for (index, word) in q.words().iter().enumerate() {
-            let ins = Instruction::decode(word).map_err(|source| LoadError::Decode {
-                queue,
-                index,
-                source,
-            })?;
-            check_placement(queue, list.last(), &ins, &tables, config).map_err(|message| {
-                LoadError::Placement {
-                    queue,
-                    index,
-                    text: ins.to_string(),
-                    message,
-                }
-            })?;
-            list.push(ins);
+    let list: Vec<q35_lpubin::Queue<'a>> = queue_list.collect();
+    // Queues decode independently: on as many threads as the host has
+    // (up to 4), each taking the next undecoded queue; the first error in
+    // the binary's queue order is the one reported, whatever the threads.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, 4)
+        .min(list.len().max(1));
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(q) = list.get(i) else {
+                return done;
+            };
+            done.push((i, decode_queue(q, &tables, config)));
         }
+    };
+    let mut decoded: Vec<(usize, Decoded)> = std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mut all = work();
+        for h in others {
+            // A decode panic is a bug: resume it on this thread.
+            all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        all
+    });
+    decoded.sort_unstable_by_key(|(i, _)| *i);
+    let mut queues: Vec<Option<Vec<Instruction>>> = vec![None; usize::from(q35_isa::QUEUE_COUNT)];
+    for (_, d) in decoded {
+        let (queue, list) = d?;
         queues[usize::from(queue.index())] = Some(list);
     }
     Ok(Loaded { queues, tables })
+}
+
+/// A queue's instructions, or why they do not load.
+type Decoded = Result<(QueueId, Vec<Instruction>), LoadError>;
+
+/// One queue's instructions, decoded and checked.
+fn decode_queue(q: &q35_lpubin::Queue<'_>, tables: &[Table], config: &MachineConfig) -> Decoded {
+    let queue = QueueId::from_index(q.id()).ok_or(LoadError::UnknownQueue { id: q.id() })?;
+    let mut list = Vec::with_capacity(q.len());
+    for (index, word) in q.words().iter().enumerate() {
+        let ins = Instruction::decode(word).map_err(|source| LoadError::Decode {
+            queue,
+            index,
+            source,
+        })?;
+        check_placement(queue, list.last(), &ins, tables, config).map_err(|message| {
+            LoadError::Placement {
+                queue,
+                index,
+                text: ins.to_string(),
+                message,
+            }
+        })?;
+        list.push(ins);
+    }
+    Ok((queue, list))
 }
 
 /// Whether `ins`, as [`Instruction::decode`] returned it (its fields

@@ -27,6 +27,7 @@ use std::collections::BinaryHeap;
 use q35_isa::{CycleExpr, Instruction, QUEUE_COUNT, QueueId, Unit};
 
 use crate::config::MachineConfig;
+use crate::issue_queue::IssueQueue;
 use crate::load::Loaded;
 use crate::profile::Profile;
 use crate::streams::{Streams, Writer};
@@ -79,10 +80,10 @@ pub fn walk(loaded: &Loaded, config: &MachineConfig) -> Result<Timeline, StaticE
         .collect();
     let mut pc = vec![0usize; queues.len()];
     let mut repeating: Vec<Option<Repeating>> = vec![None; queues.len()];
-    let mut issue: BinaryHeap<Reverse<(u64, u16)>> = (0..queues.len())
-        .filter(|&q| queues[q].is_some())
-        .map(|q| Reverse((0, q as u16)))
-        .collect();
+    let mut issue = IssueQueue::new();
+    for q in (0..queues.len()).filter(|&q| queues[q].is_some()) {
+        issue.push(0, q as u16);
+    }
     let mut rows: BinaryHeap<Reverse<RowRead>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut streams = Streams::new(config.width, config.hop, config.max_latency());
@@ -101,7 +102,7 @@ pub fn walk(loaded: &Loaded, config: &MachineConfig) -> Result<Timeline, StaticE
     };
 
     loop {
-        let next_issue = issue.peek().map(|r| r.0.0);
+        let next_issue = issue.peek().map(|r| r.0);
         let next_row = rows.peek().map(|r| r.0.0);
         let (t, row_first) = match (next_row, next_issue) {
             (None, None) => break,
@@ -137,7 +138,7 @@ pub fn walk(loaded: &Loaded, config: &MachineConfig) -> Result<Timeline, StaticE
             }
             continue;
         }
-        let Reverse((_, q)) = issue.pop().expect("peeked");
+        let (_, q) = issue.pop().expect("peeked");
         let qi = usize::from(q);
         let list = queues[qi].as_deref().unwrap_or_default();
         let queue = QueueId::from_index(q).expect("queue index");
@@ -154,6 +155,8 @@ pub fn walk(loaded: &Loaded, config: &MachineConfig) -> Result<Timeline, StaticE
                     "the queue ran past its end".into(),
                 ));
             };
+            // Two lines ahead of what issues next on this queue.
+            crate::issue_queue::prefetch(list.as_ptr().wrapping_add(pc[qi] + 8));
             (ins, pc[qi] as u32, false)
         };
         let info = ins.info();
@@ -233,22 +236,22 @@ pub fn walk(loaded: &Loaded, config: &MachineConfig) -> Result<Timeline, StaticE
             if r.k < r.n {
                 r.k += 1;
                 repeating[qi] = Some(r);
-                issue.push(Reverse((r.start + u64::from(r.k - 1) * u64::from(r.d), q)));
+                issue.push(r.start + u64::from(r.k - 1) * u64::from(r.d), q);
             } else {
                 repeating[qi] = None;
                 pc[qi] += 1;
-                issue.push(Reverse((r.start + u64::from(r.n) * u64::from(r.d), q)));
+                issue.push(r.start + u64::from(r.n) * u64::from(r.d), q);
             }
             continue;
         }
         match flow {
             Flow::Next => {
                 pc[qi] += 1;
-                issue.push(Reverse((t + 1, q)));
+                issue.push(t + 1, q);
             }
             Flow::Wait(n) => {
                 pc[qi] += 1;
-                issue.push(Reverse((t + n, q)));
+                issue.push(t + n, q);
             }
             Flow::Repeat { n, d } => {
                 // Repetition 1 issues now, as the engine issues it at once.
@@ -259,24 +262,24 @@ pub fn walk(loaded: &Loaded, config: &MachineConfig) -> Result<Timeline, StaticE
                     n,
                     d,
                 });
-                issue.push(Reverse((t, q)));
+                issue.push(t, q);
             }
             Flow::Park => {
                 pc[qi] += 1;
                 if last_notify == Some(t) {
-                    issue.push(Reverse((t + notify, q)));
+                    issue.push(t + notify, q);
                 } else {
                     status[qi] = Status::Parked;
                 }
             }
             Flow::Notify => {
                 pc[qi] += 1;
-                issue.push(Reverse((t + 1, q)));
+                issue.push(t + 1, q);
                 last_notify = Some(t);
                 for (i, s) in status.iter_mut().enumerate() {
                     if *s == Status::Parked {
                         *s = Status::Running;
-                        issue.push(Reverse((t + notify, i as u16)));
+                        issue.push(t + notify, i as u16);
                     }
                 }
             }

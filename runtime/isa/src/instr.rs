@@ -130,6 +130,7 @@ pub(crate) fn check_operand(
 
 impl Instruction {
     /// The table's entry for it.
+    #[inline]
     pub const fn info(&self) -> &'static InstrInfo {
         self.opcode().info()
     }
@@ -140,11 +141,13 @@ impl Instruction {
     }
 
     /// The unit it runs on.
+    #[inline]
     pub const fn unit(&self) -> Unit {
         self.info().unit
     }
 
     /// Its latency class.
+    #[inline]
     pub const fn latency_class(&self) -> LatencyClass {
         self.info().latency
     }
@@ -157,6 +160,7 @@ impl Instruction {
     }
 
     /// Cycles its unit is busy from the issue cycle (0 for control).
+    #[inline]
     pub fn occupancy(&self) -> u64 {
         let info = self.info();
         info.occupancy.eval(info, &self.operands())
@@ -173,6 +177,7 @@ impl Instruction {
         Ok(())
     }
 
+    #[inline]
     fn groups(&self, access: Access) -> StreamGroups {
         let info = self.info();
         let ops = self.operands();
@@ -192,11 +197,13 @@ impl Instruction {
     }
 
     /// The stream groups it reads on its issue cycle, in operand order.
+    #[inline]
     pub fn reads(&self) -> StreamGroups {
         self.groups(Access::Read)
     }
 
     /// The stream groups it writes (after its latency), in operand order.
+    #[inline]
     pub fn writes(&self) -> StreamGroups {
         self.groups(Access::Write)
     }

@@ -82,6 +82,35 @@ macro_rules! instructions {
         /// Number of instructions in the table.
         pub const COUNT: usize = [$(Opcode::$variant),*].len();
 
+        /// Every instruction's entry, in table order.
+        static INFOS: [InstrInfo; COUNT] = [$(
+            InstrInfo {
+                opcode: Opcode::$variant,
+                mnemonic: $mnemonic,
+                unit: Unit::$unit,
+                syntax: $syntax,
+                operands: &[$(OperandSpec { name: stringify!($field), kind: $kind }),*],
+                latency: LatencyClass::$latency,
+                issue: $issue,
+                occupancy: $occ,
+                doc: concat!($($doc),+).trim_ascii(),
+            },
+        )*];
+
+        /// Per opcode byte, its entry's index in [`INFOS`] (`u8::MAX`
+        /// for a byte that is no opcode: never an [`Opcode`]).
+        const _: () = assert!(COUNT < u8::MAX as usize, "INFO_INDEX holds a u8 per opcode");
+        const INFO_INDEX: [u8; 256] = {
+            let mut t = [u8::MAX; 256];
+            let all = [$(Opcode::$variant),*];
+            let mut i = 0;
+            while i < all.len() {
+                t[all[i] as usize] = i as u8;
+                i += 1;
+            }
+            t
+        };
+
         impl Opcode {
             /// Every opcode, in table order.
             pub const ALL: [Opcode; COUNT] = [$(Opcode::$variant),*];
@@ -94,24 +123,11 @@ macro_rules! instructions {
                 }
             }
 
-            /// The table's entry for this opcode.
+            /// The table's entry for this opcode (an index into one
+            /// static table, so it inlines wherever it is asked).
+            #[inline]
             pub const fn info(self) -> &'static InstrInfo {
-                match self {
-                    $( Opcode::$variant => {
-                        const INFO: InstrInfo = InstrInfo {
-                            opcode: Opcode::$variant,
-                            mnemonic: $mnemonic,
-                            unit: Unit::$unit,
-                            syntax: $syntax,
-                            operands: &[$(OperandSpec { name: stringify!($field), kind: $kind }),*],
-                            latency: LatencyClass::$latency,
-                            issue: $issue,
-                            occupancy: $occ,
-                            doc: concat!($($doc),+).trim_ascii(),
-                        };
-                        &INFO
-                    } )*
-                }
+                &INFOS[INFO_INDEX[self as usize] as usize]
             }
 
             /// The opcode whose mnemonic is `mnemonic`.
@@ -135,6 +151,7 @@ macro_rules! instructions {
 
         impl Instruction {
             /// Its opcode.
+            #[inline]
             pub const fn opcode(&self) -> Opcode {
                 match self {
                     $( Instruction::$variant { .. } => Opcode::$variant, )*
@@ -142,6 +159,7 @@ macro_rules! instructions {
             }
 
             /// Its operands, untyped, in table order.
+            #[inline]
             pub fn operands(&self) -> Operands {
                 let mut ops = Operands::new();
                 match *self {

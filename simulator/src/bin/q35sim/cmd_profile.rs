@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
 use q35_lpubin::LpuBinary;
-use q35_sim::analysis::{Events, StepProfile, analyse_events};
+use q35_sim::analysis::{Events, Labels, StepProfile, analyse_labelled};
 use q35_sim::schedule::walk;
 use q35_sim::trace::TraceStep;
 use q35_sim::{Machine, MachineConfig};
@@ -191,19 +191,25 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
     .with_context(|| name.clone())?;
     bar.stage("walking the schedule");
-    let timeline = match walk(&loaded, &config) {
+    let debug = match &view {
+        None => binary.debug(),
+        Some(v) => v.debug(),
+    };
+    // The instructions' labels need no timeline: made beside the walk.
+    let (walked, labels) = std::thread::scope(|s| {
+        let labels = s.spawn(|| Labels::new(debug, &loaded));
+        (walk(&loaded, &config), labels.join())
+    });
+    let timeline = match walked {
         Ok(t) => t,
         Err(e) => {
             eprintln!("{name}: {e}");
             return Err(Failure::Program);
         }
     };
+    let labels = labels.map_err(|_| anyhow!("{name}: labelling the instructions failed"))?;
     bar.stage("attributing cycles");
-    let debug = match &view {
-        None => binary.debug(),
-        Some(v) => v.debug(),
-    };
-    let step = analyse_events(debug, &loaded, &config, &timeline, args.outputs.events());
+    let step = analyse_labelled(labels, &loaded, &config, &timeline, args.outputs.events());
     let seconds = start.elapsed().as_secs_f64();
     if args.check {
         bar.stage("--check: running the program once");
