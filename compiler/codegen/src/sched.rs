@@ -40,7 +40,7 @@
 //! is the one the simulator measures: both are tested.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use q35_isa::{Dir, Instruction, Operand, Stream};
@@ -770,8 +770,8 @@ struct QueueState {
     /// plane's rules are checked in time order, so MXM work is placed in
     /// order); other queues fill any free interval.
     cursor: Cycle,
-    /// Busy intervals `start -> end` (issue cycles and occupancy).
-    busy: BTreeMap<Cycle, Cycle>,
+    /// Busy cycles (issue cycles and occupancy).
+    busy: BusyBits,
     /// Cycle after the last instruction's issue cycles (where `halt` goes).
     end: Cycle,
     instrs: Vec<(Cycle, Instruction)>,
@@ -779,18 +779,91 @@ struct QueueState {
 }
 
 impl QueueState {
-    /// Whether `[t, t + len)` is free; if not, the earliest cycle after `t`
-    /// worth trying (the end of the interval in the way).
+    /// Whether `[t, t + len)` is free; if not, a cycle after `t` worth
+    /// trying next: the end of the busy run in the way (every start before
+    /// it would meet that run).
     fn free(&self, t: Cycle, len: Cycle) -> Result<(), Cycle> {
-        if let Some((_, &end)) = self.busy.range(..=t).next_back()
-            && end > t
-        {
-            return Err(end);
+        self.busy.free(t, len)
+    }
+}
+
+/// A queue's busy cycles, a bit each (a program of a million cycles takes
+/// 128 kB a queue). The scheduler asks whether an instruction's cycles are
+/// free at every shift it tries a bundle at, a few million times a
+/// program: a bit test, where a search of an interval map was half of a
+/// LLaMA-70B stage's code generation. A busy run's end is where the next
+/// try starts; runs of touching intervals merge, which skips only starts
+/// that would meet one of them, so the earliest shift that fits is the same.
+#[derive(Clone, Debug, Default)]
+struct BusyBits {
+    words: Vec<u64>,
+}
+
+impl BusyBits {
+    /// Marks `[start, end)` busy (`start >= 0`).
+    fn insert(&mut self, start: Cycle, end: Cycle) {
+        let (start, end) = (start.max(0) as usize, end.max(0) as usize);
+        if end <= start {
+            return;
         }
-        if let Some((&start, &end)) = self.busy.range(t + 1..).next()
-            && start < t + len
-        {
-            return Err(end);
+        let need = end.div_ceil(64);
+        if self.words.len() < need {
+            self.words.resize(need.next_power_of_two(), 0);
+        }
+        for c in start..end {
+            self.words[c / 64] |= 1 << (c % 64);
+        }
+    }
+
+    fn busy(&self, c: usize) -> bool {
+        self.words
+            .get(c / 64)
+            .is_some_and(|w| w & (1 << (c % 64)) != 0)
+    }
+
+    /// The first free cycle at or after busy cycle `c`.
+    fn run_end(&self, c: usize) -> usize {
+        let (mut i, bit) = (c / 64, c % 64);
+        // Ones from `bit` up in the first word.
+        let mut w = self.words.get(i).copied().unwrap_or(0) >> bit;
+        let ones = w.trailing_ones() as usize;
+        if ones < 64 - bit {
+            return c + ones;
+        }
+        i += 1;
+        loop {
+            w = self.words.get(i).copied().unwrap_or(0);
+            if w != u64::MAX {
+                return i * 64 + w.trailing_ones() as usize;
+            }
+            i += 1;
+        }
+    }
+
+    /// [`QueueState::free`].
+    fn free(&self, t: Cycle, len: Cycle) -> Result<(), Cycle> {
+        let t0 = t.max(0) as usize;
+        if self.busy(t0) {
+            return Err(self.run_end(t0) as Cycle);
+        }
+        // The first busy cycle in `(t, t + len)`.
+        let end = (t + len).max(0) as usize;
+        let mut c = t0 + 1;
+        while c < end {
+            let Some(&w) = self.words.get(c / 64) else {
+                return Ok(());
+            };
+            let w = w >> (c % 64);
+            if w == 0 {
+                c = (c / 64 + 1) * 64;
+                continue;
+            }
+            let at = c + w.trailing_zeros() as usize;
+            return if at < end {
+                Err(self.run_end(at) as Cycle)
+            } else {
+                Ok(())
+            };
         }
         Ok(())
     }
