@@ -80,6 +80,25 @@ impl Stage {
                     .join(" and ")
             ),
         };
+        // A batch's attention split by users: which users' this chip runs.
+        let mut users: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+        for (label, op) in &self.plan.ops {
+            if let (PlanOp::Attention { .. }, Some(r)) = (op, op.users()) {
+                let e = users.entry(label).or_insert((r.start, r.end));
+                e.0 = e.0.min(r.start);
+                e.1 = e.1.max(r.end);
+            }
+        }
+        for (label, (a, b)) in users {
+            if a > 0 || b < self.plan.users {
+                let who = if b - a == 1 {
+                    format!("user {a}")
+                } else {
+                    format!("users {a}..{b}")
+                };
+                s.push_str(&format!(", {label} of {who}"));
+            }
+        }
         if self.head {
             s.push_str(if s.is_empty() { "head" } else { " + head" });
         }
@@ -178,6 +197,7 @@ fn reads_writes(op: &PlanOp) -> (Vec<&str>, Vec<&str>) {
             v,
             kcache,
             vcache,
+            ..
         } => (vec![k, v, "kv_idx", "pos_idx"], vec![kcache, vcache]),
         PlanOp::Attention {
             q,
@@ -191,6 +211,82 @@ fn reads_writes(op: &PlanOp) -> (Vec<&str>, Vec<&str>) {
         PlanOp::Mix { x, matrix, y, .. } => (vec![x, matrix], vec![y]),
         PlanOp::Send { x, .. } => (vec![x], vec![]),
         PlanOp::Recv { y, .. } => (vec![], vec![y]),
+    }
+}
+
+/// Whether buffer `name` (a batch's user cache `kcache_3.u1`, or any
+/// other) is one an op serving `users` uses: a user's cache only for its
+/// user.
+fn serves(users: Option<&Range<u32>>, name: &str) -> bool {
+    match (users, crate::plan::split_user(name).1) {
+        (Some(r), Some(k)) => r.contains(&k),
+        _ => true,
+    }
+}
+
+/// The names an op's buffer `name` stands for, as the cut keeps caches
+/// together: a per-user op's cache by its users' copies
+/// ([`crate::plan::user_cache`]), any other name as it is.
+fn cache_names(op: &PlanOp, name: &str) -> Vec<String> {
+    match op.users() {
+        Some(r) => r
+            .clone()
+            .map(|k| crate::plan::user_cache(name, k))
+            .collect(),
+        None => vec![name.to_string()],
+    }
+}
+
+/// A batched plan with every block's KV write and attention (adjacent, as
+/// the plan has them) made one pair per user, in user order: each user's
+/// attention reads only its own caches, so the users' pairs are
+/// independent and the finer split may cut between them. Every user's
+/// ops are the same kernels on the same operands as before, so the step's
+/// bits are the same; only the schedule's order differs. A one-user plan
+/// is returned as it is.
+fn split_users(plan: &Plan) -> Plan {
+    if plan.users <= 1 {
+        return plan.clone();
+    }
+    let mut ops = Vec::with_capacity(plan.ops.len() + 2 * plan.users as usize * 128);
+    let mut it = plan.ops.iter().peekable();
+    while let Some((label, op)) = it.next() {
+        if let (
+            PlanOp::KvWrite {
+                kcache,
+                users: None,
+                ..
+            },
+            Some((
+                alabel,
+                att @ PlanOp::Attention {
+                    kcache: ak,
+                    users: None,
+                    ..
+                },
+            )),
+        ) = (op, it.peek())
+            && ak == kcache
+        {
+            for k in 0..plan.users {
+                let mut w = op.clone();
+                let mut a = att.clone();
+                for o in [&mut w, &mut a] {
+                    if let PlanOp::KvWrite { users, .. } | PlanOp::Attention { users, .. } = o {
+                        *users = Some(k..k + 1);
+                    }
+                }
+                ops.push((label.clone(), w));
+                ops.push((alabel.clone(), a));
+            }
+            it.next();
+            continue;
+        }
+        ops.push((label.clone(), op.clone()));
+    }
+    Plan {
+        ops,
+        ..plan.clone()
     }
 }
 
@@ -480,6 +576,15 @@ fn accesses(plan: &Plan) -> Vec<(Vec<&str>, Vec<&str>)> {
             {
                 r.push(y.as_str());
             }
+            // So does a batch's attention for users after the first: it
+            // writes only its users' rows of the output.
+            if let PlanOp::Attention {
+                y, users: Some(u), ..
+            } = op
+                && u.start > 0
+            {
+                r.push(y.as_str());
+            }
             (r, w)
         })
         .collect()
@@ -551,7 +656,16 @@ fn cut(
         }
     };
     let plan = if fine {
-        split_rows(whole, w, max_weight_bytes.unwrap_or(mem_bytes / 32))?
+        // A batch's attention holds every user's caches (a LLaMA-70B-shaped
+        // block at context 2048: 21 MB a user), more than a chip holds
+        // beside its kernel scratch from 8 users on: each user gets a KV
+        // write and attention of its own, which the cut may put on
+        // different chips.
+        split_users(&split_rows(
+            whole,
+            w,
+            max_weight_bytes.unwrap_or(mem_bytes / 32),
+        )?)
     } else {
         split_rows(whole, w, u64::MAX)?
     };
@@ -568,10 +682,16 @@ fn cut(
     for (i, (_, op)) in plan.ops.iter().enumerate() {
         match op {
             PlanOp::MatMul { weight, .. } => weights[i] = w.bytes(weight)?,
-            PlanOp::KvWrite { kcache, vcache, .. } => {
+            PlanOp::KvWrite {
+                kcache,
+                vcache,
+                users,
+                ..
+            } => {
                 kv[i] = [kcache, vcache]
                     .iter()
                     .flat_map(|c| plan.decls(c))
+                    .filter(|b| serves(users.as_ref(), &b.name))
                     .map(|b| b.elements() * u64::from(b.dtype.bytes()))
                     .sum();
             }
@@ -755,7 +875,7 @@ fn by_ops(
 ) -> Result<Vec<Range<usize>>, CodegenError> {
     let n = plan.ops.len();
     let mut allowed = vec![true; n + 1];
-    let mut span: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    let mut span: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     // By the names the ops use (a batch's user caches by their cache's).
     let kinds: BTreeMap<&str, BufferKind> = plan
         .buffers
@@ -768,8 +888,10 @@ fn by_ops(
             // the pieces of a split LM head write in parts), stay on one
             // chip.
             if matches!(kinds.get(b), Some(BufferKind::Kv | BufferKind::Output)) {
-                let e = span.entry(b).or_insert((i, i));
-                e.1 = i;
+                for name in cache_names(op, b) {
+                    let e = span.entry(name).or_insert((i, i));
+                    e.1 = i;
+                }
             }
         }
         if let (PlanOp::RmsNorm { y, .. }, Some((_, PlanOp::Quantize { x, .. }))) =
@@ -800,7 +922,9 @@ fn by_ops(
     }
     let mut prefix = vec![0u64; n + 1];
     for i in 0..n {
-        prefix[i + 1] = prefix[i] + weights[i] + kv_load(kv[i], plan.users);
+        // A per-user op's caches are one user's, in one hemisphere.
+        let users = plan.ops[i].1.users().map_or(plan.users, |r| r.len() as u32);
+        prefix[i + 1] = prefix[i] + weights[i] + kv_load(kv[i], users);
     }
     let sum = |a: usize, b: usize| prefix[pos[b]] - prefix[pos[a]];
     // best[k][j]: the smallest largest load of `k + 1` chips over pieces
@@ -911,9 +1035,23 @@ fn stage_plan(plan: &Plan, s: &Stage, w: &Weights<'_>) -> Result<Plan, CodegenEr
         ));
     }
     let mut used: BTreeSet<&str> = BTreeSet::new();
+    // Per-user ops' caches, by the users' copies' names.
+    let mut users_caches: BTreeSet<String> = BTreeSet::new();
     let mut weights = BTreeMap::new();
     for (_, op) in &ops {
-        used.extend(op.buffers());
+        match op.users() {
+            Some(_) => {
+                for b in op.buffers() {
+                    users_caches.extend(cache_names(op, b));
+                }
+                used.extend(
+                    op.buffers()
+                        .into_iter()
+                        .filter(|b| !plan.decls(b).any(|d| d.kind == BufferKind::Kv)),
+                );
+            }
+            None => used.extend(op.buffers()),
+        }
         if let PlanOp::MatMul { weight, .. } = op
             && !weights.contains_key(weight)
         {
@@ -923,7 +1061,9 @@ fn stage_plan(plan: &Plan, s: &Stage, w: &Weights<'_>) -> Result<Plan, CodegenEr
     let buffers = plan
         .buffers
         .iter()
-        .filter(|b| used.contains(crate::plan::split_user(&b.name).0))
+        .filter(|b| {
+            used.contains(crate::plan::split_user(&b.name).0) || users_caches.contains(&b.name)
+        })
         .cloned()
         .collect();
     Ok(Plan {

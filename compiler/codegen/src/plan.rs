@@ -7,6 +7,7 @@
 //! architecture, which the code generator's own end-to-end tests use.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use q35_contract::{Architecture, QuantizedMatrix};
 use q35_isa::{DType, Hemisphere, SymbolKind};
@@ -144,6 +145,11 @@ pub enum PlanOp {
         kcache: String,
         /// Value cache.
         vcache: String,
+        /// In a batched plan, the users it serves (`None`: every user):
+        /// a system's split gives each user its own KV write and attention
+        /// so that a batch's caches can spread over chips
+        /// ([`crate::partition`]).
+        users: Option<Range<u32>>,
     },
     /// Whole-context masked attention.
     Attention {
@@ -163,6 +169,9 @@ pub enum PlanOp {
         head_dim: u32,
         /// Score scale, `1/sqrt(head_dim)`.
         scale: f32,
+        /// The users it serves (`None`: every user), as
+        /// [`PlanOp::KvWrite`]'s.
+        users: Option<Range<u32>>,
     },
     /// `y = silu(gate) * up`.
     SwiGlu {
@@ -238,6 +247,7 @@ impl PlanOp {
                 v,
                 kcache,
                 vcache,
+                ..
             } => {
                 vec![k, v, kcache, vcache, "kv_idx", "pos_idx"]
             }
@@ -253,6 +263,15 @@ impl PlanOp {
             PlanOp::Mix { x, matrix, y, .. } => vec![x, matrix, y],
             PlanOp::Send { x, .. } => vec![x],
             PlanOp::Recv { y, .. } => vec![y],
+        }
+    }
+
+    /// The users of a batch it serves: `None` for every user (any op but a
+    /// per-user [`PlanOp::KvWrite`] or [`PlanOp::Attention`]).
+    pub fn users(&self) -> Option<&Range<u32>> {
+        match self {
+            PlanOp::KvWrite { users, .. } | PlanOp::Attention { users, .. } => users.as_ref(),
+            _ => None,
         }
     }
 
@@ -574,6 +593,7 @@ pub fn decode_plan(
                 v: s("v"),
                 kcache: format!("kcache_{b}"),
                 vcache: format!("vcache_{b}"),
+                users: None,
             },
         ));
         ops.push((
@@ -587,6 +607,7 @@ pub fn decode_plan(
                 kv_heads: arch.kv_heads,
                 head_dim: hd,
                 scale: 1.0f32 / (hd as f32).sqrt(),
+                users: None,
             },
         ));
         ops.push((
@@ -1588,6 +1609,10 @@ fn compile_program_reusing(
             continue;
         }
         for k in 0..tokens {
+            // A per-user op runs for its users only.
+            if op.users().is_some_and(|r| !r.contains(&k)) {
+                continue;
+            }
             p.set_avoid(&operands_of(k));
             match op {
                 PlanOp::RmsNorm {
@@ -1647,6 +1672,7 @@ fn compile_program_reusing(
                     v,
                     kcache,
                     vcache,
+                    ..
                 } => {
                     // Elements of one token's key: the K cache's rows
                     // (dims `[kv_dim, words]`; in a batch every user's
@@ -1681,6 +1707,7 @@ fn compile_program_reusing(
                     kv_heads,
                     head_dim,
                     scale,
+                    ..
                 } => {
                     crate::kernels::attention::attention(
                         &mut p,

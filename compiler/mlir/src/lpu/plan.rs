@@ -570,6 +570,7 @@ fn decode(o: &OperationRef<'_, '_>, name: &str) -> Result<PlanOp, String> {
             v: sym(o, "v")?,
             kcache: sym(o, "kcache")?,
             vcache: sym(o, "vcache")?,
+            users: None,
         },
         OpKind::Attention => PlanOp::Attention {
             q: sym(o, "q")?,
@@ -580,6 +581,7 @@ fn decode(o: &OperationRef<'_, '_>, name: &str) -> Result<PlanOp, String> {
             kv_heads: int(o, "kv_heads")?,
             head_dim: int(o, "head_dim")?,
             scale: f32v(o, "scale")?,
+            users: None,
         },
         OpKind::SwiGlu => PlanOp::SwiGlu {
             gate: sym(o, "gate")?,
