@@ -2,8 +2,8 @@
 //! host's token loop drives a pipeline-split model exactly as it drives one
 //! chip. A symbol is written to every chip whose program has it (the
 //! step's index vectors and mask go to every chip that attends, the token's
-//! embedding to the first), read from the first chip that has it (the
-//! logits from the last chip, each block's KV cache from its chip), and a
+//! embedding to the first), read from the first chip that has it (an
+//! output from the last one: the logits, each block's KV cache from its chip), and a
 //! run is one lockstep run of the whole system ([`System::run_once`]),
 //! whose cycles are the last chip's.
 
@@ -106,13 +106,22 @@ impl Device for SystemDevice<'_> {
     }
 
     fn read_symbol(&mut self, name: &str) -> Result<Vec<u8>, DeviceError> {
-        let (chip, l, _) =
-            self.holders(name)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| DeviceError::NoSymbol {
-                    name: name.to_string(),
-                })?;
+        // An output (the logits) is complete on the last chip that has it:
+        // a batch's LM head may run on several chips, each passing the
+        // logits on with its rows written. Anything else is read from the
+        // first chip that has it (each block's KV cache has one).
+        let holders = self.holders(name)?;
+        let output = holders
+            .first()
+            .is_some_and(|(_, _, sym)| sym.kind == q35_lpubin::SymbolKind::Output);
+        let pick = if output {
+            holders.into_iter().next_back()
+        } else {
+            holders.into_iter().next()
+        };
+        let (chip, l, _) = pick.ok_or_else(|| DeviceError::NoSymbol {
+            name: name.to_string(),
+        })?;
         let state = self
             .system
             .state(chip)

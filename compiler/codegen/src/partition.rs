@@ -590,7 +590,7 @@ fn accesses(plan: &Plan) -> Vec<(Vec<&str>, Vec<&str>)> {
         .collect()
 }
 
-/// The scratch values live across a cut before op `c`: written by an op
+/// The scratch (and output) values live across a cut before op `c`: written by an op
 /// before it and read by one after it before any op after it writes them;
 /// in the plan's buffer order, with their elements.
 fn live_at(
@@ -599,10 +599,12 @@ fn live_at(
     c: usize,
 ) -> Result<Vec<(String, u32)>, CodegenError> {
     let mut live = Vec::new();
+    // An output too: a batch's LM head may span chips, each passing the
+    // logits on with its rows written (the host reads the last chip's).
     for b in plan
         .buffers
         .iter()
-        .filter(|b| b.kind == BufferKind::Scratch)
+        .filter(|b| matches!(b.kind, BufferKind::Scratch | BufferKind::Output))
     {
         let name = b.name.as_str();
         if !acc[..c].iter().any(|(_, w)| w.contains(&name)) {
@@ -884,10 +886,18 @@ fn by_ops(
         .collect();
     for (i, (_, op)) in plan.ops.iter().enumerate() {
         for b in op.buffers() {
-            // A KV cache, and an output the host reads (the logits, which
-            // the pieces of a split LM head write in parts), stay on one
-            // chip.
-            if matches!(kinds.get(b), Some(BufferKind::Kv | BufferKind::Output)) {
+            // A KV cache stays on one chip, and so does an output the host
+            // reads (the logits, which the pieces of a split LM head write
+            // in parts) for one user; a batch's head may span chips (its
+            // 32 users' products beside a 70B head's 115 MB of weights fill
+            // any one chip), the logits crossing each cut with the rows
+            // written so far.
+            let locked = match kinds.get(b) {
+                Some(BufferKind::Kv) => true,
+                Some(BufferKind::Output) => plan.users <= 1,
+                _ => false,
+            };
+            if locked {
                 for name in cache_names(op, b) {
                     let e = span.entry(name).or_insert((i, i));
                     e.1 = i;
