@@ -212,6 +212,17 @@ impl ProgramBuilder {
         self.avoid = bufs.iter().flat_map(|b| b.slices.iter().copied()).collect();
     }
 
+    /// The slices new buffers avoid now.
+    pub fn avoided(&self) -> &BTreeSet<QueueId> {
+        &self.avoid
+    }
+
+    /// Makes new buffers avoid exactly `slices` (what
+    /// [`ProgramBuilder::avoided`] returned earlier).
+    pub fn set_avoided(&mut self, slices: BTreeSet<QueueId>) {
+        self.avoid = slices;
+    }
+
     /// Makes new buffers avoid the slices of `bufs` too (beside those set by
     /// [`ProgramBuilder::set_avoid`]).
     pub fn also_avoid(&mut self, bufs: &[&Buffer]) {

@@ -936,6 +936,9 @@ pub struct Placed {
 }
 
 const SEARCH: Cycle = 1 << 20;
+/// Shifts past the first tried after which [`Sched::place`] asks whether
+/// the bundle conflicts with itself (then no shift could fit it).
+const SELF_CHECK: Cycle = 1 << 16;
 
 struct Tentative {
     queues: Vec<QueueId>,
@@ -1445,7 +1448,22 @@ impl Sched {
         }
         let from = shift;
         let mut reason = None;
+        let mut checked_self = false;
         let tentative = loop {
+            // A bundle that meets itself (one queue twice on a cycle, or
+            // one slice's port or bank) fits at no shift: after a long
+            // search, say so instead of trying the whole window.
+            if !checked_self && shift > from + SELF_CHECK {
+                checked_self = true;
+                if let Some(why) = b.self_conflict(&self.mach) {
+                    return Err(SchedError::NoFit {
+                        label: b.label.clone(),
+                        from: from + b.first(),
+                        to: shift + b.first(),
+                        reason: format!("the bundle meets itself: {why}"),
+                    });
+                }
+            }
             if shift > from + SEARCH {
                 return Err(SchedError::NoFit {
                     label: b.label.clone(),

@@ -444,12 +444,15 @@ pub fn place_weight_tokens(
         }),
     )?;
     let pieces = if split {
+        let mut off: Vec<&Buffer> = images.iter().flat_map(|i| [&i.codes, &i.scales]).collect();
+        off.extend(masks.as_ref());
         products_pieces(
             p,
             name,
             as_u32(n_groups, "groups")?,
             as_u32(col_tiles, "column tiles")?,
             tokens,
+            &off,
         )?
     } else {
         Vec::new()
@@ -558,11 +561,24 @@ fn products_pieces(
     groups: u32,
     col_tiles: u32,
     tokens: u32,
+    keep_off: &[&Buffer],
 ) -> Result<Vec<Buffer>, PlaceError> {
     let h = p.alloc.roomier();
+    // Every piece keeps off `keep_off` (the weight's image: a tile bundle
+    // reads the scale word on each token's cycle while it writes the
+    // tokens' products), but not off the pieces before it, the op's
+    // operands or the activation words (read on the tokens' first cycles,
+    // before any product is written): pieces are written and read on
+    // different cycles. Avoiding all of those used up the hemisphere's
+    // other slices after a few pieces, and the rest fell back onto the
+    // image (a LLaMA-70B-shaped `attn_q` piece with 32 users: 2,048
+    // pieces, a product written on the cycle the scale was read there).
+    let off: Vec<&Buffer> = keep_off.to_vec();
+    let before = p.avoided().clone();
     let mut pieces = Vec::new();
     for k in 0..tokens {
         for g in 0..groups {
+            p.set_avoid(&off);
             pieces.push(p.buffer_either(
                 &format!("{name}.products.t{k}.g{g}"),
                 DType::F32,
@@ -571,6 +587,7 @@ fn products_pieces(
             )?);
         }
     }
+    p.set_avoided(before);
     Ok(pieces)
 }
 
@@ -634,7 +651,7 @@ pub fn with_scratch(
         (pool.is_none() && !split).then(|| p.alloc.roomier()),
     )?;
     let pieces = if split {
-        products_pieces(p, &w.name, w.groups, w.col_tiles, tokens)?
+        products_pieces(p, &w.name, w.groups, w.col_tiles, tokens, &image)?
     } else {
         Vec::new()
     };
