@@ -161,6 +161,25 @@ impl Alloc {
         self.place_avoiding(name, h, slices, words, &BTreeSet::new())
     }
 
+    /// Whether hemisphere `h` has `slices` slices with `words` words free
+    /// outside `avoid` (so [`Alloc::place_avoiding`] would not fall back
+    /// onto avoided slices).
+    pub fn room_outside(
+        &self,
+        h: Hemisphere,
+        slices: usize,
+        words: u32,
+        avoid: &BTreeSet<QueueId>,
+    ) -> bool {
+        mem_slices(h)
+            .filter(|q| !avoid.contains(q))
+            .filter(|q| {
+                u64::from(self.fill(*q)) + u64::from(words) <= u64::from(self.words_per_slice)
+            })
+            .count()
+            >= slices
+    }
+
     /// [`Alloc::place`] preferring slices outside `avoid` (the slices of
     /// the buffers an op reads and writes together with this one: two
     /// buffers one bundle reads on the same cycle cannot share a slice's

@@ -444,8 +444,7 @@ pub fn place_weight_tokens(
         }),
     )?;
     let pieces = if split {
-        let mut off: Vec<&Buffer> = images.iter().flat_map(|i| [&i.codes, &i.scales]).collect();
-        off.extend(masks.as_ref());
+        let off: Vec<&Buffer> = images.iter().map(|i| &i.scales).collect();
         products_pieces(
             p,
             name,
@@ -564,21 +563,30 @@ fn products_pieces(
     keep_off: &[&Buffer],
 ) -> Result<Vec<Buffer>, PlaceError> {
     let h = p.alloc.roomier();
-    // Every piece keeps off `keep_off` (the weight's image: a tile bundle
-    // reads the scale word on each token's cycle while it writes the
-    // tokens' products), but not off the pieces before it, the op's
-    // operands or the activation words (read on the tokens' first cycles,
-    // before any product is written): pieces are written and read on
-    // different cycles. Avoiding all of those used up the hemisphere's
-    // other slices after a few pieces, and the rest fell back onto the
-    // image (a LLaMA-70B-shaped `attn_q` piece with 32 users: 2,048
-    // pieces, a product written on the cycle the scale was read there).
-    let off: Vec<&Buffer> = keep_off.to_vec();
+    // Each piece avoids what new buffers avoid now and the pieces before
+    // it, which spreads them over the hemisphere; once that leaves no room
+    // it avoids `keep_off` (the weight's scale slices) only, rather than
+    // falling back onto any slice: a tile bundle reads the scale word on
+    // each token's cycle while it writes the tokens' products, where its
+    // code words are read before the first product and pieces are written
+    // and read on cycles of their own. Falling back onto any slice put a
+    // LLaMA-70B-shaped `attn_q` piece's products (32 users: 2,048 pieces)
+    // on its scale slice, a product written on the cycle the scale word
+    // was read there: a bundle that meets itself. (Keeping off the whole
+    // image instead left too few slices for the next weights' 7-slice
+    // images: the 70B block at batch 8 then needed 16 chips, not 7.)
+    let off: std::collections::BTreeSet<q35_isa::QueueId> = keep_off
+        .iter()
+        .flat_map(|b| b.slices.iter().copied())
+        .collect();
     let before = p.avoided().clone();
+    let words = col_tiles.max(1);
     let mut pieces = Vec::new();
     for k in 0..tokens {
         for g in 0..groups {
-            p.set_avoid(&off);
+            if !p.alloc.room_outside(h, 4, words, p.avoided()) {
+                p.set_avoided(off.clone());
+            }
             pieces.push(p.buffer_either(
                 &format!("{name}.products.t{k}.g{g}"),
                 DType::F32,
@@ -651,7 +659,8 @@ pub fn with_scratch(
         (pool.is_none() && !split).then(|| p.alloc.roomier()),
     )?;
     let pieces = if split {
-        products_pieces(p, &w.name, w.groups, w.col_tiles, tokens, &image)?
+        let scales: Vec<&Buffer> = w.planes.iter().map(|i| &i.scales).collect();
+        products_pieces(p, &w.name, w.groups, w.col_tiles, tokens, &scales)?
     } else {
         Vec::new()
     };
