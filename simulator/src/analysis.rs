@@ -330,9 +330,29 @@ fn unit_slot(u: Unit) -> Option<usize> {
     }
 }
 
-/// `blk.N` of `blk.N.op`, and of a KV-cache write `lpu.kv_write @kcache_N`;
+/// A chip-to-chip transfer's label (`c2c.send.<value>`, `c2c.recv.<value>`,
+/// from the many-chip split): the transfer (`c2c.send`) and the value.
+fn transfer(label: &str) -> Option<(&str, &str)> {
+    ["c2c.send", "c2c.recv", "c2c.fwd"]
+        .into_iter()
+        .find_map(|t| {
+            let rest = label.strip_prefix(t)?;
+            match rest.strip_prefix('.') {
+                Some(value) => Some((t, value)),
+                None => rest.is_empty().then_some((t, "")),
+            }
+        })
+}
+
+/// `blk.N` of `blk.N.op`, of a KV-cache write `lpu.kv_write @kcache_N`
+/// and of a transfer of a block's value (`c2c.send.blk.N.attn_residual.y`);
 /// else the label.
 pub fn layer_of(label: &str) -> String {
+    if let Some((_, value)) = transfer(label)
+        && value.starts_with("blk.")
+    {
+        return layer_of(value);
+    }
     let mut parts = label.splitn(3, '.');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("blk"), Some(n), Some(_)) => format!("blk.{n}"),
@@ -352,8 +372,18 @@ pub fn layer_of(label: &str) -> String {
 }
 
 /// The op kind: the label without `blk.N.`; an `lpu.` op on a symbol
-/// (`lpu.kv_write @kcache_0`) without the dialect prefix and the symbol.
+/// (`lpu.kv_write @kcache_0`) without the dialect prefix and the symbol; a
+/// piece of a matmul cut by rows (`blk.N.ffn_up.rows1920`, docs/backend.md
+/// 8) its matmul's; a chip-to-chip transfer (`c2c.send.<value>`) the
+/// transfer.
 pub fn kind_of(label: &str) -> String {
+    if let Some((t, _)) = transfer(label) {
+        return t.to_string();
+    }
+    let label = match label.rsplit_once(".rows") {
+        Some((op, r)) if !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) => op,
+        _ => label,
+    };
     let mut parts = label.splitn(3, '.');
     let k = match (parts.next(), parts.next(), parts.next()) {
         (Some("blk"), Some(_), Some(op)) => op,
@@ -370,8 +400,8 @@ pub fn kind_of(label: &str) -> String {
 /// together: `matmul` (the block's projections and the output head,
 /// `token_embd`: the embedding is tied), `norm`, `attention`, `rope`,
 /// `quantize` (`*.xs`: activations to int8 for the next matmul),
-/// `residual`, `activation`, `KV-cache write`; any other kind is its own
-/// class.
+/// `residual`, `activation`, `KV-cache write`, `chip-to-chip` (a
+/// stage's sends and receives); any other kind is its own class.
 pub fn class_of(kind: &str) -> String {
     let class = match kind {
         "attn_q" | "attn_k" | "attn_v" | "attn_output" | "ffn_gate" | "ffn_up" | "ffn_down"
@@ -379,6 +409,7 @@ pub fn class_of(kind: &str) -> String {
         "attn" => "attention",
         "q_rope" | "k_rope" => "rope",
         "kv_write" => "KV-cache write",
+        "c2c.send" | "c2c.recv" | "c2c.fwd" => "chip-to-chip",
         "ffn_swiglu" => "activation",
         k if k.ends_with("_norm") => "norm",
         k if k.ends_with(".xs") => "quantize",
@@ -408,6 +439,86 @@ impl Labels {
         let mut names = Vec::new();
         let table = label_table(debug, loaded, &mut names);
         Labels { names, table }
+    }
+}
+
+/// Where a step's work falls in time, coarsely: its unit-busy cycles per
+/// bucket of `width` cycles, and in each the layer ([`layer_of`]) with
+/// the most of them. A system's report draws one such row per chip on the
+/// system's time axis ([`activity`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    /// Cycles a bucket.
+    pub width: u64,
+    /// Per bucket with any busy cycles: (bucket, busy unit-cycles issued
+    /// in it, its layer's index in [`Activity::layers`]).
+    pub buckets: Vec<(u64, u64, u32)>,
+    /// The layers named.
+    pub layers: Vec<String>,
+}
+
+/// The [`Activity`] of `timeline` (a walk of `loaded`, labelled from
+/// `debug`) in buckets of `width` cycles: each issue's busy cycles (its
+/// occupancy; control instructions have none) count in its issue cycle's
+/// bucket.
+pub fn activity(
+    debug: Option<q35_lpubin::DebugMap<'_>>,
+    loaded: &Loaded,
+    timeline: &Timeline,
+    width: u64,
+) -> Activity {
+    let width = width.max(1);
+    let Labels { names, table } = Labels::new(debug, loaded);
+    let mut layers: Vec<String> = Vec::new();
+    let mut layer_ids: BTreeMap<String, u32> = BTreeMap::new();
+    let layer_of_label: Vec<u32> = names
+        .iter()
+        .map(|n| {
+            let l = layer_of(n);
+            *layer_ids.entry(l.clone()).or_insert_with(|| {
+                layers.push(l);
+                (layers.len() - 1) as u32
+            })
+        })
+        .collect();
+    // (bucket, layer) -> busy cycles.
+    let mut per: BTreeMap<(u64, u32), u64> = BTreeMap::new();
+    for issue in &timeline.issues {
+        let Some(ins) = loaded.queues[usize::from(issue.queue)]
+            .as_ref()
+            .and_then(|l| l.get(issue.index as usize))
+        else {
+            continue;
+        };
+        if ins.info().unit == Unit::Control {
+            continue;
+        }
+        let label = table[usize::from(issue.queue)][issue.index as usize];
+        *per.entry((issue.cycle / width, layer_of_label[label as usize]))
+            .or_default() += ins.occupancy();
+    }
+    // (bucket, busy, its busiest layer, that layer's busy cycles).
+    let mut buckets: Vec<(u64, u64, u32, u64)> = Vec::new();
+    for ((b, layer), busy) in per {
+        match buckets.last_mut() {
+            Some(last) if last.0 == b => {
+                // The layer with the most busy cycles (the first of equals).
+                if busy > last.3 {
+                    (last.2, last.3) = (layer, busy);
+                }
+                last.1 += busy;
+            }
+            _ => buckets.push((b, busy, layer, busy)),
+        }
+    }
+    Activity {
+        width,
+        buckets: buckets
+            .into_iter()
+            .filter(|b| b.1 > 0)
+            .map(|(b, busy, layer, _)| (b, busy, layer))
+            .collect(),
+        layers,
     }
 }
 
@@ -1237,6 +1348,42 @@ mod tests {
         assert_eq!(class_of("something_new"), "something_new");
         assert_eq!(kind_of("token_embd"), "token_embd");
         assert_eq!(layer_of("token_embd"), "token_embd");
+        // The many-chip split's row pieces and transfers.
+        assert_eq!(kind_of("blk.0.ffn_gate.rows11520"), "ffn_gate");
+        assert_eq!(layer_of("blk.0.ffn_gate.rows11520"), "blk.0");
+        assert_eq!(kind_of("output.rows0"), "output");
+        assert_eq!(kind_of("blk.0.ffn_gate.rowsx"), "ffn_gate.rowsx");
+        assert_eq!(kind_of("c2c.send.blk.7.attn_residual.y"), "c2c.send");
+        assert_eq!(layer_of("c2c.send.blk.7.attn_residual.y"), "blk.7");
+        assert_eq!(kind_of("c2c.recv.x_in"), "c2c.recv");
+        assert_eq!(layer_of("c2c.recv.x_in"), "c2c.recv.x_in");
+        assert_eq!(kind_of("c2c.fwd"), "c2c.fwd");
+        assert_eq!(class_of("c2c.recv"), "chip-to-chip");
+        assert_eq!(kind_of("c2c.sender"), "c2c.sender");
+    }
+
+    #[test]
+    fn activity_buckets_busy_cycles_by_layer() {
+        let text = ".target lpu-v1\n.mem mem.w0 @0 u8 fill 1, 320\n\
+                    .queue mem.w0\n    read 0, s0.e\n    nop 30\n    read 0, s1.e\n    read 0, s2.e\n    halt\n";
+        let config = crate::config::load_target(None).expect("lpu-v1");
+        let bin = q35_lpubin::LpuBinary::from_bytes(
+            q35_isa::assemble("a.lpuasm", text)
+                .expect("assembles")
+                .to_lpubin(&config.target, "test")
+                .expect("encodes")
+                .to_bytes()
+                .expect("bytes"),
+        )
+        .expect("reads back");
+        let loaded = crate::load::load(&bin, &config).expect("loads");
+        let t = crate::schedule::walk(&loaded, &config).expect("walks");
+        let a = activity(bin.debug(), &loaded, &t, 10);
+        // One read (occupancy 1) in cycles 0..10, two in 30..40 (the nop
+        // and halt are control: no busy cycles); no labels: one layer.
+        assert_eq!(a.width, 10);
+        assert_eq!(a.buckets, vec![(0, 1, 0), (3, 2, 0)]);
+        assert_eq!(a.layers.len(), 1);
     }
 
     fn ev(cycle: u64, extent: u32, label: u32) -> Span {

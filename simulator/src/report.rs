@@ -17,13 +17,92 @@
 
 use serde_json::{Value, json};
 
-use crate::analysis::StepProfile;
+use crate::analysis::{Activity, StepProfile};
+use crate::system::SystemRun;
 use crate::trace::{TRACKS, slices};
 
 /// The page for `step`, with `summary` (a JSON object of the run's numbers:
 /// name -> value) shown as a table.
 pub fn to_html(title: &str, step: &StepProfile, summary: &Value) -> String {
+    page(title, step, summary, Value::Null)
+}
+
+/// Buckets across a system step in [`system_to_html`]'s chart: the
+/// vectors received, and each chip's [`Activity`] at
+/// [`system_bucket_width`].
+const SYSTEM_BUCKETS: u64 = 400;
+
+/// The cycles of a bucket of a system step of `cycles` in the report's
+/// chart: the [`Activity`] width [`system_to_html`] wants.
+pub fn system_bucket_width(cycles: u64) -> u64 {
+    cycles.div_ceil(SYSTEM_BUCKETS).max(1)
+}
+
+/// The page of a system run (`q35sim profile SYSTEM.lpubin --report`):
+/// first the system, a chart of every chip over the step (its unit-busy
+/// cycles per bucket, colored by the busiest layer and shaded by how busy;
+/// the vectors it received; an arrow per pair of chips from the first
+/// vector's `send` to its arrival), every chip's unit utilisation over the
+/// system's step as a table, every link that carried anything; then chip
+/// `detail`'s own page (`steps[detail]` analysed with its events).
+/// `steps[i]` is chip `i`'s analysis (events not needed), `activities[i]`
+/// its [`Activity`] in buckets of [`system_bucket_width`].
+pub fn system_to_html(
+    title: &str,
+    run: &SystemRun,
+    steps: &[StepProfile],
+    activities: &[Activity],
+    detail: usize,
+    summary: &Value,
+) -> String {
+    let total = run.cycles.max(1);
+    let chips: Vec<Value> = run
+        .chips
+        .iter()
+        .zip(steps)
+        .zip(activities)
+        .enumerate()
+        .map(|(i, ((c, step), act))| {
+            let mut recv: std::collections::BTreeMap<u64, u64> = Default::default();
+            let mut flows: std::collections::BTreeMap<u32, (u64, u64, u64)> = Default::default();
+            for t in &c.received {
+                *recv
+                    .entry(t.arrival.min(total - 1) * SYSTEM_BUCKETS / total)
+                    .or_default() += 1;
+                let f = flows
+                    .entry(t.from.chip)
+                    .or_insert((t.from.cycle, t.arrival, 0));
+                if t.from.cycle < f.0 {
+                    (f.0, f.1) = (t.from.cycle, t.arrival);
+                }
+                f.2 += 1;
+            }
+            json!({
+                "chip": i,
+                "cycles": c.profile.total_cycles(),
+                "instructions": c.profile.instructions(),
+                "units": step.units.iter().map(|u| json!([u.name, u.busy, u.queues])).collect::<Vec<_>>(),
+                "layers": step.layers.iter().map(|l| json!([l.name, l.first, l.last, l.busy, l.cycles])).collect::<Vec<_>>(),
+                "links": c.links.iter().map(|l| json!([l.link, l.to.chip, l.to.link, l.sent, l.received, l.busy_cycles, l.waited_cycles])).collect::<Vec<_>>(),
+                "recv": recv.into_iter().collect::<Vec<_>>(),
+                "activity": act.buckets.iter().map(|&(b, busy, l)| json!([b * act.width, (b + 1) * act.width, busy, act.layers[l as usize]])).collect::<Vec<_>>(),
+                "flows": flows.into_iter().map(|(from, (sent, arrival, n))| json!([from, sent, arrival, n])).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let system = json!({
+        "total": run.cycles,
+        "buckets": SYSTEM_BUCKETS,
+        "detail": detail,
+        "chips": chips,
+    });
+    page(title, &steps[detail], summary, system)
+}
+
+/// The page: the system's sections first when `system` is not null.
+fn page(title: &str, step: &StepProfile, summary: &Value, system: Value) -> String {
     let data = json!({
+        "system": system,
         "title": title,
         "summary": summary,
         "total": step.total_cycles,
@@ -54,6 +133,12 @@ svg{{border:1px solid #ddd;background:#fff}} .lg span{{display:inline-block;marg
 </style></head><body>
 <h1>{title}</h1>
 <h2>Numbers</h2><table id="summary"></table>
+<div id="sys" style="display:none">
+<h2>The system over one step (a row per chip: its unit-busy cycles over time, colored by the layer busiest there and darker where busier; ticks where it received vectors; arrows from a chip's first vector sent to another to its arrival)</h2><div id="gantt"></div>
+<h2>Chips: unit utilisation over the system's step (busy cycles / (queues x the step's cycles))</h2><table id="chiptable"></table>
+<h2>Links that carried anything (busy: cycles the outbound direction carried vectors; waited: cycles received vectors waited to be taken)</h2><table id="linktable"></table>
+<h2 id="detailhead"></h2>
+</div>
 <h2>Where the step's cycles go (each cycle split equally among the ops in flight on it)</h2><div id="wheretime"></div><table id="kindtable"></table>
 <h2>Timeline of one step (units x cycles, colored by op kind)</h2><div id="timeline"></div><div class="lg" id="legend"></div>
 <h2>Unit utilisation</h2><div id="units"></div>
@@ -80,6 +165,80 @@ window.onerror = function (m) {{
   var kindColor = {{}}, kinds = [];
   D.kinds.forEach(function (k) {{ if (!(k in kindColor)) {{ kindColor[k] = palette[kinds.length % palette.length]; kinds.push(k); }} }});
   var count = {{wheretime: 0, timeline: 0, units: 0, layers: 0, roofline: 0}};
+  if (D.system) {{ drawSystem(D.system); }}
+  function head(t, cols) {{ var r = t.insertRow(); cols.forEach(function (h) {{ var th = document.createElement("th"); th.textContent = h; r.appendChild(th); }}); }}
+  function pct(x) {{ return (100 * x).toFixed(1) + "%"; }}
+  // The system: a chart of the chips over the step, their utilisation and links.
+  function drawSystem(S) {{
+    document.getElementById("sys").style.display = "";
+    count.gantt = 0; count.chips = 0; count.links = 0;
+    var n = S.chips.length, T = Math.max(S.total, 1);
+    var rowH = Math.max(3, Math.min(18, Math.floor(900 / n))), W = 1100, left = 70, right = 10;
+    var X = function (c) {{ return left + (W - left - right) * c / T; }};
+    var g = svg("gantt", W, rowH * n + 30);
+    var layerColor = {{}}, nl = 0, maxBusy = 1;
+    S.chips.forEach(function (c) {{ c.activity.forEach(function (a) {{ maxBusy = Math.max(maxBusy, a[2]); }}); }});
+    var every = Math.max(1, Math.ceil(12 / rowH));
+    S.chips.forEach(function (c, i) {{
+      var y = i * rowH;
+      if (i % every === 0) el(g, "text", {{x: 4, y: y + Math.min(rowH, 12), "font-size": Math.min(11, Math.max(rowH, 8))}}, "chip " + c.chip);
+      el(g, "rect", {{x: left, y: y + 0.5, width: W - left - right, height: Math.max(rowH - 1, 1), fill: i % 2 ? "#fafafa" : "#f0f0f0"}});
+      c.activity.forEach(function (a) {{
+        if (!(a[3] in layerColor)) {{ layerColor[a[3]] = palette[nl++ % palette.length]; }}
+        var r = el(g, "rect", {{x: X(a[0]), y: y + 1, width: Math.max(X(Math.min(a[1], T)) - X(a[0]), 0.5), height: Math.max(rowH - 2, 1), fill: layerColor[a[3]], "fill-opacity": (0.25 + 0.75 * a[2] / maxBusy).toFixed(3)}});
+        el(r, "title", {{}}, "chip " + c.chip + ", cycles " + a[0] + ".." + a[1] + ": " + a[2] + " unit-busy cycles, most of them " + a[3]);
+        count.gantt++;
+      }});
+      c.recv.forEach(function (b) {{
+        var x = left + (W - left - right) * b[0] / S.buckets;
+        var r = el(g, "rect", {{x: x, y: y + rowH - Math.max(rowH / 3, 1), width: Math.max((W - left - right) / S.buckets, 1), height: Math.max(rowH / 3, 1), fill: "#222"}});
+        el(r, "title", {{}}, "chip " + c.chip + ": " + b[1] + " vectors received");
+        count.gantt++;
+      }});
+    }});
+    S.chips.forEach(function (c, i) {{
+      c.flows.forEach(function (f) {{
+        var l = el(g, "line", {{x1: X(f[1]), y1: f[0] * rowH + rowH / 2, x2: X(f[2]), y2: i * rowH + rowH / 2, stroke: "#d62728", "stroke-width": 1}});
+        el(l, "title", {{}}, "chip " + f[0] + " -> chip " + c.chip + ": " + f[3] + " vectors, the first sent on " + f[1] + ", arrived " + f[2]);
+        count.gantt++;
+      }});
+    }});
+    for (var k = 0; k <= 10; k++) el(g, "text", {{x: X(T * k / 10), y: rowH * n + 20, "font-size": 10}}, Math.round(T * k / 10));
+    // utilisation table: one column per unit group, shaded by its fraction
+    // Each chip's busiest MEM slice differs: one column, the slice named.
+    var BUSIEST = "MEM busiest: ", names = [];
+    var col = function (u) {{ return u[0].indexOf(BUSIEST) === 0 ? "MEM busiest slice" : u[0]; }};
+    S.chips.forEach(function (c) {{ c.units.forEach(function (u) {{ if (names.indexOf(col(u)) < 0) names.push(col(u)); }}); }});
+    var ct = document.getElementById("chiptable");
+    head(ct, ["chip", "its cycles", "instructions", "first work", "last work"].concat(names).concat(["links busy", "links waited"]));
+    S.chips.forEach(function (c) {{
+      var r = ct.insertRow();
+      var first = Math.min.apply(null, c.layers.map(function (l) {{ return l[1]; }}).concat([Infinity]));
+      var last = Math.max.apply(null, c.layers.map(function (l) {{ return l[2]; }}).concat([-Infinity]));
+      [c.chip, c.cycles, c.instructions, isFinite(first) ? first : "-", isFinite(last) ? last : "-"].forEach(function (v) {{ r.insertCell().textContent = v; }});
+      names.forEach(function (nm) {{
+        var u = c.units.filter(function (x) {{ return col(x) === nm; }})[0];
+        var f = u ? u[1] / (Math.max(u[2], 1) * T) : 0, cell = r.insertCell();
+        cell.textContent = u ? pct(f) + (u[0] === nm ? "" : " " + u[0].slice(BUSIEST.length)) : "-";
+        cell.style.background = "rgba(78,121,167," + Math.min(f * 2, 1).toFixed(3) + ")";
+      }});
+      var busy = 0, waited = 0;
+      c.links.forEach(function (l) {{ busy += l[5]; waited += l[6]; }});
+      var lc = r.insertCell(); lc.textContent = c.links.length ? pct(busy / (c.links.length * T)) : "-";
+      r.insertCell().textContent = waited;
+      count.chips++;
+    }});
+    var lt = document.getElementById("linktable");
+    head(lt, ["chip", "link", "to chip", "its link", "vectors sent", "received", "busy (cycles)", "busy (share of the step)", "waited (cycles)"]);
+    S.chips.forEach(function (c) {{
+      c.links.forEach(function (l) {{
+        var r = lt.insertRow();
+        [c.chip, l[0], l[1], l[2], l[3], l[4], l[5], pct(l[5] / T), l[6]].forEach(function (v) {{ r.insertCell().textContent = v; }});
+        count.links++;
+      }});
+    }});
+    document.getElementById("detailhead").textContent = "Chip " + S.detail + " in detail (the sections below)";
+  }}
   // numbers
   var st = document.getElementById("summary");
   Object.keys(D.summary).forEach(function (k) {{ var r = st.insertRow(); r.insertCell().textContent = k; r.insertCell().textContent = fmt(D.summary[k]); }});

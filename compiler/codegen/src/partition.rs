@@ -1250,6 +1250,15 @@ pub fn compile_system_with(
                         ),
                     }
                 }
+                // Crowded MEM can leave a bundle no cycle (its operands'
+                // slices busy on the cycles it needs): more chips may
+                // schedule, so `--chips auto` reads this as a refusal.
+                CodegenError::Sched(e @ crate::sched::SchedError::NoFit { .. }) => {
+                    CodegenError::Plan {
+                        op: what,
+                        message: format!("no schedule: {e}"),
+                    }
+                }
                 other => CodegenError::Plan {
                     op: what,
                     message: other.to_string(),

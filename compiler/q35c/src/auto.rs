@@ -19,8 +19,9 @@
 //!    difference in link time.
 //! 4. The choice is the fewest chips, then the fewest cycles, then the
 //!    block split. If its compile refuses it after all (the kernels' own
-//!    scratch is placed only while scheduling), the next count of that
-//!    split is tried and the table says so.
+//!    scratch is placed only while scheduling, and crowded MEM can leave a
+//!    bundle no cycle), the next count of that split is tried and the
+//!    table says so.
 
 use std::path::Path;
 
@@ -31,6 +32,26 @@ use q35_codegen::partition::{
 use q35_codegen::plan::Plan;
 use q35_model::ModelSpec;
 use q35_target::Target;
+
+/// Why a candidate's compile refused it, when the refusal is one more
+/// chips may lift (the search then goes on from the next count): a
+/// kernel's scratch or a stage's buffers did not fit its MEM, or crowded
+/// MEM left a bundle no cycle (`SchedError::NoFit` of a stage, as
+/// `partition::compile_system_with` words it). Any other error ends the
+/// search.
+pub fn refusal(error: &str) -> Option<&'static str> {
+    if error.contains("does not fit") {
+        Some(if error.contains("'s scratch") {
+            "kernel scratch"
+        } else {
+            "MEM"
+        })
+    } else if error.contains("no schedule: ") {
+        Some("no schedule")
+    } else {
+        None
+    }
+}
 
 /// One row of the search: a candidate and what is known of its cycles.
 #[derive(Debug)]
@@ -195,7 +216,7 @@ impl Auto {
                 self.rows[i].cycles = Some(cycles);
                 Ok(())
             }
-            Err(e) if e.to_string().contains("does not fit") => self.refuse(i, &e.to_string()),
+            Err(e) if refusal(&e.to_string()).is_some() => self.refuse(i, &e.to_string()),
             Err(e) => Err(anyhow::anyhow!(
                 "compiling the {} split over {} chips: {e}",
                 split_name(c.split),
@@ -246,10 +267,10 @@ impl Auto {
     pub fn refuse(&mut self, i: usize, why: &str) -> anyhow::Result<()> {
         let (split, chips) = (self.rows[i].candidate.split, self.rows[i].candidate.chips);
         self.rows[i].candidate.verdict = Verdict::Refused(why.to_string());
-        self.rows[i].note = Some(
-            "placement accepted it, code generation refused it (kernel scratch); the next count tried"
-                .into(),
-        );
+        self.rows[i].note = Some(format!(
+            "placement accepted it, code generation refused it ({}); the next count tried",
+            refusal(why).unwrap_or("see the error")
+        ));
         let before = self.rows.len();
         self.extend(
             split,
@@ -394,5 +415,33 @@ impl Auto {
                 "chips": self.rows[i].candidate.chips,
             })),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal;
+
+    #[test]
+    fn refusals_more_chips_may_lift_go_on_and_others_stop() {
+        assert_eq!(
+            refusal("chip 0 (blocks 0..4): does not fit: blk.2.attn's scratch: ..."),
+            Some("kernel scratch")
+        );
+        assert_eq!(
+            refusal("chip 3 (block 1 (part)): does not fit: `x` needs 40 words ..."),
+            Some("MEM")
+        );
+        assert_eq!(
+            refusal(
+                "chip 5 (block 0 (part)): no schedule: blk.0.attn_q: no cycle from 8549 to 74086 fits the bundle (the bundle meets itself: mem.w3 busy twice at local cycle 98)"
+            ),
+            Some("no schedule")
+        );
+        // A kernel asking the impossible is a compiler bug, not a count.
+        assert_eq!(
+            refusal("chip 1 (block 0): blk.0.ffn: a value read upstream of its producer"),
+            None
+        );
     }
 }

@@ -319,7 +319,7 @@ fn run_auto(
         );
         match compile_with(args, spec, emit, n, split, options, Some((&mut auto, i))) {
             Ok(()) => return Ok(()),
-            Err(e) if e.to_string().contains("does not fit") => {
+            Err(e) if crate::auto::refusal(&format!("{e:#}")).is_some() => {
                 let why = format!("{e:#}");
                 auto.refuse(i, &why)?;
             }

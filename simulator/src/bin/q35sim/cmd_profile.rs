@@ -30,6 +30,9 @@ pub struct Outputs {
     /// Write a self-contained HTML report (timeline, utilisation, layers, roofline).
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
+    /// A system's chip the report shows in detail (default: the busiest).
+    #[arg(long, value_name = "N")]
+    pub report_chip: Option<usize>,
     /// Ops and layers listed in the profile.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
@@ -51,25 +54,35 @@ impl Outputs {
         }
     }
 
-    /// [`Outputs::write`] for a system: one trace process per chip (the
-    /// first `--trace-steps`), with the link transfers between them.
+    /// [`Outputs::write`] for a system: one trace process per chip of
+    /// `traced` (the first `--trace-steps`), with the link transfers
+    /// between them; the report of the system `run` (`steps`: every
+    /// chip's analysis, `activities` its activity over the step) with chip
+    /// `detail` in detail.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the trace's and the report's inputs"
+    )]
     pub fn write_system(
         &self,
         config: &MachineConfig,
         title: &str,
-        chips: &[TraceStep<'_>],
+        traced: &[TraceStep<'_>],
         received: &[&[q35_sim::link::Transfer]],
-        report_step: &StepProfile,
+        run: &q35_sim::system::SystemRun,
+        steps: &[StepProfile],
+        activities: &[q35_sim::analysis::Activity],
+        detail: usize,
         summary: &Value,
     ) -> anyhow::Result<()> {
         if let Some(path) = &self.trace {
-            let traced = &chips[..chips.len().min(self.trace_steps.max(1))];
             let mut v = q35_sim::trace::to_json(traced, config);
             q35_sim::trace::add_transfers(&mut v, received, traced.len(), config);
             write_atomic(path, serde_json::to_string(&v)?.as_bytes())?;
         }
         if let Some(path) = &self.report {
-            let html = q35_sim::report::to_html(title, report_step, summary);
+            let html =
+                q35_sim::report::system_to_html(title, run, steps, activities, detail, summary);
             write_atomic(path, html.as_bytes())?;
         }
         Ok(())
@@ -84,6 +97,9 @@ impl Outputs {
         report_step: &StepProfile,
         summary: &Value,
     ) -> anyhow::Result<()> {
+        if self.report_chip.is_some() {
+            anyhow::bail!("--report-chip goes with a system file (several chips)");
+        }
         if let Some(path) = &self.trace {
             let v =
                 q35_sim::trace::to_json(&steps[..steps.len().min(self.trace_steps.max(1))], config);

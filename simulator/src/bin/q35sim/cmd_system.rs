@@ -3,7 +3,8 @@
 //! every chip with values (`--threads`, default the host's cores; the
 //! result does not depend on it) or, with `--timing`, the static schedule
 //! only; `profile` is the timing-only run with `--trace` (one process per
-//! chip) and `--report` (chip 0); both print per chip its cycles,
+//! chip) and `--report` (the system, then one chip in detail); both
+//! print per chip its cycles,
 //! instructions, unit utilisation and link use. A hazard prints `FILE:
 //! chip N: cycle C: queue Q, instruction #I ...` and exits 1.
 
@@ -281,14 +282,51 @@ pub fn profile(
         .with_context(|| name.clone())?;
     let run = timing_of(&file, &config, &name)?.map_err(|s| stopped(&name, &s))?;
     if outputs.files() {
+        let n = file.chips().len();
+        // The chip the report shows in detail: `--report-chip`, else the
+        // one whose units were busiest.
+        let detail = match outputs.report_chip {
+            Some(c) if c >= n => {
+                return Err(anyhow!("--report-chip {c}: {name} has chips 0..{n}").into());
+            }
+            Some(c) => c,
+            None => busiest(&run),
+        };
+        // Only the traced chips and the detailed one keep their issues.
+        let traced_chips = if outputs.trace.is_some() {
+            n.min(outputs.trace_steps.max(1))
+        } else {
+            0
+        };
         let mut steps = Vec::new();
+        let mut activities = Vec::new();
+        let width = q35_sim::report::system_bucket_width(run.cycles);
         for (i, bin) in file.chips().iter().enumerate() {
             let loaded = q35_sim::load::load(bin, &config).with_context(|| name.clone())?;
             let timeline = q35_sim::schedule::walk(&loaded, &config)
                 .map_err(|e| anyhow!("{name}: chip {i}: {e}"))?;
-            steps.push(q35_sim::analysis::analyse(bin, &loaded, &config, &timeline));
+            let keep = if i < traced_chips || (outputs.report.is_some() && i == detail) {
+                q35_sim::analysis::Events::Keep
+            } else {
+                q35_sim::analysis::Events::Drop
+            };
+            if outputs.report.is_some() {
+                activities.push(q35_sim::analysis::activity(
+                    bin.debug(),
+                    &loaded,
+                    &timeline,
+                    width,
+                ));
+            }
+            steps.push(q35_sim::analysis::analyse_events(
+                bin.debug(),
+                &loaded,
+                &config,
+                &timeline,
+                keep,
+            ));
         }
-        let traced: Vec<q35_sim::trace::TraceStep<'_>> = steps
+        let traced: Vec<q35_sim::trace::TraceStep<'_>> = steps[..traced_chips]
             .iter()
             .enumerate()
             .map(|(i, s)| q35_sim::trace::TraceStep {
@@ -297,21 +335,28 @@ pub fn profile(
                 offset: 0,
             })
             .collect();
-        let summary = json!({
+        let mut summary = json!({
             "file": name,
-            "chips": file.chips().len(),
+            "chips": n,
+            "nodes": topology.nodes(),
             "cycles": run.cycles,
             "clock_mhz": config.target.clock_mhz,
         });
+        if let Some(o) = summary.as_object_mut() {
+            per_token_json(o, &run, &config, compiled_meta(&file).as_ref());
+        }
         let received: Vec<&[q35_sim::link::Transfer]> =
             run.chips.iter().map(|c| c.received.as_slice()).collect();
         outputs
             .write_system(
                 &config,
-                &format!("q35sim profile {name} (chip 0 of {})", file.chips().len()),
+                &format!("q35sim profile {name} ({n} chips)"),
                 &traced,
                 &received,
-                &steps[0],
+                &run,
+                &steps,
+                &activities,
+                detail,
                 &summary,
             )
             .map_err(Failure::Input)?;
@@ -330,6 +375,22 @@ pub fn profile(
         print!("{}", text(&run, &topology, true));
     }
     Ok(())
+}
+
+/// The chip whose units were busy the most cycles (the first of equals).
+fn busiest(run: &SystemRun) -> usize {
+    let busy = |c: &q35_sim::system::ChipRun| -> u64 {
+        c.profile
+            .groups()
+            .iter()
+            .flat_map(|(_, units)| units.iter().map(|(_, b)| *b))
+            .sum()
+    };
+    run.chips
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, c)| (busy(c), std::cmp::Reverse(*i)))
+        .map_or(0, |(i, _)| i)
 }
 
 /// A compiled model's step as a token: cycles, projected tokens/s at the
