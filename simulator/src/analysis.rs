@@ -455,6 +455,9 @@ pub struct Activity {
     pub buckets: Vec<(u64, u64, u32)>,
     /// The layers named.
     pub layers: Vec<String>,
+    /// The first cycle a busy instruction issued and the last one any was
+    /// busy (`None`: nothing was).
+    pub span: Option<(u64, u64)>,
 }
 
 /// The [`Activity`] of `timeline` (a walk of `loaded`, labelled from
@@ -483,6 +486,7 @@ pub fn activity(
         .collect();
     // (bucket, layer) -> busy cycles.
     let mut per: BTreeMap<(u64, u32), u64> = BTreeMap::new();
+    let mut span = None;
     for issue in &timeline.issues {
         let Some(ins) = loaded.queues[usize::from(issue.queue)]
             .as_ref()
@@ -494,8 +498,13 @@ pub fn activity(
             continue;
         }
         let label = table[usize::from(issue.queue)][issue.index as usize];
+        let busy = ins.occupancy();
         *per.entry((issue.cycle / width, layer_of_label[label as usize]))
-            .or_default() += ins.occupancy();
+            .or_default() += busy;
+        let end = issue.cycle + busy.max(1) - 1;
+        span = Some(span.map_or((issue.cycle, end), |(a, b): (u64, u64)| {
+            (a.min(issue.cycle), b.max(end))
+        }));
     }
     // (bucket, busy, its busiest layer, that layer's busy cycles).
     let mut buckets: Vec<(u64, u64, u32, u64)> = Vec::new();
@@ -519,7 +528,67 @@ pub fn activity(
             .map(|(b, busy, layer, _)| (b, busy, layer))
             .collect(),
         layers,
+        span,
     }
+}
+
+/// Busy fraction of each unit group of a run's counters `p` over its own
+/// cycles: MEM (all slices, and the busiest slice), the VXM's ALUs, each
+/// MXM plane and SXM ([`StepProfile::units`]).
+pub fn unit_busy(p: &crate::profile::Profile) -> Vec<UnitBusy> {
+    let total = p.total_cycles();
+    let alus = QueueId::all().filter(|q| q.unit() == Unit::Vxm).count() as u64;
+    let frac = |busy: u64, queues: u64| {
+        if total == 0 || queues == 0 {
+            0.0
+        } else {
+            busy as f64 / (queues * total) as f64
+        }
+    };
+    let mut units = Vec::new();
+    let mem: Vec<(QueueId, u64)> = QueueId::all()
+        .filter(|q| q.unit() == Unit::Mem)
+        .map(|q| (q, p.busy(q)))
+        .collect();
+    let mem_busy: u64 = mem.iter().map(|m| m.1).sum();
+    units.push(UnitBusy {
+        name: format!("MEM ({} slices)", mem.len()),
+        kind: "MEM",
+        busy: mem_busy,
+        queues: mem.len() as u64,
+        fraction: frac(mem_busy, mem.len() as u64),
+    });
+    if let Some(&(q, b)) = mem.iter().max_by_key(|m| (m.1, std::cmp::Reverse(m.0))) {
+        units.push(UnitBusy {
+            name: format!("MEM busiest: {q}"),
+            kind: "MEM",
+            busy: b,
+            queues: 1,
+            fraction: frac(b, 1),
+        });
+    }
+    let vxm_busy: u64 = QueueId::all()
+        .filter(|q| q.unit() == Unit::Vxm)
+        .map(|q| p.busy(q))
+        .sum();
+    units.push(UnitBusy {
+        name: format!("VXM ({alus} ALUs)"),
+        kind: "VXM",
+        busy: vxm_busy,
+        queues: alus,
+        fraction: frac(vxm_busy, alus),
+    });
+    for q in QueueId::all().filter(|q| matches!(q.unit(), Unit::Mxm | Unit::Sxm)) {
+        let kind = if q.unit() == Unit::Mxm { "MXM" } else { "SXM" };
+        units.push(UnitBusy {
+            name: format!("{kind} {q}"),
+            kind,
+            busy: p.busy(q),
+            queues: 1,
+            fraction: frac(p.busy(q), 1),
+        });
+    }
+    units
 }
 
 /// [`Labels`]' table, its names pushed onto `labels`.
@@ -793,56 +862,7 @@ pub fn analyse_labelled(
             .then(a.label.cmp(&b.label))
     });
 
-    let frac = |busy: u64, queues: u64| {
-        if total == 0 || queues == 0 {
-            0.0
-        } else {
-            busy as f64 / (queues * total) as f64
-        }
-    };
-    let mut units = Vec::new();
-    let mem: Vec<(QueueId, u64)> = QueueId::all()
-        .filter(|q| q.unit() == Unit::Mem)
-        .map(|q| (q, p.busy(q)))
-        .collect();
-    let mem_busy: u64 = mem.iter().map(|m| m.1).sum();
-    units.push(UnitBusy {
-        name: format!("MEM ({} slices)", mem.len()),
-        kind: "MEM",
-        busy: mem_busy,
-        queues: mem.len() as u64,
-        fraction: frac(mem_busy, mem.len() as u64),
-    });
-    if let Some(&(q, b)) = mem.iter().max_by_key(|m| (m.1, std::cmp::Reverse(m.0))) {
-        units.push(UnitBusy {
-            name: format!("MEM busiest: {q}"),
-            kind: "MEM",
-            busy: b,
-            queues: 1,
-            fraction: frac(b, 1),
-        });
-    }
-    let vxm_busy: u64 = QueueId::all()
-        .filter(|q| q.unit() == Unit::Vxm)
-        .map(|q| p.busy(q))
-        .sum();
-    units.push(UnitBusy {
-        name: format!("VXM ({alus} ALUs)"),
-        kind: "VXM",
-        busy: vxm_busy,
-        queues: alus,
-        fraction: frac(vxm_busy, alus),
-    });
-    for q in QueueId::all().filter(|q| matches!(q.unit(), Unit::Mxm | Unit::Sxm)) {
-        let kind = if q.unit() == Unit::Mxm { "MXM" } else { "SXM" };
-        units.push(UnitBusy {
-            name: format!("{kind} {q}"),
-            kind,
-            busy: p.busy(q),
-            queues: 1,
-            fraction: frac(p.busy(q), 1),
-        });
-    }
+    let units = unit_busy(p);
     drop(spans);
     StepProfile {
         total_cycles: total,
@@ -1383,6 +1403,7 @@ mod tests {
         // and halt are control: no busy cycles); no labels: one layer.
         assert_eq!(a.width, 10);
         assert_eq!(a.buckets, vec![(0, 1, 0), (3, 2, 0)]);
+        assert_eq!(a.span, Some((0, 32)));
         assert_eq!(a.layers.len(), 1);
     }
 

@@ -17,7 +17,7 @@
 
 use serde_json::{Value, json};
 
-use crate::analysis::{Activity, StepProfile};
+use crate::analysis::{Activity, StepProfile, unit_busy};
 use crate::system::SystemRun;
 use crate::trace::{TRACKS, slices};
 
@@ -44,25 +44,23 @@ pub fn system_bucket_width(cycles: u64) -> u64 {
 /// the vectors it received; an arrow per pair of chips from the first
 /// vector's `send` to its arrival), every chip's unit utilisation over the
 /// system's step as a table, every link that carried anything; then chip
-/// `detail`'s own page (`steps[detail]` analysed with its events).
-/// `steps[i]` is chip `i`'s analysis (events not needed), `activities[i]`
-/// its [`Activity`] in buckets of [`system_bucket_width`].
+/// `detail`'s own page (`detail_step`, its analysis with its events).
+/// `activities[i]` is chip `i`'s [`Activity`] in buckets of
+/// [`system_bucket_width`]; its units' figures are its run's counters.
 pub fn system_to_html(
     title: &str,
     run: &SystemRun,
-    steps: &[StepProfile],
     activities: &[Activity],
-    detail: usize,
+    (detail, detail_step): (usize, &StepProfile),
     summary: &Value,
 ) -> String {
     let total = run.cycles.max(1);
     let chips: Vec<Value> = run
         .chips
         .iter()
-        .zip(steps)
         .zip(activities)
         .enumerate()
-        .map(|(i, ((c, step), act))| {
+        .map(|(i, (c, act))| {
             let mut recv: std::collections::BTreeMap<u64, u64> = Default::default();
             let mut flows: std::collections::BTreeMap<u32, (u64, u64, u64)> = Default::default();
             for t in &c.received {
@@ -81,8 +79,8 @@ pub fn system_to_html(
                 "chip": i,
                 "cycles": c.profile.total_cycles(),
                 "instructions": c.profile.instructions(),
-                "units": step.units.iter().map(|u| json!([u.name, u.busy, u.queues])).collect::<Vec<_>>(),
-                "layers": step.layers.iter().map(|l| json!([l.name, l.first, l.last, l.busy, l.cycles])).collect::<Vec<_>>(),
+                "units": unit_busy(&c.profile).iter().map(|u| json!([u.name, u.busy, u.queues])).collect::<Vec<_>>(),
+                "span": act.span,
                 "links": c.links.iter().map(|l| json!([l.link, l.to.chip, l.to.link, l.sent, l.received, l.busy_cycles, l.waited_cycles])).collect::<Vec<_>>(),
                 "recv": recv.into_iter().collect::<Vec<_>>(),
                 "activity": act.buckets.iter().map(|&(b, busy, l)| json!([b * act.width, (b + 1) * act.width, busy, act.layers[l as usize]])).collect::<Vec<_>>(),
@@ -96,7 +94,7 @@ pub fn system_to_html(
         "detail": detail,
         "chips": chips,
     });
-    page(title, &steps[detail], summary, system)
+    page(title, detail_step, summary, system)
 }
 
 /// The page: the system's sections first when `system` is not null.
@@ -210,12 +208,10 @@ window.onerror = function (m) {{
     var col = function (u) {{ return u[0].indexOf(BUSIEST) === 0 ? "MEM busiest slice" : u[0]; }};
     S.chips.forEach(function (c) {{ c.units.forEach(function (u) {{ if (names.indexOf(col(u)) < 0) names.push(col(u)); }}); }});
     var ct = document.getElementById("chiptable");
-    head(ct, ["chip", "its cycles", "instructions", "first work", "last work"].concat(names).concat(["links busy", "links waited"]));
+    head(ct, ["chip", "its cycles", "instructions", "first busy cycle", "last busy cycle"].concat(names).concat(["links busy", "links waited"]));
     S.chips.forEach(function (c) {{
       var r = ct.insertRow();
-      var first = Math.min.apply(null, c.layers.map(function (l) {{ return l[1]; }}).concat([Infinity]));
-      var last = Math.max.apply(null, c.layers.map(function (l) {{ return l[2]; }}).concat([-Infinity]));
-      [c.chip, c.cycles, c.instructions, isFinite(first) ? first : "-", isFinite(last) ? last : "-"].forEach(function (v) {{ r.insertCell().textContent = v; }});
+      [c.chip, c.cycles, c.instructions, c.span ? c.span[0] : "-", c.span ? c.span[1] : "-"].forEach(function (v) {{ r.insertCell().textContent = v; }});
       names.forEach(function (nm) {{
         var u = c.units.filter(function (x) {{ return col(x) === nm; }})[0];
         var f = u ? u[1] / (Math.max(u[2], 1) * T) : 0, cell = r.insertCell();

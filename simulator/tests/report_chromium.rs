@@ -167,9 +167,8 @@ fn system_report_renders_in_headless_chromium() {
     let html = q35_sim::report::system_to_html(
         "system report test",
         &run,
-        &steps,
         &activities,
-        0,
+        (0, &steps[0]),
         &serde_json::json!({"chips": 2, "cycles": run.cycles}),
     );
     let dom = render(browser, &html);

@@ -56,9 +56,9 @@ impl Outputs {
 
     /// [`Outputs::write`] for a system: one trace process per chip of
     /// `traced` (the first `--trace-steps`), with the link transfers
-    /// between them; the report of the system `run` (`steps`: every
-    /// chip's analysis, `activities` its activity over the step) with chip
-    /// `detail` in detail.
+    /// between them; the report of the system `run` (`activities`: every
+    /// chip's activity over the step) with `detail` (a chip and its
+    /// analysis) in detail.
     #[expect(
         clippy::too_many_arguments,
         reason = "the trace's and the report's inputs"
@@ -70,9 +70,8 @@ impl Outputs {
         traced: &[TraceStep<'_>],
         received: &[&[q35_sim::link::Transfer]],
         run: &q35_sim::system::SystemRun,
-        steps: &[StepProfile],
         activities: &[q35_sim::analysis::Activity],
-        detail: usize,
+        detail: Option<(usize, &StepProfile)>,
         summary: &Value,
     ) -> anyhow::Result<()> {
         if let Some(path) = &self.trace {
@@ -81,8 +80,8 @@ impl Outputs {
             write_atomic(path, serde_json::to_string(&v)?.as_bytes())?;
         }
         if let Some(path) = &self.report {
-            let html =
-                q35_sim::report::system_to_html(title, run, steps, activities, detail, summary);
+            let detail = detail.context("the report's detailed chip was not analysed")?;
+            let html = q35_sim::report::system_to_html(title, run, activities, detail, summary);
             write_atomic(path, html.as_bytes())?;
         }
         Ok(())

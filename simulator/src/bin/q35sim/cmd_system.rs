@@ -300,16 +300,12 @@ pub fn profile(
         };
         let mut steps = Vec::new();
         let mut activities = Vec::new();
+        let mut detail_step = None;
         let width = q35_sim::report::system_bucket_width(run.cycles);
         for (i, bin) in file.chips().iter().enumerate() {
             let loaded = q35_sim::load::load(bin, &config).with_context(|| name.clone())?;
             let timeline = q35_sim::schedule::walk(&loaded, &config)
                 .map_err(|e| anyhow!("{name}: chip {i}: {e}"))?;
-            let keep = if i < traced_chips || (outputs.report.is_some() && i == detail) {
-                q35_sim::analysis::Events::Keep
-            } else {
-                q35_sim::analysis::Events::Drop
-            };
             if outputs.report.is_some() {
                 activities.push(q35_sim::analysis::activity(
                     bin.debug(),
@@ -318,15 +314,20 @@ pub fn profile(
                     width,
                 ));
             }
-            steps.push(q35_sim::analysis::analyse_events(
-                bin.debug(),
-                &loaded,
-                &config,
-                &timeline,
-                keep,
-            ));
+            // Only the traced chips and the report's detailed one are
+            // analysed (their issues kept for the drawing).
+            let report_detail = outputs.report.is_some() && i == detail;
+            if i < traced_chips || report_detail {
+                let step = q35_sim::analysis::analyse(bin, &loaded, &config, &timeline);
+                if report_detail && i >= traced_chips {
+                    detail_step = Some(step);
+                } else {
+                    steps.push(step);
+                }
+            }
         }
-        let traced: Vec<q35_sim::trace::TraceStep<'_>> = steps[..traced_chips]
+        let detail_step = detail_step.as_ref().or(steps.get(detail));
+        let traced: Vec<q35_sim::trace::TraceStep<'_>> = steps
             .iter()
             .enumerate()
             .map(|(i, s)| q35_sim::trace::TraceStep {
@@ -354,9 +355,8 @@ pub fn profile(
                 &traced,
                 &received,
                 &run,
-                &steps,
                 &activities,
-                detail,
+                detail_step.map(|s| (detail, s)),
                 &summary,
             )
             .map_err(Failure::Input)?;
