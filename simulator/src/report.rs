@@ -124,7 +124,7 @@ fn page(title: &str, step: &StepProfile, summary: &Value, system: Value) -> Stri
 <style>
 body{{font:13px system-ui,sans-serif;margin:16px;color:#222}}
 h1{{font-size:18px}} h2{{font-size:15px;margin-top:22px}}
-table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} td{{white-space:nowrap}}
 td:first-child,th:first-child{{text-align:left}}
 svg{{border:1px solid #ddd;background:#fff}} .lg span{{display:inline-block;margin-right:10px}}
 .sw{{display:inline-block;width:10px;height:10px;margin-right:3px}}

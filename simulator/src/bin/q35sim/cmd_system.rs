@@ -280,6 +280,12 @@ pub fn profile(
         .target
         .system(file.chips().len() as u32)
         .with_context(|| name.clone())?;
+    // Progress on a terminal: a system of hundreds of chips takes minutes.
+    let bar = q35_host::bar::Bar::new(
+        format!("profile {name}: "),
+        "walking every distinct chip's schedule",
+        true,
+    );
     let run = timing_of(&file, &config, &name)?.map_err(|s| stopped(&name, &s))?;
     if outputs.files() {
         let n = file.chips().len();
@@ -303,6 +309,7 @@ pub fn profile(
         let mut detail_step = None;
         let width = q35_sim::report::system_bucket_width(run.cycles);
         for (i, bin) in file.chips().iter().enumerate() {
+            bar.items(i, n, &format!("chip {i}: the trace's and report's figures"));
             let loaded = q35_sim::load::load(bin, &config).with_context(|| name.clone())?;
             let timeline = q35_sim::schedule::walk(&loaded, &config)
                 .map_err(|e| anyhow!("{name}: chip {i}: {e}"))?;
@@ -346,6 +353,7 @@ pub fn profile(
         if let Some(o) = summary.as_object_mut() {
             per_token_json(o, &run, &config, compiled_meta(&file).as_ref());
         }
+        bar.stage("writing the trace and report");
         let received: Vec<&[q35_sim::link::Transfer]> =
             run.chips.iter().map(|c| c.received.as_slice()).collect();
         outputs
@@ -361,6 +369,7 @@ pub fn profile(
             )
             .map_err(Failure::Input)?;
     }
+    drop(bar);
     let meta = compiled_meta(&file);
     if json_out {
         let mut v = run.to_json();
