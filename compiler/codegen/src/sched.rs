@@ -796,43 +796,59 @@ impl QueueState {
 /// that would meet one of them, so the earliest shift that fits is the same.
 #[derive(Clone, Debug, Default)]
 struct BusyBits {
-    words: Vec<u64>,
+    /// Pages of [`PAGE_WORDS`] words (64 cycles a word), allocated when a
+    /// cycle in them is marked: a stage late in a long pipeline works
+    /// millions of cycles after cycle 0 (a 576-chip system's last chip
+    /// from cycle 3.7 M), and a flat bit set from cycle 0 cost every queue
+    /// of every such stage that much zeroed memory (half of the compile).
+    pages: Vec<Option<Box<[u64; PAGE_WORDS]>>>,
 }
 
+/// Words of a [`BusyBits`] page (32,768 cycles).
+const PAGE_WORDS: usize = 512;
+
 impl BusyBits {
+    /// Word `i` (cycles `64 i ..`): zero where no page is.
+    fn word(&self, i: usize) -> u64 {
+        match self.pages.get(i / PAGE_WORDS) {
+            Some(Some(p)) => p[i % PAGE_WORDS],
+            _ => 0,
+        }
+    }
+
     /// Marks `[start, end)` busy (`start >= 0`).
     fn insert(&mut self, start: Cycle, end: Cycle) {
         let (start, end) = (start.max(0) as usize, end.max(0) as usize);
         if end <= start {
             return;
         }
-        let need = end.div_ceil(64);
-        if self.words.len() < need {
-            self.words.resize(need.next_power_of_two(), 0);
+        let need = end.div_ceil(64).div_ceil(PAGE_WORDS);
+        if self.pages.len() < need {
+            self.pages.resize(need, None);
         }
         for c in start..end {
-            self.words[c / 64] |= 1 << (c % 64);
+            let w = c / 64;
+            let page = self.pages[w / PAGE_WORDS].get_or_insert_with(|| Box::new([0; PAGE_WORDS]));
+            page[w % PAGE_WORDS] |= 1 << (c % 64);
         }
     }
 
     fn busy(&self, c: usize) -> bool {
-        self.words
-            .get(c / 64)
-            .is_some_and(|w| w & (1 << (c % 64)) != 0)
+        self.word(c / 64) & (1 << (c % 64)) != 0
     }
 
     /// The first free cycle at or after busy cycle `c`.
     fn run_end(&self, c: usize) -> usize {
         let (mut i, bit) = (c / 64, c % 64);
         // Ones from `bit` up in the first word.
-        let mut w = self.words.get(i).copied().unwrap_or(0) >> bit;
+        let mut w = self.word(i) >> bit;
         let ones = w.trailing_ones() as usize;
         if ones < 64 - bit {
             return c + ones;
         }
         i += 1;
         loop {
-            w = self.words.get(i).copied().unwrap_or(0);
+            w = self.word(i);
             if w != u64::MAX {
                 return i * 64 + w.trailing_ones() as usize;
             }
@@ -848,12 +864,18 @@ impl BusyBits {
         }
         // The first busy cycle in `(t, t + len)`.
         let end = (t + len).max(0) as usize;
+        let last_page = self.pages.len() * PAGE_WORDS * 64;
         let mut c = t0 + 1;
         while c < end {
-            let Some(&w) = self.words.get(c / 64) else {
+            if c >= last_page {
                 return Ok(());
-            };
-            let w = w >> (c % 64);
+            }
+            let (w, page) = (c / 64, c / 64 / PAGE_WORDS);
+            if self.pages[page].is_none() {
+                c = (page + 1) * PAGE_WORDS * 64;
+                continue;
+            }
+            let w = self.word(w) >> (c % 64);
             if w == 0 {
                 c = (c / 64 + 1) * 64;
                 continue;
@@ -1596,5 +1618,72 @@ impl Sched {
         let lo = spans.iter().map(|s| s.0).min().unwrap_or(0);
         let hi = spans.iter().map(|s| s.1).max().unwrap_or(0);
         (lo, hi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BusyBits, Cycle, PAGE_WORDS};
+
+    /// The first cycle `>= t` from which `len` cycles are free in `busy`
+    /// (a plain set), or where the first busy one's run ends.
+    fn reference(
+        busy: &std::collections::BTreeSet<Cycle>,
+        t: Cycle,
+        len: Cycle,
+    ) -> Result<(), Cycle> {
+        let t = t.max(0);
+        let Some(&first) = busy.range(t..t + len.max(1)).next() else {
+            return Ok(());
+        };
+        if first >= t + len && first != t {
+            return Ok(());
+        }
+        let mut end = first;
+        while busy.contains(&end) {
+            end += 1;
+        }
+        Err(end)
+    }
+
+    #[test]
+    fn paged_busy_bits_answer_as_a_plain_set() {
+        // Runs near cycle 0, across page edges and millions of cycles on
+        // (pages between them never allocated), against a plain set.
+        let page = (PAGE_WORDS * 64) as Cycle;
+        let runs: Vec<(Cycle, Cycle)> = vec![
+            (0, 3),
+            (3, 5),
+            (63, 65),
+            (page - 2, page + 3),
+            (2 * page + 10, 2 * page + 200),
+            (3_700_000, 3_700_100),
+            (3_700_100, 3_700_101),
+            (5 * page - 1, 5 * page),
+        ];
+        let mut bits = BusyBits::default();
+        let mut set = std::collections::BTreeSet::new();
+        for &(a, b) in &runs {
+            bits.insert(a, b);
+            set.extend(a..b);
+        }
+        assert!(
+            bits.pages.iter().filter(|p| p.is_some()).count() < 10,
+            "only touched pages are allocated"
+        );
+        let mut probes: Vec<Cycle> = runs
+            .iter()
+            .flat_map(|&(a, b)| [a - 1, a, b - 1, b, b + 1])
+            .collect();
+        probes.extend([0, 1, page, 4 * page, 3_800_000]);
+        for &t in &probes {
+            for len in [1, 2, 5, 64, 200, page + 7, 3 * page] {
+                assert_eq!(
+                    bits.free(t, len),
+                    reference(&set, t, len),
+                    "free({t}, {len})"
+                );
+            }
+        }
     }
 }
