@@ -36,9 +36,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use melior::ir::attribute::TypeAttribute;
-use melior::ir::operation::{
-    OperationBuilder, OperationLike, OperationResult, WalkOrder, WalkResult,
-};
+use melior::ir::operation::{OperationBuilder, OperationLike, WalkOrder, WalkResult};
 use melior::ir::r#type::{IntegerType, RankedTensorType};
 use melior::ir::{Attribute, Identifier, OperationRef, Type, Value, ValueLike};
 use melior::{
@@ -190,8 +188,8 @@ fn rewrite<'c>(
             };
             let codes_type = tensor(&t.dims, IntegerType::new(context, 8).into());
             let scale_type = tensor(&[tokens], Type::float32(context));
-            let location = match OperationResult::try_from(x) {
-                Ok(r) if state.share => {
+            let location = match crate::ir::op_result(x) {
+                Some(r) if state.share => {
                     base.set_insertion_point_after(r.owner());
                     r.owner().location()
                 }
@@ -201,7 +199,7 @@ fn rewrite<'c>(
                 }
             };
             if state.share
-                && let Ok(arg) = melior::ir::block::BlockArgument::try_from(x)
+                && let Some(arg) = crate::ir::block_argument(x)
             {
                 base.set_insertion_point_to_start(arg.owner());
             }

@@ -24,7 +24,6 @@
 use std::collections::BTreeMap;
 
 use melior::ir::OperationRef;
-use melior::ir::operation::OperationResult;
 use melior::ir::operation::{OperationLike, WalkOrder, WalkResult};
 use q35_frontend::ops::{OpKind, ValueType, rules};
 
@@ -88,7 +87,7 @@ fn dataflow(kind: OpKind, op: &OperationRef<'_, '_>) -> Result<(), String> {
             let writer = op
                 .operand(1)
                 .ok()
-                .and_then(|v| OperationResult::try_from(v).ok())
+                .and_then(crate::ir::op_result)
                 .map(|r| r.owner());
             match writer {
                 Some(w)
@@ -108,7 +107,7 @@ fn dataflow(kind: OpKind, op: &OperationRef<'_, '_>) -> Result<(), String> {
             let producer = |i| {
                 op.operand(i)
                     .ok()
-                    .and_then(|v| OperationResult::try_from(v).ok())
+                    .and_then(crate::ir::op_result)
                     .map(|r| (r.owner().to_raw().ptr, r.result_number()))
             };
             match (producer(0), producer(1)) {
