@@ -382,23 +382,6 @@ pub fn format_diagnostic(d: &Diagnostic<'_>) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn qweight_from_printed_type() {
-        assert_eq!(
-            QWeight::parse("!q35.qweight<\"q35-rtn\", 32 : i32>"),
-            Some(QWeight {
-                scheme: "q35-rtn".into(),
-                group_size: 32
-            })
-        );
-        assert_eq!(QWeight::parse("f32"), None);
-    }
-}
-
 /// `v` as an operation result, when it is one. Melior's `TryFrom` prints
 /// the value into its error when it is not, and printing a value builds an
 /// `AsmState` over (and verifies) the whole module: asked once per op of a
@@ -422,5 +405,22 @@ pub fn block_argument<'c, 'a>(
         melior::ir::block::BlockArgument::try_from(v).ok()
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qweight_from_printed_type() {
+        assert_eq!(
+            QWeight::parse("!q35.qweight<\"q35-rtn\", 32 : i32>"),
+            Some(QWeight {
+                scheme: "q35-rtn".into(),
+                group_size: 32
+            })
+        );
+        assert_eq!(QWeight::parse("f32"), None);
     }
 }
