@@ -59,6 +59,10 @@ pub struct Stage {
     /// Its plan: the stage's ops between its [`PlanOp::Recv`]s and its
     /// [`PlanOp::Send`]s, and only the buffers and weights they use.
     pub plan: Plan,
+    /// In a tensor-parallel group (docs/backend.md 10): its slice and the
+    /// group's chips (slice 0 the group's lead, which runs every op but the
+    /// other slices' rows of the matmuls).
+    pub tensor: Option<(u32, u32)>,
 }
 
 impl Stage {
@@ -101,6 +105,9 @@ impl Stage {
         }
         if self.head {
             s.push_str(if s.is_empty() { "head" } else { " + head" });
+        }
+        if let Some((slice, of)) = self.tensor {
+            s.push_str(&format!(", slice {slice} of {of}"));
         }
         s
     }
@@ -152,6 +159,10 @@ pub struct SystemOptions {
     /// its hemisphere, so large pieces leave slices part empty, and past
     /// about a quarter of MEM one piece outgrows the slices).
     pub max_weight_bytes: Option<u64>,
+    /// Chips of a tensor-parallel group (0 or 1: none): the pipeline is
+    /// cut into `chips / tensor` stages, and each stage's matmuls are
+    /// split by output rows over its `tensor` chips (docs/backend.md 10).
+    pub tensor: u32,
 }
 
 fn err(op: &str, message: impl Into<String>) -> CodegenError {
@@ -836,6 +847,7 @@ fn cut(
                 users: plan.users,
                 attend: None,
             },
+            tensor: None,
         });
     }
     Ok((plan.clone(), stages))
@@ -1056,6 +1068,7 @@ fn stage_plan(plan: &Plan, s: &Stage, w: &Weights<'_>) -> Result<Plan, CodegenEr
                 y: name.clone(),
                 n: *n,
                 from: s.chip - 1,
+                words: Vec::new(),
             },
         ));
     }
@@ -1067,9 +1080,23 @@ fn stage_plan(plan: &Plan, s: &Stage, w: &Weights<'_>) -> Result<Plan, CodegenEr
                 x: name.clone(),
                 n: *n,
                 to: s.chip + 1,
+                words: Vec::new(),
             },
         ));
     }
+    plan_of(plan, ops, w, false)
+}
+
+/// The plan of the ops `ops` of `plan`: the buffers and weights they use,
+/// in the plan's order. A tensor-parallel group's other slices
+/// (`worker`) hold no output or input of the host's: their rows of the
+/// logits go to the group's lead, which the host reads.
+fn plan_of(
+    plan: &Plan,
+    ops: Vec<(String, PlanOp)>,
+    w: &Weights<'_>,
+    worker: bool,
+) -> Result<Plan, CodegenError> {
     let mut used: BTreeSet<&str> = BTreeSet::new();
     // Per-user ops' caches, by the users' copies' names.
     let mut users_caches: BTreeSet<String> = BTreeSet::new();
@@ -1101,6 +1128,12 @@ fn stage_plan(plan: &Plan, s: &Stage, w: &Weights<'_>) -> Result<Plan, CodegenEr
             used.contains(crate::plan::split_user(&b.name).0) || users_caches.contains(&b.name)
         })
         .cloned()
+        .map(|mut b| {
+            if worker && matches!(b.kind, BufferKind::Output | BufferKind::Input) {
+                b.kind = BufferKind::Scratch;
+            }
+            b
+        })
         .collect();
     Ok(Plan {
         ctx: plan.ctx,
@@ -1110,6 +1143,325 @@ fn stage_plan(plan: &Plan, s: &Stage, w: &Weights<'_>) -> Result<Plan, CodegenEr
         users: plan.users,
         attend: None,
     })
+}
+
+/// The label of a matmul's op without a row piece's `.rows<r>`.
+fn whole_label(label: &str) -> &str {
+    match label.rsplit_once(".rows") {
+        Some((head, r)) if !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => label,
+    }
+}
+
+/// Word ranges `a .. b` of a matmul output `y`'s rows, per user (a
+/// batch's buffer has a row of whole words per user).
+fn row_words(plan: &Plan, y: &str, a: usize, b: usize) -> Result<Vec<Range<u32>>, CodegenError> {
+    let lanes = crate::program::LANES as usize;
+    let decl = plan
+        .decls(y)
+        .next()
+        .ok_or_else(|| err(y, "the matmul's output is not declared"))?;
+    let users = plan.users.max(1);
+    let per_user = crate::plan::words(decl.elements()) / users;
+    let (lo, hi) = ((a / lanes) as u32, b.div_ceil(lanes) as u32);
+    Ok((0..users)
+        .map(|u| u * per_user + lo..u * per_user + hi)
+        .collect())
+}
+
+/// Word ranges in order with the touching ones joined.
+fn coalesce(mut r: Vec<Range<u32>>) -> Vec<Range<u32>> {
+    r.sort_by_key(|x| x.start);
+    let mut out: Vec<Range<u32>> = Vec::with_capacity(r.len());
+    for x in r {
+        match out.last_mut() {
+            Some(l) if l.end >= x.start => l.end = l.end.max(x.end),
+            _ => out.push(x),
+        }
+    }
+    out
+}
+
+/// The words of `name` the ops before op `before` wrote: every word (an
+/// empty list) once an op wrote the whole buffer, else the rows the
+/// matmul pieces and per-user attentions wrote. What crosses into a
+/// tensor-parallel group is only those words: the group's other slices
+/// write the rest, and a transfer of the whole buffer would land on them.
+fn written_words(
+    plan: &Plan,
+    w: &Weights<'_>,
+    name: &str,
+    before: usize,
+) -> Result<Vec<Range<u32>>, CodegenError> {
+    let mut rows = Vec::new();
+    for (label, op) in plan.ops[..before].iter().rev() {
+        match op {
+            PlanOp::MatMul {
+                weight, y, row0, ..
+            } if y == name => {
+                let whole = w
+                    .pieces
+                    .get(weight)
+                    .map_or(weight.as_str(), |p| p.0.as_str());
+                let (n, total) = (
+                    w.rows(weight).ok_or_else(|| err(label, "unknown weight"))?,
+                    w.rows(whole).ok_or_else(|| err(label, "unknown weight"))?,
+                );
+                if n == total {
+                    return Ok(Vec::new());
+                }
+                let a = *row0 as usize;
+                rows.extend(row_words(plan, y, a, a + n)?);
+            }
+            PlanOp::Attention {
+                y, users: Some(u), ..
+            } if y == name => {
+                let decl = plan
+                    .decls(y)
+                    .next()
+                    .ok_or_else(|| err(label, "the attention's output is not declared"))?;
+                let per_user = crate::plan::words(decl.elements()) / plan.users.max(1);
+                rows.push(u.start * per_user..u.end * per_user);
+            }
+            _ => {
+                if reads_writes(op).1.contains(&name) {
+                    return Ok(Vec::new());
+                }
+            }
+        }
+    }
+    Ok(coalesce(rows))
+}
+
+/// A pipeline stage `g` (group `g.chip`) made a tensor-parallel group of
+/// `t` chips, `g.chip * t ..`: every matmul's output rows are cut into `t`
+/// slices of whole 320-row tiles (the same cut for each of its row
+/// pieces), slice `j` on the group's chip `j`; every other op runs on the
+/// group's lead (slice 0) in the plan's order. A slice's chip gets the
+/// matmul's input (`xs`, `scale`) from the lead once per value, and sends
+/// its rows of the output back before the lead's first use of them (or at
+/// the group's end, the logits). The lead receives what the group before
+/// sends and sends on what the group after needs. The rows are the same
+/// kernels on the same operands (a matmul's rows are independent), so the
+/// step is bit for bit the one-chip step.
+fn tensor_stages(
+    plan: &Plan,
+    g: &Stage,
+    t: u32,
+    w: &mut Weights<'_>,
+) -> Result<Vec<Stage>, CodegenError> {
+    let lanes = crate::program::LANES as usize;
+    let base = g.chip * t;
+    let n_of = |name: &str| -> Result<u32, CodegenError> {
+        let d = plan
+            .decls(name)
+            .next()
+            .ok_or_else(|| err(name, "not declared"))?;
+        u32::try_from(d.elements())
+            .map_err(|_| err("partition", format!("`{name}` is too large to send")))
+    };
+    let mut ops: Vec<Vec<(String, PlanOp)>> = vec![Vec::new(); t as usize];
+    let mut wbytes = vec![0u64; t as usize];
+    // Rows of a buffer written on another slice, not yet on the lead:
+    // buffer -> slice -> word ranges.
+    let mut pending: BTreeMap<String, BTreeMap<u32, Vec<Range<u32>>>> = BTreeMap::new();
+    // Slices holding a buffer's current value (a bit per slice).
+    let mut held: BTreeMap<String, u64> = BTreeMap::new();
+    fn xfer(
+        ops: &mut [Vec<(String, PlanOp)>],
+        base: u32,
+        from: u32,
+        to: u32,
+        name: &str,
+        n: u32,
+        words: Vec<Range<u32>>,
+    ) {
+        ops[from as usize].push((
+            format!("c2c.send.{name}"),
+            PlanOp::Send {
+                x: name.to_string(),
+                n,
+                to: base + to,
+                words: words.clone(),
+            },
+        ));
+        ops[to as usize].push((
+            format!("c2c.recv.{name}"),
+            PlanOp::Recv {
+                y: name.to_string(),
+                n,
+                from: base + from,
+                words,
+            },
+        ));
+    }
+    let gather = |ops: &mut Vec<Vec<(String, PlanOp)>>,
+                  pending: &mut BTreeMap<String, BTreeMap<u32, Vec<Range<u32>>>>,
+                  name: &str|
+     -> Result<(), CodegenError> {
+        if let Some(by_slice) = pending.remove(name) {
+            let n = n_of(name)?;
+            for (slice, words) in by_slice {
+                xfer(ops, base, slice, 0, name, n, coalesce(words));
+            }
+        }
+        Ok(())
+    };
+    for (name, n) in &g.receives {
+        ops[0].push((
+            format!("c2c.recv.{name}"),
+            PlanOp::Recv {
+                y: name.clone(),
+                n: *n,
+                from: (g.chip - 1) * t,
+                words: written_words(plan, w, name, g.ops.start)?,
+            },
+        ));
+    }
+    let acc = accesses(plan);
+    for i in g.ops.clone() {
+        let (label, op) = &plan.ops[i];
+        if let PlanOp::MatMul {
+            xs,
+            scale,
+            weight,
+            y,
+            row0,
+        } = op
+        {
+            let (whole, rows) = match w.pieces.get(weight) {
+                Some((whole, r)) => (whole.clone(), r.clone()),
+                None => {
+                    let r = w
+                        .rows(weight)
+                        .ok_or_else(|| err(label, format!("unknown weight `{weight}`")))?;
+                    (weight.clone(), 0..r)
+                }
+            };
+            if rows.start != *row0 as usize {
+                return Err(err(label, "a row piece's first row is not its op's"));
+            }
+            let total = w
+                .rows(&whole)
+                .ok_or_else(|| err(label, format!("unknown weight `{whole}`")))?;
+            let tiles = total.div_ceil(lanes);
+            for j in 0..t {
+                let lo = (j as usize * tiles / t as usize) * lanes;
+                let hi = ((j as usize + 1) * tiles / t as usize * lanes).min(total);
+                let (a, b) = (rows.start.max(lo), rows.end.min(hi));
+                if a >= b {
+                    continue;
+                }
+                let (piece, piece_label) = if a == rows.start && b == rows.end {
+                    (weight.clone(), label.clone())
+                } else {
+                    // (A row piece of the pipeline's cut may have this
+                    // name with other rows: then the slice's names its end.)
+                    let mut name = format!("{whole}.rows{a}");
+                    if w.pieces.get(&name).is_some_and(|p| p.1 != (a..b)) {
+                        name = format!("{whole}.rows{a}to{b}");
+                    }
+                    w.pieces.insert(name.clone(), (whole.clone(), a..b));
+                    (name, format!("{}.rows{a}", whole_label(label)))
+                };
+                if j > 0 {
+                    for input in [xs, scale] {
+                        gather(&mut ops, &mut pending, input)?;
+                        let bits = held.entry(input.clone()).or_default();
+                        if *bits & (1 << j) == 0 {
+                            *bits |= 1 << j;
+                            xfer(&mut ops, base, 0, j, input, n_of(input)?, Vec::new());
+                        }
+                    }
+                }
+                wbytes[j as usize] += w.bytes(&piece)?;
+                ops[j as usize].push((
+                    piece_label,
+                    PlanOp::MatMul {
+                        xs: xs.clone(),
+                        scale: scale.clone(),
+                        weight: piece,
+                        y: y.clone(),
+                        row0: a as u32,
+                    },
+                ));
+                held.insert(y.clone(), 0);
+                if j > 0 {
+                    pending
+                        .entry(y.clone())
+                        .or_default()
+                        .entry(j)
+                        .or_default()
+                        .extend(row_words(plan, y, a, b)?);
+                }
+            }
+            continue;
+        }
+        // Everything else on the lead, with every row it reads or
+        // partly overwrites there first.
+        let (r, wr) = &acc[i];
+        for b in r.iter().chain(wr) {
+            gather(&mut ops, &mut pending, b)?;
+        }
+        ops[0].push((label.clone(), op.clone()));
+        for b in wr {
+            held.insert(b.to_string(), 0);
+        }
+    }
+    // What the next group needs, and the host's outputs, end on the lead.
+    let outputs: Vec<String> = pending
+        .keys()
+        .filter(|n| plan.decls(n).any(|d| d.kind == BufferKind::Output))
+        .cloned()
+        .collect();
+    for name in g.sends.iter().map(|(n, _)| n.clone()).chain(outputs) {
+        gather(&mut ops, &mut pending, &name)?;
+    }
+    for (name, n) in &g.sends {
+        ops[0].push((
+            format!("c2c.send.{name}"),
+            PlanOp::Send {
+                x: name.clone(),
+                n: *n,
+                to: (g.chip + 1) * t,
+                words: written_words(plan, w, name, g.ops.end)?,
+            },
+        ));
+    }
+    let mut stages = Vec::with_capacity(t as usize);
+    for (j, list) in ops.into_iter().enumerate() {
+        let lead = j == 0;
+        if !lead && list.is_empty() {
+            return Err(err(
+                "partition",
+                format!(
+                    "chip {} (slice {j} of group {}, {}) has no matmul rows to compute: fewer chips a group",
+                    base + j as u32,
+                    g.chip,
+                    g.describe()
+                ),
+            ));
+        }
+        let plan = plan_of(plan, list, w, !lead)?;
+        let mut part = g.part.clone();
+        if !lead {
+            part = (g.blocks.start..g.blocks.end).collect();
+        }
+        stages.push(Stage {
+            chip: base + j as u32,
+            blocks: g.blocks.clone(),
+            part,
+            head: lead && g.head,
+            ops: g.ops.clone(),
+            weight_bytes: wbytes[j],
+            kv_bytes: if lead { g.kv_bytes } else { 0 },
+            receives: if lead { g.receives.clone() } else { Vec::new() },
+            sends: if lead { g.sends.clone() } else { Vec::new() },
+            plan,
+            tensor: Some((j as u32, t)),
+        });
+    }
+    Ok(stages)
 }
 
 /// A system's compiled stages.
@@ -1181,24 +1533,36 @@ pub fn compile_system_with(
     let topology = target
         .system(chips)
         .map_err(|e| err("system", format!("{chips} chips: {e}")))?;
+    let per_node = target.c2c.chips_per_node.max(1);
+    let t = opts.tensor.max(1);
+    if t > 1 && (!chips.is_multiple_of(t) || t > per_node || !per_node.is_multiple_of(t)) {
+        return Err(err(
+            "partition",
+            format!(
+                "{chips} chips in tensor-parallel groups of {t}: a group's chips must be linked to each other (a node holds {per_node}), so the group size must divide {per_node} and the chips"
+            ),
+        ));
+    }
     let mut w = Weights::new(&plan.weights, &opts.placeholders);
+    let mem = target.mem_bytes();
     let (split_plan, stages) = cut(
         plan,
-        chips,
+        chips / t,
         opts.split,
-        target.mem_bytes(),
-        opts.max_weight_bytes,
+        mem.saturating_mul(u64::from(t)),
+        Some(opts.max_weight_bytes.unwrap_or(mem / 32)),
         &mut w,
     )?;
     let plan = &split_plan;
     let latency = Cycle::from(target.c2c.link_latency_cycles);
     let skew = crate::machine::Mach::new(target).skew;
-    let per_node = target.c2c.chips_per_node.max(1);
     let mut forwards: Forwards = BTreeMap::new();
     // Forwards for chips not compiled yet: `(cycle, in link, out link)`.
     let mut ahead: BTreeMap<u32, Vec<(Cycle, u16, u16)>> = BTreeMap::new();
     let mut pending: Vec<(Stage, Compiled)> = Vec::new();
-    let mut prev_sent: Option<Vec<Cycle>> = None;
+    // What the group before sent this group's lead: its chip and the
+    // vectors' `send` cycles.
+    let mut prev_sent: Option<(u32, Vec<Cycle>)> = None;
     let flush = |pending: &mut Vec<(Stage, Compiled)>,
                  forwards: &mut Forwards,
                  before: u32,
@@ -1213,14 +1577,23 @@ pub fn compile_system_with(
         }
         Ok(())
     };
-    for mut s in stages {
-        let k = s.chip;
+    for g in stages {
+        // The group's chips: one pipeline stage, or its tensor-parallel
+        // slices (their plans made here).
+        let mut group = if t > 1 {
+            tensor_stages(plan, &g, t, &mut w)?
+        } else {
+            vec![g]
+        };
+        let k = group[0].chip;
         let mut arrivals: BTreeMap<u32, Vec<Cycle>> = BTreeMap::new();
-        if !s.receives.is_empty() {
-            let from = k - 1;
-            let sent = prev_sent
-                .take()
-                .ok_or_else(|| err("c2c.recv", format!("chip {from} sends nothing")))?;
+        if !group[0].receives.is_empty() {
+            let (from, sent) = prev_sent.take().ok_or_else(|| {
+                err(
+                    "c2c.recv",
+                    format!("the chip before chip {k} sends nothing"),
+                )
+            })?;
             let route = topology
                 .route(from, k)
                 .map_err(|e| err("c2c.recv", e.to_string()))?;
@@ -1250,51 +1623,44 @@ pub fn compile_system_with(
             let total = latency * route.len() as Cycle;
             arrivals.insert(from, sent.iter().map(|t| t + total).collect());
         }
-        s.plan = stage_plan(plan, &s, &w)?;
-        let links = Links {
-            chip: k,
-            topology,
-            arrivals,
-            forwards: ahead.remove(&k).unwrap_or_default(),
+        if t == 1 {
+            group[0].plan = stage_plan(plan, &group[0], &w)?;
+        }
+        let mailbox = (t > 1)
+            .then(|| std::sync::Arc::new(crate::plan::Mailbox::new(group.iter().map(|s| s.chip))));
+        let links: Vec<Links> = group
+            .iter()
+            .map(|s| Links {
+                chip: s.chip,
+                topology,
+                arrivals: if s.chip == k {
+                    std::mem::take(&mut arrivals)
+                } else {
+                    BTreeMap::new()
+                },
+                forwards: ahead.remove(&s.chip).unwrap_or_default(),
+                latency,
+                mailbox: mailbox.clone(),
+            })
+            .collect();
+        let compile = |s: &Stage, links: &Links| {
+            compile_stage_with(&s.plan, target, links, !opts.timing_only)
+                .map_err(|e| stage_error(s, e))
         };
-        let c = compile_stage_with(&s.plan, target, &links, !opts.timing_only).map_err(|e| {
-            let what = format!("chip {k} ({})", s.describe());
-            match e {
-                CodegenError::Alloc(a) => CodegenError::Plan {
-                    op: what,
-                    message: format!(
-                        "does not fit: {a} (its weights {} bytes, KV caches {} bytes)",
-                        s.weight_bytes, s.kv_bytes
-                    ),
-                },
-                CodegenError::Sched(crate::sched::SchedError::Mem { label, error }) => {
-                    CodegenError::Plan {
-                        op: what,
-                        message: format!(
-                            "does not fit: {label}'s scratch: {error} (its weights {} bytes, KV caches {} bytes)",
-                            s.weight_bytes, s.kv_bytes
-                        ),
-                    }
-                }
-                // Crowded MEM can leave a bundle no cycle (its operands'
-                // slices busy on the cycles it needs): more chips may
-                // schedule, so `--chips auto` reads this as a refusal.
-                CodegenError::Sched(e @ crate::sched::SchedError::NoFit { .. }) => {
-                    CodegenError::Plan {
-                        op: what,
-                        message: format!("no schedule: {e}"),
-                    }
-                }
-                other => CodegenError::Plan {
-                    op: what,
-                    message: other.to_string(),
-                },
+        let compiled: Vec<Compiled> = match &mailbox {
+            None => vec![compile(&group[0], &links[0])?],
+            Some(mb) => {
+                let results = compile_group(&group, &links, mb, &compile)?;
+                check_group(&group, &results, mb, target)?;
+                results
             }
-        })?;
-        prev_sent = c.sent.get(&(k + 1)).cloned();
-        // The stage's plan is not needed past its compile.
-        s.plan.weights.clear();
-        pending.push((s, c));
+        };
+        prev_sent = compiled[0].sent.get(&(k + t)).cloned().map(|v| (k, v));
+        for (mut s, c) in group.into_iter().zip(compiled) {
+            // The stage's plan is not needed past its compile.
+            s.plan.weights.clear();
+            pending.push((s, c));
+        }
         // No later route passes through a chip of an earlier node.
         flush(&mut pending, &mut forwards, (k / per_node) * per_node, each)?;
     }
@@ -1304,6 +1670,146 @@ pub fn compile_system_with(
             "c2c.fwd",
             format!("a route forwards through chip {chip}, which is not compiled"),
         ));
+    }
+    Ok(())
+}
+
+/// A stage's compile error, naming the chip and what it holds.
+fn stage_error(s: &Stage, e: CodegenError) -> CodegenError {
+    let what = format!("chip {} ({})", s.chip, s.describe());
+    match e {
+        CodegenError::Alloc(a) => CodegenError::Plan {
+            op: what,
+            message: format!(
+                "does not fit: {a} (its weights {} bytes, KV caches {} bytes)",
+                s.weight_bytes, s.kv_bytes
+            ),
+        },
+        CodegenError::Sched(crate::sched::SchedError::Mem { label, error }) => CodegenError::Plan {
+            op: what,
+            message: format!(
+                "does not fit: {label}'s scratch: {error} (its weights {} bytes, KV caches {} bytes)",
+                s.weight_bytes, s.kv_bytes
+            ),
+        },
+        // Crowded MEM can leave a bundle no cycle (its operands'
+        // slices busy on the cycles it needs): more chips may
+        // schedule, so `--chips auto` reads this as a refusal.
+        CodegenError::Sched(e @ crate::sched::SchedError::NoFit { .. }) => CodegenError::Plan {
+            op: what,
+            message: format!("no schedule: {e}"),
+        },
+        other => CodegenError::Plan {
+            op: what,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Compiles a tensor-parallel group's chips at once, a thread each: a
+/// chip's `recv` from another of the group waits in `mb` for the sender
+/// to schedule those vectors (docs/backend.md 10). The result of each
+/// depends only on its plan and the arrivals, not on the threads' timing.
+/// The first chip (in chip order) that failed for a reason of its own
+/// gives the error.
+fn compile_group(
+    group: &[Stage],
+    links: &[Links],
+    mb: &std::sync::Arc<crate::plan::Mailbox>,
+    compile: &(dyn Fn(&Stage, &Links) -> Result<Compiled, CodegenError> + Sync),
+) -> Result<Vec<Compiled>, CodegenError> {
+    let results: Vec<Result<Compiled, CodegenError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = group
+            .iter()
+            .zip(links)
+            .map(|(s, l)| {
+                let mb = mb.clone();
+                std::thread::Builder::new()
+                    .name(format!("q35c-chip-{}", s.chip))
+                    .stack_size(64 << 20)
+                    .spawn_scoped(scope, move || {
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            compile(s, l)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(err(
+                                &format!("chip {}", s.chip),
+                                "the compile of this chip panicked",
+                            ))
+                        });
+                        mb.end(s.chip, r.is_err());
+                        r
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(err("partition", "a compile thread panicked"))),
+                Err(e) => Err(err(
+                    "partition",
+                    format!("cannot start a compile thread: {e}"),
+                )),
+            })
+            .collect()
+    });
+    if results.iter().any(Result::is_err) {
+        let own = |e: &CodegenError| {
+            !e.to_string()
+                .contains("of the tensor-parallel group failed")
+        };
+        let mut errors: Vec<CodegenError> = results.into_iter().filter_map(Result::err).collect();
+        let at = errors.iter().position(own).unwrap_or(0);
+        return Err(errors.swap_remove(at));
+    }
+    Ok(results.into_iter().map(|r| r.expect("no error")).collect())
+}
+
+/// Every vector a group's chip sent another was received, none before it
+/// arrived and never more than the link's end holds waiting.
+fn check_group(
+    group: &[Stage],
+    compiled: &[Compiled],
+    mb: &crate::plan::Mailbox,
+    target: &Target,
+) -> Result<(), CodegenError> {
+    for (s, c) in group.iter().zip(compiled) {
+        for (from, taken) in &c.received {
+            if !mb.member(*from) {
+                continue;
+            }
+            let all = mb.sent(*from, s.chip);
+            if taken.len() != all.len() {
+                return Err(err(
+                    &format!("chip {}", s.chip),
+                    format!(
+                        "chip {from} sends {} vectors, this chip receives {}",
+                        all.len(),
+                        taken.len()
+                    ),
+                ));
+            }
+            crate::kernels::c2c::check_arrivals(&all, taken, target.c2c.receive_buffer_vectors)
+                .map_err(|m| err(&format!("chip {}: c2c.recv from chip {from}", s.chip), m))?;
+        }
+        for (to, sent) in &c.sent {
+            if mb.member(*to) {
+                let got = compiled
+                    .iter()
+                    .zip(group)
+                    .find(|(_, g)| g.chip == *to)
+                    .and_then(|(c, _)| c.received.get(&s.chip))
+                    .map_or(0, Vec::len);
+                if got != sent.len() {
+                    return Err(err(
+                        &format!("chip {}", s.chip),
+                        format!("sends chip {to} {} vectors, it receives {got}", sent.len()),
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -212,7 +212,9 @@ pub enum PlanOp {
         block: u32,
     },
     /// Sends the `n` f32 elements of `x` to chip `to` of the system (a
-    /// pipeline stage's residual stream, docs/backend.md 8).
+    /// pipeline stage's residual stream, docs/backend.md 8), or only the
+    /// words of `words` (a tensor-parallel slice's rows of a matmul's
+    /// output, in word ranges of the buffer).
     Send {
         /// The buffer sent.
         x: String,
@@ -220,9 +222,12 @@ pub enum PlanOp {
         n: u32,
         /// The receiving chip.
         to: u32,
+        /// The word ranges sent, in order (empty: every word).
+        words: Vec<Range<u32>>,
     },
     /// Receives `n` f32 elements into `y` from chip `from` of the system
-    /// (what its [`PlanOp::Send`] sent, vector for vector).
+    /// (what its [`PlanOp::Send`] sent, vector for vector, into the same
+    /// word ranges).
     Recv {
         /// The buffer written.
         y: String,
@@ -230,6 +235,8 @@ pub enum PlanOp {
         n: u32,
         /// The sending chip.
         from: u32,
+        /// The word ranges written, in order (empty: every word).
+        words: Vec<Range<u32>>,
     },
 }
 
@@ -777,12 +784,27 @@ pub struct Compiled {
     /// issue cycle of every vector sent to it, in order (empty for one
     /// chip).
     pub sent: BTreeMap<u32, Vec<Cycle>>,
+    /// Per sending chip, the issue cycle of every `recv` of its vectors,
+    /// in order.
+    pub received: BTreeMap<u32, Vec<Cycle>>,
     /// Kernel scratch is shared between kernel calls
     /// ([`ProgramBuilder::set_reuse`]): always in a later program, and in a
     /// batched program whose users' own scratch did not fit
     /// ([`compile_batch`]).
     pub scratch_shared: bool,
 }
+
+/// [`crate::kernels::c2c::recv`] or [`crate::kernels::c2c::recv_each`].
+type RecvKernel = fn(
+    &mut ProgramBuilder,
+    &str,
+    &Buffer,
+    &[Range<u32>],
+    u16,
+    &[Cycle],
+    u32,
+    Cycle,
+) -> Result<Vec<Cycle>, SchedError>;
 
 /// Where a stage's program sits in a system (docs/backend.md 8): its chip,
 /// the links, and when the vectors it receives arrive.
@@ -799,6 +821,97 @@ pub struct Links {
     /// it arrives on, link it leaves on)`, each `fwd` on its arrival cycle
     /// (scheduled before the chip's own work, which fits around them).
     pub forwards: Vec<(Cycle, u16, u16)>,
+    /// Cycles a hop of a route takes (the target's link latency).
+    pub latency: Cycle,
+    /// The chips compiled beside this one (a tensor-parallel group,
+    /// [`crate::partition`]), whose vectors' arrivals are learnt from it as
+    /// they are scheduled rather than from `arrivals`.
+    pub mailbox: Option<std::sync::Arc<Mailbox>>,
+}
+
+/// Where the chips of a tensor-parallel group, compiled at the same time
+/// on threads of their own, post the arrival cycles of the vectors they
+/// send each other (docs/backend.md 10). A chip's `recv` waits until the
+/// sender has scheduled the vectors it takes; the group's transfers follow
+/// the order of the unsplit plan's ops, so every wait ends. A chip whose
+/// compile fails wakes every waiter with an error.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    members: std::collections::BTreeSet<u32>,
+    state: std::sync::Mutex<MailState>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct MailState {
+    /// `(from, to)` -> arrival cycle of every vector sent so far.
+    sent: BTreeMap<(u32, u32), Vec<Cycle>>,
+    /// Chips whose compile ended (`true`: with an error).
+    ended: BTreeMap<u32, bool>,
+}
+
+impl Mailbox {
+    /// A mailbox of the chips `members`.
+    pub fn new(members: impl IntoIterator<Item = u32>) -> Mailbox {
+        Mailbox {
+            members: members.into_iter().collect(),
+            ..Mailbox::default()
+        }
+    }
+
+    /// Whether `chip` is compiled beside the others.
+    pub fn member(&self, chip: u32) -> bool {
+        self.members.contains(&chip)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailState> {
+        // A poisoned lock means a compiling thread panicked; its data
+        // (append-only lists) is still whole.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Chip `from` scheduled vectors to `to` arriving on `arrivals`.
+    pub fn post(&self, from: u32, to: u32, arrivals: &[Cycle]) {
+        self.lock()
+            .sent
+            .entry((from, to))
+            .or_default()
+            .extend_from_slice(arrivals);
+        self.ready.notify_all();
+    }
+
+    /// Chip `chip`'s compile ended, with an error if `failed`.
+    pub fn end(&self, chip: u32, failed: bool) {
+        self.lock().ended.insert(chip, failed);
+        self.ready.notify_all();
+    }
+
+    /// The arrivals of the first `need` vectors `from` sends `to` (all it
+    /// sent when it ends with fewer), waiting for them to be scheduled.
+    pub fn wait(&self, from: u32, to: u32, need: usize) -> Result<Vec<Cycle>, String> {
+        let mut st = self.lock();
+        loop {
+            let have = st.sent.get(&(from, to)).map_or(0, Vec::len);
+            if have >= need || st.ended.get(&from) == Some(&false) {
+                return Ok(st.sent.get(&(from, to)).cloned().unwrap_or_default());
+            }
+            if let Some((&chip, _)) = st.ended.iter().find(|(_, failed)| **failed) {
+                return Err(format!(
+                    "chip {chip} of the tensor-parallel group failed to compile"
+                ));
+            }
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Every vector `from` sent `to`.
+    pub fn sent(&self, from: u32, to: u32) -> Vec<Cycle> {
+        self.lock()
+            .sent
+            .get(&(from, to))
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 impl Links {
@@ -1263,6 +1376,12 @@ fn compile_program_with(
     links: Option<&Links>,
     weight_images: bool,
 ) -> Result<Compiled, CodegenError> {
+    // A tensor-parallel group's chips post their sends to each other as
+    // they are scheduled, so a chip cannot compile twice: a batch there
+    // shares its kernel scratch from the start.
+    if plan.users > 1 && links.is_some_and(|l| l.mailbox.is_some()) {
+        return compile_program_reusing(plan, target, tokens, base, links, weight_images, true);
+    }
     let first = compile_program_reusing(plan, target, tokens, base, links, weight_images, false);
     match first {
         // Only kernel scratch is shared: a buffer or weight that did not
@@ -1488,11 +1607,13 @@ fn compile_program_reusing(
             x: name,
             n,
             to: peer,
+            words: segments,
         }
         | PlanOp::Recv {
             y: name,
             n,
             from: peer,
+            words: segments,
         } = op
         {
             let (Some(links), true) = (links, tokens == 1 || users > 1) else {
@@ -1504,7 +1625,26 @@ fn compile_program_reusing(
             // (In a batch `n` counts every user's row: the cut takes it
             // from the batched plan's buffer.)
             let buf = get(name, label)?;
-            let w = words(u64::from(*n));
+            let every = 0..words(u64::from(*n));
+            let all_words = std::slice::from_ref(&every);
+            let segments: &[Range<u32>] = if segments.is_empty() {
+                all_words
+            } else {
+                segments
+            };
+            if let Some(bad) = segments
+                .iter()
+                .find(|r| r.end > buf.words || r.start >= r.end)
+            {
+                return Err(CodegenError::Plan {
+                    op: label.clone(),
+                    message: format!(
+                        "words {}..{} of `{name}`, which has {}",
+                        bad.start, bad.end, buf.words
+                    ),
+                });
+            }
+            let w: u32 = segments.iter().map(|r| r.end - r.start).sum();
             if let PlanOp::Send { .. } = op {
                 // A chip's transfers to one peer go in program order, one
                 // after another (the peer takes them in that order).
@@ -1517,18 +1657,40 @@ fn compile_program_reusing(
                     &mut p,
                     label,
                     &buf,
-                    w,
+                    segments,
                     route[0].from.link as u16,
                     after,
                 )?;
+                // A peer compiled beside this chip (a tensor-parallel
+                // group) learns the arrivals as they are scheduled.
+                if let Some(mb) = &links.mailbox
+                    && mb.member(*peer)
+                {
+                    let hops = route.len() as Cycle * links.latency;
+                    let arrive: Vec<Cycle> = sent.iter().map(|t| t + hops).collect();
+                    mb.post(links.chip, *peer, &arrive);
+                }
                 sent_to.entry(*peer).or_default().extend(sent);
             } else {
                 let route = links.route(*peer, links.chip, label)?;
                 let link = route[route.len() - 1].to.link as u16;
-                let all = links.arrivals.get(peer).map(Vec::as_slice).unwrap_or(&[]);
                 let taken = taken_from.entry(*peer).or_default();
                 let done = taken.len();
                 let count = w as usize * buf.slices.len();
+                let waited;
+                let all: &[Cycle] = match (links.arrivals.get(peer), &links.mailbox) {
+                    (Some(a), _) => a,
+                    (None, Some(mb)) if mb.member(*peer) => {
+                        waited = mb
+                            .wait(*peer, links.chip, done + count)
+                            .map_err(|message| CodegenError::Plan {
+                                op: label.clone(),
+                                message,
+                            })?;
+                        &waited
+                    }
+                    _ => &[],
+                };
                 let Some(arrivals) = all.get(done..done + count) else {
                     return Err(CodegenError::Plan {
                         op: label.clone(),
@@ -1539,12 +1701,20 @@ fn compile_program_reusing(
                         ),
                     });
                 };
-                let after = taken.last().map_or(0, |t| t + v_cycles);
-                let got = crate::kernels::c2c::recv(
+                // In a tensor-parallel system: vector by vector, around the
+                // lead's own slice of the matmuls (a `recv` holds its queue
+                // one cycle; the rigid bundle's are `V` apart).
+                let (recv, gap): (RecvKernel, Cycle) = if links.mailbox.is_some() {
+                    (crate::kernels::c2c::recv_each, 1)
+                } else {
+                    (crate::kernels::c2c::recv, v_cycles)
+                };
+                let after = taken.last().map_or(0, |t| t + gap);
+                let got = recv(
                     &mut p,
                     label,
                     &buf,
-                    w,
+                    segments,
                     link,
                     arrivals,
                     target.c2c.receive_buffer_vectors,
@@ -1811,6 +1981,7 @@ fn compile_program_reusing(
         mem_bytes,
         shared,
         sent: sent_to,
+        received: taken_from,
         scratch_shared: reuse || base.is_some(),
     })
 }

@@ -127,6 +127,7 @@ impl Auto {
             placeholders: shapes,
             timing_only: true,
             max_weight_bytes: None,
+            tensor: 1,
         };
         let mut a = Auto {
             plan,

@@ -129,7 +129,8 @@ pub fn compile(
     threads: usize,
     prefill: Prefill,
     chips: u32,
-    split: q35_codegen::partition::Split,
+    // The pipeline's cut and the tensor-parallel group size.
+    (split, tensor): (q35_codegen::partition::Split, u32),
     batch: u32,
     buckets: Buckets,
     timings: &Timings,
@@ -244,6 +245,7 @@ pub fn compile(
         let bound = q35_codegen::plan::bound(&plan, &spec.target);
         let opts = q35_codegen::partition::SystemOptions {
             split,
+            tensor,
             ..Default::default()
         };
         let mut stages = Vec::new();
@@ -735,6 +737,7 @@ pub fn summary(
                     "part": st.part,
                     "head": st.head,
                     "weight_bytes": st.weight_bytes,
+                    "tensor": st.tensor.map(|(slice, of)| serde_json::json!({"slice": slice, "of": of})),
                     "predicted_cycles": c.built.cycles,
                     "mem_bytes_used": c.mem_bytes,
                     "instructions": c.built.program.queues.values().map(Vec::len).sum::<usize>(),
@@ -794,7 +797,8 @@ pub fn compile_timing_only(
     context: Option<u64>,
     options: q35_mlir::passes::RunOptions,
     chips: u32,
-    split: q35_codegen::partition::Split,
+    // The pipeline's cut and the tensor-parallel group size.
+    (split, tensor): (q35_codegen::partition::Split, u32),
     batch: u32,
     timings: &Timings,
 ) -> anyhow::Result<TimingOnly> {
@@ -863,6 +867,7 @@ pub fn compile_timing_only(
         placeholders: shapes,
         timing_only: true,
         max_weight_bytes: None,
+        tensor,
     };
     let producer = format!("q35c {}", env!("CARGO_PKG_VERSION"));
     let encode = |c: &Compiled, chip: u32| -> anyhow::Result<q35_lpubin::Builder> {

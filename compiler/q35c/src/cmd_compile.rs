@@ -87,6 +87,13 @@ pub struct CompileArgs {
     /// both).
     #[arg(long, value_enum, default_value_t = SplitArg::Auto)]
     pub split: SplitArg,
+    /// Tensor parallelism (with --chips N): groups of T chips, each
+    /// group one pipeline stage whose matmuls are cut by output rows over
+    /// its T chips, computed at the same time from one broadcast input
+    /// (docs/backend.md 10). T divides N and the chips of a node. 1: the
+    /// pipeline alone.
+    #[arg(long, value_name = "T", value_parser = parse_tensor, default_value_t = 1)]
+    pub tensor: u32,
     /// Users a decode step serves (batched decode, lpubin): each run takes
     /// one token of each of B sequences, every user with its own KV caches
     /// (B times the cache MEM) and the weights read once for all. A
@@ -138,6 +145,16 @@ impl CompileArgs {
     /// model.toml's `[runtime] batch` when it is not given.
     fn users(&self) -> u32 {
         self.batch.unwrap_or(1)
+    }
+}
+
+/// `--tensor T`.
+fn parse_tensor(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(t) if t >= 1 => Ok(t),
+        _ => Err(format!(
+            "expected the chips of a tensor-parallel group (a whole number, at least 1), found `{s}`"
+        )),
     }
 }
 
@@ -260,10 +277,21 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     };
     let chips = match args.chips.unwrap_or(spec.chips) {
         q35_model::Chips::Count(n) => n,
+        q35_model::Chips::Auto if args.tensor > 1 => anyhow::bail!(
+            "--tensor {} with --chips auto: the search compares its own group sizes; give --chips N to fix one",
+            args.tensor
+        ),
         q35_model::Chips::Auto => return run_auto(args, &spec, emit, options),
     };
     if args.search_only {
         anyhow::bail!("--search-only goes with --chips auto");
+    }
+    if args.tensor > 1 && !chips.is_multiple_of(args.tensor) {
+        anyhow::bail!(
+            "--tensor {}: the {chips} chips must be whole tensor-parallel groups of {}",
+            args.tensor,
+            args.tensor
+        );
     }
     compile_with(args, &spec, emit, chips, args.split.split(), options, None)
 }
@@ -354,9 +382,10 @@ fn compile_with(
     if args.split != SplitArg::Auto && chips == 1 && auto.is_none() {
         anyhow::bail!("--split goes with --chips N (N > 1)");
     }
+    let tensor = if auto.is_some() { 1 } else { args.tensor };
     let weightless = spec.weights == q35_model::WeightSource::None;
     if weightless && matches!(emit, Emit::Asm | Emit::Lpubin) {
-        return compile_timing_only(args, spec, emit, chips, split, options, auto);
+        return compile_timing_only(args, spec, emit, chips, (split, tensor), options, auto);
     }
     let bytes = match emit {
         Emit::Q35 => q35_mlir::emit_q35_with(spec, options)
@@ -384,7 +413,7 @@ fn compile_with(
                     None => crate::backend::Prefill::Auto,
                 },
                 chips,
-                split,
+                (split, tensor),
                 args.users(),
                 args.buckets.clone(),
                 &timings,
@@ -432,10 +461,11 @@ fn compile_with(
                     .collect();
                 let cycles = e.cycles();
                 eprintln!(
-                    "{}: {} ({} bytes): {chips} chips, pipeline-parallel, context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz; the last chip's end){}, no prefill program (a system's prompt runs token by token); {}; compiled in {:.1?}",
+                    "{}: {} ({} bytes): {chips} chips, {}, context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz; the last chip's end){}, no prefill program (a system's prompt runs token by token); {}; compiled in {:.1?}",
                     args.model.display(),
                     args.output.display(),
                     bytes.len(),
+                    parallelism(&system.stages),
                     e.ctx,
                     cycles,
                     spec.target.clock_mhz * 1e6 / cycles.max(1) as f64,
@@ -504,7 +534,7 @@ fn compile_timing_only(
     spec: &q35_model::ModelSpec,
     emit: Emit,
     chips: u32,
-    split: q35_codegen::partition::Split,
+    split: (q35_codegen::partition::Split, u32),
     options: q35_mlir::passes::RunOptions,
     mut auto: Option<(&mut crate::auto::Auto, usize)>,
 ) -> anyhow::Result<()> {
@@ -576,6 +606,7 @@ fn compile_timing_only(
                 "weight_bytes": st.weight_bytes,
                 "kv_bytes": st.kv_bytes,
                 "receives": st.receives.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                "tensor": st.tensor.map(|(slice, of)| serde_json::json!({"slice": slice, "of": of})),
                 "predicted_cycles": cyc,
                 "mem_bytes_used": mem,
                 "instructions": ins,
@@ -608,11 +639,16 @@ fn compile_timing_only(
             })
             .collect();
         eprintln!(
-            "{}: {} ({} bytes): timing only (no weights), {chips} chip{}, context {}, {cycles} cycles per decoded token predicted ({tokens_per_second:.0} tokens/s at {} MHz; the last chip's end){}; {}; compiled in {:.1?}",
+            "{}: {} ({} bytes): timing only (no weights), {chips} chip{}{}, context {}, {cycles} cycles per decoded token predicted ({tokens_per_second:.0} tokens/s at {} MHz; the last chip's end){}; {}; compiled in {:.1?}",
             args.model.display(),
             args.output.display(),
             bytes,
             if chips == 1 { "" } else { "s" },
+            if chips == 1 {
+                String::new()
+            } else {
+                format!(", {}", parallelism_of(t.chips.iter().map(|c| &c.0)))
+            },
             t.ctx,
             spec.target.clock_mhz,
             batch_note(args.users(), tokens_per_second),
@@ -621,6 +657,33 @@ fn compile_timing_only(
         );
     }
     Ok(())
+}
+
+/// How a system's chips share the step: `pipeline-parallel`, or `N
+/// pipeline stages of T tensor-parallel chips` (docs/backend.md 10).
+fn parallelism(stages: &[q35_codegen::partition::Stage]) -> String {
+    parallelism_of(stages.iter())
+}
+
+fn parallelism_of<'s>(
+    mut stages: impl Iterator<Item = &'s q35_codegen::partition::Stage>,
+) -> String {
+    let mut n = 0u32;
+    let mut group = None;
+    for s in stages.by_ref() {
+        n += 1;
+        group = group.or(s.tensor.map(|t| t.1));
+    }
+    match group {
+        Some(t) if t > 1 => {
+            let g = n / t;
+            format!(
+                "{g} pipeline stage{} of {t} tensor-parallel chips",
+                if g == 1 { "" } else { "s" }
+            )
+        }
+        _ => "pipeline-parallel".to_string(),
+    }
 }
 
 /// `, a batch of B users: T tokens/s per user, B T for the system` (empty

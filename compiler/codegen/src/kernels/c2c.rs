@@ -34,15 +34,15 @@ pub fn link_queue(link: u16) -> Result<QueueId, SchedError> {
     })
 }
 
-/// Sends words `0 .. words` of `src` on link `link`, vector by vector
-/// (word-major, byte plane within a word), one every `V` cycles, no
-/// earlier than `not_before`. Returns each vector's `send` issue cycle,
-/// in order.
+/// Sends the words of `src` in the ranges `words` (in order) on link
+/// `link`, vector by vector (word-major, byte plane within a word), one
+/// every `V` cycles, no earlier than `not_before`. Returns each vector's
+/// `send` issue cycle, in order.
 pub fn send(
     p: &mut ProgramBuilder,
     label: &str,
     src: &Buffer,
-    words: u32,
+    words: &[std::ops::Range<u32>],
     link: u16,
     not_before: Cycle,
 ) -> Result<Vec<Cycle>, SchedError> {
@@ -52,7 +52,7 @@ pub fn send(
     let v = m.target.c2c_vector_cycles() as Cycle;
     let mut b = Bundle::new(label);
     let mut local = Vec::new();
-    for w in 0..words {
+    for w in words.iter().flat_map(|r| r.clone()) {
         for &slice in &src.slices {
             let t = local.len() as Cycle * v;
             let x = b.read(&m, &[slice], src.addr + w, at, t)?;
@@ -71,8 +71,8 @@ pub fn send(
     Ok(local.iter().map(|t| placed.shift + t).collect())
 }
 
-/// Receives `words` words into `dst` from link `link`: the vectors [`send`]
-/// put on the far end, in the same order, arriving on cycles `arrivals`
+/// Receives the words of `dst` in the ranges `words` (in order) from link
+/// `link`: the vectors [`send`] put on the far end, in the same order, arriving on cycles `arrivals`
 /// (one per vector). The first `recv` issues no earlier than the first
 /// arrival and `not_before` (the end of the chip's previous `recv`s on the
 /// link); every `recv` must take its vector before the link's end holds
@@ -86,7 +86,7 @@ pub fn recv(
     p: &mut ProgramBuilder,
     label: &str,
     dst: &Buffer,
-    words: u32,
+    words: &[std::ops::Range<u32>],
     link: u16,
     arrivals: &[Cycle],
     buffer: u32,
@@ -95,7 +95,7 @@ pub fn recv(
     let m = p.mach().clone();
     let q = link_queue(link)?;
     let v = m.target.c2c_vector_cycles() as Cycle;
-    let n = words as usize * dst.slices.len();
+    let n = words.iter().map(|r| r.len()).sum::<usize>() * dst.slices.len();
     if arrivals.len() != n {
         return Err(SchedError::Kernel {
             label: label.to_string(),
@@ -108,7 +108,7 @@ pub fn recv(
     }
     let mut b = Bundle::new(label);
     let mut local = Vec::new();
-    for w in 0..words {
+    for w in words.iter().flat_map(|r| r.clone()) {
         for &slice in &dst.slices {
             let t = local.len() as Cycle * v;
             let x = b
@@ -131,6 +131,71 @@ pub fn recv(
     let first = arrivals.first().copied().unwrap_or(0).max(not_before);
     let placed = p.sched.place(b, first)?;
     let issued: Vec<Cycle> = local.iter().map(|t| placed.shift + t).collect();
+    check_arrivals(arrivals, &issued, buffer).map_err(|message| SchedError::Kernel {
+        label: label.to_string(),
+        message,
+    })?;
+    Ok(issued)
+}
+
+/// [`recv`] placed vector by vector: each `recv` with its write is a
+/// bundle of its own, issued no earlier than its vector's arrival and the
+/// `recv` before it (a `recv` holds its queue one cycle, so a late one can
+/// catch up on the vectors waiting). A tensor-parallel group's lead takes
+/// the rows of its matmuls' other slices so, while its own slice's
+/// bundles hold the destination's slices on cycles a rigid bundle of one
+/// `recv` every `V` cycles could not all avoid. Checked as [`recv`] is.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the transfer, its arrivals and the link's limits, each named at the one call"
+)]
+pub fn recv_each(
+    p: &mut ProgramBuilder,
+    label: &str,
+    dst: &Buffer,
+    words: &[std::ops::Range<u32>],
+    link: u16,
+    arrivals: &[Cycle],
+    buffer: u32,
+    not_before: Cycle,
+) -> Result<Vec<Cycle>, SchedError> {
+    let m = p.mach().clone();
+    let q = link_queue(link)?;
+    let n = words.iter().map(|r| r.len()).sum::<usize>() * dst.slices.len();
+    if arrivals.len() != n {
+        return Err(SchedError::Kernel {
+            label: label.to_string(),
+            message: format!(
+                "{n} vectors to receive into `{}`, {} sent",
+                dst.name,
+                arrivals.len()
+            ),
+        });
+    }
+    let mut issued: Vec<Cycle> = Vec::with_capacity(n);
+    let mut after = not_before;
+    for w in words.iter().flat_map(|r| r.clone()) {
+        for &slice in &dst.slices {
+            let mut b = Bundle::new(label);
+            let x = b
+                .unit(
+                    &m,
+                    QSel::Fixed(q),
+                    0,
+                    Instruction::Recv { dst: S },
+                    &[],
+                    Some(("dst", dir_to(dst))),
+                )?
+                .ok_or_else(|| SchedError::Kernel {
+                    label: label.to_string(),
+                    message: "recv has no result".into(),
+                })?;
+            b.write(&m, x, &[slice], dst.addr + w)?;
+            let placed = p.sched.place(b, arrivals[issued.len()].max(after))?;
+            after = placed.shift + 1;
+            issued.push(placed.shift);
+        }
+    }
     check_arrivals(arrivals, &issued, buffer).map_err(|message| SchedError::Kernel {
         label: label.to_string(),
         message,
