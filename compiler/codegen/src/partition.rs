@@ -75,6 +75,7 @@ impl Stage {
             1 if self.part.contains(&a) => format!("block {a} (part)"),
             1 => format!("block {a}"),
             _ if self.part.is_empty() => format!("blocks {a}..{b}"),
+            n if self.part.len() == n as usize => format!("blocks {a}..{b} (part of each)"),
             _ => format!(
                 "blocks {a}..{b} (part of {})",
                 self.part

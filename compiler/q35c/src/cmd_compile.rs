@@ -278,7 +278,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     let chips = match args.chips.unwrap_or(spec.chips) {
         q35_model::Chips::Count(n) => n,
         q35_model::Chips::Auto if args.tensor > 1 => anyhow::bail!(
-            "--tensor {} with --chips auto: the search compares its own group sizes; give --chips N to fix one",
+            "--tensor {} with --chips auto: the search compares pipeline splits only (tensor-parallel groups are not searched yet, docs/backend.md 10); give --chips N with --tensor",
             args.tensor
         ),
         q35_model::Chips::Auto => return run_auto(args, &spec, emit, options),
