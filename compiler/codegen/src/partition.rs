@@ -568,7 +568,7 @@ pub fn partition_with(
 ) -> Result<Vec<Stage>, CodegenError> {
     let shapes = BTreeMap::new();
     let mut w = Weights::new(&plan.weights, &shapes);
-    let (split_plan, mut stages) = cut(plan, chips, split, mem_bytes, None, &mut w)?;
+    let (split_plan, mut stages) = cut(plan, chips, split, mem_bytes, None, false, &mut w)?;
     for s in &mut stages {
         s.plan = stage_plan(&split_plan, s, &w)?;
     }
@@ -666,6 +666,7 @@ fn cut(
     split: Split,
     mem_bytes: u64,
     max_weight_bytes: Option<u64>,
+    users_apart: bool,
     w: &mut Weights<'_>,
 ) -> Result<(Plan, Vec<Stage>), CodegenError> {
     if chips == 0 {
@@ -705,6 +706,9 @@ fn cut(
             w,
             max_weight_bytes.unwrap_or(mem_bytes / 32),
         )?)
+    } else if users_apart {
+        // A tensor-parallel group spreads a batch's users over its chips.
+        split_users(&split_rows(whole, w, u64::MAX)?)
     } else {
         split_rows(whole, w, u64::MAX)?
     };
@@ -1090,8 +1094,8 @@ fn stage_plan(plan: &Plan, s: &Stage, w: &Weights<'_>) -> Result<Plan, CodegenEr
 
 /// The plan of the ops `ops` of `plan`: the buffers and weights they use,
 /// in the plan's order. A tensor-parallel group's other slices
-/// (`worker`) hold no output or input of the host's: their rows of the
-/// logits go to the group's lead, which the host reads.
+/// (`worker`) hold no output of the host's: their rows of the logits go
+/// to the group's lead, which the host reads.
 fn plan_of(
     plan: &Plan,
     ops: Vec<(String, PlanOp)>,
@@ -1130,7 +1134,7 @@ fn plan_of(
         })
         .cloned()
         .map(|mut b| {
-            if worker && matches!(b.kind, BufferKind::Output | BufferKind::Input) {
+            if worker && b.kind == BufferKind::Output {
                 b.kind = BufferKind::Scratch;
             }
             b
@@ -1263,11 +1267,30 @@ fn tensor_stages(
     };
     let mut ops: Vec<Vec<(String, PlanOp)>> = vec![Vec::new(); t as usize];
     let mut wbytes = vec![0u64; t as usize];
+    let mut kv = vec![0u64; t as usize];
     // Rows of a buffer written on another slice, not yet on the lead:
     // buffer -> slice -> word ranges.
     let mut pending: BTreeMap<String, BTreeMap<u32, Vec<Range<u32>>>> = BTreeMap::new();
-    // Slices holding a buffer's current value (a bit per slice).
-    let mut held: BTreeMap<String, u64> = BTreeMap::new();
+    // Who holds a buffer's current value: `(slice, None)` all of it,
+    // `(slice, Some(u))` user `u`'s row.
+    let mut held: BTreeMap<String, BTreeSet<(u32, Option<u32>)>> = BTreeMap::new();
+    let users = plan.users.max(1);
+    // A buffer's elements and kind.
+    fn decl_of(plan: &Plan, name: &str) -> Option<(u64, BufferKind)> {
+        plan.decls(name).next().map(|d| (d.elements(), d.kind))
+    }
+    // A user's row of a per-token buffer (a batch's `[users, words]`).
+    let user_words = |name: &str, u: u32| -> Option<Vec<Range<u32>>> {
+        let (elements, _) = decl_of(plan, name)?;
+        let per_user = crate::plan::words(elements) / users;
+        Some(std::iter::once(u * per_user..(u + 1) * per_user).collect())
+    };
+    // The host writes inputs to every chip that has them, constants are in
+    // each chip's MEM image, and a user's KV caches live with its ops.
+    let local = |name: &str| {
+        decl_of(plan, name)
+            .is_none_or(|d| matches!(d.1, BufferKind::Input | BufferKind::Const | BufferKind::Kv))
+    };
     fn xfer(
         ops: &mut [Vec<(String, PlanOp)>],
         base: u32,
@@ -1319,7 +1342,6 @@ fn tensor_stages(
             },
         ));
     }
-    let acc = accesses(plan);
     for i in g.ops.clone() {
         let (label, op) = &plan.ops[i];
         if let PlanOp::MatMul {
@@ -1368,9 +1390,7 @@ fn tensor_stages(
                 if j > 0 {
                     for input in [xs, scale] {
                         gather(&mut ops, &mut pending, input)?;
-                        let bits = held.entry(input.clone()).or_default();
-                        if *bits & (1 << j) == 0 {
-                            *bits |= 1 << j;
+                        if held.entry(input.clone()).or_default().insert((j, None)) {
                             xfer(&mut ops, base, 0, j, input, n_of(input)?, Vec::new());
                         }
                     }
@@ -1386,7 +1406,7 @@ fn tensor_stages(
                         row0: a as u32,
                     },
                 ));
-                held.insert(y.clone(), 0);
+                held.remove(y);
                 if j > 0 {
                     pending
                         .entry(y.clone())
@@ -1398,15 +1418,77 @@ fn tensor_stages(
             }
             continue;
         }
-        // Everything else on the lead, with every row it reads or
-        // partly overwrites there first.
-        let (r, wr) = &acc[i];
-        for b in r.iter().chain(wr) {
-            gather(&mut ops, &mut pending, b)?;
+        // Everything else on the lead, but a batch's per-user KV write
+        // and attention (section 9's split by users), which go to the
+        // slices with their user's caches: users `j * B / t ..` on slice
+        // `j`. An op's operands are on its chip first: rows the
+        // slices wrote gathered on the lead, and what a slice reads sent
+        // to it from the lead (a per-user op's user row only).
+        let user = op.users().map(|r| r.start);
+        let j = match (op, user) {
+            // Contiguous users a slice: a batch's caches alternate
+            // hemispheres by user, so a slice's users share MEM evenly.
+            (PlanOp::KvWrite { .. } | PlanOp::Attention { .. }, Some(u)) => {
+                (u64::from(u) * u64::from(t) / u64::from(users)) as u32
+            }
+            _ => 0,
+        };
+        let (r, wr) = reads_writes(op);
+        // (A per-user attention writes only its user's rows of the output:
+        // it needs none of the others'.)
+        let partial = |b: &str| user.is_some() && wr.contains(&b);
+        for b in r.iter().chain(&wr) {
+            if local(b) {
+                continue;
+            }
+            if !partial(b) || j == 0 && r.contains(b) {
+                gather(&mut ops, &mut pending, b)?;
+            }
+            if j > 0 && r.contains(b) {
+                let h = held.entry(b.to_string()).or_default();
+                if !h.contains(&(j, None)) && !user.is_some_and(|u| h.contains(&(j, Some(u)))) {
+                    let (key, words) = match user.and_then(|u| Some((u, user_words(b, u)?))) {
+                        Some((u, wds)) if users > 1 => (Some(u), wds),
+                        _ => (None, Vec::new()),
+                    };
+                    h.insert((j, key));
+                    xfer(&mut ops, base, 0, j, b, n_of(b)?, words);
+                }
+            }
         }
-        ops[0].push((label.clone(), op.clone()));
-        for b in wr {
-            held.insert(b.to_string(), 0);
+        if let PlanOp::KvWrite {
+            kcache,
+            vcache,
+            users: u,
+            ..
+        } = op
+        {
+            kv[j as usize] += [kcache, vcache]
+                .iter()
+                .flat_map(|c| plan.decls(c))
+                .filter(|b| serves(u.as_ref(), &b.name))
+                .map(|b| b.elements() * u64::from(b.dtype.bytes()))
+                .sum::<u64>();
+        }
+        ops[j as usize].push((label.clone(), op.clone()));
+        for b in &wr {
+            if local(b) {
+                continue;
+            }
+            held.remove(*b);
+            if j > 0 {
+                let words = match user {
+                    Some(u) if users > 1 => user_words(b, u)
+                        .ok_or_else(|| err(label, format!("`{b}` is not declared")))?,
+                    _ => std::iter::once(0..crate::plan::words(u64::from(n_of(b)?))).collect(),
+                };
+                pending
+                    .entry(b.to_string())
+                    .or_default()
+                    .entry(j)
+                    .or_default()
+                    .extend(words);
+            }
         }
     }
     // What the next group needs, and the host's outputs, end on the lead.
@@ -1455,7 +1537,7 @@ fn tensor_stages(
             head: lead && g.head,
             ops: g.ops.clone(),
             weight_bytes: wbytes[j],
-            kv_bytes: if lead { g.kv_bytes } else { 0 },
+            kv_bytes: kv[j],
             receives: if lead { g.receives.clone() } else { Vec::new() },
             sends: if lead { g.sends.clone() } else { Vec::new() },
             plan,
@@ -1552,6 +1634,7 @@ pub fn compile_system_with(
         opts.split,
         mem.saturating_mul(u64::from(t)),
         Some(opts.max_weight_bytes.unwrap_or(mem / 32)),
+        t > 1,
         &mut w,
     )?;
     let plan = &split_plan;
@@ -1964,6 +2047,7 @@ pub fn fit(
         split,
         target.mem_bytes(),
         opts.max_weight_bytes,
+        false,
         &mut w,
     ) {
         Ok(x) => x,
