@@ -75,7 +75,9 @@ impl Stage {
             1 if self.part.contains(&a) => format!("block {a} (part)"),
             1 => format!("block {a}"),
             _ if self.part.is_empty() => format!("blocks {a}..{b}"),
-            n if self.part.len() == n as usize => format!("blocks {a}..{b} (part of each)"),
+            n if self.tensor.is_some() && self.part.len() == n as usize => {
+                format!("blocks {a}..{b} (part of each)")
+            }
             _ => format!(
                 "blocks {a}..{b} (part of {})",
                 self.part
@@ -2007,6 +2009,9 @@ pub struct Candidate {
     /// hops times the link latency plus the vectors sent times
     /// [`Target::c2c_vector_cycles`].
     pub link_cycles: u64,
+    /// Chips of a tensor-parallel group ([`SystemOptions::tensor`]; 1: the
+    /// pipeline alone).
+    pub tensor: u32,
 }
 
 /// Whether `plan` split as `split` ([`Split::Blocks`] or [`Split::Ops`])
@@ -2025,6 +2030,7 @@ pub fn fit(
     split: Split,
     opts: &SystemOptions,
 ) -> Result<Candidate, CodegenError> {
+    let t = opts.tensor.max(1);
     let mut c = Candidate {
         split,
         chips,
@@ -2032,6 +2038,7 @@ pub fn fit(
         largest_load: 0,
         largest_placed: 0,
         link_cycles: 0,
+        tensor: t,
     };
     let topology = match target.system(chips) {
         Ok(t) => t,
@@ -2040,16 +2047,31 @@ pub fn fit(
             return Ok(c);
         }
     };
+    let per_node = target.c2c.chips_per_node.max(1);
+    if t > 1 && (!chips.is_multiple_of(t) || t > per_node || !per_node.is_multiple_of(t)) {
+        c.verdict = Verdict::NotApplicable(format!(
+            "{chips} chips are not whole groups of {t} inside nodes of {per_node}"
+        ));
+        return Ok(c);
+    }
+    let mem = target.mem_bytes();
     let mut w = Weights::new(&plan.weights, &opts.placeholders);
-    let (split_plan, stages) = match cut(
-        plan,
-        chips,
-        split,
-        target.mem_bytes(),
-        opts.max_weight_bytes,
-        false,
-        &mut w,
-    ) {
+    let cut_of = |w: &mut Weights<'_>| {
+        if t > 1 {
+            cut(
+                plan,
+                chips / t,
+                split,
+                mem.saturating_mul(u64::from(t)),
+                Some(opts.max_weight_bytes.unwrap_or(mem / 32)),
+                true,
+                w,
+            )
+        } else {
+            cut(plan, chips, split, mem, opts.max_weight_bytes, false, w)
+        }
+    };
+    let (split_plan, stages) = match cut_of(&mut w) {
         Ok(x) => x,
         // The cut's own refusals (too many chips for the split) do not
         // depend on MEM.
@@ -2066,13 +2088,31 @@ pub fn fit(
         .collect();
     let v = target.c2c_vector_cycles();
     let latency = u64::from(target.c2c.link_latency_cycles);
+    // A tensor-parallel system's chips: each group's slices (the links
+    // below count between the groups' leads).
+    let stages: Vec<Stage> = if t > 1 {
+        let mut all = Vec::with_capacity(chips as usize);
+        for g in &stages {
+            match tensor_stages(&split_plan, g, t, &mut w) {
+                Ok(group) => all.extend(group),
+                Err(CodegenError::Plan { op, message }) if op == "partition" => {
+                    c.verdict = Verdict::NotApplicable(message);
+                    return Ok(c);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        all
+    } else {
+        stages
+    };
     for s in &stages {
         c.largest_load = c.largest_load.max(s.weight_bytes + s.kv_bytes);
         if s.sends.is_empty() {
             continue;
         }
         let hops = topology
-            .route(s.chip, s.chip + 1)
+            .route(s.chip, s.chip + t)
             .map_err(|e| err("c2c", e.to_string()))?
             .len() as u64;
         let vectors: u64 = s
@@ -2088,8 +2128,14 @@ pub fn fit(
     let mut order: Vec<&Stage> = stages.iter().collect();
     order.sort_by_key(|s| std::cmp::Reverse(s.weight_bytes + kv_load(s.kv_bytes, plan.users)));
     for s in order {
-        let p = stage_plan(&split_plan, s, &w)?;
-        match crate::plan::placed_bytes(&p, target) {
+        let owned;
+        let p = if t > 1 {
+            &s.plan
+        } else {
+            owned = stage_plan(&split_plan, s, &w)?;
+            &owned
+        };
+        match crate::plan::placed_bytes(p, target) {
             Ok(b) => c.largest_placed = c.largest_placed.max(b),
             Err(CodegenError::Alloc(a)) => {
                 c.verdict = Verdict::DoesNotFit {

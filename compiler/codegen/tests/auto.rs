@@ -180,6 +180,7 @@ fn choose_takes_the_fewest_chips_then_cycles_then_blocks() {
         largest_load: 0,
         largest_placed: 0,
         link_cycles: 0,
+        tensor: 1,
     };
     let no = || Verdict::DoesNotFit {
         chip: 0,

@@ -83,6 +83,16 @@ pub struct Auto {
     pub seconds: f64,
 }
 
+/// A row's split as the table shows it: `ops`, or `ops x4` for
+/// tensor-parallel groups of 4.
+fn row_name(c: &Candidate) -> String {
+    if c.tensor > 1 {
+        format!("{} x{}", split_name(c.split), c.tensor)
+    } else {
+        split_name(c.split).to_string()
+    }
+}
+
 /// The splits `--split` asks auto to search.
 pub fn splits(split: Split) -> Vec<Split> {
     match split {
@@ -193,12 +203,60 @@ impl Auto {
         Ok(())
     }
 
+    /// `--tensor auto`: at the chosen count, the same split in
+    /// tensor-parallel groups of 2, 4 and 8 chips (those that divide the
+    /// count and a node), each checked and compiled with placeholder
+    /// weights, and the choice compiled too: exact cycles, so the choice
+    /// (the fewest chips, then the fewest cycles) compares them
+    /// (docs/backend.md 10).
+    pub fn compare_tensor(&mut self) -> anyhow::Result<()> {
+        let t0 = std::time::Instant::now();
+        let Some(mut i) = self.choice() else {
+            return Ok(());
+        };
+        // The choice's own cycles, compiled (a refusal moves it on).
+        while self.rows[i].cycles.is_none() {
+            self.compile_candidate(i)?;
+            match self.choice() {
+                Some(j) => i = j,
+                None => return Ok(()),
+            }
+        }
+        let (split, chips) = (self.rows[i].candidate.split, self.rows[i].candidate.chips);
+        let per_node = self.target.c2c.chips_per_node.max(1);
+        for t in [2u32, 4, 8] {
+            if chips < t || !chips.is_multiple_of(t) || t > per_node || !per_node.is_multiple_of(t)
+            {
+                continue;
+            }
+            let opts = SystemOptions {
+                split,
+                tensor: t,
+                ..self.opts.clone()
+            };
+            let candidate = partition::fit(&self.plan, &self.target, chips, split, &opts)
+                .map_err(|e| anyhow::anyhow!("checking groups of {t}: {e}"))?;
+            let fits = candidate.verdict == Verdict::Fits;
+            self.rows.push(Row {
+                candidate,
+                cycles: None,
+                note: None,
+            });
+            if fits {
+                self.compile_candidate(self.rows.len() - 1)?;
+            }
+        }
+        self.seconds += t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
     /// Compiles row `i` with placeholder weights for its exact cycles; a
     /// refusal marks it and searches its split on.
     fn compile_candidate(&mut self, i: usize) -> anyhow::Result<()> {
         let c = &self.rows[i].candidate;
         let opts = SystemOptions {
             split: c.split,
+            tensor: c.tensor,
             ..self.opts.clone()
         };
         let mut cycles = 0u64;
@@ -252,7 +310,12 @@ impl Auto {
         if let Some(c) = row.cycles {
             return Some((c, true));
         }
-        let base = self.rows.iter().find(|r| r.cycles.is_some())?;
+        // (From a compiled row of the same kind: a tensor-parallel group's
+        // cycles are not a pipeline's plus its links.)
+        let base = self
+            .rows
+            .iter()
+            .find(|r| r.cycles.is_some() && r.candidate.tensor == row.candidate.tensor)?;
         let est = base.cycles? as i64 + row.candidate.link_cycles as i64
             - base.candidate.link_cycles as i64;
         Some((est.max(0) as u64, false))
@@ -268,6 +331,14 @@ impl Auto {
     pub fn refuse(&mut self, i: usize, why: &str) -> anyhow::Result<()> {
         let (split, chips) = (self.rows[i].candidate.split, self.rows[i].candidate.chips);
         self.rows[i].candidate.verdict = Verdict::Refused(why.to_string());
+        if self.rows[i].candidate.tensor > 1 {
+            // Groups are compared at the pipeline's count only.
+            self.rows[i].note = Some(format!(
+                "placement accepted it, code generation refused it ({})",
+                refusal(why).unwrap_or("see the error")
+            ));
+            return Ok(());
+        }
         self.rows[i].note = Some(format!(
             "placement accepted it, code generation refused it ({}); the next count tried",
             refusal(why).unwrap_or("see the error")
@@ -306,7 +377,7 @@ impl Auto {
             t.mem_bytes()
         );
         s.push_str(&format!(
-            "  {:<6} {:>5}  {:>12}  {:>12}  {:<4} {:>12} {:>10}  {}\n",
+            "  {:<9} {:>5}  {:>12}  {:>12}  {:<4} {:>12} {:>10}  {}\n",
             "split", "chips", "chip load", "placed MEM", "fits", "cycles/tok", "tokens/s", "cycles"
         ));
         let choice = self.choice();
@@ -344,9 +415,9 @@ impl Auto {
                 .why_not()
                 .map_or(String::new(), |w| format!(": {w}"));
             s.push_str(&format!(
-                "{} {:<6} {:>5}  {:>12}  {:>12}  {:<4} {:>12} {:>10}  {}{}{}\n",
+                "{} {:<9} {:>5}  {:>12}  {:>12}  {:<4} {:>12} {:>10}  {}{}{}\n",
                 if choice == Some(i) { "*" } else { " " },
-                split_name(c.split),
+                row_name(c),
                 c.chips,
                 load,
                 placed,
@@ -364,7 +435,7 @@ impl Auto {
                 let what = if c.chips == 1 {
                     "1 chip (no split)".to_string()
                 } else {
-                    format!("{} chips, split {}", c.chips, split_name(c.split))
+                    format!("{} chips, split {}", c.chips, row_name(c))
                 };
                 s.push_str(&format!(
                     "--chips auto: {what} (the fewest chips that fit, then the fewest cycles a token); searched in {:.1} s\n",
@@ -374,7 +445,7 @@ impl Auto {
             None => s.push_str("--chips auto: no candidate fits\n"),
         }
         s.push_str(
-            "  chip load: the largest chip's weights and KV caches as cut; placed MEM: the largest chip's buffers and weight images as placed before scheduling. At batch 1 a token passes every chip in turn: its cycles are the stages' work plus the link hops, nearly the same for any count. An estimate is a compiled candidate's cycles plus the difference in link time (hops x link latency + vectors x vector cycles).\n",
+            "  chip load: the largest chip's weights and KV caches as cut; placed MEM: the largest chip's buffers and weight images as placed before scheduling. At batch 1 a token passes every chip in turn: its cycles are the stages' work plus the link hops, nearly the same for any count. An estimate is a compiled candidate's cycles plus the difference in link time (hops x link latency + vectors x vector cycles). `ops x4`: the split in tensor-parallel groups of 4 chips (--tensor auto), always compiled.\n",
         );
         s
     }
@@ -398,6 +469,7 @@ impl Auto {
                 let cycles = self.cycles_of(i);
                 serde_json::json!({
                     "split": split_name(c.split),
+                    "tensor": c.tensor,
                     "chips": c.chips,
                     "fits": c.verdict == Verdict::Fits,
                     "why_not": c.verdict.why_not(),
@@ -413,6 +485,7 @@ impl Auto {
             }).collect::<Vec<_>>(),
             "chosen": choice.map(|i| serde_json::json!({
                 "split": split_name(self.rows[i].candidate.split),
+                "tensor": self.rows[i].candidate.tensor,
                 "chips": self.rows[i].candidate.chips,
             })),
         })

@@ -91,9 +91,11 @@ pub struct CompileArgs {
     /// group one pipeline stage whose matmuls are cut by output rows over
     /// its T chips, computed at the same time from one broadcast input
     /// (docs/backend.md 10). T divides N and the chips of a node. 1: the
-    /// pipeline alone.
-    #[arg(long, value_name = "T", value_parser = parse_tensor, default_value_t = 1)]
-    pub tensor: u32,
+    /// pipeline alone. `auto` (with --chips auto): at the chip count the
+    /// search chooses, also groups of 2, 4 and 8, each compiled with
+    /// placeholder weights, the fewest cycles a token taken.
+    #[arg(long, value_name = "T|auto", value_parser = parse_tensor, default_value = "1")]
+    pub tensor: Tensor,
     /// Users a decode step serves (batched decode, lpubin): each run takes
     /// one token of each of B sequences, every user with its own KV caches
     /// (B times the cache MEM) and the weights read once for all. A
@@ -148,12 +150,34 @@ impl CompileArgs {
     }
 }
 
-/// `--tensor T`.
-fn parse_tensor(s: &str) -> Result<u32, String> {
+/// `--tensor T|auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tensor {
+    /// Groups of this many chips (1: none).
+    Count(u32),
+    /// Compared by `--chips auto`.
+    Auto,
+}
+
+impl Tensor {
+    /// The group size given (1 for `auto`, whose search decides).
+    fn count(self) -> u32 {
+        match self {
+            Tensor::Count(t) => t,
+            Tensor::Auto => 1,
+        }
+    }
+}
+
+/// `--tensor T|auto`.
+fn parse_tensor(s: &str) -> Result<Tensor, String> {
+    if s == "auto" {
+        return Ok(Tensor::Auto);
+    }
     match s.parse::<u32>() {
-        Ok(t) if t >= 1 => Ok(t),
+        Ok(t) if t >= 1 => Ok(Tensor::Count(t)),
         _ => Err(format!(
-            "expected the chips of a tensor-parallel group (a whole number, at least 1), found `{s}`"
+            "expected the chips of a tensor-parallel group (a whole number, at least 1) or `auto`, found `{s}`"
         )),
     }
 }
@@ -277,20 +301,23 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<()> {
     };
     let chips = match args.chips.unwrap_or(spec.chips) {
         q35_model::Chips::Count(n) => n,
-        q35_model::Chips::Auto if args.tensor > 1 => anyhow::bail!(
-            "--tensor {} with --chips auto: the search compares pipeline splits only (tensor-parallel groups are not searched yet, docs/backend.md 10); give --chips N with --tensor",
-            args.tensor
+        q35_model::Chips::Auto if args.tensor.count() > 1 => anyhow::bail!(
+            "--tensor {} with --chips auto: give --tensor auto to compare groups at the count the search chooses, or --chips N with --tensor {}",
+            args.tensor.count(),
+            args.tensor.count()
         ),
         q35_model::Chips::Auto => return run_auto(args, &spec, emit, options),
     };
     if args.search_only {
         anyhow::bail!("--search-only goes with --chips auto");
     }
-    if args.tensor > 1 && !chips.is_multiple_of(args.tensor) {
+    if args.tensor == Tensor::Auto {
+        anyhow::bail!("--tensor auto goes with --chips auto (give --chips N with --tensor T)");
+    }
+    let t = args.tensor.count();
+    if t > 1 && !chips.is_multiple_of(t) {
         anyhow::bail!(
-            "--tensor {}: the {chips} chips must be whole tensor-parallel groups of {}",
-            args.tensor,
-            args.tensor
+            "--tensor {t}: the {chips} chips must be whole tensor-parallel groups of {t}"
         );
     }
     compile_with(args, &spec, emit, chips, args.split.split(), options, None)
@@ -321,6 +348,10 @@ fn run_auto(
         &crate::auto::splits(args.split.split()),
         args.users(),
     )?;
+    if args.tensor == Tensor::Auto {
+        auto.compare_tensor()
+            .with_context(|| format!("{shown}: --chips auto --tensor auto"))?;
+    }
     loop {
         let Some(i) = auto.choice() else {
             eprint!("{}", auto.table());
@@ -382,7 +413,10 @@ fn compile_with(
     if args.split != SplitArg::Auto && chips == 1 && auto.is_none() {
         anyhow::bail!("--split goes with --chips N (N > 1)");
     }
-    let tensor = if auto.is_some() { 1 } else { args.tensor };
+    let tensor = match &auto {
+        Some((a, i)) => a.rows[*i].candidate.tensor,
+        None => args.tensor.count(),
+    };
     let weightless = spec.weights == q35_model::WeightSource::None;
     if weightless && matches!(emit, Emit::Asm | Emit::Lpubin) {
         return compile_timing_only(args, spec, emit, chips, (split, tensor), options, auto);
