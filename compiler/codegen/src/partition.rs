@@ -1255,6 +1255,7 @@ fn tensor_stages(
     plan: &Plan,
     g: &Stage,
     t: u32,
+    lead_rows: bool,
     w: &mut Weights<'_>,
 ) -> Result<Vec<Stage>, CodegenError> {
     let lanes = crate::program::LANES as usize;
@@ -1370,9 +1371,14 @@ fn tensor_stages(
                 .rows(&whole)
                 .ok_or_else(|| err(label, format!("unknown weight `{whole}`")))?;
             let tiles = total.div_ceil(lanes);
-            for j in 0..t {
-                let lo = (j as usize * tiles / t as usize) * lanes;
-                let hi = ((j as usize + 1) * tiles / t as usize * lanes).min(total);
+            // The slices' chips: all of the group's, or (`lead_rows` off)
+            // all but the lead's.
+            let first = if lead_rows { 0 } else { 1 };
+            let count = (t - first) as usize;
+            for j in first..t {
+                let k = (j - first) as usize;
+                let lo = (k * tiles / count) * lanes;
+                let hi = ((k + 1) * tiles / count * lanes).min(total);
                 let (a, b) = (rows.start.max(lo), rows.end.min(hi));
                 if a >= b {
                     continue;
@@ -1667,9 +1673,9 @@ pub fn compile_system_with(
         // The group's chips: one pipeline stage, or its tensor-parallel
         // slices (their plans made here).
         let mut group = if t > 1 {
-            tensor_stages(plan, &g, t, &mut w)?
+            tensor_stages(plan, &g, t, true, &mut w)?
         } else {
-            vec![g]
+            vec![g.clone()]
         };
         let k = group[0].chip;
         let mut arrivals: BTreeMap<u32, Vec<Cycle>> = BTreeMap::new();
@@ -1712,34 +1718,61 @@ pub fn compile_system_with(
         if t == 1 {
             group[0].plan = stage_plan(plan, &group[0], &w)?;
         }
-        let mailbox = (t > 1)
-            .then(|| std::sync::Arc::new(crate::plan::Mailbox::new(group.iter().map(|s| s.chip))));
-        let links: Vec<Links> = group
+        let fwds: BTreeMap<u32, Vec<(Cycle, u16, u16)>> = group
             .iter()
-            .map(|s| Links {
-                chip: s.chip,
-                topology,
-                arrivals: if s.chip == k {
-                    std::mem::take(&mut arrivals)
-                } else {
-                    BTreeMap::new()
-                },
-                forwards: ahead.remove(&s.chip).unwrap_or_default(),
-                latency,
-                mailbox: mailbox.clone(),
-            })
+            .map(|s| (s.chip, ahead.remove(&s.chip).unwrap_or_default()))
             .collect();
+        let links_of = |group: &[Stage], mailbox: &Option<std::sync::Arc<crate::plan::Mailbox>>| {
+            group
+                .iter()
+                .map(|s| Links {
+                    chip: s.chip,
+                    topology,
+                    arrivals: if s.chip == k {
+                        arrivals.clone()
+                    } else {
+                        BTreeMap::new()
+                    },
+                    forwards: fwds.get(&s.chip).cloned().unwrap_or_default(),
+                    latency,
+                    mailbox: mailbox.clone(),
+                })
+                .collect::<Vec<Links>>()
+        };
         let compile = |s: &Stage, links: &Links| {
             compile_stage_with(&s.plan, target, links, !opts.timing_only)
                 .map_err(|e| stage_error(s, e))
         };
-        let compiled: Vec<Compiled> = match &mailbox {
-            None => vec![compile(&group[0], &links[0])?],
-            Some(mb) => {
-                let results = compile_group(&group, &links, mb, &compile)?;
-                check_group(&group, &results, mb, target)?;
-                results
+        let compiled: Vec<Compiled> = if t == 1 {
+            let links = links_of(&group, &None);
+            vec![compile(&group[0], &links[0])?]
+        } else {
+            let new_box = |group: &[Stage]| {
+                Some(std::sync::Arc::new(crate::plan::Mailbox::new(
+                    group.iter().map(|s| s.chip),
+                )))
+            };
+            let mailbox = new_box(&group);
+            let links = links_of(&group, &mailbox);
+            let mb = mailbox.as_ref().expect("a group's mailbox");
+            let mut results = compile_group(&group, &links, mb, &compile);
+            // The lead's own slice of a matmul can hold the registers and
+            // slices its receives of the other slices' rows need past the
+            // link's buffer: then the group is cut again with the lead
+            // computing no rows (docs/backend.md 10).
+            if let Err(e) = &results
+                && e.to_string().contains("the receiving schedule is too late")
+            {
+                group = tensor_stages(plan, &g, t, false, &mut w)?;
+                let mailbox = new_box(&group);
+                let links = links_of(&group, &mailbox);
+                let mb = mailbox.as_ref().expect("a group's mailbox");
+                results = compile_group(&group, &links, mb, &compile)
+                    .and_then(|r| check_group(&group, &r, mb, target).map(|()| r));
+            } else if let Ok(r) = &results {
+                check_group(&group, r, mb, target)?;
             }
+            results?
         };
         prev_sent = compiled[0].sent.get(&(k + t)).cloned().map(|v| (k, v));
         for (mut s, c) in group.into_iter().zip(compiled) {
@@ -2093,7 +2126,7 @@ pub fn fit(
     let stages: Vec<Stage> = if t > 1 {
         let mut all = Vec::with_capacity(chips as usize);
         for g in &stages {
-            match tensor_stages(&split_plan, g, t, &mut w) {
+            match tensor_stages(&split_plan, g, t, true, &mut w) {
                 Ok(group) => all.extend(group),
                 Err(CodegenError::Plan { op, message }) if op == "partition" => {
                     c.verdict = Verdict::NotApplicable(message);
