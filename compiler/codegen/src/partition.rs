@@ -238,6 +238,26 @@ fn serves(users: Option<&Range<u32>>, name: &str) -> bool {
     }
 }
 
+/// Bytes of the KV caches a [`PlanOp::KvWrite`] writes (a per-user op's,
+/// its users' copies only); 0 for any other op.
+fn kv_write_bytes(plan: &Plan, op: &PlanOp) -> u64 {
+    let PlanOp::KvWrite {
+        kcache,
+        vcache,
+        users,
+        ..
+    } = op
+    else {
+        return 0;
+    };
+    [kcache, vcache]
+        .iter()
+        .flat_map(|c| plan.decls(c))
+        .filter(|b| serves(users.as_ref(), &b.name))
+        .map(|b| b.elements() * u64::from(b.dtype.bytes()))
+        .sum()
+}
+
 /// The names an op's buffer `name` stands for, as the cut keeps caches
 /// together: a per-user op's cache by its users' copies
 /// ([`crate::plan::user_cache`]), any other name as it is.
@@ -727,19 +747,7 @@ fn cut(
     for (i, (_, op)) in plan.ops.iter().enumerate() {
         match op {
             PlanOp::MatMul { weight, .. } => weights[i] = w.bytes(weight)?,
-            PlanOp::KvWrite {
-                kcache,
-                vcache,
-                users,
-                ..
-            } => {
-                kv[i] = [kcache, vcache]
-                    .iter()
-                    .flat_map(|c| plan.decls(c))
-                    .filter(|b| serves(users.as_ref(), &b.name))
-                    .map(|b| b.elements() * u64::from(b.dtype.bytes()))
-                    .sum();
-            }
+            PlanOp::KvWrite { .. } => kv[i] = kv_write_bytes(plan, op),
             _ => {}
         }
     }
@@ -1064,32 +1072,44 @@ fn by_ops(
     Ok(ranges)
 }
 
+/// The op receiving the words `words` (empty: all) of `name` (`n`
+/// elements) from chip `from`, with its label.
+fn recv_op(name: &str, n: u32, from: u32, words: Vec<Range<u32>>) -> (String, PlanOp) {
+    (
+        format!("c2c.recv.{name}"),
+        PlanOp::Recv {
+            y: name.to_string(),
+            n,
+            from,
+            words,
+        },
+    )
+}
+
+/// The op sending the words `words` (empty: all) of `name` (`n`
+/// elements) to chip `to`, with its label.
+fn send_op(name: &str, n: u32, to: u32, words: Vec<Range<u32>>) -> (String, PlanOp) {
+    (
+        format!("c2c.send.{name}"),
+        PlanOp::Send {
+            x: name.to_string(),
+            n,
+            to,
+            words,
+        },
+    )
+}
+
 /// Stage `s`'s plan: its [`PlanOp::Recv`]s, its ops, its [`PlanOp::Send`]s,
 /// and the buffers and weights they use, in the plan's order.
 fn stage_plan(plan: &Plan, s: &Stage, w: &Weights<'_>) -> Result<Plan, CodegenError> {
     let mut ops: Vec<(String, PlanOp)> = Vec::with_capacity(s.ops.len() + 2);
     for (name, n) in &s.receives {
-        ops.push((
-            format!("c2c.recv.{name}"),
-            PlanOp::Recv {
-                y: name.clone(),
-                n: *n,
-                from: s.chip - 1,
-                words: Vec::new(),
-            },
-        ));
+        ops.push(recv_op(name, *n, s.chip - 1, Vec::new()));
     }
     ops.extend(plan.ops[s.ops.clone()].iter().cloned());
     for (name, n) in &s.sends {
-        ops.push((
-            format!("c2c.send.{name}"),
-            PlanOp::Send {
-                x: name.clone(),
-                n: *n,
-                to: s.chip + 1,
-                words: Vec::new(),
-            },
-        ));
+        ops.push(send_op(name, *n, s.chip + 1, Vec::new()));
     }
     plan_of(plan, ops, w, false)
 }
@@ -1303,24 +1323,8 @@ fn tensor_stages(
         n: u32,
         words: Vec<Range<u32>>,
     ) {
-        ops[from as usize].push((
-            format!("c2c.send.{name}"),
-            PlanOp::Send {
-                x: name.to_string(),
-                n,
-                to: base + to,
-                words: words.clone(),
-            },
-        ));
-        ops[to as usize].push((
-            format!("c2c.recv.{name}"),
-            PlanOp::Recv {
-                y: name.to_string(),
-                n,
-                from: base + from,
-                words,
-            },
-        ));
+        ops[from as usize].push(send_op(name, n, base + to, words.clone()));
+        ops[to as usize].push(recv_op(name, n, base + from, words));
     }
     let gather = |ops: &mut Vec<Vec<(String, PlanOp)>>,
                   pending: &mut BTreeMap<String, BTreeMap<u32, Vec<Range<u32>>>>,
@@ -1335,14 +1339,11 @@ fn tensor_stages(
         Ok(())
     };
     for (name, n) in &g.receives {
-        ops[0].push((
-            format!("c2c.recv.{name}"),
-            PlanOp::Recv {
-                y: name.clone(),
-                n: *n,
-                from: (g.chip - 1) * t,
-                words: written_words(plan, w, name, g.ops.start)?,
-            },
+        ops[0].push(recv_op(
+            name,
+            *n,
+            (g.chip - 1) * t,
+            written_words(plan, w, name, g.ops.start)?,
         ));
     }
     for i in g.ops.clone() {
@@ -1464,20 +1465,7 @@ fn tensor_stages(
                 }
             }
         }
-        if let PlanOp::KvWrite {
-            kcache,
-            vcache,
-            users: u,
-            ..
-        } = op
-        {
-            kv[j as usize] += [kcache, vcache]
-                .iter()
-                .flat_map(|c| plan.decls(c))
-                .filter(|b| serves(u.as_ref(), &b.name))
-                .map(|b| b.elements() * u64::from(b.dtype.bytes()))
-                .sum::<u64>();
-        }
+        kv[j as usize] += kv_write_bytes(plan, op);
         ops[j as usize].push((label.clone(), op.clone()));
         for b in &wr {
             if local(b) {
@@ -1509,14 +1497,11 @@ fn tensor_stages(
         gather(&mut ops, &mut pending, &name)?;
     }
     for (name, n) in &g.sends {
-        ops[0].push((
-            format!("c2c.send.{name}"),
-            PlanOp::Send {
-                x: name.clone(),
-                n: *n,
-                to: (g.chip + 1) * t,
-                words: written_words(plan, w, name, g.ops.end)?,
-            },
+        ops[0].push(send_op(
+            name,
+            *n,
+            (g.chip + 1) * t,
+            written_words(plan, w, name, g.ops.end)?,
         ));
     }
     let mut stages = Vec::with_capacity(t as usize);
@@ -1722,7 +1707,7 @@ pub fn compile_system_with(
             .iter()
             .map(|s| (s.chip, ahead.remove(&s.chip).unwrap_or_default()))
             .collect();
-        let links_of = |group: &[Stage], mailbox: &Option<std::sync::Arc<crate::plan::Mailbox>>| {
+        let links_of = |group: &[Stage], mailbox: Option<&std::sync::Arc<crate::plan::Mailbox>>| {
             group
                 .iter()
                 .map(|s| Links {
@@ -1734,45 +1719,38 @@ pub fn compile_system_with(
                         BTreeMap::new()
                     },
                     forwards: fwds.get(&s.chip).cloned().unwrap_or_default(),
-                    latency,
-                    mailbox: mailbox.clone(),
+                    mailbox: mailbox.cloned(),
                 })
                 .collect::<Vec<Links>>()
         };
         let compile = |s: &Stage, links: &Links| {
             compile_stage_with(&s.plan, target, links, !opts.timing_only)
-                .map_err(|e| stage_error(s, e))
         };
         let compiled: Vec<Compiled> = if t == 1 {
-            let links = links_of(&group, &None);
-            vec![compile(&group[0], &links[0])?]
+            let links = links_of(&group, None);
+            vec![compile(&group[0], &links[0]).map_err(|e| stage_error(&group[0], e))?]
         } else {
             let new_box = |group: &[Stage]| {
-                Some(std::sync::Arc::new(crate::plan::Mailbox::new(
-                    group.iter().map(|s| s.chip),
-                )))
+                std::sync::Arc::new(crate::plan::Mailbox::new(group.iter().map(|s| s.chip)))
             };
-            let mailbox = new_box(&group);
-            let links = links_of(&group, &mailbox);
-            let mb = mailbox.as_ref().expect("a group's mailbox");
-            let mut results = compile_group(&group, &links, mb, &compile);
+            let mut mailbox = new_box(&group);
+            let mut links = links_of(&group, Some(&mailbox));
+            let mut results = compile_group(&group, &links, &mailbox, &compile);
             // The lead's own slice of a matmul can hold the registers and
             // slices its receives of the other slices' rows need past the
             // link's buffer: then the group is cut again with the lead
             // computing no rows (docs/backend.md 10).
-            if let Err(e) = &results
-                && e.to_string().contains("the receiving schedule is too late")
+            if let Err((_, CodegenError::Sched(crate::sched::SchedError::LateReceive { .. }))) =
+                &results
             {
                 group = tensor_stages(plan, &g, t, false, &mut w)?;
-                let mailbox = new_box(&group);
-                let links = links_of(&group, &mailbox);
-                let mb = mailbox.as_ref().expect("a group's mailbox");
-                results = compile_group(&group, &links, mb, &compile)
-                    .and_then(|r| check_group(&group, &r, mb, target).map(|()| r));
-            } else if let Ok(r) = &results {
-                check_group(&group, r, mb, target)?;
+                mailbox = new_box(&group);
+                links = links_of(&group, Some(&mailbox));
+                results = compile_group(&group, &links, &mailbox, &compile);
             }
-            results?
+            let results = results.map_err(|(i, e)| stage_error(&group[i], e))?;
+            check_group(&group, &results, &mailbox, target)?;
+            results
         };
         prev_sent = compiled[0].sent.get(&(k + t)).cloned().map(|v| (k, v));
         for (mut s, c) in group.into_iter().zip(compiled) {
@@ -1829,14 +1807,14 @@ fn stage_error(s: &Stage, e: CodegenError) -> CodegenError {
 /// chip's `recv` from another of the group waits in `mb` for the sender
 /// to schedule those vectors (docs/backend.md 10). The result of each
 /// depends only on its plan and the arrivals, not on the threads' timing.
-/// The first chip (in chip order) that failed for a reason of its own
-/// gives the error.
+/// On failure: the first chip (in group order) that failed for a reason
+/// of its own (not [`CodegenError::PeerFailed`]), and its error.
 fn compile_group(
     group: &[Stage],
     links: &[Links],
     mb: &std::sync::Arc<crate::plan::Mailbox>,
     compile: &(dyn Fn(&Stage, &Links) -> Result<Compiled, CodegenError> + Sync),
-) -> Result<Vec<Compiled>, CodegenError> {
+) -> Result<Vec<Compiled>, (usize, CodegenError)> {
     let results: Vec<Result<Compiled, CodegenError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = group
             .iter()
@@ -1874,16 +1852,22 @@ fn compile_group(
             })
             .collect()
     });
-    if results.iter().any(Result::is_err) {
-        let own = |e: &CodegenError| {
-            !e.to_string()
-                .contains("of the tensor-parallel group failed")
-        };
-        let mut errors: Vec<CodegenError> = results.into_iter().filter_map(Result::err).collect();
-        let at = errors.iter().position(own).unwrap_or(0);
-        return Err(errors.swap_remove(at));
+    let mut errors: Vec<(usize, CodegenError)> = Vec::new();
+    let mut compiled = Vec::with_capacity(results.len());
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(c) => compiled.push(c),
+            Err(e) => errors.push((i, e)),
+        }
     }
-    Ok(results.into_iter().map(|r| r.expect("no error")).collect())
+    if errors.is_empty() {
+        return Ok(compiled);
+    }
+    let at = errors
+        .iter()
+        .position(|(_, e)| !matches!(e, CodegenError::PeerFailed { .. }))
+        .unwrap_or(0);
+    Err(errors.swap_remove(at))
 }
 
 /// Every vector a group's chip sent another was received, none before it

@@ -408,6 +408,16 @@ pub enum CodegenError {
         /// What is wrong.
         message: String,
     },
+    /// A transfer waited for a chip of its tensor-parallel group whose
+    /// compile failed ([`Mailbox::wait`]): that chip's error is the one to
+    /// report.
+    #[error("{op}: chip {chip} of the tensor-parallel group failed to compile")]
+    PeerFailed {
+        /// The transfer.
+        op: String,
+        /// The chip that failed.
+        chip: u32,
+    },
 }
 
 /// Words a vector of `n` elements takes in each of its slices.
@@ -794,18 +804,6 @@ pub struct Compiled {
     pub scratch_shared: bool,
 }
 
-/// [`crate::kernels::c2c::recv`] or [`crate::kernels::c2c::recv_each`].
-type RecvKernel = fn(
-    &mut ProgramBuilder,
-    &str,
-    &Buffer,
-    &[Range<u32>],
-    u16,
-    &[Cycle],
-    u32,
-    Cycle,
-) -> Result<Vec<Cycle>, SchedError>;
-
 /// Where a stage's program sits in a system (docs/backend.md 8): its chip,
 /// the links, and when the vectors it receives arrive.
 #[derive(Clone, Debug)]
@@ -821,8 +819,6 @@ pub struct Links {
     /// it arrives on, link it leaves on)`, each `fwd` on its arrival cycle
     /// (scheduled before the chip's own work, which fits around them).
     pub forwards: Vec<(Cycle, u16, u16)>,
-    /// Cycles a hop of a route takes (the target's link latency).
-    pub latency: Cycle,
     /// The chips compiled beside this one (a tensor-parallel group,
     /// [`crate::partition`]), whose vectors' arrivals are learnt from it as
     /// they are scheduled rather than from `arrivals`.
@@ -887,8 +883,9 @@ impl Mailbox {
     }
 
     /// The arrivals of the first `need` vectors `from` sends `to` (all it
-    /// sent when it ends with fewer), waiting for them to be scheduled.
-    pub fn wait(&self, from: u32, to: u32, need: usize) -> Result<Vec<Cycle>, String> {
+    /// sent when it ends with fewer), waiting for them to be scheduled;
+    /// `Err(chip)` when a chip of the group failed first.
+    pub fn wait(&self, from: u32, to: u32, need: usize) -> Result<Vec<Cycle>, u32> {
         let mut st = self.lock();
         loop {
             let have = st.sent.get(&(from, to)).map_or(0, Vec::len);
@@ -896,9 +893,7 @@ impl Mailbox {
                 return Ok(st.sent.get(&(from, to)).cloned().unwrap_or_default());
             }
             if let Some((&chip, _)) = st.ended.iter().find(|(_, failed)| **failed) {
-                return Err(format!(
-                    "chip {chip} of the tensor-parallel group failed to compile"
-                ));
+                return Err(chip);
             }
             st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
         }
@@ -1666,7 +1661,7 @@ fn compile_program_reusing(
                 if let Some(mb) = &links.mailbox
                     && mb.member(*peer)
                 {
-                    let hops = route.len() as Cycle * links.latency;
+                    let hops = route.len() as Cycle * Cycle::from(target.c2c.link_latency_cycles);
                     let arrive: Vec<Cycle> = sent.iter().map(|t| t + hops).collect();
                     mb.post(links.chip, *peer, &arrive);
                 }
@@ -1681,12 +1676,12 @@ fn compile_program_reusing(
                 let all: &[Cycle] = match (links.arrivals.get(peer), &links.mailbox) {
                     (Some(a), _) => a,
                     (None, Some(mb)) if mb.member(*peer) => {
-                        waited = mb
-                            .wait(*peer, links.chip, done + count)
-                            .map_err(|message| CodegenError::Plan {
+                        waited = mb.wait(*peer, links.chip, done + count).map_err(|chip| {
+                            CodegenError::PeerFailed {
                                 op: label.clone(),
-                                message,
-                            })?;
+                                chip,
+                            }
+                        })?;
                         &waited
                     }
                     _ => &[],
@@ -1702,15 +1697,14 @@ fn compile_program_reusing(
                     });
                 };
                 // In a tensor-parallel system: vector by vector, around the
-                // lead's own slice of the matmuls (a `recv` holds its queue
-                // one cycle; the rigid bundle's are `V` apart).
-                let (recv, gap): (RecvKernel, Cycle) = if links.mailbox.is_some() {
-                    (crate::kernels::c2c::recv_each, 1)
+                // lead's own slice of the matmuls.
+                let placing = if links.mailbox.is_some() {
+                    crate::kernels::c2c::Placing::EachVector
                 } else {
-                    (crate::kernels::c2c::recv, v_cycles)
+                    crate::kernels::c2c::Placing::Rigid
                 };
-                let after = taken.last().map_or(0, |t| t + gap);
-                let got = recv(
+                let after = taken.last().map_or(0, |&t| placing.next_after(t, v_cycles));
+                let got = crate::kernels::c2c::recv(
                     &mut p,
                     label,
                     &buf,
@@ -1719,6 +1713,7 @@ fn compile_program_reusing(
                     arrivals,
                     target.c2c.receive_buffer_vectors,
                     after,
+                    placing,
                 )?;
                 taken.extend(got);
             }

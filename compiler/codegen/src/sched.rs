@@ -169,6 +169,16 @@ pub enum SchedError {
         /// Where placement ran out.
         error: crate::alloc::AllocError,
     },
+    /// A chip-to-chip receive takes a vector later than the link's end
+    /// holds it (or before it arrives): the receiving schedule is too late
+    /// ([`crate::kernels::c2c::check_arrivals`]).
+    #[error("{label}: {message}")]
+    LateReceive {
+        /// The transfer.
+        label: String,
+        /// Which vector, and when.
+        message: String,
+    },
     /// No cycle within the search window fits the bundle.
     #[error("{label}: no cycle from {from} to {to} fits the bundle ({reason})")]
     NoFit {

@@ -499,7 +499,7 @@ fn compile_with(
                     args.model.display(),
                     args.output.display(),
                     bytes.len(),
-                    parallelism(&system.stages),
+                    parallelism(system.stages.iter()),
                     e.ctx,
                     cycles,
                     spec.target.clock_mhz * 1e6 / cycles.max(1) as f64,
@@ -681,7 +681,7 @@ fn compile_timing_only(
             if chips == 1 {
                 String::new()
             } else {
-                format!(", {}", parallelism_of(t.chips.iter().map(|c| &c.0)))
+                format!(", {}", parallelism(t.chips.iter().map(|c| &c.0)))
             },
             t.ctx,
             spec.target.clock_mhz,
@@ -695,16 +695,10 @@ fn compile_timing_only(
 
 /// How a system's chips share the step: `pipeline-parallel`, or `N
 /// pipeline stages of T tensor-parallel chips` (docs/backend.md 10).
-fn parallelism(stages: &[q35_codegen::partition::Stage]) -> String {
-    parallelism_of(stages.iter())
-}
-
-fn parallelism_of<'s>(
-    mut stages: impl Iterator<Item = &'s q35_codegen::partition::Stage>,
-) -> String {
+fn parallelism<'s>(stages: impl Iterator<Item = &'s q35_codegen::partition::Stage>) -> String {
     let mut n = 0u32;
     let mut group = None;
-    for s in stages.by_ref() {
+    for s in stages {
         n += 1;
         group = group.or(s.tensor.map(|t| t.1));
     }

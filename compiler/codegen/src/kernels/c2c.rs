@@ -71,13 +71,39 @@ pub fn send(
     Ok(local.iter().map(|t| placed.shift + t).collect())
 }
 
+/// How [`recv`] places its `recv`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placing {
+    /// One bundle, a `recv` every `V` cycles (as the far end sends them),
+    /// placed no earlier than the first arrival.
+    Rigid,
+    /// A bundle per vector, each no earlier than its vector's arrival and
+    /// the `recv` before it: a `recv` holds its queue one cycle, so a late
+    /// one catches up on the vectors waiting. A tensor-parallel group's
+    /// lead takes its matmuls' other slices' rows so, while its own
+    /// slice's bundles hold the destination's slices on cycles a rigid
+    /// bundle over thousands of cycles could not all avoid.
+    EachVector,
+}
+
+impl Placing {
+    /// The earliest a chip's next `recv` from the same peer may issue
+    /// after one on cycle `t`.
+    pub fn next_after(self, t: Cycle, v: Cycle) -> Cycle {
+        match self {
+            Placing::Rigid => t + v,
+            Placing::EachVector => t + 1,
+        }
+    }
+}
+
 /// Receives the words of `dst` in the ranges `words` (in order) from link
-/// `link`: the vectors [`send`] put on the far end, in the same order, arriving on cycles `arrivals`
-/// (one per vector). The first `recv` issues no earlier than the first
-/// arrival and `not_before` (the end of the chip's previous `recv`s on the
-/// link); every `recv` must take its vector before the link's end holds
-/// more than `buffer` vectors ([`check_arrivals`]). Returns each `recv`'s
-/// issue cycle.
+/// `link`: the vectors [`send`] put on the far end, in the same order,
+/// arriving on cycles `arrivals` (one per vector), placed as `placing`
+/// says, none before `not_before` (the end of the chip's previous `recv`s
+/// on the link). Every `recv` must take its vector before the link's end
+/// holds more than `buffer` vectors ([`check_arrivals`]; else
+/// [`SchedError::LateReceive`]). Returns each `recv`'s issue cycle.
 #[expect(
     clippy::too_many_arguments,
     reason = "the transfer, its arrivals and the link's limits, each named at the one call"
@@ -91,6 +117,7 @@ pub fn recv(
     arrivals: &[Cycle],
     buffer: u32,
     not_before: Cycle,
+    placing: Placing,
 ) -> Result<Vec<Cycle>, SchedError> {
     let m = p.mach().clone();
     let q = link_queue(link)?;
@@ -106,97 +133,55 @@ pub fn recv(
             ),
         });
     }
-    let mut b = Bundle::new(label);
-    let mut local = Vec::new();
-    for w in words.iter().flat_map(|r| r.clone()) {
-        for &slice in &dst.slices {
-            let t = local.len() as Cycle * v;
-            let x = b
-                .unit(
-                    &m,
-                    QSel::Fixed(q),
-                    t,
-                    Instruction::Recv { dst: S },
-                    &[],
-                    Some(("dst", dir_to(dst))),
-                )?
-                .ok_or_else(|| SchedError::Kernel {
-                    label: label.to_string(),
-                    message: "recv has no result".into(),
-                })?;
-            b.write(&m, x, &[slice], dst.addr + w)?;
-            local.push(t);
-        }
-    }
-    let first = arrivals.first().copied().unwrap_or(0).max(not_before);
-    let placed = p.sched.place(b, first)?;
-    let issued: Vec<Cycle> = local.iter().map(|t| placed.shift + t).collect();
-    check_arrivals(arrivals, &issued, buffer).map_err(|message| SchedError::Kernel {
-        label: label.to_string(),
-        message,
-    })?;
-    Ok(issued)
-}
-
-/// [`recv`] placed vector by vector: each `recv` with its write is a
-/// bundle of its own, issued no earlier than its vector's arrival and the
-/// `recv` before it (a `recv` holds its queue one cycle, so a late one can
-/// catch up on the vectors waiting). A tensor-parallel group's lead takes
-/// the rows of its matmuls' other slices so, while its own slice's
-/// bundles hold the destination's slices on cycles a rigid bundle of one
-/// `recv` every `V` cycles could not all avoid. Checked as [`recv`] is.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the transfer, its arrivals and the link's limits, each named at the one call"
-)]
-pub fn recv_each(
-    p: &mut ProgramBuilder,
-    label: &str,
-    dst: &Buffer,
-    words: &[std::ops::Range<u32>],
-    link: u16,
-    arrivals: &[Cycle],
-    buffer: u32,
-    not_before: Cycle,
-) -> Result<Vec<Cycle>, SchedError> {
-    let m = p.mach().clone();
-    let q = link_queue(link)?;
-    let n = words.iter().map(|r| r.len()).sum::<usize>() * dst.slices.len();
-    if arrivals.len() != n {
-        return Err(SchedError::Kernel {
-            label: label.to_string(),
-            message: format!(
-                "{n} vectors to receive into `{}`, {} sent",
-                dst.name,
-                arrivals.len()
-            ),
-        });
-    }
-    let mut issued: Vec<Cycle> = Vec::with_capacity(n);
-    let mut after = not_before;
-    for w in words.iter().flat_map(|r| r.clone()) {
-        for &slice in &dst.slices {
+    // One `recv` of the vector for word `w`'s byte plane in `slice`, at
+    // local cycle `t` of bundle `b`.
+    let unit = |b: &mut Bundle, t: Cycle, slice, w: u32| -> Result<(), SchedError> {
+        let x = b
+            .unit(
+                &m,
+                QSel::Fixed(q),
+                t,
+                Instruction::Recv { dst: S },
+                &[],
+                Some(("dst", dir_to(dst))),
+            )?
+            .ok_or_else(|| SchedError::Kernel {
+                label: label.to_string(),
+                message: "recv has no result".into(),
+            })?;
+        b.write(&m, x, &[slice], dst.addr + w)
+    };
+    let vectors = words
+        .iter()
+        .flat_map(|r| r.clone())
+        .flat_map(|w| dst.slices.iter().map(move |&slice| (slice, w)));
+    let issued: Vec<Cycle> = match placing {
+        Placing::Rigid => {
             let mut b = Bundle::new(label);
-            let x = b
-                .unit(
-                    &m,
-                    QSel::Fixed(q),
-                    0,
-                    Instruction::Recv { dst: S },
-                    &[],
-                    Some(("dst", dir_to(dst))),
-                )?
-                .ok_or_else(|| SchedError::Kernel {
-                    label: label.to_string(),
-                    message: "recv has no result".into(),
-                })?;
-            b.write(&m, x, &[slice], dst.addr + w)?;
-            let placed = p.sched.place(b, arrivals[issued.len()].max(after))?;
-            after = placed.shift + 1;
-            issued.push(placed.shift);
+            let mut local = Vec::with_capacity(n);
+            for (slice, w) in vectors {
+                let t = local.len() as Cycle * v;
+                unit(&mut b, t, slice, w)?;
+                local.push(t);
+            }
+            let first = arrivals.first().copied().unwrap_or(0).max(not_before);
+            let placed = p.sched.place(b, first)?;
+            local.iter().map(|t| placed.shift + t).collect()
         }
-    }
-    check_arrivals(arrivals, &issued, buffer).map_err(|message| SchedError::Kernel {
+        Placing::EachVector => {
+            let mut issued = Vec::with_capacity(n);
+            let mut after = not_before;
+            for (slice, w) in vectors {
+                let mut b = Bundle::new(label);
+                unit(&mut b, 0, slice, w)?;
+                let placed = p.sched.place(b, arrivals[issued.len()].max(after))?;
+                after = placed.shift + 1;
+                issued.push(placed.shift);
+            }
+            issued
+        }
+    };
+    check_arrivals(arrivals, &issued, buffer).map_err(|message| SchedError::LateReceive {
         label: label.to_string(),
         message,
     })?;
