@@ -44,7 +44,8 @@ for tool in ["FileCheck", "not", "split-file", "mlir-opt", "count"]:
         lit_config.fatal(f"{tool} not found in {llvm_bin}: install LLVM 22 or set LLVM_BIN")
 
 config.environment["PATH"] = os.pathsep.join([llvm_bin, os.environ.get("PATH", "")])
-for var in ["HOME", "TMPDIR"]:
+# The quantized-model cache follows the caller's settings (runtime/host/src/quant_cache.rs).
+for var in ["HOME", "TMPDIR", "XDG_CACHE_HOME", "Q35_QUANT_CACHE", "Q35_QUANT_CACHE_MAX_MB"]:
     if var in os.environ:
         config.environment[var] = os.environ[var]
 

@@ -227,6 +227,9 @@ pub fn compile(
         bar.report(p);
     })
     .with_context(|| format!("cannot quantize {shown}"))?;
+    if let Some(w) = built.cache.warning() {
+        bar.println(&format!("q35c: warning: {w}"));
+    }
 
     // lpu-schedule with the real weights (the pass itself uses placeholders
     // of the same shapes; the schedule does not depend on values).
@@ -665,6 +668,31 @@ pub fn lpubin(e: &Emitted, target: &q35_target::Target) -> anyhow::Result<Vec<u8
 }
 
 /// The `--json` summary of a compile.
+/// What the compile did with the quantized-model cache, for `--json`:
+/// `use` (`off`, `hit`, `stored`, `not stored`, `replaced`), the entry and
+/// why when there is one.
+fn cache_json(c: &q35_host::quant_cache::CacheUse) -> serde_json::Value {
+    use q35_host::quant_cache::CacheUse;
+    match c {
+        CacheUse::Off => serde_json::json!({"use": "off"}),
+        CacheUse::Hit(p) => serde_json::json!({"use": "hit", "entry": p.display().to_string()}),
+        CacheUse::Stored(p) => {
+            serde_json::json!({"use": "stored", "entry": p.display().to_string()})
+        }
+        CacheUse::NotStored(why) => serde_json::json!({"use": "not stored", "why": why}),
+        CacheUse::Replaced(why) => serde_json::json!({"use": "replaced", "why": why}),
+    }
+}
+
+/// The summary line's note on the quantized-model cache (a hit explains a
+/// fast compile).
+pub fn cache_note(c: &q35_host::quant_cache::CacheUse) -> &'static str {
+    match c {
+        q35_host::quant_cache::CacheUse::Hit(_) => " (the quantized model from the cache)",
+        _ => "",
+    }
+}
+
 pub fn summary(
     e: &Emitted,
     target: &q35_target::Target,
@@ -689,6 +717,7 @@ pub fn summary(
     }
     serde_json::json!({
         "model": e.built.name,
+        "quant_cache": cache_json(&e.built.cache),
         "output": output.display().to_string(),
         "bytes": bytes,
         "target": target.name,

@@ -495,7 +495,7 @@ fn compile_with(
                     .collect();
                 let cycles = e.cycles();
                 eprintln!(
-                    "{}: {} ({} bytes): {chips} chips, {}, context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz; the last chip's end){}, no prefill program (a system's prompt runs token by token); {}; compiled in {:.1?}",
+                    "{}: {} ({} bytes): {chips} chips, {}, context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz; the last chip's end){}, no prefill program (a system's prompt runs token by token); {}; compiled in {:.1?}{}",
                     args.model.display(),
                     args.output.display(),
                     bytes.len(),
@@ -509,7 +509,8 @@ fn compile_with(
                         spec.target.clock_mhz * 1e6 / cycles.max(1) as f64
                     ),
                     per_chip.join("; "),
-                    t0.elapsed()
+                    t0.elapsed(),
+                    crate::backend::cache_note(&e.built.cache)
                 );
             } else if args.output.as_os_str() != "-" {
                 let cycles = e.compiled.built.cycles;
@@ -538,7 +539,7 @@ fn compile_with(
                     )
                 };
                 eprintln!(
-                    "{}: {} ({} bytes): context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz){}{prefill}, {:.1} MB of {:.1} MB MEM, compiled in {:.1?}",
+                    "{}: {} ({} bytes): context {}, {} cycles per decoded token predicted ({:.0} tokens/s at {} MHz){}{prefill}, {:.1} MB of {:.1} MB MEM, compiled in {:.1?}{}",
                     args.model.display(),
                     args.output.display(),
                     bytes.len(),
@@ -552,7 +553,8 @@ fn compile_with(
                     ),
                     e.mem_bytes() as f64 / 1e6,
                     spec.target.mem_bytes() as f64 / 1e6,
-                    t0.elapsed()
+                    t0.elapsed(),
+                    crate::backend::cache_note(&e.built.cache)
                 );
             }
             return Ok(());

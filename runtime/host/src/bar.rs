@@ -71,6 +71,16 @@ impl Bar {
         self.bar.set_message(item.to_string());
     }
 
+    /// Prints `line` on stderr above the bar (which is drawn again below
+    /// it), or plainly when the bar is hidden.
+    pub fn println(&self, line: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.suspend(|| eprintln!("{line}"));
+        }
+    }
+
     /// A report from a library's long work.
     pub fn report(&self, p: Progress<'_>) {
         match p {

@@ -25,6 +25,8 @@ use q35_reference::{LinearId, LinearKind, Model};
 use q35_tokenizer::Tokenizer;
 use sha2::{Digest, Sha256};
 
+use crate::quant_cache::{CacheUse, Key, KeyBuilder, Lookup, QuantCache};
+
 /// How to build a golden model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoldenRecipe {
@@ -70,6 +72,9 @@ pub struct BuiltGolden {
     pub group_size: usize,
     /// The quantization settings, per-kind group sizes included.
     pub quant: QuantConfig,
+    /// Whether the quantized matrices came from the cache
+    /// ([`crate::quant_cache`]) or were computed (and cached).
+    pub cache: CacheUse,
 }
 
 impl BuiltGolden {
@@ -213,9 +218,22 @@ pub fn build(recipe: &GoldenRecipe) -> Result<BuiltGolden, GoldenBuildError> {
 
 /// [`build`], reporting its stages (`loading`, `calibrating`,
 /// `quantizing`, `building the golden model`) and each quantized matrix
-/// to `progress`.
+/// to `progress`, with the quantized-model cache the environment names
+/// ([`QuantCache::from_env`]).
 pub fn build_with_progress(
     recipe: &GoldenRecipe,
+    progress: &dyn Fn(q35_quant::Progress<'_>),
+) -> Result<BuiltGolden, GoldenBuildError> {
+    build_with(recipe, QuantCache::from_env().as_ref(), progress)
+}
+
+/// [`build_with_progress`] with `cache` (`None`: quantize, cache nothing).
+/// A hit skips the calibration and the quantization; the golden model is
+/// built from the cached matrices exactly as from computed ones
+/// ([`golden_of_layers`]).
+pub fn build_with(
+    recipe: &GoldenRecipe,
+    cache: Option<&QuantCache>,
     progress: &dyn Fn(q35_quant::Progress<'_>),
 ) -> Result<BuiltGolden, GoldenBuildError> {
     use q35_quant::Progress::Stage;
@@ -256,6 +274,49 @@ pub fn build_with_progress(
         path: path.clone(),
         error,
     };
+    // The cache serves the methods a model.toml can ask for (the others
+    // rewrite the model from its calibration, which the key does not hold).
+    let key = match cache {
+        Some(_) if cacheable(&methods) => Some(cache_key(recipe, &spec, &methods).map_err(
+            |what| GoldenBuildError::Calib {
+                path: recipe.calib.clone().unwrap_or_else(|| path.clone()),
+                what,
+            },
+        )?),
+        _ => None,
+    };
+    let mut cache_use = CacheUse::Off;
+    if let (Some(c), Some(k)) = (cache, &key) {
+        if c.path_of(k).exists() {
+            progress(Stage("reading the quantized model from the cache"));
+        }
+        let ids = model.linear_ids();
+        let id_of = |name: &str| ids.iter().copied().find(|id| id.gguf_name() == name);
+        match c.load(k, &id_of) {
+            Lookup::Hit(layers) => {
+                progress(Stage("building the golden model"));
+                let golden = golden_of_layers(
+                    &model,
+                    &methods,
+                    recipe.calib.is_some(),
+                    &layers,
+                    recipe.positions,
+                )
+                .map_err(quant_err)?;
+                let cache_use = CacheUse::Hit(c.path_of(k));
+                return Ok(built(
+                    spec,
+                    tokenizer,
+                    tokenizer_gguf,
+                    layers,
+                    golden,
+                    cache_use,
+                ));
+            }
+            Lookup::Miss => {}
+            Lookup::Bad(why) => cache_use = CacheUse::Replaced(why),
+        }
+    }
     let (layers, golden) = match &recipe.calib {
         Some(calib) => {
             let text = read_text(calib)?;
@@ -320,6 +381,33 @@ pub fn build_with_progress(
             (layers, golden)
         }
     };
+    if let (Some(c), Some(k)) = (cache, &key) {
+        progress(Stage("caching the quantized model"));
+        cache_use = match (c.store(k, &layers), cache_use) {
+            (Ok(_), CacheUse::Replaced(why)) => CacheUse::Replaced(why),
+            (Ok(p), _) => CacheUse::Stored(p),
+            (Err(why), _) => CacheUse::NotStored(why),
+        };
+    }
+    Ok(built(
+        spec,
+        tokenizer,
+        tokenizer_gguf,
+        layers,
+        golden,
+        cache_use,
+    ))
+}
+
+/// The [`BuiltGolden`] of quantized `layers` and their `golden` model.
+fn built(
+    spec: q35_model::ModelSpec,
+    tokenizer: Option<Tokenizer>,
+    tokenizer_gguf: Option<Vec<u8>>,
+    layers: Vec<q35_quant::model::QuantizedLayer>,
+    golden: GoldenModel,
+    cache: CacheUse,
+) -> BuiltGolden {
     let head_id = LinearId {
         block: None,
         kind: LinearKind::LmHead,
@@ -332,17 +420,92 @@ pub fn build_with_progress(
         .into_iter()
         .map(|l| (l.id.gguf_name(), l.matrix))
         .collect();
-    Ok(BuiltGolden {
+    BuiltGolden {
         golden,
         name: spec.name,
         tokenizer,
         tokenizer_gguf,
         head,
         layers,
-        scheme,
-        group_size,
+        scheme: spec.quant.scheme,
+        group_size: spec.quant.group_size as usize,
         quant: spec.quant,
-    })
+        cache,
+    }
+}
+
+/// Whether the quantized-model cache serves `methods`: those [`methods`]
+/// makes from a model.toml, none of which rewrites the model from its
+/// calibration.
+fn cacheable(m: &Methods) -> bool {
+    m.smooth.is_none() && !m.rotate_vo && m.rotate_head.is_none() && !m.rotate_down
+}
+
+/// The cache key of the matrices `recipe` quantizes (see
+/// [`crate::quant_cache`]): the weights' bytes (or seed), the architecture,
+/// the quantization settings and methods, the calibration text, window
+/// and sample count. An unreadable file is an error naming it.
+fn cache_key(
+    recipe: &GoldenRecipe,
+    spec: &q35_model::ModelSpec,
+    methods: &Methods,
+) -> Result<Key, String> {
+    let mut k = KeyBuilder::new();
+    k.part("architecture", format!("{:?}", spec.arch).as_bytes());
+    match &spec.weights {
+        q35_model::WeightSource::Gguf { path } => {
+            k.file("gguf", path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        other => {
+            k.part("weights", format!("{other:?}").as_bytes());
+        }
+    }
+    k.part("quantization", format!("{:?}", spec.quant).as_bytes());
+    k.part("methods", format!("{methods:?}").as_bytes());
+    match &recipe.calib {
+        Some(c) => {
+            k.file("calibration", c)
+                .map_err(|e| format!("{}: {e}", c.display()))?;
+        }
+        None => {
+            k.part("calibration", b"none");
+        }
+    }
+    k.part(
+        "calibration window and samples",
+        format!("{} {}", recipe.calib_ctx, recipe.calib_samples).as_bytes(),
+    );
+    Ok(k.finish())
+}
+
+/// The golden model of quantized `layers`, as the quantizing path builds
+/// it for [`cacheable`] methods: over the stream-rotated model (and its
+/// head mix) when the methods rotate the stream, with the methods'
+/// activation scales when the layers were calibrated
+/// ([`QuantPipeline::golden`]'s steps for those methods).
+pub fn golden_of_layers(
+    model: &Model,
+    methods: &Methods,
+    calibrated: bool,
+    layers: &[q35_quant::model::QuantizedLayer],
+    positions: usize,
+) -> Result<GoldenModel, q35_quant::model::ModelQuantError> {
+    let rotated = match methods.rotate_stream {
+        Some(kind) => Some(rotate_stream_model(model, kind)?),
+        None => None,
+    };
+    let m = rotated.as_ref().map_or(model, |r| &r.model);
+    let golden = from_reference(m, layers, positions)?;
+    let golden = if calibrated {
+        golden.with_activation_scales(methods.act_scales)?
+    } else {
+        golden
+    };
+    match &rotated {
+        Some(r) => Ok(golden.with_head_mix(r.head_mix.clone())?),
+        None => Ok(golden),
+    }
 }
 
 fn hash_f32(h: &mut Sha256, what: &str, v: &[f32]) {

@@ -17,6 +17,9 @@
 //!   KV cache bit for bit after every step.
 //! - [`golden`]: builds the golden model from a model.toml (what `q35c`
 //!   compiles from and `q35sim run --check` compares with) and its hash.
+//! - [`quant_cache`]: the quantized matrices of a model kept on disk under
+//!   a key of everything they are computed from, so a second compile (or
+//!   `--check`) of the same model does not quantize again.
 
 pub mod bar;
 pub mod batch;
@@ -27,6 +30,7 @@ pub mod golden;
 pub mod layout;
 pub mod meta;
 pub mod pipe;
+pub mod quant_cache;
 pub mod session;
 
 pub use batch::{BatchGeneration, BatchRun, BatchSession};

@@ -664,6 +664,9 @@ pub(crate) fn checker_for(
     let built = build_with_progress(&recipe, &|p| bar.report(p))
         .context("cannot build the golden model for --check")?;
     drop(bar);
+    if let Some(w) = built.cache.warning() {
+        eprintln!("q35sim: warning: {w}");
+    }
     Checker::new(built.golden, meta).map_err(|e| failure(name, e))
 }
 
