@@ -817,6 +817,55 @@ struct BusyBits {
 /// Words of a [`BusyBits`] page (32,768 cycles).
 const PAGE_WORDS: usize = 512;
 
+/// The MEM ports and banks booked on each (slice, cycle): bit 0 the read
+/// port, bit 1 the write port, bit 2 + b bank b. A page of
+/// [`PORT_PAGE`] cycles per slice, allocated when a cycle in it is booked
+/// (the same values a map keyed by (slice, cycle) holds; the map's probe
+/// was a quarter of `Sched::place` on a LLaMA-70B stage, a cache miss per
+/// tried shift).
+#[derive(Clone, Debug, Default)]
+struct PortBook {
+    /// Per slice (its queue index), pages of [`PORT_PAGE`] cycles.
+    slices: Vec<Vec<Option<Box<[u32; PORT_PAGE]>>>>,
+}
+
+/// Cycles of a [`PortBook`] page.
+const PORT_PAGE: usize = 1024;
+
+impl PortBook {
+    /// What is booked on `slice` at cycle `c` (nothing before cycle 0).
+    #[inline]
+    fn get(&self, slice: u16, c: Cycle) -> u32 {
+        if c < 0 {
+            return 0;
+        }
+        let c = c as usize;
+        match self
+            .slices
+            .get(usize::from(slice))
+            .and_then(|pages| pages.get(c / PORT_PAGE))
+        {
+            Some(Some(page)) => page[c % PORT_PAGE],
+            _ => 0,
+        }
+    }
+
+    /// Books `bits` on `slice` at cycle `c` (`c >= 0`: the scheduler
+    /// places nothing before cycle 0).
+    fn book(&mut self, slice: u16, c: Cycle, bits: u32) {
+        let c = usize::try_from(c).expect("MEM bookings start at cycle 0");
+        let s = usize::from(slice);
+        if self.slices.len() <= s {
+            self.slices.resize_with(s + 1, Vec::new);
+        }
+        let pages = &mut self.slices[s];
+        if pages.len() <= c / PORT_PAGE {
+            pages.resize(c / PORT_PAGE + 1, None);
+        }
+        pages[c / PORT_PAGE].get_or_insert_with(|| Box::new([0; PORT_PAGE]))[c % PORT_PAGE] |= bits;
+    }
+}
+
 impl BusyBits {
     /// Word `i` (cycles `64 i ..`): zero where no page is.
     fn word(&self, i: usize) -> u64 {
@@ -941,7 +990,7 @@ pub struct Sched {
     queues: Vec<QueueState>,
     streams: StreamLines,
     /// (slice, cycle) -> bit 0 read port, bit 1 write port, bit 2+b bank b.
-    ports: FxHashMap<(u16, Cycle), u32>,
+    ports: PortBook,
     words: FxHashMap<(u16, u32), WordState>,
     planes: Vec<PlaneState>,
     /// The VXM ALU queues, in the order `QSel::AnyVxm` tries them.
@@ -1188,7 +1237,7 @@ impl Sched {
         Sched {
             queues: vec![QueueState::default(); usize::from(q35_isa::QUEUE_COUNT)],
             streams: StreamLines::default(),
-            ports: FxHashMap::default(),
+            ports: PortBook::default(),
             words: FxHashMap::default(),
             planes,
             vxm_queues,
@@ -1416,8 +1465,7 @@ impl Sched {
             }
             if let Some(mem) = op.mem {
                 let (slice, c, bits) = self.port_bits(mem, t);
-                let used = self.ports.get(&(slice, c)).copied().unwrap_or(0)
-                    | ports.get(&(slice, c)).copied().unwrap_or(0);
+                let used = self.ports.get(slice, c) | ports.get(&(slice, c)).copied().unwrap_or(0);
                 if used & bits != 0 {
                     return Err(retry(Conflict::Port(slice, c)));
                 }
@@ -1536,7 +1584,7 @@ impl Sched {
             }
         }
         for ((slice, c), bits) in tent.ports {
-            *self.ports.entry((slice, c)).or_insert(0) |= bits;
+            self.ports.book(slice, c, bits);
         }
         let wl = self.mach.write_latency;
         for &i in order {
