@@ -135,8 +135,16 @@ struct Op {
     queue: QSel,
     t: Cycle,
     ins: Instruction,
+    /// Cycles the op holds its queue, `max(issue cycles, occupancy)` of
+    /// `ins` (asked at every shift a bundle is tried at: computed once).
+    len: Cycle,
     binds: Vec<Bind>,
     mem: Option<MemUse>,
+}
+
+/// Cycles `ins` holds its queue (see [`Op::len`]).
+fn queue_cycles(ins: &Instruction) -> Cycle {
+    ins.issue_cycles().max(ins.occupancy()) as Cycle
 }
 
 /// A dataflow snippet with fixed relative times (see the module doc).
@@ -383,6 +391,7 @@ impl Bundle {
         self.ops.push(Op {
             queue,
             t,
+            len: queue_cycles(&ins),
             ins,
             binds,
             mem,
@@ -693,6 +702,7 @@ impl Bundle {
         self.ops.push(Op {
             queue: QSel::Fixed(q),
             t,
+            len: queue_cycles(&ins),
             ins,
             binds: bind.into_iter().collect(),
             mem: None,
@@ -724,7 +734,7 @@ impl Bundle {
         let mut used: HashMap<(u16, Cycle), u32> = HashMap::new();
         for op in &self.ops {
             if let QSel::Fixed(q) = op.queue {
-                let end = op.t + op.ins.issue_cycles().max(op.ins.occupancy()) as Cycle;
+                let end = op.t + op.len;
                 let spans = busy.entry(q.index()).or_default();
                 if spans.iter().any(|&(a, b)| op.t < b && a < end) {
                     return Some(format!("{q} busy twice at local cycle {}", op.t));
@@ -1386,7 +1396,7 @@ impl Sched {
             if t < 0 {
                 return Err((Conflict::BeforeStart(t), shift - t));
             }
-            let len = op.ins.issue_cycles().max(op.ins.occupancy()) as Cycle;
+            let len = op.len;
             // Free in the schedule and in this bundle's own bookings; on a
             // conflict, the shift at which that one would clear.
             let free = |q: QueueId, booked: &mut [Booked]| -> Result<(), Cycle> {
