@@ -2106,12 +2106,23 @@ pub fn fit(
     let v = target.c2c_vector_cycles();
     let latency = u64::from(target.c2c.link_latency_cycles);
     // A tensor-parallel system's chips: each group's slices (the links
-    // below count between the groups' leads).
+    // below count between the groups' leads). Each slice is placed while
+    // its group's plans exist, and its plan's weights (placeholder copies:
+    // all of them together would be the whole model's) dropped before the
+    // next group is cut; the results are read below in the same order as
+    // a pipeline's.
+    let mut placed: Vec<Result<u64, CodegenError>> = Vec::new();
     let stages: Vec<Stage> = if t > 1 {
         let mut all = Vec::with_capacity(chips as usize);
         for g in &stages {
             match tensor_stages(&split_plan, g, t, true, &mut w) {
-                Ok(group) => all.extend(group),
+                Ok(group) => {
+                    for mut s in group {
+                        placed.push(crate::plan::placed_bytes(&s.plan, target));
+                        s.plan.weights.clear();
+                        all.push(s);
+                    }
+                }
                 Err(CodegenError::Plan { op, message }) if op == "partition" => {
                     c.verdict = Verdict::NotApplicable(message);
                     return Ok(c);
@@ -2142,17 +2153,19 @@ pub fn fit(
             .sum();
         c.link_cycles += hops * latency + vectors * v;
     }
-    let mut order: Vec<&Stage> = stages.iter().collect();
-    order.sort_by_key(|s| std::cmp::Reverse(s.weight_bytes + kv_load(s.kv_bytes, plan.users)));
-    for s in order {
-        let owned;
-        let p = if t > 1 {
-            &s.plan
-        } else {
-            owned = stage_plan(&split_plan, s, &w)?;
-            &owned
+    let mut order: Vec<usize> = (0..stages.len()).collect();
+    order.sort_by_key(|&i| {
+        let s = &stages[i];
+        std::cmp::Reverse(s.weight_bytes + kv_load(s.kv_bytes, plan.users))
+    });
+    let mut placed = placed.into_iter().map(Some).collect::<Vec<_>>();
+    for i in order {
+        let s = &stages[i];
+        let bytes = match placed.get_mut(i).and_then(Option::take) {
+            Some(b) => b,
+            None => crate::plan::placed_bytes(&stage_plan(&split_plan, s, &w)?, target),
         };
-        match crate::plan::placed_bytes(p, target) {
+        match bytes {
             Ok(b) => c.largest_placed = c.largest_placed.max(b),
             Err(CodegenError::Alloc(a)) => {
                 c.verdict = Verdict::DoesNotFit {
