@@ -2111,14 +2111,14 @@ pub fn fit(
     // all of them together would be the whole model's) dropped before the
     // next group is cut; the results are read below in the same order as
     // a pipeline's.
-    let mut placed: Vec<Result<u64, CodegenError>> = Vec::new();
+    let mut placed: Vec<Option<Result<u64, CodegenError>>> = Vec::new();
     let stages: Vec<Stage> = if t > 1 {
         let mut all = Vec::with_capacity(chips as usize);
         for g in &stages {
             match tensor_stages(&split_plan, g, t, true, &mut w) {
                 Ok(group) => {
                     for mut s in group {
-                        placed.push(crate::plan::placed_bytes(&s.plan, target));
+                        placed.push(Some(crate::plan::placed_bytes(&s.plan, target)));
                         s.plan.weights.clear();
                         all.push(s);
                     }
@@ -2158,7 +2158,6 @@ pub fn fit(
         let s = &stages[i];
         std::cmp::Reverse(s.weight_bytes + kv_load(s.kv_bytes, plan.users))
     });
-    let mut placed = placed.into_iter().map(Some).collect::<Vec<_>>();
     for i in order {
         let s = &stages[i];
         let bytes = match placed.get_mut(i).and_then(Option::take) {

@@ -286,6 +286,7 @@ pub fn build_with(
         _ => None,
     };
     let mut cache_use = CacheUse::Off;
+    let mut cached = None;
     if let (Some(c), Some(k)) = (cache, &key) {
         if c.path_of(k).exists() {
             progress(Stage("reading the quantized model from the cache"));
@@ -303,22 +304,16 @@ pub fn build_with(
                     recipe.positions,
                 )
                 .map_err(quant_err)?;
-                let cache_use = CacheUse::Hit(c.path_of(k));
-                return Ok(built(
-                    spec,
-                    tokenizer,
-                    tokenizer_gguf,
-                    layers,
-                    golden,
-                    cache_use,
-                ));
+                cache_use = CacheUse::Hit(c.path_of(k));
+                cached = Some((layers, golden));
             }
             Lookup::Miss => {}
             Lookup::Bad(why) => cache_use = CacheUse::Replaced(why),
         }
     }
-    let (layers, golden) = match &recipe.calib {
-        Some(calib) => {
+    let (layers, golden) = match (cached, &recipe.calib) {
+        (Some(hit), _) => hit,
+        (None, Some(calib)) => {
             let text = read_text(calib)?;
             let tokens = text_tokens(tokenizer.as_ref(), model.config().vocab, &text);
             if tokens.is_empty() {
@@ -347,13 +342,13 @@ pub fn build_with(
             })
             .map_err(quant_err)?
         }
-        None if scheme.needs_importance() => {
+        (None, None) if scheme.needs_importance() => {
             return Err(GoldenBuildError::NeedsCalib {
                 path: path.clone(),
                 scheme,
             });
         }
-        None => {
+        (None, None) => {
             // Without calibration the pipeline's rewrite is done here: the
             // stream rotation rewrites the model, and its golden model
             // mixes the head's input.
@@ -371,17 +366,14 @@ pub fn build_with(
                 })
                 .map_err(quant_err)?;
             progress(Stage("building the golden model"));
-            let golden = from_reference(m, &layers, recipe.positions).map_err(quant_err)?;
-            let golden = match &rotated {
-                Some(r) => golden
-                    .with_head_mix(r.head_mix.clone())
-                    .map_err(|e| quant_err(e.into()))?,
-                None => golden,
-            };
+            let mix = rotated.as_ref().map(|r| &r.head_mix);
+            let golden = golden_on(m, mix, None, &layers, recipe.positions).map_err(quant_err)?;
             (layers, golden)
         }
     };
-    if let (Some(c), Some(k)) = (cache, &key) {
+    if let (Some(c), Some(k)) = (cache, &key)
+        && !matches!(cache_use, CacheUse::Hit(_))
+    {
         progress(Stage("caching the quantized model"));
         cache_use = match (c.store(k, &layers), cache_use) {
             (Ok(_), CacheUse::Replaced(why)) => CacheUse::Replaced(why),
@@ -496,14 +488,34 @@ pub fn golden_of_layers(
         None => None,
     };
     let m = rotated.as_ref().map_or(model, |r| &r.model);
+    let scales = calibrated.then_some(methods.act_scales);
+    golden_on(
+        m,
+        rotated.as_ref().map(|r| &r.head_mix),
+        scales,
+        layers,
+        positions,
+    )
+}
+
+/// The golden model of quantized `layers` over `m` (the model they were
+/// quantized from, rewritten when the methods rewrite it), with the
+/// activation scales `scales` (`None`: the golden model's default) and
+/// the head's input mixed by `head_mix` when the stream is rotated.
+fn golden_on(
+    m: &Model,
+    head_mix: Option<&std::sync::Arc<[f32]>>,
+    scales: Option<q35_contract::ActivationScales>,
+    layers: &[q35_quant::model::QuantizedLayer],
+    positions: usize,
+) -> Result<GoldenModel, q35_quant::model::ModelQuantError> {
     let golden = from_reference(m, layers, positions)?;
-    let golden = if calibrated {
-        golden.with_activation_scales(methods.act_scales)?
-    } else {
-        golden
+    let golden = match scales {
+        Some(s) => golden.with_activation_scales(s)?,
+        None => golden,
     };
-    match &rotated {
-        Some(r) => Ok(golden.with_head_mix(r.head_mix.clone())?),
+    match head_mix {
+        Some(mix) => Ok(golden.with_head_mix(mix.clone())?),
         None => Ok(golden),
     }
 }

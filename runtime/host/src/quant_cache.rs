@@ -2,8 +2,8 @@
 //! disk under a key that fixes everything they are computed from, so that
 //! the next `q35c compile` of the same model (another `--context`,
 //! `--chips`, `--prefill`, ...) and `q35sim run --check` skip the
-//! quantization (about 45 s of a SmolLM2 compile on 2 cores) and get the
-//! same bits.
+//! calibration and quantization (about 39 s of a SmolLM2 compile on 2
+//! cores) and get the same bits.
 //!
 //! # The key
 //!
@@ -57,7 +57,7 @@ use sha2::{Digest, Sha256};
 pub const ENV_DIR: &str = "Q35_QUANT_CACHE";
 /// The environment variable bounding the cache's size, in MiB.
 pub const ENV_MAX_MB: &str = "Q35_QUANT_CACHE_MAX_MB";
-/// The cache's default bound: a few models' entries (SmolLM2's is 98 MiB).
+/// The cache's default bound: a few models' entries (SmolLM2's is 60 MiB).
 pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
 /// The build's source hash (see the module doc).
 pub const SOURCE_HASH: &str = env!("Q35_QUANT_SOURCE_HASH");
